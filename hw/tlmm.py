@@ -1,0 +1,215 @@
+"""Table-lookup ternary matmul engine (TeLLMe-style TLMM) in Amaranth 0.5.
+
+Computes ``y[m, n] = Σ_k W[n, k]·x[m, k]`` for ternary W and signed activations, int32 results. The
+stream layouts, the schedule and the cycle count are defined in README.md ("TLMM engine") and shared with
+:mod:`sim.tlmm_model`; :mod:`hw.ternary` lays out the streams.
+
+Schedule for one command (M tokens, KC chunks, NB blocks)::
+
+    for kc in range(KC):
+        for m in range(M):              FILL: one activation beat → T tables of token m   (1 cycle)
+        for nb in range(NB):
+            for m in range(M):          LOOK: one weight beat (held for M cycles) → Q·T lookups,
+                                              Q sums, accumulate into acc[nb·M + m]           (1 cycle)
+
+Token tables live in a rotating register file: the table being read is always slot 0, so the lookup
+multiplexers do not grow with the number of tokens. Pipeline after issue: A (looked-up entries), B (adder
+tree, accumulator read), C (accumulate and write back; on the last chunk, the result goes to ``res``).
+The accumulator read port is transparent to the write port, so back-to-back updates of one word are
+hazard-free and the schedule never inserts bubbles.
+"""
+
+from __future__ import annotations
+
+from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth.lib import data, stream, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.config import TlmmConfig
+
+__all__ = ["TableLookupMatmul", "command_layout"]
+
+
+def command_layout() -> data.StructLayout:
+    """Decoded TLMM command fields (hw.isa, same names and widths)."""
+    return data.StructLayout({"tokens_minus_one": unsigned(8), "k_chunks": unsigned(16),
+                              "n_blocks": unsigned(16)})
+
+
+def _tree_sum(values: list, width: int):
+    """Balanced adder tree (log2 depth) of signed values, ``width`` bits wide."""
+    level = list(values)
+    while len(level) > 1:
+        nxt = [(level[i] + level[i + 1]).as_signed() for i in range(0, len(level) - 1, 2)]
+        if len(level) % 2:
+            nxt.append(level[-1])
+        level = nxt
+    return level[0]
+
+
+class TableLookupMatmul(wiring.Component):
+    """TLMM engine with stream interfaces.
+
+    ``cmd``: decoded command (:func:`command_layout`). ``act``: G·T signed activations per beat.
+    ``wgt``: Q×T weight-group indices per beat. ``res``: Q int32 results per beat. ``busy`` is high from
+    the cycle after a command is accepted until its last result has been transferred.
+    """
+
+    def __init__(self, cfg: TlmmConfig):
+        self.cfg = cfg
+        super().__init__({
+            "cmd": In(stream.Signature(command_layout())),
+            "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.chunk_k))),
+            "wgt": In(stream.Signature(
+                data.ArrayLayout(data.ArrayLayout(unsigned(cfg.index_bits), cfg.tables), cfg.columns))),
+            "res": Out(stream.Signature(data.ArrayLayout(signed(cfg.acc_bits), cfg.columns))),
+            "busy": Out(1),
+        })
+
+    # -- table fill: entry idx = Σ_j (digit_j(idx) - 1)·a_j, computed for every stored entry at once --
+    def _fill_entries(self, acts: list) -> list:
+        cfg = self.cfg
+        entries = []
+        for idx in range(cfg.stored_entries):
+            terms = []
+            for j in range(cfg.group_size):
+                d = (idx // 3 ** j) % 3 - 1
+                if d:
+                    terms.append(acts[j] if d > 0 else -acts[j])
+            value = _tree_sum(terms, cfg.entry_bits) if terms else Const(0, signed(cfg.entry_bits))
+            entries.append(value)
+        return entries
+
+    def elaborate(self, platform):
+        cfg = self.cfg
+        m = Module()
+        G, T, Q, M = cfg.group_size, cfg.tables, cfg.columns, cfg.tokens
+        eb, sb, ab = cfg.entry_bits, cfg.sum_bits, cfg.acc_bits
+        depth = cfg.acc_depth
+        addr_bits = max(1, (depth - 1).bit_length())
+
+        # ---- accumulator memory: one Q-wide int32 word per (column block, token) ----
+        m.submodules.acc = acc = Memory(shape=data.ArrayLayout(signed(ab), Q), depth=depth, init=[])
+        wp = acc.write_port()
+        rp = acc.read_port(transparent_for=(wp,))
+
+        # ---- pipeline registers ----
+        a_valid, b_valid, c_valid = Signal(), Signal(), Signal()
+        a_first, b_first, c_first = Signal(), Signal(), Signal()
+        a_last, b_last, c_last = Signal(), Signal(), Signal()
+        a_addr, b_addr, c_addr = (Signal(addr_bits, name=f"{s}_addr") for s in "abc")
+        a_vals = [[Signal(signed(eb), name=f"a_val_{q}_{t}") for t in range(T)] for q in range(Q)]
+        b_sums = [Signal(signed(sb), name=f"b_sum_{q}") for q in range(Q)]
+        c_sums = [Signal(signed(sb), name=f"c_sum_{q}") for q in range(Q)]
+
+        # A stall is only ever caused by an output beat that is not taken.
+        adv = Signal()
+        m.d.comb += adv.eq(~self.res.valid | self.res.ready)
+
+        # ---- command registers and loop counters ----
+        tokens_m1 = Signal(range(M))
+        kc_last, nb_last = Signal(16), Signal(16)
+        kc, nb = Signal(16), Signal(16)
+        tok = Signal(range(M))
+        addr = Signal(addr_bits)
+
+        # ---- rotating table register file: slots[s][t][e]; slot 0 is the one read ----
+        zero = cfg.zero_index
+        slots = [[[Signal(signed(eb), name=f"tab_{s}_{t}_{e}") if e != zero else Const(0, signed(eb))
+                   for e in range(cfg.stored_entries)] for t in range(T)] for s in range(M)]
+        fill_entries = [self._fill_entries([self.act.payload[t * G + j] for j in range(G)]) for t in range(T)]
+        rotate = Signal()      # advance the ring (on a fill or a lookup issue)
+        filling = Signal()     # the value entering the ring is a new table (else slot 0 recirculates)
+        for s in range(M):
+            for t in range(T):
+                for e in range(cfg.stored_entries):
+                    if e == zero:
+                        continue
+                    incoming = Mux(filling, fill_entries[t][e], slots[0][t][e])
+                    if s + 1 < M:
+                        nxt = Mux(tokens_m1 == s, incoming, slots[s + 1][t][e])
+                    else:
+                        nxt = incoming
+                    with m.If(rotate):
+                        m.d.sync += slots[s][t][e].eq(nxt)
+
+        # ---- lookups from slot 0 ----
+        def read_entry(t, idx):
+            table = Array(slots[0][t])
+            if cfg.table_mode == "full":
+                return table[idx]
+            upper = idx > zero
+            src = Mux(upper, cfg.table_entries - 1 - idx, idx)[: cfg.index_bits]
+            val = table[src]
+            return Mux(upper, -val, val)
+
+        lookups = [[read_entry(t, self.wgt.payload[q][t]) for t in range(T)] for q in range(Q)]
+
+        # ---- controller ----
+        issue = Signal()
+        with m.FSM():
+            with m.State("IDLE"):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    p = self.cmd.payload
+                    m.d.sync += [
+                        tokens_m1.eq(p.tokens_minus_one), kc_last.eq(p.k_chunks - 1),
+                        nb_last.eq(p.n_blocks - 1), kc.eq(0), nb.eq(0), tok.eq(0),
+                    ]
+                    m.next = "FILL"
+            with m.State("FILL"):
+                m.d.comb += [self.busy.eq(1), self.act.ready.eq(adv), filling.eq(1),
+                             rotate.eq(self.act.valid & adv)]
+                with m.If(self.act.valid & adv):
+                    with m.If(tok == tokens_m1):
+                        m.d.sync += [tok.eq(0), nb.eq(0), addr.eq(0)]
+                        m.next = "LOOK"
+                    with m.Else():
+                        m.d.sync += tok.eq(tok + 1)
+            with m.State("LOOK"):
+                m.d.comb += [self.busy.eq(1), self.wgt.ready.eq(adv & (tok == tokens_m1)),
+                             issue.eq(self.wgt.valid & adv), rotate.eq(issue)]
+                with m.If(issue):
+                    m.d.sync += addr.eq(addr + 1)
+                    with m.If(tok == tokens_m1):
+                        m.d.sync += tok.eq(0)
+                        with m.If(nb == nb_last):
+                            with m.If(kc == kc_last):
+                                m.next = "DRAIN"
+                            with m.Else():
+                                m.d.sync += kc.eq(kc + 1)
+                                m.next = "FILL"
+                        with m.Else():
+                            m.d.sync += nb.eq(nb + 1)
+                    with m.Else():
+                        m.d.sync += tok.eq(tok + 1)
+            with m.State("DRAIN"):
+                m.d.comb += self.busy.eq(1)
+                with m.If(~a_valid & ~b_valid & ~c_valid & (~self.res.valid | self.res.ready)):
+                    m.next = "IDLE"
+
+        # ---- pipeline ----
+        with m.If(adv):
+            # A: looked-up entries
+            m.d.sync += [a_valid.eq(issue), a_first.eq(kc == 0), a_last.eq(kc == kc_last), a_addr.eq(addr)]
+            m.d.sync += [a_vals[q][t].eq(lookups[q][t]) for q in range(Q) for t in range(T)]
+            # B: adder tree; the accumulator word is read now and arrives with C
+            m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_addr.eq(a_addr)]
+            m.d.sync += [b_sums[q].eq(_tree_sum(a_vals[q], sb)) for q in range(Q)]
+            # C: accumulate (registered into the output on the last chunk)
+            m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_addr.eq(b_addr)]
+            m.d.sync += [c_sums[q].eq(b_sums[q]) for q in range(Q)]
+        m.d.comb += [rp.addr.eq(b_addr), rp.en.eq(adv)]
+
+        updated = [Signal(signed(ab), name=f"acc_new_{q}") for q in range(Q)]
+        for q in range(Q):
+            m.d.comb += updated[q].eq(Mux(c_first, 0, rp.data[q]) + c_sums[q])
+        m.d.comb += [wp.addr.eq(c_addr), wp.en.eq(c_valid & adv)]
+        m.d.comb += [wp.data[q].eq(updated[q]) for q in range(Q)]
+
+        with m.If(adv):
+            m.d.sync += self.res.valid.eq(c_valid & c_last)
+            with m.If(c_valid & c_last):
+                m.d.sync += [self.res.payload[q].eq(updated[q]) for q in range(Q)]
+        return m

