@@ -1,0 +1,56 @@
+# Tritium — every target documented in README.md. The first target that needs Python creates .venv.
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+CONFIG ?= configs/default.yaml
+BOARD  ?= ulx3s
+SEED   ?= 0
+# ML=1 also installs PyTorch (CPU wheel 2.13.0 first, so no CUDA build is pulled; see TOOLCHAIN notes).
+ML     ?= 0
+
+ifeq ($(BOARD),icebreaker)
+  BOARD_CONFIG ?= configs/icebreaker.yaml
+else
+  BOARD_CONFIG ?= $(CONFIG)
+endif
+
+.PHONY: help venv sim test test-all bitstream bench lint clean
+
+help:
+	@echo "make sim        co-simulate the default config (RTL ⇔ model ⇔ reference) on the BitNet-0.7B workload"
+	@echo "make test       run the test suite (what CI runs)"
+	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker, CONFIG=...) and print its report"
+	@echo "make bench      model vs Verilator speed"
+	@echo "make lint       ruff"
+	@echo "make clean      remove build products"
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	if [ "$(ML)" = "1" ]; then $(BIN)/python -m pip install -q torch==2.13.0; fi
+	$(BIN)/python -m pip install -q -e ".[dev]"
+	touch $@
+
+venv: $(BIN)/.installed
+
+sim: $(BIN)/.installed
+	$(BIN)/tritium cosim tlmm --config $(CONFIG) --workload all --seed $(SEED)
+
+test: $(BIN)/.installed
+	$(BIN)/python -m pytest -q -m "not slow"
+
+test-all: $(BIN)/.installed
+	$(BIN)/python -m pytest -q
+
+bitstream: $(BIN)/.installed
+	$(BIN)/tritium bitstream --board $(BOARD) --config $(BOARD_CONFIG)
+
+bench: $(BIN)/.installed
+	$(BIN)/tritium bench --config $(CONFIG)
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check hw sim tritium tests
+
+clean:
+	rm -rf build sim_build results.xml .pytest_cache
+	find . -name __pycache__ -type d -prune -not -path "./$(VENV)/*" -exec rm -rf {} +

@@ -1,0 +1,73 @@
+import subprocess
+import sys
+
+import pytest
+
+from hw.config import ConfigError, load_config
+
+GOOD = """name: t
+clock_mhz: 100
+tlmm:
+  group_size: 3
+  tables: 8
+  columns: 8
+"""
+
+
+def write(tmp_path, text, name="c.yaml"):
+    p = tmp_path / name
+    p.write_text(text)
+    return p
+
+
+def test_default_config_loads_and_derives():
+    cfg = load_config().tlmm
+    assert (cfg.group_size, cfg.table_entries, cfg.zero_index, cfg.index_bits) == (3, 27, 13, 5)
+    assert cfg.chunk_k == cfg.group_size * cfg.tables
+    assert cfg.acc_depth == cfg.tokens * -(-cfg.max_n // cfg.columns)
+
+
+def test_group2_half_derivations(repo):
+    cfg = load_config(repo / "configs" / "small-g2-half.yaml").tlmm
+    assert (cfg.table_entries, cfg.zero_index, cfg.stored_entries, cfg.index_bits) == (9, 4, 5, 4)
+
+
+@pytest.mark.parametrize("text, field, words", [
+    (GOOD + "  colums: 4\n", "tlmm.colums", "unknown field"),
+    (GOOD.replace("tables: 8", "tables: eight"), "tlmm.tables", "expected an integer"),
+    (GOOD.replace("tables: 8", "tables: true"), "tlmm.tables", "expected an integer"),
+    (GOOD.replace("group_size: 3", "group_size: 4"), "tlmm.group_size", "out of range"),
+    (GOOD + "  table_mode: quarter\n", "tlmm.table_mode", "expected one of full, half"),
+    (GOOD + "  max_n: 1048576\n  columns: 1\n".replace("  columns: 1\n", ""), "tlmm.max_n", "65535"),
+    (GOOD.replace("clock_mhz: 100", "clock_mhz: fast"), "clock_mhz", "expected a number"),
+    ("name: t\n", "tlmm", "required field is missing"),
+    ("- 1\n- 2\n", "top level", "expected a mapping"),
+    ("tlmm: [1, 2\n", "line", "not valid YAML"),
+    (GOOD + "extra: 1\n", "extra", "unknown field"),
+])
+def test_bad_config_names_file_and_field(tmp_path, text, field, words):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(str(p)) and field in msg and words in msg and "\n" not in msg
+
+
+def test_missing_file(tmp_path):
+    with pytest.raises(ConfigError, match="file not found"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_cli_bad_config_exits_2_with_one_line(tmp_path):
+    p = write(tmp_path, GOOD.replace("tables: 8", "tables: -1"))
+    r = subprocess.run([sys.executable, "-m", "tritium.cli", "config", "check", str(p)],
+                       capture_output=True, text=True)
+    assert r.returncode == 2
+    lines = r.stderr.strip().splitlines()
+    assert len(lines) == 1 and "tlmm.tables" in lines[0] and str(p) in lines[0]
+
+
+def test_cli_config_check_ok(repo):
+    r = subprocess.run([sys.executable, "-m", "tritium.cli", "config", "check",
+                        str(repo / "configs" / "default.yaml")], capture_output=True, text=True)
+    assert r.returncode == 0 and "lookups_per_cycle" in r.stdout

@@ -1,0 +1,85 @@
+"""`make bench`: how fast the numba model is against the Verilator RTL simulation, on the same work.
+
+Figures are measured on this machine (wall clock, ``time.perf_counter``). The Verilator rate is the
+co-simulation's: Verilator-compiled RTL driven cycle by cycle from cocotb, timed inside the bench's cycle
+loop (Verilog elaboration and the C++ build excluded). The model rate excludes the one-time stream layout
+(weight packing), which the compiler does ahead of time for a real Program.
+"""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+
+from hw.config import AcceleratorConfig
+from hw.ternary import tlmm_shape, tlmm_streams
+from sim.cosim import run_tlmm_cosim, warm_up_model
+from sim.tlmm_cases import bitnet_workload
+from sim.tlmm_model import run_tlmm_streams, tlmm_cycles
+from tritium.report import table
+
+# BitNet b1.58-large (0.7B) linear layers of one decoder layer: (name, N, K)
+BITNET_07B_LAYER = (("q_proj", 1536, 1536), ("k_proj", 1536, 1536), ("v_proj", 1536, 1536),
+                    ("o_proj", 1536, 1536), ("gate_proj", 4096, 1536), ("up_proj", 4096, 1536),
+                    ("down_proj", 1536, 4096))
+
+
+def _time_model(cfg, cases, min_seconds: float = 1.0) -> tuple[float, int, int]:
+    """Run the stepped model over the cases until min_seconds pass; returns (seconds, cycles, lookups)."""
+    prepared = [tlmm_streams(cfg, c.w, c.x) for c in cases]
+    warm_up_model(cfg)
+    seconds, cycles, lookups = 0.0, 0, 0
+    while seconds < min_seconds:
+        for shape, act, wgt in prepared:
+            t0 = time.perf_counter()
+            run = run_tlmm_streams(cfg, shape, act, wgt)
+            seconds += time.perf_counter() - t0
+            cycles += run.cycles
+            lookups += run.events["lookups"]
+    return seconds, cycles, lookups
+
+
+def _time_fast_path(cfg, repeats: int = 2000) -> tuple[float, int]:
+    """Closed-form cycles of a whole BitNet-0.7B decoder layer (1 token); returns (seconds/call, cycles)."""
+    t0 = time.perf_counter()
+    for _ in range(repeats):
+        total = sum(tlmm_cycles(cfg, tlmm_shape(cfg, 1, min(k, cfg.max_k), min(n, cfg.max_n)))
+                    for _, n, k in BITNET_07B_LAYER)
+    return (time.perf_counter() - t0) / repeats, total
+
+
+def run_bench(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
+    cfg = acfg.tlmm
+    cases = bitnet_workload(cfg)
+    log("[bench] numba model on the BitNet-0.7B workload ...")
+    m_s, m_cycles, m_lookups = _time_model(cfg, cases)
+    fast_s, layer_cycles = _time_fast_path(cfg)
+    log("[bench] Verilator RTL on the same workload ...")
+    rep = run_tlmm_cosim(acfg, cases, build_root, quiet=True)
+    model_cps = m_cycles / m_s
+    rtl_cps = rep.verilator_cycles_per_s
+    result = {
+        "config": acfg.name,
+        "workload": [c.name for c in cases],
+        "model_cycles_per_s": model_cps,
+        "model_lookups_per_s": m_lookups / m_s,
+        "verilator_cycles_per_s": rtl_cps,
+        "model_over_verilator": model_cps / rtl_cps if rtl_cps else float("inf"),
+        "rtl_matches_model": rep.ok,
+        "fast_path_us_per_layer": fast_s * 1e6,
+        "bitnet07b_layer_cycles_1tok": layer_cycles,
+        "bitnet07b_layer_ms_1tok_modeled": layer_cycles / (acfg.clock_mhz * 1e3),
+    }
+    print(table(
+        ["figure", "value", "how"],
+        [["model cycles/s", model_cps, "numba stepped model, measured"],
+         ["model lookups/s", m_lookups / m_s, "table lookups executed by the model, measured"],
+         ["Verilator cycles/s", rtl_cps, "cocotb-driven Verilator RTL, measured"],
+         ["model / Verilator", result["model_over_verilator"], "speed ratio, same work"],
+         ["RTL == model", rep.ok, "outputs and cycles of the benchmark cases"],
+         ["fast path µs / layer", fast_s * 1e6, "closed-form cycles of one BitNet-0.7B layer"],
+         ["BitNet-0.7B layer cycles", layer_cycles, "1 token, 7 ternary linears, modeled"],
+         [f"BitNet-0.7B layer ms @ {acfg.clock_mhz:g} MHz", result["bitnet07b_layer_ms_1tok_modeled"],
+          "modeled, TLMM compute only (no DRAM limit)"]],
+        title=f"tritium bench — config {acfg.name}: {', '.join(result['workload'])}"))
+    return result
