@@ -3,8 +3,16 @@ import pytest
 
 from hw.config import TlmmConfig
 from hw.isa import TlmmCommand, decode
-from hw.ternary import (build_table, lookup, pack_fields, pack_weight_groups, quantize_activations,
-                        quantize_weights, tlmm_streams, unpack_weight_groups)
+from hw.ternary import (
+    build_table,
+    lookup,
+    pack_fields,
+    pack_weight_groups,
+    quantize_activations,
+    quantize_weights,
+    tlmm_streams,
+    unpack_weight_groups,
+)
 
 
 @pytest.mark.parametrize("g", [2, 3])

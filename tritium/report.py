@@ -11,7 +11,7 @@ def table(headers: list[str], rows: list[list], title: str | None = None) -> str
                for i in range(len(headers))]
 
     def line(vals):
-        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric)).rstrip()
+        return "  ".join(v.rjust(w) if num else v.ljust(w) for v, w, num in zip(vals, widths, numeric, strict=True)).rstrip()
 
     out = [title] if title else []
     out += [line(headers), line(["-" * w for w in widths])]
