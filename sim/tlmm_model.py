@@ -1,0 +1,335 @@
+"""Cycle-stepped numba model of the TLMM engine (hw/tlmm.py), plus its closed-form fast path.
+
+The stepped kernel executes the engine's controller, pipeline and accumulator memory one cycle at a
+time, with the same stream handshakes as the RTL: each input stream presents its next beat when a
+periodic *valid pattern* allows it, and the result stream takes a beat when a periodic *ready pattern*
+allows it (patterns are indexed by the cycle count since the command was accepted; the co-simulation
+drives the RTL with the same patterns). With all-ones patterns the engine never stalls, and
+:func:`tlmm_cycles` gives the same count in closed form.
+
+Cycle definition (README.md): cycle 0 is the cycle in which the command handshake happens; the count is
+the index of the cycle in which the last result beat is transferred.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from hw.config import TlmmConfig
+from hw.ternary import TlmmShape, tlmm_streams
+
+__all__ = ["TlmmRun", "EVENT_NAMES", "run_tlmm", "tlmm_cycles", "tlmm_events_closed_form"]
+
+# Event counters (the energy model multiplies these by per-event energies).
+EVENT_NAMES = (
+    "table_fills",        # tables written (T per activation beat)
+    "table_entry_writes", # stored table entries written
+    "lookups",            # table reads (Q·T per issue)
+    "acc_updates",        # int32 accumulator additions (Q per issue)
+    "acc_mem_reads",      # accumulator-memory words read (issues that are not on the first chunk)
+    "acc_mem_writes",     # accumulator-memory words written (every issue)
+    "act_beats",          # activation beats received
+    "wgt_beats",          # weight beats received
+    "res_beats",          # result beats sent
+    "stall_cycles",       # cycles frozen because a result beat was not taken
+    "bubble_cycles",      # cycles in FILL/LOOK without a beat to work on
+)
+_N_EVENTS = len(EVENT_NAMES)
+
+
+# Unsigned index arithmetic: numba adds a negative-index wraparound fix-up (compare + select) to every
+# array access with a signed index; with uint64 indices it does not, which matters in the lookup loop.
+# Never mix _U values with signed ints in one expression (numba would promote the result to float64).
+_U = np.uint64
+
+
+@njit(inline="always", boundscheck=False, error_model="numpy")
+def _fill(tabs, out, act, a0, g_n):
+    """Write the full table of activations act[a0 : a0+G] to tabs[out : out+3^G]:
+    t[idx] = Σ_j (digit_j(idx) - 1)·a_j (hw.ternary.build_table), built digit by digit: once the entries
+    of the low j digits are in place, entry e + d·3^j = entry e + (d-1)·a_j. E additions instead of E·G
+    multiply-adds; int32 stores wrap modulo 2^32 like the RTL's entry registers would."""
+    tabs[out] = 0
+    size = 1
+    for j in range(g_n):
+        a = act[a0 + _U(j)]
+        for e in range(size):
+            v = tabs[out + _U(e)]
+            tabs[out + _U(e)] = v - a
+            tabs[out + _U(e + size)] = v
+            tabs[out + _U(e + 2 * size)] = v + a
+        size *= 3
+
+
+@njit(inline="always", boundscheck=False, error_model="numpy")
+def _issue(tabs, wgt, acc, toff, tb, wb, ab, q_n, first):
+    """The datapath of one lookup issue: Q sums of T table reads, accumulated into acc[ab : ab+Q].
+
+    ``tabs`` holds the tables of the current token from flat offset ``tb`` (table t at ``tb + toff[t]``);
+    the weight beat starts at flat offset ``wb`` of ``wgt``. ``toff`` is a tuple, so T is a compile-time
+    constant and the inner loop is fully unrolled. Half mode reads -t[3^G-1-idx] for upper indices, which
+    equals t[idx] exactly, so the model keeps full tables; only the event counts differ between the modes.
+    Sums and accumulators are int32: the stores wrap modulo 2^32 exactly like the RTL's adders.
+    """
+    t_n = len(toff)
+    for q in range(q_n):
+        s = 0
+        wq = wb + _U(q * t_n)
+        for t in range(t_n):
+            s += tabs[tb + _U(toff[t]) + _U(wgt[wq + _U(t)])]
+        if first:
+            acc[ab + _U(q)] = s
+        else:
+            acc[ab + _U(q)] += s
+
+
+@njit(boundscheck=False, error_model="numpy", nogil=True)
+def _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, tok, wgt_ptr, addr, r, first):
+    """Datapath of r consecutive issues starting at (tok, wgt_ptr, addr) within one chunk's LOOK phase.
+    A separate (not inlined) function so that the lookup loop gets registers of its own: inlined into
+    the big stepping loop, the table pointers spill to the stack and every lookup costs an extra load."""
+    qt = _U(q_n * len(toff))
+    for _ in range(r):
+        _issue(tabs, wgt, acc, toff, _U(tok * tsz), _U(wgt_ptr) * qt, _U(addr * q_n), q_n, first)
+        addr += 1
+        tok += 1
+        if tok == n_tok:
+            tok = 0
+            wgt_ptr += 1
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy", nogil=True)
+def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
+                  act_pat, wgt_pat, res_pat, drain_guard):
+    """act (KC·M·T·G,) int64 activations and wgt (KC·NB·Q·T,) uint8 indices, flat in stream order;
+    g_n = G; toff = (t·E for t < T). Returns (acc (NB·M·Q,) int32, cycles, events);
+    cycles is -1 if the run exceeds ``drain_guard`` cycles.
+
+    State per cycle, as in the RTL: FSM (st, kc, nb, tok, addr), stream pointers, pipeline stages A, B, C
+    and the output register. A pipeline stage is one int ``tag``: -1 when empty, else addr·4 + first·2 +
+    last. Only the *control* is pipelined: the lookup sums are accumulated into acc at issue time instead
+    of in stage C. That is unobservable: stage C reads the accumulator through a port transparent to its
+    write port, so each word sees its updates in issue order either way, and a word's result is read out
+    only after its last update (last chunk), after which nothing writes it again. For the same reason the
+    result beats need not copy data: the wrapper reads y from the final accumulators (every result beat has
+    been transferred once the run has finished).
+    """
+    t_n = len(toff)
+    tsz = t_n * n_full
+    qt = q_n * t_n
+    tabs = np.zeros(n_tok * tsz, np.int32)       # tables of every token, flat (tok, t, entry)
+    acc = np.zeros(nb_n * n_tok * q_n, np.int32)  # accumulator memory, flat (addr = nb·M + tok, q)
+    # Pattern positions are c mod len, kept as wrapping counters (no division per cycle).
+    la, lw, lr = act_pat.shape[0], wgt_pat.shape[0], res_pat.shape[0]
+    ia = iw = ir = 0
+    # Fast path for the common unstalled case: with all-ones weight and result patterns, every LOOK cycle
+    # issues (the output register is always taken, so the pipeline always advances).
+    look_unstalled = wgt_pat.all() and res_pat.all()
+    tag_a = tag_b = tag_c = -1
+    res_valid = False
+    st = 1  # 1 FILL, 2 LOOK, 3 DRAIN
+    kc = nb = tok = addr = 0
+    act_ptr = wgt_ptr = 0
+    # event counters: fills, issues through stage C, accumulator reads, weight beats, result beats,
+    # stalls, bubbles (the other events are multiples of these, derived at the end)
+    n_fill = n_c = n_reads = n_wbeats = n_res = n_stall = n_bubble = 0
+    c = 0
+    while True:
+        if st == 2 and look_unstalled:
+            # All remaining issues of this chunk happen on the next r cycles, one per cycle. Run their
+            # datapath in one tight loop, then step the control through the same r cycles (pipeline
+            # stages, output register, event counts) exactly as the general path below would.
+            r = (nb_n - nb) * n_tok - tok
+            if c + r <= drain_guard:
+                first = kc == 0
+                _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, tok, wgt_ptr, addr, r, first)
+                flags = (2 if first else 0) + (1 if kc == kc_n - 1 else 0)
+                for _ in range(r):
+                    n_res += res_valid          # the output beat (if any) is taken this cycle
+                    if tag_c >= 0:              # stage C: accumulator write back, result register
+                        n_c += 1
+                        n_reads += (tag_c & 2) == 0
+                        res_valid = (tag_c & 1) != 0
+                    else:
+                        res_valid = False
+                    tag_c = tag_b
+                    tag_b = tag_a
+                    tag_a = addr * 4 + flags
+                    addr += 1
+                c += r
+                ia = (ia + r) % la
+                iw = (iw + r) % lw
+                ir = (ir + r) % lr
+                # the run ends on the last token of the last block of this chunk
+                n_wbeats += nb_n - nb
+                wgt_ptr += nb_n - nb
+                tok = 0
+                nb = nb_n - 1
+                if kc == kc_n - 1:
+                    st = 3
+                else:
+                    kc += 1
+                    st = 1
+                continue
+        # ---------------- general path: one cycle ----------------
+        c += 1
+        ia += 1
+        if ia == la:
+            ia = 0
+        iw += 1
+        if iw == lw:
+            iw = 0
+        ir += 1
+        if ir == lr:
+            ir = 0
+        if c > drain_guard:
+            return acc, -1, np.zeros(_N_EVENTS, np.int64)
+        res_ready = res_pat[ir] != 0
+        if res_valid and not res_ready:
+            # A result beat is not taken: the whole engine is frozen this cycle.
+            n_stall += 1
+            continue
+        n_res += res_valid
+        new_tag = -1
+        drain_done = False
+        if st == 1:
+            if act_pat[ia] != 0:
+                # The RTL's rotating ring always reads slot 0, which by construction holds the table of
+                # the token being looked up; the model indexes tables by token directly (same contents).
+                tb = (act_ptr % n_tok) * tsz
+                for t in range(t_n):
+                    _fill(tabs, _U(tb + toff[t]), act, _U((act_ptr * t_n + t) * g_n), g_n)
+                n_fill += 1
+                act_ptr += 1
+                if tok == n_tok - 1:
+                    tok = nb = addr = 0
+                    st = 2
+                else:
+                    tok += 1
+            else:
+                n_bubble += 1
+        elif st == 2:
+            if wgt_pat[iw] != 0:
+                first = kc == 0
+                _issue(tabs, wgt, acc, toff, _U(tok * tsz), _U(wgt_ptr * qt), _U(addr * q_n), q_n, first)
+                new_tag = addr * 4 + (2 if first else 0) + (1 if kc == kc_n - 1 else 0)
+                addr += 1
+                if tok == n_tok - 1:
+                    tok = 0
+                    wgt_ptr += 1
+                    n_wbeats += 1
+                    if nb == nb_n - 1:
+                        if kc == kc_n - 1:
+                            st = 3
+                        else:
+                            kc += 1
+                            st = 1
+                    else:
+                        nb += 1
+                else:
+                    tok += 1
+            else:
+                n_bubble += 1
+        else:
+            drain_done = tag_a < 0 and tag_b < 0 and tag_c < 0
+        # clock edge of the pipeline (it advances: the stall case has been handled above)
+        if tag_c >= 0:
+            n_c += 1
+            n_reads += (tag_c & 2) == 0
+            res_valid = (tag_c & 1) != 0
+        else:
+            res_valid = False
+        tag_c = tag_b
+        tag_b = tag_a
+        tag_a = new_tag
+        if drain_done:
+            # Per-issue events are counted as the issue leaves stage C (n_c); once drained, every issue
+            # has, so the totals equal the per-issue counts of the RTL.
+            ev = np.zeros(_N_EVENTS, np.int64)
+            ev[0] = n_fill * t_n
+            ev[1] = n_fill * t_n * (n_store - 1)  # the all-zero entry is a constant, not stored
+            ev[2] = n_c * qt
+            ev[3] = n_c * q_n
+            ev[4] = n_reads
+            ev[5] = n_c
+            ev[6] = n_fill
+            ev[7] = n_wbeats
+            ev[8] = n_res
+            ev[9] = n_stall
+            ev[10] = n_bubble
+            return acc, c, ev
+
+
+@dataclass
+class TlmmRun:
+    """Result of running one matmul on the model."""
+
+    shape: TlmmShape
+    y: np.ndarray          # (M, N) int32
+    cycles: int            # accept → last result transfer (README cycle definition)
+    events: dict
+
+
+_ONES = np.ones(1, np.uint8)
+
+
+def run_tlmm(cfg: TlmmConfig, w: np.ndarray, x: np.ndarray, act_pattern: np.ndarray | None = None,
+             wgt_pattern: np.ndarray | None = None, res_pattern: np.ndarray | None = None) -> TlmmRun:
+    """Run y = W·x (W (N, K) ternary, x (M, K) signed) through the stepped model."""
+    shape, act, wgt = tlmm_streams(cfg, w, x)
+    return run_tlmm_streams(cfg, shape, act, wgt, act_pattern, wgt_pattern, res_pattern)
+
+
+def run_tlmm_streams(cfg: TlmmConfig, shape: TlmmShape, act: np.ndarray, wgt: np.ndarray,
+                     act_pattern=None, wgt_pattern=None, res_pattern=None) -> TlmmRun:
+    """Run already laid-out streams (see :func:`hw.ternary.tlmm_streams`)."""
+    pats = []
+    for p in (act_pattern, wgt_pattern, res_pattern):
+        p = _ONES if p is None else np.ascontiguousarray(p, dtype=np.uint8)
+        if p.ndim != 1 or p.size == 0 or not p.any():
+            raise ValueError("a stream pattern must be a non-empty 1-D array with at least one 1")
+        pats.append(p)
+    ideal = tlmm_cycles(cfg, shape)
+    guard = 64 + ideal * max(1, *(p.size for p in pats)) * 4
+    # The table offsets go in as a tuple: its length T is part of the numba signature, so each T gets a
+    # kernel with the lookup loop fully unrolled.
+    acc, cycles, ev = _tlmm_stepped(
+        np.ascontiguousarray(act, dtype=np.int64).reshape(-1),
+        np.ascontiguousarray(wgt, dtype=np.uint8).reshape(-1), cfg.group_size,
+        shape.tokens, shape.k_chunks, shape.n_blocks, cfg.columns,
+        tuple(t * cfg.table_entries for t in range(cfg.tables)), cfg.table_entries, cfg.stored_entries,
+        pats[0], pats[1], pats[2], guard)
+    if cycles < 0:
+        raise RuntimeError("TLMM model did not finish: a stream pattern starves the engine")
+    # acc word nb·M + m holds y[m, nb·Q : nb·Q + Q] (already wrapped to int32)
+    y = acc.reshape(shape.n_blocks, shape.tokens, cfg.columns).transpose(1, 0, 2).reshape(shape.tokens, -1)
+    y32 = np.ascontiguousarray(y[:, : shape.n])
+    return TlmmRun(shape, y32, int(cycles), dict(zip(EVENT_NAMES, (int(v) for v in ev))))
+
+
+def tlmm_cycles(cfg: TlmmConfig, shape: TlmmShape) -> int:
+    """Closed form for unstalled streams: every issue slot is busy, then the pipeline drains.
+    KC·M fills + KC·NB·M lookups, plus cfg.drain_cycles."""
+    return shape.k_chunks * shape.tokens * (1 + shape.n_blocks) + cfg.drain_cycles
+
+
+def tlmm_events_closed_form(cfg: TlmmConfig, shape: TlmmShape) -> dict:
+    """Event counts for unstalled streams, without executing data (fast path for estimates)."""
+    kc, m, nb = shape.k_chunks, shape.tokens, shape.n_blocks
+    issues = kc * nb * m
+    return {
+        "table_fills": kc * m * cfg.tables,
+        "table_entry_writes": kc * m * cfg.tables * (cfg.stored_entries - 1),
+        "lookups": issues * cfg.lookups_per_cycle,
+        "acc_updates": issues * cfg.columns,
+        "acc_mem_reads": (kc - 1) * nb * m,
+        "acc_mem_writes": issues,
+        "act_beats": kc * m,
+        "wgt_beats": kc * nb,
+        "res_beats": nb * m,
+        "stall_cycles": 0,
+        "bubble_cycles": 0,
+    }
