@@ -307,7 +307,7 @@ def run_tlmm_streams(cfg: TlmmConfig, shape: TlmmShape, act: np.ndarray, wgt: np
     # acc word nb·M + m holds y[m, nb·Q : nb·Q + Q] (already wrapped to int32)
     y = acc.reshape(shape.n_blocks, shape.tokens, cfg.columns).transpose(1, 0, 2).reshape(shape.tokens, -1)
     y32 = np.ascontiguousarray(y[:, : shape.n])
-    return TlmmRun(shape, y32, int(cycles), dict(zip(EVENT_NAMES, (int(v) for v in ev))))
+    return TlmmRun(shape, y32, int(cycles), dict(zip(EVENT_NAMES, (int(v) for v in ev), strict=True)))
 
 
 def tlmm_cycles(cfg: TlmmConfig, shape: TlmmShape) -> int:
