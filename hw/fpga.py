@@ -1,0 +1,474 @@
+"""FPGA bitstream flow for the TLMM engine: elaborate → Yosys → fit check → nextpnr → pack.
+
+The engine's streams are hundreds of bits wide, far more than a board has pins, so :class:`BoardTop`
+feeds them from on-chip pseudo-random registers and folds the results into one LED. Everything the
+engine computes stays observable (the result parity depends on every result bit, every input bit comes
+from a register fed by an LFSR and a button pin), so Yosys cannot constant-fold any of the datapath away
+and the resource and timing figures are those of the real engine.
+
+:func:`build_bitstream` runs the open toolchain (YoWASP builds of Yosys/nextpnr by default) by hand,
+step by step, so that the design can be checked against the device's capacity *between* synthesis and
+place-and-route: a config too large for the board fails in seconds to minutes with a one-line
+:class:`FitError` instead of after a long nextpnr run. The nextpnr clock constraint is the config's
+``clock_mhz``, so placement is timing-driven towards the target and the reported Fmax is the engine's.
+
+Tools are looked up from the environment variables Amaranth uses (``YOSYS``, ``NEXTPNR_ECP5``,
+``ECPPACK``, ``NEXTPNR_ICE40``, ``ICEPACK``), defaulting to the ``yowasp-*`` commands.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+from amaranth import Cat, Elaboratable, Module, Signal
+from amaranth.build import Clock, Resource, TemplatedPlatform
+from amaranth.lib import io
+
+from hw.config import AcceleratorConfig, TlmmConfig
+from hw.tlmm import TableLookupMatmul
+
+__all__ = ["BOARDS", "BoardTop", "FitError", "FlowError", "build_bitstream"]
+
+
+class FitError(Exception):
+    """The synthesized design needs more of a resource than the board's device has (raised before P&R)."""
+
+
+class FlowError(RuntimeError):
+    """A tool of the flow failed; the message names the step and the log file to read."""
+
+
+# ------------------------------------------------------------------------------------------------------
+# Boards
+# ------------------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class _Board:
+    description: str
+    family: str                       # "ecp5" or "ice40"
+    device: str                       # human-readable device name for reports
+    platform: str                     # "module:Class" in amaranth_boards (imported lazily)
+    pnr_args: tuple[str, ...]         # nextpnr device/package flags
+    capacity: dict[str, int]          # resource → available units (keys as in the report)
+
+
+# Capacities from the device data sheets: ECP5-85F has 83,640 LUT4s (41,820 slices × 2) and as many
+# FFs, 208 DP16KD (18 Kbit) block RAMs, 156 MULT18X18D; the iCE40 UP5K has 5,280 logic cells (one LUT4 +
+# one FF each), 30 EBR (4 Kbit), 4 SPRAM (256 Kbit) and 8 SB_MAC16 DSPs.
+_BOARDS: dict[str, _Board] = {
+    "ulx3s": _Board(
+        description="Radiona ULX3S with Lattice ECP5 LFE5U-85F (CABGA381, speed 6), 25 MHz oscillator",
+        family="ecp5", device="LFE5U-85F-6BG381",
+        platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
+        pnr_args=("--85k", "--package", "CABGA381", "--speed", "6"),
+        capacity={"lut": 83640, "ff": 83640, "bram": 208, "dsp": 156},
+    ),
+    "icebreaker": _Board(
+        description="1BitSquared iCEBreaker with Lattice iCE40 UP5K (SG48), 12 MHz oscillator",
+        family="ice40", device="iCE40UP5K-SG48",
+        platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
+        pnr_args=("--up5k", "--package", "sg48"),
+        capacity={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
+    ),
+}
+
+#: Board name → one-line description (for CLIs listing the boards).
+BOARDS: dict[str, str] = {name: board.description for name, board in _BOARDS.items()}
+
+# What a user can shrink to reduce each resource (used in the FitError message).
+_SHRINK_HINT = {
+    "lut": "tlmm.tables, tlmm.columns (and tlmm.tokens; table_mode half, group_size 2)",
+    "ff": "tlmm.tokens, tlmm.tables, tlmm.columns",
+    "bram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
+    "spram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
+    "dsp": "tlmm.columns, tlmm.tables",
+}
+_RESOURCE_NAME = {"lut": "LUT4s/logic cells", "ff": "flip-flops", "bram": "block RAMs",
+                  "spram": "SPRAM blocks", "dsp": "DSP blocks"}
+
+
+def _board(name: str) -> _Board:
+    try:
+        return _BOARDS[name]
+    except KeyError:
+        raise ValueError(f"unknown board {name!r}; available boards: {', '.join(sorted(_BOARDS))}") from None
+
+
+def _make_platform(board: _Board, clock_hz: float) -> TemplatedPlatform:
+    """Instantiate the amaranth-boards platform with its oscillator constrained to ``clock_hz``.
+
+    The engine is clocked straight from the board oscillator (no PLL), but nextpnr is told the clock runs
+    at the config's target, so timing-driven placement aims at ``clock_mhz`` and the timing report checks
+    the engine against it. The generated bitstream is therefore a resource/timing probe: on the board it
+    runs at the oscillator frequency.
+    """
+    import importlib
+
+    module_name, class_name = board.platform.split(":")
+    platform = getattr(importlib.import_module(module_name), class_name)()
+    key = (platform.default_clk, 0)
+    old = platform.resources[key]
+    # Resources are immutable descriptions; swap in a copy whose Clock is the target frequency.
+    platform.resources[key] = Resource(old.name, old.number, *old.ios, Clock(clock_hz), old.attrs)
+    return platform
+
+
+# ------------------------------------------------------------------------------------------------------
+# Board top
+# ------------------------------------------------------------------------------------------------------
+
+class BoardTop(Elaboratable):
+    """The TLMM engine with self-driven streams, one result LED and one busy LED.
+
+    * A 32-bit Galois LFSR (x^32 + x^22 + x^2 + x + 1) shifts 8 fresh bits per cycle, XORed with a button,
+      into a *pool* register as wide as the act + wgt + cmd payloads; the payloads are slices of the pool.
+      So every payload bit is a distinct register fed by an input pin: nothing is constant.
+    * ``cmd`` fields (tokens, k_chunks, n_blocks) come from the pool too, at full width, so the engine's
+      loop counters and comparators keep their real width.
+    * ``act.valid``, ``wgt.valid`` and ``res.ready`` are pseudo-random (mostly high) rather than constant 1,
+      so the stall logic (the ``adv`` enable fanning out to every pipeline register) is kept as it would be
+      in a system with back-pressure.
+    * The XOR of all result bits of every transferred beat toggles a parity register (LED 0); ``busy``
+      drives LED 1.
+    """
+
+    def __init__(self, cfg: TlmmConfig, *, leds: tuple[tuple[str, int], ...] = (("led", 0), ("led", 1)),
+                 button: tuple[str, int] = ("button", 0)):
+        self.cfg = cfg
+        self.leds = leds
+        self.button = button
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = eng = TableLookupMatmul(self.cfg)
+
+        act = eng.act.payload.as_value()
+        wgt = eng.wgt.payload.as_value()
+        cmd = eng.cmd.payload.as_value()
+        pool_bits = len(act) + len(wgt) + len(cmd)
+
+        # Maximal-length Galois LFSR (taps 32, 22, 2, 1); any non-zero seed works.
+        lfsr = Signal(32, init=0x1ACE_B00C)
+        m.d.sync += lfsr.eq((lfsr >> 1) ^ (lfsr[0].replicate(32) & 0x8020_0003))
+
+        seed_in = Signal()
+        if platform is not None:
+            m.submodules.button = button = io.Buffer("i", platform.request(*self.button, dir="-"))
+            m.d.comb += seed_in.eq(button.i)
+        step = min(8, pool_bits)
+        pool = Signal(pool_bits, init=0x5A5A_5A5A)
+        fresh = lfsr[:step] ^ seed_in.replicate(step)
+        m.d.sync += pool.eq(Cat(fresh, pool[:-step]) if pool_bits > step else fresh)
+
+        m.d.comb += [
+            act.eq(pool[:len(act)]),
+            wgt.eq(pool[len(act):len(act) + len(wgt)]),
+            cmd.eq(pool[len(act) + len(wgt):]),
+            eng.cmd.valid.eq(lfsr[8]),
+            eng.act.valid.eq(~(lfsr[9] & lfsr[10])),
+            eng.wgt.valid.eq(~(lfsr[11] & lfsr[12])),
+            eng.res.ready.eq(~(lfsr[13] & lfsr[14] & lfsr[15])),
+        ]
+
+        # Parity of everything the engine outputs: depends on every result bit, costs one register.
+        parity = Signal()
+        busy = Signal()
+        with m.If(eng.res.valid & eng.res.ready):
+            m.d.sync += parity.eq(parity ^ eng.res.payload.as_value().xor())
+        m.d.sync += busy.eq(eng.busy)
+
+        if platform is not None:
+            m.submodules.led_parity = led_parity = io.Buffer("o", platform.request(*self.leds[0], dir="-"))
+            m.submodules.led_busy = led_busy = io.Buffer("o", platform.request(*self.leds[1], dir="-"))
+            m.d.comb += [led_parity.o.eq(parity), led_busy.o.eq(busy)]
+        return m
+
+
+# ------------------------------------------------------------------------------------------------------
+# Tool runs and report parsing
+# ------------------------------------------------------------------------------------------------------
+
+_TOOL_ENV = {"yosys": "YOSYS", "nextpnr-ecp5": "NEXTPNR_ECP5", "ecppack": "ECPPACK",
+             "nextpnr-ice40": "NEXTPNR_ICE40", "icepack": "ICEPACK"}
+
+
+def _tool(name: str) -> str:
+    """Command for a tool: $YOSYS etc. if set, else yowasp-<name> on PATH or next to this Python."""
+    override = os.environ.get(_TOOL_ENV[name])
+    if override:
+        return override
+    candidate = f"yowasp-{name}"
+    found = shutil.which(candidate) or shutil.which(candidate, path=str(Path(sys.executable).parent))
+    if found is None:
+        raise FlowError(f"{candidate} not found on PATH (pip install '.[fpga]', or set ${_TOOL_ENV[name]})")
+    return found
+
+
+def _run(step: str, args: list[str], cwd: Path, log_path: Path, full_log: Path | None = None) -> float:
+    """Run one tool with its console output in ``log_path``; return seconds. On failure raise FlowError
+    with the tail of that output and the path of the tool's full log (``full_log``, if it writes one)."""
+    t0 = time.monotonic()
+    with open(log_path, "w") as log:
+        proc = subprocess.run(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+    seconds = time.monotonic() - t0
+    if proc.returncode != 0:
+        tail = log_path.read_text(errors="replace").strip().splitlines()[-12:]
+        if full_log is None or not full_log.exists():   # the tool died before opening its log
+            full_log = log_path
+        raise FlowError(f"{step} failed (exit {proc.returncode}) after {seconds:.1f} s; see "
+                        f"{full_log or log_path}\n"
+                        + "\n".join("    " + line for line in tail))
+    return seconds
+
+
+def _netlist_stats(netlist: Path, top: str) -> tuple[Counter, int]:
+    """Cell types of the flattened synthesized top module (Yosys JSON netlist) and the number of FFs
+    that can share a logic cell with the LUT driving them.
+
+    On iCE40 a logic cell holds one LUT4 and one FF, and nextpnr packs them together only when the FF's
+    D input is the LUT's output and that LUT drives nothing else; FFs fed straight from another FF (the
+    stimulus shift register) or from RAM need a cell of their own. Counting those pairs makes the
+    logic-cell estimate close to nextpnr's final ICESTORM_LC figure.
+    """
+    with open(netlist) as f:
+        cells = json.load(f)["modules"][top]["cells"]
+    types = Counter(cell["type"] for cell in cells.values())
+    fanout: Counter = Counter()
+    lut_outputs = set()
+    for cell in cells.values():
+        for port, bits in cell["connections"].items():
+            if cell.get("port_directions", {}).get(port) == "input":
+                fanout.update(b for b in bits if isinstance(b, int))
+        if cell["type"] == "SB_LUT4":
+            lut_outputs.update(b for b in cell["connections"]["O"] if isinstance(b, int))
+    pairs = 0
+    for cell in cells.values():
+        if cell["type"].startswith("SB_DFF"):
+            d = cell["connections"]["D"][0]
+            if d in lut_outputs and fanout[d] == 1:
+                pairs += 1
+    return types, pairs
+
+
+def _usage(board: _Board, cells: Counter, lut_ff_pairs: int) -> dict[str, int]:
+    """Resource use estimated from the mapped cells, in the units of ``board.capacity``."""
+    if board.family == "ecp5":
+        # ECP5 slices count LUTs and FFs separately (nextpnr: TRELLIS_COMB, TRELLIS_FF). A CCU2C carry
+        # cell occupies a whole slice (2 LUT4 sites); a TRELLIS_DPR16X4 distributed RAM takes two slices
+        # of LUTs plus a third slice for its write port: 6 LUT4 sites.
+        return {
+            "lut": cells["LUT4"] + 2 * cells["CCU2C"] + 6 * cells["TRELLIS_DPR16X4"],
+            "ff": cells["TRELLIS_FF"],
+            "bram": cells["DP16KD"] + cells["PDPW16KD"],
+            "dsp": cells["MULT18X18D"],
+        }
+    # iCE40: "lut" counts logic cells (LUT4 + FF + carry each): every LUT, plus every FF that cannot ride
+    # in its driving LUT's cell. SB_CARRY shares the cell of its LUT.
+    ffs = sum(n for t, n in cells.items() if t.startswith("SB_DFF"))
+    return {
+        "lut": cells["SB_LUT4"] + ffs - lut_ff_pairs,
+        "ff": ffs,
+        "bram": cells["SB_RAM40_4K"],
+        "spram": cells["SB_SPRAM256KA"],
+        "dsp": cells["SB_MAC16"],
+    }
+
+
+def _check_fit(board_name: str, board: _Board, usage: dict[str, int], acfg: AcceleratorConfig) -> None:
+    over = [r for r in board.capacity if usage.get(r, 0) > board.capacity[r]]
+    if not over:
+        return
+    first = over[0]
+    others = "".join(f"; also {_RESOURCE_NAME[r]} {usage[r]} > {board.capacity[r]}" for r in over[1:])
+    raise FitError(
+        f"config {acfg.name!r} does not fit board {board_name} ({board.device}): "
+        f"{_RESOURCE_NAME[first]} needed {usage[first]}, available {board.capacity[first]}{others}; "
+        f"shrink {_SHRINK_HINT[first]} in {acfg.source}")
+
+
+_FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
+
+
+def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float | None, str | None, str]:
+    """(Fmax in MHz, clock name, critical path summary) for the engine clock.
+
+    nextpnr's JSON report (``--report``) has the per-clock Fmax and the critical paths cell by cell; the
+    log's "Max frequency" lines are the fallback. The design has one clock domain; if there were several,
+    the one constrained to the target is the engine's.
+    """
+    fmax, clock, path = None, None, "n/a"
+    try:
+        report = json.loads(pnr_report.read_text())
+    except (OSError, ValueError):
+        report = {}
+    clocks = report.get("fmax", {})
+    if clocks:
+        def distance(item):
+            return abs(item[1].get("constraint", 0) - target_mhz)
+        clock, entry = min(clocks.items(), key=distance)
+        fmax = float(entry["achieved"])
+    else:
+        found = _FMAX_RE.findall(pnr_log.read_text(errors="replace"))
+        if found:
+            clock, achieved = found[-1][0], found[-1][1]
+            fmax = float(achieved)
+    for crit in report.get("critical_paths", []):
+        # Register-to-register paths of the engine clock; <async> entries are I/O paths.
+        if clock is not None and crit.get("from") == crit.get("to") == f"posedge {clock}":
+            path = _summarize_path(crit)
+            break
+    return fmax, clock, path
+
+
+def _summarize_path(crit: dict) -> str:
+    """One line: source cell.port -> sink cell.port, delay split into logic and routing, the nets on the
+    way and the HDL lines (Amaranth source locations Yosys kept) they come from."""
+    segments = crit.get("path", [])
+    if not segments:
+        return "n/a"
+    start, end = segments[0]["from"], segments[-1]["to"]
+    logic = sum(s["delay"] for s in segments if s["type"] != "routing")
+    routing = sum(s["delay"] for s in segments if s["type"] == "routing")
+    levels = sum(1 for s in segments if s["type"] == "logic")
+    nets: list[str] = []
+    for seg in segments:
+        net = _short_name(seg.get("net", "")) if seg["type"] == "routing" else ""
+        if net and net not in nets:
+            nets.append(net)
+    shown = nets if len(nets) <= 6 else nets[:3] + ["..."] + nets[-2:]
+    lines: list[str] = []
+    for seg in segments:
+        for src in seg.get("sources", []):
+            where = src.split(".py:")
+            # Python HDL of this project only: not the vendor techmap files nor Amaranth internals.
+            if len(where) == 2 and "site-packages" not in where[0]:
+                short = f"{Path(where[0]).name}.py:{where[1]}"
+                if short not in lines:
+                    lines.append(short)
+    return (f"{_short_name(start['cell'])}.{start['port']} -> "
+            f"{_short_name(end['cell'])}.{end['port']}: "
+            f"{logic + routing:.2f} ns ({levels} logic levels, logic {logic:.2f} ns, routing "
+            f"{routing:.2f} ns); HDL: {', '.join(lines) or 'n/a'}; nets: {', '.join(shown)}")
+
+
+# Yosys/nextpnr name mapped cells and nets by appending the primitive chain to the HDL signal name
+# ("engine.a_val_0_0_SB_DFFESR_Q_7_D_SB_LUT4_O_I0..."); cut there to keep the HDL part.
+_PRIMITIVE_SUFFIX = re.compile(
+    r"_(?:CCU2C|LUT4|TRELLIS_|PFUMX|L6MUX21|DP16KD|SB_|ICESTORM_)|\$CCU2|\$nextpnr")
+
+
+def _short_name(name: str) -> str:
+    return _PRIMITIVE_SUFFIX.split(name, maxsplit=1)[0]
+
+
+def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
+    try:
+        util = json.loads(pnr_report.read_text()).get("utilization", {})
+    except (OSError, ValueError):
+        return {}
+    return {k: v for k, v in util.items() if v.get("used")}
+
+
+# ------------------------------------------------------------------------------------------------------
+# The flow
+# ------------------------------------------------------------------------------------------------------
+
+def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path = Path("build/bitstream"),
+                    log: Callable[[str], None] = print) -> dict:
+    """Synthesize, fit-check, place, route and pack ``acfg`` for ``board``; return the report.
+
+    Outputs go to ``<out_dir>/<board>-<config name>/``: ``top.il`` (RTLIL), ``synth.log``, ``top.json``
+    (netlist), ``pnr.log``, ``pnr_report.json``, the bitstream (``top.bit`` for ECP5, ``top.bin`` for
+    iCE40) and, last of all, ``report.json``. Raises :class:`FitError` before place-and-route when the
+    design is too large for the device, :class:`FlowError` when a tool fails, ``ValueError`` for an
+    unknown board.
+    """
+    b = _board(board)
+    work = Path(out_dir) / f"{board}-{acfg.name}"
+    work.mkdir(parents=True, exist_ok=True)
+    bit_name = "top.bit" if b.family == "ecp5" else "top.bin"
+    # Stale results from an earlier run must not look like the outcome of this one.
+    for stale in ("report.json", bit_name, "pnr_report.json", "top.json"):
+        (work / stale).unlink(missing_ok=True)
+
+    yosys = _tool("yosys")
+    nextpnr = _tool(f"nextpnr-{b.family}")
+    packer = _tool("ecppack" if b.family == "ecp5" else "icepack")
+
+    # -- elaborate: the platform writes RTLIL, the Yosys script and the pin/clock constraints --
+    t0 = time.monotonic()
+    log(f"[fpga] {board}: elaborating config {acfg.name!r} ({acfg.source}) at {acfg.clock_mhz:g} MHz")
+    platform = _make_platform(b, acfg.clock_mhz * 1e6)
+    plan = platform.prepare(BoardTop(acfg.tlmm), name="top")
+    plan.extract(str(work))
+    t_elab = time.monotonic() - t0
+
+    # -- synthesize --
+    log(f"[fpga] {board}: Yosys synth_{b.family} (log {work / 'synth.log'}) ...")
+    t_synth = _run("Yosys synthesis", [yosys, "-q", "-l", "synth.log", "top.ys"], work, work / "synth.stdout",
+                   work / "synth.log")
+    cells, lut_ff_pairs = _netlist_stats(work / "top.json", "top")
+    usage = _usage(b, cells, lut_ff_pairs)
+    log(f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
+        + ", ".join(f"{r} {usage[r]}/{b.capacity[r]}" for r in b.capacity))
+
+    # -- fit check before the (long) place-and-route --
+    _check_fit(board, b, usage, acfg)
+
+    # -- place and route, timing-driven towards clock_mhz (the oscillator constraint was raised) --
+    log(f"[fpga] {board}: nextpnr-{b.family} place and route (log {work / 'pnr.log'}); "
+        "a large design takes minutes ...")
+    constraints = ["--lpf", "top.lpf", "--textcfg", "top.config"] if b.family == "ecp5" else \
+        ["--pcf", "top.pcf", "--asc", "top.asc"]
+    # --timing-allow-fail: missing the target is a result to report, not a failed build.
+    t_pnr = _run(f"nextpnr-{b.family}",
+                 [nextpnr, *b.pnr_args, "--json", "top.json", *constraints, "--seed", "1",
+                  "--timing-allow-fail", "--report", "pnr_report.json", "--log", "pnr.log", "-q"],
+                 work, work / "pnr.stdout", work / "pnr.log")
+    fmax, clock, critical = _timing(work / "pnr_report.json", work / "pnr.log", acfg.clock_mhz)
+    log(f"[fpga] {board}: placed and routed in {t_pnr:.1f} s; Fmax "
+        f"{'n/a' if fmax is None else f'{fmax:.1f}'} MHz (target {acfg.clock_mhz:g} MHz)")
+
+    # -- pack; write to a temporary name so a failed pack leaves no complete-looking bitstream --
+    log(f"[fpga] {board}: packing the bitstream ...")
+    tmp = work / (bit_name + ".part")
+    pack_args = [packer, "--compress", "top.config", tmp.name] if b.family == "ecp5" else \
+        [packer, "top.asc", tmp.name]
+    t_pack = _run("bitstream packing", pack_args, work, work / "pack.log")
+    bitstream = work / bit_name
+    tmp.replace(bitstream)
+
+    report = {
+        "board": board,
+        "board_description": b.description,
+        "device": b.device,
+        "config": acfg.name,
+        "config_source": acfg.source,
+        "config_fingerprint": acfg.fingerprint(),
+        **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
+        "cells": dict(cells.most_common()),
+        "pnr_utilization": _pnr_utilization(work / "pnr_report.json"),
+        "clock": clock,
+        "fmax_mhz": None if fmax is None else round(fmax, 2),
+        "target_mhz": acfg.clock_mhz,
+        "meets_target": fmax is not None and fmax >= acfg.clock_mhz,
+        "critical_path": critical,
+        "bitstream": str(bitstream),
+        "bitstream_bytes": bitstream.stat().st_size,
+        "seconds": {"elaborate": round(t_elab, 1), "synth": round(t_synth, 1), "pnr": round(t_pnr, 1),
+                    "pack": round(t_pack, 1)},
+    }
+    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    log(f"[fpga] {board}: bitstream {bitstream} ({report['bitstream_bytes']} bytes); report "
+        f"{work / 'report.json'}")
+    return report

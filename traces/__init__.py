@@ -1,0 +1,1 @@
+"""KV trace format, recorder and small committed traces (arrives with the KV-retrieval issue)."""
