@@ -12,11 +12,12 @@ Schedule for one command (M tokens, KC chunks, NB blocks)::
             for m in range(M):          LOOK: one weight beat (held for M cycles) → Q·T lookups,
                                               Q sums, accumulate into acc[nb·M + m]           (1 cycle)
 
-Token tables live in a rotating register file: the table being read is always slot 0, so the lookup
-multiplexers do not grow with the number of tokens. Pipeline after issue: A (looked-up entries), B (adder
-tree, accumulator read), C (accumulate and write back; on the last chunk, the result goes to ``res``).
-The accumulator read port is transparent to the write port, so back-to-back updates of one word are
-hazard-free and the schedule never inserts bubbles.
+Fills write one register bank per token; a staging bank, loaded a cycle ahead with the tables of the
+next token to look up, is the only bank the lookup multiplexers read, so they do not grow with the
+number of tokens. Pipeline after issue: A (looked-up entries; accumulator read), B (adder tree), C
+(accumulate and write back; on the last chunk the result goes to ``res``). The accumulator read port is
+transparent to the write port, so repeated updates of one word are hazard-free and the schedule never
+inserts bubbles.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class TableLookupMatmul(wiring.Component):
         a_vals = [[Signal(signed(eb), name=f"a_val_{q}_{t}") for t in range(T)] for q in range(Q)]
         b_sums = [Signal(signed(sb), name=f"b_sum_{q}") for q in range(Q)]
         c_sums = [Signal(signed(sb), name=f"c_sum_{q}") for q in range(Q)]
+        c_prev = [Signal(signed(ab), name=f"c_prev_{q}") for q in range(Q)]
 
         # A stall is only ever caused by an output beat that is not taken.
         adv = Signal()
@@ -114,29 +116,39 @@ class TableLookupMatmul(wiring.Component):
         tok = Signal(range(M))
         addr = Signal(addr_bits)
 
-        # ---- rotating table register file: slots[s][t][e]; slot 0 is the one read ----
+        # ---- token table banks (written by fills) and the staging bank ``cur`` (read by lookups) ----
+        # ``cur`` holds the tables of the token being looked up; it is loaded one cycle ahead from the
+        # bank of the next token (or straight from the fill datapath), so the Q·T lookup multiplexers
+        # read a single bank and never sit behind a token multiplexer.
         zero = cfg.zero_index
-        slots = [[[Signal(signed(eb), name=f"tab_{s}_{t}_{e}") if e != zero else Const(0, signed(eb))
-                   for e in range(cfg.stored_entries)] for t in range(T)] for s in range(M)]
-        fill_entries = [self._fill_entries([self.act.payload[t * G + j] for j in range(G)]) for t in range(T)]
-        rotate = Signal()      # advance the ring (on a fill or a lookup issue)
-        filling = Signal()     # the value entering the ring is a new table (else slot 0 recirculates)
-        for s in range(M):
-            for t in range(T):
-                for e in range(cfg.stored_entries):
-                    if e == zero:
-                        continue
-                    incoming = Mux(filling, fill_entries[t][e], slots[0][t][e])
-                    if s + 1 < M:
-                        nxt = Mux(tokens_m1 == s, incoming, slots[s + 1][t][e])
-                    else:
-                        nxt = incoming
-                    with m.If(rotate):
-                        m.d.sync += slots[s][t][e].eq(nxt)
 
-        # ---- lookups from slot 0 ----
+        def bank(name):
+            return [[Signal(signed(eb), name=f"{name}_{t}_{e}") if e != zero else Const(0, signed(eb))
+                     for e in range(cfg.stored_entries)] for t in range(T)]
+
+        stored = [(t, e) for t in range(T) for e in range(cfg.stored_entries) if e != zero]
+        banks = [bank(f"tab{s}") for s in range(M)] if M > 1 else []
+        cur = bank("cur")
+        fill_entries = [self._fill_entries([self.act.payload[t * G + j] for j in range(G)]) for t in range(T)]
+        fire_fill = Signal()   # an activation beat is taken this cycle (it belongs to token ``tok``)
+        issue = Signal()       # a lookup of token ``tok`` is issued this cycle
+        for s, bk in enumerate(banks):
+            with m.If(fire_fill & (tok == s)):
+                m.d.sync += [bk[t][e].eq(fill_entries[t][e]) for t, e in stored]
+        with m.If(fire_fill & (tok == tokens_m1)):
+            # last fill of a chunk: the next lookup is token 0 (whose tables are being written now if M = 1)
+            first_tables = fill_entries if M == 1 else [
+                [Mux(tokens_m1 == 0, fill_entries[t][e], banks[0][t][e]) for e in range(cfg.stored_entries)]
+                for t in range(T)]
+            m.d.sync += [cur[t][e].eq(first_tables[t][e]) for t, e in stored]
+        if M > 1:
+            with m.Elif(issue & (tokens_m1 != 0)):
+                nxt = Mux(tok == tokens_m1, 0, tok + 1)
+                m.d.sync += [cur[t][e].eq(Array(bk[t][e] for bk in banks)[nxt]) for t, e in stored]
+
+        # ---- lookups from the staging bank ----
         def read_entry(t, idx):
-            table = Array(slots[0][t])
+            table = Array(cur[t])
             if cfg.table_mode == "full":
                 return table[idx]
             upper = idx > zero
@@ -147,7 +159,6 @@ class TableLookupMatmul(wiring.Component):
         lookups = [[read_entry(t, self.wgt.payload[q][t]) for t in range(T)] for q in range(Q)]
 
         # ---- controller ----
-        issue = Signal()
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -159,8 +170,7 @@ class TableLookupMatmul(wiring.Component):
                     ]
                     m.next = "FILL"
             with m.State("FILL"):
-                m.d.comb += [self.busy.eq(1), self.act.ready.eq(adv), filling.eq(1),
-                             rotate.eq(self.act.valid & adv)]
+                m.d.comb += [self.busy.eq(1), self.act.ready.eq(adv), fire_fill.eq(self.act.valid & adv)]
                 with m.If(self.act.valid & adv):
                     with m.If(tok == tokens_m1):
                         m.d.sync += [tok.eq(0), nb.eq(0), addr.eq(0)]
@@ -169,7 +179,7 @@ class TableLookupMatmul(wiring.Component):
                         m.d.sync += tok.eq(tok + 1)
             with m.State("LOOK"):
                 m.d.comb += [self.busy.eq(1), self.wgt.ready.eq(adv & (tok == tokens_m1)),
-                             issue.eq(self.wgt.valid & adv), rotate.eq(issue)]
+                             issue.eq(self.wgt.valid & adv)]
                 with m.If(issue):
                     m.d.sync += addr.eq(addr + 1)
                     with m.If(tok == tokens_m1):
@@ -194,17 +204,21 @@ class TableLookupMatmul(wiring.Component):
             # A: looked-up entries
             m.d.sync += [a_valid.eq(issue), a_first.eq(kc == 0), a_last.eq(kc == kc_last), a_addr.eq(addr)]
             m.d.sync += [a_vals[q][t].eq(lookups[q][t]) for q in range(Q) for t in range(T)]
-            # B: adder tree; the accumulator word is read now and arrives with C
+            # B: adder tree (the accumulator word read during A arrives now and is registered into C)
             m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_addr.eq(a_addr)]
             m.d.sync += [b_sums[q].eq(_tree_sum(a_vals[q], sb)) for q in range(Q)]
             # C: accumulate (registered into the output on the last chunk)
             m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_addr.eq(b_addr)]
             m.d.sync += [c_sums[q].eq(b_sums[q]) for q in range(Q)]
-        m.d.comb += [rp.addr.eq(b_addr), rp.en.eq(adv)]
+            m.d.sync += [c_prev[q].eq(rp.data[q]) for q in range(Q)]
+        # Reading in A and registering the word splits memory→adder→memory into two paths. A word read in A
+        # while C writes it returns the new value (transparent port); two updates of one word are at least
+        # two pipeline slots apart (a fill bubble separates chunks), so no older write can be missed.
+        m.d.comb += [rp.addr.eq(a_addr), rp.en.eq(adv)]
 
         updated = [Signal(signed(ab), name=f"acc_new_{q}") for q in range(Q)]
         for q in range(Q):
-            m.d.comb += updated[q].eq(Mux(c_first, 0, rp.data[q]) + c_sums[q])
+            m.d.comb += updated[q].eq(Mux(c_first, 0, c_prev[q]) + c_sums[q])
         m.d.comb += [wp.addr.eq(c_addr), wp.en.eq(c_valid & adv)]
         m.d.comb += [wp.data[q].eq(updated[q]) for q in range(Q)]
 

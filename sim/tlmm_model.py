@@ -197,8 +197,8 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
         drain_done = False
         if st == 1:
             if act_pat[ia] != 0:
-                # The RTL's rotating ring always reads slot 0, which by construction holds the table of
-                # the token being looked up; the model indexes tables by token directly (same contents).
+                # The RTL's lookups read a staging bank that holds, by construction, the tables of the
+                # token being looked up; the model indexes tables by token directly (same contents).
                 tb = (act_ptr % n_tok) * tsz
                 for t in range(t_n):
                     _fill(tabs, _U(tb + toff[t]), act, _U((act_ptr * t_n + t) * g_n), g_n)
