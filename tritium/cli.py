@@ -98,12 +98,16 @@ def cmd_cosim(args) -> int:
 
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
-    from hw.fpga import BOARDS, build_bitstream
+    from hw.fpga import BOARDS, FitError, FlowError, build_bitstream
 
     if args.board not in BOARDS:
         raise ConfigError(f"--board: unknown board {args.board!r}; choose one of {', '.join(BOARDS)}")
     acfg = load_config(args.config)
-    report = build_bitstream(acfg, args.board, Path(args.out), log=_progress)
+    try:
+        report = build_bitstream(acfg, args.board, Path(args.out), log=_progress)
+    except (FitError, FlowError) as e:
+        print(f"tritium: error: {e}", file=sys.stderr)
+        return EXIT_TOOL
     print(json.dumps(report, indent=1))
     return 0
 
@@ -172,8 +176,7 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as e:
         from sim.verilator import ToolError
 
-        fit_error = type(e).__name__ == "FitError"
-        if isinstance(e, ToolError) or fit_error:
+        if isinstance(e, ToolError):
             print(f"tritium: error: {e}", file=sys.stderr)
             return EXIT_TOOL
         raise
