@@ -141,9 +141,16 @@ class TlmmConfig:
         return self.columns * self.tables
 
     @property
+    def result_fifo_depth(self) -> int:
+        """Depth of the result FIFO, which is also the number of result credits: an issue on the last
+        chunk takes a credit, a result leaving the engine returns it. drain_cycles + 1 credits cover every
+        result in flight, so an always-ready sink never blocks issue."""
+        return self.drain_cycles + 1
+
+    @property
     def drain_cycles(self) -> int:
         """Cycles from the last lookup issue to the last result transfer: lookup register (A), adder tree
-        (B), accumulate (C), output register. Part of the cycle definition shared by RTL and model."""
+        (B), accumulate (C), result FIFO. Part of the cycle definition shared by RTL and model."""
         return 4
 
 

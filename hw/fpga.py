@@ -26,9 +26,9 @@ import subprocess
 import sys
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 from amaranth import Cat, Elaboratable, Module, Signal
 from amaranth.build import Clock, Resource, TemplatedPlatform

@@ -22,8 +22,9 @@ inserts bubbles.
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -105,15 +106,24 @@ class TableLookupMatmul(wiring.Component):
         c_sums = [Signal(signed(sb), name=f"c_sum_{q}") for q in range(Q)]
         c_prev = [Signal(signed(ab), name=f"c_prev_{q}") for q in range(Q)]
 
-        # A stall is only ever caused by an output beat that is not taken.
-        adv = Signal()
-        m.d.comb += adv.eq(~self.res.valid | self.res.ready)
+        # ---- result FIFO and credits: the pipeline never stalls ----
+        # An issue on the last chunk (which will produce a result) takes a credit; a result leaving
+        # ``res`` returns one. With result_fifo_depth credits the FIFO cannot overflow, and ``res.ready``
+        # reaches only the FIFO and the credit counter, never the pipeline's enables.
+        depth_out = cfg.result_fifo_depth
+        m.submodules.results = results = SyncFIFO(width=Q * ab, depth=depth_out)
+        credits = Signal(range(depth_out + 1), init=depth_out)
+        pop = Signal()
+        m.d.comb += [self.res.valid.eq(results.r_rdy), self.res.payload.eq(results.r_data),
+                     results.r_en.eq(self.res.ready), pop.eq(results.r_rdy & self.res.ready)]
 
         # ---- command registers and loop counters ----
         tokens_m1 = Signal(range(M))
         kc_last, nb_last = Signal(16), Signal(16)
         kc, nb = Signal(16), Signal(16)
         tok = Signal(range(M))
+        tok_next = Signal(range(M))     # the token looked up after ``tok`` (registered: it selects banks)
+        first_chunk, last_chunk = Signal(), Signal()
         addr = Signal(addr_bits)
 
         # ---- token table banks (written by fills) and the staging bank ``cur`` (read by lookups) ----
@@ -143,8 +153,7 @@ class TableLookupMatmul(wiring.Component):
             m.d.sync += [cur[t][e].eq(first_tables[t][e]) for t, e in stored]
         if M > 1:
             with m.Elif(issue & (tokens_m1 != 0)):
-                nxt = Mux(tok == tokens_m1, 0, tok + 1)
-                m.d.sync += [cur[t][e].eq(Array(bk[t][e] for bk in banks)[nxt]) for t, e in stored]
+                m.d.sync += [cur[t][e].eq(Array(bk[t][e] for bk in banks)[tok_next]) for t, e in stored]
 
         # ---- lookups from the staging bank ----
         def read_entry(t, idx):
@@ -159,6 +168,10 @@ class TableLookupMatmul(wiring.Component):
         lookups = [[read_entry(t, self.wgt.payload[q][t]) for t in range(T)] for q in range(Q)]
 
         # ---- controller ----
+        def set_tok(value, following):
+            return [tok.eq(value), tok_next.eq(following)]
+
+        credit_ok = ~last_chunk | (credits != 0)
         with m.FSM():
             with m.State("IDLE"):
                 m.d.comb += self.cmd.ready.eq(1)
@@ -166,64 +179,64 @@ class TableLookupMatmul(wiring.Component):
                     p = self.cmd.payload
                     m.d.sync += [
                         tokens_m1.eq(p.tokens_minus_one), kc_last.eq(p.k_chunks - 1),
-                        nb_last.eq(p.n_blocks - 1), kc.eq(0), nb.eq(0), tok.eq(0),
+                        nb_last.eq(p.n_blocks - 1), kc.eq(0), nb.eq(0),
+                        first_chunk.eq(1), last_chunk.eq(p.k_chunks == 1),
+                        *set_tok(0, Mux(p.tokens_minus_one == 0, 0, 1)),
                     ]
                     m.next = "FILL"
             with m.State("FILL"):
-                m.d.comb += [self.busy.eq(1), self.act.ready.eq(adv), fire_fill.eq(self.act.valid & adv)]
-                with m.If(self.act.valid & adv):
+                m.d.comb += [self.busy.eq(1), self.act.ready.eq(1), fire_fill.eq(self.act.valid)]
+                with m.If(self.act.valid):
                     with m.If(tok == tokens_m1):
-                        m.d.sync += [tok.eq(0), nb.eq(0), addr.eq(0)]
+                        m.d.sync += [*set_tok(0, Mux(tokens_m1 == 0, 0, 1)), nb.eq(0), addr.eq(0)]
                         m.next = "LOOK"
                     with m.Else():
-                        m.d.sync += tok.eq(tok + 1)
+                        m.d.sync += set_tok(tok + 1, Mux(tok + 1 == tokens_m1, 0, tok + 2))
             with m.State("LOOK"):
-                m.d.comb += [self.busy.eq(1), self.wgt.ready.eq(adv & (tok == tokens_m1)),
-                             issue.eq(self.wgt.valid & adv)]
+                m.d.comb += [self.busy.eq(1), self.wgt.ready.eq(credit_ok & (tok == tokens_m1)),
+                             issue.eq(self.wgt.valid & credit_ok)]
                 with m.If(issue):
-                    m.d.sync += addr.eq(addr + 1)
+                    m.d.sync += [addr.eq(addr + 1), *set_tok(tok_next, Mux(tok_next == tokens_m1, 0, tok_next + 1))]
                     with m.If(tok == tokens_m1):
-                        m.d.sync += tok.eq(0)
                         with m.If(nb == nb_last):
-                            with m.If(kc == kc_last):
+                            with m.If(last_chunk):
                                 m.next = "DRAIN"
                             with m.Else():
-                                m.d.sync += kc.eq(kc + 1)
+                                m.d.sync += [kc.eq(kc + 1), first_chunk.eq(0), last_chunk.eq(kc + 1 == kc_last)]
                                 m.next = "FILL"
                         with m.Else():
                             m.d.sync += nb.eq(nb + 1)
-                    with m.Else():
-                        m.d.sync += tok.eq(tok + 1)
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~a_valid & ~b_valid & ~c_valid & (~self.res.valid | self.res.ready)):
+                with m.If(~a_valid & ~b_valid & ~c_valid
+                          & ((results.level == 0) | ((results.level == 1) & self.res.ready))):
                     m.next = "IDLE"
 
-        # ---- pipeline ----
-        with m.If(adv):
-            # A: looked-up entries
-            m.d.sync += [a_valid.eq(issue), a_first.eq(kc == 0), a_last.eq(kc == kc_last), a_addr.eq(addr)]
-            m.d.sync += [a_vals[q][t].eq(lookups[q][t]) for q in range(Q) for t in range(T)]
-            # B: adder tree (the accumulator word read during A arrives now and is registered into C)
-            m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_addr.eq(a_addr)]
-            m.d.sync += [b_sums[q].eq(_tree_sum(a_vals[q], sb)) for q in range(Q)]
-            # C: accumulate (registered into the output on the last chunk)
-            m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_addr.eq(b_addr)]
-            m.d.sync += [c_sums[q].eq(b_sums[q]) for q in range(Q)]
-            m.d.sync += [c_prev[q].eq(rp.data[q]) for q in range(Q)]
+        with m.If(self.cmd.valid & self.cmd.ready):
+            m.d.sync += credits.eq(depth_out)
+        with m.Else():
+            m.d.sync += credits.eq(credits + pop - (issue & last_chunk))
+
+        # ---- pipeline: advances every cycle; the valid bits say which stages hold work ----
+        # A: looked-up entries
+        m.d.sync += [a_valid.eq(issue), a_first.eq(first_chunk), a_last.eq(last_chunk), a_addr.eq(addr)]
+        m.d.sync += [a_vals[q][t].eq(lookups[q][t]) for q in range(Q) for t in range(T)]
+        # B: adder tree (the accumulator word read during A arrives now and is registered into C)
+        m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_addr.eq(a_addr)]
+        m.d.sync += [b_sums[q].eq(_tree_sum(a_vals[q], sb)) for q in range(Q)]
+        # C: accumulate; on the last chunk the new value also goes into the result FIFO
+        m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_addr.eq(b_addr)]
+        m.d.sync += [c_sums[q].eq(b_sums[q]) for q in range(Q)]
+        m.d.sync += [c_prev[q].eq(rp.data[q]) for q in range(Q)]
         # Reading in A and registering the word splits memory→adder→memory into two paths. A word read in A
         # while C writes it returns the new value (transparent port); two updates of one word are at least
         # two pipeline slots apart (a fill bubble separates chunks), so no older write can be missed.
-        m.d.comb += [rp.addr.eq(a_addr), rp.en.eq(adv)]
+        m.d.comb += rp.addr.eq(a_addr)
 
         updated = [Signal(signed(ab), name=f"acc_new_{q}") for q in range(Q)]
         for q in range(Q):
             m.d.comb += updated[q].eq(Mux(c_first, 0, c_prev[q]) + c_sums[q])
-        m.d.comb += [wp.addr.eq(c_addr), wp.en.eq(c_valid & adv)]
+        m.d.comb += [wp.addr.eq(c_addr), wp.en.eq(c_valid)]
         m.d.comb += [wp.data[q].eq(updated[q]) for q in range(Q)]
-
-        with m.If(adv):
-            m.d.sync += self.res.valid.eq(c_valid & c_last)
-            with m.If(c_valid & c_last):
-                m.d.sync += [self.res.payload[q].eq(updated[q]) for q in range(Q)]
+        m.d.comb += [results.w_en.eq(c_valid & c_last), results.w_data.eq(Cat(*updated))]
         return m

@@ -47,6 +47,10 @@ def directed_cases(cfg: TlmmConfig, seed: int = 0) -> list[TlmmCase]:
                  act_pattern=np.array([1, 0, 0, 1, 1], np.uint8),
                  wgt_pattern=np.array([0, 1, 1, 0, 1, 1, 1], np.uint8),
                  res_pattern=np.array([1, 0, 1, 1, 0, 0], np.uint8)),
+        # one chunk, many result beats, a sink ready one cycle in six: issue runs out of result credits
+        TlmmCase("result-backpressure", rng.integers(-1, 2, (6 * cfg.columns, cfg.chunk_k)).astype(np.int8),
+                 rng.integers(lo, hi + 1, (m, cfg.chunk_k)).astype(np.int8),
+                 res_pattern=np.array([1, 0, 0, 0, 0, 0], np.uint8)),
     ]
     return cases
 

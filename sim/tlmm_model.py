@@ -4,8 +4,11 @@ The stepped kernel executes the engine's controller, pipeline and accumulator me
 time, with the same stream handshakes as the RTL: each input stream presents its next beat when a
 periodic *valid pattern* allows it, and the result stream takes a beat when a periodic *ready pattern*
 allows it (patterns are indexed by the cycle count since the command was accepted; the co-simulation
-drives the RTL with the same patterns). With all-ones patterns the engine never stalls, and
-:func:`tlmm_cycles` gives the same count in closed form.
+drives the RTL with the same patterns). Result back-pressure never freezes the pipeline: results queue in
+a result FIFO of ``cfg.result_fifo_depth`` entries, and a lookup issue on the last chunk (the only issues
+that produce a result) needs one of as many *credits*, which a result returns when it leaves the engine.
+With all-ones patterns the engine never stalls, and :func:`tlmm_cycles` gives the same count in closed
+form.
 
 Cycle definition (README.md): cycle 0 is the cycle in which the command handshake happens; the count is
 the index of the cycle in which the last result beat is transferred.
@@ -34,7 +37,7 @@ EVENT_NAMES = (
     "act_beats",          # activation beats received
     "wgt_beats",          # weight beats received
     "res_beats",          # result beats sent
-    "stall_cycles",       # cycles frozen because a result beat was not taken
+    "stall_cycles",       # cycles a LOOK issue waited for a result credit
     "bubble_cycles",      # cycles in FILL/LOOK without a beat to work on
 )
 _N_EVENTS = len(EVENT_NAMES)
@@ -102,20 +105,26 @@ def _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, tok, wgt_ptr, addr, r, firs
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy", nogil=True)
-def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
+def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store, fifo_depth,
                   act_pat, wgt_pat, res_pat, drain_guard):
     """act (KC·M·T·G,) int64 activations and wgt (KC·NB·Q·T,) uint8 indices, flat in stream order;
-    g_n = G; toff = (t·E for t < T). Returns (acc (NB·M·Q,) int32, cycles, events);
-    cycles is -1 if the run exceeds ``drain_guard`` cycles.
+    g_n = G; toff = (t·E for t < T); fifo_depth = D, the result FIFO depth (= result credits).
+    Returns (acc (NB·M·Q,) int32, cycles, events); cycles is -1 if the run exceeds ``drain_guard`` cycles.
 
-    State per cycle, as in the RTL: FSM (st, kc, nb, tok, addr), stream pointers, pipeline stages A, B, C
-    and the output register. A pipeline stage is one int ``tag``: -1 when empty, else addr·4 + first·2 +
-    last. Only the *control* is pipelined: the lookup sums are accumulated into acc at issue time instead
-    of in stage C. That is unobservable: stage C reads the accumulator through a port transparent to its
+    State per cycle, as in the RTL: FSM (st, kc, nb, tok, addr), stream pointers, pipeline stages A, B, C,
+    the result FIFO occupancy ``occ`` and the result ``credits``. The pipeline advances every cycle; a
+    result leaves stage C into the FIFO, and the FIFO presents its oldest result on the result stream. An
+    issue on the last chunk takes a credit (it waits while there is none), a result taken from the FIFO
+    returns one, so the FIFO never overflows. A pipeline stage is one int ``tag``: -1 when empty, else
+    addr·4 + first·2 + last.
+
+    Only the *control* is pipelined: the lookup sums are accumulated into acc at issue time instead of in
+    stage C. That is unobservable: stage C reads the accumulator through a port transparent to its
     write port, so each word sees its updates in issue order either way, and a word's result is read out
     only after its last update (last chunk), after which nothing writes it again. For the same reason the
-    result beats need not copy data: the wrapper reads y from the final accumulators (every result beat has
-    been transferred once the run has finished).
+    result beats (and FIFO entries) need not copy data: the wrapper reads y from the final accumulators
+    (every result beat has been transferred once the run has finished). FIFO order is stage-C order, which
+    is issue order, so results leave in the same order as they would without the FIFO.
     """
     t_n = len(toff)
     tsz = t_n * n_full
@@ -126,10 +135,15 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
     la, lw, lr = act_pat.shape[0], wgt_pat.shape[0], res_pat.shape[0]
     ia = iw = ir = 0
     # Fast path for the common unstalled case: with all-ones weight and result patterns, every LOOK cycle
-    # issues (the output register is always taken, so the pipeline always advances).
+    # issues. Issues before the last chunk need no credit. On the last chunk, an always-ready sink keeps
+    # the FIFO at most one deep at the start of a cycle (a result pushed at one edge leaves in the next
+    # cycle), so at most 3 (stages A, B, C) + 1 credits are out at the start of any cycle: with D > 4
+    # credits every issue finds one. (Credits out = last-chunk tags in A, B, C + occ, an invariant.)
     look_unstalled = wgt_pat.all() and res_pat.all()
+    last_unstalled = look_unstalled and fifo_depth > 4
     tag_a = tag_b = tag_c = -1
-    res_valid = False
+    occ = 0                 # results in the result FIFO
+    credits = fifo_depth    # result credits not taken
     st = 1  # 1 FILL, 2 LOOK, 3 DRAIN
     kc = nb = tok = addr = 0
     act_ptr = wgt_ptr = 0
@@ -138,23 +152,25 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
     n_fill = n_c = n_reads = n_wbeats = n_res = n_stall = n_bubble = 0
     c = 0
     while True:
-        if st == 2 and look_unstalled:
+        if st == 2 and look_unstalled and (kc < kc_n - 1 or last_unstalled):
             # All remaining issues of this chunk happen on the next r cycles, one per cycle. Run their
             # datapath in one tight loop, then step the control through the same r cycles (pipeline
-            # stages, output register, event counts) exactly as the general path below would.
+            # stages, result FIFO, credits, event counts) exactly as the general path below would.
             r = (nb_n - nb) * n_tok - tok
             if c + r <= drain_guard:
                 first = kc == 0
                 _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, tok, wgt_ptr, addr, r, first)
-                flags = (2 if first else 0) + (1 if kc == kc_n - 1 else 0)
+                last = 1 if kc == kc_n - 1 else 0
+                flags = (2 if first else 0) + last
                 for _ in range(r):
-                    n_res += res_valid          # the output beat (if any) is taken this cycle
-                    if tag_c >= 0:              # stage C: accumulator write back, result register
+                    pop = 1 if occ > 0 else 0   # the sink is always ready: the head result leaves
+                    n_res += pop
+                    credits += pop - last       # returned by the pop, taken by a last-chunk issue
+                    occ -= pop
+                    if tag_c >= 0:              # stage C: accumulator write back, result into the FIFO
                         n_c += 1
                         n_reads += (tag_c & 2) == 0
-                        res_valid = (tag_c & 1) != 0
-                    else:
-                        res_valid = False
+                        occ += tag_c & 1
                     tag_c = tag_b
                     tag_b = tag_a
                     tag_a = addr * 4 + flags
@@ -187,12 +203,9 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
             ir = 0
         if c > drain_guard:
             return acc, -1, np.zeros(_N_EVENTS, np.int64)
-        res_ready = res_pat[ir] != 0
-        if res_valid and not res_ready:
-            # A result beat is not taken: the whole engine is frozen this cycle.
-            n_stall += 1
-            continue
-        n_res += res_valid
+        # The FIFO's head result leaves when the sink is ready (no fall-through: a result pushed at this
+        # cycle's edge can leave in the next cycle at the earliest).
+        pop = occ > 0 and res_pat[ir] != 0
         new_tag = -1
         drain_done = False
         if st == 1:
@@ -212,8 +225,15 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
             else:
                 n_bubble += 1
         elif st == 2:
-            if wgt_pat[iw] != 0:
+            if wgt_pat[iw] == 0:
+                n_bubble += 1
+            elif kc == kc_n - 1 and credits == 0:
+                # A weight beat is there, but a last-chunk issue needs a result credit: wait.
+                n_stall += 1
+            else:
                 first = kc == 0
+                if kc == kc_n - 1:
+                    credits -= 1
                 _issue(tabs, wgt, acc, toff, _U(tok * tsz), _U(wgt_ptr * qt), _U(addr * q_n), q_n, first)
                 new_tag = addr * 4 + (2 if first else 0) + (1 if kc == kc_n - 1 else 0)
                 addr += 1
@@ -231,17 +251,18 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store,
                         nb += 1
                 else:
                     tok += 1
-            else:
-                n_bubble += 1
         else:
-            drain_done = tag_a < 0 and tag_b < 0 and tag_c < 0
-        # clock edge of the pipeline (it advances: the stall case has been handled above)
+            # Done when the pipeline is empty and the last result leaves in this cycle.
+            drain_done = tag_a < 0 and tag_b < 0 and tag_c < 0 and (occ == 0 or (occ == 1 and pop))
+        # clock edge: the result FIFO pops its head, stage C pushes its result, the pipeline advances
+        if pop:
+            n_res += 1
+            occ -= 1
+            credits += 1
         if tag_c >= 0:
             n_c += 1
             n_reads += (tag_c & 2) == 0
-            res_valid = (tag_c & 1) != 0
-        else:
-            res_valid = False
+            occ += tag_c & 1
         tag_c = tag_b
         tag_b = tag_a
         tag_a = new_tag
@@ -301,7 +322,7 @@ def run_tlmm_streams(cfg: TlmmConfig, shape: TlmmShape, act: np.ndarray, wgt: np
         np.ascontiguousarray(wgt, dtype=np.uint8).reshape(-1), cfg.group_size,
         shape.tokens, shape.k_chunks, shape.n_blocks, cfg.columns,
         tuple(t * cfg.table_entries for t in range(cfg.tables)), cfg.table_entries, cfg.stored_entries,
-        pats[0], pats[1], pats[2], guard)
+        cfg.result_fifo_depth, pats[0], pats[1], pats[2], guard)
     if cycles < 0:
         raise RuntimeError("TLMM model did not finish: a stream pattern starves the engine")
     # acc word nb·M + m holds y[m, nb·Q : nb·Q + Q] (already wrapped to int32)

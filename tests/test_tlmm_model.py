@@ -54,3 +54,14 @@ def test_int32_wraparound_matches_reference():
 def test_starving_pattern_is_rejected():
     with pytest.raises(ValueError, match="pattern"):
         run_tlmm(CONFIGS[0], np.ones((1, 3), np.int8), np.ones((1, 3), np.int8), act_pattern=np.zeros(3))
+
+
+@pytest.mark.parametrize("cfg", CONFIGS[:2], ids=["default", "g2half"])
+def test_backpressure_case_exhausts_credits(cfg):
+    """The directed co-simulation case meant to run out of result credits really does."""
+    from sim.tlmm_cases import directed_cases
+
+    case = next(c for c in directed_cases(cfg) if c.name == "result-backpressure")
+    run = run_tlmm(cfg, case.w, case.x, case.act_pattern, case.wgt_pattern, case.res_pattern)
+    assert run.events["stall_cycles"] > 0
+    assert np.array_equal(run.y, ternary_matmul(case.w, case.x))
