@@ -136,8 +136,7 @@ class BoardTop(Elaboratable):
     * ``cmd`` fields (tokens, k_chunks, n_blocks) come from the pool too, at full width, so the engine's
       loop counters and comparators keep their real width.
     * ``act.valid``, ``wgt.valid`` and ``res.ready`` are pseudo-random (mostly high) rather than constant 1,
-      so the stall logic (the ``adv`` enable fanning out to every pipeline register) is kept as it would be
-      in a system with back-pressure.
+      so the bubble and result-credit logic is kept as it would be in a system with back-pressure.
     * The XOR of all result bits of every transferred beat toggles a parity register (LED 0); ``busy``
       drives LED 1.
     """
