@@ -8,6 +8,7 @@ Schedule for one command (M tokens, KC chunks, NB blocks)::
 
     for kc in range(KC):
         for m in range(M):              FILL: one activation beat → T tables of token m   (1 cycle)
+        PREP: the last beat's tables are built (the build is registered)                  (1 cycle)
         for nb in range(NB):
             for m in range(M):          LOOK: one weight beat (held for M cycles) → Q·T lookups,
                                               Q sums, accumulate into acc[nb·M + m]           (1 cycle)
@@ -139,14 +140,23 @@ class TableLookupMatmul(wiring.Component):
         stored = [(t, e) for t in range(T) for e in range(cfg.stored_entries) if e != zero]
         banks = [bank(f"tab{s}") for s in range(M)] if M > 1 else []
         cur = bank("cur")
-        fill_entries = [self._fill_entries([self.act.payload[t * G + j] for j in range(G)]) for t in range(T)]
         fire_fill = Signal()   # an activation beat is taken this cycle (it belongs to token ``tok``)
         issue = Signal()       # a lookup of token ``tok`` is issued this cycle
+        prep = Signal()        # the cycle after a chunk's last fill, before its first lookup
+        # Table build is registered: the beat is captured in ``act_q`` (loaded every cycle; only meaningful
+        # when ``fill_pending``) and the tables are computed from it in the next cycle, so the adders start
+        # from a local register instead of the input port.
+        act_q = [Signal(signed(cfg.act_bits), name=f"act_q_{i}") for i in range(cfg.chunk_k)]
+        fill_pending = Signal()
+        fill_tok = Signal(range(M))
+        m.d.sync += [act_q[i].eq(self.act.payload[i]) for i in range(cfg.chunk_k)]
+        m.d.sync += [fill_pending.eq(fire_fill), fill_tok.eq(tok)]
+        fill_entries = [self._fill_entries([act_q[t * G + j] for j in range(G)]) for t in range(T)]
         for s, bk in enumerate(banks):
-            with m.If(fire_fill & (tok == s)):
+            with m.If(fill_pending & (fill_tok == s)):
                 m.d.sync += [bk[t][e].eq(fill_entries[t][e]) for t, e in stored]
-        with m.If(fire_fill & (tok == tokens_m1)):
-            # last fill of a chunk: the next lookup is token 0 (whose tables are being written now if M = 1)
+        with m.If(prep):
+            # the chunk's last beat is being built now; the next lookup is token 0 (that beat's token if M = 1)
             first_tables = fill_entries if M == 1 else [
                 [Mux(tokens_m1 == 0, fill_entries[t][e], banks[0][t][e]) for e in range(cfg.stored_entries)]
                 for t in range(T)]
@@ -189,9 +199,12 @@ class TableLookupMatmul(wiring.Component):
                 with m.If(self.act.valid):
                     with m.If(tok == tokens_m1):
                         m.d.sync += [*set_tok(0, Mux(tokens_m1 == 0, 0, 1)), nb.eq(0), addr.eq(0)]
-                        m.next = "LOOK"
+                        m.next = "PREP"
                     with m.Else():
                         m.d.sync += set_tok(tok + 1, Mux(tok + 1 == tokens_m1, 0, tok + 2))
+            with m.State("PREP"):
+                m.d.comb += [self.busy.eq(1), prep.eq(1)]
+                m.next = "LOOK"
             with m.State("LOOK"):
                 m.d.comb += [self.busy.eq(1), self.wgt.ready.eq(credit_ok & (tok == tokens_m1)),
                              issue.eq(self.wgt.valid & credit_ok)]

@@ -7,8 +7,11 @@ allows it (patterns are indexed by the cycle count since the command was accepte
 drives the RTL with the same patterns). Result back-pressure never freezes the pipeline: results queue in
 a result FIFO of ``cfg.result_fifo_depth`` entries, and a lookup issue on the last chunk (the only issues
 that produce a result) needs one of as many *credits*, which a result returns when it leaves the engine.
-With all-ones patterns the engine never stalls, and :func:`tlmm_cycles` gives the same count in closed
-form.
+Each chunk's schedule is FILL (one activation beat per token), then one PREP cycle, then LOOK: the
+activation beat is registered and its tables are built from that register in the next cycle, so after the
+chunk's last fill the controller spends one cycle (PREP) before its first lookup; PREP takes no beat and
+issues nothing (the pipeline still advances and the result FIFO still pops). With all-ones patterns the
+engine never stalls, and :func:`tlmm_cycles` gives the same count in closed form.
 
 Cycle definition (README.md): cycle 0 is the cycle in which the command handshake happens; the count is
 the index of the cycle in which the last result beat is transferred.
@@ -38,7 +41,7 @@ EVENT_NAMES = (
     "wgt_beats",          # weight beats received
     "res_beats",          # result beats sent
     "stall_cycles",       # cycles a LOOK issue waited for a result credit
-    "bubble_cycles",      # cycles in FILL/LOOK without a beat to work on
+    "bubble_cycles",      # cycles in FILL/LOOK without a beat to work on (PREP cycles are not bubbles)
 )
 _N_EVENTS = len(EVENT_NAMES)
 
@@ -138,13 +141,15 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store, 
     # issues. Issues before the last chunk need no credit. On the last chunk, an always-ready sink keeps
     # the FIFO at most one deep at the start of a cycle (a result pushed at one edge leaves in the next
     # cycle), so at most 3 (stages A, B, C) + 1 credits are out at the start of any cycle: with D > 4
-    # credits every issue finds one. (Credits out = last-chunk tags in A, B, C + occ, an invariant.)
+    # credits every issue finds one. (Credits out = last-chunk tags in A, B, C + occ, an invariant.) The
+    # PREP cycle before each chunk's LOOK only puts a bubble into stage A (and pops the FIFO as usual), so
+    # it never raises the number of credits out and the bound still holds.
     look_unstalled = wgt_pat.all() and res_pat.all()
     last_unstalled = look_unstalled and fifo_depth > 4
     tag_a = tag_b = tag_c = -1
     occ = 0                 # results in the result FIFO
     credits = fifo_depth    # result credits not taken
-    st = 1  # 1 FILL, 2 LOOK, 3 DRAIN
+    st = 1  # 1 FILL, 2 LOOK, 3 DRAIN, 4 PREP (the cycle between a chunk's last fill and its first lookup)
     kc = nb = tok = addr = 0
     act_ptr = wgt_ptr = 0
     # event counters: fills, issues through stage C, accumulator reads, weight beats, result beats,
@@ -219,11 +224,15 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store, 
                 act_ptr += 1
                 if tok == n_tok - 1:
                     tok = nb = addr = 0
-                    st = 2
+                    st = 4
                 else:
                     tok += 1
             else:
                 n_bubble += 1
+        elif st == 4:
+            # PREP: the tables of the chunk's last activation beat are built from its register. No beat is
+            # taken and nothing issues (a bubble enters stage A); neither a bubble nor a stall cycle.
+            st = 2
         elif st == 2:
             if wgt_pat[iw] == 0:
                 n_bubble += 1
@@ -333,8 +342,9 @@ def run_tlmm_streams(cfg: TlmmConfig, shape: TlmmShape, act: np.ndarray, wgt: np
 
 def tlmm_cycles(cfg: TlmmConfig, shape: TlmmShape) -> int:
     """Closed form for unstalled streams: every issue slot is busy, then the pipeline drains.
-    KC·M fills + KC·NB·M lookups, plus cfg.drain_cycles."""
-    return shape.k_chunks * shape.tokens * (1 + shape.n_blocks) + cfg.drain_cycles
+    KC·(M·(1+NB) + 1) + cfg.drain_cycles: per chunk M fills and NB·M lookups, +1: the table build of the
+    chunk's last activation beat takes one cycle (PREP)."""
+    return shape.k_chunks * (shape.tokens * (1 + shape.n_blocks) + 1) + cfg.drain_cycles
 
 
 def tlmm_events_closed_form(cfg: TlmmConfig, shape: TlmmShape) -> dict:

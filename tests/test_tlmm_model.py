@@ -65,3 +65,22 @@ def test_backpressure_case_exhausts_credits(cfg):
     run = run_tlmm(cfg, case.w, case.x, case.act_pattern, case.wgt_pattern, case.res_pattern)
     assert run.events["stall_cycles"] > 0
     assert np.array_equal(run.y, ternary_matmul(case.w, case.x))
+
+
+@pytest.mark.parametrize("k, expect", [(3, 7), (6, 10)], ids=["1chunk", "2chunks"])
+def test_schedule_has_one_prep_cycle_per_chunk(k, expect):
+    """Pins the per-chunk schedule FILL → PREP (1 cycle) → LOOK on a hand-computable case.
+
+    G=3, T=1, Q=1, M=1, N=1: each chunk is 1 fill + 1 PREP + 1 lookup, then 4 drain cycles:
+    KC·(M·(1+NB) + 1) + 4 = 1·3 + 4 = 7 for K=3 and 2·3 + 4 = 10 for K=6.
+    """
+    cfg = TlmmConfig(group_size=3, tables=1, columns=1, tokens=1)
+    w = np.array([[1, -1, 0, 1, 1, -1][:k]], np.int8)
+    x = np.array([[5, 7, -3, 2, -4, 9][:k]], np.int8)
+    run = run_tlmm(cfg, w, x)
+    assert run.shape.k_chunks == k // 3 and run.shape.n_blocks == 1
+    assert run.cycles == expect == tlmm_cycles(cfg, run.shape)
+    assert np.array_equal(run.y, ternary_matmul(w, x))
+    # PREP cycles are part of the schedule: neither bubbles nor stalls
+    assert run.events["bubble_cycles"] == 0 and run.events["stall_cycles"] == 0
+    assert run.events == tlmm_events_closed_form(cfg, run.shape)
