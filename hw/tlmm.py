@@ -70,18 +70,24 @@ class TableLookupMatmul(wiring.Component):
             "busy": Out(1),
         })
 
-    # -- table fill: entry idx = Σ_j (digit_j(idx) - 1)·a_j, computed for every stored entry at once --
-    def _fill_entries(self, acts: list) -> list:
-        cfg = self.cfg
+    # -- table build: entry idx = Σ_j (digit_j(idx) - 1)·a_j, split over the registered fill stage --
+    def _partial_sums(self, acts: list) -> list:
+        """Entries of the table of the low G-1 activations (3^(G-1) values); registered at the input."""
+        out = []
+        for idx in range(3 ** (self.cfg.group_size - 1)):
+            terms = [acts[j] if (idx // 3 ** j) % 3 == 2 else -acts[j]
+                     for j in range(self.cfg.group_size - 1) if (idx // 3 ** j) % 3 != 1]
+            out.append(_tree_sum(terms, self.cfg.entry_bits) if terms else Const(0, signed(self.cfg.entry_bits)))
+        return out
+
+    def _table_entries(self, partial: list, top) -> list:
+        """Every stored entry from the registered partial table and top activation: one adder deep."""
+        low = 3 ** (self.cfg.group_size - 1)
         entries = []
-        for idx in range(cfg.stored_entries):
-            terms = []
-            for j in range(cfg.group_size):
-                d = (idx // 3 ** j) % 3 - 1
-                if d:
-                    terms.append(acts[j] if d > 0 else -acts[j])
-            value = _tree_sum(terms, cfg.entry_bits) if terms else Const(0, signed(cfg.entry_bits))
-            entries.append(value)
+        for idx in range(self.cfg.stored_entries):
+            d = idx // low - 1          # digit of the top activation, minus 1
+            p = partial[idx % low]
+            entries.append(p if d == 0 else (p + top).as_signed() if d > 0 else (p - top).as_signed())
         return entries
 
     def elaborate(self, platform):
@@ -143,15 +149,20 @@ class TableLookupMatmul(wiring.Component):
         fire_fill = Signal()   # an activation beat is taken this cycle (it belongs to token ``tok``)
         issue = Signal()       # a lookup of token ``tok`` is issued this cycle
         prep = Signal()        # the cycle after a chunk's last fill, before its first lookup
-        # Table build is registered: the beat is captured in ``act_q`` (loaded every cycle; only meaningful
-        # when ``fill_pending``) and the tables are computed from it in the next cycle, so the adders start
-        # from a local register instead of the input port.
-        act_q = [Signal(signed(cfg.act_bits), name=f"act_q_{i}") for i in range(cfg.chunk_k)]
+        # The table build is split by a register: as a beat arrives, the tables of its low G-1 activations
+        # (3^(G-1) entries each) and its top activation are registered (loaded every cycle; meaningful only
+        # when ``fill_pending``); in the next cycle one adder level completes every entry.
+        low = 3 ** (G - 1)
+        part_q = [[Signal(signed(eb), name=f"part_{t}_{e}") for e in range(low)] for t in range(T)]
+        top_q = [Signal(signed(cfg.act_bits), name=f"top_{t}") for t in range(T)]
+        for t in range(T):
+            acts = [self.act.payload[t * G + j] for j in range(G)]
+            m.d.sync += [part_q[t][e].eq(v) for e, v in enumerate(self._partial_sums(acts))]
+            m.d.sync += top_q[t].eq(acts[G - 1])
         fill_pending = Signal()
         fill_tok = Signal(range(M))
-        m.d.sync += [act_q[i].eq(self.act.payload[i]) for i in range(cfg.chunk_k)]
         m.d.sync += [fill_pending.eq(fire_fill), fill_tok.eq(tok)]
-        fill_entries = [self._fill_entries([act_q[t * G + j] for j in range(G)]) for t in range(T)]
+        fill_entries = [self._table_entries(part_q[t], top_q[t]) for t in range(T)]
         for s, bk in enumerate(banks):
             with m.If(fill_pending & (fill_tok == s)):
                 m.d.sync += [bk[t][e].eq(fill_entries[t][e]) for t, e in stored]
