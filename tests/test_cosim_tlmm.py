@@ -1,4 +1,4 @@
-"""RTL ⇔ model ⇔ reference on three configs: directed + seeded random cases, outputs bit-exact and
+"""RTL ⇔ model ⇔ reference on four configs: directed + seeded random cases, outputs bit-exact and
 cycles exact (stalled streams included). Each config is one Verilator build (cached in build/cosim)."""
 
 import json
@@ -11,7 +11,7 @@ from hw.config import load_config
 from sim.cosim import run_tlmm_cosim
 from sim.tlmm_cases import directed_cases, random_cases
 
-CONFIGS = ["default.yaml", "small-g2-half.yaml", "small-g3-half.yaml"]
+CONFIGS = ["default.yaml", "wide.yaml", "small-g2-half.yaml", "small-g3-half.yaml"]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
