@@ -100,8 +100,8 @@ def build_tlmm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet:
     # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so g++ is handed the precompiled header
     # as a file to link ("Vtop__pch.h.fast: linker input file not found"); supply the flag through
     # MAKEFLAGS, the only channel into the runner's make call.
-    os.environ["MAKEFLAGS"] = " ".join(
-        [os.environ.get("MAKEFLAGS", ""), "CFG_CXXFLAGS_PCH_I=-include"]).strip()
+    if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
+        os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
     try:
         runner.build(sources=[bdir / "tlmm.v"], hdl_toplevel="tlmm", build_dir=bdir, always=True,
                      timescale=("1ns", "1ps"), build_args=["-Wno-fatal", "-Wno-lint"],
