@@ -118,3 +118,15 @@ def test_icebreaker_bitstream(tmp_path):
     assert "->" in report["critical_path"] and "ns" in report["critical_path"]
     assert set(report["seconds"]) >= {"synth", "pnr", "pack"}
     assert any("nextpnr" in line for line in lines), "progress lines should say what runs"
+
+
+@pytest.mark.slow
+def test_ulx3s_default_bitstream(tmp_path):
+    """The full ECP5-85F build of the default config (~4 min): a bitstream and a complete report."""
+    acfg = load_config(DEFAULT_CONFIG)
+    report = fpga.build_bitstream(acfg, "ulx3s", tmp_path, log=lambda s: None)
+    bit = Path(report["bitstream"])
+    assert bit.suffix == ".bit" and bit.stat().st_size == report["bitstream_bytes"] > 100_000
+    assert report["device"].startswith("LFE5U-85F") and report["dsp"]["available"] == 156
+    assert 0 < report["lut"]["used"] <= report["lut"]["available"]
+    assert report["fmax_mhz"] > 0 and "->" in report["critical_path"]
