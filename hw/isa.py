@@ -41,6 +41,10 @@ class TlmmCommand:
             if not 1 <= v < 1 << 16:
                 raise ValueError(f"TLMM command: {name}={v} outside 1..65535")
 
+    def engine_payload(self) -> int:
+        """The fields as the engine's ``cmd`` stream carries them: the word without its opcode."""
+        return self.encode() >> TLMM_FIELDS[0][2]
+
     def encode(self) -> int:
         fields = {"opcode": OP_TLMM, "tokens_minus_one": self.tokens - 1,
                   "k_chunks": self.k_chunks, "n_blocks": self.n_blocks}

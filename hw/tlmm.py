@@ -30,18 +30,18 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.config import TlmmConfig
+from hw.isa import TLMM_FIELDS
 
 __all__ = ["TableLookupMatmul", "command_layout"]
 
 
 def command_layout() -> data.StructLayout:
-    """Decoded TLMM command fields (hw.isa, same names and widths)."""
-    return data.StructLayout({"tokens_minus_one": unsigned(8), "k_chunks": unsigned(16),
-                              "n_blocks": unsigned(16)})
+    """Decoded TLMM command fields: the fields of hw.isa after the opcode, same names, widths and order."""
+    return data.StructLayout({name: unsigned(width) for name, _, width in TLMM_FIELDS[1:]})
 
 
-def _tree_sum(values: list, width: int):
-    """Balanced adder tree (log2 depth) of signed values, ``width`` bits wide."""
+def _tree_sum(values: list):
+    """Balanced adder tree (log2 depth) of signed values; widths grow as Amaranth's arithmetic does."""
     level = list(values)
     while len(level) > 1:
         nxt = [(level[i] + level[i + 1]).as_signed() for i in range(0, len(level) - 1, 2)]
@@ -77,7 +77,7 @@ class TableLookupMatmul(wiring.Component):
         for idx in range(3 ** (self.cfg.group_size - 1)):
             terms = [acts[j] if (idx // 3 ** j) % 3 == 2 else -acts[j]
                      for j in range(self.cfg.group_size - 1) if (idx // 3 ** j) % 3 != 1]
-            out.append(_tree_sum(terms, self.cfg.entry_bits) if terms else Const(0, signed(self.cfg.entry_bits)))
+            out.append(_tree_sum(terms) if terms else Const(0, signed(self.cfg.entry_bits)))
         return out
 
     def _table_entries(self, partial: list, top) -> list:
@@ -247,7 +247,7 @@ class TableLookupMatmul(wiring.Component):
         m.d.sync += [a_vals[q][t].eq(lookups[q][t]) for q in range(Q) for t in range(T)]
         # B: adder tree (the accumulator word read during A arrives now and is registered into C)
         m.d.sync += [b_valid.eq(a_valid), b_first.eq(a_first), b_last.eq(a_last), b_addr.eq(a_addr)]
-        m.d.sync += [b_sums[q].eq(_tree_sum(a_vals[q], sb)) for q in range(Q)]
+        m.d.sync += [b_sums[q].eq(_tree_sum(a_vals[q])) for q in range(Q)]
         # C: accumulate; on the last chunk the new value also goes into the result FIFO
         m.d.sync += [c_valid.eq(b_valid), c_first.eq(b_first), c_last.eq(b_last), c_addr.eq(b_addr)]
         m.d.sync += [c_sums[q].eq(b_sums[q]) for q in range(Q)]

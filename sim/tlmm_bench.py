@@ -20,7 +20,7 @@ from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from hw.config import config_from_dict
-from hw.isa import TLMM_FIELDS
+from hw.isa import TlmmCommand
 from hw.ternary import pack_fields
 
 
@@ -75,11 +75,11 @@ class StreamMonitor:
 
 
 class CommandDriver:
-    """Presents one command word's fields and records the cycle it is accepted in."""
+    """Presents one command (hw.isa encoding) and records the cycle it is accepted in."""
 
-    def __init__(self, dut, fields: dict):
+    def __init__(self, dut, command: TlmmCommand):
         self.dut = dut
-        self.word = sum(fields[name] << (lsb - 8) for name, lsb, _ in TLMM_FIELDS[1:])
+        self.word = command.engine_payload()
         self.accepted = False
 
     def drive(self) -> None:
@@ -148,8 +148,7 @@ async def tlmm_cases(dut):
         kc_n, m_n, nb_n = act.shape[0], act.shape[1], wgt.shape[1]
         act_beats = [pack_fields(act[kc, m], cfg.act_bits) for kc in range(kc_n) for m in range(m_n)]
         wgt_beats = [pack_fields(wgt[kc, nb], cfg.index_bits) for kc in range(kc_n) for nb in range(nb_n)]
-        cmd = CommandDriver(dut, {"opcode": 1, "tokens_minus_one": m_n - 1, "k_chunks": kc_n,
-                                  "n_blocks": nb_n})
+        cmd = CommandDriver(dut, TlmmCommand(tokens=m_n, k_chunks=kc_n, n_blocks=nb_n))
         act_drv = StreamDriver((dut.act__valid, dut.act__payload, dut.act__ready), act_beats,
                                arrays[f"c{i}_act_pat"])
         wgt_drv = StreamDriver((dut.wgt__valid, dut.wgt__payload, dut.wgt__ready), wgt_beats,

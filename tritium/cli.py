@@ -11,7 +11,7 @@ import json
 import sys
 from pathlib import Path
 
-from hw.config import DEFAULT_CONFIG, ConfigError, load_config
+from hw.config import ConfigError, load_config
 
 EXIT_MISMATCH, EXIT_INPUT, EXIT_TOOL = 1, 2, 3
 
@@ -127,7 +127,7 @@ def cmd_bench(args) -> int:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="tritium", description="Ternary LLM accelerator co-design toolkit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cfg_help = f"accelerator config YAML (default: {DEFAULT_CONFIG.relative_to(Path.cwd()) if DEFAULT_CONFIG.is_relative_to(Path.cwd()) else DEFAULT_CONFIG})"
+    cfg_help = "accelerator config YAML (default: configs/default.yaml)"
 
     c = sub.add_parser("config", help="validate a config and show its derived parameters")
     c.add_argument("action", choices=["check"])
