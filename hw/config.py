@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "TlmmConfig", "AcceleratorConfig", "load_config", "config_from_dict",
-           "DEFAULT_CONFIG"]
+__all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "MemoryConfig", "GemmGeometry", "AcceleratorConfig",
+           "load_config", "config_from_dict", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
@@ -155,24 +155,119 @@ class TlmmConfig:
 
 
 @dataclass(frozen=True)
+class GemmConfig:
+    """Temporal GEMM engine (Tempus-style, resource-invariant).
+
+    A fixed ``rows`` × ``cols`` block of int8×int8 MACs with int32 accumulators (output-stationary: the
+    partial sums of every K tile stay in the block) computes any M×K×N GEMM by iterating R×C output tiles
+    and ``k_tile``-deep K tiles in time. Operand tiles are double-buffered.
+    """
+
+    rows: int = 8
+    cols: int = 8
+    k_tile: int = 64
+
+    @property
+    def macs(self) -> int:
+        return self.rows * self.cols
+
+    @property
+    def acc_bits(self) -> int:
+        """Accumulator width (int32, two's complement, wrapping)."""
+        return 32
+
+    @property
+    def pipeline_cycles(self) -> int:
+        """Stages after an issue: buffer read (1), multiply (2), accumulate (3 = shadow load visible)."""
+        return 3
+
+
+@dataclass(frozen=True)
+class MemoryConfig:
+    """External memory as the engines see it (ARCHITECTURE.md contract 4), in accelerator clock cycles.
+
+    Read requests (address, length in beats) are accepted while fewer than ``outstanding`` are in flight;
+    a request's first beat arrives ``latency`` or more cycles after its accept, beats come in request order,
+    at most one every ``beat_interval`` cycles, ``bus_bytes`` per beat. Writes (one beat per transfer) are
+    accepted at most one every ``beat_interval`` cycles on a separate channel. The engine splits tile loads
+    into bursts of at most ``max_burst`` beats.
+    """
+
+    bus_bytes: int = 32
+    latency: int = 20
+    max_burst: int = 16
+    outstanding: int = 4
+    beat_interval: int = 1
+    addr_bits: int = 24
+
+    @property
+    def bytes_per_cycle(self) -> float:
+        return self.bus_bytes / self.beat_interval
+
+
+@dataclass(frozen=True)
+class GemmGeometry:
+    """Derived sizes of the GEMM engine on its memory bus (one place; RTL, model and layout read them)."""
+
+    rows: int
+    cols: int
+    k_tile: int
+    bus_bytes: int
+
+    @property
+    def a_per_beat(self) -> int:
+        """k-rows of an A tile per bus beat (each k-row is ``rows`` int8 values)."""
+        return self.bus_bytes // self.rows
+
+    @property
+    def b_per_beat(self) -> int:
+        return self.bus_bytes // self.cols
+
+    @property
+    def a_beats(self) -> int:
+        """Beats of one A tile (k_tile × rows int8) = buffer words per half."""
+        return self.k_tile * self.rows // self.bus_bytes
+
+    @property
+    def b_beats(self) -> int:
+        return self.k_tile * self.cols // self.bus_bytes
+
+    def out_values(self, requant: bool) -> int:
+        """Output values per write beat: int32 (4 bytes) or, requantized, int8."""
+        return self.bus_bytes if requant else self.bus_bytes // 4
+
+    def out_beats(self, requant: bool) -> int:
+        """Write beats per R×C output tile."""
+        return self.rows * self.cols // self.out_values(requant)
+
+
+@dataclass(frozen=True)
 class AcceleratorConfig:
     """The whole accelerator: clock plus one section per engine."""
 
     name: str = "default"
     clock_mhz: float = 100.0
     tlmm: TlmmConfig = dataclasses.field(default_factory=TlmmConfig)
+    gemm: GemmConfig = dataclasses.field(default_factory=GemmConfig)
+    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     source: str = "<defaults>"
+
+    @property
+    def gemm_geometry(self) -> GemmGeometry:
+        g = self.gemm
+        return GemmGeometry(g.rows, g.cols, g.k_tile, self.memory.bus_bytes)
 
     def to_dict(self) -> dict:
         """Plain-data form (what the YAML holds), for JSON reports and hashing."""
-        return {"name": self.name, "clock_mhz": self.clock_mhz, "tlmm": dataclasses.asdict(self.tlmm)}
+        return {"name": self.name, "clock_mhz": self.clock_mhz, "tlmm": dataclasses.asdict(self.tlmm),
+                "gemm": dataclasses.asdict(self.gemm), "memory": dataclasses.asdict(self.memory)}
 
     def fingerprint(self) -> str:
         """Short stable hash of the hardware parameters (names build folders)."""
         import hashlib
         import json
 
-        hw = {"tlmm": dataclasses.asdict(self.tlmm)}
+        hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz")}
         return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -207,14 +302,61 @@ def _tlmm_from_dict(source: str, data: Any) -> TlmmConfig:
     return cfg
 
 
+def _pow2(source: str, field: str, value: int) -> int:
+    if value & (value - 1):
+        raise ConfigError(f"{source}: {field}: {value} must be a power of two")
+    return value
+
+
+def _section(source: str, name: str, data: Any, cls):
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: {name}: expected a mapping, got {type(data).__name__}")
+    _check_keys(source, f"{name}.", data, {f.name for f in dataclasses.fields(cls)}, set())
+    return {**dataclasses.asdict(cls()), **data}
+
+
+def _gemm_from_dict(source: str, data: Any, mem: MemoryConfig) -> GemmConfig:
+    d = _section(source, "gemm", data, GemmConfig)
+    r = _pow2(source, "gemm.rows", _int(source, "gemm.rows", d["rows"], 1, 64))
+    c = _pow2(source, "gemm.cols", _int(source, "gemm.cols", d["cols"], 1, 64))
+    tk = _pow2(source, "gemm.k_tile", _int(source, "gemm.k_tile", d["k_tile"], 4, 4096))
+    w = mem.bus_bytes
+    # A bus beat carries whole k-rows of a tile (rows or cols int8 values each), a tile is whole beats,
+    # and an int8 output tile is at least one beat.
+    for field, n in (("gemm.rows", r), ("gemm.cols", c)):
+        if w % n:
+            raise ConfigError(f"{source}: {field}: {n} must divide memory.bus_bytes ({w}) so a beat holds whole "
+                              "k-rows of a tile")
+        if tk * n < w:
+            raise ConfigError(f"{source}: gemm.k_tile: a {tk}×{n} tile ({tk * n} bytes) is smaller than one "
+                              f"{w}-byte beat; raise gemm.k_tile")
+    if r * c < w:
+        raise ConfigError(f"{source}: gemm.rows: a {r}×{c} int8 output tile is smaller than one {w}-byte beat")
+    return GemmConfig(r, c, tk)
+
+
+def _memory_from_dict(source: str, data: Any) -> MemoryConfig:
+    d = _section(source, "memory", data, MemoryConfig)
+    w = _pow2(source, "memory.bus_bytes", _int(source, "memory.bus_bytes", d["bus_bytes"], 4, 128))
+    return MemoryConfig(
+        bus_bytes=w,
+        latency=_int(source, "memory.latency", d["latency"], 1, 1000),
+        max_burst=_int(source, "memory.max_burst", d["max_burst"], 1, 256),
+        outstanding=_int(source, "memory.outstanding", d["outstanding"], 1, 64),
+        beat_interval=_int(source, "memory.beat_interval", d["beat_interval"], 1, 64),
+        addr_bits=_int(source, "memory.addr_bits", d["addr_bits"], 8, 32))
+
+
 def config_from_dict(data: Any, source: str = "<dict>") -> AcceleratorConfig:
     """Validate a parsed YAML document and build the config. Raises :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level: expected a mapping of fields, got {type(data).__name__}")
-    _check_keys(source, "", data, {"name", "clock_mhz", "tlmm"}, {"tlmm"})
+    _check_keys(source, "", data, {"name", "clock_mhz", "tlmm", "gemm", "memory"}, {"tlmm"})
     name = _str(source, "name", data.get("name", Path(source).stem))
     clock = _number(source, "clock_mhz", data.get("clock_mhz", 100.0), 1.0, 1000.0)
+    memory = _memory_from_dict(source, data.get("memory", {}))
     return AcceleratorConfig(name=name, clock_mhz=clock, tlmm=_tlmm_from_dict(source, data["tlmm"]),
+                             gemm=_gemm_from_dict(source, data.get("gemm", {}), memory), memory=memory,
                              source=source)
 
 

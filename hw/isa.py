@@ -1,30 +1,88 @@
-"""Engine command encoding (ARCHITECTURE.md contract 2), version 1.
+"""Engine command encoding (ARCHITECTURE.md contract 2), version 2.
 
-A command is one 64-bit little-endian word. The RTL engines receive the decoded fields on their ``cmd``
-stream (same names, same widths); the Program format of the compiler is a sequence of these words.
+A command is one or more 64-bit little-endian words; the opcode (bits 7:0 of the first word) says how many.
+The RTL engines receive the decoded fields on their ``cmd`` stream (same names, same widths, in the order
+listed here, the first field at bit 0); the Program format of the compiler is a sequence of these words.
 
-=======  =======  ==========================================================
-bits     field    meaning
-=======  =======  ==========================================================
-7:0      opcode   1 = TLMM (table-lookup ternary matmul)
-15:8     tokens   M - 1: tokens sharing each weight beat (M in 1..tlmm.tokens)
-31:16    k_chunks KC: number of G·T activation chunks (>= 1)
-47:32    n_blocks NB: number of Q-column output blocks (>= 1)
-63:48    -        reserved, must be 0
-=======  =======  ==========================================================
+TLMM (opcode 1), one word:
+
+=======  ================  ==========================================================
+bits     field             meaning
+=======  ================  ==========================================================
+7:0      opcode            1 = TLMM (table-lookup ternary matmul)
+15:8     tokens_minus_one  M - 1: tokens sharing each weight beat (M in 1..tlmm.tokens)
+31:16    k_chunks          KC: number of G·T activation chunks (>= 1)
+47:32    n_blocks          NB: number of Q-column output blocks (>= 1)
+63:48    -                 reserved, must be 0
+=======  ================  ==========================================================
+
+GEMM (opcode 2), three words (addresses are in bus beats of ``memory.bus_bytes``):
+
+=========  ============  ==================================================================
+word:bits  field         meaning
+=========  ============  ==================================================================
+0:7:0      opcode        2 = GEMM (temporal int8 GEMM, C = A·B)
+0:8        requant       1: write int8 (requantized with ``shift``), 0: write int32
+0:13:9     shift         requantization right shift (0..31)
+0:15:14    -             reserved, must be 0
+0:31:16    m_tiles       MT = ceil(M / gemm.rows) (>= 1)
+0:47:32    n_tiles       NT = ceil(N / gemm.cols) (>= 1)
+0:63:48    k_tiles       KT = ceil(K / gemm.k_tile) (>= 1)
+1:31:0     a_base        beat address of A's packed panels
+1:63:32    b_base        beat address of B's packed panels
+2:31:0     c_base        beat address where the output tiles are written
+2:63:32    -             reserved, must be 0
+=========  ============  ==================================================================
+
+Version history: 1 = TLMM only; 2 adds GEMM (TLMM unchanged).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ISA_VERSION", "OP_TLMM", "TlmmCommand", "decode"]
+__all__ = ["ISA_VERSION", "OP_TLMM", "OP_GEMM", "TLMM_FIELDS", "GEMM_FIELDS", "TlmmCommand", "GemmCommand",
+           "decode", "decode_program", "payload_fields"]
 
-ISA_VERSION = 1
+ISA_VERSION = 2
 OP_TLMM = 1
+OP_GEMM = 2
 
-# (name, lsb, width) for every field of a TLMM command word
-TLMM_FIELDS = (("opcode", 0, 8), ("tokens_minus_one", 8, 8), ("k_chunks", 16, 16), ("n_blocks", 32, 16))
+# (name, word, lsb, width) for every field; fields named "-" do not exist (reserved zeros)
+TLMM_FIELDS = (("opcode", 0, 0, 8), ("tokens_minus_one", 0, 8, 8), ("k_chunks", 0, 16, 16),
+               ("n_blocks", 0, 32, 16))
+GEMM_FIELDS = (("opcode", 0, 0, 8), ("requant", 0, 8, 1), ("shift", 0, 9, 5), ("m_tiles", 0, 16, 16),
+               ("n_tiles", 0, 32, 16), ("k_tiles", 0, 48, 16), ("a_base", 1, 0, 32), ("b_base", 1, 32, 32),
+               ("c_base", 2, 0, 32))
+_WORDS = {OP_TLMM: 1, OP_GEMM: 3}
+_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS}
+
+
+def payload_fields(opcode: int) -> tuple[tuple[str, int], ...]:
+    """(name, width) of the fields an engine's ``cmd`` stream carries: every field but the opcode."""
+    return tuple((name, width) for name, _, _, width in _FIELDS[opcode][1:])
+
+
+def _encode(opcode: int, values: dict) -> list[int]:
+    words = [0] * _WORDS[opcode]
+    for name, word, lsb, width in _FIELDS[opcode]:
+        v = opcode if name == "opcode" else values[name]
+        assert 0 <= v < 1 << width, (name, v)
+        words[word] |= v << lsb
+    return words
+
+
+def _payload(opcode: int, values: dict) -> int:
+    out, pos = 0, 0
+    for name, width in payload_fields(opcode):
+        out |= values[name] << pos
+        pos += width
+    return out
+
+
+def _check_range(cmd: str, name: str, v: int, lo: int, hi: int) -> None:
+    if not lo <= v <= hi:
+        raise ValueError(f"{cmd} command: {name}={v} outside {lo}..{hi}")
 
 
 @dataclass(frozen=True)
@@ -34,30 +92,96 @@ class TlmmCommand:
     n_blocks: int
 
     def __post_init__(self) -> None:
-        if not 1 <= self.tokens <= 256:
-            raise ValueError(f"TLMM command: tokens={self.tokens} outside 1..256")
+        _check_range("TLMM", "tokens", self.tokens, 1, 256)
         for name in ("k_chunks", "n_blocks"):
-            v = getattr(self, name)
-            if not 1 <= v < 1 << 16:
-                raise ValueError(f"TLMM command: {name}={v} outside 1..65535")
+            _check_range("TLMM", name, getattr(self, name), 1, (1 << 16) - 1)
+
+    def _values(self) -> dict:
+        return {"tokens_minus_one": self.tokens - 1, "k_chunks": self.k_chunks, "n_blocks": self.n_blocks}
 
     def engine_payload(self) -> int:
-        """The fields as the engine's ``cmd`` stream carries them: the word without its opcode."""
-        return self.encode() >> TLMM_FIELDS[0][2]
+        """The fields as the engine's ``cmd`` stream carries them."""
+        return _payload(OP_TLMM, self._values())
+
+    def words(self) -> list[int]:
+        return _encode(OP_TLMM, self._values())
 
     def encode(self) -> int:
-        fields = {"opcode": OP_TLMM, "tokens_minus_one": self.tokens - 1,
-                  "k_chunks": self.k_chunks, "n_blocks": self.n_blocks}
-        return sum(fields[name] << lsb for name, lsb, _ in TLMM_FIELDS)
+        """The single command word."""
+        return self.words()[0]
+
+
+@dataclass(frozen=True)
+class GemmCommand:
+    m_tiles: int
+    n_tiles: int
+    k_tiles: int
+    a_base: int = 0
+    b_base: int = 0
+    c_base: int = 0
+    requant: bool = False
+    shift: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("m_tiles", "n_tiles", "k_tiles"):
+            _check_range("GEMM", name, getattr(self, name), 1, (1 << 16) - 1)
+        for name in ("a_base", "b_base", "c_base"):
+            _check_range("GEMM", name, getattr(self, name), 0, (1 << 32) - 1)
+        _check_range("GEMM", "shift", self.shift, 0, 31)
+
+    @property
+    def steps(self) -> int:
+        """Tile steps (one A tile and one B tile loaded and multiplied each)."""
+        return self.m_tiles * self.n_tiles * self.k_tiles
+
+    def _values(self) -> dict:
+        return {"requant": int(self.requant), "shift": self.shift, "m_tiles": self.m_tiles,
+                "n_tiles": self.n_tiles, "k_tiles": self.k_tiles, "a_base": self.a_base,
+                "b_base": self.b_base, "c_base": self.c_base}
+
+    def engine_payload(self) -> int:
+        return _payload(OP_GEMM, self._values())
+
+    def words(self) -> list[int]:
+        return _encode(OP_GEMM, self._values())
+
+
+def _decode_one(words: list[int], at: int) -> tuple[TlmmCommand | GemmCommand, int]:
+    first = words[at]
+    if not 0 <= first < 1 << 64:
+        raise ValueError(f"word {at}: {first:#x} is not a 64-bit value")
+    op = first & 0xFF
+    if op not in _WORDS:
+        raise ValueError(f"word {at} ({first:#018x}): unknown opcode {op}")
+    n = _WORDS[op]
+    if at + n > len(words):
+        raise ValueError(f"word {at}: opcode {op} needs {n} words, only {len(words) - at} left")
+    ws = words[at: at + n]
+    used = [0] * n
+    f = {}
+    for name, word, lsb, width in _FIELDS[op]:
+        f[name] = (ws[word] >> lsb) & ((1 << width) - 1)
+        used[word] |= ((1 << width) - 1) << lsb
+    for i, (w, u) in enumerate(zip(ws, used, strict=True)):
+        if w & ~u & ((1 << 64) - 1) or not 0 <= w < 1 << 64:
+            raise ValueError(f"word {at + i} ({w:#018x}): reserved bits must be 0")
+    if op == OP_TLMM:
+        return TlmmCommand(f["tokens_minus_one"] + 1, f["k_chunks"], f["n_blocks"]), n
+    return GemmCommand(f["m_tiles"], f["n_tiles"], f["k_tiles"], f["a_base"], f["b_base"], f["c_base"],
+                       bool(f["requant"]), f["shift"]), n
 
 
 def decode(word: int) -> TlmmCommand:
-    """Decode a 64-bit command word; ValueError names the bad field."""
-    if not 0 <= word < 1 << 64:
-        raise ValueError(f"command word {word:#x} is not a 64-bit value")
-    f = {name: (word >> lsb) & ((1 << w) - 1) for name, lsb, w in TLMM_FIELDS}
-    if f["opcode"] != OP_TLMM:
-        raise ValueError(f"command word {word:#018x}: unknown opcode {f['opcode']}")
-    if word >> 48:
-        raise ValueError(f"command word {word:#018x}: reserved bits 63:48 must be 0")
-    return TlmmCommand(f["tokens_minus_one"] + 1, f["k_chunks"], f["n_blocks"])
+    """Decode one single-word (TLMM) command; ValueError names the bad field."""
+    cmd, _ = _decode_one([word], 0)
+    return cmd
+
+
+def decode_program(words: list[int]) -> list[TlmmCommand | GemmCommand]:
+    """Decode a sequence of command words; ValueError names the word and what is wrong."""
+    out, at = [], 0
+    while at < len(words):
+        cmd, n = _decode_one(words, at)
+        out.append(cmd)
+        at += n
+    return out

@@ -30,14 +30,14 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.config import TlmmConfig
-from hw.isa import TLMM_FIELDS
+from hw.isa import OP_TLMM, payload_fields
 
 __all__ = ["TableLookupMatmul", "command_layout"]
 
 
 def command_layout() -> data.StructLayout:
     """Decoded TLMM command fields: the fields of hw.isa after the opcode, same names, widths and order."""
-    return data.StructLayout({name: unsigned(width) for name, _, width in TLMM_FIELDS[1:]})
+    return data.StructLayout({name: unsigned(width) for name, width in payload_fields(OP_TLMM)})
 
 
 def _tree_sum(values: list):

@@ -73,28 +73,28 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def build_tlmm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
-    """Elaborate the TLMM engine to Verilog and build it with Verilator; reuses a build whose Verilog is
-    unchanged. Returns (build dir, seconds spent)."""
+def build_verilator(top: str, elaboratable, label: str, build_root: Path = DEFAULT_BUILD,
+                    quiet: bool = False) -> tuple[Path, float]:
+    """Elaborate an engine to Verilog and build it with Verilator. The build folder is named by the
+    Verilog's hash, so configs that differ only in non-hardware fields (clock, memory timing) share a
+    build and an unchanged design is never rebuilt. Returns (build dir, seconds spent)."""
     from amaranth.back import verilog
-
-    from hw.tlmm import TableLookupMatmul
 
     ensure_verilator_on_path()
     from cocotb_tools.runner import get_runner
 
     t0 = time.perf_counter()
-    bdir = build_root / f"tlmm-{acfg.fingerprint()}"
-    bdir.mkdir(parents=True, exist_ok=True)
-    text = verilog.convert(TableLookupMatmul(acfg.tlmm), name="tlmm")
+    text = verilog.convert(elaboratable, name=top)
     digest = hashlib.sha256(text.encode()).hexdigest()
+    bdir = build_root / f"{top}-{digest[:12]}"
+    bdir.mkdir(parents=True, exist_ok=True)
     stamp = bdir / "verilog.sha256"
-    if stamp.exists() and stamp.read_text() == digest and (bdir / "tlmm").exists():
+    if stamp.exists() and stamp.read_text() == digest and (bdir / top).exists():
         _log(f"[cosim] reusing Verilator build {bdir}", quiet)
         return bdir, time.perf_counter() - t0
-    (bdir / "tlmm.v").write_text(text)
+    (bdir / f"{top}.v").write_text(text)
     stamp.unlink(missing_ok=True)
-    _log(f"[cosim] building tlmm ({acfg.name}) with Verilator in {bdir} ...", quiet)
+    _log(f"[cosim] building {top} ({label}) with Verilator in {bdir} ...", quiet)
     runner = get_runner("verilator")
     log = bdir / "build.log"
     # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so g++ is handed the precompiled header
@@ -103,13 +103,49 @@ def build_tlmm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet:
     if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
         os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
     try:
-        runner.build(sources=[bdir / "tlmm.v"], hdl_toplevel="tlmm", build_dir=bdir, always=True,
+        runner.build(sources=[bdir / f"{top}.v"], hdl_toplevel=top, build_dir=bdir, always=True,
                      timescale=("1ns", "1ps"), build_args=["-Wno-fatal", "-Wno-lint"],
                      log_file=log)
     except Exception as e:  # the runner raises CalledProcessError with the log elsewhere
         raise ToolError(f"Verilator build failed ({e}); see {log}") from None
     stamp.write_text(digest)
     return bdir, time.perf_counter() - t0
+
+
+def build_tlmm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
+    from hw.tlmm import TableLookupMatmul
+
+    return build_verilator("tlmm", TableLookupMatmul(acfg.tlmm), acfg.name, build_root, quiet)
+
+
+def build_gemm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
+    from hw.gemm import TemporalGemm
+
+    return build_verilator("gemm", TemporalGemm(acfg), acfg.name, build_root, quiet)
+
+
+def _run_bench(test_module: str, top: str, bdir: Path, arrays: dict, meta: dict, n_cases: int,
+               quiet: bool) -> tuple[list[dict], float]:
+    """Hand the case arrays to a cocotb bench in a fresh simulator process; returns (rows, seconds)."""
+    from cocotb_tools.runner import get_runner
+
+    arrays = {**arrays, "meta": np.array(json.dumps(meta))}
+    with tempfile.TemporaryDirectory(prefix="tritium-cosim-") as tmp:
+        case_file, result_file = Path(tmp) / "cases.npz", Path(tmp) / "results.json"
+        np.savez(case_file, **arrays)
+        env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        _log(f"[cosim] running {n_cases} case(s) through Verilator ...", quiet)
+        runner = get_runner("verilator")
+        t0 = time.perf_counter()
+        log = Path(tmp) / "sim.log"
+        runner.test(test_module=test_module, hdl_toplevel=top, hdl_toplevel_lang="verilog", build_dir=bdir,
+                    test_dir=tmp, extra_env=env, results_xml=str(Path(tmp) / "results.xml"), log_file=log)
+        sim_s = time.perf_counter() - t0
+        if not result_file.exists():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
+            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{tail}")
+        return json.loads(result_file.read_text()), sim_s
 
 
 def warm_up_model(cfg) -> None:
@@ -138,31 +174,53 @@ def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: P
                        f"c{i}_res_pat": c.res_pattern})
         meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    arrays["meta"] = np.array(json.dumps(meta))
-
-    from cocotb_tools.runner import get_runner
-
-    with tempfile.TemporaryDirectory(prefix="tritium-cosim-") as tmp:
-        case_file, result_file = Path(tmp) / "cases.npz", Path(tmp) / "results.json"
-        np.savez(case_file, **arrays)
-        env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        _log(f"[cosim] running {len(cases)} case(s) through Verilator ...", quiet)
-        runner = get_runner("verilator")
-        t0 = time.perf_counter()
-        log = Path(tmp) / "sim.log"
-        runner.test(test_module="sim.tlmm_bench", hdl_toplevel="tlmm", hdl_toplevel_lang="verilog", build_dir=bdir, test_dir=tmp,
-                    extra_env=env, results_xml=str(Path(tmp) / "results.xml"), log_file=log)
-        sim_s = time.perf_counter() - t0
-        if not result_file.exists():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
-            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{tail}")
-        rows = json.loads(result_file.read_text())
+    rows, sim_s = _run_bench("sim.tlmm_bench", "tlmm", bdir, arrays, meta, len(cases), quiet)
     rtl_cycles = sum(r["rtl_cycles"] for r in rows)
     rtl_wall = sum(r["rtl_wall_s"] for r in rows)
     model_cycles = sum(m["model_cycles"] for m in meta_cases)
     return CosimReport(
         engine="tlmm", config={**acfg.to_dict(), "source": acfg.source}, rows=rows, build_s=build_s,
+        verilator_cycles_per_s=rtl_cycles / rtl_wall if rtl_wall else 0.0,
+        model_cycles_per_s=model_cycles / model_s if model_s else 0.0,
+        extra={"simulation_s": round(sim_s, 2)})
+
+
+def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
+                   quiet: bool = False) -> CosimReport:
+    """Run every GEMM case (sim.gemm_cases.GemmCase) through reference, model and RTL."""
+    from hw.gemm_layout import build_gemm_image
+    from sim.gemm_model import reference, run_gemm_image
+
+    bdir, build_s = build_gemm(acfg, build_root, quiet)
+    arrays: dict[str, np.ndarray] = {}
+    meta_cases = []
+    model_s = 0.0
+    z = np.zeros((1, 1), np.int8)
+    run_gemm_image(acfg, build_gemm_image(acfg, z, z))          # compile the kernel outside the timing
+    for i, c in enumerate(cases):
+        ccfg = c.config(acfg)
+        img = build_gemm_image(ccfg, c.a, c.b, c.requant, c.shift)
+        t0 = time.perf_counter()
+        run = run_gemm_image(ccfg, img)
+        model_s += time.perf_counter() - t0
+        arrays.update({f"c{i}_image": img.image, f"c{i}_ref": reference(c.a, c.b, c.requant, c.shift),
+                       f"c{i}_model": run.output})
+        cmd = img.command
+        meta_cases.append({
+            "name": c.name, "timing": c.timing, "model_cycles": run.cycles,
+            "model_read_beats": run.events["read_beats"],
+            "shape": [img.shape.m, img.shape.k, img.shape.n, img.shape.m_tiles, img.shape.n_tiles,
+                      img.shape.k_tiles],
+            "command": {"m_tiles": cmd.m_tiles, "n_tiles": cmd.n_tiles, "k_tiles": cmd.k_tiles,
+                        "a_base": cmd.a_base, "b_base": cmd.b_base, "c_base": cmd.c_base,
+                        "requant": cmd.requant, "shift": cmd.shift}})
+    meta = {"config": acfg.to_dict(), "cases": meta_cases}
+    rows, sim_s = _run_bench("sim.gemm_bench", "gemm", bdir, arrays, meta, len(cases), quiet)
+    rtl_cycles = sum(r["rtl_cycles"] for r in rows)
+    rtl_wall = sum(r["rtl_wall_s"] for r in rows)
+    model_cycles = sum(m["model_cycles"] for m in meta_cases)
+    return CosimReport(
+        engine="gemm", config={**acfg.to_dict(), "source": acfg.source}, rows=rows, build_s=build_s,
         verilator_cycles_per_s=rtl_cycles / rtl_wall if rtl_wall else 0.0,
         model_cycles_per_s=model_cycles / model_s if model_s else 0.0,
         extra={"simulation_s": round(sim_s, 2)})

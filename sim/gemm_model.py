@@ -1,0 +1,316 @@
+"""Cycle-stepped numba model of the temporal GEMM engine (hw/gemm.py) and its external memory, plus a fast
+path that gives the same cycles and events from a recurrence over requests and tiles.
+
+The stepped kernel runs the engine's loader, receiver, compute issue, pipeline and drain one cycle at a
+time together with the memory model (sim.memory documents the same rules for the testbench):
+
+- read requests are accepted while fewer than ``outstanding`` are in flight (a request stays in flight
+  until its last beat has been delivered);
+- a request accepted in cycle t delivers its first beat in cycle t + latency or later; beats come in
+  request order, one per cycle at most, and at least ``beat_interval`` cycles apart;
+- a write beat is accepted in cycle t iff no write was accepted in the ``beat_interval - 1`` cycles before.
+
+Cycle definition (README.md): cycle 0 is the cycle of the command handshake; the count is the index of the
+cycle in which the last write beat is accepted. A command starts with an idle memory.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from hw.config import AcceleratorConfig
+from hw.gemm_layout import GemmImage, build_gemm_image, requantize, unpack_c
+from hw.isa import GemmCommand
+
+__all__ = ["GemmRun", "EVENT_NAMES", "run_gemm", "run_gemm_image", "gemm_fast", "GemmTiming"]
+
+EVENT_NAMES = (
+    "macs",               # multiply-accumulates issued (R·C per issue, padding included)
+    "issue_cycles",       # cycles with a k issued to the MAC block
+    "buffer_reads",       # operand-buffer words read (2 per issue)
+    "buffer_writes",      # operand-buffer words written (one per read beat)
+    "read_requests",      # read bursts requested
+    "read_beats",         # read beats received (× bus_bytes = DRAM bytes read)
+    "write_beats",        # write beats sent (× bus_bytes = DRAM bytes written)
+    "load_stall_cycles",  # cycles compute waited for an operand tile (before the last issue)
+    "drain_stall_cycles", # cycles an output tile's last k waited for the shadow register
+    "tail_cycles",        # cycles after the last issue until the last write
+)
+_N_EVENTS = len(EVENT_NAMES)
+_NEVER = -(1 << 40)
+
+
+@njit(cache=True, boundscheck=False)
+def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
+                 R, C, TK, W, AB, BB, latency, max_burst, outstanding, interval, max_cycles, events):
+    """Returns the cycle count (or -1 if max_cycles passed); writes output beats into ``image``."""
+    # memory state: circular queue of in-flight requests
+    q_addr = np.zeros(outstanding, np.int64)
+    q_len = np.zeros(outstanding, np.int64)
+    q_acc = np.zeros(outstanding, np.int64)
+    q_done = np.zeros(outstanding, np.int64)
+    q_head = 0
+    q_n = 0
+    last_rbeat = _NEVER
+    last_w = _NEVER
+    # engine state (registers after the accept in cycle 0)
+    abuf = np.zeros((2 * AB, W), np.uint8)
+    bbuf = np.zeros((2 * BB, W), np.uint8)
+    rq_done = False
+    rq_part = 0
+    rq_off = 0
+    rq_kt = 0
+    rq_ni = 0
+    rq_mi = 0
+    a_ptr = a_base
+    a_row = a_base
+    b_ptr = b_base
+    ahead = 0
+    rs_part = 0
+    rs_off = 0
+    rs_half = 0
+    full0 = False
+    full1 = False
+    cp_done = False
+    cp_half = 0
+    cp_k = 0
+    cp_kt = 0
+    cp_ni = 0
+    cp_mi = 0
+    acc = np.zeros((R, C), np.int64)
+    pend = np.zeros(R * C, np.int64)       # final sums in the pipeline, on their way to the shadow
+    pend_at = _NEVER                       # cycle at whose end they load the shadow (issue + 2)
+    shadow = np.zeros(R * C, np.int64)
+    shadow_full = False
+    dr_cnt = 0
+    c_ptr = c_base
+    vals = W if requant else W // 4
+    out_beats = R * C // vals
+    apb = W // R
+    bpb = W // C
+    rnd = (1 << (shift - 1)) if shift > 0 else 0
+    last_issue = _NEVER
+    t = 0
+    while True:
+        t += 1
+        if t > max_cycles:
+            return -1
+        # ---- combinational view of cycle t ----
+        req_valid = (not rq_done) and ahead != 2
+        req_ready = q_n < outstanding
+        beat = False
+        if q_n > 0:
+            h = q_head
+            beat = t >= q_acc[h] + latency and t >= last_rbeat + interval
+        final_k = cp_k == TK - 1 and cp_kt == kt - 1
+        full_cur = full1 if cp_half else full0
+        issue = (not cp_done) and full_cur and not (final_k and shadow_full)
+        wr_fire = shadow_full and t >= last_w + interval
+        # ---- events ----
+        if issue:
+            events[0] += R * C
+            events[1] += 1
+            events[2] += 2
+        elif not cp_done:
+            if full_cur:
+                events[8] += 1
+            else:
+                events[7] += 1
+        else:
+            events[9] += 1
+        # ---- memory: read data ----
+        if beat:
+            h = q_head
+            addr = q_addr[h] + q_done[h]
+            q_done[h] += 1
+            last_rbeat = t
+            if q_done[h] == q_len[h]:
+                q_head = (q_head + 1) % outstanding
+                q_n -= 1
+            events[5] += 1
+            events[3] += 1
+            # receiver
+            if rs_part == 0:
+                abuf[rs_half * AB + rs_off, :] = image[addr, :]
+                if rs_off == AB - 1:
+                    rs_off = 0
+                    rs_part = 1
+                else:
+                    rs_off += 1
+            else:
+                bbuf[rs_half * BB + rs_off, :] = image[addr, :]
+                if rs_off == BB - 1:
+                    rs_off = 0
+                    rs_part = 0
+                    if rs_half:
+                        full1 = True
+                    else:
+                        full0 = True
+                    rs_half ^= 1
+                else:
+                    rs_off += 1
+        # ---- loader ----
+        rq_step_done = 0
+        if req_valid and req_ready:
+            tile_beats = BB if rq_part else AB
+            rem = tile_beats - rq_off
+            burst = max_burst if rem > max_burst else rem
+            slot = (q_head + q_n) % outstanding
+            q_addr[slot] = (b_ptr if rq_part else a_ptr) + rq_off
+            q_len[slot] = burst
+            q_acc[slot] = t
+            q_done[slot] = 0
+            q_n += 1
+            events[4] += 1
+            if rq_off + burst == tile_beats:
+                rq_off = 0
+                if rq_part:
+                    rq_step_done = 1
+                    if rq_kt != kt - 1:
+                        rq_kt += 1
+                        a_ptr += AB
+                        b_ptr += BB
+                    elif rq_ni != nt - 1:
+                        rq_kt = 0
+                        rq_ni += 1
+                        a_ptr = a_row
+                        b_ptr += BB
+                    elif rq_mi != mt - 1:
+                        rq_kt = 0
+                        rq_ni = 0
+                        rq_mi += 1
+                        a_ptr += AB
+                        a_row = a_ptr
+                        b_ptr = b_base
+                    else:
+                        rq_done = True
+                rq_part ^= 1
+            else:
+                rq_off += burst
+        # ---- compute issue (functional work done here; timing of the shadow follows the pipeline) ----
+        cp_step_done = 0
+        if issue:
+            last_issue = t
+            arow = abuf[cp_half * AB + cp_k // apb]
+            brow = bbuf[cp_half * BB + cp_k // bpb]
+            ao = (cp_k % apb) * R
+            bo = (cp_k % bpb) * C
+            first = cp_kt == 0 and cp_k == 0
+            for r in range(R):
+                av = np.int64(np.int8(arow[ao + r]))
+                for c in range(C):
+                    p = av * np.int64(np.int8(brow[bo + c]))
+                    acc[r, c] = p if first else acc[r, c] + p
+            if final_k:
+                for r in range(R):
+                    for c in range(C):
+                        pend[r * C + c] = acc[r, c]
+                pend_at = t + 2
+            if cp_k == TK - 1:
+                cp_k = 0
+                if cp_half:
+                    full1 = False
+                else:
+                    full0 = False
+                cp_half ^= 1
+                cp_step_done = 1
+                if cp_kt != kt - 1:
+                    cp_kt += 1
+                elif cp_ni != nt - 1:
+                    cp_kt = 0
+                    cp_ni += 1
+                elif cp_mi != mt - 1:
+                    cp_kt = 0
+                    cp_ni = 0
+                    cp_mi += 1
+                else:
+                    cp_done = True
+            else:
+                cp_k += 1
+        ahead += rq_step_done - cp_step_done
+        # ---- drain ----
+        if wr_fire:
+            last_w = t
+            events[6] += 1
+            for j in range(vals):
+                v = shadow[dr_cnt * vals + j]
+                if requant:
+                    y = (v + rnd) >> shift
+                    y = 127 if y > 127 else (-128 if y < -128 else y)
+                    image[c_ptr, j] = np.uint8(y & 0xFF)
+                else:
+                    u = v & 0xFFFFFFFF
+                    for b in range(4):
+                        image[c_ptr, 4 * j + b] = np.uint8((u >> (8 * b)) & 0xFF)
+            c_ptr += 1
+            if dr_cnt == out_beats - 1:
+                dr_cnt = 0
+                shadow_full = False
+                if cp_done and last_issue < t - 2:
+                    return t
+            else:
+                dr_cnt += 1
+        if pend_at == t:
+            for i in range(R * C):
+                v = pend[i] & 0xFFFFFFFF
+                shadow[i] = v - (1 << 32) if v >= (1 << 31) else v
+            shadow_full = True
+
+
+@dataclass
+class GemmRun:
+    """Result of running one GEMM command on the model."""
+
+    output: np.ndarray          # M×N int32 (or int8 when requantized)
+    cycles: int
+    events: dict[str, int]
+    image: np.ndarray           # the memory image after the run
+
+    def gops(self, clock_mhz: float, m: int, k: int, n: int) -> float:
+        return 2.0 * m * k * n / (self.cycles / (clock_mhz * 1e6)) / 1e9
+
+
+def run_gemm_image(acfg: AcceleratorConfig, img: GemmImage, max_cycles: int = 1 << 40) -> GemmRun:
+    """Run the command of ``img`` on the stepped model; returns outputs (unpacked), cycles and events."""
+    geo, mem = acfg.gemm_geometry, acfg.memory
+    cmd = img.command
+    image = img.image.copy()
+    events = np.zeros(_N_EVENTS, np.int64)
+    cycles = _step_kernel(image, cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.a_base, cmd.b_base, cmd.c_base,
+                          bool(cmd.requant), cmd.shift, geo.rows, geo.cols, geo.k_tile, mem.bus_bytes,
+                          geo.a_beats, geo.b_beats, mem.latency, mem.max_burst, mem.outstanding,
+                          mem.beat_interval, max_cycles, events)
+    if cycles < 0:
+        raise RuntimeError(f"GEMM model did not finish within {max_cycles} cycles")
+    nout = cmd.m_tiles * cmd.n_tiles * geo.out_beats(cmd.requant)
+    out = unpack_c(image[cmd.c_base: cmd.c_base + nout], geo, img.shape, cmd.requant)
+    return GemmRun(out, int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True)), image)
+
+
+def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: bool = False,
+             shift: int = 0) -> GemmRun:
+    """C = A·B on the stepped model (A: M×K int8, B: K×N int8)."""
+    return run_gemm_image(acfg, build_gemm_image(acfg, a, b, requant, shift))
+
+
+# ----------------------------------------------------------------------------------------------------
+# Fast path: the same schedule as a recurrence over read requests, tile steps and write beats.
+# ----------------------------------------------------------------------------------------------------
+
+@dataclass
+class GemmTiming:
+    cycles: int
+    events: dict[str, int]
+
+
+def gemm_fast(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmTiming:
+    raise NotImplementedError
+
+
+def reference(a: np.ndarray, b: np.ndarray, requant: bool, shift: int) -> np.ndarray:
+    acc = (a.astype(np.int64) @ b.astype(np.int64))
+    acc = ((acc + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
+    return requantize(acc, shift) if requant else acc
