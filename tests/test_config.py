@@ -44,6 +44,14 @@ def test_group2_half_derivations(repo):
     ("- 1\n- 2\n", "top level", "expected a mapping"),
     ("tlmm: [1, 2\n", "line", "not valid YAML"),
     (GOOD + "extra: 1\n", "extra", "unknown field"),
+    (GOOD + "gemm: {rows: 6}\n", "gemm.rows", "power of two"),
+    (GOOD + "gemm: {rows: 8, cols: 8}\nmemory: {bus_bytes: 4}\n", "gemm.rows", "must divide memory.bus_bytes"),
+    (GOOD + "gemm: {rows: 2, cols: 2, k_tile: 4}\nmemory: {bus_bytes: 16}\n", "gemm.k_tile", "smaller than one"),
+    (GOOD + "gemm: {k_tile: 2}\n", "gemm.k_tile", "out of range"),
+    (GOOD + "memory: {latency: 0}\n", "memory.latency", "out of range"),
+    (GOOD + "memory: {bus_bytes: 24}\n", "memory.bus_bytes", "power of two"),
+    (GOOD + "memory: {burst: 4}\n", "memory.burst", "unknown field"),
+    (GOOD + "gemm: 3\n", "gemm", "expected a mapping"),
 ])
 def test_bad_config_names_file_and_field(tmp_path, text, field, words):
     p = write(tmp_path, text)

@@ -61,32 +61,58 @@ def _tlmm_cases(cfg, workload: str, seed: int, n_random: int):
     return cases
 
 
+def _gemm_cases(acfg, workload: str, seed: int, n_random: int):
+    from sim.gemm_cases import bitnet_attention_case, directed_cases, random_cases
+
+    cases = []
+    if workload in ("cases", "all"):
+        cases += directed_cases(acfg, seed) + random_cases(acfg, seed, n_random)
+    if workload in ("bitnet", "all"):
+        cases.append(bitnet_attention_case(acfg, seed))
+    return cases
+
+
+def _engine_line(rep) -> str:
+    c = rep.config
+    if rep.engine == "tlmm":
+        t = c["tlmm"]
+        return f"G={t['group_size']} T={t['tables']} Q={t['columns']} {t['table_mode']} M<={t['tokens']}"
+    g, m = c["gemm"], c["memory"]
+    return (f"{g['rows']}x{g['cols']} block, k_tile {g['k_tile']}, {8 * m['bus_bytes']}-bit bus, "
+            f"latency {m['latency']}")
+
+
 def print_cosim_summary(rep) -> None:
     from tritium.report import table
 
     rows = [[r["name"], r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"],
              r["rtl_cycles"], r["model_cycles"], r["rtl_cycles"] - r["model_cycles"]] for r in rep.rows]
     print(table(["case", "outputs equal", "RTL cycles", "model cycles", "difference"], rows,
-                title=f"TLMM co-simulation — config {rep.config['name']} ({rep.config['source']})"))
-    t = rep.config["tlmm"]
+                title=f"{rep.engine.upper()} co-simulation — config {rep.config['name']} ({rep.config['source']})"))
     print()
     print(table(
         ["config", "cases", "outputs equal", "RTL cycles", "model cycles", "difference",
          "Verilator cycles/s", "model cycles/s"],
-        [[f"G={t['group_size']} T={t['tables']} Q={t['columns']} {t['table_mode']} M<={t['tokens']}",
-          len(rep.rows), rep.outputs_equal, rep.rtl_cycles, rep.model_cycles, rep.rtl_cycles - rep.model_cycles,
+        [[_engine_line(rep), len(rep.rows), rep.outputs_equal, rep.rtl_cycles, rep.model_cycles, rep.rtl_cycles - rep.model_cycles,
           rep.verilator_cycles_per_s, rep.model_cycles_per_s]]))
     print("\nRTL: Amaranth → Verilog → Verilator 5.048 under cocotb 2.1 (cycles counted at the stream "
           "handshakes); model: numba cycle-stepped; reference: numpy int64 matmul.")
+    if rep.engine == "gemm":
+        print("Memory: sim/memory.py serves the RTL's requests; the model's kernel applies the same rules; "
+              "some cases override latency / outstanding / beat_interval (bandwidth-starved).")
     print("RESULT:", "PASS — bit-exact and cycle-exact" if rep.ok else "FAIL — see the rows marked NO / nonzero")
 
 
 def cmd_cosim(args) -> int:
-    from sim.cosim import run_tlmm_cosim
+    from sim.cosim import run_gemm_cosim, run_tlmm_cosim
 
     acfg = load_config(args.config)
-    cases = _tlmm_cases(acfg.tlmm, args.workload, args.seed, args.random)
-    rep = run_tlmm_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
+    if args.engine == "tlmm":
+        cases = _tlmm_cases(acfg.tlmm, args.workload, args.seed, args.random)
+        rep = run_tlmm_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
+    else:
+        cases = _gemm_cases(acfg, args.workload, args.seed, args.random)
+        rep = run_gemm_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
     if args.json:
         out = rep.to_json()
         out["seed"] = args.seed
@@ -94,6 +120,33 @@ def cmd_cosim(args) -> int:
     else:
         print_cosim_summary(rep)
     return 0 if rep.ok else EXIT_MISMATCH
+
+
+# ---------------------------------------------------------------- perf
+def cmd_perf(args) -> int:
+    from tritium.perf import bandwidth_sweep, gemm_report, parse_shape, plot_roofline
+    from tritium.report import table
+
+    acfg = load_config(args.config)
+    m, k, n = parse_shape(args.shape)
+    rep = gemm_report(acfg, m, k, n)
+    sweep = bandwidth_sweep(acfg, m, k, n) if args.plot else []
+    if args.plot:
+        rep["plot"] = str(plot_roofline(acfg, (m, k, n), sweep, Path(args.plot)))
+        rep["sweep_points"] = len(sweep)
+    if args.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+    rows = [[key, rep[key]] for key in ("cycles", "time_ms", "gops", "peak_gops", "mac_utilization",
+                                        "load_stall_cycles", "drain_stall_cycles", "tail_cycles",
+                                        "dram_read_bytes", "dram_write_bytes", "ops_per_dram_byte",
+                                        "bandwidth_gbs", "read_bandwidth_needed_gbs")]
+    print(table(["figure (modeled)", "value"], rows,
+                title=f"GEMM {m}x{k}x{n} on {rep['block']} block, k_tile {rep['k_tile']}, "
+                      f"{acfg.clock_mhz:g} MHz — config {acfg.name}"))
+    if args.plot:
+        print(f"roofline: {len(sweep)} bandwidth points → {rep['plot']}")
+    return 0
 
 
 # ---------------------------------------------------------------- bitstream
@@ -136,15 +189,24 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     s = sub.add_parser("cosim", help="RTL (Verilator) ⇔ numba model ⇔ golden reference, bit and cycle exact")
-    s.add_argument("engine", choices=["tlmm"], help="engine to co-simulate")
+    s.add_argument("engine", choices=["tlmm", "gemm"], help="engine to co-simulate")
     s.add_argument("--config", default=None, help=cfg_help)
     s.add_argument("--seed", type=_non_negative, default=0, help="seed of the random cases (default 0)")
     s.add_argument("--random", type=_non_negative, default=4, help="number of random cases (default 4)")
     s.add_argument("--workload", choices=["cases", "bitnet", "all"], default="cases",
-                   help="cases: directed + random; bitnet: BitNet-0.7B layer slices; all: both")
+                   help="cases: directed + random; bitnet: BitNet-0.7B slices (TLMM: layer projections; "
+                        "GEMM: one head's Q·Kᵀ at 256 tokens); all: both")
     s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
     s.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     s.set_defaults(func=cmd_cosim)
+
+    pf = sub.add_parser("perf", help="modeled GEMM performance (GOPS, utilization, stalls) and a roofline plot")
+    pf.add_argument("engine", choices=["gemm"], help="engine")
+    pf.add_argument("--config", default=None, help=cfg_help)
+    pf.add_argument("--shape", default="1024x1024x1024", help="GEMM MxKxN (default 1024x1024x1024)")
+    pf.add_argument("--plot", default=None, metavar="PNG", help="also sweep memory bandwidth and write a roofline PNG")
+    pf.add_argument("--json", action="store_true", help="print JSON")
+    pf.set_defaults(func=cmd_perf)
 
     b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of the TLMM engine, with a report")
     b.add_argument("--config", default=None, help=cfg_help)
