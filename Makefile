@@ -17,7 +17,7 @@ endif
 .PHONY: help venv sim test test-all bitstream bench lint clean
 
 help:
-	@echo "make sim        co-simulate the default config (RTL ⇔ model ⇔ reference) on the BitNet-0.7B workload"
+	@echo "make sim        co-simulate both engines of the default config (RTL ⇔ model ⇔ reference), BitNet-0.7B workloads"
 	@echo "make test       run the test suite (what CI runs)"
 	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker, CONFIG=...) and print its report"
 	@echo "make bench      model vs Verilator speed"
@@ -35,6 +35,7 @@ venv: $(BIN)/.installed
 
 sim: $(BIN)/.installed
 	$(BIN)/tritium cosim tlmm --config $(CONFIG) --workload all --seed $(SEED)
+	$(BIN)/tritium cosim gemm --config $(CONFIG) --workload all --seed $(SEED)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"

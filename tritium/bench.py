@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from hw.config import AcceleratorConfig
+from hw.isa import GemmCommand
 from hw.ternary import tlmm_shape, tlmm_streams
 from sim.cosim import run_tlmm_cosim, warm_up_model
 from sim.tlmm_cases import bitnet_workload
@@ -82,4 +83,52 @@ def run_bench(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
          [f"BitNet-0.7B layer ms @ {acfg.clock_mhz:g} MHz", result["bitnet07b_layer_ms_1tok_modeled"],
           "modeled, TLMM compute only (no DRAM limit)"]],
         title=f"tritium bench — config {acfg.name}: {', '.join(result['workload'])}"))
+    print()
+    result["gemm"] = _bench_gemm(acfg, build_root, log)
     return result
+
+
+def _bench_gemm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
+    """GEMM engine: stepped model vs Verilator on one attention head's Q·Kᵀ, and the fast path on 1024³."""
+    from sim.cosim import run_gemm_cosim
+    from sim.gemm_cases import bitnet_attention_case
+    from sim.gemm_model import gemm_fast, run_gemm
+    from tritium.perf import gemm_report
+
+    case = bitnet_attention_case(acfg)
+    log("[bench] GEMM: numba stepped model ...")
+    run_gemm(acfg, case.a[:1, :1], case.b[:1, :1])                    # compile outside the timing
+    seconds, cycles = 0.0, 0
+    while seconds < 1.0:
+        t0 = time.perf_counter()
+        run = run_gemm(acfg, case.a, case.b)
+        seconds += time.perf_counter() - t0
+        cycles += run.cycles
+    log("[bench] GEMM: Verilator RTL on the same GEMM ...")
+    rep = run_gemm_cosim(acfg, [case], build_root, quiet=True)
+    cmd = GemmCommand(-(-1024 // acfg.gemm.rows), -(-1024 // acfg.gemm.cols), -(-1024 // acfg.gemm.k_tile))
+    gemm_fast(acfg, cmd)
+    t0 = time.perf_counter()
+    reps = 20
+    for _ in range(reps):
+        gemm_fast(acfg, cmd)
+    fast_ms = (time.perf_counter() - t0) / reps * 1e3
+    big = gemm_report(acfg, 1024, 1024, 1024)
+    out = {
+        "workload": case.name, "model_cycles_per_s": cycles / seconds,
+        "verilator_cycles_per_s": rep.verilator_cycles_per_s, "rtl_matches_model": rep.ok,
+        "fast_path_ms_1024cubed": fast_ms, "cycles_1024cubed": big["cycles"],
+        "mac_utilization_1024cubed": big["mac_utilization"], "gops_1024cubed_modeled": big["gops"],
+    }
+    print(table(
+        ["figure", "value", "how"],
+        [["GEMM model cycles/s", out["model_cycles_per_s"], "numba stepped model (data + memory), measured"],
+         ["GEMM Verilator cycles/s", out["verilator_cycles_per_s"], "cocotb-driven Verilator RTL, measured"],
+         ["model / Verilator", out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]), "same GEMM"],
+         ["RTL == model", rep.ok, "outputs and cycles"],
+         ["fast path ms, 1024³ GEMM", fast_ms, "recurrence over requests/tiles, measured (target < 10 ms)"],
+         ["1024³ cycles", big["cycles"], "modeled"],
+         ["1024³ MAC utilization", f"{big['mac_utilization']:.4%}", "modeled (target ≥ 95%)"],
+         [f"1024³ GOPS @ {acfg.clock_mhz:g} MHz", big["gops"], "modeled"]],
+        title=f"tritium bench — GEMM {acfg.gemm.rows}x{acfg.gemm.cols}, config {acfg.name}: {case.name}"))
+    return out

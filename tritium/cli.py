@@ -137,7 +137,7 @@ def cmd_perf(args) -> int:
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
-    rows = [[key, rep[key]] for key in ("cycles", "time_ms", "gops", "peak_gops", "mac_utilization",
+    rows = [[key, f"{rep[key]:.4%}" if key == "mac_utilization" else rep[key]] for key in ("cycles", "time_ms", "gops", "peak_gops", "mac_utilization",
                                         "load_stall_cycles", "drain_stall_cycles", "tail_cycles",
                                         "dram_read_bytes", "dram_write_bytes", "ops_per_dram_byte",
                                         "bandwidth_gbs", "read_bandwidth_needed_gbs")]
@@ -235,6 +235,11 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("tritium: interrupted", file=sys.stderr)
         return 130
+    except BrokenPipeError:          # output piped into `head` and the like
+        import os
+
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except Exception as e:
         from sim.verilator import ToolError
 
