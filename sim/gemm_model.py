@@ -300,14 +300,100 @@ def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: boo
 # Fast path: the same schedule as a recurrence over read requests, tile steps and write beats.
 # ----------------------------------------------------------------------------------------------------
 
+@njit(cache=True)
+def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstanding, interval):
+    """Cycle of the last write, and the load/drain stall cycles, from the schedule's recurrences:
+
+    request j (in order; step s(j)'s A bursts, then its B bursts) is accepted at
+        acc_j = max(acc_{j-1} + 1, last_issue(s-2) + 1, last_beat_{j-O} + 1)      (acc_{-1} + 1 = 1)
+    its beats arrive at first_j = max(acc_j + latency, last_beat_{j-1} + interval), then every interval;
+    step s may start issuing once its last beat is in: F_s = max(last_issue(s-1) + 1, last_beat + 1),
+    issues TK k's back to back, except that an output tile's final k waits for the shadow register
+    (last drain beat of the previous tile + 1); the drain of a tile whose final k issued at L starts at
+    max(L + 3, last_write + interval) and writes a beat every interval cycles.
+    """
+    n_a = (AB + max_burst - 1) // max_burst
+    n_b = (BB + max_burst - 1) // max_burst
+    ring = np.full(outstanding, _NEVER, np.int64)     # last beats of the previous O requests
+    li_prev2 = _NEVER                                 # last issue of step s-2
+    li_prev = _NEVER                                  # last issue of step s-1
+    acc_prev = 0
+    lb_prev = _NEVER
+    last_w = _NEVER
+    shadow_free = 0
+    j = 0
+    drain_stall = 0
+    steps = mt * nt * kt
+    for s in range(steps):
+        allowed = li_prev2 + 1 if s >= 2 else 1
+        for part in range(2):
+            beats = AB if part == 0 else BB
+            nreq = n_a if part == 0 else n_b
+            for q in range(nreq):
+                ln = max_burst if q < nreq - 1 else beats - max_burst * (nreq - 1)
+                a = acc_prev + 1
+                if allowed > a:
+                    a = allowed
+                slot = j % outstanding
+                if ring[slot] + 1 > a:       # request j - O must have delivered its last beat
+                    a = ring[slot] + 1
+                fb = a + latency
+                if lb_prev + interval > fb:
+                    fb = lb_prev + interval
+                lb = fb + (ln - 1) * interval
+                ring[slot] = lb
+                acc_prev = a
+                lb_prev = lb
+                j += 1
+        start = li_prev + 1
+        if lb_prev + 1 > start:
+            start = lb_prev + 1
+        last = start + TK - 1
+        if s % kt == kt - 1:                 # an output tile's final k
+            if shadow_free > last:
+                drain_stall += shadow_free - last
+                last = shadow_free
+            d0 = last + 3
+            if last_w + interval > d0:
+                d0 = last_w + interval
+            last_w = d0 + (out_beats - 1) * interval
+            shadow_free = last_w + 1
+        li_prev2 = li_prev
+        li_prev = last
+    return last_w, li_prev, drain_stall
+
+
 @dataclass
 class GemmTiming:
+    """Cycles and event counts of one GEMM command, from the fast path (no data executed)."""
+
     cycles: int
     events: dict[str, int]
 
+    def utilization(self, acfg: AcceleratorConfig, m: int, k: int, n: int) -> float:
+        """Useful MACs / (MAC slots × cycles)."""
+        return m * k * n / (acfg.gemm.macs * self.cycles)
+
 
 def gemm_fast(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmTiming:
-    raise NotImplementedError
+    """Cycles and events of ``cmd`` without stepping cycles; equal to the stepped model (tested)."""
+    geo, mem = acfg.gemm_geometry, acfg.memory
+    ob = geo.out_beats(cmd.requant)
+    cycles, last_issue, drain_stall = _fast_kernel(
+        cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, geo.k_tile, geo.a_beats, geo.b_beats, ob, mem.latency,
+        mem.max_burst, mem.outstanding, mem.beat_interval)
+    steps = cmd.steps
+    issues = steps * geo.k_tile
+    tail = int(cycles - last_issue)
+    n_req = -(-geo.a_beats // mem.max_burst) + -(-geo.b_beats // mem.max_burst)
+    ev = {
+        "macs": issues * geo.rows * geo.cols, "issue_cycles": issues, "buffer_reads": 2 * issues,
+        "buffer_writes": steps * (geo.a_beats + geo.b_beats), "read_requests": steps * n_req,
+        "read_beats": steps * (geo.a_beats + geo.b_beats), "write_beats": cmd.m_tiles * cmd.n_tiles * ob,
+        "load_stall_cycles": int(cycles) - tail - issues - int(drain_stall),
+        "drain_stall_cycles": int(drain_stall), "tail_cycles": tail,
+    }
+    return GemmTiming(int(cycles), ev)
 
 
 def reference(a: np.ndarray, b: np.ndarray, requant: bool, shift: int) -> np.ndarray:
