@@ -1,20 +1,28 @@
-"""Engine command encoding (ARCHITECTURE.md contract 2), version 2.
+"""Engine command encoding (ARCHITECTURE.md contract 2), version 3.
 
 A command is one or more 64-bit little-endian words; the opcode (bits 7:0 of the first word) says how many.
-The RTL engines receive the decoded fields on their ``cmd`` stream (same names, same widths, in the order
-listed here, the first field at bit 0); the Program format of the compiler is a sequence of these words.
+The RTL engines receive their *engine fields* on their ``cmd`` stream (same names, same widths, in the order
+listed here, the first field at bit 0); the Program format (hw.program) is a sequence of these words.
 
-TLMM (opcode 1), one word:
+TLMM (opcode 1), three words. Word 0 holds the engine fields; words 1-2 tell the top level's DMA where the
+engine's streams live in memory (beat addresses; layouts in hw.program):
 
-=======  ================  ==========================================================
-bits     field             meaning
-=======  ================  ==========================================================
-7:0      opcode            1 = TLMM (table-lookup ternary matmul)
-15:8     tokens_minus_one  M - 1: tokens sharing each weight beat (M in 1..tlmm.tokens)
-31:16    k_chunks          KC: number of G·T activation chunks (>= 1)
-47:32    n_blocks          NB: number of Q-column output blocks (>= 1)
-63:48    -                 reserved, must be 0
-=======  ================  ==========================================================
+=========  ================  ==========================================================
+word:bits  field             meaning
+=========  ================  ==========================================================
+0:7:0      opcode            1 = TLMM (table-lookup ternary matmul)
+0:15:8     tokens_minus_one  M - 1: tokens sharing each weight beat (M in 1..tlmm.tokens)
+0:31:16    k_chunks          KC: number of G·T activation chunks (>= 1)
+0:47:32    n_blocks          NB: number of Q-column output blocks (>= 1)
+0:63:48    -                 reserved, must be 0
+1:31:0     act_base          activation stream (DMA)
+1:63:32    wgt_base          packed weight stream (DMA)
+2:31:0     res_base          result stream (DMA)
+2:63:32    -                 reserved, must be 0
+=========  ================  ==========================================================
+
+HOST (opcode 3), one word: bits 31:16 ``op``, the index of a host operation in the Program's host-op table;
+the accelerator waits until the host reports it done (the CPU of a Zynq-class SoC runs it). Other bits 0.
 
 GEMM (opcode 2), three words (addresses are in bus beats of ``memory.bus_bytes``):
 
@@ -34,33 +42,40 @@ word:bits  field         meaning
 2:63:32    -             reserved, must be 0
 =========  ============  ==================================================================
 
-Version history: 1 = TLMM only; 2 adds GEMM (TLMM unchanged).
+Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addresses (words 1-2) and HOST.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ISA_VERSION", "OP_TLMM", "OP_GEMM", "TLMM_FIELDS", "GEMM_FIELDS", "TlmmCommand", "GemmCommand",
-           "decode", "decode_program", "payload_fields"]
+__all__ = ["ISA_VERSION", "OP_TLMM", "OP_GEMM", "OP_HOST", "TLMM_FIELDS", "GEMM_FIELDS", "HOST_FIELDS",
+           "TlmmCommand", "GemmCommand", "HostCommand", "Command", "decode", "decode_program",
+           "encode_program", "payload_fields"]
 
-ISA_VERSION = 2
+ISA_VERSION = 3
 OP_TLMM = 1
 OP_GEMM = 2
+OP_HOST = 3
 
 # (name, word, lsb, width) for every field; fields named "-" do not exist (reserved zeros)
 TLMM_FIELDS = (("opcode", 0, 0, 8), ("tokens_minus_one", 0, 8, 8), ("k_chunks", 0, 16, 16),
-               ("n_blocks", 0, 32, 16))
+               ("n_blocks", 0, 32, 16), ("act_base", 1, 0, 32), ("wgt_base", 1, 32, 32), ("res_base", 2, 0, 32))
 GEMM_FIELDS = (("opcode", 0, 0, 8), ("requant", 0, 8, 1), ("shift", 0, 9, 5), ("m_tiles", 0, 16, 16),
                ("n_tiles", 0, 32, 16), ("k_tiles", 0, 48, 16), ("a_base", 1, 0, 32), ("b_base", 1, 32, 32),
                ("c_base", 2, 0, 32))
-_WORDS = {OP_TLMM: 1, OP_GEMM: 3}
-_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS}
+HOST_FIELDS = (("opcode", 0, 0, 8), ("op", 0, 16, 16))
+_WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1}
+_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
+# fields the top level consumes (DMA addresses) rather than the engine
+_DMA_ONLY = {OP_TLMM: {"act_base", "wgt_base", "res_base"}}
 
 
 def payload_fields(opcode: int) -> tuple[tuple[str, int], ...]:
-    """(name, width) of the fields an engine's ``cmd`` stream carries: every field but the opcode."""
-    return tuple((name, width) for name, _, _, width in _FIELDS[opcode][1:])
+    """(name, width) of the fields an engine's ``cmd`` stream carries: every field but the opcode and the
+    DMA-only addresses."""
+    return tuple((name, width) for name, _, _, width in _FIELDS[opcode][1:]
+                 if name not in _DMA_ONLY.get(opcode, ()))
 
 
 def _encode(opcode: int, values: dict) -> list[int]:
@@ -90,25 +105,38 @@ class TlmmCommand:
     tokens: int
     k_chunks: int
     n_blocks: int
+    act_base: int = 0
+    wgt_base: int = 0
+    res_base: int = 0
 
     def __post_init__(self) -> None:
         _check_range("TLMM", "tokens", self.tokens, 1, 256)
         for name in ("k_chunks", "n_blocks"):
             _check_range("TLMM", name, getattr(self, name), 1, (1 << 16) - 1)
+        for name in ("act_base", "wgt_base", "res_base"):
+            _check_range("TLMM", name, getattr(self, name), 0, (1 << 32) - 1)
 
     def _values(self) -> dict:
-        return {"tokens_minus_one": self.tokens - 1, "k_chunks": self.k_chunks, "n_blocks": self.n_blocks}
+        return {"tokens_minus_one": self.tokens - 1, "k_chunks": self.k_chunks, "n_blocks": self.n_blocks,
+                "act_base": self.act_base, "wgt_base": self.wgt_base, "res_base": self.res_base}
 
     def engine_payload(self) -> int:
-        """The fields as the engine's ``cmd`` stream carries them."""
+        """The engine fields as the engine's ``cmd`` stream carries them."""
         return _payload(OP_TLMM, self._values())
 
     def words(self) -> list[int]:
         return _encode(OP_TLMM, self._values())
 
-    def encode(self) -> int:
-        """The single command word."""
-        return self.words()[0]
+
+@dataclass(frozen=True)
+class HostCommand:
+    op: int
+
+    def __post_init__(self) -> None:
+        _check_range("HOST", "op", self.op, 0, (1 << 16) - 1)
+
+    def words(self) -> list[int]:
+        return _encode(OP_HOST, {"op": self.op})
 
 
 @dataclass(frozen=True)
@@ -146,7 +174,10 @@ class GemmCommand:
         return _encode(OP_GEMM, self._values())
 
 
-def _decode_one(words: list[int], at: int) -> tuple[TlmmCommand | GemmCommand, int]:
+Command = TlmmCommand | GemmCommand | HostCommand
+
+
+def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
     first = words[at]
     if not 0 <= first < 1 << 64:
         raise ValueError(f"word {at}: {first:#x} is not a 64-bit value")
@@ -166,18 +197,27 @@ def _decode_one(words: list[int], at: int) -> tuple[TlmmCommand | GemmCommand, i
         if w & ~u & ((1 << 64) - 1) or not 0 <= w < 1 << 64:
             raise ValueError(f"word {at + i} ({w:#018x}): reserved bits must be 0")
     if op == OP_TLMM:
-        return TlmmCommand(f["tokens_minus_one"] + 1, f["k_chunks"], f["n_blocks"]), n
+        return TlmmCommand(f["tokens_minus_one"] + 1, f["k_chunks"], f["n_blocks"], f["act_base"],
+                           f["wgt_base"], f["res_base"]), n
+    if op == OP_HOST:
+        return HostCommand(f["op"]), n
     return GemmCommand(f["m_tiles"], f["n_tiles"], f["k_tiles"], f["a_base"], f["b_base"], f["c_base"],
                        bool(f["requant"]), f["shift"]), n
 
 
-def decode(word: int) -> TlmmCommand:
-    """Decode one single-word (TLMM) command; ValueError names the bad field."""
-    cmd, _ = _decode_one([word], 0)
+def decode(words: list[int]) -> Command:
+    """Decode exactly one command from its words; ValueError names the bad word or field."""
+    cmd, n = _decode_one(list(words), 0)
+    if n != len(words):
+        raise ValueError(f"word {n}: {len(words) - n} extra word(s) after a {n}-word command")
     return cmd
 
 
-def decode_program(words: list[int]) -> list[TlmmCommand | GemmCommand]:
+def encode_program(commands: list[Command]) -> list[int]:
+    return [w for c in commands for w in c.words()]
+
+
+def decode_program(words: list[int]) -> list[Command]:
     """Decode a sequence of command words; ValueError names the word and what is wrong."""
     out, at = [], 0
     while at < len(words):

@@ -25,7 +25,7 @@ from hw.config import AcceleratorConfig
 from hw.gemm_layout import GemmImage, build_gemm_image, requantize, unpack_c
 from hw.isa import GemmCommand
 
-__all__ = ["GemmRun", "EVENT_NAMES", "run_gemm", "run_gemm_image", "gemm_fast", "GemmTiming"]
+__all__ = ["GemmRun", "EVENT_NAMES", "run_gemm", "run_gemm_image", "run_gemm_on_image", "gemm_fast", "GemmTiming"]
 
 EVENT_NAMES = (
     "macs",               # multiply-accumulates issued (R·C per issue, padding included)
@@ -275,9 +275,19 @@ class GemmRun:
 
 def run_gemm_image(acfg: AcceleratorConfig, img: GemmImage, max_cycles: int = 1 << 40) -> GemmRun:
     """Run the command of ``img`` on the stepped model; returns outputs (unpacked), cycles and events."""
-    geo, mem = acfg.gemm_geometry, acfg.memory
+    geo = acfg.gemm_geometry
     cmd = img.command
     image = img.image.copy()
+    cycles, events = run_gemm_on_image(acfg, image, cmd, max_cycles)
+    nout = cmd.m_tiles * cmd.n_tiles * geo.out_beats(cmd.requant)
+    out = unpack_c(image[cmd.c_base: cmd.c_base + nout], geo, img.shape, cmd.requant)
+    return GemmRun(out, cycles, events, image)
+
+
+def run_gemm_on_image(acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmCommand,
+                      max_cycles: int = 1 << 40) -> tuple[int, dict[str, int]]:
+    """Run one command on a memory image in place (operands read from, outputs written to ``image``)."""
+    geo, mem = acfg.gemm_geometry, acfg.memory
     events = np.zeros(_N_EVENTS, np.int64)
     cycles = _step_kernel(image, cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.a_base, cmd.b_base, cmd.c_base,
                           bool(cmd.requant), cmd.shift, geo.rows, geo.cols, geo.k_tile, mem.bus_bytes,
@@ -285,9 +295,7 @@ def run_gemm_image(acfg: AcceleratorConfig, img: GemmImage, max_cycles: int = 1 
                           mem.beat_interval, max_cycles, events)
     if cycles < 0:
         raise RuntimeError(f"GEMM model did not finish within {max_cycles} cycles")
-    nout = cmd.m_tiles * cmd.n_tiles * geo.out_beats(cmd.requant)
-    out = unpack_c(image[cmd.c_base: cmd.c_base + nout], geo, img.shape, cmd.requant)
-    return GemmRun(out, int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True)), image)
+    return int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True))
 
 
 def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: bool = False,

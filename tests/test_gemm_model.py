@@ -8,7 +8,7 @@ import pytest
 
 from hw.config import load_config
 from hw.gemm_layout import build_gemm_image, gemm_shape, pack_a, pack_b, requantize, unpack_c
-from hw.isa import GemmCommand, TlmmCommand, decode_program
+from hw.isa import GemmCommand, HostCommand, TlmmCommand, decode_program, encode_program
 from sim.gemm_cases import directed_cases, random_cases
 from sim.gemm_model import gemm_fast, reference, run_gemm, run_gemm_image
 
@@ -49,10 +49,11 @@ def test_layout_round_trip(repo, name):
 
 def test_command_words_round_trip():
     g = GemmCommand(3, 65535, 7, a_base=1, b_base=2**32 - 1, c_base=12345, requant=True, shift=31)
-    t = TlmmCommand(2, 10, 20)
-    words = g.words() + [t.encode()] + g.words()
-    assert len(g.words()) == 3 and g.words()[0] & 0xFF == 2
-    assert decode_program(words) == [g, t, g]
+    t = TlmmCommand(2, 10, 20, act_base=5, wgt_base=2**32 - 1, res_base=7)
+    h = HostCommand(65535)
+    words = encode_program([g, t, h, g])
+    assert len(g.words()) == 3 and g.words()[0] & 0xFF == 2 and len(h.words()) == 1
+    assert decode_program(words) == [g, t, h, g]
     with pytest.raises(ValueError, match="reserved"):
         decode_program([g.words()[0], g.words()[1], g.words()[2] | 1 << 40])
     with pytest.raises(ValueError, match="needs 3 words"):

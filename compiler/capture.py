@@ -1,0 +1,199 @@
+"""Capture a ternary LM with ``torch.export`` at the granularity the compiler maps onto the accelerator.
+
+The model's integer reference forward (``mode="int"``) is traced with its building blocks replaced by
+*custom ops* (``torch.library``, namespace ``tritium``), so the exported graph holds one node per block
+instead of their decomposition into aten ops:
+
+===========================  ========================================================================
+op                           semantics (exactly the model's ``mode="int"`` code, which these call)
+===========================  ========================================================================
+``tritium::bitlinear``       int8 activations (absmax per token) × ternary weights (absmean) → float32
+``tritium::attention``       RoPE, int8 Q·Kᵀ, scale, causal mask, softmax, int8 P·V over ``positions``
+``tritium::rmsnorm``         hostops.rmsnorm
+``tritium::swiglu``          hostops.swiglu (gate, up)
+``tritium::relu2``           hostops.relu2 (gate, up)
+``tritium::add``             hostops.add (residual)
+``tritium::linear``          hostops.linear (float LM head)
+===========================  ========================================================================
+
+Everything else in the graph must be shape bookkeeping the compiler understands (``aten.embedding`` for
+the token embedding, ``aten.arange`` for positions); any other op is reported by :mod:`compiler.ir` with
+the module path and source line it comes from. The export is checked against the model: running the
+exported program gives logits bit-identical to ``model(tokens, mode="int")`` (tests).
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from models import hostops, lm
+from models.bitlinear import BitLinear, int_matmul, quantize_act, ternary_weight
+
+__all__ = ["capture", "attention_int"]
+
+
+# ------------------------------------------------------------------ the int-mode attention, one function
+def attention_int(q, k, v, positions, cos, sin, n_heads: int, n_kv_heads: int, score_div: float,
+                  cache_k=None, cache_v=None):
+    """The model's int-mode attention core on flat projections ``q (B,T,H·hd)``, ``k, v (B,T,Hkv·hd)``.
+
+    Same operations, same order as :meth:`models.lm.Attention.forward` with ``mode="int"`` (that method
+    is the reference; the compiler's tests check the two agree bit for bit). ``cache_k``/``cache_v`` are
+    the earlier tokens' ``(kq, s_k)`` and ``(vq, s_v)`` or None. Returns ``(out (B,T,H·hd), kq, sk, vq, sv)``
+    where the k/v tensors include the cache.
+    """
+    b, t, _ = q.shape
+    h, hkv = n_heads, n_kv_heads
+    hd = q.shape[-1] // h
+    q = q.view(b, t, h, hd).transpose(1, 2)
+    k = k.view(b, t, hkv, hd).transpose(1, 2)
+    v = v.view(b, t, hkv, hd).transpose(1, 2)
+    q = hostops.rope(q, positions, cos, sin)
+    k = hostops.rope(k, positions, cos, sin)
+    qq, sq = quantize_act(q)
+    kq, sk = quantize_act(k)
+    vq, sv = quantize_act(v)
+    if cache_k is not None:
+        kq, sk = torch.cat([cache_k[0], kq], dim=2), torch.cat([cache_k[1], sk], dim=2)
+        vq, sv = torch.cat([cache_v[0], vq], dim=2), torch.cat([cache_v[1], sv], dim=2)
+    rep = h // hkv
+    kr, skr, vr, svr = kq, sk, vq, sv
+    if rep > 1:
+        kr, skr, vr, svr = (z.repeat_interleave(rep, dim=1) for z in (kq, sk, vq, sv))
+    s = kr.shape[2]
+    scores = int_matmul(qq, kr.transpose(-1, -2)).to(torch.float32) * (sq * skr.transpose(-1, -2))
+    scores = scores / score_div
+    visible = torch.arange(s, device=q.device)[None, :] <= positions[:, None]
+    scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
+    p = hostops.softmax(scores) * svr.transpose(-1, -2)
+    pq, sp = quantize_act(p)
+    out = int_matmul(pq, vr).to(torch.float32) * sp
+    return out.transpose(1, 2).reshape(b, t, h * hd), kq, sk, vq, sv
+
+
+# ------------------------------------------------------------------ custom ops
+# the host functions themselves (capture swaps the module attributes for the custom ops while tracing)
+_rmsnorm_fn, _swiglu_fn, _relu2_fn, _add_fn, _linear_fn = (hostops.rmsnorm, hostops.swiglu, hostops.relu2,
+                                                           hostops.add, hostops.linear)
+@torch.library.custom_op("tritium::bitlinear", mutates_args=())
+def _bitlinear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    wq, sw = ternary_weight(weight)
+    xq, sx = quantize_act(x)
+    return int_matmul(xq, wq.T).to(torch.float32) * (sx * sw)
+
+
+@_bitlinear.register_fake
+def _(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("tritium::attention", mutates_args=())
+def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
+               sin: torch.Tensor, n_heads: int, n_kv_heads: int, score_div: float) -> torch.Tensor:
+    return attention_int(q, k, v, positions, cos, sin, n_heads, n_kv_heads, score_div)[0]
+
+
+@_attention.register_fake
+def _(q, k, v, positions, cos, sin, n_heads, n_kv_heads, score_div):
+    return q.new_empty(q.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("tritium::rmsnorm", mutates_args=())
+def _rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    return _rmsnorm_fn(x, weight, eps)
+
+
+@_rmsnorm.register_fake
+def _(x, weight, eps):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+def _swiglu_impl(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _swiglu_fn(gate, up)
+
+
+def _relu2_impl(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    return _relu2_fn(gate, up)
+
+
+def _add_impl(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    return _add_fn(x, y)
+
+
+_swiglu = torch.library.custom_op("tritium::swiglu", _swiglu_impl, mutates_args=())
+_relu2 = torch.library.custom_op("tritium::relu2", _relu2_impl, mutates_args=())
+_add = torch.library.custom_op("tritium::add", _add_impl, mutates_args=())
+for _op in (_swiglu, _relu2, _add):
+    _op.register_fake(lambda a, b: a.new_empty(torch.broadcast_shapes(a.shape, b.shape), dtype=torch.float32))
+
+
+@torch.library.custom_op("tritium::linear", mutates_args=())
+def _linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return _linear_fn(x, weight)
+
+
+@_linear.register_fake
+def _(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+# ------------------------------------------------------------------ capture-time forwards
+def _bitlinear_forward(self, x, mode="fake"):
+    if mode != "int":
+        raise ValueError("capture traces mode='int' only")
+    return torch.ops.tritium.bitlinear(x, self.weight)
+
+
+def _attention_forward(self, x, cos, sin, positions, mode, cache, layer):
+    q, k, v = self.q_proj(x, mode), self.k_proj(x, mode), self.v_proj(x, mode)
+    out = torch.ops.tritium.attention(q, k, v, positions, cos, sin, self.n_heads, self.n_kv_heads,
+                                      self.score_div)
+    if self.sub_norm is not None:
+        out = self.sub_norm(out, mode)
+    return self.o_proj(out, mode)
+
+
+@contextlib.contextmanager
+def _capture_ops():
+    """Route the model's int-mode blocks through the custom ops while tracing."""
+    saved = (BitLinear.forward, lm.Attention.forward, hostops.rmsnorm, hostops.swiglu, hostops.relu2,
+             hostops.add, hostops.linear)
+    BitLinear.forward = _bitlinear_forward
+    lm.Attention.forward = _attention_forward
+    hostops.rmsnorm = torch.ops.tritium.rmsnorm
+    hostops.swiglu = torch.ops.tritium.swiglu
+    hostops.relu2 = torch.ops.tritium.relu2
+    hostops.add = torch.ops.tritium.add
+    hostops.linear = torch.ops.tritium.linear
+    try:
+        yield
+    finally:
+        (BitLinear.forward, lm.Attention.forward, hostops.rmsnorm, hostops.swiglu, hostops.relu2,
+         hostops.add, hostops.linear) = saved
+
+
+class _IntForward(torch.nn.Module):
+    def __init__(self, model):
+        super().__init__()
+        self.model = model
+
+    def forward(self, tokens):
+        return self.model(tokens, mode="int")
+
+
+def capture(model: torch.nn.Module, seq_len: int = 8) -> torch.export.ExportedProgram:
+    """``torch.export`` of ``model(tokens (1, seq_len), mode="int")`` with the custom ops above.
+
+    Works on real and on meta-device models (the ops have fake implementations)."""
+    device = next(model.parameters()).device
+    tokens = torch.zeros((1, seq_len), dtype=torch.int64, device=device)
+    with _capture_ops(), torch.no_grad():
+        return torch.export.export(_IntForward(model), (tokens,), strict=False)
+
+
+def run_captured(ep: torch.export.ExportedProgram, tokens: torch.Tensor) -> torch.Tensor:
+    """Run an exported program eagerly (its custom ops call the model's int-mode code)."""
+    with _capture_ops(), torch.no_grad():
+        return ep.module()(tokens)

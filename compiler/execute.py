@@ -1,0 +1,269 @@
+"""Execute a Program on the numba cycle models (engines) and the host-op functions (host).
+
+Commands run in order on one memory image: TLMM commands read their activation stream and packed weights
+from memory, run on :func:`sim.tlmm_model.run_tlmm_streams` (cycle-stepped) and write their result
+stream; GEMM commands run :func:`sim.gemm_model.run_gemm_on_image` on the image itself; HOST commands run
+the host operation they index, built from :mod:`models.hostops` and ``quantize_act`` — the same
+functions the model's ``mode="int"`` forward calls, so logits agree bit for bit when the compiler placed,
+tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from hw.gemm_layout import pack_a
+from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.program import Program, unpack_tlmm_weights
+from hw.ternary import TlmmShape
+from models import hostops
+from models.bitlinear import quantize_act
+from sim.gemm_model import run_gemm_on_image
+from sim.tlmm_model import run_tlmm_streams
+
+__all__ = ["ExecStats", "execute", "Runtime"]
+
+
+@dataclass
+class ExecStats:
+    cycles: dict[str, int] = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})
+    commands: dict[str, int] = field(default_factory=lambda: {"tlmm": 0, "gemm": 0, "host": 0})
+    per_command: list[tuple[str, int]] = field(default_factory=list)
+
+
+class _Host:
+    """Host operations of a Program on one memory image."""
+
+    def __init__(self, prog: Program, image: np.ndarray):
+        self.p, self.img = prog, image
+        self.acfg = prog.acfg
+        self.geo = self.acfg.gemm_geometry
+        self.t = self.acfg.tlmm
+
+    # ---- tensor access ----
+    def f32(self, name: str) -> torch.Tensor:
+        return torch.from_numpy(np.array(self.p.read(self.img, name), dtype=np.float32))
+
+    def put(self, name: str, value: torch.Tensor) -> None:
+        self.p.write(self.img, name, value.detach().numpy())
+
+    def raw(self, name: str) -> np.ndarray:
+        return self.p.read(self.img, name)
+
+    def put_raw(self, name: str, data: np.ndarray) -> None:
+        ti = self.p.tensors[name]
+        flat = self.img.reshape(-1)
+        a = ti.addr * self.img.shape[1]
+        data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
+        flat[a: a + data.size] = data
+
+    def write_quant(self, outs: list[str], xq: torch.Tensor, sx: torch.Tensor) -> None:
+        """The int8 activations into every TLMM activation-stream slice, the scales into their rows tensor."""
+        x = xq.reshape(-1, xq.shape[-1]).numpy()
+        for name in outs:
+            ti = self.p.tensors[name]
+            if ti.layout == "tlmm_act":
+                m0, m, (k0, k1) = ti.attrs["m0"], ti.attrs["m"], ti.attrs["k"]
+                kc, gt = ti.shape[0], ti.shape[2]
+                xp = np.zeros((m, kc * gt), np.int8)
+                xp[:, : k1 - k0] = x[m0: m0 + m, k0:k1]
+                self.put_raw(name, xp.reshape(m, kc, gt).transpose(1, 0, 2))
+            else:
+                self.put(name, sx.reshape(-1, 1))
+
+    def tlmm_int(self, name: str) -> torch.Tensor:
+        """Sum the K-slice parts of a TLMM result into (T, N) int32 (exact, wrapping like int32)."""
+        ti = self.p.tensors[name]
+        T, N = ti.shape
+        y = np.zeros((T, N), np.int64)
+        for part in ti.attrs["parts"]:
+            pi = self.p.tensors[part]
+            nb, m, q = pi.shape
+            r = self.raw(part)[: pi.nbytes].view("<i4").reshape(nb, m, q).transpose(1, 0, 2).reshape(m, nb * q)
+            (n0, n1), m0 = pi.attrs["n"], pi.attrs["m0"]
+            y[m0: m0 + m, n0:n1] += r[:, : n1 - n0]
+        return torch.from_numpy(((y + 2**31) % 2**32 - 2**31).astype(np.int32))
+
+    def gemm_out(self, name: str, rows: int, cols: int) -> torch.Tensor:
+        ti = self.p.tensors[name]
+        R, C = self.geo.rows, self.geo.cols
+        mt, nt = -(-rows // R), -(-cols // C)
+        flat = self.raw(name)[: mt * nt * R * C * 4].view("<i4").reshape(mt, nt, R, C)
+        full = flat.transpose(0, 2, 1, 3).reshape(mt * R, nt * C)
+        return torch.from_numpy(np.ascontiguousarray(full[:rows, :cols]))
+
+    # ---- ops ----
+    def run(self, op) -> None:
+        getattr(self, "op_" + op.kind.replace("+", "_"))(op)
+
+    def op_embed(self, op):
+        tok = torch.from_numpy(np.array(self.p.read(self.img, "tokens"), dtype=np.int64))
+        w = torch.from_numpy(self.p.host_data[op.attrs["weight"]])
+        self.put(op.outputs[0], torch.nn.functional.embedding(tok, w))
+
+    def op_rmsnorm(self, op):
+        self.put(op.outputs[0], hostops.rmsnorm(self.f32(op.inputs[0]), self.f32(op.attrs["weight"]), op.attrs["eps"]))
+
+    def op_rmsnorm_quant(self, op):
+        y = hostops.rmsnorm(self.f32(op.inputs[0]), self.f32(op.attrs["weight"]), op.attrs["eps"])
+        self.write_quant(op.outputs, *quantize_act(y))
+
+    def _gated(self, op):
+        g, u = self.f32(op.inputs[0]), self.f32(op.inputs[1])
+        return hostops.relu2(g, u) if op.kind.startswith("relu2") else hostops.swiglu(g, u)
+
+    def op_relu2(self, op):
+        self.put(op.outputs[0], self._gated(op))
+
+    op_swiglu = op_relu2
+
+    def op_relu2_quant(self, op):
+        self.write_quant(op.outputs, *quantize_act(self._gated(op)))
+
+    op_swiglu_quant = op_relu2_quant
+
+    def op_quant(self, op):
+        self.write_quant(op.outputs, *quantize_act(self.f32(op.inputs[0])))
+
+    def op_add(self, op):
+        self.put(op.outputs[0], hostops.add(self.f32(op.inputs[0]), self.f32(op.inputs[1])))
+
+    def op_dequant(self, op):
+        yi = self.tlmm_int(op.inputs[0])
+        sx = self.f32(op.inputs[1])
+        self.put(op.outputs[0], yi.to(torch.float32) * (sx * op.attrs["scale"]))
+
+    def op_lm_head(self, op):
+        self.put(op.outputs[0], hostops.linear(self.f32(op.inputs[0]), self.f32(op.attrs["weight"])))
+
+    # ---- attention (same operations and order as compiler.capture.attention_int) ----
+    def op_attn_prep(self, op):
+        a = op.attrs
+        h, hkv, hd, pos, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["pos"], a["tokens"]
+        L, rep = a["layer"], h // hkv
+        positions = torch.arange(pos, pos + T)
+        cos, sin = self.f32("rope_cos"), self.f32("rope_sin")
+        q = self.f32(op.inputs[0]).view(1, T, h, hd).transpose(1, 2)
+        k = self.f32(op.inputs[1]).view(1, T, hkv, hd).transpose(1, 2)
+        v = self.f32(op.inputs[2]).view(1, T, hkv, hd).transpose(1, 2)
+        qq, sq = quantize_act(hostops.rope(q, positions, cos, sin))
+        kq, sk = quantize_act(hostops.rope(k, positions, cos, sin))
+        vq, sv = quantize_act(v)
+        for gi in range(hkv):
+            rows = qq[0, gi * rep:(gi + 1) * rep].reshape(rep * T, hd).numpy()
+            self.put_raw(f"att{L}.qa{gi}", pack_a(rows, self.geo))
+        self.put(f"att{L}.sq", sq[0, :, :, 0])
+        W, TK, C = self.img.shape[1], self.geo.k_tile, self.geo.cols
+        BB = self.geo.b_beats
+        cap = self.p.tensors[f"kv{L}.k0"].shape[1]
+        kt_hd, kt_cap = -(-hd // TK), -(-cap // TK)
+        p_idx = np.arange(pos, pos + T)[:, None]
+        d_idx = np.arange(hd)[None, :]
+        flat = self.img.reshape(-1)
+        for gi in range(hkv):
+            kbase, vbase = self.p.tensors[f"kv{L}.k{gi}"].addr * W, self.p.tensors[f"kv{L}.v{gi}"].addr * W
+            # K cache = B panels of Kᵀ (hd × cap): tile (ni = p // C, kt = d // TK), byte (d % TK)·C + p % C
+            koff = kbase + ((p_idx // C) * kt_hd + d_idx // TK) * BB * W + (d_idx % TK) * C + p_idx % C
+            flat[koff] = kq[0, gi].numpy().view(np.uint8)
+            # V cache = B panels of V (cap × hd): tile (ni = d // C, kt = p // TK), byte (p % TK)·C + d % C
+            voff = vbase + ((d_idx // C) * kt_cap + p_idx // TK) * BB * W + (p_idx % TK) * C + d_idx % C
+            flat[voff] = vq[0, gi].numpy().view(np.uint8)
+        for name, s in ((f"kv{L}.sk", sk), (f"kv{L}.sv", sv)):
+            full = self.f32(name)
+            full[:, pos:pos + T] = s[0, :, :, 0]
+            self.put(name, full)
+
+    def op_attn_softmax(self, op):
+        a = op.attrs
+        h, hkv, hd, pos, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["pos"], a["tokens"]
+        L, rep, ctx = a["layer"], h // hkv, pos + T
+        S = torch.cat([self.gemm_out(f"att{L}.scores{gi}", rep * T, ctx).reshape(rep, T, ctx)
+                       for gi in range(hkv)]).unsqueeze(0)
+        sq = self.f32(f"att{L}.sq").reshape(1, h, T, 1)
+        skr = self.f32(f"kv{L}.sk")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)
+        svr = self.f32(f"kv{L}.sv")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)
+        positions = torch.arange(pos, pos + T)
+        scores = S.to(torch.float32) * (sq * skr.transpose(-1, -2))
+        scores = scores / a["score_div"]
+        visible = torch.arange(ctx)[None, :] <= positions[:, None]
+        scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
+        p = hostops.softmax(scores) * svr.transpose(-1, -2)
+        pq, sp = quantize_act(p)
+        for gi in range(hkv):
+            self.put_raw(f"att{L}.pa{gi}", pack_a(pq[0, gi * rep:(gi + 1) * rep].reshape(rep * T, ctx).numpy(),
+                                                  self.geo))
+        self.put(f"att{L}.sp", sp[0, :, :, 0])
+
+    def op_attn_out(self, op):
+        a = op.attrs
+        h, hkv, hd, T, L = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"], a["layer"]
+        rep, C = h // hkv, self.geo.cols
+        nblk = -(-hd // C)
+        groups = []
+        for gi in range(hkv):
+            blocks = [self.gemm_out(f"att{L}.o{gi}.{ni}", rep * T, C) for ni in range(nblk)]
+            groups.append(torch.cat(blocks, dim=1)[:, :hd].reshape(rep, T, hd))
+        O = torch.cat(groups).unsqueeze(0)
+        sp = self.f32(f"att{L}.sp").reshape(1, h, T, 1)
+        out = O.to(torch.float32) * sp
+        self.put(op.outputs[0], out.transpose(1, 2).reshape(T, h * hd))
+
+
+class Runtime:
+    """Runs step Programs of one compiled model on a persistent memory image (weights + KV cache)."""
+
+    def __init__(self, first: Program):
+        self.image = first.image.copy()
+
+    def run(self, prog: Program, tokens) -> tuple[torch.Tensor, ExecStats]:
+        need = prog.image.shape[0]
+        if self.image.shape[0] < need:               # step buffers grow with the context
+            grown = np.zeros((need, self.image.shape[1]), np.uint8)
+            grown[: self.image.shape[0]] = self.image
+            self.image = grown
+        return execute(prog, tokens, self.image)
+
+
+def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[torch.Tensor, ExecStats]:
+    """Run ``prog`` for ``tokens`` (its step's T token ids); returns (logits (T, vocab) float32, stats).
+    ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's."""
+    if not prog.meta.get("weights_materialized", True):
+        raise ValueError("this Program was compiled on meta tensors (no weights): it can be inspected, not run")
+    img = prog.image.copy() if image is None else image
+    tok = np.asarray(tokens, dtype=np.int64).reshape(-1)
+    if tok.size != prog.meta["tokens"]:
+        raise ValueError(f"the Program is for {prog.meta['tokens']} token(s), got {tok.size}")
+    acfg = prog.acfg
+    host = _Host(prog, img)
+    prog.write(img, "tokens", tok.astype(np.int32))
+    stats = ExecStats()
+    t = acfg.tlmm
+    for cmd in prog.commands():
+        if isinstance(cmd, HostCommand):
+            host.run(prog.host_ops[cmd.op])
+            stats.commands["host"] += 1
+        elif isinstance(cmd, TlmmCommand):
+            W = img.shape[1]
+            flat = img.reshape(-1)
+            m, kc, nb = cmd.tokens, cmd.k_chunks, cmd.n_blocks
+            act = flat[cmd.act_base * W: cmd.act_base * W + kc * m * t.chunk_k].view(np.int8).reshape(kc, m, t.chunk_k)
+            wgt = unpack_tlmm_weights(flat[cmd.wgt_base * W:], t, kc, nb)
+            shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
+            run = run_tlmm_streams(t, shape, act, wgt)
+            res = run.y.astype("<i4").reshape(m, nb, t.columns).transpose(1, 0, 2)
+            n = res.size * 4
+            flat[cmd.res_base * W: cmd.res_base * W + n] = np.ascontiguousarray(res).view(np.uint8).reshape(-1)
+            stats.cycles["tlmm"] += run.cycles
+            stats.commands["tlmm"] += 1
+            stats.per_command.append(("tlmm", run.cycles))
+        elif isinstance(cmd, GemmCommand):
+            cycles, _ = run_gemm_on_image(acfg, img, cmd)
+            stats.cycles["gemm"] += cycles
+            stats.commands["gemm"] += 1
+            stats.per_command.append(("gemm", cycles))
+    logits = host.f32(prog.meta["output"])
+    return logits, stats
+

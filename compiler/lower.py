@@ -1,0 +1,428 @@
+"""Per-step lowering: the pass pipeline's graph → a Program for one *step* (T new tokens at position p).
+
+A Program is specific to its step because attention's sizes grow with the context; every step of one
+model uses the same memory map for weights, host constants and the KV cache, so a runtime switches
+between step Programs without moving data (the image persists across steps).
+
+Passes here, in order (each has its own test):
+
+6. :func:`tile_tlmm`      each ``tlmm`` op → TLMM commands: tokens in groups of ≤ ``tlmm.tokens``, K in
+                          slices of ≤ ``tlmm.max_k`` (int32 partial sums added exactly by the dequant),
+                          N in slices of ≤ ``tlmm.max_n``; weights too large for the engine never fail.
+7. :func:`lower_attention` ``attention`` → host ``attn_prep`` (RoPE, int8 q/k/v, KV-cache append) →
+                          per KV head a GEMM ``Q·Kᵀ`` → host ``attn_softmax`` (scale, mask, softmax, fold
+                          V's scales, int8 P) → per KV head and ``gemm.cols`` block of head_dim a GEMM
+                          ``P·V`` → host ``attn_out``.
+8. :class:`Allocator`     device tensors get beat addresses: persistent ones (packed weights, KV cache)
+                          first in a fixed order, then step buffers first-fit with reuse after last use.
+9. weight packing         ternary weights → TLMM weight streams → bit-packed index bytes in the image.
+10. emit                  command words, host-op table, listing.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from compiler.ir import CompileError, Graph
+from hw.config import AcceleratorConfig
+from hw.gemm_layout import gemm_shape
+from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.program import HostOp, Program, TensorInfo, tlmm_wgt_beat_bytes
+
+__all__ = ["Allocator", "StepPlan", "Lowering"]
+
+
+class Allocator:
+    """First-fit allocator over beat addresses with explicit frees; ``high`` is the high-water mark."""
+
+    def __init__(self, base: int, limit: int):
+        self.base, self.limit = base, limit
+        self.free: list[tuple[int, int]] = [(base, limit - base)]
+        self.high = base
+
+    def alloc(self, beats: int, what: str) -> int:
+        beats = max(1, beats)
+        for i, (a, n) in enumerate(self.free):
+            if n >= beats:
+                self.free[i] = (a + beats, n - beats)
+                if self.free[i][1] == 0:
+                    self.free.pop(i)
+                self.high = max(self.high, a + beats)
+                return a
+        raise CompileError(f"{what}: memory exhausted: {beats} more beats do not fit below beat {self.limit} "
+                           "(memory.addr_bits)")
+
+    def release(self, addr: int, beats: int) -> None:
+        self.free.append((addr, max(1, beats)))
+        self.free.sort()
+        merged = []
+        for a, n in self.free:
+            if merged and merged[-1][0] + merged[-1][1] == a:
+                merged[-1] = (merged[-1][0], merged[-1][1] + n)
+            else:
+                merged.append((a, n))
+        self.free = merged
+
+
+class StepPlan:
+    """Commands, host ops and tensors of one step, before addresses are final."""
+
+    def __init__(self):
+        self.items: list[tuple[str, object]] = []          # ("host", HostOp) | ("tlmm", dict) | ("gemm", dict)
+        self.tensors: dict[str, TensorInfo] = {}
+        self.listing: list[str] = []
+
+    def tensor(self, name, nbytes, dtype, shape, layout="rows", **attrs) -> str:
+        self.tensors[name] = TensorInfo(name, -1, int(nbytes), dtype, [int(s) for s in shape], layout, attrs)
+        return name
+
+
+def _ceil(a: int, b: int) -> int:
+    return -(-a // b)
+
+
+class Lowering:
+    """Lowers a pass-pipeline graph for one accelerator config; packs weights once for all steps."""
+
+    def __init__(self, graph: Graph, acfg: AcceleratorConfig, state: dict, model_config: dict):
+        self.g, self.acfg, self.state, self.mc = graph, acfg, state, model_config
+        self.W = acfg.memory.bus_bytes
+        self.geo = acfg.gemm_geometry
+        self.meta = any(getattr(t, "device", None) is not None and t.device.type == "meta" for t in state.values())
+        self.limit = 1 << acfg.memory.addr_bits
+        self._check_attention()
+        self.persistent: dict[str, TensorInfo] = {}
+        self.alloc = Allocator(0, self.limit)
+        self._plan_persistent()
+        self._image = None
+
+    # ------------------------------------------------------------------ helpers
+    def beats(self, nbytes: int) -> int:
+        return _ceil(int(nbytes), self.W)
+
+    def _check_attention(self) -> None:
+        for op in self.g.ops:
+            if op.kind == "attention" and op.attrs["n_heads"] % op.attrs["n_kv_heads"]:
+                raise CompileError(f"{op.where}: n_heads must be a multiple of n_kv_heads")
+
+    def tlmm_slices(self, op) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+        """K slices (multiples of G·T) and N slices (multiples of Q) that fit tlmm.max_k / max_n."""
+        t = self.acfg.tlmm
+        ks = max(t.chunk_k, t.max_k // t.chunk_k * t.chunk_k)
+        ns = max(t.columns, t.max_n // t.columns * t.columns)
+        k, n = op.attrs["k"], op.attrs["n"]
+        if _ceil(min(k, ks), t.chunk_k) >= 1 << 16 or _ceil(min(n, ns), t.columns) >= 1 << 16:
+            raise CompileError(f"{op.where}: K={k}, N={n} cannot be tiled into 16-bit TLMM command fields")
+        return ([(a, min(k, a + ks)) for a in range(0, k, ks)], [(a, min(n, a + ns)) for a in range(0, n, ns)])
+
+    # ------------------------------------------------------------------ persistent region
+    def _plan_persistent(self) -> None:
+        t = self.acfg.tlmm
+        wb = tlmm_wgt_beat_bytes(t)
+        for op in self.g.ops:
+            if op.kind != "tlmm":
+                continue
+            kss, nss = self.tlmm_slices(op)
+            for si, (k0, k1) in enumerate(kss):
+                for ni, (n0, n1) in enumerate(nss):
+                    kc, nb = _ceil(k1 - k0, t.chunk_k), _ceil(n1 - n0, t.columns)
+                    name = f"w:{op.attrs['weight']}[{si},{ni}]"
+                    self._persist(name, kc * nb * wb, "uint8", [kc, nb], "tlmm_wgt",
+                                  k=[k0, k1], n=[n0, n1], weight=op.attrs["weight"])
+        for op in self.g.ops:
+            if op.kind != "attention":
+                continue
+            a = op.attrs
+            L, hkv, hd = a["layer"], a["n_kv_heads"], a["head_dim"]
+            cap = self.mc["max_seq"]
+            R, C, TK = self.geo.rows, self.geo.cols, self.geo.k_tile
+            k_beats = _ceil(cap, C) * _ceil(hd, TK) * self.geo.b_beats      # B = Kᵀ (hd × cap) panels
+            v_beats = _ceil(hd, C) * _ceil(cap, TK) * self.geo.b_beats      # B = V (cap × hd) panels
+            for gi in range(hkv):
+                self._persist(f"kv{L}.k{gi}", k_beats * self.W, "int8", [hd, cap], "gemm_b")
+                self._persist(f"kv{L}.v{gi}", v_beats * self.W, "int8", [cap, hd], "gemm_b",
+                              panel_beats=_ceil(cap, TK) * self.geo.b_beats)
+            self._persist(f"kv{L}.sk", hkv * cap * 4, "float32", [hkv, cap])
+            self._persist(f"kv{L}.sv", hkv * cap * 4, "float32", [hkv, cap])
+        self.step_base = self.alloc.high
+
+    def _persist(self, name, nbytes, dtype, shape, layout="rows", **attrs) -> None:
+        addr = self.alloc.alloc(self.beats(nbytes), name)
+        self.persistent[name] = TensorInfo(name, addr, int(nbytes), dtype, list(shape), layout, attrs)
+
+    def host_constants(self) -> list[str]:
+        """Parameters host ops read (embedding, norms, LM head, RoPE tables)."""
+        names = []
+        for op in self.g.ops:
+            if "weight" in op.attrs and op.kind not in ("tlmm", "dequant"):
+                names.append(op.attrs["weight"])
+        if any(op.kind == "attention" for op in self.g.ops):
+            names += ["rope_cos", "rope_sin"]
+        return list(dict.fromkeys(names))
+
+    # ------------------------------------------------------------------ weight image (once)
+    def weight_image(self) -> np.ndarray:
+        """The persistent region: packed TLMM weight streams; KV cache zeroed. Empty for meta models."""
+        if self.meta:
+            return np.zeros((0, self.W), np.uint8)
+        if self._image is not None:
+            return self._image
+        from hw.program import pack_tlmm_weights
+        from hw.ternary import tlmm_streams
+        from models.bitlinear import ternary_weight
+
+        img = np.zeros((self.step_base, self.W), np.uint8)
+        flat = img.reshape(-1)
+        t = self.acfg.tlmm
+        cache = {}
+        for name, ti in self.persistent.items():
+            if ti.layout != "tlmm_wgt":
+                continue
+            wname = ti.attrs["weight"]
+            if wname not in cache:
+                cache[wname] = ternary_weight(self.state[wname])[0].numpy()
+            wq = cache[wname]
+            (k0, k1), (n0, n1) = ti.attrs["k"], ti.attrs["n"]
+            _, _, wgt = tlmm_streams(t, wq[n0:n1, k0:k1], np.zeros((1, k1 - k0), np.int8))
+            data = pack_tlmm_weights(wgt, t)
+            assert data.size == ti.nbytes
+            flat[ti.addr * self.W: ti.addr * self.W + ti.nbytes] = data
+        self._image = img
+        return img
+
+    # ------------------------------------------------------------------ one step
+    def program(self, tokens: int, pos: int) -> Program:
+        if tokens < 1:
+            raise CompileError(f"<model>: a step needs at least one token, got {tokens}")
+        if pos + tokens > self.mc["max_seq"]:
+            raise CompileError(f"<model>: positions {pos}..{pos + tokens - 1} exceed max_seq={self.mc['max_seq']}")
+        plan = StepPlan()
+        T = tokens
+        plan.tensor("tokens", T * 4, "int32", [T])
+        f = self.g.features
+        quant_of: dict[str, dict] = {}
+        for op in self.g.ops:
+            kind = op.kind
+            if kind == "tlmm":
+                self._lower_tlmm(plan, op, T, quant_of)
+                continue
+            if kind == "attention":
+                self._lower_attention(plan, op, T, pos)
+                continue
+            outs = []
+            for v in op.outputs:
+                if v.endswith(".q"):
+                    outs.append(v)
+                    quant_of[v] = {"k": f[v]}
+                    continue
+                plan.tensor(v, T * f[v] * 4, "float32", [T, f[v]])
+                outs.append(v)
+            attrs = dict(op.attrs)
+            if kind == "embed":
+                attrs["vocab"] = int(self.state[op.attrs["weight"]].shape[0])
+            plan.items.append(("host", HostOp(op.name, kind, list(op.inputs), outs, attrs, op.where)))
+        return self._finish(plan, T, pos, quant_of)
+
+    def _act_tensors(self, plan: StepPlan, xq: str, T: int, k: int, kss) -> list[list[str]]:
+        """Per token chunk and K slice, the activation-stream tensor of quantized value ``xq``."""
+        t = self.acfg.tlmm
+        names = []
+        for c, m0 in enumerate(range(0, T, t.tokens)):
+            m = min(t.tokens, T - m0)
+            row = []
+            for si, (k0, k1) in enumerate(kss):
+                kc = _ceil(k1 - k0, t.chunk_k)
+                name = f"{xq}#{c}.{si}"
+                if name not in plan.tensors:
+                    plan.tensor(name, kc * m * t.chunk_k, "int8", [kc, m, t.chunk_k], "tlmm_act",
+                                m0=m0, m=m, k=[k0, k1])
+                row.append(name)
+            names.append(row)
+        return names
+
+    def _lower_tlmm(self, plan: StepPlan, op, T: int, quant_of: dict) -> None:
+        t = self.acfg.tlmm
+        kss, nss = self.tlmm_slices(op)
+        xq = op.inputs[0]
+        acts = self._act_tensors(plan, xq, T, op.attrs["k"], kss)
+        quant_of.setdefault(xq, {"k": op.attrs["k"]})
+        quant_of[xq].setdefault("slices", [])
+        for row in acts:
+            for a in row:
+                if a not in quant_of[xq]["slices"]:
+                    quant_of[xq]["slices"].append(a)
+        yi = op.outputs[0]
+        parts = []
+        for c, m0 in enumerate(range(0, T, t.tokens)):
+            m = min(t.tokens, T - m0)
+            for si, (k0, k1) in enumerate(kss):
+                for ni, (n0, n1) in enumerate(nss):
+                    kc, nb = _ceil(k1 - k0, t.chunk_k), _ceil(n1 - n0, t.columns)
+                    res = plan.tensor(f"{yi}#{c}.{si}.{ni}", nb * m * t.columns * 4, "int32", [nb, m, t.columns],
+                                      "tlmm_res", m0=m0, m=m, n=[n0, n1], k=[k0, k1])
+                    w = f"w:{op.attrs['weight']}[{si},{ni}]"
+                    plan.items.append(("tlmm", {"op": op.name, "tokens": m, "k_chunks": kc, "n_blocks": nb,
+                                                "act": acts[c][si], "wgt": w, "res": res, "where": op.where}))
+                    parts.append(res)
+        # the int32 result as the dequant sees it: the list of parts (summed over K slices)
+        plan.tensors[yi] = TensorInfo(yi, -1, 0, "int32", [T, op.attrs["n"]], "rows", {"parts": parts})
+
+    def _lower_attention(self, plan: StepPlan, op, T: int, pos: int) -> None:
+        a = op.attrs
+        L, h, hkv, hd = a["layer"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
+        rep = h // hkv
+        ctx = pos + T
+        geo = self.geo
+        q, k, v = op.inputs
+        out = op.outputs[0]
+        plan.tensor(out, T * h * hd * 4, "float32", [T, h * hd])
+        M = rep * T
+        qa, scores, pa, outs = [], [], [], []
+        for gi in range(hkv):
+            sq = gemm_shape(geo, M, hd, ctx)
+            qa.append(plan.tensor(f"att{L}.qa{gi}", sq.m_tiles * sq.k_tiles * geo.a_beats * self.W, "int8",
+                                  [M, hd], "gemm_a"))
+            scores.append(plan.tensor(f"att{L}.scores{gi}", sq.m_tiles * sq.n_tiles * geo.out_beats(False) * self.W,
+                                      "int32", [M, ctx], "gemm_c"))
+            sp = gemm_shape(geo, M, ctx, hd)
+            pa.append(plan.tensor(f"att{L}.pa{gi}", sp.m_tiles * sp.k_tiles * geo.a_beats * self.W, "int8",
+                                  [M, ctx], "gemm_a"))
+            for ni in range(_ceil(hd, geo.cols)):
+                outs.append(plan.tensor(f"att{L}.o{gi}.{ni}", sp.m_tiles * geo.out_beats(False) * self.W, "int32",
+                                        [M, geo.cols], "gemm_c", group=gi, block=ni))
+        plan.tensor(f"att{L}.sq", h * T * 4, "float32", [h, T])
+        plan.tensor(f"att{L}.sp", h * T * 4, "float32", [h, T])
+        common = {"layer": L, "n_heads": h, "n_kv_heads": hkv, "head_dim": hd, "pos": pos, "tokens": T,
+                  "score_div": a["score_div"]}
+        kc, vc = [f"kv{L}.k{gi}" for gi in range(hkv)], [f"kv{L}.v{gi}" for gi in range(hkv)]
+        plan.items.append(("host", HostOp(f"{op.name}.prep", "attn_prep", [q, k, v, "rope_cos", "rope_sin"],
+                                          qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"], common,
+                                          op.where)))
+        for gi in range(hkv):
+            plan.items.append(("gemm", {"op": f"{op.name}.qk{gi}", "m": M, "k": hd, "n": ctx, "a": qa[gi],
+                                        "b": kc[gi], "c": scores[gi], "b_offset": 0, "where": op.where}))
+        plan.items.append(("host", HostOp(f"{op.name}.softmax", "attn_softmax",
+                                          scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"], pa + [f"att{L}.sp"],
+                                          common, op.where)))
+        panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
+        for gi in range(hkv):
+            for ni in range(_ceil(hd, geo.cols)):
+                plan.items.append(("gemm", {"op": f"{op.name}.pv{gi}.{ni}", "m": M, "k": ctx, "n": geo.cols,
+                                            "a": pa[gi], "b": vc[gi], "b_offset": ni * panel,
+                                            "c": f"att{L}.o{gi}.{ni}", "where": op.where}))
+        plan.items.append(("host", HostOp(f"{op.name}.out", "attn_out", outs + [f"att{L}.sp"], [out], common,
+                                          op.where)))
+
+    # ------------------------------------------------------------------ allocation + emit
+    def _finish(self, plan: StepPlan, T: int, pos: int, quant_of: dict) -> Program:
+        # quant ops write every activation-stream slice their value feeds
+        for item in plan.items:
+            if item[0] == "host":
+                h = item[1]
+                new_out = []
+                for v in h.outputs:
+                    if v in quant_of and "slices" in quant_of[v]:
+                        new_out += quant_of[v]["slices"]
+                    else:
+                        new_out.append(v)
+                h.outputs = new_out
+        # host constants are host-side tensors (not in the device image)
+        host_consts = self.host_constants()
+        tensors: dict[str, TensorInfo] = {}
+        for name in host_consts:
+            w = self.state[name]
+            tensors[name] = TensorInfo(name, -1, int(w.numel()) * 4, "float32", list(w.shape), "rows",
+                                       {"space": "host"})
+        tensors.update({k: TensorInfo(v.name, v.addr, v.nbytes, v.dtype, list(v.shape), v.layout, dict(v.attrs))
+                        for k, v in self.persistent.items()})
+        # step buffers: first fit, freed after their last use
+        uses: dict[str, int] = {}
+        produced: dict[str, int] = {}
+        for i, item in enumerate(plan.items):
+            ins, outs = self._io(item, plan)
+            for v in ins:
+                uses[v] = i
+            for v in outs:
+                produced.setdefault(v, i)
+        alloc = Allocator(self.step_base, self.limit)
+        live: dict[str, tuple[int, int]] = {}
+        tok = plan.tensors["tokens"]
+        tok.addr = alloc.alloc(self.beats(tok.nbytes), "tokens")
+        live["tokens"] = (tok.addr, self.beats(tok.nbytes))
+        for i, item in enumerate(plan.items):
+            ins, outs = self._io(item, plan)
+            for v in outs:
+                ti = plan.tensors.get(v)
+                if ti is None or v in tensors or ti.nbytes == 0 or v in live:
+                    continue
+                addr = alloc.alloc(self.beats(ti.nbytes), v)
+                ti.addr = addr
+                live[v] = (addr, self.beats(ti.nbytes))
+            for v in set(ins):
+                if v in live and uses.get(v) == i:
+                    alloc.release(*live.pop(v))
+        for k, ti in plan.tensors.items():
+            if k not in tensors:
+                if ti.nbytes and ti.addr < 0:        # produced but never consumed (the output)
+                    ti.addr = alloc.alloc(self.beats(ti.nbytes), k)
+                tensors[k] = ti
+        total = alloc.high
+        # commands
+        commands, host_ops, lines = [], [], []
+        W = self.W
+        for item in plan.items:
+            kind, body = item
+            if kind == "host":
+                host_ops.append(body)
+                commands.append(HostCommand(len(host_ops) - 1))
+                lines.append(f"HOST  {body.name:<34} {body.kind:<16} ({', '.join(body.inputs[:4])}"
+                             f"{', …' if len(body.inputs) > 4 else ''}) → {', '.join(body.outputs[:3])}"
+                             f"{', …' if len(body.outputs) > 3 else ''}   # {body.where}")
+            elif kind == "tlmm":
+                cmd = TlmmCommand(body["tokens"], body["k_chunks"], body["n_blocks"], tensors[body["act"]].addr,
+                                  tensors[body["wgt"]].addr, tensors[body["res"]].addr)
+                commands.append(cmd)
+                lines.append(f"TLMM  {body['op']:<34} M={cmd.tokens} KC={cmd.k_chunks} NB={cmd.n_blocks}  "
+                             f"act@{cmd.act_base:#x} wgt@{cmd.wgt_base:#x} res@{cmd.res_base:#x}   # {body['where']}")
+            else:
+                s = gemm_shape(self.geo, body["m"], body["k"], body["n"])
+                cmd = GemmCommand(s.m_tiles, s.n_tiles, s.k_tiles, tensors[body["a"]].addr,
+                                  tensors[body["b"]].addr + body["b_offset"], tensors[body["c"]].addr)
+                commands.append(cmd)
+                lines.append(f"GEMM  {body['op']:<34} {body['m']}x{body['k']}x{body['n']} → MT={s.m_tiles} "
+                             f"NT={s.n_tiles} KT={s.k_tiles}  A@{cmd.a_base:#x} B@{cmd.b_base:#x} C@{cmd.c_base:#x}"
+                             f"   # {body['where']}")
+        words = np.array([w for c in commands for w in c.words()], dtype=np.uint64)
+        if self.meta:
+            image = np.zeros((0, W), np.uint8)
+        else:
+            image = np.zeros((total, W), np.uint8)
+            wi = self.weight_image()
+            image[: wi.shape[0]] = wi
+        header = [f"# Tritium Program: step of {T} token(s) at position {pos}; config {self.acfg.name}",
+                  f"# {len(commands)} commands ({sum(1 for c in commands if isinstance(c, TlmmCommand))} TLMM, "
+                  f"{sum(1 for c in commands if isinstance(c, GemmCommand))} GEMM, {len(host_ops)} HOST); "
+                  f"memory {total} beats × {W} B = {total * W / 2**20:.2f} MiB (weights + KV cache "
+                  f"{self.step_base} beats)"]
+        listing = "\n".join(header + [f"{i:5d}  {ln}" for i, ln in enumerate(lines)]) + "\n"
+        meta = {"tokens": T, "pos": pos, "memory_beats": int(total), "persistent_beats": int(self.step_base),
+                "weights_materialized": not self.meta, "model": self.mc}
+        host_data = {} if self.meta else {n: self.state[n].detach().to("cpu", copy=True).float().numpy()
+                                          for n in host_consts}
+        meta["output"] = self.g.output
+        prog = Program(self.acfg.to_dict(), words, host_ops, tensors, image, meta, listing, host_data)
+        if not self.meta:
+            prog.validate()
+        return prog
+
+    def _io(self, item, plan) -> tuple[list[str], list[str]]:
+        kind, body = item
+        if kind == "host":
+            ins = []
+            for v in body.inputs:
+                ti = plan.tensors.get(v)
+                ins += ti.attrs["parts"] if ti is not None and "parts" in ti.attrs else [v]
+            return ins, list(body.outputs)
+        if kind == "tlmm":
+            return [body["act"], body["wgt"]], [body["res"]]
+        return [body["a"], body["b"]], [body["c"]]

@@ -1,0 +1,134 @@
+"""Graph passes of the compiler, in pipeline order. Each takes and returns an IR :class:`~compiler.ir.Graph`
+and has its own test (tests/test_compiler.py).
+
+1. :func:`split_bitlinear`  ``bitlinear`` → ``quant`` (host: int8 absmax per token) → ``tlmm`` (engine:
+   int8 × ternary → int32) → ``dequant`` (host: ``y_int · (s_x · s_w)``).
+2. :func:`dedupe_quant`     one ``quant`` per quantized value (q/k/v share their input's quantization).
+3. :func:`fuse_quant`       a ``quant`` whose input comes from a host op whose float output nobody else reads
+                            is folded into that op (``rmsnorm`` → ``rmsnorm+quant``, ``relu2+quant``, ...):
+                            quantization fused into norms.
+4. :func:`check_weights`    every ``tlmm`` weight ternarizes (finite, positive absmean scale; values in
+                            {−1, 0, +1}); records the scale the dequant needs.
+5. :func:`mark_engines`     ``tlmm`` → TLMM engine, ``attention`` → GEMM engine + host (lowered per step by
+                            :mod:`compiler.lower`), everything else → host.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from compiler.ir import CompileError, Graph, Op
+
+__all__ = ["split_bitlinear", "dedupe_quant", "fuse_quant", "check_weights", "mark_engines", "PIPELINE",
+           "run_pipeline"]
+
+FUSABLE = ("rmsnorm", "relu2", "swiglu")
+
+
+def split_bitlinear(g: Graph) -> Graph:
+    g = copy.deepcopy(g)
+    out: list[Op] = []
+    for op in g.ops:
+        if op.kind != "bitlinear":
+            out.append(op)
+            continue
+        x = op.inputs[0]
+        xq, sx, yi = f"{x}.q", f"{x}.s", f"{op.outputs[0]}.int"
+        out.append(Op(f"{op.name}.quant", "quant", [x], [xq, sx], {"k": op.attrs["k"]}, op.where))
+        out.append(Op(op.name, "tlmm", [xq], [yi], dict(op.attrs), op.where, engine="tlmm"))
+        out.append(Op(f"{op.name}.dequant", "dequant", [yi, sx], [op.outputs[0]],
+                      {"weight": op.attrs["weight"], "n": op.attrs["n"]}, op.where))
+        g.features[xq], g.features[sx], g.features[yi] = op.attrs["k"], 1, op.attrs["n"]
+    g.ops = out
+    return g
+
+
+def dedupe_quant(g: Graph) -> Graph:
+    g = copy.deepcopy(g)
+    first: dict[str, Op] = {}
+    rename: dict[str, str] = {}
+    out = []
+    for op in g.ops:
+        op.inputs = [rename.get(v, v) for v in op.inputs]
+        if op.kind == "quant":
+            x = op.inputs[0]
+            if x in first:
+                for old, new in zip(op.outputs, first[x].outputs, strict=True):
+                    rename[old] = new
+                continue
+            first[x] = op
+        out.append(op)
+    g.ops = out
+    return g
+
+
+def fuse_quant(g: Graph) -> Graph:
+    g = copy.deepcopy(g)
+    out = []
+    for op in g.ops:
+        if op.kind == "quant":
+            x = op.inputs[0]
+            prod = g.producer(x)
+            others = [c for c in g.consumers(x) if c is not op]
+            if prod is not None and prod.kind in FUSABLE and not others and x != g.output:
+                prod.kind = f"{prod.kind}+quant"
+                prod.outputs = list(op.outputs)
+                prod.attrs["k"] = op.attrs["k"]
+                continue
+        out.append(op)
+    g.ops = out
+    return g
+
+
+def check_weights(g: Graph, state: dict) -> Graph:
+    """``state``: parameter name → tensor. On meta tensors only shapes are checked."""
+    from models.bitlinear import ternary_weight
+
+    g = copy.deepcopy(g)
+    for op in g.ops:
+        if op.kind != "tlmm":
+            continue
+        w = state.get(op.attrs["weight"])
+        if w is None:
+            raise CompileError(f"{op.where}: weight {op.attrs['weight']} not found in the model")
+        if tuple(w.shape) != (op.attrs["n"], op.attrs["k"]):
+            raise CompileError(f"{op.where}: weight {op.attrs['weight']} has shape {tuple(w.shape)}, "
+                               f"expected {(op.attrs['n'], op.attrs['k'])}")
+        if w.device.type == "meta":
+            continue
+        if not bool(w.isfinite().all()):
+            raise CompileError(f"{op.where}: weight {op.attrs['weight']} has non-finite values; it cannot be ternarized")
+        wq, sw = ternary_weight(w.detach())
+        vals = np.unique(wq.numpy())
+        if not set(vals.tolist()) <= {-1, 0, 1}:
+            raise CompileError(f"{op.where}: weight {op.attrs['weight']} is not ternary after quantization "
+                               f"(values {vals.tolist()[:6]})")
+        if not (np.isfinite(sw) and sw > 0):
+            raise CompileError(f"{op.where}: weight {op.attrs['weight']} has scale {sw}; expected a positive number")
+        op.attrs["scale"] = float(sw)
+    for op in g.ops:
+        if op.kind == "dequant":
+            prod = g.producer(op.inputs[0])
+            if "scale" in prod.attrs:
+                op.attrs["scale"] = prod.attrs["scale"]
+    return g
+
+
+def mark_engines(g: Graph) -> Graph:
+    g = copy.deepcopy(g)
+    for op in g.ops:
+        op.engine = {"tlmm": "tlmm", "attention": "gemm"}.get(op.kind, "host")
+    return g
+
+
+PIPELINE = ("split_bitlinear", "dedupe_quant", "fuse_quant", "check_weights", "mark_engines")
+
+
+def run_pipeline(g: Graph, state: dict) -> Graph:
+    g = split_bitlinear(g)
+    g = dedupe_quant(g)
+    g = fuse_quant(g)
+    g = check_weights(g, state)
+    return mark_engines(g)
