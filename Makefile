@@ -50,7 +50,7 @@ bench: $(BIN)/.installed
 	$(BIN)/tritium bench --config $(CONFIG)
 
 lint: $(BIN)/.installed
-	$(BIN)/ruff check hw sim tritium tests
+	$(BIN)/ruff check hw sim compiler models tritium tests
 
 clean:
 	rm -rf build sim_build results.xml .pytest_cache

@@ -88,7 +88,6 @@ class _Host:
         return torch.from_numpy(((y + 2**31) % 2**32 - 2**31).astype(np.int32))
 
     def gemm_out(self, name: str, rows: int, cols: int) -> torch.Tensor:
-        ti = self.p.tensors[name]
         R, C = self.geo.rows, self.geo.cols
         mt, nt = -(-rows // R), -(-cols // C)
         flat = self.raw(name)[: mt * nt * R * C * 4].view("<i4").reshape(mt, nt, R, C)
@@ -178,7 +177,7 @@ class _Host:
 
     def op_attn_softmax(self, op):
         a = op.attrs
-        h, hkv, hd, pos, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["pos"], a["tokens"]
+        h, hkv, pos, T = a["n_heads"], a["n_kv_heads"], a["pos"], a["tokens"]
         L, rep, ctx = a["layer"], h // hkv, pos + T
         S = torch.cat([self.gemm_out(f"att{L}.scores{gi}", rep * T, ctx).reshape(rep, T, ctx)
                        for gi in range(hkv)]).unsqueeze(0)
@@ -206,9 +205,9 @@ class _Host:
         for gi in range(hkv):
             blocks = [self.gemm_out(f"att{L}.o{gi}.{ni}", rep * T, C) for ni in range(nblk)]
             groups.append(torch.cat(blocks, dim=1)[:, :hd].reshape(rep, T, hd))
-        O = torch.cat(groups).unsqueeze(0)
+        o_int = torch.cat(groups).unsqueeze(0)
         sp = self.f32(f"att{L}.sp").reshape(1, h, T, 1)
-        out = O.to(torch.float32) * sp
+        out = o_int.to(torch.float32) * sp
         self.put(op.outputs[0], out.transpose(1, 2).reshape(T, h * hd))
 
 

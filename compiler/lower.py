@@ -135,7 +135,7 @@ class Lowering:
             a = op.attrs
             L, hkv, hd = a["layer"], a["n_kv_heads"], a["head_dim"]
             cap = self.mc["max_seq"]
-            R, C, TK = self.geo.rows, self.geo.cols, self.geo.k_tile
+            C, TK = self.geo.cols, self.geo.k_tile
             k_beats = _ceil(cap, C) * _ceil(hd, TK) * self.geo.b_beats      # B = Kᵀ (hd × cap) panels
             v_beats = _ceil(hd, C) * _ceil(cap, TK) * self.geo.b_beats      # B = V (cap × hd) panels
             for gi in range(hkv):
@@ -175,7 +175,7 @@ class Lowering:
         flat = img.reshape(-1)
         t = self.acfg.tlmm
         cache = {}
-        for name, ti in self.persistent.items():
+        for ti in self.persistent.values():
             if ti.layout != "tlmm_wgt":
                 continue
             wname = ti.attrs["weight"]

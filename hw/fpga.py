@@ -1,10 +1,11 @@
-"""FPGA bitstream flow for the TLMM engine: elaborate → Yosys → fit check → nextpnr → pack.
+"""FPGA bitstream flow for either engine: elaborate → Yosys → fit check → nextpnr → pack.
 
-The engine's streams are hundreds of bits wide, far more than a board has pins, so :class:`BoardTop`
-feeds them from on-chip pseudo-random registers and folds the results into one LED. Everything the
-engine computes stays observable (the result parity depends on every result bit, every input bit comes
-from a register fed by an LFSR and a button pin), so Yosys cannot constant-fold any of the datapath away
-and the resource and timing figures are those of the real engine.
+Two engines can be built (``engine=``): ``tlmm``, the table-lookup ternary matmul (:class:`BoardTop`),
+and ``gemm``, the temporal int8 GEMM (:class:`GemmBoardTop`). Their streams are hundreds of bits wide, far
+more than a board has pins, so each board top feeds them from on-chip pseudo-random registers and folds
+the results into one LED. Everything the engine computes stays observable (the result parity depends on
+every output bit, every input bit comes from a register fed by an LFSR and a button pin), so Yosys cannot
+constant-fold any of the datapath away and the resource and timing figures are those of the real engine.
 
 :func:`build_bitstream` runs the open toolchain (YoWASP builds of Yosys/nextpnr by default) by hand,
 step by step, so that the design can be checked against the device's capacity *between* synthesis and
@@ -30,14 +31,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import Cat, Elaboratable, Module, Signal
+from amaranth import Cat, Elaboratable, Module, Signal, Value
 from amaranth.build import Clock, Resource, TemplatedPlatform
 from amaranth.lib import io
 
 from hw.config import AcceleratorConfig, TlmmConfig
+from hw.gemm import TemporalGemm
 from hw.tlmm import TableLookupMatmul
 
-__all__ = ["BOARDS", "BoardTop", "FitError", "FlowError", "build_bitstream"]
+__all__ = ["BOARDS", "ENGINES", "BoardTop", "GemmBoardTop", "FitError", "FlowError", "build_bitstream"]
 
 
 class FitError(Exception):
@@ -85,13 +87,33 @@ _BOARDS: dict[str, _Board] = {
 #: Board name → one-line description (for CLIs listing the boards).
 BOARDS: dict[str, str] = {name: board.description for name, board in _BOARDS.items()}
 
-# What a user can shrink to reduce each resource (used in the FitError message).
+#: Engine name → one-line description (for CLIs listing the engines).
+ENGINES: dict[str, str] = {
+    "tlmm": "table-lookup ternary matmul (config section tlmm)",
+    "gemm": "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
+}
+
+# What a user can shrink to reduce each resource, per engine (used in the FitError message).
 _SHRINK_HINT = {
-    "lut": "tlmm.tables, tlmm.columns (and tlmm.tokens; table_mode half, group_size 2)",
-    "ff": "tlmm.tokens, tlmm.tables, tlmm.columns",
-    "bram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
-    "spram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
-    "dsp": "tlmm.columns, tlmm.tables",
+    "tlmm": {
+        "lut": "tlmm.tables, tlmm.columns (and tlmm.tokens; table_mode half, group_size 2)",
+        "ff": "tlmm.tokens, tlmm.tables, tlmm.columns",
+        "bram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
+        "spram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
+        "dsp": "tlmm.columns, tlmm.tables",
+    },
+    # GEMM: rows·cols MACs, each an int32 accumulator + shadow register and (on devices with DSPs) one
+    # DSP multiplier; two double-buffered operand memories of 2·k_tile·{rows,cols} bytes, bus_bytes wide.
+    "gemm": {
+        "lut": "gemm.rows, gemm.cols (rows·cols int32 accumulators and adders), memory.bus_bytes "
+               "(operand-buffer width, output beat muxes)",
+        "ff": "gemm.rows, gemm.cols (rows·cols int32 accumulators + shadow registers), memory.bus_bytes",
+        "bram": "gemm.k_tile, gemm.rows, gemm.cols (operand buffers of 2·k_tile·rows and 2·k_tile·cols bytes), "
+                "memory.bus_bytes (buffer width)",
+        "spram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
+        "dsp": "gemm.rows, gemm.cols (one DSP per int8 multiplier, rows·cols of them; both must divide "
+               "memory.bus_bytes)",
+    },
 }
 _RESOURCE_NAME = {"lut": "LUT4s/logic cells", "ff": "flip-flops", "bram": "block RAMs",
                   "spram": "SPRAM blocks", "dsp": "DSP blocks"}
@@ -102,6 +124,12 @@ def _board(name: str) -> _Board:
         return _BOARDS[name]
     except KeyError:
         raise ValueError(f"unknown board {name!r}; available boards: {', '.join(sorted(_BOARDS))}") from None
+
+
+def _engine(name: str) -> str:
+    if name not in ENGINES:
+        raise ValueError(f"unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}")
+    return name
 
 
 def _make_platform(board: _Board, clock_hz: float) -> TemplatedPlatform:
@@ -154,20 +182,7 @@ class BoardTop(Elaboratable):
         act = eng.act.payload.as_value()
         wgt = eng.wgt.payload.as_value()
         cmd = eng.cmd.payload.as_value()
-        pool_bits = len(act) + len(wgt) + len(cmd)
-
-        # Maximal-length Galois LFSR (taps 32, 22, 2, 1); any non-zero seed works.
-        lfsr = Signal(32, init=0x1ACE_B00C)
-        m.d.sync += lfsr.eq((lfsr >> 1) ^ (lfsr[0].replicate(32) & 0x8020_0003))
-
-        seed_in = Signal()
-        if platform is not None:
-            m.submodules.button = button = io.Buffer("i", platform.request(*self.button, dir="-"))
-            m.d.comb += seed_in.eq(button.i)
-        step = min(8, pool_bits)
-        pool = Signal(pool_bits, init=0x5A5A_5A5A)
-        fresh = lfsr[:step] ^ seed_in.replicate(step)
-        m.d.sync += pool.eq(Cat(fresh, pool[:-step]) if pool_bits > step else fresh)
+        lfsr, pool = _stimulus(m, platform, self.button, len(act) + len(wgt) + len(cmd))
 
         m.d.comb += [
             act.eq(pool[:len(act)]),
@@ -186,10 +201,87 @@ class BoardTop(Elaboratable):
             m.d.sync += parity.eq(parity ^ eng.res.payload.as_value().xor())
         m.d.sync += busy.eq(eng.busy)
 
-        if platform is not None:
-            m.submodules.led_parity = led_parity = io.Buffer("o", platform.request(*self.leds[0], dir="-"))
-            m.submodules.led_busy = led_busy = io.Buffer("o", platform.request(*self.leds[1], dir="-"))
-            m.d.comb += [led_parity.o.eq(parity), led_busy.o.eq(busy)]
+        _drive_leds(m, platform, self.leds, parity, busy)
+        return m
+
+
+def _stimulus(m: Module, platform, button_pin: tuple[str, int], pool_bits: int) -> tuple[Signal, Signal]:
+    """A 32-bit LFSR and a ``pool_bits``-wide register that shifts in 8 LFSR bits (XOR the button) per
+    cycle: every pool bit is a distinct register fed, ultimately, by an input pin."""
+    # Maximal-length Galois LFSR (taps 32, 22, 2, 1); any non-zero seed works.
+    lfsr = Signal(32, init=0x1ACE_B00C)
+    m.d.sync += lfsr.eq((lfsr >> 1) ^ (lfsr[0].replicate(32) & 0x8020_0003))
+
+    seed_in = Signal()
+    if platform is not None:
+        m.submodules.button = button = io.Buffer("i", platform.request(*button_pin, dir="-"))
+        m.d.comb += seed_in.eq(button.i)
+    step = min(8, pool_bits)
+    pool = Signal(pool_bits, init=0x5A5A_5A5A)
+    fresh = lfsr[:step] ^ seed_in.replicate(step)
+    m.d.sync += pool.eq(Cat(fresh, pool[:-step]) if pool_bits > step else fresh)
+    return lfsr, pool
+
+
+def _drive_leds(m: Module, platform, leds: tuple[tuple[str, int], ...], parity: Signal, busy: Signal) -> None:
+    if platform is not None:
+        m.submodules.led_parity = led_parity = io.Buffer("o", platform.request(*leds[0], dir="-"))
+        m.submodules.led_busy = led_busy = io.Buffer("o", platform.request(*leds[1], dir="-"))
+        m.d.comb += [led_parity.o.eq(parity), led_busy.o.eq(busy)]
+
+
+class GemmBoardTop(Elaboratable):
+    """The temporal GEMM engine with self-driven streams, one result LED and one busy LED.
+
+    * The ``rdata`` payload (8·bus_bytes bits) and the whole ``cmd`` payload (tile counts, shift, base
+      addresses) are slices of the LFSR-fed pool register (see :class:`BoardTop`), so every operand byte
+      reaching the R·C multipliers and every loop bound is a live register.
+    * ``cmd.valid`` is 1 (a new command is taken whenever the engine is idle); ``rdata.valid``,
+      ``rreq.ready`` and ``wr.ready`` are pseudo-random (mostly high), so the request, receive and drain
+      handshakes keep their logic.
+    * Each transferred ``wr`` beat (address + data) and ``rreq`` (address + length) is captured in a
+      register, and the XOR of the captured bits toggles a parity register (LED 0); ``busy`` drives LED 1.
+      Capturing first makes the engine's output paths (shadow → requantizer → ``wr.data``, pointer adder →
+      ``rreq.addr``) end at a register as they would at a memory controller, instead of running on through
+      the board top's XOR tree, so the timing report is the engine's.
+    """
+
+    def __init__(self, acfg: AcceleratorConfig, *,
+                 leds: tuple[tuple[str, int], ...] = (("led", 0), ("led", 1)),
+                 button: tuple[str, int] = ("button", 0)):
+        self.acfg = acfg
+        self.leds = leds
+        self.button = button
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.engine = eng = TemporalGemm(self.acfg)
+
+        rdata = Value.cast(eng.rdata.payload)
+        cmd = Value.cast(eng.cmd.payload)
+        lfsr, pool = _stimulus(m, platform, self.button, len(rdata) + len(cmd))
+        m.d.comb += [
+            rdata.eq(pool[:len(rdata)]),
+            cmd.eq(pool[len(rdata):]),
+            eng.cmd.valid.eq(1),
+            eng.rdata.valid.eq(~(lfsr[9] & lfsr[10])),
+            eng.rreq.ready.eq(~(lfsr[11] & lfsr[12])),
+            eng.wr.ready.eq(~(lfsr[13] & lfsr[14] & lfsr[15])),
+        ]
+
+        wr_data, rq_data = Value.cast(eng.wr.payload), Value.cast(eng.rreq.payload)
+        wr_q = Signal(len(wr_data), name="wr_q")
+        rq_q = Signal(len(rq_data), name="rreq_q")
+        wr_v = Signal(name="wr_q_valid")
+        rq_v = Signal(name="rreq_q_valid")
+        m.d.sync += [
+            wr_q.eq(wr_data), wr_v.eq(eng.wr.valid & eng.wr.ready),
+            rq_q.eq(rq_data), rq_v.eq(eng.rreq.valid & eng.rreq.ready),
+        ]
+        parity = Signal()
+        busy = Signal()
+        m.d.sync += [parity.eq(parity ^ (wr_v & wr_q.xor()) ^ (rq_v & rq_q.xor())), busy.eq(eng.busy)]
+        _drive_leds(m, platform, self.leds, parity, busy)
         return m
 
 
@@ -283,16 +375,31 @@ def _usage(board: _Board, cells: Counter, lut_ff_pairs: int) -> dict[str, int]:
     }
 
 
-def _check_fit(board_name: str, board: _Board, usage: dict[str, int], acfg: AcceleratorConfig) -> None:
+def _check_fit(board_name: str, board: _Board, usage: dict[str, int], acfg: AcceleratorConfig,
+               engine: str = "tlmm", why: str = "") -> None:
+    """Raise :class:`FitError` if ``usage`` exceeds the board. ``why`` (e.g. how a count was derived
+    before synthesis) is added after the first figure."""
     over = [r for r in board.capacity if usage.get(r, 0) > board.capacity[r]]
     if not over:
         return
     first = over[0]
     others = "".join(f"; also {_RESOURCE_NAME[r]} {usage[r]} > {board.capacity[r]}" for r in over[1:])
     raise FitError(
-        f"config {acfg.name!r} does not fit board {board_name} ({board.device}): "
-        f"{_RESOURCE_NAME[first]} needed {usage[first]}, available {board.capacity[first]}{others}; "
-        f"shrink {_SHRINK_HINT[first]} in {acfg.source}")
+        f"config {acfg.name!r} ({engine} engine) does not fit board {board_name} ({board.device}): "
+        f"{_RESOURCE_NAME[first]} needed {usage[first]}{why}, available {board.capacity[first]}{others}; "
+        f"shrink {_SHRINK_HINT[engine][first]} in {acfg.source}")
+
+
+def _known_usage(engine: str, acfg: AcceleratorConfig) -> tuple[dict[str, int], str]:
+    """Resource counts fixed by the config alone, checked before elaboration so that a config far too
+    large fails at once instead of after a long synthesis: the GEMM's rows·cols int8×int8 products each
+    become one DSP block (MULT18X18D on ECP5, SB_MAC16 on iCE40 with ``synth_ice40 -dsp``; Yosys maps every
+    $mul of at least 2×2 bits, with ≥ 11 product bits on iCE40, and does not fall back to LUTs when the
+    device runs out)."""
+    if engine == "gemm":
+        g = acfg.gemm
+        return {"dsp": g.rows * g.cols}, f" (gemm.rows·gemm.cols = {g.rows}·{g.cols} multipliers)"
+    return {}, ""
 
 
 _FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
@@ -383,17 +490,22 @@ def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------------------------
 
 def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path = Path("build/bitstream"),
-                    log: Callable[[str], None] = print) -> dict:
-    """Synthesize, fit-check, place, route and pack ``acfg`` for ``board``; return the report.
+                    log: Callable[[str], None] = print, engine: str = "tlmm") -> dict:
+    """Synthesize, fit-check, place, route and pack ``engine`` ("tlmm" or "gemm") of ``acfg`` for
+    ``board``; return the report.
 
-    Outputs go to ``<out_dir>/<board>-<config name>/``: ``top.il`` (RTLIL), ``synth.log``, ``top.json``
-    (netlist), ``pnr.log``, ``pnr_report.json``, the bitstream (``top.bit`` for ECP5, ``top.bin`` for
-    iCE40) and, last of all, ``report.json``. Raises :class:`FitError` before place-and-route when the
-    design is too large for the device, :class:`FlowError` when a tool fails, ``ValueError`` for an
-    unknown board.
+    Outputs go to ``<out_dir>/<board>-<config name>-<engine>/``: ``top.il`` (RTLIL), ``synth.log``,
+    ``top.json`` (netlist), ``pnr.log``, ``pnr_report.json``, the bitstream (``top.bit`` for ECP5,
+    ``top.bin`` for iCE40) and, last of all, ``report.json``. Raises :class:`FitError` when the design is
+    too large for the device: before elaboration when a count fixed by the config (the GEMM's DSPs) is
+    over, otherwise right after synthesis, before place-and-route. Raises :class:`FlowError` when a tool
+    fails, ``ValueError`` for an unknown board or engine.
     """
     b = _board(board)
-    work = Path(out_dir) / f"{board}-{acfg.name}"
+    _engine(engine)
+    known, why = _known_usage(engine, acfg)
+    _check_fit(board, b, known, acfg, engine, why)
+    work = Path(out_dir) / f"{board}-{acfg.name}-{engine}"
     work.mkdir(parents=True, exist_ok=True)
     bit_name = "top.bit" if b.family == "ecp5" else "top.bin"
     # Stale results from an earlier run must not look like the outcome of this one.
@@ -406,9 +518,13 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
 
     # -- elaborate: the platform writes RTLIL, the Yosys script and the pin/clock constraints --
     t0 = time.monotonic()
-    log(f"[fpga] {board}: elaborating config {acfg.name!r} ({acfg.source}) at {acfg.clock_mhz:g} MHz")
+    log(f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
+        f"{acfg.clock_mhz:g} MHz")
     platform = _make_platform(b, acfg.clock_mhz * 1e6)
-    plan = platform.prepare(BoardTop(acfg.tlmm), name="top")
+    top = GemmBoardTop(acfg) if engine == "gemm" else BoardTop(acfg.tlmm)
+    # synth_ecp5 infers MULT18X18D by default; synth_ice40 uses SB_MAC16 only with -dsp.
+    overrides = {"synth_opts": "-dsp"} if b.family == "ice40" and engine == "gemm" else {}
+    plan = platform.prepare(top, name="top", **overrides)
     plan.extract(str(work))
     t_elab = time.monotonic() - t0
 
@@ -422,7 +538,7 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
         + ", ".join(f"{r} {usage[r]}/{b.capacity[r]}" for r in b.capacity))
 
     # -- fit check before the (long) place-and-route --
-    _check_fit(board, b, usage, acfg)
+    _check_fit(board, b, usage, acfg, engine)
 
     # -- place and route, timing-driven towards clock_mhz (the oscillator constraint was raised) --
     log(f"[fpga] {board}: nextpnr-{b.family} place and route (log {work / 'pnr.log'}); "
@@ -451,6 +567,7 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
         "board": board,
         "board_description": b.description,
         "device": b.device,
+        "engine": engine,
         "config": acfg.name,
         "config_source": acfg.source,
         "config_fingerprint": acfg.fingerprint(),

