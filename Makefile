@@ -5,8 +5,9 @@ BIN    := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 BOARD  ?= ulx3s
 SEED   ?= 0
-# ML=1 also installs PyTorch (CPU wheel 2.13.0 first, so no CUDA build is pulled; see TOOLCHAIN notes).
-ML     ?= 0
+# ML=1 (default) installs PyTorch first: the CPU wheel 2.13.0, so no CUDA build is pulled (TOOLCHAIN notes).
+# The compiler, the models and their tests need it; ML=0 skips it for RTL-only work.
+ML     ?= 1
 
 ifeq ($(BOARD),icebreaker)
   BOARD_CONFIG ?= configs/icebreaker.yaml

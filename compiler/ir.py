@@ -77,6 +77,8 @@ def where_of(node) -> str:
     src = ""
     trace = node.meta.get("stack_trace") or ""
     frames = re.findall(r'File "([^"]+)", line (\d+)', trace)
+    own = [fr for fr in frames if "site-packages" not in fr[0] and "/torch/" not in fr[0]]
+    frames = own or frames
     if frames:
         f, line = frames[-1]
         src = f"{f.split('/work/main/')[-1].split('site-packages/')[-1]}:{line}"
@@ -157,7 +159,9 @@ def from_export(ep, model_config: dict) -> Graph:
                 hint = ("; a float linear layer: the accelerator runs ternary weights only — use "
                         "models.bitlinear.BitLinear")
             raise CompileError(f"{where}: unsupported op {opname}{hint}")
-        op.name = name if name and not any(o.name == name for o in ops) else f"{name}.{n.name}"
+        if name == "<model>":
+            name = op.kind
+        op.name = name if not any(o.name == name for o in ops) else f"{name}.{n.name}"
         features[n.name] = feat(n)
         ops.append(op)
     if output is None:

@@ -30,6 +30,13 @@ def _non_negative(text: str) -> int:
     return v
 
 
+def _positive(text: str) -> int:
+    v = _non_negative(text)
+    if v < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {v}")
+    return v
+
+
 # ---------------------------------------------------------------- config
 def cmd_config(args) -> int:
     acfg = load_config(args.file)
@@ -149,6 +156,45 @@ def cmd_perf(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- compile
+def cmd_compile(args) -> int:
+    import time
+
+    from compiler import CompileError, compile_model, load_model
+
+    acfg = load_config(args.config)
+    t0 = time.perf_counter()
+    try:
+        model = load_model(args.model)
+        cm = compile_model(model, acfg)
+        prog = cm.program(args.tokens, args.pos)
+    except CompileError as e:
+        print(f"tritium: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    seconds = time.perf_counter() - t0
+    out = prog.save(Path(args.out))
+    cmds = prog.commands()
+    kinds = {k: sum(1 for c in cmds if type(c).__name__ == k) for k in ("TlmmCommand", "GemmCommand", "HostCommand")}
+    summary = {
+        "model": args.model, "config": acfg.name, "tokens": args.tokens, "pos": args.pos, "out": str(out),
+        "commands": len(cmds), "tlmm": kinds["TlmmCommand"], "gemm": kinds["GemmCommand"],
+        "host": kinds["HostCommand"], "memory_mib": prog.meta["memory_beats"] * acfg.memory.bus_bytes / 2**20,
+        "weights_materialized": prog.meta["weights_materialized"], "compile_s": round(seconds, 3),
+        **{k: round(v, 3) for k, v in cm.timings.items()},
+    }
+    if args.json:
+        print(json.dumps(summary, indent=1))
+    else:
+        print(f"compiled {args.model} for {acfg.name}: step of {args.tokens} token(s) at position {args.pos}")
+        print(f"  {summary['commands']} commands ({summary['tlmm']} TLMM, {summary['gemm']} GEMM, "
+              f"{summary['host']} HOST), memory {summary['memory_mib']:.2f} MiB, {seconds:.2f} s "
+              f"(export {cm.timings['export_s']:.2f} s)")
+        if not prog.meta["weights_materialized"]:
+            print("  preset on meta tensors: shapes, commands and memory map only (no weight image)")
+        print(f"  wrote {out}/program.json, program.npz, listing.txt")
+    return 0
+
+
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
     from hw.fpga import BOARDS, FitError, FlowError, build_bitstream
@@ -207,6 +253,15 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--plot", default=None, metavar="PNG", help="also sweep memory bandwidth and write a roofline PNG")
     pf.add_argument("--json", action="store_true", help="print JSON")
     pf.set_defaults(func=cmd_perf)
+
+    co = sub.add_parser("compile", help="lower a ternary LM (preset or checkpoint) into a Program + weight image")
+    co.add_argument("model", help="preset name (bitnet-0.7b, bitnet-2b, tiny: meta tensors) or checkpoint .pt")
+    co.add_argument("--config", default=None, help=cfg_help)
+    co.add_argument("-o", "--out", required=True, help="output folder (program.json, program.npz, listing.txt)")
+    co.add_argument("--tokens", type=_positive, default=16, help="tokens of the step (default 16: a prefill)")
+    co.add_argument("--pos", type=_non_negative, default=0, help="position of the step's first token (default 0)")
+    co.add_argument("--json", action="store_true", help="print a JSON summary")
+    co.set_defaults(func=cmd_compile)
 
     b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of the TLMM engine, with a report")
     b.add_argument("--config", default=None, help=cfg_help)
