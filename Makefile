@@ -15,13 +15,14 @@ else
   BOARD_CONFIG ?= $(CONFIG)
 endif
 
-.PHONY: help venv sim test test-all bitstream bench lint clean
+.PHONY: help venv sim test test-all bitstream bench train lint clean
 
 help:
 	@echo "make sim        co-simulate both engines of the default config (RTL ⇔ model ⇔ reference), BitNet-0.7B workloads"
 	@echo "make test       run the test suite (what CI runs)"
 	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker, CONFIG=...) and print its report"
-	@echo "make bench      model vs Verilator speed"
+	@echo "make bench      model vs Verilator speed, fast paths, compile times"
+	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
 	@echo "make lint       ruff"
 	@echo "make clean      remove build products"
 
@@ -49,6 +50,9 @@ bitstream: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/tritium bench --config $(CONFIG)
+
+train: $(BIN)/.installed
+	$(BIN)/python -m models.train --out models/checkpoints/tiny.pt
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check hw sim compiler models tritium tests

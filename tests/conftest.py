@@ -1,5 +1,10 @@
+import os
 import sys
 from pathlib import Path
+
+# torch's OpenMP threads spin-wait by default; next to another busy process (nextpnr, Verilator) that makes
+# every torch call 15-20x slower. Set before anything imports torch.
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import pytest
 

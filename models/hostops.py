@@ -1,0 +1,165 @@
+"""Host-side operations of the integer reference path, as plain functions on float32 torch tensors.
+
+These are the operations that run on the host (CPU) rather than on an engine: RMSNorm, RoPE, softmax,
+SiLU/SwiGLU, ReLU², residual add and the float LM head. The model's ``mode="int"`` forward calls them, and the
+compiler's Program executor calls the same functions, so the two agree bit for bit.
+
+Every function here is built only from correctly rounded IEEE operations (+, −, ×, ÷, √, round-half-even,
+float64→float32 conversion), exact operations (max, comparisons, gathers, multiplication by a power of two) and
+reductions whose summation order is fixed by :func:`fold_sum`. None uses a library transcendental (``exp``,
+``sin`` ...), whose vectorized and scalar code paths may differ in the last bit, or a reduction whose order
+depends on the tensor's shape, strides or thread count. Hence each output element depends only on the values it
+is computed from, not on batch size, sequence length, zero padding or ``torch.get_num_threads()``: a token gives
+the same result alone (KV-cache decode) as inside a full sequence. (RoPE's cos/sin tables use Python's
+``math.cos``/``math.sin``, computed once per table; they are data, not per-call work.)
+
+The functions are torch.export-friendly for static shapes (their Python loops depend on shapes only).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "fold_sum", "exp", "rmsnorm", "rope_tables", "rope", "softmax", "silu", "swiglu", "relu2", "add", "linear",
+]
+
+# Cody–Waite split of ln 2 (the high part has 21 trailing zero bits, so k·LN2_HI is exact for |k| < 2^21).
+_LN2_HI = 6.93147180369123816490e-01
+_LN2_LO = 1.90821492927058770002e-10
+_INV_LN2 = 1.44269504088896338700e+00
+_EXP_DEGREE = 13          # Taylor degree; truncation error < 5e-18 relative for |r| ≤ ln2/2
+_EXP_CLAMP = 700.0        # exp(±700) is finite in float64; results far outside float32's range anyway
+
+
+def fold_sum(x: torch.Tensor) -> torch.Tensor:
+    """Sum over the last axis in a fixed order; returns shape ``(..., 1)`` in ``x``'s dtype.
+
+    The axis (length n) is zero-padded to the next power of two P, then halved ``log2 P`` times with
+    ``x = x[..., :h] + x[..., h:]`` (each step one elementwise IEEE add). Appending zeros to a row does not
+    change its sum (the extra upper halves only add +0), so a row gives the same sum whatever the padding.
+    """
+    n = x.shape[-1]
+    p = 1 << max(n - 1, 0).bit_length()
+    if p != n:
+        x = F.pad(x, (0, p - n))
+    while x.shape[-1] > 1:
+        h = x.shape[-1] // 2
+        x = x[..., :h] + x[..., h:]
+    return x
+
+
+def exp(x: torch.Tensor) -> torch.Tensor:
+    """exp(x) computed in float64 with basic operations only; returns float64 (the caller rounds).
+
+    ``z = clamp(x, -700, 700)``; ``k = round_half_even(z · (1/ln2))``; ``r = (z − k·LN2_HI) − k·LN2_LO``;
+    ``p = Horner(r)`` for the degree-13 Taylor polynomial, one multiply and one add per step, coefficients
+    ``1/i!`` as float64; result ``p · 2^k`` with 2^k built from its exponent bits (exact). Relative error
+    ~1e-16, so rounding the result to float32 almost always gives the correctly rounded expf; more
+    importantly it is the same on every machine and for every element position.
+    """
+    z = torch.clamp(x.to(torch.float64), -_EXP_CLAMP, _EXP_CLAMP)
+    k = torch.round(z * _INV_LN2)
+    r = (z - k * _LN2_HI) - k * _LN2_LO
+    p = torch.full_like(r, 1.0 / math.factorial(_EXP_DEGREE))
+    for i in range(_EXP_DEGREE - 1, -1, -1):
+        p = p * r + 1.0 / math.factorial(i)
+    two_k = ((k.to(torch.int64) + 1023) << 52).view(torch.float64)
+    return p * two_k
+
+
+def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
+    """RMSNorm over the last axis (float32): ``ms = fold_sum(x·x) / d``; ``r = sqrt(ms + eps)``;
+    ``y = (x / r) · weight``. Each step is one float32 operation in that order."""
+    x = x.to(torch.float32)
+    ms = fold_sum(x * x) / x.shape[-1]
+    r = torch.sqrt(ms + eps)
+    return (x / r) * weight.to(torch.float32)
+
+
+def rope_tables(n_pos: int, head_dim: int, theta: float, device=None) -> tuple[torch.Tensor, torch.Tensor]:
+    """cos/sin tables of rotary embeddings, float32 ``(n_pos, head_dim // 2)``.
+
+    For pair i (0 ≤ i < head_dim/2): ``inv_freq_i = theta ** (-(2i) / head_dim)`` and angle ``p · inv_freq_i``,
+    both Python float64; ``math.cos``/``math.sin`` in float64, then rounded to float32. On the meta device the
+    tables are empty meta tensors.
+    """
+    if head_dim % 2:
+        raise ValueError(f"head_dim={head_dim}: RoPE needs an even head dimension")
+    half = head_dim // 2
+    device = torch.device(device) if device is not None else torch.device("cpu")
+    if device.type == "meta":
+        return (torch.empty(n_pos, half, device=device), torch.empty(n_pos, half, device=device))
+    inv = [theta ** (-(2 * i) / head_dim) for i in range(half)]
+    ang = [[p * f for f in inv] for p in range(n_pos)]
+    cos = torch.tensor([[math.cos(a) for a in row] for row in ang], dtype=torch.float32, device=device)
+    sin = torch.tensor([[math.sin(a) for a in row] for row in ang], dtype=torch.float32, device=device)
+    return cos.reshape(n_pos, half), sin.reshape(n_pos, half)
+
+
+def rope(x: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """Rotary position embedding, rotate-half convention (as Llama / BitNet-b1.58-2B in transformers).
+
+    ``x`` is ``(..., T, head_dim)`` float32, ``positions`` ``(T,)`` int64 absolute positions, ``cos``/``sin``
+    the tables of :func:`rope_tables`. Pair i is (x[i], x[i + head_dim/2]); with ``c = cos[positions]``,
+    ``s = sin[positions]``: ``out[:h] = x[:h]·c − x[h:]·s``, ``out[h:] = x[h:]·c + x[:h]·s`` (two float32
+    products, then one add/subtract).
+    """
+    h = x.shape[-1] // 2
+    c = cos[positions]
+    s = sin[positions]
+    x1, x2 = x[..., :h], x[..., h:]
+    return torch.cat([x1 * c - x2 * s, x2 * c + x1 * s], dim=-1)
+
+
+def softmax(x: torch.Tensor) -> torch.Tensor:
+    """Softmax over the last axis, float32: ``m = max(x)``; ``z = x − m`` (float32); ``e = float32(exp(z))``
+    (:func:`exp`, −inf gives 0); ``s = fold_sum(e)``; ``p = e / s``. Masked entries are −inf; a row needs
+    at least one finite entry."""
+    x = x.to(torch.float32)
+    z = x - x.amax(dim=-1, keepdim=True)
+    e = exp(z).to(torch.float32)
+    return e / fold_sum(e)
+
+
+def silu(x: torch.Tensor) -> torch.Tensor:
+    """SiLU, float32 result: ``float32(x64 / (1 + exp(−x64)))`` with x64 = float64(x) and :func:`exp`."""
+    x64 = x.to(torch.float64)
+    return (x64 / (exp(-x64) + 1.0)).to(torch.float32)
+
+
+def swiglu(gate: torch.Tensor, up: torch.Tensor) -> torch.Tensor:
+    """SwiGLU gating: ``silu(gate) · up`` (float32 product)."""
+    return silu(gate) * up.to(torch.float32)
+
+
+def relu2(gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared ReLU ``r·r`` with ``r = max(gate, 0)``; with ``up`` given, the gated form of BitNet-b1.58-2B,
+    ``(r·r) · up`` (float32 products in that order)."""
+    r = torch.clamp_min(gate.to(torch.float32), 0.0)
+    y = r * r
+    return y if up is None else y * up.to(torch.float32)
+
+
+def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+    """Residual add, float32."""
+    return x.to(torch.float32) + y.to(torch.float32)
+
+
+def linear(x: torch.Tensor, weight: torch.Tensor, max_elems: int = 1 << 22) -> torch.Tensor:
+    """Float32 ``x @ weight.T`` with a fixed summation order (the LM head, which stays on the host).
+
+    ``y[m, n] = fold_sum(x[m, :] · weight[n, :])``: float32 products, then :func:`fold_sum` over K. Rows of x
+    are processed in chunks of at most ``max_elems`` products (memory only; results do not depend on it).
+    """
+    x = x.to(torch.float32)
+    w = weight.to(torch.float32)
+    lead, k = x.shape[:-1], x.shape[-1]
+    x2 = x.reshape(-1, k)
+    rows = max(1, max_elems // max(1, w.shape[0] * k))
+    outs = [fold_sum(x2[i:i + rows, None, :] * w[None, :, :])[..., 0] for i in range(0, x2.shape[0], rows)]
+    y = torch.cat(outs, dim=0) if outs else x2.new_zeros(0, w.shape[0])
+    return y.reshape(*lead, w.shape[0])
