@@ -4,6 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 BOARD  ?= ulx3s
+ENGINE ?= tlmm
 SEED   ?= 0
 # ML=1 (default) installs PyTorch first: the CPU wheel 2.13.0, so no CUDA build is pulled (TOOLCHAIN notes).
 # The compiler, the models and their tests need it; ML=0 skips it for RTL-only work.
@@ -20,7 +21,7 @@ endif
 help:
 	@echo "make sim        co-simulate both engines of the default config (RTL ⇔ model ⇔ reference), BitNet-0.7B workloads"
 	@echo "make test       run the test suite (what CI runs)"
-	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker, CONFIG=...) and print its report"
+	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker, ENGINE=tlmm|gemm, CONFIG=...) and print its report"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
 	@echo "make lint       ruff"
@@ -46,7 +47,7 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 bitstream: $(BIN)/.installed
-	$(BIN)/tritium bitstream --board $(BOARD) --config $(BOARD_CONFIG)
+	$(BIN)/tritium bitstream --board $(BOARD) --engine $(ENGINE) --config $(BOARD_CONFIG)
 
 bench: $(BIN)/.installed
 	$(BIN)/tritium bench --config $(CONFIG)

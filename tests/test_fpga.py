@@ -204,3 +204,17 @@ def test_ulx3s_default_bitstream(tmp_path):
     assert report["device"].startswith("LFE5U-85F") and report["dsp"]["available"] == 156
     assert 0 < report["lut"]["used"] <= report["lut"]["available"]
     assert report["fmax_mhz"] > 0 and "->" in report["critical_path"]
+
+
+@pytest.mark.slow
+def test_ulx3s_default_gemm_bitstream(tmp_path):
+    """The full ECP5-85F build of the default config's GEMM engine (~6 min): every one of the rows·cols
+    int8 products is a MULT18X18D, and tlmm/gemm builds go to separate folders."""
+    acfg = load_config(DEFAULT_CONFIG)
+    report = fpga.build_bitstream(acfg, "ulx3s", tmp_path, log=lambda s: None, engine="gemm")
+    bit = Path(report["bitstream"])
+    assert bit == tmp_path / "ulx3s-default-gemm" / "top.bit" and bit.stat().st_size > 100_000
+    assert report["engine"] == "gemm"
+    assert report["dsp"]["used"] == report["cells"]["MULT18X18D"] == acfg.gemm.rows * acfg.gemm.cols
+    assert 0 < report["lut"]["used"] <= report["lut"]["available"]
+    assert report["fmax_mhz"] > 0 and "->" in report["critical_path"]

@@ -203,7 +203,7 @@ def cmd_bitstream(args) -> int:
         raise ConfigError(f"--board: unknown board {args.board!r}; choose one of {', '.join(BOARDS)}")
     acfg = load_config(args.config)
     try:
-        report = build_bitstream(acfg, args.board, Path(args.out), log=_progress)
+        report = build_bitstream(acfg, args.board, Path(args.out), log=_progress, engine=args.engine)
     except (FitError, FlowError) as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return EXIT_TOOL
@@ -263,9 +263,12 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--json", action="store_true", help="print a JSON summary")
     co.set_defaults(func=cmd_compile)
 
-    b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of the TLMM engine, with a report")
+    b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of one engine, with a report")
     b.add_argument("--config", default=None, help=cfg_help)
     b.add_argument("--board", default="ulx3s", help="ulx3s (ECP5-85F, default) or icebreaker (iCE40 UP5K)")
+    b.add_argument("--engine", choices=["tlmm", "gemm"], default="tlmm",
+                   help="tlmm (table-lookup ternary matmul, default) or gemm (temporal int8 GEMM); "
+                        "outputs go to OUT/<board>-<config>-<engine>/")
     b.add_argument("--out", default="build/bitstream", help="output folder (default build/bitstream)")
     b.set_defaults(func=cmd_bitstream)
 
