@@ -178,8 +178,21 @@ class GemmConfig:
 
     @property
     def pipeline_cycles(self) -> int:
-        """Stages after an issue: buffer read (1), multiply (2), accumulate (3 = shadow load visible)."""
-        return 3
+        """Cycles from an issue to the shadow being visible to the drain: buffer read + k-row select (1),
+        multiply (2), accumulate / shadow load (3), visible (4)."""
+        return 4
+
+    @property
+    def out_stages(self) -> int:
+        """Output pipeline stages between a drain issue and the output FIFO: capture, round, shift,
+        saturate. A beat issued in cycle e can leave on ``wr`` in cycle e + out_stages + 1."""
+        return 4
+
+    @property
+    def out_credits(self) -> int:
+        """Output FIFO depth = drain credits: out_stages + 2 keeps an always-ready memory busy every cycle
+        (a credit returns the cycle after its beat leaves)."""
+        return self.out_stages + 2
 
 
 @dataclass(frozen=True)

@@ -16,16 +16,21 @@ Schedule of one command (loop order mi, ni, kt; one *step* per (mi, ni, kt))::
               (kt = KT-1) waits until the output shadow register is free, and its sums go to the shadow
     drain:    the shadow is written out in bus beats (int32, or int8 requantized), one tile after another
 
-Pipeline after an issue in cycle t: t+1 the buffer words arrive and R·C products are registered; t+2 the
-products are added into the accumulators (or into the shadow on an output tile's last k); t+3 the shadow
-is visible to the drain. Cycle rules are in README.md ("Temporal GEMM engine") and in
-:mod:`sim.gemm_model`, which mirrors this schedule register by register.
+Pipeline after an issue in cycle t: t+1 the buffer words arrive and the k-rows are selected and
+registered; t+2 the R·C products are registered; t+3 they are added into the accumulators (or, on an output
+tile's last k, into the shadow register); t+4 the shadow is visible to the drain. The drain takes one beat
+per cycle from the shadow (while it holds a *credit*) into a 4-stage output pipeline — capture, add the
+rounding constant, shift, saturate — whose beats queue in an output FIFO in front of ``wr``; a beat leaving
+on ``wr`` returns its credit. ``cfg.out_credits`` credits let an always-ready memory take a beat every cycle
+and mean ``wr.ready`` never reaches the pipeline. Cycle rules are in README.md ("Temporal GEMM engine") and
+in :mod:`sim.gemm_model`, which mirrors this schedule register by register.
 """
 
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
@@ -118,11 +123,15 @@ class TemporalGemm(wiring.Component):
         a_sel1 = Signal(range(max(2, geo.a_per_beat)))
         b_sel1 = Signal(range(max(2, geo.b_per_beat)))
         v2, first2, last2 = Signal(), Signal(), Signal()
+        a_q = [Signal(signed(8), name=f"a_q_{r}") for r in range(R)]
+        b_q = [Signal(signed(8), name=f"b_q_{c}") for c in range(C)]
+        v3, first3, last3 = Signal(), Signal(), Signal()
         prod = [[Signal(signed(16), name=f"p_{r}_{c}") for c in range(C)] for r in range(R)]
         acc = [[Signal(signed(32), name=f"acc_{r}_{c}") for c in range(C)] for r in range(R)]
         shadow = [Signal(signed(32), name=f"shadow_{i}") for i in range(n_out)]
         shadow_full = Signal()
         dr_cnt = Signal(range(max(geo.out_beats(False), geo.out_beats(True))))
+        rnd = Signal(32)                        # 2^(shift-1) (0 for shift 0), registered at the accept
 
         m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy), self.rdata.ready.eq(1)]
 
@@ -196,43 +205,40 @@ class TemporalGemm(wiring.Component):
         m.d.sync += full.eq((full | set_full) & ~clear_full)
         m.d.sync += ahead.eq(ahead + rq_step_done - cp_step_done)
 
-        # ---------------- pipeline ----------------
+        # ---------------- compute pipeline ----------------
         m.d.sync += [v1.eq(issue), first1.eq((cp_kt == 0) & (cp_k == 0)), last1.eq(final_k),
                      a_sel1.eq(cp_k & (geo.a_per_beat - 1)), b_sel1.eq(cp_k & (geo.b_per_beat - 1))]
         a_row_bits = a_rp.data.word_select(a_sel1, 8 * R) if geo.a_per_beat > 1 else a_rp.data
         b_row_bits = b_rp.data.word_select(b_sel1, 8 * C) if geo.b_per_beat > 1 else b_rp.data
-        a_vals = [a_row_bits[8 * r: 8 * r + 8].as_signed() for r in range(R)]
-        b_vals = [b_row_bits[8 * c: 8 * c + 8].as_signed() for c in range(C)]
         m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1)]
-        m.d.sync += [prod[r][c].eq(a_vals[r] * b_vals[c]) for r in range(R) for c in range(C)]
+        m.d.sync += [a_q[r].eq(a_row_bits[8 * r: 8 * r + 8]) for r in range(R)]
+        m.d.sync += [b_q[c].eq(b_row_bits[8 * c: 8 * c + 8]) for c in range(C)]
+        m.d.sync += [v3.eq(v2), first3.eq(first2), last3.eq(last2)]
+        m.d.sync += [prod[r][c].eq(a_q[r] * b_q[c]) for r in range(R) for c in range(C)]
 
-        load_shadow = v2 & last2
+        load_shadow = v3 & last3
         for r in range(R):
             for c in range(C):
-                s = (Mux(first2, 0, acc[r][c]) + prod[r][c])[:32].as_signed()
-                with m.If(v2 & ~last2):
-                    m.d.sync += acc[r][c].eq(s)
+                s_new = (Mux(first3, 0, acc[r][c]) + prod[r][c])[:32].as_signed()
+                with m.If(v3 & ~last3):
+                    m.d.sync += acc[r][c].eq(s_new)
                 with m.If(load_shadow):
-                    m.d.sync += shadow[r * C + c].eq(s)
+                    m.d.sync += shadow[r * C + c].eq(s_new)
 
-        # ---------------- drain ----------------
+        # ---------------- drain: shadow → 4-stage output pipeline → FIFO → wr ----------------
         v32, v8 = geo.out_values(False), geo.out_values(True)
-        rnd = Signal(32)
-        m.d.comb += rnd.eq((Const(1, 33) << shift)[1:])      # 2^(shift-1), 0 for shift 0
-        q8 = []
-        for i in range(v8):
-            y = ((shadow[i] + rnd).as_signed() >> shift).as_signed()
-            q8.append(Mux(y > 127, 127, Mux(y < -128, -128, y))[:8])
-        m.d.comb += [
-            self.wr.valid.eq(shadow_full),
-            self.wr.payload.addr.eq(c_ptr),
-            self.wr.payload.data.eq(Mux(requant, Cat(*q8), Cat(*shadow[:v32]))),
-        ]
+        n_cred = acfg.gemm.out_credits
+        m.submodules.out_fifo = fifo = SyncFIFO(width=AW + 8 * W, depth=n_cred)
+        credits = Signal(range(n_cred + 1), init=n_cred)
         wr_fire = self.wr.valid & self.wr.ready
+        m.d.comb += [self.wr.valid.eq(fifo.r_rdy), self.wr.payload.addr.eq(fifo.r_data[:AW]),
+                     self.wr.payload.data.eq(fifo.r_data[AW:]), fifo.r_en.eq(self.wr.ready)]
+        dr_issue = Signal()
+        m.d.comb += dr_issue.eq(shadow_full & (credits != 0))
         dr_last = Mux(requant, dr_cnt == geo.out_beats(True) - 1, dr_cnt == geo.out_beats(False) - 1)
         with m.If(load_shadow):
             m.d.sync += shadow_full.eq(1)
-        with m.Elif(wr_fire):
+        with m.Elif(dr_issue):
             m.d.sync += [c_ptr.eq(c_ptr + 1), dr_cnt.eq(Mux(dr_last, 0, dr_cnt + 1))]
             for i in range(n_out):
                 nxt8 = shadow[i + v8] if i + v8 < n_out else 0
@@ -240,18 +246,41 @@ class TemporalGemm(wiring.Component):
                 m.d.sync += shadow[i].eq(Mux(requant, nxt8, nxt32))
             with m.If(dr_last):
                 m.d.sync += shadow_full.eq(0)
+        m.d.sync += credits.eq(credits - dr_issue + wr_fire)
+        # stage A: capture the beat's values; B: + 2^(shift-1); C: arithmetic shift; D: saturate / pass int32
+        va, vb, vc, vd = Signal(), Signal(), Signal(), Signal()
+        addr_a, addr_b, addr_c, addr_d = (Signal(AW, name=f"addr_{x}") for x in "abcd")
+        xa = [Signal(signed(32), name=f"xa_{i}") for i in range(v8)]
+        ub = [Signal(signed(34), name=f"ub_{i}") for i in range(v8)]
+        wc = [Signal(signed(34), name=f"wc_{i}") for i in range(v8)]
+        xb = [Signal(signed(32), name=f"xb_{i}") for i in range(v32)]
+        xc = [Signal(signed(32), name=f"xc_{i}") for i in range(v32)]
+        data_d = Signal(8 * W)
+        m.d.sync += [va.eq(dr_issue), addr_a.eq(c_ptr), vb.eq(va), addr_b.eq(addr_a), vc.eq(vb),
+                     addr_c.eq(addr_b), vd.eq(vc), addr_d.eq(addr_c)]
+        m.d.sync += [xa[i].eq(shadow[i]) for i in range(v8)]
+        m.d.sync += [ub[i].eq(xa[i] + rnd) for i in range(v8)]
+        m.d.sync += [xb[i].eq(xa[i]) for i in range(v32)]
+        m.d.sync += [wc[i].eq(ub[i] >> shift) for i in range(v8)]
+        m.d.sync += [xc[i].eq(xb[i]) for i in range(v32)]
+        sat = [Mux(wc[i] > 127, 127, Mux(wc[i] < -128, -128, wc[i]))[:8] for i in range(v8)]
+        m.d.sync += data_d.eq(Mux(requant, Cat(*sat), Cat(*xc)))
+        m.d.comb += [fifo.w_en.eq(vd), fifo.w_data.eq(Cat(addr_d, data_d))]
 
         # ---------------- command accept / done ----------------
         with m.If(self.cmd.valid & ~busy):
             p = self.cmd.payload
             m.d.sync += [
                 busy.eq(1), mt_last.eq(p.m_tiles - 1), nt_last.eq(p.n_tiles - 1), kt_last.eq(p.k_tiles - 1),
-                requant.eq(p.requant), shift.eq(p.shift), c_ptr.eq(p.c_base),
+                requant.eq(p.requant), shift.eq(p.shift), c_ptr.eq(p.c_base), credits.eq(n_cred),
+                rnd.eq((Const(1, 33) << p.shift)[1:]),
                 rq_done.eq(0), rq_part.eq(0), rq_off.eq(0), rq_kt.eq(0), rq_ni.eq(0), rq_mi.eq(0),
                 a_ptr.eq(p.a_base), a_row.eq(p.a_base), b_ptr.eq(p.b_base), b_base.eq(p.b_base), ahead.eq(0),
                 rs_part.eq(0), rs_off.eq(0), rs_half.eq(0), full.eq(0),
                 cp_done.eq(0), cp_half.eq(0), cp_k.eq(0), cp_kt.eq(0), cp_ni.eq(0), cp_mi.eq(0), dr_cnt.eq(0),
             ]
-        with m.If(busy & cp_done & ~v1 & ~v2 & wr_fire & dr_last):
+        # done: the last beat leaves while nothing else is in flight
+        with m.If(busy & cp_done & ~v1 & ~v2 & ~v3 & ~shadow_full & ~va & ~vb & ~vc & ~vd & wr_fire
+                  & (fifo.level == 1)):
             m.d.sync += busy.eq(0)
         return m

@@ -45,7 +45,8 @@ _NEVER = -(1 << 40)
 
 @njit(cache=True, boundscheck=False)
 def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
-                 R, C, TK, W, AB, BB, latency, max_burst, outstanding, interval, max_cycles, events):
+                 R, C, TK, W, AB, BB, latency, max_burst, outstanding, interval, max_cycles, events,
+                 n_cred, stages):
     """Returns the cycle count (or -1 if max_cycles passed); writes output beats into ``image``."""
     # memory state: circular queue of in-flight requests
     q_addr = np.zeros(outstanding, np.int64)
@@ -82,7 +83,7 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
     cp_mi = 0
     acc = np.zeros((R, C), np.int64)
     pend = np.zeros(R * C, np.int64)       # final sums in the pipeline, on their way to the shadow
-    pend_at = _NEVER                       # cycle at whose end they load the shadow (issue + 2)
+    pend_at = _NEVER                       # cycle at whose end they load the shadow (issue + 3)
     shadow = np.zeros(R * C, np.int64)
     shadow_full = False
     dr_cnt = 0
@@ -92,6 +93,14 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
     apb = W // R
     bpb = W // C
     rnd = (1 << (shift - 1)) if shift > 0 else 0
+    # drain: beats in flight (output pipeline + FIFO) live in a ring of n_cred slots, in issue order
+    beat_addr = np.zeros(n_cred, np.int64)
+    beat_data = np.zeros((n_cred, W), np.uint8)
+    pv = np.zeros(stages, np.bool_)        # output-pipeline stage valid bits (0 = capture ... last = saturate)
+    issued = 0
+    popped = 0
+    fifo_n = 0
+    credits = n_cred
     last_issue = _NEVER
     t = 0
     while True:
@@ -108,7 +117,8 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
         final_k = cp_k == TK - 1 and cp_kt == kt - 1
         full_cur = full1 if cp_half else full0
         issue = (not cp_done) and full_cur and not (final_k and shadow_full)
-        wr_fire = shadow_full and t >= last_w + interval
+        wr_fire = fifo_n > 0 and t >= last_w + interval
+        dr_issue = shadow_full and credits > 0
         # ---- events ----
         if issue:
             events[0] += R * C
@@ -208,7 +218,7 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
                 for r in range(R):
                     for c in range(C):
                         pend[r * C + c] = acc[r, c]
-                pend_at = t + 2
+                pend_at = t + 3
             if cp_k == TK - 1:
                 cp_k = 0
                 if cp_half:
@@ -231,26 +241,44 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
             else:
                 cp_k += 1
         ahead += rq_step_done - cp_step_done
-        # ---- drain ----
+        # ---- drain: FIFO → wr, output pipeline, shadow → pipeline ----
+        in_pipe = False
+        for k in range(stages):
+            in_pipe = in_pipe or pv[k]
         if wr_fire:
+            slot = popped % n_cred
+            image[beat_addr[slot], :] = beat_data[slot, :]
             last_w = t
             events[6] += 1
+            done = cp_done and last_issue < t - 3 and not shadow_full and not in_pipe and fifo_n == 1
+            popped += 1
+            fifo_n -= 1
+            if done:
+                return t
+        if pv[stages - 1]:
+            fifo_n += 1
+        for k in range(stages - 1, 0, -1):
+            pv[k] = pv[k - 1]
+        pv[0] = dr_issue
+        credits += (1 if wr_fire else 0) - (1 if dr_issue else 0)
+        if dr_issue:
+            slot = issued % n_cred
+            beat_addr[slot] = c_ptr
             for j in range(vals):
                 v = shadow[dr_cnt * vals + j]
                 if requant:
                     y = (v + rnd) >> shift
                     y = 127 if y > 127 else (-128 if y < -128 else y)
-                    image[c_ptr, j] = np.uint8(y & 0xFF)
+                    beat_data[slot, j] = np.uint8(y & 0xFF)
                 else:
                     u = v & 0xFFFFFFFF
                     for b in range(4):
-                        image[c_ptr, 4 * j + b] = np.uint8((u >> (8 * b)) & 0xFF)
+                        beat_data[slot, 4 * j + b] = np.uint8((u >> (8 * b)) & 0xFF)
+            issued += 1
             c_ptr += 1
             if dr_cnt == out_beats - 1:
                 dr_cnt = 0
                 shadow_full = False
-                if cp_done and last_issue < t - 2:
-                    return t
             else:
                 dr_cnt += 1
         if pend_at == t:
@@ -292,7 +320,7 @@ def run_gemm_on_image(acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmComma
     cycles = _step_kernel(image, cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.a_base, cmd.b_base, cmd.c_base,
                           bool(cmd.requant), cmd.shift, geo.rows, geo.cols, geo.k_tile, mem.bus_bytes,
                           geo.a_beats, geo.b_beats, mem.latency, mem.max_burst, mem.outstanding,
-                          mem.beat_interval, max_cycles, events)
+                          mem.beat_interval, max_cycles, events, acfg.gemm.out_credits, acfg.gemm.out_stages)
     if cycles < 0:
         raise RuntimeError(f"GEMM model did not finish within {max_cycles} cycles")
     return int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True))
@@ -309,7 +337,8 @@ def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: boo
 # ----------------------------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstanding, interval):
+def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstanding, interval, pc, stages,
+                 n_cred):
     """Cycle of the last write, and the load/drain stall cycles, from the schedule's recurrences:
 
     request j (in order; step s(j)'s A bursts, then its B bursts) is accepted at
@@ -317,8 +346,9 @@ def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstand
     its beats arrive at first_j = max(acc_j + latency, last_beat_{j-1} + interval), then every interval;
     step s may start issuing once its last beat is in: F_s = max(last_issue(s-1) + 1, last_beat + 1),
     issues TK k's back to back, except that an output tile's final k waits for the shadow register
-    (last drain beat of the previous tile + 1); the drain of a tile whose final k issued at L starts at
-    max(L + 3, last_write + interval) and writes a beat every interval cycles.
+    (last drain issue of the previous tile + 1); the drain of a tile whose final k issued at L issues beat
+    j at e_j = max(L + pc, e_{j-1} + 1, w_{j-credits} + 1) (pc = pipeline_cycles) and the beat leaves at
+    w_j = max(e_j + out_stages + 1, w_{j-1} + interval).
     """
     n_a = (AB + max_burst - 1) // max_burst
     n_b = (BB + max_burst - 1) // max_burst
@@ -329,6 +359,9 @@ def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstand
     lb_prev = _NEVER
     last_w = _NEVER
     shadow_free = 0
+    wring = np.full(n_cred, _NEVER, np.int64)
+    e_prev = _NEVER
+    bj = 0
     j = 0
     drain_stall = 0
     steps = mt * nt * kt
@@ -361,11 +394,21 @@ def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstand
             if shadow_free > last:
                 drain_stall += shadow_free - last
                 last = shadow_free
-            d0 = last + 3
-            if last_w + interval > d0:
-                d0 = last_w + interval
-            last_w = d0 + (out_beats - 1) * interval
-            shadow_free = last_w + 1
+            e = last + pc
+            for _ in range(out_beats):
+                if e_prev + 1 > e:
+                    e = e_prev + 1
+                slot = bj % n_cred
+                if wring[slot] + 1 > e:          # the credit of beat bj - n_cred
+                    e = wring[slot] + 1
+                w = e + stages + 1
+                if last_w + interval > w:
+                    w = last_w + interval
+                wring[slot] = w
+                last_w = w
+                e_prev = e
+                bj += 1
+            shadow_free = e_prev + 1
         li_prev2 = li_prev
         li_prev = last
     return last_w, li_prev, drain_stall
@@ -389,7 +432,8 @@ def gemm_fast(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmTiming:
     ob = geo.out_beats(cmd.requant)
     cycles, last_issue, drain_stall = _fast_kernel(
         cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, geo.k_tile, geo.a_beats, geo.b_beats, ob, mem.latency,
-        mem.max_burst, mem.outstanding, mem.beat_interval)
+        mem.max_burst, mem.outstanding, mem.beat_interval, acfg.gemm.pipeline_cycles, acfg.gemm.out_stages,
+        acfg.gemm.out_credits)
     steps = cmd.steps
     issues = steps * geo.k_tile
     tail = int(cycles - last_issue)
