@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "MemoryConfig", "GemmGeometry", "AcceleratorConfig",
+__all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "MemoryConfig", "DeviceConfig", "GemmGeometry",
+           "AcceleratorConfig",
            "load_config", "config_from_dict", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -219,6 +220,25 @@ class MemoryConfig:
 
 
 @dataclass(frozen=True)
+class DeviceConfig:
+    """The board around the accelerator, for whole-model estimates (not the RTL).
+
+    ``family`` picks the energy table ``configs/energy/<family>.yaml``; ``host_gflops`` and ``host_gbs`` are
+    the sustained float32 throughput and memory bandwidth of the host CPU that runs the host ops (norms,
+    softmax, RoPE, activations, LM head); ``static_w`` is the board's static power while it runs.
+    """
+
+    name: str = "generic"
+    family: str = "ecp5"
+    host_gflops: float = 2.0
+    host_gbs: float = 2.0
+    static_w: float = 0.5
+
+
+FAMILIES = ("ecp5", "ice40", "ultrascale_plus", "edge_soc")
+
+
+@dataclass(frozen=True)
 class GemmGeometry:
     """Derived sizes of the GEMM engine on its memory bus (one place; RTL, model and layout read them)."""
 
@@ -263,6 +283,7 @@ class AcceleratorConfig:
     tlmm: TlmmConfig = dataclasses.field(default_factory=TlmmConfig)
     gemm: GemmConfig = dataclasses.field(default_factory=GemmConfig)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+    device: DeviceConfig = dataclasses.field(default_factory=DeviceConfig)
     source: str = "<defaults>"
 
     @property
@@ -273,14 +294,15 @@ class AcceleratorConfig:
     def to_dict(self) -> dict:
         """Plain-data form (what the YAML holds), for JSON reports and hashing."""
         return {"name": self.name, "clock_mhz": self.clock_mhz, "tlmm": dataclasses.asdict(self.tlmm),
-                "gemm": dataclasses.asdict(self.gemm), "memory": dataclasses.asdict(self.memory)}
+                "gemm": dataclasses.asdict(self.gemm), "memory": dataclasses.asdict(self.memory),
+                "device": dataclasses.asdict(self.device)}
 
     def fingerprint(self) -> str:
         """Short stable hash of the hardware parameters (names build folders)."""
         import hashlib
         import json
 
-        hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz")}
+        hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz", "device")}
         return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -360,17 +382,27 @@ def _memory_from_dict(source: str, data: Any) -> MemoryConfig:
         addr_bits=_int(source, "memory.addr_bits", d["addr_bits"], 8, 32))
 
 
+def _device_from_dict(source: str, data: Any) -> DeviceConfig:
+    d = _section(source, "device", data, DeviceConfig)
+    return DeviceConfig(
+        name=_str(source, "device.name", d["name"]),
+        family=_choice(source, "device.family", d["family"], FAMILIES),
+        host_gflops=_number(source, "device.host_gflops", d["host_gflops"], 0.001, 1e5),
+        host_gbs=_number(source, "device.host_gbs", d["host_gbs"], 0.001, 1e4),
+        static_w=_number(source, "device.static_w", d["static_w"], 0.0, 1000.0))
+
+
 def config_from_dict(data: Any, source: str = "<dict>") -> AcceleratorConfig:
     """Validate a parsed YAML document and build the config. Raises :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level: expected a mapping of fields, got {type(data).__name__}")
-    _check_keys(source, "", data, {"name", "clock_mhz", "tlmm", "gemm", "memory"}, {"tlmm"})
+    _check_keys(source, "", data, {"name", "clock_mhz", "tlmm", "gemm", "memory", "device"}, {"tlmm"})
     name = _str(source, "name", data.get("name", Path(source).stem))
     clock = _number(source, "clock_mhz", data.get("clock_mhz", 100.0), 1.0, 1000.0)
     memory = _memory_from_dict(source, data.get("memory", {}))
     return AcceleratorConfig(name=name, clock_mhz=clock, tlmm=_tlmm_from_dict(source, data["tlmm"]),
                              gemm=_gemm_from_dict(source, data.get("gemm", {}), memory), memory=memory,
-                             source=source)
+                             device=_device_from_dict(source, data.get("device", {})), source=source)
 
 
 def load_config(path: str | Path | None = None) -> AcceleratorConfig:
