@@ -29,8 +29,8 @@ class CompiledModel:
     lowering: object
     timings: dict = field(default_factory=dict)
 
-    def program(self, tokens: int, pos: int = 0):
-        return self.lowering.program(tokens, pos)
+    def program(self, tokens: int, pos: int = 0, logits: str = "all"):
+        return self.lowering.program(tokens, pos, logits)
 
 
 def load_model(spec: str, device: str = "cpu"):

@@ -136,7 +136,10 @@ class _Host:
         self.put(op.outputs[0], yi.to(torch.float32) * (sx * op.attrs["scale"]))
 
     def op_lm_head(self, op):
-        self.put(op.outputs[0], hostops.linear(self.f32(op.inputs[0]), self.f32(op.attrs["weight"])))
+        x = self.f32(op.inputs[0])
+        if op.attrs.get("last_only"):
+            x = x[-1:]
+        self.put(op.outputs[0], hostops.linear(x, self.f32(op.attrs["weight"])))
 
     # ---- attention (same operations and order as compiler.capture.attention_int) ----
     def op_attn_prep(self, op):

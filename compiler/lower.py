@@ -191,7 +191,11 @@ class Lowering:
         return img
 
     # ------------------------------------------------------------------ one step
-    def program(self, tokens: int, pos: int) -> Program:
+    def program(self, tokens: int, pos: int, logits: str = "all") -> Program:
+        """The Program of the step (``tokens`` new tokens at position ``pos``). ``logits="last"`` computes
+        the LM head for the step's last token only (what generation needs; a prefill's TTFT)."""
+        if logits not in ("all", "last"):
+            raise ValueError(f"logits={logits!r}: expected 'all' or 'last'")
         if tokens < 1:
             raise CompileError(f"<model>: a step needs at least one token, got {tokens}")
         if pos + tokens > self.mc["max_seq"]:
@@ -215,9 +219,12 @@ class Lowering:
                     outs.append(v)
                     quant_of[v] = {"k": f[v]}
                     continue
-                plan.tensor(v, T * f[v] * 4, "float32", [T, f[v]])
+                rows = 1 if (kind == "lm_head" and logits == "last") else T
+                plan.tensor(v, rows * f[v] * 4, "float32", [rows, f[v]])
                 outs.append(v)
             attrs = dict(op.attrs)
+            if kind == "lm_head":
+                attrs["last_only"] = logits == "last"
             if kind == "embed":
                 attrs["vocab"] = int(self.state[op.attrs["weight"]].shape[0])
             plan.items.append(("host", HostOp(op.name, kind, list(op.inputs), outs, attrs, op.where)))

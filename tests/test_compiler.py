@@ -170,6 +170,8 @@ def test_greedy_generation_through_step_programs(repo):
         if i < 11:
             logits, _ = rt.run(cm.program(1, len(toks) - 1), [toks[-1]])
     assert toks == ref
+    last = execute(cm.program(len(prompt), 0, logits="last"), prompt.numpy())[0]
+    assert last.shape == (1, SMALL.vocab) and torch.equal(last[0], m(prompt[None], mode="int")[0, -1])
 
 
 def test_program_round_trip_and_bad_files(tmp_path, repo):
