@@ -195,6 +195,47 @@ def cmd_compile(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- estimate
+def cmd_estimate(args) -> int:
+    from compiler import CompileError
+    from tritium.estimate import estimate, plot_estimates
+    from tritium.report import table
+
+    acfg = load_config(args.config)
+    try:
+        r = estimate(args.model, acfg, args.prompt, args.context)
+        plots = [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot))] if args.plot else []
+    except CompileError as e:
+        print(f"tritium: error: {e}", file=sys.stderr)
+        return EXIT_INPUT
+    r.pop("_steps")
+    r["plots"] = plots
+    if args.json:
+        print(json.dumps(r, indent=1))
+        return 0
+    pct = lambda d: ", ".join(f"{k} {v:.0%}" for k, v in d.items() if v >= 0.005)  # noqa: E731
+    rows = [
+        ["TTFT (prefill of the prompt)", f"{r['ttft_s'] * 1e3:,.1f} ms", r["bound"]["prefill"]],
+        ["prefill throughput", f"{r['prefill_tokens_per_s']:,.1f} tokens/s", pct(r["time_share"]["prefill"])],
+        ["decode", f"{r['decode_tokens_per_s']:,.2f} tokens/s ({r['decode_s_per_token'] * 1e3:,.1f} ms/token)",
+         r["bound"]["decode"]],
+        ["decode time share", pct(r["time_share"]["decode"]), "no overlap between commands"],
+        ["energy per decoded token", f"{r['j_per_token']:.3f} J", pct({k: v / r['j_per_token'] for k, v in
+                                                                      r["energy_j"]["decode"].items()})],
+        ["average power (decode)", f"{r['avg_power_w']:.2f} W", f"static {acfg.device.static_w:g} W included"],
+        ["DRAM bytes per token", f"{r['dram_bytes_per_token'] / 2**20:,.1f} MiB",
+         f"bandwidth limit {r['dram_limit_tokens_per_s']:,.1f} tokens/s"],
+        ["engine utilization (decode)", pct(r["utilization"]["decode"]), "issue cycles / step time"],
+        ["engine utilization (prefill)", pct(r["utilization"]["prefill"]), ""],
+    ]
+    print(table(["figure (modeled)", "value", "note"], rows,
+                title=f"{args.model} on {acfg.name} — {acfg.device.name}, {acfg.clock_mhz:g} MHz, "
+                      f"prompt {args.prompt}, context {args.context}"))
+    for p in plots:
+        print(f"plot: {p}")
+    return 0
+
+
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
     from hw.fpga import BOARDS, FitError, FlowError, build_bitstream
@@ -262,6 +303,15 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument("--pos", type=_non_negative, default=0, help="position of the step's first token (default 0)")
     co.add_argument("--json", action="store_true", help="print a JSON summary")
     co.set_defaults(func=cmd_compile)
+
+    es = sub.add_parser("estimate", help="modeled whole-model TTFT, tokens/s, J/token, bounds and plots")
+    es.add_argument("--model", required=True, help="preset name (bitnet-0.7b, bitnet-2b, tiny) or checkpoint .pt")
+    es.add_argument("--config", default=None, help=cfg_help)
+    es.add_argument("--prompt", type=_positive, default=64, help="prompt tokens of the prefill (default 64)")
+    es.add_argument("--context", type=_positive, default=1024, help="context length of the decode step (default 1024)")
+    es.add_argument("--plot", default=None, metavar="DIR", help="write context.png, roofline-tlmm.png, roofline-gemm.png")
+    es.add_argument("--json", action="store_true", help="print JSON")
+    es.set_defaults(func=cmd_estimate)
 
     b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of one engine, with a report")
     b.add_argument("--config", default=None, help=cfg_help)

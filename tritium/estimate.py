@@ -1,0 +1,295 @@
+"""Whole-model performance and energy estimates (`tritium estimate`). Every figure here is MODELED.
+
+A model is compiled (compiler.compile_model) and the Programs of two steps are costed command by command:
+the prefill of the prompt (TTFT) and one decode step at the given context. Costs:
+
+- **TLMM** command: compute cycles from the closed form (``sim.tlmm_model.tlmm_cycles``; equal to the
+  stepped model, tested), bounded below by streaming its bytes (packed weights + activations + results)
+  through the memory port: ``max(compute, latency + ceil(bytes / (bus_bytes / beat_interval)))``. The
+  memory bound is a roofline bound, not a cycle-exact model (the TLMM co-simulation feeds streams directly).
+- **GEMM** command: ``sim.gemm_model.gemm_fast`` — exact cycles including its own memory traffic under the
+  memory model (tested equal to the stepped model, which is co-simulated against the RTL).
+- **HOST** op: ``max(flops / host_gflops, bytes / host_gbs)`` with the per-element costs of
+  :data:`HOST_COST` (counted from models/hostops.py's implementations).
+- **Overlap**: none. Commands run in Program order; an engine command starts when the previous command has
+  finished and the accelerator waits for each HOST op (conservative: real designs overlap weight loading,
+  host ops and compute).
+- **Energy**: Σ events × per-event energy (configs/energy/<device.family>.yaml, with sources) + host power ×
+  host time + ``device.static_w`` × total time.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from hw.config import AcceleratorConfig, ConfigError
+from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.program import Program, tlmm_wgt_beat_bytes
+from hw.ternary import TlmmShape
+from sim.gemm_model import gemm_fast
+from sim.tlmm_model import tlmm_cycles, tlmm_events_closed_form
+
+__all__ = ["HOST_COST", "load_energy", "StepCost", "cost_program", "estimate", "plot_estimates"]
+
+ENERGY_DIR = Path(__file__).resolve().parent.parent / "configs" / "energy"
+ENERGY_KEYS = ("lookup", "table_entry", "mac8", "sram_byte", "dram_byte")
+
+# Host-op cost per element: (flops, bytes moved). Counted from models/hostops.py (fold_sum: 1 add per
+# element; exp: ~30 float64 operations for the degree-13 polynomial and range reduction).
+HOST_COST = {
+    "embed": (0, 8),             # copy a row: read + write float32
+    "rmsnorm": (4, 8),           # square, sum, scale, weight
+    "rmsnorm+quant": (8, 5),     # + absmax, scale, round, clamp; writes int8
+    "relu2": (3, 12), "relu2+quant": (7, 9),
+    "swiglu": (34, 12), "swiglu+quant": (38, 9),
+    "add": (1, 12), "quant": (4, 5),
+    "dequant": (2, 12),          # int32 → float32 × (s_x · s_w)
+    "attn_prep": (10, 6),        # RoPE + quantize, per q/k/v element
+    "attn_softmax": (40, 6),     # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
+    "attn_out": (2, 8),          # per output element
+}
+
+
+def load_energy(family: str) -> dict:
+    path = ENERGY_DIR / f"{family}.yaml"
+    try:
+        data = yaml.safe_load(path.read_text())
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: file not found (device.family={family!r})") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML ({e})") from None
+    if not isinstance(data, dict) or not isinstance(data.get("pj"), dict):
+        raise ConfigError(f"{path}: expected a mapping with a 'pj' table")
+    for k in ENERGY_KEYS:
+        v = data["pj"].get(k)
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
+            raise ConfigError(f"{path}: pj.{k}: expected a non-negative number, got {v!r}")
+    hw_ = data.get("host_w")
+    if isinstance(hw_, bool) or not isinstance(hw_, (int, float)) or hw_ < 0:
+        raise ConfigError(f"{path}: host_w: expected a non-negative number, got {hw_!r}")
+    return data
+
+
+@dataclass
+class StepCost:
+    """Modeled cost of one step Program."""
+
+    seconds: float = 0.0
+    engine_cycles: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})
+    compute_cycles: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})   # without memory bounds
+    host_seconds: float = 0.0
+    time_by: dict = field(default_factory=lambda: {"tlmm compute": 0.0, "tlmm memory": 0.0, "gemm": 0.0,
+                                                   "host": 0.0})
+    dram_bytes: int = 0
+    energy_j: dict = field(default_factory=lambda: {"tlmm": 0.0, "gemm": 0.0, "dram": 0.0, "host": 0.0,
+                                                    "static": 0.0})
+    busy_issue: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})       # cycles with an issue
+    commands: int = 0
+    roofline: list = field(default_factory=list)     # (engine, ops, dram bytes, seconds) per command
+
+    @property
+    def energy_total_j(self) -> float:
+        return sum(self.energy_j.values())
+
+    @property
+    def bound(self) -> str:
+        """What takes most of the step's time."""
+        k = max(self.time_by, key=self.time_by.get)
+        return {"tlmm compute": "compute (TLMM)", "tlmm memory": "memory (TLMM weight streaming)",
+                "gemm": "GEMM (attention)", "host": "host"}[k]
+
+
+def _host_cost(prog: Program, op) -> tuple[float, float]:
+    """(flops, bytes) of a host op from its tensors' sizes."""
+    kind = op.kind
+    t = prog.tensors
+    a = op.attrs
+    if kind == "lm_head":
+        w = t[a["weight"]].shape
+        x = t[op.inputs[0]].shape
+        rows = 1 if a.get("last_only") else x[0]
+        return 2.0 * rows * w[0] * w[1], 4.0 * w[0] * w[1] + 4.0 * rows * w[0]
+    if kind in ("attn_prep", "attn_softmax", "attn_out"):
+        h, hkv, hd, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"]
+        ctx = a["pos"] + T
+        n = {"attn_prep": T * (h + 2 * hkv) * hd, "attn_softmax": h * T * ctx, "attn_out": h * T * hd}[kind]
+    else:
+        first = t.get(op.inputs[0]) if op.inputs else None
+        if first is not None and first.attrs.get("parts"):
+            n = first.shape[0] * first.shape[1]
+        elif kind == "embed":
+            out = t[op.outputs[0]].shape
+            n = out[0] * out[1]
+        else:
+            n = math.prod(first.shape) if first is not None else 0
+    f, b = HOST_COST[kind]
+    return float(f * n), float(b * n)
+
+
+def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = None,
+                 memory_bound: bool = True) -> StepCost:
+    """Cost every command of ``prog`` (see the module doc). ``memory_bound=False`` drops the TLMM memory
+    bound, leaving exactly the cycle models' counts (what executing the Program on the stepped models gives)."""
+    energy = energy or load_energy(acfg.device.family)
+    pj = energy["pj"]
+    t, mem, dev = acfg.tlmm, acfg.memory, acfg.device
+    f = acfg.clock_mhz * 1e6
+    bw = mem.bus_bytes / mem.beat_interval
+    wb = tlmm_wgt_beat_bytes(t)
+    c = StepCost()
+    for cmd in prog.commands():
+        c.commands += 1
+        if isinstance(cmd, TlmmCommand):
+            m, kc, nb = cmd.tokens, cmd.k_chunks, cmd.n_blocks
+            shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
+            comp = tlmm_cycles(t, shape)
+            nbytes = kc * nb * wb + kc * m * t.chunk_k + nb * m * t.columns * 4
+            memc = mem.latency + math.ceil(nbytes / bw) if memory_bound else 0
+            cyc = max(comp, memc)
+            ev = tlmm_events_closed_form(t, shape)
+            c.engine_cycles["tlmm"] += cyc
+            c.compute_cycles["tlmm"] += comp
+            c.busy_issue["tlmm"] += kc * nb * m
+            c.time_by["tlmm memory" if memc > comp else "tlmm compute"] += cyc / f
+            c.dram_bytes += nbytes
+            c.energy_j["tlmm"] += 1e-12 * (ev["lookups"] * pj["lookup"] + ev["table_entry_writes"] * pj["table_entry"]
+                                           + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns
+                                           * pj["sram_byte"])
+            c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
+            c.roofline.append(("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f))
+            c.seconds += cyc / f
+        elif isinstance(cmd, GemmCommand):
+            g = gemm_fast(acfg, cmd)
+            ev = g.events
+            nbytes = (ev["read_beats"] + ev["write_beats"]) * mem.bus_bytes
+            c.engine_cycles["gemm"] += g.cycles
+            c.compute_cycles["gemm"] += g.cycles
+            c.busy_issue["gemm"] += ev["issue_cycles"]
+            c.time_by["gemm"] += g.cycles / f
+            c.dram_bytes += nbytes
+            c.energy_j["gemm"] += 1e-12 * (ev["macs"] * pj["mac8"] + (ev["buffer_reads"] + ev["buffer_writes"])
+                                           * mem.bus_bytes * pj["sram_byte"])
+            c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
+            c.roofline.append(("gemm", 2.0 * ev["macs"], nbytes, g.cycles / f))
+            c.seconds += g.cycles / f
+        elif isinstance(cmd, HostCommand):
+            op = prog.host_ops[cmd.op]
+            flops, nbytes = _host_cost(prog, op)
+            s = max(flops / (dev.host_gflops * 1e9), nbytes / (dev.host_gbs * 1e9))
+            c.host_seconds += s
+            c.time_by["host"] += s
+            c.energy_j["host"] += s * energy["host_w"]
+            c.seconds += s
+    c.energy_j["static"] = dev.static_w * c.seconds
+    return c
+
+
+def _compiled(model_spec: str, acfg: AcceleratorConfig, cache: dict = {}):  # noqa: B006 - per-process cache
+    from compiler import compile_model, load_model
+
+    key = (model_spec, acfg.fingerprint())
+    if key not in cache:
+        cache[key] = compile_model(load_model(model_spec), acfg)
+    return cache[key]
+
+
+def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int) -> dict:
+    """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens."""
+    cm = _compiled(model_spec, acfg)
+    max_seq = cm.lowering.mc["max_seq"]
+    if not 1 <= prompt <= max_seq:
+        raise ValueError(f"--prompt: {prompt} must be in 1..{max_seq} (the model's max_seq)")
+    if not 1 <= context <= max_seq:
+        raise ValueError(f"--context: {context} must be in 1..{max_seq} (the model's max_seq)")
+    energy = load_energy(acfg.device.family)
+    pre = cost_program(cm.program(prompt, 0, logits="last"), acfg, energy)
+    dec = cost_program(cm.program(1, context - 1, logits="last"), acfg, energy)
+    f = acfg.clock_mhz * 1e6
+
+    def util(c: StepCost, eng: str) -> float:
+        return c.busy_issue[eng] / (c.seconds * f) if c.seconds else 0.0
+
+    return {
+        "model": model_spec, "config": acfg.name, "device": acfg.device.name, "clock_mhz": acfg.clock_mhz,
+        "prompt": prompt, "context": context, "modeled": True,
+        "prefill_s": pre.seconds, "ttft_s": pre.seconds, "prefill_tokens_per_s": prompt / pre.seconds,
+        "decode_s_per_token": dec.seconds, "decode_tokens_per_s": 1.0 / dec.seconds,
+        "j_per_token": dec.energy_total_j, "avg_power_w": dec.energy_total_j / dec.seconds,
+        "prefill_energy_j": pre.energy_total_j,
+        "dram_bytes_per_token": dec.dram_bytes,
+        "dram_limit_tokens_per_s": (acfg.memory.bus_bytes / acfg.memory.beat_interval) * f / dec.dram_bytes,
+        "bound": {"prefill": pre.bound, "decode": dec.bound},
+        "time_share": {"prefill": {k: v / pre.seconds for k, v in pre.time_by.items()},
+                       "decode": {k: v / dec.seconds for k, v in dec.time_by.items()}},
+        "utilization": {"prefill": {e: util(pre, e) for e in ("tlmm", "gemm")},
+                        "decode": {e: util(dec, e) for e in ("tlmm", "gemm")}},
+        "energy_j": {"prefill": pre.energy_j, "decode": dec.energy_j},
+        "commands": {"prefill": pre.commands, "decode": dec.commands},
+        "_steps": (pre, dec),
+    }
+
+
+def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8) -> list[Path]:
+    """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = _compiled(model_spec, acfg)
+    max_seq = cm.lowering.mc["max_seq"]
+    energy = load_energy(acfg.device.family)
+    ctxs = sorted({max(1, round(max_seq * (i + 1) / points)) for i in range(points)})
+    prompts = [p for p in (16, 32, 64, 128, 256, 512) if p <= max_seq]
+    decs = [cost_program(cm.program(1, c - 1, logits="last"), acfg, energy) for c in ctxs]
+    pres = [cost_program(cm.program(p, 0, logits="last"), acfg, energy) for p in prompts]
+    out_dir.mkdir(parents=True, exist_ok=True)
+    paths = []
+    fig, ax = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
+    ax[0].plot(ctxs, [1.0 / d.seconds for d in decs], "o-")
+    ax[0].set_xlabel("context length (tokens)")
+    ax[0].set_ylabel("decode tokens/s (modeled)")
+    ax[1].plot(prompts, [p.seconds for p in pres], "o-", color="C1")
+    ax[1].set_xlabel("prompt length (tokens)")
+    ax[1].set_ylabel("TTFT, s (modeled)")
+    for a in ax:
+        a.grid(alpha=0.3)
+    fig.suptitle(f"{model_spec} on {acfg.name} ({acfg.device.name}, {acfg.clock_mhz:g} MHz)", fontsize=9)
+    fig.tight_layout()
+    p = out_dir / "context.png"
+    fig.savefig(p)
+    plt.close(fig)
+    paths.append(p)
+    pre, dec = pres[-1], decs[-1]
+    bw = acfg.memory.bus_bytes / acfg.memory.beat_interval * acfg.clock_mhz * 1e6
+    # peak ops/s: a lookup stands for G multiply-adds (2·G ops); a MAC for 2 ops
+    peaks = {"tlmm": 2 * acfg.tlmm.group_size * acfg.tlmm.lookups_per_cycle * acfg.clock_mhz * 1e6,
+             "gemm": 2 * acfg.gemm.macs * acfg.clock_mhz * 1e6}
+    for eng in ("tlmm", "gemm"):
+        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
+        for label, step, mk in (("prefill", pre, "o"), ("decode", dec, "x")):
+            pts = [(ops / b, ops / s / 1e9) for e, ops, b, s in step.roofline if e == eng and b and s]
+            if pts:
+                ax.plot([x for x, _ in pts], [y for _, y in pts], mk, ms=4, alpha=0.6, label=f"{label} commands")
+        peak = peaks[eng] / 1e9
+        xs = [10 ** (i / 20) for i in range(-40, 81)]
+        ax.plot(xs, [min(peak, bw * x / 1e9) for x in xs], "k--", lw=1,
+                label=f"roofline: {peak:.0f} GOPS, {bw / 1e9:.1f} GB/s")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("ops per DRAM byte")
+        ax.set_ylabel("achieved GOPS (modeled)")
+        ax.set_title(f"{eng.upper()} roofline: {model_spec}, prefill {prompts[-1]} / decode at {ctxs[-1]}",
+                     fontsize=9)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        p = out_dir / f"roofline-{eng}.png"
+        fig.savefig(p)
+        plt.close(fig)
+        paths.append(p)
+    return paths
