@@ -108,6 +108,29 @@ def _bench_compile(acfg: AcceleratorConfig, log=print) -> dict:
                      prog.meta["memory_beats"] * acfg.memory.bus_bytes / 2**20])
     print(table(["preset", "compile s (target < 30)", "of which torch.export s", "commands", "memory MiB"], rows,
                 title="tritium bench — compile on meta tensors (64-token prefill step), measured"))
+    out["estimate"] = _bench_estimate(acfg, log)
+    return out
+
+
+def _bench_estimate(acfg: AcceleratorConfig, log=print) -> dict:
+    """Time of one `tritium estimate` (prefill 64 + decode at context 1024) per preset, first and repeated."""
+    from tritium.estimate import _compiled, estimate
+
+    rows, out = [], {}
+    for name in ("bitnet-0.7b", "bitnet-2b"):
+        log(f"[bench] estimating {name} ...")
+        _compiled.__defaults__[0].clear()          # a cold estimate includes capture and passes
+        t0 = time.perf_counter()
+        r = estimate(name, acfg, 64, 1024)
+        cold = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        estimate(name, acfg, 64, 1024)
+        warm = time.perf_counter() - t0
+        out[name] = {"cold_s": cold, "warm_s": warm, "decode_tokens_per_s": r["decode_tokens_per_s"]}
+        rows.append([name, cold, warm, r["decode_tokens_per_s"], r["ttft_s"]])
+    print(table(["preset", "estimate s, first (incl. torch.export)", "estimate s, again (target < 2)",
+                 "decode tok/s (modeled)", "TTFT s (modeled)"], rows,
+                title=f"tritium bench — whole-model estimate, prompt 64, context 1024, config {acfg.name}, measured"))
     return out
 
 
