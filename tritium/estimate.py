@@ -233,6 +233,17 @@ def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int
     }
 
 
+def _save(fig, path: Path) -> Path:
+    """Write a figure under a temporary name, then rename: a PNG on disk is always complete."""
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_suffix(".tmp.png")
+    fig.savefig(tmp)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
 def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8) -> list[Path]:
     """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled)."""
     import matplotlib
@@ -260,10 +271,7 @@ def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, poin
         a.grid(alpha=0.3)
     fig.suptitle(f"{model_spec} on {acfg.name} ({acfg.device.name}, {acfg.clock_mhz:g} MHz)", fontsize=9)
     fig.tight_layout()
-    p = out_dir / "context.png"
-    fig.savefig(p)
-    plt.close(fig)
-    paths.append(p)
+    paths.append(_save(fig, out_dir / "context.png"))
     pre, dec = pres[-1], decs[-1]
     bw = acfg.memory.bus_bytes / acfg.memory.beat_interval * acfg.clock_mhz * 1e6
     # peak ops/s: a lookup stands for G multiply-adds (2·G ops); a MAC for 2 ops
@@ -288,8 +296,5 @@ def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, poin
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        p = out_dir / f"roofline-{eng}.png"
-        fig.savefig(p)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out_dir / f"roofline-{eng}.png"))
     return paths
