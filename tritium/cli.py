@@ -315,8 +315,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of one engine, with a report")
     b.add_argument("--config", default=None, help=cfg_help)
-    b.add_argument("--board", default="ulx3s", help="ulx3s (ECP5-85F, default) or icebreaker (iCE40 UP5K)")
-    b.add_argument("--engine", choices=["tlmm", "gemm"], default="tlmm",
+    b.add_argument("--board", default="ulx3s", help="ulx3s (ECP5-85F, default), icebreaker (iCE40 UP5K) or kv260 "
+                                                   "(K26, Yosys synth_xilinx resource estimate only)")
+    b.add_argument("--engine", choices=["tlmm", "gemm", "all"], default="tlmm",
                    help="tlmm (table-lookup ternary matmul, default) or gemm (temporal int8 GEMM); "
                         "outputs go to OUT/<board>-<config>-<engine>/")
     b.add_argument("--out", default="build/bitstream", help="output folder (default build/bitstream)")
