@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from hw.gemm_layout import pack_a
+from hw.gemm_layout import gemm_shape, pack_a, unpack_c
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
 from hw.program import Program, unpack_tlmm_weights
 from hw.ternary import TlmmShape
@@ -88,11 +88,12 @@ class _Host:
         return torch.from_numpy(((y + 2**31) % 2**32 - 2**31).astype(np.int32))
 
     def gemm_out(self, name: str, rows: int, cols: int) -> torch.Tensor:
-        R, C = self.geo.rows, self.geo.cols
-        mt, nt = -(-rows // R), -(-cols // C)
-        flat = self.raw(name)[: mt * nt * R * C * 4].view("<i4").reshape(mt, nt, R, C)
-        full = flat.transpose(0, 2, 1, 3).reshape(mt * R, nt * C)
-        return torch.from_numpy(np.ascontiguousarray(full[:rows, :cols]))
+        """A GEMM's int32 output (rows × cols) from its output tiles; the padding holds KV-cache slots
+        not yet written, so it is not checked."""
+        shape = gemm_shape(self.geo, rows, 1, cols)
+        nbytes = shape.m_tiles * shape.n_tiles * self.geo.rows * self.geo.cols * 4
+        out = unpack_c(self.raw(name)[:nbytes], self.geo, shape, requant=False, check_padding=False)
+        return torch.from_numpy(np.ascontiguousarray(out))
 
     # ---- ops ----
     def run(self, op) -> None:

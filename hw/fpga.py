@@ -188,7 +188,21 @@ def _make_platform(board: _Board, clock_hz: float) -> TemplatedPlatform:
 # Board top
 # ------------------------------------------------------------------------------------------------------
 
-class BoardTop(Elaboratable):
+class _PinnedTop(Elaboratable):
+    """A board top and the signals it exchanges with its pins: ``seed_in`` (from the button), ``parity_out``
+    and ``busy_out`` (to the LEDs). With ``leds``/``button`` None no pin is requested and these signals are
+    the top's ports, driven or read by an enclosing module (:class:`AllBoardTop`, the Xilinx flow)."""
+
+    def __init__(self, *, leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
+                 button: tuple[str, int] | None = ("button", 0)):
+        self.leds = leds
+        self.button = button
+        self.seed_in = Signal(name="seed_in")
+        self.parity_out = Signal(name="parity_out")
+        self.busy_out = Signal(name="busy_out")
+
+
+class BoardTop(_PinnedTop):
     """The TLMM engine with self-driven streams, one result LED and one busy LED.
 
     * A 32-bit Galois LFSR (x^32 + x^22 + x^2 + x + 1) shifts 8 fresh bits per cycle, XORed with a button,
@@ -205,12 +219,9 @@ class BoardTop(Elaboratable):
       top-level ports in :func:`xilinx_resources`). The same holds for :class:`GemmBoardTop`.
     """
 
-    def __init__(self, cfg: TlmmConfig, *, leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
-                 button: tuple[str, int] | None = ("button", 0)):
+    def __init__(self, cfg: TlmmConfig, **pins):
+        super().__init__(**pins)
         self.cfg = cfg
-        self.leds = leds
-        self.button = button
-        _internal_pins(self)
 
     def elaborate(self, platform):
         m = Module()
@@ -242,15 +253,6 @@ class BoardTop(Elaboratable):
         return m
 
 
-def _internal_pins(top) -> None:
-    """The signals a board top exchanges with its pins: ``seed_in`` (from the button), ``parity_out`` and
-    ``busy_out`` (to the LEDs). With ``leds``/``button`` None no pin is requested and these signals are the
-    top's ports, driven or read by an enclosing module (:class:`AllBoardTop`, the Xilinx flow)."""
-    top.seed_in = Signal(name="seed_in")
-    top.parity_out = Signal(name="parity_out")
-    top.busy_out = Signal(name="busy_out")
-
-
 def _stimulus(m: Module, platform, top, pool_bits: int) -> tuple[Signal, Signal]:
     """A 32-bit LFSR and a ``pool_bits``-wide register that shifts in 8 LFSR bits (XOR the button) per
     cycle: every pool bit is a distinct register fed, ultimately, by an input pin (``top.button``, or the
@@ -278,7 +280,7 @@ def _drive_leds(m: Module, platform, top, parity: Signal, busy: Signal) -> None:
         m.d.comb += [led_parity.o.eq(parity), led_busy.o.eq(busy)]
 
 
-class GemmBoardTop(Elaboratable):
+class GemmBoardTop(_PinnedTop):
     """The temporal GEMM engine with self-driven streams, one result LED and one busy LED.
 
     * The ``rdata`` payload (8·bus_bytes bits) and the whole ``cmd`` payload (tile counts, shift, base
@@ -294,13 +296,9 @@ class GemmBoardTop(Elaboratable):
       the board top's XOR tree, so the timing report is the engine's.
     """
 
-    def __init__(self, acfg: AcceleratorConfig, *,
-                 leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
-                 button: tuple[str, int] | None = ("button", 0)):
+    def __init__(self, acfg: AcceleratorConfig, **pins):
+        super().__init__(**pins)
         self.acfg = acfg
-        self.leds = leds
-        self.button = button
-        _internal_pins(self)
 
     def elaborate(self, platform):
         m = Module()
@@ -334,19 +332,15 @@ class GemmBoardTop(Elaboratable):
         return m
 
 
-class AllBoardTop(Elaboratable):
+class AllBoardTop(_PinnedTop):
     """Both engines side by side, as a system that uses both would hold them: a :class:`BoardTop` (TLMM)
     and a :class:`GemmBoardTop` (GEMM), each with its own stimulus, sharing the button; LED 0 shows the
     XOR of both result parities, LED 1 the OR of both busy flags. The engines share no logic (Yosys may
     merge the identical first stimulus registers), so the resources are those of both engines together."""
 
-    def __init__(self, acfg: AcceleratorConfig, *,
-                 leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
-                 button: tuple[str, int] | None = ("button", 0)):
+    def __init__(self, acfg: AcceleratorConfig, **pins):
+        super().__init__(**pins)
         self.acfg = acfg
-        self.leds = leds
-        self.button = button
-        _internal_pins(self)
 
     def elaborate(self, platform):
         m = Module()

@@ -80,17 +80,21 @@ def pack_b(b: np.ndarray, geo: GemmGeometry) -> np.ndarray:
     return tiles.reshape(-1, geo.bus_bytes).view(np.uint8)
 
 
-def unpack_c(beats: np.ndarray, geo: GemmGeometry, shape: GemmShape, requant: bool) -> np.ndarray:
-    """Output beats → C (M×N; int32, or int8 when requantized); checks that padded outputs are zero."""
+def unpack_c(beats: np.ndarray, geo: GemmGeometry, shape: GemmShape, requant: bool,
+             check_padding: bool = True) -> np.ndarray:
+    """Output beats → C (M×N; int32, or int8 when requantized); by default checks that padded outputs are
+    zero (``check_padding=False`` when the padding holds don't-care values, e.g. KV-cache slots not yet
+    written)."""
     R, C = geo.rows, geo.cols
     dt = np.dtype("<i1") if requant else np.dtype("<i4")
     flat = np.ascontiguousarray(beats, dtype=np.uint8).reshape(-1).view(dt)
     full = flat.reshape(shape.m_tiles, shape.n_tiles, R, C).transpose(0, 2, 1, 3)
     full = full.reshape(shape.m_tiles * R, shape.n_tiles * C)
-    pad = full.copy()
-    pad[: shape.m, : shape.n] = 0
-    if pad.any():
-        raise ValueError("GEMM output: a padded output position is not zero")
+    if check_padding:
+        pad = full.copy()
+        pad[: shape.m, : shape.n] = 0
+        if pad.any():
+            raise ValueError("GEMM output: a padded output position is not zero")
     return full[: shape.m, : shape.n].astype(np.int8 if requant else np.int32)
 
 

@@ -148,6 +148,19 @@ def _run_bench(test_module: str, top: str, bdir: Path, arrays: dict, meta: dict,
         return json.loads(result_file.read_text()), sim_s
 
 
+def _report(engine: str, acfg: AcceleratorConfig, rows: list[dict], meta_cases: list[dict], build_s: float,
+            model_s: float, sim_s: float) -> CosimReport:
+    """The comparison report of one co-simulation run, with the speeds of both simulators."""
+    rtl_cycles = sum(r["rtl_cycles"] for r in rows)
+    rtl_wall = sum(r["rtl_wall_s"] for r in rows)
+    model_cycles = sum(m["model_cycles"] for m in meta_cases)
+    return CosimReport(
+        engine=engine, config={**acfg.to_dict(), "source": acfg.source}, rows=rows, build_s=build_s,
+        verilator_cycles_per_s=rtl_cycles / rtl_wall if rtl_wall else 0.0,
+        model_cycles_per_s=model_cycles / model_s if model_s else 0.0,
+        extra={"simulation_s": round(sim_s, 2)})
+
+
 def warm_up_model(cfg) -> None:
     """Compile (or load from numba's cache) the model kernel so timings measure simulation only."""
     z = np.zeros((1, 1), np.int8)
@@ -175,14 +188,7 @@ def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: P
         meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
     rows, sim_s = _run_bench("sim.tlmm_bench", "tlmm", bdir, arrays, meta, len(cases), quiet)
-    rtl_cycles = sum(r["rtl_cycles"] for r in rows)
-    rtl_wall = sum(r["rtl_wall_s"] for r in rows)
-    model_cycles = sum(m["model_cycles"] for m in meta_cases)
-    return CosimReport(
-        engine="tlmm", config={**acfg.to_dict(), "source": acfg.source}, rows=rows, build_s=build_s,
-        verilator_cycles_per_s=rtl_cycles / rtl_wall if rtl_wall else 0.0,
-        model_cycles_per_s=model_cycles / model_s if model_s else 0.0,
-        extra={"simulation_s": round(sim_s, 2)})
+    return _report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
@@ -216,11 +222,4 @@ def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFA
                         "requant": cmd.requant, "shift": cmd.shift}})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
     rows, sim_s = _run_bench("sim.gemm_bench", "gemm", bdir, arrays, meta, len(cases), quiet)
-    rtl_cycles = sum(r["rtl_cycles"] for r in rows)
-    rtl_wall = sum(r["rtl_wall_s"] for r in rows)
-    model_cycles = sum(m["model_cycles"] for m in meta_cases)
-    return CosimReport(
-        engine="gemm", config={**acfg.to_dict(), "source": acfg.source}, rows=rows, build_s=build_s,
-        verilator_cycles_per_s=rtl_cycles / rtl_wall if rtl_wall else 0.0,
-        model_cycles_per_s=model_cycles / model_s if model_s else 0.0,
-        extra={"simulation_s": round(sim_s, 2)})
+    return _report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)

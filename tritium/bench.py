@@ -114,12 +114,12 @@ def _bench_compile(acfg: AcceleratorConfig, log=print) -> dict:
 
 def _bench_estimate(acfg: AcceleratorConfig, log=print) -> dict:
     """Time of one `tritium estimate` (prefill 64 + decode at context 1024) per preset, first and repeated."""
-    from tritium.estimate import _compiled, estimate
+    from tritium.estimate import clear_cache, estimate
 
     rows, out = [], {}
     for name in ("bitnet-0.7b", "bitnet-2b"):
         log(f"[bench] estimating {name} ...")
-        _compiled.__defaults__[0].clear()          # a cold estimate includes capture and passes
+        clear_cache()          # a cold estimate includes capture and passes
         t0 = time.perf_counter()
         r = estimate(name, acfg, 64, 1024)
         cold = time.perf_counter() - t0

@@ -141,6 +141,7 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
     bw = mem.bus_bytes / mem.beat_interval
     wb = tlmm_wgt_beat_bytes(t)
     c = StepCost()
+    gemm_timing: dict = {}     # a GEMM's timing depends on its tile counts only (not on its addresses)
     for cmd in prog.commands():
         c.commands += 1
         if isinstance(cmd, TlmmCommand):
@@ -163,7 +164,10 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
             c.roofline.append(("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f))
             c.seconds += cyc / f
         elif isinstance(cmd, GemmCommand):
-            g = gemm_fast(acfg, cmd)
+            key = (cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.requant)
+            if key not in gemm_timing:
+                gemm_timing[key] = gemm_fast(acfg, cmd)
+            g = gemm_timing[key]
             ev = g.events
             nbytes = (ev["read_beats"] + ev["write_beats"]) * mem.bus_bytes
             c.engine_cycles["gemm"] += g.cycles
@@ -188,13 +192,21 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
     return c
 
 
-def _compiled(model_spec: str, acfg: AcceleratorConfig, cache: dict = {}):  # noqa: B006 - per-process cache
+_COMPILED: dict = {}      # (model, config fingerprint) → CompiledModel, per process
+
+
+def clear_cache() -> None:
+    """Forget compiled models (the next estimate captures and runs the passes again)."""
+    _COMPILED.clear()
+
+
+def _compiled(model_spec: str, acfg: AcceleratorConfig):
     from compiler import compile_model, load_model
 
     key = (model_spec, acfg.fingerprint())
-    if key not in cache:
-        cache[key] = compile_model(load_model(model_spec), acfg)
-    return cache[key]
+    if key not in _COMPILED:
+        _COMPILED[key] = compile_model(load_model(model_spec), acfg)
+    return _COMPILED[key]
 
 
 def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int) -> dict:
