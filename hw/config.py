@@ -16,8 +16,8 @@ from typing import Any
 
 import yaml
 
-__all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "MemoryConfig", "DeviceConfig", "GemmGeometry",
-           "AcceleratorConfig",
+__all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "KvConfig", "MemoryConfig", "DeviceConfig",
+           "GemmGeometry", "AcceleratorConfig",
            "load_config", "config_from_dict", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
@@ -235,6 +235,81 @@ class DeviceConfig:
     static_w: float = 0.5
 
 
+@dataclass(frozen=True)
+class KvConfig:
+    """KV-cache retrieval engine (V-Rex ReSV-style): SimHash clustering of keys, WiCSum selection.
+
+    Keys and queries are the int8 codes of the KV cache (one head, ``dim`` = head_dim values). A key is
+    projected on ``hyperplanes`` fixed ±1 hyperplanes (drawn from ``seed``); the signs form its signature;
+    it joins the nearest non-full cluster within Hamming distance ``hamming`` or opens a new one (at most
+    ``max_clusters`` clusters of at most ``max_cluster_size`` keys). A query scores every cluster by
+    q·mean key, and the threshold unit takes clusters in bucket order from the top until the weighted sum
+    reaches ``alpha`` of the row sum (early exit). ``lanes`` int8 values (and cluster signatures) per cycle.
+    Exact numerics: models/resv.py.
+    """
+
+    dim: int = 32
+    hyperplanes: int = 32
+    hamming: int = 7
+    max_clusters: int = 128
+    max_cluster_size: int = 64
+    lanes: int = 8
+    buckets: int = 16
+    alpha: float = 0.3
+    seed: int = 1
+
+    @property
+    def beats(self) -> int:
+        """Vector beats per key or query (``lanes`` int8 values each)."""
+        return self.dim // self.lanes
+
+    @property
+    def alpha_q(self) -> int:
+        """alpha in 1/256 units: threshold = (alpha_q · row sum) >> 8."""
+        return int(round(self.alpha * 256))
+
+    @property
+    def id_bits(self) -> int:
+        return max(1, (self.max_clusters - 1).bit_length())
+
+    @property
+    def count_bits(self) -> int:
+        return self.max_cluster_size.bit_length()
+
+    @property
+    def sum_bits(self) -> int:
+        """Signed key-sum width per dimension: |Σ int8| ≤ 128 · max_cluster_size."""
+        return 8 + (self.max_cluster_size - 1).bit_length() + 1
+
+    @property
+    def proj_bits(self) -> int:
+        """Signed projection accumulator width: |Σ ±k_i| ≤ 128 · dim."""
+        return 8 + (self.dim - 1).bit_length() + 1
+
+    @property
+    def dot_bits(self) -> int:
+        """Signed width of q · key-sum (and of a cluster score)."""
+        return self.sum_bits + 8 + (self.dim - 1).bit_length()
+
+    @property
+    def recip_bits(self) -> int:
+        """Unsigned width of the reciprocal ROM entries round(2^16 / count) (count 1 → 2^16)."""
+        return 17
+
+    @property
+    def weight_bits(self) -> int:
+        """Unsigned width of a cluster weight (score − min) · count."""
+        return self.dot_bits + 1 + self.count_bits
+
+    @property
+    def rowsum_bits(self) -> int:
+        return self.weight_bits + self.id_bits + 1
+
+    @property
+    def bucket_bits(self) -> int:
+        return (self.buckets - 1).bit_length()
+
+
 FAMILIES = ("ecp5", "ice40", "ultrascale_plus", "edge_soc")
 
 
@@ -282,6 +357,7 @@ class AcceleratorConfig:
     clock_mhz: float = 100.0
     tlmm: TlmmConfig = dataclasses.field(default_factory=TlmmConfig)
     gemm: GemmConfig = dataclasses.field(default_factory=GemmConfig)
+    kv: KvConfig = dataclasses.field(default_factory=KvConfig)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     device: DeviceConfig = dataclasses.field(default_factory=DeviceConfig)
     source: str = "<defaults>"
@@ -294,7 +370,8 @@ class AcceleratorConfig:
     def to_dict(self) -> dict:
         """Plain-data form (what the YAML holds), for JSON reports and hashing."""
         return {"name": self.name, "clock_mhz": self.clock_mhz, "tlmm": dataclasses.asdict(self.tlmm),
-                "gemm": dataclasses.asdict(self.gemm), "memory": dataclasses.asdict(self.memory),
+                "gemm": dataclasses.asdict(self.gemm), "kv": dataclasses.asdict(self.kv),
+                "memory": dataclasses.asdict(self.memory),
                 "device": dataclasses.asdict(self.device)}
 
     def fingerprint(self) -> str:
@@ -370,6 +447,29 @@ def _gemm_from_dict(source: str, data: Any, mem: MemoryConfig) -> GemmConfig:
     return GemmConfig(r, c, tk)
 
 
+def _kv_from_dict(source: str, data: Any) -> KvConfig:
+    d = _section(source, "kv", data, KvConfig)
+    lanes = _pow2(source, "kv.lanes", _int(source, "kv.lanes", d["lanes"], 1, 64))
+    dim = _int(source, "kv.dim", d["dim"], 1, 256)
+    if dim % lanes:
+        raise ConfigError(f"{source}: kv.dim: {dim} must be a multiple of kv.lanes ({lanes})")
+    clusters = _pow2(source, "kv.max_clusters", _int(source, "kv.max_clusters", d["max_clusters"], 1, 256))
+    if clusters < lanes:
+        raise ConfigError(f"{source}: kv.max_clusters: {clusters} must be at least kv.lanes ({lanes}); the "
+                          "signature unit compares kv.lanes clusters per cycle")
+    hp = _int(source, "kv.hyperplanes", d["hyperplanes"], 1, 64)
+    return KvConfig(
+        dim=dim, hyperplanes=hp,
+        hamming=_int(source, "kv.hamming", d["hamming"], 0, hp),
+        max_clusters=clusters,
+        max_cluster_size=_pow2(source, "kv.max_cluster_size",
+                               _int(source, "kv.max_cluster_size", d["max_cluster_size"], 1, 256)),
+        lanes=lanes,
+        buckets=_pow2(source, "kv.buckets", _int(source, "kv.buckets", d["buckets"], 1, 64)),
+        alpha=_number(source, "kv.alpha", d["alpha"], 0.0, 1.0),
+        seed=_int(source, "kv.seed", d["seed"], 0, (1 << 63) - 1))
+
+
 def _memory_from_dict(source: str, data: Any) -> MemoryConfig:
     d = _section(source, "memory", data, MemoryConfig)
     w = _pow2(source, "memory.bus_bytes", _int(source, "memory.bus_bytes", d["bus_bytes"], 4, 128))
@@ -396,12 +496,14 @@ def config_from_dict(data: Any, source: str = "<dict>") -> AcceleratorConfig:
     """Validate a parsed YAML document and build the config. Raises :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level: expected a mapping of fields, got {type(data).__name__}")
-    _check_keys(source, "", data, {"name", "clock_mhz", "tlmm", "gemm", "memory", "device"}, {"tlmm"})
+    _check_keys(source, "", data, {"name", "clock_mhz", "tlmm", "gemm", "kv", "memory", "device"},
+                {"tlmm"})
     name = _str(source, "name", data.get("name", Path(source).stem))
     clock = _number(source, "clock_mhz", data.get("clock_mhz", 100.0), 1.0, 1000.0)
     memory = _memory_from_dict(source, data.get("memory", {}))
     return AcceleratorConfig(name=name, clock_mhz=clock, tlmm=_tlmm_from_dict(source, data["tlmm"]),
-                             gemm=_gemm_from_dict(source, data.get("gemm", {}), memory), memory=memory,
+                             gemm=_gemm_from_dict(source, data.get("gemm", {}), memory),
+                             kv=_kv_from_dict(source, data.get("kv", {})), memory=memory,
                              device=_device_from_dict(source, data.get("device", {})), source=source)
 
 

@@ -29,15 +29,15 @@ class StreamDriver:
 
     Handles are written only when their value changes: simulator writes dominate the cost of a cycle."""
 
-    def __init__(self, bus, beats: list[int], pattern: np.ndarray):
+    def __init__(self, bus, beats: list[int], pattern: np.ndarray, start: int = 1):
         self.valid, self.payload, self.ready = bus
-        self.beats, self.pattern, self.pos = beats, pattern.tolist(), 0
+        self.beats, self.pattern, self.pos, self.start = beats, pattern.tolist(), 0, start
         self._offered = False
         self._shown_valid = None
         self._shown_pos = -1
 
     def drive(self, rel: int) -> None:
-        self._offered = (rel >= 1 and self.pos < len(self.beats)
+        self._offered = (rel >= self.start and self.pos < len(self.beats)
                          and bool(self.pattern[rel % len(self.pattern)]))
         if self._offered != self._shown_valid:
             self.valid.value = int(self._offered)
@@ -54,16 +54,17 @@ class StreamDriver:
 class StreamMonitor:
     """Takes beats from a valid/ready stream, gated by a periodic ready pattern; records the cycles."""
 
-    def __init__(self, bus, pattern: np.ndarray):
+    def __init__(self, bus, pattern: np.ndarray, start: int = 1):
         self.valid, self.payload, self.ready = bus
-        self.pattern = pattern.tolist()
+        self.pattern, self.start = pattern.tolist(), start
         self.beats: list[int] = []
+        self.cycles: list[int] = []
         self.last_rel = -1
         self._taking = False
         self._shown = None
 
     def drive(self, rel: int) -> None:
-        self._taking = rel >= 1 and bool(self.pattern[rel % len(self.pattern)])
+        self._taking = rel >= self.start and bool(self.pattern[rel % len(self.pattern)])
         if self._taking != self._shown:
             self.ready.value = int(self._taking)
             self._shown = self._taking
@@ -71,6 +72,7 @@ class StreamMonitor:
     def sample(self, rel: int) -> None:
         if self._taking and int(self.valid.value):
             self.beats.append(int(self.payload.value))
+            self.cycles.append(rel)
             self.last_rel = rel
 
 

@@ -1,0 +1,396 @@
+"""Cycle-stepped numba model of the KV retrieval engine (hw/kv.py).
+
+The kernel executes the engine's controller state for state (hw/kv.py's module docstring lists the
+states and their cycle counts) and the same datapath numerics as the golden reference
+(:class:`models.resv.ClusterTable`): SimHash projection, nearest non-full cluster, key sums, reciprocal
+scores, row sum, bucket lists and the early-exit walk. Its cycle count is data-dependent (scan length,
+clusters, where the walk exits), which is why it executes the data rather than a formula.
+
+Stream conventions (shared with the co-simulation bench, sim/kv_bench.py): cycle 0 is the first cycle
+after reset, in which the first command is offered; commands are offered back to back whenever the
+engine is IDLE; the ``vec`` stream offers its next beat in cycle t when ``vec_pattern[t % len]`` is 1, and
+``out`` takes a beat when ``out_pattern[t % len]`` is 1. The cycle count of a run is the index of the
+cycle in which the last output beat is transferred, plus one.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit
+
+from hw.config import AcceleratorConfig, KvConfig
+from models.resv import ResvParams, hyperplane_matrix, reciprocal
+
+__all__ = ["KvRun", "EVENT_NAMES", "run_commands", "run_kv", "kv_energy_j", "encode_commands"]
+
+OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2
+KIND_ASSIGN, KIND_SEL, KIND_END, KIND_FULL = 0, 1, 2, 3
+(S_IDLE, S_LOAD, S_SCAN, S_DECIDE, S_UPDATE, S_OUT, S_SCORE, S_TH, S_LINK, S_WSTART, S_WALK,
+ S_END) = range(12)
+
+EVENT_NAMES = ("vec_beats", "proj_adds", "sig_compares", "sum_lane_updates", "score_macs", "score_scales",
+               "links", "walk_steps", "out_beats", "inserts", "queries", "dropped")
+(E_VEC, E_PROJ, E_CMP, E_SUMUPD, E_MAC, E_SCALE, E_LINK, E_WALK, E_OUT, E_INS, E_QRY, E_DROP) = range(12)
+
+
+@njit(cache=True)
+def _bitlen(x):
+    n = 0
+    while x > 0:
+        n += 1
+        x >>= 1
+    return n
+
+
+@njit(cache=True)
+def _popcount(x):
+    n = 0
+    while x:
+        x &= x - 1
+        n += 1
+    return n
+
+
+@njit(cache=True)
+def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, alpha_q, max_cycles):
+    D = NB * L
+    n_cmd = ops.shape[0]
+    n_vec = vec.shape[0]
+    out_kind = np.zeros(n_cmd * (CM + 2) + 1, np.int64)
+    out_id = np.zeros_like(out_kind)
+    out_new = np.zeros_like(out_kind)
+    out_cyc = np.zeros_like(out_kind)
+    n_out = 0
+    ev = np.zeros(12, np.int64)
+
+    sigs = np.zeros(CM, np.int64)
+    cnts = np.zeros(CM, np.int64)
+    sums = np.zeros((CM, D), np.int64)
+    scores = np.zeros(CM, np.int64)
+    nxt_v = np.zeros(CM, np.int64)
+    nxt_id = np.zeros(CM, np.int64)
+    head = np.zeros(B, np.int64)
+    mask = np.zeros(B, np.int64)
+    vreg = np.zeros(D, np.int64)
+    acc = np.zeros(HP, np.int64)
+
+    state = S_IDLE
+    is_query = False
+    n = 0
+    ntok = 0
+    beat = 0
+    scan_row = 0
+    best_v, best_d, best_id = False, 0, 0
+    r_kind, r_id, r_new = 0, 0, 0
+    upd_beat = 0
+    iss_c, iss_b = 0, 0
+    vB, bB, cB = False, 0, 0
+    vC, cC = False, 0
+    dot, dotC = 0, 0
+    lo, hi, sc = 0, 0, 0
+    th, sh, acc_w, visited, link_c, ptr = 0, 0, 0, 0, 0, 0
+    ci, vi = 0, 0
+    lg_b = _bitlen(B - 1)
+    t = 0
+    last = -1
+    while t < max_cycles:
+        if ci >= n_cmd and state == S_IDLE:
+            return out_kind[:n_out], out_id[:n_out], out_new[:n_out], out_cyc[:n_out], last + 1, ev, True
+        vvalid = vi < n_vec and vpat[t % vpat.shape[0]] != 0
+        oready = opat[t % opat.shape[0]] != 0
+        if state == S_IDLE:
+            if ci < n_cmd:
+                op = ops[ci]
+                ci += 1
+                if op == OP_RESET:
+                    n = 0
+                    ntok = 0
+                elif op == OP_INSERT or op == OP_QUERY:
+                    is_query = op == OP_QUERY
+                    beat = 0
+                    state = S_LOAD
+                    for j in range(HP):
+                        acc[j] = 0
+        elif state == S_LOAD:
+            if vvalid:
+                ev[E_VEC] += 1
+                for i in range(L):
+                    vreg[beat * L + i] = vec[vi, i]
+                if not is_query:
+                    ev[E_PROJ] += HP * L
+                    for j in range(HP):
+                        s = 0
+                        for i in range(L):
+                            s += hp[j, beat * L + i] * vec[vi, i]
+                        acc[j] += s
+                vi += 1
+                if beat == NB - 1:
+                    if is_query:
+                        state = S_SCORE
+                        iss_c, iss_b, vB, vC, sc = 0, 0, False, False, 0
+                    else:
+                        state = S_SCAN
+                        scan_row = 0
+                        best_v = False
+                beat += 1
+        elif state == S_SCAN:
+            sig = 0
+            for j in range(HP):
+                if acc[j] >= 0:
+                    sig |= 1 << j
+            for i in range(L):
+                c = scan_row * L + i
+                if c < n and cnts[c] < CS:
+                    ev[E_CMP] += 1
+                    d = _popcount(sig ^ sigs[c])
+                    if (not best_v) or d < best_d:
+                        best_d = d
+                        best_id = c
+                    best_v = True
+            if (scan_row + 1) * L >= n:
+                state = S_DECIDE
+            scan_row += 1
+        elif state == S_DECIDE:
+            sig = 0
+            for j in range(HP):
+                if acc[j] >= 0:
+                    sig |= 1 << j
+            kind = KIND_ASSIGN
+            cid, new = 0, 0
+            if best_v and best_d <= hamming:
+                cid, new = best_id, 0
+            elif n < CM:
+                cid, new = n, 1
+            elif best_v:
+                cid, new = best_id, 0
+            else:
+                kind = KIND_FULL
+            r_kind, r_id, r_new = kind, cid, new
+            if kind == KIND_FULL:
+                ev[E_DROP] += 1
+                state = S_OUT
+            else:
+                if new:
+                    sigs[cid] = sig
+                    cnts[cid] = 1
+                else:
+                    cnts[cid] += 1
+                n += new
+                ntok += 1
+                upd_beat = 0
+                state = S_UPDATE
+            ev[E_INS] += 1
+        elif state == S_UPDATE:
+            ev[E_SUMUPD] += L
+            for i in range(L):
+                k = upd_beat * L + i
+                base = 0 if r_new else sums[r_id, k]
+                sums[r_id, k] = base + vreg[k]
+            if upd_beat == NB - 1:
+                state = S_OUT
+            upd_beat += 1
+        elif state == S_OUT:
+            if oready:
+                out_kind[n_out], out_id[n_out], out_new[n_out], out_cyc[n_out] = r_kind, r_id, r_new, t
+                n_out += 1
+                ev[E_OUT] += 1
+                last = t
+                state = S_IDLE
+        elif state == S_SCORE:
+            issuing = iss_c < n
+            if vC:                                   # stage C: score of the cluster in dotC/cC
+                ev[E_SCALE] += 1
+                score = (dotC * recip[cnts[cC]]) >> 16
+                scores[cC] = score
+                sc += score * cnts[cC]
+                if cC == 0 or score < lo:
+                    lo = score
+                if cC == 0 or score > hi:
+                    hi = score
+            n_vC = vB and bB == NB - 1
+            if vB:                                   # stage B: q · sum lanes of the beat read last cycle
+                ev[E_MAC] += L
+                partial = 0
+                for i in range(L):
+                    partial += vreg[bB * L + i] * sums[cB, bB * L + i]
+                dot_new = (0 if bB == 0 else dot) + partial
+                dot = dot_new
+                if bB == NB - 1:
+                    dotC = dot_new
+                    cC = cB
+            if (not issuing) and (not vB):
+                state = S_TH
+            vC = n_vC
+            vB, bB, cB = issuing, iss_b, iss_c
+            if issuing:                              # stage A: next (cluster, beat) address
+                if iss_b == NB - 1:
+                    iss_b = 0
+                    iss_c += 1
+                else:
+                    iss_b += 1
+        elif state == S_TH:
+            row_sum = sc - lo * ntok
+            th = (row_sum * alpha_q) >> 8
+            span_len = _bitlen(hi - lo)
+            sh = span_len - lg_b if span_len > lg_b else 0
+            for b in range(B):
+                mask[b] = 0
+            acc_w, visited, link_c = 0, 0, 0
+            state = S_END if n == 0 else S_LINK
+        elif state == S_LINK:
+            ev[E_LINK] += 1
+            bk = (scores[link_c] - lo) >> sh
+            nxt_id[link_c] = head[bk]
+            nxt_v[link_c] = mask[bk]
+            head[bk] = link_c
+            mask[bk] = 1
+            if link_c == n - 1:
+                state = S_WSTART
+            link_c += 1
+        elif state == S_WSTART:
+            top = 0
+            for b in range(B):
+                if mask[b]:
+                    top = b
+            ptr = head[top]
+            mask[top] = 0
+            state = S_WALK
+        elif state == S_WALK:
+            if oready:
+                out_kind[n_out], out_id[n_out], out_new[n_out], out_cyc[n_out] = KIND_SEL, ptr, 0, t
+                n_out += 1
+                ev[E_OUT] += 1
+                ev[E_WALK] += 1
+                last = t
+                acc_w += (scores[ptr] - lo) * cnts[ptr]
+                visited += 1
+                if acc_w >= th:
+                    state = S_END
+                elif nxt_v[ptr]:
+                    ptr = nxt_id[ptr]
+                else:
+                    top, anyb = 0, False
+                    for b in range(B):
+                        if mask[b]:
+                            top = b
+                            anyb = True
+                    if anyb:
+                        ptr = head[top]
+                        mask[top] = 0
+                    else:
+                        state = S_END
+        elif state == S_END:
+            if oready:
+                out_kind[n_out], out_id[n_out], out_new[n_out], out_cyc[n_out] = KIND_END, visited, 0, t
+                n_out += 1
+                ev[E_OUT] += 1
+                ev[E_QRY] += 1
+                last = t
+                state = S_IDLE
+        t += 1
+    return out_kind[:n_out], out_id[:n_out], out_new[:n_out], out_cyc[:n_out], last + 1, ev, False
+
+
+@dataclass
+class KvRun:
+    cycles: int
+    events: dict
+    results: list                 # per command: insert → (cid, new, full); query → [cluster ids]; reset → None
+    out_kind: np.ndarray          # every output beat: kind, id, new and the cycle it was transferred in
+    out_id: np.ndarray
+    out_new: np.ndarray
+    out_cycle: np.ndarray
+    command_cycles: list          # per command: the cycle its last output beat left (None for RESET)
+
+
+def encode_commands(kv: KvConfig, commands) -> tuple[np.ndarray, np.ndarray]:
+    """Commands [("reset",) | ("insert", key) | ("query", q)] → (ops int8, vec beats (n, lanes) int8)."""
+    ops, vecs = [], []
+    for c in commands:
+        name = c[0]
+        if name == "reset":
+            ops.append(OP_RESET)
+            continue
+        if name not in ("insert", "query"):
+            raise ValueError(f"unknown KV command {name!r} (reset, insert, query)")
+        v = np.asarray(c[1])
+        if v.shape != (kv.dim,):
+            raise ValueError(f"{name} vector has shape {v.shape}, expected ({kv.dim},)")
+        if v.min(initial=0) < -128 or v.max(initial=0) > 127:
+            raise ValueError(f"{name} vector is not int8")
+        ops.append(OP_INSERT if name == "insert" else OP_QUERY)
+        vecs.append(v.astype(np.int8).reshape(kv.beats, kv.lanes))
+    vec = np.concatenate(vecs) if vecs else np.zeros((0, kv.lanes), np.int8)
+    return np.array(ops, np.int8), vec
+
+
+_ONES = np.ones(1, np.int8)
+
+
+def run_kv(kv: KvConfig, ops: np.ndarray, vec: np.ndarray, vec_pattern=None, out_pattern=None,
+           max_cycles: int | None = None):
+    """Run encoded commands; returns the raw kernel outputs (see :func:`run_commands`)."""
+    vp = _ONES if vec_pattern is None else np.asarray(vec_pattern, np.int8)
+    op = _ONES if out_pattern is None else np.asarray(out_pattern, np.int8)
+    for p in (vp, op):
+        if p.ndim != 1 or p.size == 0 or not p.any():
+            raise ValueError("a stream pattern must be a non-empty 1-D array with at least one 1")
+    params = ResvParams.from_config(kv)
+    hp = hyperplane_matrix(params)
+    recip = np.array([0] + [reciprocal(c) for c in range(1, kv.max_cluster_size + 1)], np.int64)
+    if max_cycles is None:
+        per_cmd = 8 + kv.beats * (kv.max_clusters + 4) + 3 * kv.max_clusters + kv.max_clusters // kv.lanes
+        max_cycles = (len(ops) * per_cmd + 16) * max(len(vp), len(op)) + 64
+    res = _kv_kernel(ops.astype(np.int64), vec.astype(np.int64), vp, op, hp, recip, kv.lanes, kv.beats,
+                     kv.hyperplanes, kv.max_clusters, kv.max_cluster_size, kv.buckets, kv.hamming,
+                     kv.alpha_q, max_cycles)
+    if not res[6]:
+        raise RuntimeError("KV model did not finish within its cycle guard")
+    return res
+
+
+def run_commands(kv: KvConfig, commands, vec_pattern=None, out_pattern=None) -> KvRun:
+    """Run a command list through the stepped model (see the module docstring for the conventions)."""
+    ops, vec = encode_commands(kv, commands)
+    kinds, ids, news, cyc, cycles, ev, _ = run_kv(kv, ops, vec, vec_pattern, out_pattern)
+    results, command_cycles = [], []
+    j = 0
+    for o in ops:
+        if o == OP_RESET:
+            results.append(None)
+            command_cycles.append(None)
+        elif o == OP_INSERT:
+            full = kinds[j] == KIND_FULL
+            results.append((-1 if full else int(ids[j]), bool(news[j]), bool(full)))
+            command_cycles.append(int(cyc[j]))
+            j += 1
+        else:
+            sel = []
+            while kinds[j] == KIND_SEL:
+                sel.append(int(ids[j]))
+                j += 1
+            results.append(sel)
+            command_cycles.append(int(cyc[j]))
+            j += 1
+    return KvRun(int(cycles), {k: int(v) for k, v in zip(EVENT_NAMES, ev, strict=True)}, results, kinds, ids, news, cyc,
+                 command_cycles)
+
+
+def kv_energy_j(acfg: AcceleratorConfig, events: dict) -> float:
+    """MODELED dynamic energy of the engine's events with the device family's table
+    (configs/energy/<family>.yaml). Mapping: a projection add or 8 compared signature bits = one soft-logic
+    small add (``table_entry``); a key-sum lane update = a small add + 2-byte RAM read and write; a score
+    MAC = ``mac8`` + a 2-byte RAM read; a reciprocal scale = 2 × ``mac8``; a link or walk step = 4 RAM bytes."""
+    from tritium.estimate import load_energy
+
+    pj = load_energy(acfg.device.family)["pj"]
+    kv = acfg.kv
+    e = (events["proj_adds"] * pj["table_entry"]
+         + events["sig_compares"] * (kv.hyperplanes / 8) * pj["table_entry"]
+         + events["sum_lane_updates"] * (pj["table_entry"] + 4 * pj["sram_byte"])
+         + events["score_macs"] * (pj["mac8"] + 2 * pj["sram_byte"])
+         + events["score_scales"] * 2 * pj["mac8"]
+         + (events["links"] + events["walk_steps"]) * 4 * pj["sram_byte"])
+    return e * 1e-12
