@@ -2,6 +2,7 @@
 
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -10,7 +11,7 @@ from traces.format import Trace, TraceError, load_trace, save_trace
 
 torch = pytest.importorskip("torch")
 
-CKPT = "models/checkpoints/tiny.pt"
+CKPT = str(Path(__file__).resolve().parent.parent / "models/checkpoints/tiny.pt")
 
 
 def _meta(L=2, H=4, Hkv=2, S=8, hd=4):
@@ -189,13 +190,13 @@ def test_recorder_cli_writes_a_valid_trace(tmp_path, repo):
     from traces.record import main
 
     out = tmp_path / "t.npz"
-    assert main(["--checkpoint", str(repo / CKPT), "--out", str(out), "--tokens", "32", "--offset", "5"]) == 0
+    assert main(["--checkpoint", CKPT, "--out", str(out), "--tokens", "32", "--offset", "5"]) == 0
     t = load_trace(out)
     assert t.n_tokens == 32 and t.meta["offset"] == 5 and t.meta["mode"] == "int"
     from models.data import load_corpus
 
     np.testing.assert_array_equal(t.tokens, load_corpus().val[5:37].numpy())
-    assert main(["--checkpoint", str(repo / CKPT), "--out", str(tmp_path / "u.npz"), "--tokens", "32",
+    assert main(["--checkpoint", CKPT, "--out", str(tmp_path / "u.npz"), "--tokens", "32",
                  "--offset", "999999999"]) == 2
     assert not (tmp_path / "u.npz").exists()
 

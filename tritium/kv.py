@@ -1,0 +1,384 @@
+"""``tritium kv``: replay recorded KV traces through the retrieval policies and the KV engine's cycle model.
+
+    tritium kv replay TRACE [--config FILE] [--policy resv|streaming|h2o|quest|full] [--budget B] [--alpha A]
+                      [--checkpoint PT] [--json]
+    tritium kv plot TRACE... [--config FILE] --out PNG
+    tritium kv report TRACE... [--config FILE] [--checkpoint PT] --out DIR [--json]
+
+Hook into the main parser with :func:`register` (adds the ``kv`` subcommand; each handler returns an exit
+code: 0 ok, 2 bad input with one line on stderr). Figures (definitions in :mod:`models.kvpolicy`): retrieved
+fraction, attention-mass recall, ReSV early-exit fraction, and for ``resv`` the KV engine's cycles and
+**modeled** dynamic energy from the numba model (:mod:`sim.kv_model`) running the whole trace: per (layer,
+KV head) a RESET, the keys inserted in order and, at every scored decode step, one QUERY per query head of
+the group. The model's selected clusters are checked against the integer reference (``model_matches_reference``).
+Perplexity (``--checkpoint``): the int-mode model over the trace's tokens with attention restricted to the
+selected tokens, per byte, over the predictions made at scored steps.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+__all__ = ["register", "replay", "sweep", "plot_recall", "report", "report_table", "main", "SWEEP_BUDGETS",
+           "SWEEP_ALPHAS"]
+
+EXIT_INPUT = 2
+SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
+SWEEP_ALPHAS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
+DEFAULT_CHECKPOINT = "models/checkpoints/tiny.pt"
+
+
+def _resv_commands(trace, kv, first: int):
+    from models.resv import quantize_keys
+
+    cmds = []
+    L, hkv = trace.keys.shape[:2]
+    g = trace.group
+    for layer in range(L):
+        kq = np.asarray(quantize_keys(trace.keys[layer]))
+        qq = np.asarray(quantize_keys(trace.queries[layer]))
+        for j in range(hkv):
+            cmds.append(("reset",))
+            for t in range(trace.n_tokens):
+                cmds.append(("insert", kq[j, t]))
+                if t >= first:
+                    cmds.extend(("query", qq[h, t]) for h in range(j * g, j * g + g))
+    return cmds
+
+
+def _check_trace_fits(trace, acfg) -> None:
+    if trace.head_dim != acfg.kv.dim:
+        raise ValueError(f"{trace.path}: head_dim {trace.head_dim} differs from kv.dim {acfg.kv.dim} of config "
+                         f"{acfg.source}")
+
+
+def _model_for(trace, checkpoint):
+    from traces.record import file_sha256, load_model
+
+    sha = file_sha256(checkpoint)
+    if sha != trace.meta.get("checkpoint_sha256"):
+        raise ValueError(f"{checkpoint}: sha256 differs from the checkpoint trace {trace.path} was recorded with")
+    return load_model(checkpoint, max_seq=max(trace.n_tokens, 1))
+
+
+def _ppl(nll: np.ndarray, first: int) -> float:
+    return float(math.exp(nll[first:].mean()))
+
+
+def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None = None, first: int | None = None,
+           model=None, cycles: bool = True, full_nll: np.ndarray | None = None) -> dict:
+    """Run one policy over a :class:`traces.format.Trace`; returns the figures (JSON-ready dict).
+
+    ``budget``: token count or fraction for the baselines; ``alpha`` overrides ``acfg.kv.alpha`` for resv.
+    ``model`` (a loaded TernaryLM): also the restricted-attention perplexity (int mode). ``cycles``: for resv,
+    run the KV engine's cycle model over the whole trace."""
+    from models.kvpolicy import FIRST, evaluate, make_policy, parse_budget, restricted_nll
+
+    first = FIRST if first is None else first
+    if policy == "resv":
+        _check_trace_fits(trace, acfg)
+    pol = make_policy(policy, parse_budget(budget), kvcfg=acfg.kv, alpha=alpha, first=first)
+    ev = evaluate(trace, pol)
+    masks = ev.pop("masks")
+    ref = ev.pop("clusters", None)
+    out = {"trace": trace.path, "tokens": trace.n_tokens, "config": acfg.name, **ev,
+           "early_exit_fraction": ev.get("early_exit_fraction"), "cycles": None, "energy_j_modeled": None}
+    if policy == "resv" and cycles:
+        from sim.kv_model import kv_energy_j, run_commands
+
+        cmds = _resv_commands(trace, acfg.kv, first)
+        run = run_commands(acfg.kv, cmds)
+        got = [r for c, r in zip(cmds, run.results, strict=True) if c[0] == "query"]
+        out["cycles"] = run.cycles
+        out["queries"] = len(got)
+        out["inserts"] = sum(1 for c in cmds if c[0] == "insert")
+        out["cycles_per_query_step"] = run.cycles / max(1, (trace.n_tokens - first) * trace.n_layers * trace.n_kv_heads)
+        out["energy_j_modeled"] = kv_energy_j(acfg, run.events)
+        out["events"] = run.events
+        out["model_matches_reference"] = got == ref
+        out["time_s_modeled"] = run.cycles / (acfg.clock_mhz * 1e6)
+    if model is not None:
+        base = full_nll if full_nll is not None else restricted_nll(model, trace.tokens, None)
+        nll = restricted_nll(model, trace.tokens, masks if policy != "full" else None)
+        out["ppl_per_byte"] = _ppl(nll, first)
+        out["ppl_per_byte_full"] = _ppl(base, first)
+        out["ppl_mode"] = "int"
+    return out
+
+
+# ---------------------------------------------------------------- sweeps, plot, report
+def sweep(traces, acfg, budgets=SWEEP_BUDGETS, alphas=SWEEP_ALPHAS, first: int | None = None) -> dict:
+    """Recall vs retrieved fraction of every policy: each baseline at each budget fraction, resv at each
+    alpha, full once; values are means over the traces. → ``{policy: [(knob, fraction, recall), ...]}``."""
+    res: dict[str, list] = {}
+    for name in ("streaming", "h2o", "quest", "resv", "full"):
+        knobs = alphas if name == "resv" else budgets if name != "full" else [None]
+        pts = []
+        for knob in knobs:
+            rs = [replay(t, acfg, name, budget=None if name == "resv" else knob,
+                         alpha=knob if name == "resv" else None, first=first, cycles=False) for t in traces]
+            pts.append((knob, float(np.mean([r["retrieved_fraction"] for r in rs])),
+                        float(np.mean([r["recall"] for r in rs]))))
+        res[name] = pts
+    return res
+
+
+def _atomic_png(fig, out: Path) -> Path:
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp.png", dir=out.parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=120, format="png")
+        os.replace(tmp, out)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return out
+
+
+def plot_recall(points: dict, out: Path, title: str) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    style = {"resv": ("o-", "ReSV (sweep alpha)"), "streaming": ("s--", "StreamingLLM (4 sinks + window)"),
+             "h2o": ("^--", "H2O (heavy hitters + recent)"), "quest": ("d--", "Quest (16-token pages)"),
+             "full": ("k*", "full attention")}
+    for name, pts in points.items():
+        fmt, label = style.get(name, (".-", name))
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], fmt, label=label, ms=5)
+        if name == "resv":
+            for knob, x, y in pts:
+                ax.annotate(f"{knob:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+    ax.set_xlabel("retrieved fraction (selected / visible tokens)")
+    ax.set_ylabel("attention-mass recall")
+    ax.set_xlim(0, 1.02)
+    ax.set_ylim(0, 1.02)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right", fontsize=8)
+    ax.set_title(title, fontsize=9)
+    fig.tight_layout()
+    try:
+        return _atomic_png(fig, out)
+    finally:
+        plt.close(fig)
+
+
+def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int | None = None) -> dict:
+    """The README table: ReSV at the config's alpha on every trace, then every baseline at the budget that
+    matches ReSV's retrieved fraction on that trace (a fraction of the visible prefix), full attention.
+    Means over traces of retrieved fraction, recall, early-exit fraction, perplexity (int mode), cycles and
+    modeled energy."""
+    rows: dict[str, list] = {n: [] for n in ("resv", "streaming", "h2o", "quest", "full")}
+    for t in traces:
+        model = _model_for(t, checkpoint) if checkpoint else None
+        full_nll = None
+        if model is not None:
+            from models.kvpolicy import restricted_nll
+
+            full_nll = restricted_nll(model, t.tokens, None)
+        r = replay(t, acfg, "resv", first=first, model=model, full_nll=full_nll)
+        rows["resv"].append(r)
+        f = r["retrieved_fraction"]
+        for name in ("streaming", "h2o", "quest", "full"):
+            rows[name].append(replay(t, acfg, name, budget=f, first=first, model=model, full_nll=full_nll))
+    summary = []
+    for name, rs in rows.items():
+        mean = lambda k, rs=rs: (float(np.mean([r[k] for r in rs])) if rs and rs[0].get(k) is not None  # noqa: E731
+                                 else None)
+        summary.append({"policy": name, "setting": f"alpha={acfg.kv.alpha:g}" if name == "resv" else
+                        "budget = ReSV's fraction per trace" if name != "full" else "all tokens",
+                        "retrieved_fraction": mean("retrieved_fraction"), "recall": mean("recall"),
+                        "early_exit_fraction": mean("early_exit_fraction"), "ppl_per_byte": mean("ppl_per_byte"),
+                        "cycles": mean("cycles"), "energy_j_modeled": mean("energy_j_modeled")})
+    return {"config": acfg.name, "config_source": acfg.source, "checkpoint": checkpoint,
+            "traces": [t.path for t in traces], "first": rows["resv"][0]["first"] if traces else None,
+            "summary": summary, "per_trace": {n: [{k: v for k, v in r.items() if k not in ("streams", "events")}
+                                                  for r in rs] for n, rs in rows.items()}}
+
+
+def report_table(rep: dict) -> str:
+    """Markdown table of :func:`report`'s summary."""
+    head = ("| policy | setting | retrieved fraction | recall | early-exit fraction | ppl/byte (int) | "
+            "KV-engine cycles (modeled) | energy (modeled) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
+
+    def f(v, fmt):
+        return "—" if v is None else format(v, fmt)
+
+    for s in rep["summary"]:
+        e = s["energy_j_modeled"]
+        lines.append(f"| {s['policy']} | {s['setting']} | {f(s['retrieved_fraction'], '.3f')} | "
+                     f"{f(s['recall'], '.3f')} | {f(s['early_exit_fraction'], '.3f')} | {f(s['ppl_per_byte'], '.3f')} | "
+                     f"{f(s['cycles'], ',.0f')} | {'—' if e is None else f'{e * 1e6:.3f} µJ'} |")
+    return "\n".join(lines)
+
+
+def _write_text(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            fh.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+# ---------------------------------------------------------------- command line
+def _load_traces(paths):
+    from traces.format import load_trace
+
+    return [load_trace(p) for p in paths]
+
+
+def _err(msg: str) -> int:
+    print(f"tritium: error: {msg}", file=sys.stderr)
+    return EXIT_INPUT
+
+
+def _guard(fn):
+    def run(args) -> int:
+        from hw.config import ConfigError
+        from models.checkpoint import CheckpointError
+        from traces.format import TraceError
+
+        try:
+            return fn(args)
+        except (TraceError, ConfigError, CheckpointError, ValueError) as e:
+            return _err(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+    return run
+
+
+@_guard
+def cmd_kv_replay(args) -> int:
+    from hw.config import load_config
+    from models.kvpolicy import parse_budget
+
+    acfg = load_config(args.config)
+    budget = parse_budget(args.budget) if args.budget is not None else None
+    (trace,) = _load_traces([args.trace])
+    model = _model_for(trace, args.checkpoint) if args.checkpoint else None
+    r = replay(trace, acfg, args.policy, budget=budget, alpha=args.alpha, first=args.first, model=model)
+    if args.json:
+        r.pop("streams")
+        print(json.dumps(r, indent=1))
+        return 0
+    from tritium.report import table
+
+    rows = [["retrieved fraction", r["retrieved_fraction"]], ["attention-mass recall", r["recall"]]]
+    if r["early_exit_fraction"] is not None:
+        rows += [["early-exit fraction (visited / clusters)", r["early_exit_fraction"]],
+                 ["clusters per stream (mean)", r["mean_clusters"]],
+                 ["KV-engine cycles (modeled)", r["cycles"]],
+                 ["KV-engine time at clock (modeled)", f"{r['time_s_modeled'] * 1e3:.3f} ms"],
+                 ["KV-engine dynamic energy (modeled)", f"{r['energy_j_modeled'] * 1e6:.3f} µJ"],
+                 ["model clusters = reference clusters", r["model_matches_reference"]]]
+    if "ppl_per_byte" in r:
+        rows += [["ppl/byte, restricted attention (int mode)", r["ppl_per_byte"]],
+                 ["ppl/byte, full attention (int mode)", r["ppl_per_byte_full"]]]
+    print(table(["figure", "value"], rows,
+                title=f"{Path(trace.path).name}: {r['setting']}, decode steps {r['first']}..{trace.n_tokens - 1}, "
+                      f"{trace.n_layers} layers x {trace.n_kv_heads} KV heads — config {acfg.name}"))
+    return 0
+
+
+@_guard
+def cmd_kv_plot(args) -> int:
+    from hw.config import load_config
+
+    acfg = load_config(args.config)
+    traces = _load_traces(args.traces)
+    pts = sweep(traces, acfg, first=args.first)
+    out = plot_recall(pts, Path(args.out), f"KV policies on {len(traces)} trace(s) "
+                                           f"({traces[0].meta.get('model', '?')}), config {acfg.name}")
+    print(f"plot: {out}")
+    return 0
+
+
+@_guard
+def cmd_kv_report(args) -> int:
+    from hw.config import load_config
+
+    acfg = load_config(args.config)
+    traces = _load_traces(args.traces)
+    rep = report(traces, acfg, checkpoint=args.checkpoint or None, first=args.first)
+    out = Path(args.out)
+    pts = sweep(traces, acfg, first=args.first)
+    rep["sweep"] = {k: [list(p) for p in v] for k, v in pts.items()}
+    rep["plot"] = str(plot_recall(pts, out / "recall.png", f"KV policies on {len(traces)} trace(s), "
+                                                           f"config {acfg.name}"))
+    md = report_table(rep)
+    _write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
+    _write_text(out / "report.md", md + "\n")
+    if args.json:
+        print(json.dumps(rep, indent=1))
+    else:
+        print(md)
+        print(f"\n{len(traces)} trace(s); perplexity: int mode, restricted attention; energy and cycles: "
+              f"modeled (sim/kv_model.py). Wrote {out}/report.json, report.md, recall.png")
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``kv`` (``replay``, ``plot``, ``report``) to the ``tritium`` subparsers; returns the ``kv`` parser."""
+    from models.kvpolicy import POLICIES
+
+    cfg_help = "accelerator config YAML (default: configs/default.yaml)"
+    first_help = "first scored decode step; earlier tokens are a prompt with full attention (default 16)"
+    kv = subparsers.add_parser("kv", help="KV-cache retrieval: replay traces through ReSV and baseline policies")
+    sub = kv.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
+
+    r = sub.add_parser("replay", help="one policy over one trace: fraction, recall, early exit, cycles, energy")
+    r.add_argument("trace", help="trace .npz (traces/*.npz)")
+    r.add_argument("--config", default=None, help=cfg_help)
+    r.add_argument("--policy", choices=POLICIES, default="resv", help="policy (default resv)")
+    r.add_argument("--budget", default=None,
+                   help="baselines: tokens per step (e.g. 64) or a fraction of the visible prefix (e.g. 0.25; "
+                        "default 0.25)")
+    r.add_argument("--alpha", type=float, default=None, help="resv: threshold fraction (default: kv.alpha)")
+    r.add_argument("--checkpoint", default=None, help="also the int-mode perplexity with restricted attention")
+    r.add_argument("--first", type=int, default=None, help=first_help)
+    r.add_argument("--json", action="store_true", help="print JSON")
+    r.set_defaults(func=cmd_kv_replay)
+
+    p = sub.add_parser("plot", help="PNG of recall vs retrieved fraction for every policy (budget/alpha sweeps)")
+    p.add_argument("traces", nargs="+", help="trace .npz files")
+    p.add_argument("--config", default=None, help=cfg_help)
+    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument("--first", type=int, default=None, help=first_help)
+    p.set_defaults(func=cmd_kv_plot)
+
+    rp = sub.add_parser("report", help="policies at matched budgets: table (report.md), report.json, recall.png")
+    rp.add_argument("traces", nargs="+", help="trace .npz files")
+    rp.add_argument("--config", default=None, help=cfg_help)
+    rp.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
+                    help=f"checkpoint for perplexity (default {DEFAULT_CHECKPOINT}; '' skips it)")
+    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--first", type=int, default=None, help=first_help)
+    rp.add_argument("--json", action="store_true", help="print the report as JSON")
+    rp.set_defaults(func=cmd_kv_report)
+    return kv
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Stand-alone entry (tests, ``python -m tritium.kv``): ``kv`` subcommands only."""
+    parser = argparse.ArgumentParser(prog="tritium")
+    register(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
