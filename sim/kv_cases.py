@@ -5,6 +5,7 @@ command list starting with RESET plus the ``vec`` valid and ``out`` ready patter
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
 
@@ -104,14 +105,14 @@ def replay_commands(keys: np.ndarray, queries: np.ndarray, query_every: int = 1,
 def trace_cases(kv: KvConfig, paths, heads: int = 2, query_every: int = 16) -> list[KvCase]:
     """Replays of recorded traces (traces/*.npz): the first ``heads`` (layer, KV head) streams of each."""
     from models.resv import quantize_keys
-    from traces import load_trace
+    from traces.format import load_trace
 
     cases = []
     for path in paths:
         tr = load_trace(path)
         if tr.head_dim != kv.dim:
             raise ValueError(f"{path}: head_dim {tr.head_dim} differs from kv.dim {kv.dim} of the config")
-        group = tr.n_heads // tr.n_kv_heads
+        group = tr.group
         done = 0
         for layer in range(tr.keys.shape[0]):
             for h in range(tr.keys.shape[1]):
@@ -120,6 +121,6 @@ def trace_cases(kv: KvConfig, paths, heads: int = 2, query_every: int = 16) -> l
                 k8 = quantize_keys(tr.keys[layer, h])
                 q8 = quantize_keys(tr.queries[layer, h * group:(h + 1) * group])
                 cmds = replay_commands(k8, q8, query_every, start=query_every - 1)
-                cases.append(KvCase(f"trace-{tr.name}-L{layer}H{h}", cmds))
+                cases.append(KvCase(f"trace-{Path(tr.path).stem}-L{layer}H{h}", cmds))
                 done += 1
     return cases

@@ -79,8 +79,28 @@ def _gemm_cases(acfg, workload: str, seed: int, n_random: int):
     return cases
 
 
+def _kv_cases(acfg, workload: str, seed: int, n_random: int):
+    import glob
+
+    from sim.kv_cases import directed_cases, random_cases, trace_cases
+
+    cases = []
+    if workload in ("cases", "all"):
+        cases += directed_cases(acfg.kv, seed) + random_cases(acfg.kv, n_random, seed + 1)
+    if workload in ("bitnet", "traces", "all"):
+        paths = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "traces" / "*.npz")))
+        if not paths:
+            raise ConfigError("traces/: no committed *.npz traces to replay")
+        cases += trace_cases(acfg.kv, paths, heads=2, query_every=16)
+    return cases
+
+
 def _engine_line(rep) -> str:
     c = rep.config
+    if rep.engine == "kv":
+        k = c["kv"]
+        return (f"dim {k['dim']}, {k['hyperplanes']} hyperplanes, hamming {k['hamming']}, "
+                f"{k['max_clusters']}x{k['max_cluster_size']} clusters, {k['lanes']} lanes, alpha {k['alpha']}")
     if rep.engine == "tlmm":
         t = c["tlmm"]
         return f"G={t['group_size']} T={t['tables']} Q={t['columns']} {t['table_mode']} M<={t['tokens']}"
@@ -102,8 +122,12 @@ def print_cosim_summary(rep) -> None:
          "Verilator cycles/s", "model cycles/s"],
         [[_engine_line(rep), len(rep.rows), rep.outputs_equal, rep.rtl_cycles, rep.model_cycles, rep.rtl_cycles - rep.model_cycles,
           rep.verilator_cycles_per_s, rep.model_cycles_per_s]]))
+    ref = "models/resv.py ClusterTable" if rep.engine == "kv" else "numpy int64 matmul"
     print("\nRTL: Amaranth → Verilog → Verilator 5.048 under cocotb 2.1 (cycles counted at the stream "
-          "handshakes); model: numba cycle-stepped; reference: numpy int64 matmul.")
+          f"handshakes); model: numba cycle-stepped; reference: {ref}.")
+    if rep.engine == "kv":
+        print("KV: every output beat (cluster ids in walk order) and the cycle it leaves in are compared; "
+              "trace cases replay traces/*.npz (queries every 16 tokens, both heads of a GQA group).")
     if rep.engine == "gemm":
         print("Memory: sim/memory.py serves the RTL's requests; the model's kernel applies the same rules; "
               "some cases override latency / outstanding / beat_interval (bandwidth-starved).")
@@ -111,12 +135,20 @@ def print_cosim_summary(rep) -> None:
 
 
 def cmd_cosim(args) -> int:
-    from sim.cosim import run_gemm_cosim, run_tlmm_cosim
+    from sim.cosim import run_gemm_cosim, run_kv_cosim, run_tlmm_cosim
 
     acfg = load_config(args.config)
+    if args.workload == "traces" and args.engine != "kv":
+        raise ConfigError("--workload traces: trace replays exist for the kv engine only")
     if args.engine == "tlmm":
         cases = _tlmm_cases(acfg.tlmm, args.workload, args.seed, args.random)
         rep = run_tlmm_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
+    elif args.engine == "kv":
+        try:
+            cases = _kv_cases(acfg, args.workload, args.seed, args.random)
+        except ValueError as e:                     # TraceError, a trace that does not fit the config
+            raise ConfigError(str(e)) from None
+        rep = run_kv_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
     else:
         cases = _gemm_cases(acfg, args.workload, args.seed, args.random)
         rep = run_gemm_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
@@ -276,13 +308,14 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     s = sub.add_parser("cosim", help="RTL (Verilator) ⇔ numba model ⇔ golden reference, bit and cycle exact")
-    s.add_argument("engine", choices=["tlmm", "gemm"], help="engine to co-simulate")
+    s.add_argument("engine", choices=["tlmm", "gemm", "kv"], help="engine to co-simulate")
     s.add_argument("--config", default=None, help=cfg_help)
     s.add_argument("--seed", type=_non_negative, default=0, help="seed of the random cases (default 0)")
     s.add_argument("--random", type=_non_negative, default=4, help="number of random cases (default 4)")
-    s.add_argument("--workload", choices=["cases", "bitnet", "all"], default="cases",
+    s.add_argument("--workload", choices=["cases", "bitnet", "traces", "all"], default="cases",
                    help="cases: directed + random; bitnet: BitNet-0.7B slices (TLMM: layer projections; "
-                        "GEMM: one head's Q·Kᵀ at 256 tokens); all: both")
+                        "GEMM: one head's Q·Kᵀ at 256 tokens; KV: = traces); traces: KV replays of the "
+                        "committed traces/*.npz; all: both")
     s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
     s.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     s.set_defaults(func=cmd_cosim)
