@@ -21,7 +21,7 @@ endif
 .PHONY: help venv sim test test-all bitstream bench train lint clean
 
 help:
-	@echo "make sim        co-simulate both engines of the default config (RTL ⇔ model ⇔ reference), BitNet-0.7B workloads"
+	@echo "make sim        co-simulate the three engines of the default config (RTL ⇔ model ⇔ reference): BitNet-0.7B workloads, KV trace replays"
 	@echo "make test       run the test suite (what CI runs)"
 	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all, CONFIG=...) and print its report"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
@@ -41,6 +41,7 @@ venv: $(BIN)/.installed
 sim: $(BIN)/.installed
 	$(BIN)/tritium cosim tlmm --config $(CONFIG) --workload all --seed $(SEED)
 	$(BIN)/tritium cosim gemm --config $(CONFIG) --workload all --seed $(SEED)
+	$(BIN)/tritium cosim kv --config $(CONFIG) --workload all --seed $(SEED)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"
