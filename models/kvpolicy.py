@@ -32,8 +32,13 @@ Metrics (:func:`evaluate`), per (layer, KV head) stream then averaged over strea
 probabilities on the selected tokens, full attention = softmax over the visible keys of ``q·k/√hd`` in float64
 from the float32 post-RoPE q/k; selection is per KV head, recall is averaged per query head), and for
 ``resv`` the early-exit fraction. :func:`restricted_nll` runs the model in **int mode** with attention
-restricted to the selected tokens (the masks applied to the scores before the softmax, in every layer and
-head) and gives per-byte perplexity.
+restricted to given masks (applied to the scores before the softmax, in every layer and head) and gives
+per-byte NLL. Two ways to get the masks:
+
+* *open loop*: the selections :func:`evaluate` makes on the trace, whose q/k come from the full-attention
+  model; from layer 1 on they are slightly off, because a restricted layer changes what the next one sees;
+* *closed loop* (:func:`closed_loop_nll`): layer by layer, the q/k of layer l are recomputed with layers
+  < l already restricted, and the policy selects on those — what an engine in the loop would do.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ import numpy as np
 
 __all__ = ["POLICIES", "StreamSelection", "Policy", "FullPolicy", "StreamingPolicy", "H2OPolicy", "QuestPolicy",
            "ResvPolicy", "make_policy", "budget_tokens", "parse_budget", "full_attention", "evaluate",
-           "restrict_attention", "restricted_nll", "quest_bounds"]
+           "restrict_attention", "restricted_nll", "closed_loop_nll", "capture_qk", "quest_bounds"]
 
 POLICIES = ("full", "streaming", "h2o", "quest", "resv")
 FIRST = 16
@@ -368,6 +373,51 @@ def restrict_attention(masks: np.ndarray, n_heads: int):
         yield calls
     finally:
         hostops.softmax = original
+
+
+@contextlib.contextmanager
+def capture_qk(model):
+    """Within the block, every forward of ``model`` appends ``(q, k)`` per layer to the yielded list
+    (float32 ``(B, H, T, hd)`` and ``(B, Hkv, T, hd)``, copies of :func:`models.hostops.rope`'s outputs:
+    :class:`models.lm.Attention` calls it for q, then for k, once per layer)."""
+    from models import hostops
+
+    original = hostops.rope
+    calls: list = []
+    pairs: list = []
+
+    def rope(x, positions, cos, sin):
+        out = original(x, positions, cos, sin)
+        calls.append(out.detach().clone())
+        if len(calls) % 2 == 0:
+            pairs.append((calls[-2], calls[-1]))
+        return out
+
+    hostops.rope = rope
+    try:
+        yield pairs
+    finally:
+        hostops.rope = original
+
+
+def closed_loop_nll(model, tokens, policy: Policy) -> tuple[np.ndarray, np.ndarray]:
+    """Closed-loop restricted attention: for l = 0..L−1 run the int-mode model with layers < l restricted,
+    take layer l's q/k and let ``policy`` select on them; then the NLL with every layer restricted.
+    Returns ``(nll (S−1,), masks (L, Hkv, S, S))``."""
+    import torch
+
+    cfg = model.config
+    s = len(tokens)
+    toks = torch.as_tensor(np.asarray(tokens), dtype=torch.int64).reshape(1, -1)
+    g = cfg.n_heads // cfg.n_kv_heads
+    masks = np.broadcast_to(_prompt_mask(s), (cfg.n_layers, cfg.n_kv_heads, s, s)).copy()
+    for layer in range(cfg.n_layers):
+        with torch.no_grad(), capture_qk(model) as pairs, restrict_attention(masks, cfg.n_heads):
+            model(toks, mode="int")
+        q, k = (x[0].to(torch.float32).numpy() for x in pairs[layer])
+        for j in range(cfg.n_kv_heads):
+            masks[layer, j] = policy.select(k[j], q[j * g:(j + 1) * g]).mask
+    return restricted_nll(model, tokens, masks), masks
 
 
 def restricted_nll(model, tokens, masks: np.ndarray | None) -> np.ndarray:

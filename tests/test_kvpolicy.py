@@ -222,3 +222,18 @@ def test_cli_plot_and_report(short, tmp_path, capsys):
     assert rows["streaming"]["retrieved_fraction"] == pytest.approx(rows["resv"]["retrieved_fraction"], abs=0.03)
     assert all(s["ppl_per_byte"] > 1 for s in rep["summary"])
     assert (out / "report.md").read_text().startswith("| policy |") and (out / "recall.png").exists()
+
+
+def test_closed_loop_selects_on_the_restricted_models_qk(short, acfg):
+    from traces.record import load_model
+
+    model = load_model(CKPT)
+    base = kp.restricted_nll(model, short.tokens, None)
+    nll, masks = kp.closed_loop_nll(model, short.tokens, kp.make_policy("full"))
+    np.testing.assert_array_equal(nll, base)
+    pol = kp.make_policy("resv", kvcfg=acfg.kv)
+    nll, masks = kp.closed_loop_nll(model, short.tokens, pol)
+    open_masks = kp.evaluate(short, pol)["masks"]
+    np.testing.assert_array_equal(masks[0], open_masks[0])          # layer 0 sees the same q/k
+    assert (masks[1:] != open_masks[1:]).any()                       # later layers see restricted inputs
+    np.testing.assert_array_equal(nll, kp.restricted_nll(model, short.tokens, masks))

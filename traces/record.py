@@ -8,7 +8,7 @@ The stream is ``tokens`` bytes of the corpus's validation split starting at ``of
 prefill from an empty cache (positions 0..S−1). In int mode every operation is per token or in a fixed order,
 so a prefill computes exactly the q/k of token-by-token decoding (``models.lm``). q and k are captured at the
 output of :func:`models.hostops.rope`, which :class:`models.lm.Attention` calls once for q and once for k per
-layer, in layer order; :func:`capture_qk` wraps it for the duration of one forward.
+layer, in layer order; :func:`models.kvpolicy.capture_qk` wraps it for the duration of one forward.
 
 A checkpoint trained at ``max_seq`` = 256 can be loaded with a longer RoPE table (:func:`load_model`,
 ``max_seq=...``); ``--perplexity`` reports per-byte perplexity at several stream lengths (to see whether the
@@ -18,7 +18,6 @@ model still works beyond its training length; see traces/README.md).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import hashlib
 import json
@@ -29,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from models.kvpolicy import capture_qk
 from traces.format import FORMAT, VERSION, Trace, TraceError, save_trace
 
 __all__ = ["load_model", "capture_qk", "record", "record_trace", "stream_nll", "length_perplexity", "main"]
@@ -59,30 +59,6 @@ def load_model(checkpoint: str | Path, max_seq: int | None = None):
         model.config = cfg
         model.rope_cos, model.rope_sin = cos, sin
     return model
-
-
-@contextlib.contextmanager
-def capture_qk(model):
-    """Within the block, every forward of ``model`` appends ``(q, k)`` per layer to the yielded list
-    (float32 ``(B, H, T, hd)`` and ``(B, Hkv, T, hd)``, copies of :func:`models.hostops.rope`'s outputs)."""
-    from models import hostops
-
-    original = hostops.rope
-    calls: list[torch.Tensor] = []
-    pairs: list[tuple[torch.Tensor, torch.Tensor]] = []
-
-    def rope(x, positions, cos, sin):
-        out = original(x, positions, cos, sin)
-        calls.append(out.detach().clone())
-        if len(calls) % 2 == 0:
-            pairs.append((calls[-2], calls[-1]))
-        return out
-
-    hostops.rope = rope
-    try:
-        yield pairs
-    finally:
-        hostops.rope = original
 
 
 @torch.no_grad()

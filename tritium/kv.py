@@ -12,7 +12,9 @@ fraction, attention-mass recall, ReSV early-exit fraction, and for ``resv`` the 
 KV head) a RESET, the keys inserted in order and, at every scored decode step, one QUERY per query head of
 the group. The model's selected clusters are checked against the integer reference (``model_matches_reference``).
 Perplexity (``--checkpoint``): the int-mode model over the trace's tokens with attention restricted to the
-selected tokens, per byte, over the predictions made at scored steps.
+selected tokens, per byte, over the predictions made at scored steps; ``ppl_per_byte`` is closed loop (each
+layer selects on the q/k the restricted model computes), ``ppl_per_byte_open_loop`` uses the selections made
+on the recorded (full-attention) q/k (:mod:`models.kvpolicy`).
 """
 
 from __future__ import annotations
@@ -80,7 +82,7 @@ def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None =
     ``budget``: token count or fraction for the baselines; ``alpha`` overrides ``acfg.kv.alpha`` for resv.
     ``model`` (a loaded TernaryLM): also the restricted-attention perplexity (int mode). ``cycles``: for resv,
     run the KV engine's cycle model over the whole trace."""
-    from models.kvpolicy import FIRST, evaluate, make_policy, parse_budget, restricted_nll
+    from models.kvpolicy import FIRST, closed_loop_nll, evaluate, make_policy, parse_budget, restricted_nll
 
     first = FIRST if first is None else first
     if policy == "resv":
@@ -107,10 +109,15 @@ def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None =
         out["time_s_modeled"] = run.cycles / (acfg.clock_mhz * 1e6)
     if model is not None:
         base = full_nll if full_nll is not None else restricted_nll(model, trace.tokens, None)
-        nll = restricted_nll(model, trace.tokens, masks if policy != "full" else None)
-        out["ppl_per_byte"] = _ppl(nll, first)
+        if policy == "full":
+            closed = opened = base
+        else:
+            opened = restricted_nll(model, trace.tokens, masks)
+            closed, _ = closed_loop_nll(model, trace.tokens, pol)
+        out["ppl_per_byte"] = _ppl(closed, first)
+        out["ppl_per_byte_open_loop"] = _ppl(opened, first)
         out["ppl_per_byte_full"] = _ppl(base, first)
-        out["ppl_mode"] = "int"
+        out["ppl_mode"] = "int, closed loop (open loop: the trace's selections)"
     return out
 
 
@@ -200,6 +207,7 @@ def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int
                         "budget = ReSV's fraction per trace" if name != "full" else "all tokens",
                         "retrieved_fraction": mean("retrieved_fraction"), "recall": mean("recall"),
                         "early_exit_fraction": mean("early_exit_fraction"), "ppl_per_byte": mean("ppl_per_byte"),
+                        "ppl_per_byte_open_loop": mean("ppl_per_byte_open_loop"),
                         "cycles": mean("cycles"), "energy_j_modeled": mean("energy_j_modeled")})
     return {"config": acfg.name, "config_source": acfg.source, "checkpoint": checkpoint,
             "traces": [t.path for t in traces], "first": rows["resv"][0]["first"] if traces else None,
@@ -209,9 +217,9 @@ def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int
 
 def report_table(rep: dict) -> str:
     """Markdown table of :func:`report`'s summary."""
-    head = ("| policy | setting | retrieved fraction | recall | early-exit fraction | ppl/byte (int) | "
-            "KV-engine cycles (modeled) | energy (modeled) |")
-    lines = [head, "|---|---|---|---|---|---|---|---|"]
+    head = ("| policy | setting | retrieved fraction | recall | early-exit fraction | ppl/byte closed loop | "
+            "ppl/byte open loop | KV-engine cycles (modeled) | energy (modeled) |")
+    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, fmt):
         return "—" if v is None else format(v, fmt)
@@ -220,6 +228,7 @@ def report_table(rep: dict) -> str:
         e = s["energy_j_modeled"]
         lines.append(f"| {s['policy']} | {s['setting']} | {f(s['retrieved_fraction'], '.3f')} | "
                      f"{f(s['recall'], '.3f')} | {f(s['early_exit_fraction'], '.3f')} | {f(s['ppl_per_byte'], '.3f')} | "
+                     f"{f(s['ppl_per_byte_open_loop'], '.3f')} | "
                      f"{f(s['cycles'], ',.0f')} | {'—' if e is None else f'{e * 1e6:.3f} µJ'} |")
     return "\n".join(lines)
 
@@ -286,7 +295,8 @@ def cmd_kv_replay(args) -> int:
                  ["KV-engine dynamic energy (modeled)", f"{r['energy_j_modeled'] * 1e6:.3f} µJ"],
                  ["model clusters = reference clusters", r["model_matches_reference"]]]
     if "ppl_per_byte" in r:
-        rows += [["ppl/byte, restricted attention (int mode)", r["ppl_per_byte"]],
+        rows += [["ppl/byte, restricted attention (int mode, closed loop)", r["ppl_per_byte"]],
+                 ["ppl/byte, restricted attention (int mode, open loop)", r["ppl_per_byte_open_loop"]],
                  ["ppl/byte, full attention (int mode)", r["ppl_per_byte_full"]]]
     print(table(["figure", "value"], rows,
                 title=f"{Path(trace.path).name}: {r['setting']}, decode steps {r['first']}..{trace.n_tokens - 1}, "
