@@ -23,7 +23,8 @@ fractions. Policies:
 ``resv``       V-Rex ReSV through the integer reference :mod:`models.resv`: keys quantized to int8 codes
                (``quantize_keys`` = ``quantize_act``) inserted in order into a ``ClusterTable``; at each scored
                step each query head's int8 query selects clusters (WiCSum, early exit); the union over the
-               group's heads maps back to tokens. Its knob is ``alpha`` (the threshold fraction), so its
+               group's heads maps back to tokens. ``recent`` (default 0) adds the last ``recent`` tokens
+               to every selection (a local window next to the retrieved clusters; not part of V-Rex). Its knob is ``alpha`` (the threshold fraction), so its
                retrieved fraction is data-dependent. Early-exit fraction = visited clusters / clusters in the
                table, per query (query head and step).
 
@@ -239,8 +240,11 @@ class ResvPolicy(Policy):
 
     name = "resv"
 
-    def __init__(self, kvcfg, alpha: float | None = None, first: int = FIRST):
+    def __init__(self, kvcfg, alpha: float | None = None, first: int = FIRST, recent: int = 0):
         super().__init__(None, first)
+        if not isinstance(recent, int) or recent < 0:
+            raise ValueError(f"recent {recent!r}: expected a non-negative token count")
+        self.recent = recent
         if alpha is not None:
             if not 0 < float(alpha) <= 1:
                 raise ValueError(f"alpha {alpha!r}: expected a number in (0, 1]")
@@ -252,7 +256,7 @@ class ResvPolicy(Policy):
         return float(self.kvcfg.alpha)
 
     def describe(self) -> str:
-        return f"resv(alpha={self.alpha:g})"
+        return f"resv(alpha={self.alpha:g}" + (f", recent={self.recent})" if self.recent else ")")
 
     def select(self, keys, queries):
         from models import resv
@@ -280,6 +284,7 @@ class ResvPolicy(Policy):
             toks = np.asarray(table.tokens(sorted(chosen)), dtype=np.int64)
             mask[t, :] = False
             mask[t, toks[toks <= t]] = True
+            mask[t, max(0, t + 1 - self.recent):t + 1] = True
             if not mask[t].any():       # nothing selected: the current token alone (softmax needs one key)
                 mask[t, t] = True
         out.n_clusters = int(table.n)
@@ -294,7 +299,7 @@ def make_policy(name: str, budget=None, kvcfg=None, alpha: float | None = None, 
     if name == "resv":
         if kvcfg is None:
             raise ValueError("policy resv needs the accelerator config's kv section")
-        return ResvPolicy(kvcfg, alpha=alpha, first=first)
+        return ResvPolicy(kvcfg, alpha=alpha, first=first, **kw)
     cls = {"streaming": StreamingPolicy, "h2o": H2OPolicy, "quest": QuestPolicy}.get(name)
     if cls is None:
         raise ValueError(f"unknown policy {name!r}; choose one of {', '.join(POLICIES)}")

@@ -156,6 +156,10 @@ def test_resv_policy_uses_the_reference(real, acfg, monkeypatch):
             want = np.zeros(256, bool)
             want[table.tokens(sorted(set(sels[0].clusters) | set(sels[1].clusters)))] = True
             np.testing.assert_array_equal(sel.mask[t], want)
+    # a local window on top keeps the last tokens and everything ReSV chose
+    win = kp.ResvPolicy(acfg.kv, recent=8).select(k, q)
+    assert win.clusters == sel.clusters and (win.mask >= sel.mask).all()
+    assert all(win.mask[t, t - 7:t + 1].all() for t in range(16, 256))
     # alpha is the knob: more alpha, more tokens
     lo = kp.ResvPolicy(acfg.kv, alpha=0.1).select(k, q).mask.sum()
     hi = kp.ResvPolicy(dataclasses.replace(acfg.kv, alpha=0.1), alpha=0.6).select(k, q).mask.sum()
@@ -217,7 +221,8 @@ def test_cli_plot_and_report(short, tmp_path, capsys):
     assert main(["kv", "report", str(p), "--out", str(out), "--checkpoint", CKPT, "--json"]) == 0
     rep = json.loads(capsys.readouterr().out)
     rows = {s["policy"]: s for s in rep["summary"]}
-    assert set(rows) == {"resv", "streaming", "h2o", "quest", "full"}
+    assert set(rows) == {"resv", "resv+recent8", "streaming", "h2o", "quest", "full"}
+    assert rows["resv+recent8"]["retrieved_fraction"] > rows["resv"]["retrieved_fraction"]
     assert rows["full"]["recall"] == pytest.approx(1.0) and rows["resv"]["early_exit_fraction"] > 0
     assert rows["streaming"]["retrieved_fraction"] == pytest.approx(rows["resv"]["retrieved_fraction"], abs=0.03)
     assert all(s["ppl_per_byte"] > 1 for s in rep["summary"])

@@ -76,7 +76,7 @@ def _ppl(nll: np.ndarray, first: int) -> float:
 
 
 def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None = None, first: int | None = None,
-           model=None, cycles: bool = True, full_nll: np.ndarray | None = None) -> dict:
+           model=None, cycles: bool = True, full_nll: np.ndarray | None = None, recent: int = 0) -> dict:
     """Run one policy over a :class:`traces.format.Trace`; returns the figures (JSON-ready dict).
 
     ``budget``: token count or fraction for the baselines; ``alpha`` overrides ``acfg.kv.alpha`` for resv.
@@ -87,7 +87,8 @@ def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None =
     first = FIRST if first is None else first
     if policy == "resv":
         _check_trace_fits(trace, acfg)
-    pol = make_policy(policy, parse_budget(budget), kvcfg=acfg.kv, alpha=alpha, first=first)
+    extra = {"recent": recent} if policy == "resv" and recent else {}
+    pol = make_policy(policy, parse_budget(budget), kvcfg=acfg.kv, alpha=alpha, first=first, **extra)
     ev = evaluate(trace, pol)
     masks = ev.pop("masks")
     ref = ev.pop("clusters", None)
@@ -181,12 +182,14 @@ def plot_recall(points: dict, out: Path, title: str) -> Path:
         plt.close(fig)
 
 
-def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int | None = None) -> dict:
+def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int | None = None,
+           recent: int = 8) -> dict:
     """The README table: ReSV at the config's alpha on every trace, then every baseline at the budget that
     matches ReSV's retrieved fraction on that trace (a fraction of the visible prefix), full attention.
     Means over traces of retrieved fraction, recall, early-exit fraction, perplexity (int mode), cycles and
-    modeled energy."""
-    rows: dict[str, list] = {n: [] for n in ("resv", "streaming", "h2o", "quest", "full")}
+    modeled energy. ``recent`` > 0 adds a row for ReSV with a local window of that many tokens."""
+    names = ("resv", *((f"resv+recent{recent}",) if recent else ()), "streaming", "h2o", "quest", "full")
+    rows: dict[str, list] = {n: [] for n in names}
     for t in traces:
         model = _model_for(t, checkpoint) if checkpoint else None
         full_nll = None
@@ -199,11 +202,15 @@ def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int
         f = r["retrieved_fraction"]
         for name in ("streaming", "h2o", "quest", "full"):
             rows[name].append(replay(t, acfg, name, budget=f, first=first, model=model, full_nll=full_nll))
+        if recent:
+            rows[f"resv+recent{recent}"].append(replay(t, acfg, "resv", first=first, model=model, full_nll=full_nll,
+                                                       recent=recent))
     summary = []
     for name, rs in rows.items():
         mean = lambda k, rs=rs: (float(np.mean([r[k] for r in rs])) if rs and rs[0].get(k) is not None  # noqa: E731
                                  else None)
         summary.append({"policy": name, "setting": f"alpha={acfg.kv.alpha:g}" if name == "resv" else
+                        f"alpha={acfg.kv.alpha:g} + last {recent} tokens" if name.startswith("resv+") else
                         "budget = ReSV's fraction per trace" if name != "full" else "all tokens",
                         "retrieved_fraction": mean("retrieved_fraction"), "recall": mean("recall"),
                         "early_exit_fraction": mean("early_exit_fraction"), "ppl_per_byte": mean("ppl_per_byte"),
@@ -279,7 +286,10 @@ def cmd_kv_replay(args) -> int:
     budget = parse_budget(args.budget) if args.budget is not None else None
     (trace,) = _load_traces([args.trace])
     model = _model_for(trace, args.checkpoint) if args.checkpoint else None
-    r = replay(trace, acfg, args.policy, budget=budget, alpha=args.alpha, first=args.first, model=model)
+    if args.recent and args.policy != "resv":
+        raise ValueError("--recent applies to --policy resv only")
+    r = replay(trace, acfg, args.policy, budget=budget, alpha=args.alpha, first=args.first, model=model,
+               recent=args.recent)
     if args.json:
         r.pop("streams")
         print(json.dumps(r, indent=1))
@@ -323,7 +333,7 @@ def cmd_kv_report(args) -> int:
 
     acfg = load_config(args.config)
     traces = _load_traces(args.traces)
-    rep = report(traces, acfg, checkpoint=args.checkpoint or None, first=args.first)
+    rep = report(traces, acfg, checkpoint=args.checkpoint or None, first=args.first, recent=args.recent)
     out = Path(args.out)
     pts = sweep(traces, acfg, first=args.first)
     rep["sweep"] = {k: [list(p) for p in v] for k, v in pts.items()}
@@ -358,6 +368,8 @@ def register(subparsers) -> argparse.ArgumentParser:
                    help="baselines: tokens per step (e.g. 64) or a fraction of the visible prefix (e.g. 0.25; "
                         "default 0.25)")
     r.add_argument("--alpha", type=float, default=None, help="resv: threshold fraction (default: kv.alpha)")
+    r.add_argument("--recent", type=int, default=0,
+                   help="resv: also keep the last N tokens at every step (local window; default 0)")
     r.add_argument("--checkpoint", default=None, help="also the int-mode perplexity with restricted attention")
     r.add_argument("--first", type=int, default=None, help=first_help)
     r.add_argument("--json", action="store_true", help="print JSON")
@@ -376,6 +388,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     rp.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
                     help=f"checkpoint for perplexity (default {DEFAULT_CHECKPOINT}; '' skips it)")
     rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument("--recent", type=int, default=8,
+                    help="also a row for ReSV plus the last N tokens (default 8; 0: no such row)")
     rp.add_argument("--first", type=int, default=None, help=first_help)
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(func=cmd_kv_report)
