@@ -36,7 +36,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from amaranth import Cat, Elaboratable, Module, Signal, Value
+from amaranth import Cat, Elaboratable, Module, Mux, Signal, Value
 from amaranth.build import Clock, Resource, TemplatedPlatform
 from amaranth.lib import io
 
@@ -112,6 +112,7 @@ ENGINES: dict[str, str] = {
     "tlmm": "table-lookup ternary matmul (config section tlmm)",
     "gemm": "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
     "all": "both engines side by side (tlmm + gemm), as a system using both holds them",
+    "kv": "KV-cache retrieval engine (config section kv)",
 }
 
 # What a user can shrink to reduce each resource, per engine (used in the FitError message).
@@ -142,6 +143,9 @@ _SHRINK_HINT = {
                "memory.bus_bytes)",
     },
 }
+_SHRINK_HINT["kv"] = {r: "kv.lanes, kv.hyperplanes (projection adders, signature compares), kv.max_clusters, "
+                        "kv.dim, kv.max_cluster_size (cluster table)" for r in _SHRINK_HINT["tlmm"]}
+_SHRINK_HINT["kv"]["dsp"] = "kv.lanes (lanes int8 × key-sum multipliers in the scoring unit)"
 # Both engines: a resource can be relieved in either section.
 _SHRINK_HINT["all"] = {r: f"{_SHRINK_HINT['tlmm'][r]}; or {_SHRINK_HINT['gemm'][r]}" for r in _SHRINK_HINT["tlmm"]}
 _RESOURCE_NAME = {"lut": "LUT4s/logic cells", "ff": "flip-flops", "bram": "block RAMs",
@@ -355,7 +359,37 @@ class AllBoardTop(_PinnedTop):
         return m
 
 
+class KvBoardTop(_PinnedTop):
+    """The KV retrieval engine with self-driven streams (see :class:`BoardTop`): ``vec`` payloads and the
+    command come from the LFSR-fed pool (commands mostly INSERT, some QUERY, rare RESET), valid/ready are
+    pseudo-random; each ``out`` beat is captured in a register whose XOR toggles the parity LED."""
+
+    def __init__(self, acfg: AcceleratorConfig, **pins):
+        super().__init__(**pins)
+        self.acfg = acfg
+
+    def elaborate(self, platform):
+        from hw.kv import KvRetrieval
+
+        m = Module()
+        m.submodules.engine = eng = KvRetrieval(self.acfg.kv)
+        vec = Value.cast(eng.vec.payload)
+        lfsr, pool = _stimulus(m, platform, self, len(vec) + 3)
+        op = Mux(pool[-3:] == 0, 0, Mux(pool[-3:] < 3, 2, 1))
+        m.d.comb += [vec.eq(pool[:len(vec)]), eng.cmd.payload.eq(op), eng.cmd.valid.eq(lfsr[8]),
+                     eng.vec.valid.eq(~(lfsr[9] & lfsr[10])), eng.out.ready.eq(~(lfsr[13] & lfsr[14]))]
+        out_q = Signal(len(Value.cast(eng.out.payload)), name="out_q")
+        out_v = Signal(name="out_q_valid")
+        m.d.sync += [out_q.eq(Value.cast(eng.out.payload)), out_v.eq(eng.out.valid & eng.out.ready)]
+        parity, busy = Signal(), Signal()
+        m.d.sync += [parity.eq(parity ^ (out_v & out_q.xor())), busy.eq(eng.busy)]
+        _drive_leds(m, platform, self, parity, busy)
+        return m
+
+
 def _board_top(acfg: AcceleratorConfig, engine: str, **pins) -> Elaboratable:
+    if engine == "kv":
+        return KvBoardTop(acfg, **pins)
     if engine == "gemm":
         return GemmBoardTop(acfg, **pins)
     if engine == "all":
@@ -484,6 +518,8 @@ def _known_usage(engine: str, acfg: AcceleratorConfig) -> tuple[dict[str, int], 
     if engine in ("gemm", "all"):
         g = acfg.gemm
         return {"dsp": g.rows * g.cols}, f" (gemm.rows·gemm.cols = {g.rows}·{g.cols} multipliers)"
+    if engine == "kv":
+        return {"dsp": acfg.kv.lanes}, f" (kv.lanes = {acfg.kv.lanes} scoring multipliers)"
     return {}, ""
 
 
@@ -575,10 +611,12 @@ def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------------------------
 
 def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path = Path("build/bitstream"),
-                    log: Callable[[str], None] = print, engine: str = "tlmm") -> dict:
+                    log: Callable[[str], None] = print, engine: str = "tlmm", pnr: bool = True) -> dict:
     """Synthesize, fit-check, place, route and pack ``engine`` ("tlmm", "gemm" or "all": both) of
     ``acfg`` for ``board``; return the report. For a board without an open place-and-route (``kv260``)
-    this is :func:`xilinx_resources`: synthesis and fit check only.
+    this is :func:`xilinx_resources`: synthesis and fit check only. ``pnr=False`` stops after the fit
+    check (synthesis-only resource figures, ``fmax_mhz`` None, no bitstream; used by resource-model
+    calibration).
 
     Outputs go to ``<out_dir>/<board>-<config name>-<engine>/``: ``top.il`` (RTLIL), ``synth.log``,
     ``top.json`` (netlist), ``pnr.log``, ``pnr_report.json``, the bitstream (``top.bit`` for ECP5,
@@ -627,6 +665,18 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
 
     # -- fit check before the (long) place-and-route --
     _check_fit(board, b, usage, acfg, engine)
+    if not pnr:
+        report = {
+            "board": board, "board_description": b.description, "device": b.device, "engine": engine,
+            "config": acfg.name, "config_source": acfg.source, "config_fingerprint": acfg.fingerprint(),
+            **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
+            "cells": dict(cells.most_common()), "pnr_utilization": {}, "clock": None, "fmax_mhz": None,
+            "target_mhz": acfg.clock_mhz, "meets_target": None, "critical_path": "n/a", "bitstream": None,
+            "bitstream_bytes": None, "note": "synthesis only (pnr=False): no place-and-route, no Fmax",
+            "seconds": {"elaborate": round(t_elab, 1), "synth": round(t_synth, 1)},
+        }
+        (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
     # -- place and route, timing-driven towards clock_mhz (the oscillator constraint was raised) --
     log(f"[fpga] {board}: nextpnr-{b.family} place and route (log {work / 'pnr.log'}); "

@@ -284,6 +284,34 @@ def cmd_bitstream(args) -> int:
     return 0
 
 
+# ---------------------------------------------------------------- dse, calibrate
+def cmd_dse(args) -> int:
+    from tritium.dse import _mask_url, load_spec, run_dse
+
+    spec = load_spec(args.spec)
+    if args.storage and not args.storage.startswith(("sqlite:///", "postgresql://", "postgresql+psycopg2://")):
+        raise ValueError(f"--storage: expected sqlite:///PATH or postgresql://USER@HOST:PORT/DB, got "
+                         f"{_mask_url(args.storage)}")
+    try:
+        run_dse(spec, Path(args.out), workers=args.workers, storage=args.storage, top=args.top,
+                verify=args.verify, progress=not args.no_progress, log=_progress)
+    except Exception as e:
+        from sqlalchemy.exc import SQLAlchemyError
+
+        if isinstance(e, SQLAlchemyError):
+            first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            print(f"tritium: error: storage {_mask_url(args.storage or 'sqlite')}: {first}", file=sys.stderr)
+            return EXIT_TOOL
+        raise
+    return 0
+
+
+def cmd_calibrate(args) -> int:
+    from tritium.calibrate import main as calibrate_main
+
+    return calibrate_main(args.rest)
+
+
 # ---------------------------------------------------------------- bench
 def cmd_bench(args) -> int:
     from tritium.bench import run_bench
@@ -350,11 +378,30 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", default=None, help=cfg_help)
     b.add_argument("--board", default="ulx3s", help="ulx3s (ECP5-85F, default), icebreaker (iCE40 UP5K) or kv260 "
                                                    "(K26, Yosys synth_xilinx resource estimate only)")
-    b.add_argument("--engine", choices=["tlmm", "gemm", "all"], default="tlmm",
-                   help="tlmm (table-lookup ternary matmul, default) or gemm (temporal int8 GEMM); "
-                        "outputs go to OUT/<board>-<config>-<engine>/")
+    b.add_argument("--engine", choices=["tlmm", "gemm", "all", "kv"], default="tlmm",
+                   help="tlmm (table-lookup ternary matmul, default), gemm (temporal int8 GEMM), all (tlmm + "
+                        "gemm) or kv (KV retrieval); outputs go to OUT/<board>-<config>-<engine>/")
     b.add_argument("--out", default="build/bitstream", help="output folder (default build/bitstream)")
     b.set_defaults(func=cmd_bitstream)
+
+    ds = sub.add_parser("dse", help="design-space exploration: Optuna grid / NSGA-II over config fields (modeled)")
+    ds.add_argument("spec", help="sweep spec YAML (e.g. configs/sweeps/kv260-bitnet07b.yaml)")
+    ds.add_argument("--out", required=True, help="output folder: study.db, results.csv, pareto.png, evaluations.jsonl")
+    ds.add_argument("--workers", type=_non_negative, default=2,
+                    help="local evaluation processes (default 2; 0 evaluates in the main process)")
+    ds.add_argument("--storage", default=None,
+                    help="Optuna storage URL shared by several invocations (postgresql://USER:PASS@HOST:PORT/DB); "
+                         "default sqlite:///OUT/study.db")
+    ds.add_argument("--top", type=_non_negative, default=5, help="Pareto points in the printed table (default 5)")
+    ds.add_argument("--verify", type=_non_negative, default=0,
+                    help="co-simulate the top K Pareto points (Verilator, ~1 min each; default 0)")
+    ds.add_argument("--no-progress", action="store_true", help="no progress bar")
+    ds.set_defaults(func=cmd_dse)
+
+    ca = sub.add_parser("calibrate", help="run the resource-model calibration flows; fit; held-out error table",
+                        add_help=False)
+    ca.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m tritium.calibrate (--help)")
+    ca.set_defaults(func=cmd_calibrate)
 
     be = sub.add_parser("bench", help="model vs Verilator speed on the BitNet-0.7B workload")
     be.add_argument("--config", default=None, help=cfg_help)

@@ -33,7 +33,7 @@ from hw.ternary import TlmmShape
 from sim.gemm_model import gemm_fast
 from sim.tlmm_model import tlmm_cycles, tlmm_events_closed_form
 
-__all__ = ["HOST_COST", "load_energy", "StepCost", "cost_program", "estimate", "plot_estimates"]
+__all__ = ["HOST_COST", "load_energy", "StepCost", "cost_program", "estimate", "summarize", "plot_estimates"]
 
 ENERGY_DIR = Path(__file__).resolve().parent.parent / "configs" / "energy"
 ENERGY_KEYS = ("lookup", "table_entry", "mac8", "sram_byte", "dram_byte")
@@ -220,6 +220,13 @@ def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int
     energy = load_energy(acfg.device.family)
     pre = cost_program(cm.program(prompt, 0, logits="last"), acfg, energy)
     dec = cost_program(cm.program(1, context - 1, logits="last"), acfg, energy)
+    return summarize(model_spec, acfg, prompt, context, pre, dec)
+
+
+def summarize(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int, pre: StepCost,
+              dec: StepCost) -> dict:
+    """:func:`estimate`'s figures from the costs of the prefill and the decode step (also used by the
+    design-space exploration's fast evaluator, tritium.dse)."""
     f = acfg.clock_mhz * 1e6
 
     def util(c: StepCost, eng: str) -> float:
