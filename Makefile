@@ -18,12 +18,13 @@ else
   BOARD_CONFIG ?= $(CONFIG)
 endif
 
-.PHONY: help venv sim test test-all bitstream bench train lint clean
+.PHONY: help venv sim test test-all bitstream bench train lint clean kv-report
 
 help:
 	@echo "make sim        co-simulate the three engines of the default config (RTL ⇔ model ⇔ reference): BitNet-0.7B workloads, KV trace replays"
 	@echo "make test       run the test suite (what CI runs)"
 	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all, CONFIG=...) and print its report"
+	@echo "make kv-report  KV policies (ReSV, StreamingLLM, H2O, Quest, full) on the recorded traces: table + recall PNG (~2 min)"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
 	@echo "make lint       ruff"
@@ -51,6 +52,9 @@ test-all: $(BIN)/.installed
 
 bitstream: $(BIN)/.installed
 	$(BIN)/tritium bitstream --board $(BOARD) --engine $(ENGINE) --config $(BOARD_CONFIG)
+
+kv-report: $(BIN)/.installed
+	$(BIN)/tritium kv report traces/*.npz --config $(CONFIG) --out build/kv
 
 bench: $(BIN)/.installed
 	$(BIN)/tritium bench --config $(CONFIG)

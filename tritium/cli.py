@@ -403,6 +403,10 @@ def build_parser() -> argparse.ArgumentParser:
     ca.add_argument("rest", nargs=argparse.REMAINDER, help="arguments of python -m tritium.calibrate (--help)")
     ca.set_defaults(func=cmd_calibrate)
 
+    from tritium.kv import register as register_kv
+
+    register_kv(sub)
+
     be = sub.add_parser("bench", help="model vs Verilator speed on the BitNet-0.7B workload")
     be.add_argument("--config", default=None, help=cfg_help)
     be.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
