@@ -707,6 +707,8 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
     study_name = f"dse-{spec.name}"
     if url.startswith("sqlite"):
         _sqlite_pragmas()
+    if url.startswith("postgresql://"):      # SQLAlchemy 2.1 defaults to psycopg 3; we depend on psycopg2-binary
+        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
     stor = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgres") else None)
     directions = [d for _, d in spec.objectives]
     db = optuna.create_study(study_name=study_name, storage=stor, directions=directions, load_if_exists=True)
