@@ -9,6 +9,9 @@ SEED   ?= 0
 # ML=1 (default) installs PyTorch first: the CPU wheel 2.13.0, so no CUDA build is pulled (TOOLCHAIN notes).
 # The compiler, the models and their tests need it; ML=0 skips it for RTL-only work.
 ML     ?= 1
+# make dse: the sweep spec, and how many of its top Pareto points to co-simulate (Verilator, ~1 min each)
+SPEC   ?= configs/sweeps/kv260-bitnet07b.yaml
+VERIFY ?= 1
 
 ifeq ($(BOARD),icebreaker)
   BOARD_CONFIG ?= configs/icebreaker.yaml
@@ -18,7 +21,7 @@ else
   BOARD_CONFIG ?= $(CONFIG)
 endif
 
-.PHONY: help venv sim test test-all bitstream bench train lint clean kv-report
+.PHONY: help venv sim test test-all bitstream bench train lint clean dse calibrate kv-report
 
 help:
 	@echo "make sim        co-simulate the three engines of the default config (RTL ⇔ model ⇔ reference): BitNet-0.7B workloads, KV trace replays"
@@ -27,6 +30,8 @@ help:
 	@echo "make kv-report  KV policies (ReSV, StreamingLLM, H2O, Quest, full) on the recorded traces: table + recall PNG (~2 min)"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
+	@echo "make dse        design-space exploration of SPEC (default configs/sweeps/kv260-bitnet07b.yaml), VERIFY=K winners co-simulated"
+	@echo "make calibrate  rerun the resource-model calibration flows (~1 h, one tool at a time) and print the held-out errors"
 	@echo "make lint       ruff"
 	@echo "make clean      remove build products"
 
@@ -58,6 +63,12 @@ kv-report: $(BIN)/.installed
 
 bench: $(BIN)/.installed
 	$(BIN)/tritium bench --config $(CONFIG)
+
+dse: $(BIN)/.installed
+	$(BIN)/tritium dse $(SPEC) --out build/dse/$(basename $(notdir $(SPEC))) --verify $(VERIFY)
+
+calibrate: $(BIN)/.installed
+	$(BIN)/python -m tritium.calibrate --out configs/calibration/runs.csv
 
 train: $(BIN)/.installed
 	$(BIN)/python -m models.train --out models/checkpoints/tiny.pt
