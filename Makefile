@@ -6,6 +6,7 @@ CONFIG ?= configs/default.yaml
 BOARD  ?= ulx3s
 ENGINE ?= tlmm
 SEED   ?= 0
+TOKENS ?= 4
 # ML=1 (default) installs PyTorch first: the CPU wheel 2.13.0, so no CUDA build is pulled (TOOLCHAIN notes).
 # The compiler, the models and their tests need it; ML=0 skips it for RTL-only work.
 ML     ?= 1
@@ -21,10 +22,12 @@ else
   BOARD_CONFIG ?= $(CONFIG)
 endif
 
-.PHONY: help venv sim test test-all bitstream bench train lint clean dse calibrate kv-report
+.PHONY: help venv sim top test test-all bitstream bench train lint clean dse calibrate kv-report
 
 help:
-	@echo "make sim        co-simulate the three engines of the default config (RTL ⇔ model ⇔ reference): BitNet-0.7B workloads, KV trace replays"
+	@echo "make sim        co-simulate the three engines of the default config (RTL ⇔ model ⇔ reference): BitNet-0.7B workloads, KV trace replays;"
+	@echo "                then the tiny model generating TOKENS=4 greedy tokens through the RTL top level (logits and cycles compared)"
+	@echo "make top        only the top-level run (TOKENS=4; all 4 layers; ~1-2 min)"
 	@echo "make test       run the test suite (what CI runs)"
 	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all, CONFIG=...) and print its report"
 	@echo "make kv-report  KV policies (ReSV, StreamingLLM, H2O, Quest, full) on the recorded traces: table + recall PNG (~2 min)"
@@ -48,6 +51,10 @@ sim: $(BIN)/.installed
 	$(BIN)/tritium cosim tlmm --config $(CONFIG) --workload all --seed $(SEED)
 	$(BIN)/tritium cosim gemm --config $(CONFIG) --workload all --seed $(SEED)
 	$(BIN)/tritium cosim kv --config $(CONFIG) --workload all --seed $(SEED)
+	$(BIN)/tritium cosim top --config $(CONFIG) --tokens $(TOKENS)
+
+top: $(BIN)/.installed
+	$(BIN)/tritium cosim top --config $(CONFIG) --tokens $(TOKENS)
 
 test: $(BIN)/.installed
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -113,6 +113,7 @@ ENGINES: dict[str, str] = {
     "gemm": "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
     "all": "both engines side by side (tlmm + gemm), as a system using both holds them",
     "kv": "KV-cache retrieval engine (config section kv)",
+    "top": "the integrated top level: command decoder, TLMM DMA, TLMM and GEMM on one memory port",
 }
 
 # What a user can shrink to reduce each resource, per engine (used in the FitError message).
@@ -148,6 +149,8 @@ _SHRINK_HINT["kv"] = {r: "kv.lanes, kv.hyperplanes (projection adders, signature
 _SHRINK_HINT["kv"]["dsp"] = "kv.lanes (lanes int8 × key-sum multipliers in the scoring unit)"
 # Both engines: a resource can be relieved in either section.
 _SHRINK_HINT["all"] = {r: f"{_SHRINK_HINT['tlmm'][r]}; or {_SHRINK_HINT['gemm'][r]}" for r in _SHRINK_HINT["tlmm"]}
+_SHRINK_HINT["top"] = {r: f"{v}; memory.bus_bytes, memory.max_burst (DMA gearbox and read FIFO)"
+                       for r, v in _SHRINK_HINT["all"].items()}
 _RESOURCE_NAME = {"lut": "LUT4s/logic cells", "ff": "flip-flops", "bram": "block RAMs",
                   "spram": "SPRAM blocks", "uram": "URAM blocks", "dsp": "DSP blocks"}
 # UltraScale+ names its units differently (6-input LUTs; block RAM counted as 36 Kbit RAMB36 equivalents).
@@ -387,7 +390,40 @@ class KvBoardTop(_PinnedTop):
         return m
 
 
+class TopBoardTop(_PinnedTop):
+    """The integrated top level (hw/top.py) with self-driven ports (see :class:`BoardTop`): command words and
+    read data come from the LFSR-fed pool, valid/ready and the host's answer are pseudo-random; every ``wr``
+    beat and ``rreq`` is captured in a register whose XOR toggles the parity LED."""
+
+    def __init__(self, acfg: AcceleratorConfig, **pins):
+        super().__init__(**pins)
+        self.acfg = acfg
+
+    def elaborate(self, platform):
+        from hw.top import AcceleratorTop
+
+        m = Module()
+        m.submodules.engine = eng = AcceleratorTop(self.acfg)
+        rdata = Value.cast(eng.rdata.payload)
+        lfsr, pool = _stimulus(m, platform, self, len(rdata) + 64)
+        m.d.comb += [rdata.eq(pool[:len(rdata)]), eng.cmd.payload.eq(pool[len(rdata):]),
+                     eng.cmd.valid.eq(lfsr[8]), eng.rdata.valid.eq(~(lfsr[9] & lfsr[10])),
+                     eng.rreq.ready.eq(~(lfsr[11] & lfsr[12])), eng.wr.ready.eq(~(lfsr[13] & lfsr[14])),
+                     eng.host.ready.eq(lfsr[15])]
+        wr_data, rq_data = Value.cast(eng.wr.payload), Value.cast(eng.rreq.payload)
+        wr_q, rq_q = Signal(len(wr_data), name="wr_q"), Signal(len(rq_data), name="rreq_q")
+        wr_v, rq_v = Signal(name="wr_q_valid"), Signal(name="rreq_q_valid")
+        m.d.sync += [wr_q.eq(wr_data), wr_v.eq(eng.wr.valid & eng.wr.ready),
+                     rq_q.eq(rq_data), rq_v.eq(eng.rreq.valid & eng.rreq.ready)]
+        parity, busy = Signal(), Signal()
+        m.d.sync += [parity.eq(parity ^ (wr_v & wr_q.xor()) ^ (rq_v & rq_q.xor())), busy.eq(eng.busy)]
+        _drive_leds(m, platform, self, parity, busy)
+        return m
+
+
 def _board_top(acfg: AcceleratorConfig, engine: str, **pins) -> Elaboratable:
+    if engine == "top":
+        return TopBoardTop(acfg, **pins)
     if engine == "kv":
         return KvBoardTop(acfg, **pins)
     if engine == "gemm":
@@ -515,7 +551,7 @@ def _known_usage(engine: str, acfg: AcceleratorConfig) -> tuple[dict[str, int], 
     become one DSP block (MULT18X18D on ECP5, SB_MAC16 on iCE40 with ``synth_ice40 -dsp``, DSP48E2 on
     UltraScale+; Yosys maps every $mul of at least 2×2 bits, with ≥ 11 product bits on iCE40, and does not
     fall back to LUTs when the device runs out). The TLMM has no multiplier, so ``all`` adds nothing."""
-    if engine in ("gemm", "all"):
+    if engine in ("gemm", "all", "top"):
         g = acfg.gemm
         return {"dsp": g.rows * g.cols}, f" (gemm.rows·gemm.cols = {g.rows}·{g.cols} multipliers)"
     if engine == "kv":

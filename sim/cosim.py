@@ -281,3 +281,149 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
         r["rtl_equals_reference"] = r["rtl_equals_model"] and mc["model_equals_reference"]
         r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal")
     return _report("kv", acfg, rows, meta_cases, build_s, model_s, sim_s)
+
+
+# ---------------------------------------------------------------- top level
+@dataclass
+class TopReport:
+    config: dict
+    layers: int
+    prompt: list
+    rtl_tokens: list
+    model_tokens: list
+    torch_tokens: list
+    logits_equal_torch: list          # per step: RTL logits == PyTorch int reference, bit for bit
+    logits_equal_model: list          # per step: RTL logits == the executor on the numba models
+    rtl_cycles: list                  # per step, per command
+    model_cycles: list
+    build_s: float
+    sim_s: float
+    commands: list                    # per step: kinds of the commands
+
+    @property
+    def cycles_equal(self) -> bool:
+        return self.rtl_cycles == self.model_cycles
+
+    @property
+    def ok(self) -> bool:
+        return (all(self.logits_equal_torch) and all(self.logits_equal_model) and self.cycles_equal
+                and self.rtl_tokens == self.torch_tokens == self.model_tokens)
+
+    def to_json(self) -> dict:
+        per_kind = {}
+        for kinds, rc, mc in zip(self.commands, self.rtl_cycles, self.model_cycles, strict=True):
+            for k, r, m in zip(kinds, rc, mc, strict=True):
+                e = per_kind.setdefault(k, {"commands": 0, "rtl_cycles": 0, "model_cycles": 0})
+                e["commands"] += 1
+                e["rtl_cycles"] += r
+                e["model_cycles"] += m
+        return {"engine": "top", "config": self.config, "layers": self.layers, "prompt": self.prompt,
+                "rtl_tokens": self.rtl_tokens, "torch_tokens": self.torch_tokens, "model_tokens": self.model_tokens,
+                "logits_equal_torch": self.logits_equal_torch, "logits_equal_model": self.logits_equal_model,
+                "rtl_cycles": sum(map(sum, self.rtl_cycles)), "model_cycles": sum(map(sum, self.model_cycles)),
+                "step_cycles": [sum(c) for c in self.rtl_cycles], "cycles_equal": self.cycles_equal,
+                "per_kind": per_kind, "build_s": round(self.build_s, 2), "simulation_s": round(self.sim_s, 2),
+                "ok": self.ok}
+
+
+def build_top(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
+    from hw.top import AcceleratorTop
+
+    return build_verilator("top", AcceleratorTop(acfg), acfg.name, build_root, quiet)
+
+
+def truncated_model(model, layers: int):
+    """A copy of a TernaryLM with only its first ``layers`` decoder layers (same weights)."""
+    import copy
+    import dataclasses
+
+    if not 1 <= layers <= model.config.n_layers:
+        raise ValueError(f"--layers: {layers} outside 1..{model.config.n_layers}")
+    m = copy.deepcopy(model)
+    m.layers = m.layers[:layers]
+    m.config = dataclasses.replace(m.config, n_layers=layers)
+    return m
+
+
+def run_top_cosim(acfg: AcceleratorConfig, checkpoint: str | Path, prompt: list[int], new_tokens: int,
+                  layers: int | None = None, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> TopReport:
+    """Run a greedy generation (prompt prefill + ``new_tokens - 1`` decode steps, ``new_tokens`` tokens) of
+    a trained checkpoint through the RTL top level, the executor on the numba models, and PyTorch int mode;
+    compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py."""
+    import torch
+
+    from compiler import compile_model, load_model
+    from compiler.execute import Runtime
+    from hw.isa import GemmCommand, HostCommand
+    from models.lm import generate
+    from sim.top_model import program_cycles
+
+    model = load_model(str(checkpoint))
+    if layers is not None:
+        model = truncated_model(model, layers)
+    if new_tokens < 1 or not prompt:
+        raise ValueError("need a non-empty prompt and at least one new token")
+    _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
+    cm = compile_model(model, acfg)
+    progs = [cm.program(len(prompt), 0, logits="last")]
+    progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
+    kinds = [["host" if isinstance(c, HostCommand) else "gemm" if isinstance(c, GemmCommand) else "tlmm"
+              for c in p.commands()] for p in progs]
+    model_cycles = [program_cycles(p) for p in progs]
+
+    # reference 1: PyTorch int mode, greedy; reference 2: the executor on the numba models
+    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int").tolist()[len(prompt):]
+    cache = model.new_cache()
+    torch_logits = []
+    seq = list(prompt)
+    with torch.no_grad():
+        for s in range(new_tokens):
+            inp = torch.tensor([seq if s == 0 else seq[-1:]])
+            lg = model(inp, cache, mode="int")[0, -1].numpy()
+            torch_logits.append(lg)
+            seq.append(int(np.argmax(lg)))
+    rt = Runtime(progs[0])
+    model_logits, model_tokens, toks = [], [], list(prompt)
+    for s, p in enumerate(progs):
+        lg, _ = rt.run(p, toks if s == 0 else toks[-1:])
+        model_logits.append(lg.numpy()[-1])
+        toks.append(int(np.argmax(lg.numpy()[-1])))
+        model_tokens.append(toks[-1])
+
+    bdir, build_s = build_top(acfg, build_root, quiet)
+    beats = max(p.image.shape[0] for p in progs)
+    image = np.zeros((beats, acfg.memory.bus_bytes), np.uint8)
+    image[: progs[0].image.shape[0]] = progs[0].image
+    from cocotb_tools.runner import get_runner
+
+    with tempfile.TemporaryDirectory(prefix="tritium-top-") as tmp:
+        steps = []
+        for s, p in enumerate(progs):
+            d = Path(tmp) / f"step{s}"
+            p.save(d)
+            steps.append({"program": str(d)})
+        case_file, result_file = Path(tmp) / "cases.npz", Path(tmp) / "results.json"
+        meta = {"config": acfg.to_dict(), "prompt": list(prompt), "steps": steps}
+        np.savez(case_file, image=image, meta=np.array(json.dumps(meta)))
+        env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
+               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+        _log(f"[top] running {len(progs)} step(s), {sum(map(len, kinds))} commands through Verilator ...", quiet)
+        t0 = time.perf_counter()
+        log = Path(tmp) / "sim.log"
+        get_runner("verilator").test(test_module="sim.top_bench", hdl_toplevel="top", hdl_toplevel_lang="verilog",
+                                     build_dir=bdir, test_dir=tmp, extra_env=env,
+                                     results_xml=str(Path(tmp) / "results.xml"), log_file=log)
+        sim_s = time.perf_counter() - t0
+        if not result_file.exists():
+            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
+            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{tail}")
+        res = json.loads(result_file.read_text())
+        with np.load(str(result_file) + ".npz", allow_pickle=False) as z:
+            rtl_logits = [z[f"logits{s}"][-1] for s in range(len(progs))]
+    return TopReport(
+        config={**acfg.to_dict(), "source": acfg.source}, layers=model.config.n_layers, prompt=list(prompt),
+        rtl_tokens=res["tokens"][len(prompt):], model_tokens=model_tokens, torch_tokens=torch_tokens,
+        logits_equal_torch=[bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, torch_logits, strict=True)],
+        logits_equal_model=[bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, model_logits, strict=True)],
+        rtl_cycles=[st["per_command"] for st in res["steps"]], model_cycles=model_cycles,
+        build_s=build_s, sim_s=sim_s, commands=kinds)

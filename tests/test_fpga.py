@@ -64,7 +64,7 @@ def test_unknown_engine_names_the_engines(tmp_path):
             fpga.build_bitstream(load_config(DEFAULT_CONFIG), board, tmp_path, log=lambda s: None,
                                  engine="fft")
     assert not any(tmp_path.iterdir()), "nothing may be written for an unknown engine"
-    assert set(fpga.ENGINES) == {"tlmm", "gemm", "all"}
+    assert set(fpga.ENGINES) == {"tlmm", "gemm", "all", "kv", "top"}
 
 
 def test_fit_message_is_one_line_and_actionable():

@@ -134,10 +134,48 @@ def print_cosim_summary(rep) -> None:
     print("RESULT:", "PASS — bit-exact and cycle-exact" if rep.ok else "FAIL — see the rows marked NO / nonzero")
 
 
+def print_top_summary(rep) -> None:
+    from models.data import decode
+    from tritium.report import table
+
+    j = rep.to_json()
+    rows = [[k, v["commands"], v["rtl_cycles"], v["model_cycles"], v["rtl_cycles"] - v["model_cycles"]]
+            for k, v in j["per_kind"].items()]
+    rows.append(["all", sum(v["commands"] for v in j["per_kind"].values()), j["rtl_cycles"], j["model_cycles"],
+                 j["rtl_cycles"] - j["model_cycles"]])
+    print(table(["commands", "count", "RTL cycles", "model cycles", "difference"], rows,
+                title=f"Top level: {j['layers']} decoder layer(s) of the tiny model, {len(rep.rtl_tokens)} greedy "
+                      f"token(s) — config {rep.config['name']} ({rep.config['source']})"))
+    print()
+    print(table(["step", "tokens in", "RTL cycles", "logits == PyTorch int", "logits == numba models"],
+                [[i, len(rep.prompt) if i == 0 else 1, c, a, b] for i, (c, a, b) in
+                 enumerate(zip(j["step_cycles"], rep.logits_equal_torch, rep.logits_equal_model, strict=True))]))
+    print(f"\nprompt {decode(rep.prompt)!r} → RTL {decode(rep.rtl_tokens)!r}, PyTorch {decode(rep.torch_tokens)!r}, "
+          f"models {decode(rep.model_tokens)!r}")
+    print(f"Every command's cycles compared (RTL: first word accepted → done; model: sim/top_model.py); host ops "
+          f"run by the bench on the memory image. Verilator {j['simulation_s']} s.")
+    print("RESULT:", "PASS — logits bit-exact, tokens equal, every command cycle-exact" if rep.ok
+          else "FAIL — see the rows above")
+
+
 def cmd_cosim(args) -> int:
-    from sim.cosim import run_gemm_cosim, run_kv_cosim, run_tlmm_cosim
+    from sim.cosim import run_gemm_cosim, run_kv_cosim, run_tlmm_cosim, run_top_cosim
 
     acfg = load_config(args.config)
+    if args.engine == "top":
+        prompt = list(args.prompt.encode())
+        if not prompt:
+            raise ConfigError("--prompt: empty")
+        try:
+            rep = run_top_cosim(acfg, args.checkpoint, prompt, args.tokens, args.layers,
+                                build_root=Path(args.build_dir), quiet=False)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        if args.json:
+            print(json.dumps(rep.to_json(), indent=1))
+        else:
+            print_top_summary(rep)
+        return 0 if rep.ok else EXIT_MISMATCH
     if args.workload == "traces" and args.engine != "kv":
         raise ConfigError("--workload traces: trace replays exist for the kv engine only")
     if args.engine == "tlmm":
@@ -336,7 +374,8 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     s = sub.add_parser("cosim", help="RTL (Verilator) ⇔ numba model ⇔ golden reference, bit and cycle exact")
-    s.add_argument("engine", choices=["tlmm", "gemm", "kv"], help="engine to co-simulate")
+    s.add_argument("engine", choices=["tlmm", "gemm", "kv", "top"],
+                   help="engine to co-simulate; top: the integrated top level running a compiled model")
     s.add_argument("--config", default=None, help=cfg_help)
     s.add_argument("--seed", type=_non_negative, default=0, help="seed of the random cases (default 0)")
     s.add_argument("--random", type=_non_negative, default=4, help="number of random cases (default 4)")
@@ -344,6 +383,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="cases: directed + random; bitnet: BitNet-0.7B slices (TLMM: layer projections; "
                         "GEMM: one head's Q·Kᵀ at 256 tokens; KV: = traces); traces: KV replays of the "
                         "committed traces/*.npz; all: both")
+    s.add_argument("--checkpoint", default="models/checkpoints/tiny.pt",
+                   help="top: trained checkpoint to compile and run (default models/checkpoints/tiny.pt)")
+    s.add_argument("--layers", type=_positive, default=None, help="top: run only the first N decoder layers")
+    s.add_argument("--tokens", type=_positive, default=4,
+                   help="top: greedy tokens to generate (prefill + tokens-1 decode steps; default 4)")
+    s.add_argument("--prompt", default="def main(", help="top: prompt text (bytes; default 'def main(')")
     s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
     s.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     s.set_defaults(func=cmd_cosim)
@@ -378,9 +423,10 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", default=None, help=cfg_help)
     b.add_argument("--board", default="ulx3s", help="ulx3s (ECP5-85F, default), icebreaker (iCE40 UP5K) or kv260 "
                                                    "(K26, Yosys synth_xilinx resource estimate only)")
-    b.add_argument("--engine", choices=["tlmm", "gemm", "all", "kv"], default="tlmm",
+    b.add_argument("--engine", choices=["tlmm", "gemm", "all", "kv", "top"], default="tlmm",
                    help="tlmm (table-lookup ternary matmul, default), gemm (temporal int8 GEMM), all (tlmm + "
-                        "gemm) or kv (KV retrieval); outputs go to OUT/<board>-<config>-<engine>/")
+                        "gemm), kv (KV retrieval) or top (decoder + DMA + tlmm + gemm); outputs go to "
+                        "OUT/<board>-<config>-<engine>/")
     b.add_argument("--out", default="build/bitstream", help="output folder (default build/bitstream)")
     b.set_defaults(func=cmd_bitstream)
 

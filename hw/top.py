@@ -1,0 +1,285 @@
+"""Accelerator top level: command decoder, TLMM stream DMA, and the engines on one memory port.
+
+The host (the CPU of a Zynq-class SoC; the co-simulation bench) pushes the Program's 64-bit command words
+(hw.isa, version 3) into ``cmd``. The decoder fetches a command (one word per cycle; 3 for TLMM and GEMM, 1
+for HOST), dispatches it in one cycle and waits until it is done, then fetches the next:
+
+- **TLMM**: the engine takes the command's engine fields; the DMA starts at the same edge. Its read
+  sequencer walks the runs the engine consumes — for every chunk kc, the M activation beats (``act_base``
+  bytes kc·M·G·T …) then the NB weight beats (``wgt_base`` bytes kc·NB·wgt_beat …) — and requests the bus
+  beats each run covers, in bursts of at most ``memory.max_burst`` that never cross a run, while the beats
+  requested and not yet used stay within the read FIFO (``dma_fifo`` beats). A byte gearbox (2·bus_bytes)
+  takes FIFO beats (dropping the run's leading offset bytes), presents engine beats of the run's width, and
+  discards the rest of a run's last bus beat. Results (Q int32 each) are packed into bus beats and written
+  from ``res_base`` on; a partial last beat is written zero-padded. Done when every result is written.
+- **GEMM**: the engine gets its fields and the memory port; done when its ``busy`` falls.
+- **HOST**: ``host`` presents the op index; done at the handshake (the host has run the op by then).
+
+The memory port (``rreq``/``rdata``/``wr``, the rules of sim/memory.py) belongs to the engine of the command
+in flight. ``sim.top_model`` mirrors this state for state; README.md ("Top level") gives the cycle counts.
+"""
+
+from __future__ import annotations
+
+from amaranth import Cat, Const, Module, Mux, Signal, unsigned
+from amaranth.lib import stream, wiring
+from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.wiring import In, Out
+
+from hw.config import AcceleratorConfig, ConfigError
+from hw.gemm import TemporalGemm, read_request_layout, write_layout
+from hw.isa import GEMM_FIELDS, OP_GEMM, OP_HOST, OP_TLMM, TLMM_FIELDS, payload_fields
+from hw.program import tlmm_wgt_beat_bytes
+from hw.tlmm import TableLookupMatmul
+
+__all__ = ["AcceleratorTop", "TopGeometry", "top_geometry"]
+
+
+class TopGeometry:
+    """Byte widths the DMA works with (checked against the bus)."""
+
+    def __init__(self, acfg: AcceleratorConfig):
+        t, mem = acfg.tlmm, acfg.memory
+        self.W = mem.bus_bytes
+        self.EA = t.chunk_k                       # activation beat: G·T int8 in memory
+        self.EW = tlmm_wgt_beat_bytes(t)          # packed weight beat
+        self.ER = t.columns * 4                   # result beat: Q little-endian int32
+        self.fifo = max(8, 2 * mem.max_burst)     # read FIFO depth = beats requested ahead at most
+        self.cap = 2 * self.W                     # gearbox bytes
+        for name, e in (("activation", self.EA), ("weight", self.EW), ("result", self.ER)):
+            if e > self.W:
+                raise ConfigError(f"{acfg.source}: memory.bus_bytes: the top level's DMA needs a TLMM {name} beat "
+                                  f"({e} bytes) to fit one {self.W}-byte bus beat; widen the bus or shrink tlmm")
+
+
+def top_geometry(acfg: AcceleratorConfig) -> TopGeometry:
+    return TopGeometry(acfg)
+
+
+def _field(words, fields, name):
+    for n, w, lsb, width in fields:
+        if n == name:
+            return words[w][lsb:lsb + width]
+    raise KeyError(name)
+
+
+class AcceleratorTop(wiring.Component):
+    """Command decoder + TLMM DMA + TLMM and GEMM engines sharing one memory port (module docstring)."""
+
+    def __init__(self, acfg: AcceleratorConfig):
+        self.acfg = acfg
+        self.geo = TopGeometry(acfg)
+        super().__init__({
+            "cmd": In(stream.Signature(unsigned(64))),
+            "host": Out(stream.Signature(unsigned(16))),
+            "rreq": Out(stream.Signature(read_request_layout(acfg))),
+            "rdata": In(stream.Signature(unsigned(8 * acfg.memory.bus_bytes))),
+            "wr": Out(stream.Signature(write_layout(acfg))),
+            "busy": Out(1),
+        })
+
+    def elaborate(self, platform):
+        acfg, g = self.acfg, self.geo
+        t, mem = acfg.tlmm, acfg.memory
+        W, EA, EW, ER, F, CAP = g.W, g.EA, g.EW, g.ER, g.fifo, g.cap
+        lgW = (W - 1).bit_length()
+        AB = mem.addr_bits
+        m = Module()
+        m.submodules.tlmm = tlmm = TableLookupMatmul(t)
+        m.submodules.gemm = gemm = TemporalGemm(acfg)
+
+        # ---------------------------------------------------------------- decoder
+        words = [Signal(64, name=f"word{i}") for i in range(3)]
+        widx = Signal(2)
+        st = Signal(2)          # 0 FETCH, 1 DISPATCH, 2 RUN, 3 HOST
+        opcode = words[0][:8]
+        tl_done, run_tlmm = Signal(), Signal()
+        m.d.comb += self.busy.eq(st != 0)
+        with m.Switch(st):
+            with m.Case(0):
+                m.d.comb += self.cmd.ready.eq(1)
+                with m.If(self.cmd.valid):
+                    m.d.sync += _store(words, widx, self.cmd.payload)
+                    op = Mux(widx == 0, self.cmd.payload[:8], opcode)
+                    n_words = Mux(op == OP_HOST, 1, 3)
+                    with m.If(widx + 1 == n_words):
+                        m.d.sync += [widx.eq(0), st.eq(1)]
+                    with m.Else():
+                        m.d.sync += widx.eq(widx + 1)
+            with m.Case(1):
+                with m.If(opcode == OP_HOST):
+                    m.d.sync += st.eq(3)
+                with m.Else():
+                    m.d.sync += [st.eq(2), run_tlmm.eq(opcode == OP_TLMM)]
+            with m.Case(2):
+                with m.If(Mux(run_tlmm, tl_done, ~gemm.busy)):
+                    m.d.sync += st.eq(0)
+            with m.Case(3):
+                m.d.comb += [self.host.valid.eq(1), self.host.payload.eq(words[0][16:32])]
+                with m.If(self.host.ready):
+                    m.d.sync += st.eq(0)
+
+        dispatch_tlmm = (st == 1) & (opcode == OP_TLMM)
+        dispatch_gemm = (st == 1) & (opcode == OP_GEMM)
+        m.d.comb += [
+            tlmm.cmd.valid.eq(dispatch_tlmm),
+            tlmm.cmd.payload.eq(Cat(*(_field(words, TLMM_FIELDS, n) for n, _ in payload_fields(OP_TLMM)))),
+            gemm.cmd.valid.eq(dispatch_gemm),
+            gemm.cmd.payload.eq(Cat(*(_field(words, GEMM_FIELDS, n) for n, _ in payload_fields(OP_GEMM)))),
+        ]
+
+        # ---------------------------------------------------------------- TLMM DMA: read sequencer
+        M = Signal(range(t.tokens + 1))
+        kc_last = Signal(16)
+        NB = Signal(16)
+        run_a_bytes = Signal(16 + 8)                    # M·EA
+        run_w_bytes = Signal(16 + 8 + 8)                # NB·EW
+        byte_bits = AB + lgW + 1
+
+        def run_beats(start, nbytes):
+            return (start[:lgW] + nbytes + (W - 1)) >> lgW
+
+        # sequencer (requests) and consumer (gearbox) each walk the runs: kind 0 act, 1 wgt
+        rs_active, rs_kind, rs_kc = Signal(), Signal(), Signal(16)
+        rs_a, rs_w = Signal(byte_bits), Signal(byte_bits)       # byte address of the current act / wgt run
+        rs_addr, rs_left = Signal(AB), Signal(byte_bits)
+        inflight = Signal(range(F + 1))
+        burst = Signal(range(mem.max_burst + 1))
+        m.d.comb += burst.eq(Mux(rs_left > mem.max_burst, mem.max_burst, rs_left))
+        rq_fire = Signal()
+        tl_rreq_valid = Signal()
+        m.d.comb += tl_rreq_valid.eq(rs_active & (inflight + burst <= F))
+
+        m.submodules.rfifo = rfifo = SyncFIFO(width=8 * W, depth=F)
+        gb_push = Signal()
+
+        with m.If(rq_fire):
+            m.d.sync += [rs_addr.eq(rs_addr + burst), rs_left.eq(rs_left - burst)]
+            with m.If(rs_left == burst):                            # run requested: next run
+                with m.If(rs_kind == 0):
+                    m.d.sync += [rs_kind.eq(1), rs_addr.eq(rs_w >> lgW), rs_left.eq(run_beats(rs_w, run_w_bytes)),
+                                 rs_a.eq(rs_a + run_a_bytes)]
+                with m.Elif(rs_kc == kc_last):
+                    m.d.sync += rs_active.eq(0)
+                with m.Else():
+                    m.d.sync += [rs_kind.eq(0), rs_kc.eq(rs_kc + 1), rs_addr.eq(rs_a >> lgW),
+                                 rs_left.eq(run_beats(rs_a, run_a_bytes)), rs_w.eq(rs_w + run_w_bytes)]
+        m.d.sync += inflight.eq(inflight + Mux(rq_fire, burst, 0) - gb_push)
+
+        # ---------------------------------------------------------------- TLMM DMA: gearbox
+        gb_active, gb_kind, gb_kc, gb_first = Signal(), Signal(), Signal(16), Signal()
+        gb_a, gb_w = Signal(byte_bits), Signal(byte_bits)
+        gb_bb, gb_eb = Signal(byte_bits), Signal(17)
+        buf = Signal(8 * CAP)
+        fill = Signal(range(CAP + 1))
+        E = Mux(gb_kind, EW, EA)
+        out_valid = gb_active & (fill >= E) & (gb_eb != 0)
+        m.d.comb += [
+            tlmm.act.valid.eq(out_valid & ~gb_kind),
+            tlmm.wgt.valid.eq(out_valid & gb_kind),
+            tlmm.act.payload.eq(Cat(buf[8 * i:8 * i + t.act_bits] for i in range(t.chunk_k))),
+            tlmm.wgt.payload.eq(buf[:len(tlmm.wgt.payload.as_value())]),
+        ]
+        pop = Signal()
+        m.d.comb += pop.eq(out_valid & Mux(gb_kind, tlmm.wgt.ready, tlmm.act.ready))
+        fill_after = Signal(range(CAP + 1))
+        m.d.comb += fill_after.eq(fill - Mux(pop, E, 0))
+        m.d.comb += [gb_push.eq(rfifo.r_rdy & (gb_bb != 0) & (fill_after + W <= CAP)), rfifo.r_en.eq(gb_push)]
+        off = Mux(gb_first, Mux(gb_kind, gb_w, gb_a)[:lgW], 0)
+        incoming = Signal(8 * W)
+        m.d.comb += incoming.eq(rfifo.r_data >> (off << 3))
+        shifted = Signal(8 * CAP)
+        m.d.comb += shifted.eq(Mux(pop, buf >> (E << 3), buf))
+        merged = Signal(8 * CAP)
+        m.d.comb += merged.eq(shifted | Mux(gb_push, incoming << (fill_after << 3), 0))
+        m.d.sync += [buf.eq(merged), fill.eq(fill_after + Mux(gb_push, W - off, 0))]
+        with m.If(gb_push):
+            m.d.sync += [gb_bb.eq(gb_bb - 1), gb_first.eq(0)]
+        with m.If(pop):
+            m.d.sync += gb_eb.eq(gb_eb - 1)
+            with m.If(gb_eb == 1):                                   # run done: drop the padding, next run
+                m.d.sync += [buf.eq(0), fill.eq(0), gb_first.eq(1)]
+                with m.If(gb_kind == 0):
+                    m.d.sync += [gb_kind.eq(1), gb_bb.eq(run_beats(gb_w, run_w_bytes)), gb_eb.eq(NB),
+                                 gb_a.eq(gb_a + run_a_bytes)]
+                with m.Elif(gb_kc == kc_last):
+                    m.d.sync += gb_active.eq(0)
+                with m.Else():
+                    m.d.sync += [gb_kind.eq(0), gb_kc.eq(gb_kc + 1), gb_bb.eq(run_beats(gb_a, run_a_bytes)),
+                                 gb_eb.eq(M), gb_w.eq(gb_w + run_w_bytes)]
+        m.d.comb += rfifo.w_data.eq(self.rdata.payload)
+
+        # ---------------------------------------------------------------- TLMM DMA: result packer
+        WCAP = W + ER
+        wbuf = Signal(8 * WCAP)
+        wfill = Signal(range(WCAP + 1))
+        w_addr = Signal(AB)
+        res_left = Signal(33)
+        w_active = Signal()
+        tl_wr_valid = Signal()
+        m.d.comb += [tl_wr_valid.eq(w_active & ((wfill >= W) | ((res_left == 0) & (wfill != 0)))),
+                     tlmm.res.ready.eq(w_active & (wfill <= W))]
+        wr_fire = Signal()
+        r_push = tlmm.res.valid & tlmm.res.ready
+        w_after = Signal(range(WCAP + 1))
+        m.d.comb += w_after.eq(Mux(wr_fire, Mux(wfill >= W, wfill - W, 0), wfill))
+        w_shift = Signal(8 * WCAP)
+        m.d.comb += w_shift.eq(Mux(wr_fire, wbuf >> (8 * W), wbuf))
+        m.d.sync += [wbuf.eq(w_shift | Mux(r_push, tlmm.res.payload.as_value() << (w_after << 3), 0)),
+                     wfill.eq(w_after + Mux(r_push, ER, 0))]
+        with m.If(wr_fire):
+            m.d.sync += w_addr.eq(w_addr + 1)
+        with m.If(r_push):
+            m.d.sync += res_left.eq(res_left - 1)
+        m.d.comb += tl_done.eq(w_active & (res_left == 0) & (wfill == 0))
+        with m.If(tl_done & (st == 2)):
+            m.d.sync += w_active.eq(0)
+
+        # ---------------------------------------------------------------- DMA start (at the dispatch edge)
+        with m.If(dispatch_tlmm):
+            act_b = Cat(Const(0, lgW), _field(words, TLMM_FIELDS, "act_base")[:AB])
+            wgt_b = Cat(Const(0, lgW), _field(words, TLMM_FIELDS, "wgt_base")[:AB])
+            m_tok = _field(words, TLMM_FIELDS, "tokens_minus_one") + 1
+            nbv = _field(words, TLMM_FIELDS, "n_blocks")
+            a_bytes = m_tok * EA
+            m.d.sync += [
+                M.eq(m_tok), kc_last.eq(_field(words, TLMM_FIELDS, "k_chunks") - 1), NB.eq(nbv),
+                run_a_bytes.eq(a_bytes), run_w_bytes.eq(nbv * EW),
+                rs_active.eq(1), rs_kind.eq(0), rs_kc.eq(0), rs_a.eq(act_b), rs_w.eq(wgt_b),
+                rs_addr.eq(_field(words, TLMM_FIELDS, "act_base")[:AB]),
+                rs_left.eq(run_beats(act_b, a_bytes)),
+                gb_active.eq(1), gb_kind.eq(0), gb_kc.eq(0), gb_first.eq(1), gb_a.eq(act_b), gb_w.eq(wgt_b),
+                gb_bb.eq(run_beats(act_b, a_bytes)), gb_eb.eq(m_tok),
+                w_active.eq(1), wfill.eq(0), wbuf.eq(0), res_left.eq(m_tok * nbv),
+                w_addr.eq(_field(words, TLMM_FIELDS, "res_base")[:AB]),
+            ]
+
+        # ---------------------------------------------------------------- memory port
+        with m.If(run_tlmm & (st == 2)):
+            m.d.comb += [
+                self.rreq.valid.eq(tl_rreq_valid),
+                self.rreq.payload.addr.eq(rs_addr),
+                self.rreq.payload.len_minus_one.eq(burst - 1),
+                rq_fire.eq(tl_rreq_valid & self.rreq.ready),
+                self.rdata.ready.eq(1),
+                rfifo.w_en.eq(self.rdata.valid),
+                self.wr.valid.eq(tl_wr_valid),
+                self.wr.payload.addr.eq(w_addr),
+                self.wr.payload.data.eq(wbuf[:8 * W]),
+                wr_fire.eq(tl_wr_valid & self.wr.ready),
+            ]
+        with m.Else():
+            m.d.comb += [
+                self.rreq.valid.eq(gemm.rreq.valid), self.rreq.payload.eq(gemm.rreq.payload),
+                gemm.rreq.ready.eq(self.rreq.ready),
+                gemm.rdata.valid.eq(self.rdata.valid), gemm.rdata.payload.eq(self.rdata.payload),
+                self.rdata.ready.eq(gemm.rdata.ready),
+                self.wr.valid.eq(gemm.wr.valid), self.wr.payload.eq(gemm.wr.payload),
+                gemm.wr.ready.eq(self.wr.ready),
+            ]
+        return m
+
+
+def _store(words, idx, value):
+    """Store ``value`` into ``words[idx]`` (idx < 3)."""
+    return [w.eq(Mux(idx == i, value, w)) for i, w in enumerate(words)]

@@ -1,0 +1,96 @@
+"""cocotb testbench of the accelerator top level (runs inside the simulator; started by :mod:`sim.cosim`).
+
+The bench is the host of a Zynq-class SoC: it loads the weight image into a :class:`sim.memory.BusMemory`,
+writes each step's token ids, pushes the step Program's command words into ``cmd`` (always valid), serves
+the memory port, and runs a HOST op (compiler.execute's host functions, on the same memory image) at each
+``host`` handshake. After a step it reads the logits from memory; in greedy mode the next step's token is
+the argmax of the last row. It records the cycle of every command's first word and of the end of each step,
+so per-command cycles can be compared with sim/top_model.py.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import cocotb
+import numpy as np
+from cocotb.clock import Clock
+from cocotb.triggers import ReadOnly, RisingEdge
+
+from compiler.execute import _Host
+from hw.config import config_from_dict
+from hw.program import Program
+from sim.gemm_bench import MemoryPort
+from sim.memory import BusMemory
+
+
+@cocotb.test()
+async def top_run(dut):
+    with np.load(os.environ["TRITIUM_CASES"], allow_pickle=False) as z:
+        arrays = {k: z[k] for k in z.files}
+    meta = json.loads(str(arrays.pop("meta")))
+    acfg = config_from_dict(meta["config"], "<cosim>")
+    image = arrays["image"].copy()
+    memory = BusMemory(image, acfg.memory)
+    port = MemoryPort(dut, memory, acfg.memory.addr_bits)
+
+    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
+    dut.rst.value = 1
+    for sig in (dut.cmd__valid, dut.rreq__ready, dut.rdata__valid, dut.wr__ready, dut.host__ready):
+        sig.value = 0
+    for _ in range(3):
+        await RisingEdge(dut.clk)
+    dut.rst.value = 0
+    dut.host__ready.value = 1
+
+    steps_out, logits_out = [], {}
+    tokens = list(meta["prompt"])
+    t = 0
+    t0 = time.perf_counter()
+    for s, step in enumerate(meta["steps"]):
+        prog = Program.load(step["program"])
+        step_tokens = tokens if s == 0 else tokens[-1:]
+        prog.write(image, "tokens", np.asarray(step_tokens, np.int32))
+        host = _Host(prog, image)
+        words = [int(w) for w in prog.words]
+        n_words = {1: 3, 2: 3, 3: 1}
+        starts, pos, need = [], 0, 0        # cycle of each command's first word
+        last_word_t = -1
+        shown = None
+        while True:
+            await RisingEdge(dut.clk)
+            valid = pos < len(words)
+            if valid != shown:
+                dut.cmd__valid.value = int(valid)
+                shown = valid
+            if valid:
+                dut.cmd__payload.value = words[pos]
+            port.drive(t)
+            await ReadOnly()
+            if valid and int(dut.cmd__ready.value):
+                if need == 0:
+                    starts.append(t)
+                    need = n_words[words[pos] & 0xFF]
+                need -= 1
+                pos += 1
+                last_word_t = t
+            if int(dut.host__valid.value):
+                host.run(prog.host_ops[int(dut.host__payload.value)])
+            port.sample(t)
+            done = pos == len(words) and not int(dut.busy.value) and t > last_word_t
+            t += 1
+            if done:
+                break
+        end = t - 1                          # first idle cycle after the step
+        logits = host.f32(prog.meta["output"]).numpy()
+        tokens.append(int(np.argmax(logits[-1])))
+        per_cmd = [b - a for a, b in zip(starts, starts[1:] + [end], strict=True)]
+        steps_out.append({"per_command": per_cmd, "cycles": end - starts[0]})
+        logits_out[f"logits{s}"] = logits
+    wall = time.perf_counter() - t0
+    np.savez(os.environ["TRITIUM_RESULTS"] + ".npz", **logits_out)
+    with open(os.environ["TRITIUM_RESULTS"], "w") as f:
+        json.dump({"steps": steps_out, "tokens": tokens, "wall_s": wall, "cycles": t,
+                   "read_beats": memory.read_beats, "write_beats": memory.write_beats}, f)

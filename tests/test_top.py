@@ -1,0 +1,70 @@
+"""Integrated top level: compiled Programs of the trained tiny model run through the RTL (command decoder,
+TLMM DMA, engines, one memory port) with the bench as host; logits bit-exact against PyTorch int mode and the
+executor on the numba models, greedy tokens equal, every command's cycles equal to sim/top_model.py."""
+
+import dataclasses
+import subprocess
+import sys
+
+import pytest
+
+from hw.config import ConfigError, load_config
+from hw.isa import TlmmCommand
+from hw.ternary import tlmm_shape
+from hw.top import TopGeometry
+from sim.cosim import run_top_cosim
+from sim.tlmm_model import tlmm_cycles
+from sim.top_model import FETCH_DISPATCH, command_cycles
+
+
+def _check(rep):
+    assert rep.logits_equal_torch and all(rep.logits_equal_torch), rep.logits_equal_torch
+    assert all(rep.logits_equal_model), rep.logits_equal_model
+    assert rep.rtl_tokens == rep.torch_tokens == rep.model_tokens
+    for s, (r, m) in enumerate(zip(rep.rtl_cycles, rep.model_cycles, strict=True)):
+        bad = [(i, k, a, b) for i, (k, a, b) in enumerate(zip(rep.commands[s], r, m, strict=True)) if a != b]
+        assert not bad, f"step {s}: commands with different cycles (index, kind, RTL, model): {bad[:5]}"
+    assert rep.ok
+
+
+def test_one_decoder_layer_prefill_and_decode(repo):
+    acfg = load_config(repo / "configs" / "default.yaml")
+    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"import os"), 2, layers=1,
+                        build_root=repo / "build" / "cosim", quiet=True)
+    _check(rep)
+    kinds = {k for step in rep.commands for k in step}
+    assert kinds == {"tlmm", "gemm", "host"}
+
+
+def test_starved_memory_keeps_cycles_exact(repo):
+    """Memory timing is not hardware (same RTL build): long latency, one request in flight, a beat every
+    other cycle — the DMA's FIFO runs dry and the engines stall; the model must follow."""
+    base = load_config(repo / "configs" / "default.yaml")
+    acfg = dataclasses.replace(base, memory=dataclasses.replace(base.memory, latency=45, outstanding=1,
+                                                                 beat_interval=2))
+    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"x = 1"), 1, layers=1,
+                        build_root=repo / "build" / "cosim", quiet=True)
+    _check(rep)
+    # slower memory → more cycles than the same TLMM commands on the default memory
+    cmd = TlmmCommand(tokens=2, k_chunks=6, n_blocks=32, act_base=3, wgt_base=1000, res_base=5000)
+    assert command_cycles(acfg, cmd) > command_cycles(base, cmd)
+
+
+def test_tlmm_in_the_top_costs_at_least_the_engine():
+    acfg = load_config()
+    for m, kc, nb in ((1, 1, 1), (2, 6, 32), (1, 15, 88), (2, 3, 7)):
+        cmd = TlmmCommand(tokens=m, k_chunks=kc, n_blocks=nb, act_base=7, wgt_base=333, res_base=9000)
+        shape = tlmm_shape(acfg.tlmm, m, kc * acfg.tlmm.chunk_k, nb * acfg.tlmm.columns)
+        assert command_cycles(acfg, cmd) >= FETCH_DISPATCH + tlmm_cycles(acfg.tlmm, shape)
+
+
+def test_dma_needs_engine_beats_within_a_bus_beat(repo):
+    with pytest.raises(ConfigError, match="memory.bus_bytes") as e:
+        TopGeometry(load_config(repo / "configs" / "kv260.yaml"))
+    assert "\n" not in str(e.value)
+
+
+def test_cli_top_bad_layers(repo):
+    r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "top", "--layers", "9"],
+                       capture_output=True, text=True, cwd=repo)
+    assert r.returncode == 2 and "--layers: 9 outside 1..4" in r.stderr and r.stderr.count("\n") == 1
