@@ -17,8 +17,9 @@ Schedule (states; one cycle each unless a count is given; stalls only where a st
 - ``IDLE`` takes a command. RESET stays in IDLE (the table is emptied at the clock edge).
 - ``LOAD``: one ``vec`` beat per cycle into the vector register; for INSERT each beat also adds its lanes,
   signed by the hyperplane bits, into ``hyperplanes`` projection accumulators.
-- INSERT: ``SCAN`` ceil(clusters/lanes) cycles (at least 1): ``lanes`` cluster signatures per cycle, XOR +
-  popcount against the key's signature (signs of the accumulators), running nearest non-full cluster;
+- INSERT: ``SCAN`` max(1, ceil(clusters/lanes)) + 1 cycles: ``lanes`` cluster signatures per cycle, XOR +
+  popcount against the key's signature (signs of the accumulators) into registers, then a compare tree and
+  the running nearest non-full cluster one cycle later (the + 1 drains that second stage);
   ``DECIDE``: join / open / force-join / full, signature and count written; ``UPDATE`` ``beats`` cycles:
   key sums read-add-write one beat per cycle (sync-read block RAM, address issued a cycle ahead);
   ``OUT``: the answer beat.
@@ -142,18 +143,33 @@ class KvRetrieval(wiring.Component):
         best_v, best_d, best_id = Signal(), Signal(range(HP + 1)), Signal(IB)
         cid, new, kind = Signal(IB), Signal(), Signal(2)
         r_kind, r_id, r_new = Signal(2), Signal(IB), Signal()   # the INSERT answer
-        cand_v, cand_d, cand_id = best_v, best_d, best_id
+        # two-stage nearest-cluster search: stage 1 registers each lane's distance and eligibility for the
+        # row read this cycle; stage 2 reduces the registered row in a tree (ties: the lower id) and merges it
+        # into the running best (earlier rows hold lower ids, so a row wins only with a strictly smaller one)
+        scan_issue, p_valid, p_row = Signal(), Signal(), Signal(range(max(2, ROWS)))
+        p_dist = [Signal(range(HP + 1), name=f"p_dist{i}") for i in range(L)]
+        p_ok = [Signal(name=f"p_ok{i}") for i in range(L)]
         for i in range(L):
             c = Cat(Const(i, lg_l), scan_row) if lg_l else scan_row
             dist = Signal(range(HP + 1), name=f"dist{i}")
             m.d.comb += dist.eq(sum((sig ^ sig_rps[i].data)[j] for j in range(HP)))
-            ok = Signal(name=f"cand_ok{i}")
-            m.d.comb += ok.eq((c < n) & (cnt_rps[i].data < CS))
-            take = Signal(name=f"take{i}")
-            m.d.comb += take.eq(ok & (~cand_v | (dist < cand_d)))
-            nv, nd, nid = Signal(name=f"bv{i}"), Signal(range(HP + 1), name=f"bd{i}"), Signal(IB, name=f"bi{i}")
-            m.d.comb += [nv.eq(cand_v | ok), nd.eq(Mux(take, dist, cand_d)), nid.eq(Mux(take, c, cand_id))]
-            cand_v, cand_d, cand_id = nv, nd, nid
+            m.d.sync += [p_dist[i].eq(dist), p_ok[i].eq((c < n) & (cnt_rps[i].data < CS))]
+        nodes = [(p_ok[i], p_dist[i], Cat(Const(i, lg_l), p_row) if lg_l else p_row) for i in range(L)]
+        level = 0
+        while len(nodes) > 1:
+            nxt = []
+            for k in range(0, len(nodes), 2):
+                (lv, ld, li), (rv, rd, ri) = nodes[k], nodes[k + 1]
+                take_r = Signal(name=f"tr{level}_{k}")
+                m.d.comb += take_r.eq(rv & (~lv | (rd < ld)))
+                v, d, i_ = Signal(name=f"tv{level}_{k}"), Signal(range(HP + 1), name=f"td{level}_{k}"), \
+                    Signal(IB, name=f"ti{level}_{k}")
+                m.d.comb += [v.eq(lv | rv), d.eq(Mux(take_r, rd, ld)), i_.eq(Mux(take_r, ri, li))]
+                nxt.append((v, d, i_))
+            nodes, level = nxt, level + 1
+        row_v, row_d, row_id = nodes[0]
+        take_row = Signal()
+        m.d.comb += take_row.eq(p_valid & row_v & (~best_v | (row_d < best_d)))
 
         upd_beat = Signal(range(max(2, NB)))
 
@@ -241,12 +257,19 @@ class KvRetrieval(wiring.Component):
                             m.d.sync += [state.eq(S_SCORE), iss_c.eq(0), iss_b.eq(0), vB.eq(0), vC.eq(0),
                                          sc.eq(0)]
                         with m.Else():
-                            m.d.sync += [state.eq(S_SCAN), scan_row.eq(0), best_v.eq(0)]
+                            m.d.sync += [state.eq(S_SCAN), scan_row.eq(0), best_v.eq(0), scan_issue.eq(1),
+                                         p_valid.eq(0)]
 
             with m.Case(S_SCAN):
-                m.d.sync += [best_v.eq(cand_v), best_d.eq(cand_d), best_id.eq(cand_id), scan_row.eq(scan_row + 1)]
-                with m.If(((scan_row + 1) << lg_l) >= n):
+                m.d.sync += [p_valid.eq(scan_issue), p_row.eq(scan_row)]
+                with m.If(scan_issue):
+                    m.d.sync += scan_row.eq(scan_row + 1)
+                    with m.If(((scan_row + 1) << lg_l) >= n):
+                        m.d.sync += scan_issue.eq(0)
+                with m.Else():
                     m.d.sync += state.eq(S_DECIDE)
+                with m.If(take_row):
+                    m.d.sync += [best_v.eq(1), best_d.eq(row_d), best_id.eq(row_id)]
 
             with m.Case(S_DECIDE):
                 with m.If(best_v & (best_d <= kv.hamming)):
