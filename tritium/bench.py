@@ -86,6 +86,10 @@ def run_bench(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     print()
     result["gemm"] = _bench_gemm(acfg, build_root, log)
     print()
+    result["kv"] = _bench_kv(acfg, build_root, log)
+    print()
+    result["top"] = _bench_top(acfg, build_root, log)
+    print()
     result["compile"] = _bench_compile(acfg, log)
     print()
     result["dse"] = _bench_dse(log)
@@ -160,6 +164,72 @@ def _bench_estimate(acfg: AcceleratorConfig, log=print) -> dict:
     print(table(["preset", "estimate s, first (incl. torch.export)", "estimate s, again (target < 2)",
                  "decode tok/s (modeled)", "TTFT s (modeled)"], rows,
                 title=f"tritium bench — whole-model estimate, prompt 64, context 1024, config {acfg.name}, measured"))
+    return out
+
+
+def _bench_kv(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
+    """KV retrieval engine: stepped model vs Verilator on replays of the committed traces."""
+    from sim.cosim import run_kv_cosim
+    from sim.kv_cases import trace_cases
+    from sim.kv_model import encode_commands, run_kv
+
+    repo = Path(__file__).resolve().parent.parent
+    cases = trace_cases(acfg.kv, sorted((repo / "traces").glob("*.npz"))[:2], heads=2)
+    encoded = [encode_commands(acfg.kv, c.commands) for c in cases]
+    run_kv(acfg.kv, *encoded[0])                                   # compile outside the timing
+    log("[bench] KV: numba stepped model on trace replays ...")
+    seconds, cycles = 0.0, 0
+    while seconds < 1.0:
+        for ops, vec in encoded:
+            t0 = time.perf_counter()
+            cycles += run_kv(acfg.kv, ops, vec)[4]
+            seconds += time.perf_counter() - t0
+    log("[bench] KV: Verilator RTL on the same replays ...")
+    rep = run_kv_cosim(acfg, cases, build_root, quiet=True)
+    out = {"workload": [c.name for c in cases], "model_cycles_per_s": cycles / seconds,
+           "verilator_cycles_per_s": rep.verilator_cycles_per_s, "rtl_matches_model": rep.ok}
+    print(table(
+        ["figure", "value", "how"],
+        [["KV model cycles/s", out["model_cycles_per_s"], "numba stepped model, measured"],
+         ["KV Verilator cycles/s", out["verilator_cycles_per_s"], "cocotb-driven Verilator RTL, measured"],
+         ["model / Verilator", out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]), "same replays"],
+         ["RTL == model", rep.ok, "every output beat and its cycle"]],
+        title=f"tritium bench — KV retrieval, config {acfg.name}: {len(cases)} trace replays"))
+    return out
+
+
+def _bench_top(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
+    """Top level: one decoder layer of the tiny model, prefill of 8 bytes, through the RTL; and the time the
+    top cycle model takes for the same Program."""
+    from sim.cosim import run_top_cosim
+    from sim.top_model import program_cycles
+
+    repo = Path(__file__).resolve().parent.parent
+    log("[bench] top level: one layer of the tiny model through the RTL ...")
+    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"def f(x)"), 1, layers=1,
+                        build_root=build_root, quiet=True)
+    from compiler import compile_model, load_model
+    from sim.cosim import truncated_model
+
+    prog = compile_model(truncated_model(load_model(str(repo / "models" / "checkpoints" / "tiny.pt")), 1),
+                         acfg).program(8, 0, logits="last")
+    program_cycles(prog)
+    t0 = time.perf_counter()
+    total = sum(program_cycles(prog))
+    model_s = time.perf_counter() - t0
+    j = rep.to_json()
+    out = {"rtl_cycles": j["rtl_cycles"], "model_cycles": total, "rtl_matches_model": rep.ok,
+           "verilator_s": j["simulation_s"], "verilator_cycles_per_s": j["rtl_cycles"] / max(1e-9, j["simulation_s"]),
+           "model_ms": model_s * 1e3}
+    print(table(
+        ["figure", "value", "how"],
+        [["top: RTL cycles (1 layer, 8-token prefill)", j["rtl_cycles"], "Verilator, commands back to back"],
+         ["top: model cycles", total, "sim/top_model.py per-command sum"],
+         ["logits, tokens, cycles equal", rep.ok, "RTL vs PyTorch int vs numba models"],
+         ["Verilator cycles/s (whole run)", out["verilator_cycles_per_s"],
+          "cocotb bench incl. process start, torch import, host ops; measured"],
+         ["top model ms for the Program", out["model_ms"], "measured"]],
+        title=f"tritium bench — top level, config {acfg.name}"))
     return out
 
 
