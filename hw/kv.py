@@ -23,12 +23,13 @@ Schedule (states; one cycle each unless a count is given; stalls only where a st
   ``DECIDE``: join / open / force-join / full, signature and count written; ``UPDATE`` ``beats`` cycles:
   key sums read-add-write one beat per cycle (sync-read block RAM, address issued a cycle ahead);
   ``OUT``: the answer beat.
-- QUERY: ``SCORE`` clusters·beats + 2 cycles (1 with no clusters): a 3-stage pipeline — address,
-  q·sum lanes (multiply + adder tree, accumulated over beats), score = (dot · R[count]) >> 16 with running
-  min/max and Σ score·count; ``TH``: row sum, threshold, bucket shift; ``LINK`` one cycle per cluster:
-  push the cluster on its bucket's list; ``WSTART``: highest non-empty bucket; ``WALK`` one cycle per
-  selected cluster: emit it, add its weight, stop as soon as the sum reaches the threshold (the early
-  exit), else follow the list or drop to the next non-empty bucket; ``END``: the count beat.
+- QUERY: ``SCORE`` clusters·beats + 5 cycles (1 with no clusters): a 6-stage pipeline — address, lane
+  products, adder tree accumulated over beats, count + reciprocal ROM, score = (dot · R[count]) >> 16, then
+  store with running min/max and Σ score·count; ``TH`` and ``TH2``: row sum and span, then threshold and
+  bucket shift; ``LINK`` clusters + 1 cycles: score − min and count, then push the cluster on its bucket's list
+  and store its weight; ``WSTART``: highest non-empty bucket; ``WALK`` one cycle per selected cluster: emit
+  it, subtract its weight from the remaining threshold, stop as soon as that reaches 0 (the early exit), else
+  follow the list or drop to the next non-empty bucket; ``END``: the count beat.
 """
 
 from __future__ import annotations
@@ -46,9 +47,9 @@ __all__ = ["KvRetrieval", "OP_RESET", "OP_INSERT", "OP_QUERY", "KIND_ASSIGN", "K
 
 OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2
 KIND_ASSIGN, KIND_SEL, KIND_END, KIND_FULL = 0, 1, 2, 3
-STATES = ("IDLE", "LOAD", "SCAN", "DECIDE", "UPDATE", "OUT", "SCORE", "TH", "LINK", "WSTART", "WALK", "END")
+STATES = ("IDLE", "LOAD", "SCAN", "DECIDE", "UPDATE", "OUT", "SCORE", "TH", "LINK", "WSTART", "WALK", "END", "TH2")
 (S_IDLE, S_LOAD, S_SCAN, S_DECIDE, S_UPDATE, S_OUT, S_SCORE, S_TH, S_LINK, S_WSTART, S_WALK,
- S_END) = range(len(STATES))
+ S_END, S_TH2) = range(len(STATES))
 
 
 def out_layout(kv: KvConfig) -> data.StructLayout:
@@ -176,47 +177,48 @@ class KvRetrieval(wiring.Component):
         # ---------------------------------------------------------------- QUERY datapath
         iss_c, iss_b = Signal(range(CM + 1)), Signal(range(max(2, NB)))
         vB, bB, cB = Signal(), Signal(range(max(2, NB))), Signal(IB)
+        prods = [Signal(signed(8 + SB), name=f"prod{i}") for i in range(L)]
+        vB2, bB2, cB2 = Signal(), Signal(range(max(2, NB))), Signal(IB)
         vC, cC = Signal(), Signal(IB)
+        vD, cD, dotD, rD, cntD = Signal(), Signal(IB), Signal(signed(DB)), Signal(kv.recip_bits), Signal(kv.count_bits)
+        vE, cE, scoreE, cntE = Signal(), Signal(IB), Signal(signed(DB)), Signal(kv.count_bits)
         dot, dotC = Signal(signed(DB)), Signal(signed(DB))
         lo, hi = Signal(signed(DB)), Signal(signed(DB))
         sc_bits = DB + kv.count_bits + IB + 2
         sc = Signal(signed(sc_bits))                   # Σ score · count
         th = Signal(kv.rowsum_bits + 9)
         sh = Signal(range(DB + 2))
-        acc_w = Signal(kv.rowsum_bits + 1)
+        rem = Signal(signed(kv.rowsum_bits + 11))      # threshold − weights taken so far
+        rs_q = Signal(kv.rowsum_bits)
+        span_q = Signal(DB + 1)
         visited = Signal(range(CM + 1))
-        link_c = Signal(IB)
+        link_c, l_issue = Signal(range(CM + 1)), Signal()
+        vL, dL, cntL, cL = Signal(), Signal(DB + 1), Signal(kv.count_bits), Signal(IB)
         ptr = Signal(IB)
         head = Array(Signal(IB, name=f"head{b}") for b in range(B))
         mask = Signal(B)
 
         qlanes = vreg[bB]
         partial = Signal(signed(DB))
-        m.d.comb += partial.eq(sum(qlanes[8 * i:8 * i + 8].as_signed() * sums_rp.data[SB * i:SB * (i + 1)].as_signed()
-                                   for i in range(L)))
+        m.d.comb += partial.eq(sum(prods))
         dot_new = Signal(signed(DB))
-        m.d.comb += dot_new.eq(Mux(bB == 0, 0, dot) + partial)
-        score_c = Signal(signed(DB))
-        m.d.comb += score_c.eq((dotC * recip_rp.data) >> 16)
+        m.d.comb += dot_new.eq(Mux(bB2 == 0, 0, dot) + partial)
 
-        diff = Signal(DB + 1)                          # score − lo of the cluster the score port reads
-        m.d.comb += diff.eq(score_rp.data - lo)
+        m.submodules.weights = weights = Memory(shape=unsigned(kv.weight_bits), depth=CM, init=[])
+        w_rp, w_wp = weights.read_port(domain="comb"), weights.write_port()
+        m.d.comb += w_rp.addr.eq(ptr)
         bucket = Signal(range(max(2, B)))
-        m.d.comb += bucket.eq(diff >> sh)
-        weight = Signal(kv.weight_bits)
-        m.d.comb += weight.eq(diff * one_cnt)
-        acc_next = Signal(kv.rowsum_bits + 1)
-        m.d.comb += acc_next.eq(acc_w + weight)
+        m.d.comb += bucket.eq(dL >> sh)
+        rem_next = Signal(signed(kv.rowsum_bits + 11))
+        m.d.comb += rem_next.eq(rem - w_rp.data)
         top = _highest(m, mask, B, "top_bucket")
 
-        # TH: row sum S = Σ score·count − lo·Σcount, threshold, bucket shift
+        # TH (two cycles): row sum S = Σ score·count − lo·Σcount and hi − lo; then threshold and bucket shift
         row_sum = Signal(signed(sc_bits + 1))
         m.d.comb += row_sum.eq(sc - lo * ntok)
-        span = Signal(DB + 1)
-        m.d.comb += span.eq(hi - lo)
         span_len = Signal(range(DB + 2))
         for i in range(DB + 1):
-            with m.If(span[i]):
+            with m.If(span_q[i]):
                 m.d.comb += span_len.eq(i + 1)
         lg_b = (B - 1).bit_length()
 
@@ -228,9 +230,9 @@ class KvRetrieval(wiring.Component):
                 m.d.comb += [bank_row.eq(best_id >> lg_l), one_id.eq(best_id)]
             with m.Case(S_SCORE):
                 m.d.comb += [bank_row.eq(cC >> lg_l), one_id.eq(cC)]
-            with m.Case(S_WALK):
-                m.d.comb += [bank_row.eq(ptr >> lg_l), one_id.eq(ptr)]
-        m.d.comb += [score_rp.addr.eq(Mux(state == S_LINK, link_c, ptr)), next_rp.addr.eq(ptr)]
+            with m.Case(S_LINK):
+                m.d.comb += [bank_row.eq(link_c[:IB] >> lg_l), one_id.eq(link_c[:IB])]
+        m.d.comb += [score_rp.addr.eq(link_c[:IB]), next_rp.addr.eq(ptr)]
 
         # ---------------------------------------------------------------- controller
         out = self.out.payload
@@ -313,6 +315,8 @@ class KvRetrieval(wiring.Component):
                     m.d.sync += state.eq(S_IDLE)
 
             with m.Case(S_SCORE):
+                # A: address (cluster, beat); B: lane products; B2: adder tree + accumulate over beats;
+                # C: count and reciprocal; D: score = (dot · R[count]) >> 16; E: store, min/max, Σ score·count
                 issuing = iss_c < n
                 m.d.comb += sums_rp.addr.eq(Cat(iss_b[:kb], iss_c[:IB]))
                 m.d.sync += [vB.eq(issuing), bB.eq(iss_b), cB.eq(iss_c[:IB])]
@@ -321,43 +325,58 @@ class KvRetrieval(wiring.Component):
                         m.d.sync += [iss_b.eq(0), iss_c.eq(iss_c + 1)]
                     with m.Else():
                         m.d.sync += iss_b.eq(iss_b + 1)
-                m.d.sync += vC.eq(vB & (bB == NB - 1))
-                with m.If(vB):
+                m.d.sync += [p.eq(qlanes[8 * i:8 * i + 8].as_signed() * sums_rp.data[SB * i:SB * (i + 1)].as_signed())
+                             for i, p in enumerate(prods)]
+                m.d.sync += [vB2.eq(vB), bB2.eq(bB), cB2.eq(cB)]
+                m.d.sync += vC.eq(vB2 & (bB2 == NB - 1))
+                with m.If(vB2):
                     m.d.sync += dot.eq(dot_new)
-                    with m.If(bB == NB - 1):
-                        m.d.sync += [dotC.eq(dot_new), cC.eq(cB)]
-                with m.If(vC):
-                    m.d.comb += [score_wp.addr.eq(cC), score_wp.data.eq(score_c), score_wp.en.eq(1)]
-                    m.d.sync += sc.eq(sc + score_c * one_cnt)
-                    with m.If((cC == 0) | (score_c < lo)):
-                        m.d.sync += lo.eq(score_c)
-                    with m.If((cC == 0) | (score_c > hi)):
-                        m.d.sync += hi.eq(score_c)
-                with m.If(~issuing & ~vB):
+                    with m.If(bB2 == NB - 1):
+                        m.d.sync += [dotC.eq(dot_new), cC.eq(cB2)]
+                m.d.sync += [vD.eq(vC), cD.eq(cC), dotD.eq(dotC), rD.eq(recip_rp.data), cntD.eq(one_cnt)]
+                m.d.sync += [vE.eq(vD), cE.eq(cD), scoreE.eq((dotD * rD) >> 16), cntE.eq(cntD)]
+                with m.If(vE):
+                    m.d.comb += [score_wp.addr.eq(cE), score_wp.data.eq(scoreE), score_wp.en.eq(1)]
+                    m.d.sync += sc.eq(sc + scoreE * cntE)
+                    with m.If((cE == 0) | (scoreE < lo)):
+                        m.d.sync += lo.eq(scoreE)
+                    with m.If((cE == 0) | (scoreE > hi)):
+                        m.d.sync += hi.eq(scoreE)
+                with m.If(~issuing & ~vB & ~vB2 & ~vC & ~vD):
                     m.d.sync += state.eq(S_TH)
 
             with m.Case(S_TH):
-                m.d.sync += [th.eq((row_sum.as_unsigned()[:kv.rowsum_bits] * kv.alpha_q) >> 8),
+                m.d.sync += [rs_q.eq(row_sum.as_unsigned()[:kv.rowsum_bits]), span_q.eq(hi - lo), state.eq(S_TH2)]
+
+            with m.Case(S_TH2):
+                m.d.sync += [th.eq((rs_q * kv.alpha_q) >> 8),
                              sh.eq(Mux(span_len > lg_b, span_len - lg_b, 0)),
-                             mask.eq(0), acc_w.eq(0), visited.eq(0), link_c.eq(0),
+                             mask.eq(0), visited.eq(0), link_c.eq(0), l_issue.eq(1), vL.eq(0),
                              state.eq(Mux(n == 0, S_END, S_LINK))]
 
             with m.Case(S_LINK):
-                m.d.comb += [next_wp.addr.eq(link_c), next_wp.data.eq(Cat(head[bucket], mask.bit_select(bucket, 1))),
-                             next_wp.en.eq(1)]
-                m.d.sync += [head[bucket].eq(link_c), mask.bit_select(bucket, 1).eq(1), link_c.eq(link_c + 1)]
-                with m.If(link_c == n - 1):
+                # L1: score − lo and count of cluster link_c; L2: its bucket list and weight (score − lo)·count
+                m.d.sync += [vL.eq(l_issue), dL.eq(score_rp.data - lo), cntL.eq(one_cnt), cL.eq(link_c[:IB])]
+                with m.If(l_issue):
+                    m.d.sync += link_c.eq(link_c + 1)
+                    with m.If(link_c == n - 1):
+                        m.d.sync += l_issue.eq(0)
+                with m.If(vL):
+                    m.d.comb += [next_wp.addr.eq(cL), next_wp.data.eq(Cat(head[bucket], mask.bit_select(bucket, 1))),
+                                 next_wp.en.eq(1), w_wp.addr.eq(cL), w_wp.data.eq(dL * cntL), w_wp.en.eq(1)]
+                    m.d.sync += [head[bucket].eq(cL), mask.bit_select(bucket, 1).eq(1)]
+                with m.If(~l_issue):
                     m.d.sync += state.eq(S_WSTART)
 
             with m.Case(S_WSTART):
-                m.d.sync += [ptr.eq(head[top]), mask.bit_select(top, 1).eq(0), state.eq(S_WALK)]
+                m.d.sync += [ptr.eq(head[top]), mask.bit_select(top, 1).eq(0), rem.eq(th), state.eq(S_WALK)]
 
             with m.Case(S_WALK):
                 m.d.comb += [self.out.valid.eq(1)]
                 m.d.comb += [out.kind.eq(KIND_SEL), out.id.eq(ptr), out.new.eq(0)]
                 with m.If(self.out.ready):
-                    m.d.sync += [acc_w.eq(acc_next), visited.eq(visited + 1)]
-                    with m.If(acc_next >= th):
+                    m.d.sync += [rem.eq(rem_next), visited.eq(visited + 1)]
+                    with m.If(rem_next[-1] | (rem_next == 0)):          # Σ weights >= threshold: early exit
                         m.d.sync += state.eq(S_END)
                     with m.Elif(next_rp.data[IB]):
                         m.d.sync += ptr.eq(next_rp.data[:IB])

@@ -28,7 +28,7 @@ __all__ = ["KvRun", "EVENT_NAMES", "run_commands", "run_kv", "kv_energy_j", "enc
 OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2
 KIND_ASSIGN, KIND_SEL, KIND_END, KIND_FULL = 0, 1, 2, 3
 (S_IDLE, S_LOAD, S_SCAN, S_DECIDE, S_UPDATE, S_OUT, S_SCORE, S_TH, S_LINK, S_WSTART, S_WALK,
- S_END, S_SCAN_DRAIN) = range(13)
+ S_END, S_SCAN_DRAIN, S_TH2, S_DRAIN) = range(15)
 
 EVENT_NAMES = ("vec_beats", "proj_adds", "sig_compares", "sum_lane_updates", "score_macs", "score_scales",
                "links", "walk_steps", "out_beats", "inserts", "queries", "dropped")
@@ -91,6 +91,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
     dot, dotC = 0, 0
     lo, hi, sc = 0, 0, 0
     th, sh, acc_w, visited, link_c, ptr = 0, 0, 0, 0, 0, 0
+    drain, after = 0, 0
     ci, vi = 0, 0
     lg_b = _bitlen(B - 1)
     t = 0
@@ -223,7 +224,12 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                     dotC = dot_new
                     cC = cB
             if (not issuing) and (not vB):
-                state = S_TH
+                # the RTL's pipeline has three more stages after this one (products, count/reciprocal, scale)
+                if n == 0:
+                    state = S_TH
+                else:
+                    state = S_DRAIN
+                    drain, after = 3, S_TH
             vC = n_vC
             vB, bB, cB = issuing, iss_b, iss_c
             if issuing:                              # stage A: next (cluster, beat) address
@@ -240,7 +246,13 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
             for b in range(B):
                 mask[b] = 0
             acc_w, visited, link_c = 0, 0, 0
+            state = S_TH2
+        elif state == S_TH2:
             state = S_END if n == 0 else S_LINK
+        elif state == S_DRAIN:
+            drain -= 1
+            if drain == 0:
+                state = after
         elif state == S_LINK:
             ev[E_LINK] += 1
             bk = (scores[link_c] - lo) >> sh
@@ -249,7 +261,8 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
             head[bk] = link_c
             mask[bk] = 1
             if link_c == n - 1:
-                state = S_WSTART
+                state = S_DRAIN                  # the RTL's second LINK stage takes the last cluster
+                drain, after = 1, S_WSTART
             link_c += 1
         elif state == S_WSTART:
             top = 0
