@@ -107,6 +107,8 @@ POINTS: list[CalPoint] = [
     _t("p_t_def", "ulx3s", "train", pnr=True),
     _t("p_t_small", "ulx3s", "train", T=4, Q=4, tok=1, pnr=True),
     _t("p_t_g2h", "ulx3s", "train", G=2, T=8, Q=4, mode="half", pnr=True),
+    _t("p_t_q8", "ulx3s", "train", T=4, Q=8, tok=2, pnr=True),
+    _t("p_t_m4", "ulx3s", "train", T=4, Q=4, tok=4, pnr=True),
     _t("p_t_h1", "ulx3s", "heldout", G=2, T=6, Q=6, tok=3, pnr=True),
     _g("p_g_def", "ulx3s", "train", pnr=True),
     _g("p_g_4x4", "ulx3s", "train", R=4, C=4, W=16, pnr=True),
@@ -116,7 +118,7 @@ POINTS: list[CalPoint] = [
 
 CSV_FIELDS = ["name", "board", "engine", "role", "pnr", "group_size", "tables", "columns", "table_mode",
               "tokens", "act_bits", "max_k", "max_n", "rows", "cols", "k_tile", "bus_bytes", "clock_mhz",
-              "lut", "ff", "bram", "dsp", "fmax_mhz", "synth_s", "pnr_s", "tool", "date"]
+              "lut", "ff", "bram", "uram", "dsp", "fmax_mhz", "synth_s", "pnr_s", "tool", "date"]
 
 
 def point_config(p: CalPoint):
@@ -182,6 +184,7 @@ def run_point(p: CalPoint, build_dir: Path, log=print) -> dict:
         "rows": g.rows, "cols": g.cols, "k_tile": g.k_tile, "bus_bytes": acfg.memory.bus_bytes,
         "clock_mhz": acfg.clock_mhz,
         **{r: rep[r]["used"] for r in ("lut", "ff", "bram", "dsp")},
+        "uram": rep["uram"]["used"] if "uram" in rep else "",
         "fmax_mhz": "" if rep.get("fmax_mhz") is None else rep["fmax_mhz"],
         "synth_s": rep["seconds"].get("synth", ""), "pnr_s": rep["seconds"].get("pnr", ""),
         "tool": _tool_version(), "date": time.strftime("%Y-%m-%d"),

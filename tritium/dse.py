@@ -78,7 +78,7 @@ _OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a
         ">": lambda a, b: a > b, "==": lambda a, b: a == b}
 _DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 _SPEC_KEYS = {"name", "base", "board", "fit_margin", "parameters", "workload", "objectives", "constraints",
-              "budget", "sampler", "population", "batch", "seed"}
+              "budget", "sampler", "population", "batch", "seed", "clock"}
 
 
 # ====================================================================================================
@@ -120,6 +120,7 @@ class Spec:
     batch: int
     seed: int
     raw: dict = field(default_factory=dict)
+    clock: str = "config"       # "fmax": each point runs at its modeled Fmax (ECP5 boards)
 
     @property
     def fingerprint(self) -> str:
@@ -330,8 +331,19 @@ def load_spec(path: str | Path) -> Spec:
     population = _int_field(path, raw, "population", 2, 100_000, 32)
     batch = _int_field(path, raw, "batch", 1, 100_000, 8)
     seed = _int_field(path, raw, "seed", 0, 2**32 - 1, 0)
+    clock = raw.get("clock", "config")
+    if clock not in ("config", "fmax"):
+        raise _err(path, "clock", f"expected config (each point's clock_mhz) or fmax (its modeled Fmax), got {clock!r}")
+    if clock == "fmax" and (board is None or FAMILY_OF_BOARD[board] != "ecp5"):
+        raise _err(path, "clock", "fmax needs an ECP5 board (board: ulx3s): Fmax is modeled from its P&R runs")
+    if clock == "fmax":
+        from tritium.resources import load_model
+        if any(("ecp5", e) not in load_model().fmax_coef for e in ("tlmm", "gemm")):
+            raise _err(path, "clock", "the resource model has no Fmax fit yet (needs the P&R calibration runs)")
+    if clock == "fmax" and "clock_mhz" in parameters:
+        raise _err(path, "parameters.clock_mhz", "cannot be swept with clock: fmax")
     return Spec(str(path), name, base_path, base, board, float(fm), parameters, model, prompt, context,
-                objectives, constraints, budget, sampler, population, batch, seed, raw)
+                objectives, constraints, budget, sampler, population, batch, seed, raw, clock)
 
 
 # ====================================================================================================
@@ -547,10 +559,12 @@ def screen(spec: Spec, params: dict, evaluator: FastEvaluator | None = None) -> 
         r = load_model().predict(acfg, fam, "all")
         m.update({k: (round(v, 1) if v is not None else None) for k, v in r.items()})
         cap = _BOARDS[spec.board].capacity
-        over = [f"{k} {r[k]:.0f} > {spec.fit_margin:g}·{cap[k]}" for k in ("lut", "ff", "bram", "dsp")
-                if r[k] > spec.fit_margin * cap[k]]
+        over = [f"{k} {r[k]:.0f} > {spec.fit_margin:g}·{cap[k]}" for k in ("lut", "ff", "bram", "uram", "dsp")
+                if k in cap and r[k] > spec.fit_margin * cap[k]]
         if over:
             return "fit", f"does not fit {spec.board} (modeled): " + "; ".join(over), m, d
+        if spec.clock == "fmax" and r["fmax_mhz"]:
+            d["clock_mhz"] = m["clock_mhz"] = float(f"{r['fmax_mhz']:.1f}")
     for c in spec.constraints:
         if c.metric in RESOURCE_METRICS and (isinstance(c.value, float) or c.value in RESOURCE_METRICS):
             if c.holds(m) is False:
@@ -701,7 +715,8 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
+    if storage is None:                      # the SQLite study lives in out; a remote one is reached first
+        out.mkdir(parents=True, exist_ok=True)
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     log_path = out / "evaluations.jsonl"
     study_name = f"dse-{spec.name}"
@@ -709,9 +724,20 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
         _sqlite_pragmas()
     if url.startswith("postgresql://"):      # SQLAlchemy 2.1 defaults to psycopg 3; we depend on psycopg2-binary
         url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    stor = optuna.storages.RDBStorage(url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgres") else None)
     directions = [d for _, d in spec.objectives]
-    db = optuna.create_study(study_name=study_name, storage=stor, directions=directions, load_if_exists=True)
+    from sqlalchemy.exc import IntegrityError, ProgrammingError
+
+    for attempt in range(6):      # invocations starting together on a fresh database race to create the tables
+        try:
+            stor = optuna.storages.RDBStorage(
+                url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgres") else None)
+            db = optuna.create_study(study_name=study_name, storage=stor, directions=directions,
+                                     load_if_exists=True)
+            break
+        except (IntegrityError, ProgrammingError):
+            if attempt == 5:
+                raise
+            time.sleep(0.5 + attempt)
     fp = db.user_attrs.get("spec_fingerprint")
     if fp is None:
         db.set_user_attr("spec_fingerprint", spec.fingerprint)
@@ -719,6 +745,7 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
     elif fp != spec.fingerprint:
         raise SpecError(f"{spec.path}: top level: study {study_name!r} in {_mask_url(url)} was created from a "
                         "different spec (only budget may change on resume); use another --out or --storage")
+    out.mkdir(parents=True, exist_ok=True)
     run_id = uuid.uuid4().hex[:12]
     # One invocation: the sampler's seed is the spec's (reproducible). Several invocations sharing a storage
     # must not all draw the same points: their seeds differ (such runs are not reproducible point by point).

@@ -9,16 +9,17 @@ TLMM (G, T tables, Q columns, M tokens, S stored table entries (3^G or (3^G+1)/2
   * LUT ~ lookup multiplexers Q·T·E·((S−1)/3 [+1 in half mode: the negation]), table banks and their token
     select T·S·E·M, adder trees Q·T·sum_bits, constant
   * FF  ~ looked-up entries Q·T·E, table banks T·S·E·M, adder-tree registers Q·T·sum_bits, Q·M
-  * BRAM = the block RAMs of the accumulator memory (tokens·ceil(max_n/Q) words of Q·acc_bits), counted
-    from the 18 Kbit block geometries (16K×1 … 512×36), times a fitted factor
+  * BRAM (URAM) counted: the accumulator memory (tokens·ceil(max_n/Q) words of Q·32 bits) in 18 Kbit blocks
+    (16K×1 … 512×36); on UltraScale+ in URAM288 (4K×72) when deeper than 2048 words (rules in _counted)
 GEMM (R×C block, TK k_tile, W bus bytes):
   * DSP = R·C (one multiplier per int8 product, as the flow's pre-synthesis check assumes)
-  * LUT ~ R·C (int32 accumulate + shadow), 8·W (beat-wide muxes and registers), operand-buffer bits
-    2·TK·(R+C)·8 (distributed RAM), constant
+  * LUT ~ R·C (int32 accumulate + shadow), 8·W (beat-wide muxes and registers), bits of the operand buffers
+    kept in distributed RAM (≤ 32 words deep), constant
   * FF  ~ R·C (accumulator + shadow), 8·W, constant
-  * BRAM ~ operand-buffer bits / 18 Kbit, constant
-Fmax (ECP5 only, from the place-and-route runs): clock period = a + b·log2(x) per engine, x = Q·T·S (lookup
-mux inputs) for the TLMM and R·C for the GEMM; a system with both engines runs at the lower of the two.
+  * BRAM counted: operand buffers of ≥ 64 words in 18 Kbit blocks
+Fmax (ECP5 only, from the place-and-route runs, timing-driven towards 100 MHz): clock period (ns) =
+a + b·log2 T + c·log2 S + d·log2(Q·M) for the TLMM, a + b·log2(R·C) for the GEMM (see _fmax_features); a
+system with both engines runs at the lower of the two. Few P&R runs back this (5 TLMM, 3 GEMM): a coarse fit.
 
 ``engine="all"`` (both engines in one design) is the sum of the two engines' figures (measured on the
 KV260 config: 68,586 + 23,906 LUT alone vs 92,487 together).
@@ -38,7 +39,7 @@ __all__ = ["CALIBRATION_CSV", "FAMILY_OF_BOARD", "ResourceModel", "load_model", 
 
 CALIBRATION_CSV = Path(__file__).resolve().parent.parent / "configs" / "calibration" / "runs.csv"
 FAMILY_OF_BOARD = {"ulx3s": "ecp5", "kv260": "xcup"}
-RESOURCES = ("lut", "ff", "bram", "dsp")
+RESOURCES = ("lut", "ff", "bram", "uram", "dsp")
 
 # 18 Kbit block RAM geometries (depth, width) common to ECP5 DP16KD and UltraScale+ RAMB18E2.
 _BRAM18 = ((16384, 1), (8192, 2), (4096, 4), (2048, 9), (1024, 18), (512, 36))
@@ -96,7 +97,34 @@ def _tlmm_derived(c: _Cfg) -> dict:
             "depth": depth}
 
 
+# Memory mapping rules read off the calibration runs (Yosys memory_libmap's choices for our RTL):
+# * GEMM operand buffers (2·TK·R and 2·TK·C bytes, bus_bytes wide): up to 32 words deep they become distributed
+#   RAM (LUTs); from 64 words on, 18 Kbit block RAMs (e.g. ECP5 4x8/TK128: B 64 × 256 bit → 8 DP16KD).
+# * TLMM accumulator memory (tokens·ceil(max_n/Q) words of Q·32 bits): block RAM; on UltraScale+ (-uram) a
+#   memory deeper than 2048 words goes to URAM288 (4K × 72) instead (T=20 Q=12 4 tokens max_n 8192: 6 URAM,
+#   0 BRAM; the kv260 config, 2048 deep: 57 RAMB18, 0 URAM).
+_LUTRAM_MAX_DEPTH = 32
+
+
+def _gemm_buffers(c: _Cfg) -> list[tuple[int, int]]:
+    """(depth in words, width in bits) of the A and B operand buffers (double-buffered)."""
+    W = c.bus_bytes
+    return [(2 * c.k_tile * n // W, 8 * W) for n in (c.rows, c.cols)]
+
+
+def _counted(engine: str, family: str, c: _Cfg) -> dict:
+    """Block RAM (18 Kbit units), URAM and DSP counts fixed by the config (not fitted)."""
+    if engine == "tlmm":
+        depth, width = _tlmm_derived(c)["depth"], c.columns * 32
+        if family == "xcup" and depth > 2048:
+            return {"bram18": 0, "uram": math.ceil(width / 72) * math.ceil(depth / 4096), "dsp": 0}
+        return {"bram18": _brams18(depth, width), "uram": 0, "dsp": 0}
+    bram = sum(_brams18(d, w) for d, w in _gemm_buffers(c) if d > _LUTRAM_MAX_DEPTH)
+    return {"bram18": bram, "uram": 0, "dsp": c.rows * c.cols}
+
+
 def _features(engine: str, resource: str, c: _Cfg) -> list[float]:
+    """Features of the fitted resources (LUT, FF)."""
     if engine == "tlmm":
         d = _tlmm_derived(c)
         S, E, T, Q, M = d["S"], d["E"], c.tables, c.columns, c.tokens
@@ -104,26 +132,22 @@ def _features(engine: str, resource: str, c: _Cfg) -> list[float]:
         mux = (S - 1) / 3 + (1 if c.table_mode == "half" else 0)
         if resource == "lut":
             return [Q * T * E * mux, T * S * E * M, Q * T * d["sum_bits"], 1.0]
-        if resource == "ff":
-            return [Q * T * E, T * S * E * M, Q * T * d["sum_bits"], Q * M]
-        if resource == "bram":
-            return [_brams18(d["depth"], Q * 32)]
-        return [0.0]
-    R, C, TK, W = c.rows, c.cols, c.k_tile, c.bus_bytes
-    buf_bits = 2 * TK * (R + C) * 8
+        return [Q * T * E, T * S * E * M, Q * T * d["sum_bits"], Q * M]
+    R, C, W = c.rows, c.cols, c.bus_bytes
+    lutram_bits = sum(dd * w for dd, w in _gemm_buffers(c) if dd <= _LUTRAM_MAX_DEPTH)
     if resource == "lut":
-        return [R * C, 8 * W, buf_bits, 1.0]
-    if resource == "ff":
-        return [R * C, 8 * W, 1.0]
-    if resource == "bram":
-        return [buf_bits / 18432, 1.0]
-    return [R * C]
+        return [R * C, 8 * W, lutram_bits, 1.0]
+    return [R * C, 8 * W, 1.0]
 
 
-def _fmax_x(engine: str, c: _Cfg) -> float:
+def _fmax_features(engine: str, c: _Cfg) -> list[float]:
+    """Features of the clock period (ns). TLMM: the critical path is the adder tree over the T looked-up
+    entries (depth log2 T) after the S:1 lookup multiplexer (log2 S), fed by the staging bank whose select
+    and fanout grow with tokens and columns (log2 Q·M); GEMM: an operand register feeds a row or column of
+    the R×C multipliers (fanout, log2 R·C)."""
     if engine == "tlmm":
-        return math.log2(c.columns * c.tables * _tlmm_derived(c)["S"])
-    return math.log2(c.rows * c.cols)
+        return [1.0, math.log2(c.tables), math.log2(_tlmm_derived(c)["S"]), math.log2(c.columns * c.tokens)]
+    return [1.0, math.log2(c.rows * c.cols)]
 
 
 def _lstsq_rel(X: np.ndarray, y: np.ndarray) -> np.ndarray:
@@ -147,19 +171,13 @@ class ResourceModel:
                 if not train:
                     continue
                 cfgs = [_Cfg.from_row(r) for r in train]
-                for res in RESOURCES:
+                for res in ("lut", "ff"):
                     X = np.array([_features(eng, res, c) for c in cfgs], float)
                     y = np.array([float(r[res]) for r in train])
-                    if res == "dsp" or (res == "bram" and eng == "tlmm") or (not y.any()):
-                        # counted, not fitted: DSP = R·C; accumulator BRAMs from the block geometry
-                        coef = np.zeros(X.shape[1])
-                        coef[0] = 1.0 if y.any() else 0.0
-                    else:
-                        coef = _lstsq_rel(X, y)
-                    self.coef[(fam, eng, res)] = coef
+                    self.coef[(fam, eng, res)] = _lstsq_rel(X, y)
                 pr = [(c, float(r["fmax_mhz"])) for c, r in zip(cfgs, train, strict=True) if r.get("fmax_mhz")]
-                if len(pr) >= 2:
-                    X = np.array([[1.0, _fmax_x(eng, c)] for c, _ in pr])
+                if len(pr) >= len(_fmax_features(eng, cfgs[0])):
+                    X = np.array([_fmax_features(eng, c) for c, _ in pr])
                     y = np.array([1000.0 / f for _, f in pr])       # period, ns
                     self.fmax_coef[(fam, eng)] = np.linalg.lstsq(X, y, rcond=None)[0]
 
@@ -168,16 +186,18 @@ class ResourceModel:
 
     def _engine(self, c: _Cfg, family: str, engine: str) -> dict:
         out = {}
-        for res in RESOURCES:
+        for res in ("lut", "ff"):
             coef = self.coef.get((family, engine, res))
             if coef is None:
                 raise KeyError(f"no calibration for {family}/{engine} (see {CALIBRATION_CSV.name})")
-            v = float(np.dot(coef, _features(engine, res, c)))
-            out[res] = max(0.0, v)
-        if family == "xcup":
-            out["bram"] = out["bram"] / 2          # reported in RAMB36 units (RAMB18 = ½)
+            out[res] = max(0.0, float(np.dot(coef, _features(engine, res, c))))
+        n = _counted(engine, family, c)
+        # ECP5 counts DP16KD (18 Kbit); UltraScale+ RAMB36 units (RAMB18 = ½), as hw.fpga reports them
+        out["bram"] = n["bram18"] / 2 if family == "xcup" else float(n["bram18"])
+        out["uram"] = float(n["uram"])
+        out["dsp"] = float(n["dsp"])
         fc = self.fmax_coef.get((family, engine))
-        out["fmax_mhz"] = None if fc is None else 1000.0 / float(fc[0] + fc[1] * _fmax_x(engine, c))
+        out["fmax_mhz"] = None if fc is None else 1000.0 / float(np.dot(fc, _fmax_features(engine, c)))
         return out
 
     def predict_cfg(self, c: _Cfg, family: str, engine: str = "all") -> dict:
@@ -217,7 +237,9 @@ def held_out_errors(path: str | Path = CALIBRATION_CSV) -> list[dict]:
         p = m._engine(_Cfg.from_row(r), fam, r["engine"])
         row = {"name": r["name"], "family": fam, "engine": r["engine"]}
         for res in (*RESOURCES, "fmax_mhz"):
-            meas = _num(r, res)
+            meas = _num(r, res) if r.get(res) not in (None, "") else None
+            if res == "uram" and fam != "xcup":
+                continue
             if meas is None or (res == "fmax_mhz" and p[res] is None):
                 continue
             row[res] = (meas, p[res])
@@ -242,7 +264,8 @@ def fit_report(path: str | Path = CALIBRATION_CSV) -> str:
             e = (pred - meas) / meas if meas else (0.0 if abs(pred) < 0.5 else float("inf"))
             if meas or pred >= 0.5:
                 errs.setdefault((row["family"], row["engine"], res), []).append(abs(e))
-            cells.append(f"{meas:g} vs {pred:.0f} ({100 * e:+.0f}%)".rjust(22))
+            shown = f"{pred:,.0f}" if abs(pred) >= 100 else f"{pred:.3g}"
+            cells.append(f"{meas:,g} vs {shown} ({100 * e:+.0f}%)".rjust(22))
         lines.append(f"{row['name']:12s} {row['family']:6s} {row['engine']:6s} " + " ".join(cells))
     lines.append("mean |error| (max) per family/engine/resource: " + "; ".join(
         f"{f}/{e}/{r} {100 * np.mean(v):.0f}% ({100 * max(v):.0f}%)" for (f, e, r), v in sorted(errs.items())))
