@@ -182,17 +182,22 @@ class AcceleratorTop(wiring.Component):
         ]
         pop = Signal()
         m.d.comb += pop.eq(out_valid & Mux(gb_kind, tlmm.wgt.ready, tlmm.act.ready))
-        fill_after = Signal(range(CAP + 1))
-        m.d.comb += fill_after.eq(fill - Mux(pop, E, 0))
-        m.d.comb += [gb_push.eq(rfifo.r_rdy & (gb_bb != 0) & (fill_after + W <= CAP)), rfifo.r_en.eq(gb_push)]
+        # Both outcomes of ``pop`` (which depends on the engine's ready) are computed in parallel and ``pop``
+        # selects at the end, so the engine's ready does not drive the byte shifters (timing).
+        fill_p = Signal(range(CAP + 1))                 # fill after popping an engine beat
+        m.d.comb += fill_p.eq(fill - E)
+        can_in = rfifo.r_rdy & (gb_bb != 0)
+        push_p, push_n = Signal(), Signal()
+        m.d.comb += [push_p.eq(can_in & (fill_p + W <= CAP)), push_n.eq(can_in & (fill + W <= CAP)),
+                     gb_push.eq(Mux(pop, push_p, push_n)), rfifo.r_en.eq(gb_push)]
         off = Mux(gb_first, Mux(gb_kind, gb_w, gb_a)[:lgW], 0)
         incoming = Signal(8 * W)
         m.d.comb += incoming.eq(rfifo.r_data >> (off << 3))
-        shifted = Signal(8 * CAP)
-        m.d.comb += shifted.eq(Mux(pop, buf >> (E << 3), buf))
-        merged = Signal(8 * CAP)
-        m.d.comb += merged.eq(shifted | Mux(gb_push, incoming << (fill_after << 3), 0))
-        m.d.sync += [buf.eq(merged), fill.eq(fill_after + Mux(gb_push, W - off, 0))]
+        merged_p, merged_n = Signal(8 * CAP), Signal(8 * CAP)
+        m.d.comb += [merged_p.eq((buf >> (E << 3)) | Mux(push_p, incoming << (fill_p << 3), 0)),
+                     merged_n.eq(buf | Mux(push_n, incoming << (fill << 3), 0))]
+        m.d.sync += [buf.eq(Mux(pop, merged_p, merged_n)),
+                     fill.eq(Mux(pop, fill_p + Mux(push_p, W - off, 0), fill + Mux(push_n, W - off, 0)))]
         with m.If(gb_push):
             m.d.sync += [gb_bb.eq(gb_bb - 1), gb_first.eq(0)]
         with m.If(pop):
