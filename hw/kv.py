@@ -56,6 +56,14 @@ def out_layout(kv: KvConfig) -> data.StructLayout:
     return data.StructLayout({"kind": 2, "id": kv.max_clusters.bit_length(), "new": 1})
 
 
+def _tree_sum(values):
+    """Sum as a balanced adder tree (a plain ``sum`` is a chain as deep as the operand count)."""
+    values = list(values)
+    while len(values) > 1:
+        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+    return values[0]
+
+
 def _highest(m: Module, bits: Signal, width: int, name: str) -> Signal:
     """Index of the highest set bit of ``bits`` (0 when none)."""
     idx = Signal(range(max(2, width)), name=name)
@@ -113,7 +121,7 @@ class KvRetrieval(wiring.Component):
             cnt_wps.append(cmem.write_port())
         bank_row = Signal(range(max(2, ROWS)))         # row all banks read (muxed by state)
         for i in range(L):
-            m.d.comb += [sig_rps[i].addr.eq(bank_row), cnt_rps[i].addr.eq(bank_row)]
+            m.d.comb += cnt_rps[i].addr.eq(bank_row)
         one_id = Signal(IB)                            # the single cluster whose count is read
         one_cnt = Signal(kv.count_bits)
         m.d.comb += one_cnt.eq(Array(rp.data for rp in cnt_rps)[one_id[:lg_l] if lg_l else 0])
@@ -153,7 +161,7 @@ class KvRetrieval(wiring.Component):
         for i in range(L):
             c = Cat(Const(i, lg_l), scan_row) if lg_l else scan_row
             dist = Signal(range(HP + 1), name=f"dist{i}")
-            m.d.comb += dist.eq(sum((sig ^ sig_rps[i].data)[j] for j in range(HP)))
+            m.d.comb += [sig_rps[i].addr.eq(scan_row), dist.eq(_tree_sum((sig ^ sig_rps[i].data)[j] for j in range(HP)))]
             m.d.sync += [p_dist[i].eq(dist), p_ok[i].eq((c < n) & (cnt_rps[i].data < CS))]
         nodes = [(p_ok[i], p_dist[i], Cat(Const(i, lg_l), p_row) if lg_l else p_row) for i in range(L)]
         level = 0
@@ -200,7 +208,7 @@ class KvRetrieval(wiring.Component):
 
         qlanes = vreg[bB]
         partial = Signal(signed(DB))
-        m.d.comb += partial.eq(sum(prods))
+        m.d.comb += partial.eq(_tree_sum(prods))
         dot_new = Signal(signed(DB))
         m.d.comb += dot_new.eq(Mux(bB2 == 0, 0, dot) + partial)
 
@@ -253,7 +261,7 @@ class KvRetrieval(wiring.Component):
                     with m.If(~is_query):
                         for j in range(HP):
                             terms = [Mux(hsel[j][i], lanes_in[i], -lanes_in[i]) for i in range(L)]
-                            m.d.sync += acc[j].eq(acc[j] + sum(terms))
+                            m.d.sync += acc[j].eq(acc[j] + _tree_sum(terms))
                     with m.If(beat == NB - 1):
                         with m.If(is_query):
                             m.d.sync += [state.eq(S_SCORE), iss_c.eq(0), iss_b.eq(0), vB.eq(0), vC.eq(0),
