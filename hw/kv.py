@@ -26,8 +26,8 @@ Schedule (states; one cycle each unless a count is given; stalls only where a st
 - QUERY: ``SCORE`` clusters·beats + 5 cycles (1 with no clusters): a 6-stage pipeline — address, lane
   products, adder tree accumulated over beats, count + reciprocal ROM, score = (dot · R[count]) >> 16, then
   store with running min/max and Σ score·count; ``TH`` and ``TH2``: row sum and span, then threshold and
-  bucket shift; ``LINK`` clusters + 1 cycles: score − min and count, then push the cluster on its bucket's list
-  and store its weight; ``WSTART``: highest non-empty bucket; ``WALK`` one cycle per selected cluster: emit
+  bucket shift; ``LINK`` clusters + 2 cycles: score − min and count, then push the cluster on its bucket's list
+  and compute its weight, then store the weight; ``WSTART``: highest non-empty bucket; ``WALK`` one cycle per selected cluster: emit
   it, subtract its weight from the remaining threshold, stop as soon as that reaches 0 (the early exit), else
   follow the list or drop to the next non-empty bucket; ``END``: the count beat.
 """
@@ -202,6 +202,7 @@ class KvRetrieval(wiring.Component):
         visited = Signal(range(CM + 1))
         link_c, l_issue = Signal(range(CM + 1)), Signal()
         vL, dL, cntL, cL = Signal(), Signal(DB + 1), Signal(kv.count_bits), Signal(IB)
+        vM, wM, cM = Signal(), Signal(kv.weight_bits), Signal(IB)
         ptr = Signal(IB)
         head = Array(Signal(IB, name=f"head{b}") for b in range(B))
         mask = Signal(B)
@@ -359,21 +360,25 @@ class KvRetrieval(wiring.Component):
             with m.Case(S_TH2):
                 m.d.sync += [th.eq((rs_q * kv.alpha_q) >> 8),
                              sh.eq(Mux(span_len > lg_b, span_len - lg_b, 0)),
-                             mask.eq(0), visited.eq(0), link_c.eq(0), l_issue.eq(1), vL.eq(0),
+                             mask.eq(0), visited.eq(0), link_c.eq(0), l_issue.eq(1), vL.eq(0), vM.eq(0),
                              state.eq(Mux(n == 0, S_END, S_LINK))]
 
             with m.Case(S_LINK):
-                # L1: score − lo and count of cluster link_c; L2: its bucket list and weight (score − lo)·count
+                # L1: score − lo and count of cluster link_c; L2: its bucket list and weight (score − lo)·count;
+                # L3: the weight into the weight memory
                 m.d.sync += [vL.eq(l_issue), dL.eq(score_rp.data - lo), cntL.eq(one_cnt), cL.eq(link_c[:IB])]
+                m.d.sync += [vM.eq(vL), wM.eq(dL * cntL), cM.eq(cL)]
+                with m.If(vM):
+                    m.d.comb += [w_wp.addr.eq(cM), w_wp.data.eq(wM), w_wp.en.eq(1)]
                 with m.If(l_issue):
                     m.d.sync += link_c.eq(link_c + 1)
                     with m.If(link_c == n - 1):
                         m.d.sync += l_issue.eq(0)
                 with m.If(vL):
                     m.d.comb += [next_wp.addr.eq(cL), next_wp.data.eq(Cat(head[bucket], mask.bit_select(bucket, 1))),
-                                 next_wp.en.eq(1), w_wp.addr.eq(cL), w_wp.data.eq(dL * cntL), w_wp.en.eq(1)]
+                                 next_wp.en.eq(1)]
                     m.d.sync += [head[bucket].eq(cL), mask.bit_select(bucket, 1).eq(1)]
-                with m.If(~l_issue):
+                with m.If(~l_issue & ~vL):
                     m.d.sync += state.eq(S_WSTART)
 
             with m.Case(S_WSTART):

@@ -261,8 +261,8 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
             head[bk] = link_c
             mask[bk] = 1
             if link_c == n - 1:
-                state = S_DRAIN                  # the RTL's second LINK stage takes the last cluster
-                drain, after = 1, S_WSTART
+                state = S_DRAIN                  # the RTL's LINK stages 2 and 3 finish the last cluster
+                drain, after = 2, S_WSTART
             link_c += 1
         elif state == S_WSTART:
             top = 0

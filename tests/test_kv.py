@@ -113,7 +113,7 @@ def test_model_matches_reference(kv):
 
 def test_model_cycles_follow_the_schedule():
     """Unstalled: INSERT = 1 + beats + (max(1, ceil(n/lanes)) + 1) + 1 + beats + 1; QUERY = 1 + beats +
-    (n·beats + 5) + 2 + (n + 1) + 1 + selected + 1 (README, KV retrieval engine)."""
+    (n·beats + 5) + 2 + (n + 2) + 1 + selected + 1 (README, KV retrieval engine)."""
     kv = KvConfig()
     rng = np.random.default_rng(5)
     keys = rng.integers(-128, 128, (20, 32)).astype(np.int8)
@@ -129,7 +129,7 @@ def test_model_cycles_follow_the_schedule():
         cmds.append(("insert", k))
     q = rng.integers(-128, 128, 32).astype(np.int8)
     sel = t.select(q)
-    clock += 1 + kv.beats + t.n * kv.beats + 5 + 2 + t.n + 1 + 1 + sel.visited + 1
+    clock += 1 + kv.beats + t.n * kv.beats + 5 + 2 + t.n + 2 + 1 + sel.visited + 1
     expected_ends.append(clock - 1)
     cmds.append(("query", q))
     run = run_commands(kv, cmds)
