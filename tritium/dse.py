@@ -982,7 +982,13 @@ def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
 def pareto_top(rows: list[dict], spec: Spec, k: int) -> list[dict]:
     m, d = spec.objectives[0]
     front = [r for r in rows if r["status"] == "ok" and r["pareto"]]
-    return sorted(front, key=lambda r: (-r[m] if d == "maximize" else r[m], r["trial"]))[:k]
+    out, seen = [], set()
+    for r in sorted(front, key=lambda r: (-r[m] if d == "maximize" else r[m], r["trial"])):
+        key = tuple(r[n] for n in spec.parameters)       # NSGA-II may sample a point again: list it once
+        if key not in seen:
+            seen.add(key)
+            out.append(r)
+    return out[:k]
 
 
 def top_table(rows: list[dict], spec: Spec, k: int) -> str:

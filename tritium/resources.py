@@ -171,9 +171,11 @@ class ResourceModel:
                 if not train:
                     continue
                 cfgs = [_Cfg.from_row(r) for r in train]
+                # a P&R run of a config that also has a synthesis-only run repeats its figures: fit each once
+                uniq = list({c: r for c, r in reversed(list(zip(cfgs, train, strict=True)))}.items())[::-1]
                 for res in ("lut", "ff"):
-                    X = np.array([_features(eng, res, c) for c in cfgs], float)
-                    y = np.array([float(r[res]) for r in train])
+                    X = np.array([_features(eng, res, c) for c, _ in uniq], float)
+                    y = np.array([float(r[res]) for _, r in uniq])
                     self.coef[(fam, eng, res)] = _lstsq_rel(X, y)
                 pr = [(c, float(r["fmax_mhz"])) for c, r in zip(cfgs, train, strict=True) if r.get("fmax_mhz")]
                 if len(pr) >= len(_fmax_features(eng, cfgs[0])):
@@ -230,13 +232,17 @@ def held_out_errors(path: str | Path = CALIBRATION_CSV) -> list[dict]:
     """Per held-out run: measured and predicted figures (rows never used in the fit)."""
     m = load_model(path)
     out = []
+    seen = set()
     for r in m.rows:
         fam = FAMILY_OF_BOARD.get(r["board"])
         if r["role"] != "heldout" or (fam, r["engine"], "lut") not in m.coef:
             continue
-        p = m._engine(_Cfg.from_row(r), fam, r["engine"])
+        c = _Cfg.from_row(r)
+        dup = (fam, r["engine"], c) in seen       # a P&R run of a config already listed: its Fmax only
+        seen.add((fam, r["engine"], c))
+        p = m._engine(c, fam, r["engine"])
         row = {"name": r["name"], "family": fam, "engine": r["engine"]}
-        for res in (*RESOURCES, "fmax_mhz"):
+        for res in ("fmax_mhz",) if dup else (*RESOURCES, "fmax_mhz"):
             meas = _num(r, res) if r.get(res) not in (None, "") else None
             if res == "uram" and fam != "xcup":
                 continue
@@ -267,6 +273,12 @@ def fit_report(path: str | Path = CALIBRATION_CSV) -> str:
             shown = f"{pred:,.0f}" if abs(pred) >= 100 else f"{pred:.3g}"
             cells.append(f"{meas:,g} vs {shown} ({100 * e:+.0f}%)".rjust(22))
         lines.append(f"{row['name']:12s} {row['family']:6s} {row['engine']:6s} " + " ".join(cells))
-    lines.append("mean |error| (max) per family/engine/resource: " + "; ".join(
-        f"{f}/{e}/{r} {100 * np.mean(v):.0f}% ({100 * max(v):.0f}%)" for (f, e, r), v in sorted(errs.items())))
+    lines += ["", "held-out |error|, mean (max), per family and engine:",
+              f"{'family':6s} {'engine':6s} " + " ".join(f"{r:>12s}" for r in (*RESOURCES, "fmax_mhz"))]
+    for fam, eng in sorted({(f, e) for f, e, _ in errs}):
+        cells = []
+        for res in (*RESOURCES, "fmax_mhz"):
+            v = errs.get((fam, eng, res))
+            cells.append(f"{'-' if not v else f'{100 * np.mean(v):.0f}% ({100 * max(v):.0f}%)'}".rjust(12))
+        lines.append(f"{fam:6s} {eng:6s} " + " ".join(cells))
     return "\n".join(lines)
