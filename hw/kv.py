@@ -17,9 +17,9 @@ Schedule (states; one cycle each unless a count is given; stalls only where a st
 - ``IDLE`` takes a command. RESET stays in IDLE (the table is emptied at the clock edge).
 - ``LOAD``: one ``vec`` beat per cycle into the vector register; for INSERT each beat also adds its lanes,
   signed by the hyperplane bits, into ``hyperplanes`` projection accumulators.
-- INSERT: ``SCAN`` max(1, ceil(clusters/lanes)) + 1 cycles: ``lanes`` cluster signatures per cycle, XOR +
-  popcount against the key's signature (signs of the accumulators) into registers, then a compare tree and
-  the running nearest non-full cluster one cycle later (the + 1 drains that second stage);
+- INSERT: ``SCAN`` max(1, ceil(clusters/lanes)) + 2 cycles: ``lanes`` cluster signatures per cycle, XOR +
+  popcount against the key's signature (signs of the accumulators) into registers, a compare tree into
+  registers, then the running nearest non-full cluster (the + 2 drain those stages);
   ``DECIDE``: join / open / force-join / full, signature and count written; ``UPDATE`` ``beats`` cycles:
   key sums read-add-write one beat per cycle (sync-read block RAM, address issued a cycle ahead);
   ``OUT``: the answer beat.
@@ -152,9 +152,9 @@ class KvRetrieval(wiring.Component):
         best_v, best_d, best_id = Signal(), Signal(range(HP + 1)), Signal(IB)
         cid, new, kind = Signal(IB), Signal(), Signal(2)
         r_kind, r_id, r_new = Signal(2), Signal(IB), Signal()   # the INSERT answer
-        # two-stage nearest-cluster search: stage 1 registers each lane's distance and eligibility for the
-        # row read this cycle; stage 2 reduces the registered row in a tree (ties: the lower id) and merges it
-        # into the running best (earlier rows hold lower ids, so a row wins only with a strictly smaller one)
+        # three-stage nearest-cluster search: stage 1 registers each lane's distance and eligibility for the
+        # row read this cycle; stage 2 reduces the registered row in a tree (ties: the lower id); stage 3 merges
+        # it into the running best (earlier rows hold lower ids, so a row wins only with a strictly smaller one)
         scan_issue, p_valid, p_row = Signal(), Signal(), Signal(range(max(2, ROWS)))
         p_dist = [Signal(range(HP + 1), name=f"p_dist{i}") for i in range(L)]
         p_ok = [Signal(name=f"p_ok{i}") for i in range(L)]
@@ -176,9 +176,11 @@ class KvRetrieval(wiring.Component):
                 m.d.comb += [v.eq(lv | rv), d.eq(Mux(take_r, rd, ld)), i_.eq(Mux(take_r, ri, li))]
                 nxt.append((v, d, i_))
             nodes, level = nxt, level + 1
-        row_v, row_d, row_id = nodes[0]
+        # stage 3: the row's winner, registered, merges into the running best
+        row_v, row_d, row_id, r_valid = Signal(), Signal(range(HP + 1)), Signal(IB), Signal()
+        m.d.sync += [row_v.eq(nodes[0][0]), row_d.eq(nodes[0][1]), row_id.eq(nodes[0][2]), r_valid.eq(p_valid)]
         take_row = Signal()
-        m.d.comb += take_row.eq(p_valid & row_v & (~best_v | (row_d < best_d)))
+        m.d.comb += take_row.eq(r_valid & row_v & (~best_v | (row_d < best_d)))
 
         upd_beat = Signal(range(max(2, NB)))
 
@@ -277,7 +279,7 @@ class KvRetrieval(wiring.Component):
                     m.d.sync += scan_row.eq(scan_row + 1)
                     with m.If(((scan_row + 1) << lg_l) >= n):
                         m.d.sync += scan_issue.eq(0)
-                with m.Else():
+                with m.Elif(~p_valid):
                     m.d.sync += state.eq(S_DECIDE)
                 with m.If(take_row):
                     m.d.sync += [best_v.eq(1), best_d.eq(row_d), best_id.eq(row_id)]

@@ -28,7 +28,7 @@ __all__ = ["KvRun", "EVENT_NAMES", "run_commands", "run_kv", "kv_energy_j", "enc
 OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2
 KIND_ASSIGN, KIND_SEL, KIND_END, KIND_FULL = 0, 1, 2, 3
 (S_IDLE, S_LOAD, S_SCAN, S_DECIDE, S_UPDATE, S_OUT, S_SCORE, S_TH, S_LINK, S_WSTART, S_WALK,
- S_END, S_SCAN_DRAIN, S_TH2, S_DRAIN) = range(15)
+ S_END, S_TH2, S_DRAIN) = range(14)
 
 EVENT_NAMES = ("vec_beats", "proj_adds", "sig_compares", "sum_lane_updates", "score_macs", "score_scales",
                "links", "walk_steps", "out_beats", "inserts", "queries", "dropped")
@@ -151,10 +151,9 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                         best_id = c
                     best_v = True
             if (scan_row + 1) * L >= n:
-                state = S_SCAN_DRAIN
+                state = S_DRAIN                  # the RTL's search stages 2 and 3 finish the last row
+                drain, after = 2, S_DECIDE
             scan_row += 1
-        elif state == S_SCAN_DRAIN:               # the RTL's second search stage finishes the last row
-            state = S_DECIDE
         elif state == S_DECIDE:
             sig = 0
             for j in range(HP):

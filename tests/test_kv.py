@@ -112,7 +112,7 @@ def test_model_matches_reference(kv):
 
 
 def test_model_cycles_follow_the_schedule():
-    """Unstalled: INSERT = 1 + beats + (max(1, ceil(n/lanes)) + 1) + 1 + beats + 1; QUERY = 1 + beats +
+    """Unstalled: INSERT = 1 + beats + (max(1, ceil(n/lanes)) + 2) + 1 + beats + 1; QUERY = 1 + beats +
     (n·beats + 5) + 2 + (n + 2) + 1 + selected + 1 (README, KV retrieval engine)."""
     kv = KvConfig()
     rng = np.random.default_rng(5)
@@ -124,7 +124,7 @@ def test_model_cycles_follow_the_schedule():
     for k in keys:
         n = t.n
         t.insert(k)
-        clock += 1 + kv.beats + max(1, -(-n // kv.lanes)) + 1 + 1 + kv.beats + 1
+        clock += 1 + kv.beats + max(1, -(-n // kv.lanes)) + 2 + 1 + kv.beats + 1
         expected_ends.append(clock - 1)
         cmds.append(("insert", k))
     q = rng.integers(-128, 128, 32).astype(np.int8)
