@@ -953,8 +953,18 @@ def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
     if len(spec.objectives) >= 2:
         (mx, dx), (my, dy) = spec.objectives[:2]
         ax.scatter([r[mx] for r in ok], [r[my] for r in ok], s=8, c="0.7", label=f"evaluated ({len(ok)})")
-        ax.plot([r[mx] for r in front], [r[my] for r in front], "o-", c="C3", ms=4,
-                label=f"Pareto front ({len(front)})")
+        if len(spec.objectives) > 2:
+            ax.scatter([r[mx] for r in front], [r[my] for r in front], s=10, c="C1",
+                       label=f"Pareto in all {len(spec.objectives)} objectives ({len(front)})")
+        sx, sy = (1 if dx == "maximize" else -1), (1 if dy == "maximize" else -1)
+        pts = sorted({(r[mx], r[my]) for r in ok}, key=lambda q: (-sx * q[0], -sy * q[1]))
+        front2, best = [], None
+        for x, y in pts:                      # non-dominated in the two plotted objectives
+            if best is None or sy * y > sy * best:
+                front2.append((x, y))
+                best = y
+        ax.step([x for x, _ in front2], [y for _, y in front2], "o-", c="C3", ms=4, where="post",
+                label=f"Pareto front of these two ({len(front2)})")
         ver = [r for r in front if r.get("verified") == "yes"]
         if ver:
             ax.scatter([r[mx] for r in ver], [r[my] for r in ver], s=80, facecolors="none", edgecolors="k",
