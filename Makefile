@@ -29,7 +29,7 @@ help:
 	@echo "                then the tiny model generating TOKENS=4 greedy tokens through the RTL top level (logits and cycles compared)"
 	@echo "make top        only the top-level run (TOKENS=4; all 4 layers; ~1-2 min)"
 	@echo "make test       run the test suite (what CI runs)"
-	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all, CONFIG=...) and print its report"
+	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all|kv|top, CONFIG=...) and print its report"
 	@echo "make kv-report  KV policies (ReSV, StreamingLLM, H2O, Quest, full) on the recorded traces: table + recall PNG (~2 min)"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
