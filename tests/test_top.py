@@ -50,6 +50,15 @@ def test_starved_memory_keeps_cycles_exact(repo):
     assert command_cycles(acfg, cmd) > command_cycles(base, cmd)
 
 
+def test_other_beat_widths(repo):
+    """G=2 half tables, T=3, Q=5, 3 tokens: 6-byte activation beats, 20-byte result beats that straddle the
+    32-byte bus beats, a different weight width — the gearbox and the result packer on other boundaries."""
+    acfg = load_config(repo / "configs" / "small-g2-half.yaml")
+    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"import os"), 2, layers=1,
+                        build_root=repo / "build" / "cosim", quiet=True)
+    _check(rep)
+
+
 def test_tlmm_in_the_top_costs_at_least_the_engine():
     acfg = load_config()
     for m, kc, nb in ((1, 1, 1), (2, 6, 32), (1, 15, 88), (2, 3, 7)):
