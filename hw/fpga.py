@@ -287,6 +287,19 @@ def _drive_leds(m: Module, platform, top, parity: Signal, busy: Signal) -> None:
         m.d.comb += [led_parity.o.eq(parity), led_busy.o.eq(busy)]
 
 
+def _port_parity_leds(m: Module, platform, top, eng) -> None:
+    """Capture every transferred ``wr`` beat and ``rreq`` of ``eng``'s memory port in a register, toggle a
+    parity register with the XOR of the captured bits (LED 0), and show ``busy`` (LED 1)."""
+    wr_data, rq_data = Value.cast(eng.wr.payload), Value.cast(eng.rreq.payload)
+    wr_q, rq_q = Signal(len(wr_data), name="wr_q"), Signal(len(rq_data), name="rreq_q")
+    wr_v, rq_v = Signal(name="wr_q_valid"), Signal(name="rreq_q_valid")
+    m.d.sync += [wr_q.eq(wr_data), wr_v.eq(eng.wr.valid & eng.wr.ready),
+                 rq_q.eq(rq_data), rq_v.eq(eng.rreq.valid & eng.rreq.ready)]
+    parity, busy = Signal(), Signal()
+    m.d.sync += [parity.eq(parity ^ (wr_v & wr_q.xor()) ^ (rq_v & rq_q.xor())), busy.eq(eng.busy)]
+    _drive_leds(m, platform, top, parity, busy)
+
+
 class GemmBoardTop(_PinnedTop):
     """The temporal GEMM engine with self-driven streams, one result LED and one busy LED.
 
@@ -323,19 +336,7 @@ class GemmBoardTop(_PinnedTop):
             eng.wr.ready.eq(~(lfsr[13] & lfsr[14] & lfsr[15])),
         ]
 
-        wr_data, rq_data = Value.cast(eng.wr.payload), Value.cast(eng.rreq.payload)
-        wr_q = Signal(len(wr_data), name="wr_q")
-        rq_q = Signal(len(rq_data), name="rreq_q")
-        wr_v = Signal(name="wr_q_valid")
-        rq_v = Signal(name="rreq_q_valid")
-        m.d.sync += [
-            wr_q.eq(wr_data), wr_v.eq(eng.wr.valid & eng.wr.ready),
-            rq_q.eq(rq_data), rq_v.eq(eng.rreq.valid & eng.rreq.ready),
-        ]
-        parity = Signal()
-        busy = Signal()
-        m.d.sync += [parity.eq(parity ^ (wr_v & wr_q.xor()) ^ (rq_v & rq_q.xor())), busy.eq(eng.busy)]
-        _drive_leds(m, platform, self, parity, busy)
+        _port_parity_leds(m, platform, self, eng)
         return m
 
 
@@ -410,14 +411,7 @@ class TopBoardTop(_PinnedTop):
                      eng.cmd.valid.eq(lfsr[8]), eng.rdata.valid.eq(~(lfsr[9] & lfsr[10])),
                      eng.rreq.ready.eq(~(lfsr[11] & lfsr[12])), eng.wr.ready.eq(~(lfsr[13] & lfsr[14])),
                      eng.host.ready.eq(lfsr[15])]
-        wr_data, rq_data = Value.cast(eng.wr.payload), Value.cast(eng.rreq.payload)
-        wr_q, rq_q = Signal(len(wr_data), name="wr_q"), Signal(len(rq_data), name="rreq_q")
-        wr_v, rq_v = Signal(name="wr_q_valid"), Signal(name="rreq_q_valid")
-        m.d.sync += [wr_q.eq(wr_data), wr_v.eq(eng.wr.valid & eng.wr.ready),
-                     rq_q.eq(rq_data), rq_v.eq(eng.rreq.valid & eng.rreq.ready)]
-        parity, busy = Signal(), Signal()
-        m.d.sync += [parity.eq(parity ^ (wr_v & wr_q.xor()) ^ (rq_v & rq_q.xor())), busy.eq(eng.busy)]
-        _drive_leds(m, platform, self, parity, busy)
+        _port_parity_leds(m, platform, self, eng)
         return m
 
 

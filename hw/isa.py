@@ -51,7 +51,7 @@ from dataclasses import dataclass
 
 __all__ = ["ISA_VERSION", "OP_TLMM", "OP_GEMM", "OP_HOST", "TLMM_FIELDS", "GEMM_FIELDS", "HOST_FIELDS",
            "TlmmCommand", "GemmCommand", "HostCommand", "Command", "decode", "decode_program",
-           "encode_program", "payload_fields"]
+           "encode_program", "payload_fields", "command_words"]
 
 ISA_VERSION = 3
 OP_TLMM = 1
@@ -69,6 +69,11 @@ _WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1}
 _FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
 # fields the top level consumes (DMA addresses) rather than the engine
 _DMA_ONLY = {OP_TLMM: {"act_base", "wgt_base", "res_base"}}
+
+
+def command_words(opcode: int) -> int:
+    """Number of 64-bit words of a command with this opcode."""
+    return _WORDS[opcode]
 
 
 def payload_fields(opcode: int) -> tuple[tuple[str, int], ...]:

@@ -28,7 +28,7 @@ from amaranth.lib.wiring import In, Out
 
 from hw.config import AcceleratorConfig, ConfigError
 from hw.gemm import TemporalGemm, read_request_layout, write_layout
-from hw.isa import GEMM_FIELDS, OP_GEMM, OP_HOST, OP_TLMM, TLMM_FIELDS, payload_fields
+from hw.isa import GEMM_FIELDS, OP_GEMM, OP_HOST, OP_TLMM, TLMM_FIELDS, command_words, payload_fields
 from hw.program import tlmm_wgt_beat_bytes
 from hw.tlmm import TableLookupMatmul
 
@@ -43,7 +43,7 @@ class TopGeometry:
         self.W = mem.bus_bytes
         self.EA = t.chunk_k                       # activation beat: G·T int8 in memory
         self.EW = tlmm_wgt_beat_bytes(t)          # packed weight beat
-        self.ER = t.columns * 4                   # result beat: Q little-endian int32
+        self.ER = t.columns * t.acc_bits // 8     # result beat: Q little-endian int32
         self.fifo = max(8, 2 * mem.max_burst)     # read FIFO depth = beats requested ahead at most
         self.cap = 2 * self.W                     # gearbox bytes
         for name, e in (("activation", self.EA), ("weight", self.EW), ("result", self.ER)):
@@ -101,7 +101,7 @@ class AcceleratorTop(wiring.Component):
                 with m.If(self.cmd.valid):
                     m.d.sync += _store(words, widx, self.cmd.payload)
                     op = Mux(widx == 0, self.cmd.payload[:8], opcode)
-                    n_words = Mux(op == OP_HOST, 1, 3)
+                    n_words = Mux(op == OP_HOST, command_words(OP_HOST), command_words(OP_TLMM))
                     with m.If(widx + 1 == n_words):
                         m.d.sync += [widx.eq(0), st.eq(1)]
                     with m.Else():

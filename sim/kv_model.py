@@ -16,6 +16,7 @@ cycle in which the last output beat is transferred, plus one.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 from numba import njit
@@ -51,6 +52,16 @@ def _popcount(x):
         x &= x - 1
         n += 1
     return n
+
+
+@njit(cache=True)
+def _top_bucket(mask):
+    """Highest non-empty bucket, or -1."""
+    top = -1
+    for b in range(mask.shape[0]):
+        if mask[b]:
+            top = b
+    return top
 
 
 @njit(cache=True)
@@ -264,10 +275,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                 drain, after = 2, S_WSTART
             link_c += 1
         elif state == S_WSTART:
-            top = 0
-            for b in range(B):
-                if mask[b]:
-                    top = b
+            top = _top_bucket(mask)
             ptr = head[top]
             mask[top] = 0
             state = S_WALK
@@ -285,12 +293,8 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                 elif nxt_v[ptr]:
                     ptr = nxt_id[ptr]
                 else:
-                    top, anyb = 0, False
-                    for b in range(B):
-                        if mask[b]:
-                            top = b
-                            anyb = True
-                    if anyb:
+                    top = _top_bucket(mask)
+                    if top >= 0:
                         ptr = head[top]
                         mask[top] = 0
                     else:
@@ -343,6 +347,14 @@ def encode_commands(kv: KvConfig, commands) -> tuple[np.ndarray, np.ndarray]:
 _ONES = np.ones(1, np.int8)
 
 
+@lru_cache(maxsize=16)
+def _tables(kv: KvConfig) -> tuple[np.ndarray, np.ndarray]:
+    """Hyperplanes (±1) and the reciprocal ROM of a config (the splitmix64 draw is a Python loop)."""
+    hp = hyperplane_matrix(ResvParams.from_config(kv))
+    recip = np.array([0] + [reciprocal(c) for c in range(1, kv.max_cluster_size + 1)], np.int64)
+    return hp, recip
+
+
 def run_kv(kv: KvConfig, ops: np.ndarray, vec: np.ndarray, vec_pattern=None, out_pattern=None,
            max_cycles: int | None = None):
     """Run encoded commands; returns the raw kernel outputs (see :func:`run_commands`)."""
@@ -351,9 +363,7 @@ def run_kv(kv: KvConfig, ops: np.ndarray, vec: np.ndarray, vec_pattern=None, out
     for p in (vp, op):
         if p.ndim != 1 or p.size == 0 or not p.any():
             raise ValueError("a stream pattern must be a non-empty 1-D array with at least one 1")
-    params = ResvParams.from_config(kv)
-    hp = hyperplane_matrix(params)
-    recip = np.array([0] + [reciprocal(c) for c in range(1, kv.max_cluster_size + 1)], np.int64)
+    hp, recip = _tables(kv)
     if max_cycles is None:
         per_cmd = 8 + kv.beats * (kv.max_clusters + 4) + 3 * kv.max_clusters + kv.max_clusters // kv.lanes
         max_cycles = (len(ops) * per_cmd + 16) * max(len(vp), len(op)) + 64

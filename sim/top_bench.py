@@ -21,6 +21,7 @@ from cocotb.triggers import ReadOnly, RisingEdge
 
 from compiler.execute import _Host
 from hw.config import config_from_dict
+from hw.isa import command_words
 from hw.program import Program
 from sim.gemm_bench import MemoryPort
 from sim.memory import BusMemory
@@ -55,7 +56,6 @@ async def top_run(dut):
         prog.write(image, "tokens", np.asarray(step_tokens, np.int32))
         host = _Host(prog, image)
         words = [int(w) for w in prog.words]
-        n_words = {1: 3, 2: 3, 3: 1}
         starts, pos, need = [], 0, 0        # cycle of each command's first word
         last_word_t = -1
         shown = None
@@ -72,7 +72,7 @@ async def top_run(dut):
             if valid and int(dut.cmd__ready.value):
                 if need == 0:
                     starts.append(t)
-                    need = n_words[words[pos] & 0xFF]
+                    need = command_words(words[pos] & 0xFF)
                 need -= 1
                 pos += 1
                 last_word_t = t
