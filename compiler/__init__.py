@@ -8,7 +8,8 @@ Pipeline (each stage has its own test in tests/test_compiler.py):
                                                   fuse_quant, check_weights, mark_engines)
     per-step lowering                           → compiler.lower (tile TLMM, lower attention, allocate,
                                                   pack weights, emit)
-    functional execution on the numba models    → compiler.execute
+
+Programs are executed by sim.runtime (the numba models + host ops), one layer up.
 """
 
 from __future__ import annotations

@@ -33,13 +33,14 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 
 from amaranth import Cat, Elaboratable, Module, Mux, Signal, Value
 from amaranth.build import Clock, Resource, TemplatedPlatform
 from amaranth.lib import io
 
+from hw.boards import BOARDS, Board
+from hw.boards import board as _board
 from hw.config import AcceleratorConfig, TlmmConfig
 from hw.gemm import TemporalGemm
 from hw.tlmm import TableLookupMatmul
@@ -59,53 +60,6 @@ class FlowError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------
 # Boards
 # ------------------------------------------------------------------------------------------------------
-
-@dataclass(frozen=True)
-class _Board:
-    description: str
-    family: str                       # "ecp5", "ice40", or "xcup" (resource estimate only, no P&R)
-    device: str                       # human-readable device name for reports
-    platform: str | None              # "module:Class" in amaranth_boards (imported lazily); None: no pins
-    pnr_args: tuple[str, ...]         # nextpnr device/package flags
-    capacity: dict[str, int]          # resource → available units (keys as in the report)
-
-
-# Capacities from the device data sheets: ECP5-85F has 83,640 LUT4s (41,820 slices × 2) and as many
-# FFs, 208 DP16KD (18 Kbit) block RAMs, 156 MULT18X18D; the iCE40 UP5K has 5,280 logic cells (one LUT4 +
-# one FF each), 30 EBR (4 Kbit), 4 SPRAM (256 Kbit) and 8 SB_MAC16 DSPs.
-_BOARDS: dict[str, _Board] = {
-    "ulx3s": _Board(
-        description="Radiona ULX3S with Lattice ECP5 LFE5U-85F (CABGA381, speed 6), 25 MHz oscillator",
-        family="ecp5", device="LFE5U-85F-6BG381",
-        platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
-        pnr_args=("--85k", "--package", "CABGA381", "--speed", "6"),
-        capacity={"lut": 83640, "ff": 83640, "bram": 208, "dsp": 156},
-    ),
-    "icebreaker": _Board(
-        description="1BitSquared iCEBreaker with Lattice iCE40 UP5K (SG48), 12 MHz oscillator",
-        family="ice40", device="iCE40UP5K-SG48",
-        platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
-        pnr_args=("--up5k", "--package", "sg48"),
-        capacity={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
-    ),
-    # K26 SOM (XCK26, Zynq UltraScale+): 117,120 CLB LUTs, 234,240 FFs, 144 RAMB36 (36 Kbit), 64 URAM288,
-    # 1,248 DSP48E2 (K26 SOM data sheet DS987; the figures TeLLMe reports its utilization against); an
-    # UltraScale+ slice has 8 LUTs, 4 MUXF7 and 2 MUXF8 (UG574), so 14,640 slices.
-    # No open place-and-route exists for UltraScale+: Yosys synth_xilinx gives the resource estimate only.
-    "kv260": _Board(
-        description="AMD Kria KV260 (K26 SOM, Zynq UltraScale+ XCK26): Yosys synth_xilinx resource estimate "
-                    "only, no place-and-route",
-        family="xcup", device="XCK26 (Zynq UltraScale+)",
-        platform=None,
-        pnr_args=(),
-        capacity={"lut": 117120, "ff": 234240, "bram": 144, "uram": 64, "dsp": 1248,
-                  # 14,640 slices × (4 MUXF7, 2 MUXF8): the wide-mux resources -widemux maps onto
-                  "muxf7": 58560, "muxf8": 29280},
-    ),
-}
-
-#: Board name → one-line description (for CLIs listing the boards).
-BOARDS: dict[str, str] = {name: board.description for name, board in _BOARDS.items()}
 
 #: Engine name → one-line description (for CLIs listing the engines).
 ENGINES: dict[str, str] = {
@@ -159,20 +113,13 @@ _RESOURCE_NAME_XCUP = {**_RESOURCE_NAME, "lut": "CLB LUTs", "bram": "block RAMs 
                        "muxf8": "F8 muxes"}
 
 
-def _board(name: str) -> _Board:
-    try:
-        return _BOARDS[name]
-    except KeyError:
-        raise ValueError(f"unknown board {name!r}; available boards: {', '.join(sorted(_BOARDS))}") from None
-
-
 def _engine(name: str) -> str:
     if name not in ENGINES:
         raise ValueError(f"unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}")
     return name
 
 
-def _make_platform(board: _Board, clock_hz: float) -> TemplatedPlatform:
+def _make_platform(board: Board, clock_hz: float) -> TemplatedPlatform:
     """Instantiate the amaranth-boards platform with its oscillator constrained to ``clock_hz``.
 
     The engine is clocked straight from the board oscillator (no PLL), but nextpnr is told the clock runs
@@ -493,7 +440,7 @@ def _netlist_stats(netlist: Path, top: str) -> tuple[Counter, int]:
     return types, pairs
 
 
-def _usage(board: _Board, cells: Counter, lut_ff_pairs: int) -> dict[str, int]:
+def _usage(board: Board, cells: Counter, lut_ff_pairs: int) -> dict[str, int]:
     """Resource use estimated from the mapped cells, in the units of ``board.capacity``."""
     if board.family == "ecp5":
         # ECP5 slices count LUTs and FFs separately (nextpnr: TRELLIS_COMB, TRELLIS_FF). A CCU2C carry
@@ -517,7 +464,7 @@ def _usage(board: _Board, cells: Counter, lut_ff_pairs: int) -> dict[str, int]:
     }
 
 
-def _check_fit(board_name: str, board: _Board, usage: dict[str, int], acfg: AcceleratorConfig,
+def _check_fit(board_name: str, board: Board, usage: dict[str, int], acfg: AcceleratorConfig,
                engine: str = "tlmm", why: str = "") -> None:
     """Raise :class:`FitError` if ``usage`` exceeds the board. ``why`` (e.g. how a count was derived
     before synthesis) is added after the first figure."""

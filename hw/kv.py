@@ -40,13 +40,21 @@ from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.config import KvConfig
-from models.resv import hyperplane_bits, reciprocal
+from hw.kv_numerics import (
+    KIND_ASSIGN,
+    KIND_END,
+    KIND_FULL,
+    KIND_SEL,
+    OP_INSERT,
+    OP_QUERY,
+    OP_RESET,
+    hyperplane_bits,
+    reciprocal,
+)
 
 __all__ = ["KvRetrieval", "OP_RESET", "OP_INSERT", "OP_QUERY", "KIND_ASSIGN", "KIND_SEL", "KIND_END",
            "KIND_FULL", "out_layout", "STATES"]
 
-OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2
-KIND_ASSIGN, KIND_SEL, KIND_END, KIND_FULL = 0, 1, 2, 3
 STATES = ("IDLE", "LOAD", "SCAN", "DECIDE", "UPDATE", "OUT", "SCORE", "TH", "LINK", "WSTART", "WALK", "END", "TH2")
 (S_IDLE, S_LOAD, S_SCAN, S_DECIDE, S_UPDATE, S_OUT, S_SCORE, S_TH, S_LINK, S_WSTART, S_WALK,
  S_END, S_TH2) = range(len(STATES))

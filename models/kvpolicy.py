@@ -262,7 +262,7 @@ class ResvPolicy(Policy):
         from models import resv
 
         s = keys.shape[0]
-        params = resv.ResvParams.from_config(self.kvcfg)
+        params = self.kvcfg
         table = resv.ClusterTable(params)
         kq = np.asarray(resv.quantize_keys(keys))
         qq = np.asarray(resv.quantize_keys(queries))

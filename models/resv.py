@@ -35,53 +35,11 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["ResvParams", "hyperplane_bits", "hyperplane_matrix", "quantize_keys", "reciprocal",
+from hw.config import KvConfig
+from hw.kv_numerics import hyperplane_bits, hyperplane_matrix, reciprocal
+
+__all__ = ["hyperplane_bits", "hyperplane_matrix", "quantize_keys", "reciprocal",
            "signature", "ClusterTable", "Selection", "float_select"]
-
-_MASK64 = (1 << 64) - 1
-
-
-@dataclass(frozen=True)
-class ResvParams:
-    dim: int = 32
-    hyperplanes: int = 32
-    hamming: int = 7
-    max_clusters: int = 128
-    max_cluster_size: int = 64
-    buckets: int = 16
-    alpha_q: int = 77
-    seed: int = 1
-
-    @classmethod
-    def from_config(cls, kv) -> ResvParams:
-        """From a :class:`hw.config.KvConfig`."""
-        return cls(kv.dim, kv.hyperplanes, kv.hamming, kv.max_clusters, kv.max_cluster_size, kv.buckets,
-                   kv.alpha_q, kv.seed)
-
-
-def _splitmix64(state: int) -> tuple[int, int]:
-    state = (state + 0x9E3779B97F4A7C15) & _MASK64
-    z = state
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    return state, z ^ (z >> 31)
-
-
-def hyperplane_bits(dim: int, hyperplanes: int, seed: int) -> np.ndarray:
-    """(hyperplanes, dim) uint8: 1 = +1, 0 = −1. Bit i of hyperplane j is bit 0 of the (j·dim+i)-th
-    splitmix64 output from ``seed`` — defined here so RTL constants and models never depend on a library's
-    random stream."""
-    out = np.empty(hyperplanes * dim, dtype=np.uint8)
-    state = seed & _MASK64
-    for n in range(out.size):
-        state, z = _splitmix64(state)
-        out[n] = z & 1
-    return out.reshape(hyperplanes, dim)
-
-
-def hyperplane_matrix(p: ResvParams) -> np.ndarray:
-    """(hyperplanes, dim) int64 of ±1."""
-    return hyperplane_bits(p.dim, p.hyperplanes, p.seed).astype(np.int64) * 2 - 1
 
 
 def quantize_keys(x) -> np.ndarray:
@@ -94,11 +52,6 @@ def quantize_keys(x) -> np.ndarray:
     t = torch.as_tensor(np.asarray(x, dtype=np.float32))
     q, _ = quantize_act(t)
     return q.numpy().astype(np.int8)
-
-
-def reciprocal(n: int) -> int:
-    """Reciprocal ROM entry round(2^16 / n), n ≥ 1."""
-    return ((1 << 16) + n // 2) // n
 
 
 def signature(key: np.ndarray, hp: np.ndarray) -> int:
@@ -124,7 +77,7 @@ class Selection:
 class ClusterTable:
     """The integer-exact cluster table of one head (the engine's state between RESETs)."""
 
-    def __init__(self, params: ResvParams):
+    def __init__(self, params: KvConfig):
         self.p = params
         self.hp = hyperplane_matrix(params)
         self.sigs: list[int] = []

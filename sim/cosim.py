@@ -236,7 +236,7 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
     """Run every KV case (sim.kv_cases.KvCase) through the reference, the model and the RTL. The model's
     decoded results must equal the reference's (checked here), its output beats and their cycles the
     RTL's (checked in the bench)."""
-    from models.resv import ClusterTable, ResvParams
+    from models.resv import ClusterTable
     from sim.kv_model import encode_commands, run_kv
 
     kv = acfg.kv
@@ -252,11 +252,11 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
         t0 = time.perf_counter()
         kinds, ids, news, cyc, cycles, _, _ = run_kv(kv, ops, vec, c.vec_pattern, c.out_pattern)
         model_s += time.perf_counter() - t0
-        ref = ClusterTable(ResvParams.from_config(kv))
+        ref = ClusterTable(kv)
         expect = []
         for cmd in c.commands:
             if cmd[0] == "reset":
-                ref = ClusterTable(ResvParams.from_config(kv))
+                ref = ClusterTable(kv)
             elif cmd[0] == "insert":
                 cid, new, full = ref.insert(cmd[1])
                 expect.append((3, 0, 0) if full else (0, cid, int(new)))
@@ -353,9 +353,9 @@ def run_top_cosim(acfg: AcceleratorConfig, checkpoint: str | Path, prompt: list[
     import torch
 
     from compiler import compile_model, load_model
-    from compiler.execute import Runtime
     from hw.isa import GemmCommand, HostCommand
     from models.lm import generate
+    from sim.runtime import Runtime
     from sim.top_model import program_cycles
 
     model = load_model(str(checkpoint))

@@ -22,12 +22,20 @@ import numpy as np
 from numba import njit
 
 from hw.config import AcceleratorConfig, KvConfig
-from models.resv import ResvParams, hyperplane_matrix, reciprocal
+from hw.kv_numerics import (
+    KIND_ASSIGN,
+    KIND_END,
+    KIND_FULL,
+    KIND_SEL,
+    OP_INSERT,
+    OP_QUERY,
+    OP_RESET,
+    hyperplane_matrix,
+    reciprocal,
+)
 
 __all__ = ["KvRun", "EVENT_NAMES", "run_commands", "run_kv", "kv_energy_j", "encode_commands"]
 
-OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2
-KIND_ASSIGN, KIND_SEL, KIND_END, KIND_FULL = 0, 1, 2, 3
 (S_IDLE, S_LOAD, S_SCAN, S_DECIDE, S_UPDATE, S_OUT, S_SCORE, S_TH, S_LINK, S_WSTART, S_WALK,
  S_END, S_TH2, S_DRAIN) = range(14)
 
@@ -350,7 +358,7 @@ _ONES = np.ones(1, np.int8)
 @lru_cache(maxsize=16)
 def _tables(kv: KvConfig) -> tuple[np.ndarray, np.ndarray]:
     """Hyperplanes (±1) and the reciprocal ROM of a config (the splitmix64 draw is a Python loop)."""
-    hp = hyperplane_matrix(ResvParams.from_config(kv))
+    hp = hyperplane_matrix(kv)
     recip = np.array([0] + [reciprocal(c) for c in range(1, kv.max_cluster_size + 1)], np.int64)
     return hp, recip
 
@@ -407,7 +415,7 @@ def kv_energy_j(acfg: AcceleratorConfig, events: dict) -> float:
     (configs/energy/<family>.yaml). Mapping: a projection add or 8 compared signature bits = one soft-logic
     small add (``table_entry``); a key-sum lane update = a small add + 2-byte RAM read and write; a score
     MAC = ``mac8`` + a 2-byte RAM read; a reciprocal scale = 2 × ``mac8``; a link or walk step = 4 RAM bytes."""
-    from tritium.estimate import load_energy
+    from sim.energy import load_energy
 
     pj = load_energy(acfg.device.family)["pj"]
     kv = acfg.kv

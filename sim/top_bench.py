@@ -2,7 +2,7 @@
 
 The bench is the host of a Zynq-class SoC: it loads the weight image into a :class:`sim.memory.BusMemory`,
 writes each step's token ids, pushes the step Program's command words into ``cmd`` (always valid), serves
-the memory port, and runs a HOST op (compiler.execute's host functions, on the same memory image) at each
+the memory port, and runs a HOST op (sim.runtime's host functions, on the same memory image) at each
 ``host`` handshake. After a step it reads the logits from memory; in greedy mode the next step's token is
 the argmax of the last row. It records the cycle of every command's first word and of the end of each step,
 so per-command cycles can be compared with sim/top_model.py.
@@ -19,12 +19,12 @@ import numpy as np
 from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
-from compiler.execute import _Host
 from hw.config import config_from_dict
 from hw.isa import command_words
 from hw.program import Program
 from sim.gemm_bench import MemoryPort
 from sim.memory import BusMemory
+from sim.runtime import _Host
 
 
 @cocotb.test()

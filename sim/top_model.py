@@ -22,7 +22,7 @@ from numba import njit
 
 from hw.config import AcceleratorConfig
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
-from hw.top import TopGeometry
+from hw.top_geometry import TopGeometry
 
 __all__ = ["command_cycles", "program_cycles", "HOST_CYCLES", "FETCH_DISPATCH"]
 

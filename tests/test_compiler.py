@@ -13,7 +13,6 @@ import torch.nn.functional as F
 
 from compiler import CompileError, compile_model
 from compiler.capture import capture, run_captured
-from compiler.execute import Runtime, execute
 from compiler.ir import from_export
 from compiler.lower import Allocator
 from compiler.passes import check_weights, dedupe_quant, fuse_quant, mark_engines, split_bitlinear
@@ -22,6 +21,7 @@ from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import unpack_weight_groups
 from models.bitlinear import ternary_weight
 from models.lm import FeedForward, LMConfig, TernaryLM, generate
+from sim.runtime import Runtime, execute
 
 SMALL = LMConfig(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=80, activation="relu2",
                  max_seq=64, subln=True, tie_embeddings=True)

@@ -9,9 +9,10 @@ import pytest
 import torch
 
 from compiler import compile_model, load_model
-from compiler.execute import Runtime
 from hw.config import ConfigError, config_from_dict, load_config
-from tritium.estimate import cost_program, load_energy
+from sim.energy import load_energy
+from sim.runtime import Runtime
+from tritium.estimate import cost_program
 
 
 @pytest.mark.parametrize("config", ["default.yaml", "gemm-4x4-w8.yaml"])

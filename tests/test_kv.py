@@ -11,14 +11,15 @@ import numpy as np
 import pytest
 
 from hw.config import ConfigError, KvConfig, config_from_dict, load_config
-from models.resv import ClusterTable, ResvParams, hyperplane_bits, reciprocal, signature
+from hw.kv_numerics import hyperplane_bits, reciprocal
+from models.resv import ClusterTable, signature
 from sim.cosim import run_kv_cosim
 from sim.kv_cases import directed_cases, random_cases, replay_commands, trace_cases
 from sim.kv_model import run_commands
 
 
 def _table(kv=None):
-    return ClusterTable(ResvParams.from_config(kv or KvConfig()))
+    return ClusterTable(kv or KvConfig())
 
 
 # ---------------------------------------------------------------- config

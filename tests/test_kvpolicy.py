@@ -141,7 +141,7 @@ def test_resv_policy_uses_the_reference(real, acfg, monkeypatch):
     assert calls == {"insert": 256, "select": 240 * 2}
     monkeypatch.undo()
     # recompute by hand at a few steps
-    table = resv.ClusterTable(resv.ResvParams.from_config(acfg.kv))
+    table = resv.ClusterTable(acfg.kv)
     kq, qq = resv.quantize_keys(k), resv.quantize_keys(q)
     it = 0
     for t in range(256):

@@ -11,7 +11,7 @@ import pytest
 from hw.config import ConfigError, load_config
 from hw.isa import TlmmCommand
 from hw.ternary import tlmm_shape
-from hw.top import TopGeometry
+from hw.top_geometry import TopGeometry
 from sim.cosim import run_top_cosim
 from sim.tlmm_model import tlmm_cycles
 from sim.top_model import FETCH_DISPATCH, command_cycles

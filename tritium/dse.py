@@ -481,7 +481,7 @@ class FastEvaluator:
         return beats
 
     def _energy_of(self, family: str) -> dict:
-        from tritium.estimate import load_energy
+        from sim.energy import load_energy
 
         if family not in self._energy:
             self._energy[family] = load_energy(family)
@@ -538,7 +538,7 @@ STATUSES = ("ok", "invalid", "memory", "fit", "constraint", "error")
 
 def screen(spec: Spec, params: dict, evaluator: FastEvaluator | None = None) -> tuple[str, str, dict, dict | None]:
     """(status, reason, resource metrics, config dict) before any long evaluation."""
-    from hw.fpga import _BOARDS
+    from hw.boards import BOARD_SPECS
     from tritium.resources import FAMILY_OF_BOARD, load_model
 
     d = spec.config_dict(params)
@@ -558,7 +558,7 @@ def screen(spec: Spec, params: dict, evaluator: FastEvaluator | None = None) -> 
         fam = FAMILY_OF_BOARD[spec.board]
         r = load_model().predict(acfg, fam, "all")
         m.update({k: (round(v, 1) if v is not None else None) for k, v in r.items()})
-        cap = _BOARDS[spec.board].capacity
+        cap = BOARD_SPECS[spec.board].capacity
         over = [f"{k} {r[k]:.0f} > {spec.fit_margin:g}·{cap[k]}" for k in ("lut", "ff", "bram", "uram", "dsp")
                 if k in cap and r[k] > spec.fit_margin * cap[k]]
         if over:

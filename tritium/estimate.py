@@ -24,19 +24,15 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
-
-from hw.config import AcceleratorConfig, ConfigError
+from hw.config import AcceleratorConfig
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
 from hw.program import Program, tlmm_wgt_beat_bytes
 from hw.ternary import TlmmShape
+from sim.energy import load_energy
 from sim.gemm_model import gemm_fast
 from sim.tlmm_model import tlmm_cycles, tlmm_events_closed_form
 
 __all__ = ["HOST_COST", "load_energy", "StepCost", "cost_program", "estimate", "summarize", "plot_estimates"]
-
-ENERGY_DIR = Path(__file__).resolve().parent.parent / "configs" / "energy"
-ENERGY_KEYS = ("lookup", "table_entry", "mac8", "sram_byte", "dram_byte")
 
 # Host-op cost per element: (flops, bytes moved). Counted from models/hostops.py (fold_sum: 1 add per
 # element; exp: ~30 float64 operations for the degree-13 polynomial and range reduction).
@@ -52,26 +48,6 @@ HOST_COST = {
     "attn_softmax": (40, 6),     # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
     "attn_out": (2, 8),          # per output element
 }
-
-
-def load_energy(family: str) -> dict:
-    path = ENERGY_DIR / f"{family}.yaml"
-    try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found (device.family={family!r})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("pj"), dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'pj' table")
-    for k in ENERGY_KEYS:
-        v = data["pj"].get(k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"{path}: pj.{k}: expected a non-negative number, got {v!r}")
-    hw_ = data.get("host_w")
-    if isinstance(hw_, bool) or not isinstance(hw_, (int, float)) or hw_ < 0:
-        raise ConfigError(f"{path}: host_w: expected a non-negative number, got {hw_!r}")
-    return data
 
 
 @dataclass
