@@ -35,7 +35,7 @@ help:
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
 	@echo "make dse        design-space exploration of SPEC (default configs/sweeps/kv260-bitnet07b.yaml), VERIFY=K winners co-simulated"
 	@echo "make calibrate  rerun the resource-model calibration flows (~1 h, one tool at a time) and print the held-out errors"
-	@echo "make lint       ruff"
+	@echo "make lint       ruff check, ruff format --check, lint-imports (the layer contracts in .importlinter)"
 	@echo "make clean      remove build products"
 
 $(BIN)/.installed: pyproject.toml
@@ -80,8 +80,12 @@ calibrate: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/python -m models.train --out models/checkpoints/tiny.pt
 
+LINT_PATHS := hw sim compiler models traces tritium tests
+
 lint: $(BIN)/.installed
-	$(BIN)/ruff check hw sim compiler models tritium tests
+	$(BIN)/ruff check $(LINT_PATHS)
+	$(BIN)/ruff format --check $(LINT_PATHS)
+	$(BIN)/lint-imports
 
 clean:
 	rm -rf build sim_build results.xml .pytest_cache

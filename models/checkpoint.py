@@ -14,11 +14,11 @@ file and what is wrong.
 from __future__ import annotations
 
 import os
-import tempfile
 from pathlib import Path
 
 import torch
 
+from hw.files import atomic_write
 from models.lm import LMConfig, TernaryLM
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
@@ -31,12 +31,6 @@ class CheckpointError(ValueError):
     """A checkpoint file is missing, unreadable or does not fit the model it describes."""
 
 
-def _umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 def save_checkpoint(model: TernaryLM, path: str | os.PathLike, meta: dict | None = None) -> Path:
     """Write ``model`` atomically (temporary file in the same folder, then rename)."""
     path = Path(path)
@@ -44,17 +38,8 @@ def save_checkpoint(model: TernaryLM, path: str | os.PathLike, meta: dict | None
     obj = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
            "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
            "meta": dict(meta or {})}
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())     # mkstemp creates 0600; give the file the usual mode
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        torch.save(obj, f)
     return path
 
 

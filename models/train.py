@@ -20,16 +20,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 
-from models.checkpoint import _umask, load_checkpoint, save_checkpoint
+from hw.files import write_text
+from models.checkpoint import load_checkpoint, save_checkpoint
 from models.data import batches, corpus_info, eval_windows, load_corpus
 from models.lm import TernaryLM
 from models.presets import build_model, get_config
@@ -96,12 +95,7 @@ def evaluate(model: TernaryLM, mode: str, data: torch.Tensor | None = None, max_
 
 
 def _write_json(path: Path, obj: dict) -> None:
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    with os.fdopen(fd, "w") as f:
-        json.dump(obj, f, indent=2)
-        f.write("\n")
-    os.chmod(tmp, 0o666 & ~_umask())
-    os.replace(tmp, path)
+    write_text(path, json.dumps(obj, indent=2) + "\n")
 
 
 def main(argv=None) -> int:

@@ -30,12 +30,13 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from hw.files import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "ARRAYS", "TraceError", "Trace", "load_trace", "save_trace", "validate"]
 
@@ -195,18 +196,7 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
     path = Path(path)
     validate(Trace(trace.keys, trace.queries, trace.positions, trace.tokens, trace.meta, str(path)))
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez_compressed(f, keys=trace.keys, queries=trace.queries, positions=trace.positions,
-                                tokens=trace.tokens, meta=np.array(json.dumps(trace.meta, sort_keys=True)))
-            f.flush()
-            os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as f:
+        np.savez_compressed(f, keys=trace.keys, queries=trace.queries, positions=trace.positions,
+                            tokens=trace.tokens, meta=np.array(json.dumps(trace.meta, sort_keys=True)))
     return path

@@ -20,11 +20,12 @@ from __future__ import annotations
 import argparse
 import copy
 import csv
-import os
 import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from hw.files import atomic_write
 
 __all__ = ["BASE", "POINTS", "CSV_FIELDS", "CalPoint", "point_config", "read_runs", "write_runs", "main"]
 
@@ -146,13 +147,11 @@ def write_runs(path: Path, rows: list[dict]) -> None:
     rows = sorted(rows, key=lambda r: (order.get(r["name"], len(order)), r["name"]))
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="") as f:
+    with atomic_write(path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=CSV_FIELDS, lineterminator="\n")
         w.writeheader()
         for r in rows:
             w.writerow({k: r.get(k, "") for k in CSV_FIELDS})
-    os.replace(tmp, path)
 
 
 def _tool_version() -> str:

@@ -22,12 +22,12 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
-import tempfile
 from pathlib import Path
 
 import numpy as np
+
+from hw.files import atomic_path, write_text
 
 __all__ = ["register", "replay", "sweep", "plot_recall", "report", "report_table", "main", "SWEEP_BUDGETS",
            "SWEEP_ALPHAS"]
@@ -140,15 +140,8 @@ def sweep(traces, acfg, budgets=SWEEP_BUDGETS, alphas=SWEEP_ALPHAS, first: int |
 
 
 def _atomic_png(fig, out: Path) -> Path:
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=out.name + ".", suffix=".tmp.png", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp:
         fig.savefig(tmp, dpi=120, format="png")
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return out
 
 
@@ -240,18 +233,6 @@ def report_table(rep: dict) -> str:
     return "\n".join(lines)
 
 
-def _write_text(path: Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as fh:
-            fh.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-
-
 # ---------------------------------------------------------------- command line
 def _load_traces(paths):
     from traces.format import load_trace
@@ -340,8 +321,8 @@ def cmd_kv_report(args) -> int:
     rep["plot"] = str(plot_recall(pts, out / "recall.png", f"KV policies on {len(traces)} trace(s), "
                                                            f"config {acfg.name}"))
     md = report_table(rep)
-    _write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
-    _write_text(out / "report.md", md + "\n")
+    write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
+    write_text(out / "report.md", md + "\n")
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
