@@ -315,6 +315,8 @@ def evaluate(trace, policy: Policy) -> dict:
     L, hkv, s, _ = keys.shape
     g = queries.shape[1] // hkv
     first = policy.first
+    if first < 0:
+        raise ValueError(f"first scored step {first} is negative; give 0..{s - 1}")
     if s <= first:
         raise ValueError(f"trace of {s} tokens has no decode step after the first {first}")
     masks = np.zeros((L, hkv, s, s), dtype=bool)

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.files import atomic_path, write_text
+from hw.files import atomic_path, output_dir, output_file, write_text
 
 __all__ = ["register", "replay", "sweep", "plot_recall", "report", "report_table", "main", "SWEEP_BUDGETS",
            "SWEEP_ALPHAS"]
@@ -68,7 +68,13 @@ def _model_for(trace, checkpoint):
     sha = file_sha256(checkpoint)
     if sha != trace.meta.get("checkpoint_sha256"):
         raise ValueError(f"{checkpoint}: sha256 differs from the checkpoint trace {trace.path} was recorded with")
-    return load_model(checkpoint, max_seq=max(trace.n_tokens, 1))
+    model = load_model(checkpoint, max_seq=max(trace.n_tokens, 1))
+    vocab = model.config.vocab
+    tokens = np.asarray(trace.tokens)
+    if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
+        bad = int(tokens.max()) if int(tokens.max()) >= vocab else int(tokens.min())
+        raise ValueError(f"{trace.path}: token id {bad} is outside the checkpoint's vocabulary 0..{vocab - 1}")
+    return model
 
 
 def _ppl(nll: np.ndarray, first: int) -> float:
@@ -299,6 +305,7 @@ def cmd_kv_replay(args) -> int:
 def cmd_kv_plot(args) -> int:
     from hw.config import load_config
 
+    output_file(args.out, "--out", (".png",))
     acfg = load_config(args.config)
     traces = _load_traces(args.traces)
     pts = sweep(traces, acfg, first=args.first)
@@ -312,6 +319,7 @@ def cmd_kv_plot(args) -> int:
 def cmd_kv_report(args) -> int:
     from hw.config import load_config
 
+    output_dir(args.out, "--out")
     acfg = load_config(args.config)
     traces = _load_traces(args.traces)
     rep = report(traces, acfg, checkpoint=args.checkpoint or None, first=args.first, recent=args.recent)
