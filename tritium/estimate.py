@@ -185,10 +185,17 @@ def _compiled(model_spec: str, acfg: AcceleratorConfig):
     return _COMPILED[key]
 
 
-def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int) -> dict:
-    """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens."""
+DEFAULT_PROMPT, DEFAULT_CONTEXT = 64, 1024
+
+
+def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int | None = None,
+             context: int | None = None) -> dict:
+    """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens. Left out,
+    they default to 64 and 1024 tokens, each capped at the model's ``max_seq``."""
     cm = _compiled(model_spec, acfg)
     max_seq = cm.lowering.mc["max_seq"]
+    prompt = min(DEFAULT_PROMPT, max_seq) if prompt is None else prompt
+    context = min(DEFAULT_CONTEXT, max_seq) if context is None else context
     if not 1 <= prompt <= max_seq:
         raise ValueError(f"--prompt: {prompt} must be in 1..{max_seq} (the model's max_seq)")
     if not 1 <= context <= max_seq:
