@@ -2,66 +2,77 @@
 
 Every hardware parameter is read from here: RTL elaboration, the cycle model, the co-simulation and the
 FPGA flow. Derived quantities (index width, table size, accumulator depth, ...) are properties, so no
-width, depth or count is written twice. Loading validates every field; an error names the file and the
-field and says what is allowed.
-"""
+width, depth or count is written twice.
 
-from __future__ import annotations
+The sections are frozen dataclasses whose field annotations carry the schema (type, range, power of two,
+description); :func:`config_from_dict` validates a parsed YAML document against them with pydantic and
+turns the first error into a one-line :class:`ConfigError` naming the file and the field and saying what is
+allowed. Checks across fields are the ``_check_*`` validators. YAML files are read by the bounded reader in
+:mod:`hw.yaml_safe`. The config reference (docs/config.md) is generated from the same schema:
+``python -m hw.config --markdown > docs/config.md``.
+"""
 
 import dataclasses
 import math
+import sys
+import typing
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, ClassVar, Literal
 
-import yaml
+from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic.fields import FieldInfo
+from pydantic_core import PydanticCustomError
+
+from hw.yaml_safe import ConfigError, load_yaml, show
 
 __all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "KvConfig", "MemoryConfig", "DeviceConfig",
-           "GemmGeometry", "AcceleratorConfig",
-           "load_config", "config_from_dict", "DEFAULT_CONFIG"]
+           "GemmGeometry", "AcceleratorConfig", "FAMILIES",
+           "load_config", "config_from_dict", "config_reference_markdown", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
 
+# Unknown fields are errors in every section (a misspelt field must not silently keep its default).
+_SECTION: ConfigDict = ConfigDict(extra="forbid")
 
-class ConfigError(ValueError):
-    """A config file is malformed; the message is one line naming the file and the field."""
+
+def _int(lo: int, hi: int, doc: str) -> FieldInfo:
+    """Schema of an integer field: lo..hi, no bools, no floats."""
+    return Field(ge=lo, le=hi, strict=True, description=doc)
 
 
-def _int(source: str, field: str, value: Any, lo: int, hi: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigError(f"{source}: {field}: expected an integer in {lo}..{hi}, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{source}: {field}: {value} is out of range, allowed {lo}..{hi}")
+def _num(lo: float, hi: float, doc: str) -> FieldInfo:
+    """Schema of a number field: lo..hi (integers accepted and stored as float), no bools."""
+    return Field(ge=lo, le=hi, strict=True, description=doc)
+
+
+def _text(doc: str) -> FieldInfo:
+    """Schema of a non-empty string field."""
+    return Field(strict=True, pattern=r"\S", description=doc)
+
+
+def _doc(doc: str) -> FieldInfo:
+    return Field(description=doc)
+
+
+def _power_of_two(value: int) -> int:
+    if value & (value - 1):
+        raise PydanticCustomError("power_of_two", "{value} must be a power of two", {"value": value})
     return value
 
 
-def _number(source: str, field: str, value: Any, lo: float, hi: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigError(f"{source}: {field}: expected a number in {lo}..{hi}, got {value!r}")
-    if not lo <= value <= hi:
-        raise ConfigError(f"{source}: {field}: {value} is out of range, allowed {lo}..{hi}")
-    return float(value)
+POW2 = AfterValidator(_power_of_two)
+"""Field marker: the value must be a power of two."""
 
 
-def _choice(source: str, field: str, value: Any, choices: tuple[str, ...]) -> str:
-    if value not in choices:
-        raise ConfigError(f"{source}: {field}: expected one of {', '.join(choices)}, got {value!r}")
-    return value
+def _fail(field: str, message: str) -> PydanticCustomError:
+    """A failed check across fields; ``field`` is the dotted name the message is about."""
+    return PydanticCustomError("consistency", "{message}", {"field": field, "message": message})
 
 
-def _str(source: str, field: str, value: Any) -> str:
-    if not isinstance(value, str) or not value.strip():
-        raise ConfigError(f"{source}: {field}: expected a non-empty string, got {value!r}")
-    return value
-
-
-def _check_keys(source: str, prefix: str, data: dict, known: set[str], required: set[str]) -> None:
-    for key in data:
-        if key not in known:
-            raise ConfigError(f"{source}: {prefix}{key}: unknown field (known: {', '.join(sorted(known))})")
-    for key in sorted(required):
-        if key not in data:
-            raise ConfigError(f"{source}: {prefix}{key}: required field is missing")
+Family = Literal["ecp5", "ice40", "ultrascale_plus", "edge_soc"]
+FAMILIES: tuple[str, ...] = typing.get_args(Family)
 
 
 @dataclass(frozen=True)
@@ -74,14 +85,17 @@ class TlmmConfig:
     beat (prefill reuse); ``table_mode`` is ``full`` (3^G entries) or ``half`` ((3^G+1)/2 entries + sign).
     """
 
-    group_size: int = 3
-    tables: int = 8
-    columns: int = 8
-    table_mode: str = "full"
-    tokens: int = 4
-    act_bits: int = 8
-    max_k: int = 4096
-    max_n: int = 4096
+    __pydantic_config__: ClassVar[ConfigDict] = _SECTION
+
+    group_size: Annotated[int, _int(2, 3, "G: ternary weights that share one table index")] = 3
+    tables: Annotated[int, _int(1, 64, "T: tables filled per activation beat (G·T activations per chunk)")] = 8
+    columns: Annotated[int, _int(1, 64, "Q: output columns updated per cycle (Q·T lookups per cycle)")] = 8
+    table_mode: Annotated[Literal["full", "half"], _doc(
+        "full: 3^G entries per table (TeLLMe); half: (3^G+1)/2 entries plus a sign (bitnet.cpp TL2)")] = "full"
+    tokens: Annotated[int, _int(1, 16, "tokens that share one weight beat (prefill weight reuse)")] = 4
+    act_bits: Annotated[int, _int(2, 8, "signed activation width, bits")] = 8
+    max_k: Annotated[int, _int(1, 1 << 20, "largest reduction dimension K")] = 4096
+    max_n: Annotated[int, _int(1, 1 << 20, "largest output dimension N (sizes the accumulator memory)")] = 4096
 
     # --- derived quantities: the only place they are computed ---
     @property
@@ -164,9 +178,11 @@ class GemmConfig:
     and ``k_tile``-deep K tiles in time. Operand tiles are double-buffered.
     """
 
-    rows: int = 8
-    cols: int = 8
-    k_tile: int = 64
+    __pydantic_config__: ClassVar[ConfigDict] = _SECTION
+
+    rows: Annotated[int, _int(1, 64, "R: output rows of the MAC block (R·C int8 MACs)"), POW2] = 8
+    cols: Annotated[int, _int(1, 64, "C: output columns of the MAC block"), POW2] = 8
+    k_tile: Annotated[int, _int(4, 4096, "TK: K depth of one operand tile (double-buffered)"), POW2] = 64
 
     @property
     def macs(self) -> int:
@@ -207,12 +223,14 @@ class MemoryConfig:
     into bursts of at most ``max_burst`` beats.
     """
 
-    bus_bytes: int = 32
-    latency: int = 20
-    max_burst: int = 16
-    outstanding: int = 4
-    beat_interval: int = 1
-    addr_bits: int = 24
+    __pydantic_config__: ClassVar[ConfigDict] = _SECTION
+
+    bus_bytes: Annotated[int, _int(4, 128, "bytes per beat (32: a 256-bit port)"), POW2] = 32
+    latency: Annotated[int, _int(1, 1000, "cycles from a read request's accept to its first beat (or later)")] = 20
+    max_burst: Annotated[int, _int(1, 256, "beats per read request at most")] = 16
+    outstanding: Annotated[int, _int(1, 64, "read requests in flight at most")] = 4
+    beat_interval: Annotated[int, _int(1, 64, "cycles between beats (>1 models a slower memory)")] = 1
+    addr_bits: Annotated[int, _int(8, 32, "beat-address width, bits")] = 24
 
     @property
     def bytes_per_cycle(self) -> float:
@@ -228,11 +246,13 @@ class DeviceConfig:
     softmax, RoPE, activations, LM head); ``static_w`` is the board's static power while it runs.
     """
 
-    name: str = "generic"
-    family: str = "ecp5"
-    host_gflops: float = 2.0
-    host_gbs: float = 2.0
-    static_w: float = 0.5
+    __pydantic_config__: ClassVar[ConfigDict] = _SECTION
+
+    name: Annotated[str, _text("board name, for reports")] = "generic"
+    family: Annotated[Family, _doc("device family: picks the energy table `configs/energy/<family>.yaml`")] = "ecp5"
+    host_gflops: Annotated[float, _num(0.001, 1e5, "host CPU sustained float32 throughput, GFLOP/s")] = 2.0
+    host_gbs: Annotated[float, _num(0.001, 1e4, "host CPU memory bandwidth, GB/s")] = 2.0
+    static_w: Annotated[float, _num(0.0, 1000.0, "board static power while running, W")] = 0.5
 
 
 @dataclass(frozen=True)
@@ -248,15 +268,17 @@ class KvConfig:
     Exact numerics: models/resv.py.
     """
 
-    dim: int = 32
-    hyperplanes: int = 32
-    hamming: int = 7
-    max_clusters: int = 128
-    max_cluster_size: int = 64
-    lanes: int = 8
-    buckets: int = 16
-    alpha: float = 0.3
-    seed: int = 1
+    __pydantic_config__: ClassVar[ConfigDict] = _SECTION
+
+    dim: Annotated[int, _int(1, 256, "values per key or query (head_dim), int8")] = 32
+    hyperplanes: Annotated[int, _int(1, 64, "±1 SimHash hyperplanes = signature bits")] = 32
+    hamming: Annotated[int, _int(0, 64, "largest Hamming distance at which a key joins a cluster")] = 7
+    max_clusters: Annotated[int, _int(1, 256, "clusters at most"), POW2] = 128
+    max_cluster_size: Annotated[int, _int(1, 256, "keys per cluster at most"), POW2] = 64
+    lanes: Annotated[int, _int(1, 64, "int8 values (and cluster signatures) per cycle"), POW2] = 8
+    buckets: Annotated[int, _int(1, 64, "score buckets of the threshold unit"), POW2] = 16
+    alpha: Annotated[float, _num(0.0, 1.0, "fraction of the row sum the selected clusters must reach")] = 0.3
+    seed: Annotated[int, _int(0, (1 << 63) - 1, "seed of the hyperplanes")] = 1
 
     @property
     def beats(self) -> int:
@@ -310,9 +332,6 @@ class KvConfig:
         return (self.buckets - 1).bit_length()
 
 
-FAMILIES = ("ecp5", "ice40", "ultrascale_plus", "edge_soc")
-
-
 @dataclass(frozen=True)
 class GemmGeometry:
     """Derived sizes of the GEMM engine on its memory bus (one place; RTL, model and layout read them)."""
@@ -349,15 +368,63 @@ class GemmGeometry:
         return self.rows * self.cols // self.out_values(requant)
 
 
+# ---------------------------------------------------------------- checks across fields
+def _check_tlmm(cfg: TlmmConfig) -> TlmmConfig:
+    """the command fields are 16 bits wide (hw.isa): ceil(max_k / (G·T)) and ceil(max_n / Q) are at most
+    65535; the accumulator memory stays one block-RAM-sized address space: tokens·ceil(max_n / Q) <= 65536."""
+    if cfg.max_k_chunks >= 1 << 16:
+        raise _fail("tlmm.max_k", f"{cfg.max_k} needs {cfg.max_k_chunks} chunks of G·T={cfg.chunk_k}; at most "
+                    "65535 fit the command encoding")
+    if cfg.max_n_blocks >= 1 << 16:
+        raise _fail("tlmm.max_n", f"{cfg.max_n} needs {cfg.max_n_blocks} blocks of Q={cfg.columns}; at most "
+                    "65535 fit the command encoding")
+    if cfg.acc_depth > 1 << 16:
+        raise _fail("tlmm.max_n", f"tokens·ceil(max_n/columns) = {cfg.acc_depth} accumulator words exceeds "
+                    "65536; lower tlmm.max_n or tlmm.tokens")
+    return cfg
+
+
+def _check_kv(kv: KvConfig) -> KvConfig:
+    """dim is a multiple of lanes; max_clusters >= lanes (the signature unit compares lanes clusters per
+    cycle); hamming <= hyperplanes."""
+    if kv.dim % kv.lanes:
+        raise _fail("kv.dim", f"{kv.dim} must be a multiple of kv.lanes ({kv.lanes})")
+    if kv.max_clusters < kv.lanes:
+        raise _fail("kv.max_clusters", f"{kv.max_clusters} must be at least kv.lanes ({kv.lanes}); the "
+                    "signature unit compares kv.lanes clusters per cycle")
+    if kv.hamming > kv.hyperplanes:
+        raise _fail("kv.hamming", f"{kv.hamming} is out of range, allowed 0..{kv.hyperplanes}")
+    return kv
+
+
+def _check_gemm_bus(acfg: "AcceleratorConfig") -> "AcceleratorConfig":
+    """gemm.rows and gemm.cols divide memory.bus_bytes (a beat holds whole k-rows of a tile); an operand
+    tile (k_tile × rows or cols int8) and an int8 output tile (rows × cols) are at least one beat."""
+    r, c, tk, w = acfg.gemm.rows, acfg.gemm.cols, acfg.gemm.k_tile, acfg.memory.bus_bytes
+    for field, n in (("gemm.rows", r), ("gemm.cols", c)):
+        if w % n:
+            raise _fail(field, f"{n} must divide memory.bus_bytes ({w}) so a beat holds whole k-rows of a tile")
+        if tk * n < w:
+            raise _fail("gemm.k_tile", f"a {tk}×{n} tile ({tk * n} bytes) is smaller than one {w}-byte beat; "
+                        "raise gemm.k_tile")
+    if r * c < w:
+        raise _fail("gemm.rows", f"a {r}×{c} int8 output tile is smaller than one {w}-byte beat")
+    return acfg
+
+
 @dataclass(frozen=True)
 class AcceleratorConfig:
-    """The whole accelerator: clock plus one section per engine."""
+    """The whole accelerator: clock plus one section per engine.
 
-    name: str = "default"
-    clock_mhz: float = 100.0
-    tlmm: TlmmConfig = dataclasses.field(default_factory=TlmmConfig)
+    ``source`` names where the config was read from; it is not a YAML field."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _SECTION
+
+    name: Annotated[str, _text("config name (default: the file name without .yaml)")] = "default"
+    clock_mhz: Annotated[float, _num(1.0, 1000.0, "accelerator clock, MHz")] = 100.0
+    tlmm: Annotated[TlmmConfig, AfterValidator(_check_tlmm)] = dataclasses.field(default_factory=TlmmConfig)
     gemm: GemmConfig = dataclasses.field(default_factory=GemmConfig)
-    kv: KvConfig = dataclasses.field(default_factory=KvConfig)
+    kv: Annotated[KvConfig, AfterValidator(_check_kv)] = dataclasses.field(default_factory=KvConfig)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     device: DeviceConfig = dataclasses.field(default_factory=DeviceConfig)
     source: str = "<defaults>"
@@ -383,144 +450,195 @@ class AcceleratorConfig:
         return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:12]
 
 
-_TLMM_FIELDS = {f.name for f in dataclasses.fields(TlmmConfig)}
+# ---------------------------------------------------------------- validation
+SECTIONS: dict[str, type] = {"tlmm": TlmmConfig, "gemm": GemmConfig, "kv": KvConfig, "memory": MemoryConfig,
+                             "device": DeviceConfig}
+"""YAML section name -> dataclass, in the order of the reference."""
+_REQUIRED = ("tlmm",)           # sections a config file must have (the others default)
+_NOT_YAML = ("source",)         # AcceleratorConfig fields that are not read from YAML
+_CHECKS: dict[str, Any] = {"tlmm": _check_tlmm, "kv": _check_kv, "": _check_gemm_bus}
 
 
-def _tlmm_from_dict(source: str, data: Any) -> TlmmConfig:
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: tlmm: expected a mapping, got {type(data).__name__}")
-    _check_keys(source, "tlmm.", data, _TLMM_FIELDS, set())
-    d = {**dataclasses.asdict(TlmmConfig()), **data}
-    g = _int(source, "tlmm.group_size", d["group_size"], 2, 3)
-    t = _int(source, "tlmm.tables", d["tables"], 1, 64)
-    q = _int(source, "tlmm.columns", d["columns"], 1, 64)
-    mode = _choice(source, "tlmm.table_mode", d["table_mode"], ("full", "half"))
-    tokens = _int(source, "tlmm.tokens", d["tokens"], 1, 16)
-    a = _int(source, "tlmm.act_bits", d["act_bits"], 2, 8)
-    max_k = _int(source, "tlmm.max_k", d["max_k"], 1, 1 << 20)
-    max_n = _int(source, "tlmm.max_n", d["max_n"], 1, 1 << 20)
-    cfg = TlmmConfig(g, t, q, mode, tokens, a, max_k, max_n)
-    # Consistency: the command fields are 16 bits wide (hw.isa) and the accumulator memory must stay
-    # addressable in one block-RAM-sized address space.
-    if cfg.max_k_chunks >= 1 << 16:
-        raise ConfigError(f"{source}: tlmm.max_k: {max_k} needs {cfg.max_k_chunks} chunks of G·T={cfg.chunk_k}; "
-                          "at most 65535 fit the command encoding")
-    if cfg.max_n_blocks >= 1 << 16:
-        raise ConfigError(f"{source}: tlmm.max_n: {max_n} needs {cfg.max_n_blocks} blocks of Q={q}; "
-                          "at most 65535 fit the command encoding")
-    if cfg.acc_depth > 1 << 16:
-        raise ConfigError(f"{source}: tlmm.max_n: tokens·ceil(max_n/columns) = {cfg.acc_depth} accumulator "
-                          "words exceeds 65536; lower tlmm.max_n or tlmm.tokens")
-    return cfg
+@cache
+def _adapter() -> TypeAdapter:
+    return TypeAdapter(Annotated[AcceleratorConfig, AfterValidator(_check_gemm_bus)])
 
 
-def _pow2(source: str, field: str, value: int) -> int:
-    if value & (value - 1):
-        raise ConfigError(f"{source}: {field}: {value} must be a power of two")
-    return value
+@dataclass(frozen=True)
+class _Spec:
+    """What the schema says about one field, for messages and the reference table."""
+
+    kind: str                   # "integer", "number", "string", "choice", "section"
+    lo: Any = None
+    hi: Any = None
+    choices: tuple = ()
+    pow2: bool = False
+    doc: str = ""
 
 
-def _section(source: str, name: str, data: Any, cls):
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: {name}: expected a mapping, got {type(data).__name__}")
-    _check_keys(source, f"{name}.", data, {f.name for f in dataclasses.fields(cls)}, set())
-    return {**dataclasses.asdict(cls()), **data}
+def _spec(hint: Any) -> _Spec:
+    base, meta = hint, []
+    if typing.get_origin(hint) is Annotated:
+        base, *meta = typing.get_args(hint)
+    lo = hi = None
+    doc, pow2 = "", any(m is POW2 for m in meta)
+    for m in meta:
+        if isinstance(m, FieldInfo):
+            doc = m.description or doc
+            for c in m.metadata:
+                lo = getattr(c, "ge", lo)
+                hi = getattr(c, "le", hi)
+    if typing.get_origin(base) is Literal:
+        return _Spec("choice", choices=typing.get_args(base), doc=doc)
+    kind = {int: "integer", float: "number", str: "string"}.get(base, "section")
+    return _Spec(kind, lo, hi, (), pow2, doc)
 
 
-def _gemm_from_dict(source: str, data: Any, mem: MemoryConfig) -> GemmConfig:
-    d = _section(source, "gemm", data, GemmConfig)
-    r = _pow2(source, "gemm.rows", _int(source, "gemm.rows", d["rows"], 1, 64))
-    c = _pow2(source, "gemm.cols", _int(source, "gemm.cols", d["cols"], 1, 64))
-    tk = _pow2(source, "gemm.k_tile", _int(source, "gemm.k_tile", d["k_tile"], 4, 4096))
-    w = mem.bus_bytes
-    # A bus beat carries whole k-rows of a tile (rows or cols int8 values each), a tile is whole beats,
-    # and an int8 output tile is at least one beat.
-    for field, n in (("gemm.rows", r), ("gemm.cols", c)):
-        if w % n:
-            raise ConfigError(f"{source}: {field}: {n} must divide memory.bus_bytes ({w}) so a beat holds whole "
-                              "k-rows of a tile")
-        if tk * n < w:
-            raise ConfigError(f"{source}: gemm.k_tile: a {tk}×{n} tile ({tk * n} bytes) is smaller than one "
-                              f"{w}-byte beat; raise gemm.k_tile")
-    if r * c < w:
-        raise ConfigError(f"{source}: gemm.rows: a {r}×{c} int8 output tile is smaller than one {w}-byte beat")
-    return GemmConfig(r, c, tk)
+@cache
+def _specs(cls: type) -> dict[str, _Spec]:
+    hints = typing.get_type_hints(cls, include_extras=True)
+    return {f.name: _spec(hints[f.name]) for f in dataclasses.fields(cls)}
 
 
-def _kv_from_dict(source: str, data: Any) -> KvConfig:
-    d = _section(source, "kv", data, KvConfig)
-    lanes = _pow2(source, "kv.lanes", _int(source, "kv.lanes", d["lanes"], 1, 64))
-    dim = _int(source, "kv.dim", d["dim"], 1, 256)
-    if dim % lanes:
-        raise ConfigError(f"{source}: kv.dim: {dim} must be a multiple of kv.lanes ({lanes})")
-    clusters = _pow2(source, "kv.max_clusters", _int(source, "kv.max_clusters", d["max_clusters"], 1, 256))
-    if clusters < lanes:
-        raise ConfigError(f"{source}: kv.max_clusters: {clusters} must be at least kv.lanes ({lanes}); the "
-                          "signature unit compares kv.lanes clusters per cycle")
-    hp = _int(source, "kv.hyperplanes", d["hyperplanes"], 1, 64)
-    return KvConfig(
-        dim=dim, hyperplanes=hp,
-        hamming=_int(source, "kv.hamming", d["hamming"], 0, hp),
-        max_clusters=clusters,
-        max_cluster_size=_pow2(source, "kv.max_cluster_size",
-                               _int(source, "kv.max_cluster_size", d["max_cluster_size"], 1, 256)),
-        lanes=lanes,
-        buckets=_pow2(source, "kv.buckets", _int(source, "kv.buckets", d["buckets"], 1, 64)),
-        alpha=_number(source, "kv.alpha", d["alpha"], 0.0, 1.0),
-        seed=_int(source, "kv.seed", d["seed"], 0, (1 << 63) - 1))
+def _known(section: str) -> list[str]:
+    cls = SECTIONS.get(section, AcceleratorConfig)
+    return sorted(n for n in _specs(cls) if not (cls is AcceleratorConfig and n in _NOT_YAML))
 
 
-def _memory_from_dict(source: str, data: Any) -> MemoryConfig:
-    d = _section(source, "memory", data, MemoryConfig)
-    w = _pow2(source, "memory.bus_bytes", _int(source, "memory.bus_bytes", d["bus_bytes"], 4, 128))
-    return MemoryConfig(
-        bus_bytes=w,
-        latency=_int(source, "memory.latency", d["latency"], 1, 1000),
-        max_burst=_int(source, "memory.max_burst", d["max_burst"], 1, 256),
-        outstanding=_int(source, "memory.outstanding", d["outstanding"], 1, 64),
-        beat_interval=_int(source, "memory.beat_interval", d["beat_interval"], 1, 64),
-        addr_bits=_int(source, "memory.addr_bits", d["addr_bits"], 8, 32))
-
-
-def _device_from_dict(source: str, data: Any) -> DeviceConfig:
-    d = _section(source, "device", data, DeviceConfig)
-    return DeviceConfig(
-        name=_str(source, "device.name", d["name"]),
-        family=_choice(source, "device.family", d["family"], FAMILIES),
-        host_gflops=_number(source, "device.host_gflops", d["host_gflops"], 0.001, 1e5),
-        host_gbs=_number(source, "device.host_gbs", d["host_gbs"], 0.001, 1e4),
-        static_w=_number(source, "device.static_w", d["static_w"], 0.0, 1000.0))
+def _error_line(source: str, err: dict) -> str:
+    """One pydantic error as 'file: field: what is wrong, what is allowed'."""
+    kind, value, ctx = err["type"], err["input"], err.get("ctx") or {}
+    loc = [str(x) for x in err["loc"]]
+    if kind == "consistency":
+        return f"{source}: {ctx['field']}: {ctx['message']}"
+    field = ".".join(loc) or "top level"
+    if kind in ("unexpected_keyword_argument", "invalid_key", "extra_forbidden"):
+        section = loc[0] if len(loc) > 1 else ""
+        key = show(value, 40) if kind == "invalid_key" else show(loc[-1], 40).strip("'")
+        where = f"{section}.{key}" if section else key
+        return f"{source}: {where}: unknown field (known: {', '.join(_known(section))})"
+    if kind in ("missing", "missing_argument"):
+        return f"{source}: {field}: required field is missing"
+    if kind in ("dataclass_type", "dict_type", "model_type"):
+        return f"{source}: {field}: expected a mapping, got {type(value).__name__}"
+    cls = SECTIONS.get(loc[0], AcceleratorConfig) if len(loc) > 1 else AcceleratorConfig
+    spec = _specs(cls).get(loc[-1]) if loc else None
+    if spec is None:
+        return f"{source}: {field}: {show(err['msg'], 160)}"
+    if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
+        shown = show(value) if not isinstance(value, (int, float)) or isinstance(value, bool) else \
+            show(value).strip("'")
+        return f"{source}: {field}: {shown} is out of range, allowed {spec.lo}..{spec.hi}"
+    if spec.kind in ("integer", "number"):
+        article = "an integer" if spec.kind == "integer" else "a number"
+        if kind == "power_of_two":
+            return f"{source}: {field}: {show(value)} must be a power of two"
+        return f"{source}: {field}: expected {article} in {spec.lo}..{spec.hi}, got {show(value)}"
+    if spec.kind == "choice":
+        return f"{source}: {field}: expected one of {', '.join(spec.choices)}, got {show(value)}"
+    if spec.kind == "string":
+        return f"{source}: {field}: expected a non-empty string, got {show(value)}"
+    return f"{source}: {field}: {show(err['msg'], 160)}"
 
 
 def config_from_dict(data: Any, source: str = "<dict>") -> AcceleratorConfig:
     """Validate a parsed YAML document and build the config. Raises :class:`ConfigError`."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: top level: expected a mapping of fields, got {type(data).__name__}")
-    _check_keys(source, "", data, {"name", "clock_mhz", "tlmm", "gemm", "kv", "memory", "device"},
-                {"tlmm"})
-    name = _str(source, "name", data.get("name", Path(source).stem))
-    clock = _number(source, "clock_mhz", data.get("clock_mhz", 100.0), 1.0, 1000.0)
-    memory = _memory_from_dict(source, data.get("memory", {}))
-    return AcceleratorConfig(name=name, clock_mhz=clock, tlmm=_tlmm_from_dict(source, data["tlmm"]),
-                             gemm=_gemm_from_dict(source, data.get("gemm", {}), memory),
-                             kv=_kv_from_dict(source, data.get("kv", {})), memory=memory,
-                             device=_device_from_dict(source, data.get("device", {})), source=source)
+    for key in _NOT_YAML:
+        if key in data:
+            raise ConfigError(f"{source}: {key}: unknown field (known: {', '.join(_known(''))})")
+    for key in _REQUIRED:
+        if key not in data:
+            raise ConfigError(f"{source}: {key}: required field is missing")
+    doc = {"name": Path(source).stem, **data, "source": source}
+    try:
+        return _adapter().validate_python(doc)
+    except ValidationError as e:
+        raise ConfigError(_error_line(source, e.errors(include_url=False)[0])) from None
 
 
 def load_config(path: str | Path | None = None) -> AcceleratorConfig:
-    """Load and validate a YAML accelerator config (``yaml.safe_load`` only)."""
+    """Load and validate a YAML accelerator config (read by :func:`hw.yaml_safe.load_yaml`)."""
     path = Path(path) if path is not None else DEFAULT_CONFIG
-    source = str(path)
-    try:
-        text = path.read_text()
-    except FileNotFoundError:
-        raise ConfigError(f"{source}: file not found") from None
-    except OSError as e:
-        raise ConfigError(f"{source}: cannot read: {e.strerror}") from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else "?"
-        raise ConfigError(f"{source}: {where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-    return config_from_dict(data, source)
+    return config_from_dict(load_yaml(path, "config"), str(path))
+
+
+# ---------------------------------------------------------------- reference
+def _allowed(spec: _Spec) -> str:
+    if spec.kind == "choice":
+        return ", ".join(f"`{c}`" for c in spec.choices)
+    if spec.kind == "string":
+        return "non-empty"
+    text = f"{spec.lo}..{spec.hi}" if spec.lo is not None else ""
+    if spec.hi == (1 << 63) - 1:
+        text = f"{spec.lo}..2^63-1"
+    elif isinstance(spec.hi, int) and spec.hi >= 1 << 16 and spec.hi & (spec.hi - 1) == 0:
+        text = f"{spec.lo}..2^{spec.hi.bit_length() - 1}"
+    return text + (", power of two" if spec.pow2 else "")
+
+
+def _check_doc(fn: Any) -> str:
+    return " ".join((fn.__doc__ or "").split())
+
+
+def config_reference_markdown() -> str:
+    """The config reference (docs/config.md): every section, field, type, range, default and description,
+    generated from the schema above, plus the limits of the YAML reader."""
+    from hw import yaml_safe
+
+    out = ["# Accelerator config reference", "",
+           "Generated from `hw/config.py` by `python -m hw.config --markdown > docs/config.md`; do not edit by "
+           "hand (a test checks it is current).", "",
+           "A config is a YAML mapping with the top-level fields below and one mapping per section. Only "
+           "`tlmm` is required; a missing section or field takes its default. Unknown fields are errors. "
+           "Every error is one line naming the file and the field (`tritium config check FILE` exits 2).", ""]
+    default = AcceleratorConfig()
+    sections: list[tuple[str, type, Any]] = [("", AcceleratorConfig, default)]
+    sections += [(name, cls, getattr(default, name)) for name, cls in SECTIONS.items()]
+    for name, cls, obj in sections:
+        title = "Top level" if not name else f"`{name}`"
+        out += [f"## {title}", ""]
+        doc = (cls.__doc__ or "").strip().split("\n\n")[0]
+        out += [" ".join(doc.split()), ""]
+        out += ["| field | type | allowed | default | description |", "|---|---|---|---|---|"]
+        for field, spec in _specs(cls).items():
+            if spec.kind == "section" or (cls is AcceleratorConfig and field in _NOT_YAML):
+                continue
+            value = getattr(obj, field)
+            shown = "file name" if (cls is AcceleratorConfig and field == "name") else f"`{value}`"
+            kind = "one of" if spec.kind == "choice" else spec.kind
+            full = f"{name}.{field}" if name else field
+            out.append(f"| `{full}` | {kind} | {_allowed(spec)} | {shown} | {spec.doc} |")
+        out.append("")
+        check = _CHECKS.get(name)
+        if check is not None:
+            out += [f"Checks across fields: {_check_doc(check)}", ""]
+    out += ["## Limits of the YAML reader", "",
+            "Every YAML file a user gives (configs, energy tables, sweep specs) is read by "
+            "`hw.yaml_safe.load_yaml`, which keeps `yaml.safe_load` semantics (plain data, no tags executed) "
+            "and refuses with a one-line error naming the file:", "",
+            "- anything but a regular file (FIFOs, devices, directories), checked before opening;",
+            f"- files over {yaml_safe.MAX_BYTES} bytes (1 MiB); at most that many bytes are read;",
+            "- bytes that are not UTF-8;",
+            f"- nesting deeper than {yaml_safe.MAX_DEPTH} mappings/sequences;",
+            f"- more than {yaml_safe.MAX_NODES} values once aliases are expanded (alias bombs), and recursive "
+            "aliases;",
+            f"- integer literals longer than {yaml_safe.MAX_INT_CHARS} characters;",
+            "- duplicate keys in a mapping (the line of both is given).", "",
+            f"Values echoed in error messages are cut to {yaml_safe.ECHO_CHARS} characters.", ""]
+    return "\n".join(out)
+
+
+def _main(argv: list[str]) -> int:
+    if argv != ["--markdown"]:
+        print("usage: python -m hw.config --markdown > docs/config.md", file=sys.stderr)
+        return 2
+    from hw.config import config_reference_markdown as generate  # the importable module, not __main__
+
+    sys.stdout.write(generate())
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(_main(sys.argv[1:]))

@@ -21,10 +21,17 @@ import torch
 from hw.files import atomic_write
 from models.lm import LMConfig, TernaryLM
 
-__all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
+__all__ = ["FORMAT", "VERSION", "DIM_LIMITS", "CheckpointError", "save_checkpoint", "load_checkpoint", "check_dims"]
 
 FORMAT = "tritium-lm"
 VERSION = 1
+
+# Largest model shape a checkpoint may declare, checked before anything is allocated (the RoPE tables are
+# max_seq × head_dim and not in the state_dict, so a hostile max_seq would otherwise allocate first).
+# BitNet-2B is vocab 128256, d_model 2560, 30 layers, ffn 6912, max_seq 4096.
+DIM_LIMITS = {"vocab": 1 << 20, "d_model": 1 << 16, "n_layers": 1024, "n_heads": 1024, "n_kv_heads": 1024,
+              "ffn": 1 << 18, "max_seq": 1 << 20}
+ROPE_LIMIT = 1 << 24            # max_seq · head_dim values per RoPE table (64 MiB of float32)
 
 
 class CheckpointError(ValueError):
@@ -63,11 +70,27 @@ def read_checkpoint(path: str | os.PathLike) -> dict:
     return obj
 
 
+def check_dims(config: dict) -> None:
+    """Refuse a model config whose dimensions exceed :data:`DIM_LIMITS` (ValueError naming the field)."""
+    for field, hi in DIM_LIMITS.items():
+        v = config.get(field)
+        if isinstance(v, bool) or not isinstance(v, int):
+            if v is not None:
+                raise ValueError(f"{field}: expected an integer in 1..{hi}, got {repr(v)[:40]}")
+        elif not 1 <= v <= hi:
+            raise ValueError(f"{field}: {v if v.bit_length() < 64 else 'a huge number'} is out of range, "
+                             f"allowed 1..{hi}")
+    d, h, s = config.get("d_model"), config.get("n_heads"), config.get("max_seq")
+    if all(isinstance(x, int) for x in (d, h, s)) and s * (d // h) > ROPE_LIMIT:
+        raise ValueError(f"max_seq: {s} × head_dim {d // h} exceeds {ROPE_LIMIT} RoPE table values")
+
+
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> TernaryLM:
     """Build the checkpoint's model, load its weights and return it in eval mode."""
     path = Path(path)
     obj = read_checkpoint(path)
     try:
+        check_dims(obj["config"])
         cfg = LMConfig.from_dict(obj["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad config: {e}") from None

@@ -1,36 +1,69 @@
 """Energy tables: per-event energies (pJ) and host power of a device family, with their sources
 (configs/energy/<family>.yaml). Every modeled energy figure (estimates, the KV model, the DSE) reads them
-through :func:`load_energy`."""
-
-from __future__ import annotations
+through :func:`load_energy`, which reads the file with the bounded YAML reader and validates it against the
+pydantic schema below (unknown fields are errors; every error is one line naming the file and the field)."""
 
 from pathlib import Path
+from typing import Annotated
 
-import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from hw.config import ConfigError
+from hw.yaml_safe import ConfigError, load_yaml, show
 
-__all__ = ["ENERGY_DIR", "ENERGY_KEYS", "load_energy"]
+__all__ = ["ENERGY_DIR", "ENERGY_KEYS", "EnergyTable", "load_energy"]
 
 ENERGY_DIR = Path(__file__).resolve().parent.parent / "configs" / "energy"
-ENERGY_KEYS = ("lookup", "table_entry", "mac8", "sram_byte", "dram_byte")
+
+_PJ = Annotated[float, Field(ge=0.0, strict=True, allow_inf_nan=False)]
+
+
+class _Pj(BaseModel):
+    """Energy per event, pJ."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lookup: _PJ = Field(description="one TLMM table lookup and accumulate")
+    table_entry: _PJ = Field(description="one table entry built")
+    mac8: _PJ = Field(description="one int8 × int8 multiply-accumulate")
+    sram_byte: _PJ = Field(description="one on-chip RAM byte read or written")
+    dram_byte: _PJ = Field(description="one external memory byte")
+
+
+class EnergyTable(BaseModel):
+    """One configs/energy/<family>.yaml file."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    family: str | None = Field(None, strict=True, description="the device family (informative)")
+    pj: _Pj
+    host_w: _PJ = Field(description="host power while running host ops, W")
+
+
+ENERGY_KEYS: tuple[str, ...] = tuple(_Pj.model_fields)
+
+
+def _message(path: Path, err: dict) -> str:
+    field = ".".join(str(x) for x in err["loc"]) or "top level"
+    kind = err["type"]
+    if kind == "extra_forbidden":
+        known = _Pj.model_fields if len(err["loc"]) > 1 else EnergyTable.model_fields
+        return f"{path}: {show(field, 60).strip(chr(39))}: unknown field (known: {', '.join(sorted(known))})"
+    if kind == "missing":
+        return f"{path}: {field}: required field is missing"
+    if kind in ("model_type", "dict_type"):
+        return f"{path}: {field}: expected a mapping, got {type(err['input']).__name__}"
+    if field == "family":
+        return f"{path}: family: expected a string, got {show(err['input'])}"
+    return f"{path}: {field}: expected a non-negative number, got {show(err['input'])}"
 
 
 def load_energy(family: str) -> dict:
+    """The energy table of ``family`` as plain data: ``{"family", "pj": {event: pJ}, "host_w"}``."""
     path = ENERGY_DIR / f"{family}.yaml"
+    if not path.exists():
+        raise ConfigError(f"{path}: file not found (device.family={family!r})")
+    data = load_yaml(path, "energy table")
     try:
-        data = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: file not found (device.family={family!r})") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML ({e})") from None
-    if not isinstance(data, dict) or not isinstance(data.get("pj"), dict):
-        raise ConfigError(f"{path}: expected a mapping with a 'pj' table")
-    for k in ENERGY_KEYS:
-        v = data["pj"].get(k)
-        if isinstance(v, bool) or not isinstance(v, (int, float)) or v < 0:
-            raise ConfigError(f"{path}: pj.{k}: expected a non-negative number, got {v!r}")
-    hw_ = data.get("host_w")
-    if isinstance(hw_, bool) or not isinstance(hw_, (int, float)) or hw_ < 0:
-        raise ConfigError(f"{path}: host_w: expected a non-negative number, got {hw_!r}")
-    return data
+        return EnergyTable.model_validate(data).model_dump()
+    except ValidationError as e:
+        raise ConfigError(_message(path, e.errors(include_url=False)[0])) from None

@@ -79,3 +79,53 @@ def test_cli_config_check_ok(repo):
     r = subprocess.run([sys.executable, "-m", "tritium.cli", "config", "check",
                         str(repo / "configs" / "default.yaml")], capture_output=True, text=True)
     assert r.returncode == 0 and "lookups_per_cycle" in r.stdout
+
+
+def test_docs_config_md_is_generated_from_the_schema(repo):
+    from hw.config import config_reference_markdown
+
+    text = config_reference_markdown()
+    assert (repo / "docs" / "config.md").read_text() == text, \
+        "docs/config.md is stale: run `python -m hw.config --markdown > docs/config.md`"
+    for section in ("tlmm", "gemm", "kv", "memory", "device"):
+        assert f"## `{section}`" in text
+    assert "| `tlmm.group_size` | integer | 2..3 | `3` |" in text
+
+
+def test_markdown_command_prints_the_reference(repo):
+    from hw.config import config_reference_markdown
+
+    r = subprocess.run([sys.executable, "-m", "hw.config", "--markdown"], capture_output=True, text=True, cwd=repo)
+    assert r.returncode == 0 and r.stdout == config_reference_markdown()
+
+
+def test_config_objects_keep_their_dataclass_api():
+    import dataclasses
+
+    from hw.config import AcceleratorConfig, config_from_dict
+
+    acfg = load_config()
+    again = config_from_dict(acfg.to_dict(), acfg.source)
+    assert again == acfg and hash(again) == hash(acfg) and again.fingerprint() == acfg.fingerprint()
+    slow = dataclasses.replace(acfg, memory=dataclasses.replace(acfg.memory, beat_interval=4))
+    assert slow.memory.beat_interval == 4 and slow.source == acfg.source and slow.tlmm is acfg.tlmm
+    assert isinstance(acfg.clock_mhz, float) and isinstance(acfg.kv.alpha, float)
+    assert AcceleratorConfig().source == "<defaults>" and AcceleratorConfig().tlmm.table_entries == 27
+
+
+@pytest.mark.parametrize("text, words", [
+    (GOOD + "  tables: 4\n", "line 7: duplicate key 'tables' (first at line 5)"),
+    (GOOD + "kv: {alpha: 1.5}\n", "kv.alpha: 1.5 is out of range, allowed 0.0..1.0"),
+    (GOOD + "kv: {hamming: 40}\n", "kv.hamming: 40 is out of range, allowed 0..32"),
+    (GOOD + "kv: {dim: 30}\n", "kv.dim: 30 must be a multiple of kv.lanes (8)"),
+    (GOOD + "device: {family: xilinx}\n", "device.family: expected one of ecp5, ice40, ultrascale_plus, edge_soc"),
+    (GOOD + "device: {name: '  '}\n", "device.name: expected a non-empty string, got '  '"),
+    (GOOD + "source: x\n", "source: unknown field"),
+    (GOOD.replace("tables: 8", "tables: " + "x" * 500), "expected an integer in 1..64, got 'xxxx"),
+])
+def test_more_config_errors(tmp_path, text, words):
+    p = write(tmp_path, text)
+    with pytest.raises(ConfigError) as e:
+        load_config(p)
+    msg = str(e.value)
+    assert msg.startswith(str(p)) and words in msg and "\n" not in msg and len(msg) < 300

@@ -42,7 +42,7 @@ def test_memory_bound_appears_with_a_narrow_bus(repo):
 def test_energy_tables_are_valid_and_errors_name_the_file(tmp_path, monkeypatch):
     for fam in ("ecp5", "ice40", "ultrascale_plus", "edge_soc"):
         assert load_energy(fam)["pj"]["dram_byte"] > 0
-    import tritium.estimate as est
+    import sim.energy as est
 
     (tmp_path / "ecp5.yaml").write_text("pj: {lookup: -1}\n")
     monkeypatch.setattr(est, "ENERGY_DIR", tmp_path)
