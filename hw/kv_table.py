@@ -1,0 +1,88 @@
+"""KV retrieval engine, cluster table: per cluster its signature and key count (``lanes`` banks, one cluster of
+each row per bank, so a row reads ``lanes`` clusters at once) and its int key sums (one beat per address,
+synchronous read), plus the number of clusters and of keys in the table. A sub-component of
+:class:`hw.kv.KvRetrieval`; the state of :class:`models.resv.ClusterTable` (sigs, counts, sums)."""
+
+from __future__ import annotations
+
+from amaranth import Array, Const, Module, signed, unsigned
+from amaranth.lib import data, wiring
+from amaranth.lib.memory import Memory
+from amaranth.lib.wiring import In, Out
+
+from hw.config import KvConfig
+
+__all__ = ["ClusterTableUnit", "sums_addr_bits"]
+
+
+def sums_addr_bits(kv: KvConfig) -> int:
+    """Key-sum address width: cluster id above the beat index (at least one bit of each)."""
+    return kv.id_bits + max(1, (kv.beats - 1).bit_length())
+
+
+class ClusterTableUnit(wiring.Component):
+    """The cluster table of one head.
+
+    - ``reset`` empties it (``n`` = ``ntok`` = 0 at the clock edge).
+    - ``row`` is the row every signature and count bank reads (combinational): ``row_sigs``/``row_counts``
+      lane i = cluster ``row·lanes + i``; ``count`` is the count of cluster ``id``'s lane in that row (the
+      caller puts ``id`` in ``row``).
+    - ``write``: with ``en``, cluster ``id`` gets count ``count`` and, when ``new`` (it opens), signature
+      ``sig``; ``n`` += ``new``, ``ntok`` += 1.
+    - ``sums_read``: key sums at ``addr`` = (cluster, beat), ``data`` one cycle later; ``sums_write``: a beat
+      of key sums.
+    """
+
+    def __init__(self, kv: KvConfig):
+        self.kv = kv
+        rows = kv.max_clusters // kv.lanes
+        lanes = data.ArrayLayout(signed(kv.sum_bits), kv.lanes)
+        super().__init__({
+            "reset": In(1),
+            "n": Out(range(kv.max_clusters + 1)),
+            "ntok": Out(range(kv.max_clusters * kv.max_cluster_size + 1)),
+            "row": In(range(max(2, rows))),
+            "row_sigs": Out(data.ArrayLayout(unsigned(kv.hyperplanes), kv.lanes)),
+            "row_counts": Out(data.ArrayLayout(unsigned(kv.count_bits), kv.lanes)),
+            "id": In(kv.id_bits),
+            "count": Out(kv.count_bits),
+            "write": In(wiring.Signature({"en": Out(1), "id": Out(kv.id_bits), "new": Out(1),
+                                          "sig": Out(kv.hyperplanes), "count": Out(kv.count_bits)})),
+            "sums_read": In(wiring.Signature({"addr": Out(sums_addr_bits(kv)), "data": In(lanes)})),
+            "sums_write": In(wiring.Signature({"en": Out(1), "addr": Out(sums_addr_bits(kv)), "data": Out(lanes)})),
+        })
+
+    def elaborate(self, platform) -> Module:
+        kv = self.kv
+        m = Module()
+        L, rows = kv.lanes, kv.max_clusters // kv.lanes
+        lg_l = (L - 1).bit_length()
+        wr = self.write
+        write_row = wr.id >> lg_l
+        write_lane = wr.id[:lg_l] if lg_l else Const(0, 1)
+        for i in range(L):
+            sigs = Memory(shape=unsigned(kv.hyperplanes), depth=rows, init=[])
+            counts = Memory(shape=unsigned(kv.count_bits), depth=rows, init=[])
+            m.submodules[f"sig{i}"], m.submodules[f"cnt{i}"] = sigs, counts
+            sig_rp, cnt_rp = sigs.read_port(domain="comb"), counts.read_port(domain="comb")
+            sig_wp, cnt_wp = sigs.write_port(), counts.write_port()
+            m.d.comb += [sig_rp.addr.eq(self.row), cnt_rp.addr.eq(self.row),
+                         self.row_sigs[i].eq(sig_rp.data), self.row_counts[i].eq(cnt_rp.data),
+                         sig_wp.addr.eq(write_row), sig_wp.data.eq(wr.sig),
+                         sig_wp.en.eq(wr.en & wr.new & (write_lane == i)),
+                         cnt_wp.addr.eq(write_row), cnt_wp.data.eq(wr.count),
+                         cnt_wp.en.eq(wr.en & (write_lane == i))]
+        m.d.comb += self.count.eq(Array(self.row_counts[i] for i in range(L))[self.id[:lg_l] if lg_l else 0])
+
+        with m.If(self.reset):
+            m.d.sync += [self.n.eq(0), self.ntok.eq(0)]
+        with m.Elif(wr.en):
+            m.d.sync += [self.n.eq(self.n + wr.new), self.ntok.eq(self.ntok + 1)]
+
+        m.submodules.sums = sums = Memory(shape=unsigned(kv.sum_bits * L), depth=kv.max_clusters << (
+            sums_addr_bits(kv) - kv.id_bits), init=[])
+        sums_rp, sums_wp = sums.read_port(), sums.write_port()
+        m.d.comb += [sums_rp.addr.eq(self.sums_read.addr), self.sums_read.data.eq(sums_rp.data),
+                     sums_wp.addr.eq(self.sums_write.addr), sums_wp.data.eq(self.sums_write.data),
+                     sums_wp.en.eq(self.sums_write.en)]
+        return m
