@@ -2,13 +2,10 @@
 path that gives the same cycles and events from a recurrence over requests and tiles.
 
 The stepped kernel runs the engine's loader, receiver, compute issue, pipeline and drain one cycle at a
-time together with the memory model (sim.memory documents the same rules for the testbench):
-
-- read requests are accepted while fewer than ``outstanding`` are in flight (a request stays in flight
-  until its last beat has been delivered);
-- a request accepted in cycle t delivers its first beat in cycle t + latency or later; beats come in
-  request order, one per cycle at most, and at least ``beat_interval`` cycles apart;
-- a write beat is accepted in cycle t iff no write was accepted in the ``beat_interval - 1`` cycles before.
+time together with the external memory of :mod:`sim.mem_kernel` (the rules, and the same functions the
+testbench's sim.memory.BusMemory calls). The kernels take the command and geometry as one
+:class:`GemmParams` and the memory timing as one :class:`sim.mem_kernel.MemTiming`, both built from the
+config in one place (:func:`gemm_params`, :func:`sim.mem_kernel.mem_timing`).
 
 Cycle definition (README.md): cycle 0 is the cycle of the command handshake; the count is the index of the
 cycle in which the last write beat is accepted. A command starts with an idle memory.
@@ -17,6 +14,7 @@ cycle in which the last write beat is accepted. A command starts with an idle me
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
@@ -24,8 +22,19 @@ from numba import njit
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import GemmImage, build_gemm_image, requantize, unpack_c
 from hw.isa import GemmCommand
+from sim.mem_kernel import (
+    MemTiming,
+    mem_deliver,
+    mem_new,
+    mem_read_valid,
+    mem_request,
+    mem_request_ready,
+    mem_timing,
+    mem_write,
+    mem_write_ready,
+)
 
-__all__ = ["GemmRun", "EVENT_NAMES", "run_gemm", "run_gemm_image", "run_gemm_on_image", "gemm_fast", "GemmTiming"]
+__all__ = ["GemmRun", "GemmParams", "gemm_params", "EVENT_NAMES", "run_gemm", "run_gemm_image", "run_gemm_on_image", "gemm_fast", "GemmTiming"]
 
 EVENT_NAMES = (
     "macs",               # multiply-accumulates issued (R·C per issue, padding included)
@@ -43,20 +52,47 @@ _N_EVENTS = len(EVENT_NAMES)
 _NEVER = -(1 << 40)
 
 
+class GemmParams(NamedTuple):
+    """One GEMM command on one engine geometry, as the kernels take it (built only by :func:`gemm_params`)."""
+
+    m_tiles: int
+    n_tiles: int
+    k_tiles: int
+    a_base: int
+    b_base: int
+    c_base: int
+    requant: bool
+    shift: int
+    rows: int             # R
+    cols: int             # C
+    k_tile: int           # TK
+    bus_bytes: int        # W
+    a_beats: int          # AB: beats of an A tile
+    b_beats: int          # BB: beats of a B tile
+    out_beats: int        # write beats of an output tile
+    out_credits: int      # output FIFO credits
+    out_stages: int       # output pipeline stages
+    pipeline_cycles: int  # final k issue → first drain issue
+
+
+def gemm_params(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmParams:
+    """The kernels' parameters of ``cmd`` on the GEMM engine of ``acfg``."""
+    geo, g = acfg.gemm_geometry, acfg.gemm
+    return GemmParams(int(cmd.m_tiles), int(cmd.n_tiles), int(cmd.k_tiles), int(cmd.a_base), int(cmd.b_base),
+                      int(cmd.c_base), bool(cmd.requant), int(cmd.shift), geo.rows, geo.cols, geo.k_tile,
+                      geo.bus_bytes, geo.a_beats, geo.b_beats, geo.out_beats(bool(cmd.requant)), g.out_credits,
+                      g.out_stages, g.pipeline_cycles)
+
+
 @njit(cache=True, boundscheck=False)
-def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
-                 R, C, TK, W, AB, BB, latency, max_burst, outstanding, interval, max_cycles, events,
-                 n_cred, stages):
-    """Returns the cycle count (or -1 if max_cycles passed); writes output beats into ``image``."""
-    # memory state: circular queue of in-flight requests
-    q_addr = np.zeros(outstanding, np.int64)
-    q_len = np.zeros(outstanding, np.int64)
-    q_acc = np.zeros(outstanding, np.int64)
-    q_done = np.zeros(outstanding, np.int64)
-    q_head = 0
-    q_n = 0
-    last_rbeat = _NEVER
-    last_w = _NEVER
+def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.ndarray, max_cycles: int) -> int:
+    """Returns the cycle count (or -1 if max_cycles passed); writes output beats into ``image``, adds the
+    events (EVENT_NAMES) into ``events``."""
+    mt, nt, kt, requant, shift = p.m_tiles, p.n_tiles, p.k_tiles, p.requant, p.shift
+    a_base, b_base = p.a_base, p.b_base
+    R, C, TK, W, AB, BB = p.rows, p.cols, p.k_tile, p.bus_bytes, p.a_beats, p.b_beats
+    n_cred, stages, max_burst = p.out_credits, p.out_stages, tm.max_burst
+    mem = mem_new(tm)
     # engine state (registers after the accept in cycle 0)
     abuf = np.zeros((2 * AB, W), np.uint8)
     bbuf = np.zeros((2 * BB, W), np.uint8)
@@ -87,9 +123,9 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
     shadow = np.zeros(R * C, np.int64)
     shadow_full = False
     dr_cnt = 0
-    c_ptr = c_base
+    c_ptr = p.c_base
     vals = W if requant else W // 4
-    out_beats = R * C // vals
+    out_beats = p.out_beats
     apb = W // R
     bpb = W // C
     rnd = (1 << (shift - 1)) if shift > 0 else 0
@@ -109,15 +145,12 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
             return -1
         # ---- combinational view of cycle t ----
         req_valid = (not rq_done) and ahead != 2
-        req_ready = q_n < outstanding
-        beat = False
-        if q_n > 0:
-            h = q_head
-            beat = t >= q_acc[h] + latency and t >= last_rbeat + interval
+        req_ready = mem_request_ready(mem)
+        beat = mem_read_valid(mem, t)
         final_k = cp_k == TK - 1 and cp_kt == kt - 1
         full_cur = full1 if cp_half else full0
         issue = (not cp_done) and full_cur and not (final_k and shadow_full)
-        wr_fire = fifo_n > 0 and t >= last_w + interval
+        wr_fire = fifo_n > 0 and mem_write_ready(mem, t)
         dr_issue = shadow_full and credits > 0
         # ---- events ----
         if issue:
@@ -133,13 +166,7 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
             events[9] += 1
         # ---- memory: read data ----
         if beat:
-            h = q_head
-            addr = q_addr[h] + q_done[h]
-            q_done[h] += 1
-            last_rbeat = t
-            if q_done[h] == q_len[h]:
-                q_head = (q_head + 1) % outstanding
-                q_n -= 1
+            addr = mem_deliver(mem, t)
             events[5] += 1
             events[3] += 1
             # receiver
@@ -168,12 +195,7 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
             tile_beats = BB if rq_part else AB
             rem = tile_beats - rq_off
             burst = max_burst if rem > max_burst else rem
-            slot = (q_head + q_n) % outstanding
-            q_addr[slot] = (b_ptr if rq_part else a_ptr) + rq_off
-            q_len[slot] = burst
-            q_acc[slot] = t
-            q_done[slot] = 0
-            q_n += 1
+            mem_request(mem, t, (b_ptr if rq_part else a_ptr) + rq_off, burst)
             events[4] += 1
             if rq_off + burst == tile_beats:
                 rq_off = 0
@@ -248,7 +270,7 @@ def _step_kernel(image, mt, nt, kt, a_base, b_base, c_base, requant, shift,
         if wr_fire:
             slot = popped % n_cred
             image[beat_addr[slot], :] = beat_data[slot, :]
-            last_w = t
+            mem_write(mem, t)
             events[6] += 1
             done = cp_done and last_issue < t - 3 and not shadow_full and not in_pipe and fifo_n == 1
             popped += 1
@@ -315,12 +337,8 @@ def run_gemm_image(acfg: AcceleratorConfig, img: GemmImage, max_cycles: int = 1 
 def run_gemm_on_image(acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmCommand,
                       max_cycles: int = 1 << 40) -> tuple[int, dict[str, int]]:
     """Run one command on a memory image in place (operands read from, outputs written to ``image``)."""
-    geo, mem = acfg.gemm_geometry, acfg.memory
     events = np.zeros(_N_EVENTS, np.int64)
-    cycles = _step_kernel(image, cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.a_base, cmd.b_base, cmd.c_base,
-                          bool(cmd.requant), cmd.shift, geo.rows, geo.cols, geo.k_tile, mem.bus_bytes,
-                          geo.a_beats, geo.b_beats, mem.latency, mem.max_burst, mem.outstanding,
-                          mem.beat_interval, max_cycles, events, acfg.gemm.out_credits, acfg.gemm.out_stages)
+    cycles = _step_kernel(image, gemm_params(acfg, cmd), mem_timing(acfg.memory), events, max_cycles)
     if cycles < 0:
         raise RuntimeError(f"GEMM model did not finish within {max_cycles} cycles")
     return int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True))
@@ -337,8 +355,7 @@ def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: boo
 # ----------------------------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstanding, interval, pc, stages,
-                 n_cred):
+def _fast_kernel(p: GemmParams, tm: MemTiming) -> tuple[int, int, int]:
     """Cycle of the last write, and the load/drain stall cycles, from the schedule's recurrences:
 
     request j (in order; step s(j)'s A bursts, then its B bursts) is accepted at
@@ -350,6 +367,9 @@ def _fast_kernel(mt, nt, kt, TK, AB, BB, out_beats, latency, max_burst, outstand
     j at e_j = max(L + pc, e_{j-1} + 1, w_{j-credits} + 1) (pc = pipeline_cycles) and the beat leaves at
     w_j = max(e_j + out_stages + 1, w_{j-1} + interval).
     """
+    mt, nt, kt, TK, AB, BB, out_beats = p.m_tiles, p.n_tiles, p.k_tiles, p.k_tile, p.a_beats, p.b_beats, p.out_beats
+    pc, stages, n_cred = p.pipeline_cycles, p.out_stages, p.out_credits
+    latency, max_burst, outstanding, interval = tm.latency, tm.max_burst, tm.outstanding, tm.beat_interval
     n_a = (AB + max_burst - 1) // max_burst
     n_b = (BB + max_burst - 1) // max_burst
     ring = np.full(outstanding, _NEVER, np.int64)     # last beats of the previous O requests
@@ -430,10 +450,7 @@ def gemm_fast(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmTiming:
     """Cycles and events of ``cmd`` without stepping cycles; equal to the stepped model (tested)."""
     geo, mem = acfg.gemm_geometry, acfg.memory
     ob = geo.out_beats(cmd.requant)
-    cycles, last_issue, drain_stall = _fast_kernel(
-        cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, geo.k_tile, geo.a_beats, geo.b_beats, ob, mem.latency,
-        mem.max_burst, mem.outstanding, mem.beat_interval, acfg.gemm.pipeline_cycles, acfg.gemm.out_stages,
-        acfg.gemm.out_credits)
+    cycles, last_issue, drain_stall = _fast_kernel(gemm_params(acfg, cmd), mem_timing(mem))
     steps = cmd.steps
     issues = steps * geo.k_tile
     tail = int(cycles - last_issue)

@@ -1,17 +1,18 @@
 """Cycle-stepped numba model of the TLMM engine (hw/tlmm.py), plus its closed-form fast path.
 
-The stepped kernel executes the engine's controller, pipeline and accumulator memory one cycle at a
-time, with the same stream handshakes as the RTL: each input stream presents its next beat when a
-periodic *valid pattern* allows it, and the result stream takes a beat when a periodic *ready pattern*
-allows it (patterns are indexed by the cycle count since the command was accepted; the co-simulation
-drives the RTL with the same patterns). Result back-pressure never freezes the pipeline: results queue in
-a result FIFO of ``cfg.result_fifo_depth`` entries, and a lookup issue on the last chunk (the only issues
-that produce a result) needs one of as many *credits*, which a result returns when it leaves the engine.
-Each chunk's schedule is FILL (one activation beat per token), then one PREP cycle, then LOOK: the
-activation beat is registered and its tables are built from that register in the next cycle, so after the
-chunk's last fill the controller spends one cycle (PREP) before its first lookup; PREP takes no beat and
-issues nothing (the pipeline still advances and the result FIFO still pops). With all-ones patterns the
-engine never stalls, and :func:`tlmm_cycles` gives the same count in closed form.
+The stepped kernel executes the engine's control (:mod:`sim.tlmm_control`, shared with the top-level
+model), pipeline and accumulator memory one cycle at a time, with the same stream handshakes as the RTL:
+each input stream presents its next beat when a periodic *valid pattern* allows it, and the result stream
+takes a beat when a periodic *ready pattern* allows it (patterns are indexed by the cycle count since the
+command was accepted; the co-simulation drives the RTL with the same patterns). Result back-pressure never
+freezes the pipeline: results queue in a result FIFO of ``cfg.result_fifo_depth`` entries, and a lookup
+issue on the last chunk (the only issues that produce a result) needs one of as many *credits*, which a
+result returns when it leaves the engine. Each chunk's schedule is FILL (one activation beat per token),
+then one PREP cycle, then LOOK: the activation beat is registered and its tables are built from that
+register in the next cycle, so after the chunk's last fill the controller spends one cycle (PREP) before
+its first lookup; PREP takes no beat and issues nothing (the pipeline still advances and the result FIFO
+still pops). With all-ones patterns the engine never stalls, and :func:`tlmm_cycles` gives the same count
+in closed form.
 
 Cycle definition (README.md): cycle 0 is the cycle in which the command handshake happens; the count is
 the index of the cycle in which the last result beat is transferred.
@@ -20,12 +21,33 @@ the index of the cycle in which the last result beat is transferred.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 from numba import njit
 
 from hw.config import TlmmConfig
 from hw.ternary import TlmmShape, tlmm_streams
+from sim.tlmm_control import (
+    CTL_ACC_READS,
+    CTL_ADDR,
+    CTL_BUBBLES,
+    CTL_FILLS,
+    CTL_ISSUED,
+    CTL_KC,
+    CTL_RESULTS,
+    CTL_ST,
+    CTL_STALLS,
+    CTL_TOK,
+    CTL_WGT_BEATS,
+    LOOK,
+    ctl_act_ready,
+    ctl_issues,
+    ctl_look_left,
+    ctl_look_run,
+    ctl_new,
+    ctl_step,
+)
 
 __all__ = ["TlmmRun", "EVENT_NAMES", "run_tlmm", "tlmm_cycles", "tlmm_events_closed_form"]
 
@@ -107,19 +129,36 @@ def _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, tok, wgt_ptr, addr, r, firs
             wgt_ptr += 1
 
 
-@njit(cache=True, boundscheck=False, error_model="numpy", nogil=True)
-def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store, fifo_depth,
-                  act_pat, wgt_pat, res_pat, drain_guard):
-    """act (KC·M·T·G,) int64 activations and wgt (KC·NB·Q·T,) uint8 indices, flat in stream order;
-    g_n = G; toff = (t·E for t < T); fifo_depth = D, the result FIFO depth (= result credits).
-    Returns (acc (NB·M·Q,) int32, cycles, events); cycles is -1 if the run exceeds ``drain_guard`` cycles.
+class TlmmParams(NamedTuple):
+    """One matmul on one TLMM engine, as the stepped kernel takes it (built only by :func:`tlmm_params`)."""
 
-    State per cycle, as in the RTL: FSM (st, kc, nb, tok, addr), stream pointers, pipeline stages A, B, C,
-    the result FIFO occupancy ``occ`` and the result ``credits``. The pipeline advances every cycle; a
-    result leaves stage C into the FIFO, and the FIFO presents its oldest result on the result stream. An
-    issue on the last chunk takes a credit (it waits while there is none), a result taken from the FIFO
-    returns one, so the FIFO never overflows. A pipeline stage is one int ``tag``: -1 when empty, else
-    addr·4 + first·2 + last.
+    group_size: int              # G
+    tokens: int                  # M
+    k_chunks: int                # KC
+    n_blocks: int                # NB
+    columns: int                 # Q
+    table_offsets: tuple         # (t·E for t < T): T is part of the numba type, so the lookup loop unrolls
+    table_entries: int           # E = 3^G
+    stored_entries: int
+    fifo_depth: int              # result FIFO depth (= result credits)
+
+
+def tlmm_params(cfg: TlmmConfig, shape: TlmmShape) -> TlmmParams:
+    """The stepped kernel's parameters of a matmul of ``shape`` on the engine ``cfg``."""
+    return TlmmParams(cfg.group_size, shape.tokens, shape.k_chunks, shape.n_blocks, cfg.columns,
+                      tuple(t * cfg.table_entries for t in range(cfg.tables)), cfg.table_entries,
+                      cfg.stored_entries, cfg.result_fifo_depth)
+
+
+@njit(cache=True, boundscheck=False, error_model="numpy", nogil=True)
+def _tlmm_stepped(act, wgt, p, act_pat, wgt_pat, res_pat, drain_guard):
+    """act (KC·M·T·G,) int64 activations and wgt (KC·NB·Q·T,) uint8 indices, flat in stream order;
+    p: TlmmParams. Returns (acc (NB·M·Q,) int32, cycles, events); cycles is -1 if the run exceeds
+    ``drain_guard`` cycles.
+
+    The control (FSM, pipeline stages, result FIFO and credits) is sim.tlmm_control's, stepped once per
+    cycle; this kernel adds the datapath: the table fills of the activation beat the control takes, and the
+    lookups of its issues.
 
     Only the *control* is pipelined: the lookup sums are accumulated into acc at issue time instead of in
     stage C. That is unobservable: stage C reads the accumulator through a port transparent to its
@@ -129,11 +168,12 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store, 
     (every result beat has been transferred once the run has finished). FIFO order is stage-C order, which
     is issue order, so results leave in the same order as they would without the FIFO.
     """
+    g_n, n_tok, kc_n, q_n, toff = p.group_size, p.tokens, p.k_chunks, p.columns, p.table_offsets
     t_n = len(toff)
-    tsz = t_n * n_full
+    tsz = t_n * p.table_entries
     qt = q_n * t_n
     tabs = np.zeros(n_tok * tsz, np.int32)       # tables of every token, flat (tok, t, entry)
-    acc = np.zeros(nb_n * n_tok * q_n, np.int32)  # accumulator memory, flat (addr = nb·M + tok, q)
+    acc = np.zeros(p.n_blocks * n_tok * q_n, np.int32)  # accumulator memory, flat (addr = nb·M + tok, q)
     # Pattern positions are c mod len, kept as wrapping counters (no division per cycle).
     la, lw, lr = act_pat.shape[0], wgt_pat.shape[0], res_pat.shape[0]
     ia = iw = ir = 0
@@ -145,55 +185,22 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store, 
     # PREP cycle before each chunk's LOOK only puts a bubble into stage A (and pops the FIFO as usual), so
     # it never raises the number of credits out and the bound still holds.
     look_unstalled = wgt_pat.all() and res_pat.all()
-    last_unstalled = look_unstalled and fifo_depth > 4
-    tag_a = tag_b = tag_c = -1
-    occ = 0                 # results in the result FIFO
-    credits = fifo_depth    # result credits not taken
-    st = 1  # 1 FILL, 2 LOOK, 3 DRAIN, 4 PREP (the cycle between a chunk's last fill and its first lookup)
-    kc = nb = tok = addr = 0
-    act_ptr = wgt_ptr = 0
-    # event counters: fills, issues through stage C, accumulator reads, weight beats, result beats,
-    # stalls, bubbles (the other events are multiples of these, derived at the end)
-    n_fill = n_c = n_reads = n_wbeats = n_res = n_stall = n_bubble = 0
+    last_unstalled = look_unstalled and p.fifo_depth > 4
+    cs = ctl_new(n_tok, kc_n, p.n_blocks, p.fifo_depth)
     c = 0
     while True:
-        if st == 2 and look_unstalled and (kc < kc_n - 1 or last_unstalled):
+        if cs[CTL_ST] == LOOK and look_unstalled and (cs[CTL_KC] < kc_n - 1 or last_unstalled):
             # All remaining issues of this chunk happen on the next r cycles, one per cycle. Run their
-            # datapath in one tight loop, then step the control through the same r cycles (pipeline
-            # stages, result FIFO, credits, event counts) exactly as the general path below would.
-            r = (nb_n - nb) * n_tok - tok
+            # datapath in one tight loop, then the control through the same r cycles.
+            r = ctl_look_left(cs)
             if c + r <= drain_guard:
-                first = kc == 0
-                _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, tok, wgt_ptr, addr, r, first)
-                last = 1 if kc == kc_n - 1 else 0
-                flags = (2 if first else 0) + last
-                for _ in range(r):
-                    pop = 1 if occ > 0 else 0   # the sink is always ready: the head result leaves
-                    n_res += pop
-                    credits += pop - last       # returned by the pop, taken by a last-chunk issue
-                    occ -= pop
-                    if tag_c >= 0:              # stage C: accumulator write back, result into the FIFO
-                        n_c += 1
-                        n_reads += (tag_c & 2) == 0
-                        occ += tag_c & 1
-                    tag_c = tag_b
-                    tag_b = tag_a
-                    tag_a = addr * 4 + flags
-                    addr += 1
+                _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, cs[CTL_TOK], cs[CTL_WGT_BEATS], cs[CTL_ADDR], r,
+                          cs[CTL_KC] == 0)
+                ctl_look_run(cs)
                 c += r
                 ia = (ia + r) % la
                 iw = (iw + r) % lw
                 ir = (ir + r) % lr
-                # the run ends on the last token of the last block of this chunk
-                n_wbeats += nb_n - nb
-                wgt_ptr += nb_n - nb
-                tok = 0
-                nb = nb_n - 1
-                if kc == kc_n - 1:
-                    st = 3
-                else:
-                    kc += 1
-                    st = 1
                 continue
         # ---------------- general path: one cycle ----------------
         c += 1
@@ -208,88 +215,35 @@ def _tlmm_stepped(act, wgt, g_n, n_tok, kc_n, nb_n, q_n, toff, n_full, n_store, 
             ir = 0
         if c > drain_guard:
             return acc, -1, np.zeros(_N_EVENTS, np.int64)
-        # The FIFO's head result leaves when the sink is ready (no fall-through: a result pushed at this
-        # cycle's edge can leave in the next cycle at the earliest).
-        pop = occ > 0 and res_pat[ir] != 0
-        new_tag = -1
-        drain_done = False
-        if st == 1:
-            if act_pat[ia] != 0:
-                # The RTL's lookups read a staging bank that holds, by construction, the tables of the
-                # token being looked up; the model indexes tables by token directly (same contents).
-                tb = (act_ptr % n_tok) * tsz
-                for t in range(t_n):
-                    _fill(tabs, _U(tb + toff[t]), act, _U((act_ptr * t_n + t) * g_n), g_n)
-                n_fill += 1
-                act_ptr += 1
-                if tok == n_tok - 1:
-                    tok = nb = addr = 0
-                    st = 4
-                else:
-                    tok += 1
-            else:
-                n_bubble += 1
-        elif st == 4:
-            # PREP: the tables of the chunk's last activation beat are built from its register. No beat is
-            # taken and nothing issues (a bubble enters stage A); neither a bubble nor a stall cycle.
-            st = 2
-        elif st == 2:
-            if wgt_pat[iw] == 0:
-                n_bubble += 1
-            elif kc == kc_n - 1 and credits == 0:
-                # A weight beat is there, but a last-chunk issue needs a result credit: wait.
-                n_stall += 1
-            else:
-                first = kc == 0
-                if kc == kc_n - 1:
-                    credits -= 1
-                _issue(tabs, wgt, acc, toff, _U(tok * tsz), _U(wgt_ptr * qt), _U(addr * q_n), q_n, first)
-                new_tag = addr * 4 + (2 if first else 0) + (1 if kc == kc_n - 1 else 0)
-                addr += 1
-                if tok == n_tok - 1:
-                    tok = 0
-                    wgt_ptr += 1
-                    n_wbeats += 1
-                    if nb == nb_n - 1:
-                        if kc == kc_n - 1:
-                            st = 3
-                        else:
-                            kc += 1
-                            st = 1
-                    else:
-                        nb += 1
-                else:
-                    tok += 1
-        else:
-            # Done when the pipeline is empty and the last result leaves in this cycle.
-            drain_done = tag_a < 0 and tag_b < 0 and tag_c < 0 and (occ == 0 or (occ == 1 and pop))
-        # clock edge: the result FIFO pops its head, stage C pushes its result, the pipeline advances
-        if pop:
-            n_res += 1
-            occ -= 1
-            credits += 1
-        if tag_c >= 0:
-            n_c += 1
-            n_reads += (tag_c & 2) == 0
-            occ += tag_c & 1
-        tag_c = tag_b
-        tag_b = tag_a
-        tag_a = new_tag
-        if drain_done:
-            # Per-issue events are counted as the issue leaves stage C (n_c); once drained, every issue
-            # has, so the totals equal the per-issue counts of the RTL.
+        act_valid = act_pat[ia] != 0
+        wgt_valid = wgt_pat[iw] != 0
+        # datapath of this cycle, from the control's state at its start
+        if act_valid and ctl_act_ready(cs):
+            # The RTL's lookups read a staging bank that holds, by construction, the tables of the
+            # token being looked up; the model indexes tables by token directly (same contents).
+            act_ptr = cs[CTL_FILLS]
+            tb = (act_ptr % n_tok) * tsz
+            for t in range(t_n):
+                _fill(tabs, _U(tb + toff[t]), act, _U((act_ptr * t_n + t) * g_n), g_n)
+        elif ctl_issues(cs, wgt_valid):
+            _issue(tabs, wgt, acc, toff, _U(cs[CTL_TOK] * tsz), _U(cs[CTL_WGT_BEATS] * qt), _U(cs[CTL_ADDR] * q_n),
+                   q_n, cs[CTL_KC] == 0)
+        if ctl_step(cs, act_valid, wgt_valid, res_pat[ir] != 0):
+            # Per-issue events are counted as the issue leaves stage C; once drained, every issue has, so
+            # the totals equal the per-issue counts of the RTL.
+            n_fill, n_c = cs[CTL_FILLS], cs[CTL_ISSUED]
             ev = np.zeros(_N_EVENTS, np.int64)
             ev[0] = n_fill * t_n
-            ev[1] = n_fill * t_n * (n_store - 1)  # the all-zero entry is a constant, not stored
+            ev[1] = n_fill * t_n * (p.stored_entries - 1)  # the all-zero entry is a constant, not stored
             ev[2] = n_c * qt
             ev[3] = n_c * q_n
-            ev[4] = n_reads
+            ev[4] = cs[CTL_ACC_READS]
             ev[5] = n_c
             ev[6] = n_fill
-            ev[7] = n_wbeats
-            ev[8] = n_res
-            ev[9] = n_stall
-            ev[10] = n_bubble
+            ev[7] = cs[CTL_WGT_BEATS]
+            ev[8] = cs[CTL_RESULTS]
+            ev[9] = cs[CTL_STALLS]
+            ev[10] = cs[CTL_BUBBLES]
             return acc, c, ev
 
 
@@ -324,14 +278,10 @@ def run_tlmm_streams(cfg: TlmmConfig, shape: TlmmShape, act: np.ndarray, wgt: np
         pats.append(p)
     ideal = tlmm_cycles(cfg, shape)
     guard = 64 + ideal * max(1, *(p.size for p in pats)) * 4
-    # The table offsets go in as a tuple: its length T is part of the numba signature, so each T gets a
-    # kernel with the lookup loop fully unrolled.
     acc, cycles, ev = _tlmm_stepped(
         np.ascontiguousarray(act, dtype=np.int64).reshape(-1),
-        np.ascontiguousarray(wgt, dtype=np.uint8).reshape(-1), cfg.group_size,
-        shape.tokens, shape.k_chunks, shape.n_blocks, cfg.columns,
-        tuple(t * cfg.table_entries for t in range(cfg.tables)), cfg.table_entries, cfg.stored_entries,
-        cfg.result_fifo_depth, pats[0], pats[1], pats[2], guard)
+        np.ascontiguousarray(wgt, dtype=np.uint8).reshape(-1), tlmm_params(cfg, shape),
+        pats[0], pats[1], pats[2], guard)
     if cycles < 0:
         raise RuntimeError("TLMM model did not finish: a stream pattern starves the engine")
     # acc word nb·M + m holds y[m, nb·Q : nb·Q + Q] (already wrapped to int32)

@@ -6,8 +6,8 @@
   engine's cycle count (``sim.gemm_model.gemm_fast``: the index of the cycle of its last write) and the
   decoder sees ``busy`` low one cycle later.
 - **TLMM** command: 3 + 1 + R, where R comes from :func:`_tlmm_dma_kernel`, a cycle-stepped model of the
-  DMA (read sequencer, read FIFO, byte gearbox, result packer), the memory (rules of sim/memory.py) and the
-  TLMM engine's control (the states, pipeline tags, result FIFO and credits of sim/tlmm_model.py). Data is
+  DMA (read sequencer, read FIFO, byte gearbox, result packer), stepping the memory of sim/mem_kernel.py and
+  the TLMM engine control of sim/tlmm_control.py (the ones sim.gemm_model and sim.tlmm_model step). Data is
   not needed for cycles: the engine's timing depends only on stream availability, which the DMA's byte
   counts determine; values are checked by the co-simulation against PyTorch.
 
@@ -17,17 +17,54 @@ Each command starts with an idle memory (exact when consecutive commands are at 
 
 from __future__ import annotations
 
-import numpy as np
+from typing import NamedTuple
+
 from numba import njit
 
 from hw.config import AcceleratorConfig
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
 from hw.top_geometry import TopGeometry
+from sim.mem_kernel import (
+    mem_deliver,
+    mem_new,
+    mem_read_valid,
+    mem_request,
+    mem_request_ready,
+    mem_timing,
+    mem_write,
+    mem_write_ready,
+)
+from sim.tlmm_control import ctl_act_ready, ctl_new, ctl_result_valid, ctl_step, ctl_wgt_ready
 
 __all__ = ["command_cycles", "program_cycles", "HOST_CYCLES", "FETCH_DISPATCH"]
 
 HOST_CYCLES = 3
 FETCH_DISPATCH = 4          # three command words + the dispatch cycle
+
+
+class DmaParams(NamedTuple):
+    """One TLMM command on the top level's DMA and engine, as the kernel takes it (built only by
+    :func:`dma_params`). Byte addresses and widths: hw.top_geometry.TopGeometry."""
+
+    tokens: int             # M
+    k_chunks: int           # KC
+    n_blocks: int           # NB
+    act_byte: int           # byte address of the activations
+    wgt_byte: int           # byte address of the weights
+    bus_bytes: int          # W
+    act_bytes: int          # EA: activation beat
+    wgt_bytes: int          # EW: weight beat
+    res_bytes: int          # ER: result beat
+    fifo: int               # F: read FIFO depth (beats requested ahead at most)
+    cap: int                # gearbox bytes
+    res_fifo_depth: int     # the engine's result FIFO (= result credits)
+
+
+def dma_params(acfg: AcceleratorConfig, cmd: TlmmCommand) -> DmaParams:
+    """The DMA kernel's parameters of ``cmd`` on the top level of ``acfg``."""
+    g = TopGeometry(acfg)
+    return DmaParams(int(cmd.tokens), int(cmd.k_chunks), int(cmd.n_blocks), int(cmd.act_base) * g.W,
+                     int(cmd.wgt_base) * g.W, g.W, g.EA, g.EW, g.ER, g.fifo, g.cap, acfg.tlmm.result_fifo_depth)
 
 
 @njit(cache=True)
@@ -36,51 +73,55 @@ def _beats(start, nbytes, W):
 
 
 @njit(cache=True)
-def _tlmm_dma_kernel(M, KC, NB, act_b, wgt_b, W, EA, EW, ER, F, CAP, max_burst, outstanding, latency, bi,
-                     res_fifo_depth, guard):
-    """Cycles of S_RUN for one TLMM command: cycle 0 is the dispatch; returns the first cycle t ≥ 1 in which
-    every result has been written (the decoder's done), or -1 past ``guard``."""
-    # memory: ring of requests in flight (length, accept cycle, delivered)
-    q_len = np.zeros(outstanding, np.int64)
-    q_acc = np.zeros(outstanding, np.int64)
-    q_done = np.zeros(outstanding, np.int64)
-    q_head = 0
-    nq = 0
-    last_read = -(1 << 40)
-    last_write = -(1 << 40)
+def _next_segment(p, kind, kc, a, w, beats, elems):
+    """The stream the DMA reads and the gearbox unpacks is act(chunk 0), wgt(0), act(1), wgt(1), ...: after
+    segment (kind 0 act / 1 wgt, chunk kc) ends, returns the next one as (active, kind, kc, a, w, bus beats,
+    engine beats), a and w being the byte addresses of the next activation and weight segments; past the
+    last segment active is False and the rest comes back unchanged."""
+    M, KC, NB, W, EA, EW = p.tokens, p.k_chunks, p.n_blocks, p.bus_bytes, p.act_bytes, p.wgt_bytes
+    if kind == 0:
+        return True, 1, kc, a + M * EA, w, _beats(w, NB * EW, W), NB
+    if kc == KC - 1:
+        return False, kind, kc, a, w, beats, elems
+    return True, 0, kc + 1, a, w + NB * EW, _beats(a, M * EA, W), M
+
+
+@njit(cache=True)
+def _tlmm_dma_kernel(p, tm, guard):
+    """Cycles of S_RUN for one TLMM command (p: DmaParams, tm: sim.mem_kernel.MemTiming): cycle 0 is the
+    dispatch; returns the first cycle t ≥ 1 in which every result has been written (the decoder's done),
+    or -1 past ``guard``."""
+    M, KC, NB, W = p.tokens, p.k_chunks, p.n_blocks, p.bus_bytes
+    EA, EW, ER, F, CAP, max_burst = p.act_bytes, p.wgt_bytes, p.res_bytes, p.fifo, p.cap, tm.max_burst
+    mem = mem_new(tm)
     # read sequencer
     rs_active, rs_kind, rs_kc = True, 0, 0
-    rs_a, rs_w = act_b, wgt_b
-    rs_left = _beats(act_b, M * EA, W)
+    rs_a, rs_w = p.act_byte, p.wgt_byte
+    rs_left = _beats(rs_a, M * EA, W)
     inflight = 0
     fifo = 0
     # gearbox
     gb_active, gb_kind, gb_kc, gb_first = True, 0, 0, True
-    gb_a, gb_w = act_b, wgt_b
-    gb_bb = _beats(act_b, M * EA, W)
+    gb_a, gb_w = p.act_byte, p.wgt_byte
+    gb_bb = _beats(gb_a, M * EA, W)
     gb_eb = M
     fill = 0
     # result packer
     wfill = 0
     res_left = M * NB
-    # TLMM engine control: st 1 FILL, 4 PREP, 2 LOOK, 3 DRAIN
-    st, kc, nb, tok = 1, 0, 0, 0
-    tag_a = tag_b = tag_c = -1
-    occ = 0
-    credits = res_fifo_depth
+    # TLMM engine control (sim.tlmm_control)
+    cs = ctl_new(M, KC, NB, p.res_fifo_depth)
     t = 0
     while t < guard:
         t += 1
         if res_left == 0 and wfill == 0:
             return t
         # ---- start-of-cycle (combinational) values
-        req_ready = nq < outstanding
-        beat = nq > 0 and t >= q_acc[q_head] + latency and t >= last_read + bi
-        wr_ready = t >= last_write + bi
-        last_chunk = kc == KC - 1
-        credit_ok = not (last_chunk and credits == 0)
-        act_ready = st == 1
-        wgt_ready = st == 2 and credit_ok and tok == M - 1
+        req_ready = mem_request_ready(mem)
+        beat = mem_read_valid(mem, t)
+        wr_ready = mem_write_ready(mem, t)
+        act_ready = ctl_act_ready(cs)
+        wgt_ready = ctl_wgt_ready(cs)
         burst = max_burst if rs_left > max_burst else rs_left
         rq_fire = rs_active and inflight + burst <= F and req_ready
         E = EW if gb_kind == 1 else EA
@@ -96,58 +137,14 @@ def _tlmm_dma_kernel(M, KC, NB, act_b, wgt_b, W, EA, EW, ER, F, CAP, max_burst, 
         wr_valid = wfill >= W or (res_left == 0 and wfill > 0)
         res_ready = wfill <= W
         wr_fire = wr_valid and wr_ready
-        res_pop = occ > 0 and res_ready
+        res_pop = ctl_result_valid(cs) and res_ready
         # ---- TLMM engine (sequential)
-        new_tag = -1
-        if st == 1:
-            if act_valid:
-                if tok == M - 1:
-                    tok = 0
-                    nb = 0
-                    st = 4
-                else:
-                    tok += 1
-        elif st == 4:
-            st = 2
-        elif st == 2:
-            if wgt_valid and credit_ok:
-                if last_chunk:
-                    credits -= 1
-                new_tag = 1 if last_chunk else 0
-                if tok == M - 1:
-                    tok = 0
-                    if nb == NB - 1:
-                        if last_chunk:
-                            st = 3
-                        else:
-                            kc += 1
-                            st = 1
-                    else:
-                        nb += 1
-                else:
-                    tok += 1
-        if res_pop:
-            occ -= 1
-            credits += 1
-        if tag_c >= 0:
-            occ += tag_c
-        tag_c = tag_b
-        tag_b = tag_a
-        tag_a = new_tag
+        ctl_step(cs, act_valid, wgt_valid, res_ready)
         # ---- read sequencer
         if rq_fire:
             if rs_left == burst:
-                if rs_kind == 0:
-                    rs_kind = 1
-                    rs_left = _beats(rs_w, NB * EW, W)
-                    rs_a += M * EA
-                elif rs_kc == KC - 1:
-                    rs_active = False
-                else:
-                    rs_kind = 0
-                    rs_kc += 1
-                    rs_left = _beats(rs_a, M * EA, W)
-                    rs_w += NB * EW
+                rs_active, rs_kind, rs_kc, rs_a, rs_w, rs_left, _ = _next_segment(p, rs_kind, rs_kc, rs_a, rs_w,
+                                                                                  rs_left, 0)
             else:
                 rs_left -= burst
         inflight += (burst if rq_fire else 0) - (1 if push else 0)
@@ -162,19 +159,8 @@ def _tlmm_dma_kernel(M, KC, NB, act_b, wgt_b, W, EA, EW, ER, F, CAP, max_burst, 
             if gb_eb == 0:
                 fill = 0
                 gb_first = True
-                if gb_kind == 0:
-                    gb_kind = 1
-                    gb_bb = _beats(gb_w, NB * EW, W)
-                    gb_eb = NB
-                    gb_a += M * EA
-                elif gb_kc == KC - 1:
-                    gb_active = False
-                else:
-                    gb_kind = 0
-                    gb_kc += 1
-                    gb_bb = _beats(gb_a, M * EA, W)
-                    gb_eb = M
-                    gb_w += NB * EW
+                gb_active, gb_kind, gb_kc, gb_a, gb_w, gb_bb, gb_eb = _next_segment(p, gb_kind, gb_kc, gb_a, gb_w,
+                                                                                    gb_bb, gb_eb)
         # ---- result packer
         w_after = wfill
         if wr_fire:
@@ -184,30 +170,19 @@ def _tlmm_dma_kernel(M, KC, NB, act_b, wgt_b, W, EA, EW, ER, F, CAP, max_burst, 
             res_left -= 1
         # ---- memory (end of cycle)
         if beat:
-            q_done[q_head] += 1
-            last_read = t
-            if q_done[q_head] == q_len[q_head]:
-                q_head = (q_head + 1) % outstanding
-                nq -= 1
+            mem_deliver(mem, t)
         if rq_fire:
-            slot = (q_head + nq) % outstanding
-            q_len[slot] = burst
-            q_acc[slot] = t
-            q_done[slot] = 0
-            nq += 1
+            mem_request(mem, t, 0, burst)       # addresses do not change timing
         if wr_fire:
-            last_write = t
+            mem_write(mem, t)
     return -1
 
 
 def tlmm_run_cycles(acfg: AcceleratorConfig, cmd: TlmmCommand) -> int:
-    g = TopGeometry(acfg)
-    t, mem = acfg.tlmm, acfg.memory
+    mem = acfg.memory
     work = cmd.k_chunks * (cmd.n_blocks * cmd.tokens + cmd.tokens + 2)
     guard = 64 + 40 * (work + cmd.k_chunks * (mem.latency + 4) + cmd.tokens * cmd.n_blocks) * mem.beat_interval
-    r = _tlmm_dma_kernel(cmd.tokens, cmd.k_chunks, cmd.n_blocks, cmd.act_base * g.W, cmd.wgt_base * g.W, g.W,
-                         g.EA, g.EW, g.ER, g.fifo, g.cap, mem.max_burst, mem.outstanding, mem.latency,
-                         mem.beat_interval, t.result_fifo_depth, guard)
+    r = _tlmm_dma_kernel(dma_params(acfg, cmd), mem_timing(mem), guard)
     if r < 0:
         raise RuntimeError("top model: TLMM command did not finish within its cycle guard")
     return r
