@@ -240,7 +240,7 @@ class Program:
         try:
             acfg = config_from_dict(doc["config"], f"{src}: config")
         except ValueError as e:
-            raise ProgramError(f"{src}: config: {e}") from None
+            raise ProgramError(str(e).splitlines()[0]) from None
         if acfg.fingerprint() != doc["fingerprint"]:
             raise ProgramError(f"{src}: config fingerprint mismatch (file edited?); recompile the Program")
         for n, entry in doc["files"].items():
@@ -513,7 +513,8 @@ def _check_doc(doc: object, src: str) -> None:
     if doc.get("format") != "tritium-program":
         raise ProgramError(f"{src}: not a Tritium Program (format {_show(doc.get('format'))})")
     if doc.get("program_version") != PROGRAM_VERSION or doc.get("isa_version") != ISA_VERSION:
-        raise ProgramError(f"{src}: program version {doc.get('program_version')} / ISA {doc.get('isa_version')}; "
+        raise ProgramError(f"{src}: program_version {doc.get('program_version')!r} / isa_version "
+                           f"{doc.get('isa_version')!r}; "
                            f"this build reads {PROGRAM_VERSION} / {ISA_VERSION} (recompile the Program)")
     _fields(doc, _DOC_FIELDS, src, "program.json")
     _need(isinstance(doc["config"], dict), src, "config", "an object", doc["config"])
