@@ -10,6 +10,10 @@ Pipeline (each stage has its own test in tests/test_compiler.py):
                                                   pack weights, emit)
 
 Programs are executed by sim.runtime (the numba models + host ops), one layer up.
+
+Activations are quantized to int8 (BitNet absmax per token), so the compiler accepts only configs whose
+TLMM activation width ``tlmm.act_bits`` is 8; narrower engines are refused before any work (a narrower
+engine would drop the high bits of every activation the DMA hands it).
 """
 
 from __future__ import annotations
@@ -19,7 +23,9 @@ from dataclasses import dataclass, field
 
 from compiler.ir import CompileError, Graph
 
-__all__ = ["CompileError", "CompiledModel", "compile_model", "load_model"]
+__all__ = ["CompileError", "CompiledModel", "compile_model", "load_model", "check_config", "ACT_BITS"]
+
+ACT_BITS = 8        # width of the activations the compiler's quantization (models.bitlinear.quantize_act) produces
 
 
 @dataclass
@@ -49,8 +55,18 @@ def load_model(spec: str, device: str = "cpu"):
     raise ValueError(f"MODEL: {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
 
 
+def check_config(acfg) -> None:
+    """Refuse, with a CompileError naming the field, accelerator configs the compiler cannot target."""
+    bits = acfg.tlmm.act_bits
+    if bits != ACT_BITS:
+        raise CompileError(f"config {acfg.name}: tlmm.act_bits is {bits}, but the compiler quantizes activations "
+                           f"to int{ACT_BITS}; set tlmm.act_bits: {ACT_BITS} (or use a config that has it)")
+
+
 def compile_model(model, acfg, capture_len: int = 8) -> CompiledModel:
-    """Capture ``model`` with torch.export and run the graph passes; cheap per-step emission follows."""
+    """Capture ``model`` with torch.export and run the graph passes; cheap per-step emission follows.
+    Raises CompileError up front for a config the compiler cannot target (:func:`check_config`)."""
+    check_config(acfg)
     from compiler.capture import capture
     from compiler.ir import from_export
     from compiler.lower import Lowering

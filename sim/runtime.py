@@ -6,6 +6,10 @@ stream; GEMM commands run :func:`sim.gemm_model.run_gemm_on_image` on the image 
 the host operation they index, built from :mod:`models.hostops` and ``quantize_act`` — the same
 functions the model's ``mode="int"`` forward calls, so logits agree bit for bit when the compiler placed,
 tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model).
+
+Every activation stream a TLMM command reads is checked against ``tlmm.act_bits`` before it reaches the
+engine model: a value the engine cannot hold raises :class:`hw.program.ProgramError` naming the command,
+instead of the silent truncation the RTL's DMA would do.
 """
 
 from __future__ import annotations
@@ -17,14 +21,14 @@ import torch
 
 from hw.gemm_layout import gemm_shape, pack_a, unpack_c
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
-from hw.program import Program, unpack_tlmm_weights
+from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import TlmmShape
 from models import hostops
 from models.bitlinear import quantize_act
 from sim.gemm_model import run_gemm_on_image
 from sim.tlmm_model import run_tlmm_streams
 
-__all__ = ["ExecStats", "execute", "Runtime"]
+__all__ = ["ExecStats", "execute", "Runtime", "check_act_range"]
 
 
 @dataclass
@@ -230,6 +234,18 @@ class Runtime:
         return execute(prog, tokens, self.image)
 
 
+def check_act_range(act: np.ndarray, act_bits: int, where: str) -> None:
+    """Raise ProgramError if an activation stream holds values outside signed ``act_bits``."""
+    if act_bits >= 8 or not act.size:                 # int8 storage: every value fits
+        return
+    lo, hi = -(1 << (act_bits - 1)), (1 << (act_bits - 1)) - 1
+    a_min, a_max = int(act.min()), int(act.max())
+    if a_min < lo or a_max > hi:
+        raise ProgramError(f"{where}: activations {a_min}..{a_max} do not fit tlmm.act_bits={act_bits} "
+                           f"({lo}..{hi}); the engine would drop their high bits — compile for a config with "
+                           f"tlmm.act_bits 8")
+
+
 def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[torch.Tensor, ExecStats]:
     """Run ``prog`` for ``tokens`` (its step's T token ids); returns (logits (T, vocab) float32, stats).
     ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's."""
@@ -244,7 +260,7 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
     prog.write(img, "tokens", tok.astype(np.int32))
     stats = ExecStats()
     t = acfg.tlmm
-    for cmd in prog.commands():
+    for i, cmd in enumerate(prog.commands()):
         if isinstance(cmd, HostCommand):
             host.run(prog.host_ops[cmd.op])
             stats.commands["host"] += 1
@@ -253,6 +269,7 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
             flat = img.reshape(-1)
             m, kc, nb = cmd.tokens, cmd.k_chunks, cmd.n_blocks
             act = flat[cmd.act_base * W: cmd.act_base * W + kc * m * t.chunk_k].view(np.int8).reshape(kc, m, t.chunk_k)
+            check_act_range(act, t.act_bits, f"TLMM command {i} (M={m}, KC={kc}, act@{cmd.act_base:#x})")
             wgt = unpack_tlmm_weights(flat[cmd.wgt_base * W:], t, kc, nb)
             shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
             run = run_tlmm_streams(t, shape, act, wgt)

@@ -1,0 +1,151 @@
+"""``tritium run``: load a compiled Program folder, verify it, and execute it on the numba cycle models.
+
+    tritium run PROGRAM_DIR [--tokens IDS | --prompt TEXT] [--logits NPY] [--json]
+
+A user compiles once (``tritium compile MODEL -o DIR``) and runs the folder as often as needed: the Program
+is loaded with every integrity check of :meth:`hw.program.Program.load` (file hashes, content hash, types,
+ranges), then its commands run in order through :func:`sim.runtime.execute` on a copy of the Program's own
+memory image (TLMM/GEMM commands on the numba models, HOST commands on the host-op functions). The step's
+input is its token ids (exactly ``meta.tokens`` of them); the output is the Program's output tensor
+(``meta.output``, the logits): per row its argmax, and the next token (argmax of the last row).
+
+Hook into the main parser with :func:`register`. Exit codes: 0 ran; 2 the folder is not a valid Program
+(one line naming file and field), the inputs do not fit it, or it was compiled without weights (a preset
+on meta tensors).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+__all__ = ["register", "run_program", "parse_tokens", "cmd_run"]
+
+EXIT_INPUT = 2
+
+
+def parse_tokens(text: str) -> list[int]:
+    """Token ids from ``"1,2,3"`` or ``"1 2 3"``."""
+    parts = [p for p in text.replace(",", " ").split() if p]
+    try:
+        return [int(p) for p in parts]
+    except ValueError:
+        raise ValueError(f"--tokens: expected integers separated by commas or spaces, got {text!r}") from None
+
+
+def _step_tokens(prog, tokens: list[int] | None, prompt: str | None) -> list[int]:
+    import numpy as np
+
+    T = prog.meta["tokens"]
+    if prompt is not None:
+        tokens, what = list(prompt.encode("utf-8")), f"--prompt is {len(prompt.encode('utf-8'))} byte(s)"
+    elif tokens is not None:
+        what = f"--tokens gives {len(tokens)} id(s)"
+    else:
+        return [int(v) for v in np.asarray(prog.read(prog.image, "tokens")).reshape(-1)[:T]]
+    if len(tokens) != T:
+        raise ValueError(f"{what}, but the Program is a step of {T} token(s) (compile with --tokens "
+                         f"{len(tokens)} for this input)")
+    vocab = prog.meta["model"].get("vocab")
+    bad = [t for t in tokens if t < 0 or (isinstance(vocab, int) and t >= vocab)]
+    if bad:
+        raise ValueError(f"token id {bad[0]} outside the model's vocabulary 0..{vocab - 1 if vocab else '?'}")
+    return tokens
+
+
+def run_program(program_dir: str | Path, tokens: list[int] | None = None, prompt: str | None = None,
+                logits_out: str | Path | None = None) -> dict:
+    """Load, verify and execute one Program folder; returns the report ``tritium run --json`` prints.
+    Raises :class:`hw.program.ProgramError` (a damaged or invalid folder) or ValueError (inputs)."""
+    import numpy as np
+
+    from hw.program import Program
+    from sim.runtime import execute
+
+    t0 = time.perf_counter()
+    prog = Program.load(program_dir)
+    if not prog.meta["weights_materialized"]:
+        raise ValueError(f"{program_dir}: compiled on meta tensors (a preset, no weights): it can be inspected, "
+                         f"not run; compile a checkpoint to run it")
+    acfg = prog.acfg
+    toks = _step_tokens(prog, tokens, prompt)
+    t1 = time.perf_counter()
+    logits, stats = execute(prog, np.asarray(toks, np.int64))
+    t2 = time.perf_counter()
+    out = logits.numpy()
+    if logits_out is not None:
+        np.save(Path(logits_out), out, allow_pickle=False)
+    argmax = [int(i) for i in out.argmax(axis=-1)] if out.ndim == 2 and out.shape[-1] else []
+    nxt = argmax[-1] if argmax else None
+    vocab = prog.meta["model"].get("vocab")
+    total = stats.cycles["tlmm"] + stats.cycles["gemm"]
+    return {
+        "program": str(program_dir), "content_hash": prog.digest(), "config": acfg.name,
+        "tokens": toks, "pos": prog.meta["pos"],
+        "commands": {**stats.commands, "total": sum(stats.commands.values())},
+        "cycles": {**stats.cycles, "total": total}, "engine_us": round(total / acfg.clock_mhz, 3),
+        "output": {"tensor": prog.meta["output"], "shape": list(out.shape), "argmax": argmax, "next_token": nxt,
+                   "next_text": bytes([nxt]).decode("latin-1") if vocab == 256 and nxt is not None else None,
+                   "finite": bool(np.isfinite(out).all())},
+        "logits_file": str(logits_out) if logits_out is not None else None,
+        "load_s": round(t1 - t0, 3), "run_s": round(t2 - t1, 3),
+    }
+
+
+def cmd_run(args) -> int:
+    from hw.program import ProgramError
+
+    try:
+        tokens = parse_tokens(args.tokens) if args.tokens is not None else None
+        rep = run_program(args.program, tokens, args.prompt, args.logits)
+    except (ProgramError, ValueError) as e:
+        print(f"tritium: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        return EXIT_INPUT
+    if args.json:
+        print(json.dumps(rep, indent=1))
+        return 0
+    c, cy, o = rep["commands"], rep["cycles"], rep["output"]
+    print(f"ran {rep['program']} ({rep['content_hash'][:19]}…) on {rep['config']}: step of {len(rep['tokens'])} "
+          f"token(s) at position {rep['pos']}")
+    if rep["pos"] > 0:
+        print("  note: a step at position > 0 run alone sees the Program's own (empty) KV cache")
+    print(f"  commands: {c['tlmm']} TLMM, {c['gemm']} GEMM, {c['host']} HOST ({c['total']} in all)")
+    print(f"  engine cycles: TLMM {cy['tlmm']:,}, GEMM {cy['gemm']:,}, total {cy['total']:,} "
+          f"({rep['engine_us']:,.1f} µs at the config's clock; host ops not counted)")
+    nxt = o["next_token"]
+    text = f" {o['next_text']!r}" if o["next_text"] is not None else ""
+    print(f"  output {o['tensor']} {o['shape']}: next token {nxt}{text}"
+          f"{'' if o['finite'] else '  (non-finite values!)'}")
+    if rep["logits_file"]:
+        print(f"  wrote {rep['logits_file']}")
+    return 0
+
+
+def register(subparsers) -> argparse.ArgumentParser:
+    """Add ``run`` to the ``tritium`` subparsers; returns its parser."""
+    r = subparsers.add_parser("run", help="verify a compiled Program folder and execute it on the numba models")
+    r.add_argument("program", metavar="PROGRAM_DIR", help="folder written by `tritium compile -o`")
+    src = r.add_mutually_exclusive_group()
+    src.add_argument("--tokens", default=None, metavar="IDS",
+                     help="the step's token ids, comma or space separated (exactly the step's token count); "
+                          "default: the ids stored in the Program's image (zeros after `tritium compile`)")
+    src.add_argument("--prompt", default=None, metavar="TEXT",
+                     help="the step's tokens as the UTF-8 bytes of TEXT (byte-level models such as tiny.pt)")
+    r.add_argument("--logits", default=None, metavar="NPY", help="also save the output tensor as a .npy file")
+    r.add_argument("--json", action="store_true", help="print a JSON report")
+    r.set_defaults(func=cmd_run)
+    return r
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="tritium")
+    register(p.add_subparsers(dest="command", required=True))
+    args = p.parse_args(argv)
+    return args.func(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
