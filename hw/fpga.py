@@ -244,6 +244,8 @@ class BoardTop(Elaboratable):
         self.seed_in = Signal(name="seed_in")
         self.parity_out = Signal(name="parity_out")
         self.busy_out = Signal(name="busy_out")
+        #: (engine, component) of every part, instantiated here so that callers can inspect them.
+        self.parts = self.engine.components(acfg)
 
     @property
     def ports(self) -> list[Signal]:
@@ -257,7 +259,7 @@ class BoardTop(Elaboratable):
             m.submodules.button = button = io.Buffer("i", platform.request(*self.button, dir="-"))
             m.d.comb += seed_in.eq(button.i)
         parities, busies = [], []
-        parts = self.engine.components(self.acfg)
+        parts = self.parts
         for part, eng in parts:
             name = "engine" if len(parts) == 1 else part.name
             m.submodules[name] = eng
