@@ -185,7 +185,7 @@ def _log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
-def _run_bench(eng: str, bdir: Path, arrays: dict, meta: dict, quiet: bool) -> tuple[list[dict], float]:
+def run_bench(eng: str, bdir: Path, arrays: dict, meta: dict, quiet: bool) -> tuple[list[dict], float]:
     """Hand the case arrays to engine ``eng``'s cocotb bench in a fresh simulator process; returns (rows,
     seconds). Cases the bench left without a result (the RTL hung, an assertion stopped the bench) get a
     failing row with the simulator log's tail, so they count as mismatches."""
@@ -217,7 +217,7 @@ def _missing_row(case: dict, why: str) -> dict:
             "error": why.splitlines()[-1] if why else "no result"}
 
 
-def _report(engine: str, acfg: AcceleratorConfig, rows: list[dict], meta_cases: list[dict], build_s: float,
+def cosim_report(engine: str, acfg: AcceleratorConfig, rows: list[dict], meta_cases: list[dict], build_s: float,
             model_s: float, sim_s: float) -> CosimReport:
     """The comparison report of one co-simulation run, with the speeds of both simulators."""
     rtl_cycles = sum(r["rtl_cycles"] for r in rows)
@@ -256,8 +256,8 @@ def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: P
                        f"c{i}_res_pat": c.res_pattern})
         meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = _run_bench("tlmm", bdir, arrays, meta, quiet)
-    return _report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
+    rows, sim_s = run_bench("tlmm", bdir, arrays, meta, quiet)
+    return cosim_report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
@@ -290,8 +290,8 @@ def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFA
                         "a_base": cmd.a_base, "b_base": cmd.b_base, "c_base": cmd.c_base,
                         "requant": cmd.requant, "shift": cmd.shift}})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = _run_bench("gemm", bdir, arrays, meta, quiet)
-    return _report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)
+    rows, sim_s = run_bench("gemm", bdir, arrays, meta, quiet)
+    return cosim_report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
@@ -338,12 +338,12 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
                            "model_equals_reference": bool(model.shape == model_ref.shape
                                                           and np.array_equal(model, model_ref))})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = _run_bench("kv", bdir, arrays, meta, quiet)
+    rows, sim_s = run_bench("kv", bdir, arrays, meta, quiet)
     for r, mc in zip(rows, meta_cases, strict=True):
         r["model_equals_reference"] = mc["model_equals_reference"]
         r["rtl_equals_reference"] = r["rtl_equals_model"] and mc["model_equals_reference"]
         r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal", False)
-    return _report("kv", acfg, rows, meta_cases, build_s, model_s, sim_s)
+    return cosim_report("kv", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 # ---------------------------------------------------------------- top level

@@ -144,7 +144,7 @@ def test_short_results_are_mismatches(monkeypatch, tmp_path):
     done = {"name": "a", "rtl_equals_reference": True, "rtl_equals_model": True, "model_equals_reference": True,
             "rtl_cycles": 5, "model_cycles": 5, "rtl_wall_s": 0.0}
     monkeypatch.setattr(cosim, "_simulate", _fake_simulate([done]))
-    rows, _ = cosim._run_bench("tlmm", tmp_path, {"x": np.zeros(1)}, meta, quiet=True)
+    rows, _ = cosim.run_bench("tlmm", tmp_path, {"x": np.zeros(1)}, meta, quiet=True)
     assert [r["name"] for r in rows] == ["a", "b"]
     assert rows[1]["missing"] and not rows[1]["rtl_equals_model"] and "did not finish" in rows[1]["error"]
     rep = cosim.CosimReport("tlmm", {}, rows, 0.0, 0.0, 0.0)
@@ -152,7 +152,7 @@ def test_short_results_are_mismatches(monkeypatch, tmp_path):
 
     monkeypatch.setattr(cosim, "_simulate", _fake_simulate(None))
     with pytest.raises(cosim.ToolError, match="did not start"):
-        cosim._run_bench("tlmm", tmp_path, {"x": np.zeros(1)}, meta, quiet=True)
+        cosim.run_bench("tlmm", tmp_path, {"x": np.zeros(1)}, meta, quiet=True)
 
 
 def test_cli_rejects_foreign_workload():
