@@ -1,12 +1,14 @@
-"""FPGA bitstream flow for either engine: elaborate → Yosys → fit check → nextpnr → pack.
+"""FPGA bitstream flow for any engine: elaborate → Yosys → fit check → nextpnr → pack.
 
-Two engines can be built (``engine=``): ``tlmm``, the table-lookup ternary matmul (:class:`BoardTop`),
-and ``gemm``, the temporal int8 GEMM (:class:`GemmBoardTop`); ``all`` puts both side by side
-(:class:`AllBoardTop`), as a system that uses both must hold them. Their streams are hundreds of bits wide, far
-more than a board has pins, so each board top feeds them from on-chip pseudo-random registers and folds
-the results into one LED. Everything the engine computes stays observable (the result parity depends on
-every output bit, every input bit comes from a register fed by an LFSR and a button pin), so Yosys cannot
-constant-fold any of the datapath away and the resource and timing figures are those of the real engine.
+The engines that can be built are the entries of :data:`ENGINES` (one :class:`FpgaEngine` each: the RTL
+component's factory, the config section it takes, what to shrink per resource, counts known before
+synthesis). ``all`` puts the TLMM and the GEMM side by side, as a system that uses both must hold them.
+An engine's streams are hundreds of bits wide, far more than a board has pins, so :class:`BoardTop` — one
+generic board top generated from the component's ``lib.wiring`` signature — feeds every input from
+on-chip pseudo-random registers and folds every output into one LED. Everything the engine computes stays
+observable (the result parity depends on every output bit, every input bit comes from a register fed by an
+LFSR and a button pin), so Yosys cannot constant-fold any of the datapath away and the resource and
+timing figures are those of the real engine.
 
 :func:`build_bitstream` runs the open toolchain (YoWASP builds of Yosys/nextpnr by default) by hand,
 step by step, so that the design can be checked against the device's capacity *between* synthesis and
@@ -20,10 +22,14 @@ mapped cells against the K26's LUTs, FFs, block RAM, URAM and DSPs — a resourc
 
 Tools are looked up from the environment variables Amaranth uses (``YOSYS``, ``NEXTPNR_ECP5``,
 ``ECPPACK``, ``NEXTPNR_ICE40``, ``ICEPACK``), defaulting to the ``yowasp-*`` commands.
+
+Layering: this module is hw-level; it names no simulation or CLI code. The verification side of an engine
+(model, bench, cases) is registered in ``sim/engines.py``, whose entries point here by engine name.
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -33,20 +39,19 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
-from amaranth import Cat, Elaboratable, Module, Mux, Signal, Value
+from amaranth import Cat, Elaboratable, Module, Signal, Value
 from amaranth.build import Clock, Resource, TemplatedPlatform
-from amaranth.lib import io
+from amaranth.lib import io, stream, wiring
 
 from hw.boards import BOARDS, Board
 from hw.boards import board as _board
-from hw.config import AcceleratorConfig, TlmmConfig
-from hw.gemm import TemporalGemm
-from hw.tlmm import TableLookupMatmul
+from hw.config import AcceleratorConfig
 
-__all__ = ["BOARDS", "ENGINES", "BoardTop", "GemmBoardTop", "AllBoardTop", "FitError", "FlowError", "build_bitstream",
-           "xilinx_resources"]
+__all__ = ["BOARDS", "ENGINES", "FpgaEngine", "BoardTop", "FitError", "FlowError", "build_bitstream",
+           "fpga_engine", "xilinx_resources"]
 
 
 class FitError(Exception):
@@ -58,53 +63,117 @@ class FlowError(RuntimeError):
 
 
 # ------------------------------------------------------------------------------------------------------
-# Boards
+# Engines: the hardware slice of each engine, registered once
 # ------------------------------------------------------------------------------------------------------
 
-#: Engine name → one-line description (for CLIs listing the engines).
-ENGINES: dict[str, str] = {
-    "tlmm": "table-lookup ternary matmul (config section tlmm)",
-    "gemm": "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
-    "all": "both engines side by side (tlmm + gemm), as a system using both holds them",
-    "kv": "KV-cache retrieval engine (config section kv)",
-    "top": "the integrated top level: command decoder, TLMM DMA, TLMM and GEMM on one memory port",
-}
+@dataclass(frozen=True)
+class FpgaEngine:
+    """What the FPGA flow (and the Verilator build) needs to know about one engine.
+
+    ``rtl`` is the ``"module:Class"`` of its ``wiring.Component``, imported only when the engine is
+    elaborated; the constructor takes config section ``section`` (``None``: the whole
+    :class:`~hw.config.AcceleratorConfig`). A composite engine (``all``) has no ``rtl`` but ``parts``: the
+    names of the engines placed side by side. ``shrink`` maps a resource (``lut``, ``ff``, ``bram``, ...)
+    to the config fields that reduce it (for the :class:`FitError` message); ``known_usage`` gives the
+    resource counts fixed by the config alone (checked before elaboration) and how they were derived.
+    Board-top hints: ``capture_outputs`` registers each transferred output beat before its parity (so the
+    engine's output paths end at a register, as at a memory controller); ``always_valid`` names input
+    streams held valid (a new command whenever the engine is idle); ``dsp`` asks ``synth_ice40 -dsp``.
+    """
+
+    name: str
+    description: str
+    rtl: str | None = None
+    section: str | None = None
+    parts: tuple[str, ...] = ()
+    shrink: dict[str, str] = field(default_factory=dict)
+    known_usage: Callable[[AcceleratorConfig], tuple[dict[str, int], str]] | None = None
+    capture_outputs: bool = True
+    always_valid: tuple[str, ...] = ()
+    dsp: bool = True
+
+    @property
+    def label(self) -> str:
+        """How messages name the design: "tlmm engine", or "both engines" for a two-part composite."""
+        return "both engines" if len(self.parts) == 2 else f"{self.name} engine"
+
+    def component(self, acfg: AcceleratorConfig) -> wiring.Component:
+        """A fresh instance of the engine's RTL component for ``acfg`` (not for composite engines)."""
+        if self.rtl is None:
+            raise ValueError(f"engine {self.name!r} is a composite of {', '.join(self.parts)}: elaborate its parts")
+        module_name, class_name = self.rtl.split(":")
+        cls = getattr(importlib.import_module(module_name), class_name)
+        return cls(acfg if self.section is None else getattr(acfg, self.section))
+
+    def components(self, acfg: AcceleratorConfig) -> list[tuple[FpgaEngine, wiring.Component]]:
+        """(engine, component) of every part: the engine itself, or each part of a composite."""
+        if not self.parts:
+            return [(self, self.component(acfg))]
+        return [pair for p in self.parts for pair in fpga_engine(p).components(acfg)]
+
+
+def _gemm_dsps(acfg: AcceleratorConfig) -> tuple[dict[str, int], str]:
+    # The GEMM's rows·cols int8×int8 products each become one DSP block (MULT18X18D on ECP5, SB_MAC16 on
+    # iCE40 with synth_ice40 -dsp, DSP48E2 on UltraScale+; Yosys maps every $mul of at least 2×2 bits, with
+    # ≥ 11 product bits on iCE40, and does not fall back to LUTs when the device runs out).
+    g = acfg.gemm
+    return {"dsp": g.rows * g.cols}, f" (gemm.rows·gemm.cols = {g.rows}·{g.cols} multipliers)"
+
+
+def _kv_dsps(acfg: AcceleratorConfig) -> tuple[dict[str, int], str]:
+    return {"dsp": acfg.kv.lanes}, f" (kv.lanes = {acfg.kv.lanes} scoring multipliers)"
+
 
 # What a user can shrink to reduce each resource, per engine (used in the FitError message).
-_SHRINK_HINT = {
-    "tlmm": {
-        "lut": "tlmm.tables, tlmm.columns (and tlmm.tokens; table_mode half, group_size 2)",
-        "ff": "tlmm.tokens, tlmm.tables, tlmm.columns",
-        "bram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
-        "spram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
-        "uram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
-        "dsp": "tlmm.columns, tlmm.tables",
-        "muxf7": "tlmm.columns, tlmm.tables (the Q·T table-lookup multiplexers; table_mode half)",
-        "muxf8": "tlmm.columns, tlmm.tables (the Q·T table-lookup multiplexers; table_mode half)",
-    },
-    # GEMM: rows·cols MACs, each an int32 accumulator + shadow register and (on devices with DSPs) one
-    # DSP multiplier; two double-buffered operand memories of 2·k_tile·{rows,cols} bytes, bus_bytes wide.
-    "gemm": {
-        "lut": "gemm.rows, gemm.cols (rows·cols int32 accumulators and adders), memory.bus_bytes "
-               "(operand-buffer width, output beat muxes)",
-        "ff": "gemm.rows, gemm.cols (rows·cols int32 accumulators + shadow registers), memory.bus_bytes",
-        "bram": "gemm.k_tile, gemm.rows, gemm.cols (operand buffers of 2·k_tile·rows and 2·k_tile·cols bytes), "
-                "memory.bus_bytes (buffer width)",
-        "spram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
-        "uram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
-        "muxf7": "gemm.rows, gemm.cols, memory.bus_bytes",
-        "muxf8": "gemm.rows, gemm.cols, memory.bus_bytes",
-        "dsp": "gemm.rows, gemm.cols (one DSP per int8 multiplier, rows·cols of them; both must divide "
-               "memory.bus_bytes)",
-    },
+_TLMM_SHRINK = {
+    "lut": "tlmm.tables, tlmm.columns (and tlmm.tokens; table_mode half, group_size 2)",
+    "ff": "tlmm.tokens, tlmm.tables, tlmm.columns",
+    "bram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
+    "spram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
+    "uram": "tlmm.max_n, tlmm.tokens, tlmm.columns",
+    "dsp": "tlmm.columns, tlmm.tables",
+    "muxf7": "tlmm.columns, tlmm.tables (the Q·T table-lookup multiplexers; table_mode half)",
+    "muxf8": "tlmm.columns, tlmm.tables (the Q·T table-lookup multiplexers; table_mode half)",
 }
-_SHRINK_HINT["kv"] = {r: "kv.lanes, kv.hyperplanes (projection adders, signature compares), kv.max_clusters, "
-                        "kv.dim, kv.max_cluster_size (cluster table)" for r in _SHRINK_HINT["tlmm"]}
-_SHRINK_HINT["kv"]["dsp"] = "kv.lanes (lanes int8 × key-sum multipliers in the scoring unit)"
+# GEMM: rows·cols MACs, each an int32 accumulator + shadow register and (on devices with DSPs) one
+# DSP multiplier; two double-buffered operand memories of 2·k_tile·{rows,cols} bytes, bus_bytes wide.
+_GEMM_SHRINK = {
+    "lut": "gemm.rows, gemm.cols (rows·cols int32 accumulators and adders), memory.bus_bytes "
+           "(operand-buffer width, output beat muxes)",
+    "ff": "gemm.rows, gemm.cols (rows·cols int32 accumulators + shadow registers), memory.bus_bytes",
+    "bram": "gemm.k_tile, gemm.rows, gemm.cols (operand buffers of 2·k_tile·rows and 2·k_tile·cols bytes), "
+            "memory.bus_bytes (buffer width)",
+    "spram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
+    "uram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
+    "muxf7": "gemm.rows, gemm.cols, memory.bus_bytes",
+    "muxf8": "gemm.rows, gemm.cols, memory.bus_bytes",
+    "dsp": "gemm.rows, gemm.cols (one DSP per int8 multiplier, rows·cols of them; both must divide "
+           "memory.bus_bytes)",
+}
+_KV_SHRINK = {**{r: "kv.lanes, kv.hyperplanes (projection adders, signature compares), kv.max_clusters, "
+                    "kv.dim, kv.max_cluster_size (cluster table)" for r in _TLMM_SHRINK},
+              "dsp": "kv.lanes (lanes int8 × key-sum multipliers in the scoring unit)"}
 # Both engines: a resource can be relieved in either section.
-_SHRINK_HINT["all"] = {r: f"{_SHRINK_HINT['tlmm'][r]}; or {_SHRINK_HINT['gemm'][r]}" for r in _SHRINK_HINT["tlmm"]}
-_SHRINK_HINT["top"] = {r: f"{v}; memory.bus_bytes, memory.max_burst (DMA gearbox and read FIFO)"
-                       for r, v in _SHRINK_HINT["all"].items()}
+_ALL_SHRINK = {r: f"{_TLMM_SHRINK[r]}; or {_GEMM_SHRINK[r]}" for r in _TLMM_SHRINK}
+_TOP_SHRINK = {r: f"{v}; memory.bus_bytes, memory.max_burst (DMA gearbox and read FIFO)"
+               for r, v in _ALL_SHRINK.items()}
+
+#: Engine name → its hardware description, for the flow; ``sim/engines.py`` points at these by name.
+ENGINES: dict[str, FpgaEngine] = {e.name: e for e in (
+    FpgaEngine("tlmm", "table-lookup ternary matmul (config section tlmm)",
+               rtl="hw.tlmm:TableLookupMatmul", section="tlmm", shrink=_TLMM_SHRINK,
+               capture_outputs=False, dsp=False),
+    FpgaEngine("gemm", "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
+               rtl="hw.gemm:TemporalGemm", shrink=_GEMM_SHRINK, known_usage=_gemm_dsps,
+               always_valid=("cmd",)),
+    FpgaEngine("all", "both engines side by side (tlmm + gemm), as a system using both holds them",
+               parts=("tlmm", "gemm"), shrink=_ALL_SHRINK, known_usage=_gemm_dsps),
+    FpgaEngine("kv", "KV-cache retrieval engine (config section kv)",
+               rtl="hw.kv:KvRetrieval", section="kv", shrink=_KV_SHRINK, known_usage=_kv_dsps),
+    FpgaEngine("top", "the integrated top level: command decoder, TLMM DMA, TLMM and GEMM on one memory port",
+               rtl="hw.top:AcceleratorTop", shrink=_TOP_SHRINK, known_usage=_gemm_dsps),
+)}
+
 _RESOURCE_NAME = {"lut": "LUT4s/logic cells", "ff": "flip-flops", "bram": "block RAMs",
                   "spram": "SPRAM blocks", "uram": "URAM blocks", "dsp": "DSP blocks"}
 # UltraScale+ names its units differently (6-input LUTs; block RAM counted as 36 Kbit RAMB36 equivalents).
@@ -113,10 +182,13 @@ _RESOURCE_NAME_XCUP = {**_RESOURCE_NAME, "lut": "CLB LUTs", "bram": "block RAMs 
                        "muxf8": "F8 muxes"}
 
 
-def _engine(name: str) -> str:
-    if name not in ENGINES:
-        raise ValueError(f"unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}")
-    return name
+def fpga_engine(engine: str | FpgaEngine) -> FpgaEngine:
+    """The :class:`FpgaEngine` called ``engine`` (or ``engine`` itself); ValueError naming the engines."""
+    if isinstance(engine, FpgaEngine):
+        return engine
+    if engine not in ENGINES:
+        raise ValueError(f"unknown engine {engine!r}; available engines: {', '.join(sorted(ENGINES))}")
+    return ENGINES[engine]
 
 
 def _make_platform(board: Board, clock_hz: float) -> TemplatedPlatform:
@@ -127,8 +199,6 @@ def _make_platform(board: Board, clock_hz: float) -> TemplatedPlatform:
     the engine against it. The generated bitstream is therefore a resource/timing probe: on the board it
     runs at the oscillator frequency.
     """
-    import importlib
-
     module_name, class_name = board.platform.split(":")
     platform = getattr(importlib.import_module(module_name), class_name)()
     key = (platform.default_clk, 0)
@@ -139,239 +209,150 @@ def _make_platform(board: Board, clock_hz: float) -> TemplatedPlatform:
 
 
 # ------------------------------------------------------------------------------------------------------
-# Board top
+# Board top, generated from the engine's signature
 # ------------------------------------------------------------------------------------------------------
 
-class _PinnedTop(Elaboratable):
-    """A board top and the signals it exchanges with its pins: ``seed_in`` (from the button), ``parity_out``
-    and ``busy_out`` (to the LEDs). With ``leds``/``button`` None no pin is requested and these signals are
-    the top's ports, driven or read by an enclosing module (:class:`AllBoardTop`, the Xilinx flow)."""
+class BoardTop(Elaboratable):
+    """An engine (or each part of a composite engine) with self-driven ports, one parity LED and one busy
+    LED, generated by walking the component's ``lib.wiring`` signature:
 
-    def __init__(self, *, leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
+    * A 32-bit Galois LFSR (x^32 + x^22 + x^2 + x + 1) shifts 8 fresh bits per cycle, XORed with a button,
+      into a *pool* register as wide as all input payloads; every ``In`` stream payload and every plain
+      ``In`` port is a slice of the pool. So every input bit is a distinct register fed by an input pin:
+      nothing is constant, and command fields keep their full width (loop counters and comparators stay).
+    * Input streams' ``valid`` and output streams' ``ready`` are pseudo-random (mostly high) rather than
+      constant 1, so bubble, credit and back-pressure logic is kept (streams named in the engine's
+      ``always_valid`` are held valid).
+    * Every transferred output-stream beat (and every plain ``Out`` port but ``busy``) is XORed into a
+      parity register (LED 0); with ``capture_outputs`` the beat is first captured in a register, so the
+      engine's output paths end at a register as they would at a memory controller and the timing report
+      is the engine's. ``busy`` (OR over the parts) drives LED 1.
+    * A composite engine gets one stimulus per part (the parts share no logic but the button); LED 0 is the
+      XOR of their parities.
+    * With ``leds`` and ``button`` None no pin is requested: ``seed_in`` (button), ``parity_out`` and
+      ``busy_out`` (LEDs) are then the top's ports, driven or read by an enclosing design (the top-level
+      ports in :func:`xilinx_resources`, or a test's ``rtlil.convert``).
+    """
+
+    def __init__(self, acfg: AcceleratorConfig, engine: str | FpgaEngine = "tlmm", *,
+                 leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
                  button: tuple[str, int] | None = ("button", 0)):
+        self.acfg = acfg
+        self.engine = fpga_engine(engine)
         self.leds = leds
         self.button = button
         self.seed_in = Signal(name="seed_in")
         self.parity_out = Signal(name="parity_out")
         self.busy_out = Signal(name="busy_out")
+        #: (engine, component) of every part, instantiated here so that callers can inspect them.
+        self.parts = self.engine.components(acfg)
 
-
-class BoardTop(_PinnedTop):
-    """The TLMM engine with self-driven streams, one result LED and one busy LED.
-
-    * A 32-bit Galois LFSR (x^32 + x^22 + x^2 + x + 1) shifts 8 fresh bits per cycle, XORed with a button,
-      into a *pool* register as wide as the act + wgt + cmd payloads; the payloads are slices of the pool.
-      So every payload bit is a distinct register fed by an input pin: nothing is constant.
-    * ``cmd`` fields (tokens, k_chunks, n_blocks) come from the pool too, at full width, so the engine's
-      loop counters and comparators keep their real width.
-    * ``act.valid``, ``wgt.valid`` and ``res.ready`` are pseudo-random (mostly high) rather than constant 1,
-      so the bubble and result-credit logic is kept as it would be in a system with back-pressure.
-    * The XOR of all result bits of every transferred beat toggles a parity register (LED 0); ``busy``
-      drives LED 1.
-    * With ``leds`` and ``button`` None no pin is requested: ``seed_in`` (button), ``parity_out`` and
-      ``busy_out`` (LEDs) are then driven or read by the enclosing design (:class:`AllBoardTop`, or the
-      top-level ports in :func:`xilinx_resources`). The same holds for :class:`GemmBoardTop`.
-    """
-
-    def __init__(self, cfg: TlmmConfig, **pins):
-        super().__init__(**pins)
-        self.cfg = cfg
+    @property
+    def ports(self) -> list[Signal]:
+        """The pin-side signals (for ``rtlil.convert``/``verilog.convert`` of a pinless top)."""
+        return [self.seed_in, self.parity_out, self.busy_out]
 
     def elaborate(self, platform):
         m = Module()
-        m.submodules.engine = eng = TableLookupMatmul(self.cfg)
-
-        act = eng.act.payload.as_value()
-        wgt = eng.wgt.payload.as_value()
-        cmd = eng.cmd.payload.as_value()
-        lfsr, pool = _stimulus(m, platform, self, len(act) + len(wgt) + len(cmd))
-
-        m.d.comb += [
-            act.eq(pool[:len(act)]),
-            wgt.eq(pool[len(act):len(act) + len(wgt)]),
-            cmd.eq(pool[len(act) + len(wgt):]),
-            eng.cmd.valid.eq(lfsr[8]),
-            eng.act.valid.eq(~(lfsr[9] & lfsr[10])),
-            eng.wgt.valid.eq(~(lfsr[11] & lfsr[12])),
-            eng.res.ready.eq(~(lfsr[13] & lfsr[14] & lfsr[15])),
-        ]
-
-        # Parity of everything the engine outputs: depends on every result bit, costs one register.
-        parity = Signal()
-        busy = Signal()
-        with m.If(eng.res.valid & eng.res.ready):
-            m.d.sync += parity.eq(parity ^ eng.res.payload.as_value().xor())
-        m.d.sync += busy.eq(eng.busy)
-
-        _drive_leds(m, platform, self, parity, busy)
+        seed_in = self.seed_in
+        if platform is not None and self.button is not None:
+            m.submodules.button = button = io.Buffer("i", platform.request(*self.button, dir="-"))
+            m.d.comb += seed_in.eq(button.i)
+        parities, busies = [], []
+        parts = self.parts
+        for part, eng in parts:
+            name = "engine" if len(parts) == 1 else part.name
+            m.submodules[name] = eng
+            parity, busy = _drive_component(m, part, eng, seed_in, name)
+            parities.append(parity)
+            busies.append(busy)
+        parity_out = parities[0]
+        for p in parities[1:]:
+            parity_out = parity_out ^ p
+        busy_out = busies[0]
+        for b in busies[1:]:
+            busy_out = busy_out | b
+        m.d.comb += [self.parity_out.eq(parity_out), self.busy_out.eq(busy_out)]
+        if platform is not None and self.leds is not None:
+            m.submodules.led_parity = led_parity = io.Buffer("o", platform.request(*self.leds[0], dir="-"))
+            m.submodules.led_busy = led_busy = io.Buffer("o", platform.request(*self.leds[1], dir="-"))
+            m.d.comb += [led_parity.o.eq(self.parity_out), led_busy.o.eq(self.busy_out)]
         return m
 
 
-def _stimulus(m: Module, platform, top, pool_bits: int) -> tuple[Signal, Signal]:
-    """A 32-bit LFSR and a ``pool_bits``-wide register that shifts in 8 LFSR bits (XOR the button) per
-    cycle: every pool bit is a distinct register fed, ultimately, by an input pin (``top.button``, or the
-    port ``top.seed_in`` when the top requests no pins)."""
+def _stimulus(m: Module, seed_in: Signal, pool_bits: int, prefix: str) -> tuple[Signal, Signal]:
+    """A 32-bit LFSR and a ``pool_bits``-wide register that shifts in 8 LFSR bits (XOR ``seed_in``) per
+    cycle: every pool bit is a distinct register fed, ultimately, by an input pin."""
     # Maximal-length Galois LFSR (taps 32, 22, 2, 1); any non-zero seed works.
-    lfsr = Signal(32, init=0x1ACE_B00C)
+    lfsr = Signal(32, init=0x1ACE_B00C, name=f"{prefix}_lfsr")
     m.d.sync += lfsr.eq((lfsr >> 1) ^ (lfsr[0].replicate(32) & 0x8020_0003))
-
-    seed_in = top.seed_in
-    if platform is not None and top.button is not None:
-        m.submodules.button = button = io.Buffer("i", platform.request(*top.button, dir="-"))
-        m.d.comb += seed_in.eq(button.i)
+    pool_bits = max(1, pool_bits)
     step = min(8, pool_bits)
-    pool = Signal(pool_bits, init=0x5A5A_5A5A)
+    pool = Signal(pool_bits, init=0x5A5A_5A5A, name=f"{prefix}_pool")
     fresh = lfsr[:step] ^ seed_in.replicate(step)
     m.d.sync += pool.eq(Cat(fresh, pool[:-step]) if pool_bits > step else fresh)
     return lfsr, pool
 
 
-def _drive_leds(m: Module, platform, top, parity: Signal, busy: Signal) -> None:
-    m.d.comb += [top.parity_out.eq(parity), top.busy_out.eq(busy)]
-    if platform is not None and top.leds is not None:
-        m.submodules.led_parity = led_parity = io.Buffer("o", platform.request(*top.leds[0], dir="-"))
-        m.submodules.led_busy = led_busy = io.Buffer("o", platform.request(*top.leds[1], dir="-"))
-        m.d.comb += [led_parity.o.eq(parity), led_busy.o.eq(busy)]
+def _drive_component(m: Module, part: FpgaEngine, eng: wiring.Component, seed_in: Signal,
+                     prefix: str) -> tuple[Signal, Signal]:
+    """Drive every input of ``eng`` from an LFSR-fed pool and fold every output into a parity register;
+    returns (parity, busy) registers. Walks the top-level signature members: valid/ready streams are
+    handled as streams, any other interface member port by port (``flatten``)."""
+    inputs: list[Value] = []          # pool-driven values, in signature order
+    handshakes = []                   # (flow, name, interface) of the streams
+    outputs: list[tuple[Value, Value | None]] = []   # (value, transfer strobe or None: every cycle)
+    busy = []
+    for name, member in eng.signature.members.items():
+        obj = getattr(eng, name)
+        if member.is_signature and isinstance(member.signature, stream.Signature):
+            handshakes.append((member.flow, name, obj))
+            if member.flow == wiring.In:
+                inputs.append(Value.cast(obj.payload))
+            continue
+        if member.is_port:
+            flat = [((name,), member.flow, obj)]
+        else:   # a non-stream interface: its ports one by one, flows as seen from the engine
+            flat = [((name, *path), flow, value) for path, flow, value in member.signature.flatten(obj)]
+            if member.flow == wiring.In:
+                flat = [(p, flow.flip(), v) for p, flow, v in flat]
+        for path, flow, value in flat:
+            if flow == wiring.In:
+                inputs.append(Value.cast(value))
+            elif path == ("busy",):
+                busy.append(Value.cast(value))
+            else:
+                outputs.append((Value.cast(value), None))
 
+    lfsr, pool = _stimulus(m, seed_in, sum(len(v) for v in inputs), prefix)
+    offset = 0
+    for v in inputs:
+        m.d.comb += v.eq(pool[offset:offset + len(v)])
+        offset += len(v)
+    for k, (flow, name, s) in enumerate(handshakes):
+        a, b = 8 + (2 * k) % 24, 9 + (2 * k) % 24
+        mostly = ~(lfsr[a] & lfsr[b])            # 3 cycles in 4
+        if flow == wiring.In:
+            m.d.comb += s.valid.eq(1 if (name in part.always_valid or s.signature.always_valid) else mostly)
+        else:
+            if not s.signature.always_ready:
+                m.d.comb += s.ready.eq(mostly)
+            outputs.append((Value.cast(s.payload), s.valid & s.ready))
 
-def _port_parity_leds(m: Module, platform, top, eng) -> None:
-    """Capture every transferred ``wr`` beat and ``rreq`` of ``eng``'s memory port in a register, toggle a
-    parity register with the XOR of the captured bits (LED 0), and show ``busy`` (LED 1)."""
-    wr_data, rq_data = Value.cast(eng.wr.payload), Value.cast(eng.rreq.payload)
-    wr_q, rq_q = Signal(len(wr_data), name="wr_q"), Signal(len(rq_data), name="rreq_q")
-    wr_v, rq_v = Signal(name="wr_q_valid"), Signal(name="rreq_q_valid")
-    m.d.sync += [wr_q.eq(wr_data), wr_v.eq(eng.wr.valid & eng.wr.ready),
-                 rq_q.eq(rq_data), rq_v.eq(eng.rreq.valid & eng.rreq.ready)]
-    parity, busy = Signal(), Signal()
-    m.d.sync += [parity.eq(parity ^ (wr_v & wr_q.xor()) ^ (rq_v & rq_q.xor())), busy.eq(eng.busy)]
-    _drive_leds(m, platform, top, parity, busy)
-
-
-class GemmBoardTop(_PinnedTop):
-    """The temporal GEMM engine with self-driven streams, one result LED and one busy LED.
-
-    * The ``rdata`` payload (8·bus_bytes bits) and the whole ``cmd`` payload (tile counts, shift, base
-      addresses) are slices of the LFSR-fed pool register (see :class:`BoardTop`), so every operand byte
-      reaching the R·C multipliers and every loop bound is a live register.
-    * ``cmd.valid`` is 1 (a new command is taken whenever the engine is idle); ``rdata.valid``,
-      ``rreq.ready`` and ``wr.ready`` are pseudo-random (mostly high), so the request, receive and drain
-      handshakes keep their logic.
-    * Each transferred ``wr`` beat (address + data) and ``rreq`` (address + length) is captured in a
-      register, and the XOR of the captured bits toggles a parity register (LED 0); ``busy`` drives LED 1.
-      Capturing first makes the engine's output paths (shadow → requantizer → ``wr.data``, pointer adder →
-      ``rreq.addr``) end at a register as they would at a memory controller, instead of running on through
-      the board top's XOR tree, so the timing report is the engine's.
-    """
-
-    def __init__(self, acfg: AcceleratorConfig, **pins):
-        super().__init__(**pins)
-        self.acfg = acfg
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.engine = eng = TemporalGemm(self.acfg)
-
-        rdata = Value.cast(eng.rdata.payload)
-        cmd = Value.cast(eng.cmd.payload)
-        lfsr, pool = _stimulus(m, platform, self, len(rdata) + len(cmd))
-        m.d.comb += [
-            rdata.eq(pool[:len(rdata)]),
-            cmd.eq(pool[len(rdata):]),
-            eng.cmd.valid.eq(1),
-            eng.rdata.valid.eq(~(lfsr[9] & lfsr[10])),
-            eng.rreq.ready.eq(~(lfsr[11] & lfsr[12])),
-            eng.wr.ready.eq(~(lfsr[13] & lfsr[14] & lfsr[15])),
-        ]
-
-        _port_parity_leds(m, platform, self, eng)
-        return m
-
-
-class AllBoardTop(_PinnedTop):
-    """Both engines side by side, as a system that uses both would hold them: a :class:`BoardTop` (TLMM)
-    and a :class:`GemmBoardTop` (GEMM), each with its own stimulus, sharing the button; LED 0 shows the
-    XOR of both result parities, LED 1 the OR of both busy flags. The engines share no logic (Yosys may
-    merge the identical first stimulus registers), so the resources are those of both engines together."""
-
-    def __init__(self, acfg: AcceleratorConfig, **pins):
-        super().__init__(**pins)
-        self.acfg = acfg
-
-    def elaborate(self, platform):
-        m = Module()
-        m.submodules.tlmm = tlmm = BoardTop(self.acfg.tlmm, leds=None, button=None)
-        m.submodules.gemm = gemm = GemmBoardTop(self.acfg, leds=None, button=None)
-        seed_in = self.seed_in
-        if platform is not None and self.button is not None:
-            m.submodules.button = button = io.Buffer("i", platform.request(*self.button, dir="-"))
-            m.d.comb += seed_in.eq(button.i)
-        m.d.comb += [tlmm.seed_in.eq(seed_in), gemm.seed_in.eq(seed_in)]
-        _drive_leds(m, platform, self, tlmm.parity_out ^ gemm.parity_out, tlmm.busy_out | gemm.busy_out)
-        return m
-
-
-class KvBoardTop(_PinnedTop):
-    """The KV retrieval engine with self-driven streams (see :class:`BoardTop`): ``vec`` payloads and the
-    command come from the LFSR-fed pool (commands mostly INSERT, some QUERY, rare RESET), valid/ready are
-    pseudo-random; each ``out`` beat is captured in a register whose XOR toggles the parity LED."""
-
-    def __init__(self, acfg: AcceleratorConfig, **pins):
-        super().__init__(**pins)
-        self.acfg = acfg
-
-    def elaborate(self, platform):
-        from hw.kv import KvRetrieval
-
-        m = Module()
-        m.submodules.engine = eng = KvRetrieval(self.acfg.kv)
-        vec = Value.cast(eng.vec.payload)
-        lfsr, pool = _stimulus(m, platform, self, len(vec) + 3)
-        op = Mux(pool[-3:] == 0, 0, Mux(pool[-3:] < 3, 2, 1))
-        m.d.comb += [vec.eq(pool[:len(vec)]), eng.cmd.payload.eq(op), eng.cmd.valid.eq(lfsr[8]),
-                     eng.vec.valid.eq(~(lfsr[9] & lfsr[10])), eng.out.ready.eq(~(lfsr[13] & lfsr[14]))]
-        out_q = Signal(len(Value.cast(eng.out.payload)), name="out_q")
-        out_v = Signal(name="out_q_valid")
-        m.d.sync += [out_q.eq(Value.cast(eng.out.payload)), out_v.eq(eng.out.valid & eng.out.ready)]
-        parity, busy = Signal(), Signal()
-        m.d.sync += [parity.eq(parity ^ (out_v & out_q.xor())), busy.eq(eng.busy)]
-        _drive_leds(m, platform, self, parity, busy)
-        return m
-
-
-class TopBoardTop(_PinnedTop):
-    """The integrated top level (hw/top.py) with self-driven ports (see :class:`BoardTop`): command words and
-    read data come from the LFSR-fed pool, valid/ready and the host's answer are pseudo-random; every ``wr``
-    beat and ``rreq`` is captured in a register whose XOR toggles the parity LED."""
-
-    def __init__(self, acfg: AcceleratorConfig, **pins):
-        super().__init__(**pins)
-        self.acfg = acfg
-
-    def elaborate(self, platform):
-        from hw.top import AcceleratorTop
-
-        m = Module()
-        m.submodules.engine = eng = AcceleratorTop(self.acfg)
-        rdata = Value.cast(eng.rdata.payload)
-        lfsr, pool = _stimulus(m, platform, self, len(rdata) + 64)
-        m.d.comb += [rdata.eq(pool[:len(rdata)]), eng.cmd.payload.eq(pool[len(rdata):]),
-                     eng.cmd.valid.eq(lfsr[8]), eng.rdata.valid.eq(~(lfsr[9] & lfsr[10])),
-                     eng.rreq.ready.eq(~(lfsr[11] & lfsr[12])), eng.wr.ready.eq(~(lfsr[13] & lfsr[14])),
-                     eng.host.ready.eq(lfsr[15])]
-        _port_parity_leds(m, platform, self, eng)
-        return m
-
-
-def _board_top(acfg: AcceleratorConfig, engine: str, **pins) -> Elaboratable:
-    if engine == "top":
-        return TopBoardTop(acfg, **pins)
-    if engine == "kv":
-        return KvBoardTop(acfg, **pins)
-    if engine == "gemm":
-        return GemmBoardTop(acfg, **pins)
-    if engine == "all":
-        return AllBoardTop(acfg, **pins)
-    return BoardTop(acfg.tlmm, **pins)
+    parity = Signal(name=f"{prefix}_parity")
+    toggle = []
+    for value, strobe in outputs:
+        if part.capture_outputs:
+            q = Signal(len(value), name=f"{prefix}_out_q{len(toggle)}")
+            qv = Signal(name=f"{prefix}_out_q{len(toggle)}_valid")
+            m.d.sync += [q.eq(value), qv.eq(1 if strobe is None else strobe)]
+            toggle.append(qv & q.xor())
+        else:
+            toggle.append(value.xor() if strobe is None else (strobe & value.xor()))
+    m.d.sync += parity.eq(parity ^ Cat(*toggle).xor())
+    busy_q = Signal(name=f"{prefix}_busy")
+    m.d.sync += busy_q.eq(Cat(*busy).any() if busy else 0)
+    return parity, busy_q
 
 
 # ------------------------------------------------------------------------------------------------------
@@ -465,7 +446,7 @@ def _usage(board: Board, cells: Counter, lut_ff_pairs: int) -> dict[str, int]:
 
 
 def _check_fit(board_name: str, board: Board, usage: dict[str, int], acfg: AcceleratorConfig,
-               engine: str = "tlmm", why: str = "") -> None:
+               engine: str | FpgaEngine = "tlmm", why: str = "") -> None:
     """Raise :class:`FitError` if ``usage`` exceeds the board. ``why`` (e.g. how a count was derived
     before synthesis) is added after the first figure."""
     over = [r for r in board.capacity if usage.get(r, 0) > board.capacity[r]]
@@ -474,11 +455,11 @@ def _check_fit(board_name: str, board: Board, usage: dict[str, int], acfg: Accel
     names = _RESOURCE_NAME_XCUP if board.family == "xcup" else _RESOURCE_NAME
     first = over[0]
     others = "".join(f"; also {names[r]} {_fmt(usage[r])} > {board.capacity[r]}" for r in over[1:])
-    what = "both engines" if engine == "all" else f"{engine} engine"
+    eng = fpga_engine(engine)
     raise FitError(
-        f"config {acfg.name!r} ({what}) does not fit board {board_name} ({board.device}): "
+        f"config {acfg.name!r} ({eng.label}) does not fit board {board_name} ({board.device}): "
         f"{names[first]} needed {_fmt(usage[first])}{why}, available {board.capacity[first]}{others}; "
-        f"shrink {_SHRINK_HINT[engine][first]} in {acfg.source}")
+        f"shrink {eng.shrink.get(first, 'the engine')} in {acfg.source}")
 
 
 def _fmt(n: float) -> str:
@@ -486,18 +467,11 @@ def _fmt(n: float) -> str:
     return str(int(n)) if float(n).is_integer() else f"{n:.1f}"
 
 
-def _known_usage(engine: str, acfg: AcceleratorConfig) -> tuple[dict[str, int], str]:
+def _known_usage(engine: FpgaEngine, acfg: AcceleratorConfig) -> tuple[dict[str, int], str]:
     """Resource counts fixed by the config alone, checked before elaboration so that a config far too
-    large fails at once instead of after a long synthesis: the GEMM's rows·cols int8×int8 products each
-    become one DSP block (MULT18X18D on ECP5, SB_MAC16 on iCE40 with ``synth_ice40 -dsp``, DSP48E2 on
-    UltraScale+; Yosys maps every $mul of at least 2×2 bits, with ≥ 11 product bits on iCE40, and does not
-    fall back to LUTs when the device runs out). The TLMM has no multiplier, so ``all`` adds nothing."""
-    if engine in ("gemm", "all", "top"):
-        g = acfg.gemm
-        return {"dsp": g.rows * g.cols}, f" (gemm.rows·gemm.cols = {g.rows}·{g.cols} multipliers)"
-    if engine == "kv":
-        return {"dsp": acfg.kv.lanes}, f" (kv.lanes = {acfg.kv.lanes} scoring multipliers)"
-    return {}, ""
+    large fails at once instead of after a long synthesis (the engine's ``known_usage``, e.g. the GEMM's
+    rows·cols DSP multipliers); none for an engine without multipliers (the TLMM)."""
+    return engine.known_usage(acfg) if engine.known_usage is not None else ({}, "")
 
 
 _FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
@@ -588,8 +562,10 @@ def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------------------------
 
 def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path = Path("build/bitstream"),
-                    log: Callable[[str], None] = print, engine: str = "tlmm", pnr: bool = True) -> dict:
-    """Synthesize, fit-check, place, route and pack ``engine`` ("tlmm", "gemm" or "all": both) of
+                    log: Callable[[str], None] = print, engine: str | FpgaEngine = "tlmm",
+                    pnr: bool = True) -> dict:
+    """Synthesize, fit-check, place, route and pack ``engine`` (a name in :data:`ENGINES`: "tlmm",
+    "gemm", "all" = both, "kv", "top"; or an :class:`FpgaEngine`) of
     ``acfg`` for ``board``; return the report. For a board without an open place-and-route (``kv260``)
     this is :func:`xilinx_resources`: synthesis and fit check only. ``pnr=False`` stops after the fit
     check (synthesis-only resource figures, ``fmax_mhz`` None, no bitstream; used by resource-model
@@ -603,11 +579,12 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
     fails, ``ValueError`` for an unknown board or engine.
     """
     b = _board(board)
-    _engine(engine)
+    eng = fpga_engine(engine)
     if b.family == "xcup":
-        return xilinx_resources(acfg, out_dir, log, engine=engine, board=board)
-    known, why = _known_usage(engine, acfg)
-    _check_fit(board, b, known, acfg, engine, why)
+        return xilinx_resources(acfg, out_dir, log, engine=eng, board=board)
+    known, why = _known_usage(eng, acfg)
+    _check_fit(board, b, known, acfg, eng, why)
+    engine = eng.name
     work = Path(out_dir) / f"{board}-{acfg.name}-{engine}"
     work.mkdir(parents=True, exist_ok=True)
     bit_name = "top.bit" if b.family == "ecp5" else "top.bin"
@@ -624,9 +601,9 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
     log(f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
         f"{acfg.clock_mhz:g} MHz")
     platform = _make_platform(b, acfg.clock_mhz * 1e6)
-    top = _board_top(acfg, engine)
+    top = BoardTop(acfg, eng)
     # synth_ecp5 infers MULT18X18D by default; synth_ice40 uses SB_MAC16 only with -dsp.
-    overrides = {"synth_opts": "-dsp"} if b.family == "ice40" and engine != "tlmm" else {}
+    overrides = {"synth_opts": "-dsp"} if b.family == "ice40" and eng.dsp else {}
     plan = platform.prepare(top, name="top", **overrides)
     plan.extract(str(work))
     t_elab = time.monotonic() - t0
@@ -641,7 +618,7 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
         + ", ".join(f"{r} {usage[r]}/{b.capacity[r]}" for r in b.capacity))
 
     # -- fit check before the (long) place-and-route --
-    _check_fit(board, b, usage, acfg, engine)
+    _check_fit(board, b, usage, acfg, eng)
     if not pnr:
         report = {
             "board": board, "board_description": b.description, "device": b.device, "engine": engine,
@@ -761,8 +738,9 @@ def _stat_cells(stat_json: Path, top: str = "top") -> Counter:
 
 
 def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstream"),
-                     log: Callable[[str], None] = print, engine: str = "tlmm", board: str = "kv260") -> dict:
-    """Resource estimate of ``engine`` ("tlmm", "gemm" or "all": both side by side) of ``acfg`` on an
+                     log: Callable[[str], None] = print, engine: str | FpgaEngine = "tlmm",
+                     board: str = "kv260") -> dict:
+    """Resource estimate of ``engine`` (as for :func:`build_bitstream`) of ``acfg`` on an
     AMD UltraScale+ board (``kv260``): elaborate the LFSR-fed board top (without pins: its button and LED
     signals become top-level ports, so nothing is pruned) to RTLIL, run Yosys :data:`XILINX_SYNTH`, count
     the mapped cells and check them against the device.
@@ -778,9 +756,10 @@ def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstr
     b = _board(board)
     if b.family != "xcup":
         raise ValueError(f"board {board!r} is not an UltraScale+ board; use build_bitstream")
-    _engine(engine)
-    known, why = _known_usage(engine, acfg)
-    _check_fit(board, b, known, acfg, engine, why)
+    eng = fpga_engine(engine)
+    known, why = _known_usage(eng, acfg)
+    _check_fit(board, b, known, acfg, eng, why)
+    engine = eng.name
     work = Path(out_dir) / f"{board}-{acfg.name}-{engine}"
     work.mkdir(parents=True, exist_ok=True)
     for stale in ("report.json", "stat.json"):
@@ -788,11 +767,10 @@ def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstr
     yosys = _tool("yosys")
 
     t0 = time.monotonic()
-    what = "both engines" if engine == "all" else f"the {engine} engine"
+    what = eng.label if eng.parts else f"the {eng.label}"
     log(f"[fpga] {board}: elaborating {what} of config {acfg.name!r} ({acfg.source})")
-    top = _board_top(acfg, engine, leds=None, button=None)
-    ports = [top.seed_in, top.parity_out, top.busy_out]
-    (work / "top.il").write_text(rtlil.convert(top, name="top", ports=ports))
+    top = BoardTop(acfg, eng, leds=None, button=None)
+    (work / "top.il").write_text(rtlil.convert(top, name="top", ports=top.ports))
     t_elab = time.monotonic() - t0
 
     (work / "synth.ys").write_text(
@@ -806,7 +784,7 @@ def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstr
     usage = _xcup_usage(cells)
     log(f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
         + ", ".join(f"{r} {_fmt(usage[r])}/{b.capacity[r]}" for r in b.capacity))
-    _check_fit(board, b, usage, acfg, engine)
+    _check_fit(board, b, usage, acfg, eng)
 
     report = {
         "board": board,

@@ -1,14 +1,23 @@
 """Co-simulation harness: the same cases through the golden reference, the numba model and the RTL
-under Verilator (cocotb 2.x, ``cocotb_tools.runner``), compared bit for bit and cycle for cycle."""
+under Verilator (cocotb 2.x, ``cocotb_tools.runner``), compared bit for bit and cycle for cycle.
+
+The engine's RTL factory and cocotb bench come from the registry (:mod:`sim.engines`); the per-engine
+runners here turn cases into the arrays the bench reads. A Verilator build is shared between runs (a
+folder per Verilog hash, locked while it is built); a bench that ran but left missing results is a
+mismatch (its cases are reported failed), only a build or simulator start failure is a :class:`ToolError`.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -16,6 +25,7 @@ import numpy as np
 
 from hw.config import AcceleratorConfig
 from hw.ternary import tlmm_streams
+from sim.engines import Engine, engine
 from sim.golden import ternary_matmul
 from sim.tlmm_cases import TlmmCase
 from sim.tlmm_model import run_tlmm_streams
@@ -81,13 +91,36 @@ def build_verilator(top: str, elaboratable, label: str, build_root: Path = DEFAU
     from amaranth.back import verilog
 
     ensure_verilator_on_path()
-    from cocotb_tools.runner import get_runner
 
     t0 = time.perf_counter()
     text = verilog.convert(elaboratable, name=top)
     digest = hashlib.sha256(text.encode()).hexdigest()
     bdir = build_root / f"{top}-{digest[:12]}"
     bdir.mkdir(parents=True, exist_ok=True)
+    with _locked(bdir, quiet):
+        return _build_locked(top, text, digest, bdir, label, quiet, t0)
+
+
+@contextlib.contextmanager
+def _locked(bdir: Path, quiet: bool) -> Iterator[None]:
+    """Hold an exclusive lock on ``bdir`` (two runs sharing a build folder build it one after the other;
+    the second then finds the build done)."""
+    with open(bdir / ".lock", "w") as lock:
+        try:
+            fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            _log(f"[cosim] waiting for another run building in {bdir} ...", quiet)
+            fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _build_locked(top: str, text: str, digest: str, bdir: Path, label: str, quiet: bool,
+                  t0: float) -> tuple[Path, float]:
+    from cocotb_tools.runner import get_runner
+
     stamp = bdir / "verilog.sha256"
     if stamp.exists() and stamp.read_text() == digest and (bdir / top).exists():
         _log(f"[cosim] reusing Verilator build {bdir}", quiet)
@@ -112,43 +145,79 @@ def build_verilator(top: str, elaboratable, label: str, build_root: Path = DEFAU
     return bdir, time.perf_counter() - t0
 
 
-def build_tlmm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
-    from hw.tlmm import TableLookupMatmul
-
-    return build_verilator("tlmm", TableLookupMatmul(acfg.tlmm), acfg.name, build_root, quiet)
-
-
-def build_gemm(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
-    from hw.gemm import TemporalGemm
-
-    return build_verilator("gemm", TemporalGemm(acfg), acfg.name, build_root, quiet)
+def build_engine(eng: str | Engine, acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD,
+                 quiet: bool = False) -> tuple[Path, float]:
+    """Build the RTL of registered engine ``eng`` for ``acfg`` with Verilator (see :func:`build_verilator`)."""
+    e = engine(eng) if isinstance(eng, str) else eng
+    return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet)
 
 
-def _run_bench(test_module: str, top: str, bdir: Path, arrays: dict, meta: dict, n_cases: int,
-               quiet: bool) -> tuple[list[dict], float]:
-    """Hand the case arrays to a cocotb bench in a fresh simulator process; returns (rows, seconds)."""
+@contextlib.contextmanager
+def _sim_dir(prefix: str = "tritium-cosim-") -> Iterator[Path]:
+    """A temporary folder for one simulation, removed however the run ends (on SIGTERM too, once
+    :func:`sim.verilator.terminate_children_on_signal` is installed, as ``tritium`` does)."""
+    with tempfile.TemporaryDirectory(prefix=prefix) as tmp:
+        yield Path(tmp)
+
+
+def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tuple[Path, Path, float]:
+    """Write the case file into ``tmp`` and run ``e``'s cocotb bench on the build in ``bdir``; returns
+    (result file, simulator log, seconds). ToolError if the bench never started (no result file and no
+    log); a result file that is missing after the bench started is the caller's to judge."""
     from cocotb_tools.runner import get_runner
 
-    arrays = {**arrays, "meta": np.array(json.dumps(meta))}
-    with tempfile.TemporaryDirectory(prefix="tritium-cosim-") as tmp:
-        case_file, result_file = Path(tmp) / "cases.npz", Path(tmp) / "results.json"
-        np.savez(case_file, **arrays)
-        env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        _log(f"[cosim] running {n_cases} case(s) through Verilator ...", quiet)
-        runner = get_runner("verilator")
-        t0 = time.perf_counter()
-        log = Path(tmp) / "sim.log"
-        runner.test(test_module=test_module, hdl_toplevel=top, hdl_toplevel_lang="verilog", build_dir=bdir,
-                    test_dir=tmp, extra_env=env, results_xml=str(Path(tmp) / "results.xml"), log_file=log)
-        sim_s = time.perf_counter() - t0
+    case_file, result_file = tmp / "cases.npz", tmp / "results.json"
+    np.savez(case_file, **arrays, meta=np.array(json.dumps(meta)))
+    env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
+           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    runner = get_runner("verilator")
+    log = tmp / "sim.log"
+    t0 = time.perf_counter()
+    try:
+        runner.test(test_module=e.bench, hdl_toplevel=e.name, hdl_toplevel_lang="verilog", build_dir=bdir,
+                    test_dir=tmp, extra_env=env, results_xml=str(tmp / "results.xml"), log_file=log)
+    except Exception as ex:          # the simulator could not be started at all
+        raise ToolError(f"the {e.name} simulation could not run ({ex}); see {log}") from None
+    return result_file, log, time.perf_counter() - t0
+
+
+def _log_tail(log: Path, lines: int = 30) -> str:
+    return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
+
+
+def run_bench(eng: str, bdir: Path, arrays: dict, meta: dict, quiet: bool) -> tuple[list[dict], float]:
+    """Hand the case arrays to engine ``eng``'s cocotb bench in a fresh simulator process; returns (rows,
+    seconds). Cases the bench left without a result (the RTL hung, an assertion stopped the bench) get a
+    failing row with the simulator log's tail, so they count as mismatches."""
+    e = engine(eng)
+    cases = meta["cases"]
+    with _sim_dir() as tmp:
+        _log(f"[cosim] running {len(cases)} case(s) through Verilator ...", quiet)
+        result_file, log, sim_s = _simulate(e, bdir, tmp, arrays, meta)
         if not result_file.exists():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
-            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{tail}")
-        return json.loads(result_file.read_text()), sim_s
+            raise ToolError(f"the {e.name} bench ({e.bench}) did not start; simulator log tail:\n"
+                            f"{_log_tail(log)}")
+        try:
+            rows = json.loads(result_file.read_text())
+        except ValueError:
+            rows = []
+        if len(rows) < len(cases):
+            tail = _log_tail(log, 12)
+            _log(f"[cosim] the RTL left {len(cases) - len(rows)} of {len(cases)} case(s) without a result; "
+                 f"simulator log tail:\n{tail}", quiet)
+            rows += [_missing_row(c, tail) for c in cases[len(rows):]]
+        return rows, sim_s
 
 
-def _report(engine: str, acfg: AcceleratorConfig, rows: list[dict], meta_cases: list[dict], build_s: float,
+def _missing_row(case: dict, why: str) -> dict:
+    """The result row of a case the RTL produced no result for: a mismatch."""
+    return {"name": case["name"], "rtl_equals_reference": False, "rtl_equals_model": False,
+            "model_equals_reference": case.get("model_equals_reference", True), "rtl_cycles": 0,
+            "model_cycles": int(case["model_cycles"]), "rtl_wall_s": 0.0, "missing": True,
+            "error": why.splitlines()[-1] if why else "no result"}
+
+
+def cosim_report(engine: str, acfg: AcceleratorConfig, rows: list[dict], meta_cases: list[dict], build_s: float,
             model_s: float, sim_s: float) -> CosimReport:
     """The comparison report of one co-simulation run, with the speeds of both simulators."""
     rtl_cycles = sum(r["rtl_cycles"] for r in rows)
@@ -171,7 +240,7 @@ def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: P
                    quiet: bool = False) -> CosimReport:
     """Run every case through reference, model and RTL; returns the per-case comparison."""
     cfg = acfg.tlmm
-    bdir, build_s = build_tlmm(acfg, build_root, quiet)
+    bdir, build_s = build_engine("tlmm", acfg, build_root, quiet)
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
@@ -187,8 +256,8 @@ def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: P
                        f"c{i}_res_pat": c.res_pattern})
         meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = _run_bench("sim.tlmm_bench", "tlmm", bdir, arrays, meta, len(cases), quiet)
-    return _report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
+    rows, sim_s = run_bench("tlmm", bdir, arrays, meta, quiet)
+    return cosim_report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
@@ -197,7 +266,7 @@ def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFA
     from hw.gemm_layout import build_gemm_image
     from sim.gemm_model import reference, run_gemm_image
 
-    bdir, build_s = build_gemm(acfg, build_root, quiet)
+    bdir, build_s = build_engine("gemm", acfg, build_root, quiet)
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
@@ -221,14 +290,8 @@ def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFA
                         "a_base": cmd.a_base, "b_base": cmd.b_base, "c_base": cmd.c_base,
                         "requant": cmd.requant, "shift": cmd.shift}})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = _run_bench("sim.gemm_bench", "gemm", bdir, arrays, meta, len(cases), quiet)
-    return _report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)
-
-
-def build_kv(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
-    from hw.kv import KvRetrieval
-
-    return build_verilator("kv", KvRetrieval(acfg.kv), acfg.name, build_root, quiet)
+    rows, sim_s = run_bench("gemm", bdir, arrays, meta, quiet)
+    return cosim_report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
@@ -240,7 +303,7 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
     from sim.kv_model import encode_commands, run_kv
 
     kv = acfg.kv
-    bdir, build_s = build_kv(acfg, build_root, quiet)
+    bdir, build_s = build_engine("kv", acfg, build_root, quiet)
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
@@ -275,12 +338,12 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
                            "model_equals_reference": bool(model.shape == model_ref.shape
                                                           and np.array_equal(model, model_ref))})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = _run_bench("sim.kv_bench", "kv", bdir, arrays, meta, len(cases), quiet)
+    rows, sim_s = run_bench("kv", bdir, arrays, meta, quiet)
     for r, mc in zip(rows, meta_cases, strict=True):
         r["model_equals_reference"] = mc["model_equals_reference"]
         r["rtl_equals_reference"] = r["rtl_equals_model"] and mc["model_equals_reference"]
-        r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal")
-    return _report("kv", acfg, rows, meta_cases, build_s, model_s, sim_s)
+        r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal", False)
+    return cosim_report("kv", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 # ---------------------------------------------------------------- top level
@@ -324,12 +387,6 @@ class TopReport:
                 "step_cycles": [sum(c) for c in self.rtl_cycles], "cycles_equal": self.cycles_equal,
                 "per_kind": per_kind, "build_s": round(self.build_s, 2), "simulation_s": round(self.sim_s, 2),
                 "ok": self.ok}
-
-
-def build_top(acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> tuple[Path, float]:
-    from hw.top import AcceleratorTop
-
-    return build_verilator("top", AcceleratorTop(acfg), acfg.name, build_root, quiet)
 
 
 def truncated_model(model, layers: int):
@@ -390,33 +447,22 @@ def run_top_cosim(acfg: AcceleratorConfig, checkpoint: str | Path, prompt: list[
         toks.append(int(np.argmax(lg.numpy()[-1])))
         model_tokens.append(toks[-1])
 
-    bdir, build_s = build_top(acfg, build_root, quiet)
+    bdir, build_s = build_engine("top", acfg, build_root, quiet)
     beats = max(p.image.shape[0] for p in progs)
     image = np.zeros((beats, acfg.memory.bus_bytes), np.uint8)
     image[: progs[0].image.shape[0]] = progs[0].image
-    from cocotb_tools.runner import get_runner
-
-    with tempfile.TemporaryDirectory(prefix="tritium-top-") as tmp:
+    with _sim_dir("tritium-top-") as tmp:
         steps = []
         for s, p in enumerate(progs):
-            d = Path(tmp) / f"step{s}"
+            d = tmp / f"step{s}"
             p.save(d)
             steps.append({"program": str(d)})
-        case_file, result_file = Path(tmp) / "cases.npz", Path(tmp) / "results.json"
         meta = {"config": acfg.to_dict(), "prompt": list(prompt), "steps": steps}
-        np.savez(case_file, image=image, meta=np.array(json.dumps(meta)))
-        env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
-               "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
         _log(f"[top] running {len(progs)} step(s), {sum(map(len, kinds))} commands through Verilator ...", quiet)
-        t0 = time.perf_counter()
-        log = Path(tmp) / "sim.log"
-        get_runner("verilator").test(test_module="sim.top_bench", hdl_toplevel="top", hdl_toplevel_lang="verilog",
-                                     build_dir=bdir, test_dir=tmp, extra_env=env,
-                                     results_xml=str(Path(tmp) / "results.xml"), log_file=log)
-        sim_s = time.perf_counter() - t0
+        result_file, log, sim_s = _simulate(engine("top"), bdir, tmp, {"image": image}, meta)
         if not result_file.exists():
-            tail = "\n".join(log.read_text(errors="replace").splitlines()[-30:]) if log.exists() else ""
-            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{tail}")
+            # the top bench writes its results only at the end: a hung or failing run leaves none
+            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{_log_tail(log)}")
         res = json.loads(result_file.read_text())
         with np.load(str(result_file) + ".npz", allow_pickle=False) as z:
             rtl_logits = [z[f"logits{s}"][-1] for s in range(len(progs))]

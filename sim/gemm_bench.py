@@ -1,6 +1,7 @@
 """cocotb testbench of the temporal GEMM engine (runs inside the simulator; started by :mod:`sim.cosim`).
 
-The bench loads each case's memory image into a :class:`sim.memory.BusMemory`, presents the command, and
+The bench loads each case's memory image into a :class:`sim.memory.BusMemory` (served by
+:class:`sim.bench_common.MemoryPort`), presents the command, and
 serves the engine's read requests and write beats under the case's memory timing. One loop clocks the
 bench: after each rising edge the memory drives ready/valid/data for the cycle, after ReadOnly it samples
 the handshakes that happen at the next edge. Cycle 0 is the command handshake (README, cycle definition).
@@ -9,79 +10,28 @@ The scoreboard compares the output read back from memory with the reference and 
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from hw.config import config_from_dict
 from hw.gemm_layout import GemmShape, unpack_c
 from hw.isa import GemmCommand
+from sim.bench_common import MemoryPort, Results, load_cases, start
 from sim.memory import BusMemory
-
-
-class MemoryPort:
-    """Connects a BusMemory to the engine's rreq/rdata/wr streams; writes handles only on change."""
-
-    def __init__(self, dut, memory: BusMemory, addr_bits: int):
-        self.dut, self.mem = dut, memory
-        self.mask = (1 << addr_bits) - 1
-        self.addr_bits = addr_bits
-        self._req_ready = self._wr_ready = False
-        self._beat = None
-        self._shown = {}
-
-    def _set(self, handle, name: str, value: int) -> None:
-        if self._shown.get(name) != value:
-            handle.value = value
-            self._shown[name] = value
-
-    def drive(self, t: int) -> None:
-        self._req_ready = self.mem.request_ready(t)
-        self._beat = self.mem.read_beat(t)
-        self._wr_ready = self.mem.write_ready(t)
-        self._set(self.dut.rreq__ready, "rreq_ready", int(self._req_ready))
-        self._set(self.dut.wr__ready, "wr_ready", int(self._wr_ready))
-        self._set(self.dut.rdata__valid, "rdata_valid", int(self._beat is not None))
-        if self._beat is not None:
-            self._set(self.dut.rdata__payload, "rdata_payload", self.mem.beat_word(self._beat))
-
-    def sample(self, t: int) -> None:
-        delivered = self._beat is not None
-        if delivered:
-            assert int(self.dut.rdata__ready.value) == 1, "the engine must always accept read data"
-        request = write = None
-        if self._req_ready and int(self.dut.rreq__valid.value):
-            p = int(self.dut.rreq__payload.value)
-            request = (p & self.mask, (p >> self.addr_bits) + 1)
-        if self._wr_ready and int(self.dut.wr__valid.value):
-            p = int(self.dut.wr__payload.value)
-            write = (p & self.mask, p >> self.addr_bits)
-        self.mem.commit(t, delivered, request, write)
 
 
 @cocotb.test()
 async def gemm_cases(dut):
     """Run every case of the case file through the RTL and score it."""
-    with np.load(os.environ["TRITIUM_CASES"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(str(arrays.pop("meta")))
+    arrays, meta = load_cases()
     acfg = config_from_dict(meta["config"], "<cosim>")
     geo = acfg.gemm_geometry
+    await start(dut, (dut.cmd__valid, dut.rreq__ready, dut.rdata__valid, dut.wr__ready))
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    for sig in (dut.cmd__valid, dut.rreq__ready, dut.rdata__valid, dut.wr__ready):
-        sig.value = 0
-    for _ in range(3):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-
-    rows = []
+    results = Results()
     for i, case in enumerate(meta["cases"]):
         mcfg = config_from_dict({**meta["config"], "memory": {**meta["config"]["memory"], **case["timing"]}},
                                 "<case>").memory
@@ -130,7 +80,7 @@ async def gemm_cases(dut):
         except ValueError:
             y, pad_ok = None, False
         ref, model = arrays[f"c{i}_ref"], arrays[f"c{i}_model"]
-        rows.append({
+        results.add({
             "name": case["name"],
             "rtl_equals_reference": pad_ok and bool(np.array_equal(y, ref)),
             "rtl_equals_model": pad_ok and bool(np.array_equal(y, model)),
@@ -142,9 +92,5 @@ async def gemm_cases(dut):
         # reset the handshake state the port remembers (handles were forced low above)
         await RisingEdge(dut.clk)
 
-    with open(os.environ["TRITIUM_RESULTS"], "w") as f:
-        json.dump(rows, f, indent=1)
-    bad = [r["name"] for r in rows
-           if not (r["rtl_equals_reference"] and r["rtl_equals_model"] and r["rtl_cycles"] == r["model_cycles"]
-                   and r["idle_after"])]
-    assert not bad, f"mismatching cases: {', '.join(bad)}"
+    results.check(lambda r: r["rtl_equals_reference"] and r["rtl_equals_model"]
+                  and r["rtl_cycles"] == r["model_cycles"] and r["idle_after"])

@@ -97,3 +97,14 @@ def bitnet_attention_case(acfg: AcceleratorConfig, seed: int = 0, context: int =
     rng = np.random.default_rng(seed)
     return GemmCase(f"bitnet0.7b-QK^T-head-{context}x96x{context}", _i8(rng, (context, 96)),
                     _i8(rng, (96, context)))
+
+
+def workload_cases(acfg: AcceleratorConfig, workload: str, seed: int = 0, n_random: int = 4) -> list[GemmCase]:
+    """The cases of a named workload (``tritium cosim gemm --workload``): ``cases`` (directed + seeded
+    random), ``bitnet`` (one BitNet-0.7B attention head's Q·Kᵀ) or ``all`` (both)."""
+    cases: list[GemmCase] = []
+    if workload in ("cases", "all"):
+        cases += directed_cases(acfg, seed) + random_cases(acfg, seed, n_random)
+    if workload in ("bitnet", "all"):
+        cases.append(bitnet_attention_case(acfg, seed))
+    return cases

@@ -9,38 +9,26 @@ periodic valid pattern, and a monitor takes ``out`` beats gated by its ready pat
 
 from __future__ import annotations
 
-import json
-import os
 import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from hw.config import config_from_dict
 from hw.ternary import pack_fields
-from sim.tlmm_bench import StreamDriver, StreamMonitor
+from sim.bench_common import Results, StreamDriver, StreamMonitor, load_cases, start
 
 
 @cocotb.test()
 async def kv_cases(dut):
     """Run every case of the case file through the RTL and score it."""
-    with np.load(os.environ["TRITIUM_CASES"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(str(arrays.pop("meta")))
+    arrays, meta = load_cases()
     kv = config_from_dict(meta["config"], "<cosim>").kv
     id_w = kv.max_clusters.bit_length()
+    await start(dut, (dut.cmd__valid, dut.vec__valid, dut.out__ready))
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    for sig in (dut.cmd__valid, dut.vec__valid, dut.out__ready):
-        sig.value = 0
-    for _ in range(3):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
-
-    rows = []
+    results = Results()
     for i, case in enumerate(meta["cases"]):
         ops = arrays[f"c{i}_ops"].tolist()
         vec = arrays[f"c{i}_vec"]
@@ -75,7 +63,7 @@ async def kv_cases(dut):
                          dtype=np.int64).reshape(-1, 3)
         model = arrays[f"c{i}_model"]
         rtl_cycles = mon.last_rel + 1
-        rows.append({
+        results.add({
             "name": case["name"],
             "rtl_equals_model": bool(beats.shape == model.shape and np.array_equal(beats, model)),
             "beat_cycles_equal": mon.cycles == arrays[f"c{i}_model_cyc"].tolist(),
@@ -86,8 +74,5 @@ async def kv_cases(dut):
         await ReadOnly()
         assert int(dut.cmd__ready.value) == 1, f"case {case['name']}: engine not idle after its last output"
 
-    with open(os.environ["TRITIUM_RESULTS"], "w") as f:
-        json.dump(rows, f, indent=1)
-    bad = [r["name"] for r in rows
-           if not (r["rtl_equals_model"] and r["beat_cycles_equal"] and r["rtl_cycles"] == r["model_cycles"])]
-    assert not bad, f"mismatching cases: {', '.join(bad)}"
+    results.check(lambda r: r["rtl_equals_model"] and r["beat_cycles_equal"]
+                  and r["rtl_cycles"] == r["model_cycles"])

@@ -9,9 +9,9 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.config import KvConfig
+from hw.config import AcceleratorConfig, KvConfig
 
-__all__ = ["KvCase", "directed_cases", "random_cases", "replay_commands", "trace_cases"]
+__all__ = ["KvCase", "directed_cases", "random_cases", "replay_commands", "trace_cases", "workload_cases"]
 
 _ONE = np.ones(1, np.int8)
 
@@ -123,4 +123,21 @@ def trace_cases(kv: KvConfig, paths, heads: int = 2, query_every: int = 16) -> l
                 cmds = replay_commands(k8, q8, query_every, start=query_every - 1)
                 cases.append(KvCase(f"trace-{Path(tr.path).stem}-L{layer}H{h}", cmds))
                 done += 1
+    return cases
+
+
+def workload_cases(acfg: AcceleratorConfig, workload: str, seed: int = 0, n_random: int = 4) -> list[KvCase]:
+    """The cases of a named workload (``tritium cosim kv --workload``): ``cases`` (directed + seeded
+    random), ``traces`` / ``bitnet`` (replays of the committed traces/*.npz) or ``all`` (both). A trace
+    that does not fit the config raises ValueError (TraceError)."""
+    import glob
+
+    cases: list[KvCase] = []
+    if workload in ("cases", "all"):
+        cases += directed_cases(acfg.kv, seed) + random_cases(acfg.kv, n_random, seed + 1)
+    if workload in ("bitnet", "traces", "all"):
+        paths = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "traces" / "*.npz")))
+        if not paths:
+            raise ValueError("traces/: no committed *.npz traces to replay")
+        cases += trace_cases(acfg.kv, paths, heads=2, query_every=16)
     return cases

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from hw.config import TlmmConfig
+from hw.config import AcceleratorConfig, TlmmConfig
 
 ONES = np.ones(1, np.uint8)
 
@@ -90,3 +90,15 @@ def bitnet_workload(cfg: TlmmConfig, seed: int = 0) -> list[TlmmCase]:
         TlmmCase(f"bitnet0.7b-up_proj-256x{d}-{m}tok", rng.integers(-1, 2, (min(256, n), d)).astype(np.int8),
                  rng.integers(lo, hi + 1, (m, d)).astype(np.int8)),
     ]
+
+
+def workload_cases(acfg: AcceleratorConfig, workload: str, seed: int = 0, n_random: int = 4) -> list[TlmmCase]:
+    """The cases of a named workload (``tritium cosim tlmm --workload``): ``cases`` (directed + seeded
+    random), ``bitnet`` (BitNet-0.7B layer slices) or ``all`` (both)."""
+    cfg = acfg.tlmm
+    cases: list[TlmmCase] = []
+    if workload in ("cases", "all"):
+        cases += directed_cases(cfg, seed) + random_cases(cfg, seed, n_random)
+    if workload in ("bitnet", "all"):
+        cases += bitnet_workload(cfg, seed)
+    return cases

@@ -16,34 +16,25 @@ import time
 
 import cocotb
 import numpy as np
-from cocotb.clock import Clock
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from hw.config import config_from_dict
 from hw.isa import command_words
 from hw.program import Program
-from sim.gemm_bench import MemoryPort
+from sim.bench_common import MemoryPort, load_cases, start
 from sim.memory import BusMemory
 from sim.runtime import _Host
 
 
 @cocotb.test()
 async def top_run(dut):
-    with np.load(os.environ["TRITIUM_CASES"], allow_pickle=False) as z:
-        arrays = {k: z[k] for k in z.files}
-    meta = json.loads(str(arrays.pop("meta")))
+    arrays, meta = load_cases()
     acfg = config_from_dict(meta["config"], "<cosim>")
     image = arrays["image"].copy()
     memory = BusMemory(image, acfg.memory)
     port = MemoryPort(dut, memory, acfg.memory.addr_bits)
 
-    cocotb.start_soon(Clock(dut.clk, 10, unit="ns").start())
-    dut.rst.value = 1
-    for sig in (dut.cmd__valid, dut.rreq__ready, dut.rdata__valid, dut.wr__ready, dut.host__ready):
-        sig.value = 0
-    for _ in range(3):
-        await RisingEdge(dut.clk)
-    dut.rst.value = 0
+    await start(dut, (dut.cmd__valid, dut.rreq__ready, dut.rdata__valid, dut.wr__ready, dut.host__ready))
     dut.host__ready.value = 1
 
     steps_out, logits_out = [], {}

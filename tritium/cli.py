@@ -57,61 +57,11 @@ def cmd_config(args) -> int:
 
 
 # ---------------------------------------------------------------- cosim
-def _tlmm_cases(cfg, workload: str, seed: int, n_random: int):
-    from sim.tlmm_cases import bitnet_workload, directed_cases, random_cases
-
-    cases = []
-    if workload in ("cases", "all"):
-        cases += directed_cases(cfg, seed) + random_cases(cfg, seed, n_random)
-    if workload in ("bitnet", "all"):
-        cases += bitnet_workload(cfg, seed)
-    return cases
-
-
-def _gemm_cases(acfg, workload: str, seed: int, n_random: int):
-    from sim.gemm_cases import bitnet_attention_case, directed_cases, random_cases
-
-    cases = []
-    if workload in ("cases", "all"):
-        cases += directed_cases(acfg, seed) + random_cases(acfg, seed, n_random)
-    if workload in ("bitnet", "all"):
-        cases.append(bitnet_attention_case(acfg, seed))
-    return cases
-
-
-def _kv_cases(acfg, workload: str, seed: int, n_random: int):
-    import glob
-
-    from sim.kv_cases import directed_cases, random_cases, trace_cases
-
-    cases = []
-    if workload in ("cases", "all"):
-        cases += directed_cases(acfg.kv, seed) + random_cases(acfg.kv, n_random, seed + 1)
-    if workload in ("bitnet", "traces", "all"):
-        paths = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "traces" / "*.npz")))
-        if not paths:
-            raise ConfigError("traces/: no committed *.npz traces to replay")
-        cases += trace_cases(acfg.kv, paths, heads=2, query_every=16)
-    return cases
-
-
-def _engine_line(rep) -> str:
-    c = rep.config
-    if rep.engine == "kv":
-        k = c["kv"]
-        return (f"dim {k['dim']}, {k['hyperplanes']} hyperplanes, hamming {k['hamming']}, "
-                f"{k['max_clusters']}x{k['max_cluster_size']} clusters, {k['lanes']} lanes, alpha {k['alpha']}")
-    if rep.engine == "tlmm":
-        t = c["tlmm"]
-        return f"G={t['group_size']} T={t['tables']} Q={t['columns']} {t['table_mode']} M<={t['tokens']}"
-    g, m = c["gemm"], c["memory"]
-    return (f"{g['rows']}x{g['cols']} block, k_tile {g['k_tile']}, {8 * m['bus_bytes']}-bit bus, "
-            f"latency {m['latency']}")
-
-
 def print_cosim_summary(rep) -> None:
+    from sim.engines import engine
     from tritium.report import table
 
+    eng = engine(rep.engine)
     rows = [[r["name"], r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"],
              r["rtl_cycles"], r["model_cycles"], r["rtl_cycles"] - r["model_cycles"]] for r in rep.rows]
     print(table(["case", "outputs equal", "RTL cycles", "model cycles", "difference"], rows,
@@ -120,17 +70,15 @@ def print_cosim_summary(rep) -> None:
     print(table(
         ["config", "cases", "outputs equal", "RTL cycles", "model cycles", "difference",
          "Verilator cycles/s", "model cycles/s"],
-        [[_engine_line(rep), len(rep.rows), rep.outputs_equal, rep.rtl_cycles, rep.model_cycles, rep.rtl_cycles - rep.model_cycles,
+        [[eng.summary(rep.config) if eng.summary else eng.description, len(rep.rows), rep.outputs_equal, rep.rtl_cycles, rep.model_cycles, rep.rtl_cycles - rep.model_cycles,
           rep.verilator_cycles_per_s, rep.model_cycles_per_s]]))
-    ref = "models/resv.py ClusterTable" if rep.engine == "kv" else "numpy int64 matmul"
     print("\nRTL: Amaranth → Verilog → Verilator 5.048 under cocotb 2.1 (cycles counted at the stream "
-          f"handshakes); model: numba cycle-stepped; reference: {ref}.")
-    if rep.engine == "kv":
-        print("KV: every output beat (cluster ids in walk order) and the cycle it leaves in are compared; "
-              "trace cases replay traces/*.npz (queries every 16 tokens, both heads of a GQA group).")
-    if rep.engine == "gemm":
-        print("Memory: sim/memory.py serves the RTL's requests; the model's kernel applies the same rules; "
-              "some cases override latency / outstanding / beat_interval (bandwidth-starved).")
+          f"handshakes); model: numba cycle-stepped; reference: {eng.reference}.")
+    for note in eng.notes:
+        print(note)
+    missing = [r["name"] for r in rep.rows if r.get("missing")]
+    if missing:
+        print(f"No RTL result (the bench stopped or the RTL hung) for: {', '.join(missing)}")
     print("RESULT:", "PASS — bit-exact and cycle-exact" if rep.ok else "FAIL — see the rows marked NO / nonzero")
 
 
@@ -159,10 +107,12 @@ def print_top_summary(rep) -> None:
 
 
 def cmd_cosim(args) -> int:
-    from sim.cosim import run_gemm_cosim, run_kv_cosim, run_tlmm_cosim, run_top_cosim
+    from sim.cosim import run_top_cosim
+    from sim.engines import engine
 
+    eng = engine(args.engine)
     acfg = load_config(args.config)
-    if args.engine == "top":
+    if eng.stimulus == "program":
         prompt = list(args.prompt.encode())
         if not prompt:
             raise ConfigError("--prompt: empty")
@@ -176,20 +126,14 @@ def cmd_cosim(args) -> int:
         else:
             print_top_summary(rep)
         return 0 if rep.ok else EXIT_MISMATCH
-    if args.workload == "traces" and args.engine != "kv":
-        raise ConfigError("--workload traces: trace replays exist for the kv engine only")
-    if args.engine == "tlmm":
-        cases = _tlmm_cases(acfg.tlmm, args.workload, args.seed, args.random)
-        rep = run_tlmm_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
-    elif args.engine == "kv":
-        try:
-            cases = _kv_cases(acfg, args.workload, args.seed, args.random)
-        except ValueError as e:                     # TraceError, a trace that does not fit the config
-            raise ConfigError(str(e)) from None
-        rep = run_kv_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
-    else:
-        cases = _gemm_cases(acfg, args.workload, args.seed, args.random)
-        rep = run_gemm_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
+    if args.workload not in eng.workloads:
+        raise ConfigError(f"--workload {args.workload}: not a workload of the {eng.name} engine "
+                          f"(its workloads: {', '.join(eng.workloads)})")
+    try:
+        cases = eng.make_cases(acfg, args.workload, args.seed, args.random)
+    except ValueError as e:                         # TraceError, a trace that does not fit the config
+        raise ConfigError(str(e)) from None
+    rep = eng.run_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
     if args.json:
         out = rep.to_json()
         out["seed"] = args.seed
@@ -309,12 +253,14 @@ def cmd_estimate(args) -> int:
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
     from hw.fpga import BOARDS, FitError, FlowError, build_bitstream
+    from sim.engines import engine
 
+    eng = engine(args.engine)
     if args.board not in BOARDS:
         raise ConfigError(f"--board: unknown board {args.board!r}; choose one of {', '.join(BOARDS)}")
     acfg = load_config(args.config)
     try:
-        report = build_bitstream(acfg, args.board, Path(args.out), log=_progress, engine=args.engine)
+        report = build_bitstream(acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware)
     except (FitError, FlowError) as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return EXIT_TOOL
@@ -362,7 +308,15 @@ def cmd_bench(args) -> int:
 
 
 # ---------------------------------------------------------------- main
+def _engine_help(engines) -> str:
+    """``name: description`` of each engine, for --help (from the registry, sim/engines.py)."""
+    return "; ".join(f"{e.name}: {e.description}" + (" (runs a compiled model)" if e.stimulus == "program" else "")
+                     for e in engines)
+
+
 def build_parser() -> argparse.ArgumentParser:
+    from sim.engines import board_engines, cosim_engines
+
     p = argparse.ArgumentParser(prog="tritium", description="Ternary LLM accelerator co-design toolkit.")
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cfg_help = "accelerator config YAML (default: configs/default.yaml)"
@@ -374,15 +328,17 @@ def build_parser() -> argparse.ArgumentParser:
     c.set_defaults(func=cmd_config)
 
     s = sub.add_parser("cosim", help="RTL (Verilator) ⇔ numba model ⇔ golden reference, bit and cycle exact")
-    s.add_argument("engine", choices=["tlmm", "gemm", "kv", "top"],
-                   help="engine to co-simulate; top: the integrated top level running a compiled model")
+    s.add_argument("engine", choices=[e.name for e in cosim_engines()],
+                   help="engine to co-simulate (from sim/engines.py): " + _engine_help(cosim_engines()))
     s.add_argument("--config", default=None, help=cfg_help)
     s.add_argument("--seed", type=_non_negative, default=0, help="seed of the random cases (default 0)")
     s.add_argument("--random", type=_non_negative, default=4, help="number of random cases (default 4)")
-    s.add_argument("--workload", choices=["cases", "bitnet", "traces", "all"], default="cases",
+    workloads = list(dict.fromkeys(w for e in cosim_engines() for w in e.workloads))
+    s.add_argument("--workload", choices=workloads, default="cases",
                    help="cases: directed + random; bitnet: BitNet-0.7B slices (TLMM: layer projections; "
                         "GEMM: one head's Q·Kᵀ at 256 tokens; KV: = traces); traces: KV replays of the "
-                        "committed traces/*.npz; all: both")
+                        "committed traces/*.npz; all: both; each engine lists its workloads in "
+                        "sim/engines.py")
     s.add_argument("--checkpoint", default="models/checkpoints/tiny.pt",
                    help="top: trained checkpoint to compile and run (default models/checkpoints/tiny.pt)")
     s.add_argument("--layers", type=_positive, default=None, help="top: run only the first N decoder layers")
@@ -423,10 +379,9 @@ def build_parser() -> argparse.ArgumentParser:
     b.add_argument("--config", default=None, help=cfg_help)
     b.add_argument("--board", default="ulx3s", help="ulx3s (ECP5-85F, default), icebreaker (iCE40 UP5K) or kv260 "
                                                    "(K26, Yosys synth_xilinx resource estimate only)")
-    b.add_argument("--engine", choices=["tlmm", "gemm", "all", "kv", "top"], default="tlmm",
-                   help="tlmm (table-lookup ternary matmul, default), gemm (temporal int8 GEMM), all (tlmm + "
-                        "gemm), kv (KV retrieval) or top (decoder + DMA + tlmm + gemm); outputs go to "
-                        "OUT/<board>-<config>-<engine>/")
+    b.add_argument("--engine", choices=[e.name for e in board_engines()], default="tlmm",
+                   help="engine to build (default tlmm; from sim/engines.py): " + _engine_help(board_engines())
+                        + "; outputs go to OUT/<board>-<config>-<engine>/")
     b.add_argument("--out", default="build/bitstream", help="output folder (default build/bitstream)")
     b.set_defaults(func=cmd_bitstream)
 
@@ -463,7 +418,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sim.verilator import terminate_children_on_signal
+
     args = build_parser().parse_args(argv)
+    terminate_children_on_signal()     # SIGTERM/SIGINT: end make/cc1plus/simulators, clean temp folders
     try:
         return args.func(args)
     except ConfigError as e:

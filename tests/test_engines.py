@@ -1,0 +1,190 @@
+"""The engine registry (sim/engines.py) and what is generated from it: board tops elaborated from each
+engine's wiring signature (no synthesis), the CLI choices, the layering (hw/ imports neither sim/ nor
+tritium/), a bench that stops early counted as a mismatch, and SIGTERM ending tool subprocesses."""
+
+from __future__ import annotations
+
+import ast
+import json
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from hw import fpga
+from hw.config import load_config
+from sim import engines
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _small_config(tmp_path: Path):
+    """small-g2-half's TLMM with a 4x8 GEMM (on the 32-byte bus the top level needs): fast to elaborate."""
+    import yaml
+
+    d = load_config(ROOT / "configs" / "small-g2-half.yaml").to_dict()
+    d.update(name="small-engines", gemm={**d["gemm"], "rows": 4, "cols": 8, "k_tile": 16},
+             memory={**d["memory"], "bus_bytes": 32})
+    path = tmp_path / "small.yaml"
+    path.write_text(yaml.safe_dump(d))
+    return load_config(path)
+
+
+def test_registry_names_and_lookup():
+    assert list(engines.ENGINES) == ["tlmm", "gemm", "kv", "top", "all"]
+    assert [e.name for e in engines.cosim_engines()] == ["tlmm", "gemm", "kv", "top"]
+    assert {e.name for e in engines.board_engines()} == set(fpga.ENGINES)
+    with pytest.raises(ValueError, match="unknown engine 'fft'.*all.*gemm.*kv.*tlmm.*top"):
+        engines.engine("fft")
+    with pytest.raises(ValueError, match="registered twice"):
+        engines.register(engines.engine("tlmm"))
+
+
+def test_registry_entries_resolve():
+    import importlib.util
+
+    for e in engines.ENGINES.values():
+        assert e.description and e.sections
+        if e.hardware is not None:
+            assert fpga.fpga_engine(e.hardware).name == e.hardware
+        if e.bench is not None:
+            assert importlib.util.find_spec(e.bench) is not None, e.bench
+        for ref in (e.model, e.cosim, e.cases):
+            if ref is not None:
+                assert callable(engines.load(ref)), ref
+        if e.stimulus == "cases" and e.cosimulated:
+            assert e.cosim and e.cases and "cases" in e.workloads and e.summary is not None
+
+
+def test_registry_import_is_light():
+    code = "import sys, sim.engines; bad = [m for m in ('amaranth', 'numba', 'cocotb') if m in sys.modules]; print(bad)"
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 0 and r.stdout.strip() == "[]", r.stdout + r.stderr
+
+
+def test_case_generators(tmp_path):
+    acfg = _small_config(tmp_path)
+    for name in ("tlmm", "gemm", "kv"):
+        e = engines.engine(name)
+        cases = e.make_cases(acfg, "cases", seed=3, n_random=2)
+        assert len(cases) > 2 and len({c.name for c in cases}) == len(cases)
+        with pytest.raises(ValueError, match=f"engine {name}: no workload 'nope'"):
+            e.make_cases(acfg, "nope")
+
+
+def test_hw_imports_neither_sim_nor_tritium():
+    for path in sorted((ROOT / "hw").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
+                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            for n in names:
+                assert n.split(".")[0] not in ("sim", "tritium"), f"{path.name} imports {n}"
+
+
+@pytest.mark.parametrize("name", list(fpga.ENGINES))
+def test_board_top_elaborates(tmp_path, name):
+    """Each board top, generated from the engine's signature, converts to RTLIL with the engine(s) inside,
+    every input payload fed from the pool and every output stream captured or folded into the parity."""
+    from amaranth import Value
+    from amaranth.back import rtlil
+    from amaranth.lib import stream, wiring
+
+    acfg = _small_config(tmp_path)
+    eng = fpga.fpga_engine(name)
+    top = fpga.BoardTop(acfg, eng, leds=None, button=None)
+    text = rtlil.convert(top, name="top", ports=top.ports)
+    for port in ("seed_in", "parity_out", "busy_out"):
+        assert f"\\{port}" in text
+    parts = top.parts
+    assert len(parts) == (len(eng.parts) or 1)
+    for part, comp in parts:
+        prefix = "engine" if len(parts) == 1 else part.name
+        assert f"\\{prefix}_lfsr" in text and f"\\{prefix}_parity" in text
+        members = comp.signature.members
+        in_bits = sum(len(Value.cast(getattr(comp, n).payload)) for n, m in members.items()
+                      if m.is_signature and isinstance(m.signature, stream.Signature) and m.flow == wiring.In)
+        assert f"wire width {in_bits} \\{prefix}_pool" in text, f"pool of {prefix} is not {in_bits} bits"
+        outs = [n for n, m in members.items()
+                if m.is_signature and isinstance(m.signature, stream.Signature) and m.flow == wiring.Out]
+        assert outs, "an engine without output streams could not be observed"
+        if part.capture_outputs:
+            for k in range(len(outs)):
+                assert f"\\{prefix}_out_q{k}" in text
+
+
+def test_fit_check_uses_engine_hints():
+    acfg = load_config(ROOT / "configs" / "default.yaml")
+    board = fpga._board("icebreaker")
+    for name, part in (("kv", "kv.lanes"), ("top", "memory.max_burst"), ("all", "gemm.rows")):
+        with pytest.raises(fpga.FitError, match=part) as info:
+            fpga._check_fit("icebreaker", board, {"lut": 10**6}, acfg, name)
+        assert ("both engines" in str(info.value)) == (name == "all")
+
+
+# ---------------------------------------------------------------- missing results are mismatches
+def _fake_simulate(rows):
+    def simulate(e, bdir, tmp, arrays, meta):
+        result, log = tmp / "results.json", tmp / "sim.log"
+        log.write_text("AssertionError: case x: RTL did not finish within 99 cycles\n")
+        if rows is not None:
+            result.write_text(json.dumps(rows))
+        return result, log, 0.01
+    return simulate
+
+
+def test_short_results_are_mismatches(monkeypatch, tmp_path):
+    from sim import cosim
+
+    meta = {"config": {}, "cases": [{"name": "a", "model_cycles": 5}, {"name": "b", "model_cycles": 7}]}
+    done = {"name": "a", "rtl_equals_reference": True, "rtl_equals_model": True, "model_equals_reference": True,
+            "rtl_cycles": 5, "model_cycles": 5, "rtl_wall_s": 0.0}
+    monkeypatch.setattr(cosim, "_simulate", _fake_simulate([done]))
+    rows, _ = cosim.run_bench("tlmm", tmp_path, {"x": np.zeros(1)}, meta, quiet=True)
+    assert [r["name"] for r in rows] == ["a", "b"]
+    assert rows[1]["missing"] and not rows[1]["rtl_equals_model"] and "did not finish" in rows[1]["error"]
+    rep = cosim.CosimReport("tlmm", {}, rows, 0.0, 0.0, 0.0)
+    assert not rep.ok                                  # → tritium exit 1 (mismatch), not 3
+
+    monkeypatch.setattr(cosim, "_simulate", _fake_simulate(None))
+    with pytest.raises(cosim.ToolError, match="did not start"):
+        cosim.run_bench("tlmm", tmp_path, {"x": np.zeros(1)}, meta, quiet=True)
+
+
+def test_cli_rejects_foreign_workload():
+    r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "tlmm", "--workload", "traces"],
+                       capture_output=True, text=True, cwd=ROOT)
+    assert r.returncode == 2
+    assert "--workload traces: not a workload of the tlmm engine (its workloads: cases, bitnet, all)" in r.stderr
+
+
+# ---------------------------------------------------------------- SIGTERM
+def test_sigterm_ends_children_and_cleans_temp_folder(tmp_path):
+    script = textwrap.dedent(f"""
+        import subprocess, sys, tempfile, time
+        from sim.verilator import terminate_children_on_signal
+        terminate_children_on_signal()
+        with tempfile.TemporaryDirectory(prefix="tritium-cosim-", dir={str(tmp_path)!r}) as d:
+            # a child that has a child of its own, as make has cc1plus
+            p = subprocess.Popen(["sh", "-c", "sleep 60 & echo $!; wait"], stdout=subprocess.PIPE, text=True)
+            print(p.pid, p.stdout.readline().strip(), flush=True)
+            p.wait()
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+    pids = [int(x) for x in proc.stdout.readline().split()]
+    assert len(pids) == 2
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=20) == 128 + signal.SIGTERM
+    deadline = time.monotonic() + 5
+    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and
+                                              "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[1][:3]
+                                              for p in pids):
+        time.sleep(0.1)
+    for p in pids:
+        alive = Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[1][:3]
+        assert not alive, f"child {p} survived SIGTERM"
+    assert not list(tmp_path.glob("tritium-cosim-*")), "temporary folder left behind"
