@@ -16,11 +16,13 @@ from typing import Any
 
 import yaml
 
+from hw import data_files
+
 __all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "KvConfig", "MemoryConfig", "DeviceConfig",
            "GemmGeometry", "AcceleratorConfig",
            "load_config", "config_from_dict", "DEFAULT_CONFIG"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = data_files.default_config()
 
 
 class ConfigError(ValueError):
@@ -509,7 +511,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> AcceleratorConfig:
 
 def load_config(path: str | Path | None = None) -> AcceleratorConfig:
     """Load and validate a YAML accelerator config (``yaml.safe_load`` only)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = data_files.resolve(path) if path is not None else DEFAULT_CONFIG
     source = str(path)
     try:
         text = path.read_text()

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import torch
 
+from hw import data_files
 from models.lm import LMConfig, TernaryLM
 
 __all__ = ["FORMAT", "VERSION", "CheckpointError", "save_checkpoint", "load_checkpoint"]
@@ -60,7 +61,7 @@ def save_checkpoint(model: TernaryLM, path: str | os.PathLike, meta: dict | None
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check the outer structure of a checkpoint file; returns the dict."""
-    path = Path(path)
+    path = data_files.resolve(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

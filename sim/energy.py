@@ -4,15 +4,14 @@ through :func:`load_energy`."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import yaml
 
+from hw import data_files
 from hw.config import ConfigError
 
 __all__ = ["ENERGY_DIR", "ENERGY_KEYS", "load_energy"]
 
-ENERGY_DIR = Path(__file__).resolve().parent.parent / "configs" / "energy"
+ENERGY_DIR = data_files.energy_dir()
 ENERGY_KEYS = ("lookup", "table_entry", "mac8", "sram_byte", "dram_byte")
 
 

@@ -11,6 +11,7 @@ import json
 import sys
 from pathlib import Path
 
+from hw import data_files
 from hw.config import ConfigError, load_config
 
 EXIT_MISMATCH, EXIT_INPUT, EXIT_TOOL = 1, 2, 3
@@ -80,15 +81,13 @@ def _gemm_cases(acfg, workload: str, seed: int, n_random: int):
 
 
 def _kv_cases(acfg, workload: str, seed: int, n_random: int):
-    import glob
-
     from sim.kv_cases import directed_cases, random_cases, trace_cases
 
     cases = []
     if workload in ("cases", "all"):
         cases += directed_cases(acfg.kv, seed) + random_cases(acfg.kv, n_random, seed + 1)
     if workload in ("bitnet", "traces", "all"):
-        paths = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "traces" / "*.npz")))
+        paths = [str(p) for p in data_files.trace_files()]
         if not paths:
             raise ConfigError("traces/: no committed *.npz traces to replay")
         cases += trace_cases(acfg.kv, paths, heads=2, query_every=16)
