@@ -1,10 +1,11 @@
-"""FPGA bitstream flow for either engine: elaborate → Yosys → fit check → nextpnr → pack.
+"""FPGA bitstream flow for any engine or the top level: elaborate → Yosys → fit check → nextpnr → pack.
 
-Two engines can be built (``engine=``): ``tlmm``, the table-lookup ternary matmul (:class:`BoardTop`),
-and ``gemm``, the temporal int8 GEMM (:class:`GemmBoardTop`); ``all`` puts both side by side
-(:class:`AllBoardTop`), as a system that uses both must hold them. Their streams are hundreds of bits wide, far
-more than a board has pins, so each board top feeds them from on-chip pseudo-random registers and folds
-the results into one LED. Everything the engine computes stays observable (the result parity depends on
+Five designs can be built (``engine=``): ``tlmm``, the table-lookup ternary matmul (:class:`BoardTop`);
+``gemm``, the temporal int8 GEMM (:class:`GemmBoardTop`); ``all``, both side by side
+(:class:`AllBoardTop`), as a system that uses both must hold them; ``kv``, the KV retrieval engine
+(:class:`KvBoardTop`); ``top``, the integrated top level of hw/top.py (:class:`TopBoardTop`). Their streams
+are hundreds of bits wide, far more than a board has pins, so each board top feeds them from on-chip
+pseudo-random registers and folds the results into one LED. Everything the engine computes stays observable (the result parity depends on
 every output bit, every input bit comes from a register fed by an LFSR and a button pin), so Yosys cannot
 constant-fold any of the datapath away and the resource and timing figures are those of the real engine.
 

@@ -10,8 +10,8 @@ time together with the memory model (sim.memory documents the same rules for the
   request order, one per cycle at most, and at least ``beat_interval`` cycles apart;
 - a write beat is accepted in cycle t iff no write was accepted in the ``beat_interval - 1`` cycles before.
 
-Cycle definition (README.md): cycle 0 is the cycle of the command handshake; the count is the index of the
-cycle in which the last write beat is accepted. A command starts with an idle memory.
+Cycle definition (docs/design.md): cycle 0 is the cycle of the command handshake; the count is the index of
+the cycle in which the last write beat is accepted. A command starts with an idle memory.
 """
 
 from __future__ import annotations

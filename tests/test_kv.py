@@ -114,7 +114,7 @@ def test_model_matches_reference(kv):
 
 def test_model_cycles_follow_the_schedule():
     """Unstalled: INSERT = 1 + beats + (max(1, ceil(n/lanes)) + 2) + 1 + beats + 1; QUERY = 1 + beats +
-    (n·beats + 5) + 2 + (n + 2) + 1 + selected + 1 (README, KV retrieval engine)."""
+    (n·beats + 5) + 2 + (n + 2) + 1 + selected + 1 (docs/design.md, KV retrieval engine)."""
     kv = KvConfig()
     rng = np.random.default_rng(5)
     keys = rng.integers(-128, 128, (20, 32)).astype(np.int8)

@@ -1,6 +1,6 @@
 """Design-space exploration (`tritium dse SPEC --out DIR`).
 
-A sweep spec (YAML, see :func:`load_spec` and README "Design-space exploration") names a base config, the
+A sweep spec (YAML, see :func:`load_spec` and docs/dse.md) names a base config, the
 config fields to vary, a workload (model preset, prompt, context), objectives, constraints, a budget and a
 sampler. Optuna drives the search: its grid sampler or NSGA-II, a persistent study (SQLite in DIR by
 default; ``--storage postgresql://…`` shares one study between invocations on many machines).
