@@ -24,8 +24,12 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass, field
+from pathlib import Path
 
 __all__ = ["CompileError", "Op", "Graph", "from_export", "where_of"]
+
+#: Source locations are printed relative to the repository (or site-packages) root.
+_REPO_ROOT = str(Path(__file__).resolve().parent.parent) + "/"
 
 
 class CompileError(ValueError):
@@ -81,7 +85,7 @@ def where_of(node) -> str:
     frames = own or frames
     if frames:
         f, line = frames[-1]
-        src = f"{f.split('/work/main/')[-1].split('site-packages/')[-1]}:{line}"
+        src = f"{f.removeprefix(_REPO_ROOT).split('site-packages/')[-1]}:{line}"
     return f"{path} ({src})" if src else path
 
 

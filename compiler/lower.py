@@ -6,17 +6,20 @@ between step Programs without moving data (the image persists across steps).
 
 Passes here, in order (each has its own test):
 
-6. :func:`tile_tlmm`      each ``tlmm`` op → TLMM commands: tokens in groups of ≤ ``tlmm.tokens``, K in
-                          slices of ≤ ``tlmm.max_k`` (int32 partial sums added exactly by the dequant),
-                          N in slices of ≤ ``tlmm.max_n``; weights too large for the engine never fail.
-7. :func:`lower_attention` ``attention`` → host ``attn_prep`` (RoPE, int8 q/k/v, KV-cache append) →
-                          per KV head a GEMM ``Q·Kᵀ`` → host ``attn_softmax`` (scale, mask, softmax, fold
-                          V's scales, int8 P) → per KV head and ``gemm.cols`` block of head_dim a GEMM
-                          ``P·V`` → host ``attn_out``.
+6. TLMM tiling            (:meth:`Lowering.tlmm_slices`, ``Lowering._lower_tlmm``) each ``tlmm`` op → TLMM
+                          commands: tokens in groups of ≤ ``tlmm.tokens``, K in slices of ≤ ``tlmm.max_k``
+                          (int32 partial sums added exactly by the dequant), N in slices of ≤ ``tlmm.max_n``;
+                          weights too large for the engine never fail.
+7. attention              (``Lowering._lower_attention``) ``attention`` → host ``attn_prep`` (RoPE, int8
+                          q/k/v, KV-cache append) → per KV head a GEMM ``Q·Kᵀ`` → host ``attn_softmax``
+                          (scale, mask, softmax, fold V's scales, int8 P) → per KV head and ``gemm.cols``
+                          block of head_dim a GEMM ``P·V`` → host ``attn_out``.
 8. :class:`Allocator`     device tensors get beat addresses: persistent ones (packed weights, KV cache)
                           first in a fixed order, then step buffers first-fit with reuse after last use.
-9. weight packing         ternary weights → TLMM weight streams → bit-packed index bytes in the image.
-10. emit                  command words, host-op table, listing.
+9. weight packing         (:meth:`Lowering.weight_image`) ternary weights → TLMM weight streams →
+                          bit-packed index bytes in the image.
+10. emit                  (:meth:`Lowering.program`, ``Lowering._finish``) command words, host-op table,
+                          listing.
 """
 
 from __future__ import annotations

@@ -25,13 +25,14 @@ from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationE
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
+from hw import data_files
 from hw.yaml_safe import ConfigError, load_yaml, show
 
 __all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "KvConfig", "MemoryConfig", "DeviceConfig",
            "GemmGeometry", "AcceleratorConfig", "FAMILIES",
            "load_config", "config_from_dict", "config_reference_markdown", "DEFAULT_CONFIG"]
 
-DEFAULT_CONFIG = Path(__file__).resolve().parent.parent / "configs" / "default.yaml"
+DEFAULT_CONFIG = data_files.default_config()
 
 # Unknown fields are errors in every section (a misspelt field must not silently keep its default).
 _SECTION: ConfigDict = ConfigDict(extra="forbid")
@@ -560,7 +561,7 @@ def config_from_dict(data: Any, source: str = "<dict>") -> AcceleratorConfig:
 
 def load_config(path: str | Path | None = None) -> AcceleratorConfig:
     """Load and validate a YAML accelerator config (read by :func:`hw.yaml_safe.load_yaml`)."""
-    path = Path(path) if path is not None else DEFAULT_CONFIG
+    path = data_files.resolve(path) if path is not None else DEFAULT_CONFIG
     return config_from_dict(load_yaml(path, "config"), str(path))
 
 

@@ -22,7 +22,7 @@ tile's last k, into the shadow register); t+4 the shadow is visible to the drain
 per cycle from the shadow (while it holds a *credit*) into a 4-stage output pipeline — capture, add the
 rounding constant, shift, saturate — whose beats queue in an output FIFO in front of ``wr``; a beat leaving
 on ``wr`` returns its credit. ``cfg.out_credits`` credits let an always-ready memory take a beat every cycle
-and mean ``wr.ready`` never reaches the pipeline. Cycle rules are in README.md ("Temporal GEMM engine") and
+and mean ``wr.ready`` never reaches the pipeline. Cycle rules: docs/design.md ("Temporal GEMM engine") and
 in :mod:`sim.gemm_model`, which mirrors this schedule register by register.
 """
 

@@ -1,7 +1,7 @@
 """KV-cache retrieval engine (V-Rex ReSV-style): the controller that sequences its units.
 
 Numerics are those of :class:`models.resv.ClusterTable` (the golden reference); the cycle schedule below is
-mirrored state for state by :mod:`sim.kv_model` and documented in README.md ("KV retrieval engine").
+mirrored state for state by :mod:`sim.kv_model` and documented in docs/design.md ("KV retrieval engine").
 
 Units (``lib.wiring`` components, one file each; the controller here owns the state machine, the vector
 register and the INSERT decision/key-sum update):

@@ -1,7 +1,7 @@
 """The one numeric definition of ternary matmul (ARCHITECTURE.md contract 3), in numpy.
 
 Everything here is written once and used by the golden reference, the numba model, the RTL testbench and
-(later) the compiler. README.md, "Numeric definition", states the same rules in prose.
+(later) the compiler. docs/design.md, "Numeric definition", states the same rules in prose.
 
 * Weights are ternary ``w ∈ {-1, 0, +1}``. G consecutive weights along K form a group whose index is the
   offset base-3 code ``idx = Σ_j (w_j + 1)·3^j`` (j = 0 is the lowest k). ``idx == (3^G-1)/2`` is the

@@ -1,7 +1,7 @@
 """Table-lookup ternary matmul engine (TeLLMe-style TLMM) in Amaranth 0.5.
 
 Computes ``y[m, n] = Σ_k W[n, k]·x[m, k]`` for ternary W and signed activations, int32 results. The
-stream layouts, the schedule and the cycle count are defined in README.md ("TLMM engine") and shared with
+stream layouts, the schedule and the cycle count are defined in docs/design.md ("TLMM engine") and shared with
 :mod:`sim.tlmm_model`; :mod:`hw.ternary` lays out the streams.
 
 Schedule for one command (M tokens, KC chunks, NB blocks)::

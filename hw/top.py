@@ -16,7 +16,7 @@ for HOST), dispatches it in one cycle and waits until it is done, then fetches t
 - **HOST**: ``host`` presents the op index; done at the handshake (the host has run the op by then).
 
 The memory port (``rreq``/``rdata``/``wr``, the rules of sim/memory.py) belongs to the engine of the command
-in flight. ``sim.top_model`` mirrors this state for state; README.md ("Top level") gives the cycle counts.
+in flight. ``sim.top_model`` mirrors this state for state; docs/design.md ("Top level") has the cycle counts.
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
 """BitLinear: the BitNet b1.58 linear layer (ternary weights, int8 activations), in three modes.
 
-Numeric definition (the same as :mod:`hw.ternary`, README "Numeric definition"; tested bit for bit):
+Numeric definition (the same as :mod:`hw.ternary`, docs/design.md "Numeric definition"; tested bit for bit):
 
 * Weights, absmean per tensor: ``s_w = max(mean|w|, 1e-5)``, ``wq = clip(round(w / s_w), -1, 1)``. The mean
   is numpy's float32 mean; :func:`ternary_weight` calls :func:`hw.ternary.quantize_weights` itself, because

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import torch
 
+from hw import data_files
 from hw.files import atomic_write
 from models.lm import LMConfig, TernaryLM
 
@@ -52,7 +53,7 @@ def save_checkpoint(model: TernaryLM, path: str | os.PathLike, meta: dict | None
 
 def read_checkpoint(path: str | os.PathLike) -> dict:
     """Load and check the outer structure of a checkpoint file; returns the dict."""
-    path = Path(path)
+    path = data_files.resolve(path)
     if not path.is_file():
         raise CheckpointError(f"{path}: no such checkpoint file")
     try:

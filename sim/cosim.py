@@ -32,7 +32,8 @@ from sim.tlmm_model import run_tlmm_streams
 from sim.verilator import ToolError, ensure_verilator_on_path
 
 REPO = Path(__file__).resolve().parent.parent
-DEFAULT_BUILD = REPO / "build" / "cosim"
+# Verilator builds go under the checkout's build/ (or, for an installed package, the current folder's).
+DEFAULT_BUILD = (REPO if (REPO / "pyproject.toml").exists() else Path.cwd()) / "build" / "cosim"
 
 
 @dataclass

@@ -8,11 +8,12 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from hw import data_files
 from hw.yaml_safe import ConfigError, load_yaml, show
 
 __all__ = ["ENERGY_DIR", "ENERGY_KEYS", "EnergyTable", "load_energy"]
 
-ENERGY_DIR = Path(__file__).resolve().parent.parent / "configs" / "energy"
+ENERGY_DIR = data_files.energy_dir()
 
 _PJ = Annotated[float, Field(ge=0.0, strict=True, allow_inf_nan=False)]
 

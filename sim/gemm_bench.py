@@ -4,7 +4,7 @@ The bench loads each case's memory image into a :class:`sim.memory.BusMemory` (s
 :class:`sim.bench_common.MemoryPort`), presents the command, and
 serves the engine's read requests and write beats under the case's memory timing. One loop clocks the
 bench: after each rising edge the memory drives ready/valid/data for the cycle, after ReadOnly it samples
-the handshakes that happen at the next edge. Cycle 0 is the command handshake (README, cycle definition).
+the handshakes that happen at the next edge. Cycle 0 is the command handshake (docs/design.md).
 The scoreboard compares the output read back from memory with the reference and the numba model.
 """
 

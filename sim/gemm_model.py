@@ -7,8 +7,8 @@ testbench's sim.memory.BusMemory calls). The kernels take the command and geomet
 :class:`GemmParams` and the memory timing as one :class:`sim.mem_kernel.MemTiming`, both built from the
 config in one place (:func:`gemm_params`, :func:`sim.mem_kernel.mem_timing`).
 
-Cycle definition (README.md): cycle 0 is the cycle of the command handshake; the count is the index of the
-cycle in which the last write beat is accepted. A command starts with an idle memory.
+Cycle definition (docs/design.md): cycle 0 is the cycle of the command handshake; the count is the index of
+the cycle in which the last write beat is accepted. A command starts with an idle memory.
 """
 
 from __future__ import annotations

@@ -130,13 +130,13 @@ def workload_cases(acfg: AcceleratorConfig, workload: str, seed: int = 0, n_rand
     """The cases of a named workload (``tritium cosim kv --workload``): ``cases`` (directed + seeded
     random), ``traces`` / ``bitnet`` (replays of the committed traces/*.npz) or ``all`` (both). A trace
     that does not fit the config raises ValueError (TraceError)."""
-    import glob
+    from hw import data_files
 
     cases: list[KvCase] = []
     if workload in ("cases", "all"):
         cases += directed_cases(acfg.kv, seed) + random_cases(acfg.kv, n_random, seed + 1)
     if workload in ("bitnet", "traces", "all"):
-        paths = sorted(glob.glob(str(Path(__file__).resolve().parent.parent / "traces" / "*.npz")))
+        paths = [str(p) for p in data_files.trace_files()]
         if not paths:
             raise ValueError("traces/: no committed *.npz traces to replay")
         cases += trace_cases(acfg.kv, paths, heads=2, query_every=16)

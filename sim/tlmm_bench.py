@@ -5,7 +5,7 @@ scoring that compares the monitored results with the golden reference and the nu
 the parent process, and the RTL cycle count with the model's. One cooperative loop clocks all of them:
 each cycle, after the rising edge every driver drives, after ReadOnly every component samples the
 handshakes that will happen at the next edge. The valid/ready patterns are the same periodic patterns the
-model is given, indexed by the cycles since the command was accepted (README, cycle definition).
+model is given, indexed by the cycles since the command was accepted (docs/design.md, cycle definition).
 """
 
 from __future__ import annotations

@@ -14,7 +14,7 @@ its first lookup; PREP takes no beat and issues nothing (the pipeline still adva
 still pops). With all-ones patterns the engine never stalls, and :func:`tlmm_cycles` gives the same count
 in closed form.
 
-Cycle definition (README.md): cycle 0 is the cycle in which the command handshake happens; the count is
+Cycle definition (docs/design.md): cycle 0 is the cycle in which the command handshake happens; the count is
 the index of the cycle in which the last result beat is transferred.
 """
 
@@ -253,7 +253,7 @@ class TlmmRun:
 
     shape: TlmmShape
     y: np.ndarray          # (M, N) int32
-    cycles: int            # accept → last result transfer (README cycle definition)
+    cycles: int            # accept → last result transfer (docs/design.md cycle definition)
     events: dict
 
 

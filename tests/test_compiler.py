@@ -8,6 +8,8 @@ import sys
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch
 import torch.nn.functional as F
 
@@ -22,6 +24,8 @@ from hw.ternary import unpack_weight_groups
 from models.bitlinear import ternary_weight
 from models.lm import FeedForward, LMConfig, TernaryLM, generate
 from sim.runtime import Runtime, execute
+
+pytestmark = pytest.mark.torch
 
 SMALL = LMConfig(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=80, activation="relu2",
                  max_seq=64, subln=True, tie_embeddings=True)

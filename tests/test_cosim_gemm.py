@@ -15,6 +15,7 @@ from sim.gemm_cases import directed_cases, random_cases
 CONFIGS = [("default.yaml", True), ("gemm-4x4-w8.yaml", False), ("gemm-2x8-w16.yaml", False)]
 
 
+@pytest.mark.verilator
 @pytest.mark.parametrize("name, long", CONFIGS)
 def test_rtl_model_reference_agree(repo, name, long):
     acfg = load_config(repo / "configs" / name)
@@ -30,6 +31,7 @@ def test_rtl_model_reference_agree(repo, name, long):
     assert starved["rtl_cycles"] > 2 * {r["name"]: r for r in rep.rows}["extremes"]["rtl_cycles"]
 
 
+@pytest.mark.verilator
 def test_cli_cosim_gemm_json(repo):
     r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "gemm", "--config",
                         str(repo / "configs" / "gemm-2x8-w16.yaml"), "--seed", "3", "--random", "2", "--json"],

@@ -11,6 +11,8 @@ from hw.config import load_config
 from sim.cosim import run_tlmm_cosim
 from sim.tlmm_cases import directed_cases, random_cases
 
+pytestmark = pytest.mark.verilator
+
 CONFIGS = ["default.yaml", "wide.yaml", "small-g2-half.yaml", "small-g3-half.yaml"]
 
 

@@ -25,6 +25,9 @@ from tritium import dse
 from tritium.dse import FastEvaluator, SpecError, build_workload, load_spec, run_dse
 from tritium.estimate import estimate
 
+# load_spec checks the workload against the model presets, which need PyTorch
+pytestmark = pytest.mark.torch
+
 ROOT = Path(__file__).resolve().parent.parent
 TRITIUM = [sys.executable, "-m", "tritium.cli"]
 
@@ -252,6 +255,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.postgres
 def test_postgres_shared_study_two_invocations(tmp_path):
     pg = _pg_bin()
     if pg is None:
@@ -312,6 +316,7 @@ def test_postgres_shared_study_two_invocations(tmp_path):
 
 
 # ----------------------------------------------------------------------------------- verification
+@pytest.mark.verilator
 @pytest.mark.slow
 def test_verify_top_point_cosim(tmp_path):
     p = _spec(tmp_path, budget=4, parameters={"tlmm.tables": [4, 8], "tlmm.columns": [2, 4]})

@@ -278,7 +278,7 @@ def test_kv260_small_tlmm_and_both(tmp_path):
 @pytest.mark.slow
 def test_kv260_config_fits_with_both_engines(tmp_path):
     """configs/kv260.yaml (TeLLMe-sized TLMM, 16x16 GEMM), both engines in one design, fits the K26 per
-    Yosys synth_xilinx (see README for the run time)."""
+    Yosys synth_xilinx (see docs/results.md for the run time)."""
     acfg = load_config(ROOT / "configs" / "kv260.yaml")
     report = fpga.build_bitstream(acfg, "kv260", tmp_path, log=lambda s: None, engine="all")
     _check_kv260_report(report, tmp_path / "kv260-kv260-all", acfg, "all")

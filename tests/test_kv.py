@@ -114,7 +114,7 @@ def test_model_matches_reference(kv):
 
 def test_model_cycles_follow_the_schedule():
     """Unstalled: INSERT = 1 + beats + (max(1, ceil(n/lanes)) + 2) + 1 + beats + 1; QUERY = 1 + beats +
-    (n·beats + 5) + 2 + (n + 2) + 1 + selected + 1 (README, KV retrieval engine)."""
+    (n·beats + 5) + 2 + (n + 2) + 1 + selected + 1 (docs/design.md, KV retrieval engine)."""
     kv = KvConfig()
     rng = np.random.default_rng(5)
     keys = rng.integers(-128, 128, (20, 32)).astype(np.int8)
@@ -152,6 +152,8 @@ def _all_ok(rep):
                                                  and r["model_equals_reference"] and r["rtl_cycles"] == r["model_cycles"])]
 
 
+@pytest.mark.verilator
+@pytest.mark.torch  # trace replays quantize keys with models.resv (torch)
 def test_cosim_default_with_trace_replays(repo):
     acfg = load_config(repo / "configs" / "default.yaml")
     paths = sorted((repo / "traces").glob("*.npz"))
@@ -163,6 +165,7 @@ def test_cosim_default_with_trace_replays(repo):
     assert rows["vec-starved"]["rtl_cycles"] > rows["out-backpressure"]["rtl_cycles"]
 
 
+@pytest.mark.verilator
 def test_cosim_small_config(repo):
     acfg = load_config(repo / "configs" / "kv-small.yaml")
     cases = directed_cases(acfg.kv, 5) + random_cases(acfg.kv, 8, 6)
@@ -184,6 +187,7 @@ def test_trace_head_dim_mismatch_is_reported(repo):
         trace_cases(kv, sorted((repo / "traces").glob("*.npz"))[:1])
 
 
+@pytest.mark.verilator
 def test_cli_cosim_kv_json(repo):
     r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "kv", "--config",
                         str(repo / "configs" / "kv-small.yaml"), "--random", "2", "--json"],

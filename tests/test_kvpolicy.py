@@ -12,6 +12,7 @@ from models import kvpolicy as kp
 from traces.format import Trace, load_trace, save_trace
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 
 REPO = Path(__file__).resolve().parent.parent
 TRACE = "traces/tiny-val-0.npz"

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+
+pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch
 import torch.nn.functional as F
 
@@ -25,6 +27,8 @@ from models.data import VOCAB, decode, encode, eval_windows, load_corpus
 from models.lm import LMConfig, generate
 from models.presets import PRESETS, build_model
 from models.train import evaluate
+
+pytestmark = pytest.mark.torch
 
 SMALL = LMConfig(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=96, activation="relu2",
                  max_seq=64, subln=True, tie_embeddings=True)

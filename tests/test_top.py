@@ -27,6 +27,8 @@ def _check(rep):
     assert rep.ok
 
 
+@pytest.mark.torch
+@pytest.mark.verilator
 def test_one_decoder_layer_prefill_and_decode(repo):
     acfg = load_config(repo / "configs" / "default.yaml")
     rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"import os"), 2, layers=1,
@@ -36,6 +38,8 @@ def test_one_decoder_layer_prefill_and_decode(repo):
     assert kinds == {"tlmm", "gemm", "host"}
 
 
+@pytest.mark.torch
+@pytest.mark.verilator
 def test_starved_memory_keeps_cycles_exact(repo):
     """Memory timing is not hardware (same RTL build): long latency, one request in flight, a beat every
     other cycle — the DMA's FIFO runs dry and the engines stall; the model must follow."""
@@ -50,6 +54,8 @@ def test_starved_memory_keeps_cycles_exact(repo):
     assert command_cycles(acfg, cmd) > command_cycles(base, cmd)
 
 
+@pytest.mark.torch
+@pytest.mark.verilator
 def test_other_beat_widths(repo):
     """G=2 half tables, T=3, Q=5, 3 tokens: 6-byte activation beats, 20-byte result beats that straddle the
     32-byte bus beats, a different weight width — the gearbox and the result packer on other boundaries."""

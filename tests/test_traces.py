@@ -10,6 +10,7 @@ import pytest
 from traces.format import Trace, TraceError, load_trace, save_trace
 
 torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
 
 CKPT = str(Path(__file__).resolve().parent.parent / "models/checkpoints/tiny.pt")
 

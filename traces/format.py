@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from hw import data_files
 from hw.files import atomic_write
 
 __all__ = ["FORMAT", "VERSION", "ARRAYS", "TraceError", "Trace", "load_trace", "save_trace", "validate"]
@@ -160,7 +161,7 @@ def validate(t: Trace) -> Trace:
 
 def load_trace(path: str | os.PathLike) -> Trace:
     """Read and validate one trace file (see the module docstring); :class:`TraceError` on any problem."""
-    path = Path(path)
+    path = data_files.resolve(path)
     if not path.is_file():
         raise _err(path, "no such trace file")
     try:

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from hw import data_files
 from models.kvpolicy import capture_qk
 from traces.format import FORMAT, VERSION, Trace, TraceError, save_trace
 
@@ -38,7 +39,7 @@ SOURCE = "pydoc+docstrings/validation"
 
 def file_sha256(path: str | Path) -> str:
     h = hashlib.sha256()
-    with open(path, "rb") as f:
+    with open(data_files.resolve(path), "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()

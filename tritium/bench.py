@@ -12,6 +12,7 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
+from hw import data_files
 from hw.config import AcceleratorConfig
 from hw.isa import GemmCommand
 from hw.ternary import tlmm_shape, tlmm_streams
@@ -138,7 +139,7 @@ def _bench_dse(log=print, points: int = 1000, workers: int = 2) -> dict:
 
     from tritium.dse import load_spec, run_dse
 
-    spec = load_spec(Path(__file__).resolve().parent.parent / "configs" / "sweeps" / "kv260-bitnet07b.yaml")
+    spec = load_spec(data_files.data_path("configs/sweeps/kv260-bitnet07b.yaml"))
     spec.budget = points
     log(f"[bench] DSE: {points} points of {spec.name} on {workers} worker processes ...")
     with tempfile.TemporaryDirectory(prefix="tritium-bench-dse-") as d:
@@ -211,8 +212,7 @@ def _bench_kv(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     from sim.kv_cases import trace_cases
     from sim.kv_model import encode_commands, run_kv
 
-    repo = Path(__file__).resolve().parent.parent
-    cases = trace_cases(acfg.kv, sorted((repo / "traces").glob("*.npz"))[:2], heads=2)
+    cases = trace_cases(acfg.kv, data_files.trace_files()[:2], heads=2)
     encoded = [encode_commands(acfg.kv, c.commands) for c in cases]
     run_kv(acfg.kv, *encoded[0])                                   # compile outside the timing
     log("[bench] KV: numba stepped model on trace replays ...")
@@ -242,14 +242,13 @@ def _bench_top(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     from sim.cosim import run_top_cosim
     from sim.top_model import program_cycles
 
-    repo = Path(__file__).resolve().parent.parent
     log("[bench] top level: one layer of the tiny model through the RTL ...")
-    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"def f(x)"), 1, layers=1,
+    rep = run_top_cosim(acfg, data_files.tiny_checkpoint(), list(b"def f(x)"), 1, layers=1,
                         build_root=build_root, quiet=True)
     from compiler import compile_model, load_model
     from sim.cosim import truncated_model
 
-    prog = compile_model(truncated_model(load_model(str(repo / "models" / "checkpoints" / "tiny.pt")), 1),
+    prog = compile_model(truncated_model(load_model(str(data_files.tiny_checkpoint())), 1),
                          acfg).program(8, 0, logits="last")
     program_cycles(prog)
     t0 = time.perf_counter()

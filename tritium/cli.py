@@ -1,4 +1,4 @@
-"""The ``tritium`` command line. Every subcommand is documented in README.md.
+"""The ``tritium`` command line. Every subcommand is documented in docs/cli.md.
 
 Exit codes: 0 success; 1 a comparison failed (outputs or cycles differ); 2 bad input (config, arguments);
 3 a tool failed (Verilator, Yosys, nextpnr) or a design does not fit its board.

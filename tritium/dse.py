@@ -1,6 +1,6 @@
 """Design-space exploration (`tritium dse SPEC --out DIR`).
 
-A sweep spec (YAML, see :func:`load_spec` and README "Design-space exploration") names a base config, the
+A sweep spec (YAML, see :func:`load_spec` and docs/dse.md) names a base config, the
 config fields to vary, a workload (model preset, prompt, context), objectives, constraints, a budget and a
 sampler. Optuna drives the search: its grid sampler or NSGA-II, a persistent study (SQLite in DIR by
 default; ``--storage postgresql://…`` shares one study between invocations on many machines).
@@ -44,12 +44,11 @@ from pathlib import Path
 
 import yaml
 
+from hw import data_files
 from hw.config import AcceleratorConfig, ConfigError, config_from_dict, load_config
 
 __all__ = ["SpecError", "Spec", "load_spec", "FastEvaluator", "Workload", "build_workload", "run_dse",
            "METRICS"]
-
-ROOT = Path(__file__).resolve().parent.parent
 
 
 class SpecError(ValueError):
@@ -181,7 +180,7 @@ def _values(path, pname: str, v) -> list:
 
 def load_spec(path: str | Path) -> Spec:
     """Read and check a sweep spec; any problem → :class:`SpecError` naming the file and the field."""
-    path = Path(path)
+    path = data_files.resolve(path)
     try:
         raw = yaml.safe_load(path.read_text())
     except FileNotFoundError:
@@ -205,7 +204,7 @@ def load_spec(path: str | Path) -> Spec:
     b = raw["base"]
     if not isinstance(b, str) or not b:
         raise _err(path, "base", f"expected a config file path, got {b!r}")
-    cands = [path.parent / b, Path(b), ROOT / b]
+    cands = [path.parent / b, data_files.resolve(b)]
     base_path = next((c for c in cands if c.exists()), None)
     if base_path is None:
         raise _err(path, "base", f"config file {b!r} not found (relative to {path.parent} or the working directory)")

@@ -183,8 +183,8 @@ def plot_recall(points: dict, out: Path, title: str) -> Path:
 
 def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int | None = None,
            recent: int = 8) -> dict:
-    """The README table: ReSV at the config's alpha on every trace, then every baseline at the budget that
-    matches ReSV's retrieved fraction on that trace (a fraction of the visible prefix), full attention.
+    """docs/results.md's KV table: ReSV at the config's alpha on every trace, then every baseline at the
+    budget that matches ReSV's retrieved fraction on that trace (a fraction of the visible prefix), full attention.
     Means over traces of retrieved fraction, recall, early-exit fraction, perplexity (int mode), cycles and
     modeled energy. ``recent`` > 0 adds a row for ReSV with a local window of that many tokens."""
     names = ("resv", *((f"resv+recent{recent}",) if recent else ()), "streaming", "h2o", "quest", "full")

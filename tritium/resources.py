@@ -35,9 +35,11 @@ from pathlib import Path
 
 import numpy as np
 
+from hw import data_files
+
 __all__ = ["CALIBRATION_CSV", "FAMILY_OF_BOARD", "ResourceModel", "load_model", "fit_report", "predict"]
 
-CALIBRATION_CSV = Path(__file__).resolve().parent.parent / "configs" / "calibration" / "runs.csv"
+CALIBRATION_CSV = data_files.calibration_csv()
 FAMILY_OF_BOARD = {"ulx3s": "ecp5", "kv260": "xcup"}
 RESOURCES = ("lut", "ff", "bram", "uram", "dsp")
 
