@@ -51,7 +51,9 @@ def _packaged(name: str | os.PathLike) -> Path | None:
         root = resources.files(pkg)
     except ModuleNotFoundError:
         return None
-    target = root.joinpath(*rest)
+    target = root
+    for part in rest:                     # one part at a time: Python 3.10's Traversable.joinpath takes one
+        target = target.joinpath(part)
     # Tritium's packages are installed as plain folders (no zip imports), so a Traversable is a real path.
     return Path(str(target))
 
