@@ -1,4 +1,4 @@
-# Tritium — every target documented in README.md. The first target that needs Python creates .venv.
+# Tritium — every target is documented in docs/cli.md. The first target that needs Python creates .venv.
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
