@@ -306,9 +306,11 @@ class Program:
                                            f"the tensor table says float32 {t.shape}")
                 continue
             if t.nbytes == 0 and "parts" in t.attrs:
-                for part in t.attrs["parts"]:
-                    if part not in self.tensors:
-                        raise ProgramError(f"{source}: tensor {t.name}: unknown part {part!r}")
+                parts = t.attrs["parts"]
+                if not isinstance(parts, list) or any(p not in self.tensors for p in parts):
+                    raise ProgramError(f"{source}: tensor {t.name}: parts must name tensors, got {parts!r:.60}")
+                if math.prod(t.shape) * np.dtype(t.dtype).itemsize > sum(self.tensors[p].nbytes for p in parts):
+                    raise ProgramError(f"{source}: tensor {t.name}: shape {t.shape} larger than its parts")
                 continue
             if t.addr < 0 or (materialized and (t.addr * w + t.nbytes) > self.image.size):
                 raise ProgramError(f"{source}: tensor {t.name}: outside the {self.image.shape[0]}-beat image")

@@ -210,6 +210,11 @@ def _huge_nbytes(doc):
     doc["tensors"][_first_tensor_in_memory(doc)]["nbytes"] = 10**30
 
 
+def _huge_parts(doc):
+    t = next(t for t in doc["tensors"] if "parts" in t["attrs"])
+    t["shape"] = [10**9, 10**9]
+
+
 def _dup_tensor(doc):
     doc["tensors"][1]["name"] = doc["tensors"][0]["name"]
 
@@ -297,6 +302,7 @@ DAMAGE = {
     "resigned-tensor-outside-image": _resigned(doc_fn=_tensor_outside),
     "resigned-memory-beats-huge": _resigned(doc_fn=lambda doc: doc["meta"].__setitem__("memory_beats", 10**40)),
     "resigned-tensor-nbytes-huge": _resigned(doc_fn=_huge_nbytes),
+    "resigned-parts-shape-huge": _resigned(doc_fn=_huge_parts),
     "resigned-memory-beats": _resigned(doc_fn=lambda doc: doc["meta"].__setitem__("memory_beats", 7)),
     "resigned-host-shape": _resigned(
         arrays_fn=lambda a: a.__setitem__("host:lm_head.weight", a["host:lm_head.weight"][:4].copy()),
@@ -543,3 +549,16 @@ def test_runtime_checks_activation_range(built):
 
 def test_runtime_implements_every_host_op_kind():
     assert all(hasattr(_Host, "op_" + k.replace("+", "_")) for k in HOST_OP_KINDS)
+
+
+def test_forged_host_op_fails_with_a_program_error(built, tmp_path):
+    """Hashes recomputed after removing an attribute a host op needs: loads, then fails naming the op."""
+    good = built[2]
+    d = tmp_path / "p"
+    shutil.copytree(good, d)
+    _rewrite(d, doc_fn=lambda doc: next(h for h in doc["host_ops"] if h["kind"] == "rmsnorm+quant")["attrs"].pop("eps"),
+             resign=True)
+    prog = Program.load(d)
+    with pytest.raises(ProgramError, match=r"HOST command \d+: host op layers\.0\.attn_norm \(rmsnorm\+quant\)"):
+        execute(prog, TOKENS)
+
