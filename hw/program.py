@@ -348,10 +348,13 @@ class Program:
                         if getattr(c, f) * w + n > self.image.size:
                             raise ProgramError(f"{source}: TLMM command {i}: {f} stream outside the "
                                                f"{self.image.shape[0]}-beat image")
-            if isinstance(c, GemmCommand) and materialized:
-                for f in ("a_base", "b_base", "c_base"):
-                    if getattr(c, f) >= self.image.shape[0]:
-                        raise ProgramError(f"{source}: GEMM command {i}: {f} outside the "
+            if isinstance(c, GemmCommand) and materialized:      # the numba GEMM model does not bounds-check
+                geo = acfg.gemm_geometry
+                spans = {"a_base": c.m_tiles * c.k_tiles * geo.a_beats, "b_base": c.n_tiles * c.k_tiles * geo.b_beats,
+                         "c_base": c.m_tiles * c.n_tiles * geo.out_beats(bool(c.requant))}
+                for f, n in spans.items():
+                    if getattr(c, f) + n > self.image.shape[0]:
+                        raise ProgramError(f"{source}: GEMM command {i}: {f} panels outside the "
                                            f"{self.image.shape[0]}-beat image")
 
 
