@@ -306,9 +306,11 @@ class Program:
                                            f"the tensor table says float32 {t.shape}")
                 continue
             if t.nbytes == 0 and "parts" in t.attrs:
-                for part in t.attrs["parts"]:
-                    if part not in self.tensors:
-                        raise ProgramError(f"{source}: tensor {t.name}: unknown part {part!r}")
+                parts = t.attrs["parts"]
+                if not isinstance(parts, list) or any(p not in self.tensors for p in parts):
+                    raise ProgramError(f"{source}: tensor {t.name}: parts must name tensors, got {parts!r:.60}")
+                if math.prod(t.shape) * np.dtype(t.dtype).itemsize > sum(self.tensors[p].nbytes for p in parts):
+                    raise ProgramError(f"{source}: tensor {t.name}: shape {t.shape} larger than its parts")
                 continue
             if t.addr < 0 or (materialized and (t.addr * w + t.nbytes) > self.image.size):
                 raise ProgramError(f"{source}: tensor {t.name}: outside the {self.image.shape[0]}-beat image")
@@ -346,10 +348,13 @@ class Program:
                         if getattr(c, f) * w + n > self.image.size:
                             raise ProgramError(f"{source}: TLMM command {i}: {f} stream outside the "
                                                f"{self.image.shape[0]}-beat image")
-            if isinstance(c, GemmCommand) and materialized:
-                for f in ("a_base", "b_base", "c_base"):
-                    if getattr(c, f) >= self.image.shape[0]:
-                        raise ProgramError(f"{source}: GEMM command {i}: {f} outside the "
+            if isinstance(c, GemmCommand) and materialized:      # the numba GEMM model does not bounds-check
+                geo = acfg.gemm_geometry
+                spans = {"a_base": c.m_tiles * c.k_tiles * geo.a_beats, "b_base": c.n_tiles * c.k_tiles * geo.b_beats,
+                         "c_base": c.m_tiles * c.n_tiles * geo.out_beats(bool(c.requant))}
+                for f, n in spans.items():
+                    if getattr(c, f) + n > self.image.shape[0]:
+                        raise ProgramError(f"{source}: GEMM command {i}: {f} panels outside the "
                                            f"{self.image.shape[0]}-beat image")
 
 

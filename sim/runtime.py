@@ -262,7 +262,12 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
     t = acfg.tlmm
     for i, cmd in enumerate(prog.commands()):
         if isinstance(cmd, HostCommand):
-            host.run(prog.host_ops[cmd.op])
+            op = prog.host_ops[cmd.op]
+            try:
+                host.run(op)
+            except (KeyError, IndexError, TypeError) as e:      # attributes or tensors the op needs are missing
+                raise ProgramError(f"HOST command {i}: host op {op.name} ({op.kind}) is malformed "
+                                   f"({type(e).__name__}: {e}); recompile the Program") from e
             stats.commands["host"] += 1
         elif isinstance(cmd, TlmmCommand):
             W = img.shape[1]

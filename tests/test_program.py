@@ -1,6 +1,7 @@
 """Program folders: the content hash, atomic save, and a battery of damaged folders that must all be refused
 with a one-line ProgramError; ``tritium run``; the compiler's and the runtime's tlmm.act_bits checks."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -17,7 +18,7 @@ import torch
 import hw.program as hp
 from compiler import CompileError, compile_model
 from hw.config import load_config
-from hw.isa import HostCommand, TlmmCommand, decode_program, encode_program
+from hw.isa import GemmCommand, HostCommand, TlmmCommand, decode_program, encode_program
 from hw.program import HOST_OP_KINDS, Program, ProgramError
 from models.lm import LMConfig, TernaryLM
 from sim.runtime import _Host, check_act_range, execute
@@ -162,6 +163,13 @@ def _tlmm_out_of_image(a):
     a["words"] = np.array(encode_program(cmds), dtype=np.uint64)
 
 
+def _gemm_out_of_image(a):
+    cmds = decode_program([int(w) for w in a["words"]])
+    i = next(i for i, c in enumerate(cmds) if isinstance(c, GemmCommand))
+    cmds[i] = dataclasses.replace(cmds[i], b_base=a["image"].shape[0] - 2)
+    a["words"] = np.array(encode_program(cmds), dtype=np.uint64)
+
+
 def _extra_file(d):
     (d / "notes.txt").write_text("hello")
 
@@ -208,6 +216,11 @@ def _tensor_outside(doc):
 
 def _huge_nbytes(doc):
     doc["tensors"][_first_tensor_in_memory(doc)]["nbytes"] = 10**30
+
+
+def _huge_parts(doc):
+    t = next(t for t in doc["tensors"] if "parts" in t["attrs"])
+    t["shape"] = [10**9, 10**9]
 
 
 def _dup_tensor(doc):
@@ -294,9 +307,11 @@ DAMAGE = {
     # re-signed (hashes recomputed): the structural checks behind the hashes
     "resigned-host-op-index": _resigned(arrays_fn=_host_op_999),
     "resigned-tlmm-out-of-image": _resigned(arrays_fn=_tlmm_out_of_image),
+    "resigned-gemm-out-of-image": _resigned(arrays_fn=_gemm_out_of_image),
     "resigned-tensor-outside-image": _resigned(doc_fn=_tensor_outside),
     "resigned-memory-beats-huge": _resigned(doc_fn=lambda doc: doc["meta"].__setitem__("memory_beats", 10**40)),
     "resigned-tensor-nbytes-huge": _resigned(doc_fn=_huge_nbytes),
+    "resigned-parts-shape-huge": _resigned(doc_fn=_huge_parts),
     "resigned-memory-beats": _resigned(doc_fn=lambda doc: doc["meta"].__setitem__("memory_beats", 7)),
     "resigned-host-shape": _resigned(
         arrays_fn=lambda a: a.__setitem__("host:lm_head.weight", a["host:lm_head.weight"][:4].copy()),
@@ -543,3 +558,16 @@ def test_runtime_checks_activation_range(built):
 
 def test_runtime_implements_every_host_op_kind():
     assert all(hasattr(_Host, "op_" + k.replace("+", "_")) for k in HOST_OP_KINDS)
+
+
+def test_forged_host_op_fails_with_a_program_error(built, tmp_path):
+    """Hashes recomputed after removing an attribute a host op needs: loads, then fails naming the op."""
+    good = built[2]
+    d = tmp_path / "p"
+    shutil.copytree(good, d)
+    _rewrite(d, doc_fn=lambda doc: next(h for h in doc["host_ops"] if h["kind"] == "rmsnorm+quant")["attrs"].pop("eps"),
+             resign=True)
+    prog = Program.load(d)
+    with pytest.raises(ProgramError, match=r"HOST command \d+: host op layers\.0\.attn_norm \(rmsnorm\+quant\)"):
+        execute(prog, TOKENS)
+
