@@ -2,7 +2,8 @@
 
 The host (the CPU of a Zynq-class SoC; the co-simulation bench) pushes the Program's 64-bit command words
 (hw.isa, version 3) into ``cmd``. The decoder fetches a command (one word per cycle; 3 for TLMM and GEMM, 1
-for HOST), dispatches it in one cycle and waits until it is done, then fetches the next:
+for HOST), dispatches it in one cycle and waits until it is done, then fetches the next. The command register
+is read through :class:`CommandFields` (``lib.data`` views built from hw.isa's field tables):
 
 - **TLMM**: the engine takes the command's engine fields; the DMA starts at the same edge. Its read
   sequencer walks the runs the engine consumes — for every chunk kc, the M activation beats (``act_base``
@@ -22,24 +23,67 @@ in flight. ``sim.top_model`` mirrors this state for state; docs/design.md ("Top 
 from __future__ import annotations
 
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
-from amaranth.lib import stream, wiring
+from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from hw.config import AcceleratorConfig
 from hw.gemm import TemporalGemm, read_request_layout, write_layout
-from hw.isa import GEMM_FIELDS, OP_GEMM, OP_HOST, OP_TLMM, TLMM_FIELDS, command_words, payload_fields
+from hw.gemm import command_layout as gemm_command_layout
+from hw.isa import (
+    GEMM_FIELDS,
+    HOST_FIELDS,
+    OP_GEMM,
+    OP_HOST,
+    OP_TLMM,
+    TLMM_FIELDS,
+    command_words,
+    payload_fields,
+)
 from hw.tlmm import TableLookupMatmul
+from hw.tlmm import command_layout as tlmm_command_layout
 from hw.top_geometry import TopGeometry, top_geometry
 
-__all__ = ["AcceleratorTop", "TopGeometry", "top_geometry"]
+__all__ = ["AcceleratorTop", "CommandFields", "TopGeometry", "top_geometry", "command_layout", "MAX_COMMAND_WORDS"]
+
+_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
+#: Words the decoder's command register holds (the longest command).
+MAX_COMMAND_WORDS = max(command_words(op) for op in _FIELDS)
 
 
-def _field(words, fields, name):
-    for n, w, lsb, width in fields:
-        if n == name:
-            return words[w][lsb:lsb + width]
-    raise KeyError(name)
+def command_layout(opcode: int) -> data.FlexibleLayout:
+    """The decoder's command register (``MAX_COMMAND_WORDS`` 64-bit words, word w at bit 64·w) seen as a
+    command of ``opcode``: one field per hw.isa field (reserved bits have none)."""
+    return data.FlexibleLayout(64 * MAX_COMMAND_WORDS, {
+        name: data.Field(unsigned(width), 64 * word + lsb) for name, word, lsb, width in _FIELDS[opcode]})
+
+
+_DMA_FIELDS = ("act_base", "wgt_base", "res_base")
+
+
+class CommandFields(wiring.Component):
+    """The fields of the command in the decoder's register (combinational, through :func:`command_layout`
+    views): the opcode, the TLMM and GEMM engines' ``cmd`` payloads, the TLMM DMA's stream addresses and the
+    HOST op index. Which of them are meaningful depends on the opcode."""
+
+    def __init__(self):
+        super().__init__({
+            "words": In(data.ArrayLayout(64, MAX_COMMAND_WORDS)),
+            "opcode": Out(8),
+            "tlmm": Out(tlmm_command_layout()),
+            "tlmm_dma": Out(data.StructLayout({name: 32 for name in _DMA_FIELDS})),
+            "gemm": Out(gemm_command_layout()),
+            "host_op": Out(16),
+        })
+
+    def elaborate(self, platform) -> Module:
+        m = Module()
+        tl, gm, host = (data.View(command_layout(op), self.words.as_value()) for op in (OP_TLMM, OP_GEMM, OP_HOST))
+        m.d.comb += [self.opcode.eq(tl.opcode), self.host_op.eq(host.op)]
+        m.d.comb += [self.tlmm[name].eq(tl[name]) for name, _ in payload_fields(OP_TLMM)]
+        m.d.comb += [self.tlmm_dma[name].eq(tl[name]) for name in _DMA_FIELDS]
+        m.d.comb += [self.gemm[name].eq(gm[name]) for name, _ in payload_fields(OP_GEMM)]
+        return m
 
 
 class AcceleratorTop(wiring.Component):
@@ -68,17 +112,20 @@ class AcceleratorTop(wiring.Component):
         m.submodules.gemm = gemm = TemporalGemm(acfg)
 
         # ---------------------------------------------------------------- decoder
-        words = [Signal(64, name=f"word{i}") for i in range(3)]
-        widx = Signal(2)
+        words = Signal(data.ArrayLayout(64, MAX_COMMAND_WORDS), name="command_words")
+        m.submodules.fields = fields = CommandFields()
+        m.d.comb += fields.words.eq(words)
+        tl_cmd, tl_dma = fields.tlmm, fields.tlmm_dma
+        widx = Signal(range(MAX_COMMAND_WORDS + 1))
         st = Signal(2)          # 0 FETCH, 1 DISPATCH, 2 RUN, 3 HOST
-        opcode = words[0][:8]
+        opcode = fields.opcode
         tl_done, run_tlmm = Signal(), Signal()
         m.d.comb += self.busy.eq(st != 0)
         with m.Switch(st):
             with m.Case(0):
                 m.d.comb += self.cmd.ready.eq(1)
                 with m.If(self.cmd.valid):
-                    m.d.sync += _store(words, widx, self.cmd.payload)
+                    m.d.sync += words[widx].eq(self.cmd.payload)
                     op = Mux(widx == 0, self.cmd.payload[:8], opcode)
                     n_words = Mux(op == OP_HOST, command_words(OP_HOST), command_words(OP_TLMM))
                     with m.If(widx + 1 == n_words):
@@ -94,7 +141,7 @@ class AcceleratorTop(wiring.Component):
                 with m.If(Mux(run_tlmm, tl_done, ~gemm.busy)):
                     m.d.sync += st.eq(0)
             with m.Case(3):
-                m.d.comb += [self.host.valid.eq(1), self.host.payload.eq(words[0][16:32])]
+                m.d.comb += [self.host.valid.eq(1), self.host.payload.eq(fields.host_op)]
                 with m.If(self.host.ready):
                     m.d.sync += st.eq(0)
 
@@ -102,9 +149,9 @@ class AcceleratorTop(wiring.Component):
         dispatch_gemm = (st == 1) & (opcode == OP_GEMM)
         m.d.comb += [
             tlmm.cmd.valid.eq(dispatch_tlmm),
-            tlmm.cmd.payload.eq(Cat(*(_field(words, TLMM_FIELDS, n) for n, _ in payload_fields(OP_TLMM)))),
+            tlmm.cmd.payload.eq(fields.tlmm),
             gemm.cmd.valid.eq(dispatch_gemm),
-            gemm.cmd.payload.eq(Cat(*(_field(words, GEMM_FIELDS, n) for n, _ in payload_fields(OP_GEMM)))),
+            gemm.cmd.payload.eq(fields.gemm),
         ]
 
         # ---------------------------------------------------------------- TLMM DMA: read sequencer
@@ -221,21 +268,21 @@ class AcceleratorTop(wiring.Component):
 
         # ---------------------------------------------------------------- DMA start (at the dispatch edge)
         with m.If(dispatch_tlmm):
-            act_b = Cat(Const(0, lgW), _field(words, TLMM_FIELDS, "act_base")[:AB])
-            wgt_b = Cat(Const(0, lgW), _field(words, TLMM_FIELDS, "wgt_base")[:AB])
-            m_tok = _field(words, TLMM_FIELDS, "tokens_minus_one") + 1
-            nbv = _field(words, TLMM_FIELDS, "n_blocks")
+            act_b = Cat(Const(0, lgW), tl_dma.act_base[:AB])
+            wgt_b = Cat(Const(0, lgW), tl_dma.wgt_base[:AB])
+            m_tok = tl_cmd.tokens_minus_one + 1
+            nbv = tl_cmd.n_blocks
             a_bytes = m_tok * EA
             m.d.sync += [
-                M.eq(m_tok), kc_last.eq(_field(words, TLMM_FIELDS, "k_chunks") - 1), NB.eq(nbv),
+                M.eq(m_tok), kc_last.eq(tl_cmd.k_chunks - 1), NB.eq(nbv),
                 run_a_bytes.eq(a_bytes), run_w_bytes.eq(nbv * EW),
                 rs_active.eq(1), rs_kind.eq(0), rs_kc.eq(0), rs_a.eq(act_b), rs_w.eq(wgt_b),
-                rs_addr.eq(_field(words, TLMM_FIELDS, "act_base")[:AB]),
+                rs_addr.eq(tl_dma.act_base[:AB]),
                 rs_left.eq(run_beats(act_b, a_bytes)),
                 gb_active.eq(1), gb_kind.eq(0), gb_kc.eq(0), gb_first.eq(1), gb_a.eq(act_b), gb_w.eq(wgt_b),
                 gb_bb.eq(run_beats(act_b, a_bytes)), gb_eb.eq(m_tok),
                 w_active.eq(1), wfill.eq(0), wbuf.eq(0), res_left.eq(m_tok * nbv),
-                w_addr.eq(_field(words, TLMM_FIELDS, "res_base")[:AB]),
+                w_addr.eq(tl_dma.res_base[:AB]),
             ]
 
         # ---------------------------------------------------------------- memory port
@@ -262,8 +309,3 @@ class AcceleratorTop(wiring.Component):
                 gemm.wr.ready.eq(self.wr.ready),
             ]
         return m
-
-
-def _store(words, idx, value):
-    """Store ``value`` into ``words[idx]`` (idx < 3)."""
-    return [w.eq(Mux(idx == i, value, w)) for i, w in enumerate(words)]
