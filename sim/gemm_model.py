@@ -92,7 +92,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
     a_base, b_base = p.a_base, p.b_base
     R, C, TK, W, AB, BB = p.rows, p.cols, p.k_tile, p.bus_bytes, p.a_beats, p.b_beats
     n_cred, stages, max_burst = p.out_credits, p.out_stages, tm.max_burst
-    mem = mem_new(tm)
+    mem, ring = mem_new(tm)
     # engine state (registers after the accept in cycle 0)
     abuf = np.zeros((2 * AB, W), np.uint8)
     bbuf = np.zeros((2 * BB, W), np.uint8)
@@ -146,7 +146,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
         # ---- combinational view of cycle t ----
         req_valid = (not rq_done) and ahead != 2
         req_ready = mem_request_ready(mem)
-        beat = mem_read_valid(mem, t)
+        beat = mem_read_valid(mem, ring, t)
         final_k = cp_k == TK - 1 and cp_kt == kt - 1
         full_cur = full1 if cp_half else full0
         issue = (not cp_done) and full_cur and not (final_k and shadow_full)
@@ -166,7 +166,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
             events[9] += 1
         # ---- memory: read data ----
         if beat:
-            addr = mem_deliver(mem, t)
+            mem, addr = mem_deliver(mem, ring, t)
             events[5] += 1
             events[3] += 1
             # receiver
@@ -195,7 +195,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
             tile_beats = BB if rq_part else AB
             rem = tile_beats - rq_off
             burst = max_burst if rem > max_burst else rem
-            mem_request(mem, t, (b_ptr if rq_part else a_ptr) + rq_off, burst)
+            mem = mem_request(mem, ring, t, (b_ptr if rq_part else a_ptr) + rq_off, burst)
             events[4] += 1
             if rq_off + burst == tile_beats:
                 rq_off = 0
@@ -270,7 +270,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
         if wr_fire:
             slot = popped % n_cred
             image[beat_addr[slot], :] = beat_data[slot, :]
-            mem_write(mem, t)
+            mem = mem_write(mem, t)
             events[6] += 1
             done = cp_done and last_issue < t - 3 and not shadow_full and not in_pipe and fifo_n == 1
             popped += 1

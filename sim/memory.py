@@ -10,9 +10,6 @@ import numpy as np
 
 from hw.config import MemoryConfig
 from sim.mem_kernel import (
-    MEM_IN_FLIGHT,
-    MEM_READ_BEATS,
-    MEM_WRITE_BEATS,
     mem_deliver,
     mem_new,
     mem_read_addr,
@@ -28,22 +25,22 @@ __all__ = ["BusMemory"]
 
 
 class BusMemory:
-    """Cycle-level memory model used by the testbenches: an image plus the state of sim.mem_kernel."""
+    """Cycle-level memory model used by the testbenches: an image plus the state and ring of sim.mem_kernel."""
 
     def __init__(self, image: np.ndarray, mem: MemoryConfig):
         if image.ndim != 2 or image.shape[1] != mem.bus_bytes or image.dtype != np.uint8:
             raise ValueError(f"memory image must be (beats, {mem.bus_bytes}) uint8, got {image.shape} {image.dtype}")
         self.image = image
         self.mem = mem
-        self.state = mem_new(mem_timing(mem))
+        self.state, self.ring = mem_new(mem_timing(mem))
 
     @property
     def read_beats(self) -> int:
-        return int(self.state[MEM_READ_BEATS])
+        return int(self.state.read_beats)
 
     @property
     def write_beats(self) -> int:
-        return int(self.state[MEM_WRITE_BEATS])
+        return int(self.state.write_beats)
 
     # -- what the memory offers in cycle t (before the handshakes) --
     def request_ready(self, t: int) -> bool:
@@ -51,7 +48,7 @@ class BusMemory:
 
     def read_beat(self, t: int) -> int | None:
         """Address of the beat delivered in cycle t, or None."""
-        return int(mem_read_addr(self.state)) if mem_read_valid(self.state, t) else None
+        return int(mem_read_addr(self.state, self.ring)) if mem_read_valid(self.state, self.ring, t) else None
 
     def write_ready(self, t: int) -> bool:
         return bool(mem_write_ready(self.state, t))
@@ -65,15 +62,15 @@ class BusMemory:
     def commit(self, t: int, delivered: bool, request: tuple[int, int] | None,
                write: tuple[int, int] | None) -> None:
         if delivered:
-            if not self.state[MEM_IN_FLIGHT]:
+            if not self.state.in_flight:
                 raise RuntimeError(f"memory: a read beat delivered in cycle {t} with no request in flight")
-            mem_deliver(self.state, t)
+            self.state, _ = mem_deliver(self.state, self.ring, t)
         if request is not None:
             addr, length = request
-            mem_request(self.state, t, addr, length)
+            self.state = mem_request(self.state, self.ring, t, addr, length)
         if write is not None:
             addr, word = write
             if not 0 <= addr < len(self.image):
                 raise IndexError(f"write of beat {addr} outside the {len(self.image)}-beat image")
             self.image[addr] = np.frombuffer(word.to_bytes(self.mem.bus_bytes, "little"), dtype=np.uint8)
-            mem_write(self.state, t)
+            self.state = mem_write(self.state, t)

@@ -93,7 +93,7 @@ def _tlmm_dma_kernel(p, tm, guard):
     or -1 past ``guard``."""
     M, KC, NB, W = p.tokens, p.k_chunks, p.n_blocks, p.bus_bytes
     EA, EW, ER, F, CAP, max_burst = p.act_bytes, p.wgt_bytes, p.res_bytes, p.fifo, p.cap, tm.max_burst
-    mem = mem_new(tm)
+    mem, ring = mem_new(tm)
     # read sequencer
     rs_active, rs_kind, rs_kc = True, 0, 0
     rs_a, rs_w = p.act_byte, p.wgt_byte
@@ -118,7 +118,7 @@ def _tlmm_dma_kernel(p, tm, guard):
             return t
         # ---- start-of-cycle (combinational) values
         req_ready = mem_request_ready(mem)
-        beat = mem_read_valid(mem, t)
+        beat = mem_read_valid(mem, ring, t)
         wr_ready = mem_write_ready(mem, t)
         act_ready = ctl_act_ready(cs)
         wgt_ready = ctl_wgt_ready(cs)
@@ -139,7 +139,7 @@ def _tlmm_dma_kernel(p, tm, guard):
         wr_fire = wr_valid and wr_ready
         res_pop = ctl_result_valid(cs) and res_ready
         # ---- TLMM engine (sequential)
-        ctl_step(cs, act_valid, wgt_valid, res_ready)
+        cs, _ = ctl_step(cs, act_valid, wgt_valid, res_ready)
         # ---- read sequencer
         if rq_fire:
             if rs_left == burst:
@@ -170,11 +170,11 @@ def _tlmm_dma_kernel(p, tm, guard):
             res_left -= 1
         # ---- memory (end of cycle)
         if beat:
-            mem_deliver(mem, t)
+            mem, _ = mem_deliver(mem, ring, t)
         if rq_fire:
-            mem_request(mem, t, 0, burst)       # addresses do not change timing
+            mem = mem_request(mem, ring, t, 0, burst)       # addresses do not change timing
         if wr_fire:
-            mem_write(mem, t)
+            mem = mem_write(mem, t)
     return -1
 
 
