@@ -68,14 +68,15 @@ class MemState(NamedTuple):
     beat_interval: int
 
 
-_ADDR, _LEN, _ACCEPT, _DONE = range(4)   # ring columns: beat address, length, accept cycle, beats delivered
+# ring slot s = words 4s .. 4s+3: beat address, length, accept cycle, beats delivered
+_ADDR, _LEN, _ACCEPT, _DONE = range(4)
 
 
 @njit(cache=True)
 def mem_new(tm: MemTiming) -> tuple[MemState, np.ndarray]:
     """An idle memory with timing ``tm``: (state, ring)."""
     ms = MemState(0, 0, NEVER, NEVER, 0, 0, 0, tm.latency, tm.outstanding, tm.beat_interval)
-    return ms, np.zeros((tm.outstanding, 4), np.int64)
+    return ms, np.zeros(4 * tm.outstanding, np.int64)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -87,25 +88,26 @@ def mem_request_ready(ms: MemState) -> bool:
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_read_valid(ms: MemState, ring: np.ndarray, t: int) -> bool:
     """A read beat is delivered in cycle t."""
-    return (ms.in_flight > 0 and t >= ring[ms.head, _ACCEPT] + ms.latency
+    return (ms.in_flight > 0 and t >= ring[4 * ms.head + _ACCEPT] + ms.latency
             and t >= ms.last_read + ms.beat_interval)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_read_addr(ms: MemState, ring: np.ndarray) -> int:
     """Beat address of the next read beat (valid while a request is in flight)."""
-    return ring[ms.head, _ADDR] + ring[ms.head, _DONE]
+    h = 4 * ms.head
+    return ring[h + _ADDR] + ring[h + _DONE]
 
 
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_deliver(ms: MemState, ring: np.ndarray, t: int) -> tuple[MemState, int]:
     """Commit the read beat delivered in cycle t (``mem_read_valid`` was true): (new state, its address)."""
-    h = ms.head
-    addr = ring[h, _ADDR] + ring[h, _DONE]
-    ring[h, _DONE] += 1
-    head, n = h, ms.in_flight
-    if ring[h, _DONE] == ring[h, _LEN]:
-        head = (h + 1) % ms.outstanding
+    h = 4 * ms.head
+    addr = ring[h + _ADDR] + ring[h + _DONE]
+    ring[h + _DONE] += 1
+    head, n = ms.head, ms.in_flight
+    if ring[h + _DONE] == ring[h + _LEN]:
+        head = (head + 1) % ms.outstanding
         n -= 1
     return MemState(head, n, t, ms.last_write, ms.read_requests, ms.read_beats + 1, ms.write_beats, ms.latency,
                     ms.outstanding, ms.beat_interval), addr
@@ -114,11 +116,11 @@ def mem_deliver(ms: MemState, ring: np.ndarray, t: int) -> tuple[MemState, int]:
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_request(ms: MemState, ring: np.ndarray, t: int, addr: int, length: int) -> MemState:
     """Commit the read request accepted in cycle t (``mem_request_ready`` was true)."""
-    s = (ms.head + ms.in_flight) % ms.outstanding
-    ring[s, _ADDR] = addr
-    ring[s, _LEN] = length
-    ring[s, _ACCEPT] = t
-    ring[s, _DONE] = 0
+    s = 4 * ((ms.head + ms.in_flight) % ms.outstanding)
+    ring[s + _ADDR] = addr
+    ring[s + _LEN] = length
+    ring[s + _ACCEPT] = t
+    ring[s + _DONE] = 0
     return MemState(ms.head, ms.in_flight + 1, ms.last_read, ms.last_write, ms.read_requests + 1, ms.read_beats,
                     ms.write_beats, ms.latency, ms.outstanding, ms.beat_interval)
 

@@ -16,10 +16,11 @@ last chunk and makes a result). A result leaves stage C into the FIFO at the clo
 its oldest result (no fall-through).
 
 The state is an immutable :class:`CtlState` of ints (after inlining, numba keeps it in registers). A cycle:
-the queries (``ctl_act_ready``, ``ctl_wgt_ready``, ``ctl_issues``, ``ctl_result_valid``) read the state at
-the start of the cycle; ``ctl_step`` then applies the clock edge and returns the new state. The state also
-counts events, so the datapath's stream positions are ``fills`` (activation beat) and ``wgt_beats`` (weight
-beat).
+the queries (``ctl_act_ready``, ``ctl_wgt_ready``, ``ctl_result_valid``) read the state at the start of
+the cycle; ``ctl_step`` then applies the clock edge and returns the new state. The state also counts events,
+so a datapath can tell what the cycle did from the old and new state (``fills`` grew: an activation beat
+was taken, its index the old ``fills``; ``tag_a`` ≥ 0: a lookup issued with the old tok/addr/kc and weight
+beat ``wgt_beats``).
 
 numba's cache does not notice edits to this module in the kernels that call it (numba issue #1833): after
 changing it, clear the caches (``make clean`` removes the ``__pycache__`` folders).
@@ -31,7 +32,7 @@ from typing import NamedTuple
 
 from numba import njit
 
-__all__ = ["FILL", "LOOK", "DRAIN", "PREP", "CtlState", "ctl_new", "ctl_act_ready", "ctl_wgt_ready", "ctl_issues",
+__all__ = ["FILL", "LOOK", "DRAIN", "PREP", "CtlState", "ctl_new", "ctl_act_ready", "ctl_wgt_ready",
            "ctl_result_valid", "ctl_step", "ctl_look_left", "ctl_look_run"]
 
 FILL, LOOK, DRAIN, PREP = 1, 2, 3, 4   # FSM states
@@ -77,12 +78,6 @@ def ctl_act_ready(cs: CtlState) -> bool:
 @njit(cache=True, inline="always")
 def _credit_ok(cs: CtlState) -> bool:
     return not (cs.kc == cs.k_chunks - 1 and cs.credits == 0)
-
-
-@njit(cache=True, inline="always")
-def ctl_issues(cs: CtlState, wgt_valid: bool) -> bool:
-    """A lookup issues in this cycle (LOOK, a weight beat there, a credit if it is on the last chunk)."""
-    return cs.st == LOOK and wgt_valid and _credit_ok(cs)
 
 
 @njit(cache=True, inline="always")

@@ -30,8 +30,6 @@ from hw.config import TlmmConfig
 from hw.ternary import TlmmShape, tlmm_streams
 from sim.tlmm_control import (
     LOOK,
-    ctl_act_ready,
-    ctl_issues,
     ctl_look_left,
     ctl_look_run,
     ctl_new,
@@ -203,19 +201,19 @@ def _tlmm_stepped(act, wgt, p, act_pat, wgt_pat, res_pat, drain_guard):
             ir = 0
         if c > drain_guard:
             return acc, -1, np.zeros(_N_EVENTS, np.int64)
-        act_valid = act_pat[ia] != 0
-        wgt_valid = wgt_pat[iw] != 0
-        # datapath of this cycle, from the control's state at its start
-        if act_valid and ctl_act_ready(cs):
+        prev = cs
+        cs, done = ctl_step(cs, act_pat[ia] != 0, wgt_pat[iw] != 0, res_pat[ir] != 0)
+        # the datapath of this cycle (the control does not depend on data), from the control's state at its start
+        if cs.fills != prev.fills:
             # The RTL's lookups read a staging bank that holds, by construction, the tables of the
             # token being looked up; the model indexes tables by token directly (same contents).
-            act_ptr = cs.fills
+            act_ptr = prev.fills
             tb = (act_ptr % n_tok) * tsz
             for t in range(t_n):
                 _fill(tabs, _U(tb + toff[t]), act, _U((act_ptr * t_n + t) * g_n), g_n)
-        elif ctl_issues(cs, wgt_valid):
-            _issue(tabs, wgt, acc, toff, _U(cs.tok * tsz), _U(cs.wgt_beats * qt), _U(cs.addr * q_n), q_n, cs.kc == 0)
-        cs, done = ctl_step(cs, act_valid, wgt_valid, res_pat[ir] != 0)
+        elif cs.tag_a >= 0:
+            _issue(tabs, wgt, acc, toff, _U(prev.tok * tsz), _U(prev.wgt_beats * qt), _U(prev.addr * q_n), q_n,
+                   prev.kc == 0)
         if done:
             # Per-issue events are counted as the issue leaves stage C; once drained, every issue has, so
             # the totals equal the per-issue counts of the RTL.

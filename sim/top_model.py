@@ -67,12 +67,12 @@ def dma_params(acfg: AcceleratorConfig, cmd: TlmmCommand) -> DmaParams:
                      int(cmd.wgt_base) * g.W, g.W, g.EA, g.EW, g.ER, g.fifo, g.cap, acfg.tlmm.result_fifo_depth)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _beats(start, nbytes, W):
     return (start % W + nbytes + W - 1) // W
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _next_segment(p, kind, kc, a, w, beats, elems):
     """The stream the DMA reads and the gearbox unpacks is act(chunk 0), wgt(0), act(1), wgt(1), ...: after
     segment (kind 0 act / 1 wgt, chunk kc) ends, returns the next one as (active, kind, kc, a, w, bus beats,
