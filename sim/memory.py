@@ -9,17 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from hw.config import MemoryConfig
-from sim.mem_kernel import (
-    mem_deliver,
-    mem_new,
-    mem_read_addr,
-    mem_read_valid,
-    mem_request,
-    mem_request_ready,
-    mem_timing,
-    mem_write,
-    mem_write_ready,
-)
+from sim import mem_kernel as mk
 
 __all__ = ["BusMemory"]
 
@@ -32,7 +22,7 @@ class BusMemory:
             raise ValueError(f"memory image must be (beats, {mem.bus_bytes}) uint8, got {image.shape} {image.dtype}")
         self.image = image
         self.mem = mem
-        self.state, self.ring = mem_new(mem_timing(mem))
+        self.state, self.ring = mk.mem_new(mk.mem_timing(mem))
 
     @property
     def read_beats(self) -> int:
@@ -44,14 +34,16 @@ class BusMemory:
 
     # -- what the memory offers in cycle t (before the handshakes) --
     def request_ready(self, t: int) -> bool:
-        return bool(mem_request_ready(self.state))
+        return bool(mk.mem_request_ready(self.state))
 
     def read_beat(self, t: int) -> int | None:
         """Address of the beat delivered in cycle t, or None."""
-        return int(mem_read_addr(self.state, self.ring)) if mem_read_valid(self.state, self.ring, t) else None
+        if not mk.mem_read_valid(self.state, self.ring, t):
+            return None
+        return int(mk.mem_read_addr(self.state, self.ring))
 
     def write_ready(self, t: int) -> bool:
-        return bool(mem_write_ready(self.state, t))
+        return bool(mk.mem_write_ready(self.state, t))
 
     def beat_word(self, addr: int) -> int:
         if not 0 <= addr < len(self.image):
@@ -64,13 +56,13 @@ class BusMemory:
         if delivered:
             if not self.state.in_flight:
                 raise RuntimeError(f"memory: a read beat delivered in cycle {t} with no request in flight")
-            self.state, _ = mem_deliver(self.state, self.ring, t)
+            self.state, _ = mk.mem_deliver(self.state, self.ring, t)
         if request is not None:
             addr, length = request
-            self.state = mem_request(self.state, self.ring, t, addr, length)
+            self.state = mk.mem_request(self.state, self.ring, t, addr, length)
         if write is not None:
             addr, word = write
             if not 0 <= addr < len(self.image):
                 raise IndexError(f"write of beat {addr} outside the {len(self.image)}-beat image")
             self.image[addr] = np.frombuffer(word.to_bytes(self.mem.bus_bytes, "little"), dtype=np.uint8)
-            self.state = mem_write(self.state, t)
+            self.state = mk.mem_write(self.state, t)
