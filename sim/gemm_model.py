@@ -22,17 +22,7 @@ from numba import njit
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import GemmImage, build_gemm_image, requantize, unpack_c
 from hw.isa import GemmCommand
-from sim.mem_kernel import (
-    MemTiming,
-    mem_deliver,
-    mem_new,
-    mem_read_valid,
-    mem_request,
-    mem_request_ready,
-    mem_timing,
-    mem_write,
-    mem_write_ready,
-)
+from sim import mem_kernel as mk
 
 __all__ = ["GemmRun", "GemmParams", "gemm_params", "EVENT_NAMES", "run_gemm", "run_gemm_image", "run_gemm_on_image", "gemm_fast", "GemmTiming"]
 
@@ -85,14 +75,15 @@ def gemm_params(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmParams:
 
 
 @njit(cache=True, boundscheck=False)
-def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.ndarray, max_cycles: int) -> int:
+def _step_kernel(image: np.ndarray, p: GemmParams, tm: mk.MemTiming, events: np.ndarray,
+                 max_cycles: int) -> int:
     """Returns the cycle count (or -1 if max_cycles passed); writes output beats into ``image``, adds the
     events (EVENT_NAMES) into ``events``."""
     mt, nt, kt, requant, shift = p.m_tiles, p.n_tiles, p.k_tiles, p.requant, p.shift
     a_base, b_base = p.a_base, p.b_base
     R, C, TK, W, AB, BB = p.rows, p.cols, p.k_tile, p.bus_bytes, p.a_beats, p.b_beats
     n_cred, stages, max_burst = p.out_credits, p.out_stages, tm.max_burst
-    mem = mem_new(tm)
+    mem, ring = mk.mem_new(tm)
     # engine state (registers after the accept in cycle 0)
     abuf = np.zeros((2 * AB, W), np.uint8)
     bbuf = np.zeros((2 * BB, W), np.uint8)
@@ -145,12 +136,12 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
             return -1
         # ---- combinational view of cycle t ----
         req_valid = (not rq_done) and ahead != 2
-        req_ready = mem_request_ready(mem)
-        beat = mem_read_valid(mem, t)
+        req_ready = mk.mem_request_ready(mem)
+        beat = mk.mem_read_valid(mem, ring, t)
         final_k = cp_k == TK - 1 and cp_kt == kt - 1
         full_cur = full1 if cp_half else full0
         issue = (not cp_done) and full_cur and not (final_k and shadow_full)
-        wr_fire = fifo_n > 0 and mem_write_ready(mem, t)
+        wr_fire = fifo_n > 0 and mk.mem_write_ready(mem, t)
         dr_issue = shadow_full and credits > 0
         # ---- events ----
         if issue:
@@ -166,7 +157,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
             events[9] += 1
         # ---- memory: read data ----
         if beat:
-            addr = mem_deliver(mem, t)
+            mem, addr = mk.mem_deliver(mem, ring, t)
             events[5] += 1
             events[3] += 1
             # receiver
@@ -195,7 +186,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
             tile_beats = BB if rq_part else AB
             rem = tile_beats - rq_off
             burst = max_burst if rem > max_burst else rem
-            mem_request(mem, t, (b_ptr if rq_part else a_ptr) + rq_off, burst)
+            mem = mk.mem_request(mem, ring, t, (b_ptr if rq_part else a_ptr) + rq_off, burst)
             events[4] += 1
             if rq_off + burst == tile_beats:
                 rq_off = 0
@@ -270,7 +261,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: MemTiming, events: np.nda
         if wr_fire:
             slot = popped % n_cred
             image[beat_addr[slot], :] = beat_data[slot, :]
-            mem_write(mem, t)
+            mem = mk.mem_write(mem, t)
             events[6] += 1
             done = cp_done and last_issue < t - 3 and not shadow_full and not in_pipe and fifo_n == 1
             popped += 1
@@ -338,7 +329,7 @@ def run_gemm_on_image(acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmComma
                       max_cycles: int = 1 << 40) -> tuple[int, dict[str, int]]:
     """Run one command on a memory image in place (operands read from, outputs written to ``image``)."""
     events = np.zeros(_N_EVENTS, np.int64)
-    cycles = _step_kernel(image, gemm_params(acfg, cmd), mem_timing(acfg.memory), events, max_cycles)
+    cycles = _step_kernel(image, gemm_params(acfg, cmd), mk.mem_timing(acfg.memory), events, max_cycles)
     if cycles < 0:
         raise RuntimeError(f"GEMM model did not finish within {max_cycles} cycles")
     return int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True))
@@ -355,7 +346,7 @@ def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: boo
 # ----------------------------------------------------------------------------------------------------
 
 @njit(cache=True)
-def _fast_kernel(p: GemmParams, tm: MemTiming) -> tuple[int, int, int]:
+def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
     """Cycle of the last write, and the load/drain stall cycles, from the schedule's recurrences:
 
     request j (in order; step s(j)'s A bursts, then its B bursts) is accepted at
@@ -450,7 +441,7 @@ def gemm_fast(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmTiming:
     """Cycles and events of ``cmd`` without stepping cycles; equal to the stepped model (tested)."""
     geo, mem = acfg.gemm_geometry, acfg.memory
     ob = geo.out_beats(cmd.requant)
-    cycles, last_issue, drain_stall = _fast_kernel(gemm_params(acfg, cmd), mem_timing(mem))
+    cycles, last_issue, drain_stall = _fast_kernel(gemm_params(acfg, cmd), mk.mem_timing(mem))
     steps = cmd.steps
     issues = steps * geo.k_tile
     tail = int(cycles - last_issue)

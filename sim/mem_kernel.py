@@ -14,10 +14,11 @@ Rules, in accelerator cycles (cycle 0 = the command accept; every command starts
 - ``max_burst`` is the engines' rule (they split loads into bursts of at most that many beats); the memory
   accepts any length.
 
-A cycle is used in two halves: first the queries (``mem_request_ready``, ``mem_read_valid``,
-``mem_write_ready``: what the memory offers in cycle t, from the state at the start of t), then the commits
-of the handshakes that happened, in this order: ``mem_deliver`` (the beat offered), ``mem_request``,
-``mem_write``.
+The state is an immutable :class:`MemState` (scalars: after inlining, numba keeps it in registers) plus
+a ring of the requests in flight (an int64 array). A cycle is used in two halves: first the queries
+(``mem_request_ready``, ``mem_read_valid``, ``mem_write_ready``: what the memory offers in cycle t, from the
+state at the start of t), then the commits of the handshakes that happened, in this order: ``mem_deliver``
+(the beat offered), ``mem_request``, ``mem_write``; each returns the new state.
 
 numba's cache does not notice edits to this module in the kernels that call it (numba issue #1833): after
 changing it, clear the caches (``make clean`` removes the ``__pycache__`` folders).
@@ -32,9 +33,8 @@ from numba import njit
 
 from hw.config import MemoryConfig
 
-__all__ = ["MemTiming", "mem_timing", "mem_new", "mem_request_ready", "mem_read_valid", "mem_read_addr",
-           "mem_deliver", "mem_request", "mem_write_ready", "mem_write", "MEM_READ_REQUESTS", "MEM_READ_BEATS",
-           "MEM_WRITE_BEATS", "MEM_IN_FLIGHT"]
+__all__ = ["MemTiming", "MemState", "mem_timing", "mem_new", "mem_request_ready", "mem_read_valid",
+           "mem_read_addr", "mem_deliver", "mem_request", "mem_write_ready", "mem_write"]
 
 NEVER = -(1 << 40)
 
@@ -53,87 +53,86 @@ def mem_timing(mem: MemoryConfig) -> MemTiming:
     return MemTiming(int(mem.latency), int(mem.outstanding), int(mem.beat_interval), int(mem.max_burst))
 
 
-# State array: a header, then a ring of ``outstanding`` request slots of 4 words.
-_HEAD = 0              # ring slot of the oldest request in flight
-MEM_IN_FLIGHT = 1      # requests in flight
-_LAST_READ = 2         # cycle of the last delivered read beat
-_LAST_WRITE = 3        # cycle of the last accepted write beat
-MEM_READ_REQUESTS = 4  # counters since mem_new
-MEM_READ_BEATS = 5
-MEM_WRITE_BEATS = 6
-_LATENCY = 7           # timing (constant)
-_OUTSTANDING = 8
-_INTERVAL = 9
-_SLOTS = 10
-_ADDR, _LEN, _ACCEPT, _DONE = range(4)   # slot words: beat address, length, accept cycle, beats delivered
+class MemState(NamedTuple):
+    """The memory's registers (the requests in flight live in the ring array next to it)."""
+
+    head: int             # ring slot of the oldest request in flight
+    in_flight: int        # requests in flight
+    last_read: int        # cycle of the last delivered read beat
+    last_write: int       # cycle of the last accepted write beat
+    read_requests: int    # counters since mem_new
+    read_beats: int
+    write_beats: int
+    latency: int          # timing (constant)
+    outstanding: int
+    beat_interval: int
+
+
+# ring slot s = words 4s .. 4s+3: beat address, length, accept cycle, beats delivered
+_ADDR, _LEN, _ACCEPT, _DONE = range(4)
 
 
 @njit(cache=True)
-def mem_new(tm: MemTiming) -> np.ndarray:
-    """An idle memory with timing ``tm``."""
-    ms = np.zeros(_SLOTS + 4 * tm.outstanding, np.int64)
-    ms[_LAST_READ] = NEVER
-    ms[_LAST_WRITE] = NEVER
-    ms[_LATENCY] = tm.latency
-    ms[_OUTSTANDING] = tm.outstanding
-    ms[_INTERVAL] = tm.beat_interval
-    return ms
+def mem_new(tm: MemTiming) -> tuple[MemState, np.ndarray]:
+    """An idle memory with timing ``tm``: (state, ring)."""
+    ms = MemState(0, 0, NEVER, NEVER, 0, 0, 0, tm.latency, tm.outstanding, tm.beat_interval)
+    return ms, np.zeros(4 * tm.outstanding, np.int64)
 
 
-@njit(cache=True, boundscheck=False)
-def mem_request_ready(ms: np.ndarray) -> bool:
+@njit(cache=True, boundscheck=False, inline="always")
+def mem_request_ready(ms: MemState) -> bool:
     """A read request would be accepted in this cycle."""
-    return ms[MEM_IN_FLIGHT] < ms[_OUTSTANDING]
+    return ms.in_flight < ms.outstanding
 
 
-@njit(cache=True, boundscheck=False)
-def mem_read_valid(ms: np.ndarray, t: int) -> bool:
+@njit(cache=True, boundscheck=False, inline="always")
+def mem_read_valid(ms: MemState, ring: np.ndarray, t: int) -> bool:
     """A read beat is delivered in cycle t."""
-    h = _SLOTS + 4 * ms[_HEAD]
-    return ms[MEM_IN_FLIGHT] > 0 and t >= ms[h + _ACCEPT] + ms[_LATENCY] and t >= ms[_LAST_READ] + ms[_INTERVAL]
+    return (ms.in_flight > 0 and t >= ring[4 * ms.head + _ACCEPT] + ms.latency
+            and t >= ms.last_read + ms.beat_interval)
 
 
-@njit(cache=True, boundscheck=False)
-def mem_read_addr(ms: np.ndarray) -> int:
+@njit(cache=True, boundscheck=False, inline="always")
+def mem_read_addr(ms: MemState, ring: np.ndarray) -> int:
     """Beat address of the next read beat (valid while a request is in flight)."""
-    h = _SLOTS + 4 * ms[_HEAD]
-    return ms[h + _ADDR] + ms[h + _DONE]
+    h = 4 * ms.head
+    return ring[h + _ADDR] + ring[h + _DONE]
 
 
-@njit(cache=True, boundscheck=False)
-def mem_deliver(ms: np.ndarray, t: int) -> int:
-    """Commit the read beat delivered in cycle t (``mem_read_valid`` was true); returns its beat address."""
-    h = _SLOTS + 4 * ms[_HEAD]
-    addr = ms[h + _ADDR] + ms[h + _DONE]
-    ms[h + _DONE] += 1
-    ms[_LAST_READ] = t
-    ms[MEM_READ_BEATS] += 1
-    if ms[h + _DONE] == ms[h + _LEN]:
-        ms[_HEAD] = (ms[_HEAD] + 1) % ms[_OUTSTANDING]
-        ms[MEM_IN_FLIGHT] -= 1
-    return addr
+@njit(cache=True, boundscheck=False, inline="always")
+def mem_deliver(ms: MemState, ring: np.ndarray, t: int) -> tuple[MemState, int]:
+    """Commit the read beat delivered in cycle t (``mem_read_valid`` was true): (new state, its address)."""
+    h = 4 * ms.head
+    addr = ring[h + _ADDR] + ring[h + _DONE]
+    ring[h + _DONE] += 1
+    head, n = ms.head, ms.in_flight
+    if ring[h + _DONE] == ring[h + _LEN]:
+        head = (head + 1) % ms.outstanding
+        n -= 1
+    return MemState(head, n, t, ms.last_write, ms.read_requests, ms.read_beats + 1, ms.write_beats, ms.latency,
+                    ms.outstanding, ms.beat_interval), addr
 
 
-@njit(cache=True, boundscheck=False)
-def mem_request(ms: np.ndarray, t: int, addr: int, length: int) -> None:
+@njit(cache=True, boundscheck=False, inline="always")
+def mem_request(ms: MemState, ring: np.ndarray, t: int, addr: int, length: int) -> MemState:
     """Commit the read request accepted in cycle t (``mem_request_ready`` was true)."""
-    s = _SLOTS + 4 * ((ms[_HEAD] + ms[MEM_IN_FLIGHT]) % ms[_OUTSTANDING])
-    ms[s + _ADDR] = addr
-    ms[s + _LEN] = length
-    ms[s + _ACCEPT] = t
-    ms[s + _DONE] = 0
-    ms[MEM_IN_FLIGHT] += 1
-    ms[MEM_READ_REQUESTS] += 1
+    s = 4 * ((ms.head + ms.in_flight) % ms.outstanding)
+    ring[s + _ADDR] = addr
+    ring[s + _LEN] = length
+    ring[s + _ACCEPT] = t
+    ring[s + _DONE] = 0
+    return MemState(ms.head, ms.in_flight + 1, ms.last_read, ms.last_write, ms.read_requests + 1, ms.read_beats,
+                    ms.write_beats, ms.latency, ms.outstanding, ms.beat_interval)
 
 
-@njit(cache=True, boundscheck=False)
-def mem_write_ready(ms: np.ndarray, t: int) -> bool:
+@njit(cache=True, boundscheck=False, inline="always")
+def mem_write_ready(ms: MemState, t: int) -> bool:
     """A write beat would be accepted in cycle t."""
-    return t >= ms[_LAST_WRITE] + ms[_INTERVAL]
+    return t >= ms.last_write + ms.beat_interval
 
 
-@njit(cache=True, boundscheck=False)
-def mem_write(ms: np.ndarray, t: int) -> None:
+@njit(cache=True, boundscheck=False, inline="always")
+def mem_write(ms: MemState, t: int) -> MemState:
     """Commit the write beat accepted in cycle t (``mem_write_ready`` was true)."""
-    ms[_LAST_WRITE] = t
-    ms[MEM_WRITE_BEATS] += 1
+    return MemState(ms.head, ms.in_flight, ms.last_read, t, ms.read_requests, ms.read_beats, ms.write_beats + 1,
+                    ms.latency, ms.outstanding, ms.beat_interval)

@@ -29,20 +29,7 @@ from numba import njit
 from hw.config import TlmmConfig
 from hw.ternary import TlmmShape, tlmm_streams
 from sim.tlmm_control import (
-    CTL_ACC_READS,
-    CTL_ADDR,
-    CTL_BUBBLES,
-    CTL_FILLS,
-    CTL_ISSUED,
-    CTL_KC,
-    CTL_RESULTS,
-    CTL_ST,
-    CTL_STALLS,
-    CTL_TOK,
-    CTL_WGT_BEATS,
     LOOK,
-    ctl_act_ready,
-    ctl_issues,
     ctl_look_left,
     ctl_look_run,
     ctl_new,
@@ -189,14 +176,13 @@ def _tlmm_stepped(act, wgt, p, act_pat, wgt_pat, res_pat, drain_guard):
     cs = ctl_new(n_tok, kc_n, p.n_blocks, p.fifo_depth)
     c = 0
     while True:
-        if cs[CTL_ST] == LOOK and look_unstalled and (cs[CTL_KC] < kc_n - 1 or last_unstalled):
+        if cs.st == LOOK and look_unstalled and (cs.kc < kc_n - 1 or last_unstalled):
             # All remaining issues of this chunk happen on the next r cycles, one per cycle. Run their
             # datapath in one tight loop, then the control through the same r cycles.
             r = ctl_look_left(cs)
             if c + r <= drain_guard:
-                _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, cs[CTL_TOK], cs[CTL_WGT_BEATS], cs[CTL_ADDR], r,
-                          cs[CTL_KC] == 0)
-                ctl_look_run(cs)
+                _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, cs.tok, cs.wgt_beats, cs.addr, r, cs.kc == 0)
+                cs = ctl_look_run(cs)
                 c += r
                 ia = (ia + r) % la
                 iw = (iw + r) % lw
@@ -215,35 +201,35 @@ def _tlmm_stepped(act, wgt, p, act_pat, wgt_pat, res_pat, drain_guard):
             ir = 0
         if c > drain_guard:
             return acc, -1, np.zeros(_N_EVENTS, np.int64)
-        act_valid = act_pat[ia] != 0
-        wgt_valid = wgt_pat[iw] != 0
-        # datapath of this cycle, from the control's state at its start
-        if act_valid and ctl_act_ready(cs):
+        prev = cs
+        cs, done = ctl_step(cs, act_pat[ia] != 0, wgt_pat[iw] != 0, res_pat[ir] != 0)
+        # the datapath of this cycle (the control does not depend on data), from the control's state at its start
+        if cs.fills != prev.fills:
             # The RTL's lookups read a staging bank that holds, by construction, the tables of the
             # token being looked up; the model indexes tables by token directly (same contents).
-            act_ptr = cs[CTL_FILLS]
+            act_ptr = prev.fills
             tb = (act_ptr % n_tok) * tsz
             for t in range(t_n):
                 _fill(tabs, _U(tb + toff[t]), act, _U((act_ptr * t_n + t) * g_n), g_n)
-        elif ctl_issues(cs, wgt_valid):
-            _issue(tabs, wgt, acc, toff, _U(cs[CTL_TOK] * tsz), _U(cs[CTL_WGT_BEATS] * qt), _U(cs[CTL_ADDR] * q_n),
-                   q_n, cs[CTL_KC] == 0)
-        if ctl_step(cs, act_valid, wgt_valid, res_pat[ir] != 0):
+        elif cs.tag_a >= 0:
+            _issue(tabs, wgt, acc, toff, _U(prev.tok * tsz), _U(prev.wgt_beats * qt), _U(prev.addr * q_n), q_n,
+                   prev.kc == 0)
+        if done:
             # Per-issue events are counted as the issue leaves stage C; once drained, every issue has, so
             # the totals equal the per-issue counts of the RTL.
-            n_fill, n_c = cs[CTL_FILLS], cs[CTL_ISSUED]
+            n_fill, n_c = cs.fills, cs.issued
             ev = np.zeros(_N_EVENTS, np.int64)
             ev[0] = n_fill * t_n
             ev[1] = n_fill * t_n * (p.stored_entries - 1)  # the all-zero entry is a constant, not stored
             ev[2] = n_c * qt
             ev[3] = n_c * q_n
-            ev[4] = cs[CTL_ACC_READS]
+            ev[4] = cs.acc_reads
             ev[5] = n_c
             ev[6] = n_fill
-            ev[7] = cs[CTL_WGT_BEATS]
-            ev[8] = cs[CTL_RESULTS]
-            ev[9] = cs[CTL_STALLS]
-            ev[10] = cs[CTL_BUBBLES]
+            ev[7] = cs.wgt_beats
+            ev[8] = cs.results
+            ev[9] = cs.stalls
+            ev[10] = cs.bubbles
             return acc, c, ev
 
 

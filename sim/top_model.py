@@ -24,16 +24,7 @@ from numba import njit
 from hw.config import AcceleratorConfig
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
 from hw.top_geometry import TopGeometry
-from sim.mem_kernel import (
-    mem_deliver,
-    mem_new,
-    mem_read_valid,
-    mem_request,
-    mem_request_ready,
-    mem_timing,
-    mem_write,
-    mem_write_ready,
-)
+from sim import mem_kernel as mk
 from sim.tlmm_control import ctl_act_ready, ctl_new, ctl_result_valid, ctl_step, ctl_wgt_ready
 
 __all__ = ["command_cycles", "program_cycles", "HOST_CYCLES", "FETCH_DISPATCH"]
@@ -67,12 +58,12 @@ def dma_params(acfg: AcceleratorConfig, cmd: TlmmCommand) -> DmaParams:
                      int(cmd.wgt_base) * g.W, g.W, g.EA, g.EW, g.ER, g.fifo, g.cap, acfg.tlmm.result_fifo_depth)
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _beats(start, nbytes, W):
     return (start % W + nbytes + W - 1) // W
 
 
-@njit(cache=True)
+@njit(cache=True, inline="always")
 def _next_segment(p, kind, kc, a, w, beats, elems):
     """The stream the DMA reads and the gearbox unpacks is act(chunk 0), wgt(0), act(1), wgt(1), ...: after
     segment (kind 0 act / 1 wgt, chunk kc) ends, returns the next one as (active, kind, kc, a, w, bus beats,
@@ -93,7 +84,7 @@ def _tlmm_dma_kernel(p, tm, guard):
     or -1 past ``guard``."""
     M, KC, NB, W = p.tokens, p.k_chunks, p.n_blocks, p.bus_bytes
     EA, EW, ER, F, CAP, max_burst = p.act_bytes, p.wgt_bytes, p.res_bytes, p.fifo, p.cap, tm.max_burst
-    mem = mem_new(tm)
+    mem, ring = mk.mem_new(tm)
     # read sequencer
     rs_active, rs_kind, rs_kc = True, 0, 0
     rs_a, rs_w = p.act_byte, p.wgt_byte
@@ -117,9 +108,9 @@ def _tlmm_dma_kernel(p, tm, guard):
         if res_left == 0 and wfill == 0:
             return t
         # ---- start-of-cycle (combinational) values
-        req_ready = mem_request_ready(mem)
-        beat = mem_read_valid(mem, t)
-        wr_ready = mem_write_ready(mem, t)
+        req_ready = mk.mem_request_ready(mem)
+        beat = mk.mem_read_valid(mem, ring, t)
+        wr_ready = mk.mem_write_ready(mem, t)
         act_ready = ctl_act_ready(cs)
         wgt_ready = ctl_wgt_ready(cs)
         burst = max_burst if rs_left > max_burst else rs_left
@@ -139,7 +130,7 @@ def _tlmm_dma_kernel(p, tm, guard):
         wr_fire = wr_valid and wr_ready
         res_pop = ctl_result_valid(cs) and res_ready
         # ---- TLMM engine (sequential)
-        ctl_step(cs, act_valid, wgt_valid, res_ready)
+        cs, _ = ctl_step(cs, act_valid, wgt_valid, res_ready)
         # ---- read sequencer
         if rq_fire:
             if rs_left == burst:
@@ -170,11 +161,11 @@ def _tlmm_dma_kernel(p, tm, guard):
             res_left -= 1
         # ---- memory (end of cycle)
         if beat:
-            mem_deliver(mem, t)
+            mem, _ = mk.mem_deliver(mem, ring, t)
         if rq_fire:
-            mem_request(mem, t, 0, burst)       # addresses do not change timing
+            mem = mk.mem_request(mem, ring, t, 0, burst)       # addresses do not change timing
         if wr_fire:
-            mem_write(mem, t)
+            mem = mk.mem_write(mem, t)
     return -1
 
 
@@ -182,7 +173,7 @@ def tlmm_run_cycles(acfg: AcceleratorConfig, cmd: TlmmCommand) -> int:
     mem = acfg.memory
     work = cmd.k_chunks * (cmd.n_blocks * cmd.tokens + cmd.tokens + 2)
     guard = 64 + 40 * (work + cmd.k_chunks * (mem.latency + 4) + cmd.tokens * cmd.n_blocks) * mem.beat_interval
-    r = _tlmm_dma_kernel(dma_params(acfg, cmd), mem_timing(mem), guard)
+    r = _tlmm_dma_kernel(dma_params(acfg, cmd), mk.mem_timing(mem), guard)
     if r < 0:
         raise RuntimeError("top model: TLMM command did not finish within its cycle guard")
     return r

@@ -121,3 +121,34 @@ def test_starved_memory_stalls(repo):
     cmd = GemmCommand(4, 4, 8)
     fast, starved = gemm_fast(acfg, cmd), gemm_fast(slow, cmd)
     assert starved.cycles > 1.5 * fast.cycles and starved.events["load_stall_cycles"] > 0
+
+
+@pytest.mark.parametrize("latency,outstanding,interval", [(1, 1, 1), (20, 4, 1), (7, 2, 3)])
+def test_bench_memory_follows_the_compiled_rules(latency, outstanding, interval):
+    """sim.memory.BusMemory (the benches' memory, the rules' Python source) and the compiled sim.mem_kernel
+    functions the models step offer the same handshakes cycle by cycle under random traffic."""
+    from hw.config import MemoryConfig
+    from sim import mem_kernel as mk
+    from sim.memory import BusMemory
+
+    mcfg = MemoryConfig(bus_bytes=8, latency=latency, outstanding=outstanding, beat_interval=interval)
+    bus = BusMemory(np.zeros((256, 8), np.uint8), mcfg)
+    ms, ring = mk.mem_new(mk.mem_timing(mcfg))
+    rng = np.random.default_rng(latency)
+    for t in range(400):
+        beat = bus.read_beat(t)
+        assert bus.request_ready(t) == mk.mem_request_ready(ms)
+        assert (beat is not None) == mk.mem_read_valid(ms, ring, t)
+        assert bus.write_ready(t) == mk.mem_write_ready(ms, t)
+        req = (int(rng.integers(0, 200)), int(rng.integers(1, 9))) if bus.request_ready(t) and rng.random() < 0.3 \
+            else None
+        wr = (t % 256, t) if bus.write_ready(t) and rng.random() < 0.5 else None
+        if beat is not None:
+            assert beat == mk.mem_read_addr(ms, ring)
+            ms, _ = mk.mem_deliver(ms, ring, t)
+        if req is not None:
+            ms = mk.mem_request(ms, ring, t, *req)
+        if wr is not None:
+            ms = mk.mem_write(ms, t)
+        bus.commit(t, beat is not None, req, wr)
+    assert (bus.read_beats, bus.write_beats) == (ms.read_beats, ms.write_beats) and ms.read_beats > 0
