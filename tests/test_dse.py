@@ -23,7 +23,7 @@ import yaml
 from hw.config import config_from_dict, load_config
 from tritium import dse
 from tritium.dse import FastEvaluator, SpecError, build_workload, load_spec, run_dse
-from tritium.estimate import estimate
+from tritium.estimate import _compiled, estimate
 
 ROOT = Path(__file__).resolve().parent.parent
 TRITIUM = [sys.executable, "-m", "tritium.cli"]
@@ -134,6 +134,8 @@ def test_fast_evaluator_equals_estimate(model, config, prompt, context, variants
         for rs, fs in zip(ref["_steps"], fast["_steps"], strict=True):
             assert rs.engine_cycles == fs.engine_cycles and rs.dram_bytes == fs.dram_bytes
             assert rs.commands == fs.commands and rs.busy_issue == fs.busy_issue
+        # the screen's memory figure is the compiler's persistent region (one allocation rule)
+        assert ev.memory_beats(acfg) == _compiled(model, acfg).lowering.step_base, v
 
 
 def _flat(d):
