@@ -2,13 +2,14 @@
 
 A sweep spec (YAML, see :func:`load_spec` and README "Design-space exploration") names a base config, the
 config fields to vary, a workload (model preset, prompt, context), objectives, constraints, a budget and a
-sampler. Optuna drives the search: its grid sampler or NSGA-II, a persistent study (SQLite in DIR by
-default; ``--storage postgresql://…`` shares one study between invocations on many machines).
+sampler. The grid sampler enumerates the grid itself, in a seeded order; NSGA-II is Optuna's. Finished
+points live in a persistent Optuna study (SQLite in DIR by default; ``--storage postgresql://…`` shares one
+study between invocations on many machines). The spec is read by :mod:`tritium.dse_spec`.
 
-Determinism: trials are asked and told in the main process only, in batches of a fixed size (the NSGA-II
-population, or ``batch`` for the grid), with a seeded sampler; worker processes only evaluate, and results
-are told in trial order. So the same spec and seed give the same trials and the same CSV, whatever
-``--workers`` is.
+Determinism: points are proposed in the main process only, in batches of ``batch``, from a seeded order or
+sampler; worker processes only evaluate, and NSGA-II is told the results in ask order. So the same spec and
+seed give the same points and the same CSV, whatever ``--workers`` is and however often the run was
+interrupted.
 
 Evaluation (:class:`FastEvaluator`) is the cost definition of :mod:`tritium.estimate`, applied fast: the
 step Programs of a decoder LM repeat the same few command shapes (all layers are identical), so the
@@ -30,321 +31,30 @@ Whenever a run is killed, the rerun's ``results.csv`` equals an uninterrupted ru
 
 from __future__ import annotations
 
-import copy
 import csv
-import hashlib
-import json
-import math
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
-
-from hw.config import AcceleratorConfig, ConfigError, config_from_dict, load_config
+from hw.config import AcceleratorConfig, ConfigError, config_from_dict
+from tritium.dse_spec import (
+    METRICS,
+    PERF_METRICS,
+    RESOURCE_METRICS,
+    Constraint,
+    Spec,
+    SpecError,
+    load_spec,
+)
 from tritium.dse_store import GridOrder, Point, Store, append_log, mask_url, open_study, read_log, storage_url
 
-__all__ = ["SpecError", "Spec", "load_spec", "FastEvaluator", "Workload", "build_workload", "run_dse",
-           "METRICS"]
+__all__ = ["SpecError", "Spec", "Constraint", "load_spec", "FastEvaluator", "Workload", "build_workload",
+           "run_dse", "METRICS", "RESOURCE_METRICS", "PERF_METRICS"]
 
 ROOT = Path(__file__).resolve().parent.parent
-
-
-class SpecError(ValueError):
-    """A bad sweep spec: the message is one line naming the file and the field."""
-
-
-#: metric → (description, natural direction). Objectives and constraints may use any of them.
-METRICS = {
-    "decode_tokens_per_s": ("decode tokens/s at the workload's context (modeled)", "maximize"),
-    "prefill_tokens_per_s": ("prefill tokens/s (modeled)", "maximize"),
-    "ttft_s": ("time to first token, s (modeled)", "minimize"),
-    "j_per_token": ("decode energy per token, J (modeled)", "minimize"),
-    "avg_power_w": ("average decode power, W (modeled)", "minimize"),
-    "dram_bytes_per_token": ("DRAM bytes per decoded token (modeled)", "minimize"),
-    "memory_mib": ("weights + KV cache footprint, MiB", "minimize"),
-    "lut": ("LUTs, both engines (resource model fit)", "minimize"),
-    "ff": ("flip-flops, both engines (resource model fit)", "minimize"),
-    "bram": ("block RAMs, both engines (resource model fit)", "minimize"),
-    "dsp": ("DSP blocks, both engines (resource model fit)", "minimize"),
-    "fmax_mhz": ("Fmax, lower of the two engines (fit; ECP5 only)", "maximize"),
-    "clock_mhz": ("the config's clock", "maximize"),
-}
-RESOURCE_METRICS = ("lut", "ff", "bram", "dsp", "fmax_mhz", "memory_mib", "clock_mhz")
-PERF_METRICS = tuple(m for m in METRICS if m not in RESOURCE_METRICS)
-_OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,
-        ">": lambda a, b: a > b, "==": lambda a, b: a == b}
-_DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
-_SPEC_KEYS = {"name", "base", "board", "fit_margin", "parameters", "workload", "objectives", "constraints",
-              "budget", "sampler", "population", "batch", "seed", "clock"}
-
-
-# ====================================================================================================
-# Spec
-# ====================================================================================================
-
-@dataclass
-class Constraint:
-    metric: str
-    op: str
-    value: float | str          # a number, or another metric's name (e.g. "fmax_mhz >= clock_mhz")
-    text: str
-
-    def holds(self, m: dict) -> bool | None:
-        a = m.get(self.metric)
-        b = m.get(self.value) if isinstance(self.value, str) else self.value
-        if a is None or b is None:
-            return None
-        return _OPS[self.op](a, b)
-
-
-@dataclass
-class Spec:
-    path: str
-    name: str
-    base_path: Path
-    base: dict
-    board: str | None
-    fit_margin: float
-    parameters: dict[str, list]
-    model: str
-    prompt: int
-    context: int
-    objectives: list[tuple[str, str]]
-    constraints: list[Constraint]
-    budget: int
-    sampler: str
-    population: int
-    batch: int
-    seed: int
-    raw: dict = field(default_factory=dict)
-    clock: str = "config"       # "fmax": each point runs at its modeled Fmax (ECP5 boards)
-
-    @property
-    def fingerprint(self) -> str:
-        data = {k: v for k, v in self.raw.items() if k != "budget"}
-        data["base_config"] = self.base
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def config_dict(self, params: dict) -> dict:
-        d = copy.deepcopy(self.base)
-        for path, value in params.items():
-            node = d
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return d
-
-    @property
-    def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.parameters.values())
-
-
-def _err(path, fieldname: str, msg: str) -> SpecError:
-    return SpecError(f"{path}: {fieldname}: {msg}")
-
-
-def _int_field(path, raw, key, lo, hi, default=None) -> int:
-    v = raw.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _err(path, key, f"expected an integer in {lo}..{hi}, got {v!r}")
-    if not lo <= v <= hi:
-        raise _err(path, key, f"{v} is out of range, allowed {lo}..{hi}")
-    return v
-
-
-def _values(path, pname: str, v) -> list:
-    where = f"parameters.{pname}"
-    if isinstance(v, list):
-        vals = v
-    elif isinstance(v, dict):
-        if set(v) - {"min", "max", "step"} or not {"min", "max"} <= set(v):
-            raise _err(path, where, f"a range is {{min, max[, step]}} (integers), got {v!r}")
-        lo, hi, st = v["min"], v["max"], v.get("step", 1)
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi, st)) or st < 1 or hi < lo:
-            raise _err(path, where, f"a range needs integers min <= max and step >= 1, got {v!r}")
-        vals = list(range(lo, hi + 1, st))
-    else:
-        raise _err(path, where, f"expected a list of values or {{min, max, step}}, got {v!r}")
-    if not vals:
-        raise _err(path, where, "no values")
-    for x in vals:
-        if not isinstance(x, (int, float, str)) or isinstance(x, bool):
-            raise _err(path, where, f"values must be numbers or strings, got {x!r}")
-    if len(set(vals)) != len(vals):
-        raise _err(path, where, f"duplicate values in {vals}")
-    return vals
-
-
-def load_spec(path: str | Path) -> Spec:
-    """Read and check a sweep spec; any problem → :class:`SpecError` naming the file and the field."""
-    path = Path(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: file not found") from None
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: top level: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise _err(path, "top level", f"expected a mapping of fields, got {type(raw).__name__}")
-    for k in raw:
-        if k not in _SPEC_KEYS:
-            raise _err(path, k, f"unknown field (known: {', '.join(sorted(_SPEC_KEYS))})")
-    for k in ("name", "base", "parameters", "workload", "objectives", "budget"):
-        if k not in raw:
-            raise _err(path, k, "required field is missing")
-    name = raw["name"]
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise _err(path, "name", f"expected a non-empty name of letters, digits, '-', '_', '.', got {name!r}")
-    # base config: relative to the spec's folder, else to the working directory / repository
-    b = raw["base"]
-    if not isinstance(b, str) or not b:
-        raise _err(path, "base", f"expected a config file path, got {b!r}")
-    cands = [path.parent / b, Path(b), ROOT / b]
-    base_path = next((c for c in cands if c.exists()), None)
-    if base_path is None:
-        raise _err(path, "base", f"config file {b!r} not found (relative to {path.parent} or the working directory)")
-    try:
-        base_cfg = load_config(base_path)
-    except ConfigError as e:
-        raise _err(path, "base", f"invalid config: {e}") from None
-    base = base_cfg.to_dict()
-    # parameters
-    params = raw["parameters"]
-    if not isinstance(params, dict) or not params:
-        raise _err(path, "parameters", "expected a non-empty mapping of dotted config fields to values")
-    parameters = {}
-    for pname, v in params.items():
-        if not isinstance(pname, str):
-            raise _err(path, f"parameters.{pname}", "expected a dotted config field name such as tlmm.tables")
-        node = base
-        for part in pname.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise _err(path, f"parameters.{pname}", "no such config field (e.g. tlmm.tables, gemm.rows, "
-                           "memory.bus_bytes, clock_mhz)")
-            node = node[part]
-        if isinstance(node, dict) or pname in ("name",):
-            raise _err(path, f"parameters.{pname}", "not a scalar config field")
-        vals = _values(path, pname, v)
-        for x in vals:    # a value invalid on its own (wrong type, out of range) is a spec error
-            d = copy.deepcopy(base)
-            nd = d
-            *parents, leaf = pname.split(".")
-            for p in parents:
-                nd = nd[p]
-            nd[leaf] = x
-            try:
-                config_from_dict(d, source=str(path))
-            except ConfigError as e:
-                msg = str(e)
-                if f": {pname}: " in msg and ("out of range" in msg or "expected" in msg):
-                    raise _err(path, f"parameters.{pname}", f"value {x!r}: {msg.split(': ', 2)[-1]}") from None
-        parameters[pname] = vals
-    # board
-    board = raw.get("board")
-    from tritium.resources import FAMILY_OF_BOARD
-    if board is not None and board not in FAMILY_OF_BOARD:
-        raise _err(path, "board", f"expected one of {', '.join(sorted(FAMILY_OF_BOARD))} (boards with a calibrated "
-                   f"resource model), got {board!r}")
-    if board is not None:
-        from tritium.resources import CALIBRATION_CSV, load_model
-        missing = [e for e in ("tlmm", "gemm")
-                   if (FAMILY_OF_BOARD[board], e, "lut") not in load_model().coef]
-        if missing:
-            raise _err(path, "board", f"the resource model has no {FAMILY_OF_BOARD[board]} calibration of the "
-                       f"{' and '.join(missing)} engine yet ({CALIBRATION_CSV}; run tritium calibrate)")
-    fm = raw.get("fit_margin", 1.0)
-    if isinstance(fm, bool) or not isinstance(fm, (int, float)) or not 0 < fm <= 1.5:
-        raise _err(path, "fit_margin", f"expected a number in (0, 1.5] (share of the device usable), got {fm!r}")
-    # workload
-    w = raw["workload"]
-    if not isinstance(w, dict):
-        raise _err(path, "workload", "expected a mapping with model, prompt, context")
-    for k in w:
-        if k not in ("model", "prompt", "context"):
-            raise _err(path, f"workload.{k}", "unknown field (known: context, model, prompt)")
-    from models.presets import PRESETS
-    model = w.get("model")
-    if model not in PRESETS:
-        raise _err(path, "workload.model", f"expected a preset ({', '.join(PRESETS)}), got {model!r}")
-    max_seq = PRESETS[model].max_seq
-    prompt = _int_field(path, w, "prompt", 1, max_seq) if "prompt" in w else 128
-    context = _int_field(path, w, "context", 1, max_seq) if "context" in w else 128
-    # objectives
-    objs = raw["objectives"]
-    if not isinstance(objs, list) or not objs:
-        raise _err(path, "objectives", "expected a non-empty list like [{decode_tokens_per_s: max}, {lut: min}]")
-    objectives = []
-    for i, o in enumerate(objs):
-        if isinstance(o, str):
-            o = {o: METRICS.get(o, ("", "minimize"))[1]}
-        if not isinstance(o, dict) or len(o) != 1:
-            raise _err(path, f"objectives[{i}]", f"expected one 'metric: max|min' mapping, got {o!r}")
-        (m, d), = o.items()
-        if m not in METRICS:
-            raise _err(path, f"objectives[{i}]", f"unknown metric {m!r} (known: {', '.join(METRICS)})")
-        if d not in _DIRECTIONS:
-            raise _err(path, f"objectives[{i}].{m}", f"expected max or min, got {d!r}")
-        if m in [x for x, _ in objectives]:
-            raise _err(path, f"objectives[{i}]", f"metric {m} appears twice")
-        objectives.append((m, _DIRECTIONS[d]))
-    # constraints
-    cons = raw.get("constraints", []) or []
-    if not isinstance(cons, list):
-        raise _err(path, "constraints", "expected a list of strings like 'lut <= 100000'")
-    constraints = []
-    for i, c in enumerate(cons):
-        parts = c.split() if isinstance(c, str) else []
-        if len(parts) != 3 or parts[1] not in _OPS:
-            raise _err(path, f"constraints[{i}]", f"expected 'METRIC OP VALUE' with OP one of "
-                       f"{', '.join(_OPS)}, got {c!r}")
-        m, op, v = parts
-        if m not in METRICS:
-            raise _err(path, f"constraints[{i}]", f"unknown metric {m!r} (known: {', '.join(METRICS)})")
-        try:
-            val: float | str = float(v)
-        except ValueError:
-            if v not in METRICS:
-                raise _err(path, f"constraints[{i}]", f"{v!r} is neither a number nor a metric") from None
-            val = v
-        if m in ("fmax_mhz",) or val == "fmax_mhz":
-            if board is None or FAMILY_OF_BOARD[board] != "ecp5":
-                raise _err(path, f"constraints[{i}]", "fmax_mhz is modeled for ECP5 boards only (board: ulx3s)")
-        constraints.append(Constraint(m, op, val, c))
-    for m, _ in objectives:
-        if m == "fmax_mhz" and (board is None or FAMILY_OF_BOARD[board] != "ecp5"):
-            raise _err(path, "objectives", "fmax_mhz is modeled for ECP5 boards only (board: ulx3s)")
-        if m in ("lut", "ff", "bram", "dsp") and board is None:
-            raise _err(path, "objectives", f"{m} needs a board (the resource model's device family)")
-    for c in constraints:
-        if c.metric in ("lut", "ff", "bram", "dsp") and board is None:
-            raise _err(path, "constraints", f"{c.metric} needs a board (the resource model's device family)")
-    budget = _int_field(path, raw, "budget", 1, 10_000_000)
-    sampler = raw.get("sampler", "nsga2")
-    if sampler not in ("grid", "nsga2"):
-        raise _err(path, "sampler", f"expected grid or nsga2, got {sampler!r}")
-    population = _int_field(path, raw, "population", 2, 100_000, 32)
-    batch = _int_field(path, raw, "batch", 1, 100_000, 8)
-    seed = _int_field(path, raw, "seed", 0, 2**32 - 1, 0)
-    clock = raw.get("clock", "config")
-    if clock not in ("config", "fmax"):
-        raise _err(path, "clock", f"expected config (each point's clock_mhz) or fmax (its modeled Fmax), got {clock!r}")
-    if clock == "fmax" and (board is None or FAMILY_OF_BOARD[board] != "ecp5"):
-        raise _err(path, "clock", "fmax needs an ECP5 board (board: ulx3s): Fmax is modeled from its P&R runs")
-    if clock == "fmax":
-        from tritium.resources import load_model
-        if any(("ecp5", e) not in load_model().fmax_coef for e in ("tlmm", "gemm")):
-            raise _err(path, "clock", "the resource model has no Fmax fit yet (needs the P&R calibration runs)")
-    if clock == "fmax" and "clock_mhz" in parameters:
-        raise _err(path, "parameters.clock_mhz", "cannot be swept with clock: fmax")
-    return Spec(str(path), name, base_path, base, board, float(fm), parameters, model, prompt, context,
-                objectives, constraints, budget, sampler, population, batch, seed, raw, clock)
 
 
 # ====================================================================================================
@@ -597,37 +307,97 @@ def _worker_eval(job: tuple) -> tuple:
     return uid, status, reason, m
 
 
+def _worker_main(conn, spec: Spec, workload: Workload, log_path: str, parent: int) -> None:
+    """A worker process: evaluate the jobs the main process sends until it sends None or goes away."""
+    import signal
+
+    _worker_init(spec, workload, log_path, parent)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(_worker_eval(job))
+
+
 class _Evaluators:
-    """Evaluates screened points in this process (``workers=0``) or a pool of forked workers (started on
-    the first job). ``close(abort=True)`` terminates the workers at once (Ctrl-C, errors)."""
+    """Evaluates screened points in this process (``workers=0``) or in forked worker processes (started on
+    the first job), one job per idle worker over a pipe each. ``close(abort=True)`` kills the workers at once
+    (Ctrl-C, errors): no pool threads or shared queue locks to wait for."""
 
     def __init__(self, spec: Spec, workload: Workload, log_path: Path, workers: int):
         self.args = (spec, workload, str(log_path))
         self.workers = workers
-        self.pool = None
+        self.procs: list = []
         if workers == 0:
             _worker_init(*self.args, 0)
 
-    def run(self, jobs: list):
-        if not jobs:
-            return iter(())
-        if self.workers == 0:
-            return map(_worker_eval, jobs)
-        if self.pool is None:
-            import multiprocessing as mp
+    def _start(self) -> None:
+        import multiprocessing as mp
+        import signal
 
-            self.pool = mp.get_context("fork").Pool(self.workers, initializer=_worker_init,
-                                                    initargs=(*self.args, os.getpid()))
-        return self.pool.imap_unordered(_worker_eval, jobs, chunksize=max(1, len(jobs) // (4 * self.workers)))
+        ctx = mp.get_context("fork")
+        # SIGINT blocked across the fork: a worker ignores it before it can see one (its handler is set
+        # before it unblocks); one that reaches this process meanwhile is delivered when it unblocks.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(self.workers):
+                here, there = ctx.Pipe()
+                p = ctx.Process(target=_worker_main, args=(there, *self.args, os.getpid()), daemon=True)
+                p.start()
+                there.close()
+                self.procs.append((p, here))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def run(self, jobs: list):
+        """Results ``(uid, status, reason, metrics)`` of ``jobs`` as they finish."""
+        if self.workers == 0:
+            yield from map(_worker_eval, jobs)
+            return
+        if not jobs:
+            return
+        if not self.procs:
+            self._start()
+        from multiprocessing.connection import wait
+
+        todo = list(reversed(jobs))
+        busy = set()
+        for _, conn in self.procs:
+            if todo:
+                conn.send(todo.pop())
+                busy.add(conn)
+        while busy:
+            for conn in wait(list(busy)):
+                try:
+                    res = conn.recv()
+                except (EOFError, OSError):
+                    raise RuntimeError("a DSE worker process died (out of memory?); rerun to resume") from None
+                if todo:
+                    conn.send(todo.pop())
+                else:
+                    busy.discard(conn)
+                yield res
 
     def close(self, abort: bool = False) -> None:
-        if self.pool is not None:
+        for p, conn in self.procs:
             if abort:
-                self.pool.terminate()
+                p.kill()
             else:
-                self.pool.close()
-            self.pool.join()
-            self.pool = None
+                try:
+                    conn.send(None)
+                except OSError:
+                    p.kill()
+        for p, conn in self.procs:
+            p.join(timeout=None if abort else 10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            conn.close()
+        self.procs = []
 
 
 # ====================================================================================================
@@ -830,7 +600,10 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
         evaluators.close(abort=True)
         if sw.bar is not None:
             sw.bar.close()
-        write_csv(out / "results.csv", collect(db, spec), spec)
+        try:                 # the points stored so far (best effort: the store may be what failed)
+            write_csv(out / "results.csv", collect(db, spec), spec)
+        except Exception:
+            pass
         log(f"[dse] stopped: {len(store)} point(s) stored; the same command resumes")
         raise
     evaluators.close()

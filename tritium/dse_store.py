@@ -21,11 +21,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tritium.dse_spec import MAX_GRID_POINTS
+
 __all__ = ["Point", "Store", "GridOrder", "open_study", "append_log", "read_log", "mask_url", "grid_key",
            "MAX_GRID_POINTS"]
 
-#: the grid sampler enumerates (a permutation of) the whole grid: at most this many points
-MAX_GRID_POINTS = 10_000_000
 
 
 @dataclass
