@@ -545,22 +545,11 @@ def _progress_bar(spec: Spec, stored: int):
                 dynamic_ncols=True, mininterval=0.5)
 
 
-def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None, top: int = 5,
-            verify: int = 0, progress: bool = True, log=print) -> dict:
-    """Run (or resume) the sweep of ``spec``; write ``results.csv`` and ``pareto.png`` into ``out``.
-
-    Every finished point is stored under its key (:mod:`tritium.dse_store`) in the persistent study
-    (``storage``; SQLite in ``out`` by default); a rerun skips stored points and takes evaluations that
-    finished but were not stored (a killed run) from ``out/evaluations.jsonl``, so the final results equal an
-    uninterrupted run's. Ctrl-C terminates the workers, writes ``results.csv`` of the stored points and
-    re-raises KeyboardInterrupt. With a shared storage, invocations see each other's stored points."""
-    import uuid
-
+def _open_store(spec: Spec, out: Path, storage: str | None) -> tuple:
+    """(study, url, study name): the persistent study, created or resumed (same spec fingerprint only)."""
     import optuna
-    from optuna.distributions import CategoricalDistribution
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    out = Path(out)
     if storage is None:                      # the SQLite study lives in out; a remote one is reached first
         out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
@@ -568,23 +557,62 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
     db = open_study(url, study_name, [d for _, d in spec.objectives])
     _check_fingerprint(db, spec, study_name, url)
     out.mkdir(parents=True, exist_ok=True)
-    shared = storage is not None
-    run_id = uuid.uuid4().hex[:12]
-    # One invocation: the sampler's seed is the spec's (reproducible). Several invocations sharing a storage
-    # must not all draw the same points: their seeds differ (such runs are not reproducible point by point).
-    seed = spec.seed if not shared else (spec.seed * 1_000_003 + int(run_id, 16)) % 2**32
-    stream = run_id if shared else f"seed{spec.seed}"
-    dists = {n: CategoricalDistribution(v) for n, v in spec.parameters.items()}
-    store = Store(db, [m for m, _ in spec.objectives], dists)
+    return db, url, study_name
 
+
+def _capture(spec: Spec, log) -> Workload:
     base_acfg = config_from_dict({**spec.base, "name": spec.name}, source=str(spec.base_path))
     t0 = time.perf_counter()
     workload = build_workload(spec.model, spec.prompt, spec.context, base_acfg)
     log(f"[dse] workload {spec.model}, prompt {spec.prompt}, context {spec.context}: captured in "
         f"{time.perf_counter() - t0:.1f} s")
-    evaluators = _Evaluators(spec, workload, out / "evaluations.jsonl", workers)
-    sw = _Sweep(spec, store, out, study_name, FastEvaluator(workload), evaluators)
-    recovered = sw.recover_foreign(stream) if shared else 0
+    return workload
+
+
+def _search(sw: _Sweep, spec: Spec, shared: bool, run_id: str, dists: dict) -> None:
+    if spec.sampler == "grid":
+        _run_grid(sw, spec, shared, run_id)
+        return
+    # One invocation: the sampler's seed is the spec's (reproducible). Several invocations sharing a storage
+    # must not all draw the same points: their seeds differ (such runs are not reproducible point by point).
+    seed = spec.seed if not shared else (spec.seed * 1_000_003 + int(run_id, 16)) % 2**32
+    _run_nsga2(sw, spec, seed, run_id if shared else f"seed{spec.seed}", shared, dists)
+
+
+def _stopped(sw: _Sweep, db, spec: Spec, out: Path, log) -> None:
+    """An interrupted sweep (Ctrl-C, an error): kill the workers, write the CSV of what is stored."""
+    sw.evaluators.close(abort=True)
+    if sw.bar is not None:
+        sw.bar.close()
+    try:                 # best effort: the store may be what failed
+        write_csv(out / "results.csv", collect(db, spec), spec)
+    except Exception:
+        pass
+    log(f"[dse] stopped: {len(sw.store)} point(s) stored; the same command resumes")
+
+
+def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None, top: int = 5,
+            verify: int = 0, progress: bool = True, log=print) -> dict:
+    """Run (or resume) the sweep of ``spec``; write ``results.csv`` and ``pareto.png`` into ``out``.
+
+    Every finished point is stored under its key (:mod:`tritium.dse_store`) in the persistent study
+    (``storage``; SQLite in ``out`` by default); a rerun skips stored points and takes evaluations that
+    finished but were not stored (a killed run) from ``out/evaluations.jsonl``, so the final results equal an
+    uninterrupted run's. Ctrl-C kills the workers, writes ``results.csv`` of the stored points and
+    re-raises KeyboardInterrupt. With a shared storage, invocations see each other's stored points."""
+    import uuid
+
+    from optuna.distributions import CategoricalDistribution
+
+    out = Path(out)
+    db, url, study_name = _open_store(spec, out, storage)
+    shared, run_id = storage is not None, uuid.uuid4().hex[:12]
+    dists = {n: CategoricalDistribution(v) for n, v in spec.parameters.items()}
+    store = Store(db, [m for m, _ in spec.objectives], dists)
+    workload = _capture(spec, log)
+    sw = _Sweep(spec, store, out, study_name, FastEvaluator(workload),
+                _Evaluators(spec, workload, out / "evaluations.jsonl", workers))
+    recovered = sw.recover_foreign(run_id) if shared else 0
     log(f"[dse] study {study_name} in {mask_url(url)}: {len(store)} stored point(s)"
         + (f" ({recovered} recovered from evaluations.jsonl)" if recovered else "")
         + f"; budget {spec.budget}, sampler {spec.sampler}"
@@ -592,21 +620,11 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
     t_start = time.perf_counter()
     sw.bar = _progress_bar(spec, len(store)) if progress else None
     try:
-        if spec.sampler == "grid":
-            _run_grid(sw, spec, shared, run_id)
-        else:
-            _run_nsga2(sw, spec, seed, stream, shared, dists)
+        _search(sw, spec, shared, run_id, dists)
     except BaseException:
-        evaluators.close(abort=True)
-        if sw.bar is not None:
-            sw.bar.close()
-        try:                 # the points stored so far (best effort: the store may be what failed)
-            write_csv(out / "results.csv", collect(db, spec), spec)
-        except Exception:
-            pass
-        log(f"[dse] stopped: {len(store)} point(s) stored; the same command resumes")
+        _stopped(sw, db, spec, out, log)
         raise
-    evaluators.close()
+    sw.evaluators.close()
     if sw.bar is not None:
         sw.bar.close()
     return _report(db, spec, out, top, verify, log, sw.evaluated, time.perf_counter() - t_start, len(store))
