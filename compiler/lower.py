@@ -27,44 +27,23 @@ from __future__ import annotations
 import numpy as np
 
 from compiler.ir import CompileError, Graph
+from compiler.tiling import (
+    Allocator,
+    attention_gemms,
+    beats,
+    kv_cache_tensors,
+    tlmm_fits_fields,
+    tlmm_slices,
+    tlmm_tiles,
+    tlmm_weight_bytes,
+)
+from compiler.tiling import ceil_div as _ceil
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import gemm_shape
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
-from hw.program import HostOp, Program, TensorInfo, tlmm_wgt_beat_bytes
+from hw.program import HostOp, Program, TensorInfo
 
 __all__ = ["Allocator", "StepPlan", "Lowering"]
-
-
-class Allocator:
-    """First-fit allocator over beat addresses with explicit frees; ``high`` is the high-water mark."""
-
-    def __init__(self, base: int, limit: int):
-        self.base, self.limit = base, limit
-        self.free: list[tuple[int, int]] = [(base, limit - base)]
-        self.high = base
-
-    def alloc(self, beats: int, what: str) -> int:
-        beats = max(1, beats)
-        for i, (a, n) in enumerate(self.free):
-            if n >= beats:
-                self.free[i] = (a + beats, n - beats)
-                if self.free[i][1] == 0:
-                    self.free.pop(i)
-                self.high = max(self.high, a + beats)
-                return a
-        raise CompileError(f"{what}: memory exhausted: {beats} more beats do not fit below beat {self.limit} "
-                           "(memory.addr_bits)")
-
-    def release(self, addr: int, beats: int) -> None:
-        self.free.append((addr, max(1, beats)))
-        self.free.sort()
-        merged = []
-        for a, n in self.free:
-            if merged and merged[-1][0] + merged[-1][1] == a:
-                merged[-1] = (merged[-1][0], merged[-1][1] + n)
-            else:
-                merged.append((a, n))
-        self.free = merged
 
 
 class StepPlan:
@@ -78,10 +57,6 @@ class StepPlan:
     def tensor(self, name, nbytes, dtype, shape, layout="rows", **attrs) -> str:
         self.tensors[name] = TensorInfo(name, -1, int(nbytes), dtype, [int(s) for s in shape], layout, attrs)
         return name
-
-
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
 
 
 class Lowering:
@@ -101,7 +76,7 @@ class Lowering:
 
     # ------------------------------------------------------------------ helpers
     def beats(self, nbytes: int) -> int:
-        return _ceil(int(nbytes), self.W)
+        return beats(nbytes, self.W)
 
     def _check_attention(self) -> None:
         for op in self.g.ops:
@@ -109,44 +84,35 @@ class Lowering:
                 raise CompileError(f"{op.where}: n_heads must be a multiple of n_kv_heads")
 
     def tlmm_slices(self, op) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
-        """K slices (multiples of G·T) and N slices (multiples of Q) that fit tlmm.max_k / max_n."""
-        t = self.acfg.tlmm
-        ks = max(t.chunk_k, t.max_k // t.chunk_k * t.chunk_k)
-        ns = max(t.columns, t.max_n // t.columns * t.columns)
+        """K slices (multiples of G·T) and N slices (multiples of Q) that fit tlmm.max_k / max_n
+        (:func:`compiler.tiling.tlmm_slices`)."""
         k, n = op.attrs["k"], op.attrs["n"]
-        if _ceil(min(k, ks), t.chunk_k) >= 1 << 16 or _ceil(min(n, ns), t.columns) >= 1 << 16:
+        slices = tlmm_slices(self.acfg.tlmm, k, n)
+        if not tlmm_fits_fields(self.acfg.tlmm, slices):
             raise CompileError(f"{op.where}: K={k}, N={n} cannot be tiled into 16-bit TLMM command fields")
-        return ([(a, min(k, a + ks)) for a in range(0, k, ks)], [(a, min(n, a + ns)) for a in range(0, n, ns)])
+        return slices
 
     # ------------------------------------------------------------------ persistent region
     def _plan_persistent(self) -> None:
+        # the region's size is compiler.tiling.persistent_beats (what the DSE's screen uses)
         t = self.acfg.tlmm
-        wb = tlmm_wgt_beat_bytes(t)
         for op in self.g.ops:
             if op.kind != "tlmm":
                 continue
             kss, nss = self.tlmm_slices(op)
             for si, (k0, k1) in enumerate(kss):
                 for ni, (n0, n1) in enumerate(nss):
-                    kc, nb = _ceil(k1 - k0, t.chunk_k), _ceil(n1 - n0, t.columns)
+                    kc, nb, nbytes = tlmm_weight_bytes(t, k1 - k0, n1 - n0)
                     name = f"w:{op.attrs['weight']}[{si},{ni}]"
-                    self._persist(name, kc * nb * wb, "uint8", [kc, nb], "tlmm_wgt",
+                    self._persist(name, nbytes, "uint8", [kc, nb], "tlmm_wgt",
                                   k=[k0, k1], n=[n0, n1], weight=op.attrs["weight"])
         for op in self.g.ops:
             if op.kind != "attention":
                 continue
             a = op.attrs
-            L, hkv, hd = a["layer"], a["n_kv_heads"], a["head_dim"]
-            cap = self.mc["max_seq"]
-            C, TK = self.geo.cols, self.geo.k_tile
-            k_beats = _ceil(cap, C) * _ceil(hd, TK) * self.geo.b_beats      # B = Kᵀ (hd × cap) panels
-            v_beats = _ceil(hd, C) * _ceil(cap, TK) * self.geo.b_beats      # B = V (cap × hd) panels
-            for gi in range(hkv):
-                self._persist(f"kv{L}.k{gi}", k_beats * self.W, "int8", [hd, cap], "gemm_b")
-                self._persist(f"kv{L}.v{gi}", v_beats * self.W, "int8", [cap, hd], "gemm_b",
-                              panel_beats=_ceil(cap, TK) * self.geo.b_beats)
-            self._persist(f"kv{L}.sk", hkv * cap * 4, "float32", [hkv, cap])
-            self._persist(f"kv{L}.sv", hkv * cap * 4, "float32", [hkv, cap])
+            for suffix, nbytes, dtype, shape, layout, attrs in kv_cache_tensors(
+                    self.geo, self.W, self.mc["max_seq"], a["n_kv_heads"], a["head_dim"]):
+                self._persist(f"kv{a['layer']}.{suffix}", nbytes, dtype, shape, layout, **attrs)
         self.step_base = self.alloc.high
 
     def _persist(self, name, nbytes, dtype, shape, layout="rows", **attrs) -> None:
@@ -263,17 +229,14 @@ class Lowering:
                     quant_of[xq]["slices"].append(a)
         yi = op.outputs[0]
         parts = []
-        for c, m0 in enumerate(range(0, T, t.tokens)):
-            m = min(t.tokens, T - m0)
-            for si, (k0, k1) in enumerate(kss):
-                for ni, (n0, n1) in enumerate(nss):
-                    kc, nb = _ceil(k1 - k0, t.chunk_k), _ceil(n1 - n0, t.columns)
-                    res = plan.tensor(f"{yi}#{c}.{si}.{ni}", nb * m * t.columns * 4, "int32", [nb, m, t.columns],
-                                      "tlmm_res", m0=m0, m=m, n=[n0, n1], k=[k0, k1])
-                    w = f"w:{op.attrs['weight']}[{si},{ni}]"
-                    plan.items.append(("tlmm", {"op": op.name, "tokens": m, "k_chunks": kc, "n_blocks": nb,
-                                                "act": acts[c][si], "wgt": w, "res": res, "where": op.where}))
-                    parts.append(res)
+        for tl in tlmm_tiles(t, T, (kss, nss)):
+            res = plan.tensor(f"{yi}#{tl.c}.{tl.si}.{tl.ni}", tl.nb * tl.m * t.columns * 4, "int32",
+                              [tl.nb, tl.m, t.columns], "tlmm_res", m0=tl.m0, m=tl.m, n=[tl.n0, tl.n1],
+                              k=[tl.k0, tl.k1])
+            w = f"w:{op.attrs['weight']}[{tl.si},{tl.ni}]"
+            plan.items.append(("tlmm", {"op": op.name, "tokens": tl.m, "k_chunks": tl.kc, "n_blocks": tl.nb,
+                                        "act": acts[tl.c][tl.si], "wgt": w, "res": res, "where": op.where}))
+            parts.append(res)
         # the int32 result as the dequant sees it: the list of parts (summed over K slices)
         plan.tensors[yi] = TensorInfo(yi, -1, 0, "int32", [T, op.attrs["n"]], "rows", {"parts": parts})
 
@@ -287,9 +250,10 @@ class Lowering:
         out = op.outputs[0]
         plan.tensor(out, T * h * hd * 4, "float32", [T, h * hd])
         M = rep * T
+        qk, pv, n_blocks = attention_gemms(geo, M, hd, ctx)
         qa, scores, pa, outs = [], [], [], []
         for gi in range(hkv):
-            sq = gemm_shape(geo, M, hd, ctx)
+            sq = gemm_shape(geo, *qk)
             qa.append(plan.tensor(f"att{L}.qa{gi}", sq.m_tiles * sq.k_tiles * geo.a_beats * self.W, "int8",
                                   [M, hd], "gemm_a"))
             scores.append(plan.tensor(f"att{L}.scores{gi}", sq.m_tiles * sq.n_tiles * geo.out_beats(False) * self.W,
@@ -297,7 +261,7 @@ class Lowering:
             sp = gemm_shape(geo, M, ctx, hd)
             pa.append(plan.tensor(f"att{L}.pa{gi}", sp.m_tiles * sp.k_tiles * geo.a_beats * self.W, "int8",
                                   [M, ctx], "gemm_a"))
-            for ni in range(_ceil(hd, geo.cols)):
+            for ni in range(n_blocks):
                 outs.append(plan.tensor(f"att{L}.o{gi}.{ni}", sp.m_tiles * geo.out_beats(False) * self.W, "int32",
                                         [M, geo.cols], "gemm_c", group=gi, block=ni))
         plan.tensor(f"att{L}.sq", h * T * 4, "float32", [h, T])
@@ -309,15 +273,15 @@ class Lowering:
                                           qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"], common,
                                           op.where)))
         for gi in range(hkv):
-            plan.items.append(("gemm", {"op": f"{op.name}.qk{gi}", "m": M, "k": hd, "n": ctx, "a": qa[gi],
+            plan.items.append(("gemm", {"op": f"{op.name}.qk{gi}", "m": qk[0], "k": qk[1], "n": qk[2], "a": qa[gi],
                                         "b": kc[gi], "c": scores[gi], "b_offset": 0, "where": op.where}))
         plan.items.append(("host", HostOp(f"{op.name}.softmax", "attn_softmax",
                                           scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"], pa + [f"att{L}.sp"],
                                           common, op.where)))
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
         for gi in range(hkv):
-            for ni in range(_ceil(hd, geo.cols)):
-                plan.items.append(("gemm", {"op": f"{op.name}.pv{gi}.{ni}", "m": M, "k": ctx, "n": geo.cols,
+            for ni in range(n_blocks):
+                plan.items.append(("gemm", {"op": f"{op.name}.pv{gi}.{ni}", "m": pv[0], "k": pv[1], "n": pv[2],
                                             "a": pa[gi], "b": vc[gi], "b_offset": ni * panel,
                                             "c": f"att{L}.o{gi}.{ni}", "where": op.where}))
         plan.items.append(("host", HostOp(f"{op.name}.out", "attn_out", outs + [f"att{L}.sp"], [out], common,

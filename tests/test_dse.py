@@ -23,7 +23,7 @@ import yaml
 from hw.config import config_from_dict, load_config
 from tritium import dse
 from tritium.dse import FastEvaluator, SpecError, build_workload, load_spec, run_dse
-from tritium.estimate import estimate
+from tritium.estimate import _compiled, estimate
 
 # load_spec checks the workload against the model presets, which need PyTorch
 pytestmark = pytest.mark.torch
@@ -68,7 +68,7 @@ def _rows(path: Path) -> list[dict]:
     ({"constraints": ["lut < = 5"]}, "constraints[0]"),
     ({"constraints": ["lut <= many"]}, "constraints[0]"),
     ({"workload": {"model": "gpt-5", "prompt": 4, "context": 8}}, "workload.model"),
-    ({"workload": {"model": "tiny", "prompt": 100000, "context": 8}}, "prompt"),
+    ({"workload": {"model": "tiny", "prompt": 100000, "context": 8}}, "workload.prompt"),
     ({"sampler": "random"}, "sampler"),
     ({"budget": 0}, "budget"),
     ({"base": "configs/nope.yaml"}, "base"),
@@ -76,6 +76,13 @@ def _rows(path: Path) -> list[dict]:
     ({"bogus": 1}, "bogus"),
     ({"budget": None}, "budget"),
     ({"board": None}, "objectives"),             # lut needs a board
+    ({"constraints": ["lut <= nan"]}, "constraints[0]"),
+    ({"constraints": ["lut <= inf"]}, "constraints[0]"),
+    ({"constraints": ["decode_tokens_per_s >= -1e999"]}, "constraints[0]"),
+    ({"parameters": {"tlmm.tables": {"min": 1, "max": 10, "step": 0}}}, "parameters.tlmm.tables"),
+    ({"parameters": {"tlmm.tables": [4, float("nan")]}}, "parameters.tlmm.tables"),
+    ({"workload": {"model": "tiny", "prompt": 4, "contxt": 8}}, "workload.contxt"),
+    ({"fit_margin": True}, "fit_margin"),
 ])
 def test_spec_errors_name_file_and_field(tmp_path, over, field):
     p = _spec(tmp_path, **over)
@@ -83,6 +90,16 @@ def test_spec_errors_name_file_and_field(tmp_path, over, field):
         load_spec(p)
     msg = str(e.value)
     assert "\n" not in msg and msg.startswith(f"{p}: ") and f": {field}" in msg, msg
+
+
+def test_spec_huge_range_rejected_before_expanding(tmp_path):
+    p = _spec(tmp_path, parameters={"tlmm.tables": {"min": 1, "max": 10**8}})
+    t0 = time.perf_counter()
+    with pytest.raises(SpecError) as e:
+        load_spec(p)
+    msg = str(e.value)
+    assert time.perf_counter() - t0 < 2
+    assert "\n" not in msg and f"{p}: parameters.tlmm.tables: " in msg and "10000" in msg and "100000000" in msg, msg
 
 
 def test_spec_error_cli_exit_2_one_line(tmp_path):
@@ -137,6 +154,8 @@ def test_fast_evaluator_equals_estimate(model, config, prompt, context, variants
         for rs, fs in zip(ref["_steps"], fast["_steps"], strict=True):
             assert rs.engine_cycles == fs.engine_cycles and rs.dram_bytes == fs.dram_bytes
             assert rs.commands == fs.commands and rs.busy_issue == fs.busy_issue
+        # the screen's memory figure is the compiler's persistent region (one allocation rule)
+        assert ev.memory_beats(acfg) == _compiled(model, acfg).lowering.step_base, v
 
 
 def _flat(d):

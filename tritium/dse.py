@@ -1,19 +1,20 @@
 """Design-space exploration (`tritium dse SPEC --out DIR`).
 
-A sweep spec (YAML, see :func:`load_spec` and docs/dse.md) names a base config, the
+A sweep spec (YAML, see :func:`load_spec` and README "Design-space exploration") names a base config, the
 config fields to vary, a workload (model preset, prompt, context), objectives, constraints, a budget and a
-sampler. Optuna drives the search: its grid sampler or NSGA-II, a persistent study (SQLite in DIR by
-default; ``--storage postgresql://…`` shares one study between invocations on many machines).
+sampler. The grid sampler enumerates the grid itself, in a seeded order; NSGA-II is Optuna's. Finished
+points live in a persistent Optuna study (SQLite in DIR by default; ``--storage postgresql://…`` shares one
+study between invocations on many machines). The spec is read by :mod:`tritium.dse_spec`.
 
-Determinism: trials are asked and told in the main process only, in batches of a fixed size (the NSGA-II
-population, or ``batch`` for the grid), with a seeded sampler; worker processes only evaluate, and results
-are told in trial order. So the same spec and seed give the same trials and the same CSV, whatever
-``--workers`` is.
+Determinism: points are proposed in the main process only, in batches of ``batch``, from a seeded order or
+sampler; worker processes only evaluate, and NSGA-II is told the results in ask order. So the same spec and
+seed give the same points and the same CSV, whatever ``--workers`` is and however often the run was
+interrupted.
 
 Evaluation (:class:`FastEvaluator`) is the cost definition of :mod:`tritium.estimate`, applied fast: the
 step Programs of a decoder LM repeat the same few command shapes (all layers are identical), so the
 evaluator derives the multiset of command shapes the compiler's lowering emits for a config
-(``compiler.lower``'s tiling rules), costs each distinct command once with ``cost_program`` (cached per
+(the same :mod:`compiler.tiling` functions the lowering calls), costs each distinct command once with ``cost_program`` (cached per
 shape and the config fields it depends on) and multiplies by its count; host ops (config-independent) are
 costed once per device. ``tests/test_dse.py`` checks the result equals :func:`tritium.estimate.estimate`.
 
@@ -22,327 +23,37 @@ whose modeled resources (:mod:`tritium.resources`, a fit to our RTL's synthesis 
 that violates a resource constraint is rejected before evaluation; performance constraints are checked after.
 The reason is the ``reason`` column of the CSV (``status``: ok, invalid, memory, fit, constraint).
 
-Resume: the study keeps every finished trial. Workers append each finished evaluation to
-``DIR/evaluations.jsonl`` before the main process tells it; on restart, trials left RUNNING by a dead run
-of this machine are told from that log when their evaluation had finished, else evaluated now — no finished
-point is lost or evaluated twice.
+Resume: every finished point is stored under its own key (its parameter tuple on the grid, its place in
+the seeded ask order for NSGA-II; never an Optuna trial number), one transaction per point; a rerun skips
+stored points and takes evaluations that finished but were not stored yet from ``DIR/evaluations.jsonl``.
+Whenever a run is killed, the rerun's ``results.csv`` equals an uninterrupted run's (:mod:`tritium.dse_store`).
 """
 
 from __future__ import annotations
 
-import copy
 import csv
-import hashlib
-import json
-import math
 import os
 import sys
 import time
 from collections import Counter
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
-import yaml
+from hw.config import AcceleratorConfig, ConfigError, config_from_dict
+from tritium.dse_spec import (
+    METRICS,
+    PERF_METRICS,
+    RESOURCE_METRICS,
+    Constraint,
+    Spec,
+    SpecError,
+    load_spec,
+)
+from tritium.dse_store import GridOrder, Point, Store, append_log, mask_url, open_study, read_log, storage_url
 
-from hw import data_files
-from hw.config import AcceleratorConfig, ConfigError, config_from_dict, load_config
+__all__ = ["SpecError", "Spec", "Constraint", "load_spec", "FastEvaluator", "Workload", "build_workload",
+           "run_dse", "METRICS", "RESOURCE_METRICS", "PERF_METRICS"]
 
-__all__ = ["SpecError", "Spec", "load_spec", "FastEvaluator", "Workload", "build_workload", "run_dse",
-           "METRICS"]
-
-
-class SpecError(ValueError):
-    """A bad sweep spec: the message is one line naming the file and the field."""
-
-
-#: metric → (description, natural direction). Objectives and constraints may use any of them.
-METRICS = {
-    "decode_tokens_per_s": ("decode tokens/s at the workload's context (modeled)", "maximize"),
-    "prefill_tokens_per_s": ("prefill tokens/s (modeled)", "maximize"),
-    "ttft_s": ("time to first token, s (modeled)", "minimize"),
-    "j_per_token": ("decode energy per token, J (modeled)", "minimize"),
-    "avg_power_w": ("average decode power, W (modeled)", "minimize"),
-    "dram_bytes_per_token": ("DRAM bytes per decoded token (modeled)", "minimize"),
-    "memory_mib": ("weights + KV cache footprint, MiB", "minimize"),
-    "lut": ("LUTs, both engines (resource model fit)", "minimize"),
-    "ff": ("flip-flops, both engines (resource model fit)", "minimize"),
-    "bram": ("block RAMs, both engines (resource model fit)", "minimize"),
-    "dsp": ("DSP blocks, both engines (resource model fit)", "minimize"),
-    "fmax_mhz": ("Fmax, lower of the two engines (fit; ECP5 only)", "maximize"),
-    "clock_mhz": ("the config's clock", "maximize"),
-}
-RESOURCE_METRICS = ("lut", "ff", "bram", "dsp", "fmax_mhz", "memory_mib", "clock_mhz")
-PERF_METRICS = tuple(m for m in METRICS if m not in RESOURCE_METRICS)
-_OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,
-        ">": lambda a, b: a > b, "==": lambda a, b: a == b}
-_DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
-_SPEC_KEYS = {"name", "base", "board", "fit_margin", "parameters", "workload", "objectives", "constraints",
-              "budget", "sampler", "population", "batch", "seed", "clock"}
-
-
-# ====================================================================================================
-# Spec
-# ====================================================================================================
-
-@dataclass
-class Constraint:
-    metric: str
-    op: str
-    value: float | str          # a number, or another metric's name (e.g. "fmax_mhz >= clock_mhz")
-    text: str
-
-    def holds(self, m: dict) -> bool | None:
-        a = m.get(self.metric)
-        b = m.get(self.value) if isinstance(self.value, str) else self.value
-        if a is None or b is None:
-            return None
-        return _OPS[self.op](a, b)
-
-
-@dataclass
-class Spec:
-    path: str
-    name: str
-    base_path: Path
-    base: dict
-    board: str | None
-    fit_margin: float
-    parameters: dict[str, list]
-    model: str
-    prompt: int
-    context: int
-    objectives: list[tuple[str, str]]
-    constraints: list[Constraint]
-    budget: int
-    sampler: str
-    population: int
-    batch: int
-    seed: int
-    raw: dict = field(default_factory=dict)
-    clock: str = "config"       # "fmax": each point runs at its modeled Fmax (ECP5 boards)
-
-    @property
-    def fingerprint(self) -> str:
-        data = {k: v for k, v in self.raw.items() if k != "budget"}
-        data["base_config"] = self.base
-        return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
-
-    def config_dict(self, params: dict) -> dict:
-        d = copy.deepcopy(self.base)
-        for path, value in params.items():
-            node = d
-            *parents, leaf = path.split(".")
-            for p in parents:
-                node = node.setdefault(p, {})
-            node[leaf] = value
-        return d
-
-    @property
-    def grid_size(self) -> int:
-        return math.prod(len(v) for v in self.parameters.values())
-
-
-def _err(path, fieldname: str, msg: str) -> SpecError:
-    return SpecError(f"{path}: {fieldname}: {msg}")
-
-
-def _int_field(path, raw, key, lo, hi, default=None) -> int:
-    v = raw.get(key, default)
-    if isinstance(v, bool) or not isinstance(v, int):
-        raise _err(path, key, f"expected an integer in {lo}..{hi}, got {v!r}")
-    if not lo <= v <= hi:
-        raise _err(path, key, f"{v} is out of range, allowed {lo}..{hi}")
-    return v
-
-
-def _values(path, pname: str, v) -> list:
-    where = f"parameters.{pname}"
-    if isinstance(v, list):
-        vals = v
-    elif isinstance(v, dict):
-        if set(v) - {"min", "max", "step"} or not {"min", "max"} <= set(v):
-            raise _err(path, where, f"a range is {{min, max[, step]}} (integers), got {v!r}")
-        lo, hi, st = v["min"], v["max"], v.get("step", 1)
-        if not all(isinstance(x, int) and not isinstance(x, bool) for x in (lo, hi, st)) or st < 1 or hi < lo:
-            raise _err(path, where, f"a range needs integers min <= max and step >= 1, got {v!r}")
-        vals = list(range(lo, hi + 1, st))
-    else:
-        raise _err(path, where, f"expected a list of values or {{min, max, step}}, got {v!r}")
-    if not vals:
-        raise _err(path, where, "no values")
-    for x in vals:
-        if not isinstance(x, (int, float, str)) or isinstance(x, bool):
-            raise _err(path, where, f"values must be numbers or strings, got {x!r}")
-    if len(set(vals)) != len(vals):
-        raise _err(path, where, f"duplicate values in {vals}")
-    return vals
-
-
-def load_spec(path: str | Path) -> Spec:
-    """Read and check a sweep spec; any problem → :class:`SpecError` naming the file and the field."""
-    path = data_files.resolve(path)
-    try:
-        raw = yaml.safe_load(path.read_text())
-    except FileNotFoundError:
-        raise SpecError(f"{path}: file not found") from None
-    except OSError as e:
-        raise SpecError(f"{path}: cannot read: {e.strerror}") from None
-    except yaml.YAMLError as e:
-        raise SpecError(f"{path}: top level: not valid YAML ({getattr(e, 'problem', e)})") from None
-    if not isinstance(raw, dict):
-        raise _err(path, "top level", f"expected a mapping of fields, got {type(raw).__name__}")
-    for k in raw:
-        if k not in _SPEC_KEYS:
-            raise _err(path, k, f"unknown field (known: {', '.join(sorted(_SPEC_KEYS))})")
-    for k in ("name", "base", "parameters", "workload", "objectives", "budget"):
-        if k not in raw:
-            raise _err(path, k, "required field is missing")
-    name = raw["name"]
-    if not isinstance(name, str) or not name or not all(c.isalnum() or c in "-_." for c in name):
-        raise _err(path, "name", f"expected a non-empty name of letters, digits, '-', '_', '.', got {name!r}")
-    # base config: relative to the spec's folder, else to the working directory / repository
-    b = raw["base"]
-    if not isinstance(b, str) or not b:
-        raise _err(path, "base", f"expected a config file path, got {b!r}")
-    cands = [path.parent / b, data_files.resolve(b)]
-    base_path = next((c for c in cands if c.exists()), None)
-    if base_path is None:
-        raise _err(path, "base", f"config file {b!r} not found (relative to {path.parent} or the working directory)")
-    try:
-        base_cfg = load_config(base_path)
-    except ConfigError as e:
-        raise _err(path, "base", f"invalid config: {e}") from None
-    base = base_cfg.to_dict()
-    # parameters
-    params = raw["parameters"]
-    if not isinstance(params, dict) or not params:
-        raise _err(path, "parameters", "expected a non-empty mapping of dotted config fields to values")
-    parameters = {}
-    for pname, v in params.items():
-        if not isinstance(pname, str):
-            raise _err(path, f"parameters.{pname}", "expected a dotted config field name such as tlmm.tables")
-        node = base
-        for part in pname.split("."):
-            if not isinstance(node, dict) or part not in node:
-                raise _err(path, f"parameters.{pname}", "no such config field (e.g. tlmm.tables, gemm.rows, "
-                           "memory.bus_bytes, clock_mhz)")
-            node = node[part]
-        if isinstance(node, dict) or pname in ("name",):
-            raise _err(path, f"parameters.{pname}", "not a scalar config field")
-        vals = _values(path, pname, v)
-        for x in vals:    # a value invalid on its own (wrong type, out of range) is a spec error
-            d = copy.deepcopy(base)
-            nd = d
-            *parents, leaf = pname.split(".")
-            for p in parents:
-                nd = nd[p]
-            nd[leaf] = x
-            try:
-                config_from_dict(d, source=str(path))
-            except ConfigError as e:
-                msg = str(e)
-                if f": {pname}: " in msg and ("out of range" in msg or "expected" in msg):
-                    raise _err(path, f"parameters.{pname}", f"value {x!r}: {msg.split(': ', 2)[-1]}") from None
-        parameters[pname] = vals
-    # board
-    board = raw.get("board")
-    from tritium.resources import FAMILY_OF_BOARD
-    if board is not None and board not in FAMILY_OF_BOARD:
-        raise _err(path, "board", f"expected one of {', '.join(sorted(FAMILY_OF_BOARD))} (boards with a calibrated "
-                   f"resource model), got {board!r}")
-    if board is not None:
-        from tritium.resources import CALIBRATION_CSV, load_model
-        missing = [e for e in ("tlmm", "gemm")
-                   if (FAMILY_OF_BOARD[board], e, "lut") not in load_model().coef]
-        if missing:
-            raise _err(path, "board", f"the resource model has no {FAMILY_OF_BOARD[board]} calibration of the "
-                       f"{' and '.join(missing)} engine yet ({CALIBRATION_CSV}; run tritium calibrate)")
-    fm = raw.get("fit_margin", 1.0)
-    if isinstance(fm, bool) or not isinstance(fm, (int, float)) or not 0 < fm <= 1.5:
-        raise _err(path, "fit_margin", f"expected a number in (0, 1.5] (share of the device usable), got {fm!r}")
-    # workload
-    w = raw["workload"]
-    if not isinstance(w, dict):
-        raise _err(path, "workload", "expected a mapping with model, prompt, context")
-    for k in w:
-        if k not in ("model", "prompt", "context"):
-            raise _err(path, f"workload.{k}", "unknown field (known: context, model, prompt)")
-    from models.presets import PRESETS
-    model = w.get("model")
-    if model not in PRESETS:
-        raise _err(path, "workload.model", f"expected a preset ({', '.join(PRESETS)}), got {model!r}")
-    max_seq = PRESETS[model].max_seq
-    prompt = _int_field(path, w, "prompt", 1, max_seq) if "prompt" in w else 128
-    context = _int_field(path, w, "context", 1, max_seq) if "context" in w else 128
-    # objectives
-    objs = raw["objectives"]
-    if not isinstance(objs, list) or not objs:
-        raise _err(path, "objectives", "expected a non-empty list like [{decode_tokens_per_s: max}, {lut: min}]")
-    objectives = []
-    for i, o in enumerate(objs):
-        if isinstance(o, str):
-            o = {o: METRICS.get(o, ("", "minimize"))[1]}
-        if not isinstance(o, dict) or len(o) != 1:
-            raise _err(path, f"objectives[{i}]", f"expected one 'metric: max|min' mapping, got {o!r}")
-        (m, d), = o.items()
-        if m not in METRICS:
-            raise _err(path, f"objectives[{i}]", f"unknown metric {m!r} (known: {', '.join(METRICS)})")
-        if d not in _DIRECTIONS:
-            raise _err(path, f"objectives[{i}].{m}", f"expected max or min, got {d!r}")
-        if m in [x for x, _ in objectives]:
-            raise _err(path, f"objectives[{i}]", f"metric {m} appears twice")
-        objectives.append((m, _DIRECTIONS[d]))
-    # constraints
-    cons = raw.get("constraints", []) or []
-    if not isinstance(cons, list):
-        raise _err(path, "constraints", "expected a list of strings like 'lut <= 100000'")
-    constraints = []
-    for i, c in enumerate(cons):
-        parts = c.split() if isinstance(c, str) else []
-        if len(parts) != 3 or parts[1] not in _OPS:
-            raise _err(path, f"constraints[{i}]", f"expected 'METRIC OP VALUE' with OP one of "
-                       f"{', '.join(_OPS)}, got {c!r}")
-        m, op, v = parts
-        if m not in METRICS:
-            raise _err(path, f"constraints[{i}]", f"unknown metric {m!r} (known: {', '.join(METRICS)})")
-        try:
-            val: float | str = float(v)
-        except ValueError:
-            if v not in METRICS:
-                raise _err(path, f"constraints[{i}]", f"{v!r} is neither a number nor a metric") from None
-            val = v
-        if m in ("fmax_mhz",) or val == "fmax_mhz":
-            if board is None or FAMILY_OF_BOARD[board] != "ecp5":
-                raise _err(path, f"constraints[{i}]", "fmax_mhz is modeled for ECP5 boards only (board: ulx3s)")
-        constraints.append(Constraint(m, op, val, c))
-    for m, _ in objectives:
-        if m == "fmax_mhz" and (board is None or FAMILY_OF_BOARD[board] != "ecp5"):
-            raise _err(path, "objectives", "fmax_mhz is modeled for ECP5 boards only (board: ulx3s)")
-        if m in ("lut", "ff", "bram", "dsp") and board is None:
-            raise _err(path, "objectives", f"{m} needs a board (the resource model's device family)")
-    for c in constraints:
-        if c.metric in ("lut", "ff", "bram", "dsp") and board is None:
-            raise _err(path, "constraints", f"{c.metric} needs a board (the resource model's device family)")
-    budget = _int_field(path, raw, "budget", 1, 10_000_000)
-    sampler = raw.get("sampler", "nsga2")
-    if sampler not in ("grid", "nsga2"):
-        raise _err(path, "sampler", f"expected grid or nsga2, got {sampler!r}")
-    population = _int_field(path, raw, "population", 2, 100_000, 32)
-    batch = _int_field(path, raw, "batch", 1, 100_000, 8)
-    seed = _int_field(path, raw, "seed", 0, 2**32 - 1, 0)
-    clock = raw.get("clock", "config")
-    if clock not in ("config", "fmax"):
-        raise _err(path, "clock", f"expected config (each point's clock_mhz) or fmax (its modeled Fmax), got {clock!r}")
-    if clock == "fmax" and (board is None or FAMILY_OF_BOARD[board] != "ecp5"):
-        raise _err(path, "clock", "fmax needs an ECP5 board (board: ulx3s): Fmax is modeled from its P&R runs")
-    if clock == "fmax":
-        from tritium.resources import load_model
-        if any(("ecp5", e) not in load_model().fmax_coef for e in ("tlmm", "gemm")):
-            raise _err(path, "clock", "the resource model has no Fmax fit yet (needs the P&R calibration runs)")
-    if clock == "fmax" and "clock_mhz" in parameters:
-        raise _err(path, "parameters.clock_mhz", "cannot be swept with clock: fmax")
-    return Spec(str(path), name, base_path, base, board, float(fm), parameters, model, prompt, context,
-                objectives, constraints, budget, sampler, population, batch, seed, raw, clock)
 
 
 # ====================================================================================================
@@ -418,10 +129,6 @@ def build_workload(model: str, prompt: int, context: int, acfg: AcceleratorConfi
     return wl
 
 
-def _ceil(a: int, b: int) -> int:
-    return -(-a // b)
-
-
 class FastEvaluator:
     """``estimate()``'s figures for one workload and many configs, from per-command-shape costs."""
 
@@ -431,53 +138,33 @@ class FastEvaluator:
         self._host_cache: dict = {}
         self._energy: dict = {}
 
-    def _tlmm_slices(self, t, k: int, n: int):
-        # compiler.lower.Lowering.tlmm_slices
-        ks = max(t.chunk_k, t.max_k // t.chunk_k * t.chunk_k)
-        ns = max(t.columns, t.max_n // t.columns * t.columns)
-        return ([min(k, a + ks) - a for a in range(0, k, ks)], [min(n, a + ns) - a for a in range(0, n, ns)])
-
     def commands(self, acfg: AcceleratorConfig, step: _Step) -> Counter:
-        """Multiset of the step's TLMM and GEMM commands (addresses zero: costs do not depend on them)."""
+        """Multiset of the step's TLMM and GEMM commands (addresses zero: costs do not depend on them), by
+        the lowering's own tiling rules (:mod:`compiler.tiling`)."""
+        from compiler.tiling import attention_gemms, tlmm_slices, tlmm_tiles
         from hw.gemm_layout import gemm_shape
         from hw.isa import GemmCommand, TlmmCommand
 
         t, geo = acfg.tlmm, acfg.gemm_geometry
         T, pos = step.tokens, step.pos
         out: Counter = Counter()
-        for k, n, cnt in self.w.tlmm_ops:          # compiler.lower.Lowering._lower_tlmm
-            kss, nss = self._tlmm_slices(t, k, n)
-            for m0 in range(0, T, t.tokens):
-                m = min(t.tokens, T - m0)
-                for kl in kss:
-                    for nl in nss:
-                        out[TlmmCommand(m, _ceil(kl, t.chunk_k), _ceil(nl, t.columns))] += cnt
+        for k, n, cnt in self.w.tlmm_ops:
+            for tl in tlmm_tiles(t, T, tlmm_slices(t, k, n)):
+                out[TlmmCommand(tl.m, tl.kc, tl.nb)] += cnt
         ctx = pos + T
-        for h, hkv, hd, cnt in self.w.attention:   # compiler.lower.Lowering._lower_attention
-            M = (h // hkv) * T
-            sq = gemm_shape(geo, M, hd, ctx)
-            sp = gemm_shape(geo, M, ctx, geo.cols)
+        for h, hkv, hd, cnt in self.w.attention:
+            qk, pv, n_blocks = attention_gemms(geo, (h // hkv) * T, hd, ctx)
+            sq, sp = gemm_shape(geo, *qk), gemm_shape(geo, *pv)
             out[GemmCommand(sq.m_tiles, sq.n_tiles, sq.k_tiles)] += hkv * cnt
-            out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += hkv * _ceil(hd, geo.cols) * cnt
+            out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += hkv * n_blocks * cnt
         return out
 
     def memory_beats(self, acfg: AcceleratorConfig) -> int:
         """Beats of the persistent region (packed weights + KV cache), as compiler.lower allocates it."""
-        from hw.program import tlmm_wgt_beat_bytes
+        from compiler.tiling import persistent_beats
 
-        t, geo, W = acfg.tlmm, acfg.gemm_geometry, acfg.memory.bus_bytes
-        wb = tlmm_wgt_beat_bytes(t)
-        beats = 0
-        for k, n, cnt in self.w.tlmm_ops:
-            kss, nss = self._tlmm_slices(t, k, n)
-            beats += cnt * sum(max(1, _ceil(_ceil(kl, t.chunk_k) * _ceil(nl, t.columns) * wb, W))
-                               for kl in kss for nl in nss)
-        cap = self.w.max_seq
-        for _h, hkv, hd, cnt in self.w.attention:
-            kb = _ceil(cap, geo.cols) * _ceil(hd, geo.k_tile) * geo.b_beats
-            vb = _ceil(hd, geo.cols) * _ceil(cap, geo.k_tile) * geo.b_beats
-            beats += cnt * (hkv * (kb + vb) + 2 * max(1, _ceil(hkv * cap * 4, W)))
-        return beats
+        return persistent_beats(acfg.tlmm, acfg.gemm_geometry, acfg.memory.bus_bytes, self.w.tlmm_ops,
+                                self.w.attention, self.w.max_seq)
 
     def _energy_of(self, family: str) -> dict:
         from sim.energy import load_energy
@@ -589,15 +276,20 @@ _W: dict = {}
 
 
 def _worker_init(spec: Spec, workload: Workload, log_path: str, parent: int) -> None:
-    try:           # die with the main process (Linux): no orphan evaluates and logs after a kill
-        import ctypes
+    if parent:
         import signal
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
-    except Exception:
-        pass
-    if parent and os.getppid() != parent:
-        os._exit(0)
+        # Ctrl-C reaches the whole foreground process group: only the main process acts on it (it
+        # terminates the pool); a worker interrupted mid-task would leave the pool waiting for good.
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        try:       # die with the main process (Linux): no orphan evaluates and logs after a kill
+            import ctypes
+
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
+        except Exception:
+            pass
+        if os.getppid() != parent:
+            os._exit(0)
     _W.update(spec=spec, ev=FastEvaluator(workload), log=log_path, parent=parent)
 
 
@@ -609,267 +301,335 @@ def _worker_eval(job: tuple) -> tuple:
         status, reason, m = "error", f"{type(e).__name__}: {e}".splitlines()[0], dict(res)
     if _W["parent"] and os.getppid() != _W["parent"]:
         os._exit(0)
-    _append_log(_W["log"], {"uid": uid, "status": status, "reason": reason, "metrics": m, "pid": os.getpid(),
-                            **meta})
+    append_log(_W["log"], {"uid": uid, "status": status, "reason": reason, "metrics": m, "pid": os.getpid(),
+                           **meta})
     return uid, status, reason, m
 
 
-def _append_log(path: str, rec: dict) -> None:
-    line = (json.dumps(rec, sort_keys=True) + "\n").encode()
-    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-    try:
-        os.write(fd, line)
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+def _worker_main(conn, spec: Spec, workload: Workload, log_path: str, parent: int) -> None:
+    """A worker process: evaluate the jobs the main process sends until it sends None or goes away."""
+    import signal
+
+    _worker_init(spec, workload, log_path, parent)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
+    while True:
+        try:
+            job = conn.recv()
+        except (EOFError, OSError):
+            return
+        if job is None:
+            return
+        conn.send(_worker_eval(job))
 
 
-def read_log(path: Path) -> list[dict]:
-    """Records of ``evaluations.jsonl`` (a line cut by a kill is skipped)."""
-    out = []
-    if Path(path).exists():
-        for line in Path(path).read_text().splitlines():
-            try:
-                out.append(json.loads(line))
-            except ValueError:
-                continue
-    return out
+class _Evaluators:
+    """Evaluates screened points in this process (``workers=0``) or in forked worker processes (started on
+    the first job), one job per idle worker over a pipe each. ``close(abort=True)`` kills the workers at once
+    (Ctrl-C, errors): no pool threads or shared queue locks to wait for."""
+
+    def __init__(self, spec: Spec, workload: Workload, log_path: Path, workers: int):
+        self.args = (spec, workload, str(log_path))
+        self.workers = workers
+        self.procs: list = []
+        if workers == 0:
+            _worker_init(*self.args, 0)
+
+    def _start(self) -> None:
+        import multiprocessing as mp
+        import signal
+
+        ctx = mp.get_context("fork")
+        # SIGINT blocked across the fork: a worker ignores it before it can see one (its handler is set
+        # before it unblocks); one that reaches this process meanwhile is delivered when it unblocks.
+        old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT})
+        try:
+            for _ in range(self.workers):
+                here, there = ctx.Pipe()
+                p = ctx.Process(target=_worker_main, args=(there, *self.args, os.getpid()), daemon=True)
+                p.start()
+                there.close()
+                self.procs.append((p, here))
+        finally:
+            signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+    def run(self, jobs: list):
+        """Results ``(uid, status, reason, metrics)`` of ``jobs`` as they finish."""
+        if self.workers == 0:
+            yield from map(_worker_eval, jobs)
+            return
+        if not jobs:
+            return
+        if not self.procs:
+            self._start()
+        from multiprocessing.connection import wait
+
+        todo = list(reversed(jobs))
+        busy = set()
+        for _, conn in self.procs:
+            if todo:
+                conn.send(todo.pop())
+                busy.add(conn)
+        while busy:
+            for conn in wait(list(busy)):
+                try:
+                    res = conn.recv()
+                except (EOFError, OSError):
+                    raise RuntimeError("a DSE worker process died (out of memory?); rerun to resume") from None
+                if todo:
+                    conn.send(todo.pop())
+                else:
+                    busy.discard(conn)
+                yield res
+
+    def close(self, abort: bool = False) -> None:
+        for p, conn in self.procs:
+            if abort:
+                p.kill()
+            else:
+                try:
+                    conn.send(None)
+                except OSError:
+                    p.kill()
+        for p, conn in self.procs:
+            p.join(timeout=None if abort else 10)
+            if p.is_alive():
+                p.kill()
+                p.join()
+            conn.close()
+        self.procs = []
 
 
 # ====================================================================================================
 # The sweep
 # ====================================================================================================
 
-def _mask_url(url: str) -> str:
-    try:
-        from sqlalchemy.engine import make_url
-
-        return make_url(url).render_as_string(hide_password=True)
-    except Exception:
-        return url.split("://")[0] + "://***"
+_mask_url = mask_url        # the CLI's name for it
 
 
-def _sqlite_pragmas() -> None:
-    """WAL journal, synchronous=NORMAL for SQLite studies: a commit survives a killed process (not a power
-    cut), at a fraction of the fsyncs; readers and writers of several processes do not block each other."""
-    import sqlite3
+class _Sweep:
+    """One invocation's state: the store, the evaluation log, the evaluators, the progress bar."""
 
-    from sqlalchemy import event
-    from sqlalchemy.engine import Engine
+    def __init__(self, spec: Spec, store: Store, out: Path, study_name: str, evaluator: FastEvaluator,
+                 evaluators: _Evaluators, bar=None):
+        self.spec, self.store, self.evaluator, self.evaluators, self.bar = spec, store, evaluator, evaluators, bar
+        self.meta = {"study": study_name, "fingerprint": spec.fingerprint}
+        self.logged = {r["uid"]: r for r in read_log(out / "evaluations.jsonl")
+                       if r.get("study") == study_name and r.get("fingerprint") == spec.fingerprint
+                       and "params" in r and "metrics" in r}
+        self.evaluated = 0
 
-    if getattr(_sqlite_pragmas, "done", False):
-        return
+    def _done(self, p: Point, result: tuple[str, str, dict]) -> tuple[str, str, dict]:
+        self.store.put(p, *result)
+        if self.bar is not None:
+            self.bar.update(1)
+        return result
 
-    @event.listens_for(Engine, "connect")
-    def _on_connect(dbapi_conn, _record):
-        if isinstance(dbapi_conn, sqlite3.Connection):
-            cur = dbapi_conn.cursor()
-            cur.execute("PRAGMA journal_mode=WAL")
-            cur.execute("PRAGMA synchronous=NORMAL")
-            cur.execute("PRAGMA busy_timeout=60000")
-            cur.close()
+    def settle(self, points: list[Point]) -> dict[str, tuple[str, str, dict]]:
+        """Results of ``points``: stored ones as stored, logged ones from the log, the rest screened and
+        evaluated; each new result is stored as soon as it is known (in any order)."""
+        results: dict[str, tuple] = {}
+        jobs = []
+        for p in points:
+            if p.key in self.store:
+                results[p.key] = self.store.result(p.key)
+                continue
+            rec = self.logged.get(p.key)
+            if rec is not None and rec["params"] == p.params:
+                results[p.key] = self._done(p, (rec["status"], rec["reason"], rec["metrics"]))
+                continue
+            status, reason, res, d = screen(self.spec, p.params, self.evaluator)
+            if status != "ok":
+                results[p.key] = self._done(p, (status, reason, res))
+                continue
+            jobs.append((p.key, d, res, {**self.meta, "params": p.params, "ord": p.ord, "stream": p.stream,
+                                         "system_attrs": p.system_attrs}))
+        by_key = {p.key: p for p in points}
+        for key, status, reason, m in self.evaluators.run(jobs):
+            self.evaluated += 1
+            results[key] = self._done(by_key[key], (status, reason, m))
+        return results
 
-    _sqlite_pragmas.done = True
+    def recover_foreign(self, own: str) -> int:
+        """Shared storage: store finished evaluations of dead invocations (other NSGA-II streams) from the log."""
+        n = 0
+        for key, rec in self.logged.items():
+            stream = rec.get("stream")
+            if key in self.store or stream in (None, "grid", own):
+                continue
+            self.store.put(Point(key, rec["ord"], stream, rec["params"], system_attrs=rec.get("system_attrs", {})),
+                           rec["status"], rec["reason"], rec["metrics"])
+            n += 1
+        return n
 
 
-def _make_sampler(spec: Spec, seed: int):
-    import optuna
+def _run_grid(sw: _Sweep, spec: Spec, shared: bool, run_id: str) -> None:
+    """The grid in its seeded order up to the budget; stored points are skipped. Shared storage: each
+    invocation starts at its own offset and re-reads the store before every batch."""
+    order = GridOrder(spec.parameters, spec.seed)
+    total = min(spec.budget, order.size)
+    ords = list(range(total))
+    if shared and total:
+        k = int(run_id, 16) % total
+        ords = ords[k:] + ords[:k]
+    for i in range(0, total, spec.batch):
+        if shared:
+            sw.store.refresh()
+        pts = [order.point(o) for o in ords[i:i + spec.batch]]
+        sw.settle([p for p in pts if p.key not in sw.store])
 
-    if spec.sampler == "grid":
-        class _Grid(optuna.samplers.GridSampler):
-            # GridSampler.after_trial calls study.stop(), which is only legal inside study.optimize();
-            # this driver uses ask/tell and stops by itself when the grid is exhausted.
-            def after_trial(self, study, trial, state, values):
-                pass
-        return _Grid(spec.parameters, seed=seed)
-    return optuna.samplers.NSGAIISampler(population_size=spec.population, seed=seed)
 
-
-def _frozen(params: dict, dists: dict, system_attrs: dict, uid: str, status: str, reason: str, m: dict,
-            spec: Spec):
-    import optuna
+def _tell(mem, p: Point, result: tuple[str, str, dict], objectives: list[str]) -> None:
     from optuna.trial import TrialState
 
-    state = {"ok": TrialState.COMPLETE, "error": TrialState.FAIL}.get(status, TrialState.PRUNED)
-    values = [float(m[k]) for k, _ in spec.objectives] if state == TrialState.COMPLETE else None
-    return optuna.trial.create_trial(
-        state=state, values=values, params=params, distributions=dists, system_attrs=system_attrs,
-        user_attrs={"uid": uid, "result": {"status": status, "reason": reason, "metrics": m}})
+    status, _, m = result
+    if status == "ok":
+        mem.tell(p.trial, [float(m[k]) for k in objectives])
+    else:
+        mem.tell(p.trial, state=TrialState.FAIL if status == "error" else TrialState.PRUNED)
+
+
+def _run_nsga2(sw: _Sweep, spec: Spec, seed: int, stream: str, shared: bool, dists: dict) -> None:
+    """NSGA-II asked and told in batches of ``batch`` in this process, with a seeded sampler.
+
+    One invocation (default storage): the ask/tell sequence is replayed from the start on every run — the
+    stored results are told again, so the sampler proposes exactly the points of an uninterrupted run and
+    only the missing ones are evaluated. Shared storage: before each batch, the trials other invocations
+    stored are added to the in-memory study (such runs are not reproducible point by point)."""
+    import optuna
+
+    objectives = [m for m, _ in spec.objectives]
+    mem = optuna.create_study(sampler=optuna.samplers.NSGAIISampler(population_size=spec.population, seed=seed),
+                              directions=[d for _, d in spec.objectives])
+    names = list(spec.parameters)
+    added: set[str] = set()
+    n = 0
+    while True:
+        if shared:
+            sw.store.refresh()
+            for key, t in list(sw.store.trials.items()):
+                if key not in added and t.user_attrs.get("stream") != stream:
+                    added.add(key)
+                    mem.add_trial(t)
+            left = spec.budget - len(sw.store)
+        else:
+            left = spec.budget - n
+        if left <= 0:
+            return
+        pts = []
+        for _ in range(min(spec.batch, left)):
+            tr = mem.ask(dists)
+            sa = dict(mem._storage.get_trial_system_attrs(tr._trial_id))
+            pts.append(Point(f"{stream}:{n}", n, stream, {k: tr.params[k] for k in names}, tr, sa))
+            n += 1
+        results = sw.settle(pts)
+        for p in pts:             # told in ask order: the sampler's state does not depend on timing
+            _tell(mem, p, results[p.key], objectives)
+
+
+def _check_fingerprint(db, spec: Spec, study_name: str, url: str) -> None:
+    fp = db.user_attrs.get("spec_fingerprint")
+    if fp is None:
+        db.set_user_attr("spec_fingerprint", spec.fingerprint)
+        db.set_user_attr("spec", spec.raw)
+    elif fp != spec.fingerprint:
+        raise SpecError(f"{spec.path}: top level: study {study_name!r} in {mask_url(url)} was created from a "
+                        "different spec (only budget may change on resume); use another --out or --storage")
+
+
+def _progress_bar(spec: Spec, stored: int):
+    from tqdm import tqdm
+
+    total = min(spec.budget, spec.grid_size) if spec.sampler == "grid" else spec.budget
+    return tqdm(total=total, initial=min(total, stored), unit="pt", desc="dse", file=sys.stderr,
+                dynamic_ncols=True, mininterval=0.5)
+
+
+def _open_store(spec: Spec, out: Path, storage: str | None) -> tuple:
+    """(study, url, study name): the persistent study, created or resumed (same spec fingerprint only)."""
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.ERROR)
+    if storage is None:                      # the SQLite study lives in out; a remote one is reached first
+        out.mkdir(parents=True, exist_ok=True)
+    url = storage_url(storage, out)
+    study_name = f"dse-{spec.name}"
+    db = open_study(url, study_name, [d for _, d in spec.objectives])
+    _check_fingerprint(db, spec, study_name, url)
+    out.mkdir(parents=True, exist_ok=True)
+    return db, url, study_name
+
+
+def _capture(spec: Spec, log) -> Workload:
+    base_acfg = config_from_dict({**spec.base, "name": spec.name}, source=str(spec.base_path))
+    t0 = time.perf_counter()
+    workload = build_workload(spec.model, spec.prompt, spec.context, base_acfg)
+    log(f"[dse] workload {spec.model}, prompt {spec.prompt}, context {spec.context}: captured in "
+        f"{time.perf_counter() - t0:.1f} s")
+    return workload
+
+
+def _search(sw: _Sweep, spec: Spec, shared: bool, run_id: str, dists: dict) -> None:
+    if spec.sampler == "grid":
+        _run_grid(sw, spec, shared, run_id)
+        return
+    # One invocation: the sampler's seed is the spec's (reproducible). Several invocations sharing a storage
+    # must not all draw the same points: their seeds differ (such runs are not reproducible point by point).
+    seed = spec.seed if not shared else (spec.seed * 1_000_003 + int(run_id, 16)) % 2**32
+    _run_nsga2(sw, spec, seed, run_id if shared else f"seed{spec.seed}", shared, dists)
+
+
+def _stopped(sw: _Sweep, db, spec: Spec, out: Path, log) -> None:
+    """An interrupted sweep (Ctrl-C, an error): kill the workers, write the CSV of what is stored."""
+    sw.evaluators.close(abort=True)
+    if sw.bar is not None:
+        sw.bar.close()
+    try:                 # best effort: the store may be what failed
+        write_csv(out / "results.csv", collect(db, spec), spec)
+    except Exception:
+        pass
+    log(f"[dse] stopped: {len(sw.store)} point(s) stored; the same command resumes")
 
 
 def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None, top: int = 5,
             verify: int = 0, progress: bool = True, log=print) -> dict:
     """Run (or resume) the sweep of ``spec``; write ``results.csv`` and ``pareto.png`` into ``out``.
 
-    Sampling happens on an in-memory Optuna study in this process (fast ask/tell); every finished trial is
-    added to the persistent study (``storage``; SQLite in ``out`` by default) with its parameters, values,
-    sampler state (system attributes) and result. On start, the persistent study's trials are loaded into
-    the in-memory one, together with evaluations that finished in ``out/evaluations.jsonl`` but were not
-    stored yet (a killed run): nothing finished is lost or evaluated again. With a shared storage, each batch
-    first loads the trials other invocations have stored, so all samplers see the whole study."""
+    Every finished point is stored under its key (:mod:`tritium.dse_store`) in the persistent study
+    (``storage``; SQLite in ``out`` by default); a rerun skips stored points and takes evaluations that
+    finished but were not stored (a killed run) from ``out/evaluations.jsonl``, so the final results equal an
+    uninterrupted run's. Ctrl-C kills the workers, writes ``results.csv`` of the stored points and
+    re-raises KeyboardInterrupt. With a shared storage, invocations see each other's stored points."""
     import uuid
 
-    import optuna
-    from optuna.distributions import CategoricalDistribution, distribution_to_json, json_to_distribution
+    from optuna.distributions import CategoricalDistribution
 
-    optuna.logging.set_verbosity(optuna.logging.ERROR)
     out = Path(out)
-    if storage is None:                      # the SQLite study lives in out; a remote one is reached first
-        out.mkdir(parents=True, exist_ok=True)
-    url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
-    log_path = out / "evaluations.jsonl"
-    study_name = f"dse-{spec.name}"
-    if url.startswith("sqlite"):
-        _sqlite_pragmas()
-    if url.startswith("postgresql://"):      # SQLAlchemy 2.1 defaults to psycopg 3; we depend on psycopg2-binary
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
-    directions = [d for _, d in spec.objectives]
-    from sqlalchemy.exc import IntegrityError, ProgrammingError
-
-    for attempt in range(6):      # invocations starting together on a fresh database race to create the tables
-        try:
-            stor = optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgres") else None)
-            db = optuna.create_study(study_name=study_name, storage=stor, directions=directions,
-                                     load_if_exists=True)
-            break
-        except (IntegrityError, ProgrammingError):
-            if attempt == 5:
-                raise
-            time.sleep(0.5 + attempt)
-    fp = db.user_attrs.get("spec_fingerprint")
-    if fp is None:
-        db.set_user_attr("spec_fingerprint", spec.fingerprint)
-        db.set_user_attr("spec", spec.raw)
-    elif fp != spec.fingerprint:
-        raise SpecError(f"{spec.path}: top level: study {study_name!r} in {_mask_url(url)} was created from a "
-                        "different spec (only budget may change on resume); use another --out or --storage")
-    out.mkdir(parents=True, exist_ok=True)
-    run_id = uuid.uuid4().hex[:12]
-    # One invocation: the sampler's seed is the spec's (reproducible). Several invocations sharing a storage
-    # must not all draw the same points: their seeds differ (such runs are not reproducible point by point).
-    seed = spec.seed if storage is None else (spec.seed * 1_000_003 + int(run_id, 16)) % 2**32
-    mem = optuna.create_study(sampler=_make_sampler(spec, seed), directions=directions)
-    names = list(spec.parameters)
-    dists = {n: CategoricalDistribution(spec.parameters[n]) for n in names}
-
-    known: set[str] = set()
-
-    def sync() -> int:
-        """Load stored trials this process has not seen; return the stored count."""
-        trials = db.get_trials(deepcopy=False)
-        new = [t for t in trials if t.user_attrs.get("uid") not in known]
-        for t in sorted(new, key=lambda t: t.number):
-            known.add(t.user_attrs.get("uid"))
-            mem.add_trial(t)
-        return len(trials)
-
-    def store(frozen) -> None:
-        db.add_trial(frozen)
-        known.add(frozen.user_attrs["uid"])
-        mem_frozen.append(frozen)
-
-    mem_frozen: list = []
-    n_stored = sync()
-    # -- resume: evaluations that finished in a killed run but were never stored --
-    recovered = 0
-    for rec in read_log(log_path):
-        if rec.get("study") != study_name or rec["uid"] in known or "params" not in rec:
-            continue
-        d = {n: json_to_distribution(j) for n, j in rec["distributions"].items()}
-        fr = _frozen(rec["params"], d, rec["system_attrs"], rec["uid"], rec["status"], rec["reason"],
-                     rec["metrics"], spec)
-        store(fr)
-        mem.add_trial(fr)
-        recovered += 1
-    n_stored += recovered
-    log(f"[dse] study {study_name} in {_mask_url(url)}: {n_stored} stored trial(s)"
-        + (f" ({recovered} recovered from {log_path.name})" if recovered else "")
+    db, url, study_name = _open_store(spec, out, storage)
+    shared, run_id = storage is not None, uuid.uuid4().hex[:12]
+    dists = {n: CategoricalDistribution(v) for n, v in spec.parameters.items()}
+    store = Store(db, [m for m, _ in spec.objectives], dists)
+    workload = _capture(spec, log)
+    sw = _Sweep(spec, store, out, study_name, FastEvaluator(workload),
+                _Evaluators(spec, workload, out / "evaluations.jsonl", workers))
+    recovered = sw.recover_foreign(run_id) if shared else 0
+    log(f"[dse] study {study_name} in {mask_url(url)}: {len(store)} stored point(s)"
+        + (f" ({recovered} recovered from evaluations.jsonl)" if recovered else "")
         + f"; budget {spec.budget}, sampler {spec.sampler}"
         + (f" (grid of {spec.grid_size})" if spec.sampler == "grid" else f" (population {spec.population})"))
-
-    base_acfg = config_from_dict({**spec.base, "name": spec.name}, source=str(spec.base_path))
-    t0 = time.perf_counter()
-    workload = build_workload(spec.model, spec.prompt, spec.context, base_acfg)
-    evaluator = FastEvaluator(workload)
-    log(f"[dse] workload {spec.model}, prompt {spec.prompt}, context {spec.context}: captured in "
-        f"{time.perf_counter() - t0:.1f} s")
-
-    pool = None
-    if workers > 0 and n_stored < spec.budget:
-        import multiprocessing as mp
-
-        pool = mp.get_context("fork").Pool(workers, initializer=_worker_init,
-                                           initargs=(spec, workload, str(log_path), os.getpid()))
-    else:
-        _worker_init(spec, workload, str(log_path), 0)
-
-    def run_jobs(jobs):
-        if pool is None:
-            yield from map(_worker_eval, jobs)
-        else:
-            yield from pool.imap(_worker_eval, jobs, chunksize=max(1, len(jobs) // (4 * workers)))
-
-    n_eval = 0
     t_start = time.perf_counter()
-    bar = None
-    if progress:
-        from tqdm import tqdm
-
-        bar = tqdm(total=spec.budget, initial=min(spec.budget, n_stored), unit="pt", desc="dse",
-                   file=sys.stderr, dynamic_ncols=True, mininterval=0.5)
+    sw.bar = _progress_bar(spec, len(store)) if progress else None
     try:
-        while True:
-            n_stored = sync() if storage is not None else n_stored
-            left = spec.budget - n_stored
-            if spec.sampler == "grid":
-                left = min(left, spec.grid_size - len({t.system_attrs.get("grid_id") for t in mem.trials
-                                                       if t.state.is_finished()} - {None}))
-            if left <= 0:
-                break
-            pending = []        # (trial, uid, params) in ask order
-            jobs = []
-            results: dict[str, tuple] = {}
-            for _ in range(min(spec.batch, left)):
-                trial = mem.ask(dists)
-                uid = f"{run_id}:{trial.number}"
-                params = {n: trial.params[n] for n in names}
-                status, reason, res, d = screen(spec, params, evaluator)
-                pending.append((trial, uid, params))
-                if status != "ok":
-                    results[uid] = (status, reason, res)
-                else:
-                    sa = mem._storage.get_trial_system_attrs(trial._trial_id)
-                    jobs.append((uid, d, res, {
-                        "study": study_name, "params": params, "system_attrs": sa,
-                        "distributions": {n: distribution_to_json(dists[n]) for n in names}}))
-            it = run_jobs(jobs)
-            # tell in ask order (deterministic); store each as soon as it and all before it are done
-            for trial, uid, params in pending:
-                while uid not in results:
-                    u, status, reason, m = next(it)
-                    results[u] = (status, reason, m)
-                    n_eval += 1
-                status, reason, m = results[uid]
-                sa = mem._storage.get_trial_system_attrs(trial._trial_id)
-                fr = _frozen(params, dists, sa, uid, status, reason, m, spec)
-                if fr.state.name == "COMPLETE":
-                    mem.tell(trial, fr.values)
-                else:
-                    mem.tell(trial, state=fr.state)
-                sa = mem._storage.get_trial_system_attrs(trial._trial_id)    # after_trial may add some
-                store(_frozen(params, dists, sa, uid, status, reason, m, spec))
-                n_stored += 1
-                if bar:
-                    bar.update(1)
-    finally:
-        if bar:
-            bar.close()
-        if pool is not None:
-            pool.close()
-            pool.join()
-    wall = time.perf_counter() - t_start
+        _search(sw, spec, shared, run_id, dists)
+    except BaseException:
+        _stopped(sw, db, spec, out, log)
+        raise
+    sw.evaluators.close()
+    if sw.bar is not None:
+        sw.bar.close()
+    return _report(db, spec, out, top, verify, log, sw.evaluated, time.perf_counter() - t_start, len(store))
 
+
+def _report(db, spec: Spec, out: Path, top: int, verify: int, log, n_eval: int, wall: float, stored: int) -> dict:
     rows = collect(db, spec)
     if verify:
         verify_points(db, spec, rows, verify, out, log)
@@ -882,22 +642,41 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
         + (f" ({60 * n_eval / wall:.0f} points/min)" if wall > 0 and n_eval else "")
         + f"; results {csv_path}, Pareto plot {png}")
     return {"rows": rows, "csv": csv_path, "png": png, "evaluated": n_eval, "seconds": wall, "table": table,
-            "stored": n_stored}
+            "stored": stored}
 
 
 # ---- results ----------------------------------------------------------------------------------------
 
+def _stored_points(study, spec: Spec) -> list:
+    """Stored trials, one per key, in a fixed order: the grid order, or per stream its ask order (streams
+    in the order they first stored a point)."""
+    first: dict[str, int] = {}
+    by_key: dict = {}
+    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
+        k = t.user_attrs.get("uid")
+        if k is None or "result" not in t.user_attrs or k in by_key:
+            continue
+        by_key[k] = t
+        first.setdefault(t.user_attrs.get("stream", ""), t.number)
+
+    def order(t):
+        ua = t.user_attrs
+        return (first[ua.get("stream", "")], ua.get("ord", t.number), t.number)
+
+    return sorted(by_key.values(), key=order)
+
+
 def collect(study, spec: Spec) -> list[dict]:
+    """CSV rows of the stored points; ``trial`` numbers them 0, 1, … in :func:`_stored_points` order."""
     rows = []
     verified = study.user_attrs.get("verified", {})
-    for t in sorted(study.get_trials(deepcopy=False), key=lambda t: t.number):
-        r = t.user_attrs.get("result")
-        if r is None:
-            continue
-        row = {"trial": t.number, "status": r["status"], "reason": r["reason"]}
+    for i, t in enumerate(_stored_points(study, spec)):
+        r = t.user_attrs["result"]
+        row = {"trial": i, "status": r["status"], "reason": r["reason"]}
         row.update({n: t.params.get(n) for n in spec.parameters})
         row.update(r["metrics"])
-        row["verified"] = verified.get(t.user_attrs.get("uid"), {}).get("result", "")
+        row["verified"] = verified.get(t.user_attrs["uid"], {}).get("result", "")
+        row["_uid"] = t.user_attrs["uid"]
         rows.append(row)
     _mark_pareto(rows, spec)
     return rows
@@ -1061,7 +840,7 @@ def verify_points(study, spec: Spec, rows: list[dict], k: int, out: Path, log=pr
             ok, detail = verify_config(acfg, mc, build_root=out / "verify")
         except Exception as e:
             ok, detail = False, f"{type(e).__name__}: {e}".splitlines()[0]
-        uid = next(t.user_attrs["uid"] for t in study.get_trials(deepcopy=False) if t.number == r["trial"])
+        uid = r["_uid"]
         ver = study.user_attrs.get("verified", {})
         ver[uid] = {"result": "yes" if ok else "no", "detail": detail}
         study.set_user_attr("verified", ver)
