@@ -561,6 +561,12 @@ def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
 # The flow
 # ------------------------------------------------------------------------------------------------------
 
+def _report_head(board: str, b: Board, engine: str, acfg: AcceleratorConfig) -> dict:
+    """The fields every flow report starts with: what was built, for which board, from which config."""
+    return {"board": board, "board_description": b.description, "device": b.device, "engine": engine,
+            "config": acfg.name, "config_source": acfg.source, "config_fingerprint": acfg.fingerprint()}
+
+
 def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path = Path("build/bitstream"),
                     log: Callable[[str], None] = print, engine: str | FpgaEngine = "tlmm",
                     pnr: bool = True) -> dict:
@@ -621,8 +627,7 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
     _check_fit(board, b, usage, acfg, eng)
     if not pnr:
         report = {
-            "board": board, "board_description": b.description, "device": b.device, "engine": engine,
-            "config": acfg.name, "config_source": acfg.source, "config_fingerprint": acfg.fingerprint(),
+            **_report_head(board, b, engine, acfg),
             **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
             "cells": dict(cells.most_common()), "pnr_utilization": {}, "clock": None, "fmax_mhz": None,
             "target_mhz": acfg.clock_mhz, "meets_target": None, "critical_path": "n/a", "bitstream": None,
@@ -656,13 +661,7 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
     tmp.replace(bitstream)
 
     report = {
-        "board": board,
-        "board_description": b.description,
-        "device": b.device,
-        "engine": engine,
-        "config": acfg.name,
-        "config_source": acfg.source,
-        "config_fingerprint": acfg.fingerprint(),
+        **_report_head(board, b, engine, acfg),
         **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
         "cells": dict(cells.most_common()),
         "pnr_utilization": _pnr_utilization(work / "pnr_report.json"),
@@ -787,13 +786,7 @@ def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstr
     _check_fit(board, b, usage, acfg, eng)
 
     report = {
-        "board": board,
-        "board_description": b.description,
-        "device": b.device,
-        "engine": engine,
-        "config": acfg.name,
-        "config_source": acfg.source,
-        "config_fingerprint": acfg.fingerprint(),
+        **_report_head(board, b, engine, acfg),
         **{r: {"used": usage[r], "available": b.capacity[r],
                "percent": round(100 * usage[r] / b.capacity[r], 1)} for r in b.capacity},
         "cells": dict(cells.most_common()),
