@@ -380,7 +380,14 @@ def _run(step: str, args: list[str], cwd: Path, log_path: Path, full_log: Path |
     with the tail of that output and the path of the tool's full log (``full_log``, if it writes one)."""
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.run(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        # In a process group of its own, so that an interrupted flow (Ctrl-C, SIGTERM turned into an
+        # exception by the caller) ends the tool and everything it started instead of orphaning it.
+        proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-12:]
@@ -390,6 +397,22 @@ def _run(step: str, args: list[str], cwd: Path, log_path: Path, full_log: Path |
                         f"{full_log or log_path}\n"
                         + "\n".join("    " + line for line in tail))
     return seconds
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End ``proc``'s process group (SIGTERM, then SIGKILL after 5 s) and reap ``proc``."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _netlist_stats(netlist: Path, top: str) -> tuple[Counter, int]:

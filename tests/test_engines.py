@@ -180,11 +180,39 @@ def test_sigterm_ends_children_and_cleans_temp_folder(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 128 + signal.SIGTERM
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and
-                                              "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[1][:3]
-                                              for p in pids):
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
     for p in pids:
-        alive = Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[1][:3]
-        assert not alive, f"child {p} survived SIGTERM"
+        assert not _alive(p), f"child {p} survived SIGTERM"
     assert not list(tmp_path.glob("tritium-cosim-*")), "temporary folder left behind"
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return "Z" not in stat.read_text().rsplit(")", 1)[1][:3]
+    except OSError:
+        return False
+
+
+def test_interrupted_flow_tool_ends_its_process_group(tmp_path):
+    """hw.fpga._run starts each tool in its own process group and ends the group when interrupted."""
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from hw import fpga
+        d = Path({str(tmp_path)!r})
+        fpga._run("sleeper", ["sh", "-c", "sleep 60 & echo $! > pid; sleep 60"], d, d / "log")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    time.sleep(1.0)            # let _run reach its wait (the tool may write before Popen has returned)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild), "the tool's own child survived the interrupted flow"
