@@ -162,8 +162,8 @@ def _sim_dir(prefix: str = "tritium-cosim-") -> Iterator[Path]:
 
 def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tuple[Path, Path, float]:
     """Write the case file into ``tmp`` and run ``e``'s cocotb bench on the build in ``bdir``; returns
-    (result file, simulator log, seconds). ToolError if the bench never started (no result file and no
-    log); a result file that is missing after the bench started is the caller's to judge."""
+    (result file, simulator log, seconds). ToolError if the runner could not run the simulator; whether
+    the bench left results is the caller's to judge."""
     from cocotb_tools.runner import get_runner
 
     case_file, result_file = tmp / "cases.npz", tmp / "results.json"
@@ -177,7 +177,8 @@ def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tup
         runner.test(test_module=e.bench, hdl_toplevel=e.name, hdl_toplevel_lang="verilog", build_dir=bdir,
                     test_dir=tmp, extra_env=env, results_xml=str(tmp / "results.xml"), log_file=log)
     except Exception as ex:          # the simulator could not be started at all
-        raise ToolError(f"the {e.name} simulation could not run ({ex}); see {log}") from None
+        raise ToolError(f"the {e.name} simulation could not run ({ex}); simulator log tail:\n"
+                        f"{_log_tail(log)}") from None
     return result_file, log, time.perf_counter() - t0
 
 

@@ -29,9 +29,9 @@ async def gemm_cases(dut):
     arrays, meta = load_cases()
     acfg = config_from_dict(meta["config"], "<cosim>")
     geo = acfg.gemm_geometry
+    results = Results()           # from here on a stopped bench is a mismatch, not a tool failure
     await start(dut, (dut.cmd__valid, dut.rreq__ready, dut.rdata__valid, dut.wr__ready))
 
-    results = Results()
     for i, case in enumerate(meta["cases"]):
         mcfg = config_from_dict({**meta["config"], "memory": {**meta["config"]["memory"], **case["timing"]}},
                                 "<case>").memory

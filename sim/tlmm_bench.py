@@ -71,9 +71,9 @@ async def tlmm_cases(dut):
     arrays, meta = load_cases()
     cfg = config_from_dict(meta["config"], "<cosim>").tlmm
     Q = cfg.columns
+    results = Results()           # from here on a stopped bench is a mismatch, not a tool failure
     await start(dut, (dut.cmd__valid, dut.act__valid, dut.wgt__valid, dut.res__ready))
 
-    results = Results()
     for i, case in enumerate(meta["cases"]):
         act = arrays[f"c{i}_act"]
         wgt = arrays[f"c{i}_wgt"]
