@@ -216,3 +216,44 @@ def test_interrupted_flow_tool_ends_its_process_group(tmp_path):
     while _alive(grandchild) and time.monotonic() < deadline:
         time.sleep(0.1)
     assert not _alive(grandchild), "the tool's own child survived the interrupted flow"
+
+
+def test_broken_rtl_is_a_mismatch_not_a_tool_failure(monkeypatch, repo, capsys):
+    """An engine that takes its command and inputs but never answers: the bench stops on its cycle guard
+    and leaves no result rows; ``tritium cosim`` must say mismatch (exit 1), not tool failure (exit 3)."""
+    import dataclasses
+
+    from amaranth import Module, Signal
+    from amaranth.lib import wiring
+
+    from hw.tlmm import TableLookupMatmul
+    from tritium.cli import EXIT_MISMATCH, main
+
+    class SilentTlmm(wiring.Component):
+        def __init__(self, cfg):
+            ref = TableLookupMatmul(cfg)
+            ref._MustUse__silence = True          # only its signature is wanted
+            super().__init__(ref.signature)
+
+        def elaborate(self, platform):
+            m = Module()
+            alive = Signal()
+            m.d.sync += alive.eq(1)
+            m.d.comb += [self.cmd.ready.eq(1), self.act.ready.eq(1), self.wgt.ready.eq(1),
+                         self.res.valid.eq(0), self.busy.eq(alive)]
+            return m
+
+    class SilentEngine(engines.Engine):
+        def rtl(self, acfg):
+            return SilentTlmm(acfg.tlmm)
+
+    tlmm = engines.engine("tlmm")
+    monkeypatch.setitem(engines.ENGINES, "tlmm", SilentEngine(
+        **{f.name: getattr(tlmm, f.name) for f in dataclasses.fields(tlmm)}))
+    code = main(["cosim", "tlmm", "--config", str(repo / "configs" / "small-g2-half.yaml"), "--random", "0",
+                 "--build-dir", str(repo / "build" / "cosim"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == EXIT_MISMATCH
+    assert out["ok"] is False and out["cases"] > 1
+    assert all(r.get("missing") for r in out["case_results"])
+    assert "did not finish" in out["case_results"][0]["error"]
