@@ -380,7 +380,14 @@ def _run(step: str, args: list[str], cwd: Path, log_path: Path, full_log: Path |
     with the tail of that output and the path of the tool's full log (``full_log``, if it writes one)."""
     t0 = time.monotonic()
     with open(log_path, "w") as log:
-        proc = subprocess.run(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT)
+        # In a process group of its own, so that an interrupted flow (Ctrl-C, SIGTERM turned into an
+        # exception by the caller) ends the tool and everything it started instead of orphaning it.
+        proc = subprocess.Popen(args, cwd=cwd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            proc.wait()
+        except BaseException:
+            _kill_group(proc)
+            raise
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-12:]
@@ -390,6 +397,22 @@ def _run(step: str, args: list[str], cwd: Path, log_path: Path, full_log: Path |
                         f"{full_log or log_path}\n"
                         + "\n".join("    " + line for line in tail))
     return seconds
+
+
+def _kill_group(proc: subprocess.Popen) -> None:
+    """End ``proc``'s process group (SIGTERM, then SIGKILL after 5 s) and reap ``proc``."""
+    import signal
+
+    for sig, wait in ((signal.SIGTERM, 5.0), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except OSError:
+            return
+        try:
+            proc.wait(timeout=wait)
+            return
+        except subprocess.TimeoutExpired:
+            continue
 
 
 def _netlist_stats(netlist: Path, top: str) -> tuple[Counter, int]:
@@ -561,6 +584,12 @@ def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
 # The flow
 # ------------------------------------------------------------------------------------------------------
 
+def _report_head(board: str, b: Board, engine: str, acfg: AcceleratorConfig) -> dict:
+    """The fields every flow report starts with: what was built, for which board, from which config."""
+    return {"board": board, "board_description": b.description, "device": b.device, "engine": engine,
+            "config": acfg.name, "config_source": acfg.source, "config_fingerprint": acfg.fingerprint()}
+
+
 def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path = Path("build/bitstream"),
                     log: Callable[[str], None] = print, engine: str | FpgaEngine = "tlmm",
                     pnr: bool = True) -> dict:
@@ -621,8 +650,7 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
     _check_fit(board, b, usage, acfg, eng)
     if not pnr:
         report = {
-            "board": board, "board_description": b.description, "device": b.device, "engine": engine,
-            "config": acfg.name, "config_source": acfg.source, "config_fingerprint": acfg.fingerprint(),
+            **_report_head(board, b, engine, acfg),
             **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
             "cells": dict(cells.most_common()), "pnr_utilization": {}, "clock": None, "fmax_mhz": None,
             "target_mhz": acfg.clock_mhz, "meets_target": None, "critical_path": "n/a", "bitstream": None,
@@ -656,13 +684,7 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
     tmp.replace(bitstream)
 
     report = {
-        "board": board,
-        "board_description": b.description,
-        "device": b.device,
-        "engine": engine,
-        "config": acfg.name,
-        "config_source": acfg.source,
-        "config_fingerprint": acfg.fingerprint(),
+        **_report_head(board, b, engine, acfg),
         **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
         "cells": dict(cells.most_common()),
         "pnr_utilization": _pnr_utilization(work / "pnr_report.json"),
@@ -787,13 +809,7 @@ def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstr
     _check_fit(board, b, usage, acfg, eng)
 
     report = {
-        "board": board,
-        "board_description": b.description,
-        "device": b.device,
-        "engine": engine,
-        "config": acfg.name,
-        "config_source": acfg.source,
-        "config_fingerprint": acfg.fingerprint(),
+        **_report_head(board, b, engine, acfg),
         **{r: {"used": usage[r], "available": b.capacity[r],
                "percent": round(100 * usage[r] / b.capacity[r], 1)} for r in b.capacity},
         "cells": dict(cells.most_common()),

@@ -24,7 +24,7 @@ from cocotb.triggers import RisingEdge
 
 from sim.memory import BusMemory
 
-__all__ = ["load_cases", "start", "Results", "StreamDriver", "StreamMonitor", "MemoryPort"]
+__all__ = ["load_cases", "start", "next_cycle", "Results", "StreamDriver", "StreamMonitor", "MemoryPort"]
 
 
 def load_cases() -> tuple[dict[str, np.ndarray], dict]:
@@ -43,6 +43,20 @@ async def start(dut, idle: Iterable) -> None:
     for _ in range(3):
         await RisingEdge(dut.clk)
     dut.rst.value = 0
+
+
+def next_cycle(rel: int | None, guard: int, case: str, cmd_valid) -> int | None:
+    """The cycle count since the command handshake, one rising edge later (None until the handshake):
+    fail the case past ``guard`` cycles; drop the command's valid (``cmd_valid``) the cycle after it was
+    taken."""
+    if rel is None:
+        return None
+    rel += 1
+    if rel > guard:
+        raise AssertionError(f"case {case}: RTL did not finish within {guard} cycles")
+    if rel == 1:
+        cmd_valid.value = 0
+    return rel
 
 
 class Results:

@@ -29,7 +29,7 @@ from sim.engines import Engine, engine
 from sim.golden import ternary_matmul
 from sim.tlmm_cases import TlmmCase
 from sim.tlmm_model import run_tlmm_streams
-from sim.verilator import ToolError, ensure_verilator_on_path
+from sim.verilator import Terminated, ToolError, ensure_verilator_on_path
 
 REPO = Path(__file__).resolve().parent.parent
 # Verilator builds go under the checkout's build/ (or, for an installed package, the current folder's).
@@ -163,8 +163,8 @@ def _sim_dir(prefix: str = "tritium-cosim-") -> Iterator[Path]:
 
 def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tuple[Path, Path, float]:
     """Write the case file into ``tmp`` and run ``e``'s cocotb bench on the build in ``bdir``; returns
-    (result file, simulator log, seconds). ToolError if the bench never started (no result file and no
-    log); a result file that is missing after the bench started is the caller's to judge."""
+    (result file, simulator log, seconds). ToolError if the runner could not run the simulator; whether
+    the bench left results is the caller's to judge."""
     from cocotb_tools.runner import get_runner
 
     case_file, result_file = tmp / "cases.npz", tmp / "results.json"
@@ -177,8 +177,15 @@ def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tup
     try:
         runner.test(test_module=e.bench, hdl_toplevel=e.name, hdl_toplevel_lang="verilog", build_dir=bdir,
                     test_dir=tmp, extra_env=env, results_xml=str(tmp / "results.xml"), log_file=log)
+    except Terminated:
+        raise
+    except SystemExit:
+        # The runner exits when the simulator did (a crash) or, under pytest, when the bench's cocotb test
+        # failed; the result file tells a mismatch (the bench ran) from a simulator that never ran.
+        pass
     except Exception as ex:          # the simulator could not be started at all
-        raise ToolError(f"the {e.name} simulation could not run ({ex}); see {log}") from None
+        raise ToolError(f"the {e.name} simulation could not run ({ex}); simulator log tail:\n"
+                        f"{_log_tail(log)}") from None
     return result_file, log, time.perf_counter() - t0
 
 
@@ -203,10 +210,10 @@ def run_bench(eng: str, bdir: Path, arrays: dict, meta: dict, quiet: bool) -> tu
         except ValueError:
             rows = []
         if len(rows) < len(cases):
-            tail = _log_tail(log, 12)
-            _log(f"[cosim] the RTL left {len(cases) - len(rows)} of {len(cases)} case(s) without a result; "
-                 f"simulator log tail:\n{tail}", quiet)
-            rows += [_missing_row(c, tail) for c in cases[len(rows):]]
+            why = _first_error(_log_tail(log, 60))
+            _log(f"[cosim] the RTL left {len(cases) - len(rows)} of {len(cases)} case(s) without a result: "
+                 f"{why}", quiet)
+            rows += [_missing_row(c, why) for c in cases[len(rows):]]
         return rows, sim_s
 
 
@@ -215,7 +222,15 @@ def _missing_row(case: dict, why: str) -> dict:
     return {"name": case["name"], "rtl_equals_reference": False, "rtl_equals_model": False,
             "model_equals_reference": case.get("model_equals_reference", True), "rtl_cycles": 0,
             "model_cycles": int(case["model_cycles"]), "rtl_wall_s": 0.0, "missing": True,
-            "error": why.splitlines()[-1] if why else "no result"}
+            "error": why}
+
+
+def _first_error(log_tail: str) -> str:
+    """The line of a simulator log tail that says why the bench stopped (an ``...Error: ...`` line), else
+    its last line."""
+    lines = [line.strip() for line in log_tail.splitlines() if line.strip()]
+    errors = [line for line in lines if "Error" in line]
+    return errors[-1] if errors else (lines[-1] if lines else "no result")
 
 
 def cosim_report(engine: str, acfg: AcceleratorConfig, rows: list[dict], meta_cases: list[dict], build_s: float,

