@@ -243,38 +243,46 @@ def pack_ternary(w: np.ndarray) -> np.ndarray:
     return (c[0] | (c[1] << 2) | (c[2] << 4) | (c[3] << 6)).astype(np.uint8)
 
 
-def latent_weight(codes: np.ndarray, scale: float, window: int = 64) -> np.ndarray:
-    """A float32 weight ``codes · a`` whose BitNet absmean quantization (:func:`hw.ternary.quantize_weights`,
-    hence :func:`models.bitlinear.ternary_weight`) returns exactly ``codes`` and a scale equal to ``scale``
-    rounded to float32 whenever the float32 mean can produce it, else the nearest value it can (one ulp).
+def latent_weight(codes: np.ndarray, scale: float) -> np.ndarray:
+    """A float32 weight whose BitNet absmean quantization (:func:`hw.ternary.quantize_weights`, hence
+    :func:`models.bitlinear.ternary_weight`) returns exactly ``codes`` and, as its scale, ``scale`` rounded to
+    float32 whenever the quantizer's float32 mean can produce that value, else the nearest value it can.
 
-    ``a`` starts at ``scale · n / nnz`` and the float32 values within ``window`` ulps of it are searched."""
+    Every nonzero code becomes ``±a`` with ``a = scale · n / nnz`` except the first, ``±b``; ``b`` (within
+    [0.75·a, 1.5·a], so every code survives the rounding) is found by bisection on its float32 bit pattern, the
+    mean being monotone in ``b``."""
     codes = np.asarray(codes, dtype=np.int8)
-    nnz = int(np.count_nonzero(codes))
-    if nnz == 0:
+    flat = codes.reshape(-1)
+    nz = np.flatnonzero(flat)
+    if nz.size == 0:
         return np.zeros(codes.shape, np.float32)
     s32 = np.float32(scale)
     if not (np.isfinite(s32) and s32 >= 1e-5):
         raise ValueError(f"scale {scale!r}: must be a finite number ≥ 1e-5 (BitNet's absmean floor)")
-    mag = codes.astype(np.float32)
-    a0 = np.float32(float(s32) * codes.size / nnz)
-    best, best_err = a0, math.inf
-    a = a0
-    for _ in range(window):                       # below a0, then above it
-        a = np.nextafter(a, np.float32(0))
-    for _ in range(2 * window + 1):
-        m = np.abs(mag * a).mean()
-        err = abs(float(m) - float(s32))
-        if err < best_err:
-            best, best_err = a, err
-            if err == 0:
-                break
-        a = np.nextafter(a, np.float32(np.inf))
-    w = mag * best
-    wq, _ = quantize_weights(w)
-    if not np.array_equal(wq, codes):             # cannot happen for |codes| ≤ 1 (w / mean|w| ≥ 1 or 0)
+    a = np.float32(float(s32) * flat.size / nz.size)
+    w = flat.astype(np.float32) * a
+    i0, sign = nz[0], np.float32(flat[nz[0]])
+
+    def mean_at(bits: int) -> np.float32:
+        w[i0] = sign * np.array(bits, np.int32).view(np.float32)
+        return np.abs(w).mean()
+
+    lo = int(np.float32(0.75 * a).view(np.int32))
+    hi = int(np.float32(1.5 * a).view(np.int32))
+    while lo < hi:                                 # smallest b with mean(b) >= scale
+        mid = (lo + hi) // 2
+        if mean_at(mid) >= s32:
+            hi = mid
+        else:
+            lo = mid + 1
+    cands = [c for c in (lo - 1, lo) if c > 0]
+    best = min(cands, key=lambda c: abs(float(mean_at(c)) - float(s32)))
+    mean_at(best)
+    out = w.reshape(codes.shape)
+    wq, _ = quantize_weights(out)
+    if not np.array_equal(wq, codes):             # cannot happen: every |w| / mean|w| ≥ 0.75 → ±1
         raise ValueError("latent weight does not reproduce the ternary codes")
-    return w
+    return out
 
 
 # ------------------------------------------------------------------ loading
@@ -444,7 +452,7 @@ def write_synthetic_hf(folder: str | os.PathLike, cfg: LMConfig, layout: str = "
         elif ours.endswith("norm.weight"):
             tensors[hf] = (0.5 + torch.rand(shape, generator=g)).to(torch.bfloat16)
         else:                                        # embeddings, LM head
-            tensors[hf] = torch.randn(shape, generator=g).to(torch.bfloat16)
+            tensors[hf] = (0.2 * torch.randn(shape, generator=g)).to(torch.bfloat16)
     (folder / "config.json").write_text(json.dumps(conf, indent=1) + "\n", encoding="utf-8")
     names = list(tensors)
     if shards <= 1:
