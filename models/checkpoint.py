@@ -156,7 +156,8 @@ def check_dims(config: dict) -> None:
 
 
 def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu") -> TernaryLM:
-    """Build the checkpoint's model, load its weights and return it in eval mode."""
+    """Build the checkpoint's model, load its weights and return it in eval mode (``device="meta"``: checked,
+    then built without weights)."""
     path = Path(path)
     obj = read_checkpoint(path)
     try:
@@ -164,9 +165,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         cfg = LMConfig.from_dict(obj["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad config: {e}") from None
-    with torch.device("meta"):
-        model = TernaryLM(cfg)
-    expected = model.state_dict()
+    expected = TernaryLM(cfg, device="meta").state_dict()   # shapes only (device= keeps RoPE tables empty)
     sd = obj["state_dict"]
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -186,6 +185,8 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
                                   f"{tuple(ref.shape)}")
         if not t.is_floating_point():
             raise CheckpointError(f"{path}: state_dict[{k!r}] has dtype {t.dtype}, expected a float tensor")
+    if torch.device(device).type == "meta":         # shapes only: nothing to copy the weights into
+        return TernaryLM(cfg, device="meta").eval()
     model = TernaryLM(cfg, device=device)
     model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})
     return model.eval()

@@ -368,8 +368,7 @@ def load_hf(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Te
         raise _fail(folder, f"unexpected tensor {extra[0]} ({len(extra)} in all; biases and other extras are "
                             "not supported)")
     if torch.device(device).type == "meta":
-        with torch.device("meta"):
-            return TernaryLM(cfg).eval()
+        return TernaryLM(cfg, device="meta").eval()
     sd = {}
     for ours, (hf, role) in expected.items():
         t = ts.get(hf)
@@ -399,8 +398,7 @@ def load_hf(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Te
 
 
 def _shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
-    with torch.device("meta"):
-        m = TernaryLM(cfg)
+    m = TernaryLM(cfg, device="meta")       # (not `with torch.device`: that would build real RoPE tables)
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 

@@ -201,6 +201,57 @@ def test_folder_shaped_like_a_preset_compiles_to_the_preset_program(repo, tmp_pa
         prog = compile_model(m, acfg).program(8, 0)
         assert np.array_equal(prog.words, ref.words)
         assert prog.meta["memory_beats"] == ref.meta["memory_beats"]
+    from tritium.estimate import estimate
+
+    est = [estimate(spec, acfg, prompt=8, context=32) for spec in (str(folder), "tiny")]
+    for e in est:
+        e.pop("model"), e.pop("_steps")
+    assert est[0] == est[1]
+
+
+def _header_only_safetensors(path, tensors: dict) -> None:
+    """A valid safetensors file whose data section is a hole (sparse): headers say dtype and shape, nothing is
+    written; enough for a meta load, which reads headers only."""
+    size = {"U8": 1, "BF16": 2, "F16": 2, "F32": 4}
+    header, off = {}, 0
+    for name, (dt, shape) in tensors.items():
+        n = math.prod(shape) * size[dt]
+        header[name] = {"dtype": dt, "shape": list(shape), "data_offsets": [off, off + n]}
+        off += n
+    h = json.dumps(header).encode()
+    h += b" " * (-len(h) % 8)
+    with open(path, "wb") as f:
+        f.write(len(h).to_bytes(8, "little") + h)
+        f.truncate(8 + len(h) + off)
+
+
+def test_real_shaped_bitnet_2b_folder_maps_onto_the_preset(tmp_path):
+    """config.json and tensor headers of microsoft/bitnet-b1.58-2B-4T's shape (data not written): the meta
+    load gives exactly the bitnet-2b preset's config, hence the same captured graph, Programs and estimates."""
+    p = PRESETS["bitnet-2b"]
+    cfg = {"architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_act": "relu2",
+           "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 30, "num_attention_heads": 20,
+           "num_key_value_heads": 5, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
+           "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256, "torch_dtype": "bfloat16",
+           "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
+                                   "quantization_mode": "offline"}}
+    (tmp_path / "config.json").write_text(json.dumps(cfg))
+    t = {"model.embed_tokens.weight": ("BF16", (128256, 2560)), "model.norm.weight": ("BF16", (2560,))}
+    outs = {"q_proj": 2560, "k_proj": 640, "v_proj": 640, "o_proj": 2560, "gate_proj": 6912, "up_proj": 6912,
+            "down_proj": 2560}
+    for i in range(30):
+        pre = f"model.layers.{i}"
+        t[f"{pre}.input_layernorm.weight"] = ("BF16", (2560,))
+        t[f"{pre}.post_attention_layernorm.weight"] = ("BF16", (2560,))
+        t[f"{pre}.self_attn.attn_sub_norm.weight"] = ("BF16", (2560,))
+        t[f"{pre}.mlp.ffn_sub_norm.weight"] = ("BF16", (6912,))
+        for proj, n in outs.items():
+            name = f"{pre}.{'mlp' if proj in ('gate_proj', 'up_proj', 'down_proj') else 'self_attn'}.{proj}"
+            t[f"{name}.weight"] = ("U8", (n // 4, 6912 if proj == "down_proj" else 2560))
+            t[f"{name}.weight_scale"] = ("BF16", (1,))
+    _header_only_safetensors(tmp_path / "model.safetensors", t)
+    m = load_model(str(tmp_path), device="meta")
+    assert m.config == p and m.embed_tokens.weight.device.type == "meta"
 
 
 def test_cli_compile_and_estimate_accept_a_folder(repo, folders, tmp_path):
