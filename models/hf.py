@@ -260,12 +260,12 @@ def latent_weight(codes: np.ndarray, scale: float) -> np.ndarray:
     if not (np.isfinite(s32) and s32 >= 1e-5):
         raise ValueError(f"scale {scale!r}: must be a finite number ≥ 1e-5 (BitNet's absmean floor)")
     a = np.float32(float(s32) * flat.size / nz.size)
-    w = flat.astype(np.float32) * a
-    i0, sign = nz[0], np.float32(flat[nz[0]])
+    mag = np.abs(flat).astype(np.float32) * a       # |w|, what the quantizer averages (same values, same order)
+    i0 = nz[0]
 
     def mean_at(bits: int) -> np.float32:
-        w[i0] = sign * np.array(bits, np.int32).view(np.float32)
-        return np.abs(w).mean()
+        mag[i0] = np.array(bits, np.int32).view(np.float32)
+        return mag.mean()
 
     lo = int(np.float32(0.75 * a).view(np.int32))
     hi = int(np.float32(1.5 * a).view(np.int32))
@@ -278,7 +278,7 @@ def latent_weight(codes: np.ndarray, scale: float) -> np.ndarray:
     cands = [c for c in (lo - 1, lo) if c > 0]
     best = min(cands, key=lambda c: abs(float(mean_at(c)) - float(s32)))
     mean_at(best)
-    out = w.reshape(codes.shape)
+    out = (mag * flat.astype(np.float32)).reshape(codes.shape)   # sign · |w| (exact)
     wq, _ = quantize_weights(out)
     if not np.array_equal(wq, codes):             # cannot happen: every |w| / mean|w| ≥ 0.75 → ±1
         raise ValueError("latent weight does not reproduce the ternary codes")
