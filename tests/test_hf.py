@@ -178,6 +178,27 @@ def test_scale_convention_follows_linear_class(folders):
         assert s == pytest.approx(want, rel=1e-6) and 0.5 / 8 <= s <= 1.5 / 8
 
 
+def test_unpacked_bitnet_folder_is_read_as_latent(folders, tmp_path):
+    """model_type bitnet without a bitnet quantization_config (the bf16 master weights' layout): float weights
+    ternarized on load, sub-norms under their bitnet names; the same model as the 1bitLLM-named folder."""
+    f = _copy(folders["latent"], tmp_path / "bf16")
+    for shard in f.glob("model-*.safetensors"):
+        t = load_file(shard)
+        t = {k.replace("inner_attn_ln", "attn_sub_norm").replace("ffn_layernorm", "ffn_sub_norm"): v
+             for k, v in t.items()}
+        save_file(t, shard)
+    idx = json.loads((f / "model.safetensors.index.json").read_text())
+    idx["weight_map"] = {k.replace("inner_attn_ln", "attn_sub_norm").replace("ffn_layernorm", "ffn_sub_norm"): v
+                         for k, v in idx["weight_map"].items()}
+    (f / "model.safetensors.index.json").write_text(json.dumps(idx))
+    _edit_config(f, model_type="bitnet", architectures=["BitNetForCausalLM"])
+    a, b = load_hf(f), load_hf(folders["latent"])
+    assert a.config == b.config
+    tok = torch.arange(11)[None]
+    with torch.no_grad():
+        assert torch.equal(a(tok, mode="int"), b(tok, mode="int"))
+
+
 # ------------------------------------------------------------------ compiled Programs
 @pytest.mark.parametrize("kind", ["packed", "latent"])
 def test_program_logits_bit_identical_to_int_reference(repo, folders, kind):
