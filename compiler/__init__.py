@@ -41,18 +41,43 @@ class CompiledModel:
 
 
 def load_model(spec: str, device: str = "cpu"):
-    """A preset name (built on the meta device: shapes only) or a checkpoint path (real weights)."""
+    """The model a MODEL argument names: a preset name (built on the meta device: shapes only), a Hugging
+    Face BitNet folder (``config.json`` + ``*.safetensors``, :mod:`models.hf`), or a tritium checkpoint file
+    (``.safetensors`` or the older torch ``.pt``, :mod:`models.checkpoint`). A ``.safetensors`` file inside a
+    Hugging Face folder loads the folder. ``device="meta"`` reads shapes only (no weight data)."""
     from pathlib import Path
 
     from models.presets import PRESETS, build_model
 
     if spec in PRESETS:
         return build_model(spec, device="meta")
-    if Path(spec).suffix in (".pt", ".pth") or Path(spec).exists():
+    p = Path(spec)
+    from models import hf
+
+    if hf.is_hf_folder(p):
+        return hf.load_hf(p, device=device)
+    if p.suffix == ".safetensors" and hf.is_hf_folder(p.parent) and not _is_tritium_file(p):
+        return hf.load_hf(p.parent, device=device)
+    if p.is_dir():
+        raise ValueError(f"MODEL: {spec!r} is a folder without config.json (a Hugging Face model folder needs "
+                         "config.json and *.safetensors)")
+    if p.suffix in (".pt", ".pth", ".safetensors") or p.exists():
         from models.checkpoint import load_checkpoint
 
         return load_checkpoint(spec, device=device)
-    raise ValueError(f"MODEL: {spec!r} is neither a preset ({', '.join(PRESETS)}) nor a checkpoint file")
+    raise ValueError(f"MODEL: {spec!r} is neither a preset ({', '.join(PRESETS)}), a Hugging Face folder nor a "
+                     "checkpoint file")
+
+
+def _is_tritium_file(path) -> bool:
+    """A .safetensors file that carries tritium-lm metadata (our own checkpoint format)."""
+    try:
+        from safetensors import safe_open
+
+        with safe_open(path, framework="pt") as f:
+            return (f.metadata() or {}).get("format") == "tritium-lm"
+    except Exception:  # noqa: BLE001 - unreadable: let the HF loader report it
+        return False
 
 
 def check_config(acfg) -> None:
