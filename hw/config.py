@@ -319,13 +319,6 @@ class DeviceConfig:
         "`pl` fabric rails")] = "board"
     sources: Annotated[tuple[SourceEntry, ...], BeforeValidator(_parse_sources)] = ()
 
-    def __post_init__(self) -> None:
-        for key, _src, lo, hi in self.sources:
-            value = getattr(self, key, None)
-            if lo is not None and isinstance(value, float) and not lo <= value <= hi:
-                raise _fail(f"device.sources.{key}", f"range [{lo:g}, {hi:g}] does not contain device.{key} = "
-                            f"{value:g}")
-
     def source_of(self, field: str) -> tuple[str, float | None, float | None] | None:
         """(source, low, high) of ``field`` (a device field, ``clock_mhz`` or ``memory.*``), or None."""
         for key, text, lo, hi in self.sources:

@@ -279,6 +279,8 @@ def assumptions(acfg: AcceleratorConfig, energy: dict | None = None) -> list[dic
 
     def entry(name: str, value, unit: str, src: tuple | None, file: str) -> dict:
         text, lo, hi = src if src else (f"no source given in {file} (treat as an assumption)", None, None)
+        if lo is not None and isinstance(value, (int, float)) and not lo <= value <= hi:
+            text = f"{text} [NOTE: the value {value:g} is outside this source's range: an assumption]"
         e = {"name": name, "value": value, "unit": unit, "source": text, "kind": _source_kind(text), "file": file}
         if lo is not None:
             e["range"] = [lo, hi]
