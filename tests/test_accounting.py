@@ -192,9 +192,10 @@ def test_report_labels_modeled_figures_and_the_power_boundary(repo):
     json.dumps({k: v for k, v in r.items() if k != "_steps"})     # JSON-serializable
     text = format_estimate(r)
     assert "(every figure modeled)" in text and "figure (modeled)" in text
-    for line in text.splitlines():
-        if " J " in line or line.rstrip().endswith(" W") or " W " in line.split("  ")[0]:
-            assert "som" in line, line
+    power_lines = [ln for ln in text.splitlines() if ln.startswith(("energy", "average power"))
+                   or "device.static_w" in ln]
+    assert len(power_lines) == 3
+    assert all("som boundary" in ln for ln in power_lines), power_lines
     assert "accelerator" in text and "host" in text and "shared-DRAM limit" in text and "--json" in text
 
 

@@ -376,6 +376,10 @@ def summarize(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: in
     }
 
 
+def _joules(j: float) -> str:
+    return f"{j:.3f} J" if j >= 0.01 else f"{j * 1e3:.3f} mJ"
+
+
 def format_estimate(r: dict) -> str:
     """The human-readable report of an :func:`estimate` dict (what ``tritium estimate`` prints)."""
     from tritium.report import table
@@ -398,8 +402,8 @@ def format_estimate(r: dict) -> str:
          f"accelerator {acc / mib:,.1f} MiB + host {host / mib:,.1f} MiB"],
         ["shared-DRAM limit", f"{r['dram_limit_tokens_per_s']:,.1f} tokens/s",
          f"{r['dram_gbs']:g} GB/s shared / {tot / 1e6:,.1f} MB per token"],
-        [f"energy per decoded token ({pb} boundary)", f"{r['j_per_token']:.3f} J",
-         f"range {jr['low']:.3f}-{jr['high']:.3f} J; "
+        [f"energy per decoded token ({pb} boundary)", _joules(r["j_per_token"]),
+         f"range {_joules(jr['low'])} to {_joules(jr['high'])}; "
          + pct({k: v / r['j_per_token'] for k, v in r["energy_j"]["decode"].items()})],
         [f"average power, decode ({pb} boundary)", f"{r['avg_power_w']:.2f} W",
          f"static {r['static_w']:g} W included; power boundary: {pb}"],
@@ -417,7 +421,8 @@ def format_estimate(r: dict) -> str:
     for e in a:
         if e["name"].startswith("device.") or e["name"] in ("clock_mhz", "host_w", "pj.dram_byte"):
             rg = f" [{e['range'][0]:g}..{e['range'][1]:g}]" if "range" in e else ""
-            out.append(f"  {e['name']} = {e['value']:g} {e['unit']}{rg}: {e['kind']}")
+            at = f" at the {pb} boundary" if e["name"] == "device.static_w" else ""
+            out.append(f"  {e['name']} = {e['value']:g} {e['unit']}{at}{rg}: {e['kind']}")
     return "\n".join(out)
 
 
