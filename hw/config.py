@@ -21,7 +21,7 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -29,7 +29,7 @@ from hw import data_files
 from hw.yaml_safe import ConfigError, load_yaml, show
 
 __all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "KvConfig", "MemoryConfig", "DeviceConfig",
-           "GemmGeometry", "AcceleratorConfig", "FAMILIES",
+           "GemmGeometry", "AcceleratorConfig", "FAMILIES", "POWER_BOUNDARIES",
            "load_config", "config_from_dict", "config_reference_markdown", "DEFAULT_CONFIG"]
 
 DEFAULT_CONFIG = data_files.default_config()
@@ -238,13 +238,71 @@ class MemoryConfig:
         return self.bus_bytes / self.beat_interval
 
 
+PowerBoundary = Literal["board", "som", "chip", "pl"]
+POWER_BOUNDARIES: tuple[str, ...] = typing.get_args(PowerBoundary)
+"""What a power figure includes: ``board`` the board's DC input (carrier + module + peripherals); ``som`` the
+module (SoC + its DRAM + regulators); ``chip`` the SoC package rails (processors + fabric, no DRAM); ``pl``
+the FPGA fabric rails only."""
+
+SourceEntry = tuple[str, str, float | None, float | None]
+"""One ``device.sources`` entry: (field, where the number comes from, low end, high end of its range)."""
+
+
+def _source_fields() -> tuple[str, ...]:
+    """Fields a ``device.sources`` entry may name: the device's numbers, the clock and the memory section."""
+    dev = tuple(f.name for f in dataclasses.fields(DeviceConfig) if f.name not in ("name", "family", "sources",
+                                                                                     "power_boundary"))
+    return (*dev, "clock_mhz", *(f"memory.{f.name}" for f in dataclasses.fields(MemoryConfig)))
+
+
+def _parse_sources(value: Any) -> tuple[SourceEntry, ...]:
+    """``device.sources`` from YAML: ``{field: "source text"}`` or ``{field: {source: text, range: [lo, hi]}}``;
+    also the tuple form :meth:`AcceleratorConfig.to_dict` gives back (or its JSON lists)."""
+    if isinstance(value, (tuple, list)):
+        items = []
+        for e in value:
+            if not isinstance(e, (tuple, list)) or len(e) != 4:
+                raise _fail("device.sources", f"expected a mapping field → source, got {show(value, 60)}")
+            items.append((e[0], {"source": e[1], "range": None if e[2] is None else [e[2], e[3]]}))
+    elif isinstance(value, dict):
+        items = list(value.items())
+    else:
+        raise _fail("device.sources", f"expected a mapping field → source, got {type(value).__name__}")
+    known = _source_fields()
+    out = []
+    for key, entry in items:
+        where = f"device.sources.{key}"
+        if key not in known:
+            raise _fail(where, f"unknown field (known: {', '.join(known)})")
+        if isinstance(entry, str):
+            entry = {"source": entry}
+        if not isinstance(entry, dict) or set(entry) - {"source", "range"} or "source" not in entry:
+            raise _fail(where, "expected a source string or a mapping {source: TEXT, range: [LOW, HIGH]}")
+        text, rng = entry["source"], entry.get("range")
+        if not isinstance(text, str) or not text.strip():
+            raise _fail(where, f"source: expected a non-empty string, got {show(text)}")
+        lo = hi = None
+        if rng is not None:
+            ok = isinstance(rng, (list, tuple)) and len(rng) == 2 and all(
+                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in rng)
+            if not ok or rng[0] > rng[1]:
+                raise _fail(where, f"range: expected [LOW, HIGH] with LOW <= HIGH, got {show(rng)}")
+            lo, hi = float(rng[0]), float(rng[1])
+        out.append((key, text.strip(), lo, hi))
+    return tuple(sorted(out))
+
+
 @dataclass(frozen=True)
 class DeviceConfig:
-    """The board around the accelerator, for whole-model estimates (not the RTL).
+    """The board around the accelerator, for whole-model estimates (not the RTL). `sources` maps a device
+    field, `clock_mhz` or a `memory.*` field to where its value comes from: a source string or
+    `{source: TEXT, range: [LOW, HIGH]}` (`tritium estimate --json` lists them under `assumptions`).
 
     ``family`` picks the energy table ``configs/energy/<family>.yaml``; ``host_gflops`` and ``host_gbs`` are
     the sustained float32 throughput and memory bandwidth of the host CPU that runs the host ops (norms,
-    softmax, RoPE, activations, LM head); ``static_w`` is the board's static power while it runs.
+    softmax, RoPE, activations, LM head); ``dram_gbs`` is the bandwidth of the DRAM that the host and the
+    accelerator share (each agent is further capped by its own port: ``host_gbs``, and ``memory.bus_bytes /
+    memory.beat_interval`` × clock); ``static_w`` is the static power while it runs, at ``power_boundary``.
     """
 
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
@@ -252,8 +310,21 @@ class DeviceConfig:
     name: Annotated[str, _text("board name, for reports")] = "generic"
     family: Annotated[Family, _doc("device family: picks the energy table `configs/energy/<family>.yaml`")] = "ecp5"
     host_gflops: Annotated[float, _num(0.001, 1e5, "host CPU sustained float32 throughput, GFLOP/s")] = 2.0
-    host_gbs: Annotated[float, _num(0.001, 1e4, "host CPU memory bandwidth, GB/s")] = 2.0
-    static_w: Annotated[float, _num(0.0, 1000.0, "board static power while running, W")] = 0.5
+    host_gbs: Annotated[float, _num(0.001, 1e4, "host CPU memory bandwidth (its own cap), GB/s")] = 2.0
+    dram_gbs: Annotated[float, _num(0.001, 1e4, "bandwidth of the DRAM shared by host and accelerator, GB/s "
+                                    "(generic default: the default config's 256-bit port at 100 MHz)")] = 3.2
+    static_w: Annotated[float, _num(0.0, 1000.0, "static power while running, W, at `power_boundary`")] = 0.5
+    power_boundary: Annotated[PowerBoundary, _doc(
+        "what power figures include: `board` DC input, `som` module (SoC + DRAM), `chip` SoC rails, "
+        "`pl` fabric rails")] = "board"
+    sources: Annotated[tuple[SourceEntry, ...], BeforeValidator(_parse_sources)] = ()
+
+    def source_of(self, field: str) -> tuple[str, float | None, float | None] | None:
+        """(source, low, high) of ``field`` (a device field, ``clock_mhz`` or ``memory.*``), or None."""
+        for key, text, lo, hi in self.sources:
+            if key == field:
+                return text, lo, hi
+        return None
 
 
 @dataclass(frozen=True)

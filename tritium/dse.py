@@ -197,7 +197,7 @@ class FastEvaluator:
             total.host_seconds += n * c.host_seconds
             total.dram_bytes += n * c.dram_bytes
             total.commands += n * c.commands
-            for d in ("engine_cycles", "compute_cycles", "time_by", "energy_j", "busy_issue"):
+            for d in ("engine_cycles", "compute_cycles", "time_by", "dram_bytes_by", "energy_j", "busy_issue"):
                 dst, src = getattr(total, d), getattr(c, d)
                 for k, v in src.items():
                     dst[k] += n * v

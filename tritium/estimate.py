@@ -5,17 +5,29 @@ the prefill of the prompt (TTFT) and one decode step at the given context. Costs
 
 - **TLMM** command: compute cycles from the closed form (``sim.tlmm_model.tlmm_cycles``; equal to the
   stepped model, tested), bounded below by streaming its bytes (packed weights + activations + results)
-  through the memory port: ``max(compute, latency + ceil(bytes / (bus_bytes / beat_interval)))``. The
-  memory bound is a roofline bound, not a cycle-exact model (the TLMM co-simulation feeds streams directly).
+  through the memory: ``max(compute, latency + ceil(bytes / min(port, shared DRAM)))`` with port =
+  ``bus_bytes / beat_interval`` and shared DRAM = ``device.dram_gbs`` per cycle. The memory bound is a
+  roofline bound, not a cycle-exact model (the TLMM co-simulation feeds streams directly).
 - **GEMM** command: ``sim.gemm_model.gemm_fast`` — exact cycles including its own memory traffic under the
-  memory model (tested equal to the stepped model, which is co-simulated against the RTL).
-- **HOST** op: ``max(flops / host_gflops, bytes / host_gbs)`` with the per-element costs of
-  :data:`HOST_COST` (counted from models/hostops.py's implementations).
+  memory model (tested equal to the stepped model, which is co-simulated against the RTL), bounded below by
+  its bytes through the shared DRAM: ``max(cycles, ceil(bytes / shared DRAM))``.
+- **HOST** op: ``max(flops / host_gflops, bytes / min(host_gbs, dram_gbs))`` with the per-element costs of
+  :data:`HOST_COST` (counted from models/hostops.py's implementations). Every byte a host op reads or writes
+  is a DRAM byte (the LM head's float32 weights, the embedding row, the tensors the accelerator wrote): the
+  PL's results reach the host through DRAM, and caches are not modeled (exact for the LM head, whose weights
+  are far larger than the A53s' L2; an upper bound for small tensors).
+- **Shared DRAM**: host and accelerator share ``device.dram_gbs``; each agent is capped by its own port too.
+  Commands run one after another (no overlap), so a command never competes with another one for the DRAM,
+  and ``step time = Σ command times ≥ Σ bytes / dram_gbs`` holds command by command (the per-command bound
+  above); ``dram_limit_tokens_per_s = dram_gbs / (accelerator + host bytes per token)``.
 - **Overlap**: none. Commands run in Program order; an engine command starts when the previous command has
   finished and the accelerator waits for each HOST op (conservative: real designs overlap weight loading,
   host ops and compute).
-- **Energy**: Σ events × per-event energy (configs/energy/<device.family>.yaml, with sources) + host power ×
-  host time + ``device.static_w`` × total time.
+- **Energy**: Σ events × per-event energy (configs/energy/<device.family>.yaml) + pj.dram_byte × every DRAM
+  byte (accelerator and host) + host power × host time + ``device.static_w`` × total time, all at
+  ``device.power_boundary``. :func:`assumptions` lists every number used that is not derived from the RTL or
+  the config's engine sections, each with its source (``device.sources``, the energy table's ``sources``,
+  :data:`HOST_COST_SOURCE`) and range where one is given.
 """
 
 from __future__ import annotations
@@ -32,7 +44,8 @@ from sim.energy import load_energy
 from sim.gemm_model import gemm_fast
 from sim.tlmm_model import tlmm_cycles, tlmm_events_closed_form
 
-__all__ = ["HOST_COST", "load_energy", "StepCost", "cost_program", "estimate", "summarize", "plot_estimates"]
+__all__ = ["HOST_COST", "HOST_COST_SOURCE", "MODEL_RULES", "load_energy", "StepCost", "cost_program", "estimate",
+           "summarize", "assumptions", "format_estimate", "plot_estimates"]
 
 # Host-op cost per element: (flops, bytes moved). Counted from models/hostops.py (fold_sum: 1 add per
 # element; exp: ~30 float64 operations for the degree-13 polynomial and range reduction).
@@ -48,6 +61,18 @@ HOST_COST = {
     "attn_softmax": (40, 6),     # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
     "attn_out": (2, 8),          # per output element
 }
+HOST_COST_SOURCE = ("counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
+                    "bytes per element; every byte counted as a DRAM byte (no cache model)")
+
+MODEL_RULES = (
+    "no overlap: commands run in Program order and the accelerator waits for every host op",
+    "host and accelerator share device.dram_gbs; per command time = max(own time, bytes / min(agent port, "
+    "dram_gbs)); with no overlap the step time is >= all its bytes / dram_gbs",
+    "every byte a host op reads or writes is a DRAM byte (no cache model)",
+    "energy = events x energy table + pj.dram_byte x all DRAM bytes + host_w x host time + static_w x time, "
+    "at device.power_boundary",
+)
+"""How the estimate combines its numbers (listed in the JSON under ``model_rules``)."""
 
 
 @dataclass
@@ -60,12 +85,28 @@ class StepCost:
     host_seconds: float = 0.0
     time_by: dict = field(default_factory=lambda: {"tlmm compute": 0.0, "tlmm memory": 0.0, "gemm": 0.0,
                                                    "host": 0.0})
-    dram_bytes: int = 0
+    dram_bytes: int = 0                              # all DRAM bytes: accelerator + host
+    dram_bytes_by: dict = field(default_factory=lambda: {"accelerator": 0, "host": 0})
     energy_j: dict = field(default_factory=lambda: {"tlmm": 0.0, "gemm": 0.0, "dram": 0.0, "host": 0.0,
                                                     "static": 0.0})
     busy_issue: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})       # cycles with an issue
     commands: int = 0
     roofline: list = field(default_factory=list)     # (engine, ops, dram bytes, seconds) per command
+
+    ADDITIVE = ("engine_cycles", "compute_cycles", "time_by", "dram_bytes_by", "energy_j", "busy_issue")
+    """The dict fields that add up over commands (with ``seconds``, ``host_seconds``, ``dram_bytes``,
+    ``commands``)."""
+
+    def add(self, other: StepCost, times: int = 1) -> None:
+        """Add ``times`` × ``other`` (commands run one after another, so every cost adds up)."""
+        self.seconds += times * other.seconds
+        self.host_seconds += times * other.host_seconds
+        self.dram_bytes += times * other.dram_bytes
+        self.commands += times * other.commands
+        for d in self.ADDITIVE:
+            dst = getattr(self, d)
+            for k, v in getattr(other, d).items():
+                dst[k] += times * v
 
     @property
     def energy_total_j(self) -> float:
@@ -114,7 +155,9 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
     pj = energy["pj"]
     t, mem, dev = acfg.tlmm, acfg.memory, acfg.device
     f = acfg.clock_mhz * 1e6
-    bw = mem.bus_bytes / mem.beat_interval
+    bw = mem.bus_bytes / mem.beat_interval            # the accelerator's port, bytes per cycle
+    dram = dev.dram_gbs * 1e9 / f                     # the shared DRAM, bytes per accelerator cycle
+    host_bps = min(dev.host_gbs, dev.dram_gbs) * 1e9  # the host's port, capped by the shared DRAM
     wb = tlmm_wgt_beat_bytes(t)
     c = StepCost()
     gemm_timing: dict = {}     # a GEMM's timing depends on its tile counts only (not on its addresses)
@@ -125,7 +168,7 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
             shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
             comp = tlmm_cycles(t, shape)
             nbytes = kc * nb * wb + kc * m * t.chunk_k + nb * m * t.columns * 4
-            memc = mem.latency + math.ceil(nbytes / bw) if memory_bound else 0
+            memc = mem.latency + math.ceil(nbytes / min(bw, dram)) if memory_bound else 0
             cyc = max(comp, memc)
             ev = tlmm_events_closed_form(t, shape)
             c.engine_cycles["tlmm"] += cyc
@@ -133,6 +176,7 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
             c.busy_issue["tlmm"] += kc * nb * m
             c.time_by["tlmm memory" if memc > comp else "tlmm compute"] += cyc / f
             c.dram_bytes += nbytes
+            c.dram_bytes_by["accelerator"] += nbytes
             c.energy_j["tlmm"] += 1e-12 * (ev["lookups"] * pj["lookup"] + ev["table_entry_writes"] * pj["table_entry"]
                                            + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns
                                            * pj["sram_byte"])
@@ -146,23 +190,29 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
             g = gemm_timing[key]
             ev = g.events
             nbytes = (ev["read_beats"] + ev["write_beats"]) * mem.bus_bytes
-            c.engine_cycles["gemm"] += g.cycles
+            cyc = max(g.cycles, math.ceil(nbytes / dram)) if memory_bound else g.cycles
+            c.engine_cycles["gemm"] += cyc
             c.compute_cycles["gemm"] += g.cycles
             c.busy_issue["gemm"] += ev["issue_cycles"]
-            c.time_by["gemm"] += g.cycles / f
+            c.time_by["gemm"] += cyc / f
             c.dram_bytes += nbytes
+            c.dram_bytes_by["accelerator"] += nbytes
             c.energy_j["gemm"] += 1e-12 * (ev["macs"] * pj["mac8"] + (ev["buffer_reads"] + ev["buffer_writes"])
                                            * mem.bus_bytes * pj["sram_byte"])
             c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
-            c.roofline.append(("gemm", 2.0 * ev["macs"], nbytes, g.cycles / f))
-            c.seconds += g.cycles / f
+            c.roofline.append(("gemm", 2.0 * ev["macs"], nbytes, cyc / f))
+            c.seconds += cyc / f
         elif isinstance(cmd, HostCommand):
             op = prog.host_ops[cmd.op]
             flops, nbytes = _host_cost(prog, op)
-            s = max(flops / (dev.host_gflops * 1e9), nbytes / (dev.host_gbs * 1e9))
+            s = max(flops / (dev.host_gflops * 1e9), nbytes / host_bps)
+            hbytes = int(nbytes)
             c.host_seconds += s
             c.time_by["host"] += s
+            c.dram_bytes += hbytes
+            c.dram_bytes_by["host"] += hbytes
             c.energy_j["host"] += s * energy["host_w"]
+            c.energy_j["dram"] += 1e-12 * hbytes * pj["dram_byte"]
             c.seconds += s
     c.energy_j["static"] = dev.static_w * c.seconds
     return c
@@ -203,27 +253,116 @@ def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int | None = None
     energy = load_energy(acfg.device.family)
     pre = cost_program(cm.program(prompt, 0, logits="last"), acfg, energy)
     dec = cost_program(cm.program(1, context - 1, logits="last"), acfg, energy)
-    return summarize(model_spec, acfg, prompt, context, pre, dec)
+    return summarize(model_spec, acfg, prompt, context, pre, dec, energy)
+
+
+def _source_kind(text: str) -> str:
+    """From a source's text: 'assumption' (it says so anywhere, or has no source), 'measured' (by this
+    project: starts with "measured"), 'counted' (from this project's code) or 'cited' (a publication, data
+    sheet or schematic)."""
+    low = text.lower()
+    if "assumption" in low or low.startswith("no source given"):
+        return "assumption"
+    if low.startswith("counted"):
+        return "counted"
+    return "measured" if low.startswith("measured") else "cited"
+
+
+def assumptions(acfg: AcceleratorConfig, energy: dict | None = None) -> list[dict]:
+    """Every number the estimate uses that is not derived from the RTL or the engine sections of the config:
+    ``[{"name", "value", "unit", "source", "kind", "range"?, "file"}]``. Sources are maintained once: the
+    config's ``device.sources`` (device fields, ``clock_mhz``, ``memory.*``), the energy table's ``sources``
+    and :data:`HOST_COST_SOURCE`; a number without one says so in its source."""
+    energy = energy or load_energy(acfg.device.family)
+    dev = acfg.device
+    out: list[dict] = []
+
+    def entry(name: str, value, unit: str, src: tuple | None, file: str) -> dict:
+        text, lo, hi = src if src else (f"no source given in {file} (treat as an assumption)", None, None)
+        if lo is not None and isinstance(value, (int, float)) and not lo <= value <= hi:
+            text = f"{text} [NOTE: the value {value:g} is outside this source's range: an assumption]"
+        e = {"name": name, "value": value, "unit": unit, "source": text, "kind": _source_kind(text), "file": file}
+        if lo is not None:
+            e["range"] = [lo, hi]
+        return e
+
+    cfg = acfg.source
+    out.append(entry("clock_mhz", acfg.clock_mhz, "MHz", dev.source_of("clock_mhz"), cfg))
+    for name, unit in (("latency", "cycles"), ("beat_interval", "cycles"), ("max_burst", "beats"),
+                       ("outstanding", "requests")):
+        out.append(entry(f"memory.{name}", getattr(acfg.memory, name), unit, dev.source_of(f"memory.{name}"), cfg))
+    for name, unit in (("host_gflops", "GFLOP/s"), ("host_gbs", "GB/s"), ("dram_gbs", "GB/s"), ("static_w", "W")):
+        out.append(entry(f"device.{name}", getattr(dev, name), unit, dev.source_of(name), cfg))
+    efile = f"configs/energy/{Path(energy.get('file', acfg.device.family + '.yaml')).name}"
+    srcs = energy.get("sources", {})
+
+    def esrc(key: str) -> tuple | None:
+        s = srcs.get(key)
+        return None if s is None else (s["source"], *(s["range"] or (None, None)))
+
+    for key, v in energy["pj"].items():
+        out.append(entry(f"pj.{key}", v, "pJ", esrc(f"pj.{key}"), efile))
+    out.append(entry("host_w", energy["host_w"], "W", esrc("host_w"), efile))
+    for kind, (fl, by) in HOST_COST.items():
+        out.append(entry(f"host_cost.{kind}", {"flops": fl, "bytes": by}, "per element",
+                         (HOST_COST_SOURCE, None, None), "tritium/estimate.py"))
+    return out
+
+
+def _energy_range(dec: StepCost, acfg: AcceleratorConfig, energy: dict) -> dict:
+    """J/token with every energy number at the low and at the high end of its range (time as modeled)."""
+    srcs = energy.get("sources", {})
+    pj = energy["pj"]
+
+    def rng(key: str, value: float) -> tuple[float, float]:
+        r = (srcs.get(key) or {}).get("range")
+        return (r[0], r[1]) if r else (value, value)
+
+    def ratio(keys: tuple, end: int) -> float:
+        rs = [rng(f"pj.{k}", pj[k])[end] / pj[k] for k in keys if pj[k]]
+        return (min(rs) if end == 0 else max(rs)) if rs else 1.0
+
+    st = acfg.device.source_of("static_w")
+    static = (st[1], st[2]) if st and st[1] is not None else (acfg.device.static_w, acfg.device.static_w)
+    e, out = dec.energy_j, {}
+    for end, label in ((0, "low"), (1, "high")):
+        out[label] = (e["tlmm"] * ratio(("lookup", "table_entry", "sram_byte"), end)
+                      + e["gemm"] * ratio(("mac8", "sram_byte"), end)
+                      + 1e-12 * dec.dram_bytes * rng("pj.dram_byte", pj["dram_byte"])[end]
+                      + dec.host_seconds * rng("host_w", energy["host_w"])[end]
+                      + dec.seconds * static[end])
+    return out
 
 
 def summarize(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int, pre: StepCost,
-              dec: StepCost) -> dict:
+              dec: StepCost, energy: dict | None = None) -> dict:
     """:func:`estimate`'s figures from the costs of the prefill and the decode step (also used by the
-    design-space exploration's fast evaluator, tritium.dse)."""
+    design-space exploration's fast evaluator, tritium.dse). ``energy``: the device family's table (read
+    when left out)."""
+    energy = energy or load_energy(acfg.device.family)
     f = acfg.clock_mhz * 1e6
+    dev = acfg.device
+    port_gbs = acfg.memory.bus_bytes / acfg.memory.beat_interval * f / 1e9
 
     def util(c: StepCost, eng: str) -> float:
         return c.busy_issue[eng] / (c.seconds * f) if c.seconds else 0.0
 
+    acc, host = dec.dram_bytes_by["accelerator"], dec.dram_bytes_by["host"]
     return {
-        "model": model_spec, "config": acfg.name, "device": acfg.device.name, "clock_mhz": acfg.clock_mhz,
+        "model": model_spec, "config": acfg.name, "device": dev.name, "clock_mhz": acfg.clock_mhz,
         "prompt": prompt, "context": context, "modeled": True,
         "prefill_s": pre.seconds, "ttft_s": pre.seconds, "prefill_tokens_per_s": prompt / pre.seconds,
         "decode_s_per_token": dec.seconds, "decode_tokens_per_s": 1.0 / dec.seconds,
+        "power_boundary": dev.power_boundary, "static_w": dev.static_w,
         "j_per_token": dec.energy_total_j, "avg_power_w": dec.energy_total_j / dec.seconds,
+        "j_per_token_range": _energy_range(dec, acfg, energy),
         "prefill_energy_j": pre.energy_total_j,
         "dram_bytes_per_token": dec.dram_bytes,
-        "dram_limit_tokens_per_s": (acfg.memory.bus_bytes / acfg.memory.beat_interval) * f / dec.dram_bytes,
+        "dram_bytes_per_token_accelerator": acc, "dram_bytes_per_token_host": host,
+        "prefill_dram_bytes": {"accelerator": pre.dram_bytes_by["accelerator"], "host": pre.dram_bytes_by["host"]},
+        "dram_gbs": dev.dram_gbs,
+        "dram_limit_tokens_per_s": dev.dram_gbs * 1e9 / dec.dram_bytes,
+        "port_gbs": {"accelerator": port_gbs, "host": dev.host_gbs},
         "bound": {"prefill": pre.bound, "decode": dec.bound},
         "time_share": {"prefill": {k: v / pre.seconds for k, v in pre.time_by.items()},
                        "decode": {k: v / dec.seconds for k, v in dec.time_by.items()}},
@@ -231,8 +370,60 @@ def summarize(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: in
                         "decode": {e: util(dec, e) for e in ("tlmm", "gemm")}},
         "energy_j": {"prefill": pre.energy_j, "decode": dec.energy_j},
         "commands": {"prefill": pre.commands, "decode": dec.commands},
+        "model_rules": list(MODEL_RULES),
+        "assumptions": assumptions(acfg, energy),
         "_steps": (pre, dec),
     }
+
+
+def _joules(j: float) -> str:
+    return f"{j:.3f} J" if j >= 0.01 else f"{j * 1e3:.3f} mJ"
+
+
+def format_estimate(r: dict) -> str:
+    """The human-readable report of an :func:`estimate` dict (what ``tritium estimate`` prints)."""
+    from tritium.report import table
+
+    def pct(d: dict) -> str:
+        return ", ".join(f"{k} {v:.0%}" for k, v in d.items() if v >= 0.005)
+
+    mib = 2 ** 20
+    pb = r["power_boundary"]
+    acc, host, tot = (r["dram_bytes_per_token_accelerator"], r["dram_bytes_per_token_host"],
+                      r["dram_bytes_per_token"])
+    jr = r["j_per_token_range"]
+    rows = [
+        ["TTFT (prefill of the prompt)", f"{r['ttft_s'] * 1e3:,.1f} ms", r["bound"]["prefill"]],
+        ["prefill throughput", f"{r['prefill_tokens_per_s']:,.1f} tokens/s", pct(r["time_share"]["prefill"])],
+        ["decode", f"{r['decode_tokens_per_s']:,.2f} tokens/s ({r['decode_s_per_token'] * 1e3:,.1f} ms/token)",
+         r["bound"]["decode"]],
+        ["decode time share", pct(r["time_share"]["decode"]), "no overlap between commands"],
+        ["DRAM bytes per token", f"{tot / mib:,.1f} MiB",
+         f"accelerator {acc / mib:,.1f} MiB + host {host / mib:,.1f} MiB"],
+        ["shared-DRAM limit", f"{r['dram_limit_tokens_per_s']:,.1f} tokens/s",
+         f"{r['dram_gbs']:g} GB/s shared / {tot / 1e6:,.1f} MB per token"],
+        [f"energy per decoded token ({pb} boundary)", _joules(r["j_per_token"]),
+         f"range {_joules(jr['low'])} to {_joules(jr['high'])}; "
+         + pct({k: v / r['j_per_token'] for k, v in r["energy_j"]["decode"].items()})],
+        [f"average power, decode ({pb} boundary)", f"{r['avg_power_w']:.2f} W",
+         f"static {r['static_w']:g} W included; power boundary: {pb}"],
+        ["engine utilization (decode)", pct(r["utilization"]["decode"]), "issue cycles / step time"],
+        ["engine utilization (prefill)", pct(r["utilization"]["prefill"]), ""],
+    ]
+    out = [table(["figure (modeled)", "value", "note"], rows,
+                 title=f"{r['model']} on {r['config']} — {r['device']}, {r['clock_mhz']:g} MHz, "
+                       f"prompt {r['prompt']}, context {r['context']} (every figure modeled)")]
+    a = r["assumptions"]
+    kinds = {k: sum(e["kind"] == k for e in a) for k in ("cited", "measured", "counted", "assumption")}
+    out.append(f"assumptions: {len(a)} numbers ({kinds['cited']} cited, {kinds['measured']} measured, "
+               f"{kinds['counted']} counted from code, {kinds['assumption']} assumptions); sources and ranges: "
+               f"--json (\"assumptions\")")
+    for e in a:
+        if e["name"].startswith("device.") or e["name"] in ("clock_mhz", "host_w", "pj.dram_byte"):
+            rg = f" [{e['range'][0]:g}..{e['range'][1]:g}]" if "range" in e else ""
+            at = f" at the {pb} boundary" if e["name"] == "device.static_w" else ""
+            out.append(f"  {e['name']} = {e['value']:g} {e['unit']}{at}{rg}: {e['kind']}")
+    return "\n".join(out)
 
 
 def _save(fig, path: Path) -> Path:
