@@ -80,7 +80,7 @@ calibrate: $(BIN)/.installed
 train: $(BIN)/.installed
 	$(BIN)/python -m models.train --out models/checkpoints/tiny.pt
 
-LINT_PATHS := hw sim compiler models traces tritium tests
+LINT_PATHS := hw sim compiler models traces tritium tests examples
 
 lint: $(BIN)/.installed
 	$(BIN)/ruff check $(LINT_PATHS)

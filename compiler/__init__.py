@@ -25,7 +25,7 @@ from compiler.ir import CompileError, Graph
 
 __all__ = ["CompileError", "CompiledModel", "compile_model", "load_model", "check_config", "ACT_BITS"]
 
-ACT_BITS = 8        # width of the activations the compiler's quantization (models.bitlinear.quantize_act) produces
+ACT_BITS = 8  # width of the activations the compiler's quantization (models.bitlinear.quantize_act) produces
 
 
 @dataclass
@@ -59,14 +59,18 @@ def load_model(spec: str, device: str = "cpu"):
     if p.suffix == ".safetensors" and hf.is_hf_folder(p.parent) and not _is_tritium_file(p):
         return hf.load_hf(p.parent, device=device)
     if p.is_dir():
-        raise ValueError(f"MODEL: {spec!r} is a folder without config.json (a Hugging Face model folder needs "
-                         "config.json and *.safetensors)")
+        raise ValueError(
+            f"MODEL: {spec!r} is a folder without config.json (a Hugging Face model folder needs "
+            "config.json and *.safetensors)"
+        )
     if p.suffix in (".pt", ".pth", ".safetensors") or p.exists():
         from models.checkpoint import load_checkpoint
 
         return load_checkpoint(spec, device=device)
-    raise ValueError(f"MODEL: {spec!r} is neither a preset ({', '.join(PRESETS)}), a Hugging Face folder nor a "
-                     "checkpoint file")
+    raise ValueError(
+        f"MODEL: {spec!r} is neither a preset ({', '.join(PRESETS)}), a Hugging Face folder nor a "
+        "checkpoint file"
+    )
 
 
 def _is_tritium_file(path) -> bool:
@@ -84,8 +88,10 @@ def check_config(acfg) -> None:
     """Refuse, with a CompileError naming the field, accelerator configs the compiler cannot target."""
     bits = acfg.tlmm.act_bits
     if bits != ACT_BITS:
-        raise CompileError(f"config {acfg.name}: tlmm.act_bits is {bits}, but the compiler quantizes activations "
-                           f"to int{ACT_BITS}; set tlmm.act_bits: {ACT_BITS} (or use a config that has it)")
+        raise CompileError(
+            f"config {acfg.name}: tlmm.act_bits is {bits}, but the compiler quantizes activations "
+            f"to int{ACT_BITS}; set tlmm.act_bits: {ACT_BITS} (or use a config that has it)"
+        )
 
 
 def compile_model(model, acfg, capture_len: int = 8) -> CompiledModel:

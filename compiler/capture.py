@@ -35,8 +35,9 @@ __all__ = ["capture", "attention_int"]
 
 
 # ------------------------------------------------------------------ the int-mode attention, one function
-def attention_int(q, k, v, positions, cos, sin, n_heads: int, n_kv_heads: int, score_div: float,
-                  cache_k=None, cache_v=None):
+def attention_int(
+    q, k, v, positions, cos, sin, n_heads: int, n_kv_heads: int, score_div: float, cache_k=None, cache_v=None
+):
     """The model's int-mode attention core on flat projections ``q (B,T,H·hd)``, ``k, v (B,T,Hkv·hd)``.
 
     Same operations, same order as :meth:`models.lm.Attention.forward` with ``mode="int"`` (that method
@@ -75,8 +76,15 @@ def attention_int(q, k, v, positions, cos, sin, n_heads: int, n_kv_heads: int, s
 
 # ------------------------------------------------------------------ custom ops
 # the host functions themselves (capture swaps the module attributes for the custom ops while tracing)
-_rmsnorm_fn, _swiglu_fn, _relu2_fn, _add_fn, _linear_fn = (hostops.rmsnorm, hostops.swiglu, hostops.relu2,
-                                                           hostops.add, hostops.linear)
+_rmsnorm_fn, _swiglu_fn, _relu2_fn, _add_fn, _linear_fn = (
+    hostops.rmsnorm,
+    hostops.swiglu,
+    hostops.relu2,
+    hostops.add,
+    hostops.linear,
+)
+
+
 @torch.library.custom_op("tritium::bitlinear", mutates_args=())
 def _bitlinear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
     wq, sw = ternary_weight(weight)
@@ -90,8 +98,17 @@ def _(x, weight):
 
 
 @torch.library.custom_op("tritium::attention", mutates_args=())
-def _attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, cos: torch.Tensor,
-               sin: torch.Tensor, n_heads: int, n_kv_heads: int, score_div: float) -> torch.Tensor:
+def _attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    positions: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    score_div: float,
+) -> torch.Tensor:
     return attention_int(q, k, v, positions, cos, sin, n_heads, n_kv_heads, score_div)[0]
 
 
@@ -148,8 +165,9 @@ def _bitlinear_forward(self, x, mode="fake"):
 
 def _attention_forward(self, x, cos, sin, positions, mode, cache, layer):
     q, k, v = self.q_proj(x, mode), self.k_proj(x, mode), self.v_proj(x, mode)
-    out = torch.ops.tritium.attention(q, k, v, positions, cos, sin, self.n_heads, self.n_kv_heads,
-                                      self.score_div)
+    out = torch.ops.tritium.attention(
+        q, k, v, positions, cos, sin, self.n_heads, self.n_kv_heads, self.score_div
+    )
     if self.sub_norm is not None:
         out = self.sub_norm(out, mode)
     return self.o_proj(out, mode)
@@ -158,8 +176,15 @@ def _attention_forward(self, x, cos, sin, positions, mode, cache, layer):
 @contextlib.contextmanager
 def _capture_ops():
     """Route the model's int-mode blocks through the custom ops while tracing."""
-    saved = (BitLinear.forward, lm.Attention.forward, hostops.rmsnorm, hostops.swiglu, hostops.relu2,
-             hostops.add, hostops.linear)
+    saved = (
+        BitLinear.forward,
+        lm.Attention.forward,
+        hostops.rmsnorm,
+        hostops.swiglu,
+        hostops.relu2,
+        hostops.add,
+        hostops.linear,
+    )
     BitLinear.forward = _bitlinear_forward
     lm.Attention.forward = _attention_forward
     hostops.rmsnorm = torch.ops.tritium.rmsnorm
@@ -170,8 +195,15 @@ def _capture_ops():
     try:
         yield
     finally:
-        (BitLinear.forward, lm.Attention.forward, hostops.rmsnorm, hostops.swiglu, hostops.relu2,
-         hostops.add, hostops.linear) = saved
+        (
+            BitLinear.forward,
+            lm.Attention.forward,
+            hostops.rmsnorm,
+            hostops.swiglu,
+            hostops.relu2,
+            hostops.add,
+            hostops.linear,
+        ) = saved
 
 
 class _IntForward(torch.nn.Module):

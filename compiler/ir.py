@@ -48,15 +48,17 @@ class Op:
 
     def __str__(self) -> str:
         a = ", ".join(f"{k}={v}" for k, v in self.attrs.items() if k not in ("weight",))
-        return f"{self.engine:<5} {self.kind:<14} {', '.join(self.outputs)} = {self.name}({', '.join(self.inputs)})" + \
-            (f" [{a}]" if a else "")
+        return (
+            f"{self.engine:<5} {self.kind:<14} {', '.join(self.outputs)} = {self.name}({', '.join(self.inputs)})"
+            + (f" [{a}]" if a else "")
+        )
 
 
 @dataclass
 class Graph:
     ops: list[Op]
-    features: dict[str, int]                 # value name → features (last dimension)
-    params: dict[str, str]                   # placeholder → parameter/buffer qualified name
+    features: dict[str, int]  # value name → features (last dimension)
+    params: dict[str, str]  # placeholder → parameter/buffer qualified name
     output: str
     model_config: dict = field(default_factory=dict)
 
@@ -102,7 +104,7 @@ def from_export(ep, model_config: dict) -> Graph:
     user_inputs = [s for s in sig.user_inputs]
     ops: list[Op] = []
     features: dict[str, int] = {}
-    alias: dict[str, str] = {}               # graph node → IR value
+    alias: dict[str, str] = {}  # graph node → IR value
     positions: set[str] = set()
 
     def val(n) -> str:
@@ -126,42 +128,81 @@ def from_export(ep, model_config: dict) -> Graph:
         ns = getattr(target, "namespace", None)
         opname = getattr(getattr(target, "_schema", None), "name", str(target))
         name = re.sub(r"^model\.?", "", where.split(" ")[0]) or n.name
-        if target in (torch.ops.aten.arange.start, torch.ops.aten.arange.default, torch.ops.aten.arange.start_step):
+        if target in (
+            torch.ops.aten.arange.start,
+            torch.ops.aten.arange.default,
+            torch.ops.aten.arange.start_step,
+        ):
             positions.add(n.name)
             continue
         if target == torch.ops.aten.embedding.default:
             w, idx = n.args[0], n.args[1]
             if val(idx) != "tokens":
-                raise CompileError(f"{where}: aten.embedding of something other than the input tokens is not supported")
-            op = Op(n.name, "embed", ["tokens"], [n.name], {"weight": params[w.name], "features": feat(n)}, where)
+                raise CompileError(
+                    f"{where}: aten.embedding of something other than the input tokens is not supported"
+                )
+            op = Op(
+                n.name, "embed", ["tokens"], [n.name], {"weight": params[w.name], "features": feat(n)}, where
+            )
         elif ns == "tritium" and target._opname in _TRITIUM:
             kind = target._opname
             a = n.args
             if kind == "bitlinear":
                 wshape = a[1].meta["val"].shape
-                op = Op(n.name, "bitlinear", [val(a[0])], [n.name],
-                        {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])}, where)
+                op = Op(
+                    n.name,
+                    "bitlinear",
+                    [val(a[0])],
+                    [n.name],
+                    {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])},
+                    where,
+                )
             elif kind == "attention":
                 if a[3].name not in positions:
                     raise CompileError(f"{where}: attention positions must be the step's token positions")
                 h, hkv = int(a[6]), int(a[7])
                 m = re.search(r"layers\.(\d+)\.", name + ".")
-                op = Op(n.name, "attention", [val(a[0]), val(a[1]), val(a[2])], [n.name],
-                        {"layer": int(m.group(1)) if m else 0, "n_heads": h, "n_kv_heads": hkv,
-                         "head_dim": feat(a[0]) // h, "score_div": float(a[8])}, where)
+                op = Op(
+                    n.name,
+                    "attention",
+                    [val(a[0]), val(a[1]), val(a[2])],
+                    [n.name],
+                    {
+                        "layer": int(m.group(1)) if m else 0,
+                        "n_heads": h,
+                        "n_kv_heads": hkv,
+                        "head_dim": feat(a[0]) // h,
+                        "score_div": float(a[8]),
+                    },
+                    where,
+                )
             elif kind == "rmsnorm":
-                op = Op(n.name, "rmsnorm", [val(a[0])], [n.name], {"weight": params[a[1].name], "eps": float(a[2])},
-                        where)
+                op = Op(
+                    n.name,
+                    "rmsnorm",
+                    [val(a[0])],
+                    [n.name],
+                    {"weight": params[a[1].name], "eps": float(a[2])},
+                    where,
+                )
             elif kind == "linear":
-                op = Op(n.name, "lm_head", [val(a[0])], [n.name], {"weight": params[a[1].name], "vocab": feat(n)},
-                        where)
+                op = Op(
+                    n.name,
+                    "lm_head",
+                    [val(a[0])],
+                    [n.name],
+                    {"weight": params[a[1].name], "vocab": feat(n)},
+                    where,
+                )
             else:
                 op = Op(n.name, kind, [val(a[0]), val(a[1])], [n.name], {}, where)
         else:
             hint = ""
             if "linear" in opname or "addmm" in opname or "mm" == opname.split("::")[-1]:
-                hint = ("; a float linear layer: the accelerator runs ternary weights only — use "
-                        "models.bitlinear.BitLinear")
+                hint = (
+                    "; a float linear layer: the accelerator runs ternary weights only — use "
+                    "models.bitlinear.BitLinear"
+                )
             raise CompileError(f"{where}: unsupported op {opname}{hint}")
         if name == "<model>":
             name = op.kind

@@ -50,7 +50,7 @@ class StepPlan:
     """Commands, host ops and tensors of one step, before addresses are final."""
 
     def __init__(self):
-        self.items: list[tuple[str, object]] = []          # ("host", HostOp) | ("tlmm", dict) | ("gemm", dict)
+        self.items: list[tuple[str, object]] = []  # ("host", HostOp) | ("tlmm", dict) | ("gemm", dict)
         self.tensors: dict[str, TensorInfo] = {}
         self.listing: list[str] = []
 
@@ -66,7 +66,9 @@ class Lowering:
         self.g, self.acfg, self.state, self.mc = graph, acfg, state, model_config
         self.W = acfg.memory.bus_bytes
         self.geo = acfg.gemm_geometry
-        self.meta = any(getattr(t, "device", None) is not None and t.device.type == "meta" for t in state.values())
+        self.meta = any(
+            getattr(t, "device", None) is not None and t.device.type == "meta" for t in state.values()
+        )
         self.limit = 1 << acfg.memory.addr_bits
         self._check_attention()
         self.persistent: dict[str, TensorInfo] = {}
@@ -104,14 +106,23 @@ class Lowering:
                 for ni, (n0, n1) in enumerate(nss):
                     kc, nb, nbytes = tlmm_weight_bytes(t, k1 - k0, n1 - n0)
                     name = f"w:{op.attrs['weight']}[{si},{ni}]"
-                    self._persist(name, nbytes, "uint8", [kc, nb], "tlmm_wgt",
-                                  k=[k0, k1], n=[n0, n1], weight=op.attrs["weight"])
+                    self._persist(
+                        name,
+                        nbytes,
+                        "uint8",
+                        [kc, nb],
+                        "tlmm_wgt",
+                        k=[k0, k1],
+                        n=[n0, n1],
+                        weight=op.attrs["weight"],
+                    )
         for op in self.g.ops:
             if op.kind != "attention":
                 continue
             a = op.attrs
             for suffix, nbytes, dtype, shape, layout, attrs in kv_cache_tensors(
-                    self.geo, self.W, self.mc["max_seq"], a["n_kv_heads"], a["head_dim"]):
+                self.geo, self.W, self.mc["max_seq"], a["n_kv_heads"], a["head_dim"]
+            ):
                 self._persist(f"kv{a['layer']}.{suffix}", nbytes, dtype, shape, layout, **attrs)
         self.step_base = self.alloc.high
 
@@ -155,7 +166,7 @@ class Lowering:
             _, _, wgt = tlmm_streams(t, wq[n0:n1, k0:k1], np.zeros((1, k1 - k0), np.int8))
             data = pack_tlmm_weights(wgt, t)
             assert data.size == ti.nbytes
-            flat[ti.addr * self.W: ti.addr * self.W + ti.nbytes] = data
+            flat[ti.addr * self.W : ti.addr * self.W + ti.nbytes] = data
         self._image = img
         return img
 
@@ -168,7 +179,9 @@ class Lowering:
         if tokens < 1:
             raise CompileError(f"<model>: a step needs at least one token, got {tokens}")
         if pos + tokens > self.mc["max_seq"]:
-            raise CompileError(f"<model>: positions {pos}..{pos + tokens - 1} exceed max_seq={self.mc['max_seq']}")
+            raise CompileError(
+                f"<model>: positions {pos}..{pos + tokens - 1} exceed max_seq={self.mc['max_seq']}"
+            )
         plan = StepPlan()
         T = tokens
         plan.tensor("tokens", T * 4, "int32", [T])
@@ -210,8 +223,16 @@ class Lowering:
                 kc = _ceil(k1 - k0, t.chunk_k)
                 name = f"{xq}#{c}.{si}"
                 if name not in plan.tensors:
-                    plan.tensor(name, kc * m * t.chunk_k, "int8", [kc, m, t.chunk_k], "tlmm_act",
-                                m0=m0, m=m, k=[k0, k1])
+                    plan.tensor(
+                        name,
+                        kc * m * t.chunk_k,
+                        "int8",
+                        [kc, m, t.chunk_k],
+                        "tlmm_act",
+                        m0=m0,
+                        m=m,
+                        k=[k0, k1],
+                    )
                 row.append(name)
             names.append(row)
         return names
@@ -230,12 +251,33 @@ class Lowering:
         yi = op.outputs[0]
         parts = []
         for tl in tlmm_tiles(t, T, (kss, nss)):
-            res = plan.tensor(f"{yi}#{tl.c}.{tl.si}.{tl.ni}", tl.nb * tl.m * t.columns * 4, "int32",
-                              [tl.nb, tl.m, t.columns], "tlmm_res", m0=tl.m0, m=tl.m, n=[tl.n0, tl.n1],
-                              k=[tl.k0, tl.k1])
+            res = plan.tensor(
+                f"{yi}#{tl.c}.{tl.si}.{tl.ni}",
+                tl.nb * tl.m * t.columns * 4,
+                "int32",
+                [tl.nb, tl.m, t.columns],
+                "tlmm_res",
+                m0=tl.m0,
+                m=tl.m,
+                n=[tl.n0, tl.n1],
+                k=[tl.k0, tl.k1],
+            )
             w = f"w:{op.attrs['weight']}[{tl.si},{tl.ni}]"
-            plan.items.append(("tlmm", {"op": op.name, "tokens": tl.m, "k_chunks": tl.kc, "n_blocks": tl.nb,
-                                        "act": acts[tl.c][tl.si], "wgt": w, "res": res, "where": op.where}))
+            plan.items.append(
+                (
+                    "tlmm",
+                    {
+                        "op": op.name,
+                        "tokens": tl.m,
+                        "k_chunks": tl.kc,
+                        "n_blocks": tl.nb,
+                        "act": acts[tl.c][tl.si],
+                        "wgt": w,
+                        "res": res,
+                        "where": op.where,
+                    },
+                )
+            )
             parts.append(res)
         # the int32 result as the dequant sees it: the list of parts (summed over K slices)
         plan.tensors[yi] = TensorInfo(yi, -1, 0, "int32", [T, op.attrs["n"]], "rows", {"parts": parts})
@@ -254,38 +296,123 @@ class Lowering:
         qa, scores, pa, outs = [], [], [], []
         for gi in range(hkv):
             sq = gemm_shape(geo, *qk)
-            qa.append(plan.tensor(f"att{L}.qa{gi}", sq.m_tiles * sq.k_tiles * geo.a_beats * self.W, "int8",
-                                  [M, hd], "gemm_a"))
-            scores.append(plan.tensor(f"att{L}.scores{gi}", sq.m_tiles * sq.n_tiles * geo.out_beats(False) * self.W,
-                                      "int32", [M, ctx], "gemm_c"))
+            qa.append(
+                plan.tensor(
+                    f"att{L}.qa{gi}",
+                    sq.m_tiles * sq.k_tiles * geo.a_beats * self.W,
+                    "int8",
+                    [M, hd],
+                    "gemm_a",
+                )
+            )
+            scores.append(
+                plan.tensor(
+                    f"att{L}.scores{gi}",
+                    sq.m_tiles * sq.n_tiles * geo.out_beats(False) * self.W,
+                    "int32",
+                    [M, ctx],
+                    "gemm_c",
+                )
+            )
             sp = gemm_shape(geo, M, ctx, hd)
-            pa.append(plan.tensor(f"att{L}.pa{gi}", sp.m_tiles * sp.k_tiles * geo.a_beats * self.W, "int8",
-                                  [M, ctx], "gemm_a"))
+            pa.append(
+                plan.tensor(
+                    f"att{L}.pa{gi}",
+                    sp.m_tiles * sp.k_tiles * geo.a_beats * self.W,
+                    "int8",
+                    [M, ctx],
+                    "gemm_a",
+                )
+            )
             for ni in range(n_blocks):
-                outs.append(plan.tensor(f"att{L}.o{gi}.{ni}", sp.m_tiles * geo.out_beats(False) * self.W, "int32",
-                                        [M, geo.cols], "gemm_c", group=gi, block=ni))
+                outs.append(
+                    plan.tensor(
+                        f"att{L}.o{gi}.{ni}",
+                        sp.m_tiles * geo.out_beats(False) * self.W,
+                        "int32",
+                        [M, geo.cols],
+                        "gemm_c",
+                        group=gi,
+                        block=ni,
+                    )
+                )
         plan.tensor(f"att{L}.sq", h * T * 4, "float32", [h, T])
         plan.tensor(f"att{L}.sp", h * T * 4, "float32", [h, T])
-        common = {"layer": L, "n_heads": h, "n_kv_heads": hkv, "head_dim": hd, "pos": pos, "tokens": T,
-                  "score_div": a["score_div"]}
+        common = {
+            "layer": L,
+            "n_heads": h,
+            "n_kv_heads": hkv,
+            "head_dim": hd,
+            "pos": pos,
+            "tokens": T,
+            "score_div": a["score_div"],
+        }
         kc, vc = [f"kv{L}.k{gi}" for gi in range(hkv)], [f"kv{L}.v{gi}" for gi in range(hkv)]
-        plan.items.append(("host", HostOp(f"{op.name}.prep", "attn_prep", [q, k, v, "rope_cos", "rope_sin"],
-                                          qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"], common,
-                                          op.where)))
+        plan.items.append(
+            (
+                "host",
+                HostOp(
+                    f"{op.name}.prep",
+                    "attn_prep",
+                    [q, k, v, "rope_cos", "rope_sin"],
+                    qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"],
+                    common,
+                    op.where,
+                ),
+            )
+        )
         for gi in range(hkv):
-            plan.items.append(("gemm", {"op": f"{op.name}.qk{gi}", "m": qk[0], "k": qk[1], "n": qk[2], "a": qa[gi],
-                                        "b": kc[gi], "c": scores[gi], "b_offset": 0, "where": op.where}))
-        plan.items.append(("host", HostOp(f"{op.name}.softmax", "attn_softmax",
-                                          scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"], pa + [f"att{L}.sp"],
-                                          common, op.where)))
+            plan.items.append(
+                (
+                    "gemm",
+                    {
+                        "op": f"{op.name}.qk{gi}",
+                        "m": qk[0],
+                        "k": qk[1],
+                        "n": qk[2],
+                        "a": qa[gi],
+                        "b": kc[gi],
+                        "c": scores[gi],
+                        "b_offset": 0,
+                        "where": op.where,
+                    },
+                )
+            )
+        plan.items.append(
+            (
+                "host",
+                HostOp(
+                    f"{op.name}.softmax",
+                    "attn_softmax",
+                    scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
+                    pa + [f"att{L}.sp"],
+                    common,
+                    op.where,
+                ),
+            )
+        )
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
         for gi in range(hkv):
             for ni in range(n_blocks):
-                plan.items.append(("gemm", {"op": f"{op.name}.pv{gi}.{ni}", "m": pv[0], "k": pv[1], "n": pv[2],
-                                            "a": pa[gi], "b": vc[gi], "b_offset": ni * panel,
-                                            "c": f"att{L}.o{gi}.{ni}", "where": op.where}))
-        plan.items.append(("host", HostOp(f"{op.name}.out", "attn_out", outs + [f"att{L}.sp"], [out], common,
-                                          op.where)))
+                plan.items.append(
+                    (
+                        "gemm",
+                        {
+                            "op": f"{op.name}.pv{gi}.{ni}",
+                            "m": pv[0],
+                            "k": pv[1],
+                            "n": pv[2],
+                            "a": pa[gi],
+                            "b": vc[gi],
+                            "b_offset": ni * panel,
+                            "c": f"att{L}.o{gi}.{ni}",
+                            "where": op.where,
+                        },
+                    )
+                )
+        plan.items.append(
+            ("host", HostOp(f"{op.name}.out", "attn_out", outs + [f"att{L}.sp"], [out], common, op.where))
+        )
 
     # ------------------------------------------------------------------ allocation + emit
     def _finish(self, plan: StepPlan, T: int, pos: int, quant_of: dict) -> Program:
@@ -305,10 +432,15 @@ class Lowering:
         tensors: dict[str, TensorInfo] = {}
         for name in host_consts:
             w = self.state[name]
-            tensors[name] = TensorInfo(name, -1, int(w.numel()) * 4, "float32", list(w.shape), "rows",
-                                       {"space": "host"})
-        tensors.update({k: TensorInfo(v.name, v.addr, v.nbytes, v.dtype, list(v.shape), v.layout, dict(v.attrs))
-                        for k, v in self.persistent.items()})
+            tensors[name] = TensorInfo(
+                name, -1, int(w.numel()) * 4, "float32", list(w.shape), "rows", {"space": "host"}
+            )
+        tensors.update(
+            {
+                k: TensorInfo(v.name, v.addr, v.nbytes, v.dtype, list(v.shape), v.layout, dict(v.attrs))
+                for k, v in self.persistent.items()
+            }
+        )
         # step buffers: first fit, freed after their last use
         uses: dict[str, int] = {}
         produced: dict[str, int] = {}
@@ -337,7 +469,7 @@ class Lowering:
                     alloc.release(*live.pop(v))
         for k, ti in plan.tensors.items():
             if k not in tensors:
-                if ti.nbytes and ti.addr < 0:        # produced but never consumed (the output)
+                if ti.nbytes and ti.addr < 0:  # produced but never consumed (the output)
                     ti.addr = alloc.alloc(self.beats(ti.nbytes), k)
                 tensors[k] = ti
         total = alloc.high
@@ -349,23 +481,41 @@ class Lowering:
             if kind == "host":
                 host_ops.append(body)
                 commands.append(HostCommand(len(host_ops) - 1))
-                lines.append(f"HOST  {body.name:<34} {body.kind:<16} ({', '.join(body.inputs[:4])}"
-                             f"{', …' if len(body.inputs) > 4 else ''}) → {', '.join(body.outputs[:3])}"
-                             f"{', …' if len(body.outputs) > 3 else ''}   # {body.where}")
+                lines.append(
+                    f"HOST  {body.name:<34} {body.kind:<16} ({', '.join(body.inputs[:4])}"
+                    f"{', …' if len(body.inputs) > 4 else ''}) → {', '.join(body.outputs[:3])}"
+                    f"{', …' if len(body.outputs) > 3 else ''}   # {body.where}"
+                )
             elif kind == "tlmm":
-                cmd = TlmmCommand(body["tokens"], body["k_chunks"], body["n_blocks"], tensors[body["act"]].addr,
-                                  tensors[body["wgt"]].addr, tensors[body["res"]].addr)
+                cmd = TlmmCommand(
+                    body["tokens"],
+                    body["k_chunks"],
+                    body["n_blocks"],
+                    tensors[body["act"]].addr,
+                    tensors[body["wgt"]].addr,
+                    tensors[body["res"]].addr,
+                )
                 commands.append(cmd)
-                lines.append(f"TLMM  {body['op']:<34} M={cmd.tokens} KC={cmd.k_chunks} NB={cmd.n_blocks}  "
-                             f"act@{cmd.act_base:#x} wgt@{cmd.wgt_base:#x} res@{cmd.res_base:#x}   # {body['where']}")
+                lines.append(
+                    f"TLMM  {body['op']:<34} M={cmd.tokens} KC={cmd.k_chunks} NB={cmd.n_blocks}  "
+                    f"act@{cmd.act_base:#x} wgt@{cmd.wgt_base:#x} res@{cmd.res_base:#x}   # {body['where']}"
+                )
             else:
                 s = gemm_shape(self.geo, body["m"], body["k"], body["n"])
-                cmd = GemmCommand(s.m_tiles, s.n_tiles, s.k_tiles, tensors[body["a"]].addr,
-                                  tensors[body["b"]].addr + body["b_offset"], tensors[body["c"]].addr)
+                cmd = GemmCommand(
+                    s.m_tiles,
+                    s.n_tiles,
+                    s.k_tiles,
+                    tensors[body["a"]].addr,
+                    tensors[body["b"]].addr + body["b_offset"],
+                    tensors[body["c"]].addr,
+                )
                 commands.append(cmd)
-                lines.append(f"GEMM  {body['op']:<34} {body['m']}x{body['k']}x{body['n']} → MT={s.m_tiles} "
-                             f"NT={s.n_tiles} KT={s.k_tiles}  A@{cmd.a_base:#x} B@{cmd.b_base:#x} C@{cmd.c_base:#x}"
-                             f"   # {body['where']}")
+                lines.append(
+                    f"GEMM  {body['op']:<34} {body['m']}x{body['k']}x{body['n']} → MT={s.m_tiles} "
+                    f"NT={s.n_tiles} KT={s.k_tiles}  A@{cmd.a_base:#x} B@{cmd.b_base:#x} C@{cmd.c_base:#x}"
+                    f"   # {body['where']}"
+                )
         words = np.array([w for c in commands for w in c.words()], dtype=np.uint64)
         if self.meta:
             image = np.zeros((0, W), np.uint8)
@@ -373,16 +523,27 @@ class Lowering:
             image = np.zeros((total, W), np.uint8)
             wi = self.weight_image()
             image[: wi.shape[0]] = wi
-        header = [f"# Tritium Program: step of {T} token(s) at position {pos}; config {self.acfg.name}",
-                  f"# {len(commands)} commands ({sum(1 for c in commands if isinstance(c, TlmmCommand))} TLMM, "
-                  f"{sum(1 for c in commands if isinstance(c, GemmCommand))} GEMM, {len(host_ops)} HOST); "
-                  f"memory {total} beats × {W} B = {total * W / 2**20:.2f} MiB (weights + KV cache "
-                  f"{self.step_base} beats)"]
+        header = [
+            f"# Tritium Program: step of {T} token(s) at position {pos}; config {self.acfg.name}",
+            f"# {len(commands)} commands ({sum(1 for c in commands if isinstance(c, TlmmCommand))} TLMM, "
+            f"{sum(1 for c in commands if isinstance(c, GemmCommand))} GEMM, {len(host_ops)} HOST); "
+            f"memory {total} beats × {W} B = {total * W / 2**20:.2f} MiB (weights + KV cache "
+            f"{self.step_base} beats)",
+        ]
         listing = "\n".join(header + [f"{i:5d}  {ln}" for i, ln in enumerate(lines)]) + "\n"
-        meta = {"tokens": T, "pos": pos, "memory_beats": int(total), "persistent_beats": int(self.step_base),
-                "weights_materialized": not self.meta, "model": self.mc}
-        host_data = {} if self.meta else {n: self.state[n].detach().to("cpu", copy=True).float().numpy()
-                                          for n in host_consts}
+        meta = {
+            "tokens": T,
+            "pos": pos,
+            "memory_beats": int(total),
+            "persistent_beats": int(self.step_base),
+            "weights_materialized": not self.meta,
+            "model": self.mc,
+        }
+        host_data = (
+            {}
+            if self.meta
+            else {n: self.state[n].detach().to("cpu", copy=True).float().numpy() for n in host_consts}
+        )
         meta["output"] = self.g.output
         prog = Program(self.acfg.to_dict(), words, host_ops, tensors, image, meta, listing, host_data)
         if not self.meta:

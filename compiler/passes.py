@@ -21,8 +21,15 @@ import numpy as np
 
 from compiler.ir import CompileError, Graph, Op
 
-__all__ = ["split_bitlinear", "dedupe_quant", "fuse_quant", "check_weights", "mark_engines", "PIPELINE",
-           "run_pipeline"]
+__all__ = [
+    "split_bitlinear",
+    "dedupe_quant",
+    "fuse_quant",
+    "check_weights",
+    "mark_engines",
+    "PIPELINE",
+    "run_pipeline",
+]
 
 FUSABLE = ("rmsnorm", "relu2", "swiglu")
 
@@ -38,8 +45,16 @@ def split_bitlinear(g: Graph) -> Graph:
         xq, sx, yi = f"{x}.q", f"{x}.s", f"{op.outputs[0]}.int"
         out.append(Op(f"{op.name}.quant", "quant", [x], [xq, sx], {"k": op.attrs["k"]}, op.where))
         out.append(Op(op.name, "tlmm", [xq], [yi], dict(op.attrs), op.where, engine="tlmm"))
-        out.append(Op(f"{op.name}.dequant", "dequant", [yi, sx], [op.outputs[0]],
-                      {"weight": op.attrs["weight"], "n": op.attrs["n"]}, op.where))
+        out.append(
+            Op(
+                f"{op.name}.dequant",
+                "dequant",
+                [yi, sx],
+                [op.outputs[0]],
+                {"weight": op.attrs["weight"], "n": op.attrs["n"]},
+                op.where,
+            )
+        )
         g.features[xq], g.features[sx], g.features[yi] = op.attrs["k"], 1, op.attrs["n"]
     g.ops = out
     return g
@@ -94,19 +109,27 @@ def check_weights(g: Graph, state: dict) -> Graph:
         if w is None:
             raise CompileError(f"{op.where}: weight {op.attrs['weight']} not found in the model")
         if tuple(w.shape) != (op.attrs["n"], op.attrs["k"]):
-            raise CompileError(f"{op.where}: weight {op.attrs['weight']} has shape {tuple(w.shape)}, "
-                               f"expected {(op.attrs['n'], op.attrs['k'])}")
+            raise CompileError(
+                f"{op.where}: weight {op.attrs['weight']} has shape {tuple(w.shape)}, "
+                f"expected {(op.attrs['n'], op.attrs['k'])}"
+            )
         if w.device.type == "meta":
             continue
         if not bool(w.isfinite().all()):
-            raise CompileError(f"{op.where}: weight {op.attrs['weight']} has non-finite values; it cannot be ternarized")
+            raise CompileError(
+                f"{op.where}: weight {op.attrs['weight']} has non-finite values; it cannot be ternarized"
+            )
         wq, sw = ternary_weight(w.detach())
         vals = np.unique(wq.numpy())
         if not set(vals.tolist()) <= {-1, 0, 1}:
-            raise CompileError(f"{op.where}: weight {op.attrs['weight']} is not ternary after quantization "
-                               f"(values {vals.tolist()[:6]})")
+            raise CompileError(
+                f"{op.where}: weight {op.attrs['weight']} is not ternary after quantization "
+                f"(values {vals.tolist()[:6]})"
+            )
         if not (np.isfinite(sw) and sw > 0):
-            raise CompileError(f"{op.where}: weight {op.attrs['weight']} has scale {sw}; expected a positive number")
+            raise CompileError(
+                f"{op.where}: weight {op.attrs['weight']} has scale {sw}; expected a positive number"
+            )
         op.attrs["scale"] = float(sw)
     for op in g.ops:
         if op.kind == "dequant":

@@ -18,8 +18,20 @@ from compiler.ir import CompileError
 from hw.config import GemmGeometry, TlmmConfig
 from hw.program import tlmm_wgt_beat_bytes
 
-__all__ = ["Allocator", "Tile", "ceil_div", "beats", "slot_beats", "tlmm_slices", "tlmm_tiles",
-           "tlmm_weight_bytes", "tlmm_fits_fields", "kv_cache_tensors", "attention_gemms", "persistent_beats"]
+__all__ = [
+    "Allocator",
+    "Tile",
+    "ceil_div",
+    "beats",
+    "slot_beats",
+    "tlmm_slices",
+    "tlmm_tiles",
+    "tlmm_weight_bytes",
+    "tlmm_fits_fields",
+    "kv_cache_tensors",
+    "attention_gemms",
+    "persistent_beats",
+]
 
 
 def ceil_div(a: int, b: int) -> int:
@@ -53,8 +65,10 @@ class Allocator:
                     self.free.pop(i)
                 self.high = max(self.high, a + beats)
                 return a
-        raise CompileError(f"{what}: memory exhausted: {beats} more beats do not fit below beat {self.limit} "
-                           "(memory.addr_bits)")
+        raise CompileError(
+            f"{what}: memory exhausted: {beats} more beats do not fit below beat {self.limit} "
+            "(memory.addr_bits)"
+        )
 
     def release(self, addr: int, beats: int) -> None:
         self.free.append((addr, max(1, beats)))
@@ -112,8 +126,19 @@ def tlmm_tiles(t: TlmmConfig, tokens: int, slices: Slices) -> Iterator[Tile]:
         m = min(t.tokens, tokens - m0)
         for si, (k0, k1) in enumerate(kss):
             for ni, (n0, n1) in enumerate(nss):
-                yield Tile(c, m0, m, si, k0, k1, ceil_div(k1 - k0, t.chunk_k), ni, n0, n1,
-                           ceil_div(n1 - n0, t.columns))
+                yield Tile(
+                    c,
+                    m0,
+                    m,
+                    si,
+                    k0,
+                    k1,
+                    ceil_div(k1 - k0, t.chunk_k),
+                    ni,
+                    n0,
+                    n1,
+                    ceil_div(n1 - n0, t.columns),
+                )
 
 
 def tlmm_weight_bytes(t: TlmmConfig, k_len: int, n_len: int) -> tuple[int, int, int]:
@@ -124,8 +149,10 @@ def tlmm_weight_bytes(t: TlmmConfig, k_len: int, n_len: int) -> tuple[int, int, 
 
 # ---- attention -------------------------------------------------------------------------------------
 
-def kv_cache_tensors(geo: GemmGeometry, bus_bytes: int, cap: int, n_kv_heads: int,
-                     head_dim: int) -> list[tuple[str, int, str, list[int], str, dict]]:
+
+def kv_cache_tensors(
+    geo: GemmGeometry, bus_bytes: int, cap: int, n_kv_heads: int, head_dim: int
+) -> list[tuple[str, int, str, list[int], str, dict]]:
     """One layer's KV cache in allocation order: (suffix, bytes, dtype, shape, layout, attrs) — per KV head
     K (B = Kᵀ panels) and V (B = V panels), then the K and V scales."""
     C, TK = geo.cols, geo.k_tile
@@ -134,8 +161,16 @@ def kv_cache_tensors(geo: GemmGeometry, bus_bytes: int, cap: int, n_kv_heads: in
     out = []
     for gi in range(n_kv_heads):
         out.append((f"k{gi}", k_beats * bus_bytes, "int8", [head_dim, cap], "gemm_b", {}))
-        out.append((f"v{gi}", v_beats * bus_bytes, "int8", [cap, head_dim], "gemm_b",
-                    {"panel_beats": ceil_div(cap, TK) * geo.b_beats}))
+        out.append(
+            (
+                f"v{gi}",
+                v_beats * bus_bytes,
+                "int8",
+                [cap, head_dim],
+                "gemm_b",
+                {"panel_beats": ceil_div(cap, TK) * geo.b_beats},
+            )
+        )
     out.append(("sk", n_kv_heads * cap * 4, "float32", [n_kv_heads, cap], "rows", {}))
     out.append(("sv", n_kv_heads * cap * 4, "float32", [n_kv_heads, cap], "rows", {}))
     return out
@@ -149,16 +184,28 @@ def attention_gemms(geo: GemmGeometry, rows: int, head_dim: int, ctx: int) -> tu
 
 # ---- the persistent region -------------------------------------------------------------------------
 
-def persistent_beats(t: TlmmConfig, geo: GemmGeometry, bus_bytes: int, tlmm_ops: Iterable[tuple[int, int, int]],
-                     attention: Iterable[tuple[int, int, int, int]], max_seq: int) -> int:
+
+def persistent_beats(
+    t: TlmmConfig,
+    geo: GemmGeometry,
+    bus_bytes: int,
+    tlmm_ops: Iterable[tuple[int, int, int]],
+    attention: Iterable[tuple[int, int, int, int]],
+    max_seq: int,
+) -> int:
     """Beats of the persistent region the lowering allocates (:class:`Allocator` from 0, never freed, so
     the sum of :func:`slot_beats`): packed weights of ``tlmm_ops`` [(k, n, count)] and the KV cache of
     ``attention`` [(n_heads, n_kv_heads, head_dim, count)] at ``max_seq`` positions."""
     total = 0
     for k, n, cnt in tlmm_ops:
         kss, nss = tlmm_slices(t, k, n)
-        total += cnt * sum(slot_beats(tlmm_weight_bytes(t, k1 - k0, n1 - n0)[2], bus_bytes)
-                           for k0, k1 in kss for n0, n1 in nss)
+        total += cnt * sum(
+            slot_beats(tlmm_weight_bytes(t, k1 - k0, n1 - n0)[2], bus_bytes)
+            for k0, k1 in kss
+            for n0, n1 in nss
+        )
     for _h, hkv, hd, cnt in attention:
-        total += cnt * sum(slot_beats(x[1], bus_bytes) for x in kv_cache_tensors(geo, bus_bytes, max_seq, hkv, hd))
+        total += cnt * sum(
+            slot_beats(x[1], bus_bytes) for x in kv_cache_tensors(geo, bus_bytes, max_seq, hkv, hd)
+        )
     return total

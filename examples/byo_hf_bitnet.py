@@ -25,7 +25,7 @@ import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))   # run from a checkout without installing
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 import torch  # noqa: E402
 
@@ -37,13 +37,26 @@ from sim.runtime import Runtime  # noqa: E402
 from tritium.estimate import estimate  # noqa: E402
 
 # The 2B-4T layout in small: ReLU², sub-norms, grouped-query attention, tied embeddings, RoPE θ = 500000.
-SHAPE = LMConfig(vocab=256, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, activation="relu2",
-                 rope_theta=500000.0, max_seq=128, subln=True, tie_embeddings=True)
+SHAPE = LMConfig(
+    vocab=256,
+    d_model=128,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn=256,
+    activation="relu2",
+    rope_theta=500000.0,
+    max_seq=128,
+    subln=True,
+    tie_embeddings=True,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--folder", default=None, help="where to write the synthetic folder (default: a temp dir)")
+    ap.add_argument(
+        "--folder", default=None, help="where to write the synthetic folder (default: a temp dir)"
+    )
     ap.add_argument("--config", default="configs/default.yaml", help="accelerator config YAML")
     args = ap.parse_args(argv)
     t0 = time.perf_counter()
@@ -63,12 +76,14 @@ def main(argv: list[str] | None = None) -> int:
         cm = compile_model(model, acfg)
         prompt = torch.tensor([12, 200, 7, 33, 91])
         prog = cm.program(len(prompt), 0)
-        rt = Runtime(prog)                      # keeps weights and the KV cache in one memory image
+        rt = Runtime(prog)  # keeps weights and the KV cache in one memory image
         logits, stats = rt.run(prog, prompt.numpy())
         with torch.no_grad():
             ref = model(prompt[None], mode="int")[0]
-        print(f"prefill Program: {len(prog.commands())} commands, engine cycles {dict(stats.cycles)}; "
-              f"logits bit-identical to the int reference: {torch.equal(logits, ref)}")
+        print(
+            f"prefill Program: {len(prog.commands())} commands, engine cycles {dict(stats.cycles)}; "
+            f"logits bit-identical to the int reference: {torch.equal(logits, ref)}"
+        )
         if not torch.equal(logits, ref):
             return 1
 
@@ -78,13 +93,15 @@ def main(argv: list[str] | None = None) -> int:
             step_logits, _ = rt.run(cm.program(1, len(toks) - 1, logits="last"), [toks[-1]])
             toks.append(int(step_logits[-1].argmax()))
         same = toks == generate(model, prompt, 4, mode="int").tolist()
-        print(f"greedy tokens {toks[len(prompt):]} (PyTorch int mode agrees: {same})")
+        print(f"greedy tokens {toks[len(prompt) :]} (PyTorch int mode agrees: {same})")
 
         # 4. modeled whole-model estimate (prefill of 32 tokens, one decode step at context 128)
         e = estimate(str(folder), acfg, prompt=32, context=128)
-        print(f"estimate on {e['config']} at {e['clock_mhz']} MHz (modeled): TTFT {e['ttft_s'] * 1e3:.2f} ms, "
-              f"decode {e['decode_tokens_per_s']:.1f} tokens/s, {e['j_per_token'] * 1e3:.3f} mJ/token, "
-              f"bound by {e['bound']['decode']}")
+        print(
+            f"estimate on {e['config']} at {e['clock_mhz']} MHz (modeled): TTFT {e['ttft_s'] * 1e3:.2f} ms, "
+            f"decode {e['decode_tokens_per_s']:.1f} tokens/s, {e['j_per_token'] * 1e3:.3f} mJ/token, "
+            f"bound by {e['bound']['decode']}"
+        )
     print(f"done in {time.perf_counter() - t0:.1f} s")
     return 0 if same else 1
 

@@ -13,11 +13,11 @@ class Board:
     """One target board: its device, flow arguments and resource capacities."""
 
     description: str
-    family: str                       # "ecp5", "ice40", or "xcup" (resource estimate only, no P&R)
-    device: str                       # human-readable device name for reports
-    platform: str | None              # "module:Class" in amaranth_boards (imported lazily); None: no pins
-    pnr_args: tuple[str, ...]         # nextpnr device/package flags
-    capacity: dict[str, int]          # resource → available units (keys as in the report)
+    family: str  # "ecp5", "ice40", or "xcup" (resource estimate only, no P&R)
+    device: str  # human-readable device name for reports
+    platform: str | None  # "module:Class" in amaranth_boards (imported lazily); None: no pins
+    pnr_args: tuple[str, ...]  # nextpnr device/package flags
+    capacity: dict[str, int]  # resource → available units (keys as in the report)
 
 
 # Capacities from the device data sheets: ECP5-85F has 83,640 LUT4s (41,820 slices × 2) and as many
@@ -26,14 +26,16 @@ class Board:
 BOARD_SPECS: dict[str, Board] = {
     "ulx3s": Board(
         description="Radiona ULX3S with Lattice ECP5 LFE5U-85F (CABGA381, speed 6), 25 MHz oscillator",
-        family="ecp5", device="LFE5U-85F-6BG381",
+        family="ecp5",
+        device="LFE5U-85F-6BG381",
         platform="amaranth_boards.ulx3s:ULX3S_85F_Platform",
         pnr_args=("--85k", "--package", "CABGA381", "--speed", "6"),
         capacity={"lut": 83640, "ff": 83640, "bram": 208, "dsp": 156},
     ),
     "icebreaker": Board(
         description="1BitSquared iCEBreaker with Lattice iCE40 UP5K (SG48), 12 MHz oscillator",
-        family="ice40", device="iCE40UP5K-SG48",
+        family="ice40",
+        device="iCE40UP5K-SG48",
         platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
         pnr_args=("--up5k", "--package", "sg48"),
         capacity={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
@@ -44,13 +46,21 @@ BOARD_SPECS: dict[str, Board] = {
     # No open place-and-route exists for UltraScale+: Yosys synth_xilinx gives the resource estimate only.
     "kv260": Board(
         description="AMD Kria KV260 (K26 SOM, Zynq UltraScale+ XCK26): Yosys synth_xilinx resource estimate "
-                    "only, no place-and-route",
-        family="xcup", device="XCK26 (Zynq UltraScale+)",
+        "only, no place-and-route",
+        family="xcup",
+        device="XCK26 (Zynq UltraScale+)",
         platform=None,
         pnr_args=(),
-        capacity={"lut": 117120, "ff": 234240, "bram": 144, "uram": 64, "dsp": 1248,
-                  # 14,640 slices × (4 MUXF7, 2 MUXF8): the wide-mux resources -widemux maps onto
-                  "muxf7": 58560, "muxf8": 29280},
+        capacity={
+            "lut": 117120,
+            "ff": 234240,
+            "bram": 144,
+            "uram": 64,
+            "dsp": 1248,
+            # 14,640 slices × (4 MUXF7, 2 MUXF8): the wide-mux resources -widemux maps onto
+            "muxf7": 58560,
+            "muxf8": 29280,
+        },
     ),
 }
 
@@ -63,4 +73,6 @@ def board(name: str) -> Board:
     try:
         return BOARD_SPECS[name]
     except KeyError:
-        raise ValueError(f"unknown board {name!r}; available boards: {', '.join(sorted(BOARD_SPECS))}") from None
+        raise ValueError(
+            f"unknown board {name!r}; available boards: {', '.join(sorted(BOARD_SPECS))}"
+        ) from None

@@ -28,9 +28,22 @@ from pydantic_core import PydanticCustomError
 from hw import data_files
 from hw.yaml_safe import ConfigError, load_yaml, show
 
-__all__ = ["ConfigError", "TlmmConfig", "GemmConfig", "KvConfig", "MemoryConfig", "DeviceConfig",
-           "GemmGeometry", "AcceleratorConfig", "FAMILIES", "POWER_BOUNDARIES",
-           "load_config", "config_from_dict", "config_reference_markdown", "DEFAULT_CONFIG"]
+__all__ = [
+    "ConfigError",
+    "TlmmConfig",
+    "GemmConfig",
+    "KvConfig",
+    "MemoryConfig",
+    "DeviceConfig",
+    "GemmGeometry",
+    "AcceleratorConfig",
+    "FAMILIES",
+    "POWER_BOUNDARIES",
+    "load_config",
+    "config_from_dict",
+    "config_reference_markdown",
+    "DEFAULT_CONFIG",
+]
 
 DEFAULT_CONFIG = data_files.default_config()
 
@@ -89,20 +102,26 @@ class TlmmConfig:
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
 
     group_size: Annotated[int, _int(2, 3, "G: ternary weights that share one table index")] = 3
-    tables: Annotated[int, _int(1, 64, "T: tables filled per activation beat (G·T activations per chunk)")] = 8
+    tables: Annotated[
+        int, _int(1, 64, "T: tables filled per activation beat (G·T activations per chunk)")
+    ] = 8
     columns: Annotated[int, _int(1, 64, "Q: output columns updated per cycle (Q·T lookups per cycle)")] = 8
-    table_mode: Annotated[Literal["full", "half"], _doc(
-        "full: 3^G entries per table (TeLLMe); half: (3^G+1)/2 entries plus a sign (bitnet.cpp TL2)")] = "full"
+    table_mode: Annotated[
+        Literal["full", "half"],
+        _doc("full: 3^G entries per table (TeLLMe); half: (3^G+1)/2 entries plus a sign (bitnet.cpp TL2)"),
+    ] = "full"
     tokens: Annotated[int, _int(1, 16, "tokens that share one weight beat (prefill weight reuse)")] = 4
     act_bits: Annotated[int, _int(2, 8, "signed activation width, bits")] = 8
     max_k: Annotated[int, _int(1, 1 << 20, "largest reduction dimension K")] = 4096
-    max_n: Annotated[int, _int(1, 1 << 20, "largest output dimension N (sizes the accumulator memory)")] = 4096
+    max_n: Annotated[int, _int(1, 1 << 20, "largest output dimension N (sizes the accumulator memory)")] = (
+        4096
+    )
 
     # --- derived quantities: the only place they are computed ---
     @property
     def table_entries(self) -> int:
         """Entries of a full table: 3^G."""
-        return 3 ** self.group_size
+        return 3**self.group_size
 
     @property
     def zero_index(self) -> int:
@@ -227,7 +246,9 @@ class MemoryConfig:
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
 
     bus_bytes: Annotated[int, _int(4, 128, "bytes per beat (32: a 256-bit port)"), POW2] = 32
-    latency: Annotated[int, _int(1, 1000, "cycles from a read request's accept to its first beat (or later)")] = 20
+    latency: Annotated[
+        int, _int(1, 1000, "cycles from a read request's accept to its first beat (or later)")
+    ] = 20
     max_burst: Annotated[int, _int(1, 256, "beats per read request at most")] = 16
     outstanding: Annotated[int, _int(1, 64, "read requests in flight at most")] = 4
     beat_interval: Annotated[int, _int(1, 64, "cycles between beats (>1 models a slower memory)")] = 1
@@ -250,8 +271,11 @@ SourceEntry = tuple[str, str, float | None, float | None]
 
 def _source_fields() -> tuple[str, ...]:
     """Fields a ``device.sources`` entry may name: the device's numbers, the clock and the memory section."""
-    dev = tuple(f.name for f in dataclasses.fields(DeviceConfig) if f.name not in ("name", "family", "sources",
-                                                                                     "power_boundary"))
+    dev = tuple(
+        f.name
+        for f in dataclasses.fields(DeviceConfig)
+        if f.name not in ("name", "family", "sources", "power_boundary")
+    )
     return (*dev, "clock_mhz", *(f"memory.{f.name}" for f in dataclasses.fields(MemoryConfig)))
 
 
@@ -283,8 +307,13 @@ def _parse_sources(value: Any) -> tuple[SourceEntry, ...]:
             raise _fail(where, f"source: expected a non-empty string, got {show(text)}")
         lo = hi = None
         if rng is not None:
-            ok = isinstance(rng, (list, tuple)) and len(rng) == 2 and all(
-                isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in rng)
+            ok = (
+                isinstance(rng, (list, tuple))
+                and len(rng) == 2
+                and all(
+                    isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in rng
+                )
+            )
             if not ok or rng[0] > rng[1]:
                 raise _fail(where, f"range: expected [LOW, HIGH] with LOW <= HIGH, got {show(rng)}")
             lo, hi = float(rng[0]), float(rng[1])
@@ -308,15 +337,28 @@ class DeviceConfig:
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
 
     name: Annotated[str, _text("board name, for reports")] = "generic"
-    family: Annotated[Family, _doc("device family: picks the energy table `configs/energy/<family>.yaml`")] = "ecp5"
+    family: Annotated[
+        Family, _doc("device family: picks the energy table `configs/energy/<family>.yaml`")
+    ] = "ecp5"
     host_gflops: Annotated[float, _num(0.001, 1e5, "host CPU sustained float32 throughput, GFLOP/s")] = 2.0
     host_gbs: Annotated[float, _num(0.001, 1e4, "host CPU memory bandwidth (its own cap), GB/s")] = 2.0
-    dram_gbs: Annotated[float, _num(0.001, 1e4, "bandwidth of the DRAM shared by host and accelerator, GB/s "
-                                    "(generic default: the default config's 256-bit port at 100 MHz)")] = 3.2
+    dram_gbs: Annotated[
+        float,
+        _num(
+            0.001,
+            1e4,
+            "bandwidth of the DRAM shared by host and accelerator, GB/s "
+            "(generic default: the default config's 256-bit port at 100 MHz)",
+        ),
+    ] = 3.2
     static_w: Annotated[float, _num(0.0, 1000.0, "static power while running, W, at `power_boundary`")] = 0.5
-    power_boundary: Annotated[PowerBoundary, _doc(
-        "what power figures include: `board` DC input, `som` module (SoC + DRAM), `chip` SoC rails, "
-        "`pl` fabric rails")] = "board"
+    power_boundary: Annotated[
+        PowerBoundary,
+        _doc(
+            "what power figures include: `board` DC input, `som` module (SoC + DRAM), `chip` SoC rails, "
+            "`pl` fabric rails"
+        ),
+    ] = "board"
     sources: Annotated[tuple[SourceEntry, ...], BeforeValidator(_parse_sources)] = ()
 
     def source_of(self, field: str) -> tuple[str, float | None, float | None] | None:
@@ -445,14 +487,23 @@ def _check_tlmm(cfg: TlmmConfig) -> TlmmConfig:
     """the command fields are 16 bits wide (hw.isa): ceil(max_k / (G·T)) and ceil(max_n / Q) are at most
     65535; the accumulator memory stays one block-RAM-sized address space: tokens·ceil(max_n / Q) <= 65536."""
     if cfg.max_k_chunks >= 1 << 16:
-        raise _fail("tlmm.max_k", f"{cfg.max_k} needs {cfg.max_k_chunks} chunks of G·T={cfg.chunk_k}; at most "
-                    "65535 fit the command encoding")
+        raise _fail(
+            "tlmm.max_k",
+            f"{cfg.max_k} needs {cfg.max_k_chunks} chunks of G·T={cfg.chunk_k}; at most "
+            "65535 fit the command encoding",
+        )
     if cfg.max_n_blocks >= 1 << 16:
-        raise _fail("tlmm.max_n", f"{cfg.max_n} needs {cfg.max_n_blocks} blocks of Q={cfg.columns}; at most "
-                    "65535 fit the command encoding")
+        raise _fail(
+            "tlmm.max_n",
+            f"{cfg.max_n} needs {cfg.max_n_blocks} blocks of Q={cfg.columns}; at most "
+            "65535 fit the command encoding",
+        )
     if cfg.acc_depth > 1 << 16:
-        raise _fail("tlmm.max_n", f"tokens·ceil(max_n/columns) = {cfg.acc_depth} accumulator words exceeds "
-                    "65536; lower tlmm.max_n or tlmm.tokens")
+        raise _fail(
+            "tlmm.max_n",
+            f"tokens·ceil(max_n/columns) = {cfg.acc_depth} accumulator words exceeds "
+            "65536; lower tlmm.max_n or tlmm.tokens",
+        )
     return cfg
 
 
@@ -462,8 +513,11 @@ def _check_kv(kv: KvConfig) -> KvConfig:
     if kv.dim % kv.lanes:
         raise _fail("kv.dim", f"{kv.dim} must be a multiple of kv.lanes ({kv.lanes})")
     if kv.max_clusters < kv.lanes:
-        raise _fail("kv.max_clusters", f"{kv.max_clusters} must be at least kv.lanes ({kv.lanes}); the "
-                    "signature unit compares kv.lanes clusters per cycle")
+        raise _fail(
+            "kv.max_clusters",
+            f"{kv.max_clusters} must be at least kv.lanes ({kv.lanes}); the "
+            "signature unit compares kv.lanes clusters per cycle",
+        )
     if kv.hamming > kv.hyperplanes:
         raise _fail("kv.hamming", f"{kv.hamming} is out of range, allowed 0..{kv.hyperplanes}")
     return kv
@@ -475,10 +529,14 @@ def _check_gemm_bus(acfg: "AcceleratorConfig") -> "AcceleratorConfig":
     r, c, tk, w = acfg.gemm.rows, acfg.gemm.cols, acfg.gemm.k_tile, acfg.memory.bus_bytes
     for field, n in (("gemm.rows", r), ("gemm.cols", c)):
         if w % n:
-            raise _fail(field, f"{n} must divide memory.bus_bytes ({w}) so a beat holds whole k-rows of a tile")
+            raise _fail(
+                field, f"{n} must divide memory.bus_bytes ({w}) so a beat holds whole k-rows of a tile"
+            )
         if tk * n < w:
-            raise _fail("gemm.k_tile", f"a {tk}×{n} tile ({tk * n} bytes) is smaller than one {w}-byte beat; "
-                        "raise gemm.k_tile")
+            raise _fail(
+                "gemm.k_tile",
+                f"a {tk}×{n} tile ({tk * n} bytes) is smaller than one {w}-byte beat; raise gemm.k_tile",
+            )
     if r * c < w:
         raise _fail("gemm.rows", f"a {r}×{c} int8 output tile is smaller than one {w}-byte beat")
     return acfg
@@ -508,10 +566,15 @@ class AcceleratorConfig:
 
     def to_dict(self) -> dict:
         """Plain-data form (what the YAML holds), for JSON reports and hashing."""
-        return {"name": self.name, "clock_mhz": self.clock_mhz, "tlmm": dataclasses.asdict(self.tlmm),
-                "gemm": dataclasses.asdict(self.gemm), "kv": dataclasses.asdict(self.kv),
-                "memory": dataclasses.asdict(self.memory),
-                "device": dataclasses.asdict(self.device)}
+        return {
+            "name": self.name,
+            "clock_mhz": self.clock_mhz,
+            "tlmm": dataclasses.asdict(self.tlmm),
+            "gemm": dataclasses.asdict(self.gemm),
+            "kv": dataclasses.asdict(self.kv),
+            "memory": dataclasses.asdict(self.memory),
+            "device": dataclasses.asdict(self.device),
+        }
 
     def fingerprint(self) -> str:
         """Short stable hash of the hardware parameters (names build folders)."""
@@ -523,11 +586,16 @@ class AcceleratorConfig:
 
 
 # ---------------------------------------------------------------- validation
-SECTIONS: dict[str, type] = {"tlmm": TlmmConfig, "gemm": GemmConfig, "kv": KvConfig, "memory": MemoryConfig,
-                             "device": DeviceConfig}
+SECTIONS: dict[str, type] = {
+    "tlmm": TlmmConfig,
+    "gemm": GemmConfig,
+    "kv": KvConfig,
+    "memory": MemoryConfig,
+    "device": DeviceConfig,
+}
 """YAML section name -> dataclass, in the order of the reference."""
-_REQUIRED = ("tlmm",)           # sections a config file must have (the others default)
-_NOT_YAML = ("source",)         # AcceleratorConfig fields that are not read from YAML
+_REQUIRED = ("tlmm",)  # sections a config file must have (the others default)
+_NOT_YAML = ("source",)  # AcceleratorConfig fields that are not read from YAML
 _CHECKS: dict[str, Any] = {"tlmm": _check_tlmm, "kv": _check_kv, "": _check_gemm_bus}
 
 
@@ -540,7 +608,7 @@ def _adapter() -> TypeAdapter:
 class _Spec:
     """What the schema says about one field, for messages and the reference table."""
 
-    kind: str                   # "integer", "number", "string", "choice", "section"
+    kind: str  # "integer", "number", "string", "choice", "section"
     lo: Any = None
     hi: Any = None
     choices: tuple = ()
@@ -598,8 +666,11 @@ def _error_line(source: str, err: dict) -> str:
     if spec is None:
         return f"{source}: {field}: {show(err['msg'], 160)}"
     if kind in ("greater_than_equal", "less_than_equal", "greater_than", "less_than"):
-        shown = show(value) if not isinstance(value, (int, float)) or isinstance(value, bool) else \
-            show(value).strip("'")
+        shown = (
+            show(value)
+            if not isinstance(value, (int, float)) or isinstance(value, bool)
+            else show(value).strip("'")
+        )
         return f"{source}: {field}: {shown} is out of range, allowed {spec.lo}..{spec.hi}"
     if spec.kind in ("integer", "number"):
         article = "an integer" if spec.kind == "integer" else "a number"
@@ -659,12 +730,17 @@ def config_reference_markdown() -> str:
     generated from the schema above, plus the limits of the YAML reader."""
     from hw import yaml_safe
 
-    out = ["# Accelerator config reference", "",
-           "Generated from `hw/config.py` by `python -m hw.config --markdown > docs/config.md`; do not edit by "
-           "hand (a test checks it is current).", "",
-           "A config is a YAML mapping with the top-level fields below and one mapping per section. Only "
-           "`tlmm` is required; a missing section or field takes its default. Unknown fields are errors. "
-           "Every error is one line naming the file and the field (`tritium config check FILE` exits 2).", ""]
+    out = [
+        "# Accelerator config reference",
+        "",
+        "Generated from `hw/config.py` by `python -m hw.config --markdown > docs/config.md`; do not edit by "
+        "hand (a test checks it is current).",
+        "",
+        "A config is a YAML mapping with the top-level fields below and one mapping per section. Only "
+        "`tlmm` is required; a missing section or field takes its default. Unknown fields are errors. "
+        "Every error is one line naming the file and the field (`tritium config check FILE` exits 2).",
+        "",
+    ]
     default = AcceleratorConfig()
     sections: list[tuple[str, type, Any]] = [("", AcceleratorConfig, default)]
     sections += [(name, cls, getattr(default, name)) for name, cls in SECTIONS.items()]
@@ -686,19 +762,25 @@ def config_reference_markdown() -> str:
         check = _CHECKS.get(name)
         if check is not None:
             out += [f"Checks across fields: {_check_doc(check)}", ""]
-    out += ["## Limits of the YAML reader", "",
-            "Every YAML file a user gives (configs, energy tables, sweep specs) is read by "
-            "`hw.yaml_safe.load_yaml`, which keeps `yaml.safe_load` semantics (plain data, no tags executed) "
-            "and refuses with a one-line error naming the file:", "",
-            "- anything but a regular file (FIFOs, devices, directories), checked before opening;",
-            f"- files over {yaml_safe.MAX_BYTES} bytes (1 MiB); at most that many bytes are read;",
-            "- bytes that are not UTF-8;",
-            f"- nesting deeper than {yaml_safe.MAX_DEPTH} mappings/sequences;",
-            f"- more than {yaml_safe.MAX_NODES} values once aliases are expanded (alias bombs), and recursive "
-            "aliases;",
-            f"- integer literals longer than {yaml_safe.MAX_INT_CHARS} characters;",
-            "- duplicate keys in a mapping (the line of both is given).", "",
-            f"Values echoed in error messages are cut to {yaml_safe.ECHO_CHARS} characters.", ""]
+    out += [
+        "## Limits of the YAML reader",
+        "",
+        "Every YAML file a user gives (configs, energy tables, sweep specs) is read by "
+        "`hw.yaml_safe.load_yaml`, which keeps `yaml.safe_load` semantics (plain data, no tags executed) "
+        "and refuses with a one-line error naming the file:",
+        "",
+        "- anything but a regular file (FIFOs, devices, directories), checked before opening;",
+        f"- files over {yaml_safe.MAX_BYTES} bytes (1 MiB); at most that many bytes are read;",
+        "- bytes that are not UTF-8;",
+        f"- nesting deeper than {yaml_safe.MAX_DEPTH} mappings/sequences;",
+        f"- more than {yaml_safe.MAX_NODES} values once aliases are expanded (alias bombs), and recursive "
+        "aliases;",
+        f"- integer literals longer than {yaml_safe.MAX_INT_CHARS} characters;",
+        "- duplicate keys in a mapping (the line of both is given).",
+        "",
+        f"Values echoed in error messages are cut to {yaml_safe.ECHO_CHARS} characters.",
+        "",
+    ]
     return "\n".join(out)
 
 

@@ -52,7 +52,7 @@ def _packaged(name: str | os.PathLike) -> Path | None:
     except ModuleNotFoundError:
         return None
     target = root
-    for part in rest:                     # one part at a time: Python 3.10's Traversable.joinpath takes one
+    for part in rest:  # one part at a time: Python 3.10's Traversable.joinpath takes one
         target = target.joinpath(part)
     # Tritium's packages are installed as plain folders (no zip imports), so a Traversable is a real path.
     return Path(str(target))
@@ -62,9 +62,13 @@ def data_path(name: str) -> Path:
     """The shipped file of repository name ``name`` (e.g. ``"configs/default.yaml"``); it must exist."""
     p = _packaged(name)
     if p is None:
-        raise DataFileError(f"{name}: not a shipped data file (names start with one of {', '.join(DATA_PACKAGES)})")
+        raise DataFileError(
+            f"{name}: not a shipped data file (names start with one of {', '.join(DATA_PACKAGES)})"
+        )
     if not p.exists():
-        raise DataFileError(f"{name}: shipped data file missing from this installation ({p}); reinstall tritium")
+        raise DataFileError(
+            f"{name}: shipped data file missing from this installation ({p}); reinstall tritium"
+        )
     return p
 
 

@@ -50,8 +50,17 @@ from hw.boards import BOARDS, Board
 from hw.boards import board as _board
 from hw.config import AcceleratorConfig
 
-__all__ = ["BOARDS", "ENGINES", "FpgaEngine", "BoardTop", "FitError", "FlowError", "build_bitstream",
-           "fpga_engine", "xilinx_resources"]
+__all__ = [
+    "BOARDS",
+    "ENGINES",
+    "FpgaEngine",
+    "BoardTop",
+    "FitError",
+    "FlowError",
+    "build_bitstream",
+    "fpga_engine",
+    "xilinx_resources",
+]
 
 
 class FitError(Exception):
@@ -65,6 +74,7 @@ class FlowError(RuntimeError):
 # ------------------------------------------------------------------------------------------------------
 # Engines: the hardware slice of each engine, registered once
 # ------------------------------------------------------------------------------------------------------
+
 
 @dataclass(frozen=True)
 class FpgaEngine:
@@ -100,7 +110,9 @@ class FpgaEngine:
     def component(self, acfg: AcceleratorConfig) -> wiring.Component:
         """A fresh instance of the engine's RTL component for ``acfg`` (not for composite engines)."""
         if self.rtl is None:
-            raise ValueError(f"engine {self.name!r} is a composite of {', '.join(self.parts)}: elaborate its parts")
+            raise ValueError(
+                f"engine {self.name!r} is a composite of {', '.join(self.parts)}: elaborate its parts"
+            )
         module_name, class_name = self.rtl.split(":")
         cls = getattr(importlib.import_module(module_name), class_name)
         return cls(acfg if self.section is None else getattr(acfg, self.section))
@@ -139,47 +151,95 @@ _TLMM_SHRINK = {
 # DSP multiplier; two double-buffered operand memories of 2·k_tile·{rows,cols} bytes, bus_bytes wide.
 _GEMM_SHRINK = {
     "lut": "gemm.rows, gemm.cols (rows·cols int32 accumulators and adders), memory.bus_bytes "
-           "(operand-buffer width, output beat muxes)",
+    "(operand-buffer width, output beat muxes)",
     "ff": "gemm.rows, gemm.cols (rows·cols int32 accumulators + shadow registers), memory.bus_bytes",
     "bram": "gemm.k_tile, gemm.rows, gemm.cols (operand buffers of 2·k_tile·rows and 2·k_tile·cols bytes), "
-            "memory.bus_bytes (buffer width)",
+    "memory.bus_bytes (buffer width)",
     "spram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
     "uram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
     "muxf7": "gemm.rows, gemm.cols, memory.bus_bytes",
     "muxf8": "gemm.rows, gemm.cols, memory.bus_bytes",
     "dsp": "gemm.rows, gemm.cols (one DSP per int8 multiplier, rows·cols of them; both must divide "
-           "memory.bus_bytes)",
+    "memory.bus_bytes)",
 }
-_KV_SHRINK = {**{r: "kv.lanes, kv.hyperplanes (projection adders, signature compares), kv.max_clusters, "
-                    "kv.dim, kv.max_cluster_size (cluster table)" for r in _TLMM_SHRINK},
-              "dsp": "kv.lanes (lanes int8 × key-sum multipliers in the scoring unit)"}
+_KV_SHRINK = {
+    **{
+        r: "kv.lanes, kv.hyperplanes (projection adders, signature compares), kv.max_clusters, "
+        "kv.dim, kv.max_cluster_size (cluster table)"
+        for r in _TLMM_SHRINK
+    },
+    "dsp": "kv.lanes (lanes int8 × key-sum multipliers in the scoring unit)",
+}
 # Both engines: a resource can be relieved in either section.
 _ALL_SHRINK = {r: f"{_TLMM_SHRINK[r]}; or {_GEMM_SHRINK[r]}" for r in _TLMM_SHRINK}
-_TOP_SHRINK = {r: f"{v}; memory.bus_bytes, memory.max_burst (DMA gearbox and read FIFO)"
-               for r, v in _ALL_SHRINK.items()}
+_TOP_SHRINK = {
+    r: f"{v}; memory.bus_bytes, memory.max_burst (DMA gearbox and read FIFO)" for r, v in _ALL_SHRINK.items()
+}
 
 #: Engine name → its hardware description, for the flow; ``sim/engines.py`` points at these by name.
-ENGINES: dict[str, FpgaEngine] = {e.name: e for e in (
-    FpgaEngine("tlmm", "table-lookup ternary matmul (config section tlmm)",
-               rtl="hw.tlmm:TableLookupMatmul", section="tlmm", shrink=_TLMM_SHRINK,
-               capture_outputs=False, dsp=False),
-    FpgaEngine("gemm", "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
-               rtl="hw.gemm:TemporalGemm", shrink=_GEMM_SHRINK, known_usage=_gemm_dsps,
-               always_valid=("cmd",)),
-    FpgaEngine("all", "both engines side by side (tlmm + gemm), as a system using both holds them",
-               parts=("tlmm", "gemm"), shrink=_ALL_SHRINK, known_usage=_gemm_dsps),
-    FpgaEngine("kv", "KV-cache retrieval engine (config section kv)",
-               rtl="hw.kv:KvRetrieval", section="kv", shrink=_KV_SHRINK, known_usage=_kv_dsps),
-    FpgaEngine("top", "the integrated top level: command decoder, TLMM DMA, TLMM and GEMM on one memory port",
-               rtl="hw.top:AcceleratorTop", shrink=_TOP_SHRINK, known_usage=_gemm_dsps),
-)}
+ENGINES: dict[str, FpgaEngine] = {
+    e.name: e
+    for e in (
+        FpgaEngine(
+            "tlmm",
+            "table-lookup ternary matmul (config section tlmm)",
+            rtl="hw.tlmm:TableLookupMatmul",
+            section="tlmm",
+            shrink=_TLMM_SHRINK,
+            capture_outputs=False,
+            dsp=False,
+        ),
+        FpgaEngine(
+            "gemm",
+            "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
+            rtl="hw.gemm:TemporalGemm",
+            shrink=_GEMM_SHRINK,
+            known_usage=_gemm_dsps,
+            always_valid=("cmd",),
+        ),
+        FpgaEngine(
+            "all",
+            "both engines side by side (tlmm + gemm), as a system using both holds them",
+            parts=("tlmm", "gemm"),
+            shrink=_ALL_SHRINK,
+            known_usage=_gemm_dsps,
+        ),
+        FpgaEngine(
+            "kv",
+            "KV-cache retrieval engine (config section kv)",
+            rtl="hw.kv:KvRetrieval",
+            section="kv",
+            shrink=_KV_SHRINK,
+            known_usage=_kv_dsps,
+        ),
+        FpgaEngine(
+            "top",
+            "the integrated top level: command decoder, TLMM DMA, TLMM and GEMM on one memory port",
+            rtl="hw.top:AcceleratorTop",
+            shrink=_TOP_SHRINK,
+            known_usage=_gemm_dsps,
+        ),
+    )
+}
 
-_RESOURCE_NAME = {"lut": "LUT4s/logic cells", "ff": "flip-flops", "bram": "block RAMs",
-                  "spram": "SPRAM blocks", "uram": "URAM blocks", "dsp": "DSP blocks"}
+_RESOURCE_NAME = {
+    "lut": "LUT4s/logic cells",
+    "ff": "flip-flops",
+    "bram": "block RAMs",
+    "spram": "SPRAM blocks",
+    "uram": "URAM blocks",
+    "dsp": "DSP blocks",
+}
 # UltraScale+ names its units differently (6-input LUTs; block RAM counted as 36 Kbit RAMB36 equivalents).
-_RESOURCE_NAME_XCUP = {**_RESOURCE_NAME, "lut": "CLB LUTs", "bram": "block RAMs (RAMB36 equivalents)",
-                       "uram": "URAM288 blocks", "dsp": "DSP48E2 blocks", "muxf7": "F7 muxes",
-                       "muxf8": "F8 muxes"}
+_RESOURCE_NAME_XCUP = {
+    **_RESOURCE_NAME,
+    "lut": "CLB LUTs",
+    "bram": "block RAMs (RAMB36 equivalents)",
+    "uram": "URAM288 blocks",
+    "dsp": "DSP48E2 blocks",
+    "muxf7": "F7 muxes",
+    "muxf8": "F8 muxes",
+}
 
 
 def fpga_engine(engine: str | FpgaEngine) -> FpgaEngine:
@@ -212,6 +272,7 @@ def _make_platform(board: Board, clock_hz: float) -> TemplatedPlatform:
 # Board top, generated from the engine's signature
 # ------------------------------------------------------------------------------------------------------
 
+
 class BoardTop(Elaboratable):
     """An engine (or each part of a composite engine) with self-driven ports, one parity LED and one busy
     LED, generated by walking the component's ``lib.wiring`` signature:
@@ -234,9 +295,14 @@ class BoardTop(Elaboratable):
       ports in :func:`xilinx_resources`, or a test's ``rtlil.convert``).
     """
 
-    def __init__(self, acfg: AcceleratorConfig, engine: str | FpgaEngine = "tlmm", *,
-                 leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
-                 button: tuple[str, int] | None = ("button", 0)):
+    def __init__(
+        self,
+        acfg: AcceleratorConfig,
+        engine: str | FpgaEngine = "tlmm",
+        *,
+        leds: tuple[tuple[str, int], ...] | None = (("led", 0), ("led", 1)),
+        button: tuple[str, int] | None = ("button", 0),
+    ):
         self.acfg = acfg
         self.engine = fpga_engine(engine)
         self.leds = leds
@@ -294,14 +360,15 @@ def _stimulus(m: Module, seed_in: Signal, pool_bits: int, prefix: str) -> tuple[
     return lfsr, pool
 
 
-def _drive_component(m: Module, part: FpgaEngine, eng: wiring.Component, seed_in: Signal,
-                     prefix: str) -> tuple[Signal, Signal]:
+def _drive_component(
+    m: Module, part: FpgaEngine, eng: wiring.Component, seed_in: Signal, prefix: str
+) -> tuple[Signal, Signal]:
     """Drive every input of ``eng`` from an LFSR-fed pool and fold every output into a parity register;
     returns (parity, busy) registers. Walks the top-level signature members: valid/ready streams are
     handled as streams, any other interface member port by port (``flatten``)."""
-    inputs: list[Value] = []          # pool-driven values, in signature order
-    handshakes = []                   # (flow, name, interface) of the streams
-    outputs: list[tuple[Value, Value | None]] = []   # (value, transfer strobe or None: every cycle)
+    inputs: list[Value] = []  # pool-driven values, in signature order
+    handshakes = []  # (flow, name, interface) of the streams
+    outputs: list[tuple[Value, Value | None]] = []  # (value, transfer strobe or None: every cycle)
     busy = []
     for name, member in eng.signature.members.items():
         obj = getattr(eng, name)
@@ -312,7 +379,7 @@ def _drive_component(m: Module, part: FpgaEngine, eng: wiring.Component, seed_in
             continue
         if member.is_port:
             flat = [((name,), member.flow, obj)]
-        else:   # a non-stream interface: its ports one by one, flows as seen from the engine
+        else:  # a non-stream interface: its ports one by one, flows as seen from the engine
             flat = [((name, *path), flow, value) for path, flow, value in member.signature.flatten(obj)]
             if member.flow == wiring.In:
                 flat = [(p, flow.flip(), v) for p, flow, v in flat]
@@ -327,11 +394,11 @@ def _drive_component(m: Module, part: FpgaEngine, eng: wiring.Component, seed_in
     lfsr, pool = _stimulus(m, seed_in, sum(len(v) for v in inputs), prefix)
     offset = 0
     for v in inputs:
-        m.d.comb += v.eq(pool[offset:offset + len(v)])
+        m.d.comb += v.eq(pool[offset : offset + len(v)])
         offset += len(v)
     for k, (flow, name, s) in enumerate(handshakes):
         a, b = 8 + (2 * k) % 24, 9 + (2 * k) % 24
-        mostly = ~(lfsr[a] & lfsr[b])            # 3 cycles in 4
+        mostly = ~(lfsr[a] & lfsr[b])  # 3 cycles in 4
         if flow == wiring.In:
             m.d.comb += s.valid.eq(1 if (name in part.always_valid or s.signature.always_valid) else mostly)
         else:
@@ -359,8 +426,13 @@ def _drive_component(m: Module, part: FpgaEngine, eng: wiring.Component, seed_in
 # Tool runs and report parsing
 # ------------------------------------------------------------------------------------------------------
 
-_TOOL_ENV = {"yosys": "YOSYS", "nextpnr-ecp5": "NEXTPNR_ECP5", "ecppack": "ECPPACK",
-             "nextpnr-ice40": "NEXTPNR_ICE40", "icepack": "ICEPACK"}
+_TOOL_ENV = {
+    "yosys": "YOSYS",
+    "nextpnr-ecp5": "NEXTPNR_ECP5",
+    "ecppack": "ECPPACK",
+    "nextpnr-ice40": "NEXTPNR_ICE40",
+    "icepack": "ICEPACK",
+}
 
 
 def _tool(name: str) -> str:
@@ -391,11 +463,12 @@ def _run(step: str, args: list[str], cwd: Path, log_path: Path, full_log: Path |
     seconds = time.monotonic() - t0
     if proc.returncode != 0:
         tail = log_path.read_text(errors="replace").strip().splitlines()[-12:]
-        if full_log is None or not full_log.exists():   # the tool died before opening its log
+        if full_log is None or not full_log.exists():  # the tool died before opening its log
             full_log = log_path
-        raise FlowError(f"{step} failed (exit {proc.returncode}) after {seconds:.1f} s; see "
-                        f"{full_log or log_path}\n"
-                        + "\n".join("    " + line for line in tail))
+        raise FlowError(
+            f"{step} failed (exit {proc.returncode}) after {seconds:.1f} s; see "
+            f"{full_log or log_path}\n" + "\n".join("    " + line for line in tail)
+        )
     return seconds
 
 
@@ -468,8 +541,14 @@ def _usage(board: Board, cells: Counter, lut_ff_pairs: int) -> dict[str, int]:
     }
 
 
-def _check_fit(board_name: str, board: Board, usage: dict[str, int], acfg: AcceleratorConfig,
-               engine: str | FpgaEngine = "tlmm", why: str = "") -> None:
+def _check_fit(
+    board_name: str,
+    board: Board,
+    usage: dict[str, int],
+    acfg: AcceleratorConfig,
+    engine: str | FpgaEngine = "tlmm",
+    why: str = "",
+) -> None:
     """Raise :class:`FitError` if ``usage`` exceeds the board. ``why`` (e.g. how a count was derived
     before synthesis) is added after the first figure."""
     over = [r for r in board.capacity if usage.get(r, 0) > board.capacity[r]]
@@ -482,7 +561,8 @@ def _check_fit(board_name: str, board: Board, usage: dict[str, int], acfg: Accel
     raise FitError(
         f"config {acfg.name!r} ({eng.label}) does not fit board {board_name} ({board.device}): "
         f"{names[first]} needed {_fmt(usage[first])}{why}, available {board.capacity[first]}{others}; "
-        f"shrink {eng.shrink.get(first, 'the engine')} in {acfg.source}")
+        f"shrink {eng.shrink.get(first, 'the engine')} in {acfg.source}"
+    )
 
 
 def _fmt(n: float) -> str:
@@ -514,8 +594,10 @@ def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float |
         report = {}
     clocks = report.get("fmax", {})
     if clocks:
+
         def distance(item):
             return abs(item[1].get("constraint", 0) - target_mhz)
+
         clock, entry = min(clocks.items(), key=distance)
         fmax = float(entry["achieved"])
     else:
@@ -556,16 +638,19 @@ def _summarize_path(crit: dict) -> str:
                 short = f"{Path(where[0]).name}.py:{where[1]}"
                 if short not in lines:
                     lines.append(short)
-    return (f"{_short_name(start['cell'])}.{start['port']} -> "
-            f"{_short_name(end['cell'])}.{end['port']}: "
-            f"{logic + routing:.2f} ns ({levels} logic levels, logic {logic:.2f} ns, routing "
-            f"{routing:.2f} ns); HDL: {', '.join(lines) or 'n/a'}; nets: {', '.join(shown)}")
+    return (
+        f"{_short_name(start['cell'])}.{start['port']} -> "
+        f"{_short_name(end['cell'])}.{end['port']}: "
+        f"{logic + routing:.2f} ns ({levels} logic levels, logic {logic:.2f} ns, routing "
+        f"{routing:.2f} ns); HDL: {', '.join(lines) or 'n/a'}; nets: {', '.join(shown)}"
+    )
 
 
 # Yosys/nextpnr name mapped cells and nets by appending the primitive chain to the HDL signal name
 # ("engine.a_val_0_0_SB_DFFESR_Q_7_D_SB_LUT4_O_I0..."); cut there to keep the HDL part.
 _PRIMITIVE_SUFFIX = re.compile(
-    r"_(?:CCU2C|LUT4|TRELLIS_|PFUMX|L6MUX21|DP16KD|SB_|ICESTORM_)|\$CCU2|\$nextpnr")
+    r"_(?:CCU2C|LUT4|TRELLIS_|PFUMX|L6MUX21|DP16KD|SB_|ICESTORM_)|\$CCU2|\$nextpnr"
+)
 
 
 def _short_name(name: str) -> str:
@@ -584,15 +669,28 @@ def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
 # The flow
 # ------------------------------------------------------------------------------------------------------
 
+
 def _report_head(board: str, b: Board, engine: str, acfg: AcceleratorConfig) -> dict:
     """The fields every flow report starts with: what was built, for which board, from which config."""
-    return {"board": board, "board_description": b.description, "device": b.device, "engine": engine,
-            "config": acfg.name, "config_source": acfg.source, "config_fingerprint": acfg.fingerprint()}
+    return {
+        "board": board,
+        "board_description": b.description,
+        "device": b.device,
+        "engine": engine,
+        "config": acfg.name,
+        "config_source": acfg.source,
+        "config_fingerprint": acfg.fingerprint(),
+    }
 
 
-def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path = Path("build/bitstream"),
-                    log: Callable[[str], None] = print, engine: str | FpgaEngine = "tlmm",
-                    pnr: bool = True) -> dict:
+def build_bitstream(
+    acfg: AcceleratorConfig,
+    board: str = "ulx3s",
+    out_dir: Path = Path("build/bitstream"),
+    log: Callable[[str], None] = print,
+    engine: str | FpgaEngine = "tlmm",
+    pnr: bool = True,
+) -> dict:
     """Synthesize, fit-check, place, route and pack ``engine`` (a name in :data:`ENGINES`: "tlmm",
     "gemm", "all" = both, "kv", "top"; or an :class:`FpgaEngine`) of
     ``acfg`` for ``board``; return the report. For a board without an open place-and-route (``kv260``)
@@ -627,8 +725,10 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
 
     # -- elaborate: the platform writes RTLIL, the Yosys script and the pin/clock constraints --
     t0 = time.monotonic()
-    log(f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
-        f"{acfg.clock_mhz:g} MHz")
+    log(
+        f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
+        f"{acfg.clock_mhz:g} MHz"
+    )
     platform = _make_platform(b, acfg.clock_mhz * 1e6)
     top = BoardTop(acfg, eng)
     # synth_ecp5 infers MULT18X18D by default; synth_ice40 uses SB_MAC16 only with -dsp.
@@ -639,12 +739,19 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
 
     # -- synthesize --
     log(f"[fpga] {board}: Yosys synth_{b.family} (log {work / 'synth.log'}) ...")
-    t_synth = _run("Yosys synthesis", [yosys, "-q", "-l", "synth.log", "top.ys"], work, work / "synth.stdout",
-                   work / "synth.log")
+    t_synth = _run(
+        "Yosys synthesis",
+        [yosys, "-q", "-l", "synth.log", "top.ys"],
+        work,
+        work / "synth.stdout",
+        work / "synth.log",
+    )
     cells, lut_ff_pairs = _netlist_stats(work / "top.json", "top")
     usage = _usage(b, cells, lut_ff_pairs)
-    log(f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
-        + ", ".join(f"{r} {usage[r]}/{b.capacity[r]}" for r in b.capacity))
+    log(
+        f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
+        + ", ".join(f"{r} {usage[r]}/{b.capacity[r]}" for r in b.capacity)
+    )
 
     # -- fit check before the (long) place-and-route --
     _check_fit(board, b, usage, acfg, eng)
@@ -652,33 +759,67 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
         report = {
             **_report_head(board, b, engine, acfg),
             **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
-            "cells": dict(cells.most_common()), "pnr_utilization": {}, "clock": None, "fmax_mhz": None,
-            "target_mhz": acfg.clock_mhz, "meets_target": None, "critical_path": "n/a", "bitstream": None,
-            "bitstream_bytes": None, "note": "synthesis only (pnr=False): no place-and-route, no Fmax",
+            "cells": dict(cells.most_common()),
+            "pnr_utilization": {},
+            "clock": None,
+            "fmax_mhz": None,
+            "target_mhz": acfg.clock_mhz,
+            "meets_target": None,
+            "critical_path": "n/a",
+            "bitstream": None,
+            "bitstream_bytes": None,
+            "note": "synthesis only (pnr=False): no place-and-route, no Fmax",
             "seconds": {"elaborate": round(t_elab, 1), "synth": round(t_synth, 1)},
         }
         (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
         return report
 
     # -- place and route, timing-driven towards clock_mhz (the oscillator constraint was raised) --
-    log(f"[fpga] {board}: nextpnr-{b.family} place and route (log {work / 'pnr.log'}); "
-        "a large design takes minutes ...")
-    constraints = ["--lpf", "top.lpf", "--textcfg", "top.config"] if b.family == "ecp5" else \
-        ["--pcf", "top.pcf", "--asc", "top.asc"]
+    log(
+        f"[fpga] {board}: nextpnr-{b.family} place and route (log {work / 'pnr.log'}); "
+        "a large design takes minutes ..."
+    )
+    constraints = (
+        ["--lpf", "top.lpf", "--textcfg", "top.config"]
+        if b.family == "ecp5"
+        else ["--pcf", "top.pcf", "--asc", "top.asc"]
+    )
     # --timing-allow-fail: missing the target is a result to report, not a failed build.
-    t_pnr = _run(f"nextpnr-{b.family}",
-                 [nextpnr, *b.pnr_args, "--json", "top.json", *constraints, "--seed", "1",
-                  "--timing-allow-fail", "--report", "pnr_report.json", "--log", "pnr.log", "-q"],
-                 work, work / "pnr.stdout", work / "pnr.log")
+    t_pnr = _run(
+        f"nextpnr-{b.family}",
+        [
+            nextpnr,
+            *b.pnr_args,
+            "--json",
+            "top.json",
+            *constraints,
+            "--seed",
+            "1",
+            "--timing-allow-fail",
+            "--report",
+            "pnr_report.json",
+            "--log",
+            "pnr.log",
+            "-q",
+        ],
+        work,
+        work / "pnr.stdout",
+        work / "pnr.log",
+    )
     fmax, clock, critical = _timing(work / "pnr_report.json", work / "pnr.log", acfg.clock_mhz)
-    log(f"[fpga] {board}: placed and routed in {t_pnr:.1f} s; Fmax "
-        f"{'n/a' if fmax is None else f'{fmax:.1f}'} MHz (target {acfg.clock_mhz:g} MHz)")
+    log(
+        f"[fpga] {board}: placed and routed in {t_pnr:.1f} s; Fmax "
+        f"{'n/a' if fmax is None else f'{fmax:.1f}'} MHz (target {acfg.clock_mhz:g} MHz)"
+    )
 
     # -- pack; write to a temporary name so a failed pack leaves no complete-looking bitstream --
     log(f"[fpga] {board}: packing the bitstream ...")
     tmp = work / (bit_name + ".part")
-    pack_args = [packer, "--compress", "top.config", tmp.name] if b.family == "ecp5" else \
-        [packer, "top.asc", tmp.name]
+    pack_args = (
+        [packer, "--compress", "top.config", tmp.name]
+        if b.family == "ecp5"
+        else [packer, "top.asc", tmp.name]
+    )
     t_pack = _run("bitstream packing", pack_args, work, work / "pack.log")
     bitstream = work / bit_name
     tmp.replace(bitstream)
@@ -695,12 +836,18 @@ def build_bitstream(acfg: AcceleratorConfig, board: str = "ulx3s", out_dir: Path
         "critical_path": critical,
         "bitstream": str(bitstream),
         "bitstream_bytes": bitstream.stat().st_size,
-        "seconds": {"elaborate": round(t_elab, 1), "synth": round(t_synth, 1), "pnr": round(t_pnr, 1),
-                    "pack": round(t_pack, 1)},
+        "seconds": {
+            "elaborate": round(t_elab, 1),
+            "synth": round(t_synth, 1),
+            "pnr": round(t_pnr, 1),
+            "pack": round(t_pack, 1),
+        },
     }
     (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-    log(f"[fpga] {board}: bitstream {bitstream} ({report['bitstream_bytes']} bytes); report "
-        f"{work / 'report.json'}")
+    log(
+        f"[fpga] {board}: bitstream {bitstream} ({report['bitstream_bytes']} bytes); report "
+        f"{work / 'report.json'}"
+    )
     return report
 
 
@@ -719,10 +866,26 @@ XILINX_SYNTH = "synth_xilinx -family xcup -flatten -uram -widemux 5 -top top"
 
 # CLB LUTs that a LUT-as-memory / shift-register primitive occupies (UG574: a SLICEM LUT6 holds 64×1 RAM
 # bits or a 32-bit shift register; RAM32M/RAM64M use 4 LUTs, RAM32M16/RAM64M8 use 8).
-_XCUP_LUTRAM = {"RAM16X1S": 1, "RAM32X1S": 1, "RAM64X1S": 1, "RAM128X1S": 2, "RAM256X1S": 4,
-                "RAM512X1S": 8, "RAM16X1D": 2, "RAM32X1D": 2, "RAM64X1D": 2, "RAM128X1D": 4,
-                "RAM256X1D": 8, "RAM32M": 4, "RAM64M": 4, "RAM32M16": 8, "RAM64M8": 8,
-                "SRL16E": 1, "SRLC16E": 1, "SRLC32E": 1}
+_XCUP_LUTRAM = {
+    "RAM16X1S": 1,
+    "RAM32X1S": 1,
+    "RAM64X1S": 1,
+    "RAM128X1S": 2,
+    "RAM256X1S": 4,
+    "RAM512X1S": 8,
+    "RAM16X1D": 2,
+    "RAM32X1D": 2,
+    "RAM64X1D": 2,
+    "RAM128X1D": 4,
+    "RAM256X1D": 8,
+    "RAM32M": 4,
+    "RAM64M": 4,
+    "RAM32M16": 8,
+    "RAM64M8": 8,
+    "SRL16E": 1,
+    "SRLC16E": 1,
+    "SRLC32E": 1,
+}
 # Yosys leaves some inverters as INV cells; each is a LUT1 unless Vivado folds it into a neighbour, so
 # count it as a LUT (errs on the side of "does not fit").
 _XCUP_LUT = {f"LUT{i}" for i in range(1, 7)} | {"INV"}
@@ -755,13 +918,19 @@ def _stat_cells(stat_json: Path, top: str = "top") -> Counter:
     modules = stats.get("modules", {})
     mod = modules.get(f"\\{top}") or modules.get(top)
     if mod is None:
-        raise FlowError(f"Yosys statistics {stat_json} have no module {top!r} (modules: {', '.join(modules)})")
+        raise FlowError(
+            f"Yosys statistics {stat_json} have no module {top!r} (modules: {', '.join(modules)})"
+        )
     return Counter({t.lstrip("\\"): n for t, n in mod.get("num_cells_by_type", {}).items()})
 
 
-def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstream"),
-                     log: Callable[[str], None] = print, engine: str | FpgaEngine = "tlmm",
-                     board: str = "kv260") -> dict:
+def xilinx_resources(
+    acfg: AcceleratorConfig,
+    out_dir: Path = Path("build/bitstream"),
+    log: Callable[[str], None] = print,
+    engine: str | FpgaEngine = "tlmm",
+    board: str = "kv260",
+) -> dict:
     """Resource estimate of ``engine`` (as for :func:`build_bitstream`) of ``acfg`` on an
     AMD UltraScale+ board (``kv260``): elaborate the LFSR-fed board top (without pins: its button and LED
     signals become top-level ports, so nothing is pruned) to RTLIL, run Yosys :data:`XILINX_SYNTH`, count
@@ -795,23 +964,33 @@ def xilinx_resources(acfg: AcceleratorConfig, out_dir: Path = Path("build/bitstr
     (work / "top.il").write_text(rtlil.convert(top, name="top", ports=top.ports))
     t_elab = time.monotonic() - t0
 
-    (work / "synth.ys").write_text(
-        "read_rtlil top.il\n"
-        f"{XILINX_SYNTH}\n"
-        "tee -q -o stat.json stat -json\n")
+    (work / "synth.ys").write_text(f"read_rtlil top.il\n{XILINX_SYNTH}\ntee -q -o stat.json stat -json\n")
     log(f"[fpga] {board}: Yosys {XILINX_SYNTH} (log {work / 'synth.log'}); a large design takes minutes ...")
-    t_synth = _run("Yosys synthesis", [yosys, "-q", "-l", "synth.log", "synth.ys"], work, work / "synth.stdout",
-                   work / "synth.log")
+    t_synth = _run(
+        "Yosys synthesis",
+        [yosys, "-q", "-l", "synth.log", "synth.ys"],
+        work,
+        work / "synth.stdout",
+        work / "synth.log",
+    )
     cells = _stat_cells(work / "stat.json")
     usage = _xcup_usage(cells)
-    log(f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
-        + ", ".join(f"{r} {_fmt(usage[r])}/{b.capacity[r]}" for r in b.capacity))
+    log(
+        f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
+        + ", ".join(f"{r} {_fmt(usage[r])}/{b.capacity[r]}" for r in b.capacity)
+    )
     _check_fit(board, b, usage, acfg, eng)
 
     report = {
         **_report_head(board, b, engine, acfg),
-        **{r: {"used": usage[r], "available": b.capacity[r],
-               "percent": round(100 * usage[r] / b.capacity[r], 1)} for r in b.capacity},
+        **{
+            r: {
+                "used": usage[r],
+                "available": b.capacity[r],
+                "percent": round(100 * usage[r] / b.capacity[r], 1),
+            }
+            for r in b.capacity
+        },
         "cells": dict(cells.most_common()),
         "pnr_utilization": {},
         "clock": None,

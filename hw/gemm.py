@@ -47,8 +47,9 @@ def command_layout() -> data.StructLayout:
 
 def read_request_layout(acfg: AcceleratorConfig) -> data.StructLayout:
     mem = acfg.memory
-    return data.StructLayout({"addr": unsigned(mem.addr_bits),
-                              "len_minus_one": unsigned(max(1, (mem.max_burst - 1).bit_length()))})
+    return data.StructLayout(
+        {"addr": unsigned(mem.addr_bits), "len_minus_one": unsigned(max(1, (mem.max_burst - 1).bit_length()))}
+    )
 
 
 def write_layout(acfg: AcceleratorConfig) -> data.StructLayout:
@@ -68,13 +69,15 @@ class TemporalGemm(wiring.Component):
         self.acfg = acfg
         self.geo = acfg.gemm_geometry
         W = acfg.memory.bus_bytes
-        super().__init__({
-            "cmd": In(stream.Signature(command_layout())),
-            "rreq": Out(stream.Signature(read_request_layout(acfg))),
-            "rdata": In(stream.Signature(unsigned(8 * W))),
-            "wr": Out(stream.Signature(write_layout(acfg))),
-            "busy": Out(1),
-        })
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(command_layout())),
+                "rreq": Out(stream.Signature(read_request_layout(acfg))),
+                "rdata": In(stream.Signature(unsigned(8 * W))),
+                "wr": Out(stream.Signature(write_layout(acfg))),
+                "busy": Out(1),
+            }
+        )
 
     def elaborate(self, platform):
         acfg, geo = self.acfg, self.geo
@@ -100,11 +103,11 @@ class TemporalGemm(wiring.Component):
 
         # ---- loader (request side) ----
         rq_done = Signal()
-        rq_part = Signal()                       # 0: A tile, 1: B tile
+        rq_part = Signal()  # 0: A tile, 1: B tile
         rq_off = Signal(range(max(AB, BB) + 1))  # beats of the current tile already requested
         rq_kt, rq_ni, rq_mi = Signal(16), Signal(16), Signal(16)
         a_ptr, a_row, b_ptr, b_base = Signal(AW), Signal(AW), Signal(AW), Signal(AW)
-        ahead = Signal(range(3))                 # steps fully requested − steps fully issued (0..2)
+        ahead = Signal(range(3))  # steps fully requested − steps fully issued (0..2)
 
         # ---- receiver ----
         rs_part = Signal()
@@ -131,7 +134,7 @@ class TemporalGemm(wiring.Component):
         shadow = [Signal(signed(32), name=f"shadow_{i}") for i in range(n_out)]
         shadow_full = Signal()
         dr_cnt = Signal(range(max(geo.out_beats(False), geo.out_beats(True))))
-        rnd = Signal(32)                        # 2^(shift-1) (0 for shift 0), registered at the accept
+        rnd = Signal(32)  # 2^(shift-1) (0 for shift 0), registered at the accept
 
         m.d.comb += [self.busy.eq(busy), self.cmd.ready.eq(~busy), self.rdata.ready.eq(1)]
 
@@ -157,8 +160,14 @@ class TemporalGemm(wiring.Component):
                     with m.Elif(rq_ni != nt_last):
                         m.d.sync += [rq_kt.eq(0), rq_ni.eq(rq_ni + 1), a_ptr.eq(a_row), b_ptr.eq(b_ptr + BB)]
                     with m.Elif(rq_mi != mt_last):
-                        m.d.sync += [rq_kt.eq(0), rq_ni.eq(0), rq_mi.eq(rq_mi + 1), a_ptr.eq(a_ptr + AB),
-                                     a_row.eq(a_ptr + AB), b_ptr.eq(b_base)]
+                        m.d.sync += [
+                            rq_kt.eq(0),
+                            rq_ni.eq(0),
+                            rq_mi.eq(rq_mi + 1),
+                            a_ptr.eq(a_ptr + AB),
+                            a_row.eq(a_ptr + AB),
+                            b_ptr.eq(b_base),
+                        ]
                     with m.Else():
                         m.d.sync += rq_done.eq(1)
             with m.Else():
@@ -167,8 +176,12 @@ class TemporalGemm(wiring.Component):
         # ---------------- receiver ----------------
         beat = self.rdata.valid
         m.d.comb += [
-            a_wp.addr.eq(rs_half * AB + rs_off), a_wp.data.eq(self.rdata.payload), a_wp.en.eq(beat & ~rs_part),
-            b_wp.addr.eq(rs_half * BB + rs_off), b_wp.data.eq(self.rdata.payload), b_wp.en.eq(beat & rs_part),
+            a_wp.addr.eq(rs_half * AB + rs_off),
+            a_wp.data.eq(self.rdata.payload),
+            a_wp.en.eq(beat & ~rs_part),
+            b_wp.addr.eq(rs_half * BB + rs_off),
+            b_wp.data.eq(self.rdata.payload),
+            b_wp.en.eq(beat & rs_part),
         ]
         set_full = Signal(2)
         with m.If(beat):
@@ -206,13 +219,18 @@ class TemporalGemm(wiring.Component):
         m.d.sync += ahead.eq(ahead + rq_step_done - cp_step_done)
 
         # ---------------- compute pipeline ----------------
-        m.d.sync += [v1.eq(issue), first1.eq((cp_kt == 0) & (cp_k == 0)), last1.eq(final_k),
-                     a_sel1.eq(cp_k & (geo.a_per_beat - 1)), b_sel1.eq(cp_k & (geo.b_per_beat - 1))]
+        m.d.sync += [
+            v1.eq(issue),
+            first1.eq((cp_kt == 0) & (cp_k == 0)),
+            last1.eq(final_k),
+            a_sel1.eq(cp_k & (geo.a_per_beat - 1)),
+            b_sel1.eq(cp_k & (geo.b_per_beat - 1)),
+        ]
         a_row_bits = a_rp.data.word_select(a_sel1, 8 * R) if geo.a_per_beat > 1 else a_rp.data
         b_row_bits = b_rp.data.word_select(b_sel1, 8 * C) if geo.b_per_beat > 1 else b_rp.data
         m.d.sync += [v2.eq(v1), first2.eq(first1), last2.eq(last1)]
-        m.d.sync += [a_q[r].eq(a_row_bits[8 * r: 8 * r + 8]) for r in range(R)]
-        m.d.sync += [b_q[c].eq(b_row_bits[8 * c: 8 * c + 8]) for c in range(C)]
+        m.d.sync += [a_q[r].eq(a_row_bits[8 * r : 8 * r + 8]) for r in range(R)]
+        m.d.sync += [b_q[c].eq(b_row_bits[8 * c : 8 * c + 8]) for c in range(C)]
         m.d.sync += [v3.eq(v2), first3.eq(first2), last3.eq(last2)]
         m.d.sync += [prod[r][c].eq(a_q[r] * b_q[c]) for r in range(R) for c in range(C)]
 
@@ -231,8 +249,12 @@ class TemporalGemm(wiring.Component):
         m.submodules.out_fifo = fifo = SyncFIFO(width=AW + 8 * W, depth=n_cred)
         credits = Signal(range(n_cred + 1), init=n_cred)
         wr_fire = self.wr.valid & self.wr.ready
-        m.d.comb += [self.wr.valid.eq(fifo.r_rdy), self.wr.payload.addr.eq(fifo.r_data[:AW]),
-                     self.wr.payload.data.eq(fifo.r_data[AW:]), fifo.r_en.eq(self.wr.ready)]
+        m.d.comb += [
+            self.wr.valid.eq(fifo.r_rdy),
+            self.wr.payload.addr.eq(fifo.r_data[:AW]),
+            self.wr.payload.data.eq(fifo.r_data[AW:]),
+            fifo.r_en.eq(self.wr.ready),
+        ]
         dr_issue = Signal()
         m.d.comb += dr_issue.eq(shadow_full & (credits != 0))
         dr_last = Mux(requant, dr_cnt == geo.out_beats(True) - 1, dr_cnt == geo.out_beats(False) - 1)
@@ -256,8 +278,16 @@ class TemporalGemm(wiring.Component):
         xb = [Signal(signed(32), name=f"xb_{i}") for i in range(v32)]
         xc = [Signal(signed(32), name=f"xc_{i}") for i in range(v32)]
         data_d = Signal(8 * W)
-        m.d.sync += [va.eq(dr_issue), addr_a.eq(c_ptr), vb.eq(va), addr_b.eq(addr_a), vc.eq(vb),
-                     addr_c.eq(addr_b), vd.eq(vc), addr_d.eq(addr_c)]
+        m.d.sync += [
+            va.eq(dr_issue),
+            addr_a.eq(c_ptr),
+            vb.eq(va),
+            addr_b.eq(addr_a),
+            vc.eq(vb),
+            addr_c.eq(addr_b),
+            vd.eq(vc),
+            addr_d.eq(addr_c),
+        ]
         m.d.sync += [xa[i].eq(shadow[i]) for i in range(v8)]
         m.d.sync += [ub[i].eq(xa[i] + rnd) for i in range(v8)]
         m.d.sync += [xb[i].eq(xa[i]) for i in range(v32)]
@@ -271,16 +301,52 @@ class TemporalGemm(wiring.Component):
         with m.If(self.cmd.valid & ~busy):
             p = self.cmd.payload
             m.d.sync += [
-                busy.eq(1), mt_last.eq(p.m_tiles - 1), nt_last.eq(p.n_tiles - 1), kt_last.eq(p.k_tiles - 1),
-                requant.eq(p.requant), shift.eq(p.shift), c_ptr.eq(p.c_base), credits.eq(n_cred),
+                busy.eq(1),
+                mt_last.eq(p.m_tiles - 1),
+                nt_last.eq(p.n_tiles - 1),
+                kt_last.eq(p.k_tiles - 1),
+                requant.eq(p.requant),
+                shift.eq(p.shift),
+                c_ptr.eq(p.c_base),
+                credits.eq(n_cred),
                 rnd.eq((Const(1, 33) << p.shift)[1:]),
-                rq_done.eq(0), rq_part.eq(0), rq_off.eq(0), rq_kt.eq(0), rq_ni.eq(0), rq_mi.eq(0),
-                a_ptr.eq(p.a_base), a_row.eq(p.a_base), b_ptr.eq(p.b_base), b_base.eq(p.b_base), ahead.eq(0),
-                rs_part.eq(0), rs_off.eq(0), rs_half.eq(0), full.eq(0),
-                cp_done.eq(0), cp_half.eq(0), cp_k.eq(0), cp_kt.eq(0), cp_ni.eq(0), cp_mi.eq(0), dr_cnt.eq(0),
+                rq_done.eq(0),
+                rq_part.eq(0),
+                rq_off.eq(0),
+                rq_kt.eq(0),
+                rq_ni.eq(0),
+                rq_mi.eq(0),
+                a_ptr.eq(p.a_base),
+                a_row.eq(p.a_base),
+                b_ptr.eq(p.b_base),
+                b_base.eq(p.b_base),
+                ahead.eq(0),
+                rs_part.eq(0),
+                rs_off.eq(0),
+                rs_half.eq(0),
+                full.eq(0),
+                cp_done.eq(0),
+                cp_half.eq(0),
+                cp_k.eq(0),
+                cp_kt.eq(0),
+                cp_ni.eq(0),
+                cp_mi.eq(0),
+                dr_cnt.eq(0),
             ]
         # done: the last beat leaves while nothing else is in flight
-        with m.If(busy & cp_done & ~v1 & ~v2 & ~v3 & ~shadow_full & ~va & ~vb & ~vc & ~vd & wr_fire
-                  & (fifo.level == 1)):
+        with m.If(
+            busy
+            & cp_done
+            & ~v1
+            & ~v2
+            & ~v3
+            & ~shadow_full
+            & ~va
+            & ~vb
+            & ~vc
+            & ~vd
+            & wr_fire
+            & (fifo.level == 1)
+        ):
             m.d.sync += busy.eq(0)
         return m

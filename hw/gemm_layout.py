@@ -27,8 +27,16 @@ import numpy as np
 from hw.config import AcceleratorConfig, GemmGeometry
 from hw.isa import GemmCommand
 
-__all__ = ["GemmShape", "gemm_shape", "pack_a", "pack_b", "unpack_c", "requantize", "GemmImage",
-           "build_gemm_image"]
+__all__ = [
+    "GemmShape",
+    "gemm_shape",
+    "pack_a",
+    "pack_b",
+    "unpack_c",
+    "requantize",
+    "GemmImage",
+    "build_gemm_image",
+]
 
 
 @dataclass(frozen=True)
@@ -67,7 +75,7 @@ def pack_a(a: np.ndarray, geo: GemmGeometry) -> np.ndarray:
     s = gemm_shape(geo, a.shape[0], a.shape[1], 1)
     R, TK = geo.rows, geo.k_tile
     p = _pad(a, s.m_tiles * R, s.k_tiles * TK).reshape(s.m_tiles, R, s.k_tiles, TK)
-    tiles = p.transpose(0, 2, 3, 1)                     # (mi, kt, k, r)
+    tiles = p.transpose(0, 2, 3, 1)  # (mi, kt, k, r)
     return tiles.reshape(-1, geo.bus_bytes).view(np.uint8)
 
 
@@ -76,12 +84,13 @@ def pack_b(b: np.ndarray, geo: GemmGeometry) -> np.ndarray:
     s = gemm_shape(geo, 1, b.shape[0], b.shape[1])
     C, TK = geo.cols, geo.k_tile
     p = _pad(b, s.k_tiles * TK, s.n_tiles * C).reshape(s.k_tiles, TK, s.n_tiles, C)
-    tiles = p.transpose(2, 0, 1, 3)                     # (ni, kt, k, c)
+    tiles = p.transpose(2, 0, 1, 3)  # (ni, kt, k, c)
     return tiles.reshape(-1, geo.bus_bytes).view(np.uint8)
 
 
-def unpack_c(beats: np.ndarray, geo: GemmGeometry, shape: GemmShape, requant: bool,
-             check_padding: bool = True) -> np.ndarray:
+def unpack_c(
+    beats: np.ndarray, geo: GemmGeometry, shape: GemmShape, requant: bool, check_padding: bool = True
+) -> np.ndarray:
     """Output beats → C (M×N; int32, or int8 when requantized); by default checks that padded outputs are
     zero (``check_padding=False`` when the padding holds don't-care values, e.g. KV-cache slots not yet
     written)."""
@@ -110,13 +119,19 @@ def requantize(acc: np.ndarray, shift: int) -> np.ndarray:
 class GemmImage:
     """A memory image holding A and B panels and room for C, and the command that multiplies them."""
 
-    image: np.ndarray           # (beats, bus_bytes) uint8
+    image: np.ndarray  # (beats, bus_bytes) uint8
     command: GemmCommand
     shape: GemmShape
 
 
-def build_gemm_image(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: bool = False,
-                     shift: int = 0, base: int = 0) -> GemmImage:
+def build_gemm_image(
+    acfg: AcceleratorConfig,
+    a: np.ndarray,
+    b: np.ndarray,
+    requant: bool = False,
+    shift: int = 0,
+    base: int = 0,
+) -> GemmImage:
     """Place A's panels at beat ``base``, B's right after, then the output area; zero-filled image."""
     geo = acfg.gemm_geometry
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
@@ -128,8 +143,10 @@ def build_gemm_image(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requ
     c_base = b_base + len(pb)
     total = c_base + out_beats
     if total > 1 << acfg.memory.addr_bits:
-        raise ValueError(f"GEMM: image needs {total} beats; memory.addr_bits={acfg.memory.addr_bits} "
-                         f"addresses {1 << acfg.memory.addr_bits}")
+        raise ValueError(
+            f"GEMM: image needs {total} beats; memory.addr_bits={acfg.memory.addr_bits} "
+            f"addresses {1 << acfg.memory.addr_bits}"
+        )
     image = np.zeros((total, geo.bus_bytes), dtype=np.uint8)
     image[a_base:b_base] = pa
     image[b_base:c_base] = pb

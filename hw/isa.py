@@ -49,9 +49,24 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-__all__ = ["ISA_VERSION", "OP_TLMM", "OP_GEMM", "OP_HOST", "TLMM_FIELDS", "GEMM_FIELDS", "HOST_FIELDS",
-           "TlmmCommand", "GemmCommand", "HostCommand", "Command", "decode", "decode_program",
-           "encode_program", "payload_fields", "command_words"]
+__all__ = [
+    "ISA_VERSION",
+    "OP_TLMM",
+    "OP_GEMM",
+    "OP_HOST",
+    "TLMM_FIELDS",
+    "GEMM_FIELDS",
+    "HOST_FIELDS",
+    "TlmmCommand",
+    "GemmCommand",
+    "HostCommand",
+    "Command",
+    "decode",
+    "decode_program",
+    "encode_program",
+    "payload_fields",
+    "command_words",
+]
 
 ISA_VERSION = 3
 OP_TLMM = 1
@@ -59,11 +74,26 @@ OP_GEMM = 2
 OP_HOST = 3
 
 # (name, word, lsb, width) for every field; fields named "-" do not exist (reserved zeros)
-TLMM_FIELDS = (("opcode", 0, 0, 8), ("tokens_minus_one", 0, 8, 8), ("k_chunks", 0, 16, 16),
-               ("n_blocks", 0, 32, 16), ("act_base", 1, 0, 32), ("wgt_base", 1, 32, 32), ("res_base", 2, 0, 32))
-GEMM_FIELDS = (("opcode", 0, 0, 8), ("requant", 0, 8, 1), ("shift", 0, 9, 5), ("m_tiles", 0, 16, 16),
-               ("n_tiles", 0, 32, 16), ("k_tiles", 0, 48, 16), ("a_base", 1, 0, 32), ("b_base", 1, 32, 32),
-               ("c_base", 2, 0, 32))
+TLMM_FIELDS = (
+    ("opcode", 0, 0, 8),
+    ("tokens_minus_one", 0, 8, 8),
+    ("k_chunks", 0, 16, 16),
+    ("n_blocks", 0, 32, 16),
+    ("act_base", 1, 0, 32),
+    ("wgt_base", 1, 32, 32),
+    ("res_base", 2, 0, 32),
+)
+GEMM_FIELDS = (
+    ("opcode", 0, 0, 8),
+    ("requant", 0, 8, 1),
+    ("shift", 0, 9, 5),
+    ("m_tiles", 0, 16, 16),
+    ("n_tiles", 0, 32, 16),
+    ("k_tiles", 0, 48, 16),
+    ("a_base", 1, 0, 32),
+    ("b_base", 1, 32, 32),
+    ("c_base", 2, 0, 32),
+)
 HOST_FIELDS = (("opcode", 0, 0, 8), ("op", 0, 16, 16))
 _WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1}
 _FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
@@ -79,8 +109,9 @@ def command_words(opcode: int) -> int:
 def payload_fields(opcode: int) -> tuple[tuple[str, int], ...]:
     """(name, width) of the fields an engine's ``cmd`` stream carries: every field but the opcode and the
     DMA-only addresses."""
-    return tuple((name, width) for name, _, _, width in _FIELDS[opcode][1:]
-                 if name not in _DMA_ONLY.get(opcode, ()))
+    return tuple(
+        (name, width) for name, _, _, width in _FIELDS[opcode][1:] if name not in _DMA_ONLY.get(opcode, ())
+    )
 
 
 def _encode(opcode: int, values: dict) -> list[int]:
@@ -122,8 +153,14 @@ class TlmmCommand:
             _check_range("TLMM", name, getattr(self, name), 0, (1 << 32) - 1)
 
     def _values(self) -> dict:
-        return {"tokens_minus_one": self.tokens - 1, "k_chunks": self.k_chunks, "n_blocks": self.n_blocks,
-                "act_base": self.act_base, "wgt_base": self.wgt_base, "res_base": self.res_base}
+        return {
+            "tokens_minus_one": self.tokens - 1,
+            "k_chunks": self.k_chunks,
+            "n_blocks": self.n_blocks,
+            "act_base": self.act_base,
+            "wgt_base": self.wgt_base,
+            "res_base": self.res_base,
+        }
 
     def engine_payload(self) -> int:
         """The engine fields as the engine's ``cmd`` stream carries them."""
@@ -168,9 +205,16 @@ class GemmCommand:
         return self.m_tiles * self.n_tiles * self.k_tiles
 
     def _values(self) -> dict:
-        return {"requant": int(self.requant), "shift": self.shift, "m_tiles": self.m_tiles,
-                "n_tiles": self.n_tiles, "k_tiles": self.k_tiles, "a_base": self.a_base,
-                "b_base": self.b_base, "c_base": self.c_base}
+        return {
+            "requant": int(self.requant),
+            "shift": self.shift,
+            "m_tiles": self.m_tiles,
+            "n_tiles": self.n_tiles,
+            "k_tiles": self.k_tiles,
+            "a_base": self.a_base,
+            "b_base": self.b_base,
+            "c_base": self.c_base,
+        }
 
     def engine_payload(self) -> int:
         return _payload(OP_GEMM, self._values())
@@ -192,7 +236,7 @@ def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
     n = _WORDS[op]
     if at + n > len(words):
         raise ValueError(f"word {at}: opcode {op} needs {n} words, only {len(words) - at} left")
-    ws = words[at: at + n]
+    ws = words[at : at + n]
     used = [0] * n
     f = {}
     for name, word, lsb, width in _FIELDS[op]:
@@ -202,12 +246,26 @@ def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
         if w & ~u & ((1 << 64) - 1) or not 0 <= w < 1 << 64:
             raise ValueError(f"word {at + i} ({w:#018x}): reserved bits must be 0")
     if op == OP_TLMM:
-        return TlmmCommand(f["tokens_minus_one"] + 1, f["k_chunks"], f["n_blocks"], f["act_base"],
-                           f["wgt_base"], f["res_base"]), n
+        return TlmmCommand(
+            f["tokens_minus_one"] + 1,
+            f["k_chunks"],
+            f["n_blocks"],
+            f["act_base"],
+            f["wgt_base"],
+            f["res_base"],
+        ), n
     if op == OP_HOST:
         return HostCommand(f["op"]), n
-    return GemmCommand(f["m_tiles"], f["n_tiles"], f["k_tiles"], f["a_base"], f["b_base"], f["c_base"],
-                       bool(f["requant"]), f["shift"]), n
+    return GemmCommand(
+        f["m_tiles"],
+        f["n_tiles"],
+        f["k_tiles"],
+        f["a_base"],
+        f["b_base"],
+        f["c_base"],
+        bool(f["requant"]),
+        f["shift"],
+    ), n
 
 
 def decode(words: list[int]) -> Command:

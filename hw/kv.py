@@ -65,12 +65,24 @@ from hw.kv_signature import NearestSearch, SignatureUnit
 from hw.kv_table import ClusterTableUnit, sums_addr_bits
 from hw.kv_threshold import ThresholdWalk
 
-__all__ = ["KvRetrieval", "State", "OP_RESET", "OP_INSERT", "OP_QUERY", "KIND_ASSIGN", "KIND_SEL", "KIND_END",
-           "KIND_FULL", "out_layout", "STATES"]
+__all__ = [
+    "KvRetrieval",
+    "State",
+    "OP_RESET",
+    "OP_INSERT",
+    "OP_QUERY",
+    "KIND_ASSIGN",
+    "KIND_SEL",
+    "KIND_END",
+    "KIND_FULL",
+    "out_layout",
+    "STATES",
+]
 
 
 class State(enum.Enum, shape=unsigned(4)):
     """Controller states; the encoding (and order) is the one sim/kv_model.py's S_IDLE.. integers use."""
+
     IDLE = 0
     LOAD = 1
     SCAN = 2
@@ -97,6 +109,7 @@ def out_layout(kv: KvConfig) -> data.StructLayout:
 @dataclass
 class _Units:
     """The engine's sub-components and the controller's own registers, shared by the state handlers."""
+
     state: Signal
     signature: SignatureUnit
     search: NearestSearch
@@ -104,10 +117,10 @@ class _Units:
     score: ScorePipeline
     threshold: ThresholdWalk
     is_query: Signal
-    load_beat: Signal               # next vec beat to load
-    vector: Array                   # the key or query, one register per beat
-    answer: data.View               # the INSERT answer
-    update_beat: Signal             # key-sum beat written this cycle
+    load_beat: Signal  # next vec beat to load
+    vector: Array  # the key or query, one register per beat
+    answer: data.View  # the INSERT answer
+    update_beat: Signal  # key-sum beat written this cycle
 
 
 class KvRetrieval(wiring.Component):
@@ -115,23 +128,32 @@ class KvRetrieval(wiring.Component):
 
     def __init__(self, kv: KvConfig):
         self.kv = kv
-        super().__init__({
-            "cmd": In(stream.Signature(unsigned(2))),
-            "vec": In(stream.Signature(data.ArrayLayout(signed(8), kv.lanes))),
-            "out": Out(stream.Signature(out_layout(kv))),
-            "busy": Out(1),
-        })
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(unsigned(2))),
+                "vec": In(stream.Signature(data.ArrayLayout(signed(8), kv.lanes))),
+                "out": Out(stream.Signature(out_layout(kv))),
+                "busy": Out(1),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         kv = self.kv
         m = Module()
         beat_shape = range(max(2, kv.beats))
         u = _Units(
-            state=Signal(State), signature=SignatureUnit(kv), search=NearestSearch(kv), table=ClusterTableUnit(kv),
-            score=ScorePipeline(kv), threshold=ThresholdWalk(kv), is_query=Signal(), load_beat=Signal(beat_shape),
+            state=Signal(State),
+            signature=SignatureUnit(kv),
+            search=NearestSearch(kv),
+            table=ClusterTableUnit(kv),
+            score=ScorePipeline(kv),
+            threshold=ThresholdWalk(kv),
+            is_query=Signal(),
+            load_beat=Signal(beat_shape),
             vector=Array(Signal(8 * kv.lanes, name=f"vec_beat{b}") for b in range(kv.beats)),
             answer=Signal(data.StructLayout({"kind": 2, "id": kv.id_bits, "new": 1})),
-            update_beat=Signal(beat_shape))
+            update_beat=Signal(beat_shape),
+        )
         m.submodules.signature, m.submodules.search, m.submodules.table = u.signature, u.search, u.table
         m.submodules.score, m.submodules.threshold = u.score, u.threshold
         m.d.comb += self.busy.eq(u.state != State.IDLE)
@@ -145,13 +167,24 @@ class KvRetrieval(wiring.Component):
         """Unit-to-unit connections that do not depend on the state."""
         sig, search, table, score, th = u.signature, u.search, u.table, u.score, u.threshold
         m.d.comb += [
-            sig.beat.eq(u.load_beat), sig.lanes.eq(self.vec.payload),
-            search.sig.eq(sig.sig), search.n.eq(table.n),
-            search.row_sigs.eq(table.row_sigs), search.row_counts.eq(table.row_counts),
-            score.n.eq(table.n), score.sums.eq(table.sums_read.data), score.count.eq(table.count),
-            score.query.eq(u.vector[score.query_beat]), score.score_id.eq(th.score_id),
-            th.n.eq(table.n), th.ntok.eq(table.ntok), th.lo.eq(score.lo), th.hi.eq(score.hi),
-            th.score_count_sum.eq(score.score_count_sum), th.score.eq(score.score), th.count.eq(table.count),
+            sig.beat.eq(u.load_beat),
+            sig.lanes.eq(self.vec.payload),
+            search.sig.eq(sig.sig),
+            search.n.eq(table.n),
+            search.row_sigs.eq(table.row_sigs),
+            search.row_counts.eq(table.row_counts),
+            score.n.eq(table.n),
+            score.sums.eq(table.sums_read.data),
+            score.count.eq(table.count),
+            score.query.eq(u.vector[score.query_beat]),
+            score.score_id.eq(th.score_id),
+            th.n.eq(table.n),
+            th.ntok.eq(table.ntok),
+            th.lo.eq(score.lo),
+            th.hi.eq(score.hi),
+            th.score_count_sum.eq(score.score_count_sum),
+            th.score.eq(score.score),
+            th.count.eq(table.count),
         ]
 
     def _read_cluster(self, m: Module, u: _Units, cid) -> None:
@@ -170,14 +203,20 @@ class KvRetrieval(wiring.Component):
                     m.d.comb += table.reset.eq(1)
                 with m.Elif((self.cmd.payload == OP_INSERT) | (self.cmd.payload == OP_QUERY)):
                     m.d.comb += u.signature.clear.eq(1)
-                    m.d.sync += [u.is_query.eq(self.cmd.payload == OP_QUERY), u.load_beat.eq(0),
-                                 u.state.eq(State.LOAD)]
+                    m.d.sync += [
+                        u.is_query.eq(self.cmd.payload == OP_QUERY),
+                        u.load_beat.eq(0),
+                        u.state.eq(State.LOAD),
+                    ]
 
         with m.Case(State.LOAD):
             m.d.comb += self.vec.ready.eq(1)
             with m.If(self.vec.valid):
                 m.d.comb += u.signature.en.eq(~u.is_query)
-                m.d.sync += [u.vector[u.load_beat].eq(self.vec.payload.as_value()), u.load_beat.eq(u.load_beat + 1)]
+                m.d.sync += [
+                    u.vector[u.load_beat].eq(self.vec.payload.as_value()),
+                    u.load_beat.eq(u.load_beat + 1),
+                ]
                 with m.If(u.load_beat == kv.beats - 1):
                     with m.If(u.is_query):
                         m.d.comb += u.score.start.eq(1)
@@ -197,18 +236,29 @@ class KvRetrieval(wiring.Component):
         with m.Case(State.UPDATE):
             # key sums += key, one beat per cycle (read issued a cycle ahead; a new cluster starts from 0)
             key, kb = u.vector[u.update_beat], sums_addr_bits(kv) - kv.id_bits
-            m.d.comb += [table.sums_write.addr.eq(Cat(u.update_beat[:kb], u.answer.id)), table.sums_write.en.eq(1),
-                         table.sums_read.addr.eq(Cat((u.update_beat + 1)[:kb], u.answer.id))]
-            m.d.comb += [table.sums_write.data[i].eq(Mux(u.answer.new, 0, table.sums_read.data[i])
-                                                     + key[8 * i:8 * i + 8].as_signed()) for i in range(kv.lanes)]
+            m.d.comb += [
+                table.sums_write.addr.eq(Cat(u.update_beat[:kb], u.answer.id)),
+                table.sums_write.en.eq(1),
+                table.sums_read.addr.eq(Cat((u.update_beat + 1)[:kb], u.answer.id)),
+            ]
+            m.d.comb += [
+                table.sums_write.data[i].eq(
+                    Mux(u.answer.new, 0, table.sums_read.data[i]) + key[8 * i : 8 * i + 8].as_signed()
+                )
+                for i in range(kv.lanes)
+            ]
             m.d.sync += u.update_beat.eq(u.update_beat + 1)
             with m.If(u.update_beat == kv.beats - 1):
                 m.d.sync += u.state.eq(State.OUT)
 
         with m.Case(State.OUT):
             out = self.out.payload
-            m.d.comb += [self.out.valid.eq(1), out.kind.eq(u.answer.kind), out.id.eq(u.answer.id),
-                         out.new.eq(u.answer.new)]
+            m.d.comb += [
+                self.out.valid.eq(1),
+                out.kind.eq(u.answer.kind),
+                out.id.eq(u.answer.id),
+                out.new.eq(u.answer.new),
+            ]
             with m.If(self.out.ready):
                 m.d.sync += u.state.eq(State.IDLE)
 
@@ -232,9 +282,14 @@ class KvRetrieval(wiring.Component):
             m.d.sync += u.state.eq(State.OUT)
         with m.Else():
             kb = sums_addr_bits(kv) - kv.id_bits
-            m.d.comb += [table.write.en.eq(1), table.write.id.eq(cid), table.write.new.eq(new),
-                         table.write.sig.eq(u.signature.sig), table.write.count.eq(Mux(new, 1, table.count + 1)),
-                         table.sums_read.addr.eq(Cat(Const(0, kb), cid))]
+            m.d.comb += [
+                table.write.en.eq(1),
+                table.write.id.eq(cid),
+                table.write.new.eq(new),
+                table.write.sig.eq(u.signature.sig),
+                table.write.count.eq(Mux(new, 1, table.count + 1)),
+                table.sums_read.addr.eq(Cat(Const(0, kb), cid)),
+            ]
             m.d.sync += [u.update_beat.eq(0), u.state.eq(State.UPDATE)]
 
     def _query_states(self, m: Module, u: _Units) -> None:

@@ -8,8 +8,18 @@ import numpy as np
 
 from hw.config import KvConfig
 
-__all__ = ["OP_RESET", "OP_INSERT", "OP_QUERY", "KIND_ASSIGN", "KIND_SEL", "KIND_END", "KIND_FULL",
-           "hyperplane_bits", "hyperplane_matrix", "reciprocal"]
+__all__ = [
+    "OP_RESET",
+    "OP_INSERT",
+    "OP_QUERY",
+    "KIND_ASSIGN",
+    "KIND_SEL",
+    "KIND_END",
+    "KIND_FULL",
+    "hyperplane_bits",
+    "hyperplane_matrix",
+    "reciprocal",
+]
 
 #: Command codes on the engine's ``cmd`` stream.
 OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2

@@ -40,23 +40,25 @@ class ScorePipeline(wiring.Component):
     def __init__(self, kv: KvConfig):
         self.kv = kv
         DB = kv.dot_bits
-        super().__init__({
-            "start": In(1),
-            "en": In(1),
-            "n": In(range(kv.max_clusters + 1)),
-            "query_beat": Out(range(max(2, kv.beats))),
-            "query": In(data.ArrayLayout(signed(8), kv.lanes)),
-            "sums_addr": Out(sums_addr_bits(kv)),
-            "sums": In(data.ArrayLayout(signed(kv.sum_bits), kv.lanes)),
-            "count_id": Out(kv.id_bits),
-            "count": In(kv.count_bits),
-            "score_id": In(kv.id_bits),
-            "score": Out(signed(DB)),
-            "lo": Out(signed(DB)),
-            "hi": Out(signed(DB)),
-            "score_count_sum": Out(signed(score_count_sum_bits(kv))),
-            "done": Out(1),
-        })
+        super().__init__(
+            {
+                "start": In(1),
+                "en": In(1),
+                "n": In(range(kv.max_clusters + 1)),
+                "query_beat": Out(range(max(2, kv.beats))),
+                "query": In(data.ArrayLayout(signed(8), kv.lanes)),
+                "sums_addr": Out(sums_addr_bits(kv)),
+                "sums": In(data.ArrayLayout(signed(kv.sum_bits), kv.lanes)),
+                "count_id": Out(kv.id_bits),
+                "count": In(kv.count_bits),
+                "score_id": In(kv.id_bits),
+                "score": Out(signed(DB)),
+                "lo": Out(signed(DB)),
+                "hi": Out(signed(DB)),
+                "score_count_sum": Out(signed(score_count_sum_bits(kv))),
+                "done": Out(1),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         kv = self.kv
@@ -68,8 +70,11 @@ class ScorePipeline(wiring.Component):
         m.submodules.scores = scores = Memory(shape=signed(DB), depth=kv.max_clusters, init=[])
         score_rp, score_wp = scores.read_port(domain="comb"), scores.write_port()
         m.d.comb += [score_rp.addr.eq(self.score_id), self.score.eq(score_rp.data)]
-        recip = Memory(shape=unsigned(kv.recip_bits), depth=kv.max_cluster_size + 1,
-                       init=[0] + [reciprocal(c) for c in range(1, kv.max_cluster_size + 1)])
+        recip = Memory(
+            shape=unsigned(kv.recip_bits),
+            depth=kv.max_cluster_size + 1,
+            init=[0] + [reciprocal(c) for c in range(1, kv.max_cluster_size + 1)],
+        )
         m.submodules.recip = recip
         recip_rp = recip.read_port(domain="comb")
         m.d.comb += recip_rp.addr.eq(self.count)
@@ -77,7 +82,10 @@ class ScorePipeline(wiring.Component):
         # A: issue
         issue_cluster, issue_beat = Signal(range(kv.max_clusters + 1)), Signal(beat_shape)
         issuing = Signal()
-        m.d.comb += [issuing.eq(issue_cluster < self.n), self.sums_addr.eq(Cat(issue_beat[:kb], issue_cluster[:IB]))]
+        m.d.comb += [
+            issuing.eq(issue_cluster < self.n),
+            self.sums_addr.eq(Cat(issue_beat[:kb], issue_cluster[:IB])),
+        ]
         # B: products
         prod_valid, prod_beat, prod_cluster = Signal(), Signal(beat_shape), Signal(IB)
         products = [Signal(signed(8 + kv.sum_bits), name=f"product{i}") for i in range(L)]
@@ -98,10 +106,19 @@ class ScorePipeline(wiring.Component):
         m.d.comb += self.done.eq(~issuing & ~prod_valid & ~acc_valid & ~dot_valid & ~recip_valid)
 
         with m.If(self.start):
-            m.d.sync += [issue_cluster.eq(0), issue_beat.eq(0), prod_valid.eq(0), dot_valid.eq(0),
-                         self.score_count_sum.eq(0)]
+            m.d.sync += [
+                issue_cluster.eq(0),
+                issue_beat.eq(0),
+                prod_valid.eq(0),
+                dot_valid.eq(0),
+                self.score_count_sum.eq(0),
+            ]
         with m.Elif(self.en):
-            m.d.sync += [prod_valid.eq(issuing), prod_beat.eq(issue_beat), prod_cluster.eq(issue_cluster[:IB])]
+            m.d.sync += [
+                prod_valid.eq(issuing),
+                prod_beat.eq(issue_beat),
+                prod_cluster.eq(issue_cluster[:IB]),
+            ]
             with m.If(issuing):
                 with m.If(issue_beat == NB - 1):
                     m.d.sync += [issue_beat.eq(0), issue_cluster.eq(issue_cluster + 1)]
@@ -114,12 +131,25 @@ class ScorePipeline(wiring.Component):
                 m.d.sync += dot_acc.eq(dot_next)
                 with m.If(acc_beat == NB - 1):
                     m.d.sync += [dot_product.eq(dot_next), dot_cluster.eq(acc_cluster)]
-            m.d.sync += [recip_valid.eq(dot_valid), recip_cluster.eq(dot_cluster), recip_dot.eq(dot_product),
-                         recip_value.eq(recip_rp.data), recip_count.eq(self.count)]
-            m.d.sync += [score_valid.eq(recip_valid), score_cluster.eq(recip_cluster),
-                         score_value.eq((recip_dot * recip_value) >> 16), score_count.eq(recip_count)]
+            m.d.sync += [
+                recip_valid.eq(dot_valid),
+                recip_cluster.eq(dot_cluster),
+                recip_dot.eq(dot_product),
+                recip_value.eq(recip_rp.data),
+                recip_count.eq(self.count),
+            ]
+            m.d.sync += [
+                score_valid.eq(recip_valid),
+                score_cluster.eq(recip_cluster),
+                score_value.eq((recip_dot * recip_value) >> 16),
+                score_count.eq(recip_count),
+            ]
             with m.If(score_valid):
-                m.d.comb += [score_wp.addr.eq(score_cluster), score_wp.data.eq(score_value), score_wp.en.eq(1)]
+                m.d.comb += [
+                    score_wp.addr.eq(score_cluster),
+                    score_wp.data.eq(score_value),
+                    score_wp.en.eq(1),
+                ]
                 m.d.sync += self.score_count_sum.eq(self.score_count_sum + score_value * score_count)
                 with m.If((score_cluster == 0) | (score_value < self.lo)):
                     m.d.sync += self.lo.eq(score_value)

@@ -21,7 +21,9 @@ def tree_sum(values: Iterable[Value]) -> Value:
     """Sum as a balanced adder tree (a plain ``sum`` is a chain as deep as the operand count)."""
     values = list(values)
     while len(values) > 1:
-        values = [values[i] + values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)]
+        values = [
+            values[i] + values[i + 1] if i + 1 < len(values) else values[i] for i in range(0, len(values), 2)
+        ]
     return values[0]
 
 
@@ -32,13 +34,15 @@ class SignatureUnit(wiring.Component):
 
     def __init__(self, kv: KvConfig):
         self.kv = kv
-        super().__init__({
-            "clear": In(1),
-            "en": In(1),
-            "beat": In(range(max(2, kv.beats))),
-            "lanes": In(data.ArrayLayout(signed(8), kv.lanes)),
-            "sig": Out(kv.hyperplanes),
-        })
+        super().__init__(
+            {
+                "clear": In(1),
+                "en": In(1),
+                "beat": In(range(max(2, kv.beats))),
+                "lanes": In(data.ArrayLayout(signed(8), kv.lanes)),
+                "sig": Out(kv.hyperplanes),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         kv = self.kv
@@ -52,9 +56,12 @@ class SignatureUnit(wiring.Component):
             m.d.sync += [p.eq(0) for p in projection]
         with m.Elif(self.en):
             for j, p in enumerate(projection):
-                plane = Signal(L, name=f"plane{j}")       # hyperplane j's bits for this beat's lanes
-                m.d.comb += plane.eq(Array(Const(sum(int(hb[j, b * L + i]) << i for i in range(L)), L)
-                                           for b in range(NB))[self.beat])
+                plane = Signal(L, name=f"plane{j}")  # hyperplane j's bits for this beat's lanes
+                m.d.comb += plane.eq(
+                    Array(Const(sum(int(hb[j, b * L + i]) << i for i in range(L)), L) for b in range(NB))[
+                        self.beat
+                    ]
+                )
                 m.d.sync += p.eq(p + tree_sum(Mux(plane[i], x, -x) for i, x in enumerate(lanes)))
         return m
 
@@ -74,19 +81,21 @@ class NearestSearch(wiring.Component):
     def __init__(self, kv: KvConfig):
         self.kv = kv
         rows = kv.max_clusters // kv.lanes
-        super().__init__({
-            "start": In(1),
-            "en": In(1),
-            "sig": In(kv.hyperplanes),
-            "n": In(range(kv.max_clusters + 1)),
-            "row": Out(range(max(2, rows))),
-            "row_sigs": In(data.ArrayLayout(unsigned(kv.hyperplanes), kv.lanes)),
-            "row_counts": In(data.ArrayLayout(unsigned(kv.count_bits), kv.lanes)),
-            "done": Out(1),
-            "best_valid": Out(1),
-            "best_dist": Out(range(kv.hyperplanes + 1)),
-            "best_id": Out(kv.id_bits),
-        })
+        super().__init__(
+            {
+                "start": In(1),
+                "en": In(1),
+                "sig": In(kv.hyperplanes),
+                "n": In(range(kv.max_clusters + 1)),
+                "row": Out(range(max(2, rows))),
+                "row_sigs": In(data.ArrayLayout(unsigned(kv.hyperplanes), kv.lanes)),
+                "row_counts": In(data.ArrayLayout(unsigned(kv.count_bits), kv.lanes)),
+                "done": Out(1),
+                "best_valid": Out(1),
+                "best_dist": Out(range(kv.hyperplanes + 1)),
+                "best_id": Out(kv.id_bits),
+            }
+        )
 
     def _lane_id(self, lane: int, row: Value) -> Value:
         lg_l = (self.kv.lanes - 1).bit_length()
@@ -97,7 +106,7 @@ class NearestSearch(wiring.Component):
         m = Module()
         L, HP, IB = kv.lanes, kv.hyperplanes, kv.id_bits
         lg_l = (L - 1).bit_length()
-        issuing, lanes_valid = Signal(), Signal()          # a row is issued this cycle / the stage-1 row
+        issuing, lanes_valid = Signal(), Signal()  # a row is issued this cycle / the stage-1 row
         lanes_row = Signal(range(max(2, kv.max_clusters // L)))
         m.d.comb += self.done.eq(~issuing & ~lanes_valid)
 
@@ -107,8 +116,12 @@ class NearestSearch(wiring.Component):
         for i in range(L):
             dist = Signal(range(HP + 1), name=f"dist{i}")
             m.d.comb += dist.eq(tree_sum((self.sig ^ self.row_sigs[i])[j] for j in range(HP)))
-            m.d.sync += [lane_dist[i].eq(dist),
-                         lane_ok[i].eq((self._lane_id(i, self.row) < self.n) & (self.row_counts[i] < kv.max_cluster_size))]
+            m.d.sync += [
+                lane_dist[i].eq(dist),
+                lane_ok[i].eq(
+                    (self._lane_id(i, self.row) < self.n) & (self.row_counts[i] < kv.max_cluster_size)
+                ),
+            ]
 
         # stage 2: compare tree over the registered row
         nodes = [(lane_ok[i], lane_dist[i], self._lane_id(i, lanes_row)) for i in range(L)]
@@ -119,14 +132,21 @@ class NearestSearch(wiring.Component):
                 (lv, ld, li), (rv, rd, ri) = nodes[k], nodes[k + 1]
                 take_r = Signal(name=f"tr{level}_{k}")
                 m.d.comb += take_r.eq(rv & (~lv | (rd < ld)))
-                v, d, i_ = Signal(name=f"tv{level}_{k}"), Signal(range(HP + 1), name=f"td{level}_{k}"), \
-                    Signal(IB, name=f"ti{level}_{k}")
+                v, d, i_ = (
+                    Signal(name=f"tv{level}_{k}"),
+                    Signal(range(HP + 1), name=f"td{level}_{k}"),
+                    Signal(IB, name=f"ti{level}_{k}"),
+                )
                 m.d.comb += [v.eq(lv | rv), d.eq(Mux(take_r, rd, ld)), i_.eq(Mux(take_r, ri, li))]
                 nxt.append((v, d, i_))
             nodes, level = nxt, level + 1
         row_ok, row_dist, row_id, row_valid = Signal(), Signal(range(HP + 1)), Signal(IB), Signal()
-        m.d.sync += [row_ok.eq(nodes[0][0]), row_dist.eq(nodes[0][1]), row_id.eq(nodes[0][2]),
-                     row_valid.eq(lanes_valid)]
+        m.d.sync += [
+            row_ok.eq(nodes[0][0]),
+            row_dist.eq(nodes[0][1]),
+            row_id.eq(nodes[0][2]),
+            row_valid.eq(lanes_valid),
+        ]
 
         # stage 3: the row's winner merges into the running best
         take_row = Signal()

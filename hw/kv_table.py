@@ -37,20 +37,33 @@ class ClusterTableUnit(wiring.Component):
         self.kv = kv
         rows = kv.max_clusters // kv.lanes
         lanes = data.ArrayLayout(signed(kv.sum_bits), kv.lanes)
-        super().__init__({
-            "reset": In(1),
-            "n": Out(range(kv.max_clusters + 1)),
-            "ntok": Out(range(kv.max_clusters * kv.max_cluster_size + 1)),
-            "row": In(range(max(2, rows))),
-            "row_sigs": Out(data.ArrayLayout(unsigned(kv.hyperplanes), kv.lanes)),
-            "row_counts": Out(data.ArrayLayout(unsigned(kv.count_bits), kv.lanes)),
-            "id": In(kv.id_bits),
-            "count": Out(kv.count_bits),
-            "write": In(wiring.Signature({"en": Out(1), "id": Out(kv.id_bits), "new": Out(1),
-                                          "sig": Out(kv.hyperplanes), "count": Out(kv.count_bits)})),
-            "sums_read": In(wiring.Signature({"addr": Out(sums_addr_bits(kv)), "data": In(lanes)})),
-            "sums_write": In(wiring.Signature({"en": Out(1), "addr": Out(sums_addr_bits(kv)), "data": Out(lanes)})),
-        })
+        super().__init__(
+            {
+                "reset": In(1),
+                "n": Out(range(kv.max_clusters + 1)),
+                "ntok": Out(range(kv.max_clusters * kv.max_cluster_size + 1)),
+                "row": In(range(max(2, rows))),
+                "row_sigs": Out(data.ArrayLayout(unsigned(kv.hyperplanes), kv.lanes)),
+                "row_counts": Out(data.ArrayLayout(unsigned(kv.count_bits), kv.lanes)),
+                "id": In(kv.id_bits),
+                "count": Out(kv.count_bits),
+                "write": In(
+                    wiring.Signature(
+                        {
+                            "en": Out(1),
+                            "id": Out(kv.id_bits),
+                            "new": Out(1),
+                            "sig": Out(kv.hyperplanes),
+                            "count": Out(kv.count_bits),
+                        }
+                    )
+                ),
+                "sums_read": In(wiring.Signature({"addr": Out(sums_addr_bits(kv)), "data": In(lanes)})),
+                "sums_write": In(
+                    wiring.Signature({"en": Out(1), "addr": Out(sums_addr_bits(kv)), "data": Out(lanes)})
+                ),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         kv = self.kv
@@ -66,12 +79,18 @@ class ClusterTableUnit(wiring.Component):
             m.submodules[f"sig{i}"], m.submodules[f"cnt{i}"] = sigs, counts
             sig_rp, cnt_rp = sigs.read_port(domain="comb"), counts.read_port(domain="comb")
             sig_wp, cnt_wp = sigs.write_port(), counts.write_port()
-            m.d.comb += [sig_rp.addr.eq(self.row), cnt_rp.addr.eq(self.row),
-                         self.row_sigs[i].eq(sig_rp.data), self.row_counts[i].eq(cnt_rp.data),
-                         sig_wp.addr.eq(write_row), sig_wp.data.eq(wr.sig),
-                         sig_wp.en.eq(wr.en & wr.new & (write_lane == i)),
-                         cnt_wp.addr.eq(write_row), cnt_wp.data.eq(wr.count),
-                         cnt_wp.en.eq(wr.en & (write_lane == i))]
+            m.d.comb += [
+                sig_rp.addr.eq(self.row),
+                cnt_rp.addr.eq(self.row),
+                self.row_sigs[i].eq(sig_rp.data),
+                self.row_counts[i].eq(cnt_rp.data),
+                sig_wp.addr.eq(write_row),
+                sig_wp.data.eq(wr.sig),
+                sig_wp.en.eq(wr.en & wr.new & (write_lane == i)),
+                cnt_wp.addr.eq(write_row),
+                cnt_wp.data.eq(wr.count),
+                cnt_wp.en.eq(wr.en & (write_lane == i)),
+            ]
         m.d.comb += self.count.eq(Array(self.row_counts[i] for i in range(L))[self.id[:lg_l] if lg_l else 0])
 
         with m.If(self.reset):
@@ -79,10 +98,17 @@ class ClusterTableUnit(wiring.Component):
         with m.Elif(wr.en):
             m.d.sync += [self.n.eq(self.n + wr.new), self.ntok.eq(self.ntok + 1)]
 
-        m.submodules.sums = sums = Memory(shape=unsigned(kv.sum_bits * L), depth=kv.max_clusters << (
-            sums_addr_bits(kv) - kv.id_bits), init=[])
+        m.submodules.sums = sums = Memory(
+            shape=unsigned(kv.sum_bits * L),
+            depth=kv.max_clusters << (sums_addr_bits(kv) - kv.id_bits),
+            init=[],
+        )
         sums_rp, sums_wp = sums.read_port(), sums.write_port()
-        m.d.comb += [sums_rp.addr.eq(self.sums_read.addr), self.sums_read.data.eq(sums_rp.data),
-                     sums_wp.addr.eq(self.sums_write.addr), sums_wp.data.eq(self.sums_write.data),
-                     sums_wp.en.eq(self.sums_write.en)]
+        m.d.comb += [
+            sums_rp.addr.eq(self.sums_read.addr),
+            self.sums_read.data.eq(sums_rp.data),
+            sums_wp.addr.eq(self.sums_write.addr),
+            sums_wp.data.eq(self.sums_write.data),
+            sums_wp.en.eq(self.sums_write.en),
+        ]
         return m

@@ -44,26 +44,28 @@ class ThresholdWalk(wiring.Component):
     def __init__(self, kv: KvConfig):
         self.kv = kv
         DB = kv.dot_bits
-        super().__init__({
-            "n": In(range(kv.max_clusters + 1)),
-            "ntok": In(range(kv.max_clusters * kv.max_cluster_size + 1)),
-            "lo": In(signed(DB)),
-            "hi": In(signed(DB)),
-            "score_count_sum": In(signed(score_count_sum_bits(kv))),
-            "score_id": Out(kv.id_bits),
-            "score": In(signed(DB)),
-            "count_id": Out(kv.id_bits),
-            "count": In(kv.count_bits),
-            "row_sum_en": In(1),
-            "threshold_en": In(1),
-            "link_en": In(1),
-            "link_done": Out(1),
-            "walk_start": In(1),
-            "walk_step": In(1),
-            "walk_done": Out(1),
-            "selected": Out(kv.id_bits),
-            "visited": Out(range(kv.max_clusters + 1)),
-        })
+        super().__init__(
+            {
+                "n": In(range(kv.max_clusters + 1)),
+                "ntok": In(range(kv.max_clusters * kv.max_cluster_size + 1)),
+                "lo": In(signed(DB)),
+                "hi": In(signed(DB)),
+                "score_count_sum": In(signed(score_count_sum_bits(kv))),
+                "score_id": Out(kv.id_bits),
+                "score": In(signed(DB)),
+                "count_id": Out(kv.id_bits),
+                "count": In(kv.count_bits),
+                "row_sum_en": In(1),
+                "threshold_en": In(1),
+                "link_en": In(1),
+                "link_done": Out(1),
+                "walk_start": In(1),
+                "walk_step": In(1),
+                "walk_done": Out(1),
+                "selected": Out(kv.id_bits),
+                "visited": Out(range(kv.max_clusters + 1)),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         kv = self.kv
@@ -93,29 +95,54 @@ class ThresholdWalk(wiring.Component):
 
         # LINK stages: issue link_cluster; offset = score − lo (and count); weight = offset · count
         link_cluster, link_issue = Signal(range(CM + 1)), Signal()
-        offset_valid, offset, offset_count, offset_cluster = Signal(), Signal(DB + 1), Signal(kv.count_bits), Signal(IB)
+        offset_valid, offset, offset_count, offset_cluster = (
+            Signal(),
+            Signal(DB + 1),
+            Signal(kv.count_bits),
+            Signal(IB),
+        )
         weight_valid, weight, weight_cluster = Signal(), Signal(kv.weight_bits), Signal(IB)
         bucket = Signal(range(max(2, B)))
-        m.d.comb += [self.score_id.eq(link_cluster[:IB]), self.count_id.eq(link_cluster[:IB]),
-                     bucket.eq(offset >> shift), self.link_done.eq(~link_issue & ~offset_valid)]
+        m.d.comb += [
+            self.score_id.eq(link_cluster[:IB]),
+            self.count_id.eq(link_cluster[:IB]),
+            bucket.eq(offset >> shift),
+            self.link_done.eq(~link_issue & ~offset_valid),
+        ]
 
-        remaining = Signal(signed(kv.rowsum_bits + 11))     # threshold − weights taken so far
+        remaining = Signal(signed(kv.rowsum_bits + 11))  # threshold − weights taken so far
         remaining_next, early_exit = Signal(signed(kv.rowsum_bits + 11)), Signal()
-        m.d.comb += [remaining_next.eq(remaining - w_rp.data),
-                     early_exit.eq(remaining_next[-1] | (remaining_next == 0)),     # Σ weights ≥ threshold
-                     self.walk_done.eq(early_exit | (~next_rp.data[IB] & (nonempty == 0)))]
+        m.d.comb += [
+            remaining_next.eq(remaining - w_rp.data),
+            early_exit.eq(remaining_next[-1] | (remaining_next == 0)),  # Σ weights ≥ threshold
+            self.walk_done.eq(early_exit | (~next_rp.data[IB] & (nonempty == 0))),
+        ]
 
         with m.If(self.row_sum_en):
-            m.d.sync += [row_sum_q.eq(row_sum.as_unsigned()[:kv.rowsum_bits]), span.eq(self.hi - self.lo)]
+            m.d.sync += [row_sum_q.eq(row_sum.as_unsigned()[: kv.rowsum_bits]), span.eq(self.hi - self.lo)]
         with m.If(self.threshold_en):
-            m.d.sync += [threshold.eq((row_sum_q * kv.alpha_q) >> 8), shift.eq(Mux(span_len > lg_b, span_len - lg_b, 0)),
-                         nonempty.eq(0), self.visited.eq(0), link_cluster.eq(0), link_issue.eq(1),
-                         offset_valid.eq(0), weight_valid.eq(0)]
+            m.d.sync += [
+                threshold.eq((row_sum_q * kv.alpha_q) >> 8),
+                shift.eq(Mux(span_len > lg_b, span_len - lg_b, 0)),
+                nonempty.eq(0),
+                self.visited.eq(0),
+                link_cluster.eq(0),
+                link_issue.eq(1),
+                offset_valid.eq(0),
+                weight_valid.eq(0),
+            ]
         with m.If(self.link_en):
-            m.d.sync += [offset_valid.eq(link_issue), offset.eq(self.score - self.lo), offset_count.eq(self.count),
-                         offset_cluster.eq(link_cluster[:IB])]
-            m.d.sync += [weight_valid.eq(offset_valid), weight.eq(offset * offset_count),
-                         weight_cluster.eq(offset_cluster)]
+            m.d.sync += [
+                offset_valid.eq(link_issue),
+                offset.eq(self.score - self.lo),
+                offset_count.eq(self.count),
+                offset_cluster.eq(link_cluster[:IB]),
+            ]
+            m.d.sync += [
+                weight_valid.eq(offset_valid),
+                weight.eq(offset * offset_count),
+                weight_cluster.eq(offset_cluster),
+            ]
             with m.If(weight_valid):
                 m.d.comb += [w_wp.addr.eq(weight_cluster), w_wp.data.eq(weight), w_wp.en.eq(1)]
             with m.If(link_issue):
@@ -123,11 +150,18 @@ class ThresholdWalk(wiring.Component):
                 with m.If(link_cluster == self.n - 1):
                     m.d.sync += link_issue.eq(0)
             with m.If(offset_valid):
-                m.d.comb += [next_wp.addr.eq(offset_cluster),
-                             next_wp.data.eq(Cat(head[bucket], nonempty.bit_select(bucket, 1))), next_wp.en.eq(1)]
+                m.d.comb += [
+                    next_wp.addr.eq(offset_cluster),
+                    next_wp.data.eq(Cat(head[bucket], nonempty.bit_select(bucket, 1))),
+                    next_wp.en.eq(1),
+                ]
                 m.d.sync += [head[bucket].eq(offset_cluster), nonempty.bit_select(bucket, 1).eq(1)]
         with m.If(self.walk_start):
-            m.d.sync += [self.selected.eq(head[top]), nonempty.bit_select(top, 1).eq(0), remaining.eq(threshold)]
+            m.d.sync += [
+                self.selected.eq(head[top]),
+                nonempty.bit_select(top, 1).eq(0),
+                remaining.eq(threshold),
+            ]
         with m.If(self.walk_step):
             m.d.sync += [remaining.eq(remaining_next), self.visited.eq(self.visited + 1)]
             with m.If(~early_exit):

@@ -62,20 +62,56 @@ import numpy as np
 from hw.config import AcceleratorConfig, TlmmConfig, config_from_dict
 from hw.isa import ISA_VERSION, GemmCommand, HostCommand, TlmmCommand, decode_program
 
-__all__ = ["PROGRAM_VERSION", "HOST_OP_KINDS", "PROGRAM_FILES", "TensorInfo", "HostOp", "Program", "ProgramError",
-           "content_hash", "tlmm_wgt_beat_bytes", "pack_tlmm_weights", "unpack_tlmm_weights"]
+__all__ = [
+    "PROGRAM_VERSION",
+    "HOST_OP_KINDS",
+    "PROGRAM_FILES",
+    "TensorInfo",
+    "HostOp",
+    "Program",
+    "ProgramError",
+    "content_hash",
+    "tlmm_wgt_beat_bytes",
+    "pack_tlmm_weights",
+    "unpack_tlmm_weights",
+]
 
-PROGRAM_VERSION = 2             # 2: content hash, file manifest, folder saved as a unit
+PROGRAM_VERSION = 2  # 2: content hash, file manifest, folder saved as a unit
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "int32", "int8", "uint8")
-HOST_OP_KINDS = ("embed", "rmsnorm", "rmsnorm+quant", "relu2", "swiglu", "relu2+quant", "swiglu+quant", "quant",
-                 "add", "dequant", "lm_head", "attn_prep", "attn_softmax", "attn_out")
+HOST_OP_KINDS = (
+    "embed",
+    "rmsnorm",
+    "rmsnorm+quant",
+    "relu2",
+    "swiglu",
+    "relu2+quant",
+    "swiglu+quant",
+    "quant",
+    "add",
+    "dequant",
+    "lm_head",
+    "attn_prep",
+    "attn_softmax",
+    "attn_out",
+)
 PROGRAM_FILES = ("program.json", "program.npz", "listing.txt")
 _HASH_TAG = b"tritium-program-content/2"
 _MAX_JSON_BYTES = 1 << 30
-_NPY_DTYPES = {"words": "<u8", "image": "|u1"}     # host:NAME arrays are <f4
-_DOC_FIELDS = ("format", "program_version", "isa_version", "config", "fingerprint", "meta", "host_ops", "tensors",
-               "arrays", "files", "content_hash")
+_NPY_DTYPES = {"words": "<u8", "image": "|u1"}  # host:NAME arrays are <f4
+_DOC_FIELDS = (
+    "format",
+    "program_version",
+    "isa_version",
+    "config",
+    "fingerprint",
+    "meta",
+    "host_ops",
+    "tensors",
+    "arrays",
+    "files",
+    "content_hash",
+)
 
 
 class ProgramError(ValueError):
@@ -85,7 +121,7 @@ class ProgramError(ValueError):
 @dataclass
 class TensorInfo:
     name: str
-    addr: int                   # beat address
+    addr: int  # beat address
     nbytes: int
     dtype: str
     shape: list[int]
@@ -100,7 +136,7 @@ class HostOp:
     inputs: list[str]
     outputs: list[str]
     attrs: dict = field(default_factory=dict)
-    where: str = ""             # module path / source line in the model
+    where: str = ""  # module path / source line in the model
 
 
 @dataclass
@@ -112,7 +148,7 @@ class Program:
     image: np.ndarray
     meta: dict = field(default_factory=dict)
     listing: str = ""
-    host_data: dict = field(default_factory=dict)     # host-side constants (tensors with attrs space=host)
+    host_data: dict = field(default_factory=dict)  # host-side constants (tensors with attrs space=host)
 
     @property
     def acfg(self) -> AcceleratorConfig:
@@ -125,7 +161,7 @@ class Program:
     def _bytes(self, image: np.ndarray, t: TensorInfo) -> np.ndarray:
         flat = image.reshape(-1)
         start = t.addr * image.shape[1]
-        return flat[start: start + t.nbytes]
+        return flat[start : start + t.nbytes]
 
     def read(self, image: np.ndarray, name: str) -> np.ndarray:
         """A ``rows`` tensor's value (other layouts: its raw bytes)."""
@@ -139,7 +175,9 @@ class Program:
 
     def write(self, image: np.ndarray, name: str, value: np.ndarray) -> None:
         t = self.tensors[name]
-        data = np.ascontiguousarray(value, dtype=np.dtype(t.dtype).newbyteorder("<")).reshape(-1).view(np.uint8)
+        data = (
+            np.ascontiguousarray(value, dtype=np.dtype(t.dtype).newbyteorder("<")).reshape(-1).view(np.uint8)
+        )
         if data.size > t.nbytes:
             raise ValueError(f"tensor {name}: {data.size} bytes written into a {t.nbytes}-byte buffer")
         self._bytes(image, t)[: data.size] = data
@@ -147,18 +185,27 @@ class Program:
     # ---- files ----
     def arrays(self) -> dict[str, np.ndarray]:
         """The arrays of ``program.npz`` by member name: ``words``, ``image`` and ``host:NAME``."""
-        out = {"words": np.ascontiguousarray(self.words, dtype="<u8"),
-               "image": np.ascontiguousarray(self.image, dtype=np.uint8)}
+        out = {
+            "words": np.ascontiguousarray(self.words, dtype="<u8"),
+            "image": np.ascontiguousarray(self.image, dtype=np.uint8),
+        }
         for k, v in self.host_data.items():
             out["host:" + k] = np.ascontiguousarray(v, dtype="<f4")
         return out
 
     def _body(self, arrays: dict[str, np.ndarray]) -> dict:
-        body = {"format": "tritium-program", "program_version": PROGRAM_VERSION, "isa_version": ISA_VERSION,
-                "config": self.config, "fingerprint": self.acfg.fingerprint(), "meta": self.meta,
-                "host_ops": [asdict(h) for h in self.host_ops], "tensors": [asdict(t) for t in self.tensors.values()],
-                "arrays": {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in sorted(arrays.items())}}
-        return json.loads(json.dumps(body))          # as load will see it (tuples → lists, keys → str)
+        body = {
+            "format": "tritium-program",
+            "program_version": PROGRAM_VERSION,
+            "isa_version": ISA_VERSION,
+            "config": self.config,
+            "fingerprint": self.acfg.fingerprint(),
+            "meta": self.meta,
+            "host_ops": [asdict(h) for h in self.host_ops],
+            "tensors": [asdict(t) for t in self.tensors.values()],
+            "arrays": {k: {"dtype": a.dtype.str, "shape": list(a.shape)} for k, a in sorted(arrays.items())},
+        }
+        return json.loads(json.dumps(body))  # as load will see it (tuples → lists, keys → str)
 
     def digest(self) -> str:
         """The content hash ``save`` records for this Program (``"sha256:…"``; see the module docstring)."""
@@ -184,8 +231,10 @@ class Program:
         try:
             _write_npz(tmp / "program.npz", arrays)
             _write_bytes(tmp / "listing.txt", listing)
-            files = {n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256_file(tmp / n)}
-                     for n in ("program.npz", "listing.txt")}
+            files = {
+                n: {"bytes": (tmp / n).stat().st_size, "sha256": _sha256_file(tmp / n)}
+                for n in ("program.npz", "listing.txt")
+            }
             doc = {**body, "files": files, "content_hash": chash}
             _write_bytes(tmp / "program.json", json.dumps(doc, indent=1).encode("utf-8"))
             _fsync_dir(tmp)
@@ -204,10 +253,14 @@ class Program:
         except ProgramError:
             raise
         except MemoryError:
-            raise ProgramError(f"{d}: declared sizes too large to load (damaged Program; recompile it)") from None
-        except Exception as e:      # noqa: BLE001 — any other failure of a damaged folder is still a ProgramError
+            raise ProgramError(
+                f"{d}: declared sizes too large to load (damaged Program; recompile it)"
+            ) from None
+        except Exception as e:  # noqa: BLE001 — any other failure of a damaged folder is still a ProgramError
             first = (str(e).strip().splitlines() or [""])[0][:200]
-            raise ProgramError(f"{d}: unreadable Program ({type(e).__name__}: {first}); recompile it") from None
+            raise ProgramError(
+                f"{d}: unreadable Program ({type(e).__name__}: {first}); recompile it"
+            ) from None
 
     @classmethod
     def _load(cls, d: Path) -> Program:
@@ -218,8 +271,10 @@ class Program:
         names = sorted(os.listdir(d))
         for n in names:
             if n not in PROGRAM_FILES:
-                raise ProgramError(f"{d}: unexpected file {n!r} (a Program folder holds only "
-                                   f"{', '.join(PROGRAM_FILES)}; recompile into a fresh folder)")
+                raise ProgramError(
+                    f"{d}: unexpected file {n!r} (a Program folder holds only "
+                    f"{', '.join(PROGRAM_FILES)}; recompile into a fresh folder)"
+                )
         for n in PROGRAM_FILES:
             if n not in names:
                 raise ProgramError(f"{d}: missing {n} (incomplete or damaged Program; recompile it)")
@@ -227,7 +282,9 @@ class Program:
                 raise ProgramError(f"{d / n}: not a regular file")
         size = src.stat().st_size
         if size > _MAX_JSON_BYTES:
-            raise ProgramError(f"{src}: {size} bytes, larger than any Program description ({_MAX_JSON_BYTES})")
+            raise ProgramError(
+                f"{src}: {size} bytes, larger than any Program description ({_MAX_JSON_BYTES})"
+            )
         try:
             doc = json.loads(src.read_bytes().decode("utf-8"))
         except UnicodeDecodeError:
@@ -246,25 +303,35 @@ class Program:
         for n, entry in doc["files"].items():
             p = d / n
             if p.stat().st_size != entry["bytes"]:
-                raise ProgramError(f"{p}: {p.stat().st_size} bytes, but program.json files.{n}.bytes is "
-                                   f"{entry['bytes']} (truncated or replaced file; recompile)")
+                raise ProgramError(
+                    f"{p}: {p.stat().st_size} bytes, but program.json files.{n}.bytes is "
+                    f"{entry['bytes']} (truncated or replaced file; recompile)"
+                )
             if _sha256_file(p) != entry["sha256"]:
-                raise ProgramError(f"{p}: SHA-256 differs from program.json files.{n}.sha256 (damaged file; "
-                                   f"recompile)")
+                raise ProgramError(
+                    f"{p}: SHA-256 differs from program.json files.{n}.sha256 (damaged file; recompile)"
+                )
         arrays = _read_npz(d / "program.npz", doc["arrays"])
         listing = (d / "listing.txt").read_bytes()
         body = {k: v for k, v in doc.items() if k not in ("files", "content_hash")}
         if content_hash(body, arrays, listing) != doc["content_hash"]:
-            raise ProgramError(f"{src}: content_hash does not match the Program (edited or damaged after save; "
-                               f"recompile)")
+            raise ProgramError(
+                f"{src}: content_hash does not match the Program (edited or damaged after save; recompile)"
+            )
         try:
             text = listing.decode("utf-8")
         except UnicodeDecodeError:
             raise ProgramError(f"{d / 'listing.txt'}: not UTF-8 text") from None
-        prog = cls(config=doc["config"], words=arrays["words"], image=arrays["image"],
-                   host_data={k[5:]: v for k, v in arrays.items() if k.startswith("host:")},
-                   host_ops=[HostOp(**h) for h in doc["host_ops"]],
-                   tensors={t["name"]: TensorInfo(**t) for t in doc["tensors"]}, meta=doc["meta"], listing=text)
+        prog = cls(
+            config=doc["config"],
+            words=arrays["words"],
+            image=arrays["image"],
+            host_data={k[5:]: v for k, v in arrays.items() if k.startswith("host:")},
+            host_ops=[HostOp(**h) for h in doc["host_ops"]],
+            tensors={t["name"]: TensorInfo(**t) for t in doc["tensors"]},
+            meta=doc["meta"],
+            listing=text,
+        )
         prog.validate(str(src))
         return prog
 
@@ -278,38 +345,56 @@ class Program:
         w = acfg.memory.bus_bytes
         if not isinstance(self.words, np.ndarray) or self.words.ndim != 1 or self.words.dtype != np.uint64:
             raise ProgramError(f"{source}: words must be a 1-D uint64 array")
-        if (not isinstance(self.image, np.ndarray) or self.image.ndim != 2 or self.image.shape[1] != w
-                or self.image.dtype != np.uint8):
-            raise ProgramError(f"{source}: image must be (beats, {w}) uint8, got "
-                               f"{getattr(self.image, 'shape', '?')} {getattr(self.image, 'dtype', '?')}")
+        if (
+            not isinstance(self.image, np.ndarray)
+            or self.image.ndim != 2
+            or self.image.shape[1] != w
+            or self.image.dtype != np.uint8
+        ):
+            raise ProgramError(
+                f"{source}: image must be (beats, {w}) uint8, got "
+                f"{getattr(self.image, 'shape', '?')} {getattr(self.image, 'dtype', '?')}"
+            )
         materialized = self.meta["weights_materialized"]
         if materialized and self.image.shape[0] != self.meta["memory_beats"]:
-            raise ProgramError(f"{source}: image has {self.image.shape[0]} beats, meta.memory_beats is "
-                               f"{self.meta['memory_beats']}")
+            raise ProgramError(
+                f"{source}: image has {self.image.shape[0]} beats, meta.memory_beats is "
+                f"{self.meta['memory_beats']}"
+            )
         for key, t in self.tensors.items():
             if key != t.name:
                 raise ProgramError(f"{source}: tensor {key!r} is named {t.name!r}")
             if t.layout not in LAYOUTS or t.dtype not in DTYPES:
-                raise ProgramError(f"{source}: tensor {t.name}: unknown layout {t.layout!r} or dtype {t.dtype!r}")
+                raise ProgramError(
+                    f"{source}: tensor {t.name}: unknown layout {t.layout!r} or dtype {t.dtype!r}"
+                )
             if any(not _is_int(s) or s < 0 for s in t.shape) or not _is_int(t.nbytes) or t.nbytes < 0:
                 raise ProgramError(f"{source}: tensor {t.name}: bad shape {t.shape} or nbytes {t.nbytes}")
             if t.layout == "rows" and t.nbytes and math.prod(t.shape) * np.dtype(t.dtype).itemsize > t.nbytes:
-                raise ProgramError(f"{source}: tensor {t.name}: shape {t.shape} {t.dtype} needs more than its "
-                                   f"{t.nbytes} bytes")
+                raise ProgramError(
+                    f"{source}: tensor {t.name}: shape {t.shape} {t.dtype} needs more than its "
+                    f"{t.nbytes} bytes"
+                )
             if t.attrs.get("space") == "host":
                 if materialized:
                     v = self.host_data.get(t.name)
                     if v is None:
                         raise ProgramError(f"{source}: host tensor {t.name}: no data")
                     if v.dtype != np.float32 or list(v.shape) != list(t.shape):
-                        raise ProgramError(f"{source}: host tensor {t.name}: data is {v.dtype} {list(v.shape)}, "
-                                           f"the tensor table says float32 {t.shape}")
+                        raise ProgramError(
+                            f"{source}: host tensor {t.name}: data is {v.dtype} {list(v.shape)}, "
+                            f"the tensor table says float32 {t.shape}"
+                        )
                 continue
             if t.nbytes == 0 and "parts" in t.attrs:
                 parts = t.attrs["parts"]
                 if not isinstance(parts, list) or any(p not in self.tensors for p in parts):
-                    raise ProgramError(f"{source}: tensor {t.name}: parts must name tensors, got {parts!r:.60}")
-                if math.prod(t.shape) * np.dtype(t.dtype).itemsize > sum(self.tensors[p].nbytes for p in parts):
+                    raise ProgramError(
+                        f"{source}: tensor {t.name}: parts must name tensors, got {parts!r:.60}"
+                    )
+                if math.prod(t.shape) * np.dtype(t.dtype).itemsize > sum(
+                    self.tensors[p].nbytes for p in parts
+                ):
                     raise ProgramError(f"{source}: tensor {t.name}: shape {t.shape} larger than its parts")
                 continue
             if t.addr < 0 or (materialized and (t.addr * w + t.nbytes) > self.image.size):
@@ -338,24 +423,35 @@ class Program:
                 raise ProgramError(f"{source}: HOST command refers to op {c.op}; the table has {n_ops}")
             if isinstance(c, TlmmCommand):
                 if c.tokens > t.tokens or c.k_chunks * t.chunk_k > _round_up(t.max_k, t.chunk_k):
-                    raise ProgramError(f"{source}: TLMM command {i}: M={c.tokens}, KC={c.k_chunks} beyond the "
-                                       f"engine (tlmm.tokens {t.tokens}, tlmm.max_k {t.max_k})")
+                    raise ProgramError(
+                        f"{source}: TLMM command {i}: M={c.tokens}, KC={c.k_chunks} beyond the "
+                        f"engine (tlmm.tokens {t.tokens}, tlmm.max_k {t.max_k})"
+                    )
                 if materialized:
-                    spans = {"act_base": c.k_chunks * c.tokens * t.chunk_k,
-                             "wgt_base": c.k_chunks * c.n_blocks * tlmm_wgt_beat_bytes(t),
-                             "res_base": c.n_blocks * c.tokens * t.columns * 4}
+                    spans = {
+                        "act_base": c.k_chunks * c.tokens * t.chunk_k,
+                        "wgt_base": c.k_chunks * c.n_blocks * tlmm_wgt_beat_bytes(t),
+                        "res_base": c.n_blocks * c.tokens * t.columns * 4,
+                    }
                     for f, n in spans.items():
                         if getattr(c, f) * w + n > self.image.size:
-                            raise ProgramError(f"{source}: TLMM command {i}: {f} stream outside the "
-                                               f"{self.image.shape[0]}-beat image")
-            if isinstance(c, GemmCommand) and materialized:      # the numba GEMM model does not bounds-check
+                            raise ProgramError(
+                                f"{source}: TLMM command {i}: {f} stream outside the "
+                                f"{self.image.shape[0]}-beat image"
+                            )
+            if isinstance(c, GemmCommand) and materialized:  # the numba GEMM model does not bounds-check
                 geo = acfg.gemm_geometry
-                spans = {"a_base": c.m_tiles * c.k_tiles * geo.a_beats, "b_base": c.n_tiles * c.k_tiles * geo.b_beats,
-                         "c_base": c.m_tiles * c.n_tiles * geo.out_beats(bool(c.requant))}
+                spans = {
+                    "a_base": c.m_tiles * c.k_tiles * geo.a_beats,
+                    "b_base": c.n_tiles * c.k_tiles * geo.b_beats,
+                    "c_base": c.m_tiles * c.n_tiles * geo.out_beats(bool(c.requant)),
+                }
                 for f, n in spans.items():
                     if getattr(c, f) + n > self.image.shape[0]:
-                        raise ProgramError(f"{source}: GEMM command {i}: {f} panels outside the "
-                                           f"{self.image.shape[0]}-beat image")
+                        raise ProgramError(
+                            f"{source}: GEMM command {i}: {f} panels outside the "
+                            f"{self.image.shape[0]}-beat image"
+                        )
 
 
 def _round_up(x: int, m: int) -> int:
@@ -434,8 +530,10 @@ def _check_replaceable(out: Path) -> None:
         legacy = {".program.json.tmp", ".program.npz.tmp", ".listing.txt.tmp"}
         extra = sorted(n for n in os.listdir(out) if n not in PROGRAM_FILES and n not in legacy)
         if extra:
-            raise ProgramError(f"{out}: not empty and not a Program folder (holds {extra[0]!r}); refusing to "
-                               f"replace it, choose another output folder")
+            raise ProgramError(
+                f"{out}: not empty and not a Program folder (holds {extra[0]!r}); refusing to "
+                f"replace it, choose another output folder"
+            )
 
 
 def _install(tmp: Path, out: Path) -> None:
@@ -450,7 +548,7 @@ def _install(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
     except BaseException:
         if aside is not None and not out.exists():
-            try:                                   # put the old Program back if we still can
+            try:  # put the old Program back if we still can
                 os.replace(aside, out)
             except OSError:
                 pass
@@ -502,12 +600,22 @@ def _shape(v: object) -> bool:
 
 
 def _check_meta(meta: object, source: str) -> None:
-    _fields(meta, ("tokens", "pos", "memory_beats", "persistent_beats", "weights_materialized", "output", "model"),
-            source, "meta", exact=False)
+    _fields(
+        meta,
+        ("tokens", "pos", "memory_beats", "persistent_beats", "weights_materialized", "output", "model"),
+        source,
+        "meta",
+        exact=False,
+    )
     for k, lo in (("tokens", 1), ("pos", 0), ("memory_beats", 0), ("persistent_beats", 0)):
         _need(_is_int(meta[k]) and meta[k] >= lo, source, f"meta.{k}", f"an integer >= {lo}", meta[k])
-    _need(isinstance(meta["weights_materialized"], bool), source, "meta.weights_materialized", "true or false",
-          meta["weights_materialized"])
+    _need(
+        isinstance(meta["weights_materialized"], bool),
+        source,
+        "meta.weights_materialized",
+        "true or false",
+        meta["weights_materialized"],
+    )
     _need(isinstance(meta["output"], str), source, "meta.output", "a tensor name", meta["output"])
     _need(isinstance(meta["model"], dict), source, "meta.model", "an object", meta["model"])
 
@@ -518,15 +626,25 @@ def _check_doc(doc: object, src: str) -> None:
     if doc.get("format") != "tritium-program":
         raise ProgramError(f"{src}: not a Tritium Program (format {_show(doc.get('format'))})")
     if doc.get("program_version") != PROGRAM_VERSION or doc.get("isa_version") != ISA_VERSION:
-        raise ProgramError(f"{src}: program_version {doc.get('program_version')!r} / isa_version "
-                           f"{doc.get('isa_version')!r}; "
-                           f"this build reads {PROGRAM_VERSION} / {ISA_VERSION} (recompile the Program)")
+        raise ProgramError(
+            f"{src}: program_version {doc.get('program_version')!r} / isa_version "
+            f"{doc.get('isa_version')!r}; "
+            f"this build reads {PROGRAM_VERSION} / {ISA_VERSION} (recompile the Program)"
+        )
     _fields(doc, _DOC_FIELDS, src, "program.json")
     _need(isinstance(doc["config"], dict), src, "config", "an object", doc["config"])
     _need(isinstance(doc["fingerprint"], str), src, "fingerprint", "a string", doc["fingerprint"])
     ch = doc["content_hash"]
-    _need(isinstance(ch, str) and len(ch) == 71 and ch.startswith("sha256:")
-          and all(c in "0123456789abcdef" for c in ch[7:]), src, "content_hash", "'sha256:' + 64 hex digits", ch)
+    _need(
+        isinstance(ch, str)
+        and len(ch) == 71
+        and ch.startswith("sha256:")
+        and all(c in "0123456789abcdef" for c in ch[7:]),
+        src,
+        "content_hash",
+        "'sha256:' + 64 hex digits",
+        ch,
+    )
     _check_meta(doc["meta"], src)
     _need(isinstance(doc["host_ops"], list), src, "host_ops", "a list", doc["host_ops"])
     for i, h in enumerate(doc["host_ops"]):
@@ -543,10 +661,17 @@ def _check_doc(doc: object, src: str) -> None:
     for i, t in enumerate(doc["tensors"]):
         at = f"tensors[{i}]"
         _fields(t, ("name", "addr", "nbytes", "dtype", "shape", "layout", "attrs"), src, at)
-        _need(isinstance(t["name"], str) and t["name"] not in seen, src, f"{at}.name", "a new tensor name",
-              t["name"])
+        _need(
+            isinstance(t["name"], str) and t["name"] not in seen,
+            src,
+            f"{at}.name",
+            "a new tensor name",
+            t["name"],
+        )
         seen.add(t["name"])
-        _need(_is_int(t["addr"]) and t["addr"] >= -1, src, f"{at}.addr", "a beat address (-1: none)", t["addr"])
+        _need(
+            _is_int(t["addr"]) and t["addr"] >= -1, src, f"{at}.addr", "a beat address (-1: none)", t["addr"]
+        )
         _need(_is_int(t["nbytes"]) and t["nbytes"] >= 0, src, f"{at}.nbytes", "an integer >= 0", t["nbytes"])
         _need(t["dtype"] in DTYPES, src, f"{at}.dtype", f"one of {', '.join(DTYPES)}", t["dtype"])
         _need(_shape(t["shape"]), src, f"{at}.shape", "a list of integers >= 0", t["shape"])
@@ -557,9 +682,15 @@ def _check_doc(doc: object, src: str) -> None:
     for n, e in files.items():
         _fields(e, ("bytes", "sha256"), src, f"files.{n}")
         _need(_is_int(e["bytes"]) and e["bytes"] >= 0, src, f"files.{n}.bytes", "an integer >= 0", e["bytes"])
-        _need(isinstance(e["sha256"], str) and len(e["sha256"]) == 64
-              and all(c in "0123456789abcdef" for c in e["sha256"]), src, f"files.{n}.sha256", "64 hex digits",
-              e["sha256"])
+        _need(
+            isinstance(e["sha256"], str)
+            and len(e["sha256"]) == 64
+            and all(c in "0123456789abcdef" for c in e["sha256"]),
+            src,
+            f"files.{n}.sha256",
+            "64 hex digits",
+            e["sha256"],
+        )
     arrays = doc["arrays"]
     _fields(arrays, ("words", "image"), src, "arrays", exact=False)
     declared = 0
@@ -571,11 +702,19 @@ def _check_doc(doc: object, src: str) -> None:
         _need(spec["dtype"] == want, src, f"{at}.dtype", repr(want), spec["dtype"])
         _need(_shape(spec["shape"]), src, f"{at}.shape", "a list of integers >= 0", spec["shape"])
         ndim = {"words": 1, "image": 2}.get(k)
-        _need(ndim is None or len(spec["shape"]) == ndim, src, f"{at}.shape", f"{ndim} dimension(s)", spec["shape"])
+        _need(
+            ndim is None or len(spec["shape"]) == ndim,
+            src,
+            f"{at}.shape",
+            f"{ndim} dimension(s)",
+            spec["shape"],
+        )
         declared += math.prod(spec["shape"]) * np.dtype(want).itemsize
     if declared > files["program.npz"]["bytes"]:
-        raise ProgramError(f"{src}: arrays declare {declared} bytes but files.program.npz.bytes is "
-                           f"{files['program.npz']['bytes']} (damaged Program; recompile)")
+        raise ProgramError(
+            f"{src}: arrays declare {declared} bytes but files.program.npz.bytes is "
+            f"{files['program.npz']['bytes']} (damaged Program; recompile)"
+        )
 
 
 def _read_npz(path: Path, manifest: dict) -> dict[str, np.ndarray]:
@@ -586,9 +725,13 @@ def _read_npz(path: Path, manifest: dict) -> dict[str, np.ndarray]:
         for info in infos:
             key = info.filename[:-4] if info.filename.endswith(".npy") else None
             if key not in manifest or key in out:
-                raise ProgramError(f"{path}: unexpected member {info.filename!r} (not in program.json arrays)")
+                raise ProgramError(
+                    f"{path}: unexpected member {info.filename!r} (not in program.json arrays)"
+                )
             if info.compress_type != zipfile.ZIP_STORED:
-                raise ProgramError(f"{path}: member {info.filename!r} is compressed; Programs store arrays as is")
+                raise ProgramError(
+                    f"{path}: member {info.filename!r} is compressed; Programs store arrays as is"
+                )
             spec = manifest[key]
             dtype, shape = np.dtype(spec["dtype"]), tuple(spec["shape"])
             nbytes = math.prod(shape) * dtype.itemsize
@@ -601,12 +744,16 @@ def _read_npz(path: Path, manifest: dict) -> dict[str, np.ndarray]:
                 else:
                     raise ProgramError(f"{path}: {key}: .npy format {version} (expected 1.0 or 2.0)")
                 if hdtype.hasobject or hdtype != dtype or tuple(hshape) != shape or fortran:
-                    raise ProgramError(f"{path}: {key}: stored as {hdtype.str} {list(hshape)}"
-                                       f"{' (Fortran order)' if fortran else ''}, program.json arrays.{key} says "
-                                       f"{dtype.str} {list(shape)}")
+                    raise ProgramError(
+                        f"{path}: {key}: stored as {hdtype.str} {list(hshape)}"
+                        f"{' (Fortran order)' if fortran else ''}, program.json arrays.{key} says "
+                        f"{dtype.str} {list(shape)}"
+                    )
                 if info.file_size != f.tell() + nbytes:
-                    raise ProgramError(f"{path}: {key}: member holds {info.file_size - f.tell()} data bytes, its "
-                                       f"header declares {nbytes}")
+                    raise ProgramError(
+                        f"{path}: {key}: member holds {info.file_size - f.tell()} data bytes, its "
+                        f"header declares {nbytes}"
+                    )
                 data = f.read(nbytes)
             if len(data) != nbytes:
                 raise ProgramError(f"{path}: {key}: truncated ({len(data)} of {nbytes} bytes)")
@@ -615,6 +762,7 @@ def _read_npz(path: Path, manifest: dict) -> dict[str, np.ndarray]:
         if key not in out:
             raise ProgramError(f"{path}: missing array {key!r} (listed in program.json arrays)")
     return out
+
 
 def tlmm_wgt_beat_bytes(cfg: TlmmConfig) -> int:
     return -(-cfg.columns * cfg.tables * cfg.index_bits // 8)
@@ -636,7 +784,8 @@ def unpack_tlmm_weights(data: np.ndarray, cfg: TlmmConfig, kc: int, nb: int) -> 
     """Inverse of :func:`pack_tlmm_weights`: bytes → (KC, NB, Q, T) indices (uint8)."""
     q, t, ib = cfg.columns, cfg.tables, cfg.index_bits
     nbytes = tlmm_wgt_beat_bytes(cfg)
-    bits = np.unpackbits(np.asarray(data[: kc * nb * nbytes], np.uint8).reshape(kc * nb, nbytes), axis=1,
-                         bitorder="little")[:, : q * t * ib].reshape(kc * nb, q * t, ib)
+    bits = np.unpackbits(
+        np.asarray(data[: kc * nb * nbytes], np.uint8).reshape(kc * nb, nbytes), axis=1, bitorder="little"
+    )[:, : q * t * ib].reshape(kc * nb, q * t, ib)
     vals = (bits.astype(np.uint16) << np.arange(ib, dtype=np.uint16)).sum(axis=2)
     return vals.reshape(kc, nb, q, t).astype(np.uint8)

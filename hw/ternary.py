@@ -25,8 +25,17 @@ import numpy as np
 from hw.config import TlmmConfig
 
 __all__ = [
-    "pack_weight_groups", "unpack_weight_groups", "build_table", "lookup", "quantize_activations",
-    "quantize_weights", "TlmmShape", "tlmm_shape", "tlmm_streams", "pack_fields", "wrap_int32",
+    "pack_weight_groups",
+    "unpack_weight_groups",
+    "build_table",
+    "lookup",
+    "quantize_activations",
+    "quantize_weights",
+    "TlmmShape",
+    "tlmm_shape",
+    "tlmm_streams",
+    "pack_fields",
+    "wrap_int32",
 ]
 
 
@@ -37,8 +46,8 @@ def wrap_int32(x: np.ndarray) -> np.ndarray:
 
 def _digits(group_size: int) -> np.ndarray:
     """digits[idx, j] = j-th base-3 digit of idx, minus 1 (the weight it encodes)."""
-    idx = np.arange(3 ** group_size)
-    return np.stack([(idx // 3 ** j) % 3 - 1 for j in range(group_size)], axis=1).astype(np.int64)
+    idx = np.arange(3**group_size)
+    return np.stack([(idx // 3**j) % 3 - 1 for j in range(group_size)], axis=1).astype(np.int64)
 
 
 def pack_weight_groups(w: np.ndarray, group_size: int) -> np.ndarray:
@@ -76,10 +85,10 @@ def lookup(table: np.ndarray, idx: np.ndarray, group_size: int, table_mode: str)
     idx = np.asarray(idx, dtype=np.int64)
     if table_mode == "full":
         return np.take_along_axis(table, idx, axis=-1)
-    zero = (3 ** group_size - 1) // 2
+    zero = (3**group_size - 1) // 2
     half = table[..., : zero + 1]
     upper = idx > zero
-    src = np.where(upper, 3 ** group_size - 1 - idx, idx)
+    src = np.where(upper, 3**group_size - 1 - idx, idx)
     val = np.take_along_axis(half, src, axis=-1)
     return np.where(upper, -val, val)
 
@@ -108,18 +117,20 @@ def quantize_weights(w: np.ndarray, eps: float = 1e-5) -> tuple[np.ndarray, floa
 class TlmmShape:
     """How one y = W·x of shape (M tokens, K, N) maps onto the engine."""
 
-    tokens: int      # M (1..cfg.tokens)
+    tokens: int  # M (1..cfg.tokens)
     k: int
     n: int
-    k_chunks: int    # KC = ceil(K / (G·T))
-    n_blocks: int    # NB = ceil(N / Q)
+    k_chunks: int  # KC = ceil(K / (G·T))
+    n_blocks: int  # NB = ceil(N / Q)
 
 
 def tlmm_shape(cfg: TlmmConfig, tokens: int, k: int, n: int) -> TlmmShape:
     """Check a matmul against the engine limits and return its tiling; ValueError names the limit."""
     if not 1 <= tokens <= cfg.tokens:
-        raise ValueError(f"tokens={tokens}: the engine shares a weight beat among 1..{cfg.tokens} tokens "
-                         "(tlmm.tokens); split the batch")
+        raise ValueError(
+            f"tokens={tokens}: the engine shares a weight beat among 1..{cfg.tokens} tokens "
+            "(tlmm.tokens); split the batch"
+        )
     if not 1 <= k <= cfg.max_k:
         raise ValueError(f"K={k}: must be in 1..{cfg.max_k} (tlmm.max_k)")
     if not 1 <= n <= cfg.max_n:
@@ -140,7 +151,9 @@ def tlmm_streams(cfg: TlmmConfig, w: np.ndarray, x: np.ndarray) -> tuple[TlmmSha
         raise ValueError(f"x (M, K) and w (N, K) must agree on K: x{x.shape}, w{w.shape}")
     lo, hi = -(1 << (cfg.act_bits - 1)), (1 << (cfg.act_bits - 1)) - 1
     if x.size and (x.min() < lo or x.max() > hi):
-        raise ValueError(f"activations must be {cfg.act_bits}-bit signed ({lo}..{hi}); got {x.min()}..{x.max()}")
+        raise ValueError(
+            f"activations must be {cfg.act_bits}-bit signed ({lo}..{hi}); got {x.min()}..{x.max()}"
+        )
     m, k = x.shape
     n = w.shape[0]
     shape = tlmm_shape(cfg, m, k, n)

@@ -61,22 +61,30 @@ class TableLookupMatmul(wiring.Component):
 
     def __init__(self, cfg: TlmmConfig):
         self.cfg = cfg
-        super().__init__({
-            "cmd": In(stream.Signature(command_layout())),
-            "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.chunk_k))),
-            "wgt": In(stream.Signature(
-                data.ArrayLayout(data.ArrayLayout(unsigned(cfg.index_bits), cfg.tables), cfg.columns))),
-            "res": Out(stream.Signature(data.ArrayLayout(signed(cfg.acc_bits), cfg.columns))),
-            "busy": Out(1),
-        })
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(command_layout())),
+                "act": In(stream.Signature(data.ArrayLayout(signed(cfg.act_bits), cfg.chunk_k))),
+                "wgt": In(
+                    stream.Signature(
+                        data.ArrayLayout(data.ArrayLayout(unsigned(cfg.index_bits), cfg.tables), cfg.columns)
+                    )
+                ),
+                "res": Out(stream.Signature(data.ArrayLayout(signed(cfg.acc_bits), cfg.columns))),
+                "busy": Out(1),
+            }
+        )
 
     # -- table build: entry idx = Σ_j (digit_j(idx) - 1)·a_j, split over the registered fill stage --
     def _partial_sums(self, acts: list) -> list:
         """Entries of the table of the low G-1 activations (3^(G-1) values); registered at the input."""
         out = []
         for idx in range(3 ** (self.cfg.group_size - 1)):
-            terms = [acts[j] if (idx // 3 ** j) % 3 == 2 else -acts[j]
-                     for j in range(self.cfg.group_size - 1) if (idx // 3 ** j) % 3 != 1]
+            terms = [
+                acts[j] if (idx // 3**j) % 3 == 2 else -acts[j]
+                for j in range(self.cfg.group_size - 1)
+                if (idx // 3**j) % 3 != 1
+            ]
             out.append(_tree_sum(terms) if terms else Const(0, signed(self.cfg.entry_bits)))
         return out
 
@@ -85,7 +93,7 @@ class TableLookupMatmul(wiring.Component):
         low = 3 ** (self.cfg.group_size - 1)
         entries = []
         for idx in range(self.cfg.stored_entries):
-            d = idx // low - 1          # digit of the top activation, minus 1
+            d = idx // low - 1  # digit of the top activation, minus 1
             p = partial[idx % low]
             entries.append(p if d == 0 else (p + top).as_signed() if d > 0 else (p - top).as_signed())
         return entries
@@ -121,15 +129,19 @@ class TableLookupMatmul(wiring.Component):
         m.submodules.results = results = SyncFIFO(width=Q * ab, depth=depth_out)
         credits = Signal(range(depth_out + 1), init=depth_out)
         pop = Signal()
-        m.d.comb += [self.res.valid.eq(results.r_rdy), self.res.payload.eq(results.r_data),
-                     results.r_en.eq(self.res.ready), pop.eq(results.r_rdy & self.res.ready)]
+        m.d.comb += [
+            self.res.valid.eq(results.r_rdy),
+            self.res.payload.eq(results.r_data),
+            results.r_en.eq(self.res.ready),
+            pop.eq(results.r_rdy & self.res.ready),
+        ]
 
         # ---- command registers and loop counters ----
         tokens_m1 = Signal(range(M))
         kc_last, nb_last = Signal(16), Signal(16)
         kc, nb = Signal(16), Signal(16)
         tok = Signal(range(M))
-        tok_next = Signal(range(M))     # the token looked up after ``tok`` (registered: it selects banks)
+        tok_next = Signal(range(M))  # the token looked up after ``tok`` (registered: it selects banks)
         first_chunk, last_chunk = Signal(), Signal()
         addr = Signal(addr_bits)
 
@@ -140,15 +152,20 @@ class TableLookupMatmul(wiring.Component):
         zero = cfg.zero_index
 
         def bank(name):
-            return [[Signal(signed(eb), name=f"{name}_{t}_{e}") if e != zero else Const(0, signed(eb))
-                     for e in range(cfg.stored_entries)] for t in range(T)]
+            return [
+                [
+                    Signal(signed(eb), name=f"{name}_{t}_{e}") if e != zero else Const(0, signed(eb))
+                    for e in range(cfg.stored_entries)
+                ]
+                for t in range(T)
+            ]
 
         stored = [(t, e) for t in range(T) for e in range(cfg.stored_entries) if e != zero]
         banks = [bank(f"tab{s}") for s in range(M)] if M > 1 else []
         cur = bank("cur")
-        fire_fill = Signal()   # an activation beat is taken this cycle (it belongs to token ``tok``)
-        issue = Signal()       # a lookup of token ``tok`` is issued this cycle
-        prep = Signal()        # the cycle after a chunk's last fill, before its first lookup
+        fire_fill = Signal()  # an activation beat is taken this cycle (it belongs to token ``tok``)
+        issue = Signal()  # a lookup of token ``tok`` is issued this cycle
+        prep = Signal()  # the cycle after a chunk's last fill, before its first lookup
         # The table build is split by a register: as a beat arrives, the tables of its low G-1 activations
         # (3^(G-1) entries each) and its top activation are registered (loaded every cycle; meaningful only
         # when ``fill_pending``); in the next cycle one adder level completes every entry.
@@ -168,9 +185,17 @@ class TableLookupMatmul(wiring.Component):
                 m.d.sync += [bk[t][e].eq(fill_entries[t][e]) for t, e in stored]
         with m.If(prep):
             # the chunk's last beat is being built now; the next lookup is token 0 (that beat's token if M = 1)
-            first_tables = fill_entries if M == 1 else [
-                [Mux(tokens_m1 == 0, fill_entries[t][e], banks[0][t][e]) for e in range(cfg.stored_entries)]
-                for t in range(T)]
+            first_tables = (
+                fill_entries
+                if M == 1
+                else [
+                    [
+                        Mux(tokens_m1 == 0, fill_entries[t][e], banks[0][t][e])
+                        for e in range(cfg.stored_entries)
+                    ]
+                    for t in range(T)
+                ]
+            )
             m.d.sync += [cur[t][e].eq(first_tables[t][e]) for t, e in stored]
         if M > 1:
             with m.Elif(issue & (tokens_m1 != 0)):
@@ -199,9 +224,13 @@ class TableLookupMatmul(wiring.Component):
                 with m.If(self.cmd.valid):
                     p = self.cmd.payload
                     m.d.sync += [
-                        tokens_m1.eq(p.tokens_minus_one), kc_last.eq(p.k_chunks - 1),
-                        nb_last.eq(p.n_blocks - 1), kc.eq(0), nb.eq(0),
-                        first_chunk.eq(1), last_chunk.eq(p.k_chunks == 1),
+                        tokens_m1.eq(p.tokens_minus_one),
+                        kc_last.eq(p.k_chunks - 1),
+                        nb_last.eq(p.n_blocks - 1),
+                        kc.eq(0),
+                        nb.eq(0),
+                        first_chunk.eq(1),
+                        last_chunk.eq(p.k_chunks == 1),
                         *set_tok(0, Mux(p.tokens_minus_one == 0, 0, 1)),
                     ]
                     m.next = "FILL"
@@ -217,23 +246,37 @@ class TableLookupMatmul(wiring.Component):
                 m.d.comb += [self.busy.eq(1), prep.eq(1)]
                 m.next = "LOOK"
             with m.State("LOOK"):
-                m.d.comb += [self.busy.eq(1), self.wgt.ready.eq(credit_ok & (tok == tokens_m1)),
-                             issue.eq(self.wgt.valid & credit_ok)]
+                m.d.comb += [
+                    self.busy.eq(1),
+                    self.wgt.ready.eq(credit_ok & (tok == tokens_m1)),
+                    issue.eq(self.wgt.valid & credit_ok),
+                ]
                 with m.If(issue):
-                    m.d.sync += [addr.eq(addr + 1), *set_tok(tok_next, Mux(tok_next == tokens_m1, 0, tok_next + 1))]
+                    m.d.sync += [
+                        addr.eq(addr + 1),
+                        *set_tok(tok_next, Mux(tok_next == tokens_m1, 0, tok_next + 1)),
+                    ]
                     with m.If(tok == tokens_m1):
                         with m.If(nb == nb_last):
                             with m.If(last_chunk):
                                 m.next = "DRAIN"
                             with m.Else():
-                                m.d.sync += [kc.eq(kc + 1), first_chunk.eq(0), last_chunk.eq(kc + 1 == kc_last)]
+                                m.d.sync += [
+                                    kc.eq(kc + 1),
+                                    first_chunk.eq(0),
+                                    last_chunk.eq(kc + 1 == kc_last),
+                                ]
                                 m.next = "FILL"
                         with m.Else():
                             m.d.sync += nb.eq(nb + 1)
             with m.State("DRAIN"):
                 m.d.comb += self.busy.eq(1)
-                with m.If(~a_valid & ~b_valid & ~c_valid
-                          & ((results.level == 0) | ((results.level == 1) & self.res.ready))):
+                with m.If(
+                    ~a_valid
+                    & ~b_valid
+                    & ~c_valid
+                    & ((results.level == 0) | ((results.level == 1) & self.res.ready))
+                ):
                     m.next = "IDLE"
 
         with m.If(self.cmd.valid & self.cmd.ready):

@@ -44,7 +44,14 @@ from hw.tlmm import TableLookupMatmul
 from hw.tlmm import command_layout as tlmm_command_layout
 from hw.top_geometry import TopGeometry, top_geometry
 
-__all__ = ["AcceleratorTop", "CommandFields", "TopGeometry", "top_geometry", "command_layout", "MAX_COMMAND_WORDS"]
+__all__ = [
+    "AcceleratorTop",
+    "CommandFields",
+    "TopGeometry",
+    "top_geometry",
+    "command_layout",
+    "MAX_COMMAND_WORDS",
+]
 
 _FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
 #: Words the decoder's command register holds (the longest command).
@@ -54,8 +61,10 @@ MAX_COMMAND_WORDS = max(command_words(op) for op in _FIELDS)
 def command_layout(opcode: int) -> data.FlexibleLayout:
     """The decoder's command register (``MAX_COMMAND_WORDS`` 64-bit words, word w at bit 64·w) seen as a
     command of ``opcode``: one field per hw.isa field (reserved bits have none)."""
-    return data.FlexibleLayout(64 * MAX_COMMAND_WORDS, {
-        name: data.Field(unsigned(width), 64 * word + lsb) for name, word, lsb, width in _FIELDS[opcode]})
+    return data.FlexibleLayout(
+        64 * MAX_COMMAND_WORDS,
+        {name: data.Field(unsigned(width), 64 * word + lsb) for name, word, lsb, width in _FIELDS[opcode]},
+    )
 
 
 _DMA_FIELDS = ("act_base", "wgt_base", "res_base")
@@ -67,18 +76,22 @@ class CommandFields(wiring.Component):
     HOST op index. Which of them are meaningful depends on the opcode."""
 
     def __init__(self):
-        super().__init__({
-            "words": In(data.ArrayLayout(64, MAX_COMMAND_WORDS)),
-            "opcode": Out(8),
-            "tlmm": Out(tlmm_command_layout()),
-            "tlmm_dma": Out(data.StructLayout({name: 32 for name in _DMA_FIELDS})),
-            "gemm": Out(gemm_command_layout()),
-            "host_op": Out(16),
-        })
+        super().__init__(
+            {
+                "words": In(data.ArrayLayout(64, MAX_COMMAND_WORDS)),
+                "opcode": Out(8),
+                "tlmm": Out(tlmm_command_layout()),
+                "tlmm_dma": Out(data.StructLayout({name: 32 for name in _DMA_FIELDS})),
+                "gemm": Out(gemm_command_layout()),
+                "host_op": Out(16),
+            }
+        )
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        tl, gm, host = (data.View(command_layout(op), self.words.as_value()) for op in (OP_TLMM, OP_GEMM, OP_HOST))
+        tl, gm, host = (
+            data.View(command_layout(op), self.words.as_value()) for op in (OP_TLMM, OP_GEMM, OP_HOST)
+        )
         m.d.comb += [self.opcode.eq(tl.opcode), self.host_op.eq(host.op)]
         m.d.comb += [self.tlmm[name].eq(tl[name]) for name, _ in payload_fields(OP_TLMM)]
         m.d.comb += [self.tlmm_dma[name].eq(tl[name]) for name in _DMA_FIELDS]
@@ -92,14 +105,16 @@ class AcceleratorTop(wiring.Component):
     def __init__(self, acfg: AcceleratorConfig):
         self.acfg = acfg
         self.geo = TopGeometry(acfg)
-        super().__init__({
-            "cmd": In(stream.Signature(unsigned(64))),
-            "host": Out(stream.Signature(unsigned(16))),
-            "rreq": Out(stream.Signature(read_request_layout(acfg))),
-            "rdata": In(stream.Signature(unsigned(8 * acfg.memory.bus_bytes))),
-            "wr": Out(stream.Signature(write_layout(acfg))),
-            "busy": Out(1),
-        })
+        super().__init__(
+            {
+                "cmd": In(stream.Signature(unsigned(64))),
+                "host": Out(stream.Signature(unsigned(16))),
+                "rreq": Out(stream.Signature(read_request_layout(acfg))),
+                "rdata": In(stream.Signature(unsigned(8 * acfg.memory.bus_bytes))),
+                "wr": Out(stream.Signature(write_layout(acfg))),
+                "busy": Out(1),
+            }
+        )
 
     def elaborate(self, platform):
         acfg, g = self.acfg, self.geo
@@ -117,7 +132,7 @@ class AcceleratorTop(wiring.Component):
         m.d.comb += fields.words.eq(words)
         tl_cmd, tl_dma = fields.tlmm, fields.tlmm_dma
         widx = Signal(range(MAX_COMMAND_WORDS + 1))
-        st = Signal(2)          # 0 FETCH, 1 DISPATCH, 2 RUN, 3 HOST
+        st = Signal(2)  # 0 FETCH, 1 DISPATCH, 2 RUN, 3 HOST
         opcode = fields.opcode
         tl_done, run_tlmm = Signal(), Signal()
         m.d.comb += self.busy.eq(st != 0)
@@ -158,8 +173,8 @@ class AcceleratorTop(wiring.Component):
         M = Signal(range(t.tokens + 1))
         kc_last = Signal(16)
         NB = Signal(16)
-        run_a_bytes = Signal(16 + 8)                    # M·EA
-        run_w_bytes = Signal(16 + 8 + 8)                # NB·EW
+        run_a_bytes = Signal(16 + 8)  # M·EA
+        run_w_bytes = Signal(16 + 8 + 8)  # NB·EW
         byte_bits = AB + lgW + 1
 
         def run_beats(start, nbytes):
@@ -167,7 +182,7 @@ class AcceleratorTop(wiring.Component):
 
         # sequencer (requests) and consumer (gearbox) each walk the runs: kind 0 act, 1 wgt
         rs_active, rs_kind, rs_kc = Signal(), Signal(), Signal(16)
-        rs_a, rs_w = Signal(byte_bits), Signal(byte_bits)       # byte address of the current act / wgt run
+        rs_a, rs_w = Signal(byte_bits), Signal(byte_bits)  # byte address of the current act / wgt run
         rs_addr, rs_left = Signal(AB), Signal(byte_bits)
         inflight = Signal(range(F + 1))
         burst = Signal(range(mem.max_burst + 1))
@@ -181,15 +196,24 @@ class AcceleratorTop(wiring.Component):
 
         with m.If(rq_fire):
             m.d.sync += [rs_addr.eq(rs_addr + burst), rs_left.eq(rs_left - burst)]
-            with m.If(rs_left == burst):                            # run requested: next run
+            with m.If(rs_left == burst):  # run requested: next run
                 with m.If(rs_kind == 0):
-                    m.d.sync += [rs_kind.eq(1), rs_addr.eq(rs_w >> lgW), rs_left.eq(run_beats(rs_w, run_w_bytes)),
-                                 rs_a.eq(rs_a + run_a_bytes)]
+                    m.d.sync += [
+                        rs_kind.eq(1),
+                        rs_addr.eq(rs_w >> lgW),
+                        rs_left.eq(run_beats(rs_w, run_w_bytes)),
+                        rs_a.eq(rs_a + run_a_bytes),
+                    ]
                 with m.Elif(rs_kc == kc_last):
                     m.d.sync += rs_active.eq(0)
                 with m.Else():
-                    m.d.sync += [rs_kind.eq(0), rs_kc.eq(rs_kc + 1), rs_addr.eq(rs_a >> lgW),
-                                 rs_left.eq(run_beats(rs_a, run_a_bytes)), rs_w.eq(rs_w + run_w_bytes)]
+                    m.d.sync += [
+                        rs_kind.eq(0),
+                        rs_kc.eq(rs_kc + 1),
+                        rs_addr.eq(rs_a >> lgW),
+                        rs_left.eq(run_beats(rs_a, run_a_bytes)),
+                        rs_w.eq(rs_w + run_w_bytes),
+                    ]
         m.d.sync += inflight.eq(inflight + Mux(rq_fire, burst, 0) - gb_push)
 
         # ---------------------------------------------------------------- TLMM DMA: gearbox
@@ -203,41 +227,58 @@ class AcceleratorTop(wiring.Component):
         m.d.comb += [
             tlmm.act.valid.eq(out_valid & ~gb_kind),
             tlmm.wgt.valid.eq(out_valid & gb_kind),
-            tlmm.act.payload.eq(Cat(buf[8 * i:8 * i + t.act_bits] for i in range(t.chunk_k))),
-            tlmm.wgt.payload.eq(buf[:len(tlmm.wgt.payload.as_value())]),
+            tlmm.act.payload.eq(Cat(buf[8 * i : 8 * i + t.act_bits] for i in range(t.chunk_k))),
+            tlmm.wgt.payload.eq(buf[: len(tlmm.wgt.payload.as_value())]),
         ]
         pop = Signal()
         m.d.comb += pop.eq(out_valid & Mux(gb_kind, tlmm.wgt.ready, tlmm.act.ready))
         # Both outcomes of ``pop`` (which depends on the engine's ready) are computed in parallel and ``pop``
         # selects at the end, so the engine's ready does not drive the byte shifters (timing).
-        fill_p = Signal(range(CAP + 1))                 # fill after popping an engine beat
+        fill_p = Signal(range(CAP + 1))  # fill after popping an engine beat
         m.d.comb += fill_p.eq(fill - E)
         can_in = rfifo.r_rdy & (gb_bb != 0)
         push_p, push_n = Signal(), Signal()
-        m.d.comb += [push_p.eq(can_in & (fill_p + W <= CAP)), push_n.eq(can_in & (fill + W <= CAP)),
-                     gb_push.eq(Mux(pop, push_p, push_n)), rfifo.r_en.eq(gb_push)]
+        m.d.comb += [
+            push_p.eq(can_in & (fill_p + W <= CAP)),
+            push_n.eq(can_in & (fill + W <= CAP)),
+            gb_push.eq(Mux(pop, push_p, push_n)),
+            rfifo.r_en.eq(gb_push),
+        ]
         off = Mux(gb_first, Mux(gb_kind, gb_w, gb_a)[:lgW], 0)
         incoming = Signal(8 * W)
         m.d.comb += incoming.eq(rfifo.r_data >> (off << 3))
         merged_p, merged_n = Signal(8 * CAP), Signal(8 * CAP)
-        m.d.comb += [merged_p.eq((buf >> (E << 3)) | Mux(push_p, incoming << (fill_p << 3), 0)),
-                     merged_n.eq(buf | Mux(push_n, incoming << (fill << 3), 0))]
-        m.d.sync += [buf.eq(Mux(pop, merged_p, merged_n)),
-                     fill.eq(Mux(pop, fill_p + Mux(push_p, W - off, 0), fill + Mux(push_n, W - off, 0)))]
+        m.d.comb += [
+            merged_p.eq((buf >> (E << 3)) | Mux(push_p, incoming << (fill_p << 3), 0)),
+            merged_n.eq(buf | Mux(push_n, incoming << (fill << 3), 0)),
+        ]
+        m.d.sync += [
+            buf.eq(Mux(pop, merged_p, merged_n)),
+            fill.eq(Mux(pop, fill_p + Mux(push_p, W - off, 0), fill + Mux(push_n, W - off, 0))),
+        ]
         with m.If(gb_push):
             m.d.sync += [gb_bb.eq(gb_bb - 1), gb_first.eq(0)]
         with m.If(pop):
             m.d.sync += gb_eb.eq(gb_eb - 1)
-            with m.If(gb_eb == 1):                                   # run done: drop the padding, next run
+            with m.If(gb_eb == 1):  # run done: drop the padding, next run
                 m.d.sync += [buf.eq(0), fill.eq(0), gb_first.eq(1)]
                 with m.If(gb_kind == 0):
-                    m.d.sync += [gb_kind.eq(1), gb_bb.eq(run_beats(gb_w, run_w_bytes)), gb_eb.eq(NB),
-                                 gb_a.eq(gb_a + run_a_bytes)]
+                    m.d.sync += [
+                        gb_kind.eq(1),
+                        gb_bb.eq(run_beats(gb_w, run_w_bytes)),
+                        gb_eb.eq(NB),
+                        gb_a.eq(gb_a + run_a_bytes),
+                    ]
                 with m.Elif(gb_kc == kc_last):
                     m.d.sync += gb_active.eq(0)
                 with m.Else():
-                    m.d.sync += [gb_kind.eq(0), gb_kc.eq(gb_kc + 1), gb_bb.eq(run_beats(gb_a, run_a_bytes)),
-                                 gb_eb.eq(M), gb_w.eq(gb_w + run_w_bytes)]
+                    m.d.sync += [
+                        gb_kind.eq(0),
+                        gb_kc.eq(gb_kc + 1),
+                        gb_bb.eq(run_beats(gb_a, run_a_bytes)),
+                        gb_eb.eq(M),
+                        gb_w.eq(gb_w + run_w_bytes),
+                    ]
         m.d.comb += rfifo.w_data.eq(self.rdata.payload)
 
         # ---------------------------------------------------------------- TLMM DMA: result packer
@@ -248,16 +289,20 @@ class AcceleratorTop(wiring.Component):
         res_left = Signal(33)
         w_active = Signal()
         tl_wr_valid = Signal()
-        m.d.comb += [tl_wr_valid.eq(w_active & ((wfill >= W) | ((res_left == 0) & (wfill != 0)))),
-                     tlmm.res.ready.eq(w_active & (wfill <= W))]
+        m.d.comb += [
+            tl_wr_valid.eq(w_active & ((wfill >= W) | ((res_left == 0) & (wfill != 0)))),
+            tlmm.res.ready.eq(w_active & (wfill <= W)),
+        ]
         wr_fire = Signal()
         r_push = tlmm.res.valid & tlmm.res.ready
         w_after = Signal(range(WCAP + 1))
         m.d.comb += w_after.eq(Mux(wr_fire, Mux(wfill >= W, wfill - W, 0), wfill))
         w_shift = Signal(8 * WCAP)
         m.d.comb += w_shift.eq(Mux(wr_fire, wbuf >> (8 * W), wbuf))
-        m.d.sync += [wbuf.eq(w_shift | Mux(r_push, tlmm.res.payload.as_value() << (w_after << 3), 0)),
-                     wfill.eq(w_after + Mux(r_push, ER, 0))]
+        m.d.sync += [
+            wbuf.eq(w_shift | Mux(r_push, tlmm.res.payload.as_value() << (w_after << 3), 0)),
+            wfill.eq(w_after + Mux(r_push, ER, 0)),
+        ]
         with m.If(wr_fire):
             m.d.sync += w_addr.eq(w_addr + 1)
         with m.If(r_push):
@@ -274,14 +319,30 @@ class AcceleratorTop(wiring.Component):
             nbv = tl_cmd.n_blocks
             a_bytes = m_tok * EA
             m.d.sync += [
-                M.eq(m_tok), kc_last.eq(tl_cmd.k_chunks - 1), NB.eq(nbv),
-                run_a_bytes.eq(a_bytes), run_w_bytes.eq(nbv * EW),
-                rs_active.eq(1), rs_kind.eq(0), rs_kc.eq(0), rs_a.eq(act_b), rs_w.eq(wgt_b),
+                M.eq(m_tok),
+                kc_last.eq(tl_cmd.k_chunks - 1),
+                NB.eq(nbv),
+                run_a_bytes.eq(a_bytes),
+                run_w_bytes.eq(nbv * EW),
+                rs_active.eq(1),
+                rs_kind.eq(0),
+                rs_kc.eq(0),
+                rs_a.eq(act_b),
+                rs_w.eq(wgt_b),
                 rs_addr.eq(tl_dma.act_base[:AB]),
                 rs_left.eq(run_beats(act_b, a_bytes)),
-                gb_active.eq(1), gb_kind.eq(0), gb_kc.eq(0), gb_first.eq(1), gb_a.eq(act_b), gb_w.eq(wgt_b),
-                gb_bb.eq(run_beats(act_b, a_bytes)), gb_eb.eq(m_tok),
-                w_active.eq(1), wfill.eq(0), wbuf.eq(0), res_left.eq(m_tok * nbv),
+                gb_active.eq(1),
+                gb_kind.eq(0),
+                gb_kc.eq(0),
+                gb_first.eq(1),
+                gb_a.eq(act_b),
+                gb_w.eq(wgt_b),
+                gb_bb.eq(run_beats(act_b, a_bytes)),
+                gb_eb.eq(m_tok),
+                w_active.eq(1),
+                wfill.eq(0),
+                wbuf.eq(0),
+                res_left.eq(m_tok * nbv),
                 w_addr.eq(tl_dma.res_base[:AB]),
             ]
 
@@ -296,16 +357,19 @@ class AcceleratorTop(wiring.Component):
                 rfifo.w_en.eq(self.rdata.valid),
                 self.wr.valid.eq(tl_wr_valid),
                 self.wr.payload.addr.eq(w_addr),
-                self.wr.payload.data.eq(wbuf[:8 * W]),
+                self.wr.payload.data.eq(wbuf[: 8 * W]),
                 wr_fire.eq(tl_wr_valid & self.wr.ready),
             ]
         with m.Else():
             m.d.comb += [
-                self.rreq.valid.eq(gemm.rreq.valid), self.rreq.payload.eq(gemm.rreq.payload),
+                self.rreq.valid.eq(gemm.rreq.valid),
+                self.rreq.payload.eq(gemm.rreq.payload),
                 gemm.rreq.ready.eq(self.rreq.ready),
-                gemm.rdata.valid.eq(self.rdata.valid), gemm.rdata.payload.eq(self.rdata.payload),
+                gemm.rdata.valid.eq(self.rdata.valid),
+                gemm.rdata.payload.eq(self.rdata.payload),
                 self.rdata.ready.eq(gemm.rdata.ready),
-                self.wr.valid.eq(gemm.wr.valid), self.wr.payload.eq(gemm.wr.payload),
+                self.wr.valid.eq(gemm.wr.valid),
+                self.wr.payload.eq(gemm.wr.payload),
                 gemm.wr.ready.eq(self.wr.ready),
             ]
         return m

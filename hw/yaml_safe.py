@@ -29,23 +29,34 @@ from yaml.constructor import SafeConstructor
 from yaml.nodes import MappingNode, Node, ScalarNode
 from yaml.resolver import Resolver
 
-try:                                    # libyaml parses (a pure-Python parse is ~5x slower)
+try:  # libyaml parses (a pure-Python parse is ~5x slower)
     from yaml._yaml import CParser
+
     _PARSER: tuple[type, ...] = (CParser,)
-except ImportError:                     # pragma: no cover - PyYAML without libyaml
+except ImportError:  # pragma: no cover - PyYAML without libyaml
     from yaml.parser import Parser
     from yaml.reader import Reader
     from yaml.scanner import Scanner
+
     _PARSER = (Reader, Scanner, Parser)
 
-__all__ = ["ConfigError", "MAX_BYTES", "MAX_DEPTH", "MAX_NODES", "MAX_INT_CHARS", "ECHO_CHARS",
-           "load_yaml", "parse_yaml", "show"]
+__all__ = [
+    "ConfigError",
+    "MAX_BYTES",
+    "MAX_DEPTH",
+    "MAX_NODES",
+    "MAX_INT_CHARS",
+    "ECHO_CHARS",
+    "load_yaml",
+    "parse_yaml",
+    "show",
+]
 
-MAX_BYTES = 1 << 20          # 1 MiB per file
-MAX_DEPTH = 32               # nested mappings/sequences
-MAX_NODES = 50_000           # scalars + collections, aliases counted at their expanded size
-MAX_INT_CHARS = 100          # characters of one integer literal
-ECHO_CHARS = 80              # characters of a value echoed in an error message
+MAX_BYTES = 1 << 20  # 1 MiB per file
+MAX_DEPTH = 32  # nested mappings/sequences
+MAX_NODES = 50_000  # scalars + collections, aliases counted at their expanded size
+MAX_INT_CHARS = 100  # characters of one integer literal
+ECHO_CHARS = 80  # characters of a value echoed in an error message
 
 _MERGE_TAG = "tag:yaml.org,2002:merge"
 
@@ -57,15 +68,15 @@ class ConfigError(ValueError):
 def show(value: Any, limit: int = ECHO_CHARS) -> str:
     """``repr(value)`` cut to ``limit`` characters (with an ellipsis), for error messages."""
     if isinstance(value, int) and not isinstance(value, bool) and value.bit_length() > 4 * limit:
-        return f"<{value.bit_length()}-bit integer>"      # repr of a huge int costs quadratic time
+        return f"<{value.bit_length()}-bit integer>"  # repr of a huge int costs quadratic time
     text = repr(value)
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def _cut(text: str, limit: int = ECHO_CHARS) -> str:
     """``text`` on one line, cut to ``limit`` characters."""
     text = " ".join(text.split())
-    return text if len(text) <= limit else text[:limit - 3] + "..."
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 class _Refused(Exception):
@@ -89,8 +100,8 @@ class _BoundedLoader(Composer, *_PARSER, SafeConstructor, Resolver):
         Composer.__init__(self)
         self._depth = 0
         self._nodes = 0
-        self._size: dict[int, int] = {}        # id(node) -> expanded node count, once composed
-        self._closed: set[str] = set()         # anchors whose node is completely composed
+        self._size: dict[int, int] = {}  # id(node) -> expanded node count, once composed
+        self._closed: set[str] = set()  # anchors whose node is completely composed
 
     def compose_node(self, parent: Node | None, index: Any) -> Node:
         event = self.peek_event()
@@ -99,8 +110,11 @@ class _BoundedLoader(Composer, *_PARSER, SafeConstructor, Resolver):
             target = self.anchors.get(event.anchor)
             if target is not None:
                 if event.anchor not in self._closed:
-                    raise _Refused(mark.line + 1, f"alias *{_cut(event.anchor, 40)} refers to the collection "
-                                   "that contains it (recursive alias)")
+                    raise _Refused(
+                        mark.line + 1,
+                        f"alias *{_cut(event.anchor, 40)} refers to the collection "
+                        "that contains it (recursive alias)",
+                    )
                 self._count(self._size.get(id(target), 1), mark)
             return super().compose_node(parent, index)
         anchor = getattr(event, "anchor", None)
@@ -143,8 +157,9 @@ class _BoundedLoader(Composer, *_PARSER, SafeConstructor, Resolver):
 
     def construct_yaml_int(self, node: ScalarNode) -> int:
         if len(node.value) > MAX_INT_CHARS:
-            raise _Refused(node.start_mark.line + 1,
-                           f"integer of {len(node.value)} characters (at most {MAX_INT_CHARS})")
+            raise _Refused(
+                node.start_mark.line + 1, f"integer of {len(node.value)} characters (at most {MAX_INT_CHARS})"
+            )
         return super().construct_yaml_int(node)
 
 
@@ -159,8 +174,9 @@ def parse_yaml(data: bytes, source: str) -> Any:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError as e:
         line = data.count(b"\n", 0, e.start) + 1
-        raise ConfigError(f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file "
-                          "as UTF-8") from None
+        raise ConfigError(
+            f"{source}: line {line}: not UTF-8 text (byte 0x{data[e.start]:02x}); save the file as UTF-8"
+        ) from None
     loader = _BoundedLoader(text)
     try:
         return loader.get_single_data()
@@ -172,7 +188,7 @@ def parse_yaml(data: bytes, source: str) -> Any:
         where = f"line {mark.line + 1}" if mark is not None else "?"
         problem = getattr(e, "problem", None) or str(e).splitlines()[0]
         raise ConfigError(f"{source}: {where}: not valid YAML ({_cut(problem, 120)})") from None
-    except (ValueError, RecursionError, MemoryError) as e:       # int()/float() of a strange scalar, ...
+    except (ValueError, RecursionError, MemoryError) as e:  # int()/float() of a strange scalar, ...
         raise ConfigError(f"{source}: not valid YAML ({type(e).__name__}: {_cut(str(e), 120)})") from None
     finally:
         getattr(loader, "dispose", lambda: None)()

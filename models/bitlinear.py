@@ -95,8 +95,10 @@ class BitLinear(nn.Linear):
         w = self.weight
         if _exporting():
             if self.weight_q is None:
-                raise RuntimeError("BitLinear: ternary weights not cached; run a forward in int or fake mode "
-                                   "(or call refresh()) before exporting")
+                raise RuntimeError(
+                    "BitLinear: ternary weights not cached; run a forward in int or fake mode "
+                    "(or call refresh()) before exporting"
+                )
             return self.weight_q, self.weight_scale
         key = (w.data_ptr(), w._version, w.device, tuple(w.shape))
         if self.weight_q is None or key != self._cache_key:

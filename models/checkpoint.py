@@ -32,7 +32,15 @@ from hw import data_files
 from hw.files import atomic_write
 from models.lm import LMConfig, TernaryLM
 
-__all__ = ["FORMAT", "VERSION", "DIM_LIMITS", "CheckpointError", "save_checkpoint", "load_checkpoint", "check_dims"]
+__all__ = [
+    "FORMAT",
+    "VERSION",
+    "DIM_LIMITS",
+    "CheckpointError",
+    "save_checkpoint",
+    "load_checkpoint",
+    "check_dims",
+]
 
 FORMAT = "tritium-lm"
 VERSION = 1
@@ -40,9 +48,16 @@ VERSION = 1
 # Largest model shape a checkpoint may declare, checked before anything is allocated (the RoPE tables are
 # max_seq × head_dim and not in the state_dict, so a hostile max_seq would otherwise allocate first).
 # BitNet-2B is vocab 128256, d_model 2560, 30 layers, ffn 6912, max_seq 4096.
-DIM_LIMITS = {"vocab": 1 << 20, "d_model": 1 << 16, "n_layers": 1024, "n_heads": 1024, "n_kv_heads": 1024,
-              "ffn": 1 << 18, "max_seq": 1 << 20}
-ROPE_LIMIT = 1 << 24            # max_seq · head_dim values per RoPE table (64 MiB of float32)
+DIM_LIMITS = {
+    "vocab": 1 << 20,
+    "d_model": 1 << 16,
+    "n_layers": 1024,
+    "n_heads": 1024,
+    "n_kv_heads": 1024,
+    "ffn": 1 << 18,
+    "max_seq": 1 << 20,
+}
+ROPE_LIMIT = 1 << 24  # max_seq · head_dim values per RoPE table (64 MiB of float32)
 
 
 class CheckpointError(ValueError):
@@ -64,15 +79,23 @@ def save_checkpoint(model: TernaryLM, path: str | os.PathLike, meta: dict | None
             meta_json = json.dumps(dict(meta or {}))
         except TypeError as e:
             raise ValueError(f"{path}: meta is not JSON-serializable ({e})") from None
-        md = {"format": FORMAT, "version": str(VERSION), "config": json.dumps(model.config.to_dict()),
-              "meta": meta_json}
+        md = {
+            "format": FORMAT,
+            "version": str(VERSION),
+            "config": json.dumps(model.config.to_dict()),
+            "meta": meta_json,
+        }
         data = save(sd, metadata=md)
         with atomic_write(path) as f:
             f.write(data)
         return path
-    obj = {"format": FORMAT, "version": VERSION, "config": model.config.to_dict(),
-           "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
-           "meta": dict(meta or {})}
+    obj = {
+        "format": FORMAT,
+        "version": VERSION,
+        "config": model.config.to_dict(),
+        "state_dict": {k: v.detach().to("cpu") for k, v in model.state_dict().items()},
+        "meta": dict(meta or {}),
+    }
     with atomic_write(path) as f:
         torch.save(obj, f)
     return path
@@ -92,8 +115,10 @@ def _read_safetensors(path: Path) -> dict:
         with safe_open(path, framework="pt") as f:
             md = f.metadata() or {}
             if md.get("format") != FORMAT:
-                raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (safetensors metadata format="
-                                      f"{md.get('format')!r}; a Hugging Face model is a folder with config.json)")
+                raise CheckpointError(
+                    f"{path}: not a {FORMAT} checkpoint (safetensors metadata format="
+                    f"{md.get('format')!r}; a Hugging Face model is a folder with config.json)"
+                )
             sd = {k: f.get_tensor(k) for k in f.keys()}
     except SafetensorError as e:
         raise CheckpointError(f"{path}: not a safetensors file ({str(e).splitlines()[0]})") from None
@@ -106,8 +131,12 @@ def _read_safetensors(path: Path) -> dict:
         except json.JSONDecodeError:
             raise CheckpointError(f"{path}: metadata {key!r} is not valid JSON") from None
     cfg = obj["config"]
-    if isinstance(cfg, dict) and cfg.get("tie_embeddings") and "embed_tokens.weight" in sd \
-            and "lm_head.weight" not in sd:
+    if (
+        isinstance(cfg, dict)
+        and cfg.get("tie_embeddings")
+        and "embed_tokens.weight" in sd
+        and "lm_head.weight" not in sd
+    ):
         sd["lm_head.weight"] = sd["embed_tokens.weight"]
     return obj
 
@@ -148,8 +177,9 @@ def check_dims(config: dict) -> None:
             if v is not None:
                 raise ValueError(f"{field}: expected an integer in 1..{hi}, got {repr(v)[:40]}")
         elif not 1 <= v <= hi:
-            raise ValueError(f"{field}: {v if v.bit_length() < 64 else 'a huge number'} is out of range, "
-                             f"allowed 1..{hi}")
+            raise ValueError(
+                f"{field}: {v if v.bit_length() < 64 else 'a huge number'} is out of range, allowed 1..{hi}"
+            )
     d, h, s = config.get("d_model"), config.get("n_heads"), config.get("max_seq")
     if all(isinstance(x, int) for x in (d, h, s)) and s * (d // h) > ROPE_LIMIT:
         raise ValueError(f"max_seq: {s} × head_dim {d // h} exceeds {ROPE_LIMIT} RoPE table values")
@@ -165,7 +195,7 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         cfg = LMConfig.from_dict(obj["config"])
     except (TypeError, ValueError) as e:
         raise CheckpointError(f"{path}: bad config: {e}") from None
-    expected = TernaryLM(cfg, device="meta").state_dict()   # shapes only (device= keeps RoPE tables empty)
+    expected = TernaryLM(cfg, device="meta").state_dict()  # shapes only (device= keeps RoPE tables empty)
     sd = obj["state_dict"]
     missing = [k for k in expected if k not in sd]
     unexpected = [k for k in sd if k not in expected]
@@ -181,11 +211,12 @@ def load_checkpoint(path: str | os.PathLike, device: str | torch.device = "cpu")
         if not isinstance(t, torch.Tensor):
             raise CheckpointError(f"{path}: state_dict[{k!r}] is not a tensor")
         if tuple(t.shape) != tuple(ref.shape):
-            raise CheckpointError(f"{path}: state_dict[{k!r}] has shape {tuple(t.shape)}, the config needs "
-                                  f"{tuple(ref.shape)}")
+            raise CheckpointError(
+                f"{path}: state_dict[{k!r}] has shape {tuple(t.shape)}, the config needs {tuple(ref.shape)}"
+            )
         if not t.is_floating_point():
             raise CheckpointError(f"{path}: state_dict[{k!r}] has dtype {t.dtype}, expected a float tensor")
-    if torch.device(device).type == "meta":         # shapes only: nothing to copy the weights into
+    if torch.device(device).type == "meta":  # shapes only: nothing to copy the weights into
         return TernaryLM(cfg, device="meta").eval()
     model = TernaryLM(cfg, device=device)
     model.load_state_dict({k: v.to(torch.float32) for k, v in sd.items()})

@@ -34,8 +34,17 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["VOCAB", "encode", "decode", "documents", "Corpus", "load_corpus", "corpus_info", "batches",
-           "eval_windows"]
+__all__ = [
+    "VOCAB",
+    "encode",
+    "decode",
+    "documents",
+    "Corpus",
+    "load_corpus",
+    "corpus_info",
+    "batches",
+    "eval_windows",
+]
 
 VOCAB = 256
 _SKIP_DIRS = {"site-packages", "test", "tests", "idlelib", "lib2to3", "turtledemo", "__pycache__"}
@@ -58,6 +67,7 @@ def decode(tokens) -> str:
 
 def _topic_docs():
     import pydoc_data.topics as topics
+
     for key in sorted(topics.topics):
         yield f"topics/{key}", topics.topics[key]
 
@@ -102,7 +112,7 @@ def _is_val(doc_id: str) -> bool:
 
 @dataclass(frozen=True)
 class Corpus:
-    train: torch.Tensor   # int64 byte ids
+    train: torch.Tensor  # int64 byte ids
     val: torch.Tensor
     n_docs: int
     n_val_docs: int
@@ -124,9 +134,16 @@ def _sha(t: torch.Tensor) -> str:
 def corpus_info() -> dict:
     """Plain description of the corpus on this machine (for reports and checkpoints)."""
     c = load_corpus()
-    return {"name": "pydoc+docstrings", "python": sys.version.split()[0], "documents": c.n_docs,
-            "val_documents": c.n_val_docs, "train_bytes": int(c.train.numel()), "val_bytes": int(c.val.numel()),
-            "train_sha256": _sha(c.train), "val_sha256": _sha(c.val)}
+    return {
+        "name": "pydoc+docstrings",
+        "python": sys.version.split()[0],
+        "documents": c.n_docs,
+        "val_documents": c.n_val_docs,
+        "train_bytes": int(c.train.numel()),
+        "val_bytes": int(c.val.numel()),
+        "train_sha256": _sha(c.train),
+        "val_sha256": _sha(c.val),
+    }
 
 
 def batches(data: torch.Tensor, batch: int, seq: int, generator: torch.Generator):
@@ -135,16 +152,18 @@ def batches(data: torch.Tensor, batch: int, seq: int, generator: torch.Generator
     n = data.numel() - seq - 1
     while True:
         idx = torch.randint(0, n, (batch,), generator=generator)
-        win = torch.stack([data[i:i + seq + 1] for i in idx.tolist()])
+        win = torch.stack([data[i : i + seq + 1] for i in idx.tolist()])
         yield win[:, :-1], win[:, 1:]
 
 
-def eval_windows(data: torch.Tensor, seq: int, max_windows: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+def eval_windows(
+    data: torch.Tensor, seq: int, max_windows: int | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Consecutive non-overlapping windows of seq+1 bytes from the start of ``data`` (the last byte of a
     window is the first of the next) → (inputs, targets) of shape (n, seq); every byte after the first is
     predicted once (a trailing partial window is dropped)."""
     n = (data.numel() - 1) // seq
     if max_windows is not None:
         n = min(n, max_windows)
-    win = torch.stack([data[i * seq:i * seq + seq + 1] for i in range(n)])
+    win = torch.stack([data[i * seq : i * seq + seq + 1] for i in range(n)])
     return win[:, :-1], win[:, 1:]

@@ -41,8 +41,16 @@ from hw.ternary import quantize_weights
 from models.checkpoint import CheckpointError, check_dims
 from models.lm import LMConfig, TernaryLM
 
-__all__ = ["HFLayout", "is_hf_folder", "read_hf_config", "load_hf", "unpack_ternary", "pack_ternary",
-           "latent_weight", "write_synthetic_hf"]
+__all__ = [
+    "HFLayout",
+    "is_hf_folder",
+    "read_hf_config",
+    "load_hf",
+    "unpack_ternary",
+    "pack_ternary",
+    "latent_weight",
+    "write_synthetic_hf",
+]
 
 INDEX = "model.safetensors.index.json"
 SINGLE = "model.safetensors"
@@ -51,7 +59,7 @@ FLOAT_DTYPES = {"F16": torch.float16, "BF16": torch.bfloat16, "F32": torch.float
 PROJ = {"self_attn": ("q_proj", "k_proj", "v_proj", "o_proj"), "mlp": ("gate_proj", "up_proj", "down_proj")}
 OURS = {"self_attn": "attn", "mlp": "ffn"}
 SUBNORMS = {"self_attn": ("attn_sub_norm", "inner_attn_ln"), "mlp": ("ffn_sub_norm", "ffn_layernorm")}
-IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")   # old Llama exports
+IGNORED = re.compile(r"model\.layers\.\d+\.self_attn\.rotary_emb\.inv_freq")  # old Llama exports
 
 
 @dataclass(frozen=True)
@@ -96,7 +104,9 @@ def read_hf_config(folder: str | os.PathLike) -> tuple[LMConfig, HFLayout, dict]
     folder = Path(folder)
     src = folder / "config.json"
     if not src.is_file():
-        raise _fail(folder, "no config.json (a Hugging Face model folder needs config.json and *.safetensors)")
+        raise _fail(
+            folder, "no config.json (a Hugging Face model folder needs config.json and *.safetensors)"
+        )
     try:
         raw = json.loads(src.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as e:
@@ -107,24 +117,35 @@ def read_hf_config(folder: str | os.PathLike) -> tuple[LMConfig, HFLayout, dict]
     arch = raw.get("architectures") or []
     qc = raw.get("quantization_config")
     if mt == "bitnet":
-        packed = isinstance(qc, dict) and qc.get("quant_method") == "bitnet" \
+        packed = (
+            isinstance(qc, dict)
+            and qc.get("quant_method") == "bitnet"
             and qc.get("quantization_mode", "offline") == "offline"
+        )
         if qc is not None and not isinstance(qc, dict):
             raise _fail(src, "quantization_config: expected an object")
         if isinstance(qc, dict) and qc.get("quant_method") not in (None, "bitnet"):
-            raise _fail(src, f"quantization_config.quant_method: {qc.get('quant_method')!r} is not supported "
-                             "(bitnet)")
+            raise _fail(
+                src, f"quantization_config.quant_method: {qc.get('quant_method')!r} is not supported (bitnet)"
+            )
         lc = qc.get("linear_class", "bitlinear") if isinstance(qc, dict) else "bitlinear"
         if lc not in ("bitlinear", "autobitlinear"):
-            raise _fail(src, f"quantization_config.linear_class: {lc!r} is not supported (autobitlinear, bitlinear)")
+            raise _fail(
+                src, f"quantization_config.linear_class: {lc!r} is not supported (autobitlinear, bitlinear)"
+            )
         layout = HFLayout("packed" if packed else "latent", packed and lc == "bitlinear", mt)
         defaults = {"rope_theta": 500000.0, "rms_norm_eps": 1e-5, "act": "relu2"}
     elif mt == "llama":
         if not any(isinstance(a, str) and a.lower() == "bitnetforcausallm" for a in arch):
-            raise _fail(src, f"architectures: {arch!r} is not a BitNet model (expected BitnetForCausalLM; a "
-                             "float Llama cannot be ternarized)")
+            raise _fail(
+                src,
+                f"architectures: {arch!r} is not a BitNet model (expected BitnetForCausalLM; a "
+                "float Llama cannot be ternarized)",
+            )
         if qc is not None:
-            raise _fail(src, "quantization_config: not supported for model_type llama (latent BitNet weights)")
+            raise _fail(
+                src, "quantization_config: not supported for model_type llama (latent BitNet weights)"
+            )
         layout = HFLayout("latent", False, mt)
         defaults = {"rope_theta": 10000.0, "rms_norm_eps": 1e-6, "act": "silu"}
     else:
@@ -140,14 +161,24 @@ def read_hf_config(folder: str | os.PathLike) -> tuple[LMConfig, HFLayout, dict]
     d = _int_field(raw, src, "hidden_size")
     heads = _int_field(raw, src, "num_attention_heads")
     kv = raw.get("num_key_value_heads")
-    fields = {"vocab": _int_field(raw, src, "vocab_size"), "d_model": d,
-              "n_layers": _int_field(raw, src, "num_hidden_layers"), "n_heads": heads,
-              "n_kv_heads": heads if kv is None else _int_field(raw, src, "num_key_value_heads"),
-              "ffn": _int_field(raw, src, "intermediate_size"),
-              "max_seq": _int_field(raw, src, "max_position_embeddings", 2048)}
-    names = {"vocab": "vocab_size", "d_model": "hidden_size", "n_layers": "num_hidden_layers",
-             "n_heads": "num_attention_heads", "n_kv_heads": "num_key_value_heads", "ffn": "intermediate_size",
-             "max_seq": "max_position_embeddings"}
+    fields = {
+        "vocab": _int_field(raw, src, "vocab_size"),
+        "d_model": d,
+        "n_layers": _int_field(raw, src, "num_hidden_layers"),
+        "n_heads": heads,
+        "n_kv_heads": heads if kv is None else _int_field(raw, src, "num_key_value_heads"),
+        "ffn": _int_field(raw, src, "intermediate_size"),
+        "max_seq": _int_field(raw, src, "max_position_embeddings", 2048),
+    }
+    names = {
+        "vocab": "vocab_size",
+        "d_model": "hidden_size",
+        "n_layers": "num_hidden_layers",
+        "n_heads": "num_attention_heads",
+        "n_kv_heads": "num_key_value_heads",
+        "ffn": "intermediate_size",
+        "max_seq": "max_position_embeddings",
+    }
     try:
         check_dims(fields)
     except ValueError as e:
@@ -155,16 +186,22 @@ def read_hf_config(folder: str | os.PathLike) -> tuple[LMConfig, HFLayout, dict]
         raise _fail(src, f"{names.get(field, field)}:{rest}") from None
     hd = raw.get("head_dim")
     if hd is not None and hd != d // heads:
-        raise _fail(src, f"head_dim: {hd!r} differs from hidden_size / num_attention_heads = {d // heads} "
-                         "(not supported)")
+        raise _fail(
+            src,
+            f"head_dim: {hd!r} differs from hidden_size / num_attention_heads = {d // heads} (not supported)",
+        )
     tied = raw.get("tie_word_embeddings", False)
     if not isinstance(tied, bool):
         raise _fail(src, f"tie_word_embeddings: expected true or false, got {tied!r}")
     try:
-        cfg = LMConfig(activation=ACTIVATIONS[act], rope_theta=_float_field(raw, src, "rope_theta",
-                                                                             defaults["rope_theta"]),
-                       norm_eps=_float_field(raw, src, "rms_norm_eps", defaults["rms_norm_eps"]),
-                       subln=mt == "bitnet", tie_embeddings=tied, **fields)
+        cfg = LMConfig(
+            activation=ACTIVATIONS[act],
+            rope_theta=_float_field(raw, src, "rope_theta", defaults["rope_theta"]),
+            norm_eps=_float_field(raw, src, "rms_norm_eps", defaults["rms_norm_eps"]),
+            subln=mt == "bitnet",
+            tie_embeddings=tied,
+            **fields,
+        )
     except ValueError as e:
         raise _fail(src, str(e)) from None
     return cfg, layout, raw
@@ -199,8 +236,11 @@ class _Tensors:
             found = sorted(p.name for p in folder.glob("*.safetensors"))
             if len(found) != 1:
                 why = "none" if not found else f"{len(found)} without {INDEX}"
-                raise _fail(folder, f"expected {SINGLE} or {INDEX} with its shards ({why} found; pickled "
-                                    ".bin/.pt weights are not read)")
+                raise _fail(
+                    folder,
+                    f"expected {SINGLE} or {INDEX} with its shards ({why} found; pickled "
+                    ".bin/.pt weights are not read)",
+                )
             files = found
         for name in files:
             path = folder / name
@@ -260,7 +300,7 @@ def latent_weight(codes: np.ndarray, scale: float) -> np.ndarray:
     if not (np.isfinite(s32) and s32 >= 1e-5):
         raise ValueError(f"scale {scale!r}: must be a finite number ≥ 1e-5 (BitNet's absmean floor)")
     a = np.float32(float(s32) * flat.size / nz.size)
-    mag = np.abs(flat).astype(np.float32) * a       # |w|, what the quantizer averages (same values, same order)
+    mag = np.abs(flat).astype(np.float32) * a  # |w|, what the quantizer averages (same values, same order)
     i0 = nz[0]
 
     def mean_at(bits: int) -> np.float32:
@@ -269,7 +309,7 @@ def latent_weight(codes: np.ndarray, scale: float) -> np.ndarray:
 
     lo = int(np.float32(0.75 * a).view(np.int32))
     hi = int(np.float32(1.5 * a).view(np.int32))
-    while lo < hi:                                 # smallest b with mean(b) >= scale
+    while lo < hi:  # smallest b with mean(b) >= scale
         mid = (lo + hi) // 2
         if mean_at(mid) >= s32:
             hi = mid
@@ -278,9 +318,9 @@ def latent_weight(codes: np.ndarray, scale: float) -> np.ndarray:
     cands = [c for c in (lo - 1, lo) if c > 0]
     best = min(cands, key=lambda c: abs(float(mean_at(c)) - float(s32)))
     mean_at(best)
-    out = (mag * flat.astype(np.float32)).reshape(codes.shape)   # sign · |w| (exact)
+    out = (mag * flat.astype(np.float32)).reshape(codes.shape)  # sign · |w| (exact)
     wq, _ = quantize_weights(out)
-    if not np.array_equal(wq, codes):             # cannot happen: every |w| / mean|w| ≥ 0.75 → ±1
+    if not np.array_equal(wq, codes):  # cannot happen: every |w| / mean|w| ≥ 0.75 → ±1
         raise ValueError("latent weight does not reproduce the ternary codes")
     return out
 
@@ -295,7 +335,9 @@ def _names(cfg: LMConfig) -> list[tuple[str, str, str, str | None]]:
         out.append((f"layers.{i}.ffn_norm.weight", f"{p}.post_attention_layernorm.weight", "float", None))
         for blk, projs in PROJ.items():
             for proj in projs:
-                out.append((f"layers.{i}.{OURS[blk]}.{proj}.weight", f"{p}.{blk}.{proj}.weight", "proj", None))
+                out.append(
+                    (f"layers.{i}.{OURS[blk]}.{proj}.weight", f"{p}.{blk}.{proj}.weight", "proj", None)
+                )
             out.append((f"layers.{i}.{OURS[blk]}.sub_norm.weight", f"{p}.{blk}", "subnorm", blk))
     out.append(("norm.weight", "model.norm.weight", "float", None))
     if not cfg.tie_embeddings:
@@ -318,12 +360,17 @@ def load_hf(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Te
         alias[blk] = hits[0] if hits else None
     if cfg.subln and not (alias["self_attn"] and alias["mlp"]):
         missing = "self_attn.attn_sub_norm" if not alias["self_attn"] else "mlp.ffn_sub_norm"
-        raise _fail(folder, f"tensor model.layers.0.{missing}.weight missing (model_type bitnet has sub-norms)")
+        raise _fail(
+            folder, f"tensor model.layers.0.{missing}.weight missing (model_type bitnet has sub-norms)"
+        )
     if not cfg.subln and (alias["self_attn"] or alias["mlp"]):
         if not (alias["self_attn"] and alias["mlp"]):
             have = "self_attn." + alias["self_attn"] if alias["self_attn"] else "mlp." + alias["mlp"]
-            raise _fail(folder, f"model.layers.0.{have}.weight without the matching norm of the other block "
-                                "(sub-norms must be in both attention and MLP)")
+            raise _fail(
+                folder,
+                f"model.layers.0.{have}.weight without the matching norm of the other block "
+                "(sub-norms must be in both attention and MLP)",
+            )
         cfg = LMConfig(**{**cfg.to_dict(), "subln": True})
     expected = {}
     for ours, hf, role, blk in _names(cfg):
@@ -343,30 +390,44 @@ def load_hf(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Te
         want = shapes[ours]
         if role == "proj" and layout.kind == "packed":
             if dt != "U8":
-                raise _fail(folder / src, f"tensor {hf} has dtype {dt}, expected U8 (packed ternary, "
-                                          "quantization_config.quant_method: bitnet)")
+                raise _fail(
+                    folder / src,
+                    f"tensor {hf} has dtype {dt}, expected U8 (packed ternary, "
+                    "quantization_config.quant_method: bitnet)",
+                )
             if want[0] % 4 or shape != (want[0] // 4, want[1]):
-                raise _fail(folder / src, f"tensor {hf} has shape {list(shape)}, expected "
-                                          f"{[want[0] // 4, want[1]]} (4 ternary rows per byte)")
+                raise _fail(
+                    folder / src,
+                    f"tensor {hf} has shape {list(shape)}, expected "
+                    f"{[want[0] // 4, want[1]]} (4 ternary rows per byte)",
+                )
             sname = hf + "_scale"
             if sname not in ts.info:
-                raise _fail(folder, f"tensor {sname} missing (a packed projection needs its per-tensor scale)")
+                raise _fail(
+                    folder, f"tensor {sname} missing (a packed projection needs its per-tensor scale)"
+                )
             used.add(sname)
             sdt, sshape = ts.info[sname]
             if sdt not in FLOAT_DTYPES or math.prod(sshape) != 1:
-                raise _fail(folder / ts.where[sname].name, f"tensor {sname} has dtype {sdt} shape {list(sshape)}, "
-                                                           "expected one float")
+                raise _fail(
+                    folder / ts.where[sname].name,
+                    f"tensor {sname} has dtype {sdt} shape {list(sshape)}, expected one float",
+                )
         else:
             if dt not in FLOAT_DTYPES:
-                raise _fail(folder / src, f"tensor {hf} has dtype {dt}, expected "
-                                          f"{'/'.join(FLOAT_DTYPES)}")
+                raise _fail(folder / src, f"tensor {hf} has dtype {dt}, expected {'/'.join(FLOAT_DTYPES)}")
             if shape != want:
                 raise _fail(folder / src, f"tensor {hf} has shape {list(shape)}, expected {list(want)}")
-    extra = sorted(k for k in ts.info if k not in used and not IGNORED.fullmatch(k)
-                   and not (cfg.tie_embeddings and k == "lm_head.weight"))
+    extra = sorted(
+        k
+        for k in ts.info
+        if k not in used and not IGNORED.fullmatch(k) and not (cfg.tie_embeddings and k == "lm_head.weight")
+    )
     if extra:
-        raise _fail(folder, f"unexpected tensor {extra[0]} ({len(extra)} in all; biases and other extras are "
-                            "not supported)")
+        raise _fail(
+            folder,
+            f"unexpected tensor {extra[0]} ({len(extra)} in all; biases and other extras are not supported)",
+        )
     if torch.device(device).type == "meta":
         return TernaryLM(cfg, device="meta").eval()
     sd = {}
@@ -398,13 +459,19 @@ def load_hf(folder: str | os.PathLike, device: str | torch.device = "cpu") -> Te
 
 
 def _shapes(cfg: LMConfig) -> dict[str, tuple[int, ...]]:
-    m = TernaryLM(cfg, device="meta")       # (not `with torch.device`: that would build real RoPE tables)
+    m = TernaryLM(cfg, device="meta")  # (not `with torch.device`: that would build real RoPE tables)
     return {k: tuple(v.shape) for k, v in m.state_dict().items()}
 
 
 # ------------------------------------------------------------------ synthetic folders (examples, tests)
-def write_synthetic_hf(folder: str | os.PathLike, cfg: LMConfig, layout: str = "packed", seed: int = 0,
-                       linear_class: str = "autobitlinear", shards: int = 1) -> Path:
+def write_synthetic_hf(
+    folder: str | os.PathLike,
+    cfg: LMConfig,
+    layout: str = "packed",
+    seed: int = 0,
+    linear_class: str = "autobitlinear",
+    shards: int = 1,
+) -> Path:
     """Write a random Hugging Face BitNet folder of shape ``cfg`` (``layout`` ``packed``: bitnet-b1.58-2B-4T
     style, needs ``cfg.subln``; ``latent``: 1bitLLM style, ``model_type: llama``). For examples and tests:
     random weights, nothing trained. ``shards > 1`` splits the tensors over an index."""
@@ -416,17 +483,34 @@ def write_synthetic_hf(folder: str | os.PathLike, cfg: LMConfig, layout: str = "
     folder.mkdir(parents=True, exist_ok=True)
     g = torch.Generator().manual_seed(seed)
     act = {v: k for k, v in ACTIVATIONS.items()}[cfg.activation]
-    conf = {"vocab_size": cfg.vocab, "hidden_size": cfg.d_model, "num_hidden_layers": cfg.n_layers,
-            "num_attention_heads": cfg.n_heads, "num_key_value_heads": cfg.n_kv_heads,
-            "intermediate_size": cfg.ffn, "hidden_act": act, "rope_theta": cfg.rope_theta,
-            "max_position_embeddings": cfg.max_seq, "rms_norm_eps": cfg.norm_eps,
-            "tie_word_embeddings": cfg.tie_embeddings, "torch_dtype": "bfloat16"}
+    conf = {
+        "vocab_size": cfg.vocab,
+        "hidden_size": cfg.d_model,
+        "num_hidden_layers": cfg.n_layers,
+        "num_attention_heads": cfg.n_heads,
+        "num_key_value_heads": cfg.n_kv_heads,
+        "intermediate_size": cfg.ffn,
+        "hidden_act": act,
+        "rope_theta": cfg.rope_theta,
+        "max_position_embeddings": cfg.max_seq,
+        "rms_norm_eps": cfg.norm_eps,
+        "tie_word_embeddings": cfg.tie_embeddings,
+        "torch_dtype": "bfloat16",
+    }
     if layout == "packed":
         if not cfg.subln:
-            raise ValueError("a packed (model_type bitnet) folder has sub-norms: use a config with subln=True")
-        conf.update(model_type="bitnet", architectures=["BitNetForCausalLM"],
-                    quantization_config={"quant_method": "bitnet", "linear_class": linear_class,
-                                         "quantization_mode": "offline"})
+            raise ValueError(
+                "a packed (model_type bitnet) folder has sub-norms: use a config with subln=True"
+            )
+        conf.update(
+            model_type="bitnet",
+            architectures=["BitNetForCausalLM"],
+            quantization_config={
+                "quant_method": "bitnet",
+                "linear_class": linear_class,
+                "quantization_mode": "offline",
+            },
+        )
     else:
         conf.update(model_type="llama", architectures=["BitnetForCausalLM"])
     tensors = {}
@@ -449,7 +533,7 @@ def write_synthetic_hf(folder: str | os.PathLike, cfg: LMConfig, layout: str = "
                 tensors[hf] = (torch.randn(shape, generator=g) / math.sqrt(fan_in)).to(torch.bfloat16)
         elif ours.endswith("norm.weight"):
             tensors[hf] = (0.5 + torch.rand(shape, generator=g)).to(torch.bfloat16)
-        else:                                        # embeddings, LM head
+        else:  # embeddings, LM head
             tensors[hf] = (0.2 * torch.randn(shape, generator=g)).to(torch.bfloat16)
     (folder / "config.json").write_text(json.dumps(conf, indent=1) + "\n", encoding="utf-8")
     names = list(tensors)
@@ -460,9 +544,11 @@ def write_synthetic_hf(folder: str | os.PathLike, cfg: LMConfig, layout: str = "
     wm = {}
     for j in range(shards):
         fn = f"model-{j + 1:05d}-of-{shards:05d}.safetensors"
-        part = {n: tensors[n] for n in names[j * per:(j + 1) * per]}
+        part = {n: tensors[n] for n in names[j * per : (j + 1) * per]}
         if part:
             save_file(part, folder / fn, metadata={"format": "pt"})
             wm.update({n: fn for n in part})
-    (folder / INDEX).write_text(json.dumps({"metadata": {}, "weight_map": wm}, indent=1) + "\n", encoding="utf-8")
+    (folder / INDEX).write_text(
+        json.dumps({"metadata": {}, "weight_map": wm}, indent=1) + "\n", encoding="utf-8"
+    )
     return folder

@@ -24,15 +24,25 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
-    "fold_sum", "exp", "rmsnorm", "rope_tables", "rope", "softmax", "silu", "swiglu", "relu2", "add", "linear",
+    "fold_sum",
+    "exp",
+    "rmsnorm",
+    "rope_tables",
+    "rope",
+    "softmax",
+    "silu",
+    "swiglu",
+    "relu2",
+    "add",
+    "linear",
 ]
 
 # Cody–Waite split of ln 2 (the high part has 21 trailing zero bits, so k·LN2_HI is exact for |k| < 2^21).
 _LN2_HI = 6.93147180369123816490e-01
 _LN2_LO = 1.90821492927058770002e-10
-_INV_LN2 = 1.44269504088896338700e+00
-_EXP_DEGREE = 13          # Taylor degree; truncation error < 5e-18 relative for |r| ≤ ln2/2
-_EXP_CLAMP = 700.0        # exp(±700) is finite in float64; results far outside float32's range anyway
+_INV_LN2 = 1.44269504088896338700e00
+_EXP_DEGREE = 13  # Taylor degree; truncation error < 5e-18 relative for |r| ≤ ln2/2
+_EXP_CLAMP = 700.0  # exp(±700) is finite in float64; results far outside float32's range anyway
 
 
 def fold_sum(x: torch.Tensor) -> torch.Tensor:
@@ -160,6 +170,6 @@ def linear(x: torch.Tensor, weight: torch.Tensor, max_elems: int = 1 << 22) -> t
     lead, k = x.shape[:-1], x.shape[-1]
     x2 = x.reshape(-1, k)
     rows = max(1, max_elems // max(1, w.shape[0] * k))
-    outs = [fold_sum(x2[i:i + rows, None, :] * w[None, :, :])[..., 0] for i in range(0, x2.shape[0], rows)]
+    outs = [fold_sum(x2[i : i + rows, None, :] * w[None, :, :])[..., 0] for i in range(0, x2.shape[0], rows)]
     y = torch.cat(outs, dim=0) if outs else x2.new_zeros(0, w.shape[0])
     return y.reshape(*lead, w.shape[0])

@@ -51,9 +51,26 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-__all__ = ["POLICIES", "StreamSelection", "Policy", "FullPolicy", "StreamingPolicy", "H2OPolicy", "QuestPolicy",
-           "ResvPolicy", "make_policy", "budget_tokens", "parse_budget", "full_attention", "evaluate",
-           "restrict_attention", "restricted_nll", "closed_loop_nll", "capture_qk", "quest_bounds"]
+__all__ = [
+    "POLICIES",
+    "StreamSelection",
+    "Policy",
+    "FullPolicy",
+    "StreamingPolicy",
+    "H2OPolicy",
+    "QuestPolicy",
+    "ResvPolicy",
+    "make_policy",
+    "budget_tokens",
+    "parse_budget",
+    "full_attention",
+    "evaluate",
+    "restrict_attention",
+    "restricted_nll",
+    "closed_loop_nll",
+    "capture_qk",
+    "quest_bounds",
+]
 
 POLICIES = ("full", "streaming", "h2o", "quest", "resv")
 FIRST = 16
@@ -71,7 +88,9 @@ def parse_budget(text: str | int | float | None) -> int | float | None:
             try:
                 b = float(s)
             except ValueError:
-                raise ValueError(f"budget {text!r}: expected a token count (e.g. 64) or a fraction (e.g. 0.25)") from None
+                raise ValueError(
+                    f"budget {text!r}: expected a token count (e.g. 64) or a fraction (e.g. 0.25)"
+                ) from None
     if isinstance(b, int) and b < 1 or isinstance(b, float) and not 0 < b <= 1:
         raise ValueError(f"budget {text!r}: a token count must be ≥ 1, a fraction in (0, 1]")
     return b
@@ -145,7 +164,7 @@ class StreamingPolicy(Policy):
             n_sink = min(self.sinks, k - window)
             mask[t, :] = False
             mask[t, :n_sink] = True
-            mask[t, t + 1 - window:t + 1] = True
+            mask[t, t + 1 - window : t + 1] = True
         return StreamSelection(mask)
 
 
@@ -185,8 +204,8 @@ class H2OPolicy(Policy):
             kt = t + 1 if t < self.first else self._k(t)
             recent = max(1, int(round(self.recent_ratio * kt)))
             while cache.sum() > kt:
-                cand = np.flatnonzero(cache[:max(0, t + 1 - recent)])
-                if cand.size == 0:      # budget smaller than the recent window: drop the oldest
+                cand = np.flatnonzero(cache[: max(0, t + 1 - recent)])
+                if cand.size == 0:  # budget smaller than the recent window: drop the oldest
                     cand = np.flatnonzero(cache)[:1]
                 cache[cand[np.argmin(acc[cand])]] = False
             idx = np.flatnonzero(cache)
@@ -201,11 +220,11 @@ def quest_bounds(keys: np.ndarray, queries_t: np.ndarray, t: int, page: int) -> 
     """Quest page bounds at step t: ``(g, n_pages)`` with ``Σ_i max(q_i·kmax_i, q_i·kmin_i)`` over the visible
     tokens (0..t) of each page."""
     n_pages = t // page + 1
-    kv = keys[:t + 1].astype(np.float64)
+    kv = keys[: t + 1].astype(np.float64)
     pad = n_pages * page - (t + 1)
     kmax = np.concatenate([kv, np.full((pad, kv.shape[1]), -np.inf)]).reshape(n_pages, page, -1).max(axis=1)
     kmin = np.concatenate([kv, np.full((pad, kv.shape[1]), np.inf)]).reshape(n_pages, page, -1).min(axis=1)
-    q = queries_t.astype(np.float64)[:, None, :]                         # (g, 1, hd)
+    q = queries_t.astype(np.float64)[:, None, :]  # (g, 1, hd)
     return np.maximum(q * kmax[None], q * kmin[None]).sum(axis=-1)
 
 
@@ -230,7 +249,7 @@ class QuestPolicy(Policy):
                 size = min(P, t + 1 - p * P)
                 if i > 0 and taken + size > kt:
                     break
-                mask[t, p * P:p * P + size] = True
+                mask[t, p * P : p * P + size] = True
                 taken += size
         return StreamSelection(mask)
 
@@ -284,15 +303,16 @@ class ResvPolicy(Policy):
             toks = np.asarray(table.tokens(sorted(chosen)), dtype=np.int64)
             mask[t, :] = False
             mask[t, toks[toks <= t]] = True
-            mask[t, max(0, t + 1 - self.recent):t + 1] = True
-            if not mask[t].any():       # nothing selected: the current token alone (softmax needs one key)
+            mask[t, max(0, t + 1 - self.recent) : t + 1] = True
+            if not mask[t].any():  # nothing selected: the current token alone (softmax needs one key)
                 mask[t, t] = True
         out.n_clusters = int(table.n)
         return out
 
 
-def make_policy(name: str, budget=None, kvcfg=None, alpha: float | None = None, first: int = FIRST,
-                **kw) -> Policy:
+def make_policy(
+    name: str, budget=None, kvcfg=None, alpha: float | None = None, first: int = FIRST, **kw
+) -> Policy:
     """A policy by name (see :data:`POLICIES`); ``budget`` for the baselines, ``kvcfg``/``alpha`` for resv."""
     if name == "full":
         return FullPolicy(first=first)
@@ -324,15 +344,15 @@ def evaluate(trace, policy: Policy) -> dict:
     steps = np.arange(first, s)
     for layer in range(L):
         for j in range(hkv):
-            qg = queries[layer, j * g:(j + 1) * g]
+            qg = queries[layer, j * g : (j + 1) * g]
             sel = policy.select(keys[layer, j], qg)
             m = sel.mask
             if m.shape != (s, s) or np.triu(m, 1).any() or not m[steps].any(axis=1).all():
                 raise RuntimeError(f"{policy.describe()}: invalid mask for layer {layer} head {j}")
             masks[layer, j] = m
-            p = full_attention(keys[layer, j], qg)                      # (g, S, S)
+            p = full_attention(keys[layer, j], qg)  # (g, S, S)
             f = m[steps].sum(axis=1) / (steps + 1)
-            r = (p[:, steps, :] * m[steps][None]).sum(axis=-1)          # (g, steps)
+            r = (p[:, steps, :] * m[steps][None]).sum(axis=-1)  # (g, steps)
             frac.append(float(f.mean()))
             rec.append(float(r.mean()))
             row = {"layer": layer, "kv_head": j, "retrieved_fraction": frac[-1], "recall": rec[-1]}
@@ -342,14 +362,22 @@ def evaluate(trace, policy: Policy) -> dict:
                 row["early_exit_fraction"] = visited[-1]
                 row["clusters"] = sel.n_clusters
             per_stream.append(row)
-    out = {"policy": policy.name, "setting": policy.describe(), "budget": policy.budget,
-           "first": first, "steps": int(s - first), "retrieved_fraction": float(np.mean(frac)),
-           "recall": float(np.mean(rec)), "streams": per_stream, "masks": masks}
+    out = {
+        "policy": policy.name,
+        "setting": policy.describe(),
+        "budget": policy.budget,
+        "first": first,
+        "steps": int(s - first),
+        "retrieved_fraction": float(np.mean(frac)),
+        "recall": float(np.mean(rec)),
+        "streams": per_stream,
+        "masks": masks,
+    }
     if isinstance(policy, ResvPolicy):
         out["alpha"] = policy.alpha
         out["early_exit_fraction"] = float(np.mean(visited))
         out["mean_clusters"] = float(np.mean([r["clusters"] for r in per_stream]))
-        out["clusters"] = clusters          # per scored query, in (layer, KV head, step, query head) order
+        out["clusters"] = clusters  # per scored query, in (layer, KV head, step, query head) order
     return out
 
 
@@ -364,15 +392,17 @@ def restrict_attention(masks: np.ndarray, n_heads: int):
 
     original = hostops.softmax
     L, hkv = masks.shape[:2]
-    per_head = torch.from_numpy(np.repeat(masks, n_heads // hkv, axis=1))   # (L, H, S, S)
+    per_head = torch.from_numpy(np.repeat(masks, n_heads // hkv, axis=1))  # (L, H, S, S)
     calls = [0]
 
     def softmax(x):
         layer = calls[0]
         calls[0] += 1
         if layer >= L or tuple(x.shape[-3:]) != tuple(per_head.shape[1:]):
-            raise RuntimeError(f"restrict_attention: softmax call {layer} with scores {tuple(x.shape)} does not "
-                               f"match masks {tuple(masks.shape)}")
+            raise RuntimeError(
+                f"restrict_attention: softmax call {layer} with scores {tuple(x.shape)} does not "
+                f"match masks {tuple(masks.shape)}"
+            )
         return original(torch.where(per_head[layer], x, torch.full_like(x, float("-inf"))))
 
     hostops.softmax = softmax
@@ -423,7 +453,7 @@ def closed_loop_nll(model, tokens, policy: Policy) -> tuple[np.ndarray, np.ndarr
             model(toks, mode="int")
         q, k = (x[0].to(torch.float32).numpy() for x in pairs[layer])
         for j in range(cfg.n_kv_heads):
-            masks[layer, j] = policy.select(k[j], q[j * g:(j + 1) * g]).mask
+            masks[layer, j] = policy.select(k[j], q[j * g : (j + 1) * g]).mask
     return restricted_nll(model, tokens, masks), masks
 
 
@@ -440,6 +470,8 @@ def restricted_nll(model, tokens, masks: np.ndarray | None) -> np.ndarray:
             with restrict_attention(masks, model.config.n_heads) as calls:
                 logits = model(toks, mode="int")[0]
             if calls[0] != masks.shape[0]:
-                raise RuntimeError(f"restrict_attention: {calls[0]} softmax calls for {masks.shape[0]} layers")
+                raise RuntimeError(
+                    f"restrict_attention: {calls[0]} softmax calls for {masks.shape[0]} layers"
+                )
     lp = torch.log_softmax(logits[:-1].to(torch.float64), dim=-1)
     return (-lp.gather(1, toks[0, 1:].reshape(-1, 1))[:, 0]).numpy()

@@ -100,11 +100,15 @@ class LMConfig:
         if self.d_model % self.n_heads:
             raise ValueError(f"LMConfig: d_model={self.d_model} is not a multiple of n_heads={self.n_heads}")
         if self.n_heads % self.n_kv_heads:
-            raise ValueError(f"LMConfig: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}")
+            raise ValueError(
+                f"LMConfig: n_heads={self.n_heads} is not a multiple of n_kv_heads={self.n_kv_heads}"
+            )
         if self.head_dim % 2:
             raise ValueError(f"LMConfig: head_dim={self.head_dim} must be even (RoPE)")
         if self.activation not in ACTIVATIONS:
-            raise ValueError(f"LMConfig.activation={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}")
+            raise ValueError(
+                f"LMConfig.activation={self.activation!r}: expected one of {', '.join(ACTIVATIONS)}"
+            )
         if not self.rope_theta > 0 or not self.norm_eps > 0:
             raise ValueError("LMConfig: rope_theta and norm_eps must be positive")
 
@@ -139,7 +143,11 @@ class KVCache:
     def append(self, layer: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Concatenate new entries (along the sequence axis) to layer ``layer``; return the whole cache."""
         old = self.layers[layer]
-        new = tensors if old is None else tuple(torch.cat([o, t], dim=2) for o, t in zip(old, tensors, strict=True))
+        new = (
+            tensors
+            if old is None
+            else tuple(torch.cat([o, t], dim=2) for o, t in zip(old, tensors, strict=True))
+        )
         self.layers[layer] = new
         return new
 
@@ -267,7 +275,9 @@ class TernaryLM(nn.Module):
         ones for the norms. Uses torch's global RNG (seed it first)."""
         out_std = std / math.sqrt(2 * self.config.n_layers)
         for name, mod in self.named_modules():
-            if isinstance(mod, (nn.Linear, nn.Embedding)) and not (mod is self.lm_head and self.config.tie_embeddings):
+            if isinstance(mod, (nn.Linear, nn.Embedding)) and not (
+                mod is self.lm_head and self.config.tie_embeddings
+            ):
                 s = out_std if name.endswith(("o_proj", "down_proj")) else std
                 nn.init.normal_(mod.weight, 0.0, s)
             elif isinstance(mod, RMSNorm):

@@ -20,15 +20,48 @@ from models.lm import LMConfig, TernaryLM
 __all__ = ["PRESETS", "get_config", "build_model"]
 
 PRESETS: dict[str, LMConfig] = {
-    "bitnet-0.7b": LMConfig(vocab=32002, d_model=1536, n_layers=24, n_heads=16, n_kv_heads=16, ffn=4096,
-                            activation="swiglu", rope_theta=10000.0, max_seq=2048, norm_eps=1e-5,
-                            subln=False, tie_embeddings=True),
-    "bitnet-2b": LMConfig(vocab=128256, d_model=2560, n_layers=30, n_heads=20, n_kv_heads=5, ffn=6912,
-                          activation="relu2", rope_theta=500000.0, max_seq=4096, norm_eps=1e-5,
-                          subln=True, tie_embeddings=True),
-    "tiny": LMConfig(vocab=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn=352,
-                     activation="relu2", rope_theta=10000.0, max_seq=256, norm_eps=1e-5,
-                     subln=True, tie_embeddings=True),
+    "bitnet-0.7b": LMConfig(
+        vocab=32002,
+        d_model=1536,
+        n_layers=24,
+        n_heads=16,
+        n_kv_heads=16,
+        ffn=4096,
+        activation="swiglu",
+        rope_theta=10000.0,
+        max_seq=2048,
+        norm_eps=1e-5,
+        subln=False,
+        tie_embeddings=True,
+    ),
+    "bitnet-2b": LMConfig(
+        vocab=128256,
+        d_model=2560,
+        n_layers=30,
+        n_heads=20,
+        n_kv_heads=5,
+        ffn=6912,
+        activation="relu2",
+        rope_theta=500000.0,
+        max_seq=4096,
+        norm_eps=1e-5,
+        subln=True,
+        tie_embeddings=True,
+    ),
+    "tiny": LMConfig(
+        vocab=256,
+        d_model=128,
+        n_layers=4,
+        n_heads=4,
+        n_kv_heads=2,
+        ffn=352,
+        activation="relu2",
+        rope_theta=10000.0,
+        max_seq=256,
+        norm_eps=1e-5,
+        subln=True,
+        tie_embeddings=True,
+    ),
 }
 
 
@@ -43,8 +76,9 @@ def get_config(name_or_config: str | LMConfig | dict) -> LMConfig:
     return PRESETS[name_or_config]
 
 
-def build_model(name_or_config: str | LMConfig | dict, device: str | torch.device = "cpu",
-                seed: int | None = None) -> TernaryLM:
+def build_model(
+    name_or_config: str | LMConfig | dict, device: str | torch.device = "cpu", seed: int | None = None
+) -> TernaryLM:
     """Instantiate a (randomly initialised) :class:`~models.lm.TernaryLM`; ``device="meta"`` allocates nothing.
     ``seed`` seeds torch's global RNG before initialisation."""
     cfg = get_config(name_or_config)

@@ -38,8 +38,16 @@ import numpy as np
 from hw.config import KvConfig
 from hw.kv_numerics import hyperplane_bits, hyperplane_matrix, reciprocal
 
-__all__ = ["hyperplane_bits", "hyperplane_matrix", "quantize_keys", "reciprocal",
-           "signature", "ClusterTable", "Selection", "float_select"]
+__all__ = [
+    "hyperplane_bits",
+    "hyperplane_matrix",
+    "quantize_keys",
+    "reciprocal",
+    "signature",
+    "ClusterTable",
+    "Selection",
+    "float_select",
+]
 
 
 def quantize_keys(x) -> np.ndarray:
@@ -62,9 +70,9 @@ def signature(key: np.ndarray, hp: np.ndarray) -> int:
 
 @dataclass
 class Selection:
-    clusters: list[int]          # selected cluster ids, in the order the engine emits them
-    visited: int                 # clusters visited before the early exit (= len(clusters))
-    n_clusters: int              # clusters in the table
+    clusters: list[int]  # selected cluster ids, in the order the engine emits them
+    visited: int  # clusters visited before the early exit (= len(clusters))
+    n_clusters: int  # clusters in the table
     threshold: int = 0
     row_sum: int = 0
     scores: list[int] = field(default_factory=list)
@@ -84,7 +92,7 @@ class ClusterTable:
         self.counts: list[int] = []
         self.sums: list[np.ndarray] = []
         self.members: list[list[int]] = []
-        self.assign: list[int] = []      # cluster id per inserted key (−1: dropped, table full)
+        self.assign: list[int] = []  # cluster id per inserted key (−1: dropped, table full)
 
     @property
     def n(self) -> int:
@@ -165,8 +173,14 @@ class ClusterTable:
         return np.array(sorted(toks), dtype=np.int64)
 
 
-def float_select(keys: np.ndarray, q: np.ndarray, hp: np.ndarray, hamming: int, alpha: float,
-                 max_cluster_size: int | None = None) -> tuple[np.ndarray, list[list[int]]]:
+def float_select(
+    keys: np.ndarray,
+    q: np.ndarray,
+    hp: np.ndarray,
+    hamming: int,
+    alpha: float,
+    max_cluster_size: int | None = None,
+) -> tuple[np.ndarray, list[list[int]]]:
     """Float ReSV on float keys (S, dim) and one query: SimHash clustering (nearest within ``hamming``,
     unlimited clusters), score = q · mean key, clusters in exact descending score order until
     Σ (score − min)·count ≥ alpha · row sum. Returns (sorted selected token indices, clusters' members)."""

@@ -43,8 +43,16 @@ def lr_at(step: int, steps: int, lr: float, warmup: int) -> float:
     return lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * frac)))
 
 
-def train(model: TernaryLM, mode: str, steps: int, batch: int, lr: float, seed: int, log_every: int = 50,
-          label: str = "") -> list[tuple[int, float]]:
+def train(
+    model: TernaryLM,
+    mode: str,
+    steps: int,
+    batch: int,
+    lr: float,
+    seed: int,
+    log_every: int = 50,
+    label: str = "",
+) -> list[tuple[int, float]]:
     """Train in place; returns [(step, train loss)] at the logged steps."""
     corpus = load_corpus()
     seq = model.config.max_seq
@@ -52,8 +60,11 @@ def train(model: TernaryLM, mode: str, steps: int, batch: int, lr: float, seed: 
     data = batches(corpus.train, batch, seq, gen)
     decay = [p for n, p in model.named_parameters() if p.dim() >= 2 and "embed" not in n]
     other = [p for n, p in model.named_parameters() if not (p.dim() >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.95))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": other, "weight_decay": 0.0}],
+        lr=lr,
+        betas=(0.9, 0.95),
+    )
     warmup = max(1, min(50, steps // 10))
     model.train()
     log, t0, run = [], time.time(), 0.0
@@ -69,15 +80,23 @@ def train(model: TernaryLM, mode: str, steps: int, batch: int, lr: float, seed: 
         run = loss.item() if step == 0 else 0.9 * run + 0.1 * loss.item()
         if (step + 1) % log_every == 0 or step + 1 == steps:
             log.append((step + 1, round(run, 4)))
-            print(f"[{label}] step {step + 1}/{steps}  loss {run:.3f}  ({run / math.log(2):.3f} bits/byte)  "
-                  f"{time.time() - t0:.0f} s", flush=True)
+            print(
+                f"[{label}] step {step + 1}/{steps}  loss {run:.3f}  ({run / math.log(2):.3f} bits/byte)  "
+                f"{time.time() - t0:.0f} s",
+                flush=True,
+            )
     model.eval()
     return log
 
 
 @torch.no_grad()
-def evaluate(model: TernaryLM, mode: str, data: torch.Tensor | None = None, max_windows: int | None = None,
-             batch: int = 8) -> dict:
+def evaluate(
+    model: TernaryLM,
+    mode: str,
+    data: torch.Tensor | None = None,
+    max_windows: int | None = None,
+    batch: int = 8,
+) -> dict:
     """Per-byte validation perplexity of ``model`` in ``mode`` → {"loss", "ppl", "bits_per_byte", "bytes"}."""
     if data is None:
         data = load_corpus().val
@@ -85,13 +104,18 @@ def evaluate(model: TernaryLM, mode: str, data: torch.Tensor | None = None, max_
     model.eval()
     total, count = 0.0, 0
     for i in range(0, x.shape[0], batch):
-        logits = model(x[i:i + batch], mode=mode)
-        total += F.cross_entropy(logits.reshape(-1, logits.shape[-1]), y[i:i + batch].reshape(-1),
-                                 reduction="sum").item()
-        count += y[i:i + batch].numel()
+        logits = model(x[i : i + batch], mode=mode)
+        total += F.cross_entropy(
+            logits.reshape(-1, logits.shape[-1]), y[i : i + batch].reshape(-1), reduction="sum"
+        ).item()
+        count += y[i : i + batch].numel()
     loss = total / count
-    return {"loss": round(loss, 5), "ppl": round(math.exp(loss), 4),
-            "bits_per_byte": round(loss / math.log(2), 4), "bytes": count}
+    return {
+        "loss": round(loss, 5),
+        "ppl": round(math.exp(loss), 4),
+        "bits_per_byte": round(loss / math.log(2), 4),
+        "bytes": count,
+    }
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -100,15 +124,21 @@ def _write_json(path: Path, obj: dict) -> None:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(prog="python -m models.train", description=__doc__.split("\n")[0])
-    ap.add_argument("--out", default="models/checkpoints/tiny.pt", help="checkpoint path (.json written beside)")
+    ap.add_argument(
+        "--out", default="models/checkpoints/tiny.pt", help="checkpoint path (.json written beside)"
+    )
     ap.add_argument("--preset", default="tiny")
     ap.add_argument("--steps", type=int, default=600)
     ap.add_argument("--batch", type=int, default=16)
     ap.add_argument("--lr", type=float, default=3e-3)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--eval-windows", type=int, default=None,
-                    help="evaluate on the first N validation windows (default: the whole validation split)")
+    ap.add_argument(
+        "--eval-windows",
+        type=int,
+        default=None,
+        help="evaluate on the first N validation windows (default: the whole validation split)",
+    )
     ap.add_argument("--no-baseline", action="store_true", help="skip the float baseline")
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
@@ -117,33 +147,55 @@ def main(argv=None) -> int:
     out = Path(args.out)
     cfg = get_config(args.preset)
     info = corpus_info()
-    print(f"corpus: {info['name']} (Python {info['python']}): {info['documents']} documents, "
-          f"train {info['train_bytes']} bytes, validation {info['val_bytes']} bytes", flush=True)
+    print(
+        f"corpus: {info['name']} (Python {info['python']}): {info['documents']} documents, "
+        f"train {info['train_bytes']} bytes, validation {info['val_bytes']} bytes",
+        flush=True,
+    )
     t_start = time.time()
 
     model = build_model(cfg, seed=args.seed)
     n_params = sum(p.numel() for p in model.parameters())
-    print(f"model {args.preset}: {n_params} parameters; ternary training ({args.steps} steps × "
-          f"{args.batch}×{cfg.max_seq} bytes)", flush=True)
+    print(
+        f"model {args.preset}: {n_params} parameters; ternary training ({args.steps} steps × "
+        f"{args.batch}×{cfg.max_seq} bytes)",
+        flush=True,
+    )
     t0 = time.time()
     log_tern = train(model, "fake", args.steps, args.batch, args.lr, args.seed, label="ternary")
     t_tern = time.time() - t0
-    meta = {"preset": args.preset, "steps": args.steps, "batch": args.batch, "lr": args.lr, "seed": args.seed,
-            "mode": "fake", "corpus_val_sha256": info["val_sha256"]}
+    meta = {
+        "preset": args.preset,
+        "steps": args.steps,
+        "batch": args.batch,
+        "lr": args.lr,
+        "seed": args.seed,
+        "mode": "fake",
+        "corpus_val_sha256": info["val_sha256"],
+    }
     save_checkpoint(model, out, meta)
     print(f"wrote {out} ({out.stat().st_size} bytes)", flush=True)
 
-    result = {"command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
-              "checkpoint": out.name, "preset": args.preset, "config": cfg.to_dict(), "parameters": n_params,
-              "corpus": info, "train": {k: meta[k] for k in ("steps", "batch", "lr", "seed")},
-              "tokens_per_model": args.steps * args.batch * cfg.max_seq,
-              "eval": {"split": "validation", "seq": cfg.max_seq, "windows": None}, "results": {},
-              "train_log": {"ternary": log_tern}, "seconds": {"ternary_train": round(t_tern, 1)}}
+    result = {
+        "command": "python -m models.train " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "checkpoint": out.name,
+        "preset": args.preset,
+        "config": cfg.to_dict(),
+        "parameters": n_params,
+        "corpus": info,
+        "train": {k: meta[k] for k in ("steps", "batch", "lr", "seed")},
+        "tokens_per_model": args.steps * args.batch * cfg.max_seq,
+        "eval": {"split": "validation", "seq": cfg.max_seq, "windows": None},
+        "results": {},
+        "train_log": {"ternary": log_tern},
+        "seconds": {"ternary_train": round(t_tern, 1)},
+    }
     if not args.no_baseline:
         base = build_model(cfg, seed=args.seed)
         t0 = time.time()
-        result["train_log"]["float"] = train(base, "float", args.steps, args.batch, args.lr, args.seed,
-                                             label="float")
+        result["train_log"]["float"] = train(
+            base, "float", args.steps, args.batch, args.lr, args.seed, label="float"
+        )
         result["seconds"]["float_train"] = round(time.time() - t0, 1)
         t0 = time.time()
         result["results"]["float"] = evaluate(base, "float", max_windows=args.eval_windows)

@@ -92,8 +92,9 @@ class StreamDriver:
         self._shown_pos = -1
 
     def drive(self, rel: int) -> None:
-        self._offered = (rel >= self.start and self.pos < len(self.beats)
-                         and bool(self.pattern[rel % len(self.pattern)]))
+        self._offered = (
+            rel >= self.start and self.pos < len(self.beats) and bool(self.pattern[rel % len(self.pattern)])
+        )
         if self._offered != self._shown_valid:
             self.valid.value = int(self._offered)
             self._shown_valid = self._offered

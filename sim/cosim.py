@@ -48,8 +48,10 @@ class CosimReport:
 
     @property
     def outputs_equal(self) -> bool:
-        return all(r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"]
-                   for r in self.rows)
+        return all(
+            r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"]
+            for r in self.rows
+        )
 
     @property
     def rtl_cycles(self) -> int:
@@ -69,13 +71,20 @@ class CosimReport:
 
     def to_json(self) -> dict:
         return {
-            "engine": self.engine, "config": self.config, "cases": len(self.rows),
-            "outputs_equal": self.outputs_equal, "cycles_equal": self.cycles_equal,
-            "rtl_cycles": self.rtl_cycles, "model_cycles": self.model_cycles,
+            "engine": self.engine,
+            "config": self.config,
+            "cases": len(self.rows),
+            "outputs_equal": self.outputs_equal,
+            "cycles_equal": self.cycles_equal,
+            "rtl_cycles": self.rtl_cycles,
+            "model_cycles": self.model_cycles,
             "cycle_difference": self.rtl_cycles - self.model_cycles,
             "verilator_cycles_per_s": round(self.verilator_cycles_per_s, 1),
             "model_cycles_per_s": round(self.model_cycles_per_s, 1),
-            "build_s": round(self.build_s, 2), "ok": self.ok, "case_results": self.rows, **self.extra,
+            "build_s": round(self.build_s, 2),
+            "ok": self.ok,
+            "case_results": self.rows,
+            **self.extra,
         }
 
 
@@ -84,8 +93,9 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
-def build_verilator(top: str, elaboratable, label: str, build_root: Path = DEFAULT_BUILD,
-                    quiet: bool = False) -> tuple[Path, float]:
+def build_verilator(
+    top: str, elaboratable, label: str, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+) -> tuple[Path, float]:
     """Elaborate an engine to Verilog and build it with Verilator. The build folder is named by the
     Verilog's hash, so configs that differ only in non-hardware fields (clock, memory timing) share a
     build and an unchanged design is never rebuilt. Returns (build dir, seconds spent)."""
@@ -118,8 +128,9 @@ def _locked(bdir: Path, quiet: bool) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_UN)
 
 
-def _build_locked(top: str, text: str, digest: str, bdir: Path, label: str, quiet: bool,
-                  t0: float) -> tuple[Path, float]:
+def _build_locked(
+    top: str, text: str, digest: str, bdir: Path, label: str, quiet: bool, t0: float
+) -> tuple[Path, float]:
     from cocotb_tools.runner import get_runner
 
     stamp = bdir / "verilog.sha256"
@@ -137,17 +148,24 @@ def _build_locked(top: str, text: str, digest: str, bdir: Path, label: str, quie
     if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
         os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
     try:
-        runner.build(sources=[bdir / f"{top}.v"], hdl_toplevel=top, build_dir=bdir, always=True,
-                     timescale=("1ns", "1ps"), build_args=["-Wno-fatal", "-Wno-lint"],
-                     log_file=log)
+        runner.build(
+            sources=[bdir / f"{top}.v"],
+            hdl_toplevel=top,
+            build_dir=bdir,
+            always=True,
+            timescale=("1ns", "1ps"),
+            build_args=["-Wno-fatal", "-Wno-lint"],
+            log_file=log,
+        )
     except Exception as e:  # the runner raises CalledProcessError with the log elsewhere
         raise ToolError(f"Verilator build failed ({e}); see {log}") from None
     stamp.write_text(digest)
     return bdir, time.perf_counter() - t0
 
 
-def build_engine(eng: str | Engine, acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD,
-                 quiet: bool = False) -> tuple[Path, float]:
+def build_engine(
+    eng: str | Engine, acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+) -> tuple[Path, float]:
     """Build the RTL of registered engine ``eng`` for ``acfg`` with Verilator (see :func:`build_verilator`)."""
     e = engine(eng) if isinstance(eng, str) else eng
     return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet)
@@ -169,23 +187,35 @@ def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tup
 
     case_file, result_file = tmp / "cases.npz", tmp / "results.json"
     np.savez(case_file, **arrays, meta=np.array(json.dumps(meta)))
-    env = {"TRITIUM_CASES": str(case_file), "TRITIUM_RESULTS": str(result_file),
-           "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        "TRITIUM_CASES": str(case_file),
+        "TRITIUM_RESULTS": str(result_file),
+        "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+    }
     runner = get_runner("verilator")
     log = tmp / "sim.log"
     t0 = time.perf_counter()
     try:
-        runner.test(test_module=e.bench, hdl_toplevel=e.name, hdl_toplevel_lang="verilog", build_dir=bdir,
-                    test_dir=tmp, extra_env=env, results_xml=str(tmp / "results.xml"), log_file=log)
+        runner.test(
+            test_module=e.bench,
+            hdl_toplevel=e.name,
+            hdl_toplevel_lang="verilog",
+            build_dir=bdir,
+            test_dir=tmp,
+            extra_env=env,
+            results_xml=str(tmp / "results.xml"),
+            log_file=log,
+        )
     except Terminated:
         raise
     except SystemExit:
         # The runner exits when the simulator did (a crash) or, under pytest, when the bench's cocotb test
         # failed; the result file tells a mismatch (the bench ran) from a simulator that never ran.
         pass
-    except Exception as ex:          # the simulator could not be started at all
-        raise ToolError(f"the {e.name} simulation could not run ({ex}); simulator log tail:\n"
-                        f"{_log_tail(log)}") from None
+    except Exception as ex:  # the simulator could not be started at all
+        raise ToolError(
+            f"the {e.name} simulation could not run ({ex}); simulator log tail:\n{_log_tail(log)}"
+        ) from None
     return result_file, log, time.perf_counter() - t0
 
 
@@ -203,26 +233,37 @@ def run_bench(eng: str, bdir: Path, arrays: dict, meta: dict, quiet: bool) -> tu
         _log(f"[cosim] running {len(cases)} case(s) through Verilator ...", quiet)
         result_file, log, sim_s = _simulate(e, bdir, tmp, arrays, meta)
         if not result_file.exists():
-            raise ToolError(f"the {e.name} bench ({e.bench}) did not start; simulator log tail:\n"
-                            f"{_log_tail(log)}")
+            raise ToolError(
+                f"the {e.name} bench ({e.bench}) did not start; simulator log tail:\n{_log_tail(log)}"
+            )
         try:
             rows = json.loads(result_file.read_text())
         except ValueError:
             rows = []
         if len(rows) < len(cases):
             why = _first_error(_log_tail(log, 60))
-            _log(f"[cosim] the RTL left {len(cases) - len(rows)} of {len(cases)} case(s) without a result: "
-                 f"{why}", quiet)
-            rows += [_missing_row(c, why) for c in cases[len(rows):]]
+            _log(
+                f"[cosim] the RTL left {len(cases) - len(rows)} of {len(cases)} case(s) without a result: "
+                f"{why}",
+                quiet,
+            )
+            rows += [_missing_row(c, why) for c in cases[len(rows) :]]
         return rows, sim_s
 
 
 def _missing_row(case: dict, why: str) -> dict:
     """The result row of a case the RTL produced no result for: a mismatch."""
-    return {"name": case["name"], "rtl_equals_reference": False, "rtl_equals_model": False,
-            "model_equals_reference": case.get("model_equals_reference", True), "rtl_cycles": 0,
-            "model_cycles": int(case["model_cycles"]), "rtl_wall_s": 0.0, "missing": True,
-            "error": why}
+    return {
+        "name": case["name"],
+        "rtl_equals_reference": False,
+        "rtl_equals_model": False,
+        "model_equals_reference": case.get("model_equals_reference", True),
+        "rtl_cycles": 0,
+        "model_cycles": int(case["model_cycles"]),
+        "rtl_wall_s": 0.0,
+        "missing": True,
+        "error": why,
+    }
 
 
 def _first_error(log_tail: str) -> str:
@@ -233,17 +274,28 @@ def _first_error(log_tail: str) -> str:
     return errors[-1] if errors else (lines[-1] if lines else "no result")
 
 
-def cosim_report(engine: str, acfg: AcceleratorConfig, rows: list[dict], meta_cases: list[dict], build_s: float,
-            model_s: float, sim_s: float) -> CosimReport:
+def cosim_report(
+    engine: str,
+    acfg: AcceleratorConfig,
+    rows: list[dict],
+    meta_cases: list[dict],
+    build_s: float,
+    model_s: float,
+    sim_s: float,
+) -> CosimReport:
     """The comparison report of one co-simulation run, with the speeds of both simulators."""
     rtl_cycles = sum(r["rtl_cycles"] for r in rows)
     rtl_wall = sum(r["rtl_wall_s"] for r in rows)
     model_cycles = sum(m["model_cycles"] for m in meta_cases)
     return CosimReport(
-        engine=engine, config={**acfg.to_dict(), "source": acfg.source}, rows=rows, build_s=build_s,
+        engine=engine,
+        config={**acfg.to_dict(), "source": acfg.source},
+        rows=rows,
+        build_s=build_s,
         verilator_cycles_per_s=rtl_cycles / rtl_wall if rtl_wall else 0.0,
         model_cycles_per_s=model_cycles / model_s if model_s else 0.0,
-        extra={"simulation_s": round(sim_s, 2)})
+        extra={"simulation_s": round(sim_s, 2)},
+    )
 
 
 def warm_up_model(cfg) -> None:
@@ -252,8 +304,9 @@ def warm_up_model(cfg) -> None:
     run_tlmm_streams(cfg, *tlmm_streams(cfg, z, z))
 
 
-def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: Path = DEFAULT_BUILD,
-                   quiet: bool = False) -> CosimReport:
+def run_tlmm_cosim(
+    acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: Path = DEFAULT_BUILD, quiet: bool = False
+) -> CosimReport:
     """Run every case through reference, model and RTL; returns the per-case comparison."""
     cfg = acfg.tlmm
     bdir, build_s = build_engine("tlmm", acfg, build_root, quiet)
@@ -267,17 +320,26 @@ def run_tlmm_cosim(acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: P
         t0 = time.perf_counter()
         run = run_tlmm_streams(cfg, shape, act, wgt, c.act_pattern, c.wgt_pattern, c.res_pattern)
         model_s += time.perf_counter() - t0
-        arrays.update({f"c{i}_act": act, f"c{i}_wgt": wgt, f"c{i}_ref": ref, f"c{i}_model": run.y,
-                       f"c{i}_act_pat": c.act_pattern, f"c{i}_wgt_pat": c.wgt_pattern,
-                       f"c{i}_res_pat": c.res_pattern})
+        arrays.update(
+            {
+                f"c{i}_act": act,
+                f"c{i}_wgt": wgt,
+                f"c{i}_ref": ref,
+                f"c{i}_model": run.y,
+                f"c{i}_act_pat": c.act_pattern,
+                f"c{i}_wgt_pat": c.wgt_pattern,
+                f"c{i}_res_pat": c.res_pattern,
+            }
+        )
         meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
     rows, sim_s = run_bench("tlmm", bdir, arrays, meta, quiet)
     return cosim_report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
-def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
-                   quiet: bool = False) -> CosimReport:
+def run_gemm_cosim(
+    acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+) -> CosimReport:
     """Run every GEMM case (sim.gemm_cases.GemmCase) through reference, model and RTL."""
     from hw.gemm_layout import build_gemm_image
     from sim.gemm_model import reference, run_gemm_image
@@ -287,31 +349,55 @@ def run_gemm_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFA
     meta_cases = []
     model_s = 0.0
     z = np.zeros((1, 1), np.int8)
-    run_gemm_image(acfg, build_gemm_image(acfg, z, z))          # compile the kernel outside the timing
+    run_gemm_image(acfg, build_gemm_image(acfg, z, z))  # compile the kernel outside the timing
     for i, c in enumerate(cases):
         ccfg = c.config(acfg)
         img = build_gemm_image(ccfg, c.a, c.b, c.requant, c.shift)
         t0 = time.perf_counter()
         run = run_gemm_image(ccfg, img)
         model_s += time.perf_counter() - t0
-        arrays.update({f"c{i}_image": img.image, f"c{i}_ref": reference(c.a, c.b, c.requant, c.shift),
-                       f"c{i}_model": run.output})
+        arrays.update(
+            {
+                f"c{i}_image": img.image,
+                f"c{i}_ref": reference(c.a, c.b, c.requant, c.shift),
+                f"c{i}_model": run.output,
+            }
+        )
         cmd = img.command
-        meta_cases.append({
-            "name": c.name, "timing": c.timing, "model_cycles": run.cycles,
-            "model_read_beats": run.events["read_beats"],
-            "shape": [img.shape.m, img.shape.k, img.shape.n, img.shape.m_tiles, img.shape.n_tiles,
-                      img.shape.k_tiles],
-            "command": {"m_tiles": cmd.m_tiles, "n_tiles": cmd.n_tiles, "k_tiles": cmd.k_tiles,
-                        "a_base": cmd.a_base, "b_base": cmd.b_base, "c_base": cmd.c_base,
-                        "requant": cmd.requant, "shift": cmd.shift}})
+        meta_cases.append(
+            {
+                "name": c.name,
+                "timing": c.timing,
+                "model_cycles": run.cycles,
+                "model_read_beats": run.events["read_beats"],
+                "shape": [
+                    img.shape.m,
+                    img.shape.k,
+                    img.shape.n,
+                    img.shape.m_tiles,
+                    img.shape.n_tiles,
+                    img.shape.k_tiles,
+                ],
+                "command": {
+                    "m_tiles": cmd.m_tiles,
+                    "n_tiles": cmd.n_tiles,
+                    "k_tiles": cmd.k_tiles,
+                    "a_base": cmd.a_base,
+                    "b_base": cmd.b_base,
+                    "c_base": cmd.c_base,
+                    "requant": cmd.requant,
+                    "shift": cmd.shift,
+                },
+            }
+        )
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
     rows, sim_s = run_bench("gemm", bdir, arrays, meta, quiet)
     return cosim_report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
-def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD,
-                 quiet: bool = False) -> CosimReport:
+def run_kv_cosim(
+    acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+) -> CosimReport:
     """Run every KV case (sim.kv_cases.KvCase) through the reference, the model and the RTL. The model's
     decoded results must equal the reference's (checked here), its output beats and their cycles the
     RTL's (checked in the bench)."""
@@ -323,7 +409,7 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
-    run_kv(kv, *encode_commands(kv, [("reset",)]))             # compile the kernel outside the timing
+    run_kv(kv, *encode_commands(kv, [("reset",)]))  # compile the kernel outside the timing
     for i, c in enumerate(cases):
         if not c.commands or c.commands[0][0] != "reset":
             raise ValueError(f"KV case {c.name}: must start with a reset")
@@ -346,13 +432,29 @@ def run_kv_cosim(acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAUL
         model = np.stack([kinds, ids, news], axis=1) if len(kinds) else np.zeros((0, 3), np.int64)
         model_ref = np.array(expect, np.int64).reshape(-1, 3)
         # a dropped key's id field is don't-care: compare kinds there
-        model_ref[model_ref[:, 0] == 3, 1:] = model[model_ref[:, 0] == 3, 1:] if len(model) == len(model_ref) else 0
-        arrays.update({f"c{i}_ops": ops, f"c{i}_vec": vec, f"c{i}_vec_pat": np.asarray(c.vec_pattern, np.int8),
-                       f"c{i}_out_pat": np.asarray(c.out_pattern, np.int8), f"c{i}_model": model,
-                       f"c{i}_model_cyc": cyc})
-        meta_cases.append({"name": c.name, "model_cycles": int(cycles), "commands": len(ops),
-                           "model_equals_reference": bool(model.shape == model_ref.shape
-                                                          and np.array_equal(model, model_ref))})
+        model_ref[model_ref[:, 0] == 3, 1:] = (
+            model[model_ref[:, 0] == 3, 1:] if len(model) == len(model_ref) else 0
+        )
+        arrays.update(
+            {
+                f"c{i}_ops": ops,
+                f"c{i}_vec": vec,
+                f"c{i}_vec_pat": np.asarray(c.vec_pattern, np.int8),
+                f"c{i}_out_pat": np.asarray(c.out_pattern, np.int8),
+                f"c{i}_model": model,
+                f"c{i}_model_cyc": cyc,
+            }
+        )
+        meta_cases.append(
+            {
+                "name": c.name,
+                "model_cycles": int(cycles),
+                "commands": len(ops),
+                "model_equals_reference": bool(
+                    model.shape == model_ref.shape and np.array_equal(model, model_ref)
+                ),
+            }
+        )
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
     rows, sim_s = run_bench("kv", bdir, arrays, meta, quiet)
     for r, mc in zip(rows, meta_cases, strict=True):
@@ -371,13 +473,13 @@ class TopReport:
     rtl_tokens: list
     model_tokens: list
     torch_tokens: list
-    logits_equal_torch: list          # per step: RTL logits == PyTorch int reference, bit for bit
-    logits_equal_model: list          # per step: RTL logits == the executor on the numba models
-    rtl_cycles: list                  # per step, per command
+    logits_equal_torch: list  # per step: RTL logits == PyTorch int reference, bit for bit
+    logits_equal_model: list  # per step: RTL logits == the executor on the numba models
+    rtl_cycles: list  # per step, per command
     model_cycles: list
     build_s: float
     sim_s: float
-    commands: list                    # per step: kinds of the commands
+    commands: list  # per step: kinds of the commands
 
     @property
     def cycles_equal(self) -> bool:
@@ -385,8 +487,12 @@ class TopReport:
 
     @property
     def ok(self) -> bool:
-        return (all(self.logits_equal_torch) and all(self.logits_equal_model) and self.cycles_equal
-                and self.rtl_tokens == self.torch_tokens == self.model_tokens)
+        return (
+            all(self.logits_equal_torch)
+            and all(self.logits_equal_model)
+            and self.cycles_equal
+            and self.rtl_tokens == self.torch_tokens == self.model_tokens
+        )
 
     def to_json(self) -> dict:
         per_kind = {}
@@ -396,13 +502,25 @@ class TopReport:
                 e["commands"] += 1
                 e["rtl_cycles"] += r
                 e["model_cycles"] += m
-        return {"engine": "top", "config": self.config, "layers": self.layers, "prompt": self.prompt,
-                "rtl_tokens": self.rtl_tokens, "torch_tokens": self.torch_tokens, "model_tokens": self.model_tokens,
-                "logits_equal_torch": self.logits_equal_torch, "logits_equal_model": self.logits_equal_model,
-                "rtl_cycles": sum(map(sum, self.rtl_cycles)), "model_cycles": sum(map(sum, self.model_cycles)),
-                "step_cycles": [sum(c) for c in self.rtl_cycles], "cycles_equal": self.cycles_equal,
-                "per_kind": per_kind, "build_s": round(self.build_s, 2), "simulation_s": round(self.sim_s, 2),
-                "ok": self.ok}
+        return {
+            "engine": "top",
+            "config": self.config,
+            "layers": self.layers,
+            "prompt": self.prompt,
+            "rtl_tokens": self.rtl_tokens,
+            "torch_tokens": self.torch_tokens,
+            "model_tokens": self.model_tokens,
+            "logits_equal_torch": self.logits_equal_torch,
+            "logits_equal_model": self.logits_equal_model,
+            "rtl_cycles": sum(map(sum, self.rtl_cycles)),
+            "model_cycles": sum(map(sum, self.model_cycles)),
+            "step_cycles": [sum(c) for c in self.rtl_cycles],
+            "cycles_equal": self.cycles_equal,
+            "per_kind": per_kind,
+            "build_s": round(self.build_s, 2),
+            "simulation_s": round(self.sim_s, 2),
+            "ok": self.ok,
+        }
 
 
 def truncated_model(model, layers: int):
@@ -418,8 +536,15 @@ def truncated_model(model, layers: int):
     return m
 
 
-def run_top_cosim(acfg: AcceleratorConfig, checkpoint: str | Path, prompt: list[int], new_tokens: int,
-                  layers: int | None = None, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> TopReport:
+def run_top_cosim(
+    acfg: AcceleratorConfig,
+    checkpoint: str | Path,
+    prompt: list[int],
+    new_tokens: int,
+    layers: int | None = None,
+    build_root: Path = DEFAULT_BUILD,
+    quiet: bool = False,
+) -> TopReport:
     """Run a greedy generation (prompt prefill + ``new_tokens - 1`` decode steps, ``new_tokens`` tokens) of
     a trained checkpoint through the RTL top level, the executor on the numba models, and PyTorch int mode;
     compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py."""
@@ -440,12 +565,17 @@ def run_top_cosim(acfg: AcceleratorConfig, checkpoint: str | Path, prompt: list[
     cm = compile_model(model, acfg)
     progs = [cm.program(len(prompt), 0, logits="last")]
     progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
-    kinds = [["host" if isinstance(c, HostCommand) else "gemm" if isinstance(c, GemmCommand) else "tlmm"
-              for c in p.commands()] for p in progs]
+    kinds = [
+        [
+            "host" if isinstance(c, HostCommand) else "gemm" if isinstance(c, GemmCommand) else "tlmm"
+            for c in p.commands()
+        ]
+        for p in progs
+    ]
     model_cycles = [program_cycles(p) for p in progs]
 
     # reference 1: PyTorch int mode, greedy; reference 2: the executor on the numba models
-    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int").tolist()[len(prompt):]
+    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int").tolist()[len(prompt) :]
     cache = model.new_cache()
     torch_logits = []
     seq = list(prompt)
@@ -474,7 +604,10 @@ def run_top_cosim(acfg: AcceleratorConfig, checkpoint: str | Path, prompt: list[
             p.save(d)
             steps.append({"program": str(d)})
         meta = {"config": acfg.to_dict(), "prompt": list(prompt), "steps": steps}
-        _log(f"[top] running {len(progs)} step(s), {sum(map(len, kinds))} commands through Verilator ...", quiet)
+        _log(
+            f"[top] running {len(progs)} step(s), {sum(map(len, kinds))} commands through Verilator ...",
+            quiet,
+        )
         result_file, log, sim_s = _simulate(engine("top"), bdir, tmp, {"image": image}, meta)
         if not result_file.exists():
             # the top bench writes its results only at the end: a hung or failing run leaves none
@@ -483,9 +616,21 @@ def run_top_cosim(acfg: AcceleratorConfig, checkpoint: str | Path, prompt: list[
         with np.load(str(result_file) + ".npz", allow_pickle=False) as z:
             rtl_logits = [z[f"logits{s}"][-1] for s in range(len(progs))]
     return TopReport(
-        config={**acfg.to_dict(), "source": acfg.source}, layers=model.config.n_layers, prompt=list(prompt),
-        rtl_tokens=res["tokens"][len(prompt):], model_tokens=model_tokens, torch_tokens=torch_tokens,
-        logits_equal_torch=[bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, torch_logits, strict=True)],
-        logits_equal_model=[bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, model_logits, strict=True)],
-        rtl_cycles=[st["per_command"] for st in res["steps"]], model_cycles=model_cycles,
-        build_s=build_s, sim_s=sim_s, commands=kinds)
+        config={**acfg.to_dict(), "source": acfg.source},
+        layers=model.config.n_layers,
+        prompt=list(prompt),
+        rtl_tokens=res["tokens"][len(prompt) :],
+        model_tokens=model_tokens,
+        torch_tokens=torch_tokens,
+        logits_equal_torch=[
+            bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, torch_logits, strict=True)
+        ],
+        logits_equal_model=[
+            bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, model_logits, strict=True)
+        ],
+        rtl_cycles=[st["per_command"] for st in res["steps"]],
+        model_cycles=model_cycles,
+        build_s=build_s,
+        sim_s=sim_s,
+        commands=kinds,
+    )

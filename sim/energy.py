@@ -52,7 +52,8 @@ class EnergyTable(BaseModel):
     pj: _Pj
     host_w: _PJ = Field(description="host power while running host ops, W")
     sources: dict[str, Annotated[str, Field(strict=True, pattern=r"\S")] | _Source] = Field(
-        default_factory=dict, description="pj.<event> or host_w → source (string or {source, range})")
+        default_factory=dict, description="pj.<event> or host_w → source (string or {source, range})"
+    )
 
 
 ENERGY_KEYS: tuple[str, ...] = tuple(_Pj.model_fields)
@@ -92,14 +93,18 @@ def load_energy(family: str) -> dict:
     sources = {}
     for key, entry in table["sources"].items():
         if key not in SOURCE_KEYS:
-            raise ConfigError(f"{path}: sources.{show(key, 40).strip(chr(39))}: unknown field (known: "
-                              f"{', '.join(SOURCE_KEYS)})")
+            raise ConfigError(
+                f"{path}: sources.{show(key, 40).strip(chr(39))}: unknown field (known: "
+                f"{', '.join(SOURCE_KEYS)})"
+            )
         entry = {"source": entry, "range": None} if isinstance(entry, str) else entry
         value = table["host_w"] if key == "host_w" else table["pj"][key[3:]]
         rng = entry["range"]
         if rng is not None and not rng[0] <= value <= rng[1]:
-            raise ConfigError(f"{path}: sources.{key}: range [{rng[0]:g}, {rng[1]:g}] must contain the value "
-                              f"{value:g} with low <= high")
+            raise ConfigError(
+                f"{path}: sources.{key}: range [{rng[0]:g}, {rng[1]:g}] must contain the value "
+                f"{value:g} with low <= high"
+            )
         sources[key] = {"source": entry["source"].strip(), "range": None if rng is None else list(rng)}
     table["sources"] = sources
     table["file"] = str(path)

@@ -109,7 +109,9 @@ def engine(name: str) -> Engine:
     try:
         return ENGINES[name]
     except KeyError:
-        raise ValueError(f"unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}") from None
+        raise ValueError(
+            f"unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}"
+        ) from None
 
 
 def cosim_engines() -> list[Engine]:
@@ -130,39 +132,91 @@ def _tlmm_line(c: dict) -> str:
 
 def _gemm_line(c: dict) -> str:
     g, m = c["gemm"], c["memory"]
-    return (f"{g['rows']}x{g['cols']} block, k_tile {g['k_tile']}, {8 * m['bus_bytes']}-bit bus, "
-            f"latency {m['latency']}")
+    return (
+        f"{g['rows']}x{g['cols']} block, k_tile {g['k_tile']}, {8 * m['bus_bytes']}-bit bus, "
+        f"latency {m['latency']}"
+    )
 
 
 def _kv_line(c: dict) -> str:
     k = c["kv"]
-    return (f"dim {k['dim']}, {k['hyperplanes']} hyperplanes, hamming {k['hamming']}, "
-            f"{k['max_clusters']}x{k['max_cluster_size']} clusters, {k['lanes']} lanes, alpha {k['alpha']}")
+    return (
+        f"dim {k['dim']}, {k['hyperplanes']} hyperplanes, hamming {k['hamming']}, "
+        f"{k['max_clusters']}x{k['max_cluster_size']} clusters, {k['lanes']} lanes, alpha {k['alpha']}"
+    )
 
 
-register(Engine(
-    "tlmm", "table-lookup ternary matmul (config section tlmm)", ("tlmm",), hardware="tlmm",
-    model="sim.tlmm_model:run_tlmm_streams", bench="sim.tlmm_bench", cosim="sim.cosim:run_tlmm_cosim",
-    cases="sim.tlmm_cases:workload_cases", workloads=("cases", "bitnet", "all"), summary=_tlmm_line,
-    reference="numpy int64 matmul"))
-register(Engine(
-    "gemm", "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)", ("gemm", "memory"),
-    hardware="gemm", model="sim.gemm_model:run_gemm_image", bench="sim.gemm_bench",
-    cosim="sim.cosim:run_gemm_cosim", cases="sim.gemm_cases:workload_cases",
-    workloads=("cases", "bitnet", "all"), summary=_gemm_line, reference="numpy int64 matmul",
-    notes=("Memory: sim/memory.py serves the RTL's requests; the model's kernel applies the same rules; "
-           "some cases override latency / outstanding / beat_interval (bandwidth-starved).",)))
-register(Engine(
-    "kv", "KV-cache retrieval engine (config section kv)", ("kv",), hardware="kv",
-    model="sim.kv_model:run_kv", bench="sim.kv_bench", cosim="sim.cosim:run_kv_cosim",
-    cases="sim.kv_cases:workload_cases", workloads=("cases", "bitnet", "traces", "all"), summary=_kv_line,
-    reference="models/resv.py ClusterTable",
-    notes=("KV: every output beat (cluster ids in walk order) and the cycle it leaves in are compared; "
-           "trace cases replay traces/*.npz (queries every 16 tokens, both heads of a GQA group).",)))
-register(Engine(
-    "top", "the integrated top level: command decoder, TLMM DMA, TLMM and GEMM on one memory port",
-    ("tlmm", "gemm", "memory"), hardware="top", model="sim.top_model:program_cycles", bench="sim.top_bench",
-    cosim=None, stimulus="program", reference="PyTorch int mode and the executor on the numba models"))
-register(Engine(
-    "all", "both engines side by side (tlmm + gemm), as a system using both holds them", ("tlmm", "gemm", "memory"),
-    hardware="all"))
+register(
+    Engine(
+        "tlmm",
+        "table-lookup ternary matmul (config section tlmm)",
+        ("tlmm",),
+        hardware="tlmm",
+        model="sim.tlmm_model:run_tlmm_streams",
+        bench="sim.tlmm_bench",
+        cosim="sim.cosim:run_tlmm_cosim",
+        cases="sim.tlmm_cases:workload_cases",
+        workloads=("cases", "bitnet", "all"),
+        summary=_tlmm_line,
+        reference="numpy int64 matmul",
+    )
+)
+register(
+    Engine(
+        "gemm",
+        "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
+        ("gemm", "memory"),
+        hardware="gemm",
+        model="sim.gemm_model:run_gemm_image",
+        bench="sim.gemm_bench",
+        cosim="sim.cosim:run_gemm_cosim",
+        cases="sim.gemm_cases:workload_cases",
+        workloads=("cases", "bitnet", "all"),
+        summary=_gemm_line,
+        reference="numpy int64 matmul",
+        notes=(
+            "Memory: sim/memory.py serves the RTL's requests; the model's kernel applies the same rules; "
+            "some cases override latency / outstanding / beat_interval (bandwidth-starved).",
+        ),
+    )
+)
+register(
+    Engine(
+        "kv",
+        "KV-cache retrieval engine (config section kv)",
+        ("kv",),
+        hardware="kv",
+        model="sim.kv_model:run_kv",
+        bench="sim.kv_bench",
+        cosim="sim.cosim:run_kv_cosim",
+        cases="sim.kv_cases:workload_cases",
+        workloads=("cases", "bitnet", "traces", "all"),
+        summary=_kv_line,
+        reference="models/resv.py ClusterTable",
+        notes=(
+            "KV: every output beat (cluster ids in walk order) and the cycle it leaves in are compared; "
+            "trace cases replay traces/*.npz (queries every 16 tokens, both heads of a GQA group).",
+        ),
+    )
+)
+register(
+    Engine(
+        "top",
+        "the integrated top level: command decoder, TLMM DMA, TLMM and GEMM on one memory port",
+        ("tlmm", "gemm", "memory"),
+        hardware="top",
+        model="sim.top_model:program_cycles",
+        bench="sim.top_bench",
+        cosim=None,
+        stimulus="program",
+        reference="PyTorch int mode and the executor on the numba models",
+    )
+)
+register(
+    Engine(
+        "all",
+        "both engines side by side (tlmm + gemm), as a system using both holds them",
+        ("tlmm", "gemm", "memory"),
+        hardware="all",
+    )
+)

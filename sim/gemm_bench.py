@@ -29,12 +29,13 @@ async def gemm_cases(dut):
     arrays, meta = load_cases()
     acfg = config_from_dict(meta["config"], "<cosim>")
     geo = acfg.gemm_geometry
-    results = Results()           # from here on a stopped bench is a mismatch, not a tool failure
+    results = Results()  # from here on a stopped bench is a mismatch, not a tool failure
     await start(dut, (dut.cmd__valid, dut.rreq__ready, dut.rdata__valid, dut.wr__ready))
 
     for i, case in enumerate(meta["cases"]):
-        mcfg = config_from_dict({**meta["config"], "memory": {**meta["config"]["memory"], **case["timing"]}},
-                                "<case>").memory
+        mcfg = config_from_dict(
+            {**meta["config"], "memory": {**meta["config"]["memory"], **case["timing"]}}, "<case>"
+        ).memory
         memory = BusMemory(arrays[f"c{i}_image"].copy(), mcfg)
         port = MemoryPort(dut, memory, mcfg.addr_bits)
         cmd = GemmCommand(**case["command"])
@@ -68,24 +69,35 @@ async def gemm_cases(dut):
         await ReadOnly()
         idle = int(dut.cmd__ready.value) == 1
         shape = GemmShape(*case["shape"])
-        out = memory.image[cmd.c_base: cmd.c_base + n_writes]
+        out = memory.image[cmd.c_base : cmd.c_base + n_writes]
         try:
             y = unpack_c(out, geo, shape, cmd.requant)
             pad_ok = True
         except ValueError:
             y, pad_ok = None, False
         ref, model = arrays[f"c{i}_ref"], arrays[f"c{i}_model"]
-        results.add({
-            "name": case["name"],
-            "rtl_equals_reference": pad_ok and bool(np.array_equal(y, ref)),
-            "rtl_equals_model": pad_ok and bool(np.array_equal(y, model)),
-            "model_equals_reference": bool(np.array_equal(model, ref)),
-            "rtl_cycles": last_write, "model_cycles": int(case["model_cycles"]),
-            "rtl_read_beats": memory.read_beats, "model_read_beats": int(case["model_read_beats"]),
-            "idle_after": idle, "rtl_wall_s": wall,
-        })
+        results.add(
+            {
+                "name": case["name"],
+                "rtl_equals_reference": pad_ok and bool(np.array_equal(y, ref)),
+                "rtl_equals_model": pad_ok and bool(np.array_equal(y, model)),
+                "model_equals_reference": bool(np.array_equal(model, ref)),
+                "rtl_cycles": last_write,
+                "model_cycles": int(case["model_cycles"]),
+                "rtl_read_beats": memory.read_beats,
+                "model_read_beats": int(case["model_read_beats"]),
+                "idle_after": idle,
+                "rtl_wall_s": wall,
+            }
+        )
         # reset the handshake state the port remembers (handles were forced low above)
         await RisingEdge(dut.clk)
 
-    results.check(lambda r: r["rtl_equals_reference"] and r["rtl_equals_model"]
-                  and r["rtl_cycles"] == r["model_cycles"] and r["idle_after"])
+    results.check(
+        lambda r: (
+            r["rtl_equals_reference"]
+            and r["rtl_equals_model"]
+            and r["rtl_cycles"] == r["model_cycles"]
+            and r["idle_after"]
+        )
+    )

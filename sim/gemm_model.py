@@ -24,19 +24,29 @@ from hw.gemm_layout import GemmImage, build_gemm_image, requantize, unpack_c
 from hw.isa import GemmCommand
 from sim import mem_kernel as mk
 
-__all__ = ["GemmRun", "GemmParams", "gemm_params", "EVENT_NAMES", "run_gemm", "run_gemm_image", "run_gemm_on_image", "gemm_fast", "GemmTiming"]
+__all__ = [
+    "GemmRun",
+    "GemmParams",
+    "gemm_params",
+    "EVENT_NAMES",
+    "run_gemm",
+    "run_gemm_image",
+    "run_gemm_on_image",
+    "gemm_fast",
+    "GemmTiming",
+]
 
 EVENT_NAMES = (
-    "macs",               # multiply-accumulates issued (R·C per issue, padding included)
-    "issue_cycles",       # cycles with a k issued to the MAC block
-    "buffer_reads",       # operand-buffer words read (2 per issue)
-    "buffer_writes",      # operand-buffer words written (one per read beat)
-    "read_requests",      # read bursts requested
-    "read_beats",         # read beats received (× bus_bytes = DRAM bytes read)
-    "write_beats",        # write beats sent (× bus_bytes = DRAM bytes written)
+    "macs",  # multiply-accumulates issued (R·C per issue, padding included)
+    "issue_cycles",  # cycles with a k issued to the MAC block
+    "buffer_reads",  # operand-buffer words read (2 per issue)
+    "buffer_writes",  # operand-buffer words written (one per read beat)
+    "read_requests",  # read bursts requested
+    "read_beats",  # read beats received (× bus_bytes = DRAM bytes read)
+    "write_beats",  # write beats sent (× bus_bytes = DRAM bytes written)
     "load_stall_cycles",  # cycles compute waited for an operand tile (before the last issue)
-    "drain_stall_cycles", # cycles an output tile's last k waited for the shadow register
-    "tail_cycles",        # cycles after the last issue until the last write
+    "drain_stall_cycles",  # cycles an output tile's last k waited for the shadow register
+    "tail_cycles",  # cycles after the last issue until the last write
 )
 _N_EVENTS = len(EVENT_NAMES)
 _NEVER = -(1 << 40)
@@ -53,30 +63,47 @@ class GemmParams(NamedTuple):
     c_base: int
     requant: bool
     shift: int
-    rows: int             # R
-    cols: int             # C
-    k_tile: int           # TK
-    bus_bytes: int        # W
-    a_beats: int          # AB: beats of an A tile
-    b_beats: int          # BB: beats of a B tile
-    out_beats: int        # write beats of an output tile
-    out_credits: int      # output FIFO credits
-    out_stages: int       # output pipeline stages
+    rows: int  # R
+    cols: int  # C
+    k_tile: int  # TK
+    bus_bytes: int  # W
+    a_beats: int  # AB: beats of an A tile
+    b_beats: int  # BB: beats of a B tile
+    out_beats: int  # write beats of an output tile
+    out_credits: int  # output FIFO credits
+    out_stages: int  # output pipeline stages
     pipeline_cycles: int  # final k issue → first drain issue
 
 
 def gemm_params(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmParams:
     """The kernels' parameters of ``cmd`` on the GEMM engine of ``acfg``."""
     geo, g = acfg.gemm_geometry, acfg.gemm
-    return GemmParams(int(cmd.m_tiles), int(cmd.n_tiles), int(cmd.k_tiles), int(cmd.a_base), int(cmd.b_base),
-                      int(cmd.c_base), bool(cmd.requant), int(cmd.shift), geo.rows, geo.cols, geo.k_tile,
-                      geo.bus_bytes, geo.a_beats, geo.b_beats, geo.out_beats(bool(cmd.requant)), g.out_credits,
-                      g.out_stages, g.pipeline_cycles)
+    return GemmParams(
+        int(cmd.m_tiles),
+        int(cmd.n_tiles),
+        int(cmd.k_tiles),
+        int(cmd.a_base),
+        int(cmd.b_base),
+        int(cmd.c_base),
+        bool(cmd.requant),
+        int(cmd.shift),
+        geo.rows,
+        geo.cols,
+        geo.k_tile,
+        geo.bus_bytes,
+        geo.a_beats,
+        geo.b_beats,
+        geo.out_beats(bool(cmd.requant)),
+        g.out_credits,
+        g.out_stages,
+        g.pipeline_cycles,
+    )
 
 
 @njit(cache=True, boundscheck=False)
-def _step_kernel(image: np.ndarray, p: GemmParams, tm: mk.MemTiming, events: np.ndarray,
-                 max_cycles: int) -> int:
+def _step_kernel(
+    image: np.ndarray, p: GemmParams, tm: mk.MemTiming, events: np.ndarray, max_cycles: int
+) -> int:
     """Returns the cycle count (or -1 if max_cycles passed); writes output beats into ``image``, adds the
     events (EVENT_NAMES) into ``events``."""
     mt, nt, kt, requant, shift = p.m_tiles, p.n_tiles, p.k_tiles, p.requant, p.shift
@@ -109,8 +136,8 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: mk.MemTiming, events: np.
     cp_ni = 0
     cp_mi = 0
     acc = np.zeros((R, C), np.int64)
-    pend = np.zeros(R * C, np.int64)       # final sums in the pipeline, on their way to the shadow
-    pend_at = _NEVER                       # cycle at whose end they load the shadow (issue + 3)
+    pend = np.zeros(R * C, np.int64)  # final sums in the pipeline, on their way to the shadow
+    pend_at = _NEVER  # cycle at whose end they load the shadow (issue + 3)
     shadow = np.zeros(R * C, np.int64)
     shadow_full = False
     dr_cnt = 0
@@ -123,7 +150,7 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: mk.MemTiming, events: np.
     # drain: beats in flight (output pipeline + FIFO) live in a ring of n_cred slots, in issue order
     beat_addr = np.zeros(n_cred, np.int64)
     beat_data = np.zeros((n_cred, W), np.uint8)
-    pv = np.zeros(stages, np.bool_)        # output-pipeline stage valid bits (0 = capture ... last = saturate)
+    pv = np.zeros(stages, np.bool_)  # output-pipeline stage valid bits (0 = capture ... last = saturate)
     issued = 0
     popped = 0
     fifo_n = 0
@@ -305,10 +332,10 @@ def _step_kernel(image: np.ndarray, p: GemmParams, tm: mk.MemTiming, events: np.
 class GemmRun:
     """Result of running one GEMM command on the model."""
 
-    output: np.ndarray          # M×N int32 (or int8 when requantized)
+    output: np.ndarray  # M×N int32 (or int8 when requantized)
     cycles: int
     events: dict[str, int]
-    image: np.ndarray           # the memory image after the run
+    image: np.ndarray  # the memory image after the run
 
     def gops(self, clock_mhz: float, m: int, k: int, n: int) -> float:
         return 2.0 * m * k * n / (self.cycles / (clock_mhz * 1e6)) / 1e9
@@ -321,12 +348,13 @@ def run_gemm_image(acfg: AcceleratorConfig, img: GemmImage, max_cycles: int = 1 
     image = img.image.copy()
     cycles, events = run_gemm_on_image(acfg, image, cmd, max_cycles)
     nout = cmd.m_tiles * cmd.n_tiles * geo.out_beats(cmd.requant)
-    out = unpack_c(image[cmd.c_base: cmd.c_base + nout], geo, img.shape, cmd.requant)
+    out = unpack_c(image[cmd.c_base : cmd.c_base + nout], geo, img.shape, cmd.requant)
     return GemmRun(out, cycles, events, image)
 
 
-def run_gemm_on_image(acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmCommand,
-                      max_cycles: int = 1 << 40) -> tuple[int, dict[str, int]]:
+def run_gemm_on_image(
+    acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmCommand, max_cycles: int = 1 << 40
+) -> tuple[int, dict[str, int]]:
     """Run one command on a memory image in place (operands read from, outputs written to ``image``)."""
     events = np.zeros(_N_EVENTS, np.int64)
     cycles = _step_kernel(image, gemm_params(acfg, cmd), mk.mem_timing(acfg.memory), events, max_cycles)
@@ -335,8 +363,9 @@ def run_gemm_on_image(acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmComma
     return int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True))
 
 
-def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: bool = False,
-             shift: int = 0) -> GemmRun:
+def run_gemm(
+    acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: bool = False, shift: int = 0
+) -> GemmRun:
     """C = A·B on the stepped model (A: M×K int8, B: K×N int8)."""
     return run_gemm_image(acfg, build_gemm_image(acfg, a, b, requant, shift))
 
@@ -344,6 +373,7 @@ def run_gemm(acfg: AcceleratorConfig, a: np.ndarray, b: np.ndarray, requant: boo
 # ----------------------------------------------------------------------------------------------------
 # Fast path: the same schedule as a recurrence over read requests, tile steps and write beats.
 # ----------------------------------------------------------------------------------------------------
+
 
 @njit(cache=True)
 def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
@@ -358,14 +388,22 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
     j at e_j = max(L + pc, e_{j-1} + 1, w_{j-credits} + 1) (pc = pipeline_cycles) and the beat leaves at
     w_j = max(e_j + out_stages + 1, w_{j-1} + interval).
     """
-    mt, nt, kt, TK, AB, BB, out_beats = p.m_tiles, p.n_tiles, p.k_tiles, p.k_tile, p.a_beats, p.b_beats, p.out_beats
+    mt, nt, kt, TK, AB, BB, out_beats = (
+        p.m_tiles,
+        p.n_tiles,
+        p.k_tiles,
+        p.k_tile,
+        p.a_beats,
+        p.b_beats,
+        p.out_beats,
+    )
     pc, stages, n_cred = p.pipeline_cycles, p.out_stages, p.out_credits
     latency, max_burst, outstanding, interval = tm.latency, tm.max_burst, tm.outstanding, tm.beat_interval
     n_a = (AB + max_burst - 1) // max_burst
     n_b = (BB + max_burst - 1) // max_burst
-    ring = np.full(outstanding, _NEVER, np.int64)     # last beats of the previous O requests
-    li_prev2 = _NEVER                                 # last issue of step s-2
-    li_prev = _NEVER                                  # last issue of step s-1
+    ring = np.full(outstanding, _NEVER, np.int64)  # last beats of the previous O requests
+    li_prev2 = _NEVER  # last issue of step s-2
+    li_prev = _NEVER  # last issue of step s-1
     acc_prev = 0
     lb_prev = _NEVER
     last_w = _NEVER
@@ -387,7 +425,7 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
                 if allowed > a:
                     a = allowed
                 slot = j % outstanding
-                if ring[slot] + 1 > a:       # request j - O must have delivered its last beat
+                if ring[slot] + 1 > a:  # request j - O must have delivered its last beat
                     a = ring[slot] + 1
                 fb = a + latency
                 if lb_prev + interval > fb:
@@ -401,7 +439,7 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
         if lb_prev + 1 > start:
             start = lb_prev + 1
         last = start + TK - 1
-        if s % kt == kt - 1:                 # an output tile's final k
+        if s % kt == kt - 1:  # an output tile's final k
             if shadow_free > last:
                 drain_stall += shadow_free - last
                 last = shadow_free
@@ -410,7 +448,7 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
                 if e_prev + 1 > e:
                     e = e_prev + 1
                 slot = bj % n_cred
-                if wring[slot] + 1 > e:          # the credit of beat bj - n_cred
+                if wring[slot] + 1 > e:  # the credit of beat bj - n_cred
                     e = wring[slot] + 1
                 w = e + stages + 1
                 if last_w + interval > w:
@@ -447,16 +485,21 @@ def gemm_fast(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmTiming:
     tail = int(cycles - last_issue)
     n_req = -(-geo.a_beats // mem.max_burst) + -(-geo.b_beats // mem.max_burst)
     ev = {
-        "macs": issues * geo.rows * geo.cols, "issue_cycles": issues, "buffer_reads": 2 * issues,
-        "buffer_writes": steps * (geo.a_beats + geo.b_beats), "read_requests": steps * n_req,
-        "read_beats": steps * (geo.a_beats + geo.b_beats), "write_beats": cmd.m_tiles * cmd.n_tiles * ob,
+        "macs": issues * geo.rows * geo.cols,
+        "issue_cycles": issues,
+        "buffer_reads": 2 * issues,
+        "buffer_writes": steps * (geo.a_beats + geo.b_beats),
+        "read_requests": steps * n_req,
+        "read_beats": steps * (geo.a_beats + geo.b_beats),
+        "write_beats": cmd.m_tiles * cmd.n_tiles * ob,
         "load_stall_cycles": int(cycles) - tail - issues - int(drain_stall),
-        "drain_stall_cycles": int(drain_stall), "tail_cycles": tail,
+        "drain_stall_cycles": int(drain_stall),
+        "tail_cycles": tail,
     }
     return GemmTiming(int(cycles), ev)
 
 
 def reference(a: np.ndarray, b: np.ndarray, requant: bool, shift: int) -> np.ndarray:
-    acc = (a.astype(np.int64) @ b.astype(np.int64))
+    acc = a.astype(np.int64) @ b.astype(np.int64)
     acc = ((acc + (1 << 31)) % (1 << 32) - (1 << 31)).astype(np.int32)
     return requantize(acc, shift) if requant else acc

@@ -47,22 +47,46 @@ def directed_cases(kv: KvConfig, seed: int = 0) -> list[KvCase]:
     cases = [
         KvCase("query-empty-table", [("reset",), ("query", q)]),
         KvCase("one-key", [("reset",), ("insert", _i8(rng, d)), ("query", q)]),
-        KvCase("zeros", [("reset",)] + [("insert", np.zeros(d, np.int8))] * 3 + [("query", np.zeros(d, np.int8))]),
-        KvCase("extremes", [("reset",)] + [("insert", rng.choice(np.array([-128, 127], np.int8), d))
-                                            for _ in range(2 * kv.lanes + 3)]
-               + [("query", np.full(d, -128, np.int8)), ("query", np.full(d, 127, np.int8))]),
-        KvCase("identical-keys-fill", [("reset",)] + [("insert", same)] * (2 * kv.max_cluster_size + 1)
-               + [("query", q)]),
+        KvCase(
+            "zeros", [("reset",)] + [("insert", np.zeros(d, np.int8))] * 3 + [("query", np.zeros(d, np.int8))]
+        ),
+        KvCase(
+            "extremes",
+            [("reset",)]
+            + [("insert", rng.choice(np.array([-128, 127], np.int8), d)) for _ in range(2 * kv.lanes + 3)]
+            + [("query", np.full(d, -128, np.int8)), ("query", np.full(d, 127, np.int8))],
+        ),
+        KvCase(
+            "identical-keys-fill",
+            [("reset",)] + [("insert", same)] * (2 * kv.max_cluster_size + 1) + [("query", q)],
+        ),
     ]
     # far-apart random keys overflow the table: opens, then forced joins, then FULL drops
     over = [("insert", _i8(rng, d)) for _ in range(min(cap + 3, 700))]
-    cases.append(KvCase("table-overflow", [("reset",)] + over + [("query", q), ("query", -q.astype(np.int16)
-                                                                                   .clip(-128, 127).astype(np.int8))]))
+    cases.append(
+        KvCase(
+            "table-overflow",
+            [("reset",)]
+            + over
+            + [("query", q), ("query", -q.astype(np.int16).clip(-128, 127).astype(np.int8))],
+        )
+    )
     mid = _grouped(rng, kv, 12, 3, 20)
-    cases.append(KvCase("reset-mid-stream", [("reset",)] + [("insert", k) for k in mid[:6]] + [("query", q), ("reset",)]
-                        + [("insert", k) for k in mid[6:]] + [("query", q)]))
-    stall = [("reset",)] + [("insert", k) for k in _grouped(rng, kv, 40, 4, 25)] + [("query", _i8(rng, d))
-                                                                                    for _ in range(3)]
+    cases.append(
+        KvCase(
+            "reset-mid-stream",
+            [("reset",)]
+            + [("insert", k) for k in mid[:6]]
+            + [("query", q), ("reset",)]
+            + [("insert", k) for k in mid[6:]]
+            + [("query", q)],
+        )
+    )
+    stall = (
+        [("reset",)]
+        + [("insert", k) for k in _grouped(rng, kv, 40, 4, 25)]
+        + [("query", _i8(rng, d)) for _ in range(3)]
+    )
     cases.append(KvCase("vec-starved", stall, vec_pattern=np.array([1, 0, 0], np.int8)))
     cases.append(KvCase("out-backpressure", stall, out_pattern=np.array([0, 1, 0, 0, 1], np.int8)))
     return cases
@@ -74,7 +98,9 @@ def random_cases(kv: KvConfig, n: int, seed: int = 1) -> list[KvCase]:
     rng = np.random.default_rng(seed)
     cases = []
     for i in range(n):
-        keys = _grouped(rng, kv, int(rng.integers(1, 160)), int(rng.integers(1, 12)), int(rng.integers(0, 80)))
+        keys = _grouped(
+            rng, kv, int(rng.integers(1, 160)), int(rng.integers(1, 12)), int(rng.integers(0, 80))
+        )
         cmds: list = [("reset",)]
         for k in keys:
             cmds.append(("insert", k))
@@ -119,7 +145,7 @@ def trace_cases(kv: KvConfig, paths, heads: int = 2, query_every: int = 16) -> l
                 if done >= heads:
                     break
                 k8 = quantize_keys(tr.keys[layer, h])
-                q8 = quantize_keys(tr.queries[layer, h * group:(h + 1) * group])
+                q8 = quantize_keys(tr.queries[layer, h * group : (h + 1) * group])
                 cmds = replay_commands(k8, q8, query_every, start=query_every - 1)
                 cases.append(KvCase(f"trace-{Path(tr.path).stem}-L{layer}H{h}", cmds))
                 done += 1

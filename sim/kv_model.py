@@ -36,11 +36,37 @@ from hw.kv_numerics import (
 
 __all__ = ["KvRun", "EVENT_NAMES", "run_commands", "run_kv", "kv_energy_j", "encode_commands"]
 
-(S_IDLE, S_LOAD, S_SCAN, S_DECIDE, S_UPDATE, S_OUT, S_SCORE, S_TH, S_LINK, S_WSTART, S_WALK,
- S_END, S_TH2, S_DRAIN) = range(14)
+(
+    S_IDLE,
+    S_LOAD,
+    S_SCAN,
+    S_DECIDE,
+    S_UPDATE,
+    S_OUT,
+    S_SCORE,
+    S_TH,
+    S_LINK,
+    S_WSTART,
+    S_WALK,
+    S_END,
+    S_TH2,
+    S_DRAIN,
+) = range(14)
 
-EVENT_NAMES = ("vec_beats", "proj_adds", "sig_compares", "sum_lane_updates", "score_macs", "score_scales",
-               "links", "walk_steps", "out_beats", "inserts", "queries", "dropped")
+EVENT_NAMES = (
+    "vec_beats",
+    "proj_adds",
+    "sig_compares",
+    "sum_lane_updates",
+    "score_macs",
+    "score_scales",
+    "links",
+    "walk_steps",
+    "out_beats",
+    "inserts",
+    "queries",
+    "dropped",
+)
 (E_VEC, E_PROJ, E_CMP, E_SUMUPD, E_MAC, E_SCALE, E_LINK, E_WALK, E_OUT, E_INS, E_QRY, E_DROP) = range(12)
 
 
@@ -170,7 +196,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                         best_id = c
                     best_v = True
             if (scan_row + 1) * L >= n:
-                state = S_DRAIN                  # the RTL's search stages 2 and 3 finish the last row
+                state = S_DRAIN  # the RTL's search stages 2 and 3 finish the last row
                 drain, after = 2, S_DECIDE
             scan_row += 1
         elif state == S_DECIDE:
@@ -221,7 +247,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                 state = S_IDLE
         elif state == S_SCORE:
             issuing = iss_c < n
-            if vC:                                   # stage C: score of the cluster in dotC/cC
+            if vC:  # stage C: score of the cluster in dotC/cC
                 ev[E_SCALE] += 1
                 score = (dotC * recip[cnts[cC]]) >> 16
                 scores[cC] = score
@@ -231,7 +257,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                 if cC == 0 or score > hi:
                     hi = score
             n_vC = vB and bB == NB - 1
-            if vB:                                   # stage B: q · sum lanes of the beat read last cycle
+            if vB:  # stage B: q · sum lanes of the beat read last cycle
                 ev[E_MAC] += L
                 partial = 0
                 for i in range(L):
@@ -250,7 +276,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                     drain, after = 3, S_TH
             vC = n_vC
             vB, bB, cB = issuing, iss_b, iss_c
-            if issuing:                              # stage A: next (cluster, beat) address
+            if issuing:  # stage A: next (cluster, beat) address
                 if iss_b == NB - 1:
                     iss_b = 0
                     iss_c += 1
@@ -279,7 +305,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
             head[bk] = link_c
             mask[bk] = 1
             if link_c == n - 1:
-                state = S_DRAIN                  # the RTL's LINK stages 2 and 3 finish the last cluster
+                state = S_DRAIN  # the RTL's LINK stages 2 and 3 finish the last cluster
                 drain, after = 2, S_WSTART
             link_c += 1
         elif state == S_WSTART:
@@ -323,12 +349,12 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
 class KvRun:
     cycles: int
     events: dict
-    results: list                 # per command: insert → (cid, new, full); query → [cluster ids]; reset → None
-    out_kind: np.ndarray          # every output beat: kind, id, new and the cycle it was transferred in
+    results: list  # per command: insert → (cid, new, full); query → [cluster ids]; reset → None
+    out_kind: np.ndarray  # every output beat: kind, id, new and the cycle it was transferred in
     out_id: np.ndarray
     out_new: np.ndarray
     out_cycle: np.ndarray
-    command_cycles: list          # per command: the cycle its last output beat left (None for RESET)
+    command_cycles: list  # per command: the cycle its last output beat left (None for RESET)
 
 
 def encode_commands(kv: KvConfig, commands) -> tuple[np.ndarray, np.ndarray]:
@@ -363,8 +389,14 @@ def _tables(kv: KvConfig) -> tuple[np.ndarray, np.ndarray]:
     return hp, recip
 
 
-def run_kv(kv: KvConfig, ops: np.ndarray, vec: np.ndarray, vec_pattern=None, out_pattern=None,
-           max_cycles: int | None = None):
+def run_kv(
+    kv: KvConfig,
+    ops: np.ndarray,
+    vec: np.ndarray,
+    vec_pattern=None,
+    out_pattern=None,
+    max_cycles: int | None = None,
+):
     """Run encoded commands; returns the raw kernel outputs (see :func:`run_commands`)."""
     vp = _ONES if vec_pattern is None else np.asarray(vec_pattern, np.int8)
     op = _ONES if out_pattern is None else np.asarray(out_pattern, np.int8)
@@ -375,9 +407,23 @@ def run_kv(kv: KvConfig, ops: np.ndarray, vec: np.ndarray, vec_pattern=None, out
     if max_cycles is None:
         per_cmd = 8 + kv.beats * (kv.max_clusters + 4) + 3 * kv.max_clusters + kv.max_clusters // kv.lanes
         max_cycles = (len(ops) * per_cmd + 16) * max(len(vp), len(op)) + 64
-    res = _kv_kernel(ops.astype(np.int64), vec.astype(np.int64), vp, op, hp, recip, kv.lanes, kv.beats,
-                     kv.hyperplanes, kv.max_clusters, kv.max_cluster_size, kv.buckets, kv.hamming,
-                     kv.alpha_q, max_cycles)
+    res = _kv_kernel(
+        ops.astype(np.int64),
+        vec.astype(np.int64),
+        vp,
+        op,
+        hp,
+        recip,
+        kv.lanes,
+        kv.beats,
+        kv.hyperplanes,
+        kv.max_clusters,
+        kv.max_cluster_size,
+        kv.buckets,
+        kv.hamming,
+        kv.alpha_q,
+        max_cycles,
+    )
     if not res[6]:
         raise RuntimeError("KV model did not finish within its cycle guard")
     return res
@@ -406,8 +452,16 @@ def run_commands(kv: KvConfig, commands, vec_pattern=None, out_pattern=None) -> 
             results.append(sel)
             command_cycles.append(int(cyc[j]))
             j += 1
-    return KvRun(int(cycles), {k: int(v) for k, v in zip(EVENT_NAMES, ev, strict=True)}, results, kinds, ids, news, cyc,
-                 command_cycles)
+    return KvRun(
+        int(cycles),
+        {k: int(v) for k, v in zip(EVENT_NAMES, ev, strict=True)},
+        results,
+        kinds,
+        ids,
+        news,
+        cyc,
+        command_cycles,
+    )
 
 
 def kv_energy_j(acfg: AcceleratorConfig, events: dict) -> float:
@@ -419,10 +473,12 @@ def kv_energy_j(acfg: AcceleratorConfig, events: dict) -> float:
 
     pj = load_energy(acfg.device.family)["pj"]
     kv = acfg.kv
-    e = (events["proj_adds"] * pj["table_entry"]
-         + events["sig_compares"] * (kv.hyperplanes / 8) * pj["table_entry"]
-         + events["sum_lane_updates"] * (pj["table_entry"] + 4 * pj["sram_byte"])
-         + events["score_macs"] * (pj["mac8"] + 2 * pj["sram_byte"])
-         + events["score_scales"] * 2 * pj["mac8"]
-         + (events["links"] + events["walk_steps"]) * 4 * pj["sram_byte"])
+    e = (
+        events["proj_adds"] * pj["table_entry"]
+        + events["sig_compares"] * (kv.hyperplanes / 8) * pj["table_entry"]
+        + events["sum_lane_updates"] * (pj["table_entry"] + 4 * pj["sram_byte"])
+        + events["score_macs"] * (pj["mac8"] + 2 * pj["sram_byte"])
+        + events["score_scales"] * 2 * pj["mac8"]
+        + (events["links"] + events["walk_steps"]) * 4 * pj["sram_byte"]
+    )
     return e * 1e-12

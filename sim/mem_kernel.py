@@ -33,8 +33,19 @@ from numba import njit
 
 from hw.config import MemoryConfig
 
-__all__ = ["MemTiming", "MemState", "mem_timing", "mem_new", "mem_request_ready", "mem_read_valid",
-           "mem_read_addr", "mem_deliver", "mem_request", "mem_write_ready", "mem_write"]
+__all__ = [
+    "MemTiming",
+    "MemState",
+    "mem_timing",
+    "mem_new",
+    "mem_request_ready",
+    "mem_read_valid",
+    "mem_read_addr",
+    "mem_deliver",
+    "mem_request",
+    "mem_write_ready",
+    "mem_write",
+]
 
 NEVER = -(1 << 40)
 
@@ -56,14 +67,14 @@ def mem_timing(mem: MemoryConfig) -> MemTiming:
 class MemState(NamedTuple):
     """The memory's registers (the requests in flight live in the ring array next to it)."""
 
-    head: int             # ring slot of the oldest request in flight
-    in_flight: int        # requests in flight
-    last_read: int        # cycle of the last delivered read beat
-    last_write: int       # cycle of the last accepted write beat
-    read_requests: int    # counters since mem_new
+    head: int  # ring slot of the oldest request in flight
+    in_flight: int  # requests in flight
+    last_read: int  # cycle of the last delivered read beat
+    last_write: int  # cycle of the last accepted write beat
+    read_requests: int  # counters since mem_new
     read_beats: int
     write_beats: int
-    latency: int          # timing (constant)
+    latency: int  # timing (constant)
     outstanding: int
     beat_interval: int
 
@@ -88,8 +99,11 @@ def mem_request_ready(ms: MemState) -> bool:
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_read_valid(ms: MemState, ring: np.ndarray, t: int) -> bool:
     """A read beat is delivered in cycle t."""
-    return (ms.in_flight > 0 and t >= ring[4 * ms.head + _ACCEPT] + ms.latency
-            and t >= ms.last_read + ms.beat_interval)
+    return (
+        ms.in_flight > 0
+        and t >= ring[4 * ms.head + _ACCEPT] + ms.latency
+        and t >= ms.last_read + ms.beat_interval
+    )
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -109,8 +123,18 @@ def mem_deliver(ms: MemState, ring: np.ndarray, t: int) -> tuple[MemState, int]:
     if ring[h + _DONE] == ring[h + _LEN]:
         head = (head + 1) % ms.outstanding
         n -= 1
-    return MemState(head, n, t, ms.last_write, ms.read_requests, ms.read_beats + 1, ms.write_beats, ms.latency,
-                    ms.outstanding, ms.beat_interval), addr
+    return MemState(
+        head,
+        n,
+        t,
+        ms.last_write,
+        ms.read_requests,
+        ms.read_beats + 1,
+        ms.write_beats,
+        ms.latency,
+        ms.outstanding,
+        ms.beat_interval,
+    ), addr
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -121,8 +145,18 @@ def mem_request(ms: MemState, ring: np.ndarray, t: int, addr: int, length: int) 
     ring[s + _LEN] = length
     ring[s + _ACCEPT] = t
     ring[s + _DONE] = 0
-    return MemState(ms.head, ms.in_flight + 1, ms.last_read, ms.last_write, ms.read_requests + 1, ms.read_beats,
-                    ms.write_beats, ms.latency, ms.outstanding, ms.beat_interval)
+    return MemState(
+        ms.head,
+        ms.in_flight + 1,
+        ms.last_read,
+        ms.last_write,
+        ms.read_requests + 1,
+        ms.read_beats,
+        ms.write_beats,
+        ms.latency,
+        ms.outstanding,
+        ms.beat_interval,
+    )
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -134,5 +168,15 @@ def mem_write_ready(ms: MemState, t: int) -> bool:
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_write(ms: MemState, t: int) -> MemState:
     """Commit the write beat accepted in cycle t (``mem_write_ready`` was true)."""
-    return MemState(ms.head, ms.in_flight, ms.last_read, t, ms.read_requests, ms.read_beats, ms.write_beats + 1,
-                    ms.latency, ms.outstanding, ms.beat_interval)
+    return MemState(
+        ms.head,
+        ms.in_flight,
+        ms.last_read,
+        t,
+        ms.read_requests,
+        ms.read_beats,
+        ms.write_beats + 1,
+        ms.latency,
+        ms.outstanding,
+        ms.beat_interval,
+    )

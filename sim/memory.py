@@ -30,7 +30,9 @@ class BusMemory:
 
     def __init__(self, image: np.ndarray, mem: MemoryConfig):
         if image.ndim != 2 or image.shape[1] != mem.bus_bytes or image.dtype != np.uint8:
-            raise ValueError(f"memory image must be (beats, {mem.bus_bytes}) uint8, got {image.shape} {image.dtype}")
+            raise ValueError(
+                f"memory image must be (beats, {mem.bus_bytes}) uint8, got {image.shape} {image.dtype}"
+            )
         self.image = image
         self.mem = mem
         self.state, self.ring = mk.mem_new(mk.mem_timing(mem))
@@ -62,8 +64,9 @@ class BusMemory:
         return int.from_bytes(self.image[addr].tobytes(), "little")
 
     # -- what happened at the end of cycle t --
-    def commit(self, t: int, delivered: bool, request: tuple[int, int] | None,
-               write: tuple[int, int] | None) -> None:
+    def commit(
+        self, t: int, delivered: bool, request: tuple[int, int] | None, write: tuple[int, int] | None
+    ) -> None:
         if delivered:
             if not self.state.in_flight:
                 raise RuntimeError(f"memory: a read beat delivered in cycle {t} with no request in flight")

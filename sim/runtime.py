@@ -62,7 +62,7 @@ class _Host:
         flat = self.img.reshape(-1)
         a = ti.addr * self.img.shape[1]
         data = np.ascontiguousarray(data).reshape(-1).view(np.uint8)
-        flat[a: a + data.size] = data
+        flat[a : a + data.size] = data
 
     def write_quant(self, outs: list[str], xq: torch.Tensor, sx: torch.Tensor) -> None:
         """The int8 activations into every TLMM activation-stream slice, the scales into their rows tensor."""
@@ -73,7 +73,7 @@ class _Host:
                 m0, m, (k0, k1) = ti.attrs["m0"], ti.attrs["m"], ti.attrs["k"]
                 kc, gt = ti.shape[0], ti.shape[2]
                 xp = np.zeros((m, kc * gt), np.int8)
-                xp[:, : k1 - k0] = x[m0: m0 + m, k0:k1]
+                xp[:, : k1 - k0] = x[m0 : m0 + m, k0:k1]
                 self.put_raw(name, xp.reshape(m, kc, gt).transpose(1, 0, 2))
             else:
                 self.put(name, sx.reshape(-1, 1))
@@ -86,9 +86,15 @@ class _Host:
         for part in ti.attrs["parts"]:
             pi = self.p.tensors[part]
             nb, m, q = pi.shape
-            r = self.raw(part)[: pi.nbytes].view("<i4").reshape(nb, m, q).transpose(1, 0, 2).reshape(m, nb * q)
+            r = (
+                self.raw(part)[: pi.nbytes]
+                .view("<i4")
+                .reshape(nb, m, q)
+                .transpose(1, 0, 2)
+                .reshape(m, nb * q)
+            )
             (n0, n1), m0 = pi.attrs["n"], pi.attrs["m0"]
-            y[m0: m0 + m, n0:n1] += r[:, : n1 - n0]
+            y[m0 : m0 + m, n0:n1] += r[:, : n1 - n0]
         return torch.from_numpy(((y + 2**31) % 2**32 - 2**31).astype(np.int32))
 
     def gemm_out(self, name: str, rows: int, cols: int) -> torch.Tensor:
@@ -109,7 +115,10 @@ class _Host:
         self.put(op.outputs[0], torch.nn.functional.embedding(tok, w))
 
     def op_rmsnorm(self, op):
-        self.put(op.outputs[0], hostops.rmsnorm(self.f32(op.inputs[0]), self.f32(op.attrs["weight"]), op.attrs["eps"]))
+        self.put(
+            op.outputs[0],
+            hostops.rmsnorm(self.f32(op.inputs[0]), self.f32(op.attrs["weight"]), op.attrs["eps"]),
+        )
 
     def op_rmsnorm_quant(self, op):
         y = hostops.rmsnorm(self.f32(op.inputs[0]), self.f32(op.attrs["weight"]), op.attrs["eps"])
@@ -160,7 +169,7 @@ class _Host:
         kq, sk = quantize_act(hostops.rope(k, positions, cos, sin))
         vq, sv = quantize_act(v)
         for gi in range(hkv):
-            rows = qq[0, gi * rep:(gi + 1) * rep].reshape(rep * T, hd).numpy()
+            rows = qq[0, gi * rep : (gi + 1) * rep].reshape(rep * T, hd).numpy()
             self.put_raw(f"att{L}.qa{gi}", pack_a(rows, self.geo))
         self.put(f"att{L}.sq", sq[0, :, :, 0])
         W, TK, C = self.img.shape[1], self.geo.k_tile, self.geo.cols
@@ -180,15 +189,16 @@ class _Host:
             flat[voff] = vq[0, gi].numpy().view(np.uint8)
         for name, s in ((f"kv{L}.sk", sk), (f"kv{L}.sv", sv)):
             full = self.f32(name)
-            full[:, pos:pos + T] = s[0, :, :, 0]
+            full[:, pos : pos + T] = s[0, :, :, 0]
             self.put(name, full)
 
     def op_attn_softmax(self, op):
         a = op.attrs
         h, hkv, pos, T = a["n_heads"], a["n_kv_heads"], a["pos"], a["tokens"]
         L, rep, ctx = a["layer"], h // hkv, pos + T
-        S = torch.cat([self.gemm_out(f"att{L}.scores{gi}", rep * T, ctx).reshape(rep, T, ctx)
-                       for gi in range(hkv)]).unsqueeze(0)
+        S = torch.cat(
+            [self.gemm_out(f"att{L}.scores{gi}", rep * T, ctx).reshape(rep, T, ctx) for gi in range(hkv)]
+        ).unsqueeze(0)
         sq = self.f32(f"att{L}.sq").reshape(1, h, T, 1)
         skr = self.f32(f"kv{L}.sk")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)
         svr = self.f32(f"kv{L}.sv")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)
@@ -200,8 +210,10 @@ class _Host:
         p = hostops.softmax(scores) * svr.transpose(-1, -2)
         pq, sp = quantize_act(p)
         for gi in range(hkv):
-            self.put_raw(f"att{L}.pa{gi}", pack_a(pq[0, gi * rep:(gi + 1) * rep].reshape(rep * T, ctx).numpy(),
-                                                  self.geo))
+            self.put_raw(
+                f"att{L}.pa{gi}",
+                pack_a(pq[0, gi * rep : (gi + 1) * rep].reshape(rep * T, ctx).numpy(), self.geo),
+            )
         self.put(f"att{L}.sp", sp[0, :, :, 0])
 
     def op_attn_out(self, op):
@@ -227,7 +239,7 @@ class Runtime:
 
     def run(self, prog: Program, tokens) -> tuple[torch.Tensor, ExecStats]:
         need = prog.image.shape[0]
-        if self.image.shape[0] < need:               # step buffers grow with the context
+        if self.image.shape[0] < need:  # step buffers grow with the context
             grown = np.zeros((need, self.image.shape[1]), np.uint8)
             grown[: self.image.shape[0]] = self.image
             self.image = grown
@@ -236,21 +248,25 @@ class Runtime:
 
 def check_act_range(act: np.ndarray, act_bits: int, where: str) -> None:
     """Raise ProgramError if an activation stream holds values outside signed ``act_bits``."""
-    if act_bits >= 8 or not act.size:                 # int8 storage: every value fits
+    if act_bits >= 8 or not act.size:  # int8 storage: every value fits
         return
     lo, hi = -(1 << (act_bits - 1)), (1 << (act_bits - 1)) - 1
     a_min, a_max = int(act.min()), int(act.max())
     if a_min < lo or a_max > hi:
-        raise ProgramError(f"{where}: activations {a_min}..{a_max} do not fit tlmm.act_bits={act_bits} "
-                           f"({lo}..{hi}); the engine would drop their high bits — compile for a config with "
-                           f"tlmm.act_bits 8")
+        raise ProgramError(
+            f"{where}: activations {a_min}..{a_max} do not fit tlmm.act_bits={act_bits} "
+            f"({lo}..{hi}); the engine would drop their high bits — compile for a config with "
+            f"tlmm.act_bits 8"
+        )
 
 
 def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[torch.Tensor, ExecStats]:
     """Run ``prog`` for ``tokens`` (its step's T token ids); returns (logits (T, vocab) float32, stats).
     ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's."""
     if not prog.meta.get("weights_materialized", True):
-        raise ValueError("this Program was compiled on meta tensors (no weights): it can be inspected, not run")
+        raise ValueError(
+            "this Program was compiled on meta tensors (no weights): it can be inspected, not run"
+        )
     img = prog.image.copy() if image is None else image
     tok = np.asarray(tokens, dtype=np.int64).reshape(-1)
     if tok.size != prog.meta["tokens"]:
@@ -265,22 +281,30 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
             op = prog.host_ops[cmd.op]
             try:
                 host.run(op)
-            except (KeyError, IndexError, TypeError) as e:      # attributes or tensors the op needs are missing
-                raise ProgramError(f"HOST command {i}: host op {op.name} ({op.kind}) is malformed "
-                                   f"({type(e).__name__}: {e}); recompile the Program") from e
+            except (KeyError, IndexError, TypeError) as e:  # attributes or tensors the op needs are missing
+                raise ProgramError(
+                    f"HOST command {i}: host op {op.name} ({op.kind}) is malformed "
+                    f"({type(e).__name__}: {e}); recompile the Program"
+                ) from e
             stats.commands["host"] += 1
         elif isinstance(cmd, TlmmCommand):
             W = img.shape[1]
             flat = img.reshape(-1)
             m, kc, nb = cmd.tokens, cmd.k_chunks, cmd.n_blocks
-            act = flat[cmd.act_base * W: cmd.act_base * W + kc * m * t.chunk_k].view(np.int8).reshape(kc, m, t.chunk_k)
+            act = (
+                flat[cmd.act_base * W : cmd.act_base * W + kc * m * t.chunk_k]
+                .view(np.int8)
+                .reshape(kc, m, t.chunk_k)
+            )
             check_act_range(act, t.act_bits, f"TLMM command {i} (M={m}, KC={kc}, act@{cmd.act_base:#x})")
-            wgt = unpack_tlmm_weights(flat[cmd.wgt_base * W:], t, kc, nb)
+            wgt = unpack_tlmm_weights(flat[cmd.wgt_base * W :], t, kc, nb)
             shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
             run = run_tlmm_streams(t, shape, act, wgt)
             res = run.y.astype("<i4").reshape(m, nb, t.columns).transpose(1, 0, 2)
             n = res.size * 4
-            flat[cmd.res_base * W: cmd.res_base * W + n] = np.ascontiguousarray(res).view(np.uint8).reshape(-1)
+            flat[cmd.res_base * W : cmd.res_base * W + n] = (
+                np.ascontiguousarray(res).view(np.uint8).reshape(-1)
+            )
             stats.cycles["tlmm"] += run.cycles
             stats.commands["tlmm"] += 1
             stats.per_command.append(("tlmm", run.cycles))
@@ -291,4 +315,3 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
             stats.per_command.append(("gemm", cycles))
     logits = host.f32(prog.meta["output"])
     return logits, stats
-

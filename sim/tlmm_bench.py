@@ -50,8 +50,16 @@ def _unpack(word: int, count: int, width: int) -> list[int]:
     return out
 
 
-def _score(name: str, y_rtl: np.ndarray, y_ref: np.ndarray, y_model: np.ndarray, n: int, rtl_cycles: int,
-           model_cycles: int, wall: float) -> dict:
+def _score(
+    name: str,
+    y_rtl: np.ndarray,
+    y_ref: np.ndarray,
+    y_model: np.ndarray,
+    n: int,
+    rtl_cycles: int,
+    model_cycles: int,
+    wall: float,
+) -> dict:
     """One case's result row: the RTL results against the reference and the model."""
     pad_zero = bool((y_rtl[:, n:] == 0).all())
     return {
@@ -71,7 +79,7 @@ async def tlmm_cases(dut):
     arrays, meta = load_cases()
     cfg = config_from_dict(meta["config"], "<cosim>").tlmm
     Q = cfg.columns
-    results = Results()           # from here on a stopped bench is a mismatch, not a tool failure
+    results = Results()  # from here on a stopped bench is a mismatch, not a tool failure
     await start(dut, (dut.cmd__valid, dut.act__valid, dut.wgt__valid, dut.res__ready))
 
     for i, case in enumerate(meta["cases"]):
@@ -81,14 +89,16 @@ async def tlmm_cases(dut):
         act_beats = [pack_fields(act[kc, m], cfg.act_bits) for kc in range(kc_n) for m in range(m_n)]
         wgt_beats = [pack_fields(wgt[kc, nb], cfg.index_bits) for kc in range(kc_n) for nb in range(nb_n)]
         cmd = CommandDriver(dut, TlmmCommand(tokens=m_n, k_chunks=kc_n, n_blocks=nb_n))
-        act_drv = StreamDriver((dut.act__valid, dut.act__payload, dut.act__ready), act_beats,
-                               arrays[f"c{i}_act_pat"])
-        wgt_drv = StreamDriver((dut.wgt__valid, dut.wgt__payload, dut.wgt__ready), wgt_beats,
-                               arrays[f"c{i}_wgt_pat"])
+        act_drv = StreamDriver(
+            (dut.act__valid, dut.act__payload, dut.act__ready), act_beats, arrays[f"c{i}_act_pat"]
+        )
+        wgt_drv = StreamDriver(
+            (dut.wgt__valid, dut.wgt__payload, dut.wgt__ready), wgt_beats, arrays[f"c{i}_wgt_pat"]
+        )
         mon = StreamMonitor((dut.res__valid, dut.res__payload, dut.res__ready), arrays[f"c{i}_res_pat"])
         parts = (act_drv, wgt_drv, mon)
         n_res = nb_n * m_n
-        rel = None       # cycles since the command was accepted
+        rel = None  # cycles since the command was accepted
         t0 = time.perf_counter()
         guard = 64 + 8 * int(case["model_cycles"])
         while len(mon.beats) < n_res:
@@ -113,12 +123,23 @@ async def tlmm_cases(dut):
         y_rtl = np.zeros((m_n, nb_n * Q), dtype=np.int64)
         for j, beat in enumerate(mon.beats):
             nb, m = divmod(j, m_n)
-            y_rtl[m, nb * Q:(nb + 1) * Q] = _unpack(beat, Q, cfg.acc_bits)
-        results.add(_score(case["name"], y_rtl, arrays[f"c{i}_ref"], arrays[f"c{i}_model"], case["n"],
-                           mon.last_rel, case["model_cycles"], wall))
+            y_rtl[m, nb * Q : (nb + 1) * Q] = _unpack(beat, Q, cfg.acc_bits)
+        results.add(
+            _score(
+                case["name"],
+                y_rtl,
+                arrays[f"c{i}_ref"],
+                arrays[f"c{i}_model"],
+                case["n"],
+                mon.last_rel,
+                case["model_cycles"],
+                wall,
+            )
+        )
         # the engine must be idle again the cycle after its last result
         await ReadOnly()
         assert int(dut.cmd__ready.value) == 1, f"case {case['name']}: engine not idle after its last result"
 
-    results.check(lambda r: r["rtl_equals_reference"] and r["rtl_equals_model"]
-                  and r["rtl_cycles"] == r["model_cycles"])
+    results.check(
+        lambda r: r["rtl_equals_reference"] and r["rtl_equals_model"] and r["rtl_cycles"] == r["model_cycles"]
+    )

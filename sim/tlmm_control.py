@@ -32,41 +32,55 @@ from typing import NamedTuple
 
 from numba import njit
 
-__all__ = ["FILL", "LOOK", "DRAIN", "PREP", "CtlState", "ctl_new", "ctl_act_ready", "ctl_wgt_ready",
-           "ctl_result_valid", "ctl_step", "ctl_look_left", "ctl_look_run"]
+__all__ = [
+    "FILL",
+    "LOOK",
+    "DRAIN",
+    "PREP",
+    "CtlState",
+    "ctl_new",
+    "ctl_act_ready",
+    "ctl_wgt_ready",
+    "ctl_result_valid",
+    "ctl_step",
+    "ctl_look_left",
+    "ctl_look_run",
+]
 
-FILL, LOOK, DRAIN, PREP = 1, 2, 3, 4   # FSM states
+FILL, LOOK, DRAIN, PREP = 1, 2, 3, 4  # FSM states
 
 
 class CtlState(NamedTuple):
     """The engine control's registers, the command it runs, and its event counters."""
 
-    st: int           # FSM state
-    kc: int           # chunk
-    nb: int           # weight block of the chunk
-    tok: int          # token
-    addr: int         # accumulator word of the next issue (nb·M + tok)
-    tag_a: int        # pipeline stages
+    st: int  # FSM state
+    kc: int  # chunk
+    nb: int  # weight block of the chunk
+    tok: int  # token
+    addr: int  # accumulator word of the next issue (nb·M + tok)
+    tag_a: int  # pipeline stages
     tag_b: int
     tag_c: int
-    occ: int          # results in the result FIFO
-    credits: int      # result credits not taken
-    tokens: int       # the command (constant): M
-    k_chunks: int     # KC
-    n_blocks: int     # NB
-    fills: int        # activation beats taken
-    wgt_beats: int    # weight beats taken
-    issued: int       # issues that have left stage C
-    acc_reads: int    # of those, issues not on chunk 0 (they read the accumulator)
-    results: int      # results that have left the FIFO
-    stalls: int       # LOOK cycles with a weight beat, waiting for a credit
-    bubbles: int      # FILL/LOOK cycles without a beat to work on
+    occ: int  # results in the result FIFO
+    credits: int  # result credits not taken
+    tokens: int  # the command (constant): M
+    k_chunks: int  # KC
+    n_blocks: int  # NB
+    fills: int  # activation beats taken
+    wgt_beats: int  # weight beats taken
+    issued: int  # issues that have left stage C
+    acc_reads: int  # of those, issues not on chunk 0 (they read the accumulator)
+    results: int  # results that have left the FIFO
+    stalls: int  # LOOK cycles with a weight beat, waiting for a credit
+    bubbles: int  # FILL/LOOK cycles without a beat to work on
 
 
 @njit(cache=True)
 def ctl_new(tokens: int, k_chunks: int, n_blocks: int, fifo_depth: int) -> CtlState:
     """The control right after the command accept (cycle 0): FILL of chunk 0, pipeline and FIFO empty."""
-    return CtlState(FILL, 0, 0, 0, 0, -1, -1, -1, 0, fifo_depth, tokens, k_chunks, n_blocks, 0, 0, 0, 0, 0, 0, 0)
+    return CtlState(
+        FILL, 0, 0, 0, 0, -1, -1, -1, 0, fifo_depth, tokens, k_chunks, n_blocks, 0, 0, 0, 0, 0, 0, 0
+    )
 
 
 @njit(cache=True, inline="always")
@@ -151,8 +165,28 @@ def ctl_step(cs: CtlState, act_valid: bool, wgt_valid: bool, res_ready: bool) ->
         issued += 1
         acc_reads += 1 if (tag_c & 2) == 0 else 0
         occ += tag_c & 1
-    return CtlState(st, kc, nb, tok, addr, new_tag, cs.tag_a, cs.tag_b, occ, credits, m, cs.k_chunks, cs.n_blocks,
-                    fills, wgt_beats, issued, acc_reads, results, stalls, bubbles), done
+    return CtlState(
+        st,
+        kc,
+        nb,
+        tok,
+        addr,
+        new_tag,
+        cs.tag_a,
+        cs.tag_b,
+        occ,
+        credits,
+        m,
+        cs.k_chunks,
+        cs.n_blocks,
+        fills,
+        wgt_beats,
+        issued,
+        acc_reads,
+        results,
+        stalls,
+        bubbles,
+    ), done
 
 
 @njit(cache=True, inline="always")
@@ -175,11 +209,11 @@ def ctl_look_run(cs: CtlState) -> CtlState:
     tag_a, tag_b, tag_c = cs.tag_a, cs.tag_b, cs.tag_c
     n_res = n_c = n_reads = 0
     for _ in range(r):
-        pop = 1 if occ > 0 else 0       # the sink is always ready: the head result leaves
+        pop = 1 if occ > 0 else 0  # the sink is always ready: the head result leaves
         n_res += pop
-        credits += pop - take           # returned by the pop, taken by a last-chunk issue
+        credits += pop - take  # returned by the pop, taken by a last-chunk issue
         occ -= pop
-        if tag_c >= 0:                  # stage C: accumulator write back, result into the FIFO
+        if tag_c >= 0:  # stage C: accumulator write back, result into the FIFO
             n_c += 1
             n_reads += (tag_c & 2) == 0
             occ += tag_c & 1
@@ -189,6 +223,25 @@ def ctl_look_run(cs: CtlState) -> CtlState:
         addr += 1
     # the run ends on the last token of the last block of this chunk
     st, kc = (DRAIN, cs.kc) if last else (FILL, cs.kc + 1)
-    return CtlState(st, kc, cs.n_blocks - 1, 0, addr, tag_a, tag_b, tag_c, occ, credits, cs.tokens, cs.k_chunks,
-                    cs.n_blocks, cs.fills, cs.wgt_beats + cs.n_blocks - cs.nb, cs.issued + n_c,
-                    cs.acc_reads + n_reads, cs.results + n_res, cs.stalls, cs.bubbles)
+    return CtlState(
+        st,
+        kc,
+        cs.n_blocks - 1,
+        0,
+        addr,
+        tag_a,
+        tag_b,
+        tag_c,
+        occ,
+        credits,
+        cs.tokens,
+        cs.k_chunks,
+        cs.n_blocks,
+        cs.fills,
+        cs.wgt_beats + cs.n_blocks - cs.nb,
+        cs.issued + n_c,
+        cs.acc_reads + n_reads,
+        cs.results + n_res,
+        cs.stalls,
+        cs.bubbles,
+    )

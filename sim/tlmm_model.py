@@ -40,17 +40,17 @@ __all__ = ["TlmmRun", "EVENT_NAMES", "run_tlmm", "tlmm_cycles", "tlmm_events_clo
 
 # Event counters (the energy model multiplies these by per-event energies).
 EVENT_NAMES = (
-    "table_fills",        # tables written (T per activation beat)
-    "table_entry_writes", # stored table entries written
-    "lookups",            # table reads (Q·T per issue)
-    "acc_updates",        # int32 accumulator additions (Q per issue)
-    "acc_mem_reads",      # accumulator-memory words read (issues that are not on the first chunk)
-    "acc_mem_writes",     # accumulator-memory words written (every issue)
-    "act_beats",          # activation beats received
-    "wgt_beats",          # weight beats received
-    "res_beats",          # result beats sent
-    "stall_cycles",       # cycles a LOOK issue waited for a result credit
-    "bubble_cycles",      # cycles in FILL/LOOK without a beat to work on (PREP cycles are not bubbles)
+    "table_fills",  # tables written (T per activation beat)
+    "table_entry_writes",  # stored table entries written
+    "lookups",  # table reads (Q·T per issue)
+    "acc_updates",  # int32 accumulator additions (Q per issue)
+    "acc_mem_reads",  # accumulator-memory words read (issues that are not on the first chunk)
+    "acc_mem_writes",  # accumulator-memory words written (every issue)
+    "act_beats",  # activation beats received
+    "wgt_beats",  # weight beats received
+    "res_beats",  # result beats sent
+    "stall_cycles",  # cycles a LOOK issue waited for a result credit
+    "bubble_cycles",  # cycles in FILL/LOOK without a beat to work on (PREP cycles are not bubbles)
 )
 _N_EVENTS = len(EVENT_NAMES)
 
@@ -119,22 +119,30 @@ def _look_run(tabs, wgt, acc, toff, tsz, q_n, n_tok, tok, wgt_ptr, addr, r, firs
 class TlmmParams(NamedTuple):
     """One matmul on one TLMM engine, as the stepped kernel takes it (built only by :func:`tlmm_params`)."""
 
-    group_size: int              # G
-    tokens: int                  # M
-    k_chunks: int                # KC
-    n_blocks: int                # NB
-    columns: int                 # Q
-    table_offsets: tuple         # (t·E for t < T): T is part of the numba type, so the lookup loop unrolls
-    table_entries: int           # E = 3^G
+    group_size: int  # G
+    tokens: int  # M
+    k_chunks: int  # KC
+    n_blocks: int  # NB
+    columns: int  # Q
+    table_offsets: tuple  # (t·E for t < T): T is part of the numba type, so the lookup loop unrolls
+    table_entries: int  # E = 3^G
     stored_entries: int
-    fifo_depth: int              # result FIFO depth (= result credits)
+    fifo_depth: int  # result FIFO depth (= result credits)
 
 
 def tlmm_params(cfg: TlmmConfig, shape: TlmmShape) -> TlmmParams:
     """The stepped kernel's parameters of a matmul of ``shape`` on the engine ``cfg``."""
-    return TlmmParams(cfg.group_size, shape.tokens, shape.k_chunks, shape.n_blocks, cfg.columns,
-                      tuple(t * cfg.table_entries for t in range(cfg.tables)), cfg.table_entries,
-                      cfg.stored_entries, cfg.result_fifo_depth)
+    return TlmmParams(
+        cfg.group_size,
+        shape.tokens,
+        shape.k_chunks,
+        shape.n_blocks,
+        cfg.columns,
+        tuple(t * cfg.table_entries for t in range(cfg.tables)),
+        cfg.table_entries,
+        cfg.stored_entries,
+        cfg.result_fifo_depth,
+    )
 
 
 @njit(cache=True, boundscheck=False, error_model="numpy", nogil=True)
@@ -159,7 +167,7 @@ def _tlmm_stepped(act, wgt, p, act_pat, wgt_pat, res_pat, drain_guard):
     t_n = len(toff)
     tsz = t_n * p.table_entries
     qt = q_n * t_n
-    tabs = np.zeros(n_tok * tsz, np.int32)       # tables of every token, flat (tok, t, entry)
+    tabs = np.zeros(n_tok * tsz, np.int32)  # tables of every token, flat (tok, t, entry)
     acc = np.zeros(p.n_blocks * n_tok * q_n, np.int32)  # accumulator memory, flat (addr = nb·M + tok, q)
     # Pattern positions are c mod len, kept as wrapping counters (no division per cycle).
     la, lw, lr = act_pat.shape[0], wgt_pat.shape[0], res_pat.shape[0]
@@ -212,8 +220,17 @@ def _tlmm_stepped(act, wgt, p, act_pat, wgt_pat, res_pat, drain_guard):
             for t in range(t_n):
                 _fill(tabs, _U(tb + toff[t]), act, _U((act_ptr * t_n + t) * g_n), g_n)
         elif cs.tag_a >= 0:
-            _issue(tabs, wgt, acc, toff, _U(prev.tok * tsz), _U(prev.wgt_beats * qt), _U(prev.addr * q_n), q_n,
-                   prev.kc == 0)
+            _issue(
+                tabs,
+                wgt,
+                acc,
+                toff,
+                _U(prev.tok * tsz),
+                _U(prev.wgt_beats * qt),
+                _U(prev.addr * q_n),
+                q_n,
+                prev.kc == 0,
+            )
         if done:
             # Per-issue events are counted as the issue leaves stage C; once drained, every issue has, so
             # the totals equal the per-issue counts of the RTL.
@@ -238,23 +255,36 @@ class TlmmRun:
     """Result of running one matmul on the model."""
 
     shape: TlmmShape
-    y: np.ndarray          # (M, N) int32
-    cycles: int            # accept → last result transfer (docs/design.md cycle definition)
+    y: np.ndarray  # (M, N) int32
+    cycles: int  # accept → last result transfer (docs/design.md cycle definition)
     events: dict
 
 
 _ONES = np.ones(1, np.uint8)
 
 
-def run_tlmm(cfg: TlmmConfig, w: np.ndarray, x: np.ndarray, act_pattern: np.ndarray | None = None,
-             wgt_pattern: np.ndarray | None = None, res_pattern: np.ndarray | None = None) -> TlmmRun:
+def run_tlmm(
+    cfg: TlmmConfig,
+    w: np.ndarray,
+    x: np.ndarray,
+    act_pattern: np.ndarray | None = None,
+    wgt_pattern: np.ndarray | None = None,
+    res_pattern: np.ndarray | None = None,
+) -> TlmmRun:
     """Run y = W·x (W (N, K) ternary, x (M, K) signed) through the stepped model."""
     shape, act, wgt = tlmm_streams(cfg, w, x)
     return run_tlmm_streams(cfg, shape, act, wgt, act_pattern, wgt_pattern, res_pattern)
 
 
-def run_tlmm_streams(cfg: TlmmConfig, shape: TlmmShape, act: np.ndarray, wgt: np.ndarray,
-                     act_pattern=None, wgt_pattern=None, res_pattern=None) -> TlmmRun:
+def run_tlmm_streams(
+    cfg: TlmmConfig,
+    shape: TlmmShape,
+    act: np.ndarray,
+    wgt: np.ndarray,
+    act_pattern=None,
+    wgt_pattern=None,
+    res_pattern=None,
+) -> TlmmRun:
     """Run already laid-out streams (see :func:`hw.ternary.tlmm_streams`)."""
     pats = []
     for p in (act_pattern, wgt_pattern, res_pattern):
@@ -266,8 +296,13 @@ def run_tlmm_streams(cfg: TlmmConfig, shape: TlmmShape, act: np.ndarray, wgt: np
     guard = 64 + ideal * max(1, *(p.size for p in pats)) * 4
     acc, cycles, ev = _tlmm_stepped(
         np.ascontiguousarray(act, dtype=np.int64).reshape(-1),
-        np.ascontiguousarray(wgt, dtype=np.uint8).reshape(-1), tlmm_params(cfg, shape),
-        pats[0], pats[1], pats[2], guard)
+        np.ascontiguousarray(wgt, dtype=np.uint8).reshape(-1),
+        tlmm_params(cfg, shape),
+        pats[0],
+        pats[1],
+        pats[2],
+        guard,
+    )
     if cycles < 0:
         raise RuntimeError("TLMM model did not finish: a stream pattern starves the engine")
     # acc word nb·M + m holds y[m, nb·Q : nb·Q + Q] (already wrapped to int32)

@@ -47,7 +47,7 @@ async def top_run(dut):
         prog.write(image, "tokens", np.asarray(step_tokens, np.int32))
         host = _Host(prog, image)
         words = [int(w) for w in prog.words]
-        starts, pos, need = [], 0, 0        # cycle of each command's first word
+        starts, pos, need = [], 0, 0  # cycle of each command's first word
         last_word_t = -1
         shown = None
         while True:
@@ -74,7 +74,7 @@ async def top_run(dut):
             t += 1
             if done:
                 break
-        end = t - 1                          # first idle cycle after the step
+        end = t - 1  # first idle cycle after the step
         logits = host.f32(prog.meta["output"]).numpy()
         tokens.append(int(np.argmax(logits[-1])))
         per_cmd = [b - a for a, b in zip(starts, starts[1:] + [end], strict=True)]
@@ -83,5 +83,14 @@ async def top_run(dut):
     wall = time.perf_counter() - t0
     np.savez(os.environ["TRITIUM_RESULTS"] + ".npz", **logits_out)
     with open(os.environ["TRITIUM_RESULTS"], "w") as f:
-        json.dump({"steps": steps_out, "tokens": tokens, "wall_s": wall, "cycles": t,
-                   "read_beats": memory.read_beats, "write_beats": memory.write_beats}, f)
+        json.dump(
+            {
+                "steps": steps_out,
+                "tokens": tokens,
+                "wall_s": wall,
+                "cycles": t,
+                "read_beats": memory.read_beats,
+                "write_beats": memory.write_beats,
+            },
+            f,
+        )

@@ -30,32 +30,44 @@ from sim.tlmm_control import ctl_act_ready, ctl_new, ctl_result_valid, ctl_step,
 __all__ = ["command_cycles", "program_cycles", "HOST_CYCLES", "FETCH_DISPATCH"]
 
 HOST_CYCLES = 3
-FETCH_DISPATCH = 4          # three command words + the dispatch cycle
+FETCH_DISPATCH = 4  # three command words + the dispatch cycle
 
 
 class DmaParams(NamedTuple):
     """One TLMM command on the top level's DMA and engine, as the kernel takes it (built only by
     :func:`dma_params`). Byte addresses and widths: hw.top_geometry.TopGeometry."""
 
-    tokens: int             # M
-    k_chunks: int           # KC
-    n_blocks: int           # NB
-    act_byte: int           # byte address of the activations
-    wgt_byte: int           # byte address of the weights
-    bus_bytes: int          # W
-    act_bytes: int          # EA: activation beat
-    wgt_bytes: int          # EW: weight beat
-    res_bytes: int          # ER: result beat
-    fifo: int               # F: read FIFO depth (beats requested ahead at most)
-    cap: int                # gearbox bytes
-    res_fifo_depth: int     # the engine's result FIFO (= result credits)
+    tokens: int  # M
+    k_chunks: int  # KC
+    n_blocks: int  # NB
+    act_byte: int  # byte address of the activations
+    wgt_byte: int  # byte address of the weights
+    bus_bytes: int  # W
+    act_bytes: int  # EA: activation beat
+    wgt_bytes: int  # EW: weight beat
+    res_bytes: int  # ER: result beat
+    fifo: int  # F: read FIFO depth (beats requested ahead at most)
+    cap: int  # gearbox bytes
+    res_fifo_depth: int  # the engine's result FIFO (= result credits)
 
 
 def dma_params(acfg: AcceleratorConfig, cmd: TlmmCommand) -> DmaParams:
     """The DMA kernel's parameters of ``cmd`` on the top level of ``acfg``."""
     g = TopGeometry(acfg)
-    return DmaParams(int(cmd.tokens), int(cmd.k_chunks), int(cmd.n_blocks), int(cmd.act_base) * g.W,
-                     int(cmd.wgt_base) * g.W, g.W, g.EA, g.EW, g.ER, g.fifo, g.cap, acfg.tlmm.result_fifo_depth)
+    return DmaParams(
+        int(cmd.tokens),
+        int(cmd.k_chunks),
+        int(cmd.n_blocks),
+        int(cmd.act_base) * g.W,
+        int(cmd.wgt_base) * g.W,
+        g.W,
+        g.EA,
+        g.EW,
+        g.ER,
+        g.fifo,
+        g.cap,
+        acfg.tlmm.result_fifo_depth,
+    )
 
 
 @njit(cache=True, inline="always")
@@ -134,8 +146,9 @@ def _tlmm_dma_kernel(p, tm, guard):
         # ---- read sequencer
         if rq_fire:
             if rs_left == burst:
-                rs_active, rs_kind, rs_kc, rs_a, rs_w, rs_left, _ = _next_segment(p, rs_kind, rs_kc, rs_a, rs_w,
-                                                                                  rs_left, 0)
+                rs_active, rs_kind, rs_kc, rs_a, rs_w, rs_left, _ = _next_segment(
+                    p, rs_kind, rs_kc, rs_a, rs_w, rs_left, 0
+                )
             else:
                 rs_left -= burst
         inflight += (burst if rq_fire else 0) - (1 if push else 0)
@@ -150,8 +163,9 @@ def _tlmm_dma_kernel(p, tm, guard):
             if gb_eb == 0:
                 fill = 0
                 gb_first = True
-                gb_active, gb_kind, gb_kc, gb_a, gb_w, gb_bb, gb_eb = _next_segment(p, gb_kind, gb_kc, gb_a, gb_w,
-                                                                                    gb_bb, gb_eb)
+                gb_active, gb_kind, gb_kc, gb_a, gb_w, gb_bb, gb_eb = _next_segment(
+                    p, gb_kind, gb_kc, gb_a, gb_w, gb_bb, gb_eb
+                )
         # ---- result packer
         w_after = wfill
         if wr_fire:
@@ -163,7 +177,7 @@ def _tlmm_dma_kernel(p, tm, guard):
         if beat:
             mem, _ = mk.mem_deliver(mem, ring, t)
         if rq_fire:
-            mem = mk.mem_request(mem, ring, t, 0, burst)       # addresses do not change timing
+            mem = mk.mem_request(mem, ring, t, 0, burst)  # addresses do not change timing
         if wr_fire:
             mem = mk.mem_write(mem, t)
     return -1
@@ -172,7 +186,9 @@ def _tlmm_dma_kernel(p, tm, guard):
 def tlmm_run_cycles(acfg: AcceleratorConfig, cmd: TlmmCommand) -> int:
     mem = acfg.memory
     work = cmd.k_chunks * (cmd.n_blocks * cmd.tokens + cmd.tokens + 2)
-    guard = 64 + 40 * (work + cmd.k_chunks * (mem.latency + 4) + cmd.tokens * cmd.n_blocks) * mem.beat_interval
+    guard = (
+        64 + 40 * (work + cmd.k_chunks * (mem.latency + 4) + cmd.tokens * cmd.n_blocks) * mem.beat_interval
+    )
     r = _tlmm_dma_kernel(dma_params(acfg, cmd), mk.mem_timing(mem), guard)
     if r < 0:
         raise RuntimeError("top model: TLMM command did not finish within its cycle guard")

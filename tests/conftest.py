@@ -41,7 +41,7 @@ MARKERS = {
 def pytest_configure(config):
     known = {line.split(":", 1)[0].split("(", 1)[0].strip() for line in config.getini("markers")}
     for name, text in MARKERS.items():
-        if name not in known:                 # pyproject.toml registers them too
+        if name not in known:  # pyproject.toml registers them too
             config.addinivalue_line("markers", f"{name}: {text}")
 
 

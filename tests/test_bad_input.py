@@ -100,8 +100,15 @@ def _limit_memory() -> None:
 def test_hostile_config_cli_exits_2_in_bounded_memory_and_time(tmp_path, repo, name):
     path = make(tmp_path, name)
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "config", "check", path], capture_output=True,
-                       text=True, timeout=30, preexec_fn=_limit_memory, cwd=repo, env=env)
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "config", "check", path],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        preexec_fn=_limit_memory,
+        cwd=repo,
+        env=env,
+    )
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     check_line(lines[0], path, CASES[name][1], prefix="tritium: error: ")
@@ -126,19 +133,26 @@ def test_energy_tables_use_the_bounded_reader(tmp_path, monkeypatch):
 def test_reader_keeps_plain_yaml_features(tmp_path):
     p = tmp_path / "a.yaml"
     p.write_text("base: &b {x: 1, y: 2}\nd:\n  <<: *b\n  x: 3\nl: [*b, *b]\nbom: 1\n")
-    assert yaml_safe.load_yaml(p) == {"base": {"x": 1, "y": 2}, "d": {"x": 3, "y": 2},
-                                      "l": [{"x": 1, "y": 2}] * 2, "bom": 1}
-    p.write_bytes(b"\xef\xbb\xbfa: 1\n")                    # a UTF-8 byte-order mark is fine
+    assert yaml_safe.load_yaml(p) == {
+        "base": {"x": 1, "y": 2},
+        "d": {"x": 3, "y": 2},
+        "l": [{"x": 1, "y": 2}] * 2,
+        "bom": 1,
+    }
+    p.write_bytes(b"\xef\xbb\xbfa: 1\n")  # a UTF-8 byte-order mark is fine
     assert yaml_safe.load_yaml(p) == {"a": 1}
 
 
-@pytest.mark.parametrize("field, value, words", [
-    ("d_model", 10 ** 9, "d_model: 1000000000 is out of range"),
-    ("d_model", 1e9, "d_model: expected an integer"),
-    ("max_seq", 10 ** 12, "max_seq: 1000000000000 is out of range"),
-    ("vocab", 10 ** 40, "vocab: a huge number is out of range"),
-    ("max_seq", 1 << 20, "max_seq: 1048576 × head_dim 32 exceeds"),
-])
+@pytest.mark.parametrize(
+    "field, value, words",
+    [
+        ("d_model", 10**9, "d_model: 1000000000 is out of range"),
+        ("d_model", 1e9, "d_model: expected an integer"),
+        ("max_seq", 10**12, "max_seq: 1000000000000 is out of range"),
+        ("vocab", 10**40, "vocab: a huge number is out of range"),
+        ("max_seq", 1 << 20, "max_seq: 1048576 × head_dim 32 exceeds"),
+    ],
+)
 def test_checkpoint_dims_are_bounded_before_allocating(tmp_path, field, value, words):
     torch = pytest.importorskip("torch")
     from models.checkpoint import FORMAT, VERSION, CheckpointError, load_checkpoint

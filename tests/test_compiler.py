@@ -27,15 +27,25 @@ from sim.runtime import Runtime, execute
 
 pytestmark = pytest.mark.torch
 
-SMALL = LMConfig(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=80, activation="relu2",
-                 max_seq=64, subln=True, tie_embeddings=True)
+SMALL = LMConfig(
+    vocab=64,
+    d_model=48,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn=80,
+    activation="relu2",
+    max_seq=64,
+    subln=True,
+    tie_embeddings=True,
+)
 SWIGLU = dataclasses.replace(SMALL, activation="swiglu", subln=False, n_kv_heads=4, tie_embeddings=False)
 
 
 def small_model(cfg=SMALL, seed=0):
     torch.manual_seed(seed)
     m = TernaryLM(cfg)
-    with torch.no_grad():           # norms away from 1 so that their weights matter
+    with torch.no_grad():  # norms away from 1 so that their weights matter
         for name, p in m.named_parameters():
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
@@ -76,7 +86,7 @@ def test_ir_ops_and_where():
 def test_split_bitlinear():
     g = split_bitlinear(graph_of(small_model()))
     i = next(i for i, op in enumerate(g.ops) if op.kind == "tlmm")
-    assert [op.kind for op in g.ops[i - 1: i + 2]] == ["quant", "tlmm", "dequant"]
+    assert [op.kind for op in g.ops[i - 1 : i + 2]] == ["quant", "tlmm", "dequant"]
     assert g.ops[i].engine == "tlmm" and g.ops[i].inputs[0].endswith(".q")
 
 
@@ -92,11 +102,13 @@ def test_dedupe_quant_shares_qkv_input():
 def test_fuse_quant_into_norms_and_activations():
     g = fuse_quant(dedupe_quant(split_bitlinear(graph_of(small_model()))))
     kinds = [op.kind for op in g.ops]
-    assert "quant" not in kinds                          # sub-LN model: every quant follows a norm
+    assert "quant" not in kinds  # sub-LN model: every quant follows a norm
     assert kinds.count("rmsnorm+quant") == 4 * SMALL.n_layers
     g2 = fuse_quant(dedupe_quant(split_bitlinear(graph_of(small_model(SWIGLU)))))
     k2 = [op.kind for op in g2.ops]
-    assert k2.count("swiglu+quant") == SWIGLU.n_layers and k2.count("quant") == SWIGLU.n_layers  # o_proj input
+    assert (
+        k2.count("swiglu+quant") == SWIGLU.n_layers and k2.count("quant") == SWIGLU.n_layers
+    )  # o_proj input
 
 
 def test_check_weights_records_scales_and_rejects_bad_weights():
@@ -129,7 +141,7 @@ def test_weights_are_packed_in_the_tlmm_index_format(repo):
     t = acfg.tlmm
     ti = prog.tensors["w:layers.0.ffn.down_proj.weight[0,0]"]
     kc, nb = ti.shape
-    wgt = unpack_tlmm_weights(prog.image.reshape(-1)[ti.addr * acfg.memory.bus_bytes:], t, kc, nb)
+    wgt = unpack_tlmm_weights(prog.image.reshape(-1)[ti.addr * acfg.memory.bus_bytes :], t, kc, nb)
     idx = wgt.transpose(1, 2, 0, 3).reshape(nb * t.columns, kc * t.tables)
     w = unpack_weight_groups(idx, t.group_size, kc * t.chunk_k)[: SMALL.d_model, : SMALL.ffn]
     assert np.array_equal(w, ternary_weight(m.layers[0].ffn.down_proj.weight)[0].numpy())
@@ -155,7 +167,7 @@ def test_tiling_splits_k_and_n_beyond_the_engine_limits(repo):
     cm = compile_model(m, acfg)
     prog = cm.program(5, 0)
     down = [t for t in prog.tensors if t.startswith("w:layers.0.ffn.down_proj.weight")]
-    assert len(down) == 2 * 2                             # K=80 → 2 slices of ≤48; N=48 → 2 slices of ≤40
+    assert len(down) == 2 * 2  # K=80 → 2 slices of ≤48; N=48 → 2 slices of ≤40
     tok = torch.arange(5) % SWIGLU.vocab
     assert torch.equal(execute(prog, tok.numpy())[0], m(tok[None], mode="int")[0])
 
@@ -235,8 +247,23 @@ def test_memory_that_cannot_hold_the_model(repo):
 
 @pytest.mark.parametrize("preset", ["bitnet-0.7b", "bitnet-2b"])
 def test_presets_compile_on_meta(repo, preset, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "compile", preset, "-o", str(tmp_path), "--tokens",
-                        "8", "--json"], capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tritium.cli",
+            "compile",
+            preset,
+            "-o",
+            str(tmp_path),
+            "--tokens",
+            "8",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["tlmm"] > 0 and out["gemm"] > 0 and not out["weights_materialized"]
@@ -244,8 +271,12 @@ def test_presets_compile_on_meta(repo, preset, tmp_path):
 
 
 def test_cli_compile_errors(repo, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "compile", "no-such-model", "-o", str(tmp_path)],
-                       capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "compile", "no-such-model", "-o", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 2 and "no-such-model" in r.stderr and r.stderr.count("\n") == 1
     assert not (tmp_path / "program.json").exists()
 
@@ -256,7 +287,7 @@ def test_trained_model_bit_identical_and_32_greedy_tokens(repo):
 
     m = load_model(str(repo / "models" / "checkpoints" / "tiny.pt"))
     cm = compile_model(m, load_config(repo / "configs" / "default.yaml"))
-    prompt = torch.tensor(list(b"def quantize(x):\n    \"\"\"Return the "), dtype=torch.int64)
+    prompt = torch.tensor(list(b'def quantize(x):\n    """Return the '), dtype=torch.int64)
     p0 = cm.program(len(prompt), 0)
     rt = Runtime(p0)
     logits, stats = rt.run(p0, prompt.numpy())
@@ -270,8 +301,23 @@ def test_trained_model_bit_identical_and_32_greedy_tokens(repo):
 
 
 def test_cli_compile_checkpoint(repo, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "compile", "models/checkpoints/tiny.pt", "-o",
-                        str(tmp_path), "--tokens", "4", "--json"], capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tritium.cli",
+            "compile",
+            "models/checkpoints/tiny.pt",
+            "-o",
+            str(tmp_path),
+            "--tokens",
+            "4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert json.loads(r.stdout)["weights_materialized"] is True
     prog = Program.load(tmp_path)

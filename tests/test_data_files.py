@@ -37,8 +37,17 @@ def test_resolve_prefers_the_users_file(tmp_path, monkeypatch):
 
 
 def test_cli_finds_shipped_config_from_another_folder(tmp_path):
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(data_files.default_config().parents[1]),
-                                                        os.environ.get("PYTHONPATH", "")])}
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "config", "check", "configs/icebreaker.yaml"],
-                       capture_output=True, text=True, cwd=tmp_path, env=env)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(
+            [str(data_files.default_config().parents[1]), os.environ.get("PYTHONPATH", "")]
+        ),
+    }
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "config", "check", "configs/icebreaker.yaml"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        env=env,
+    )
     assert r.returncode == 0 and "valid (icebreaker" in r.stdout, r.stderr

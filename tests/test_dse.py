@@ -32,11 +32,16 @@ ROOT = Path(__file__).resolve().parent.parent
 TRITIUM = [sys.executable, "-m", "tritium.cli"]
 
 TINY = {
-    "name": "t-tiny", "base": str(ROOT / "configs" / "default.yaml"), "board": "ulx3s",
+    "name": "t-tiny",
+    "base": str(ROOT / "configs" / "default.yaml"),
+    "board": "ulx3s",
     "parameters": {"tlmm.tables": [4, 8, 16], "tlmm.columns": [2, 4, 8], "tlmm.tokens": [1, 2, 4]},
     "workload": {"model": "tiny", "prompt": 16, "context": 40},
     "objectives": [{"decode_tokens_per_s": "max"}, {"lut": "min"}],
-    "budget": 27, "sampler": "grid", "batch": 8, "seed": 0,
+    "budget": 27,
+    "sampler": "grid",
+    "batch": 8,
+    "seed": 0,
 }
 
 
@@ -58,32 +63,35 @@ def _rows(path: Path) -> list[dict]:
 
 
 # ---------------------------------------------------------------------------------------------- spec
-@pytest.mark.parametrize("over, field", [
-    ({"parameters": {"tlmm.tablez": [4]}}, "parameters.tlmm.tablez"),
-    ({"parameters": {"tlmm.tables": [4, 100]}}, "parameters.tlmm.tables"),
-    ({"parameters": {"tlmm.tables": []}}, "parameters.tlmm.tables"),
-    ({"parameters": {"tlmm": [1]}}, "parameters.tlmm"),
-    ({"objectives": [{"speed": "max"}]}, "objectives[0]"),
-    ({"objectives": [{"ttft_s": "up"}]}, "objectives[0].ttft_s"),
-    ({"constraints": ["lut < = 5"]}, "constraints[0]"),
-    ({"constraints": ["lut <= many"]}, "constraints[0]"),
-    ({"workload": {"model": "gpt-5", "prompt": 4, "context": 8}}, "workload.model"),
-    ({"workload": {"model": "tiny", "prompt": 100000, "context": 8}}, "workload.prompt"),
-    ({"sampler": "random"}, "sampler"),
-    ({"budget": 0}, "budget"),
-    ({"base": "configs/nope.yaml"}, "base"),
-    ({"board": "de10"}, "board"),
-    ({"bogus": 1}, "bogus"),
-    ({"budget": None}, "budget"),
-    ({"board": None}, "objectives"),             # lut needs a board
-    ({"constraints": ["lut <= nan"]}, "constraints[0]"),
-    ({"constraints": ["lut <= inf"]}, "constraints[0]"),
-    ({"constraints": ["decode_tokens_per_s >= -1e999"]}, "constraints[0]"),
-    ({"parameters": {"tlmm.tables": {"min": 1, "max": 10, "step": 0}}}, "parameters.tlmm.tables"),
-    ({"parameters": {"tlmm.tables": [4, float("nan")]}}, "parameters.tlmm.tables"),
-    ({"workload": {"model": "tiny", "prompt": 4, "contxt": 8}}, "workload.contxt"),
-    ({"fit_margin": True}, "fit_margin"),
-])
+@pytest.mark.parametrize(
+    "over, field",
+    [
+        ({"parameters": {"tlmm.tablez": [4]}}, "parameters.tlmm.tablez"),
+        ({"parameters": {"tlmm.tables": [4, 100]}}, "parameters.tlmm.tables"),
+        ({"parameters": {"tlmm.tables": []}}, "parameters.tlmm.tables"),
+        ({"parameters": {"tlmm": [1]}}, "parameters.tlmm"),
+        ({"objectives": [{"speed": "max"}]}, "objectives[0]"),
+        ({"objectives": [{"ttft_s": "up"}]}, "objectives[0].ttft_s"),
+        ({"constraints": ["lut < = 5"]}, "constraints[0]"),
+        ({"constraints": ["lut <= many"]}, "constraints[0]"),
+        ({"workload": {"model": "gpt-5", "prompt": 4, "context": 8}}, "workload.model"),
+        ({"workload": {"model": "tiny", "prompt": 100000, "context": 8}}, "workload.prompt"),
+        ({"sampler": "random"}, "sampler"),
+        ({"budget": 0}, "budget"),
+        ({"base": "configs/nope.yaml"}, "base"),
+        ({"board": "de10"}, "board"),
+        ({"bogus": 1}, "bogus"),
+        ({"budget": None}, "budget"),
+        ({"board": None}, "objectives"),  # lut needs a board
+        ({"constraints": ["lut <= nan"]}, "constraints[0]"),
+        ({"constraints": ["lut <= inf"]}, "constraints[0]"),
+        ({"constraints": ["decode_tokens_per_s >= -1e999"]}, "constraints[0]"),
+        ({"parameters": {"tlmm.tables": {"min": 1, "max": 10, "step": 0}}}, "parameters.tlmm.tables"),
+        ({"parameters": {"tlmm.tables": [4, float("nan")]}}, "parameters.tlmm.tables"),
+        ({"workload": {"model": "tiny", "prompt": 4, "contxt": 8}}, "workload.contxt"),
+        ({"fit_margin": True}, "fit_margin"),
+    ],
+)
 def test_spec_errors_name_file_and_field(tmp_path, over, field):
     p = _spec(tmp_path, **over)
     with pytest.raises(SpecError) as e:
@@ -99,13 +107,16 @@ def test_spec_huge_range_rejected_before_expanding(tmp_path):
         load_spec(p)
     msg = str(e.value)
     assert time.perf_counter() - t0 < 2
-    assert "\n" not in msg and f"{p}: parameters.tlmm.tables: " in msg and "10000" in msg and "100000000" in msg, msg
+    assert (
+        "\n" not in msg and f"{p}: parameters.tlmm.tables: " in msg and "10000" in msg and "100000000" in msg
+    ), msg
 
 
 def test_spec_error_cli_exit_2_one_line(tmp_path):
     p = _spec(tmp_path, sampler="random")
-    r = subprocess.run([*TRITIUM, "dse", str(p), "--out", str(tmp_path / "o")], capture_output=True, text=True,
-                       cwd=ROOT)
+    r = subprocess.run(
+        [*TRITIUM, "dse", str(p), "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT
+    )
     assert r.returncode == 2
     assert r.stderr.strip().count("\n") == 0 and "sampler" in r.stderr and str(p) in r.stderr
     assert not (tmp_path / "o").exists()
@@ -125,14 +136,33 @@ def _variant(acfg, **sections):
     return config_from_dict(d, source="test")
 
 
-@pytest.mark.parametrize("model, config, prompt, context, variants", [
-    ("tiny", "configs/default.yaml", 16, 40, [
-        {}, {"tlmm": {"tables": 3, "columns": 5, "tokens": 3, "max_k": 100, "max_n": 90}},
-        {"gemm": {"rows": 4, "cols": 16, "k_tile": 32}, "memory": {"bus_bytes": 16, "beat_interval": 2}},
-        {"tlmm": {"group_size": 2, "table_mode": "half", "tokens": 16}}]),
-    ("bitnet-0.7b", "configs/kv260.yaml", 64, 128, [
-        {}, {"tlmm": {"tables": 12, "tokens": 3, "max_k": 1000, "max_n": 700}, "gemm": {"rows": 4}}]),
-])
+@pytest.mark.parametrize(
+    "model, config, prompt, context, variants",
+    [
+        (
+            "tiny",
+            "configs/default.yaml",
+            16,
+            40,
+            [
+                {},
+                {"tlmm": {"tables": 3, "columns": 5, "tokens": 3, "max_k": 100, "max_n": 90}},
+                {
+                    "gemm": {"rows": 4, "cols": 16, "k_tile": 32},
+                    "memory": {"bus_bytes": 16, "beat_interval": 2},
+                },
+                {"tlmm": {"group_size": 2, "table_mode": "half", "tokens": 16}},
+            ],
+        ),
+        (
+            "bitnet-0.7b",
+            "configs/kv260.yaml",
+            64,
+            128,
+            [{}, {"tlmm": {"tables": 12, "tokens": 3, "max_k": 1000, "max_n": 700}, "gemm": {"rows": 4}}],
+        ),
+    ],
+)
 def test_fast_evaluator_equals_estimate(model, config, prompt, context, variants):
     base = load_config(ROOT / config)
     ev = FastEvaluator(build_workload(model, prompt, context, base))
@@ -147,8 +177,12 @@ def test_fast_evaluator_equals_estimate(model, config, prompt, context, variants
             if isinstance(x, float):
                 assert math.isclose(x, y, rel_tol=1e-9), (v, k, x, y)
             elif isinstance(x, dict):
-                assert json.dumps(x, sort_keys=True, default=str) == json.dumps(y, sort_keys=True, default=str) \
-                    or all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(_flat(x), _flat(y), strict=True)), (v, k)
+                assert json.dumps(x, sort_keys=True, default=str) == json.dumps(
+                    y, sort_keys=True, default=str
+                ) or all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(_flat(x), _flat(y), strict=True)), (
+                    v,
+                    k,
+                )
             else:
                 assert x == y, (v, k, x, y)
         for rs, fs in zip(ref["_steps"], fast["_steps"], strict=True):
@@ -169,9 +203,18 @@ def _flat(d):
 
 # ------------------------------------------------------------------------------------- determinism
 def test_same_spec_and_seed_same_csv(tmp_path):
-    p = _spec(tmp_path, sampler="nsga2", population=8, budget=24,
-              parameters={"tlmm.tables": [2, 4, 8, 12, 16], "tlmm.columns": [1, 2, 4, 8],
-                          "tlmm.tokens": [1, 2, 4, 8], "gemm.rows": [2, 4, 8]})
+    p = _spec(
+        tmp_path,
+        sampler="nsga2",
+        population=8,
+        budget=24,
+        parameters={
+            "tlmm.tables": [2, 4, 8, 12, 16],
+            "tlmm.columns": [1, 2, 4, 8],
+            "tlmm.tokens": [1, 2, 4, 8],
+            "gemm.rows": [2, 4, 8],
+        },
+    )
     spec = load_spec(p)
     a = run_dse(spec, tmp_path / "a", workers=2, progress=False, log=lambda s: None)
     b = run_dse(spec, tmp_path / "b", workers=0, progress=False, log=lambda s: None)
@@ -188,12 +231,21 @@ def test_same_spec_and_seed_same_csv(tmp_path):
 # -------------------------------------------------------------------------------------- fail fast
 def test_fail_fast_reasons(tmp_path):
     base = yaml.safe_load((ROOT / "configs" / "default.yaml").read_text())
-    base["memory"]["addr_bits"] = 16             # 2 MiB of 32-byte beats: the tiny model's weights + KV fit
+    base["memory"]["addr_bits"] = 16  # 2 MiB of 32-byte beats: the tiny model's weights + KV fit
     (tmp_path / "base.yaml").write_text(yaml.safe_dump(base))
-    p = _spec(tmp_path, base="base.yaml", budget=1000,
-              parameters={"tlmm.tables": [8, 64], "tlmm.columns": [1, 8], "tlmm.tokens": [1, 16],
-                          "tlmm.max_n": [4096, 8192], "memory.addr_bits": [8, 16]},
-              constraints=["lut <= 50000", "decode_tokens_per_s >= 2000"])
+    p = _spec(
+        tmp_path,
+        base="base.yaml",
+        budget=1000,
+        parameters={
+            "tlmm.tables": [8, 64],
+            "tlmm.columns": [1, 8],
+            "tlmm.tokens": [1, 16],
+            "tlmm.max_n": [4096, 8192],
+            "memory.addr_bits": [8, 16],
+        },
+        constraints=["lut <= 50000", "decode_tokens_per_s >= 2000"],
+    )
     spec = load_spec(p)
     run_dse(spec, tmp_path / "o", workers=0, progress=False, log=lambda s: None)
     rows = _rows(tmp_path / "o" / "results.csv")
@@ -212,8 +264,12 @@ def test_fail_fast_reasons(tmp_path):
     assert any("lut <= 50000" in r["reason"] for r in by["constraint"])
     assert any("decode_tokens_per_s >= 2000" in r["reason"] for r in by["constraint"])
     # rejected before evaluation: only points that passed the screen reach the evaluation log
-    logged = {json.loads(line)["uid"] for line in (tmp_path / "o" / "evaluations.jsonl").read_text().splitlines()}
-    evaluated = [r for r in rows if r["status"] == "ok" or (r["status"] == "constraint" and "decode" in r["reason"])]
+    logged = {
+        json.loads(line)["uid"] for line in (tmp_path / "o" / "evaluations.jsonl").read_text().splitlines()
+    }
+    evaluated = [
+        r for r in rows if r["status"] == "ok" or (r["status"] == "constraint" and "decode" in r["reason"])
+    ]
     assert len(logged) == len(evaluated)
     for r in by["ok"]:
         assert float(r["decode_tokens_per_s"]) >= 2000 and float(r["lut"]) <= 50000
@@ -221,13 +277,29 @@ def test_fail_fast_reasons(tmp_path):
 
 # ------------------------------------------------------------------------------------------ resume
 def test_sigkill_resume_keeps_finished_and_never_reevaluates(tmp_path):
-    p = _spec(tmp_path, sampler="nsga2", population=16, budget=400, batch=8,
-              parameters={"tlmm.tables": [2, 3, 4, 6, 8, 12, 16], "tlmm.columns": [1, 2, 3, 4, 6, 8],
-                          "tlmm.tokens": [1, 2, 4, 8], "gemm.rows": [2, 4, 8], "gemm.k_tile": [16, 32, 64]})
+    p = _spec(
+        tmp_path,
+        sampler="nsga2",
+        population=16,
+        budget=400,
+        batch=8,
+        parameters={
+            "tlmm.tables": [2, 3, 4, 6, 8, 12, 16],
+            "tlmm.columns": [1, 2, 3, 4, 6, 8],
+            "tlmm.tokens": [1, 2, 4, 8],
+            "gemm.rows": [2, 4, 8],
+            "gemm.k_tile": [16, 32, 64],
+        },
+    )
     out = tmp_path / "o"
     log = out / "evaluations.jsonl"
-    proc = subprocess.Popen([*TRITIUM, "dse", str(p), "--out", str(out), "--workers", "2", "--no-progress"],
-                            cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    proc = subprocess.Popen(
+        [*TRITIUM, "dse", str(p), "--out", str(out), "--workers", "2", "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     deadline = time.monotonic() + 120
     try:
         while time.monotonic() < deadline:
@@ -243,8 +315,13 @@ def test_sigkill_resume_keeps_finished_and_never_reevaluates(tmp_path):
     time.sleep(0.5)
     before = [json.loads(x) for x in log.read_text().splitlines() if x.endswith("}")]
     assert 40 <= len(before) < 400
-    r = subprocess.run([*TRITIUM, "dse", str(p), "--out", str(out), "--workers", "2", "--no-progress"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*TRITIUM, "dse", str(p), "--out", str(out), "--workers", "2", "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     import optuna
 
@@ -280,40 +357,91 @@ def test_postgres_shared_study_two_invocations(tmp_path):
     if pg is None:
         if os.environ.get("TRITIUM_SKIP_POSTGRES") == "1":
             pytest.skip("TRITIUM_SKIP_POSTGRES=1 and no PostgreSQL server binaries")
-        pytest.fail("PostgreSQL server binaries not found: apt-get install -y postgresql "
-                    "(or set TRITIUM_SKIP_POSTGRES=1)", pytrace=False)
+        pytest.fail(
+            "PostgreSQL server binaries not found: apt-get install -y postgresql "
+            "(or set TRITIUM_SKIP_POSTGRES=1)",
+            pytrace=False,
+        )
     import tempfile
 
     # a folder of its own under /tmp (pytest's tmp_path is private to root; the server runs as postgres)
     data = Path(tempfile.mkdtemp(prefix="tritium-pg-"))
     as_user: list[str] = []
-    if os.geteuid() == 0:                     # initdb refuses to run as root
+    if os.geteuid() == 0:  # initdb refuses to run as root
         shutil.chown(data, "postgres")
         as_user = ["runuser", "-u", "postgres", "--"]
-    r = subprocess.run([*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "tritium"],
-                       capture_output=True, text=True)
+    r = subprocess.run(
+        [*as_user, str(pg / "initdb"), "-D", str(data), "-A", "trust", "-U", "tritium"],
+        capture_output=True,
+        text=True,
+    )
     if r.returncode:
         shutil.rmtree(data, ignore_errors=True)
         pytest.fail(f"initdb failed: {(r.stderr or r.stdout).strip().splitlines()[-1:]}", pytrace=False)
     port = _free_port()
-    server = subprocess.Popen([*as_user, str(pg / "postgres"), "-D", str(data), "-p", str(port), "-h", "127.0.0.1",
-                               "-k", str(data)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                              start_new_session=True)
+    server = subprocess.Popen(
+        [
+            *as_user,
+            str(pg / "postgres"),
+            "-D",
+            str(data),
+            "-p",
+            str(port),
+            "-h",
+            "127.0.0.1",
+            "-k",
+            str(data),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
     try:
         for _ in range(200):
-            if subprocess.run([str(pg / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)],
-                              capture_output=True).returncode == 0:
+            if (
+                subprocess.run(
+                    [str(pg / "pg_isready"), "-h", "127.0.0.1", "-p", str(port)], capture_output=True
+                ).returncode
+                == 0
+            ):
                 break
             time.sleep(0.1)
-        subprocess.run([str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tritium", "dse"],
-                       check=True)
+        subprocess.run(
+            [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tritium", "dse"], check=True
+        )
         url = f"postgresql://tritium:s3cret-pw@127.0.0.1:{port}/dse"
-        p = _spec(tmp_path, sampler="nsga2", population=8, budget=48,
-                  parameters={"tlmm.tables": [2, 4, 8, 12, 16], "tlmm.columns": [1, 2, 4, 8],
-                              "tlmm.tokens": [1, 2, 4, 8]})
-        procs = [subprocess.Popen([*TRITIUM, "dse", str(p), "--out", str(tmp_path / f"w{i}"), "--storage", url,
-                                   "--workers", "1", "--no-progress"], cwd=ROOT, stdout=subprocess.PIPE,
-                                  stderr=subprocess.PIPE, text=True) for i in range(2)]
+        p = _spec(
+            tmp_path,
+            sampler="nsga2",
+            population=8,
+            budget=48,
+            parameters={
+                "tlmm.tables": [2, 4, 8, 12, 16],
+                "tlmm.columns": [1, 2, 4, 8],
+                "tlmm.tokens": [1, 2, 4, 8],
+            },
+        )
+        procs = [
+            subprocess.Popen(
+                [
+                    *TRITIUM,
+                    "dse",
+                    str(p),
+                    "--out",
+                    str(tmp_path / f"w{i}"),
+                    "--storage",
+                    url,
+                    "--workers",
+                    "1",
+                    "--no-progress",
+                ],
+                cwd=ROOT,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for i in range(2)
+        ]
         outs = [pr.communicate(timeout=300) for pr in procs]
         for pr, (o, e) in zip(procs, outs, strict=True):
             assert pr.returncode == 0, e[-2000:]
@@ -321,7 +449,9 @@ def test_postgres_shared_study_two_invocations(tmp_path):
             assert f"***@127.0.0.1:{port}/dse" in e
         import optuna
 
-        study = optuna.load_study(study_name="dse-t-tiny", storage=url.replace("postgresql:", "postgresql+psycopg2:"))
+        study = optuna.load_study(
+            study_name="dse-t-tiny", storage=url.replace("postgresql:", "postgresql+psycopg2:")
+        )
         runs = {t.user_attrs["uid"].split(":")[0] for t in study.trials}
         assert len(runs) == 2, "both invocations should have stored trials"
         uids = [t.user_attrs["uid"] for t in study.trials]
@@ -339,7 +469,9 @@ def test_postgres_shared_study_two_invocations(tmp_path):
 @pytest.mark.slow
 def test_verify_top_point_cosim(tmp_path):
     p = _spec(tmp_path, budget=4, parameters={"tlmm.tables": [4, 8], "tlmm.columns": [2, 4]})
-    res = run_dse(load_spec(p), tmp_path / "o", workers=0, top=1, verify=1, progress=False, log=lambda s: None)
+    res = run_dse(
+        load_spec(p), tmp_path / "o", workers=0, top=1, verify=1, progress=False, log=lambda s: None
+    )
     ver = [r for r in res["rows"] if r["verified"]]
     assert len(ver) == 1 and ver[0]["verified"] == "yes"
     rows = _rows(tmp_path / "o" / "results.csv")
@@ -348,6 +480,7 @@ def test_verify_top_point_cosim(tmp_path):
 
 def test_verify_config_detects_nothing_to_fix_in_model(monkeypatch):
     """verify_config reports 'no' when the RTL and model cycles differ (checked with a stub report)."""
+
     class Rep:
         def __init__(self, ok):
             self.ok, self.rtl_cycles, self.model_cycles, self.outputs_equal = ok, 10, 10 if ok else 11, True
@@ -356,6 +489,7 @@ def test_verify_config_detects_nothing_to_fix_in_model(monkeypatch):
 
     monkeypatch.setattr(cosim, "run_tlmm_cosim", lambda *a, **k: Rep(True))
     monkeypatch.setattr(cosim, "run_gemm_cosim", lambda *a, **k: Rep(False))
-    ok, detail = dse.verify_config(load_config(ROOT / "configs" / "default.yaml"),
-                                   {"d_model": 128, "n_heads": 4})
+    ok, detail = dse.verify_config(
+        load_config(ROOT / "configs" / "default.yaml"), {"d_model": 128, "n_heads": 4}
+    )
     assert not ok and "GEMM RTL 10 / model 11" in detail

@@ -25,14 +25,30 @@ ROOT = Path(__file__).resolve().parent.parent
 TRITIUM = [sys.executable, "-m", "tritium.cli"]
 
 GRID = {
-    "name": "t-resume", "base": str(ROOT / "configs" / "default.yaml"), "board": "ulx3s",
+    "name": "t-resume",
+    "base": str(ROOT / "configs" / "default.yaml"),
+    "board": "ulx3s",
     "parameters": {"tlmm.tables": [4, 8, 16], "tlmm.columns": [2, 4, 8], "tlmm.tokens": [1, 2, 4]},
     "workload": {"model": "tiny", "prompt": 16, "context": 40},
     "objectives": [{"decode_tokens_per_s": "max"}, {"lut": "min"}],
-    "budget": 27, "sampler": "grid", "batch": 4, "seed": 3,
+    "budget": 27,
+    "sampler": "grid",
+    "batch": 4,
+    "seed": 3,
 }
-NSGA = {**GRID, "name": "t-resume-nsga", "sampler": "nsga2", "population": 6, "batch": 6, "budget": 24,
-        "parameters": {"tlmm.tables": [2, 4, 8, 12, 16], "tlmm.columns": [1, 2, 4, 8], "tlmm.tokens": [1, 2, 4, 8]}}
+NSGA = {
+    **GRID,
+    "name": "t-resume-nsga",
+    "sampler": "nsga2",
+    "population": 6,
+    "batch": 6,
+    "budget": 24,
+    "parameters": {
+        "tlmm.tables": [2, 4, 8, 12, 16],
+        "tlmm.columns": [1, 2, 4, 8],
+        "tlmm.tokens": [1, 2, 4, 8],
+    },
+}
 
 
 def _write(tmp_path: Path, d: dict) -> Path:
@@ -47,9 +63,14 @@ def _reference(tmp_path: Path, spec_path: Path) -> list[str]:
 
 
 def _start(spec_path: Path, out: Path, workers: int = 2) -> subprocess.Popen:
-    return subprocess.Popen([*TRITIUM, "dse", str(spec_path), "--out", str(out), "--workers", str(workers),
-                             "--no-progress"], cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-                            start_new_session=True, text=True)
+    return subprocess.Popen(
+        [*TRITIUM, "dse", str(spec_path), "--out", str(out), "--workers", str(workers), "--no-progress"],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        text=True,
+    )
 
 
 def _log_lines(out: Path) -> int:
@@ -75,8 +96,11 @@ def _kill_when(proc: subprocess.Popen, out: Path, what: str, n: float, timeout: 
     while time.monotonic() - t0 < timeout:
         if proc.poll() is not None:
             return False
-        if (what == "sleep" and time.monotonic() - t0 >= n) or (what == "log" and _log_lines(out) >= n) \
-                or (what == "stored" and _stored(out) >= n):
+        if (
+            (what == "sleep" and time.monotonic() - t0 >= n)
+            or (what == "log" and _log_lines(out) >= n)
+            or (what == "stored" and _stored(out) >= n)
+        ):
             break
         time.sleep(0.01)
     try:
@@ -89,7 +113,7 @@ def _kill_when(proc: subprocess.Popen, out: Path, what: str, n: float, timeout: 
 
 def _check_equal(ref: list[str], out: Path, grid: bool = True) -> None:
     got = (out / "results.csv").read_text().splitlines()
-    if grid:                 # NSGA-II may propose a point again (so does the uninterrupted run)
+    if grid:  # NSGA-II may propose a point again (so does the uninterrupted run)
         keys = [tuple(r[3:6]) for r in csv.reader(got[1:])]
         assert len(keys) == len(set(keys)), "a point appears twice"
     assert len(got) == len(ref), f"{len(got) - 1} rows, expected {len(ref) - 1}"
@@ -103,16 +127,34 @@ def _check_evaluated_once(out: Path) -> None:
 
 
 def _finish(spec_path: Path, out: Path) -> None:
-    r = subprocess.run([*TRITIUM, "dse", str(spec_path), "--out", str(out), "--workers", "2", "--no-progress"],
-                       cwd=ROOT, capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [*TRITIUM, "dse", str(spec_path), "--out", str(out), "--workers", "2", "--no-progress"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
 
 
 # kill moments, one after the other on the same output folder: during start-up (before the study or the
 # first evaluation exists), then after 1, 2, … evaluation records or stored rows — a kill right after a
 # record is logged and before it is stored is the case the log replay covers.
-GRID_KILLS = [("sleep", 0.3), ("sleep", 2.0), ("log", 1), ("stored", 2), ("log", 4), ("log", 6), ("stored", 9),
-              ("log", 11), ("stored", 13), ("log", 15), ("log", 17), ("stored", 20), ("log", 22)]
+GRID_KILLS = [
+    ("sleep", 0.3),
+    ("sleep", 2.0),
+    ("log", 1),
+    ("stored", 2),
+    ("log", 4),
+    ("log", 6),
+    ("stored", 9),
+    ("log", 11),
+    ("stored", 13),
+    ("log", 15),
+    ("log", 17),
+    ("stored", 20),
+    ("log", 22),
+]
 
 
 def test_sigkill_at_many_moments_grid_resume_exact(tmp_path):
@@ -149,7 +191,7 @@ def test_ctrl_c_two_workers_stops_fast_and_resumes_exact(tmp_path):
     while (stored := _stored(out)) < 3:
         assert proc.poll() is None and time.monotonic() - t0 < 120, "no evaluations"
         time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGINT)             # what a terminal's Ctrl-C does
+    os.killpg(proc.pid, signal.SIGINT)  # what a terminal's Ctrl-C does
     t1 = time.monotonic()
     try:
         rc = proc.wait(timeout=10)

@@ -28,8 +28,11 @@ def _small_config(tmp_path: Path):
     import yaml
 
     d = load_config(ROOT / "configs" / "small-g2-half.yaml").to_dict()
-    d.update(name="small-engines", gemm={**d["gemm"], "rows": 4, "cols": 8, "k_tile": 16},
-             memory={**d["memory"], "bus_bytes": 32})
+    d.update(
+        name="small-engines",
+        gemm={**d["gemm"], "rows": 4, "cols": 8, "k_tile": 16},
+        memory={**d["memory"], "bus_bytes": 32},
+    )
     path = tmp_path / "small.yaml"
     path.write_text(yaml.safe_dump(d))
     return load_config(path)
@@ -80,8 +83,13 @@ def test_case_generators(tmp_path):
 def test_hw_imports_neither_sim_nor_tritium():
     for path in sorted((ROOT / "hw").glob("*.py")):
         for node in ast.walk(ast.parse(path.read_text())):
-            names = [a.name for a in node.names] if isinstance(node, ast.Import) else \
-                [node.module or ""] if isinstance(node, ast.ImportFrom) else []
+            names = (
+                [a.name for a in node.names]
+                if isinstance(node, ast.Import)
+                else [node.module or ""]
+                if isinstance(node, ast.ImportFrom)
+                else []
+            )
             for n in names:
                 assert n.split(".")[0] not in ("sim", "tritium"), f"{path.name} imports {n}"
 
@@ -106,11 +114,17 @@ def test_board_top_elaborates(tmp_path, name):
         prefix = "engine" if len(parts) == 1 else part.name
         assert f"\\{prefix}_lfsr" in text and f"\\{prefix}_parity" in text
         members = comp.signature.members
-        in_bits = sum(len(Value.cast(getattr(comp, n).payload)) for n, m in members.items()
-                      if m.is_signature and isinstance(m.signature, stream.Signature) and m.flow == wiring.In)
+        in_bits = sum(
+            len(Value.cast(getattr(comp, n).payload))
+            for n, m in members.items()
+            if m.is_signature and isinstance(m.signature, stream.Signature) and m.flow == wiring.In
+        )
         assert f"wire width {in_bits} \\{prefix}_pool" in text, f"pool of {prefix} is not {in_bits} bits"
-        outs = [n for n, m in members.items()
-                if m.is_signature and isinstance(m.signature, stream.Signature) and m.flow == wiring.Out]
+        outs = [
+            n
+            for n, m in members.items()
+            if m.is_signature and isinstance(m.signature, stream.Signature) and m.flow == wiring.Out
+        ]
         assert outs, "an engine without output streams could not be observed"
         if part.capture_outputs:
             for k in range(len(outs)):
@@ -134,6 +148,7 @@ def _fake_simulate(rows):
         if rows is not None:
             result.write_text(json.dumps(rows))
         return result, log, 0.01
+
     return simulate
 
 
@@ -141,14 +156,21 @@ def test_short_results_are_mismatches(monkeypatch, tmp_path):
     from sim import cosim
 
     meta = {"config": {}, "cases": [{"name": "a", "model_cycles": 5}, {"name": "b", "model_cycles": 7}]}
-    done = {"name": "a", "rtl_equals_reference": True, "rtl_equals_model": True, "model_equals_reference": True,
-            "rtl_cycles": 5, "model_cycles": 5, "rtl_wall_s": 0.0}
+    done = {
+        "name": "a",
+        "rtl_equals_reference": True,
+        "rtl_equals_model": True,
+        "model_equals_reference": True,
+        "rtl_cycles": 5,
+        "model_cycles": 5,
+        "rtl_wall_s": 0.0,
+    }
     monkeypatch.setattr(cosim, "_simulate", _fake_simulate([done]))
     rows, _ = cosim.run_bench("tlmm", tmp_path, {"x": np.zeros(1)}, meta, quiet=True)
     assert [r["name"] for r in rows] == ["a", "b"]
     assert rows[1]["missing"] and not rows[1]["rtl_equals_model"] and "did not finish" in rows[1]["error"]
     rep = cosim.CosimReport("tlmm", {}, rows, 0.0, 0.0, 0.0)
-    assert not rep.ok                                  # → tritium exit 1 (mismatch), not 3
+    assert not rep.ok  # → tritium exit 1 (mismatch), not 3
 
     monkeypatch.setattr(cosim, "_simulate", _fake_simulate(None))
     with pytest.raises(cosim.ToolError, match="did not start"):
@@ -156,10 +178,16 @@ def test_short_results_are_mismatches(monkeypatch, tmp_path):
 
 
 def test_cli_rejects_foreign_workload():
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "tlmm", "--workload", "traces"],
-                       capture_output=True, text=True, cwd=ROOT)
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "cosim", "tlmm", "--workload", "traces"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+    )
     assert r.returncode == 2
-    assert "--workload traces: not a workload of the tlmm engine (its workloads: cases, bitnet, all)" in r.stderr
+    assert (
+        "--workload traces: not a workload of the tlmm engine (its workloads: cases, bitnet, all)" in r.stderr
+    )
 
 
 # ---------------------------------------------------------------- SIGTERM
@@ -209,7 +237,7 @@ def test_interrupted_flow_tool_ends_its_process_group(tmp_path):
     while not (pid_file.exists() and pid_file.read_text().strip()) and time.monotonic() < deadline:
         time.sleep(0.1)
     grandchild = int(pid_file.read_text())
-    time.sleep(1.0)            # let _run reach its wait (the tool may write before Popen has returned)
+    time.sleep(1.0)  # let _run reach its wait (the tool may write before Popen has returned)
     proc.send_signal(signal.SIGINT)
     proc.wait(timeout=20)
     deadline = time.monotonic() + 10
@@ -232,15 +260,20 @@ def test_broken_rtl_is_a_mismatch_not_a_tool_failure(monkeypatch, repo, capsys):
     class SilentTlmm(wiring.Component):
         def __init__(self, cfg):
             ref = TableLookupMatmul(cfg)
-            ref._MustUse__silence = True          # only its signature is wanted
+            ref._MustUse__silence = True  # only its signature is wanted
             super().__init__(ref.signature)
 
         def elaborate(self, platform):
             m = Module()
             alive = Signal()
             m.d.sync += alive.eq(1)
-            m.d.comb += [self.cmd.ready.eq(1), self.act.ready.eq(1), self.wgt.ready.eq(1),
-                         self.res.valid.eq(0), self.busy.eq(alive)]
+            m.d.comb += [
+                self.cmd.ready.eq(1),
+                self.act.ready.eq(1),
+                self.wgt.ready.eq(1),
+                self.res.valid.eq(0),
+                self.busy.eq(alive),
+            ]
             return m
 
     class SilentEngine(engines.Engine):
@@ -248,10 +281,24 @@ def test_broken_rtl_is_a_mismatch_not_a_tool_failure(monkeypatch, repo, capsys):
             return SilentTlmm(acfg.tlmm)
 
     tlmm = engines.engine("tlmm")
-    monkeypatch.setitem(engines.ENGINES, "tlmm", SilentEngine(
-        **{f.name: getattr(tlmm, f.name) for f in dataclasses.fields(tlmm)}))
-    code = main(["cosim", "tlmm", "--config", str(repo / "configs" / "small-g2-half.yaml"), "--random", "0",
-                 "--build-dir", str(repo / "build" / "cosim"), "--json"])
+    monkeypatch.setitem(
+        engines.ENGINES,
+        "tlmm",
+        SilentEngine(**{f.name: getattr(tlmm, f.name) for f in dataclasses.fields(tlmm)}),
+    )
+    code = main(
+        [
+            "cosim",
+            "tlmm",
+            "--config",
+            str(repo / "configs" / "small-g2-half.yaml"),
+            "--random",
+            "0",
+            "--build-dir",
+            str(repo / "build" / "cosim"),
+            "--json",
+        ]
+    )
     out = json.loads(capsys.readouterr().out)
     assert code == EXIT_MISMATCH
     assert out["ok"] is False and out["cases"] > 1

@@ -26,7 +26,7 @@ def test_closed_form_equals_stepped_models(repo, config):
     cm = compile_model(m, acfg)
     pre = cm.program(9, 0)
     rt = Runtime(pre)
-    for prog, tokens in ((pre, torch.arange(9).numpy()), (cm.program(1, 9), [7])):   # prefill, then decode
+    for prog, tokens in ((pre, torch.arange(9).numpy()), (cm.program(1, 9), [7])):  # prefill, then decode
         _, stats = rt.run(prog, tokens)
         cost = cost_program(prog, acfg, memory_bound=False)
         assert cost.compute_cycles == stats.cycles
@@ -55,15 +55,46 @@ def test_energy_tables_are_valid_and_errors_name_the_file(tmp_path, monkeypatch)
 
 
 def test_cli_estimate_json_and_errors(repo, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "estimate", "--model", "bitnet-0.7b", "--prompt", "16",
-                        "--context", "256", "--json"], capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tritium.cli",
+            "estimate",
+            "--model",
+            "bitnet-0.7b",
+            "--prompt",
+            "16",
+            "--context",
+            "256",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["modeled"] is True
-    for key in ("ttft_s", "decode_tokens_per_s", "j_per_token", "avg_power_w", "dram_bytes_per_token", "bound",
-                "utilization"):
+    for key in (
+        "ttft_s",
+        "decode_tokens_per_s",
+        "j_per_token",
+        "avg_power_w",
+        "dram_bytes_per_token",
+        "bound",
+        "utilization",
+    ):
         assert key in out
-    assert out["decode_tokens_per_s"] > 0 and out["ttft_s"] > 0 and 0 < out["utilization"]["prefill"]["tlmm"] <= 1
-    bad = subprocess.run([sys.executable, "-m", "tritium.cli", "estimate", "--model", "bitnet-0.7b", "--context",
-                          "99999"], capture_output=True, text=True, cwd=repo)
+    assert (
+        out["decode_tokens_per_s"] > 0
+        and out["ttft_s"] > 0
+        and 0 < out["utilization"]["prefill"]["tlmm"] <= 1
+    )
+    bad = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "estimate", "--model", "bitnet-0.7b", "--context", "99999"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert bad.returncode == 2 and "--context" in bad.stderr and bad.stderr.count("\n") == 1

@@ -24,8 +24,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 # configs/icebreaker.yaml's TLMM section: every config needs one, the GEMM tests do not build it.
-_ICE_TLMM = {"group_size": 2, "tables": 2, "columns": 2, "table_mode": "half", "tokens": 1, "max_k": 1024,
-             "max_n": 512}
+_ICE_TLMM = {
+    "group_size": 2,
+    "tables": 2,
+    "columns": 2,
+    "table_mode": "half",
+    "tokens": 1,
+    "max_k": 1024,
+    "max_n": 512,
+}
 
 
 def _write_config(tmp_path: Path, name: str, tlmm: dict, **sections) -> Path:
@@ -37,8 +44,13 @@ def _write_config(tmp_path: Path, name: str, tlmm: dict, **sections) -> Path:
 
 
 def _gemm_config(tmp_path: Path, name: str, rows: int, cols: int, k_tile: int, bus_bytes: int) -> Path:
-    return _write_config(tmp_path, name, _ICE_TLMM, gemm={"rows": rows, "cols": cols, "k_tile": k_tile},
-                         memory={"bus_bytes": bus_bytes})
+    return _write_config(
+        tmp_path,
+        name,
+        _ICE_TLMM,
+        gemm={"rows": rows, "cols": cols, "k_tile": k_tile},
+        memory={"bus_bytes": bus_bytes},
+    )
 
 
 def _assert_stopped_before_pnr(out: Path, board: str, name: str, engine: str = "tlmm") -> None:
@@ -62,8 +74,9 @@ def test_unknown_board_names_the_boards(tmp_path):
 def test_unknown_engine_names_the_engines(tmp_path):
     for board in ("icebreaker", "kv260"):
         with pytest.raises(ValueError, match="unknown engine 'fft'.*all.*gemm.*tlmm"):
-            fpga.build_bitstream(load_config(DEFAULT_CONFIG), board, tmp_path, log=lambda s: None,
-                                 engine="fft")
+            fpga.build_bitstream(
+                load_config(DEFAULT_CONFIG), board, tmp_path, log=lambda s: None, engine="fft"
+            )
     assert not any(tmp_path.iterdir()), "nothing may be written for an unknown engine"
     # every engine the registry can build has its hardware entry, and nothing else is in the hw table
     from sim.engines import board_engines
@@ -79,17 +92,35 @@ def test_fit_message_is_one_line_and_actionable():
         fpga._check_fit("icebreaker", board, usage, acfg)
     msg = str(info.value)
     assert "\n" not in msg
-    for part in ("icebreaker", "LUT4", "needed 30000", "available 5280", "flip-flops 9000 > 5280",
-                 "tlmm.tables", "tlmm.columns", acfg.source):
+    for part in (
+        "icebreaker",
+        "LUT4",
+        "needed 30000",
+        "available 5280",
+        "flip-flops 9000 > 5280",
+        "tlmm.tables",
+        "tlmm.columns",
+        acfg.source,
+    ):
         assert part in msg, f"{part!r} missing from: {msg}"
     fpga._check_fit("icebreaker", board, {**usage, "lut": 5280, "ff": 5280}, acfg)  # exactly full fits
 
 
 def test_too_deep_accumulator_fails_on_block_ram(tmp_path):
     # Tiny datapath, but 4096 accumulator words of 2 x int32 = 64 EBR > 30: fast to synthesize.
-    cfg_path = _write_config(tmp_path, "deep", {"group_size": 2, "tables": 2, "columns": 2,
-                                                "table_mode": "half", "tokens": 1, "max_k": 256,
-                                                "max_n": 8192})
+    cfg_path = _write_config(
+        tmp_path,
+        "deep",
+        {
+            "group_size": 2,
+            "tables": 2,
+            "columns": 2,
+            "table_mode": "half",
+            "tokens": 1,
+            "max_k": 256,
+            "max_n": 8192,
+        },
+    )
     out = tmp_path / "out"
     with pytest.raises(fpga.FitError) as info:
         fpga.build_bitstream(load_config(cfg_path), "icebreaker", out, log=lambda s: None)
@@ -102,9 +133,19 @@ def test_too_deep_accumulator_fails_on_block_ram(tmp_path):
 def test_wide_engine_fails_on_logic(tmp_path):
     # The default engine's lookup width (G=3, full tables) at half its tables: ~10k LUT4s on a 5.3k-cell
     # device. (configs/default.yaml itself fails the same way but takes longer to synthesize.)
-    cfg_path = _write_config(tmp_path, "wide", {"group_size": 3, "tables": 4, "columns": 8,
-                                               "table_mode": "full", "tokens": 1, "max_k": 256,
-                                               "max_n": 64})
+    cfg_path = _write_config(
+        tmp_path,
+        "wide",
+        {
+            "group_size": 3,
+            "tables": 4,
+            "columns": 8,
+            "table_mode": "full",
+            "tokens": 1,
+            "max_k": 256,
+            "max_n": 64,
+        },
+    )
     out = tmp_path / "out"
     with pytest.raises(fpga.FitError, match=r"LUT4s/logic cells needed \d+, available 5280") as info:
         fpga.build_bitstream(load_config(cfg_path), "icebreaker", out, log=lambda s: None)
@@ -128,9 +169,12 @@ def test_icebreaker_bitstream(tmp_path):
     # The datapath survived synthesis: at least the engine's table, lookup, sum and result registers
     # are flip-flops, and the accumulator is in block RAM. A constant-folded engine would have far fewer.
     t = acfg.tlmm
-    engine_ffs = (t.tokens * t.tables * (t.stored_entries - 1) * t.entry_bits   # table register file
-                  + t.columns * t.tables * t.entry_bits                          # looked-up entries
-                  + 2 * t.columns * t.sum_bits + t.columns * t.acc_bits)         # sums, result beat
+    engine_ffs = (
+        t.tokens * t.tables * (t.stored_entries - 1) * t.entry_bits  # table register file
+        + t.columns * t.tables * t.entry_bits  # looked-up entries
+        + 2 * t.columns * t.sum_bits
+        + t.columns * t.acc_bits
+    )  # sums, result beat
     assert report["ff"]["used"] >= engine_ffs
     assert report["bram"]["used"] >= 1
     for res in ("lut", "ff", "bram", "spram", "dsp"):
@@ -155,8 +199,16 @@ def test_gemm_too_many_multipliers_fails_before_synthesis(tmp_path):
         fpga.build_bitstream(load_config(cfg_path), "icebreaker", out, log=lambda s: None, engine="gemm")
     msg = str(info.value)
     assert "\n" not in msg
-    for part in ("icebreaker", "gemm engine", "DSP blocks needed 4096", "available 8", "gemm.rows",
-                 "gemm.cols", "memory.bus_bytes", str(cfg_path)):
+    for part in (
+        "icebreaker",
+        "gemm engine",
+        "DSP blocks needed 4096",
+        "available 8",
+        "gemm.rows",
+        "gemm.cols",
+        "memory.bus_bytes",
+        str(cfg_path),
+    ):
         assert part in msg, f"{part!r} missing from: {msg}"
     assert not out.exists(), "nothing may be elaborated or synthesized"
 
@@ -205,15 +257,38 @@ def test_icebreaker_gemm_bitstream(tmp_path):
 # KV260 (UltraScale+): Yosys synth_xilinx resource estimate, no place-and-route
 # ------------------------------------------------------------------------------------------------------
 
+
 def test_xcup_usage_units():
     # Vivado's units: LUT-as-memory primitives count the LUTs they occupy, INV as a LUT1, a RAMB18 is half
     # a RAMB36; MUXF7/CARRY8 are not LUTs.
-    cells = {"LUT6": 10, "LUT1": 2, "INV": 3, "RAM64M": 2, "RAM32M16": 1, "SRLC32E": 5, "MUXF7": 4,
-             "CARRY8": 6, "FDRE": 20, "FDSE": 1, "RAMB36E2": 3, "RAMB18E2": 3, "URAM288": 2, "DSP48E2": 7}
+    cells = {
+        "LUT6": 10,
+        "LUT1": 2,
+        "INV": 3,
+        "RAM64M": 2,
+        "RAM32M16": 1,
+        "SRLC32E": 5,
+        "MUXF7": 4,
+        "CARRY8": 6,
+        "FDRE": 20,
+        "FDSE": 1,
+        "RAMB36E2": 3,
+        "RAMB18E2": 3,
+        "URAM288": 2,
+        "DSP48E2": 7,
+    }
     from collections import Counter
+
     usage = fpga._xcup_usage(Counter(cells))
-    assert usage == {"lut": 10 + 2 + 3 + 8 + 8 + 5, "ff": 21, "bram": 4.5, "uram": 2, "dsp": 7, "muxf7": 4,
-                     "muxf8": 0}
+    assert usage == {
+        "lut": 10 + 2 + 3 + 8 + 8 + 5,
+        "ff": 21,
+        "bram": 4.5,
+        "uram": 2,
+        "dsp": 7,
+        "muxf7": 4,
+        "muxf8": 0,
+    }
 
 
 def test_kv260_gemm_too_many_multipliers_fails_before_synthesis(tmp_path):
@@ -225,8 +300,15 @@ def test_kv260_gemm_too_many_multipliers_fails_before_synthesis(tmp_path):
             fpga.build_bitstream(load_config(cfg_path), "kv260", out, log=lambda s: None, engine=engine)
         msg = str(info.value)
         assert "\n" not in msg
-        for part in ("kv260", "XCK26", "DSP48E2 blocks needed 4096", "available 1248", "gemm.rows", "gemm.cols",
-                     str(cfg_path)):
+        for part in (
+            "kv260",
+            "XCK26",
+            "DSP48E2 blocks needed 4096",
+            "available 1248",
+            "gemm.rows",
+            "gemm.cols",
+            str(cfg_path),
+        ):
             assert part in msg, f"{part!r} missing from: {msg}"
     assert "both engines" in msg
     assert not out.exists(), "nothing may be elaborated or synthesized"
@@ -240,7 +322,15 @@ def _check_kv260_report(report: dict, work: Path, acfg, engine: str) -> None:
     assert report["fmax_mhz"] is None and report["meets_target"] is None and report["bitstream"] is None
     assert "resource estimate only" in report["note"] and "UltraScale+" in report["note"]
     assert "synth_xilinx -family xcup" in report["synth_command"]
-    limits = {"lut": 117120, "ff": 234240, "bram": 144, "uram": 64, "dsp": 1248, "muxf7": 58560, "muxf8": 29280}
+    limits = {
+        "lut": 117120,
+        "ff": 234240,
+        "bram": 144,
+        "uram": 64,
+        "dsp": 1248,
+        "muxf7": 58560,
+        "muxf8": 29280,
+    }
     for res, available in limits.items():
         assert report[res]["available"] == available
         assert 0 <= report[res]["used"] <= available
@@ -252,8 +342,13 @@ def _check_kv260_report(report: dict, work: Path, acfg, engine: str) -> None:
 def test_kv260_small_tlmm_and_both(tmp_path):
     """synth_xilinx of configs/small-g2-half.yaml's TLMM alone (~12 s), then with a 2x2 GEMM beside it
     (engine all, ~20 s): report fields, the engines' registers and RAM survived, and the DSPs are the GEMM's."""
-    cfg_path = _write_config(tmp_path, "small", load_config(ROOT / "configs" / "small-g2-half.yaml").to_dict()["tlmm"],
-                             gemm={"rows": 2, "cols": 2, "k_tile": 16}, memory={"bus_bytes": 4})
+    cfg_path = _write_config(
+        tmp_path,
+        "small",
+        load_config(ROOT / "configs" / "small-g2-half.yaml").to_dict()["tlmm"],
+        gemm={"rows": 2, "cols": 2, "k_tile": 16},
+        memory={"bus_bytes": 4},
+    )
     acfg = load_config(cfg_path)
     out = tmp_path / "out"
     lines: list[str] = []
@@ -261,8 +356,12 @@ def test_kv260_small_tlmm_and_both(tmp_path):
     _check_kv260_report(tlmm, out / "kv260-small-tlmm", acfg, "tlmm")
     assert any("synth_xilinx" in line for line in lines), "progress lines should say what runs"
     t = acfg.tlmm
-    engine_ffs = (t.tokens * t.tables * (t.stored_entries - 1) * t.entry_bits
-                  + t.columns * t.tables * t.entry_bits + 2 * t.columns * t.sum_bits + t.columns * t.acc_bits)
+    engine_ffs = (
+        t.tokens * t.tables * (t.stored_entries - 1) * t.entry_bits
+        + t.columns * t.tables * t.entry_bits
+        + 2 * t.columns * t.sum_bits
+        + t.columns * t.acc_bits
+    )
     assert tlmm["ff"]["used"] >= engine_ffs
     assert tlmm["lut"]["used"] > 500 and tlmm["dsp"]["used"] == 0
     assert tlmm["bram"]["used"] + tlmm["uram"]["used"] >= 1, "the accumulator memory should be block RAM"

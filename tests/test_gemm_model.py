@@ -16,11 +16,11 @@ CONFIGS = ["default.yaml", "gemm-4x4-w8.yaml", "gemm-2x8-w16.yaml"]
 
 
 def test_requantize_rounds_half_up_and_saturates():
-    acc = np.array([0, 1, 2, 3, -1, -2, -3, 255, 256, -257, 2**31 - 1, -2**31], np.int64)
+    acc = np.array([0, 1, 2, 3, -1, -2, -3, 255, 256, -257, 2**31 - 1, -(2**31)], np.int64)
     # shift 1: floor((x + 1) / 2)
     assert requantize(acc, 1).tolist() == [0, 1, 1, 2, 0, -1, -1, 127, 127, -128, 127, -128]
     assert requantize(np.array([127, 128, -128, -129]), 0).tolist() == [127, 127, -128, -128]
-    assert requantize(np.array([2**31 - 1, -2**31]), 31).tolist() == [1, -1]
+    assert requantize(np.array([2**31 - 1, -(2**31)]), 31).tolist() == [1, -1]
 
 
 @pytest.mark.parametrize("name", CONFIGS)
@@ -42,7 +42,7 @@ def test_layout_round_trip(repo, name):
     beats = tiles.reshape(shape.m_tiles, geo.rows, shape.n_tiles, geo.cols).transpose(0, 2, 1, 3)
     beats = np.ascontiguousarray(beats).reshape(-1).view(np.uint8).reshape(-1, geo.bus_bytes)
     assert np.array_equal(unpack_c(beats, geo, shape, False), c)
-    beats.view(np.int32).reshape(-1)[-1] = 5        # a padded output that is not zero
+    beats.view(np.int32).reshape(-1)[-1] = 5  # a padded output that is not zero
     with pytest.raises(ValueError, match="padded"):
         unpack_c(beats, geo, shape, False)
 
@@ -81,23 +81,32 @@ def test_int32_wraps_like_the_definition(repo):
     a = np.full((1, k), -128, np.int8)
     b = np.tile(np.array([[-128, 127]], np.int8), (k, 1))
     out = run_gemm(acfg, a, b).output
-    assert out.tolist() == [[-2**31, -128 * 127 * k]]
+    assert out.tolist() == [[-(2**31), -128 * 127 * k]]
 
 
 def test_fast_path_equals_stepped_on_random_memories(repo):
     base = load_config(repo / "configs" / "gemm-2x8-w16.yaml")
     rng = np.random.default_rng(7)
     for i in range(150):
-        mem = dataclasses.replace(base.memory, latency=int(rng.integers(1, 60)),
-                                  outstanding=int(rng.integers(1, 7)), beat_interval=int(rng.integers(1, 6)),
-                                  max_burst=int(rng.integers(1, 20)))
+        mem = dataclasses.replace(
+            base.memory,
+            latency=int(rng.integers(1, 60)),
+            outstanding=int(rng.integers(1, 7)),
+            beat_interval=int(rng.integers(1, 6)),
+            max_burst=int(rng.integers(1, 20)),
+        )
         acfg = dataclasses.replace(base, memory=mem)
         m, k, n = int(rng.integers(1, 9)), int(rng.integers(1, 200)), int(rng.integers(1, 30))
         img = build_gemm_image(acfg, np.zeros((m, k), np.int8), np.zeros((k, n), np.int8), bool(i % 2))
         run, fast = run_gemm_image(acfg, img), gemm_fast(acfg, img.command)
         assert (fast.cycles, fast.events) == (run.cycles, run.events), (mem, m, k, n)
-        assert sum(run.events[e] for e in ("issue_cycles", "load_stall_cycles", "drain_stall_cycles",
-                                           "tail_cycles")) == run.cycles
+        assert (
+            sum(
+                run.events[e]
+                for e in ("issue_cycles", "load_stall_cycles", "drain_stall_cycles", "tail_cycles")
+            )
+            == run.cycles
+        )
 
 
 def test_utilization_with_enough_bandwidth(repo):
@@ -105,7 +114,7 @@ def test_utilization_with_enough_bandwidth(repo):
     acfg = load_config(repo / "configs" / "default.yaml")
     t = gemm_fast(acfg, GemmCommand(1024 // 8, 1024 // 8, 1024 // 64))
     assert t.utilization(acfg, 1024, 1024, 1024) >= 0.95
-    assert t.events["macs"] == 1024 ** 3
+    assert t.events["macs"] == 1024**3
     # and the stepped model shows the same steady state on a smaller GEMM (one output row of tiles)
     rng = np.random.default_rng(0)
     a = rng.integers(-128, 128, (8, 1024)).astype(np.int8)
@@ -140,8 +149,11 @@ def test_bench_memory_follows_the_compiled_rules(latency, outstanding, interval)
         assert bus.request_ready(t) == mk.mem_request_ready(ms)
         assert (beat is not None) == mk.mem_read_valid(ms, ring, t)
         assert bus.write_ready(t) == mk.mem_write_ready(ms, t)
-        req = (int(rng.integers(0, 200)), int(rng.integers(1, 9))) if bus.request_ready(t) and rng.random() < 0.3 \
+        req = (
+            (int(rng.integers(0, 200)), int(rng.integers(1, 9)))
+            if bus.request_ready(t) and rng.random() < 0.3
             else None
+        )
         wr = (t % 256, t) if bus.write_ready(t) and rng.random() < 0.5 else None
         if beat is not None:
             assert beat == mk.mem_read_addr(ms, ring)

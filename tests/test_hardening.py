@@ -20,7 +20,7 @@ from traces.format import Trace, load_trace, save_trace
 REPO = Path(__file__).resolve().parent.parent
 TRACE = REPO / "traces/tiny-val-0.npz"
 CKPT = REPO / "models/checkpoints/tiny.pt"
-MEMORY_LIMIT = 2 << 30          # address space per CLI run (numba/LLVM map more than they use)
+MEMORY_LIMIT = 2 << 30  # address space per CLI run (numba/LLVM map more than they use)
 
 
 def _limit_memory():
@@ -30,8 +30,15 @@ def _limit_memory():
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """``tritium ARGS`` in a fresh process with a memory ceiling and a time bound."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run([sys.executable, "-m", "tritium.cli", *args], cwd=cwd or REPO, env=env,
-                          capture_output=True, text=True, timeout=timeout, preexec_fn=_limit_memory)
+    return subprocess.run(
+        [sys.executable, "-m", "tritium.cli", *args],
+        cwd=cwd or REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        preexec_fn=_limit_memory,
+    )
 
 
 def assert_bad_input(p: subprocess.CompletedProcess, *needles: str) -> None:
@@ -47,7 +54,9 @@ def assert_bad_input(p: subprocess.CompletedProcess, *needles: str) -> None:
 
 # ---------------------------------------------------------------- tritium kv
 def test_kv_replay_negative_first_is_refused():
-    p = run_cli("kv", "replay", str(TRACE), "--policy", "streaming", "--budget", "16", "--first", "-5", "--json")
+    p = run_cli(
+        "kv", "replay", str(TRACE), "--policy", "streaming", "--budget", "16", "--first", "-5", "--json"
+    )
     assert_bad_input(p, "-5")
     assert "Infinity" not in p.stdout
 
@@ -62,9 +71,15 @@ def test_kv_out_of_vocabulary_tokens_with_checkpoint(tmp_path):
     t = load_trace(TRACE)
     s = 24
     tokens = t.tokens[:s].copy()
-    tokens[5] = 4000                                             # the tiny model's vocabulary is 256 bytes
-    short = Trace(t.keys[:, :, :s].copy(), t.queries[:, :, :s].copy(), t.positions[:s].copy(), tokens,
-                  {**t.meta, "n_tokens": s}, "")
+    tokens[5] = 4000  # the tiny model's vocabulary is 256 bytes
+    short = Trace(
+        t.keys[:, :, :s].copy(),
+        t.queries[:, :, :s].copy(),
+        t.positions[:s].copy(),
+        tokens,
+        {**t.meta, "n_tokens": s},
+        "",
+    )
     path = save_trace(short, tmp_path / "oov.npz")
     p = run_cli("kv", "replay", str(path), "--policy", "full", "--checkpoint", str(CKPT))
     assert_bad_input(p, "4000", "vocabulary")

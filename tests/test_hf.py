@@ -35,10 +35,32 @@ from sim.runtime import execute
 
 pytestmark = pytest.mark.torch
 
-PACKED = LMConfig(vocab=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, activation="relu2",
-                  rope_theta=500000.0, max_seq=64, subln=True, tie_embeddings=True)
-LATENT = LMConfig(vocab=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn=96, activation="swiglu",
-                  max_seq=64, norm_eps=1e-6, subln=True, tie_embeddings=False)
+PACKED = LMConfig(
+    vocab=64,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn=128,
+    activation="relu2",
+    rope_theta=500000.0,
+    max_seq=64,
+    subln=True,
+    tie_embeddings=True,
+)
+LATENT = LMConfig(
+    vocab=64,
+    d_model=64,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=4,
+    ffn=96,
+    activation="swiglu",
+    max_seq=64,
+    norm_eps=1e-6,
+    subln=True,
+    tie_embeddings=False,
+)
 LATENT_PLAIN = dataclasses.replace(LATENT, subln=False, n_kv_heads=2)
 
 
@@ -47,8 +69,9 @@ def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("hf")
     return {
         "packed": write_synthetic_hf(root / "packed", PACKED, "packed", seed=1),
-        "packed-divide": write_synthetic_hf(root / "packed-divide", PACKED, "packed", seed=2,
-                                            linear_class="bitlinear"),
+        "packed-divide": write_synthetic_hf(
+            root / "packed-divide", PACKED, "packed", seed=2, linear_class="bitlinear"
+        ),
         "latent": write_synthetic_hf(root / "latent", LATENT, "latent", seed=3, shards=3),
         "latent-plain": write_synthetic_hf(root / "latent-plain", LATENT_PLAIN, "latent", seed=4),
     }
@@ -72,13 +95,15 @@ def test_latent_weight_gives_back_codes_and_scale():
     rng = np.random.default_rng(1)
     exact = 0
     for i in range(40):
-        codes = rng.choice([-1, 0, 1], size=(int(rng.choice([8, 64, 96])), 64), p=[0.3, 0.4, 0.3]).astype(np.int8)
+        codes = rng.choice([-1, 0, 1], size=(int(rng.choice([8, 64, 96])), 64), p=[0.3, 0.4, 0.3]).astype(
+            np.int8
+        )
         scale = np.float32(rng.uniform(0.01, 3.0))
         wq, s = quantize_weights(latent_weight(codes, float(scale)))
         assert np.array_equal(wq, codes)
-        assert abs(s - float(scale)) <= float(np.spacing(scale)), (i, s, scale)   # within one float32 ulp
+        assert abs(s - float(scale)) <= float(np.spacing(scale)), (i, s, scale)  # within one float32 ulp
         exact += s == float(scale)
-    assert exact >= 30                          # most scales are reproduced exactly
+    assert exact >= 30  # most scales are reproduced exactly
     assert not latent_weight(np.zeros((4, 4), np.int8), 0.5).any()
 
 
@@ -119,7 +144,7 @@ def _hf_float_forward(folder, tokens: list[int]) -> torch.Tensor:
     cos, sin = torch.cat([ang.cos()] * 2, -1), torch.cat([ang.sin()] * 2, -1)
 
     def rope(x):
-        x1, x2 = x[..., : hd // 2], x[..., hd // 2:]
+        x1, x2 = x[..., : hd // 2], x[..., hd // 2 :]
         return x * cos + torch.cat([-x2, x1], -1) * sin
 
     sub = {"self_attn": ("attn_sub_norm", "inner_attn_ln"), "mlp": ("ffn_sub_norm", "ffn_layernorm")}
@@ -156,7 +181,7 @@ def test_int_reference_agrees_with_independent_float_forward(folders, kind):
     prompt, n_new = [3, 17, 42, 5], 10
     ours = generate(model, prompt, n_new, mode="int").tolist()
     toks = list(prompt)
-    for _ in range(n_new):                       # greedy with the float reference, recomputed every step
+    for _ in range(n_new):  # greedy with the float reference, recomputed every step
         toks.append(int(_hf_float_forward(folders[kind], toks)[-1].argmax()))
     assert ours == toks
     with torch.no_grad():
@@ -184,12 +209,16 @@ def test_unpacked_bitnet_folder_is_read_as_latent(folders, tmp_path):
     f = _copy(folders["latent"], tmp_path / "bf16")
     for shard in f.glob("model-*.safetensors"):
         t = load_file(shard)
-        t = {k.replace("inner_attn_ln", "attn_sub_norm").replace("ffn_layernorm", "ffn_sub_norm"): v
-             for k, v in t.items()}
+        t = {
+            k.replace("inner_attn_ln", "attn_sub_norm").replace("ffn_layernorm", "ffn_sub_norm"): v
+            for k, v in t.items()
+        }
         save_file(t, shard)
     idx = json.loads((f / "model.safetensors.index.json").read_text())
-    idx["weight_map"] = {k.replace("inner_attn_ln", "attn_sub_norm").replace("ffn_layernorm", "ffn_sub_norm"): v
-                         for k, v in idx["weight_map"].items()}
+    idx["weight_map"] = {
+        k.replace("inner_attn_ln", "attn_sub_norm").replace("ffn_layernorm", "ffn_sub_norm"): v
+        for k, v in idx["weight_map"].items()
+    }
     (f / "model.safetensors.index.json").write_text(json.dumps(idx))
     _edit_config(f, model_type="bitnet", architectures=["BitNetForCausalLM"])
     a, b = load_hf(f), load_hf(folders["latent"])
@@ -250,16 +279,38 @@ def test_real_shaped_bitnet_2b_folder_maps_onto_the_preset(tmp_path):
     """config.json and tensor headers of microsoft/bitnet-b1.58-2B-4T's shape (data not written): the meta
     load gives exactly the bitnet-2b preset's config, hence the same captured graph, Programs and estimates."""
     p = PRESETS["bitnet-2b"]
-    cfg = {"architectures": ["BitNetForCausalLM"], "model_type": "bitnet", "hidden_act": "relu2",
-           "hidden_size": 2560, "intermediate_size": 6912, "num_hidden_layers": 30, "num_attention_heads": 20,
-           "num_key_value_heads": 5, "max_position_embeddings": 4096, "rms_norm_eps": 1e-05,
-           "rope_theta": 500000.0, "tie_word_embeddings": True, "vocab_size": 128256, "torch_dtype": "bfloat16",
-           "quantization_config": {"quant_method": "bitnet", "linear_class": "autobitlinear",
-                                   "quantization_mode": "offline"}}
+    cfg = {
+        "architectures": ["BitNetForCausalLM"],
+        "model_type": "bitnet",
+        "hidden_act": "relu2",
+        "hidden_size": 2560,
+        "intermediate_size": 6912,
+        "num_hidden_layers": 30,
+        "num_attention_heads": 20,
+        "num_key_value_heads": 5,
+        "max_position_embeddings": 4096,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 500000.0,
+        "tie_word_embeddings": True,
+        "vocab_size": 128256,
+        "torch_dtype": "bfloat16",
+        "quantization_config": {
+            "quant_method": "bitnet",
+            "linear_class": "autobitlinear",
+            "quantization_mode": "offline",
+        },
+    }
     (tmp_path / "config.json").write_text(json.dumps(cfg))
     t = {"model.embed_tokens.weight": ("BF16", (128256, 2560)), "model.norm.weight": ("BF16", (2560,))}
-    outs = {"q_proj": 2560, "k_proj": 640, "v_proj": 640, "o_proj": 2560, "gate_proj": 6912, "up_proj": 6912,
-            "down_proj": 2560}
+    outs = {
+        "q_proj": 2560,
+        "k_proj": 640,
+        "v_proj": 640,
+        "o_proj": 2560,
+        "gate_proj": 6912,
+        "up_proj": 6912,
+        "down_proj": 2560,
+    }
     for i in range(30):
         pre = f"model.layers.{i}"
         t[f"{pre}.input_layernorm.weight"] = ("BF16", (2560,))
@@ -276,13 +327,44 @@ def test_real_shaped_bitnet_2b_folder_maps_onto_the_preset(tmp_path):
 
 
 def test_cli_compile_and_estimate_accept_a_folder(repo, folders, tmp_path):
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "compile", str(folders["packed"]), "-o",
-                        str(tmp_path / "p"), "--tokens", "4", "--json"], capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tritium.cli",
+            "compile",
+            str(folders["packed"]),
+            "-o",
+            str(tmp_path / "p"),
+            "--tokens",
+            "4",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["weights_materialized"] and out["tlmm"] >= 7 * PACKED.n_layers and out["gemm"] > 0
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "estimate", "--model", str(folders["latent"]),
-                        "--prompt", "8", "--context", "32", "--json"], capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tritium.cli",
+            "estimate",
+            "--model",
+            str(folders["latent"]),
+            "--prompt",
+            "8",
+            "--context",
+            "32",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     est = json.loads(r.stdout)
     assert est["decode_tokens_per_s"] > 0 and est["model"] == str(folders["latent"])
@@ -352,13 +434,19 @@ def test_malformed_folders_fail_in_one_line(folders, tmp_path):
 
     f = _copy(src, tmp_path / "dtype")
     _edit_tensors(f, lambda t: t.__setitem__(q, t[q].to(torch.float16)))
-    _one_line_error(f, r"model\.safetensors: tensor model\.layers\.0\.self_attn\.q_proj\.weight has dtype F16, "
-                       r"expected U8")
+    _one_line_error(
+        f,
+        r"model\.safetensors: tensor model\.layers\.0\.self_attn\.q_proj\.weight has dtype F16, "
+        r"expected U8",
+    )
 
     f = _copy(src, tmp_path / "shape")
     _edit_tensors(f, lambda t: t.__setitem__(q, t[q][:-1].contiguous()))
-    _one_line_error(f, r"tensor model\.layers\.0\.self_attn\.q_proj\.weight has shape \[15, 64\], expected "
-                       r"\[16, 64\]")
+    _one_line_error(
+        f,
+        r"tensor model\.layers\.0\.self_attn\.q_proj\.weight has shape \[15, 64\], expected "
+        r"\[16, 64\]",
+    )
 
     f = _copy(src, tmp_path / "noscale")
     _edit_tensors(f, lambda t: t.pop(q + "_scale"))
@@ -423,5 +511,5 @@ def test_safetensors_checkpoint_errors(tmp_path, repo):
         load_checkpoint(tmp_path / "missing.safetensors")
     with pytest.raises(ValueError, match="not JSON-serializable"):
         save_checkpoint(model, tmp_path / "bad.safetensors", {"x": object()})
-    old = load_checkpoint(repo / "models" / "checkpoints" / "tiny.pt")      # the torch format still reads
+    old = load_checkpoint(repo / "models" / "checkpoints" / "tiny.pt")  # the torch format still reads
     assert old.config == PRESETS["tiny"]

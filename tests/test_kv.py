@@ -23,11 +23,19 @@ def _table(kv=None):
 
 
 # ---------------------------------------------------------------- config
-@pytest.mark.parametrize("kv, field", [
-    ({"lanes": 3}, "kv.lanes"), ({"dim": 30}, "kv.dim"), ({"max_clusters": 4, "lanes": 8}, "kv.max_clusters"),
-    ({"alpha": 1.5}, "kv.alpha"), ({"hamming": 40}, "kv.hamming"), ({"buckets": 12}, "kv.buckets"),
-    ({"max_cluster_size": 300}, "kv.max_cluster_size"), ({"bogus": 1}, "kv.bogus"),
-])
+@pytest.mark.parametrize(
+    "kv, field",
+    [
+        ({"lanes": 3}, "kv.lanes"),
+        ({"dim": 30}, "kv.dim"),
+        ({"max_clusters": 4, "lanes": 8}, "kv.max_clusters"),
+        ({"alpha": 1.5}, "kv.alpha"),
+        ({"hamming": 40}, "kv.hamming"),
+        ({"buckets": 12}, "kv.buckets"),
+        ({"max_cluster_size": 300}, "kv.max_cluster_size"),
+        ({"bogus": 1}, "kv.bogus"),
+    ],
+)
 def test_bad_kv_fields_are_named(kv, field):
     with pytest.raises(ConfigError) as e:
         config_from_dict({"tlmm": {}, "kv": kv}, "x.yaml")
@@ -55,8 +63,8 @@ def test_clustering_rules():
     t = _table(kv)
     k = np.arange(32, dtype=np.int64) - 16
     assert t.insert(k) == (0, True, False)
-    assert [t.insert(k)[:2] for _ in range(3)] == [(0, False)] * 3      # same signature joins
-    assert t.insert(k) == (1, True, False)                               # cluster 0 is full: a new one
+    assert [t.insert(k)[:2] for _ in range(3)] == [(0, False)] * 3  # same signature joins
+    assert t.insert(k) == (1, True, False)  # cluster 0 is full: a new one
     assert t.counts == [4, 1] and t.members[0] == [0, 1, 2, 3]
     # fill the table with far keys, then keys are force-joined, then dropped
     rng = np.random.default_rng(1)
@@ -79,7 +87,7 @@ def test_selection_stops_at_the_threshold():
         s = t.select(q)
         lo = min(s.scores)
         w = [(s.scores[c] - lo) * t.counts[c] for c in s.clusters]
-        assert sum(w) >= s.threshold and sum(w[:-1]) < s.threshold     # exits right after reaching Th
+        assert sum(w) >= s.threshold and sum(w[:-1]) < s.threshold  # exits right after reaching Th
         assert s.threshold == (77 * s.row_sum) >> 8
         assert len(set(s.clusters)) == len(s.clusters) == s.visited
         # walk order follows buckets from the top: scores never rise by more than a bucket's width
@@ -90,12 +98,27 @@ def test_selection_stops_at_the_threshold():
 
 
 # ---------------------------------------------------------------- model vs reference
-@pytest.mark.parametrize("kv", [KvConfig(), KvConfig(dim=12, hyperplanes=10, hamming=2, max_clusters=8,
-                                                     max_cluster_size=8, lanes=4, buckets=4, alpha=0.5, seed=7),
-                                KvConfig(dim=16, hyperplanes=64, hamming=20, lanes=16, max_clusters=16, buckets=64,
-                                         alpha=1.0),
-                                KvConfig(dim=4, hyperplanes=1, hamming=0, lanes=1, max_clusters=1,
-                                         max_cluster_size=1, buckets=1, alpha=0.0)])
+@pytest.mark.parametrize(
+    "kv",
+    [
+        KvConfig(),
+        KvConfig(
+            dim=12,
+            hyperplanes=10,
+            hamming=2,
+            max_clusters=8,
+            max_cluster_size=8,
+            lanes=4,
+            buckets=4,
+            alpha=0.5,
+            seed=7,
+        ),
+        KvConfig(dim=16, hyperplanes=64, hamming=20, lanes=16, max_clusters=16, buckets=64, alpha=1.0),
+        KvConfig(
+            dim=4, hyperplanes=1, hamming=0, lanes=1, max_clusters=1, max_cluster_size=1, buckets=1, alpha=0.0
+        ),
+    ],
+)
 def test_model_matches_reference(kv):
     for case in directed_cases(kv, seed=3) + random_cases(kv, 8, seed=4):
         run = run_commands(kv, case.commands, case.vec_pattern, case.out_pattern)
@@ -121,7 +144,7 @@ def test_model_cycles_follow_the_schedule():
     t = _table(kv)
     cmds, prev = [("reset",)], 0
     expected_ends = []
-    clock = 1                                      # RESET takes cycle 0
+    clock = 1  # RESET takes cycle 0
     for k in keys:
         n = t.n
         t.insert(k)
@@ -148,8 +171,16 @@ def test_model_rejects_bad_commands():
 
 # ---------------------------------------------------------------- RTL co-simulation
 def _all_ok(rep):
-    return [r["name"] for r in rep.rows if not (r["rtl_equals_reference"] and r["rtl_equals_model"]
-                                                 and r["model_equals_reference"] and r["rtl_cycles"] == r["model_cycles"])]
+    return [
+        r["name"]
+        for r in rep.rows
+        if not (
+            r["rtl_equals_reference"]
+            and r["rtl_equals_model"]
+            and r["model_equals_reference"]
+            and r["rtl_cycles"] == r["model_cycles"]
+        )
+    ]
 
 
 @pytest.mark.verilator
@@ -158,7 +189,9 @@ def test_cosim_default_with_trace_replays(repo):
     acfg = load_config(repo / "configs" / "default.yaml")
     paths = sorted((repo / "traces").glob("*.npz"))
     assert paths, "committed traces missing"
-    cases = directed_cases(acfg.kv, 0) + random_cases(acfg.kv, 4, 1) + trace_cases(acfg.kv, paths[:2], heads=1)
+    cases = (
+        directed_cases(acfg.kv, 0) + random_cases(acfg.kv, 4, 1) + trace_cases(acfg.kv, paths[:2], heads=1)
+    )
     rep = run_kv_cosim(acfg, cases, build_root=repo / "build" / "cosim", quiet=True)
     assert len(rep.rows) == len(cases) and not _all_ok(rep), _all_ok(rep)
     rows = {r["name"]: r for r in rep.rows}
@@ -177,8 +210,18 @@ def test_replay_commands_interleave_queries():
     keys = np.zeros((5, 4), np.int8)
     qs = np.ones((2, 5, 4), np.int8)
     cmds = replay_commands(keys, qs, query_every=2, start=1)
-    assert [c[0] for c in cmds] == ["reset", "insert", "insert", "query", "query", "insert", "insert", "query",
-                                    "query", "insert"]
+    assert [c[0] for c in cmds] == [
+        "reset",
+        "insert",
+        "insert",
+        "query",
+        "query",
+        "insert",
+        "insert",
+        "query",
+        "query",
+        "insert",
+    ]
 
 
 def test_trace_head_dim_mismatch_is_reported(repo):
@@ -189,12 +232,30 @@ def test_trace_head_dim_mismatch_is_reported(repo):
 
 @pytest.mark.verilator
 def test_cli_cosim_kv_json(repo):
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "kv", "--config",
-                        str(repo / "configs" / "kv-small.yaml"), "--random", "2", "--json"],
-                       capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "tritium.cli",
+            "cosim",
+            "kv",
+            "--config",
+            str(repo / "configs" / "kv-small.yaml"),
+            "--random",
+            "2",
+            "--json",
+        ],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["engine"] == "kv" and out["ok"] and out["cycles_equal"]
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "tlmm", "--workload", "traces"],
-                       capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "cosim", "tlmm", "--workload", "traces"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 2 and "kv engine only" in r.stderr

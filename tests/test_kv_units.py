@@ -16,8 +16,17 @@ from hw.kv_table import sums_addr_bits
 from hw.kv_threshold import ThresholdWalk
 from models.resv import ClusterTable, signature
 
-SMALL = KvConfig(dim=12, hyperplanes=10, hamming=2, max_clusters=8, max_cluster_size=8, lanes=4, buckets=4,
-                 alpha=0.5, seed=7)
+SMALL = KvConfig(
+    dim=12,
+    hyperplanes=10,
+    hamming=2,
+    max_clusters=8,
+    max_cluster_size=8,
+    lanes=4,
+    buckets=4,
+    alpha=0.5,
+    seed=7,
+)
 CONFIGS = [pytest.param(KvConfig(), id="default"), pytest.param(SMALL, id="small")]
 
 
@@ -56,7 +65,7 @@ def test_signature_unit_matches_reference(kv):
             ctx.set(dut.en, 1)
             for b in range(kv.beats):
                 ctx.set(dut.beat, b)
-                ctx.set(dut.lanes, [int(x) for x in key[b * kv.lanes:(b + 1) * kv.lanes]])
+                ctx.set(dut.lanes, [int(x) for x in key[b * kv.lanes : (b + 1) * kv.lanes]])
                 await ctx.tick()
             ctx.set(dut.en, 0)
             got.append(ctx.get(dut.sig))
@@ -115,10 +124,14 @@ def test_nearest_search_matches_hamming_reference(kv):
     rng = np.random.default_rng(2)
     hp = kv.hyperplanes
     for trial in range(12):
-        n = [0, 1, kv.lanes, kv.max_clusters][trial] if trial < 4 else int(rng.integers(0, kv.max_clusters + 1))
+        n = (
+            [0, 1, kv.lanes, kv.max_clusters][trial]
+            if trial < 4
+            else int(rng.integers(0, kv.max_clusters + 1))
+        )
         sigs = [int(x) for x in rng.integers(0, 1 << hp, n, dtype=np.uint64)]
         if n and trial % 2:
-            sigs = [sigs[0] ^ (1 << int(rng.integers(0, hp))) for _ in sigs]      # many equal distances
+            sigs = [sigs[0] ^ (1 << int(rng.integers(0, hp))) for _ in sigs]  # many equal distances
         counts = [int(x) for x in rng.integers(1, kv.max_cluster_size + 1, n)]
         sig = int(rng.integers(0, 1 << hp, dtype=np.uint64))
         (valid, dist, cid), cycles = _search(kv, sig, sigs, counts)
@@ -162,7 +175,7 @@ def test_score_pipeline_matches_reference(kv):
 
     def sums_at(addr: int) -> list[int]:
         c, b = addr >> kb, addr & ((1 << kb) - 1)
-        return [int(x) for x in t.sums[c][b * L:(b + 1) * L]] if c < t.n and b < kv.beats else [0] * L
+        return [int(x) for x in t.sums[c][b * L : (b + 1) * L]] if c < t.n and b < kv.beats else [0] * L
 
     async def testbench(ctx):
         ctx.set(dut.n, t.n)
@@ -173,9 +186,9 @@ def test_score_pipeline_matches_reference(kv):
         addr, cycles = None, 0
         while True:
             cycles += 1
-            ctx.set(dut.sums, sums_at(addr) if addr is not None else [0] * L)   # read issued last cycle
+            ctx.set(dut.sums, sums_at(addr) if addr is not None else [0] * L)  # read issued last cycle
             qb = ctx.get(dut.query_beat)
-            ctx.set(dut.query, [int(x) for x in q[qb * L:(qb + 1) * L]] if qb < kv.beats else [0] * L)
+            ctx.set(dut.query, [int(x) for x in q[qb * L : (qb + 1) * L]] if qb < kv.beats else [0] * L)
             cid = ctx.get(dut.count_id)
             ctx.set(dut.count, t.counts[cid] if cid < t.n else 0)
             addr, done = ctx.get(dut.sums_addr), ctx.get(dut.done)
@@ -187,8 +200,13 @@ def test_score_pipeline_matches_reference(kv):
         for c in range(t.n):
             ctx.set(dut.score_id, c)
             scores.append(ctx.get(dut.score))
-        out.update(scores=scores, lo=ctx.get(dut.lo), hi=ctx.get(dut.hi), sc=ctx.get(dut.score_count_sum),
-                   cycles=cycles)
+        out.update(
+            scores=scores,
+            lo=ctx.get(dut.lo),
+            hi=ctx.get(dut.hi),
+            sc=ctx.get(dut.score_count_sum),
+            cycles=cycles,
+        )
 
     _simulate(dut, testbench)
     ref = t.scores(q)
@@ -205,7 +223,7 @@ def _walk(kv: KvConfig, scores: list[int], counts: list[int]) -> tuple[list[int]
     n = len(scores)
     out = {}
 
-    def serve(ctx) -> None:                          # the score memory and the count read
+    def serve(ctx) -> None:  # the score memory and the count read
         ctx.set(dut.score, scores[ctx.get(dut.score_id)] if ctx.get(dut.score_id) < n else 0)
         ctx.set(dut.count, counts[ctx.get(dut.count_id)] if ctx.get(dut.count_id) < n else 0)
 
@@ -264,9 +282,11 @@ def test_threshold_walk_ties_and_spread():
     """Equal scores (span 0, one bucket, LIFO order) and a wide spread with heavy counts."""
     kv = SMALL
     ref = ClusterTable(kv)
-    for scores, counts in (([5, 5, 5, 5], [1, 2, 3, 4]), ([-900, 40000, 3, 39999, -2, 7, 0, 12],
-                                                         [8, 1, 8, 2, 8, 3, 8, 4])):
+    for scores, counts in (
+        ([5, 5, 5, 5], [1, 2, 3, 4]),
+        ([-900, 40000, 3, 39999, -2, 7, 0, 12], [8, 1, 8, 2, 8, 3, 8, 4]),
+    ):
         ref.sigs, ref.counts = [0] * len(scores), counts
-        ref.scores = lambda q, s=scores: list(s)     # noqa: B023 — select() reads scores through this
+        ref.scores = lambda q, s=scores: list(s)  # noqa: B023 — select() reads scores through this
         sel = ref.select(np.zeros(kv.dim, np.int64))
         assert _walk(kv, scores, counts) == (sel.clusters, sel.visited)

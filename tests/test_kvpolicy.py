@@ -31,8 +31,14 @@ def real():
 
 def _short(t: Trace, s: int) -> Trace:
     """The first s tokens of a trace (in int mode a prefix's q/k do not depend on what follows)."""
-    return Trace(t.keys[:, :, :s].copy(), t.queries[:, :, :s].copy(), t.positions[:s].copy(), t.tokens[:s].copy(),
-                 {**t.meta, "n_tokens": s}, t.path)
+    return Trace(
+        t.keys[:, :, :s].copy(),
+        t.queries[:, :, :s].copy(),
+        t.positions[:s].copy(),
+        t.tokens[:s].copy(),
+        {**t.meta, "n_tokens": s},
+        t.path,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +48,7 @@ def short(real):
 
 def _stream(real, layer=1, head=0):
     g = real.group
-    return real.keys[layer, head], real.queries[layer, head * g:(head + 1) * g]
+    return real.keys[layer, head], real.queries[layer, head * g : (head + 1) * g]
 
 
 def test_budget_parsing():
@@ -50,7 +56,11 @@ def test_budget_parsing():
     for bad in ("0", "-3", "1.5", "x", "0.0"):
         with pytest.raises(ValueError):
             kp.parse_budget(bad)
-    assert kp.budget_tokens(0.25, 100) == 25 and kp.budget_tokens(0.01, 10) == 1 and kp.budget_tokens(64, 10) == 10
+    assert (
+        kp.budget_tokens(0.25, 100) == 25
+        and kp.budget_tokens(0.01, 10) == 1
+        and kp.budget_tokens(64, 10) == 10
+    )
 
 
 def test_full_policy_recall_and_fraction_are_one(short):
@@ -66,10 +76,10 @@ def test_streaming_keeps_sinks_and_window(real):
             n = kp.budget_tokens(budget, t + 1)
             want = np.zeros(256, bool)
             want[:4] = True
-            want[t + 1 - (n - 4):t + 1] = True
+            want[t + 1 - (n - 4) : t + 1] = True
             np.testing.assert_array_equal(sel.mask[t], want)
             assert sel.mask[t].sum() == n
-        assert sel.mask[:16].sum() == 16 * 17 // 2       # the prompt rows are full
+        assert sel.mask[:16].sum() == 16 * 17 // 2  # the prompt rows are full
 
 
 def test_h2o_budget_and_recent_window(real):
@@ -78,9 +88,9 @@ def test_h2o_budget_and_recent_window(real):
     for t in range(16, 256):
         n = kp.budget_tokens(0.25, t + 1)
         row = sel.mask[t]
-        assert row.sum() <= n and not row[t + 1:].any()
+        assert row.sum() <= n and not row[t + 1 :].any()
         recent = max(1, round(0.5 * n))
-        assert row[t + 1 - recent:t + 1].all(), t
+        assert row[t + 1 - recent : t + 1].all(), t
     # evicted tokens never return
     for t in range(17, 256):
         assert not (sel.mask[t, :t] & ~sel.mask[t - 1, :t]).any()
@@ -93,9 +103,9 @@ def test_quest_bound_is_an_upper_bound(real):
         for t in rng.integers(0, 256, 20):
             t = int(t)
             b = kp.quest_bounds(k, q[:, t], t, 16)
-            true = q[:, t].astype(np.float64) @ k[:t + 1].astype(np.float64).T
+            true = q[:, t].astype(np.float64) @ k[: t + 1].astype(np.float64).T
             for p in range(t // 16 + 1):
-                assert (b[:, p] >= true[:, p * 16:min(t + 1, p * 16 + 16)].max(axis=1) - 1e-9).all()
+                assert (b[:, p] >= true[:, p * 16 : min(t + 1, p * 16 + 16)].max(axis=1) - 1e-9).all()
     # random data, partial last page
     k = rng.standard_normal((37, 8)).astype(np.float32)
     q = rng.standard_normal((2, 8)).astype(np.float32)
@@ -109,9 +119,9 @@ def test_quest_budget_and_pages(real):
     sel = kp.QuestPolicy(48, page=16).select(k, q)
     for t in range(16, 256):
         row = sel.mask[t]
-        assert 1 <= row.sum() <= 48 and not row[t + 1:].any()
+        assert 1 <= row.sum() <= 48 and not row[t + 1 :].any()
         pages = row[: (t // 16 + 1) * 16].reshape(-1, 16) if (t + 1) % 16 == 0 else None
-        if pages is not None:      # whole pages only
+        if pages is not None:  # whole pages only
             assert all(p.all() or not p.any() for p in pages)
 
 
@@ -150,8 +160,8 @@ def test_resv_policy_uses_the_reference(real, acfg, monkeypatch):
         if t < 16:
             continue
         sels = [table.select(qq[h, t]) for h in range(2)]
-        assert [s.clusters for s in sels] == sel.clusters[it:it + 2]
-        assert [s.visited / s.n_clusters for s in sels] == sel.visited[it:it + 2]
+        assert [s.clusters for s in sels] == sel.clusters[it : it + 2]
+        assert [s.visited / s.n_clusters for s in sels] == sel.visited[it : it + 2]
         it += 2
         if t in (16, 100, 255):
             want = np.zeros(256, bool)
@@ -160,7 +170,7 @@ def test_resv_policy_uses_the_reference(real, acfg, monkeypatch):
     # a local window on top keeps the last tokens and everything ReSV chose
     win = kp.ResvPolicy(acfg.kv, recent=8).select(k, q)
     assert win.clusters == sel.clusters and (win.mask >= sel.mask).all()
-    assert all(win.mask[t, t - 7:t + 1].all() for t in range(16, 256))
+    assert all(win.mask[t, t - 7 : t + 1].all() for t in range(16, 256))
     # alpha is the knob: more alpha, more tokens
     lo = kp.ResvPolicy(acfg.kv, alpha=0.1).select(k, q).mask.sum()
     hi = kp.ResvPolicy(dataclasses.replace(acfg.kv, alpha=0.1), alpha=0.6).select(k, q).mask.sum()
@@ -173,7 +183,9 @@ def test_restricted_forward(short):
     model = load_model(CKPT)
     full = kp.evaluate(short, kp.make_policy("full"))["masks"]
     base = kp.restricted_nll(model, short.tokens, None)
-    np.testing.assert_array_equal(kp.restricted_nll(model, short.tokens, full), base)  # all-True masks: identical
+    np.testing.assert_array_equal(
+        kp.restricted_nll(model, short.tokens, full), base
+    )  # all-True masks: identical
     only_self = np.broadcast_to(np.eye(64, dtype=bool), full.shape).copy()
     assert kp.restricted_nll(model, short.tokens, only_self).mean() > base.mean() + 0.1
     from models import hostops
@@ -225,7 +237,9 @@ def test_cli_plot_and_report(short, tmp_path, capsys):
     assert set(rows) == {"resv", "resv+recent8", "streaming", "h2o", "quest", "full"}
     assert rows["resv+recent8"]["retrieved_fraction"] > rows["resv"]["retrieved_fraction"]
     assert rows["full"]["recall"] == pytest.approx(1.0) and rows["resv"]["early_exit_fraction"] > 0
-    assert rows["streaming"]["retrieved_fraction"] == pytest.approx(rows["resv"]["retrieved_fraction"], abs=0.03)
+    assert rows["streaming"]["retrieved_fraction"] == pytest.approx(
+        rows["resv"]["retrieved_fraction"], abs=0.03
+    )
     assert all(s["ppl_per_byte"] > 1 for s in rep["summary"])
     assert (out / "report.md").read_text().startswith("| policy |") and (out / "recall.png").exists()
 
@@ -240,6 +254,6 @@ def test_closed_loop_selects_on_the_restricted_models_qk(short, acfg):
     pol = kp.make_policy("resv", kvcfg=acfg.kv)
     nll, masks = kp.closed_loop_nll(model, short.tokens, pol)
     open_masks = kp.evaluate(short, pol)["masks"]
-    np.testing.assert_array_equal(masks[0], open_masks[0])          # layer 0 sees the same q/k
-    assert (masks[1:] != open_masks[1:]).any()                       # later layers see restricted inputs
+    np.testing.assert_array_equal(masks[0], open_masks[0])  # layer 0 sees the same q/k
+    assert (masks[1:] != open_masks[1:]).any()  # later layers see restricted inputs
     np.testing.assert_array_equal(nll, kp.restricted_nll(model, short.tokens, masks))

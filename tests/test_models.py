@@ -30,10 +30,30 @@ from models.train import evaluate
 
 pytestmark = pytest.mark.torch
 
-SMALL = LMConfig(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=96, activation="relu2",
-                 max_seq=64, subln=True, tie_embeddings=True)
-SMALL_SWIGLU = LMConfig(vocab=64, d_model=48, n_layers=2, n_heads=3, n_kv_heads=3, ffn=80, activation="swiglu",
-                        max_seq=64, subln=False, tie_embeddings=False)
+SMALL = LMConfig(
+    vocab=64,
+    d_model=48,
+    n_layers=2,
+    n_heads=4,
+    n_kv_heads=2,
+    ffn=96,
+    activation="relu2",
+    max_seq=64,
+    subln=True,
+    tie_embeddings=True,
+)
+SMALL_SWIGLU = LMConfig(
+    vocab=64,
+    d_model=48,
+    n_layers=2,
+    n_heads=3,
+    n_kv_heads=3,
+    ffn=80,
+    activation="swiglu",
+    max_seq=64,
+    subln=False,
+    tie_embeddings=False,
+)
 
 # The trained checkpoint (python -m models.train) and the bound its int-mode perplexity must meet on the first
 # validation windows. A random model scores ≈ 256 (uniform over bytes); a byte-unigram model ≈ 20.
@@ -49,7 +69,7 @@ def bits(a: np.ndarray) -> np.ndarray:
 def tie_activations(rng: np.random.Generator) -> np.ndarray:
     """Rows whose quantized values hit exact .5 ties, all-zero rows, single-element rows and random rows."""
     rows = []
-    for amax in (127.0, 254.0, 63.5):        # 127/amax = 1, 0.5, 2 exactly, so x·(127/amax) = k + 0.5
+    for amax in (127.0, 254.0, 63.5):  # 127/amax = 1, 0.5, 2 exactly, so x·(127/amax) = k + 0.5
         inv = 127.0 / amax
         r = ((rng.integers(-127, 127, 64) + 0.5) / inv).astype(np.float32)
         r[0] = amax
@@ -91,8 +111,12 @@ def rounding_edge_rows(rng: np.random.Generator, n: int = 48) -> np.ndarray:
 @pytest.mark.parametrize("bits_", [8, 6])
 def test_quantize_act_bit_identical_to_hw(bits_):
     rng = np.random.default_rng(0)
-    for x in (tie_activations(rng), rounding_edge_rows(rng), (rng.standard_normal((37, 333)) * 3).astype(np.float32),
-              (rng.standard_normal((2, 5, 96)) * 1e-3).astype(np.float32)):
+    for x in (
+        tie_activations(rng),
+        rounding_edge_rows(rng),
+        (rng.standard_normal((37, 333)) * 3).astype(np.float32),
+        (rng.standard_normal((2, 5, 96)) * 1e-3).astype(np.float32),
+    ):
         q_np, s_np = quantize_activations(x, bits_)
         q_t, s_t = quantize_act(torch.from_numpy(x), bits_)
         assert q_t.dtype == torch.int8 and s_t.dtype == torch.float32
@@ -107,15 +131,19 @@ def test_quantize_act_bit_identical_to_hw(bits_):
 def test_ternary_weight_bit_identical_to_hw():
     rng = np.random.default_rng(1)
     ties = np.tile(np.array([0.5, 1.5, -0.5, -1.5, 1.0, -1.0, 0.0, 2.0], np.float32), (6, 4))  # mean|w| = 1
-    tiny = np.full((3, 5), 1e-7, np.float32)                                                  # eps floor
-    for w in (ties, tiny, (rng.standard_normal((48, 77)) * 0.02).astype(np.float32),
-              rng.standard_normal((300, 129)).astype(np.float32)):
+    tiny = np.full((3, 5), 1e-7, np.float32)  # eps floor
+    for w in (
+        ties,
+        tiny,
+        (rng.standard_normal((48, 77)) * 0.02).astype(np.float32),
+        rng.standard_normal((300, 129)).astype(np.float32),
+    ):
         wq_np, s_np = quantize_weights(w)
         wq_t, s_t = ternary_weight(torch.from_numpy(w))
         assert np.array_equal(wq_t.numpy(), wq_np) and s_t == s_np
     wq, s = ternary_weight(torch.from_numpy(ties))
     assert s == 1.0 and set(np.unique(wq.numpy())) == {-1, 0, 1}
-    assert np.array_equal(wq.numpy()[0, :8], [0, 1, 0, -1, 1, -1, 0, 1])   # 0.5 → 0, 1.5 → 2 → clip 1
+    assert np.array_equal(wq.numpy()[0, :8], [0, 1, 0, -1, 1, -1, 0, 1])  # 0.5 → 0, 1.5 → 2 → clip 1
 
 
 def test_bitlinear_int_and_fake_modes_follow_the_numeric_definition():
@@ -133,9 +161,9 @@ def test_bitlinear_int_and_fake_modes_follow_the_numeric_definition():
         fake = lin(torch.from_numpy(x), mode="fake").numpy()
         flt = lin(torch.from_numpy(x), mode="float").numpy()
     assert np.array_equal(bits(got), bits(want))
-    assert np.allclose(fake, want, rtol=1e-5, atol=1e-5)   # same values, float matmul instead of integer
+    assert np.allclose(fake, want, rtol=1e-5, atol=1e-5)  # same values, float matmul instead of integer
     assert np.allclose(flt, x @ w.T, rtol=1e-5, atol=1e-5)
-    assert not np.allclose(flt, want, atol=1e-3)           # quantization does change the result
+    assert not np.allclose(flt, want, atol=1e-3)  # quantization does change the result
     with pytest.raises(ValueError, match="mode"):
         lin(torch.from_numpy(x), mode="int4")
     with pytest.raises(ValueError, match="bias"):
@@ -210,13 +238,17 @@ def test_hostops_do_not_depend_on_shape_or_padding():
     batch_sm = hostops.softmax(rows)
     padded = torch.cat([rows[:, :23], torch.full((9, 100), float("-inf"))], dim=1)
     for i in range(9):
-        assert torch.equal(hostops.softmax(rows[i:i + 1]), batch_sm[i:i + 1])
-        assert torch.equal(hostops.softmax(padded[i:i + 1])[:, :23], hostops.softmax(rows[i:i + 1, :23]))
+        assert torch.equal(hostops.softmax(rows[i : i + 1]), batch_sm[i : i + 1])
+        assert torch.equal(hostops.softmax(padded[i : i + 1])[:, :23], hostops.softmax(rows[i : i + 1, :23]))
     w = torch.rand(50)
     wl = torch.randn(7, 50)
     for i in range(9):
-        assert torch.equal(hostops.rmsnorm(rows[i:i + 1], w, 1e-5), hostops.rmsnorm(rows, w, 1e-5)[i:i + 1])
-        assert torch.equal(hostops.linear(rows[i:i + 1], wl), hostops.linear(rows, wl, max_elems=100)[i:i + 1])
+        assert torch.equal(
+            hostops.rmsnorm(rows[i : i + 1], w, 1e-5), hostops.rmsnorm(rows, w, 1e-5)[i : i + 1]
+        )
+        assert torch.equal(
+            hostops.linear(rows[i : i + 1], wl), hostops.linear(rows, wl, max_elems=100)[i : i + 1]
+        )
         assert torch.equal(hostops.silu(rows[i]), hostops.silu(rows)[i])
 
 
@@ -232,14 +264,14 @@ def test_kv_cache_incremental_decoding_equals_full_forward(cfg):
             full = model(tokens, mode=mode)
             cache = model.new_cache()
             parts = [model(tokens[:, :9], cache=cache, mode=mode)]
-            parts += [model(tokens[:, i:i + 1], cache=cache, mode=mode) for i in range(9, 21)]
+            parts += [model(tokens[:, i : i + 1], cache=cache, mode=mode) for i in range(9, 21)]
             inc = torch.cat(parts, dim=1)
             assert cache.length == 21
-            if mode == "int":                  # every int-mode op is per token or has a fixed order
+            if mode == "int":  # every int-mode op is per token or has a fixed order
                 assert torch.equal(inc, full)
-            elif mode == "float":              # torch kernels: summation order differs with the shapes
+            elif mode == "float":  # torch kernels: summation order differs with the shapes
                 assert torch.allclose(inc, full, rtol=1e-4, atol=1e-5)
-            else:                              # fake: a last-bit difference may flip one activation rounding
+            else:  # fake: a last-bit difference may flip one activation rounding
                 assert torch.allclose(inc, full, atol=0.05)
         assert cache.layers[0][0].dtype == torch.float32
         int_cache = model.new_cache()
@@ -273,8 +305,15 @@ def test_module_names_for_the_compiler():
     model = build_model(SMALL, device="meta")
     names = set(model.bitlinears())
     for i in range(SMALL.n_layers):
-        for p in ("attn.q_proj", "attn.k_proj", "attn.v_proj", "attn.o_proj", "ffn.gate_proj", "ffn.up_proj",
-                  "ffn.down_proj"):
+        for p in (
+            "attn.q_proj",
+            "attn.k_proj",
+            "attn.v_proj",
+            "attn.o_proj",
+            "ffn.gate_proj",
+            "ffn.up_proj",
+            "ffn.down_proj",
+        ):
             assert f"layers.{i}.{p}" in names
     assert len(names) == 7 * SMALL.n_layers
     assert model.layers[0].attn.k_proj.weight.shape == (SMALL.n_kv_heads * SMALL.head_dim, SMALL.d_model)
@@ -294,7 +333,7 @@ def test_export_int_mode():
             return self.m(t, mode="int")
 
     with torch.no_grad():
-        want = model(tokens, mode="int")          # fills the ternary-weight caches
+        want = model(tokens, mode="int")  # fills the ternary-weight caches
         ep = torch.export.export(IntForward(model), (tokens,))
         assert torch.equal(ep.module()(tokens), want)
 
@@ -313,8 +352,9 @@ def test_config_errors():
 # ---------------------------------------------------------------- presets
 
 
-@pytest.mark.parametrize("name,published,exact", [("bitnet-0.7b", 0.73e9, 728_707_584),
-                                                   ("bitnet-2b", 2.4e9, 2_412_820_480)])
+@pytest.mark.parametrize(
+    "name,published,exact", [("bitnet-0.7b", 0.73e9, 728_707_584), ("bitnet-2b", 2.4e9, 2_412_820_480)]
+)
 def test_big_presets_on_meta(name, published, exact):
     t0 = time.time()
     model = build_model(name, device="meta")
@@ -329,7 +369,13 @@ def test_big_presets_on_meta(name, published, exact):
 
 def test_bitnet_2b_preset_shape():
     cfg = PRESETS["bitnet-2b"]
-    assert (cfg.head_dim, cfg.n_kv_heads, cfg.activation, cfg.subln, cfg.rope_theta) == (128, 5, "relu2", True, 5e5)
+    assert (cfg.head_dim, cfg.n_kv_heads, cfg.activation, cfg.subln, cfg.rope_theta) == (
+        128,
+        5,
+        "relu2",
+        True,
+        5e5,
+    )
     assert PRESETS["bitnet-0.7b"].head_dim == 96
 
 
@@ -362,14 +408,19 @@ def test_checkpoint_roundtrip_and_errors(tmp_path):
         return tmp_path / name
 
     p = variant("missing.pt", lambda o: o["state_dict"].pop("layers.1.ffn.up_proj.weight"))
-    with pytest.raises(CheckpointError, match=r"missing\.pt: .*missing 1 key\(s\), first 'layers\.1\.ffn\.up_proj"):
+    with pytest.raises(
+        CheckpointError, match=r"missing\.pt: .*missing 1 key\(s\), first 'layers\.1\.ffn\.up_proj"
+    ):
         load_checkpoint(p)
     p = variant("extra.pt", lambda o: o["state_dict"].__setitem__("layers.9.x", torch.zeros(1)))
     with pytest.raises(CheckpointError, match=r"extra\.pt: .*unexpected 1 key"):
         load_checkpoint(p)
     p = variant("shape.pt", lambda o: o["config"].__setitem__("ffn", 96))
-    with pytest.raises(CheckpointError, match=r"shape\.pt: state_dict\['layers\.0\.ffn\.gate_proj\.weight'\] "
-                                              r"has shape \(80, 48\), the config needs \(96, 48\)"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"shape\.pt: state_dict\['layers\.0\.ffn\.gate_proj\.weight'\] "
+        r"has shape \(80, 48\), the config needs \(96, 48\)",
+    ):
         load_checkpoint(p)
     p = variant("cfg.pt", lambda o: o["config"].__setitem__("activation", "tanh"))
     with pytest.raises(CheckpointError, match=r"cfg\.pt: bad config"):
@@ -385,7 +436,7 @@ def test_corpus_is_byte_level_and_split():
     assert int(c.train.max()) < VOCAB and int(c.train.min()) >= 0
     assert decode(encode("ternary ± weights")) == "ternary ± weights"
     train = c.train.to(torch.uint8).numpy().tobytes()
-    assert c.val[:4000].to(torch.uint8).numpy().tobytes() not in train   # the splits hold different documents
+    assert c.val[:4000].to(torch.uint8).numpy().tobytes() not in train  # the splits hold different documents
     x, y = eval_windows(c.val, 256, 3)
     assert x.shape == (3, 256) and torch.equal(x[1, 1:], y[1, :-1]) and torch.equal(y[0, -1], x[1, 0])
 
@@ -411,6 +462,6 @@ def test_trained_checkpoint_int_mode_close_to_fake_mode(trained):
         fake, intm = trained(x, mode="fake"), trained(x, mode="int")
     loss_f = F.cross_entropy(fake.reshape(-1, VOCAB), y.reshape(-1)).item()
     loss_i = F.cross_entropy(intm.reshape(-1, VOCAB), y.reshape(-1)).item()
-    assert abs(loss_i - loss_f) < 0.05                              # nats per byte
+    assert abs(loss_i - loss_f) < 0.05  # nats per byte
     assert (fake.argmax(-1) == intm.argmax(-1)).float().mean() > 0.95
     assert ((fake - intm).abs().mean() / fake.abs().mean()) < 0.05

@@ -24,8 +24,18 @@ from models.lm import LMConfig, TernaryLM
 from sim.runtime import _Host, check_act_range, execute
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = LMConfig(vocab=32, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn=48, activation="relu2", max_seq=16,
-                subln=True, tie_embeddings=False)
+TINY = LMConfig(
+    vocab=32,
+    d_model=32,
+    n_layers=1,
+    n_heads=2,
+    n_kv_heads=1,
+    ffn=48,
+    activation="relu2",
+    max_seq=16,
+    subln=True,
+    tie_embeddings=False,
+)
 TOKENS = np.array([3, 1, 4])
 
 
@@ -86,11 +96,13 @@ def _json_edit(fn):
         doc = _doc(d)
         fn(doc)
         _put_doc(d, doc)
+
     return damage
 
 
 def _set(path: str, value):
     """A JSON edit: set the field at a /-separated path (list indices as numbers)."""
+
     def fn(doc):
         *head, last = path.split("/")
         obj = doc
@@ -100,6 +112,7 @@ def _set(path: str, value):
             obj[int(last)] = value
         else:
             obj[last] = value
+
     return _json_edit(fn)
 
 
@@ -110,11 +123,13 @@ def _delete(path: str):
         for k in head:
             obj = obj[int(k)] if isinstance(obj, list) else obj[k]
         del obj[last]
+
     return _json_edit(fn)
 
 
-def _rewrite(d: Path, arrays_fn=None, doc_fn=None, files: bool = True, resign: bool = False,
-             writer=None) -> None:
+def _rewrite(
+    d: Path, arrays_fn=None, doc_fn=None, files: bool = True, resign: bool = False, writer=None
+) -> None:
     """Rewrite program.npz (and program.json) after ``arrays_fn``/``doc_fn``; ``files``: update the file
     hashes; ``resign``: also recompute the content hash (so only the structural checks can catch it)."""
     doc, arrays = _doc(d), _arrays(d)
@@ -141,7 +156,10 @@ def _resigned(doc_fn=None, arrays_fn=None):
 
 
 def _swap_host(a):
-    a["host:embed_tokens.weight"], a["host:lm_head.weight"] = a["host:lm_head.weight"], a["host:embed_tokens.weight"]
+    a["host:embed_tokens.weight"], a["host:lm_head.weight"] = (
+        a["host:lm_head.weight"],
+        a["host:embed_tokens.weight"],
+    )
 
 
 def _edit_word(a):
@@ -236,7 +254,11 @@ DAMAGE = {
     "extra-file": _extra_file,
     "listing-is-a-folder": _dir_for_file,
     # one flipped byte anywhere
-    **{f"flip-{n}-{w}": partial(_flip, name=n, where=w) for n in hp.PROGRAM_FILES for w in (0.0, 0.1, 0.35, 0.5, 0.75, 0.999)},
+    **{
+        f"flip-{n}-{w}": partial(_flip, name=n, where=w)
+        for n in hp.PROGRAM_FILES
+        for w in (0.0, 0.1, 0.35, 0.5, 0.75, 0.999)
+    },
     # program.json fields of the wrong type, missing, extra, out of range (content hash not updated)
     "format": _set("format", "tritium-trace"),
     "version-old": _set("program_version", 1),
@@ -309,13 +331,16 @@ DAMAGE = {
     "resigned-tlmm-out-of-image": _resigned(arrays_fn=_tlmm_out_of_image),
     "resigned-gemm-out-of-image": _resigned(arrays_fn=_gemm_out_of_image),
     "resigned-tensor-outside-image": _resigned(doc_fn=_tensor_outside),
-    "resigned-memory-beats-huge": _resigned(doc_fn=lambda doc: doc["meta"].__setitem__("memory_beats", 10**40)),
+    "resigned-memory-beats-huge": _resigned(
+        doc_fn=lambda doc: doc["meta"].__setitem__("memory_beats", 10**40)
+    ),
     "resigned-tensor-nbytes-huge": _resigned(doc_fn=_huge_nbytes),
     "resigned-parts-shape-huge": _resigned(doc_fn=_huge_parts),
     "resigned-memory-beats": _resigned(doc_fn=lambda doc: doc["meta"].__setitem__("memory_beats", 7)),
     "resigned-host-shape": _resigned(
         arrays_fn=lambda a: a.__setitem__("host:lm_head.weight", a["host:lm_head.weight"][:4].copy()),
-        doc_fn=lambda doc: doc["arrays"]["host:lm_head.weight"].__setitem__("shape", [4, TINY.d_model])),
+        doc_fn=lambda doc: doc["arrays"]["host:lm_head.weight"].__setitem__("shape", [4, TINY.d_model]),
+    ),
     "resigned-output-missing": _resigned(doc_fn=lambda doc: doc["meta"].__setitem__("output", "nope")),
     "resigned-unknown-input": _resigned(doc_fn=lambda doc: doc["host_ops"][1]["inputs"].append("nope")),
 }
@@ -332,22 +357,32 @@ def test_damaged_program_is_refused(built, tmp_path, case):
     shutil.copytree(good, d)
     DAMAGE[case](d)
     assert sorted(os.listdir(d)) != sorted(os.listdir(good)) or any(
-        (d / n).is_dir() or (d / n).read_bytes() != (good / n).read_bytes() for n in hp.PROGRAM_FILES), "no damage"
+        (d / n).is_dir() or (d / n).read_bytes() != (good / n).read_bytes() for n in hp.PROGRAM_FILES
+    ), "no damage"
     with pytest.raises(ProgramError) as e:
         Program.load(d)
     msg = str(e.value)
     assert msg and "\n" not in msg, msg
-    assert str(d) in msg, msg                       # names the folder or the file in it
+    assert str(d) in msg, msg  # names the folder or the file in it
     assert len(msg) < 400, msg
 
 
 def test_damage_messages_name_file_and_field(built, tmp_path):
     _, _, good, _ = built
-    expect = {"tensor-addr-str": "tensors[0].addr", "meta-tokens-str": "meta.tokens", "host-op-kind": "host_ops[0].kind",
-              "files-npz-bytes-huge": "files.program.npz.bytes", "flip-program.npz-0.5": "program.npz",
-              "edit-command-word": "content_hash", "delete-listing.txt": "missing listing.txt",
-              "extra-file": "notes.txt", "config-field": "fingerprint", "words-stored-int64": "words",
-              "resigned-host-op-index": "HOST command", "arrays-image-huge": "arrays"}
+    expect = {
+        "tensor-addr-str": "tensors[0].addr",
+        "meta-tokens-str": "meta.tokens",
+        "host-op-kind": "host_ops[0].kind",
+        "files-npz-bytes-huge": "files.program.npz.bytes",
+        "flip-program.npz-0.5": "program.npz",
+        "edit-command-word": "content_hash",
+        "delete-listing.txt": "missing listing.txt",
+        "extra-file": "notes.txt",
+        "config-field": "fingerprint",
+        "words-stored-int64": "words",
+        "resigned-host-op-index": "HOST command",
+        "arrays-image-huge": "arrays",
+    }
     for case, text in expect.items():
         d = tmp_path / case
         shutil.copytree(good, d)
@@ -367,13 +402,33 @@ def test_round_trip_hash_and_deterministic_bytes(built, tmp_path):
     again = prog.save(tmp_path / "again")
     for n in hp.PROGRAM_FILES:
         assert (again / n).read_bytes() == (good / n).read_bytes(), n
-    assert sorted(os.listdir(tmp_path)) == ["again"]            # no temporary folder left
+    assert sorted(os.listdir(tmp_path)) == ["again"]  # no temporary folder left
     # the hash covers every part: change any one and it changes
-    variants = [dict(words=prog.words.copy()), dict(listing=prog.listing + " "), dict(meta={**prog.meta, "x": 1})]
+    variants = [
+        dict(words=prog.words.copy()),
+        dict(listing=prog.listing + " "),
+        dict(meta={**prog.meta, "x": 1}),
+    ]
     variants[0]["words"][0] ^= np.uint64(1 << 9)
     for v in variants:
-        other = Program(**{**{f: getattr(prog, f) for f in ("config", "words", "host_ops", "tensors", "image",
-                                                              "meta", "listing", "host_data")}, **v})
+        other = Program(
+            **{
+                **{
+                    f: getattr(prog, f)
+                    for f in (
+                        "config",
+                        "words",
+                        "host_ops",
+                        "tensors",
+                        "image",
+                        "meta",
+                        "listing",
+                        "host_data",
+                    )
+                },
+                **v,
+            }
+        )
         assert other.digest() != prog.digest()
 
 
@@ -432,7 +487,7 @@ def test_crash_during_the_renames(built, tmp_path, monkeypatch, fail_from, fail_
             assert torch.equal(execute(back, TOKENS)[0], ref)
         else:
             assert back.digest() == new.digest()
-    if fail_to == 2:                                # the old Program was put back
+    if fail_to == 2:  # the old Program was put back
         assert Program.load(out).digest() == prog.digest()
     new.save(out)
     assert Program.load(out).digest() == new.digest()
@@ -492,10 +547,12 @@ def test_run_program_report(built, tmp_path):
     stats = execute(prog, TOKENS)[1]
     assert rep["commands"] == {**stats.commands, "total": sum(stats.commands.values())}
     assert rep["cycles"]["total"] == stats.cycles["tlmm"] + stats.cycles["gemm"] > 0
-    assert rep["output"]["argmax"] == ref.argmax(-1).tolist() and rep["output"]["next_token"] == int(ref[-1].argmax())
+    assert rep["output"]["argmax"] == ref.argmax(-1).tolist() and rep["output"]["next_token"] == int(
+        ref[-1].argmax()
+    )
     assert rep["content_hash"] == _doc(good)["content_hash"]
     assert np.array_equal(np.load(tmp_path / "l.npy"), ref.numpy())
-    assert run_program(good)["tokens"] == [0, 0, 0]          # default: the ids in the Program's own image
+    assert run_program(good)["tokens"] == [0, 0, 0]  # default: the ids in the Program's own image
 
 
 def test_run_input_errors(built, capsys):
@@ -513,16 +570,21 @@ def test_run_input_errors(built, capsys):
 
 def test_cli_run(built, tmp_path):
     _, _, good, ref = built
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "run", str(good), "--tokens", "3 1 4", "--json"],
-                       capture_output=True, text=True, cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "run", str(good), "--tokens", "3 1 4", "--json"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     out = json.loads(r.stdout)
     assert out["output"]["next_token"] == int(ref[-1].argmax()) and out["commands"]["tlmm"] > 0
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
     _flip(bad, "program.npz", 0.5)
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "run", str(bad)], capture_output=True, text=True,
-                       cwd=REPO)
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "run", str(bad)], capture_output=True, text=True, cwd=REPO
+    )
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "program.npz" in r.stderr, r.stderr
 
 
@@ -540,15 +602,26 @@ def test_cosim_top_refuses_narrow_activations_before_building():
 
     acfg = load_config(REPO / "configs" / "small-g3-half.yaml")
     with pytest.raises(CompileError, match=r"tlmm\.act_bits is 6"):
-        run_top_cosim(acfg, REPO / "models" / "checkpoints" / "tiny.pt", list(b"import"), 1, layers=1,
-                      build_root=Path("/nonexistent"), quiet=True)
+        run_top_cosim(
+            acfg,
+            REPO / "models" / "checkpoints" / "tiny.pt",
+            list(b"import"),
+            1,
+            layers=1,
+            build_root=Path("/nonexistent"),
+            quiet=True,
+        )
 
 
 def test_runtime_checks_activation_range(built):
     _, prog, _, _ = built
-    narrow = Program(**{f: getattr(prog, f) for f in ("words", "host_ops", "tensors", "image", "meta", "listing",
-                                                       "host_data")},
-                     config={**prog.config, "tlmm": {**prog.config["tlmm"], "act_bits": 6}})
+    narrow = Program(
+        **{
+            f: getattr(prog, f)
+            for f in ("words", "host_ops", "tensors", "image", "meta", "listing", "host_data")
+        },
+        config={**prog.config, "tlmm": {**prog.config["tlmm"], "act_bits": 6}},
+    )
     with pytest.raises(ProgramError, match=r"TLMM command \d+ .*do not fit tlmm\.act_bits=6 \(-32\.\.31\)"):
         execute(narrow, TOKENS)
     check_act_range(np.array([-32, 31], np.int8), 6, "ok")
@@ -565,9 +638,15 @@ def test_forged_host_op_fails_with_a_program_error(built, tmp_path):
     good = built[2]
     d = tmp_path / "p"
     shutil.copytree(good, d)
-    _rewrite(d, doc_fn=lambda doc: next(h for h in doc["host_ops"] if h["kind"] == "rmsnorm+quant")["attrs"].pop("eps"),
-             resign=True)
+    _rewrite(
+        d,
+        doc_fn=lambda doc: next(h for h in doc["host_ops"] if h["kind"] == "rmsnorm+quant")["attrs"].pop(
+            "eps"
+        ),
+        resign=True,
+    )
     prog = Program.load(d)
-    with pytest.raises(ProgramError, match=r"HOST command \d+: host op layers\.0\.attn_norm \(rmsnorm\+quant\)"):
+    with pytest.raises(
+        ProgramError, match=r"HOST command \d+: host op layers\.0\.attn_norm \(rmsnorm\+quant\)"
+    ):
         execute(prog, TOKENS)
-

@@ -20,9 +20,9 @@ def test_pack_roundtrip_and_zero_index(g):
     rng = np.random.default_rng(1)
     w = rng.integers(-1, 2, (7, 11)).astype(np.int8)
     idx = pack_weight_groups(w, g)
-    assert idx.shape == (7, -(-11 // g)) and idx.max() < 3 ** g
+    assert idx.shape == (7, -(-11 // g)) and idx.max() < 3**g
     assert np.array_equal(unpack_weight_groups(idx, g, 11), w)
-    assert pack_weight_groups(np.zeros((1, g), np.int8), g)[0, 0] == (3 ** g - 1) // 2
+    assert pack_weight_groups(np.zeros((1, g), np.int8), g)[0, 0] == (3**g - 1) // 2
 
 
 def test_g3_index_is_offset_base3():
@@ -40,8 +40,8 @@ def test_table_symmetry_and_half_lookup(g):
     rng = np.random.default_rng(2)
     a = rng.integers(-128, 128, (5, g))
     t = build_table(a, g)
-    e = 3 ** g
-    assert np.array_equal(t[:, ::-1], -t)                      # t[E-1-idx] = -t[idx]
+    e = 3**g
+    assert np.array_equal(t[:, ::-1], -t)  # t[E-1-idx] = -t[idx]
     assert (t[:, (e - 1) // 2] == 0).all()
     idx = rng.integers(0, e, (5, 9))
     assert np.array_equal(lookup(t, idx, g, "half"), lookup(t, idx, g, "full"))
@@ -53,7 +53,7 @@ def test_table_symmetry_and_half_lookup(g):
 def test_activation_quantization_rules():
     q, s = quantize_activations(np.array([[0.5, -1.0, 0.25, 0.0]]))
     assert q.tolist() == [[64, -127, 32, 0]] and np.isclose(s[0, 0], 1 / 127)
-    q, _ = quantize_activations(np.array([[2.5 / 127, 1.0]]))   # 2.5 rounds half to even → 2
+    q, _ = quantize_activations(np.array([[2.5 / 127, 1.0]]))  # 2.5 rounds half to even → 2
     assert q[0, 0] == 2
     q, s = quantize_activations(np.zeros((1, 3)))
     assert (q == 0).all() and s[0, 0] == 1.0
@@ -74,8 +74,8 @@ def test_streams_layout_and_padding():
     assert act.shape == (2, 2, 6) and act[1, 1, 0] == x[1, 6] and (act[1, :, 1:] == 0).all()
     assert wgt.shape == (2, 2, 2, 2)
     assert wgt[0, 1, 0, 1] == pack_weight_groups(w, 3)[2, 1]
-    assert (wgt[:, 1, 1] == cfg.zero_index).all()               # padded column
-    assert (wgt[1, :, :, 1] == cfg.zero_index).all()            # padded groups
+    assert (wgt[:, 1, 1] == cfg.zero_index).all()  # padded column
+    assert (wgt[1, :, :, 1] == cfg.zero_index).all()  # padded groups
 
 
 def test_stream_checks():

@@ -15,7 +15,9 @@ CONFIGS = [
 ]
 
 
-@pytest.mark.parametrize("cfg", CONFIGS, ids=lambda c: f"G{c.group_size}T{c.tables}Q{c.columns}{c.table_mode}")
+@pytest.mark.parametrize(
+    "cfg", CONFIGS, ids=lambda c: f"G{c.group_size}T{c.tables}Q{c.columns}{c.table_mode}"
+)
 def test_model_matches_reference_and_closed_form(cfg):
     rng = np.random.default_rng(7)
     lo, hi = -(1 << (cfg.act_bits - 1)), (1 << (cfg.act_bits - 1)) - 1
@@ -34,8 +36,14 @@ def test_stalls_change_cycles_not_results():
     w = rng.integers(-1, 2, (11, 40)).astype(np.int8)
     x = rng.integers(-128, 128, (3, 40)).astype(np.int8)
     ideal = run_tlmm(cfg, w, x)
-    slow = run_tlmm(cfg, w, x, act_pattern=np.array([1, 0]), wgt_pattern=np.array([0, 1, 1]),
-                    res_pattern=np.array([1, 0, 0]))
+    slow = run_tlmm(
+        cfg,
+        w,
+        x,
+        act_pattern=np.array([1, 0]),
+        wgt_pattern=np.array([0, 1, 1]),
+        res_pattern=np.array([1, 0, 0]),
+    )
     assert np.array_equal(slow.y, ideal.y)
     assert slow.cycles > ideal.cycles
     assert slow.events["stall_cycles"] > 0 and slow.events["bubble_cycles"] > 0

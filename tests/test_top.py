@@ -31,8 +31,15 @@ def _check(rep):
 @pytest.mark.verilator
 def test_one_decoder_layer_prefill_and_decode(repo):
     acfg = load_config(repo / "configs" / "default.yaml")
-    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"import os"), 2, layers=1,
-                        build_root=repo / "build" / "cosim", quiet=True)
+    rep = run_top_cosim(
+        acfg,
+        repo / "models" / "checkpoints" / "tiny.pt",
+        list(b"import os"),
+        2,
+        layers=1,
+        build_root=repo / "build" / "cosim",
+        quiet=True,
+    )
     _check(rep)
     kinds = {k for step in rep.commands for k in step}
     assert kinds == {"tlmm", "gemm", "host"}
@@ -44,10 +51,18 @@ def test_starved_memory_keeps_cycles_exact(repo):
     """Memory timing is not hardware (same RTL build): long latency, one request in flight, a beat every
     other cycle — the DMA's FIFO runs dry and the engines stall; the model must follow."""
     base = load_config(repo / "configs" / "default.yaml")
-    acfg = dataclasses.replace(base, memory=dataclasses.replace(base.memory, latency=45, outstanding=1,
-                                                                 beat_interval=2))
-    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"x = 1"), 1, layers=1,
-                        build_root=repo / "build" / "cosim", quiet=True)
+    acfg = dataclasses.replace(
+        base, memory=dataclasses.replace(base.memory, latency=45, outstanding=1, beat_interval=2)
+    )
+    rep = run_top_cosim(
+        acfg,
+        repo / "models" / "checkpoints" / "tiny.pt",
+        list(b"x = 1"),
+        1,
+        layers=1,
+        build_root=repo / "build" / "cosim",
+        quiet=True,
+    )
     _check(rep)
     # slower memory → more cycles than the same TLMM commands on the default memory
     cmd = TlmmCommand(tokens=2, k_chunks=6, n_blocks=32, act_base=3, wgt_base=1000, res_base=5000)
@@ -60,8 +75,15 @@ def test_other_beat_widths(repo):
     """G=2 half tables, T=3, Q=5, 3 tokens: 6-byte activation beats, 20-byte result beats that straddle the
     32-byte bus beats, a different weight width — the gearbox and the result packer on other boundaries."""
     acfg = load_config(repo / "configs" / "small-g2-half.yaml")
-    rep = run_top_cosim(acfg, repo / "models" / "checkpoints" / "tiny.pt", list(b"import os"), 2, layers=1,
-                        build_root=repo / "build" / "cosim", quiet=True)
+    rep = run_top_cosim(
+        acfg,
+        repo / "models" / "checkpoints" / "tiny.pt",
+        list(b"import os"),
+        2,
+        layers=1,
+        build_root=repo / "build" / "cosim",
+        quiet=True,
+    )
     _check(rep)
 
 
@@ -80,6 +102,10 @@ def test_dma_needs_engine_beats_within_a_bus_beat(repo):
 
 
 def test_cli_top_bad_layers(repo):
-    r = subprocess.run([sys.executable, "-m", "tritium.cli", "cosim", "top", "--layers", "9"],
-                       capture_output=True, text=True, cwd=repo)
+    r = subprocess.run(
+        [sys.executable, "-m", "tritium.cli", "cosim", "top", "--layers", "9"],
+        capture_output=True,
+        text=True,
+        cwd=repo,
+    )
     assert r.returncode == 2 and "--layers: 9 outside 1..4" in r.stderr and r.stderr.count("\n") == 1

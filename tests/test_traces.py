@@ -16,17 +16,33 @@ CKPT = str(Path(__file__).resolve().parent.parent / "models/checkpoints/tiny.pt"
 
 
 def _meta(L=2, H=4, Hkv=2, S=8, hd=4):
-    return {"format": "tritium-kv-trace", "version": 1, "model": "toy", "model_config": {}, "checkpoint_sha256": "0",
-            "source": "test", "offset": 0, "n_layers": L, "n_heads": H, "n_kv_heads": Hkv, "head_dim": hd,
-            "n_tokens": S, "dtype": "float32", "mode": "int"}
+    return {
+        "format": "tritium-kv-trace",
+        "version": 1,
+        "model": "toy",
+        "model_config": {},
+        "checkpoint_sha256": "0",
+        "source": "test",
+        "offset": 0,
+        "n_layers": L,
+        "n_heads": H,
+        "n_kv_heads": Hkv,
+        "head_dim": hd,
+        "n_tokens": S,
+        "dtype": "float32",
+        "mode": "int",
+    }
 
 
 def _trace(L=2, H=4, Hkv=2, S=8, hd=4, seed=0) -> Trace:
     r = np.random.default_rng(seed)
-    return Trace(keys=r.standard_normal((L, Hkv, S, hd)).astype(np.float32),
-                 queries=r.standard_normal((L, H, S, hd)).astype(np.float32),
-                 positions=np.arange(S, dtype=np.int64), tokens=r.integers(0, 256, S).astype(np.int64),
-                 meta=_meta(L, H, Hkv, S, hd))
+    return Trace(
+        keys=r.standard_normal((L, Hkv, S, hd)).astype(np.float32),
+        queries=r.standard_normal((L, H, S, hd)).astype(np.float32),
+        positions=np.arange(S, dtype=np.int64),
+        tokens=r.integers(0, 256, S).astype(np.int64),
+        meta=_meta(L, H, Hkv, S, hd),
+    )
 
 
 def _write_raw(path, **arrays):
@@ -35,8 +51,13 @@ def _write_raw(path, **arrays):
 
 
 def _arrays(t: Trace, **override):
-    d = {"keys": t.keys, "queries": t.queries, "positions": t.positions, "tokens": t.tokens,
-         "meta": np.array(json.dumps(t.meta))}
+    d = {
+        "keys": t.keys,
+        "queries": t.queries,
+        "positions": t.positions,
+        "tokens": t.tokens,
+        "meta": np.array(json.dumps(t.meta)),
+    }
     d.update(override)
     return {k: v for k, v in d.items() if v is not None}
 
@@ -60,22 +81,25 @@ def _expect(path, *words):
         assert w in msg, msg
 
 
-@pytest.mark.parametrize("case,override,words", [
-    ("missing", {"queries": None}, ["missing", "queries"]),
-    ("extra", {"junk": np.zeros(1)}, ["unexpected", "junk"]),
-    ("kdtype", {"keys": "f64"}, ["keys", "float64"]),
-    ("qshape", {"queries": "short"}, ["queries", "shape"]),
-    ("heads", {"queries": "3heads"}, ["not a multiple"]),
-    ("nan", {"keys": "nan"}, ["NaN"]),
-    ("inf", {"queries": "inf"}, ["NaN/inf"]),
-    ("pos", {"positions": "dup"}, ["positions"]),
-    ("tokdtype", {"tokens": "i32"}, ["tokens", "int32"]),
-    ("version", {"meta": "v2"}, ["version"]),
-    ("json", {"meta": "bad"}, ["JSON"]),
-    ("metafield", {"meta": "nofield"}, ["checkpoint_sha256"]),
-    ("metashape", {"meta": "heads"}, ["n_heads"]),
-    ("metaobj", {"meta": "bytes"}, ["meta"]),
-])
+@pytest.mark.parametrize(
+    "case,override,words",
+    [
+        ("missing", {"queries": None}, ["missing", "queries"]),
+        ("extra", {"junk": np.zeros(1)}, ["unexpected", "junk"]),
+        ("kdtype", {"keys": "f64"}, ["keys", "float64"]),
+        ("qshape", {"queries": "short"}, ["queries", "shape"]),
+        ("heads", {"queries": "3heads"}, ["not a multiple"]),
+        ("nan", {"keys": "nan"}, ["NaN"]),
+        ("inf", {"queries": "inf"}, ["NaN/inf"]),
+        ("pos", {"positions": "dup"}, ["positions"]),
+        ("tokdtype", {"tokens": "i32"}, ["tokens", "int32"]),
+        ("version", {"meta": "v2"}, ["version"]),
+        ("json", {"meta": "bad"}, ["JSON"]),
+        ("metafield", {"meta": "nofield"}, ["checkpoint_sha256"]),
+        ("metashape", {"meta": "heads"}, ["n_heads"]),
+        ("metaobj", {"meta": "bytes"}, ["meta"]),
+    ],
+)
 def test_loader_errors(tmp_path, case, override, words):
     t = _trace()
     L, S, hd = 2, 8, 4
@@ -128,7 +152,7 @@ def test_corrupt_files(tmp_path):
     with zipfile.ZipFile(good) as z:
         info = z.getinfo("keys.npy")
     mid = info.header_offset + 30 + len(info.filename) + info.compress_size // 2
-    bad[mid:mid + 16] = bytes(16)
+    bad[mid : mid + 16] = bytes(16)
     damaged = tmp_path / "damaged.npz"
     damaged.write_bytes(bytes(bad))
     _expect(damaged, "not a readable")
@@ -167,8 +191,8 @@ def test_recorder_keys_are_the_int_models(tiny):
     cache = tiny.new_cache()
     with torch.no_grad():
         tiny(toks[:24].reshape(1, -1), cache=cache, mode="int")
-        for i in range(24, 40):                       # decode the rest one token at a time
-            tiny(toks[i:i + 1].reshape(1, -1), cache=cache, mode="int")
+        for i in range(24, 40):  # decode the rest one token at a time
+            tiny(toks[i : i + 1].reshape(1, -1), cache=cache, mode="int")
     for layer in range(cfg.n_layers):
         kq_cache, sk_cache = cache.layers[layer][0][0], cache.layers[layer][1][0]
         kq, sk = quantize_act(torch.from_numpy(keys[layer]))
@@ -197,8 +221,21 @@ def test_recorder_cli_writes_a_valid_trace(tmp_path, repo):
     from models.data import load_corpus
 
     np.testing.assert_array_equal(t.tokens, load_corpus().val[5:37].numpy())
-    assert main(["--checkpoint", CKPT, "--out", str(tmp_path / "u.npz"), "--tokens", "32",
-                 "--offset", "999999999"]) == 2
+    assert (
+        main(
+            [
+                "--checkpoint",
+                CKPT,
+                "--out",
+                str(tmp_path / "u.npz"),
+                "--tokens",
+                "32",
+                "--offset",
+                "999999999",
+            ]
+        )
+        == 2
+    )
     assert not (tmp_path / "u.npz").exists()
 
 

@@ -45,8 +45,17 @@ FORMAT = "tritium-kv-trace"
 VERSION = 1
 ARRAYS = ("keys", "queries", "positions", "tokens", "meta")
 _META_INT = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "n_tokens", "offset")
-_META_REQUIRED = ("format", "version", "model", "model_config", "checkpoint_sha256", "source", "dtype", "mode",
-                  *_META_INT)
+_META_REQUIRED = (
+    "format",
+    "version",
+    "model",
+    "model_config",
+    "checkpoint_sha256",
+    "source",
+    "dtype",
+    "mode",
+    *_META_INT,
+)
 
 
 class TraceError(ValueError):
@@ -57,10 +66,10 @@ class TraceError(ValueError):
 class Trace:
     """One recorded stream; see the module docstring for the arrays and ``meta``."""
 
-    keys: np.ndarray          # float32 (L, Hkv, S, hd)
-    queries: np.ndarray       # float32 (L, H, S, hd)
-    positions: np.ndarray     # int64 (S,)
-    tokens: np.ndarray        # int64 (S,)
+    keys: np.ndarray  # float32 (L, Hkv, S, hd)
+    queries: np.ndarray  # float32 (L, H, S, hd)
+    positions: np.ndarray  # int64 (S,)
+    tokens: np.ndarray  # int64 (S,)
     meta: dict = field(default_factory=dict)
     path: str = "<memory>"
 
@@ -105,8 +114,12 @@ def _err(path, msg: str) -> TraceError:
 def validate(t: Trace) -> Trace:
     """Check a :class:`Trace` in memory (what :func:`load_trace` checks after reading); returns it."""
     p = t.path
-    for name, dt, nd in (("keys", np.float32, 4), ("queries", np.float32, 4), ("positions", np.int64, 1),
-                         ("tokens", np.int64, 1)):
+    for name, dt, nd in (
+        ("keys", np.float32, 4),
+        ("queries", np.float32, 4),
+        ("positions", np.int64, 1),
+        ("tokens", np.int64, 1),
+    ):
         a = getattr(t, name)
         if not isinstance(a, np.ndarray):
             raise _err(p, f"array {name!r} is not an ndarray")
@@ -119,8 +132,11 @@ def validate(t: Trace) -> Trace:
         raise _err(p, f"array 'keys' has an empty dimension {t.keys.shape}")
     Lq, h, Sq, hdq = t.queries.shape
     if (Lq, Sq, hdq) != (L, S, hd):
-        raise _err(p, f"array 'queries' has shape {t.queries.shape}, expected (L={L}, H, S={S}, hd={hd}) "
-                      f"to match 'keys' {t.keys.shape}")
+        raise _err(
+            p,
+            f"array 'queries' has shape {t.queries.shape}, expected (L={L}, H, S={S}, hd={hd}) "
+            f"to match 'keys' {t.keys.shape}",
+        )
     if h < 1 or h % hkv:
         raise _err(p, f"{h} query heads are not a multiple of {hkv} KV heads")
     for name in ("positions", "tokens"):
@@ -183,8 +199,10 @@ def load_trace(path: str | os.PathLike) -> Trace:
         raise _err(path, f"not a readable .npz trace ({type(e).__name__}: {e})") from None
     meta_arr = arrays.pop("meta")
     if meta_arr.ndim != 0 or meta_arr.dtype.kind != "U":
-        raise _err(path, f"array 'meta' must be a 0-d unicode string, got dtype {meta_arr.dtype} shape "
-                         f"{meta_arr.shape}")
+        raise _err(
+            path,
+            f"array 'meta' must be a 0-d unicode string, got dtype {meta_arr.dtype} shape {meta_arr.shape}",
+        )
     try:
         meta = json.loads(str(meta_arr))
     except json.JSONDecodeError as e:
@@ -198,6 +216,12 @@ def save_trace(trace: Trace, path: str | os.PathLike) -> Path:
     validate(Trace(trace.keys, trace.queries, trace.positions, trace.tokens, trace.meta, str(path)))
     path.parent.mkdir(parents=True, exist_ok=True)
     with atomic_write(path) as f:
-        np.savez_compressed(f, keys=trace.keys, queries=trace.queries, positions=trace.positions,
-                            tokens=trace.tokens, meta=np.array(json.dumps(trace.meta, sort_keys=True)))
+        np.savez_compressed(
+            f,
+            keys=trace.keys,
+            queries=trace.queries,
+            positions=trace.positions,
+            tokens=trace.tokens,
+            meta=np.array(json.dumps(trace.meta, sort_keys=True)),
+        )
     return path

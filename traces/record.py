@@ -76,7 +76,9 @@ def record(model, tokens: torch.Tensor) -> tuple[np.ndarray, np.ndarray, torch.T
     want_q = (cfg.n_layers, cfg.n_heads, toks.shape[1], cfg.head_dim)
     want_k = (cfg.n_layers, cfg.n_kv_heads, toks.shape[1], cfg.head_dim)
     if tuple(qs.shape) != want_q or tuple(ks.shape) != want_k:
-        raise RuntimeError(f"captured q {tuple(qs.shape)} / k {tuple(ks.shape)}, expected {want_q} / {want_k}")
+        raise RuntimeError(
+            f"captured q {tuple(qs.shape)} / k {tuple(ks.shape)}, expected {want_q} / {want_k}"
+        )
     return (ks.to(torch.float32).numpy().copy(), qs.to(torch.float32).numpy().copy(), logits[0])
 
 
@@ -91,9 +93,11 @@ def validation_tokens(offset: int, n: int) -> torch.Tensor:
 
     val = load_corpus().val
     if offset < 0 or n < 2 or offset + n > val.numel():
-        raise ValueError(f"--offset {offset} --tokens {n}: outside the validation text ({val.numel()} bytes; "
-                         "need at least 2 tokens)")
-    return val[offset:offset + n].clone()
+        raise ValueError(
+            f"--offset {offset} --tokens {n}: outside the validation text ({val.numel()} bytes; "
+            "need at least 2 tokens)"
+        )
+    return val[offset : offset + n].clone()
 
 
 def record_trace(checkpoint: str | Path, n_tokens: int, offset: int, max_seq: int | None = None) -> Trace:
@@ -109,19 +113,39 @@ def record_trace(checkpoint: str | Path, n_tokens: int, offset: int, max_seq: in
     cfg = model.config
     info = corpus_info()
     meta = {
-        "format": FORMAT, "version": VERSION, "model": Path(checkpoint).stem, "model_config": cfg.to_dict(),
-        "checkpoint": str(checkpoint), "checkpoint_sha256": file_sha256(checkpoint), "source": SOURCE,
-        "corpus_python": info["python"], "corpus_val_sha256": info["val_sha256"], "offset": int(offset),
-        "n_layers": cfg.n_layers, "n_heads": cfg.n_heads, "n_kv_heads": cfg.n_kv_heads, "head_dim": cfg.head_dim,
-        "n_tokens": int(n_tokens), "dtype": "float32", "mode": "int", "capture": "models.hostops.rope outputs",
+        "format": FORMAT,
+        "version": VERSION,
+        "model": Path(checkpoint).stem,
+        "model_config": cfg.to_dict(),
+        "checkpoint": str(checkpoint),
+        "checkpoint_sha256": file_sha256(checkpoint),
+        "source": SOURCE,
+        "corpus_python": info["python"],
+        "corpus_val_sha256": info["val_sha256"],
+        "offset": int(offset),
+        "n_layers": cfg.n_layers,
+        "n_heads": cfg.n_heads,
+        "n_kv_heads": cfg.n_kv_heads,
+        "head_dim": cfg.head_dim,
+        "n_tokens": int(n_tokens),
+        "dtype": "float32",
+        "mode": "int",
+        "capture": "models.hostops.rope outputs",
         "stream_ppl_per_byte": round(float(math.exp(nll.mean())), 4),
     }
-    return Trace(keys=keys, queries=queries, positions=np.arange(n_tokens, dtype=np.int64),
-                 tokens=toks.numpy().astype(np.int64), meta=meta)
+    return Trace(
+        keys=keys,
+        queries=queries,
+        positions=np.arange(n_tokens, dtype=np.int64),
+        tokens=toks.numpy().astype(np.int64),
+        meta=meta,
+    )
 
 
 @torch.no_grad()
-def length_perplexity(checkpoint: str | Path, lengths: list[int], n_bytes: int = 16384, offset: int = 0) -> list[dict]:
+def length_perplexity(
+    checkpoint: str | Path, lengths: list[int], n_bytes: int = 16384, offset: int = 0
+) -> list[dict]:
     """Per-byte perplexity (int mode) of the first ``n_bytes`` validation bytes from ``offset``, cut into
     non-overlapping streams of each length (each from an empty cache), plus the perplexity of the bytes at
     positions < 256, 256..511, 512..1023 ... within the streams."""
@@ -131,15 +155,19 @@ def length_perplexity(checkpoint: str | Path, lengths: list[int], n_bytes: int =
     for n in lengths:
         nll = []
         for s in range(0, n_bytes - n + 1, n):
-            toks = data[s:s + n]
+            toks = data[s : s + n]
             nll.append(stream_nll(model(toks.reshape(1, -1), mode="int")[0], toks))
-        nll = np.stack(nll)                      # (streams, n-1); column j predicts position j+1
-        row = {"length": n, "streams": int(nll.shape[0]), "ppl_per_byte": float(np.exp(nll.mean())),
-               "by_position": {}}
+        nll = np.stack(nll)  # (streams, n-1); column j predicts position j+1
+        row = {
+            "length": n,
+            "streams": int(nll.shape[0]),
+            "ppl_per_byte": float(np.exp(nll.mean())),
+            "by_position": {},
+        }
         lo = 0
         while lo < n:
             hi = min(n, 256 if lo == 0 else 2 * lo)
-            seg = nll[:, max(lo - 1, 0):hi - 1]
+            seg = nll[:, max(lo - 1, 0) : hi - 1]
             row["by_position"][f"{lo}-{hi - 1}"] = float(np.exp(seg.mean()))
             lo = hi
         rows.append(row)
@@ -152,10 +180,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", help="trace file to write (.npz)")
     p.add_argument("--tokens", type=int, default=256, help="stream length in bytes/tokens (default 256)")
     p.add_argument("--offset", type=int, default=0, help="byte offset into the validation text (default 0)")
-    p.add_argument("--max-seq", type=int, default=None, help="RoPE table length (default: max(tokens, trained))")
-    p.add_argument("--perplexity", type=int, nargs="+", metavar="LEN",
-                   help="instead of recording: per-byte perplexity at these stream lengths")
-    p.add_argument("--ppl-bytes", type=int, default=16384, help="validation bytes for --perplexity (default 16384)")
+    p.add_argument(
+        "--max-seq", type=int, default=None, help="RoPE table length (default: max(tokens, trained))"
+    )
+    p.add_argument(
+        "--perplexity",
+        type=int,
+        nargs="+",
+        metavar="LEN",
+        help="instead of recording: per-byte perplexity at these stream lengths",
+    )
+    p.add_argument(
+        "--ppl-bytes", type=int, default=16384, help="validation bytes for --perplexity (default 16384)"
+    )
     args = p.parse_args(argv)
     from models.checkpoint import CheckpointError
 
@@ -172,9 +209,11 @@ def main(argv: list[str] | None = None) -> int:
         print(f"traces.record: error: {e}", file=sys.stderr)
         return 2
     size = out.stat().st_size
-    print(f"wrote {out}: {args.tokens} tokens from offset {args.offset}, {trace.n_layers} layers, "
-          f"{trace.n_heads}/{trace.n_kv_heads} heads, {size / 1e6:.2f} MB, "
-          f"ppl/byte {trace.meta['stream_ppl_per_byte']}")
+    print(
+        f"wrote {out}: {args.tokens} tokens from offset {args.offset}, {trace.n_layers} layers, "
+        f"{trace.n_heads}/{trace.n_kv_heads} heads, {size / 1e6:.2f} MB, "
+        f"ppl/byte {trace.meta['stream_ppl_per_byte']}"
+    )
     return 0
 
 

@@ -23,9 +23,15 @@ from sim.tlmm_model import run_tlmm_streams, tlmm_cycles
 from tritium.report import table
 
 # BitNet b1.58-large (0.7B) linear layers of one decoder layer: (name, N, K)
-BITNET_07B_LAYER = (("q_proj", 1536, 1536), ("k_proj", 1536, 1536), ("v_proj", 1536, 1536),
-                    ("o_proj", 1536, 1536), ("gate_proj", 4096, 1536), ("up_proj", 4096, 1536),
-                    ("down_proj", 1536, 4096))
+BITNET_07B_LAYER = (
+    ("q_proj", 1536, 1536),
+    ("k_proj", 1536, 1536),
+    ("v_proj", 1536, 1536),
+    ("o_proj", 1536, 1536),
+    ("gate_proj", 4096, 1536),
+    ("up_proj", 4096, 1536),
+    ("down_proj", 1536, 4096),
+)
 
 
 def _time_model(cfg, cases, min_seconds: float = 1.0) -> tuple[float, int, int]:
@@ -47,8 +53,10 @@ def _time_fast_path(cfg, repeats: int = 2000) -> tuple[float, int]:
     """Closed-form cycles of a whole BitNet-0.7B decoder layer (1 token); returns (seconds/call, cycles)."""
     t0 = time.perf_counter()
     for _ in range(repeats):
-        total = sum(tlmm_cycles(cfg, tlmm_shape(cfg, 1, min(k, cfg.max_k), min(n, cfg.max_n)))
-                    for _, n, k in BITNET_07B_LAYER)
+        total = sum(
+            tlmm_cycles(cfg, tlmm_shape(cfg, 1, min(k, cfg.max_k), min(n, cfg.max_n)))
+            for _, n, k in BITNET_07B_LAYER
+        )
     return (time.perf_counter() - t0) / repeats, total
 
 
@@ -83,14 +91,31 @@ def _bench_generic(e: Engine, acfg: AcceleratorConfig, build_root: Path, log=pri
     cases = e.make_cases(acfg, workload)
     log(f"[bench] {e.name}: model and Verilator RTL on its {workload} workload ...")
     rep = e.run_cosim(acfg, cases, build_root, quiet=True)
-    out = {"workload": [c.name for c in cases], "model_cycles_per_s": rep.model_cycles_per_s,
-           "verilator_cycles_per_s": rep.verilator_cycles_per_s, "rtl_matches_model": rep.ok}
-    print(table(
-        ["figure", "value", "how"],
-        [[f"{e.name} model cycles/s", out["model_cycles_per_s"], "numba model inside the co-simulation, measured"],
-         [f"{e.name} Verilator cycles/s", out["verilator_cycles_per_s"], "cocotb-driven Verilator RTL, measured"],
-         ["RTL == model", rep.ok, "outputs and cycles"]],
-        title=f"tritium bench — {e.name}, config {acfg.name}: {workload} workload"))
+    out = {
+        "workload": [c.name for c in cases],
+        "model_cycles_per_s": rep.model_cycles_per_s,
+        "verilator_cycles_per_s": rep.verilator_cycles_per_s,
+        "rtl_matches_model": rep.ok,
+    }
+    print(
+        table(
+            ["figure", "value", "how"],
+            [
+                [
+                    f"{e.name} model cycles/s",
+                    out["model_cycles_per_s"],
+                    "numba model inside the co-simulation, measured",
+                ],
+                [
+                    f"{e.name} Verilator cycles/s",
+                    out["verilator_cycles_per_s"],
+                    "cocotb-driven Verilator RTL, measured",
+                ],
+                ["RTL == model", rep.ok, "outputs and cycles"],
+            ],
+            title=f"tritium bench — {e.name}, config {acfg.name}: {workload} workload",
+        )
+    )
     return out
 
 
@@ -117,18 +142,26 @@ def _bench_tlmm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
         "bitnet07b_layer_cycles_1tok": layer_cycles,
         "bitnet07b_layer_ms_1tok_modeled": layer_cycles / (acfg.clock_mhz * 1e3),
     }
-    print(table(
-        ["figure", "value", "how"],
-        [["model cycles/s", model_cps, "numba stepped model, measured"],
-         ["model lookups/s", m_lookups / m_s, "table lookups executed by the model, measured"],
-         ["Verilator cycles/s", rtl_cps, "cocotb-driven Verilator RTL, measured"],
-         ["model / Verilator", result["model_over_verilator"], "speed ratio, same work"],
-         ["RTL == model", rep.ok, "outputs and cycles of the benchmark cases"],
-         ["fast path µs / layer", fast_s * 1e6, "closed-form cycles of one BitNet-0.7B layer"],
-         ["BitNet-0.7B layer cycles", layer_cycles, "1 token, 7 ternary linears, modeled"],
-         [f"BitNet-0.7B layer ms @ {acfg.clock_mhz:g} MHz", result["bitnet07b_layer_ms_1tok_modeled"],
-          "modeled, TLMM compute only (no DRAM limit)"]],
-        title=f"tritium bench — config {acfg.name}: {', '.join(result['workload'])}"))
+    print(
+        table(
+            ["figure", "value", "how"],
+            [
+                ["model cycles/s", model_cps, "numba stepped model, measured"],
+                ["model lookups/s", m_lookups / m_s, "table lookups executed by the model, measured"],
+                ["Verilator cycles/s", rtl_cps, "cocotb-driven Verilator RTL, measured"],
+                ["model / Verilator", result["model_over_verilator"], "speed ratio, same work"],
+                ["RTL == model", rep.ok, "outputs and cycles of the benchmark cases"],
+                ["fast path µs / layer", fast_s * 1e6, "closed-form cycles of one BitNet-0.7B layer"],
+                ["BitNet-0.7B layer cycles", layer_cycles, "1 token, 7 ternary linears, modeled"],
+                [
+                    f"BitNet-0.7B layer ms @ {acfg.clock_mhz:g} MHz",
+                    result["bitnet07b_layer_ms_1tok_modeled"],
+                    "modeled, TLMM compute only (no DRAM limit)",
+                ],
+            ],
+            title=f"tritium bench — config {acfg.name}: {', '.join(result['workload'])}",
+        )
+    )
     return result
 
 
@@ -147,18 +180,41 @@ def _bench_dse(log=print, points: int = 1000, workers: int = 2) -> dict:
         r = run_dse(spec, Path(d), workers=workers, progress=False, log=lambda s: None)
         total = time.perf_counter() - t0
     per_min = 60 * r["stored"] / r["seconds"]
-    out = {"spec": spec.name, "points": r["stored"], "evaluated": r["evaluated"], "loop_s": r["seconds"],
-           "total_s": total, "points_per_min": per_min, "points_per_min_incl_startup": 60 * r["stored"] / total,
-           "evaluated_per_min": 60 * r["evaluated"] / r["seconds"]}
-    print(table(["figure", "value", "how"],
-                [["DSE points/min", per_min, f"{r['stored']} points ({r['evaluated']} evaluated, the rest rejected "
-                                             f"before evaluation) / sampling-loop wall time, {workers} workers"],
-                 ["DSE evaluated points/min", 60 * r["evaluated"] / r["seconds"],
-                  "points that passed the screen and were evaluated (prefill + decode modeled)"],
-                 ["DSE points/min incl. start-up", out["points_per_min_incl_startup"],
-                  "including model capture, worker start, CSV and Pareto plot"]],
-                title=f"tritium bench — design-space exploration, {spec.model} prefill {spec.prompt} + decode at "
-                      f"context {spec.context} per point (target ≥ 1000 points/min), measured"))
+    out = {
+        "spec": spec.name,
+        "points": r["stored"],
+        "evaluated": r["evaluated"],
+        "loop_s": r["seconds"],
+        "total_s": total,
+        "points_per_min": per_min,
+        "points_per_min_incl_startup": 60 * r["stored"] / total,
+        "evaluated_per_min": 60 * r["evaluated"] / r["seconds"],
+    }
+    print(
+        table(
+            ["figure", "value", "how"],
+            [
+                [
+                    "DSE points/min",
+                    per_min,
+                    f"{r['stored']} points ({r['evaluated']} evaluated, the rest rejected "
+                    f"before evaluation) / sampling-loop wall time, {workers} workers",
+                ],
+                [
+                    "DSE evaluated points/min",
+                    60 * r["evaluated"] / r["seconds"],
+                    "points that passed the screen and were evaluated (prefill + decode modeled)",
+                ],
+                [
+                    "DSE points/min incl. start-up",
+                    out["points_per_min_incl_startup"],
+                    "including model capture, worker start, CSV and Pareto plot",
+                ],
+            ],
+            title=f"tritium bench — design-space exploration, {spec.model} prefill {spec.prompt} + decode at "
+            f"context {spec.context} per point (target ≥ 1000 points/min), measured",
+        )
+    )
     return out
 
 
@@ -176,10 +232,22 @@ def _bench_compile(acfg: AcceleratorConfig, log=print) -> dict:
         seconds = time.perf_counter() - t0
         n = len(prog.commands())
         out[name] = {"seconds": seconds, "commands": n, **cm.timings}
-        rows.append([name, seconds, cm.timings["export_s"], n,
-                     prog.meta["memory_beats"] * acfg.memory.bus_bytes / 2**20])
-    print(table(["preset", "compile s (target < 30)", "of which torch.export s", "commands", "memory MiB"], rows,
-                title="tritium bench — compile on meta tensors (64-token prefill step), measured"))
+        rows.append(
+            [
+                name,
+                seconds,
+                cm.timings["export_s"],
+                n,
+                prog.meta["memory_beats"] * acfg.memory.bus_bytes / 2**20,
+            ]
+        )
+    print(
+        table(
+            ["preset", "compile s (target < 30)", "of which torch.export s", "commands", "memory MiB"],
+            rows,
+            title="tritium bench — compile on meta tensors (64-token prefill step), measured",
+        )
+    )
     out["estimate"] = _bench_estimate(acfg, log)
     return out
 
@@ -191,7 +259,7 @@ def _bench_estimate(acfg: AcceleratorConfig, log=print) -> dict:
     rows, out = [], {}
     for name in ("bitnet-0.7b", "bitnet-2b"):
         log(f"[bench] estimating {name} ...")
-        clear_cache()          # a cold estimate includes capture and passes
+        clear_cache()  # a cold estimate includes capture and passes
         t0 = time.perf_counter()
         r = estimate(name, acfg, 64, 1024)
         cold = time.perf_counter() - t0
@@ -200,9 +268,19 @@ def _bench_estimate(acfg: AcceleratorConfig, log=print) -> dict:
         warm = time.perf_counter() - t0
         out[name] = {"cold_s": cold, "warm_s": warm, "decode_tokens_per_s": r["decode_tokens_per_s"]}
         rows.append([name, cold, warm, r["decode_tokens_per_s"], r["ttft_s"]])
-    print(table(["preset", "estimate s, first (incl. torch.export)", "estimate s, again (target < 2)",
-                 "decode tok/s (modeled)", "TTFT s (modeled)"], rows,
-                title=f"tritium bench — whole-model estimate, prompt 64, context 1024, config {acfg.name}, measured"))
+    print(
+        table(
+            [
+                "preset",
+                "estimate s, first (incl. torch.export)",
+                "estimate s, again (target < 2)",
+                "decode tok/s (modeled)",
+                "TTFT s (modeled)",
+            ],
+            rows,
+            title=f"tritium bench — whole-model estimate, prompt 64, context 1024, config {acfg.name}, measured",
+        )
+    )
     return out
 
 
@@ -214,7 +292,7 @@ def _bench_kv(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
 
     cases = trace_cases(acfg.kv, data_files.trace_files()[:2], heads=2)
     encoded = [encode_commands(acfg.kv, c.commands) for c in cases]
-    run_kv(acfg.kv, *encoded[0])                                   # compile outside the timing
+    run_kv(acfg.kv, *encoded[0])  # compile outside the timing
     log("[bench] KV: numba stepped model on trace replays ...")
     seconds, cycles = 0.0, 0
     while seconds < 1.0:
@@ -224,15 +302,32 @@ def _bench_kv(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
             seconds += time.perf_counter() - t0
     log("[bench] KV: Verilator RTL on the same replays ...")
     rep = run_kv_cosim(acfg, cases, build_root, quiet=True)
-    out = {"workload": [c.name for c in cases], "model_cycles_per_s": cycles / seconds,
-           "verilator_cycles_per_s": rep.verilator_cycles_per_s, "rtl_matches_model": rep.ok}
-    print(table(
-        ["figure", "value", "how"],
-        [["KV model cycles/s", out["model_cycles_per_s"], "numba stepped model, measured"],
-         ["KV Verilator cycles/s", out["verilator_cycles_per_s"], "cocotb-driven Verilator RTL, measured"],
-         ["model / Verilator", out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]), "same replays"],
-         ["RTL == model", rep.ok, "every output beat and its cycle"]],
-        title=f"tritium bench — KV retrieval, config {acfg.name}: {len(cases)} trace replays"))
+    out = {
+        "workload": [c.name for c in cases],
+        "model_cycles_per_s": cycles / seconds,
+        "verilator_cycles_per_s": rep.verilator_cycles_per_s,
+        "rtl_matches_model": rep.ok,
+    }
+    print(
+        table(
+            ["figure", "value", "how"],
+            [
+                ["KV model cycles/s", out["model_cycles_per_s"], "numba stepped model, measured"],
+                [
+                    "KV Verilator cycles/s",
+                    out["verilator_cycles_per_s"],
+                    "cocotb-driven Verilator RTL, measured",
+                ],
+                [
+                    "model / Verilator",
+                    out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]),
+                    "same replays",
+                ],
+                ["RTL == model", rep.ok, "every output beat and its cycle"],
+            ],
+            title=f"tritium bench — KV retrieval, config {acfg.name}: {len(cases)} trace replays",
+        )
+    )
     return out
 
 
@@ -243,30 +338,49 @@ def _bench_top(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     from sim.top_model import program_cycles
 
     log("[bench] top level: one layer of the tiny model through the RTL ...")
-    rep = run_top_cosim(acfg, data_files.tiny_checkpoint(), list(b"def f(x)"), 1, layers=1,
-                        build_root=build_root, quiet=True)
+    rep = run_top_cosim(
+        acfg, data_files.tiny_checkpoint(), list(b"def f(x)"), 1, layers=1, build_root=build_root, quiet=True
+    )
     from compiler import compile_model, load_model
     from sim.cosim import truncated_model
 
-    prog = compile_model(truncated_model(load_model(str(data_files.tiny_checkpoint())), 1),
-                         acfg).program(8, 0, logits="last")
+    prog = compile_model(truncated_model(load_model(str(data_files.tiny_checkpoint())), 1), acfg).program(
+        8, 0, logits="last"
+    )
     program_cycles(prog)
     t0 = time.perf_counter()
     total = sum(program_cycles(prog))
     model_s = time.perf_counter() - t0
     j = rep.to_json()
-    out = {"rtl_cycles": j["rtl_cycles"], "model_cycles": total, "rtl_matches_model": rep.ok,
-           "verilator_s": j["simulation_s"], "verilator_cycles_per_s": j["rtl_cycles"] / max(1e-9, j["simulation_s"]),
-           "model_ms": model_s * 1e3}
-    print(table(
-        ["figure", "value", "how"],
-        [["top: RTL cycles (1 layer, 8-token prefill)", j["rtl_cycles"], "Verilator, commands back to back"],
-         ["top: model cycles", total, "sim/top_model.py per-command sum"],
-         ["logits, tokens, cycles equal", rep.ok, "RTL vs PyTorch int vs numba models"],
-         ["Verilator cycles/s (whole run)", out["verilator_cycles_per_s"],
-          "cocotb bench incl. process start, torch import, host ops; measured"],
-         ["top model ms for the Program", out["model_ms"], "measured"]],
-        title=f"tritium bench — top level, config {acfg.name}"))
+    out = {
+        "rtl_cycles": j["rtl_cycles"],
+        "model_cycles": total,
+        "rtl_matches_model": rep.ok,
+        "verilator_s": j["simulation_s"],
+        "verilator_cycles_per_s": j["rtl_cycles"] / max(1e-9, j["simulation_s"]),
+        "model_ms": model_s * 1e3,
+    }
+    print(
+        table(
+            ["figure", "value", "how"],
+            [
+                [
+                    "top: RTL cycles (1 layer, 8-token prefill)",
+                    j["rtl_cycles"],
+                    "Verilator, commands back to back",
+                ],
+                ["top: model cycles", total, "sim/top_model.py per-command sum"],
+                ["logits, tokens, cycles equal", rep.ok, "RTL vs PyTorch int vs numba models"],
+                [
+                    "Verilator cycles/s (whole run)",
+                    out["verilator_cycles_per_s"],
+                    "cocotb bench incl. process start, torch import, host ops; measured",
+                ],
+                ["top model ms for the Program", out["model_ms"], "measured"],
+            ],
+            title=f"tritium bench — top level, config {acfg.name}",
+        )
+    )
     return out
 
 
@@ -279,7 +393,7 @@ def _bench_gemm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
 
     case = bitnet_attention_case(acfg)
     log("[bench] GEMM: numba stepped model ...")
-    run_gemm(acfg, case.a[:1, :1], case.b[:1, :1])                    # compile outside the timing
+    run_gemm(acfg, case.a[:1, :1], case.b[:1, :1])  # compile outside the timing
     seconds, cycles = 0.0, 0
     while seconds < 1.0:
         t0 = time.perf_counter()
@@ -297,22 +411,47 @@ def _bench_gemm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     fast_ms = (time.perf_counter() - t0) / reps * 1e3
     big = gemm_report(acfg, 1024, 1024, 1024)
     out = {
-        "workload": case.name, "model_cycles_per_s": cycles / seconds,
-        "verilator_cycles_per_s": rep.verilator_cycles_per_s, "rtl_matches_model": rep.ok,
-        "fast_path_ms_1024cubed": fast_ms, "cycles_1024cubed": big["cycles"],
-        "mac_utilization_1024cubed": big["mac_utilization"], "gops_1024cubed_modeled": big["gops"],
+        "workload": case.name,
+        "model_cycles_per_s": cycles / seconds,
+        "verilator_cycles_per_s": rep.verilator_cycles_per_s,
+        "rtl_matches_model": rep.ok,
+        "fast_path_ms_1024cubed": fast_ms,
+        "cycles_1024cubed": big["cycles"],
+        "mac_utilization_1024cubed": big["mac_utilization"],
+        "gops_1024cubed_modeled": big["gops"],
     }
-    print(table(
-        ["figure", "value", "how"],
-        [["GEMM model cycles/s", out["model_cycles_per_s"], "numba stepped model (data + memory), measured"],
-         ["GEMM Verilator cycles/s", out["verilator_cycles_per_s"], "cocotb-driven Verilator RTL, measured"],
-         ["model / Verilator", out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]), "same GEMM"],
-         ["RTL == model", rep.ok, "outputs and cycles"],
-         ["fast path ms, 1024³ GEMM", fast_ms, "recurrence over requests/tiles, measured (target < 10 ms)"],
-         ["1024³ cycles", big["cycles"], "modeled"],
-         ["1024³ MAC utilization", f"{big['mac_utilization']:.4%}", "modeled (target ≥ 95%)"],
-         [f"1024³ GOPS @ {acfg.clock_mhz:g} MHz", big["gops"], "modeled"]],
-        title=f"tritium bench — GEMM {acfg.gemm.rows}x{acfg.gemm.cols}, config {acfg.name}: {case.name}"))
+    print(
+        table(
+            ["figure", "value", "how"],
+            [
+                [
+                    "GEMM model cycles/s",
+                    out["model_cycles_per_s"],
+                    "numba stepped model (data + memory), measured",
+                ],
+                [
+                    "GEMM Verilator cycles/s",
+                    out["verilator_cycles_per_s"],
+                    "cocotb-driven Verilator RTL, measured",
+                ],
+                [
+                    "model / Verilator",
+                    out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]),
+                    "same GEMM",
+                ],
+                ["RTL == model", rep.ok, "outputs and cycles"],
+                [
+                    "fast path ms, 1024³ GEMM",
+                    fast_ms,
+                    "recurrence over requests/tiles, measured (target < 10 ms)",
+                ],
+                ["1024³ cycles", big["cycles"], "modeled"],
+                ["1024³ MAC utilization", f"{big['mac_utilization']:.4%}", "modeled (target ≥ 95%)"],
+                [f"1024³ GOPS @ {acfg.clock_mhz:g} MHz", big["gops"], "modeled"],
+            ],
+            title=f"tritium bench — GEMM {acfg.gemm.rows}x{acfg.gemm.cols}, config {acfg.name}: {case.name}",
+        )
+    )
     return out
 
 

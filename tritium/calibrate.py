@@ -31,9 +31,18 @@ __all__ = ["BASE", "POINTS", "CSV_FIELDS", "CalPoint", "point_config", "read_run
 
 #: The config every calibration point starts from (configs/default.yaml's fields, clock 100 MHz).
 BASE = {
-    "name": "cal", "clock_mhz": 100,
-    "tlmm": {"group_size": 3, "tables": 8, "columns": 4, "table_mode": "full", "tokens": 2, "act_bits": 8,
-             "max_k": 4096, "max_n": 4096},
+    "name": "cal",
+    "clock_mhz": 100,
+    "tlmm": {
+        "group_size": 3,
+        "tables": 8,
+        "columns": 4,
+        "table_mode": "full",
+        "tokens": 2,
+        "act_bits": 8,
+        "max_k": 4096,
+        "max_n": 4096,
+    },
     "gemm": {"rows": 8, "cols": 8, "k_tile": 64},
     "memory": {"bus_bytes": 32},
 }
@@ -42,24 +51,38 @@ BASE = {
 @dataclass(frozen=True)
 class CalPoint:
     name: str
-    board: str                  # ulx3s (ECP5) or kv260 (synth_xilinx)
-    engine: str                 # tlmm or gemm
-    role: str                   # train or heldout
+    board: str  # ulx3s (ECP5) or kv260 (synth_xilinx)
+    engine: str  # tlmm or gemm
+    role: str  # train or heldout
     tlmm: dict = field(default_factory=dict)
     gemm: dict = field(default_factory=dict)
     memory: dict = field(default_factory=dict)
-    pnr: bool = False           # ECP5 only: place and route for Fmax (minutes)
+    pnr: bool = False  # ECP5 only: place and route for Fmax (minutes)
 
 
 def _t(name, board, role, G=3, T=8, Q=4, mode="full", tok=2, max_n=4096, max_k=4096, pnr=False):
-    return CalPoint(name, board, "tlmm", role, tlmm={"group_size": G, "tables": T, "columns": Q,
-                                                    "table_mode": mode, "tokens": tok, "max_n": max_n,
-                                                    "max_k": max_k}, pnr=pnr)
+    return CalPoint(
+        name,
+        board,
+        "tlmm",
+        role,
+        tlmm={
+            "group_size": G,
+            "tables": T,
+            "columns": Q,
+            "table_mode": mode,
+            "tokens": tok,
+            "max_n": max_n,
+            "max_k": max_k,
+        },
+        pnr=pnr,
+    )
 
 
 def _g(name, board, role, R=8, C=8, TK=64, W=32, pnr=False):
-    return CalPoint(name, board, "gemm", role, gemm={"rows": R, "cols": C, "k_tile": TK},
-                    memory={"bus_bytes": W}, pnr=pnr)
+    return CalPoint(
+        name, board, "gemm", role, gemm={"rows": R, "cols": C, "k_tile": TK}, memory={"bus_bytes": W}, pnr=pnr
+    )
 
 
 #: The calibration set, in run order (ECP5 synthesis first: cheap; then UltraScale+; then the P&R runs).
@@ -117,9 +140,36 @@ POINTS: list[CalPoint] = [
     _g("p_g_h1", "ulx3s", "heldout", R=8, C=4, TK=128, pnr=True),
 ]
 
-CSV_FIELDS = ["name", "board", "engine", "role", "pnr", "group_size", "tables", "columns", "table_mode",
-              "tokens", "act_bits", "max_k", "max_n", "rows", "cols", "k_tile", "bus_bytes", "clock_mhz",
-              "lut", "ff", "bram", "uram", "dsp", "fmax_mhz", "synth_s", "pnr_s", "tool", "date"]
+CSV_FIELDS = [
+    "name",
+    "board",
+    "engine",
+    "role",
+    "pnr",
+    "group_size",
+    "tables",
+    "columns",
+    "table_mode",
+    "tokens",
+    "act_bits",
+    "max_k",
+    "max_n",
+    "rows",
+    "cols",
+    "k_tile",
+    "bus_bytes",
+    "clock_mhz",
+    "lut",
+    "ff",
+    "bram",
+    "uram",
+    "dsp",
+    "fmax_mhz",
+    "synth_s",
+    "pnr_s",
+    "tool",
+    "date",
+]
 
 
 def point_config(p: CalPoint):
@@ -177,24 +227,43 @@ def run_point(p: CalPoint, build_dir: Path, log=print) -> dict:
         rep = fpga.build_bitstream(acfg, p.board, build_dir, log=log, engine=p.engine, pnr=p.pnr)
     t, g = acfg.tlmm, acfg.gemm
     return {
-        "name": p.name, "board": p.board, "engine": p.engine, "role": p.role, "pnr": int(p.pnr),
-        "group_size": t.group_size, "tables": t.tables, "columns": t.columns, "table_mode": t.table_mode,
-        "tokens": t.tokens, "act_bits": t.act_bits, "max_k": t.max_k, "max_n": t.max_n,
-        "rows": g.rows, "cols": g.cols, "k_tile": g.k_tile, "bus_bytes": acfg.memory.bus_bytes,
+        "name": p.name,
+        "board": p.board,
+        "engine": p.engine,
+        "role": p.role,
+        "pnr": int(p.pnr),
+        "group_size": t.group_size,
+        "tables": t.tables,
+        "columns": t.columns,
+        "table_mode": t.table_mode,
+        "tokens": t.tokens,
+        "act_bits": t.act_bits,
+        "max_k": t.max_k,
+        "max_n": t.max_n,
+        "rows": g.rows,
+        "cols": g.cols,
+        "k_tile": g.k_tile,
+        "bus_bytes": acfg.memory.bus_bytes,
         "clock_mhz": acfg.clock_mhz,
         **{r: rep[r]["used"] for r in ("lut", "ff", "bram", "dsp")},
         "uram": rep["uram"]["used"] if "uram" in rep else "",
         "fmax_mhz": "" if rep.get("fmax_mhz") is None else rep["fmax_mhz"],
-        "synth_s": rep["seconds"].get("synth", ""), "pnr_s": rep["seconds"].get("pnr", ""),
-        "tool": _tool_version(), "date": time.strftime("%Y-%m-%d"),
+        "synth_s": rep["seconds"].get("synth", ""),
+        "pnr_s": rep["seconds"].get("pnr", ""),
+        "tool": _tool_version(),
+        "date": time.strftime("%Y-%m-%d"),
         "_wall": time.monotonic() - t0,
     }
 
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="tritium calibrate", description=__doc__.split("\n\n")[0])
-    ap.add_argument("--out", type=Path, default=Path("configs/calibration/runs.csv"),
-                    help="calibration CSV (read to skip finished points, rewritten after every run)")
+    ap.add_argument(
+        "--out",
+        type=Path,
+        default=Path("configs/calibration/runs.csv"),
+        help="calibration CSV (read to skip finished points, rewritten after every run)",
+    )
     ap.add_argument("--board", choices=["ulx3s", "kv260", "all"], default="all")
     ap.add_argument("--only", default="", help="comma-separated point names")
     ap.add_argument("--no-pnr", action="store_true", help="skip the place-and-route (Fmax) points")
@@ -209,27 +278,41 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     if a.list:
         for p in POINTS:
-            print(f"{p.name:12s} {p.board:6s} {p.engine:5s} {p.role:8s} {'pnr' if p.pnr else 'synth'} "
-                  f"{p.tlmm or ''}{p.gemm or ''}{p.memory or ''}")
+            print(
+                f"{p.name:12s} {p.board:6s} {p.engine:5s} {p.role:8s} {'pnr' if p.pnr else 'synth'} "
+                f"{p.tlmm or ''}{p.gemm or ''}{p.memory or ''}"
+            )
         return 0
     if not a.fit:
         from hw.fpga import FitError, FlowError
 
         rows = read_runs(a.out)
         done = {r["name"] for r in rows}
-        todo = [p for p in POINTS if p.name not in done and (a.board in ("all", p.board))
-                and (not only or p.name in only) and not (a.no_pnr and p.pnr)]
+        todo = [
+            p
+            for p in POINTS
+            if p.name not in done
+            and (a.board in ("all", p.board))
+            and (not only or p.name in only)
+            and not (a.no_pnr and p.pnr)
+        ]
         print(f"[calibrate] {len(todo)} point(s) to run, {len(done)} already in {a.out}", flush=True)
         for i, p in enumerate(todo, 1):
-            print(f"[calibrate] {i}/{len(todo)} {p.name} ({p.board}, {p.engine}, "
-                  f"{'P&R' if p.pnr else 'synthesis'}) ...", flush=True)
+            print(
+                f"[calibrate] {i}/{len(todo)} {p.name} ({p.board}, {p.engine}, "
+                f"{'P&R' if p.pnr else 'synthesis'}) ...",
+                flush=True,
+            )
             try:
                 row = run_point(p, a.build, log=lambda s: None)
             except (FitError, FlowError) as e:
                 print(f"[calibrate] {p.name}: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
                 continue
-            print(f"[calibrate]   lut {row['lut']} ff {row['ff']} bram {row['bram']} dsp {row['dsp']} "
-                  f"fmax {row['fmax_mhz'] or '-'}  ({row.pop('_wall'):.0f} s)", flush=True)
+            print(
+                f"[calibrate]   lut {row['lut']} ff {row['ff']} bram {row['bram']} dsp {row['dsp']} "
+                f"fmax {row['fmax_mhz'] or '-'}  ({row.pop('_wall'):.0f} s)",
+                flush=True,
+            )
             rows.append(row)
             write_runs(a.out, rows)
     from tritium.resources import fit_report

@@ -51,20 +51,31 @@ from tritium.dse_spec import (
 )
 from tritium.dse_store import GridOrder, Point, Store, append_log, mask_url, open_study, read_log, storage_url
 
-__all__ = ["SpecError", "Spec", "Constraint", "load_spec", "FastEvaluator", "Workload", "build_workload",
-           "run_dse", "METRICS", "RESOURCE_METRICS", "PERF_METRICS"]
-
+__all__ = [
+    "SpecError",
+    "Spec",
+    "Constraint",
+    "load_spec",
+    "FastEvaluator",
+    "Workload",
+    "build_workload",
+    "run_dse",
+    "METRICS",
+    "RESOURCE_METRICS",
+    "PERF_METRICS",
+]
 
 
 # ====================================================================================================
 # Fast evaluator
 # ====================================================================================================
 
+
 @dataclass
 class _Step:
     tokens: int
     pos: int
-    host_prog: object          # a minimal Program-like object: the step's host ops and the tensors they read
+    host_prog: object  # a minimal Program-like object: the step's host ops and the tensors they read
 
 
 @dataclass
@@ -75,9 +86,9 @@ class Workload:
     prompt: int
     context: int
     max_seq: int
-    tlmm_ops: list            # [(k, n, count)]
-    attention: list           # [(n_heads, n_kv_heads, head_dim, count)]
-    steps: dict               # "prefill" / "decode" → _Step
+    tlmm_ops: list  # [(k, n, count)]
+    attention: list  # [(n_heads, n_kv_heads, head_dim, count)]
+    steps: dict  # "prefill" / "decode" → _Step
 
 
 class _HostProgram:
@@ -109,8 +120,11 @@ def build_workload(model: str, prompt: int, context: int, acfg: AcceleratorConfi
     if not 1 <= prompt <= max_seq or not 1 <= context <= max_seq:
         raise ValueError(f"prompt {prompt} / context {context} must be in 1..{max_seq} (the model's max_seq)")
     tl = Counter((op.attrs["k"], op.attrs["n"]) for op in g.ops if op.kind == "tlmm")
-    at = Counter((op.attrs["n_heads"], op.attrs["n_kv_heads"], op.attrs["head_dim"]) for op in g.ops
-                 if op.kind == "attention")
+    at = Counter(
+        (op.attrs["n_heads"], op.attrs["n_kv_heads"], op.attrs["head_dim"])
+        for op in g.ops
+        if op.kind == "attention"
+    )
     steps = {}
     for label, (T, pos) in (("prefill", (prompt, 0)), ("decode", (1, context - 1))):
         prog = cm.program(T, pos, logits="last")
@@ -121,10 +135,18 @@ def build_workload(model: str, prompt: int, context: int, acfg: AcceleratorConfi
             if "weight" in op.attrs:
                 names.add(op.attrs["weight"])
         tensors = {n: prog.tensors[n] for n in names if n in prog.tensors}
-        steps[label] = _Step(T, pos, _HostProgram([HostCommand(i) for i in range(len(prog.host_ops))],
-                                                  prog.host_ops, tensors))
-    wl = Workload(model, prompt, context, max_seq, sorted((k, n, c) for (k, n), c in tl.items()),
-                  sorted((h, hk, hd, c) for (h, hk, hd), c in at.items()), steps)
+        steps[label] = _Step(
+            T, pos, _HostProgram([HostCommand(i) for i in range(len(prog.host_ops))], prog.host_ops, tensors)
+        )
+    wl = Workload(
+        model,
+        prompt,
+        context,
+        max_seq,
+        sorted((k, n, c) for (k, n), c in tl.items()),
+        sorted((h, hk, hd, c) for (h, hk, hd), c in at.items()),
+        steps,
+    )
     _WORKLOADS[key] = wl
     return wl
 
@@ -163,8 +185,14 @@ class FastEvaluator:
         """Beats of the persistent region (packed weights + KV cache), as compiler.lower allocates it."""
         from compiler.tiling import persistent_beats
 
-        return persistent_beats(acfg.tlmm, acfg.gemm_geometry, acfg.memory.bus_bytes, self.w.tlmm_ops,
-                                self.w.attention, self.w.max_seq)
+        return persistent_beats(
+            acfg.tlmm,
+            acfg.gemm_geometry,
+            acfg.memory.bus_bytes,
+            self.w.tlmm_ops,
+            self.w.attention,
+            self.w.max_seq,
+        )
 
     def _energy_of(self, family: str) -> dict:
         from sim.energy import load_energy
@@ -197,7 +225,14 @@ class FastEvaluator:
             total.host_seconds += n * c.host_seconds
             total.dram_bytes += n * c.dram_bytes
             total.commands += n * c.commands
-            for d in ("engine_cycles", "compute_cycles", "time_by", "dram_bytes_by", "energy_j", "busy_issue"):
+            for d in (
+                "engine_cycles",
+                "compute_cycles",
+                "time_by",
+                "dram_bytes_by",
+                "energy_j",
+                "busy_issue",
+            ):
                 dst, src = getattr(total, d), getattr(c, d)
                 for k, v in src.items():
                     dst[k] += n * v
@@ -222,7 +257,9 @@ class FastEvaluator:
 STATUSES = ("ok", "invalid", "memory", "fit", "constraint", "error")
 
 
-def screen(spec: Spec, params: dict, evaluator: FastEvaluator | None = None) -> tuple[str, str, dict, dict | None]:
+def screen(
+    spec: Spec, params: dict, evaluator: FastEvaluator | None = None
+) -> tuple[str, str, dict, dict | None]:
     """(status, reason, resource metrics, config dict) before any long evaluation."""
     from hw.boards import BOARD_SPECS
     from tritium.resources import FAMILY_OF_BOARD, load_model
@@ -238,15 +275,22 @@ def screen(spec: Spec, params: dict, evaluator: FastEvaluator | None = None) -> 
         beats = evaluator.memory_beats(acfg)
         m["memory_mib"] = beats * acfg.memory.bus_bytes / 2**20
         if beats > 1 << acfg.memory.addr_bits:
-            return ("memory", f"weights + KV cache need {beats} beats > 2^memory.addr_bits = "
-                    f"{1 << acfg.memory.addr_bits}", m, d)
+            return (
+                "memory",
+                f"weights + KV cache need {beats} beats > 2^memory.addr_bits = {1 << acfg.memory.addr_bits}",
+                m,
+                d,
+            )
     if spec.board:
         fam = FAMILY_OF_BOARD[spec.board]
         r = load_model().predict(acfg, fam, "all")
         m.update({k: (round(v, 1) if v is not None else None) for k, v in r.items()})
         cap = BOARD_SPECS[spec.board].capacity
-        over = [f"{k} {r[k]:.0f} > {spec.fit_margin:g}·{cap[k]}" for k in ("lut", "ff", "bram", "uram", "dsp")
-                if k in cap and r[k] > spec.fit_margin * cap[k]]
+        over = [
+            f"{k} {r[k]:.0f} > {spec.fit_margin:g}·{cap[k]}"
+            for k in ("lut", "ff", "bram", "uram", "dsp")
+            if k in cap and r[k] > spec.fit_margin * cap[k]
+        ]
         if over:
             return "fit", f"does not fit {spec.board} (modeled): " + "; ".join(over), m, d
         if spec.clock == "fmax" and r["fmax_mhz"]:
@@ -282,7 +326,7 @@ def _worker_init(spec: Spec, workload: Workload, log_path: str, parent: int) -> 
         # Ctrl-C reaches the whole foreground process group: only the main process acts on it (it
         # terminates the pool); a worker interrupted mid-task would leave the pool waiting for good.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        try:       # die with the main process (Linux): no orphan evaluates and logs after a kill
+        try:  # die with the main process (Linux): no orphan evaluates and logs after a kill
             import ctypes
 
             ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)
@@ -297,12 +341,13 @@ def _worker_eval(job: tuple) -> tuple:
     uid, cfg_dict, res, meta = job
     try:
         status, reason, m = evaluate_point(_W["ev"], _W["spec"], cfg_dict, res)
-    except Exception as e:        # a bug must not kill the sweep; it is recorded
+    except Exception as e:  # a bug must not kill the sweep; it is recorded
         status, reason, m = "error", f"{type(e).__name__}: {e}".splitlines()[0], dict(res)
     if _W["parent"] and os.getppid() != _W["parent"]:
         os._exit(0)
-    append_log(_W["log"], {"uid": uid, "status": status, "reason": reason, "metrics": m, "pid": os.getpid(),
-                           **meta})
+    append_log(
+        _W["log"], {"uid": uid, "status": status, "reason": reason, "metrics": m, "pid": os.getpid(), **meta}
+    )
     return uid, status, reason, m
 
 
@@ -374,7 +419,9 @@ class _Evaluators:
                 try:
                     res = conn.recv()
                 except (EOFError, OSError):
-                    raise RuntimeError("a DSE worker process died (out of memory?); rerun to resume") from None
+                    raise RuntimeError(
+                        "a DSE worker process died (out of memory?); rerun to resume"
+                    ) from None
                 if todo:
                     conn.send(todo.pop())
                 else:
@@ -403,19 +450,38 @@ class _Evaluators:
 # The sweep
 # ====================================================================================================
 
-_mask_url = mask_url        # the CLI's name for it
+_mask_url = mask_url  # the CLI's name for it
 
 
 class _Sweep:
     """One invocation's state: the store, the evaluation log, the evaluators, the progress bar."""
 
-    def __init__(self, spec: Spec, store: Store, out: Path, study_name: str, evaluator: FastEvaluator,
-                 evaluators: _Evaluators, bar=None):
-        self.spec, self.store, self.evaluator, self.evaluators, self.bar = spec, store, evaluator, evaluators, bar
+    def __init__(
+        self,
+        spec: Spec,
+        store: Store,
+        out: Path,
+        study_name: str,
+        evaluator: FastEvaluator,
+        evaluators: _Evaluators,
+        bar=None,
+    ):
+        self.spec, self.store, self.evaluator, self.evaluators, self.bar = (
+            spec,
+            store,
+            evaluator,
+            evaluators,
+            bar,
+        )
         self.meta = {"study": study_name, "fingerprint": spec.fingerprint}
-        self.logged = {r["uid"]: r for r in read_log(out / "evaluations.jsonl")
-                       if r.get("study") == study_name and r.get("fingerprint") == spec.fingerprint
-                       and "params" in r and "metrics" in r}
+        self.logged = {
+            r["uid"]: r
+            for r in read_log(out / "evaluations.jsonl")
+            if r.get("study") == study_name
+            and r.get("fingerprint") == spec.fingerprint
+            and "params" in r
+            and "metrics" in r
+        }
         self.evaluated = 0
 
     def _done(self, p: Point, result: tuple[str, str, dict]) -> tuple[str, str, dict]:
@@ -441,8 +507,20 @@ class _Sweep:
             if status != "ok":
                 results[p.key] = self._done(p, (status, reason, res))
                 continue
-            jobs.append((p.key, d, res, {**self.meta, "params": p.params, "ord": p.ord, "stream": p.stream,
-                                         "system_attrs": p.system_attrs}))
+            jobs.append(
+                (
+                    p.key,
+                    d,
+                    res,
+                    {
+                        **self.meta,
+                        "params": p.params,
+                        "ord": p.ord,
+                        "stream": p.stream,
+                        "system_attrs": p.system_attrs,
+                    },
+                )
+            )
         by_key = {p.key: p for p in points}
         for key, status, reason, m in self.evaluators.run(jobs):
             self.evaluated += 1
@@ -456,8 +534,12 @@ class _Sweep:
             stream = rec.get("stream")
             if key in self.store or stream in (None, "grid", own):
                 continue
-            self.store.put(Point(key, rec["ord"], stream, rec["params"], system_attrs=rec.get("system_attrs", {})),
-                           rec["status"], rec["reason"], rec["metrics"])
+            self.store.put(
+                Point(key, rec["ord"], stream, rec["params"], system_attrs=rec.get("system_attrs", {})),
+                rec["status"],
+                rec["reason"],
+                rec["metrics"],
+            )
             n += 1
         return n
 
@@ -474,7 +556,7 @@ def _run_grid(sw: _Sweep, spec: Spec, shared: bool, run_id: str) -> None:
     for i in range(0, total, spec.batch):
         if shared:
             sw.store.refresh()
-        pts = [order.point(o) for o in ords[i:i + spec.batch]]
+        pts = [order.point(o) for o in ords[i : i + spec.batch]]
         sw.settle([p for p in pts if p.key not in sw.store])
 
 
@@ -498,8 +580,10 @@ def _run_nsga2(sw: _Sweep, spec: Spec, seed: int, stream: str, shared: bool, dis
     import optuna
 
     objectives = [m for m, _ in spec.objectives]
-    mem = optuna.create_study(sampler=optuna.samplers.NSGAIISampler(population_size=spec.population, seed=seed),
-                              directions=[d for _, d in spec.objectives])
+    mem = optuna.create_study(
+        sampler=optuna.samplers.NSGAIISampler(population_size=spec.population, seed=seed),
+        directions=[d for _, d in spec.objectives],
+    )
     names = list(spec.parameters)
     added: set[str] = set()
     n = 0
@@ -522,7 +606,7 @@ def _run_nsga2(sw: _Sweep, spec: Spec, seed: int, stream: str, shared: bool, dis
             pts.append(Point(f"{stream}:{n}", n, stream, {k: tr.params[k] for k in names}, tr, sa))
             n += 1
         results = sw.settle(pts)
-        for p in pts:             # told in ask order: the sampler's state does not depend on timing
+        for p in pts:  # told in ask order: the sampler's state does not depend on timing
             _tell(mem, p, results[p.key], objectives)
 
 
@@ -532,16 +616,25 @@ def _check_fingerprint(db, spec: Spec, study_name: str, url: str) -> None:
         db.set_user_attr("spec_fingerprint", spec.fingerprint)
         db.set_user_attr("spec", spec.raw)
     elif fp != spec.fingerprint:
-        raise SpecError(f"{spec.path}: top level: study {study_name!r} in {mask_url(url)} was created from a "
-                        "different spec (only budget may change on resume); use another --out or --storage")
+        raise SpecError(
+            f"{spec.path}: top level: study {study_name!r} in {mask_url(url)} was created from a "
+            "different spec (only budget may change on resume); use another --out or --storage"
+        )
 
 
 def _progress_bar(spec: Spec, stored: int):
     from tqdm import tqdm
 
     total = min(spec.budget, spec.grid_size) if spec.sampler == "grid" else spec.budget
-    return tqdm(total=total, initial=min(total, stored), unit="pt", desc="dse", file=sys.stderr,
-                dynamic_ncols=True, mininterval=0.5)
+    return tqdm(
+        total=total,
+        initial=min(total, stored),
+        unit="pt",
+        desc="dse",
+        file=sys.stderr,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )
 
 
 def _open_store(spec: Spec, out: Path, storage: str | None) -> tuple:
@@ -549,7 +642,7 @@ def _open_store(spec: Spec, out: Path, storage: str | None) -> tuple:
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.ERROR)
-    if storage is None:                      # the SQLite study lives in out; a remote one is reached first
+    if storage is None:  # the SQLite study lives in out; a remote one is reached first
         out.mkdir(parents=True, exist_ok=True)
     url = storage_url(storage, out)
     study_name = f"dse-{spec.name}"
@@ -563,8 +656,10 @@ def _capture(spec: Spec, log) -> Workload:
     base_acfg = config_from_dict({**spec.base, "name": spec.name}, source=str(spec.base_path))
     t0 = time.perf_counter()
     workload = build_workload(spec.model, spec.prompt, spec.context, base_acfg)
-    log(f"[dse] workload {spec.model}, prompt {spec.prompt}, context {spec.context}: captured in "
-        f"{time.perf_counter() - t0:.1f} s")
+    log(
+        f"[dse] workload {spec.model}, prompt {spec.prompt}, context {spec.context}: captured in "
+        f"{time.perf_counter() - t0:.1f} s"
+    )
     return workload
 
 
@@ -583,15 +678,23 @@ def _stopped(sw: _Sweep, db, spec: Spec, out: Path, log) -> None:
     sw.evaluators.close(abort=True)
     if sw.bar is not None:
         sw.bar.close()
-    try:                 # best effort: the store may be what failed
+    try:  # best effort: the store may be what failed
         write_csv(out / "results.csv", collect(db, spec), spec)
     except Exception:
         pass
     log(f"[dse] stopped: {len(sw.store)} point(s) stored; the same command resumes")
 
 
-def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None, top: int = 5,
-            verify: int = 0, progress: bool = True, log=print) -> dict:
+def run_dse(
+    spec: Spec,
+    out: Path,
+    workers: int = 0,
+    storage: str | None = None,
+    top: int = 5,
+    verify: int = 0,
+    progress: bool = True,
+    log=print,
+) -> dict:
     """Run (or resume) the sweep of ``spec``; write ``results.csv`` and ``pareto.png`` into ``out``.
 
     Every finished point is stored under its key (:mod:`tritium.dse_store`) in the persistent study
@@ -609,13 +712,21 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
     dists = {n: CategoricalDistribution(v) for n, v in spec.parameters.items()}
     store = Store(db, [m for m, _ in spec.objectives], dists)
     workload = _capture(spec, log)
-    sw = _Sweep(spec, store, out, study_name, FastEvaluator(workload),
-                _Evaluators(spec, workload, out / "evaluations.jsonl", workers))
+    sw = _Sweep(
+        spec,
+        store,
+        out,
+        study_name,
+        FastEvaluator(workload),
+        _Evaluators(spec, workload, out / "evaluations.jsonl", workers),
+    )
     recovered = sw.recover_foreign(run_id) if shared else 0
-    log(f"[dse] study {study_name} in {mask_url(url)}: {len(store)} stored point(s)"
+    log(
+        f"[dse] study {study_name} in {mask_url(url)}: {len(store)} stored point(s)"
         + (f" ({recovered} recovered from evaluations.jsonl)" if recovered else "")
         + f"; budget {spec.budget}, sampler {spec.sampler}"
-        + (f" (grid of {spec.grid_size})" if spec.sampler == "grid" else f" (population {spec.population})"))
+        + (f" (grid of {spec.grid_size})" if spec.sampler == "grid" else f" (population {spec.population})")
+    )
     t_start = time.perf_counter()
     sw.bar = _progress_bar(spec, len(store)) if progress else None
     try:
@@ -629,7 +740,9 @@ def run_dse(spec: Spec, out: Path, workers: int = 0, storage: str | None = None,
     return _report(db, spec, out, top, verify, log, sw.evaluated, time.perf_counter() - t_start, len(store))
 
 
-def _report(db, spec: Spec, out: Path, top: int, verify: int, log, n_eval: int, wall: float, stored: int) -> dict:
+def _report(
+    db, spec: Spec, out: Path, top: int, verify: int, log, n_eval: int, wall: float, stored: int
+) -> dict:
     rows = collect(db, spec)
     if verify:
         verify_points(db, spec, rows, verify, out, log)
@@ -638,14 +751,24 @@ def _report(db, spec: Spec, out: Path, top: int, verify: int, log, n_eval: int, 
     png = plot_pareto(out / "pareto.png", rows, spec)
     table = top_table(rows, spec, top)
     log(table)
-    log(f"[dse] {n_eval} point(s) evaluated in this run in {wall:.1f} s"
+    log(
+        f"[dse] {n_eval} point(s) evaluated in this run in {wall:.1f} s"
         + (f" ({60 * n_eval / wall:.0f} points/min)" if wall > 0 and n_eval else "")
-        + f"; results {csv_path}, Pareto plot {png}")
-    return {"rows": rows, "csv": csv_path, "png": png, "evaluated": n_eval, "seconds": wall, "table": table,
-            "stored": stored}
+        + f"; results {csv_path}, Pareto plot {png}"
+    )
+    return {
+        "rows": rows,
+        "csv": csv_path,
+        "png": png,
+        "evaluated": n_eval,
+        "seconds": wall,
+        "table": table,
+        "stored": stored,
+    }
 
 
 # ---- results ----------------------------------------------------------------------------------------
+
 
 def _stored_points(study, spec: Spec) -> list:
     """Stored trials, one per key, in a fixed order: the grid order, or per stream its ask order (streams
@@ -690,13 +813,17 @@ def _mark_pareto(rows: list[dict], spec: Spec) -> None:
         r["pareto"] = 0
     for i, r in enumerate(ok):
         vi = vals[i]
-        dominated = any(all(a >= b for a, b in zip(vj, vi, strict=True)) and any(a > b for a, b in zip(vj, vi, strict=True))
-                        for j, vj in enumerate(vals) if j != i)
+        dominated = any(
+            all(a >= b for a, b in zip(vj, vi, strict=True))
+            and any(a > b for a, b in zip(vj, vi, strict=True))
+            for j, vj in enumerate(vals)
+            if j != i
+        )
         r["pareto"] = 0 if dominated else 1
 
 
 def _columns(spec: Spec) -> list[str]:
-    return (["trial", "status", "reason", *spec.parameters, *METRICS, "pareto", "verified"])
+    return ["trial", "status", "reason", *spec.parameters, *METRICS, "pareto", "verified"]
 
 
 def _fmt(v) -> str:
@@ -732,33 +859,52 @@ def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
         (mx, dx), (my, dy) = spec.objectives[:2]
         ax.scatter([r[mx] for r in ok], [r[my] for r in ok], s=8, c="0.7", label=f"evaluated ({len(ok)})")
         if len(spec.objectives) > 2:
-            ax.scatter([r[mx] for r in front], [r[my] for r in front], s=10, c="C1",
-                       label=f"Pareto in all {len(spec.objectives)} objectives ({len(front)})")
+            ax.scatter(
+                [r[mx] for r in front],
+                [r[my] for r in front],
+                s=10,
+                c="C1",
+                label=f"Pareto in all {len(spec.objectives)} objectives ({len(front)})",
+            )
         sx, sy = (1 if dx == "maximize" else -1), (1 if dy == "maximize" else -1)
         pts = sorted({(r[mx], r[my]) for r in ok}, key=lambda q: (-sx * q[0], -sy * q[1]))
         front2, best = [], None
-        for x, y in pts:                      # non-dominated in the two plotted objectives
+        for x, y in pts:  # non-dominated in the two plotted objectives
             if best is None or sy * y > sy * best:
                 front2.append((x, y))
                 best = y
-        ax.step([x for x, _ in front2], [y for _, y in front2], "o-", c="C3", ms=4, where="post",
-                label=f"Pareto front of these two ({len(front2)})")
+        ax.step(
+            [x for x, _ in front2],
+            [y for _, y in front2],
+            "o-",
+            c="C3",
+            ms=4,
+            where="post",
+            label=f"Pareto front of these two ({len(front2)})",
+        )
         ver = [r for r in front if r.get("verified") == "yes"]
         if ver:
-            ax.scatter([r[mx] for r in ver], [r[my] for r in ver], s=80, facecolors="none", edgecolors="k",
-                       label="verified (RTL cycles = model)")
+            ax.scatter(
+                [r[mx] for r in ver],
+                [r[my] for r in ver],
+                s=80,
+                facecolors="none",
+                edgecolors="k",
+                label="verified (RTL cycles = model)",
+            )
         ax.set_xlabel(f"{mx} ({dx[:3]}) — {METRICS[mx][0]}", fontsize=8)
         ax.set_ylabel(f"{my} ({dy[:3]}) — {METRICS[my][0]}", fontsize=8)
     else:
-        (m, d), = spec.objectives
+        ((m, d),) = spec.objectives
         ax.plot([r["trial"] for r in ok], [r[m] for r in ok], ".", c="0.6", label="evaluated")
         ax.plot([r["trial"] for r in front], [r[m] for r in front], "o", c="C3", label="best")
         ax.set_xlabel("trial")
         ax.set_ylabel(f"{m} ({d[:3]})")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7)
-    ax.set_title(f"DSE {spec.name}: {spec.model}, prompt {spec.prompt}, context {spec.context} (modeled)",
-                 fontsize=9)
+    ax.set_title(
+        f"DSE {spec.name}: {spec.model}, prompt {spec.prompt}, context {spec.context} (modeled)", fontsize=9
+    )
     fig.tight_layout()
     tmp = path.with_suffix(".tmp.png")
     fig.savefig(tmp)
@@ -772,7 +918,7 @@ def pareto_top(rows: list[dict], spec: Spec, k: int) -> list[dict]:
     front = [r for r in rows if r["status"] == "ok" and r["pareto"]]
     out, seen = [], set()
     for r in sorted(front, key=lambda r: (-r[m] if d == "maximize" else r[m], r["trial"])):
-        key = tuple(r[n] for n in spec.parameters)       # NSGA-II may sample a point again: list it once
+        key = tuple(r[n] for n in spec.parameters)  # NSGA-II may sample a point again: list it once
         if key not in seen:
             seen.add(key)
             out.append(r)
@@ -787,16 +933,22 @@ def top_table(rows: list[dict], spec: Spec, k: int) -> str:
     objs = [m for m, _ in spec.objectives]
     extra = [m for m in ("decode_tokens_per_s", "ttft_s", "j_per_token", "lut") if m not in objs]
     cols = ["trial", *spec.parameters, *objs, *extra, "verified"]
-    body = [[r.get(c, "") if not isinstance(r.get(c), float) else float(f"{r[c]:.4g}") for c in cols] for r in best]
-    head = (f"top {len(best)} Pareto point(s) by {objs[0]} (modeled); points: "
-            + ", ".join(f"{s} {counts[s]}" for s in STATUSES if counts[s]))
+    body = [
+        [r.get(c, "") if not isinstance(r.get(c), float) else float(f"{r[c]:.4g}") for c in cols]
+        for r in best
+    ]
+    head = f"top {len(best)} Pareto point(s) by {objs[0]} (modeled); points: " + ", ".join(
+        f"{s} {counts[s]}" for s in STATUSES if counts[s]
+    )
     return table(cols, body, title=head)
 
 
 # ---- verification -----------------------------------------------------------------------------------
 
-def verify_config(acfg: AcceleratorConfig, model_cfg: dict, seed: int = 0,
-                  build_root: Path = Path("build/dse-verify")) -> tuple[bool, str]:
+
+def verify_config(
+    acfg: AcceleratorConfig, model_cfg: dict, seed: int = 0, build_root: Path = Path("build/dse-verify")
+) -> tuple[bool, str]:
     """Co-simulate a representative layer of the workload on both engines (RTL under Verilator vs the
     cycle model): a TLMM slice of the model's q projection (K = d_model, 64 columns, tokens = tlmm.tokens)
     and one attention head's Q·Kᵀ at a short context. True iff outputs and cycles are equal."""
@@ -811,17 +963,25 @@ def verify_config(acfg: AcceleratorConfig, model_cfg: dict, seed: int = 0,
     d = min(model_cfg["d_model"], t.max_k)
     n = min(64, t.max_n)
     lo, hi = -(1 << (t.act_bits - 1)), (1 << (t.act_bits - 1)) - 1
-    tc = TlmmCase(f"q_proj-{n}x{d}-{t.tokens}tok", rng.integers(-1, 2, (n, d)).astype(np.int8),
-                  rng.integers(lo, hi + 1, (t.tokens, d)).astype(np.int8))
+    tc = TlmmCase(
+        f"q_proj-{n}x{d}-{t.tokens}tok",
+        rng.integers(-1, 2, (n, d)).astype(np.int8),
+        rng.integers(lo, hi + 1, (t.tokens, d)).astype(np.int8),
+    )
     hd = model_cfg["d_model"] // model_cfg["n_heads"]
     rows = max(1, acfg.gemm.rows)
-    gc = GemmCase(f"QK^T-head-{rows}x{hd}x32", rng.integers(-128, 128, (rows, hd)).astype(np.int8),
-                  rng.integers(-128, 128, (hd, 32)).astype(np.int8))
+    gc = GemmCase(
+        f"QK^T-head-{rows}x{hd}x32",
+        rng.integers(-128, 128, (rows, hd)).astype(np.int8),
+        rng.integers(-128, 128, (hd, 32)).astype(np.int8),
+    )
     rt = run_tlmm_cosim(acfg, [tc], build_root=build_root, quiet=True)
     rg = run_gemm_cosim(acfg, [gc], build_root=build_root, quiet=True)
     ok = rt.ok and rg.ok
-    return ok, (f"TLMM RTL {rt.rtl_cycles} / model {rt.model_cycles} cycles, GEMM RTL {rg.rtl_cycles} / "
-                f"model {rg.model_cycles} cycles, outputs {'equal' if rt.outputs_equal and rg.outputs_equal else 'DIFFER'}")
+    return ok, (
+        f"TLMM RTL {rt.rtl_cycles} / model {rt.model_cycles} cycles, GEMM RTL {rg.rtl_cycles} / "
+        f"model {rg.model_cycles} cycles, outputs {'equal' if rt.outputs_equal and rg.outputs_equal else 'DIFFER'}"
+    )
 
 
 def verify_points(study, spec: Spec, rows: list[dict], k: int, out: Path, log=print) -> None:
@@ -833,8 +993,10 @@ def verify_points(study, spec: Spec, rows: list[dict], k: int, out: Path, log=pr
         if r.get("verified") in ("yes", "no"):
             continue
         params = {n: r[n] for n in spec.parameters}
-        acfg = config_from_dict({**spec.config_dict(params), "name": f"{spec.name}-t{r['trial']}"},
-                                source=f"{spec.path} trial {r['trial']}")
+        acfg = config_from_dict(
+            {**spec.config_dict(params), "name": f"{spec.name}-t{r['trial']}"},
+            source=f"{spec.path} trial {r['trial']}",
+        )
         log(f"[dse] verifying trial {r['trial']} (Verilator builds of both engines, ~1 min) ...")
         try:
             ok, detail = verify_config(acfg, mc, build_root=out / "verify")

@@ -21,8 +21,19 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from hw import data_files
 from hw.config import ConfigError, config_from_dict, load_config
 
-__all__ = ["SpecError", "Spec", "Constraint", "SpecModel", "load_spec", "read_spec_document", "METRICS",
-           "RESOURCE_METRICS", "PERF_METRICS", "MAX_VALUES_PER_PARAMETER", "MAX_GRID_POINTS"]
+__all__ = [
+    "SpecError",
+    "Spec",
+    "Constraint",
+    "SpecModel",
+    "load_spec",
+    "read_spec_document",
+    "METRICS",
+    "RESOURCE_METRICS",
+    "PERF_METRICS",
+    "MAX_VALUES_PER_PARAMETER",
+    "MAX_GRID_POINTS",
+]
 
 
 #: a parameter's values (a list or an expanded {min, max, step} range) — each is checked against the config
@@ -53,8 +64,13 @@ METRICS = {
 }
 RESOURCE_METRICS = ("lut", "ff", "bram", "dsp", "fmax_mhz", "memory_mib", "clock_mhz")
 PERF_METRICS = tuple(m for m in METRICS if m not in RESOURCE_METRICS)
-_OPS = {"<=": lambda a, b: a <= b, "<": lambda a, b: a < b, ">=": lambda a, b: a >= b,
-        ">": lambda a, b: a > b, "==": lambda a, b: a == b}
+_OPS = {
+    "<=": lambda a, b: a <= b,
+    "<": lambda a, b: a < b,
+    ">=": lambda a, b: a >= b,
+    ">": lambda a, b: a > b,
+    "==": lambda a, b: a == b,
+}
 _DIRECTIONS = {"max": "maximize", "maximize": "maximize", "min": "minimize", "minimize": "minimize"}
 _BOARD_RESOURCES = ("lut", "ff", "bram", "dsp")
 
@@ -62,6 +78,7 @@ _BOARD_RESOURCES = ("lut", "ff", "bram", "dsp")
 # ====================================================================================================
 # The document's shape
 # ====================================================================================================
+
 
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True)
@@ -127,7 +144,7 @@ _HINTS = {
 class Constraint:
     metric: str
     op: str
-    value: float | str          # a number, or another metric's name (e.g. "fmax_mhz >= clock_mhz")
+    value: float | str  # a number, or another metric's name (e.g. "fmax_mhz >= clock_mhz")
     text: str
 
     def holds(self, m: dict) -> bool | None:
@@ -158,7 +175,7 @@ class Spec:
     batch: int
     seed: int
     raw: dict = field(default_factory=dict)
-    clock: str = "config"       # "fmax": each point runs at its modeled Fmax (ECP5 boards)
+    clock: str = "config"  # "fmax": each point runs at its modeled Fmax (ECP5 boards)
 
     @property
     def fingerprint(self) -> str:
@@ -184,6 +201,7 @@ class Spec:
 # ====================================================================================================
 # Reading
 # ====================================================================================================
+
 
 def _err(path, fieldname: str, msg: str) -> SpecError:
     return SpecError(f"{path}: {fieldname}: {msg}")
@@ -239,12 +257,15 @@ def _parse(path: Path, raw: Any) -> SpecModel:
 
 # ---- the base config and the parameters -------------------------------------------------------------
 
+
 def _base_config(path: Path, b: str) -> tuple[Path, dict]:
     """The base config, relative to the spec's folder, else to the working directory / repository."""
     cands = [path.parent / b, data_files.resolve(b)]
     base_path = next((c for c in cands if c.exists()), None)
     if base_path is None:
-        raise _err(path, "base", f"config file {b!r} not found (relative to {path.parent} or the working directory)")
+        raise _err(
+            path, "base", f"config file {b!r} not found (relative to {path.parent} or the working directory)"
+        )
     try:
         return base_path, load_config(base_path).to_dict()
     except ConfigError as e:
@@ -255,13 +276,19 @@ def _range_values(path: Path, where: str, v: dict) -> list[int]:
     try:
         r = RangeModel.model_validate(v)
     except ValidationError:
-        raise _err(path, where, f"a range is {{min, max[, step]}} of integers with step >= 1, got {v!r}") from None
+        raise _err(
+            path, where, f"a range is {{min, max[, step]}} of integers with step >= 1, got {v!r}"
+        ) from None
     if r.max < r.min:
         raise _err(path, where, f"a range needs min <= max, got {v!r}")
     n = (r.max - r.min) // r.step + 1
-    if n > MAX_VALUES_PER_PARAMETER:        # before expanding it
-        raise _err(path, where, f"the range has {n} values, more than the limit of {MAX_VALUES_PER_PARAMETER} "
-                   "per parameter (use a larger step)")
+    if n > MAX_VALUES_PER_PARAMETER:  # before expanding it
+        raise _err(
+            path,
+            where,
+            f"the range has {n} values, more than the limit of {MAX_VALUES_PER_PARAMETER} "
+            "per parameter (use a larger step)",
+        )
     return list(range(r.min, r.max + 1, r.step))
 
 
@@ -276,9 +303,17 @@ def _values(path: Path, pname: str, v: Any) -> list:
     if not vals:
         raise _err(path, where, "no values")
     if len(vals) > MAX_VALUES_PER_PARAMETER:
-        raise _err(path, where, f"{len(vals)} values, more than the limit of {MAX_VALUES_PER_PARAMETER} per parameter")
+        raise _err(
+            path,
+            where,
+            f"{len(vals)} values, more than the limit of {MAX_VALUES_PER_PARAMETER} per parameter",
+        )
     for x in vals:
-        if not isinstance(x, (int, float, str)) or isinstance(x, bool) or (isinstance(x, float) and not math.isfinite(x)):
+        if (
+            not isinstance(x, (int, float, str))
+            or isinstance(x, bool)
+            or (isinstance(x, float) and not math.isfinite(x))
+        ):
             raise _err(path, where, f"values must be finite numbers or strings, got {x!r}")
     if len(set(vals)) != len(vals):
         raise _err(path, where, f"duplicate values in {vals}")
@@ -293,7 +328,9 @@ def _config_leaf(path: Path, base: dict, pname: Any) -> None:
     node: Any = base
     for part in pname.split("."):
         if not isinstance(node, dict) or part not in node:
-            raise _err(path, where, "no such config field (e.g. tlmm.tables, gemm.rows, memory.bus_bytes, clock_mhz)")
+            raise _err(
+                path, where, "no such config field (e.g. tlmm.tables, gemm.rows, memory.bus_bytes, clock_mhz)"
+            )
         node = node[part]
     if isinstance(node, dict) or pname == "name":
         raise _err(path, where, "not a scalar config field")
@@ -325,12 +362,17 @@ def _parameters(path: Path, base: dict, params: dict, sampler: str) -> dict[str,
         out[pname] = vals
     size = math.prod(len(v) for v in out.values())
     if sampler == "grid" and size > MAX_GRID_POINTS:
-        raise _err(path, "parameters", f"the grid has {size} points, more than the grid sampler's limit of "
-                   f"{MAX_GRID_POINTS} (sample it with sampler: nsga2, or fewer values)")
+        raise _err(
+            path,
+            "parameters",
+            f"the grid has {size} points, more than the grid sampler's limit of "
+            f"{MAX_GRID_POINTS} (sample it with sampler: nsga2, or fewer values)",
+        )
     return out
 
 
 # ---- board, workload, objectives, constraints, clock ------------------------------------------------
+
 
 def _board(path: Path, board: str | None) -> str | None:
     from tritium.resources import CALIBRATION_CSV, FAMILY_OF_BOARD, load_model
@@ -338,12 +380,20 @@ def _board(path: Path, board: str | None) -> str | None:
     if board is None:
         return None
     if board not in FAMILY_OF_BOARD:
-        raise _err(path, "board", f"expected one of {', '.join(sorted(FAMILY_OF_BOARD))} (boards with a calibrated "
-                   f"resource model), got {board!r}")
+        raise _err(
+            path,
+            "board",
+            f"expected one of {', '.join(sorted(FAMILY_OF_BOARD))} (boards with a calibrated "
+            f"resource model), got {board!r}",
+        )
     missing = [e for e in ("tlmm", "gemm") if (FAMILY_OF_BOARD[board], e, "lut") not in load_model().coef]
     if missing:
-        raise _err(path, "board", f"the resource model has no {FAMILY_OF_BOARD[board]} calibration of the "
-                   f"{' and '.join(missing)} engine yet ({CALIBRATION_CSV}; run tritium calibrate)")
+        raise _err(
+            path,
+            "board",
+            f"the resource model has no {FAMILY_OF_BOARD[board]} calibration of the "
+            f"{' and '.join(missing)} engine yet ({CALIBRATION_CSV}; run tritium calibrate)",
+        )
     return board
 
 
@@ -362,7 +412,9 @@ def _workload(path: Path, w: WorkloadModel) -> tuple[str, int, int]:
     for key in ("prompt", "context"):
         v = getattr(w, key)
         if v > max_seq:
-            raise _err(path, f"workload.{key}", f"{v} is out of range, allowed 1..{max_seq} (the model's max_seq)")
+            raise _err(
+                path, f"workload.{key}", f"{v} is out of range, allowed 1..{max_seq} (the model's max_seq)"
+            )
     return w.model, w.prompt, w.context
 
 
@@ -371,7 +423,7 @@ def _objective(path: Path, i: int, o: Any, board: str | None) -> tuple[str, str]
         o = {o: METRICS.get(o, ("", "minimize"))[1]}
     if not isinstance(o, dict) or len(o) != 1:
         raise _err(path, f"objectives[{i}]", f"expected one 'metric: max|min' mapping, got {o!r}")
-    (m, d), = o.items()
+    ((m, d),) = o.items()
     if m not in METRICS:
         raise _err(path, f"objectives[{i}]", f"unknown metric {m!r} (known: {', '.join(METRICS)})")
     if d not in _DIRECTIONS:
@@ -420,7 +472,9 @@ def _clock(path: Path, clock: str, board: str | None, parameters: dict) -> str:
     if clock != "fmax":
         return clock
     if not _is_ecp5(board):
-        raise _err(path, "clock", "fmax needs an ECP5 board (board: ulx3s): Fmax is modeled from its P&R runs")
+        raise _err(
+            path, "clock", "fmax needs an ECP5 board (board: ulx3s): Fmax is modeled from its P&R runs"
+        )
     from tritium.resources import load_model
 
     if any(("ecp5", e) not in load_model().fmax_coef for e in ("tlmm", "gemm")):
@@ -442,6 +496,24 @@ def load_spec(path: str | Path) -> Spec:
     objectives = _objectives(path, doc.objectives, board)
     constraints = [_constraint(path, i, c, board) for i, c in enumerate(doc.constraints or [])]
     clock = _clock(path, doc.clock, board, parameters)
-    return Spec(str(path), doc.name, base_path, base, board, float(doc.fit_margin), parameters, model, prompt,
-                context, objectives, constraints, doc.budget, doc.sampler, doc.population, doc.batch, doc.seed,
-                raw, clock)
+    return Spec(
+        str(path),
+        doc.name,
+        base_path,
+        base,
+        board,
+        float(doc.fit_margin),
+        parameters,
+        model,
+        prompt,
+        context,
+        objectives,
+        constraints,
+        doc.budget,
+        doc.sampler,
+        doc.population,
+        doc.batch,
+        doc.seed,
+        raw,
+        clock,
+    )

@@ -23,20 +23,28 @@ from pathlib import Path
 
 from tritium.dse_spec import MAX_GRID_POINTS
 
-__all__ = ["Point", "Store", "GridOrder", "open_study", "append_log", "read_log", "mask_url", "grid_key",
-           "MAX_GRID_POINTS"]
-
+__all__ = [
+    "Point",
+    "Store",
+    "GridOrder",
+    "open_study",
+    "append_log",
+    "read_log",
+    "mask_url",
+    "grid_key",
+    "MAX_GRID_POINTS",
+]
 
 
 @dataclass
 class Point:
     """One design point of a sweep, before or after evaluation."""
 
-    key: str                  # unique in the study: "grid:[…]" or "STREAM:ORD"
-    ord: int                  # position in its stream's order (grid: in the seeded grid order)
-    stream: str               # "grid", or the NSGA-II stream ("seed0", or an invocation id when shared)
+    key: str  # unique in the study: "grid:[…]" or "STREAM:ORD"
+    ord: int  # position in its stream's order (grid: in the seeded grid order)
+    stream: str  # "grid", or the NSGA-II stream ("seed0", or an invocation id when shared)
     params: dict
-    trial: object = None      # the in-memory Optuna trial that proposed it (NSGA-II)
+    trial: object = None  # the in-memory Optuna trial that proposed it (NSGA-II)
     system_attrs: dict = field(default_factory=dict)
 
 
@@ -53,7 +61,7 @@ class GridOrder:
         self.names = list(parameters)
         self.values = [list(parameters[n]) for n in self.names]
         self.size = math.prod(len(v) for v in self.values)
-        if self.size > MAX_GRID_POINTS:          # load_spec rejects these; a guard for direct callers
+        if self.size > MAX_GRID_POINTS:  # load_spec rejects these; a guard for direct callers
             raise ValueError(f"grid of {self.size} points > {MAX_GRID_POINTS}")
         self._perm = np.random.default_rng(seed).permutation(self.size)
 
@@ -68,6 +76,7 @@ class GridOrder:
 
 
 # ---- the evaluation log -----------------------------------------------------------------------------
+
 
 def append_log(path: str, rec: dict) -> None:
     """Append one record as one ``write`` (O_APPEND) and fsync it: a kill leaves whole lines or a cut last one."""
@@ -95,6 +104,7 @@ def read_log(path: Path) -> list[dict]:
 
 
 # ---- the study ----------------------------------------------------------------------------------------
+
 
 def mask_url(url: str) -> str:
     try:
@@ -132,8 +142,8 @@ def storage_url(storage: str | None, out: Path) -> str:
     url = storage or f"sqlite:///{(out / 'study.db').resolve()}"
     if url.startswith("sqlite"):
         _sqlite_pragmas()
-    if url.startswith("postgresql://"):      # SQLAlchemy 2.1 defaults to psycopg 3; we depend on psycopg2-binary
-        url = "postgresql+psycopg2://" + url[len("postgresql://"):]
+    if url.startswith("postgresql://"):  # SQLAlchemy 2.1 defaults to psycopg 3; we depend on psycopg2-binary
+        url = "postgresql+psycopg2://" + url[len("postgresql://") :]
     return url
 
 
@@ -145,9 +155,11 @@ def open_study(url: str, study_name: str, directions: list[str]):
     for attempt in range(6):
         try:
             stor = optuna.storages.RDBStorage(
-                url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgres") else None)
-            return optuna.create_study(study_name=study_name, storage=stor, directions=directions,
-                                       load_if_exists=True)
+                url, engine_kwargs={"pool_pre_ping": True} if url.startswith("postgres") else None
+            )
+            return optuna.create_study(
+                study_name=study_name, storage=stor, directions=directions, load_if_exists=True
+            )
         except (IntegrityError, ProgrammingError):
             if attempt == 5:
                 raise
@@ -190,9 +202,18 @@ class Store:
         state = {"ok": TrialState.COMPLETE, "error": TrialState.FAIL}.get(status, TrialState.PRUNED)
         values = [float(m[k]) for k in self.objectives] if state == TrialState.COMPLETE else None
         return optuna.trial.create_trial(
-            state=state, values=values, params=p.params, distributions=self.dists, system_attrs=p.system_attrs,
-            user_attrs={"uid": p.key, "ord": p.ord, "stream": p.stream,
-                        "result": {"status": status, "reason": reason, "metrics": m}})
+            state=state,
+            values=values,
+            params=p.params,
+            distributions=self.dists,
+            system_attrs=p.system_attrs,
+            user_attrs={
+                "uid": p.key,
+                "ord": p.ord,
+                "stream": p.stream,
+                "result": {"status": status, "reason": reason, "metrics": m},
+            },
+        )
 
     def put(self, p: Point, status: str, reason: str, m: dict) -> None:
         if p.key in self.trials:

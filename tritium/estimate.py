@@ -44,25 +44,41 @@ from sim.energy import load_energy
 from sim.gemm_model import gemm_fast
 from sim.tlmm_model import tlmm_cycles, tlmm_events_closed_form
 
-__all__ = ["HOST_COST", "HOST_COST_SOURCE", "MODEL_RULES", "load_energy", "StepCost", "cost_program", "estimate",
-           "summarize", "assumptions", "format_estimate", "plot_estimates"]
+__all__ = [
+    "HOST_COST",
+    "HOST_COST_SOURCE",
+    "MODEL_RULES",
+    "load_energy",
+    "StepCost",
+    "cost_program",
+    "estimate",
+    "summarize",
+    "assumptions",
+    "format_estimate",
+    "plot_estimates",
+]
 
 # Host-op cost per element: (flops, bytes moved). Counted from models/hostops.py (fold_sum: 1 add per
 # element; exp: ~30 float64 operations for the degree-13 polynomial and range reduction).
 HOST_COST = {
-    "embed": (0, 8),             # copy a row: read + write float32
-    "rmsnorm": (4, 8),           # square, sum, scale, weight
-    "rmsnorm+quant": (8, 5),     # + absmax, scale, round, clamp; writes int8
-    "relu2": (3, 12), "relu2+quant": (7, 9),
-    "swiglu": (34, 12), "swiglu+quant": (38, 9),
-    "add": (1, 12), "quant": (4, 5),
-    "dequant": (2, 12),          # int32 → float32 × (s_x · s_w)
-    "attn_prep": (10, 6),        # RoPE + quantize, per q/k/v element
-    "attn_softmax": (40, 6),     # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
-    "attn_out": (2, 8),          # per output element
+    "embed": (0, 8),  # copy a row: read + write float32
+    "rmsnorm": (4, 8),  # square, sum, scale, weight
+    "rmsnorm+quant": (8, 5),  # + absmax, scale, round, clamp; writes int8
+    "relu2": (3, 12),
+    "relu2+quant": (7, 9),
+    "swiglu": (34, 12),
+    "swiglu+quant": (38, 9),
+    "add": (1, 12),
+    "quant": (4, 5),
+    "dequant": (2, 12),  # int32 → float32 × (s_x · s_w)
+    "attn_prep": (10, 6),  # RoPE + quantize, per q/k/v element
+    "attn_softmax": (40, 6),  # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
+    "attn_out": (2, 8),  # per output element
 }
-HOST_COST_SOURCE = ("counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
-                    "bytes per element; every byte counted as a DRAM byte (no cache model)")
+HOST_COST_SOURCE = (
+    "counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
+    "bytes per element; every byte counted as a DRAM byte (no cache model)"
+)
 
 MODEL_RULES = (
     "no overlap: commands run in Program order and the accelerator waits for every host op",
@@ -81,17 +97,19 @@ class StepCost:
 
     seconds: float = 0.0
     engine_cycles: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})
-    compute_cycles: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})   # without memory bounds
+    compute_cycles: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})  # without memory bounds
     host_seconds: float = 0.0
-    time_by: dict = field(default_factory=lambda: {"tlmm compute": 0.0, "tlmm memory": 0.0, "gemm": 0.0,
-                                                   "host": 0.0})
-    dram_bytes: int = 0                              # all DRAM bytes: accelerator + host
+    time_by: dict = field(
+        default_factory=lambda: {"tlmm compute": 0.0, "tlmm memory": 0.0, "gemm": 0.0, "host": 0.0}
+    )
+    dram_bytes: int = 0  # all DRAM bytes: accelerator + host
     dram_bytes_by: dict = field(default_factory=lambda: {"accelerator": 0, "host": 0})
-    energy_j: dict = field(default_factory=lambda: {"tlmm": 0.0, "gemm": 0.0, "dram": 0.0, "host": 0.0,
-                                                    "static": 0.0})
-    busy_issue: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})       # cycles with an issue
+    energy_j: dict = field(
+        default_factory=lambda: {"tlmm": 0.0, "gemm": 0.0, "dram": 0.0, "host": 0.0, "static": 0.0}
+    )
+    busy_issue: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})  # cycles with an issue
     commands: int = 0
-    roofline: list = field(default_factory=list)     # (engine, ops, dram bytes, seconds) per command
+    roofline: list = field(default_factory=list)  # (engine, ops, dram bytes, seconds) per command
 
     ADDITIVE = ("engine_cycles", "compute_cycles", "time_by", "dram_bytes_by", "energy_j", "busy_issue")
     """The dict fields that add up over commands (with ``seconds``, ``host_seconds``, ``dram_bytes``,
@@ -116,8 +134,12 @@ class StepCost:
     def bound(self) -> str:
         """What takes most of the step's time."""
         k = max(self.time_by, key=self.time_by.get)
-        return {"tlmm compute": "compute (TLMM)", "tlmm memory": "memory (TLMM weight streaming)",
-                "gemm": "GEMM (attention)", "host": "host"}[k]
+        return {
+            "tlmm compute": "compute (TLMM)",
+            "tlmm memory": "memory (TLMM weight streaming)",
+            "gemm": "GEMM (attention)",
+            "host": "host",
+        }[k]
 
 
 def _host_cost(prog: Program, op) -> tuple[float, float]:
@@ -147,20 +169,21 @@ def _host_cost(prog: Program, op) -> tuple[float, float]:
     return float(f * n), float(b * n)
 
 
-def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = None,
-                 memory_bound: bool = True) -> StepCost:
+def cost_program(
+    prog: Program, acfg: AcceleratorConfig, energy: dict | None = None, memory_bound: bool = True
+) -> StepCost:
     """Cost every command of ``prog`` (see the module doc). ``memory_bound=False`` drops the TLMM memory
     bound, leaving exactly the cycle models' counts (what executing the Program on the stepped models gives)."""
     energy = energy or load_energy(acfg.device.family)
     pj = energy["pj"]
     t, mem, dev = acfg.tlmm, acfg.memory, acfg.device
     f = acfg.clock_mhz * 1e6
-    bw = mem.bus_bytes / mem.beat_interval            # the accelerator's port, bytes per cycle
-    dram = dev.dram_gbs * 1e9 / f                     # the shared DRAM, bytes per accelerator cycle
+    bw = mem.bus_bytes / mem.beat_interval  # the accelerator's port, bytes per cycle
+    dram = dev.dram_gbs * 1e9 / f  # the shared DRAM, bytes per accelerator cycle
     host_bps = min(dev.host_gbs, dev.dram_gbs) * 1e9  # the host's port, capped by the shared DRAM
     wb = tlmm_wgt_beat_bytes(t)
     c = StepCost()
-    gemm_timing: dict = {}     # a GEMM's timing depends on its tile counts only (not on its addresses)
+    gemm_timing: dict = {}  # a GEMM's timing depends on its tile counts only (not on its addresses)
     for cmd in prog.commands():
         c.commands += 1
         if isinstance(cmd, TlmmCommand):
@@ -177,9 +200,11 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
             c.time_by["tlmm memory" if memc > comp else "tlmm compute"] += cyc / f
             c.dram_bytes += nbytes
             c.dram_bytes_by["accelerator"] += nbytes
-            c.energy_j["tlmm"] += 1e-12 * (ev["lookups"] * pj["lookup"] + ev["table_entry_writes"] * pj["table_entry"]
-                                           + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns
-                                           * pj["sram_byte"])
+            c.energy_j["tlmm"] += 1e-12 * (
+                ev["lookups"] * pj["lookup"]
+                + ev["table_entry_writes"] * pj["table_entry"]
+                + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns * pj["sram_byte"]
+            )
             c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
             c.roofline.append(("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f))
             c.seconds += cyc / f
@@ -197,8 +222,10 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
             c.time_by["gemm"] += cyc / f
             c.dram_bytes += nbytes
             c.dram_bytes_by["accelerator"] += nbytes
-            c.energy_j["gemm"] += 1e-12 * (ev["macs"] * pj["mac8"] + (ev["buffer_reads"] + ev["buffer_writes"])
-                                           * mem.bus_bytes * pj["sram_byte"])
+            c.energy_j["gemm"] += 1e-12 * (
+                ev["macs"] * pj["mac8"]
+                + (ev["buffer_reads"] + ev["buffer_writes"]) * mem.bus_bytes * pj["sram_byte"]
+            )
             c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
             c.roofline.append(("gemm", 2.0 * ev["macs"], nbytes, cyc / f))
             c.seconds += cyc / f
@@ -218,7 +245,7 @@ def cost_program(prog: Program, acfg: AcceleratorConfig, energy: dict | None = N
     return c
 
 
-_COMPILED: dict = {}      # (model, config fingerprint) → CompiledModel, per process
+_COMPILED: dict = {}  # (model, config fingerprint) → CompiledModel, per process
 
 
 def clear_cache() -> None:
@@ -231,15 +258,16 @@ def _compiled(model_spec: str, acfg: AcceleratorConfig):
 
     key = (model_spec, acfg.fingerprint())
     if key not in _COMPILED:
-        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg)   # shapes suffice
+        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg)  # shapes suffice
     return _COMPILED[key]
 
 
 DEFAULT_PROMPT, DEFAULT_CONTEXT = 64, 1024
 
 
-def estimate(model_spec: str, acfg: AcceleratorConfig, prompt: int | None = None,
-             context: int | None = None) -> dict:
+def estimate(
+    model_spec: str, acfg: AcceleratorConfig, prompt: int | None = None, context: int | None = None
+) -> dict:
     """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens. Left out,
     they default to 64 and 1024 tokens, each capped at the model's ``max_seq``."""
     cm = _compiled(model_spec, acfg)
@@ -281,17 +309,35 @@ def assumptions(acfg: AcceleratorConfig, energy: dict | None = None) -> list[dic
         text, lo, hi = src if src else (f"no source given in {file} (treat as an assumption)", None, None)
         if lo is not None and isinstance(value, (int, float)) and not lo <= value <= hi:
             text = f"{text} [NOTE: the value {value:g} is outside this source's range: an assumption]"
-        e = {"name": name, "value": value, "unit": unit, "source": text, "kind": _source_kind(text), "file": file}
+        e = {
+            "name": name,
+            "value": value,
+            "unit": unit,
+            "source": text,
+            "kind": _source_kind(text),
+            "file": file,
+        }
         if lo is not None:
             e["range"] = [lo, hi]
         return e
 
     cfg = acfg.source
     out.append(entry("clock_mhz", acfg.clock_mhz, "MHz", dev.source_of("clock_mhz"), cfg))
-    for name, unit in (("latency", "cycles"), ("beat_interval", "cycles"), ("max_burst", "beats"),
-                       ("outstanding", "requests")):
-        out.append(entry(f"memory.{name}", getattr(acfg.memory, name), unit, dev.source_of(f"memory.{name}"), cfg))
-    for name, unit in (("host_gflops", "GFLOP/s"), ("host_gbs", "GB/s"), ("dram_gbs", "GB/s"), ("static_w", "W")):
+    for name, unit in (
+        ("latency", "cycles"),
+        ("beat_interval", "cycles"),
+        ("max_burst", "beats"),
+        ("outstanding", "requests"),
+    ):
+        out.append(
+            entry(f"memory.{name}", getattr(acfg.memory, name), unit, dev.source_of(f"memory.{name}"), cfg)
+        )
+    for name, unit in (
+        ("host_gflops", "GFLOP/s"),
+        ("host_gbs", "GB/s"),
+        ("dram_gbs", "GB/s"),
+        ("static_w", "W"),
+    ):
         out.append(entry(f"device.{name}", getattr(dev, name), unit, dev.source_of(name), cfg))
     efile = f"configs/energy/{Path(energy.get('file', acfg.device.family + '.yaml')).name}"
     srcs = energy.get("sources", {})
@@ -304,8 +350,15 @@ def assumptions(acfg: AcceleratorConfig, energy: dict | None = None) -> list[dic
         out.append(entry(f"pj.{key}", v, "pJ", esrc(f"pj.{key}"), efile))
     out.append(entry("host_w", energy["host_w"], "W", esrc("host_w"), efile))
     for kind, (fl, by) in HOST_COST.items():
-        out.append(entry(f"host_cost.{kind}", {"flops": fl, "bytes": by}, "per element",
-                         (HOST_COST_SOURCE, None, None), "tritium/estimate.py"))
+        out.append(
+            entry(
+                f"host_cost.{kind}",
+                {"flops": fl, "bytes": by},
+                "per element",
+                (HOST_COST_SOURCE, None, None),
+                "tritium/estimate.py",
+            )
+        )
     return out
 
 
@@ -326,16 +379,25 @@ def _energy_range(dec: StepCost, acfg: AcceleratorConfig, energy: dict) -> dict:
     static = (st[1], st[2]) if st and st[1] is not None else (acfg.device.static_w, acfg.device.static_w)
     e, out = dec.energy_j, {}
     for end, label in ((0, "low"), (1, "high")):
-        out[label] = (e["tlmm"] * ratio(("lookup", "table_entry", "sram_byte"), end)
-                      + e["gemm"] * ratio(("mac8", "sram_byte"), end)
-                      + 1e-12 * dec.dram_bytes * rng("pj.dram_byte", pj["dram_byte"])[end]
-                      + dec.host_seconds * rng("host_w", energy["host_w"])[end]
-                      + dec.seconds * static[end])
+        out[label] = (
+            e["tlmm"] * ratio(("lookup", "table_entry", "sram_byte"), end)
+            + e["gemm"] * ratio(("mac8", "sram_byte"), end)
+            + 1e-12 * dec.dram_bytes * rng("pj.dram_byte", pj["dram_byte"])[end]
+            + dec.host_seconds * rng("host_w", energy["host_w"])[end]
+            + dec.seconds * static[end]
+        )
     return out
 
 
-def summarize(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: int, pre: StepCost,
-              dec: StepCost, energy: dict | None = None) -> dict:
+def summarize(
+    model_spec: str,
+    acfg: AcceleratorConfig,
+    prompt: int,
+    context: int,
+    pre: StepCost,
+    dec: StepCost,
+    energy: dict | None = None,
+) -> dict:
     """:func:`estimate`'s figures from the costs of the prefill and the decode step (also used by the
     design-space exploration's fast evaluator, tritium.dse). ``energy``: the device family's table (read
     when left out)."""
@@ -349,25 +411,43 @@ def summarize(model_spec: str, acfg: AcceleratorConfig, prompt: int, context: in
 
     acc, host = dec.dram_bytes_by["accelerator"], dec.dram_bytes_by["host"]
     return {
-        "model": model_spec, "config": acfg.name, "device": dev.name, "clock_mhz": acfg.clock_mhz,
-        "prompt": prompt, "context": context, "modeled": True,
-        "prefill_s": pre.seconds, "ttft_s": pre.seconds, "prefill_tokens_per_s": prompt / pre.seconds,
-        "decode_s_per_token": dec.seconds, "decode_tokens_per_s": 1.0 / dec.seconds,
-        "power_boundary": dev.power_boundary, "static_w": dev.static_w,
-        "j_per_token": dec.energy_total_j, "avg_power_w": dec.energy_total_j / dec.seconds,
+        "model": model_spec,
+        "config": acfg.name,
+        "device": dev.name,
+        "clock_mhz": acfg.clock_mhz,
+        "prompt": prompt,
+        "context": context,
+        "modeled": True,
+        "prefill_s": pre.seconds,
+        "ttft_s": pre.seconds,
+        "prefill_tokens_per_s": prompt / pre.seconds,
+        "decode_s_per_token": dec.seconds,
+        "decode_tokens_per_s": 1.0 / dec.seconds,
+        "power_boundary": dev.power_boundary,
+        "static_w": dev.static_w,
+        "j_per_token": dec.energy_total_j,
+        "avg_power_w": dec.energy_total_j / dec.seconds,
         "j_per_token_range": _energy_range(dec, acfg, energy),
         "prefill_energy_j": pre.energy_total_j,
         "dram_bytes_per_token": dec.dram_bytes,
-        "dram_bytes_per_token_accelerator": acc, "dram_bytes_per_token_host": host,
-        "prefill_dram_bytes": {"accelerator": pre.dram_bytes_by["accelerator"], "host": pre.dram_bytes_by["host"]},
+        "dram_bytes_per_token_accelerator": acc,
+        "dram_bytes_per_token_host": host,
+        "prefill_dram_bytes": {
+            "accelerator": pre.dram_bytes_by["accelerator"],
+            "host": pre.dram_bytes_by["host"],
+        },
         "dram_gbs": dev.dram_gbs,
         "dram_limit_tokens_per_s": dev.dram_gbs * 1e9 / dec.dram_bytes,
         "port_gbs": {"accelerator": port_gbs, "host": dev.host_gbs},
         "bound": {"prefill": pre.bound, "decode": dec.bound},
-        "time_share": {"prefill": {k: v / pre.seconds for k, v in pre.time_by.items()},
-                       "decode": {k: v / dec.seconds for k, v in dec.time_by.items()}},
-        "utilization": {"prefill": {e: util(pre, e) for e in ("tlmm", "gemm")},
-                        "decode": {e: util(dec, e) for e in ("tlmm", "gemm")}},
+        "time_share": {
+            "prefill": {k: v / pre.seconds for k, v in pre.time_by.items()},
+            "decode": {k: v / dec.seconds for k, v in dec.time_by.items()},
+        },
+        "utilization": {
+            "prefill": {e: util(pre, e) for e in ("tlmm", "gemm")},
+            "decode": {e: util(dec, e) for e in ("tlmm", "gemm")},
+        },
         "energy_j": {"prefill": pre.energy_j, "decode": dec.energy_j},
         "commands": {"prefill": pre.commands, "decode": dec.commands},
         "model_rules": list(MODEL_RULES),
@@ -387,37 +467,62 @@ def format_estimate(r: dict) -> str:
     def pct(d: dict) -> str:
         return ", ".join(f"{k} {v:.0%}" for k, v in d.items() if v >= 0.005)
 
-    mib = 2 ** 20
+    mib = 2**20
     pb = r["power_boundary"]
-    acc, host, tot = (r["dram_bytes_per_token_accelerator"], r["dram_bytes_per_token_host"],
-                      r["dram_bytes_per_token"])
+    acc, host, tot = (
+        r["dram_bytes_per_token_accelerator"],
+        r["dram_bytes_per_token_host"],
+        r["dram_bytes_per_token"],
+    )
     jr = r["j_per_token_range"]
     rows = [
         ["TTFT (prefill of the prompt)", f"{r['ttft_s'] * 1e3:,.1f} ms", r["bound"]["prefill"]],
         ["prefill throughput", f"{r['prefill_tokens_per_s']:,.1f} tokens/s", pct(r["time_share"]["prefill"])],
-        ["decode", f"{r['decode_tokens_per_s']:,.2f} tokens/s ({r['decode_s_per_token'] * 1e3:,.1f} ms/token)",
-         r["bound"]["decode"]],
+        [
+            "decode",
+            f"{r['decode_tokens_per_s']:,.2f} tokens/s ({r['decode_s_per_token'] * 1e3:,.1f} ms/token)",
+            r["bound"]["decode"],
+        ],
         ["decode time share", pct(r["time_share"]["decode"]), "no overlap between commands"],
-        ["DRAM bytes per token", f"{tot / mib:,.1f} MiB",
-         f"accelerator {acc / mib:,.1f} MiB + host {host / mib:,.1f} MiB"],
-        ["shared-DRAM limit", f"{r['dram_limit_tokens_per_s']:,.1f} tokens/s",
-         f"{r['dram_gbs']:g} GB/s shared / {tot / 1e6:,.1f} MB per token"],
-        [f"energy per decoded token ({pb} boundary)", _joules(r["j_per_token"]),
-         f"range {_joules(jr['low'])} to {_joules(jr['high'])}; "
-         + pct({k: v / r['j_per_token'] for k, v in r["energy_j"]["decode"].items()})],
-        [f"average power, decode ({pb} boundary)", f"{r['avg_power_w']:.2f} W",
-         f"static {r['static_w']:g} W included; power boundary: {pb}"],
+        [
+            "DRAM bytes per token",
+            f"{tot / mib:,.1f} MiB",
+            f"accelerator {acc / mib:,.1f} MiB + host {host / mib:,.1f} MiB",
+        ],
+        [
+            "shared-DRAM limit",
+            f"{r['dram_limit_tokens_per_s']:,.1f} tokens/s",
+            f"{r['dram_gbs']:g} GB/s shared / {tot / 1e6:,.1f} MB per token",
+        ],
+        [
+            f"energy per decoded token ({pb} boundary)",
+            _joules(r["j_per_token"]),
+            f"range {_joules(jr['low'])} to {_joules(jr['high'])}; "
+            + pct({k: v / r["j_per_token"] for k, v in r["energy_j"]["decode"].items()}),
+        ],
+        [
+            f"average power, decode ({pb} boundary)",
+            f"{r['avg_power_w']:.2f} W",
+            f"static {r['static_w']:g} W included; power boundary: {pb}",
+        ],
         ["engine utilization (decode)", pct(r["utilization"]["decode"]), "issue cycles / step time"],
         ["engine utilization (prefill)", pct(r["utilization"]["prefill"]), ""],
     ]
-    out = [table(["figure (modeled)", "value", "note"], rows,
-                 title=f"{r['model']} on {r['config']} — {r['device']}, {r['clock_mhz']:g} MHz, "
-                       f"prompt {r['prompt']}, context {r['context']} (every figure modeled)")]
+    out = [
+        table(
+            ["figure (modeled)", "value", "note"],
+            rows,
+            title=f"{r['model']} on {r['config']} — {r['device']}, {r['clock_mhz']:g} MHz, "
+            f"prompt {r['prompt']}, context {r['context']} (every figure modeled)",
+        )
+    ]
     a = r["assumptions"]
     kinds = {k: sum(e["kind"] == k for e in a) for k in ("cited", "measured", "counted", "assumption")}
-    out.append(f"assumptions: {len(a)} numbers ({kinds['cited']} cited, {kinds['measured']} measured, "
-               f"{kinds['counted']} counted from code, {kinds['assumption']} assumptions); sources and ranges: "
-               f"--json (\"assumptions\")")
+    out.append(
+        f"assumptions: {len(a)} numbers ({kinds['cited']} cited, {kinds['measured']} measured, "
+        f"{kinds['counted']} counted from code, {kinds['assumption']} assumptions); sources and ranges: "
+        f'--json ("assumptions")'
+    )
     for e in a:
         if e["name"].startswith("device.") or e["name"] in ("clock_mhz", "host_w", "pj.dram_byte"):
             rg = f" [{e['range'][0]:g}..{e['range'][1]:g}]" if "range" in e else ""
@@ -468,24 +573,34 @@ def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, poin
     pre, dec = pres[-1], decs[-1]
     bw = acfg.memory.bus_bytes / acfg.memory.beat_interval * acfg.clock_mhz * 1e6
     # peak ops/s: a lookup stands for G multiply-adds (2·G ops); a MAC for 2 ops
-    peaks = {"tlmm": 2 * acfg.tlmm.group_size * acfg.tlmm.lookups_per_cycle * acfg.clock_mhz * 1e6,
-             "gemm": 2 * acfg.gemm.macs * acfg.clock_mhz * 1e6}
+    peaks = {
+        "tlmm": 2 * acfg.tlmm.group_size * acfg.tlmm.lookups_per_cycle * acfg.clock_mhz * 1e6,
+        "gemm": 2 * acfg.gemm.macs * acfg.clock_mhz * 1e6,
+    }
     for eng in ("tlmm", "gemm"):
         fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
         for label, step, mk in (("prefill", pre, "o"), ("decode", dec, "x")):
             pts = [(ops / b, ops / s / 1e9) for e, ops, b, s in step.roofline if e == eng and b and s]
             if pts:
-                ax.plot([x for x, _ in pts], [y for _, y in pts], mk, ms=4, alpha=0.6, label=f"{label} commands")
+                ax.plot(
+                    [x for x, _ in pts], [y for _, y in pts], mk, ms=4, alpha=0.6, label=f"{label} commands"
+                )
         peak = peaks[eng] / 1e9
         xs = [10 ** (i / 20) for i in range(-40, 81)]
-        ax.plot(xs, [min(peak, bw * x / 1e9) for x in xs], "k--", lw=1,
-                label=f"roofline: {peak:.0f} GOPS, {bw / 1e9:.1f} GB/s")
+        ax.plot(
+            xs,
+            [min(peak, bw * x / 1e9) for x in xs],
+            "k--",
+            lw=1,
+            label=f"roofline: {peak:.0f} GOPS, {bw / 1e9:.1f} GB/s",
+        )
         ax.set_xscale("log")
         ax.set_yscale("log")
         ax.set_xlabel("ops per DRAM byte")
         ax.set_ylabel("achieved GOPS (modeled)")
-        ax.set_title(f"{eng.upper()} roofline: {model_spec}, prefill {prompts[-1]} / decode at {ctxs[-1]}",
-                     fontsize=9)
+        ax.set_title(
+            f"{eng.upper()} roofline: {model_spec}, prefill {prompts[-1]} / decode at {ctxs[-1]}", fontsize=9
+        )
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
         fig.tight_layout()

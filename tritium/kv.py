@@ -29,8 +29,17 @@ import numpy as np
 
 from hw.files import atomic_path, output_dir, output_file, write_text
 
-__all__ = ["register", "replay", "sweep", "plot_recall", "report", "report_table", "main", "SWEEP_BUDGETS",
-           "SWEEP_ALPHAS"]
+__all__ = [
+    "register",
+    "replay",
+    "sweep",
+    "plot_recall",
+    "report",
+    "report_table",
+    "main",
+    "SWEEP_BUDGETS",
+    "SWEEP_ALPHAS",
+]
 
 EXIT_INPUT = 2
 SWEEP_BUDGETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7)
@@ -58,8 +67,10 @@ def _resv_commands(trace, kv, first: int):
 
 def _check_trace_fits(trace, acfg) -> None:
     if trace.head_dim != acfg.kv.dim:
-        raise ValueError(f"{trace.path}: head_dim {trace.head_dim} differs from kv.dim {acfg.kv.dim} of config "
-                         f"{acfg.source}")
+        raise ValueError(
+            f"{trace.path}: head_dim {trace.head_dim} differs from kv.dim {acfg.kv.dim} of config "
+            f"{acfg.source}"
+        )
 
 
 def _model_for(trace, checkpoint):
@@ -67,13 +78,17 @@ def _model_for(trace, checkpoint):
 
     sha = file_sha256(checkpoint)
     if sha != trace.meta.get("checkpoint_sha256"):
-        raise ValueError(f"{checkpoint}: sha256 differs from the checkpoint trace {trace.path} was recorded with")
+        raise ValueError(
+            f"{checkpoint}: sha256 differs from the checkpoint trace {trace.path} was recorded with"
+        )
     model = load_model(checkpoint, max_seq=max(trace.n_tokens, 1))
     vocab = model.config.vocab
     tokens = np.asarray(trace.tokens)
     if tokens.size and (int(tokens.min()) < 0 or int(tokens.max()) >= vocab):
         bad = int(tokens.max()) if int(tokens.max()) >= vocab else int(tokens.min())
-        raise ValueError(f"{trace.path}: token id {bad} is outside the checkpoint's vocabulary 0..{vocab - 1}")
+        raise ValueError(
+            f"{trace.path}: token id {bad} is outside the checkpoint's vocabulary 0..{vocab - 1}"
+        )
     return model
 
 
@@ -81,8 +96,18 @@ def _ppl(nll: np.ndarray, first: int) -> float:
     return float(math.exp(nll[first:].mean()))
 
 
-def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None = None, first: int | None = None,
-           model=None, cycles: bool = True, full_nll: np.ndarray | None = None, recent: int = 0) -> dict:
+def replay(
+    trace,
+    acfg,
+    policy: str = "resv",
+    budget=None,
+    alpha: float | None = None,
+    first: int | None = None,
+    model=None,
+    cycles: bool = True,
+    full_nll: np.ndarray | None = None,
+    recent: int = 0,
+) -> dict:
     """Run one policy over a :class:`traces.format.Trace`; returns the figures (JSON-ready dict).
 
     ``budget``: token count or fraction for the baselines; ``alpha`` overrides ``acfg.kv.alpha`` for resv.
@@ -98,8 +123,15 @@ def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None =
     ev = evaluate(trace, pol)
     masks = ev.pop("masks")
     ref = ev.pop("clusters", None)
-    out = {"trace": trace.path, "tokens": trace.n_tokens, "config": acfg.name, **ev,
-           "early_exit_fraction": ev.get("early_exit_fraction"), "cycles": None, "energy_j_modeled": None}
+    out = {
+        "trace": trace.path,
+        "tokens": trace.n_tokens,
+        "config": acfg.name,
+        **ev,
+        "early_exit_fraction": ev.get("early_exit_fraction"),
+        "cycles": None,
+        "energy_j_modeled": None,
+    }
     if policy == "resv" and cycles:
         from sim.kv_model import kv_energy_j, run_commands
 
@@ -109,7 +141,9 @@ def replay(trace, acfg, policy: str = "resv", budget=None, alpha: float | None =
         out["cycles"] = run.cycles
         out["queries"] = len(got)
         out["inserts"] = sum(1 for c in cmds if c[0] == "insert")
-        out["cycles_per_query_step"] = run.cycles / max(1, (trace.n_tokens - first) * trace.n_layers * trace.n_kv_heads)
+        out["cycles_per_query_step"] = run.cycles / max(
+            1, (trace.n_tokens - first) * trace.n_layers * trace.n_kv_heads
+        )
         out["energy_j_modeled"] = kv_energy_j(acfg, run.events)
         out["events"] = run.events
         out["model_matches_reference"] = got == ref
@@ -137,10 +171,25 @@ def sweep(traces, acfg, budgets=SWEEP_BUDGETS, alphas=SWEEP_ALPHAS, first: int |
         knobs = alphas if name == "resv" else budgets if name != "full" else [None]
         pts = []
         for knob in knobs:
-            rs = [replay(t, acfg, name, budget=None if name == "resv" else knob,
-                         alpha=knob if name == "resv" else None, first=first, cycles=False) for t in traces]
-            pts.append((knob, float(np.mean([r["retrieved_fraction"] for r in rs])),
-                        float(np.mean([r["recall"] for r in rs]))))
+            rs = [
+                replay(
+                    t,
+                    acfg,
+                    name,
+                    budget=None if name == "resv" else knob,
+                    alpha=knob if name == "resv" else None,
+                    first=first,
+                    cycles=False,
+                )
+                for t in traces
+            ]
+            pts.append(
+                (
+                    knob,
+                    float(np.mean([r["retrieved_fraction"] for r in rs])),
+                    float(np.mean([r["recall"] for r in rs])),
+                )
+            )
         res[name] = pts
     return res
 
@@ -158,9 +207,13 @@ def plot_recall(points: dict, out: Path, title: str) -> Path:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.6))
-    style = {"resv": ("o-", "ReSV (sweep alpha)"), "streaming": ("s--", "StreamingLLM (4 sinks + window)"),
-             "h2o": ("^--", "H2O (heavy hitters + recent)"), "quest": ("d--", "Quest (16-token pages)"),
-             "full": ("k*", "full attention")}
+    style = {
+        "resv": ("o-", "ReSV (sweep alpha)"),
+        "streaming": ("s--", "StreamingLLM (4 sinks + window)"),
+        "h2o": ("^--", "H2O (heavy hitters + recent)"),
+        "quest": ("d--", "Quest (16-token pages)"),
+        "full": ("k*", "full attention"),
+    }
     for name, pts in points.items():
         fmt, label = style.get(name, (".-", name))
         ax.plot([p[1] for p in pts], [p[2] for p in pts], fmt, label=label, ms=5)
@@ -181,8 +234,9 @@ def plot_recall(points: dict, out: Path, title: str) -> Path:
         plt.close(fig)
 
 
-def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int | None = None,
-           recent: int = 8) -> dict:
+def report(
+    traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int | None = None, recent: int = 8
+) -> dict:
     """docs/results.md's KV table: ReSV at the config's alpha on every trace, then every baseline at the
     budget that matches ReSV's retrieved fraction on that trace (a fraction of the visible prefix), full attention.
     Means over traces of retrieved fraction, recall, early-exit fraction, perplexity (int mode), cycles and
@@ -202,29 +256,54 @@ def report(traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int
         for name in ("streaming", "h2o", "quest", "full"):
             rows[name].append(replay(t, acfg, name, budget=f, first=first, model=model, full_nll=full_nll))
         if recent:
-            rows[f"resv+recent{recent}"].append(replay(t, acfg, "resv", first=first, model=model, full_nll=full_nll,
-                                                       recent=recent))
+            rows[f"resv+recent{recent}"].append(
+                replay(t, acfg, "resv", first=first, model=model, full_nll=full_nll, recent=recent)
+            )
     summary = []
     for name, rs in rows.items():
-        mean = lambda k, rs=rs: (float(np.mean([r[k] for r in rs])) if rs and rs[0].get(k) is not None  # noqa: E731
-                                 else None)
-        summary.append({"policy": name, "setting": f"alpha={acfg.kv.alpha:g}" if name == "resv" else
-                        f"alpha={acfg.kv.alpha:g} + last {recent} tokens" if name.startswith("resv+") else
-                        "budget = ReSV's fraction per trace" if name != "full" else "all tokens",
-                        "retrieved_fraction": mean("retrieved_fraction"), "recall": mean("recall"),
-                        "early_exit_fraction": mean("early_exit_fraction"), "ppl_per_byte": mean("ppl_per_byte"),
-                        "ppl_per_byte_open_loop": mean("ppl_per_byte_open_loop"),
-                        "cycles": mean("cycles"), "energy_j_modeled": mean("energy_j_modeled")})
-    return {"config": acfg.name, "config_source": acfg.source, "checkpoint": checkpoint,
-            "traces": [t.path for t in traces], "first": rows["resv"][0]["first"] if traces else None,
-            "summary": summary, "per_trace": {n: [{k: v for k, v in r.items() if k not in ("streams", "events")}
-                                                  for r in rs] for n, rs in rows.items()}}
+
+        def mean(k, rs=rs):
+            return float(np.mean([r[k] for r in rs])) if rs and rs[0].get(k) is not None else None
+
+        summary.append(
+            {
+                "policy": name,
+                "setting": f"alpha={acfg.kv.alpha:g}"
+                if name == "resv"
+                else f"alpha={acfg.kv.alpha:g} + last {recent} tokens"
+                if name.startswith("resv+")
+                else "budget = ReSV's fraction per trace"
+                if name != "full"
+                else "all tokens",
+                "retrieved_fraction": mean("retrieved_fraction"),
+                "recall": mean("recall"),
+                "early_exit_fraction": mean("early_exit_fraction"),
+                "ppl_per_byte": mean("ppl_per_byte"),
+                "ppl_per_byte_open_loop": mean("ppl_per_byte_open_loop"),
+                "cycles": mean("cycles"),
+                "energy_j_modeled": mean("energy_j_modeled"),
+            }
+        )
+    return {
+        "config": acfg.name,
+        "config_source": acfg.source,
+        "checkpoint": checkpoint,
+        "traces": [t.path for t in traces],
+        "first": rows["resv"][0]["first"] if traces else None,
+        "summary": summary,
+        "per_trace": {
+            n: [{k: v for k, v in r.items() if k not in ("streams", "events")} for r in rs]
+            for n, rs in rows.items()
+        },
+    }
 
 
 def report_table(rep: dict) -> str:
     """Markdown table of :func:`report`'s summary."""
-    head = ("| policy | setting | retrieved fraction | recall | early-exit fraction | ppl/byte closed loop | "
-            "ppl/byte open loop | KV-engine cycles (modeled) | energy (modeled) |")
+    head = (
+        "| policy | setting | retrieved fraction | recall | early-exit fraction | ppl/byte closed loop | "
+        "ppl/byte open loop | KV-engine cycles (modeled) | energy (modeled) |"
+    )
     lines = [head, "|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, fmt):
@@ -232,10 +311,12 @@ def report_table(rep: dict) -> str:
 
     for s in rep["summary"]:
         e = s["energy_j_modeled"]
-        lines.append(f"| {s['policy']} | {s['setting']} | {f(s['retrieved_fraction'], '.3f')} | "
-                     f"{f(s['recall'], '.3f')} | {f(s['early_exit_fraction'], '.3f')} | {f(s['ppl_per_byte'], '.3f')} | "
-                     f"{f(s['ppl_per_byte_open_loop'], '.3f')} | "
-                     f"{f(s['cycles'], ',.0f')} | {'—' if e is None else f'{e * 1e6:.3f} µJ'} |")
+        lines.append(
+            f"| {s['policy']} | {s['setting']} | {f(s['retrieved_fraction'], '.3f')} | "
+            f"{f(s['recall'], '.3f')} | {f(s['early_exit_fraction'], '.3f')} | {f(s['ppl_per_byte'], '.3f')} | "
+            f"{f(s['ppl_per_byte_open_loop'], '.3f')} | "
+            f"{f(s['cycles'], ',.0f')} | {'—' if e is None else f'{e * 1e6:.3f} µJ'} |"
+        )
     return "\n".join(lines)
 
 
@@ -261,6 +342,7 @@ def _guard(fn):
             return fn(args)
         except (TraceError, ConfigError, CheckpointError, ValueError) as e:
             return _err(str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__)
+
     return run
 
 
@@ -275,8 +357,16 @@ def cmd_kv_replay(args) -> int:
     model = _model_for(trace, args.checkpoint) if args.checkpoint else None
     if args.recent and args.policy != "resv":
         raise ValueError("--recent applies to --policy resv only")
-    r = replay(trace, acfg, args.policy, budget=budget, alpha=args.alpha, first=args.first, model=model,
-               recent=args.recent)
+    r = replay(
+        trace,
+        acfg,
+        args.policy,
+        budget=budget,
+        alpha=args.alpha,
+        first=args.first,
+        model=model,
+        recent=args.recent,
+    )
     if args.json:
         r.pop("streams")
         print(json.dumps(r, indent=1))
@@ -285,19 +375,28 @@ def cmd_kv_replay(args) -> int:
 
     rows = [["retrieved fraction", r["retrieved_fraction"]], ["attention-mass recall", r["recall"]]]
     if r["early_exit_fraction"] is not None:
-        rows += [["early-exit fraction (visited / clusters)", r["early_exit_fraction"]],
-                 ["clusters per stream (mean)", r["mean_clusters"]],
-                 ["KV-engine cycles (modeled)", r["cycles"]],
-                 ["KV-engine time at clock (modeled)", f"{r['time_s_modeled'] * 1e3:.3f} ms"],
-                 ["KV-engine dynamic energy (modeled)", f"{r['energy_j_modeled'] * 1e6:.3f} µJ"],
-                 ["model clusters = reference clusters", r["model_matches_reference"]]]
+        rows += [
+            ["early-exit fraction (visited / clusters)", r["early_exit_fraction"]],
+            ["clusters per stream (mean)", r["mean_clusters"]],
+            ["KV-engine cycles (modeled)", r["cycles"]],
+            ["KV-engine time at clock (modeled)", f"{r['time_s_modeled'] * 1e3:.3f} ms"],
+            ["KV-engine dynamic energy (modeled)", f"{r['energy_j_modeled'] * 1e6:.3f} µJ"],
+            ["model clusters = reference clusters", r["model_matches_reference"]],
+        ]
     if "ppl_per_byte" in r:
-        rows += [["ppl/byte, restricted attention (int mode, closed loop)", r["ppl_per_byte"]],
-                 ["ppl/byte, restricted attention (int mode, open loop)", r["ppl_per_byte_open_loop"]],
-                 ["ppl/byte, full attention (int mode)", r["ppl_per_byte_full"]]]
-    print(table(["figure", "value"], rows,
-                title=f"{Path(trace.path).name}: {r['setting']}, decode steps {r['first']}..{trace.n_tokens - 1}, "
-                      f"{trace.n_layers} layers x {trace.n_kv_heads} KV heads — config {acfg.name}"))
+        rows += [
+            ["ppl/byte, restricted attention (int mode, closed loop)", r["ppl_per_byte"]],
+            ["ppl/byte, restricted attention (int mode, open loop)", r["ppl_per_byte_open_loop"]],
+            ["ppl/byte, full attention (int mode)", r["ppl_per_byte_full"]],
+        ]
+    print(
+        table(
+            ["figure", "value"],
+            rows,
+            title=f"{Path(trace.path).name}: {r['setting']}, decode steps {r['first']}..{trace.n_tokens - 1}, "
+            f"{trace.n_layers} layers x {trace.n_kv_heads} KV heads — config {acfg.name}",
+        )
+    )
     return 0
 
 
@@ -309,8 +408,11 @@ def cmd_kv_plot(args) -> int:
     acfg = load_config(args.config)
     traces = _load_traces(args.traces)
     pts = sweep(traces, acfg, first=args.first)
-    out = plot_recall(pts, Path(args.out), f"KV policies on {len(traces)} trace(s) "
-                                           f"({traces[0].meta.get('model', '?')}), config {acfg.name}")
+    out = plot_recall(
+        pts,
+        Path(args.out),
+        f"KV policies on {len(traces)} trace(s) ({traces[0].meta.get('model', '?')}), config {acfg.name}",
+    )
     print(f"plot: {out}")
     return 0
 
@@ -326,8 +428,9 @@ def cmd_kv_report(args) -> int:
     out = Path(args.out)
     pts = sweep(traces, acfg, first=args.first)
     rep["sweep"] = {k: [list(p) for p in v] for k, v in pts.items()}
-    rep["plot"] = str(plot_recall(pts, out / "recall.png", f"KV policies on {len(traces)} trace(s), "
-                                                           f"config {acfg.name}"))
+    rep["plot"] = str(
+        plot_recall(pts, out / "recall.png", f"KV policies on {len(traces)} trace(s), config {acfg.name}")
+    )
     md = report_table(rep)
     write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
     write_text(out / "report.md", md + "\n")
@@ -335,8 +438,10 @@ def cmd_kv_report(args) -> int:
         print(json.dumps(rep, indent=1))
     else:
         print(md)
-        print(f"\n{len(traces)} trace(s); perplexity: int mode, restricted attention; energy and cycles: "
-              f"modeled (sim/kv_model.py). Wrote {out}/report.json, report.md, recall.png")
+        print(
+            f"\n{len(traces)} trace(s); perplexity: int mode, restricted attention; energy and cycles: "
+            f"modeled (sim/kv_model.py). Wrote {out}/report.json, report.md, recall.png"
+        )
     return 0
 
 
@@ -346,39 +451,63 @@ def register(subparsers) -> argparse.ArgumentParser:
 
     cfg_help = "accelerator config YAML (default: configs/default.yaml)"
     first_help = "first scored decode step; earlier tokens are a prompt with full attention (default 16)"
-    kv = subparsers.add_parser("kv", help="KV-cache retrieval: replay traces through ReSV and baseline policies")
+    kv = subparsers.add_parser(
+        "kv", help="KV-cache retrieval: replay traces through ReSV and baseline policies"
+    )
     sub = kv.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
 
-    r = sub.add_parser("replay", help="one policy over one trace: fraction, recall, early exit, cycles, energy")
+    r = sub.add_parser(
+        "replay", help="one policy over one trace: fraction, recall, early exit, cycles, energy"
+    )
     r.add_argument("trace", help="trace .npz (traces/*.npz)")
     r.add_argument("--config", default=None, help=cfg_help)
     r.add_argument("--policy", choices=POLICIES, default="resv", help="policy (default resv)")
-    r.add_argument("--budget", default=None,
-                   help="baselines: tokens per step (e.g. 64) or a fraction of the visible prefix (e.g. 0.25; "
-                        "default 0.25)")
+    r.add_argument(
+        "--budget",
+        default=None,
+        help="baselines: tokens per step (e.g. 64) or a fraction of the visible prefix (e.g. 0.25; "
+        "default 0.25)",
+    )
     r.add_argument("--alpha", type=float, default=None, help="resv: threshold fraction (default: kv.alpha)")
-    r.add_argument("--recent", type=int, default=0,
-                   help="resv: also keep the last N tokens at every step (local window; default 0)")
-    r.add_argument("--checkpoint", default=None, help="also the int-mode perplexity with restricted attention")
+    r.add_argument(
+        "--recent",
+        type=int,
+        default=0,
+        help="resv: also keep the last N tokens at every step (local window; default 0)",
+    )
+    r.add_argument(
+        "--checkpoint", default=None, help="also the int-mode perplexity with restricted attention"
+    )
     r.add_argument("--first", type=int, default=None, help=first_help)
     r.add_argument("--json", action="store_true", help="print JSON")
     r.set_defaults(func=cmd_kv_replay)
 
-    p = sub.add_parser("plot", help="PNG of recall vs retrieved fraction for every policy (budget/alpha sweeps)")
+    p = sub.add_parser(
+        "plot", help="PNG of recall vs retrieved fraction for every policy (budget/alpha sweeps)"
+    )
     p.add_argument("traces", nargs="+", help="trace .npz files")
     p.add_argument("--config", default=None, help=cfg_help)
     p.add_argument("--out", required=True, help="PNG to write")
     p.add_argument("--first", type=int, default=None, help=first_help)
     p.set_defaults(func=cmd_kv_plot)
 
-    rp = sub.add_parser("report", help="policies at matched budgets: table (report.md), report.json, recall.png")
+    rp = sub.add_parser(
+        "report", help="policies at matched budgets: table (report.md), report.json, recall.png"
+    )
     rp.add_argument("traces", nargs="+", help="trace .npz files")
     rp.add_argument("--config", default=None, help=cfg_help)
-    rp.add_argument("--checkpoint", default=DEFAULT_CHECKPOINT,
-                    help=f"checkpoint for perplexity (default {DEFAULT_CHECKPOINT}; '' skips it)")
+    rp.add_argument(
+        "--checkpoint",
+        default=DEFAULT_CHECKPOINT,
+        help=f"checkpoint for perplexity (default {DEFAULT_CHECKPOINT}; '' skips it)",
+    )
     rp.add_argument("--out", required=True, help="output folder")
-    rp.add_argument("--recent", type=int, default=8,
-                    help="also a row for ReSV plus the last N tokens (default 8; 0: no such row)")
+    rp.add_argument(
+        "--recent",
+        type=int,
+        default=8,
+        help="also a row for ReSV plus the last N tokens (default 8; 0: no such row)",
+    )
     rp.add_argument("--first", type=int, default=None, help=first_help)
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(func=cmd_kv_report)

@@ -36,16 +36,23 @@ def gemm_report(acfg: AcceleratorConfig, m: int, k: int, n: int, requant: bool =
     ops = 2 * m * k * n
     rd = t.events["read_beats"] * mem.bus_bytes
     wr = t.events["write_beats"] * mem.bus_bytes
-    need = (geo.a_beats + geo.b_beats) * mem.bus_bytes / geo.k_tile     # bytes/cycle the block consumes
+    need = (geo.a_beats + geo.b_beats) * mem.bus_bytes / geo.k_tile  # bytes/cycle the block consumes
     return {
-        "shape": [m, k, n], "config": acfg.name, "clock_mhz": acfg.clock_mhz,
-        "block": f"{geo.rows}x{geo.cols}", "k_tile": geo.k_tile,
-        "cycles": t.cycles, "time_ms": seconds * 1e3,
-        "gops": ops / seconds / 1e9, "peak_gops": 2 * acfg.gemm.macs * f / 1e9,
+        "shape": [m, k, n],
+        "config": acfg.name,
+        "clock_mhz": acfg.clock_mhz,
+        "block": f"{geo.rows}x{geo.cols}",
+        "k_tile": geo.k_tile,
+        "cycles": t.cycles,
+        "time_ms": seconds * 1e3,
+        "gops": ops / seconds / 1e9,
+        "peak_gops": 2 * acfg.gemm.macs * f / 1e9,
         "mac_utilization": t.utilization(acfg, m, k, n),
-        "load_stall_cycles": t.events["load_stall_cycles"], "drain_stall_cycles": t.events["drain_stall_cycles"],
+        "load_stall_cycles": t.events["load_stall_cycles"],
+        "drain_stall_cycles": t.events["drain_stall_cycles"],
         "tail_cycles": t.events["tail_cycles"],
-        "dram_read_bytes": rd, "dram_write_bytes": wr,
+        "dram_read_bytes": rd,
+        "dram_write_bytes": wr,
         "ops_per_dram_byte": ops / (rd + wr),
         "bandwidth_gbs": mem.bytes_per_cycle * f / 1e9,
         "read_bandwidth_needed_gbs": need * f / 1e9,
@@ -63,8 +70,13 @@ def _with_memory(acfg: AcceleratorConfig, **fields) -> AcceleratorConfig | None:
         return None
 
 
-def bandwidth_sweep(acfg: AcceleratorConfig, m: int, k: int, n: int,
-                    intervals: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32)) -> list[dict]:
+def bandwidth_sweep(
+    acfg: AcceleratorConfig,
+    m: int,
+    k: int,
+    n: int,
+    intervals: tuple[int, ...] = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32),
+) -> list[dict]:
     """Achieved GOPS against memory bandwidth: every legal bus width × beat interval (modeled)."""
     rows = []
     w = 4
@@ -73,9 +85,17 @@ def bandwidth_sweep(acfg: AcceleratorConfig, m: int, k: int, n: int,
             c = _with_memory(acfg, bus_bytes=w, beat_interval=iv)
             if c is not None:
                 r = gemm_report(c, m, k, n)
-                rows.append({"bus_bytes": w, "beat_interval": iv, "bandwidth_gbs": r["bandwidth_gbs"],
-                             "gops": r["gops"], "mac_utilization": r["mac_utilization"],
-                             "ops_per_dram_byte": r["ops_per_dram_byte"], "cycles": r["cycles"]})
+                rows.append(
+                    {
+                        "bus_bytes": w,
+                        "beat_interval": iv,
+                        "bandwidth_gbs": r["bandwidth_gbs"],
+                        "gops": r["gops"],
+                        "mac_utilization": r["mac_utilization"],
+                        "ops_per_dram_byte": r["ops_per_dram_byte"],
+                        "cycles": r["cycles"],
+                    }
+                )
         w *= 2
     return sorted(rows, key=lambda r: (r["bandwidth_gbs"], r["bus_bytes"]))
 
@@ -93,22 +113,35 @@ def plot_roofline(acfg: AcceleratorConfig, shape: tuple[int, int, int], rows: li
     cmap = plt.get_cmap("viridis", max(2, len(widths)))
     for i, w in enumerate(widths):
         pts = [r for r in rows if r["bus_bytes"] == w]
-        ax.plot([r["bandwidth_gbs"] for r in pts], [r["gops"] for r in pts], "o", ms=4, color=cmap(i),
-                label=f"{8 * w}-bit bus, interval 1..{max(r['beat_interval'] for r in pts)}")
+        ax.plot(
+            [r["bandwidth_gbs"] for r in pts],
+            [r["gops"] for r in pts],
+            "o",
+            ms=4,
+            color=cmap(i),
+            label=f"{8 * w}-bit bus, interval 1..{max(r['beat_interval'] for r in pts)}",
+        )
     bw = [r["bandwidth_gbs"] for r in rows]
     lo, hi = min(bw) / 1.5, max(bw) * 1.5
     xs = [lo * (hi / lo) ** (i / 200) for i in range(201)]
     ai = own["ops_per_dram_byte"]
-    ax.plot(xs, [min(own["peak_gops"], ai * x) for x in xs], "k--", lw=1,
-            label=f"roofline: peak {own['peak_gops']:.1f} GOPS, {ai:.1f} ops/DRAM byte")
+    ax.plot(
+        xs,
+        [min(own["peak_gops"], ai * x) for x in xs],
+        "k--",
+        lw=1,
+        label=f"roofline: peak {own['peak_gops']:.1f} GOPS, {ai:.1f} ops/DRAM byte",
+    )
     ax.plot([own["bandwidth_gbs"]], [own["gops"]], "r*", ms=14, label=f"this config ({acfg.name})")
     ax.set_xscale("log")
     ax.set_yscale("log")
     ax.set_xlabel(f"memory bandwidth, GB/s (bus bytes / beat interval × {acfg.clock_mhz:g} MHz)")
     ax.set_ylabel("achieved GOPS (modeled)")
     m, k, n = shape
-    ax.set_title(f"Temporal GEMM {acfg.gemm.rows}×{acfg.gemm.cols} block, k_tile {acfg.gemm.k_tile}: "
-                 f"{m}×{k}×{n} int8 GEMM")
+    ax.set_title(
+        f"Temporal GEMM {acfg.gemm.rows}×{acfg.gemm.cols} block, k_tile {acfg.gemm.k_tile}: "
+        f"{m}×{k}×{n} int8 GEMM"
+    )
     ax.grid(True, which="both", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
@@ -119,4 +152,3 @@ def plot_roofline(acfg: AcceleratorConfig, shape: tuple[int, int, int], rows: li
     plt.close(fig)
     tmp.replace(path)
     return path
-

@@ -79,8 +79,20 @@ class _Cfg:
     @classmethod
     def of(cls, acfg) -> _Cfg:
         t, g = acfg.tlmm, acfg.gemm
-        return cls(t.group_size, t.tables, t.columns, t.table_mode, t.tokens, t.act_bits, t.max_k, t.max_n,
-                   g.rows, g.cols, g.k_tile, acfg.memory.bus_bytes)
+        return cls(
+            t.group_size,
+            t.tables,
+            t.columns,
+            t.table_mode,
+            t.tokens,
+            t.act_bits,
+            t.max_k,
+            t.max_n,
+            g.rows,
+            g.cols,
+            g.k_tile,
+            acfg.memory.bus_bytes,
+        )
 
     @classmethod
     def from_row(cls, row: dict) -> _Cfg:
@@ -88,15 +100,20 @@ class _Cfg:
 
 
 def _tlmm_derived(c: _Cfg) -> dict:
-    entries = 3 ** c.group_size
+    entries = 3**c.group_size
     S = entries if c.table_mode == "full" else (entries + 1) // 2
     E = c.act_bits + 2
     sum_bits = E + math.ceil(math.log2(c.tables)) if c.tables > 1 else E
     chunk = c.group_size * c.tables
     index_bits = math.ceil(math.log2(entries))
     depth = c.tokens * math.ceil(c.max_n / c.columns)
-    return {"S": S, "E": E, "sum_bits": sum_bits, "pool": chunk * c.act_bits + c.columns * c.tables * index_bits,
-            "depth": depth}
+    return {
+        "S": S,
+        "E": E,
+        "sum_bits": sum_bits,
+        "pool": chunk * c.act_bits + c.columns * c.tables * index_bits,
+        "depth": depth,
+    }
 
 
 # Memory mapping rules read off the calibration runs (Yosys memory_libmap's choices for our RTL):
@@ -168,8 +185,11 @@ class ResourceModel:
         self.fmax_coef: dict = {}
         for fam in ("ecp5", "xcup"):
             for eng in ("tlmm", "gemm"):
-                train = [r for r in rows if FAMILY_OF_BOARD.get(r["board"]) == fam and r["engine"] == eng
-                         and r["role"] == "train"]
+                train = [
+                    r
+                    for r in rows
+                    if FAMILY_OF_BOARD.get(r["board"]) == fam and r["engine"] == eng and r["role"] == "train"
+                ]
                 if not train:
                     continue
                 cfgs = [_Cfg.from_row(r) for r in train]
@@ -179,10 +199,12 @@ class ResourceModel:
                     X = np.array([_features(eng, res, c) for c, _ in uniq], float)
                     y = np.array([float(r[res]) for _, r in uniq])
                     self.coef[(fam, eng, res)] = _lstsq_rel(X, y)
-                pr = [(c, float(r["fmax_mhz"])) for c, r in zip(cfgs, train, strict=True) if r.get("fmax_mhz")]
+                pr = [
+                    (c, float(r["fmax_mhz"])) for c, r in zip(cfgs, train, strict=True) if r.get("fmax_mhz")
+                ]
                 if len(pr) >= len(_fmax_features(eng, cfgs[0])):
                     X = np.array([_fmax_features(eng, c) for c, _ in pr])
-                    y = np.array([1000.0 / f for _, f in pr])       # period, ns
+                    y = np.array([1000.0 / f for _, f in pr])  # period, ns
                     self.fmax_coef[(fam, eng)] = np.linalg.lstsq(X, y, rcond=None)[0]
 
     def families(self) -> set[str]:
@@ -240,7 +262,7 @@ def held_out_errors(path: str | Path = CALIBRATION_CSV) -> list[dict]:
         if r["role"] != "heldout" or (fam, r["engine"], "lut") not in m.coef:
             continue
         c = _Cfg.from_row(r)
-        dup = (fam, r["engine"], c) in seen       # a P&R run of a config already listed: its Fmax only
+        dup = (fam, r["engine"], c) in seen  # a P&R run of a config already listed: its Fmax only
         seen.add((fam, r["engine"], c))
         p = m._engine(c, fam, r["engine"])
         row = {"name": r["name"], "family": fam, "engine": r["engine"]}
@@ -259,8 +281,10 @@ def fit_report(path: str | Path = CALIBRATION_CSV) -> str:
     """Text table: each held-out run's measured vs predicted figures and the relative error; a summary of
     the mean/max absolute relative error per family, engine and resource."""
     rows = held_out_errors(path)
-    lines = ["Resource model (least-squares FIT to our RTL's synthesis/P&R runs), HELD-OUT runs (not in the fit):",
-             f"{'run':12s} {'family':6s} {'engine':6s} " + " ".join(f"{r:>22s}" for r in (*RESOURCES, "fmax_mhz"))]
+    lines = [
+        "Resource model (least-squares FIT to our RTL's synthesis/P&R runs), HELD-OUT runs (not in the fit):",
+        f"{'run':12s} {'family':6s} {'engine':6s} " + " ".join(f"{r:>22s}" for r in (*RESOURCES, "fmax_mhz")),
+    ]
     errs: dict = {}
     for row in rows:
         cells = []
@@ -275,8 +299,11 @@ def fit_report(path: str | Path = CALIBRATION_CSV) -> str:
             shown = f"{pred:,.0f}" if abs(pred) >= 100 else f"{pred:.3g}"
             cells.append(f"{meas:,g} vs {shown} ({100 * e:+.0f}%)".rjust(22))
         lines.append(f"{row['name']:12s} {row['family']:6s} {row['engine']:6s} " + " ".join(cells))
-    lines += ["", "held-out |error|, mean (max), per family and engine:",
-              f"{'family':6s} {'engine':6s} " + " ".join(f"{r:>12s}" for r in (*RESOURCES, "fmax_mhz"))]
+    lines += [
+        "",
+        "held-out |error|, mean (max), per family and engine:",
+        f"{'family':6s} {'engine':6s} " + " ".join(f"{r:>12s}" for r in (*RESOURCES, "fmax_mhz")),
+    ]
     for fam, eng in sorted({(f, e) for f, e, _ in errs}):
         cells = []
         for res in (*RESOURCES, "fmax_mhz"):

@@ -47,8 +47,10 @@ def _step_tokens(prog, tokens: list[int] | None, prompt: str | None) -> list[int
     else:
         return [int(v) for v in np.asarray(prog.read(prog.image, "tokens")).reshape(-1)[:T]]
     if len(tokens) != T:
-        raise ValueError(f"{what}, but the Program is a step of {T} token(s) (compile with --tokens "
-                         f"{len(tokens)} for this input)")
+        raise ValueError(
+            f"{what}, but the Program is a step of {T} token(s) (compile with --tokens "
+            f"{len(tokens)} for this input)"
+        )
     vocab = prog.meta["model"].get("vocab")
     bad = [t for t in tokens if t < 0 or (isinstance(vocab, int) and t >= vocab)]
     if bad:
@@ -56,8 +58,12 @@ def _step_tokens(prog, tokens: list[int] | None, prompt: str | None) -> list[int
     return tokens
 
 
-def run_program(program_dir: str | Path, tokens: list[int] | None = None, prompt: str | None = None,
-                logits_out: str | Path | None = None) -> dict:
+def run_program(
+    program_dir: str | Path,
+    tokens: list[int] | None = None,
+    prompt: str | None = None,
+    logits_out: str | Path | None = None,
+) -> dict:
     """Load, verify and execute one Program folder; returns the report ``tritium run --json`` prints.
     Raises :class:`hw.program.ProgramError` (a damaged or invalid folder) or ValueError (inputs)."""
     import numpy as np
@@ -68,8 +74,10 @@ def run_program(program_dir: str | Path, tokens: list[int] | None = None, prompt
     t0 = time.perf_counter()
     prog = Program.load(program_dir)
     if not prog.meta["weights_materialized"]:
-        raise ValueError(f"{program_dir}: compiled on meta tensors (a preset, no weights): it can be inspected, "
-                         f"not run; compile a checkpoint to run it")
+        raise ValueError(
+            f"{program_dir}: compiled on meta tensors (a preset, no weights): it can be inspected, "
+            f"not run; compile a checkpoint to run it"
+        )
     acfg = prog.acfg
     toks = _step_tokens(prog, tokens, prompt)
     t1 = time.perf_counter()
@@ -83,15 +91,25 @@ def run_program(program_dir: str | Path, tokens: list[int] | None = None, prompt
     vocab = prog.meta["model"].get("vocab")
     total = stats.cycles["tlmm"] + stats.cycles["gemm"]
     return {
-        "program": str(program_dir), "content_hash": prog.digest(), "config": acfg.name,
-        "tokens": toks, "pos": prog.meta["pos"],
+        "program": str(program_dir),
+        "content_hash": prog.digest(),
+        "config": acfg.name,
+        "tokens": toks,
+        "pos": prog.meta["pos"],
         "commands": {**stats.commands, "total": sum(stats.commands.values())},
-        "cycles": {**stats.cycles, "total": total}, "engine_us": round(total / acfg.clock_mhz, 3),
-        "output": {"tensor": prog.meta["output"], "shape": list(out.shape), "argmax": argmax, "next_token": nxt,
-                   "next_text": bytes([nxt]).decode("latin-1") if vocab == 256 and nxt is not None else None,
-                   "finite": bool(np.isfinite(out).all())},
+        "cycles": {**stats.cycles, "total": total},
+        "engine_us": round(total / acfg.clock_mhz, 3),
+        "output": {
+            "tensor": prog.meta["output"],
+            "shape": list(out.shape),
+            "argmax": argmax,
+            "next_token": nxt,
+            "next_text": bytes([nxt]).decode("latin-1") if vocab == 256 and nxt is not None else None,
+            "finite": bool(np.isfinite(out).all()),
+        },
         "logits_file": str(logits_out) if logits_out is not None else None,
-        "load_s": round(t1 - t0, 3), "run_s": round(t2 - t1, 3),
+        "load_s": round(t1 - t0, 3),
+        "run_s": round(t2 - t1, 3),
     }
 
 
@@ -108,17 +126,23 @@ def cmd_run(args) -> int:
         print(json.dumps(rep, indent=1))
         return 0
     c, cy, o = rep["commands"], rep["cycles"], rep["output"]
-    print(f"ran {rep['program']} ({rep['content_hash'][:19]}…) on {rep['config']}: step of {len(rep['tokens'])} "
-          f"token(s) at position {rep['pos']}")
+    print(
+        f"ran {rep['program']} ({rep['content_hash'][:19]}…) on {rep['config']}: step of {len(rep['tokens'])} "
+        f"token(s) at position {rep['pos']}"
+    )
     if rep["pos"] > 0:
         print("  note: a step at position > 0 run alone sees the Program's own (empty) KV cache")
     print(f"  commands: {c['tlmm']} TLMM, {c['gemm']} GEMM, {c['host']} HOST ({c['total']} in all)")
-    print(f"  engine cycles: TLMM {cy['tlmm']:,}, GEMM {cy['gemm']:,}, total {cy['total']:,} "
-          f"({rep['engine_us']:,.1f} µs at the config's clock; host ops not counted)")
+    print(
+        f"  engine cycles: TLMM {cy['tlmm']:,}, GEMM {cy['gemm']:,}, total {cy['total']:,} "
+        f"({rep['engine_us']:,.1f} µs at the config's clock; host ops not counted)"
+    )
     nxt = o["next_token"]
     text = f" {o['next_text']!r}" if o["next_text"] is not None else ""
-    print(f"  output {o['tensor']} {o['shape']}: next token {nxt}{text}"
-          f"{'' if o['finite'] else '  (non-finite values!)'}")
+    print(
+        f"  output {o['tensor']} {o['shape']}: next token {nxt}{text}"
+        f"{'' if o['finite'] else '  (non-finite values!)'}"
+    )
     if rep["logits_file"]:
         print(f"  wrote {rep['logits_file']}")
     return 0
@@ -126,14 +150,24 @@ def cmd_run(args) -> int:
 
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``run`` to the ``tritium`` subparsers; returns its parser."""
-    r = subparsers.add_parser("run", help="verify a compiled Program folder and execute it on the numba models")
+    r = subparsers.add_parser(
+        "run", help="verify a compiled Program folder and execute it on the numba models"
+    )
     r.add_argument("program", metavar="PROGRAM_DIR", help="folder written by `tritium compile -o`")
     src = r.add_mutually_exclusive_group()
-    src.add_argument("--tokens", default=None, metavar="IDS",
-                     help="the step's token ids, comma or space separated (exactly the step's token count); "
-                          "default: the ids stored in the Program's image (zeros after `tritium compile`)")
-    src.add_argument("--prompt", default=None, metavar="TEXT",
-                     help="the step's tokens as the UTF-8 bytes of TEXT (byte-level models such as tiny.pt)")
+    src.add_argument(
+        "--tokens",
+        default=None,
+        metavar="IDS",
+        help="the step's token ids, comma or space separated (exactly the step's token count); "
+        "default: the ids stored in the Program's image (zeros after `tritium compile`)",
+    )
+    src.add_argument(
+        "--prompt",
+        default=None,
+        metavar="TEXT",
+        help="the step's tokens as the UTF-8 bytes of TEXT (byte-level models such as tiny.pt)",
+    )
     r.add_argument("--logits", default=None, metavar="NPY", help="also save the output tensor as a .npy file")
     r.add_argument("--json", action="store_true", help="print a JSON report")
     r.set_defaults(func=cmd_run)
