@@ -51,15 +51,7 @@ from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw.config import KvConfig
-from hw.kv_numerics import (
-    KIND_ASSIGN,
-    KIND_END,
-    KIND_FULL,
-    KIND_SEL,
-    OP_INSERT,
-    OP_QUERY,
-    OP_RESET,
-)
+from hw.kv_numerics import KIND_ASSIGN, KIND_END, KIND_FULL, KIND_SEL, OP_INSERT, OP_QUERY, OP_RESET
 from hw.kv_score import ScorePipeline
 from hw.kv_signature import NearestSearch, SignatureUnit
 from hw.kv_table import ClusterTableUnit, sums_addr_bits

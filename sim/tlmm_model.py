@@ -28,13 +28,7 @@ from numba import njit
 
 from hw.config import TlmmConfig
 from hw.ternary import TlmmShape, tlmm_streams
-from sim.tlmm_control import (
-    LOOK,
-    ctl_look_left,
-    ctl_look_run,
-    ctl_new,
-    ctl_step,
-)
+from sim.tlmm_control import LOOK, ctl_look_left, ctl_look_run, ctl_new, ctl_step
 
 __all__ = ["TlmmRun", "EVENT_NAMES", "run_tlmm", "tlmm_cycles", "tlmm_events_closed_form"]
 

@@ -40,15 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw.config import AcceleratorConfig, ConfigError, config_from_dict
-from tritium.dse_spec import (
-    METRICS,
-    PERF_METRICS,
-    RESOURCE_METRICS,
-    Constraint,
-    Spec,
-    SpecError,
-    load_spec,
-)
+from tritium.dse_spec import METRICS, PERF_METRICS, RESOURCE_METRICS, Constraint, Spec, SpecError, load_spec
 from tritium.dse_store import GridOrder, Point, Store, append_log, mask_url, open_study, read_log, storage_url
 
 __all__ = [
