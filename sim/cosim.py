@@ -497,7 +497,7 @@ class TopReport:
     def to_json(self) -> dict:
         per_kind = {}
         for kinds, rc, mc in zip(self.commands, self.rtl_cycles, self.model_cycles, strict=True):
-            for k, r, m in zip(kinds, rc, mc, strict=True):
+            for k, r, m in zip(kinds, rc, mc, strict=False):  # a hung step has fewer RTL rows
                 e = per_kind.setdefault(k, {"commands": 0, "rtl_cycles": 0, "model_cycles": 0})
                 e["commands"] += 1
                 e["rtl_cycles"] += r
@@ -602,7 +602,8 @@ def run_top_cosim(
         for s, p in enumerate(progs):
             d = tmp / f"step{s}"
             p.save(d)
-            steps.append({"program": str(d)})
+            # a cycle guard per step: a hung RTL ends as a mismatch, not a simulation that never returns
+            steps.append({"program": str(d), "guard": 4 * int(sum(model_cycles[s])) + 100_000})
         meta = {"config": acfg.to_dict(), "prompt": list(prompt), "steps": steps}
         _log(
             f"[top] running {len(progs)} step(s), {sum(map(len, kinds))} commands through Verilator ...",
@@ -613,8 +614,17 @@ def run_top_cosim(
             # the top bench writes its results only at the end: a hung or failing run leaves none
             raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{_log_tail(log)}")
         res = json.loads(result_file.read_text())
+        done = len(res["steps"])
         with np.load(str(result_file) + ".npz", allow_pickle=False) as z:
-            rtl_logits = [z[f"logits{s}"][-1] for s in range(len(progs))]
+            rtl_logits = [z[f"logits{s}"][-1] if s < done else None for s in range(len(progs))]
+        if res.get("hung"):
+            h = res["hung"]
+            _log(
+                f"[top] the RTL did not finish step {h['step']} within {h['guard']:,} cycles "
+                f"({h['commands_started']} commands started): a mismatch",
+                quiet,
+            )
+        res["steps"] += [{"per_command": []}] * (len(progs) - done)
     return TopReport(
         config={**acfg.to_dict(), "source": acfg.source},
         layers=model.config.n_layers,
@@ -623,10 +633,12 @@ def run_top_cosim(
         model_tokens=model_tokens,
         torch_tokens=torch_tokens,
         logits_equal_torch=[
-            bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, torch_logits, strict=True)
+            a is not None and bool(np.array_equal(a, b))
+            for a, b in zip(rtl_logits, torch_logits, strict=True)
         ],
         logits_equal_model=[
-            bool(np.array_equal(a, b)) for a, b in zip(rtl_logits, model_logits, strict=True)
+            a is not None and bool(np.array_equal(a, b))
+            for a, b in zip(rtl_logits, model_logits, strict=True)
         ],
         rtl_cycles=[st["per_command"] for st in res["steps"]],
         model_cycles=model_cycles,

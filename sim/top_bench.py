@@ -41,6 +41,7 @@ async def top_run(dut):
     tokens = list(meta["prompt"])
     t = 0
     t0 = time.perf_counter()
+    hung = None
     for s, step in enumerate(meta["steps"]):
         prog = Program.load(step["program"])
         step_tokens = tokens if s == 0 else tokens[-1:]
@@ -50,7 +51,11 @@ async def top_run(dut):
         starts, pos, need = [], 0, 0  # cycle of each command's first word
         last_word_t = -1
         shown = None
+        step_start, guard = t, int(step.get("guard", 1 << 62))
         while True:
+            if t - step_start > guard:  # the RTL hangs: report what finished, the caller sees a mismatch
+                hung = {"step": s, "cycle": t, "commands_started": len(starts), "guard": guard}
+                break
             await RisingEdge(dut.clk)
             valid = pos < len(words)
             if valid != shown:
@@ -74,6 +79,8 @@ async def top_run(dut):
             t += 1
             if done:
                 break
+        if hung is not None:
+            break
         end = t - 1  # first idle cycle after the step
         logits = host.f32(prog.meta["output"]).numpy()
         tokens.append(int(np.argmax(logits[-1])))
@@ -91,6 +98,7 @@ async def top_run(dut):
                 "cycles": t,
                 "read_beats": memory.read_beats,
                 "write_beats": memory.write_beats,
+                "hung": hung,
             },
             f,
         )
