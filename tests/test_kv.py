@@ -258,4 +258,4 @@ def test_cli_cosim_kv_json(repo):
         text=True,
         cwd=repo,
     )
-    assert r.returncode == 2 and "kv engine only" in r.stderr
+    assert r.returncode == 2 and "not a workload of the tlmm engine" in r.stderr

@@ -382,8 +382,8 @@ def cmd_bitstream(args) -> int:
 def cmd_dse(args) -> int:
     from tritium.dse import _mask_url, load_spec, run_dse
 
-    output_dir(args.out, "--out")
     spec = load_spec(args.spec)
+    output_dir(args.out, "--out")
     if args.storage and not args.storage.startswith(
         ("sqlite:///", "postgresql://", "postgresql+psycopg2://")
     ):
