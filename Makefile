@@ -7,9 +7,8 @@ BOARD  ?= ulx3s
 ENGINE ?= tlmm
 SEED   ?= 0
 TOKENS ?= 4
-# ML=1 (default) installs PyTorch first: the CPU wheel 2.13.0, so no CUDA build is pulled (TOOLCHAIN notes).
-# The compiler, the models and their tests need it; ML=0 skips it for RTL-only work.
-ML     ?= 1
+# PyTorch is a core dependency (the models, the compiler and every estimate need it): the venv installs the
+# CPU wheel 2.13.0 first, so pip does not pull a CUDA build.
 # make dse: the sweep spec, and how many of its top Pareto points to co-simulate (Verilator, ~1 min each)
 SPEC   ?= configs/sweeps/kv260-bitnet07b.yaml
 VERIFY ?= 1
@@ -41,7 +40,7 @@ help:
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
 	$(BIN)/python -m pip install -q --upgrade pip
-	if [ "$(ML)" = "1" ]; then $(BIN)/python -m pip install -q torch==2.13.0; fi
+	$(BIN)/python -m pip install -q torch==2.13.0
 	$(BIN)/python -m pip install -q -e ".[dev]"
 	touch $@
 
