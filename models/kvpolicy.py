@@ -113,6 +113,7 @@ class StreamSelection:
 
     mask: np.ndarray
     visited: list[float] = field(default_factory=list)
+    visited_literal: list[float] = field(default_factory=list)  # the same under V-Rex's literal rule
     clusters: list[list[int]] = field(default_factory=list)
     n_clusters: int = 0
 
@@ -300,6 +301,7 @@ class ResvPolicy(Policy):
                 v = sel.visited
                 nv = len(v) if hasattr(v, "__len__") else int(v)
                 out.visited.append(nv / max(1, int(sel.n_clusters)))
+                out.visited_literal.append(sel.exit_fraction_literal)
             toks = np.asarray(table.tokens(sorted(chosen)), dtype=np.int64)
             mask[t, :] = False
             mask[t, toks[toks <= t]] = True
@@ -340,7 +342,7 @@ def evaluate(trace, policy: Policy) -> dict:
     if s <= first:
         raise ValueError(f"trace of {s} tokens has no decode step after the first {first}")
     masks = np.zeros((L, hkv, s, s), dtype=bool)
-    frac, rec, visited, per_stream, clusters = [], [], [], [], []
+    frac, rec, visited, literal, per_stream, clusters = [], [], [], [], [], []
     steps = np.arange(first, s)
     for layer in range(L):
         for j in range(hkv):
@@ -360,6 +362,8 @@ def evaluate(trace, policy: Policy) -> dict:
             if sel.visited:
                 visited.append(float(np.mean(sel.visited)))
                 row["early_exit_fraction"] = visited[-1]
+                literal.append(float(np.mean(sel.visited_literal)))
+                row["early_exit_fraction_literal"] = literal[-1]
                 row["clusters"] = sel.n_clusters
             per_stream.append(row)
     out = {
@@ -376,6 +380,7 @@ def evaluate(trace, policy: Policy) -> dict:
     if isinstance(policy, ResvPolicy):
         out["alpha"] = policy.alpha
         out["early_exit_fraction"] = float(np.mean(visited))
+        out["early_exit_fraction_literal"] = float(np.mean(literal))
         out["mean_clusters"] = float(np.mean([r["clusters"] for r in per_stream]))
         out["clusters"] = clusters  # per scored query, in (layer, KV head, step, query head) order
     return out

@@ -27,6 +27,12 @@ are ignored: a SimHash sign is scale-invariant and absmax codes have comparable 
    list, so a bucket is visited in decreasing id); the walk starts at the highest non-empty bucket, emits
    each cluster and adds its weight, and stops right after the cluster that brings the sum to ≥ Th.
    ``visited`` = clusters emitted; early-exit fraction = visited / clusters.
+6. **V-Rex's literal rule**, reported beside ours (``visited_literal``): the same walk order, weights
+   ``score_c · count_c`` without the row minimum, threshold ``(alpha_q · Σ score_c·count_c) >> 8``. With
+   scores of either sign (q · mean key of int8 codes) the literal row sum mixes positive and negative terms
+   and is often small, so the walk stops after very few clusters (and after one when the row sum is ≤ 0):
+   the two fractions are different quantities. The engine implements ours, which keeps every weight ≥ 0
+   so "the top clusters hold α of the mass" is meaningful.
 """
 
 from __future__ import annotations
@@ -76,10 +82,15 @@ class Selection:
     threshold: int = 0
     row_sum: int = 0
     scores: list[int] = field(default_factory=list)
+    visited_literal: int = 0  # clusters the same walk visits under V-Rex's literal score·count rule
 
     @property
     def exit_fraction(self) -> float:
         return self.visited / self.n_clusters if self.n_clusters else 0.0
+
+    @property
+    def exit_fraction_literal(self) -> float:
+        return self.visited_literal / self.n_clusters if self.n_clusters else 0.0
 
 
 class ClusterTable:
@@ -158,19 +169,27 @@ class ClusterTable:
         buckets: list[list[int]] = [[] for _ in range(p.buckets)]
         for c in range(n):
             buckets[(s[c] - lo) >> sh].append(c)
-        out, acc = [], 0
-        for b in range(p.buckets - 1, -1, -1):
-            for c in reversed(buckets[b]):
-                out.append(c)
-                acc += w[c]
-                if acc >= th:
-                    return Selection(out, len(out), n, th, row_sum, s)
-        return Selection(out, len(out), n, th, row_sum, s)  # unreachable while alpha_q <= 256
+        order = [c for b in range(p.buckets - 1, -1, -1) for c in reversed(buckets[b])]
+        visited = _walk(order, w, th)
+        lit = [s[c] * self.counts[c] for c in range(n)]
+        literal = _walk(order, lit, (p.alpha_q * sum(lit)) >> 8)
+        return Selection(order[:visited], visited, n, th, row_sum, s, literal)
 
     def tokens(self, clusters) -> np.ndarray:
         """Sorted token indices (insertion order) of the given clusters."""
         toks = [t for c in clusters for t in self.members[c]]
         return np.array(sorted(toks), dtype=np.int64)
+
+
+def _walk(order: list[int], weight: list[int], th: int) -> int:
+    """Clusters the early-exit walk emits: along ``order``, stop right after the one whose weight brings
+    the running sum to ≥ ``th`` (all of them if it never does)."""
+    acc = 0
+    for i, c in enumerate(order):
+        acc += weight[c]
+        if acc >= th:
+            return i + 1
+    return len(order)
 
 
 def float_select(

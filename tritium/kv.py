@@ -129,6 +129,7 @@ def replay(
         "config": acfg.name,
         **ev,
         "early_exit_fraction": ev.get("early_exit_fraction"),
+        "early_exit_fraction_literal": ev.get("early_exit_fraction_literal"),
         "cycles": None,
         "energy_j_modeled": None,
     }
@@ -278,6 +279,7 @@ def report(
                 "retrieved_fraction": mean("retrieved_fraction"),
                 "recall": mean("recall"),
                 "early_exit_fraction": mean("early_exit_fraction"),
+                "early_exit_fraction_literal": mean("early_exit_fraction_literal"),
                 "ppl_per_byte": mean("ppl_per_byte"),
                 "ppl_per_byte_open_loop": mean("ppl_per_byte_open_loop"),
                 "cycles": mean("cycles"),
@@ -301,10 +303,11 @@ def report(
 def report_table(rep: dict) -> str:
     """Markdown table of :func:`report`'s summary."""
     head = (
-        "| policy | setting | retrieved fraction | recall | early-exit fraction | ppl/byte closed loop | "
+        "| policy | setting | retrieved fraction | recall | early-exit fraction | early-exit, V-Rex literal | "
+        "ppl/byte closed loop | "
         "ppl/byte open loop | KV-engine cycles (modeled) | energy (modeled) |"
     )
-    lines = [head, "|---|---|---|---|---|---|---|---|---|"]
+    lines = [head, "|---|---|---|---|---|---|---|---|---|---|"]
 
     def f(v, fmt):
         return "—" if v is None else format(v, fmt)
@@ -313,7 +316,8 @@ def report_table(rep: dict) -> str:
         e = s["energy_j_modeled"]
         lines.append(
             f"| {s['policy']} | {s['setting']} | {f(s['retrieved_fraction'], '.3f')} | "
-            f"{f(s['recall'], '.3f')} | {f(s['early_exit_fraction'], '.3f')} | {f(s['ppl_per_byte'], '.3f')} | "
+            f"{f(s['recall'], '.3f')} | {f(s['early_exit_fraction'], '.3f')} | "
+            f"{f(s['early_exit_fraction_literal'], '.3f')} | {f(s['ppl_per_byte'], '.3f')} | "
             f"{f(s['ppl_per_byte_open_loop'], '.3f')} | "
             f"{f(s['cycles'], ',.0f')} | {'—' if e is None else f'{e * 1e6:.3f} µJ'} |"
         )
@@ -377,6 +381,7 @@ def cmd_kv_replay(args) -> int:
     if r["early_exit_fraction"] is not None:
         rows += [
             ["early-exit fraction (visited / clusters)", r["early_exit_fraction"]],
+            ["early-exit fraction, V-Rex's literal score·count rule", r["early_exit_fraction_literal"]],
             ["clusters per stream (mean)", r["mean_clusters"]],
             ["KV-engine cycles (modeled)", r["cycles"]],
             ["KV-engine time at clock (modeled)", f"{r['time_s_modeled'] * 1e3:.3f} ms"],
