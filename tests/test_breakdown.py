@@ -154,3 +154,48 @@ def test_cosim_breakdown_sums(repo):
             assert sum(r["model_cycles"] for r in b[grouping]) == b["totals"]["model_cycles"]
             assert sum(r["commands"] for r in b[grouping]) == b["totals"]["commands"]
             assert sum(r["time_s"] for r in b[grouping]) == pytest.approx(b["totals"]["time_s"], rel=1e-12)
+
+
+def test_cli_cosim_top_breakdown(repo, monkeypatch, capsys):
+    """The CLI wiring of `cosim top --breakdown`, with the Verilator run replaced by a report whose RTL cycles
+    are the model's (the grouping itself is tested above)."""
+    import sim.cosim
+    from sim.cosim import TopReport
+    from sim.top_model import program_cycles
+    from tritium.cli import main
+    from tritium.estimate import _compiled
+
+    acfg = load_config(repo / "configs" / "default.yaml")
+    cm = _compiled("tiny", acfg)
+    progs = [cm.program(2, 0, logits="last"), cm.program(1, 2, logits="last")]
+    cycles = [list(program_cycles(p)) for p in progs]
+
+    def fake_run(acfg_, checkpoint, prompt, tokens, layers, build_root, quiet):
+        return TopReport(
+            config={**acfg_.to_dict(), "source": acfg_.source},
+            layers=4,
+            prompt=prompt,
+            rtl_tokens=[1, 2],
+            model_tokens=[1, 2],
+            torch_tokens=[1, 2],
+            logits_equal_torch=[True, True],
+            logits_equal_model=[True, True],
+            rtl_cycles=cycles,
+            model_cycles=cycles,
+            build_s=0.0,
+            sim_s=0.0,
+            commands=[["x"] * len(c) for c in cycles],
+            labels=[command_labels(p) for p in progs],
+        )
+
+    monkeypatch.setattr(sim.cosim, "run_top_cosim", fake_run)
+    assert main(["cosim", "top", "--prompt", "ab", "--tokens", "2", "--breakdown", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    bd = out["breakdown"]
+    assert bd["prefill"]["totals"]["rtl_cycles"] == sum(cycles[0]) == out["step_cycles"][0]
+    assert bd["decode"]["totals"]["rtl_cycles"] == sum(cycles[1])
+    assert sum(r["rtl_cycles"] for r in bd["decode"]["by_layer"]) == sum(cycles[1])
+    assert main(["cosim", "top", "--prompt", "ab", "--tokens", "2", "--breakdown"]) == 0
+    text = capsys.readouterr().out
+    assert "prefill (1 step(s)) by layer" in text and "decode (1 step(s)) by op kind" in text
+    assert main(["cosim", "gemm", "--breakdown"]) == 2  # only the top level has commands to break down
