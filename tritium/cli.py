@@ -399,7 +399,11 @@ def cmd_estimate(args) -> int:
     cache = None if args.no_cache else ProgramCache(log=_progress)
     try:
         r = estimate(args.model, acfg, args.prompt, args.context, cache=cache, breakdown=args.breakdown)
-        plots = [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot))] if args.plot else []
+        plots = (
+            [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot), cache=cache)]
+            if args.plot
+            else []
+        )
     except CompileError as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return EXIT_INPUT

@@ -658,20 +658,30 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8) -> list[Path]:
-    """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled)."""
+def plot_estimates(
+    model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8, cache=None
+) -> list[Path]:
+    """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled). ``cache``:
+    a :class:`compiler.cache.ProgramCache` for the step Programs (as in :func:`estimate`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = _compiled(model_spec, acfg)
-    max_seq = cm.lowering.mc["max_seq"]
+    from compiler.cache import ProgramSource
+    from sim.progress import track
+
+    src = ProgramSource(model_spec, acfg, lambda: _compiled(model_spec, acfg), cache)
+    max_seq = src.max_seq()
     energy = load_energy(acfg.device.family)
     ctxs = sorted({max(1, round(max_seq * (i + 1) / points)) for i in range(points)})
     prompts = [p for p in (16, 32, 64, 128, 256, 512) if p <= max_seq]
-    decs = [cost_program(cm.program(1, c - 1, logits="last"), acfg, energy) for c in ctxs]
-    pres = [cost_program(cm.program(p, 0, logits="last"), acfg, energy) for p in prompts]
+    steps = [(1, c - 1) for c in ctxs] + [(p, 0) for p in prompts]
+    costs = [
+        cost_program(src.program(t, pos, logits="last"), acfg, energy)
+        for t, pos in track(steps, desc="plot steps", unit="step")
+    ]
+    decs, pres = costs[: len(ctxs)], costs[len(ctxs) :]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
