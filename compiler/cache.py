@@ -182,9 +182,7 @@ class ProgramCache:
         """Save ``prog`` under ``key`` (atomically); a cache that cannot be written is reported, not fatal."""
         d = self._dir(key)
         try:
-            if d.exists():
-                shutil.rmtree(d)
-            prog.save(d)
+            prog.save(d)  # replaces an existing Program folder as a unit
             STATS["stored"] += 1
         except (OSError, ProgramError) as e:
             STATS["unwritable"] += 1
