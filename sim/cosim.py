@@ -480,6 +480,9 @@ class TopReport:
     build_s: float
     sim_s: float
     commands: list  # per step: kinds of the commands
+    labels: list = field(
+        default_factory=list
+    )  # per step: (layer, op kind) of each command (sim/breakdown.py)
 
     @property
     def cycles_equal(self) -> bool:
@@ -573,6 +576,9 @@ def run_top_cosim(
         for p in progs
     ]
     model_cycles = [program_cycles(p) for p in progs]
+    from sim.breakdown import command_labels
+
+    labels = [command_labels(p) for p in progs]
 
     # reference 1: PyTorch int mode, greedy; reference 2: the executor on the numba models
     torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int").tolist()[len(prompt) :]
@@ -645,4 +651,5 @@ def run_top_cosim(
         build_s=build_s,
         sim_s=sim_s,
         commands=kinds,
+        labels=labels,
     )

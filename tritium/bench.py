@@ -64,20 +64,30 @@ def run_bench(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     """Every registered engine (sim/engines.py), then the compiler and the DSE; returns the figures. The
     first engine's (the TLMM's) figures are at the top level of the result, every other engine's under its
     name. An engine without a detailed bench here gets :func:`_bench_generic`."""
+    from sim.progress import progress
+
     result: dict = {}
-    for e in cosim_engines():
-        bench = _DETAILED.get(e.name)
-        figures = bench(acfg, build_root, log) if bench else _bench_generic(e, acfg, build_root, log)
-        if figures is None:
-            continue
-        if result:
-            result[e.name] = figures
-        else:
-            result.update(figures)
+    engines = cosim_engines()
+    with progress(len(engines) + 2, "bench", "part") as bar:
+        for e in engines:
+            bar.stage(e.name)
+            bench = _DETAILED.get(e.name)
+            figures = bench(acfg, build_root, log) if bench else _bench_generic(e, acfg, build_root, log)
+            bar.update()
+            if figures is None:
+                continue
+            if result:
+                result[e.name] = figures
+            else:
+                result.update(figures)
+            print()
+        bar.stage("compile + estimate")
+        result["compile"] = _bench_compile(acfg, log)
+        bar.update()
         print()
-    result["compile"] = _bench_compile(acfg, log)
-    print()
-    result["dse"] = _bench_dse(log)
+        bar.stage("dse")
+        result["dse"] = _bench_dse(log)
+        bar.update()
     return result
 
 

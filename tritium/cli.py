@@ -187,12 +187,44 @@ def print_top_summary(rep) -> None:
     )
 
 
+def print_cosim_breakdown(bd: dict, clock_mhz: float) -> None:
+    """``cosim top --breakdown``: the RTL's cycles per layer and per op kind (sim/breakdown.py)."""
+    from tritium.report import table
+
+    for step, b in bd.items():
+        if not b["steps"]:
+            continue
+        tot = b["totals"]
+        for grouping, label in (("by_layer", "layer"), ("by_op_kind", "op kind")):
+            rows = [
+                [r["name"], r["commands"], r["rtl_cycles"], r["model_cycles"], r["time_s"] * 1e3]
+                for r in b[grouping]
+            ]
+            rows.append(
+                ["total", tot["commands"], tot["rtl_cycles"], tot["model_cycles"], tot["time_s"] * 1e3]
+            )
+            print()
+            print(
+                table(
+                    [label, "commands", "RTL cycles", "model cycles", f"ms at {clock_mhz:g} MHz"],
+                    rows,
+                    title=f"{step} ({b['steps']} step(s)) by {label}: co-simulated RTL cycles",
+                )
+            )
+    print(
+        "RTL cycles: first command word accepted → done, per command (sim/top_bench.py); a HOST command's "
+        "cycles are the accelerator's handshake only (the host op itself runs in the bench, untimed)."
+    )
+
+
 def cmd_cosim(args) -> int:
     from sim.cosim import run_top_cosim
     from sim.engines import engine
 
     eng = engine(args.engine)
     acfg = load_config(args.config)
+    if args.breakdown and eng.stimulus != "program":
+        raise ConfigError(f"--breakdown: only for a program-driven engine (top), not {eng.name}")
     if eng.stimulus == "program":
         prompt = list(args.prompt.encode())
         if not prompt:
@@ -209,10 +241,20 @@ def cmd_cosim(args) -> int:
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        bd = None
+        if args.breakdown:
+            from sim.breakdown import cosim_breakdown
+
+            bd = cosim_breakdown(rep.labels, rep.rtl_cycles, rep.model_cycles, acfg.clock_mhz)
         if args.json:
-            print(json.dumps(rep.to_json(), indent=1))
+            out = rep.to_json()
+            if bd is not None:
+                out["breakdown"] = bd
+            print(json.dumps(out, indent=1))
         else:
             print_top_summary(rep)
+            if bd is not None:
+                print_cosim_breakdown(bd, acfg.clock_mhz)
         return 0 if rep.ok else EXIT_MISMATCH
     if args.workload not in eng.workloads:
         raise ConfigError(
@@ -286,19 +328,30 @@ def cmd_compile(args) -> int:
     import time
 
     from compiler import CompileError, compile_model, load_model
+    from sim.progress import progress
 
     output_dir(args.out, "--out")
     acfg = load_config(args.config)
     t0 = time.perf_counter()
-    try:
-        model = load_model(args.model)
-        cm = compile_model(model, acfg)
-        prog = cm.program(args.tokens, args.pos)
-    except CompileError as e:
-        print(f"tritium: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
-    seconds = time.perf_counter() - t0
-    out = prog.save(Path(args.out))
+    with progress(4, "compile", "stage") as bar:
+        try:
+            bar.stage("load model")
+            model = load_model(args.model)
+            bar.update()
+            bar.stage("capture + passes")
+            cm = compile_model(model, acfg)
+            bar.update()
+            bar.stage("lower the step")
+            prog = cm.program(args.tokens, args.pos)
+            bar.update()
+        except CompileError as e:
+            bar.close()
+            print(f"tritium: error: {e}", file=sys.stderr)
+            return EXIT_INPUT
+        seconds = time.perf_counter() - t0
+        bar.stage("save")
+        out = prog.save(Path(args.out))
+        bar.update()
     cmds = prog.commands()
     kinds = {
         k: sum(1 for c in cmds if type(c).__name__ == k)
@@ -337,23 +390,34 @@ def cmd_compile(args) -> int:
 # ---------------------------------------------------------------- estimate
 def cmd_estimate(args) -> int:
     from compiler import CompileError
-    from tritium.estimate import estimate, format_estimate, plot_estimates
+    from compiler.cache import ProgramCache
+    from tritium.estimate import estimate, format_breakdown, format_estimate, plot_breakdown, plot_estimates
 
     if args.plot is not None:
         output_dir(args.plot, "--plot")
     acfg = load_config(args.config)
+    cache = None if args.no_cache else ProgramCache(log=_progress)
     try:
-        r = estimate(args.model, acfg, args.prompt, args.context)
-        plots = [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot))] if args.plot else []
+        r = estimate(args.model, acfg, args.prompt, args.context, cache=cache, breakdown=args.breakdown)
+        plots = (
+            [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot), cache=cache)]
+            if args.plot
+            else []
+        )
     except CompileError as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return EXIT_INPUT
+    if args.breakdown and args.plot:
+        plots += [str(p) for p in plot_breakdown(r, Path(args.plot) / "breakdown")]
     r.pop("_steps")
     r["plots"] = plots
     if args.json:
         print(json.dumps(r, indent=1))
         return 0
     print(format_estimate(r))
+    if args.breakdown:
+        print()
+        print(format_breakdown(r))
     for p in plots:
         print(f"plot: {p}")
     return 0
@@ -485,6 +549,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--prompt", default="def main(", help="top: prompt text (bytes; default 'def main(')")
     s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
+    s.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="top: also the RTL's cycles per layer and per op kind (JSON 'breakdown')",
+    )
     s.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     s.set_defaults(func=cmd_cosim)
 
@@ -539,7 +608,19 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument(
         "--plot", default=None, metavar="DIR", help="write context.png, roofline-tlmm.png, roofline-gemm.png"
     )
-    es.add_argument("--json", action="store_true", help="print JSON")
+    es.add_argument(
+        "--breakdown",
+        action="store_true",
+        help="also per layer and per op kind: cycles, time, DRAM bytes, energy, bound (tables; JSON "
+        "'breakdown'; with --plot also breakdown.png/.svg/.csv)",
+    )
+    es.add_argument(
+        "--no-cache",
+        action="store_true",
+        help="compile afresh; neither read nor write the Program cache ($TRITIUM_CACHE_DIR, else "
+        "$XDG_CACHE_HOME/tritium or ~/.cache/tritium)",
+    )
+    es.add_argument("--json", action="store_true", help="print JSON (no progress bar)")
     es.set_defaults(func=cmd_estimate)
 
     b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of one engine, with a report")
@@ -616,10 +697,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from sim.progress import set_enabled
     from sim.verilator import terminate_children_on_signal
 
     args = build_parser().parse_args(argv)
     terminate_children_on_signal()  # SIGTERM/SIGINT: end make/cc1plus/simulators, clean temp folders
+    # machine-readable output: no progress bars (sim/progress.py)
+    set_enabled(False if getattr(args, "json", False) else None)
     try:
         return args.func(args)
     except ConfigError as e:
@@ -643,6 +727,8 @@ def main(argv: list[str] | None = None) -> int:
             print(f"tritium: error: {e}", file=sys.stderr)
             return EXIT_TOOL
         raise
+    finally:
+        set_enabled(None)
 
 
 if __name__ == "__main__":

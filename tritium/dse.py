@@ -33,7 +33,6 @@ from __future__ import annotations
 
 import csv
 import os
-import sys
 import time
 from collections import Counter
 from dataclasses import dataclass
@@ -615,18 +614,10 @@ def _check_fingerprint(db, spec: Spec, study_name: str, url: str) -> None:
 
 
 def _progress_bar(spec: Spec, stored: int):
-    from tqdm import tqdm
+    from sim.progress import progress
 
     total = min(spec.budget, spec.grid_size) if spec.sampler == "grid" else spec.budget
-    return tqdm(
-        total=total,
-        initial=min(total, stored),
-        unit="pt",
-        desc="dse",
-        file=sys.stderr,
-        dynamic_ncols=True,
-        mininterval=0.5,
-    )
+    return progress(total, "dse", "pt", initial=min(total, stored))
 
 
 def _open_store(spec: Spec, out: Path, storage: str | None) -> tuple:

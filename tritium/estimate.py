@@ -56,6 +56,9 @@ __all__ = [
     "assumptions",
     "format_estimate",
     "plot_estimates",
+    "breakdown_of",
+    "format_breakdown",
+    "plot_breakdown",
 ]
 
 # Host-op cost per element: (flops, bytes moved). Counted from models/hostops.py (fold_sum: 1 add per
@@ -170,10 +173,17 @@ def _host_cost(prog: Program, op) -> tuple[float, float]:
 
 
 def cost_program(
-    prog: Program, acfg: AcceleratorConfig, energy: dict | None = None, memory_bound: bool = True
+    prog: Program,
+    acfg: AcceleratorConfig,
+    energy: dict | None = None,
+    memory_bound: bool = True,
+    records: list | None = None,
 ) -> StepCost:
     """Cost every command of ``prog`` (see the module doc). ``memory_bound=False`` drops the TLMM memory
-    bound, leaving exactly the cycle models' counts (what executing the Program on the stepped models gives)."""
+    bound, leaving exactly the cycle models' counts (what executing the Program on the stepped models gives).
+    ``records``: a list that receives one dict per command (``engine``, ``cycles`` — engine cycles, 0 for a
+    HOST op —, ``time_s``, ``dram_bytes``, ``energy_j`` without static power, ``bound``: compute, DRAM or
+    host); the records add up to the returned totals (:func:`breakdown`)."""
     energy = energy or load_energy(acfg.device.family)
     pj = energy["pj"]
     t, mem, dev = acfg.tlmm, acfg.memory, acfg.device
@@ -200,14 +210,19 @@ def cost_program(
             c.time_by["tlmm memory" if memc > comp else "tlmm compute"] += cyc / f
             c.dram_bytes += nbytes
             c.dram_bytes_by["accelerator"] += nbytes
-            c.energy_j["tlmm"] += 1e-12 * (
+            e_eng = 1e-12 * (
                 ev["lookups"] * pj["lookup"]
                 + ev["table_entry_writes"] * pj["table_entry"]
                 + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns * pj["sram_byte"]
             )
-            c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
+            e_dram = 1e-12 * nbytes * pj["dram_byte"]
+            c.energy_j["tlmm"] += e_eng
+            c.energy_j["dram"] += e_dram
             c.roofline.append(("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f))
             c.seconds += cyc / f
+            if records is not None:
+                bound = "DRAM" if memc > comp else "compute"
+                records.append(_record("tlmm", cyc, cyc / f, nbytes, e_eng + e_dram, bound))
         elif isinstance(cmd, GemmCommand):
             key = (cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.requant)
             if key not in gemm_timing:
@@ -222,13 +237,20 @@ def cost_program(
             c.time_by["gemm"] += cyc / f
             c.dram_bytes += nbytes
             c.dram_bytes_by["accelerator"] += nbytes
-            c.energy_j["gemm"] += 1e-12 * (
+            e_eng = 1e-12 * (
                 ev["macs"] * pj["mac8"]
                 + (ev["buffer_reads"] + ev["buffer_writes"]) * mem.bus_bytes * pj["sram_byte"]
             )
-            c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
+            e_dram = 1e-12 * nbytes * pj["dram_byte"]
+            c.energy_j["gemm"] += e_eng
+            c.energy_j["dram"] += e_dram
             c.roofline.append(("gemm", 2.0 * ev["macs"], nbytes, cyc / f))
             c.seconds += cyc / f
+            if records is not None:
+                # DRAM-bound: the shared-DRAM bound binds, or the engine waited for operands longer than it issued
+                dram_bound = cyc > g.cycles or ev["load_stall_cycles"] > ev["issue_cycles"]
+                bound = "DRAM" if dram_bound else "compute"
+                records.append(_record("gemm", cyc, cyc / f, nbytes, e_eng + e_dram, bound))
         elif isinstance(cmd, HostCommand):
             op = prog.host_ops[cmd.op]
             flops, nbytes = _host_cost(prog, op)
@@ -238,11 +260,25 @@ def cost_program(
             c.time_by["host"] += s
             c.dram_bytes += hbytes
             c.dram_bytes_by["host"] += hbytes
-            c.energy_j["host"] += s * energy["host_w"]
-            c.energy_j["dram"] += 1e-12 * hbytes * pj["dram_byte"]
+            e_host, e_dram = s * energy["host_w"], 1e-12 * hbytes * pj["dram_byte"]
+            c.energy_j["host"] += e_host
+            c.energy_j["dram"] += e_dram
             c.seconds += s
+            if records is not None:
+                records.append(_record("host", 0, s, hbytes, e_host + e_dram, "host"))
     c.energy_j["static"] = dev.static_w * c.seconds
     return c
+
+
+def _record(engine: str, cycles: int, seconds: float, nbytes: int, energy_j: float, bound: str) -> dict:
+    return {
+        "engine": engine,
+        "cycles": cycles,
+        "time_s": seconds,
+        "dram_bytes": nbytes,
+        "energy_j": energy_j,
+        "time_by": {bound: seconds},
+    }
 
 
 _COMPILED: dict = {}  # (model, config fingerprint) → CompiledModel, per process
@@ -266,22 +302,102 @@ DEFAULT_PROMPT, DEFAULT_CONTEXT = 64, 1024
 
 
 def estimate(
-    model_spec: str, acfg: AcceleratorConfig, prompt: int | None = None, context: int | None = None
+    model_spec: str,
+    acfg: AcceleratorConfig,
+    prompt: int | None = None,
+    context: int | None = None,
+    cache=None,
+    breakdown: bool = False,
 ) -> dict:
     """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens. Left out,
-    they default to 64 and 1024 tokens, each capped at the model's ``max_seq``."""
-    cm = _compiled(model_spec, acfg)
-    max_seq = cm.lowering.mc["max_seq"]
-    prompt = min(DEFAULT_PROMPT, max_seq) if prompt is None else prompt
-    context = min(DEFAULT_CONTEXT, max_seq) if context is None else context
-    if not 1 <= prompt <= max_seq:
-        raise ValueError(f"--prompt: {prompt} must be in 1..{max_seq} (the model's max_seq)")
-    if not 1 <= context <= max_seq:
-        raise ValueError(f"--context: {context} must be in 1..{max_seq} (the model's max_seq)")
-    energy = load_energy(acfg.device.family)
-    pre = cost_program(cm.program(prompt, 0, logits="last"), acfg, energy)
-    dec = cost_program(cm.program(1, context - 1, logits="last"), acfg, energy)
-    return summarize(model_spec, acfg, prompt, context, pre, dec, energy)
+    they default to 64 and 1024 tokens, each capped at the model's ``max_seq``.
+
+    ``cache``: a :class:`compiler.cache.ProgramCache` to take the step Programs from (and store them in);
+    None compiles in this process (memoized per process). ``breakdown``: also the per-layer and per-op-kind
+    figures (:func:`breakdown`) under ``"breakdown"``. A progress bar shows on a terminal (sim/progress.py)."""
+    from compiler.cache import ProgramSource
+    from sim.progress import progress
+
+    src = ProgramSource(model_spec, acfg, lambda: _compiled(model_spec, acfg), cache)
+    with progress(total=5, desc="estimate", unit="step") as bar:
+        bar.stage("model (compiles on a cache miss)")
+        max_seq = src.max_seq()
+        bar.update()
+        prompt = min(DEFAULT_PROMPT, max_seq) if prompt is None else prompt
+        context = min(DEFAULT_CONTEXT, max_seq) if context is None else context
+        if not 1 <= prompt <= max_seq:
+            raise ValueError(f"--prompt: {prompt} must be in 1..{max_seq} (the model's max_seq)")
+        if not 1 <= context <= max_seq:
+            raise ValueError(f"--context: {context} must be in 1..{max_seq} (the model's max_seq)")
+        energy = load_energy(acfg.device.family)
+        costs, recs = [], []
+        for label, (tokens, pos) in (("prefill", (prompt, 0)), ("decode", (1, context - 1))):
+            bar.stage(f"{label} Program")
+            prog = src.program(tokens, pos, logits="last")
+            bar.update()
+            bar.stage(f"cost {label}")
+            rec: list | None = [] if breakdown else None
+            costs.append(cost_program(prog, acfg, energy, records=rec))
+            if breakdown:
+                recs.append(_label_records(prog, rec))
+            bar.update()
+    pre, dec = costs
+    r = summarize(model_spec, acfg, prompt, context, pre, dec, energy)
+    if breakdown:
+        r["breakdown"] = {
+            label: breakdown_of(rec, cost, acfg)
+            for label, rec, cost in zip(("prefill", "decode"), recs, costs, strict=True)
+        }
+    return r
+
+
+def _label_records(prog: Program, records: list) -> list:
+    from sim.breakdown import command_labels
+
+    for rec, (layer, kind) in zip(records, command_labels(prog), strict=True):
+        rec["layer"], rec["op_kind"] = layer, kind
+    return records
+
+
+BREAKDOWN_FIELDS = ("cycles", "time_s", "dram_bytes", "energy_j")
+
+
+def breakdown_of(records: list, cost: StepCost, acfg: AcceleratorConfig) -> dict:
+    """Per-layer and per-op-kind rows of one step from :func:`cost_program`'s ``records`` (labelled with
+    ``layer`` and ``op_kind``): commands, engine cycles, time, DRAM bytes, energy (static power shared out by
+    time, so the rows sum to the step's energy) and ``bound``: the resource that takes most of the row's time
+    (compute, DRAM or host). ``totals`` are the step's own figures (what the rows sum to)."""
+    from sim.breakdown import group
+
+    static_w = acfg.device.static_w
+    for r in records:
+        r["energy_j"] = r["energy_j"] + static_w * r["time_s"]
+
+    def rows(key: str) -> list[dict]:
+        out = group(records, key, BREAKDOWN_FIELDS, ("time_by",))
+        for row in out:
+            row["bound"] = max(row["time_by"], key=row["time_by"].get)
+        return out
+
+    for r in records:
+        r["layer_op"] = (r["layer"], r["op_kind"])
+    cells = group(records, "layer_op", BREAKDOWN_FIELDS)
+    for c in cells:
+        c["layer"], c["op_kind"] = c.pop("name")
+    for r in records:
+        del r["layer_op"]
+    return {
+        "by_layer": rows("layer"),
+        "by_op_kind": rows("op_kind"),
+        "by_layer_op": cells,
+        "totals": {
+            "commands": cost.commands,
+            "cycles": sum(cost.engine_cycles.values()),
+            "time_s": cost.seconds,
+            "dram_bytes": cost.dram_bytes,
+            "energy_j": cost.energy_total_j,
+        },
+    }
 
 
 def _source_kind(text: str) -> str:
@@ -542,20 +658,30 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8) -> list[Path]:
-    """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled)."""
+def plot_estimates(
+    model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8, cache=None
+) -> list[Path]:
+    """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled). ``cache``:
+    a :class:`compiler.cache.ProgramCache` for the step Programs (as in :func:`estimate`)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = _compiled(model_spec, acfg)
-    max_seq = cm.lowering.mc["max_seq"]
+    from compiler.cache import ProgramSource
+    from sim.progress import track
+
+    src = ProgramSource(model_spec, acfg, lambda: _compiled(model_spec, acfg), cache)
+    max_seq = src.max_seq()
     energy = load_energy(acfg.device.family)
     ctxs = sorted({max(1, round(max_seq * (i + 1) / points)) for i in range(points)})
     prompts = [p for p in (16, 32, 64, 128, 256, 512) if p <= max_seq]
-    decs = [cost_program(cm.program(1, c - 1, logits="last"), acfg, energy) for c in ctxs]
-    pres = [cost_program(cm.program(p, 0, logits="last"), acfg, energy) for p in prompts]
+    steps = [(1, c - 1) for c in ctxs] + [(p, 0) for p in prompts]
+    costs = [
+        cost_program(src.program(t, pos, logits="last"), acfg, energy)
+        for t, pos in track(steps, desc="plot steps", unit="step")
+    ]
+    decs, pres = costs[: len(ctxs)], costs[len(ctxs) :]
     out_dir.mkdir(parents=True, exist_ok=True)
     paths = []
     fig, ax = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
@@ -605,4 +731,139 @@ def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, poin
         ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(_save(fig, out_dir / f"roofline-{eng}.png"))
+    return paths
+
+
+def _breakdown_table(step: str, grouping: str, b: dict, r: dict) -> str:
+    from tritium.report import table
+
+    tot = b["totals"]
+    label = {"by_layer": "layer", "by_op_kind": "op kind"}[grouping]
+    rows = [
+        [
+            row["name"],
+            row["commands"],
+            row["cycles"],
+            row["time_s"] * 1e3,
+            f"{row['time_s'] / tot['time_s']:.1%}" if tot["time_s"] else "",
+            row["dram_bytes"] / 2**20,
+            row["energy_j"] * 1e3,
+            row["bound"],
+        ]
+        for row in b[grouping]
+    ]
+    rows.append(
+        [
+            "total",
+            tot["commands"],
+            tot["cycles"],
+            tot["time_s"] * 1e3,
+            "100%",
+            tot["dram_bytes"] / 2**20,
+            tot["energy_j"] * 1e3,
+            "",
+        ]
+    )
+    return table(
+        [label, "commands", "engine cycles", "time ms", "time share", "DRAM MiB", "energy mJ", "bound"],
+        rows,
+        title=f"{step} by {label} — {r['model']} on {r['config']}, "
+        f"{'prompt ' + str(r['prompt']) if step == 'prefill' else 'context ' + str(r['context'])} (modeled)",
+    )
+
+
+def format_breakdown(r: dict) -> str:
+    """The tables of ``r["breakdown"]`` (from ``estimate(..., breakdown=True)``): per step, by layer and by op
+    kind; each ends with the step's total, which the rows sum to."""
+    out = []
+    for step in ("prefill", "decode"):
+        for grouping in ("by_layer", "by_op_kind"):
+            out.append(_breakdown_table(step, grouping, r["breakdown"][step], r))
+    out.append(
+        f"engine cycles: TLMM and GEMM cycles with their memory bounds (a HOST op has none: its time is the "
+        f"host's); energy includes static power shared out by time ({r['power_boundary']} boundary); bound: "
+        "what takes most of the row's time — compute (the engine's own cycles), DRAM (bytes through the "
+        "port or the shared DRAM; for a GEMM also waiting for operands longer than issuing) or host."
+    )
+    return "\n\n".join(out)
+
+
+def plot_breakdown(r: dict, base: Path) -> list[Path]:
+    """A stacked-bar figure of ``r["breakdown"]``: modeled time per layer, stacked by op kind, prefill and
+    decode side by side. Writes ``base`` + ``.png``, ``.svg`` and ``.csv`` (the plotted data: step, layer,
+    op kind, time and the other figures of every (layer, op kind) pair), each atomically."""
+    import csv
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from hw.files import atomic_path, write_text
+
+    cells: dict[str, dict] = {}  # step → {(layer, kind): row of by_layer_op}
+    layers: dict[str, list] = {}
+    kinds: list[str] = []
+    for step, b in r["breakdown"].items():
+        layers[step] = [row["name"] for row in b["by_layer"]]
+        kinds += [row["name"] for row in b["by_op_kind"] if row["name"] not in kinds]
+        cells[step] = {(c["layer"], c["op_kind"]): c for c in b["by_layer_op"]}
+    fig, axes = plt.subplots(1, len(cells), figsize=(12, 4.8), dpi=110, squeeze=False)
+    cmap = plt.get_cmap("tab20")
+    for ax, (step, cell) in zip(axes[0], cells.items(), strict=True):
+        xs = range(len(layers[step]))
+        bottom = [0.0] * len(layers[step])
+        for i, kind in enumerate(kinds):
+            ys = [cell.get((layer, kind), {}).get("time_s", 0.0) * 1e3 for layer in layers[step]]
+            if any(ys):
+                ax.bar(xs, ys, bottom=bottom, color=cmap(i % 20), label=kind, width=0.8)
+                bottom = [a + b for a, b in zip(bottom, ys, strict=True)]
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([n.replace("layer ", "") for n in layers[step]], rotation=90, fontsize=6)
+        ax.set_xlabel("layer (number) or module")
+        ax.set_ylabel("time, ms (modeled)")
+        ax.set_title(f"{step}", fontsize=9)
+        ax.grid(alpha=0.3, axis="y")
+    handles, labels = axes[0][0].get_legend_handles_labels()
+    for ax in axes[0][1:]:
+        for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
+            if lab not in labels:
+                handles.append(h)
+                labels.append(lab)
+    fig.legend(handles, labels, fontsize=6, loc="center right", ncol=1)
+    fig.suptitle(
+        f"{r['model']} on {r['config']} ({r['device']}, {r['clock_mhz']:g} MHz): time per layer by op kind, "
+        f"prompt {r['prompt']}, context {r['context']} (modeled)",
+        fontsize=9,
+    )
+    fig.tight_layout(rect=(0, 0, 0.82, 1))
+    base = Path(base)
+    paths = []
+    try:
+        for ext in (".png", ".svg"):
+            out = base.with_name(base.name + ext)
+            with atomic_path(out) as tmp:
+                fig.savefig(tmp, format=ext[1:])
+            paths.append(out)
+    finally:
+        plt.close(fig)
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    w.writerow(["step", "layer", "op_kind", "commands", "cycles", "time_s", "dram_bytes", "energy_j"])
+    for step, cell in cells.items():
+        for (layer, kind), e in cell.items():
+            w.writerow(
+                [
+                    step,
+                    layer,
+                    kind,
+                    e["commands"],
+                    e["cycles"],
+                    repr(e["time_s"]),
+                    e["dram_bytes"],
+                    repr(e["energy_j"]),
+                ]
+            )
+    paths.append(write_text(base.with_name(base.name + ".csv"), buf.getvalue()))
     return paths

@@ -164,26 +164,49 @@ def replay(
 
 
 # ---------------------------------------------------------------- sweeps, plot, report
-def sweep(traces, acfg, budgets=SWEEP_BUDGETS, alphas=SWEEP_ALPHAS, first: int | None = None) -> dict:
+SWEEP_POLICIES = ("streaming", "h2o", "quest", "resv", "full")
+
+
+def sweep_replays(n_traces: int, budgets=SWEEP_BUDGETS, alphas=SWEEP_ALPHAS) -> int:
+    """How many replays :func:`sweep` runs (for a progress bar)."""
+    return n_traces * sum(
+        len(alphas) if n == "resv" else 1 if n == "full" else len(budgets) for n in SWEEP_POLICIES
+    )
+
+
+def report_replays(n_traces: int, recent: int = 8) -> int:
+    """How many replays :func:`report` runs (for a progress bar)."""
+    return n_traces * (5 + (1 if recent else 0))
+
+
+def sweep(
+    traces, acfg, budgets=SWEEP_BUDGETS, alphas=SWEEP_ALPHAS, first: int | None = None, bar=None
+) -> dict:
     """Recall vs retrieved fraction of every policy: each baseline at each budget fraction, resv at each
-    alpha, full once; values are means over the traces. → ``{policy: [(knob, fraction, recall), ...]}``."""
+    alpha, full once; values are means over the traces. → ``{policy: [(knob, fraction, recall), ...]}``.
+    ``bar``: a sim.progress bar advanced once per replay."""
     res: dict[str, list] = {}
-    for name in ("streaming", "h2o", "quest", "resv", "full"):
+    for name in SWEEP_POLICIES:
         knobs = alphas if name == "resv" else budgets if name != "full" else [None]
         pts = []
         for knob in knobs:
-            rs = [
-                replay(
-                    t,
-                    acfg,
-                    name,
-                    budget=None if name == "resv" else knob,
-                    alpha=knob if name == "resv" else None,
-                    first=first,
-                    cycles=False,
+            rs = []
+            for t in traces:
+                if bar is not None:
+                    bar.stage(f"sweep {name} {'' if knob is None else f'{knob:g}'}")
+                rs.append(
+                    replay(
+                        t,
+                        acfg,
+                        name,
+                        budget=None if name == "resv" else knob,
+                        alpha=knob if name == "resv" else None,
+                        first=first,
+                        cycles=False,
+                    )
                 )
-                for t in traces
-            ]
+                if bar is not None:
+                    bar.update()
             pts.append(
                 (
                     knob,
@@ -236,30 +259,47 @@ def plot_recall(points: dict, out: Path, title: str) -> Path:
 
 
 def report(
-    traces, acfg, checkpoint: str | None = DEFAULT_CHECKPOINT, first: int | None = None, recent: int = 8
+    traces,
+    acfg,
+    checkpoint: str | None = DEFAULT_CHECKPOINT,
+    first: int | None = None,
+    recent: int = 8,
+    bar=None,
 ) -> dict:
     """docs/results.md's KV table: ReSV at the config's alpha on every trace, then every baseline at the
     budget that matches ReSV's retrieved fraction on that trace (a fraction of the visible prefix), full attention.
     Means over traces of retrieved fraction, recall, early-exit fraction, perplexity (int mode), cycles and
-    modeled energy. ``recent`` > 0 adds a row for ReSV with a local window of that many tokens."""
+    modeled energy. ``recent`` > 0 adds a row for ReSV with a local window of that many tokens. ``bar``: a
+    sim.progress bar advanced once per replay (:func:`report_replays` of them)."""
+    from sim.progress import progress
+
+    bar = bar if bar is not None else progress(show=False)
     names = ("resv", *((f"resv+recent{recent}",) if recent else ()), "streaming", "h2o", "quest", "full")
     rows: dict[str, list] = {n: [] for n in names}
-    for t in traces:
+    for i, t in enumerate(traces):
+        where = f"trace {i + 1}/{len(traces)}"
+        bar.stage(f"{where}: model")
         model = _model_for(t, checkpoint) if checkpoint else None
         full_nll = None
         if model is not None:
             from models.kvpolicy import restricted_nll
 
             full_nll = restricted_nll(model, t.tokens, None)
+        bar.stage(f"{where}: resv")
         r = replay(t, acfg, "resv", first=first, model=model, full_nll=full_nll)
+        bar.update()
         rows["resv"].append(r)
         f = r["retrieved_fraction"]
         for name in ("streaming", "h2o", "quest", "full"):
+            bar.stage(f"{where}: {name}")
             rows[name].append(replay(t, acfg, name, budget=f, first=first, model=model, full_nll=full_nll))
+            bar.update()
         if recent:
+            bar.stage(f"{where}: resv+recent{recent}")
             rows[f"resv+recent{recent}"].append(
                 replay(t, acfg, "resv", first=first, model=model, full_nll=full_nll, recent=recent)
             )
+            bar.update()
     summary = []
     for name, rs in rows.items():
 
@@ -412,7 +452,10 @@ def cmd_kv_plot(args) -> int:
     output_file(args.out, "--out", (".png",))
     acfg = load_config(args.config)
     traces = _load_traces(args.traces)
-    pts = sweep(traces, acfg, first=args.first)
+    from sim.progress import progress
+
+    with progress(sweep_replays(len(traces)), "kv plot", "replay") as bar:
+        pts = sweep(traces, acfg, first=args.first, bar=bar)
     out = plot_recall(
         pts,
         Path(args.out),
@@ -429,9 +472,15 @@ def cmd_kv_report(args) -> int:
     output_dir(args.out, "--out")
     acfg = load_config(args.config)
     traces = _load_traces(args.traces)
-    rep = report(traces, acfg, checkpoint=args.checkpoint or None, first=args.first, recent=args.recent)
+    from sim.progress import progress
+
+    total = report_replays(len(traces), args.recent) + sweep_replays(len(traces))
+    with progress(total, "kv report", "replay", show=False if args.json else None) as bar:
+        rep = report(
+            traces, acfg, checkpoint=args.checkpoint or None, first=args.first, recent=args.recent, bar=bar
+        )
+        pts = sweep(traces, acfg, first=args.first, bar=bar)
     out = Path(args.out)
-    pts = sweep(traces, acfg, first=args.first)
     rep["sweep"] = {k: [list(p) for p in v] for k, v in pts.items()}
     rep["plot"] = str(
         plot_recall(pts, out / "recall.png", f"KV policies on {len(traces)} trace(s), config {acfg.name}")
