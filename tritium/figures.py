@@ -52,6 +52,7 @@ STYLE = {
     "axes.spines.right": False,
     "lines.markersize": 4.5,
     "svg.hashsalt": "tritium",  # stable ids: the same figure gives the same SVG
+    "svg.fonttype": "none",  # text stays text in SVGs (editable, searchable)
     "pdf.fonttype": 42,  # TrueType in PDFs (editable text, accepted by paper submission systems)
 }
 
