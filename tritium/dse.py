@@ -960,10 +960,17 @@ def top_table(rows: list[dict], spec: Spec, k: int) -> str:
     objs = [m for m, _ in spec.objectives]
     extra = [m for m in ("decode_tokens_per_s", "ttft_s", "j_per_token", "lut") if m not in objs]
     cols = ["trial", *spec.parameters, *objs, *extra, "verified"]
-    body = [
-        [r.get(c, "") if not isinstance(r.get(c), float) else float(f"{r[c]:.4g}") for c in cols]
-        for r in best
-    ]
+    from tritium.report import fmt_energy, fmt_time
+
+    unit = {"ttft_s": fmt_time, "j_per_token": fmt_energy}  # readable for small numbers (µJ, ms)
+
+    def cell(r, c):
+        v = r.get(c, "")
+        if c in unit and isinstance(v, float):
+            return unit[c](v)
+        return float(f"{v:.4g}") if isinstance(v, float) else v
+
+    body = [[cell(r, c) for c in cols] for r in best]
     head = f"top {len(best)} Pareto point(s) by {objs[0]} (modeled); points: " + ", ".join(
         f"{s} {counts[s]}" for s in STATUSES if counts[s]
     )
