@@ -253,6 +253,11 @@ def plot_roofline(
             [r["bandwidth_gbs"] for r in pts],
             [r["gops"] for r in pts],
             "o",
+            ms=max(
+                3.5, 9 - 1.3 * i
+            ),  # wider buses drawn smaller on top: points at equal bandwidth stay visible
+            markeredgecolor="white",
+            markeredgewidth=0.5,
             color=cmap(i),
             label=f"{8 * w}-bit bus, beat interval {min(r['beat_interval'] for r in pts)}.."
             f"{max(r['beat_interval'] for r in pts)}",
@@ -277,7 +282,8 @@ def plot_roofline(
     )
     ax.set_xscale("log")
     ax.set_yscale("log")
-    ax.set_xlabel(f"memory bandwidth (GB/s) = bus bytes / beat interval × {acfg.clock_mhz:g} MHz")
+    cap = f", at most device.dram_gbs {acfg.device.dram_gbs:g}" if engine == "tlmm" else ""
+    ax.set_xlabel(f"memory bandwidth (GB/s) = bus bytes / beat interval × {acfg.clock_mhz:g} MHz{cap}")
     ax.set_ylabel("achieved throughput (GOPS, modeled)")
     m, k, n = shape
     if engine == "gemm":
