@@ -302,7 +302,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _error(msg: str) -> int:
-    print(f"tritium: error: {msg}", file=sys.stderr)
+    from tritium.report import error_line
+
+    print(f"tritium: error: {error_line(msg)}", file=sys.stderr)
     return 2
 
 

@@ -409,7 +409,9 @@ def _load_traces(paths):
 
 
 def _err(msg: str) -> int:
-    print(f"tritium: error: {msg}", file=sys.stderr)
+    from tritium.report import error_line
+
+    print(f"tritium: error: {error_line(msg)}", file=sys.stderr)
     return EXIT_INPUT
 
 

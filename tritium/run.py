@@ -115,13 +115,13 @@ def run_program(
 
 def cmd_run(args) -> int:
     from hw.program import ProgramError
-    from tritium.report import fmt_time
+    from tritium.report import error_line, fmt_time
 
     try:
         tokens = parse_tokens(args.tokens) if args.tokens is not None else None
         rep = run_program(args.program, tokens, args.prompt, args.logits)
     except (ProgramError, ValueError) as e:
-        print(f"tritium: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"tritium: error: {error_line(e)}", file=sys.stderr)
         return EXIT_INPUT
     if args.json:
         print(json.dumps(rep, indent=1))
