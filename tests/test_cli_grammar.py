@@ -206,3 +206,26 @@ def test_units_stay_readable_for_small_numbers():
     assert fmt_energy(0) == "0 J"
     assert fmt_time(3.86e-4) == "386 µs" and fmt_time(0.0344) == "34.4 ms"
     assert fmt_bytes(641 * 1024) == "641 KiB" and fmt_bytes(12) == "12 B"
+
+
+def test_deprecated_spellings_still_parse():
+    p = cli.build_parser()
+    a = p.parse_args(["estimate", "--model", "tiny", "--plot", "d"])
+    assert a.out is None and a.plot_dir == "d"
+    a = p.parse_args(["cosim", "top", "--checkpoint", "x.pt"])
+    assert a.checkpoint == "x.pt" == p.parse_args(["cosim", "top", "--model", "x.pt"]).checkpoint
+    a = p.parse_args(["compile", "tiny", "-o", "d"])
+    assert (
+        cli._model_arg(a) == "tiny" == cli._model_arg(p.parse_args(["compile", "--model", "tiny", "-o", "d"]))
+    )
+    a = p.parse_args(["calibrate", "--out", "r.csv", "--build", "b"])
+    assert (a.runs, a.build_dir) == ("r.csv", "b")
+    a = p.parse_args(["kv", "plot", "t.npz", "--out", "r.png"])
+    assert (a.plot, a.out_png) == (None, "r.png")
+
+
+def test_help_states_the_grammar(capsys):
+    with pytest.raises(SystemExit):
+        cli.main(["--help"])
+    out = capsys.readouterr().out
+    assert "--model MODEL" in out and "--out DIR" in out and "--plot PATH" in out
