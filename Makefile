@@ -13,13 +13,9 @@ TOKENS ?= 4
 SPEC   ?= configs/sweeps/kv260-bitnet07b.yaml
 VERIFY ?= 1
 
-ifeq ($(BOARD),icebreaker)
-  BOARD_CONFIG ?= configs/icebreaker.yaml
-else ifeq ($(BOARD),kv260)
-  BOARD_CONFIG ?= configs/kv260.yaml
-else
-  BOARD_CONFIG ?= $(CONFIG)
-endif
+# make bitstream: without CONFIG=... on the command line (or in the environment) the CLI picks the board's
+# default config (one table: hw/boards.py, Board.default_config); CONFIG=... overrides it.
+BITSTREAM_CONFIG := $(if $(filter command line environment,$(origin CONFIG)),--config $(CONFIG))
 
 .PHONY: help venv sim top test test-all bitstream bench train lint clean dse calibrate kv-report
 
@@ -28,7 +24,7 @@ help:
 	@echo "                then the tiny model generating TOKENS=4 greedy tokens through the RTL top level (logits and cycles compared)"
 	@echo "make top        only the top-level run (TOKENS=4; all 4 layers; ~1-2 min)"
 	@echo "make test       run the test suite (what CI runs)"
-	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all|kv|top, CONFIG=...) and print its report"
+	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all|kv|top; CONFIG=... or the board's default) and print its report"
 	@echo "make kv-report  KV policies (ReSV, StreamingLLM, H2O, Quest, full) on the recorded traces: table + recall PNG (~2 min)"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
@@ -62,7 +58,7 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 bitstream: $(BIN)/.installed
-	$(BIN)/tritium bitstream --board $(BOARD) --engine $(ENGINE) --config $(BOARD_CONFIG)
+	$(BIN)/tritium bitstream --board $(BOARD) --engine $(ENGINE) $(BITSTREAM_CONFIG)
 
 kv-report: $(BIN)/.installed
 	$(BIN)/tritium kv report traces/*.npz --config $(CONFIG) --out build/kv
@@ -74,7 +70,7 @@ dse: $(BIN)/.installed
 	$(BIN)/tritium dse $(SPEC) --out build/dse/$(basename $(notdir $(SPEC))) --verify $(VERIFY)
 
 calibrate: $(BIN)/.installed
-	$(BIN)/python -m tritium.calibrate --out configs/calibration/runs.csv
+	$(BIN)/tritium calibrate --runs configs/calibration/runs.csv
 
 train: $(BIN)/.installed
 	$(BIN)/python -m models.train --out models/checkpoints/tiny.pt

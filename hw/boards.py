@@ -18,6 +18,9 @@ class Board:
     platform: str | None  # "module:Class" in amaranth_boards (imported lazily); None: no pins
     pnr_args: tuple[str, ...]  # nextpnr device/package flags
     capacity: dict[str, int]  # resource → available units (keys as in the report)
+    #: the config ``tritium bitstream --board NAME`` (and ``make bitstream BOARD=NAME``) uses when no
+    #: --config is given: the one table of board → default config
+    default_config: str = "configs/default.yaml"
 
 
 # Capacities from the device data sheets: ECP5-85F has 83,640 LUT4s (41,820 slices × 2) and as many
@@ -39,6 +42,7 @@ BOARD_SPECS: dict[str, Board] = {
         platform="amaranth_boards.icebreaker:ICEBreakerPlatform",
         pnr_args=("--up5k", "--package", "sg48"),
         capacity={"lut": 5280, "ff": 5280, "bram": 30, "spram": 4, "dsp": 8},
+        default_config="configs/icebreaker.yaml",
     ),
     # K26 SOM (XCK26, Zynq UltraScale+): 117,120 CLB LUTs, 234,240 FFs, 144 RAMB36 (36 Kbit), 64 URAM288,
     # 1,248 DSP48E2 (K26 SOM data sheet DS987; the figures TeLLMe reports its utilization against); an
@@ -61,6 +65,7 @@ BOARD_SPECS: dict[str, Board] = {
             "muxf7": 58560,
             "muxf8": 29280,
         },
+        default_config="configs/kv260.yaml",
     ),
 }
 

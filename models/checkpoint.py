@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 
 import torch
@@ -162,8 +163,13 @@ def _read_torch(path: Path) -> dict:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - torch raises many types for a bad file
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f"{path}: not a torch checkpoint ({first})") from None
+        text = re.sub(r"\x1b\[[0-9;?]*[ -/]*[@-~]", "", str(e)).strip()  # torch colours parts of its message
+        # torch's first line only says that loading failed (and suggests weights_only=False: not here); the
+        # reason follows "WeightsUnpickler error:" (an unsupported global or pickle operand)
+        _, _, after = text.partition("WeightsUnpickler error:")
+        reasons = [ln.strip() for ln in (after or text).splitlines() if ln.strip()]
+        why = reasons[0].split(" Please ")[0].split(". In PyTorch")[0] if reasons else type(e).__name__
+        raise CheckpointError(f"{path}: not a torch checkpoint ({why})") from None
     if not isinstance(obj, dict) or obj.get("format") != FORMAT:
         raise CheckpointError(f"{path}: not a {FORMAT} checkpoint (expected a dict with format={FORMAT!r})")
     return obj

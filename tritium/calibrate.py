@@ -10,9 +10,11 @@ Each point is a named config (overrides of :data:`BASE`), an engine and a role: 
 process at a time) and resumable: a point already in the CSV is not run again, and the CSV is rewritten
 atomically after every run, so an interrupted calibration keeps everything finished.
 
-    python -m tritium.calibrate --out configs/calibration/runs.csv            # every missing point
-    python -m tritium.calibrate --out ... --board ulx3s --only t_def,g_def    # a subset
-    python -m tritium.calibrate --fit configs/calibration/runs.csv            # fit + held-out error table
+    tritium calibrate --runs configs/calibration/runs.csv         # every missing point
+    tritium calibrate --runs ... --board ulx3s --only e_t_def     # a subset
+    tritium calibrate --fit [configs/calibration/runs.csv]        # fit + held-out error table only
+
+``python -m tritium.calibrate`` takes the same arguments (one parser definition: :func:`add_arguments`).
 """
 
 from __future__ import annotations
@@ -24,6 +26,8 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import numpy as np
 
 from hw.files import atomic_write
 
@@ -256,26 +260,62 @@ def run_point(p: CalPoint, build_dir: Path, log=print) -> dict:
     }
 
 
-def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="tritium calibrate", description=__doc__.split("\n\n")[0])
+def add_arguments(ap: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """The options of ``tritium calibrate`` (also ``python -m tritium.calibrate``): one definition for both."""
     ap.add_argument(
-        "--out",
-        type=Path,
-        default=Path("configs/calibration/runs.csv"),
-        help="calibration CSV (read to skip finished points, rewritten after every run)",
+        "--runs",
+        "--out",  # deprecated spelling (before the one CLI grammar: --out names folders)
+        dest="runs",
+        default="configs/calibration/runs.csv",
+        metavar="CSV",
+        help="calibration CSV: read to skip finished points, rewritten after every run (default "
+        "configs/calibration/runs.csv; --out CSV is the deprecated spelling)",
     )
-    ap.add_argument("--board", choices=["ulx3s", "kv260", "all"], default="all")
-    ap.add_argument("--only", default="", help="comma-separated point names")
+    ap.add_argument(
+        "--board", choices=["ulx3s", "kv260", "all"], default="all", help="flows to run (default all)"
+    )
+    ap.add_argument("--only", default="", help="comma-separated point names (see --list)")
     ap.add_argument("--no-pnr", action="store_true", help="skip the place-and-route (Fmax) points")
-    ap.add_argument("--build", type=Path, default=Path("build/calibration"), help="flow work directories")
+    ap.add_argument(
+        "--build-dir",
+        "--build",
+        dest="build_dir",
+        default="build/calibration",
+        help="flow work folders (default build/calibration)",
+    )
     ap.add_argument("--list", action="store_true", help="list the points and exit")
-    ap.add_argument("--fit", action="store_true", help="only fit the CSV and print the held-out error table")
-    a = ap.parse_args(argv)
+    ap.add_argument(
+        "--fit",
+        nargs="?",
+        const=True,
+        default=False,
+        metavar="CSV",
+        help="run no flow: fit the CSV (--runs, or the CSV given here) and print the held-out error table",
+    )
+    return ap
+
+
+def build_parser() -> argparse.ArgumentParser:
+    return add_arguments(
+        argparse.ArgumentParser(prog="tritium calibrate", description=__doc__.split("\n\n")[0])
+    )
+
+
+def _error(msg: str) -> int:
+    from tritium.report import error_line
+
+    print(f"tritium: error: {error_line(msg)}", file=sys.stderr)
+    return 2
+
+
+def run(a: argparse.Namespace) -> int:
+    """``tritium calibrate`` with parsed arguments; exit code (2: bad input, one line on stderr)."""
+    runs = Path(a.fit if isinstance(a.fit, str) else a.runs)
+    flag = "--fit" if isinstance(a.fit, str) else "--runs"
     only = {s for s in a.only.split(",") if s}
     unknown = only - {p.name for p in POINTS}
     if unknown:
-        print(f"tritium calibrate: --only: unknown point(s) {', '.join(sorted(unknown))}", file=sys.stderr)
-        return 2
+        return _error(f"--only: unknown point(s) {', '.join(sorted(unknown))} (see --list)")
     if a.list:
         for p in POINTS:
             print(
@@ -283,10 +323,20 @@ def main(argv: list[str] | None = None) -> int:
                 f"{p.tlmm or ''}{p.gemm or ''}{p.memory or ''}"
             )
         return 0
+    if a.fit:
+        from hw.data_files import resolve
+
+        runs = resolve(runs)  # as given, else the shipped CSV of that name (hw/data_files.py)
+    if a.fit and not runs.is_file():
+        return _error(
+            f"{flag}: {runs}: no such calibration CSV (run `tritium calibrate --runs {runs}` first)"
+        )
     if not a.fit:
+        from hw.files import output_file
         from hw.fpga import FitError, FlowError
 
-        rows = read_runs(a.out)
+        output_file(runs, "--runs", (".csv",))
+        rows = read_runs(runs)
         done = {r["name"] for r in rows}
         todo = [
             p
@@ -296,7 +346,7 @@ def main(argv: list[str] | None = None) -> int:
             and (not only or p.name in only)
             and not (a.no_pnr and p.pnr)
         ]
-        print(f"[calibrate] {len(todo)} point(s) to run, {len(done)} already in {a.out}", flush=True)
+        print(f"[calibrate] {len(todo)} point(s) to run, {len(done)} already in {runs}", flush=True)
         for i, p in enumerate(todo, 1):
             print(
                 f"[calibrate] {i}/{len(todo)} {p.name} ({p.board}, {p.engine}, "
@@ -304,7 +354,7 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             try:
-                row = run_point(p, a.build, log=lambda s: None)
+                row = run_point(p, Path(a.build_dir), log=lambda s: None)
             except (FitError, FlowError) as e:
                 print(f"[calibrate] {p.name}: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
                 continue
@@ -314,11 +364,28 @@ def main(argv: list[str] | None = None) -> int:
                 flush=True,
             )
             rows.append(row)
-            write_runs(a.out, rows)
+            write_runs(runs, rows)
     from tritium.resources import fit_report
 
-    print(fit_report(a.out))
+    try:
+        report = fit_report(runs)
+    except (KeyError, ValueError, TypeError, csv.Error, np.linalg.LinAlgError) as e:
+        return _error(
+            f"{runs}: not a calibration CSV of {', '.join(CSV_FIELDS[:4])}, ... ({type(e).__name__}: {e})"
+        )
+    print(report)
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m tritium.calibrate``: the same arguments and errors as ``tritium calibrate``."""
+    from hw.files import OutputPathError
+
+    a = build_parser().parse_args(argv)
+    try:
+        return run(a)
+    except OutputPathError as e:
+        return _error(str(e))
 
 
 if __name__ == "__main__":

@@ -16,13 +16,40 @@ import sys
 from pathlib import Path
 
 from hw.config import ConfigError, load_config
-from hw.files import output_dir, output_file
+from hw.files import output_dir
 
 EXIT_MISMATCH, EXIT_INPUT, EXIT_TOOL = 1, 2, 3
 
 
 def _progress(msg: str) -> None:
     print(msg, file=sys.stderr, flush=True)
+
+
+def _error(e: object, code: int = 2) -> int:
+    """Print one clean error line (no terminal colour codes, first line only) and return ``code``."""
+    from tritium.report import error_line
+
+    print(f"tritium: error: {error_line(e)}", file=sys.stderr)
+    return code
+
+
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"tritium {version('tritium')}"
+    except PackageNotFoundError:
+        return "tritium (not installed: version unknown; pip install -e . records it)"
+
+
+def _model_arg(args) -> str:
+    """``--model MODEL``; the positional MODEL of ``tritium compile`` is the deprecated spelling."""
+    given = [m for m in (args.model, getattr(args, "model_positional", None)) if m is not None]
+    if not given:
+        raise ValueError("--model: required (a preset, a Hugging Face BitNet folder or a checkpoint)")
+    if len(given) == 2 and given[0] != given[1]:
+        raise ValueError(f"--model {given[0]!r} and a positional MODEL {given[1]!r}: give the model once")
+    return given[0]
 
 
 def _non_negative(text: str) -> int:
@@ -43,29 +70,52 @@ def _positive(text: str) -> int:
 
 
 # ---------------------------------------------------------------- config
+def _derived(section) -> dict:
+    """The derived (read-only) properties of a config section: widths, depths and counts the RTL uses."""
+    cls = type(section)
+    return {
+        name: getattr(section, name)
+        for name in sorted(vars(cls))
+        if isinstance(getattr(cls, name, None), property)
+        and not name.startswith("_")
+        and isinstance(getattr(section, name), (int, float, str, bool))
+    }
+
+
 def cmd_config(args) -> int:
-    acfg = load_config(args.file)
-    t = acfg.tlmm
+    acfg = load_config(args.config or args.file)
+    d = acfg.to_dict()
     derived = {
-        "table_entries": t.table_entries,
-        "stored_entries": t.stored_entries,
-        "zero_index": t.zero_index,
-        "index_bits": t.index_bits,
-        "entry_bits": t.entry_bits,
-        "sum_bits": t.sum_bits,
-        "chunk_k": t.chunk_k,
-        "lookups_per_cycle": t.lookups_per_cycle,
-        "acc_depth": t.acc_depth,
-        "drain_cycles": t.drain_cycles,
+        name: _derived(getattr(acfg, name))
+        for name, v in d.items()
+        if isinstance(v, dict) and hasattr(acfg, name)
     }
     if args.json:
         print(
-            json.dumps({"config": acfg.to_dict(), "source": acfg.source, "tlmm_derived": derived}, indent=1)
+            json.dumps(
+                {
+                    "config": d,
+                    "source": acfg.source,
+                    "derived": derived,
+                    "tlmm_derived": derived.get("tlmm", {}),  # the field name before every section was shown
+                },
+                indent=1,
+            )
         )
-    else:
-        print(f"{acfg.source}: valid ({acfg.name}, {acfg.clock_mhz:g} MHz)")
-        for k, v in {**acfg.to_dict()["tlmm"], **derived}.items():
-            print(f"  tlmm.{k:<18} {v}")
+        return 0
+    print(f"{acfg.source}: valid ({acfg.name}, {acfg.clock_mhz:g} MHz)")
+    for key, v in d.items():
+        if not isinstance(v, dict):
+            if key not in ("name", "clock_mhz"):
+                print(f"  {key:<26} {v}")
+            continue
+        print(f"  [{key}]")
+        for k, x in v.items():
+            if isinstance(x, (list, tuple)) and x and isinstance(x[0], (dict, list, tuple)):
+                x = f"{len(x)} entries (texts and ranges: --json)"
+            print(f"    {k:<24} {x}")
+        for k, x in derived.get(key, {}).items():
+            print(f"    {k:<24} {x}  (derived)")
     return 0
 
 
@@ -277,49 +327,87 @@ def cmd_cosim(args) -> int:
 
 # ---------------------------------------------------------------- perf
 def cmd_perf(args) -> int:
-    from tritium.perf import bandwidth_sweep, gemm_report, parse_shape, plot_roofline
-    from tritium.report import table
+    from tritium.figures import check_plot_path
+    from tritium.perf import (
+        bandwidth_sweep,
+        default_tlmm_shape,
+        gemm_report,
+        parse_shape,
+        plot_roofline,
+        tlmm_bandwidth_sweep,
+        tlmm_report,
+    )
+    from tritium.report import fmt_bytes, fmt_time, table
 
     if args.plot is not None:
-        output_file(args.plot, "--plot", (".png",))
+        check_plot_path(args.plot)
     acfg = load_config(args.config)
-    m, k, n = parse_shape(args.shape)
-    rep = gemm_report(acfg, m, k, n)
-    sweep = bandwidth_sweep(acfg, m, k, n) if args.plot else []
+    tlmm = args.engine == "tlmm"
+    m, k, n = parse_shape(args.shape or (default_tlmm_shape(acfg) if tlmm else "1024x1024x1024"))
+    rep = (tlmm_report if tlmm else gemm_report)(acfg, m, k, n)
     if args.plot:
-        rep["plot"] = str(plot_roofline(acfg, (m, k, n), sweep, Path(args.plot)))
+        if not args.json:
+            _progress(
+                f"[perf] sweeping memory bandwidth ({'stepped TLMM model' if tlmm else 'GEMM model'}) ..."
+            )
+        sweep = (tlmm_bandwidth_sweep if tlmm else bandwidth_sweep)(acfg, m, k, n)
+        files = plot_roofline(acfg, (m, k, n), sweep, Path(args.plot), engine=args.engine, own=rep)
+        rep["plot"] = str(files["png"])
+        rep["plot_files"] = [str(f) for f in files.values()]
         rep["sweep_points"] = len(sweep)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
-    rows = [
-        [key, f"{rep[key]:.4%}" if key == "mac_utilization" else rep[key]]
-        for key in (
-            "cycles",
-            "time_ms",
-            "gops",
-            "peak_gops",
-            "mac_utilization",
-            "load_stall_cycles",
-            "drain_stall_cycles",
-            "tail_cycles",
-            "dram_read_bytes",
-            "dram_write_bytes",
-            "ops_per_dram_byte",
-            "bandwidth_gbs",
-            "read_bandwidth_needed_gbs",
+    if tlmm:
+        rows = [
+            ["cycles", rep["cycles"], f"unstalled {rep['unstalled_cycles']:,}; {rep['commands']} command(s)"],
+            ["time", fmt_time(rep["time_s"]), f"at {acfg.clock_mhz:g} MHz"],
+            ["throughput", f"{rep['gops']:.3g} GOPS", f"peak {rep['peak_gops']:.3g} GOPS"],
+            [
+                "lookup-issue utilization",
+                f"{rep['issue_utilization']:.2%}",
+                "cycles with a lookup issue / cycles",
+            ],
+            ["weight-stream stall cycles", rep["weight_stall_cycles"], "FILL/LOOK cycles waiting for a beat"],
+            ["result-credit stall cycles", rep["credit_stall_cycles"], ""],
+            [
+                "weight beats per cycle",
+                f"{rep['weight_beats_per_cycle']:.3g}",
+                f"{rep['weight_beat_bytes']} B/beat",
+            ],
+            [
+                "DRAM bytes",
+                fmt_bytes(rep["dram_weight_bytes"] + rep["dram_activation_bytes"] + rep["dram_result_bytes"]),
+                f"weights {fmt_bytes(rep['dram_weight_bytes'])}, activations "
+                f"{fmt_bytes(rep['dram_activation_bytes'])}, results {fmt_bytes(rep['dram_result_bytes'])}",
+            ],
+            ["ops per DRAM byte", f"{rep['ops_per_dram_byte']:.3g}", ""],
+            ["memory bandwidth", f"{rep['bandwidth_gbs']:.3g} GB/s", "port, capped by the shared DRAM"],
+            ["weight bandwidth to run unstalled", f"{rep['read_bandwidth_needed_gbs']:.3g} GB/s", ""],
+        ]
+        title = f"TLMM {m}x{k}x{n} (tokens x K x N) on {rep['block']}, {acfg.clock_mhz:g} MHz — config {acfg.name}"
+    else:
+        rows = [
+            ["cycles", rep["cycles"], ""],
+            ["time", fmt_time(rep["time_ms"] / 1e3), f"at {acfg.clock_mhz:g} MHz"],
+            ["throughput", f"{rep['gops']:.3g} GOPS", f"peak {rep['peak_gops']:.3g} GOPS"],
+            ["MAC utilization", f"{rep['mac_utilization']:.4%}", ""],
+            ["load stall cycles", rep["load_stall_cycles"], ""],
+            ["drain stall cycles", rep["drain_stall_cycles"], ""],
+            ["tail cycles", rep["tail_cycles"], ""],
+            ["DRAM read", fmt_bytes(rep["dram_read_bytes"]), ""],
+            ["DRAM write", fmt_bytes(rep["dram_write_bytes"]), ""],
+            ["ops per DRAM byte", f"{rep['ops_per_dram_byte']:.3g}", ""],
+            ["memory bandwidth", f"{rep['bandwidth_gbs']:.3g} GB/s", ""],
+            ["read bandwidth needed", f"{rep['read_bandwidth_needed_gbs']:.3g} GB/s", ""],
+        ]
+        title = (
+            f"GEMM {m}x{k}x{n} on {rep['block']} block, k_tile {rep['k_tile']}, "
+            f"{acfg.clock_mhz:g} MHz — config {acfg.name}"
         )
-    ]
-    print(
-        table(
-            ["figure (modeled)", "value"],
-            rows,
-            title=f"GEMM {m}x{k}x{n} on {rep['block']} block, k_tile {rep['k_tile']}, "
-            f"{acfg.clock_mhz:g} MHz — config {acfg.name}",
-        )
-    )
+    print(table(["figure (modeled)", "value", "note"], rows, title=title))
     if args.plot:
-        print(f"roofline: {len(sweep)} bandwidth points → {rep['plot']}")
+        print(f"roofline: {rep['sweep_points']} bandwidth points → {', '.join(rep['plot_files'])}")
     return 0
 
 
@@ -329,7 +417,9 @@ def cmd_compile(args) -> int:
 
     from compiler import CompileError, compile_model, load_model
     from sim.progress import progress
+    from tritium.report import fmt_bytes, fmt_time
 
+    args.model = _model_arg(args)
     output_dir(args.out, "--out")
     acfg = load_config(args.config)
     t0 = time.perf_counter()
@@ -346,8 +436,7 @@ def cmd_compile(args) -> int:
             bar.update()
         except CompileError as e:
             bar.close()
-            print(f"tritium: error: {e}", file=sys.stderr)
-            return EXIT_INPUT
+            return _error(e)
         seconds = time.perf_counter() - t0
         bar.stage("save")
         out = prog.save(Path(args.out))
@@ -378,8 +467,8 @@ def cmd_compile(args) -> int:
         print(f"compiled {args.model} for {acfg.name}: step of {args.tokens} token(s) at position {args.pos}")
         print(
             f"  {summary['commands']} commands ({summary['tlmm']} TLMM, {summary['gemm']} GEMM, "
-            f"{summary['host']} HOST), memory {summary['memory_mib']:.2f} MiB, {seconds:.2f} s "
-            f"(export {cm.timings['export_s']:.2f} s)"
+            f"{summary['host']} HOST), memory {fmt_bytes(summary['memory_mib'] * 2**20)}, "
+            f"{fmt_time(seconds)} (export {fmt_time(cm.timings['export_s'])})"
         )
         if not prog.meta["weights_materialized"]:
             print("  preset on meta tensors: shapes, commands and memory map only (no weight image)")
@@ -393,22 +482,25 @@ def cmd_estimate(args) -> int:
     from compiler.cache import ProgramCache
     from tritium.estimate import estimate, format_breakdown, format_estimate, plot_breakdown, plot_estimates
 
-    if args.plot is not None:
-        output_dir(args.plot, "--plot")
+    out = args.out if args.out is not None else args.plot_dir  # --plot DIR: the deprecated spelling
+    if out is not None:
+        output_dir(out, "--out" if args.out is not None else "--plot")
     acfg = load_config(args.config)
     cache = None if args.no_cache else ProgramCache(log=_progress)
     try:
         r = estimate(args.model, acfg, args.prompt, args.context, cache=cache, breakdown=args.breakdown)
         plots = (
-            [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot), cache=cache)]
-            if args.plot
+            [
+                str(p)
+                for p in plot_estimates(args.model, acfg, Path(out), r["prompt"], r["context"], cache=cache)
+            ]
+            if out
             else []
         )
     except CompileError as e:
-        print(f"tritium: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
-    if args.breakdown and args.plot:
-        plots += [str(p) for p in plot_breakdown(r, Path(args.plot) / "breakdown")]
+        return _error(e)
+    if args.breakdown and out:
+        plots += [str(p) for p in plot_breakdown(r, Path(out) / "breakdown")]
     r.pop("_steps")
     r["plots"] = plots
     if args.json:
@@ -425,21 +517,50 @@ def cmd_estimate(args) -> int:
 
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
+    from hw.boards import BOARD_SPECS
     from hw.fpga import BOARDS, FitError, FlowError, build_bitstream
     from sim.engines import engine
 
     eng = engine(args.engine)
     if args.board not in BOARDS:
         raise ConfigError(f"--board: unknown board {args.board!r}; choose one of {', '.join(BOARDS)}")
+    board = BOARD_SPECS[args.board]
+    acfg = load_config(args.config or board.default_config)
+    if not args.force:
+        refusal = _fit_refusal(acfg, args.board, eng.hardware, board_default=args.config is None)
+        if refusal:
+            return _error(refusal)
     output_dir(args.out, "--out")
-    acfg = load_config(args.config)
     try:
         report = build_bitstream(acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware)
     except (FitError, FlowError) as e:
-        print(f"tritium: error: {e}", file=sys.stderr)
-        return EXIT_TOOL
+        return _error(e, EXIT_TOOL)
     print(json.dumps(report, indent=1))
     return 0
+
+
+def _fit_refusal(acfg, board_name: str, engine: str, board_default: bool = False) -> str | None:
+    """One line when the resource model (tritium/resources.py) predicts ``engine`` of ``acfg`` does not fit
+    ``board_name``; None when it fits or the model has no fit for the engine."""
+    from hw.boards import BOARD_SPECS
+    from hw.fpga import fpga_engine
+    from tritium.resources import board_overflow
+
+    pred, over = board_overflow(acfg, board_name, engine)
+    if not over:
+        return None
+    b = BOARD_SPECS[board_name]
+    names = {"lut": "LUTs", "ff": "flip-flops", "bram": "block RAMs", "uram": "URAMs", "dsp": "DSPs"}
+    parts = [f"{names.get(r, r)} {v:,.0f} > {cap:,}" for r, v, cap in over]
+    first = over[0][0]
+    lower = " (a lower bound for the top)" if engine == "top" else ""
+    return (
+        f"config {acfg.name!r} ({acfg.source}, {fpga_engine(engine).label}) does not fit board {board_name} "
+        f"({b.device}), modeled before synthesis{lower}: {'; '.join(parts)}; shrink "
+        f"{fpga_engine(engine).shrink.get(first, 'the engine')}"
+        + ("" if board_default else f" (or leave out --config: {board_name} uses {b.default_config})")
+        + "; --force synthesizes anyway"
+    )
 
 
 # ---------------------------------------------------------------- dse, calibrate
@@ -478,9 +599,9 @@ def cmd_dse(args) -> int:
 
 
 def cmd_calibrate(args) -> int:
-    from tritium.calibrate import main as calibrate_main
+    from tritium.calibrate import run
 
-    return calibrate_main(args.rest)
+    return run(args)
 
 
 # ---------------------------------------------------------------- bench
@@ -503,16 +624,37 @@ def _engine_help(engines) -> str:
     )
 
 
-def build_parser() -> argparse.ArgumentParser:
-    from sim.engines import board_engines, cosim_engines
+#: The grammar every subcommand follows (docs/cli.md, "One grammar").
+GRAMMAR = """\
+grammar (every subcommand): --config FILE  the accelerator config; --model MODEL  the model (preset,
+Hugging Face BitNet folder or checkpoint); --out DIR  an output folder; --plot PATH  one figure (PATH's
+suffix .png/.pdf/.svg picks the vector format; PNG + PDF/SVG + CSV of the data are written); --json  machine-
+readable output on stdout. Positional arguments name what a command reads (a trace, a sweep spec, a
+Program folder). Exit codes: 0 ok, 1 mismatch, 2 bad input, 3 tool failure, 130 interrupted."""
 
-    p = argparse.ArgumentParser(prog="tritium", description="Ternary LLM accelerator co-design toolkit.")
+
+def build_parser() -> argparse.ArgumentParser:
+    from hw.boards import BOARD_SPECS
+    from sim.engines import board_engines, cosim_engines
+    from tritium import calibrate
+
+    p = argparse.ArgumentParser(
+        prog="tritium",
+        description="Ternary LLM accelerator co-design toolkit.",
+        epilog=GRAMMAR,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
     cfg_help = "accelerator config YAML (default: configs/default.yaml)"
+    model_help = (
+        "preset (bitnet-0.7b, bitnet-2b, tiny: meta tensors), Hugging Face BitNet folder or checkpoint"
+    )
 
-    c = sub.add_parser("config", help="validate a config and show its derived parameters")
+    c = sub.add_parser("config", help="validate a config and show every section and its derived parameters")
     c.add_argument("action", choices=["check"])
     c.add_argument("file", nargs="?", default=None, help="config YAML (default: configs/default.yaml)")
+    c.add_argument("--config", default=None, help="the config YAML (same as FILE)")
     c.add_argument("--json", action="store_true", help="print JSON")
     c.set_defaults(func=cmd_config)
 
@@ -536,9 +678,12 @@ def build_parser() -> argparse.ArgumentParser:
         "sim/engines.py",
     )
     s.add_argument(
-        "--checkpoint",
+        "--model",
+        "--checkpoint",  # the spelling before the one grammar (--model everywhere)
+        dest="checkpoint",
         default="models/checkpoints/tiny.pt",
-        help="top: trained checkpoint to compile and run (default models/checkpoints/tiny.pt)",
+        help="top: trained checkpoint to compile and run (default models/checkpoints/tiny.pt; "
+        "--checkpoint is the older spelling)",
     )
     s.add_argument("--layers", type=_positive, default=None, help="top: run only the first N decoder layers")
     s.add_argument(
@@ -558,13 +703,24 @@ def build_parser() -> argparse.ArgumentParser:
     s.set_defaults(func=cmd_cosim)
 
     pf = sub.add_parser(
-        "perf", help="modeled GEMM performance (GOPS, utilization, stalls) and a roofline plot"
+        "perf", help="modeled GEMM or TLMM performance (GOPS, utilization, stalls) and a roofline plot"
     )
-    pf.add_argument("engine", choices=["gemm"], help="engine")
-    pf.add_argument("--config", default=None, help=cfg_help)
-    pf.add_argument("--shape", default="1024x1024x1024", help="GEMM MxKxN (default 1024x1024x1024)")
     pf.add_argument(
-        "--plot", default=None, metavar="PNG", help="also sweep memory bandwidth and write a roofline PNG"
+        "engine",
+        choices=["gemm", "tlmm"],
+        help="gemm: the GEMM fast path; tlmm: the stepped TLMM model with its weight stream at the memory's rate",
+    )
+    pf.add_argument("--config", default=None, help=cfg_help)
+    pf.add_argument(
+        "--shape",
+        default=None,
+        help="MxKxN (gemm default 1024x1024x1024; tlmm: tokens x K x N, default tlmm.tokens x 2048 x 2048)",
+    )
+    pf.add_argument(
+        "--plot",
+        default=None,
+        metavar="PATH",
+        help="also sweep memory bandwidth and write the roofline: PATH (.png/.pdf/.svg) + PNG + CSV",
     )
     pf.add_argument("--json", action="store_true", help="print JSON")
     pf.set_defaults(func=cmd_perf)
@@ -572,8 +728,13 @@ def build_parser() -> argparse.ArgumentParser:
     co = sub.add_parser(
         "compile", help="lower a ternary LM (preset or checkpoint) into a Program + weight image"
     )
+    co.add_argument("--model", default=None, help=model_help)
     co.add_argument(
-        "model", help="preset name (bitnet-0.7b, bitnet-2b, tiny: meta tensors) or checkpoint .pt"
+        "model_positional",
+        nargs="?",
+        default=None,
+        metavar="MODEL",
+        help="deprecated spelling of --model MODEL",
     )
     co.add_argument("--config", default=None, help=cfg_help)
     co.add_argument(
@@ -587,11 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.set_defaults(func=cmd_compile)
 
     es = sub.add_parser("estimate", help="modeled whole-model TTFT, tokens/s, J/token, bounds and plots")
-    es.add_argument(
-        "--model",
-        required=True,
-        help="preset (bitnet-0.7b, bitnet-2b, tiny), Hugging Face BitNet folder or checkpoint",
-    )
+    es.add_argument("--model", required=True, help=model_help)
     es.add_argument("--config", default=None, help=cfg_help)
     es.add_argument(
         "--prompt",
@@ -606,13 +763,19 @@ def build_parser() -> argparse.ArgumentParser:
         help="context length of the decode step (default 1024, at most the model's max_seq)",
     )
     es.add_argument(
-        "--plot", default=None, metavar="DIR", help="write context.png, roofline-tlmm.png, roofline-gemm.png"
+        "--out",
+        default=None,
+        metavar="DIR",
+        help="write the figures context, roofline-tlmm, roofline-gemm (each .png + .pdf + .csv) into DIR",
+    )
+    es.add_argument(
+        "--plot", dest="plot_dir", default=None, metavar="DIR", help="deprecated spelling of --out DIR"
     )
     es.add_argument(
         "--breakdown",
         action="store_true",
         help="also per layer and per op kind: cycles, time, DRAM bytes, energy, bound (tables; JSON "
-        "'breakdown'; with --plot also breakdown.png/.svg/.csv)",
+        "'breakdown'; with --out DIR also breakdown.png/.svg/.csv)",
     )
     es.add_argument(
         "--no-cache",
@@ -623,8 +786,17 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument("--json", action="store_true", help="print JSON (no progress bar)")
     es.set_defaults(func=cmd_estimate)
 
-    b = sub.add_parser("bitstream", help="Yosys → nextpnr → bitstream of one engine, with a report")
-    b.add_argument("--config", default=None, help=cfg_help)
+    b = sub.add_parser(
+        "bitstream",
+        help="Yosys → nextpnr → bitstream of one engine, with a report (fit checked with the resource model first)",
+    )
+    b.add_argument(
+        "--config",
+        default=None,
+        help="accelerator config YAML (default: the board's: "
+        + ", ".join(f"{n} {bd.default_config}" for n, bd in BOARD_SPECS.items())
+        + ")",
+    )
     b.add_argument(
         "--board",
         default="ulx3s",
@@ -640,6 +812,11 @@ def build_parser() -> argparse.ArgumentParser:
         + "; outputs go to OUT/<board>-<config>-<engine>/",
     )
     b.add_argument("--out", default="build/bitstream", help="output folder (default build/bitstream)")
+    b.add_argument(
+        "--force",
+        action="store_true",
+        help="synthesize even when the resource model predicts the design does not fit the board",
+    )
     b.set_defaults(func=cmd_bitstream)
 
     ds = sub.add_parser(
@@ -647,7 +824,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ds.add_argument("spec", help="sweep spec YAML (e.g. configs/sweeps/kv260-bitnet07b.yaml)")
     ds.add_argument(
-        "--out", required=True, help="output folder: study.db, results.csv, pareto.png, evaluations.jsonl"
+        "--out",
+        required=True,
+        help="output folder: study.db, results.csv, pareto.png/.pdf/.csv, evaluations.jsonl",
     )
     ds.add_argument(
         "--workers",
@@ -676,11 +855,9 @@ def build_parser() -> argparse.ArgumentParser:
     ca = sub.add_parser(
         "calibrate",
         help="run the resource-model calibration flows; fit; held-out error table",
-        add_help=False,
+        description=calibrate.__doc__.split("\n\n")[0],
     )
-    ca.add_argument(
-        "rest", nargs=argparse.REMAINDER, help="arguments of python -m tritium.calibrate (--help)"
-    )
+    calibrate.add_arguments(ca)
     ca.set_defaults(func=cmd_calibrate)
 
     from tritium.kv import register as register_kv
@@ -707,11 +884,9 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return args.func(args)
     except ConfigError as e:
-        print(f"tritium: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
+        return _error(e)
     except ValueError as e:  # shape or argument checks from the contracts
-        print(f"tritium: error: {e}", file=sys.stderr)
-        return EXIT_INPUT
+        return _error(e)
     except KeyboardInterrupt:
         print("tritium: interrupted", file=sys.stderr)
         return 130
@@ -724,8 +899,7 @@ def main(argv: list[str] | None = None) -> int:
         from sim.verilator import ToolError
 
         if isinstance(e, ToolError):
-            print(f"tritium: error: {e}", file=sys.stderr)
-            return EXIT_TOOL
+            return _error(e, EXIT_TOOL)
         raise
     finally:
         set_enabled(None)

@@ -829,15 +829,40 @@ def write_csv(path: Path, rows: list[dict], spec: Spec) -> Path:
     return path
 
 
-def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
-    import matplotlib
+#: Axis labels of the metrics (human words and units; every figure modeled unless it says fit).
+AXIS_LABELS = {
+    "decode_tokens_per_s": "decode throughput (tokens/s, modeled)",
+    "prefill_tokens_per_s": "prefill throughput (tokens/s, modeled)",
+    "ttft_s": "time to first token (s, modeled)",
+    "j_per_token": "energy per decoded token (J, modeled)",
+    "avg_power_w": "average decode power (W, modeled)",
+    "dram_bytes_per_token": "DRAM traffic per decoded token (bytes, modeled)",
+    "memory_mib": "weights + KV cache (MiB)",
+    "lut": "LUTs, both engines (resource-model fit)",
+    "ff": "flip-flops, both engines (resource-model fit)",
+    "bram": "block RAMs, both engines (resource-model fit)",
+    "dsp": "DSP blocks, both engines (resource-model fit)",
+    "fmax_mhz": "Fmax (MHz, resource-model fit)",
+    "clock_mhz": "clock (MHz)",
+}
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+
+def axis_label(metric: str, direction: str) -> str:
+    """``decode throughput (tokens/s, modeled) — higher is better``."""
+    better = "higher" if direction == "maximize" else "lower"
+    return f"{AXIS_LABELS.get(metric, METRICS.get(metric, (metric,))[0])} — {better} is better"
+
+
+def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
+    """The Pareto figure (PNG + PDF + CSV of the plotted points, :func:`tritium.figures.save_figure`):
+    the first two objectives of every evaluated point, the Pareto front of those two, verified points.
+    Returns the PNG's path."""
+    from tritium.figures import honest_axes, new_figure, save_figure
 
     ok = [r for r in rows if r["status"] == "ok"]
     front = sorted((r for r in ok if r["pareto"]), key=lambda r: r[spec.objectives[0][0]])
-    fig, ax = plt.subplots(figsize=(6.5, 4.5), dpi=110)
+    fig, ax = new_figure(width=6.5, height=4.5)
+    front2: list = []
     if len(spec.objectives) >= 2:
         (mx, dx), (my, dy) = spec.objectives[:2]
         ax.scatter([r[mx] for r in ok], [r[my] for r in ok], s=8, c="0.7", label=f"evaluated ({len(ok)})")
@@ -851,7 +876,7 @@ def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
             )
         sx, sy = (1 if dx == "maximize" else -1), (1 if dy == "maximize" else -1)
         pts = sorted({(r[mx], r[my]) for r in ok}, key=lambda q: (-sx * q[0], -sy * q[1]))
-        front2, best = [], None
+        best = None
         for x, y in pts:  # non-dominated in the two plotted objectives
             if best is None or sy * y > sy * best:
                 front2.append((x, y))
@@ -875,25 +900,35 @@ def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
                 edgecolors="k",
                 label="verified (RTL cycles = model)",
             )
-        ax.set_xlabel(f"{mx} ({dx[:3]}) — {METRICS[mx][0]}", fontsize=8)
-        ax.set_ylabel(f"{my} ({dy[:3]}) — {METRICS[my][0]}", fontsize=8)
+        ax.set_xlabel(axis_label(mx, dx))
+        ax.set_ylabel(axis_label(my, dy))
+        honest_axes(ax, x_zero=True)
+        cols = ["trial", *spec.parameters, mx, my, "pareto_all_objectives", "pareto_of_these_two", "verified"]
+        on2 = set(front2)
+        data = [
+            [
+                r["trial"],
+                *(r[n] for n in spec.parameters),
+                r[mx],
+                r[my],
+                r["pareto"],
+                int((r[mx], r[my]) in on2),
+                r.get("verified", ""),
+            ]
+            for r in ok
+        ]
     else:
         ((m, d),) = spec.objectives
         ax.plot([r["trial"] for r in ok], [r[m] for r in ok], ".", c="0.6", label="evaluated")
         ax.plot([r["trial"] for r in front], [r[m] for r in front], "o", c="C3", label="best")
-        ax.set_xlabel("trial")
-        ax.set_ylabel(f"{m} ({d[:3]})")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
-    ax.set_title(
-        f"DSE {spec.name}: {spec.model}, prompt {spec.prompt}, context {spec.context} (modeled)", fontsize=9
-    )
-    fig.tight_layout()
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    os.replace(tmp, path)
-    return path
+        ax.set_xlabel("trial (evaluation order)")
+        ax.set_ylabel(axis_label(m, d))
+        honest_axes(ax)
+        cols = ["trial", *spec.parameters, m, "best"]
+        data = [[r["trial"], *(r[n] for n in spec.parameters), r[m], r["pareto"]] for r in ok]
+    ax.legend(loc="best")
+    ax.set_title(f"DSE {spec.name}: {spec.model}, prompt {spec.prompt}, context {spec.context} (modeled)")
+    return save_figure(fig, path, cols, data)["png"]
 
 
 def pareto_top(rows: list[dict], spec: Spec, k: int) -> list[dict]:
@@ -916,10 +951,17 @@ def top_table(rows: list[dict], spec: Spec, k: int) -> str:
     objs = [m for m, _ in spec.objectives]
     extra = [m for m in ("decode_tokens_per_s", "ttft_s", "j_per_token", "lut") if m not in objs]
     cols = ["trial", *spec.parameters, *objs, *extra, "verified"]
-    body = [
-        [r.get(c, "") if not isinstance(r.get(c), float) else float(f"{r[c]:.4g}") for c in cols]
-        for r in best
-    ]
+    from tritium.report import fmt_energy, fmt_time
+
+    unit = {"ttft_s": fmt_time, "j_per_token": fmt_energy}  # readable for small numbers (µJ, ms)
+
+    def cell(r, c):
+        v = r.get(c, "")
+        if c in unit and isinstance(v, float):
+            return unit[c](v)
+        return float(f"{v:.4g}") if isinstance(v, float) else v
+
+    body = [[cell(r, c) for c in cols] for r in best]
     head = f"top {len(best)} Pareto point(s) by {objs[0]} (modeled); points: " + ", ".join(
         f"{s} {counts[s]}" for s in STATUSES if counts[s]
     )

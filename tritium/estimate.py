@@ -573,17 +573,18 @@ def summarize(
 
 
 def _joules(j: float) -> str:
-    return f"{j:.3f} J" if j >= 0.01 else f"{j * 1e3:.3f} mJ"
+    from tritium.report import fmt_energy
+
+    return fmt_energy(j)
 
 
 def format_estimate(r: dict) -> str:
     """The human-readable report of an :func:`estimate` dict (what ``tritium estimate`` prints)."""
-    from tritium.report import table
+    from tritium.report import fmt_bytes, fmt_power, fmt_time, table
 
     def pct(d: dict) -> str:
         return ", ".join(f"{k} {v:.0%}" for k, v in d.items() if v >= 0.005)
 
-    mib = 2**20
     pb = r["power_boundary"]
     acc, host, tot = (
         r["dram_bytes_per_token_accelerator"],
@@ -592,19 +593,15 @@ def format_estimate(r: dict) -> str:
     )
     jr = r["j_per_token_range"]
     rows = [
-        ["TTFT (prefill of the prompt)", f"{r['ttft_s'] * 1e3:,.1f} ms", r["bound"]["prefill"]],
+        ["TTFT (prefill of the prompt)", fmt_time(r["ttft_s"]), r["bound"]["prefill"]],
         ["prefill throughput", f"{r['prefill_tokens_per_s']:,.1f} tokens/s", pct(r["time_share"]["prefill"])],
         [
             "decode",
-            f"{r['decode_tokens_per_s']:,.2f} tokens/s ({r['decode_s_per_token'] * 1e3:,.1f} ms/token)",
+            f"{r['decode_tokens_per_s']:,.2f} tokens/s ({fmt_time(r['decode_s_per_token'])}/token)",
             r["bound"]["decode"],
         ],
         ["decode time share", pct(r["time_share"]["decode"]), "no overlap between commands"],
-        [
-            "DRAM bytes per token",
-            f"{tot / mib:,.1f} MiB",
-            f"accelerator {acc / mib:,.1f} MiB + host {host / mib:,.1f} MiB",
-        ],
+        ["DRAM bytes per token", fmt_bytes(tot), f"accelerator {fmt_bytes(acc)} + host {fmt_bytes(host)}"],
         [
             "shared-DRAM limit",
             f"{r['dram_limit_tokens_per_s']:,.1f} tokens/s",
@@ -618,7 +615,7 @@ def format_estimate(r: dict) -> str:
         ],
         [
             f"average power, decode ({pb} boundary)",
-            f"{r['avg_power_w']:.2f} W",
+            fmt_power(r["avg_power_w"]),
             f"static {r['static_w']:g} W included; power boundary: {pb}",
         ],
         ["engine utilization (decode)", pct(r["utilization"]["decode"]), "issue cycles / step time"],
@@ -647,56 +644,70 @@ def format_estimate(r: dict) -> str:
     return "\n".join(out)
 
 
-def _save(fig, path: Path) -> Path:
-    """Write a figure under a temporary name, then rename: a PNG on disk is always complete."""
-    import matplotlib.pyplot as plt
-
-    tmp = path.with_suffix(".tmp.png")
-    fig.savefig(tmp)
-    plt.close(fig)
-    tmp.replace(path)
-    return path
-
-
 def plot_estimates(
-    model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8, cache=None
+    model_spec: str,
+    acfg: AcceleratorConfig,
+    out_dir: Path,
+    prompt: int | None = None,
+    context: int | None = None,
+    points: int = 8,
+    cache=None,
 ) -> list[Path]:
-    """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled). ``cache``:
-    a :class:`compiler.cache.ProgramCache` for the step Programs (as in :func:`estimate`)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    """Figures (each PNG + PDF + CSV, :func:`tritium.figures.save_figure`), all modeled: ``context`` —
+    decode tokens/s against context length and TTFT against prompt length, the requested ``prompt`` and
+    ``context`` marked on the curves; ``roofline-tlmm``/``roofline-gemm`` — every command of the prefill of
+    ``prompt`` tokens and of the decode step at ``context`` under the engine's compute and port roofs.
+    ``prompt``/``context`` default as in :func:`estimate`; ``cache``: a :class:`compiler.cache.ProgramCache`
+    for the step Programs (as in :func:`estimate`). Returns the files written."""
     from compiler.cache import ProgramSource
     from sim.progress import track
+    from tritium.figures import honest_axes, new_figure, save_figure
 
     src = ProgramSource(model_spec, acfg, lambda: _compiled(model_spec, acfg), cache)
     max_seq = src.max_seq()
+    prompt = min(DEFAULT_PROMPT, max_seq) if prompt is None else prompt
+    context = min(DEFAULT_CONTEXT, max_seq) if context is None else context
     energy = load_energy(acfg.device.family)
-    ctxs = sorted({max(1, round(max_seq * (i + 1) / points)) for i in range(points)})
-    prompts = [p for p in (16, 32, 64, 128, 256, 512) if p <= max_seq]
+    ctxs = sorted({max(1, round(max_seq * (i + 1) / points)) for i in range(points)} | {context})
+    prompts = sorted({p for p in (16, 32, 64, 128, 256, 512) if p <= max_seq} | {prompt})
     steps = [(1, c - 1) for c in ctxs] + [(p, 0) for p in prompts]
     costs = [
         cost_program(src.program(t, pos, logits="last"), acfg, energy)
         for t, pos in track(steps, desc="plot steps", unit="step")
     ]
-    decs, pres = costs[: len(ctxs)], costs[len(ctxs) :]
-    out_dir.mkdir(parents=True, exist_ok=True)
-    paths = []
-    fig, ax = plt.subplots(1, 2, figsize=(10, 4), dpi=110)
-    ax[0].plot(ctxs, [1.0 / d.seconds for d in decs], "o-")
+    decs = dict(zip(ctxs, costs[: len(ctxs)], strict=True))
+    pres = dict(zip(prompts, costs[len(ctxs) :], strict=True))
+    out_dir = Path(out_dir)
+    files: list[Path] = []
+    where = f"{model_spec} on {acfg.name} ({acfg.device.name}, {acfg.clock_mhz:g} MHz)"
+
+    fig, ax = new_figure(ncols=2, width=10, height=4)
+    ax[0].plot(ctxs, [1.0 / decs[c].seconds for c in ctxs], "o-", color="C0", label="decode (modeled)")
+    ax[0].plot(
+        [context], [1.0 / decs[context].seconds], "D", color="C3", ms=8, label=f"requested: context {context}"
+    )
     ax[0].set_xlabel("context length (tokens)")
-    ax[0].set_ylabel("decode tokens/s (modeled)")
-    ax[1].plot(prompts, [p.seconds for p in pres], "o-", color="C1")
+    ax[0].set_ylabel("decode throughput (tokens/s, modeled)")
+    ax[1].plot(prompts, [pres[p].seconds * 1e3 for p in prompts], "o-", color="C1", label="prefill (modeled)")
+    ax[1].plot(
+        [prompt], [pres[prompt].seconds * 1e3], "D", color="C3", ms=8, label=f"requested: prompt {prompt}"
+    )
     ax[1].set_xlabel("prompt length (tokens)")
-    ax[1].set_ylabel("TTFT, s (modeled)")
+    ax[1].set_ylabel("time to first token (ms, modeled)")
     for a in ax:
-        a.grid(alpha=0.3)
-    fig.suptitle(f"{model_spec} on {acfg.name} ({acfg.device.name}, {acfg.clock_mhz:g} MHz)", fontsize=9)
-    fig.tight_layout()
-    paths.append(_save(fig, out_dir / "context.png"))
-    pre, dec = pres[-1], decs[-1]
+        honest_axes(a, x_zero=True)
+        a.legend(loc="best")
+    fig.suptitle(f"{where}: prompt {prompt}, context {context}")
+    rows = [["decode", c, 1.0 / decs[c].seconds, decs[c].seconds, int(c == context)] for c in ctxs]
+    rows += [["prefill", p, p / pres[p].seconds, pres[p].seconds, int(p == prompt)] for p in prompts]
+    files += save_figure(
+        fig,
+        out_dir / "context.png",
+        ["step", "tokens", "tokens_per_s_modeled", "step_seconds_modeled", "requested"],
+        rows,
+    ).values()
+
+    pre, dec = pres[prompt], decs[context]
     bw = acfg.memory.bus_bytes / acfg.memory.beat_interval * acfg.clock_mhz * 1e6
     # peak ops/s: a lookup stands for G multiply-adds (2·G ops); a MAC for 2 ops
     peaks = {
@@ -704,34 +715,50 @@ def plot_estimates(
         "gemm": 2 * acfg.gemm.macs * acfg.clock_mhz * 1e6,
     }
     for eng in ("tlmm", "gemm"):
-        fig, ax = plt.subplots(figsize=(6, 4), dpi=110)
-        for label, step, mk in (("prefill", pre, "o"), ("decode", dec, "x")):
-            pts = [(ops / b, ops / s / 1e9) for e, ops, b, s in step.roofline if e == eng and b and s]
+        fig, ax = new_figure(width=6.4, height=4.2)
+        data = []
+        for label, step, mk in (
+            (f"prefill of {prompt} tokens", pre, "o"),
+            (f"decode at context {context}", dec, "x"),
+        ):
+            pts = [(ops, b, s) for e, ops, b, s in step.roofline if e == eng and b and s]
+            data += [[label.split()[0], ops, b, s, ops / b, ops / s / 1e9] for ops, b, s in pts]
             if pts:
                 ax.plot(
-                    [x for x, _ in pts], [y for _, y in pts], mk, ms=4, alpha=0.6, label=f"{label} commands"
+                    [ops / b for ops, b, _ in pts],
+                    [ops / s / 1e9 for ops, _, s in pts],
+                    mk,
+                    alpha=0.6,
+                    label=f"{label}: {len(pts)} commands",
                 )
         peak = peaks[eng] / 1e9
-        xs = [10 ** (i / 20) for i in range(-40, 81)]
+        ridge = peak * 1e9 / bw  # ops per byte where the port roof meets the compute roof
+        ints = [r[4] for r in data] + [ridge]
+        lo, hi = math.log10(min(ints) / 10), math.log10(max(ints) * 10)
+        xs = [10 ** (lo + (hi - lo) * i / 200) for i in range(201)]
         ax.plot(
             xs,
             [min(peak, bw * x / 1e9) for x in xs],
             "k--",
             lw=1,
-            label=f"roofline: {peak:.0f} GOPS, {bw / 1e9:.1f} GB/s",
+            label=f"roofline: {peak:.3g} GOPS peak, {bw / 1e9:.3g} GB/s port",
         )
         ax.set_xscale("log")
         ax.set_yscale("log")
-        ax.set_xlabel("ops per DRAM byte")
-        ax.set_ylabel("achieved GOPS (modeled)")
+        ax.set_xlabel("arithmetic intensity (ops per DRAM byte)")
+        ax.set_ylabel("achieved throughput (GOPS, modeled)")
         ax.set_title(
-            f"{eng.upper()} roofline: {model_spec}, prefill {prompts[-1]} / decode at {ctxs[-1]}", fontsize=9
+            f"{eng.upper()} roofline, {where}:\nprefill {prompt} tokens / decode at context {context}"
         )
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(_save(fig, out_dir / f"roofline-{eng}.png"))
-    return paths
+        ax.legend(loc="lower right")
+        files += save_figure(
+            fig,
+            out_dir / f"roofline-{eng}.png",
+            ["step", "ops", "dram_bytes", "seconds_modeled", "ops_per_dram_byte", "gops_modeled"],
+            data,
+        ).values()
+    return files
 
 
 def _breakdown_table(step: str, grouping: str, b: dict, r: dict) -> str:
@@ -790,17 +817,9 @@ def format_breakdown(r: dict) -> str:
 
 def plot_breakdown(r: dict, base: Path) -> list[Path]:
     """A stacked-bar figure of ``r["breakdown"]``: modeled time per layer, stacked by op kind, prefill and
-    decode side by side. Writes ``base`` + ``.png``, ``.svg`` and ``.csv`` (the plotted data: step, layer,
-    op kind, time and the other figures of every (layer, op kind) pair), each atomically."""
-    import csv
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    from hw.files import atomic_path, write_text
+    decode side by side; ``base`` + ``.png``, ``.svg`` and ``.csv`` (the plotted data: step, layer, op kind,
+    time and the other figures of every (layer, op kind) pair) through :func:`tritium.figures.save_figure`."""
+    from tritium.figures import new_figure, save_figure
 
     cells: dict[str, dict] = {}  # step → {(layer, kind): row of by_layer_op}
     layers: dict[str, list] = {}
@@ -809,9 +828,12 @@ def plot_breakdown(r: dict, base: Path) -> list[Path]:
         layers[step] = [row["name"] for row in b["by_layer"]]
         kinds += [row["name"] for row in b["by_op_kind"] if row["name"] not in kinds]
         cells[step] = {(c["layer"], c["op_kind"]): c for c in b["by_layer_op"]}
-    fig, axes = plt.subplots(1, len(cells), figsize=(12, 4.8), dpi=110, squeeze=False)
+    fig, axes = new_figure(ncols=len(cells), width=12, height=4.8)
+    axes = list(axes) if len(cells) > 1 else [axes]
+    import matplotlib.pyplot as plt
+
     cmap = plt.get_cmap("tab20")
-    for ax, (step, cell) in zip(axes[0], cells.items(), strict=True):
+    for ax, (step, cell) in zip(axes, cells.items(), strict=True):
         xs = range(len(layers[step]))
         bottom = [0.0] * len(layers[step])
         for i, kind in enumerate(kinds):
@@ -825,8 +847,8 @@ def plot_breakdown(r: dict, base: Path) -> list[Path]:
         ax.set_ylabel("time, ms (modeled)")
         ax.set_title(f"{step}", fontsize=9)
         ax.grid(alpha=0.3, axis="y")
-    handles, labels = axes[0][0].get_legend_handles_labels()
-    for ax in axes[0][1:]:
+    handles, labels = axes[0].get_legend_handles_labels()
+    for ax in axes[1:]:
         for h, lab in zip(*ax.get_legend_handles_labels(), strict=True):
             if lab not in labels:
                 handles.append(h)
@@ -838,32 +860,26 @@ def plot_breakdown(r: dict, base: Path) -> list[Path]:
         fontsize=9,
     )
     fig.tight_layout(rect=(0, 0, 0.82, 1))
+    rows = [
+        [
+            step,
+            layer,
+            kind,
+            e["commands"],
+            e["cycles"],
+            repr(e["time_s"]),
+            e["dram_bytes"],
+            repr(e["energy_j"]),
+        ]
+        for step, cell in cells.items()
+        for (layer, kind), e in cell.items()
+    ]
     base = Path(base)
-    paths = []
-    try:
-        for ext in (".png", ".svg"):
-            out = base.with_name(base.name + ext)
-            with atomic_path(out) as tmp:
-                fig.savefig(tmp, format=ext[1:])
-            paths.append(out)
-    finally:
-        plt.close(fig)
-    buf = io.StringIO()
-    w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["step", "layer", "op_kind", "commands", "cycles", "time_s", "dram_bytes", "energy_j"])
-    for step, cell in cells.items():
-        for (layer, kind), e in cell.items():
-            w.writerow(
-                [
-                    step,
-                    layer,
-                    kind,
-                    e["commands"],
-                    e["cycles"],
-                    repr(e["time_s"]),
-                    e["dram_bytes"],
-                    repr(e["energy_j"]),
-                ]
-            )
-    paths.append(write_text(base.with_name(base.name + ".csv"), buf.getvalue()))
-    return paths
+    files = save_figure(
+        fig,
+        base.with_name(base.name + ".png"),
+        ["step", "layer", "op_kind", "commands", "cycles", "time_s", "dram_bytes", "energy_j"],
+        rows,
+        vector="svg",
+    )
+    return list(files.values())

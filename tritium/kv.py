@@ -2,7 +2,7 @@
 
     tritium kv replay TRACE [--config FILE] [--policy resv|streaming|h2o|quest|full] [--budget B] [--alpha A]
                       [--checkpoint PT] [--json]
-    tritium kv plot TRACE... [--config FILE] --out PNG
+    tritium kv plot TRACE... [--config FILE] --plot PATH      (PATH .png/.pdf/.svg; + PNG + CSV)
     tritium kv report TRACE... [--config FILE] [--checkpoint PT] --out DIR [--json]
 
 Hook into the main parser with :func:`register` (adds the ``kv`` subcommand; each handler returns an exit
@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.files import atomic_path, output_dir, output_file, write_text
+from hw.files import output_dir, write_text
 
 __all__ = [
     "register",
@@ -218,44 +218,47 @@ def sweep(
     return res
 
 
-def _atomic_png(fig, out: Path) -> Path:
-    with atomic_path(out) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    return out
+def plot_recall(points: dict, out: Path, title: str) -> dict:
+    """Recall against retrieved fraction for every policy (PNG + PDF/SVG + CSV of the points,
+    :func:`tritium.figures.save_figure`); ReSV's points are labelled with their alpha, above and to the
+    left of its curve on a white box so no baseline curve runs through a label. Returns the files."""
+    from tritium.figures import new_figure, save_figure
 
-
-def plot_recall(points: dict, out: Path, title: str) -> Path:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.6))
+    fig, ax = new_figure(width=6.4, height=4.6)
     style = {
-        "resv": ("o-", "ReSV (sweep alpha)"),
-        "streaming": ("s--", "StreamingLLM (4 sinks + window)"),
-        "h2o": ("^--", "H2O (heavy hitters + recent)"),
-        "quest": ("d--", "Quest (16-token pages)"),
-        "full": ("k*", "full attention"),
+        "resv": ("o-", "C3", "ReSV (alpha swept; labels: alpha)"),
+        "streaming": ("s--", "C0", "StreamingLLM (4 sinks + window)"),
+        "h2o": ("^--", "C1", "H2O (heavy hitters + recent)"),
+        "quest": ("d--", "C2", "Quest (16-token pages)"),
+        "full": ("*", "k", "full attention"),
     }
+    rows = []
     for name, pts in points.items():
-        fmt, label = style.get(name, (".-", name))
-        ax.plot([p[1] for p in pts], [p[2] for p in pts], fmt, label=label, ms=5)
+        fmt, color, label = style.get(name, (".-", None, name))
+        ax.plot([p[1] for p in pts], [p[2] for p in pts], fmt, color=color, label=label, ms=5, zorder=3)
+        knob = "alpha" if name == "resv" else "budget_fraction"
+        rows += [[name, knob, "" if k is None else k, x, y] for k, x, y in pts]
         if name == "resv":
-            for knob, x, y in pts:
-                ax.annotate(f"{knob:g}", (x, y), textcoords="offset points", xytext=(4, -10), fontsize=7)
+            for i, (k, x, y) in enumerate(pts):
+                ax.annotate(
+                    f"α={k:g}",
+                    (x, y),
+                    textcoords="offset points",
+                    xytext=(-8, 12 + 8 * (i % 2)) if x > 0.15 else (6, 14 + 8 * (i % 2)),
+                    ha="right" if x > 0.15 else "left",
+                    fontsize=7,
+                    color="C3",
+                    bbox={"boxstyle": "round,pad=0.15", "fc": "white", "ec": "none", "alpha": 0.9},
+                    arrowprops={"arrowstyle": "-", "color": "C3", "lw": 0.5},
+                    zorder=4,
+                )
     ax.set_xlabel("retrieved fraction (selected / visible tokens)")
     ax.set_ylabel("attention-mass recall")
     ax.set_xlim(0, 1.02)
-    ax.set_ylim(0, 1.02)
-    ax.grid(alpha=0.3)
-    ax.legend(loc="lower right", fontsize=8)
-    ax.set_title(title, fontsize=9)
-    fig.tight_layout()
-    try:
-        return _atomic_png(fig, out)
-    finally:
-        plt.close(fig)
+    ax.set_ylim(0, 1.05)
+    ax.legend(loc="lower right")
+    ax.set_title(title)
+    return save_figure(fig, out, ["policy", "knob", "value", "retrieved_fraction", "recall"], rows)
 
 
 def report(
@@ -342,6 +345,8 @@ def report(
 
 def report_table(rep: dict) -> str:
     """Markdown table of :func:`report`'s summary."""
+    from tritium.report import fmt_energy
+
     head = (
         "| policy | setting | retrieved fraction | recall | early-exit fraction | early-exit, V-Rex literal | "
         "ppl/byte closed loop | "
@@ -359,8 +364,89 @@ def report_table(rep: dict) -> str:
             f"{f(s['recall'], '.3f')} | {f(s['early_exit_fraction'], '.3f')} | "
             f"{f(s['early_exit_fraction_literal'], '.3f')} | {f(s['ppl_per_byte'], '.3f')} | "
             f"{f(s['ppl_per_byte_open_loop'], '.3f')} | "
-            f"{f(s['cycles'], ',.0f')} | {'—' if e is None else f'{e * 1e6:.3f} µJ'} |"
+            f"{f(s['cycles'], ',.0f')} | {'—' if e is None else fmt_energy(e)} |"
         )
+    return "\n".join(lines)
+
+
+REPORT_COLUMNS = (
+    (
+        "policy",
+        "the KV selection policy: resv (ReSV clusters, early exit), resv+recentN (ReSV plus the last N "
+        "tokens), streaming (StreamingLLM: 4 sink tokens + a recent window), h2o (heavy hitters + recent "
+        "tokens), quest (16-token pages by an upper bound of q·k), full (every visible token)",
+    ),
+    (
+        "setting",
+        "the policy's knob: ReSV's threshold fraction alpha (kv.alpha of the config), or a baseline's "
+        "budget set per trace to ReSV's retrieved fraction on that trace (matched budget)",
+    ),
+    (
+        "retrieved fraction",
+        "selected tokens / visible tokens, mean over scored decode steps, (layer, KV head) "
+        "streams and traces",
+    ),
+    (
+        "recall",
+        "attention-mass recall: the share of the full-attention softmax probability (float64, from the "
+        "trace's float32 post-RoPE q/k) that falls on the selected tokens, mean over query heads, steps, traces",
+    ),
+    (
+        "early-exit fraction",
+        "ReSV only: clusters visited / clusters in the table, per query (lower: earlier exit)",
+    ),
+    (
+        "early-exit, V-Rex literal",
+        "ReSV only: the same walk stopped under V-Rex's literal rule (weights score·count, no row "
+        "minimum); a different quantity, see docs/results.md",
+    ),
+    (
+        "ppl/byte closed loop",
+        "perplexity per byte of the checkpoint in int mode with attention restricted to "
+        "the selection, each layer selecting on the q/k the restricted model computes (what an engine in the loop "
+        "sees); predictions at scored steps only",
+    ),
+    ("ppl/byte open loop", "the same with the selections made on the trace's recorded full-attention q/k"),
+    (
+        "KV-engine cycles (modeled)",
+        "ReSV only: cycles of the KV engine's numba model (sim/kv_model.py, "
+        "co-simulated cycle-exact against the RTL) for the whole trace: per (layer, KV head) a RESET, every key "
+        "inserted, one QUERY per query head at every scored step",
+    ),
+    (
+        "energy (modeled)",
+        "ReSV only: the KV engine's dynamic energy from its event counts × the device "
+        "family's energy table (configs/energy/), for the same run; SI units (µJ, mJ)",
+    ),
+)
+
+
+def report_markdown(rep: dict, table_md: str | None = None) -> str:
+    """report.md: what was run (config, checkpoint, traces, first scored step), the table, and what each
+    column means."""
+    lines = [
+        f"# KV policies at matched budgets — config {rep['config']}",
+        "",
+        f"Config `{rep['config_source']}`; checkpoint for perplexity: "
+        + (f"`{rep['checkpoint']}`" if rep.get("checkpoint") else "none (perplexity columns empty)")
+        + f"; decode steps from {rep['first']} on are scored (earlier tokens are a prompt with full "
+        "attention). Values are means over the traces. Cycles and energy are modeled.",
+        "",
+        "Traces (recorded attention q/k of every layer and head while the model read a text; "
+        "traces/README.md):",
+        "",
+        *[f"- `{t}`" for t in rep["traces"]],
+        "",
+        table_md if table_md is not None else report_table(rep),
+        "",
+        "Columns:",
+        "",
+        *[f"- **{name}**: {text}." for name, text in REPORT_COLUMNS],
+        "",
+        "`recall.png` (`.pdf`, data in `recall.csv`): recall against retrieved fraction of every policy over a "
+        "sweep of its knob (baselines: budget fractions; ReSV: alpha, labelled on its points).",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -372,7 +458,9 @@ def _load_traces(paths):
 
 
 def _err(msg: str) -> int:
-    print(f"tritium: error: {msg}", file=sys.stderr)
+    from tritium.report import error_line
+
+    print(f"tritium: error: {error_line(msg)}", file=sys.stderr)
     return EXIT_INPUT
 
 
@@ -415,7 +503,7 @@ def cmd_kv_replay(args) -> int:
         r.pop("streams")
         print(json.dumps(r, indent=1))
         return 0
-    from tritium.report import table
+    from tritium.report import fmt_energy, fmt_time, table
 
     rows = [["retrieved fraction", r["retrieved_fraction"]], ["attention-mass recall", r["recall"]]]
     if r["early_exit_fraction"] is not None:
@@ -424,8 +512,8 @@ def cmd_kv_replay(args) -> int:
             ["early-exit fraction, V-Rex's literal score·count rule", r["early_exit_fraction_literal"]],
             ["clusters per stream (mean)", r["mean_clusters"]],
             ["KV-engine cycles (modeled)", r["cycles"]],
-            ["KV-engine time at clock (modeled)", f"{r['time_s_modeled'] * 1e3:.3f} ms"],
-            ["KV-engine dynamic energy (modeled)", f"{r['energy_j_modeled'] * 1e6:.3f} µJ"],
+            ["KV-engine time at clock (modeled)", fmt_time(r["time_s_modeled"])],
+            ["KV-engine dynamic energy (modeled)", fmt_energy(r["energy_j_modeled"])],
             ["model clusters = reference clusters", r["model_matches_reference"]],
         ]
     if "ppl_per_byte" in r:
@@ -448,21 +536,31 @@ def cmd_kv_replay(args) -> int:
 @_guard
 def cmd_kv_plot(args) -> int:
     from hw.config import load_config
+    from tritium.figures import check_plot_path
 
-    output_file(args.out, "--out", (".png",))
+    flag, path = ("--plot", args.plot) if args.plot is not None else ("--out", args.out_png)
+    if path is None:
+        raise ValueError("--plot: required (the figure to write: PATH.png, .pdf or .svg)")
+    check_plot_path(path, flag)
     acfg = load_config(args.config)
     traces = _load_traces(args.traces)
     from sim.progress import progress
 
     with progress(sweep_replays(len(traces)), "kv plot", "replay") as bar:
         pts = sweep(traces, acfg, first=args.first, bar=bar)
-    out = plot_recall(
-        pts,
-        Path(args.out),
-        f"KV policies on {len(traces)} trace(s) ({traces[0].meta.get('model', '?')}), config {acfg.name}",
-    )
-    print(f"plot: {out}")
+    files = plot_recall(pts, Path(path), _plot_title(traces, acfg, args.first))
+    print(f"plot: {', '.join(str(f) for f in files.values())}")
     return 0
+
+
+def _plot_title(traces, acfg, first) -> str:
+    from models.kvpolicy import FIRST
+
+    model = traces[0].meta.get("model", "?") if traces else "?"
+    return (
+        f"KV policies on {len(traces)} trace(s) of {model} — config {acfg.name}\n"
+        f"scored decode steps from {FIRST if first is None else first} on, mean over traces"
+    )
 
 
 @_guard
@@ -482,19 +580,19 @@ def cmd_kv_report(args) -> int:
         pts = sweep(traces, acfg, first=args.first, bar=bar)
     out = Path(args.out)
     rep["sweep"] = {k: [list(p) for p in v] for k, v in pts.items()}
-    rep["plot"] = str(
-        plot_recall(pts, out / "recall.png", f"KV policies on {len(traces)} trace(s), config {acfg.name}")
-    )
+    files = plot_recall(pts, out / "recall.png", _plot_title(traces, acfg, args.first))
+    rep["plot"] = str(files["png"])
+    rep["plot_files"] = [str(f) for f in files.values()]
     md = report_table(rep)
     write_text(out / "report.json", json.dumps(rep, indent=1) + "\n")
-    write_text(out / "report.md", md + "\n")
+    write_text(out / "report.md", report_markdown(rep, md))
     if args.json:
         print(json.dumps(rep, indent=1))
     else:
         print(md)
         print(
             f"\n{len(traces)} trace(s); perplexity: int mode, restricted attention; energy and cycles: "
-            f"modeled (sim/kv_model.py). Wrote {out}/report.json, report.md, recall.png"
+            f"modeled (sim/kv_model.py). Wrote {out}/report.json, report.md, recall.png/.pdf/.csv"
         )
     return 0
 
@@ -537,11 +635,17 @@ def register(subparsers) -> argparse.ArgumentParser:
     r.set_defaults(func=cmd_kv_replay)
 
     p = sub.add_parser(
-        "plot", help="PNG of recall vs retrieved fraction for every policy (budget/alpha sweeps)"
+        "plot", help="figure of recall vs retrieved fraction for every policy (budget/alpha sweeps)"
     )
     p.add_argument("traces", nargs="+", help="trace .npz files")
     p.add_argument("--config", default=None, help=cfg_help)
-    p.add_argument("--out", required=True, help="PNG to write")
+    p.add_argument(
+        "--plot",
+        default=None,
+        metavar="PATH",
+        help="figure to write: PATH (.png/.pdf/.svg) + PNG + CSV of the points",
+    )
+    p.add_argument("--out", dest="out_png", default=None, metavar="PNG", help="deprecated spelling of --plot")
     p.add_argument("--first", type=int, default=None, help=first_help)
     p.set_defaults(func=cmd_kv_plot)
 
@@ -555,7 +659,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=DEFAULT_CHECKPOINT,
         help=f"checkpoint for perplexity (default {DEFAULT_CHECKPOINT}; '' skips it)",
     )
-    rp.add_argument("--out", required=True, help="output folder")
+    rp.add_argument(
+        "--out",
+        required=True,
+        metavar="DIR",
+        help="output folder: report.md, report.json, recall.png/.pdf/.csv",
+    )
     rp.add_argument(
         "--recent",
         type=int,

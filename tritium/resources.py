@@ -37,7 +37,16 @@ import numpy as np
 
 from hw import data_files
 
-__all__ = ["CALIBRATION_CSV", "FAMILY_OF_BOARD", "ResourceModel", "load_model", "fit_report", "predict"]
+__all__ = [
+    "CALIBRATION_CSV",
+    "FAMILY_OF_BOARD",
+    "ResourceModel",
+    "load_model",
+    "fit_report",
+    "predict",
+    "predict_board",
+    "board_overflow",
+]
 
 CALIBRATION_CSV = data_files.calibration_csv()
 FAMILY_OF_BOARD = {"ulx3s": "ecp5", "kv260": "xcup"}
@@ -250,6 +259,60 @@ def load_model(path: str | Path = CALIBRATION_CSV) -> ResourceModel:
 
 def predict(acfg, board: str, engine: str = "all", path: str | Path = CALIBRATION_CSV) -> dict:
     return load_model(path).predict(acfg, FAMILY_OF_BOARD[board], engine)
+
+
+# iCE40 EBR (4 Kbit) geometries (depth, width): SB_RAM40_4K.
+_EBR4 = ((256, 16), (512, 8), (1024, 4), (2048, 2))
+#: The engines the model covers, per flow engine; "top" holds both engines (plus its DMA and command
+#: decoder, not modeled): the prediction for "all" is a lower bound for it. None: no model (kv).
+MODEL_ENGINE = {"tlmm": "tlmm", "gemm": "gemm", "all": "all", "top": "all"}
+
+
+def predict_board(acfg, board: str, engine: str = "all", path: str | Path = CALIBRATION_CSV) -> dict | None:
+    """Predicted use of ``board``'s resources (the keys of its capacity the model covers) by ``engine`` of
+    ``acfg``, or None when the model has no fit for the engine (``kv``). ECP5 and UltraScale+ boards use
+    their family's fit; an iCE40 board (no calibration runs) uses the ECP5 fit for LUTs and FFs (both are
+    LUT4 fabrics; an iCE40 logic cell holds one LUT4 and one FF, so this is a lower bound) and counts the
+    block RAMs in 4 Kbit EBRs and one SB_MAC16 per GEMM multiplier."""
+    from hw.boards import BOARD_SPECS
+
+    eng = MODEL_ENGINE.get(engine)
+    if eng is None:
+        return None
+    b = BOARD_SPECS[board]
+    m = load_model(path)
+    c = _Cfg.of(acfg)
+    if b.family in ("ecp5", "xcup"):
+        p = m.predict_cfg(c, b.family, eng)
+    elif b.family == "ice40":
+        p = m.predict_cfg(c, "ecp5", eng)
+        engines = ("tlmm", "gemm") if eng == "all" else (eng,)
+        ebr = 0
+        if "tlmm" in engines:
+            ebr += min(
+                math.ceil(c.columns * 32 / w) * math.ceil(_tlmm_derived(c)["depth"] / d) for d, w in _EBR4
+            )
+        if "gemm" in engines:
+            ebr += sum(
+                min(math.ceil(wd / w) * math.ceil(dp / d) for d, w in _EBR4)
+                for dp, wd in _gemm_buffers(c)
+                if dp > _LUTRAM_MAX_DEPTH
+            )
+        p = {**p, "bram": float(ebr), "dsp": float(c.rows * c.cols if "gemm" in engines else 0)}
+    else:
+        return None
+    return {r: p[r] for r in b.capacity if r in p}
+
+
+def board_overflow(acfg, board: str, engine: str = "all") -> tuple[dict | None, list[tuple[str, float, int]]]:
+    """(prediction, [(resource, predicted, available)] of every resource over the board's capacity)."""
+    from hw.boards import BOARD_SPECS
+
+    p = predict_board(acfg, board, engine)
+    if p is None:
+        return None, []
+    cap = BOARD_SPECS[board].capacity
+    return p, [(r, p[r], cap[r]) for r in p if p[r] > cap[r]]
 
 
 def held_out_errors(path: str | Path = CALIBRATION_CSV) -> list[dict]:

@@ -115,12 +115,13 @@ def run_program(
 
 def cmd_run(args) -> int:
     from hw.program import ProgramError
+    from tritium.report import error_line, fmt_time
 
     try:
         tokens = parse_tokens(args.tokens) if args.tokens is not None else None
         rep = run_program(args.program, tokens, args.prompt, args.logits)
     except (ProgramError, ValueError) as e:
-        print(f"tritium: error: {str(e).splitlines()[0] if str(e) else type(e).__name__}", file=sys.stderr)
+        print(f"tritium: error: {error_line(e)}", file=sys.stderr)
         return EXIT_INPUT
     if args.json:
         print(json.dumps(rep, indent=1))
@@ -135,7 +136,7 @@ def cmd_run(args) -> int:
     print(f"  commands: {c['tlmm']} TLMM, {c['gemm']} GEMM, {c['host']} HOST ({c['total']} in all)")
     print(
         f"  engine cycles: TLMM {cy['tlmm']:,}, GEMM {cy['gemm']:,}, total {cy['total']:,} "
-        f"({rep['engine_us']:,.1f} µs at the config's clock; host ops not counted)"
+        f"({fmt_time(rep['engine_us'] * 1e-6)} at the config's clock; host ops not counted)"
     )
     nxt = o["next_token"]
     text = f" {o['next_text']!r}" if o["next_text"] is not None else ""
