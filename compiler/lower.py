@@ -121,7 +121,7 @@ class Lowering:
                 continue
             a = op.attrs
             for suffix, nbytes, dtype, shape, layout, attrs in kv_cache_tensors(
-                self.geo, self.W, self.mc["max_seq"], a["n_kv_heads"], a["head_dim"]
+                self.geo, self.W, self.mc["max_seq"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
             ):
                 self._persist(f"kv{a['layer']}.{suffix}", nbytes, dtype, shape, layout, **attrs)
         self.step_base = self.alloc.high
@@ -283,25 +283,27 @@ class Lowering:
         plan.tensors[yi] = TensorInfo(yi, -1, 0, "int32", [T, op.attrs["n"]], "rows", {"parts": parts})
 
     def _lower_attention(self, plan: StepPlan, op, T: int, pos: int) -> None:
+        """Per group of ``compiler.tiling.attention_group`` KV heads: one ``Q·Kᵀ`` (block-diagonal A) and
+        one ``P·V`` per ``gemm.cols`` block; the host keeps the diagonal blocks."""
         a = op.attrs
         L, h, hkv, hd = a["layer"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
-        rep = h // hkv
         ctx = pos + T
         geo = self.geo
         q, k, v = op.inputs
         out = op.outputs[0]
         plan.tensor(out, T * h * hd * 4, "float32", [T, h * hd])
-        M = rep * T
-        qk, pv, n_blocks = attention_gemms(geo, M, hd, ctx)
+        ag = attention_gemms(geo, h, hkv, hd, T, ctx)
+        qk, pv, n_blocks = ag.qk, ag.pv, ag.pv_blocks
+        M = qk[0]
         qa, scores, pa, outs = [], [], [], []
-        for gi in range(hkv):
+        for gi in range(ag.n_groups):
             sq = gemm_shape(geo, *qk)
             qa.append(
                 plan.tensor(
                     f"att{L}.qa{gi}",
                     sq.m_tiles * sq.k_tiles * geo.a_beats * self.W,
                     "int8",
-                    [M, hd],
+                    [M, qk[1]],
                     "gemm_a",
                 )
             )
@@ -314,7 +316,7 @@ class Lowering:
                     "gemm_c",
                 )
             )
-            sp = gemm_shape(geo, M, ctx, hd)
+            sp = gemm_shape(geo, M, ctx, qk[1])
             pa.append(
                 plan.tensor(
                     f"att{L}.pa{gi}",
@@ -343,11 +345,13 @@ class Lowering:
             "n_heads": h,
             "n_kv_heads": hkv,
             "head_dim": hd,
+            "group": ag.group,
             "pos": pos,
             "tokens": T,
             "score_div": a["score_div"],
         }
-        kc, vc = [f"kv{L}.k{gi}" for gi in range(hkv)], [f"kv{L}.v{gi}" for gi in range(hkv)]
+        groups = range(ag.n_groups)
+        kc, vc = [f"kv{L}.k{gi}" for gi in groups], [f"kv{L}.v{gi}" for gi in groups]
         plan.items.append(
             (
                 "host",
@@ -361,7 +365,7 @@ class Lowering:
                 ),
             )
         )
-        for gi in range(hkv):
+        for gi in groups:
             plan.items.append(
                 (
                     "gemm",
@@ -392,7 +396,7 @@ class Lowering:
             )
         )
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
-        for gi in range(hkv):
+        for gi in groups:
             for ni in range(n_blocks):
                 plan.items.append(
                     (
