@@ -5,7 +5,7 @@
   (multiples of G·T) × ≤ ``tlmm.max_n`` (multiples of Q) and token chunks of ≤ ``tlmm.tokens`` → commands.
 * :func:`attention_group`, :func:`attention_gemms`: how many KV heads share one GEMM command (a *group*:
   block-diagonal queries, stacked K and V, chosen so a decode query neither pads head_dim nor wastes the
-  block) and the group's ``Q·Kᵀ`` and per ``gemm.cols`` block ``P·V`` shapes.
+  block) and the group's ``Q·Kᵀ`` and ``P·V`` shapes (one command each).
 * :class:`Allocator` (first fit over beat addresses) and :func:`slot_beats`, the beats it reserves for a
   tensor; the persistent region (packed weights, KV cache) is allocated first, in op order, never freed, so
   its size is :func:`persistent_beats`.
@@ -158,7 +158,8 @@ def attention_group(geo: GemmGeometry, n_heads: int, n_kv_heads: int, head_dim: 
 
     A group of g KV heads is one ``Q·Kᵀ`` command with a block-diagonal A (query rows of head j hold their
     q in contraction columns j·head_dim.., zeros elsewhere) against the g heads' keys stacked along the
-    contraction, and one ``P·V`` per ``gemm.cols`` block against the g heads' values side by side; the
+    contraction, and one ``P·V`` (B strided over the cache's column panels) against the g heads' values
+    side by side; the
     host keeps the diagonal blocks. A decode step is bound by reading the KV cache, so g minimizes the
     cache beats a decode query reads per KV head and key: ``ceil(g·rep/R)`` row tiles (each re-reads B)
     × (g·head_dim padded to ``k_tile`` for K + padded to ``gemm.cols`` for V) / g; ties go to the smaller
@@ -209,20 +210,17 @@ class AttentionGemms(NamedTuple):
     group: int  # KV heads per group
     n_groups: int
     qk: tuple[int, int, int]  # Q·Kᵀ (M, K, N) of one group
-    pv: tuple[int, int, int]  # P·V (M, K, N) of one gemm.cols block of one group
-    pv_blocks: int  # P·V commands per group
+    pv: tuple[int, int, int]  # P·V (M, K, N) of one group: one command, B strided by the V cache's panel
 
 
 def attention_gemms(
     geo: GemmGeometry, n_heads: int, n_kv_heads: int, head_dim: int, tokens: int, ctx: int
 ) -> AttentionGemms:
-    """The group size, the group count, a group's ``Q·Kᵀ`` GEMM (M, K, N), the ``P·V`` GEMM of one
-    ``gemm.cols`` block of the group's g·head_dim columns, and the number of such blocks."""
+    """The group size, the group count, a group's ``Q·Kᵀ`` GEMM (M, K, N) and its ``P·V`` GEMM over the
+    group's g·head_dim columns (one command: the B stride steps over the V cache's max_seq-long panels)."""
     g = attention_group(geo, n_heads, n_kv_heads, head_dim)
     m = g * (n_heads // n_kv_heads) * tokens
-    return AttentionGemms(
-        g, n_kv_heads // g, (m, g * head_dim, ctx), (m, ctx, geo.cols), ceil_div(g * head_dim, geo.cols)
-    )
+    return AttentionGemms(g, n_kv_heads // g, (m, g * head_dim, ctx), (m, ctx, g * head_dim))
 
 
 # ---- the persistent region -------------------------------------------------------------------------

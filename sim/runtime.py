@@ -233,12 +233,11 @@ class _Host:
     def op_attn_out(self, op):
         a = op.attrs
         h, hkv, hd, T, L = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"], a["layer"]
-        rep, C, g = h // hkv, self.geo.cols, a.get("group", 1)
+        rep, g = h // hkv, a.get("group", 1)
         m = rep * T
-        nblk = -(-(g * hd) // C)
         heads = []
         for gi in range(hkv // g):
-            o = torch.cat([self.gemm_out(f"att{L}.o{gi}.{ni}", g * m, C) for ni in range(nblk)], dim=1)
+            o = self.gemm_out(f"att{L}.o{gi}", g * m, g * hd)
             heads += [o[j * m : (j + 1) * m, j * hd : (j + 1) * hd].reshape(rep, T, hd) for j in range(g)]
         o_int = torch.cat(heads).unsqueeze(0)
         sp = self.f32(f"att{L}.sp").reshape(1, h, T, 1)

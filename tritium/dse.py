@@ -170,7 +170,7 @@ class FastEvaluator:
             ag = attention_gemms(geo, h, hkv, hd, T, ctx)
             sq, sp = gemm_shape(geo, *ag.qk), gemm_shape(geo, *ag.pv)
             out[GemmCommand(sq.m_tiles, sq.n_tiles, sq.k_tiles)] += ag.n_groups * cnt
-            out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += ag.n_groups * ag.pv_blocks * cnt
+            out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += ag.n_groups * cnt
         return out
 
     def memory_beats(self, acfg: AcceleratorConfig) -> int:
