@@ -202,7 +202,7 @@ class GemmConfig:
 
     rows: Annotated[int, _int(1, 64, "R: output rows of the MAC block (R·C int8 MACs)"), POW2] = 8
     cols: Annotated[int, _int(1, 64, "C: output columns of the MAC block"), POW2] = 8
-    k_tile: Annotated[int, _int(4, 4096, "TK: K depth of one operand tile (double-buffered)"), POW2] = 64
+    k_tile: Annotated[int, _int(4, 4096, "TK: K depth of one operand tile"), POW2] = 64
     buffers: Annotated[
         int,
         _int(
