@@ -11,9 +11,10 @@ Passes here, in order (each has its own test):
                           (int32 partial sums added exactly by the dequant), N in slices of ≤ ``tlmm.max_n``;
                           weights too large for the engine never fail.
 7. attention              (``Lowering._lower_attention``) ``attention`` → host ``attn_prep`` (RoPE, int8
-                          q/k/v, KV-cache append) → per KV head a GEMM ``Q·Kᵀ`` → host ``attn_softmax``
-                          (scale, mask, softmax, fold V's scales, int8 P) → per KV head and ``gemm.cols``
-                          block of head_dim a GEMM ``P·V`` → host ``attn_out``.
+                          q/k/v, KV-cache append) → per group of KV heads (compiler.tiling.attention_group)
+                          a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
+                          fold V's scales, int8 P) → per group a GEMM ``P·V`` (B strided over the V cache's
+                          panels) → host ``attn_out`` (keeps the diagonal blocks).
 8. :class:`Allocator`     device tensors get beat addresses: persistent ones (packed weights, KV cache)
                           first in a fixed order, then step buffers first-fit with reuse after last use.
 9. weight packing         (:meth:`Lowering.weight_image`) ternary weights → TLMM weight streams →
@@ -121,7 +122,7 @@ class Lowering:
                 continue
             a = op.attrs
             for suffix, nbytes, dtype, shape, layout, attrs in kv_cache_tensors(
-                self.geo, self.W, self.mc["max_seq"], a["n_kv_heads"], a["head_dim"]
+                self.geo, self.W, self.mc["max_seq"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
             ):
                 self._persist(f"kv{a['layer']}.{suffix}", nbytes, dtype, shape, layout, **attrs)
         self.step_base = self.alloc.high
@@ -283,25 +284,28 @@ class Lowering:
         plan.tensors[yi] = TensorInfo(yi, -1, 0, "int32", [T, op.attrs["n"]], "rows", {"parts": parts})
 
     def _lower_attention(self, plan: StepPlan, op, T: int, pos: int) -> None:
+        """Per group of ``compiler.tiling.attention_group`` KV heads: one ``Q·Kᵀ`` (block-diagonal A) and
+        one ``P·V`` over all the group's columns (B strided by the V cache's panel); the host keeps the
+        diagonal blocks."""
         a = op.attrs
         L, h, hkv, hd = a["layer"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
-        rep = h // hkv
         ctx = pos + T
         geo = self.geo
         q, k, v = op.inputs
         out = op.outputs[0]
         plan.tensor(out, T * h * hd * 4, "float32", [T, h * hd])
-        M = rep * T
-        qk, pv, n_blocks = attention_gemms(geo, M, hd, ctx)
+        ag = attention_gemms(geo, h, hkv, hd, T, ctx)
+        qk, pv = ag.qk, ag.pv
+        M = qk[0]
         qa, scores, pa, outs = [], [], [], []
-        for gi in range(hkv):
+        for gi in range(ag.n_groups):
             sq = gemm_shape(geo, *qk)
             qa.append(
                 plan.tensor(
                     f"att{L}.qa{gi}",
                     sq.m_tiles * sq.k_tiles * geo.a_beats * self.W,
                     "int8",
-                    [M, hd],
+                    [M, qk[1]],
                     "gemm_a",
                 )
             )
@@ -314,7 +318,7 @@ class Lowering:
                     "gemm_c",
                 )
             )
-            sp = gemm_shape(geo, M, ctx, hd)
+            sp = gemm_shape(geo, *pv)
             pa.append(
                 plan.tensor(
                     f"att{L}.pa{gi}",
@@ -324,18 +328,16 @@ class Lowering:
                     "gemm_a",
                 )
             )
-            for ni in range(n_blocks):
-                outs.append(
-                    plan.tensor(
-                        f"att{L}.o{gi}.{ni}",
-                        sp.m_tiles * geo.out_beats(False) * self.W,
-                        "int32",
-                        [M, geo.cols],
-                        "gemm_c",
-                        group=gi,
-                        block=ni,
-                    )
+            outs.append(
+                plan.tensor(
+                    f"att{L}.o{gi}",
+                    sp.m_tiles * sp.n_tiles * geo.out_beats(False) * self.W,
+                    "int32",
+                    [M, pv[2]],
+                    "gemm_c",
+                    group=gi,
                 )
+            )
         plan.tensor(f"att{L}.sq", h * T * 4, "float32", [h, T])
         plan.tensor(f"att{L}.sp", h * T * 4, "float32", [h, T])
         common = {
@@ -343,11 +345,13 @@ class Lowering:
             "n_heads": h,
             "n_kv_heads": hkv,
             "head_dim": hd,
+            "group": ag.group,
             "pos": pos,
             "tokens": T,
             "score_div": a["score_div"],
         }
-        kc, vc = [f"kv{L}.k{gi}" for gi in range(hkv)], [f"kv{L}.v{gi}" for gi in range(hkv)]
+        groups = range(ag.n_groups)
+        kc, vc = [f"kv{L}.k{gi}" for gi in groups], [f"kv{L}.v{gi}" for gi in groups]
         plan.items.append(
             (
                 "host",
@@ -361,7 +365,7 @@ class Lowering:
                 ),
             )
         )
-        for gi in range(hkv):
+        for gi in groups:
             plan.items.append(
                 (
                     "gemm",
@@ -391,25 +395,26 @@ class Lowering:
                 ),
             )
         )
+        # one P·V per group: the V cache's column panels are max_seq keys long, so B strides by a panel
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
-        for gi in range(hkv):
-            for ni in range(n_blocks):
-                plan.items.append(
-                    (
-                        "gemm",
-                        {
-                            "op": f"{op.name}.pv{gi}.{ni}",
-                            "m": pv[0],
-                            "k": pv[1],
-                            "n": pv[2],
-                            "a": pa[gi],
-                            "b": vc[gi],
-                            "b_offset": ni * panel,
-                            "c": f"att{L}.o{gi}.{ni}",
-                            "where": op.where,
-                        },
-                    )
+        for gi in groups:
+            plan.items.append(
+                (
+                    "gemm",
+                    {
+                        "op": f"{op.name}.pv{gi}",
+                        "m": pv[0],
+                        "k": pv[1],
+                        "n": pv[2],
+                        "a": pa[gi],
+                        "b": vc[gi],
+                        "b_offset": 0,
+                        "b_stride": panel,
+                        "c": f"att{L}.o{gi}",
+                        "where": op.where,
+                    },
                 )
+            )
         plan.items.append(
             ("host", HostOp(f"{op.name}.out", "attn_out", outs + [f"att{L}.sp"], [out], common, op.where))
         )
@@ -509,12 +514,14 @@ class Lowering:
                     tensors[body["a"]].addr,
                     tensors[body["b"]].addr + body["b_offset"],
                     tensors[body["c"]].addr,
+                    b_stride=body.get("b_stride", 0),
                 )
                 commands.append(cmd)
                 lines.append(
                     f"GEMM  {body['op']:<34} {body['m']}x{body['k']}x{body['n']} → MT={s.m_tiles} "
                     f"NT={s.n_tiles} KT={s.k_tiles}  A@{cmd.a_base:#x} B@{cmd.b_base:#x} C@{cmd.c_base:#x}"
-                    f"   # {body['where']}"
+                    + (f" B-stride={cmd.b_stride}" if cmd.b_stride else "")
+                    + f"   # {body['where']}"
                 )
         words = np.array([w for c in commands for w in c.words()], dtype=np.uint64)
         if self.meta:

@@ -3,7 +3,9 @@
 
 * :func:`tlmm_slices`, :func:`tlmm_tiles`: a ``tlmm`` op (K × N weights, T tokens) → slices of ≤ ``tlmm.max_k``
   (multiples of G·T) × ≤ ``tlmm.max_n`` (multiples of Q) and token chunks of ≤ ``tlmm.tokens`` → commands.
-* :func:`attention_gemms`: one KV head's ``Q·Kᵀ`` and per ``gemm.cols`` block of head_dim ``P·V`` shapes.
+* :func:`attention_group`, :func:`attention_gemms`: how many KV heads share one GEMM command (a *group*:
+  block-diagonal queries, stacked K and V, chosen so a decode query neither pads head_dim nor wastes the
+  block) and the group's ``Q·Kᵀ`` and ``P·V`` shapes (one command each).
 * :class:`Allocator` (first fit over beat addresses) and :func:`slot_beats`, the beats it reserves for a
   tensor; the persistent region (packed weights, KV cache) is allocated first, in op order, never freed, so
   its size is :func:`persistent_beats`.
@@ -29,6 +31,7 @@ __all__ = [
     "tlmm_weight_bytes",
     "tlmm_fits_fields",
     "kv_cache_tensors",
+    "attention_group",
     "attention_gemms",
     "persistent_beats",
 ]
@@ -150,25 +153,50 @@ def tlmm_weight_bytes(t: TlmmConfig, k_len: int, n_len: int) -> tuple[int, int, 
 # ---- attention -------------------------------------------------------------------------------------
 
 
+def attention_group(geo: GemmGeometry, n_heads: int, n_kv_heads: int, head_dim: int) -> int:
+    """KV heads per attention GEMM command (the *group*, a divisor of ``n_kv_heads``).
+
+    A group of g KV heads is one ``Q·Kᵀ`` command with a block-diagonal A (query rows of head j hold their
+    q in contraction columns j·head_dim.., zeros elsewhere) against the g heads' keys stacked along the
+    contraction, and one ``P·V`` (B strided over the cache's column panels) against the g heads' values
+    side by side; the
+    host keeps the diagonal blocks. A decode step is bound by reading the KV cache, so g minimizes the
+    cache beats a decode query reads per KV head and key: ``ceil(g·rep/R)`` row tiles (each re-reads B)
+    × (g·head_dim padded to ``k_tile`` for K + padded to ``gemm.cols`` for V) / g; ties go to the smaller
+    g. E.g. head_dim 96 on a k_tile 64, 64-column block: g = 1 reads 128 + 128 bytes per key for 96 + 96
+    useful, g = 2 reads 192 + 192 for 192 + 192 (no padding). The cache layout depends on g, so it is fixed
+    per model and config (prefill uses the same groups; its extra MACs are the price)."""
+    rep = n_heads // n_kv_heads
+    R, C, TK = geo.rows, geo.cols, geo.k_tile
+
+    def cost(g: int) -> float:
+        return ceil_div(g * rep, R) * (ceil_div(g * head_dim, TK) * TK + ceil_div(g * head_dim, C) * C) / g
+
+    return min((g for g in range(1, n_kv_heads + 1) if n_kv_heads % g == 0), key=lambda g: (cost(g), g))
+
+
 def kv_cache_tensors(
-    geo: GemmGeometry, bus_bytes: int, cap: int, n_kv_heads: int, head_dim: int
+    geo: GemmGeometry, bus_bytes: int, cap: int, n_heads: int, n_kv_heads: int, head_dim: int
 ) -> list[tuple[str, int, str, list[int], str, dict]]:
-    """One layer's KV cache in allocation order: (suffix, bytes, dtype, shape, layout, attrs) — per KV head
-    K (B = Kᵀ panels) and V (B = V panels), then the K and V scales."""
+    """One layer's KV cache in allocation order: (suffix, bytes, dtype, shape, layout, attrs) — per group
+    of :func:`attention_group` KV heads K (B = the stacked Kᵀ panels, g·head_dim × cap) and V (B = the V
+    panels side by side, cap × g·head_dim), then the K and V scales (per KV head)."""
     C, TK = geo.cols, geo.k_tile
-    k_beats = ceil_div(cap, C) * ceil_div(head_dim, TK) * geo.b_beats
-    v_beats = ceil_div(head_dim, C) * ceil_div(cap, TK) * geo.b_beats
+    g = attention_group(geo, n_heads, n_kv_heads, head_dim)
+    gd = g * head_dim
+    k_beats = ceil_div(cap, C) * ceil_div(gd, TK) * geo.b_beats
+    v_beats = ceil_div(gd, C) * ceil_div(cap, TK) * geo.b_beats
     out = []
-    for gi in range(n_kv_heads):
-        out.append((f"k{gi}", k_beats * bus_bytes, "int8", [head_dim, cap], "gemm_b", {}))
+    for gi in range(n_kv_heads // g):
+        out.append((f"k{gi}", k_beats * bus_bytes, "int8", [gd, cap], "gemm_b", {"group": g}))
         out.append(
             (
                 f"v{gi}",
                 v_beats * bus_bytes,
                 "int8",
-                [cap, head_dim],
+                [cap, gd],
                 "gemm_b",
-                {"panel_beats": ceil_div(cap, TK) * geo.b_beats},
+                {"group": g, "panel_beats": ceil_div(cap, TK) * geo.b_beats},
             )
         )
     out.append(("sk", n_kv_heads * cap * 4, "float32", [n_kv_heads, cap], "rows", {}))
@@ -176,10 +204,23 @@ def kv_cache_tensors(
     return out
 
 
-def attention_gemms(geo: GemmGeometry, rows: int, head_dim: int, ctx: int) -> tuple[tuple, tuple, int]:
-    """Per KV head: the ``Q·Kᵀ`` GEMM (M, K, N), the ``P·V`` GEMM of one ``gemm.cols`` block of head_dim,
-    and the number of such blocks."""
-    return (rows, head_dim, ctx), (rows, ctx, geo.cols), ceil_div(head_dim, geo.cols)
+class AttentionGemms(NamedTuple):
+    """One step's attention GEMMs per group (:func:`attention_gemms`)."""
+
+    group: int  # KV heads per group
+    n_groups: int
+    qk: tuple[int, int, int]  # Q·Kᵀ (M, K, N) of one group
+    pv: tuple[int, int, int]  # P·V (M, K, N) of one group: one command, B strided by the V cache's panel
+
+
+def attention_gemms(
+    geo: GemmGeometry, n_heads: int, n_kv_heads: int, head_dim: int, tokens: int, ctx: int
+) -> AttentionGemms:
+    """The group size, the group count, a group's ``Q·Kᵀ`` GEMM (M, K, N) and its ``P·V`` GEMM over the
+    group's g·head_dim columns (one command: the B stride steps over the V cache's max_seq-long panels)."""
+    g = attention_group(geo, n_heads, n_kv_heads, head_dim)
+    m = g * (n_heads // n_kv_heads) * tokens
+    return AttentionGemms(g, n_kv_heads // g, (m, g * head_dim, ctx), (m, ctx, g * head_dim))
 
 
 # ---- the persistent region -------------------------------------------------------------------------
@@ -204,8 +245,8 @@ def persistent_beats(
             for k0, k1 in kss
             for n0, n1 in nss
         )
-    for _h, hkv, hd, cnt in attention:
+    for h, hkv, hd, cnt in attention:
         total += cnt * sum(
-            slot_beats(x[1], bus_bytes) for x in kv_cache_tensors(geo, bus_bytes, max_seq, hkv, hd)
+            slot_beats(x[1], bus_bytes) for x in kv_cache_tensors(geo, bus_bytes, max_seq, h, hkv, hd)
         )
     return total

@@ -195,14 +195,26 @@ class GemmConfig:
 
     A fixed ``rows`` × ``cols`` block of int8×int8 MACs with int32 accumulators (output-stationary: the
     partial sums of every K tile stay in the block) computes any M×K×N GEMM by iterating R×C output tiles
-    and ``k_tile``-deep K tiles in time. Operand tiles are double-buffered.
+    and ``k_tile``-deep K tiles in time. Operand tiles are ``buffers``-buffered (double by default).
     """
 
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
 
     rows: Annotated[int, _int(1, 64, "R: output rows of the MAC block (R·C int8 MACs)"), POW2] = 8
     cols: Annotated[int, _int(1, 64, "C: output columns of the MAC block"), POW2] = 8
-    k_tile: Annotated[int, _int(4, 4096, "TK: K depth of one operand tile (double-buffered)"), POW2] = 64
+    k_tile: Annotated[int, _int(4, 4096, "TK: K depth of one operand tile"), POW2] = 64
+    buffers: Annotated[
+        int,
+        _int(
+            2,
+            8,
+            "operand tile slots per operand (2 = double buffering): the loader fills a slot as soon as "
+            "compute has finished the step that held it, so more slots keep more requests in flight; this "
+            "hides the memory latency when a step loads as many beats as it computes cycles (one query row "
+            "streaming K or V)",
+        ),
+        POW2,
+    ] = 2
 
     @property
     def macs(self) -> int:

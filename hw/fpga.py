@@ -148,13 +148,13 @@ _TLMM_SHRINK = {
     "muxf8": "tlmm.columns, tlmm.tables (the Q·T table-lookup multiplexers; table_mode half)",
 }
 # GEMM: rows·cols MACs, each an int32 accumulator + shadow register and (on devices with DSPs) one
-# DSP multiplier; two double-buffered operand memories of 2·k_tile·{rows,cols} bytes, bus_bytes wide.
+# DSP multiplier; two operand memories of buffers·k_tile·{rows,cols} bytes (gemm.buffers slots), bus_bytes wide.
 _GEMM_SHRINK = {
     "lut": "gemm.rows, gemm.cols (rows·cols int32 accumulators and adders), memory.bus_bytes "
     "(operand-buffer width, output beat muxes)",
     "ff": "gemm.rows, gemm.cols (rows·cols int32 accumulators + shadow registers), memory.bus_bytes",
-    "bram": "gemm.k_tile, gemm.rows, gemm.cols (operand buffers of 2·k_tile·rows and 2·k_tile·cols bytes), "
-    "memory.bus_bytes (buffer width)",
+    "bram": "gemm.buffers, gemm.k_tile, gemm.rows, gemm.cols (operand buffers of buffers·k_tile·rows and "
+    "buffers·k_tile·cols bytes), memory.bus_bytes (buffer width)",
     "spram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
     "uram": "gemm.k_tile, gemm.rows, gemm.cols, memory.bus_bytes",
     "muxf7": "gemm.rows, gemm.cols, memory.bus_bytes",

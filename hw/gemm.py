@@ -7,11 +7,12 @@ tiles stream in from external memory into double buffers, so loads overlap compu
 
 Schedule of one command (loop order mi, ni, kt; one *step* per (mi, ni, kt))::
 
-    loader:   for each step s: wait until buffer half s%2 is free (compute finished step s-2), then
-              request the A tile and the B tile in bursts of ≤ memory.max_burst beats
-    receiver: beats arrive in request order; A beats, then B beats of step s go to half s%2;
-              the last beat marks the half full
-    compute:  for each step: when its half is full, issue k = 0..TK-1, one k per cycle: read one k-row
+    loader:   for each step s: wait until buffer slot s%B is free (compute finished step s-B;
+              B = gemm.buffers, 2 = double buffering), then request the A tile and the B tile in bursts
+              of ≤ memory.max_burst beats
+    receiver: beats arrive in request order; A beats, then B beats of step s go to slot s%B;
+              the last beat marks the slot full
+    compute:  for each step: when its slot is full, issue k = 0..TK-1, one k per cycle: read one k-row
               of A (R int8) and of B (C int8), R·C products, accumulate. The last k of an output tile
               (kt = KT-1) waits until the output shadow register is free, and its sums go to the shadow
     drain:    the shadow is written out in bus beats (int32, or int8 requantized), one tile after another
@@ -85,12 +86,13 @@ class TemporalGemm(wiring.Component):
         m = Module()
         R, C, TK, W = geo.rows, geo.cols, geo.k_tile, mem.bus_bytes
         AB, BB = geo.a_beats, geo.b_beats
+        NS = acfg.gemm.buffers  # operand tile slots (a power of two: slot counters wrap)
         AW = mem.addr_bits
         n_out = R * C
 
-        # ---- operand double buffers: one bus beat per word, half h at words [h·beats, (h+1)·beats) ----
-        m.submodules.abuf = abuf = Memory(shape=unsigned(8 * W), depth=2 * AB, init=[])
-        m.submodules.bbuf = bbuf = Memory(shape=unsigned(8 * W), depth=2 * BB, init=[])
+        # ---- operand buffers: one bus beat per word, slot h at words [h·beats, (h+1)·beats) ----
+        m.submodules.abuf = abuf = Memory(shape=unsigned(8 * W), depth=NS * AB, init=[])
+        m.submodules.bbuf = bbuf = Memory(shape=unsigned(8 * W), depth=NS * BB, init=[])
         a_wp, b_wp = abuf.write_port(), bbuf.write_port()
         a_rp, b_rp = abuf.read_port(), bbuf.read_port()
 
@@ -107,17 +109,19 @@ class TemporalGemm(wiring.Component):
         rq_off = Signal(range(max(AB, BB) + 1))  # beats of the current tile already requested
         rq_kt, rq_ni, rq_mi = Signal(16), Signal(16), Signal(16)
         a_ptr, a_row, b_ptr, b_base = Signal(AW), Signal(AW), Signal(AW), Signal(AW)
-        ahead = Signal(range(3))  # steps fully requested − steps fully issued (0..2)
+        b_col = Signal(AW)  # first B tile of the current column tile
+        b_stride = Signal(32)  # beats between column tiles' B panels (0: packed, KT·BB)
+        ahead = Signal(range(NS + 1))  # steps fully requested − steps fully issued (0..NS)
 
         # ---- receiver ----
         rs_part = Signal()
         rs_off = Signal(range(max(AB, BB)))
-        rs_half = Signal()
-        full = Signal(2)
+        rs_half = Signal(range(NS))  # the slot being filled
+        full = Signal(NS)
 
         # ---- compute issue ----
         cp_done = Signal()
-        cp_half = Signal()
+        cp_half = Signal(range(NS))  # the slot being computed on
         cp_k = Signal(range(TK))
         cp_kt, cp_ni, cp_mi = Signal(16), Signal(16), Signal(16)
 
@@ -143,7 +147,7 @@ class TemporalGemm(wiring.Component):
         remaining = tile_beats - rq_off
         burst = Mux(remaining > mem.max_burst, mem.max_burst, remaining)
         m.d.comb += [
-            self.rreq.valid.eq(busy & ~rq_done & (ahead != 2)),
+            self.rreq.valid.eq(busy & ~rq_done & (ahead != NS)),
             self.rreq.payload.addr.eq(Mux(rq_part, b_ptr, a_ptr) + rq_off),
             self.rreq.payload.len_minus_one.eq(burst - 1),
         ]
@@ -154,11 +158,18 @@ class TemporalGemm(wiring.Component):
                 with m.If(rq_part):
                     m.d.comb += rq_step_done.eq(1)
                     # next step (mi, ni, kt) in loop order; A tiles at a_base + (mi·KT + kt)·AB,
-                    # B tiles at b_base + (ni·KT + kt)·BB
+                    # B tiles at b_base + ni·stride + kt·BB (stride = KT·BB when b_stride is 0)
+                    next_col = Mux(b_stride == 0, b_ptr + BB, b_col + b_stride)
                     with m.If(rq_kt != kt_last):
                         m.d.sync += [rq_kt.eq(rq_kt + 1), a_ptr.eq(a_ptr + AB), b_ptr.eq(b_ptr + BB)]
                     with m.Elif(rq_ni != nt_last):
-                        m.d.sync += [rq_kt.eq(0), rq_ni.eq(rq_ni + 1), a_ptr.eq(a_row), b_ptr.eq(b_ptr + BB)]
+                        m.d.sync += [
+                            rq_kt.eq(0),
+                            rq_ni.eq(rq_ni + 1),
+                            a_ptr.eq(a_row),
+                            b_ptr.eq(next_col),
+                            b_col.eq(next_col),
+                        ]
                     with m.Elif(rq_mi != mt_last):
                         m.d.sync += [
                             rq_kt.eq(0),
@@ -167,6 +178,7 @@ class TemporalGemm(wiring.Component):
                             a_ptr.eq(a_ptr + AB),
                             a_row.eq(a_ptr + AB),
                             b_ptr.eq(b_base),
+                            b_col.eq(b_base),
                         ]
                     with m.Else():
                         m.d.sync += rq_done.eq(1)
@@ -183,13 +195,13 @@ class TemporalGemm(wiring.Component):
             b_wp.data.eq(self.rdata.payload),
             b_wp.en.eq(beat & rs_part),
         ]
-        set_full = Signal(2)
+        set_full = Signal(NS)
         with m.If(beat):
             with m.If(rs_off == Mux(rs_part, BB - 1, AB - 1)):
                 m.d.sync += [rs_off.eq(0), rs_part.eq(~rs_part)]
                 with m.If(rs_part):
-                    m.d.sync += rs_half.eq(~rs_half)
-                    m.d.comb += set_full.eq(Mux(rs_half, 0b10, 0b01))
+                    m.d.sync += rs_half.eq(rs_half + 1)
+                    m.d.comb += set_full.eq(Const(1, NS) << rs_half)
             with m.Else():
                 m.d.sync += rs_off.eq(rs_off + 1)
 
@@ -199,12 +211,12 @@ class TemporalGemm(wiring.Component):
         m.d.comb += issue.eq(busy & ~cp_done & full.bit_select(cp_half, 1) & ~(final_k & shadow_full))
         la, lb = (geo.a_per_beat - 1).bit_length(), (geo.b_per_beat - 1).bit_length()
         m.d.comb += [a_rp.addr.eq(cp_half * AB + (cp_k >> la)), b_rp.addr.eq(cp_half * BB + (cp_k >> lb))]
-        clear_full = Signal(2)
+        clear_full = Signal(NS)
         cp_step_done = Signal()
         with m.If(issue):
             with m.If(cp_k == TK - 1):
-                m.d.sync += [cp_k.eq(0), cp_half.eq(~cp_half)]
-                m.d.comb += [clear_full.eq(Mux(cp_half, 0b10, 0b01)), cp_step_done.eq(1)]
+                m.d.sync += [cp_k.eq(0), cp_half.eq(cp_half + 1)]
+                m.d.comb += [clear_full.eq(Const(1, NS) << cp_half), cp_step_done.eq(1)]
                 with m.If(cp_kt != kt_last):
                     m.d.sync += cp_kt.eq(cp_kt + 1)
                 with m.Elif(cp_ni != nt_last):
@@ -320,6 +332,8 @@ class TemporalGemm(wiring.Component):
                 a_row.eq(p.a_base),
                 b_ptr.eq(p.b_base),
                 b_base.eq(p.b_base),
+                b_col.eq(p.b_base),
+                b_stride.eq(p.b_stride),
                 ahead.eq(0),
                 rs_part.eq(0),
                 rs_off.eq(0),

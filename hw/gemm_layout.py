@@ -131,16 +131,23 @@ def build_gemm_image(
     requant: bool = False,
     shift: int = 0,
     base: int = 0,
+    b_gap: int = 0,
 ) -> GemmImage:
-    """Place A's panels at beat ``base``, B's right after, then the output area; zero-filled image."""
+    """Place A's panels at beat ``base``, B's right after, then the output area; zero-filled image.
+    ``b_gap`` > 0 leaves that many beats between B's column panels (a B laid out for a longer K, as the
+    KV cache is), and the command says so with ``b_stride``."""
     geo = acfg.gemm_geometry
     if a.ndim != 2 or b.ndim != 2 or a.shape[1] != b.shape[0]:
         raise ValueError(f"GEMM: A {a.shape} and B {b.shape} do not multiply")
+    if b_gap < 0:
+        raise ValueError(f"GEMM: b_gap={b_gap} must be >= 0")
     shape = gemm_shape(geo, a.shape[0], a.shape[1], b.shape[1])
     pa, pb = pack_a(a, geo), pack_b(b, geo)
+    panel = shape.k_tiles * geo.b_beats  # beats of one column tile's B panels
+    stride = panel + b_gap
     out_beats = shape.m_tiles * shape.n_tiles * geo.out_beats(requant)
     a_base, b_base = base, base + len(pa)
-    c_base = b_base + len(pb)
+    c_base = b_base + shape.n_tiles * stride
     total = c_base + out_beats
     if total > 1 << acfg.memory.addr_bits:
         raise ValueError(
@@ -149,6 +156,17 @@ def build_gemm_image(
         )
     image = np.zeros((total, geo.bus_bytes), dtype=np.uint8)
     image[a_base:b_base] = pa
-    image[b_base:c_base] = pb
-    cmd = GemmCommand(shape.m_tiles, shape.n_tiles, shape.k_tiles, a_base, b_base, c_base, requant, shift)
+    for ni in range(shape.n_tiles):
+        image[b_base + ni * stride : b_base + ni * stride + panel] = pb[ni * panel : (ni + 1) * panel]
+    cmd = GemmCommand(
+        shape.m_tiles,
+        shape.n_tiles,
+        shape.k_tiles,
+        a_base,
+        b_base,
+        c_base,
+        requant,
+        shift,
+        stride if b_gap else 0,
+    )
     return GemmImage(image, cmd, shape)

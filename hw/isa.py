@@ -1,4 +1,4 @@
-"""Engine command encoding (ARCHITECTURE.md contract 2), version 3.
+"""Engine command encoding (ARCHITECTURE.md contract 2), version 4.
 
 A command is one or more 64-bit little-endian words; the opcode (bits 7:0 of the first word) says how many.
 The RTL engines receive their *engine fields* on their ``cmd`` stream (same names, same widths, in the order
@@ -39,10 +39,14 @@ word:bits  field         meaning
 1:31:0     a_base        beat address of A's packed panels
 1:63:32    b_base        beat address of B's packed panels
 2:31:0     c_base        beat address where the output tiles are written
-2:63:32    -             reserved, must be 0
+2:63:32    b_stride      beats from one column tile's B panels to the next; 0: KT·b_beats (the
+                         packed order of hw.gemm_layout). Lets one command read N > gemm.cols
+                         columns of a B whose column panels are laid out for a longer K (a KV
+                         cache sized for max_seq), A loaded once per row tile and column tile
 =========  ============  ==================================================================
 
-Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addresses (words 1-2) and HOST.
+Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addresses (words 1-2) and HOST;
+4 adds the GEMM ``b_stride``.
 """
 
 from __future__ import annotations
@@ -68,7 +72,7 @@ __all__ = [
     "command_words",
 ]
 
-ISA_VERSION = 3
+ISA_VERSION = 4
 OP_TLMM = 1
 OP_GEMM = 2
 OP_HOST = 3
@@ -93,6 +97,7 @@ GEMM_FIELDS = (
     ("a_base", 1, 0, 32),
     ("b_base", 1, 32, 32),
     ("c_base", 2, 0, 32),
+    ("b_stride", 2, 32, 32),
 )
 HOST_FIELDS = (("opcode", 0, 0, 8), ("op", 0, 16, 16))
 _WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1}
@@ -191,11 +196,12 @@ class GemmCommand:
     c_base: int = 0
     requant: bool = False
     shift: int = 0
+    b_stride: int = 0  # beats between column tiles' B panels; 0 = k_tiles · b_beats (packed)
 
     def __post_init__(self) -> None:
         for name in ("m_tiles", "n_tiles", "k_tiles"):
             _check_range("GEMM", name, getattr(self, name), 1, (1 << 16) - 1)
-        for name in ("a_base", "b_base", "c_base"):
+        for name in ("a_base", "b_base", "c_base", "b_stride"):
             _check_range("GEMM", name, getattr(self, name), 0, (1 << 32) - 1)
         _check_range("GEMM", "shift", self.shift, 0, 31)
 
@@ -203,6 +209,12 @@ class GemmCommand:
     def steps(self) -> int:
         """Tile steps (one A tile and one B tile loaded and multiplied each)."""
         return self.m_tiles * self.n_tiles * self.k_tiles
+
+    def b_span(self, b_beats: int) -> int:
+        """Beats from ``b_base`` to the end of the last B tile the command reads."""
+        if self.b_stride == 0:
+            return self.n_tiles * self.k_tiles * b_beats
+        return (self.n_tiles - 1) * self.b_stride + self.k_tiles * b_beats
 
     def _values(self) -> dict:
         return {
@@ -214,6 +226,7 @@ class GemmCommand:
             "a_base": self.a_base,
             "b_base": self.b_base,
             "c_base": self.c_base,
+            "b_stride": self.b_stride,
         }
 
     def engine_payload(self) -> int:
@@ -265,6 +278,7 @@ def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
         f["c_base"],
         bool(f["requant"]),
         f["shift"],
+        f["b_stride"],
     ), n
 
 

@@ -3,7 +3,7 @@ reference and the RTL top level execute.
 
 A Program is
 
-- ``words``: the command stream (hw.isa, version 3): TLMM and GEMM commands for the engines, HOST commands
+- ``words``: the command stream (hw.isa, version 4): TLMM and GEMM commands for the engines, HOST commands
   that hand one host operation to the host CPU;
 - ``host_ops``: the table HOST commands index (kind, input and output tensors, attributes, where in the
   model the op comes from);
@@ -76,7 +76,9 @@ __all__ = [
     "unpack_tlmm_weights",
 ]
 
-PROGRAM_VERSION = 2  # 2: content hash, file manifest, folder saved as a unit
+PROGRAM_VERSION = (
+    3  # 2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache
+)
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "int32", "int8", "uint8")
 HOST_OP_KINDS = (
@@ -443,7 +445,7 @@ class Program:
                 geo = acfg.gemm_geometry
                 spans = {
                     "a_base": c.m_tiles * c.k_tiles * geo.a_beats,
-                    "b_base": c.n_tiles * c.k_tiles * geo.b_beats,
+                    "b_base": c.b_span(geo.b_beats),
                     "c_base": c.m_tiles * c.n_tiles * geo.out_beats(bool(c.requant)),
                 }
                 for f, n in spans.items():

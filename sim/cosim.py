@@ -627,7 +627,7 @@ def run_gemm_cosim(
     run_gemm_image(acfg, build_gemm_image(acfg, z, z))  # compile the kernel outside the timing
     for i, c in enumerate(cases):
         ccfg = c.config(acfg)
-        img = build_gemm_image(ccfg, c.a, c.b, c.requant, c.shift)
+        img = build_gemm_image(ccfg, c.a, c.b, c.requant, c.shift, b_gap=getattr(c, "b_gap", 0))
         t0 = time.perf_counter()
         run = run_gemm_image(ccfg, img)
         model_s += time.perf_counter() - t0
@@ -662,6 +662,7 @@ def run_gemm_cosim(
                     "c_base": cmd.c_base,
                     "requant": cmd.requant,
                     "shift": cmd.shift,
+                    "b_stride": cmd.b_stride,
                 },
             }
         )

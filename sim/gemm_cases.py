@@ -25,6 +25,7 @@ class GemmCase:
     requant: bool = False
     shift: int = 0
     timing: dict = field(default_factory=dict)
+    b_gap: int = 0  # beats between B's column panels (> 0: the command carries a b_stride)
 
     def memory(self, acfg: AcceleratorConfig) -> MemoryConfig:
         bad = set(self.timing) - set(TIMING_FIELDS)

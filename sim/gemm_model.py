@@ -73,6 +73,8 @@ class GemmParams(NamedTuple):
     out_credits: int  # output FIFO credits
     out_stages: int  # output pipeline stages
     pipeline_cycles: int  # final k issue → first drain issue
+    buffers: int  # operand tile slots per operand (the loader runs up to buffers − 1 steps ahead)
+    b_stride: int  # beats between column tiles' B panels (0: packed, k_tiles · b_beats)
 
 
 def gemm_params(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmParams:
@@ -97,6 +99,8 @@ def gemm_params(acfg: AcceleratorConfig, cmd: GemmCommand) -> GemmParams:
         g.out_credits,
         g.out_stages,
         g.pipeline_cycles,
+        g.buffers,
+        int(cmd.b_stride),
     )
 
 
@@ -107,13 +111,13 @@ def _step_kernel(
     """Returns the cycle count (or -1 if max_cycles passed); writes output beats into ``image``, adds the
     events (EVENT_NAMES) into ``events``."""
     mt, nt, kt, requant, shift = p.m_tiles, p.n_tiles, p.k_tiles, p.requant, p.shift
-    a_base, b_base = p.a_base, p.b_base
+    a_base, b_base, b_stride = p.a_base, p.b_base, p.b_stride
     R, C, TK, W, AB, BB = p.rows, p.cols, p.k_tile, p.bus_bytes, p.a_beats, p.b_beats
-    n_cred, stages, max_burst = p.out_credits, p.out_stages, tm.max_burst
+    n_cred, stages, max_burst, NS = p.out_credits, p.out_stages, tm.max_burst, p.buffers
     mem, ring = mk.mem_new(tm)
     # engine state (registers after the accept in cycle 0)
-    abuf = np.zeros((2 * AB, W), np.uint8)
-    bbuf = np.zeros((2 * BB, W), np.uint8)
+    abuf = np.zeros((NS * AB, W), np.uint8)
+    bbuf = np.zeros((NS * BB, W), np.uint8)
     rq_done = False
     rq_part = 0
     rq_off = 0
@@ -123,14 +127,14 @@ def _step_kernel(
     a_ptr = a_base
     a_row = a_base
     b_ptr = b_base
+    b_col = b_base  # first B tile of the current column tile
     ahead = 0
     rs_part = 0
     rs_off = 0
-    rs_half = 0
-    full0 = False
-    full1 = False
+    rs_half = 0  # the slot the receiver fills (0..NS-1)
+    full = np.zeros(NS, np.bool_)
     cp_done = False
-    cp_half = 0
+    cp_half = 0  # the slot compute reads
     cp_k = 0
     cp_kt = 0
     cp_ni = 0
@@ -162,11 +166,11 @@ def _step_kernel(
         if t > max_cycles:
             return -1
         # ---- combinational view of cycle t ----
-        req_valid = (not rq_done) and ahead != 2
+        req_valid = (not rq_done) and ahead != NS
         req_ready = mk.mem_request_ready(mem)
         beat = mk.mem_read_valid(mem, ring, t)
         final_k = cp_k == TK - 1 and cp_kt == kt - 1
-        full_cur = full1 if cp_half else full0
+        full_cur = full[cp_half]
         issue = (not cp_done) and full_cur and not (final_k and shadow_full)
         wr_fire = fifo_n > 0 and mk.mem_write_ready(mem, t)
         dr_issue = shadow_full and credits > 0
@@ -200,11 +204,8 @@ def _step_kernel(
                 if rs_off == BB - 1:
                     rs_off = 0
                     rs_part = 0
-                    if rs_half:
-                        full1 = True
-                    else:
-                        full0 = True
-                    rs_half ^= 1
+                    full[rs_half] = True
+                    rs_half = (rs_half + 1) % NS
                 else:
                     rs_off += 1
         # ---- loader ----
@@ -227,7 +228,8 @@ def _step_kernel(
                         rq_kt = 0
                         rq_ni += 1
                         a_ptr = a_row
-                        b_ptr += BB
+                        b_ptr = b_ptr + BB if b_stride == 0 else b_col + b_stride
+                        b_col = b_ptr
                     elif rq_mi != mt - 1:
                         rq_kt = 0
                         rq_ni = 0
@@ -235,6 +237,7 @@ def _step_kernel(
                         a_ptr += AB
                         a_row = a_ptr
                         b_ptr = b_base
+                        b_col = b_base
                     else:
                         rq_done = True
                 rq_part ^= 1
@@ -261,11 +264,8 @@ def _step_kernel(
                 pend_at = t + 3
             if cp_k == TK - 1:
                 cp_k = 0
-                if cp_half:
-                    full1 = False
-                else:
-                    full0 = False
-                cp_half ^= 1
+                full[cp_half] = False
+                cp_half = (cp_half + 1) % NS
                 cp_step_done = 1
                 if cp_kt != kt - 1:
                     cp_kt += 1
@@ -380,7 +380,7 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
     """Cycle of the last write, and the load/drain stall cycles, from the schedule's recurrences:
 
     request j (in order; step s(j)'s A bursts, then its B bursts) is accepted at
-        acc_j = max(acc_{j-1} + 1, last_issue(s-2) + 1, last_beat_{j-O} + 1)      (acc_{-1} + 1 = 1)
+        acc_j = max(acc_{j-1} + 1, last_issue(s-B) + 1, last_beat_{j-O} + 1)      (acc_{-1} + 1 = 1)
     its beats arrive at first_j = max(acc_j + latency, last_beat_{j-1} + interval), then every interval;
     step s may start issuing once its last beat is in: F_s = max(last_issue(s-1) + 1, last_beat + 1),
     issues TK k's back to back, except that an output tile's final k waits for the shadow register
@@ -399,10 +399,11 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
     )
     pc, stages, n_cred = p.pipeline_cycles, p.out_stages, p.out_credits
     latency, max_burst, outstanding, interval = tm.latency, tm.max_burst, tm.outstanding, tm.beat_interval
+    NS = p.buffers  # B: a step's loads wait until compute has finished step s - B (its slot is free)
     n_a = (AB + max_burst - 1) // max_burst
     n_b = (BB + max_burst - 1) // max_burst
     ring = np.full(outstanding, _NEVER, np.int64)  # last beats of the previous O requests
-    li_prev2 = _NEVER  # last issue of step s-2
+    li_ring = np.full(NS, _NEVER, np.int64)  # last issues of steps s-B .. s-1 (slot s % B holds s-B)
     li_prev = _NEVER  # last issue of step s-1
     acc_prev = 0
     lb_prev = _NEVER
@@ -415,7 +416,7 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
     drain_stall = 0
     steps = mt * nt * kt
     for s in range(steps):
-        allowed = li_prev2 + 1 if s >= 2 else 1
+        allowed = li_ring[s % NS] + 1 if s >= NS else 1
         for part in range(2):
             beats = AB if part == 0 else BB
             nreq = n_a if part == 0 else n_b
@@ -458,7 +459,7 @@ def _fast_kernel(p: GemmParams, tm: mk.MemTiming) -> tuple[int, int, int]:
                 e_prev = e
                 bj += 1
             shadow_free = e_prev + 1
-        li_prev2 = li_prev
+        li_ring[s % NS] = last
         li_prev = last
     return last_w, li_prev, drain_stall
 

@@ -156,10 +156,15 @@ class _Host:
         self.put(op.outputs[0], hostops.linear(x, self.f32(op.attrs["weight"])))
 
     # ---- attention (same operations and order as compiler.capture.attention_int) ----
+    # KV heads are grouped g at a time (compiler.tiling.attention_group): a group's Q·Kᵀ has a block-diagonal
+    # A (rows of KV head j hold their q in contraction columns j·hd..) against the g heads' keys stacked along
+    # the contraction, its P·V multiplies every row by the g heads' values side by side; the host keeps the
+    # diagonal blocks. Row order inside a group: (KV head j, its rep query heads, T tokens).
     def op_attn_prep(self, op):
         a = op.attrs
         h, hkv, hd, pos, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["pos"], a["tokens"]
-        L, rep = a["layer"], h // hkv
+        L, rep, g = a["layer"], h // hkv, a.get("group", 1)
+        m = rep * T
         positions = torch.arange(pos, pos + T)
         cos, sin = self.f32("rope_cos"), self.f32("rope_sin")
         q = self.f32(op.inputs[0]).view(1, T, h, hd).transpose(1, 2)
@@ -168,25 +173,31 @@ class _Host:
         qq, sq = quantize_act(hostops.rope(q, positions, cos, sin))
         kq, sk = quantize_act(hostops.rope(k, positions, cos, sin))
         vq, sv = quantize_act(v)
-        for gi in range(hkv):
-            rows = qq[0, gi * rep : (gi + 1) * rep].reshape(rep * T, hd).numpy()
+        for gi in range(hkv // g):
+            rows = np.zeros((g * m, g * hd), np.int8)
+            for j in range(g):
+                kv = gi * g + j
+                rows[j * m : (j + 1) * m, j * hd : (j + 1) * hd] = qq[0, kv * rep : (kv + 1) * rep].reshape(
+                    m, hd
+                )
             self.put_raw(f"att{L}.qa{gi}", pack_a(rows, self.geo))
         self.put(f"att{L}.sq", sq[0, :, :, 0])
         W, TK, C = self.img.shape[1], self.geo.k_tile, self.geo.cols
         BB = self.geo.b_beats
         cap = self.p.tensors[f"kv{L}.k0"].shape[1]
-        kt_hd, kt_cap = -(-hd // TK), -(-cap // TK)
+        kt_gd, kt_cap = -(-(g * hd) // TK), -(-cap // TK)
         p_idx = np.arange(pos, pos + T)[:, None]
-        d_idx = np.arange(hd)[None, :]
         flat = self.img.reshape(-1)
-        for gi in range(hkv):
+        for kv in range(hkv):
+            gi, j = divmod(kv, g)
+            d_idx = j * hd + np.arange(hd)[None, :]  # the head's columns in its group
             kbase, vbase = self.p.tensors[f"kv{L}.k{gi}"].addr * W, self.p.tensors[f"kv{L}.v{gi}"].addr * W
-            # K cache = B panels of Kᵀ (hd × cap): tile (ni = p // C, kt = d // TK), byte (d % TK)·C + p % C
-            koff = kbase + ((p_idx // C) * kt_hd + d_idx // TK) * BB * W + (d_idx % TK) * C + p_idx % C
-            flat[koff] = kq[0, gi].numpy().view(np.uint8)
-            # V cache = B panels of V (cap × hd): tile (ni = d // C, kt = p // TK), byte (p % TK)·C + d % C
+            # K cache = B panels of Kᵀ (g·hd × cap): tile (ni = p // C, kt = d // TK), byte (d % TK)·C + p % C
+            koff = kbase + ((p_idx // C) * kt_gd + d_idx // TK) * BB * W + (d_idx % TK) * C + p_idx % C
+            flat[koff] = kq[0, kv].numpy().view(np.uint8)
+            # V cache = B panels of V (cap × g·hd): tile (ni = d // C, kt = p // TK), byte (p % TK)·C + d % C
             voff = vbase + ((d_idx // C) * kt_cap + p_idx // TK) * BB * W + (p_idx % TK) * C + d_idx % C
-            flat[voff] = vq[0, gi].numpy().view(np.uint8)
+            flat[voff] = vq[0, kv].numpy().view(np.uint8)
         for name, s in ((f"kv{L}.sk", sk), (f"kv{L}.sv", sv)):
             full = self.f32(name)
             full[:, pos : pos + T] = s[0, :, :, 0]
@@ -195,9 +206,12 @@ class _Host:
     def op_attn_softmax(self, op):
         a = op.attrs
         h, hkv, pos, T = a["n_heads"], a["n_kv_heads"], a["pos"], a["tokens"]
-        L, rep, ctx = a["layer"], h // hkv, pos + T
+        L, rep, ctx, g = a["layer"], h // hkv, pos + T, a.get("group", 1)
         S = torch.cat(
-            [self.gemm_out(f"att{L}.scores{gi}", rep * T, ctx).reshape(rep, T, ctx) for gi in range(hkv)]
+            [
+                self.gemm_out(f"att{L}.scores{gi}", g * rep * T, ctx).reshape(g * rep, T, ctx)
+                for gi in range(hkv // g)
+            ]
         ).unsqueeze(0)
         sq = self.f32(f"att{L}.sq").reshape(1, h, T, 1)
         skr = self.f32(f"kv{L}.sk")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)
@@ -209,23 +223,23 @@ class _Host:
         scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
         p = hostops.softmax(scores) * svr.transpose(-1, -2)
         pq, sp = quantize_act(p)
-        for gi in range(hkv):
+        for gi in range(hkv // g):
             self.put_raw(
                 f"att{L}.pa{gi}",
-                pack_a(pq[0, gi * rep : (gi + 1) * rep].reshape(rep * T, ctx).numpy(), self.geo),
+                pack_a(pq[0, gi * g * rep : (gi + 1) * g * rep].reshape(g * rep * T, ctx).numpy(), self.geo),
             )
         self.put(f"att{L}.sp", sp[0, :, :, 0])
 
     def op_attn_out(self, op):
         a = op.attrs
         h, hkv, hd, T, L = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"], a["layer"]
-        rep, C = h // hkv, self.geo.cols
-        nblk = -(-hd // C)
-        groups = []
-        for gi in range(hkv):
-            blocks = [self.gemm_out(f"att{L}.o{gi}.{ni}", rep * T, C) for ni in range(nblk)]
-            groups.append(torch.cat(blocks, dim=1)[:, :hd].reshape(rep, T, hd))
-        o_int = torch.cat(groups).unsqueeze(0)
+        rep, g = h // hkv, a.get("group", 1)
+        m = rep * T
+        heads = []
+        for gi in range(hkv // g):
+            o = self.gemm_out(f"att{L}.o{gi}", g * m, g * hd)
+            heads += [o[j * m : (j + 1) * m, j * hd : (j + 1) * hd].reshape(rep, T, hd) for j in range(g)]
+        o_int = torch.cat(heads).unsqueeze(0)
         sp = self.f32(f"att{L}.sp").reshape(1, h, T, 1)
         out = o_int.to(torch.float32) * sp
         self.put(op.outputs[0], out.transpose(1, 2).reshape(T, h * hd))

@@ -55,7 +55,7 @@ def test_command_words_round_trip():
     assert len(g.words()) == 3 and g.words()[0] & 0xFF == 2 and len(h.words()) == 1
     assert decode_program(words) == [g, t, h, g]
     with pytest.raises(ValueError, match="reserved"):
-        decode_program([g.words()[0], g.words()[1], g.words()[2] | 1 << 40])
+        decode_program([g.words()[0] | 1 << 14, g.words()[1], g.words()[2]])  # word 0 bits 15:14
     with pytest.raises(ValueError, match="needs 3 words"):
         decode_program(g.words()[:2])
     with pytest.raises(ValueError, match="m_tiles"):

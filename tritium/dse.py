@@ -166,10 +166,10 @@ class FastEvaluator:
                 out[TlmmCommand(tl.m, tl.kc, tl.nb)] += cnt
         ctx = pos + T
         for h, hkv, hd, cnt in self.w.attention:
-            qk, pv, n_blocks = attention_gemms(geo, (h // hkv) * T, hd, ctx)
-            sq, sp = gemm_shape(geo, *qk), gemm_shape(geo, *pv)
-            out[GemmCommand(sq.m_tiles, sq.n_tiles, sq.k_tiles)] += hkv * cnt
-            out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += hkv * n_blocks * cnt
+            ag = attention_gemms(geo, h, hkv, hd, T, ctx)
+            sq, sp = gemm_shape(geo, *ag.qk), gemm_shape(geo, *ag.pv)
+            out[GemmCommand(sq.m_tiles, sq.n_tiles, sq.k_tiles)] += ag.n_groups * cnt
+            out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += ag.n_groups * cnt
         return out
 
     def memory_beats(self, acfg: AcceleratorConfig) -> int:

@@ -84,6 +84,7 @@ class _Cfg:
     cols: int
     k_tile: int
     bus_bytes: int
+    buffers: int = 2  # gemm.buffers (calibration rows before the field existed: double buffering)
 
     @classmethod
     def of(cls, acfg) -> _Cfg:
@@ -101,11 +102,13 @@ class _Cfg:
             g.cols,
             g.k_tile,
             acfg.memory.bus_bytes,
+            g.buffers,
         )
 
     @classmethod
     def from_row(cls, row: dict) -> _Cfg:
-        return cls(*(row[f] if f == "table_mode" else int(row[f]) for f in cls.__dataclass_fields__))
+        fields = [f for f in cls.__dataclass_fields__ if f in row or f != "buffers"]
+        return cls(*(row[f] if f == "table_mode" else int(row[f]) for f in fields))
 
 
 def _tlmm_derived(c: _Cfg) -> dict:
@@ -126,7 +129,7 @@ def _tlmm_derived(c: _Cfg) -> dict:
 
 
 # Memory mapping rules read off the calibration runs (Yosys memory_libmap's choices for our RTL):
-# * GEMM operand buffers (2·TK·R and 2·TK·C bytes, bus_bytes wide): up to 32 words deep they become distributed
+# * GEMM operand buffers (buffers·TK·R and buffers·TK·C bytes, bus_bytes wide): up to 32 words deep they become distributed
 #   RAM (LUTs); from 64 words on, 18 Kbit block RAMs (e.g. ECP5 4x8/TK128: B 64 × 256 bit → 8 DP16KD).
 # * TLMM accumulator memory (tokens·ceil(max_n/Q) words of Q·32 bits): block RAM; on UltraScale+ (-uram) a
 #   memory deeper than 2048 words goes to URAM288 (4K × 72) instead (T=20 Q=12 4 tokens max_n 8192: 6 URAM,
@@ -135,9 +138,9 @@ _LUTRAM_MAX_DEPTH = 32
 
 
 def _gemm_buffers(c: _Cfg) -> list[tuple[int, int]]:
-    """(depth in words, width in bits) of the A and B operand buffers (double-buffered)."""
+    """(depth in words, width in bits) of the A and B operand buffers (``buffers`` tile slots each)."""
     W = c.bus_bytes
-    return [(2 * c.k_tile * n // W, 8 * W) for n in (c.rows, c.cols)]
+    return [(c.buffers * c.k_tile * n // W, 8 * W) for n in (c.rows, c.cols)]
 
 
 def _counted(engine: str, family: str, c: _Cfg) -> dict:
