@@ -170,7 +170,7 @@ def test_cli_cosim_top_breakdown(repo, monkeypatch, capsys):
     progs = [cm.program(2, 0, logits="last"), cm.program(1, 2, logits="last")]
     cycles = [list(program_cycles(p)) for p in progs]
 
-    def fake_run(acfg_, checkpoint, prompt, tokens, layers, build_root, quiet):
+    def fake_run(acfg_, checkpoint, prompt, tokens, layers, build_root, quiet, **_):
         return TopReport(
             config={**acfg_.to_dict(), "source": acfg_.source},
             layers=4,
