@@ -4,6 +4,8 @@
 * :func:`tlmm_slices`, :func:`tlmm_tiles`: a ``tlmm`` op (K × N weights, T tokens) → slices of ≤ ``tlmm.max_k``
   (multiples of G·T) × ≤ ``tlmm.max_n`` (multiples of Q) and token chunks of ≤ ``tlmm.tokens`` → commands.
 * :func:`attention_gemms`: one KV head's ``Q·Kᵀ`` and per ``gemm.cols`` block of head_dim ``P·V`` shapes.
+* :func:`lm_head_gemms`, :func:`lm_head_weight_beats`: the ``acc_int8`` LM head (rows × d_model × vocab) →
+  GEMM commands over slices of whole column tiles of one int8 B-panel weight tensor.
 * :class:`Allocator` (first fit over beat addresses) and :func:`slot_beats`, the beats it reserves for a
   tensor; the persistent region (packed weights, KV cache) is allocated first, in op order, never freed, so
   its size is :func:`persistent_beats`.
@@ -30,6 +32,8 @@ __all__ = [
     "tlmm_fits_fields",
     "kv_cache_tensors",
     "attention_gemms",
+    "lm_head_weight_beats",
+    "lm_head_gemms",
     "persistent_beats",
 ]
 
@@ -182,6 +186,29 @@ def attention_gemms(geo: GemmGeometry, rows: int, head_dim: int, ctx: int) -> tu
     return (rows, head_dim, ctx), (rows, ctx, geo.cols), ceil_div(head_dim, geo.cols)
 
 
+# ---- the LM head on the GEMM engine (lm_head = acc_int8) ---------------------------------------------
+
+MAX_TILES = (1 << 16) - 1  # a GEMM command's m/n/k tile fields are 16 bits
+
+
+def lm_head_weight_beats(geo: GemmGeometry, k: int, vocab: int) -> int:
+    """Beats of the LM head's int8 weights as GEMM B panels (B = Wqᵀ, K × vocab; hw.gemm_layout.pack_b)."""
+    return ceil_div(vocab, geo.cols) * ceil_div(k, geo.k_tile) * geo.b_beats
+
+
+def lm_head_gemms(
+    geo: GemmGeometry, k: int, vocab: int, max_n_tiles: int = MAX_TILES
+) -> list[tuple[int, int, int]]:
+    """The LM head's GEMM commands: ``[(n0, n1, b_offset_beats)]``, vocab columns ``n0..n1`` in slices of at
+    most ``max_n_tiles`` whole ``gemm.cols`` tiles; slice j reads the B panels from beat ``b_offset`` of
+    the weight tensor (panels are stored in (ni, kt) order, so a run of column tiles is contiguous)."""
+    if ceil_div(k, geo.k_tile) > MAX_TILES:
+        raise CompileError(f"LM head: d_model={k} needs more than {MAX_TILES} GEMM K tiles")
+    span = max_n_tiles * geo.cols
+    per_tile = ceil_div(k, geo.k_tile) * geo.b_beats
+    return [(n0, min(vocab, n0 + span), (n0 // geo.cols) * per_tile) for n0 in range(0, vocab, span)]
+
+
 # ---- the persistent region -------------------------------------------------------------------------
 
 
@@ -192,11 +219,13 @@ def persistent_beats(
     tlmm_ops: Iterable[tuple[int, int, int]],
     attention: Iterable[tuple[int, int, int, int]],
     max_seq: int,
+    lm_head: tuple[int, int] | None = None,
 ) -> int:
     """Beats of the persistent region the lowering allocates (:class:`Allocator` from 0, never freed, so
     the sum of :func:`slot_beats`): packed weights of ``tlmm_ops`` [(k, n, count)] and the KV cache of
-    ``attention`` [(n_heads, n_kv_heads, head_dim, count)] at ``max_seq`` positions."""
-    total = 0
+    ``attention`` [(n_heads, n_kv_heads, head_dim, count)] at ``max_seq`` positions, and with ``lm_head =
+    (d_model, vocab)`` the int8 LM-head panels of ``lm_head="acc_int8"``."""
+    total = slot_beats(lm_head_weight_beats(geo, *lm_head), 1) if lm_head else 0
     for k, n, cnt in tlmm_ops:
         kss, nss = tlmm_slices(t, k, n)
         total += cnt * sum(

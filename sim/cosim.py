@@ -480,6 +480,7 @@ class TopReport:
     build_s: float
     sim_s: float
     commands: list  # per step: kinds of the commands
+    lm_head: str = "host_fp32"  # where the LM head ran (models/lm_head.py)
 
     @property
     def cycles_equal(self) -> bool:
@@ -506,6 +507,7 @@ class TopReport:
             "engine": "top",
             "config": self.config,
             "layers": self.layers,
+            "lm_head": self.lm_head,
             "prompt": self.prompt,
             "rtl_tokens": self.rtl_tokens,
             "torch_tokens": self.torch_tokens,
@@ -544,10 +546,12 @@ def run_top_cosim(
     layers: int | None = None,
     build_root: Path = DEFAULT_BUILD,
     quiet: bool = False,
+    lm_head: str = "host_fp32",
 ) -> TopReport:
     """Run a greedy generation (prompt prefill + ``new_tokens - 1`` decode steps, ``new_tokens`` tokens) of
     a trained checkpoint through the RTL top level, the executor on the numba models, and PyTorch int mode;
-    compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py."""
+    compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py. ``lm_head``
+    places the LM head (models/lm_head.py): the Programs and the PyTorch reference use the same option."""
     import torch
 
     from compiler import compile_model, load_model
@@ -562,7 +566,7 @@ def run_top_cosim(
     if new_tokens < 1 or not prompt:
         raise ValueError("need a non-empty prompt and at least one new token")
     _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
-    cm = compile_model(model, acfg)
+    cm = compile_model(model, acfg, lm_head=lm_head)
     progs = [cm.program(len(prompt), 0, logits="last")]
     progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
     kinds = [
@@ -575,14 +579,16 @@ def run_top_cosim(
     model_cycles = [program_cycles(p) for p in progs]
 
     # reference 1: PyTorch int mode, greedy; reference 2: the executor on the numba models
-    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int").tolist()[len(prompt) :]
+    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int", lm_head=lm_head).tolist()[
+        len(prompt) :
+    ]
     cache = model.new_cache()
     torch_logits = []
     seq = list(prompt)
     with torch.no_grad():
         for s in range(new_tokens):
             inp = torch.tensor([seq if s == 0 else seq[-1:]])
-            lg = model(inp, cache, mode="int")[0, -1].numpy()
+            lg = model(inp, cache, mode="int", lm_head=lm_head)[0, -1].numpy()
             torch_logits.append(lg)
             seq.append(int(np.argmax(lg)))
     rt = Runtime(progs[0])
@@ -645,4 +651,5 @@ def run_top_cosim(
         build_s=build_s,
         sim_s=sim_s,
         commands=kinds,
+        lm_head=lm_head,
     )

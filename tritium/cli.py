@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hw.config import ConfigError, load_config
 from hw.files import output_dir, output_file
+from hw.program import LM_HEAD_OPTIONS
 
 EXIT_MISMATCH, EXIT_INPUT, EXIT_TOOL = 1, 2, 3
 
@@ -206,6 +207,7 @@ def cmd_cosim(args) -> int:
                 args.layers,
                 build_root=Path(args.build_dir),
                 quiet=False,
+                lm_head=args.lm_head,
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -292,7 +294,7 @@ def cmd_compile(args) -> int:
     t0 = time.perf_counter()
     try:
         model = load_model(args.model)
-        cm = compile_model(model, acfg)
+        cm = compile_model(model, acfg, lm_head=args.lm_head)
         prog = cm.program(args.tokens, args.pos)
     except CompileError as e:
         print(f"tritium: error: {e}", file=sys.stderr)
@@ -309,6 +311,7 @@ def cmd_compile(args) -> int:
         "config": acfg.name,
         "tokens": args.tokens,
         "pos": args.pos,
+        "lm_head": args.lm_head,
         "out": str(out),
         "commands": len(cmds),
         "tlmm": kinds["TlmmCommand"],
@@ -343,8 +346,12 @@ def cmd_estimate(args) -> int:
         output_dir(args.plot, "--plot")
     acfg = load_config(args.config)
     try:
-        r = estimate(args.model, acfg, args.prompt, args.context)
-        plots = [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot))] if args.plot else []
+        r = estimate(args.model, acfg, args.prompt, args.context, lm_head=args.lm_head)
+        plots = (
+            [str(p) for p in plot_estimates(args.model, acfg, Path(args.plot), lm_head=args.lm_head)]
+            if args.plot
+            else []
+        )
     except CompileError as e:
         print(f"tritium: error: {e}", file=sys.stderr)
         return EXIT_INPUT
@@ -439,6 +446,14 @@ def _engine_help(engines) -> str:
     )
 
 
+_LM_HEAD_ARG = {
+    "choices": list(LM_HEAD_OPTIONS),
+    "default": "host_fp32",
+    "help": "where the LM head runs: host_fp32 (host, float32 weights; default), host_fp16 (host, float16 "
+    "weights), acc_int8 (GEMM engine, int8 weights per row + int8 activations; models/lm_head.py)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sim.engines import board_engines, cosim_engines
 
@@ -484,6 +499,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="top: greedy tokens to generate (prefill + tokens-1 decode steps; default 4)",
     )
     s.add_argument("--prompt", default="def main(", help="top: prompt text (bytes; default 'def main(')")
+    s.add_argument("--lm-head", **_LM_HEAD_ARG)
     s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
     s.add_argument("--json", action="store_true", help="print a JSON report instead of tables")
     s.set_defaults(func=cmd_cosim)
@@ -514,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument(
         "--pos", type=_non_negative, default=0, help="position of the step's first token (default 0)"
     )
+    co.add_argument("--lm-head", **_LM_HEAD_ARG)
     co.add_argument("--json", action="store_true", help="print a JSON summary")
     co.set_defaults(func=cmd_compile)
 
@@ -539,6 +556,7 @@ def build_parser() -> argparse.ArgumentParser:
     es.add_argument(
         "--plot", default=None, metavar="DIR", help="write context.png, roofline-tlmm.png, roofline-gemm.png"
     )
+    es.add_argument("--lm-head", **_LM_HEAD_ARG)
     es.add_argument("--json", action="store_true", help="print JSON")
     es.set_defaults(func=cmd_estimate)
 

@@ -74,6 +74,11 @@ HOST_COST = {
     "attn_prep": (10, 6),  # RoPE + quantize, per q/k/v element
     "attn_softmax": (40, 6),  # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
     "attn_out": (2, 8),  # per output element
+    "lm_head_quant": (4, 5),  # acc_int8: absmax, scale, round, clamp per element of x; writes int8
+    "lm_head_dequant": (
+        2,
+        12,
+    ),  # acc_int8, per logit: int32 and the row scale read, s_x·s_w, ×, float32 written
 }
 HOST_COST_SOURCE = (
     "counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
@@ -137,7 +142,7 @@ class StepCost:
         return {
             "tlmm compute": "compute (TLMM)",
             "tlmm memory": "memory (TLMM weight streaming)",
-            "gemm": "GEMM (attention)",
+            "gemm": "GEMM (attention; the LM head with lm_head=acc_int8)",
             "host": "host",
         }[k]
 
@@ -147,11 +152,22 @@ def _host_cost(prog: Program, op) -> tuple[float, float]:
     kind = op.kind
     t = prog.tensors
     a = op.attrs
-    if kind == "lm_head":
-        w = t[a["weight"]].shape
+    if kind == "lm_head":  # host_fp32 / host_fp16: the weights' own element size (4 or 2 bytes)
+        wt = t[a["weight"]]
+        w = wt.shape
         x = t[op.inputs[0]].shape
         rows = 1 if a.get("last_only") else x[0]
-        return 2.0 * rows * w[0] * w[1], 4.0 * w[0] * w[1] + 4.0 * rows * w[0]
+        wsize = 2 if wt.dtype == "float16" else 4
+        return 2.0 * rows * w[0] * w[1], float(wsize) * w[0] * w[1] + 4.0 * rows * w[0]
+    if kind in ("lm_head_quant", "lm_head_dequant"):  # acc_int8: per element of x / per logit
+        rows = (
+            a["rows"]
+            if kind == "lm_head_dequant"
+            else (1 if a.get("last_only") else t[op.inputs[0]].shape[0])
+        )
+        n = rows * (a["vocab"] if kind == "lm_head_dequant" else a["k"])
+        f, b = HOST_COST[kind]
+        return float(f * n), float(b * n)
     if kind in ("attn_prep", "attn_softmax", "attn_out"):
         h, hkv, hd, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"]
         ctx = a["pos"] + T
@@ -253,12 +269,12 @@ def clear_cache() -> None:
     _COMPILED.clear()
 
 
-def _compiled(model_spec: str, acfg: AcceleratorConfig):
+def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str = "host_fp32"):
     from compiler import compile_model, load_model
 
-    key = (model_spec, acfg.fingerprint())
-    if key not in _COMPILED:
-        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg)  # shapes suffice
+    key = (model_spec, acfg.fingerprint(), lm_head)
+    if key not in _COMPILED:  # shapes suffice
+        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg, lm_head=lm_head)
     return _COMPILED[key]
 
 
@@ -266,11 +282,16 @@ DEFAULT_PROMPT, DEFAULT_CONTEXT = 64, 1024
 
 
 def estimate(
-    model_spec: str, acfg: AcceleratorConfig, prompt: int | None = None, context: int | None = None
+    model_spec: str,
+    acfg: AcceleratorConfig,
+    prompt: int | None = None,
+    context: int | None = None,
+    lm_head: str = "host_fp32",
 ) -> dict:
     """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens. Left out,
-    they default to 64 and 1024 tokens, each capped at the model's ``max_seq``."""
-    cm = _compiled(model_spec, acfg)
+    they default to 64 and 1024 tokens, each capped at the model's ``max_seq``. ``lm_head`` places the LM
+    head (models/lm_head.py): host ops on float32 / float16 weights, or GEMM commands on int8 weights."""
+    cm = _compiled(model_spec, acfg, lm_head)
     max_seq = cm.lowering.mc["max_seq"]
     prompt = min(DEFAULT_PROMPT, max_seq) if prompt is None else prompt
     context = min(DEFAULT_CONTEXT, max_seq) if context is None else context
@@ -281,7 +302,9 @@ def estimate(
     energy = load_energy(acfg.device.family)
     pre = cost_program(cm.program(prompt, 0, logits="last"), acfg, energy)
     dec = cost_program(cm.program(1, context - 1, logits="last"), acfg, energy)
-    return summarize(model_spec, acfg, prompt, context, pre, dec, energy)
+    r = summarize(model_spec, acfg, prompt, context, pre, dec, energy)
+    r["lm_head"] = lm_head
+    return r
 
 
 def _source_kind(text: str) -> str:
@@ -513,7 +536,8 @@ def format_estimate(r: dict) -> str:
             ["figure (modeled)", "value", "note"],
             rows,
             title=f"{r['model']} on {r['config']} — {r['device']}, {r['clock_mhz']:g} MHz, "
-            f"prompt {r['prompt']}, context {r['context']} (every figure modeled)",
+            f"prompt {r['prompt']}, context {r['context']}, LM head {r.get('lm_head', 'host_fp32')} "
+            "(every figure modeled)",
         )
     ]
     a = r["assumptions"]
@@ -542,14 +566,16 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_estimates(model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8) -> list[Path]:
+def plot_estimates(
+    model_spec: str, acfg: AcceleratorConfig, out_dir: Path, points: int = 8, lm_head: str = "host_fp32"
+) -> list[Path]:
     """PNGs: decode tokens/s and TTFT against context length; a roofline per engine (modeled)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    cm = _compiled(model_spec, acfg)
+    cm = _compiled(model_spec, acfg, lm_head)
     max_seq = cm.lowering.mc["max_seq"]
     energy = load_energy(acfg.device.family)
     ctxs = sorted({max(1, round(max_seq * (i + 1) / points)) for i in range(points)})
