@@ -225,7 +225,7 @@ def persistent_beats(
     the sum of :func:`slot_beats`): packed weights of ``tlmm_ops`` [(k, n, count)] and the KV cache of
     ``attention`` [(n_heads, n_kv_heads, head_dim, count)] at ``max_seq`` positions, and with ``lm_head =
     (d_model, vocab)`` the int8 LM-head panels of ``lm_head="acc_int8"``."""
-    total = slot_beats(lm_head_weight_beats(geo, *lm_head), 1) if lm_head else 0
+    total = max(1, lm_head_weight_beats(geo, *lm_head)) if lm_head else 0
     for k, n, cnt in tlmm_ops:
         kss, nss = tlmm_slices(t, k, n)
         total += cnt * sum(

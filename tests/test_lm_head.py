@@ -12,7 +12,7 @@ import torch  # noqa: E402
 
 import compiler.lower as lower  # noqa: E402
 from compiler import CompileError, compile_model, load_model  # noqa: E402
-from compiler.tiling import lm_head_gemms  # noqa: E402
+from compiler.tiling import lm_head_gemms, persistent_beats  # noqa: E402
 from hw.config import load_config  # noqa: E402
 from hw.gemm_layout import pack_b  # noqa: E402
 from hw.isa import GemmCommand  # noqa: E402
@@ -145,6 +145,16 @@ def test_estimate_charges_each_placement(repo):
         cm = compile_model(load_model("tiny", device="meta"), acfg, lm_head=option)
         cost[option] = cost_program(cm.program(1, 63, "last"), acfg)
     V, D = 256, 128
+    # the persistent region's size rule (what the DSE screens with) counts the int8 panels
+    low = cm.lowering
+    tl = [(op.attrs["k"], op.attrs["n"], 1) for op in low.g.ops if op.kind == "tlmm"]
+    att = [
+        (a["n_heads"], a["n_kv_heads"], a["head_dim"], 1)
+        for a in (op.attrs for op in low.g.ops if op.kind == "attention")
+    ]
+    geo, W, seq = acfg.gemm_geometry, acfg.memory.bus_bytes, low.mc["max_seq"]
+    assert persistent_beats(acfg.tlmm, geo, W, tl, att, seq, lm_head=(D, V)) == low.step_base
+    assert persistent_beats(acfg.tlmm, geo, W, tl, att, seq) < low.step_base
     f32, f16, i8 = cost["host_fp32"], cost["host_fp16"], cost["acc_int8"]
     assert f32.dram_bytes_by["host"] - f16.dram_bytes_by["host"] == 2 * V * D  # half the weight bytes
     assert f32.dram_bytes_by["accelerator"] == f16.dram_bytes_by["accelerator"]
