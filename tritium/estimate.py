@@ -302,9 +302,7 @@ def estimate(
     energy = load_energy(acfg.device.family)
     pre = cost_program(cm.program(prompt, 0, logits="last"), acfg, energy)
     dec = cost_program(cm.program(1, context - 1, logits="last"), acfg, energy)
-    r = summarize(model_spec, acfg, prompt, context, pre, dec, energy)
-    r["lm_head"] = lm_head
-    return r
+    return summarize(model_spec, acfg, prompt, context, pre, dec, energy, lm_head)
 
 
 def _source_kind(text: str) -> str:
@@ -420,10 +418,11 @@ def summarize(
     pre: StepCost,
     dec: StepCost,
     energy: dict | None = None,
+    lm_head: str = "host_fp32",
 ) -> dict:
     """:func:`estimate`'s figures from the costs of the prefill and the decode step (also used by the
     design-space exploration's fast evaluator, tritium.dse). ``energy``: the device family's table (read
-    when left out)."""
+    when left out); ``lm_head``: the placement the steps were compiled with (the DSE assumes host_fp32)."""
     energy = energy or load_energy(acfg.device.family)
     f = acfg.clock_mhz * 1e6
     dev = acfg.device
@@ -440,6 +439,7 @@ def summarize(
         "clock_mhz": acfg.clock_mhz,
         "prompt": prompt,
         "context": context,
+        "lm_head": lm_head,
         "modeled": True,
         "prefill_s": pre.seconds,
         "ttft_s": pre.seconds,
