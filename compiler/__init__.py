@@ -94,10 +94,16 @@ def check_config(acfg) -> None:
         )
 
 
-def compile_model(model, acfg, capture_len: int = 8) -> CompiledModel:
+def compile_model(model, acfg, capture_len: int = 8, lm_head: str = "host_fp32") -> CompiledModel:
     """Capture ``model`` with torch.export and run the graph passes; cheap per-step emission follows.
-    Raises CompileError up front for a config the compiler cannot target (:func:`check_config`)."""
+    ``lm_head`` places the LM head (``host_fp32``, ``host_fp16`` or ``acc_int8``; models/lm_head.py; recorded
+    in every Program's ``meta["lm_head"]``). Raises CompileError up front for a config the compiler cannot
+    target (:func:`check_config`) or an unknown ``lm_head``."""
     check_config(acfg)
+    from hw.program import LM_HEAD_OPTIONS
+
+    if lm_head not in LM_HEAD_OPTIONS:
+        raise CompileError(f"lm_head={lm_head!r}: expected one of {', '.join(LM_HEAD_OPTIONS)}")
     from compiler.capture import capture
     from compiler.ir import from_export
     from compiler.lower import Lowering
@@ -111,6 +117,6 @@ def compile_model(model, acfg, capture_len: int = 8) -> CompiledModel:
     state = dict(model.state_dict(keep_vars=True))
     state.update({n: b for n, b in model.named_buffers()})
     g = run_pipeline(g, state)
-    low = Lowering(g, acfg, state, cfg)
+    low = Lowering(g, acfg, state, cfg, lm_head)
     t2 = time.perf_counter()
     return CompiledModel(g, low, {"export_s": t1 - t0, "passes_s": t2 - t1})

@@ -221,10 +221,20 @@ class ProgramSource:
 
     OPTIONS = {"device": "meta", "capture_len": 8}  # what tritium.estimate compiles with
 
-    def __init__(self, model_spec: str, acfg, compiled: Callable, cache: ProgramCache | None = None):
+    def __init__(
+        self,
+        model_spec: str,
+        acfg,
+        compiled: Callable,
+        cache: ProgramCache | None = None,
+        options: dict | None = None,
+    ):
+        """``options``: the compile options ``compiled`` uses beyond :attr:`OPTIONS` (e.g. ``lm_head``),
+        part of the key."""
         self.model_spec, self.acfg, self.cache = model_spec, acfg, cache
         self._compiled_fn, self._cm = compiled, None
-        self._base = cache.base_key(model_spec, acfg, self.OPTIONS) if cache is not None else None
+        opts = {**self.OPTIONS, **(options or {})}
+        self._base = cache.base_key(model_spec, acfg, opts) if cache is not None else None
 
     def compiled(self):
         if self._cm is None:

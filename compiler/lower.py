@@ -15,6 +15,11 @@ Passes here, in order (each has its own test):
                           a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
                           fold V's scales, int8 P) → per group a GEMM ``P·V`` (B strided over the V cache's
                           panels) → host ``attn_out`` (keeps the diagonal blocks).
+7b. LM head                (``Lowering._lower_lm_head_int8``) with ``lm_head="acc_int8"`` the ``lm_head`` op →
+                          host ``lm_head_quant`` (int8 absmax per token, A panels) → GEMM commands over
+                          the int8 weight panels (:func:`compiler.tiling.lm_head_gemms`, int32 results, no
+                          requantization) → host ``lm_head_dequant`` (``y · (s_x · s_w)``); ``host_fp16``
+                          keeps the host op on a float16 copy of the weights (models/lm_head.py).
 8. :class:`Allocator`     device tensors get beat addresses: persistent ones (packed weights, KV cache)
                           first in a fixed order, then step buffers first-fit with reuse after last use.
 9. weight packing         (:meth:`Lowering.weight_image`) ternary weights → TLMM weight streams →
@@ -33,6 +38,8 @@ from compiler.tiling import (
     attention_gemms,
     beats,
     kv_cache_tensors,
+    lm_head_gemms,
+    lm_head_weight_beats,
     tlmm_fits_fields,
     tlmm_slices,
     tlmm_tiles,
@@ -42,7 +49,7 @@ from compiler.tiling import ceil_div as _ceil
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import gemm_shape
 from hw.isa import GemmCommand, HostCommand, TlmmCommand
-from hw.program import HostOp, Program, TensorInfo
+from hw.program import LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
 
 __all__ = ["Allocator", "StepPlan", "Lowering"]
 
@@ -63,8 +70,22 @@ class StepPlan:
 class Lowering:
     """Lowers a pass-pipeline graph for one accelerator config; packs weights once for all steps."""
 
-    def __init__(self, graph: Graph, acfg: AcceleratorConfig, state: dict, model_config: dict):
+    def __init__(
+        self,
+        graph: Graph,
+        acfg: AcceleratorConfig,
+        state: dict,
+        model_config: dict,
+        lm_head: str = "host_fp32",
+    ):
+        if lm_head not in LM_HEAD_OPTIONS:
+            raise CompileError(f"lm_head={lm_head!r}: expected one of {', '.join(LM_HEAD_OPTIONS)}")
         self.g, self.acfg, self.state, self.mc = graph, acfg, state, model_config
+        self.lm_head = lm_head
+        heads = [op for op in graph.ops if op.kind == "lm_head"]
+        if lm_head != "host_fp32" and len(heads) != 1:
+            raise CompileError(f"<model>: lm_head={lm_head} needs exactly one LM head, found {len(heads)}")
+        self.head_weight = heads[0].attrs["weight"] if heads else None
         self.W = acfg.memory.bus_bytes
         self.geo = acfg.gemm_geometry
         self.meta = any(
@@ -117,6 +138,17 @@ class Lowering:
                         n=[n0, n1],
                         weight=op.attrs["weight"],
                     )
+        if self.lm_head == "acc_int8":
+            w = self.state[self.head_weight]
+            vocab, k = int(w.shape[0]), int(w.shape[1])
+            self._persist(
+                self.lm_weight_name,
+                lm_head_weight_beats(self.geo, k, vocab) * self.W,
+                "int8",
+                [k, vocab],
+                "gemm_b",
+                weight=self.head_weight,
+            )
         for op in self.g.ops:
             if op.kind != "attention":
                 continue
@@ -131,15 +163,54 @@ class Lowering:
         addr = self.alloc.alloc(self.beats(nbytes), name)
         self.persistent[name] = TensorInfo(name, addr, int(nbytes), dtype, list(shape), layout, attrs)
 
+    @property
+    def lm_weight_name(self) -> str:
+        """The LM head's weights as the chosen placement stores them (``host_fp32``: the parameter itself)."""
+        w = self.head_weight
+        return {"host_fp32": w, "host_fp16": f"{w}.fp16", "acc_int8": f"{w}.int8"}[self.lm_head]
+
+    @property
+    def lm_scale_name(self) -> str:
+        return f"{self.head_weight}.row_scale"
+
     def host_constants(self) -> list[str]:
-        """Parameters host ops read (embedding, norms, LM head, RoPE tables)."""
+        """Parameters host ops read (embedding, norms, LM head, RoPE tables), and the LM head's derived
+        constants (``host_fp16``: float16 weights; ``acc_int8``: float32 row scales)."""
         names = []
         for op in self.g.ops:
-            if "weight" in op.attrs and op.kind not in ("tlmm", "dequant"):
+            if op.kind == "lm_head" and self.lm_head != "host_fp32":
+                names.append(self.lm_weight_name if self.lm_head == "host_fp16" else self.lm_scale_name)
+            elif "weight" in op.attrs and op.kind not in ("tlmm", "dequant"):
                 names.append(op.attrs["weight"])
         if any(op.kind == "attention" for op in self.g.ops):
             names += ["rope_cos", "rope_sin"]
         return list(dict.fromkeys(names))
+
+    def _derived(self) -> dict:
+        """The LM head's derived constants (computed once): fp16 weights, int8 weights + row scales."""
+        if getattr(self, "_derived_cache", None) is None:
+            from models.lm_head import fp16_weight, quantize_lm_head
+
+            out = {}
+            if self.lm_head != "host_fp32" and not self.meta:
+                w = self.state[self.head_weight].detach().to("cpu")
+                if self.lm_head == "host_fp16":
+                    out[self.lm_weight_name] = fp16_weight(w).numpy()
+                else:
+                    wq, sw = quantize_lm_head(w)
+                    out[self.lm_weight_name] = wq.numpy()
+                    out[self.lm_scale_name] = sw.numpy()
+            self._derived_cache = out
+        return self._derived_cache
+
+    def _host_const_info(self, name: str) -> tuple[str, list[int]]:
+        """(dtype, shape) of a host constant."""
+        if name in (self.lm_weight_name, self.lm_scale_name) and self.lm_head != "host_fp32":
+            w = self.state[self.head_weight]
+            if name == self.lm_scale_name:
+                return "float32", [int(w.shape[0])]
+            return "float16", list(w.shape)
+        return "float32", list(self.state[name].shape)
 
     # ------------------------------------------------------------------ weight image (once)
     def weight_image(self) -> np.ndarray:
@@ -156,6 +227,13 @@ class Lowering:
         flat = img.reshape(-1)
         t = self.acfg.tlmm
         cache = {}
+        if self.lm_head == "acc_int8":
+            from hw.gemm_layout import pack_b
+
+            ti = self.persistent[self.lm_weight_name]
+            panels = pack_b(np.ascontiguousarray(self._derived()[self.lm_weight_name].T), self.geo)
+            assert panels.size == ti.nbytes
+            img[ti.addr : ti.addr + panels.shape[0]] = panels
         for ti in self.persistent.values():
             if ti.layout != "tlmm_wgt":
                 continue
@@ -196,6 +274,9 @@ class Lowering:
             if kind == "attention":
                 self._lower_attention(plan, op, T, pos)
                 continue
+            if kind == "lm_head" and self.lm_head == "acc_int8":
+                self._lower_lm_head_int8(plan, op, T, logits == "last")
+                continue
             outs = []
             for v in op.outputs:
                 if v.endswith(".q"):
@@ -208,6 +289,7 @@ class Lowering:
             attrs = dict(op.attrs)
             if kind == "lm_head":
                 attrs["last_only"] = logits == "last"
+                attrs["weight"] = self.lm_weight_name
             if kind == "embed":
                 attrs["vocab"] = int(self.state[op.attrs["weight"]].shape[0])
             plan.items.append(("host", HostOp(op.name, kind, list(op.inputs), outs, attrs, op.where)))
@@ -282,6 +364,72 @@ class Lowering:
             parts.append(res)
         # the int32 result as the dequant sees it: the list of parts (summed over K slices)
         plan.tensors[yi] = TensorInfo(yi, -1, 0, "int32", [T, op.attrs["n"]], "rows", {"parts": parts})
+
+    def _lower_lm_head_int8(self, plan: StepPlan, op, T: int, last_only: bool) -> None:
+        """``lm_head`` → host ``lm_head_quant`` → GEMM commands (int32) → host ``lm_head_dequant``."""
+        geo, W = self.geo, self.W
+        rows = 1 if last_only else T
+        k, vocab = self.mc["d_model"], int(self.state[self.head_weight].shape[0])
+        name, x, out = op.name, op.inputs[0], op.outputs[0]
+        sa = gemm_shape(geo, rows, k, 1)
+        xa = plan.tensor(f"{name}.xa", sa.m_tiles * sa.k_tiles * geo.a_beats * W, "int8", [rows, k], "gemm_a")
+        sx = plan.tensor(f"{name}.sx", rows * 4, "float32", [rows, 1])
+        plan.tensor(out, rows * vocab * 4, "float32", [rows, vocab])
+        plan.items.append(
+            (
+                "host",
+                HostOp(
+                    f"{name}.quant",
+                    "lm_head_quant",
+                    [x],
+                    [xa, sx],
+                    {"last_only": last_only, "k": k},
+                    op.where,
+                ),
+            )
+        )
+        ys, slices = [], []
+        for j, (n0, n1, b_off) in enumerate(lm_head_gemms(geo, k, vocab)):
+            sc = gemm_shape(geo, rows, k, n1 - n0)
+            y = plan.tensor(
+                f"{name}.y{j}",
+                sc.m_tiles * sc.n_tiles * geo.out_beats(False) * W,
+                "int32",
+                [rows, n1 - n0],
+                "gemm_c",
+                n=[n0, n1],
+            )
+            plan.items.append(
+                (
+                    "gemm",
+                    {
+                        "op": f"{name}.gemm{j}",
+                        "m": rows,
+                        "k": k,
+                        "n": n1 - n0,
+                        "a": xa,
+                        "b": self.lm_weight_name,
+                        "b_offset": b_off,
+                        "c": y,
+                        "where": op.where,
+                    },
+                )
+            )
+            ys.append(y)
+            slices.append([n0, n1])
+        plan.items.append(
+            (
+                "host",
+                HostOp(
+                    f"{name}.dequant",
+                    "lm_head_dequant",
+                    ys + [sx, self.lm_scale_name],
+                    [out],
+                    {"vocab": vocab, "rows": rows, "slices": slices},
+                    op.where,
+                ),
+            )
+        )
 
     def _lower_attention(self, plan: StepPlan, op, T: int, pos: int) -> None:
         """Per group of ``compiler.tiling.attention_group`` KV heads: one ``Q·Kᵀ`` (block-diagonal A) and
@@ -436,9 +584,15 @@ class Lowering:
         host_consts = self.host_constants()
         tensors: dict[str, TensorInfo] = {}
         for name in host_consts:
-            w = self.state[name]
+            dtype, shape = self._host_const_info(name)
             tensors[name] = TensorInfo(
-                name, -1, int(w.numel()) * 4, "float32", list(w.shape), "rows", {"space": "host"}
+                name,
+                -1,
+                int(np.prod(shape)) * np.dtype(dtype).itemsize,
+                dtype,
+                shape,
+                "rows",
+                {"space": "host"},
             )
         tensors.update(
             {
@@ -545,11 +699,18 @@ class Lowering:
             "persistent_beats": int(self.step_base),
             "weights_materialized": not self.meta,
             "model": self.mc,
+            "lm_head": self.lm_head,
         }
+        derived = self._derived()
         host_data = (
             {}
             if self.meta
-            else {n: self.state[n].detach().to("cpu", copy=True).float().numpy() for n in host_consts}
+            else {
+                n: derived[n].copy()
+                if n in derived
+                else self.state[n].detach().to("cpu", copy=True).float().numpy()
+                for n in host_consts
+            }
         )
         meta["output"] = self.g.output
         prog = Program(self.acfg.to_dict(), words, host_ops, tensors, image, meta, listing, host_data)

@@ -6,6 +6,8 @@
 * :func:`attention_group`, :func:`attention_gemms`: how many KV heads share one GEMM command (a *group*:
   block-diagonal queries, stacked K and V, chosen so a decode query neither pads head_dim nor wastes the
   block) and the group's ``Q·Kᵀ`` and ``P·V`` shapes (one command each).
+* :func:`lm_head_gemms`, :func:`lm_head_weight_beats`: the ``acc_int8`` LM head (rows × d_model × vocab) →
+  GEMM commands over slices of whole column tiles of one int8 B-panel weight tensor.
 * :class:`Allocator` (first fit over beat addresses) and :func:`slot_beats`, the beats it reserves for a
   tensor; the persistent region (packed weights, KV cache) is allocated first, in op order, never freed, so
   its size is :func:`persistent_beats`.
@@ -33,6 +35,8 @@ __all__ = [
     "kv_cache_tensors",
     "attention_group",
     "attention_gemms",
+    "lm_head_weight_beats",
+    "lm_head_gemms",
     "persistent_beats",
 ]
 
@@ -223,6 +227,29 @@ def attention_gemms(
     return AttentionGemms(g, n_kv_heads // g, (m, g * head_dim, ctx), (m, ctx, g * head_dim))
 
 
+# ---- the LM head on the GEMM engine (lm_head = acc_int8) ---------------------------------------------
+
+MAX_TILES = (1 << 16) - 1  # a GEMM command's m/n/k tile fields are 16 bits
+
+
+def lm_head_weight_beats(geo: GemmGeometry, k: int, vocab: int) -> int:
+    """Beats of the LM head's int8 weights as GEMM B panels (B = Wqᵀ, K × vocab; hw.gemm_layout.pack_b)."""
+    return ceil_div(vocab, geo.cols) * ceil_div(k, geo.k_tile) * geo.b_beats
+
+
+def lm_head_gemms(
+    geo: GemmGeometry, k: int, vocab: int, max_n_tiles: int = MAX_TILES
+) -> list[tuple[int, int, int]]:
+    """The LM head's GEMM commands: ``[(n0, n1, b_offset_beats)]``, vocab columns ``n0..n1`` in slices of at
+    most ``max_n_tiles`` whole ``gemm.cols`` tiles; slice j reads the B panels from beat ``b_offset`` of
+    the weight tensor (panels are stored in (ni, kt) order, so a run of column tiles is contiguous)."""
+    if ceil_div(k, geo.k_tile) > MAX_TILES:
+        raise CompileError(f"LM head: d_model={k} needs more than {MAX_TILES} GEMM K tiles")
+    span = max_n_tiles * geo.cols
+    per_tile = ceil_div(k, geo.k_tile) * geo.b_beats
+    return [(n0, min(vocab, n0 + span), (n0 // geo.cols) * per_tile) for n0 in range(0, vocab, span)]
+
+
 # ---- the persistent region -------------------------------------------------------------------------
 
 
@@ -233,11 +260,13 @@ def persistent_beats(
     tlmm_ops: Iterable[tuple[int, int, int]],
     attention: Iterable[tuple[int, int, int, int]],
     max_seq: int,
+    lm_head: tuple[int, int] | None = None,
 ) -> int:
     """Beats of the persistent region the lowering allocates (:class:`Allocator` from 0, never freed, so
     the sum of :func:`slot_beats`): packed weights of ``tlmm_ops`` [(k, n, count)] and the KV cache of
-    ``attention`` [(n_heads, n_kv_heads, head_dim, count)] at ``max_seq`` positions."""
-    total = 0
+    ``attention`` [(n_heads, n_kv_heads, head_dim, count)] at ``max_seq`` positions, and with ``lm_head =
+    (d_model, vocab)`` the int8 LM-head panels of ``lm_head="acc_int8"``."""
+    total = max(1, lm_head_weight_beats(geo, *lm_head)) if lm_head else 0
     for k, n, cnt in tlmm_ops:
         kss, nss = tlmm_slices(t, k, n)
         total += cnt * sum(

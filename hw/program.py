@@ -11,14 +11,15 @@ A Program is
 - ``image``: the initial memory image, ``(beats, bus_bytes)`` uint8 (packed weights, constants, zeroed
   activation buffers);
 - ``host_data``: host-side constants (embedding, norm weights, LM head, RoPE tables): the tensors whose
-  ``attrs["space"]`` is ``"host"``; they live in the host's memory, not in the accelerator's address space;
+  ``attrs["space"]`` is ``"host"``; they live in the host's memory, not in the accelerator's address space
+  (float32, or float16 for the LM head of ``meta["lm_head"] == "host_fp16"``);
 - ``config``: the accelerator config it was compiled for (its fingerprint is checked on load).
 
 On disk a Program is one folder written and replaced as a unit (``save``/``load``):
 
 - ``program.json``: everything but the arrays, plus ``arrays`` (dtype and shape of every array),
   ``files`` (byte size and SHA-256 of the two other files) and ``content_hash``;
-- ``program.npz``: ``words`` (uint64), ``image`` (uint8) and ``host:NAME`` (float32) as uncompressed ``.npy``
+- ``program.npz``: ``words`` (uint64), ``image`` (uint8) and ``host:NAME`` (float32 or float16) as uncompressed ``.npy``
   members with fixed timestamps (the same Program always gives the same bytes); read member by member
   against ``arrays`` with pickles refused;
 - ``listing.txt``: the human-readable listing.
@@ -65,6 +66,7 @@ from hw.isa import ISA_VERSION, GemmCommand, HostCommand, TlmmCommand, decode_pr
 __all__ = [
     "PROGRAM_VERSION",
     "HOST_OP_KINDS",
+    "LM_HEAD_OPTIONS",
     "PROGRAM_FILES",
     "TensorInfo",
     "HostOp",
@@ -80,7 +82,10 @@ PROGRAM_VERSION = (
     3  # 2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache
 )
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
-DTYPES = ("float32", "int32", "int8", "uint8")
+DTYPES = ("float32", "float16", "int32", "int8", "uint8")
+HOST_DTYPES = {"float32": "<f4", "float16": "<f2"}  # host constants: tensor dtype → .npy dtype
+LM_HEAD_OPTIONS = ("host_fp32", "host_fp16", "acc_int8")
+"""Where and in which precision the LM head runs (``meta["lm_head"]``; definitions in models/lm_head.py)."""
 HOST_OP_KINDS = (
     "embed",
     "rmsnorm",
@@ -93,6 +98,8 @@ HOST_OP_KINDS = (
     "add",
     "dequant",
     "lm_head",
+    "lm_head_quant",
+    "lm_head_dequant",
     "attn_prep",
     "attn_softmax",
     "attn_out",
@@ -100,7 +107,7 @@ HOST_OP_KINDS = (
 PROGRAM_FILES = ("program.json", "program.npz", "listing.txt")
 _HASH_TAG = b"tritium-program-content/2"
 _MAX_JSON_BYTES = 1 << 30
-_NPY_DTYPES = {"words": "<u8", "image": "|u1"}  # host:NAME arrays are <f4
+_NPY_DTYPES = {"words": "<u8", "image": "|u1"}  # host:NAME arrays are <f4 or <f2 (HOST_DTYPES)
 _DOC_FIELDS = (
     "format",
     "program_version",
@@ -192,7 +199,7 @@ class Program:
             "image": np.ascontiguousarray(self.image, dtype=np.uint8),
         }
         for k, v in self.host_data.items():
-            out["host:" + k] = np.ascontiguousarray(v, dtype="<f4")
+            out["host:" + k] = np.ascontiguousarray(v, dtype="<f2" if v.dtype == np.float16 else "<f4")
         return out
 
     def _body(self, arrays: dict[str, np.ndarray]) -> dict:
@@ -382,10 +389,14 @@ class Program:
                     v = self.host_data.get(t.name)
                     if v is None:
                         raise ProgramError(f"{source}: host tensor {t.name}: no data")
-                    if v.dtype != np.float32 or list(v.shape) != list(t.shape):
+                    if (
+                        t.dtype not in HOST_DTYPES
+                        or v.dtype != np.dtype(t.dtype)
+                        or list(v.shape) != list(t.shape)
+                    ):
                         raise ProgramError(
                             f"{source}: host tensor {t.name}: data is {v.dtype} {list(v.shape)}, "
-                            f"the tensor table says float32 {t.shape}"
+                            f"the tensor table says {t.dtype} {t.shape}"
                         )
                 continue
             if t.nbytes == 0 and "parts" in t.attrs:
@@ -620,6 +631,14 @@ def _check_meta(meta: object, source: str) -> None:
     )
     _need(isinstance(meta["output"], str), source, "meta.output", "a tensor name", meta["output"])
     _need(isinstance(meta["model"], dict), source, "meta.model", "an object", meta["model"])
+    if "lm_head" in meta:  # absent in Programs from before the option: host_fp32
+        _need(
+            meta["lm_head"] in LM_HEAD_OPTIONS,
+            source,
+            "meta.lm_head",
+            " or ".join(LM_HEAD_OPTIONS),
+            meta["lm_head"],
+        )
 
 
 def _check_doc(doc: object, src: str) -> None:
@@ -700,7 +719,7 @@ def _check_doc(doc: object, src: str) -> None:
         at = f"arrays.{k}"
         _need(k in _NPY_DTYPES or k.startswith("host:"), src, at, "words, image or host:NAME", k)
         _fields(spec, ("dtype", "shape"), src, at)
-        want = _NPY_DTYPES.get(k, "<f4")
+        want = _NPY_DTYPES.get(k, spec["dtype"] if spec["dtype"] in HOST_DTYPES.values() else "<f4")
         _need(spec["dtype"] == want, src, f"{at}.dtype", repr(want), spec["dtype"])
         _need(_shape(spec["shape"]), src, f"{at}.shape", "a list of integers >= 0", spec["shape"])
         ndim = {"words": 1, "image": 2}.get(k)

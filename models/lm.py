@@ -32,7 +32,8 @@ Modes of :meth:`TernaryLM.forward`:
                  a = hostops.rmsnorm(a, ffn.sub_norm.weight)    # subln only
                  x = hostops.add(x, down_proj(a))
              and at the end ``logits = hostops.linear(hostops.rmsnorm(x, norm.weight), lm_head.weight)``
-             (fixed summation order). Attention runs on an int8 GEMM engine, per layer and head::
+             (fixed summation order; ``forward(..., lm_head="host_fp16" | "acc_int8")`` uses the other
+             LM-head definitions of :mod:`models.lm_head`). Attention runs on an int8 GEMM engine, per layer and head::
 
                  qq, s_q = quantize_act(q)             # per token per head, over head_dim
                  kq, s_k = quantize_act(k)             # (stored in the KV cache as int8 + scale)
@@ -69,6 +70,7 @@ import torch.nn.functional as F
 
 from models import hostops
 from models.bitlinear import MODES, BitLinear, int_matmul, quantize_act
+from models.lm_head import check_lm_head, lm_head_logits
 
 __all__ = ["LMConfig", "KVCache", "RMSNorm", "Attention", "FeedForward", "Block", "TernaryLM", "generate"]
 
@@ -287,9 +289,27 @@ class TernaryLM(nn.Module):
         """Every BitLinear by qualified name, in forward order."""
         return {n: m for n, m in self.named_modules() if isinstance(m, BitLinear)}
 
-    def forward(self, tokens: torch.Tensor, cache: KVCache | None = None, mode: str = "fake") -> torch.Tensor:
+    def forward(
+        self,
+        tokens: torch.Tensor,
+        cache: KVCache | None = None,
+        mode: str = "fake",
+        lm_head: str = "host_fp32",
+    ) -> torch.Tensor:
         """``tokens`` (B, T) int64 → logits (B, T, vocab) float32. With a ``cache`` the tokens continue the
-        cached sequence (positions ``cache.length ..``) and are appended to it."""
+        cached sequence (positions ``cache.length ..``) and are appended to it. ``lm_head`` picks the LM
+        head's placement and precision in int mode (:mod:`models.lm_head`; other modes take only
+        ``"host_fp32"``, their own float head)."""
+        check_lm_head(lm_head)
+        if mode != "int" and lm_head != "host_fp32":
+            raise ValueError(f"lm_head={lm_head!r} applies to mode='int' only")
+        x = self.final_hidden(tokens, cache, mode)
+        if mode == "int":
+            return lm_head_logits(x, self.lm_head.weight, lm_head)
+        return self.lm_head(x)
+
+    def final_hidden(self, tokens: torch.Tensor, cache: KVCache | None = None, mode: str = "fake"):
+        """The final RMSNorm's output (B, T, d_model) float32: what the LM head reads (see :meth:`forward`)."""
         if mode not in MODES:
             raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
         if tokens.dim() != 2:
@@ -312,16 +332,16 @@ class TernaryLM(nn.Module):
         if cache is not None:
             cache.length = start + t
             cache.mode = mode
-        if mode == "int":
-            return hostops.linear(x, self.lm_head.weight)
-        return self.lm_head(x)
+        return x
 
     def new_cache(self) -> KVCache:
         return KVCache(self.config.n_layers)
 
 
 @torch.no_grad()
-def generate(model: TernaryLM, prompt_tokens, n_new: int, mode: str = "int") -> torch.Tensor:
+def generate(
+    model: TernaryLM, prompt_tokens, n_new: int, mode: str = "int", lm_head: str = "host_fp32"
+) -> torch.Tensor:
     """Greedy decoding with the KV cache: the prompt in one forward, then one token per forward.
 
     ``prompt_tokens`` is a 1-D sequence (list or tensor) of token ids; returns the 1-D int64 tensor of the
@@ -333,10 +353,10 @@ def generate(model: TernaryLM, prompt_tokens, n_new: int, mode: str = "int") -> 
         raise ValueError("generate: empty prompt")
     cache = model.new_cache()
     out = [prompt]
-    logits = model(prompt, cache=cache, mode=mode)
+    logits = model(prompt, cache=cache, mode=mode, lm_head=lm_head)
     for i in range(n_new):
         nxt = logits[:, -1:].argmax(dim=-1)
         out.append(nxt)
         if i + 1 < n_new:
-            logits = model(nxt, cache=cache, mode=mode)
+            logits = model(nxt, cache=cache, mode=mode, lm_head=lm_head)
     return torch.cat(out, dim=1)[0]

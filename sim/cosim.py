@@ -769,6 +769,7 @@ class TopReport:
         default_factory=list
     )  # per step: (layer, op kind) of each command (sim/breakdown.py)
     artifacts: dict = field(default_factory=dict)  # "waves" / "log": files kept for debugging
+    lm_head: str = "host_fp32"  # where the LM head ran (models/lm_head.py)
 
     @property
     def cycles_equal(self) -> bool:
@@ -795,6 +796,7 @@ class TopReport:
             "engine": "top",
             "config": self.config,
             "layers": self.layers,
+            "lm_head": self.lm_head,
             "prompt": self.prompt,
             "rtl_tokens": self.rtl_tokens,
             "torch_tokens": self.torch_tokens,
@@ -835,12 +837,14 @@ def run_top_cosim(
     build_root: Path = DEFAULT_BUILD,
     quiet: bool = False,
     waves: str | None = None,
+    lm_head: str = "host_fp32",
 ) -> TopReport:
     """Run a greedy generation (prompt prefill + ``new_tokens - 1`` decode steps, ``new_tokens`` tokens) of
     a trained checkpoint through the RTL top level, the executor on the numba models, and PyTorch int mode;
     compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py. With ``waves``
     ("fst"/"vcd") the run is traced into ``build/waves/top/generation.<fmt>`` (:data:`TOP_CASE`); the
-    simulator log of a traced or failing run is kept (``log`` in the report)."""
+    simulator log of a traced or failing run is kept (``log`` in the report). ``lm_head`` places the LM head
+    (models/lm_head.py): the Programs and the PyTorch reference use the same option."""
     import torch
 
     from compiler import compile_model, load_model
@@ -855,7 +859,7 @@ def run_top_cosim(
     if new_tokens < 1 or not prompt:
         raise ValueError("need a non-empty prompt and at least one new token")
     _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
-    cm = compile_model(model, acfg)
+    cm = compile_model(model, acfg, lm_head=lm_head)
     progs = [cm.program(len(prompt), 0, logits="last")]
     progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
     kinds = [
@@ -871,14 +875,16 @@ def run_top_cosim(
     labels = [command_labels(p) for p in progs]
 
     # reference 1: PyTorch int mode, greedy; reference 2: the executor on the numba models
-    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int").tolist()[len(prompt) :]
+    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int", lm_head=lm_head).tolist()[
+        len(prompt) :
+    ]
     cache = model.new_cache()
     torch_logits = []
     seq = list(prompt)
     with torch.no_grad():
         for s in range(new_tokens):
             inp = torch.tensor([seq if s == 0 else seq[-1:]])
-            lg = model(inp, cache, mode="int")[0, -1].numpy()
+            lg = model(inp, cache, mode="int", lm_head=lm_head)[0, -1].numpy()
             torch_logits.append(lg)
             seq.append(int(np.argmax(lg)))
     rt = Runtime(progs[0])
@@ -946,6 +952,7 @@ def run_top_cosim(
             sim_s=sim_s,
             commands=kinds,
             labels=labels,
+            lm_head=lm_head,
         )
         trace = traced_format(bdir)
         out = artifacts_root(build_root)

@@ -25,6 +25,7 @@ from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import TlmmShape
 from models import hostops
 from models.bitlinear import quantize_act
+from models.lm_head import dequant_logits
 from sim.gemm_model import run_gemm_on_image
 from sim.tlmm_model import run_tlmm_streams
 
@@ -149,11 +150,28 @@ class _Host:
         sx = self.f32(op.inputs[1])
         self.put(op.outputs[0], yi.to(torch.float32) * (sx * op.attrs["scale"]))
 
-    def op_lm_head(self, op):
+    def op_lm_head(self, op):  # host_fp32, or host_fp16: the float16 weights read as float32 (exact)
         x = self.f32(op.inputs[0])
         if op.attrs.get("last_only"):
             x = x[-1:]
         self.put(op.outputs[0], hostops.linear(x, self.f32(op.attrs["weight"])))
+
+    # ---- the LM head on the GEMM engine (lm_head = acc_int8; models/lm_head.py, same functions) ----
+    def op_lm_head_quant(self, op):
+        x = self.f32(op.inputs[0])
+        if op.attrs.get("last_only"):
+            x = x[-1:]
+        xq, sx = quantize_act(x)
+        self.put_raw(op.outputs[0], pack_a(xq.numpy(), self.geo))
+        self.put(op.outputs[1], sx)
+
+    def op_lm_head_dequant(self, op):
+        *ys, sx_name, sw_name = op.inputs
+        rows = op.attrs["rows"]
+        y = torch.cat(
+            [self.gemm_out(y, rows, n1 - n0) for y, (n0, n1) in zip(ys, op.attrs["slices"], strict=True)], 1
+        )
+        self.put(op.outputs[0], dequant_logits(y, self.f32(sx_name), self.f32(sw_name)))
 
     # ---- attention (same operations and order as compiler.capture.attention_int) ----
     # KV heads are grouped g at a time (compiler.tiling.attention_group): a group's Q·Kᵀ has a block-diagonal

@@ -17,6 +17,7 @@ from pathlib import Path
 
 from hw.config import ConfigError, load_config
 from hw.files import output_dir
+from hw.program import LM_HEAD_OPTIONS
 
 EXIT_MISMATCH, EXIT_INPUT, EXIT_TOOL = 1, 2, 3
 
@@ -295,6 +296,7 @@ def cmd_cosim(args) -> int:
                 build_root=Path(args.build_dir),
                 quiet=False,
                 waves=args.waves,
+                lm_head=args.lm_head,
             )
         except ValueError as e:
             raise ConfigError(str(e)) from None
@@ -463,7 +465,7 @@ def cmd_compile(args) -> int:
             model = load_model(args.model)
             bar.update()
             bar.stage("capture + passes")
-            cm = compile_model(model, acfg)
+            cm = compile_model(model, acfg, lm_head=args.lm_head)
             bar.update()
             bar.stage("lower the step")
             prog = cm.program(args.tokens, args.pos)
@@ -485,6 +487,7 @@ def cmd_compile(args) -> int:
         "config": acfg.name,
         "tokens": args.tokens,
         "pos": args.pos,
+        "lm_head": args.lm_head,
         "out": str(out),
         "commands": len(cmds),
         "tlmm": kinds["TlmmCommand"],
@@ -522,11 +525,21 @@ def cmd_estimate(args) -> int:
     acfg = load_config(args.config)
     cache = None if args.no_cache else ProgramCache(log=_progress)
     try:
-        r = estimate(args.model, acfg, args.prompt, args.context, cache=cache, breakdown=args.breakdown)
+        r = estimate(
+            args.model,
+            acfg,
+            args.prompt,
+            args.context,
+            cache=cache,
+            breakdown=args.breakdown,
+            lm_head=args.lm_head,
+        )
         plots = (
             [
                 str(p)
-                for p in plot_estimates(args.model, acfg, Path(out), r["prompt"], r["context"], cache=cache)
+                for p in plot_estimates(
+                    args.model, acfg, Path(out), r["prompt"], r["context"], cache=cache, lm_head=args.lm_head
+                )
             ]
             if out
             else []
@@ -667,6 +680,14 @@ readable output on stdout. Positional arguments name what a command reads (a tra
 Program folder). Exit codes: 0 ok, 1 mismatch, 2 bad input, 3 tool failure, 130 interrupted."""
 
 
+_LM_HEAD_ARG = {
+    "choices": list(LM_HEAD_OPTIONS),
+    "default": "host_fp32",
+    "help": "where the LM head runs: host_fp32 (host, float32 weights; default), host_fp16 (host, float16 "
+    "weights), acc_int8 (GEMM engine, int8 weights per row + int8 activations; models/lm_head.py)",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     from hw.boards import BOARD_SPECS
     from sim.engines import board_engines, cosim_engines
@@ -727,6 +748,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="top: greedy tokens to generate (prefill + tokens-1 decode steps; default 4)",
     )
     s.add_argument("--prompt", default="def main(", help="top: prompt text (bytes; default 'def main(')")
+    s.add_argument("--lm-head", **_LM_HEAD_ARG)
     s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
     s.add_argument(
         "--breakdown",
@@ -789,6 +811,7 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument(
         "--pos", type=_non_negative, default=0, help="position of the step's first token (default 0)"
     )
+    co.add_argument("--lm-head", **_LM_HEAD_ARG)
     co.add_argument("--json", action="store_true", help="print a JSON summary")
     co.set_defaults(func=cmd_compile)
 
@@ -828,6 +851,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="compile afresh; neither read nor write the Program cache ($TRITIUM_CACHE_DIR, else "
         "$XDG_CACHE_HOME/tritium or ~/.cache/tritium)",
     )
+    es.add_argument("--lm-head", **_LM_HEAD_ARG)
     es.add_argument("--json", action="store_true", help="print JSON (no progress bar)")
     es.set_defaults(func=cmd_estimate)
 

@@ -77,6 +77,11 @@ HOST_COST = {
     "attn_prep": (10, 6),  # RoPE + quantize, per q/k/v element
     "attn_softmax": (40, 6),  # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
     "attn_out": (2, 8),  # per output element
+    "lm_head_quant": (4, 5),  # acc_int8: absmax, scale, round, clamp per element of x; writes int8
+    "lm_head_dequant": (
+        2,
+        12,
+    ),  # acc_int8, per logit: int32 and the row scale read, s_x·s_w, ×, float32 written
 }
 HOST_COST_SOURCE = (
     "counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
@@ -140,7 +145,7 @@ class StepCost:
         return {
             "tlmm compute": "compute (TLMM)",
             "tlmm memory": "memory (TLMM weight streaming)",
-            "gemm": "GEMM (attention)",
+            "gemm": "GEMM (attention; the LM head with lm_head=acc_int8)",
             "host": "host",
         }[k]
 
@@ -150,11 +155,22 @@ def _host_cost(prog: Program, op) -> tuple[float, float]:
     kind = op.kind
     t = prog.tensors
     a = op.attrs
-    if kind == "lm_head":
-        w = t[a["weight"]].shape
+    if kind == "lm_head":  # host_fp32 / host_fp16: the weights' own element size (4 or 2 bytes)
+        wt = t[a["weight"]]
+        w = wt.shape
         x = t[op.inputs[0]].shape
         rows = 1 if a.get("last_only") else x[0]
-        return 2.0 * rows * w[0] * w[1], 4.0 * w[0] * w[1] + 4.0 * rows * w[0]
+        wsize = 2 if wt.dtype == "float16" else 4
+        return 2.0 * rows * w[0] * w[1], float(wsize) * w[0] * w[1] + 4.0 * rows * w[0]
+    if kind in ("lm_head_quant", "lm_head_dequant"):  # acc_int8: per element of x / per logit
+        rows = (
+            a["rows"]
+            if kind == "lm_head_dequant"
+            else (1 if a.get("last_only") else t[op.inputs[0]].shape[0])
+        )
+        n = rows * (a["vocab"] if kind == "lm_head_dequant" else a["k"])
+        f, b = HOST_COST[kind]
+        return float(f * n), float(b * n)
     if kind in ("attn_prep", "attn_softmax", "attn_out"):
         h, hkv, hd, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"]
         ctx = a["pos"] + T
@@ -289,12 +305,12 @@ def clear_cache() -> None:
     _COMPILED.clear()
 
 
-def _compiled(model_spec: str, acfg: AcceleratorConfig):
+def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str = "host_fp32"):
     from compiler import compile_model, load_model
 
-    key = (model_spec, acfg.fingerprint())
-    if key not in _COMPILED:
-        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg)  # shapes suffice
+    key = (model_spec, acfg.fingerprint(), lm_head)
+    if key not in _COMPILED:  # shapes suffice
+        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg, lm_head=lm_head)
     return _COMPILED[key]
 
 
@@ -308,17 +324,22 @@ def estimate(
     context: int | None = None,
     cache=None,
     breakdown: bool = False,
+    lm_head: str = "host_fp32",
 ) -> dict:
     """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens. Left out,
     they default to 64 and 1024 tokens, each capped at the model's ``max_seq``.
 
     ``cache``: a :class:`compiler.cache.ProgramCache` to take the step Programs from (and store them in);
     None compiles in this process (memoized per process). ``breakdown``: also the per-layer and per-op-kind
-    figures (:func:`breakdown`) under ``"breakdown"``. A progress bar shows on a terminal (sim/progress.py)."""
+    figures (:func:`breakdown`) under ``"breakdown"``. ``lm_head`` places the LM head (models/lm_head.py):
+    host ops on float32 / float16 weights, or GEMM commands on int8 weights. A progress bar shows on a
+    terminal (sim/progress.py)."""
     from compiler.cache import ProgramSource
     from sim.progress import progress
 
-    src = ProgramSource(model_spec, acfg, lambda: _compiled(model_spec, acfg), cache)
+    src = ProgramSource(
+        model_spec, acfg, lambda: _compiled(model_spec, acfg, lm_head), cache, {"lm_head": lm_head}
+    )
     with progress(total=5, desc="estimate", unit="step") as bar:
         bar.stage("model (compiles on a cache miss)")
         max_seq = src.max_seq()
@@ -342,7 +363,7 @@ def estimate(
                 recs.append(_label_records(prog, rec))
             bar.update()
     pre, dec = costs
-    r = summarize(model_spec, acfg, prompt, context, pre, dec, energy)
+    r = summarize(model_spec, acfg, prompt, context, pre, dec, energy, lm_head)
     if breakdown:
         r["breakdown"] = {
             label: breakdown_of(rec, cost, acfg)
@@ -513,10 +534,11 @@ def summarize(
     pre: StepCost,
     dec: StepCost,
     energy: dict | None = None,
+    lm_head: str = "host_fp32",
 ) -> dict:
     """:func:`estimate`'s figures from the costs of the prefill and the decode step (also used by the
     design-space exploration's fast evaluator, tritium.dse). ``energy``: the device family's table (read
-    when left out)."""
+    when left out); ``lm_head``: the placement the steps were compiled with (the DSE assumes host_fp32)."""
     energy = energy or load_energy(acfg.device.family)
     f = acfg.clock_mhz * 1e6
     dev = acfg.device
@@ -533,6 +555,7 @@ def summarize(
         "clock_mhz": acfg.clock_mhz,
         "prompt": prompt,
         "context": context,
+        "lm_head": lm_head,
         "modeled": True,
         "prefill_s": pre.seconds,
         "ttft_s": pre.seconds,
@@ -626,7 +649,8 @@ def format_estimate(r: dict) -> str:
             ["figure (modeled)", "value", "note"],
             rows,
             title=f"{r['model']} on {r['config']} — {r['device']}, {r['clock_mhz']:g} MHz, "
-            f"prompt {r['prompt']}, context {r['context']} (every figure modeled)",
+            f"prompt {r['prompt']}, context {r['context']}, LM head {r.get('lm_head', 'host_fp32')} "
+            "(every figure modeled)",
         )
     ]
     a = r["assumptions"]
@@ -652,6 +676,7 @@ def plot_estimates(
     context: int | None = None,
     points: int = 8,
     cache=None,
+    lm_head: str = "host_fp32",
 ) -> list[Path]:
     """Figures (each PNG + PDF + CSV, :func:`tritium.figures.save_figure`), all modeled: ``context`` —
     decode tokens/s against context length and TTFT against prompt length, the requested ``prompt`` and
@@ -663,7 +688,9 @@ def plot_estimates(
     from sim.progress import track
     from tritium.figures import honest_axes, new_figure, save_figure
 
-    src = ProgramSource(model_spec, acfg, lambda: _compiled(model_spec, acfg), cache)
+    src = ProgramSource(
+        model_spec, acfg, lambda: _compiled(model_spec, acfg, lm_head), cache, {"lm_head": lm_head}
+    )
     max_seq = src.max_seq()
     prompt = min(DEFAULT_PROMPT, max_seq) if prompt is None else prompt
     context = min(DEFAULT_CONTEXT, max_seq) if context is None else context
