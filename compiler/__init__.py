@@ -94,14 +94,15 @@ def check_config(acfg) -> None:
         )
 
 
-def compile_model(model, acfg, capture_len: int = 8, lm_head: str = "host_fp32") -> CompiledModel:
+def compile_model(model, acfg, capture_len: int = 8, lm_head: str | None = None) -> CompiledModel:
     """Capture ``model`` with torch.export and run the graph passes; cheap per-step emission follows.
     ``lm_head`` places the LM head (``host_fp32``, ``host_fp16`` or ``acc_int8``; models/lm_head.py; recorded
-    in every Program's ``meta["lm_head"]``). Raises CompileError up front for a config the compiler cannot
+    in every Program's ``meta["lm_head"]``); None takes the config's ``system.lm_head``. Raises CompileError up front for a config the compiler cannot
     target (:func:`check_config`) or an unknown ``lm_head``."""
     check_config(acfg)
     from hw.program import LM_HEAD_OPTIONS
 
+    lm_head = acfg.system.lm_head if lm_head is None else lm_head
     if lm_head not in LM_HEAD_OPTIONS:
         raise CompileError(f"lm_head={lm_head!r}: expected one of {', '.join(LM_HEAD_OPTIONS)}")
     from compiler.capture import capture

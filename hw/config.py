@@ -554,6 +554,27 @@ def _check_gemm_bus(acfg: "AcceleratorConfig") -> "AcceleratorConfig":
     return acfg
 
 
+LmHead = Literal["host_fp32", "host_fp16", "acc_int8"]
+"""Where and in which precision the LM head runs (definitions in models/lm_head.py)."""
+
+
+@dataclass(frozen=True)
+class SystemConfig:
+    """System choices around the engines: what the compiler emits and the estimates charge, not RTL
+    parameters (they do not change the hardware fingerprint). ``lm_head`` places the LM head; the CLI's
+    ``--lm-head`` and the Python APIs' ``lm_head=`` override it."""
+
+    __pydantic_config__: ClassVar[ConfigDict] = _SECTION
+
+    lm_head: Annotated[
+        LmHead,
+        _doc(
+            "LM head: `host_fp32` (host, float32 weights), `host_fp16` (host, float16 weights) or `acc_int8` "
+            "(GEMM engine, int8 weights per row, int8 activations; host dequantizes)"
+        ),
+    ] = "host_fp32"
+
+
 @dataclass(frozen=True)
 class AcceleratorConfig:
     """The whole accelerator: clock plus one section per engine.
@@ -569,6 +590,7 @@ class AcceleratorConfig:
     kv: Annotated[KvConfig, AfterValidator(_check_kv)] = dataclasses.field(default_factory=KvConfig)
     memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
     device: DeviceConfig = dataclasses.field(default_factory=DeviceConfig)
+    system: SystemConfig = dataclasses.field(default_factory=SystemConfig)
     source: str = "<defaults>"
 
     @property
@@ -586,6 +608,7 @@ class AcceleratorConfig:
             "kv": dataclasses.asdict(self.kv),
             "memory": dataclasses.asdict(self.memory),
             "device": dataclasses.asdict(self.device),
+            "system": dataclasses.asdict(self.system),
         }
 
     def fingerprint(self) -> str:
@@ -593,7 +616,7 @@ class AcceleratorConfig:
         import hashlib
         import json
 
-        hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz", "device")}
+        hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz", "device", "system")}
         return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -604,6 +627,7 @@ SECTIONS: dict[str, type] = {
     "kv": KvConfig,
     "memory": MemoryConfig,
     "device": DeviceConfig,
+    "system": SystemConfig,
 }
 """YAML section name -> dataclass, in the order of the reference."""
 _REQUIRED = ("tlmm",)  # sections a config file must have (the others default)

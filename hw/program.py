@@ -53,6 +53,7 @@ import json
 import math
 import os
 import shutil
+import typing
 import uuid
 import zipfile
 from dataclasses import asdict, dataclass, field
@@ -60,7 +61,7 @@ from pathlib import Path
 
 import numpy as np
 
-from hw.config import AcceleratorConfig, TlmmConfig, config_from_dict
+from hw.config import AcceleratorConfig, LmHead, TlmmConfig, config_from_dict
 from hw.isa import ISA_VERSION, GemmCommand, HostCommand, TlmmCommand, decode_program
 
 __all__ = [
@@ -84,7 +85,7 @@ PROGRAM_VERSION = (
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "float16", "int32", "int8", "uint8")
 HOST_DTYPES = {"float32": "<f4", "float16": "<f2"}  # host constants: tensor dtype → .npy dtype
-LM_HEAD_OPTIONS = ("host_fp32", "host_fp16", "acc_int8")
+LM_HEAD_OPTIONS: tuple[str, ...] = typing.get_args(LmHead)
 """Where and in which precision the LM head runs (``meta["lm_head"]``; definitions in models/lm_head.py)."""
 HOST_OP_KINDS = (
     "embed",

@@ -837,14 +837,15 @@ def run_top_cosim(
     build_root: Path = DEFAULT_BUILD,
     quiet: bool = False,
     waves: str | None = None,
-    lm_head: str = "host_fp32",
+    lm_head: str | None = None,
 ) -> TopReport:
     """Run a greedy generation (prompt prefill + ``new_tokens - 1`` decode steps, ``new_tokens`` tokens) of
     a trained checkpoint through the RTL top level, the executor on the numba models, and PyTorch int mode;
     compare logits (bit for bit), tokens, and every command's cycles with sim/top_model.py. With ``waves``
     ("fst"/"vcd") the run is traced into ``build/waves/top/generation.<fmt>`` (:data:`TOP_CASE`); the
     simulator log of a traced or failing run is kept (``log`` in the report). ``lm_head`` places the LM head
-    (models/lm_head.py): the Programs and the PyTorch reference use the same option."""
+    (models/lm_head.py; None: the config's ``system.lm_head``): the Programs and the PyTorch reference use the
+    same option."""
     import torch
 
     from compiler import compile_model, load_model
@@ -853,6 +854,7 @@ def run_top_cosim(
     from sim.runtime import Runtime
     from sim.top_model import program_cycles
 
+    lm_head = acfg.system.lm_head if lm_head is None else lm_head
     model = load_model(str(checkpoint))
     if layers is not None:
         model = truncated_model(model, layers)

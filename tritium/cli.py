@@ -682,9 +682,10 @@ Program folder). Exit codes: 0 ok, 1 mismatch, 2 bad input, 3 tool failure, 130 
 
 _LM_HEAD_ARG = {
     "choices": list(LM_HEAD_OPTIONS),
-    "default": "host_fp32",
-    "help": "where the LM head runs: host_fp32 (host, float32 weights; default), host_fp16 (host, float16 "
-    "weights), acc_int8 (GEMM engine, int8 weights per row + int8 activations; models/lm_head.py)",
+    "default": None,
+    "help": "where the LM head runs: host_fp32 (host, float32 weights), host_fp16 (host, float16 "
+    "weights), acc_int8 (GEMM engine, int8 weights per row + int8 activations; models/lm_head.py); "
+    "default: the config's system.lm_head",
 }
 
 

@@ -80,6 +80,8 @@ class Workload:
     tlmm_ops: list  # [(k, n, count)]
     attention: list  # [(n_heads, n_kv_heads, head_dim, count)]
     steps: dict  # "prefill" / "decode" → _Step
+    lm_head: str = "host_fp32"  # the placement the host ops were compiled with (system.lm_head)
+    lm_head_shape: tuple | None = None  # (d_model, vocab) of the LM head
 
 
 class _HostProgram:
@@ -97,15 +99,20 @@ class _HostProgram:
 _WORKLOADS: dict = {}
 
 
-def build_workload(model: str, prompt: int, context: int, acfg: AcceleratorConfig) -> Workload:
-    """Capture the model once (on meta tensors) and record its TLMM ops, attention ops and host ops."""
-    key = (model, prompt, context)
+def build_workload(
+    model: str, prompt: int, context: int, acfg: AcceleratorConfig, lm_head: str | None = None
+) -> Workload:
+    """Capture the model once (on meta tensors) and record its TLMM ops, attention ops and host ops, with
+    the LM head placed by ``lm_head`` (None: ``acfg.system.lm_head``): the host ops differ per placement, and
+    ``acc_int8`` adds the LM head's GEMM commands (:meth:`FastEvaluator.commands`)."""
+    lm_head = acfg.system.lm_head if lm_head is None else lm_head
+    key = (model, prompt, context, lm_head)
     if key in _WORKLOADS:
         return _WORKLOADS[key]
     from hw.isa import HostCommand
     from tritium.estimate import _compiled
 
-    cm = _compiled(model, acfg)
+    cm = _compiled(model, acfg, lm_head)
     g = cm.graph
     max_seq = cm.lowering.mc["max_seq"]
     if not 1 <= prompt <= max_seq or not 1 <= context <= max_seq:
@@ -137,6 +144,8 @@ def build_workload(model: str, prompt: int, context: int, acfg: AcceleratorConfi
         sorted((k, n, c) for (k, n), c in tl.items()),
         sorted((h, hk, hd, c) for (h, hk, hd), c in at.items()),
         steps,
+        lm_head,
+        (cm.lowering.mc["d_model"], cm.lowering.mc["vocab"]),
     )
     _WORKLOADS[key] = wl
     return wl
@@ -147,14 +156,23 @@ class FastEvaluator:
 
     def __init__(self, workload: Workload):
         self.w = workload
+        self._by_lm_head = {workload.lm_head: workload}
         self._cmd_cache: dict = {}
         self._host_cache: dict = {}
         self._energy: dict = {}
 
+    def workload(self, acfg: AcceleratorConfig) -> Workload:
+        """The workload of ``acfg``'s LM-head placement (``system.lm_head``; compiled once per placement)."""
+        lm = acfg.system.lm_head
+        if lm not in self._by_lm_head:
+            w = self.w
+            self._by_lm_head[lm] = build_workload(w.model, w.prompt, w.context, acfg, lm)
+        return self._by_lm_head[lm]
+
     def commands(self, acfg: AcceleratorConfig, step: _Step) -> Counter:
         """Multiset of the step's TLMM and GEMM commands (addresses zero: costs do not depend on them), by
         the lowering's own tiling rules (:mod:`compiler.tiling`)."""
-        from compiler.tiling import attention_gemms, tlmm_slices, tlmm_tiles
+        from compiler.tiling import attention_gemms, lm_head_gemms, tlmm_slices, tlmm_tiles
         from hw.gemm_layout import gemm_shape
         from hw.isa import GemmCommand, TlmmCommand
 
@@ -170,6 +188,11 @@ class FastEvaluator:
             sq, sp = gemm_shape(geo, *ag.qk), gemm_shape(geo, *ag.pv)
             out[GemmCommand(sq.m_tiles, sq.n_tiles, sq.k_tiles)] += ag.n_groups * cnt
             out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += ag.n_groups * cnt
+        if acfg.system.lm_head == "acc_int8":  # one row: every step is costed with logits="last"
+            k, vocab = self.w.lm_head_shape
+            for n0, n1, _ in lm_head_gemms(geo, k, vocab):
+                sc = gemm_shape(geo, 1, k, n1 - n0)
+                out[GemmCommand(sc.m_tiles, sc.n_tiles, sc.k_tiles)] += 1
         return out
 
     def memory_beats(self, acfg: AcceleratorConfig) -> int:
@@ -183,6 +206,7 @@ class FastEvaluator:
             self.w.tlmm_ops,
             self.w.attention,
             self.w.max_seq,
+            self.w.lm_head_shape if acfg.system.lm_head == "acc_int8" else None,
         )
 
     def _energy_of(self, family: str) -> dict:
@@ -236,9 +260,10 @@ class FastEvaluator:
         """The same dict as :func:`tritium.estimate.estimate` (figures equal up to float rounding)."""
         from tritium.estimate import summarize
 
-        pre = self.step_cost(acfg, self.w.steps["prefill"])
-        dec = self.step_cost(acfg, self.w.steps["decode"])
-        return summarize(self.w.model, acfg, self.w.prompt, self.w.context, pre, dec)
+        w = self.workload(acfg)
+        pre = self.step_cost(acfg, w.steps["prefill"])
+        dec = self.step_cost(acfg, w.steps["decode"])
+        return summarize(w.model, acfg, w.prompt, w.context, pre, dec, lm_head=acfg.system.lm_head)
 
 
 # ====================================================================================================

@@ -305,9 +305,10 @@ def clear_cache() -> None:
     _COMPILED.clear()
 
 
-def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str = "host_fp32"):
+def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str | None = None):
     from compiler import compile_model, load_model
 
+    lm_head = acfg.system.lm_head if lm_head is None else lm_head
     key = (model_spec, acfg.fingerprint(), lm_head)
     if key not in _COMPILED:  # shapes suffice
         _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg, lm_head=lm_head)
@@ -324,7 +325,7 @@ def estimate(
     context: int | None = None,
     cache=None,
     breakdown: bool = False,
-    lm_head: str = "host_fp32",
+    lm_head: str | None = None,
 ) -> dict:
     """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens. Left out,
     they default to 64 and 1024 tokens, each capped at the model's ``max_seq``.
@@ -332,11 +333,13 @@ def estimate(
     ``cache``: a :class:`compiler.cache.ProgramCache` to take the step Programs from (and store them in);
     None compiles in this process (memoized per process). ``breakdown``: also the per-layer and per-op-kind
     figures (:func:`breakdown`) under ``"breakdown"``. ``lm_head`` places the LM head (models/lm_head.py):
-    host ops on float32 / float16 weights, or GEMM commands on int8 weights. A progress bar shows on a
+    host ops on float32 / float16 weights, or GEMM commands on int8 weights (None: the config's
+    ``system.lm_head``). A progress bar shows on a
     terminal (sim/progress.py)."""
     from compiler.cache import ProgramSource
     from sim.progress import progress
 
+    lm_head = acfg.system.lm_head if lm_head is None else lm_head
     src = ProgramSource(
         model_spec, acfg, lambda: _compiled(model_spec, acfg, lm_head), cache, {"lm_head": lm_head}
     )
@@ -538,7 +541,7 @@ def summarize(
 ) -> dict:
     """:func:`estimate`'s figures from the costs of the prefill and the decode step (also used by the
     design-space exploration's fast evaluator, tritium.dse). ``energy``: the device family's table (read
-    when left out); ``lm_head``: the placement the steps were compiled with (the DSE assumes host_fp32)."""
+    when left out); ``lm_head``: the placement the steps were compiled with."""
     energy = energy or load_energy(acfg.device.family)
     f = acfg.clock_mhz * 1e6
     dev = acfg.device
@@ -676,7 +679,7 @@ def plot_estimates(
     context: int | None = None,
     points: int = 8,
     cache=None,
-    lm_head: str = "host_fp32",
+    lm_head: str | None = None,
 ) -> list[Path]:
     """Figures (each PNG + PDF + CSV, :func:`tritium.figures.save_figure`), all modeled: ``context`` —
     decode tokens/s against context length and TTFT against prompt length, the requested ``prompt`` and
@@ -688,6 +691,7 @@ def plot_estimates(
     from sim.progress import track
     from tritium.figures import honest_axes, new_figure, save_figure
 
+    lm_head = acfg.system.lm_head if lm_head is None else lm_head
     src = ProgramSource(
         model_spec, acfg, lambda: _compiled(model_spec, acfg, lm_head), cache, {"lm_head": lm_head}
     )
