@@ -31,7 +31,7 @@ import torch
 from models import hostops, lm
 from models.bitlinear import BitLinear, int_matmul, quantize_act, ternary_weight
 
-__all__ = ["capture", "attention_int"]
+__all__ = ["capture", "attention_int", "IntForward"]
 
 
 # ------------------------------------------------------------------ the int-mode attention, one function
@@ -176,37 +176,24 @@ def _attention_forward(self, x, cos, sin, positions, mode, cache, layer):
 @contextlib.contextmanager
 def _capture_ops():
     """Route the model's int-mode blocks through the custom ops while tracing."""
-    saved = (
-        BitLinear.forward,
-        lm.Attention.forward,
-        hostops.rmsnorm,
-        hostops.swiglu,
-        hostops.relu2,
-        hostops.add,
-        hostops.linear,
-    )
-    BitLinear.forward = _bitlinear_forward
-    lm.Attention.forward = _attention_forward
-    hostops.rmsnorm = torch.ops.tritium.rmsnorm
-    hostops.swiglu = torch.ops.tritium.swiglu
-    hostops.relu2 = torch.ops.tritium.relu2
-    hostops.add = torch.ops.tritium.add
-    hostops.linear = torch.ops.tritium.linear
+    patches = [(BitLinear, "forward", _bitlinear_forward), (lm.Attention, "forward", _attention_forward)]
+    patches += [
+        (hostops, op, getattr(torch.ops.tritium, op))
+        for op in ("rmsnorm", "swiglu", "relu2", "add", "linear")
+    ]
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
     try:
+        for owner, name, new in patches:
+            setattr(owner, name, new)
         yield
     finally:
-        (
-            BitLinear.forward,
-            lm.Attention.forward,
-            hostops.rmsnorm,
-            hostops.swiglu,
-            hostops.relu2,
-            hostops.add,
-            hostops.linear,
-        ) = saved
+        for owner, name, old in saved:
+            setattr(owner, name, old)
 
 
-class _IntForward(torch.nn.Module):
+class IntForward(torch.nn.Module):
+    """``model(tokens, mode="int")`` as a module of its own, the form ``torch.export`` takes."""
+
     def __init__(self, model):
         super().__init__()
         self.model = model
@@ -222,7 +209,7 @@ def capture(model: torch.nn.Module, seq_len: int = 8) -> torch.export.ExportedPr
     device = next(model.parameters()).device
     tokens = torch.zeros((1, seq_len), dtype=torch.int64, device=device)
     with _capture_ops(), torch.no_grad():
-        return torch.export.export(_IntForward(model), (tokens,), strict=False)
+        return torch.export.export(IntForward(model), (tokens,), strict=False)
 
 
 def run_captured(ep: torch.export.ExportedProgram, tokens: torch.Tensor) -> torch.Tensor:

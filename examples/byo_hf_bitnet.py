@@ -32,23 +32,14 @@ import torch  # noqa: E402
 from compiler import compile_model, load_model  # noqa: E402
 from hw.config import load_config  # noqa: E402
 from models.hf import write_synthetic_hf  # noqa: E402
-from models.lm import LMConfig, generate  # noqa: E402
+from models.lm import generate  # noqa: E402
+from models.presets import bitnet_2b_layout  # noqa: E402
 from sim.runtime import Runtime  # noqa: E402
 from tritium.estimate import estimate  # noqa: E402
 
 # The 2B-4T layout in small: ReLU², sub-norms, grouped-query attention, tied embeddings, RoPE θ = 500000.
-SHAPE = LMConfig(
-    vocab=256,
-    d_model=128,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn=256,
-    activation="relu2",
-    rope_theta=500000.0,
-    max_seq=128,
-    subln=True,
-    tie_embeddings=True,
+SHAPE = bitnet_2b_layout(
+    vocab=256, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, ffn=256, rope_theta=500000.0, max_seq=128
 )
 
 

@@ -670,17 +670,87 @@ def _pnr_utilization(pnr_report: Path) -> dict[str, dict[str, int]]:
 # ------------------------------------------------------------------------------------------------------
 
 
-def _report_head(board: str, b: Board, engine: str, acfg: AcceleratorConfig) -> dict:
-    """The fields every flow report starts with: what was built, for which board, from which config."""
-    return {
-        "board": board,
-        "board_description": b.description,
-        "device": b.device,
-        "engine": engine,
-        "config": acfg.name,
-        "config_source": acfg.source,
-        "config_fingerprint": acfg.fingerprint(),
-    }
+@dataclass(frozen=True)
+class _Build:
+    """One run of a flow: the board (its name and its :class:`Board`), the engine, the config, the work folder,
+    the Yosys binary."""
+
+    board: str
+    b: Board
+    eng: FpgaEngine
+    acfg: AcceleratorConfig
+    work: Path
+    yosys: str
+
+    @classmethod
+    def start(
+        cls,
+        acfg: AcceleratorConfig,
+        board: str,
+        b: Board,
+        eng: FpgaEngine,
+        out_dir: Path,
+        stale: tuple[str, ...],
+    ) -> _Build:
+        """Check the counts the config alone fixes (before a long elaboration and synthesis), make the work
+        folder ``<out_dir>/<board>-<config name>-<engine>`` and remove the ``stale`` results of an earlier run
+        (they must not look like the outcome of this one); find Yosys."""
+        known, why = _known_usage(eng, acfg)
+        _check_fit(board, b, known, acfg, eng, why)
+        work = Path(out_dir) / f"{board}-{acfg.name}-{eng.name}"
+        work.mkdir(parents=True, exist_ok=True)
+        for name in stale:
+            (work / name).unlink(missing_ok=True)
+        return cls(board, b, eng, acfg, work, _tool("yosys"))
+
+    def synthesize(self, script: str) -> float:
+        """Run the Yosys ``script`` in the work folder (its log: synth.log); the seconds it took."""
+        args = [self.yosys, "-q", "-l", "synth.log", script]
+        return _run("Yosys synthesis", args, self.work, self.work / "synth.stdout", self.work / "synth.log")
+
+    def synthesized(self, usage: dict, t_synth: float, log: Callable[[str], None]) -> None:
+        """Log what synthesis used of the board; FitError if it does not fit."""
+        log(
+            f"[fpga] {self.board}: synthesized in {t_synth:.1f} s: "
+            + ", ".join(f"{r} {_fmt(usage[r])}/{self.b.capacity[r]}" for r in self.b.capacity)
+        )
+        _check_fit(self.board, self.b, usage, self.acfg, self.eng)
+
+    def report(
+        self, usage: dict, cells: Counter, seconds: dict[str, float], percent: bool = False, **fields
+    ) -> dict:
+        """The flow's report, written to report.json: what was built, for which board, from which config; each
+        resource's use of the board's (``percent``: also as a percentage); the synthesized cells; the
+        place-and-route fields (``fields`` set them; left out, they say there was none); the seconds each step
+        took."""
+        b, acfg = self.b, self.acfg
+        report = {
+            "board": self.board,
+            "board_description": b.description,
+            "device": b.device,
+            "engine": self.eng.name,
+            "config": acfg.name,
+            "config_source": acfg.source,
+            "config_fingerprint": acfg.fingerprint(),
+            **{
+                r: {"used": usage[r], "available": b.capacity[r]}
+                | ({"percent": round(100 * usage[r] / b.capacity[r], 1)} if percent else {})
+                for r in b.capacity
+            },
+            "cells": dict(cells.most_common()),
+            "pnr_utilization": {},
+            "clock": None,
+            "fmax_mhz": None,
+            "target_mhz": acfg.clock_mhz,
+            "meets_target": None,
+            "critical_path": "n/a",
+            "bitstream": None,
+            "bitstream_bytes": None,
+            **fields,
+            "seconds": {step: round(t, 1) for step, t in seconds.items()},
+        }
+        (self.work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+        return report
 
 
 def build_bitstream(
@@ -709,17 +779,9 @@ def build_bitstream(
     eng = fpga_engine(engine)
     if b.family == "xcup":
         return xilinx_resources(acfg, out_dir, log, engine=eng, board=board)
-    known, why = _known_usage(eng, acfg)
-    _check_fit(board, b, known, acfg, eng, why)
-    engine = eng.name
-    work = Path(out_dir) / f"{board}-{acfg.name}-{engine}"
-    work.mkdir(parents=True, exist_ok=True)
     bit_name = "top.bit" if b.family == "ecp5" else "top.bin"
-    # Stale results from an earlier run must not look like the outcome of this one.
-    for stale in ("report.json", bit_name, "pnr_report.json", "top.json"):
-        (work / stale).unlink(missing_ok=True)
-
-    yosys = _tool("yosys")
+    run = _Build.start(acfg, board, b, eng, out_dir, ("report.json", bit_name, "pnr_report.json", "top.json"))
+    engine, work = eng.name, run.work
     nextpnr = _tool(f"nextpnr-{b.family}")
     packer = _tool("ecppack" if b.family == "ecp5" else "icepack")
 
@@ -739,40 +801,17 @@ def build_bitstream(
 
     # -- synthesize --
     log(f"[fpga] {board}: Yosys synth_{b.family} (log {work / 'synth.log'}) ...")
-    t_synth = _run(
-        "Yosys synthesis",
-        [yosys, "-q", "-l", "synth.log", "top.ys"],
-        work,
-        work / "synth.stdout",
-        work / "synth.log",
-    )
+    t_synth = run.synthesize("top.ys")
     cells, lut_ff_pairs = _netlist_stats(work / "top.json", "top")
     usage = _usage(b, cells, lut_ff_pairs)
-    log(
-        f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
-        + ", ".join(f"{r} {usage[r]}/{b.capacity[r]}" for r in b.capacity)
-    )
-
-    # -- fit check before the (long) place-and-route --
-    _check_fit(board, b, usage, acfg, eng)
+    run.synthesized(usage, t_synth, log)  # the fit check before the (long) place-and-route
     if not pnr:
-        report = {
-            **_report_head(board, b, engine, acfg),
-            **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
-            "cells": dict(cells.most_common()),
-            "pnr_utilization": {},
-            "clock": None,
-            "fmax_mhz": None,
-            "target_mhz": acfg.clock_mhz,
-            "meets_target": None,
-            "critical_path": "n/a",
-            "bitstream": None,
-            "bitstream_bytes": None,
-            "note": "synthesis only (pnr=False): no place-and-route, no Fmax",
-            "seconds": {"elaborate": round(t_elab, 1), "synth": round(t_synth, 1)},
-        }
-        (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
-        return report
+        return run.report(
+            usage,
+            cells,
+            {"elaborate": t_elab, "synth": t_synth},
+            note="synthesis only (pnr=False): no place-and-route, no Fmax",
+        )
 
     # -- place and route, timing-driven towards clock_mhz (the oscillator constraint was raised) --
     log(
@@ -824,26 +863,18 @@ def build_bitstream(
     bitstream = work / bit_name
     tmp.replace(bitstream)
 
-    report = {
-        **_report_head(board, b, engine, acfg),
-        **{r: {"used": usage[r], "available": b.capacity[r]} for r in b.capacity},
-        "cells": dict(cells.most_common()),
-        "pnr_utilization": _pnr_utilization(work / "pnr_report.json"),
-        "clock": clock,
-        "fmax_mhz": None if fmax is None else round(fmax, 2),
-        "target_mhz": acfg.clock_mhz,
-        "meets_target": fmax is not None and fmax >= acfg.clock_mhz,
-        "critical_path": critical,
-        "bitstream": str(bitstream),
-        "bitstream_bytes": bitstream.stat().st_size,
-        "seconds": {
-            "elaborate": round(t_elab, 1),
-            "synth": round(t_synth, 1),
-            "pnr": round(t_pnr, 1),
-            "pack": round(t_pack, 1),
-        },
-    }
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
+    report = run.report(
+        usage,
+        cells,
+        {"elaborate": t_elab, "synth": t_synth, "pnr": t_pnr, "pack": t_pack},
+        pnr_utilization=_pnr_utilization(work / "pnr_report.json"),
+        clock=clock,
+        fmax_mhz=None if fmax is None else round(fmax, 2),
+        meets_target=fmax is not None and fmax >= acfg.clock_mhz,
+        critical_path=critical,
+        bitstream=str(bitstream),
+        bitstream_bytes=bitstream.stat().st_size,
+    )
     log(
         f"[fpga] {board}: bitstream {bitstream} ({report['bitstream_bytes']} bytes); report "
         f"{work / 'report.json'}"
@@ -948,14 +979,8 @@ def xilinx_resources(
     if b.family != "xcup":
         raise ValueError(f"board {board!r} is not an UltraScale+ board; use build_bitstream")
     eng = fpga_engine(engine)
-    known, why = _known_usage(eng, acfg)
-    _check_fit(board, b, known, acfg, eng, why)
-    engine = eng.name
-    work = Path(out_dir) / f"{board}-{acfg.name}-{engine}"
-    work.mkdir(parents=True, exist_ok=True)
-    for stale in ("report.json", "stat.json"):
-        (work / stale).unlink(missing_ok=True)
-    yosys = _tool("yosys")
+    run = _Build.start(acfg, board, b, eng, out_dir, ("report.json", "stat.json"))
+    work = run.work
 
     t0 = time.monotonic()
     what = eng.label if eng.parts else f"the {eng.label}"
@@ -966,44 +991,17 @@ def xilinx_resources(
 
     (work / "synth.ys").write_text(f"read_rtlil top.il\n{XILINX_SYNTH}\ntee -q -o stat.json stat -json\n")
     log(f"[fpga] {board}: Yosys {XILINX_SYNTH} (log {work / 'synth.log'}); a large design takes minutes ...")
-    t_synth = _run(
-        "Yosys synthesis",
-        [yosys, "-q", "-l", "synth.log", "synth.ys"],
-        work,
-        work / "synth.stdout",
-        work / "synth.log",
-    )
+    t_synth = run.synthesize("synth.ys")
     cells = _stat_cells(work / "stat.json")
     usage = _xcup_usage(cells)
-    log(
-        f"[fpga] {board}: synthesized in {t_synth:.1f} s: "
-        + ", ".join(f"{r} {_fmt(usage[r])}/{b.capacity[r]}" for r in b.capacity)
+    run.synthesized(usage, t_synth, log)
+    report = run.report(
+        usage,
+        cells,
+        {"elaborate": t_elab, "synth": t_synth},
+        percent=True,
+        synth_command=XILINX_SYNTH,
+        note=XILINX_NOTE,
     )
-    _check_fit(board, b, usage, acfg, eng)
-
-    report = {
-        **_report_head(board, b, engine, acfg),
-        **{
-            r: {
-                "used": usage[r],
-                "available": b.capacity[r],
-                "percent": round(100 * usage[r] / b.capacity[r], 1),
-            }
-            for r in b.capacity
-        },
-        "cells": dict(cells.most_common()),
-        "pnr_utilization": {},
-        "clock": None,
-        "fmax_mhz": None,
-        "target_mhz": acfg.clock_mhz,
-        "meets_target": None,
-        "critical_path": "n/a",
-        "bitstream": None,
-        "bitstream_bytes": None,
-        "synth_command": XILINX_SYNTH,
-        "note": XILINX_NOTE,
-        "seconds": {"elaborate": round(t_elab, 1), "synth": round(t_synth, 1)},
-    }
-    (work / "report.json").write_text(json.dumps(report, indent=2) + "\n")
     log(f"[fpga] {board}: fits ({XILINX_NOTE}); report {work / 'report.json'}")
     return report

@@ -52,6 +52,7 @@ Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addre
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 __all__ = [
     "ISA_VERSION",
@@ -141,8 +142,25 @@ def _check_range(cmd: str, name: str, v: int, lo: int, hi: int) -> None:
         raise ValueError(f"{cmd} command: {name}={v} outside {lo}..{hi}")
 
 
+class _Encoded:
+    """What the three commands share: each field of the opcode's table is read from the attribute of that name."""
+
+    OPCODE: ClassVar[int]
+
+    def _values(self) -> dict:
+        return {name: getattr(self, name) for name, _, _, _ in _FIELDS[self.OPCODE][1:]}
+
+    def engine_payload(self) -> int:
+        """The engine fields as the engine's ``cmd`` stream carries them."""
+        return _payload(self.OPCODE, self._values())
+
+    def words(self) -> list[int]:
+        return _encode(self.OPCODE, self._values())
+
+
 @dataclass(frozen=True)
-class TlmmCommand:
+class TlmmCommand(_Encoded):
+    OPCODE: ClassVar[int] = OP_TLMM
     tokens: int
     k_chunks: int
     n_blocks: int
@@ -157,37 +175,23 @@ class TlmmCommand:
         for name in ("act_base", "wgt_base", "res_base"):
             _check_range("TLMM", name, getattr(self, name), 0, (1 << 32) - 1)
 
-    def _values(self) -> dict:
-        return {
-            "tokens_minus_one": self.tokens - 1,
-            "k_chunks": self.k_chunks,
-            "n_blocks": self.n_blocks,
-            "act_base": self.act_base,
-            "wgt_base": self.wgt_base,
-            "res_base": self.res_base,
-        }
-
-    def engine_payload(self) -> int:
-        """The engine fields as the engine's ``cmd`` stream carries them."""
-        return _payload(OP_TLMM, self._values())
-
-    def words(self) -> list[int]:
-        return _encode(OP_TLMM, self._values())
+    @property
+    def tokens_minus_one(self) -> int:
+        return self.tokens - 1
 
 
 @dataclass(frozen=True)
-class HostCommand:
+class HostCommand(_Encoded):
+    OPCODE: ClassVar[int] = OP_HOST
     op: int
 
     def __post_init__(self) -> None:
         _check_range("HOST", "op", self.op, 0, (1 << 16) - 1)
 
-    def words(self) -> list[int]:
-        return _encode(OP_HOST, {"op": self.op})
-
 
 @dataclass(frozen=True)
-class GemmCommand:
+class GemmCommand(_Encoded):
+    OPCODE: ClassVar[int] = OP_GEMM
     m_tiles: int
     n_tiles: int
     k_tiles: int
@@ -216,27 +220,9 @@ class GemmCommand:
             return self.n_tiles * self.k_tiles * b_beats
         return (self.n_tiles - 1) * self.b_stride + self.k_tiles * b_beats
 
-    def _values(self) -> dict:
-        return {
-            "requant": int(self.requant),
-            "shift": self.shift,
-            "m_tiles": self.m_tiles,
-            "n_tiles": self.n_tiles,
-            "k_tiles": self.k_tiles,
-            "a_base": self.a_base,
-            "b_base": self.b_base,
-            "c_base": self.c_base,
-            "b_stride": self.b_stride,
-        }
-
-    def engine_payload(self) -> int:
-        return _payload(OP_GEMM, self._values())
-
-    def words(self) -> list[int]:
-        return _encode(OP_GEMM, self._values())
-
 
 Command = TlmmCommand | GemmCommand | HostCommand
+_COMMANDS = {OP_TLMM: TlmmCommand, OP_GEMM: GemmCommand, OP_HOST: HostCommand}
 
 
 def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
@@ -258,28 +244,12 @@ def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
     for i, (w, u) in enumerate(zip(ws, used, strict=True)):
         if w & ~u & ((1 << 64) - 1) or not 0 <= w < 1 << 64:
             raise ValueError(f"word {at + i} ({w:#018x}): reserved bits must be 0")
+    del f["opcode"]
     if op == OP_TLMM:
-        return TlmmCommand(
-            f["tokens_minus_one"] + 1,
-            f["k_chunks"],
-            f["n_blocks"],
-            f["act_base"],
-            f["wgt_base"],
-            f["res_base"],
-        ), n
-    if op == OP_HOST:
-        return HostCommand(f["op"]), n
-    return GemmCommand(
-        f["m_tiles"],
-        f["n_tiles"],
-        f["k_tiles"],
-        f["a_base"],
-        f["b_base"],
-        f["c_base"],
-        bool(f["requant"]),
-        f["shift"],
-        f["b_stride"],
-    ), n
+        f["tokens"] = f.pop("tokens_minus_one") + 1
+    if op == OP_GEMM:
+        f["requant"] = bool(f["requant"])
+    return _COMMANDS[op](**f), n
 
 
 def decode(words: list[int]) -> Command:

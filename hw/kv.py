@@ -46,7 +46,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, Value, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
 from amaranth.lib.wiring import In, Out
 
@@ -57,19 +57,8 @@ from hw.kv_signature import NearestSearch, SignatureUnit
 from hw.kv_table import ClusterTableUnit, sums_addr_bits
 from hw.kv_threshold import ThresholdWalk
 
-__all__ = [
-    "KvRetrieval",
-    "State",
-    "OP_RESET",
-    "OP_INSERT",
-    "OP_QUERY",
-    "KIND_ASSIGN",
-    "KIND_SEL",
-    "KIND_END",
-    "KIND_FULL",
-    "out_layout",
-    "STATES",
-]
+# the command and output codes are hw.kv_numerics's (imported above for the controller, not re-exported)
+__all__ = ["KvRetrieval", "State", "out_layout", "STATES"]
 
 
 class State(enum.Enum, shape=unsigned(4)):
@@ -184,6 +173,20 @@ class KvRetrieval(wiring.Component):
         lg_l = (self.kv.lanes - 1).bit_length()
         m.d.comb += [u.table.row.eq(cid >> lg_l), u.table.id.eq(cid)]
 
+    def _over_clusters(self, m: Module, u: _Units, en, count_id, done, then: State) -> None:
+        """A unit's pass over the clusters: enable it, point the count read at the cluster it asks for, go to
+        ``then`` when it is done."""
+        m.d.comb += en.eq(1)
+        self._read_cluster(m, u, count_id)
+        with m.If(done):
+            m.d.sync += u.state.eq(then)
+
+    def _offer(self, m: Module, kind, ident, new=0) -> Value:
+        """Offer an ``out`` beat (kind, id, new); the condition that it is taken."""
+        out = self.out.payload
+        m.d.comb += [self.out.valid.eq(1), out.kind.eq(kind), out.id.eq(ident), out.new.eq(new)]
+        return self.out.ready
+
     def _insert_states(self, m: Module, u: _Units) -> None:
         """IDLE, LOAD (shared with QUERY), SCAN, DECIDE, UPDATE, OUT."""
         kv = self.kv
@@ -244,14 +247,7 @@ class KvRetrieval(wiring.Component):
                 m.d.sync += u.state.eq(State.OUT)
 
         with m.Case(State.OUT):
-            out = self.out.payload
-            m.d.comb += [
-                self.out.valid.eq(1),
-                out.kind.eq(u.answer.kind),
-                out.id.eq(u.answer.id),
-                out.new.eq(u.answer.new),
-            ]
-            with m.If(self.out.ready):
+            with m.If(self._offer(m, u.answer.kind, u.answer.id, u.answer.new)):
                 m.d.sync += u.state.eq(State.IDLE)
 
     def _decide(self, m: Module, u: _Units) -> None:
@@ -286,12 +282,10 @@ class KvRetrieval(wiring.Component):
 
     def _query_states(self, m: Module, u: _Units) -> None:
         """SCORE, TH, TH2, LINK, WSTART, WALK, END."""
-        score, th, out = u.score, u.threshold, self.out.payload
+        score, th = u.score, u.threshold
         with m.Case(State.SCORE):
-            m.d.comb += [score.en.eq(1), u.table.sums_read.addr.eq(score.sums_addr)]
-            self._read_cluster(m, u, score.count_id)
-            with m.If(score.done):
-                m.d.sync += u.state.eq(State.TH)
+            m.d.comb += u.table.sums_read.addr.eq(score.sums_addr)
+            self._over_clusters(m, u, score.en, score.count_id, score.done, State.TH)
 
         with m.Case(State.TH):
             m.d.comb += th.row_sum_en.eq(1)
@@ -305,23 +299,18 @@ class KvRetrieval(wiring.Component):
                 m.d.sync += u.state.eq(State.LINK)
 
         with m.Case(State.LINK):
-            m.d.comb += th.link_en.eq(1)
-            self._read_cluster(m, u, th.count_id)
-            with m.If(th.link_done):
-                m.d.sync += u.state.eq(State.WSTART)
+            self._over_clusters(m, u, th.link_en, th.count_id, th.link_done, State.WSTART)
 
         with m.Case(State.WSTART):
             m.d.comb += th.walk_start.eq(1)
             m.d.sync += u.state.eq(State.WALK)
 
         with m.Case(State.WALK):
-            m.d.comb += [self.out.valid.eq(1), out.kind.eq(KIND_SEL), out.id.eq(th.selected), out.new.eq(0)]
-            with m.If(self.out.ready):
+            with m.If(self._offer(m, KIND_SEL, th.selected)):
                 m.d.comb += th.walk_step.eq(1)
                 with m.If(th.walk_done):
                     m.d.sync += u.state.eq(State.END)
 
         with m.Case(State.END):
-            m.d.comb += [self.out.valid.eq(1), out.kind.eq(KIND_END), out.id.eq(th.visited), out.new.eq(0)]
-            with m.If(self.out.ready):
+            with m.If(self._offer(m, KIND_END, th.visited)):
                 m.d.sync += u.state.eq(State.IDLE)

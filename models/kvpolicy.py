@@ -149,24 +149,34 @@ class FullPolicy(Policy):
         return StreamSelection(_prompt_mask(keys.shape[0]))
 
 
-class StreamingPolicy(Policy):
+class _PerStepPolicy(Policy):
+    """A baseline that picks each scored step's tokens afresh: :meth:`_pick` marks in ``row`` (all False) the
+    tokens step ``t`` attends, at most ``k`` (the budget at that step)."""
+
+    def select(self, keys, queries):
+        s = keys.shape[0]
+        mask = _prompt_mask(s)
+        for t in range(self.first, s):
+            mask[t, :] = False
+            self._pick(mask[t], keys, queries, t, self._k(t))
+        return StreamSelection(mask)
+
+    def _pick(self, row: np.ndarray, keys: np.ndarray, queries: np.ndarray, t: int, k: int) -> None:
+        raise NotImplementedError
+
+
+class StreamingPolicy(_PerStepPolicy):
     name = "streaming"
 
     def __init__(self, budget=0.25, first: int = FIRST, sinks: int = 4):
         super().__init__(budget, first)
         self.sinks = sinks
 
-    def select(self, keys, queries):
-        s = keys.shape[0]
-        mask = _prompt_mask(s)
-        for t in range(self.first, s):
-            k = self._k(t)
-            window = max(1, k - self.sinks)
-            n_sink = min(self.sinks, k - window)
-            mask[t, :] = False
-            mask[t, :n_sink] = True
-            mask[t, t + 1 - window : t + 1] = True
-        return StreamSelection(mask)
+    def _pick(self, row, keys, queries, t, k):
+        window = max(1, k - self.sinks)
+        n_sink = min(self.sinks, k - window)
+        row[:n_sink] = True
+        row[t + 1 - window : t + 1] = True
 
 
 def _softmax64(scores: np.ndarray) -> np.ndarray:
@@ -229,30 +239,23 @@ def quest_bounds(keys: np.ndarray, queries_t: np.ndarray, t: int, page: int) -> 
     return np.maximum(q * kmax[None], q * kmin[None]).sum(axis=-1)
 
 
-class QuestPolicy(Policy):
+class QuestPolicy(_PerStepPolicy):
     name = "quest"
 
     def __init__(self, budget=0.25, first: int = FIRST, page: int = 16):
         super().__init__(budget, first)
         self.page = page
 
-    def select(self, keys, queries):
-        s = keys.shape[0]
-        mask = _prompt_mask(s)
+    def _pick(self, row, keys, queries, t, k):
         P = self.page
-        for t in range(self.first, s):
-            kt = self._k(t)
-            score = quest_bounds(keys, queries[:, t, :], t, P).max(axis=0)
-            order = np.argsort(-score, kind="stable")
-            mask[t, :] = False
-            taken = 0
-            for i, p in enumerate(order):
-                size = min(P, t + 1 - p * P)
-                if i > 0 and taken + size > kt:
-                    break
-                mask[t, p * P : p * P + size] = True
-                taken += size
-        return StreamSelection(mask)
+        score = quest_bounds(keys, queries[:, t, :], t, P).max(axis=0)
+        taken = 0
+        for i, p in enumerate(np.argsort(-score, kind="stable")):
+            size = min(P, t + 1 - p * P)
+            if i > 0 and taken + size > k:
+                break
+            row[p * P : p * P + size] = True
+            taken += size
 
 
 class ResvPolicy(Policy):

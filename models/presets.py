@@ -17,50 +17,33 @@ import torch
 
 from models.lm import LMConfig, TernaryLM
 
-__all__ = ["PRESETS", "get_config", "build_model"]
+__all__ = ["PRESETS", "get_config", "build_model", "bitnet_2b_layout"]
 
+
+def bitnet_2b_layout(**shape) -> LMConfig:
+    """An :class:`LMConfig` laid out like BitNet-b1.58-2B-4T (gated ReLU² FFN, sub-LN norms, tied embeddings) at
+    the size ``shape`` gives: vocab, d_model, n_layers, n_heads, n_kv_heads, ffn, max_seq, rope_theta, ... (a
+    layout field given there wins). The 2B preset, the tiny model and the small test and example models."""
+    return LMConfig(**{"activation": "relu2", "subln": True, "tie_embeddings": True, **shape})
+
+
+# bitnet-0.7b is LMConfig's default layout (SwiGLU, no sub-norms, RoPE θ 10000, 2048 positions, eps 1e-5)
 PRESETS: dict[str, LMConfig] = {
     "bitnet-0.7b": LMConfig(
-        vocab=32002,
-        d_model=1536,
-        n_layers=24,
-        n_heads=16,
-        n_kv_heads=16,
-        ffn=4096,
-        activation="swiglu",
-        rope_theta=10000.0,
-        max_seq=2048,
-        norm_eps=1e-5,
-        subln=False,
-        tie_embeddings=True,
+        vocab=32002, d_model=1536, n_layers=24, n_heads=16, n_kv_heads=16, ffn=4096, tie_embeddings=True
     ),
-    "bitnet-2b": LMConfig(
+    "bitnet-2b": bitnet_2b_layout(
         vocab=128256,
         d_model=2560,
         n_layers=30,
         n_heads=20,
         n_kv_heads=5,
         ffn=6912,
-        activation="relu2",
         rope_theta=500000.0,
         max_seq=4096,
-        norm_eps=1e-5,
-        subln=True,
-        tie_embeddings=True,
     ),
-    "tiny": LMConfig(
-        vocab=256,
-        d_model=128,
-        n_layers=4,
-        n_heads=4,
-        n_kv_heads=2,
-        ffn=352,
-        activation="relu2",
-        rope_theta=10000.0,
-        max_seq=256,
-        norm_eps=1e-5,
-        subln=True,
-        tie_embeddings=True,
+    "tiny": bitnet_2b_layout(
+        vocab=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn=352, max_seq=256
     ),
 }
 

@@ -147,31 +147,37 @@ def _kv_line(c: dict) -> str:
     )
 
 
+def _standalone(name: str, description: str, sections: tuple[str, ...], model: str, **kw) -> Engine:
+    """A co-simulated engine laid out by the file convention of docs/adding-an-engine.md: its hardware entry
+    under its own name, the bench ``sim/<name>_bench.py``, ``workload_cases`` in ``sim/<name>_cases.py``, the
+    runner ``run_<name>_cosim`` in ``sim/cosim.py``. ``kw``: the other :class:`Engine` fields (or a reference
+    that differs, e.g. a runner in ``sim/<name>_cases.py``)."""
+    refs = {
+        "hardware": name,
+        "bench": f"sim.{name}_bench",
+        "cosim": f"sim.cosim:run_{name}_cosim",
+        "cases": f"sim.{name}_cases:workload_cases",
+    }
+    return Engine(name, description, sections, model=model, **{**refs, **kw})
+
+
 register(
-    Engine(
+    _standalone(
         "tlmm",
         "table-lookup ternary matmul (config section tlmm)",
         ("tlmm",),
-        hardware="tlmm",
-        model="sim.tlmm_model:run_tlmm_streams",
-        bench="sim.tlmm_bench",
-        cosim="sim.cosim:run_tlmm_cosim",
-        cases="sim.tlmm_cases:workload_cases",
+        "sim.tlmm_model:run_tlmm_streams",
         workloads=("cases", "bitnet", "all"),
         summary=_tlmm_line,
         reference="numpy int64 matmul",
     )
 )
 register(
-    Engine(
+    _standalone(
         "gemm",
         "temporal int8 GEMM, rows x cols MAC block (config sections gemm, memory)",
         ("gemm", "memory"),
-        hardware="gemm",
-        model="sim.gemm_model:run_gemm_image",
-        bench="sim.gemm_bench",
-        cosim="sim.cosim:run_gemm_cosim",
-        cases="sim.gemm_cases:workload_cases",
+        "sim.gemm_model:run_gemm_image",
         workloads=("cases", "bitnet", "all"),
         summary=_gemm_line,
         reference="numpy int64 matmul",
@@ -182,15 +188,11 @@ register(
     )
 )
 register(
-    Engine(
+    _standalone(
         "kv",
         "KV-cache retrieval engine (config section kv)",
         ("kv",),
-        hardware="kv",
-        model="sim.kv_model:run_kv",
-        bench="sim.kv_bench",
-        cosim="sim.cosim:run_kv_cosim",
-        cases="sim.kv_cases:workload_cases",
+        "sim.kv_model:run_kv",
         workloads=("cases", "bitnet", "traces", "all"),
         summary=_kv_line,
         reference="models/resv.py ClusterTable",

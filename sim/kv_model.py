@@ -99,14 +99,38 @@ def _top_bucket(mask):
 
 
 @njit(cache=True)
+def _signature(acc):
+    """The key's signature: bit j set where projection j is not negative."""
+    sig = 0
+    for j in range(acc.shape[0]):
+        if acc[j] >= 0:
+            sig |= 1 << j
+    return sig
+
+
+@njit(cache=True)
+def _emit(out, n_out, ev, kind, ident, new, t):
+    """Transfer output beat ``n_out`` in cycle ``t`` (rows of ``out``: kind, id, new, cycle) and count it; the next
+    beat's index."""
+    out[0, n_out], out[1, n_out], out[2, n_out], out[3, n_out] = kind, ident, new, t
+    ev[E_OUT] += 1
+    return n_out + 1
+
+
+@njit(cache=True)
+def _outputs(out, n_out, ev, finished):
+    """The kernel's result: the output beats' kinds, ids, new flags and cycles, the cycle count (the last beat's
+    cycle + 1), the events, and whether the commands finished within the cycle guard."""
+    cycles = out[3, n_out - 1] + 1 if n_out > 0 else 0
+    return out[0, :n_out], out[1, :n_out], out[2, :n_out], out[3, :n_out], cycles, ev, finished
+
+
+@njit(cache=True)
 def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, alpha_q, max_cycles):
     D = NB * L
     n_cmd = ops.shape[0]
     n_vec = vec.shape[0]
-    out_kind = np.zeros(n_cmd * (CM + 2) + 1, np.int64)
-    out_id = np.zeros_like(out_kind)
-    out_new = np.zeros_like(out_kind)
-    out_cyc = np.zeros_like(out_kind)
+    out = np.zeros((4, n_cmd * (CM + 2) + 1), np.int64)
     n_out = 0
     ev = np.zeros(12, np.int64)
 
@@ -140,10 +164,9 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
     ci, vi = 0, 0
     lg_b = _bitlen(B - 1)
     t = 0
-    last = -1
     while t < max_cycles:
         if ci >= n_cmd and state == S_IDLE:
-            return out_kind[:n_out], out_id[:n_out], out_new[:n_out], out_cyc[:n_out], last + 1, ev, True
+            return _outputs(out, n_out, ev, True)
         vvalid = vi < n_vec and vpat[t % vpat.shape[0]] != 0
         oready = opat[t % opat.shape[0]] != 0
         if state == S_IDLE:
@@ -182,10 +205,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                         best_v = False
                 beat += 1
         elif state == S_SCAN:
-            sig = 0
-            for j in range(HP):
-                if acc[j] >= 0:
-                    sig |= 1 << j
+            sig = _signature(acc)
             for i in range(L):
                 c = scan_row * L + i
                 if c < n and cnts[c] < CS:
@@ -200,10 +220,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                 drain, after = 2, S_DECIDE
             scan_row += 1
         elif state == S_DECIDE:
-            sig = 0
-            for j in range(HP):
-                if acc[j] >= 0:
-                    sig |= 1 << j
+            sig = _signature(acc)
             kind = KIND_ASSIGN
             cid, new = 0, 0
             if best_v and best_d <= hamming:
@@ -240,10 +257,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
             upd_beat += 1
         elif state == S_OUT:
             if oready:
-                out_kind[n_out], out_id[n_out], out_new[n_out], out_cyc[n_out] = r_kind, r_id, r_new, t
-                n_out += 1
-                ev[E_OUT] += 1
-                last = t
+                n_out = _emit(out, n_out, ev, r_kind, r_id, r_new, t)
                 state = S_IDLE
         elif state == S_SCORE:
             issuing = iss_c < n
@@ -315,11 +329,8 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
             state = S_WALK
         elif state == S_WALK:
             if oready:
-                out_kind[n_out], out_id[n_out], out_new[n_out], out_cyc[n_out] = KIND_SEL, ptr, 0, t
-                n_out += 1
-                ev[E_OUT] += 1
+                n_out = _emit(out, n_out, ev, KIND_SEL, ptr, 0, t)
                 ev[E_WALK] += 1
-                last = t
                 acc_w += (scores[ptr] - lo) * cnts[ptr]
                 visited += 1
                 if acc_w >= th:
@@ -335,14 +346,11 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                         state = S_END
         elif state == S_END:
             if oready:
-                out_kind[n_out], out_id[n_out], out_new[n_out], out_cyc[n_out] = KIND_END, visited, 0, t
-                n_out += 1
-                ev[E_OUT] += 1
+                n_out = _emit(out, n_out, ev, KIND_END, visited, 0, t)
                 ev[E_QRY] += 1
-                last = t
                 state = S_IDLE
         t += 1
-    return out_kind[:n_out], out_id[:n_out], out_new[:n_out], out_cyc[:n_out], last + 1, ev, False
+    return _outputs(out, n_out, ev, False)
 
 
 @dataclass

@@ -1,5 +1,6 @@
-"""Shared test set-up: the repository on sys.path, the ``repo`` fixture, and the markers that say what a test
-needs beyond the core install.
+"""Shared test set-up: the repository on sys.path, the ``repo`` fixture, the command-line helpers (``run_cli``,
+``cli_json``, ``assert_one_line_error``), ``cosim_mismatches`` (test modules import them from here), and the markers that say what a
+test needs beyond the core install.
 
 Markers (also registered in pyproject.toml):
 
@@ -15,8 +16,10 @@ PostgreSQL or PyTorch can run the rest. Test modules that import torch at the to
 """
 
 import importlib.util
+import json
 import os
 import shutil
+import subprocess
 import sys
 from functools import cache
 from pathlib import Path
@@ -29,6 +32,27 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
+CLI = [sys.executable, "-m", "tritium.cli"]  # the command line in a fresh process
+
+# A small DSE spec (27 TLMM shapes of the default config, the tiny model), shared by the DSE tests
+DSE_SPEC = {
+    "name": "t-tiny",
+    "base": str(REPO / "configs" / "default.yaml"),
+    "board": "ulx3s",
+    "parameters": {"tlmm.tables": [4, 8, 16], "tlmm.columns": [2, 4, 8], "tlmm.tokens": [1, 2, 4]},
+    "workload": {"model": "tiny", "prompt": 16, "context": 40},
+    "objectives": [{"decode_tokens_per_s": "max"}, {"lut": "min"}],
+    "budget": 27,
+    "sampler": "grid",
+    "batch": 8,
+    "seed": 0,
+}
+# a wider TLMM space (80 points) for the NSGA-II runs
+DSE_NSGA_PARAMETERS = {
+    "tlmm.tables": [2, 4, 8, 12, 16],
+    "tlmm.columns": [1, 2, 4, 8],
+    "tlmm.tokens": [1, 2, 4, 8],
+}
 
 MARKERS = {
     "slow": "long runs (full bitstreams); `make test-all` includes them",
@@ -100,3 +124,41 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture
 def repo() -> Path:
     return REPO
+
+
+def run_cli(*args, expect: int | None = 0, cwd: Path = REPO, **kwargs) -> subprocess.CompletedProcess:
+    """``python -m tritium.cli ARGS`` in a fresh process, output captured as text, run from the repository unless
+    ``cwd`` says otherwise; ``kwargs`` go to :func:`subprocess.run` (timeout, env, ...). The exit code is asserted
+    to be ``expect`` (stderr's tail as the message); ``expect=None`` asserts nothing."""
+    r = subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, cwd=cwd, **kwargs)
+    if expect is not None:
+        assert r.returncode == expect, (r.returncode, r.stderr[-2000:])
+    return r
+
+
+def cli_json(*args, **kwargs):
+    """``tritium ARGS --json``, asserted to exit 0: its stdout, parsed."""
+    return json.loads(run_cli(*args, "--json", **kwargs).stdout)
+
+
+def cosim_mismatches(rep, *also) -> list[dict]:
+    """The rows of a co-simulation report in which the RTL, the model and the reference disagree (outputs or
+    cycles), or a check in ``also`` (row → bool) fails."""
+    return [
+        r
+        for r in rep.rows
+        if not (
+            r["rtl_equals_reference"]
+            and r["rtl_equals_model"]
+            and r["model_equals_reference"]
+            and r["rtl_cycles"] == r["model_cycles"]
+            and all(check(r) for check in also)
+        )
+    ]
+
+
+def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:
+    """Bad input: exit 2 and exactly one line on stderr, holding every needle."""
+    assert r.returncode == 2 and r.stderr.count("\n") == 1, (r.returncode, r.stderr[-2000:])
+    for n in needles:
+        assert n in r.stderr, (n, r.stderr)

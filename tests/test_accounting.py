@@ -5,11 +5,10 @@ derived from the RTL is listed with a source, and power figures carry their boun
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli_json
 
 from hw.config import POWER_BOUNDARIES, ConfigError, config_from_dict, load_config
 from hw.isa import GemmCommand, HostCommand, TlmmCommand, encode_program
@@ -240,30 +239,11 @@ def test_report_labels_modeled_figures_and_the_power_boundary(repo):
 
 
 @pytest.mark.torch
-def test_cli_json_lists_assumptions_and_boundary(repo):
+def test_cli_json_lists_assumptions_and_boundary():
     pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritium.cli",
-            "estimate",
-            "--model",
-            "tiny",
-            "--config",
-            "configs/kv260.yaml",
-            "--prompt",
-            "8",
-            "--context",
-            "32",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=repo,
+    out = cli_json(
+        "estimate", "--model", "tiny", "--config", "configs/kv260.yaml", "--prompt", 8, "--context", 32
     )
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
     assert out["modeled"] is True and out["power_boundary"] == "som"
     assert (
         out["dram_bytes_per_token"]

@@ -4,11 +4,10 @@ below must end in a one-line ConfigError naming the file — in process, and thr
 
 import os
 import resource
-import subprocess
-import sys
 import time
 
 import pytest
+from conftest import run_cli
 
 from hw import yaml_safe
 from hw.config import ConfigError, load_config
@@ -100,15 +99,7 @@ def _limit_memory() -> None:
 def test_hostile_config_cli_exits_2_in_bounded_memory_and_time(tmp_path, repo, name):
     path = make(tmp_path, name)
     env = {**os.environ, "PYTHONPATH": str(repo)}
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "config", "check", path],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        preexec_fn=_limit_memory,
-        cwd=repo,
-        env=env,
-    )
+    r = run_cli("config", "check", path, expect=None, timeout=30, preexec_fn=_limit_memory, env=env)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1 and "Traceback" not in r.stderr, r.stderr[-2000:]
     check_line(lines[0], path, CASES[name][1], prefix="tritium: error: ")

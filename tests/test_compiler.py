@@ -3,11 +3,10 @@ bit-identical to the model's integer reference forward, on several accelerator c
 
 import dataclasses
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import assert_one_line_error, cli_json, run_cli
 
 pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch
@@ -22,23 +21,13 @@ from hw.config import config_from_dict, load_config
 from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import unpack_weight_groups
 from models.bitlinear import ternary_weight
-from models.lm import FeedForward, LMConfig, TernaryLM, generate
+from models.lm import FeedForward, TernaryLM, generate
+from models.presets import bitnet_2b_layout
 from sim.runtime import Runtime, execute
 
 pytestmark = pytest.mark.torch
 
-SMALL = LMConfig(
-    vocab=64,
-    d_model=48,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn=80,
-    activation="relu2",
-    max_seq=64,
-    subln=True,
-    tie_embeddings=True,
-)
+SMALL = bitnet_2b_layout(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=80, max_seq=64)
 SWIGLU = dataclasses.replace(SMALL, activation="swiglu", subln=False, n_kv_heads=4, tie_embeddings=False)
 
 
@@ -246,38 +235,14 @@ def test_memory_that_cannot_hold_the_model(repo):
 
 
 @pytest.mark.parametrize("preset", ["bitnet-0.7b", "bitnet-2b"])
-def test_presets_compile_on_meta(repo, preset, tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritium.cli",
-            "compile",
-            preset,
-            "-o",
-            str(tmp_path),
-            "--tokens",
-            "8",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+def test_presets_compile_on_meta(preset, tmp_path):
+    out = cli_json("compile", preset, "-o", tmp_path, "--tokens", 8)
     assert out["tlmm"] > 0 and out["gemm"] > 0 and not out["weights_materialized"]
     assert (tmp_path / "listing.txt").read_text().count("  TLMM  ") == out["tlmm"]
 
 
-def test_cli_compile_errors(repo, tmp_path):
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "compile", "no-such-model", "-o", str(tmp_path)],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 2 and "no-such-model" in r.stderr and r.stderr.count("\n") == 1
+def test_cli_compile_errors(tmp_path):
+    assert_one_line_error(run_cli("compile", "no-such-model", "-o", tmp_path, expect=2), "no-such-model")
     assert not (tmp_path / "program.json").exists()
 
 
@@ -300,26 +265,9 @@ def test_trained_model_bit_identical_and_32_greedy_tokens(repo):
     assert toks == generate(m, prompt, 32, mode="int").tolist()
 
 
-def test_cli_compile_checkpoint(repo, tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritium.cli",
-            "compile",
-            "models/checkpoints/tiny.pt",
-            "-o",
-            str(tmp_path),
-            "--tokens",
-            "4",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    assert json.loads(r.stdout)["weights_materialized"] is True
+def test_cli_compile_checkpoint(tmp_path):
+    out = cli_json("compile", "models/checkpoints/tiny.pt", "-o", tmp_path, "--tokens", 4)
+    assert out["weights_materialized"] is True
     prog = Program.load(tmp_path)
     assert prog.image.shape[0] == prog.meta["memory_beats"]
     embed = prog.host_ops[0]

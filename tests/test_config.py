@@ -2,6 +2,7 @@ import subprocess
 import sys
 
 import pytest
+from conftest import run_cli
 
 from hw.config import ConfigError, load_config
 
@@ -79,21 +80,13 @@ def test_missing_file(tmp_path):
 
 def test_cli_bad_config_exits_2_with_one_line(tmp_path):
     p = write(tmp_path, GOOD.replace("tables: 8", "tables: -1"))
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "config", "check", str(p)], capture_output=True, text=True
-    )
-    assert r.returncode == 2
+    r = run_cli("config", "check", p, expect=2)
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "tlmm.tables" in lines[0] and str(p) in lines[0]
 
 
 def test_cli_config_check_ok(repo):
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "config", "check", str(repo / "configs" / "default.yaml")],
-        capture_output=True,
-        text=True,
-    )
-    assert r.returncode == 0 and "lookups_per_cycle" in r.stdout
+    assert "lookups_per_cycle" in run_cli("config", "check", repo / "configs" / "default.yaml").stdout
 
 
 def test_docs_config_md_is_generated_from_the_schema(repo):

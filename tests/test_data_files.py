@@ -1,11 +1,10 @@
 """hw/data_files.py: shipped data is found through importlib.resources, user paths win over shipped ones."""
 
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from conftest import run_cli
 
 from hw import data_files
 from hw.config import load_config
@@ -43,11 +42,5 @@ def test_cli_finds_shipped_config_from_another_folder(tmp_path):
             [str(data_files.default_config().parents[1]), os.environ.get("PYTHONPATH", "")]
         ),
     }
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "config", "check", "configs/icebreaker.yaml"],
-        capture_output=True,
-        text=True,
-        cwd=tmp_path,
-        env=env,
-    )
-    assert r.returncode == 0 and "valid (icebreaker" in r.stdout, r.stderr
+    r = run_cli("config", "check", "configs/icebreaker.yaml", cwd=tmp_path, env=env)
+    assert "valid (icebreaker" in r.stdout, r.stderr

@@ -13,12 +13,12 @@ import shutil
 import signal
 import socket
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CLI, DSE_NSGA_PARAMETERS, DSE_SPEC, run_cli
 
 from hw.config import config_from_dict, load_config
 from tritium import dse
@@ -29,24 +29,10 @@ from tritium.estimate import _compiled, estimate
 pytestmark = pytest.mark.torch
 
 ROOT = Path(__file__).resolve().parent.parent
-TRITIUM = [sys.executable, "-m", "tritium.cli"]
-
-TINY = {
-    "name": "t-tiny",
-    "base": str(ROOT / "configs" / "default.yaml"),
-    "board": "ulx3s",
-    "parameters": {"tlmm.tables": [4, 8, 16], "tlmm.columns": [2, 4, 8], "tlmm.tokens": [1, 2, 4]},
-    "workload": {"model": "tiny", "prompt": 16, "context": 40},
-    "objectives": [{"decode_tokens_per_s": "max"}, {"lut": "min"}],
-    "budget": 27,
-    "sampler": "grid",
-    "batch": 8,
-    "seed": 0,
-}
 
 
 def _spec(tmp_path: Path, name: str = "spec", **over) -> Path:
-    d = copy.deepcopy(TINY)
+    d = copy.deepcopy(DSE_SPEC)
     for k, v in over.items():
         if v is None:
             d.pop(k, None)
@@ -55,6 +41,13 @@ def _spec(tmp_path: Path, name: str = "spec", **over) -> Path:
     p = tmp_path / f"{name}.yaml"
     p.write_text(yaml.safe_dump(d, sort_keys=False))
     return p
+
+
+def _nsga_spec(tmp_path: Path, population: int, budget: int, parameters: dict, **over) -> Path:
+    """An NSGA-II run of ``budget`` points, generations of ``population``, over ``parameters``."""
+    return _spec(
+        tmp_path, sampler="nsga2", population=population, budget=budget, parameters=parameters, **over
+    )
 
 
 def _rows(path: Path) -> list[dict]:
@@ -114,10 +107,7 @@ def test_spec_huge_range_rejected_before_expanding(tmp_path):
 
 def test_spec_error_cli_exit_2_one_line(tmp_path):
     p = _spec(tmp_path, sampler="random")
-    r = subprocess.run(
-        [*TRITIUM, "dse", str(p), "--out", str(tmp_path / "o")], capture_output=True, text=True, cwd=ROOT
-    )
-    assert r.returncode == 2
+    r = run_cli("dse", p, "--out", tmp_path / "o", expect=2)
     assert r.stderr.strip().count("\n") == 0 and "sampler" in r.stderr and str(p) in r.stderr
     assert not (tmp_path / "o").exists()
 
@@ -203,18 +193,7 @@ def _flat(d):
 
 # ------------------------------------------------------------------------------------- determinism
 def test_same_spec_and_seed_same_csv(tmp_path):
-    p = _spec(
-        tmp_path,
-        sampler="nsga2",
-        population=8,
-        budget=24,
-        parameters={
-            "tlmm.tables": [2, 4, 8, 12, 16],
-            "tlmm.columns": [1, 2, 4, 8],
-            "tlmm.tokens": [1, 2, 4, 8],
-            "gemm.rows": [2, 4, 8],
-        },
-    )
+    p = _nsga_spec(tmp_path, 8, 24, {**DSE_NSGA_PARAMETERS, "gemm.rows": [2, 4, 8]})
     spec = load_spec(p)
     a = run_dse(spec, tmp_path / "a", workers=2, progress=False, log=lambda s: None)
     b = run_dse(spec, tmp_path / "b", workers=0, progress=False, log=lambda s: None)
@@ -277,24 +256,18 @@ def test_fail_fast_reasons(tmp_path):
 
 # ------------------------------------------------------------------------------------------ resume
 def test_sigkill_resume_keeps_finished_and_never_reevaluates(tmp_path):
-    p = _spec(
-        tmp_path,
-        sampler="nsga2",
-        population=16,
-        budget=400,
-        batch=8,
-        parameters={
-            "tlmm.tables": [2, 3, 4, 6, 8, 12, 16],
-            "tlmm.columns": [1, 2, 3, 4, 6, 8],
-            "tlmm.tokens": [1, 2, 4, 8],
-            "gemm.rows": [2, 4, 8],
-            "gemm.k_tile": [16, 32, 64],
-        },
-    )
+    space = {
+        "tlmm.tables": [2, 3, 4, 6, 8, 12, 16],
+        "tlmm.columns": [1, 2, 3, 4, 6, 8],
+        "tlmm.tokens": [1, 2, 4, 8],
+        "gemm.rows": [2, 4, 8],
+        "gemm.k_tile": [16, 32, 64],
+    }
+    p = _nsga_spec(tmp_path, 16, 400, space, batch=8)
     out = tmp_path / "o"
     log = out / "evaluations.jsonl"
     proc = subprocess.Popen(
-        [*TRITIUM, "dse", str(p), "--out", str(out), "--workers", "2", "--no-progress"],
+        [*CLI, "dse", str(p), "--out", str(out), "--workers", "2", "--no-progress"],
         cwd=ROOT,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -315,14 +288,7 @@ def test_sigkill_resume_keeps_finished_and_never_reevaluates(tmp_path):
     time.sleep(0.5)
     before = [json.loads(x) for x in log.read_text().splitlines() if x.endswith("}")]
     assert 40 <= len(before) < 400
-    r = subprocess.run(
-        [*TRITIUM, "dse", str(p), "--out", str(out), "--workers", "2", "--no-progress"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_cli("dse", p, "--out", out, "--workers", 2, "--no-progress", timeout=300)
     import optuna
 
     study = optuna.load_study(study_name="dse-t-tiny", storage=f"sqlite:///{out / 'study.db'}")
@@ -410,21 +376,11 @@ def test_postgres_shared_study_two_invocations(tmp_path):
             [str(pg / "createdb"), "-h", "127.0.0.1", "-p", str(port), "-U", "tritium", "dse"], check=True
         )
         url = f"postgresql://tritium:s3cret-pw@127.0.0.1:{port}/dse"
-        p = _spec(
-            tmp_path,
-            sampler="nsga2",
-            population=8,
-            budget=48,
-            parameters={
-                "tlmm.tables": [2, 4, 8, 12, 16],
-                "tlmm.columns": [1, 2, 4, 8],
-                "tlmm.tokens": [1, 2, 4, 8],
-            },
-        )
+        p = _nsga_spec(tmp_path, 8, 48, DSE_NSGA_PARAMETERS)
         procs = [
             subprocess.Popen(
                 [
-                    *TRITIUM,
+                    *CLI,
                     "dse",
                     str(p),
                     "--out",

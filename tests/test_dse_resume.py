@@ -12,30 +12,16 @@ import os
 import signal
 import sqlite3
 import subprocess
-import sys
 import time
 from pathlib import Path
 
 import pytest
 import yaml
+from conftest import CLI, DSE_NSGA_PARAMETERS, DSE_SPEC, REPO, run_cli
 
 from tritium.dse import load_spec, run_dse
 
-ROOT = Path(__file__).resolve().parent.parent
-TRITIUM = [sys.executable, "-m", "tritium.cli"]
-
-GRID = {
-    "name": "t-resume",
-    "base": str(ROOT / "configs" / "default.yaml"),
-    "board": "ulx3s",
-    "parameters": {"tlmm.tables": [4, 8, 16], "tlmm.columns": [2, 4, 8], "tlmm.tokens": [1, 2, 4]},
-    "workload": {"model": "tiny", "prompt": 16, "context": 40},
-    "objectives": [{"decode_tokens_per_s": "max"}, {"lut": "min"}],
-    "budget": 27,
-    "sampler": "grid",
-    "batch": 4,
-    "seed": 3,
-}
+GRID = {**DSE_SPEC, "name": "t-resume", "batch": 4, "seed": 3}
 NSGA = {
     **GRID,
     "name": "t-resume-nsga",
@@ -43,11 +29,7 @@ NSGA = {
     "population": 6,
     "batch": 6,
     "budget": 24,
-    "parameters": {
-        "tlmm.tables": [2, 4, 8, 12, 16],
-        "tlmm.columns": [1, 2, 4, 8],
-        "tlmm.tokens": [1, 2, 4, 8],
-    },
+    "parameters": DSE_NSGA_PARAMETERS,
 }
 
 
@@ -64,8 +46,8 @@ def _reference(tmp_path: Path, spec_path: Path) -> list[str]:
 
 def _start(spec_path: Path, out: Path, workers: int = 2) -> subprocess.Popen:
     return subprocess.Popen(
-        [*TRITIUM, "dse", str(spec_path), "--out", str(out), "--workers", str(workers), "--no-progress"],
-        cwd=ROOT,
+        [*CLI, "dse", str(spec_path), "--out", str(out), "--workers", str(workers), "--no-progress"],
+        cwd=REPO,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.PIPE,
         start_new_session=True,
@@ -127,14 +109,7 @@ def _check_evaluated_once(out: Path) -> None:
 
 
 def _finish(spec_path: Path, out: Path) -> None:
-    r = subprocess.run(
-        [*TRITIUM, "dse", str(spec_path), "--out", str(out), "--workers", "2", "--no-progress"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
+    run_cli("dse", spec_path, "--out", out, "--workers", 2, "--no-progress", timeout=300)
 
 
 # kill moments, one after the other on the same output folder: during start-up (before the study or the

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import run_cli
 
 from hw import fpga
 from hw.config import load_config
@@ -178,13 +179,7 @@ def test_short_results_are_mismatches(monkeypatch, tmp_path):
 
 
 def test_cli_rejects_foreign_workload():
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "cosim", "tlmm", "--workload", "traces"],
-        capture_output=True,
-        text=True,
-        cwd=ROOT,
-    )
-    assert r.returncode == 2
+    r = run_cli("cosim", "tlmm", "--workload", "traces", expect=2)
     assert (
         "--workload traces: not a workload of the tlmm engine (its workloads: cases, bitnet, all)" in r.stderr
     )

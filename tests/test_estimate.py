@@ -1,11 +1,8 @@
 """Whole-model estimates: the closed-form cost of a Program equals executing it on the stepped models;
 the CLI reports every figure, labeled modeled; bad input fails in one line."""
 
-import json
-import subprocess
-import sys
-
 import pytest
+from conftest import assert_one_line_error, cli_json, run_cli
 
 pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch
@@ -54,27 +51,8 @@ def test_energy_tables_are_valid_and_errors_name_the_file(tmp_path, monkeypatch)
         load_energy("ecp5")
 
 
-def test_cli_estimate_json_and_errors(repo, tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritium.cli",
-            "estimate",
-            "--model",
-            "bitnet-0.7b",
-            "--prompt",
-            "16",
-            "--context",
-            "256",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+def test_cli_estimate_json_and_errors():
+    out = cli_json("estimate", "--model", "bitnet-0.7b", "--prompt", 16, "--context", 256)
     assert out["modeled"] is True
     for key in (
         "ttft_s",
@@ -91,10 +69,6 @@ def test_cli_estimate_json_and_errors(repo, tmp_path):
         and out["ttft_s"] > 0
         and 0 < out["utilization"]["prefill"]["tlmm"] <= 1
     )
-    bad = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "estimate", "--model", "bitnet-0.7b", "--context", "99999"],
-        capture_output=True,
-        text=True,
-        cwd=repo,
+    assert_one_line_error(
+        run_cli("estimate", "--model", "bitnet-0.7b", "--context", 99999, expect=2), "--context"
     )
-    assert bad.returncode == 2 and "--context" in bad.stderr and bad.stderr.count("\n") == 1

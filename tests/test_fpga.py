@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from hw import fpga
+from hw.boards import BOARD_SPECS
 from hw.config import DEFAULT_CONFIG, load_config
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -322,15 +323,9 @@ def _check_kv260_report(report: dict, work: Path, acfg, engine: str) -> None:
     assert report["fmax_mhz"] is None and report["meets_target"] is None and report["bitstream"] is None
     assert "resource estimate only" in report["note"] and "UltraScale+" in report["note"]
     assert "synth_xilinx -family xcup" in report["synth_command"]
-    limits = {
-        "lut": 117120,
-        "ff": 234240,
-        "bram": 144,
-        "uram": 64,
-        "dsp": 1248,
-        "muxf7": 58560,
-        "muxf8": 29280,
-    }
+    limits = BOARD_SPECS["kv260"].capacity
+    assert (limits["lut"], limits["dsp"]) == (117120, 1248)  # the K26 SOM data sheet's (DS987)
+    assert list(limits) == ["lut", "ff", "bram", "uram", "dsp", "muxf7", "muxf8"]
     for res, available in limits.items():
         assert report[res]["available"] == available
         assert 0 <= report[res]["used"] <= available

@@ -9,9 +9,9 @@ from __future__ import annotations
 import os
 import resource
 import subprocess
-import sys
 from pathlib import Path
 
+import conftest
 import numpy as np
 import pytest
 
@@ -30,14 +30,8 @@ def _limit_memory():
 def run_cli(*args: str, cwd: Path | None = None, timeout: float = 120) -> subprocess.CompletedProcess:
     """``tritium ARGS`` in a fresh process with a memory ceiling and a time bound."""
     env = {**os.environ, "PYTHONPATH": str(REPO)}
-    return subprocess.run(
-        [sys.executable, "-m", "tritium.cli", *args],
-        cwd=cwd or REPO,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        preexec_fn=_limit_memory,
+    return conftest.run_cli(
+        *args, expect=None, cwd=cwd or REPO, env=env, timeout=timeout, preexec_fn=_limit_memory
     )
 
 

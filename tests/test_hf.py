@@ -10,11 +10,10 @@ compiles to the preset's Program; malformed folders fail in one line naming the 
 import dataclasses
 import json
 import math
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli_json
 
 pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 pytest.importorskip("safetensors", reason="[torch] safetensors is not installed (the ml extra)")
@@ -30,36 +29,16 @@ from models.bitlinear import ternary_weight
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.hf import latent_weight, load_hf, pack_ternary, unpack_ternary, write_synthetic_hf
 from models.lm import LMConfig, generate
-from models.presets import PRESETS, build_model
+from models.presets import PRESETS, bitnet_2b_layout, build_model
 from sim.runtime import execute
 
 pytestmark = pytest.mark.torch
 
-PACKED = LMConfig(
-    vocab=64,
-    d_model=64,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn=128,
-    activation="relu2",
-    rope_theta=500000.0,
-    max_seq=64,
-    subln=True,
-    tie_embeddings=True,
+PACKED = bitnet_2b_layout(
+    vocab=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn=128, rope_theta=500000.0, max_seq=64
 )
 LATENT = LMConfig(
-    vocab=64,
-    d_model=64,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=4,
-    ffn=96,
-    activation="swiglu",
-    max_seq=64,
-    norm_eps=1e-6,
-    subln=True,
-    tie_embeddings=False,
+    vocab=64, d_model=64, n_layers=2, n_heads=4, n_kv_heads=4, ffn=96, max_seq=64, norm_eps=1e-6, subln=True
 )
 LATENT_PLAIN = dataclasses.replace(LATENT, subln=False, n_kv_heads=2)
 
@@ -326,47 +305,10 @@ def test_real_shaped_bitnet_2b_folder_maps_onto_the_preset(tmp_path):
     assert m.config == p and m.embed_tokens.weight.device.type == "meta"
 
 
-def test_cli_compile_and_estimate_accept_a_folder(repo, folders, tmp_path):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritium.cli",
-            "compile",
-            str(folders["packed"]),
-            "-o",
-            str(tmp_path / "p"),
-            "--tokens",
-            "4",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+def test_cli_compile_and_estimate_accept_a_folder(folders, tmp_path):
+    out = cli_json("compile", folders["packed"], "-o", tmp_path / "p", "--tokens", 4)
     assert out["weights_materialized"] and out["tlmm"] >= 7 * PACKED.n_layers and out["gemm"] > 0
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritium.cli",
-            "estimate",
-            "--model",
-            str(folders["latent"]),
-            "--prompt",
-            "8",
-            "--context",
-            "32",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    est = json.loads(r.stdout)
+    est = cli_json("estimate", "--model", folders["latent"], "--prompt", 8, "--context", 32)
     assert est["decode_tokens_per_s"] > 0 and est["model"] == str(folders["latent"])
 
 

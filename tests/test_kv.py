@@ -3,12 +3,10 @@ and RTL ⇔ model ⇔ reference co-simulation (directed, random with stalls, tra
 cycle of every output beat equal."""
 
 import dataclasses
-import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
+from conftest import cli_json, cosim_mismatches, run_cli
 
 from hw.config import ConfigError, KvConfig, config_from_dict, load_config
 from hw.kv_numerics import hyperplane_bits, reciprocal
@@ -102,17 +100,7 @@ def test_selection_stops_at_the_threshold():
     "kv",
     [
         KvConfig(),
-        KvConfig(
-            dim=12,
-            hyperplanes=10,
-            hamming=2,
-            max_clusters=8,
-            max_cluster_size=8,
-            lanes=4,
-            buckets=4,
-            alpha=0.5,
-            seed=7,
-        ),
+        load_config("configs/kv-small.yaml").kv,
         KvConfig(dim=16, hyperplanes=64, hamming=20, lanes=16, max_clusters=16, buckets=64, alpha=1.0),
         KvConfig(
             dim=4, hyperplanes=1, hamming=0, lanes=1, max_clusters=1, max_cluster_size=1, buckets=1, alpha=0.0
@@ -170,19 +158,6 @@ def test_model_rejects_bad_commands():
 
 
 # ---------------------------------------------------------------- RTL co-simulation
-def _all_ok(rep):
-    return [
-        r["name"]
-        for r in rep.rows
-        if not (
-            r["rtl_equals_reference"]
-            and r["rtl_equals_model"]
-            and r["model_equals_reference"]
-            and r["rtl_cycles"] == r["model_cycles"]
-        )
-    ]
-
-
 @pytest.mark.verilator
 @pytest.mark.torch  # trace replays quantize keys with models.resv (torch)
 def test_cosim_default_with_trace_replays(repo):
@@ -193,7 +168,7 @@ def test_cosim_default_with_trace_replays(repo):
         directed_cases(acfg.kv, 0) + random_cases(acfg.kv, 4, 1) + trace_cases(acfg.kv, paths[:2], heads=1)
     )
     rep = run_kv_cosim(acfg, cases, build_root=repo / "build" / "cosim", quiet=True)
-    assert len(rep.rows) == len(cases) and not _all_ok(rep), _all_ok(rep)
+    assert len(rep.rows) == len(cases) and not cosim_mismatches(rep), cosim_mismatches(rep)
     rows = {r["name"]: r for r in rep.rows}
     assert rows["vec-starved"]["rtl_cycles"] > rows["out-backpressure"]["rtl_cycles"]
 
@@ -203,7 +178,7 @@ def test_cosim_small_config(repo):
     acfg = load_config(repo / "configs" / "kv-small.yaml")
     cases = directed_cases(acfg.kv, 5) + random_cases(acfg.kv, 8, 6)
     rep = run_kv_cosim(acfg, cases, build_root=repo / "build" / "cosim", quiet=True)
-    assert not _all_ok(rep), _all_ok(rep)
+    assert not cosim_mismatches(rep), cosim_mismatches(rep)
 
 
 def test_replay_commands_interleave_queries():
@@ -232,30 +207,7 @@ def test_trace_head_dim_mismatch_is_reported(repo):
 
 @pytest.mark.verilator
 def test_cli_cosim_kv_json(repo):
-    r = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "tritium.cli",
-            "cosim",
-            "kv",
-            "--config",
-            str(repo / "configs" / "kv-small.yaml"),
-            "--random",
-            "2",
-            "--json",
-        ],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+    out = cli_json("cosim", "kv", "--config", repo / "configs" / "kv-small.yaml", "--random", 2)
     assert out["engine"] == "kv" and out["ok"] and out["cycles_equal"]
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "cosim", "tlmm", "--workload", "traces"],
-        capture_output=True,
-        text=True,
-        cwd=repo,
-    )
-    assert r.returncode == 2 and "not a workload of the tlmm engine" in r.stderr
+    r = run_cli("cosim", "tlmm", "--workload", "traces", expect=2)
+    assert "not a workload of the tlmm engine" in r.stderr

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from amaranth.sim import Simulator
 
-from hw.config import KvConfig
+from hw.config import KvConfig, load_config
 from hw.kv_numerics import hyperplane_matrix
 from hw.kv_score import ScorePipeline
 from hw.kv_signature import NearestSearch, SignatureUnit
@@ -16,17 +16,7 @@ from hw.kv_table import sums_addr_bits
 from hw.kv_threshold import ThresholdWalk
 from models.resv import ClusterTable, signature
 
-SMALL = KvConfig(
-    dim=12,
-    hyperplanes=10,
-    hamming=2,
-    max_clusters=8,
-    max_cluster_size=8,
-    lanes=4,
-    buckets=4,
-    alpha=0.5,
-    seed=7,
-)
+SMALL = load_config("configs/kv-small.yaml").kv  # dim 12, 4 lanes, an 8x8 table that overflows, 4 buckets
 CONFIGS = [pytest.param(KvConfig(), id="default"), pytest.param(SMALL, id="small")]
 
 

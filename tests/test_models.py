@@ -25,35 +25,13 @@ from models.bitlinear import BitLinear, int_matmul, quantize_act, ternary_weight
 from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.data import VOCAB, decode, encode, eval_windows, load_corpus
 from models.lm import LMConfig, generate
-from models.presets import PRESETS, build_model
+from models.presets import PRESETS, bitnet_2b_layout, build_model
 from models.train import evaluate
 
 pytestmark = pytest.mark.torch
 
-SMALL = LMConfig(
-    vocab=64,
-    d_model=48,
-    n_layers=2,
-    n_heads=4,
-    n_kv_heads=2,
-    ffn=96,
-    activation="relu2",
-    max_seq=64,
-    subln=True,
-    tie_embeddings=True,
-)
-SMALL_SWIGLU = LMConfig(
-    vocab=64,
-    d_model=48,
-    n_layers=2,
-    n_heads=3,
-    n_kv_heads=3,
-    ffn=80,
-    activation="swiglu",
-    max_seq=64,
-    subln=False,
-    tie_embeddings=False,
-)
+SMALL = bitnet_2b_layout(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=96, max_seq=64)
+SMALL_SWIGLU = LMConfig(vocab=64, d_model=48, n_layers=2, n_heads=3, n_kv_heads=3, ffn=80, max_seq=64)
 
 # The trained checkpoint (python -m models.train) and the bound its int-mode perplexity must meet on the first
 # validation windows. A random model scores ≈ 256 (uniform over bytes); a byte-unigram model ≈ 20.
@@ -321,16 +299,10 @@ def test_module_names_for_the_compiler():
 
 
 def test_export_int_mode():
+    from compiler.capture import IntForward
+
     model = build_model(SMALL, seed=6).eval()
     tokens = torch.randint(0, SMALL.vocab, (1, 12), generator=torch.Generator().manual_seed(2))
-
-    class IntForward(torch.nn.Module):
-        def __init__(self, m):
-            super().__init__()
-            self.m = m
-
-        def forward(self, t):
-            return self.m(t, mode="int")
 
     with torch.no_grad():
         want = model(tokens, mode="int")  # fills the ternary-weight caches

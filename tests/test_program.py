@@ -5,8 +5,6 @@ import dataclasses
 import json
 import os
 import shutil
-import subprocess
-import sys
 import zipfile
 from functools import partial
 from pathlib import Path
@@ -14,27 +12,20 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import assert_one_line_error, cli_json, run_cli
 
 import hw.program as hp
 from compiler import CompileError, compile_model
 from hw.config import load_config
 from hw.isa import GemmCommand, HostCommand, TlmmCommand, decode_program, encode_program
 from hw.program import HOST_OP_KINDS, Program, ProgramError
-from models.lm import LMConfig, TernaryLM
+from models.lm import TernaryLM
+from models.presets import bitnet_2b_layout
 from sim.runtime import _Host, check_act_range, execute
 
 REPO = Path(__file__).resolve().parent.parent
-TINY = LMConfig(
-    vocab=32,
-    d_model=32,
-    n_layers=1,
-    n_heads=2,
-    n_kv_heads=1,
-    ffn=48,
-    activation="relu2",
-    max_seq=16,
-    subln=True,
-    tie_embeddings=False,
+TINY = bitnet_2b_layout(
+    vocab=32, d_model=32, n_layers=1, n_heads=2, n_kv_heads=1, ffn=48, max_seq=16, tie_embeddings=False
 )
 TOKENS = np.array([3, 1, 4])
 
@@ -570,22 +561,12 @@ def test_run_input_errors(built, capsys):
 
 def test_cli_run(built, tmp_path):
     _, _, good, ref = built
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "run", str(good), "--tokens", "3 1 4", "--json"],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-    )
-    assert r.returncode == 0, r.stderr[-2000:]
-    out = json.loads(r.stdout)
+    out = cli_json("run", good, "--tokens", "3 1 4")
     assert out["output"]["next_token"] == int(ref[-1].argmax()) and out["commands"]["tlmm"] > 0
     bad = tmp_path / "bad"
     shutil.copytree(good, bad)
     _flip(bad, "program.npz", 0.5)
-    r = subprocess.run(
-        [sys.executable, "-m", "tritium.cli", "run", str(bad)], capture_output=True, text=True, cwd=REPO
-    )
-    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "program.npz" in r.stderr, r.stderr
+    assert_one_line_error(run_cli("run", bad, expect=2), "program.npz")
 
 
 # ------------------------------------------------------------------ activation width

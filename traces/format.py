@@ -62,6 +62,11 @@ class TraceError(ValueError):
     """A trace file is missing, unreadable or inconsistent (the message names the file)."""
 
 
+def _axis(array: str, axis: int, doc: str) -> property:
+    """A dimension of the trace, read from the shape of one of its arrays (they are the one record of it)."""
+    return property(lambda self: getattr(self, array).shape[axis], doc=doc)
+
+
 @dataclass
 class Trace:
     """One recorded stream; see the module docstring for the arrays and ``meta``."""
@@ -73,25 +78,11 @@ class Trace:
     meta: dict = field(default_factory=dict)
     path: str = "<memory>"
 
-    @property
-    def n_layers(self) -> int:
-        return self.keys.shape[0]
-
-    @property
-    def n_kv_heads(self) -> int:
-        return self.keys.shape[1]
-
-    @property
-    def n_heads(self) -> int:
-        return self.queries.shape[1]
-
-    @property
-    def n_tokens(self) -> int:
-        return self.keys.shape[2]
-
-    @property
-    def head_dim(self) -> int:
-        return self.keys.shape[3]
+    n_layers = _axis("keys", 0, "L: decoder layers")
+    n_kv_heads = _axis("keys", 1, "Hkv: KV heads")
+    n_heads = _axis("queries", 1, "H: query heads")
+    n_tokens = _axis("keys", 2, "S: tokens of the stream")
+    head_dim = _axis("keys", 3, "hd: values per key and query")
 
     @property
     def group(self) -> int:

@@ -60,6 +60,39 @@ def _time_fast_path(cfg, repeats: int = 2000) -> tuple[float, int]:
     return (time.perf_counter() - t0) / repeats, total
 
 
+def _timed(step, items, min_seconds: float = 1.0) -> tuple[float, int]:
+    """Call ``step`` on each item, round after round, until the calls have taken ``min_seconds``; returns the
+    seconds they took and the sum of what they returned (cycles)."""
+    seconds, total = 0.0, 0
+    while seconds < min_seconds:
+        for item in items:
+            t0 = time.perf_counter()
+            total += step(item)
+            seconds += time.perf_counter() - t0
+    return seconds, total
+
+
+def _model_vs_rtl(
+    name: str, model_cps: float, rep, model_how: str, match_how: str, same: str | None = None
+) -> tuple[dict, list[list]]:
+    """What every engine's bench reports, as result entries and as table rows: the model's and the Verilator
+    RTL's cycles per second, their ratio (with ``same``, what both ran), and whether the RTL matched the model."""
+    rtl_cps = rep.verilator_cycles_per_s
+    figures = {
+        "model_cycles_per_s": model_cps,
+        "verilator_cycles_per_s": rtl_cps,
+        "rtl_matches_model": rep.ok,
+    }
+    rows = [
+        [f"{name} model cycles/s", model_cps, model_how],
+        [f"{name} Verilator cycles/s", rtl_cps, "cocotb-driven Verilator RTL, measured"],
+    ]
+    if same:
+        rows.append(["model / Verilator", model_cps / max(1.0, rtl_cps), same])
+    rows.append(["RTL == model", rep.ok, match_how])
+    return figures, rows
+
+
 def run_bench(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     """Every registered engine (sim/engines.py), then the compiler and the DSE; returns the figures. The
     first engine's (the TLMM's) figures are at the top level of the result, every other engine's under its
@@ -101,32 +134,21 @@ def _bench_generic(e: Engine, acfg: AcceleratorConfig, build_root: Path, log=pri
     cases = e.make_cases(acfg, workload)
     log(f"[bench] {e.name}: model and Verilator RTL on its {workload} workload ...")
     rep = e.run_cosim(acfg, cases, build_root, quiet=True)
-    out = {
-        "workload": [c.name for c in cases],
-        "model_cycles_per_s": rep.model_cycles_per_s,
-        "verilator_cycles_per_s": rep.verilator_cycles_per_s,
-        "rtl_matches_model": rep.ok,
-    }
+    figures, rows = _model_vs_rtl(
+        e.name,
+        rep.model_cycles_per_s,
+        rep,
+        "numba model inside the co-simulation, measured",
+        "outputs and cycles",
+    )
     print(
         table(
             ["figure", "value", "how"],
-            [
-                [
-                    f"{e.name} model cycles/s",
-                    out["model_cycles_per_s"],
-                    "numba model inside the co-simulation, measured",
-                ],
-                [
-                    f"{e.name} Verilator cycles/s",
-                    out["verilator_cycles_per_s"],
-                    "cocotb-driven Verilator RTL, measured",
-                ],
-                ["RTL == model", rep.ok, "outputs and cycles"],
-            ],
+            rows,
             title=f"tritium bench — {e.name}, config {acfg.name}: {workload} workload",
         )
     )
-    return out
+    return {"workload": [c.name for c in cases], **figures}
 
 
 def _bench_tlmm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
@@ -304,41 +326,20 @@ def _bench_kv(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     encoded = [encode_commands(acfg.kv, c.commands) for c in cases]
     run_kv(acfg.kv, *encoded[0])  # compile outside the timing
     log("[bench] KV: numba stepped model on trace replays ...")
-    seconds, cycles = 0.0, 0
-    while seconds < 1.0:
-        for ops, vec in encoded:
-            t0 = time.perf_counter()
-            cycles += run_kv(acfg.kv, ops, vec)[4]
-            seconds += time.perf_counter() - t0
+    seconds, cycles = _timed(lambda ops_vec: run_kv(acfg.kv, *ops_vec)[4], encoded)
     log("[bench] KV: Verilator RTL on the same replays ...")
     rep = run_kv_cosim(acfg, cases, build_root, quiet=True)
-    out = {
-        "workload": [c.name for c in cases],
-        "model_cycles_per_s": cycles / seconds,
-        "verilator_cycles_per_s": rep.verilator_cycles_per_s,
-        "rtl_matches_model": rep.ok,
-    }
-    print(
-        table(
-            ["figure", "value", "how"],
-            [
-                ["KV model cycles/s", out["model_cycles_per_s"], "numba stepped model, measured"],
-                [
-                    "KV Verilator cycles/s",
-                    out["verilator_cycles_per_s"],
-                    "cocotb-driven Verilator RTL, measured",
-                ],
-                [
-                    "model / Verilator",
-                    out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]),
-                    "same replays",
-                ],
-                ["RTL == model", rep.ok, "every output beat and its cycle"],
-            ],
-            title=f"tritium bench — KV retrieval, config {acfg.name}: {len(cases)} trace replays",
-        )
+    figures, rows = _model_vs_rtl(
+        "KV",
+        cycles / seconds,
+        rep,
+        "numba stepped model, measured",
+        "every output beat and its cycle",
+        "same replays",
     )
-    return out
+    title = f"tritium bench — KV retrieval, config {acfg.name}: {len(cases)} trace replays"
+    print(table(["figure", "value", "how"], rows, title=title))
+    return {"workload": [c.name for c in cases], **figures}
 
 
 def _bench_top(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
@@ -404,12 +405,7 @@ def _bench_gemm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
     case = bitnet_attention_case(acfg)
     log("[bench] GEMM: numba stepped model ...")
     run_gemm(acfg, case.a[:1, :1], case.b[:1, :1])  # compile outside the timing
-    seconds, cycles = 0.0, 0
-    while seconds < 1.0:
-        t0 = time.perf_counter()
-        run = run_gemm(acfg, case.a, case.b)
-        seconds += time.perf_counter() - t0
-        cycles += run.cycles
+    seconds, cycles = _timed(lambda c: run_gemm(acfg, c.a, c.b).cycles, [case])
     log("[bench] GEMM: Verilator RTL on the same GEMM ...")
     rep = run_gemm_cosim(acfg, [case], build_root, quiet=True)
     cmd = GemmCommand(-(-1024 // acfg.gemm.rows), -(-1024 // acfg.gemm.cols), -(-1024 // acfg.gemm.k_tile))
@@ -420,11 +416,17 @@ def _bench_gemm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
         gemm_fast(acfg, cmd)
     fast_ms = (time.perf_counter() - t0) / reps * 1e3
     big = gemm_report(acfg, 1024, 1024, 1024)
+    figures, rows = _model_vs_rtl(
+        "GEMM",
+        cycles / seconds,
+        rep,
+        "numba stepped model (data + memory), measured",
+        "outputs and cycles",
+        "same GEMM",
+    )
     out = {
         "workload": case.name,
-        "model_cycles_per_s": cycles / seconds,
-        "verilator_cycles_per_s": rep.verilator_cycles_per_s,
-        "rtl_matches_model": rep.ok,
+        **figures,
         "fast_path_ms_1024cubed": fast_ms,
         "cycles_1024cubed": big["cycles"],
         "mac_utilization_1024cubed": big["mac_utilization"],
@@ -434,22 +436,7 @@ def _bench_gemm(acfg: AcceleratorConfig, build_root: Path, log=print) -> dict:
         table(
             ["figure", "value", "how"],
             [
-                [
-                    "GEMM model cycles/s",
-                    out["model_cycles_per_s"],
-                    "numba stepped model (data + memory), measured",
-                ],
-                [
-                    "GEMM Verilator cycles/s",
-                    out["verilator_cycles_per_s"],
-                    "cocotb-driven Verilator RTL, measured",
-                ],
-                [
-                    "model / Verilator",
-                    out["model_cycles_per_s"] / max(1.0, out["verilator_cycles_per_s"]),
-                    "same GEMM",
-                ],
-                ["RTL == model", rep.ok, "outputs and cycles"],
+                *rows,
                 [
                     "fast path ms, 1024³ GEMM",
                     fast_ms,
