@@ -92,3 +92,59 @@ def test_wide_beats_run_bit_exact_and_cycle_exact(repo):
         assert not bad, f"step {s}: commands with different cycles (index, kind, RTL, model): {bad[:5]}"
     assert {k for step in rep.commands for k in step} == {"tlmm", "gemm", "host"}
     assert rep.ok
+
+
+# ---- resources: the top level beyond the engines -------------------------------------------------------
+
+
+def test_top_overhead_is_added_to_the_engines(repo):
+    from tritium.resources import load_model, top_overhead
+
+    acfg = load_config(repo / "configs" / "kv260.yaml")
+    m = load_model()
+    both, top = m.predict(acfg, "xcup", "all"), m.predict(acfg, "xcup", "top")
+    over = top_overhead(acfg, "xcup")
+    assert over["lut"] > 10_000 and over["ff"] > 1_000 and over["dsp"] == 3
+    for r in ("lut", "ff", "bram", "dsp"):
+        assert top[r] == pytest.approx(both[r] + over[r])
+    # calibrated on this config's whole-top Yosys run: 110,746 LUT, 68,464 FF (modeled within 2 %)
+    assert top["lut"] == pytest.approx(110_746, rel=0.02) and top["ff"] == pytest.approx(68_464, rel=0.02)
+    # a wider gearbox costs more; a family without a top-level run adds nothing
+    small = load_config(repo / "configs" / "top-wide-beats.yaml")
+    assert 0 < top_overhead(small, "xcup")["lut"] < over["lut"]
+    assert set(top_overhead(acfg, "ecp5").values()) == {0.0}
+
+
+@pytest.mark.torch
+def test_dse_fit_check_counts_the_top_level(repo, tmp_path):
+    """kv260 with 8 tokens: both engines fit the K26 (modeled) but the whole top does not; the DSE screen
+    rejects it as ``fit`` and reports the top-level figures."""
+    import yaml
+
+    from tritium.dse import load_spec, screen
+    from tritium.resources import load_model
+
+    spec_path = tmp_path / "s.yaml"
+    spec_path.write_text(
+        yaml.safe_dump(
+            {
+                "name": "kv-top",
+                "base": str(repo / "configs" / "kv260.yaml"),
+                "board": "kv260",
+                "parameters": {"tlmm.tokens": [4, 8]},
+                "workload": {"model": "tiny", "prompt": 16, "context": 40},
+                "objectives": [{"decode_tokens_per_s": "max"}],
+                "budget": 2,
+                "sampler": "grid",
+            }
+        )
+    )
+    spec = load_spec(spec_path)
+    status, _, m4, _ = screen(spec, {"tlmm.tokens": 4})
+    acfg = load_config(repo / "configs" / "kv260.yaml")
+    assert status == "ok" and m4["lut"] == pytest.approx(
+        load_model().predict(acfg, "xcup", "top")["lut"], abs=0.1
+    )
+    status, reason, m8, d8 = screen(spec, {"tlmm.tokens": 8})
+    assert load_model().predict(config_from_dict(d8, "<t>"), "xcup", "all")["lut"] < 117_120
+    assert status == "fit" and "lut" in reason and m8["lut"] > 117_120

@@ -235,7 +235,72 @@ class ResourceModel:
         return out
 
     def predict(self, acfg, family: str, engine: str = "all") -> dict:
-        return self.predict_cfg(_Cfg.of(acfg), family, engine)
+        """``engine``: "tlmm", "gemm", "all" (both engines) or "top" (both engines + the top level's
+        decoder and DMA: :func:`top_overhead`)."""
+        if engine != "top":
+            return self.predict_cfg(_Cfg.of(acfg), family, engine)
+        out = self.predict_cfg(_Cfg.of(acfg), family, "all")
+        for r, v in top_overhead(acfg, family).items():
+            out[r] += v
+        return out
+
+
+# ---- the top level beyond the engines ----------------------------------------------------------------
+# hw/top.py adds to the two engines a command decoder (three 64-bit command words, field views), the TLMM
+# DMA — read sequencer, read FIFO (``fifo`` beats of W bytes), byte gearbox (``cap`` bytes, two shifters
+# placing a W-byte beat at any ``align``-byte word, a W-byte offset shifter) and result packer (W + ER
+# bytes) — and the memory-port multiplexers. Its LUTs and FFs scale with the shifter and register bits
+# below (:func:`_top_bits`); one coefficient per resource, CALIBRATED on the xcup family from Yosys runs of
+# ``--engine top`` minus the two engines of the same config (``TOP_CALIBRATION``). Block RAM: the read
+# FIFO is counted by the rules of the runs.
+
+
+def _top_bits(acfg) -> dict[str, float]:
+    """Mux bits (the gearbox's and packer's shifters and the port multiplexers) and register bits of the
+    top level's decoder and DMA."""
+    from hw.top_geometry import TopGeometry
+
+    g = TopGeometry(acfg)
+    W, cap, A = g.W, g.cap, g.align
+    levels_fill = math.ceil(math.log2((cap - W) // A + 1))  # gearbox fill positions, in align-byte words
+    levels_off = math.ceil(math.log2(W // A)) if W > A else 0
+    levels_res = math.ceil(math.log2(W + 1))  # the packer places a result at any byte up to W
+    mux = (
+        2 * 8 * (cap + W) * levels_fill  # merged_p / merged_n: W-byte beat to any word of the gearbox
+        + 8 * W * levels_off  # the run's leading offset
+        + 8 * cap  # pop (two constant shifts) and the pop select
+        + 8 * g.res_cap * levels_res  # result packer
+        + 2 * 8 * W  # memory-port multiplexers (read data, write data) between the DMA and the GEMM
+    )
+    regs = 8 * cap + 8 * g.res_cap + 64 * 3 + 400  # gearbox, packer, command words, counters and addresses
+    return {"mux": float(mux), "regs": float(regs)}
+
+
+#: Per family: resources of the decoder + DMA per bit of :func:`_top_bits`, and the DSPs of the DMA's three
+#: dispatch-time multiplications (M·EA, NB·EW, M·NB). xcup SOURCE: configs/kv260.yaml, Yosys 0.70
+#: ``synth_xilinx -family xcup -flatten -uram -widemux 5`` (``tritium bitstream --board kv260 --engine top
+#: --config configs/kv260.yaml``, 2026-12-01): the whole top 110,746 LUT, 68,464 FF, 28.5 RAMB36, 131 DSP,
+#: against both engines in one design 92,487 LUT (``--engine all``) and 45,554 + 21,053 = 66,607 FF
+#: (runs.csv x_t_kv260 + x_g_kv260), 28.5 RAMB36, 128 DSP: overhead 18,259 LUT over 58,688 mux bits, 1,857
+#: FF over 4,368 register bits, 0 RAMB36 (the read FIFO maps to distributed RAM), 3 DSP. One run: a scale,
+#: not a validated fit. ECP5 has no top-level run yet: no overhead is added there (predict says so).
+TOP_CALIBRATION: dict[str, dict[str, float]] = {
+    "xcup": {"lut_per_mux_bit": 18259 / 58688, "ff_per_reg_bit": 1857 / 4368, "dsp": 3}
+}
+
+
+def top_overhead(acfg, family: str) -> dict[str, float]:
+    """Modeled resources of the top level beyond the two engines (decoder + DMA) on ``family``; zeros
+    where no top-level run calibrates the family (stated by :data:`TOP_CALIBRATION`)."""
+    cal = TOP_CALIBRATION.get(family)
+    out = {r: 0.0 for r in RESOURCES}
+    if cal is None:
+        return out
+    b = _top_bits(acfg)
+    out["lut"] = cal["lut_per_mux_bit"] * b["mux"]
+    out["ff"] = cal["ff_per_reg_bit"] * b["regs"]
+    out["dsp"] = float(cal["dsp"])
+    return out
 
 
 @lru_cache(maxsize=4)
