@@ -109,10 +109,10 @@ def test_top_overhead_is_added_to_the_engines(repo):
         assert top[r] == pytest.approx(both[r] + over[r])
     # calibrated on this config's whole-top Yosys run: 110,746 LUT, 68,464 FF (modeled within 2 %)
     assert top["lut"] == pytest.approx(110_746, rel=0.02) and top["ff"] == pytest.approx(68_464, rel=0.02)
-    # a wider gearbox costs more; a family without a top-level run adds nothing
+    # a wider gearbox costs more; ECP5 is calibrated on its own run
     small = load_config(repo / "configs" / "top-wide-beats.yaml")
     assert 0 < top_overhead(small, "xcup")["lut"] < over["lut"]
-    assert set(top_overhead(acfg, "ecp5").values()) == {0.0}
+    assert top_overhead(acfg, "ecp5")["lut"] > over["lut"]  # LUT4s: a 2:1 mux per LUT, not 4:1
 
 
 @pytest.mark.torch

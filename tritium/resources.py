@@ -22,7 +22,9 @@ a + b·log2 T + c·log2 S + d·log2(Q·M) for the TLMM, a + b·log2(R·C) for th
 system with both engines runs at the lower of the two. Few P&R runs back this (5 TLMM, 3 GEMM): a coarse fit.
 
 ``engine="all"`` (both engines in one design) is the sum of the two engines' figures (measured on the
-KV260 config: 68,586 + 23,906 LUT alone vs 92,487 together).
+KV260 config: 68,586 + 23,906 LUT alone vs 92,487 together). ``engine="top"`` (what the DSE's fit check
+uses) adds the top level's command decoder and TLMM DMA (:func:`top_overhead`: gearbox and packer shifter
+bits and register bits, scaled by one whole-top run per family; KV260: +18,259 LUT, 110,746 measured).
 """
 
 from __future__ import annotations
@@ -250,9 +252,9 @@ class ResourceModel:
 # DMA — read sequencer, read FIFO (``fifo`` beats of W bytes), byte gearbox (``cap`` bytes, two shifters
 # placing a W-byte beat at any ``align``-byte word, a W-byte offset shifter) and result packer (W + ER
 # bytes) — and the memory-port multiplexers. Its LUTs and FFs scale with the shifter and register bits
-# below (:func:`_top_bits`); one coefficient per resource, CALIBRATED on the xcup family from Yosys runs of
-# ``--engine top`` minus the two engines of the same config (``TOP_CALIBRATION``). Block RAM: the read
-# FIFO is counted by the rules of the runs.
+# below (:func:`_top_bits`); one coefficient per resource and family, CALIBRATED from a synthesis run of
+# ``--engine top`` minus the two engines of the same config (``TOP_CALIBRATION``). Block RAM: none (the
+# read FIFO maps to distributed RAM in both runs).
 
 
 def _top_bits(acfg) -> dict[str, float]:
@@ -277,21 +279,27 @@ def _top_bits(acfg) -> dict[str, float]:
 
 
 #: Per family: resources of the decoder + DMA per bit of :func:`_top_bits`, and the DSPs of the DMA's three
-#: dispatch-time multiplications (M·EA, NB·EW, M·NB). xcup SOURCE: configs/kv260.yaml, Yosys 0.70
-#: ``synth_xilinx -family xcup -flatten -uram -widemux 5`` (``tritium bitstream --board kv260 --engine top
-#: --config configs/kv260.yaml``, 2026-12-01): the whole top 110,746 LUT, 68,464 FF, 28.5 RAMB36, 131 DSP,
-#: against both engines in one design 92,487 LUT (``--engine all``) and 45,554 + 21,053 = 66,607 FF
-#: (runs.csv x_t_kv260 + x_g_kv260), 28.5 RAMB36, 128 DSP: overhead 18,259 LUT over 58,688 mux bits, 1,857
-#: FF over 4,368 register bits, 0 RAMB36 (the read FIFO maps to distributed RAM), 3 DSP. One run: a scale,
-#: not a validated fit. ECP5 has no top-level run yet: no overhead is added there (predict says so).
+#: dispatch-time multiplications (M·EA, NB·EW, M·NB). Whole-top run minus both engines of the same config:
+#: * xcup SOURCE: configs/kv260.yaml, Yosys 0.70 ``synth_xilinx -family xcup -flatten -uram -widemux 5``
+#:   (``tritium bitstream --board kv260 --engine top --config configs/kv260.yaml``, 2026-12-01): the whole
+#:   top 110,746 LUT, 68,464 FF, 28.5 RAMB36, 131 DSP; both engines in one design (``--engine all``,
+#:   docs/results.md) 92,487 LUT, 66,627 FF, 28.5 RAMB36, 128 DSP. Overhead 18,259 LUT over 58,688 mux bits,
+#:   1,837 FF over 4,368 register bits, 0 RAMB36 (the read FIFO maps to distributed RAM), 3 DSP.
+#: * ecp5 SOURCE: configs/default.yaml on the ULX3S, synth_ecp5 (docs/results.md "Top level on ULX3S"): the
+#:   whole top 46,330 LUT4, 19,650 FF, 15 DP16KD, 67 MULT18X18D; the engines (runs.csv e_t_def + e_g_def)
+#:   15,966 + 21,472 LUT4, 7,620 + 10,926 FF, 15 DP16KD, 64 DSP. Overhead 8,892 LUT4 over 10,240 mux bits,
+#:   1,104 FF over 1,488 register bits, 3 DSP. Measured on the RTL before the gearbox shifted by whole
+#:   ``align`` words with a constant pop shift, so it errs high.
+#: One run per family: a scale, not a validated fit.
 TOP_CALIBRATION: dict[str, dict[str, float]] = {
-    "xcup": {"lut_per_mux_bit": 18259 / 58688, "ff_per_reg_bit": 1857 / 4368, "dsp": 3}
+    "xcup": {"lut_per_mux_bit": 18259 / 58688, "ff_per_reg_bit": 1837 / 4368, "dsp": 3},
+    "ecp5": {"lut_per_mux_bit": 8892 / 10240, "ff_per_reg_bit": 1104 / 1488, "dsp": 3},
 }
 
 
 def top_overhead(acfg, family: str) -> dict[str, float]:
-    """Modeled resources of the top level beyond the two engines (decoder + DMA) on ``family``; zeros
-    where no top-level run calibrates the family (stated by :data:`TOP_CALIBRATION`)."""
+    """Modeled resources of the top level beyond the two engines (decoder + DMA) on ``family``
+    (:data:`TOP_CALIBRATION`; zeros for a family without a top-level run)."""
     cal = TOP_CALIBRATION.get(family)
     out = {r: 0.0 for r in RESOURCES}
     if cal is None:
