@@ -9,9 +9,10 @@ is read through :class:`CommandFields` (``lib.data`` views built from hw.isa's f
   sequencer walks the runs the engine consumes — for every chunk kc, the M activation beats (``act_base``
   bytes kc·M·G·T …) then the NB weight beats (``wgt_base`` bytes kc·NB·wgt_beat …) — and requests the bus
   beats each run covers, in bursts of at most ``memory.max_burst`` that never cross a run, while the beats
-  requested and not yet used stay within the read FIFO (``dma_fifo`` beats). A byte gearbox (2·bus_bytes)
-  takes FIFO beats (dropping the run's leading offset bytes), presents engine beats of the run's width, and
-  discards the rest of a run's last bus beat. Results (Q int32 each) are packed into bus beats and written
+  requested and not yet used stay within the read FIFO (``dma_fifo`` beats). A byte gearbox
+  (``TopGeometry.cap`` bytes: bus_bytes + the widest of a bus beat and the two engine beats, which may be
+  wider than a bus beat by any ratio) takes FIFO beats (dropping the run's leading offset bytes), presents
+  engine beats of the run's width, and discards the rest of a run's last bus beat. Results (Q int32 each) are packed into bus beats and written
   from ``res_base`` on; a partial last beat is written zero-padded. Done when every result is written.
 - **GEMM**: the engine gets its fields and the memory port; done when its ``busy`` falls.
 - **HOST**: ``host`` presents the op index; done at the handshake (the host has run the op by then).
@@ -121,6 +122,7 @@ class AcceleratorTop(wiring.Component):
         t, mem = acfg.tlmm, acfg.memory
         W, EA, EW, ER, F, CAP = g.W, g.EA, g.EW, g.ER, g.fifo, g.cap
         lgW = (W - 1).bit_length()
+        lgA = (g.align - 1).bit_length()  # fills and offsets are multiples of 2^lgA bytes
         AB = mem.addr_bits
         m = Module()
         m.submodules.tlmm = tlmm = TableLookupMatmul(t)
@@ -233,7 +235,9 @@ class AcceleratorTop(wiring.Component):
         pop = Signal()
         m.d.comb += pop.eq(out_valid & Mux(gb_kind, tlmm.wgt.ready, tlmm.act.ready))
         # Both outcomes of ``pop`` (which depends on the engine's ready) are computed in parallel and ``pop``
-        # selects at the end, so the engine's ready does not drive the byte shifters (timing).
+        # selects at the end, so the engine's ready does not drive the byte shifters (timing). Shifts are by
+        # whole ``align``-byte words (the low bits of fills and offsets are 0: TopGeometry), and the pop shift
+        # is one of two constants, so no shifter is wider than it has to be.
         fill_p = Signal(range(CAP + 1))  # fill after popping an engine beat
         m.d.comb += fill_p.eq(fill - E)
         can_in = rfifo.r_rdy & (gb_bb != 0)
@@ -245,12 +249,19 @@ class AcceleratorTop(wiring.Component):
             rfifo.r_en.eq(gb_push),
         ]
         off = Mux(gb_first, Mux(gb_kind, gb_w, gb_a)[:lgW], 0)
+
+        def words(v, hi):  # a byte count that is a multiple of 2^lgA, as a shift amount in bits
+            return Cat(Const(0, 3 + lgA), v[lgA:hi])
+
         incoming = Signal(8 * W)
-        m.d.comb += incoming.eq(rfifo.r_data >> (off << 3))
+        m.d.comb += incoming.eq(rfifo.r_data >> words(off, lgW))
         merged_p, merged_n = Signal(8 * CAP), Signal(8 * CAP)
+        fb = len(fill)
         m.d.comb += [
-            merged_p.eq((buf >> (E << 3)) | Mux(push_p, incoming << (fill_p << 3), 0)),
-            merged_n.eq(buf | Mux(push_n, incoming << (fill << 3), 0)),
+            merged_p.eq(
+                Mux(gb_kind, buf >> (8 * EW), buf >> (8 * EA)) | Mux(push_p, incoming << words(fill_p, fb), 0)
+            ),
+            merged_n.eq(buf | Mux(push_n, incoming << words(fill, fb), 0)),
         ]
         m.d.sync += [
             buf.eq(Mux(pop, merged_p, merged_n)),
@@ -282,7 +293,7 @@ class AcceleratorTop(wiring.Component):
         m.d.comb += rfifo.w_data.eq(self.rdata.payload)
 
         # ---------------------------------------------------------------- TLMM DMA: result packer
-        WCAP = W + ER
+        WCAP = g.res_cap
         wbuf = Signal(8 * WCAP)
         wfill = Signal(range(WCAP + 1))
         w_addr = Signal(AB)

@@ -3,14 +3,24 @@ shared by the RTL (hw/top.py) and the cycle model (sim/top_model.py). Pure Pytho
 
 from __future__ import annotations
 
-from hw.config import AcceleratorConfig, ConfigError
+import math
+
+from hw.config import AcceleratorConfig
 from hw.program import tlmm_wgt_beat_bytes
 
 __all__ = ["TopGeometry", "top_geometry"]
 
 
 class TopGeometry:
-    """Byte widths the DMA works with (checked against the bus)."""
+    """Byte widths the DMA works with.
+
+    Engine beats may be wider or narrower than a bus beat, by any ratio (``configs/kv260.yaml``: 84-byte
+    activation and 280-byte weight beats on a 64-byte bus). The gearbox holds ``cap`` = W + max(W, EA, EW)
+    bytes, so a push of a whole bus beat is always possible while fewer than E bytes wait (no deadlock) and,
+    with E > W, a bus beat can enter in every cycle. Every run starts at a byte address that is a multiple
+    of ``align`` = gcd(W, EA, EW) (bases are beat addresses; runs advance by whole engine beats), so the
+    gearbox's fill and a run's leading offset are multiples of ``align`` and its shifters move whole
+    ``align``-byte words."""
 
     def __init__(self, acfg: AcceleratorConfig):
         t, mem = acfg.tlmm, acfg.memory
@@ -19,13 +29,9 @@ class TopGeometry:
         self.EW = tlmm_wgt_beat_bytes(t)  # packed weight beat
         self.ER = t.columns * t.acc_bits // 8  # result beat: Q little-endian int32
         self.fifo = max(8, 2 * mem.max_burst)  # read FIFO depth = beats requested ahead at most
-        self.cap = 2 * self.W  # gearbox bytes
-        for name, e in (("activation", self.EA), ("weight", self.EW), ("result", self.ER)):
-            if e > self.W:
-                raise ConfigError(
-                    f"{acfg.source}: memory.bus_bytes: the top level's DMA needs a TLMM {name} beat "
-                    f"({e} bytes) to fit one {self.W}-byte bus beat; widen the bus or shrink tlmm"
-                )
+        self.cap = self.W + max(self.W, self.EA, self.EW)  # gearbox bytes
+        self.align = math.gcd(self.W, self.EA, self.EW)  # a power of two (W is)
+        self.res_cap = self.W + self.ER  # result packer bytes
 
 
 def top_geometry(acfg: AcceleratorConfig) -> TopGeometry:

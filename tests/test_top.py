@@ -7,10 +7,9 @@ import dataclasses
 import pytest
 from conftest import REPO, assert_one_line_error, run_cli
 
-from hw.config import ConfigError, load_config
+from hw.config import load_config
 from hw.isa import TlmmCommand
 from hw.ternary import tlmm_shape
-from hw.top_geometry import TopGeometry
 from sim.cosim import run_top_cosim
 from sim.tlmm_model import tlmm_cycles
 from sim.top_model import FETCH_DISPATCH, command_cycles
@@ -75,12 +74,6 @@ def test_tlmm_in_the_top_costs_at_least_the_engine():
         cmd = TlmmCommand(tokens=m, k_chunks=kc, n_blocks=nb, act_base=7, wgt_base=333, res_base=9000)
         shape = tlmm_shape(acfg.tlmm, m, kc * acfg.tlmm.chunk_k, nb * acfg.tlmm.columns)
         assert command_cycles(acfg, cmd) >= FETCH_DISPATCH + tlmm_cycles(acfg.tlmm, shape)
-
-
-def test_dma_needs_engine_beats_within_a_bus_beat(repo):
-    with pytest.raises(ConfigError, match="memory.bus_bytes") as e:
-        TopGeometry(load_config(repo / "configs" / "kv260.yaml"))
-    assert "\n" not in str(e.value)
 
 
 def test_cli_top_bad_layers():

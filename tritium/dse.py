@@ -19,7 +19,8 @@ shape and the config fields it depends on) and multiplies by its count; host ops
 costed once per device. ``tests/test_dse.py`` checks the result equals :func:`tritium.estimate.estimate`.
 
 Fail fast: a point whose config does not validate, whose weights and KV cache do not fit the address space,
-whose modeled resources (:mod:`tritium.resources`, a fit to our RTL's synthesis runs) exceed the board, or
+whose modeled resources (:mod:`tritium.resources`, a fit to our RTL's synthesis runs: both engines plus the
+top level's calibrated decoder + DMA overhead, :func:`tritium.resources.top_overhead`) exceed the board, or
 that violates a resource constraint is rejected before evaluation; performance constraints are checked after.
 The reason is the ``reason`` column of the CSV (``status``: ok, invalid, memory, fit, constraint).
 
@@ -299,7 +300,7 @@ def screen(
             )
     if spec.board:
         fam = FAMILY_OF_BOARD[spec.board]
-        r = load_model().predict(acfg, fam, "all")
+        r = load_model().predict(acfg, fam, "top")  # both engines + the decoder and DMA around them
         m.update({k: (round(v, 1) if v is not None else None) for k, v in r.items()})
         cap = BOARD_SPECS[spec.board].capacity
         over = [

@@ -22,7 +22,9 @@ a + b·log2 T + c·log2 S + d·log2(Q·M) for the TLMM, a + b·log2(R·C) for th
 system with both engines runs at the lower of the two. Few P&R runs back this (5 TLMM, 3 GEMM): a coarse fit.
 
 ``engine="all"`` (both engines in one design) is the sum of the two engines' figures (measured on the
-KV260 config: 68,586 + 23,906 LUT alone vs 92,487 together).
+KV260 config: 68,586 + 23,906 LUT alone vs 92,487 together). ``engine="top"`` (what the DSE's fit check
+uses) adds the top level's command decoder and TLMM DMA (:func:`top_overhead`: gearbox and packer shifter
+bits and register bits, scaled by one whole-top run per family; KV260: +18,259 LUT, 110,746 measured).
 """
 
 from __future__ import annotations
@@ -247,7 +249,78 @@ class ResourceModel:
         return out
 
     def predict(self, acfg, family: str, engine: str = "all") -> dict:
-        return self.predict_cfg(_Cfg.of(acfg), family, engine)
+        """``engine``: "tlmm", "gemm", "all" (both engines) or "top" (both engines + the top level's
+        decoder and DMA: :func:`top_overhead`)."""
+        if engine != "top":
+            return self.predict_cfg(_Cfg.of(acfg), family, engine)
+        out = self.predict_cfg(_Cfg.of(acfg), family, "all")
+        for r, v in top_overhead(acfg, family).items():
+            out[r] += v
+        return out
+
+
+# ---- the top level beyond the engines ----------------------------------------------------------------
+# hw/top.py adds to the two engines a command decoder (three 64-bit command words, field views), the TLMM
+# DMA — read sequencer, read FIFO (``fifo`` beats of W bytes), byte gearbox (``cap`` bytes, two shifters
+# placing a W-byte beat at any ``align``-byte word, a W-byte offset shifter) and result packer (W + ER
+# bytes) — and the memory-port multiplexers. Its LUTs and FFs scale with the shifter and register bits
+# below (:func:`_top_bits`); one coefficient per resource and family, CALIBRATED from a synthesis run of
+# ``--engine top`` minus the two engines of the same config (``TOP_CALIBRATION``). Block RAM: none (the
+# read FIFO maps to distributed RAM in both runs).
+
+
+def _top_bits(acfg) -> dict[str, float]:
+    """Mux bits (the gearbox's and packer's shifters and the port multiplexers) and register bits of the
+    top level's decoder and DMA."""
+    from hw.top_geometry import TopGeometry
+
+    g = TopGeometry(acfg)
+    W, cap, A = g.W, g.cap, g.align
+    levels_fill = math.ceil(math.log2((cap - W) // A + 1))  # gearbox fill positions, in align-byte words
+    levels_off = math.ceil(math.log2(W // A)) if W > A else 0
+    levels_res = math.ceil(math.log2(W + 1))  # the packer places a result at any byte up to W
+    mux = (
+        2 * 8 * (cap + W) * levels_fill  # merged_p / merged_n: W-byte beat to any word of the gearbox
+        + 8 * W * levels_off  # the run's leading offset
+        + 8 * cap  # pop (two constant shifts) and the pop select
+        + 8 * g.res_cap * levels_res  # result packer
+        + 2 * 8 * W  # memory-port multiplexers (read data, write data) between the DMA and the GEMM
+    )
+    regs = 8 * cap + 8 * g.res_cap + 64 * 3 + 400  # gearbox, packer, command words, counters and addresses
+    return {"mux": float(mux), "regs": float(regs)}
+
+
+#: Per family: resources of the decoder + DMA per bit of :func:`_top_bits`, and the DSPs of the DMA's three
+#: dispatch-time multiplications (M·EA, NB·EW, M·NB). Whole-top run minus both engines of the same config:
+#: * xcup SOURCE: configs/kv260.yaml, Yosys 0.70 ``synth_xilinx -family xcup -flatten -uram -widemux 5``
+#:   (``tritium bitstream --board kv260 --engine top --config configs/kv260.yaml``, 2026-12-01): the whole
+#:   top 110,746 LUT, 68,464 FF, 28.5 RAMB36, 131 DSP; both engines in one design (``--engine all``,
+#:   docs/results.md) 92,487 LUT, 66,627 FF, 28.5 RAMB36, 128 DSP. Overhead 18,259 LUT over 58,688 mux bits,
+#:   1,837 FF over 4,368 register bits, 0 RAMB36 (the read FIFO maps to distributed RAM), 3 DSP.
+#: * ecp5 SOURCE: configs/default.yaml on the ULX3S, synth_ecp5 (docs/results.md "Top level on ULX3S"): the
+#:   whole top 46,330 LUT4, 19,650 FF, 15 DP16KD, 67 MULT18X18D; the engines (runs.csv e_t_def + e_g_def)
+#:   15,966 + 21,472 LUT4, 7,620 + 10,926 FF, 15 DP16KD, 64 DSP. Overhead 8,892 LUT4 over 10,240 mux bits,
+#:   1,104 FF over 1,488 register bits, 3 DSP. Measured on the RTL before the gearbox shifted by whole
+#:   ``align`` words with a constant pop shift, so it errs high.
+#: One run per family: a scale, not a validated fit.
+TOP_CALIBRATION: dict[str, dict[str, float]] = {
+    "xcup": {"lut_per_mux_bit": 18259 / 58688, "ff_per_reg_bit": 1837 / 4368, "dsp": 3},
+    "ecp5": {"lut_per_mux_bit": 8892 / 10240, "ff_per_reg_bit": 1104 / 1488, "dsp": 3},
+}
+
+
+def top_overhead(acfg, family: str) -> dict[str, float]:
+    """Modeled resources of the top level beyond the two engines (decoder + DMA) on ``family``
+    (:data:`TOP_CALIBRATION`; zeros for a family without a top-level run)."""
+    cal = TOP_CALIBRATION.get(family)
+    out = {r: 0.0 for r in RESOURCES}
+    if cal is None:
+        return out
+    b = _top_bits(acfg)
+    out["lut"] = cal["lut_per_mux_bit"] * b["mux"]
+    out["ff"] = cal["ff_per_reg_bit"] * b["regs"]
+    out["dsp"] = float(cal["dsp"])
+    return out
 
 
 @lru_cache(maxsize=4)
