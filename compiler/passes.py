@@ -9,8 +9,8 @@ and has its own test (tests/test_compiler.py).
                             quantization fused into norms.
 4. :func:`check_weights`    every ``tlmm`` weight ternarizes (finite, positive absmean scale; values in
                             {−1, 0, +1}); records the scale the dequant needs.
-5. :func:`mark_engines`     ``tlmm`` → TLMM engine, ``attention`` → GEMM engine + host (lowered per step by
-                            :mod:`compiler.lower`), everything else → host.
+5. :func:`mark_engines`     ``tlmm`` → TLMM engine, ``attention`` and ``int8linear`` → GEMM engine + host
+                            (lowered per step by :mod:`compiler.lower`), everything else → host.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = [
     "run_pipeline",
 ]
 
-FUSABLE = ("rmsnorm", "relu2", "swiglu")
+FUSABLE = ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "square", "mul")
 
 
 def split_bitlinear(g: Graph) -> Graph:
@@ -103,6 +103,8 @@ def check_weights(g: Graph, state: dict) -> Graph:
 
     g = copy.deepcopy(g)
     for op in g.ops:
+        if op.kind == "int8linear":
+            _check_int8_weight(op, state)
         if op.kind != "tlmm":
             continue
         w = state.get(op.attrs["weight"])
@@ -139,10 +141,24 @@ def check_weights(g: Graph, state: dict) -> Graph:
     return g
 
 
+def _check_int8_weight(op: Op, state: dict) -> None:
+    """A W8A8 weight (models.w8a8.Int8Linear) must exist, have its shape and be finite."""
+    w = state.get(op.attrs["weight"])
+    if w is None:
+        raise CompileError(f"{op.where}: weight {op.attrs['weight']} not found in the model")
+    if tuple(w.shape) != (op.attrs["n"], op.attrs["k"]):
+        raise CompileError(
+            f"{op.where}: weight {op.attrs['weight']} has shape {tuple(w.shape)}, "
+            f"expected {(op.attrs['n'], op.attrs['k'])}"
+        )
+    if w.device.type != "meta" and not bool(w.isfinite().all()):
+        raise CompileError(f"{op.where}: weight {op.attrs['weight']} has non-finite values")
+
+
 def mark_engines(g: Graph) -> Graph:
     g = copy.deepcopy(g)
     for op in g.ops:
-        op.engine = {"tlmm": "tlmm", "attention": "gemm"}.get(op.kind, "host")
+        op.engine = {"tlmm": "tlmm", "attention": "gemm", "int8linear": "gemm"}.get(op.kind, "host")
     return g
 
 
