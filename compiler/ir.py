@@ -190,7 +190,13 @@ def from_export(ep, model_config: dict) -> Graph:
                 features["input"] = feat(n)
             continue
         if n.op == "output":
-            output = val(n.args[0][0] if isinstance(n.args[0], (tuple, list)) else n.args[0])
+            outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else [n.args[0]]
+            if general and (len(outs) != 1 or not hasattr(outs[0], "name") or val(outs[0]) == "input"):
+                raise CompileError(
+                    f"<model>: a general module must return one tensor computed from its input "
+                    f"(it returns {len(outs)} value(s))"
+                )
+            output = val(outs[0])
             continue
         where = where_of(n)
         target = n.target
