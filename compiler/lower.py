@@ -15,7 +15,9 @@ Passes here, in order (each has its own test):
                           a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
                           fold V's scales, int8 P) → per group a GEMM ``P·V`` (B strided over the V cache's
                           panels) → host ``attn_out`` (keeps the diagonal blocks).
-7b. LM head                (``Lowering._lower_lm_head_int8``) with ``lm_head="acc_int8"`` the ``lm_head`` op →
+7b. W8A8 products          (``Lowering._lower_int8_gemm``) every ``int8linear`` op (models/w8a8.py: host
+                          ``int8_quant`` → GEMM commands → host ``int8_dequant``) and, the same way,
+                          (``Lowering._lower_lm_head_int8``) with ``lm_head="acc_int8"`` the ``lm_head`` op →
                           host ``lm_head_quant`` (int8 absmax per token, A panels) → GEMM commands over
                           the int8 weight panels (:func:`compiler.tiling.lm_head_gemms`, int32 results, no
                           requantization) → host ``lm_head_dequant`` (``y · (s_x · s_w)``); ``host_fp16``
@@ -236,7 +238,8 @@ class Lowering:
 
     # ------------------------------------------------------------------ weight image (once)
     def weight_image(self) -> np.ndarray:
-        """The persistent region: packed TLMM weight streams; KV cache zeroed. Empty for meta models."""
+        """The persistent region: packed TLMM weight streams, int8 GEMM weight panels; KV cache zeroed. Empty for
+        meta models."""
         if self.meta:
             return np.zeros((0, self.W), np.uint8)
         if self._image is not None:
@@ -249,22 +252,12 @@ class Lowering:
         flat = img.reshape(-1)
         t = self.acfg.tlmm
         cache = {}
-        if self.lm_head == "acc_int8":
-            from hw.gemm_layout import pack_b
-
-            ti = self.persistent[self.lm_weight_name]
-            panels = pack_b(np.ascontiguousarray(self._derived()[self.lm_weight_name].T), self.geo)
-            assert panels.size == ti.nbytes
-            img[ti.addr : ti.addr + panels.shape[0]] = panels
+        derived = self._derived()
         for ti in self.persistent.values():
-            if (
-                ti.layout == "gemm_b"
-                and ti.name == f"{ti.attrs.get('weight')}.int8"
-                and ti.name != self.lm_weight_name
-            ):
+            if ti.layout == "gemm_b" and ti.name in derived:  # int8 weights (acc_int8 LM head, Int8Linear)
                 from hw.gemm_layout import pack_b
 
-                panels = pack_b(np.ascontiguousarray(self._derived()[ti.name].T), self.geo)
+                panels = pack_b(np.ascontiguousarray(derived[ti.name].T), self.geo)
                 assert panels.size == ti.nbytes
                 img[ti.addr : ti.addr + panels.shape[0]] = panels
             if ti.layout != "tlmm_wgt":
