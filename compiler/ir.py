@@ -130,6 +130,10 @@ SUPPORTED_PIECES = (
 )
 
 
+#: aten ops of a hand-written activation/weight quantizer (abs-max, round, clamp, dtype casts)
+_QUANTIZER_OPS = {"abs", "amax", "max", "round", "clamp", "clip", "_to_copy", "to", "div"}
+
+
 def _float_input(n) -> bool:
     fake = n.meta.get("val")
     return fake is not None and getattr(fake, "dtype", None) is not None and fake.dtype.is_floating_point
@@ -311,6 +315,11 @@ def from_export(ep, model_config: dict) -> Graph:
                         "; a float linear layer: use models.bitlinear.BitLinear (ternary, TLMM) or "
                         "models.w8a8.Int8Linear (int8, GEMM; Int8Linear.from_linear)"
                     )
+            if general and opname.split("::")[-1] in _QUANTIZER_OPS:
+                hint = (
+                    "; a hand-written quantizer? quantized linears are models.w8a8.Int8Linear (int8 "
+                    "W8A8, GEMM) or models.bitlinear.BitLinear (ternary, TLMM)"
+                )
             if general:
                 hint += f"; supported: {', '.join(SUPPORTED_PIECES)}"
             raise CompileError(f"{where}: unsupported op {opname}{hint}")

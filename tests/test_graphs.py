@@ -160,6 +160,11 @@ class _FloatLinear(nn.Module):
         return self.fc(x)
 
 
+class _HandQuant(nn.Module):
+    def forward(self, x):
+        return torch.round(x * (127 / x.abs().amax(-1, keepdim=True)))
+
+
 @pytest.mark.torch
 def test_unsupported_op_is_one_line_naming_op_line_and_supported_list(repo):
     line = next(i for i, t in enumerate(open(__file__).read().splitlines(), 1) if t.endswith("# GELU_LINE"))
@@ -172,6 +177,11 @@ def test_unsupported_op_is_one_line_naming_op_line_and_supported_list(repo):
         CompileError, match=r"^fc \(.*aten::linear; a float linear layer.*Int8Linear\.from_linear"
     ):
         compile_model(_FloatLinear(), _acfg(repo), example_inputs=torch.randn(2, 16))
+    # a hand-written W8A8 quantizer: its first unsupported op, with the hint
+    with pytest.raises(
+        CompileError, match=r"unsupported op aten::abs; a hand-written quantizer\?.*Int8Linear"
+    ):
+        compile_model(_HandQuant(), _acfg(repo), example_inputs=torch.randn(2, 16))
     # a general module without example inputs: told how to call the compiler (not an AttributeError)
     with pytest.raises(CompileError, match=r"TernaryMLP is not a models\.lm\.TernaryLM.*example_inputs"):
         compile_model(TernaryMLP(), _acfg(repo))
