@@ -97,6 +97,17 @@ def _(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
 
 
+@torch.library.custom_op("tritium::bitlinear_rows", mutates_args=())
+def _bitlinear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``tritium::bitlinear`` with per-channel ternary scales (``BitLinear(..., per_channel=True)``)."""
+    return intref.REFERENCE_IMPLS["bitlinear"](x, weight, True)
+
+
+@_bitlinear_rows.register_fake
+def _(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
 @torch.library.custom_op("tritium::attention", mutates_args=())
 def _attention(
     q: torch.Tensor,
@@ -191,7 +202,9 @@ def _(x):
 
 #: the custom ops standing in for the supported pieces of a general module (models.intref.piece_patches)
 CAPTURE_IMPLS = {
-    "bitlinear": lambda x, w: torch.ops.tritium.bitlinear(x, w),
+    "bitlinear": lambda x, w, per_channel=False: (
+        torch.ops.tritium.bitlinear_rows(x, w) if per_channel else torch.ops.tritium.bitlinear(x, w)
+    ),
     "int8linear": lambda x, w: torch.ops.tritium.int8linear(x, w),
     "rmsnorm": lambda x, w, eps: torch.ops.tritium.rmsnorm(x, w, eps),
     "layernorm": lambda x, w, b, eps: torch.ops.tritium.layernorm(x, w, b, eps),
@@ -216,7 +229,7 @@ def run_captured_module(ep: torch.export.ExportedProgram, *inputs) -> torch.Tens
 def _bitlinear_forward(self, x, mode="fake"):
     if mode != "int":
         raise ValueError("capture traces mode='int' only")
-    return torch.ops.tritium.bitlinear(x, self.weight)
+    return CAPTURE_IMPLS["bitlinear"](x, self.weight, self.per_channel)
 
 
 def _attention_forward(self, x, cos, sin, positions, mode, cache, layer):

@@ -104,6 +104,7 @@ def where_of(node) -> str:
 
 
 _TRITIUM = {
+    "bitlinear_rows",
     "bitlinear",
     "attention",
     "rmsnorm",
@@ -226,16 +227,12 @@ def from_export(ep, model_config: dict) -> Graph:
         elif ns == "tritium" and target._opname in _TRITIUM:
             kind = target._opname
             a = n.args
-            if kind == "bitlinear":
+            if kind in ("bitlinear", "bitlinear_rows"):
                 wshape = a[1].meta["val"].shape
-                op = Op(
-                    n.name,
-                    "bitlinear",
-                    [val(a[0])],
-                    [n.name],
-                    {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])},
-                    where,
-                )
+                attrs = {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])}
+                if kind == "bitlinear_rows":
+                    attrs["per_channel"] = True
+                op = Op(n.name, "bitlinear", [val(a[0])], [n.name], attrs, where)
             elif kind == "attention":
                 if a[3].name not in positions:
                     raise CompileError(f"{where}: attention positions must be the step's token positions")

@@ -141,6 +141,7 @@ class Lowering:
                         k=[k0, k1],
                         n=[n0, n1],
                         weight=op.attrs["weight"],
+                        **({"per_channel": True} if op.attrs.get("per_channel") else {}),
                     )
         for op in self.g.ops:  # W8A8 linears: int8 B panels (models/w8a8.py)
             if op.kind == "int8linear" and f"{op.attrs['weight']}.int8" not in self.persistent:
@@ -197,6 +198,8 @@ class Lowering:
                 names.append(self.lm_weight_name if self.lm_head == "host_fp16" else self.lm_scale_name)
             elif op.kind == "int8linear":
                 names.append(f"{op.attrs['weight']}.row_scale")
+            elif op.kind == "dequant" and "scale_rows" in op.attrs:  # per-channel ternary scales
+                names.append(op.attrs["scale_rows"])
             elif "weight" in op.attrs and op.kind not in ("tlmm", "dequant"):
                 names += [w for w in (op.attrs["weight"], op.attrs.get("bias")) if w is not None]
         if any(op.kind == "attention" for op in self.g.ops):
@@ -206,6 +209,7 @@ class Lowering:
     def _derived(self) -> dict:
         """The LM head's derived constants (computed once): fp16 weights, int8 weights + row scales."""
         if getattr(self, "_derived_cache", None) is None:
+            from models.bitlinear import ternary_weight_rows
             from models.lm_head import fp16_weight, quantize_lm_head
 
             out = {}
@@ -218,6 +222,9 @@ class Lowering:
                     out[self.lm_weight_name] = wq.numpy()
                     out[self.lm_scale_name] = sw.numpy()
             for op in self.g.ops:
+                if op.kind == "dequant" and "scale_rows" in op.attrs and not self.meta:
+                    w = self.state[op.attrs["weight"]]
+                    out[op.attrs["scale_rows"]] = ternary_weight_rows(w)[1].numpy()
                 if op.kind == "int8linear" and not self.meta:
                     wq, sw = quantize_lm_head(self.state[op.attrs["weight"]].detach().to("cpu"))
                     out[f"{op.attrs['weight']}.int8"] = wq.numpy()
@@ -232,8 +239,9 @@ class Lowering:
             if name == self.lm_scale_name:
                 return "float32", [int(w.shape[0])]
             return "float16", list(w.shape)
-        if name.endswith(".row_scale") and name not in self.state:  # a W8A8 linear's row scales
-            return "float32", [int(self.state[name.removesuffix(".row_scale")].shape[0])]
+        for suffix in (".row_scale", ".tscale"):  # a W8A8 linear's / a per-channel BitLinear's row scales
+            if name.endswith(suffix) and name not in self.state:
+                return "float32", [int(self.state[name.removesuffix(suffix)].shape[0])]
         return "float32", list(self.state[name].shape)
 
     # ------------------------------------------------------------------ weight image (once)
@@ -246,7 +254,7 @@ class Lowering:
             return self._image
         from hw.program import pack_tlmm_weights
         from hw.ternary import tlmm_streams
-        from models.bitlinear import ternary_weight
+        from models.bitlinear import ternary_weight, ternary_weight_rows
 
         img = np.zeros((self.step_base, self.W), np.uint8)
         flat = img.reshape(-1)
@@ -264,7 +272,8 @@ class Lowering:
                 continue
             wname = ti.attrs["weight"]
             if wname not in cache:
-                cache[wname] = ternary_weight(self.state[wname])[0].numpy()
+                rows = ti.attrs.get("per_channel", False)
+                cache[wname] = (ternary_weight_rows if rows else ternary_weight)(self.state[wname])[0].numpy()
             wq = cache[wname]
             (k0, k1), (n0, n1) = ti.attrs["k"], ti.attrs["n"]
             _, _, wgt = tlmm_streams(t, wq[n0:n1, k0:k1], np.zeros((1, k1 - k0), np.int8))

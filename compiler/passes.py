@@ -51,7 +51,8 @@ def split_bitlinear(g: Graph) -> Graph:
                 "dequant",
                 [yi, sx],
                 [op.outputs[0]],
-                {"weight": op.attrs["weight"], "n": op.attrs["n"]},
+                {"weight": op.attrs["weight"], "n": op.attrs["n"]}
+                | ({"per_channel": True} if op.attrs.get("per_channel") else {}),
                 op.where,
             )
         )
@@ -99,7 +100,7 @@ def fuse_quant(g: Graph) -> Graph:
 
 def check_weights(g: Graph, state: dict) -> Graph:
     """``state``: parameter name → tensor. On meta tensors only shapes are checked."""
-    from models.bitlinear import ternary_weight
+    from models.bitlinear import ternary_weight, ternary_weight_rows
 
     g = copy.deepcopy(g)
     for op in g.ops:
@@ -121,7 +122,11 @@ def check_weights(g: Graph, state: dict) -> Graph:
             raise CompileError(
                 f"{op.where}: weight {op.attrs['weight']} has non-finite values; it cannot be ternarized"
             )
-        wq, sw = ternary_weight(w.detach())
+        if op.attrs.get("per_channel"):  # BitLinear(per_channel=True): one scale per output row
+            wq, swr = ternary_weight_rows(w.detach())
+            sw = float(swr.min()) if swr.numel() else 0.0
+        else:
+            wq, sw = ternary_weight(w.detach())
         vals = np.unique(wq.numpy())
         if not set(vals.tolist()) <= {-1, 0, 1}:
             raise CompileError(
@@ -132,12 +137,16 @@ def check_weights(g: Graph, state: dict) -> Graph:
             raise CompileError(
                 f"{op.where}: weight {op.attrs['weight']} has scale {sw}; expected a positive number"
             )
-        op.attrs["scale"] = float(sw)
+        if op.attrs.get("per_channel"):
+            op.attrs["scale_rows"] = f"{op.attrs['weight']}.tscale"  # a host constant (compiler.lower)
+        else:
+            op.attrs["scale"] = float(sw)
     for op in g.ops:
         if op.kind == "dequant":
             prod = g.producer(op.inputs[0])
-            if "scale" in prod.attrs:
-                op.attrs["scale"] = prod.attrs["scale"]
+            for key in ("scale", "scale_rows"):
+                if key in prod.attrs:
+                    op.attrs[key] = prod.attrs[key]
     return g
 
 

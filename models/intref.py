@@ -6,8 +6,8 @@ definition the compiled Program computes (docs/models.md, "General graphs"):
 =====================================  =====================================================================
 piece                                  computed as
 =====================================  =====================================================================
-``models.bitlinear.BitLinear``         ``mode="int"`` (ternary weights × int8 activations), whatever mode
-                                       the module's forward passes
+``models.bitlinear.BitLinear``         ``mode="int"`` (ternary weights × int8 activations; per tensor or,
+                                       ``per_channel=True``, per output row), whatever mode the forward passes
 ``models.w8a8.Int8Linear``             ``mode="int"`` (W8A8)
 ``models.lm.RMSNorm``, ``nn.RMSNorm``  :func:`models.hostops.rmsnorm`
 ``nn.LayerNorm``, ``F.layer_norm``     :func:`models.hostops.layernorm`
@@ -42,7 +42,7 @@ def _rmsnorm_eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
 
 #: name → function with the semantics of the piece (the reference's; capture passes its custom ops)
 REFERENCE_IMPLS = {
-    "bitlinear": lambda x, w: _bitlinear_int(x, w),
+    "bitlinear": lambda x, w, per_channel=False: _bitlinear_int(x, w, per_channel),
     "int8linear": lambda x, w: _int8linear_int(x, w),
     "rmsnorm": lambda x, w, eps: hostops.rmsnorm(x, w, eps),
     "layernorm": lambda x, w, b, eps: hostops.layernorm(x, w, b, eps),
@@ -50,10 +50,10 @@ REFERENCE_IMPLS = {
 }
 
 
-def _bitlinear_int(x, w):
-    from models.bitlinear import int_matmul, quantize_act, ternary_weight
+def _bitlinear_int(x, w, per_channel=False):
+    from models.bitlinear import int_matmul, quantize_act, ternary_weight, ternary_weight_rows
 
-    wq, sw = ternary_weight(w)
+    wq, sw = ternary_weight_rows(w) if per_channel else ternary_weight(w)
     xq, sx = quantize_act(x)
     return int_matmul(xq, wq.T).to(torch.float32) * (sx * sw)
 
@@ -68,7 +68,7 @@ def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
     """(owner, attribute, replacement) for every supported piece, calling ``impl[name]``."""
 
     def bitlinear_forward(self, x, mode=None):
-        return impl["bitlinear"](x, self.weight)
+        return impl["bitlinear"](x, self.weight, self.per_channel)
 
     def int8_forward(self, x, mode=None):
         return impl["int8linear"](x, self.weight)

@@ -177,7 +177,9 @@ class _Host:
     def op_dequant(self, op):
         yi = self.tlmm_int(op.inputs[0])
         sx = self.f32(op.inputs[1])
-        self.put(op.outputs[0], yi.to(torch.float32) * (sx * op.attrs["scale"]))
+        # per-channel ternary scales (BitLinear(per_channel=True)): s_x·s_w is the (T, N) outer product
+        sw = self.f32(op.attrs["scale_rows"]) if "scale_rows" in op.attrs else op.attrs["scale"]
+        self.put(op.outputs[0], yi.to(torch.float32) * (sx * sw))
 
     def op_lm_head(self, op):  # host_fp32, or host_fp16: the float16 weights read as float32 (exact)
         x = self.f32(op.inputs[0])

@@ -17,7 +17,7 @@ from compiler import CompileError, compile_model  # noqa: E402
 from compiler.tiling import lm_head_gemms  # noqa: E402
 from hw.config import load_config  # noqa: E402
 from hw.program import Program  # noqa: E402
-from models.bitlinear import BitLinear  # noqa: E402
+from models.bitlinear import BitLinear, ternary_weight  # noqa: E402
 from models.intref import int_reference  # noqa: E402
 from models.lm import RMSNorm  # noqa: E402
 from models.lm_head import lm_head_int, quantize_lm_head  # noqa: E402
@@ -57,14 +57,15 @@ class W8A8Model(nn.Module):
 
 
 class Mixed(nn.Module):
-    """Both engines in one graph, tiny: BitLinear (TLMM) → ReLU → Int8Linear (GEMM), residual."""
+    """Both engines in one graph, tiny: BitLinear (TLMM, per-channel scales) → ReLU → Int8Linear (GEMM),
+    residual."""
 
     D = 16
 
     def __init__(self, d=16, hidden=24):
         super().__init__()
         self.norm = nn.LayerNorm(d)
-        self.up, self.down = BitLinear(d, hidden), Int8Linear(hidden, d)
+        self.up, self.down = BitLinear(d, hidden, per_channel=True), Int8Linear(hidden, d)
 
     def forward(self, x):
         return x + self.down(torch.relu(self.up(self.norm(x))))
@@ -112,6 +113,29 @@ def test_int8_linear_is_the_lm_heads_definition():
     assert torch.equal(lin(x, mode="int"), lm_head_int(x, *quantize_lm_head(lin.weight))[2])
     f = nn.Linear(32, 20, bias=False)
     assert torch.equal(Int8Linear.from_linear(f).weight, f.weight)
+
+
+@pytest.mark.torch
+def test_per_channel_bitlinear(repo):
+    """BitLinear(per_channel=True): one absmean scale per output row (the per-tensor rule on each row); the
+    Program's dequant reads the row scales, bit-exact; per-tensor scales give other bits."""
+    torch.manual_seed(2)
+    lin = BitLinear(16, 12, per_channel=True)
+    with torch.no_grad():
+        lin.weight.mul_(torch.linspace(0.05, 4.0, 12)[:, None])  # rows of very different magnitude
+    wq, sw = lin.refresh()
+    assert sw.shape == (12,) and set(wq.unique().tolist()) <= {-1, 0, 1}
+    for r in (0, 11):
+        assert torch.equal(wq[r], ternary_weight(lin.weight[r : r + 1])[0][0])
+        assert float(sw[r]) == ternary_weight(lin.weight[r : r + 1])[1]
+    x = torch.randn(3, 16)
+    seq = nn.Sequential(lin)
+    ref = int_reference(seq, x)
+    assert torch.equal(ref, lin(x, mode="int"))
+    prog = compile_model(seq, _acfg(repo), example_inputs=x).program()
+    assert torch.equal(execute(prog, x)[0], ref)
+    lin.per_channel, lin.weight_q = False, None
+    assert not torch.equal(int_reference(seq, x), ref)
 
 
 @pytest.mark.torch
