@@ -36,7 +36,14 @@ class CompiledModel:
     lowering: object
     timings: dict = field(default_factory=dict)
 
-    def program(self, tokens: int, pos: int = 0, logits: str = "all"):
+    def program(self, tokens: int | None = None, pos: int = 0, logits: str = "all"):
+        """The Program of one step: ``tokens`` new tokens at ``pos`` (a general module: ``tokens`` input
+        rows, default the example input's)."""
+        if tokens is None:
+            rows = self.graph.model_config.get("rows")
+            if rows is None:
+                raise TypeError("program(): the number of tokens is required for a language model")
+            tokens = rows
         return self.lowering.program(tokens, pos, logits)
 
 
@@ -94,12 +101,22 @@ def check_config(acfg) -> None:
         )
 
 
-def compile_model(model, acfg, capture_len: int = 8, lm_head: str | None = None) -> CompiledModel:
+def compile_model(
+    model, acfg, capture_len: int = 8, lm_head: str | None = None, example_inputs=None
+) -> CompiledModel:
     """Capture ``model`` with torch.export and run the graph passes; cheap per-step emission follows.
-    ``lm_head`` places the LM head (``host_fp32``, ``host_fp16`` or ``acc_int8``; models/lm_head.py; recorded
-    in every Program's ``meta["lm_head"]``); None takes the config's ``system.lm_head``. Raises CompileError up front for a config the compiler cannot
-    target (:func:`check_config`) or an unknown ``lm_head``."""
+
+    ``model`` is a :class:`models.lm.TernaryLM` (token ids in, logits out; ``lm_head`` places the LM head:
+    ``host_fp32``, ``host_fp16`` or ``acc_int8``, models/lm_head.py, recorded in every Program's
+    ``meta["lm_head"]``; None takes the config's ``system.lm_head``), or, with ``example_inputs`` (a tensor
+    or a 1-tuple: float ``(..., features)``), any module built from the supported pieces (docs/models.md,
+    "General graphs"; ``compiler.ir.SUPPORTED_PIECES``): its Programs take the input's rows (``cm.program()``
+    for the example's row count) and compute :func:`models.intref.int_reference` bit for bit. Raises
+    CompileError (one line) for a config the compiler cannot target (:func:`check_config`), an unknown
+    ``lm_head`` or an unsupported op (naming the op, the module and the source line)."""
     check_config(acfg)
+    if example_inputs is not None or getattr(model, "config", None) is None:
+        return _compile_module(model, acfg, example_inputs)
     from hw.program import LM_HEAD_OPTIONS
 
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
@@ -119,5 +136,53 @@ def compile_model(model, acfg, capture_len: int = 8, lm_head: str | None = None)
     state.update({n: b for n, b in model.named_buffers()})
     g = run_pipeline(g, state)
     low = Lowering(g, acfg, state, cfg, lm_head)
+    t2 = time.perf_counter()
+    return CompiledModel(g, low, {"export_s": t1 - t0, "passes_s": t2 - t1})
+
+
+def _compile_module(module, acfg, example_inputs) -> CompiledModel:
+    """The general-module path of :func:`compile_model`."""
+    import torch
+
+    name = type(module).__name__
+    if example_inputs is None:
+        raise CompileError(
+            f"<model>: {name} is not a models.lm.TernaryLM; compile a general module with "
+            "compile_model(module, acfg, example_inputs=(x,)) (x float, (..., features))"
+        )
+    inputs = (example_inputs,) if isinstance(example_inputs, torch.Tensor) else tuple(example_inputs)
+    if len(inputs) != 1 or not isinstance(inputs[0], torch.Tensor) or not inputs[0].is_floating_point():
+        raise CompileError(
+            f"<model>: example_inputs must be one float tensor (..., features); got "
+            f"{[type(x).__name__ for x in inputs]}"
+        )
+    x = inputs[0]
+    if x.ndim < 1 or x.numel() == 0:
+        raise CompileError(f"<model>: example input of shape {list(x.shape)} has no rows of features")
+    from compiler.capture import capture_module
+    from compiler.ir import from_export
+    from compiler.lower import Lowering
+    from compiler.passes import run_pipeline
+
+    t0 = time.perf_counter()
+    try:
+        ep = capture_module(module, inputs)
+    except CompileError:
+        raise
+    except Exception as e:  # noqa: BLE001 - torch.export's own errors are many lines: keep the first
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise CompileError(f"<model>: torch.export of {name} failed: {first}") from e
+    t1 = time.perf_counter()
+    cfg = {
+        "graph": "module",
+        "module": name,
+        "rows": int(x.numel() // x.shape[-1]),
+        "input_features": int(x.shape[-1]),
+    }
+    g = from_export(ep, cfg)
+    state = dict(module.state_dict(keep_vars=True))
+    state.update({n: b for n, b in module.named_buffers()})
+    g = run_pipeline(g, state)
+    low = Lowering(g, acfg, state, cfg, "host_fp32")
     t2 = time.perf_counter()
     return CompiledModel(g, low, {"export_s": t1 - t0, "passes_s": t2 - t1})

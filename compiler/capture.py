@@ -28,10 +28,10 @@ import contextlib
 
 import torch
 
-from models import hostops, lm
+from models import hostops, intref, lm
 from models.bitlinear import BitLinear, int_matmul, quantize_act, ternary_weight
 
-__all__ = ["capture", "attention_int", "IntForward"]
+__all__ = ["capture", "capture_module", "attention_int", "IntForward"]
 
 
 # ------------------------------------------------------------------ the int-mode attention, one function
@@ -97,6 +97,17 @@ def _(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
 
 
+@torch.library.custom_op("tritium::bitlinear_rows", mutates_args=())
+def _bitlinear_rows(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """``tritium::bitlinear`` with per-channel ternary scales (``BitLinear(..., per_channel=True)``)."""
+    return intref.REFERENCE_IMPLS["bitlinear"](x, weight, True)
+
+
+@_bitlinear_rows.register_fake
+def _(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
 @torch.library.custom_op("tritium::attention", mutates_args=())
 def _attention(
     q: torch.Tensor,
@@ -156,11 +167,69 @@ def _(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
 
 
+# general modules (capture_module): W8A8 linears, LayerNorm, SiLU
+@torch.library.custom_op("tritium::int8linear", mutates_args=())
+def _int8linear(x: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    return intref.REFERENCE_IMPLS["int8linear"](x, weight)
+
+
+@_int8linear.register_fake
+def _(x, weight):
+    return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
+
+
+@torch.library.custom_op("tritium::layernorm", mutates_args=())
+def _layernorm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    return hostops.layernorm(x, weight, bias, eps)
+
+
+@_layernorm.register_fake
+def _(x, weight, bias, eps):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("tritium::silu", mutates_args=())
+def _silu(x: torch.Tensor) -> torch.Tensor:
+    return hostops.silu(x)
+
+
+@_silu.register_fake
+def _(x):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+#: the custom ops standing in for the supported pieces of a general module (models.intref.piece_patches)
+CAPTURE_IMPLS = {
+    "bitlinear": lambda x, w, per_channel=False: (
+        torch.ops.tritium.bitlinear_rows(x, w) if per_channel else torch.ops.tritium.bitlinear(x, w)
+    ),
+    "int8linear": lambda x, w: torch.ops.tritium.int8linear(x, w),
+    "rmsnorm": lambda x, w, eps: torch.ops.tritium.rmsnorm(x, w, eps),
+    "layernorm": lambda x, w, b, eps: torch.ops.tritium.layernorm(x, w, b, eps),
+    "silu": lambda x: torch.ops.tritium.silu(x),
+}
+
+
+def capture_module(module: torch.nn.Module, example_inputs: tuple) -> torch.export.ExportedProgram:
+    """``torch.export`` of a general module (``module(*example_inputs)``) with its supported pieces routed
+    through the custom ops (:data:`CAPTURE_IMPLS`, the table of :func:`models.intref.piece_patches`)."""
+    with intref.patched(intref.piece_patches(CAPTURE_IMPLS)), torch.no_grad():
+        return torch.export.export(module, tuple(example_inputs), strict=False)
+
+
+def run_captured_module(ep: torch.export.ExportedProgram, *inputs) -> torch.Tensor:
+    """Run an exported general module eagerly (its custom ops call the reference definitions)."""
+    with torch.no_grad():
+        return ep.module()(*inputs)
+
+
 # ------------------------------------------------------------------ capture-time forwards
 def _bitlinear_forward(self, x, mode="fake"):
     if mode != "int":
         raise ValueError("capture traces mode='int' only")
-    return torch.ops.tritium.bitlinear(x, self.weight)
+    return CAPTURE_IMPLS["bitlinear"](x, self.weight, self.per_channel)
 
 
 def _attention_forward(self, x, cos, sin, positions, mode, cache, layer):

@@ -18,6 +18,18 @@ kind           inputs                             attrs
 ``add``        x, y
 ``lm_head``    x                                  weight, vocab
 =============  =================================  ==========================================
+
+General modules (``compiler.compile_model(module, acfg, example_inputs=...)``; the graph's input value is
+``input``, float32 ``(T, features)``) add:
+
+==============  ================================  ==========================================
+``int8linear``  x                                 weight, k (in), n (out): W8A8 on the GEMM engine
+``layernorm``   x                                 weight, bias (or None), eps
+``relu``        x
+``silu``        x
+``square``      x                                 (``x**2``, ``x.square()``: float32 ``x·x``)
+``mul``         x, y                              (elementwise float32 product of two activations)
+==============  ================================  ==========================================
 """
 
 from __future__ import annotations
@@ -91,7 +103,63 @@ def where_of(node) -> str:
     return f"{path} ({src})" if src else path
 
 
-_TRITIUM = {"bitlinear", "attention", "rmsnorm", "relu2", "swiglu", "add", "linear"}
+_TRITIUM = {
+    "bitlinear_rows",
+    "bitlinear",
+    "attention",
+    "rmsnorm",
+    "relu2",
+    "swiglu",
+    "add",
+    "linear",
+    "int8linear",
+    "layernorm",
+    "silu",
+}
+
+#: what a general module may contain (the one-line error for anything else lists it)
+SUPPORTED_PIECES = (
+    "models.bitlinear.BitLinear (TLMM)",
+    "models.w8a8.Int8Linear (GEMM)",
+    "models.lm.RMSNorm / nn.RMSNorm",
+    "nn.LayerNorm / F.layer_norm",
+    "ReLU",
+    "SiLU",
+    "x**2 / x.square()",
+    "x + y",
+    "x * y (two activations)",
+)
+
+
+#: aten ops of a hand-written activation/weight quantizer (abs-max, round, clamp, dtype casts)
+_QUANTIZER_OPS = {"abs", "amax", "max", "round", "clamp", "clip", "_to_copy", "to", "div"}
+
+
+def _float_input(n) -> bool:
+    fake = n.meta.get("val")
+    return fake is not None and getattr(fake, "dtype", None) is not None and fake.dtype.is_floating_point
+
+
+def _aten_kind(n, torch) -> str | None:
+    """The IR kind of an elementwise aten node of a general module, or None if it is not one we map."""
+    aten = torch.ops.aten
+    t, a = n.target, n.args
+    tensors = [x for x in a if hasattr(x, "meta")]
+    if t in (aten.relu.default,):
+        return "relu"
+    if t == aten.square.default or (t == aten.pow.Tensor_Scalar and len(a) == 2 and a[1] == 2):
+        return "square"
+    both = (
+        len(a) >= 2
+        and len(tensors) == 2
+        and all(_float_input(x) for x in a[:2])
+        and tuple(a[0].meta["val"].shape) == tuple(a[1].meta["val"].shape)
+    )
+    if t == aten.add.Tensor and both and n.kwargs.get("alpha", 1) == 1 and len(a) == 2:
+        return "add"
+    if t == aten.mul.Tensor and both:
+        return "mul"
+    return None
 
 
 def from_export(ep, model_config: dict) -> Graph:
@@ -114,14 +182,26 @@ def from_export(ep, model_config: dict) -> Graph:
         fake = n.meta.get("val")
         return int(fake.shape[-1]) if fake is not None and len(fake.shape) else 1
 
+    general = model_config.get("graph") == "module"
+    if general and len(user_inputs) != 1:
+        raise CompileError(
+            f"<model>: a general module takes exactly one input tensor (T, features); it takes {len(user_inputs)}"
+        )
     output = None
     for n in ep.graph.nodes:
         if n.op == "placeholder":
             if n.name in user_inputs:
-                alias[n.name] = "tokens"
+                alias[n.name] = "input" if general else "tokens"
+                features["input"] = feat(n)
             continue
         if n.op == "output":
-            output = val(n.args[0][0] if isinstance(n.args[0], (tuple, list)) else n.args[0])
+            outs = n.args[0] if isinstance(n.args[0], (tuple, list)) else [n.args[0]]
+            if general and (len(outs) != 1 or not hasattr(outs[0], "name") or val(outs[0]) == "input"):
+                raise CompileError(
+                    f"<model>: a general module must return one tensor computed from its input "
+                    f"(it returns {len(outs)} value(s))"
+                )
+            output = val(outs[0])
             continue
         where = where_of(n)
         target = n.target
@@ -147,16 +227,12 @@ def from_export(ep, model_config: dict) -> Graph:
         elif ns == "tritium" and target._opname in _TRITIUM:
             kind = target._opname
             a = n.args
-            if kind == "bitlinear":
+            if kind in ("bitlinear", "bitlinear_rows"):
                 wshape = a[1].meta["val"].shape
-                op = Op(
-                    n.name,
-                    "bitlinear",
-                    [val(a[0])],
-                    [n.name],
-                    {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])},
-                    where,
-                )
+                attrs = {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])}
+                if kind == "bitlinear_rows":
+                    attrs["per_channel"] = True
+                op = Op(n.name, "bitlinear", [val(a[0])], [n.name], attrs, where)
             elif kind == "attention":
                 if a[3].name not in positions:
                     raise CompileError(f"{where}: attention positions must be the step's token positions")
@@ -194,8 +270,36 @@ def from_export(ep, model_config: dict) -> Graph:
                     {"weight": params[a[1].name], "vocab": feat(n)},
                     where,
                 )
+            elif kind == "int8linear":
+                wshape = a[1].meta["val"].shape
+                op = Op(
+                    n.name,
+                    "int8linear",
+                    [val(a[0])],
+                    [n.name],
+                    {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])},
+                    where,
+                )
+            elif kind == "layernorm":
+                attrs = {
+                    "weight": params[a[1].name] if a[1] is not None else None,
+                    "bias": params[a[2].name] if a[2] is not None else None,
+                    "eps": float(a[3]),
+                }
+                op = Op(n.name, "layernorm", [val(a[0])], [n.name], attrs, where)
+            elif kind == "silu":
+                op = Op(n.name, "silu", [val(a[0])], [n.name], {}, where)
             else:
                 op = Op(n.name, kind, [val(a[0]), val(a[1])], [n.name], {}, where)
+        elif general and (kind := _aten_kind(n, torch)) is not None:
+            op = Op(
+                n.name,
+                kind,
+                [val(x) for x in n.args[: 2 if kind in ("add", "mul") else 1]],
+                [n.name],
+                {},
+                where,
+            )
         else:
             hint = ""
             if "linear" in opname or "addmm" in opname or "mm" == opname.split("::")[-1]:
@@ -203,6 +307,18 @@ def from_export(ep, model_config: dict) -> Graph:
                     "; a float linear layer: the accelerator runs ternary weights only — use "
                     "models.bitlinear.BitLinear"
                 )
+                if general:
+                    hint = (
+                        "; a float linear layer: use models.bitlinear.BitLinear (ternary, TLMM) or "
+                        "models.w8a8.Int8Linear (int8, GEMM; Int8Linear.from_linear)"
+                    )
+            if general and opname.split("::")[-1] in _QUANTIZER_OPS:
+                hint = (
+                    "; a hand-written quantizer? quantized linears are models.w8a8.Int8Linear (int8 "
+                    "W8A8, GEMM) or models.bitlinear.BitLinear (ternary, TLMM)"
+                )
+            if general:
+                hint += f"; supported: {', '.join(SUPPORTED_PIECES)}"
             raise CompileError(f"{where}: unsupported op {opname}{hint}")
         if name == "<model>":
             name = op.kind

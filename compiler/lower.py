@@ -15,7 +15,9 @@ Passes here, in order (each has its own test):
                           a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
                           fold V's scales, int8 P) → per group a GEMM ``P·V`` (B strided over the V cache's
                           panels) → host ``attn_out`` (keeps the diagonal blocks).
-7b. LM head                (``Lowering._lower_lm_head_int8``) with ``lm_head="acc_int8"`` the ``lm_head`` op →
+7b. W8A8 products          (``Lowering._lower_int8_gemm``) every ``int8linear`` op (models/w8a8.py: host
+                          ``int8_quant`` → GEMM commands → host ``int8_dequant``) and, the same way,
+                          (``Lowering._lower_lm_head_int8``) with ``lm_head="acc_int8"`` the ``lm_head`` op →
                           host ``lm_head_quant`` (int8 absmax per token, A panels) → GEMM commands over
                           the int8 weight panels (:func:`compiler.tiling.lm_head_gemms`, int32 results, no
                           requantization) → host ``lm_head_dequant`` (``y · (s_x · s_w)``); ``host_fp16``
@@ -82,6 +84,8 @@ class Lowering:
             raise CompileError(f"lm_head={lm_head!r}: expected one of {', '.join(LM_HEAD_OPTIONS)}")
         self.g, self.acfg, self.state, self.mc = graph, acfg, state, model_config
         self.lm_head = lm_head
+        self.general = model_config.get("graph") == "module"  # a general module (input: float rows)
+        self.input_name = "input" if self.general else "tokens"
         heads = [op for op in graph.ops if op.kind == "lm_head"]
         if lm_head != "host_fp32" and len(heads) != 1:
             raise CompileError(f"<model>: lm_head={lm_head} needs exactly one LM head, found {len(heads)}")
@@ -137,7 +141,19 @@ class Lowering:
                         k=[k0, k1],
                         n=[n0, n1],
                         weight=op.attrs["weight"],
+                        **({"per_channel": True} if op.attrs.get("per_channel") else {}),
                     )
+        for op in self.g.ops:  # W8A8 linears: int8 B panels (models/w8a8.py)
+            if op.kind == "int8linear" and f"{op.attrs['weight']}.int8" not in self.persistent:
+                k, n = op.attrs["k"], op.attrs["n"]
+                self._persist(
+                    f"{op.attrs['weight']}.int8",
+                    lm_head_weight_beats(self.geo, k, n) * self.W,
+                    "int8",
+                    [k, n],
+                    "gemm_b",
+                    weight=op.attrs["weight"],
+                )
         if self.lm_head == "acc_int8":
             w = self.state[self.head_weight]
             vocab, k = int(w.shape[0]), int(w.shape[1])
@@ -180,8 +196,12 @@ class Lowering:
         for op in self.g.ops:
             if op.kind == "lm_head" and self.lm_head != "host_fp32":
                 names.append(self.lm_weight_name if self.lm_head == "host_fp16" else self.lm_scale_name)
+            elif op.kind == "int8linear":
+                names.append(f"{op.attrs['weight']}.row_scale")
+            elif op.kind == "dequant" and "scale_rows" in op.attrs:  # per-channel ternary scales
+                names.append(op.attrs["scale_rows"])
             elif "weight" in op.attrs and op.kind not in ("tlmm", "dequant"):
-                names.append(op.attrs["weight"])
+                names += [w for w in (op.attrs["weight"], op.attrs.get("bias")) if w is not None]
         if any(op.kind == "attention" for op in self.g.ops):
             names += ["rope_cos", "rope_sin"]
         return list(dict.fromkeys(names))
@@ -189,6 +209,7 @@ class Lowering:
     def _derived(self) -> dict:
         """The LM head's derived constants (computed once): fp16 weights, int8 weights + row scales."""
         if getattr(self, "_derived_cache", None) is None:
+            from models.bitlinear import ternary_weight_rows
             from models.lm_head import fp16_weight, quantize_lm_head
 
             out = {}
@@ -200,6 +221,14 @@ class Lowering:
                     wq, sw = quantize_lm_head(w)
                     out[self.lm_weight_name] = wq.numpy()
                     out[self.lm_scale_name] = sw.numpy()
+            for op in self.g.ops:
+                if op.kind == "dequant" and "scale_rows" in op.attrs and not self.meta:
+                    w = self.state[op.attrs["weight"]]
+                    out[op.attrs["scale_rows"]] = ternary_weight_rows(w)[1].numpy()
+                if op.kind == "int8linear" and not self.meta:
+                    wq, sw = quantize_lm_head(self.state[op.attrs["weight"]].detach().to("cpu"))
+                    out[f"{op.attrs['weight']}.int8"] = wq.numpy()
+                    out[f"{op.attrs['weight']}.row_scale"] = sw.numpy()
             self._derived_cache = out
         return self._derived_cache
 
@@ -210,36 +239,41 @@ class Lowering:
             if name == self.lm_scale_name:
                 return "float32", [int(w.shape[0])]
             return "float16", list(w.shape)
+        for suffix in (".row_scale", ".tscale"):  # a W8A8 linear's / a per-channel BitLinear's row scales
+            if name.endswith(suffix) and name not in self.state:
+                return "float32", [int(self.state[name.removesuffix(suffix)].shape[0])]
         return "float32", list(self.state[name].shape)
 
     # ------------------------------------------------------------------ weight image (once)
     def weight_image(self) -> np.ndarray:
-        """The persistent region: packed TLMM weight streams; KV cache zeroed. Empty for meta models."""
+        """The persistent region: packed TLMM weight streams, int8 GEMM weight panels; KV cache zeroed. Empty for
+        meta models."""
         if self.meta:
             return np.zeros((0, self.W), np.uint8)
         if self._image is not None:
             return self._image
         from hw.program import pack_tlmm_weights
         from hw.ternary import tlmm_streams
-        from models.bitlinear import ternary_weight
+        from models.bitlinear import ternary_weight, ternary_weight_rows
 
         img = np.zeros((self.step_base, self.W), np.uint8)
         flat = img.reshape(-1)
         t = self.acfg.tlmm
         cache = {}
-        if self.lm_head == "acc_int8":
-            from hw.gemm_layout import pack_b
-
-            ti = self.persistent[self.lm_weight_name]
-            panels = pack_b(np.ascontiguousarray(self._derived()[self.lm_weight_name].T), self.geo)
-            assert panels.size == ti.nbytes
-            img[ti.addr : ti.addr + panels.shape[0]] = panels
+        derived = self._derived()
         for ti in self.persistent.values():
+            if ti.layout == "gemm_b" and ti.name in derived:  # int8 weights (acc_int8 LM head, Int8Linear)
+                from hw.gemm_layout import pack_b
+
+                panels = pack_b(np.ascontiguousarray(derived[ti.name].T), self.geo)
+                assert panels.size == ti.nbytes
+                img[ti.addr : ti.addr + panels.shape[0]] = panels
             if ti.layout != "tlmm_wgt":
                 continue
             wname = ti.attrs["weight"]
             if wname not in cache:
-                cache[wname] = ternary_weight(self.state[wname])[0].numpy()
+                rows = ti.attrs.get("per_channel", False)
+                cache[wname] = (ternary_weight_rows if rows else ternary_weight)(self.state[wname])[0].numpy()
             wq = cache[wname]
             (k0, k1), (n0, n1) = ti.attrs["k"], ti.attrs["n"]
             _, _, wgt = tlmm_streams(t, wq[n0:n1, k0:k1], np.zeros((1, k1 - k0), np.int8))
@@ -257,13 +291,20 @@ class Lowering:
             raise ValueError(f"logits={logits!r}: expected 'all' or 'last'")
         if tokens < 1:
             raise CompileError(f"<model>: a step needs at least one token, got {tokens}")
-        if pos + tokens > self.mc["max_seq"]:
+        if self.general:
+            if pos != 0:
+                raise CompileError(f"<model>: a general module has no positions (pos={pos}, expected 0)")
+        elif pos + tokens > self.mc["max_seq"]:
             raise CompileError(
                 f"<model>: positions {pos}..{pos + tokens - 1} exceed max_seq={self.mc['max_seq']}"
             )
         plan = StepPlan()
         T = tokens
-        plan.tensor("tokens", T * 4, "int32", [T])
+        if self.general:
+            feats = self.g.features["input"]
+            plan.tensor("input", T * feats * 4, "float32", [T, feats])
+        else:
+            plan.tensor("tokens", T * 4, "int32", [T])
         f = self.g.features
         quant_of: dict[str, dict] = {}
         for op in self.g.ops:
@@ -276,6 +317,12 @@ class Lowering:
                 continue
             if kind == "lm_head" and self.lm_head == "acc_int8":
                 self._lower_lm_head_int8(plan, op, T, logits == "last")
+                continue
+            if kind == "int8linear":
+                w = op.attrs["weight"]
+                self._lower_int8_gemm(
+                    plan, op, T, False, op.attrs["k"], op.attrs["n"], f"{w}.int8", f"{w}.row_scale", "int8"
+                )
                 continue
             outs = []
             for v in op.outputs:
@@ -367,9 +414,20 @@ class Lowering:
 
     def _lower_lm_head_int8(self, plan: StepPlan, op, T: int, last_only: bool) -> None:
         """``lm_head`` → host ``lm_head_quant`` → GEMM commands (int32) → host ``lm_head_dequant``."""
+        k, vocab = self.mc["d_model"], int(self.state[self.head_weight].shape[0])
+        self._lower_int8_gemm(
+            plan, op, T, last_only, k, vocab, self.lm_weight_name, self.lm_scale_name, "lm_head"
+        )
+
+    def _lower_int8_gemm(
+        self, plan: StepPlan, op, T: int, last_only: bool, k: int, vocab: int, b: str, scale: str, prefix: str
+    ) -> None:
+        """A W8A8 product on the GEMM engine (the ``acc_int8`` LM head, a ``int8linear``): host
+        ``{prefix}_quant`` (int8 absmax per token, A panels) → GEMM commands over the int8 B panels ``b``
+        (slices of :func:`compiler.tiling.lm_head_gemms`; int32, no requantization) → host
+        ``{prefix}_dequant`` (``y · (s_x · s_w)`` with the row scales ``scale``; models/w8a8.py)."""
         geo, W = self.geo, self.W
         rows = 1 if last_only else T
-        k, vocab = self.mc["d_model"], int(self.state[self.head_weight].shape[0])
         name, x, out = op.name, op.inputs[0], op.outputs[0]
         sa = gemm_shape(geo, rows, k, 1)
         xa = plan.tensor(f"{name}.xa", sa.m_tiles * sa.k_tiles * geo.a_beats * W, "int8", [rows, k], "gemm_a")
@@ -380,7 +438,7 @@ class Lowering:
                 "host",
                 HostOp(
                     f"{name}.quant",
-                    "lm_head_quant",
+                    f"{prefix}_quant",
                     [x],
                     [xa, sx],
                     {"last_only": last_only, "k": k},
@@ -408,7 +466,7 @@ class Lowering:
                         "k": k,
                         "n": n1 - n0,
                         "a": xa,
-                        "b": self.lm_weight_name,
+                        "b": b,
                         "b_offset": b_off,
                         "c": y,
                         "where": op.where,
@@ -422,8 +480,8 @@ class Lowering:
                 "host",
                 HostOp(
                     f"{name}.dequant",
-                    "lm_head_dequant",
-                    ys + [sx, self.lm_scale_name],
+                    f"{prefix}_dequant",
+                    ys + [sx, scale],
                     [out],
                     {"vocab": vocab, "rows": rows, "slices": slices},
                     op.where,
@@ -611,9 +669,9 @@ class Lowering:
                 produced.setdefault(v, i)
         alloc = Allocator(self.step_base, self.limit)
         live: dict[str, tuple[int, int]] = {}
-        tok = plan.tensors["tokens"]
-        tok.addr = alloc.alloc(self.beats(tok.nbytes), "tokens")
-        live["tokens"] = (tok.addr, self.beats(tok.nbytes))
+        tok = plan.tensors[self.input_name]
+        tok.addr = alloc.alloc(self.beats(tok.nbytes), self.input_name)
+        live[self.input_name] = (tok.addr, self.beats(tok.nbytes))
         for i, item in enumerate(plan.items):
             ins, outs = self._io(item, plan)
             for v in outs:
@@ -701,6 +759,8 @@ class Lowering:
             "model": self.mc,
             "lm_head": self.lm_head,
         }
+        if self.general:
+            meta["input"] = self.input_name
         derived = self._derived()
         host_data = (
             {}

@@ -9,8 +9,8 @@ and has its own test (tests/test_compiler.py).
                             quantization fused into norms.
 4. :func:`check_weights`    every ``tlmm`` weight ternarizes (finite, positive absmean scale; values in
                             {−1, 0, +1}); records the scale the dequant needs.
-5. :func:`mark_engines`     ``tlmm`` → TLMM engine, ``attention`` → GEMM engine + host (lowered per step by
-                            :mod:`compiler.lower`), everything else → host.
+5. :func:`mark_engines`     ``tlmm`` → TLMM engine, ``attention`` and ``int8linear`` → GEMM engine + host
+                            (lowered per step by :mod:`compiler.lower`), everything else → host.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ __all__ = [
     "run_pipeline",
 ]
 
-FUSABLE = ("rmsnorm", "relu2", "swiglu")
+FUSABLE = ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "square", "mul")
 
 
 def split_bitlinear(g: Graph) -> Graph:
@@ -51,7 +51,8 @@ def split_bitlinear(g: Graph) -> Graph:
                 "dequant",
                 [yi, sx],
                 [op.outputs[0]],
-                {"weight": op.attrs["weight"], "n": op.attrs["n"]},
+                {"weight": op.attrs["weight"], "n": op.attrs["n"]}
+                | ({"per_channel": True} if op.attrs.get("per_channel") else {}),
                 op.where,
             )
         )
@@ -99,10 +100,12 @@ def fuse_quant(g: Graph) -> Graph:
 
 def check_weights(g: Graph, state: dict) -> Graph:
     """``state``: parameter name → tensor. On meta tensors only shapes are checked."""
-    from models.bitlinear import ternary_weight
+    from models.bitlinear import ternary_weight, ternary_weight_rows
 
     g = copy.deepcopy(g)
     for op in g.ops:
+        if op.kind == "int8linear":
+            _check_int8_weight(op, state)
         if op.kind != "tlmm":
             continue
         w = state.get(op.attrs["weight"])
@@ -119,7 +122,11 @@ def check_weights(g: Graph, state: dict) -> Graph:
             raise CompileError(
                 f"{op.where}: weight {op.attrs['weight']} has non-finite values; it cannot be ternarized"
             )
-        wq, sw = ternary_weight(w.detach())
+        if op.attrs.get("per_channel"):  # BitLinear(per_channel=True): one scale per output row
+            wq, swr = ternary_weight_rows(w.detach())
+            sw = float(swr.min()) if swr.numel() else 0.0
+        else:
+            wq, sw = ternary_weight(w.detach())
         vals = np.unique(wq.numpy())
         if not set(vals.tolist()) <= {-1, 0, 1}:
             raise CompileError(
@@ -130,19 +137,37 @@ def check_weights(g: Graph, state: dict) -> Graph:
             raise CompileError(
                 f"{op.where}: weight {op.attrs['weight']} has scale {sw}; expected a positive number"
             )
-        op.attrs["scale"] = float(sw)
+        if op.attrs.get("per_channel"):
+            op.attrs["scale_rows"] = f"{op.attrs['weight']}.tscale"  # a host constant (compiler.lower)
+        else:
+            op.attrs["scale"] = float(sw)
     for op in g.ops:
         if op.kind == "dequant":
             prod = g.producer(op.inputs[0])
-            if "scale" in prod.attrs:
-                op.attrs["scale"] = prod.attrs["scale"]
+            for key in ("scale", "scale_rows"):
+                if key in prod.attrs:
+                    op.attrs[key] = prod.attrs[key]
     return g
+
+
+def _check_int8_weight(op: Op, state: dict) -> None:
+    """A W8A8 weight (models.w8a8.Int8Linear) must exist, have its shape and be finite."""
+    w = state.get(op.attrs["weight"])
+    if w is None:
+        raise CompileError(f"{op.where}: weight {op.attrs['weight']} not found in the model")
+    if tuple(w.shape) != (op.attrs["n"], op.attrs["k"]):
+        raise CompileError(
+            f"{op.where}: weight {op.attrs['weight']} has shape {tuple(w.shape)}, "
+            f"expected {(op.attrs['n'], op.attrs['k'])}"
+        )
+    if w.device.type != "meta" and not bool(w.isfinite().all()):
+        raise CompileError(f"{op.where}: weight {op.attrs['weight']} has non-finite values")
 
 
 def mark_engines(g: Graph) -> Graph:
     g = copy.deepcopy(g)
     for op in g.ops:
-        op.engine = {"tlmm": "tlmm", "attention": "gemm"}.get(op.kind, "host")
+        op.engine = {"tlmm": "tlmm", "attention": "gemm", "int8linear": "gemm"}.get(op.kind, "host")
     return g
 
 

@@ -104,6 +104,19 @@ HOST_OP_KINDS = (
     "attn_prep",
     "attn_softmax",
     "attn_out",
+    # general modules (compiler.compile_model(module, acfg, example_inputs=...))
+    "layernorm",
+    "layernorm+quant",
+    "relu",
+    "relu+quant",
+    "silu",
+    "silu+quant",
+    "square",
+    "square+quant",
+    "mul",
+    "mul+quant",
+    "int8_quant",
+    "int8_dequant",
 )
 PROGRAM_FILES = ("program.json", "program.npz", "listing.txt")
 _HASH_TAG = b"tritium-program-content/2"
@@ -416,9 +429,11 @@ class Program:
         for k in self.host_data:
             if k not in self.tensors or self.tensors[k].attrs.get("space") != "host":
                 raise ProgramError(f"{source}: host data {k!r} has no host tensor")
-        for name in ("tokens", self.meta["output"]):
+        for name in (self.meta.get("input", "tokens"), self.meta["output"]):
             if name not in self.tensors:
-                raise ProgramError(f"{source}: no tensor {name!r} (the step's input tokens / meta.output)")
+                raise ProgramError(
+                    f"{source}: no tensor {name!r} (the step's input (meta.input, default tokens) / meta.output)"
+                )
         try:
             cmds = self.commands()
         except ValueError as e:
@@ -632,6 +647,8 @@ def _check_meta(meta: object, source: str) -> None:
     )
     _need(isinstance(meta["output"], str), source, "meta.output", "a tensor name", meta["output"])
     _need(isinstance(meta["model"], dict), source, "meta.model", "an object", meta["model"])
+    if "input" in meta:  # general modules: the float input tensor (absent: the LM's token ids, "tokens")
+        _need(isinstance(meta["input"], str), source, "meta.input", "a tensor name", meta["input"])
     if "lm_head" in meta:  # absent in Programs from before the option: host_fp32
         _need(
             meta["lm_head"] in LM_HEAD_OPTIONS,
@@ -674,7 +691,13 @@ def _check_doc(doc: object, src: str) -> None:
         _fields(h, ("name", "kind", "inputs", "outputs", "attrs", "where"), src, at)
         for k in ("name", "where"):
             _need(isinstance(h[k], str), src, f"{at}.{k}", "a string", h[k])
-        _need(h["kind"] in HOST_OP_KINDS, src, f"{at}.kind", f"one of {', '.join(HOST_OP_KINDS)}", h["kind"])
+        _need(
+            h["kind"] in HOST_OP_KINDS,
+            src,
+            f"{at}.kind",
+            "a host-op kind of hw.program.HOST_OP_KINDS",
+            h["kind"],
+        )
         for k in ("inputs", "outputs"):
             _need(_str_list(h[k]), src, f"{at}.{k}", "a list of tensor names", h[k])
         _need(isinstance(h["attrs"], dict), src, f"{at}.attrs", "an object", h["attrs"])

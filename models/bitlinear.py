@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from hw.ternary import quantize_weights
 
-__all__ = ["MODES", "quantize_act", "ternary_weight", "int_matmul", "BitLinear"]
+__all__ = ["MODES", "quantize_act", "ternary_weight", "ternary_weight_rows", "int_matmul", "BitLinear"]
 
 MODES = ("float", "fake", "int")
 
@@ -68,6 +68,15 @@ def ternary_weight(w: torch.Tensor) -> tuple[torch.Tensor, float]:
     return torch.from_numpy(np.ascontiguousarray(wq)).to(w.device), scale
 
 
+def ternary_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-channel absmean ternary weights: the per-tensor rule (:func:`ternary_weight`) applied to each output
+    row → ``(wq int8 (N, K), s_w float32 (N,))`` (``BitLinear(..., per_channel=True)``)."""
+    rows = [quantize_weights(r) for r in w.detach().to("cpu", torch.float32).numpy()]
+    wq = np.stack([r[0] for r in rows]) if rows else np.zeros(tuple(w.shape), np.int8)
+    s = np.array([r[1] for r in rows], np.float32)
+    return torch.from_numpy(np.ascontiguousarray(wq)).to(w.device), torch.from_numpy(s).to(w.device)
+
+
 def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Exact integer ``a @ b`` of int8 operands (int64 products and sums), wrapped to int32."""
     return torch.matmul(a.to(torch.int64), b.to(torch.int64)).to(torch.int32)
@@ -79,12 +88,23 @@ def _exporting() -> bool:
 
 
 class BitLinear(nn.Linear):
-    """``nn.Linear`` without bias whose forward is BitNet b1.58's, in mode ``"float" | "fake" | "int"``."""
+    """``nn.Linear`` without bias whose forward is BitNet b1.58's, in mode ``"float" | "fake" | "int"``.
+    ``per_channel=True`` scales each output row by its own absmean (:func:`ternary_weight_rows`); the int
+    forward is the same expression, ``s_x · s_w`` then being the (…, N) outer product."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None):
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = False,
+        device=None,
+        dtype=None,
+        per_channel: bool = False,
+    ):
         if bias:
             raise ValueError("BitLinear has no bias (BitNet b1.58)")
         super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+        self.per_channel = per_channel
         self.register_buffer("weight_q", None, persistent=False)
         self.register_buffer("weight_scale", None, persistent=False)
         self._cache_key = None
@@ -102,9 +122,12 @@ class BitLinear(nn.Linear):
             return self.weight_q, self.weight_scale
         key = (w.data_ptr(), w._version, w.device, tuple(w.shape))
         if self.weight_q is None or key != self._cache_key:
-            wq, scale = ternary_weight(w)
-            self.weight_q = wq
-            self.weight_scale = torch.tensor(scale, dtype=torch.float32, device=w.device)
+            if self.per_channel:
+                self.weight_q, self.weight_scale = ternary_weight_rows(w)
+            else:
+                wq, scale = ternary_weight(w)
+                self.weight_q = wq
+                self.weight_scale = torch.tensor(scale, dtype=torch.float32, device=w.device)
             self._cache_key = key
         return self.weight_q, self.weight_scale
 
@@ -115,7 +138,8 @@ class BitLinear(nn.Linear):
         if mode == "fake":
             xq, sx = quantize_act(x)
             x_hat = x + (xq.to(torch.float32) * sx - x).detach()
-            w_hat = self.weight + (wq.to(torch.float32) * sw - self.weight).detach()
+            sw_w = sw[:, None] if sw.ndim else sw  # per channel: one scale per output row
+            w_hat = self.weight + (wq.to(torch.float32) * sw_w - self.weight).detach()
             return F.linear(x_hat, w_hat)
         if mode == "int":
             xq, sx = quantize_act(x)

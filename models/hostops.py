@@ -33,6 +33,8 @@ __all__ = [
     "silu",
     "swiglu",
     "relu2",
+    "relu",
+    "layernorm",
     "add",
     "linear",
 ]
@@ -152,6 +154,28 @@ def relu2(gate: torch.Tensor, up: torch.Tensor | None = None) -> torch.Tensor:
     r = torch.clamp_min(gate.to(torch.float32), 0.0)
     y = r * r
     return y if up is None else y * up.to(torch.float32)
+
+
+def relu(x: torch.Tensor) -> torch.Tensor:
+    """ReLU ``max(x, 0)``, float32 (exact)."""
+    return torch.clamp_min(x.to(torch.float32), 0.0)
+
+
+def layernorm(
+    x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
+) -> torch.Tensor:
+    """LayerNorm over the last axis (float32): ``mu = fold_sum(x) / d``; ``c = x − mu``;
+    ``var = fold_sum(c·c) / d``; ``y = (c / sqrt(var + eps)) · weight + bias`` (each step one float32
+    operation in that order; a missing weight or bias is skipped)."""
+    x = x.to(torch.float32)
+    d = x.shape[-1]
+    c = x - fold_sum(x) / d
+    y = c / torch.sqrt(fold_sum(c * c) / d + eps)
+    if weight is not None:
+        y = y * weight.to(torch.float32)
+    if bias is not None:
+        y = y + bias.to(torch.float32)
+    return y
 
 
 def add(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:

@@ -42,7 +42,7 @@ import torch.nn.functional as F
 
 from hw.program import LM_HEAD_OPTIONS
 from models import hostops
-from models.bitlinear import int_matmul, quantize_act
+from models.w8a8 import dequant_rows, quantize_weight_rows, w8a8_linear
 
 __all__ = [
     "LM_HEAD_OPTIONS",
@@ -73,27 +73,22 @@ def fp16_weight(w: torch.Tensor) -> torch.Tensor:
 
 
 def quantize_lm_head(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The stored weights of ``acc_int8``: ``(wq int8 (V, K), s_w float32 (V,))``, absmax per output row
-    (:func:`models.bitlinear.quantize_act` over each row)."""
-    wq, s = quantize_act(w.detach())
-    return wq, s[:, 0]
+    """The stored weights of ``acc_int8``: ``(wq int8 (V, K), s_w float32 (V,))``, absmax per output row —
+    :func:`models.w8a8.quantize_weight_rows`, the rule of every W8A8 linear."""
+    return quantize_weight_rows(w)
 
 
 def dequant_logits(y_int: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor) -> torch.Tensor:
-    """``y_int.to(f32) * (s_x * s_wᵀ)``: ``y_int`` int32 (rows, V), ``s_x`` float32 (rows, 1), ``s_w`` (V,)."""
-    return y_int.to(torch.float32) * (s_x.to(torch.float32) * s_w.to(torch.float32)[None, :])
+    """``y_int.to(f32) * (s_x * s_wᵀ)`` (:func:`models.w8a8.dequant_rows`)."""
+    return dequant_rows(y_int, s_x, s_w)
 
 
 def lm_head_int(
     x: torch.Tensor, wq: torch.Tensor, s_w: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """The ``acc_int8`` LM head of ``x`` (..., K): ``(y_int int32 (..., V), s_x (..., 1), logits (..., V))``."""
-    lead = x.shape[:-1]
-    x2 = x.reshape(-1, x.shape[-1])
-    xq, sx = quantize_act(x2)
-    y = int_matmul(xq, wq.T)
-    logits = dequant_logits(y, sx, s_w)
-    return y.reshape(*lead, -1), sx.reshape(*lead, 1), logits.reshape(*lead, -1)
+    """The ``acc_int8`` LM head of ``x`` (..., K): ``(y_int int32 (..., V), s_x (..., 1), logits (..., V))``
+    — :func:`models.w8a8.w8a8_linear`, the W8A8 linear on the LM head's weights."""
+    return w8a8_linear(x, wq, s_w)
 
 
 def lm_head_logits(x: torch.Tensor, weight: torch.Tensor, option: str = DEFAULT_LM_HEAD) -> torch.Tensor:

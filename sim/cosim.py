@@ -897,46 +897,14 @@ def run_top_cosim(
         toks.append(int(np.argmax(lg.numpy()[-1])))
         model_tokens.append(toks[-1])
 
-    bdir, build_s = build_engine("top", acfg, build_root, quiet, waves)
-    beats = max(p.image.shape[0] for p in progs)
-    image = np.zeros((beats, acfg.memory.bus_bytes), np.uint8)
-    image[: progs[0].image.shape[0]] = progs[0].image
-    with _sim_dir("tritium-top-") as tmp:
-        steps = []
-        for s, p in enumerate(progs):
-            d = tmp / f"step{s}"
-            p.save(d)
-            # a cycle guard per step: a hung RTL ends as a mismatch, not a simulation that never returns
-            steps.append({"program": str(d), "guard": 4 * int(sum(model_cycles[s])) + 100_000})
-        meta = {"config": acfg.to_dict(), "prompt": list(prompt), "steps": steps}
-        _log(
-            f"[top] running {len(progs)} step(s), {sum(map(len, kinds))} commands through Verilator ...",
-            quiet,
-        )
-        result_file, log, sim_s = _simulate(engine("top"), bdir, tmp, {"image": image}, meta)
-        if not result_file.exists():
-            # the top bench writes its results only at the end: a hung or failing run leaves none
-            kept = _keep(log, artifacts_root(build_root) / "logs" / "top" / f"{_stamp()}.log")
-            raise ToolError(
-                f"the RTL simulation produced no results (full log kept as {kept}); simulator log tail:\n"
-                f"{_log_tail(log)}"
-            )
-        res = json.loads(result_file.read_text())
-        done = len(res["steps"])
-        with np.load(str(result_file) + ".npz", allow_pickle=False) as z:
-            rtl_logits = [z[f"logits{s}"][-1] if s < done else None for s in range(len(progs))]
-        if res.get("hung"):
-            h = res["hung"]
-            _log(
-                f"[top] the RTL did not finish step {h['step']} within {h['guard']:,} cycles "
-                f"({h['commands_started']} commands started): a mismatch",
-                quiet,
-            )
-        res["steps"] += [{"per_command": []}] * (len(progs) - done)
-        rep = TopReport(
+    prompt = list(prompt)
+
+    def report(res, rtl_out, build_s, sim_s):
+        rtl_logits = [None if o is None else o[-1] for o in rtl_out]
+        return TopReport(
             config={**acfg.to_dict(), "source": acfg.source},
             layers=model.config.n_layers,
-            prompt=list(prompt),
+            prompt=prompt,
             rtl_tokens=res["tokens"][len(prompt) :],
             model_tokens=model_tokens,
             torch_tokens=torch_tokens,
@@ -956,6 +924,60 @@ def run_top_cosim(
             labels=labels,
             lm_head=lm_head,
         )
+
+    return _simulate_top(
+        acfg, progs, [None] * len(progs), model_cycles, report, build_root, quiet, waves, prompt
+    )
+
+
+def _simulate_top(acfg, progs, inputs, model_cycles, report, build_root, quiet, waves, prompt=()):
+    """Run the step Programs ``progs`` in one top-level simulation (the memory image carries from step to
+    step); a step's input is ``inputs[s]`` (a general module's float input) or, if None, the LM's tokens
+    (the prompt, then the previous step's greedy token). ``report(res, outputs, build_s, sim_s)`` builds the
+    caller's report from the bench's results and each step's output tensor (None for a step the RTL did not
+    finish); the simulator log (and a trace) of a traced or failing run is kept in its ``artifacts``."""
+    bdir, build_s = build_engine("top", acfg, build_root, quiet, waves)
+    beats = max(p.image.shape[0] for p in progs)
+    image = np.zeros((beats, acfg.memory.bus_bytes), np.uint8)
+    image[: progs[0].image.shape[0]] = progs[0].image
+    arrays = {"image": image}
+    with _sim_dir("tritium-top-") as tmp:
+        steps = []
+        for s, p in enumerate(progs):
+            d = tmp / f"step{s}"
+            p.save(d)
+            # a cycle guard per step: a hung RTL ends as a mismatch, not a simulation that never returns
+            steps.append({"program": str(d), "guard": 4 * int(sum(model_cycles[s])) + 100_000})
+            if inputs[s] is not None:
+                arrays[f"input{s}"] = np.asarray(inputs[s], np.float32)
+                steps[-1]["input"] = f"input{s}"
+        meta = {"config": acfg.to_dict(), "prompt": list(prompt), "steps": steps}
+        _log(
+            f"[top] running {len(progs)} step(s), {sum(len(p.commands()) for p in progs)} commands through "
+            "Verilator ...",
+            quiet,
+        )
+        result_file, log, sim_s = _simulate(engine("top"), bdir, tmp, arrays, meta)
+        if not result_file.exists():
+            # the top bench writes its results only at the end: a hung or failing run leaves none
+            kept = _keep(log, artifacts_root(build_root) / "logs" / "top" / f"{_stamp()}.log")
+            raise ToolError(
+                f"the RTL simulation produced no results (full log kept as {kept}); simulator log tail:\n"
+                f"{_log_tail(log)}"
+            )
+        res = json.loads(result_file.read_text())
+        done = len(res["steps"])
+        with np.load(str(result_file) + ".npz", allow_pickle=False) as z:
+            rtl_out = [z[f"logits{s}"] if s < done else None for s in range(len(progs))]
+        if res.get("hung"):
+            h = res["hung"]
+            _log(
+                f"[top] the RTL did not finish step {h['step']} within {h['guard']:,} cycles "
+                f"({h['commands_started']} commands started): a mismatch",
+                quiet,
+            )
+        res["steps"] += [{"per_command": []}] * (len(progs) - done)
+        rep = report(res, rtl_out, build_s, sim_s)
         trace = traced_format(bdir)
         out = artifacts_root(build_root)
         if trace:
@@ -971,3 +993,110 @@ def run_top_cosim(
             kept = _keep(log, dest)
             rep.artifacts["log"] = str(kept) if kept else None
     return rep
+
+
+@dataclass
+class ProgramReport:
+    """A general module's Programs through the RTL top level (:func:`run_program_cosim`)."""
+
+    config: dict
+    rtl_equals_model: list  # per step: the RTL's output == the executor's (sim/runtime.py), bit for bit
+    rtl_equals_reference: list  # per step: == the given reference (empty when none was given)
+    rtl_cycles: list  # per step, per command
+    model_cycles: list
+    commands: list  # per step: kinds of the commands
+    build_s: float
+    sim_s: float
+    artifacts: dict = field(default_factory=dict)
+
+    @property
+    def cycles_equal(self) -> bool:
+        return self.rtl_cycles == self.model_cycles
+
+    @property
+    def ok(self) -> bool:
+        return all(self.rtl_equals_model) and all(self.rtl_equals_reference) and self.cycles_equal
+
+    def to_json(self) -> dict:
+        return {
+            "engine": "top",
+            "config": self.config,
+            "rtl_equals_model": self.rtl_equals_model,
+            "rtl_equals_reference": self.rtl_equals_reference,
+            "rtl_cycles": sum(map(sum, self.rtl_cycles)),
+            "model_cycles": sum(map(sum, self.model_cycles)),
+            "cycles_equal": self.cycles_equal,
+            "commands": {k: sum(c.count(k) for c in self.commands) for k in ("tlmm", "gemm", "host")},
+            "build_s": round(self.build_s, 2),
+            "simulation_s": round(self.sim_s, 2),
+            "ok": self.ok,
+            **self.artifacts,
+        }
+
+
+def command_kinds(prog) -> list[str]:
+    """``tlmm`` / ``gemm`` / ``host`` for each command of a Program."""
+    from hw.isa import GemmCommand, HostCommand
+
+    return [
+        "host" if isinstance(c, HostCommand) else "gemm" if isinstance(c, GemmCommand) else "tlmm"
+        for c in prog.commands()
+    ]
+
+
+def run_program_cosim(
+    programs,
+    inputs,
+    acfg: AcceleratorConfig | None = None,
+    reference=None,
+    build_root: Path = DEFAULT_BUILD,
+    quiet: bool = False,
+    waves: str | None = None,
+) -> ProgramReport:
+    """Run general-module Programs (``compiler.compile_model(module, acfg, example_inputs=...)``) through the
+    RTL top level, one step per Program with input ``inputs[s]`` (float, rows × features), and through the
+    executor on the numba models; compare the outputs bit for bit (and with ``reference[s]``, e.g.
+    :func:`models.intref.int_reference`, when given) and every command's cycles with sim/top_model.py.
+    ``programs``/``inputs``/``reference`` may be one Program/tensor each. ``acfg`` defaults to the Programs'."""
+    from hw.program import Program
+    from sim.runtime import execute
+    from sim.top_model import program_cycles
+
+    if isinstance(programs, Program):
+        programs, inputs = [programs], [inputs]
+        reference = None if reference is None else [reference]
+    progs = list(programs)
+    if not progs or len(inputs) != len(progs) or (reference is not None and len(reference) != len(progs)):
+        raise ValueError("run_program_cosim: one input (and reference) per Program")
+    if any("input" not in p.meta for p in progs):
+        raise ValueError(
+            "run_program_cosim runs general-module Programs; a language model runs with run_top_cosim"
+        )
+    acfg = progs[0].acfg if acfg is None else acfg
+
+    def as_np(v):
+        return np.asarray(v.detach() if hasattr(v, "detach") else v, np.float32)
+
+    inputs = [as_np(x) for x in inputs]
+    model_out = [execute(p, x)[0].numpy() for p, x in zip(progs, inputs, strict=True)]
+    model_cycles = [program_cycles(p) for p in progs]
+    kinds = [command_kinds(p) for p in progs]
+
+    def report(res, rtl_out, build_s, sim_s):
+        def eq(a, b):
+            return a is not None and a.size == b.size and bool(np.array_equal(a.reshape(-1), b.reshape(-1)))
+
+        return ProgramReport(
+            config={**acfg.to_dict(), "source": acfg.source},
+            rtl_equals_model=[eq(a, b) for a, b in zip(rtl_out, model_out, strict=True)],
+            rtl_equals_reference=[]
+            if reference is None
+            else [eq(a, as_np(b)) for a, b in zip(rtl_out, reference, strict=True)],
+            rtl_cycles=[st["per_command"] for st in res["steps"]],
+            model_cycles=model_cycles,
+            commands=kinds,
+            build_s=build_s,
+            sim_s=sim_s,
+        )
+
+    return _simulate_top(acfg, progs, inputs, model_cycles, report, build_root, quiet, waves)

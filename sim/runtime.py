@@ -29,7 +29,7 @@ from models.lm_head import dequant_logits
 from sim.gemm_model import run_gemm_on_image
 from sim.tlmm_model import run_tlmm_streams
 
-__all__ = ["ExecStats", "execute", "Runtime", "check_act_range"]
+__all__ = ["ExecStats", "execute", "write_input", "Runtime", "check_act_range"]
 
 
 @dataclass
@@ -139,6 +139,35 @@ class _Host:
 
     op_swiglu_quant = op_relu2_quant
 
+    # ---- general modules (models/intref.py: the same functions) ----
+    def _elementwise(self, op) -> torch.Tensor:
+        kind = op.kind.removesuffix("+quant")
+        x = self.f32(op.inputs[0])
+        if kind == "layernorm":
+            a = op.attrs
+            w = self.f32(a["weight"]) if a.get("weight") else None
+            b = self.f32(a["bias"]) if a.get("bias") else None
+            return hostops.layernorm(x, w, b, a["eps"])
+        if kind == "relu":
+            return hostops.relu(x)
+        if kind == "silu":
+            return hostops.silu(x)
+        if kind == "square":
+            return x * x
+        if kind == "mul":
+            return x * self.f32(op.inputs[1])
+        raise KeyError(kind)
+
+    def op_layernorm(self, op):
+        self.put(op.outputs[0], self._elementwise(op))
+
+    op_relu = op_silu = op_square = op_mul = op_layernorm
+
+    def op_layernorm_quant(self, op):
+        self.write_quant(op.outputs, *quantize_act(self._elementwise(op)))
+
+    op_relu_quant = op_silu_quant = op_square_quant = op_mul_quant = op_layernorm_quant
+
     def op_quant(self, op):
         self.write_quant(op.outputs, *quantize_act(self.f32(op.inputs[0])))
 
@@ -148,7 +177,9 @@ class _Host:
     def op_dequant(self, op):
         yi = self.tlmm_int(op.inputs[0])
         sx = self.f32(op.inputs[1])
-        self.put(op.outputs[0], yi.to(torch.float32) * (sx * op.attrs["scale"]))
+        # per-channel ternary scales (BitLinear(per_channel=True)): s_x·s_w is the (T, N) outer product
+        sw = self.f32(op.attrs["scale_rows"]) if "scale_rows" in op.attrs else op.attrs["scale"]
+        self.put(op.outputs[0], yi.to(torch.float32) * (sx * sw))
 
     def op_lm_head(self, op):  # host_fp32, or host_fp16: the float16 weights read as float32 (exact)
         x = self.f32(op.inputs[0])
@@ -165,6 +196,8 @@ class _Host:
         self.put_raw(op.outputs[0], pack_a(xq.numpy(), self.geo))
         self.put(op.outputs[1], sx)
 
+    op_int8_quant = op_lm_head_quant  # a W8A8 linear (models/w8a8.py): the same definition
+
     def op_lm_head_dequant(self, op):
         *ys, sx_name, sw_name = op.inputs
         rows = op.attrs["rows"]
@@ -172,6 +205,8 @@ class _Host:
             [self.gemm_out(y, rows, n1 - n0) for y, (n0, n1) in zip(ys, op.attrs["slices"], strict=True)], 1
         )
         self.put(op.outputs[0], dequant_logits(y, self.f32(sx_name), self.f32(sw_name)))
+
+    op_int8_dequant = op_lm_head_dequant
 
     # ---- attention (same operations and order as compiler.capture.attention_int) ----
     # KV heads are grouped g at a time (compiler.tiling.attention_group): a group's Q·Kᵀ has a block-diagonal
@@ -292,6 +327,25 @@ def check_act_range(act: np.ndarray, act_bits: int, where: str) -> None:
         )
 
 
+def write_input(prog: Program, image: np.ndarray, value) -> None:
+    """Write a step's input into ``image``: the LM's token ids (T,), or a general module's float32 input
+    (``meta["input"]``; any shape whose rows flatten to the Program's (T, features))."""
+    name = prog.meta.get("input")
+    if name is None:
+        tok = np.asarray(value, dtype=np.int64).reshape(-1)
+        if tok.size != prog.meta["tokens"]:
+            raise ValueError(f"the Program is for {prog.meta['tokens']} token(s), got {tok.size}")
+        prog.write(image, "tokens", tok.astype(np.int32))
+        return
+    shape = prog.tensors[name].shape
+    x = np.asarray(value.detach() if isinstance(value, torch.Tensor) else value, dtype=np.float32)
+    if x.ndim == 0 or x.shape[-1] != shape[1] or x.size != shape[0] * shape[1]:
+        raise ValueError(
+            f"the Program's input is {shape[0]} rows × {shape[1]} features, got shape {list(x.shape)}"
+        )
+    prog.write(image, name, x.reshape(shape))
+
+
 def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[torch.Tensor, ExecStats]:
     """Run ``prog`` for ``tokens`` (its step's T token ids); returns (logits (T, vocab) float32, stats).
     ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's."""
@@ -300,12 +354,9 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
             "this Program was compiled on meta tensors (no weights): it can be inspected, not run"
         )
     img = prog.image.copy() if image is None else image
-    tok = np.asarray(tokens, dtype=np.int64).reshape(-1)
-    if tok.size != prog.meta["tokens"]:
-        raise ValueError(f"the Program is for {prog.meta['tokens']} token(s), got {tok.size}")
+    write_input(prog, img, tokens)
     acfg = prog.acfg
     host = _Host(prog, img)
-    prog.write(img, "tokens", tok.astype(np.int32))
     stats = ExecStats()
     t = acfg.tlmm
     for i, cmd in enumerate(prog.commands()):

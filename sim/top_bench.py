@@ -1,7 +1,7 @@
 """cocotb testbench of the accelerator top level (runs inside the simulator; started by :mod:`sim.cosim`).
 
 The bench is the host of a Zynq-class SoC: it loads the weight image into a :class:`sim.memory.BusMemory`,
-writes each step's token ids, pushes the step Program's command words into ``cmd`` (always valid), serves
+writes each step's input (token ids, or a general module's float rows), pushes the step Program's command words into ``cmd`` (always valid), serves
 the memory port, and runs a HOST op (sim.runtime's host functions, on the same memory image) at each
 ``host`` handshake. After a step it reads the logits from memory; in greedy mode the next step's token is
 the argmax of the last row. It records the cycle of every command's first word and of the end of each step,
@@ -23,7 +23,7 @@ from hw.isa import command_words
 from hw.program import Program
 from sim.bench_common import MemoryPort, load_cases, start
 from sim.memory import BusMemory
-from sim.runtime import _Host
+from sim.runtime import _Host, write_input
 
 
 @cocotb.test()
@@ -44,8 +44,10 @@ async def top_run(dut):
     hung = None
     for s, step in enumerate(meta["steps"]):
         prog = Program.load(step["program"])
-        step_tokens = tokens if s == 0 else tokens[-1:]
-        prog.write(image, "tokens", np.asarray(step_tokens, np.int32))
+        if "input" in step:  # a general module's float input (sim.cosim.run_program_cosim)
+            write_input(prog, image, arrays[step["input"]])
+        else:  # the LM's tokens: the prompt, then the previous step's greedy token
+            write_input(prog, image, tokens if s == 0 else tokens[-1:])
         host = _Host(prog, image)
         words = [int(w) for w in prog.words]
         starts, pos, need = [], 0, 0  # cycle of each command's first word

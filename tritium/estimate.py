@@ -82,6 +82,19 @@ HOST_COST = {
         2,
         12,
     ),  # acc_int8, per logit: int32 and the row scale read, s_x·s_w, ×, float32 written
+    # general modules (docs/models.md "General graphs"): per element of the first input
+    "layernorm": (7, 8),  # sum, subtract, square, sum, divide, weight, bias
+    "layernorm+quant": (11, 5),
+    "relu": (1, 8),
+    "relu+quant": (5, 5),
+    "silu": (32, 8),
+    "silu+quant": (36, 5),
+    "square": (1, 8),
+    "square+quant": (5, 5),
+    "mul": (1, 12),
+    "mul+quant": (5, 9),
+    "int8_quant": (4, 5),  # a W8A8 linear (models/w8a8.py): as lm_head_quant, per element of x
+    "int8_dequant": (2, 12),  # as lm_head_dequant, per output element
 }
 HOST_COST_SOURCE = (
     "counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
@@ -162,13 +175,10 @@ def _host_cost(prog: Program, op) -> tuple[float, float]:
         rows = 1 if a.get("last_only") else x[0]
         wsize = 2 if wt.dtype == "float16" else 4
         return 2.0 * rows * w[0] * w[1], float(wsize) * w[0] * w[1] + 4.0 * rows * w[0]
-    if kind in ("lm_head_quant", "lm_head_dequant"):  # acc_int8: per element of x / per logit
-        rows = (
-            a["rows"]
-            if kind == "lm_head_dequant"
-            else (1 if a.get("last_only") else t[op.inputs[0]].shape[0])
-        )
-        n = rows * (a["vocab"] if kind == "lm_head_dequant" else a["k"])
+    if kind in ("lm_head_quant", "lm_head_dequant", "int8_quant", "int8_dequant"):  # W8A8: per x / output
+        deq = kind.endswith("_dequant")
+        rows = a["rows"] if deq else (1 if a.get("last_only") else t[op.inputs[0]].shape[0])
+        n = rows * (a["vocab"] if deq else a["k"])
         f, b = HOST_COST[kind]
         return float(f * n), float(b * n)
     if kind in ("attn_prep", "attn_softmax", "attn_out"):

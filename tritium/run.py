@@ -1,13 +1,15 @@
 """``tritium run``: load a compiled Program folder, verify it, and execute it on the numba cycle models.
 
-    tritium run PROGRAM_DIR [--tokens IDS | --prompt TEXT] [--logits NPY] [--json]
+    tritium run PROGRAM_DIR [--tokens IDS | --prompt TEXT | --input NPY] [--logits NPY] [--json]
 
 A user compiles once (``tritium compile MODEL -o DIR``) and runs the folder as often as needed: the Program
 is loaded with every integrity check of :meth:`hw.program.Program.load` (file hashes, content hash, types,
 ranges), then its commands run in order through :func:`sim.runtime.execute` on a copy of the Program's own
 memory image (TLMM/GEMM commands on the numba models, HOST commands on the host-op functions). The step's
 input is its token ids (exactly ``meta.tokens`` of them); the output is the Program's output tensor
-(``meta.output``, the logits): per row its argmax, and the next token (argmax of the last row).
+(``meta.output``, the logits): per row its argmax, and the next token (argmax of the last row). A general
+module's Program (``compiler.compile_model(module, acfg, example_inputs=...)``, ``meta.input``) takes its
+float input rows from ``--input NPY`` (default: the zeros stored in its image).
 
 Hook into the main parser with :func:`register`. Exit codes: 0 ran; 2 the folder is not a valid Program
 (one line naming file and field), the inputs do not fit it, or it was compiled without weights (a preset
@@ -63,6 +65,7 @@ def run_program(
     tokens: list[int] | None = None,
     prompt: str | None = None,
     logits_out: str | Path | None = None,
+    input_npy: str | Path | None = None,
 ) -> dict:
     """Load, verify and execute one Program folder; returns the report ``tritium run --json`` prints.
     Raises :class:`hw.program.ProgramError` (a damaged or invalid folder) or ValueError (inputs)."""
@@ -79,9 +82,22 @@ def run_program(
             f"not run; compile a checkpoint to run it"
         )
     acfg = prog.acfg
-    toks = _step_tokens(prog, tokens, prompt)
-    t1 = time.perf_counter()
-    logits, stats = execute(prog, np.asarray(toks, np.int64))
+    if "input" in prog.meta:  # a general module: float rows in, no tokens
+        if tokens is not None or prompt is not None:
+            raise ValueError(f"{program_dir}: a general module's Program takes --input NPY, not tokens")
+        name = prog.meta["input"]
+        x = prog.read(prog.image, name) if input_npy is None else np.load(Path(input_npy), allow_pickle=False)
+        toks = []
+        t1 = time.perf_counter()
+        logits, stats = execute(prog, x)
+    else:
+        if input_npy is not None:
+            raise ValueError(
+                f"{program_dir}: a language model's Program takes --tokens or --prompt, not --input"
+            )
+        toks = _step_tokens(prog, tokens, prompt)
+        t1 = time.perf_counter()
+        logits, stats = execute(prog, np.asarray(toks, np.int64))
     t2 = time.perf_counter()
     out = logits.numpy()
     if logits_out is not None:
@@ -95,6 +111,7 @@ def run_program(
         "content_hash": prog.digest(),
         "config": acfg.name,
         "tokens": toks,
+        "rows": prog.meta["tokens"],
         "pos": prog.meta["pos"],
         "commands": {**stats.commands, "total": sum(stats.commands.values())},
         "cycles": {**stats.cycles, "total": total},
@@ -119,7 +136,7 @@ def cmd_run(args) -> int:
 
     try:
         tokens = parse_tokens(args.tokens) if args.tokens is not None else None
-        rep = run_program(args.program, tokens, args.prompt, args.logits)
+        rep = run_program(args.program, tokens, args.prompt, args.logits, args.input)
     except (ProgramError, ValueError) as e:
         print(f"tritium: error: {error_line(e)}", file=sys.stderr)
         return EXIT_INPUT
@@ -128,7 +145,7 @@ def cmd_run(args) -> int:
         return 0
     c, cy, o = rep["commands"], rep["cycles"], rep["output"]
     print(
-        f"ran {rep['program']} ({rep['content_hash'][:19]}…) on {rep['config']}: step of {len(rep['tokens'])} "
+        f"ran {rep['program']} ({rep['content_hash'][:19]}…) on {rep['config']}: step of {rep['rows']} "
         f"token(s) at position {rep['pos']}"
     )
     if rep["pos"] > 0:
@@ -168,6 +185,12 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=None,
         metavar="TEXT",
         help="the step's tokens as the UTF-8 bytes of TEXT (byte-level models such as tiny.pt)",
+    )
+    src.add_argument(
+        "--input",
+        default=None,
+        metavar="NPY",
+        help="a general module's input rows (float, rows x features) as a .npy file",
     )
     r.add_argument("--logits", default=None, metavar="NPY", help="also save the output tensor as a .npy file")
     r.add_argument("--json", action="store_true", help="print a JSON report")

@@ -1,0 +1,121 @@
+"""The integer reference of a general module built from Tritium's supported pieces.
+
+``int_reference(module, *inputs)`` runs ``module(*inputs)`` with every supported piece computing the
+definition the compiled Program computes (docs/models.md, "General graphs"):
+
+=====================================  =====================================================================
+piece                                  computed as
+=====================================  =====================================================================
+``models.bitlinear.BitLinear``         ``mode="int"`` (ternary weights × int8 activations; per tensor or,
+                                       ``per_channel=True``, per output row), whatever mode the forward passes
+``models.w8a8.Int8Linear``             ``mode="int"`` (W8A8)
+``models.lm.RMSNorm``, ``nn.RMSNorm``  :func:`models.hostops.rmsnorm`
+``nn.LayerNorm``, ``F.layer_norm``     :func:`models.hostops.layernorm`
+``nn.SiLU``, ``F.silu``                :func:`models.hostops.silu`
+ReLU, ``+``, ``*``, ``x**2``           as PyTorch computes them (single IEEE operations: every
+                                       implementation gives the same bits)
+=====================================  =====================================================================
+
+The substitution is one table, :func:`piece_patches`, which the compiler's capture (compiler/capture.py)
+also uses with its custom ops in place of these functions, so reference and capture cannot diverge on what
+a piece means.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from models import hostops, lm
+from models.bitlinear import BitLinear
+from models.w8a8 import Int8Linear
+
+__all__ = ["piece_patches", "patched", "int_reference", "REFERENCE_IMPLS"]
+
+
+def _rmsnorm_eps(norm: nn.RMSNorm, x: torch.Tensor) -> float:
+    return float(norm.eps) if norm.eps is not None else float(torch.finfo(x.dtype).eps)
+
+
+#: name → function with the semantics of the piece (the reference's; capture passes its custom ops)
+REFERENCE_IMPLS = {
+    "bitlinear": lambda x, w, per_channel=False: _bitlinear_int(x, w, per_channel),
+    "int8linear": lambda x, w: _int8linear_int(x, w),
+    "rmsnorm": lambda x, w, eps: hostops.rmsnorm(x, w, eps),
+    "layernorm": lambda x, w, b, eps: hostops.layernorm(x, w, b, eps),
+    "silu": lambda x: hostops.silu(x),
+}
+
+
+def _bitlinear_int(x, w, per_channel=False):
+    from models.bitlinear import int_matmul, quantize_act, ternary_weight, ternary_weight_rows
+
+    wq, sw = ternary_weight_rows(w) if per_channel else ternary_weight(w)
+    xq, sx = quantize_act(x)
+    return int_matmul(xq, wq.T).to(torch.float32) * (sx * sw)
+
+
+def _int8linear_int(x, w):
+    from models.w8a8 import quantize_weight_rows, w8a8_linear
+
+    return w8a8_linear(x, *quantize_weight_rows(w))[2]
+
+
+def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
+    """(owner, attribute, replacement) for every supported piece, calling ``impl[name]``."""
+
+    def bitlinear_forward(self, x, mode=None):
+        return impl["bitlinear"](x, self.weight, self.per_channel)
+
+    def int8_forward(self, x, mode=None):
+        return impl["int8linear"](x, self.weight)
+
+    def lm_rmsnorm_forward(self, x, mode=None):
+        return impl["rmsnorm"](x, self.weight, float(self.eps))
+
+    def nn_rmsnorm_forward(self, x):
+        if tuple(self.normalized_shape) != (x.shape[-1],):
+            raise ValueError("nn.RMSNorm over more than the last axis is not supported")
+        if self.weight is None:
+            raise ValueError("nn.RMSNorm without elementwise_affine is not supported (give it a weight)")
+        return impl["rmsnorm"](x, self.weight, _rmsnorm_eps(self, x))
+
+    def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
+        if tuple(normalized_shape) != (x.shape[-1],):
+            raise ValueError("layer_norm over more than the last axis is not supported")
+        return impl["layernorm"](x, weight, bias, float(eps))
+
+    def silu(x, inplace=False):
+        return impl["silu"](x)
+
+    return [
+        (BitLinear, "forward", bitlinear_forward),
+        (Int8Linear, "forward", int8_forward),
+        (lm.RMSNorm, "forward", lm_rmsnorm_forward),
+        (nn.RMSNorm, "forward", nn_rmsnorm_forward),
+        (F, "layer_norm", layer_norm),
+        (F, "silu", silu),
+    ]
+
+
+@contextlib.contextmanager
+def patched(patches):
+    """Apply ``(owner, attribute, replacement)`` patches for the duration of the block."""
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    try:
+        for owner, name, new in patches:
+            setattr(owner, name, new)
+        yield
+    finally:
+        for owner, name, old in reversed(saved):
+            setattr(owner, name, old)
+
+
+@torch.no_grad()
+def int_reference(module: nn.Module, *inputs):
+    """``module(*inputs)`` with every supported piece computing its integer / host definition (module doc)."""
+    with patched(piece_patches(REFERENCE_IMPLS)):
+        return module(*inputs)
