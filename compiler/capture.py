@@ -250,14 +250,8 @@ def _capture_ops():
         (hostops, op, getattr(torch.ops.tritium, op))
         for op in ("rmsnorm", "swiglu", "relu2", "add", "linear")
     ]
-    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
-    try:
-        for owner, name, new in patches:
-            setattr(owner, name, new)
+    with intref.patched(patches):
         yield
-    finally:
-        for owner, name, old in saved:
-            setattr(owner, name, old)
 
 
 class IntForward(torch.nn.Module):

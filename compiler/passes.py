@@ -108,14 +108,7 @@ def check_weights(g: Graph, state: dict) -> Graph:
             _check_int8_weight(op, state)
         if op.kind != "tlmm":
             continue
-        w = state.get(op.attrs["weight"])
-        if w is None:
-            raise CompileError(f"{op.where}: weight {op.attrs['weight']} not found in the model")
-        if tuple(w.shape) != (op.attrs["n"], op.attrs["k"]):
-            raise CompileError(
-                f"{op.where}: weight {op.attrs['weight']} has shape {tuple(w.shape)}, "
-                f"expected {(op.attrs['n'], op.attrs['k'])}"
-            )
+        w = _weight(op, state)
         if w.device.type == "meta":
             continue
         if not bool(w.isfinite().all()):
@@ -150,8 +143,8 @@ def check_weights(g: Graph, state: dict) -> Graph:
     return g
 
 
-def _check_int8_weight(op: Op, state: dict) -> None:
-    """A W8A8 weight (models.w8a8.Int8Linear) must exist, have its shape and be finite."""
+def _weight(op: Op, state: dict):
+    """The weight of a linear op (``tlmm`` or ``int8linear``): it must exist and have shape (n, k)."""
     w = state.get(op.attrs["weight"])
     if w is None:
         raise CompileError(f"{op.where}: weight {op.attrs['weight']} not found in the model")
@@ -160,6 +153,12 @@ def _check_int8_weight(op: Op, state: dict) -> None:
             f"{op.where}: weight {op.attrs['weight']} has shape {tuple(w.shape)}, "
             f"expected {(op.attrs['n'], op.attrs['k'])}"
         )
+    return w
+
+
+def _check_int8_weight(op: Op, state: dict) -> None:
+    """A W8A8 weight (models.w8a8.Int8Linear) must exist, have its shape and be finite."""
+    w = _weight(op, state)
     if w.device.type != "meta" and not bool(w.isfinite().all()):
         raise CompileError(f"{op.where}: weight {op.attrs['weight']} has non-finite values")
 

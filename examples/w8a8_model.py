@@ -16,20 +16,11 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
-import sys
-from pathlib import Path
-
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
-
 import torch  # noqa: E402
+from _common import compile_and_check, parse_args  # examples/_common.py (puts the checkout on sys.path)
 from torch import nn  # noqa: E402
 
-from compiler import compile_model  # noqa: E402
-from hw.config import load_config  # noqa: E402
-from models.intref import int_reference  # noqa: E402
 from models.w8a8 import Int8Linear  # noqa: E402
-from sim.runtime import execute  # noqa: E402
 
 
 class Block(nn.Module):
@@ -65,37 +56,17 @@ def to_w8a8(module: nn.Module) -> nn.Module:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=4, help="input rows (tokens) of the Program")
-    ap.add_argument("--config", default="configs/default.yaml")
-    ap.add_argument("--rtl", action="store_true", help="also run through the RTL top level (Verilator)")
-    args = ap.parse_args(argv)
+    args = parse_args(__doc__, argv)
     torch.manual_seed(0)
     module = to_w8a8(Model())
     x = torch.randn(args.rows, 64)
-    acfg = load_config(args.config)
-    cm = compile_model(module, acfg, example_inputs=(x,))
-    prog = cm.program()
-    print(prog.listing.splitlines()[1])
-    y, stats = execute(prog, x)
-    ref = int_reference(module, x)
-    exact = torch.equal(y, ref)
-    rel = float((y - module(x).detach()).norm() / module(x).detach().norm())  # the float model, for scale
-    print(
-        f"executor vs PyTorch int reference: {'bit-exact' if exact else 'MISMATCH'} ({tuple(y.shape)}; "
-        f"GEMM {stats.cycles['gemm']} cycles, modeled); relative distance to the fake-quant forward {rel:.2e}"
-    )
-    ok = exact
-    if args.rtl:
-        from sim.cosim import run_program_cosim
 
-        rep = run_program_cosim(prog, x, acfg, reference=ref)
-        print(
-            f"RTL top level: outputs {'bit-exact' if all(rep.rtl_equals_model + rep.rtl_equals_reference) else 'MISMATCH'}, "
-            f"cycles {'equal' if rep.cycles_equal else 'DIFFERENT'} ({sum(map(sum, rep.rtl_cycles))} RTL cycles)"
-        )
-        ok = ok and rep.ok
-    return 0 if ok else 1
+    def describe(y, stats):
+        fq = module(x).detach()  # the fake-quant float forward, for scale
+        rel = float((y - fq).norm() / fq.norm())
+        return f"; GEMM {stats.cycles['gemm']} cycles, modeled; relative distance to the fake-quant forward {rel:.2e}"
+
+    return compile_and_check(module, x, args, describe)
 
 
 if __name__ == "__main__":
