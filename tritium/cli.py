@@ -23,7 +23,9 @@ EXIT_MISMATCH, EXIT_INPUT, EXIT_TOOL = 1, 2, 3
 
 
 def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from sim.progress import note
+
+    note(msg)  # stderr, above a progress bar if one shows
 
 
 def _error(e: object, code: int = 2) -> int:
@@ -269,8 +271,9 @@ def print_cosim_breakdown(bd: dict, clock_mhz: float) -> None:
 
 
 def cmd_cosim(args) -> int:
-    from sim.cosim import TOP_CASE, run_top_cosim
+    from sim.cosim import COSIM_STAGES, TOP_CASE, TOP_STAGES, run_top_cosim
     from sim.engines import engine
+    from sim.progress import progress
     from tritium.cosim_debug import case_names, rerun_command, select_case
 
     eng = engine(args.engine)
@@ -287,17 +290,18 @@ def cmd_cosim(args) -> int:
         if args.case is not None:
             select_case(eng, [], args.case, args)
         try:
-            rep = run_top_cosim(
-                acfg,
-                args.checkpoint,
-                prompt,
-                args.tokens,
-                args.layers,
-                build_root=Path(args.build_dir),
-                quiet=False,
-                waves=args.waves,
-                lm_head=args.lm_head,
-            )
+            with progress(desc="cosim top", stages=TOP_STAGES):
+                rep = run_top_cosim(
+                    acfg,
+                    args.checkpoint,
+                    prompt,
+                    args.tokens,
+                    args.layers,
+                    build_root=Path(args.build_dir),
+                    quiet=False,
+                    waves=args.waves,
+                    lm_head=args.lm_head,
+                )
         except ValueError as e:
             raise ConfigError(str(e)) from None
         out = rep.to_json()
@@ -334,7 +338,8 @@ def cmd_cosim(args) -> int:
         return 0
     if args.case is not None:
         cases = select_case(eng, cases, args.case, args)
-    rep = eng.run_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False, waves=args.waves)
+    with progress(desc=f"cosim {eng.name}", stages=COSIM_STAGES):
+        rep = eng.run_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False, waves=args.waves)
     failed = rep.failed_rows
     for r in failed:
         r["rerun"] = rerun_command(args, r["name"], args.waves or "fst")
@@ -565,8 +570,9 @@ def cmd_estimate(args) -> int:
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
     from hw.boards import BOARD_SPECS
-    from hw.fpga import BOARDS, FitError, FlowError, build_bitstream
+    from hw.fpga import BOARDS, FitError, FlowError, build_bitstream, flow_stages
     from sim.engines import engine
+    from sim.progress import progress, step
 
     eng = engine(args.engine)
     if args.board not in BOARDS:
@@ -579,7 +585,10 @@ def cmd_bitstream(args) -> int:
             return _error(refusal)
     output_dir(args.out, "--out")
     try:
-        report = build_bitstream(acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware)
+        with progress(desc=f"bitstream {args.board} {eng.name}", stages=flow_stages(args.board)):
+            report = build_bitstream(
+                acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware, step=step
+            )
     except (FitError, FlowError) as e:
         return _error(e, EXIT_TOOL)
     print(json.dumps(report, indent=1))
