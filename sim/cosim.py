@@ -479,8 +479,8 @@ def _run_cases(
 ) -> tuple[list[dict], float]:
     """One simulator run of ``meta["cases"]`` in ``tmp``; rows for every case (missing ones failing)."""
     cases = meta["cases"]
-    if len(cases) > 1:  # cases finished: the rows the bench has written so far
-        step("simulate", lambda: f"{len(json.loads((tmp / 'results.json').read_text()))}/{len(cases)} cases")
+    if len(cases) > 1:
+        step("simulate", functools.partial(_cases_done, tmp / "results.json", len(cases)))
     result_file, log, sim_s = _simulate(e, bdir, tmp, arrays, meta)
     if not result_file.exists():
         kept = _keep(log, artifacts / "logs" / e.name / f"{_stamp()}.log") if artifacts else None
@@ -500,6 +500,14 @@ def _run_cases(
         )
         rows += [_missing_row(c, why) for c in cases[len(rows) :]]
     return rows, sim_s
+
+
+def _cases_done(results: Path, n: int) -> str:
+    """How far a bench is (for the progress bar): the rows of its result file, which it rewrites after every
+    case (sim/bench_common.Results), of ``n`` cases."""
+    if not results.exists():
+        return "starting the simulator"
+    return f"{len(json.loads(results.read_text()))}/{n} cases"
 
 
 def _case_arrays(arrays: dict, i: int) -> dict:
@@ -835,6 +843,8 @@ class TopReport:
 
 def _top_progress(path: Path, commands: list[int]) -> str:
     """How far the top bench is: its progress file's last line is ``<step> <commands started>``."""
+    if not path.exists():
+        return "starting the simulator"
     lines = path.read_text().split()
     s, k = (int(lines[-2]), int(lines[-1])) if len(lines) >= 2 else (0, 0)
     return f"step {s + 1}/{len(commands)}, command {k}/{commands[s]}"
