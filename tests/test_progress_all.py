@@ -99,8 +99,13 @@ def test_perf_plot_sweep(bars_on, capsys, tmp_path):
     shape = ["--shape", "64x64x64"]
     code, out, err = _run(capsys, "perf", "gemm", *shape, "--plot", tmp_path / "r.png")
     assert code == 0
-    assert any("bandwidth sweep:" in s and "point" in s for s in _lines(err))
-    _no_bar(out, "bandwidth sweep")
+    lines = [s for s in _lines(err) if s.startswith("perf gemm:")]
+    assert any("0/3" in s and "model 64x64x64" in s for s in lines)
+    assert any("1/3" in s and "bandwidth sweep" in s for s in lines)
+    assert any("2/3" in s and "plot" in s for s in lines)
+    _no_bar(out, "perf gemm")
+    code, out, err = _run(capsys, "perf", "gemm", *shape, "--json")
+    assert code == 0 and json.loads(out)["cycles"] > 0 and err == ""
 
 
 def test_kv_replay_stages(bars_on, capsys):

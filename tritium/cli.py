@@ -368,6 +368,7 @@ def _print_failures(args, failed: list[dict]) -> None:
 
 # ---------------------------------------------------------------- perf
 def cmd_perf(args) -> int:
+    from sim.progress import progress, step
     from tritium.figures import check_plot_path
     from tritium.perf import (
         bandwidth_sweep,
@@ -385,17 +386,21 @@ def cmd_perf(args) -> int:
     acfg = load_config(args.config)
     tlmm = args.engine == "tlmm"
     m, k, n = parse_shape(args.shape or (default_tlmm_shape(acfg) if tlmm else "1024x1024x1024"))
-    rep = (tlmm_report if tlmm else gemm_report)(acfg, m, k, n)
-    if args.plot:
-        if not args.json:
-            _progress(
-                f"[perf] sweeping memory bandwidth ({'stepped TLMM model' if tlmm else 'GEMM model'}) ..."
-            )
-        sweep = (tlmm_bandwidth_sweep if tlmm else bandwidth_sweep)(acfg, m, k, n)
-        files = plot_roofline(acfg, (m, k, n), sweep, Path(args.plot), engine=args.engine, own=rep)
-        rep["plot"] = str(files["png"])
-        rep["plot_files"] = [str(f) for f in files.values()]
-        rep["sweep_points"] = len(sweep)
+    stages = ("model", "bandwidth sweep", "plot") if args.plot else ("model",)
+    with progress(desc=f"perf {args.engine}", stages=stages):
+        step("model", f"{m}x{k}x{n}")
+        rep = (tlmm_report if tlmm else gemm_report)(acfg, m, k, n)
+        if args.plot:
+            if not args.json:
+                _progress(
+                    f"[perf] sweeping memory bandwidth ({'stepped TLMM model' if tlmm else 'GEMM model'}) ..."
+                )
+            sweep = (tlmm_bandwidth_sweep if tlmm else bandwidth_sweep)(acfg, m, k, n)
+            step("plot")
+            files = plot_roofline(acfg, (m, k, n), sweep, Path(args.plot), engine=args.engine, own=rep)
+            rep["plot"] = str(files["png"])
+            rep["plot_files"] = [str(f) for f in files.values()]
+            rep["sweep_points"] = len(sweep)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0

@@ -97,7 +97,7 @@ def bandwidth_sweep(
 ) -> list[dict]:
     """Achieved GOPS against memory bandwidth: every legal bus width × beat interval (modeled).
     ``report``: the engine's report function (default :func:`gemm_report`)."""
-    from sim.progress import track
+    from sim.progress import step
 
     report = report or gemm_report
     points = [
@@ -106,8 +106,9 @@ def bandwidth_sweep(
         for iv in intervals
         if (c := _with_memory(acfg, bus_bytes=w, beat_interval=iv)) is not None
     ]
-    rows = []
-    for w, iv, c in track(points, desc="bandwidth sweep", unit="point"):
+    rows: list[dict] = []
+    step("bandwidth sweep", lambda: f"{len(rows)}/{len(points)} points")  # polled by a progress bar
+    for w, iv, c in points:
         r = report(c, m, k, n)
         rows.append(
             {
