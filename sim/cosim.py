@@ -890,6 +890,7 @@ def run_top_cosim(
     from sim.top_model import program_cycles
 
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
+    step("compile", "load the model")
     model = load_model(str(checkpoint))
     if layers is not None:
         model = truncated_model(model, layers)
