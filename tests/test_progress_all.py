@@ -169,9 +169,10 @@ class _FakeRunner:
 
 
 def test_cosim_stages_and_cases(bars_on, capsys, tmp_path, monkeypatch):
-    import cocotb_tools.runner
+    pytest.importorskip("amaranth", reason="the sim extra (elaboration)")
+    runner = pytest.importorskip("cocotb_tools.runner", reason="the sim extra (cocotb)")
 
-    monkeypatch.setattr(cocotb_tools.runner, "get_runner", lambda name: _FakeRunner())
+    monkeypatch.setattr(runner, "get_runner", lambda name: _FakeRunner())
     monkeypatch.setattr(prog, "TICK_S", 0.1)
     args = ["cosim", "gemm", "--config", REPO / "configs" / "gemm-2x8-w16.yaml", "--random", "0"]
     args += ["--build-dir", tmp_path / "cosim"]
@@ -197,6 +198,7 @@ def test_cosim_stages_and_cases(bars_on, capsys, tmp_path, monkeypatch):
 def test_bitstream_stages(bars_on, capsys, tmp_path, monkeypatch):
     """``tritium bitstream`` hands the flow a step callback and shows the board's stages (the flow itself,
     Yosys and nextpnr, is tested in tests/test_fpga.py)."""
+    pytest.importorskip("amaranth", reason="the sim or fpga extra")
     import hw.fpga
 
     seen = []
@@ -218,6 +220,7 @@ def test_bitstream_stages(bars_on, capsys, tmp_path, monkeypatch):
 
 
 def test_calibrate_bar_per_point(bars_on, capsys, tmp_path, monkeypatch):
+    pytest.importorskip("amaranth", reason="the sim or fpga extra")
     from tritium import calibrate
 
     def fake_point(p, build_dir, log=print, step=None):
