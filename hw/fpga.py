@@ -753,6 +753,21 @@ class _Build:
         return report
 
 
+#: The stages of the flow on a board with an open place-and-route, and on an UltraScale+ board (``kv260``):
+#: what :func:`build_bitstream`'s ``step`` callback is called with, in order.
+FLOW_STAGES = ("elaborate", "Yosys synthesis", "nextpnr place and route", "pack")
+XILINX_STAGES = ("elaborate", "Yosys synthesis")
+
+
+def flow_stages(board: str, pnr: bool = True) -> tuple[str, ...]:
+    """The stages :func:`build_bitstream` runs for ``board`` (its ``step`` callback's names)."""
+    return XILINX_STAGES if _board(board).family == "xcup" or not pnr else FLOW_STAGES
+
+
+def _no_step(name: str) -> None:
+    pass
+
+
 def build_bitstream(
     acfg: AcceleratorConfig,
     board: str = "ulx3s",
@@ -760,6 +775,7 @@ def build_bitstream(
     log: Callable[[str], None] = print,
     engine: str | FpgaEngine = "tlmm",
     pnr: bool = True,
+    step: Callable[[str], None] = _no_step,
 ) -> dict:
     """Synthesize, fit-check, place, route and pack ``engine`` (a name in :data:`ENGINES`: "tlmm",
     "gemm", "all" = both, "kv", "top"; or an :class:`FpgaEngine`) of
@@ -773,12 +789,13 @@ def build_bitstream(
     ``top.bin`` for iCE40) and, last of all, ``report.json``. Raises :class:`FitError` when the design is
     too large for the device: before elaboration when a count fixed by the config (the GEMM's DSPs) is
     over, otherwise right after synthesis, before place-and-route. Raises :class:`FlowError` when a tool
-    fails, ``ValueError`` for an unknown board or engine.
+    fails, ``ValueError`` for an unknown board or engine. ``step`` is called with each stage's name
+    (:func:`flow_stages`) as it starts (a progress bar; the tools' own output goes to their logs).
     """
     b = _board(board)
     eng = fpga_engine(engine)
     if b.family == "xcup":
-        return xilinx_resources(acfg, out_dir, log, engine=eng, board=board)
+        return xilinx_resources(acfg, out_dir, log, engine=eng, board=board, step=step)
     bit_name = "top.bit" if b.family == "ecp5" else "top.bin"
     run = _Build.start(acfg, board, b, eng, out_dir, ("report.json", bit_name, "pnr_report.json", "top.json"))
     engine, work = eng.name, run.work
@@ -787,6 +804,7 @@ def build_bitstream(
 
     # -- elaborate: the platform writes RTLIL, the Yosys script and the pin/clock constraints --
     t0 = time.monotonic()
+    step("elaborate")
     log(
         f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
         f"{acfg.clock_mhz:g} MHz"
@@ -801,6 +819,7 @@ def build_bitstream(
 
     # -- synthesize --
     log(f"[fpga] {board}: Yosys synth_{b.family} (log {work / 'synth.log'}) ...")
+    step("Yosys synthesis")
     t_synth = run.synthesize("top.ys")
     cells, lut_ff_pairs = _netlist_stats(work / "top.json", "top")
     usage = _usage(b, cells, lut_ff_pairs)
@@ -818,6 +837,7 @@ def build_bitstream(
         f"[fpga] {board}: nextpnr-{b.family} place and route (log {work / 'pnr.log'}); "
         "a large design takes minutes ..."
     )
+    step("nextpnr place and route")
     constraints = (
         ["--lpf", "top.lpf", "--textcfg", "top.config"]
         if b.family == "ecp5"
@@ -853,6 +873,7 @@ def build_bitstream(
 
     # -- pack; write to a temporary name so a failed pack leaves no complete-looking bitstream --
     log(f"[fpga] {board}: packing the bitstream ...")
+    step("pack")
     tmp = work / (bit_name + ".part")
     pack_args = (
         [packer, "--compress", "top.config", tmp.name]
@@ -961,6 +982,7 @@ def xilinx_resources(
     log: Callable[[str], None] = print,
     engine: str | FpgaEngine = "tlmm",
     board: str = "kv260",
+    step: Callable[[str], None] = _no_step,
 ) -> dict:
     """Resource estimate of ``engine`` (as for :func:`build_bitstream`) of ``acfg`` on an
     AMD UltraScale+ board (``kv260``): elaborate the LFSR-fed board top (without pins: its button and LED
@@ -971,7 +993,8 @@ def xilinx_resources(
     ``stat.json`` (Yosys statistics) and, last, ``report.json`` (the shape of :func:`build_bitstream`'s
     report; no bitstream, ``fmax_mhz`` None, and a ``note`` saying it is an estimate). Raises
     :class:`FitError` before elaboration when a count fixed by the config (the GEMM's DSPs) is over the
-    device, or after synthesis when the mapped design is; :class:`FlowError` when Yosys fails.
+    device, or after synthesis when the mapped design is; :class:`FlowError` when Yosys fails. ``step``: as
+    for :func:`build_bitstream` (:data:`XILINX_STAGES`).
     """
     from amaranth.back import rtlil
 
@@ -984,6 +1007,7 @@ def xilinx_resources(
 
     t0 = time.monotonic()
     what = eng.label if eng.parts else f"the {eng.label}"
+    step("elaborate")
     log(f"[fpga] {board}: elaborating {what} of config {acfg.name!r} ({acfg.source})")
     top = BoardTop(acfg, eng, leds=None, button=None)
     (work / "top.il").write_text(rtlil.convert(top, name="top", ports=top.ports))
@@ -991,6 +1015,7 @@ def xilinx_resources(
 
     (work / "synth.ys").write_text(f"read_rtlil top.il\n{XILINX_SYNTH}\ntee -q -o stat.json stat -json\n")
     log(f"[fpga] {board}: Yosys {XILINX_SYNTH} (log {work / 'synth.log'}); a large design takes minutes ...")
+    step("Yosys synthesis")
     t_synth = run.synthesize("synth.ys")
     cells = _stat_cells(work / "stat.json")
     usage = _xcup_usage(cells)

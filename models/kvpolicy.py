@@ -47,6 +47,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -331,11 +332,12 @@ def make_policy(
     return cls(budget if budget is not None else 0.25, first=first, **kw)
 
 
-def evaluate(trace, policy: Policy) -> dict:
+def evaluate(trace, policy: Policy, scored: Callable[[int], None] | None = None) -> dict:
     """Select every (layer, KV head) stream of ``trace`` (an object with float32 ``keys (L,Hkv,S,hd)`` and
     ``queries (L,H,S,hd)``) and score it. Returns the means, the masks ``(L, Hkv, S, S)``
     (key ``masks``) and for resv ``clusters``: every scored query's cluster ids, in (layer, KV head, step,
-    query head) order."""
+    query head) order. ``scored`` (a progress bar's hook) is called with the number of streams done after
+    each."""
     keys, queries = trace.keys, trace.queries
     L, hkv, s, _ = keys.shape
     g = queries.shape[1] // hkv
@@ -369,6 +371,8 @@ def evaluate(trace, policy: Policy) -> dict:
                 row["early_exit_fraction_literal"] = literal[-1]
                 row["clusters"] = sel.n_clusters
             per_stream.append(row)
+            if scored is not None:
+                scored(len(per_stream))
     out = {
         "policy": policy.name,
         "setting": policy.describe(),

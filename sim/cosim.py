@@ -22,7 +22,6 @@ import json
 import os
 import re
 import shutil
-import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -36,6 +35,7 @@ from hw.files import atomic_path
 from hw.ternary import tlmm_streams
 from sim.engines import Engine, engine
 from sim.golden import ternary_matmul
+from sim.progress import note, step
 from sim.tlmm_cases import TlmmCase
 from sim.tlmm_model import run_tlmm_streams
 from sim.verilator import Terminated, ToolError, ensure_verilator_on_path
@@ -113,7 +113,12 @@ class CosimReport:
 
 def _log(msg: str, quiet: bool) -> None:
     if not quiet:
-        print(msg, file=sys.stderr, flush=True)
+        note(msg)
+
+
+#: The stages of a co-simulation run, as the progress bar counts them (sim/progress.py ``step``).
+COSIM_STAGES = ("elaborate", "Verilator build", "model", "simulate", "compare")
+TOP_STAGES = ("compile", "PyTorch reference", "model", "elaborate", "Verilator build", "simulate", "compare")
 
 
 #: Waveform formats ``--waves`` can record: FST (compact; GTKWave, Surfer) first, VCD where FST cannot be built.
@@ -218,6 +223,7 @@ def build_verilator(
     ensure_verilator_on_path()
     opts = opts or VerilatorOptions()
     t0 = time.perf_counter()
+    step("elaborate", top)
     text = verilog.convert(elaboratable, name=top)
     bdir = build_folder(build_root, top, text, opts)
     bdir.mkdir(parents=True, exist_ok=True)
@@ -234,6 +240,7 @@ def _locked(bdir: Path, quiet: bool) -> Iterator[None]:
             fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             _log(f"[cosim] waiting for another run building in {bdir} ...", quiet)
+            step("Verilator build", "waiting for another run's build")
             fcntl.flock(lock, fcntl.LOCK_EX)
         try:
             yield
@@ -251,11 +258,13 @@ def _build_locked(
     want = json.dumps(spec, sort_keys=True, indent=1)
     if stamp.exists() and stamp.read_text() == want and (bdir / top).exists():
         _log(f"[cosim] reusing Verilator build {bdir}", quiet)
+        step("Verilator build", "cached")
         return bdir, time.perf_counter() - t0
     (bdir / f"{top}.v").write_text(text)
     stamp.unlink(missing_ok=True)
     traced = f", tracing {opts.trace.upper()}" if opts.trace else ""
     _log(f"[cosim] building {top} ({label}{traced}) with Verilator in {bdir} ...", quiet)
+    step("Verilator build", f"{top}, not cached (minutes)")
     runner = get_runner("verilator")
     log = bdir / "build.log"
     if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
@@ -377,6 +386,7 @@ def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tup
     env = {
         "TRITIUM_CASES": str(case_file),
         "TRITIUM_RESULTS": str(result_file),
+        "TRITIUM_PROGRESS_FILE": str(tmp / "progress.txt"),  # a bench may append how far it is
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
     }
     runner = get_runner("verilator")
@@ -433,6 +443,7 @@ def run_bench(
         with _sim_dir() as tmp:
             _log(f"[cosim] running {len(cases)} case(s) through Verilator ...", quiet)
             rows, sim_s = _run_cases(e, bdir, tmp, arrays, meta, quiet, artifacts)
+            step("compare")
             failed = [r for r, c in zip(rows, cases, strict=True) if not _row_ok(r, c)]
             if failed and artifacts is not None:
                 kept = _keep(tmp / "sim.log", artifacts / "logs" / eng / f"{_stamp()}.log")
@@ -449,6 +460,7 @@ def run_bench(
     for i, case in enumerate(cases):
         sub_arrays = _case_arrays(arrays, i)
         with _sim_dir() as tmp:
+            step("simulate", f"{i}/{len(cases)} case(s), traced")
             (row,), s = _run_cases(e, bdir, tmp, sub_arrays, {**meta, "cases": [case]}, quiet, artifacts)
             stem = safe_name(case["name"])
             wave = _keep(tmp / f"dump.{trace}", out_dir / f"{stem}.{trace}")
@@ -458,6 +470,7 @@ def run_bench(
         _log(f"[cosim] {case['name']}: waveform {wave or '(none written)'}", quiet)
         rows.append(row)
         sim_s += s
+    step("compare")
     return rows, sim_s
 
 
@@ -466,6 +479,8 @@ def _run_cases(
 ) -> tuple[list[dict], float]:
     """One simulator run of ``meta["cases"]`` in ``tmp``; rows for every case (missing ones failing)."""
     cases = meta["cases"]
+    if len(cases) > 1:
+        step("simulate", functools.partial(_cases_done, tmp / "results.json", len(cases)))
     result_file, log, sim_s = _simulate(e, bdir, tmp, arrays, meta)
     if not result_file.exists():
         kept = _keep(log, artifacts / "logs" / e.name / f"{_stamp()}.log") if artifacts else None
@@ -485,6 +500,14 @@ def _run_cases(
         )
         rows += [_missing_row(c, why) for c in cases[len(rows) :]]
     return rows, sim_s
+
+
+def _cases_done(results: Path, n: int) -> str:
+    """How far a bench is (for the progress bar): the rows of its result file, which it rewrites after every
+    case (sim/bench_common.Results), of ``n`` cases."""
+    if not results.exists():
+        return "starting the simulator"
+    return f"{len(json.loads(results.read_text()))}/{n} cases"
 
 
 def _case_arrays(arrays: dict, i: int) -> dict:
@@ -584,6 +607,7 @@ def run_tlmm_cosim(
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
+    step("model", f"{len(cases)} case(s)")
     warm_up_model(cfg)
     for i, c in enumerate(cases):
         shape, act, wgt = tlmm_streams(cfg, c.w, c.x)
@@ -624,6 +648,7 @@ def run_gemm_cosim(
     meta_cases = []
     model_s = 0.0
     z = np.zeros((1, 1), np.int8)
+    step("model", f"{len(cases)} case(s)")
     run_gemm_image(acfg, build_gemm_image(acfg, z, z))  # compile the kernel outside the timing
     for i, c in enumerate(cases):
         ccfg = c.config(acfg)
@@ -689,6 +714,7 @@ def run_kv_cosim(
     arrays: dict[str, np.ndarray] = {}
     meta_cases = []
     model_s = 0.0
+    step("model", f"{len(cases)} case(s)")
     run_kv(kv, *encode_commands(kv, [("reset",)]))  # compile the kernel outside the timing
     for i, c in enumerate(cases):
         if not c.commands or c.commands[0][0] != "reset":
@@ -815,6 +841,15 @@ class TopReport:
         }
 
 
+def _top_progress(path: Path, commands: list[int]) -> str:
+    """How far the top bench is: its progress file's last line is ``<step> <commands started>``."""
+    if not path.exists():
+        return "starting the simulator"
+    lines = path.read_text().split()
+    s, k = (int(lines[-2]), int(lines[-1])) if len(lines) >= 2 else (0, 0)
+    return f"step {s + 1}/{len(commands)}, command {k}/{commands[s]}"
+
+
 def truncated_model(model, layers: int):
     """A copy of a TernaryLM with only its first ``layers`` decoder layers (same weights)."""
     import copy
@@ -855,12 +890,14 @@ def run_top_cosim(
     from sim.top_model import program_cycles
 
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
+    step("compile", "load the model")
     model = load_model(str(checkpoint))
     if layers is not None:
         model = truncated_model(model, layers)
     if new_tokens < 1 or not prompt:
         raise ValueError("need a non-empty prompt and at least one new token")
     _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
+    step("compile", f"{new_tokens} step(s)")
     cm = compile_model(model, acfg, lm_head=lm_head)
     progs = [cm.program(len(prompt), 0, logits="last")]
     progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
@@ -877,6 +914,7 @@ def run_top_cosim(
     labels = [command_labels(p) for p in progs]
 
     # reference 1: PyTorch int mode, greedy; reference 2: the executor on the numba models
+    step("PyTorch reference")
     torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int", lm_head=lm_head).tolist()[
         len(prompt) :
     ]
@@ -889,6 +927,7 @@ def run_top_cosim(
             lg = model(inp, cache, mode="int", lm_head=lm_head)[0, -1].numpy()
             torch_logits.append(lg)
             seq.append(int(np.argmax(lg)))
+    step("model")
     rt = Runtime(progs[0])
     model_logits, model_tokens, toks = [], [], list(prompt)
     for s, p in enumerate(progs):
@@ -957,7 +996,12 @@ def _simulate_top(acfg, progs, inputs, model_cycles, report, build_root, quiet, 
             "Verilator ...",
             quiet,
         )
+        step(
+            "simulate",
+            functools.partial(_top_progress, tmp / "progress.txt", [len(p.commands()) for p in progs]),
+        )
         result_file, log, sim_s = _simulate(engine("top"), bdir, tmp, arrays, meta)
+        step("compare")
         if not result_file.exists():
             # the top bench writes its results only at the end: a hung or failing run leaves none
             kept = _keep(log, artifacts_root(build_root) / "logs" / "top" / f"{_stamp()}.log")

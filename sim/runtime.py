@@ -27,6 +27,7 @@ from models import hostops
 from models.bitlinear import quantize_act
 from models.lm_head import dequant_logits
 from sim.gemm_model import run_gemm_on_image
+from sim.progress import step
 from sim.tlmm_model import run_tlmm_streams
 
 __all__ = ["ExecStats", "execute", "write_input", "Runtime", "check_act_range"]
@@ -359,7 +360,11 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
     host = _Host(prog, img)
     stats = ExecStats()
     t = acfg.tlmm
-    for i, cmd in enumerate(prog.commands()):
+    cmds = prog.commands()
+    done = [0]  # commands run, polled by a progress bar (sim/progress.py): no cost per command
+    step("execute", lambda: f"{done[0]}/{len(cmds)} commands")
+    for i, cmd in enumerate(cmds):
+        done[0] = i
         if isinstance(cmd, HostCommand):
             op = prog.host_ops[cmd.op]
             try:

@@ -42,6 +42,9 @@ async def top_run(dut):
     t = 0
     t0 = time.perf_counter()
     hung = None
+    # how far the run is, for the parent's progress bar (sim/cosim.py): "<step> <commands started>" lines
+    progress_path = os.environ.get("TRITIUM_PROGRESS_FILE")
+    progress = open(progress_path, "a", buffering=1) if progress_path else None
     for s, step in enumerate(meta["steps"]):
         prog = Program.load(step["program"])
         if "input" in step:  # a general module's float input (sim.cosim.run_program_cosim)
@@ -70,6 +73,8 @@ async def top_run(dut):
             if valid and int(dut.cmd__ready.value):
                 if need == 0:
                     starts.append(t)
+                    if progress is not None:
+                        progress.write(f"{s} {len(starts)}\n")
                     need = command_words(words[pos] & 0xFF)
                 need -= 1
                 pos += 1
@@ -90,6 +95,8 @@ async def top_run(dut):
         steps_out.append({"per_command": per_cmd, "cycles": end - starts[0]})
         logits_out[f"logits{s}"] = logits
     wall = time.perf_counter() - t0
+    if progress is not None:
+        progress.close()
     np.savez(os.environ["TRITIUM_RESULTS"] + ".npz", **logits_out)
     with open(os.environ["TRITIUM_RESULTS"], "w") as f:
         json.dump(

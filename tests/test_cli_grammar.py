@@ -114,7 +114,7 @@ def test_bitstream_board_default_config_and_force(monkeypatch, tmp_path):
 
     seen = []
 
-    def fake_build(acfg, board, out_dir, log=print, engine="tlmm", pnr=True):
+    def fake_build(acfg, board, out_dir, log=print, engine="tlmm", pnr=True, step=None):
         seen.append((acfg.name, board, engine))
         return {"board": board, "config": acfg.name}
 

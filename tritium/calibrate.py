@@ -220,15 +220,17 @@ def _tool_version() -> str:
     return "; ".join(parts)
 
 
-def run_point(p: CalPoint, build_dir: Path, log=print) -> dict:
+def run_point(p: CalPoint, build_dir: Path, log=print, step=None) -> dict:
+    """Run point ``p``'s flow; ``step`` (optional) is called with each flow stage's name (a progress bar)."""
     from hw import fpga
 
     acfg = point_config(p)
     t0 = time.monotonic()
+    steps = {} if step is None else {"step": step}
     if p.board == "kv260":
-        rep = fpga.xilinx_resources(acfg, build_dir, log=log, engine=p.engine, board=p.board)
+        rep = fpga.xilinx_resources(acfg, build_dir, log=log, engine=p.engine, board=p.board, **steps)
     else:
-        rep = fpga.build_bitstream(acfg, p.board, build_dir, log=log, engine=p.engine, pnr=p.pnr)
+        rep = fpga.build_bitstream(acfg, p.board, build_dir, log=log, engine=p.engine, pnr=p.pnr, **steps)
     t, g = acfg.tlmm, acfg.gemm
     return {
         "name": p.name,
@@ -346,25 +348,32 @@ def run(a: argparse.Namespace) -> int:
             and (not only or p.name in only)
             and not (a.no_pnr and p.pnr)
         ]
+        from sim.progress import note, progress, step
+
         print(f"[calibrate] {len(todo)} point(s) to run, {len(done)} already in {runs}", flush=True)
-        for i, p in enumerate(todo, 1):
-            print(
-                f"[calibrate] {i}/{len(todo)} {p.name} ({p.board}, {p.engine}, "
-                f"{'P&R' if p.pnr else 'synthesis'}) ...",
-                flush=True,
-            )
-            try:
-                row = run_point(p, Path(a.build_dir), log=lambda s: None)
-            except (FitError, FlowError) as e:
-                print(f"[calibrate] {p.name}: {str(e).splitlines()[0]}", file=sys.stderr, flush=True)
-                continue
-            print(
-                f"[calibrate]   lut {row['lut']} ff {row['ff']} bram {row['bram']} dsp {row['dsp']} "
-                f"fmax {row['fmax_mhz'] or '-'}  ({row.pop('_wall'):.0f} s)",
-                flush=True,
-            )
-            rows.append(row)
-            write_runs(runs, rows)
+        # one tick per point; the point's flow stage and its elapsed seconds after it (sim/progress.py)
+        with progress(len(todo), "calibrate", "point") as bar:
+            for i, p in enumerate(todo, 1):
+                bar.stage(p.name)
+                note(
+                    f"[calibrate] {i}/{len(todo)} {p.name} ({p.board}, {p.engine}, "
+                    f"{'P&R' if p.pnr else 'synthesis'}) ...",
+                    sys.stdout,
+                )
+                try:
+                    row = run_point(p, Path(a.build_dir), log=lambda s: None, step=step)
+                except (FitError, FlowError) as e:
+                    note(f"[calibrate] {p.name}: {str(e).splitlines()[0]}")
+                    bar.update()
+                    continue
+                note(
+                    f"[calibrate]   lut {row['lut']} ff {row['ff']} bram {row['bram']} dsp {row['dsp']} "
+                    f"fmax {row['fmax_mhz'] or '-'}  ({row.pop('_wall'):.0f} s)",
+                    sys.stdout,
+                )
+                rows.append(row)
+                write_runs(runs, rows)
+                bar.update()
     from tritium.resources import fit_report
 
     try:

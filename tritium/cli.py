@@ -23,7 +23,9 @@ EXIT_MISMATCH, EXIT_INPUT, EXIT_TOOL = 1, 2, 3
 
 
 def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
+    from sim.progress import note
+
+    note(msg)  # stderr, above a progress bar if one shows
 
 
 def _error(e: object, code: int = 2) -> int:
@@ -269,8 +271,9 @@ def print_cosim_breakdown(bd: dict, clock_mhz: float) -> None:
 
 
 def cmd_cosim(args) -> int:
-    from sim.cosim import TOP_CASE, run_top_cosim
+    from sim.cosim import COSIM_STAGES, TOP_CASE, TOP_STAGES, run_top_cosim
     from sim.engines import engine
+    from sim.progress import progress
     from tritium.cosim_debug import case_names, rerun_command, select_case
 
     eng = engine(args.engine)
@@ -287,17 +290,18 @@ def cmd_cosim(args) -> int:
         if args.case is not None:
             select_case(eng, [], args.case, args)
         try:
-            rep = run_top_cosim(
-                acfg,
-                args.checkpoint,
-                prompt,
-                args.tokens,
-                args.layers,
-                build_root=Path(args.build_dir),
-                quiet=False,
-                waves=args.waves,
-                lm_head=args.lm_head,
-            )
+            with progress(desc="cosim top", stages=TOP_STAGES):
+                rep = run_top_cosim(
+                    acfg,
+                    args.checkpoint,
+                    prompt,
+                    args.tokens,
+                    args.layers,
+                    build_root=Path(args.build_dir),
+                    quiet=False,
+                    waves=args.waves,
+                    lm_head=args.lm_head,
+                )
         except ValueError as e:
             raise ConfigError(str(e)) from None
         out = rep.to_json()
@@ -334,7 +338,8 @@ def cmd_cosim(args) -> int:
         return 0
     if args.case is not None:
         cases = select_case(eng, cases, args.case, args)
-    rep = eng.run_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False, waves=args.waves)
+    with progress(desc=f"cosim {eng.name}", stages=COSIM_STAGES):
+        rep = eng.run_cosim(acfg, cases, build_root=Path(args.build_dir), quiet=False, waves=args.waves)
     failed = rep.failed_rows
     for r in failed:
         r["rerun"] = rerun_command(args, r["name"], args.waves or "fst")
@@ -363,6 +368,7 @@ def _print_failures(args, failed: list[dict]) -> None:
 
 # ---------------------------------------------------------------- perf
 def cmd_perf(args) -> int:
+    from sim.progress import progress, step
     from tritium.figures import check_plot_path
     from tritium.perf import (
         bandwidth_sweep,
@@ -380,17 +386,21 @@ def cmd_perf(args) -> int:
     acfg = load_config(args.config)
     tlmm = args.engine == "tlmm"
     m, k, n = parse_shape(args.shape or (default_tlmm_shape(acfg) if tlmm else "1024x1024x1024"))
-    rep = (tlmm_report if tlmm else gemm_report)(acfg, m, k, n)
-    if args.plot:
-        if not args.json:
-            _progress(
-                f"[perf] sweeping memory bandwidth ({'stepped TLMM model' if tlmm else 'GEMM model'}) ..."
-            )
-        sweep = (tlmm_bandwidth_sweep if tlmm else bandwidth_sweep)(acfg, m, k, n)
-        files = plot_roofline(acfg, (m, k, n), sweep, Path(args.plot), engine=args.engine, own=rep)
-        rep["plot"] = str(files["png"])
-        rep["plot_files"] = [str(f) for f in files.values()]
-        rep["sweep_points"] = len(sweep)
+    stages = ("model", "bandwidth sweep", "plot") if args.plot else ("model",)
+    with progress(desc=f"perf {args.engine}", stages=stages):
+        step("model", f"{m}x{k}x{n}")
+        rep = (tlmm_report if tlmm else gemm_report)(acfg, m, k, n)
+        if args.plot:
+            if not args.json:
+                _progress(
+                    f"[perf] sweeping memory bandwidth ({'stepped TLMM model' if tlmm else 'GEMM model'}) ..."
+                )
+            sweep = (tlmm_bandwidth_sweep if tlmm else bandwidth_sweep)(acfg, m, k, n)
+            step("plot")
+            files = plot_roofline(acfg, (m, k, n), sweep, Path(args.plot), engine=args.engine, own=rep)
+            rep["plot"] = str(files["png"])
+            rep["plot_files"] = [str(f) for f in files.values()]
+            rep["sweep_points"] = len(sweep)
     if args.json:
         print(json.dumps(rep, indent=1))
         return 0
@@ -565,8 +575,9 @@ def cmd_estimate(args) -> int:
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
     from hw.boards import BOARD_SPECS
-    from hw.fpga import BOARDS, FitError, FlowError, build_bitstream
+    from hw.fpga import BOARDS, FitError, FlowError, build_bitstream, flow_stages
     from sim.engines import engine
+    from sim.progress import progress, step
 
     eng = engine(args.engine)
     if args.board not in BOARDS:
@@ -579,7 +590,10 @@ def cmd_bitstream(args) -> int:
             return _error(refusal)
     output_dir(args.out, "--out")
     try:
-        report = build_bitstream(acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware)
+        with progress(desc=f"bitstream {args.board} {eng.name}", stages=flow_stages(args.board)):
+            report = build_bitstream(
+                acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware, step=step
+            )
     except (FitError, FlowError) as e:
         return _error(e, EXIT_TOOL)
     print(json.dumps(report, indent=1))

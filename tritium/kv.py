@@ -114,13 +114,16 @@ def replay(
     ``model`` (a loaded TernaryLM): also the restricted-attention perplexity (int mode). ``cycles``: for resv,
     run the KV engine's cycle model over the whole trace."""
     from models.kvpolicy import FIRST, closed_loop_nll, evaluate, make_policy, parse_budget, restricted_nll
+    from sim.progress import step
 
     first = FIRST if first is None else first
     if policy == "resv":
         _check_trace_fits(trace, acfg)
     extra = {"recent": recent} if policy == "resv" and recent else {}
     pol = make_policy(policy, parse_budget(budget), kvcfg=acfg.kv, alpha=alpha, first=first, **extra)
-    ev = evaluate(trace, pol)
+    done, streams = [0], trace.n_layers * trace.n_kv_heads  # polled by a progress bar (sim/progress.py)
+    step("select + score", lambda: f"{done[0]}/{streams} streams")
+    ev = evaluate(trace, pol, scored=lambda k: done.__setitem__(0, k))
     masks = ev.pop("masks")
     ref = ev.pop("clusters", None)
     out = {
@@ -136,6 +139,7 @@ def replay(
     if policy == "resv" and cycles:
         from sim.kv_model import kv_energy_j, run_commands
 
+        step("KV-engine cycles")
         cmds = _resv_commands(trace, acfg.kv, first)
         run = run_commands(acfg.kv, cmds)
         got = [r for c, r in zip(cmds, run.results, strict=True) if c[0] == "query"]
@@ -150,6 +154,7 @@ def replay(
         out["model_matches_reference"] = got == ref
         out["time_s_modeled"] = run.cycles / (acfg.clock_mhz * 1e6)
     if model is not None:
+        step("perplexity")
         base = full_nll if full_nll is not None else restricted_nll(model, trace.tokens, None)
         if policy == "full":
             closed = opened = base
@@ -161,6 +166,10 @@ def replay(
         out["ppl_per_byte_full"] = _ppl(base, first)
         out["ppl_mode"] = "int, closed loop (open loop: the trace's selections)"
     return out
+
+
+#: The stages of :func:`replay` as ``tritium kv replay``'s progress bar counts them.
+REPLAY_STAGES = ("select + score", "KV-engine cycles", "perplexity")
 
 
 # ---------------------------------------------------------------- sweeps, plot, report
@@ -489,16 +498,19 @@ def cmd_kv_replay(args) -> int:
     model = _model_for(trace, args.checkpoint) if args.checkpoint else None
     if args.recent and args.policy != "resv":
         raise ValueError("--recent applies to --policy resv only")
-    r = replay(
-        trace,
-        acfg,
-        args.policy,
-        budget=budget,
-        alpha=args.alpha,
-        first=args.first,
-        model=model,
-        recent=args.recent,
-    )
+    from sim.progress import progress
+
+    with progress(desc="kv replay", stages=REPLAY_STAGES):
+        r = replay(
+            trace,
+            acfg,
+            args.policy,
+            budget=budget,
+            alpha=args.alpha,
+            first=args.first,
+            model=model,
+            recent=args.recent,
+        )
     if args.json:
         r.pop("streams")
         print(json.dumps(r, indent=1))

@@ -97,26 +97,30 @@ def bandwidth_sweep(
 ) -> list[dict]:
     """Achieved GOPS against memory bandwidth: every legal bus width × beat interval (modeled).
     ``report``: the engine's report function (default :func:`gemm_report`)."""
+    from sim.progress import step
+
     report = report or gemm_report
-    rows = []
-    w = 4
-    while w <= 128:
-        for iv in intervals:
-            c = _with_memory(acfg, bus_bytes=w, beat_interval=iv)
-            if c is not None:
-                r = report(c, m, k, n)
-                rows.append(
-                    {
-                        "bus_bytes": w,
-                        "beat_interval": iv,
-                        "bandwidth_gbs": r["bandwidth_gbs"],
-                        "gops": r["gops"],
-                        "utilization": r.get("mac_utilization", r.get("issue_utilization")),
-                        "ops_per_dram_byte": r["ops_per_dram_byte"],
-                        "cycles": r["cycles"],
-                    }
-                )
-        w *= 2
+    points = [
+        (w, iv, c)
+        for w in (4, 8, 16, 32, 64, 128)
+        for iv in intervals
+        if (c := _with_memory(acfg, bus_bytes=w, beat_interval=iv)) is not None
+    ]
+    rows: list[dict] = []
+    step("bandwidth sweep", lambda: f"{len(rows)}/{len(points)} points")  # polled by a progress bar
+    for w, iv, c in points:
+        r = report(c, m, k, n)
+        rows.append(
+            {
+                "bus_bytes": w,
+                "beat_interval": iv,
+                "bandwidth_gbs": r["bandwidth_gbs"],
+                "gops": r["gops"],
+                "utilization": r.get("mac_utilization", r.get("issue_utilization")),
+                "ops_per_dram_byte": r["ops_per_dram_byte"],
+                "cycles": r["cycles"],
+            }
+        )
     return sorted(rows, key=lambda r: (r["bandwidth_gbs"], r["bus_bytes"]))
 
 

@@ -27,6 +27,8 @@ from pathlib import Path
 __all__ = ["register", "run_program", "parse_tokens", "cmd_run"]
 
 EXIT_INPUT = 2
+#: The stages of ``tritium run`` as its progress bar counts them (the execution also shows commands run).
+RUN_STAGES = ("load + verify", "execute")
 
 
 def parse_tokens(text: str) -> list[int]:
@@ -71,10 +73,14 @@ def run_program(
     Raises :class:`hw.program.ProgramError` (a damaged or invalid folder) or ValueError (inputs)."""
     import numpy as np
 
+    from sim.progress import step
+
+    t0 = time.perf_counter()
+    step("load + verify")  # imports PyTorch and numba, then checks every file of the folder
+
     from hw.program import Program
     from sim.runtime import execute
 
-    t0 = time.perf_counter()
     prog = Program.load(program_dir)
     if not prog.meta["weights_materialized"]:
         raise ValueError(
@@ -132,11 +138,13 @@ def run_program(
 
 def cmd_run(args) -> int:
     from hw.program import ProgramError
+    from sim.progress import progress
     from tritium.report import error_line, fmt_time
 
     try:
         tokens = parse_tokens(args.tokens) if args.tokens is not None else None
-        rep = run_program(args.program, tokens, args.prompt, args.logits, args.input)
+        with progress(desc="run", stages=RUN_STAGES):
+            rep = run_program(args.program, tokens, args.prompt, args.logits, args.input)
     except (ProgramError, ValueError) as e:
         print(f"tritium: error: {error_line(e)}", file=sys.stderr)
         return EXIT_INPUT
