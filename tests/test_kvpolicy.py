@@ -9,7 +9,7 @@ import pytest
 
 from hw.config import load_config
 from models import kvpolicy as kp
-from traces.format import Trace, load_trace, save_trace
+from traces.format import load_trace, save_trace
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -29,21 +29,9 @@ def real():
     return load_trace(REPO / TRACE)
 
 
-def _short(t: Trace, s: int) -> Trace:
-    """The first s tokens of a trace (in int mode a prefix's q/k do not depend on what follows)."""
-    return Trace(
-        t.keys[:, :, :s].copy(),
-        t.queries[:, :, :s].copy(),
-        t.positions[:s].copy(),
-        t.tokens[:s].copy(),
-        {**t.meta, "n_tokens": s},
-        t.path,
-    )
-
-
 @pytest.fixture(scope="module")
 def short(real):
-    return _short(real, 64)
+    return real.prefix(64)
 
 
 def _stream(real, layer=1, head=0):
