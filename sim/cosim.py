@@ -55,12 +55,19 @@ class CosimReport:
     model_cycles_per_s: float
     extra: dict = field(default_factory=dict)
 
+    @staticmethod
+    def outputs_agree(row: dict) -> bool:
+        """A row's RTL, model and reference outputs are all equal."""
+        return bool(row["rtl_equals_reference"] and row["rtl_equals_model"] and row["model_equals_reference"])
+
+    @staticmethod
+    def row_passed(row: dict) -> bool:
+        """A row's outputs agree and its RTL and model cycles are equal."""
+        return CosimReport.outputs_agree(row) and row["rtl_cycles"] == row["model_cycles"]
+
     @property
     def outputs_equal(self) -> bool:
-        return all(
-            r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"]
-            for r in self.rows
-        )
+        return all(map(self.outputs_agree, self.rows))
 
     @property
     def rtl_cycles(self) -> int:
@@ -81,16 +88,7 @@ class CosimReport:
     @property
     def failed_rows(self) -> list[dict]:
         """The rows of the cases that failed (outputs or cycles differ, or no RTL result)."""
-        return [
-            r
-            for r in self.rows
-            if not (
-                r["rtl_equals_reference"]
-                and r["rtl_equals_model"]
-                and r["model_equals_reference"]
-                and r["rtl_cycles"] == r["model_cycles"]
-            )
-        ]
+        return [r for r in self.rows if not self.row_passed(r)]
 
     def to_json(self) -> dict:
         return {
