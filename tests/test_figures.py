@@ -177,7 +177,8 @@ def test_estimate_figures_show_the_requested_point(tmp_path):
 def test_kv_plot_writes_figure_and_data(tmp_path):
     pytest.importorskip("torch")
     from traces.format import load_trace, save_trace
-    from tritium.kv import SWEEP_ALPHAS, main
+    from tritium.cli import main
+    from tritium.kv import SWEEP_ALPHAS
 
     p = save_trace(load_trace(REPO / "traces" / "tiny-val-0.npz").prefix(48), tmp_path / "short.npz")
     out = tmp_path / "fig" / "recall.svg"

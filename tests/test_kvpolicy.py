@@ -192,7 +192,7 @@ def test_replay_resv_model_matches_reference(short, acfg):
 
 
 def test_cli_replay_json_and_errors(repo, tmp_path, capsys):
-    from tritium.kv import main
+    from tritium.cli import main
 
     assert main(["kv", "replay", str(repo / TRACE), "--policy", "streaming", "--budget", "32", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -210,7 +210,7 @@ def test_cli_replay_json_and_errors(repo, tmp_path, capsys):
 
 
 def test_cli_plot_and_report(short, tmp_path, capsys):
-    from tritium.kv import main
+    from tritium.cli import main
 
     p = save_trace(short, tmp_path / "short.npz")
     png = tmp_path / "out" / "recall.png"

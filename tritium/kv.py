@@ -36,7 +36,6 @@ __all__ = [
     "plot_recall",
     "report",
     "report_table",
-    "main",
     "SWEEP_BUDGETS",
     "SWEEP_ALPHAS",
 ]
@@ -675,15 +674,3 @@ def register(subparsers) -> argparse.ArgumentParser:
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(func=cmd_kv_report)
     return kv
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (tests, ``python -m tritium.kv``): ``kv`` subcommands only."""
-    parser = argparse.ArgumentParser(prog="tritium")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
