@@ -570,7 +570,7 @@ def warm_up_model(cfg) -> None:
     run_tlmm_streams(cfg, *tlmm_streams(cfg, z, z))
 
 
-def _engine_cosim(
+def run_engine_cosim(
     eng: str,
     acfg: AcceleratorConfig,
     cases: list,
@@ -628,7 +628,7 @@ def run_tlmm_cosim(
         return arrays, {"name": c.name, "n": shape.n, "model_cycles": run.cycles}, seconds
 
     warm_up_model(cfg)
-    return _engine_cosim("tlmm", acfg, cases, run_case, build_root, quiet, waves)
+    return run_engine_cosim("tlmm", acfg, cases, run_case, build_root, quiet, waves)
 
 
 def run_gemm_cosim(
@@ -672,7 +672,7 @@ def run_gemm_cosim(
 
     z = np.zeros((1, 1), np.int8)
     run_gemm_image(acfg, build_gemm_image(acfg, z, z))  # compile the kernel outside the timing
-    return _engine_cosim("gemm", acfg, cases, run_case, build_root, quiet, waves)
+    return run_engine_cosim("gemm", acfg, cases, run_case, build_root, quiet, waves)
 
 
 def run_kv_cosim(
@@ -740,7 +740,7 @@ def run_kv_cosim(
             r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal", False)
 
     run_kv(kv, *encode_commands(kv, [("reset",)]))  # compile the kernel outside the timing
-    return _engine_cosim("kv", acfg, cases, run_case, build_root, quiet, waves, adjust_rows)
+    return run_engine_cosim("kv", acfg, cases, run_case, build_root, quiet, waves, adjust_rows)
 
 
 # ---------------------------------------------------------------- top level
