@@ -221,85 +221,45 @@ def from_export(ep, model_config: dict) -> Graph:
                 raise CompileError(
                     f"{where}: aten.embedding of something other than the input tokens is not supported"
                 )
-            op = Op(
-                n.name, "embed", ["tokens"], [n.name], {"weight": params[w.name], "features": feat(n)}, where
-            )
+            kind, inputs, attrs = "embed", ["tokens"], {"weight": params[w.name], "features": feat(n)}
         elif ns == "tritium" and target._opname in _TRITIUM:
-            kind = target._opname
-            a = n.args
+            kind, a = target._opname, n.args
+            inputs, attrs = [val(a[0])], {}
             if kind in ("bitlinear", "bitlinear_rows"):
                 wshape = a[1].meta["val"].shape
                 attrs = {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])}
                 if kind == "bitlinear_rows":
-                    attrs["per_channel"] = True
-                op = Op(n.name, "bitlinear", [val(a[0])], [n.name], attrs, where)
+                    kind, attrs["per_channel"] = "bitlinear", True
             elif kind == "attention":
                 if a[3].name not in positions:
                     raise CompileError(f"{where}: attention positions must be the step's token positions")
                 h, hkv = int(a[6]), int(a[7])
                 m = re.search(r"layers\.(\d+)\.", name + ".")
-                op = Op(
-                    n.name,
-                    "attention",
-                    [val(a[0]), val(a[1]), val(a[2])],
-                    [n.name],
-                    {
-                        "layer": int(m.group(1)) if m else 0,
-                        "n_heads": h,
-                        "n_kv_heads": hkv,
-                        "head_dim": feat(a[0]) // h,
-                        "score_div": float(a[8]),
-                    },
-                    where,
-                )
+                inputs = [val(a[0]), val(a[1]), val(a[2])]
+                attrs = {
+                    "layer": int(m.group(1)) if m else 0,
+                    "n_heads": h,
+                    "n_kv_heads": hkv,
+                    "head_dim": feat(a[0]) // h,
+                    "score_div": float(a[8]),
+                }
             elif kind == "rmsnorm":
-                op = Op(
-                    n.name,
-                    "rmsnorm",
-                    [val(a[0])],
-                    [n.name],
-                    {"weight": params[a[1].name], "eps": float(a[2])},
-                    where,
-                )
+                attrs = {"weight": params[a[1].name], "eps": float(a[2])}
             elif kind == "linear":
-                op = Op(
-                    n.name,
-                    "lm_head",
-                    [val(a[0])],
-                    [n.name],
-                    {"weight": params[a[1].name], "vocab": feat(n)},
-                    where,
-                )
+                kind, attrs = "lm_head", {"weight": params[a[1].name], "vocab": feat(n)}
             elif kind == "int8linear":
                 wshape = a[1].meta["val"].shape
-                op = Op(
-                    n.name,
-                    "int8linear",
-                    [val(a[0])],
-                    [n.name],
-                    {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])},
-                    where,
-                )
+                attrs = {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])}
             elif kind == "layernorm":
                 attrs = {
                     "weight": params[a[1].name] if a[1] is not None else None,
                     "bias": params[a[2].name] if a[2] is not None else None,
                     "eps": float(a[3]),
                 }
-                op = Op(n.name, "layernorm", [val(a[0])], [n.name], attrs, where)
-            elif kind == "silu":
-                op = Op(n.name, "silu", [val(a[0])], [n.name], {}, where)
-            else:
-                op = Op(n.name, kind, [val(a[0]), val(a[1])], [n.name], {}, where)
+            elif kind != "silu":
+                inputs = [val(a[0]), val(a[1])]
         elif general and (kind := _aten_kind(n, torch)) is not None:
-            op = Op(
-                n.name,
-                kind,
-                [val(x) for x in n.args[: 2 if kind in ("add", "mul") else 1]],
-                [n.name],
-                {},
-                where,
-            )
+            inputs, attrs = [val(x) for x in n.args[: 2 if kind in ("add", "mul") else 1]], {}
         else:
             hint = ""
             if "linear" in opname or "addmm" in opname or "mm" == opname.split("::")[-1]:
@@ -320,6 +280,7 @@ def from_export(ep, model_config: dict) -> Graph:
             if general:
                 hint += f"; supported: {', '.join(SUPPORTED_PIECES)}"
             raise CompileError(f"{where}: unsupported op {opname}{hint}")
+        op = Op(n.name, kind, inputs, [n.name], attrs, where)
         if name == "<model>":
             name = op.kind
         op.name = name if not any(o.name == name for o in ops) else f"{name}.{n.name}"

@@ -430,7 +430,7 @@ class Lowering:
         rows = 1 if last_only else T
         name, x, out = op.name, op.inputs[0], op.outputs[0]
         sa = gemm_shape(geo, rows, k, 1)
-        xa = plan.tensor(f"{name}.xa", sa.m_tiles * sa.k_tiles * geo.a_beats * W, "int8", [rows, k], "gemm_a")
+        xa = plan.tensor(f"{name}.xa", sa.a_beats(geo) * W, "int8", [rows, k], "gemm_a")
         sx = plan.tensor(f"{name}.sx", rows * 4, "float32", [rows, 1])
         plan.tensor(out, rows * vocab * 4, "float32", [rows, vocab])
         plan.items.append(
@@ -450,12 +450,7 @@ class Lowering:
         for j, (n0, n1, b_off) in enumerate(lm_head_gemms(geo, k, vocab)):
             sc = gemm_shape(geo, rows, k, n1 - n0)
             y = plan.tensor(
-                f"{name}.y{j}",
-                sc.m_tiles * sc.n_tiles * geo.out_beats(False) * W,
-                "int32",
-                [rows, n1 - n0],
-                "gemm_c",
-                n=[n0, n1],
+                f"{name}.y{j}", sc.c_beats(geo, False) * W, "int32", [rows, n1 - n0], "gemm_c", n=[n0, n1]
             )
             plan.items.append(
                 (
@@ -506,42 +501,17 @@ class Lowering:
         qa, scores, pa, outs = [], [], [], []
         for gi in range(ag.n_groups):
             sq = gemm_shape(geo, *qk)
-            qa.append(
-                plan.tensor(
-                    f"att{L}.qa{gi}",
-                    sq.m_tiles * sq.k_tiles * geo.a_beats * self.W,
-                    "int8",
-                    [M, qk[1]],
-                    "gemm_a",
-                )
-            )
+            qa.append(plan.tensor(f"att{L}.qa{gi}", sq.a_beats(geo) * self.W, "int8", [M, qk[1]], "gemm_a"))
             scores.append(
                 plan.tensor(
-                    f"att{L}.scores{gi}",
-                    sq.m_tiles * sq.n_tiles * geo.out_beats(False) * self.W,
-                    "int32",
-                    [M, ctx],
-                    "gemm_c",
+                    f"att{L}.scores{gi}", sq.c_beats(geo, False) * self.W, "int32", [M, ctx], "gemm_c"
                 )
             )
             sp = gemm_shape(geo, *pv)
-            pa.append(
-                plan.tensor(
-                    f"att{L}.pa{gi}",
-                    sp.m_tiles * sp.k_tiles * geo.a_beats * self.W,
-                    "int8",
-                    [M, ctx],
-                    "gemm_a",
-                )
-            )
+            pa.append(plan.tensor(f"att{L}.pa{gi}", sp.a_beats(geo) * self.W, "int8", [M, ctx], "gemm_a"))
             outs.append(
                 plan.tensor(
-                    f"att{L}.o{gi}",
-                    sp.m_tiles * sp.n_tiles * geo.out_beats(False) * self.W,
-                    "int32",
-                    [M, pv[2]],
-                    "gemm_c",
-                    group=gi,
+                    f"att{L}.o{gi}", sp.c_beats(geo, False) * self.W, "int32", [M, pv[2]], "gemm_c", group=gi
                 )
             )
         plan.tensor(f"att{L}.sq", h * T * 4, "float32", [h, T])

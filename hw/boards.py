@@ -5,6 +5,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from hw.lookup import lookup
+
 __all__ = ["Board", "BOARD_SPECS", "BOARDS", "board"]
 
 
@@ -75,9 +77,4 @@ BOARDS: dict[str, str] = {name: board.description for name, board in BOARD_SPECS
 
 def board(name: str) -> Board:
     """The board called ``name``; ValueError naming the available boards otherwise."""
-    try:
-        return BOARD_SPECS[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown board {name!r}; available boards: {', '.join(sorted(BOARD_SPECS))}"
-        ) from None
+    return lookup(BOARD_SPECS, name, "board")

@@ -49,6 +49,7 @@ from amaranth.lib import io, stream, wiring
 from hw.boards import BOARDS, Board
 from hw.boards import board as _board
 from hw.config import AcceleratorConfig
+from hw.lookup import lookup
 
 __all__ = [
     "BOARDS",
@@ -246,9 +247,7 @@ def fpga_engine(engine: str | FpgaEngine) -> FpgaEngine:
     """The :class:`FpgaEngine` called ``engine`` (or ``engine`` itself); ValueError naming the engines."""
     if isinstance(engine, FpgaEngine):
         return engine
-    if engine not in ENGINES:
-        raise ValueError(f"unknown engine {engine!r}; available engines: {', '.join(sorted(ENGINES))}")
-    return ENGINES[engine]
+    return lookup(ENGINES, engine, "engine")
 
 
 def _make_platform(board: Board, clock_hz: float) -> TemplatedPlatform:

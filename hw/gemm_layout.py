@@ -52,6 +52,14 @@ class GemmShape:
     def steps(self) -> int:
         return self.m_tiles * self.n_tiles * self.k_tiles
 
+    def a_beats(self, geo: GemmGeometry) -> int:
+        """Beats of A's packed panels (:func:`pack_a`)."""
+        return self.m_tiles * self.k_tiles * geo.a_beats
+
+    def c_beats(self, geo: GemmGeometry, requant: bool) -> int:
+        """Beats of the output tiles (int32, or int8 requantized)."""
+        return self.m_tiles * self.n_tiles * geo.out_beats(requant)
+
 
 def gemm_shape(geo: GemmGeometry, m: int, k: int, n: int) -> GemmShape:
     for name, v in (("M", m), ("K", k), ("N", n)):
@@ -145,7 +153,7 @@ def build_gemm_image(
     pa, pb = pack_a(a, geo), pack_b(b, geo)
     panel = shape.k_tiles * geo.b_beats  # beats of one column tile's B panels
     stride = panel + b_gap
-    out_beats = shape.m_tiles * shape.n_tiles * geo.out_beats(requant)
+    out_beats = shape.c_beats(geo, requant)
     a_base, b_base = base, base + len(pa)
     c_base = b_base + shape.n_tiles * stride
     total = c_base + out_beats

@@ -182,7 +182,20 @@ class AcceleratorTop(wiring.Component):
         def run_beats(start, nbytes):
             return (start[:lgW] + nbytes + (W - 1)) >> lgW
 
-        # sequencer (requests) and consumer (gearbox) each walk the runs: kind 0 act, 1 wgt
+        def next_run(active, kind, kc, a, w, start_w, start_a):
+            """One step of a run walk, at the end of a run: chunk kc's activation run (kind 0) is followed by
+            its weight run (kind 1), that by chunk kc + 1's activation run; the last chunk's weight run ends
+            the walk. ``a``/``w`` are the byte addresses of the current act/wgt runs (each advanced past its
+            run when it ends); ``start_w``/``start_a`` are the walker's own statements that begin the next
+            weight/act run."""
+            with m.If(kind == 0):
+                m.d.sync += [kind.eq(1), a.eq(a + run_a_bytes), *start_w]
+            with m.Elif(kc == kc_last):
+                m.d.sync += active.eq(0)
+            with m.Else():
+                m.d.sync += [kind.eq(0), kc.eq(kc + 1), w.eq(w + run_w_bytes), *start_a]
+
+        # sequencer (requests) and consumer (gearbox) each walk the runs (next_run): kind 0 act, 1 wgt
         rs_active, rs_kind, rs_kc = Signal(), Signal(), Signal(16)
         rs_a, rs_w = Signal(byte_bits), Signal(byte_bits)  # byte address of the current act / wgt run
         rs_addr, rs_left = Signal(AB), Signal(byte_bits)
@@ -199,23 +212,15 @@ class AcceleratorTop(wiring.Component):
         with m.If(rq_fire):
             m.d.sync += [rs_addr.eq(rs_addr + burst), rs_left.eq(rs_left - burst)]
             with m.If(rs_left == burst):  # run requested: next run
-                with m.If(rs_kind == 0):
-                    m.d.sync += [
-                        rs_kind.eq(1),
-                        rs_addr.eq(rs_w >> lgW),
-                        rs_left.eq(run_beats(rs_w, run_w_bytes)),
-                        rs_a.eq(rs_a + run_a_bytes),
-                    ]
-                with m.Elif(rs_kc == kc_last):
-                    m.d.sync += rs_active.eq(0)
-                with m.Else():
-                    m.d.sync += [
-                        rs_kind.eq(0),
-                        rs_kc.eq(rs_kc + 1),
-                        rs_addr.eq(rs_a >> lgW),
-                        rs_left.eq(run_beats(rs_a, run_a_bytes)),
-                        rs_w.eq(rs_w + run_w_bytes),
-                    ]
+                next_run(
+                    rs_active,
+                    rs_kind,
+                    rs_kc,
+                    rs_a,
+                    rs_w,
+                    [rs_addr.eq(rs_w >> lgW), rs_left.eq(run_beats(rs_w, run_w_bytes))],
+                    [rs_addr.eq(rs_a >> lgW), rs_left.eq(run_beats(rs_a, run_a_bytes))],
+                )
         m.d.sync += inflight.eq(inflight + Mux(rq_fire, burst, 0) - gb_push)
 
         # ---------------------------------------------------------------- TLMM DMA: gearbox
@@ -273,23 +278,15 @@ class AcceleratorTop(wiring.Component):
             m.d.sync += gb_eb.eq(gb_eb - 1)
             with m.If(gb_eb == 1):  # run done: drop the padding, next run
                 m.d.sync += [buf.eq(0), fill.eq(0), gb_first.eq(1)]
-                with m.If(gb_kind == 0):
-                    m.d.sync += [
-                        gb_kind.eq(1),
-                        gb_bb.eq(run_beats(gb_w, run_w_bytes)),
-                        gb_eb.eq(NB),
-                        gb_a.eq(gb_a + run_a_bytes),
-                    ]
-                with m.Elif(gb_kc == kc_last):
-                    m.d.sync += gb_active.eq(0)
-                with m.Else():
-                    m.d.sync += [
-                        gb_kind.eq(0),
-                        gb_kc.eq(gb_kc + 1),
-                        gb_bb.eq(run_beats(gb_a, run_a_bytes)),
-                        gb_eb.eq(M),
-                        gb_w.eq(gb_w + run_w_bytes),
-                    ]
+                next_run(
+                    gb_active,
+                    gb_kind,
+                    gb_kc,
+                    gb_a,
+                    gb_w,
+                    [gb_bb.eq(run_beats(gb_w, run_w_bytes)), gb_eb.eq(NB)],
+                    [gb_bb.eq(run_beats(gb_a, run_a_bytes)), gb_eb.eq(M)],
+                )
         m.d.comb += rfifo.w_data.eq(self.rdata.payload)
 
         # ---------------------------------------------------------------- TLMM DMA: result packer

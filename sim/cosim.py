@@ -24,9 +24,10 @@ import re
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -55,12 +56,19 @@ class CosimReport:
     model_cycles_per_s: float
     extra: dict = field(default_factory=dict)
 
+    @staticmethod
+    def outputs_agree(row: dict) -> bool:
+        """A row's RTL, model and reference outputs are all equal."""
+        return bool(row["rtl_equals_reference"] and row["rtl_equals_model"] and row["model_equals_reference"])
+
+    @staticmethod
+    def row_passed(row: dict) -> bool:
+        """A row's outputs agree and its RTL and model cycles are equal."""
+        return CosimReport.outputs_agree(row) and row["rtl_cycles"] == row["model_cycles"]
+
     @property
     def outputs_equal(self) -> bool:
-        return all(
-            r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"]
-            for r in self.rows
-        )
+        return all(map(self.outputs_agree, self.rows))
 
     @property
     def rtl_cycles(self) -> int:
@@ -81,16 +89,7 @@ class CosimReport:
     @property
     def failed_rows(self) -> list[dict]:
         """The rows of the cases that failed (outputs or cycles differ, or no RTL result)."""
-        return [
-            r
-            for r in self.rows
-            if not (
-                r["rtl_equals_reference"]
-                and r["rtl_equals_model"]
-                and r["model_equals_reference"]
-                and r["rtl_cycles"] == r["model_cycles"]
-            )
-        ]
+        return [r for r in self.rows if not self.row_passed(r)]
 
     def to_json(self) -> dict:
         return {
@@ -594,6 +593,38 @@ def warm_up_model(cfg) -> None:
     run_tlmm_streams(cfg, *tlmm_streams(cfg, z, z))
 
 
+def run_engine_cosim(
+    eng: str,
+    acfg: AcceleratorConfig,
+    cases: list,
+    run_case: Callable[[Any], tuple[dict, dict, float]],
+    build_root: Path,
+    quiet: bool,
+    waves: str | None,
+    adjust_rows: Callable[[list[dict], list[dict]], None] | None = None,
+) -> CosimReport:
+    """What every engine's co-simulation does: build engine ``eng``'s RTL, run each case through the model —
+    ``run_case(case)`` returns the case's arrays for the bench, its meta entry (``name``, ``model_cycles``,
+    ...) and the seconds the model took — then every case through the RTL in one bench run (case ``i``'s
+    array ``x`` as ``c<i>_x``), and compare. ``adjust_rows(rows, meta_cases)`` may complete the bench's rows
+    before the report."""
+    bdir, build_s = build_engine(eng, acfg, build_root, quiet, waves)
+    arrays: dict[str, np.ndarray] = {}
+    meta_cases = []
+    model_s = 0.0
+    step("model", f"{len(cases)} case(s)")
+    for i, c in enumerate(cases):
+        case_arrays, meta_case, seconds = run_case(c)
+        arrays.update({f"c{i}_{k}": v for k, v in case_arrays.items()})
+        meta_cases.append(meta_case)
+        model_s += seconds
+    meta = {"config": acfg.to_dict(), "cases": meta_cases}
+    rows, sim_s = run_bench(eng, bdir, arrays, meta, quiet, artifacts_root(build_root))
+    if adjust_rows is not None:
+        adjust_rows(rows, meta_cases)
+    return cosim_report(eng, acfg, rows, meta_cases, build_s, model_s, sim_s)
+
+
 def run_tlmm_cosim(
     acfg: AcceleratorConfig,
     cases: list[TlmmCase],
@@ -603,33 +634,25 @@ def run_tlmm_cosim(
 ) -> CosimReport:
     """Run every case through reference, model and RTL; returns the per-case comparison."""
     cfg = acfg.tlmm
-    bdir, build_s = build_engine("tlmm", acfg, build_root, quiet, waves)
-    arrays: dict[str, np.ndarray] = {}
-    meta_cases = []
-    model_s = 0.0
-    step("model", f"{len(cases)} case(s)")
-    warm_up_model(cfg)
-    for i, c in enumerate(cases):
+
+    def run_case(c: TlmmCase) -> tuple[dict, dict, float]:
         shape, act, wgt = tlmm_streams(cfg, c.w, c.x)
-        ref = ternary_matmul(c.w, c.x)
         t0 = time.perf_counter()
         run = run_tlmm_streams(cfg, shape, act, wgt, c.act_pattern, c.wgt_pattern, c.res_pattern)
-        model_s += time.perf_counter() - t0
-        arrays.update(
-            {
-                f"c{i}_act": act,
-                f"c{i}_wgt": wgt,
-                f"c{i}_ref": ref,
-                f"c{i}_model": run.y,
-                f"c{i}_act_pat": c.act_pattern,
-                f"c{i}_wgt_pat": c.wgt_pattern,
-                f"c{i}_res_pat": c.res_pattern,
-            }
-        )
-        meta_cases.append({"name": c.name, "n": shape.n, "model_cycles": run.cycles})
-    meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = run_bench("tlmm", bdir, arrays, meta, quiet, artifacts_root(build_root))
-    return cosim_report("tlmm", acfg, rows, meta_cases, build_s, model_s, sim_s)
+        seconds = time.perf_counter() - t0
+        arrays = {
+            "act": act,
+            "wgt": wgt,
+            "ref": ternary_matmul(c.w, c.x),
+            "model": run.y,
+            "act_pat": c.act_pattern,
+            "wgt_pat": c.wgt_pattern,
+            "res_pat": c.res_pattern,
+        }
+        return arrays, {"name": c.name, "n": shape.n, "model_cycles": run.cycles}, seconds
+
+    warm_up_model(cfg)
+    return run_engine_cosim("tlmm", acfg, cases, run_case, build_root, quiet, waves)
 
 
 def run_gemm_cosim(
@@ -643,57 +666,37 @@ def run_gemm_cosim(
     from hw.gemm_layout import build_gemm_image
     from sim.gemm_model import reference, run_gemm_image
 
-    bdir, build_s = build_engine("gemm", acfg, build_root, quiet, waves)
-    arrays: dict[str, np.ndarray] = {}
-    meta_cases = []
-    model_s = 0.0
-    z = np.zeros((1, 1), np.int8)
-    step("model", f"{len(cases)} case(s)")
-    run_gemm_image(acfg, build_gemm_image(acfg, z, z))  # compile the kernel outside the timing
-    for i, c in enumerate(cases):
+    def run_case(c) -> tuple[dict, dict, float]:
         ccfg = c.config(acfg)
         img = build_gemm_image(ccfg, c.a, c.b, c.requant, c.shift, b_gap=getattr(c, "b_gap", 0))
         t0 = time.perf_counter()
         run = run_gemm_image(ccfg, img)
-        model_s += time.perf_counter() - t0
-        arrays.update(
-            {
-                f"c{i}_image": img.image,
-                f"c{i}_ref": reference(c.a, c.b, c.requant, c.shift),
-                f"c{i}_model": run.output,
-            }
-        )
-        cmd = img.command
-        meta_cases.append(
-            {
-                "name": c.name,
-                "timing": c.timing,
-                "model_cycles": run.cycles,
-                "model_read_beats": run.events["read_beats"],
-                "shape": [
-                    img.shape.m,
-                    img.shape.k,
-                    img.shape.n,
-                    img.shape.m_tiles,
-                    img.shape.n_tiles,
-                    img.shape.k_tiles,
-                ],
-                "command": {
-                    "m_tiles": cmd.m_tiles,
-                    "n_tiles": cmd.n_tiles,
-                    "k_tiles": cmd.k_tiles,
-                    "a_base": cmd.a_base,
-                    "b_base": cmd.b_base,
-                    "c_base": cmd.c_base,
-                    "requant": cmd.requant,
-                    "shift": cmd.shift,
-                    "b_stride": cmd.b_stride,
-                },
-            }
-        )
-    meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = run_bench("gemm", bdir, arrays, meta, quiet, artifacts_root(build_root))
-    return cosim_report("gemm", acfg, rows, meta_cases, build_s, model_s, sim_s)
+        seconds = time.perf_counter() - t0
+        arrays = {"image": img.image, "ref": reference(c.a, c.b, c.requant, c.shift), "model": run.output}
+        cmd, sh = img.command, img.shape
+        meta = {
+            "name": c.name,
+            "timing": c.timing,
+            "model_cycles": run.cycles,
+            "model_read_beats": run.events["read_beats"],
+            "shape": [sh.m, sh.k, sh.n, sh.m_tiles, sh.n_tiles, sh.k_tiles],
+            "command": {
+                "m_tiles": cmd.m_tiles,
+                "n_tiles": cmd.n_tiles,
+                "k_tiles": cmd.k_tiles,
+                "a_base": cmd.a_base,
+                "b_base": cmd.b_base,
+                "c_base": cmd.c_base,
+                "requant": cmd.requant,
+                "shift": cmd.shift,
+                "b_stride": cmd.b_stride,
+            },
+        }
+        return arrays, meta, seconds
+
+    z = np.zeros((1, 1), np.int8)
+    run_gemm_image(acfg, build_gemm_image(acfg, z, z))  # compile the kernel outside the timing
+    return run_engine_cosim("gemm", acfg, cases, run_case, build_root, quiet, waves)
 
 
 def run_kv_cosim(
@@ -710,19 +713,14 @@ def run_kv_cosim(
     from sim.kv_model import encode_commands, run_kv
 
     kv = acfg.kv
-    bdir, build_s = build_engine("kv", acfg, build_root, quiet, waves)
-    arrays: dict[str, np.ndarray] = {}
-    meta_cases = []
-    model_s = 0.0
-    step("model", f"{len(cases)} case(s)")
-    run_kv(kv, *encode_commands(kv, [("reset",)]))  # compile the kernel outside the timing
-    for i, c in enumerate(cases):
+
+    def run_case(c) -> tuple[dict, dict, float]:
         if not c.commands or c.commands[0][0] != "reset":
             raise ValueError(f"KV case {c.name}: must start with a reset")
         ops, vec = encode_commands(kv, c.commands)
         t0 = time.perf_counter()
         kinds, ids, news, cyc, cycles, _, _ = run_kv(kv, ops, vec, c.vec_pattern, c.out_pattern)
-        model_s += time.perf_counter() - t0
+        seconds = time.perf_counter() - t0
         ref = ClusterTable(kv)
         expect = []
         for cmd in c.commands:
@@ -741,33 +739,32 @@ def run_kv_cosim(
         model_ref[model_ref[:, 0] == 3, 1:] = (
             model[model_ref[:, 0] == 3, 1:] if len(model) == len(model_ref) else 0
         )
-        arrays.update(
-            {
-                f"c{i}_ops": ops,
-                f"c{i}_vec": vec,
-                f"c{i}_vec_pat": np.asarray(c.vec_pattern, np.int8),
-                f"c{i}_out_pat": np.asarray(c.out_pattern, np.int8),
-                f"c{i}_model": model,
-                f"c{i}_model_cyc": cyc,
-            }
-        )
-        meta_cases.append(
-            {
-                "name": c.name,
-                "model_cycles": int(cycles),
-                "commands": len(ops),
-                "model_equals_reference": bool(
-                    model.shape == model_ref.shape and np.array_equal(model, model_ref)
-                ),
-            }
-        )
-    meta = {"config": acfg.to_dict(), "cases": meta_cases}
-    rows, sim_s = run_bench("kv", bdir, arrays, meta, quiet, artifacts_root(build_root))
-    for r, mc in zip(rows, meta_cases, strict=True):
-        r["model_equals_reference"] = mc["model_equals_reference"]
-        r["rtl_equals_reference"] = r["rtl_equals_model"] and mc["model_equals_reference"]
-        r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal", False)
-    return cosim_report("kv", acfg, rows, meta_cases, build_s, model_s, sim_s)
+        arrays = {
+            "ops": ops,
+            "vec": vec,
+            "vec_pat": np.asarray(c.vec_pattern, np.int8),
+            "out_pat": np.asarray(c.out_pattern, np.int8),
+            "model": model,
+            "model_cyc": cyc,
+        }
+        meta = {
+            "name": c.name,
+            "model_cycles": int(cycles),
+            "commands": len(ops),
+            "model_equals_reference": bool(
+                model.shape == model_ref.shape and np.array_equal(model, model_ref)
+            ),
+        }
+        return arrays, meta, seconds
+
+    def adjust_rows(rows: list[dict], meta_cases: list[dict]) -> None:
+        for r, mc in zip(rows, meta_cases, strict=True):
+            r["model_equals_reference"] = mc["model_equals_reference"]
+            r["rtl_equals_reference"] = r["rtl_equals_model"] and mc["model_equals_reference"]
+            r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal", False)
+
+    run_kv(kv, *encode_commands(kv, [("reset",)]))  # compile the kernel outside the timing
+    return run_engine_cosim("kv", acfg, cases, run_case, build_root, quiet, waves, adjust_rows)
 
 
 # ---------------------------------------------------------------- top level

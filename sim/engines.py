@@ -19,6 +19,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from hw.lookup import lookup
+
 __all__ = ["Engine", "ENGINES", "register", "engine", "cosim_engines", "board_engines", "load"]
 
 
@@ -107,12 +109,7 @@ def register(e: Engine) -> Engine:
 
 def engine(name: str) -> Engine:
     """The engine called ``name``; ValueError naming the registered engines otherwise."""
-    try:
-        return ENGINES[name]
-    except KeyError:
-        raise ValueError(
-            f"unknown engine {name!r}; available engines: {', '.join(sorted(ENGINES))}"
-        ) from None
+    return lookup(ENGINES, name, "engine")
 
 
 def cosim_engines() -> list[Engine]:

@@ -1,6 +1,6 @@
 """Shared test set-up: the repository on sys.path, the ``repo`` fixture, the command-line helpers (``run_cli``,
-``cli_json``, ``assert_one_line_error``), ``cosim_mismatches`` (test modules import them from here), and the markers that say what a
-test needs beyond the core install.
+``cli_json``, ``assert_one_line_error``), ``cosim_mismatches``, ``top_one_layer`` (test modules import them from
+here), and the markers that say what a test needs beyond the core install.
 
 Markers (also registered in pyproject.toml):
 
@@ -149,18 +149,35 @@ def cli_json(*args, **kwargs):
 
 def cosim_mismatches(rep, *also) -> list[dict]:
     """The rows of a co-simulation report in which the RTL, the model and the reference disagree (outputs or
-    cycles), or a check in ``also`` (row → bool) fails."""
-    return [
-        r
-        for r in rep.rows
-        if not (
-            r["rtl_equals_reference"]
-            and r["rtl_equals_model"]
-            and r["model_equals_reference"]
-            and r["rtl_cycles"] == r["model_cycles"]
-            and all(check(r) for check in also)
-        )
-    ]
+    cycles: ``CosimReport.row_passed``), or a check in ``also`` (row → bool) fails."""
+    return [r for r in rep.rows if not (rep.row_passed(r) and all(check(r) for check in also))]
+
+
+def top_one_layer(acfg, prompt: bytes, new_tokens: int, **kwargs):
+    """The trained tiny model cut to its first layer: ``prompt`` then ``new_tokens`` greedy steps through the RTL
+    top level (``sim.cosim.run_top_cosim``, ``kwargs`` passed on; the Verilator build cached in build/cosim).
+    Logits (against PyTorch's int mode and the model), tokens and every command's cycles are asserted equal;
+    returns the report."""
+    from sim.cosim import run_top_cosim
+
+    rep = run_top_cosim(
+        acfg,
+        REPO / "models" / "checkpoints" / "tiny.pt",
+        list(prompt),
+        new_tokens,
+        layers=1,
+        build_root=REPO / "build" / "cosim",
+        quiet=True,
+        **kwargs,
+    )
+    assert rep.logits_equal_torch and all(rep.logits_equal_torch), rep.logits_equal_torch
+    assert all(rep.logits_equal_model), rep.logits_equal_model
+    assert rep.rtl_tokens == rep.torch_tokens == rep.model_tokens
+    for s, (r, m) in enumerate(zip(rep.rtl_cycles, rep.model_cycles, strict=True)):
+        bad = [(i, k, a, b) for i, (k, a, b) in enumerate(zip(rep.commands[s], r, m, strict=True)) if a != b]
+        assert not bad, f"step {s}: commands with different cycles (index, kind, RTL, model): {bad[:5]}"
+    assert rep.ok
+    return rep
 
 
 def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None:

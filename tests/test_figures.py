@@ -176,20 +176,11 @@ def test_estimate_figures_show_the_requested_point(tmp_path):
 @pytest.mark.torch
 def test_kv_plot_writes_figure_and_data(tmp_path):
     pytest.importorskip("torch")
-    from traces.format import Trace, load_trace, save_trace
-    from tritium.kv import SWEEP_ALPHAS, main
+    from traces.format import load_trace, save_trace
+    from tritium.cli import main
+    from tritium.kv import SWEEP_ALPHAS
 
-    t = load_trace(REPO / "traces" / "tiny-val-0.npz")
-    s = 48
-    short = Trace(
-        t.keys[:, :, :s].copy(),
-        t.queries[:, :, :s].copy(),
-        t.positions[:s].copy(),
-        t.tokens[:s].copy(),
-        {**t.meta, "n_tokens": s},
-        t.path,
-    )
-    p = save_trace(short, tmp_path / "short.npz")
+    p = save_trace(load_trace(REPO / "traces" / "tiny-val-0.npz").prefix(48), tmp_path / "short.npz")
     out = tmp_path / "fig" / "recall.svg"
     assert main(["kv", "plot", str(p), "--plot", str(out)]) == 0
     rows = assert_figure(tmp_path / "fig" / "recall", "svg")

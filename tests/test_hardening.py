@@ -15,7 +15,7 @@ import conftest
 import numpy as np
 import pytest
 
-from traces.format import Trace, load_trace, save_trace
+from traces.format import load_trace, save_trace
 
 REPO = Path(__file__).resolve().parent.parent
 TRACE = REPO / "traces/tiny-val-0.npz"
@@ -62,18 +62,8 @@ def test_kv_replay_first_past_the_trace_is_refused():
 
 def test_kv_out_of_vocabulary_tokens_with_checkpoint(tmp_path):
     pytest.importorskip("torch")
-    t = load_trace(TRACE)
-    s = 24
-    tokens = t.tokens[:s].copy()
-    tokens[5] = 4000  # the tiny model's vocabulary is 256 bytes
-    short = Trace(
-        t.keys[:, :, :s].copy(),
-        t.queries[:, :, :s].copy(),
-        t.positions[:s].copy(),
-        tokens,
-        {**t.meta, "n_tokens": s},
-        "",
-    )
+    short = load_trace(TRACE).prefix(24)
+    short.tokens[5] = 4000  # the tiny model's vocabulary is 256 bytes
     path = save_trace(short, tmp_path / "oov.npz")
     p = run_cli("kv", "replay", str(path), "--policy", "full", "--checkpoint", str(CKPT))
     assert_bad_input(p, "4000", "vocabulary")

@@ -9,7 +9,7 @@ import pytest
 
 from hw.config import load_config
 from models import kvpolicy as kp
-from traces.format import Trace, load_trace, save_trace
+from traces.format import load_trace, save_trace
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -29,21 +29,9 @@ def real():
     return load_trace(REPO / TRACE)
 
 
-def _short(t: Trace, s: int) -> Trace:
-    """The first s tokens of a trace (in int mode a prefix's q/k do not depend on what follows)."""
-    return Trace(
-        t.keys[:, :, :s].copy(),
-        t.queries[:, :, :s].copy(),
-        t.positions[:s].copy(),
-        t.tokens[:s].copy(),
-        {**t.meta, "n_tokens": s},
-        t.path,
-    )
-
-
 @pytest.fixture(scope="module")
 def short(real):
-    return _short(real, 64)
+    return real.prefix(64)
 
 
 def _stream(real, layer=1, head=0):
@@ -204,7 +192,7 @@ def test_replay_resv_model_matches_reference(short, acfg):
 
 
 def test_cli_replay_json_and_errors(repo, tmp_path, capsys):
-    from tritium.kv import main
+    from tritium.cli import main
 
     assert main(["kv", "replay", str(repo / TRACE), "--policy", "streaming", "--budget", "32", "--json"]) == 0
     r = json.loads(capsys.readouterr().out)
@@ -222,7 +210,7 @@ def test_cli_replay_json_and_errors(repo, tmp_path, capsys):
 
 
 def test_cli_plot_and_report(short, tmp_path, capsys):
-    from tritium.kv import main
+    from tritium.cli import main
 
     p = save_trace(short, tmp_path / "short.npz")
     png = tmp_path / "out" / "recall.png"

@@ -6,6 +6,7 @@ import functools
 
 import numpy as np
 import pytest
+from conftest import top_one_layer
 
 pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch  # noqa: E402
@@ -167,27 +168,8 @@ def test_estimate_charges_each_placement(repo):
 @pytest.mark.torch
 @pytest.mark.verilator
 def test_top_level_runs_the_lm_head_on_the_gemm_engine(repo):
-    from sim.cosim import run_top_cosim
-
-    acfg = load_config(repo / "configs" / "default.yaml")
-    rep = run_top_cosim(
-        acfg,
-        repo / "models" / "checkpoints" / "tiny.pt",
-        list(b"def"),
-        1,
-        layers=1,
-        build_root=repo / "build" / "cosim",
-        quiet=True,
-        lm_head="acc_int8",
-    )
+    rep = top_one_layer(load_config(repo / "configs" / "default.yaml"), b"def", 1, lm_head="acc_int8")
     assert rep.lm_head == "acc_int8"
-    assert all(rep.logits_equal_torch) and all(rep.logits_equal_model), (
-        rep.logits_equal_torch,
-        rep.logits_equal_model,
-    )
-    for s, (r, m) in enumerate(zip(rep.rtl_cycles, rep.model_cycles, strict=True)):
-        bad = [(i, k, a, b) for i, (k, a, b) in enumerate(zip(rep.commands[s], r, m, strict=True)) if a != b]
-        assert not bad, f"step {s}: commands with different cycles (index, kind, RTL, model): {bad[:5]}"
     assert rep.rtl_tokens == rep.torch_tokens == rep.model_tokens and rep.ok
     # the step ends host (quant) → GEMM (the LM head) → host (dequant)
     assert rep.commands[0][-3:] == ["host", "gemm", "host"]

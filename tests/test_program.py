@@ -547,7 +547,7 @@ def test_run_program_report(built, tmp_path):
 
 
 def test_run_input_errors(built, capsys):
-    from tritium.run import main
+    from tritium.cli import main
 
     good = built[2]
     assert main(["run", str(good), "--tokens", "1,2"]) == 2

@@ -5,42 +5,19 @@ executor on the numba models, greedy tokens equal, every command's cycles equal 
 import dataclasses
 
 import pytest
-from conftest import REPO, assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, top_one_layer
 
 from hw.config import load_config
 from hw.isa import TlmmCommand
 from hw.ternary import tlmm_shape
-from sim.cosim import run_top_cosim
 from sim.tlmm_model import tlmm_cycles
 from sim.top_model import FETCH_DISPATCH, command_cycles
-
-
-def _one_layer(acfg, prompt: bytes, new_tokens: int):
-    """The tiny model cut to its first layer: ``prompt`` then ``new_tokens`` greedy steps through the RTL top level
-    (the Verilator build cached in build/cosim); every comparison checked; the report."""
-    rep = run_top_cosim(
-        acfg,
-        REPO / "models" / "checkpoints" / "tiny.pt",
-        list(prompt),
-        new_tokens,
-        layers=1,
-        build_root=REPO / "build" / "cosim",
-        quiet=True,
-    )
-    assert rep.logits_equal_torch and all(rep.logits_equal_torch), rep.logits_equal_torch
-    assert all(rep.logits_equal_model), rep.logits_equal_model
-    assert rep.rtl_tokens == rep.torch_tokens == rep.model_tokens
-    for s, (r, m) in enumerate(zip(rep.rtl_cycles, rep.model_cycles, strict=True)):
-        bad = [(i, k, a, b) for i, (k, a, b) in enumerate(zip(rep.commands[s], r, m, strict=True)) if a != b]
-        assert not bad, f"step {s}: commands with different cycles (index, kind, RTL, model): {bad[:5]}"
-    assert rep.ok
-    return rep
 
 
 @pytest.mark.torch
 @pytest.mark.verilator
 def test_one_decoder_layer_prefill_and_decode(repo):
-    rep = _one_layer(load_config(repo / "configs" / "default.yaml"), b"import os", 2)
+    rep = top_one_layer(load_config(repo / "configs" / "default.yaml"), b"import os", 2)
     kinds = {k for step in rep.commands for k in step}
     assert kinds == {"tlmm", "gemm", "host"}
 
@@ -54,7 +31,7 @@ def test_starved_memory_keeps_cycles_exact(repo):
     acfg = dataclasses.replace(
         base, memory=dataclasses.replace(base.memory, latency=45, outstanding=1, beat_interval=2)
     )
-    _one_layer(acfg, b"x = 1", 1)
+    top_one_layer(acfg, b"x = 1", 1)
     # slower memory → more cycles than the same TLMM commands on the default memory
     cmd = TlmmCommand(tokens=2, k_chunks=6, n_blocks=32, act_base=3, wgt_base=1000, res_base=5000)
     assert command_cycles(acfg, cmd) > command_cycles(base, cmd)
@@ -65,7 +42,7 @@ def test_starved_memory_keeps_cycles_exact(repo):
 def test_other_beat_widths(repo):
     """G=2 half tables, T=3, Q=5, 3 tokens: 6-byte activation beats, 20-byte result beats that straddle the
     32-byte bus beats, a different weight width — the gearbox and the result packer on other boundaries."""
-    _one_layer(load_config(repo / "configs" / "small-g2-half.yaml"), b"import os", 2)
+    top_one_layer(load_config(repo / "configs" / "small-g2-half.yaml"), b"import os", 2)
 
 
 def test_tlmm_in_the_top_costs_at_least_the_engine():

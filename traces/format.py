@@ -97,6 +97,18 @@ class Trace:
     def name(self) -> str:
         return Path(self.path).name
 
+    def prefix(self, tokens: int) -> Trace:
+        """The first ``tokens`` tokens of the stream, copied (in int mode a prefix's q/k do not depend on what
+        follows, so it is the trace of the shorter stream)."""
+        return Trace(
+            self.keys[:, :, :tokens].copy(),
+            self.queries[:, :, :tokens].copy(),
+            self.positions[:tokens].copy(),
+            self.tokens[:tokens].copy(),
+            {**self.meta, "n_tokens": tokens},
+            self.path,
+        )
+
 
 def _err(path, msg: str) -> TraceError:
     return TraceError(f"{path}: {msg}")

@@ -131,7 +131,7 @@ def print_cosim_summary(rep) -> None:
     rows = [
         [
             r["name"],
-            r["rtl_equals_reference"] and r["rtl_equals_model"] and r["model_equals_reference"],
+            rep.outputs_agree(r),
             r["rtl_cycles"],
             r["model_cycles"],
             r["rtl_cycles"] - r["model_cycles"],

@@ -36,7 +36,6 @@ __all__ = [
     "plot_recall",
     "report",
     "report_table",
-    "main",
     "SWEEP_BUDGETS",
     "SWEEP_ALPHAS",
 ]
@@ -613,18 +612,31 @@ def register(subparsers) -> argparse.ArgumentParser:
     """Add ``kv`` (``replay``, ``plot``, ``report``) to the ``tritium`` subparsers; returns the ``kv`` parser."""
     from models.kvpolicy import POLICIES
 
-    cfg_help = "accelerator config YAML (default: configs/default.yaml)"
-    first_help = "first scored decode step; earlier tokens are a prompt with full attention (default 16)"
+    # the options every action takes
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--config", default=None, help="accelerator config YAML (default: configs/default.yaml)"
+    )
+    common.add_argument(
+        "--first",
+        type=int,
+        default=None,
+        help="first scored decode step; earlier tokens are a prompt with full attention (default 16)",
+    )
+    # plot and report: over several traces
+    several = argparse.ArgumentParser(add_help=False, parents=[common])
+    several.add_argument("traces", nargs="+", help="trace .npz files")
     kv = subparsers.add_parser(
         "kv", help="KV-cache retrieval: replay traces through ReSV and baseline policies"
     )
     sub = kv.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
 
     r = sub.add_parser(
-        "replay", help="one policy over one trace: fraction, recall, early exit, cycles, energy"
+        "replay",
+        help="one policy over one trace: fraction, recall, early exit, cycles, energy",
+        parents=[common],
     )
     r.add_argument("trace", help="trace .npz (traces/*.npz)")
-    r.add_argument("--config", default=None, help=cfg_help)
     r.add_argument("--policy", choices=POLICIES, default="resv", help="policy (default resv)")
     r.add_argument(
         "--budget",
@@ -642,15 +654,14 @@ def register(subparsers) -> argparse.ArgumentParser:
     r.add_argument(
         "--checkpoint", default=None, help="also the int-mode perplexity with restricted attention"
     )
-    r.add_argument("--first", type=int, default=None, help=first_help)
     r.add_argument("--json", action="store_true", help="print JSON")
     r.set_defaults(func=cmd_kv_replay)
 
     p = sub.add_parser(
-        "plot", help="figure of recall vs retrieved fraction for every policy (budget/alpha sweeps)"
+        "plot",
+        help="figure of recall vs retrieved fraction for every policy (budget/alpha sweeps)",
+        parents=[several],
     )
-    p.add_argument("traces", nargs="+", help="trace .npz files")
-    p.add_argument("--config", default=None, help=cfg_help)
     p.add_argument(
         "--plot",
         default=None,
@@ -658,14 +669,13 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="figure to write: PATH (.png/.pdf/.svg) + PNG + CSV of the points",
     )
     p.add_argument("--out", dest="out_png", default=None, metavar="PNG", help="deprecated spelling of --plot")
-    p.add_argument("--first", type=int, default=None, help=first_help)
     p.set_defaults(func=cmd_kv_plot)
 
     rp = sub.add_parser(
-        "report", help="policies at matched budgets: table (report.md), report.json, recall.png"
+        "report",
+        help="policies at matched budgets: table (report.md), report.json, recall.png",
+        parents=[several],
     )
-    rp.add_argument("traces", nargs="+", help="trace .npz files")
-    rp.add_argument("--config", default=None, help=cfg_help)
     rp.add_argument(
         "--checkpoint",
         default=DEFAULT_CHECKPOINT,
@@ -683,19 +693,6 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=8,
         help="also a row for ReSV plus the last N tokens (default 8; 0: no such row)",
     )
-    rp.add_argument("--first", type=int, default=None, help=first_help)
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(func=cmd_kv_report)
     return kv
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Stand-alone entry (tests, ``python -m tritium.kv``): ``kv`` subcommands only."""
-    parser = argparse.ArgumentParser(prog="tritium")
-    register(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())

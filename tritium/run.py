@@ -204,14 +204,3 @@ def register(subparsers) -> argparse.ArgumentParser:
     r.add_argument("--json", action="store_true", help="print a JSON report")
     r.set_defaults(func=cmd_run)
     return r
-
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="tritium")
-    register(p.add_subparsers(dest="command", required=True))
-    args = p.parse_args(argv)
-    return args.func(args)
-
-
-if __name__ == "__main__":
-    sys.exit(main())
