@@ -55,10 +55,10 @@ METRICS = {
     "avg_power_w": ("average decode power, W (modeled)", "minimize"),
     "dram_bytes_per_token": ("DRAM bytes per decoded token (modeled)", "minimize"),
     "memory_mib": ("weights + KV cache footprint, MiB", "minimize"),
-    "lut": ("LUTs, top level: both engines + decoder/DMA (resource model fit)", "minimize"),
-    "ff": ("flip-flops, top level: both engines + decoder/DMA (resource model fit)", "minimize"),
-    "bram": ("block RAMs, top level: both engines + decoder/DMA (resource model fit)", "minimize"),
-    "dsp": ("DSP blocks, top level: both engines + decoder/DMA (resource model fit)", "minimize"),
+    **{
+        m: (f"{what}, top level: both engines + decoder/DMA (resource model fit)", "minimize")
+        for m, what in (("lut", "LUTs"), ("ff", "flip-flops"), ("bram", "block RAMs"), ("dsp", "DSP blocks"))
+    },
     "fmax_mhz": ("Fmax, lower of the two engines (fit; ECP5 only)", "maximize"),
     "clock_mhz": ("the config's clock", "maximize"),
 }

@@ -66,36 +66,32 @@ __all__ = [
 HOST_COST = {
     "embed": (0, 8),  # copy a row: read + write float32
     "rmsnorm": (4, 8),  # square, sum, scale, weight
-    "rmsnorm+quant": (8, 5),  # + absmax, scale, round, clamp; writes int8
     "relu2": (3, 12),
-    "relu2+quant": (7, 9),
     "swiglu": (34, 12),
-    "swiglu+quant": (38, 9),
     "add": (1, 12),
-    "quant": (4, 5),
+    "quant": (4, 5),  # absmax, scale, round, clamp; reads float32, writes int8
     "dequant": (2, 12),  # int32 → float32 × (s_x · s_w)
     "attn_prep": (10, 6),  # RoPE + quantize, per q/k/v element
     "attn_softmax": (40, 6),  # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
     "attn_out": (2, 8),  # per output element
-    "lm_head_quant": (4, 5),  # acc_int8: absmax, scale, round, clamp per element of x; writes int8
-    "lm_head_dequant": (
-        2,
-        12,
-    ),  # acc_int8, per logit: int32 and the row scale read, s_x·s_w, ×, float32 written
     # general modules (docs/models.md "General graphs"): per element of the first input
     "layernorm": (7, 8),  # sum, subtract, square, sum, divide, weight, bias
-    "layernorm+quant": (11, 5),
     "relu": (1, 8),
-    "relu+quant": (5, 5),
     "silu": (32, 8),
-    "silu+quant": (36, 5),
     "square": (1, 8),
-    "square+quant": (5, 5),
     "mul": (1, 12),
-    "mul+quant": (5, 9),
-    "int8_quant": (4, 5),  # a W8A8 linear (models/w8a8.py): as lm_head_quant, per element of x
-    "int8_dequant": (2, 12),  # as lm_head_dequant, per output element
 }
+# An op with the next linear's activation quantization fused ("<op>+quant"): the quantization's 4 flops per
+# element, and an int8 instead of a float32 result (3 bytes fewer).
+HOST_COST.update(
+    {
+        f"{k}+quant": (HOST_COST[k][0] + 4, HOST_COST[k][1] - 3)
+        for k in ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "square", "mul")
+    }
+)
+# The int8 linears' quantize / dequantize (the acc_int8 LM head, models/w8a8.py): as quant and dequant.
+for _q, _d in (("lm_head_quant", "lm_head_dequant"), ("int8_quant", "int8_dequant")):
+    HOST_COST[_q], HOST_COST[_d] = HOST_COST["quant"], HOST_COST["dequant"]
 HOST_COST_SOURCE = (
     "counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
     "bytes per element; every byte counted as a DRAM byte (no cache model)"
