@@ -625,14 +625,28 @@ def run_engine_cosim(
     return cosim_report(eng, acfg, rows, meta_cases, build_s, model_s, sim_s)
 
 
-def run_tlmm_cosim(
-    acfg: AcceleratorConfig,
-    cases: list[TlmmCase],
-    build_root: Path = DEFAULT_BUILD,
-    quiet: bool = False,
-    waves: str | None = None,
-) -> CosimReport:
-    """Run every case through reference, model and RTL; returns the per-case comparison."""
+def engine_cosim(eng: str, case_model: Callable) -> Callable[..., CosimReport]:
+    """The co-simulation runner of engine ``eng``, ``run(acfg, cases, build_root=DEFAULT_BUILD, quiet=False,
+    waves=None) -> CosimReport`` (what :mod:`sim.engines` registers as ``cosim``): ``case_model(acfg)``
+    compiles the engine's model and returns ``(run_case, adjust_rows)`` for :func:`run_engine_cosim`."""
+
+    def run(
+        acfg: AcceleratorConfig,
+        cases: list,
+        build_root: Path = DEFAULT_BUILD,
+        quiet: bool = False,
+        waves: str | None = None,
+    ) -> CosimReport:
+        run_case, adjust_rows = case_model(acfg)
+        return run_engine_cosim(eng, acfg, cases, run_case, build_root, quiet, waves, adjust_rows)
+
+    run.__name__ = run.__qualname__ = f"run_{eng}_cosim"
+    run.__doc__ = f"Every {eng.upper()} case through reference, model and RTL ({case_model.__doc__})"
+    return run
+
+
+def _tlmm_case_model(acfg: AcceleratorConfig):
+    """sim.tlmm_cases.TlmmCase: ternary matmul streams through sim/tlmm_model.py"""
     cfg = acfg.tlmm
 
     def run_case(c: TlmmCase) -> tuple[dict, dict, float]:
@@ -652,17 +666,11 @@ def run_tlmm_cosim(
         return arrays, {"name": c.name, "n": shape.n, "model_cycles": run.cycles}, seconds
 
     warm_up_model(cfg)
-    return run_engine_cosim("tlmm", acfg, cases, run_case, build_root, quiet, waves)
+    return run_case, None
 
 
-def run_gemm_cosim(
-    acfg: AcceleratorConfig,
-    cases: list,
-    build_root: Path = DEFAULT_BUILD,
-    quiet: bool = False,
-    waves: str | None = None,
-) -> CosimReport:
-    """Run every GEMM case (sim.gemm_cases.GemmCase) through reference, model and RTL."""
+def _gemm_case_model(acfg: AcceleratorConfig):
+    """sim.gemm_cases.GemmCase: a GEMM memory image through sim/gemm_model.py"""
     from hw.gemm_layout import build_gemm_image
     from sim.gemm_model import reference, run_gemm_image
 
@@ -696,19 +704,12 @@ def run_gemm_cosim(
 
     z = np.zeros((1, 1), np.int8)
     run_gemm_image(acfg, build_gemm_image(acfg, z, z))  # compile the kernel outside the timing
-    return run_engine_cosim("gemm", acfg, cases, run_case, build_root, quiet, waves)
+    return run_case, None
 
 
-def run_kv_cosim(
-    acfg: AcceleratorConfig,
-    cases: list,
-    build_root: Path = DEFAULT_BUILD,
-    quiet: bool = False,
-    waves: str | None = None,
-) -> CosimReport:
-    """Run every KV case (sim.kv_cases.KvCase) through the reference, the model and the RTL. The model's
-    decoded results must equal the reference's (checked here), its output beats and their cycles the
-    RTL's (checked in the bench)."""
+def _kv_case_model(acfg: AcceleratorConfig):
+    """sim.kv_cases.KvCase: commands through sim/kv_model.py; the model's decoded results must equal the
+    reference's (checked here), its output beats and their cycles the RTL's (checked in the bench)"""
     from models.resv import ClusterTable
     from sim.kv_model import encode_commands, run_kv
 
@@ -764,7 +765,12 @@ def run_kv_cosim(
             r["rtl_equals_model"] = r["rtl_equals_model"] and r.pop("beat_cycles_equal", False)
 
     run_kv(kv, *encode_commands(kv, [("reset",)]))  # compile the kernel outside the timing
-    return run_engine_cosim("kv", acfg, cases, run_case, build_root, quiet, waves, adjust_rows)
+    return run_case, adjust_rows
+
+
+run_tlmm_cosim = engine_cosim("tlmm", _tlmm_case_model)
+run_gemm_cosim = engine_cosim("gemm", _gemm_case_model)
+run_kv_cosim = engine_cosim("kv", _kv_case_model)
 
 
 # ---------------------------------------------------------------- top level
