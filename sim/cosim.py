@@ -799,6 +799,7 @@ class TopReport:
     )  # per step: (layer, op kind) of each command (sim/breakdown.py)
     artifacts: dict = field(default_factory=dict)  # "waves" / "log": files kept for debugging
     lm_head: str = "host_fp32"  # where the LM head ran (models/lm_head.py)
+    model: str = ""  # the checkpoint (or model) that was compiled
 
     @property
     def cycles_equal(self) -> bool:
@@ -824,6 +825,7 @@ class TopReport:
         return {
             "engine": "top",
             "config": self.config,
+            "model": self.model,
             "layers": self.layers,
             "lm_head": self.lm_head,
             "prompt": self.prompt,
@@ -965,6 +967,7 @@ def run_top_cosim(
             commands=kinds,
             labels=labels,
             lm_head=lm_head,
+            model=str(checkpoint),
         )
 
     return _simulate_top(

@@ -208,8 +208,9 @@ def print_top_summary(rep) -> None:
         table(
             ["commands", "count", "RTL cycles", "model cycles", "difference"],
             rows,
-            title=f"Top level: {j['layers']} decoder layer(s) of the tiny model, {len(rep.rtl_tokens)} greedy "
-            f"token(s) — config {rep.config['name']} ({rep.config['source']})",
+            title=f"Top level: {j['layers']} decoder layer(s) of {rep.model or 'the model'}, "
+            f"{len(rep.rtl_tokens)} greedy token(s), LM head {rep.lm_head} — config {rep.config['name']} "
+            f"({rep.config['source']})",
         )
     )
     print()
