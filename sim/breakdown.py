@@ -43,6 +43,8 @@ def op_kind(engine: str, op: str, host_kind: str | None = None) -> str:
         return f"HOST {host_kind}"
     parts = [p for p in op.split(".") if not p.isdigit()]
     what = re.sub(r"\d+$", "", parts[-1]) if parts else op
+    if what == "gemm" and len(parts) > 1:  # an int8 linear's GEMM (the acc_int8 LM head, W8A8): its module
+        what = re.sub(r"\d+$", "", parts[-2])
     return f"{engine} {what}"
 
 

@@ -39,6 +39,7 @@ def test_labels_and_kinds():
     assert layer_of("lm_head") == "lm_head"
     assert op_kind("GEMM", "layers.0.attn.pv1.2") == "GEMM pv"
     assert op_kind("GEMM", "layers.0.attn.qk3") == "GEMM qk"
+    assert op_kind("GEMM", "lm_head.gemm0") == "GEMM lm_head"
     assert op_kind("TLMM", "layers.0.ffn.down_proj") == "TLMM down_proj"
     assert op_kind("HOST", "layers.0.attn.softmax", "attn_softmax") == "HOST attn_softmax"
 
@@ -46,7 +47,8 @@ def test_labels_and_kinds():
 def test_command_labels_of_a_program(acfg):
     from tritium.estimate import _compiled
 
-    prog = _compiled("tiny", acfg).program(PROMPT, 0, logits="last")
+    # the LM head on the host (kv260's own placement, acc_int8, labels it "GEMM gemm" in layer lm_head)
+    prog = _compiled("tiny", acfg, "host_fp32").program(PROMPT, 0, logits="last")
     labels = command_labels(prog)
     assert len(labels) == len(prog.commands())
     layers = {layer for layer, _ in labels}
