@@ -889,7 +889,6 @@ def run_top_cosim(
     import torch
 
     from compiler import compile_model, load_model
-    from hw.isa import GemmCommand, HostCommand
     from models.lm import generate
     from sim.runtime import Runtime
     from sim.top_model import program_cycles
@@ -906,13 +905,7 @@ def run_top_cosim(
     cm = compile_model(model, acfg, lm_head=lm_head)
     progs = [cm.program(len(prompt), 0, logits="last")]
     progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
-    kinds = [
-        [
-            "host" if isinstance(c, HostCommand) else "gemm" if isinstance(c, GemmCommand) else "tlmm"
-            for c in p.commands()
-        ]
-        for p in progs
-    ]
+    kinds = [command_kinds(p) for p in progs]
     model_cycles = [program_cycles(p) for p in progs]
     from sim.breakdown import command_labels
 
