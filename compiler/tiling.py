@@ -38,6 +38,8 @@ __all__ = [
     "lm_head_weight_beats",
     "lm_head_gemms",
     "persistent_beats",
+    "RetrievalGeometry",
+    "retrieval_geometry",
 ]
 
 
@@ -279,3 +281,60 @@ def persistent_beats(
             slot_beats(x[1], bus_bytes) for x in kv_cache_tensors(geo, bus_bytes, max_seq, h, hkv, hd)
         )
     return total
+
+
+# ---- KV retrieval (docs/design.md, "KV retrieval in the loop") ---------------------------------------------
+
+
+class RetrievalGeometry(NamedTuple):
+    """Where retrieval's pages, tables and lists sit for one model on one config (per layer and group)."""
+
+    group: int  # KV heads per stream (= attention_group)
+    streams_per_layer: int  # attention groups per layer
+    dim: int  # values per stream key / query (group · head_dim) = kv.dim
+    queries: int  # query rows per stream and step (n_heads / n_kv_heads)
+    page: int  # P: keys per page = kv.max_cluster_size
+    page_tile: int  # tile index of cluster 0's page (= token-major tiles)
+    cap: int  # keys of the extended K/V cache
+    table_row_bytes: int  # one cluster's signature + count + int16 key sums
+    list_entries: int  # capacity of a stream's tile list (tile 0, 2 window tiles, every cluster)
+
+
+def retrieval_geometry(acfg, n_heads: int, n_kv_heads: int, head_dim: int, max_seq: int) -> RetrievalGeometry:
+    """Check a model against the KV engine and the retrieval policy (``system.attention = resv``); one-line
+    ValueError naming the config field otherwise."""
+    kv, sysc, geo = acfg.kv, acfg.system, acfg.gemm_geometry
+    g = attention_group(geo, n_heads, n_kv_heads, head_dim)
+    dim = g * head_dim
+    p = kv.max_cluster_size
+    if kv.dim != dim:
+        raise ValueError(
+            f"kv.dim={kv.dim}: retrieval streams are attention groups of {g} KV head(s) × head_dim {head_dim}, "
+            f"so kv.dim must be {dim}"
+        )
+    if p % geo.cols or p % geo.k_tile:
+        raise ValueError(
+            f"kv.max_cluster_size={p}: a page must be whole GEMM tiles, a multiple of gemm.cols ({geo.cols}) "
+            f"and gemm.k_tile ({geo.k_tile})"
+        )
+    for name, v in (("kv_sinks", sysc.kv_sinks), ("kv_window", sysc.kv_window)):
+        if v > p:
+            raise ValueError(f"system.{name}={v}: at most one page, kv.max_cluster_size ({p})")
+    if kv.max_clusters * p < max_seq - sysc.kv_sinks:
+        raise ValueError(
+            f"kv.max_clusters={kv.max_clusters}: {kv.max_clusters} pages of {p} keys hold fewer than the "
+            f"{max_seq - sysc.kv_sinks} tokens a sequence of max_seq {max_seq} inserts (keys would be dropped)"
+        )
+    tiles = ceil_div(max_seq, p)
+    row = ceil_div(kv.hyperplanes, 8) + 1 + 2 * dim
+    return RetrievalGeometry(
+        g,
+        n_kv_heads // g,
+        dim,
+        n_heads // n_kv_heads,
+        p,
+        tiles,
+        (tiles + kv.max_clusters) * p,
+        row,
+        3 + kv.max_clusters,
+    )

@@ -555,6 +555,8 @@ def _check_gemm_bus(acfg: "AcceleratorConfig") -> "AcceleratorConfig":
 
 
 LmHead = Literal["host_fp32", "host_fp16", "acc_int8"]
+Attention = Literal["dense", "resv"]
+KvTables = Literal["dram", "onchip"]
 """Where and in which precision the LM head runs (definitions in models/lm_head.py)."""
 
 
@@ -573,6 +575,38 @@ class SystemConfig:
             "(GEMM engine, int8 weights per row, int8 activations; host dequantizes)"
         ),
     ] = "host_fp32"
+    attention: Annotated[
+        Attention,
+        _doc(
+            "decode attention: `dense` (every token) or `resv` (sinks + recent window + the clusters the KV "
+            "engine selects, from `kv_min_context` tokens on; docs/design.md, 'KV retrieval in the loop')"
+        ),
+    ] = "dense"
+    kv_sinks: Annotated[int, _int(0, 256, "resv: first tokens always attended (≤ kv.max_cluster_size)")] = 4
+    kv_window: Annotated[
+        int,
+        _int(
+            1, 256, "resv: most recent tokens always attended, the new one included (≤ kv.max_cluster_size)"
+        ),
+    ] = 64
+    kv_min_context: Annotated[
+        int, _int(1, 1 << 20, "resv: context (tokens attended) from which retrieval replaces dense attention")
+    ] = 512
+    kv_tables: Annotated[
+        KvTables,
+        _doc(
+            "resv: cluster tables in `dram` (streamed in and written back per step) or `onchip` (engine RAM)"
+        ),
+    ] = "dram"
+    kv_selected_share: Annotated[
+        float,
+        _num(
+            0.0,
+            1.0,
+            "resv, estimate only: share of the table's clusters a step selects (an assumption until traces at "
+            "long context exist; 0.265 = ReSV's retrieved fraction on the tiny model at 256 tokens)",
+        ),
+    ] = 0.265
 
 
 @dataclass(frozen=True)

@@ -1,4 +1,4 @@
-"""Engine command encoding (ARCHITECTURE.md contract 2), version 4.
+"""Engine command encoding (ARCHITECTURE.md contract 2), version 5.
 
 A command is one or more 64-bit little-endian words; the opcode (bits 7:0 of the first word) says how many.
 The RTL engines receive their *engine fields* on their ``cmd`` stream (same names, same widths, in the order
@@ -45,13 +45,39 @@ word:bits  field         meaning
                          cache sized for max_seq), A loaded once per row tile and column tile
 =========  ============  ==================================================================
 
+KVR (opcode 5), three words: one KV retrieval step of one stream (a layer's attention group; docs/design.md,
+"KV retrieval in the loop"): the queries first, then the inserts; writes the stream's list block at
+``list_base`` (header, tile entries, insert results).
+
+=========  ============  ==================================================================
+word:bits  field         meaning
+=========  ============  ==================================================================
+0:7:0      opcode        5 = KVR
+0:15:8     inserts       keys inserted after the queries (0..255)
+0:19:16    queries       query rows (0..15; 0 = insert only)
+0:21:20    win_tiles     window tiles after tile 0 put in the list (0..2)
+0:31:22    -             reserved, must be 0
+0:47:32    table         stream index (on-chip tables: the table slot)
+0:63:48    win_tile      first window tile (token-major tile index)
+1:31:0     vec_base      key rows then query rows (int8, each ceil(dim/bus_bytes) beats)
+1:63:32    list_base     the stream's list block (written)
+2:31:0     tab_base      the stream's table in DRAM (0 with on-chip tables)
+2:47:32    page_tile     tile index of cluster 0's page
+2:63:48    -             reserved, must be 0
+=========  ============  ==================================================================
+
+GEMM_LIST (opcode 6), four words: words 0-2 exactly as GEMM (opcode 2, with opcode 6), word 3 ``list_base``
+(31:0) and ``mode`` (33:32: 1 = B column tiles through the list (Q·Kᵀ), 2 = B k-tiles through the list
+(P·V)); the list's entry count replaces ``n_tiles`` (mode 1) or ``k_tiles`` (mode 2), which hold its capacity.
+
 Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addresses (words 1-2) and HOST;
-4 adds the GEMM ``b_stride``.
+4 adds the GEMM ``b_stride``; 5 adds KVR (opcode 5) and GEMM_LIST (opcode 6) (opcode 4 is SYNC's, another
+change of version 5).
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import ClassVar
 
 __all__ = [
@@ -59,6 +85,12 @@ __all__ = [
     "OP_TLMM",
     "OP_GEMM",
     "OP_HOST",
+    "OP_KVR",
+    "OP_GEMM_LIST",
+    "KVR_FIELDS",
+    "GEMM_LIST_FIELDS",
+    "KvrCommand",
+    "GemmListCommand",
     "TLMM_FIELDS",
     "GEMM_FIELDS",
     "HOST_FIELDS",
@@ -73,10 +105,12 @@ __all__ = [
     "command_words",
 ]
 
-ISA_VERSION = 4
+ISA_VERSION = 5
 OP_TLMM = 1
 OP_GEMM = 2
 OP_HOST = 3
+OP_KVR = 5
+OP_GEMM_LIST = 6
 
 # (name, word, lsb, width) for every field; fields named "-" do not exist (reserved zeros)
 TLMM_FIELDS = (
@@ -101,10 +135,33 @@ GEMM_FIELDS = (
     ("b_stride", 2, 32, 32),
 )
 HOST_FIELDS = (("opcode", 0, 0, 8), ("op", 0, 16, 16))
-_WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1}
-_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
+KVR_FIELDS = (
+    ("opcode", 0, 0, 8),
+    ("inserts", 0, 8, 8),
+    ("queries", 0, 16, 4),
+    ("win_tiles", 0, 20, 2),
+    ("table", 0, 32, 16),
+    ("win_tile", 0, 48, 16),
+    ("vec_base", 1, 0, 32),
+    ("list_base", 1, 32, 32),
+    ("tab_base", 2, 0, 32),
+    ("page_tile", 2, 32, 16),
+)
+GEMM_LIST_FIELDS = GEMM_FIELDS + (("list_base", 3, 0, 32), ("mode", 3, 32, 2))
+_WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1, OP_KVR: 3, OP_GEMM_LIST: 4}
+_FIELDS = {
+    OP_TLMM: TLMM_FIELDS,
+    OP_GEMM: GEMM_FIELDS,
+    OP_HOST: HOST_FIELDS,
+    OP_KVR: KVR_FIELDS,
+    OP_GEMM_LIST: GEMM_LIST_FIELDS,
+}
 # fields the top level consumes (DMA addresses) rather than the engine
-_DMA_ONLY = {OP_TLMM: {"act_base", "wgt_base", "res_base"}}
+_DMA_ONLY = {
+    OP_TLMM: {"act_base", "wgt_base", "res_base"},
+    OP_KVR: {"vec_base", "list_base", "tab_base"},
+    OP_GEMM_LIST: {"list_base"},
+}
 
 
 def command_words(opcode: int) -> int:
@@ -221,8 +278,63 @@ class GemmCommand(_Encoded):
         return (self.n_tiles - 1) * self.b_stride + self.k_tiles * b_beats
 
 
-Command = TlmmCommand | GemmCommand | HostCommand
-_COMMANDS = {OP_TLMM: TlmmCommand, OP_GEMM: GemmCommand, OP_HOST: HostCommand}
+@dataclass(frozen=True)
+class GemmListCommand(GemmCommand):
+    """A GEMM whose B column tiles (``mode`` 1) or k-tiles (``mode`` 2) come from a tile list at ``list_base``
+    (written by a KVR command); ``n_tiles`` / ``k_tiles`` hold the list's capacity."""
+
+    OPCODE: ClassVar[int] = OP_GEMM_LIST
+    list_base: int = 0
+    mode: int = 1
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _check_range("GEMM_LIST", "list_base", self.list_base, 0, (1 << 32) - 1)
+        _check_range("GEMM_LIST", "mode", self.mode, 1, 2)
+
+    def with_count(self, n: int) -> GemmCommand:
+        """The opcode-2 GEMM this command runs when its list holds ``n`` entries (timing and shape)."""
+        _check_range("GEMM_LIST", "list entries", n, 1, self.n_tiles if self.mode == 1 else self.k_tiles)
+        tiles = {"n_tiles": n} if self.mode == 1 else {"k_tiles": n}
+        f = {x.name: getattr(self, x.name) for x in fields(GemmCommand)} | tiles
+        return GemmCommand(**f)
+
+
+@dataclass(frozen=True)
+class KvrCommand(_Encoded):
+    """One KV retrieval step of one stream (docs/design.md, "KV retrieval in the loop")."""
+
+    OPCODE: ClassVar[int] = OP_KVR
+    table: int
+    inserts: int = 0
+    queries: int = 0
+    win_tiles: int = 0
+    win_tile: int = 0
+    vec_base: int = 0
+    list_base: int = 0
+    tab_base: int = 0
+    page_tile: int = 0
+
+    def __post_init__(self) -> None:
+        _check_range("KVR", "inserts", self.inserts, 0, 255)
+        _check_range("KVR", "queries", self.queries, 0, 15)
+        _check_range("KVR", "win_tiles", self.win_tiles, 0, 2)
+        for name in ("table", "win_tile", "page_tile"):
+            _check_range("KVR", name, getattr(self, name), 0, (1 << 16) - 1)
+        for name in ("vec_base", "list_base", "tab_base"):
+            _check_range("KVR", name, getattr(self, name), 0, (1 << 32) - 1)
+        if self.inserts == 0 and self.queries == 0:
+            raise ValueError("KVR command: inserts=0 and queries=0 (it would do nothing)")
+
+
+Command = TlmmCommand | GemmCommand | HostCommand | KvrCommand
+_COMMANDS = {
+    OP_TLMM: TlmmCommand,
+    OP_GEMM: GemmCommand,
+    OP_HOST: HostCommand,
+    OP_KVR: KvrCommand,
+    OP_GEMM_LIST: GemmListCommand,
+}
 
 
 def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
@@ -247,7 +359,7 @@ def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
     del f["opcode"]
     if op == OP_TLMM:
         f["tokens"] = f.pop("tokens_minus_one") + 1
-    if op == OP_GEMM:
+    if op in (OP_GEMM, OP_GEMM_LIST):
         f["requant"] = bool(f["requant"])
     return _COMMANDS[op](**f), n
 

@@ -62,7 +62,15 @@ from pathlib import Path
 import numpy as np
 
 from hw.config import AcceleratorConfig, LmHead, TlmmConfig, config_from_dict
-from hw.isa import ISA_VERSION, GemmCommand, HostCommand, TlmmCommand, decode_program
+from hw.isa import (
+    ISA_VERSION,
+    GemmCommand,
+    GemmListCommand,
+    HostCommand,
+    KvrCommand,
+    TlmmCommand,
+    decode_program,
+)
 
 __all__ = [
     "PROGRAM_VERSION",
@@ -80,7 +88,8 @@ __all__ = [
 ]
 
 PROGRAM_VERSION = (
-    3  # 2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache
+    4  # 2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache;
+    # 4: ISA 5 (KVR and GEMM_LIST encodings; no executor runs them yet, so a Program holding one is refused)
 )
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "float16", "int32", "int8", "uint8")
@@ -448,6 +457,11 @@ class Program:
         n_ops = len(self.host_ops)
         t = acfg.tlmm
         for i, c in enumerate(cmds):
+            if isinstance(c, (KvrCommand, GemmListCommand)):
+                raise ProgramError(
+                    f"{source}: command {i}: opcode {c.OPCODE} (KV retrieval) is encoded (ISA {ISA_VERSION}) but "
+                    "not executed by this build yet (docs/design.md, 'KV retrieval in the loop')"
+                )
             if isinstance(c, HostCommand) and c.op >= n_ops:
                 raise ProgramError(f"{source}: HOST command refers to op {c.op}; the table has {n_ops}")
             if isinstance(c, TlmmCommand):

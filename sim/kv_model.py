@@ -34,7 +34,17 @@ from hw.kv_numerics import (
     reciprocal,
 )
 
-__all__ = ["KvRun", "EVENT_NAMES", "run_commands", "run_kv", "kv_energy_j", "encode_commands"]
+__all__ = [
+    "KvRun",
+    "EVENT_NAMES",
+    "run_commands",
+    "run_kv",
+    "kv_energy_j",
+    "encode_commands",
+    "insert_cycles",
+    "query_cycles",
+    "kvr_cost",
+]
 
 (
     S_IDLE,
@@ -490,3 +500,75 @@ def kv_energy_j(acfg: AcceleratorConfig, events: dict) -> float:
         + (events["links"] + events["walk_steps"]) * 4 * pj["sram_byte"]
     )
     return e * 1e-12
+
+
+def insert_cycles(kv: KvConfig, n: int) -> int:
+    """Unstalled cycles of one INSERT with ``n`` clusters in the table (docs/design.md, KV engine table)."""
+    return 1 + kv.beats + (max(1, -(-n // kv.lanes)) + 2) + 1 + kv.beats + 1
+
+
+def query_cycles(kv: KvConfig, n: int, k: int) -> int:
+    """Unstalled cycles of one QUERY with ``n`` clusters, ``k`` of them selected."""
+    if n == 0:
+        return 1 + kv.beats + 1 + 2 + 1
+    return 1 + kv.beats + (n * kv.beats + 5) + 2 + (n + 2) + 1 + k + 1
+
+
+def kvr_cost(
+    kv: KvConfig,
+    mem,
+    n: int,
+    selected: list[int],
+    inserts: int,
+    row_bytes: int,
+    list_entries: int,
+    tables_in_dram: bool = True,
+) -> dict:
+    """MODELED closed-form cost of one KVR command (ISA opcode 5; docs/design.md, "KV retrieval in the
+    loop"): ``len(selected)`` queries (``selected[i]`` clusters each) on a table of ``n`` clusters, then
+    ``inserts`` keys (the table grows by at most one cluster per insert, up to ``kv.max_clusters``).
+
+    Cycles: 4 (fetch and dispatch) + ``memory.latency`` (first vector / table beat) + max(the engine's
+    unstalled schedule, the beats it reads) + the beats it writes. The engine's key-sum stream is the
+    table's int16 sums at ``kv.lanes`` per SCORE cycle, so with ``2·lanes ≤ bus_bytes`` a table in DRAM
+    streams no slower than it is scored. Reads: the key and query rows (``ceil(dim/bus)`` beats each), the
+    table (``dram``: n rows); writes: one table row per insert (``dram``), the list block (16-byte header,
+    ``list_entries`` entries written, one word per insert). Events as :data:`EVENT_NAMES` for
+    :func:`kv_energy_j`. Not co-simulated: no RTL runs opcode 5 yet."""
+    w, iv = mem.bus_bytes, mem.beat_interval
+    row_beats = -(-kv.dim // w)
+    ev = dict.fromkeys(EVENT_NAMES, 0)
+    comp = 0
+    for k in selected:
+        comp += query_cycles(kv, n, k)
+        ev["vec_beats"] += kv.beats
+        ev["score_macs"] += n * kv.dim
+        ev["score_scales"] += n
+        ev["links"] += n
+        ev["walk_steps"] += k
+        ev["out_beats"] += k + 1
+        ev["queries"] += 1
+    m = n
+    for _ in range(inserts):
+        comp += insert_cycles(kv, m)
+        ev["vec_beats"] += kv.beats
+        ev["proj_adds"] += kv.hyperplanes * kv.dim
+        ev["sig_compares"] += m
+        ev["sum_lane_updates"] += kv.dim
+        ev["out_beats"] += 1
+        ev["inserts"] += 1
+        m = min(kv.max_clusters, m + 1)
+    read_beats = (len(selected) + inserts) * row_beats
+    write_bytes = 16 + 4 * list_entries + 4 * inserts
+    if tables_in_dram:
+        read_beats += -(-n * row_bytes // w)
+        write_bytes += inserts * -(-row_bytes // w) * w
+    write_beats = -(-write_bytes // w)
+    cycles = 4 + mem.latency + max(comp, read_beats * iv) + write_beats * iv
+    return {
+        "cycles": cycles,
+        "compute_cycles": comp,
+        "read_bytes": read_beats * w,
+        "write_bytes": write_beats * w,
+        "events": ev,
+    }

@@ -544,6 +544,7 @@ def cmd_estimate(args) -> int:
             cache=cache,
             breakdown=args.breakdown,
             lm_head=args.lm_head,
+            attention=args.attention,
         )
         plots = (
             [
@@ -868,6 +869,14 @@ def build_parser() -> argparse.ArgumentParser:
         "$XDG_CACHE_HOME/tritium or ~/.cache/tritium)",
     )
     es.add_argument("--lm-head", **_LM_HEAD_ARG)
+    es.add_argument(
+        "--attention",
+        choices=["dense", "resv"],
+        default=None,
+        help="decode attention: dense, or resv (KV retrieval: sinks + window + the clusters the KV engine "
+        "selects, from system.kv_min_context on; docs/design.md, 'KV retrieval in the loop'); default: the "
+        "config's system.attention",
+    )
     es.add_argument("--json", action="store_true", help="print JSON (no progress bar)")
     es.set_defaults(func=cmd_estimate)
 

@@ -141,7 +141,7 @@ class StepCost:
         for d in self.ADDITIVE:
             dst = getattr(self, d)
             for k, v in getattr(other, d).items():
-                dst[k] += times * v
+                dst[k] = dst.get(k, 0) + times * v
 
     @property
     def energy_total_j(self) -> float:
@@ -156,6 +156,7 @@ class StepCost:
             "tlmm memory": "memory (TLMM weight streaming)",
             "gemm": "GEMM (attention; the LM head with lm_head=acc_int8)",
             "host": "host",
+            "kv": "KV retrieval",
         }[k]
 
 
@@ -332,9 +333,13 @@ def estimate(
     cache=None,
     breakdown: bool = False,
     lm_head: str | None = None,
+    attention: str | None = None,
 ) -> dict:
     """Prefill of ``prompt`` tokens (TTFT) and one decode step attending to ``context`` tokens. Left out,
-    they default to 64 and 1024 tokens, each capped at the model's ``max_seq``.
+    they default to 64 and 1024 tokens, each capped at the model's ``max_seq``. ``attention``: ``dense`` or
+    ``resv`` (None: the config's ``system.attention``); ``resv`` costs the decode step with KV retrieval
+    (:mod:`tritium.retrieval`; docs/design.md, "KV retrieval in the loop") and adds ``retrieval`` to the
+    result.
 
     ``cache``: a :class:`compiler.cache.ProgramCache` to take the step Programs from (and store them in);
     None compiles in this process (memoized per process). ``breakdown``: also the per-layer and per-op-kind
@@ -346,9 +351,15 @@ def estimate(
     from sim.progress import progress
 
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
+    attention = acfg.system.attention if attention is None else attention
     src = ProgramSource(
         model_spec, acfg, lambda: _compiled(model_spec, acfg, lm_head), cache, {"lm_head": lm_head}
     )
+    rgeo = None
+    if attention == "resv":
+        from tritium.retrieval import model_geometry
+
+        rgeo, n_layers = model_geometry(acfg, model_spec)
     with progress(total=5, desc="estimate", unit="step") as bar:
         bar.stage("model (compiles on a cache miss)")
         max_seq = src.max_seq()
@@ -360,25 +371,120 @@ def estimate(
         if not 1 <= context <= max_seq:
             raise ValueError(f"--context: {context} must be in 1..{max_seq} (the model's max_seq)")
         energy = load_energy(acfg.device.family)
-        costs, recs = [], []
-        for label, (tokens, pos) in (("prefill", (prompt, 0)), ("decode", (1, context - 1))):
+        plan = None
+        if rgeo is not None:
+            from tritium.retrieval import plan_decode
+
+            plan = plan_decode(acfg, rgeo, context, max_seq)
+        dec_pos = context - 1 if plan is None else plan.l_eff - 1
+        costs, recs, parts = [], [], []
+        for label, (tokens, pos) in (("prefill", (prompt, 0)), ("decode", (1, dec_pos))):
             bar.stage(f"{label} Program")
             prog = src.program(tokens, pos, logits="last")
             bar.update()
             bar.stage(f"cost {label}")
             rec: list | None = [] if breakdown else None
-            costs.append(cost_program(prog, acfg, energy, records=rec))
+            cost = cost_program(prog, acfg, energy, records=rec)
             if breakdown:
-                recs.append(_label_records(prog, rec))
+                _label_records(prog, rec)
+            if rgeo is not None:
+                from tritium.retrieval import retrieval_step_cost
+
+                extra, part = retrieval_step_cost(
+                    acfg, rgeo, n_layers, energy, tokens, plan if label == "decode" else None, rec
+                )
+                cost.add(extra)
+                parts.append(part)
+            costs.append(cost)
+            if breakdown:
+                recs.append(rec)
             bar.update()
     pre, dec = costs
     r = summarize(model_spec, acfg, prompt, context, pre, dec, energy, lm_head)
+    r["attention"] = attention
+    if rgeo is not None:
+        r["retrieval"] = _retrieval_report(acfg, rgeo, n_layers, plan, context, parts, pre, dec)
+        r["assumptions"].append(_share_assumption(acfg))
     if breakdown:
         r["breakdown"] = {
             label: breakdown_of(rec, cost, acfg)
             for label, rec, cost in zip(("prefill", "decode"), recs, costs, strict=True)
         }
     return r
+
+
+def _retrieval_report(acfg, geo, layers, plan, context, parts, pre, dec) -> dict:
+    """The ``retrieval`` block of a ``resv`` estimate: the plan, what retrieval costs per token and what
+    KV it reads against dense attention at the same context."""
+    f = acfg.clock_mhz * 1e6
+    streams = layers * geo.streams_per_layer
+    C, TK = acfg.gemm.cols, acfg.gemm.k_tile
+    dense_keys = (-(-context // C) * C, -(-context // TK) * TK)
+    dense_kv = streams * geo.dim * sum(dense_keys)
+    read_kv = streams * geo.dim * 2 * plan.tiles * geo.page if plan.active else dense_kv
+    table_bytes = streams * acfg.kv.max_clusters * geo.table_row_bytes
+    return {
+        "modeled": True,
+        "plan": plan.to_dict(),
+        "streams": streams,
+        "stream_dim": geo.dim,
+        "page_keys": geo.page,
+        "tables": acfg.system.kv_tables,
+        "table_bytes_total": table_bytes,
+        "selected_share": acfg.system.kv_selected_share,
+        "kv_cycles_per_token": dec.engine_cycles.get("kv", 0),
+        "kv_seconds_per_token": dec.engine_cycles.get("kv", 0) / f,
+        "kv_energy_j_per_token": dec.energy_j.get("kv", 0.0),
+        "kv_bytes_read_per_token": read_kv,
+        "kv_bytes_dense_per_token": dense_kv,
+        "kv_read_fraction": read_kv / dense_kv,
+        "decode_parts": parts[1],
+        "prefill_parts": parts[0],
+        "prefill_kv_cycles": pre.engine_cycles.get("kv", 0),
+    }
+
+
+def _retrieval_rows(r: dict) -> list:
+    """Rows of the text report for a ``resv`` estimate."""
+    x = r.get("retrieval")
+    if x is None:
+        return []
+    p = x["plan"]
+    if not p["active"]:
+        return [
+            [
+                "KV retrieval (resv)",
+                f"dense below {p['context']} < kv_min_context",
+                f"inserts only: {x['kv_seconds_per_token'] * 1e3:.3g} ms/token of KVR",
+            ]
+        ]
+    return [
+        [
+            "KV retrieval (resv)",
+            f"{p['tiles']} tiles of {x['page_keys']} keys per stream ({x['kv_read_fraction']:.0%} of dense KV bytes)",
+            f"{p['selected']} of {p['clusters']} clusters (selected share {x['selected_share']:g}: assumption)",
+        ],
+        [
+            "KVR cost per token",
+            f"{x['kv_seconds_per_token'] * 1e3:.3g} ms, {x['kv_energy_j_per_token'] * 1e3:.3g} mJ engine",
+            f"{x['streams']} streams, tables in {x['tables']} ({x['table_bytes_total'] / 2**20:.3g} MiB)",
+        ],
+    ]
+
+
+def _share_assumption(acfg) -> dict:
+    from tritium.retrieval import SHARE_RANGE
+
+    return {
+        "name": "system.kv_selected_share",
+        "value": acfg.system.kv_selected_share,
+        "unit": "share of the table's clusters a decode step reads",
+        "source": "assumption: ReSV's retrieved fraction on the tiny model's traces at 256 tokens (0.265 at "
+        "alpha 0.3, docs/results.md); no traces at long context yet",
+        "file": acfg.source,
+        "range": list(SHARE_RANGE),
+        "kind": "assumption",
+    }
 
 
 def _label_records(prog: Program, records: list) -> list:
@@ -656,7 +762,7 @@ def format_estimate(r: dict) -> str:
     out = [
         table(
             ["figure (modeled)", "value", "note"],
-            rows,
+            rows + _retrieval_rows(r),
             title=f"{r['model']} on {r['config']} — {r['device']}, {r['clock_mhz']:g} MHz, "
             f"prompt {r['prompt']}, context {r['context']}, LM head {r.get('lm_head', 'host_fp32')} "
             "(every figure modeled)",

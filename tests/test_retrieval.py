@@ -1,0 +1,206 @@
+"""KV retrieval in the loop (docs/design.md, "KV retrieval in the loop"): the KVR and GEMM_LIST encodings,
+the KV engine's closed-form schedule against the stepped model, the retrieval geometry checks and the
+estimate that charges retrieval (tritium/retrieval.py)."""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+from conftest import assert_one_line_error, run_cli
+
+from compiler.tiling import retrieval_geometry
+from hw import isa
+from hw.config import config_from_dict, load_config
+from sim.kv_model import insert_cycles, kvr_cost, query_cycles, run_commands
+
+
+# ---------------------------------------------------------------- encodings
+def test_kvr_and_gemm_list_round_trip():
+    k = isa.KvrCommand(
+        table=191,
+        inserts=255,
+        queries=15,
+        win_tiles=2,
+        win_tile=31,
+        vec_base=7,
+        list_base=1 << 31,
+        tab_base=(1 << 32) - 1,
+        page_tile=32,
+    )
+    g = isa.GemmListCommand(1, 3, 35, a_base=1, b_base=2, c_base=3, b_stride=4, list_base=5, mode=2)
+    words = isa.encode_program([k, g, isa.HostCommand(9)])
+    assert len(words) == 3 + 4 + 1
+    assert words[0] & 0xFF == isa.OP_KVR and words[3] & 0xFF == isa.OP_GEMM_LIST
+    assert isa.decode_program(words) == [k, g, isa.HostCommand(9)]
+    # the list's count replaces k_tiles (mode 2) or n_tiles (mode 1); the field is the capacity
+    assert g.with_count(7) == isa.GemmCommand(1, 3, 7, a_base=1, b_base=2, c_base=3, b_stride=4)
+    with pytest.raises(ValueError, match="list entries=36 outside 1..35"):
+        g.with_count(36)
+    assert dict(isa.payload_fields(isa.OP_KVR)) == {
+        "inserts": 8,
+        "queries": 4,
+        "win_tiles": 2,
+        "table": 16,
+        "win_tile": 16,
+        "page_tile": 16,
+    }
+
+
+@pytest.mark.parametrize(
+    ("word", "bit"),
+    [(0, 22), (0, 31), (2, 48), (2, 63)],  # KVR reserved bits
+)
+def test_kvr_reserved_bits_rejected(word, bit):
+    w = isa.KvrCommand(table=1, queries=1).words()
+    w[word] |= 1 << bit
+    with pytest.raises(ValueError, match=f"word {word}.*reserved bits must be 0"):
+        isa.decode(w)
+
+
+def test_gemm_list_mode_and_reserved_bits():
+    w = isa.GemmListCommand(1, 1, 1, list_base=3, mode=1).words()
+    bad = list(w)
+    bad[3] |= 1 << 40
+    with pytest.raises(ValueError, match="word 3.*reserved"):
+        isa.decode(bad)
+    zero_mode = list(w)
+    zero_mode[3] &= ~(3 << 32)
+    with pytest.raises(ValueError, match="mode=0 outside 1..2"):
+        isa.decode(zero_mode)
+    with pytest.raises(ValueError, match="would do nothing"):
+        isa.KvrCommand(table=0)
+    with pytest.raises(ValueError, match="win_tiles=3 outside 0..2"):
+        isa.KvrCommand(table=0, queries=1, win_tiles=3)
+
+
+# ---------------------------------------------------------------- the engine's schedule
+@pytest.mark.parametrize("config", ["configs/default.yaml", "configs/kv-small.yaml"])
+def test_closed_form_schedule_equals_stepped_model(repo, config):
+    """insert_cycles / query_cycles (what the estimate charges) = the stepped model's command lengths."""
+    kv = load_config(repo / config).kv
+    rng = np.random.default_rng(5)
+    cmds = []
+    for i in range(3 * kv.max_clusters):
+        cmds.append(("insert", rng.integers(-128, 128, kv.dim)))
+        if i % 5 == 4:
+            cmds.append(("query", rng.integers(-128, 128, kv.dim)))
+    run = run_commands(kv, cmds)
+    n, prev, checked = 0, -1, 0
+    for c, res, end in zip(cmds, run.results, run.command_cycles, strict=True):
+        took = end - prev  # the command is offered the cycle after the previous one's last output
+        if c[0] == "insert":
+            assert took == insert_cycles(kv, n), (n, took)
+            n += res[1]
+        else:
+            assert took == query_cycles(kv, n, len(res)), (n, took)
+            checked += 1
+        prev = end
+    assert checked >= 3 and n > 1
+
+
+def test_kvr_cost_counts_bytes_and_cycles(repo):
+    acfg = load_config(repo / "configs" / "kv260.yaml")
+    kv, mem = acfg.kv, acfg.memory
+    row = 4 + 1 + 2 * kv.dim
+    d = kvr_cost(kv, mem, 32, [9], 1, row, 11, tables_in_dram=True)
+    o = kvr_cost(kv, mem, 32, [9], 1, row, 11, tables_in_dram=False)
+    assert d["compute_cycles"] == o["compute_cycles"] == query_cycles(kv, 32, 9) + insert_cycles(kv, 32)
+    assert d["read_bytes"] - o["read_bytes"] == math.ceil(32 * row / 64) * 64  # the whole table
+    assert d["write_bytes"] - o["write_bytes"] == math.ceil(row / 64) * 64  # the inserted row
+    assert o["read_bytes"] == 2 * 3 * 64  # the key and the query: 192 bytes = 3 beats each
+    assert d["cycles"] >= mem.latency + d["compute_cycles"]
+    assert d["events"]["score_macs"] == 32 * kv.dim and d["events"]["inserts"] == 1
+
+
+# ---------------------------------------------------------------- geometry
+def _tiny_resv(**system):
+    base = load_config("configs/kv260.yaml").to_dict()
+    base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
+    base["system"].update(attention="resv", kv_min_context=64, **system)
+    return config_from_dict(base, "tiny-resv")
+
+
+def test_geometry_checks_name_the_field():
+    acfg = _tiny_resv()
+    geo = retrieval_geometry(acfg, 4, 2, 32, 256)
+    assert (geo.group, geo.dim, geo.queries, geo.page, geo.page_tile, geo.cap) == (1, 32, 2, 64, 4, 768)
+    with pytest.raises(ValueError, match="kv.dim must be 64"):
+        retrieval_geometry(acfg, 8, 4, 64, 256)
+    with pytest.raises(ValueError, match=r"kv.max_clusters=8: .* \(keys would be dropped\)"):
+        retrieval_geometry(acfg, 4, 2, 32, 1024)
+    with pytest.raises(ValueError, match="system.kv_window=100: at most one page"):
+        retrieval_geometry(_tiny_resv(kv_window=100), 4, 2, 32, 256)
+
+
+def test_plan_counts_tiles(repo):
+    from tritium.retrieval import plan_decode
+
+    acfg = load_config(repo / "configs" / "kv260.yaml")
+    geo = retrieval_geometry(acfg, 16, 16, 96, 2048)
+    p = plan_decode(acfg, geo, 2048, 2048)
+    # 2,043 keys inserted before the step: 32 clusters; 9 = ceil(0.265 · 32) selected; window 1984..2047 = tile 31
+    assert (p.active, p.clusters, p.selected, p.window_tiles, p.tiles, p.l_eff) == (True, 32, 9, 1, 11, 704)
+    assert not plan_decode(acfg, geo, 511, 2048).active  # below system.kv_min_context: dense
+    w = plan_decode(acfg, geo, 600, 2048)  # window 536..599 straddles tiles 8 and 9
+    assert w.window_tiles == 2
+    full = dataclasses.replace(acfg, system=dataclasses.replace(acfg.system, kv_selected_share=1.0))
+    f = plan_decode(full, geo, 2048, 2048)
+    assert f.selected == 32 and f.capped and f.l_eff == 2048
+
+
+# ---------------------------------------------------------------- the estimate
+@pytest.fixture(scope="module")
+def tiny_estimates():
+    from tritium.estimate import estimate
+
+    acfg = _tiny_resv()
+    out = {}
+    for ctx in (32, 256):
+        for att in ("dense", "resv"):
+            r = estimate("tiny", acfg, 8, ctx, breakdown=True, attention=att)
+            r.pop("_steps")
+            out[att, ctx] = r
+    return out
+
+
+def test_estimate_charges_retrieval(tiny_estimates):
+    dense, resv = tiny_estimates["dense", 256], tiny_estimates["resv", 256]
+    x = resv["retrieval"]
+    assert resv["attention"] == "resv" and "retrieval" not in dense
+    assert x["plan"]["active"] and x["kv_cycles_per_token"] > 0 and x["kv_energy_j_per_token"] > 0
+    # 4 layers × 2 streams of 32 values; 1 + 1 window tile + ceil(0.265 · 8 clusters) = 5 tiles of 64 keys,
+    # K and V: more than the 4 tiles of dense attention at 256 tokens, so retrieval does not pay here
+    assert x["plan"]["tiles"] == 5 and x["streams"] == 8
+    assert x["kv_bytes_read_per_token"] == 8 * 32 * 2 * 5 * 64
+    assert x["kv_bytes_dense_per_token"] == 8 * 32 * 2 * 256
+    assert resv["decode_s_per_token"] > dense["decode_s_per_token"]
+    assert resv["time_share"]["decode"]["kv"] > 0
+    # the breakdown's rows still add up to the step, retrieval's own rows included
+    b = resv["breakdown"]["decode"]
+    kinds = {r["name"] for r in b["by_op_kind"]}
+    assert {"KVR", "GEMM tile-list fetch", "HOST kv pages"} <= kinds
+    assert sum(r["time_s"] for r in b["by_layer"]) == pytest.approx(resv["decode_s_per_token"])
+    assert sum(r["dram_bytes"] for r in b["by_layer"]) == pytest.approx(resv["dram_bytes_per_token"])
+    assert any(
+        a["name"] == "system.kv_selected_share" and a["kind"] == "assumption" for a in resv["assumptions"]
+    )
+    # prefill inserts its tokens ≥ sinks into the tables: charged, never free
+    assert resv["ttft_s"] > dense["ttft_s"]
+
+
+def test_below_the_threshold_retrieval_only_adds(tiny_estimates):
+    """Below kv_min_context attention is dense; keeping the tables current costs, and nothing is saved."""
+    dense, resv = tiny_estimates["dense", 32], tiny_estimates["resv", 32]
+    assert not resv["retrieval"]["plan"]["active"]
+    assert resv["decode_s_per_token"] > dense["decode_s_per_token"]
+    assert resv["dram_bytes_per_token"] > dense["dram_bytes_per_token"]
+
+
+def test_bad_stream_dim_is_one_line(repo):
+    r = run_cli(
+        "estimate", "--model", "tiny", "--config", "configs/kv260.yaml", "--attention", "resv", expect=2
+    )
+    assert_one_line_error(r, "kv.dim=192", "must be 32")
