@@ -141,6 +141,7 @@ class KVCache:
         self.layers: list[tuple[torch.Tensor, ...] | None] = [None] * n_layers
         self.length = 0
         self.mode: str | None = None
+        self.retrieval = None  # int mode: a models.retrieval.RetrievalCache restricts decode attention
 
     def append(self, layer: int, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Concatenate new entries (along the sequence axis) to layer ``layer``; return the whole cache."""
@@ -192,8 +193,20 @@ class Attention(nn.Module):
             qq, sq = quantize_act(q)
             kq, sk = quantize_act(k)
             vq, sv = quantize_act(v)
+            kq_new = kq
             if cache is not None:
                 kq, sk, vq, sv = cache.append(layer, kq, sk, vq, sv)
+            retrieval = getattr(cache, "retrieval", None)
+            restricted = None
+            if retrieval is not None:  # KV retrieval in the loop (models/retrieval.py)
+                restricted = retrieval.attend(
+                    layer, qq, sq, kq, sk, vq, sv, kq_new, start + t - 1, rep, self.score_div
+                )
+            if restricted is not None:
+                out = restricted.transpose(1, 2).reshape(b, t, h * hd)
+                if self.sub_norm is not None:
+                    out = self.sub_norm(out, mode)
+                return self.o_proj(out, mode)
             if rep > 1:
                 kq, sk, vq, sv = (z.repeat_interleave(rep, dim=1) for z in (kq, sk, vq, sv))
             s = kq.shape[2]

@@ -44,6 +44,7 @@ __all__ = [
     "insert_cycles",
     "query_cycles",
     "kvr_cost",
+    "KvrExecutor",
 ]
 
 (
@@ -572,3 +573,61 @@ def kvr_cost(
         "write_bytes": write_beats * w,
         "events": ev,
     }
+
+
+class KvrExecutor:
+    """Runs KVR commands (ISA opcode 5; docs/design.md, "KV retrieval in the loop") on the stepped model
+    over a memory image: per stream, the keys inserted so far are the table's state (the engine is replayed
+    from RESET over them, then the command's queries and inserts run), and the command's list block
+    (:func:`models.retrieval.list_block`) is written at ``list_base``. ``run`` returns the engine cycles of the
+    command's own queries and inserts (the replay excluded; the memory side is not modeled here)."""
+
+    def __init__(self, kv: KvConfig, bus_bytes: int):
+        self.kv, self.w = kv, bus_bytes
+        self.keys: dict[int, list[np.ndarray]] = {}
+        self.assigned: dict[int, list[int]] = {}  # per stream, the cluster of each inserted key (−1 dropped)
+
+    def run(self, cmd, image: np.ndarray) -> int:
+        from models.retrieval import LIST_HEADER_WORDS, list_block, list_capacity
+
+        kv, w = self.kv, self.w
+        mem = image.reshape(-1)
+        rb = -(-kv.dim // w) * w
+        rows = [
+            mem[cmd.vec_base * w + i * rb : cmd.vec_base * w + i * rb + kv.dim].view(np.int8).copy()
+            for i in range(cmd.inserts + cmd.queries)
+        ]
+        keys, queries = rows[: cmd.inserts], rows[cmd.inserts :]
+        hist = self.keys.setdefault(cmd.table, [])
+        assigned = self.assigned.setdefault(cmd.table, [])
+        commands = (
+            [("insert", k) for k in hist] + [("query", q) for q in queries] + [("insert", k) for k in keys]
+        )
+        run = run_commands(kv, commands)
+        h = len(hist)
+        counts: dict[int, int] = {}
+        for c in assigned:
+            if c >= 0:
+                counts[c] = counts.get(c, 0) + 1
+        sel = run.results[h : h + len(queries)]
+        from models.retrieval import union_order
+
+        selected = union_order(sel)
+        before = [counts[c] for c in selected]
+        inserted = []
+        for k, (cid, _new, full) in zip(keys, run.results[h + len(queries) :], strict=True):
+            slot = 0 if full else counts.get(cid, 0)
+            if not full:
+                counts[cid] = slot + 1
+            inserted.append((cid, slot))
+            hist.append(k)
+            assigned.append(cid)
+        tiles = [0, *range(cmd.win_tile, cmd.win_tile + cmd.win_tiles)] if queries else []
+        words = list_block(
+            kv, tiles, selected if queries else [], before if queries else [], cmd.page_tile, inserted
+        )
+        start = cmd.list_base * w
+        mem[start : start + 4 * words.size] = words.astype("<u4").view(np.uint8)
+        assert words.size >= LIST_HEADER_WORDS + list_capacity(kv)
+        end_hist = run.command_cycles[h - 1] if h else -1
+        return int(run.command_cycles[-1] - end_hist)
