@@ -342,3 +342,21 @@ def test_reference_restricted_attention_matches_masked_attention(repo):
     assert torch.allclose(got, masked, rtol=0, atol=1e-4), float(  # measured: 3.8e-6 of |logits| ≤ 17.6
         (got - masked).abs().max()
     )
+
+
+def test_resv_refuses_dense_plots(tmp_path):
+    out = tmp_path / "plots"
+    r = run_cli(
+        "estimate",
+        "--model",
+        "tiny",
+        "--config",
+        "configs/kv260.yaml",
+        "--attention",
+        "resv",
+        "--out",
+        out,
+        expect=2,
+    )
+    assert_one_line_error(r, "--out plots dense attention only")
+    assert not out.exists()

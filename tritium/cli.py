@@ -531,9 +531,14 @@ def cmd_estimate(args) -> int:
     from tritium.estimate import estimate, format_breakdown, format_estimate, plot_breakdown, plot_estimates
 
     out = args.out if args.out is not None else args.plot_dir  # --plot DIR: the deprecated spelling
+    acfg = load_config(args.config)
+    if out is not None and (args.attention or acfg.system.attention) == "resv":
+        return _error(
+            "estimate: --out plots dense attention only; with attention resv leave out --out "
+            "(python examples/retrieval_sweep.py sweeps the context)"
+        )
     if out is not None:
         output_dir(out, "--out" if args.out is not None else "--plot")
-    acfg = load_config(args.config)
     cache = None if args.no_cache else ProgramCache(log=_progress)
     try:
         r = estimate(
