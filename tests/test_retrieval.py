@@ -143,9 +143,11 @@ def test_plan_counts_tiles(repo):
     p = plan_decode(acfg, geo, 2048, 2048)
     # 2,043 keys inserted before the step: 32 clusters; 9 = ceil(0.265 · 32) selected; window 1984..2047 = tile 31
     assert (p.active, p.clusters, p.selected, p.window_tiles, p.tiles, p.l_eff) == (True, 32, 9, 1, 11, 704)
-    assert not plan_decode(acfg, geo, 511, 2048).active  # below system.kv_min_context: dense
-    w = plan_decode(acfg, geo, 600, 2048)  # window 536..599 straddles tiles 8 and 9
-    assert w.window_tiles == 2
+    assert acfg.system.kv_min_context == 1024
+    assert not plan_decode(acfg, geo, 1023, 2048).active  # below system.kv_min_context: dense
+    early = dataclasses.replace(acfg, system=dataclasses.replace(acfg.system, kv_min_context=1))
+    w = plan_decode(early, geo, 600, 2048)  # window 536..599 straddles tiles 8 and 9
+    assert w.active and w.window_tiles == 2
     full = dataclasses.replace(acfg, system=dataclasses.replace(acfg.system, kv_selected_share=1.0))
     f = plan_decode(full, geo, 2048, 2048)
     assert f.selected == 32 and f.capped and f.l_eff == 2048
@@ -360,3 +362,19 @@ def test_resv_refuses_dense_plots(tmp_path):
     )
     assert_one_line_error(r, "--out plots dense attention only")
     assert not out.exists()
+
+
+@pytest.mark.parametrize("opcode", [isa.OP_KVR, isa.OP_GEMM_LIST])
+def test_program_holding_retrieval_commands_is_refused(tiny_estimates, opcode):
+    """Opcodes 5 and 6 are encoded but no executor runs them yet: a Program holding one does not load."""
+    from hw.program import ProgramError
+    from tritium.estimate import _compiled
+
+    prog = _compiled("tiny", _tiny_resv(), "acc_int8").program(1, 9)
+    prog.validate()
+    extra = (
+        isa.KvrCommand(table=0, queries=1) if opcode == isa.OP_KVR else isa.GemmListCommand(1, 1, 1, mode=1)
+    )
+    bad = dataclasses.replace(prog, words=np.concatenate([prog.words, np.array(extra.words(), np.uint64)]))
+    with pytest.raises(ProgramError, match=f"opcode {opcode} .*not executed by this build yet"):
+        bad.validate()

@@ -400,8 +400,7 @@ def estimate(
                 recs.append(rec)
             bar.update()
     pre, dec = costs
-    r = summarize(model_spec, acfg, prompt, context, pre, dec, energy, lm_head)
-    r["attention"] = attention
+    r = summarize(model_spec, acfg, prompt, context, pre, dec, energy, lm_head, attention)
     if rgeo is not None:
         r["retrieval"] = _retrieval_report(acfg, rgeo, n_layers, plan, context, parts, pre, dec)
         r["assumptions"].append(_share_assumption(acfg))
@@ -650,6 +649,7 @@ def summarize(
     dec: StepCost,
     energy: dict | None = None,
     lm_head: str = "host_fp32",
+    attention: str = "dense",
 ) -> dict:
     """:func:`estimate`'s figures from the costs of the prefill and the decode step (also used by the
     design-space exploration's fast evaluator, tritium.dse). ``energy``: the device family's table (read
@@ -671,6 +671,7 @@ def summarize(
         "prompt": prompt,
         "context": context,
         "lm_head": lm_head,
+        "attention": attention,
         "modeled": True,
         "prefill_s": pre.seconds,
         "ttft_s": pre.seconds,
