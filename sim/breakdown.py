@@ -76,14 +76,15 @@ def command_labels(prog, commands=None) -> list[tuple[str, str]]:
 
 def group(records: list[dict], key: str, fields: tuple[str, ...], nested: tuple[str, ...] = ()) -> list[dict]:
     """Sum ``fields`` (numbers) and ``nested`` (dicts of numbers) of ``records`` by ``record[key]``; each row
-    also counts its ``commands``. Rows in first-seen order."""
+    also counts its ``commands`` (a record stands for ``record["commands"]`` commands, default 1). Rows in
+    first-seen order."""
     rows: dict[str, dict] = {}
     for r in records:
         row = rows.get(r[key])
         if row is None:
             row = rows[r[key]] = {"name": r[key], "commands": 0, **{f: 0 for f in fields}}
             row.update({n: {} for n in nested})
-        row["commands"] += 1
+        row["commands"] += r.get("commands", 1)
         for f in fields:
             row[f] += r[f]
         for n in nested:

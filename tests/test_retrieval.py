@@ -184,6 +184,10 @@ def test_estimate_charges_retrieval(tiny_estimates):
     b = resv["breakdown"]["decode"]
     kinds = {r["name"] for r in b["by_op_kind"]}
     assert {"KVR", "GEMM tile-list fetch", "HOST kv pages"} <= kinds
+    # the commands add up too: 8 KVR commands (one per stream); the fetches and page writes are parts of
+    # the step's GEMM and HOST commands
+    assert {r["name"]: r["commands"] for r in b["by_op_kind"]}["KVR"] == 8
+    assert sum(r["commands"] for r in b["by_op_kind"]) == b["totals"]["commands"]
     assert sum(r["time_s"] for r in b["by_layer"]) == pytest.approx(resv["decode_s_per_token"])
     assert sum(r["dram_bytes"] for r in b["by_layer"]) == pytest.approx(resv["dram_bytes_per_token"])
     assert any(

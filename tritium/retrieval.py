@@ -101,10 +101,14 @@ def retrieval_step_cost(
     ``retrieval``."""
     from tritium.estimate import _record
 
-    def record(kind: str, engine: str, cycles: int, seconds: float, nbytes: int, e: float, bound: str):
-        if records is not None:
+    def record(
+        kind: str, engine: str, cycles: int, seconds: float, nbytes: int, e: float, bound: str, n: int
+    ):
+        if (
+            records is not None
+        ):  # n: commands the record stands for (0: part of the step's GEMM/HOST commands)
             r = _record(engine, cycles, seconds, nbytes, e, bound)
-            r["layer"], r["op_kind"] = "retrieval", kind
+            r["layer"], r["op_kind"], r["commands"] = "retrieval", kind, n
             records.append(r)
 
     pj = energy["pj"]
@@ -132,7 +136,14 @@ def retrieval_step_cost(
         c.energy_j["dram"] += streams * e_dram
         bound = "DRAM" if cyc > k["compute_cycles"] + mem.latency + 4 else "compute"
         record(
-            "KVR", "kv", streams * cyc, streams * cyc / f, streams * nbytes, streams * (e_eng + e_dram), bound
+            "KVR",
+            "kv",
+            streams * cyc,
+            streams * cyc / f,
+            streams * nbytes,
+            streams * (e_eng + e_dram),
+            bound,
+            streams,
         )
         return k
 
@@ -168,7 +179,7 @@ def retrieval_step_cost(
         c.energy_j["dram"] += 1e-12 * nbytes * pj["dram_byte"]
         parts["list_fetch_bytes"] = nbytes
         e = 1e-12 * nbytes * pj["dram_byte"]
-        record("GEMM tile-list fetch", "gemm", 2 * streams * cyc, 2 * streams * cyc / f, nbytes, e, "DRAM")
+        record("GEMM tile-list fetch", "gemm", 2 * streams * cyc, 2 * streams * cyc / f, nbytes, e, "DRAM", 0)
     # host: the page copy of each inserted token (K column, V row, the g heads' two scales, its insert
     # result read, its cluster id written) and, on a retrieval step, the list read by the softmax
     hbytes = streams * inserts * (2 * geo.dim + 8 * geo.group + 4 + 2)
@@ -191,6 +202,7 @@ def retrieval_step_cost(
         hbytes,
         hs * energy["host_w"] + 1e-12 * hbytes * pj["dram_byte"],
         "host",
+        0,
     )
     parts["host_bytes"] = hbytes
     parts["inserts_per_stream"] = inserts
