@@ -382,3 +382,11 @@ def test_program_holding_retrieval_commands_is_refused(tiny_estimates, opcode):
     bad = dataclasses.replace(prog, words=np.concatenate([prog.words, np.array(extra.words(), np.uint64)]))
     with pytest.raises(ProgramError, match=f"opcode {opcode} .*not executed by this build yet"):
         bad.validate()
+
+
+def test_dse_refuses_resv():
+    """The DSE's fast evaluator models dense attention: a resv config is refused, not costed as dense."""
+    from tritium.dse import FastEvaluator
+
+    with pytest.raises(ValueError, match="system.attention=resv: the DSE's fast evaluator models dense"):
+        FastEvaluator.estimate(object.__new__(FastEvaluator), _tiny_resv())

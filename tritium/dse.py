@@ -261,6 +261,11 @@ class FastEvaluator:
         """The same dict as :func:`tritium.estimate.estimate` (figures equal up to float rounding)."""
         from tritium.estimate import summarize
 
+        if acfg.system.attention != "dense":
+            raise ValueError(
+                f"system.attention={acfg.system.attention}: the DSE's fast evaluator models dense attention only "
+                "(tritium estimate --attention resv costs retrieval)"
+            )
         w = self.workload(acfg)
         pre = self.step_cost(acfg, w.steps["prefill"])
         dec = self.step_cost(acfg, w.steps["decode"])
