@@ -119,7 +119,8 @@ def test_kvr_cost_counts_bytes_and_cycles(repo):
 def _tiny_resv(**system):
     base = load_config("configs/kv260.yaml").to_dict()
     base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
-    base["system"].update(attention="resv", kv_min_context=64, **system)
+    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
+    base["system"].update(system)
     return config_from_dict(base, "tiny-resv")
 
 
@@ -141,8 +142,9 @@ def test_plan_counts_tiles(repo):
     acfg = load_config(repo / "configs" / "kv260.yaml")
     geo = retrieval_geometry(acfg, 16, 16, 96, 2048)
     p = plan_decode(acfg, geo, 2048, 2048)
-    # 2,043 keys inserted before the step: 32 clusters; 9 = ceil(0.265 · 32) selected; window 1984..2047 = tile 31
-    assert (p.active, p.clusters, p.selected, p.window_tiles, p.tiles, p.l_eff) == (True, 32, 9, 1, 11, 704)
+    # 2,043 keys inserted before the step: 32 clusters; 13 = ceil(0.377 · 32) selected; window 1984..2047 = tile 31
+    assert acfg.system.kv_selected_share == 0.377
+    assert (p.active, p.clusters, p.selected, p.window_tiles, p.tiles, p.l_eff) == (True, 32, 13, 1, 15, 960)
     assert acfg.system.kv_min_context == 1024
     assert not plan_decode(acfg, geo, 1023, 2048).active  # below system.kv_min_context: dense
     early = dataclasses.replace(acfg, system=dataclasses.replace(acfg.system, kv_min_context=1))

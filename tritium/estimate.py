@@ -478,8 +478,8 @@ def _share_assumption(acfg) -> dict:
         "name": "system.kv_selected_share",
         "value": acfg.system.kv_selected_share,
         "unit": "share of the table's clusters a decode step reads",
-        "source": "assumption: ReSV's retrieved fraction on the tiny model's traces at 256 tokens (0.265 at "
-        "alpha 0.3, docs/results.md); no traces at long context yet",
+        "source": "assumption at long context: measured only on the tiny model's traces at 256 tokens, "
+        "0.29-0.38 of the clusters by table size (examples/retrieval_trace_share.py; docs/results.md)",
         "file": acfg.source,
         "range": list(SHARE_RANGE),
         "kind": "assumption",

@@ -22,9 +22,10 @@ from sim.kv_model import kv_energy_j, kvr_cost
 __all__ = ["RetrievalPlan", "model_geometry", "plan_decode", "retrieval_step_cost", "SHARE_RANGE"]
 
 SHARE_RANGE = (0.1, 0.5)
-"""The range the estimate reports for ``system.kv_selected_share`` (an assumption: ReSV read 9.5 % of the
-tokens at alpha 0.1 and 26.5 % at alpha 0.3 on the tiny model's traces at 256 tokens; long contexts are
-sparser, but the tables' clusters there are larger)."""
+"""The range the estimate reports for ``system.kv_selected_share`` (an assumption at long context: the KVR
+selection read 0.29-0.38 of the clusters on the tiny model's traces at 256 tokens, examples/
+retrieval_trace_share.py; ReSV's token fraction there was 9.5 % at alpha 0.1; long contexts are sparser, but
+the tables' clusters there are larger)."""
 
 INSERTS_PER_COMMAND = 255  # KVR ``inserts`` field
 
