@@ -200,6 +200,26 @@ def _(x):
     return x.new_empty(x.shape, dtype=torch.float32)
 
 
+@torch.library.custom_op("tritium::gelu", mutates_args=())
+def _gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    return hostops.gelu(x, approximate)
+
+
+@_gelu.register_fake
+def _(x, approximate):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("tritium::bias", mutates_args=())
+def _bias(y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return intref.REFERENCE_IMPLS["bias"](y, bias)
+
+
+@_bias.register_fake
+def _(y, bias):
+    return y.new_empty(y.shape, dtype=torch.float32)
+
+
 #: the custom ops standing in for the supported pieces of a general module (models.intref.piece_patches)
 CAPTURE_IMPLS = {
     "bitlinear": lambda x, w, per_channel=False: (
@@ -209,6 +229,8 @@ CAPTURE_IMPLS = {
     "rmsnorm": lambda x, w, eps: torch.ops.tritium.rmsnorm(x, w, eps),
     "layernorm": lambda x, w, b, eps: torch.ops.tritium.layernorm(x, w, b, eps),
     "silu": lambda x: torch.ops.tritium.silu(x),
+    "gelu": lambda x, approximate: torch.ops.tritium.gelu(x, approximate),
+    "bias": lambda y, b: torch.ops.tritium.bias(y, b),
 }
 
 

@@ -27,6 +27,10 @@ General modules (``compiler.compile_model(module, acfg, example_inputs=...)``; t
 ``layernorm``   x                                 weight, bias (or None), eps
 ``relu``        x
 ``silu``        x
+``gelu``        x                                 (``approximate="none"``: erf form; models.hostops.gelu)
+``gelu_tanh``   x                                 (``approximate="tanh"``)
+``bias``        x                                 bias: a linear's bias, folded into its dequant by
+                                                  compiler.passes.fold_bias (``attrs["bias"]`` there)
 ``square``      x                                 (``x**2``, ``x.square()``: float32 ``x·x``)
 ``mul``         x, y                              (elementwise float32 product of two activations)
 ==============  ================================  ==========================================
@@ -115,6 +119,8 @@ _TRITIUM = {
     "int8linear",
     "layernorm",
     "silu",
+    "gelu",
+    "bias",
 }
 
 #: what a general module may contain (the one-line error for anything else lists it)
@@ -125,6 +131,7 @@ SUPPORTED_PIECES = (
     "nn.LayerNorm / F.layer_norm",
     "ReLU",
     "SiLU",
+    "GELU (exact or tanh)",
     "x**2 / x.square()",
     "x + y",
     "x * y (two activations)",
@@ -256,6 +263,10 @@ def from_export(ep, model_config: dict) -> Graph:
                     "bias": params[a[2].name] if a[2] is not None else None,
                     "eps": float(a[3]),
                 }
+            elif kind == "gelu":  # two kinds: the definitions differ (and cost differently on the host)
+                kind = "gelu" if a[1] == "none" else "gelu_tanh"
+            elif kind == "bias":  # folded into the linear's dequantization (compiler.passes.fold_bias)
+                attrs = {"bias": params[a[1].name]}
             elif kind != "silu":
                 inputs = [val(a[0]), val(a[1])]
         elif general and (kind := _aten_kind(n, torch)) is not None:

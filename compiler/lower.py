@@ -202,6 +202,8 @@ class Lowering:
                 names.append(op.attrs["scale_rows"])
             elif "weight" in op.attrs and op.kind not in ("tlmm", "dequant"):
                 names += [w for w in (op.attrs["weight"], op.attrs.get("bias")) if w is not None]
+            if op.kind in ("dequant", "int8linear") and op.attrs.get("bias"):  # a linear's bias
+                names.append(op.attrs["bias"])
         if any(op.kind == "attention" for op in self.g.ops):
             names += ["rope_cos", "rope_sin"]
         return list(dict.fromkeys(names))
@@ -478,7 +480,8 @@ class Lowering:
                     f"{prefix}_dequant",
                     ys + [sx, scale],
                     [out],
-                    {"vocab": vocab, "rows": rows, "slices": slices},
+                    {"vocab": vocab, "rows": rows, "slices": slices}
+                    | ({"bias": op.attrs["bias"]} if op.attrs.get("bias") else {}),
                     op.where,
                 ),
             )

@@ -12,6 +12,9 @@ piece                                  computed as
 ``models.lm.RMSNorm``, ``nn.RMSNorm``  :func:`models.hostops.rmsnorm`
 ``nn.LayerNorm``, ``F.layer_norm``     :func:`models.hostops.layernorm`
 ``nn.SiLU``, ``F.silu``                :func:`models.hostops.silu`
+``nn.GELU``, ``F.gelu``                :func:`models.hostops.gelu` (``approximate="none"`` or ``"tanh"``)
+a linear layer's bias                  :func:`models.bitlinear.add_bias`: ``y + b`` in float32 after the
+                                       dequantization
 ReLU, ``+``, ``*``, ``x**2``           as PyTorch computes them (single IEEE operations: every
                                        implementation gives the same bits)
 =====================================  =====================================================================
@@ -30,7 +33,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from models import hostops, lm
-from models.bitlinear import BitLinear
+from models.bitlinear import BitLinear, add_bias
 from models.w8a8 import Int8Linear
 
 __all__ = ["piece_patches", "patched", "int_reference", "REFERENCE_IMPLS"]
@@ -47,6 +50,8 @@ REFERENCE_IMPLS = {
     "rmsnorm": lambda x, w, eps: hostops.rmsnorm(x, w, eps),
     "layernorm": lambda x, w, b, eps: hostops.layernorm(x, w, b, eps),
     "silu": lambda x: hostops.silu(x),
+    "gelu": lambda x, approximate: hostops.gelu(x, approximate),
+    "bias": lambda y, b: add_bias(y, b),
 }
 
 
@@ -67,11 +72,14 @@ def _int8linear_int(x, w):
 def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
     """(owner, attribute, replacement) for every supported piece, calling ``impl[name]``."""
 
+    def biased(y, bias):
+        return y if bias is None else impl["bias"](y, bias)
+
     def bitlinear_forward(self, x, mode=None):
-        return impl["bitlinear"](x, self.weight, self.per_channel)
+        return biased(impl["bitlinear"](x, self.weight, self.per_channel), self.bias)
 
     def int8_forward(self, x, mode=None):
-        return impl["int8linear"](x, self.weight)
+        return biased(impl["int8linear"](x, self.weight), self.bias)
 
     def lm_rmsnorm_forward(self, x, mode=None):
         return impl["rmsnorm"](x, self.weight, float(self.eps))
@@ -91,6 +99,9 @@ def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
     def silu(x, inplace=False):
         return impl["silu"](x)
 
+    def gelu(x, approximate="none"):
+        return impl["gelu"](x, approximate)
+
     return [
         (BitLinear, "forward", bitlinear_forward),
         (Int8Linear, "forward", int8_forward),
@@ -98,6 +109,7 @@ def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
         (nn.RMSNorm, "forward", nn_rmsnorm_forward),
         (F, "layer_norm", layer_norm),
         (F, "silu", silu),
+        (F, "gelu", gelu),
     ]
 
 

@@ -9,9 +9,10 @@ One numeric definition, shared with the ``acc_int8`` LM head (models/lm_head.py 
 
 ``quantize_weight_rows`` is ``quantize_act`` over each row of W (``s_w = max|W[n]| / 127``, codes in
 −127..127), so weights and activations follow the one absmax rule of docs/design.md ("Numeric definition").
-``|y_int| ≤ K·127·128`` cannot wrap int32 for any K the GEMM fields allow.
+``|y_int| ≤ K·127·128`` cannot wrap int32 for any K the GEMM fields allow. A bias ``b`` is added after that,
+``y + float32(b)`` (one float32 add, on the host in the Program's ``int8_dequant``).
 
-:class:`Int8Linear` is an ``nn.Linear`` without bias whose forward takes the modes of
+:class:`Int8Linear` is an ``nn.Linear`` (optionally with a bias) whose forward takes the modes of
 :class:`models.bitlinear.BitLinear` (``float``, ``fake`` with straight-through estimators, ``int`` = the
 integer reference above). The compiler (``compiler.compile_model(module, acfg, example_inputs=...)``) maps it
 to GEMM commands over int8 B panels.
@@ -23,7 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from models.bitlinear import MODES, int_matmul, quantize_act
+from models.bitlinear import MODES, add_bias, int_matmul, quantize_act
 
 __all__ = ["quantize_weight_rows", "dequant_rows", "w8a8_linear", "Int8Linear"]
 
@@ -52,35 +53,34 @@ def w8a8_linear(
 
 
 class Int8Linear(nn.Linear):
-    """``nn.Linear`` without bias with int8 per-row weights and int8 per-token activations (module doc)."""
+    """``nn.Linear`` with int8 per-row weights and int8 per-token activations (module doc); a bias is added in
+    float32 after the dequantization (:func:`models.bitlinear.add_bias`)."""
 
     def __init__(self, in_features: int, out_features: int, bias: bool = False, device=None, dtype=None):
-        if bias:
-            raise ValueError("Int8Linear has no bias (add it as a separate residual-style add)")
-        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
 
     @classmethod
     def from_linear(cls, lin: nn.Linear) -> Int8Linear:
-        """An Int8Linear with the float weights of a bias-free ``nn.Linear``."""
-        if lin.bias is not None:
-            raise ValueError("Int8Linear.from_linear: the linear layer has a bias; Int8Linear has none")
-        m = cls(lin.in_features, lin.out_features, device=lin.weight.device)
+        """An Int8Linear with the float weights (and bias, if any) of an ``nn.Linear``."""
+        m = cls(lin.in_features, lin.out_features, bias=lin.bias is not None, device=lin.weight.device)
         with torch.no_grad():
             m.weight.copy_(lin.weight)
+            if lin.bias is not None:
+                m.bias.copy_(lin.bias)
         return m
 
     def forward(self, x: torch.Tensor, mode: str = "fake") -> torch.Tensor:
         if mode == "float":
-            return F.linear(x, self.weight)
+            return F.linear(x, self.weight, self.bias)
         if mode == "fake":
             wq, sw = quantize_weight_rows(self.weight)
             xq, sx = quantize_act(x)
             x_hat = x + (xq.to(torch.float32) * sx - x).detach()
             w_hat = self.weight + (wq.to(torch.float32) * sw[:, None] - self.weight).detach()
-            return F.linear(x_hat, w_hat)
+            return F.linear(x_hat, w_hat, self.bias)
         if mode == "int":
             wq, sw = quantize_weight_rows(self.weight)
-            return w8a8_linear(x, wq, sw)[2]
+            return add_bias(w8a8_linear(x, wq, sw)[2], self.bias)
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
 
     def extra_repr(self) -> str:

@@ -78,6 +78,8 @@ HOST_COST = {
     "layernorm": (7, 8),  # sum, subtract, square, sum, divide, weight, bias
     "relu": (1, 8),
     "silu": (32, 8),
+    "gelu": (420, 8),  # erfc: 60 Taylor terms (4 flops each) and 100 continued-fraction levels (2), exp
+    "gelu_tanh": (40, 8),  # cube, scale, exp, add, divide
     "square": (1, 8),
     "mul": (1, 12),
 }
@@ -86,7 +88,18 @@ HOST_COST = {
 HOST_COST.update(
     {
         f"{k}+quant": (HOST_COST[k][0] + 4, HOST_COST[k][1] - 3)
-        for k in ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "square", "mul")
+        for k in (
+            "rmsnorm",
+            "relu2",
+            "swiglu",
+            "layernorm",
+            "relu",
+            "silu",
+            "gelu",
+            "gelu_tanh",
+            "square",
+            "mul",
+        )
     }
 )
 # The int8 linears' quantize / dequantize (the acc_int8 LM head, models/w8a8.py): as quant and dequant.
