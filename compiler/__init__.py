@@ -156,6 +156,12 @@ def _compile_module(module, acfg, example_inputs) -> CompiledModel:
             f"<model>: example_inputs must be one float tensor (..., features); got "
             f"{[type(x).__name__ for x in inputs]}"
         )
+    from models.w8a8 import convert_ao_dynamic
+
+    try:  # torch.ao dynamically quantized linears → FixedInt8Linear (their own int8 codes and scales)
+        module = convert_ao_dynamic(module)
+    except ValueError as e:
+        raise CompileError(str(e)) from None
     x = inputs[0]
     if x.ndim < 1 or x.numel() == 0:
         raise CompileError(f"<model>: example input of shape {list(x.shape)} has no rows of features")
@@ -179,6 +185,7 @@ def _compile_module(module, acfg, example_inputs) -> CompiledModel:
         "rows": int(x.numel() // x.shape[-1]),
         "input_features": int(x.shape[-1]),
     }
+    cfg["max_seq"] = cfg["rows"]  # an attention's K/V panels hold at most the example's rows
     g = from_export(ep, cfg)
     state = dict(module.state_dict(keep_vars=True))
     state.update({n: b for n, b in module.named_buffers()})

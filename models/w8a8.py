@@ -26,7 +26,15 @@ import torch.nn.functional as F
 
 from models.bitlinear import MODES, add_bias, int_matmul, quantize_act
 
-__all__ = ["quantize_weight_rows", "dequant_rows", "w8a8_linear", "Int8Linear"]
+__all__ = [
+    "quantize_weight_rows",
+    "dequant_rows",
+    "w8a8_linear",
+    "Int8Linear",
+    "FixedInt8Linear",
+    "ao_dynamic_params",
+    "convert_ao_dynamic",
+]
 
 
 def quantize_weight_rows(w: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -85,3 +93,121 @@ class Int8Linear(nn.Linear):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, int8 weights per row, int8 activations"
+
+
+# ---------------------------------------------------------------- torch.ao dynamically quantized linears
+#: the torch.ao module this file converts (``torch.ao.quantization.quantize_dynamic``'s qint8 ``nn.Linear``)
+AO_DYNAMIC_LINEAR = "torch.ao.nn.quantized.dynamic.Linear"
+
+
+def _ao_dynamic_linear_type():
+    import torch.ao.nn.quantized.dynamic as nnqd
+
+    return nnqd.Linear
+
+
+def is_ao_quantized(m: nn.Module) -> bool:
+    """``m`` is a torch.ao quantized module (static or dynamic)."""
+    return type(m).__module__.startswith(("torch.ao.nn.quantized", "torch.nn.quantized"))
+
+
+def ao_dynamic_params(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """``(codes int8 (N, K), scales float32 (N,), bias float32 (N,) or None)`` of a
+    ``torch.ao.nn.quantized.dynamic.Linear`` with qint8 weights: torch's own weight codes (``int_repr``) and
+    scales (per tensor: one scale for every row; per channel: one per output row), rounded to float32.
+    Raises ValueError naming what is not supported (float16 weights, a non-zero weight zero point, per-channel
+    quantization along another axis)."""
+    name = type(m).__name__
+    if not isinstance(m, _ao_dynamic_linear_type()):
+        raise ValueError(f"{type(m).__module__}.{name} is not {AO_DYNAMIC_LINEAR}")
+    if m._packed_params.dtype != torch.qint8:
+        raise ValueError(
+            f"{AO_DYNAMIC_LINEAR} with {m._packed_params.dtype} weights is not supported; quantize_dynamic with "
+            "dtype=torch.qint8 (int8 weights) maps onto the int8 GEMM"
+        )
+    w = m.weight()
+    codes = w.int_repr().to(torch.int8)
+    n = codes.shape[0]
+    if w.qscheme() in (torch.per_tensor_affine, torch.per_tensor_symmetric):
+        if int(w.q_zero_point()) != 0:
+            raise ValueError(
+                f"{AO_DYNAMIC_LINEAR}: weight zero point {int(w.q_zero_point())}; only 0 is supported"
+            )
+        scales = torch.full((n,), float(w.q_scale()), dtype=torch.float32)
+    elif w.qscheme() in (torch.per_channel_affine, torch.per_channel_symmetric):
+        if int(w.q_per_channel_axis()) != 0 or bool(w.q_per_channel_zero_points().ne(0).any()):
+            raise ValueError(
+                f"{AO_DYNAMIC_LINEAR}: per-channel weights need axis 0 and zero points 0 (symmetric)"
+            )
+        scales = w.q_per_channel_scales().to(torch.float32)
+    else:
+        raise ValueError(f"{AO_DYNAMIC_LINEAR}: weight qscheme {w.qscheme()} is not supported")
+    b = m.bias()
+    return codes, scales, None if b is None else b.detach().to(torch.float32)
+
+
+class FixedInt8Linear(nn.Module):
+    """A W8A8 linear layer with *given* int8 weight codes and float32 per-row scales (buffers ``weight_q``,
+    ``weight_scale``) and an optional float32 ``bias``: ``y = y_int·(s_x·s_wᵀ) + b`` with ``y_int =
+    int_matmul(quantize_act(x)[0], weight_qᵀ)`` — :func:`w8a8_linear` without re-quantizing the weights. It is
+    what :func:`convert_ao_dynamic` makes of a ``torch.ao.nn.quantized.dynamic.Linear``; the compiler maps it
+    onto the GEMM engine like :class:`Int8Linear`."""
+
+    def __init__(self, codes: torch.Tensor, scales: torch.Tensor, bias: torch.Tensor | None = None):
+        super().__init__()
+        if codes.dtype != torch.int8 or codes.ndim != 2 or tuple(scales.shape) != (codes.shape[0],):
+            raise ValueError("FixedInt8Linear: codes int8 (N, K) and scales (N,)")
+        self.out_features, self.in_features = (int(s) for s in codes.shape)
+        self.register_buffer("weight_q", codes.clone())
+        self.register_buffer("weight_scale", scales.to(torch.float32).clone())
+        self.bias = (
+            None if bias is None else nn.Parameter(bias.to(torch.float32).clone(), requires_grad=False)
+        )
+
+    @classmethod
+    def from_ao(cls, m: nn.Module) -> FixedInt8Linear:
+        return cls(*ao_dynamic_params(m))
+
+    def forward(self, x: torch.Tensor, mode: str = "int") -> torch.Tensor:
+        if mode not in MODES:
+            raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
+        if mode == "float":  # the dequantized weights in a float product
+            return F.linear(x, self.weight_q.to(torch.float32) * self.weight_scale[:, None], self.bias)
+        return add_bias(w8a8_linear(x, self.weight_q, self.weight_scale)[2], self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, fixed int8 weights per row"
+
+
+def convert_ao_dynamic(module: nn.Module) -> nn.Module:
+    """A copy of ``module`` with every ``torch.ao.nn.quantized.dynamic.Linear`` (qint8) replaced by a
+    :class:`FixedInt8Linear` holding torch's weight codes, scales and bias (``module`` itself is unchanged).
+    Any other torch.ao quantized module raises ValueError naming it and the supported alternatives."""
+    import copy
+
+    def has_ao(m):
+        return any(is_ao_quantized(c) for c in m.modules())
+
+    if not has_ao(module):
+        return module
+    out = copy.deepcopy(module)
+
+    def walk(parent: nn.Module, prefix: str):
+        for name, child in parent.named_children():
+            path = f"{prefix}{name}"
+            if isinstance(child, _ao_dynamic_linear_type()):
+                try:
+                    setattr(parent, name, FixedInt8Linear.from_ao(child))
+                except ValueError as e:
+                    raise ValueError(f"{path}: {e}") from None
+            elif is_ao_quantized(child):
+                raise ValueError(
+                    f"{path}: unsupported module {type(child).__module__}.{type(child).__name__}; supported "
+                    f"torch.ao modules: {AO_DYNAMIC_LINEAR} (qint8, from quantize_dynamic) → int8 GEMM; or "
+                    "use models.w8a8.Int8Linear / models.bitlinear.BitLinear"
+                )
+            else:
+                walk(child, f"{path}.")
+
+    walk(out, "")
+    return out

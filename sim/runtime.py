@@ -228,12 +228,14 @@ class _Host:
         L, rep, g = a["layer"], h // hkv, a.get("group", 1)
         m = rep * T
         positions = torch.arange(pos, pos + T)
-        cos, sin = self.f32("rope_cos"), self.f32("rope_sin")
         q = self.f32(op.inputs[0]).view(1, T, h, hd).transpose(1, 2)
         k = self.f32(op.inputs[1]).view(1, T, hkv, hd).transpose(1, 2)
         v = self.f32(op.inputs[2]).view(1, T, hkv, hd).transpose(1, 2)
-        qq, sq = quantize_act(hostops.rope(q, positions, cos, sin))
-        kq, sk = quantize_act(hostops.rope(k, positions, cos, sin))
+        if a.get("rope", True):  # the LM's; models.attention.SelfAttention has none
+            cos, sin = self.f32("rope_cos"), self.f32("rope_sin")
+            q, k = hostops.rope(q, positions, cos, sin), hostops.rope(k, positions, cos, sin)
+        qq, sq = quantize_act(q)
+        kq, sk = quantize_act(k)
         vq, sv = quantize_act(v)
         for gi in range(hkv // g):
             rows = np.zeros((g * m, g * hd), np.int8)
@@ -281,8 +283,9 @@ class _Host:
         positions = torch.arange(pos, pos + T)
         scores = S.to(torch.float32) * (sq * skr.transpose(-1, -2))
         scores = scores / a["score_div"]
-        visible = torch.arange(ctx)[None, :] <= positions[:, None]
-        scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
+        if a.get("causal", True):
+            visible = torch.arange(ctx)[None, :] <= positions[:, None]
+            scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
         p = hostops.softmax(scores) * svr.transpose(-1, -2)
         pq, sp = quantize_act(p)
         for gi in range(hkv // g):
