@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 
 from compiler.ir import CompileError, Graph
 
-__all__ = ["CompileError", "CompiledModel", "compile_model", "load_model", "check_config", "ACT_BITS"]
+__all__ = [
+    "CompileError",
+    "CompiledModel",
+    "compile_model",
+    "load_model",
+    "load_module",
+    "parse_input_shape",
+    "check_config",
+    "ACT_BITS",
+]
 
 ACT_BITS = 8  # width of the activations the compiler's quantization (models.bitlinear.quantize_act) produces
 
@@ -78,6 +87,69 @@ def load_model(spec: str, device: str = "cpu"):
         f"MODEL: {spec!r} is neither a preset ({', '.join(PRESETS)}), a Hugging Face folder nor a "
         "checkpoint file"
     )
+
+
+def load_module(spec: str):
+    """The general module a ``--module FILE.py:FACTORY`` argument names: FILE is *run as Python code* (like
+    ``python FILE.py``, with its folder on ``sys.path`` while it loads; give only files you trust), then
+    ``FACTORY()`` — a function or class in it, called without arguments — must return a ``torch.nn.Module``
+    (set to eval mode). No pickles are read. Raises ValueError with one line naming what is wrong."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise ValueError(
+            f"--module {spec!r}: expected FILE.py:FACTORY (a Python file and a function or class in it that "
+            "returns the module)"
+        )
+    p = Path(path)
+    if p.suffix != ".py" or not p.is_file():
+        raise ValueError(f"--module {spec!r}: {path} is not a Python file (.py)")
+    mod_name = f"_tritium_user_{abs(hash(str(p.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(mod_name, p)
+    mod = importlib.util.module_from_spec(loader_spec)
+    folder = str(p.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        loader_spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - the user's file: report its error in one line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"--module {spec!r}: running {path} failed: {type(e).__name__}: {first}") from e
+    finally:
+        if sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
+    factory = getattr(mod, name, None)
+    if factory is None or not callable(factory):
+        found = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_"))
+        raise ValueError(
+            f"--module {spec!r}: {path} has no function or class {name!r} (it has: {', '.join(found) or 'none'})"
+        )
+    try:
+        module = factory()
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"--module {spec!r}: {name}() failed: {type(e).__name__}: {first}") from e
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(
+            f"--module {spec!r}: {name}() returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    return module.eval()
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape R,F`` (or ``1,R,F``; commas or x): positive integers, the last the features."""
+    parts = [t for t in text.replace("x", ",").split(",") if t.strip()]
+    try:
+        shape = tuple(int(t) for t in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(f"--input-shape {text!r}: expected positive integers ROWS,FEATURES (e.g. 4,64)")
+    return shape
 
 
 def _is_tritium_file(path) -> bool:

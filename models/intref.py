@@ -101,6 +101,11 @@ def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
         return biased(impl["int8linear_fixed"](x, wq, sw), b)
 
     def attention_forward(self, x, mode=None):
+        if not (x.ndim == 2 or (x.ndim == 3 and x.shape[0] == 1)):
+            raise ValueError(
+                f"SelfAttention: input of shape {list(x.shape)}; one sequence (T, features) or "
+                "(1, T, features) is supported"
+            )
         q, k, v = self.q_proj(x), self.k_proj(x), self.v_proj(x)  # the (patched) projections
         out = impl["attention"](q, k, v, self.n_heads, self.n_kv_heads, self.causal, float(self.score_div))
         return self.o_proj(out)
@@ -117,7 +122,10 @@ def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
 
     def layer_norm(x, normalized_shape, weight=None, bias=None, eps=1e-5):
         if tuple(normalized_shape) != (x.shape[-1],):
-            raise ValueError("layer_norm over more than the last axis is not supported")
+            raise ValueError(
+                f"layer_norm: normalized_shape {tuple(normalized_shape)} on an input of {x.shape[-1]} features "
+                "(only the last axis is supported)"
+            )
         return impl["layernorm"](x, weight, bias, float(eps))
 
     def silu(x, inplace=False):
