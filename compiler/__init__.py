@@ -212,6 +212,51 @@ def compile_model(
     return CompiledModel(g, low, {"export_s": t1 - t0, "passes_s": t2 - t1})
 
 
+class _Found(Exception):
+    pass
+
+
+def _call_site(module, path: str, inputs) -> str:
+    """``file:line`` where ``module``'s submodule ``path`` is called in the user's code (one eager forward on
+    the example inputs, stopped at the call), or "" if it cannot be found."""
+    import traceback
+    from pathlib import Path
+
+    import torch
+
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    found: list[str] = []
+
+    def hook(mod, args):
+        frames = [
+            f
+            for f in traceback.extract_stack()[:-1]
+            if f.name == "forward"  # the user's forward that calls the submodule
+            and "/torch/" not in f.filename
+            and "site-packages" not in f.filename
+            and not f.filename.startswith(root + "compiler/")
+        ]
+        if frames:
+            f = frames[-1]
+            found.append(f"{f.filename.removeprefix(root)}:{f.lineno}")
+        raise _Found
+
+    try:
+        handle = module.get_submodule(path).register_forward_pre_hook(hook)
+    except (AttributeError, RuntimeError):
+        return ""
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    except _Found:
+        pass
+    except Exception:  # noqa: BLE001 - best effort: the message names the module path anyway
+        pass
+    finally:
+        handle.remove()
+    return found[0] if found else ""
+
+
 def _compile_module(module, acfg, example_inputs) -> CompiledModel:
     """The general-module path of :func:`compile_model`."""
     import torch
@@ -228,12 +273,13 @@ def _compile_module(module, acfg, example_inputs) -> CompiledModel:
             f"<model>: example_inputs must be one float tensor (..., features); got "
             f"{[type(x).__name__ for x in inputs]}"
         )
-    from models.w8a8 import convert_ao_dynamic
+    from models.w8a8 import UnsupportedModule, convert_ao_dynamic
 
     try:  # torch.ao dynamically quantized linears → FixedInt8Linear (their own int8 codes and scales)
         module = convert_ao_dynamic(module)
-    except ValueError as e:
-        raise CompileError(str(e)) from None
+    except UnsupportedModule as e:  # torch.export cannot trace it: find its call line by running the module
+        where = _call_site(module, e.path, inputs)
+        raise CompileError(f"{e.path}{f' ({where})' if where else ''}: {e.message}") from None
     x = inputs[0]
     if x.ndim < 1 or x.numel() == 0:
         raise CompileError(f"<model>: example input of shape {list(x.shape)} has no rows of features")

@@ -132,6 +132,8 @@ def piece_patches(impl: dict) -> list[tuple[object, str, object]]:
         return impl["silu"](x)
 
     def gelu(x, approximate="none"):
+        if approximate not in ("none", "tanh"):
+            raise ValueError(f"gelu: approximate={approximate!r}; expected 'none' or 'tanh'")
         return impl["gelu"](x, approximate)
 
     return [

@@ -34,6 +34,7 @@ __all__ = [
     "FixedInt8Linear",
     "ao_dynamic_params",
     "convert_ao_dynamic",
+    "UnsupportedModule",
 ]
 
 
@@ -146,6 +147,14 @@ def ao_dynamic_params(m: nn.Module) -> tuple[torch.Tensor, torch.Tensor, torch.T
     return codes, scales, None if b is None else b.detach().to(torch.float32)
 
 
+class UnsupportedModule(ValueError):
+    """A submodule the conversion cannot take; ``path`` is its qualified name in the module."""
+
+    def __init__(self, path: str, message: str):
+        super().__init__(f"{path}: {message}")
+        self.path, self.message = path, message
+
+
 class FixedInt8Linear(nn.Module):
     """A W8A8 linear layer with *given* int8 weight codes and float32 per-row scales (buffers ``weight_q``,
     ``weight_scale``) and an optional float32 ``bias``: ``y = y_int·(s_x·s_wᵀ) + b`` with ``y_int =
@@ -182,7 +191,8 @@ class FixedInt8Linear(nn.Module):
 def convert_ao_dynamic(module: nn.Module) -> nn.Module:
     """A copy of ``module`` with every ``torch.ao.nn.quantized.dynamic.Linear`` (qint8) replaced by a
     :class:`FixedInt8Linear` holding torch's weight codes, scales and bias (``module`` itself is unchanged).
-    Any other torch.ao quantized module raises ValueError naming it and the supported alternatives."""
+    Any other torch.ao quantized module raises :class:`UnsupportedModule` (a ValueError) naming it and the
+    supported alternatives."""
     import copy
 
     def has_ao(m):
@@ -199,12 +209,13 @@ def convert_ao_dynamic(module: nn.Module) -> nn.Module:
                 try:
                     setattr(parent, name, FixedInt8Linear.from_ao(child))
                 except ValueError as e:
-                    raise ValueError(f"{path}: {e}") from None
+                    raise UnsupportedModule(path, str(e)) from None
             elif is_ao_quantized(child):
-                raise ValueError(
-                    f"{path}: unsupported module {type(child).__module__}.{type(child).__name__}; supported "
+                raise UnsupportedModule(
+                    path,
+                    f"unsupported module {type(child).__module__}.{type(child).__name__}; supported "
                     f"torch.ao modules: {AO_DYNAMIC_LINEAR} (qint8, from quantize_dynamic) → int8 GEMM; or "
-                    "use models.w8a8.Int8Linear / models.bitlinear.BitLinear"
+                    "use models.w8a8.Int8Linear / models.bitlinear.BitLinear",
                 )
             else:
                 walk(child, f"{path}.")

@@ -268,18 +268,29 @@ def test_ao_dynamic_linear_runs_on_the_gemm_with_torchs_weight_codes(repo, per_c
     assert float((y - flt).norm() / flt.norm()) < 0.05
 
 
+class _AoBlock(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc = nn.Linear(32, 16)
+
+    def forward(self, x):
+        return torch.relu(self.fc(x))  # AO_LINE
+
+
 def test_ao_modules_that_cannot_match_are_refused(repo):
-    mlp, _ = _ao(False)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        q16 = torch.ao.quantization.quantize_dynamic(mlp, {nn.Linear}, dtype=torch.float16)
+        q16 = torch.ao.quantization.quantize_dynamic(_AoBlock(), {nn.Linear}, dtype=torch.float16)
+        static = torch.ao.nn.quantized.Linear(32, 16)
     with pytest.raises(CompileError) as e:
         compile_model(q16, _acfg(repo), example_inputs=torch.randn(2, 32))
     msg = str(e.value)
-    assert (
-        msg.startswith("0: torch.ao.nn.quantized.dynamic.Linear with torch.float16 weights")
-        and "qint8" in msg
-    )
+    assert msg.startswith(f"fc (tests/test_graphs_more.py:{_line('AO_LINE')}): ") and "\n" not in msg, msg
+    assert "dynamic.Linear with torch.float16 weights is not supported" in msg and "qint8" in msg
+    with pytest.raises(
+        CompileError, match=r"^0: unsupported module torch\.ao\.nn\.quantized.*Linear; supported"
+    ):
+        compile_model(nn.Sequential(static), _acfg(repo), example_inputs=torch.randn(2, 32))
 
 
 # ---------------------------------------------------------------- the CLI: --module FILE.py:FACTORY
