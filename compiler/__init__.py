@@ -183,7 +183,9 @@ def compile_model(
     ``meta["lm_head"]``; None takes the config's ``system.lm_head``), or, with ``example_inputs`` (a tensor
     or a 1-tuple: float ``(..., features)``), any module built from the supported pieces (docs/models.md,
     "General graphs"; ``compiler.ir.SUPPORTED_PIECES``): its Programs take the input's rows (``cm.program()``
-    for the example's row count) and compute :func:`models.intref.int_reference` bit for bit. Raises
+    for the example's row count) and compute :func:`models.intref.int_reference` bit for bit (attention:
+    ``models.attention.SelfAttention``; ``torch.ao`` qint8 dynamic linears are converted first,
+    :func:`models.w8a8.convert_ao_dynamic`). Raises
     CompileError (one line) for a config the compiler cannot target (:func:`check_config`), an unknown
     ``lm_head`` or an unsupported op (naming the op, the module and the source line)."""
     check_config(acfg)
