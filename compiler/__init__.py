@@ -23,7 +23,16 @@ from dataclasses import dataclass, field
 
 from compiler.ir import CompileError, Graph
 
-__all__ = ["CompileError", "CompiledModel", "compile_model", "load_model", "check_config", "ACT_BITS"]
+__all__ = [
+    "CompileError",
+    "CompiledModel",
+    "compile_model",
+    "load_model",
+    "load_module",
+    "parse_input_shape",
+    "check_config",
+    "ACT_BITS",
+]
 
 ACT_BITS = 8  # width of the activations the compiler's quantization (models.bitlinear.quantize_act) produces
 
@@ -80,6 +89,69 @@ def load_model(spec: str, device: str = "cpu"):
     )
 
 
+def load_module(spec: str):
+    """The general module a ``--module FILE.py:FACTORY`` argument names: FILE is *run as Python code* (like
+    ``python FILE.py``, with its folder on ``sys.path`` while it loads; give only files you trust), then
+    ``FACTORY()`` — a function or class in it, called without arguments — must return a ``torch.nn.Module``
+    (set to eval mode). No pickles are read. Raises ValueError with one line naming what is wrong."""
+    import importlib.util
+    import sys
+    from pathlib import Path
+
+    path, sep, name = spec.rpartition(":")
+    if not sep or not path or not name.isidentifier():
+        raise ValueError(
+            f"--module {spec!r}: expected FILE.py:FACTORY (a Python file and a function or class in it that "
+            "returns the module)"
+        )
+    p = Path(path)
+    if p.suffix != ".py" or not p.is_file():
+        raise ValueError(f"--module {spec!r}: {path} is not a Python file (.py)")
+    mod_name = f"_tritium_user_{abs(hash(str(p.resolve())))}"
+    loader_spec = importlib.util.spec_from_file_location(mod_name, p)
+    mod = importlib.util.module_from_spec(loader_spec)
+    folder = str(p.resolve().parent)
+    sys.path.insert(0, folder)
+    try:
+        loader_spec.loader.exec_module(mod)
+    except Exception as e:  # noqa: BLE001 - the user's file: report its error in one line
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"--module {spec!r}: running {path} failed: {type(e).__name__}: {first}") from e
+    finally:
+        if sys.path and sys.path[0] == folder:
+            sys.path.pop(0)
+    factory = getattr(mod, name, None)
+    if factory is None or not callable(factory):
+        found = sorted(k for k, v in vars(mod).items() if callable(v) and not k.startswith("_"))
+        raise ValueError(
+            f"--module {spec!r}: {path} has no function or class {name!r} (it has: {', '.join(found) or 'none'})"
+        )
+    try:
+        module = factory()
+    except Exception as e:  # noqa: BLE001
+        first = (str(e).strip().splitlines() or [""])[0]
+        raise ValueError(f"--module {spec!r}: {name}() failed: {type(e).__name__}: {first}") from e
+    import torch
+
+    if not isinstance(module, torch.nn.Module):
+        raise ValueError(
+            f"--module {spec!r}: {name}() returned {type(module).__name__}, not a torch.nn.Module"
+        )
+    return module.eval()
+
+
+def parse_input_shape(text: str) -> tuple[int, ...]:
+    """``--input-shape R,F`` (or ``1,R,F``; commas or x): positive integers, the last the features."""
+    parts = [t for t in text.replace("x", ",").split(",") if t.strip()]
+    try:
+        shape = tuple(int(t) for t in parts)
+    except ValueError:
+        shape = ()
+    if not shape or any(d < 1 for d in shape):
+        raise ValueError(f"--input-shape {text!r}: expected positive integers ROWS,FEATURES (e.g. 4,64)")
+    return shape
+
+
 def _is_tritium_file(path) -> bool:
     """A .safetensors file that carries tritium-lm metadata (our own checkpoint format)."""
     try:
@@ -111,7 +183,9 @@ def compile_model(
     ``meta["lm_head"]``; None takes the config's ``system.lm_head``), or, with ``example_inputs`` (a tensor
     or a 1-tuple: float ``(..., features)``), any module built from the supported pieces (docs/models.md,
     "General graphs"; ``compiler.ir.SUPPORTED_PIECES``): its Programs take the input's rows (``cm.program()``
-    for the example's row count) and compute :func:`models.intref.int_reference` bit for bit. Raises
+    for the example's row count) and compute :func:`models.intref.int_reference` bit for bit (attention:
+    ``models.attention.SelfAttention``; ``torch.ao`` qint8 dynamic linears are converted first,
+    :func:`models.w8a8.convert_ao_dynamic`). Raises
     CompileError (one line) for a config the compiler cannot target (:func:`check_config`), an unknown
     ``lm_head`` or an unsupported op (naming the op, the module and the source line)."""
     check_config(acfg)
@@ -140,6 +214,51 @@ def compile_model(
     return CompiledModel(g, low, {"export_s": t1 - t0, "passes_s": t2 - t1})
 
 
+class _Found(Exception):
+    pass
+
+
+def _call_site(module, path: str, inputs) -> str:
+    """``file:line`` where ``module``'s submodule ``path`` is called in the user's code (one eager forward on
+    the example inputs, stopped at the call), or "" if it cannot be found."""
+    import traceback
+    from pathlib import Path
+
+    import torch
+
+    root = str(Path(__file__).resolve().parent.parent) + "/"
+    found: list[str] = []
+
+    def hook(mod, args):
+        frames = [
+            f
+            for f in traceback.extract_stack()[:-1]
+            if f.name == "forward"  # the user's forward that calls the submodule
+            and "/torch/" not in f.filename
+            and "site-packages" not in f.filename
+            and not f.filename.startswith(root + "compiler/")
+        ]
+        if frames:
+            f = frames[-1]
+            found.append(f"{f.filename.removeprefix(root)}:{f.lineno}")
+        raise _Found
+
+    try:
+        handle = module.get_submodule(path).register_forward_pre_hook(hook)
+    except (AttributeError, RuntimeError):
+        return ""
+    try:
+        with torch.no_grad():
+            module(*inputs)
+    except _Found:
+        pass
+    except Exception:  # noqa: BLE001 - best effort: the message names the module path anyway
+        pass
+    finally:
+        handle.remove()
+    return found[0] if found else ""
+
+
 def _compile_module(module, acfg, example_inputs) -> CompiledModel:
     """The general-module path of :func:`compile_model`."""
     import torch
@@ -156,6 +275,13 @@ def _compile_module(module, acfg, example_inputs) -> CompiledModel:
             f"<model>: example_inputs must be one float tensor (..., features); got "
             f"{[type(x).__name__ for x in inputs]}"
         )
+    from models.w8a8 import UnsupportedModule, convert_ao_dynamic
+
+    try:  # torch.ao dynamically quantized linears → FixedInt8Linear (their own int8 codes and scales)
+        module = convert_ao_dynamic(module)
+    except UnsupportedModule as e:  # torch.export cannot trace it: find its call line by running the module
+        where = _call_site(module, e.path, inputs)
+        raise CompileError(f"{e.path}{f' ({where})' if where else ''}: {e.message}") from None
     x = inputs[0]
     if x.ndim < 1 or x.numel() == 0:
         raise CompileError(f"<model>: example input of shape {list(x.shape)} has no rows of features")
@@ -179,6 +305,7 @@ def _compile_module(module, acfg, example_inputs) -> CompiledModel:
         "rows": int(x.numel() // x.shape[-1]),
         "input_features": int(x.shape[-1]),
     }
+    cfg["max_seq"] = cfg["rows"]  # an attention's K/V panels hold at most the example's rows
     g = from_export(ep, cfg)
     state = dict(module.state_dict(keep_vars=True))
     state.update({n: b for n, b in module.named_buffers()})

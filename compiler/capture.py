@@ -178,6 +178,16 @@ def _(x, weight):
     return x.new_empty((*x.shape[:-1], weight.shape[0]), dtype=torch.float32)
 
 
+@torch.library.custom_op("tritium::int8linear_fixed", mutates_args=())
+def _int8linear_fixed(x: torch.Tensor, weight_q: torch.Tensor, weight_scale: torch.Tensor) -> torch.Tensor:
+    return intref.REFERENCE_IMPLS["int8linear_fixed"](x, weight_q, weight_scale)
+
+
+@_int8linear_fixed.register_fake
+def _(x, weight_q, weight_scale):
+    return x.new_empty((*x.shape[:-1], weight_q.shape[0]), dtype=torch.float32)
+
+
 @torch.library.custom_op("tritium::layernorm", mutates_args=())
 def _layernorm(
     x: torch.Tensor, weight: torch.Tensor | None, bias: torch.Tensor | None, eps: float
@@ -200,15 +210,59 @@ def _(x):
     return x.new_empty(x.shape, dtype=torch.float32)
 
 
+@torch.library.custom_op("tritium::gelu", mutates_args=())
+def _gelu(x: torch.Tensor, approximate: str) -> torch.Tensor:
+    return hostops.gelu(x, approximate)
+
+
+@_gelu.register_fake
+def _(x, approximate):
+    return x.new_empty(x.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("tritium::bias", mutates_args=())
+def _bias(y: torch.Tensor, bias: torch.Tensor) -> torch.Tensor:
+    return intref.REFERENCE_IMPLS["bias"](y, bias)
+
+
+@_bias.register_fake
+def _(y, bias):
+    return y.new_empty(y.shape, dtype=torch.float32)
+
+
+@torch.library.custom_op("tritium::self_attention", mutates_args=())
+def _self_attention(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    n_heads: int,
+    n_kv_heads: int,
+    causal: bool,
+    score_div: float,
+) -> torch.Tensor:
+    return intref.REFERENCE_IMPLS["attention"](q, k, v, n_heads, n_kv_heads, causal, score_div)
+
+
+@_self_attention.register_fake
+def _(q, k, v, n_heads, n_kv_heads, causal, score_div):
+    return q.new_empty(q.shape, dtype=torch.float32)
+
+
 #: the custom ops standing in for the supported pieces of a general module (models.intref.piece_patches)
 CAPTURE_IMPLS = {
     "bitlinear": lambda x, w, per_channel=False: (
         torch.ops.tritium.bitlinear_rows(x, w) if per_channel else torch.ops.tritium.bitlinear(x, w)
     ),
     "int8linear": lambda x, w: torch.ops.tritium.int8linear(x, w),
+    "int8linear_fixed": lambda x, wq, sw: torch.ops.tritium.int8linear_fixed(x, wq, sw),
     "rmsnorm": lambda x, w, eps: torch.ops.tritium.rmsnorm(x, w, eps),
     "layernorm": lambda x, w, b, eps: torch.ops.tritium.layernorm(x, w, b, eps),
     "silu": lambda x: torch.ops.tritium.silu(x),
+    "gelu": lambda x, approximate: torch.ops.tritium.gelu(x, approximate),
+    "bias": lambda y, b: torch.ops.tritium.bias(y, b),
+    "attention": lambda q, k, v, h, hkv, causal, div: torch.ops.tritium.self_attention(
+        q, k, v, h, hkv, causal, div
+    ),
 }
 
 

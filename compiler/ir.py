@@ -23,12 +23,20 @@ General modules (``compiler.compile_model(module, acfg, example_inputs=...)``; t
 ``input``, float32 ``(T, features)``) add:
 
 ==============  ================================  ==========================================
-``int8linear``  x                                 weight, k (in), n (out): W8A8 on the GEMM engine
+``int8linear``  x                                 weight, k (in), n (out): W8A8 on the GEMM engine;
+                                                  scales: given codes (weight int8) and row scales
 ``layernorm``   x                                 weight, bias (or None), eps
 ``relu``        x
 ``silu``        x
+``gelu``        x                                 (``approximate="none"``: erf form; models.hostops.gelu)
+``gelu_tanh``   x                                 (``approximate="tanh"``)
+``bias``        x                                 bias: a linear's bias, folded into its dequant by
+                                                  compiler.passes.fold_bias (``attrs["bias"]`` there)
 ``square``      x                                 (``x**2``, ``x.square()``: float32 ``x·x``)
 ``mul``         x, y                              (elementwise float32 product of two activations)
+``attention``   q, k, v                           as above with ``rope=False`` and ``causal`` (True/False):
+                                                  models.attention.SelfAttention (no positions, no cache
+                                                  across steps)
 ==============  ================================  ==========================================
 """
 
@@ -113,18 +121,26 @@ _TRITIUM = {
     "add",
     "linear",
     "int8linear",
+    "int8linear_fixed",
     "layernorm",
     "silu",
+    "gelu",
+    "bias",
+    "self_attention",
 }
 
 #: what a general module may contain (the one-line error for anything else lists it)
 SUPPORTED_PIECES = (
     "models.bitlinear.BitLinear (TLMM)",
     "models.w8a8.Int8Linear (GEMM)",
+    "torch.ao.nn.quantized.dynamic.Linear (qint8; GEMM)",
     "models.lm.RMSNorm / nn.RMSNorm",
     "nn.LayerNorm / F.layer_norm",
     "ReLU",
     "SiLU",
+    "models.attention.SelfAttention (bidirectional or causal)",
+    "GELU (exact or tanh)",
+    "linear biases",
     "x**2 / x.square()",
     "x + y",
     "x * y (two activations)",
@@ -133,6 +149,36 @@ SUPPORTED_PIECES = (
 
 #: aten ops of a hand-written activation/weight quantizer (abs-max, round, clamp, dtype casts)
 _QUANTIZER_OPS = {"abs", "amax", "max", "round", "clamp", "clip", "_to_copy", "to", "div"}
+
+
+#: what an attention that is not models.attention.SelfAttention is told
+ATTENTION_HINT = (
+    "attention in a general graph is models.attention.SelfAttention (multi-head self-attention, "
+    "bidirectional or causal=True, ternary or int8 projections, optional bias, GQA; no RoPE, no masks "
+    "or dropout, no cross-attention)"
+)
+
+#: aten ops that only a hand-written (or torch.nn) attention produces
+_ATTENTION_OPS = ("scaled_dot_product", "softmax", "bmm", "baddbmm")
+
+
+def _attention_like(n, opname: str) -> bool:
+    """The node is part of an attention the compiler does not take (F.scaled_dot_product_attention, a
+    hand-written softmax attention, nn.MultiheadAttention)."""
+    stack = n.meta.get("nn_module_stack") or {}
+    in_mha = any("MultiheadAttention" in str(t) for _, t in stack.values())
+    return in_mha or any(s in opname.split("::")[-1] for s in _ATTENTION_OPS)
+
+
+def _first_attention_like(ep) -> object | None:
+    """The first node of an unsupported attention in the graph (reported before its reshapes and linears)."""
+    for n in ep.graph.nodes:
+        if n.op != "call_function" or getattr(n.target, "namespace", None) == "tritium":
+            continue
+        name = getattr(getattr(n.target, "_schema", None), "name", str(n.target))
+        if _attention_like(n, name):
+            return n, name
+    return None
 
 
 def _float_input(n) -> bool:
@@ -186,6 +232,14 @@ def from_export(ep, model_config: dict) -> Graph:
     if general and len(user_inputs) != 1:
         raise CompileError(
             f"<model>: a general module takes exactly one input tensor (T, features); it takes {len(user_inputs)}"
+        )
+    if general and (att := _first_attention_like(ep)) is not None:
+        n, opname = att
+        stack = n.meta.get("nn_module_stack") or {}
+        mha = [t for _, t in stack.values() if "MultiheadAttention" in str(t)]
+        what = "module nn.MultiheadAttention" if mha else f"op {opname}"
+        raise CompileError(
+            f"{where_of(n)}: unsupported {what}; {ATTENTION_HINT}; supported: {', '.join(SUPPORTED_PIECES)}"
         )
     output = None
     for n in ep.graph.nodes:
@@ -247,15 +301,33 @@ def from_export(ep, model_config: dict) -> Graph:
                 attrs = {"weight": params[a[1].name], "eps": float(a[2])}
             elif kind == "linear":
                 kind, attrs = "lm_head", {"weight": params[a[1].name], "vocab": feat(n)}
-            elif kind == "int8linear":
+            elif kind in ("int8linear", "int8linear_fixed"):
                 wshape = a[1].meta["val"].shape
                 attrs = {"weight": params[a[1].name], "k": int(wshape[1]), "n": int(wshape[0])}
+                if kind == "int8linear_fixed":  # given int8 codes + row scales (models.w8a8.FixedInt8Linear)
+                    kind, attrs["scales"] = "int8linear", params[a[2].name]
             elif kind == "layernorm":
                 attrs = {
                     "weight": params[a[1].name] if a[1] is not None else None,
                     "bias": params[a[2].name] if a[2] is not None else None,
                     "eps": float(a[3]),
                 }
+            elif kind == "self_attention":  # models.attention.SelfAttention: no RoPE, no positions
+                h, hkv = int(a[3]), int(a[4])
+                kind, inputs = "attention", [val(a[0]), val(a[1]), val(a[2])]
+                attrs = {
+                    "layer": sum(1 for o in ops if o.kind == "attention"),
+                    "n_heads": h,
+                    "n_kv_heads": hkv,
+                    "head_dim": feat(a[0]) // h,
+                    "score_div": float(a[6]),
+                    "causal": bool(a[5]),
+                    "rope": False,
+                }
+            elif kind == "gelu":  # two kinds: the definitions differ (and cost differently on the host)
+                kind = "gelu" if a[1] == "none" else "gelu_tanh"
+            elif kind == "bias":  # folded into the linear's dequantization (compiler.passes.fold_bias)
+                attrs = {"bias": params[a[1].name]}
             elif kind != "silu":
                 inputs = [val(a[0]), val(a[1])]
         elif general and (kind := _aten_kind(n, torch)) is not None:
@@ -277,6 +349,8 @@ def from_export(ep, model_config: dict) -> Graph:
                     "; a hand-written quantizer? quantized linears are models.w8a8.Int8Linear (int8 "
                     "W8A8, GEMM) or models.bitlinear.BitLinear (ternary, TLMM)"
                 )
+            if general and _attention_like(n, opname):
+                hint = f"; {ATTENTION_HINT}"
             if general:
                 hint += f"; supported: {', '.join(SUPPORTED_PIECES)}"
             raise CompileError(f"{where}: unsupported op {opname}{hint}")

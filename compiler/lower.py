@@ -10,8 +10,8 @@ Passes here, in order (each has its own test):
                           commands: tokens in groups of ≤ ``tlmm.tokens``, K in slices of ≤ ``tlmm.max_k``
                           (int32 partial sums added exactly by the dequant), N in slices of ≤ ``tlmm.max_n``;
                           weights too large for the engine never fail.
-7. attention              (``Lowering._lower_attention``) ``attention`` → host ``attn_prep`` (RoPE, int8
-                          q/k/v, KV-cache append) → per group of KV heads (compiler.tiling.attention_group)
+7. attention              (``Lowering._lower_attention``) ``attention`` → host ``attn_prep`` (RoPE unless
+                          ``rope=False``, int8 q/k/v, KV-cache append) → per group of KV heads (compiler.tiling.attention_group)
                           a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
                           fold V's scales, int8 P) → per group a GEMM ``P·V`` (B strided over the V cache's
                           panels) → host ``attn_out`` (keeps the diagonal blocks).
@@ -202,13 +202,17 @@ class Lowering:
                 names.append(op.attrs["scale_rows"])
             elif "weight" in op.attrs and op.kind not in ("tlmm", "dequant"):
                 names += [w for w in (op.attrs["weight"], op.attrs.get("bias")) if w is not None]
-        if any(op.kind == "attention" for op in self.g.ops):
+            if op.kind in ("dequant", "int8linear") and op.attrs.get("bias"):  # a linear's bias
+                names.append(op.attrs["bias"])
+        if any(op.kind == "attention" and op.attrs.get("rope", True) for op in self.g.ops):
             names += ["rope_cos", "rope_sin"]
         return list(dict.fromkeys(names))
 
     def _derived(self) -> dict:
         """The LM head's derived constants (computed once): fp16 weights, int8 weights + row scales."""
         if getattr(self, "_derived_cache", None) is None:
+            import torch
+
             from models.bitlinear import ternary_weight_rows
             from models.lm_head import fp16_weight, quantize_lm_head
 
@@ -226,7 +230,11 @@ class Lowering:
                     w = self.state[op.attrs["weight"]]
                     out[op.attrs["scale_rows"]] = ternary_weight_rows(w)[1].numpy()
                 if op.kind == "int8linear" and not self.meta:
-                    wq, sw = quantize_lm_head(self.state[op.attrs["weight"]].detach().to("cpu"))
+                    if "scales" in op.attrs:  # given codes and scales (models.w8a8.FixedInt8Linear)
+                        wq = self.state[op.attrs["weight"]].detach().to("cpu", torch.int8)
+                        sw = self.state[op.attrs["scales"]].detach().to("cpu", torch.float32)
+                    else:
+                        wq, sw = quantize_lm_head(self.state[op.attrs["weight"]].detach().to("cpu"))
                     out[f"{op.attrs['weight']}.int8"] = wq.numpy()
                     out[f"{op.attrs['weight']}.row_scale"] = sw.numpy()
             self._derived_cache = out
@@ -294,6 +302,11 @@ class Lowering:
         if self.general:
             if pos != 0:
                 raise CompileError(f"<model>: a general module has no positions (pos={pos}, expected 0)")
+            if tokens > self.mc["max_seq"] and any(op.kind == "attention" for op in self.g.ops):
+                raise CompileError(
+                    f"<model>: {tokens} rows; this module's attention was compiled for at most "
+                    f"{self.mc['max_seq']} (the example input's rows; compile with a longer example)"
+                )
         elif pos + tokens > self.mc["max_seq"]:
             raise CompileError(
                 f"<model>: positions {pos}..{pos + tokens - 1} exceed max_seq={self.mc['max_seq']}"
@@ -478,7 +491,8 @@ class Lowering:
                     f"{prefix}_dequant",
                     ys + [sx, scale],
                     [out],
-                    {"vocab": vocab, "rows": rows, "slices": slices},
+                    {"vocab": vocab, "rows": rows, "slices": slices}
+                    | ({"bias": op.attrs["bias"]} if op.attrs.get("bias") else {}),
                     op.where,
                 ),
             )
@@ -525,6 +539,8 @@ class Lowering:
             "pos": pos,
             "tokens": T,
             "score_div": a["score_div"],
+            "causal": a.get("causal", True),
+            "rope": a.get("rope", True),
         }
         groups = range(ag.n_groups)
         kc, vc = [f"kv{L}.k{gi}" for gi in groups], [f"kv{L}.v{gi}" for gi in groups]
@@ -534,7 +550,7 @@ class Lowering:
                 HostOp(
                     f"{op.name}.prep",
                     "attn_prep",
-                    [q, k, v, "rope_cos", "rope_sin"],
+                    [q, k, v] + (["rope_cos", "rope_sin"] if common["rope"] else []),
                     qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"],
                     common,
                     op.where,

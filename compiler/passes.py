@@ -3,6 +3,8 @@ and has its own test (tests/test_compiler.py).
 
 1. :func:`split_bitlinear`  ``bitlinear`` → ``quant`` (host: int8 absmax per token) → ``tlmm`` (engine:
    int8 × ternary → int32) → ``dequant`` (host: ``y_int · (s_x · s_w)``).
+1b. :func:`fold_bias`      a linear's ``bias`` op → ``attrs["bias"]`` of its ``dequant`` / ``int8linear`` (the
+                            bias is added in float32 right after the dequantization, on the host).
 2. :func:`dedupe_quant`     one ``quant`` per quantized value (q/k/v share their input's quantization).
 3. :func:`fuse_quant`       a ``quant`` whose input comes from a host op whose float output nobody else reads
                             is folded into that op (``rmsnorm`` → ``rmsnorm+quant``, ``relu2+quant``, ...):
@@ -23,6 +25,7 @@ from compiler.ir import CompileError, Graph, Op
 
 __all__ = [
     "split_bitlinear",
+    "fold_bias",
     "dedupe_quant",
     "fuse_quant",
     "check_weights",
@@ -31,7 +34,7 @@ __all__ = [
     "run_pipeline",
 ]
 
-FUSABLE = ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "square", "mul")
+FUSABLE = ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "gelu", "gelu_tanh", "square", "mul")
 
 
 def split_bitlinear(g: Graph) -> Graph:
@@ -57,6 +60,26 @@ def split_bitlinear(g: Graph) -> Graph:
             )
         )
         g.features[xq], g.features[sx], g.features[yi] = op.attrs["k"], 1, op.attrs["n"]
+    g.ops = out
+    return g
+
+
+def fold_bias(g: Graph) -> Graph:
+    """Each ``bias`` op (a BitLinear's / Int8Linear's bias, compiler.capture) joins the linear it follows: its
+    ``dequant`` (ternary) or ``int8linear`` op gets ``attrs["bias"]`` and the bias op's output."""
+    g = copy.deepcopy(g)
+    out: list[Op] = []
+    for op in g.ops:
+        if op.kind != "bias":
+            out.append(op)
+            continue
+        x = op.inputs[0]
+        prod = g.producer(x)
+        others = [c for c in g.consumers(x) if c is not op]
+        if prod is None or prod.kind not in ("dequant", "int8linear") or others or x == g.output:
+            raise CompileError(f"{op.where}: a bias that does not directly follow its linear layer")
+        prod.attrs["bias"] = op.attrs["bias"]
+        prod.outputs = list(op.outputs)
     g.ops = out
     return g
 
@@ -170,11 +193,12 @@ def mark_engines(g: Graph) -> Graph:
     return g
 
 
-PIPELINE = ("split_bitlinear", "dedupe_quant", "fuse_quant", "check_weights", "mark_engines")
+PIPELINE = ("split_bitlinear", "fold_bias", "dedupe_quant", "fuse_quant", "check_weights", "mark_engines")
 
 
 def run_pipeline(g: Graph, state: dict) -> Graph:
     g = split_bitlinear(g)
+    g = fold_bias(g)
     g = dedupe_quant(g)
     g = fuse_quant(g)
     g = check_weights(g, state)

@@ -10,11 +10,14 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 
-def parse_args(doc: str, argv=None) -> argparse.Namespace:
+def parse_args(doc: str, argv=None, extra=None) -> argparse.Namespace:
+    """The examples' common options; ``extra(parser)`` adds an example's own."""
     ap = argparse.ArgumentParser(description=doc.splitlines()[0])
     ap.add_argument("--rows", type=int, default=4, help="input rows (tokens) of the Program")
     ap.add_argument("--config", default="configs/default.yaml")
     ap.add_argument("--rtl", action="store_true", help="also run through the RTL top level (Verilator)")
+    if extra is not None:
+        extra(ap)
     return ap.parse_args(argv)
 
 

@@ -39,7 +39,15 @@ import torch.nn.functional as F
 
 from hw.ternary import quantize_weights
 
-__all__ = ["MODES", "quantize_act", "ternary_weight", "ternary_weight_rows", "int_matmul", "BitLinear"]
+__all__ = [
+    "MODES",
+    "quantize_act",
+    "ternary_weight",
+    "ternary_weight_rows",
+    "int_matmul",
+    "add_bias",
+    "BitLinear",
+]
 
 MODES = ("float", "fake", "int")
 
@@ -82,15 +90,23 @@ def int_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     return torch.matmul(a.to(torch.int64), b.to(torch.int64)).to(torch.int32)
 
 
+def add_bias(y: torch.Tensor, bias: torch.Tensor | None) -> torch.Tensor:
+    """A linear layer's bias in the integer reference: ``y + float32(bias)`` after the dequantization (one
+    float32 add per element, on the host: the Program's dequant op does the same add); no bias: ``y``."""
+    return y if bias is None else y + bias.to(torch.float32)
+
+
 def _exporting() -> bool:
     comp = torch.compiler
     return bool(comp.is_compiling() or (hasattr(comp, "is_exporting") and comp.is_exporting()))
 
 
 class BitLinear(nn.Linear):
-    """``nn.Linear`` without bias whose forward is BitNet b1.58's, in mode ``"float" | "fake" | "int"``.
+    """``nn.Linear`` whose forward is BitNet b1.58's, in mode ``"float" | "fake" | "int"``.
     ``per_channel=True`` scales each output row by its own absmean (:func:`ternary_weight_rows`); the int
-    forward is the same expression, ``s_x · s_w`` then being the (…, N) outer product."""
+    forward is the same expression, ``s_x · s_w`` then being the (…, N) outer product. ``bias=True`` (not
+    BitNet's; for general graphs) adds a float32 bias after the dequantization: ``y_int·(s_x·s_w) + b``,
+    one float32 add (:func:`add_bias`), in every mode."""
 
     def __init__(
         self,
@@ -101,9 +117,7 @@ class BitLinear(nn.Linear):
         dtype=None,
         per_channel: bool = False,
     ):
-        if bias:
-            raise ValueError("BitLinear has no bias (BitNet b1.58)")
-        super().__init__(in_features, out_features, bias=False, device=device, dtype=dtype)
+        super().__init__(in_features, out_features, bias=bias, device=device, dtype=dtype)
         self.per_channel = per_channel
         self.register_buffer("weight_q", None, persistent=False)
         self.register_buffer("weight_scale", None, persistent=False)
@@ -133,17 +147,17 @@ class BitLinear(nn.Linear):
 
     def forward(self, x: torch.Tensor, mode: str = "fake") -> torch.Tensor:
         if mode == "float":
-            return F.linear(x, self.weight)
+            return F.linear(x, self.weight, self.bias)
         wq, sw = self.refresh()
         if mode == "fake":
             xq, sx = quantize_act(x)
             x_hat = x + (xq.to(torch.float32) * sx - x).detach()
             sw_w = sw[:, None] if sw.ndim else sw  # per channel: one scale per output row
             w_hat = self.weight + (wq.to(torch.float32) * sw_w - self.weight).detach()
-            return F.linear(x_hat, w_hat)
+            return F.linear(x_hat, w_hat, self.bias)
         if mode == "int":
             xq, sx = quantize_act(x)
-            return int_matmul(xq, wq.T).to(torch.float32) * (sx * sw)
+            return add_bias(int_matmul(xq, wq.T).to(torch.float32) * (sx * sw), self.bias)
         raise ValueError(f"mode={mode!r}: expected one of {', '.join(MODES)}")
 
     def extra_repr(self) -> str:

@@ -24,7 +24,7 @@ from hw.isa import GemmCommand, HostCommand, TlmmCommand
 from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import TlmmShape
 from models import hostops
-from models.bitlinear import quantize_act
+from models.bitlinear import add_bias, quantize_act
 from models.lm_head import dequant_logits
 from sim.gemm_model import run_gemm_on_image
 from sim.progress import step
@@ -153,6 +153,8 @@ class _Host:
             return hostops.relu(x)
         if kind == "silu":
             return hostops.silu(x)
+        if kind in ("gelu", "gelu_tanh"):
+            return hostops.gelu(x, "tanh" if kind == "gelu_tanh" else "none")
         if kind == "square":
             return x * x
         if kind == "mul":
@@ -162,12 +164,13 @@ class _Host:
     def op_layernorm(self, op):
         self.put(op.outputs[0], self._elementwise(op))
 
-    op_relu = op_silu = op_square = op_mul = op_layernorm
+    op_relu = op_silu = op_gelu = op_gelu_tanh = op_square = op_mul = op_layernorm
 
     def op_layernorm_quant(self, op):
         self.write_quant(op.outputs, *quantize_act(self._elementwise(op)))
 
     op_relu_quant = op_silu_quant = op_square_quant = op_mul_quant = op_layernorm_quant
+    op_gelu_quant = op_gelu_tanh_quant = op_layernorm_quant
 
     def op_quant(self, op):
         self.write_quant(op.outputs, *quantize_act(self.f32(op.inputs[0])))
@@ -180,7 +183,12 @@ class _Host:
         sx = self.f32(op.inputs[1])
         # per-channel ternary scales (BitLinear(per_channel=True)): s_x·s_w is the (T, N) outer product
         sw = self.f32(op.attrs["scale_rows"]) if "scale_rows" in op.attrs else op.attrs["scale"]
-        self.put(op.outputs[0], yi.to(torch.float32) * (sx * sw))
+        self.put(op.outputs[0], self._bias(op, yi.to(torch.float32) * (sx * sw)))
+
+    def _bias(self, op, y: torch.Tensor) -> torch.Tensor:
+        """A linear's bias after its dequantization (models.bitlinear.add_bias: one float32 add)."""
+        b = op.attrs.get("bias")
+        return y if not b else add_bias(y, self.f32(b))
 
     def op_lm_head(self, op):  # host_fp32, or host_fp16: the float16 weights read as float32 (exact)
         x = self.f32(op.inputs[0])
@@ -205,7 +213,7 @@ class _Host:
         y = torch.cat(
             [self.gemm_out(y, rows, n1 - n0) for y, (n0, n1) in zip(ys, op.attrs["slices"], strict=True)], 1
         )
-        self.put(op.outputs[0], dequant_logits(y, self.f32(sx_name), self.f32(sw_name)))
+        self.put(op.outputs[0], self._bias(op, dequant_logits(y, self.f32(sx_name), self.f32(sw_name))))
 
     op_int8_dequant = op_lm_head_dequant
 
@@ -220,12 +228,14 @@ class _Host:
         L, rep, g = a["layer"], h // hkv, a.get("group", 1)
         m = rep * T
         positions = torch.arange(pos, pos + T)
-        cos, sin = self.f32("rope_cos"), self.f32("rope_sin")
         q = self.f32(op.inputs[0]).view(1, T, h, hd).transpose(1, 2)
         k = self.f32(op.inputs[1]).view(1, T, hkv, hd).transpose(1, 2)
         v = self.f32(op.inputs[2]).view(1, T, hkv, hd).transpose(1, 2)
-        qq, sq = quantize_act(hostops.rope(q, positions, cos, sin))
-        kq, sk = quantize_act(hostops.rope(k, positions, cos, sin))
+        if a.get("rope", True):  # the LM's; models.attention.SelfAttention has none
+            cos, sin = self.f32("rope_cos"), self.f32("rope_sin")
+            q, k = hostops.rope(q, positions, cos, sin), hostops.rope(k, positions, cos, sin)
+        qq, sq = quantize_act(q)
+        kq, sk = quantize_act(k)
         vq, sv = quantize_act(v)
         for gi in range(hkv // g):
             rows = np.zeros((g * m, g * hd), np.int8)
@@ -273,8 +283,9 @@ class _Host:
         positions = torch.arange(pos, pos + T)
         scores = S.to(torch.float32) * (sq * skr.transpose(-1, -2))
         scores = scores / a["score_div"]
-        visible = torch.arange(ctx)[None, :] <= positions[:, None]
-        scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
+        if a.get("causal", True):
+            visible = torch.arange(ctx)[None, :] <= positions[:, None]
+            scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
         p = hostops.softmax(scores) * svr.transpose(-1, -2)
         pq, sp = quantize_act(p)
         for gi in range(hkv // g):

@@ -166,13 +166,13 @@ def test_program_saves_loads_and_runs_from_the_cli(repo, tmp_path):
     assert np.array_equal(np.load(tmp_path / "y.npy"), int_reference(m, x).numpy())
 
 
-class _Gelu(nn.Module):
+class _Sigmoid(nn.Module):
     def __init__(self):
         super().__init__()
         self.fc = BitLinear(16, 16)
 
     def forward(self, x):
-        return nn.functional.gelu(self.fc(x))  # GELU_LINE
+        return torch.sigmoid(self.fc(x))  # SIGMOID_LINE
 
 
 class _FloatLinear(nn.Module):
@@ -191,11 +191,13 @@ class _HandQuant(nn.Module):
 
 @pytest.mark.torch
 def test_unsupported_op_is_one_line_naming_op_line_and_supported_list(repo):
-    line = next(i for i, t in enumerate(open(__file__).read().splitlines(), 1) if t.endswith("# GELU_LINE"))
+    line = next(
+        i for i, t in enumerate(open(__file__).read().splitlines(), 1) if t.endswith("# SIGMOID_LINE")
+    )
     with pytest.raises(CompileError) as e:
-        compile_model(_Gelu(), _acfg(repo), example_inputs=torch.randn(2, 16))
+        compile_model(_Sigmoid(), _acfg(repo), example_inputs=torch.randn(2, 16))
     msg = str(e.value)
-    assert "\n" not in msg and "aten::gelu" in msg and f"test_graphs.py:{line}" in msg, msg
+    assert "\n" not in msg and "aten::sigmoid" in msg and f"test_graphs.py:{line}" in msg, msg
     assert "supported: models.bitlinear.BitLinear" in msg and "Int8Linear" in msg
     with pytest.raises(
         CompileError, match=r"^fc \(.*aten::linear; a float linear layer.*Int8Linear\.from_linear"

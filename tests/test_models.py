@@ -144,8 +144,6 @@ def test_bitlinear_int_and_fake_modes_follow_the_numeric_definition():
     assert not np.allclose(flt, want, atol=1e-3)  # quantization does change the result
     with pytest.raises(ValueError, match="mode"):
         lin(torch.from_numpy(x), mode="int4")
-    with pytest.raises(ValueError, match="bias"):
-        BitLinear(4, 4, bias=True)
 
 
 def test_int_matmul_is_exact_and_wraps_to_int32():

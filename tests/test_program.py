@@ -274,7 +274,7 @@ DAMAGE = {
     "meta-model-type": _set("meta/model", []),
     "meta-missing-output": _delete("meta/output"),
     "host-ops-type": _set("host_ops", {}),
-    "host-op-kind": _set("host_ops/0/kind", "gelu"),
+    "host-op-kind": _set("host_ops/0/kind", "sigmoid"),
     "host-op-inputs": _set("host_ops/0/inputs", "tokens"),
     "host-op-attrs": _set("host_ops/0/attrs", []),
     "host-op-extra-field": _set("host_ops/0/color", "red"),

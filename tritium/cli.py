@@ -55,6 +55,27 @@ def _model_arg(args) -> str:
     return given[0]
 
 
+def _module_args(args, *model_only) -> tuple[int, ...] | None:
+    """``--module FILE.py:FACTORY --input-shape SHAPE`` (a general module, compiler.load_module): the parsed
+    shape, or None when no ``--module`` is given. The options that only a language model takes
+    (``model_only``: (flag, value) pairs, None when not given) and ``--model`` are refused with it."""
+    from compiler import parse_input_shape
+
+    module, shape = getattr(args, "module", None), getattr(args, "input_shape", None)
+    if module is None:
+        if shape is not None:
+            raise ValueError("--input-shape: only with --module FILE.py:FACTORY")
+        return None
+    if args.model is not None or getattr(args, "model_positional", None) is not None:
+        raise ValueError("--module and --model: give one (a general module or a language model)")
+    if shape is None:
+        raise ValueError("--module: --input-shape ROWS,FEATURES is required (the example input's shape)")
+    for flag, value in model_only:
+        if value not in (None, False):
+            raise ValueError(f"{flag}: a language-model option; a --module has no {flag}")
+    return parse_input_shape(shape)
+
+
 def _non_negative(text: str) -> int:
     try:
         v = int(text)
@@ -466,20 +487,37 @@ def cmd_compile(args) -> int:
     from sim.progress import progress
     from tritium.report import fmt_bytes, fmt_time
 
-    args.model = _model_arg(args)
+    shape = _module_args(args, ("--tokens", args.tokens), ("--pos", args.pos), ("--lm-head", args.lm_head))
+    if shape is None:
+        args.model = _model_arg(args)
+        args.tokens = 16 if args.tokens is None else args.tokens
+        args.pos = 0 if args.pos is None else args.pos
     output_dir(args.out, "--out")
     acfg = load_config(args.config)
     t0 = time.perf_counter()
     with progress(4, "compile", "stage") as bar:
         try:
             bar.stage("load model")
-            model = load_model(args.model)
+            if shape is not None:
+                import torch
+
+                from compiler import load_module
+
+                model = load_module(args.module)
+                args.model, args.pos, args.lm_head = args.module, 0, None
+                example = (torch.zeros(shape),)
+            else:
+                model, example = load_model(args.model), None
             bar.update()
             bar.stage("capture + passes")
-            cm = compile_model(model, acfg, lm_head=args.lm_head)
+            if example is None:
+                cm = compile_model(model, acfg, lm_head=args.lm_head)
+            else:
+                cm = compile_model(model, acfg, example_inputs=example)
             bar.update()
             bar.stage("lower the step")
             prog = cm.program(args.tokens, args.pos)
+            args.tokens = prog.meta["tokens"]
             bar.update()
         except CompileError as e:
             bar.close()
@@ -509,10 +547,17 @@ def cmd_compile(args) -> int:
         "compile_s": round(seconds, 3),
         **{k: round(v, 3) for k, v in cm.timings.items()},
     }
+    if shape is not None:
+        summary["input_shape"] = list(shape)
     if args.json:
         print(json.dumps(summary, indent=1))
+    elif shape is not None:
+        print(
+            f"compiled {args.module} for {acfg.name}: input {'x'.join(map(str, shape))} ({args.tokens} rows)"
+        )
     else:
         print(f"compiled {args.model} for {acfg.name}: step of {args.tokens} token(s) at position {args.pos}")
+    if not args.json:
         print(
             f"  {summary['commands']} commands ({summary['tlmm']} TLMM, {summary['gemm']} GEMM, "
             f"{summary['host']} HOST), memory {fmt_bytes(summary['memory_mib'] * 2**20)}, "
@@ -539,6 +584,29 @@ def cmd_estimate(args) -> int:
         )
     if out is not None:
         output_dir(out, "--out" if args.out is not None else "--plot")
+    shape = _module_args(
+        args,
+        ("--prompt", args.prompt),
+        ("--context", args.context),
+        ("--breakdown", args.breakdown),
+        ("--out", out),
+        ("--lm-head", args.lm_head),
+        ("--attention", args.attention),
+    )
+    if shape is not None:
+        from compiler import load_module
+        from tritium.estimate import estimate_module, format_module_estimate
+
+        try:
+            r = estimate_module(load_module(args.module), acfg, shape, name=args.module)
+        except CompileError as e:
+            return _error(e)
+        print(json.dumps(r, indent=1) if args.json else format_module_estimate(r))
+        return 0
+    if args.model is None:
+        raise ValueError(
+            "--model: required (a preset, a Hugging Face BitNet folder or a checkpoint), or --module"
+        )
     cache = None if args.no_cache else ProgramCache(log=_progress)
     try:
         r = estimate(
@@ -814,6 +882,11 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--json", action="store_true", help="print JSON")
     pf.set_defaults(func=cmd_perf)
 
+    module_help = (
+        "a general torch.nn.Module instead of --model: FACTORY() from the Python file FILE (run as code: "
+        "only files you trust; docs/models.md, 'General graphs'), compiled for --input-shape"
+    )
+    shape_help = "with --module: the example input's shape, ROWS,FEATURES (e.g. 4,64)"
     co = sub.add_parser(
         "compile", help="lower a ternary LM (preset or checkpoint) into a Program + weight image"
     )
@@ -829,16 +902,22 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument(
         "-o", "--out", required=True, help="output folder (program.json, program.npz, listing.txt)"
     )
-    co.add_argument("--tokens", type=_positive, default=16, help="tokens of the step (default 16: a prefill)")
     co.add_argument(
-        "--pos", type=_non_negative, default=0, help="position of the step's first token (default 0)"
+        "--tokens", type=_positive, default=None, help="tokens of the step (default 16: a prefill)"
     )
+    co.add_argument(
+        "--pos", type=_non_negative, default=None, help="position of the step's first token (default 0)"
+    )
+    co.add_argument("--module", default=None, metavar="FILE.py:FACTORY", help=module_help)
+    co.add_argument("--input-shape", default=None, metavar="ROWS,FEATURES", help=shape_help)
     co.add_argument("--lm-head", **_LM_HEAD_ARG)
     co.add_argument("--json", action="store_true", help="print a JSON summary")
     co.set_defaults(func=cmd_compile)
 
     es = sub.add_parser("estimate", help="modeled whole-model TTFT, tokens/s, J/token, bounds and plots")
-    es.add_argument("--model", required=True, help=model_help)
+    es.add_argument("--model", default=None, help=model_help)
+    es.add_argument("--module", default=None, metavar="FILE.py:FACTORY", help=module_help)
+    es.add_argument("--input-shape", default=None, metavar="ROWS,FEATURES", help=shape_help)
     es.add_argument("--config", default=None, help=cfg_help)
     es.add_argument(
         "--prompt",

@@ -59,6 +59,8 @@ __all__ = [
     "breakdown_of",
     "format_breakdown",
     "plot_breakdown",
+    "estimate_module",
+    "format_module_estimate",
 ]
 
 # Host-op cost per element: (flops, bytes moved). Counted from models/hostops.py (fold_sum: 1 add per
@@ -78,6 +80,8 @@ HOST_COST = {
     "layernorm": (7, 8),  # sum, subtract, square, sum, divide, weight, bias
     "relu": (1, 8),
     "silu": (32, 8),
+    "gelu": (420, 8),  # erfc: 60 Taylor terms (4 flops each) and 100 continued-fraction levels (2), exp
+    "gelu_tanh": (40, 8),  # cube, scale, exp, add, divide
     "square": (1, 8),
     "mul": (1, 12),
 }
@@ -86,7 +90,18 @@ HOST_COST = {
 HOST_COST.update(
     {
         f"{k}+quant": (HOST_COST[k][0] + 4, HOST_COST[k][1] - 3)
-        for k in ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "square", "mul")
+        for k in (
+            "rmsnorm",
+            "relu2",
+            "swiglu",
+            "layernorm",
+            "relu",
+            "silu",
+            "gelu",
+            "gelu_tanh",
+            "square",
+            "mul",
+        )
     }
 )
 # The int8 linears' quantize / dequantize (the acc_int8 LM head, models/w8a8.py): as quant and dequant.
@@ -484,6 +499,70 @@ def _share_assumption(acfg) -> dict:
         "range": list(SHARE_RANGE),
         "kind": "assumption",
     }
+
+
+def estimate_module(module, acfg: AcceleratorConfig, input_shape, name: str = "") -> dict:
+    """Modeled cost of one step of a general module (``compile_model(module, acfg, example_inputs=...)``) on
+    an input of ``input_shape``: the step's Program costed command by command (:func:`cost_program`: the
+    same rules as :func:`estimate`, listed under ``model_rules``). Returns step time, rows/s, engine cycles,
+    time per bound, DRAM bytes and energy (all modeled)."""
+    import torch
+
+    from compiler import compile_model
+
+    shape = tuple(int(d) for d in input_shape)
+    x = torch.zeros(shape, dtype=torch.float32)
+    cm = compile_model(module, acfg, example_inputs=(x,))
+    prog = cm.program()
+    c = cost_program(prog, acfg)
+    rows = int(prog.meta["tokens"])
+    kinds = {"tlmm": 0, "gemm": 0, "host": 0}
+    for cmd in prog.commands():
+        kinds[{"TlmmCommand": "tlmm", "GemmCommand": "gemm"}.get(type(cmd).__name__, "host")] += 1
+    energy = sum(c.energy_j.values())
+    return {
+        "module": name or type(module).__name__,
+        "config": acfg.name,
+        "input_shape": list(shape),
+        "rows": rows,
+        "commands": kinds,
+        "step_s": c.seconds,
+        "rows_per_s": rows / c.seconds if c.seconds else None,
+        "engine_cycles": dict(c.engine_cycles),
+        "time_by": dict(c.time_by),
+        "bound": max(c.time_by, key=c.time_by.get),
+        "dram_bytes": int(c.dram_bytes),
+        "dram_bytes_by": dict(c.dram_bytes_by),
+        "energy_j": energy,
+        "energy_j_by": dict(c.energy_j),
+        "j_per_row": energy / rows,
+        "memory_mib": prog.meta["memory_beats"] * acfg.memory.bus_bytes / 2**20,
+        "clock_mhz": acfg.clock_mhz,
+        "modeled": True,
+        "model_rules": list(MODEL_RULES),
+    }
+
+
+def format_module_estimate(r: dict) -> str:
+    """The human-readable lines of :func:`estimate_module`."""
+    from tritium.report import fmt_bytes, fmt_time
+
+    c = r["commands"]
+    tb = r["time_by"]
+    total = sum(tb.values()) or 1.0
+    parts = ", ".join(f"{k} {100 * v / total:.0f}%" for k, v in tb.items() if v)
+    return "\n".join(
+        [
+            f"{r['module']} on {r['config']} ({r['clock_mhz']:g} MHz), input {'x'.join(map(str, r['input_shape']))} "
+            f"({r['rows']} rows), modeled:",
+            f"  step {fmt_time(r['step_s'])}, {r['rows_per_s']:,.0f} rows/s; {c['tlmm']} TLMM, {c['gemm']} GEMM, "
+            f"{c['host']} HOST commands",
+            f"  engine cycles: TLMM {r['engine_cycles']['tlmm']:,}, GEMM {r['engine_cycles']['gemm']:,}; time: {parts} "
+            f"(bound: {r['bound']})",
+            f"  DRAM {fmt_bytes(r['dram_bytes'])} per step; energy {r['energy_j'] * 1e6:.2f} uJ per step, "
+            f"{r['j_per_row'] * 1e6:.3f} uJ per row; memory {fmt_bytes(r['memory_mib'] * 2**20)}",
+        ]
+    )
 
 
 def _label_records(prog: Program, records: list) -> list:
