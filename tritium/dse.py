@@ -34,6 +34,7 @@ Whenever a run is killed, the rerun's ``results.csv`` equals an uninterrupted ru
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -146,8 +147,6 @@ KNOWN_FIELDS = frozenset(PROGRAM_FIELDS + COST_FIELDS + UNUSED_FIELDS)
 
 def config_fields() -> dict[str, object]:
     """Every config field (dotted name) → its schema default."""
-    import dataclasses
-
     from hw.config import SECTIONS, AcceleratorConfig
 
     out: dict[str, object] = {}
@@ -194,7 +193,7 @@ class _HostProgram:
 
 
 _WORKLOADS: dict = {}
-_STEPS: dict = {}  # (model, lm_head, tokens, pos) → _Step
+_STEPS: dict = {}  # (model, system section, tokens, pos) → _Step
 
 
 def build_workload(
@@ -204,7 +203,8 @@ def build_workload(
     the LM head placed by ``lm_head`` (None: ``acfg.system.lm_head``): the host ops differ per placement, and
     ``acc_int8`` adds the LM head's GEMM commands (:meth:`FastEvaluator.commands`)."""
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
-    key = (model, prompt, context, lm_head)
+    system = dataclasses.replace(acfg.system, lm_head=lm_head)  # every system choice may change the host ops
+    key = (model, prompt, context, system)
     if key in _WORKLOADS:
         return _WORKLOADS[key]
     from hw.isa import HostCommand
@@ -223,7 +223,7 @@ def build_workload(
     )
     steps = {}
     for label, (T, pos) in (("prefill", (prompt, 0)), ("decode", (1, context - 1))):
-        skey = (model, lm_head, T, pos)  # a context sweep shares its prefill step
+        skey = (model, system, T, pos)  # a context sweep shares its prefill step
         if skey in _STEPS:
             steps[label] = _STEPS[skey]
             continue
