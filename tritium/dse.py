@@ -1,7 +1,8 @@
 """Design-space exploration (`tritium dse SPEC --out DIR`).
 
-A sweep spec (YAML, see :func:`load_spec` and README "Design-space exploration") names a base config, the
-config fields to vary, a workload (model preset, prompt, context), objectives, constraints, a budget and a
+A sweep spec (YAML, see :func:`load_spec` and docs/dse.md) names a base config, the config fields to vary,
+a workload (model preset, prompt, context; each may be a list: every point is evaluated on each, objectives
+aggregated by ``workload.aggregate``, constraints on each), objectives, constraints, a budget and a
 sampler. The grid sampler enumerates the grid itself, in a seeded order; NSGA-II is Optuna's. Finished
 points live in a persistent Optuna study (SQLite in DIR by default; ``--storage postgresql://…`` shares one
 study between invocations on many machines). The spec is read by :mod:`tritium.dse_spec`.
@@ -33,6 +34,7 @@ Whenever a run is killed, the rerun's ``results.csv`` equals an uninterrupted ru
 from __future__ import annotations
 
 import csv
+import dataclasses
 import os
 import time
 from collections import Counter
@@ -83,6 +85,107 @@ class Workload:
     steps: dict  # "prefill" / "decode" → _Step
     lm_head: str = "host_fp32"  # the placement the host ops were compiled with (system.lm_head)
     lm_head_shape: tuple | None = None  # (d_model, vocab) of the LM head
+    exact: bool = False  # cost every point by compiling it (the start-up self-check failed: _self_check)
+
+
+#: Config fields whose effect on the step Programs the fast evaluator reproduces: it derives the commands,
+#: the host ops and the persistent region from them (TLMM tiling, GEMM geometry and attention grouping,
+#: the LM head's placement; ``memory.addr_bits`` bounds the address space, checked by the screen).
+PROGRAM_FIELDS = (
+    "tlmm.group_size",
+    "tlmm.tables",
+    "tlmm.columns",
+    "tlmm.table_mode",
+    "tlmm.tokens",
+    "tlmm.act_bits",
+    "tlmm.max_k",
+    "tlmm.max_n",
+    "gemm.rows",
+    "gemm.cols",
+    "gemm.k_tile",
+    "memory.bus_bytes",
+    "memory.addr_bits",
+    "system.lm_head",
+)
+#: Config fields that enter only the per-command costs of ``cost_program`` (the cost caches are keyed by
+#: their whole sections), not the commands.
+COST_FIELDS = (
+    "clock_mhz",
+    "gemm.buffers",
+    "memory.latency",
+    "memory.max_burst",
+    "memory.outstanding",
+    "memory.beat_interval",
+    "device.name",
+    "device.family",
+    "device.host_gflops",
+    "device.host_gbs",
+    "device.dram_gbs",
+    "device.static_w",
+    "device.power_boundary",
+    "device.sources",
+)
+#: Config fields neither the lowering nor the estimate reads today (the KV retrieval engine's RTL parameters).
+UNUSED_FIELDS = (
+    "name",
+    "kv.dim",
+    "kv.hyperplanes",
+    "kv.hamming",
+    "kv.max_clusters",
+    "kv.max_cluster_size",
+    "kv.lanes",
+    "kv.buckets",
+    "kv.alpha",
+    "kv.seed",
+    # KV retrieval's policy (docs/design.md, "KV retrieval in the loop"): read only with system.attention
+    # resv, which the fast evaluator refuses (FastEvaluator.estimate) until it costs retrieval.
+    "system.attention",
+    "system.kv_sinks",
+    "system.kv_window",
+    "system.kv_min_context",
+    "system.kv_tables",
+    "system.kv_selected_share",
+)
+#: Config fields the fast evaluator knows it does not mirror (e.g. a choice that makes the step time
+#: other than the sum of its commands' times): a point that sets one to anything but its schema default is
+#: costed exactly, by compiling it. The default must keep the Programs the fast path mirrors.
+COMPILED_FIELDS: tuple[str, ...] = ()
+KNOWN_FIELDS = frozenset(PROGRAM_FIELDS + COST_FIELDS + UNUSED_FIELDS)
+
+
+def config_fields() -> dict[str, object]:
+    """Every config field (dotted name) → its schema default."""
+    from hw.config import SECTIONS, AcceleratorConfig
+
+    out: dict[str, object] = {}
+    for f in dataclasses.fields(AcceleratorConfig):
+        if f.name in SECTIONS:
+            for g in dataclasses.fields(SECTIONS[f.name]):
+                d = g.default if g.default is not dataclasses.MISSING else g.default_factory()  # type: ignore[misc]
+                out[f"{f.name}.{g.name}"] = d
+        elif f.name != "source":
+            out[f.name] = f.default
+    return out
+
+
+def unclassified_fields() -> dict[str, object]:
+    """Config fields added since the fast evaluator was written (in none of its lists) → their defaults."""
+    known = KNOWN_FIELDS | set(COMPILED_FIELDS)
+    return {k: v for k, v in config_fields().items() if k not in known}
+
+
+def unmirrored_fields() -> dict[str, object]:
+    """Config fields the fast evaluator does not mirror (:data:`COMPILED_FIELDS` and unclassified ones) →
+    their defaults. A point that sets one of them to anything but its default is costed exactly (compiled);
+    see :meth:`FastEvaluator.estimate`."""
+    return {k: v for k, v in config_fields().items() if k not in KNOWN_FIELDS}
+
+
+def _field_value(acfg: AcceleratorConfig, name: str):
+    node = acfg
+    for part in name.split("."):
+        node = getattr(node, part)
+    return node
 
 
 class _HostProgram:
@@ -98,6 +201,7 @@ class _HostProgram:
 
 
 _WORKLOADS: dict = {}
+_STEPS: dict = {}  # (model, system section, tokens, pos) → _Step
 
 
 def build_workload(
@@ -107,7 +211,8 @@ def build_workload(
     the LM head placed by ``lm_head`` (None: ``acfg.system.lm_head``): the host ops differ per placement, and
     ``acc_int8`` adds the LM head's GEMM commands (:meth:`FastEvaluator.commands`)."""
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
-    key = (model, prompt, context, lm_head)
+    system = dataclasses.replace(acfg.system, lm_head=lm_head)  # every system choice may change the host ops
+    key = (model, prompt, context, system)
     if key in _WORKLOADS:
         return _WORKLOADS[key]
     from hw.isa import HostCommand
@@ -126,6 +231,10 @@ def build_workload(
     )
     steps = {}
     for label, (T, pos) in (("prefill", (prompt, 0)), ("decode", (1, context - 1))):
+        skey = (model, system, T, pos)  # a context sweep shares its prefill step
+        if skey in _STEPS:
+            steps[label] = _STEPS[skey]
+            continue
         prog = cm.program(T, pos, logits="last")
         names = set()
         for op in prog.host_ops:
@@ -134,7 +243,7 @@ def build_workload(
             if "weight" in op.attrs:
                 names.add(op.attrs["weight"])
         tensors = {n: prog.tensors[n] for n in names if n in prog.tensors}
-        steps[label] = _Step(
+        steps[label] = _STEPS[skey] = _Step(
             T, pos, _HostProgram([HostCommand(i) for i in range(len(prog.host_ops))], prog.host_ops, tensors)
         )
     wl = Workload(
@@ -153,14 +262,45 @@ def build_workload(
 
 
 class FastEvaluator:
-    """``estimate()``'s figures for one workload and many configs, from per-command-shape costs."""
+    """``estimate()``'s figures for one workload and many configs, from per-command-shape costs.
 
-    def __init__(self, workload: Workload):
+    Generic over config fields: every field is classified (:data:`PROGRAM_FIELDS`, :data:`COST_FIELDS`,
+    :data:`UNUSED_FIELDS`); a config that sets a field added since (:func:`unmirrored_fields`) to anything
+    but its default is costed exactly, by compiling it (:meth:`exact`), and so is every point when the
+    workload's start-up self-check failed (``Workload.exact``). ``caches``: per-command cost caches shared
+    by the evaluators of several workloads (a command's cost does not depend on the workload)."""
+
+    def __init__(self, workload: Workload, caches: dict | None = None):
         self.w = workload
         self._by_lm_head = {workload.lm_head: workload}
-        self._cmd_cache: dict = {}
+        caches = caches if caches is not None else {}
+        self._cmd_cache: dict = caches.setdefault("cmd", {})
+        self._energy: dict = caches.setdefault("energy", {})
         self._host_cache: dict = {}
-        self._energy: dict = {}
+        self._unmirrored = unmirrored_fields()
+        self.exact_points = 0  # points costed by compiling them
+
+    def needs_exact(self, acfg: AcceleratorConfig) -> list[str]:
+        """The fields that make ``acfg`` an exact (compiled) point: unmirrored fields off their default, or
+        every unmirrored field when the self-check failed."""
+        if self.w.exact:
+            return sorted(self._unmirrored) or ["(self-check)"]
+        return [k for k, d in self._unmirrored.items() if _field_value(acfg, k) != d]
+
+    def exact(self, acfg: AcceleratorConfig) -> dict:
+        """``estimate()``'s figures by compiling ``acfg`` (no progress bar, no on-disk cache)."""
+        from tritium import estimate as E
+
+        if len(E._COMPILED) > 16:  # an exact sweep compiles per point: keep the memory bounded
+            E.clear_cache()
+        cm = E._compiled(self.w.model, acfg)
+        energy = self._energy_of(acfg.device.family)
+        pre = E.cost_program(cm.program(self.w.prompt, 0, logits="last"), acfg, energy)
+        dec = E.cost_program(cm.program(1, self.w.context - 1, logits="last"), acfg, energy)
+        self.exact_points += 1
+        return E.summarize(
+            self.w.model, acfg, self.w.prompt, self.w.context, pre, dec, energy, acfg.system.lm_head
+        )
 
     def workload(self, acfg: AcceleratorConfig) -> Workload:
         """The workload of ``acfg``'s LM-head placement (``system.lm_head``; compiled once per placement)."""
@@ -266,6 +406,8 @@ class FastEvaluator:
                 f"system.attention={acfg.system.attention}: the DSE's fast evaluator models dense attention only "
                 "(tritium estimate --attention resv costs retrieval)"
             )
+        if self.needs_exact(acfg):
+            return self.exact(acfg)
         w = self.workload(acfg)
         pre = self.step_cost(acfg, w.steps["prefill"])
         dec = self.step_cost(acfg, w.steps["decode"])
@@ -279,10 +421,20 @@ class FastEvaluator:
 STATUSES = ("ok", "invalid", "memory", "fit", "constraint", "error")
 
 
-def screen(
-    spec: Spec, params: dict, evaluator: FastEvaluator | None = None
-) -> tuple[str, str, dict, dict | None]:
-    """(status, reason, resource metrics, config dict) before any long evaluation."""
+def _evaluators(evaluators) -> list:
+    if evaluators is None:
+        return []
+    return [evaluators] if isinstance(evaluators, FastEvaluator) else list(evaluators)
+
+
+def workload_label(w: tuple[str, int, int]) -> str:
+    return f"{w[0]} prompt {w[1]} context {w[2]}"
+
+
+def screen(spec: Spec, params: dict, evaluators=None) -> tuple[str, str, dict, dict | None]:
+    """(status, reason, resource metrics, config dict) before any long evaluation. ``evaluators``: the
+    point's :class:`FastEvaluator` per workload (the memory check is per model; ``memory_mib`` is the
+    largest)."""
     from hw.boards import BOARD_SPECS
     from tritium.resources import FAMILY_OF_BOARD, load_model
 
@@ -293,13 +445,19 @@ def screen(
     except ConfigError as e:
         return "invalid", str(e).split(": ", 1)[-1], {}, None
     m: dict = {"clock_mhz": acfg.clock_mhz}
-    if evaluator is not None:
-        beats = evaluator.memory_beats(acfg)
-        m["memory_mib"] = beats * acfg.memory.bus_bytes / 2**20
+    evs = _evaluators(evaluators)
+    seen: set = set()
+    for ev in evs:  # the persistent region depends on the model only
+        if ev.w.model in seen:
+            continue
+        seen.add(ev.w.model)
+        beats = ev.memory_beats(acfg)
+        m["memory_mib"] = max(m.get("memory_mib", 0.0), beats * acfg.memory.bus_bytes / 2**20)
         if beats > 1 << acfg.memory.addr_bits:
+            who = f"{ev.w.model}: " if len({e.w.model for e in evs}) > 1 else ""
             return (
                 "memory",
-                f"weights + KV cache need {beats} beats > 2^memory.addr_bits = {1 << acfg.memory.addr_bits}",
+                f"{who}weights + KV cache need {beats} beats > 2^memory.addr_bits = {1 << acfg.memory.addr_bits}",
                 m,
                 d,
             )
@@ -324,16 +482,51 @@ def screen(
     return "ok", "", m, d
 
 
-def evaluate_point(evaluator: FastEvaluator, spec: Spec, cfg_dict: dict, res: dict) -> tuple[str, str, dict]:
+def aggregate(per: list[dict], spec: Spec) -> dict:
+    """A point's metrics over its workloads (``per``, in ``spec.workloads`` order): one workload → its own
+    dict; several → each metric by ``spec.aggregate`` (``worst``: the worst value in the objective's
+    direction, or the metric's natural one; ``mean``; ``first``) and ``by_workload`` = ``per``."""
+    if len(per) == 1:
+        return per[0]
+    direction = {**{k: v[1] for k, v in METRICS.items()}, **dict(spec.objectives)}
+    out: dict = {}
+    for k in per[0]:
+        vals = [m.get(k) for m in per]
+        if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in vals):
+            out[k] = vals[0] if all(v == vals[0] for v in vals) else None
+        elif spec.aggregate == "first" or k not in direction:
+            out[k] = vals[0]
+        elif spec.aggregate == "mean":
+            out[k] = sum(vals) / len(vals)
+        else:
+            out[k] = max(vals) if direction[k] == "minimize" else min(vals)
+    out["by_workload"] = per
+    return out
+
+
+def evaluate_point(evaluators, spec: Spec, cfg_dict: dict, res: dict) -> tuple[str, str, dict]:
+    """Evaluate a screened point on every workload; constraints must hold on each."""
     acfg = config_from_dict(cfg_dict, source=f"{spec.path} point")
-    est = evaluator.estimate(acfg)
-    m = dict(res)
-    for k in PERF_METRICS:
-        m[k] = est[k]
-    for c in spec.constraints:
-        if c.holds(m) is False:
-            return "constraint", f"violates {c.text} ({c.metric} = {m[c.metric]:.4g})", m
-    return "ok", "", m
+    evs = _evaluators(evaluators)
+    per = []
+    for ev in evs:
+        est = ev.estimate(acfg)
+        m = dict(res)
+        if len(evs) > 1 and "memory_mib" in res:  # this workload's model
+            m["memory_mib"] = ev.memory_beats(acfg) * acfg.memory.bus_bytes / 2**20
+        for k in PERF_METRICS:
+            m[k] = est[k]
+        per.append(m)
+    for wl, m in zip(spec.workloads, per, strict=True):
+        for c in spec.constraints:
+            if c.holds(m) is False:
+                at = f" at {workload_label(wl)}" if len(per) > 1 else ""
+                return (
+                    "constraint",
+                    f"violates {c.text} ({c.metric} = {m[c.metric]:.4g}){at}",
+                    aggregate(per, spec),
+                )
+    return "ok", "", aggregate(per, spec)
 
 
 # ---- worker processes -------------------------------------------------------------------------------
@@ -341,7 +534,7 @@ def evaluate_point(evaluator: FastEvaluator, spec: Spec, cfg_dict: dict, res: di
 _W: dict = {}
 
 
-def _worker_init(spec: Spec, workload: Workload, log_path: str, parent: int) -> None:
+def _worker_init(spec: Spec, workloads: list, log_path: str, parent: int) -> None:
     if parent:
         import signal
 
@@ -356,7 +549,7 @@ def _worker_init(spec: Spec, workload: Workload, log_path: str, parent: int) -> 
             pass
         if os.getppid() != parent:
             os._exit(0)
-    _W.update(spec=spec, ev=FastEvaluator(workload), log=log_path, parent=parent)
+    _W.update(spec=spec, ev=make_evaluators(workloads), log=log_path, parent=parent)
 
 
 def _worker_eval(job: tuple) -> tuple:
@@ -373,11 +566,11 @@ def _worker_eval(job: tuple) -> tuple:
     return uid, status, reason, m
 
 
-def _worker_main(conn, spec: Spec, workload: Workload, log_path: str, parent: int) -> None:
+def _worker_main(conn, spec: Spec, workloads: list, log_path: str, parent: int) -> None:
     """A worker process: evaluate the jobs the main process sends until it sends None or goes away."""
     import signal
 
-    _worker_init(spec, workload, log_path, parent)
+    _worker_init(spec, workloads, log_path, parent)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGINT})
     while True:
         try:
@@ -394,8 +587,8 @@ class _Evaluators:
     the first job), one job per idle worker over a pipe each. ``close(abort=True)`` kills the workers at once
     (Ctrl-C, errors): no pool threads or shared queue locks to wait for."""
 
-    def __init__(self, spec: Spec, workload: Workload, log_path: Path, workers: int):
-        self.args = (spec, workload, str(log_path))
+    def __init__(self, spec: Spec, workloads: list, log_path: Path, workers: int):
+        self.args = (spec, workloads, str(log_path))
         self.workers = workers
         self.procs: list = []
         if workers == 0:
@@ -484,7 +677,7 @@ class _Sweep:
         store: Store,
         out: Path,
         study_name: str,
-        evaluator: FastEvaluator,
+        evaluator: list,
         evaluators: _Evaluators,
         bar=None,
     ):
@@ -666,15 +859,63 @@ def _open_store(spec: Spec, out: Path, storage: str | None) -> tuple:
     return db, url, study_name
 
 
-def _capture(spec: Spec, log) -> Workload:
+def make_evaluators(workloads: list) -> list:
+    """One :class:`FastEvaluator` per workload, sharing the per-command cost caches."""
+    caches: dict = {}
+    return [FastEvaluator(w, caches) for w in workloads]
+
+
+def _self_check(ev: FastEvaluator, acfg: AcceleratorConfig) -> str:
+    """'' if the fast path gives the compiled estimate's figures for ``acfg``, else what differs."""
+    import math
+
+    fast, ref = ev.estimate(acfg), ev.exact(acfg)
+    bad = [
+        f"{k} {fast[k]:.6g} != {ref[k]:.6g}"
+        for k in ("ttft_s", "decode_tokens_per_s", "j_per_token", "dram_bytes_per_token")
+        if not math.isclose(fast[k], ref[k], rel_tol=1e-9)
+    ]
+    return "; ".join(bad)
+
+
+def _capture(spec: Spec, log) -> list[Workload]:
+    """The workloads of the spec (captured once; every LM-head placement the spec sweeps too, so forked
+    workers inherit them). When the config has fields the fast evaluator does not mirror, it is checked
+    once against the compiled estimate on the base config; a mismatch makes every point exact."""
     base_acfg = config_from_dict({**spec.base, "name": spec.name}, source=str(spec.base_path))
     t0 = time.perf_counter()
-    workload = build_workload(spec.model, spec.prompt, spec.context, base_acfg)
-    log(
-        f"[dse] workload {spec.model}, prompt {spec.prompt}, context {spec.context}: captured in "
-        f"{time.perf_counter() - t0:.1f} s"
+    heads = spec.parameters.get("system.lm_head", [base_acfg.system.lm_head])
+    workloads = []
+    for model, prompt, context in spec.workloads:
+        for lm in [base_acfg.system.lm_head, *(h for h in heads if h != base_acfg.system.lm_head)]:
+            w = build_workload(model, prompt, context, base_acfg, lm)
+            if lm == base_acfg.system.lm_head:
+                workloads.append(w)
+    what = (
+        f"{spec.model}, prompt {spec.prompt}, context {spec.context}"
+        if len(spec.workloads) == 1
+        else f"{len(spec.workloads)} workloads ({', '.join(workload_label(w) for w in spec.workloads[:3])}"
+        + (", ..." if len(spec.workloads) > 3 else "")
+        + f"; objectives: {spec.aggregate} over them)"
     )
-    return workload
+    log(f"[dse] workload {what}: captured in {time.perf_counter() - t0:.1f} s")
+    loose = unmirrored_fields()
+    if loose:
+        log(
+            "[dse] config fields the fast evaluator does not mirror: "
+            + ", ".join(f"{k} (default {v!r})" for k, v in loose.items())
+            + "; points that change them are compiled (exact, slow) — classify them in tritium.dse"
+        )
+        ev = FastEvaluator(workloads[0])
+        if not ev.needs_exact(base_acfg):
+            diff = _self_check(ev, base_acfg)
+            if diff:
+                log(
+                    f"[dse] self-check on the base config failed ({diff}): every point is compiled (exact, slow)"
+                )
+                for w in workloads:
+                    w.exact = True
+    return workloads
 
 
 def _search(sw: _Sweep, spec: Spec, shared: bool, run_id: str, dists: dict) -> None:
@@ -725,14 +966,14 @@ def run_dse(
     shared, run_id = storage is not None, uuid.uuid4().hex[:12]
     dists = {n: CategoricalDistribution(v) for n, v in spec.parameters.items()}
     store = Store(db, [m for m, _ in spec.objectives], dists)
-    workload = _capture(spec, log)
+    workloads = _capture(spec, log)
     sw = _Sweep(
         spec,
         store,
         out,
         study_name,
-        FastEvaluator(workload),
-        _Evaluators(spec, workload, out / "evaluations.jsonl", workers),
+        make_evaluators(workloads),
+        _Evaluators(spec, workloads, out / "evaluations.jsonl", workers),
     )
     recovered = sw.recover_foreign(run_id) if shared else 0
     log(
@@ -763,17 +1004,20 @@ def _report(
         rows = collect(db, spec)
     csv_path = write_csv(out / "results.csv", rows, spec)
     png = plot_pareto(out / "pareto.png", rows, spec)
+    ctx_png = plot_context(out / "context.png", rows, spec, max(1, top))
     table = top_table(rows, spec, top)
     log(table)
     log(
         f"[dse] {n_eval} point(s) evaluated in this run in {wall:.1f} s"
         + (f" ({60 * n_eval / wall:.0f} points/min)" if wall > 0 and n_eval else "")
         + f"; results {csv_path}, Pareto plot {png}"
+        + (f", context plot {ctx_png}" if ctx_png else "")
     )
     return {
         "rows": rows,
         "csv": csv_path,
         "png": png,
+        "context_png": ctx_png,
         "evaluated": n_eval,
         "seconds": wall,
         "table": table,
@@ -804,14 +1048,26 @@ def _stored_points(study, spec: Spec) -> list:
 
 
 def collect(study, spec: Spec) -> list[dict]:
-    """CSV rows of the stored points; ``trial`` numbers them 0, 1, … in :func:`_stored_points` order."""
+    """One record per stored point, numbered 0, 1, … (``trial``) in :func:`_stored_points` order: its
+    parameters, status, the point's metrics (aggregated over the workloads) and ``by_workload``: one dict
+    per workload of ``spec.workloads`` (model, prompt, context and that workload's metrics; a point
+    rejected before evaluation carries the screen's figures on each)."""
     rows = []
     verified = study.user_attrs.get("verified", {})
     for i, t in enumerate(_stored_points(study, spec)):
         r = t.user_attrs["result"]
         row = {"trial": i, "status": r["status"], "reason": r["reason"]}
         row.update({n: t.params.get(n) for n in spec.parameters})
-        row.update(r["metrics"])
+        metrics = dict(r["metrics"])
+        per = metrics.pop("by_workload", None)
+        if per is None or len(per) != len(spec.workloads):
+            per = [metrics] * len(spec.workloads)
+        row.update(metrics)
+        row["model"], row["prompt"], row["context"] = spec.workloads[0]
+        row["by_workload"] = [
+            {"model": m, "prompt": p, "context": c, **pm}
+            for (m, p, c), pm in zip(spec.workloads, per, strict=True)
+        ]
         row["verified"] = verified.get(t.user_attrs["uid"], {}).get("result", "")
         row["_uid"] = t.user_attrs["uid"]
         rows.append(row)
@@ -836,8 +1092,26 @@ def _mark_pareto(rows: list[dict], spec: Spec) -> None:
         r["pareto"] = 0 if dominated else 1
 
 
+WORKLOAD_COLUMNS = ("model", "prompt", "context")
+
+
+def _agg_columns(spec: Spec) -> list[str]:
+    """Columns of the point's objectives over several workloads (``worst_decode_tokens_per_s``, …)."""
+    return [f"{spec.aggregate}_{m}" for m, _ in spec.objectives] if len(spec.workloads) > 1 else []
+
+
 def _columns(spec: Spec) -> list[str]:
-    return ["trial", "status", "reason", *spec.parameters, *METRICS, "pareto", "verified"]
+    return [
+        "trial",
+        "status",
+        "reason",
+        *spec.parameters,
+        *WORKLOAD_COLUMNS,
+        *METRICS,
+        *_agg_columns(spec),
+        "pareto",
+        "verified",
+    ]
 
 
 def _fmt(v) -> str:
@@ -848,13 +1122,24 @@ def _fmt(v) -> str:
     return str(v)
 
 
+def csv_rows(rows: list[dict], spec: Spec) -> list[dict]:
+    """One dict per point and workload (what ``results.csv`` holds): the point's parameters, status,
+    Pareto flag and aggregated objectives, the workload's model, prompt, context and metrics."""
+    out = []
+    for r in rows:
+        agg = {f"{spec.aggregate}_{m}": r.get(m) for m, _ in spec.objectives}
+        for w in r["by_workload"]:
+            out.append({**r, **w, **agg})
+    return out
+
+
 def write_csv(path: Path, rows: list[dict], spec: Spec) -> Path:
     cols = _columns(spec)
     tmp = path.with_name(path.name + ".tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(cols)
-        for r in rows:
+        for r in csv_rows(rows, spec):
             w.writerow([_fmt(r.get(c)) for c in cols])
     os.replace(tmp, path)
     return path
@@ -958,7 +1243,92 @@ def plot_pareto(path: Path, rows: list[dict], spec: Spec) -> Path:
         cols = ["trial", *spec.parameters, m, "best"]
         data = [[r["trial"], *(r[n] for n in spec.parameters), r[m], r["pareto"]] for r in ok]
     ax.legend(loc="best")
-    ax.set_title(f"DSE {spec.name}: {spec.model}, prompt {spec.prompt}, context {spec.context} (modeled)")
+    ax.set_title(f"DSE {spec.name}: {workload_text(spec)} (modeled)")
+    return save_figure(fig, path, cols, data)["png"]
+
+
+def _span(vals: list) -> str:
+    vals = list(dict.fromkeys(vals))
+    return (
+        str(vals[0])
+        if len(vals) == 1
+        else f"{min(vals)}..{max(vals)}"
+        if all(isinstance(v, int) for v in vals)
+        else ", ".join(map(str, vals))
+    )
+
+
+def workload_text(spec: Spec) -> str:
+    """``bitnet-0.7b, prompt 128, context 128..2048 (worst of 5 workloads)``."""
+    ms, ps, cs = (list(x) for x in zip(*spec.workloads, strict=True))
+    text = f"{_span(ms)}, prompt {_span(ps)}, context {_span(cs)}"
+    if len(spec.workloads) > 1:
+        text += f" ({spec.aggregate} of {len(spec.workloads)} workloads)"
+    return text
+
+
+def plot_context(path: Path, rows: list[dict], spec: Spec, k: int) -> Path | None:
+    """Decode tokens/s and J/token against the context, one line per model for each of the top ``k``
+    Pareto points (PNG + PDF + CSV, :func:`tritium.figures.save_figure`); the first prompt's rows. None
+    when the spec sweeps no context."""
+    from tritium.figures import honest_axes, new_figure, save_figure
+
+    contexts = sorted({c for _, _, c in spec.workloads})
+    if len(contexts) < 2:
+        return None
+    prompt0 = spec.workloads[0][1]
+    models = list(dict.fromkeys(m for m, _, _ in spec.workloads))
+    best = pareto_top(rows, spec, k)
+    lines: dict = {}  # (model, curve) → [points]: points with the same curves share a line
+    data = []
+    for r in best:
+        for model in models:
+            pts = tuple(
+                sorted(
+                    (w["context"], w["decode_tokens_per_s"], w["j_per_token"])
+                    for w in r["by_workload"]
+                    if w["model"] == model and w["prompt"] == prompt0
+                )
+            )
+            lines.setdefault((model, pts), []).append(r)
+            data += [
+                [r["trial"], model, prompt0, c, *(r[n] for n in spec.parameters), tps, jpt]
+                for c, tps, jpt in pts
+            ]
+    fig, axes = new_figure(ncols=2, width=10.0, height=4.2 + 0.2 * len(lines))
+    styles = ["-", "--", ":", "-."]
+    for i, ((model, pts), same) in enumerate(lines.items()):
+        r = same[0]
+        label = f"trial {r['trial']}" + (
+            f" (same curves: {', '.join(str(o['trial']) for o in same[1:])})" if len(same) > 1 else ""
+        )
+        label += f", {model}" if len(models) > 1 else ""
+        if len(spec.parameters) <= 8:  # the point's choices, by the last part of each field's name
+            label += ": " + ", ".join(f"{n.split('.')[-1]}={r[n]}" for n in spec.parameters)
+        for ax, col in zip(axes, (1, 2), strict=True):
+            ax.plot(
+                [p[0] for p in pts],
+                [p[col] for p in pts],
+                styles[models.index(model) % len(styles)],
+                marker="o",
+                c=f"C{i % 10}",
+                label=label,
+            )
+    for ax, m in zip(axes, ("decode_tokens_per_s", "j_per_token"), strict=True):
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(contexts, [str(c) for c in contexts])
+        ax.set_xlabel("context (tokens attended by the decode step)")
+        ax.set_ylabel(axis_label(m, METRICS[m][1]))
+        honest_axes(ax)
+    if best:  # below both panels: a point's label lists its choices
+        h, lab = axes[0].get_legend_handles_labels()
+        fig.legend(h, lab, loc="outside lower center")
+    fig.suptitle(
+        f"DSE {spec.name}: top {len(best)} Pareto point(s) by {spec.objectives[0][0]} against the context, "
+        f"{_span(models)} (modeled)",
+        fontsize=9,
+    )
+    cols = ["trial", "model", "prompt", "context", *spec.parameters, "decode_tokens_per_s", "j_per_token"]
     return save_figure(fig, path, cols, data)["png"]
 
 
@@ -993,10 +1363,46 @@ def top_table(rows: list[dict], spec: Spec, k: int) -> str:
         return float(f"{v:.4g}") if isinstance(v, float) else v
 
     body = [[cell(r, c) for c in cols] for r in best]
-    head = f"top {len(best)} Pareto point(s) by {objs[0]} (modeled); points: " + ", ".join(
+    over = f", {spec.aggregate} over {len(spec.workloads)} workloads" if len(spec.workloads) > 1 else ""
+    head = f"top {len(best)} Pareto point(s) by {objs[0]}{over} (modeled); points: " + ", ".join(
         f"{s} {counts[s]}" for s in STATUSES if counts[s]
     )
-    return table(cols, body, title=head)
+    out = table(cols, body, title=head)
+    if len(spec.workloads) > 1:
+        out += "\n" + best_per_workload_table(rows, spec)
+    return out
+
+
+def best_per_workload(rows: list[dict], spec: Spec) -> list[dict]:
+    """Per workload, the evaluated (ok) point best in the first objective at that workload: its CSV row."""
+    m, d = spec.objectives[0]
+    sign = -1.0 if d == "maximize" else 1.0
+    ok = [r for r in rows if r["status"] == "ok"]
+    out = []
+    for j in range(len(spec.workloads)):
+        if ok:
+            r = min(ok, key=lambda r: (sign * r["by_workload"][j][m], r["trial"]))
+            out.append({**r, **r["by_workload"][j]})
+    return out
+
+
+def best_per_workload_table(rows: list[dict], spec: Spec) -> str:
+    from tritium.report import fmt_energy, fmt_time, table
+
+    metrics = list(
+        dict.fromkeys([m for m, _ in spec.objectives] + ["decode_tokens_per_s", "ttft_s", "j_per_token"])
+    )
+    cols = ["model", "prompt", "context", "trial", *spec.parameters, *metrics]
+    unit = {"ttft_s": fmt_time, "j_per_token": fmt_energy}
+
+    def cell(r, c):
+        v = r.get(c, "")
+        if c in unit and isinstance(v, float):
+            return unit[c](v)
+        return float(f"{v:.4g}") if isinstance(v, float) else v
+
+    body = [[cell(r, c) for c in cols] for r in best_per_workload(rows, spec)]
+    return table(cols, body, title=f"best point per workload by {spec.objectives[0][0]} (modeled)")
 
 
 # ---- verification -----------------------------------------------------------------------------------

@@ -14,7 +14,7 @@ import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -33,6 +33,8 @@ __all__ = [
     "PERF_METRICS",
     "MAX_VALUES_PER_PARAMETER",
     "MAX_GRID_POINTS",
+    "MAX_WORKLOADS",
+    "AGGREGATES",
 ]
 
 
@@ -40,6 +42,10 @@ __all__ = [
 MAX_VALUES_PER_PARAMETER = 10_000
 #: the grid sampler enumerates the whole grid (in a seeded order)
 MAX_GRID_POINTS = 10_000_000
+#: a point is evaluated on every workload (model × prompt × context)
+MAX_WORKLOADS = 256
+#: how a point's objective is formed from its per-workload values (docs/dse.md, "Workload sweeps")
+AGGREGATES = ("worst", "mean", "first")
 
 
 class SpecError(ValueError):
@@ -92,10 +98,16 @@ class RangeModel(_Strict):
     step: int = Field(1, ge=1)
 
 
+_Tokens = Annotated[int, Field(ge=1)]
+
+
 class WorkloadModel(_Strict):
-    model: str
-    prompt: int = Field(128, ge=1)
-    context: int = Field(128, ge=1)
+    """One workload, or lists: every point is evaluated on each model × prompt × context."""
+
+    model: str | list[str]
+    prompt: _Tokens | list[_Tokens] = 128
+    context: _Tokens | list[_Tokens] = 128
+    aggregate: Literal["worst", "mean", "first"] = "worst"
 
 
 class SpecModel(_Strict):
@@ -124,10 +136,11 @@ _HINTS = {
     "board": "expected a board name",
     "fit_margin": "expected a number in (0, 1.5] (share of the device usable)",
     "parameters": "expected a non-empty mapping of dotted config fields to values",
-    "workload": "expected a mapping with model, prompt, context",
-    "workload.model": "expected a preset name",
-    "workload.prompt": "expected an integer >= 1",
-    "workload.context": "expected an integer >= 1",
+    "workload": "expected a mapping with model, prompt, context (each one value or a list), aggregate",
+    "workload.model": "expected a preset name or a list of them",
+    "workload.prompt": "expected an integer >= 1 or a list of them",
+    "workload.context": "expected an integer >= 1 or a list of them",
+    "workload.aggregate": "expected worst, mean or first",
     "objectives": "expected a non-empty list like [{decode_tokens_per_s: max}, {lut: min}]",
     "constraints": "expected a list of strings like 'lut <= 100000'",
     "budget": "expected an integer in 1..10000000",
@@ -176,6 +189,14 @@ class Spec:
     seed: int
     raw: dict = field(default_factory=dict)
     clock: str = "config"  # "fmax": each point runs at its modeled Fmax (ECP5 boards)
+    #: every (model, prompt, context) a point is evaluated on: models outer, contexts fastest; model,
+    #: prompt and context above are the first one's
+    workloads: list[tuple[str, int, int]] = field(default_factory=list)
+    aggregate: str = "worst"  # a point's objective over its workloads (AGGREGATES)
+
+    def __post_init__(self):
+        if not self.workloads:
+            self.workloads = [(self.model, self.prompt, self.context)]
 
     @property
     def fingerprint(self) -> str:
@@ -403,19 +424,42 @@ def _is_ecp5(board: str | None) -> bool:
     return board is not None and FAMILY_OF_BOARD[board] == "ecp5"
 
 
-def _workload(path: Path, w: WorkloadModel) -> tuple[str, int, int]:
+def _listed(path: Path, key: str, v: Any) -> list:
+    vals = v if isinstance(v, list) else [v]
+    if not vals:
+        raise _err(path, f"workload.{key}", "an empty list (give one value or a non-empty list)")
+    if len(set(vals)) != len(vals):
+        raise _err(path, f"workload.{key}", f"duplicate values in {vals}")
+    return vals
+
+
+def _workload(path: Path, w: WorkloadModel) -> list[tuple[str, int, int]]:
+    """Every (model, prompt, context) of the workload section: models outer, contexts fastest."""
     from models.presets import PRESETS
 
-    if w.model not in PRESETS:
-        raise _err(path, "workload.model", f"expected a preset ({', '.join(PRESETS)}), got {w.model!r}")
-    max_seq = PRESETS[w.model].max_seq
-    for key in ("prompt", "context"):
-        v = getattr(w, key)
-        if v > max_seq:
-            raise _err(
-                path, f"workload.{key}", f"{v} is out of range, allowed 1..{max_seq} (the model's max_seq)"
-            )
-    return w.model, w.prompt, w.context
+    models = _listed(path, "model", w.model)
+    prompts, contexts = _listed(path, "prompt", w.prompt), _listed(path, "context", w.context)
+    for m in models:
+        if m not in PRESETS:
+            raise _err(path, "workload.model", f"expected a preset ({', '.join(PRESETS)}), got {m!r}")
+    n = len(models) * len(prompts) * len(contexts)
+    if n > MAX_WORKLOADS:
+        raise _err(
+            path,
+            "workload",
+            f"{n} workloads (model × prompt × context), more than the limit of {MAX_WORKLOADS}",
+        )
+    short = min(models, key=lambda m: PRESETS[m].max_seq)
+    max_seq = PRESETS[short].max_seq
+    for key, vals in (("prompt", prompts), ("context", contexts)):
+        for v in vals:
+            if v > max_seq:
+                raise _err(
+                    path,
+                    f"workload.{key}",
+                    f"{v} is out of range, allowed 1..{max_seq} (the max_seq of {short})",
+                )
+    return [(m, p, c) for m in models for p in prompts for c in contexts]
 
 
 def _objective(path: Path, i: int, o: Any, board: str | None) -> tuple[str, str]:
@@ -492,7 +536,8 @@ def load_spec(path: str | Path) -> Spec:
     base_path, base = _base_config(path, doc.base)
     parameters = _parameters(path, base, doc.parameters, doc.sampler)
     board = _board(path, doc.board)
-    model, prompt, context = _workload(path, doc.workload)
+    workloads = _workload(path, doc.workload)
+    model, prompt, context = workloads[0]
     objectives = _objectives(path, doc.objectives, board)
     constraints = [_constraint(path, i, c, board) for i, c in enumerate(doc.constraints or [])]
     clock = _clock(path, doc.clock, board, parameters)
@@ -516,4 +561,6 @@ def load_spec(path: str | Path) -> Spec:
         doc.seed,
         raw,
         clock,
+        workloads,
+        doc.workload.aggregate,
     )

@@ -32,6 +32,7 @@ the prefill of the prompt (TTFT) and one decode step at the given context. Costs
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -331,7 +332,8 @@ def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str | None = No
     from compiler import compile_model, load_model
 
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
-    key = (model_spec, acfg.fingerprint(), lm_head)
+    # the hardware fingerprint leaves out the system section, whose choices change the Program: key on all of it
+    key = (model_spec, acfg.fingerprint(), dataclasses.replace(acfg.system, lm_head=lm_head))
     if key not in _COMPILED:  # shapes suffice
         _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg, lm_head=lm_head)
     return _COMPILED[key]
