@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.hostcost import host_cycles
 from compiler.ir import CompileError, Graph
+from compiler.schedule import insert_syncs, mask_names, with_syncs
 from compiler.tiling import (
     Allocator,
     attention_gemms,
@@ -50,10 +52,14 @@ from compiler.tiling import (
 from compiler.tiling import ceil_div as _ceil
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import gemm_shape
-from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
 from hw.program import LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
 
-__all__ = ["Allocator", "StepPlan", "Lowering"]
+__all__ = ["Allocator", "StepPlan", "Lowering", "REUSE_LAG"]
+
+REUSE_LAG = 4
+"""With ``system.overlap``: a step buffer freed after item i is reused from item i + 1 + REUSE_LAG on, so the
+host op that read it last does not hold up (by a WAR SYNC) the engine commands right after it."""
 
 
 class StepPlan:
@@ -642,7 +648,14 @@ class Lowering:
         tok = plan.tensors[self.input_name]
         tok.addr = alloc.alloc(self.beats(tok.nbytes), self.input_name)
         live[self.input_name] = (tok.addr, self.beats(tok.nbytes))
+        # with overlap, a buffer freed after item i is reused from item i + REUSE_LAG on: the item that reads it
+        # last may still run (beside the next engine command) when the next ones are dispatched
+        overlap = self.acfg.system.overlap
+        lag = REUSE_LAG if overlap else 0
+        freed: list[tuple[int, tuple[int, int]]] = []
         for i, item in enumerate(plan.items):
+            while freed and freed[0][0] <= i:
+                alloc.release(*freed.pop(0)[1])
             ins, outs = self._io(item, plan)
             for v in outs:
                 ti = plan.tensors.get(v)
@@ -651,9 +664,11 @@ class Lowering:
                 addr = alloc.alloc(self.beats(ti.nbytes), v)
                 ti.addr = addr
                 live[v] = (addr, self.beats(ti.nbytes))
-            for v in set(ins):
+            for v in sorted(set(ins)):
                 if v in live and uses.get(v) == i:
-                    alloc.release(*live.pop(v))
+                    freed.append((i + 1 + lag, live.pop(v)))
+        for _, region in freed:
+            alloc.release(*region)
         for k, ti in plan.tensors.items():
             if k not in tensors:
                 if ti.nbytes and ti.addr < 0:  # produced but never consumed (the output)
@@ -705,6 +720,18 @@ class Lowering:
                     + (f" B-stride={cmd.b_stride}" if cmd.b_stride else "")
                     + f"   # {body['where']}"
                 )
+        for h in host_ops:  # each host op's modeled latency: the cycle definition's host time
+            h.attrs["cycles"] = host_cycles(self.acfg, tensors, h)
+        if overlap:  # explicit dependencies: SYNC where a command conflicts with one that may still run
+            syncs = insert_syncs(self.acfg, commands, host_ops, tensors)
+            commands, index = with_syncs(commands, syncs)
+            named = [""] * len(commands)
+            for i, j in enumerate(index):
+                named[j] = lines[i]
+            for i, mask in syncs:
+                op = lines[i].split()[1]
+                named[index[i] - 1] = f"SYNC  {op:<34} wait {mask_names(mask)}"
+            lines = named
         words = np.array([w for c in commands for w in c.words()], dtype=np.uint64)
         if self.meta:
             image = np.zeros((0, W), np.uint8)
@@ -715,7 +742,9 @@ class Lowering:
         header = [
             f"# Tritium Program: step of {T} token(s) at position {pos}; config {self.acfg.name}",
             f"# {len(commands)} commands ({sum(1 for c in commands if isinstance(c, TlmmCommand))} TLMM, "
-            f"{sum(1 for c in commands if isinstance(c, GemmCommand))} GEMM, {len(host_ops)} HOST); "
+            f"{sum(1 for c in commands if isinstance(c, GemmCommand))} GEMM, {len(host_ops)} HOST"
+            + (f", {sum(1 for c in commands if isinstance(c, SyncCommand))} SYNC" if overlap else "")
+            + "); "
             f"memory {total} beats × {W} B = {total * W / 2**20:.2f} MiB (weights + KV cache "
             f"{self.step_base} beats)",
         ]

@@ -1,4 +1,4 @@
-"""Engine command encoding (ARCHITECTURE.md contract 2), version 4.
+"""Engine command encoding (ARCHITECTURE.md contract 2), version 5.
 
 A command is one or more 64-bit little-endian words; the opcode (bits 7:0 of the first word) says how many.
 The RTL engines receive their *engine fields* on their ``cmd`` stream (same names, same widths, in the order
@@ -24,6 +24,12 @@ word:bits  field             meaning
 HOST (opcode 3), one word: bits 31:16 ``op``, the index of a host operation in the Program's host-op table;
 the accelerator waits until the host reports it done (the CPU of a Zynq-class SoC runs it). Other bits 0.
 
+SYNC (opcode 4), one word: bits 10:8 ``mask``, the engine classes (bit 0 TLMM, bit 1 GEMM, bit 2 HOST) that
+must be idle before the decoder fetches on (mask >= 1; other bits 0). With ``system.overlap`` the decoder
+dispatches a command as soon as its own engine is free (TLMM and GEMM share the memory port, so each also
+waits for the other); SYNC is how a Program states a data dependency between classes. Without overlap every
+command waits for all engines and SYNC changes nothing.
+
 GEMM (opcode 2), three words (addresses are in bus beats of ``memory.bus_bytes``):
 
 =========  ============  ==================================================================
@@ -46,7 +52,7 @@ word:bits  field         meaning
 =========  ============  ==================================================================
 
 Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addresses (words 1-2) and HOST;
-4 adds the GEMM ``b_stride``.
+4 adds the GEMM ``b_stride``; 5 adds SYNC (explicit dependencies for overlapped dispatch).
 """
 
 from __future__ import annotations
@@ -59,12 +65,18 @@ __all__ = [
     "OP_TLMM",
     "OP_GEMM",
     "OP_HOST",
+    "OP_SYNC",
+    "SYNC_TLMM",
+    "SYNC_GEMM",
+    "SYNC_HOST",
     "TLMM_FIELDS",
     "GEMM_FIELDS",
     "HOST_FIELDS",
+    "SYNC_FIELDS",
     "TlmmCommand",
     "GemmCommand",
     "HostCommand",
+    "SyncCommand",
     "Command",
     "decode",
     "decode_program",
@@ -73,10 +85,12 @@ __all__ = [
     "command_words",
 ]
 
-ISA_VERSION = 4
+ISA_VERSION = 5
 OP_TLMM = 1
 OP_GEMM = 2
 OP_HOST = 3
+OP_SYNC = 4
+SYNC_TLMM, SYNC_GEMM, SYNC_HOST = 1, 2, 4  # SYNC mask bits: the engine classes
 
 # (name, word, lsb, width) for every field; fields named "-" do not exist (reserved zeros)
 TLMM_FIELDS = (
@@ -101,8 +115,9 @@ GEMM_FIELDS = (
     ("b_stride", 2, 32, 32),
 )
 HOST_FIELDS = (("opcode", 0, 0, 8), ("op", 0, 16, 16))
-_WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1}
-_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
+SYNC_FIELDS = (("opcode", 0, 0, 8), ("mask", 0, 8, 3))
+_WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1, OP_SYNC: 1}
+_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS, OP_SYNC: SYNC_FIELDS}
 # fields the top level consumes (DMA addresses) rather than the engine
 _DMA_ONLY = {OP_TLMM: {"act_base", "wgt_base", "res_base"}}
 
@@ -190,6 +205,17 @@ class HostCommand(_Encoded):
 
 
 @dataclass(frozen=True)
+class SyncCommand(_Encoded):
+    """Wait until the engine classes in ``mask`` (SYNC_TLMM | SYNC_GEMM | SYNC_HOST) are idle."""
+
+    OPCODE: ClassVar[int] = OP_SYNC
+    mask: int
+
+    def __post_init__(self) -> None:
+        _check_range("SYNC", "mask", self.mask, 1, 7)
+
+
+@dataclass(frozen=True)
 class GemmCommand(_Encoded):
     OPCODE: ClassVar[int] = OP_GEMM
     m_tiles: int
@@ -221,8 +247,8 @@ class GemmCommand(_Encoded):
         return (self.n_tiles - 1) * self.b_stride + self.k_tiles * b_beats
 
 
-Command = TlmmCommand | GemmCommand | HostCommand
-_COMMANDS = {OP_TLMM: TlmmCommand, OP_GEMM: GemmCommand, OP_HOST: HostCommand}
+Command = TlmmCommand | GemmCommand | HostCommand | SyncCommand
+_COMMANDS = {OP_TLMM: TlmmCommand, OP_GEMM: GemmCommand, OP_HOST: HostCommand, OP_SYNC: SyncCommand}
 
 
 def _decode_one(words: list[int], at: int) -> tuple[Command, int]:
