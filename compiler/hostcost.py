@@ -73,7 +73,12 @@ def host_cost(tensors: dict, op) -> tuple[float, float]:
     if kind in ("attn_prep", "attn_softmax", "attn_out"):
         h, hkv, hd, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"]
         ctx = a["pos"] + T
-        n = {"attn_prep": T * (h + 2 * hkv) * hd, "attn_softmax": h * T * ctx, "attn_out": h * T * hd}[kind]
+        heads = h  # an attn_softmax of groups group_lo..group_hi-1 (system.overlap) covers their heads only
+        if kind == "attn_softmax" and "group_lo" in a:
+            heads = (a["group_hi"] - a["group_lo"]) * a["group"] * (h // hkv)
+        n = {"attn_prep": T * (h + 2 * hkv) * hd, "attn_softmax": heads * T * ctx, "attn_out": h * T * hd}[
+            kind
+        ]
     else:
         first = t.get(op.inputs[0]) if op.inputs else None
         if first is not None and first.attrs.get("parts"):

@@ -55,11 +55,7 @@ from hw.gemm_layout import gemm_shape
 from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
 from hw.program import LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
 
-__all__ = ["Allocator", "StepPlan", "Lowering", "REUSE_LAG"]
-
-REUSE_LAG = 4
-"""With ``system.overlap``: a step buffer freed after item i is reused from item i + 1 + REUSE_LAG on, so the
-host op that read it last does not hold up (by a WAR SYNC) the engine commands right after it."""
+__all__ = ["Allocator", "StepPlan", "Lowering"]
 
 
 class StepPlan:
@@ -547,6 +543,9 @@ class Lowering:
                 ),
             )
         )
+        # with overlap, one softmax per group right after its Q·Kᵀ: the host's softmax of group h runs while the
+        # GEMM computes group h + 1 (rows are independent: the same bits as one softmax over all groups)
+        split = self.acfg.system.overlap and ag.n_groups > 1
         for gi in groups:
             plan.items.append(
                 (
@@ -564,19 +563,34 @@ class Lowering:
                     },
                 )
             )
-        plan.items.append(
-            (
-                "host",
-                HostOp(
-                    f"{op.name}.softmax",
-                    "attn_softmax",
-                    scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
-                    pa + [f"att{L}.sp"],
-                    common,
-                    op.where,
-                ),
+            if split:
+                plan.items.append(
+                    (
+                        "host",
+                        HostOp(
+                            f"{op.name}.softmax{gi}",
+                            "attn_softmax",
+                            [scores[gi], f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
+                            [pa[gi], f"att{L}.sp"],
+                            {**common, "group_lo": gi, "group_hi": gi + 1},
+                            op.where,
+                        ),
+                    )
+                )
+        if not split:
+            plan.items.append(
+                (
+                    "host",
+                    HostOp(
+                        f"{op.name}.softmax",
+                        "attn_softmax",
+                        scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
+                        pa + [f"att{L}.sp"],
+                        common,
+                        op.where,
+                    ),
+                )
             )
-        )
         # one P·V per group: the V cache's column panels are max_seq keys long, so B strides by a panel
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
         for gi in groups:
@@ -648,14 +662,20 @@ class Lowering:
         tok = plan.tensors[self.input_name]
         tok.addr = alloc.alloc(self.beats(tok.nbytes), self.input_name)
         live[self.input_name] = (tok.addr, self.beats(tok.nbytes))
-        # with overlap, a buffer freed after item i is reused from item i + REUSE_LAG on: the item that reads it
-        # last may still run (beside the next engine command) when the next ones are dispatched
+        # with overlap, a buffer last used by item i is reused only once a host item and an engine item after i
+        # have been dispatched: by then (in-order issue, one engine command and one host op in flight) every
+        # item up to i has finished, so reusing the buffer needs no SYNC
         overlap = self.acfg.system.overlap
-        lag = REUSE_LAG if overlap else 0
         freed: list[tuple[int, tuple[int, int]]] = []
+        last_host = last_engine = -1
         for i, item in enumerate(plan.items):
-            while freed and freed[0][0] <= i:
+            settled = min(last_host, last_engine) if overlap else i
+            while freed and freed[0][0] < settled:
                 alloc.release(*freed.pop(0)[1])
+            if item[0] == "host":
+                last_host = i
+            else:
+                last_engine = i
             ins, outs = self._io(item, plan)
             for v in outs:
                 ti = plan.tensors.get(v)
@@ -666,7 +686,7 @@ class Lowering:
                 live[v] = (addr, self.beats(ti.nbytes))
             for v in sorted(set(ins)):
                 if v in live and uses.get(v) == i:
-                    freed.append((i + 1 + lag, live.pop(v)))
+                    freed.append((i, live.pop(v)))
         for _, region in freed:
             alloc.release(*region)
         for k, ti in plan.tensors.items():

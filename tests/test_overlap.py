@@ -158,3 +158,50 @@ def test_top_overlapped_cycle_exact(repo):
     assert kinds == {"tlmm", "gemm", "host", "sync"}
     for s in range(2):
         assert rep.rtl_step_cycles[s] < sum(rep.rtl_cycles[s])  # overlapped: shorter than the commands' sum
+
+
+@pytest.mark.torch
+def test_split_softmax_equals_pytorch(repo):
+    """With overlap and several KV-head groups, attention's softmax is one host op per group (right after
+    its Q·Kᵀ, so it runs beside the next group's GEMM); the logits stay bit-identical to PyTorch int mode."""
+    torch = pytest.importorskip("torch")
+    from compiler import compile_model
+    from hw.config import config_from_dict
+    from models.lm import LMConfig, TernaryLM
+    from sim.runtime import Runtime
+    from sim.top_model import program_schedule
+
+    cfg = LMConfig(
+        vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=4, ffn=80, activation="relu2", max_seq=64
+    )
+    torch.manual_seed(0)
+    m = TernaryLM(cfg).eval()
+    d = load_config(repo / "configs" / "default.yaml").to_dict()
+    d["gemm"] = {**d["gemm"], "rows": 2, "cols": 16, "k_tile": 32, "buffers": 4}
+    d["system"] = {**d["system"], "overlap": True}
+    acfg = config_from_dict(d)
+    cm = compile_model(m, acfg)
+    prompt = torch.tensor([3, 17, 40, 8, 61])
+    p0 = cm.program(len(prompt), 0)
+    soft = [op for op in p0.host_ops if op.kind == "attn_softmax"]
+    assert len(soft) == 2 * 2 and {op.attrs["group_lo"] for op in soft} == {0, 1}
+    rt = Runtime(p0)
+    logits, _ = rt.run(p0, prompt.numpy())
+    toks = prompt.tolist()
+    assert torch.equal(logits, m(prompt[None], mode="int")[0])
+    for _ in range(2):
+        toks.append(int(logits[-1].argmax()))
+        prog = cm.program(1, len(toks) - 1)
+        logits, _ = rt.run(prog, [toks[-1]])
+        assert torch.equal(logits[-1], m(torch.tensor(toks)[None], mode="int")[0, -1])
+        s = program_schedule(prog)
+        cmds = prog.commands()
+        # a softmax runs while a GEMM runs (their dispatch..done intervals intersect)
+        spans = list(zip(cmds, s.dispatch, s.done, strict=True))
+        gem = [(a, b) for c, a, b in spans if isinstance(c, GemmCommand)]
+        soft = [
+            (a, b)
+            for c, a, b in spans
+            if isinstance(c, HostCommand) and prog.host_ops[c.op].kind == "attn_softmax"
+        ]
+        assert any(a < d and c < b for a, b in soft for c, d in gem)
