@@ -205,3 +205,16 @@ def test_split_softmax_equals_pytorch(repo):
             if isinstance(c, HostCommand) and prog.host_ops[c.op].kind == "attn_softmax"
         ]
         assert any(a < d and c < b for a, b in soft for c, d in gem)
+
+
+@pytest.mark.torch
+def test_dse_evaluator_equals_estimate_with_overlap():
+    from tritium.dse import FastEvaluator, build_workload
+    from tritium.estimate import estimate
+
+    acfg = _overlap(load_config())
+    got = FastEvaluator(build_workload("tiny", 8, 16, acfg)).estimate(acfg)
+    want = estimate("tiny", acfg, 8, 16)
+    for k in ("decode_s_per_token", "ttft_s", "j_per_token"):
+        assert got[k] == pytest.approx(want[k], rel=1e-12)
+    assert got["overlap"] and got["overlap_saved_s"]["decode"] > 0

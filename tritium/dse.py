@@ -17,6 +17,8 @@ evaluator derives the multiset of command shapes the compiler's lowering emits f
 (the same :mod:`compiler.tiling` functions the lowering calls), costs each distinct command once with ``cost_program`` (cached per
 shape and the config fields it depends on) and multiplies by its count; host ops (config-independent) are
 costed once per device. ``tests/test_dse.py`` checks the result equals :func:`tritium.estimate.estimate`.
+With ``system.overlap`` the step time is the Programs' overlapped schedule, which a sum of shapes cannot give:
+such a point is evaluated by :func:`tritium.estimate.estimate` itself (exact, slower).
 
 Fail fast: a point whose config does not validate, whose weights and KV cache do not fit the address space,
 whose modeled resources (:mod:`tritium.resources`, a fit to our RTL's synthesis runs: both engines plus the
@@ -259,9 +261,11 @@ class FastEvaluator:
 
     def estimate(self, acfg: AcceleratorConfig) -> dict:
         """The same dict as :func:`tritium.estimate.estimate` (figures equal up to float rounding)."""
-        from tritium.estimate import summarize
+        from tritium.estimate import estimate, summarize
 
         w = self.workload(acfg)
+        if acfg.system.overlap:  # the step time is the Programs' overlapped schedule, not a sum of shapes
+            return estimate(w.model, acfg, w.prompt, w.context, lm_head=acfg.system.lm_head)
         pre = self.step_cost(acfg, w.steps["prefill"])
         dec = self.step_cost(acfg, w.steps["decode"])
         return summarize(w.model, acfg, w.prompt, w.context, pre, dec, lm_head=acfg.system.lm_head)
