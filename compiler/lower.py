@@ -34,7 +34,9 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.hostcost import host_cycles
 from compiler.ir import CompileError, Graph
+from compiler.schedule import insert_syncs, mask_names, with_syncs
 from compiler.tiling import (
     Allocator,
     attention_gemms,
@@ -50,7 +52,7 @@ from compiler.tiling import (
 from compiler.tiling import ceil_div as _ceil
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import gemm_shape
-from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
 from hw.program import LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
 
 __all__ = ["Allocator", "StepPlan", "Lowering"]
@@ -557,6 +559,9 @@ class Lowering:
                 ),
             )
         )
+        # with overlap, one softmax per group right after its Q·Kᵀ: the host's softmax of group h runs while the
+        # GEMM computes group h + 1 (rows are independent: the same bits as one softmax over all groups)
+        split = self.acfg.system.overlap and ag.n_groups > 1
         for gi in groups:
             plan.items.append(
                 (
@@ -574,19 +579,34 @@ class Lowering:
                     },
                 )
             )
-        plan.items.append(
-            (
-                "host",
-                HostOp(
-                    f"{op.name}.softmax",
-                    "attn_softmax",
-                    scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
-                    pa + [f"att{L}.sp"],
-                    common,
-                    op.where,
-                ),
+            if split:
+                plan.items.append(
+                    (
+                        "host",
+                        HostOp(
+                            f"{op.name}.softmax{gi}",
+                            "attn_softmax",
+                            [scores[gi], f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
+                            [pa[gi], f"att{L}.sp"],
+                            {**common, "group_lo": gi, "group_hi": gi + 1},
+                            op.where,
+                        ),
+                    )
+                )
+        if not split:
+            plan.items.append(
+                (
+                    "host",
+                    HostOp(
+                        f"{op.name}.softmax",
+                        "attn_softmax",
+                        scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
+                        pa + [f"att{L}.sp"],
+                        common,
+                        op.where,
+                    ),
+                )
             )
-        )
         # one P·V per group: the V cache's column panels are max_seq keys long, so B strides by a panel
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
         for gi in groups:
@@ -658,7 +678,20 @@ class Lowering:
         tok = plan.tensors[self.input_name]
         tok.addr = alloc.alloc(self.beats(tok.nbytes), self.input_name)
         live[self.input_name] = (tok.addr, self.beats(tok.nbytes))
+        # with overlap, a buffer last used by item i is reused only once a host item and an engine item after i
+        # have been dispatched: by then (in-order issue, one engine command and one host op in flight) every
+        # item up to i has finished, so reusing the buffer needs no SYNC
+        overlap = self.acfg.system.overlap
+        freed: list[tuple[int, tuple[int, int]]] = []
+        last_host = last_engine = -1
         for i, item in enumerate(plan.items):
+            settled = min(last_host, last_engine) if overlap else i
+            while freed and freed[0][0] < settled:
+                alloc.release(*freed.pop(0)[1])
+            if item[0] == "host":
+                last_host = i
+            else:
+                last_engine = i
             ins, outs = self._io(item, plan)
             for v in outs:
                 ti = plan.tensors.get(v)
@@ -667,9 +700,11 @@ class Lowering:
                 addr = alloc.alloc(self.beats(ti.nbytes), v)
                 ti.addr = addr
                 live[v] = (addr, self.beats(ti.nbytes))
-            for v in set(ins):
+            for v in sorted(set(ins)):
                 if v in live and uses.get(v) == i:
-                    alloc.release(*live.pop(v))
+                    freed.append((i, live.pop(v)))
+        for _, region in freed:
+            alloc.release(*region)
         for k, ti in plan.tensors.items():
             if k not in tensors:
                 if ti.nbytes and ti.addr < 0:  # produced but never consumed (the output)
@@ -721,6 +756,18 @@ class Lowering:
                     + (f" B-stride={cmd.b_stride}" if cmd.b_stride else "")
                     + f"   # {body['where']}"
                 )
+        for h in host_ops:  # each host op's modeled latency: the cycle definition's host time
+            h.attrs["cycles"] = host_cycles(self.acfg, tensors, h)
+        if overlap:  # explicit dependencies: SYNC where a command conflicts with one that may still run
+            syncs = insert_syncs(self.acfg, commands, host_ops, tensors)
+            commands, index = with_syncs(commands, syncs)
+            named = [""] * len(commands)
+            for i, j in enumerate(index):
+                named[j] = lines[i]
+            for i, mask in syncs:
+                op = lines[i].split()[1]
+                named[index[i] - 1] = f"SYNC  {op:<34} wait {mask_names(mask)}"
+            lines = named
         words = np.array([w for c in commands for w in c.words()], dtype=np.uint64)
         if self.meta:
             image = np.zeros((0, W), np.uint8)
@@ -731,7 +778,9 @@ class Lowering:
         header = [
             f"# Tritium Program: step of {T} token(s) at position {pos}; config {self.acfg.name}",
             f"# {len(commands)} commands ({sum(1 for c in commands if isinstance(c, TlmmCommand))} TLMM, "
-            f"{sum(1 for c in commands if isinstance(c, GemmCommand))} GEMM, {len(host_ops)} HOST); "
+            f"{sum(1 for c in commands if isinstance(c, GemmCommand))} GEMM, {len(host_ops)} HOST"
+            + (f", {sum(1 for c in commands if isinstance(c, SyncCommand))} SYNC" if overlap else "")
+            + "); "
             f"memory {total} beats × {W} B = {total * W / 2**20:.2f} MiB (weights + KV cache "
             f"{self.step_base} beats)",
         ]

@@ -21,7 +21,15 @@ from functools import cache
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal
 
-from pydantic import AfterValidator, BeforeValidator, ConfigDict, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    ConfigDict,
+    Field,
+    StrictBool,
+    TypeAdapter,
+    ValidationError,
+)
 from pydantic.fields import FieldInfo
 from pydantic_core import PydanticCustomError
 
@@ -563,7 +571,8 @@ KvTables = Literal["dram", "onchip"]
 @dataclass(frozen=True)
 class SystemConfig:
     """System choices around the engines: what the compiler emits and the estimates charge, not RTL
-    parameters (they do not change the hardware fingerprint). ``lm_head`` places the LM head; the CLI's
+    parameters (they do not change the hardware fingerprint), except ``overlap``, which selects the top level's
+    decoder (it enters the fingerprint when true). ``lm_head`` places the LM head; the CLI's
     ``--lm-head`` and the Python APIs' ``lm_head=`` override it."""
 
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
@@ -607,6 +616,15 @@ class SystemConfig:
             "long context exist; 0.265 = ReSV's retrieved fraction on the tiny model at 256 tokens)",
         ),
     ] = 0.265
+    overlap: Annotated[
+        StrictBool,
+        _doc(
+            "overlapped dispatch: the top level's decoder dispatches a command as soon as its engine is free "
+            "(TLMM and GEMM share the memory port; host ops run beside either) and the compiler states the "
+            "data dependencies with SYNC commands; false: every command waits for all engines (the RTL "
+            "decoder is built for this choice)"
+        ),
+    ] = False
 
 
 @dataclass(frozen=True)
@@ -651,6 +669,10 @@ class AcceleratorConfig:
         import json
 
         hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz", "device", "system")}
+        if (
+            self.system.overlap
+        ):  # the decoder is built for it (absent when false: fingerprints stay as they were)
+            hw["overlap"] = True
         return hashlib.sha256(json.dumps(hw, sort_keys=True).encode()).hexdigest()[:12]
 
 
@@ -700,7 +722,7 @@ def _spec(hint: Any) -> _Spec:
                 hi = getattr(c, "le", hi)
     if typing.get_origin(base) is Literal:
         return _Spec("choice", choices=typing.get_args(base), doc=doc)
-    kind = {int: "integer", float: "number", str: "string"}.get(base, "section")
+    kind = {int: "integer", float: "number", str: "string", bool: "boolean"}.get(base, "section")
     return _Spec(kind, lo, hi, (), pow2, doc)
 
 
@@ -783,6 +805,8 @@ def _allowed(spec: _Spec) -> str:
         return ", ".join(f"`{c}`" for c in spec.choices)
     if spec.kind == "string":
         return "non-empty"
+    if spec.kind == "boolean":
+        return "`true`, `false`"
     text = f"{spec.lo}..{spec.hi}" if spec.lo is not None else ""
     if spec.hi == (1 << 63) - 1:
         text = f"{spec.lo}..2^63-1"

@@ -24,6 +24,12 @@ word:bits  field             meaning
 HOST (opcode 3), one word: bits 31:16 ``op``, the index of a host operation in the Program's host-op table;
 the accelerator waits until the host reports it done (the CPU of a Zynq-class SoC runs it). Other bits 0.
 
+SYNC (opcode 4), one word: bits 10:8 ``mask``, the engine classes (bit 0 TLMM, bit 1 GEMM, bit 2 HOST) that
+must be idle before the decoder fetches on (mask >= 1; other bits 0). With ``system.overlap`` the decoder
+dispatches a command as soon as its own engine is free (TLMM and GEMM share the memory port, so each also
+waits for the other); SYNC is how a Program states a data dependency between classes. Without overlap every
+command waits for all engines and SYNC changes nothing.
+
 GEMM (opcode 2), three words (addresses are in bus beats of ``memory.bus_bytes``):
 
 =========  ============  ==================================================================
@@ -71,8 +77,8 @@ GEMM_LIST (opcode 6), four words: words 0-2 exactly as GEMM (opcode 2, with opco
 (P·V)); the list's entry count replaces ``n_tiles`` (mode 1) or ``k_tiles`` (mode 2), which hold its capacity.
 
 Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addresses (words 1-2) and HOST;
-4 adds the GEMM ``b_stride``; 5 adds KVR (opcode 5) and GEMM_LIST (opcode 6) (opcode 4 is SYNC's, another
-change of version 5).
+4 adds the GEMM ``b_stride``; 5 adds SYNC (opcode 4, explicit dependencies for overlapped dispatch), KVR
+(opcode 5) and GEMM_LIST (opcode 6).
 """
 
 from __future__ import annotations
@@ -91,12 +97,18 @@ __all__ = [
     "GEMM_LIST_FIELDS",
     "KvrCommand",
     "GemmListCommand",
+    "OP_SYNC",
+    "SYNC_TLMM",
+    "SYNC_GEMM",
+    "SYNC_HOST",
     "TLMM_FIELDS",
     "GEMM_FIELDS",
     "HOST_FIELDS",
+    "SYNC_FIELDS",
     "TlmmCommand",
     "GemmCommand",
     "HostCommand",
+    "SyncCommand",
     "Command",
     "decode",
     "decode_program",
@@ -111,6 +123,8 @@ OP_GEMM = 2
 OP_HOST = 3
 OP_KVR = 5
 OP_GEMM_LIST = 6
+OP_SYNC = 4
+SYNC_TLMM, SYNC_GEMM, SYNC_HOST = 1, 2, 4  # SYNC mask bits: the engine classes
 
 # (name, word, lsb, width) for every field; fields named "-" do not exist (reserved zeros)
 TLMM_FIELDS = (
@@ -148,11 +162,13 @@ KVR_FIELDS = (
     ("page_tile", 2, 32, 16),
 )
 GEMM_LIST_FIELDS = GEMM_FIELDS + (("list_base", 3, 0, 32), ("mode", 3, 32, 2))
-_WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1, OP_KVR: 3, OP_GEMM_LIST: 4}
+SYNC_FIELDS = (("opcode", 0, 0, 8), ("mask", 0, 8, 3))
+_WORDS = {OP_TLMM: 3, OP_GEMM: 3, OP_HOST: 1, OP_SYNC: 1, OP_KVR: 3, OP_GEMM_LIST: 4}
 _FIELDS = {
     OP_TLMM: TLMM_FIELDS,
     OP_GEMM: GEMM_FIELDS,
     OP_HOST: HOST_FIELDS,
+    OP_SYNC: SYNC_FIELDS,
     OP_KVR: KVR_FIELDS,
     OP_GEMM_LIST: GEMM_LIST_FIELDS,
 }
@@ -247,6 +263,17 @@ class HostCommand(_Encoded):
 
 
 @dataclass(frozen=True)
+class SyncCommand(_Encoded):
+    """Wait until the engine classes in ``mask`` (SYNC_TLMM | SYNC_GEMM | SYNC_HOST) are idle."""
+
+    OPCODE: ClassVar[int] = OP_SYNC
+    mask: int
+
+    def __post_init__(self) -> None:
+        _check_range("SYNC", "mask", self.mask, 1, 7)
+
+
+@dataclass(frozen=True)
 class GemmCommand(_Encoded):
     OPCODE: ClassVar[int] = OP_GEMM
     m_tiles: int
@@ -327,11 +354,12 @@ class KvrCommand(_Encoded):
             raise ValueError("KVR command: inserts=0 and queries=0 (it would do nothing)")
 
 
-Command = TlmmCommand | GemmCommand | HostCommand | KvrCommand
+Command = TlmmCommand | GemmCommand | HostCommand | SyncCommand | KvrCommand
 _COMMANDS = {
     OP_TLMM: TlmmCommand,
     OP_GEMM: GemmCommand,
     OP_HOST: HostCommand,
+    OP_SYNC: SyncCommand,
     OP_KVR: KvrCommand,
     OP_GEMM_LIST: GemmListCommand,
 }

@@ -3,10 +3,12 @@ reference and the RTL top level execute.
 
 A Program is
 
-- ``words``: the command stream (hw.isa, version 4): TLMM and GEMM commands for the engines, HOST commands
-  that hand one host operation to the host CPU;
-- ``host_ops``: the table HOST commands index (kind, input and output tensors, attributes, where in the
-  model the op comes from);
+- ``words``: the command stream (hw.isa, version 5): TLMM and GEMM commands for the engines, HOST commands
+  that hand one host operation to the host CPU, SYNC commands (with ``system.overlap``) that state where a
+  command must wait for other engine classes;
+- ``host_ops``: the table HOST commands index (kind, input and output tensors, attributes — among them
+  ``cycles``, the op's modeled latency in accelerator cycles (compiler.hostcost) —, where in the model the
+  op comes from);
 - ``tensors``: every buffer in memory (beat address, bytes, dtype, shape, layout);
 - ``image``: the initial memory image, ``(beats, bus_bytes)`` uint8 (packed weights, constants, zeroed
   activation buffers);
@@ -87,10 +89,10 @@ __all__ = [
     "unpack_tlmm_weights",
 ]
 
-PROGRAM_VERSION = (
-    4  # 2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache;
-    # 4: ISA 5 (KVR and GEMM_LIST encodings; no executor runs them yet, so a Program holding one is refused)
-)
+PROGRAM_VERSION = 4
+"""2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache;
+4: ISA 5 (SYNC; KVR and GEMM_LIST encodings, refused on load until an executor runs them), every host op's
+modeled latency in ``attrs["cycles"]``."""
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "float16", "int32", "int8", "uint8")
 HOST_DTYPES = {"float32": "<f4", "float16": "<f2"}  # host constants: tensor dtype → .npy dtype
@@ -458,6 +460,12 @@ class Program:
             for n in h.inputs + h.outputs:
                 if n not in names:
                     raise ProgramError(f"{source}: host op {h.name}: unknown tensor {n!r}")
+            cyc = h.attrs.get("cycles")
+            if not _is_int(cyc) or cyc < 1:
+                raise ProgramError(
+                    f"{source}: host op {h.name}: attrs.cycles (its modeled latency) must be an integer >= 1, "
+                    f"got {_show(cyc)}"
+                )
         n_ops = len(self.host_ops)
         t = acfg.tlmm
         for i, c in enumerate(cmds):

@@ -1,9 +1,14 @@
 """Accelerator top level: command decoder, TLMM stream DMA, and the engines on one memory port.
 
 The host (the CPU of a Zynq-class SoC; the co-simulation bench) pushes the Program's 64-bit command words
-(hw.isa, version 3) into ``cmd``. The decoder fetches a command (one word per cycle; 3 for TLMM and GEMM, 1
-for HOST), dispatches it in one cycle and waits until it is done, then fetches the next. The command register
-is read through :class:`CommandFields` (``lib.data`` views built from hw.isa's field tables):
+(hw.isa, version 5) into ``cmd``. The decoder fetches a command (one word per cycle; 3 for TLMM and GEMM, 1
+for HOST and SYNC), waits in its dispatch cycle until the command may go, dispatches it and fetches the next
+one in the following cycle — it does not wait for the command to finish. With ``system.overlap`` a command
+may go when its own engine is free (TLMM and GEMM also need each other idle: they share the memory port; a
+host op needs only the host idle); without, when every engine is idle. A SYNC goes when the classes of its
+mask are idle. ``retire`` pulses, per class (TLMM, GEMM, HOST, SYNC), in a command's done cycle; commands of
+one class finish in Program order. The command register is read through :class:`CommandFields`
+(``lib.data`` views built from hw.isa's field tables):
 
 - **TLMM**: the engine takes the command's engine fields; the DMA starts at the same edge. Its read
   sequencer walks the runs the engine consumes — for every chunk kc, the M activation beats (``act_base``
@@ -15,10 +20,11 @@ is read through :class:`CommandFields` (``lib.data`` views built from hw.isa's f
   engine beats of the run's width, and discards the rest of a run's last bus beat. Results (Q int32 each) are packed into bus beats and written
   from ``res_base`` on; a partial last beat is written zero-padded. Done when every result is written.
 - **GEMM**: the engine gets its fields and the memory port; done when its ``busy`` falls.
-- **HOST**: ``host`` presents the op index; done at the handshake (the host has run the op by then).
+- **HOST**: ``host`` presents the op index; the host takes it at the handshake and raises ``host_done`` for one
+  cycle when it has run it (the bench: the op's modeled latency, ``attrs["cycles"]``, after the handshake).
 
-The memory port (``rreq``/``rdata``/``wr``, the rules of sim/memory.py) belongs to the engine of the command
-in flight. ``sim.top_model`` mirrors this state for state; docs/design.md ("Top level") has the cycle counts.
+The memory port (``rreq``/``rdata``/``wr``, the rules of sim/memory.py) belongs to the engine command in
+flight (at most one). ``sim.top_model`` mirrors this state for state; docs/design.md ("Top level") has the cycle counts.
 """
 
 from __future__ import annotations
@@ -36,7 +42,9 @@ from hw.isa import (
     HOST_FIELDS,
     OP_GEMM,
     OP_HOST,
+    OP_SYNC,
     OP_TLMM,
+    SYNC_FIELDS,
     TLMM_FIELDS,
     command_words,
     payload_fields,
@@ -54,7 +62,7 @@ __all__ = [
     "MAX_COMMAND_WORDS",
 ]
 
-_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS}
+_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS, OP_SYNC: SYNC_FIELDS}
 #: Words the decoder's command register holds (the longest command).
 MAX_COMMAND_WORDS = max(command_words(op) for op in _FIELDS)
 
@@ -85,15 +93,17 @@ class CommandFields(wiring.Component):
                 "tlmm_dma": Out(data.StructLayout({name: 32 for name in _DMA_FIELDS})),
                 "gemm": Out(gemm_command_layout()),
                 "host_op": Out(16),
+                "sync_mask": Out(3),
             }
         )
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        tl, gm, host = (
-            data.View(command_layout(op), self.words.as_value()) for op in (OP_TLMM, OP_GEMM, OP_HOST)
+        tl, gm, host, sync = (
+            data.View(command_layout(op), self.words.as_value())
+            for op in (OP_TLMM, OP_GEMM, OP_HOST, OP_SYNC)
         )
-        m.d.comb += [self.opcode.eq(tl.opcode), self.host_op.eq(host.op)]
+        m.d.comb += [self.opcode.eq(tl.opcode), self.host_op.eq(host.op), self.sync_mask.eq(sync.mask)]
         m.d.comb += [self.tlmm[name].eq(tl[name]) for name, _ in payload_fields(OP_TLMM)]
         m.d.comb += [self.tlmm_dma[name].eq(tl[name]) for name in _DMA_FIELDS]
         m.d.comb += [self.gemm[name].eq(gm[name]) for name, _ in payload_fields(OP_GEMM)]
@@ -113,7 +123,9 @@ class AcceleratorTop(wiring.Component):
                 "rreq": Out(stream.Signature(read_request_layout(acfg))),
                 "rdata": In(stream.Signature(unsigned(8 * acfg.memory.bus_bytes))),
                 "wr": Out(stream.Signature(write_layout(acfg))),
+                "host_done": In(1),
                 "busy": Out(1),
+                "retire": Out(4),
             }
         )
 
@@ -134,42 +146,55 @@ class AcceleratorTop(wiring.Component):
         m.d.comb += fields.words.eq(words)
         tl_cmd, tl_dma = fields.tlmm, fields.tlmm_dma
         widx = Signal(range(MAX_COMMAND_WORDS + 1))
-        st = Signal(2)  # 0 FETCH, 1 DISPATCH, 2 RUN, 3 HOST
+        st = Signal()  # 0 FETCH, 1 DISPATCH (waiting until the command may go)
         opcode = fields.opcode
-        tl_done, run_tlmm = Signal(), Signal()
-        m.d.comb += self.busy.eq(st != 0)
-        with m.Switch(st):
-            with m.Case(0):
-                m.d.comb += self.cmd.ready.eq(1)
-                with m.If(self.cmd.valid):
-                    m.d.sync += words[widx].eq(self.cmd.payload)
-                    op = Mux(widx == 0, self.cmd.payload[:8], opcode)
-                    n_words = Mux(op == OP_HOST, command_words(OP_HOST), command_words(OP_TLMM))
-                    with m.If(widx + 1 == n_words):
-                        m.d.sync += [widx.eq(0), st.eq(1)]
-                    with m.Else():
-                        m.d.sync += widx.eq(widx + 1)
-            with m.Case(1):
-                with m.If(opcode == OP_HOST):
-                    m.d.sync += st.eq(3)
+        tl_done = Signal()
+        # engine classes in flight: TLMM (the DMA's result packer is active until the last result is written),
+        # GEMM (dispatched, busy not yet seen low), HOST (handed to the host, host_done not yet seen)
+        tl_busy, gm_busy, hs_busy = Signal(), Signal(), Signal()
+        port_free = ~tl_busy & ~gm_busy
+        if acfg.system.overlap:  # a command goes when its own engine (and the memory port) is free
+            may_go = Mux(opcode == OP_HOST, ~hs_busy, port_free)
+        else:  # every command waits for every engine
+            may_go = port_free & ~hs_busy
+        sync_go = (fields.sync_mask & Cat(tl_busy, gm_busy, hs_busy)) == 0
+        is_sync, is_host = opcode == OP_SYNC, opcode == OP_HOST
+        go = Signal()
+        m.d.comb += go.eq((st == 1) & Mux(is_sync, sync_go, may_go & (~is_host | self.host.ready)))
+        m.d.comb += self.busy.eq((st != 0) | tl_busy | gm_busy | hs_busy)
+        with m.If(st == 0):
+            m.d.comb += self.cmd.ready.eq(1)
+            with m.If(self.cmd.valid):
+                m.d.sync += words[widx].eq(self.cmd.payload)
+                op = Mux(widx == 0, self.cmd.payload[:8], opcode)
+                n_words = Mux((op == OP_HOST) | (op == OP_SYNC), 1, command_words(OP_TLMM))
+                with m.If(widx + 1 == n_words):
+                    m.d.sync += [widx.eq(0), st.eq(1)]
                 with m.Else():
-                    m.d.sync += [st.eq(2), run_tlmm.eq(opcode == OP_TLMM)]
-            with m.Case(2):
-                with m.If(Mux(run_tlmm, tl_done, ~gemm.busy)):
-                    m.d.sync += st.eq(0)
-            with m.Case(3):
-                m.d.comb += [self.host.valid.eq(1), self.host.payload.eq(fields.host_op)]
-                with m.If(self.host.ready):
-                    m.d.sync += st.eq(0)
+                    m.d.sync += widx.eq(widx + 1)
+        with m.If(go):
+            m.d.sync += st.eq(0)
 
-        dispatch_tlmm = (st == 1) & (opcode == OP_TLMM)
-        dispatch_gemm = (st == 1) & (opcode == OP_GEMM)
+        dispatch_tlmm = go & (opcode == OP_TLMM)
+        dispatch_gemm = go & (opcode == OP_GEMM)
         m.d.comb += [
             tlmm.cmd.valid.eq(dispatch_tlmm),
             tlmm.cmd.payload.eq(fields.tlmm),
             gemm.cmd.valid.eq(dispatch_gemm),
             gemm.cmd.payload.eq(fields.gemm),
+            self.host.valid.eq((st == 1) & is_host & may_go),
+            self.host.payload.eq(fields.host_op),
         ]
+        gm_done, hs_done = gm_busy & ~gemm.busy, hs_busy & self.host_done
+        with m.If(dispatch_gemm):
+            m.d.sync += gm_busy.eq(1)
+        with m.Elif(gm_done):
+            m.d.sync += gm_busy.eq(0)
+        with m.If(go & is_host):
+            m.d.sync += hs_busy.eq(1)
+        with m.Elif(hs_done):
+            m.d.sync += hs_busy.eq(0)
+        m.d.comb += self.retire.eq(Cat(tl_done, gm_done, hs_done, go & is_sync))
 
         # ---------------------------------------------------------------- TLMM DMA: read sequencer
         M = Signal(range(t.tokens + 1))
@@ -315,8 +340,8 @@ class AcceleratorTop(wiring.Component):
             m.d.sync += w_addr.eq(w_addr + 1)
         with m.If(r_push):
             m.d.sync += res_left.eq(res_left - 1)
-        m.d.comb += tl_done.eq(w_active & (res_left == 0) & (wfill == 0))
-        with m.If(tl_done & (st == 2)):
+        m.d.comb += [tl_done.eq(w_active & (res_left == 0) & (wfill == 0)), tl_busy.eq(w_active)]
+        with m.If(tl_done):
             m.d.sync += w_active.eq(0)
 
         # ---------------------------------------------------------------- DMA start (at the dispatch edge)
@@ -355,7 +380,7 @@ class AcceleratorTop(wiring.Component):
             ]
 
         # ---------------------------------------------------------------- memory port
-        with m.If(run_tlmm & (st == 2)):
+        with m.If(w_active):  # the port belongs to the engine in flight (TLMM and GEMM never overlap)
             m.d.comb += [
                 self.rreq.valid.eq(tl_rreq_valid),
                 self.rreq.payload.addr.eq(rs_addr),

@@ -8,7 +8,8 @@ command, ``INDEX  KIND  OP ...``; the listing is part of the Program's content h
 - **layer**: ``layer N`` for ops under ``layers.N``, else the op's top-level module (``embed_tokens``,
   ``norm``, ``lm_head``);
 - **op kind**: the engine and what runs on it: ``TLMM q_proj`` (the projection), ``GEMM qk`` / ``GEMM pv``
-  (attention's Q·Kᵀ and P·V), ``HOST <host-op kind>`` (``HOST attn_softmax``, ``HOST dequant``, ...).
+  (attention's Q·Kᵀ and P·V), ``HOST <host-op kind>`` (``HOST attn_softmax``, ``HOST dequant``, ...),
+  ``SYNC`` (with ``system.overlap``: a wait, labelled with the layer of the command it comes before).
 
 :func:`group` adds per-command figures up by either label, in first-seen order, so the rows of a grouping
 always sum to the step's totals.
@@ -18,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
 
 __all__ = ["command_labels", "layer_of", "op_kind", "group", "cosim_breakdown", "BOUNDS"]
 
@@ -26,9 +27,9 @@ BOUNDS = ("compute", "DRAM", "host")
 """What limits a command: the engine's compute (its own cycles), the DRAM (its bytes through the
 accelerator's port or the shared DRAM), or the host CPU (a HOST op's flops or bytes)."""
 
-_LINE = re.compile(r"^\s*(\d+)\s+(HOST|TLMM|GEMM)\s+(\S+)")
+_LINE = re.compile(r"^\s*(\d+)\s+(HOST|TLMM|GEMM|SYNC)\s+(\S+)")
 _LAYER = re.compile(r"^layers\.(\d+)(?:\.|$)")
-_ENGINE = {TlmmCommand: "TLMM", GemmCommand: "GEMM", HostCommand: "HOST"}
+_ENGINE = {TlmmCommand: "TLMM", GemmCommand: "GEMM", HostCommand: "HOST", SyncCommand: "SYNC"}
 
 
 def layer_of(op: str) -> str:
@@ -41,6 +42,8 @@ def op_kind(engine: str, op: str, host_kind: str | None = None) -> str:
     """``TLMM q_proj``, ``GEMM qk``, ``HOST rmsnorm+quant`` (see the module doc)."""
     if engine == "HOST":
         return f"HOST {host_kind}"
+    if engine == "SYNC":  # a wait before the op it names (system.overlap)
+        return "SYNC"
     parts = [p for p in op.split(".") if not p.isdigit()]
     what = re.sub(r"\d+$", "", parts[-1]) if parts else op
     if what == "gemm" and len(parts) > 1:  # an int8 linear's GEMM (the acc_int8 LM head, W8A8): its module

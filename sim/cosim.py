@@ -800,10 +800,15 @@ class TopReport:
     artifacts: dict = field(default_factory=dict)  # "waves" / "log": files kept for debugging
     lm_head: str = "host_fp32"  # where the LM head ran (models/lm_head.py)
     model: str = ""  # the checkpoint (or model) that was compiled
+    rtl_step_cycles: list = field(
+        default_factory=list
+    )  # per step: first word → the cycle after the last done
+    model_step_cycles: list = field(default_factory=list)
+    overlap: bool = False  # system.overlap: commands overlapped
 
     @property
     def cycles_equal(self) -> bool:
-        return self.rtl_cycles == self.model_cycles
+        return self.rtl_cycles == self.model_cycles and self.rtl_step_cycles == self.model_step_cycles
 
     @property
     def ok(self) -> bool:
@@ -836,7 +841,9 @@ class TopReport:
             "logits_equal_model": self.logits_equal_model,
             "rtl_cycles": sum(map(sum, self.rtl_cycles)),
             "model_cycles": sum(map(sum, self.model_cycles)),
-            "step_cycles": [sum(c) for c in self.rtl_cycles],
+            "overlap": self.overlap,
+            "step_cycles": self.rtl_step_cycles,
+            "model_step_cycles": self.model_step_cycles,
             "cycles_equal": self.cycles_equal,
             "per_kind": per_kind,
             "build_s": round(self.build_s, 2),
@@ -891,7 +898,7 @@ def run_top_cosim(
     from compiler import compile_model, load_model
     from models.lm import generate
     from sim.runtime import Runtime
-    from sim.top_model import program_cycles
+    from sim.top_model import program_cycles, step_cycles
 
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
     step("compile", "load the model")
@@ -907,6 +914,7 @@ def run_top_cosim(
     progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
     kinds = [command_kinds(p) for p in progs]
     model_cycles = [program_cycles(p) for p in progs]
+    model_steps = [step_cycles(p) for p in progs]
     from sim.breakdown import command_labels
 
     labels = [command_labels(p) for p in progs]
@@ -961,6 +969,9 @@ def run_top_cosim(
             labels=labels,
             lm_head=lm_head,
             model=str(checkpoint),
+            rtl_step_cycles=[st.get("cycles") for st in res["steps"]],
+            model_step_cycles=model_steps,
+            overlap=acfg.system.overlap,
         )
 
     return _simulate_top(
@@ -1019,7 +1030,7 @@ def _simulate_top(acfg, progs, inputs, model_cycles, report, build_root, quiet, 
                 f"({h['commands_started']} commands started): a mismatch",
                 quiet,
             )
-        res["steps"] += [{"per_command": []}] * (len(progs) - done)
+        res["steps"] += [{"per_command": [], "cycles": None}] * (len(progs) - done)
         rep = report(res, rtl_out, build_s, sim_s)
         trace = traced_format(bdir)
         out = artifacts_root(build_root)
@@ -1051,10 +1062,14 @@ class ProgramReport:
     build_s: float
     sim_s: float
     artifacts: dict = field(default_factory=dict)
+    rtl_step_cycles: list = field(
+        default_factory=list
+    )  # per step: first word → the cycle after the last done
+    model_step_cycles: list = field(default_factory=list)
 
     @property
     def cycles_equal(self) -> bool:
-        return self.rtl_cycles == self.model_cycles
+        return self.rtl_cycles == self.model_cycles and self.rtl_step_cycles == self.model_step_cycles
 
     @property
     def ok(self) -> bool:
@@ -1068,8 +1083,10 @@ class ProgramReport:
             "rtl_equals_reference": self.rtl_equals_reference,
             "rtl_cycles": sum(map(sum, self.rtl_cycles)),
             "model_cycles": sum(map(sum, self.model_cycles)),
+            "step_cycles": self.rtl_step_cycles,
+            "model_step_cycles": self.model_step_cycles,
             "cycles_equal": self.cycles_equal,
-            "commands": {k: sum(c.count(k) for c in self.commands) for k in ("tlmm", "gemm", "host")},
+            "commands": {k: sum(c.count(k) for c in self.commands) for k in ("tlmm", "gemm", "host", "sync")},
             "build_s": round(self.build_s, 2),
             "simulation_s": round(self.sim_s, 2),
             "ok": self.ok,
@@ -1078,13 +1095,11 @@ class ProgramReport:
 
 
 def command_kinds(prog) -> list[str]:
-    """``tlmm`` / ``gemm`` / ``host`` for each command of a Program."""
-    from hw.isa import GemmCommand, HostCommand
+    """``tlmm`` / ``gemm`` / ``host`` / ``sync`` for each command of a Program."""
+    from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
 
-    return [
-        "host" if isinstance(c, HostCommand) else "gemm" if isinstance(c, GemmCommand) else "tlmm"
-        for c in prog.commands()
-    ]
+    kind = {TlmmCommand: "tlmm", GemmCommand: "gemm", HostCommand: "host", SyncCommand: "sync"}
+    return [kind[type(c)] for c in prog.commands()]
 
 
 def run_program_cosim(
@@ -1103,7 +1118,7 @@ def run_program_cosim(
     ``programs``/``inputs``/``reference`` may be one Program/tensor each. ``acfg`` defaults to the Programs'."""
     from hw.program import Program
     from sim.runtime import execute
-    from sim.top_model import program_cycles
+    from sim.top_model import program_cycles, step_cycles
 
     if isinstance(programs, Program):
         programs, inputs = [programs], [inputs]
@@ -1123,6 +1138,7 @@ def run_program_cosim(
     inputs = [as_np(x) for x in inputs]
     model_out = [execute(p, x)[0].numpy() for p, x in zip(progs, inputs, strict=True)]
     model_cycles = [program_cycles(p) for p in progs]
+    model_steps = [step_cycles(p) for p in progs]
     kinds = [command_kinds(p) for p in progs]
 
     def report(res, rtl_out, build_s, sim_s):
@@ -1140,6 +1156,8 @@ def run_program_cosim(
             commands=kinds,
             build_s=build_s,
             sim_s=sim_s,
+            rtl_step_cycles=[st.get("cycles") for st in res["steps"]],
+            model_step_cycles=model_steps,
         )
 
     return _simulate_top(acfg, progs, inputs, model_cycles, report, build_root, quiet, waves)

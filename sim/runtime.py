@@ -271,15 +271,18 @@ class _Host:
         a = op.attrs
         h, hkv, pos, T = a["n_heads"], a["n_kv_heads"], a["pos"], a["tokens"]
         L, rep, ctx, g = a["layer"], h // hkv, pos + T, a.get("group", 1)
+        # the groups lo..hi-1 (all by default; one per op with system.overlap): rows are independent
+        lo, hi = a.get("group_lo", 0), a.get("group_hi", hkv // g)
+        r0, r1 = lo * g * rep, hi * g * rep  # their query heads
         S = torch.cat(
             [
                 self.gemm_out(f"att{L}.scores{gi}", g * rep * T, ctx).reshape(g * rep, T, ctx)
-                for gi in range(hkv // g)
+                for gi in range(lo, hi)
             ]
         ).unsqueeze(0)
-        sq = self.f32(f"att{L}.sq").reshape(1, h, T, 1)
-        skr = self.f32(f"kv{L}.sk")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)
-        svr = self.f32(f"kv{L}.sv")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)
+        sq = self.f32(f"att{L}.sq").reshape(1, h, T, 1)[:, r0:r1]
+        skr = self.f32(f"kv{L}.sk")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)[:, r0:r1]
+        svr = self.f32(f"kv{L}.sv")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)[:, r0:r1]
         positions = torch.arange(pos, pos + T)
         scores = S.to(torch.float32) * (sq * skr.transpose(-1, -2))
         scores = scores / a["score_div"]
@@ -288,12 +291,18 @@ class _Host:
             scores = torch.where(visible, scores, torch.full_like(scores, float("-inf")))
         p = hostops.softmax(scores) * svr.transpose(-1, -2)
         pq, sp = quantize_act(p)
-        for gi in range(hkv // g):
+        for gi in range(lo, hi):
+            j = gi - lo
             self.put_raw(
                 f"att{L}.pa{gi}",
-                pack_a(pq[0, gi * g * rep : (gi + 1) * g * rep].reshape(g * rep * T, ctx).numpy(), self.geo),
+                pack_a(pq[0, j * g * rep : (j + 1) * g * rep].reshape(g * rep * T, ctx).numpy(), self.geo),
             )
-        self.put(f"att{L}.sp", sp[0, :, :, 0])
+        if (r0, r1) == (0, h):
+            self.put(f"att{L}.sp", sp[0, :, :, 0])
+        else:  # this op's heads of the P scales
+            full = self.f32(f"att{L}.sp").reshape(h, T).clone()
+            full[r0:r1] = sp[0, :, :, 0]
+            self.put(f"att{L}.sp", full)
 
     def op_attn_out(self, op):
         a = op.attrs

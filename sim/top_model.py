@@ -1,18 +1,27 @@
-"""Cycle model of the accelerator top level (hw/top.py): per-command cycles of a Program.
+"""Cycle model of the accelerator top level (hw/top.py): per-command and whole-step cycles of a Program.
 
-- **HOST** command: 3 cycles (fetch, dispatch, host handshake; the co-simulation host answers at once —
-  the host's own time is the estimate's business, not the accelerator's).
-- **GEMM** command: 3 (fetch) + 1 (dispatch = the engine's command handshake) + G + 1, where G is the
-  engine's cycle count (``sim.gemm_model.gemm_fast``: the index of the cycle of its last write) and the
-  decoder sees ``busy`` low one cycle later.
-- **TLMM** command: 3 + 1 + R, where R comes from :func:`_tlmm_dma_kernel`, a cycle-stepped model of the
-  DMA (read sequencer, read FIFO, byte gearbox, result packer), stepping the memory of sim/mem_kernel.py and
-  the TLMM engine control of sim/tlmm_control.py (the ones sim.gemm_model and sim.tlmm_model step). Data is
-  not needed for cycles: the engine's timing depends only on stream availability, which the DMA's byte
-  counts determine; values are checked by the co-simulation against PyTorch.
+The decoder fetches a command's words (one per cycle: 3 for TLMM/GEMM, 1 for HOST/SYNC), then waits in its
+dispatch cycle until the command may go, dispatches it and fetches the next command in the following cycle;
+it does not wait for the command to finish. A command may go when (``system.overlap`` false) every engine
+class is idle, or (overlap true) when its own engine is free — TLMM and GEMM share the memory port, so each
+also needs the other idle; a host op needs the host idle; a SYNC needs the classes of its mask idle. A class
+is idle from the cycle after its command's done. Run lengths, from the dispatch cycle c to the done cycle D:
 
-Each command starts with an idle memory (exact when consecutive commands are at least
-``memory.beat_interval`` cycles apart, which the 4 fetch/dispatch cycles guarantee for intervals ≤ 4).
+- **TLMM**: R from :func:`_tlmm_dma_kernel`, a cycle-stepped model of the DMA (read sequencer, read FIFO, byte
+  gearbox, result packer), stepping the memory of sim/mem_kernel.py and the TLMM engine control of
+  sim/tlmm_control.py (the ones sim.gemm_model and sim.tlmm_model step). Data is not needed for cycles: the
+  engine's timing depends only on stream availability, which the DMA's byte counts determine; values are
+  checked by the co-simulation against PyTorch.
+- **GEMM**: G + 1, G the engine's cycle count (``sim.gemm_model.gemm_fast``: the index of the cycle of its last
+  write); the decoder sees ``busy`` low one cycle later.
+- **HOST**: L, the op's modeled latency (``attrs["cycles"]``, compiler.hostcost): the host takes the op at the
+  dispatch handshake and reports it done L cycles later (the co-simulation bench does exactly that).
+- **SYNC**: 0 (its dispatch cycle is its done cycle).
+
+A command's cycles run from its first word's accept to its done cycle, inclusive; a step's from its first
+word to the cycle after the last done (:func:`schedule`). An engine command starts with an idle memory: the
+previous engine command's last write is at least 3 cycles before its first request (exact for
+``memory.beat_interval`` <= 3; every config has 1 or 2).
 """
 
 from __future__ import annotations
@@ -22,14 +31,31 @@ from typing import NamedTuple
 from numba import njit
 
 from hw.config import AcceleratorConfig
-from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.isa import (
+    SYNC_GEMM,
+    SYNC_HOST,
+    SYNC_TLMM,
+    GemmCommand,
+    HostCommand,
+    SyncCommand,
+    TlmmCommand,
+    command_words,
+)
 from hw.top_geometry import TopGeometry
 from sim import mem_kernel as mk
 from sim.tlmm_control import ctl_act_ready, ctl_new, ctl_result_valid, ctl_step, ctl_wgt_ready
 
-__all__ = ["command_cycles", "program_cycles", "HOST_CYCLES", "FETCH_DISPATCH"]
+__all__ = [
+    "command_cycles",
+    "program_cycles",
+    "step_cycles",
+    "schedule",
+    "Schedule",
+    "run_cycles",
+    "program_schedule",
+    "FETCH_DISPATCH",
+]
 
-HOST_CYCLES = 3
 FETCH_DISPATCH = 4  # three command words + the dispatch cycle
 
 
@@ -195,20 +221,92 @@ def tlmm_run_cycles(acfg: AcceleratorConfig, cmd: TlmmCommand) -> int:
     return r
 
 
-def command_cycles(acfg: AcceleratorConfig, cmd) -> int:
-    """Cycles of one command in the top level, from its first word's accept to its done cycle (inclusive)."""
+def run_cycles(acfg: AcceleratorConfig, cmd, host_ops=None) -> int:
+    """Cycles from a command's dispatch cycle to its done cycle (module doc); a HOST command's latency comes
+    from ``host_ops`` (the Program's host-op table)."""
     if isinstance(cmd, HostCommand):
-        return HOST_CYCLES
+        return int(host_ops[cmd.op].attrs["cycles"])
     if isinstance(cmd, GemmCommand):
         from sim.gemm_model import gemm_fast
 
-        return FETCH_DISPATCH + gemm_fast(acfg, cmd).cycles + 1
+        return gemm_fast(acfg, cmd).cycles + 1
     if isinstance(cmd, TlmmCommand):
-        return FETCH_DISPATCH + tlmm_run_cycles(acfg, cmd)
+        return tlmm_run_cycles(acfg, cmd)
+    if isinstance(cmd, SyncCommand):
+        return 0
     raise TypeError(f"not a command: {cmd!r}")
 
 
-def program_cycles(prog) -> list[int]:
-    """Per-command cycles of a Program (hw.program.Program) on the top level."""
+def command_cycles(acfg: AcceleratorConfig, cmd, host_ops=None) -> int:
+    """Cycles of one command on an idle top level, from its first word's accept to its done cycle
+    (inclusive): its words, the dispatch cycle's wait-free run."""
+    return command_words(cmd.OPCODE) + run_cycles(acfg, cmd, host_ops)
+
+
+_CLASS = {TlmmCommand: SYNC_TLMM, GemmCommand: SYNC_GEMM, HostCommand: SYNC_HOST}
+
+
+class Schedule(NamedTuple):
+    """When each command ran (:func:`schedule`): first word (or issue), dispatch and done, per command, and
+    the step's length (first word → the cycle after the last done)."""
+
+    fetch: list
+    dispatch: list
+    done: list
+    length: float
+
+    @property
+    def per_command(self) -> list:
+        return [d - f + 1 for f, d in zip(self.fetch, self.done, strict=True)]
+
+
+def schedule(commands: list, runs: list, overlap: bool, fetch: bool = True) -> Schedule:
+    """The top level's schedule of ``commands`` (hw.isa commands) with run lengths ``runs`` (dispatch → done,
+    :func:`run_cycles`) under the dispatch rules of the module doc. ``fetch=True`` counts the RTL's cycles
+    (words, the dispatch cycle, a class idle the cycle after its done); ``fetch=False`` is the same event
+    schedule in continuous time with no fetch or dispatch cost (tritium/estimate.py, in seconds)."""
+    one = 1 if fetch else 0
+    free = {SYNC_TLMM: 0, SYNC_GEMM: 0, SYNC_HOST: 0}  # first cycle each class is idle
+    t = 0
+    fs, cs, ds = [], [], []
+    end = 0
+    for cmd, run in zip(commands, runs, strict=True):
+        f = t
+        c0 = f + (command_words(cmd.OPCODE) if fetch else 0)
+        if isinstance(cmd, SyncCommand):
+            c = max([c0] + [free[b] for b in free if cmd.mask & b])
+            d = c
+        else:
+            cls = _CLASS[type(cmd)]
+            if not overlap:
+                wait = free.values()
+            elif cls == SYNC_HOST:
+                wait = (free[SYNC_HOST],)
+            else:
+                wait = (free[SYNC_TLMM], free[SYNC_GEMM])
+            c = max(c0, *wait)
+            d = c + run
+            free[cls] = d + one
+        fs.append(f)
+        cs.append(c)
+        ds.append(d)
+        end = max(end, d + one)
+        t = c + one
+    return Schedule(fs, cs, ds, end)
+
+
+def program_schedule(prog) -> Schedule:
+    """The cycle schedule of a Program (hw.program.Program) on the top level of its config."""
     acfg = prog.acfg
-    return [command_cycles(acfg, c) for c in prog.commands()]
+    cmds = prog.commands()
+    return schedule(cmds, [run_cycles(acfg, c, prog.host_ops) for c in cmds], acfg.system.overlap)
+
+
+def program_cycles(prog) -> list[int]:
+    """Per-command cycles of a Program on the top level (first word accepted → done, inclusive)."""
+    return program_schedule(prog).per_command
+
+
+def step_cycles(prog) -> int:
+    """Whole-step cycles of a Program on the top level: first word accepted → the cycle after the last done."""
+    return int(program_schedule(prog).length)

@@ -163,7 +163,7 @@ def test_cli_cosim_top_breakdown(repo, monkeypatch, capsys):
     are the model's (the grouping itself is tested above)."""
     import sim.cosim
     from sim.cosim import TopReport
-    from sim.top_model import program_cycles
+    from sim.top_model import program_cycles, step_cycles
     from tritium.cli import main
     from tritium.estimate import _compiled
 
@@ -188,13 +188,16 @@ def test_cli_cosim_top_breakdown(repo, monkeypatch, capsys):
             sim_s=0.0,
             commands=[["x"] * len(c) for c in cycles],
             labels=[command_labels(p) for p in progs],
+            rtl_step_cycles=[step_cycles(p) for p in progs],
+            model_step_cycles=[step_cycles(p) for p in progs],
         )
 
     monkeypatch.setattr(sim.cosim, "run_top_cosim", fake_run)
     assert main(["cosim", "top", "--prompt", "ab", "--tokens", "2", "--breakdown", "--json"]) == 0
     out = json.loads(capsys.readouterr().out)
     bd = out["breakdown"]
-    assert bd["prefill"]["totals"]["rtl_cycles"] == sum(cycles[0]) == out["step_cycles"][0]
+    assert bd["prefill"]["totals"]["rtl_cycles"] == sum(cycles[0])
+    assert out["step_cycles"] == out["model_step_cycles"] == [step_cycles(p) for p in progs]
     assert bd["decode"]["totals"]["rtl_cycles"] == sum(cycles[1])
     assert sum(r["rtl_cycles"] for r in bd["decode"]["by_layer"]) == sum(cycles[1])
     assert main(["cosim", "top", "--prompt", "ab", "--tokens", "2", "--breakdown"]) == 0

@@ -251,8 +251,10 @@ def print_top_summary(rep) -> None:
         f"models {decode(rep.model_tokens)!r}"
     )
     print(
-        f"Every command's cycles compared (RTL: first word accepted → done; model: sim/top_model.py); host ops "
-        f"run by the bench on the memory image. Verilator {j['simulation_s']} s."
+        f"Every command's cycles (RTL: first word accepted → done; model: sim/top_model.py) and every step's "
+        f"cycles (first word → the cycle after the last done; overlap {'on' if rep.overlap else 'off'}: "
+        f"RTL {j['step_cycles']}, model {j['model_step_cycles']}) compared; host ops run by the bench on the "
+        f"memory image, done after their modeled latency. Verilator {j['simulation_s']} s."
     )
     print(
         "RESULT:",
@@ -300,6 +302,10 @@ def cmd_cosim(args) -> int:
 
     eng = engine(args.engine)
     acfg = load_config(args.config)
+    if getattr(args, "overlap", None) is not None:
+        if eng.stimulus != "program":
+            raise ConfigError(f"--overlap: only for the top level, not {eng.name}")
+        acfg = _with_overlap(acfg, args.overlap)
     if args.breakdown and eng.stimulus != "program":
         raise ConfigError(f"--breakdown: only for a program-driven engine (top), not {eng.name}")
     if eng.stimulus == "program":
@@ -576,7 +582,7 @@ def cmd_estimate(args) -> int:
     from tritium.estimate import estimate, format_breakdown, format_estimate, plot_breakdown, plot_estimates
 
     out = args.out if args.out is not None else args.plot_dir  # --plot DIR: the deprecated spelling
-    acfg = load_config(args.config)
+    acfg = _with_overlap(load_config(args.config), args.overlap)
     if out is not None and (args.attention or acfg.system.attention) == "resv":
         return _error(
             "estimate: --out plots dense attention only; with attention resv leave out --out "
@@ -769,6 +775,23 @@ readable output on stdout. Positional arguments name what a command reads (a tra
 Program folder). Exit codes: 0 ok, 1 mismatch, 2 bad input, 3 tool failure, 130 interrupted."""
 
 
+_OVERLAP_ARG = {
+    "action": argparse.BooleanOptionalAction,
+    "default": None,
+    "help": "overlapped dispatch (system.overlap: a command goes when its engine is free, SYNCs from the data "
+    "dependencies; docs/design.md 'Top level'); default: the config's system.overlap",
+}
+
+
+def _with_overlap(acfg, overlap):
+    """The config with ``system.overlap`` set from ``--overlap`` / ``--no-overlap`` (None: unchanged)."""
+    import dataclasses
+
+    if overlap is None or overlap == acfg.system.overlap:
+        return acfg
+    return dataclasses.replace(acfg, system=dataclasses.replace(acfg.system, overlap=overlap))
+
+
 _LM_HEAD_ARG = {
     "choices": list(LM_HEAD_OPTIONS),
     "default": None,
@@ -839,6 +862,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     s.add_argument("--prompt", default="def main(", help="top: prompt text (bytes; default 'def main(')")
     s.add_argument("--lm-head", **_LM_HEAD_ARG)
+    s.add_argument("--overlap", **_OVERLAP_ARG)
     s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
     s.add_argument(
         "--breakdown",
@@ -961,6 +985,7 @@ def build_parser() -> argparse.ArgumentParser:
         "selects, from system.kv_min_context on; docs/design.md, 'KV retrieval in the loop'); default: the "
         "config's system.attention",
     )
+    es.add_argument("--overlap", **_OVERLAP_ARG)
     es.add_argument("--json", action="store_true", help="print JSON (no progress bar)")
     es.set_defaults(func=cmd_estimate)
 

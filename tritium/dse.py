@@ -18,6 +18,8 @@ evaluator derives the multiset of command shapes the compiler's lowering emits f
 (the same :mod:`compiler.tiling` functions the lowering calls), costs each distinct command once with ``cost_program`` (cached per
 shape and the config fields it depends on) and multiplies by its count; host ops (config-independent) are
 costed once per device. ``tests/test_dse.py`` checks the result equals :func:`tritium.estimate.estimate`.
+With ``system.overlap`` the step time is the Programs' overlapped schedule, which a sum of shapes cannot give:
+such a point is costed by compiling it (``COMPILED_FIELDS``; exact, slower).
 
 Fail fast: a point whose config does not validate, whose weights and KV cache do not fit the address space,
 whose modeled resources (:mod:`tritium.resources`, a fit to our RTL's synthesis runs: both engines plus the
@@ -149,7 +151,10 @@ UNUSED_FIELDS = (
 #: Config fields the fast evaluator knows it does not mirror (e.g. a choice that makes the step time
 #: other than the sum of its commands' times): a point that sets one to anything but its schema default is
 #: costed exactly, by compiling it. The default must keep the Programs the fast path mirrors.
-COMPILED_FIELDS: tuple[str, ...] = ()
+COMPILED_FIELDS: tuple[str, ...] = (
+    # the step time is the Programs' overlapped schedule (sim/top_model.py), which a sum of shapes cannot give
+    "system.overlap",
+)
 KNOWN_FIELDS = frozenset(PROGRAM_FIELDS + COST_FIELDS + UNUSED_FIELDS)
 
 

@@ -37,8 +37,9 @@ import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compiler.hostcost import HOST_COST, HOST_COST_SOURCE, host_cost
 from hw.config import AcceleratorConfig
-from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
 from hw.program import Program, tlmm_wgt_beat_bytes
 from hw.ternary import TlmmShape
 from sim.energy import load_energy
@@ -64,59 +65,13 @@ __all__ = [
     "format_module_estimate",
 ]
 
-# Host-op cost per element: (flops, bytes moved). Counted from models/hostops.py (fold_sum: 1 add per
-# element; exp: ~30 float64 operations for the degree-13 polynomial and range reduction).
-HOST_COST = {
-    "embed": (0, 8),  # copy a row: read + write float32
-    "rmsnorm": (4, 8),  # square, sum, scale, weight
-    "relu2": (3, 12),
-    "swiglu": (34, 12),
-    "add": (1, 12),
-    "quant": (4, 5),  # absmax, scale, round, clamp; reads float32, writes int8
-    "dequant": (2, 12),  # int32 → float32 × (s_x · s_w)
-    "attn_prep": (10, 6),  # RoPE + quantize, per q/k/v element
-    "attn_softmax": (40, 6),  # dequant, scale, mask, exp, sum, divide, fold s_v, quantize, per score
-    "attn_out": (2, 8),  # per output element
-    # general modules (docs/models.md "General graphs"): per element of the first input
-    "layernorm": (7, 8),  # sum, subtract, square, sum, divide, weight, bias
-    "relu": (1, 8),
-    "silu": (32, 8),
-    "gelu": (420, 8),  # erfc: 60 Taylor terms (4 flops each) and 100 continued-fraction levels (2), exp
-    "gelu_tanh": (40, 8),  # cube, scale, exp, add, divide
-    "square": (1, 8),
-    "mul": (1, 12),
-}
-# An op with the next linear's activation quantization fused ("<op>+quant"): the quantization's 4 flops per
-# element, and an int8 instead of a float32 result (3 bytes fewer).
-HOST_COST.update(
-    {
-        f"{k}+quant": (HOST_COST[k][0] + 4, HOST_COST[k][1] - 3)
-        for k in (
-            "rmsnorm",
-            "relu2",
-            "swiglu",
-            "layernorm",
-            "relu",
-            "silu",
-            "gelu",
-            "gelu_tanh",
-            "square",
-            "mul",
-        )
-    }
-)
-# The int8 linears' quantize / dequantize (the acc_int8 LM head, models/w8a8.py): as quant and dequant.
-for _q, _d in (("lm_head_quant", "lm_head_dequant"), ("int8_quant", "int8_dequant")):
-    HOST_COST[_q], HOST_COST[_d] = HOST_COST["quant"], HOST_COST["dequant"]
-HOST_COST_SOURCE = (
-    "counted from models/hostops.py's implementations (tritium.estimate.HOST_COST): flops and "
-    "bytes per element; every byte counted as a DRAM byte (no cache model)"
-)
-
 MODEL_RULES = (
-    "no overlap: commands run in Program order and the accelerator waits for every host op",
+    "system.overlap false: commands run in Program order and the accelerator waits for every host op; true: "
+    "the top level's event schedule (sim/top_model.py: in-order issue, a command dispatched when its engine "
+    "is free, TLMM and GEMM one at a time on the shared port, host ops beside them, SYNCs from the data "
+    "dependencies) gives the step time, never below all its bytes / dram_gbs",
     "host and accelerator share device.dram_gbs; per command time = max(own time, bytes / min(agent port, "
-    "dram_gbs)); with no overlap the step time is >= all its bytes / dram_gbs",
+    "dram_gbs)); without overlap the step time is >= all its bytes / dram_gbs",
     "every byte a host op reads or writes is a DRAM byte (no cache model)",
     "energy = events x energy table + pj.dram_byte x all DRAM bytes + host_w x host time + static_w x time, "
     "at device.power_boundary",
@@ -142,6 +97,7 @@ class StepCost:
     )
     busy_issue: dict = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})  # cycles with an issue
     commands: int = 0
+    overlap_saved_s: float = 0.0  # system.overlap: Σ command times − the overlapped step time
     roofline: list = field(default_factory=list)  # (engine, ops, dram bytes, seconds) per command
 
     ADDITIVE = ("engine_cycles", "compute_cycles", "time_by", "dram_bytes_by", "energy_j", "busy_issue")
@@ -151,6 +107,7 @@ class StepCost:
     def add(self, other: StepCost, times: int = 1) -> None:
         """Add ``times`` × ``other`` (commands run one after another, so every cost adds up)."""
         self.seconds += times * other.seconds
+        self.overlap_saved_s += times * other.overlap_saved_s
         self.host_seconds += times * other.host_seconds
         self.dram_bytes += times * other.dram_bytes
         self.commands += times * other.commands
@@ -177,38 +134,8 @@ class StepCost:
 
 
 def _host_cost(prog: Program, op) -> tuple[float, float]:
-    """(flops, bytes) of a host op from its tensors' sizes."""
-    kind = op.kind
-    t = prog.tensors
-    a = op.attrs
-    if kind == "lm_head":  # host_fp32 / host_fp16: the weights' own element size (4 or 2 bytes)
-        wt = t[a["weight"]]
-        w = wt.shape
-        x = t[op.inputs[0]].shape
-        rows = 1 if a.get("last_only") else x[0]
-        wsize = 2 if wt.dtype == "float16" else 4
-        return 2.0 * rows * w[0] * w[1], float(wsize) * w[0] * w[1] + 4.0 * rows * w[0]
-    if kind in ("lm_head_quant", "lm_head_dequant", "int8_quant", "int8_dequant"):  # W8A8: per x / output
-        deq = kind.endswith("_dequant")
-        rows = a["rows"] if deq else (1 if a.get("last_only") else t[op.inputs[0]].shape[0])
-        n = rows * (a["vocab"] if deq else a["k"])
-        f, b = HOST_COST[kind]
-        return float(f * n), float(b * n)
-    if kind in ("attn_prep", "attn_softmax", "attn_out"):
-        h, hkv, hd, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"]
-        ctx = a["pos"] + T
-        n = {"attn_prep": T * (h + 2 * hkv) * hd, "attn_softmax": h * T * ctx, "attn_out": h * T * hd}[kind]
-    else:
-        first = t.get(op.inputs[0]) if op.inputs else None
-        if first is not None and first.attrs.get("parts"):
-            n = first.shape[0] * first.shape[1]
-        elif kind == "embed":
-            out = t[op.outputs[0]].shape
-            n = out[0] * out[1]
-        else:
-            n = math.prod(first.shape) if first is not None else 0
-    f, b = HOST_COST[kind]
-    return float(f * n), float(b * n)
+    """(flops, bytes) of a host op from its tensors' sizes (compiler.hostcost.host_cost)."""
+    return host_cost(prog.tensors, op)
 
 
 def cost_program(
@@ -233,7 +160,13 @@ def cost_program(
     wb = tlmm_wgt_beat_bytes(t)
     c = StepCost()
     gemm_timing: dict = {}  # a GEMM's timing depends on its tile counts only (not on its addresses)
-    for cmd in prog.commands():
+    cmds = prog.commands()
+    durations = []  # seconds of each command (SYNC: 0), for the overlapped schedule
+    for cmd in cmds:
+        before = c.seconds
+        if isinstance(cmd, SyncCommand):  # a wait, not work: no cost of its own
+            durations.append(0.0)
+            continue
         c.commands += 1
         if isinstance(cmd, TlmmCommand):
             m, kc, nb = cmd.tokens, cmd.k_chunks, cmd.n_blocks
@@ -305,6 +238,16 @@ def cost_program(
             c.seconds += s
             if records is not None:
                 records.append(_record("host", 0, s, hbytes, e_host + e_dram, "host"))
+        durations.append(c.seconds - before)
+    if acfg.system.overlap:
+        # the top level's event schedule (sim/top_model.py, without fetch cycles): host ops beside engine work;
+        # every byte still goes through the one shared DRAM
+        from sim.top_model import schedule
+
+        span = schedule(cmds, durations, overlap=True, fetch=False).length
+        step = max(span, c.dram_bytes / (dev.dram_gbs * 1e9))
+        c.overlap_saved_s = c.seconds - step
+        c.seconds = step
     c.energy_j["static"] = dev.static_w * c.seconds
     return c
 
@@ -570,9 +513,15 @@ def format_module_estimate(r: dict) -> str:
 def _label_records(prog: Program, records: list) -> list:
     from sim.breakdown import command_labels
 
-    for rec, (layer, kind) in zip(records, command_labels(prog), strict=True):
+    labels = [lab for lab in command_labels(prog) if lab[1] != "SYNC"]  # SYNCs cost nothing, have no record
+    for rec, (layer, kind) in zip(records, labels, strict=True):
         rec["layer"], rec["op_kind"] = layer, kind
     return records
+
+
+OVERLAP_ROW = "overlap (saved)"
+"""With ``system.overlap``, the breakdown's row that takes the overlap's saving off the per-command sums
+(negative time and static energy, no commands), so the rows still sum to the step's totals."""
 
 
 BREAKDOWN_FIELDS = ("cycles", "time_s", "dram_bytes", "energy_j")
@@ -586,6 +535,13 @@ def breakdown_of(records: list, cost: StepCost, acfg: AcceleratorConfig) -> dict
     from sim.breakdown import group
 
     static_w = acfg.device.static_w
+    if cost.overlap_saved_s:
+        saved = -cost.overlap_saved_s
+        records = [
+            *records,
+            {"engine": "overlap", "cycles": 0, "time_s": saved, "dram_bytes": 0, "energy_j": 0.0,
+             "time_by": {"overlap": saved}, "layer": OVERLAP_ROW, "op_kind": OVERLAP_ROW},
+        ]  # fmt: skip
     for r in records:
         r["energy_j"] = r["energy_j"] + static_w * r["time_s"]
 
@@ -593,6 +549,8 @@ def breakdown_of(records: list, cost: StepCost, acfg: AcceleratorConfig) -> dict
         out = group(records, key, BREAKDOWN_FIELDS, ("time_by",))
         for row in out:
             row["bound"] = max(row["time_by"], key=row["time_by"].get)
+            if row["name"] == OVERLAP_ROW:
+                row["commands"] = 0
         return out
 
     for r in records:
@@ -600,6 +558,8 @@ def breakdown_of(records: list, cost: StepCost, acfg: AcceleratorConfig) -> dict
     cells = group(records, "layer_op", BREAKDOWN_FIELDS)
     for c in cells:
         c["layer"], c["op_kind"] = c.pop("name")
+        if c["layer"] == OVERLAP_ROW:
+            c["commands"] = 0
     for r in records:
         del r["layer_op"]
     return {
@@ -753,6 +713,8 @@ def summarize(
         "context": context,
         "lm_head": lm_head,
         "attention": attention,
+        "overlap": acfg.system.overlap,
+        "overlap_saved_s": {"prefill": pre.overlap_saved_s, "decode": dec.overlap_saved_s},
         "modeled": True,
         "prefill_s": pre.seconds,
         "ttft_s": pre.seconds,
@@ -820,7 +782,13 @@ def format_estimate(r: dict) -> str:
             f"{r['decode_tokens_per_s']:,.2f} tokens/s ({fmt_time(r['decode_s_per_token'])}/token)",
             r["bound"]["decode"],
         ],
-        ["decode time share", pct(r["time_share"]["decode"]), "no overlap between commands"],
+        [
+            "decode time share",
+            pct(r["time_share"]["decode"]),
+            f"overlap saves {r['overlap_saved_s']['decode'] * 1e3:.2f} ms per token (resources overlap: shares add to more than 100 %)"
+            if r.get("overlap")
+            else "no overlap between commands",
+        ],
         ["DRAM bytes per token", fmt_bytes(tot), f"accelerator {fmt_bytes(acc)} + host {fmt_bytes(host)}"],
         [
             "shared-DRAM limit",
