@@ -136,7 +136,7 @@ def test_every_config_field_is_classified():
 def test_compiled_field_is_exact_off_its_default(monkeypatch):
     """A field listed in COMPILED_FIELDS (simulated with gemm.buffers): fast at its default, compiled off it."""
     monkeypatch.setattr(dse, "KNOWN_FIELDS", dse.KNOWN_FIELDS - {"gemm.buffers"})
-    monkeypatch.setattr(dse, "COMPILED_FIELDS", ("gemm.buffers",))
+    monkeypatch.setattr(dse, "COMPILED_FIELDS", dse.COMPILED_FIELDS + ("gemm.buffers",))
     assert not dse.unclassified_fields() and "gemm.buffers" in dse.unmirrored_fields()
     base = load_config(REPO / "configs" / "default.yaml")
     ev = FastEvaluator(build_workload("tiny", 16, 40, base))
@@ -145,6 +145,16 @@ def test_compiled_field_is_exact_off_its_default(monkeypatch):
     acfg = _variant(base, gemm={"buffers": 8})
     _assert_same(estimate("tiny", acfg, 16, 40), ev.estimate(acfg), "compiled field")
     assert ev.exact_points == 1
+
+
+def test_overlap_points_are_compiled_and_exact():
+    """system.overlap (a COMPILED_FIELDS field): the step time is the overlapped schedule, equal to estimate()."""
+    base = load_config(REPO / "configs" / "default.yaml")
+    ev = FastEvaluator(build_workload("tiny", 16, 40, base))
+    acfg = _variant(base, system={"overlap": True})
+    fig = ev.estimate(acfg)
+    _assert_same(estimate("tiny", acfg, 16, 40), fig, "overlap")
+    assert ev.exact_points == 1 and fig["overlap"] is True
 
 
 def test_unmirrored_field_falls_back_to_compiling(monkeypatch):
