@@ -3,6 +3,9 @@
 Commands run in order on one memory image: TLMM commands read their activation stream and packed weights
 from memory, run on :func:`sim.tlmm_model.run_tlmm_streams` (cycle-stepped) and write their result
 stream; GEMM commands run :func:`sim.gemm_model.run_gemm_on_image` on the image itself; HOST commands run
+the host operation they index; KVR commands (opcode 5) run on :class:`sim.kv_model.KvrExecutor` (its tables
+persist across the steps of a :class:`Runtime`) and GEMM_LIST commands (opcode 6) on the stepped GEMM model
+over the tiles their list names (:func:`sim.gemm_model.run_gemm_list_on_image`); HOST commands run
 the host operation they index, built from :mod:`models.hostops` and ``quantize_act`` — the same
 functions the model's ``mode="int"`` forward calls, so logits agree bit for bit when the compiler placed,
 tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model).
@@ -20,13 +23,14 @@ import numpy as np
 import torch
 
 from hw.gemm_layout import gemm_shape, pack_a, unpack_c
-from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, TlmmCommand
 from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import TlmmShape
 from models import hostops
 from models.bitlinear import add_bias, quantize_act
 from models.lm_head import dequant_logits
-from sim.gemm_model import run_gemm_on_image
+from sim.gemm_model import run_gemm_list_on_image, run_gemm_on_image
+from sim.kv_model import KvrExecutor
 from sim.progress import step
 from sim.tlmm_model import run_tlmm_streams
 
@@ -315,6 +319,8 @@ class Runtime:
 
     def __init__(self, first: Program):
         self.image = first.image.copy()
+        # the KV engine's per-stream state (KVR commands; sim.kv_model.KvrExecutor) lives across steps
+        self.kvr = KvrExecutor(first.acfg.kv, first.acfg.memory.bus_bytes)
 
     def run(self, prog: Program, tokens) -> tuple[torch.Tensor, ExecStats]:
         need = prog.image.shape[0]
@@ -322,7 +328,7 @@ class Runtime:
             grown = np.zeros((need, self.image.shape[1]), np.uint8)
             grown[: self.image.shape[0]] = self.image
             self.image = grown
-        return execute(prog, tokens, self.image)
+        return execute(prog, tokens, self.image, self.kvr)
 
 
 def check_act_range(act: np.ndarray, act_bits: int, where: str) -> None:
@@ -337,6 +343,12 @@ def check_act_range(act: np.ndarray, act_bits: int, where: str) -> None:
             f"({lo}..{hi}); the engine would drop their high bits — compile for a config with "
             f"tlmm.act_bits 8"
         )
+
+
+def _count(stats: ExecStats, kind: str, cycles: int) -> None:
+    stats.cycles[kind] = stats.cycles.get(kind, 0) + cycles
+    stats.commands[kind] = stats.commands.get(kind, 0) + 1
+    stats.per_command.append((kind, cycles))
 
 
 def write_input(prog: Program, image: np.ndarray, value) -> None:
@@ -358,9 +370,12 @@ def write_input(prog: Program, image: np.ndarray, value) -> None:
     prog.write(image, name, x.reshape(shape))
 
 
-def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[torch.Tensor, ExecStats]:
+def execute(
+    prog: Program, tokens, image: np.ndarray | None = None, kvr: KvrExecutor | None = None
+) -> tuple[torch.Tensor, ExecStats]:
     """Run ``prog`` for ``tokens`` (its step's T token ids); returns (logits (T, vocab) float32, stats).
-    ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's."""
+    ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's.
+    ``kvr`` carries the KV engine's tables between steps (KVR commands; a fresh one by default)."""
     if not prog.meta.get("weights_materialized", True):
         raise ValueError(
             "this Program was compiled on meta tensors (no weights): it can be inspected, not run"
@@ -372,6 +387,8 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
     stats = ExecStats()
     t = acfg.tlmm
     cmds = prog.commands()
+    if kvr is None:
+        kvr = KvrExecutor(acfg.kv, acfg.memory.bus_bytes)
     done = [0]  # commands run, polled by a progress bar (sim/progress.py): no cost per command
     step("execute", lambda: f"{done[0]}/{len(cmds)} commands")
     for i, cmd in enumerate(cmds):
@@ -407,6 +424,15 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
             stats.cycles["tlmm"] += run.cycles
             stats.commands["tlmm"] += 1
             stats.per_command.append(("tlmm", run.cycles))
+        elif isinstance(cmd, KvrCommand):
+            cycles = kvr.run(cmd, img)
+            _count(stats, "kv", cycles)
+        elif isinstance(cmd, GemmListCommand):
+            try:
+                cycles, _, _ = run_gemm_list_on_image(acfg, img, cmd)
+            except ValueError as e:  # a list the KVR did not write, or tiles outside the image
+                raise ProgramError(f"GEMM_LIST command {i}: {e}") from None
+            _count(stats, "gemm", cycles)
         elif isinstance(cmd, GemmCommand):
             cycles, _ = run_gemm_on_image(acfg, img, cmd)
             stats.cycles["gemm"] += cycles
