@@ -109,3 +109,55 @@ def test_gemm_list_refuses_a_bad_list():
     _write_list(image, 0, [40])
     with pytest.raises(ValueError, match="a listed B tile .* outside the 64-beat image"):
         run_gemm_list_on_image(acfg, image, cmd)
+
+
+# ---------------------------------------------------------------- end to end: compiler → executor → reference
+@pytest.mark.torch
+def test_tiny_model_resv_decode_is_bit_exact(repo):
+    """The trained tiny model compiled with system.attention=resv (kv_min_context 64): prefill and decode
+    steps on sim.runtime (KVR on the KV model, GEMM_LIST on the GEMM model, the restricted softmax) give
+    models/lm.py int mode's logits with a models.retrieval.RetrievalCache bit for bit, below and past the
+    threshold; the retrieval steps hold KVR and GEMM_LIST commands and read fewer tiles than the context."""
+    torch = pytest.importorskip("torch")
+    from compiler import compile_model
+    from models.checkpoint import load_checkpoint
+    from models.retrieval import RetrievalCache
+    from sim.runtime import Runtime
+
+    model = load_checkpoint(repo / "models" / "checkpoints" / "tiny.pt")
+    cfg = model.config
+    acfg = _tiny_resv(kv_sinks=2, kv_window=8)
+    cm = compile_model(model, acfg)
+    rg = cm.lowering.rgeo
+    prompt, steps = 60, 12  # decode positions 60..71: dense up to 62, retrieval from 63 (context 64), window
+    # tiles from 64 on
+    rng = np.random.default_rng(3)
+    toks = torch.as_tensor(rng.integers(32, 127, prompt + steps)).reshape(1, -1)
+    cache, dense_cache = model.new_cache(), model.new_cache()
+    cache.retrieval = RetrievalCache(acfg.kv, 2, 8, 64, rg.group, cfg.n_layers)
+    p0 = cm.program(prompt, 0)
+    assert not any(isinstance(c, isa.GemmListCommand) for c in p0.commands())
+    assert sum(isinstance(c, isa.KvrCommand) for c in p0.commands()) == cfg.n_layers * rg.streams_per_layer
+    rt = Runtime(p0)
+    with torch.no_grad():
+        want = model(toks[:, :prompt], cache=cache, mode="int", lm_head="acc_int8")[0]
+        model(toks[:, :prompt], cache=dense_cache, mode="int", lm_head="acc_int8")
+    got, _ = rt.run(p0, toks[0, :prompt].numpy())
+    assert torch.equal(got, want)
+    lists, differs = 0, 0
+    for pos in range(prompt, prompt + steps):
+        prog = cm.program(1, pos)
+        kinds = [type(c).__name__ for c in prog.commands()]
+        assert ("GemmListCommand" in kinds) == (pos + 1 >= 64)
+        got, stats = rt.run(prog, toks[0, pos : pos + 1].numpy())
+        with torch.no_grad():
+            want = model(toks[:, pos : pos + 1], cache=cache, mode="int", lm_head="acc_int8")[0]
+            dense = model(toks[:, pos : pos + 1], cache=dense_cache, mode="int", lm_head="acc_int8")[0]
+        assert torch.equal(got, want), (pos, float((got - want).abs().max()))
+        differs += not torch.equal(got, dense)
+        assert pos + 1 >= 64 or torch.equal(got, dense)
+        lists += stats.commands.get("kv", 0)
+    assert differs > 0  # retrieval changed the attention (the executor followed it bit for bit)
+    assert lists == cfg.n_layers * rg.streams_per_layer * steps
+    rows = cache.retrieval.rows
+    assert rows and all((row >= 0).sum() < p + 1 for _l, _j, p, row, _s in rows)  # restricted, not dense

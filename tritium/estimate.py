@@ -333,7 +333,10 @@ def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str | None = No
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
     key = (model_spec, acfg.fingerprint(), lm_head)
     if key not in _COMPILED:  # shapes suffice
-        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg, lm_head=lm_head)
+        # dense Programs: retrieval is costed on top of them in closed form (tritium/retrieval.py)
+        _COMPILED[key] = compile_model(
+            load_model(model_spec, device="meta"), acfg, lm_head=lm_head, retrieval=False
+        )
     return _COMPILED[key]
 
 
