@@ -113,7 +113,7 @@ def test_gemm_list_refuses_a_bad_list():
 
 # ---------------------------------------------------------------- end to end: compiler → executor → reference
 @pytest.mark.torch
-def test_tiny_model_resv_decode_is_bit_exact(repo):
+def test_tiny_model_resv_decode_is_bit_exact(repo, tmp_path):
     """The trained tiny model compiled with system.attention=resv (kv_min_context 64): prefill and decode
     steps on sim.runtime (KVR on the KV model, GEMM_LIST on the GEMM model, the restricted softmax) give
     models/lm.py int mode's logits with a models.retrieval.RetrievalCache bit for bit, below and past the
@@ -161,3 +161,12 @@ def test_tiny_model_resv_decode_is_bit_exact(repo):
     assert lists == cfg.n_layers * rg.streams_per_layer * steps
     rows = cache.retrieval.rows
     assert rows and all((row >= 0).sum() < p + 1 for _l, _j, p, row, _s in rows)  # restricted, not dense
+    # the last step's folder loads (opcodes 5 and 6 pass Program.load) and `tritium run` executes it alone
+    from sim.runtime import execute
+    from tritium.run import run_program
+
+    prog.save(tmp_path / "step")
+    rep = run_program(tmp_path / "step", tokens=[int(toks[0, pos])], logits_out=tmp_path / "l.npy")
+    assert rep["commands"]["kv"] == cfg.n_layers * rg.streams_per_layer and rep["cycles"]["kv"] > 0
+    alone = execute(prog, toks[0, pos : pos + 1].numpy())[0]
+    assert np.array_equal(np.load(tmp_path / "l.npy"), alone.numpy())
