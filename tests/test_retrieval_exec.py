@@ -170,3 +170,18 @@ def test_tiny_model_resv_decode_is_bit_exact(repo, tmp_path):
     assert rep["commands"]["kv"] == cfg.n_layers * rg.streams_per_layer and rep["cycles"]["kv"] > 0
     alone = execute(prog, toks[0, pos : pos + 1].numpy())[0]
     assert np.array_equal(np.load(tmp_path / "l.npy"), alone.numpy())
+
+
+def test_compiler_resv_limits_and_dense_option():
+    """A prefill inserting more keys than a KVR holds is refused in one line; ``retrieval=False`` (what the
+    estimate compiles) keeps the dense Program on a resv config, and the resv Program holds KVR/GEMM_LIST."""
+    from compiler import CompileError, compile_model, load_model
+
+    model = load_model("tiny", device="meta")
+    cm = compile_model(model, _tiny_resv(kv_sinks=0))
+    with pytest.raises(CompileError, match="inserts 256 keys per stream; a KVR command holds 255"):
+        cm.program(256, 0)
+    kinds = {type(c).__name__ for c in cm.program(1, 100).commands()}
+    assert {"KvrCommand", "GemmListCommand"} <= kinds
+    dense = compile_model(model, _tiny_resv(kv_sinks=0), retrieval=False).program(1, 100)
+    assert {type(c).__name__ for c in dense.commands()} == {"TlmmCommand", "GemmCommand", "HostCommand"}
