@@ -174,7 +174,12 @@ def check_config(acfg) -> None:
 
 
 def compile_model(
-    model, acfg, capture_len: int = 8, lm_head: str | None = None, example_inputs=None
+    model,
+    acfg,
+    capture_len: int = 8,
+    lm_head: str | None = None,
+    example_inputs=None,
+    retrieval: bool | None = None,
 ) -> CompiledModel:
     """Capture ``model`` with torch.export and run the graph passes; cheap per-step emission follows.
 
@@ -187,7 +192,9 @@ def compile_model(
     ``models.attention.SelfAttention``; ``torch.ao`` qint8 dynamic linears are converted first,
     :func:`models.w8a8.convert_ao_dynamic`). Raises
     CompileError (one line) for a config the compiler cannot target (:func:`check_config`), an unknown
-    ``lm_head`` or an unsupported op (naming the op, the module and the source line)."""
+    ``lm_head`` or an unsupported op (naming the op, the module and the source line). ``retrieval`` (None: the
+    config's ``system.attention == "resv"``) emits KV retrieval in the loop (docs/design.md); False keeps
+    dense attention on a resv config (the estimate costs retrieval in closed form, tritium/retrieval.py)."""
     check_config(acfg)
     if example_inputs is not None or getattr(model, "config", None) is None:
         return _compile_module(model, acfg, example_inputs)
@@ -209,7 +216,7 @@ def compile_model(
     state = dict(model.state_dict(keep_vars=True))
     state.update({n: b for n, b in model.named_buffers()})
     g = run_pipeline(g, state)
-    low = Lowering(g, acfg, state, cfg, lm_head)
+    low = Lowering(g, acfg, state, cfg, lm_head, retrieval)
     t2 = time.perf_counter()
     return CompiledModel(g, low, {"export_s": t1 - t0, "passes_s": t2 - t1})
 

@@ -44,6 +44,7 @@ from compiler.tiling import (
     kv_cache_tensors,
     lm_head_gemms,
     lm_head_weight_beats,
+    retrieval_geometry,
     tlmm_fits_fields,
     tlmm_slices,
     tlmm_tiles,
@@ -52,7 +53,7 @@ from compiler.tiling import (
 from compiler.tiling import ceil_div as _ceil
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import gemm_shape
-from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
+from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, SyncCommand, TlmmCommand
 from hw.program import LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
 
 __all__ = ["Allocator", "StepPlan", "Lowering"]
@@ -81,6 +82,7 @@ class Lowering:
         state: dict,
         model_config: dict,
         lm_head: str = "host_fp32",
+        retrieval: bool | None = None,
     ):
         if lm_head not in LM_HEAD_OPTIONS:
             raise CompileError(f"lm_head={lm_head!r}: expected one of {', '.join(LM_HEAD_OPTIONS)}")
@@ -99,6 +101,10 @@ class Lowering:
         )
         self.limit = 1 << acfg.memory.addr_bits
         self._check_attention()
+        if retrieval is None:
+            retrieval = acfg.system.attention == "resv" and not self.general
+        self.retrieval = bool(retrieval)
+        self.rgeo = self._retrieval_geometry() if self.retrieval else None
         self.persistent: dict[str, TensorInfo] = {}
         self.alloc = Allocator(0, self.limit)
         self._plan_persistent()
@@ -112,6 +118,37 @@ class Lowering:
         for op in self.g.ops:
             if op.kind == "attention" and op.attrs["n_heads"] % op.attrs["n_kv_heads"]:
                 raise CompileError(f"{op.where}: n_heads must be a multiple of n_kv_heads")
+
+    def _retrieval_geometry(self):
+        """KV retrieval in the loop (docs/design.md): one geometry for every attention op of the LM."""
+        if self.general:
+            raise CompileError(
+                "<model>: system.attention=resv needs a decoder LM (a general module has no KV cache)"
+            )
+        shapes = {
+            (op.attrs["n_heads"], op.attrs["n_kv_heads"], op.attrs["head_dim"])
+            for op in self.g.ops
+            if op.kind == "attention"
+        }
+        if len(shapes) != 1:
+            raise CompileError(
+                f"<model>: system.attention=resv needs one attention shape, found {len(shapes)}"
+            )
+        if self.acfg.system.overlap:
+            raise CompileError(
+                "<model>: system.attention=resv with system.overlap: not supported yet (the SYNC analysis "
+                "has no KV engine class; the top level runs no KVR); set system.overlap false"
+            )
+        try:
+            rg = retrieval_geometry(self.acfg, *shapes.pop(), self.mc["max_seq"])
+        except ValueError as e:
+            raise CompileError(f"<model>: system.attention=resv: {e}") from None
+        if rg.page != self.geo.cols or rg.page != self.geo.k_tile:
+            raise CompileError(
+                f"<model>: system.attention=resv: kv.max_cluster_size={rg.page} must equal gemm.cols "
+                f"({self.geo.cols}) and gemm.k_tile ({self.geo.k_tile}) (one list entry = one GEMM tile)"
+            )
+        return rg
 
     def tlmm_slices(self, op) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
         """K slices (multiples of G·T) and N slices (multiples of Q) that fit tlmm.max_k / max_n
@@ -171,10 +208,25 @@ class Lowering:
             if op.kind != "attention":
                 continue
             a = op.attrs
+            cap = self.rgeo.cap if self.retrieval else self.mc["max_seq"]  # resv: + the clusters' pages
             for suffix, nbytes, dtype, shape, layout, attrs in kv_cache_tensors(
-                self.geo, self.W, self.mc["max_seq"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
+                self.geo, self.W, cap, a["n_heads"], a["n_kv_heads"], a["head_dim"]
             ):
                 self._persist(f"kv{a['layer']}.{suffix}", nbytes, dtype, shape, layout, **attrs)
+            if self.retrieval:  # per stream: each token's cluster (host: the window rule) and its table
+                rg, L = self.rgeo, a["layer"]
+                ms = self.mc["max_seq"]
+                self._persist(
+                    f"kv{L}.cid", rg.streams_per_layer * ms * 4, "int32", [rg.streams_per_layer, ms]
+                )
+                if self.acfg.system.kv_tables == "dram":
+                    for j in range(rg.streams_per_layer):
+                        self._persist(
+                            f"kv{L}.table{j}",
+                            self.acfg.kv.max_clusters * rg.table_row_bytes,
+                            "uint8",
+                            [self.acfg.kv.max_clusters, rg.table_row_bytes],
+                        )
         self.step_base = self.alloc.high
 
     def _persist(self, name, nbytes, dtype, shape, layout="rows", **attrs) -> None:
@@ -513,6 +565,10 @@ class Lowering:
         plan.tensor(out, T * h * hd * 4, "float32", [T, h * hd])
         ag = attention_gemms(geo, h, hkv, hd, T, ctx)
         qk, pv = ag.qk, ag.pv
+        resv = self._retrieval_step(op, T, pos) if self.retrieval else None
+        if resv is not None and resv["active"]:  # the GEMMs read the list's tiles: capacity · P columns
+            ncols = resv["entries"] * resv["page"]
+            qk, pv = (qk[0], qk[1], ncols), (pv[0], ncols, pv[2])
         M = qk[0]
         qa, scores, pa, outs = [], [], [], []
         for gi in range(ag.n_groups):
@@ -546,6 +602,17 @@ class Lowering:
         }
         groups = range(ag.n_groups)
         kc, vc = [f"kv{L}.k{gi}" for gi in groups], [f"kv{L}.v{gi}" for gi in groups]
+        vecs, lists, extra = [], [], []  # KV retrieval: the KVR's rows and list blocks; the cluster ids
+        if resv is not None:
+            common["resv"] = resv
+            extra = [f"kv{L}.cid"]
+            if resv["inserts"] or resv["queries"]:
+                rb = _ceil(resv["dim"], self.W) * self.W
+                for gi in groups:
+                    n_rows = resv["inserts"] + resv["queries"]
+                    vecs.append(plan.tensor(f"att{L}.vec{gi}", n_rows * rb, "int8", [n_rows, resv["dim"]]))
+                    words = 4 + resv["entries"] + resv["inserts"]
+                    lists.append(plan.tensor(f"att{L}.list{gi}", 4 * words, "int32", [words]))  # uint32 words
         plan.items.append(
             (
                 "host",
@@ -553,19 +620,41 @@ class Lowering:
                     f"{op.name}.prep",
                     "attn_prep",
                     [q, k, v] + (["rope_cos", "rope_sin"] if common["rope"] else []),
-                    qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"],
+                    qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"] + vecs,
                     common,
                     op.where,
                 ),
             )
         )
+        for gi, (vec, lst) in enumerate(zip(vecs, lists, strict=True)):
+            table = f"kv{L}.table{gi}"
+            plan.items.append(
+                (
+                    "kvr",
+                    {
+                        "op": f"{op.name}.kvr{gi}",
+                        "table": L * ag.n_groups + gi,
+                        "inserts": resv["inserts"],
+                        "queries": resv["queries"],
+                        "win_tile": resv["win_tiles"][0] if resv["win_tiles"] else 0,
+                        "win_tiles": len(resv["win_tiles"]),
+                        "vec": vec,
+                        "list": lst,
+                        "tab": table if table in self.persistent else None,
+                        "page_tile": resv["page_tile"],
+                        "where": op.where,
+                    },
+                )
+            )
+        active = resv is not None and resv["active"]
         # with overlap, one softmax per group right after its Q·Kᵀ: the host's softmax of group h runs while the
-        # GEMM computes group h + 1 (rows are independent: the same bits as one softmax over all groups)
-        split = self.acfg.system.overlap and ag.n_groups > 1
+        # GEMM computes group h + 1 (rows are independent: the same bits as one softmax over all groups);
+        # a retrieval step keeps one softmax over the groups' lists
+        split = self.acfg.system.overlap and ag.n_groups > 1 and not active
         for gi in groups:
             plan.items.append(
                 (
-                    "gemm",
+                    "gemm_list" if active else "gemm",
                     {
                         "op": f"{op.name}.qk{gi}",
                         "m": qk[0],
@@ -576,7 +665,8 @@ class Lowering:
                         "c": scores[gi],
                         "b_offset": 0,
                         "where": op.where,
-                    },
+                    }
+                    | ({"list": lists[gi], "mode": 1} if active else {}),
                 )
             )
             if split:
@@ -600,7 +690,7 @@ class Lowering:
                     HostOp(
                         f"{op.name}.softmax",
                         "attn_softmax",
-                        scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
+                        scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"] + (lists + extra if active else []),
                         pa + [f"att{L}.sp"],
                         common,
                         op.where,
@@ -612,7 +702,7 @@ class Lowering:
         for gi in groups:
             plan.items.append(
                 (
-                    "gemm",
+                    "gemm_list" if active else "gemm",
                     {
                         "op": f"{op.name}.pv{gi}",
                         "m": pv[0],
@@ -624,12 +714,53 @@ class Lowering:
                         "b_stride": panel,
                         "c": f"att{L}.o{gi}",
                         "where": op.where,
-                    },
+                    }
+                    | ({"list": lists[gi], "mode": 2} if active else {}),
                 )
             )
+        # with retrieval, attn_out also copies the step's inserted keys into their clusters' pages
+        page_outs = (kc + vc + [f"kv{L}.sk", f"kv{L}.sv"] + extra) if lists else []
         plan.items.append(
-            ("host", HostOp(f"{op.name}.out", "attn_out", outs + [f"att{L}.sp"], [out], common, op.where))
+            (
+                "host",
+                HostOp(
+                    f"{op.name}.out",
+                    "attn_out",
+                    outs + [f"att{L}.sp"] + lists,
+                    [out] + page_outs,
+                    common,
+                    op.where,
+                ),
+            )
         )
+
+    def _retrieval_step(self, op, T: int, pos: int) -> dict:
+        """The KV retrieval of one attention op's step (docs/design.md, "KV retrieval in the loop"): tokens ≥
+        ``kv_sinks`` are inserted at their step; a decode step at context ≥ ``kv_min_context`` queries first
+        and reads tile 0, the window tiles and the selected pages (``active``)."""
+        from models.retrieval import window_tiles
+
+        rg, sysc = self.rgeo, self.acfg.system
+        S, W, P = sysc.kv_sinks, sysc.kv_window, rg.page
+        inserts = sum(1 for t in range(pos, pos + T) if t >= S)
+        if inserts > 255:
+            raise CompileError(
+                f"{op.where}: system.attention=resv: a step of {T} tokens inserts {inserts} keys per stream; a "
+                f"KVR command holds 255 (split the prefill into steps of at most {255 + S} tokens)"
+            )
+        active = T == 1 and pos + 1 >= sysc.kv_min_context
+        return {
+            "sinks": S,
+            "window": W,
+            "page": P,
+            "page_tile": rg.page_tile,
+            "entries": rg.list_entries,
+            "dim": rg.dim,
+            "inserts": inserts,
+            "queries": rg.queries if active else 0,
+            "active": active,
+            "win_tiles": window_tiles(pos, W, P) if active else [],
+        }
 
     # ------------------------------------------------------------------ allocation + emit
     def _finish(self, plan: StepPlan, T: int, pos: int, quant_of: dict) -> Program:
@@ -738,22 +869,50 @@ class Lowering:
                     f"TLMM  {body['op']:<34} M={cmd.tokens} KC={cmd.k_chunks} NB={cmd.n_blocks}  "
                     f"act@{cmd.act_base:#x} wgt@{cmd.wgt_base:#x} res@{cmd.res_base:#x}   # {body['where']}"
                 )
+            elif kind == "kvr":
+                cmd = KvrCommand(
+                    table=body["table"],
+                    inserts=body["inserts"],
+                    queries=body["queries"],
+                    win_tiles=body["win_tiles"],
+                    win_tile=body["win_tile"],
+                    vec_base=tensors[body["vec"]].addr,
+                    list_base=tensors[body["list"]].addr,
+                    tab_base=tensors[body["tab"]].addr if body["tab"] else 0,
+                    page_tile=body["page_tile"],
+                )
+                commands.append(cmd)
+                lines.append(
+                    f"KVR   {body['op']:<34} table={cmd.table} inserts={cmd.inserts} queries={cmd.queries} "
+                    f"win={cmd.win_tile}+{cmd.win_tiles}  vec@{cmd.vec_base:#x} list@{cmd.list_base:#x} "
+                    f"tab@{cmd.tab_base:#x}   # {body['where']}"
+                )
             else:
                 s = gemm_shape(self.geo, body["m"], body["k"], body["n"])
-                cmd = GemmCommand(
+                fields = (
                     s.m_tiles,
                     s.n_tiles,
                     s.k_tiles,
                     tensors[body["a"]].addr,
                     tensors[body["b"]].addr + body["b_offset"],
                     tensors[body["c"]].addr,
-                    b_stride=body.get("b_stride", 0),
                 )
+                if kind == "gemm_list":
+                    cmd = GemmListCommand(
+                        *fields,
+                        b_stride=body.get("b_stride", 0),
+                        list_base=tensors[body["list"]].addr,
+                        mode=body["mode"],
+                    )
+                else:
+                    cmd = GemmCommand(*fields, b_stride=body.get("b_stride", 0))
                 commands.append(cmd)
                 lines.append(
-                    f"GEMM  {body['op']:<34} {body['m']}x{body['k']}x{body['n']} → MT={s.m_tiles} "
+                    ("GEMLS " if kind == "gemm_list" else "GEMM  ")
+                    + f"{body['op']:<34} {body['m']}x{body['k']}x{body['n']} → MT={s.m_tiles} "
                     f"NT={s.n_tiles} KT={s.k_tiles}  A@{cmd.a_base:#x} B@{cmd.b_base:#x} C@{cmd.c_base:#x}"
                     + (f" B-stride={cmd.b_stride}" if cmd.b_stride else "")
+                    + (f" list@{cmd.list_base:#x} mode={cmd.mode}" if kind == "gemm_list" else "")
                     + f"   # {body['where']}"
                 )
         for h in host_ops:  # each host op's modeled latency: the cycle definition's host time
@@ -823,4 +982,8 @@ class Lowering:
             return ins, list(body.outputs)
         if kind == "tlmm":
             return [body["act"], body["wgt"]], [body["res"]]
+        if kind == "kvr":
+            return [body["vec"]], [body["list"]]
+        if kind == "gemm_list":
+            return [body["a"], body["b"], body["list"]], [body["c"]]
         return [body["a"], body["b"]], [body["c"]]

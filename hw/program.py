@@ -91,7 +91,7 @@ __all__ = [
 
 PROGRAM_VERSION = 4
 """2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache;
-4: ISA 5 (SYNC; KVR and GEMM_LIST encodings, refused on load until an executor runs them), every host op's
+4: ISA 5 (SYNC; KVR and GEMM_LIST, run by the executor, not yet by the RTL top), every host op's
 modeled latency in ``attrs["cycles"]``."""
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "float16", "int32", "int8", "uint8")
@@ -469,11 +469,25 @@ class Program:
         n_ops = len(self.host_ops)
         t = acfg.tlmm
         for i, c in enumerate(cmds):
-            if isinstance(c, (KvrCommand, GemmListCommand)):
-                raise ProgramError(
-                    f"{source}: command {i}: opcode {c.OPCODE} (KV retrieval) is encoded (ISA {ISA_VERSION}) but "
-                    "not executed by this build yet (docs/design.md, 'KV retrieval in the loop')"
-                )
+            beats = self.meta.get("memory_beats", self.image.shape[0])  # also for meta-compiled Programs
+            if isinstance(c, KvrCommand):  # the list block and the key/query rows
+                w = acfg.memory.bus_bytes
+                cap = 3 + acfg.kv.max_clusters  # models.retrieval.list_capacity (models may not be imported)
+                spans = {
+                    "vec_base": (c.inserts + c.queries) * -(-acfg.kv.dim // w),
+                    "list_base": -(-4 * (4 + cap + c.inserts) // w),
+                }
+                for f, n in spans.items():
+                    if getattr(c, f) + n > beats:
+                        raise ProgramError(
+                            f"{source}: KVR command {i}: {f} block outside the {beats}-beat image"
+                        )
+            if isinstance(c, GemmListCommand):
+                if c.list_base + 1 > beats:
+                    raise ProgramError(
+                        f"{source}: GEMM_LIST command {i}: list_base outside the {beats}-beat image"
+                    )
+                continue  # its B tiles come from the list: checked when it runs (sim.gemm_model)
             if isinstance(c, HostCommand) and c.op >= n_ops:
                 raise ProgramError(f"{source}: HOST command refers to op {c.op}; the table has {n_ops}")
             if isinstance(c, TlmmCommand):

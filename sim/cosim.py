@@ -907,6 +907,11 @@ def run_top_cosim(
         model = truncated_model(model, layers)
     if new_tokens < 1 or not prompt:
         raise ValueError("need a non-empty prompt and at least one new token")
+    if acfg.system.attention == "resv":  # the executor runs it (sim/runtime.py); the RTL top does not yet
+        raise ValueError(
+            f"{acfg.name}: system.attention=resv: the RTL top level has no KVR / GEMM_LIST yet (docs/design.md, "
+            "'KV retrieval in the loop'); co-simulate a dense config"
+        )
     _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
     step("compile", f"{new_tokens} step(s)")
     cm = compile_model(model, acfg, lm_head=lm_head)

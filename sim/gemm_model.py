@@ -21,7 +21,7 @@ from numba import njit
 
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import GemmImage, build_gemm_image, requantize, unpack_c
-from hw.isa import GemmCommand
+from hw.isa import GemmCommand, GemmListCommand
 from sim import mem_kernel as mk
 
 __all__ = [
@@ -32,6 +32,11 @@ __all__ = [
     "run_gemm",
     "run_gemm_image",
     "run_gemm_on_image",
+    "LIST_HEADER_BYTES",
+    "list_fetch_beats",
+    "list_fetch_cycles",
+    "read_tile_list",
+    "run_gemm_list_on_image",
     "gemm_fast",
     "GemmTiming",
 ]
@@ -361,6 +366,96 @@ def run_gemm_on_image(
     if cycles < 0:
         raise RuntimeError(f"GEMM model did not finish within {max_cycles} cycles")
     return int(cycles), dict(zip(EVENT_NAMES, (int(e) for e in events), strict=True))
+
+
+# ----------------------------------------------------------------------------------------------------
+# GEMM_LIST (ISA opcode 6): a GEMM whose B column tiles (mode 1) or k-tiles (mode 2) come from a tile list
+# (docs/design.md, "KV retrieval in the loop"). One cycle definition, shared with the estimate
+# (tritium/retrieval.py): the list fetch, then the opcode-2 GEMM with the list's count.
+# ----------------------------------------------------------------------------------------------------
+
+LIST_HEADER_BYTES = 16  # n, then three reserved words (models.retrieval.LIST_HEADER_WORDS uint32 words)
+
+
+def list_fetch_beats(entries: int, bus_bytes: int) -> int:
+    """Bus beats of a tile list's fetch: the header and ``entries`` 4-byte entries, from the list's base."""
+    return -(-(LIST_HEADER_BYTES + 4 * entries) // bus_bytes)
+
+
+def list_fetch_cycles(tm: mk.MemTiming, entries: int, bus_bytes: int) -> int:
+    """MODELED cycles of the list fetch that precedes a GEMM_LIST's GEMM: one request of
+    :func:`list_fetch_beats` beats on an idle memory (its first beat ``latency`` after the request, one
+    beat per ``beat_interval``); the GEMM's own loads start after the list's last beat."""
+    return tm.latency + list_fetch_beats(entries, bus_bytes) * tm.beat_interval
+
+
+def read_tile_list(image: np.ndarray, cmd: GemmListCommand) -> list[int]:
+    """The tile indices of the list at ``cmd.list_base`` (ValueError if its count is not 1..capacity)."""
+    w = image.shape[1]
+    flat = image.reshape(-1)
+    a = cmd.list_base * w
+    if a + LIST_HEADER_BYTES > flat.size:
+        raise ValueError(f"GEMM_LIST: list_base {cmd.list_base:#x} outside the {image.shape[0]}-beat image")
+    n = int(flat[a : a + 4].view("<u4")[0])
+    cap = cmd.n_tiles if cmd.mode == 1 else cmd.k_tiles
+    if not 1 <= n <= cap:
+        raise ValueError(
+            f"GEMM_LIST: the list at {cmd.list_base:#x} holds {n} entries; the command allows 1..{cap}"
+        )
+    e = a + LIST_HEADER_BYTES
+    if e + 4 * n > flat.size:
+        raise ValueError(f"GEMM_LIST: the list at {cmd.list_base:#x} runs past the image")
+    return [int(x) & 0xFFFF for x in flat[e : e + 4 * n].view("<u4")]
+
+
+def run_gemm_list_on_image(
+    acfg: AcceleratorConfig, image: np.ndarray, cmd: GemmListCommand, max_cycles: int = 1 << 40
+) -> tuple[int, dict[str, int], int]:
+    """Run a GEMM_LIST on ``image`` in place; returns (cycles, events, list entries n).
+
+    The GEMM's timing depends on tile counts, not addresses, so the stepped model runs the opcode-2 GEMM
+    with the list's count (:meth:`GemmListCommand.with_count`) on a scratch image holding the command's A
+    panels, the listed B tiles gathered in list order (packed) and its C panels; C is copied back. Cycles =
+    :func:`list_fetch_cycles` + that GEMM's cycles; events add the list's read beats and request."""
+    geo = acfg.gemm_geometry
+    tiles = read_tile_list(image, cmd)
+    n = len(tiles)
+    dense = cmd.with_count(n)
+    AB, BB = geo.a_beats, geo.b_beats
+    KT = dense.k_tiles
+    a_beats = dense.m_tiles * KT * AB
+    c_beats = dense.m_tiles * dense.n_tiles * geo.out_beats(bool(cmd.requant))
+    rows = image.shape[0]
+    if cmd.mode == 1:  # column tile ni of B at b_base + tile[ni]·KT·BB
+        starts = [[cmd.b_base + d * KT * BB] for d in tiles]
+        span = KT * BB
+    else:  # k-tile kt of column tile ni at b_base + ni·b_stride + tile[kt]·BB
+        stride = cmd.b_stride or cmd.k_tiles * BB
+        starts = [[cmd.b_base + ni * stride + d * BB for d in tiles] for ni in range(dense.n_tiles)]
+        span = BB
+    for f, base, nb in (("a_base", cmd.a_base, a_beats), ("c_base", cmd.c_base, c_beats)):
+        if base + nb > rows:
+            raise ValueError(f"GEMM_LIST: {f} panels outside the {rows}-beat image")
+    if max(s for col in starts for s in col) + span > rows:
+        raise ValueError(f"GEMM_LIST: a listed B tile (tiles {tiles}) lies outside the {rows}-beat image")
+    b = np.concatenate([image[s : s + span] for col in starts for s in col])
+    scratch = np.concatenate(
+        [image[cmd.a_base : cmd.a_base + a_beats], b, np.zeros((c_beats, image.shape[1]), np.uint8)]
+    )
+    run = GemmCommand(
+        **{
+            **{f: getattr(dense, f) for f in ("m_tiles", "n_tiles", "k_tiles", "requant", "shift")},
+            "a_base": 0,
+            "b_base": a_beats,
+            "c_base": a_beats + b.shape[0],
+            "b_stride": 0,
+        }
+    )
+    cycles, events = run_gemm_on_image(acfg, scratch, run, max_cycles)
+    image[cmd.c_base : cmd.c_base + c_beats] = scratch[run.c_base :]
+    events["read_requests"] += 1
+    events["read_beats"] += list_fetch_beats(n, geo.bus_bytes)
+    return list_fetch_cycles(mk.mem_timing(acfg.memory), n, geo.bus_bytes) + cycles, events, n
 
 
 def run_gemm(

@@ -3,6 +3,9 @@
 Commands run in order on one memory image: TLMM commands read their activation stream and packed weights
 from memory, run on :func:`sim.tlmm_model.run_tlmm_streams` (cycle-stepped) and write their result
 stream; GEMM commands run :func:`sim.gemm_model.run_gemm_on_image` on the image itself; HOST commands run
+the host operation they index; KVR commands (opcode 5) run on :class:`sim.kv_model.KvrExecutor` (its tables
+persist across the steps of a :class:`Runtime`) and GEMM_LIST commands (opcode 6) on the stepped GEMM model
+over the tiles their list names (:func:`sim.gemm_model.run_gemm_list_on_image`); HOST commands run
 the host operation they index, built from :mod:`models.hostops` and ``quantize_act`` — the same
 functions the model's ``mode="int"`` forward calls, so logits agree bit for bit when the compiler placed,
 tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model).
@@ -20,13 +23,14 @@ import numpy as np
 import torch
 
 from hw.gemm_layout import gemm_shape, pack_a, unpack_c
-from hw.isa import GemmCommand, HostCommand, TlmmCommand
+from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, TlmmCommand
 from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import TlmmShape
 from models import hostops
 from models.bitlinear import add_bias, quantize_act
 from models.lm_head import dequant_logits
-from sim.gemm_model import run_gemm_on_image
+from sim.gemm_model import run_gemm_list_on_image, run_gemm_on_image
+from sim.kv_model import KvrExecutor
 from sim.progress import step
 from sim.tlmm_model import run_tlmm_streams
 
@@ -266,9 +270,121 @@ class _Host:
             full = self.f32(name)
             full[:, pos : pos + T] = s[0, :, :, 0]
             self.put(name, full)
+        r = a.get("resv")
+        if r and (r["inserts"] or r["queries"]):  # the KVR's rows: keys to insert, then the queries
+            rb = -(-r["dim"] // W) * W
+            for gi in range(hkv // g):
+                rows = np.zeros((r["inserts"] + r["queries"], rb), np.int8)
+                new = [t for t in range(T) if pos + t >= r["sinks"]]
+                for i, t in enumerate(new):  # stream key: the g heads' codes concatenated
+                    rows[i, : r["dim"]] = kq[0, gi * g : (gi + 1) * g, t].reshape(-1).numpy()
+                for qi in range(r["queries"]):  # query r: concat_i q of head (gi·g + i)·rep + r
+                    rows[r["inserts"] + qi, : r["dim"]] = np.concatenate(
+                        [qq[0, (gi * g + i) * rep + qi, 0].numpy() for i in range(g)]
+                    )
+                self.put_raw(f"att{L}.vec{gi}", rows)
+
+    def _cache_offsets(self, L: int, gi: int, g: int, hd: int, positions: np.ndarray):
+        """Byte offsets in the image of group gi's K and V cache at ``positions`` (n,) × its g·hd columns."""
+        W, TK, C, BB = self.img.shape[1], self.geo.k_tile, self.geo.cols, self.geo.b_beats
+        cap = self.p.tensors[f"kv{L}.k0"].shape[1]
+        kt_gd, kt_cap = -(-(g * hd) // TK), -(-cap // TK)
+        p_idx, d_idx = positions[:, None], np.arange(g * hd)[None, :]
+        kbase, vbase = self.p.tensors[f"kv{L}.k{gi}"].addr * W, self.p.tensors[f"kv{L}.v{gi}"].addr * W
+        koff = kbase + ((p_idx // C) * kt_gd + d_idx // TK) * BB * W + (d_idx % TK) * C + p_idx % C
+        voff = vbase + ((d_idx // C) * kt_cap + p_idx // TK) * BB * W + (p_idx % TK) * C + d_idx % C
+        return koff, voff
+
+    def _list(self, L: int, gi: int) -> np.ndarray:
+        return self.raw(f"att{L}.list{gi}")[: self.p.tensors[f"att{L}.list{gi}"].nbytes].view("<u4")
+
+    def _softmax_resv(self, op):
+        """The restricted attention's softmax (docs/design.md): the row of n·P slots in list order, invalid
+        slots −inf, as models/retrieval.py builds it."""
+        a = op.attrs
+        r = a["resv"]
+        h, hkv, pos, L = a["n_heads"], a["n_kv_heads"], a["pos"], a["layer"]
+        rep, g = h // hkv, a.get("group", 1)
+        P, S, Wn, pt = r["page"], r["sinks"], r["window"], r["page_tile"]
+        sq = self.f32(f"att{L}.sq").reshape(h)
+        sk, sv = self.f32(f"kv{L}.sk"), self.f32(f"kv{L}.sv")
+        cid = self.raw(f"kv{L}.cid")[: self.p.tensors[f"kv{L}.cid"].nbytes].view("<i4").reshape(hkv // g, -1)
+        sp_all = torch.zeros(h)
+        for gi in range(hkv // g):
+            words = self._list(L, gi)
+            n = int(words[0])
+            ent = words[4 : 4 + n]
+            tiles, valid = (ent & 0xFFFF).astype(np.int64), (ent >> 16).astype(np.int64)
+            chosen = {int(d) - pt for d in tiles if d >= pt}
+            slot_pos = (tiles[:, None] * P + np.arange(P)[None, :]).reshape(-1)
+            ok = np.zeros(n * P, bool)
+            for e in range(n):
+                for i in range(P):
+                    t = int(tiles[e]) * P + i
+                    if tiles[e] >= pt:
+                        ok[e * P + i] = i < valid[e]
+                    else:
+                        ok[e * P + i] = t <= pos and (
+                            t < S or (t > pos - Wn and not (S <= t < pos and int(cid[gi, t]) in chosen))
+                        )
+            okt = torch.from_numpy(ok)[None, :]
+            Sg = self.gemm_out(f"att{L}.scores{gi}", g * rep, n * P)  # the GEMM_LIST wrote n column tiles
+            pq_rows = np.zeros((g * rep, n * P), np.int8)
+            for j in range(g):
+                kvh = gi * g + j
+                skr = sk[kvh, slot_pos][None, :]
+                svr = sv[kvh, slot_pos][None, :]
+                for rr in range(rep):
+                    hh = kvh * rep + rr
+                    s1 = sq[hh].reshape(1, 1)
+                    scores = Sg[j * rep + rr][None, :].to(torch.float32) * (s1 * skr)
+                    scores = scores / a["score_div"]
+                    scores = torch.where(okt, scores, torch.full_like(scores, float("-inf")))
+                    pr = hostops.softmax(scores) * svr
+                    pq, sp = quantize_act(pr)
+                    pq_rows[j * rep + rr] = pq[0].numpy()
+                    sp_all[hh] = sp.reshape(())
+            self.put_raw(f"att{L}.pa{gi}", pack_a(pq_rows, self.geo))
+        self.put(f"att{L}.sp", sp_all.reshape(h, 1))
+
+    def _page_copies(self, op):
+        """Copy the step's inserted keys (K column, V row, scales) into their clusters' pages and record
+        each token's cluster (the list block's insert results; docs/design.md, "Pages")."""
+        a = op.attrs
+        r = a["resv"]
+        hkv, hd, pos, T, L = a["n_kv_heads"], a["head_dim"], a["pos"], a["tokens"], a["layer"]
+        g = a.get("group", 1)
+        P, pt, entries = r["page"], r["page_tile"], r["entries"]
+        new = [pos + t for t in range(T) if pos + t >= r["sinks"]]
+        flat = self.img.reshape(-1)
+        cid_t = self.p.tensors[f"kv{L}.cid"]
+        cid = self.raw(f"kv{L}.cid")[: cid_t.nbytes].view("<i4").reshape(hkv // g, -1).copy()
+        sk, sv = self.f32(f"kv{L}.sk"), self.f32(f"kv{L}.sv")
+        for gi in range(hkv // g):
+            res = self._list(L, gi)[4 + entries : 4 + entries + len(new)]
+            cl = (res & 0xFFFF).astype(np.int16).astype(np.int64)
+            slot = (res >> 16).astype(np.int64)
+            src = np.array(new, np.int64)
+            cid[gi, src] = cl
+            keep = cl >= 0
+            if not keep.any():
+                continue
+            src, dst = src[keep], (pt + cl[keep]) * P + slot[keep]
+            ks, vs = self._cache_offsets(L, gi, g, hd, src)
+            kd, vd = self._cache_offsets(L, gi, g, hd, dst)
+            flat[kd] = flat[ks]
+            flat[vd] = flat[vs]
+            heads = slice(gi * g, (gi + 1) * g)
+            sk[heads, dst] = sk[heads, src]
+            sv[heads, dst] = sv[heads, src]
+        self.put(f"kv{L}.sk", sk)
+        self.put(f"kv{L}.sv", sv)
+        self.put_raw(f"kv{L}.cid", cid.astype("<i4"))
 
     def op_attn_softmax(self, op):
         a = op.attrs
+        if a.get("resv", {}).get("active"):
+            return self._softmax_resv(op)
         h, hkv, pos, T = a["n_heads"], a["n_kv_heads"], a["pos"], a["tokens"]
         L, rep, ctx, g = a["layer"], h // hkv, pos + T, a.get("group", 1)
         # the groups lo..hi-1 (all by default; one per op with system.overlap): rows are independent
@@ -317,6 +433,9 @@ class _Host:
         sp = self.f32(f"att{L}.sp").reshape(1, h, T, 1)
         out = o_int.to(torch.float32) * sp
         self.put(op.outputs[0], out.transpose(1, 2).reshape(T, h * hd))
+        r = a.get("resv")
+        if r and (r["inserts"] or r["queries"]):
+            self._page_copies(op)
 
 
 class Runtime:
@@ -324,6 +443,8 @@ class Runtime:
 
     def __init__(self, first: Program):
         self.image = first.image.copy()
+        # the KV engine's per-stream state (KVR commands; sim.kv_model.KvrExecutor) lives across steps
+        self.kvr = KvrExecutor(first.acfg.kv, first.acfg.memory.bus_bytes)
 
     def run(self, prog: Program, tokens) -> tuple[torch.Tensor, ExecStats]:
         need = prog.image.shape[0]
@@ -331,7 +452,7 @@ class Runtime:
             grown = np.zeros((need, self.image.shape[1]), np.uint8)
             grown[: self.image.shape[0]] = self.image
             self.image = grown
-        return execute(prog, tokens, self.image)
+        return execute(prog, tokens, self.image, self.kvr)
 
 
 def check_act_range(act: np.ndarray, act_bits: int, where: str) -> None:
@@ -346,6 +467,12 @@ def check_act_range(act: np.ndarray, act_bits: int, where: str) -> None:
             f"({lo}..{hi}); the engine would drop their high bits — compile for a config with "
             f"tlmm.act_bits 8"
         )
+
+
+def _count(stats: ExecStats, kind: str, cycles: int) -> None:
+    stats.cycles[kind] = stats.cycles.get(kind, 0) + cycles
+    stats.commands[kind] = stats.commands.get(kind, 0) + 1
+    stats.per_command.append((kind, cycles))
 
 
 def write_input(prog: Program, image: np.ndarray, value) -> None:
@@ -367,9 +494,12 @@ def write_input(prog: Program, image: np.ndarray, value) -> None:
     prog.write(image, name, x.reshape(shape))
 
 
-def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[torch.Tensor, ExecStats]:
+def execute(
+    prog: Program, tokens, image: np.ndarray | None = None, kvr: KvrExecutor | None = None
+) -> tuple[torch.Tensor, ExecStats]:
     """Run ``prog`` for ``tokens`` (its step's T token ids); returns (logits (T, vocab) float32, stats).
-    ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's."""
+    ``image`` (modified in place) carries the KV cache between steps; by default a copy of the Program's.
+    ``kvr`` carries the KV engine's tables between steps (KVR commands; a fresh one by default)."""
     if not prog.meta.get("weights_materialized", True):
         raise ValueError(
             "this Program was compiled on meta tensors (no weights): it can be inspected, not run"
@@ -381,6 +511,8 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
     stats = ExecStats()
     t = acfg.tlmm
     cmds = prog.commands()
+    if kvr is None:
+        kvr = KvrExecutor(acfg.kv, acfg.memory.bus_bytes)
     done = [0]  # commands run, polled by a progress bar (sim/progress.py): no cost per command
     step("execute", lambda: f"{done[0]}/{len(cmds)} commands")
     for i, cmd in enumerate(cmds):
@@ -416,6 +548,15 @@ def execute(prog: Program, tokens, image: np.ndarray | None = None) -> tuple[tor
             stats.cycles["tlmm"] += run.cycles
             stats.commands["tlmm"] += 1
             stats.per_command.append(("tlmm", run.cycles))
+        elif isinstance(cmd, KvrCommand):
+            cycles = kvr.run(cmd, img)
+            _count(stats, "kv", cycles)
+        elif isinstance(cmd, GemmListCommand):
+            try:
+                cycles, _, _ = run_gemm_list_on_image(acfg, img, cmd)
+            except ValueError as e:  # a list the KVR did not write, or tiles outside the image
+                raise ProgramError(f"GEMM_LIST command {i}: {e}") from None
+            _count(stats, "gemm", cycles)
         elif isinstance(cmd, GemmCommand):
             cycles, _ = run_gemm_on_image(acfg, img, cmd)
             stats.cycles["gemm"] += cycles

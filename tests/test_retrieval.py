@@ -371,18 +371,27 @@ def test_resv_refuses_dense_plots(tmp_path):
 
 
 @pytest.mark.parametrize("opcode", [isa.OP_KVR, isa.OP_GEMM_LIST])
-def test_program_holding_retrieval_commands_is_refused(tiny_estimates, opcode):
-    """Opcodes 5 and 6 are encoded but no executor runs them yet: a Program holding one does not load."""
+def test_program_holding_retrieval_commands_is_checked(tiny_estimates, opcode):
+    """Opcodes 5 and 6 load (sim/runtime.py runs them); their memory blocks must lie inside the image."""
     from hw.program import ProgramError
     from tritium.estimate import _compiled
 
     prog = _compiled("tiny", _tiny_resv(), "acc_int8").program(1, 9)
     prog.validate()
-    extra = (
-        isa.KvrCommand(table=0, queries=1) if opcode == isa.OP_KVR else isa.GemmListCommand(1, 1, 1, mode=1)
-    )
-    bad = dataclasses.replace(prog, words=np.concatenate([prog.words, np.array(extra.words(), np.uint64)]))
-    with pytest.raises(ProgramError, match=f"opcode {opcode} .*not executed by this build yet"):
+    far = prog.meta["memory_beats"] + 5  # (a meta-compiled Program: its image is not materialized)
+
+    def with_cmd(c):
+        return dataclasses.replace(prog, words=np.concatenate([prog.words, np.array(c.words(), np.uint64)]))
+
+    if opcode == isa.OP_KVR:
+        with_cmd(isa.KvrCommand(table=0, queries=1)).validate()
+        bad = with_cmd(isa.KvrCommand(table=0, queries=1, list_base=far))
+        msg = "KVR command .*: list_base block outside"
+    else:
+        with_cmd(isa.GemmListCommand(1, 1, 1, mode=1)).validate()
+        bad = with_cmd(isa.GemmListCommand(1, 1, 1, mode=1, list_base=far))
+        msg = "GEMM_LIST command .*: list_base outside"
+    with pytest.raises(ProgramError, match=msg):
         bad.validate()
 
 

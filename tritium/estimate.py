@@ -278,7 +278,10 @@ def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str | None = No
     # the hardware fingerprint leaves out the system section, whose choices change the Program: key on all of it
     key = (model_spec, acfg.fingerprint(), dataclasses.replace(acfg.system, lm_head=lm_head))
     if key not in _COMPILED:  # shapes suffice
-        _COMPILED[key] = compile_model(load_model(model_spec, device="meta"), acfg, lm_head=lm_head)
+        # dense Programs: retrieval is costed on top of them in closed form (tritium/retrieval.py)
+        _COMPILED[key] = compile_model(
+            load_model(model_spec, device="meta"), acfg, lm_head=lm_head, retrieval=False
+        )
     return _COMPILED[key]
 
 

@@ -15,9 +15,11 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass
 
-from compiler.tiling import RetrievalGeometry, ceil_div, retrieval_geometry
+from compiler.tiling import RetrievalGeometry, retrieval_geometry
 from hw.config import AcceleratorConfig
+from sim.gemm_model import list_fetch_beats, list_fetch_cycles
 from sim.kv_model import kv_energy_j, kvr_cost
+from sim.mem_kernel import mem_timing
 
 __all__ = ["RetrievalPlan", "model_geometry", "plan_decode", "retrieval_step_cost", "SHARE_RANGE"]
 
@@ -169,8 +171,8 @@ def retrieval_step_cost(
         first = False
     # the tile-list GEMMs' list fetch (Q·Kᵀ and P·V per stream)
     if plan is not None and plan.active:
-        list_beats = ceil_div(16 + 4 * plan.tiles, mem.bus_bytes)
-        cyc = mem.latency + list_beats * mem.beat_interval
+        list_beats = list_fetch_beats(plan.tiles, mem.bus_bytes)  # sim.gemm_model: the executor's definition
+        cyc = list_fetch_cycles(mem_timing(mem), plan.tiles, mem.bus_bytes)
         nbytes = 2 * streams * list_beats * mem.bus_bytes
         c.engine_cycles["gemm"] += 2 * streams * cyc
         c.time_by["gemm"] += 2 * streams * cyc / f

@@ -111,7 +111,7 @@ def run_program(
     argmax = [int(i) for i in out.argmax(axis=-1)] if out.ndim == 2 and out.shape[-1] else []
     nxt = argmax[-1] if argmax else None
     vocab = prog.meta["model"].get("vocab")
-    total = stats.cycles["tlmm"] + stats.cycles["gemm"]
+    total = sum(stats.cycles.values())  # tlmm, gemm (GEMM_LIST included) and, with retrieval, kv
     return {
         "program": str(program_dir),
         "content_hash": prog.digest(),
