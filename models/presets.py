@@ -6,6 +6,8 @@
 ``bitnet-2b``    BitNet-b1.58-2B-4T: 30 layers, d=2560, FFN 6912 gated ReLU², sub-LN, 20 heads × 128, 5 KV heads,
                  RoPE θ=500000, vocab 128256, 4096 context, tied embeddings: 2.413 B parameters.
 ``tiny``         the model trained by ``python -m models.train`` (byte vocabulary, BitNet-2B layout in small).
+``tiny-long``    ``tiny`` with 1024 positions: fine-tuned from ``tiny.pt`` on 1024-byte windows
+                 (``models/checkpoints/tiny-long.json`` records the command), for retrieval at long context.
 
 Build the big presets on the meta device (``build_model("bitnet-2b", device="meta")``) for shapes and
 whole-model estimates; they have no trained weights here.
@@ -44,6 +46,9 @@ PRESETS: dict[str, LMConfig] = {
     ),
     "tiny": bitnet_2b_layout(
         vocab=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn=352, max_seq=256
+    ),
+    "tiny-long": bitnet_2b_layout(
+        vocab=256, d_model=128, n_layers=4, n_heads=4, n_kv_heads=2, ffn=352, max_seq=1024
     ),
 }
 

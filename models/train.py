@@ -10,6 +10,14 @@
    baseline in ``"float"`` mode, on the validation split (:mod:`models.data`), and writes
    ``<out>.json`` (same folder and stem) with per-byte perplexity and bits per byte of each.
 
+Fine-tuning (``--init CKPT``): the weights start from ``CKPT`` (same shape as ``--preset`` except ``max_seq``,
+whose RoPE tables are not weights), e.g. the ``tiny-long`` preset (1024 positions) from ``tiny.pt``::
+
+    python -m models.train --preset tiny-long --init models/checkpoints/tiny.pt \
+        --out models/checkpoints/tiny-long.safetensors --steps N --batch 8 --lr 1e-3 --no-baseline
+
+``--save-every K`` also writes the checkpoint every K steps (so a run stopped early leaves its progress).
+
 Perplexity is per byte: ``exp(mean NLL)`` over every predicted byte of the evaluated windows (non-overlapping
 windows of 256 bytes, each predicted from the bytes before it in its window); bits/byte = mean NLL / ln 2.
 Runs on 2 CPU threads (``torch.set_num_threads(2)``).
@@ -52,8 +60,10 @@ def train(
     seed: int,
     log_every: int = 50,
     label: str = "",
+    on_step=None,
 ) -> list[tuple[int, float]]:
-    """Train in place; returns [(step, train loss)] at the logged steps."""
+    """Train in place; returns [(step, train loss)] at the logged steps. ``on_step(step, log)`` is called
+    after every logged step (progress saves)."""
     corpus = load_corpus()
     seq = model.config.max_seq
     gen = torch.Generator().manual_seed(seed)
@@ -85,6 +95,9 @@ def train(
                 f"{time.time() - t0:.0f} s",
                 flush=True,
             )
+            if on_step is not None:
+                on_step(step + 1, log)
+                model.train()
     model.eval()
     return log
 
@@ -96,11 +109,16 @@ def evaluate(
     data: torch.Tensor | None = None,
     max_windows: int | None = None,
     batch: int = 8,
+    seq: int | None = None,
 ) -> dict:
-    """Per-byte validation perplexity of ``model`` in ``mode`` → {"loss", "ppl", "bits_per_byte", "bytes"}."""
+    """Per-byte validation perplexity of ``model`` in ``mode`` → {"loss", "ppl", "bits_per_byte", "bytes"},
+    over windows of ``seq`` bytes (default the model's ``max_seq``)."""
     if data is None:
         data = load_corpus().val
-    x, y = eval_windows(data, model.config.max_seq, max_windows)
+    seq = model.config.max_seq if seq is None else seq
+    if not 1 <= seq <= model.config.max_seq:
+        raise ValueError(f"evaluation window {seq} is outside 1..max_seq={model.config.max_seq}")
+    x, y = eval_windows(data, seq, max_windows)
     model.eval()
     total, count = 0.0, 0
     for i in range(0, x.shape[0], batch):
@@ -116,6 +134,12 @@ def evaluate(
         "bits_per_byte": round(loss / math.log(2), 4),
         "bytes": count,
     }
+
+
+def _sha256(path) -> str:
+    import hashlib
+
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
 def _write_json(path: Path, obj: dict) -> None:
@@ -140,6 +164,27 @@ def main(argv=None) -> int:
         help="evaluate on the first N validation windows (default: the whole validation split)",
     )
     ap.add_argument("--no-baseline", action="store_true", help="skip the float baseline")
+    ap.add_argument(
+        "--eval-seq",
+        type=int,
+        nargs="*",
+        default=[],
+        metavar="N",
+        help="also evaluate the ternary model (fake mode) on windows of N bytes (e.g. 256 for a long model)",
+    )
+    ap.add_argument(
+        "--init",
+        default=None,
+        metavar="CKPT",
+        help="fine-tune: start from this checkpoint's weights (same shape as --preset but max_seq)",
+    )
+    ap.add_argument(
+        "--save-every",
+        type=int,
+        default=0,
+        metavar="K",
+        help="also write the checkpoint every K steps (rounded up to the 50-step log interval)",
+    )
     args = ap.parse_args(argv)
     if args.steps < 1 or args.batch < 1:
         ap.error("--steps and --batch must be positive")
@@ -155,15 +200,6 @@ def main(argv=None) -> int:
     t_start = time.time()
 
     model = build_model(cfg, seed=args.seed)
-    n_params = sum(p.numel() for p in model.parameters())
-    print(
-        f"model {args.preset}: {n_params} parameters; ternary training ({args.steps} steps × "
-        f"{args.batch}×{cfg.max_seq} bytes)",
-        flush=True,
-    )
-    t0 = time.time()
-    log_tern = train(model, "fake", args.steps, args.batch, args.lr, args.seed, label="ternary")
-    t_tern = time.time() - t0
     meta = {
         "preset": args.preset,
         "steps": args.steps,
@@ -173,6 +209,28 @@ def main(argv=None) -> int:
         "mode": "fake",
         "corpus_val_sha256": info["val_sha256"],
     }
+    if args.init:
+        init = load_checkpoint(args.init)
+        if {**init.config.to_dict(), "max_seq": cfg.max_seq} != cfg.to_dict():
+            ap.error(f"--init {args.init}: its shape differs from preset {args.preset} (other than max_seq)")
+        model.load_state_dict(init.state_dict())
+        meta["init"] = {"checkpoint": Path(args.init).name, "sha256": _sha256(args.init)}
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"model {args.preset}: {n_params} parameters; ternary {'fine-tuning' if args.init else 'training'} "
+        f"({args.steps} steps × {args.batch}×{cfg.max_seq} bytes)",
+        flush=True,
+    )
+
+    def progress(step: int, log) -> None:
+        if args.save_every and (step % args.save_every < 50 or step == args.steps):
+            save_checkpoint(model, out, {**meta, "steps_done": step})
+
+    t0 = time.time()
+    log_tern = train(
+        model, "fake", args.steps, args.batch, args.lr, args.seed, label="ternary", on_step=progress
+    )
+    t_tern = time.time() - t0
     save_checkpoint(model, out, meta)
     print(f"wrote {out} ({out.stat().st_size} bytes)", flush=True)
 
@@ -183,7 +241,7 @@ def main(argv=None) -> int:
         "config": cfg.to_dict(),
         "parameters": n_params,
         "corpus": info,
-        "train": {k: meta[k] for k in ("steps", "batch", "lr", "seed")},
+        "train": {k: meta[k] for k in ("steps", "batch", "lr", "seed", "init") if k in meta},
         "tokens_per_model": args.steps * args.batch * cfg.max_seq,
         "eval": {"split": "validation", "seq": cfg.max_seq, "windows": None},
         "results": {},
@@ -208,6 +266,10 @@ def main(argv=None) -> int:
         result["seconds"][f"{mode}_eval"] = round(time.time() - t0, 1)
         print(f"ternary {mode} mode: {result['results'][mode]}", flush=True)
     result["eval"]["windows"] = result["results"]["int"]["bytes"] // cfg.max_seq
+    for n in args.eval_seq:  # the same bytes as the max_seq windows (more, shorter windows)
+        wins = None if args.eval_windows is None else args.eval_windows * cfg.max_seq // n
+        result["results"][f"fake_seq{n}"] = evaluate(loaded, "fake", max_windows=wins, seq=n)
+        print(f"ternary fake mode, {n}-byte windows: {result['results'][f'fake_seq{n}']}", flush=True)
     result["seconds"]["total"] = round(time.time() - t_start, 1)
     _write_json(out.with_suffix(".json"), result)
     print(f"wrote {out.with_suffix('.json')}  (total {result['seconds']['total']} s)", flush=True)

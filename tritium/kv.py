@@ -4,6 +4,7 @@
                       [--checkpoint PT] [--json]
     tritium kv plot TRACE... [--config FILE] --plot PATH      (PATH .png/.pdf/.svg; + PNG + CSV)
     tritium kv report TRACE... [--config FILE] [--checkpoint PT] --out DIR [--json]
+    tritium kv ppl [--checkpoint CKPT] [--context N] [--policy ...] [--alpha ...] [--json]   (tritium/kv_ppl.py)
 
 Hook into the main parser with :func:`register` (adds the ``kv`` subcommand; each handler returns an exit
 code: 0 ok, 2 bad input with one line on stderr). Figures (definitions in :mod:`models.kvpolicy`): retrieved
@@ -695,4 +696,8 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
     rp.set_defaults(func=cmd_kv_report)
+
+    from tritium.kv_ppl import add_parser as add_ppl
+
+    add_ppl(sub, common)
     return kv
