@@ -116,6 +116,15 @@ class TlmmConfig:
     max_n: Annotated[int, _int(1, 1 << 20, "largest output dimension N (sizes the accumulator memory)")] = (
         4096
     )
+    weight_buffer_beats: Annotated[
+        int,
+        _int(
+            0,
+            1 << 16,
+            "weight buffer in the top level's TLMM DMA, in engine weight beats (0: none): a weight run is "
+            "read from DRAM once and reused by the following token groups of the prompt",
+        ),
+    ] = 0
 
     # --- derived quantities: the only place they are computed ---
     @property
@@ -170,6 +179,11 @@ class TlmmConfig:
     def acc_depth(self) -> int:
         """Words of the accumulator memory: one Q-wide word per (token, column block)."""
         return self.tokens * self.max_n_blocks
+
+    @property
+    def weight_buffer_bits(self) -> int:
+        """Bits of the top level's weight buffer: ``weight_buffer_beats`` words of Q·T packed indices."""
+        return self.weight_buffer_beats * self.columns * self.tables * self.index_bits
 
     @property
     def lookups_per_cycle(self) -> int:

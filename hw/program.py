@@ -3,7 +3,7 @@ reference and the RTL top level execute.
 
 A Program is
 
-- ``words``: the command stream (hw.isa, version 4): TLMM and GEMM commands for the engines, HOST commands
+- ``words``: the command stream (hw.isa, version 5): TLMM and GEMM commands for the engines, HOST commands
   that hand one host operation to the host CPU;
 - ``host_ops``: the table HOST commands index (kind, input and output tensors, attributes, where in the
   model the op comes from);
@@ -62,7 +62,7 @@ from pathlib import Path
 import numpy as np
 
 from hw.config import AcceleratorConfig, LmHead, TlmmConfig, config_from_dict
-from hw.isa import ISA_VERSION, GemmCommand, HostCommand, TlmmCommand, decode_program
+from hw.isa import ISA_VERSION, WBUF_FILL, WBUF_STREAM, GemmCommand, HostCommand, TlmmCommand, decode_program
 
 __all__ = [
     "PROGRAM_VERSION",
@@ -80,7 +80,9 @@ __all__ = [
 ]
 
 PROGRAM_VERSION = (
-    3  # 2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache
+    # 2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache;
+    # 4: ISA 5 (TLMM wbuf: weight-buffer fill/reuse, checked by Program.validate)
+    4
 )
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "float16", "int32", "int8", "uint8")
@@ -447,6 +449,7 @@ class Program:
                     raise ProgramError(f"{source}: host op {h.name}: unknown tensor {n!r}")
         n_ops = len(self.host_ops)
         t = acfg.tlmm
+        filled = None  # (wgt_base, KC, NB) the weight buffer holds: the last fill before this command
         for i, c in enumerate(cmds):
             if isinstance(c, HostCommand) and c.op >= n_ops:
                 raise ProgramError(f"{source}: HOST command refers to op {c.op}; the table has {n_ops}")
@@ -456,6 +459,7 @@ class Program:
                         f"{source}: TLMM command {i}: M={c.tokens}, KC={c.k_chunks} beyond the "
                         f"engine (tlmm.tokens {t.tokens}, tlmm.max_k {t.max_k})"
                     )
+                filled = _check_wbuf(c, i, filled, t, source)
                 if materialized:
                     spans = {
                         "act_base": c.k_chunks * c.tokens * t.chunk_k,
@@ -481,6 +485,30 @@ class Program:
                             f"{source}: GEMM command {i}: {f} panels outside the "
                             f"{self.image.shape[0]}-beat image"
                         )
+
+
+def _check_wbuf(c: TlmmCommand, i: int, filled, t: TlmmConfig, source: str):
+    """The weight-buffer hazards of TLMM command ``i`` (hw.isa ``wbuf``): a fill or reuse needs a buffer of
+    at least KC·NB beats; a reuse must read what the last fill before it in this Program wrote (same weight
+    run: wgt_base, KC, NB), since the buffer's content at a Program's start is unknown. Returns what the
+    buffer holds after the command."""
+    if c.wbuf == WBUF_STREAM:
+        return filled
+    run = (c.wgt_base, c.k_chunks, c.n_blocks)
+    if c.k_chunks * c.n_blocks > t.weight_buffer_beats:
+        raise ProgramError(
+            f"{source}: TLMM command {i}: wbuf={c.wbuf} with KC·NB = {c.k_chunks * c.n_blocks} weight beats; "
+            f"tlmm.weight_buffer_beats is {t.weight_buffer_beats}"
+        )
+    if c.wbuf == WBUF_FILL:
+        return run
+    if filled != run:
+        held = "nothing" if filled is None else f"wgt@{filled[0]:#x} KC={filled[1]} NB={filled[2]}"
+        raise ProgramError(
+            f"{source}: TLMM command {i}: reuses weights wgt@{c.wgt_base:#x} KC={c.k_chunks} NB={c.n_blocks} "
+            f"but the weight buffer holds {held} (the last fill before it)"
+        )
+    return filled
 
 
 def _round_up(x: int, m: int) -> int:
