@@ -14,6 +14,9 @@ is read through :class:`CommandFields` (``lib.data`` views built from hw.isa's f
   wider than a bus beat by any ratio) takes FIFO beats (dropping the run's leading offset bytes), presents
   engine beats of the run's width, and discards the rest of a run's last bus beat. Results (Q int32 each) are packed into bus beats and written
   from ``res_base`` on; a partial last beat is written zero-padded. Done when every result is written.
+  With a weight buffer (``tlmm.weight_buffer_beats``) the command's ``wbuf`` picks the weight source: 1
+  also writes every weight beat into the buffer, 2 walks the activation runs only and feeds the engine's
+  weights from the buffer (hw.top_geometry.WBUF_READ_LATENCY).
 - **GEMM**: the engine gets its fields and the memory port; done when its ``busy`` falls.
 - **HOST**: ``host`` presents the op index; done at the handshake (the host has run the op by then).
 
