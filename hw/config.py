@@ -97,6 +97,8 @@ class TlmmConfig:
     activation beat, covering G·T activations (a *chunk*); ``columns`` (Q) output columns are updated per
     cycle, so the engine does Q·T lookups per cycle. ``tokens`` is the most tokens that share one weight
     beat (prefill reuse); ``table_mode`` is ``full`` (3^G entries) or ``half`` ((3^G+1)/2 entries + sign).
+    ``weight_buffer_beats`` sizes the top level's weight buffer (0: none), which lets a prompt's token groups
+    reuse a weight slice read once from DRAM (hw.isa ``wbuf``; docs/design.md "Top level").
     """
 
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
