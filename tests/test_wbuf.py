@@ -205,3 +205,24 @@ def test_fast_evaluator_equals_estimate_with_buffer(beats):
     if beats == 64:  # the prefill reads each weight once; a 7-beat buffer's many N slices re-read activations
         no = estimate("tiny", base, 16, 40)
         assert ref["_steps"][0].dram_bytes < no["_steps"][0].dram_bytes
+
+
+def test_resources_count_the_buffer():
+    """The weight buffer in the resource model (tritium.resources.weight_buffer_resources): kv260's 4096 ×
+    2240 bits = 32 URAM288 and one LUT per weight bit on the K26; the DSE's fit check (engine "top") sees it."""
+    from tritium.resources import load_model, top_overhead, weight_buffer_resources
+
+    acfg = load_config(REPO / "configs" / "kv260.yaml")
+    assert acfg.tlmm.weight_buffer_beats == 4096
+    none = with_buffer(acfg, 0)
+    wb = weight_buffer_resources(acfg, "xcup")
+    assert wb["uram"] == 32 and wb["bram"] == 0 and 2240 <= wb["lut"] < 2400 and wb["dsp"] == 1
+    assert weight_buffer_resources(with_buffer(acfg, 8192), "xcup")["uram"] == 64
+    assert weight_buffer_resources(with_buffer(acfg, 1024), "xcup")["bram"] > 0  # small: block RAM
+    assert weight_buffer_resources(none, "xcup") == {r: 0.0 for r in ("lut", "ff", "bram", "uram", "dsp")}
+    m = load_model()
+    top, top0 = m.predict(acfg, "xcup", "top"), m.predict(none, "xcup", "top")
+    for r in ("lut", "uram", "dsp"):
+        assert top[r] == pytest.approx(top0[r] + wb[r])
+    assert top_overhead(acfg, "ecp5")["bram"] > 0  # ECP5: 18 Kbit blocks
+    assert top["lut"] < 117_120 and top["uram"] <= 64  # fits the K26 (modeled)
