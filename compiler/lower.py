@@ -9,7 +9,9 @@ Passes here, in order (each has its own test):
 6. TLMM tiling            (:meth:`Lowering.tlmm_slices`, ``Lowering._lower_tlmm``) each ``tlmm`` op → TLMM
                           commands: tokens in groups of ≤ ``tlmm.tokens``, K in slices of ≤ ``tlmm.max_k``
                           (int32 partial sums added exactly by the dequant), N in slices of ≤ ``tlmm.max_n``;
-                          weights too large for the engine never fail.
+                          weights too large for the engine never fail. With a weight buffer
+                          (``tlmm.weight_buffer_beats``) slices also fit the buffer and a prompt's token
+                          groups run slice by slice: the first fills the buffer, the rest reuse it.
 7. attention              (``Lowering._lower_attention``) ``attention`` → host ``attn_prep`` (RoPE unless
                           ``rope=False``, int8 q/k/v, KV-cache append) → per group of KV heads (compiler.tiling.attention_group)
                           a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
@@ -471,6 +473,7 @@ class Lowering:
                         "act": acts[tl.c][tl.si],
                         "wgt": w,
                         "res": res,
+                        "wbuf": tl.wbuf,
                         "where": op.where,
                     },
                 )
@@ -863,11 +866,13 @@ class Lowering:
                     tensors[body["act"]].addr,
                     tensors[body["wgt"]].addr,
                     tensors[body["res"]].addr,
+                    wbuf=body["wbuf"],
                 )
                 commands.append(cmd)
+                wsrc = ("", " wbuf=fill", " wbuf=reuse")[cmd.wbuf]
                 lines.append(
                     f"TLMM  {body['op']:<34} M={cmd.tokens} KC={cmd.k_chunks} NB={cmd.n_blocks}  "
-                    f"act@{cmd.act_base:#x} wgt@{cmd.wgt_base:#x} res@{cmd.res_base:#x}   # {body['where']}"
+                    f"act@{cmd.act_base:#x} wgt@{cmd.wgt_base:#x} res@{cmd.res_base:#x}{wsrc}   # {body['where']}"
                 )
             elif kind == "kvr":
                 cmd = KvrCommand(

@@ -97,9 +97,17 @@ Slices = tuple[list[tuple[int, int]], list[tuple[int, int]]]
 
 
 def tlmm_slices(t: TlmmConfig, k: int, n: int) -> Slices:
-    """K slices (multiples of G·T) and N slices (multiples of Q) that fit ``tlmm.max_k`` / ``max_n``."""
+    """K slices (multiples of G·T) and N slices (multiples of Q) that fit ``tlmm.max_k`` / ``max_n`` and,
+    with a weight buffer (``tlmm.weight_buffer_beats`` = D > 0), whose KC×NB weight beats fit it: K slices
+    of at most D chunks, then N slices of at most ``D // KC`` blocks (KC of the longest K slice), so every
+    slice's weights can be filled once and reused by every token group (:func:`tlmm_tiles`)."""
     ks = max(t.chunk_k, t.max_k // t.chunk_k * t.chunk_k)
     ns = max(t.columns, t.max_n // t.columns * t.columns)
+    D = t.weight_buffer_beats
+    if D:
+        ks = min(ks, D * t.chunk_k)
+        kc = ceil_div(min(k, ks), t.chunk_k)
+        ns = min(ns, D // kc * t.columns)
     return ([(a, min(k, a + ks)) for a in range(0, k, ks)], [(a, min(n, a + ns)) for a in range(0, n, ns)])
 
 
@@ -113,7 +121,8 @@ def tlmm_fits_fields(t: TlmmConfig, slices: Slices) -> bool:
 
 class Tile(NamedTuple):
     """One TLMM command of a ``tlmm`` op: token chunk ``c`` (``m`` tokens from ``m0``) × K slice ``si`` ×
-    N slice ``ni``; ``kc`` chunks of G·T and ``nb`` blocks of Q columns."""
+    N slice ``ni``; ``kc`` chunks of G·T and ``nb`` blocks of Q columns; ``wbuf`` its weight source
+    (hw.isa: 0 DRAM, 1 DRAM + fill the weight buffer, 2 the buffer)."""
 
     c: int
     m0: int
@@ -126,28 +135,35 @@ class Tile(NamedTuple):
     n0: int
     n1: int
     nb: int
+    wbuf: int = 0
 
 
 def tlmm_tiles(t: TlmmConfig, tokens: int, slices: Slices) -> Iterator[Tile]:
-    """The op's commands in emission order: token chunks, then K slices, then N slices."""
+    """The op's commands in emission order. Without a weight buffer, or with one token chunk: token chunks,
+    then K slices, then N slices, weights from DRAM. With a weight buffer and several token chunks: K
+    slices, then N slices, then token chunks — the first chunk streams the slice's weights from DRAM and
+    fills the buffer (``wbuf`` 1), the others read them from the buffer (``wbuf`` 2), so a prompt reads
+    each weight once (:func:`tlmm_slices` makes every slice fit the buffer)."""
     kss, nss = slices
-    for c, m0 in enumerate(range(0, tokens, t.tokens)):
-        m = min(t.tokens, tokens - m0)
-        for si, (k0, k1) in enumerate(kss):
-            for ni, (n0, n1) in enumerate(nss):
-                yield Tile(
-                    c,
-                    m0,
-                    m,
-                    si,
-                    k0,
-                    k1,
-                    ceil_div(k1 - k0, t.chunk_k),
-                    ni,
-                    n0,
-                    n1,
-                    ceil_div(n1 - n0, t.columns),
-                )
+    chunks = [(c, m0, min(t.tokens, tokens - m0)) for c, m0 in enumerate(range(0, tokens, t.tokens))]
+    reuse = t.weight_buffer_beats > 0 and len(chunks) > 1
+
+    def tile(c, m0, m, si, ni, wbuf):
+        (k0, k1), (n0, n1) = kss[si], nss[ni]
+        return Tile(
+            c, m0, m, si, k0, k1, ceil_div(k1 - k0, t.chunk_k), ni, n0, n1, ceil_div(n1 - n0, t.columns), wbuf
+        )
+
+    if not reuse:
+        for c, m0, m in chunks:
+            for si in range(len(kss)):
+                for ni in range(len(nss)):
+                    yield tile(c, m0, m, si, ni, 0)
+        return
+    for si in range(len(kss)):
+        for ni in range(len(nss)):
+            for c, m0, m in chunks:
+                yield tile(c, m0, m, si, ni, 1 if c == 0 else 2)
 
 
 def tlmm_weight_bytes(t: TlmmConfig, k_len: int, n_len: int) -> tuple[int, int, int]:

@@ -105,6 +105,8 @@ class TlmmConfig:
     activation beat, covering G·T activations (a *chunk*); ``columns`` (Q) output columns are updated per
     cycle, so the engine does Q·T lookups per cycle. ``tokens`` is the most tokens that share one weight
     beat (prefill reuse); ``table_mode`` is ``full`` (3^G entries) or ``half`` ((3^G+1)/2 entries + sign).
+    ``weight_buffer_beats`` sizes the top level's weight buffer (0: none), which lets a prompt's token groups
+    reuse a weight slice read once from DRAM (hw.isa ``wbuf``; docs/design.md "Top level").
     """
 
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
@@ -124,6 +126,15 @@ class TlmmConfig:
     max_n: Annotated[int, _int(1, 1 << 20, "largest output dimension N (sizes the accumulator memory)")] = (
         4096
     )
+    weight_buffer_beats: Annotated[
+        int,
+        _int(
+            0,
+            1 << 16,
+            "weight buffer in the top level's TLMM DMA, in engine weight beats (0: none): a weight run is "
+            "read from DRAM once and reused by the following token groups of the prompt",
+        ),
+    ] = 0
 
     # --- derived quantities: the only place they are computed ---
     @property
@@ -178,6 +189,11 @@ class TlmmConfig:
     def acc_depth(self) -> int:
         """Words of the accumulator memory: one Q-wide word per (token, column block)."""
         return self.tokens * self.max_n_blocks
+
+    @property
+    def weight_buffer_bits(self) -> int:
+        """Bits of the top level's weight buffer: ``weight_buffer_beats`` words of Q·T packed indices."""
+        return self.weight_buffer_beats * self.columns * self.tables * self.index_bits
 
     @property
     def lookups_per_cycle(self) -> int:

@@ -174,7 +174,9 @@ _KV_SHRINK = {
 # Both engines: a resource can be relieved in either section.
 _ALL_SHRINK = {r: f"{_TLMM_SHRINK[r]}; or {_GEMM_SHRINK[r]}" for r in _TLMM_SHRINK}
 _TOP_SHRINK = {
-    r: f"{v}; memory.bus_bytes, memory.max_burst (DMA gearbox and read FIFO)" for r, v in _ALL_SHRINK.items()
+    r: f"{v}; memory.bus_bytes, memory.max_burst (DMA gearbox and read FIFO)"
+    + ("; tlmm.weight_buffer_beats (the DMA's weight buffer)" if r in ("bram", "uram", "lut") else "")
+    for r, v in _ALL_SHRINK.items()
 }
 
 #: Engine name → its hardware description, for the flow; ``sim/engines.py`` points at these by name.

@@ -14,7 +14,12 @@ word:bits  field             meaning
 0:15:8     tokens_minus_one  M - 1: tokens sharing each weight beat (M in 1..tlmm.tokens)
 0:31:16    k_chunks          KC: number of G·T activation chunks (>= 1)
 0:47:32    n_blocks          NB: number of Q-column output blocks (>= 1)
-0:63:48    -                 reserved, must be 0
+0:49:48    wbuf              weight source (DMA): 0 stream from DRAM; 1 stream from DRAM and write the
+                             KC·NB weight beats into the top level's weight buffer (from word 0 of it);
+                             2 read them from the buffer (no weight reads from DRAM). 1 and 2 need
+                             tlmm.weight_buffer_beats >= KC·NB; a 2 must reuse the run of the last 1
+                             before it in the Program (same wgt_base, KC, NB: hw.program checks)
+0:63:50    -                 reserved, must be 0
 1:31:0     act_base          activation stream (DMA)
 1:63:32    wgt_base          packed weight stream (DMA)
 2:31:0     res_base          result stream (DMA)
@@ -78,7 +83,7 @@ GEMM_LIST (opcode 6), four words: words 0-2 exactly as GEMM (opcode 2, with opco
 
 Version history: 1 = TLMM only (one word); 2 adds GEMM; 3 adds TLMM stream addresses (words 1-2) and HOST;
 4 adds the GEMM ``b_stride``; 5 adds SYNC (opcode 4, explicit dependencies for overlapped dispatch), KVR
-(opcode 5) and GEMM_LIST (opcode 6).
+(opcode 5), GEMM_LIST (opcode 6) and the TLMM ``wbuf`` (prefill weight reuse across token groups).
 """
 
 from __future__ import annotations
@@ -101,6 +106,9 @@ __all__ = [
     "SYNC_TLMM",
     "SYNC_GEMM",
     "SYNC_HOST",
+    "WBUF_STREAM",
+    "WBUF_FILL",
+    "WBUF_REUSE",
     "TLMM_FIELDS",
     "GEMM_FIELDS",
     "HOST_FIELDS",
@@ -132,6 +140,7 @@ TLMM_FIELDS = (
     ("tokens_minus_one", 0, 8, 8),
     ("k_chunks", 0, 16, 16),
     ("n_blocks", 0, 32, 16),
+    ("wbuf", 0, 48, 2),
     ("act_base", 1, 0, 32),
     ("wgt_base", 1, 32, 32),
     ("res_base", 2, 0, 32),
@@ -174,10 +183,12 @@ _FIELDS = {
 }
 # fields the top level consumes (DMA addresses) rather than the engine
 _DMA_ONLY = {
-    OP_TLMM: {"act_base", "wgt_base", "res_base"},
+    OP_TLMM: {"wbuf", "act_base", "wgt_base", "res_base"},
     OP_KVR: {"vec_base", "list_base", "tab_base"},
     OP_GEMM_LIST: {"list_base"},
 }
+#: TLMM ``wbuf`` values: weights from DRAM; from DRAM and written into the weight buffer; from the buffer.
+WBUF_STREAM, WBUF_FILL, WBUF_REUSE = 0, 1, 2
 
 
 def command_words(opcode: int) -> int:
@@ -240,9 +251,11 @@ class TlmmCommand(_Encoded):
     act_base: int = 0
     wgt_base: int = 0
     res_base: int = 0
+    wbuf: int = 0  # WBUF_STREAM / WBUF_FILL / WBUF_REUSE
 
     def __post_init__(self) -> None:
         _check_range("TLMM", "tokens", self.tokens, 1, 256)
+        _check_range("TLMM", "wbuf", self.wbuf, 0, 2)
         for name in ("k_chunks", "n_blocks"):
             _check_range("TLMM", name, getattr(self, name), 1, (1 << 16) - 1)
         for name in ("act_base", "wgt_base", "res_base"):

@@ -66,6 +66,8 @@ import numpy as np
 from hw.config import AcceleratorConfig, LmHead, TlmmConfig, config_from_dict
 from hw.isa import (
     ISA_VERSION,
+    WBUF_FILL,
+    WBUF_STREAM,
     GemmCommand,
     GemmListCommand,
     HostCommand,
@@ -91,8 +93,8 @@ __all__ = [
 
 PROGRAM_VERSION = 4
 """2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache;
-4: ISA 5 (SYNC; KVR and GEMM_LIST, run by the executor, not yet by the RTL top), every host op's
-modeled latency in ``attrs["cycles"]``."""
+4: ISA 5 (SYNC; KVR and GEMM_LIST, run by the executor, not yet by the RTL top; TLMM wbuf: weight-buffer
+fill/reuse, checked by Program.validate), every host op's modeled latency in ``attrs["cycles"]``."""
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "float16", "int32", "int8", "uint8")
 HOST_DTYPES = {"float32": "<f4", "float16": "<f2"}  # host constants: tensor dtype → .npy dtype
@@ -468,6 +470,7 @@ class Program:
                 )
         n_ops = len(self.host_ops)
         t = acfg.tlmm
+        filled = None  # (wgt_base, KC, NB) the weight buffer holds: the last fill before this command
         for i, c in enumerate(cmds):
             beats = self.meta.get("memory_beats", self.image.shape[0])  # also for meta-compiled Programs
             if isinstance(c, KvrCommand):  # the list block and the key/query rows
@@ -496,6 +499,7 @@ class Program:
                         f"{source}: TLMM command {i}: M={c.tokens}, KC={c.k_chunks} beyond the "
                         f"engine (tlmm.tokens {t.tokens}, tlmm.max_k {t.max_k})"
                     )
+                filled = _check_wbuf(c, i, filled, t, source)
                 if materialized:
                     spans = {
                         "act_base": c.k_chunks * c.tokens * t.chunk_k,
@@ -521,6 +525,30 @@ class Program:
                             f"{source}: GEMM command {i}: {f} panels outside the "
                             f"{self.image.shape[0]}-beat image"
                         )
+
+
+def _check_wbuf(c: TlmmCommand, i: int, filled, t: TlmmConfig, source: str):
+    """The weight-buffer hazards of TLMM command ``i`` (hw.isa ``wbuf``): a fill or reuse needs a buffer of
+    at least KC·NB beats; a reuse must read what the last fill before it in this Program wrote (same weight
+    run: wgt_base, KC, NB), since the buffer's content at a Program's start is unknown. Returns what the
+    buffer holds after the command."""
+    if c.wbuf == WBUF_STREAM:
+        return filled
+    run = (c.wgt_base, c.k_chunks, c.n_blocks)
+    if c.k_chunks * c.n_blocks > t.weight_buffer_beats:
+        raise ProgramError(
+            f"{source}: TLMM command {i}: wbuf={c.wbuf} with KC·NB = {c.k_chunks * c.n_blocks} weight beats; "
+            f"tlmm.weight_buffer_beats is {t.weight_buffer_beats}"
+        )
+    if c.wbuf == WBUF_FILL:
+        return run
+    if filled != run:
+        held = "nothing" if filled is None else f"wgt@{filled[0]:#x} KC={filled[1]} NB={filled[2]}"
+        raise ProgramError(
+            f"{source}: TLMM command {i}: reuses weights wgt@{c.wgt_base:#x} KC={c.k_chunks} NB={c.n_blocks} "
+            f"but the weight buffer holds {held} (the last fill before it)"
+        )
+    return filled
 
 
 def _round_up(x: int, m: int) -> int:

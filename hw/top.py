@@ -19,6 +19,9 @@ one class finish in Program order. The command register is read through :class:`
   wider than a bus beat by any ratio) takes FIFO beats (dropping the run's leading offset bytes), presents
   engine beats of the run's width, and discards the rest of a run's last bus beat. Results (Q int32 each) are packed into bus beats and written
   from ``res_base`` on; a partial last beat is written zero-padded. Done when every result is written.
+  With a weight buffer (``tlmm.weight_buffer_beats``) the command's ``wbuf`` picks the weight source: 1
+  also writes every weight beat into the buffer, 2 walks the activation runs only and feeds the engine's
+  weights from the buffer (hw.top_geometry.WBUF_READ_LATENCY).
 - **GEMM**: the engine gets its fields and the memory port; done when its ``busy`` falls.
 - **HOST**: ``host`` presents the op index; the host takes it at the handshake and raises ``host_done`` for one
   cycle when it has run it (the bench: the op's modeled latency, ``attrs["cycles"]``, after the handshake).
@@ -32,6 +35,7 @@ from __future__ import annotations
 from amaranth import Cat, Const, Module, Mux, Signal, unsigned
 from amaranth.lib import data, stream, wiring
 from amaranth.lib.fifo import SyncFIFO
+from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
 
 from hw.config import AcceleratorConfig
@@ -46,12 +50,14 @@ from hw.isa import (
     OP_TLMM,
     SYNC_FIELDS,
     TLMM_FIELDS,
+    WBUF_FILL,
+    WBUF_REUSE,
     command_words,
     payload_fields,
 )
 from hw.tlmm import TableLookupMatmul
 from hw.tlmm import command_layout as tlmm_command_layout
-from hw.top_geometry import TopGeometry, top_geometry
+from hw.top_geometry import WBUF_READ_LATENCY, TopGeometry, top_geometry
 
 __all__ = [
     "AcceleratorTop",
@@ -90,7 +96,7 @@ class CommandFields(wiring.Component):
                 "words": In(data.ArrayLayout(64, MAX_COMMAND_WORDS)),
                 "opcode": Out(8),
                 "tlmm": Out(tlmm_command_layout()),
-                "tlmm_dma": Out(data.StructLayout({name: 32 for name in _DMA_FIELDS})),
+                "tlmm_dma": Out(data.StructLayout({**{name: 32 for name in _DMA_FIELDS}, "wbuf": 2})),
                 "gemm": Out(gemm_command_layout()),
                 "host_op": Out(16),
                 "sync_mask": Out(3),
@@ -105,7 +111,7 @@ class CommandFields(wiring.Component):
         )
         m.d.comb += [self.opcode.eq(tl.opcode), self.host_op.eq(host.op), self.sync_mask.eq(sync.mask)]
         m.d.comb += [self.tlmm[name].eq(tl[name]) for name, _ in payload_fields(OP_TLMM)]
-        m.d.comb += [self.tlmm_dma[name].eq(tl[name]) for name in _DMA_FIELDS]
+        m.d.comb += [self.tlmm_dma[name].eq(tl[name]) for name in (*_DMA_FIELDS, "wbuf")]
         m.d.comb += [self.gemm[name].eq(gm[name]) for name, _ in payload_fields(OP_GEMM)]
         return m
 
@@ -207,18 +213,21 @@ class AcceleratorTop(wiring.Component):
         def run_beats(start, nbytes):
             return (start[:lgW] + nbytes + (W - 1)) >> lgW
 
+        reuse = Signal()  # wbuf 2: the weights come from the weight buffer; the walks visit act runs only
+
         def next_run(active, kind, kc, a, w, start_w, start_a):
             """One step of a run walk, at the end of a run: chunk kc's activation run (kind 0) is followed by
             its weight run (kind 1), that by chunk kc + 1's activation run; the last chunk's weight run ends
-            the walk. ``a``/``w`` are the byte addresses of the current act/wgt runs (each advanced past its
-            run when it ends); ``start_w``/``start_a`` are the walker's own statements that begin the next
-            weight/act run."""
-            with m.If(kind == 0):
+            the walk (``reuse``: act runs only). ``a``/``w`` are the byte addresses of the current act/wgt
+            runs (each advanced past its run when it ends); ``start_w`` / ``start_a(a)`` are the walker's own
+            statements that begin the next weight run / the act run at byte ``a``."""
+            with m.If((kind == 0) & ~reuse):
                 m.d.sync += [kind.eq(1), a.eq(a + run_a_bytes), *start_w]
             with m.Elif(kc == kc_last):
                 m.d.sync += active.eq(0)
             with m.Else():
-                m.d.sync += [kind.eq(0), kc.eq(kc + 1), w.eq(w + run_w_bytes), *start_a]
+                na = Mux(reuse, a + run_a_bytes, a)[: len(a)]
+                m.d.sync += [kind.eq(0), kc.eq(kc + 1), w.eq(w + run_w_bytes), a.eq(na), *start_a(na)]
 
         # sequencer (requests) and consumer (gearbox) each walk the runs (next_run): kind 0 act, 1 wgt
         rs_active, rs_kind, rs_kc = Signal(), Signal(), Signal(16)
@@ -244,7 +253,7 @@ class AcceleratorTop(wiring.Component):
                     rs_a,
                     rs_w,
                     [rs_addr.eq(rs_w >> lgW), rs_left.eq(run_beats(rs_w, run_w_bytes))],
-                    [rs_addr.eq(rs_a >> lgW), rs_left.eq(run_beats(rs_a, run_a_bytes))],
+                    lambda a: [rs_addr.eq(a >> lgW), rs_left.eq(run_beats(a, run_a_bytes))],
                 )
         m.d.sync += inflight.eq(inflight + Mux(rq_fire, burst, 0) - gb_push)
 
@@ -256,14 +265,51 @@ class AcceleratorTop(wiring.Component):
         fill = Signal(range(CAP + 1))
         E = Mux(gb_kind, EW, EA)
         out_valid = gb_active & (fill >= E) & (gb_eb != 0)
-        m.d.comb += [
-            tlmm.act.valid.eq(out_valid & ~gb_kind),
-            tlmm.wgt.valid.eq(out_valid & gb_kind),
-            tlmm.act.payload.eq(Cat(buf[8 * i : 8 * i + t.act_bits] for i in range(t.chunk_k))),
-            tlmm.wgt.payload.eq(buf[: len(tlmm.wgt.payload.as_value())]),
-        ]
+        wbits = len(tlmm.wgt.payload.as_value())
+        m.d.comb += tlmm.act.valid.eq(out_valid & ~gb_kind)
+        m.d.comb += tlmm.act.payload.eq(Cat(buf[8 * i : 8 * i + t.act_bits] for i in range(t.chunk_k)))
         pop = Signal()
         m.d.comb += pop.eq(out_valid & Mux(gb_kind, tlmm.wgt.ready, tlmm.act.ready))
+
+        # ---------------------------------------------------------------- TLMM DMA: weight buffer
+        # (tlmm.weight_buffer_beats words of one engine weight beat) wbuf 1: every weight beat the gearbox
+        # hands the engine is also written, from word 0 on; wbuf 2: a read port with an output register
+        # (hw.top_geometry.WBUF_READ_LATENCY) feeds the engine's wgt stream from word 0 on.
+        if g.wbuf_beats:
+            assert WBUF_READ_LATENCY == 1 and g.wbuf_bits == wbits
+            D = g.wbuf_beats
+            m.submodules.wbuf_mem = wmem = Memory(shape=unsigned(wbits), depth=D, init=[])
+            wb_wp, wb_rp = wmem.write_port(), wmem.read_port()
+            wb_fill = Signal()  # wbuf 1
+            wb_waddr, wb_raddr = Signal(range(D)), Signal(range(D))
+            wb_left, wb_valid = Signal(range(D + 1)), Signal()
+            wb_take = wb_valid & tlmm.wgt.ready
+            wb_read = (wb_left != 0) & (~wb_valid | wb_take)
+            m.d.comb += [
+                wb_wp.addr.eq(wb_waddr),
+                wb_wp.data.eq(buf[:wbits]),
+                wb_wp.en.eq(wb_fill & pop & gb_kind),
+                wb_rp.addr.eq(wb_raddr),
+                wb_rp.en.eq(wb_read),
+                tlmm.wgt.valid.eq(Mux(reuse, wb_valid, out_valid & gb_kind)),
+                tlmm.wgt.payload.eq(Mux(reuse, wb_rp.data, buf[:wbits])),
+            ]
+            m.d.sync += wb_valid.eq(wb_read | (wb_valid & ~wb_take))
+            with m.If(wb_wp.en):
+                m.d.sync += wb_waddr.eq(wb_waddr + 1)
+            with m.If(wb_read):
+                m.d.sync += [wb_raddr.eq(wb_raddr + 1), wb_left.eq(wb_left - 1)]
+            with m.If(dispatch_tlmm):
+                mode = fields.tlmm_dma.wbuf
+                m.d.sync += [
+                    reuse.eq(mode == WBUF_REUSE),
+                    wb_fill.eq(mode == WBUF_FILL),
+                    wb_waddr.eq(0),
+                    wb_raddr.eq(0),
+                    wb_left.eq(Mux(mode == WBUF_REUSE, tl_cmd.k_chunks * tl_cmd.n_blocks, 0)),
+                ]
+        else:
+            m.d.comb += [tlmm.wgt.valid.eq(out_valid & gb_kind), tlmm.wgt.payload.eq(buf[:wbits])]
         # Both outcomes of ``pop`` (which depends on the engine's ready) are computed in parallel and ``pop``
         # selects at the end, so the engine's ready does not drive the byte shifters (timing). Shifts are by
         # whole ``align``-byte words (the low bits of fills and offsets are 0: TopGeometry), and the pop shift
@@ -310,7 +356,7 @@ class AcceleratorTop(wiring.Component):
                     gb_a,
                     gb_w,
                     [gb_bb.eq(run_beats(gb_w, run_w_bytes)), gb_eb.eq(NB)],
-                    [gb_bb.eq(run_beats(gb_a, run_a_bytes)), gb_eb.eq(M)],
+                    lambda a: [gb_bb.eq(run_beats(a, run_a_bytes)), gb_eb.eq(M)],
                 )
         m.d.comb += rfifo.w_data.eq(self.rdata.payload)
 

@@ -8,7 +8,14 @@ import math
 from hw.config import AcceleratorConfig
 from hw.program import tlmm_wgt_beat_bytes
 
-__all__ = ["TopGeometry", "top_geometry"]
+__all__ = ["TopGeometry", "top_geometry", "WBUF_READ_LATENCY"]
+
+#: The weight buffer's read port (``tlmm.weight_buffer_beats`` > 0): a read issued in cycle c delivers its
+#: word into the buffer's output register in cycle c + 1, which is the engine's ``wgt`` beat (valid) until
+#: the engine takes it; a read is issued whenever words are left and the register is empty or being taken,
+#: so a reuse command offers one weight beat per cycle from cycle 2 of its run. hw/top.py builds this port
+#: and sim/top_model.py steps it; both read the latency from here.
+WBUF_READ_LATENCY = 1
 
 
 class TopGeometry:
@@ -32,6 +39,8 @@ class TopGeometry:
         self.cap = self.W + max(self.W, self.EA, self.EW)  # gearbox bytes
         self.align = math.gcd(self.W, self.EA, self.EW)  # a power of two (W is)
         self.res_cap = self.W + self.ER  # result packer bytes
+        self.wbuf_beats = t.weight_buffer_beats  # weight buffer words (0: none)
+        self.wbuf_bits = t.columns * t.tables * t.index_bits  # a word: one engine weight beat's indices
 
 
 def top_geometry(acfg: AcceleratorConfig) -> TopGeometry:

@@ -23,8 +23,8 @@ import numpy as np
 import torch
 
 from hw.gemm_layout import gemm_shape, pack_a, unpack_c
-from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, TlmmCommand
-from hw.program import Program, ProgramError, unpack_tlmm_weights
+from hw.isa import WBUF_FILL, WBUF_REUSE, GemmCommand, GemmListCommand, HostCommand, KvrCommand, TlmmCommand
+from hw.program import Program, ProgramError, tlmm_wgt_beat_bytes, unpack_tlmm_weights
 from hw.ternary import TlmmShape
 from models import hostops
 from models.bitlinear import add_bias, quantize_act
@@ -513,6 +513,7 @@ def execute(
     cmds = prog.commands()
     if kvr is None:
         kvr = KvrExecutor(acfg.kv, acfg.memory.bus_bytes)
+    wbuf = np.zeros(0, np.uint8)  # the weight buffer's content (packed weight beats of the last fill)
     done = [0]  # commands run, polled by a progress bar (sim/progress.py): no cost per command
     step("execute", lambda: f"{done[0]}/{len(cmds)} commands")
     for i, cmd in enumerate(cmds):
@@ -537,7 +538,14 @@ def execute(
                 .reshape(kc, m, t.chunk_k)
             )
             check_act_range(act, t.act_bits, f"TLMM command {i} (M={m}, KC={kc}, act@{cmd.act_base:#x})")
-            wgt = unpack_tlmm_weights(flat[cmd.wgt_base * W :], t, kc, nb)
+            wbytes = kc * nb * tlmm_wgt_beat_bytes(t)
+            if cmd.wbuf == WBUF_REUSE:  # the top level's weight buffer (Program.validate: a fill wrote it)
+                packed = wbuf[:wbytes]
+            else:
+                packed = flat[cmd.wgt_base * W : cmd.wgt_base * W + wbytes]
+                if cmd.wbuf == WBUF_FILL:
+                    wbuf = packed.copy()
+            wgt = unpack_tlmm_weights(packed, t, kc, nb)
             shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
             run = run_tlmm_streams(t, shape, act, wgt)
             res = run.y.astype("<i4").reshape(m, nb, t.columns).transpose(1, 0, 2)

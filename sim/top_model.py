@@ -8,7 +8,8 @@ also needs the other idle; a host op needs the host idle; a SYNC needs the class
 is idle from the cycle after its command's done. Run lengths, from the dispatch cycle c to the done cycle D:
 
 - **TLMM**: R from :func:`_tlmm_dma_kernel`, a cycle-stepped model of the DMA (read sequencer, read FIFO, byte
-  gearbox, result packer), stepping the memory of sim/mem_kernel.py and the TLMM engine control of
+  gearbox, result packer; with ``wbuf`` = 2 the weight buffer's read port instead of the weight runs,
+  hw.top_geometry.WBUF_READ_LATENCY), stepping the memory of sim/mem_kernel.py and the TLMM engine control of
   sim/tlmm_control.py (the ones sim.gemm_model and sim.tlmm_model step). Data is not needed for cycles: the
   engine's timing depends only on stream availability, which the DMA's byte counts determine; values are
   checked by the co-simulation against PyTorch.
@@ -35,13 +36,14 @@ from hw.isa import (
     SYNC_GEMM,
     SYNC_HOST,
     SYNC_TLMM,
+    WBUF_REUSE,
     GemmCommand,
     HostCommand,
     SyncCommand,
     TlmmCommand,
     command_words,
 )
-from hw.top_geometry import TopGeometry
+from hw.top_geometry import WBUF_READ_LATENCY, TopGeometry
 from sim import mem_kernel as mk
 from sim.tlmm_control import ctl_act_ready, ctl_new, ctl_result_valid, ctl_step, ctl_wgt_ready
 
@@ -55,6 +57,8 @@ __all__ = [
     "program_schedule",
     "FETCH_DISPATCH",
 ]
+
+assert WBUF_READ_LATENCY == 1, "the DMA kernel steps a one-cycle weight-buffer read port"
 
 FETCH_DISPATCH = 4  # three command words + the dispatch cycle
 
@@ -75,6 +79,7 @@ class DmaParams(NamedTuple):
     fifo: int  # F: read FIFO depth (beats requested ahead at most)
     cap: int  # gearbox bytes
     res_fifo_depth: int  # the engine's result FIFO (= result credits)
+    wbuf: int  # hw.isa wbuf: 2 = the weights come from the weight buffer (0 and 1 time alike)
 
 
 def dma_params(acfg: AcceleratorConfig, cmd: TlmmCommand) -> DmaParams:
@@ -93,6 +98,7 @@ def dma_params(acfg: AcceleratorConfig, cmd: TlmmCommand) -> DmaParams:
         g.fifo,
         g.cap,
         acfg.tlmm.result_fifo_depth,
+        int(cmd.wbuf),
     )
 
 
@@ -103,11 +109,16 @@ def _beats(start, nbytes, W):
 
 @njit(cache=True, inline="always")
 def _next_segment(p, kind, kc, a, w, beats, elems):
-    """The stream the DMA reads and the gearbox unpacks is act(chunk 0), wgt(0), act(1), wgt(1), ...: after
-    segment (kind 0 act / 1 wgt, chunk kc) ends, returns the next one as (active, kind, kc, a, w, bus beats,
-    engine beats), a and w being the byte addresses of the next activation and weight segments; past the
-    last segment active is False and the rest comes back unchanged."""
+    """The stream the DMA reads and the gearbox unpacks is act(chunk 0), wgt(0), act(1), wgt(1), ... (with
+    the weights from the weight buffer, wbuf 2: act(0), act(1), ...): after segment (kind 0 act / 1 wgt,
+    chunk kc) ends, returns the next one as (active, kind, kc, a, w, bus beats, engine beats), a and w
+    being the byte addresses of the next activation and weight segments; past the last segment active is
+    False and the rest comes back unchanged."""
     M, KC, NB, W, EA, EW = p.tokens, p.k_chunks, p.n_blocks, p.bus_bytes, p.act_bytes, p.wgt_bytes
+    if p.wbuf == WBUF_REUSE:
+        if kc == KC - 1:
+            return False, kind, kc, a, w, beats, elems
+        return True, 0, kc + 1, a + M * EA, w, _beats(a + M * EA, M * EA, W), M
     if kind == 0:
         return True, 1, kc, a + M * EA, w, _beats(w, NB * EW, W), NB
     if kc == KC - 1:
@@ -138,6 +149,9 @@ def _tlmm_dma_kernel(p, tm, guard):
     # result packer
     wfill = 0
     res_left = M * NB
+    # weight buffer read port (wbuf 2): words left to read, output register valid
+    wb_left = KC * NB if p.wbuf == WBUF_REUSE else 0
+    wb_valid = False
     # TLMM engine control (sim.tlmm_control)
     cs = ctl_new(M, KC, NB, p.res_fifo_depth)
     t = 0
@@ -156,8 +170,10 @@ def _tlmm_dma_kernel(p, tm, guard):
         E = EW if gb_kind == 1 else EA
         out_valid = gb_active and fill >= E and gb_eb > 0
         act_valid = out_valid and gb_kind == 0
-        wgt_valid = out_valid and gb_kind == 1
+        wgt_valid = wb_valid if p.wbuf == WBUF_REUSE else out_valid and gb_kind == 1
         pop = out_valid and (wgt_ready if gb_kind == 1 else act_ready)
+        wb_take = wb_valid and wgt_ready
+        wb_read = wb_left > 0 and (not wb_valid or wb_take)  # WBUF_READ_LATENCY = 1
         fill_after = fill - (E if pop else 0)
         push = fifo > 0 and gb_bb > 0 and fill_after + W <= CAP
         off = 0
@@ -169,6 +185,9 @@ def _tlmm_dma_kernel(p, tm, guard):
         res_pop = ctl_result_valid(cs) and res_ready
         # ---- TLMM engine (sequential)
         cs, _ = ctl_step(cs, act_valid, wgt_valid, res_ready)
+        # ---- weight buffer read port
+        wb_valid = wb_read or (wb_valid and not wb_take)
+        wb_left -= 1 if wb_read else 0
         # ---- read sequencer
         if rq_fire:
             if rs_left == burst:

@@ -327,7 +327,7 @@ class FastEvaluator:
         out: Counter = Counter()
         for k, n, cnt in self.w.tlmm_ops:
             for tl in tlmm_tiles(t, T, tlmm_slices(t, k, n)):
-                out[TlmmCommand(tl.m, tl.kc, tl.nb)] += cnt
+                out[TlmmCommand(tl.m, tl.kc, tl.nb, wbuf=tl.wbuf)] += cnt
         ctx = pos + T
         for h, hkv, hd, cnt in self.w.attention:
             ag = attention_gemms(geo, h, hkv, hd, T, ctx)

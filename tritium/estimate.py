@@ -4,8 +4,9 @@ A model is compiled (compiler.compile_model) and the Programs of two steps are c
 the prefill of the prompt (TTFT) and one decode step at the given context. Costs:
 
 - **TLMM** command: compute cycles from the closed form (``sim.tlmm_model.tlmm_cycles``; equal to the
-  stepped model, tested), bounded below by streaming its bytes (packed weights + activations + results)
-  through the memory: ``max(compute, latency + ceil(bytes / min(port, shared DRAM)))`` with port =
+  stepped model, tested), bounded below by streaming its bytes (packed weights + activations + results;
+  a ``wbuf`` reuse command reads its weights from the top level's weight buffer, not from DRAM) through
+  the memory: ``max(compute, latency + ceil(bytes / min(port, shared DRAM)))`` with port =
   ``bus_bytes / beat_interval`` and shared DRAM = ``device.dram_gbs`` per cycle. The memory bound is a
   roofline bound, not a cycle-exact model (the TLMM co-simulation feeds streams directly).
 - **GEMM** command: ``sim.gemm_model.gemm_fast`` — exact cycles including its own memory traffic under the
@@ -39,7 +40,7 @@ from pathlib import Path
 
 from compiler.hostcost import HOST_COST, HOST_COST_SOURCE, host_cost
 from hw.config import AcceleratorConfig
-from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
+from hw.isa import WBUF_REUSE, GemmCommand, HostCommand, SyncCommand, TlmmCommand
 from hw.program import Program, tlmm_wgt_beat_bytes
 from hw.ternary import TlmmShape
 from sim.energy import load_energy
@@ -172,7 +173,8 @@ def cost_program(
             m, kc, nb = cmd.tokens, cmd.k_chunks, cmd.n_blocks
             shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
             comp = tlmm_cycles(t, shape)
-            nbytes = kc * nb * wb + kc * m * t.chunk_k + nb * m * t.columns * 4
+            wbytes = kc * nb * wb  # the weight run: from DRAM, or from the weight buffer (wbuf 2)
+            nbytes = (0 if cmd.wbuf == WBUF_REUSE else wbytes) + kc * m * t.chunk_k + nb * m * t.columns * 4
             memc = mem.latency + math.ceil(nbytes / min(bw, dram)) if memory_bound else 0
             cyc = max(comp, memc)
             ev = tlmm_events_closed_form(t, shape)
@@ -186,6 +188,7 @@ def cost_program(
                 ev["lookups"] * pj["lookup"]
                 + ev["table_entry_writes"] * pj["table_entry"]
                 + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns * pj["sram_byte"]
+                + (wbytes * pj["sram_byte"] if cmd.wbuf else 0.0)  # weight buffer written (1) or read (2)
             )
             e_dram = 1e-12 * nbytes * pj["dram_byte"]
             c.energy_j["tlmm"] += e_eng

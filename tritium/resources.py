@@ -309,9 +309,39 @@ TOP_CALIBRATION: dict[str, dict[str, float]] = {
 }
 
 
+def weight_buffer_resources(acfg, family: str) -> dict[str, float]:
+    """The TLMM DMA's weight buffer (``tlmm.weight_buffer_beats`` words of B = Q·T·index_bits bits; nothing
+    without one), counted, not fitted. Memory: on UltraScale+ (``-uram``) URAM288 (4K × 72) side by side,
+    ceil(B/72) × ceil(depth/4096); elsewhere 18 Kbit block RAMs (the family's ``bram`` unit: RAMB36 = 2 of
+    them on xcup, DP16KD on ECP5). Logic: one LUT per weight bit (the 2:1 multiplexer that gives the
+    engine the gearbox's or the buffer's beat) plus the three address/count registers and their adders, and
+    one multiplier (the dispatch-time KC·NB of a reuse, as the DMA's other dispatch products).
+    SOURCE: Yosys 0.70 ``synth_xilinx -family xcup -flatten -uram -widemux 5`` of the buffer alone (a 4096 ×
+    144-bit memory with the RTL's write port, registered read port and output multiplexer, 2026-12-01):
+    2 URAM288, 144 LUT3, no LUT RAM, no FFs (the read register is the URAM's); kv260's 4096 × 2240 is
+    therefore 32 URAM288 and 2,240 LUTs."""
+    t = acfg.tlmm
+    D = t.weight_buffer_beats
+    out = {"lut": 0.0, "ff": 0.0, "bram": 0.0, "uram": 0.0, "dsp": 0.0}
+    if not D:
+        return out
+    out["dsp"] = 1.0
+    width = t.columns * t.tables * t.index_bits
+    abits = max(1, (D - 1).bit_length())
+    out["lut"] = float(width + 3 * abits)  # the multiplexer; the counters' adders and compares
+    out["ff"] = float(3 * (abits + 1) + 3)  # write and read addresses, words left; mode bits and valid
+    if family == "xcup" and D > 2048:
+        out["uram"] = float(math.ceil(width / 72) * math.ceil(D / 4096))
+    else:
+        n18 = _brams18(D, width)
+        out["bram"] = n18 / 2 if family == "xcup" else float(n18)
+    return out
+
+
 def top_overhead(acfg, family: str) -> dict[str, float]:
     """Modeled resources of the top level beyond the two engines (decoder + DMA) on ``family``
-    (:data:`TOP_CALIBRATION`; zeros for a family without a top-level run)."""
+    (:data:`TOP_CALIBRATION`; zeros for a family without a top-level run), with the weight buffer
+    (:func:`weight_buffer_resources`)."""
     cal = TOP_CALIBRATION.get(family)
     out = {r: 0.0 for r in RESOURCES}
     if cal is None:
@@ -320,6 +350,8 @@ def top_overhead(acfg, family: str) -> dict[str, float]:
     out["lut"] = cal["lut_per_mux_bit"] * b["mux"]
     out["ff"] = cal["ff_per_reg_bit"] * b["regs"]
     out["dsp"] = float(cal["dsp"])
+    for r, v in weight_buffer_resources(acfg, family).items():
+        out[r] += v
     return out
 
 
