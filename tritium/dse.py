@@ -102,6 +102,7 @@ PROGRAM_FIELDS = (
     "tlmm.act_bits",
     "tlmm.max_k",
     "tlmm.max_n",
+    "tlmm.weight_buffer_beats",
     "gemm.rows",
     "gemm.cols",
     "gemm.k_tile",
