@@ -395,3 +395,81 @@ def test_hostlink_checksum_detects_corruption():
     r = tb.run([(_frame(bp.OP_WRITE, hdr, sent), 2)])
     assert r[0] != bp.trailer(bp.OP_WRITE, hdr + payload, b"")
     assert r[0] == bp.trailer(bp.OP_WRITE, hdr + sent, b"")
+
+
+# ---------------------------------------------------------------------------------------------- the board core
+
+
+def test_board_core_host_op_flow():
+    """BoardCore (accelerator top included) over its UART: INFO, WRITE/READ through the arbiter and the
+    SDRAM, PUSH of a HOST command, POLL sees the pending op, HOST_DONE releases it, the counters count."""
+    from hw.config import load_config
+    from hw.deploy import BoardCore
+    from hw.isa import OP_HOST
+
+    acfg = load_config("configs/ulx3s.yaml")
+    div = 4
+    m = Module()
+    m.submodules.core = core = BoardCore(acfg, divisor=div, clock_mhz=50, init_cycles=20, timeout_log2=14)
+    m.submodules.pc_tx = pc_tx = UartTx(div)
+    m.submodules.pc_rx = pc_rx = UartRx(div)
+    m.d.comb += [core.uart_rx.eq(pc_tx.tx), pc_rx.rx.eq(core.uart_tx)]
+    model = SdramModel(core.cycles, 50)
+    received = []
+    replies = []
+    W = acfg.memory.bus_bytes
+    payload = bytes(range(7, 7 + 3 * W))
+    wr_hdr = (64).to_bytes(4, "little") + (3).to_bytes(2, "little")
+    host_word = OP_HOST | (513 << 16)
+    frames = [
+        (_frame(bp.OP_INFO), bp.INFO_BYTES + 2),
+        (_frame(bp.OP_POLL), bp.POLL_BYTES + 2),
+        (_frame(bp.OP_WRITE, wr_hdr, payload), 2),
+        (_frame(bp.OP_READ, wr_hdr), 3 * W + 2),
+        (_frame(bp.OP_PUSH, (1).to_bytes(2, "little"), host_word.to_bytes(8, "little")), 2),
+        (_frame(bp.OP_POLL), bp.POLL_BYTES + 2),
+        (_frame(bp.OP_HOST_DONE), 3),
+        (_frame(bp.OP_POLL), bp.POLL_BYTES + 2),
+        (_frame(bp.OP_HOST_DONE), 3),
+    ]
+
+    async def bench(ctx):
+        for frame, n in frames:
+            for b in frame:
+                ctx.set(pc_tx.data.valid, 1)
+                ctx.set(pc_tx.data.payload, b)
+                await ctx.tick().until(pc_tx.data.ready)
+            ctx.set(pc_tx.data.valid, 0)
+            for _ in range(200000):
+                if len(received) >= n:
+                    break
+                await ctx.tick()
+            replies.append(bytes(received[:n]))
+            del received[:n]
+
+    async def listen(ctx):
+        async for _, _, valid, byte in ctx.tick().sample(pc_rx.valid, pc_rx.data):
+            if valid:
+                received.append(byte)
+
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    attach_model(sim, core.sdram, model)
+    sim.add_testbench(bench)
+    sim.add_process(listen)
+    sim.run()
+    info = bp.parse_info(_check_trailer(bp.OP_INFO, b"", replies[0], bp.INFO_BYTES))
+    assert (info["bus_bytes"], info["addr_bits"], info["divisor"]) == (W, acfg.memory.addr_bits, div)
+    p0 = bp.parse_poll(_check_trailer(bp.OP_POLL, b"", replies[1], bp.POLL_BYTES))
+    assert p0["idle"] and not p0["busy"] and not p0["host"] and p0["cmd_free"] == bp.CMD_FIFO_DEPTH
+    _check_trailer(bp.OP_WRITE, wr_hdr + payload, replies[2], 0)
+    assert _check_trailer(bp.OP_READ, wr_hdr, replies[3], 3 * W) == payload
+    p1 = bp.parse_poll(_check_trailer(bp.OP_POLL, b"", replies[5], bp.POLL_BYTES))
+    assert p1["host"] and p1["busy"] and p1["idle"] and p1["host_op"] == 513 and p1["cmd_words"] == 1
+    assert _check_trailer(bp.OP_HOST_DONE, b"", replies[6], 1) == b"\x01"
+    p2 = bp.parse_poll(_check_trailer(bp.OP_POLL, b"", replies[7], bp.POLL_BYTES))
+    assert p2["idle"] and not p2["host"] and not p2["busy"] and p2["sdram_ready"]
+    assert not p2["overrun"] and not p2["timeout"]
+    # fetch (1 word) + dispatch + the host handshake cycle: what sim/top_bench.py counts for a HOST command
+    assert p2["active_cycles"] == 3
+    assert _check_trailer(bp.OP_HOST_DONE, b"", replies[8], 1) == b"\x00"  # nothing pending any more
