@@ -6,7 +6,7 @@
 // Built by tritium/board_sim.py (Verilator --cc --exe --build); "board_top.h" is generated there and
 // defines TOP (the Verilated class) and includes its header.
 //
-//   board_sim --divisor D --clock-mhz F --stats FILE [--max-cycles N] [--trace-sdram]
+//   board_sim --divisor D --clock-mhz F --stats FILE [--max-cycles N] [--timing NAME=VALUE]...
 //
 // prints "PTY <path>" on stdout once the pseudo-terminal is ready, then runs until SIGTERM/SIGINT (or
 // --max-cycles), and writes FILE (JSON: cycles, bytes each way, SDRAM commands and timing violations).
@@ -17,9 +17,10 @@
 // of the WRITE (and the following edges of its burst) when dq_oe is high; DQM masks a write at its edge and
 // a read with a latency of 2. The mode register sets the burst length (1, 2, 4, 8, full page), the CAS
 // latency (2, 3) and single-location writes (A9). Timing limits are in ns (converted with --clock-mhz,
-// rounded up to whole cycles) and are the stricter of the two parts fitted to ULX3S boards (ISSI
-// IS42S16160G-7 and Micron MT48LC16M16A2-6A); each violation is counted and the first ones printed to
-// stderr with the cycle.
+// rounded up to whole cycles): tritium/board_sim.py passes the part's datasheet figures from
+// hw/sdram_timing.py with --timing (the defaults below are the same part's, AS4C32M16SB-7); the model checks
+// the pins against them independently of the controller's own cycle arithmetic. Each violation is counted
+// and the first 20 are printed to stderr with the cycle.
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
@@ -31,6 +32,7 @@
 #include <unistd.h>
 
 #include <cerrno>
+#include <cmath>
 #include <deque>
 #include <map>
 #include <string>
@@ -44,15 +46,27 @@ static void on_signal(int) { g_stop = 1; }
 
 // ------------------------------------------------------------------ SDRAM timing (ns / clocks)
 struct SdramTiming {
-    double tRCD = 18, tRP = 18, tRC = 60, tRAS = 42, tRRD = 14, tWR = 14, tRFC = 66, tXSR = 70;
+    double tRCD = 21, tRP = 21, tRC = 63, tRAS = 42, tRRD = 14, tWR = 14, tRFC = 63, tMRD = 14;
     double tRAS_max = 100000;     // 100 us
-    double tREFI = 7812.5;        // 8192 refreshes per 64 ms
+    double tREFI = 7800;          // 8192 refreshes per 64 ms
     int postponed_refresh = 8;    // JEDEC: up to 8 refreshes may be postponed
-    double power_up_ns = 100000;  // 100 us of NOP/INHIBIT before the first command
-    int tMRD_clk = 2;
-    int min_tWR_clk = 2;
-    double min_tCK_cl2 = 7.5;  // CL2 needs tCK >= 7.5 ns (MT48LC16M16A2-6A; IS42S16160G-7: 10 ns at CL2)
-    double min_tCK_cl3 = 7.0;  // -7 grade: 143 MHz
+    double power_up_ns = 200000;  // 200 us of NOP before the first command
+    int init_refreshes = 8;       // AUTO REFRESH commands between PRECHARGE ALL and the first ACTIVE
+    int min_tMRD_clk = 2;
+    double min_tCK_cl2 = 10.0;  // CL2 needs tCK >= 10 ns
+    double min_tCK_cl3 = 7.0;   // -7 grade: 143 MHz at CL3
+    bool set(const std::string& name, double v) {
+        std::map<std::string, double*> f = {{"rcd", &tRCD}, {"rp", &tRP},     {"rc", &tRC},
+                                            {"ras", &tRAS}, {"rrd", &tRRD},   {"wr", &tWR},
+                                            {"rfc", &tRFC}, {"mrd", &tMRD},   {"refi", &tREFI},
+                                            {"init", &power_up_ns}, {"tck_cl2", &min_tCK_cl2},
+                                            {"tck_cl3", &min_tCK_cl3}};
+        if (name == "init_refreshes") return init_refreshes = (int)v, true;
+        auto it = f.find(name);
+        if (it == f.end()) return false;
+        *it->second = v;
+        return true;
+    }
 };
 
 struct Sdram {
@@ -60,7 +74,7 @@ struct Sdram {
     std::vector<uint16_t> mem;
     SdramTiming t;
     double tck;
-    long cRCD, cRP, cRC, cRAS, cRRD, cWR, cRFC, cRAS_max, cREFI_limit, c_power_up;
+    long cRCD, cRP, cRC, cRAS, cRRD, cWR, cRFC, cMRD, cRAS_max, cREFI_limit, c_power_up;
     // mode register
     int cl = 0, bl = 1, single_write = 0, mode_set = 0;
     // per bank
@@ -88,11 +102,12 @@ struct Sdram {
     int printed = 0;
     long first_cmd = -1;
 
-    Sdram(double clock_mhz) : mem((size_t)BANKS * ROWS * COLS) {
+    Sdram(double clock_mhz, const SdramTiming& timing) : mem((size_t)BANKS * ROWS * COLS), t(timing) {
         tck = 1000.0 / clock_mhz;
-        auto c = [&](double ns) { return (long)((ns - 1e-9) / tck) + 1; };
+        // whole cycles covering ns (a command k cycles after another is k*tck ns after it)
+        auto c = [&](double ns) { return (long)std::ceil(ns / tck - 1e-9); };
         cRCD = c(t.tRCD), cRP = c(t.tRP), cRC = c(t.tRC), cRAS = c(t.tRAS), cRRD = c(t.tRRD);
-        cWR = std::max<long>(c(t.tWR), t.min_tWR_clk), cRFC = c(t.tRFC);
+        cWR = c(t.tWR), cRFC = c(t.tRFC), cMRD = std::max<long>(c(t.tMRD), t.min_tMRD_clk);
         cRAS_max = (long)(t.tRAS_max / tck);
         cREFI_limit = (long)(t.tREFI * t.postponed_refresh / tck);
         c_power_up = c(t.power_up_ns);
@@ -162,17 +177,18 @@ struct Sdram {
         if (first_cmd < 0) {
             first_cmd = cyc;
             if (cyc < c_power_up)
-                violate("power-up", cyc, "first command before 100 us (" + std::to_string(cyc) + " cycles)");
+                violate("power-up", cyc, "first command before the power-up wait (" + std::to_string(cyc) + " cycles)");
         }
-        if (cyc - t_mrs < t.tMRD_clk) violate("tMRD", cyc, "command within tMRD of MODE REGISTER SET");
+        if (cyc - t_mrs < cMRD) violate("tMRD", cyc, "command within tMRD of MODE REGISTER SET");
         if (cyc - t_ref < cRFC && cmd != 7) violate("tRFC", cyc, "command within tRFC of AUTO REFRESH");
         int row = a & 0x1FFF, col = a & 0x1FF, ap = (a >> 10) & 1;
         switch (cmd) {
             case 3: {  // ACTIVE
                 commands["ACTIVE"]++;
                 if (!mode_set) violate("init", cyc, "ACTIVE before MODE REGISTER SET");
-                if (!any_act && (refreshes_before_act < 2 || !precharge_all_seen))
-                    violate("init", cyc, "ACTIVE before PRECHARGE ALL and 2 AUTO REFRESH");
+                if (!any_act && (refreshes_before_act < t.init_refreshes || !precharge_all_seen))
+                    violate("init", cyc, "ACTIVE before PRECHARGE ALL and " + std::to_string(t.init_refreshes) +
+                                             " AUTO REFRESH");
                 any_act = 1;
                 if (open_row[ba] >= 0) violate("protocol", cyc, "ACTIVE to a bank with an open row");
                 if (cyc - t_pre[ba] < cRP) violate("tRP", cyc, "activate " + std::to_string(cyc - t_pre[ba]) + " cycles after precharge");
@@ -357,12 +373,21 @@ int main(int argc, char** argv) {
     double clock_mhz = 0;
     const char* stats_path = nullptr;
     long max_cycles = -1;
+    SdramTiming timing;
     for (int i = 1; i < argc; i++) {
         std::string a = argv[i];
         if (a == "--divisor" && i + 1 < argc) divisor = atoi(argv[++i]);
         else if (a == "--clock-mhz" && i + 1 < argc) clock_mhz = atof(argv[++i]);
         else if (a == "--stats" && i + 1 < argc) stats_path = argv[++i];
         else if (a == "--max-cycles" && i + 1 < argc) max_cycles = atol(argv[++i]);
+        else if (a == "--timing" && i + 1 < argc) {
+            std::string kv = argv[++i];
+            size_t eq = kv.find('=');
+            if (eq == std::string::npos || !timing.set(kv.substr(0, eq), atof(kv.c_str() + eq + 1))) {
+                fprintf(stderr, "board_sim: unknown timing %s\n", kv.c_str());
+                return 2;
+            }
+        }
         else if (a.rfind("+verilator", 0) == 0) continue;
         else usage();
     }
@@ -391,7 +416,7 @@ int main(int argc, char** argv) {
     fflush(stdout);
 
     TOP* top = new TOP;
-    Sdram sdram(clock_mhz);
+    Sdram sdram(clock_mhz, timing);
     UartTx tx{divisor};
     UartRx rx{divisor};
     std::vector<uint8_t> out;  // board -> host bytes not yet written to the pty
@@ -448,8 +473,9 @@ int main(int argc, char** argv) {
         fprintf(f, " \"sdram\": {\"cas_latency\": %d, \"burst_length\": %d, \"max_refresh_gap_cycles\": %ld,\n",
                 sdram.cl, sdram.bl, sdram.max_ref_gap);
         fprintf(f, "  \"limits_cycles\": {\"tRCD\": %ld, \"tRP\": %ld, \"tRC\": %ld, \"tRAS\": %ld, \"tRRD\": %ld, "
-                   "\"tWR\": %ld, \"tRFC\": %ld, \"refresh_gap\": %ld},\n",
-                sdram.cRCD, sdram.cRP, sdram.cRC, sdram.cRAS, sdram.cRRD, sdram.cWR, sdram.cRFC, sdram.cREFI_limit);
+                   "\"tWR\": %ld, \"tRFC\": %ld, \"tMRD\": %ld, \"refresh_gap\": %ld, \"power_up\": %ld},\n",
+                sdram.cRCD, sdram.cRP, sdram.cRC, sdram.cRAS, sdram.cRRD, sdram.cWR, sdram.cRFC, sdram.cMRD,
+                sdram.cREFI_limit, sdram.c_power_up);
         fprintf(f, "  \"commands\": {");
         bool first = true;
         for (auto& kv : sdram.commands) {

@@ -66,19 +66,14 @@ def _harness_source() -> str:
 
 
 def board_verilog(config: str, divisor: int, clock_mhz: float) -> str:
-    """The simulation top's Verilog (``python -m hw.deploy --sim``, docs/board.md)."""
-    with tempfile.TemporaryDirectory(prefix="tritium-board-v-") as tmp:
-        out = Path(tmp) / "board_sim.v"
-        cmd = [sys.executable, "-m", "hw.deploy", "--config", str(config), "--sim", "-o", str(out)]
-        cmd += ["--divisor", str(divisor), "--clock-mhz", f"{clock_mhz:g}"]
-        env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
-        r = subprocess.run(cmd, capture_output=True, text=True, env=env)
-        if r.returncode != 0 or not out.exists():
-            from sim.verilator import ToolError
+    """The simulation top's Verilog (hw/deploy.py's ``board_sim``, as ``python -m hw.deploy --sim`` writes it)."""
+    from hw.config import load_config
+    from hw.deploy import write_sim_verilog
 
-            tail = (r.stderr or r.stdout).strip().splitlines()[-1:] or ["no output"]
-            raise ToolError(f"elaborating the board top failed: {tail[0]}")
-        return out.read_text()
+    with tempfile.TemporaryDirectory(prefix="tritium-board-v-") as tmp:
+        return write_sim_verilog(
+            load_config(config), Path(tmp) / "board_sim.v", divisor=divisor, clock_mhz=clock_mhz
+        )
 
 
 def build_board_sim(verilog: str, build_root: Path = DEFAULT_BUILD, quiet: bool = False) -> Path:
@@ -147,8 +142,9 @@ class BoardSim:
     """The running simulation: ``with BoardSim(exe, divisor, clock_mhz) as sim: open_port(sim.pty)``; on exit
     the simulator is stopped (SIGTERM) and its statistics read (:attr:`stats`)."""
 
-    def __init__(self, exe: Path, divisor: int, clock_mhz: float):
+    def __init__(self, exe: Path, divisor: int, clock_mhz: float, timing: dict | None = None):
         self.exe, self.divisor, self.clock_mhz = exe, divisor, clock_mhz
+        self.timing = {**sdram_timing_args(), **(timing or {})}  # tests tighten a limit to see it flagged
         self.stats: dict = {}
 
     def __enter__(self) -> BoardSim:
@@ -158,6 +154,8 @@ class BoardSim:
         self._log = open(self.log_path, "w")
         cmd = [str(self.exe), "--divisor", str(self.divisor), "--clock-mhz", f"{self.clock_mhz:g}"]
         cmd += ["--stats", str(self.stats_path)]
+        for name, value in self.timing.items():
+            cmd += ["--timing", f"{name}={value:g}"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self._log, text=True)
         line = self.proc.stdout.readline().strip()
         if not line.startswith("PTY "):
@@ -185,22 +183,47 @@ class BoardSim:
         self._tmp.cleanup()
 
 
+def sdram_timing_args() -> dict[str, float]:
+    """The SDRAM part's datasheet figures (hw/sdram_timing.py, the table the controller uses) as the harness's
+    ``--timing`` arguments (ns; ``init_refreshes`` a count)."""
+    from hw.sdram_timing import AS4C32M16SB_7 as p
+
+    return {
+        "rc": p.t_rc,
+        "rfc": p.t_rfc,
+        "rcd": p.t_rcd,
+        "rp": p.t_rp,
+        "ras": p.t_ras,
+        "wr": p.t_wr,
+        "mrd": p.t_mrd,
+        "refi": p.t_refi_us * 1000,
+        "init": p.t_init_us * 1000,
+        "init_refreshes": p.init_refreshes,
+        "tck_cl2": p.t_ck_cl2,
+        "tck_cl3": p.t_ck_cl3,
+    }
+
+
 def sdram_memory(acfg, clock_mhz: float, row_miss: bool = False):
     """``acfg`` with its ``memory`` section set to what the board's SDRAM controller (hw/sdram.py) gives the
-    accelerator at ``clock_mhz``, in the cycle model's terms (sim/mem_kernel.py): one 16-bit word per cycle,
-    so a ``bus_bytes`` beat every ``bus_bytes/2`` cycles; the first beat of a read ``latency`` cycles after
-    the request: request → READ on the pins (1) → captured CL+1 edges later → ``dq_i`` register (1) → the
-    beat's other words (bus_bytes/2 − 1) → FIFO (1); a row miss adds PRECHARGE (1) + tRP + ACTIVE (1) + tRCD.
-    Refresh (one every tREFI, tRP + tRFC each) is not in the cycle model; nor are the read→write turnarounds.
-    ``row_miss``: every request misses its row (an upper bound for scattered reads)."""
+    accelerator at ``clock_mhz``, in the cycle model's terms (sim/mem_kernel.py). From the controller's state
+    machine: a read request accepted in cycle t (IDLE) is in OPEN at t+1 and issues its first READ at t+2 on a
+    row hit; the READ reaches the pins at t+3, its word is in the ``dq_i`` register CL+2 cycles after the
+    issue, a beat's ``w = bus_bytes/2`` words come one per cycle and the beat is readable from the FIFO the
+    cycle after its last word: first beat at t + CL + 4 + w (``latency``), then one beat every w cycles
+    (``beat_interval``). A row miss adds PRECHARGE → tRP → ACTIVE → tRCD: rp + rcd − 1 cycles.
+    Not in the cycle model: refreshes (every tREFI, tRP + tRFC each, plus the row reopened after), the
+    controller taking one request at a time (a new one two cycles after the last READ of the previous), writes
+    (IDLE, OPEN and w WRITEs: w + 2 cycles per beat, only once no READ data is in flight), and the
+    read-before-write order. ``row_miss``: every request misses its row (an upper bound on the latency)."""
     from hw.config import config_from_dict
     from hw.sdram_timing import AS4C32M16SB_7, sdram_cycles
 
     c = sdram_cycles(AS4C32M16SB_7, clock_mhz)
     words = acfg.memory.bus_bytes // 2
-    latency = 1 + (c.cl + 1) + 1 + (words - 1) + 1
+    latency = c.cl + 4 + words
     if row_miss:
-        latency += 1 + c.rp + 1 + c.rcd
+        latency += c.rp + c.rcd - 1
     d = acfg.to_dict()
     d["memory"] = {**d["memory"], "latency": latency, "beat_interval": words}
     d["clock_mhz"] = clock_mhz
@@ -258,12 +281,13 @@ def run_board_sim(
 
     from compiler import load_model
     from hw.config import load_config
+    from hw.deploy import DEFAULT_CLOCK_MHZ
     from sim.progress import note, step
     from sim.top_model import program_cycles
     from tritium.board import BoardLink, BoardRunner, compile_for_board, open_port
 
     acfg = load_config(config)
-    clock_mhz = float(clock_mhz or acfg.clock_mhz)
+    clock_mhz = float(clock_mhz or DEFAULT_CLOCK_MHZ)
     step("compile")
     model = load_model(model_spec)
     cm, lm_head = compile_for_board(model, acfg, model_spec, lm_head)
@@ -437,7 +461,12 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
         default=DEFAULT_DIVISOR,
         help=f"UART bit time in clock cycles (default {DEFAULT_DIVISOR}: the fastest the receiver takes)",
     )
-    p.add_argument("--clock-mhz", type=float, default=None, help="the board clock (default the config's)")
+    p.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=None,
+        help="the board clock the SDRAM timing is counted in (default hw/deploy.py's 50 MHz, the ULX3S top's PLL)",
+    )
     p.add_argument("--lm-head", default=None, choices=("host_fp32", "host_fp16", "acc_int8"))
     p.add_argument(
         "--build-dir", default=str(DEFAULT_BUILD), help="Verilator build cache (default build/board-sim)"
