@@ -426,18 +426,18 @@ int main(int argc, char** argv) {
     top->rst = 1;
     top->uart_rx = 1;
     top->sdram_dq_i = 0;
-    top->eval();
+    top->eval();  // registers at their initial values before the first edge
     uint8_t buf[4096];
     while (!g_stop && (max_cycles < 0 || cyc < max_cycles)) {
         if (cyc == 16) top->rst = 0;
+        // the pins as they are before the rising edge (every output of the top is a register, so they are
+        // what the previous edge left): the chip registers them at this edge
+        sdram.edge(cyc, top->sdram_cke, top->sdram_csn, top->sdram_rasn, top->sdram_casn, top->sdram_wen,
+                   top->sdram_ba, top->sdram_a, top->sdram_dqm, top->sdram_dq_oe, top->sdram_dq_o);
         // inputs for the edge at the end of this cycle
         int driven;
         top->sdram_dq_i = sdram.dq_for(cyc, &driven);
         top->uart_rx = tx.level();
-        top->eval();
-        // the pins as they are before the rising edge: the chip registers them at the edge
-        sdram.edge(cyc, top->sdram_cke, top->sdram_csn, top->sdram_rasn, top->sdram_casn, top->sdram_wen,
-                   top->sdram_ba, top->sdram_a, top->sdram_dqm, top->sdram_dq_oe, top->sdram_dq_o);
         top->clk = 1;
         top->eval();
         top->clk = 0;
@@ -455,7 +455,10 @@ int main(int argc, char** argv) {
             if (n > 0) out.erase(out.begin(), out.begin() + n);
         }
         if (tx.q.empty() && (cyc & 15) == 0) {
-            if (idle_cycles > 200000) {  // nothing on the line for a while: wait for the host a little
+            // nothing on the line for 200,000 cycles: the PC is busy (a host op); wait for it up to 1 ms per
+            // 1024 cycles instead of spinning (the board only waits for the PC then: it polls while the
+            // accelerator runs)
+            if (idle_cycles > 200000 && (cyc & 1023) == 0) {
                 struct pollfd p = {master, POLLIN, 0};
                 poll(&p, 1, 1);
             }

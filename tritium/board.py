@@ -327,6 +327,7 @@ class BoardRunner:
             raise LinkError("the board is busy (a previous run did not finish): reset it and try again")
         self.shadow = first.image.copy()
         self.stale: list[tuple[int, int]] = []
+        self._before: np.ndarray | None = None  # the shadow before the running host op
         link.write(0, self.shadow, progress)
 
     # ---- the shadow ----
@@ -350,7 +351,10 @@ class BoardRunner:
                 keep.append((a, b))
                 continue
             s0, e0 = s // W * W, -(-e // W) * W
-            flat[s0:e0] = np.frombuffer(self.link.read(s0 // W, (e0 - s0) // W), np.uint8)
+            data = np.frombuffer(self.link.read(s0 // W, (e0 - s0) // W), np.uint8)
+            flat[s0:e0] = data
+            if self._before is not None:  # fetched, not changed by the op: not to be written back
+                self._before.reshape(-1)[s0:e0] = data
             if a < s0:
                 keep.append((a, s0))
             if e0 < b:
@@ -400,9 +404,12 @@ class BoardRunner:
             if st["host"]:
                 self._mark(pending, st["cmd_words"])
                 op = prog.host_ops[st["host_op"]]
-                before = self.shadow.reshape(-1, self.W).copy()
+                self._before = self.shadow.reshape(-1, self.W).copy()
                 h0 = time.perf_counter()
-                host.run(op)
+                try:
+                    host.run(op)
+                finally:
+                    before, self._before = self._before, None
                 host_s += time.perf_counter() - h0
                 self._write_changes(before)
                 if not self.link.host_done():
