@@ -828,10 +828,6 @@ def build_bitstream(
     # -- elaborate: the platform writes RTLIL, the Yosys script and the pin/clock constraints --
     t0 = time.monotonic()
     step("elaborate")
-    log(
-        f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
-        f"{acfg.clock_mhz:g} MHz"
-    )
     target_mhz = acfg.clock_mhz
     # a complete board top: the oscillator constrained at its real frequency; its PLL's clock is timed
     if eng.board_top is not None:
@@ -842,6 +838,10 @@ def build_bitstream(
     else:
         platform = _make_platform(b, acfg.clock_mhz * 1e6)
         top = BoardTop(acfg, eng)
+    log(
+        f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
+        f"{target_mhz:g} MHz"
+    )
     # synth_ecp5 infers MULT18X18D by default; synth_ice40 uses SB_MAC16 only with -dsp.
     overrides = {"synth_opts": "-dsp"} if b.family == "ice40" and eng.dsp else {}
     plan = platform.prepare(top, name="top", **overrides)

@@ -20,7 +20,7 @@ from hw.hostlink import HostLink  # noqa: E402
 from hw.sdram import SdramController  # noqa: E402
 from hw.sdram_timing import AS4C32M16SB_7, sdram_cycles  # noqa: E402
 from hw.uart import UartRx, UartTx  # noqa: E402
-from hw.uart import _check as uart_check  # noqa: E402
+from hw.uart import check_divisor as uart_check  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- UART
 
