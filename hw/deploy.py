@@ -285,6 +285,9 @@ def pll_params(f_in_mhz: float, f_out_mhz: float, phase_deg: float = 0.0) -> dic
 class DeployTop(wiring.Component):
     """The ULX3S-85F top (module docstring). Build it with an amaranth-boards ULX3S platform."""
 
+    #: the design clock's net as nextpnr names it (the SDRAM clock, CLKOS, runs at the same frequency)
+    timing_clock = "clk"
+
     def __init__(
         self,
         acfg: AcceleratorConfig,
@@ -366,7 +369,7 @@ class DeployTop(wiring.Component):
         m.submodules.core = core = self.core
 
         # UART: FTDI TXD → FPGA rx (M1), FPGA tx (L4) → FTDI RXD
-        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx = urx = io.FFBuffer("i", uart.rx)
         m.submodules.uart_tx = utx = io.FFBuffer("o", uart.tx)
         m.d.comb += [core.uart_rx.eq(urx.i), utx.o.eq(core.uart_tx)]

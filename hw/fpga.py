@@ -598,12 +598,15 @@ def _known_usage(engine: FpgaEngine, acfg: AcceleratorConfig) -> tuple[dict[str,
 _FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
-def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float | None, str | None, str]:
+def _timing(
+    pnr_report: Path, pnr_log: Path, target_mhz: float, prefer: str | None = None
+) -> tuple[float | None, str | None, str]:
     """(Fmax in MHz, clock name, critical path summary) for the engine clock.
 
     nextpnr's JSON report (``--report``) has the per-clock Fmax and the critical paths cell by cell; the
     log's "Max frequency" lines are the fallback. The design has one clock domain; if there were several,
-    the one constrained to the target is the engine's.
+    the one constrained to the target is the engine's (``prefer``: the clock of that name when it is reported —
+    a complete board top with a second clock at the same frequency names its design clock).
     """
     fmax, clock, path = None, None, "n/a"
     try:
@@ -616,7 +619,7 @@ def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float |
         def distance(item):
             return abs(item[1].get("constraint", 0) - target_mhz)
 
-        clock, entry = min(clocks.items(), key=distance)
+        clock, entry = (prefer, clocks[prefer]) if prefer in clocks else min(clocks.items(), key=distance)
         fmax = float(entry["achieved"])
     else:
         found = _FMAX_RE.findall(pnr_log.read_text(errors="replace"))
@@ -896,7 +899,9 @@ def build_bitstream(
         work / "pnr.stdout",
         work / "pnr.log",
     )
-    fmax, clock, critical = _timing(work / "pnr_report.json", work / "pnr.log", target_mhz)
+    fmax, clock, critical = _timing(
+        work / "pnr_report.json", work / "pnr.log", target_mhz, getattr(top, "timing_clock", None)
+    )
     log(
         f"[fpga] {board}: placed and routed in {t_pnr:.1f} s; Fmax "
         f"{'n/a' if fmax is None else f'{fmax:.1f}'} MHz (target {target_mhz:g} MHz)"

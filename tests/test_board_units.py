@@ -575,3 +575,38 @@ def test_board_core_runs_a_gemm():
     c = unpack_c(c_beats, geo, img.shape, False)
     np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
     assert out["poll"]["active_cycles"] > 0
+
+
+def test_deploy_top_elaborates(tmp_path):
+    """The ULX3S top elaborates with the board's platform: a PLL at the target clock, the SDRAM clock through
+    an ODDR, every SDRAM and UART pin placed; the flow times the design clock, not the SDRAM clock."""
+    from hw.boards import board
+    from hw.config import load_config
+    from hw.deploy import DeployTop
+    from hw.fpga import _make_platform, platform_clock_hz
+
+    b = board("ulx3s")
+    top = DeployTop(load_config("configs/ulx3s.yaml"))
+    assert top.clock_mhz == 50 and top.divisor == 25 and top.timing_clock == "clk"
+    plan = _make_platform(b, platform_clock_hz(b)).prepare(top, name="top")
+    plan.extract(str(tmp_path))
+    il = (tmp_path / "top.il").read_text()
+    lpf = (tmp_path / "top.lpf").read_text()
+    assert "EHXPLLL" in il and "ODDRX1F" in il
+    for pin in (
+        "F19",
+        "F20",
+        "P20",
+        "T20",
+        "T19",
+        "R20",
+        "U19",
+        "E20",
+        "J16",
+        "J17",
+        "M20",
+        "G19",
+        "M1",
+        "L4",
+    ):
+        assert f'"{pin}"' in lpf, pin
