@@ -28,7 +28,7 @@ from hw.hostlink import HostLink, MemArbiter
 from hw.sdram import SdramController, sdram_pins_signature
 from hw.sdram_timing import AS4C32M16SB_7, SdramPart, sdram_cycles
 from hw.top import AcceleratorTop
-from hw.uart import UartRx, UartTx
+from hw.uart import UartRx, UartTx, check_divisor
 
 __all__ = [
     "BoardCore",
@@ -82,7 +82,7 @@ class BoardCore(wiring.Component):
         timeout_log2: int = bp.TIMEOUT_LOG2,
     ):
         self.acfg = acfg
-        self.divisor, self.clock_mhz = divisor, clock_mhz
+        self.divisor, self.clock_mhz = check_divisor(divisor), clock_mhz
         self.part = part
         self.cycles = sdram_cycles(part, clock_mhz, init_cycles=init_cycles)
         self.extra_read_delay = extra_read_delay
@@ -285,6 +285,9 @@ def pll_params(f_in_mhz: float, f_out_mhz: float, phase_deg: float = 0.0) -> dic
 class DeployTop(wiring.Component):
     """The ULX3S-85F top (module docstring). Build it with an amaranth-boards ULX3S platform."""
 
+    #: the design clock's net as nextpnr names it (the SDRAM clock, CLKOS, runs at the same frequency)
+    timing_clock = "clk"
+
     def __init__(
         self,
         acfg: AcceleratorConfig,
@@ -366,7 +369,7 @@ class DeployTop(wiring.Component):
         m.submodules.core = core = self.core
 
         # UART: FTDI TXD → FPGA rx (M1), FPGA tx (L4) → FTDI RXD
-        uart = platform.request("uart", 0, dir={"rx": "-", "tx": "-"})
+        uart = platform.request("uart", 0, dir="-")
         m.submodules.uart_rx = urx = io.FFBuffer("i", uart.rx)
         m.submodules.uart_tx = utx = io.FFBuffer("o", uart.tx)
         m.d.comb += [core.uart_rx.eq(urx.i), utx.o.eq(core.uart_tx)]
@@ -436,10 +439,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"the clock the SDRAM timing is counted in (default {DEFAULT_CLOCK_MHZ:g})",
     )
     args = ap.parse_args(argv)
+    from hw.files import OutputPathError, output_file
+
     try:
+        out = output_file(args.out, "-o", (".v",))
         acfg = load_config(args.config)
-        write_sim_verilog(acfg, Path(args.out), divisor=args.divisor, clock_mhz=args.clock_mhz)
-    except (ValueError, OSError) as e:
+        BoardCore(
+            acfg, divisor=args.divisor, clock_mhz=args.clock_mhz
+        )  # a bad divisor or clock: one line now
+        write_sim_verilog(acfg, out, divisor=args.divisor, clock_mhz=args.clock_mhz)
+    except (ValueError, OSError, OutputPathError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     print(f"wrote {args.out} (top module board_sim, config {acfg.name}, UART divisor {args.divisor})")

@@ -598,12 +598,15 @@ def _known_usage(engine: FpgaEngine, acfg: AcceleratorConfig) -> tuple[dict[str,
 _FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
-def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float | None, str | None, str]:
+def _timing(
+    pnr_report: Path, pnr_log: Path, target_mhz: float, prefer: str | None = None
+) -> tuple[float | None, str | None, str]:
     """(Fmax in MHz, clock name, critical path summary) for the engine clock.
 
     nextpnr's JSON report (``--report``) has the per-clock Fmax and the critical paths cell by cell; the
     log's "Max frequency" lines are the fallback. The design has one clock domain; if there were several,
-    the one constrained to the target is the engine's.
+    the one constrained to the target is the engine's (``prefer``: the clock of that name when it is reported —
+    a complete board top with a second clock at the same frequency names its design clock).
     """
     fmax, clock, path = None, None, "n/a"
     try:
@@ -616,7 +619,7 @@ def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float |
         def distance(item):
             return abs(item[1].get("constraint", 0) - target_mhz)
 
-        clock, entry = min(clocks.items(), key=distance)
+        clock, entry = (prefer, clocks[prefer]) if prefer in clocks else min(clocks.items(), key=distance)
         fmax = float(entry["achieved"])
     else:
         found = _FMAX_RE.findall(pnr_log.read_text(errors="replace"))
@@ -828,10 +831,6 @@ def build_bitstream(
     # -- elaborate: the platform writes RTLIL, the Yosys script and the pin/clock constraints --
     t0 = time.monotonic()
     step("elaborate")
-    log(
-        f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
-        f"{acfg.clock_mhz:g} MHz"
-    )
     target_mhz = acfg.clock_mhz
     # a complete board top: the oscillator constrained at its real frequency; its PLL's clock is timed
     if eng.board_top is not None:
@@ -842,6 +841,10 @@ def build_bitstream(
     else:
         platform = _make_platform(b, acfg.clock_mhz * 1e6)
         top = BoardTop(acfg, eng)
+    log(
+        f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
+        f"{target_mhz:g} MHz"
+    )
     # synth_ecp5 infers MULT18X18D by default; synth_ice40 uses SB_MAC16 only with -dsp.
     overrides = {"synth_opts": "-dsp"} if b.family == "ice40" and eng.dsp else {}
     plan = platform.prepare(top, name="top", **overrides)
@@ -896,7 +899,9 @@ def build_bitstream(
         work / "pnr.stdout",
         work / "pnr.log",
     )
-    fmax, clock, critical = _timing(work / "pnr_report.json", work / "pnr.log", target_mhz)
+    fmax, clock, critical = _timing(
+        work / "pnr_report.json", work / "pnr.log", target_mhz, getattr(top, "timing_clock", None)
+    )
     log(
         f"[fpga] {board}: placed and routed in {t_pnr:.1f} s; Fmax "
         f"{'n/a' if fmax is None else f'{fmax:.1f}'} MHz (target {target_mhz:g} MHz)"

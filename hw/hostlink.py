@@ -128,15 +128,13 @@ class HostLink(wiring.Component):
 
         rx_take = Signal()
         m.d.comb += rx_take.eq(rx.valid & rx.ready)
-        with m.If(rx_take):
-            m.d.sync += timer.eq(0)
 
         def recv_state(nxt_when_done, on_byte=()):
             """Receive ``nbytes`` bytes into ibuf/hdr (shifted in from the top), adding them to sum8."""
             m.d.comb += rx.ready.eq(1)
             m.d.sync += timer.eq(timer + 1)
-            with m.If(rx_take):
-                m.d.sync += [sum8.eq(sum8 + rx.payload), nbytes.eq(nbytes - 1), *on_byte]
+            with m.If(rx_take):  # (after the increment: this assignment wins)
+                m.d.sync += [timer.eq(0), sum8.eq(sum8 + rx.payload), nbytes.eq(nbytes - 1), *on_byte]
                 with m.If(nbytes == 1):
                     m.next = nxt_when_done
             with m.If(timer[-1]):

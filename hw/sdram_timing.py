@@ -42,8 +42,8 @@ class SdramPart:
 
 
 # Alliance Memory AS4C32M16SB datasheet (rev 1.0, June 2016), table 16, speed grade -7; geometry 4 banks ×
-# 8192 rows (A12:0) × 1024 columns, of which the controller uses 512 (the 32 MB of the IS42S16160-class
-# parts on ULX3S v3.0.x boards, whose timing the -7 figures cover).
+# 8192 rows (A12:0) × 1024 columns, of which the controller uses 512 (the 32 MB of the ULX3S v3.0.x boards'
+# parts; check another part's datasheet against these figures).
 AS4C32M16SB_7 = SdramPart(
     name="AS4C32M16SB-7 (32 MB used)",
     source="Alliance Memory AS4C32M16SB datasheet rev 1.0 (2016), table 16, -7",

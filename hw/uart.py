@@ -12,13 +12,13 @@ from amaranth import Module, Signal
 from amaranth.lib import stream, wiring
 from amaranth.lib.wiring import In, Out
 
-__all__ = ["UartRx", "UartTx", "MIN_DIVISOR"]
+__all__ = ["UartRx", "UartTx", "MIN_DIVISOR", "check_divisor"]
 
 #: the smallest bit time in cycles the receiver's mid-bit sampling handles
 MIN_DIVISOR = 4
 
 
-def _check(divisor: int) -> int:
+def check_divisor(divisor: int) -> int:
     if int(divisor) != divisor or divisor < MIN_DIVISOR:
         raise ValueError(
             f"UART divisor must be an integer >= {MIN_DIVISOR} clock cycles per bit, got {divisor}"
@@ -31,7 +31,7 @@ class UartRx(wiring.Component):
     a low stop bit was dropped."""
 
     def __init__(self, divisor: int):
-        self.divisor = _check(divisor)
+        self.divisor = check_divisor(divisor)
         super().__init__({"rx": In(1, init=1), "data": Out(8), "valid": Out(1), "frame_error": Out(1)})
 
     def elaborate(self, platform):
@@ -77,7 +77,7 @@ class UartTx(wiring.Component):
     """Sends each byte taken from the ``data`` stream on ``tx``."""
 
     def __init__(self, divisor: int):
-        self.divisor = _check(divisor)
+        self.divisor = check_divisor(divisor)
         super().__init__({"data": In(stream.Signature(8)), "tx": Out(1, init=1)})
 
     def elaborate(self, platform):

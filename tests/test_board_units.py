@@ -20,7 +20,7 @@ from hw.hostlink import HostLink  # noqa: E402
 from hw.sdram import SdramController  # noqa: E402
 from hw.sdram_timing import AS4C32M16SB_7, sdram_cycles  # noqa: E402
 from hw.uart import UartRx, UartTx  # noqa: E402
-from hw.uart import _check as uart_check  # noqa: E402
+from hw.uart import check_divisor as uart_check  # noqa: E402
 
 # ---------------------------------------------------------------------------------------------- UART
 
@@ -263,6 +263,7 @@ class _LinkBench:
         self.words = []  # command words pushed
         self.host_done = 0
         self.clears = 0
+        self.timeouts = 0
 
     def run(self, frames, status=None, cmd_ready_every=3):
         """Send each frame's bytes (waiting for its reply of the given length) and return the replies."""
@@ -276,6 +277,10 @@ class _LinkBench:
                     ctx.set(getattr(link.status, k), v)
             await ctx.tick().until(self.sdram.ready)
             for frame, reply_len in frames:
+                if frame is None:  # a pause of reply_len cycles
+                    for _ in range(reply_len):
+                        await ctx.tick()
+                    continue
                 for b in frame:
                     ctx.set(link.rx.valid, 1)
                     ctx.set(link.rx.payload, b)
@@ -299,7 +304,10 @@ class _LinkBench:
                 link.tx.valid,
                 link.tx.payload,
             )
-            async for _, _, cv, cw, hd, cl, tv, tb, cr in ctx.tick().sample(*sigs, link.cmd.ready):
+            async for _, _, cv, cw, hd, cl, tv, tb, cr, to in ctx.tick().sample(
+                *sigs, link.cmd.ready, link.timeout
+            ):
+                self.timeouts += to
                 n += 1
                 if tv:
                     tx_bytes.append(tb)
@@ -386,6 +394,27 @@ def test_hostlink_write_read_push_poll():
     assert r[7] == bytes([bp.UNKNOWN_REPLY, 0x42])
 
 
+def test_hostlink_timeout_abandons_a_stalled_frame():
+    """A WRITE whose payload stops coming is abandoned after 2^timeout_log2 quiet cycles (not counting the
+    cycles in which bytes do come: a long frame at line rate never times out); the next frame works."""
+    tb = _LinkBench(timeout_log2=9)
+    n = 40  # 160 payload bytes, 4 cycles apart: far longer than 2^9 cycles in all
+    hdr = (0).to_bytes(4, "little") + n.to_bytes(2, "little")
+    body = bytes(range(4 * n))
+    stalled = (7).to_bytes(4, "little") + (2).to_bytes(2, "little") + bytes([1, 2, 3])
+    r = tb.run(
+        [
+            (_frame(bp.OP_WRITE, hdr, body), 2),
+            (_frame(bp.OP_WRITE, stalled), 0),
+            (None, 1200),
+            (_frame(bp.OP_INFO), bp.INFO_BYTES + 2),
+        ]
+    )
+    _check_trailer(bp.OP_WRITE, hdr + body, r[0], 0)
+    assert r[1] == b"" and tb.timeouts == 1
+    bp.parse_info(_check_trailer(bp.OP_INFO, b"", r[2], bp.INFO_BYTES))
+
+
 def test_hostlink_checksum_detects_corruption():
     """The trailer's sum covers the payload: a corrupted WRITE byte gives a trailer the PC rejects."""
     tb = _LinkBench()
@@ -400,76 +429,184 @@ def test_hostlink_checksum_detects_corruption():
 # ---------------------------------------------------------------------------------------------- the board core
 
 
+class _CoreSession:
+    """BoardCore (accelerator top included) with a PC-side UART and the SDRAM model: ``run(script)`` runs the
+    async ``script(x)``, where ``await x(frame, reply_len)`` sends a frame and returns the reply."""
+
+    def __init__(self, acfg, div=4):
+        from hw.deploy import BoardCore
+
+        self.acfg, self.div = acfg, div
+        m = Module()
+        m.submodules.core = self.core = BoardCore(
+            acfg, divisor=div, clock_mhz=50, init_cycles=20, timeout_log2=14
+        )
+        m.submodules.pc_tx = self.pc_tx = UartTx(div)
+        m.submodules.pc_rx = self.pc_rx = UartRx(div)
+        m.d.comb += [self.core.uart_rx.eq(self.pc_tx.tx), self.pc_rx.rx.eq(self.core.uart_tx)]
+        self.m = m
+        self.model = SdramModel(self.core.cycles, 50)
+
+    def run(self, script):
+        received = []
+        pc_tx, pc_rx = self.pc_tx, self.pc_rx
+
+        async def bench(ctx):
+            async def xfer(frame, n):
+                for b in frame:
+                    ctx.set(pc_tx.data.valid, 1)
+                    ctx.set(pc_tx.data.payload, b)
+                    await ctx.tick().until(pc_tx.data.ready)
+                ctx.set(pc_tx.data.valid, 0)
+                for _ in range(200000):
+                    if len(received) >= n:
+                        break
+                    await ctx.tick()
+                reply = bytes(received[:n])
+                del received[:n]
+                return reply
+
+            await script(xfer)
+
+        async def listen(ctx):
+            async for _, _, valid, byte in ctx.tick().sample(pc_rx.valid, pc_rx.data):
+                if valid:
+                    received.append(byte)
+
+        sim = Simulator(self.m)
+        sim.add_clock(1e-6)
+        attach_model(sim, self.core.sdram, self.model)
+        sim.add_testbench(bench)
+        sim.add_process(listen)
+        sim.run()
+
+
+async def _poll(x):
+    return bp.parse_poll(
+        _check_trailer(bp.OP_POLL, b"", await x(_frame(bp.OP_POLL), bp.POLL_BYTES + 2), bp.POLL_BYTES)
+    )
+
+
 def test_board_core_host_op_flow():
-    """BoardCore (accelerator top included) over its UART: INFO, WRITE/READ through the arbiter and the
-    SDRAM, PUSH of a HOST command, POLL sees the pending op, HOST_DONE releases it, the counters count."""
+    """BoardCore over its UART: INFO, WRITE/READ through the arbiter and the SDRAM, PUSH of a HOST command,
+    POLL sees the pending op, HOST_DONE releases it, the counters count."""
     from hw.config import load_config
-    from hw.deploy import BoardCore
     from hw.isa import OP_HOST
 
     acfg = load_config("configs/ulx3s.yaml")
-    div = 4
-    m = Module()
-    m.submodules.core = core = BoardCore(acfg, divisor=div, clock_mhz=50, init_cycles=20, timeout_log2=14)
-    m.submodules.pc_tx = pc_tx = UartTx(div)
-    m.submodules.pc_rx = pc_rx = UartRx(div)
-    m.d.comb += [core.uart_rx.eq(pc_tx.tx), pc_rx.rx.eq(core.uart_tx)]
-    model = SdramModel(core.cycles, 50)
-    received = []
-    replies = []
+    s = _CoreSession(acfg)
     W = acfg.memory.bus_bytes
     payload = bytes(range(7, 7 + 3 * W))
     wr_hdr = (64).to_bytes(4, "little") + (3).to_bytes(2, "little")
     host_word = OP_HOST | (513 << 16)
-    frames = [
-        (_frame(bp.OP_INFO), bp.INFO_BYTES + 2),
-        (_frame(bp.OP_POLL), bp.POLL_BYTES + 2),
-        (_frame(bp.OP_WRITE, wr_hdr, payload), 2),
-        (_frame(bp.OP_READ, wr_hdr), 3 * W + 2),
-        (_frame(bp.OP_PUSH, (1).to_bytes(2, "little"), host_word.to_bytes(8, "little")), 2),
-        (_frame(bp.OP_POLL), bp.POLL_BYTES + 2),
-        (_frame(bp.OP_HOST_DONE), 3),
-        (_frame(bp.OP_POLL), bp.POLL_BYTES + 2),
-        (_frame(bp.OP_HOST_DONE), 3),
-    ]
+    out = {}
 
-    async def bench(ctx):
-        for frame, n in frames:
-            for b in frame:
-                ctx.set(pc_tx.data.valid, 1)
-                ctx.set(pc_tx.data.payload, b)
-                await ctx.tick().until(pc_tx.data.ready)
-            ctx.set(pc_tx.data.valid, 0)
-            for _ in range(200000):
-                if len(received) >= n:
-                    break
-                await ctx.tick()
-            replies.append(bytes(received[:n]))
-            del received[:n]
+    async def script(x):
+        out["info"] = await x(_frame(bp.OP_INFO), bp.INFO_BYTES + 2)
+        out["p0"] = await _poll(x)
+        out["write"] = await x(_frame(bp.OP_WRITE, wr_hdr, payload), 2)
+        out["read"] = await x(_frame(bp.OP_READ, wr_hdr), 3 * W + 2)
+        await x(_frame(bp.OP_PUSH, (1).to_bytes(2, "little"), host_word.to_bytes(8, "little")), 2)
+        out["p1"] = await _poll(x)
+        out["done1"] = await x(_frame(bp.OP_HOST_DONE), 3)
+        out["p2"] = await _poll(x)
+        out["done2"] = await x(_frame(bp.OP_HOST_DONE), 3)
 
-    async def listen(ctx):
-        async for _, _, valid, byte in ctx.tick().sample(pc_rx.valid, pc_rx.data):
-            if valid:
-                received.append(byte)
-
-    sim = Simulator(m)
-    sim.add_clock(1e-6)
-    attach_model(sim, core.sdram, model)
-    sim.add_testbench(bench)
-    sim.add_process(listen)
-    sim.run()
-    info = bp.parse_info(_check_trailer(bp.OP_INFO, b"", replies[0], bp.INFO_BYTES))
-    assert (info["bus_bytes"], info["addr_bits"], info["divisor"]) == (W, acfg.memory.addr_bits, div)
-    p0 = bp.parse_poll(_check_trailer(bp.OP_POLL, b"", replies[1], bp.POLL_BYTES))
+    s.run(script)
+    info = bp.parse_info(_check_trailer(bp.OP_INFO, b"", out["info"], bp.INFO_BYTES))
+    assert (info["bus_bytes"], info["addr_bits"], info["divisor"]) == (W, acfg.memory.addr_bits, s.div)
+    p0 = out["p0"]
     assert p0["idle"] and not p0["busy"] and not p0["host"] and p0["cmd_free"] == bp.CMD_FIFO_DEPTH
-    _check_trailer(bp.OP_WRITE, wr_hdr + payload, replies[2], 0)
-    assert _check_trailer(bp.OP_READ, wr_hdr, replies[3], 3 * W) == payload
-    p1 = bp.parse_poll(_check_trailer(bp.OP_POLL, b"", replies[5], bp.POLL_BYTES))
+    _check_trailer(bp.OP_WRITE, wr_hdr + payload, out["write"], 0)
+    assert _check_trailer(bp.OP_READ, wr_hdr, out["read"], 3 * W) == payload
+    p1 = out["p1"]
     assert p1["host"] and p1["busy"] and p1["idle"] and p1["host_op"] == 513 and p1["cmd_words"] == 1
-    assert _check_trailer(bp.OP_HOST_DONE, b"", replies[6], 1) == b"\x01"
-    p2 = bp.parse_poll(_check_trailer(bp.OP_POLL, b"", replies[7], bp.POLL_BYTES))
+    assert _check_trailer(bp.OP_HOST_DONE, b"", out["done1"], 1) == b"\x01"
+    p2 = out["p2"]
     assert p2["idle"] and not p2["host"] and not p2["busy"] and p2["sdram_ready"]
     assert not p2["overrun"] and not p2["timeout"]
     # fetch (1 word) + dispatch + the host handshake cycle: what sim/top_bench.py counts for a HOST command
     assert p2["active_cycles"] == 3
-    assert _check_trailer(bp.OP_HOST_DONE, b"", replies[8], 1) == b"\x00"  # nothing pending any more
+    assert _check_trailer(bp.OP_HOST_DONE, b"", out["done2"], 1) == b"\x00"  # nothing pending any more
+
+
+def test_board_core_runs_a_gemm():
+    """A GEMM command through the whole board: the image written over the UART into the SDRAM, the command
+    pushed, the engine reading and writing the SDRAM through the controller (every access checked against
+    the datasheet timing by the model), C read back over the UART and compared with numpy."""
+    import numpy as np
+
+    from hw.config import load_config
+    from hw.gemm_layout import build_gemm_image, unpack_c
+    from hw.isa import encode_program
+
+    acfg = load_config("configs/ulx3s.yaml")
+    geo = acfg.gemm_geometry
+    rng = np.random.default_rng(5)
+    a = rng.integers(-128, 128, (4, 16), dtype=np.int8)  # one 4×4 tile, one k tile: small for the UART
+    b = rng.integers(-128, 128, (16, 4), dtype=np.int8)
+    img = build_gemm_image(acfg, a, b, base=100)
+    cmd = img.command
+    image = img.image
+    words = encode_program([cmd])
+    s = _CoreSession(acfg)
+    W = acfg.memory.bus_bytes
+    nout = img.shape.c_beats(geo, False)
+    out = {}
+
+    async def script(x):
+        body = image[100 : cmd.c_base].tobytes()
+        hdr = (100).to_bytes(4, "little") + (cmd.c_base - 100).to_bytes(2, "little")
+        _check_trailer(bp.OP_WRITE, hdr + body, await x(_frame(bp.OP_WRITE, hdr, body), 2), 0)
+        pw = b"".join(w.to_bytes(8, "little") for w in words)
+        hdr = len(words).to_bytes(2, "little")
+        _check_trailer(bp.OP_PUSH, hdr + pw, await x(_frame(bp.OP_PUSH, hdr, pw), 2), 0)
+        for _ in range(50):
+            p = await _poll(x)
+            if p["idle"] and not p["host"]:
+                break
+        out["poll"] = p
+        hdr = cmd.c_base.to_bytes(4, "little") + nout.to_bytes(2, "little")
+        out["c"] = _check_trailer(bp.OP_READ, hdr, await x(_frame(bp.OP_READ, hdr), nout * W + 2), nout * W)
+
+    s.run(script)
+    assert out["poll"]["idle"] and out["poll"]["cmd_words"] == len(words)
+    c_beats = np.frombuffer(out["c"], dtype=np.uint8).reshape(nout, W)
+    c = unpack_c(c_beats, geo, img.shape, False)
+    np.testing.assert_array_equal(c, a.astype(np.int64) @ b.astype(np.int64))
+    assert out["poll"]["active_cycles"] > 0
+
+
+def test_deploy_top_elaborates(tmp_path):
+    """The ULX3S top elaborates with the board's platform: a PLL at the target clock, the SDRAM clock through
+    an ODDR, every SDRAM and UART pin placed; the flow times the design clock, not the SDRAM clock."""
+    from hw.boards import board
+    from hw.config import load_config
+    from hw.deploy import DeployTop
+    from hw.fpga import _make_platform, platform_clock_hz
+
+    b = board("ulx3s")
+    top = DeployTop(load_config("configs/ulx3s.yaml"))
+    assert top.clock_mhz == 50 and top.divisor == 25 and top.timing_clock == "clk"
+    plan = _make_platform(b, platform_clock_hz(b)).prepare(top, name="top")
+    plan.extract(str(tmp_path))
+    il = (tmp_path / "top.il").read_text()
+    lpf = (tmp_path / "top.lpf").read_text()
+    assert "EHXPLLL" in il and "ODDRX1F" in il
+    for pin in (
+        "F19",
+        "F20",
+        "P20",
+        "T20",
+        "T19",
+        "R20",
+        "U19",
+        "E20",
+        "J16",
+        "J17",
+        "M20",
+        "G19",
+        "M1",
+        "L4",
+    ):
+        assert f'"{pin}"' in lpf, pin
