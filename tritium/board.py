@@ -304,7 +304,7 @@ class StepResult:
     logits: np.ndarray
     active_cycles: int  # the board's count (POLL), = sim/top_bench.py's for the same commands
     host_ops: int
-    host_s: float  # PC time in host ops (compute only)
+    host_s: float  # PC time in host ops (compute only: the READs of their inputs not counted)
     wall_s: float
     link: dict = field(default_factory=dict)  # bytes and frames of this step
 
@@ -328,6 +328,7 @@ class BoardRunner:
         self.shadow = first.image.copy()
         self.stale: list[tuple[int, int]] = []
         self._before: np.ndarray | None = None  # the shadow before the running host op
+        self._read_s = 0.0  # seconds spent in READs since the step began (inside host ops: not compute)
         link.write(0, self.shadow, progress)
 
     # ---- the shadow ----
@@ -351,7 +352,9 @@ class BoardRunner:
                 keep.append((a, b))
                 continue
             s0, e0 = s // W * W, -(-e // W) * W
+            t0 = time.perf_counter()
             data = np.frombuffer(self.link.read(s0 // W, (e0 - s0) // W), np.uint8)
+            self._read_s += time.perf_counter() - t0
             flat[s0:e0] = data
             if self._before is not None:  # fetched, not changed by the op: not to be written back
                 self._before.reshape(-1)[s0:e0] = data
@@ -405,12 +408,12 @@ class BoardRunner:
                 self._mark(pending, st["cmd_words"])
                 op = prog.host_ops[st["host_op"]]
                 self._before = self.shadow.reshape(-1, self.W).copy()
-                h0 = time.perf_counter()
+                h0, r0 = time.perf_counter(), self._read_s
                 try:
                     host.run(op)
                 finally:
                     before, self._before = self._before, None
-                host_s += time.perf_counter() - h0
+                host_s += time.perf_counter() - h0 - (self._read_s - r0)
                 self._write_changes(before)
                 if not self.link.host_done():
                     raise LinkError("HOST_DONE: the board had no host op pending")

@@ -402,10 +402,15 @@ def cmd_board_sim(args) -> int:
     if args.json:
         print(json.dumps(rep.to_json(), indent=1))
         return 0 if rep.ok else 1
+    return print_sim_report(rep)
+
+
+def print_sim_report(rep: SimReport) -> int:
+    """The human-readable report of a board simulation; returns the exit code (1: mismatch or violation)."""
     text = bytes(rep.board_tokens).decode("latin-1") if all(t < 256 for t in rep.board_tokens) else ""
     print(
         f"board simulation: {rep.model} on {rep.config} (Verilator: UART divisor {rep.divisor}, "
-        f"{rep.clock_mhz:g} MHz, SDRAM model {rep.sim.get('sdram', {}).get('cas_latency', '?')}-CL)"
+        f"{rep.clock_mhz:g} MHz, SDRAM model at CL {rep.sim.get('sdram', {}).get('cas_latency', '?')})"
     )
     print(f"  prompt {bytes(rep.prompt)!r} → board tokens {rep.board_tokens} {text!r}")
     print(f"  PyTorch int mode tokens          {rep.torch_tokens}")
@@ -426,6 +431,21 @@ def cmd_board_sim(args) -> int:
         print(
             f"    {i:>4} {s['tokens']:>6} {s['pos']:>4} {s['active_cycles']:>10,} {s['modeled_row_hit']:>12,} "
             f"{s['modeled_row_miss']:>13,} {ratio:>9.3f}"
+        )
+    from hw.deploy import DEFAULT_BAUD
+
+    print(
+        f"  host link per step (bytes; at the ULX3S top's {DEFAULT_BAUD / 1e6:g} MBd, 10 bits a byte: modeled time):"
+    )
+    for i, s in enumerate(rep.steps):
+        ln = s["link"]
+        line_s = (
+            (ln["sent"] + ln["received"]) * 10 / DEFAULT_BAUD
+        )  # half duplex: the driver waits for answers
+        print(
+            f"    step {i}: {s['host_ops']} host ops ({s['host_s']} s PC compute), {ln['frames']} frames, "
+            f"PC→board {ln['sent']:,} (memory writes {ln['write_bytes']:,}), board→PC {ln['received']:,} "
+            f"(memory reads {ln['read_bytes']:,}); {line_s:.2f} s on the line"
         )
     sd = rep.sim.get("sdram", {})
     print(
