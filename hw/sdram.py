@@ -18,6 +18,9 @@ directly. A bus beat of ``bus_bytes`` bytes is ``bus_bytes / 2`` consecutive 16-
   back-pressured without losing data (the accelerator's GEMM takes read data when it wants it).
 - **Refresh**: every ``refi`` cycles a refresh is due; it is served before the next request (the row is
   closed first), so no access is ever delayed by more than one refresh.
+- Requests (``rreq``, ``wr``) enter through 2-entry FIFOs: ``ready`` is a register's, so the requester's
+  valid → ready → next-state logic does not run through the controller (timing); this adds a cycle. A read
+  waits while a write is queued, so it never overtakes an earlier write.
 - Latency is variable (row hits, misses, refreshes): the accelerator's port is valid/ready on every
   stream (hw/top.py), so it tolerates any delay.
 
@@ -190,9 +193,26 @@ class SdramController(wiring.Component):
         bank = job_word[CB + RB : CB + RB + BB] if BB else Const(0, 1)
         is_open, open_row, open_bank = Signal(), Signal(RB), Signal(2)
 
-        burst = self.rreq.payload.len_minus_one + 1
-        take_write = self.wr.valid & (rd_pipe == 0)
-        take_read = self.rreq.valid & (rfifo.level + pending + burst <= self.fifo_depth)
+        # register slices: the requests wait in 2-entry FIFOs, so the ready the requester sees comes from a
+        # register (FIFO level) and the requester's valid/payload logic does not run through the FSM (timing)
+        rq_layout = self.rreq.payload.shape()
+        wq_layout = self.wr.payload.shape()
+        m.submodules.rq_fifo = rq_fifo = SyncFIFO(width=rq_layout.size, depth=2)
+        m.submodules.wq_fifo = wq_fifo = SyncFIFO(width=wq_layout.size, depth=2)
+        m.d.comb += [
+            rq_fifo.w_data.eq(self.rreq.payload),
+            rq_fifo.w_en.eq(self.rreq.valid),
+            self.rreq.ready.eq(rq_fifo.w_rdy),
+            wq_fifo.w_data.eq(self.wr.payload),
+            wq_fifo.w_en.eq(self.wr.valid),
+            self.wr.ready.eq(wq_fifo.w_rdy),
+        ]
+        rq = data.View(rq_layout, rq_fifo.r_data)
+        wq = data.View(wq_layout, wq_fifo.r_data)
+        burst = rq.len_minus_one + 1
+        take_write = wq_fifo.r_rdy & (rd_pipe == 0)
+        # a read never overtakes a queued write (the next command may read what the last one wrote)
+        take_read = rq_fifo.r_rdy & ~wq_fifo.r_rdy & (rfifo.level + pending + burst <= self.fifo_depth)
         accepted = Signal(range(self.max_burst + 1))
         m.d.comb += accepted.eq(0)
         m.d.sync += pending.eq(pending + accepted - pushed)
@@ -235,21 +255,17 @@ class SdramController(wiring.Component):
                                 self.refreshes.eq(self.refreshes + 1),
                             ]
                     with m.Elif(take_write):
-                        m.d.comb += self.wr.ready.eq(1)
+                        m.d.comb += wq_fifo.r_en.eq(1)
                         m.d.sync += [
                             job_write.eq(1),
-                            job_word.eq(self.wr.payload.addr << lgw),
+                            job_word.eq(wq.addr << lgw),
                             job_left.eq(wpb),
-                            wdata.eq(self.wr.payload.data),
+                            wdata.eq(wq.data),
                         ]
                         m.next = "OPEN"
                     with m.Elif(take_read):
-                        m.d.comb += [self.rreq.ready.eq(1), accepted.eq(burst)]
-                        m.d.sync += [
-                            job_write.eq(0),
-                            job_word.eq(self.rreq.payload.addr << lgw),
-                            job_left.eq(burst << lgw),
-                        ]
+                        m.d.comb += [rq_fifo.r_en.eq(1), accepted.eq(burst)]
+                        m.d.sync += [job_write.eq(0), job_word.eq(rq.addr << lgw), job_left.eq(burst << lgw)]
                         m.next = "OPEN"
             with m.State("OPEN"):  # make the job's row the open one
                 with m.If(wait == 0):
