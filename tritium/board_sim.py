@@ -207,21 +207,21 @@ def sdram_timing_args() -> dict[str, float]:
 def sdram_memory(acfg, clock_mhz: float, row_miss: bool = False):
     """``acfg`` with its ``memory`` section set to what the board's SDRAM controller (hw/sdram.py) gives the
     accelerator at ``clock_mhz``, in the cycle model's terms (sim/mem_kernel.py). From the controller's state
-    machine: a read request accepted in cycle t (IDLE) is in OPEN at t+1 and issues its first READ at t+2 on a
-    row hit; the READ reaches the pins at t+3, its word is in the ``dq_i`` register CL+2 cycles after the
-    issue, a beat's ``w = bus_bytes/2`` words come one per cycle and the beat is readable from the FIFO the
-    cycle after its last word: first beat at t + CL + 4 + w (``latency``), then one beat every w cycles
-    (``beat_interval``). A row miss adds PRECHARGE → tRP → ACTIVE → tRCD: rp + rcd − 1 cycles.
-    Not in the cycle model: refreshes (every tREFI, tRP + tRFC each, plus the row reopened after), the
-    controller taking one request at a time (a new one two cycles after the last READ of the previous), writes
-    (IDLE, OPEN and w WRITEs: w + 2 cycles per beat, only once no READ data is in flight), and the
-    read-before-write order. ``row_miss``: every request misses its row (an upper bound on the latency)."""
+    machine: a read request accepted in cycle t enters a 2-entry request FIFO, IDLE takes it at t+1, OPEN at
+    t+2, and the first READ issues at t+3 on a row hit; the READ reaches the pins a cycle later, its word is in
+    the ``dq_i`` register CL+2 cycles after the issue, a beat's ``w = bus_bytes/2`` words come one per cycle
+    and the beat is readable from the read FIFO the cycle after its last word: first beat at t + CL + 5 + w
+    (``latency``), then one beat every w cycles (``beat_interval``). A row miss adds PRECHARGE → tRP → ACTIVE
+    → tRCD: rp + rcd − 1 cycles. Not in the cycle model: refreshes (every tREFI, tRP + tRFC each, plus the row
+    reopened after), the controller serving one request at a time (the next one's first READ three cycles
+    after the previous one's last), writes (IDLE, OPEN and w WRITEs: w + 2 cycles per beat, only once no READ
+    data is in flight) and reads waiting for queued writes. ``row_miss``: every request misses its row."""
     from hw.config import config_from_dict
     from hw.sdram_timing import AS4C32M16SB_7, sdram_cycles
 
     c = sdram_cycles(AS4C32M16SB_7, clock_mhz)
     words = acfg.memory.bus_bytes // 2
-    latency = c.cl + 4 + words
+    latency = c.cl + 5 + words
     if row_miss:
         latency += c.rp + c.rcd - 1
     d = acfg.to_dict()
