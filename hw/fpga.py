@@ -102,6 +102,9 @@ class FpgaEngine:
     capture_outputs: bool = True
     always_valid: tuple[str, ...] = ()
     dsp: bool = True
+    #: ``"module:Class"`` of a complete board top (taking the config; it drives its own pins and clock and
+    #: has a ``clock_mhz``, the clock it runs the design at) used instead of :class:`BoardTop`; ECP5 only
+    board_top: str | None = None
 
     @property
     def label(self) -> str:
@@ -222,6 +225,15 @@ ENGINES: dict[str, FpgaEngine] = {
             shrink=_TOP_SHRINK,
             known_usage=_gemm_dsps,
         ),
+        FpgaEngine(
+            "deploy",
+            "the deployable ULX3S board: the top level with a PLL, an SDRAM controller and a UART host link "
+            "(docs/board.md)",
+            rtl="hw.top:AcceleratorTop",
+            shrink=_TOP_SHRINK,
+            known_usage=_gemm_dsps,
+            board_top="hw.deploy:DeployTop",
+        ),
     )
 }
 
@@ -250,6 +262,13 @@ def fpga_engine(engine: str | FpgaEngine) -> FpgaEngine:
     if isinstance(engine, FpgaEngine):
         return engine
     return lookup(ENGINES, engine, "engine")
+
+
+def platform_clock_hz(board: Board) -> float:
+    """The board oscillator's frequency (from the amaranth-boards platform)."""
+    module_name, class_name = board.platform.split(":")
+    platform = getattr(importlib.import_module(module_name), class_name)()
+    return platform.default_clk_frequency
 
 
 def _make_platform(board: Board, clock_hz: float) -> TemplatedPlatform:
@@ -581,12 +600,15 @@ def _known_usage(engine: FpgaEngine, acfg: AcceleratorConfig) -> tuple[dict[str,
 _FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
-def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float | None, str | None, str]:
+def _timing(
+    pnr_report: Path, pnr_log: Path, target_mhz: float, prefer: str | None = None
+) -> tuple[float | None, str | None, str]:
     """(Fmax in MHz, clock name, critical path summary) for the engine clock.
 
     nextpnr's JSON report (``--report``) has the per-clock Fmax and the critical paths cell by cell; the
     log's "Max frequency" lines are the fallback. The design has one clock domain; if there were several,
-    the one constrained to the target is the engine's.
+    the one constrained to the target is the engine's (``prefer``: the clock of that name when it is reported —
+    a complete board top with a second clock at the same frequency names its design clock).
     """
     fmax, clock, path = None, None, "n/a"
     try:
@@ -599,7 +621,7 @@ def _timing(pnr_report: Path, pnr_log: Path, target_mhz: float) -> tuple[float |
         def distance(item):
             return abs(item[1].get("constraint", 0) - target_mhz)
 
-        clock, entry = min(clocks.items(), key=distance)
+        clock, entry = (prefer, clocks[prefer]) if prefer in clocks else min(clocks.items(), key=distance)
         fmax = float(entry["achieved"])
     else:
         found = _FMAX_RE.findall(pnr_log.read_text(errors="replace"))
@@ -779,7 +801,8 @@ def build_bitstream(
     step: Callable[[str], None] = _no_step,
 ) -> dict:
     """Synthesize, fit-check, place, route and pack ``engine`` (a name in :data:`ENGINES`: "tlmm",
-    "gemm", "all" = both, "kv", "top"; or an :class:`FpgaEngine`) of
+    "gemm", "all" = both, "kv", "top", "deploy" = the ULX3S board top of hw/deploy.py at its PLL clock; or an
+    :class:`FpgaEngine`) of
     ``acfg`` for ``board``; return the report. For a board without an open place-and-route (``kv260``)
     this is :func:`xilinx_resources`: synthesis and fit check only. ``pnr=False`` stops after the fit
     check (synthesis-only resource figures, ``fmax_mhz`` None, no bitstream; used by resource-model
@@ -795,6 +818,10 @@ def build_bitstream(
     """
     b = _board(board)
     eng = fpga_engine(engine)
+    if eng.board_top is not None and b.family != "ecp5":
+        raise ValueError(
+            f"engine {eng.name!r} is a complete ULX3S (ECP5) board top; board {board!r} is {b.family}"
+        )
     if b.family == "xcup":
         return xilinx_resources(acfg, out_dir, log, engine=eng, board=board, step=step)
     bit_name = "top.bit" if b.family == "ecp5" else "top.bin"
@@ -806,12 +833,20 @@ def build_bitstream(
     # -- elaborate: the platform writes RTLIL, the Yosys script and the pin/clock constraints --
     t0 = time.monotonic()
     step("elaborate")
+    target_mhz = acfg.clock_mhz
+    # a complete board top: the oscillator constrained at its real frequency; its PLL's clock is timed
+    if eng.board_top is not None:
+        module_name, class_name = eng.board_top.split(":")
+        top = getattr(importlib.import_module(module_name), class_name)(acfg)
+        target_mhz = top.clock_mhz
+        platform = _make_platform(b, platform_clock_hz(b))
+    else:
+        platform = _make_platform(b, acfg.clock_mhz * 1e6)
+        top = BoardTop(acfg, eng)
     log(
         f"[fpga] {board}: elaborating the {engine} engine of config {acfg.name!r} ({acfg.source}) at "
-        f"{acfg.clock_mhz:g} MHz"
+        f"{target_mhz:g} MHz"
     )
-    platform = _make_platform(b, acfg.clock_mhz * 1e6)
-    top = BoardTop(acfg, eng)
     # synth_ecp5 infers MULT18X18D by default; synth_ice40 uses SB_MAC16 only with -dsp.
     overrides = {"synth_opts": "-dsp"} if b.family == "ice40" and eng.dsp else {}
     plan = platform.prepare(top, name="top", **overrides)
@@ -866,10 +901,12 @@ def build_bitstream(
         work / "pnr.stdout",
         work / "pnr.log",
     )
-    fmax, clock, critical = _timing(work / "pnr_report.json", work / "pnr.log", acfg.clock_mhz)
+    fmax, clock, critical = _timing(
+        work / "pnr_report.json", work / "pnr.log", target_mhz, getattr(top, "timing_clock", None)
+    )
     log(
         f"[fpga] {board}: placed and routed in {t_pnr:.1f} s; Fmax "
-        f"{'n/a' if fmax is None else f'{fmax:.1f}'} MHz (target {acfg.clock_mhz:g} MHz)"
+        f"{'n/a' if fmax is None else f'{fmax:.1f}'} MHz (target {target_mhz:g} MHz)"
     )
 
     # -- pack; write to a temporary name so a failed pack leaves no complete-looking bitstream --
@@ -892,7 +929,8 @@ def build_bitstream(
         pnr_utilization=_pnr_utilization(work / "pnr_report.json"),
         clock=clock,
         fmax_mhz=None if fmax is None else round(fmax, 2),
-        meets_target=fmax is not None and fmax >= acfg.clock_mhz,
+        target_mhz=target_mhz,
+        meets_target=fmax is not None and fmax >= target_mhz,
         critical_path=critical,
         bitstream=str(bitstream),
         bitstream_bytes=bitstream.stat().st_size,

@@ -220,3 +220,12 @@ register(
         hardware="all",
     )
 )
+register(
+    Engine(
+        "deploy",
+        "the deployable ULX3S board: the top level with a PLL, an SDRAM controller and a UART host link "
+        "(docs/board.md)",
+        ("tlmm", "gemm", "memory"),
+        hardware="deploy",
+    )
+)

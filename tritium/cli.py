@@ -1067,6 +1067,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     register_kv(sub)
     __import__("tritium.run").run.register(sub)
+    __import__("tritium.board").board.register(sub)
 
     be = sub.add_parser("bench", help="model vs Verilator speed on the BitNet-0.7B workload")
     be.add_argument("--config", default=None, help=cfg_help)

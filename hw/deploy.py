@@ -1,0 +1,459 @@
+"""The deployable board: the accelerator top with a UART host link and an SDRAM controller (docs/board.md).
+
+- :class:`BoardCore`: everything but the PLL and the pins — UART RX/TX, RX FIFO, :class:`hw.hostlink.HostLink`,
+  the command FIFO, :class:`hw.top.AcceleratorTop`, :class:`hw.hostlink.MemArbiter`,
+  :class:`hw.sdram.SdramController`, the status counters.
+- :class:`BoardSim`: the simulation top (``board_sim``): BoardCore with flat ports (docs/board.md's table),
+  for the Verilator board simulation; ``python -m hw.deploy --sim`` writes its Verilog.
+- :class:`DeployTop`: the ULX3S-85F top: EHXPLLL from the 25 MHz oscillator, IO registers on the SDRAM pins,
+  the SDRAM clock from a phase-shifted PLL output through an ODDRX1F, the FTDI UART pins, reset from the PLL
+  lock and button 0. Built by ``tritium bitstream --engine deploy``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import sys
+from pathlib import Path
+
+from amaranth import ClockDomain, ClockSignal, Instance, Module, ResetSignal, Signal
+from amaranth.lib import io, wiring
+from amaranth.lib.fifo import SyncFIFO, SyncFIFOBuffered
+from amaranth.lib.wiring import In, Out
+
+from hw import board_protocol as bp
+from hw.config import AcceleratorConfig
+from hw.hostlink import HostLink, MemArbiter
+from hw.sdram import SdramController, sdram_pins_signature
+from hw.sdram_timing import AS4C32M16SB_7, SdramPart, sdram_cycles
+from hw.top import AcceleratorTop
+from hw.uart import UartRx, UartTx, check_divisor
+
+__all__ = [
+    "BoardCore",
+    "BoardSim",
+    "DeployTop",
+    "DEFAULT_CLOCK_MHZ",
+    "DEFAULT_BAUD",
+    "SIM_DIVISOR",
+    "SDRAM_CLOCK_PHASE",
+    "pll_params",
+    "main",
+]
+
+#: the accelerator clock of the ULX3S top (the integrated top level's Fmax on the ECP5-85F bounds it)
+DEFAULT_CLOCK_MHZ = 50.0
+#: the FTDI FT231X's rates are 3 MBd / n; 2 MBd is 25 clock cycles per bit at 50 MHz, exactly
+DEFAULT_BAUD = 2_000_000
+#: UART bit time of the simulation top (cycles per bit): fast to simulate, still mid-bit sampled
+SIM_DIVISOR = 8
+#: the SDRAM clock's phase lag behind the accelerator clock, degrees (docs/board.md, "The ULX3S top")
+SDRAM_CLOCK_PHASE = 270
+#: the SDRAM IO registers of the ULX3S top: one output, one input register → 2 extra cycles of read latency
+DEPLOY_IO_DELAY = 2
+
+
+def uart_divisor(clock_hz: float, baud: int) -> int:
+    """Clock cycles per bit; ValueError when the rate is off by more than 1 % (8N1 tolerates ~ 2 %)."""
+    d = round(clock_hz / baud)
+    err = abs(clock_hz / d - baud) / baud
+    if err > 0.01:
+        raise ValueError(
+            f"UART: {baud} Bd from a {clock_hz / 1e6:g} MHz clock is off by {100 * err:.1f} % (> 1 %)"
+        )
+    return d
+
+
+class BoardCore(wiring.Component):
+    """The board's logic between the pins (module docstring); ports: ``uart_rx``, ``uart_tx``, ``sdram``
+    (hw.sdram's pin signature), ``busy``."""
+
+    def __init__(
+        self,
+        acfg: AcceleratorConfig,
+        *,
+        divisor: int,
+        clock_mhz: float,
+        part: SdramPart = AS4C32M16SB_7,
+        init_cycles: int | None = None,
+        extra_read_delay: int = 0,
+        cmd_fifo_depth: int = bp.CMD_FIFO_DEPTH,
+        timeout_log2: int = bp.TIMEOUT_LOG2,
+    ):
+        self.acfg = acfg
+        self.divisor, self.clock_mhz = check_divisor(divisor), clock_mhz
+        self.part = part
+        self.cycles = sdram_cycles(part, clock_mhz, init_cycles=init_cycles)
+        self.extra_read_delay = extra_read_delay
+        self.cmd_fifo_depth = cmd_fifo_depth
+        self.timeout_log2 = timeout_log2
+        super().__init__(
+            {
+                "uart_rx": In(1, init=1),
+                "uart_tx": Out(1, init=1),
+                "sdram": Out(sdram_pins_signature()),
+                "busy": Out(1),
+            }
+        )
+
+    def elaborate(self, platform):
+        m = Module()
+        mem = self.acfg.memory
+        W, AB, MB = mem.bus_bytes, mem.addr_bits, mem.max_burst
+        m.submodules.rx = rx = UartRx(self.divisor)
+        m.submodules.tx = tx = UartTx(self.divisor)
+        m.submodules.rx_fifo = rx_fifo = SyncFIFO(width=8, depth=16)
+        m.submodules.link = link = HostLink(
+            bus_bytes=W,
+            addr_bits=AB,
+            max_burst=MB,
+            divisor=self.divisor,
+            clock_hz=round(self.clock_mhz * 1e6),
+            timeout_log2=self.timeout_log2,
+        )
+        m.submodules.cmd_fifo = cmd_fifo = SyncFIFOBuffered(width=64, depth=self.cmd_fifo_depth)
+        m.submodules.acc = acc = AcceleratorTop(self.acfg)
+        m.submodules.arbiter = arb = MemArbiter(W, AB, MB)
+        m.submodules.sdram = sdram = SdramController(
+            bus_bytes=W,
+            addr_bits=AB,
+            max_burst=MB,
+            part=self.part,
+            cycles=self.cycles,
+            extra_read_delay=self.extra_read_delay,
+        )
+
+        # UART → RX FIFO → host link → UART
+        overrun, timeout = Signal(), Signal()
+        m.d.comb += [
+            rx.rx.eq(self.uart_rx),
+            self.uart_tx.eq(tx.tx),
+            rx_fifo.w_data.eq(rx.data),
+            rx_fifo.w_en.eq(rx.valid),
+            link.rx.valid.eq(rx_fifo.r_rdy),
+            link.rx.payload.eq(rx_fifo.r_data),
+            rx_fifo.r_en.eq(link.rx.ready),
+        ]
+        wiring.connect(m, link.tx, tx.data)
+        with m.If(rx.valid & ~rx_fifo.w_rdy):
+            m.d.sync += overrun.eq(1)
+        with m.If(link.timeout):
+            m.d.sync += timeout.eq(1)
+
+        # command words: host link → FIFO → decoder
+        m.d.comb += [
+            cmd_fifo.w_data.eq(link.cmd.payload),
+            cmd_fifo.w_en.eq(link.cmd.valid),
+            link.cmd.ready.eq(cmd_fifo.w_rdy),
+            acc.cmd.valid.eq(cmd_fifo.r_rdy),
+            acc.cmd.payload.eq(cmd_fifo.r_data),
+            cmd_fifo.r_en.eq(acc.cmd.ready),
+            acc.host.ready.eq(link.host_done & acc.host.valid),
+            self.busy.eq(acc.busy),
+        ]
+
+        # memory: the host link owns the port while the accelerator cannot use it
+        idle = Signal()
+        m.d.comb += idle.eq(((cmd_fifo.level == 0) & ~acc.busy) | acc.host.valid)
+        m.d.comb += arb.host_owns.eq(idle)
+        wiring.connect(m, link.mem, arb.host)
+        m.d.comb += [
+            arb.acc.rreq.valid.eq(acc.rreq.valid),
+            arb.acc.rreq.payload.eq(acc.rreq.payload),
+            acc.rreq.ready.eq(arb.acc.rreq.ready),
+            acc.rdata.valid.eq(arb.acc.rdata.valid),
+            acc.rdata.payload.eq(arb.acc.rdata.payload),
+            arb.acc.rdata.ready.eq(acc.rdata.ready),
+            arb.acc.wr.valid.eq(acc.wr.valid),
+            arb.acc.wr.payload.eq(acc.wr.payload),
+            acc.wr.ready.eq(arb.acc.wr.ready),
+        ]
+        for name in ("rreq", "rdata", "wr"):
+            wiring.connect(m, getattr(arb.mem, name), getattr(sdram, name))
+        wiring.connect(m, sdram.pins, wiring.flipped(self.sdram))
+
+        # status counters (docs/board.md, POLL)
+        active, words = Signal(32), Signal(32)
+        word_taken = acc.cmd.valid & acc.cmd.ready
+        host_ack = acc.host.valid & acc.host.ready
+        with m.If(link.clear):
+            m.d.sync += [active.eq(0), words.eq(0), overrun.eq(0), timeout.eq(0)]
+        with m.Else():
+            with m.If(word_taken | (acc.busy & ~acc.host.valid) | host_ack):
+                m.d.sync += active.eq(active + 1)
+            with m.If(word_taken):
+                m.d.sync += words.eq(words + 1)
+        st = link.status
+        m.d.comb += [
+            st.flags.eq(
+                acc.busy * bp.FLAG_BUSY
+                | acc.host.valid * bp.FLAG_HOST
+                | idle * bp.FLAG_IDLE
+                | sdram.ready * bp.FLAG_SDRAM_READY
+                | overrun * bp.FLAG_OVERRUN
+                | timeout * bp.FLAG_TIMEOUT
+            ),
+            st.host_op.eq(acc.host.payload),
+            st.cmd_free.eq(self.cmd_fifo_depth - cmd_fifo.level),
+            st.active_cycles.eq(active),
+            st.cmd_words.eq(words),
+        ]
+        return m
+
+
+_SDRAM_OUTS = ("cke", "csn", "rasn", "casn", "wen", "ba", "a", "dqm", "dq_o", "dq_oe")
+
+
+class BoardSim(wiring.Component):
+    """The simulation top: :class:`BoardCore` with the flat ports of docs/board.md (``clk``/``rst`` come from
+    the ``sync`` domain)."""
+
+    def __init__(
+        self,
+        acfg: AcceleratorConfig,
+        *,
+        divisor: int = SIM_DIVISOR,
+        clock_mhz: float = DEFAULT_CLOCK_MHZ,
+        **core_args,
+    ):
+        self.core = BoardCore(acfg, divisor=divisor, clock_mhz=clock_mhz, **core_args)
+        pins = sdram_pins_signature().members
+        ports = {"uart_rx": In(1, init=1), "uart_tx": Out(1, init=1)}
+        for name in _SDRAM_OUTS:
+            ports[f"sdram_{name}"] = Out(pins[name].shape, init=pins[name].init)
+        ports["sdram_dq_i"] = In(16)
+        ports["dbg_busy"] = Out(1)
+        super().__init__(ports)
+
+    def elaborate(self, platform):
+        m = Module()
+        m.submodules.core = core = self.core
+        m.d.comb += [
+            core.uart_rx.eq(self.uart_rx),
+            self.uart_tx.eq(core.uart_tx),
+            self.dbg_busy.eq(core.busy),
+        ]
+        for name in _SDRAM_OUTS:
+            m.d.comb += getattr(self, f"sdram_{name}").eq(getattr(core.sdram, name))
+        m.d.comb += core.sdram.dq_i.eq(self.sdram_dq_i)
+        return m
+
+
+def pll_params(f_in_mhz: float, f_out_mhz: float, phase_deg: float = 0.0) -> dict[str, int | float]:
+    """EHXPLLL dividers for ``f_out_mhz`` from ``f_in_mhz`` (feedback from CLKOP; VCO 400–800 MHz, phase
+    detector ≥ 3.125 MHz; the VCO nearest 600 MHz among the exact settings) and a secondary output CLKOS at the same frequency lagging by ``phase_deg``: the
+    coarse phase counts VCO cycles (CLKOP's CPHASE is div/2 − 1, CLKOS's adds phase·div/360), the fine phase
+    eighths of one. Returns the parameters and the frequency reached; ValueError when none is within 0.5 %."""
+    best = None
+    for clki in range(1, 129):
+        pfd = f_in_mhz / clki
+        if pfd < 3.125:
+            break
+        for fb in range(1, 81):
+            f = pfd * fb
+            divs = [d for d in range(1, 129) if 400 <= f * d <= 800]
+            if not divs:
+                continue
+            div = min(divs, key=lambda d: abs(f * d - 600))  # the VCO nearest mid-range, as ecppll picks
+            key = (round(abs(f - f_out_mhz), 9), abs(f * div - 600))
+            if best is None or key < best[0]:
+                best = (key, clki, fb, div, f)
+    if best is None or best[0][0] > 0.005 * f_out_mhz:
+        raise ValueError(f"PLL: no EHXPLLL setting gives {f_out_mhz:g} MHz from {f_in_mhz:g} MHz")
+    _, clki, fb, div, f = best
+    op_cphase = div // 2 - 1
+    steps = phase_deg / 360.0 * div
+    coarse = math.floor(steps)
+    fine = round((steps - coarse) * 8)
+    if fine == 8:
+        coarse, fine = coarse + 1, 0
+    return {
+        "CLKI_DIV": clki,
+        "CLKFB_DIV": fb,
+        "CLKOP_DIV": div,
+        "CLKOP_CPHASE": op_cphase,
+        "CLKOP_FPHASE": 0,
+        "CLKOS_DIV": div,
+        "CLKOS_CPHASE": op_cphase + coarse,
+        "CLKOS_FPHASE": fine,
+        "f_out_mhz": f,
+        "vco_mhz": f * div,
+    }
+
+
+class DeployTop(wiring.Component):
+    """The ULX3S-85F top (module docstring). Build it with an amaranth-boards ULX3S platform."""
+
+    #: the design clock's net as nextpnr names it (the SDRAM clock, CLKOS, runs at the same frequency)
+    timing_clock = "clk"
+
+    def __init__(
+        self,
+        acfg: AcceleratorConfig,
+        *,
+        clock_mhz: float = DEFAULT_CLOCK_MHZ,
+        baud: int = DEFAULT_BAUD,
+        sdram_phase: float = SDRAM_CLOCK_PHASE,
+    ):
+        self.acfg = acfg
+        self.pll = pll_params(25.0, clock_mhz, sdram_phase)
+        self.clock_mhz = self.pll["f_out_mhz"]
+        self.divisor = uart_divisor(self.clock_mhz * 1e6, baud)
+        self.baud = baud
+        self.core = BoardCore(
+            acfg, divisor=self.divisor, clock_mhz=self.clock_mhz, extra_read_delay=DEPLOY_IO_DELAY
+        )
+        super().__init__({})
+
+    def elaborate(self, platform):
+        m = Module()
+        p = self.pll
+        clk25 = platform.request("clk25", 0, dir="-")
+        m.submodules.clk25_buf = clk_buf = io.Buffer("i", clk25)
+        clkop, clkos, locked = Signal(), Signal(), Signal()
+        f_in = 25
+        m.submodules.pll = Instance(
+            "EHXPLLL",
+            a_FREQUENCY_PIN_CLKI=str(f_in),
+            a_FREQUENCY_PIN_CLKOP=f"{p['f_out_mhz']:g}",
+            a_FREQUENCY_PIN_CLKOS=f"{p['f_out_mhz']:g}",
+            a_ICP_CURRENT="12",
+            a_LPF_RESISTOR="8",
+            a_MFG_ENABLE_FILTEROPAMP="1",
+            a_MFG_GMCREF_SEL="2",
+            p_PLLRST_ENA="DISABLED",
+            p_INTFB_WAKE="DISABLED",
+            p_STDBY_ENABLE="DISABLED",
+            p_DPHASE_SOURCE="DISABLED",
+            p_OUTDIVIDER_MUXA="DIVA",
+            p_OUTDIVIDER_MUXB="DIVB",
+            p_OUTDIVIDER_MUXC="DIVC",
+            p_OUTDIVIDER_MUXD="DIVD",
+            p_CLKI_DIV=p["CLKI_DIV"],
+            p_CLKOP_ENABLE="ENABLED",
+            p_CLKOP_DIV=p["CLKOP_DIV"],
+            p_CLKOP_CPHASE=p["CLKOP_CPHASE"],
+            p_CLKOP_FPHASE=p["CLKOP_FPHASE"],
+            p_CLKOS_ENABLE="ENABLED",
+            p_CLKOS_DIV=p["CLKOS_DIV"],
+            p_CLKOS_CPHASE=p["CLKOS_CPHASE"],
+            p_CLKOS_FPHASE=p["CLKOS_FPHASE"],
+            p_FEEDBK_PATH="CLKOP",
+            p_CLKFB_DIV=p["CLKFB_DIV"],
+            i_RST=0,
+            i_STDBY=0,
+            i_CLKI=clk_buf.i,
+            o_CLKOP=clkop,
+            o_CLKOS=clkos,
+            i_CLKFB=clkop,
+            i_PHASESEL0=0,
+            i_PHASESEL1=0,
+            i_PHASEDIR=1,
+            i_PHASESTEP=1,
+            i_PHASELOADREG=1,
+            i_PLLWAKESYNC=0,
+            i_ENCLKOP=0,
+            o_LOCK=locked,
+        )
+        # reset: held until the PLL locks, released synchronously 4 cycles later
+        m.domains.sync = ClockDomain("sync")
+        m.domains.sdram_clk = ClockDomain("sdram_clk", reset_less=True)
+        m.d.comb += [ClockSignal("sync").eq(clkop), ClockSignal("sdram_clk").eq(clkos)]
+        rst_pipe = Signal(4, init=0b1111)
+        m.domains.por = ClockDomain("por", reset_less=True)
+        m.d.comb += ClockSignal("por").eq(clkop)
+        m.d.por += rst_pipe.eq((rst_pipe << 1) | ~locked)
+        m.d.comb += ResetSignal("sync").eq(rst_pipe[-1])
+
+        m.submodules.core = core = self.core
+
+        # UART: FTDI TXD → FPGA rx (M1), FPGA tx (L4) → FTDI RXD
+        uart = platform.request("uart", 0, dir="-")
+        m.submodules.uart_rx = urx = io.FFBuffer("i", uart.rx)
+        m.submodules.uart_tx = utx = io.FFBuffer("o", uart.tx)
+        m.d.comb += [core.uart_rx.eq(urx.i), utx.o.eq(core.uart_tx)]
+
+        # SDRAM: every pin through an IO register (DEPLOY_IO_DELAY); the clock from CLKOS via an ODDR
+        sd = platform.request("sdram", 0, dir="-")
+        m.submodules.sd_clk = sd_clk = io.DDRBuffer("o", sd.clk, o_domain="sdram_clk")
+        m.d.comb += [sd_clk.o[0].eq(1), sd_clk.o[1].eq(0)]
+        outs = {
+            "clk_en": "cke",
+            "cs": "csn",
+            "we": "wen",
+            "ras": "rasn",
+            "cas": "casn",
+            "ba": "ba",
+            "a": "a",
+            "dqm": "dqm",
+        }
+        for pin, name in outs.items():
+            buf = io.FFBuffer("o", getattr(sd, pin))
+            m.submodules[f"sd_{pin}"] = buf
+            v = getattr(core.sdram, name)
+            # cs/we/ras/cas are declared active-low in the platform (PinsN): the buffer inverts, so drive
+            # the active-high meaning
+            m.d.comb += buf.o.eq(~v if name in ("csn", "wen", "rasn", "casn") else v)
+        m.submodules.sd_dq = dq = io.FFBuffer("io", sd.dq)
+        m.d.comb += [dq.o.eq(core.sdram.dq_o), dq.oe.eq(core.sdram.dq_oe), core.sdram.dq_i.eq(dq.i)]
+        # LEDs: 0 busy, 1 SDRAM initialised? (busy only: the status is on POLL)
+        led = platform.request("led", 0, dir="-")
+        m.submodules.led0 = led0 = io.Buffer("o", led)
+        m.d.comb += led0.o.eq(core.busy)
+        return m
+
+
+def write_sim_verilog(acfg: AcceleratorConfig, out: Path, *, divisor: int, clock_mhz: float) -> str:
+    """Write ``board_sim``'s Verilog to ``out`` (atomically) and return it."""
+    from amaranth.back import verilog
+
+    from hw.files import write_text
+
+    top = BoardSim(acfg, divisor=divisor, clock_mhz=clock_mhz)
+    text = verilog.convert(top, name="board_sim", emit_src=False)
+    write_text(out, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> int:
+    from hw.config import load_config
+
+    ap = argparse.ArgumentParser(
+        prog="python -m hw.deploy", description="write the board top's simulation Verilog"
+    )
+    ap.add_argument(
+        "--config", default="configs/ulx3s.yaml", help="accelerator config (default configs/ulx3s.yaml)"
+    )
+    ap.add_argument(
+        "--sim", action="store_true", required=True, help="the simulation top board_sim (the only output)"
+    )
+    ap.add_argument("-o", "--out", default="build/board/board_sim.v", help="output Verilog file")
+    ap.add_argument(
+        "--divisor", type=int, default=SIM_DIVISOR, help=f"UART cycles per bit (default {SIM_DIVISOR})"
+    )
+    ap.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=DEFAULT_CLOCK_MHZ,
+        help=f"the clock the SDRAM timing is counted in (default {DEFAULT_CLOCK_MHZ:g})",
+    )
+    args = ap.parse_args(argv)
+    from hw.files import OutputPathError, output_file
+
+    try:
+        out = output_file(args.out, "-o", (".v",))
+        acfg = load_config(args.config)
+        BoardCore(
+            acfg, divisor=args.divisor, clock_mhz=args.clock_mhz
+        )  # a bad divisor or clock: one line now
+        write_sim_verilog(acfg, out, divisor=args.divisor, clock_mhz=args.clock_mhz)
+    except (ValueError, OSError, OutputPathError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out} (top module board_sim, config {acfg.name}, UART divisor {args.divisor})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
