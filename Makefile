@@ -51,8 +51,9 @@ sim: $(BIN)/.installed
 top: $(BIN)/.installed
 	$(BIN)/tritium cosim top --config $(CONFIG) --tokens $(TOKENS)
 
+# Two workers, one test file each (module fixtures such as Verilator builds stay in one process).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "not slow"
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
 
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
