@@ -25,6 +25,7 @@ from amaranth.lib.wiring import In, Out
 from hw import board_protocol as bp
 from hw.config import AcceleratorConfig
 from hw.hostlink import HostLink, MemArbiter
+from hw.mem_port import forward_mem_port
 from hw.sdram import SdramController, sdram_pins_signature
 from hw.sdram_timing import AS4C32M16SB_7, SdramPart, sdram_cycles
 from hw.top import AcceleratorTop
@@ -158,17 +159,7 @@ class BoardCore(wiring.Component):
         m.d.comb += idle.eq(((cmd_fifo.level == 0) & ~acc.busy) | acc.host.valid)
         m.d.comb += arb.host_owns.eq(idle)
         wiring.connect(m, link.mem, arb.host)
-        m.d.comb += [
-            arb.acc.rreq.valid.eq(acc.rreq.valid),
-            arb.acc.rreq.payload.eq(acc.rreq.payload),
-            acc.rreq.ready.eq(arb.acc.rreq.ready),
-            acc.rdata.valid.eq(arb.acc.rdata.valid),
-            acc.rdata.payload.eq(arb.acc.rdata.payload),
-            arb.acc.rdata.ready.eq(acc.rdata.ready),
-            arb.acc.wr.valid.eq(acc.wr.valid),
-            arb.acc.wr.payload.eq(acc.wr.payload),
-            acc.wr.ready.eq(arb.acc.wr.ready),
-        ]
+        m.d.comb += forward_mem_port(acc, arb.acc)
         for name in ("rreq", "rdata", "wr"):
             wiring.connect(m, getattr(arb.mem, name), getattr(sdram, name))
         wiring.connect(m, sdram.pins, wiring.flipped(self.sdram))

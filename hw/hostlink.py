@@ -18,6 +18,7 @@ from amaranth.lib import data, stream, wiring
 from amaranth.lib.wiring import In, Out
 
 from hw import board_protocol as bp
+from hw.mem_port import forward_mem_port
 
 __all__ = ["HostLink", "MemArbiter", "mem_port_signature"]
 
@@ -50,18 +51,7 @@ class MemArbiter(wiring.Component):
         return m
 
     def _route(self, src):
-        mem = self.mem
-        return [
-            mem.rreq.valid.eq(src.rreq.valid),
-            mem.rreq.payload.eq(src.rreq.payload),
-            src.rreq.ready.eq(mem.rreq.ready),
-            src.rdata.valid.eq(mem.rdata.valid),
-            src.rdata.payload.eq(mem.rdata.payload),
-            mem.rdata.ready.eq(src.rdata.ready),
-            mem.wr.valid.eq(src.wr.valid),
-            mem.wr.payload.eq(src.wr.payload),
-            src.wr.ready.eq(mem.wr.ready),
-        ]
+        return forward_mem_port(src, self.mem)
 
 
 _STATUS = data.StructLayout(

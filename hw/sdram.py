@@ -67,6 +67,14 @@ def sdram_pins_signature() -> wiring.Signature:
     )
 
 
+def _precharge_when_allowed(m, can_pre, issue, a, is_open, wait, rp):
+    """Close the open row (PRECHARGE with A10 high: all banks) once tRAS / tWR allow it (``can_pre``); the
+    controller's states that must close a row (for a refresh, or for another row) use it."""
+    with m.If(can_pre):
+        m.d.comb += issue.eq(CMD_PRECHARGE)
+        m.d.sync += [a.eq(1 << 10), is_open.eq(0), wait.eq(rp - 1)]
+
+
 class SdramController(wiring.Component):
     """Init, refresh and open-row reads/writes of a 16-bit SDR SDRAM (module docstring)."""
 
@@ -244,9 +252,7 @@ class SdramController(wiring.Component):
                 with m.If(wait == 0):
                     with m.If(refresh_due):
                         with m.If(is_open):
-                            with m.If(can_pre):
-                                m.d.comb += issue.eq(CMD_PRECHARGE)
-                                m.d.sync += [a.eq(1 << 10), is_open.eq(0), wait.eq(c.rp - 1)]
+                            _precharge_when_allowed(m, can_pre, issue, a, is_open, wait, c.rp)
                         with m.Else():
                             m.d.comb += issue.eq(CMD_REFRESH)
                             m.d.sync += [
@@ -272,9 +278,7 @@ class SdramController(wiring.Component):
                     with m.If(is_open & (open_row == row) & (open_bank == bank)):
                         m.next = "ACCESS"
                     with m.Elif(is_open):
-                        with m.If(can_pre):
-                            m.d.comb += issue.eq(CMD_PRECHARGE)
-                            m.d.sync += [a.eq(1 << 10), is_open.eq(0), wait.eq(c.rp - 1)]
+                        _precharge_when_allowed(m, can_pre, issue, a, is_open, wait, c.rp)
                     with m.Else():
                         m.d.comb += issue.eq(CMD_ACTIVE)
                         m.d.sync += [

@@ -55,6 +55,7 @@ from hw.isa import (
     command_words,
     payload_fields,
 )
+from hw.mem_port import forward_mem_port
 from hw.tlmm import TableLookupMatmul
 from hw.tlmm import command_layout as tlmm_command_layout
 from hw.top_geometry import WBUF_READ_LATENCY, TopGeometry, top_geometry
@@ -440,15 +441,5 @@ class AcceleratorTop(wiring.Component):
                 wr_fire.eq(tl_wr_valid & self.wr.ready),
             ]
         with m.Else():
-            m.d.comb += [
-                self.rreq.valid.eq(gemm.rreq.valid),
-                self.rreq.payload.eq(gemm.rreq.payload),
-                gemm.rreq.ready.eq(self.rreq.ready),
-                gemm.rdata.valid.eq(self.rdata.valid),
-                gemm.rdata.payload.eq(self.rdata.payload),
-                self.rdata.ready.eq(gemm.rdata.ready),
-                self.wr.valid.eq(gemm.wr.valid),
-                self.wr.payload.eq(gemm.wr.payload),
-                gemm.wr.ready.eq(self.wr.ready),
-            ]
+            m.d.comb += forward_mem_port(gemm, self)
         return m
