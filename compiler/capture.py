@@ -29,6 +29,7 @@ import contextlib
 import torch
 
 from models import hostops, intref, lm
+from models.attention import self_attention_int
 from models.bitlinear import BitLinear, int_matmul, quantize_act, ternary_weight
 
 __all__ = ["capture", "capture_module", "attention_int", "IntForward"]
@@ -230,17 +231,9 @@ def _(y, bias):
     return y.new_empty(y.shape, dtype=torch.float32)
 
 
-@torch.library.custom_op("tritium::self_attention", mutates_args=())
-def _self_attention(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    n_heads: int,
-    n_kv_heads: int,
-    causal: bool,
-    score_div: float,
-) -> torch.Tensor:
-    return intref.REFERENCE_IMPLS["attention"](q, k, v, n_heads, n_kv_heads, causal, score_div)
+#: the integer attention core itself (models.attention.self_attention_int, the same function
+#: intref.REFERENCE_IMPLS["attention"] calls), registered as an op: its typed signature is the op's schema
+_self_attention = torch.library.custom_op("tritium::self_attention", mutates_args=())(self_attention_int)
 
 
 @_self_attention.register_fake

@@ -654,24 +654,26 @@ class Lowering:
         # GEMM computes group h + 1 (rows are independent: the same bits as one softmax over all groups);
         # a retrieval step keeps one softmax over the groups' lists
         split = self.acfg.system.overlap and ag.n_groups > 1 and not active
+
+        def gemm_item(name: str, gi: int, mnk, a: str, b: str, c: str, mode: int, **more) -> tuple:
+            """Group ``gi``'s GEMM ``name`` (``qk``: Q·Kᵀ, list mode 1; ``pv``: P·V, list mode 2); with retrieval
+            active a GEMM-list over the group's key list."""
+            body = {
+                "op": f"{op.name}.{name}{gi}",
+                "m": mnk[0],
+                "k": mnk[1],
+                "n": mnk[2],
+                "a": a,
+                "b": b,
+                "c": c,
+            }
+            body |= {"b_offset": 0, **more, "where": op.where}
+            if active:
+                return "gemm_list", body | {"list": lists[gi], "mode": mode}
+            return "gemm", body
+
         for gi in groups:
-            plan.items.append(
-                (
-                    "gemm_list" if active else "gemm",
-                    {
-                        "op": f"{op.name}.qk{gi}",
-                        "m": qk[0],
-                        "k": qk[1],
-                        "n": qk[2],
-                        "a": qa[gi],
-                        "b": kc[gi],
-                        "c": scores[gi],
-                        "b_offset": 0,
-                        "where": op.where,
-                    }
-                    | ({"list": lists[gi], "mode": 1} if active else {}),
-                )
-            )
+            plan.items.append(gemm_item("qk", gi, qk, qa[gi], kc[gi], scores[gi], mode=1))
             if split:
                 plan.items.append(
                     (
@@ -704,22 +706,7 @@ class Lowering:
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
         for gi in groups:
             plan.items.append(
-                (
-                    "gemm_list" if active else "gemm",
-                    {
-                        "op": f"{op.name}.pv{gi}",
-                        "m": pv[0],
-                        "k": pv[1],
-                        "n": pv[2],
-                        "a": pa[gi],
-                        "b": vc[gi],
-                        "b_offset": 0,
-                        "b_stride": panel,
-                        "c": f"att{L}.o{gi}",
-                        "where": op.where,
-                    }
-                    | ({"list": lists[gi], "mode": 2} if active else {}),
-                )
+                gemm_item("pv", gi, pv, pa[gi], vc[gi], f"att{L}.o{gi}", mode=2, b_stride=panel)
             )
         # with retrieval, attn_out also copies the step's inserted keys into their clusters' pages
         page_outs = (kc + vc + [f"kv{L}.sk", f"kv{L}.sv"] + extra) if lists else []

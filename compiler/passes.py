@@ -37,51 +37,55 @@ __all__ = [
 FUSABLE = ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "gelu", "gelu_tanh", "square", "mul")
 
 
-def split_bitlinear(g: Graph) -> Graph:
+def _replace_ops(g: Graph, kind: str, replace) -> Graph:
+    """A copy of ``g`` in which each op of ``kind`` stands replaced by the ops ``replace(g_copy, op)`` returns
+    (none: the op goes; ``replace`` may also update the copy's other ops and features)."""
     g = copy.deepcopy(g)
     out: list[Op] = []
     for op in g.ops:
-        if op.kind != "bitlinear":
-            out.append(op)
-            continue
-        x = op.inputs[0]
-        xq, sx, yi = f"{x}.q", f"{x}.s", f"{op.outputs[0]}.int"
-        out.append(Op(f"{op.name}.quant", "quant", [x], [xq, sx], {"k": op.attrs["k"]}, op.where))
-        out.append(Op(op.name, "tlmm", [xq], [yi], dict(op.attrs), op.where, engine="tlmm"))
-        out.append(
-            Op(
-                f"{op.name}.dequant",
-                "dequant",
-                [yi, sx],
-                [op.outputs[0]],
-                {"weight": op.attrs["weight"], "n": op.attrs["n"]}
-                | ({"per_channel": True} if op.attrs.get("per_channel") else {}),
-                op.where,
-            )
-        )
-        g.features[xq], g.features[sx], g.features[yi] = op.attrs["k"], 1, op.attrs["n"]
+        out.extend(replace(g, op) if op.kind == kind else [op])
     g.ops = out
     return g
+
+
+def split_bitlinear(g: Graph) -> Graph:
+    return _replace_ops(g, "bitlinear", _split_bitlinear_op)
+
+
+def _split_bitlinear_op(g: Graph, op: Op) -> list[Op]:
+    x = op.inputs[0]
+    xq, sx, yi = f"{x}.q", f"{x}.s", f"{op.outputs[0]}.int"
+    g.features[xq], g.features[sx], g.features[yi] = op.attrs["k"], 1, op.attrs["n"]
+    return [
+        Op(f"{op.name}.quant", "quant", [x], [xq, sx], {"k": op.attrs["k"]}, op.where),
+        Op(op.name, "tlmm", [xq], [yi], dict(op.attrs), op.where, engine="tlmm"),
+        Op(
+            f"{op.name}.dequant",
+            "dequant",
+            [yi, sx],
+            [op.outputs[0]],
+            {"weight": op.attrs["weight"], "n": op.attrs["n"]}
+            | ({"per_channel": True} if op.attrs.get("per_channel") else {}),
+            op.where,
+        ),
+    ]
 
 
 def fold_bias(g: Graph) -> Graph:
     """Each ``bias`` op (a BitLinear's / Int8Linear's bias, compiler.capture) joins the linear it follows: its
     ``dequant`` (ternary) or ``int8linear`` op gets ``attrs["bias"]`` and the bias op's output."""
-    g = copy.deepcopy(g)
-    out: list[Op] = []
-    for op in g.ops:
-        if op.kind != "bias":
-            out.append(op)
-            continue
-        x = op.inputs[0]
-        prod = g.producer(x)
-        others = [c for c in g.consumers(x) if c is not op]
-        if prod is None or prod.kind not in ("dequant", "int8linear") or others or x == g.output:
-            raise CompileError(f"{op.where}: a bias that does not directly follow its linear layer")
-        prod.attrs["bias"] = op.attrs["bias"]
-        prod.outputs = list(op.outputs)
-    g.ops = out
-    return g
+    return _replace_ops(g, "bias", _fold_bias_op)
+
+
+def _fold_bias_op(g: Graph, op: Op) -> list[Op]:
+    x = op.inputs[0]
+    prod = g.producer(x)
+    others = [c for c in g.consumers(x) if c is not op]
+    if prod is None or prod.kind not in ("dequant", "int8linear") or others or x == g.output:
+        raise CompileError(f"{op.where}: a bias that does not directly follow its linear layer")
+    prod.attrs["bias"] = op.attrs["bias"]
+    prod.outputs = list(op.outputs)
+    return []
 
 
 def dedupe_quant(g: Graph) -> Graph:
