@@ -1,6 +1,6 @@
 """Shared test set-up: the repository on sys.path, the ``repo`` fixture, the command-line helpers (``run_cli``,
 ``cli_json``, ``assert_one_line_error``), ``cosim_mismatches``, ``top_one_layer``, ``kv_model_matches_reference``,
-``assert_same_estimate``, ``program_cosim_cycles`` (test modules import them from
+``assert_same_estimate``, ``program_cosim_cycles``, ``tiny_resv_config`` (test modules import them from
 here), and the markers that say what a test needs beyond the core install.
 
 Markers (also registered in pyproject.toml):
@@ -264,3 +264,15 @@ def program_cosim_cycles(m, x, acfg):
     (r,), (mc,), (kinds,) = rep.rtl_cycles, rep.model_cycles, rep.commands
     assert {"tlmm", "gemm"} <= set(kinds)
     return rep, r, mc, kinds
+
+
+def tiny_resv_config(**system):
+    """configs/kv260.yaml cut to a small KV-retrieval ("resv" attention) set-up: ``system`` overrides fields of
+    its ``system`` section."""
+    from hw.config import config_from_dict, load_config
+
+    base = load_config("configs/kv260.yaml").to_dict()
+    base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
+    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
+    base["system"].update(system)
+    return config_from_dict(base, "tiny-resv")
