@@ -875,6 +875,22 @@ def truncated_model(model, layers: int):
     return m
 
 
+def torch_int_greedy(model, prompt, new_tokens: int, lm_head) -> tuple[list, list[int]]:
+    """The PyTorch int-mode reference, greedy, one step at a time through the model's KV cache (as the
+    accelerator runs it): each step's last-position logits and the prompt followed by the generated tokens."""
+    import torch
+
+    logits, seq = [], list(prompt)
+    cache = model.new_cache()
+    with torch.no_grad():
+        for s in range(new_tokens):
+            inp = torch.tensor([seq if s == 0 else seq[-1:]])
+            lg = model(inp, cache, mode="int", lm_head=lm_head)[0, -1].numpy()
+            logits.append(lg)
+            seq.append(int(np.argmax(lg)))
+    return logits, seq
+
+
 def run_top_cosim(
     acfg: AcceleratorConfig,
     checkpoint: str | Path,
@@ -929,15 +945,7 @@ def run_top_cosim(
     torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int", lm_head=lm_head).tolist()[
         len(prompt) :
     ]
-    cache = model.new_cache()
-    torch_logits = []
-    seq = list(prompt)
-    with torch.no_grad():
-        for s in range(new_tokens):
-            inp = torch.tensor([seq if s == 0 else seq[-1:]])
-            lg = model(inp, cache, mode="int", lm_head=lm_head)[0, -1].numpy()
-            torch_logits.append(lg)
-            seq.append(int(np.argmax(lg)))
+    torch_logits, _ = torch_int_greedy(model, prompt, new_tokens, lm_head)
     step("model")
     rt = Runtime(progs[0])
     model_logits, model_tokens, toks = [], [], list(prompt)

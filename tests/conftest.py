@@ -1,5 +1,6 @@
 """Shared test set-up: the repository on sys.path, the ``repo`` fixture, the command-line helpers (``run_cli``,
-``cli_json``, ``assert_one_line_error``), ``cosim_mismatches``, ``top_one_layer`` (test modules import them from
+``cli_json``, ``assert_one_line_error``), ``cosim_mismatches``, ``top_one_layer``, ``kv_model_matches_reference``,
+``assert_same_estimate``, ``program_cosim_cycles``, ``tiny_resv_config`` (test modules import them from
 here), and the markers that say what a test needs beyond the core install.
 
 Markers (also registered in pyproject.toml):
@@ -17,6 +18,7 @@ PostgreSQL or PyTorch can run the rest. Test modules that import torch at the to
 
 import importlib.util
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -185,3 +187,92 @@ def assert_one_line_error(r: subprocess.CompletedProcess, *needles: str) -> None
     assert r.returncode == 2 and r.stderr.count("\n") == 1, (r.returncode, r.stderr[-2000:])
     for n in needles:
         assert n in r.stderr, (n, r.stderr)
+
+
+def kv_model_matches_reference(kv, case):
+    """Run a KV-retrieval case through the numba model (``sim.kv_model.run_commands``) and assert its results
+    equal ``models.resv.ClusterTable``'s, command for command; returns the model's run."""
+    from models.resv import ClusterTable
+    from sim.kv_model import run_commands
+
+    run = run_commands(kv, case.commands, case.vec_pattern, case.out_pattern)
+    ref, expect = None, []
+    for c in case.commands:
+        if c[0] == "reset":
+            ref = ClusterTable(kv)
+            expect.append(None)
+        elif c[0] == "insert":
+            expect.append(ref.insert(c[1]))
+        else:
+            expect.append(ref.select(c[1]).clusters)
+    assert run.results == expect, case.name
+    return run
+
+
+def _leaves(d):
+    for k in sorted(d):
+        v = d[k]
+        if isinstance(v, dict):
+            yield from _leaves(v)
+        else:
+            yield v
+
+
+def _close(a, b) -> bool:
+    num = (int, float)
+    if isinstance(a, num) and isinstance(b, num) and not isinstance(a, bool) and not isinstance(b, bool):
+        return math.isclose(a, b, rel_tol=1e-9)
+    return a == b
+
+
+def assert_same_estimate(ref: dict, fast: dict, what) -> None:
+    """Two ``tritium.estimate`` results (e.g. ``estimate`` and ``FastEvaluator.estimate``) agree: the same keys,
+    numbers to relative 1e-9 (also inside nested dicts), everything else and every step's cycles, bytes and
+    command counts exactly."""
+    assert set(ref) == set(fast), what
+    for k, x in ref.items():
+        if k == "_steps":
+            continue
+        y = fast[k]
+        if isinstance(x, dict):
+            fx, fy = list(_leaves(x)), list(_leaves(y))
+            assert len(fx) == len(fy), (what, k)
+            assert all(_close(a, b) for a, b in zip(fx, fy, strict=True)), (what, k)
+        else:
+            assert _close(x, y) if isinstance(x, float) else x == y, (what, k, x, y)
+    for rs, fs in zip(ref["_steps"], fast["_steps"], strict=True):
+        assert rs.engine_cycles == fs.engine_cycles, what
+        assert rs.compute_cycles == fs.compute_cycles, what
+        assert rs.dram_bytes == fs.dram_bytes and rs.dram_bytes_by == fs.dram_bytes_by, what
+        assert rs.commands == fs.commands and rs.busy_issue == fs.busy_issue, what
+
+
+def program_cosim_cycles(m, x, acfg):
+    """Compile ``m`` for ``x`` and run the Program through the RTL top level (``sim.cosim.run_program_cosim``,
+    the Verilator build cached in build/cosim); the output is asserted bit for bit equal to the executor and to
+    ``models.intref.int_reference``, and the Program to hold TLMM and GEMM commands. Returns the report and
+    (RTL cycles, model cycles, command kinds) of its one run."""
+    from compiler import compile_model
+    from models.intref import int_reference
+    from sim.cosim import run_program_cosim
+
+    prog = compile_model(m, acfg, example_inputs=x).program()
+    rep = run_program_cosim(
+        prog, x, acfg, reference=int_reference(m, x), build_root=REPO / "build" / "cosim", quiet=True
+    )
+    assert rep.rtl_equals_model == [True] and rep.rtl_equals_reference == [True]
+    (r,), (mc,), (kinds,) = rep.rtl_cycles, rep.model_cycles, rep.commands
+    assert {"tlmm", "gemm"} <= set(kinds)
+    return rep, r, mc, kinds
+
+
+def tiny_resv_config(**system):
+    """configs/kv260.yaml cut to a small KV-retrieval ("resv" attention) set-up: ``system`` overrides fields of
+    its ``system`` section."""
+    from hw.config import config_from_dict, load_config
+
+    base = load_config("configs/kv260.yaml").to_dict()
+    base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
+    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
+    base["system"].update(system)
+    return config_from_dict(base, "tiny-resv")

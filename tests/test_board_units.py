@@ -170,6 +170,17 @@ def attach_model(sim, pins, model):
     sim.add_process(process)
 
 
+def simulate_with_sdram(m, pins, model, bench, process):
+    """Simulate ``m`` at 1 MHz with ``model`` answering on its SDRAM ``pins``: the testbench ``bench`` beside
+    the process ``process``, until the testbench returns."""
+    sim = Simulator(m)
+    sim.add_clock(1e-6)
+    attach_model(sim, pins, model)
+    sim.add_testbench(bench)
+    sim.add_process(process)
+    sim.run()
+
+
 def word_of(beat_addr, i):
     return (beat_addr * 2654435761 + i * 40503) & 0xFFFF
 
@@ -226,12 +237,7 @@ def test_sdram_controller(clock_mhz):
                 got.append(payload)
             ctx.set(dut.rdata.ready, ready)
 
-    sim = Simulator(dut)
-    sim.add_clock(1e-6)
-    attach_model(sim, dut.pins, model)
-    sim.add_testbench(bench)
-    sim.add_process(reader)
-    sim.run()
+    simulate_with_sdram(dut, dut.pins, model, bench, reader)
     expect = [data[b + i] for b, n in reads for i in range(n)] + [data[300]]
     assert got == expect
     assert model.mode_cl == cyc.cl
@@ -317,12 +323,7 @@ class _LinkBench:
                 self.host_done += hd
                 self.clears += cl
 
-        sim = Simulator(self.m)
-        sim.add_clock(1e-6)
-        attach_model(sim, self.sdram.pins, self.model)
-        sim.add_testbench(bench)
-        sim.add_process(sinks)
-        sim.run()
+        simulate_with_sdram(self.m, self.sdram.pins, self.model, bench, sinks)
         return replies
 
 
@@ -473,12 +474,7 @@ class _CoreSession:
                 if valid:
                     received.append(byte)
 
-        sim = Simulator(self.m)
-        sim.add_clock(1e-6)
-        attach_model(sim, self.core.sdram, self.model)
-        sim.add_testbench(bench)
-        sim.add_process(listen)
-        sim.run()
+        simulate_with_sdram(self.m, self.core.sdram, self.model, bench, listen)
 
 
 async def _poll(x):

@@ -7,7 +7,6 @@ from __future__ import annotations
 import copy
 import csv
 import json
-import math
 import os
 import shutil
 import signal
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import CLI, DSE_NSGA_PARAMETERS, DSE_SPEC, run_cli
+from conftest import CLI, DSE_NSGA_PARAMETERS, DSE_SPEC, assert_same_estimate, run_cli
 
 from hw.config import config_from_dict, load_config
 from tritium import dse
@@ -160,35 +159,9 @@ def test_fast_evaluator_equals_estimate(model, config, prompt, context, variants
         acfg = _variant(base, **v)
         ref = estimate(model, acfg, prompt, context)
         fast = ev.estimate(acfg)
-        for k, x in ref.items():
-            if k == "_steps":
-                continue
-            y = fast[k]
-            if isinstance(x, float):
-                assert math.isclose(x, y, rel_tol=1e-9), (v, k, x, y)
-            elif isinstance(x, dict):
-                assert json.dumps(x, sort_keys=True, default=str) == json.dumps(
-                    y, sort_keys=True, default=str
-                ) or all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(_flat(x), _flat(y), strict=True)), (
-                    v,
-                    k,
-                )
-            else:
-                assert x == y, (v, k, x, y)
-        for rs, fs in zip(ref["_steps"], fast["_steps"], strict=True):
-            assert rs.engine_cycles == fs.engine_cycles and rs.dram_bytes == fs.dram_bytes
-            assert rs.commands == fs.commands and rs.busy_issue == fs.busy_issue
+        assert_same_estimate(ref, fast, v)
         # the screen's memory figure is the compiler's persistent region (one allocation rule)
         assert ev.memory_beats(acfg) == _compiled(model, acfg).lowering.step_base, v
-
-
-def _flat(d):
-    for k in sorted(d):
-        v = d[k]
-        if isinstance(v, dict):
-            yield from _flat(v)
-        else:
-            yield v
 
 
 # ------------------------------------------------------------------------------------- determinism

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DSE_SPEC, REPO
+from conftest import DSE_SPEC, REPO, assert_same_estimate
 
 from hw.config import config_from_dict, load_config
 from tritium import dse
@@ -29,37 +29,6 @@ def _variant(acfg, **sections):
     for sec, fields in sections.items():
         d[sec].update(fields)
     return config_from_dict(d, source="test")
-
-
-def _flat(d):
-    for k in sorted(d):
-        v = d[k]
-        if isinstance(v, dict):
-            yield from _flat(v)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            yield v
-
-
-def _assert_same(ref: dict, fast: dict, what) -> None:
-    """Every figure equal: floats to relative 1e-9, cycles, bytes and command counts exactly."""
-    assert set(ref) == set(fast), what
-    for k, x in ref.items():
-        if k == "_steps":
-            continue
-        y = fast[k]
-        if isinstance(x, float):
-            assert math.isclose(x, y, rel_tol=1e-9), (what, k, x, y)
-        elif isinstance(x, dict):
-            fx, fy = list(_flat(x)), list(_flat(y))
-            assert len(fx) == len(fy), (what, k)
-            assert all(math.isclose(a, b, rel_tol=1e-9) for a, b in zip(fx, fy, strict=True)), (what, k)
-        else:
-            assert x == y, (what, k, x, y)
-    for rs, fs in zip(ref["_steps"], fast["_steps"], strict=True):
-        assert rs.engine_cycles == fs.engine_cycles, what
-        assert rs.compute_cycles == fs.compute_cycles, what
-        assert rs.dram_bytes == fs.dram_bytes and rs.dram_bytes_by == fs.dram_bytes_by, what
-        assert rs.commands == fs.commands and rs.busy_issue == fs.busy_issue, what
 
 
 # ------------------------------------------------------------------------- system choices, exactly
@@ -85,7 +54,7 @@ def test_tiny_system_choices_equal_estimate(context):
         acfg = _variant(base, **v)
         ref, fast = estimate("tiny", acfg, 16, context), ev.estimate(acfg)
         assert fast["lm_head"] == acfg.system.lm_head
-        _assert_same(ref, fast, (context, v))
+        assert_same_estimate(ref, fast, (context, v))
         assert ev.memory_beats(acfg) == _compiled("tiny", acfg).lowering.step_base, v
     assert ev.exact_points == 0, "the fast path should cover every known field"
 
@@ -99,7 +68,7 @@ def test_bitnet07b_system_choices_equal_estimate():
         {"system": {"lm_head": "host_fp32"}, "gemm": {"rows": 4, "cols": 32, "k_tile": 32}},
     ):
         acfg = _variant(base, **v)
-        _assert_same(estimate("bitnet-0.7b", acfg, 32, 1024), ev.estimate(acfg), v)
+        assert_same_estimate(estimate("bitnet-0.7b", acfg, 32, 1024), ev.estimate(acfg), v)
     assert ev.exact_points == 0
 
 
@@ -143,7 +112,7 @@ def test_compiled_field_is_exact_off_its_default(monkeypatch):
     ev.estimate(base)
     assert ev.exact_points == 0
     acfg = _variant(base, gemm={"buffers": 8})
-    _assert_same(estimate("tiny", acfg, 16, 40), ev.estimate(acfg), "compiled field")
+    assert_same_estimate(estimate("tiny", acfg, 16, 40), ev.estimate(acfg), "compiled field")
     assert ev.exact_points == 1
 
 
@@ -153,7 +122,7 @@ def test_overlap_points_are_compiled_and_exact():
     ev = FastEvaluator(build_workload("tiny", 16, 40, base))
     acfg = _variant(base, system={"overlap": True})
     fig = ev.estimate(acfg)
-    _assert_same(estimate("tiny", acfg, 16, 40), fig, "overlap")
+    assert_same_estimate(estimate("tiny", acfg, 16, 40), fig, "overlap")
     assert ev.exact_points == 1 and fig["overlap"] is True
 
 
@@ -168,7 +137,7 @@ def test_unmirrored_field_falls_back_to_compiling(monkeypatch):
     assert ev.exact_points == 0  # at its default: the fast path
     acfg = _variant(base, gemm={"buffers": 4}, system={"lm_head": "acc_int8"})
     assert ev.needs_exact(acfg) == ["gemm.buffers"]
-    _assert_same(estimate("tiny", acfg, 16, 40), ev.estimate(acfg), "fallback")
+    assert_same_estimate(estimate("tiny", acfg, 16, 40), ev.estimate(acfg), "fallback")
     assert ev.exact_points == 1
 
 
@@ -196,7 +165,7 @@ def test_self_check_makes_every_point_exact(monkeypatch, tmp_path):
     assert all(w.exact for w in ws)
     ev = FastEvaluator(ws[1])
     acfg = config_from_dict({**spec.base, "name": "x"}, source="t")
-    _assert_same(estimate("tiny", acfg, 16, 80), ev.estimate(acfg), "self-check fallback")
+    assert_same_estimate(estimate("tiny", acfg, 16, 80), ev.estimate(acfg), "self-check fallback")
     assert ev.exact_points == 1
 
 

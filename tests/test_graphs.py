@@ -7,6 +7,7 @@ import functools
 
 import numpy as np
 import pytest
+from conftest import program_cosim_cycles
 
 pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch  # noqa: E402
@@ -218,17 +219,8 @@ def test_unsupported_op_is_one_line_naming_op_line_and_supported_list(repo):
 def test_top_level_runs_tlmm_and_gemm_linears(repo):
     """One Program with a ternary (TLMM) and a W8A8 (GEMM) linear through the RTL top level: the output bit
     for bit equal to the executor and to the PyTorch int reference, every command's cycles equal."""
-    from sim.cosim import run_program_cosim
-
     m = _module(Mixed)
-    x = torch.randn(3, 16)
-    prog = compile_model(m, _acfg(repo), example_inputs=x).program()
-    rep = run_program_cosim(
-        prog, x, _acfg(repo), reference=int_reference(m, x), build_root=repo / "build" / "cosim", quiet=True
-    )
-    assert rep.rtl_equals_model == [True] and rep.rtl_equals_reference == [True]
-    (r,), (mc,), (kinds,) = rep.rtl_cycles, rep.model_cycles, rep.commands
-    assert {"tlmm", "gemm"} <= set(kinds)
+    rep, r, mc, kinds = program_cosim_cycles(m, torch.randn(3, 16), _acfg(repo))
     bad = [(i, k, a, b) for i, (k, a, b) in enumerate(zip(kinds, r, mc, strict=True)) if a != b]
     assert not bad, f"commands with different cycles (index, kind, RTL, model): {bad[:5]}"
     assert rep.ok

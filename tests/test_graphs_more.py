@@ -9,6 +9,7 @@ import math
 import warnings
 
 import pytest
+from conftest import program_cosim_cycles
 
 pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch  # noqa: E402
@@ -379,16 +380,7 @@ def test_encoder_block_through_the_top_level(repo):
     """A tiny encoder block (bidirectional attention, ternary projections with biases, GELU MLP) through the
     RTL top level: output bit for bit equal to the executor and the int reference, every command's cycles
     equal to sim/top_model.py's."""
-    from sim.cosim import run_program_cosim
-
     torch.manual_seed(7)
     m = _biased(Encoder(d=16, heads=2, hidden=16))
-    x = torch.randn(3, 16)
-    prog = compile_model(m, _acfg(repo), example_inputs=x).program()
-    rep = run_program_cosim(
-        prog, x, _acfg(repo), reference=int_reference(m, x), build_root=repo / "build" / "cosim", quiet=True
-    )
-    assert rep.rtl_equals_model == [True] and rep.rtl_equals_reference == [True]
-    (r,), (mc,), (kinds,) = rep.rtl_cycles, rep.model_cycles, rep.commands
-    assert {"tlmm", "gemm"} <= set(kinds)
+    rep, r, mc, _ = program_cosim_cycles(m, torch.randn(3, 16), _acfg(repo))
     assert r == mc and rep.ok

@@ -6,7 +6,7 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import cli_json, cosim_mismatches, run_cli
+from conftest import cli_json, cosim_mismatches, kv_model_matches_reference, run_cli
 
 from hw.config import ConfigError, KvConfig, config_from_dict, load_config
 from hw.kv_numerics import hyperplane_bits, reciprocal
@@ -109,17 +109,7 @@ def test_selection_stops_at_the_threshold():
 )
 def test_model_matches_reference(kv):
     for case in directed_cases(kv, seed=3) + random_cases(kv, 8, seed=4):
-        run = run_commands(kv, case.commands, case.vec_pattern, case.out_pattern)
-        ref, expect = None, []
-        for c in case.commands:
-            if c[0] == "reset":
-                ref = _table(kv)
-                expect.append(None)
-            elif c[0] == "insert":
-                expect.append(ref.insert(c[1]))
-            else:
-                expect.append(ref.select(c[1]).clusters)
-        assert run.results == expect, case.name
+        run = kv_model_matches_reference(kv, case)
         assert run.cycles == max(x for x in run.command_cycles if x is not None) + 1
 
 

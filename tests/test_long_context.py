@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from conftest import kv_model_matches_reference
 
 from hw.config import load_config
 
@@ -180,21 +181,9 @@ def test_long_trace_replay_model_matches_reference(acfg):
 @pytest.mark.parametrize("name, preset", [("kv-d96", "bitnet-0.7b"), ("kv-d128", "bitnet-2b")])
 def test_kv_configs_match_bitnet_heads_and_the_model_matches_reference(name, preset):
     from models.presets import PRESETS
-    from models.resv import ClusterTable
     from sim.kv_cases import directed_cases, random_cases
-    from sim.kv_model import run_commands
 
     kv = load_config(REPO / "configs" / f"{name}.yaml").kv
     assert kv.dim == PRESETS[preset].head_dim
     for case in directed_cases(kv, seed=1)[:3] + random_cases(kv, 2, seed=2):
-        run = run_commands(kv, case.commands, case.vec_pattern, case.out_pattern)
-        ref, expect = None, []
-        for c in case.commands:
-            if c[0] == "reset":
-                ref = ClusterTable(kv)
-                expect.append(None)
-            elif c[0] == "insert":
-                expect.append(ref.insert(c[1]))
-            else:
-                expect.append(ref.select(c[1]).clusters)
-        assert run.results == expect, case.name
+        kv_model_matches_reference(kv, case)

@@ -39,6 +39,13 @@ def _tensors(W):
     }
 
 
+def _hazard_case():
+    """The default config, the tensors of ``_tensors`` and a TLMM reading x (beat 100) and writing y (beat 200)."""
+    acfg = load_config()
+    W = acfg.memory.bus_bytes
+    return acfg, W, _tensors(W), TlmmCommand(1, 1, 1, act_base=100, wgt_base=300, res_base=200)
+
+
 def test_sync_encoding_round_trip():
     cmds = [SyncCommand(SYNC_TLMM | SYNC_HOST), HostCommand(3), SyncCommand(SYNC_GEMM)]
     words = encode_program(cmds)
@@ -51,11 +58,8 @@ def test_sync_encoding_round_trip():
 
 
 def test_raw_hazard_gets_a_sync():
-    acfg = load_config()
-    W = acfg.memory.bus_bytes
-    t = _tensors(W)
+    acfg, W, t, tl = _hazard_case()
     ops = [HostOp("quant", "quant", ["c"], ["x"]), HostOp("deq", "dequant", ["y"], ["z"])]
-    tl = TlmmCommand(1, 1, 1, act_base=100, wgt_base=300, res_base=200)
     reads, writes = command_ranges(acfg, tl, ops, t)
     assert (100 * W, 100 * W + acfg.tlmm.chunk_k) in reads and writes[0][0] == 200 * W
     # the host writes x, the TLMM reads it (RAW on HOST); the host then reads y the TLMM wrote (RAW on TLMM)
@@ -67,11 +71,8 @@ def test_raw_hazard_gets_a_sync():
 
 
 def test_war_and_waw_hazards_get_a_sync_independent_commands_do_not():
-    acfg = load_config()
-    W = acfg.memory.bus_bytes
-    t = _tensors(W)
+    acfg, _, t, tl = _hazard_case()
     ops = [HostOp("reads_y", "dequant", ["y"], ["z"]), HostOp("writes_y", "dequant", ["z"], ["y"])]
-    tl = TlmmCommand(1, 1, 1, act_base=100, wgt_base=300, res_base=200)
     # WAR: the host op reads y, then the TLMM overwrites it
     assert insert_syncs(acfg, [HostCommand(0), tl], ops, t) == [(1, SYNC_HOST)]
     # WAW: the TLMM writes y, then the host op writes it too

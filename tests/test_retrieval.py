@@ -9,11 +9,11 @@ import math
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, run_cli
+from conftest import assert_one_line_error, run_cli, tiny_resv_config
 
 from compiler.tiling import retrieval_geometry
 from hw import isa
-from hw.config import config_from_dict, load_config
+from hw.config import load_config
 from sim.kv_model import insert_cycles, kvr_cost, query_cycles, run_commands
 
 
@@ -116,16 +116,8 @@ def test_kvr_cost_counts_bytes_and_cycles(repo):
 
 
 # ---------------------------------------------------------------- geometry
-def _tiny_resv(**system):
-    base = load_config("configs/kv260.yaml").to_dict()
-    base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
-    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
-    base["system"].update(system)
-    return config_from_dict(base, "tiny-resv")
-
-
 def test_geometry_checks_name_the_field():
-    acfg = _tiny_resv()
+    acfg = tiny_resv_config()
     geo = retrieval_geometry(acfg, 4, 2, 32, 256)
     assert (geo.group, geo.dim, geo.queries, geo.page, geo.page_tile, geo.cap) == (1, 32, 2, 64, 4, 768)
     with pytest.raises(ValueError, match="kv.dim must be 64"):
@@ -133,7 +125,7 @@ def test_geometry_checks_name_the_field():
     with pytest.raises(ValueError, match=r"kv.max_clusters=8: .* \(keys would be dropped\)"):
         retrieval_geometry(acfg, 4, 2, 32, 1024)
     with pytest.raises(ValueError, match="system.kv_window=100: at most one page"):
-        retrieval_geometry(_tiny_resv(kv_window=100), 4, 2, 32, 256)
+        retrieval_geometry(tiny_resv_config(kv_window=100), 4, 2, 32, 256)
 
 
 def test_plan_counts_tiles(repo):
@@ -160,7 +152,7 @@ def test_plan_counts_tiles(repo):
 def tiny_estimates():
     from tritium.estimate import estimate
 
-    acfg = _tiny_resv()
+    acfg = tiny_resv_config()
     out = {}
     for ctx in (32, 256):
         for att in ("dense", "resv"):
@@ -376,7 +368,7 @@ def test_program_holding_retrieval_commands_is_checked(tiny_estimates, opcode):
     from hw.program import ProgramError
     from tritium.estimate import _compiled
 
-    prog = _compiled("tiny", _tiny_resv(), "acc_int8").program(1, 9)
+    prog = _compiled("tiny", tiny_resv_config(), "acc_int8").program(1, 9)
     prog.validate()
     far = prog.meta["memory_beats"] + 5  # (a meta-compiled Program: its image is not materialized)
 
@@ -400,4 +392,4 @@ def test_dse_refuses_resv():
     from tritium.dse import FastEvaluator
 
     with pytest.raises(ValueError, match="system.attention=resv: the DSE's fast evaluator models dense"):
-        FastEvaluator.estimate(object.__new__(FastEvaluator), _tiny_resv())
+        FastEvaluator.estimate(object.__new__(FastEvaluator), tiny_resv_config())

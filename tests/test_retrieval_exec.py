@@ -5,20 +5,12 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+from conftest import tiny_resv_config
 
 from hw import isa
-from hw.config import config_from_dict, load_config
 from hw.gemm_layout import gemm_shape, pack_a, pack_b, unpack_c
 from sim.gemm_model import list_fetch_beats, list_fetch_cycles, run_gemm_list_on_image, run_gemm_on_image
 from sim.mem_kernel import mem_timing
-
-
-def _tiny_resv(**system):
-    base = load_config("configs/kv260.yaml").to_dict()
-    base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
-    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
-    base["system"].update(system)
-    return config_from_dict(base, "tiny-resv")
 
 
 def _write_list(image, base, tiles):
@@ -33,7 +25,7 @@ def _write_list(image, base, tiles):
 def test_gemm_list_reads_only_the_listed_tiles(mode):
     """A GEMM_LIST equals the dense GEMM over the listed tiles gathered in list order (values), and its
     cycles are the list fetch plus the opcode-2 GEMM with the list's count (the one cycle definition)."""
-    acfg = _tiny_resv()
+    acfg = tiny_resv_config()
     geo = acfg.gemm_geometry
     rng = np.random.default_rng(mode)
     tiles_total, tiles = 7, [0, 5, 2]  # list order is not tile order
@@ -101,7 +93,7 @@ def test_gemm_list_reads_only_the_listed_tiles(mode):
 
 
 def test_gemm_list_refuses_a_bad_list():
-    acfg = _tiny_resv()
+    acfg = tiny_resv_config()
     image = np.zeros((64, acfg.gemm_geometry.bus_bytes), np.uint8)
     cmd = isa.GemmListCommand(1, 4, 1, a_base=8, b_base=10, c_base=30, list_base=0, mode=1)
     with pytest.raises(ValueError, match="holds 0 entries; the command allows 1..4"):
@@ -126,7 +118,7 @@ def test_tiny_model_resv_decode_is_bit_exact(repo, tmp_path):
 
     model = load_checkpoint(repo / "models" / "checkpoints" / "tiny.pt")
     cfg = model.config
-    acfg = _tiny_resv(kv_sinks=2, kv_window=8)
+    acfg = tiny_resv_config(kv_sinks=2, kv_window=8)
     cm = compile_model(model, acfg)
     rg = cm.lowering.rgeo
     prompt, steps = 60, 12  # decode positions 60..71: dense up to 62, retrieval from 63 (context 64), window
@@ -178,10 +170,10 @@ def test_compiler_resv_limits_and_dense_option():
     from compiler import CompileError, compile_model, load_model
 
     model = load_model("tiny", device="meta")
-    cm = compile_model(model, _tiny_resv(kv_sinks=0))
+    cm = compile_model(model, tiny_resv_config(kv_sinks=0))
     with pytest.raises(CompileError, match="inserts 256 keys per stream; a KVR command holds 255"):
         cm.program(256, 0)
     kinds = {type(c).__name__ for c in cm.program(1, 100).commands()}
     assert {"KvrCommand", "GemmListCommand"} <= kinds
-    dense = compile_model(model, _tiny_resv(kv_sinks=0), retrieval=False).program(1, 100)
+    dense = compile_model(model, tiny_resv_config(kv_sinks=0), retrieval=False).program(1, 100)
     assert {type(c).__name__ for c in dense.commands()} == {"TlmmCommand", "GemmCommand", "HostCommand"}

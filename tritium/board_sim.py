@@ -277,11 +277,10 @@ def run_board_sim(
     quiet: bool = False,
 ) -> SimReport:
     """Greedy generation of ``new_tokens`` tokens on the simulated board and with PyTorch int mode."""
-    import torch
-
     from compiler import load_model
     from hw.config import load_config
     from hw.deploy import DEFAULT_CLOCK_MHZ
+    from sim.cosim import torch_int_greedy
     from sim.progress import note, step
     from sim.top_model import program_cycles
     from tritium.board import BoardLink, BoardRunner, compile_for_board, open_port
@@ -292,14 +291,7 @@ def run_board_sim(
     model = load_model(model_spec)
     cm, lm_head = compile_for_board(model, acfg, model_spec, lm_head)
     step("PyTorch reference")
-    torch_logits, seq = [], list(prompt)
-    cache = model.new_cache()
-    with torch.no_grad():
-        for s in range(new_tokens):
-            inp = torch.tensor([seq if s == 0 else seq[-1:]])
-            lg = model(inp, cache, mode="int", lm_head=lm_head)[0, -1].numpy()
-            torch_logits.append(lg)
-            seq.append(int(np.argmax(lg)))
+    torch_logits, seq = torch_int_greedy(model, prompt, new_tokens, lm_head)
     torch_tokens = seq[len(prompt) :]
     step("elaborate")
     verilog = board_verilog(config, divisor, clock_mhz)
