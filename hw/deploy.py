@@ -82,6 +82,11 @@ class BoardCore(wiring.Component):
         cmd_fifo_depth: int = bp.CMD_FIFO_DEPTH,
         timeout_log2: int = bp.TIMEOUT_LOG2,
     ):
+        if acfg.system.overlap:
+            raise ValueError(
+                "system.overlap: the deployable top needs false (the host link takes the memory port while a "
+                "host op is pending, which overlapped engine commands would also use)"
+            )
         self.acfg = acfg
         self.divisor, self.clock_mhz = check_divisor(divisor), clock_mhz
         self.part = part
@@ -150,13 +155,21 @@ class BoardCore(wiring.Component):
             acc.cmd.valid.eq(cmd_fifo.r_rdy),
             acc.cmd.payload.eq(cmd_fifo.r_data),
             cmd_fifo.r_en.eq(acc.cmd.ready),
-            acc.host.ready.eq(link.host_done & acc.host.valid),
             self.busy.eq(acc.busy),
         ]
+        # host ops (hw/top.py, HOST): the top hands the op over at the handshake and waits for host_done; the
+        # op is pending for the PC (POLL: FLAG_HOST and its index) until the PC's HOST_DONE
+        pending, pending_op = Signal(), Signal(16)
+        m.d.comb += [acc.host.ready.eq(~pending), acc.host_done.eq(pending & link.host_done)]
+        with m.If(acc.host.valid & acc.host.ready):
+            m.d.sync += [pending.eq(1), pending_op.eq(acc.host.payload)]
+        with m.Elif(link.host_done):
+            m.d.sync += pending.eq(0)
 
-        # memory: the host link owns the port while the accelerator cannot use it
+        # memory: the host link owns the port while the accelerator cannot use it (a pending host op: with
+        # system.overlap false no engine command runs beside it, which __init__ checks)
         idle = Signal()
-        m.d.comb += idle.eq(((cmd_fifo.level == 0) & ~acc.busy) | acc.host.valid)
+        m.d.comb += idle.eq(((cmd_fifo.level == 0) & ~acc.busy) | pending)
         m.d.comb += arb.host_owns.eq(idle)
         wiring.connect(m, link.mem, arb.host)
         m.d.comb += forward_mem_port(acc, arb.acc)
@@ -167,11 +180,11 @@ class BoardCore(wiring.Component):
         # status counters (docs/board.md, POLL)
         active, words = Signal(32), Signal(32)
         word_taken = acc.cmd.valid & acc.cmd.ready
-        host_ack = acc.host.valid & acc.host.ready
+        host_ack = pending & link.host_done
         with m.If(link.clear):
             m.d.sync += [active.eq(0), words.eq(0), overrun.eq(0), timeout.eq(0)]
         with m.Else():
-            with m.If(word_taken | (acc.busy & ~acc.host.valid) | host_ack):
+            with m.If(word_taken | (acc.busy & ~pending) | host_ack):
                 m.d.sync += active.eq(active + 1)
             with m.If(word_taken):
                 m.d.sync += words.eq(words + 1)
@@ -179,13 +192,13 @@ class BoardCore(wiring.Component):
         m.d.comb += [
             st.flags.eq(
                 acc.busy * bp.FLAG_BUSY
-                | acc.host.valid * bp.FLAG_HOST
+                | pending * bp.FLAG_HOST
                 | idle * bp.FLAG_IDLE
                 | sdram.ready * bp.FLAG_SDRAM_READY
                 | overrun * bp.FLAG_OVERRUN
                 | timeout * bp.FLAG_TIMEOUT
             ),
-            st.host_op.eq(acc.host.payload),
+            st.host_op.eq(pending_op),
             st.cmd_free.eq(self.cmd_fifo_depth - cmd_fifo.level),
             st.active_cycles.eq(active),
             st.cmd_words.eq(words),
