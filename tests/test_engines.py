@@ -115,11 +115,17 @@ def test_board_top_elaborates(tmp_path, name):
         prefix = "engine" if len(parts) == 1 else part.name
         assert f"\\{prefix}_lfsr" in text and f"\\{prefix}_parity" in text
         members = comp.signature.members
-        in_bits = sum(
-            len(Value.cast(getattr(comp, n).payload))
-            for n, m in members.items()
-            if m.is_signature and isinstance(m.signature, stream.Signature) and m.flow == wiring.In
-        )
+        in_bits = 0  # the pool drives every input stream's payload and every other input port
+        for n, m in members.items():
+            obj = getattr(comp, n)
+            if m.is_signature and isinstance(m.signature, stream.Signature):
+                in_bits += len(Value.cast(obj.payload)) if m.flow == wiring.In else 0
+            elif m.is_port:
+                in_bits += len(Value.cast(obj)) if m.flow == wiring.In else 0
+            else:
+                for _, flow, value in m.signature.flatten(obj):
+                    if (flow == wiring.In) != (m.flow == wiring.In):
+                        in_bits += len(Value.cast(value))
         assert f"wire width {in_bits} \\{prefix}_pool" in text, f"pool of {prefix} is not {in_bits} bits"
         outs = [
             n

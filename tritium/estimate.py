@@ -278,8 +278,10 @@ def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str | None = No
     from compiler import compile_model, load_model
 
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
-    # the hardware fingerprint leaves out the system section, whose choices change the Program: key on all of it
-    key = (model_spec, acfg.fingerprint(), dataclasses.replace(acfg.system, lm_head=lm_head))
+    # the Program embeds the whole config and depends on more than the hardware fingerprint (the system
+    # section's choices; the clock and device through the host ops' modeled latency): key on all of it
+    cfg = {**acfg.to_dict(), "system": dataclasses.asdict(dataclasses.replace(acfg.system, lm_head=lm_head))}
+    key = (model_spec, json.dumps(cfg, sort_keys=True, default=str))
     if key not in _COMPILED:  # shapes suffice
         # dense Programs: retrieval is costed on top of them in closed form (tritium/retrieval.py)
         _COMPILED[key] = compile_model(
