@@ -34,6 +34,7 @@ the prefill of the prompt (TTFT) and one decode step at the given context. Costs
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
