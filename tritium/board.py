@@ -40,7 +40,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from hw import board_protocol as bp
-from hw.isa import GemmCommand, TlmmCommand, command_words
+from hw.isa import GemmCommand, HostCommand, TlmmCommand, command_words
 from hw.program import Program
 
 __all__ = [
@@ -267,6 +267,16 @@ def accelerator_writes(prog: Program) -> list[tuple[int, int, tuple[int, int]]]:
     return out
 
 
+def host_command_ends(prog: Program) -> list[tuple[int, int]]:
+    """Per HOST command of ``prog``, in order: (its host-op index, index after its word)."""
+    out, w = [], 0
+    for cmd in prog.commands():
+        w += command_words(cmd.OPCODE)
+        if isinstance(cmd, HostCommand):
+            out.append((cmd.op, w))
+    return out
+
+
 def check_fit(prog: Program, where: str, sdram_bytes: int = BOARD_SDRAM_BYTES, bus_bytes: int | None = None):
     """Raise :class:`FitError` (one line) if ``prog``'s memory does not fit the board's SDRAM or its bus."""
     W = prog.acfg.memory.bus_bytes
@@ -395,6 +405,7 @@ class BoardRunner:
         host = _Host(view, self.shadow)
         words = [int(w) for w in prog.words]
         pending = accelerator_writes(prog)  # outputs not yet marked stale, in command order
+        hosts, hk = host_command_ends(prog), 0  # HOST commands in order; the next one to come
         self.link.clear()
         pos, host_ops, host_s = 0, 0, 0.0
         st = self.link.poll()
@@ -405,7 +416,13 @@ class BoardRunner:
                 pos += n
             st = self.link.poll()
             if st["host"]:
-                self._mark(pending, st["cmd_words"])
+                # the decoder may already hold the words of the command after the host op (it fetches while it
+                # waits), which has not run: only the commands up to this HOST command have finished
+                while hk < len(hosts) and hosts[hk][0] != st["host_op"]:
+                    hk += 1
+                done_words = hosts[hk][1] if hk < len(hosts) else st["cmd_words"]
+                hk += 1
+                self._mark(pending, min(st["cmd_words"], done_words))
                 op = prog.host_ops[st["host_op"]]
                 self._before = self.shadow.reshape(-1, self.W).copy()
                 h0, r0 = time.perf_counter(), self._read_s
@@ -430,8 +447,9 @@ class BoardRunner:
         return StepResult(logits, st["active_cycles"], host_ops, host_s, time.perf_counter() - t0, link)
 
     def _mark(self, pending: list, accepted: int) -> None:
-        """Mark stale the outputs of the accelerator commands the decoder has taken (and so finished: the
-        decoder runs one command at a time and is waiting at a host op or idle when this is called)."""
+        """Mark stale the outputs of the accelerator commands among the first ``accepted`` command words (the
+        caller passes only words of finished commands: those up to the pending HOST command, or all when the
+        board is idle)."""
         while pending and pending[0][1] <= accepted:
             self.stale.append(pending.pop(0)[2])
 

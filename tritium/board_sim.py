@@ -204,6 +204,18 @@ def sdram_timing_args() -> dict[str, float]:
     }
 
 
+def _accelerator_cycles(prog) -> int:
+    """The modeled step (sim/top_model.py, whole-step cycles) without the host ops' modeled latency: the
+    board's active-cycle counter stops while a host op waits for the PC."""
+    from hw.isa import HostCommand
+    from sim.top_model import step_cycles
+
+    host = sum(
+        int(prog.host_ops[c.op].attrs["cycles"]) for c in prog.commands() if isinstance(c, HostCommand)
+    )
+    return int(step_cycles(prog)) - host
+
+
 def sdram_memory(acfg, clock_mhz: float, row_miss: bool = False):
     """``acfg`` with its ``memory`` section set to what the board's SDRAM controller (hw/sdram.py) gives the
     accelerator at ``clock_mhz``, in the cycle model's terms (sim/mem_kernel.py). From the controller's state
@@ -282,7 +294,6 @@ def run_board_sim(
     from hw.deploy import DEFAULT_CLOCK_MHZ
     from sim.cosim import torch_int_greedy
     from sim.progress import note, step
-    from sim.top_model import program_cycles
     from tritium.board import BoardLink, BoardRunner, compile_for_board, open_port
 
     acfg = load_config(config)
@@ -328,8 +339,8 @@ def run_board_sim(
                         "tokens": prog.meta["tokens"],
                         "pos": prog.meta["pos"],
                         "active_cycles": res.active_cycles,
-                        "modeled_row_hit": int(sum(program_cycles(replace_config(prog, hit)))),
-                        "modeled_row_miss": int(sum(program_cycles(replace_config(prog, miss)))),
+                        "modeled_row_hit": _accelerator_cycles(replace_config(prog, hit)),
+                        "modeled_row_miss": _accelerator_cycles(replace_config(prog, miss)),
                         "host_ops": res.host_ops,
                         "host_s": round(res.host_s, 3),
                         "wall_s": round(res.wall_s, 2),
