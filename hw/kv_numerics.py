@@ -19,6 +19,7 @@ __all__ = [
     "hyperplane_bits",
     "hyperplane_matrix",
     "reciprocal",
+    "list_capacity",
 ]
 
 #: Command codes on the engine's ``cmd`` stream.
@@ -27,6 +28,12 @@ OP_RESET, OP_INSERT, OP_QUERY = 0, 1, 2
 KIND_ASSIGN, KIND_SEL, KIND_END, KIND_FULL = 0, 1, 2, 3
 
 _MASK64 = (1 << 64) - 1
+
+
+def list_capacity(kv: KvConfig) -> int:
+    """Entries a retrieval stream's list holds at most (docs/design.md, "KV retrieval in the loop"): tile 0,
+    two window tiles, every cluster."""
+    return 3 + kv.max_clusters
 
 
 def _splitmix64(state: int) -> tuple[int, int]:

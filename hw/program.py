@@ -75,6 +75,7 @@ from hw.isa import (
     TlmmCommand,
     decode_program,
 )
+from hw.kv_numerics import list_capacity
 
 __all__ = [
     "PROGRAM_VERSION",
@@ -475,7 +476,7 @@ class Program:
             beats = self.meta.get("memory_beats", self.image.shape[0])  # also for meta-compiled Programs
             if isinstance(c, KvrCommand):  # the list block and the key/query rows
                 w = acfg.memory.bus_bytes
-                cap = 3 + acfg.kv.max_clusters  # models.retrieval.list_capacity (models may not be imported)
+                cap = list_capacity(acfg.kv)
                 spans = {
                     "vec_base": (c.inserts + c.queries) * -(-acfg.kv.dim // w),
                     "list_base": -(-4 * (4 + cap + c.inserts) // w),

@@ -20,6 +20,7 @@ from __future__ import annotations
 import numpy as np
 
 from hw.config import KvConfig
+from hw.kv_numerics import list_capacity
 from models.resv import ClusterTable
 
 __all__ = [
@@ -33,11 +34,6 @@ __all__ = [
 ]
 
 LIST_HEADER_WORDS = 4
-
-
-def list_capacity(kv: KvConfig) -> int:
-    """Entries a stream's list holds at most: tile 0, two window tiles, every cluster."""
-    return 3 + kv.max_clusters
 
 
 def union_order(selections) -> list[int]:
