@@ -164,7 +164,15 @@ def test_program_saves_loads_and_runs_from_the_cli(repo, tmp_path):
     np.save(tmp_path / "x.npy", x.numpy())
     out = cli_json("run", tmp_path / "p", "--input", tmp_path / "x.npy", "--logits", tmp_path / "y.npy")
     assert out["rows"] == 2 and out["commands"]["gemm"] > 0 and out["commands"]["tlmm"] > 0
-    assert np.array_equal(np.load(tmp_path / "y.npy"), int_reference(m, x).numpy())
+    ref = int_reference(m, x).numpy()
+    assert np.array_equal(np.load(tmp_path / "y.npy"), ref)
+    # a module's output is a tensor, not logits: no next token, its value range instead
+    assert out["output"]["next_token"] is None and out["output"]["argmax"] == []
+    assert (out["output"]["min"], out["output"]["max"]) == (float(ref.min()), float(ref.max()))
+    from conftest import run_cli
+
+    text = run_cli("run", tmp_path / "p", "--input", tmp_path / "x.npy").stdout
+    assert "next token" not in text and f"values in [{ref.min():.6g}, {ref.max():.6g}]" in text
 
 
 class _Sigmoid(nn.Module):

@@ -108,8 +108,10 @@ def run_program(
     out = logits.numpy()
     if logits_out is not None:
         np.save(Path(logits_out), out, allow_pickle=False)
-    argmax = [int(i) for i in out.argmax(axis=-1)] if out.ndim == 2 and out.shape[-1] else []
+    module = "input" in prog.meta  # a general module's output is a tensor, not logits: no next token
+    argmax = [int(i) for i in out.argmax(axis=-1)] if out.ndim == 2 and out.shape[-1] and not module else []
     nxt = argmax[-1] if argmax else None
+    finite = np.isfinite(out)
     vocab = prog.meta["model"].get("vocab")
     total = sum(stats.cycles.values())  # tlmm, gemm (GEMM_LIST included) and, with retrieval, kv
     return {
@@ -128,7 +130,9 @@ def run_program(
             "argmax": argmax,
             "next_token": nxt,
             "next_text": bytes([nxt]).decode("latin-1") if vocab == 256 and nxt is not None else None,
-            "finite": bool(np.isfinite(out).all()),
+            "finite": bool(finite.all()),
+            "min": float(out[finite].min()) if finite.any() else None,
+            "max": float(out[finite].max()) if finite.any() else None,
         },
         "logits_file": str(logits_out) if logits_out is not None else None,
         "load_s": round(t1 - t0, 3),
@@ -164,11 +168,12 @@ def cmd_run(args) -> int:
         f"({fmt_time(rep['engine_us'] * 1e-6)} at the config's clock; host ops not counted)"
     )
     nxt = o["next_token"]
-    text = f" {o['next_text']!r}" if o["next_text"] is not None else ""
-    print(
-        f"  output {o['tensor']} {o['shape']}: next token {nxt}{text}"
-        f"{'' if o['finite'] else '  (non-finite values!)'}"
-    )
+    if nxt is not None:
+        text = f" {o['next_text']!r}" if o["next_text"] is not None else ""
+        what = f"next token {nxt}{text}"
+    else:  # a general module: its output is a tensor (save it with --logits FILE.npy)
+        what = "no finite values" if o["min"] is None else f"values in [{o['min']:.6g}, {o['max']:.6g}]"
+    print(f"  output {o['tensor']} {o['shape']}: {what}{'' if o['finite'] else '  (non-finite values!)'}")
     if rep["logits_file"]:
         print(f"  wrote {rep['logits_file']}")
     return 0
