@@ -14,11 +14,12 @@ Rules, in accelerator cycles (cycle 0 = the command accept; every command starts
 - ``max_burst`` is the engines' rule (they split loads into bursts of at most that many beats); the memory
   accepts any length.
 
-The state is an immutable :class:`MemState` (scalars: after inlining, numba keeps it in registers) plus
-a ring of the requests in flight (an int64 array). A cycle is used in two halves: first the queries
-(``mem_request_ready``, ``mem_read_valid``, ``mem_write_ready``: what the memory offers in cycle t, from the
-state at the start of t), then the commits of the handshakes that happened, in this order: ``mem_deliver``
-(the beat offered), ``mem_request``, ``mem_write``; each returns the new state.
+The state is an immutable :class:`MemState` (scalars and the :class:`MemTiming` it runs with: after
+inlining, numba keeps it in registers) plus a ring of the requests in flight (an int64 array). A cycle is
+used in two halves: first the queries (``mem_request_ready``, ``mem_read_valid``, ``mem_write_ready``: what
+the memory offers in cycle t, from the state at the start of t), then the commits of the handshakes that
+happened, in this order: ``mem_deliver`` (the beat offered), ``mem_request``, ``mem_write``; each returns
+the new state.
 
 numba's cache does not notice edits to this module in the kernels that call it (numba issue #1833): after
 changing it, clear the caches (``make clean`` removes the ``__pycache__`` folders).
@@ -74,9 +75,7 @@ class MemState(NamedTuple):
     read_requests: int  # counters since mem_new
     read_beats: int
     write_beats: int
-    latency: int  # timing (constant)
-    outstanding: int
-    beat_interval: int
+    tm: MemTiming  # timing (constant)
 
 
 # ring slot s = words 4s .. 4s+3: beat address, length, accept cycle, beats delivered
@@ -86,14 +85,14 @@ _ADDR, _LEN, _ACCEPT, _DONE = range(4)
 @njit(cache=True)
 def mem_new(tm: MemTiming) -> tuple[MemState, np.ndarray]:
     """An idle memory with timing ``tm``: (state, ring)."""
-    ms = MemState(0, 0, NEVER, NEVER, 0, 0, 0, tm.latency, tm.outstanding, tm.beat_interval)
+    ms = MemState(0, 0, NEVER, NEVER, 0, 0, 0, tm)
     return ms, np.zeros(4 * tm.outstanding, np.int64)
 
 
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_request_ready(ms: MemState) -> bool:
     """A read request would be accepted in this cycle."""
-    return ms.in_flight < ms.outstanding
+    return ms.in_flight < ms.tm.outstanding
 
 
 @njit(cache=True, boundscheck=False, inline="always")
@@ -101,8 +100,8 @@ def mem_read_valid(ms: MemState, ring: np.ndarray, t: int) -> bool:
     """A read beat is delivered in cycle t."""
     return (
         ms.in_flight > 0
-        and t >= ring[4 * ms.head + _ACCEPT] + ms.latency
-        and t >= ms.last_read + ms.beat_interval
+        and t >= ring[4 * ms.head + _ACCEPT] + ms.tm.latency
+        and t >= ms.last_read + ms.tm.beat_interval
     )
 
 
@@ -121,26 +120,17 @@ def mem_deliver(ms: MemState, ring: np.ndarray, t: int) -> tuple[MemState, int]:
     ring[h + _DONE] += 1
     head, n = ms.head, ms.in_flight
     if ring[h + _DONE] == ring[h + _LEN]:
-        head = (head + 1) % ms.outstanding
+        head = (head + 1) % ms.tm.outstanding
         n -= 1
     return MemState(
-        head,
-        n,
-        t,
-        ms.last_write,
-        ms.read_requests,
-        ms.read_beats + 1,
-        ms.write_beats,
-        ms.latency,
-        ms.outstanding,
-        ms.beat_interval,
+        head, n, t, ms.last_write, ms.read_requests, ms.read_beats + 1, ms.write_beats, ms.tm
     ), addr
 
 
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_request(ms: MemState, ring: np.ndarray, t: int, addr: int, length: int) -> MemState:
     """Commit the read request accepted in cycle t (``mem_request_ready`` was true)."""
-    s = 4 * ((ms.head + ms.in_flight) % ms.outstanding)
+    s = 4 * ((ms.head + ms.in_flight) % ms.tm.outstanding)
     ring[s + _ADDR] = addr
     ring[s + _LEN] = length
     ring[s + _ACCEPT] = t
@@ -153,30 +143,19 @@ def mem_request(ms: MemState, ring: np.ndarray, t: int, addr: int, length: int) 
         ms.read_requests + 1,
         ms.read_beats,
         ms.write_beats,
-        ms.latency,
-        ms.outstanding,
-        ms.beat_interval,
+        ms.tm,
     )
 
 
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_write_ready(ms: MemState, t: int) -> bool:
     """A write beat would be accepted in cycle t."""
-    return t >= ms.last_write + ms.beat_interval
+    return t >= ms.last_write + ms.tm.beat_interval
 
 
 @njit(cache=True, boundscheck=False, inline="always")
 def mem_write(ms: MemState, t: int) -> MemState:
     """Commit the write beat accepted in cycle t (``mem_write_ready`` was true)."""
     return MemState(
-        ms.head,
-        ms.in_flight,
-        ms.last_read,
-        t,
-        ms.read_requests,
-        ms.read_beats,
-        ms.write_beats + 1,
-        ms.latency,
-        ms.outstanding,
-        ms.beat_interval,
+        ms.head, ms.in_flight, ms.last_read, t, ms.read_requests, ms.read_beats, ms.write_beats + 1, ms.tm
     )

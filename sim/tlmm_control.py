@@ -22,8 +22,8 @@ so a datapath can tell what the cycle did from the old and new state (``fills`` 
 was taken, its index the old ``fills``; ``tag_a`` ≥ 0: a lookup issued with the old tok/addr/kc and weight
 beat ``wgt_beats``).
 
-numba's cache does not notice edits to this module in the kernels that call it (numba issue #1833): after
-changing it, clear the caches (``make clean`` removes the ``__pycache__`` folders).
+Like :mod:`sim.mem_kernel` (see there why), this module is inlined into cached kernels: after editing it, run
+``make clean``.
 """
 
 from __future__ import annotations

@@ -127,15 +127,15 @@ class TlmmParams(NamedTuple):
 def tlmm_params(cfg: TlmmConfig, shape: TlmmShape) -> TlmmParams:
     """The stepped kernel's parameters of a matmul of ``shape`` on the engine ``cfg``."""
     return TlmmParams(
-        cfg.group_size,
-        shape.tokens,
-        shape.k_chunks,
-        shape.n_blocks,
-        cfg.columns,
-        tuple(t * cfg.table_entries for t in range(cfg.tables)),
-        cfg.table_entries,
-        cfg.stored_entries,
-        cfg.result_fifo_depth,
+        group_size=cfg.group_size,
+        tokens=shape.tokens,
+        k_chunks=shape.k_chunks,
+        n_blocks=shape.n_blocks,
+        columns=cfg.columns,
+        table_offsets=tuple(t * cfg.table_entries for t in range(cfg.tables)),
+        table_entries=cfg.table_entries,
+        stored_entries=cfg.stored_entries,
+        fifo_depth=cfg.result_fifo_depth,
     )
 
 

@@ -21,6 +21,13 @@ def _write_list(image, base, tiles):
     image.reshape(-1)[base * w : base * w + 4 * words.size] = words.view(np.uint8)
 
 
+def _layout(ap, bp, list_base=3):
+    """Beat addresses of the tile list, A, B and C in the test image (a gap after each)."""
+    a_base = list_base + 2
+    b_base = a_base + ap.shape[0] + 1
+    return {"list_base": list_base, "a_base": a_base, "b_base": b_base, "c_base": b_base + bp.shape[0] + 2}
+
+
 @pytest.mark.parametrize("mode", [1, 2])
 def test_gemm_list_reads_only_the_listed_tiles(mode):
     """A GEMM_LIST equals the dense GEMM over the listed tiles gathered in list order (values), and its
@@ -48,32 +55,20 @@ def test_gemm_list_reads_only_the_listed_tiles(mode):
         s = gemm_shape(geo, 2, tiles_total * TK, N)
         cap_fields = dict(m_tiles=s.m_tiles, n_tiles=s.n_tiles, k_tiles=8)
         out_shape = gemm_shape(geo, 2, len(tiles) * TK, N)
-    list_base = 3
-    a_base = list_base + 2
-    b_base = a_base + ap.shape[0] + 1
-    c_base = b_base + bp.shape[0] + 2
-    image = np.zeros((c_base + 64, W), np.uint8)
-    image[a_base : a_base + ap.shape[0]] = ap
-    image[b_base : b_base + bp.shape[0]] = bp
-    _write_list(image, list_base, tiles)
     b_stride = s.k_tiles * geo.b_beats if mode == 2 else 0
-    cmd = isa.GemmListCommand(
-        **cap_fields,
-        a_base=a_base,
-        b_base=b_base,
-        c_base=c_base,
-        b_stride=b_stride,
-        list_base=list_base,
-        mode=mode,
-    )
+    cmd = isa.GemmListCommand(**cap_fields, **_layout(ap, bp), b_stride=b_stride, mode=mode)
+    image = np.zeros((cmd.c_base + 64, W), np.uint8)
+    image[cmd.a_base : cmd.a_base + ap.shape[0]] = ap
+    image[cmd.b_base : cmd.b_base + bp.shape[0]] = bp
+    _write_list(image, cmd.list_base, tiles)
     assert isa.decode_program(cmd.words()) == [cmd]
     before = image.copy()
     cycles, events, n = run_gemm_list_on_image(acfg, image, cmd)
     assert n == len(tiles)
     nout = out_shape.m_tiles * out_shape.n_tiles * geo.out_beats(False)
-    got = unpack_c(image[c_base : c_base + nout], geo, out_shape, requant=False)
+    got = unpack_c(image[cmd.c_base : cmd.c_base + nout], geo, out_shape, requant=False)
     assert np.array_equal(got, want)
-    assert np.array_equal(image[:c_base], before[:c_base]) and not image[c_base + nout :].any()
+    assert np.array_equal(image[: cmd.c_base], before[: cmd.c_base]) and not image[cmd.c_base + nout :].any()
     # timing: the dense GEMM with the list's count on a packed image of the gathered tiles
     dense = cmd.with_count(n)
     a2 = pack_a(a if mode == 1 else p, geo)

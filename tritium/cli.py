@@ -805,6 +805,7 @@ def build_parser() -> argparse.ArgumentParser:
     from hw.boards import BOARD_SPECS
     from sim.engines import board_engines, cosim_engines
     from tritium import calibrate
+    from tritium.options import add_shared
 
     p = argparse.ArgumentParser(
         prog="tritium",
@@ -814,10 +815,6 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    cfg_help = "accelerator config YAML (default: configs/default.yaml)"
-    model_help = (
-        "preset (bitnet-0.7b, bitnet-2b, tiny: meta tensors), Hugging Face BitNet folder or checkpoint"
-    )
 
     c = sub.add_parser("config", help="validate a config and show every section and its derived parameters")
     c.add_argument("action", choices=["check"])
@@ -832,7 +829,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=[e.name for e in cosim_engines()],
         help="engine to co-simulate (from sim/engines.py): " + _engine_help(cosim_engines()),
     )
-    s.add_argument("--config", default=None, help=cfg_help)
+    add_shared(s, "--config")
     s.add_argument("--seed", type=_non_negative, default=0, help="seed of the random cases (default 0)")
     s.add_argument("--random", type=_non_negative, default=4, help="number of random cases (default 4)")
     workloads = list(dict.fromkeys(w for e in cosim_engines() for w in e.workloads))
@@ -863,7 +860,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--prompt", default="def main(", help="top: prompt text (bytes; default 'def main(')")
     s.add_argument("--lm-head", **_LM_HEAD_ARG)
     s.add_argument("--overlap", **_OVERLAP_ARG)
-    s.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
+    add_shared(s, "--build-dir")
     s.add_argument(
         "--breakdown",
         action="store_true",
@@ -891,7 +888,7 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["gemm", "tlmm"],
         help="gemm: the GEMM fast path; tlmm: the stepped TLMM model with its weight stream at the memory's rate",
     )
-    pf.add_argument("--config", default=None, help=cfg_help)
+    add_shared(pf, "--config")
     pf.add_argument(
         "--shape",
         default=None,
@@ -906,15 +903,10 @@ def build_parser() -> argparse.ArgumentParser:
     pf.add_argument("--json", action="store_true", help="print JSON")
     pf.set_defaults(func=cmd_perf)
 
-    module_help = (
-        "a general torch.nn.Module instead of --model: FACTORY() from the Python file FILE (run as code: "
-        "only files you trust; docs/models.md, 'General graphs'), compiled for --input-shape"
-    )
-    shape_help = "with --module: the example input's shape, ROWS,FEATURES (e.g. 4,64)"
     co = sub.add_parser(
         "compile", help="lower a ternary LM (preset or checkpoint) into a Program + weight image"
     )
-    co.add_argument("--model", default=None, help=model_help)
+    add_shared(co, "--model")
     co.add_argument(
         "model_positional",
         nargs="?",
@@ -922,7 +914,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="MODEL",
         help="deprecated spelling of --model MODEL",
     )
-    co.add_argument("--config", default=None, help=cfg_help)
+    add_shared(co, "--config")
     co.add_argument(
         "-o", "--out", required=True, help="output folder (program.json, program.npz, listing.txt)"
     )
@@ -932,17 +924,13 @@ def build_parser() -> argparse.ArgumentParser:
     co.add_argument(
         "--pos", type=_non_negative, default=None, help="position of the step's first token (default 0)"
     )
-    co.add_argument("--module", default=None, metavar="FILE.py:FACTORY", help=module_help)
-    co.add_argument("--input-shape", default=None, metavar="ROWS,FEATURES", help=shape_help)
+    add_shared(co, "--module", "--input-shape")
     co.add_argument("--lm-head", **_LM_HEAD_ARG)
     co.add_argument("--json", action="store_true", help="print a JSON summary")
     co.set_defaults(func=cmd_compile)
 
     es = sub.add_parser("estimate", help="modeled whole-model TTFT, tokens/s, J/token, bounds and plots")
-    es.add_argument("--model", default=None, help=model_help)
-    es.add_argument("--module", default=None, metavar="FILE.py:FACTORY", help=module_help)
-    es.add_argument("--input-shape", default=None, metavar="ROWS,FEATURES", help=shape_help)
-    es.add_argument("--config", default=None, help=cfg_help)
+    add_shared(es, "--model", "--module", "--input-shape", "--config")
     es.add_argument(
         "--prompt",
         type=_positive,
@@ -1070,8 +1058,7 @@ def build_parser() -> argparse.ArgumentParser:
     __import__("tritium.board").board.register(sub)
 
     be = sub.add_parser("bench", help="model vs Verilator speed on the BitNet-0.7B workload")
-    be.add_argument("--config", default=None, help=cfg_help)
-    be.add_argument("--build-dir", default="build/cosim", help="Verilator build cache (default build/cosim)")
+    add_shared(be, "--config", "--build-dir")
     be.add_argument("--json", action="store_true", help="also print the figures as JSON")
     be.set_defaults(func=cmd_bench)
     return p

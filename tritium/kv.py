@@ -612,12 +612,11 @@ def cmd_kv_report(args) -> int:
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``kv`` (``replay``, ``plot``, ``report``) to the ``tritium`` subparsers; returns the ``kv`` parser."""
     from models.kvpolicy import POLICIES
+    from tritium.options import add_shared, command
 
     # the options every action takes
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument(
-        "--config", default=None, help="accelerator config YAML (default: configs/default.yaml)"
-    )
+    add_shared(common, "--config")
     common.add_argument(
         "--first",
         type=int,
@@ -632,8 +631,10 @@ def register(subparsers) -> argparse.ArgumentParser:
     )
     sub = kv.add_subparsers(dest="kv_command", required=True, metavar="ACTION")
 
-    r = sub.add_parser(
+    r = command(
+        sub,
         "replay",
+        cmd_kv_replay,
         help="one policy over one trace: fraction, recall, early exit, cycles, energy",
         parents=[common],
     )
@@ -656,10 +657,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         "--checkpoint", default=None, help="also the int-mode perplexity with restricted attention"
     )
     r.add_argument("--json", action="store_true", help="print JSON")
-    r.set_defaults(func=cmd_kv_replay)
 
-    p = sub.add_parser(
+    p = command(
+        sub,
         "plot",
+        cmd_kv_plot,
         help="figure of recall vs retrieved fraction for every policy (budget/alpha sweeps)",
         parents=[several],
     )
@@ -670,10 +672,11 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="figure to write: PATH (.png/.pdf/.svg) + PNG + CSV of the points",
     )
     p.add_argument("--out", dest="out_png", default=None, metavar="PNG", help="deprecated spelling of --plot")
-    p.set_defaults(func=cmd_kv_plot)
 
-    rp = sub.add_parser(
+    rp = command(
+        sub,
         "report",
+        cmd_kv_report,
         help="policies at matched budgets: table (report.md), report.json, recall.png",
         parents=[several],
     )
@@ -695,7 +698,6 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="also a row for ReSV plus the last N tokens (default 8; 0: no such row)",
     )
     rp.add_argument("--json", action="store_true", help="print the report as JSON")
-    rp.set_defaults(func=cmd_kv_report)
 
     from tritium.kv_ppl import add_parser as add_ppl
 

@@ -138,8 +138,12 @@ def cmd_kv_ppl(args) -> int:
 
 def add_parser(sub, common) -> None:
     """Add ``ppl`` to the ``tritium kv`` actions (``common``: the --config/--first parent parser)."""
-    p = sub.add_parser(
+    from tritium.options import command
+
+    p = command(
+        sub,
         "ppl",
+        cmd_kv_ppl,
         help="perplexity at long context with restricted attention vs dense, and the KV read share",
         parents=[common],
     )
@@ -188,4 +192,3 @@ def add_parser(sub, common) -> None:
         help="allow --context beyond the checkpoint's max_seq (RoPE extended; untrained positions)",
     )
     p.add_argument("--json", action="store_true", help="print JSON")
-    p.set_defaults(func=cmd_kv_ppl)
