@@ -13,7 +13,7 @@ from hw.config import config_from_dict, load_config
 from hw.isa import TlmmCommand
 from hw.program import tlmm_wgt_beat_bytes
 from hw.top_geometry import TopGeometry
-from sim.top_model import command_cycles, tlmm_run_cycles
+from sim.top_model import tlmm_run_cycles
 
 
 def _with_memory(acfg, **fields):
@@ -132,5 +132,15 @@ def test_deep_fifo_long_latency_cycle_exact(repo):
     deep = _with_memory(slow, read_fifo_beats=128)
     rep = top_one_layer(deep, b"x = 1", 1)
     assert "tlmm" in {k for step in rep.commands for k in step}
-    cmd = TlmmCommand(tokens=1, k_chunks=6, n_blocks=32, act_base=3, wgt_base=1000, res_base=5000)
-    assert command_cycles(deep, cmd) < command_cycles(slow, cmd)
+    # the same Program's TLMM commands on the default 32-beat FIFO take longer (model): the run used the depth
+    from compiler import compile_model, load_model
+    from sim.cosim import truncated_model
+    from sim.top_model import program_cycles, run_cycles
+
+    model = truncated_model(load_model(str(repo / "models" / "checkpoints" / "tiny.pt")), 1)
+    prog = compile_model(model, deep).program(len(b"x = 1"), 0, logits="last")
+    idx = [i for i, c in enumerate(prog.commands()) if isinstance(c, TlmmCommand)]
+    tlmm = [prog.commands()[i] for i in idx]
+    rtl = [r for k, r in zip(rep.commands[0], rep.rtl_cycles[0], strict=True) if k == "tlmm"]
+    assert rtl == [program_cycles(prog)[i] for i in idx]  # the co-simulated Program
+    assert sum(run_cycles(deep, c) for c in tlmm) < sum(run_cycles(slow, c) for c in tlmm)
