@@ -289,6 +289,20 @@ class MemoryConfig:
     outstanding: Annotated[int, _int(1, 64, "read requests in flight at most")] = 4
     beat_interval: Annotated[int, _int(1, 64, "cycles between beats (>1 models a slower memory)")] = 1
     addr_bits: Annotated[int, _int(8, 32, "beat-address width, bits")] = 24
+    read_fifo_beats: Annotated[
+        int,
+        _int(
+            0,
+            4096,
+            "the top level's DMA read FIFO, in beats = the most beats requested ahead of use (0: "
+            "max(8, 2·max_burst)); the stream keeps the port busy when it covers the latency plus a burst",
+        ),
+    ] = 0
+
+    @property
+    def read_fifo_depth(self) -> int:
+        """Beats of the top level's DMA read FIFO: ``read_fifo_beats``, or max(8, 2·max_burst) when 0."""
+        return self.read_fifo_beats or max(8, 2 * self.max_burst)
 
     @property
     def bytes_per_cycle(self) -> float:
@@ -559,6 +573,20 @@ def _check_kv(kv: KvConfig) -> KvConfig:
     return kv
 
 
+def _check_memory(mem: MemoryConfig) -> MemoryConfig:
+    """read_fifo_beats, when not 0, is a power of two (a block-RAM-shaped FIFO) and at least max_burst (the
+    DMA requests a burst only when the whole burst fits in the FIFO)."""
+    f = mem.read_fifo_beats
+    if f and f & (f - 1):
+        raise _fail("memory.read_fifo_beats", f"{f} must be a power of two (or 0: max(8, 2·max_burst))")
+    if f and f < mem.max_burst:
+        raise _fail(
+            "memory.read_fifo_beats",
+            f"{f} must be at least memory.max_burst ({mem.max_burst}): a burst is requested only when it fits",
+        )
+    return mem
+
+
 def _check_gemm_bus(acfg: "AcceleratorConfig") -> "AcceleratorConfig":
     """gemm.rows and gemm.cols divide memory.bus_bytes (a beat holds whole k-rows of a tile); an operand
     tile (k_tile × rows or cols int8) and an int8 output tile (rows × cols) are at least one beat."""
@@ -656,7 +684,9 @@ class AcceleratorConfig:
     tlmm: Annotated[TlmmConfig, AfterValidator(_check_tlmm)] = dataclasses.field(default_factory=TlmmConfig)
     gemm: GemmConfig = dataclasses.field(default_factory=GemmConfig)
     kv: Annotated[KvConfig, AfterValidator(_check_kv)] = dataclasses.field(default_factory=KvConfig)
-    memory: MemoryConfig = dataclasses.field(default_factory=MemoryConfig)
+    memory: Annotated[MemoryConfig, AfterValidator(_check_memory)] = dataclasses.field(
+        default_factory=MemoryConfig
+    )
     device: DeviceConfig = dataclasses.field(default_factory=DeviceConfig)
     system: SystemConfig = dataclasses.field(default_factory=SystemConfig)
     source: str = "<defaults>"
@@ -685,6 +715,8 @@ class AcceleratorConfig:
         import json
 
         hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz", "device", "system")}
+        if not self.memory.read_fifo_beats:  # the default rule: fingerprints stay as they were
+            del hw["memory"]["read_fifo_beats"]
         if (
             self.system.overlap
         ):  # the decoder is built for it (absent when false: fingerprints stay as they were)
@@ -704,7 +736,7 @@ SECTIONS: dict[str, type] = {
 """YAML section name -> dataclass, in the order of the reference."""
 _REQUIRED = ("tlmm",)  # sections a config file must have (the others default)
 _NOT_YAML = ("source",)  # AcceleratorConfig fields that are not read from YAML
-_CHECKS: dict[str, Any] = {"tlmm": _check_tlmm, "kv": _check_kv, "": _check_gemm_bus}
+_CHECKS: dict[str, Any] = {"tlmm": _check_tlmm, "kv": _check_kv, "memory": _check_memory, "": _check_gemm_bus}
 
 
 @cache

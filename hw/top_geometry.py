@@ -35,7 +35,7 @@ class TopGeometry:
         self.EA = t.chunk_k  # activation beat: G·T int8 in memory
         self.EW = tlmm_wgt_beat_bytes(t)  # packed weight beat
         self.ER = t.columns * t.acc_bits // 8  # result beat: Q little-endian int32
-        self.fifo = max(8, 2 * mem.max_burst)  # read FIFO depth = beats requested ahead at most
+        self.fifo = mem.read_fifo_depth  # read FIFO depth = beats requested ahead at most
         self.cap = self.W + max(self.W, self.EA, self.EW)  # gearbox bytes
         self.align = math.gcd(self.W, self.EA, self.EW)  # a power of two (W is)
         self.res_cap = self.W + self.ER  # result packer bytes

@@ -87,6 +87,7 @@ def test_top_overhead_is_added_to_the_engines(repo):
     # the calibration run's design: kv260 without the weight buffer (tests/test_wbuf.py counts the buffer)
     d = load_config(repo / "configs" / "kv260.yaml").to_dict()
     d["tlmm"]["weight_buffer_beats"] = 0
+    d["memory"]["read_fifo_beats"] = 0  # and its default-rule read FIFO (tests/test_read_fifo.py counts more)
     acfg = config_from_dict(d, "<kv260 without a weight buffer>")
     m = load_model()
     both, top = m.predict(acfg, "xcup", "all"), m.predict(acfg, "xcup", "top")

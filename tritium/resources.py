@@ -266,7 +266,7 @@ class ResourceModel:
 # bytes) — and the memory-port multiplexers. Its LUTs and FFs scale with the shifter and register bits
 # below (:func:`_top_bits`); one coefficient per resource and family, CALIBRATED from a synthesis run of
 # ``--engine top`` minus the two engines of the same config (``TOP_CALIBRATION``). Block RAM: none (the
-# read FIFO maps to distributed RAM in both runs).
+# read FIFO maps to distributed RAM in both runs; a deeper one is counted: :func:`read_fifo_resources`).
 
 
 def _top_bits(acfg) -> dict[str, float]:
@@ -338,10 +338,48 @@ def weight_buffer_resources(acfg, family: str) -> dict[str, float]:
     return out
 
 
+def _fifo_luts(depth: int, width: int, family: str) -> float:
+    """LUTs of a ``depth`` × ``width`` amaranth SyncFIFO on ``family``: its read port is asynchronous (first
+    word fall-through), so it maps to distributed RAM, never to block RAM. xcup: RAM32M16 (8 LUTs, 32 × 14)
+    up to 32 deep, else banks of RAM64M8 (8 LUTs, 64 × 7) and a read multiplexer of ceil(banks / 4) LUT6 a
+    bit; ecp5: TRELLIS_DPR16X4 (16 × 4, 6 LUT4 as hw.fpga counts them) and a banks:1 read multiplexer of
+    max(1, banks − 2) LUT4 a bit; the pointers and level ~20 LUTs. 0 for other families (no run).
+    SOURCE: Yosys 0.70 on the SyncFIFO alone (2026-12-01): ``synth_xilinx -family xcup -flatten -uram
+    -widemux 5``, 512 bits × 32 / 64 / 128 / 256: 316 / 615 / 1,723 / 2,910 LUT, no block RAM (counted
+    316 / 612 / 1,716 / 2,900); ``synth_ecp5``, 256 bits × 32 / 128: 1,087 / 4,682 LUT4 (counted 1,044 /
+    4,628)."""
+    if family == "xcup":
+        if depth <= 32:
+            return 8.0 * math.ceil(width / 14) + 20
+        banks = math.ceil(depth / 64)
+        return 8.0 * banks * math.ceil(width / 7) + (width * math.ceil(banks / 4) if banks > 1 else 0) + 20
+    if family == "ecp5":
+        banks = math.ceil(depth / 16)
+        return 6.0 * banks * math.ceil(width / 4) + (width * max(1, banks - 2) if banks > 1 else 0) + 20
+    return 0.0
+
+
+def read_fifo_resources(acfg, family: str) -> dict[str, float]:
+    """The TLMM DMA's read FIFO beyond the default depth (``memory.read_fifo_beats`` set above
+    max(8, 2·max_burst); nothing otherwise), counted (:func:`_fifo_luts`), not fitted: both
+    :data:`TOP_CALIBRATION` runs had the default-rule FIFO (32 beats), whose LUTs are inside their scale, so
+    the model adds the difference between the configured FIFO and the default one of the same width."""
+    from hw.top_geometry import TopGeometry
+
+    out = {r: 0.0 for r in RESOURCES}
+    mem = acfg.memory
+    rule = max(8, 2 * mem.max_burst)
+    depth, width = TopGeometry(acfg).fifo, 8 * mem.bus_bytes
+    if depth != rule:
+        out["lut"] = _fifo_luts(depth, width, family) - _fifo_luts(rule, width, family)
+        out["ff"] = 2.0 * (math.ceil(math.log2(depth + 1)) - math.ceil(math.log2(rule + 1)))  # pointers
+    return out
+
+
 def top_overhead(acfg, family: str) -> dict[str, float]:
     """Modeled resources of the top level beyond the two engines (decoder + DMA) on ``family``
     (:data:`TOP_CALIBRATION`; zeros for a family without a top-level run), with the weight buffer
-    (:func:`weight_buffer_resources`)."""
+    (:func:`weight_buffer_resources`) and a read FIFO deeper than the default (:func:`read_fifo_resources`)."""
     cal = TOP_CALIBRATION.get(family)
     out = {r: 0.0 for r in RESOURCES}
     if cal is None:
@@ -350,8 +388,9 @@ def top_overhead(acfg, family: str) -> dict[str, float]:
     out["lut"] = cal["lut_per_mux_bit"] * b["mux"]
     out["ff"] = cal["ff_per_reg_bit"] * b["regs"]
     out["dsp"] = float(cal["dsp"])
-    for r, v in weight_buffer_resources(acfg, family).items():
-        out[r] += v
+    for part in (weight_buffer_resources(acfg, family), read_fifo_resources(acfg, family)):
+        for r, v in part.items():
+            out[r] += v
     return out
 
 
