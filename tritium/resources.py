@@ -363,7 +363,8 @@ def read_fifo_resources(acfg, family: str) -> dict[str, float]:
     """The TLMM DMA's read FIFO beyond the default depth (``memory.read_fifo_beats`` set above
     max(8, 2·max_burst); nothing otherwise), counted (:func:`_fifo_luts`), not fitted: both
     :data:`TOP_CALIBRATION` runs had the default-rule FIFO (32 beats), whose LUTs are inside their scale, so
-    the model adds the difference between the configured FIFO and the default one of the same width."""
+    the model adds the difference between the configured FIFO and the default one of the same width
+    (kv260 at 128 beats: +1,400 LUT counted; the whole top measured +1,338, 109,868 → 111,206)."""
     from hw.top_geometry import TopGeometry
 
     out = {r: 0.0 for r in RESOURCES}
