@@ -119,6 +119,9 @@ COST_FIELDS = (
     "memory.max_burst",
     "memory.outstanding",
     "memory.beat_interval",
+    # the top level's DMA read FIFO: a TLMM command's cost is the top level's cycle model of its DMA
+    # (sim/top_model.py, = RTL), which the FIFO depth changes
+    "memory.read_fifo_beats",
     "device.name",
     "device.family",
     "device.host_gflops",
@@ -148,10 +151,6 @@ UNUSED_FIELDS = (
     "system.kv_min_context",
     "system.kv_tables",
     "system.kv_selected_share",
-    # the top level's DMA read FIFO: the cycle model (sim/top_model.py) and the RTL follow it; the estimate's
-    # TLMM cost already assumes a stream that keeps the port busy (latency + bytes / bandwidth), which a FIFO
-    # covering the latency gives (docs/design.md, "Top level")
-    "memory.read_fifo_beats",
 )
 #: Config fields the fast evaluator knows it does not mirror (e.g. a choice that makes the step time
 #: other than the sum of its commands' times): a point that sets one to anything but its schema default is

@@ -3,12 +3,17 @@
 A model is compiled (compiler.compile_model) and the Programs of two steps are costed command by command:
 the prefill of the prompt (TTFT) and one decode step at the given context. Costs:
 
-- **TLMM** command: compute cycles from the closed form (``sim.tlmm_model.tlmm_cycles``; equal to the
-  stepped model, tested), bounded below by streaming its bytes (packed weights + activations + results;
-  a ``wbuf`` reuse command reads its weights from the top level's weight buffer, not from DRAM) through
-  the memory: ``max(compute, latency + ceil(bytes / min(port, shared DRAM)))`` with port =
-  ``bus_bytes / beat_interval`` and shared DRAM = ``device.dram_gbs`` per cycle. The memory bound is a
-  roofline bound, not a cycle-exact model (the TLMM co-simulation feeds streams directly).
+- **TLMM** command: the top level's cycle model of the command (``sim.top_model.tlmm_run_cycles``: the DMA's
+  read sequencer, read FIFO of ``memory.read_fifo_depth`` beats, gearbox and result packer stepped over the
+  memory model with the engine's control; co-simulated cycle for cycle against the RTL), bounded below by
+  its bytes (packed weights + activations + results; a ``wbuf`` reuse command reads its weights from the
+  top level's weight buffer, not from DRAM) through the shared DRAM: ``max(run cycles, ceil(bytes / shared
+  DRAM))`` with shared DRAM = ``device.dram_gbs`` per cycle. The run cycles depend on the command's shape
+  only (tokens, k_chunks, n_blocks, weight-buffer reuse; its bases are beat addresses, so every run starts
+  bus-aligned) and the config's tlmm and memory sections: they are computed once per shape
+  (:func:`tlmm_command_cycles`). The compute part of the time is the engine's closed form
+  (``sim.tlmm_model.tlmm_cycles``, streams fed directly; equal to the stepped model, tested); the rest is
+  memory (the DMA's latency, port and FIFO stalls, or the shared DRAM).
 - **GEMM** command: ``sim.gemm_model.gemm_fast`` — exact cycles including its own memory traffic under the
   memory model (tested equal to the stepped model, which is co-simulated against the RTL), bounded below by
   its bytes through the shared DRAM: ``max(cycles, ceil(bytes / shared DRAM))``.
@@ -47,6 +52,7 @@ from hw.ternary import TlmmShape
 from sim.energy import load_energy
 from sim.gemm_model import gemm_fast
 from sim.tlmm_model import tlmm_cycles, tlmm_events_closed_form
+from sim.top_model import schedule, tlmm_run_cycles
 
 __all__ = [
     "HOST_COST",
@@ -55,6 +61,7 @@ __all__ = [
     "load_energy",
     "StepCost",
     "cost_program",
+    "tlmm_command_cycles",
     "estimate",
     "summarize",
     "assumptions",
@@ -72,8 +79,10 @@ MODEL_RULES = (
     "the top level's event schedule (sim/top_model.py: in-order issue, a command dispatched when its engine "
     "is free, TLMM and GEMM one at a time on the shared port, host ops beside them, SYNCs from the data "
     "dependencies) gives the step time, never below all its bytes / dram_gbs",
-    "host and accelerator share device.dram_gbs; per command time = max(own time, bytes / min(agent port, "
-    "dram_gbs)); without overlap the step time is >= all its bytes / dram_gbs",
+    "a TLMM command's time is the top level's cycle model of its DMA and engine (sim/top_model.py, = RTL), a "
+    "GEMM's the engine's cycle model with its memory traffic; host and accelerator share device.dram_gbs: per "
+    "command time = max(own time, bytes / dram_gbs), a host op's max(flops / host_gflops, bytes / "
+    "min(host_gbs, dram_gbs)); without overlap the step time is >= all its bytes / dram_gbs",
     "every byte a host op reads or writes is a DRAM byte (no cache model)",
     "energy = events x energy table + pj.dram_byte x all DRAM bytes + host_w x host time + static_w x time, "
     "at device.power_boundary",
@@ -140,6 +149,24 @@ def _host_cost(prog: Program, op) -> tuple[float, float]:
     return host_cost(prog.tensors, op)
 
 
+_TLMM_RUN: dict = {}  # (tlmm section, memory section, tokens, k_chunks, n_blocks, reuse) → run cycles
+
+
+def tlmm_command_cycles(acfg: AcceleratorConfig, cmd: TlmmCommand) -> int:
+    """``sim.top_model.tlmm_run_cycles(acfg, cmd)`` (dispatch → done on the top level), cached per command
+    shape: the DMA kernel reads the config's tlmm and memory sections and the command's tokens, k_chunks,
+    n_blocks and whether its weights come from the weight buffer (wbuf 2; 0 and 1 time alike); its bases
+    are beat addresses, so every run starts bus-aligned and the addresses never change the count (tested:
+    tests/test_estimate_cycles.py)."""
+    key = (acfg.tlmm, acfg.memory, cmd.tokens, cmd.k_chunks, cmd.n_blocks, cmd.wbuf == WBUF_REUSE)
+    r = _TLMM_RUN.get(key)
+    if r is None:
+        if len(_TLMM_RUN) > 100_000:  # a long DSE sweep: keep the memory bounded
+            _TLMM_RUN.clear()
+        r = _TLMM_RUN[key] = tlmm_run_cycles(acfg, cmd)
+    return r
+
+
 def cost_program(
     prog: Program,
     acfg: AcceleratorConfig,
@@ -147,16 +174,18 @@ def cost_program(
     memory_bound: bool = True,
     records: list | None = None,
 ) -> StepCost:
-    """Cost every command of ``prog`` (see the module doc). ``memory_bound=False`` drops the TLMM memory
-    bound, leaving exactly the cycle models' counts (what executing the Program on the stepped models gives).
+    """Cost every command of ``prog`` (see the module doc). ``memory_bound=False`` leaves out the memory: a
+    TLMM command costs its engine's compute cycles (streams fed directly: the closed form) instead of the top
+    level's DMA cycle model, a GEMM its engine's cycles without the shared-DRAM bound — exactly the cycle
+    models' counts when the Program is executed on the stepped engine models (sim.runtime).
     ``records``: a list that receives one dict per command (``engine``, ``cycles`` — engine cycles, 0 for a
-    HOST op —, ``time_s``, ``dram_bytes``, ``energy_j`` without static power, ``bound``: compute, DRAM or
-    host); the records add up to the returned totals (:func:`breakdown`)."""
+    HOST op —, ``time_s``, ``dram_bytes``, ``energy_j`` without static power, ``time_by``: its time by what
+    bounds it, compute, DRAM or host; a TLMM command's split into its compute cycles and the rest); the
+    records add up to the returned totals (:func:`breakdown`)."""
     energy = energy or load_energy(acfg.device.family)
     pj = energy["pj"]
     t, mem, dev = acfg.tlmm, acfg.memory, acfg.device
     f = acfg.clock_mhz * 1e6
-    bw = mem.bus_bytes / mem.beat_interval  # the accelerator's port, bytes per cycle
     dram = dev.dram_gbs * 1e9 / f  # the shared DRAM, bytes per accelerator cycle
     host_bps = min(dev.host_gbs, dev.dram_gbs) * 1e9  # the host's port, capped by the shared DRAM
     wb = tlmm_wgt_beat_bytes(t)
@@ -176,13 +205,17 @@ def cost_program(
             comp = tlmm_cycles(t, shape)
             wbytes = kc * nb * wb  # the weight run: from DRAM, or from the weight buffer (wbuf 2)
             nbytes = (0 if cmd.wbuf == WBUF_REUSE else wbytes) + kc * m * t.chunk_k + nb * m * t.columns * 4
-            memc = mem.latency + math.ceil(nbytes / min(bw, dram)) if memory_bound else 0
-            cyc = max(comp, memc)
+            if memory_bound:
+                cyc = max(tlmm_command_cycles(acfg, cmd), math.ceil(nbytes / dram))
+            else:
+                cyc = comp
             ev = tlmm_events_closed_form(t, shape)
             c.engine_cycles["tlmm"] += cyc
             c.compute_cycles["tlmm"] += comp
             c.busy_issue["tlmm"] += kc * nb * m
-            c.time_by["tlmm memory" if memc > comp else "tlmm compute"] += cyc / f
+            busy = min(comp, cyc)  # the engine's own cycles; the rest waits on memory
+            c.time_by["tlmm compute"] += busy / f
+            c.time_by["tlmm memory"] += (cyc - busy) / f
             c.dram_bytes += nbytes
             c.dram_bytes_by["accelerator"] += nbytes
             e_eng = 1e-12 * (
@@ -197,8 +230,9 @@ def cost_program(
             c.roofline.append(("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f))
             c.seconds += cyc / f
             if records is not None:
-                bound = "DRAM" if memc > comp else "compute"
-                records.append(_record("tlmm", cyc, cyc / f, nbytes, e_eng + e_dram, bound))
+                rec = _record("tlmm", cyc, cyc / f, nbytes, e_eng + e_dram, "compute")
+                rec["time_by"] = {"compute": busy / f, "DRAM": (cyc - busy) / f}
+                records.append(rec)
         elif isinstance(cmd, GemmCommand):
             key = (cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.requant)
             if key not in gemm_timing:
@@ -246,8 +280,6 @@ def cost_program(
     if acfg.system.overlap:
         # the top level's event schedule (sim/top_model.py, without fetch cycles): host ops beside engine work;
         # every byte still goes through the one shared DRAM
-        from sim.top_model import schedule
-
         span = schedule(cmds, durations, overlap=True, fetch=False).length
         step = max(span, c.dram_bytes / (dev.dram_gbs * 1e9))
         c.overlap_saved_s = c.seconds - step
