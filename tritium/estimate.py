@@ -12,8 +12,9 @@ the prefill of the prompt (TTFT) and one decode step at the given context. Costs
   only (tokens, k_chunks, n_blocks, weight-buffer reuse; its bases are beat addresses, so every run starts
   bus-aligned) and the config's tlmm and memory sections: they are computed once per shape
   (:func:`tlmm_command_cycles`). The compute part of the time is the engine's closed form
-  (``sim.tlmm_model.tlmm_cycles``, streams fed directly; equal to the stepped model, tested); the rest is
-  memory (the DMA's latency, port and FIFO stalls, or the shared DRAM).
+  (``sim.tlmm_model.tlmm_cycles``, streams fed directly; equal to the stepped model, tested): a command
+  whose cycles beyond it (the DMA's latency, port and FIFO stalls, or the shared DRAM) exceed it is
+  memory-bound (``time_by["tlmm memory"]``; the rule a GEMM record's bound follows), otherwise compute-bound.
 - **GEMM** command: ``sim.gemm_model.gemm_fast`` — exact cycles including its own memory traffic under the
   memory model (tested equal to the stepped model, which is co-simulated against the RTL), bounded below by
   its bytes through the shared DRAM: ``max(cycles, ceil(bytes / shared DRAM))``.
@@ -179,9 +180,8 @@ def cost_program(
     level's DMA cycle model, a GEMM its engine's cycles without the shared-DRAM bound — exactly the cycle
     models' counts when the Program is executed on the stepped engine models (sim.runtime).
     ``records``: a list that receives one dict per command (``engine``, ``cycles`` — engine cycles, 0 for a
-    HOST op —, ``time_s``, ``dram_bytes``, ``energy_j`` without static power, ``time_by``: its time by what
-    bounds it, compute, DRAM or host; a TLMM command's split into its compute cycles and the rest); the
-    records add up to the returned totals (:func:`breakdown`)."""
+    HOST op —, ``time_s``, ``dram_bytes``, ``energy_j`` without static power, ``time_by``: its time under
+    what bounds it, compute, DRAM or host); the records add up to the returned totals (:func:`breakdown`)."""
     energy = energy or load_energy(acfg.device.family)
     pj = energy["pj"]
     t, mem, dev = acfg.tlmm, acfg.memory, acfg.device
@@ -213,9 +213,10 @@ def cost_program(
             c.engine_cycles["tlmm"] += cyc
             c.compute_cycles["tlmm"] += comp
             c.busy_issue["tlmm"] += kc * nb * m
-            busy = min(comp, cyc)  # the engine's own cycles; the rest waits on memory
-            c.time_by["tlmm compute"] += busy / f
-            c.time_by["tlmm memory"] += (cyc - busy) / f
+            # memory-bound (as a GEMM's record): the command waits on memory (its cycles beyond the engine's
+            # compute closed form) longer than it computes
+            mem_bound = cyc - comp > comp
+            c.time_by["tlmm memory" if mem_bound else "tlmm compute"] += cyc / f
             c.dram_bytes += nbytes
             c.dram_bytes_by["accelerator"] += nbytes
             e_eng = 1e-12 * (
@@ -230,9 +231,8 @@ def cost_program(
             c.roofline.append(("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f))
             c.seconds += cyc / f
             if records is not None:
-                rec = _record("tlmm", cyc, cyc / f, nbytes, e_eng + e_dram, "compute")
-                rec["time_by"] = {"compute": busy / f, "DRAM": (cyc - busy) / f}
-                records.append(rec)
+                bound = "DRAM" if mem_bound else "compute"
+                records.append(_record("tlmm", cyc, cyc / f, nbytes, e_eng + e_dram, bound))
         elif isinstance(cmd, GemmCommand):
             key = (cmd.m_tiles, cmd.n_tiles, cmd.k_tiles, cmd.requant)
             if key not in gemm_timing:
