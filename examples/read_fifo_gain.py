@@ -1,8 +1,9 @@
 """Modeled step times of a model's prefill and decode Programs on a config, against the DMA read FIFO depth
 (``memory.read_fifo_beats``): the cycle model of the top level (sim/top_model.py, the RTL's cycle definition:
 the DMA's read-ahead, gearbox and engines stepped cycle by cycle, host ops at their modeled latency, no
-overlap unless the config sets it) next to ``tritium estimate``'s roofline TLMM cost (latency + bytes / port),
-which does not depend on the FIFO. Every figure is MODELED.
+overlap unless the config sets it) next to ``tritium estimate``'s figure at the config's own depth (its TLMM
+cost is the same cycle model, bounded by the shared DRAM; its host ops and GEMMs are costed in seconds).
+Every figure is MODELED.
 
 Run from the repository root::
 
@@ -67,7 +68,7 @@ def main() -> None:
         base = config_from_dict(d, args.config)
     f_hz = base.clock_mhz * 1e6
     steps = [("prefill", args.prompt, 0)] + [(f"decode@{c}", 1, c - 1) for c in args.context]
-    cm = _compiled(args.model, base)  # the Programs do not depend on the FIFO depth (a DSE UNUSED field)
+    cm = _compiled(args.model, base)  # the Programs do not depend on the FIFO depth (a cost field)
     progs = {label: cm.program(tokens, pos, logits="last") for label, tokens, pos in steps}
     print(
         f"{args.model} on {args.config} ({base.clock_mhz:g} MHz, memory latency {base.memory.latency}, "

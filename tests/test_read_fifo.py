@@ -59,8 +59,9 @@ def test_decode_stream_latency_bound_then_bandwidth_bound(repo):
 
 
 def test_deep_fifo_reaches_the_estimate_bound(repo):
-    """tritium.estimate charges a streaming TLMM latency + bytes / port rate; the stepped model reaches it
-    (within 2 %) only with a FIFO that covers the latency."""
+    """The roofline of a streaming TLMM (latency + bytes / port rate, what tritium.estimate charged before it
+    took this model's counts): the stepped model reaches it (within 2 %) only with a FIFO that covers the
+    latency."""
     base = load_config(repo / "configs" / "kv260.yaml")
     t = base.tlmm
     for k, n in ((1536, 4096), (4096, 1536)):
