@@ -597,7 +597,7 @@ def _known_usage(engine: FpgaEngine, acfg: AcceleratorConfig) -> tuple[dict[str,
     return engine.known_usage(acfg) if engine.known_usage is not None else ({}, "")
 
 
-_FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
+_FMAX_RE = re.compile(r"Max frequency for clock\s+'([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
 def _timing(
@@ -622,10 +622,14 @@ def _timing(
         def distance(item):
             return abs(item[1].get("constraint", 0) - target_mhz)
 
-        clock, entry = (prefer, clocks[prefer]) if prefer in clocks else min(clocks.items(), key=distance)
+        # nextpnr names a clock routed on a global network "$glbnet$<net>"
+        named = [k for k in clocks if prefer is not None and k in (prefer, f"$glbnet${prefer}")]
+        clock, entry = (named[0], clocks[named[0]]) if named else min(clocks.items(), key=distance)
         fmax = float(entry["achieved"])
     else:
         found = _FMAX_RE.findall(pnr_log.read_text(errors="replace"))
+        if prefer is not None:
+            found = [f for f in found if f[0] in (prefer, f"$glbnet${prefer}")] or found
         if found:
             clock, achieved = found[-1][0], found[-1][1]
             fmax = float(achieved)

@@ -144,15 +144,15 @@ def test_timing_fields_from_a_fake_report(tmp_path):
     dst = "core.sdram.state_TRELLIS_FF_Q_DI_LUT4_Z"
     report = {
         "fmax": {
+            # the SDRAM clock (CLKOS) has the same constraint: the design clock is picked by name
+            "$glbnet$sd_clk.sdram_clk_clk": {"achieved": 630.9, "constraint": 50.0},
             "$glbnet$clk": {"achieved": 46.3, "constraint": 50.0},
-            "clk": {"achieved": 46.3, "constraint": 50.0},
-            "clk25_0__io": {"achieved": 400.0, "constraint": 25.0},
         },
         "critical_paths": [
-            {"from": "<async>", "to": "posedge clk", "path": [_seg("routing", 3.0, "pin", src)]},
+            {"from": "<async>", "to": "posedge $glbnet$clk", "path": [_seg("routing", 3.0, "pin", src)]},
             {
-                "from": "posedge clk",
-                "to": "posedge clk",
+                "from": "posedge $glbnet$clk",
+                "to": "posedge $glbnet$clk",
                 "path": [
                     _seg("clk-to-q", 0.5, src, src, port_from="CLK", port_to="Q"),
                     _seg("routing", 12.1, src, dst, net="core.acc.dma.count"),
@@ -165,11 +165,15 @@ def test_timing_fields_from_a_fake_report(tmp_path):
     (tmp_path / "r.json").write_text(json.dumps(report))
     (tmp_path / "pnr.log").write_text("")
     fmax, clock, summary, ends = _timing(tmp_path / "r.json", tmp_path / "pnr.log", 50.0, "clk")
-    assert (fmax, clock) == (46.3, "clk")
+    assert (fmax, clock) == (46.3, "$glbnet$clk")
     assert ends == {"from": "core.acc.dma.count.CLK", "to": "core.sdram.state.DI", "delay_ns": 21.6}
     assert summary.startswith("core.acc.dma.count.CLK -> core.sdram.state.DI: 21.60 ns")
 
     # no JSON report: the log's "Max frequency" line, no endpoints
-    (tmp_path / "pnr.log").write_text("Info: Max frequency for clock 'clk': 48.01 MHz (FAIL at 50.00 MHz)\n")
+    (tmp_path / "pnr.log").write_text(
+        "Info: Max frequency for clock '$glbnet$sd_clk.sdram_clk_clk': 630.91 MHz (PASS at 50.00 MHz)\n"
+        "Info: Max frequency for clock                  '$glbnet$clk': 48.01 MHz (FAIL at 50.00 MHz)\n"
+        "Info: Max frequency for clock '$glbnet$sd_clk.sdram_clk_clk': 640.00 MHz (PASS at 50.00 MHz)\n"
+    )
     fmax, clock, summary, ends = _timing(tmp_path / "none.json", tmp_path / "pnr.log", 50.0, "clk")
-    assert (fmax, clock, summary, ends) == (48.01, "clk", "n/a", None)
+    assert (fmax, clock, summary, ends) == (48.01, "$glbnet$clk", "n/a", None)
