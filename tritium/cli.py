@@ -1,8 +1,9 @@
 """The ``tritium`` command line. Every subcommand is documented in docs/cli.md.
 
 Exit codes: 0 success; 1 a comparison failed (outputs or cycles differ, or the RTL left cases without a
-result: it hung or the bench stopped); 2 bad input (config, arguments); 3 a tool failed (the Verilator build,
-a simulator that could not start, Yosys, nextpnr) or a design does not fit its board. SIGTERM/SIGINT end the
+result: it hung or the bench stopped; ``bitstream``: the routed Fmax missed the target); 2 bad input (config,
+arguments); 3 a tool failed (the Verilator build, a simulator that could not start, Yosys, nextpnr) or a design
+does not fit its board. SIGTERM/SIGINT end the
 tools a run started and remove its temporary folders.
 
 Engines (``cosim``, ``bitstream --engine``) come from the registry in sim/engines.py.
