@@ -105,6 +105,8 @@ class FpgaEngine:
     #: ``"module:Class"`` of a complete board top (taking the config; it drives its own pins and clock and
     #: has a ``clock_mhz``, the clock it runs the design at) used instead of :class:`BoardTop`; ECP5 only
     board_top: str | None = None
+    #: extra nextpnr arguments for this engine's place-and-route (after the board's)
+    pnr_args: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -233,6 +235,9 @@ ENGINES: dict[str, FpgaEngine] = {
             shrink=_TOP_SHRINK,
             known_usage=_gemm_dsps,
             board_top="hw.deploy:DeployTop",
+            # nextpnr's default router1 stalls on this design (three runs, docs/board.md "Timing": ~60,000 of
+            # 117,000 arcs left after 11 min and not falling); router2 routes it
+            pnr_args=("--router", "router2"),
         ),
     )
 }
@@ -916,6 +921,7 @@ def build_bitstream(
         [
             nextpnr,
             *b.pnr_args,
+            *eng.pnr_args,
             "--json",
             "top.json",
             *constraints,
