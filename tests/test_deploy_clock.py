@@ -177,3 +177,17 @@ def test_timing_fields_from_a_fake_report(tmp_path):
     )
     fmax, clock, summary, ends = _timing(tmp_path / "none.json", tmp_path / "pnr.log", 50.0, "clk")
     assert (fmax, clock, summary, ends) == (48.01, "$glbnet$clk", "n/a", None)
+
+
+def test_sdram_controller_at_the_default_clock():
+    """The SDRAM controller against the timing-checking chip model of tests/test_board_units.py at the deploy
+    top's clock (40 MHz: tRCD, tRP one cycle each, the shortest waits its counters take)."""
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location(
+        "_board_units", Path(__file__).with_name("test_board_units.py")
+    )
+    units = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(units)
+    units.test_sdram_controller(deploy.DEFAULT_CLOCK_MHZ)
