@@ -5,6 +5,8 @@ BIN    := $(VENV)/bin
 CONFIG ?= configs/default.yaml
 BOARD  ?= ulx3s
 ENGINE ?= tlmm
+# make bitstream ENGINE=deploy: the PLL clock of the ULX3S top, MHz (empty: hw/deploy.py's DEFAULT_CLOCK_MHZ)
+CLOCK_MHZ ?=
 SEED   ?= 0
 TOKENS ?= 4
 # PyTorch is a core dependency (the models, the compiler and every estimate need it): the venv installs the
@@ -24,7 +26,7 @@ help:
 	@echo "                then the tiny model generating TOKENS=4 greedy tokens through the RTL top level (logits and cycles compared)"
 	@echo "make top        only the top-level run (TOKENS=4; all 4 layers; ~1-2 min)"
 	@echo "make test       run the test suite (what CI runs)"
-	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all|kv|top; CONFIG=... or the board's default) and print its report"
+	@echo "make bitstream  build a bitstream (BOARD=ulx3s|icebreaker|kv260, ENGINE=tlmm|gemm|all|kv|top|deploy; CONFIG=... or the board's default; CLOCK_MHZ=40 for deploy) and print its report; exit 1 if timing is not met"
 	@echo "make kv-report  KV policies (ReSV, StreamingLLM, H2O, Quest, full) on the recorded traces: table + recall PNG (~2 min)"
 	@echo "make bench      model vs Verilator speed, fast paths, compile times"
 	@echo "make train      retrain the tiny ternary LM (models/checkpoints/tiny.pt; minutes on 2 cores)"
@@ -59,7 +61,7 @@ test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q
 
 bitstream: $(BIN)/.installed
-	$(BIN)/tritium bitstream --board $(BOARD) --engine $(ENGINE) $(BITSTREAM_CONFIG)
+	$(BIN)/tritium bitstream --board $(BOARD) --engine $(ENGINE) $(BITSTREAM_CONFIG) $(if $(CLOCK_MHZ),--clock-mhz $(CLOCK_MHZ))
 
 kv-report: $(BIN)/.installed
 	$(BIN)/tritium kv report traces/*.npz --config $(CONFIG) --out build/kv

@@ -36,6 +36,8 @@ __all__ = [
     "BoardSim",
     "DeployTop",
     "DEFAULT_CLOCK_MHZ",
+    "CLOCK_RANGE_MHZ",
+    "deploy_clock",
     "DEFAULT_BAUD",
     "SIM_DIVISOR",
     "SDRAM_CLOCK_PHASE",
@@ -43,9 +45,10 @@ __all__ = [
     "main",
 ]
 
-#: the accelerator clock of the ULX3S top (the integrated top level's Fmax on the ECP5-85F bounds it)
-DEFAULT_CLOCK_MHZ = 50.0
-#: the FTDI FT231X's rates are 3 MBd / n; 2 MBd is 25 clock cycles per bit at 50 MHz, exactly
+#: the accelerator clock of the ULX3S top: at 40 MHz nextpnr routes it (router2, 58.3 MHz routed); at a 50 MHz
+#: target neither router finished (router1 stalled, router2's overuse grew again; docs/board.md, "Timing")
+DEFAULT_CLOCK_MHZ = 40.0
+#: the FTDI FT231X's rates are 3 MBd / n; 2 MBd is 20 clock cycles per bit at 40 MHz (25 at 50), exactly
 DEFAULT_BAUD = 2_000_000
 #: UART bit time of the simulation top (cycles per bit): fast to simulate, still mid-bit sampled
 SIM_DIVISOR = 8
@@ -53,6 +56,26 @@ SIM_DIVISOR = 8
 SDRAM_CLOCK_PHASE = 270
 #: the SDRAM IO registers of the ULX3S top: one output, one input register → 2 extra cycles of read latency
 DEPLOY_IO_DELAY = 2
+
+
+#: the clocks ``--clock-mhz`` may ask for: below ~9 MHz the SDRAM's refresh interval (tREFI) holds no access,
+#: above 143 MHz the part is out of its rating; the PLL and the UART divisor narrow it further (:func:`deploy_clock`)
+CLOCK_RANGE_MHZ = (10.0, 143.0)
+
+
+def deploy_clock(
+    clock_mhz: float, baud: int = DEFAULT_BAUD, sdram_phase: float = SDRAM_CLOCK_PHASE
+) -> tuple[dict[str, int | float], int]:
+    """(EHXPLLL parameters, UART divisor) of the ULX3S top at ``clock_mhz`` from the 25 MHz oscillator; one-line
+    ValueError when the PLL cannot make the clock (within 0.5 %), when ``baud`` from it is off by more than 1 %,
+    or when the clock is outside :data:`CLOCK_RANGE_MHZ` (the SDRAM timing is checked there too)."""
+    lo, hi = CLOCK_RANGE_MHZ
+    if not (isinstance(clock_mhz, (int, float)) and math.isfinite(clock_mhz) and lo <= clock_mhz <= hi):
+        raise ValueError(f"clock {clock_mhz!r} MHz: the ULX3S top runs at {lo:g} to {hi:g} MHz")
+    pll = pll_params(25.0, clock_mhz, sdram_phase)
+    divisor = check_divisor(uart_divisor(pll["f_out_mhz"] * 1e6, baud))
+    sdram_cycles(AS4C32M16SB_7, pll["f_out_mhz"])  # the part's speed limit
+    return pll, divisor
 
 
 def uart_divisor(clock_hz: float, baud: int) -> int:
@@ -301,14 +324,27 @@ class DeployTop(wiring.Component):
         sdram_phase: float = SDRAM_CLOCK_PHASE,
     ):
         self.acfg = acfg
-        self.pll = pll_params(25.0, clock_mhz, sdram_phase)
+        self.pll, self.divisor = deploy_clock(clock_mhz, baud, sdram_phase)
         self.clock_mhz = self.pll["f_out_mhz"]
-        self.divisor = uart_divisor(self.clock_mhz * 1e6, baud)
-        self.baud = baud
+        self.baud, self.sdram_phase = baud, sdram_phase
         self.core = BoardCore(
             acfg, divisor=self.divisor, clock_mhz=self.clock_mhz, extra_read_delay=DEPLOY_IO_DELAY
         )
         super().__init__({})
+
+    def report_fields(self) -> dict:
+        """What the bitstream report records about this top (``deploy``): the PLL clock and its dividers, the
+        UART line rate and divisor, the SDRAM timing in cycles of that clock — the parameters a board
+        simulation or host must match."""
+        c = self.core.cycles
+        return {
+            "clock_mhz": self.clock_mhz,
+            "pll": {k: v for k, v in self.pll.items() if k != "f_out_mhz"},
+            "baud": self.baud,
+            "uart_divisor": self.divisor,
+            "sdram_phase_deg": self.sdram_phase,
+            "sdram_cycles": {"cl": c.cl, "rcd": c.rcd, "rp": c.rp, "rc": c.rc, "rfc": c.rfc, "refi": c.refi},
+        }
 
     def elaborate(self, platform):
         m = Module()

@@ -105,6 +105,8 @@ class FpgaEngine:
     #: ``"module:Class"`` of a complete board top (taking the config; it drives its own pins and clock and
     #: has a ``clock_mhz``, the clock it runs the design at) used instead of :class:`BoardTop`; ECP5 only
     board_top: str | None = None
+    #: extra nextpnr arguments for this engine's place-and-route (after the board's)
+    pnr_args: tuple[str, ...] = ()
 
     @property
     def label(self) -> str:
@@ -233,6 +235,9 @@ ENGINES: dict[str, FpgaEngine] = {
             shrink=_TOP_SHRINK,
             known_usage=_gemm_dsps,
             board_top="hw.deploy:DeployTop",
+            # nextpnr's default router1 stalls on this design (three runs, docs/board.md "Timing": ~60,000 of
+            # 117,000 arcs left after 11 min and not falling); router2 routes it
+            pnr_args=("--router", "router2"),
         ),
     )
 }
@@ -597,20 +602,21 @@ def _known_usage(engine: FpgaEngine, acfg: AcceleratorConfig) -> tuple[dict[str,
     return engine.known_usage(acfg) if engine.known_usage is not None else ({}, "")
 
 
-_FMAX_RE = re.compile(r"Max frequency for clock '([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
+_FMAX_RE = re.compile(r"Max frequency for clock\s+'([^']+)': ([0-9.]+) MHz \((PASS|FAIL) at ([0-9.]+) MHz\)")
 
 
 def _timing(
     pnr_report: Path, pnr_log: Path, target_mhz: float, prefer: str | None = None
-) -> tuple[float | None, str | None, str]:
-    """(Fmax in MHz, clock name, critical path summary) for the engine clock.
+) -> tuple[float | None, str | None, str, dict | None]:
+    """(Fmax in MHz, clock name, critical path summary, its endpoints) for the engine clock; the endpoints are
+    ``{"from": "cell.port", "to": "cell.port", "delay_ns": ...}`` (HDL-level names), None without a report.
 
     nextpnr's JSON report (``--report``) has the per-clock Fmax and the critical paths cell by cell; the
     log's "Max frequency" lines are the fallback. The design has one clock domain; if there were several,
     the one constrained to the target is the engine's (``prefer``: the clock of that name when it is reported —
     a complete board top with a second clock at the same frequency names its design clock).
     """
-    fmax, clock, path = None, None, "n/a"
+    fmax, clock, path, endpoints = None, None, "n/a", None
     try:
         report = json.loads(pnr_report.read_text())
     except (OSError, ValueError):
@@ -621,10 +627,14 @@ def _timing(
         def distance(item):
             return abs(item[1].get("constraint", 0) - target_mhz)
 
-        clock, entry = (prefer, clocks[prefer]) if prefer in clocks else min(clocks.items(), key=distance)
+        # nextpnr names a clock routed on a global network "$glbnet$<net>"
+        named = [k for k in clocks if prefer is not None and k in (prefer, f"$glbnet${prefer}")]
+        clock, entry = (named[0], clocks[named[0]]) if named else min(clocks.items(), key=distance)
         fmax = float(entry["achieved"])
     else:
         found = _FMAX_RE.findall(pnr_log.read_text(errors="replace"))
+        if prefer is not None:
+            found = [f for f in found if f[0] in (prefer, f"$glbnet${prefer}")] or found
         if found:
             clock, achieved = found[-1][0], found[-1][1]
             fmax = float(achieved)
@@ -632,8 +642,22 @@ def _timing(
         # Register-to-register paths of the engine clock; <async> entries are I/O paths.
         if clock is not None and crit.get("from") == crit.get("to") == f"posedge {clock}":
             path = _summarize_path(crit)
+            endpoints = _path_endpoints(crit)
             break
-    return fmax, clock, path
+    return fmax, clock, path, endpoints
+
+
+def _path_endpoints(crit: dict) -> dict | None:
+    """Source and sink (``cell.port``, HDL-level names) and total delay of one nextpnr critical path."""
+    segments = crit.get("path", [])
+    if not segments:
+        return None
+    start, end = segments[0]["from"], segments[-1]["to"]
+    return {
+        "from": f"{_short_name(start['cell'])}.{start['port']}",
+        "to": f"{_short_name(end['cell'])}.{end['port']}",
+        "delay_ns": round(sum(s["delay"] for s in segments), 3),
+    }
 
 
 def _summarize_path(crit: dict) -> str:
@@ -767,6 +791,7 @@ class _Build:
             "target_mhz": acfg.clock_mhz,
             "meets_target": None,
             "critical_path": "n/a",
+            "critical_path_endpoints": None,
             "bitstream": None,
             "bitstream_bytes": None,
             **fields,
@@ -799,6 +824,7 @@ def build_bitstream(
     engine: str | FpgaEngine = "tlmm",
     pnr: bool = True,
     step: Callable[[str], None] = _no_step,
+    clock_mhz: float | None = None,
 ) -> dict:
     """Synthesize, fit-check, place, route and pack ``engine`` (a name in :data:`ENGINES`: "tlmm",
     "gemm", "all" = both, "kv", "top", "deploy" = the ULX3S board top of hw/deploy.py at its PLL clock; or an
@@ -815,9 +841,17 @@ def build_bitstream(
     over, otherwise right after synthesis, before place-and-route. Raises :class:`FlowError` when a tool
     fails, ``ValueError`` for an unknown board or engine. ``step`` is called with each stage's name
     (:func:`flow_stages`) as it starts (a progress bar; the tools' own output goes to their logs).
+    ``clock_mhz``: the clock of a complete board top (``deploy``: its PLL output; default the top's own);
+    the other engines are timed at the config's ``clock_mhz``. Timing is checked, not enforced: the report's
+    ``meets_target`` says whether the routed Fmax reaches the target (the CLI exits 1 when it does not).
     """
     b = _board(board)
     eng = fpga_engine(engine)
+    if clock_mhz is not None and eng.board_top is None:
+        raise ValueError(
+            f"clock_mhz: only a complete board top (engine deploy) takes a clock; the {eng.label} is timed at "
+            f"the config's clock_mhz ({acfg.clock_mhz:g} MHz)"
+        )
     if eng.board_top is not None and b.family != "ecp5":
         raise ValueError(
             f"engine {eng.name!r} is a complete ULX3S (ECP5) board top; board {board!r} is {b.family}"
@@ -837,7 +871,8 @@ def build_bitstream(
     # a complete board top: the oscillator constrained at its real frequency; its PLL's clock is timed
     if eng.board_top is not None:
         module_name, class_name = eng.board_top.split(":")
-        top = getattr(importlib.import_module(module_name), class_name)(acfg)
+        top_cls = getattr(importlib.import_module(module_name), class_name)
+        top = top_cls(acfg) if clock_mhz is None else top_cls(acfg, clock_mhz=clock_mhz)
         target_mhz = top.clock_mhz
         platform = _make_platform(b, platform_clock_hz(b))
     else:
@@ -866,6 +901,7 @@ def build_bitstream(
             cells,
             {"elaborate": t_elab, "synth": t_synth},
             note="synthesis only (pnr=False): no place-and-route, no Fmax",
+            target_mhz=target_mhz,
         )
 
     # -- place and route, timing-driven towards clock_mhz (the oscillator constraint was raised) --
@@ -885,6 +921,7 @@ def build_bitstream(
         [
             nextpnr,
             *b.pnr_args,
+            *eng.pnr_args,
             "--json",
             "top.json",
             *constraints,
@@ -901,7 +938,7 @@ def build_bitstream(
         work / "pnr.stdout",
         work / "pnr.log",
     )
-    fmax, clock, critical = _timing(
+    fmax, clock, critical, endpoints = _timing(
         work / "pnr_report.json", work / "pnr.log", target_mhz, getattr(top, "timing_clock", None)
     )
     log(
@@ -932,6 +969,8 @@ def build_bitstream(
         target_mhz=target_mhz,
         meets_target=fmax is not None and fmax >= target_mhz,
         critical_path=critical,
+        critical_path_endpoints=endpoints,
+        **({"board_top": top.report_fields()} if hasattr(top, "report_fields") else {}),
         bitstream=str(bitstream),
         bitstream_bytes=bitstream.stat().st_size,
     )

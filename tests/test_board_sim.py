@@ -283,8 +283,8 @@ def test_board_simulation_generates_pytorch_tokens():
 
 @pytest.mark.verilator
 def test_sdram_model_flags_a_timing_violation():
-    """The chip model checks the pins, not the controller's arithmetic: with tRCD raised to 45 ns (3 cycles
-    at 50 MHz; the controller waits the datasheet's 21 ns = 2) the accesses through the link, alternating
+    """The chip model checks the pins, not the controller's arithmetic: with tRCD raised to 45 ns (2 cycles
+    at the default 40 MHz; the controller waits the datasheet's 21 ns = 1) the accesses through the link, alternating
     between two rows, are flagged as tRCD violations (and the data still comes back: the model does not
     corrupt it)."""
     from hw.deploy import DEFAULT_CLOCK_MHZ

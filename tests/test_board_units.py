@@ -583,7 +583,8 @@ def test_deploy_top_elaborates(tmp_path):
 
     b = board("ulx3s")
     top = DeployTop(load_config("configs/ulx3s.yaml"))
-    assert top.clock_mhz == 50 and top.divisor == 25 and top.timing_clock == "clk"
+    # 2 MBd from the 40 MHz PLL
+    assert top.clock_mhz == 40 and top.divisor == 20 and top.timing_clock == "clk"
     plan = _make_platform(b, platform_clock_hz(b)).prepare(top, name="top")
     plan.extract(str(tmp_path))
     il = (tmp_path / "top.il").read_text()

@@ -488,7 +488,7 @@ def add_sim_arguments(p: argparse.ArgumentParser) -> None:
         "--clock-mhz",
         type=float,
         default=None,
-        help="the board clock the SDRAM timing is counted in (default hw/deploy.py's 50 MHz, the ULX3S top's PLL)",
+        help="the board clock the SDRAM timing is counted in (default hw/deploy.py's DEFAULT_CLOCK_MHZ, the ULX3S top's PLL)",
     )
     p.add_argument("--lm-head", default=None, choices=("host_fp32", "host_fp16", "acc_int8"))
     p.add_argument(

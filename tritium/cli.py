@@ -1,8 +1,9 @@
 """The ``tritium`` command line. Every subcommand is documented in docs/cli.md.
 
 Exit codes: 0 success; 1 a comparison failed (outputs or cycles differ, or the RTL left cases without a
-result: it hung or the bench stopped); 2 bad input (config, arguments); 3 a tool failed (the Verilator build,
-a simulator that could not start, Yosys, nextpnr) or a design does not fit its board. SIGTERM/SIGINT end the
+result: it hung or the bench stopped; ``bitstream``: the routed Fmax missed the target); 2 bad input (config,
+arguments); 3 a tool failed (the Verilator build, a simulator that could not start, Yosys, nextpnr) or a design
+does not fit its board. SIGTERM/SIGINT end the
 tools a run started and remove its temporary folders.
 
 Engines (``cosim``, ``bitstream --engine``) come from the registry in sim/engines.py.
@@ -665,6 +666,9 @@ def cmd_bitstream(args) -> int:
         raise ConfigError(f"--board: unknown board {args.board!r}; choose one of {', '.join(BOARDS)}")
     board = BOARD_SPECS[args.board]
     acfg = load_config(args.config or board.default_config)
+    clock = {}
+    if args.clock_mhz is not None:
+        clock = {"clock_mhz": _bitstream_clock(args.clock_mhz, eng.hardware)}
     if not args.force:
         refusal = _fit_refusal(acfg, args.board, eng.hardware, board_default=args.config is None)
         if refusal:
@@ -673,12 +677,38 @@ def cmd_bitstream(args) -> int:
     try:
         with progress(desc=f"bitstream {args.board} {eng.name}", stages=flow_stages(args.board)):
             report = build_bitstream(
-                acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware, step=step
+                acfg, args.board, Path(args.out), log=_progress, engine=eng.hardware, step=step, **clock
             )
     except (FitError, FlowError) as e:
         return _error(e, EXIT_TOOL)
     print(json.dumps(report, indent=1))
+    if report.get("meets_target") is False:  # every engine alike: a routed Fmax under the target fails
+        return _error(
+            f"timing not met: Fmax {report['fmax_mhz']} MHz < {report['target_mhz']:g} MHz on clock "
+            f"{report.get('clock')}; critical path {report.get('critical_path')} (the bitstream "
+            f"{report.get('bitstream')} is written, report.json beside it; do not deploy it at this clock)",
+            EXIT_MISMATCH,
+        )
     return 0
+
+
+def _bitstream_clock(clock_mhz: float, engine: str) -> float:
+    """``--clock-mhz``, checked before anything is built: only a complete board top (``deploy``) takes it, and
+    its PLL must make the clock and the UART divisor fit the line rate (ValueError, one line: exit 2)."""
+    from hw.fpga import fpga_engine
+
+    if fpga_engine(engine).board_top is None:
+        raise ValueError(
+            f"--clock-mhz: only --engine deploy takes a clock; the {fpga_engine(engine).label} is timed at "
+            "the config's clock_mhz"
+        )
+    from hw.deploy import deploy_clock
+
+    try:
+        deploy_clock(clock_mhz)
+    except ValueError as e:
+        raise ValueError(f"--clock-mhz {clock_mhz:g}: {e}") from None
+    return clock_mhz
 
 
 def _fit_refusal(acfg, board_name: str, engine: str, board_default: bool = False) -> str | None:
@@ -1007,6 +1037,13 @@ def build_parser() -> argparse.ArgumentParser:
         "--force",
         action="store_true",
         help="synthesize even when the resource model predicts the design does not fit the board",
+    )
+    b.add_argument(
+        "--clock-mhz",
+        type=float,
+        default=None,
+        help="--engine deploy only: the PLL clock of the ULX3S top (default hw/deploy.py's DEFAULT_CLOCK_MHZ); "
+        "one the PLL cannot make, or at which the 2 MBd UART is off by > 1 %%, is refused",
     )
     b.set_defaults(func=cmd_bitstream)
 
