@@ -624,7 +624,7 @@ class Lowering:
                     "attn_prep",
                     [q, k, v] + (["rope_cos", "rope_sin"] if common["rope"] else []),
                     qa + [f"att{L}.sq"] + kc + vc + [f"kv{L}.sk", f"kv{L}.sv"] + vecs,
-                    common,
+                    dict(common),  # each op its own attrs: _finish adds its cycles
                     op.where,
                 ),
             )
@@ -697,7 +697,7 @@ class Lowering:
                         "attn_softmax",
                         scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"] + (lists + extra if active else []),
                         pa + [f"att{L}.sp"],
-                        common,
+                        dict(common),
                         op.where,
                     ),
                 )
@@ -718,7 +718,7 @@ class Lowering:
                     "attn_out",
                     outs + [f"att{L}.sp"] + lists,
                     [out] + page_outs,
-                    common,
+                    dict(common),
                     op.where,
                 ),
             )
@@ -908,7 +908,9 @@ class Lowering:
                     + f"   # {body['where']}"
                 )
         for h in host_ops:  # each host op's modeled latency: the cycle definition's host time
-            h.attrs["cycles"] = host_cycles(self.acfg, tensors, h)
+            # a new dict, never a write into one another op may share (an attention's prep, softmax and out
+            # once shared one: all three carried attn_out's latency)
+            h.attrs = {**h.attrs, "cycles": host_cycles(self.acfg, tensors, h)}
         if overlap:  # explicit dependencies: SYNC where a command conflicts with one that may still run
             syncs = insert_syncs(self.acfg, commands, host_ops, tensors)
             commands, index = with_syncs(commands, syncs)
