@@ -5,8 +5,8 @@ Checks: the decoder's field views carry GEMM_LIST's list_base and mode and its G
 GEMM_LIST cycles are the list fetch (one request of the capacity's beats) plus the opcode-2 GEMM with the
 list's count; a list count comes from the Program's image or from the caller; a capacity above the top's
 list buffer and a list that does not fit one burst are refused; with Verilator, hand-made Programs (a W8A8
-linear whose GEMM is a GEMM_LIST reading a list placed in the image: identity lists in both modes, then a
-permuted list with a repeated tile and a shortened list) give the executor's output bit for bit (the
+linear whose GEMM is a GEMM_LIST reading a list placed in the image: identity lists in both modes and in mode 2
+with strided B panels, then a permuted list with a repeated tile and a shortened strided list) give the executor's output bit for bit (the
 identity lists: the PyTorch int reference's) and every command's cycles equal the model's. The KVR command
 (opcode 5) is not in the RTL top yet."""
 
@@ -45,8 +45,9 @@ def _list_rows(tiles: list[int], W: int) -> np.ndarray:
 
 def _crafted(acfg, lists):
     """A W8A8 linear (160 → 32: 4 column tiles, 3 k-tiles on default.yaml) compiled for ``acfg``, and one
-    Program per (mode, tiles) of ``lists`` in which its GEMM is a GEMM_LIST of that list; the lists are
-    appended to the image, which all the Programs share."""
+    Program per (mode, tiles, strided) of ``lists`` in which its GEMM is a GEMM_LIST of that list; the lists
+    are appended to the image, which all the Programs share. ``strided``: B is read from a copy whose column
+    panels are 3 beats further apart than packed (``b_stride``)."""
     torch = pytest.importorskip("torch")
     from compiler import compile_model
     from models.w8a8 import Int8Linear
@@ -55,20 +56,24 @@ def _crafted(acfg, lists):
     m = torch.nn.Sequential(Int8Linear(160, 32)).eval()
     x = torch.randn(3, 160)
     prog = compile_model(m, acfg, example_inputs=x).program()
-    W = acfg.memory.bus_bytes
-    blocks, addr = [], prog.image.shape[0]
-    for _, tiles in lists:
+    (gemm,) = [c for c in prog.commands() if type(c) is GemmCommand]
+    W, panel = acfg.memory.bus_bytes, gemm.k_tiles * acfg.gemm_geometry.b_beats
+    stride, base = panel + 3, prog.image.shape[0]
+    copy = np.zeros((gemm.n_tiles * stride, W), np.uint8)  # B's column panels, strided
+    for ni in range(gemm.n_tiles):
+        copy[ni * stride : ni * stride + panel] = prog.image[gemm.b_base + ni * panel :][:panel]
+    blocks, addr = [], base + copy.shape[0]
+    for _, tiles, _ in lists:
         blocks.append((addr, _list_rows(tiles, W)))
         addr += blocks[-1][1].shape[0]
-    image = np.concatenate([prog.image] + [r for _, r in blocks])
+    image = np.concatenate([prog.image, copy] + [r for _, r in blocks])
     progs, meta = [], {**prog.meta, "memory_beats": image.shape[0]}
-    for (mode, _), (base, _) in zip(lists, blocks, strict=True):
-        cmds = []
-        for c in prog.commands():
-            if type(c) is GemmCommand:
-                f = {k.name: getattr(c, k.name) for k in dataclasses.fields(GemmCommand)}
-                c = GemmListCommand(**f, list_base=base, mode=mode)
-            cmds.append(c)
+    for (mode, _, strided), (lbase, _) in zip(lists, blocks, strict=True):
+        f = {k.name: getattr(gemm, k.name) for k in dataclasses.fields(GemmCommand)}
+        if strided:
+            f.update(b_base=base, b_stride=stride)
+        lst = GemmListCommand(**f, list_base=lbase, mode=mode)
+        cmds = [lst if type(c) is GemmCommand else c for c in prog.commands()]
         progs.append(
             dataclasses.replace(prog, words=np.array(encode_program(cmds), np.uint64), image=image, meta=meta)
         )
@@ -125,7 +130,7 @@ def test_gemm_list_cycles_are_the_fetch_plus_the_counted_gemm():
 @pytest.mark.torch
 def test_program_list_counts_from_the_image_or_the_caller():
     acfg = _cfg()
-    _, _, (p1, p2) = _crafted(acfg, [(1, [0, 1, 2, 3]), (1, [3, 0])])
+    _, _, (p1, p2) = _crafted(acfg, [(1, [0, 1, 2, 3], False), (1, [3, 0], False)])
     i = [k for k, c in enumerate(p1.commands()) if isinstance(c, GemmListCommand)]
     assert len(i) == 1
     assert program_cycles(p1) == program_cycles(p2, list_counts=[4])
@@ -150,7 +155,13 @@ def test_top_runs_gemm_list_bit_and_cycle_exact(repo):
     from sim.cosim import run_program_cosim
 
     acfg = _cfg()
-    lists = [(1, [0, 1, 2, 3]), (2, [0, 1, 2]), (1, [3, 0, 3]), (2, [2, 0])]
+    lists = [
+        (1, [0, 1, 2, 3], False),
+        (2, [0, 1, 2], False),
+        (2, [0, 1, 2], True),
+        (1, [3, 0, 3], False),
+        (2, [2, 0], True),
+    ]
     m, x, progs = _crafted(acfg, lists)
     ref = int_reference(m, x)
     rep = run_program_cosim(progs, [x] * len(progs), acfg, build_root=repo / "build" / "cosim", quiet=True)
@@ -160,5 +171,5 @@ def test_top_runs_gemm_list_bit_and_cycle_exact(repo):
     # the identity lists read exactly the dense GEMM's tiles: the PyTorch int reference
     from sim.runtime import execute
 
-    for p in progs[:2]:
+    for p in progs[:3]:
         assert np.array_equal(execute(p, x.numpy())[0].numpy().reshape(-1), ref.numpy().reshape(-1))
