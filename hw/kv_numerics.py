@@ -36,6 +36,15 @@ def list_capacity(kv: KvConfig) -> int:
     return 3 + kv.max_clusters
 
 
+#: A list block's header (word 0 = its entry count n, three reserved words); the uint32 entries follow.
+LIST_HEADER_BYTES = 16
+
+
+def list_buffer_beats(kv: KvConfig, bus_bytes: int) -> int:
+    """Bus beats of a list of :func:`list_capacity` entries: the RTL top's tile-list buffer (hw/top.py)."""
+    return -(-(LIST_HEADER_BYTES + 4 * list_capacity(kv)) // bus_bytes)
+
+
 def _splitmix64(state: int) -> tuple[int, int]:
     state = (state + 0x9E3779B97F4A7C15) & _MASK64
     z = state

@@ -1,8 +1,8 @@
 """Accelerator top level: command decoder, TLMM stream DMA, and the engines on one memory port.
 
 The host (the CPU of a Zynq-class SoC; the co-simulation bench) pushes the Program's 64-bit command words
-(hw.isa, version 5) into ``cmd``. The decoder fetches a command (one word per cycle; 3 for TLMM and GEMM, 1
-for HOST and SYNC), waits in its dispatch cycle until the command may go, dispatches it and fetches the next
+(hw.isa, version 5) into ``cmd``. The decoder fetches a command (one word per cycle; 3 for TLMM and GEMM, 4 for
+GEMM_LIST, 1 for HOST and SYNC), waits in its dispatch cycle until the command may go, dispatches it and fetches the next
 one in the following cycle — it does not wait for the command to finish. With ``system.overlap`` a command
 may go when its own engine is free (TLMM and GEMM also need each other idle: they share the memory port; a
 host op needs only the host idle); without, when every engine is idle. A SYNC goes when the classes of its
@@ -23,6 +23,10 @@ one class finish in Program order. The command register is read through :class:`
   also writes every weight beat into the buffer, 2 walks the activation runs only and feeds the engine's
   weights from the buffer (hw.top_geometry.WBUF_READ_LATENCY).
 - **GEMM**: the engine gets its fields and the memory port; done when its ``busy`` falls.
+- **GEMM_LIST** (4 words; elaborated with ``system.attention: resv``): the top reads the tile list at
+  ``list_base`` (one request of the capacity's beats), then the engine runs the GEMM with the list's count in
+  place of ``n_tiles`` (mode 1) / ``k_tiles`` (mode 2) while the top puts the listed B tiles' addresses on its
+  B requests; done when its ``busy`` falls (docs/design.md, "KV retrieval in the loop", "The RTL top").
 - **HOST**: ``host`` presents the op index; the host takes it at the handshake and raises ``host_done`` for one
   cycle when it has run it (the bench: the op's modeled latency, ``attrs["cycles"]``, after the handshake).
 
@@ -43,8 +47,10 @@ from hw.gemm import TemporalGemm, read_request_layout, write_layout
 from hw.gemm import command_layout as gemm_command_layout
 from hw.isa import (
     GEMM_FIELDS,
+    GEMM_LIST_FIELDS,
     HOST_FIELDS,
     OP_GEMM,
+    OP_GEMM_LIST,
     OP_HOST,
     OP_SYNC,
     OP_TLMM,
@@ -55,6 +61,7 @@ from hw.isa import (
     command_words,
     payload_fields,
 )
+from hw.kv_numerics import LIST_HEADER_BYTES, list_buffer_beats, list_capacity
 from hw.mem_port import forward_mem_port
 from hw.tlmm import TableLookupMatmul
 from hw.tlmm import command_layout as tlmm_command_layout
@@ -69,7 +76,13 @@ __all__ = [
     "MAX_COMMAND_WORDS",
 ]
 
-_FIELDS = {OP_TLMM: TLMM_FIELDS, OP_GEMM: GEMM_FIELDS, OP_HOST: HOST_FIELDS, OP_SYNC: SYNC_FIELDS}
+_FIELDS = {
+    OP_TLMM: TLMM_FIELDS,
+    OP_GEMM: GEMM_FIELDS,
+    OP_HOST: HOST_FIELDS,
+    OP_SYNC: SYNC_FIELDS,
+    OP_GEMM_LIST: GEMM_LIST_FIELDS,
+}
 #: Words the decoder's command register holds (the longest command).
 MAX_COMMAND_WORDS = max(command_words(op) for op in _FIELDS)
 
@@ -101,16 +114,18 @@ class CommandFields(wiring.Component):
                 "gemm": Out(gemm_command_layout()),
                 "host_op": Out(16),
                 "sync_mask": Out(3),
+                "glist": Out(data.StructLayout({"list_base": 32, "mode": 2})),
             }
         )
 
     def elaborate(self, platform) -> Module:
         m = Module()
-        tl, gm, host, sync = (
+        tl, gm, host, sync, gl = (
             data.View(command_layout(op), self.words.as_value())
-            for op in (OP_TLMM, OP_GEMM, OP_HOST, OP_SYNC)
+            for op in (OP_TLMM, OP_GEMM, OP_HOST, OP_SYNC, OP_GEMM_LIST)
         )
         m.d.comb += [self.opcode.eq(tl.opcode), self.host_op.eq(host.op), self.sync_mask.eq(sync.mask)]
+        m.d.comb += [self.glist.list_base.eq(gl.list_base), self.glist.mode.eq(gl.mode)]
         m.d.comb += [self.tlmm[name].eq(tl[name]) for name, _ in payload_fields(OP_TLMM)]
         m.d.comb += [self.tlmm_dma[name].eq(tl[name]) for name in (*_DMA_FIELDS, "wbuf")]
         m.d.comb += [self.gemm[name].eq(gm[name]) for name, _ in payload_fields(OP_GEMM)]
@@ -174,7 +189,11 @@ class AcceleratorTop(wiring.Component):
             with m.If(self.cmd.valid):
                 m.d.sync += words[widx].eq(self.cmd.payload)
                 op = Mux(widx == 0, self.cmd.payload[:8], opcode)
-                n_words = Mux((op == OP_HOST) | (op == OP_SYNC), 1, command_words(OP_TLMM))
+                n_words = Mux(
+                    (op == OP_HOST) | (op == OP_SYNC),
+                    1,
+                    Mux(op == OP_GEMM_LIST, command_words(OP_GEMM_LIST), command_words(OP_TLMM)),
+                )
                 with m.If(widx + 1 == n_words):
                     m.d.sync += [widx.eq(0), st.eq(1)]
                 with m.Else():
@@ -184,16 +203,19 @@ class AcceleratorTop(wiring.Component):
 
         dispatch_tlmm = go & (opcode == OP_TLMM)
         dispatch_gemm = go & (opcode == OP_GEMM)
+        dispatch_list = go & (opcode == OP_GEMM_LIST)
+        lf_active = Signal()  # a GEMM_LIST from its dispatch to its GEMM's accept (the list fetch)
+        lf_start = Signal()  # the list is in: the engine takes the GEMM with the list's count
+        lf_cmd = Signal(gemm_command_layout())  # the GEMM_LIST's GEMM fields, count substituted
         m.d.comb += [
             tlmm.cmd.valid.eq(dispatch_tlmm),
             tlmm.cmd.payload.eq(fields.tlmm),
-            gemm.cmd.valid.eq(dispatch_gemm),
-            gemm.cmd.payload.eq(fields.gemm),
+            gemm.cmd.valid.eq(dispatch_gemm | lf_start),
             self.host.valid.eq((st == 1) & is_host & may_go),
             self.host.payload.eq(fields.host_op),
         ]
-        gm_done, hs_done = gm_busy & ~gemm.busy, hs_busy & self.host_done
-        with m.If(dispatch_gemm):
+        gm_done, hs_done = gm_busy & ~gemm.busy & ~lf_active, hs_busy & self.host_done
+        with m.If(dispatch_gemm | dispatch_list):
             m.d.sync += gm_busy.eq(1)
         with m.Elif(gm_done):
             m.d.sync += gm_busy.eq(0)
@@ -426,6 +448,101 @@ class AcceleratorTop(wiring.Component):
                 w_addr.eq(tl_dma.res_base[:AB]),
             ]
 
+        # ---------------------------------------------------------------- GEMM_LIST: list fetch, B addresses
+        # At the dispatch the top keeps the command's GEMM fields and reads the list's first
+        # list_fetch_beats(capacity) beats (the field n_tiles (mode 1) or k_tiles (mode 2) is the capacity; the
+        # count is in the header, so the request covers the capacity) in one request; the cycle after its last
+        # beat the engine takes the GEMM with the list's count in place of the field. The engine computes its
+        # B addresses for packed tiles; the top follows its requests (per step the A tile's beats, then the B
+        # tile's: bursts never cross a tile) and puts the listed tile's address on B requests.
+        has_list = acfg.system.attention == "resv"  # only resv Programs hold GEMM_LIST commands
+        lbuf = Signal(8 * W * max(1, list_buffer_beats(acfg.kv, W) if has_list else 1))
+        lmode = Signal(2)  # mode of the GEMM in flight (0: opcode 2)
+        lf_fire, lf_beat, lf_req, lf_base = Signal(), Signal(), Signal(), Signal(AB)
+        lf_beats = Signal(range(mem.max_burst + 1))
+        p_part, p_off, b_tile = (
+            Signal(),
+            Signal(range(max(acfg.gemm_geometry.a_beats, acfg.gemm_geometry.b_beats) + 1)),
+            Signal(AB),
+        )
+        if not has_list:
+            m.d.comb += gemm.cmd.payload.eq(fields.gemm)
+        else:
+            ggeo = acfg.gemm_geometry
+            GA, GB = ggeo.a_beats, ggeo.b_beats
+            LB, LCAP = list_buffer_beats(acfg.kv, W), list_capacity(acfg.kv)
+            if LB > mem.max_burst:
+                raise ValueError(
+                    f"{acfg.name}: a tile list of {LCAP} entries ({LB} beats) must fit one read burst "
+                    f"(memory.max_burst {mem.max_burst}): fewer kv.max_clusters or a longer burst"
+                )
+            lf_in = Signal()
+            lf_idx = Signal(range(LB + 1))
+            l_bbase, l_stride, l_ktbb = Signal(AB), Signal(AB), Signal(AB)
+            count = lbuf[:16]
+            lf_payload = Signal(gemm_command_layout())
+            m.d.comb += [lf_start.eq(lf_in), lf_payload.eq(lf_cmd)]
+            with m.If(lmode == 1):
+                m.d.comb += lf_payload.n_tiles.eq(count)
+            with m.Else():
+                m.d.comb += lf_payload.k_tiles.eq(count)
+            m.d.comb += gemm.cmd.payload.eq(Mux(lf_start, lf_payload.as_value(), fields.gemm.as_value()))
+            with m.If(dispatch_gemm):
+                m.d.sync += lmode.eq(0)
+            with m.If(dispatch_list):
+                gf, gl = fields.gemm, fields.glist
+                cap = Mux(gl.mode == 1, gf.n_tiles, gf.k_tiles)
+                need = (LIST_HEADER_BYTES + 4 * cap + (W - 1)) >> lgW
+                ktbb = gf.k_tiles * GB
+                m.d.sync += [
+                    lf_active.eq(1),
+                    lf_req.eq(1),
+                    lf_beats.eq(Mux(cap > LCAP, LB, need)),
+                    lf_idx.eq(0),
+                    lf_base.eq(gl.list_base[:AB]),
+                    lmode.eq(gl.mode),
+                    lf_cmd.eq(gf),
+                    l_bbase.eq(gf.b_base[:AB]),
+                    l_ktbb.eq(ktbb),
+                    l_stride.eq(Mux(gf.b_stride == 0, ktbb, gf.b_stride)),
+                ]
+            with m.If(lf_fire):
+                m.d.sync += lf_req.eq(0)
+            with m.If(lf_beat):
+                m.d.sync += [lbuf.word_select(lf_idx, 8 * W).eq(self.rdata.payload), lf_idx.eq(lf_idx + 1)]
+                with m.If(lf_idx + 1 == lf_beats):
+                    m.d.sync += lf_in.eq(1)
+            with m.If(lf_start):
+                m.d.sync += [lf_active.eq(0), lf_in.eq(0)]
+            # the engine's requests: part (0 A tile, 1 B tile), beats of the tile requested, the B tile's (kt, ni)
+            p_kt, p_ni = Signal(16), Signal(16)
+            kt_last = Mux(lmode == 2, count, lf_cmd.k_tiles) - 1
+            nt_last = Mux(lmode == 1, count, lf_cmd.n_tiles) - 1
+            g_fire = gemm.rreq.valid & gemm.rreq.ready
+            g_burst = gemm.rreq.payload.len_minus_one + 1
+            with m.If(g_fire):
+                with m.If(p_off + g_burst == Mux(p_part, GB, GA)):
+                    m.d.sync += [p_off.eq(0), p_part.eq(~p_part)]
+                    with m.If(p_part):
+                        with m.If(p_kt != kt_last[:16]):
+                            m.d.sync += p_kt.eq(p_kt + 1)
+                        with m.Elif(p_ni != nt_last[:16]):
+                            m.d.sync += [p_kt.eq(0), p_ni.eq(p_ni + 1)]
+                        with m.Else():
+                            m.d.sync += [p_kt.eq(0), p_ni.eq(0)]
+                with m.Else():
+                    m.d.sync += p_off.eq(p_off + g_burst)
+            with m.If(lf_start):
+                m.d.sync += [p_part.eq(0), p_off.eq(0), p_kt.eq(0), p_ni.eq(0)]
+            # the B tile's address, registered: the counters change at a B tile's last request, and the next
+            # step's A tile is requested (at least one cycle) before its B tile
+            eidx = Signal(range(LCAP))
+            m.d.comb += eidx.eq(Mux(lmode == 1, p_ni, p_kt))
+            entry = lbuf[8 * LIST_HEADER_BYTES :].word_select(eidx, 32)[:16]
+            m.d.sync += b_tile.eq(
+                l_bbase + Mux(lmode == 1, entry * l_ktbb + p_kt * GB, p_ni * l_stride + entry * GB)
+            )
+
         # ---------------------------------------------------------------- memory port
         with m.If(w_active):  # the port belongs to the engine in flight (TLMM and GEMM never overlap)
             m.d.comb += [
@@ -440,6 +557,17 @@ class AcceleratorTop(wiring.Component):
                 self.wr.payload.data.eq(wbuf[: 8 * W]),
                 wr_fire.eq(tl_wr_valid & self.wr.ready),
             ]
+        with m.Elif(lf_active):  # a GEMM_LIST's list fetch (the engine is idle)
+            m.d.comb += [
+                self.rreq.valid.eq(lf_req),
+                self.rreq.payload.addr.eq(lf_base),
+                self.rreq.payload.len_minus_one.eq(lf_beats - 1),
+                lf_fire.eq(lf_req & self.rreq.ready),
+                self.rdata.ready.eq(1),
+                lf_beat.eq(self.rdata.valid),
+            ]
         with m.Else():
             m.d.comb += forward_mem_port(gemm, self)
+            with m.If((lmode != 0) & p_part):  # a GEMM_LIST's B tile: the listed tile's address
+                m.d.comb += self.rreq.payload.addr.eq(b_tile + p_off)
         return m

@@ -923,10 +923,12 @@ def run_top_cosim(
         model = truncated_model(model, layers)
     if new_tokens < 1 or not prompt:
         raise ValueError("need a non-empty prompt and at least one new token")
-    if acfg.system.attention == "resv":  # the executor runs it (sim/runtime.py); the RTL top does not yet
+    if (
+        acfg.system.attention == "resv"
+    ):  # the executor runs it (sim/runtime.py); the RTL top runs GEMM_LIST only
         raise ValueError(
-            f"{acfg.name}: system.attention=resv: the RTL top level has no KVR / GEMM_LIST yet (docs/design.md, "
-            "'KV retrieval in the loop'); co-simulate a dense config"
+            f"{acfg.name}: system.attention=resv: the RTL top level runs GEMM_LIST but has no KVR engine yet "
+            "(docs/design.md, 'KV retrieval in the loop'); co-simulate a dense config"
         )
     _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
     step("compile", f"{new_tokens} step(s)")
@@ -1099,7 +1101,10 @@ class ProgramReport:
             "step_cycles": self.rtl_step_cycles,
             "model_step_cycles": self.model_step_cycles,
             "cycles_equal": self.cycles_equal,
-            "commands": {k: sum(c.count(k) for c in self.commands) for k in ("tlmm", "gemm", "host", "sync")},
+            "commands": {
+                k: sum(c.count(k) for c in self.commands)
+                for k in ("tlmm", "gemm", "gemm_list", "kv", "host", "sync")
+            },
             "build_s": round(self.build_s, 2),
             "simulation_s": round(self.sim_s, 2),
             "ok": self.ok,
@@ -1109,9 +1114,16 @@ class ProgramReport:
 
 def command_kinds(prog) -> list[str]:
     """``tlmm`` / ``gemm`` / ``host`` / ``sync`` for each command of a Program."""
-    from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
+    from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, SyncCommand, TlmmCommand
 
-    kind = {TlmmCommand: "tlmm", GemmCommand: "gemm", HostCommand: "host", SyncCommand: "sync"}
+    kind = {
+        TlmmCommand: "tlmm",
+        GemmCommand: "gemm",
+        GemmListCommand: "gemm_list",
+        KvrCommand: "kv",
+        HostCommand: "host",
+        SyncCommand: "sync",
+    }
     return [kind[type(c)] for c in prog.commands()]
 
 

@@ -17,6 +17,13 @@ is idle from the cycle after its command's done. Run lengths, from the dispatch 
   write); the decoder sees ``busy`` low one cycle later.
 - **HOST**: L, the op's modeled latency (``attrs["cycles"]``, compiler.hostcost): the host takes the op at the
   dispatch handshake and reports it done L cycles later (the co-simulation bench does exactly that).
+- **GEMM_LIST**: 3 + ``latency`` + (b − 1)·``beat_interval`` + G, b = ``sim.gemm_model.list_fetch_beats`` of
+  the command's capacity (the field ``n_tiles`` in mode 1, ``k_tiles`` in mode 2: the count is in the list, so
+  the top reads the capacity's beats in one request, issued the cycle after the dispatch), G the engine's
+  cycles of the opcode-2 GEMM with the list's count (``GemmListCommand.with_count``), which it takes the
+  cycle after the list's last beat; the decoder sees ``busy`` low one cycle after its last write. The count is
+  data: :func:`run_cycles` takes it (``list_count``), :func:`program_schedule` reads it from the Program's
+  image or takes it from the caller (a list a KVR writes during the step).
 - **SYNC**: 0 (its dispatch cycle is its done cycle).
 
 A command's cycles run from its first word's accept to its done cycle, inclusive; a step's from its first
@@ -38,6 +45,7 @@ from hw.isa import (
     SYNC_TLMM,
     WBUF_REUSE,
     GemmCommand,
+    GemmListCommand,
     HostCommand,
     SyncCommand,
     TlmmCommand,
@@ -240,11 +248,37 @@ def tlmm_run_cycles(acfg: AcceleratorConfig, cmd: TlmmCommand) -> int:
     return r
 
 
-def run_cycles(acfg: AcceleratorConfig, cmd, host_ops=None) -> int:
+def list_capacity_of(cmd: GemmListCommand) -> int:
+    """The entries a GEMM_LIST's list may hold: its ``n_tiles`` (mode 1) or ``k_tiles`` (mode 2) field."""
+    return int(cmd.n_tiles if cmd.mode == 1 else cmd.k_tiles)
+
+
+def gemm_list_run_cycles(acfg: AcceleratorConfig, cmd: GemmListCommand, count: int) -> int:
+    """Dispatch → done of a GEMM_LIST whose list holds ``count`` entries (module doc)."""
+    from hw.kv_numerics import LIST_HEADER_BYTES, list_capacity
+    from sim.gemm_model import LIST_HEADER_BYTES as MODEL_HEADER
+    from sim.gemm_model import gemm_fast, list_fetch_beats
+
+    assert LIST_HEADER_BYTES == MODEL_HEADER
+    cap = list_capacity_of(cmd)
+    if cap > list_capacity(acfg.kv):
+        raise ValueError(
+            f"GEMM_LIST: capacity {cap} exceeds the top's tile-list buffer ({list_capacity(acfg.kv)} entries)"
+        )
+    mem = acfg.memory
+    b = list_fetch_beats(cap, mem.bus_bytes)
+    return 3 + mem.latency + (b - 1) * mem.beat_interval + gemm_fast(acfg, cmd.with_count(count)).cycles
+
+
+def run_cycles(acfg: AcceleratorConfig, cmd, host_ops=None, list_count: int | None = None) -> int:
     """Cycles from a command's dispatch cycle to its done cycle (module doc); a HOST command's latency comes
-    from ``host_ops`` (the Program's host-op table)."""
+    from ``host_ops`` (the Program's host-op table), a GEMM_LIST's list count from ``list_count``."""
     if isinstance(cmd, HostCommand):
         return int(host_ops[cmd.op].attrs["cycles"])
+    if isinstance(cmd, GemmListCommand):
+        if list_count is None:
+            raise ValueError("top model: a GEMM_LIST's cycles need its list's count (list_count)")
+        return gemm_list_run_cycles(acfg, cmd, list_count)
     if isinstance(cmd, GemmCommand):
         from sim.gemm_model import gemm_fast
 
@@ -262,7 +296,7 @@ def command_cycles(acfg: AcceleratorConfig, cmd, host_ops=None) -> int:
     return command_words(cmd.OPCODE) + run_cycles(acfg, cmd, host_ops)
 
 
-_CLASS = {TlmmCommand: SYNC_TLMM, GemmCommand: SYNC_GEMM, HostCommand: SYNC_HOST}
+_CLASS = {TlmmCommand: SYNC_TLMM, GemmCommand: SYNC_GEMM, GemmListCommand: SYNC_GEMM, HostCommand: SYNC_HOST}
 
 
 class Schedule(NamedTuple):
@@ -314,18 +348,31 @@ def schedule(commands: list, runs: list, overlap: bool, fetch: bool = True) -> S
     return Schedule(fs, cs, ds, end)
 
 
-def program_schedule(prog) -> Schedule:
-    """The cycle schedule of a Program (hw.program.Program) on the top level of its config."""
+def program_schedule(prog, list_counts: list[int] | None = None) -> Schedule:
+    """The cycle schedule of a Program (hw.program.Program) on the top level of its config. ``list_counts``:
+    the count of each GEMM_LIST's list, in Program order (None: read from the Program's image, for lists
+    that are constants of the image)."""
+    from sim.gemm_model import read_tile_list
+
     acfg = prog.acfg
     cmds = prog.commands()
-    return schedule(cmds, [run_cycles(acfg, c, prog.host_ops) for c in cmds], acfg.system.overlap)
+    lists = [c for c in cmds if isinstance(c, GemmListCommand)]
+    if list_counts is None:
+        list_counts = [len(read_tile_list(prog.image, c)) for c in lists]
+    if len(list_counts) != len(lists):
+        raise ValueError(f"top model: {len(list_counts)} list counts for {len(lists)} GEMM_LIST commands")
+    it = iter(list_counts)
+    runs = [
+        run_cycles(acfg, c, prog.host_ops, next(it) if isinstance(c, GemmListCommand) else None) for c in cmds
+    ]
+    return schedule(cmds, runs, acfg.system.overlap)
 
 
-def program_cycles(prog) -> list[int]:
+def program_cycles(prog, list_counts: list[int] | None = None) -> list[int]:
     """Per-command cycles of a Program on the top level (first word accepted → done, inclusive)."""
-    return program_schedule(prog).per_command
+    return program_schedule(prog, list_counts).per_command
 
 
-def step_cycles(prog) -> int:
+def step_cycles(prog, list_counts: list[int] | None = None) -> int:
     """Whole-step cycles of a Program on the top level: first word accepted → the cycle after the last done."""
-    return int(program_schedule(prog).length)
+    return int(program_schedule(prog, list_counts).length)
