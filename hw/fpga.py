@@ -107,6 +107,8 @@ class FpgaEngine:
     board_top: str | None = None
     #: extra nextpnr arguments for this engine's place-and-route (after the board's)
     pnr_args: tuple[str, ...] = ()
+    #: the config used when none is given (before the board's default): a board top built for one config
+    default_config: str | None = None
 
     @property
     def label(self) -> str:
@@ -238,6 +240,8 @@ ENGINES: dict[str, FpgaEngine] = {
             # nextpnr's default router1 stalls on this design (three runs, docs/board.md "Timing": ~60,000 of
             # 117,000 arcs left after 11 min and not falling); router2 routes it
             pnr_args=("--router", "router2"),
+            # the SDRAM's 16-bit port and 32 MB: the board driver and the board simulation use this config too
+            default_config="configs/ulx3s.yaml",
         ),
     )
 }

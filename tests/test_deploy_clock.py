@@ -83,6 +83,10 @@ def test_cli_clock_option(monkeypatch, tmp_path, capsys):
     assert seen[-1] == ("ulx3s", "ulx3s", "deploy", {"clock_mhz": 40.0})
     assert cli.main([*base, "--engine", "deploy"]) == 0
     assert seen[-1][3] == {}  # the top's own default
+    # without --config the deploy top is built for its own config (the SDRAM's 16-bit port), not the board's
+    bare = ["bitstream", "--board", "ulx3s", "--out", str(tmp_path)]
+    assert cli.main([*bare, "--engine", "deploy"]) == 0 and seen[-1][0] == "ulx3s"
+    assert cli.main([*bare, "--engine", "tlmm"]) == 0 and seen[-1][0] == "default"
     capsys.readouterr()
 
     n = len(seen)

@@ -657,7 +657,7 @@ def cmd_estimate(args) -> int:
 # ---------------------------------------------------------------- bitstream
 def cmd_bitstream(args) -> int:
     from hw.boards import BOARD_SPECS
-    from hw.fpga import BOARDS, FitError, FlowError, build_bitstream, flow_stages
+    from hw.fpga import BOARDS, FitError, FlowError, build_bitstream, flow_stages, fpga_engine
     from sim.engines import engine
     from sim.progress import progress, step
 
@@ -665,7 +665,7 @@ def cmd_bitstream(args) -> int:
     if args.board not in BOARDS:
         raise ConfigError(f"--board: unknown board {args.board!r}; choose one of {', '.join(BOARDS)}")
     board = BOARD_SPECS[args.board]
-    acfg = load_config(args.config or board.default_config)
+    acfg = load_config(args.config or fpga_engine(eng.hardware).default_config or board.default_config)
     clock = {}
     if args.clock_mhz is not None:
         clock = {"clock_mhz": _bitstream_clock(args.clock_mhz, eng.hardware)}
