@@ -544,28 +544,28 @@ class AcceleratorTop(wiring.Component):
             )
 
         # ---------------------------------------------------------------- memory port
-        with m.If(w_active):  # the port belongs to the engine in flight (TLMM and GEMM never overlap)
-            m.d.comb += [
-                self.rreq.valid.eq(tl_rreq_valid),
-                self.rreq.payload.addr.eq(rs_addr),
-                self.rreq.payload.len_minus_one.eq(burst - 1),
-                rq_fire.eq(tl_rreq_valid & self.rreq.ready),
+        def read_port(valid, addr, beats, fire, beat):
+            """The top's own reads on the port: a request of ``beats`` at ``addr`` while ``valid`` (``fire``
+            in its accept cycle), every returned beat taken (``beat`` while one arrives)."""
+            return [
+                self.rreq.valid.eq(valid),
+                self.rreq.payload.addr.eq(addr),
+                self.rreq.payload.len_minus_one.eq(beats - 1),
+                fire.eq(valid & self.rreq.ready),
                 self.rdata.ready.eq(1),
-                rfifo.w_en.eq(self.rdata.valid),
+                beat.eq(self.rdata.valid),
+            ]
+
+        with m.If(w_active):  # the port belongs to the engine in flight (TLMM and GEMM never overlap)
+            m.d.comb += read_port(tl_rreq_valid, rs_addr, burst, rq_fire, rfifo.w_en)
+            m.d.comb += [
                 self.wr.valid.eq(tl_wr_valid),
                 self.wr.payload.addr.eq(w_addr),
                 self.wr.payload.data.eq(wbuf[: 8 * W]),
                 wr_fire.eq(tl_wr_valid & self.wr.ready),
             ]
         with m.Elif(lf_active):  # a GEMM_LIST's list fetch (the engine is idle)
-            m.d.comb += [
-                self.rreq.valid.eq(lf_req),
-                self.rreq.payload.addr.eq(lf_base),
-                self.rreq.payload.len_minus_one.eq(lf_beats - 1),
-                lf_fire.eq(lf_req & self.rreq.ready),
-                self.rdata.ready.eq(1),
-                lf_beat.eq(self.rdata.valid),
-            ]
+            m.d.comb += read_port(lf_req, lf_base, lf_beats, lf_fire, lf_beat)
         with m.Else():
             m.d.comb += forward_mem_port(gemm, self)
             with m.If((lmode != 0) & p_part):  # a GEMM_LIST's B tile: the listed tile's address
