@@ -21,6 +21,23 @@ def parse_args(doc: str, argv=None, extra=None) -> argparse.Namespace:
     return ap.parse_args(argv)
 
 
+def workload_parser(doc: str, prompt: int = 128, contexts=(128, 1024)) -> argparse.ArgumentParser:
+    """The estimate examples' workload options: a model preset on a config (default BitNet-0.7B on the KV260
+    design), the prompt length and the decode contexts; the caller adds its own and parses."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--model", default="bitnet-0.7b", help="model preset (default bitnet-0.7b)")
+    ap.add_argument("--config", default="configs/kv260.yaml", help="accelerator config (default kv260)")
+    ap.add_argument("--prompt", type=int, default=prompt, help=f"prompt tokens (default {prompt})")
+    ap.add_argument(
+        "--context",
+        type=int,
+        nargs="+",
+        default=list(contexts),
+        help="decode contexts (tokens in the KV cache)",
+    )
+    return ap
+
+
 def compile_and_check(module, x, args, describe=None) -> int:
     """Compile ``module`` for ``x``'s shape, run the Program on the numba models and compare with
     ``models.intref.int_reference`` bit for bit; with ``args.rtl`` also through the RTL top level (outputs

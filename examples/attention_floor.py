@@ -13,8 +13,9 @@ as ``tritium estimate`` costs it.
 
 from __future__ import annotations
 
-import argparse
 import math
+
+from _common import workload_parser  # examples/_common.py (puts the checkout on sys.path)
 
 from compiler import compile_model, load_model
 from hw.config import load_config
@@ -43,12 +44,7 @@ def attention_seconds(prog, acfg) -> tuple[float, int]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    ap.add_argument("--model", default="bitnet-0.7b")
-    ap.add_argument("--config", default="configs/kv260.yaml")
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--context", type=int, nargs="+", default=[128, 1024])
-    a = ap.parse_args()
+    a = workload_parser(__doc__).parse_args()
     acfg = load_config(a.config)
     cm = compile_model(load_model(a.model, device="meta"), acfg)
     mc = cm.lowering.mc

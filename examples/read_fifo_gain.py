@@ -13,12 +13,9 @@ Run from the repository root::
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
-import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
+from _common import workload_parser  # examples/_common.py (puts the checkout on sys.path)
 
 from hw.config import config_from_dict, load_config  # noqa: E402
 from hw.isa import GemmCommand, TlmmCommand  # noqa: E402
@@ -51,11 +48,7 @@ def step_cycles_cached(prog, acfg, memo: dict) -> tuple[float, float]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--model", default="bitnet-0.7b")
-    ap.add_argument("--config", default="configs/kv260.yaml")
-    ap.add_argument("--prompt", type=int, default=128)
-    ap.add_argument("--context", type=int, nargs="+", default=[128, 1024])
+    ap = workload_parser(__doc__)
     ap.add_argument(
         "--fifo", type=int, nargs="+", default=[0, 64, 128], help="read_fifo_beats values (0: rule)"
     )
