@@ -381,8 +381,12 @@ def test_postgres_shared_study_two_invocations(tmp_path):
         study = optuna.load_study(
             study_name="dse-t-tiny", storage=url.replace("postgresql:", "postgresql+psycopg2:")
         )
+        # One study, not two: 48 distinct trials at most a batch per invocation over the budget (two separate
+        # studies would hold 96), and below each invocation's CSV holds them all. Whether both invocations
+        # stored trials depends on timing (on an idle machine the first can finish the budget before the
+        # second asks), so it is not asserted.
         runs = {t.user_attrs["uid"].split(":")[0] for t in study.trials}
-        assert len(runs) == 2, "both invocations should have stored trials"
+        assert 1 <= len(runs) <= 2
         uids = [t.user_attrs["uid"] for t in study.trials]
         assert len(uids) == len(set(uids)) and 48 <= len(uids) <= 48 + 2 * 8
         for i in range(2):
