@@ -22,6 +22,7 @@ from numba import njit
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import GemmImage, build_gemm_image, requantize, unpack_c
 from hw.isa import GemmCommand, GemmListCommand
+from hw.kv_numerics import LIST_HEADER_BYTES
 from sim import mem_kernel as mk
 
 __all__ = [
@@ -374,7 +375,7 @@ def run_gemm_on_image(
 # (tritium/retrieval.py): the list fetch, then the opcode-2 GEMM with the list's count.
 # ----------------------------------------------------------------------------------------------------
 
-LIST_HEADER_BYTES = 16  # n, then three reserved words (models.retrieval.LIST_HEADER_WORDS uint32 words)
+# the list block's header (n, then three reserved words): defined once with the list capacity, hw.kv_numerics
 
 
 def list_fetch_beats(entries: int, bus_bytes: int) -> int:

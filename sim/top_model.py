@@ -255,11 +255,9 @@ def list_capacity_of(cmd: GemmListCommand) -> int:
 
 def gemm_list_run_cycles(acfg: AcceleratorConfig, cmd: GemmListCommand, count: int) -> int:
     """Dispatch → done of a GEMM_LIST whose list holds ``count`` entries (module doc)."""
-    from hw.kv_numerics import LIST_HEADER_BYTES, list_capacity
-    from sim.gemm_model import LIST_HEADER_BYTES as MODEL_HEADER
+    from hw.kv_numerics import list_capacity
     from sim.gemm_model import gemm_fast, list_fetch_beats
 
-    assert LIST_HEADER_BYTES == MODEL_HEADER
     cap = list_capacity_of(cmd)
     if cap > list_capacity(acfg.kv):
         raise ValueError(
