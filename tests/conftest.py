@@ -21,6 +21,7 @@ import json
 import math
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from functools import cache
@@ -37,6 +38,13 @@ if "TRITIUM_CACHE_DIR" not in os.environ:
     os.environ["TRITIUM_CACHE_DIR"] = tempfile.mkdtemp(prefix="tritium-test-cache-")
 
 import pytest
+
+# A test run started in the background of a shell without job control inherits SIGINT ignored, and a Python
+# child started from it would then ignore SIGINT too (Python installs its handler only where SIGINT is not
+# ignored), so the Ctrl-C tests (test_dse_resume, test_engines) would hang or run to the end. With a handler
+# here, children start with SIGINT at its default (exec resets handlers, not SIG_IGN).
+if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+    signal.signal(signal.SIGINT, signal.default_int_handler)
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(REPO))
