@@ -8,7 +8,7 @@ list buffer and a list that does not fit one burst are refused; with Verilator, 
 linear whose GEMM is a GEMM_LIST reading a list placed in the image: identity lists in both modes and in mode 2
 with strided B panels, then a permuted list with a repeated tile and a shortened strided list) give the executor's output bit for bit (the
 identity lists: the PyTorch int reference's) and every command's cycles equal the model's. The KVR command
-(opcode 5) is not in the RTL top yet."""
+(opcode 5) on the RTL top (kv_tables onchip): tests/test_kvr_top_engine.py."""
 
 import dataclasses
 
