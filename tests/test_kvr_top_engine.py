@@ -1,4 +1,4 @@
-"""KVR (opcode 5) in the RTL top level with on-chip table slots (configs/tiny-resv.yaml: ``system.attention
+"""KVR (opcode 5) in the RTL top level with on-chip table slots (configs/top-resv.yaml: ``system.attention
 resv``, ``kv_tables onchip``, ``kv.slots`` 8): the trained tiny model, cut to one layer, compiled with retrieval
 — a 14-token prefill (insert-only KVRs) and four decode steps, three of them past ``kv_min_context`` 16 (KVRs with
 two queries, GEMM_LISTs over the lists they write) — through the Verilator top: logits bit-exact against
@@ -15,7 +15,7 @@ from conftest import REPO, top_one_layer
 from hw.config import load_config
 from hw.isa import KvrCommand
 
-CONFIG = REPO / "configs" / "tiny-resv.yaml"
+CONFIG = REPO / "configs" / "top-resv.yaml"
 PROMPT = b"def f(x): return"[:14]
 
 
