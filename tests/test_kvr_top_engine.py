@@ -77,3 +77,44 @@ def test_tiny_model_retrieval_through_the_rtl_top():
     kv = out["per_kind"]["kv"]
     assert kv["commands"] == 2 * 5 and kv["rtl_cycles"] == kv["model_cycles"] > 0
     assert out["per_kind"]["gemm_list"]["commands"] == 2 * 2 * 3  # Q·Kᵀ and P·V per stream, 3 retrieval steps
+
+
+def test_command_fields_carry_the_kvr_fields():
+    """The decoder's view of a KVR command (hw.top.CommandFields.kvr) holds every field the sequencer takes."""
+    from amaranth.sim import Simulator
+
+    from hw.top import MAX_COMMAND_WORDS, CommandFields
+
+    cmd = KvrCommand(
+        table=0x1234,
+        inserts=201,
+        queries=13,
+        win_tiles=2,
+        win_tile=0xBEEF,
+        vec_base=0xDEADBEEF,
+        list_base=0x76543210,
+        tab_base=0x55,
+        page_tile=0x4321,
+    )
+    dut = CommandFields()
+    got = {}
+
+    async def testbench(ctx):
+        w = cmd.words()
+        ctx.set(dut.words, w + [0] * (MAX_COMMAND_WORDS - len(w)))
+        for name in (
+            "table",
+            "inserts",
+            "queries",
+            "win_tiles",
+            "win_tile",
+            "vec_base",
+            "list_base",
+            "page_tile",
+        ):
+            got[name] = ctx.get(getattr(dut.kvr, name))
+
+    sim = Simulator(dut)
+    sim.add_testbench(testbench)
+    sim.run()
+    assert got == {name: getattr(cmd, name) for name in got} and len(got) == 8
