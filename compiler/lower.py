@@ -150,6 +150,14 @@ class Lowering:
                 f"<model>: system.attention=resv: kv.max_cluster_size={rg.page} must equal gemm.cols "
                 f"({self.geo.cols}) and gemm.k_tile ({self.geo.k_tile}) (one list entry = one GEMM tile)"
             )
+        n_attn = sum(op.kind == "attention" for op in self.g.ops)
+        streams = n_attn * rg.streams_per_layer
+        if self.acfg.system.kv_tables == "onchip" and streams > self.acfg.kv.slots:
+            raise CompileError(
+                f"<model>: system.kv_tables=onchip: kv.slots={self.acfg.kv.slots} holds fewer tables than the "
+                f"model's {streams} retrieval streams ({n_attn} layers × {rg.streams_per_layer}); set kv.slots "
+                f"to at least {streams}"
+            )
         return rg
 
     def tlmm_slices(self, op) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:

@@ -443,6 +443,15 @@ class KvConfig:
     buckets: Annotated[int, _int(1, 64, "score buckets of the threshold unit"), POW2] = 16
     alpha: Annotated[float, _num(0.0, 1.0, "fraction of the row sum the selected clusters must reach")] = 0.3
     seed: Annotated[int, _int(0, (1 << 63) - 1, "seed of the hyperplanes")] = 1
+    slots: Annotated[
+        int,
+        _int(
+            1,
+            1024,
+            "cluster-table slots of the engine (`system.kv_tables: onchip`: one per retrieval stream, layers × "
+            "attention groups; a KVR's `table` field picks one); 1 = the standalone engine's one table",
+        ),
+    ] = 1
 
     @property
     def beats(self) -> int:
@@ -717,6 +726,8 @@ class AcceleratorConfig:
         hw = {k: v for k, v in self.to_dict().items() if k not in ("name", "clock_mhz", "device", "system")}
         if not self.memory.read_fifo_beats:  # the default rule: fingerprints stay as they were
             del hw["memory"]["read_fifo_beats"]
+        if self.kv.slots == 1:  # one table (the default): fingerprints stay as they were
+            del hw["kv"]["slots"]
         if (
             self.system.overlap
         ):  # the decoder is built for it (absent when false: fingerprints stay as they were)

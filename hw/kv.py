@@ -107,14 +107,24 @@ class _Units:
 class KvRetrieval(wiring.Component):
     """ReSV retrieval engine for one head (see module docstring)."""
 
-    def __init__(self, kv: KvConfig):
-        self.kv = kv
+    def __init__(self, kv: KvConfig, slots: int = 1, top: bool = False):
+        """``slots`` cluster tables (:class:`hw.kv_table.ClusterTableUnit`); ``top``: the ports the top level's
+        KVR sequencer uses — ``slot`` (with ``slots`` > 1: the table every command addresses, held while it
+        runs) and ``count`` (the count of the cluster on ``out``: a SEL's, or an ASSIGN's after the insert).
+        The standalone engine (slots 1, no top ports) elaborates exactly as before."""
+        self.kv, self.slots, self.top = kv, slots, top
+        extra = {}
+        if top:
+            extra["count"] = Out(kv.count_bits)
+            if slots > 1:
+                extra["slot"] = In(range(slots))
         super().__init__(
             {
                 "cmd": In(stream.Signature(unsigned(2))),
                 "vec": In(stream.Signature(data.ArrayLayout(signed(8), kv.lanes))),
                 "out": Out(stream.Signature(out_layout(kv))),
                 "busy": Out(1),
+                **extra,
             }
         )
 
@@ -126,7 +136,7 @@ class KvRetrieval(wiring.Component):
             state=Signal(State),
             signature=SignatureUnit(kv),
             search=NearestSearch(kv),
-            table=ClusterTableUnit(kv),
+            table=ClusterTableUnit(kv, self.slots),
             score=ScorePipeline(kv),
             threshold=ThresholdWalk(kv),
             is_query=Signal(),
@@ -138,6 +148,10 @@ class KvRetrieval(wiring.Component):
         m.submodules.signature, m.submodules.search, m.submodules.table = u.signature, u.search, u.table
         m.submodules.score, m.submodules.threshold = u.score, u.threshold
         m.d.comb += self.busy.eq(u.state != State.IDLE)
+        if self.top:
+            m.d.comb += self.count.eq(u.table.count)
+            if self.slots > 1:
+                m.d.comb += u.table.slot.eq(self.slot)
         self._wire(m, u)
         with m.Switch(u.state):
             self._insert_states(m, u)
@@ -247,6 +261,8 @@ class KvRetrieval(wiring.Component):
                 m.d.sync += u.state.eq(State.OUT)
 
         with m.Case(State.OUT):
+            if self.top:  # ``count``: the cluster's count after the insert
+                self._read_cluster(m, u, u.answer.id)
             with m.If(self._offer(m, u.answer.kind, u.answer.id, u.answer.new)):
                 m.d.sync += u.state.eq(State.IDLE)
 
@@ -306,6 +322,8 @@ class KvRetrieval(wiring.Component):
             m.d.sync += u.state.eq(State.WALK)
 
         with m.Case(State.WALK):
+            if self.top:  # ``count``: the selected cluster's count
+                self._read_cluster(m, u, th.selected)
             with m.If(self._offer(m, KIND_SEL, th.selected)):
                 m.d.comb += th.walk_step.eq(1)
                 with m.If(th.walk_done):

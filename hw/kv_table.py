@@ -5,7 +5,7 @@ synchronous read), plus the number of clusters and of keys in the table. A sub-c
 
 from __future__ import annotations
 
-from amaranth import Array, Const, Module, signed, unsigned
+from amaranth import Array, Cat, Const, Module, Signal, signed, unsigned
 from amaranth.lib import data, wiring
 from amaranth.lib.memory import Memory
 from amaranth.lib.wiring import In, Out
@@ -31,14 +31,21 @@ class ClusterTableUnit(wiring.Component):
       ``sig``; ``n`` += ``new``, ``ntok`` += 1.
     - ``sums_read``: key sums at ``addr`` = (cluster, beat), ``data`` one cycle later; ``sums_write``: a beat
       of key sums.
+    - ``slots`` > 1 (the top level's on-chip tables, ``system.kv_tables: onchip``): ``slots`` tables, the input
+      ``slot`` picks the one every port above addresses (held while a command runs). The memories gain the slot
+      as their high address part; ``n`` and ``ntok`` are registers per slot (all 0 after reset; ``reset``
+      empties the selected slot), so a slot starts empty without clearing RAM (entries at ids ≥ n are never
+      read, as after RESET).
     """
 
-    def __init__(self, kv: KvConfig):
-        self.kv = kv
+    def __init__(self, kv: KvConfig, slots: int = 1):
+        self.kv, self.slots = kv, slots
         rows = kv.max_clusters // kv.lanes
         lanes = data.ArrayLayout(signed(kv.sum_bits), kv.lanes)
+        slot_port = {"slot": In(range(slots))} if slots > 1 else {}
         super().__init__(
             {
+                **slot_port,
                 "reset": In(1),
                 "n": Out(range(kv.max_clusters + 1)),
                 "ntok": Out(range(kv.max_clusters * kv.max_cluster_size + 1)),
@@ -73,41 +80,53 @@ class ClusterTableUnit(wiring.Component):
         wr = self.write
         write_row = wr.id >> lg_l
         write_lane = wr.id[:lg_l] if lg_l else Const(0, 1)
+        S = self.slots
+        rb = (rows - 1).bit_length()  # rows is a power of two
+
+        def at(addr, bits):  # the address in the selected slot (slot above the in-table address)
+            return addr if S == 1 else Cat(addr[:bits], self.slot)
+
         for i in range(L):
-            sigs = Memory(shape=unsigned(kv.hyperplanes), depth=rows, init=[])
-            counts = Memory(shape=unsigned(kv.count_bits), depth=rows, init=[])
+            sigs = Memory(shape=unsigned(kv.hyperplanes), depth=rows * S, init=[])
+            counts = Memory(shape=unsigned(kv.count_bits), depth=rows * S, init=[])
             m.submodules[f"sig{i}"], m.submodules[f"cnt{i}"] = sigs, counts
             sig_rp, cnt_rp = sigs.read_port(domain="comb"), counts.read_port(domain="comb")
             sig_wp, cnt_wp = sigs.write_port(), counts.write_port()
             m.d.comb += [
-                sig_rp.addr.eq(self.row),
-                cnt_rp.addr.eq(self.row),
+                sig_rp.addr.eq(at(self.row, rb)),
+                cnt_rp.addr.eq(at(self.row, rb)),
                 self.row_sigs[i].eq(sig_rp.data),
                 self.row_counts[i].eq(cnt_rp.data),
-                sig_wp.addr.eq(write_row),
+                sig_wp.addr.eq(at(write_row, rb)),
                 sig_wp.data.eq(wr.sig),
                 sig_wp.en.eq(wr.en & wr.new & (write_lane == i)),
-                cnt_wp.addr.eq(write_row),
+                cnt_wp.addr.eq(at(write_row, rb)),
                 cnt_wp.data.eq(wr.count),
                 cnt_wp.en.eq(wr.en & (write_lane == i)),
             ]
         m.d.comb += self.count.eq(Array(self.row_counts[i] for i in range(L))[self.id[:lg_l] if lg_l else 0])
 
+        if S == 1:
+            n, ntok = self.n, self.ntok
+        else:  # per-slot cluster and key counts; the outputs show the selected slot's
+            ns = Array(Signal.like(self.n, name=f"n_slot{j}") for j in range(S))
+            ntoks = Array(Signal.like(self.ntok, name=f"ntok_slot{j}") for j in range(S))
+            n, ntok = ns[self.slot], ntoks[self.slot]
+            m.d.comb += [self.n.eq(n), self.ntok.eq(ntok)]
         with m.If(self.reset):
-            m.d.sync += [self.n.eq(0), self.ntok.eq(0)]
+            m.d.sync += [n.eq(0), ntok.eq(0)]
         with m.Elif(wr.en):
-            m.d.sync += [self.n.eq(self.n + wr.new), self.ntok.eq(self.ntok + 1)]
+            m.d.sync += [n.eq(self.n + wr.new), ntok.eq(self.ntok + 1)]
 
+        sab = sums_addr_bits(kv)
         m.submodules.sums = sums = Memory(
-            shape=unsigned(kv.sum_bits * L),
-            depth=kv.max_clusters << (sums_addr_bits(kv) - kv.id_bits),
-            init=[],
+            shape=unsigned(kv.sum_bits * L), depth=(kv.max_clusters << (sab - kv.id_bits)) * S, init=[]
         )
         sums_rp, sums_wp = sums.read_port(), sums.write_port()
         m.d.comb += [
-            sums_rp.addr.eq(self.sums_read.addr),
+            sums_rp.addr.eq(at(self.sums_read.addr, sab)),
             self.sums_read.data.eq(sums_rp.data),
-            sums_wp.addr.eq(self.sums_write.addr),
+            sums_wp.addr.eq(at(self.sums_write.addr, sab)),
             sums_wp.data.eq(self.sums_write.data),
             sums_wp.en.eq(self.sums_write.en),
         ]

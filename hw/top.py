@@ -27,6 +27,11 @@ one class finish in Program order. The command register is read through :class:`
   ``list_base`` (one request of the capacity's beats), then the engine runs the GEMM with the list's count in
   place of ``n_tiles`` (mode 1) / ``k_tiles`` (mode 2) while the top puts the listed B tiles' addresses on its
   B requests; done when its ``busy`` falls (docs/design.md, "KV retrieval in the loop", "The RTL top").
+- **KVR** (3 words; elaborated with ``system.attention: resv`` and ``system.kv_tables: onchip``): the KV
+  engine with ``kv.slots`` table slots behind :class:`hw.kv_sequencer.KvrSequencer`, in the GEMM class (it waits
+  for the memory port and holds it): the command's rows are read and run on the engine (queries, then
+  inserts, on the slot ``table``), and its list block is written at ``list_base``; done the cycle after its
+  last write is accepted.
 - **HOST**: ``host`` presents the op index; the host takes it at the handshake and raises ``host_done`` for one
   cycle when it has run it (the bench: the op's modeled latency, ``attrs["cycles"]``, after the handshake).
 
@@ -49,9 +54,11 @@ from hw.isa import (
     GEMM_FIELDS,
     GEMM_LIST_FIELDS,
     HOST_FIELDS,
+    KVR_FIELDS,
     OP_GEMM,
     OP_GEMM_LIST,
     OP_HOST,
+    OP_KVR,
     OP_SYNC,
     OP_TLMM,
     SYNC_FIELDS,
@@ -62,6 +69,7 @@ from hw.isa import (
     payload_fields,
 )
 from hw.kv_numerics import LIST_HEADER_BYTES, list_buffer_beats, list_capacity
+from hw.kv_sequencer import KvrSequencer, kvr_fields_layout
 from hw.mem_port import forward_mem_port
 from hw.tlmm import TableLookupMatmul
 from hw.tlmm import command_layout as tlmm_command_layout
@@ -82,6 +90,7 @@ _FIELDS = {
     OP_HOST: HOST_FIELDS,
     OP_SYNC: SYNC_FIELDS,
     OP_GEMM_LIST: GEMM_LIST_FIELDS,
+    OP_KVR: KVR_FIELDS,
 }
 #: Words the decoder's command register holds (the longest command).
 MAX_COMMAND_WORDS = max(command_words(op) for op in _FIELDS)
@@ -115,6 +124,7 @@ class CommandFields(wiring.Component):
                 "host_op": Out(16),
                 "sync_mask": Out(3),
                 "glist": Out(data.StructLayout({"list_base": 32, "mode": 2})),
+                "kvr": Out(kvr_fields_layout()),
             }
         )
 
@@ -126,6 +136,8 @@ class CommandFields(wiring.Component):
         )
         m.d.comb += [self.opcode.eq(tl.opcode), self.host_op.eq(host.op), self.sync_mask.eq(sync.mask)]
         m.d.comb += [self.glist.list_base.eq(gl.list_base), self.glist.mode.eq(gl.mode)]
+        kr = data.View(command_layout(OP_KVR), self.words.as_value())
+        m.d.comb += [self.kvr[name].eq(kr[name]) for name in kvr_fields_layout().members]
         m.d.comb += [self.tlmm[name].eq(tl[name]) for name, _ in payload_fields(OP_TLMM)]
         m.d.comb += [self.tlmm_dma[name].eq(tl[name]) for name in (*_DMA_FIELDS, "wbuf")]
         m.d.comb += [self.gemm[name].eq(gm[name]) for name, _ in payload_fields(OP_GEMM)]
@@ -204,6 +216,14 @@ class AcceleratorTop(wiring.Component):
         dispatch_tlmm = go & (opcode == OP_TLMM)
         dispatch_gemm = go & (opcode == OP_GEMM)
         dispatch_list = go & (opcode == OP_GEMM_LIST)
+        # KVR (opcode 5; system.attention resv with kv_tables onchip): the KV engine's sequencer, in the GEMM
+        # class (it waits for the memory port and holds it until done; SYNC's GEMM bit and retire's cover it)
+        has_kvr = acfg.system.attention == "resv" and acfg.system.kv_tables == "onchip"
+        kvr_active = Signal()
+        dispatch_kvr = go & (opcode == OP_KVR)
+        if has_kvr:
+            m.submodules.kvr = kvr = KvrSequencer(acfg)
+            m.d.comb += [kvr.start.eq(dispatch_kvr), kvr.fields.eq(fields.kvr), kvr_active.eq(kvr.active)]
         lf_active = Signal()  # a GEMM_LIST from its dispatch to its GEMM's accept (the list fetch)
         lf_start = Signal()  # the list is in: the engine takes the GEMM with the list's count
         lf_cmd = Signal(gemm_command_layout())  # the GEMM_LIST's GEMM fields, count substituted
@@ -214,8 +234,8 @@ class AcceleratorTop(wiring.Component):
             self.host.valid.eq((st == 1) & is_host & may_go),
             self.host.payload.eq(fields.host_op),
         ]
-        gm_done, hs_done = gm_busy & ~gemm.busy & ~lf_active, hs_busy & self.host_done
-        with m.If(dispatch_gemm | dispatch_list):
+        gm_done, hs_done = gm_busy & ~gemm.busy & ~lf_active & ~kvr_active, hs_busy & self.host_done
+        with m.If(dispatch_gemm | dispatch_list | (dispatch_kvr if has_kvr else 0)):
             m.d.sync += gm_busy.eq(1)
         with m.Elif(gm_done):
             m.d.sync += gm_busy.eq(0)
@@ -566,6 +586,9 @@ class AcceleratorTop(wiring.Component):
             ]
         with m.Elif(lf_active):  # a GEMM_LIST's list fetch (the engine is idle)
             m.d.comb += read_port(lf_req, lf_base, lf_beats, lf_fire, lf_beat)
+        if has_kvr:
+            with m.Elif(kvr_active):  # a KVR: rows in, the list block out (hw/kv_sequencer.py)
+                m.d.comb += forward_mem_port(kvr, self)
         with m.Else():
             m.d.comb += forward_mem_port(gemm, self)
             with m.If((lmode != 0) & p_part):  # a GEMM_LIST's B tile: the listed tile's address

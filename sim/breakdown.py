@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import re
 
-from hw.isa import GemmCommand, HostCommand, SyncCommand, TlmmCommand
+from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, SyncCommand, TlmmCommand
 
 __all__ = ["command_labels", "layer_of", "op_kind", "group", "cosim_breakdown", "BOUNDS"]
 
@@ -27,9 +27,16 @@ BOUNDS = ("compute", "DRAM", "host")
 """What limits a command: the engine's compute (its own cycles), the DRAM (its bytes through the
 accelerator's port or the shared DRAM), or the host CPU (a HOST op's flops or bytes)."""
 
-_LINE = re.compile(r"^\s*(\d+)\s+(HOST|TLMM|GEMM|SYNC)\s+(\S+)")
+_LINE = re.compile(r"^\s*(\d+)\s+(HOST|TLMM|GEMM|GEMLS|KVR|SYNC)\s+(\S+)")
 _LAYER = re.compile(r"^layers\.(\d+)(?:\.|$)")
-_ENGINE = {TlmmCommand: "TLMM", GemmCommand: "GEMM", HostCommand: "HOST", SyncCommand: "SYNC"}
+_ENGINE = {
+    TlmmCommand: "TLMM",
+    GemmCommand: "GEMM",
+    GemmListCommand: "GEMLS",  # the listing's name of a GEMM_LIST
+    KvrCommand: "KVR",
+    HostCommand: "HOST",
+    SyncCommand: "SYNC",
+}
 
 
 def layer_of(op: str) -> str:

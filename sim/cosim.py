@@ -895,13 +895,13 @@ def truncated_model(model, layers: int):
     return m
 
 
-def torch_int_greedy(model, prompt, new_tokens: int, lm_head) -> tuple[list, list[int]]:
+def torch_int_greedy(model, prompt, new_tokens: int, lm_head, new_cache=None) -> tuple[list, list[int]]:
     """The PyTorch int-mode reference, greedy, one step at a time through the model's KV cache (as the
     accelerator runs it): each step's last-position logits and the prompt followed by the generated tokens."""
     import torch
 
     logits, seq = [], list(prompt)
-    cache = model.new_cache()
+    cache = (new_cache or model.new_cache)()
     with torch.no_grad():
         for s in range(new_tokens):
             inp = torch.tensor([seq if s == 0 else seq[-1:]])
@@ -943,12 +943,11 @@ def run_top_cosim(
         model = truncated_model(model, layers)
     if new_tokens < 1 or not prompt:
         raise ValueError("need a non-empty prompt and at least one new token")
-    if (
-        acfg.system.attention == "resv"
-    ):  # the executor runs it (sim/runtime.py); the RTL top runs GEMM_LIST only
+    resv = acfg.system.attention == "resv"
+    if resv and acfg.system.kv_tables != "onchip":
         raise ValueError(
-            f"{acfg.name}: system.attention=resv: the RTL top level runs GEMM_LIST but has no KVR engine yet "
-            "(docs/design.md, 'KV retrieval in the loop'); co-simulate a dense config"
+            f"{acfg.name}: system.attention=resv with system.kv_tables=dram: the RTL top level keeps the cluster "
+            "tables on chip only (a table DMA is not built); set system.kv_tables: onchip and kv.slots"
         )
     _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
     step("compile", f"{new_tokens} step(s)")
@@ -956,26 +955,46 @@ def run_top_cosim(
     progs = [cm.program(len(prompt), 0, logits="last")]
     progs += [cm.program(1, len(prompt) + i, logits="last") for i in range(new_tokens - 1)]
     kinds = [command_kinds(p) for p in progs]
-    model_cycles = [program_cycles(p) for p in progs]
-    model_steps = [step_cycles(p) for p in progs]
     from sim.breakdown import command_labels
 
     labels = [command_labels(p) for p in progs]
 
-    # reference 1: PyTorch int mode, greedy; reference 2: the executor on the numba models
+    # reference 1: PyTorch int mode, greedy (with resv: the restricted attention of a RetrievalCache);
+    # reference 2: the executor on the numba models
     step("PyTorch reference")
-    torch_tokens = generate(model, torch.tensor(prompt), new_tokens, mode="int", lm_head=lm_head).tolist()[
-        len(prompt) :
-    ]
-    torch_logits, _ = torch_int_greedy(model, prompt, new_tokens, lm_head)
+    new_cache = None
+    if resv:
+        from models.retrieval import RetrievalCache
+
+        sysc, rg = acfg.system, cm.lowering.rgeo
+
+        def new_cache():
+            cache = model.new_cache()
+            cache.retrieval = RetrievalCache(
+                acfg.kv, sysc.kv_sinks, sysc.kv_window, sysc.kv_min_context, rg.group, model.config.n_layers
+            )
+            return cache
+
+    torch_logits, torch_seq = torch_int_greedy(model, prompt, new_tokens, lm_head, new_cache)
+    if resv:
+        torch_tokens = torch_seq[len(prompt) :]
+    else:
+        torch_tokens = generate(
+            model, torch.tensor(prompt), new_tokens, mode="int", lm_head=lm_head
+        ).tolist()[len(prompt) :]
     step("model")
     rt = Runtime(progs[0])
     model_logits, model_tokens, toks = [], [], list(prompt)
+    model_cycles, model_steps = [], []
     for s, p in enumerate(progs):
-        lg, _ = rt.run(p, toks if s == 0 else toks[-1:])
+        lg, st = rt.run(p, toks if s == 0 else toks[-1:])
         model_logits.append(lg.numpy()[-1])
         toks.append(int(np.argmax(lg.numpy()[-1])))
         model_tokens.append(toks[-1])
+        # the top model's data-dependent inputs come from the executor's run of the step (list counts of the
+        # GEMM_LISTs, the KV engine's cycles of each KVR on its table slot)
+        model_cycles.append(program_cycles(p, st.list_counts, st.kvr_engine))
+        model_steps.append(step_cycles(p, st.list_counts, st.kvr_engine))
 
     prompt = list(prompt)
 

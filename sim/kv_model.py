@@ -45,6 +45,8 @@ __all__ = [
     "query_cycles",
     "kvr_cost",
     "KvrExecutor",
+    "TableState",
+    "kvr_run_cycles",
 ]
 
 (
@@ -137,7 +139,9 @@ def _outputs(out, n_out, ev, finished):
 
 
 @njit(cache=True)
-def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, alpha_q, max_cycles):
+def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, alpha_q, max_cycles, table):
+    """``table`` = (sigs (CM,), cnts (CM,), sums (CM, D), [n, ntok]): one table slot's state, read at the
+    start and updated in place (the engine's RAM and its per-slot counts; :class:`TableState`)."""
     D = NB * L
     n_cmd = ops.shape[0]
     n_vec = vec.shape[0]
@@ -145,9 +149,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
     n_out = 0
     ev = np.zeros(12, np.int64)
 
-    sigs = np.zeros(CM, np.int64)
-    cnts = np.zeros(CM, np.int64)
-    sums = np.zeros((CM, D), np.int64)
+    sigs, cnts, sums, counts = table
     scores = np.zeros(CM, np.int64)
     nxt_v = np.zeros(CM, np.int64)
     nxt_id = np.zeros(CM, np.int64)
@@ -158,8 +160,8 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
 
     state = S_IDLE
     is_query = False
-    n = 0
-    ntok = 0
+    n = counts[0]
+    ntok = counts[1]
     beat = 0
     scan_row = 0
     best_v, best_d, best_id = False, 0, 0
@@ -177,6 +179,7 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
     t = 0
     while t < max_cycles:
         if ci >= n_cmd and state == S_IDLE:
+            counts[0], counts[1] = n, ntok
             return _outputs(out, n_out, ev, True)
         vvalid = vi < n_vec and vpat[t % vpat.shape[0]] != 0
         oready = opat[t % opat.shape[0]] != 0
@@ -361,7 +364,26 @@ def _kv_kernel(ops, vec, vpat, opat, hp, recip, L, NB, HP, CM, CS, B, hamming, a
                 ev[E_QRY] += 1
                 state = S_IDLE
         t += 1
+    counts[0], counts[1] = n, ntok
     return _outputs(out, n_out, ev, False)
+
+
+class TableState:
+    """One cluster table's state as the engine holds it (a slot of ``system.kv_tables: onchip``): signatures,
+    counts and key sums per cluster, the cluster and key counts. A new one is empty (the engine after reset)."""
+
+    def __init__(self, kv: KvConfig):
+        self.sigs = np.zeros(kv.max_clusters, np.int64)
+        self.cnts = np.zeros(kv.max_clusters, np.int64)
+        self.sums = np.zeros((kv.max_clusters, kv.dim), np.int64)
+        self.counts = np.zeros(2, np.int64)  # n (clusters), ntok (keys)
+
+    @property
+    def n(self) -> int:
+        return int(self.counts[0])
+
+    def arrays(self) -> tuple:
+        return self.sigs, self.cnts, self.sums, self.counts
 
 
 @dataclass
@@ -415,8 +437,10 @@ def run_kv(
     vec_pattern=None,
     out_pattern=None,
     max_cycles: int | None = None,
+    table: TableState | None = None,
 ):
-    """Run encoded commands; returns the raw kernel outputs (see :func:`run_commands`)."""
+    """Run encoded commands; returns the raw kernel outputs (see :func:`run_commands`). ``table``: the table
+    slot the commands run on (updated in place; None: a new, empty one)."""
     vp = _ONES if vec_pattern is None else np.asarray(vec_pattern, np.int8)
     op = _ONES if out_pattern is None else np.asarray(out_pattern, np.int8)
     for p in (vp, op):
@@ -442,16 +466,20 @@ def run_kv(
         kv.hamming,
         kv.alpha_q,
         max_cycles,
+        (table or TableState(kv)).arrays(),
     )
     if not res[6]:
         raise RuntimeError("KV model did not finish within its cycle guard")
     return res
 
 
-def run_commands(kv: KvConfig, commands, vec_pattern=None, out_pattern=None) -> KvRun:
-    """Run a command list through the stepped model (see the module docstring for the conventions)."""
+def run_commands(
+    kv: KvConfig, commands, vec_pattern=None, out_pattern=None, table: TableState | None = None
+) -> KvRun:
+    """Run a command list through the stepped model (see the module docstring for the conventions) on
+    ``table`` (a slot's state, updated in place; None: an empty table)."""
     ops, vec = encode_commands(kv, commands)
-    kinds, ids, news, cyc, cycles, ev, _ = run_kv(kv, ops, vec, vec_pattern, out_pattern)
+    kinds, ids, news, cyc, cycles, ev, _ = run_kv(kv, ops, vec, vec_pattern, out_pattern, table=table)
     results, command_cycles = [], []
     j = 0
     for o in ops:
@@ -515,6 +543,30 @@ def query_cycles(kv: KvConfig, n: int, k: int) -> int:
     return 1 + kv.beats + (n * kv.beats + 5) + 2 + (n + 2) + 1 + k + 1
 
 
+def kvr_run_cycles(kv: KvConfig, mem, engine_cycles: list[int]) -> int:
+    """Cycles of a KVR command on the top level (``system.kv_tables: onchip``), from its dispatch cycle to its
+    done cycle (hw/top.py's KVR sequencer; docs/design.md, "The RTL top"). ``engine_cycles``: the KV engine's
+    cycles of each of its engine commands (queries first, then inserts), from the IDLE cycle that takes the
+    command to its last output beat, inclusive (:attr:`KvrExecutor.engine_cycles`; unstalled:
+    :func:`query_cycles` / :func:`insert_cycles`).
+
+    Per engine command the sequencer requests the row (``ceil(dim/bus_bytes)`` beats, accepted at once: the
+    memory is idle), takes its beats (the last ``latency + (beats − 1)·beat_interval`` cycles after the
+    request), offers the command the next cycle and feeds the row (the engine never stalls) and takes every
+    output beat; the next row is requested the cycle after the last one. Between the queries and the inserts it
+    pushes the list block's header and entries (4 + list capacity words, one per cycle) into the write packer;
+    each insert result is pushed as it leaves the engine; full beats are written while the sequencer goes on.
+    After the last word the partial beat is written (+1), accepted the cycle after (+1), and the decoder sees
+    the command done a cycle later (+1). Exact for ``beat_interval`` ≤ bus_bytes/4 (a packed beat is never
+    waiting for the previous write; every config has 1 or 2)."""
+    from hw.kv_numerics import LIST_HEADER_BYTES, list_capacity
+
+    row_beats = -(-kv.dim // mem.bus_bytes)
+    per_row = mem.latency + (row_beats - 1) * mem.beat_interval + 1
+    words = LIST_HEADER_BYTES // 4 + list_capacity(kv)
+    return 1 + sum(per_row + e for e in engine_cycles) + words + 2
+
+
 def kvr_cost(
     kv: KvConfig,
     mem,
@@ -529,19 +581,23 @@ def kvr_cost(
     loop"): ``len(selected)`` queries (``selected[i]`` clusters each) on a table of ``n`` clusters, then
     ``inserts`` keys (the table grows by at most one cluster per insert, up to ``kv.max_clusters``).
 
-    Cycles: 4 (fetch and dispatch) + ``memory.latency`` (first vector / table beat) + max(the engine's
-    unstalled schedule, the beats it reads) + the beats it writes. The engine's key-sum stream is the
-    table's int16 sums at ``kv.lanes`` per SCORE cycle, so with ``2·lanes ≤ bus_bytes`` a table in DRAM
-    streams no slower than it is scored. Reads: the key and query rows (``ceil(dim/bus)`` beats each), the
-    table (``dram``: n rows); writes: one table row per insert (``dram``), the list block (16-byte header,
-    ``list_entries`` entries written, one word per insert). Events as :data:`EVENT_NAMES` for
-    :func:`kv_energy_j`. Not co-simulated: no RTL runs opcode 5 yet."""
+    ``tables_in_dram=False`` (``onchip``): the top level's cycle definition, :func:`kvr_run_cycles` of the
+    engine's unstalled schedule + the fetch and dispatch (4), co-simulated in tests/test_kvr_top_engine.py.
+    ``dram`` (not built: no table DMA): 4 + ``memory.latency`` (first vector / table beat) + max(the engine's
+    unstalled schedule, the beats it reads) + the beats it writes; the engine's key-sum stream is the table's
+    int16 sums at ``kv.lanes`` per SCORE cycle, so with ``2·lanes ≤ bus_bytes`` a table in DRAM streams no
+    slower than it is scored. Reads: the key and query rows (``ceil(dim/bus)`` beats each), the table
+    (``dram``: n rows); writes: one table row per insert (``dram``), the list block (16-byte header, the list
+    capacity's entries — ``list_entries`` of them used — and one word per insert). Events as
+    :data:`EVENT_NAMES` for :func:`kv_energy_j`."""
+    from hw.kv_numerics import list_capacity
+
     w, iv = mem.bus_bytes, mem.beat_interval
     row_beats = -(-kv.dim // w)
     ev = dict.fromkeys(EVENT_NAMES, 0)
-    comp = 0
+    per_command = []
     for k in selected:
-        comp += query_cycles(kv, n, k)
+        per_command.append(query_cycles(kv, n, k))
         ev["vec_beats"] += kv.beats
         ev["score_macs"] += n * kv.dim
         ev["score_scales"] += n
@@ -551,7 +607,7 @@ def kvr_cost(
         ev["queries"] += 1
     m = n
     for _ in range(inserts):
-        comp += insert_cycles(kv, m)
+        per_command.append(insert_cycles(kv, m))
         ev["vec_beats"] += kv.beats
         ev["proj_adds"] += kv.hyperplanes * kv.dim
         ev["sig_compares"] += m
@@ -559,13 +615,18 @@ def kvr_cost(
         ev["out_beats"] += 1
         ev["inserts"] += 1
         m = min(kv.max_clusters, m + 1)
+    comp = sum(per_command)
     read_beats = (len(selected) + inserts) * row_beats
-    write_bytes = 16 + 4 * list_entries + 4 * inserts
+    assert list_entries <= list_capacity(kv)
+    write_bytes = 16 + 4 * list_capacity(kv) + 4 * inserts
     if tables_in_dram:
         read_beats += -(-n * row_bytes // w)
         write_bytes += inserts * -(-row_bytes // w) * w
     write_beats = -(-write_bytes // w)
-    cycles = 4 + mem.latency + max(comp, read_beats * iv) + write_beats * iv
+    if tables_in_dram:
+        cycles = 4 + mem.latency + max(comp, read_beats * iv) + write_beats * iv
+    else:
+        cycles = 4 + kvr_run_cycles(kv, mem, per_command)
     return {
         "cycles": cycles,
         "compute_cycles": comp,
@@ -577,18 +638,21 @@ def kvr_cost(
 
 class KvrExecutor:
     """Runs KVR commands (ISA opcode 5; docs/design.md, "KV retrieval in the loop") on the stepped model
-    over a memory image: per stream, the keys inserted so far are the table's state (the engine is replayed
-    from RESET over them, then the command's queries and inserts run), and the command's list block
-    (:func:`models.retrieval.list_block`) is written at ``list_base``. ``run`` returns the engine cycles of the
-    command's own queries and inserts (the replay excluded; the memory side is not modeled here)."""
+    over a memory image. Per stream (the command's ``table``) it keeps the engine's table slot
+    (:class:`TableState`): every slot is empty when the executor is made (the engine after reset: the start of a
+    generation) and carries over from command to command, as the on-chip slots of the top level do. A command
+    runs its queries, then its inserts, on its slot, and writes the list block
+    (:func:`models.retrieval.list_block`) at ``list_base``. ``run`` returns the engine cycles of the command's
+    queries and inserts; ``engine_cycles`` holds the last command's per engine command (queries first), what
+    :func:`kvr_run_cycles` (the top level's KVR) takes."""
 
     def __init__(self, kv: KvConfig, bus_bytes: int):
         self.kv, self.w = kv, bus_bytes
-        self.keys: dict[int, list[np.ndarray]] = {}
-        self.assigned: dict[int, list[int]] = {}  # per stream, the cluster of each inserted key (−1 dropped)
+        self.tables: dict[int, TableState] = {}
+        self.engine_cycles: list[int] = []
 
     def run(self, cmd, image: np.ndarray) -> int:
-        from models.retrieval import LIST_HEADER_WORDS, list_block, list_capacity
+        from models.retrieval import LIST_HEADER_WORDS, list_block, list_capacity, union_order
 
         kv, w = self.kv, self.w
         mem = image.reshape(-1)
@@ -598,36 +662,29 @@ class KvrExecutor:
             for i in range(cmd.inserts + cmd.queries)
         ]
         keys, queries = rows[: cmd.inserts], rows[cmd.inserts :]
-        hist = self.keys.setdefault(cmd.table, [])
-        assigned = self.assigned.setdefault(cmd.table, [])
-        commands = (
-            [("insert", k) for k in hist] + [("query", q) for q in queries] + [("insert", k) for k in keys]
-        )
-        run = run_commands(kv, commands)
-        h = len(hist)
-        counts: dict[int, int] = {}
-        for c in assigned:
-            if c >= 0:
-                counts[c] = counts.get(c, 0) + 1
-        sel = run.results[h : h + len(queries)]
-        from models.retrieval import union_order
-
-        selected = union_order(sel)
-        before = [counts[c] for c in selected]
+        table = self.tables.setdefault(cmd.table, TableState(kv))
+        before = table.cnts.copy()  # each cluster's count before the command's inserts
+        run = run_commands(kv, [("query", q) for q in queries] + [("insert", k) for k in keys], table=table)
+        selected = union_order(run.results[: len(queries)])
+        counts = {c: int(before[c]) for c in selected}
         inserted = []
-        for k, (cid, _new, full) in zip(keys, run.results[h + len(queries) :], strict=True):
-            slot = 0 if full else counts.get(cid, 0)
+        for cid, _new, full in run.results[len(queries) :]:
+            slot = 0 if full else (0 if _new else counts.get(cid, int(before[cid])))
             if not full:
                 counts[cid] = slot + 1
             inserted.append((cid, slot))
-            hist.append(k)
-            assigned.append(cid)
         tiles = [0, *range(cmd.win_tile, cmd.win_tile + cmd.win_tiles)] if queries else []
         words = list_block(
-            kv, tiles, selected if queries else [], before if queries else [], cmd.page_tile, inserted
+            kv,
+            tiles,
+            selected if queries else [],
+            [int(before[c]) for c in selected] if queries else [],
+            cmd.page_tile,
+            inserted,
         )
         start = cmd.list_base * w
         mem[start : start + 4 * words.size] = words.astype("<u4").view(np.uint8)
         assert words.size >= LIST_HEADER_WORDS + list_capacity(kv)
-        end_hist = run.command_cycles[h - 1] if h else -1
-        return int(run.command_cycles[-1] - end_hist)
+        ends = [-1, *run.command_cycles]
+        self.engine_cycles = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
+        return int(run.command_cycles[-1] + 1)

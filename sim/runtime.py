@@ -42,6 +42,10 @@ class ExecStats:
     cycles: dict[str, int] = field(default_factory=lambda: {"tlmm": 0, "gemm": 0})
     commands: dict[str, int] = field(default_factory=lambda: {"tlmm": 0, "gemm": 0, "host": 0})
     per_command: list[tuple[str, int]] = field(default_factory=list)
+    # the data the top level's cycle model needs (sim.top_model.program_cycles), in Program order: each
+    # GEMM_LIST's list count and each KVR's engine cycles per engine command (queries, then inserts)
+    list_counts: list[int] = field(default_factory=list)
+    kvr_engine: list[list[int]] = field(default_factory=list)
 
 
 class _Host:
@@ -558,12 +562,14 @@ def execute(
             stats.per_command.append(("tlmm", run.cycles))
         elif isinstance(cmd, KvrCommand):
             cycles = kvr.run(cmd, img)
+            stats.kvr_engine.append(list(kvr.engine_cycles))
             _count(stats, "kv", cycles)
         elif isinstance(cmd, GemmListCommand):
             try:
-                cycles, _, _ = run_gemm_list_on_image(acfg, img, cmd)
+                cycles, _, n = run_gemm_list_on_image(acfg, img, cmd)
             except ValueError as e:  # a list the KVR did not write, or tiles outside the image
                 raise ProgramError(f"GEMM_LIST command {i}: {e}") from None
+            stats.list_counts.append(int(n))
             _count(stats, "gemm", cycles)
         elif isinstance(cmd, GemmCommand):
             cycles, _ = run_gemm_on_image(acfg, img, cmd)

@@ -21,14 +21,14 @@ import numpy as np
 from cocotb.triggers import ReadOnly, RisingEdge
 
 from hw.config import config_from_dict
-from hw.isa import OP_GEMM, OP_GEMM_LIST, OP_HOST, OP_SYNC, OP_TLMM, command_words
+from hw.isa import OP_GEMM, OP_GEMM_LIST, OP_HOST, OP_KVR, OP_SYNC, OP_TLMM, command_words
 from hw.program import Program
 from sim.bench_common import MemoryPort, load_cases, start
 from sim.memory import BusMemory
 from sim.runtime import _Host, write_input
 
 # the top's ``retire`` bit of each opcode's class
-_CLASS_BIT = {OP_TLMM: 1, OP_GEMM: 2, OP_GEMM_LIST: 2, OP_HOST: 4, OP_SYNC: 8}
+_CLASS_BIT = {OP_TLMM: 1, OP_GEMM: 2, OP_GEMM_LIST: 2, OP_KVR: 2, OP_HOST: 4, OP_SYNC: 8}
 
 
 @cocotb.test()

@@ -24,6 +24,10 @@ is idle from the cycle after its command's done. Run lengths, from the dispatch 
   cycle after the list's last beat; the decoder sees ``busy`` low one cycle after its last write. The count is
   data: :func:`run_cycles` takes it (``list_count``), :func:`program_schedule` reads it from the Program's
   image or takes it from the caller (a list a KVR writes during the step).
+- **KVR** (``system.kv_tables: onchip``): :func:`sim.kv_model.kvr_run_cycles` of the KV engine's cycles of each
+  of its engine commands (queries, then inserts; data: the table slot's state and the rows decide them, so the
+  caller passes them — ``sim.kv_model.KvrExecutor.engine_cycles``, which ``sim.runtime`` records per KVR): the
+  row reads, the engine, the list block's words and its last write, one engine command at a time (hw/kv_sequencer.py).
 - **SYNC**: 0 (its dispatch cycle is its done cycle).
 
 A command's cycles run from its first word's accept to its done cycle, inclusive; a step's from its first
@@ -47,6 +51,7 @@ from hw.isa import (
     GemmCommand,
     GemmListCommand,
     HostCommand,
+    KvrCommand,
     SyncCommand,
     TlmmCommand,
     command_words,
@@ -268,9 +273,26 @@ def gemm_list_run_cycles(acfg: AcceleratorConfig, cmd: GemmListCommand, count: i
     return 3 + mem.latency + (b - 1) * mem.beat_interval + gemm_fast(acfg, cmd.with_count(count)).cycles
 
 
-def run_cycles(acfg: AcceleratorConfig, cmd, host_ops=None, list_count: int | None = None) -> int:
+def run_cycles(
+    acfg: AcceleratorConfig,
+    cmd,
+    host_ops=None,
+    list_count: int | None = None,
+    kvr_engine: list[int] | None = None,
+) -> int:
     """Cycles from a command's dispatch cycle to its done cycle (module doc); a HOST command's latency comes
-    from ``host_ops`` (the Program's host-op table), a GEMM_LIST's list count from ``list_count``."""
+    from ``host_ops`` (the Program's host-op table), a GEMM_LIST's list count from ``list_count``, a KVR's
+    engine cycles per engine command from ``kvr_engine``."""
+    if isinstance(cmd, KvrCommand):
+        from sim.kv_model import kvr_run_cycles
+
+        if acfg.system.kv_tables != "onchip":
+            raise ValueError("top model: a KVR runs on the top level with system.kv_tables onchip only")
+        if kvr_engine is None or len(kvr_engine) != cmd.inserts + cmd.queries:
+            raise ValueError(
+                "top model: a KVR's cycles need its engine cycles, one per query and insert (kvr_engine)"
+            )
+        return kvr_run_cycles(acfg.kv, acfg.memory, kvr_engine)
     if isinstance(cmd, HostCommand):
         return int(host_ops[cmd.op].attrs["cycles"])
     if isinstance(cmd, GemmListCommand):
@@ -294,7 +316,13 @@ def command_cycles(acfg: AcceleratorConfig, cmd, host_ops=None) -> int:
     return command_words(cmd.OPCODE) + run_cycles(acfg, cmd, host_ops)
 
 
-_CLASS = {TlmmCommand: SYNC_TLMM, GemmCommand: SYNC_GEMM, GemmListCommand: SYNC_GEMM, HostCommand: SYNC_HOST}
+_CLASS = {
+    TlmmCommand: SYNC_TLMM,
+    GemmCommand: SYNC_GEMM,
+    GemmListCommand: SYNC_GEMM,
+    KvrCommand: SYNC_GEMM,  # the KVR sequencer holds the memory port like a GEMM
+    HostCommand: SYNC_HOST,
+}
 
 
 class Schedule(NamedTuple):
@@ -346,10 +374,13 @@ def schedule(commands: list, runs: list, overlap: bool, fetch: bool = True) -> S
     return Schedule(fs, cs, ds, end)
 
 
-def program_schedule(prog, list_counts: list[int] | None = None) -> Schedule:
+def program_schedule(
+    prog, list_counts: list[int] | None = None, kvr_engine: list[list[int]] | None = None
+) -> Schedule:
     """The cycle schedule of a Program (hw.program.Program) on the top level of its config. ``list_counts``:
     the count of each GEMM_LIST's list, in Program order (None: read from the Program's image, for lists
-    that are constants of the image)."""
+    that are constants of the image); ``kvr_engine``: each KVR's engine cycles per engine command, in Program
+    order (``sim.runtime.ExecStats.kvr_engine`` of the step's execution)."""
     from sim.gemm_model import read_tile_list
 
     acfg = prog.acfg
@@ -359,18 +390,28 @@ def program_schedule(prog, list_counts: list[int] | None = None) -> Schedule:
         list_counts = [len(read_tile_list(prog.image, c)) for c in lists]
     if len(list_counts) != len(lists):
         raise ValueError(f"top model: {len(list_counts)} list counts for {len(lists)} GEMM_LIST commands")
-    it = iter(list_counts)
+    kvrs = [c for c in cmds if isinstance(c, KvrCommand)]
+    if kvrs and (kvr_engine is None or len(kvr_engine) != len(kvrs)):
+        raise ValueError(f"top model: {len(kvrs)} KVR commands need their engine cycles (kvr_engine)")
+    it, ik = iter(list_counts), iter(kvr_engine or [])
     runs = [
-        run_cycles(acfg, c, prog.host_ops, next(it) if isinstance(c, GemmListCommand) else None) for c in cmds
+        run_cycles(
+            acfg,
+            c,
+            prog.host_ops,
+            next(it) if isinstance(c, GemmListCommand) else None,
+            next(ik) if isinstance(c, KvrCommand) else None,
+        )
+        for c in cmds
     ]
     return schedule(cmds, runs, acfg.system.overlap)
 
 
-def program_cycles(prog, list_counts: list[int] | None = None) -> list[int]:
+def program_cycles(prog, list_counts: list[int] | None = None, kvr_engine=None) -> list[int]:
     """Per-command cycles of a Program on the top level (first word accepted → done, inclusive)."""
-    return program_schedule(prog, list_counts).per_command
+    return program_schedule(prog, list_counts, kvr_engine).per_command
 
 
-def step_cycles(prog, list_counts: list[int] | None = None) -> int:
+def step_cycles(prog, list_counts: list[int] | None = None, kvr_engine=None) -> int:
     """Whole-step cycles of a Program on the top level: first word accepted → the cycle after the last done."""
-    return int(program_schedule(prog, list_counts).length)
+    return int(program_schedule(prog, list_counts, kvr_engine).length)
