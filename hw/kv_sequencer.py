@@ -46,14 +46,9 @@ __all__ = ["KvrSequencer", "kvr_fields_layout", "Phase"]
 
 
 class Phase(enum.Enum, shape=unsigned(3)):
-    IDLE = 0
-    REQ = 1
-    RECV = 2
-    CMD = 3
-    FEED = 4
-    WAIT = 5
-    HDR = 6
-    FLUSH = 7
+    """The sequencer's states, in the order a KVR passes them (module docstring)."""
+
+    IDLE, REQ, RECV, CMD, FEED, WAIT, HDR, FLUSH = range(8)
 
 
 def kvr_fields_layout() -> data.StructLayout:

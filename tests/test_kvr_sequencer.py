@@ -49,19 +49,8 @@ def _program(acfg, rng):
             addr += block.shape[0] + 1
             lbase = addr
             addr += -(-4 * (4 + list_capacity(kv) + inserts) // W) + 2
-            cmds.append(
-                KvrCommand(
-                    table=table,
-                    inserts=inserts,
-                    queries=queries,
-                    win_tiles=win_tiles,
-                    win_tile=win_tile,
-                    vec_base=vbase,
-                    list_base=lbase,
-                    tab_base=0,
-                    page_tile=3,
-                )
-            )
+            # fields in KvrCommand's order: table, inserts, queries, win_tiles, win_tile, vec_base, list_base
+            cmds.append(KvrCommand(table, inserts, queries, win_tiles, win_tile, vbase, lbase, page_tile=3))
     image = np.full((addr + 4, W), 0xA5, np.uint8)  # list blocks are written over a pattern
     for base, block in rows:
         image[base : base + block.shape[0]] = block

@@ -39,17 +39,7 @@ def test_top_model_needs_the_kvr_engine_cycles():
     from sim.top_model import run_cycles
 
     acfg = load_config(CONFIG)
-    cmd = KvrCommand(
-        table=1,
-        inserts=2,
-        queries=1,
-        win_tiles=0,
-        win_tile=0,
-        vec_base=4,
-        list_base=9,
-        tab_base=0,
-        page_tile=4,
-    )
+    cmd = KvrCommand(table=1, inserts=2, queries=1, vec_base=4, list_base=9, page_tile=4)
     with pytest.raises(ValueError, match="kvr_engine"):
         run_cycles(acfg, cmd)
     with pytest.raises(ValueError, match="kvr_engine"):

@@ -612,7 +612,7 @@ def cmd_kv_report(args) -> int:
 def register(subparsers) -> argparse.ArgumentParser:
     """Add ``kv`` (``replay``, ``plot``, ``report``) to the ``tritium`` subparsers; returns the ``kv`` parser."""
     from models.kvpolicy import POLICIES
-    from tritium.options import add_shared, command
+    from tritium.options import add_checkpoint, add_shared, command
 
     # the options every action takes
     common = argparse.ArgumentParser(add_help=False)
@@ -653,9 +653,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         default=0,
         help="resv: also keep the last N tokens at every step (local window; default 0)",
     )
-    r.add_argument(
-        "--checkpoint", default=None, help="also the int-mode perplexity with restricted attention"
-    )
+    add_checkpoint(r, None, "also the int-mode perplexity with restricted attention, with this checkpoint")
     r.add_argument("--json", action="store_true", help="print JSON")
 
     p = command(
@@ -680,11 +678,7 @@ def register(subparsers) -> argparse.ArgumentParser:
         help="policies at matched budgets: table (report.md), report.json, recall.png",
         parents=[several],
     )
-    rp.add_argument(
-        "--checkpoint",
-        default=DEFAULT_CHECKPOINT,
-        help=f"checkpoint for perplexity (default {DEFAULT_CHECKPOINT}; '' skips it)",
-    )
+    add_checkpoint(rp, DEFAULT_CHECKPOINT, "checkpoint for perplexity, '' skips it")
     rp.add_argument(
         "--out",
         required=True,

@@ -138,20 +138,11 @@ def cmd_kv_ppl(args) -> int:
 
 def add_parser(sub, common) -> None:
     """Add ``ppl`` to the ``tritium kv`` actions (``common``: the --config/--first parent parser)."""
-    from tritium.options import command
+    from tritium.options import add_checkpoint, command
 
-    p = command(
-        sub,
-        "ppl",
-        cmd_kv_ppl,
-        help="perplexity at long context with restricted attention vs dense, and the KV read share",
-        parents=[common],
-    )
-    p.add_argument(
-        "--checkpoint",
-        default=DEFAULT_LONG_CHECKPOINT,
-        help=f"model checkpoint (default {DEFAULT_LONG_CHECKPOINT})",
-    )
+    what = "perplexity at long context with restricted attention vs dense, and the KV read share"
+    p = command(sub, "ppl", cmd_kv_ppl, help=what, parents=[common])
+    add_checkpoint(p, DEFAULT_LONG_CHECKPOINT, "model checkpoint")
     p.add_argument(
         "--context", type=int, default=None, help="window length in bytes (default: the model's max_seq)"
     )

@@ -40,3 +40,9 @@ def command(subparsers, name: str, run: Callable[[argparse.Namespace], int], **k
     parser = subparsers.add_parser(name, **kw)
     parser.set_defaults(func=run)
     return parser
+
+
+def add_checkpoint(parser: argparse.ArgumentParser, default: str | None, purpose: str) -> None:
+    """``--checkpoint``: the trained model a ``tritium kv`` action measures perplexity with (``purpose`` says
+    what for; the default is named in the help)."""
+    parser.add_argument("--checkpoint", default=default, help=f"{purpose} (default {default})")
