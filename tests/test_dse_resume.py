@@ -115,19 +115,15 @@ def _finish(spec_path: Path, out: Path) -> None:
 # kill moments, one after the other on the same output folder: during start-up (before the study or the
 # first evaluation exists), then after 1, 2, … evaluation records or stored rows — a kill right after a
 # record is logged and before it is stored is the case the log replay covers.
+# Seven moments (each kill costs a fresh DSE process start-up): two during start-up, then early, middle and
+# late in the grid after a logged record and after a stored row.
 GRID_KILLS = [
     ("sleep", 0.3),
     ("sleep", 2.0),
     ("log", 1),
     ("stored", 2),
-    ("log", 4),
-    ("log", 6),
-    ("stored", 9),
     ("log", 11),
     ("stored", 13),
-    ("log", 15),
-    ("log", 17),
-    ("stored", 20),
     ("log", 22),
 ]
 
@@ -140,7 +136,7 @@ def test_sigkill_at_many_moments_grid_resume_exact(tmp_path):
     for what, n in GRID_KILLS:
         if _kill_when(_start(p, out), out, what, n):
             kills += 1
-    assert kills >= 10, f"only {kills} kill(s) landed before the run finished"
+    assert kills >= 5, f"only {kills} kill(s) landed before the run finished"
     _finish(p, out)
     _check_equal(ref, out)
     _check_evaluated_once(out)

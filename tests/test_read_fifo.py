@@ -2,7 +2,6 @@
 from hw.top_geometry; a FIFO shallower than the memory latency makes a long weight stream latency-bound, one
 that covers it keeps the port busy (cycles ≈ bus beats)."""
 
-import dataclasses
 import math
 
 import pytest
@@ -125,15 +124,20 @@ def test_fast_evaluator_equals_estimate_with_a_deep_fifo(repo):
 @pytest.mark.torch
 @pytest.mark.verilator
 def test_deep_fifo_long_latency_cycle_exact(repo):
-    """One layer of the trained tiny model through the RTL top level with a 128-beat read FIFO and a
-    latency-100 memory: logits bit-exact and every command's cycles equal to sim/top_model.py; the deep
-    FIFO makes its TLMM commands faster than the default 32-beat one on the same memory (model)."""
-    base = load_config(repo / "configs" / "default.yaml")
-    slow = dataclasses.replace(base, memory=dataclasses.replace(base.memory, latency=100, outstanding=8))
-    deep = _with_memory(slow, read_fifo_beats=128)
+    """One layer of the trained tiny model through the RTL top level with a read FIFO far deeper than the
+    default and a latency-100 memory: logits bit-exact and every command's cycles equal to sim/top_model.py;
+    the deep FIFO makes its TLMM commands faster than the default one on the same memory (model). The config
+    is configs/top-wide-beats.yaml (its 64-beat FIFO against the default rule's 8 beats), so this shares the
+    Verilator build of tests/test_top_widths.py: latency and outstanding requests are the bench memory's, not
+    the RTL's."""
+    wide = load_config(repo / "configs" / "top-wide-beats.yaml")
+    assert wide.memory.read_fifo_beats == 64
+    deep = _with_memory(wide, latency=100, outstanding=8)
+    slow = _with_memory(deep, read_fifo_beats=0)  # the default rule: max(8, 2·max_burst) = 8 beats
+    assert TopGeometry(slow).fifo == 8
     rep = top_one_layer(deep, b"x = 1", 1)
     assert "tlmm" in {k for step in rep.commands for k in step}
-    # the same Program's TLMM commands on the default 32-beat FIFO take longer (model): the run used the depth
+    # the same Program's TLMM commands on the default 8-beat FIFO take longer (model): the run used the depth
     from compiler import compile_model, load_model
     from sim.cosim import truncated_model
     from sim.top_model import program_cycles, run_cycles

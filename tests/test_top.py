@@ -37,12 +37,8 @@ def test_starved_memory_keeps_cycles_exact(repo):
     assert command_cycles(acfg, cmd) > command_cycles(base, cmd)
 
 
-@pytest.mark.torch
-@pytest.mark.verilator
-def test_other_beat_widths(repo):
-    """G=2 half tables, T=3, Q=5, 3 tokens: 6-byte activation beats, 20-byte result beats that straddle the
-    32-byte bus beats, a different weight width — the gearbox and the result packer on other boundaries."""
-    top_one_layer(load_config(repo / "configs" / "small-g2-half.yaml"), b"import os", 2)
+# Other beat widths through the top (configs/small-g2-half.yaml): tests/test_overlap.py's co-simulation, which
+# runs that config with overlap on (one Verilator build for both).
 
 
 def test_tlmm_in_the_top_costs_at_least_the_engine():
