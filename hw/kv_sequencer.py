@@ -1,5 +1,7 @@
-"""The top level's KVR sequencer (ISA opcode 5 with ``system.kv_tables: onchip``): the KV retrieval engine
-(:class:`hw.kv.KvRetrieval` with ``kv.slots`` table slots) on the memory port.
+"""The top level's KVR sequencer (ISA opcode 5): the KV retrieval engine (:class:`hw.kv.KvRetrieval`) on the
+memory port, with ``kv.slots`` table slots (``system.kv_tables: onchip``) or one working table loaded from and
+written back to DRAM (``dram``: :class:`hw.kv_numerics.TableLayout` at ``tab_base``; LREQ/LOAD before the engine
+commands, WB/WEND after the list block of a KVR with inserts — ``_table_dma``).
 
 At ``start`` it latches the command's fields (slot = ``table``) and then runs, one engine command at a time:
 the queries (rows ``inserts .. inserts + queries − 1`` at ``vec_base``), then the inserts (rows
@@ -20,7 +22,8 @@ the queries (rows ``inserts .. inserts + queries − 1`` at ``vec_base``), then 
 
 The write packer gathers words into bus beats and writes each full beat from ``list_base`` on (a register
 holds the beat being written, so packing goes on meanwhile). The cycle definition
-(:func:`sim.kv_model.kvr_run_cycles`) follows these states; docs/design.md, "The RTL top".
+(:func:`sim.kv_model.kvr_run_cycles`, with ``dram`` :func:`sim.kv_model.table_dma_cycles`) follows these states;
+docs/design.md, "The RTL top".
 """
 
 from __future__ import annotations

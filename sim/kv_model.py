@@ -694,7 +694,9 @@ class KvrExecutor:
     runs its queries, then its inserts, on its slot, and writes the list block
     (:func:`models.retrieval.list_block`) at ``list_base``. ``run`` returns the engine cycles of the command's
     queries and inserts; ``engine_cycles`` holds the last command's per engine command (queries first), what
-    :func:`kvr_run_cycles` (the top level's KVR) takes."""
+    :func:`kvr_run_cycles` (the top level's KVR) takes. ``tables_in_dram`` (``system.kv_tables: dram``): no
+    state is kept here — the command's table is the :class:`hw.kv_numerics.TableLayout` bytes at its
+    ``tab_base``, decoded at every command and written back after one with inserts (as the RTL top does)."""
 
     def __init__(self, kv: KvConfig, bus_bytes: int, tables_in_dram: bool = False):
         self.kv, self.w = kv, bus_bytes
