@@ -548,7 +548,7 @@ def query_cycles(kv: KvConfig, n: int, k: int) -> int:
 def kvr_run_cycles(
     kv: KvConfig, mem, engine_cycles: list[int], tables_in_dram: bool = False, inserts: int = 0
 ) -> int:
-    """Cycles of a KVR command on the top level (``system.kv_tables: onchip``), from its dispatch cycle to its
+    """Cycles of a KVR command on the top level (``system.kv_tables`` onchip or dram), from its dispatch cycle to its
     done cycle (hw/top.py's KVR sequencer; docs/design.md, "The RTL top"). ``engine_cycles``: the KV engine's
     cycles of each of its engine commands (queries first, then inserts), from the IDLE cycle that takes the
     command to its last output beat, inclusive (:attr:`KvrExecutor.engine_cycles`; unstalled:
