@@ -56,6 +56,7 @@ from compiler.tiling import ceil_div as _ceil
 from hw.config import AcceleratorConfig
 from hw.gemm_layout import gemm_shape
 from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, SyncCommand, TlmmCommand
+from hw.kv_numerics import TableLayout
 from hw.program import LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
 
 __all__ = ["Allocator", "StepPlan", "Lowering"]
@@ -229,14 +230,10 @@ class Lowering:
                 self._persist(
                     f"kv{L}.cid", rg.streams_per_layer * ms * 4, "int32", [rg.streams_per_layer, ms]
                 )
-                if self.acfg.system.kv_tables == "dram":
+                if self.acfg.system.kv_tables == "dram":  # hw.kv_numerics.TableLayout, zeroed = empty
+                    tl = TableLayout(self.acfg.kv, self.W)
                     for j in range(rg.streams_per_layer):
-                        self._persist(
-                            f"kv{L}.table{j}",
-                            self.acfg.kv.max_clusters * rg.table_row_bytes,
-                            "uint8",
-                            [self.acfg.kv.max_clusters, rg.table_row_bytes],
-                        )
+                        self._persist(f"kv{L}.table{j}", tl.nbytes, "uint8", [tl.beats, self.W])
         self.step_base = self.alloc.high
 
     def _persist(self, name, nbytes, dtype, shape, layout="rows", **attrs) -> None:

@@ -107,17 +107,21 @@ class _Units:
 class KvRetrieval(wiring.Component):
     """ReSV retrieval engine for one head (see module docstring)."""
 
-    def __init__(self, kv: KvConfig, slots: int = 1, top: bool = False):
+    def __init__(self, kv: KvConfig, slots: int = 1, top: bool = False, dma: bool = False):
         """``slots`` cluster tables (:class:`hw.kv_table.ClusterTableUnit`); ``top``: the ports the top level's
         KVR sequencer uses — ``slot`` (with ``slots`` > 1: the table every command addresses, held while it
         runs) and ``count`` (the count of the cluster on ``out``: a SEL's, or an ASSIGN's after the insert).
-        The standalone engine (slots 1, no top ports) elaborates exactly as before."""
-        self.kv, self.slots, self.top = kv, slots, top
+        ``dma`` (with ``top``; ``system.kv_tables: dram``): the port ``tab``, the top's table DMA into the table
+        while the engine is IDLE (:meth:`tab_signature`). The standalone engine (slots 1, no top ports)
+        elaborates exactly as before."""
+        self.kv, self.slots, self.top, self.dma = kv, slots, top, dma
         extra = {}
         if top:
             extra["count"] = Out(kv.count_bits)
             if slots > 1:
                 extra["slot"] = In(range(slots))
+            if dma:
+                extra["tab"] = In(self.tab_signature(kv))
         super().__init__(
             {
                 "cmd": In(stream.Signature(unsigned(2))),
@@ -128,6 +132,62 @@ class KvRetrieval(wiring.Component):
             }
         )
 
+    @staticmethod
+    def tab_signature(kv: KvConfig) -> wiring.Signature:
+        """The table DMA port (the DMA's side drives the ``Out`` members): ``id`` = the cluster whose ``sig`` and
+        ``count`` read (combinationally) and which ``wen`` writes (``wsig``, ``wcount``); ``set`` sets the
+        cluster and key counts (``n``/``ntok`` read them); key sums: ``sums_addr`` (cluster above beat) reads
+        ``sums_rdata`` one cycle later, ``sums_wen`` writes ``sums_wdata`` there."""
+        lanes = data.ArrayLayout(signed(kv.sum_bits), kv.lanes)
+        nt = range(kv.max_clusters * kv.max_cluster_size + 1)
+        return wiring.Signature(
+            {
+                "id": Out(kv.id_bits),
+                "sig": In(kv.hyperplanes),
+                "count": In(kv.count_bits),
+                "wen": Out(1),
+                "wsig": Out(kv.hyperplanes),
+                "wcount": Out(kv.count_bits),
+                "n": In(range(kv.max_clusters + 1)),
+                "ntok": In(nt),
+                "set": Out(1),
+                "set_n": Out(range(kv.max_clusters + 1)),
+                "set_ntok": Out(nt),
+                "sums_addr": Out(sums_addr_bits(kv)),
+                "sums_rdata": In(lanes),
+                "sums_wen": Out(1),
+                "sums_wdata": Out(lanes),
+            }
+        )
+
+    def _wire_dma(self, m: Module, u: _Units) -> None:
+        """The table DMA on the table's ports while the engine is IDLE (after the states: it takes precedence)."""
+        tab, table = self.tab, u.table
+        lg_l = (self.kv.lanes - 1).bit_length()
+        m.d.comb += [
+            tab.sig.eq(table.sig),
+            tab.count.eq(table.count),
+            tab.n.eq(table.n),
+            tab.ntok.eq(table.ntok),
+            tab.sums_rdata.eq(table.sums_read.data),
+            table.load.en.eq(tab.wen),
+            table.load.id.eq(tab.id),
+            table.load.sig.eq(tab.wsig),
+            table.load.count.eq(tab.wcount),
+            table.set.en.eq(tab.set),
+            table.set.n.eq(tab.set_n),
+            table.set.ntok.eq(tab.set_ntok),
+        ]
+        with m.If(u.state == State.IDLE):
+            m.d.comb += [
+                table.row.eq(tab.id >> lg_l),
+                table.id.eq(tab.id),
+                table.sums_read.addr.eq(tab.sums_addr),
+                table.sums_write.addr.eq(tab.sums_addr),
+                table.sums_write.en.eq(tab.sums_wen),
+                table.sums_write.data.eq(tab.sums_wdata),
+            ]
+
     def elaborate(self, platform) -> Module:
         kv = self.kv
         m = Module()
@@ -136,7 +196,7 @@ class KvRetrieval(wiring.Component):
             state=Signal(State),
             signature=SignatureUnit(kv),
             search=NearestSearch(kv),
-            table=ClusterTableUnit(kv, self.slots),
+            table=ClusterTableUnit(kv, self.slots, dma=self.dma),
             score=ScorePipeline(kv),
             threshold=ThresholdWalk(kv),
             is_query=Signal(),
@@ -156,6 +216,8 @@ class KvRetrieval(wiring.Component):
         with m.Switch(u.state):
             self._insert_states(m, u)
             self._query_states(m, u)
+        if self.dma:
+            self._wire_dma(m, u)
         return m
 
     def _wire(self, m: Module, u: _Units) -> None:

@@ -20,6 +20,8 @@ __all__ = [
     "hyperplane_matrix",
     "reciprocal",
     "list_capacity",
+    "TABLE_ENTRY_BYTES",
+    "TableLayout",
 ]
 
 #: Command codes on the engine's ``cmd`` stream.
@@ -73,3 +75,82 @@ def hyperplane_matrix(kv: KvConfig) -> np.ndarray:
 def reciprocal(n: int) -> int:
     """Reciprocal ROM entry round(2^16 / n), n ≥ 1."""
     return ((1 << 16) + n // 2) // n
+
+
+#: Bytes of one cluster's entry in a table in DRAM: its signature (uint64, the ``hyperplanes`` low bits), its
+#: count (uint16 at byte 8), zeros.
+TABLE_ENTRY_BYTES = 16
+
+
+class TableLayout:
+    """A cluster table in DRAM (``system.kv_tables: dram``; docs/design.md, "KV retrieval in the loop",
+    **Tables**): the state the engine must restore, at the KVR's ``tab_base``, in whole bus beats of
+    ``bus_bytes`` (little-endian):
+
+    - beat 0, the header: word 0 = n (clusters in use), word 1 = ntok (keys in the table), the rest 0;
+    - ``sig_beats`` beats of ``max_clusters`` entries of :data:`TABLE_ENTRY_BYTES` (cluster c at byte
+      ``16·c`` of the section): signature, count;
+    - ``sum_beats`` beats of the key sums, ``max_clusters × dim`` signed ``sum_bytes``-byte values (int16 while
+      ``kv.sum_bits`` ≤ 16, else int32), cluster-major (cluster c's element i at ``(c·dim + i)·sum_bytes``), so
+      the engine's key-sum beat b of cluster c (``lanes`` values) is the flat engine beat ``c·beats + b``.
+
+    An all-zero table is the empty table (n = 0): the image starts zeroed there, which is how a generation
+    starts. The whole table is what the RTL top loads before a KVR and writes back after one with inserts."""
+
+    def __init__(self, kv: KvConfig, bus_bytes: int):
+        self.kv, self.bus_bytes = kv, bus_bytes
+        self.sum_bytes = 2 if kv.sum_bits <= 16 else 4
+        cm, w = kv.max_clusters, bus_bytes
+        self.header_beats = 1
+        self.sig_beats = -(-cm * TABLE_ENTRY_BYTES // w)
+        self.sum_beats = -(-cm * kv.dim * self.sum_bytes // w)
+        self.beats = self.header_beats + self.sig_beats + self.sum_beats
+        self.sig_offset = w * self.header_beats
+        self.sum_offset = w * (self.header_beats + self.sig_beats)
+
+    @property
+    def nbytes(self) -> int:
+        return self.beats * self.bus_bytes
+
+    def rtl_fits(self) -> str | None:
+        """Why the RTL top's table DMA cannot move this layout (None: it can): a bus beat must hold whole
+        entries and whole engine key-sum beats."""
+        w, eb = self.bus_bytes, self.kv.lanes * self.sum_bytes
+        if w % TABLE_ENTRY_BYTES or w < 8:
+            return f"memory.bus_bytes {w} must be a multiple of {TABLE_ENTRY_BYTES} (whole table entries)"
+        if w % eb:
+            return f"memory.bus_bytes {w} must be a multiple of a key-sum beat (kv.lanes × {self.sum_bytes} = {eb})"
+        return None
+
+    def pack(self, sigs, cnts, sums, n: int, ntok: int) -> np.ndarray:
+        """The table's bytes (uint8, :attr:`nbytes`) from its state: sigs, cnts (max_clusters,), sums
+        (max_clusters, dim)."""
+        kv = self.kv
+        raw = np.zeros(self.nbytes, np.uint8)
+        raw[:8] = np.array([n, ntok], "<u4").view(np.uint8)
+        ent = np.zeros((kv.max_clusters, TABLE_ENTRY_BYTES), np.uint8)
+        ent[:, :8] = np.asarray(sigs, np.int64).astype("<i8").view(np.uint8).reshape(-1, 8)
+        ent[:, 8:10] = np.asarray(cnts, np.int64).astype("<u2").view(np.uint8).reshape(-1, 2)
+        raw[self.sig_offset : self.sig_offset + ent.size] = ent.reshape(-1)
+        st = "<i2" if self.sum_bytes == 2 else "<i4"
+        s = np.asarray(sums, np.int64).astype(st).view(np.uint8).reshape(-1)
+        raw[self.sum_offset : self.sum_offset + s.size] = s
+        return raw
+
+    def unpack(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
+        """(sigs, cnts, sums, n, ntok) of a table's bytes (:meth:`pack`'s inverse); a bad header (n above
+        max_clusters, ntok above max_clusters · max_cluster_size) is a ValueError."""
+        kv = self.kv
+        raw = np.asarray(raw, np.uint8).reshape(-1)[: self.nbytes]
+        n, ntok = (int(x) for x in raw[:8].view("<u4"))
+        if n > kv.max_clusters or ntok > kv.max_clusters * kv.max_cluster_size:
+            raise ValueError(
+                f"KV table header n={n}, ntok={ntok} is out of range (a table region not zeroed?)"
+            )
+        ent = raw[self.sig_offset : self.sig_offset + kv.max_clusters * TABLE_ENTRY_BYTES].reshape(-1, 16)
+        sigs = ent[:, :8].copy().view("<i8").reshape(-1).astype(np.int64)
+        cnts = ent[:, 8:10].copy().view("<u2").reshape(-1).astype(np.int64)
+        st = "<i2" if self.sum_bytes == 2 else "<i4"
+        m = kv.max_clusters * kv.dim * self.sum_bytes
+        sums = raw[self.sum_offset : self.sum_offset + m].copy().view(st).astype(np.int64)
+        return sigs, cnts, sums.reshape(kv.max_clusters, kv.dim), n, ntok

@@ -1,5 +1,7 @@
-"""The top level's KVR sequencer (ISA opcode 5 with ``system.kv_tables: onchip``): the KV retrieval engine
-(:class:`hw.kv.KvRetrieval` with ``kv.slots`` table slots) on the memory port.
+"""The top level's KVR sequencer (ISA opcode 5): the KV retrieval engine (:class:`hw.kv.KvRetrieval`) on the
+memory port, with ``kv.slots`` table slots (``system.kv_tables: onchip``) or one working table loaded from and
+written back to DRAM (``dram``: :class:`hw.kv_numerics.TableLayout` at ``tab_base``; LREQ/LOAD before the engine
+commands, WB/WEND after the list block of a KVR with inserts — ``_table_dma``).
 
 At ``start`` it latches the command's fields (slot = ``table``) and then runs, one engine command at a time:
 the queries (rows ``inserts .. inserts + queries − 1`` at ``vec_base``), then the inserts (rows
@@ -20,13 +22,15 @@ the queries (rows ``inserts .. inserts + queries − 1`` at ``vec_base``), then 
 
 The write packer gathers words into bus beats and writes each full beat from ``list_base`` on (a register
 holds the beat being written, so packing goes on meanwhile). The cycle definition
-(:func:`sim.kv_model.kvr_run_cycles`) follows these states; docs/design.md, "The RTL top".
+(:func:`sim.kv_model.kvr_run_cycles`, with ``dram`` :func:`sim.kv_model.table_dma_cycles`) follows these states;
+docs/design.md, "The RTL top".
 """
 
 from __future__ import annotations
 
-from amaranth import Array, Cat, Const, Module, Mux, Signal, unsigned
+from amaranth import Array, Cat, Const, Module, Mux, Signal, signed, unsigned
 from amaranth.lib import data, enum, stream, wiring
+from amaranth.lib.fifo import SyncFIFO
 from amaranth.lib.wiring import In, Out
 
 from hw.config import AcceleratorConfig
@@ -39,16 +43,19 @@ from hw.kv_numerics import (
     LIST_HEADER_BYTES,
     OP_INSERT,
     OP_QUERY,
+    TABLE_ENTRY_BYTES,
+    TableLayout,
     list_capacity,
 )
 
 __all__ = ["KvrSequencer", "kvr_fields_layout", "Phase"]
 
 
-class Phase(enum.Enum, shape=unsigned(3)):
-    """The sequencer's states, in the order a KVR passes them (module docstring)."""
+class Phase(enum.Enum, shape=unsigned(4)):
+    """The sequencer's states, in the order a KVR passes them (module docstring; LREQ/LOAD/WB/WEND: the table
+    DMA of ``system.kv_tables: dram``)."""
 
-    IDLE, REQ, RECV, CMD, FEED, WAIT, HDR, FLUSH = range(8)
+    IDLE, REQ, RECV, CMD, FEED, WAIT, HDR, FLUSH, LREQ, LOAD, WB, WEND = range(12)
 
 
 def kvr_fields_layout() -> data.StructLayout:
@@ -63,6 +70,7 @@ def kvr_fields_layout() -> data.StructLayout:
             "vec_base": 32,
             "list_base": 32,
             "page_tile": 16,
+            "tab_base": 32,
         }
     )
 
@@ -84,6 +92,11 @@ class KvrSequencer(wiring.Component):
             raise ValueError(
                 f"{acfg.name}: memory.bus_bytes {mem.bus_bytes} must hold whole 32-bit list words"
             )
+        self.dram = acfg.system.kv_tables == "dram"
+        if self.dram:
+            why = TableLayout(kv, mem.bus_bytes).rtl_fits()
+            if why:
+                raise ValueError(f"{acfg.name}: system.kv_tables=dram: {why}")
         super().__init__(
             {
                 "start": In(1),
@@ -103,12 +116,14 @@ class KvrSequencer(wiring.Component):
         NH = LIST_HEADER_BYTES // 4 + list_capacity(kv)  # header and entry words
         CM = kv.max_clusters
         m = Module()
-        m.submodules.engine = eng = KvRetrieval(kv, slots=kv.slots, top=True)
+        dram = self.dram
+        slots = 1 if dram else kv.slots  # dram: one working table, loaded and written back per KVR
+        m.submodules.engine = eng = KvRetrieval(kv, slots=slots, top=True, dma=dram)
 
         f = Signal(kvr_fields_layout())
         ph = Signal(Phase)
         m.d.comb += self.active.eq(ph != Phase.IDLE)
-        if kv.slots > 1:
+        if slots > 1:
             m.d.comb += eng.slot.eq(f.table)
 
         # ---------------------------------------------------------------- engine commands and rows
@@ -146,8 +161,11 @@ class KvrSequencer(wiring.Component):
         push_ok = Signal()
         m.d.comb += push_ok.eq(pkn_eff < W4)
         push, word = Signal(), Signal(32)
+        wb_move, wb_data = Signal(), Signal(8 * W)  # the table write-back's beat (dram)
         with m.If(move):
             m.d.sync += [wreg.eq(pk), wv.eq(1)]
+        with m.Elif(wb_move):
+            m.d.sync += [wreg.eq(wb_data), wv.eq(1)]
         with m.Elif(accept):
             m.d.sync += wv.eq(0)
         with m.If(accept):
@@ -194,6 +212,8 @@ class KvrSequencer(wiring.Component):
                 waddr.eq(fields.list_base[: mem.addr_bits]),
                 ph.eq(Mux(fields.queries != 0, Phase.REQ, Phase.HDR)),
             ]
+            if dram:
+                m.d.sync += ph.eq(Phase.LREQ)
         m.d.comb += [
             self.rreq.payload.addr.eq(f.vec_base + row * RB),
             self.rreq.payload.len_minus_one.eq(RB - 1),
@@ -265,4 +285,134 @@ class KvrSequencer(wiring.Component):
             with m.Case(Phase.FLUSH):
                 with m.If((pkn == 0) & accept):
                     m.d.sync += ph.eq(Phase.IDLE)
+                    if dram:  # a KVR with inserts writes its table back
+                        with m.If(f.inserts != 0):
+                            m.d.sync += ph.eq(Phase.WB)
+        if dram:
+            self._table_dma(m, f, ph, eng, wfree, wb_move, wb_data, accept, waddr)
         return m
+
+    def _table_dma(self, m, f, ph, eng, wfree, wb_move, wb_data, accept, waddr) -> None:
+        """``system.kv_tables: dram``: the table's load (LREQ, LOAD) before the engine commands and its
+        write-back (WB, WEND) after the list block (module docstring; hw.kv_numerics.TableLayout)."""
+        acfg = self.acfg
+        kv, mem = acfg.kv, acfg.memory
+        W = mem.bus_bytes
+        tl = TableLayout(kv, W)
+        T, SIGB, CM, NB = tl.beats, tl.sig_beats, kv.max_clusters, kv.beats
+        E = W // TABLE_ENTRY_BYTES  # entries per signature beat
+        SB = tl.sum_bytes
+        K = W // (kv.lanes * SB)  # engine key-sum beats per bus beat
+        kb = max(1, (NB - 1).bit_length())
+        tab = eng.tab
+        m.submodules.tfifo = fifo = SyncFIFO(width=8 * W, depth=mem.max_burst)
+
+        lreq, lend, lb = Signal(range(T + 1)), Signal(range(T + 1)), Signal(range(T + 1))
+        ls = Signal(range(max(E, K, 1) + 1))
+        sc, sb = Signal(range(CM + 1)), Signal(range(max(2, NB)))
+        subs = Signal.like(ls)
+        bi = Signal.like(lb)  # the beat in hand: lb while loading, wb while writing back
+        m.d.comb += subs.eq(Mux(bi == 0, 1, Mux(bi <= SIGB, E, K)))
+        is_sig = Signal()
+        m.d.comb += is_sig.eq((bi != 0) & (bi <= SIGB))
+        cid = Signal(range(SIGB * E + E + 1))
+        m.d.comb += cid.eq((bi - 1) * E + ls)
+
+        def step_sums():
+            with m.If(sb == NB - 1):
+                m.d.sync += [sb.eq(0), sc.eq(sc + 1)]
+            with m.Else():
+                m.d.sync += sb.eq(sb + 1)
+
+        m.d.comb += tab.sums_addr.eq(Cat(sb[:kb], sc[: kv.id_bits]))
+        with m.If(self.start):
+            m.d.sync += [lreq.eq(0), lb.eq(0), ls.eq(0), sc.eq(0), sb.eq(0)]
+
+        # ---------------------------------------------------------------- load
+        left = Signal(range(T + 1))
+        m.d.comb += left.eq(T - lreq)
+        blen = Mux(left > mem.max_burst, mem.max_burst, left)
+        beat = fifo.r_data
+        with m.If(ph == Phase.LREQ):
+            m.d.comb += [
+                self.rreq.valid.eq(1),
+                self.rreq.payload.addr.eq(f.tab_base + lreq),
+                self.rreq.payload.len_minus_one.eq(blen - 1),
+            ]
+            with m.If(self.rreq.ready):
+                m.d.sync += [lreq.eq(lreq + blen), lend.eq(lreq + blen), ph.eq(Phase.LOAD)]
+        with m.If(ph == Phase.LOAD):
+            m.d.comb += [bi.eq(lb), fifo.w_en.eq(self.rdata.valid), fifo.w_data.eq(self.rdata.payload)]
+            with m.If(fifo.r_rdy):
+                with m.If(lb == 0):  # the header: n, ntok
+                    m.d.comb += [tab.set.eq(1), tab.set_n.eq(beat[:32]), tab.set_ntok.eq(beat[32:64])]
+                with m.Elif(is_sig):
+                    ent = beat.word_select(ls, 8 * TABLE_ENTRY_BYTES)
+                    m.d.comb += [
+                        tab.id.eq(cid),
+                        tab.wen.eq(cid < CM),
+                        tab.wsig.eq(ent[: kv.hyperplanes]),
+                        tab.wcount.eq(ent[64 : 64 + kv.count_bits]),
+                    ]
+                with m.Else():
+                    sub = beat.word_select(ls, 8 * kv.lanes * SB)
+                    m.d.comb += tab.sums_wen.eq(sc < CM)
+                    m.d.comb += [
+                        tab.sums_wdata[i].eq(sub.word_select(i, 8 * SB)[: kv.sum_bits].as_signed())
+                        for i in range(kv.lanes)
+                    ]
+                    step_sums()
+                with m.If(ls == subs - 1):
+                    m.d.comb += fifo.r_en.eq(1)
+                    m.d.sync += [ls.eq(0), lb.eq(lb + 1)]
+                    with m.If(lb + 1 == lend):
+                        with m.If(lend == T):
+                            m.d.sync += ph.eq(Mux(f.queries != 0, Phase.REQ, Phase.HDR))
+                        with m.Else():
+                            m.d.sync += ph.eq(Phase.LREQ)
+                with m.Else():
+                    m.d.sync += ls.eq(ls + 1)
+
+        # ---------------------------------------------------------------- write-back
+        wb, held = Signal(range(T + 1)), Signal()
+        tb, tb_next = Signal(8 * W), Signal(8 * W)
+        pe, pv = Signal(8 * TABLE_ENTRY_BYTES), Signal()  # an entry read last cycle; a key-sum read is valid
+        with m.If(accept & (ph == Phase.FLUSH)):  # entering WB: the table's first beat
+            m.d.sync += [wb.eq(0), ls.eq(0), held.eq(0), sc.eq(0), sb.eq(0), waddr.eq(f.tab_base)]
+        m.d.comb += tb_next.eq(tb)
+        ext_lanes = [Signal(signed(8 * SB), name=f"wb_sum{i}") for i in range(kv.lanes)]
+        m.d.comb += [x.eq(tab.sums_rdata[i]) for i, x in enumerate(ext_lanes)]  # sign-extended
+        ext = Cat(*ext_lanes)
+        with m.If(ph == Phase.WB):
+            m.d.comb += bi.eq(wb)
+            with m.If(ls < subs):  # issue the read of sub-beat ls
+                with m.If(is_sig):
+                    m.d.comb += tab.id.eq(cid)
+                    m.d.sync += pe.eq(
+                        Mux(cid < CM, Cat(tab.sig, Const(0, 64 - kv.hyperplanes), tab.count), 0)
+                    )
+                with m.Elif(wb != 0):
+                    m.d.sync += pv.eq(sc < CM)
+                    step_sums()
+            with m.If((ls != 0) & ~held):  # collect sub-beat ls − 1
+                with m.If(wb == 0):
+                    m.d.comb += tb_next.eq(Cat(tab.n, Const(0, 32 - len(tab.n)), tab.ntok))
+                with m.Elif(is_sig):
+                    m.d.comb += tb_next.word_select((ls - 1)[: len(ls)], 8 * TABLE_ENTRY_BYTES).eq(pe)
+                with m.Else():
+                    m.d.comb += tb_next.word_select((ls - 1)[: len(ls)], 8 * kv.lanes * SB).eq(
+                        Mux(pv, ext, 0)
+                    )
+                m.d.sync += tb.eq(tb_next)
+            with m.If(ls == subs):
+                with m.If(wfree):
+                    m.d.comb += [wb_move.eq(1), wb_data.eq(tb_next)]
+                    m.d.sync += [wb.eq(wb + 1), ls.eq(0), held.eq(0), tb.eq(0)]
+                    with m.If(wb == T - 1):
+                        m.d.sync += ph.eq(Phase.WEND)
+                with m.Else():
+                    m.d.sync += held.eq(1)
+            with m.Else():
+                m.d.sync += ls.eq(ls + 1)
+        with m.If((ph == Phase.WEND) & accept):
+            m.d.sync += ph.eq(Phase.IDLE)

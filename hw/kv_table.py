@@ -36,13 +36,42 @@ class ClusterTableUnit(wiring.Component):
       as their high address part; ``n`` and ``ntok`` are registers per slot (all 0 after reset; ``reset``
       empties the selected slot), so a slot starts empty without clearing RAM (entries at ids ≥ n are never
       read, as after RESET).
+    - ``dma`` (the top level's ``system.kv_tables: dram``, one table): the table DMA's ports — ``load`` writes
+      cluster ``id``'s signature and count (all lanes' banks at its row), ``set`` sets ``n`` and ``ntok``,
+      ``sig`` is the signature of cluster ``id`` (as ``count``); the key sums go through ``sums_read`` /
+      ``sums_write``. The owner drives them only while no command runs.
     """
 
-    def __init__(self, kv: KvConfig, slots: int = 1):
-        self.kv, self.slots = kv, slots
+    def __init__(self, kv: KvConfig, slots: int = 1, dma: bool = False):
+        self.kv, self.slots, self.dma = kv, slots, dma
         rows = kv.max_clusters // kv.lanes
         lanes = data.ArrayLayout(signed(kv.sum_bits), kv.lanes)
         slot_port = {"slot": In(range(slots))} if slots > 1 else {}
+        if dma:  # the table DMA (system.kv_tables dram): the load's writes and the write-back's reads
+            slot_port.update(
+                {
+                    "sig": Out(kv.hyperplanes),
+                    "load": In(
+                        wiring.Signature(
+                            {
+                                "en": Out(1),
+                                "id": Out(kv.id_bits),
+                                "sig": Out(kv.hyperplanes),
+                                "count": Out(kv.count_bits),
+                            }
+                        )
+                    ),
+                    "set": In(
+                        wiring.Signature(
+                            {
+                                "en": Out(1),
+                                "n": Out(range(kv.max_clusters + 1)),
+                                "ntok": Out(range(kv.max_clusters * kv.max_cluster_size + 1)),
+                            }
+                        )
+                    ),
+                }
+            )
         super().__init__(
             {
                 **slot_port,
@@ -86,6 +115,10 @@ class ClusterTableUnit(wiring.Component):
         def at(addr, bits):  # the address in the selected slot (slot above the in-table address)
             return addr if S == 1 else Cat(addr[:bits], self.slot)
 
+        if self.dma:  # a load writes cluster load.id's signature and count, the counts untouched
+            ld = self.load
+            ld_row, ld_lane = ld.id >> lg_l, (ld.id[:lg_l] if lg_l else Const(0, 1))
+            m.d.comb += self.sig.eq(Array(self.row_sigs[i] for i in range(L))[self.id[:lg_l] if lg_l else 0])
         for i in range(L):
             sigs = Memory(shape=unsigned(kv.hyperplanes), depth=rows * S, init=[])
             counts = Memory(shape=unsigned(kv.count_bits), depth=rows * S, init=[])
@@ -104,6 +137,16 @@ class ClusterTableUnit(wiring.Component):
                 cnt_wp.data.eq(wr.count),
                 cnt_wp.en.eq(wr.en & (write_lane == i)),
             ]
+            if self.dma:
+                with m.If(ld.en):
+                    m.d.comb += [
+                        sig_wp.addr.eq(ld_row),
+                        sig_wp.data.eq(ld.sig),
+                        sig_wp.en.eq(ld_lane == i),
+                        cnt_wp.addr.eq(ld_row),
+                        cnt_wp.data.eq(ld.count),
+                        cnt_wp.en.eq(ld_lane == i),
+                    ]
         m.d.comb += self.count.eq(Array(self.row_counts[i] for i in range(L))[self.id[:lg_l] if lg_l else 0])
 
         if S == 1:
@@ -117,6 +160,9 @@ class ClusterTableUnit(wiring.Component):
             m.d.sync += [n.eq(0), ntok.eq(0)]
         with m.Elif(wr.en):
             m.d.sync += [n.eq(self.n + wr.new), ntok.eq(self.ntok + 1)]
+        if self.dma:
+            with m.If(self.set.en):
+                m.d.sync += [n.eq(self.set.n), ntok.eq(self.set.ntok)]
 
         sab = sums_addr_bits(kv)
         m.submodules.sums = sums = Memory(

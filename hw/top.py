@@ -27,11 +27,12 @@ one class finish in Program order. The command register is read through :class:`
   ``list_base`` (one request of the capacity's beats), then the engine runs the GEMM with the list's count in
   place of ``n_tiles`` (mode 1) / ``k_tiles`` (mode 2) while the top puts the listed B tiles' addresses on its
   B requests; done when its ``busy`` falls (docs/design.md, "KV retrieval in the loop", "The RTL top").
-- **KVR** (3 words; elaborated with ``system.attention: resv`` and ``system.kv_tables: onchip``): the KV
-  engine with ``kv.slots`` table slots behind :class:`hw.kv_sequencer.KvrSequencer`, in the GEMM class (it waits
-  for the memory port and holds it): the command's rows are read and run on the engine (queries, then
-  inserts, on the slot ``table``), and its list block is written at ``list_base``; done the cycle after its
-  last write is accepted.
+- **KVR** (3 words; elaborated with ``system.attention: resv``): the KV engine behind
+  :class:`hw.kv_sequencer.KvrSequencer`, in the GEMM class (it waits for the memory port and holds it): the
+  command's rows are read and run on the engine (queries, then inserts, on the slot ``table`` of ``kv.slots``
+  with ``system.kv_tables: onchip``; with ``dram`` on the one working table, loaded from ``tab_base`` before and
+  written back after), and its list block is written at ``list_base``; done the cycle after its last write is
+  accepted.
 - **HOST**: ``host`` presents the op index; the host takes it at the handshake and raises ``host_done`` for one
   cycle when it has run it (the bench: the op's modeled latency, ``attrs["cycles"]``, after the handshake).
 
@@ -216,9 +217,9 @@ class AcceleratorTop(wiring.Component):
         dispatch_tlmm = go & (opcode == OP_TLMM)
         dispatch_gemm = go & (opcode == OP_GEMM)
         dispatch_list = go & (opcode == OP_GEMM_LIST)
-        # KVR (opcode 5; system.attention resv with kv_tables onchip): the KV engine's sequencer, in the GEMM
+        # KVR (opcode 5; system.attention resv, tables onchip or dram): the KV engine's sequencer, in the GEMM
         # class (it waits for the memory port and holds it until done; SYNC's GEMM bit and retire's cover it)
-        has_kvr = acfg.system.attention == "resv" and acfg.system.kv_tables == "onchip"
+        has_kvr = acfg.system.attention == "resv"
         kvr_active = Signal()
         dispatch_kvr = go & (opcode == OP_KVR)
         if has_kvr:

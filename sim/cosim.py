@@ -932,6 +932,7 @@ def run_top_cosim(
     import torch
 
     from compiler import compile_model, load_model
+    from hw.kv_numerics import TableLayout
     from models.lm import generate
     from sim.runtime import Runtime
     from sim.top_model import program_cycles, step_cycles
@@ -944,11 +945,10 @@ def run_top_cosim(
     if new_tokens < 1 or not prompt:
         raise ValueError("need a non-empty prompt and at least one new token")
     resv = acfg.system.attention == "resv"
-    if resv and acfg.system.kv_tables != "onchip":
-        raise ValueError(
-            f"{acfg.name}: system.attention=resv with system.kv_tables=dram: the RTL top level keeps the cluster "
-            "tables on chip only (a table DMA is not built); set system.kv_tables: onchip and kv.slots"
-        )
+    if resv and acfg.system.kv_tables == "dram":
+        why = TableLayout(acfg.kv, acfg.memory.bus_bytes).rtl_fits()
+        if why:
+            raise ValueError(f"{acfg.name}: system.kv_tables=dram: the RTL top's table DMA needs {why}")
     _log(f"[top] compiling {model.config.n_layers} layer(s) of {checkpoint} for {acfg.name} ...", quiet)
     step("compile", f"{new_tokens} step(s)")
     cm = compile_model(model, acfg, lm_head=lm_head)

@@ -30,6 +30,7 @@ from hw.kv_numerics import (
     OP_INSERT,
     OP_QUERY,
     OP_RESET,
+    TableLayout,
     hyperplane_matrix,
     reciprocal,
 )
@@ -47,6 +48,7 @@ __all__ = [
     "KvrExecutor",
     "TableState",
     "kvr_run_cycles",
+    "table_dma_cycles",
 ]
 
 (
@@ -543,8 +545,10 @@ def query_cycles(kv: KvConfig, n: int, k: int) -> int:
     return 1 + kv.beats + (n * kv.beats + 5) + 2 + (n + 2) + 1 + k + 1
 
 
-def kvr_run_cycles(kv: KvConfig, mem, engine_cycles: list[int]) -> int:
-    """Cycles of a KVR command on the top level (``system.kv_tables: onchip``), from its dispatch cycle to its
+def kvr_run_cycles(
+    kv: KvConfig, mem, engine_cycles: list[int], tables_in_dram: bool = False, inserts: int = 0
+) -> int:
+    """Cycles of a KVR command on the top level (``system.kv_tables`` onchip or dram), from its dispatch cycle to its
     done cycle (hw/top.py's KVR sequencer; docs/design.md, "The RTL top"). ``engine_cycles``: the KV engine's
     cycles of each of its engine commands (queries first, then inserts), from the IDLE cycle that takes the
     command to its last output beat, inclusive (:attr:`KvrExecutor.engine_cycles`; unstalled:
@@ -558,13 +562,62 @@ def kvr_run_cycles(kv: KvConfig, mem, engine_cycles: list[int]) -> int:
     each insert result is pushed as it leaves the engine; full beats are written while the sequencer goes on.
     After the last word the partial beat is written (+1), accepted the cycle after (+1), and the decoder sees
     the command done a cycle later (+1). Exact for ``beat_interval`` ≤ bus_bytes/4 (a packed beat is never
-    waiting for the previous write; every config has 1 or 2)."""
+    waiting for the previous write; every config has 1 or 2).
+
+    ``tables_in_dram`` (``system.kv_tables: dram``): + the table's load before the engine commands and, for a
+    KVR with ``inserts`` > 0, its write-back after the list block (:func:`table_dma_cycles`)."""
     from hw.kv_numerics import LIST_HEADER_BYTES, list_capacity
 
     row_beats = -(-kv.dim // mem.bus_bytes)
     per_row = mem.latency + (row_beats - 1) * mem.beat_interval + 1
     words = LIST_HEADER_BYTES // 4 + list_capacity(kv)
-    return 1 + sum(per_row + e for e in engine_cycles) + words + 2
+    cycles = 1 + sum(per_row + e for e in engine_cycles) + words + 2
+    if tables_in_dram:
+        load, write_back = table_dma_cycles(kv, mem)
+        cycles += load + (write_back if inserts else 0)
+    return cycles
+
+
+def _table_beat_subs(kv: KvConfig, mem) -> list[int]:
+    """Cycles the RTL top's table DMA spends on each beat of a table (hw/kv_sequencer.py): 1 for the header,
+    one per cluster entry of a signature beat, one per engine key-sum beat of a key-sum beat."""
+    from hw.kv_numerics import TABLE_ENTRY_BYTES
+
+    tl = TableLayout(kv, mem.bus_bytes)
+    why = tl.rtl_fits()
+    if why:
+        raise ValueError(f"system.kv_tables=dram on the RTL top: {why}")
+    sums_per_beat = mem.bus_bytes // (kv.lanes * tl.sum_bytes)
+    return [1] + [mem.bus_bytes // TABLE_ENTRY_BYTES] * tl.sig_beats + [sums_per_beat] * tl.sum_beats
+
+
+def table_dma_cycles(kv: KvConfig, mem) -> tuple[int, int]:
+    """(load, write-back) cycles of a KVR's table with ``system.kv_tables: dram`` on the RTL top
+    (hw/kv_sequencer.py; docs/design.md, "The RTL top"). Load, before the engine commands: per burst of
+    ``max_burst`` table beats one read request (accepted at once), its beats into a FIFO (beat j arrives
+    ``latency + j·beat_interval`` cycles after the request and is processed from the cycle after), each beat
+    taking :func:`_table_beat_subs` cycles to write into the engine's table; the next request the cycle after
+    the burst's last beat is processed. Write-back, after the list block's last write is accepted (only for a
+    KVR with inserts): per beat its subs + 1 cycles to read and assemble it, then it is written (accepted
+    ``beat_interval`` cycles after the previous write at the earliest; the assembly of the next beat waits for
+    the write register)."""
+    subs = _table_beat_subs(kv, mem)
+    lat, iv = mem.latency, mem.beat_interval
+    t = 0  # the cycle of the first request
+    for b0 in range(0, len(subs), mem.max_burst):
+        end = t  # last processing cycle so far
+        for j, s in enumerate(subs[b0 : b0 + mem.max_burst]):
+            start = max(t + lat + j * iv + 1, end + 1)
+            end = start + s - 1
+        t = end + 1
+    load = t
+    # write-back: cycle 0 = the cycle after the list's last write accept (cycle -1)
+    acc, start = -1, 0
+    for s in subs:
+        move = max(start + s, acc)  # the beat moves into the write register (the previous one accepted)
+        acc = max(move + 1, acc + iv)
+        start = move + 1
+    return load, acc + 1
 
 
 def kvr_cost(
@@ -581,18 +634,17 @@ def kvr_cost(
     loop"): ``len(selected)`` queries (``selected[i]`` clusters each) on a table of ``n`` clusters, then
     ``inserts`` keys (the table grows by at most one cluster per insert, up to ``kv.max_clusters``).
 
-    ``tables_in_dram=False`` (``onchip``): the top level's cycle definition, :func:`kvr_run_cycles` of the
-    engine's unstalled schedule + the fetch and dispatch (4), co-simulated in tests/test_kvr_top_engine.py.
-    ``dram`` (not built: no table DMA): 4 + ``memory.latency`` (first vector / table beat) + max(the engine's
-    unstalled schedule, the beats it reads) + the beats it writes; the engine's key-sum stream is the table's
-    int16 sums at ``kv.lanes`` per SCORE cycle, so with ``2·lanes ≤ bus_bytes`` a table in DRAM streams no
-    slower than it is scored. Reads: the key and query rows (``ceil(dim/bus)`` beats each), the table
-    (``dram``: n rows); writes: one table row per insert (``dram``), the list block (16-byte header, the list
-    capacity's entries — ``list_entries`` of them used — and one word per insert). Events as
-    :data:`EVENT_NAMES` for :func:`kv_energy_j`."""
+    Cycles: 4 (fetch and dispatch) + the top level's cycle definition, :func:`kvr_run_cycles` of the engine's
+    unstalled schedule (co-simulated in tests/test_kvr_top_engine.py); ``tables_in_dram`` (``dram``) adds the
+    table's load and, with inserts, its write-back (:func:`table_dma_cycles`; tests/test_kvr_dram.py). Reads:
+    the key and query rows (``ceil(dim/bus)`` beats each) and, ``dram``, the whole table
+    (:class:`hw.kv_numerics.TableLayout`); writes: the list block (16-byte header, the list capacity's entries
+    — ``list_entries`` of them used — and one word per insert) and, ``dram`` with inserts, the whole table.
+    ``row_bytes`` is not used (the table's size is its layout's). Events as :data:`EVENT_NAMES` for
+    :func:`kv_energy_j`."""
     from hw.kv_numerics import list_capacity
 
-    w, iv = mem.bus_bytes, mem.beat_interval
+    w = mem.bus_bytes
     row_beats = -(-kv.dim // w)
     ev = dict.fromkeys(EVENT_NAMES, 0)
     per_command = []
@@ -619,14 +671,12 @@ def kvr_cost(
     read_beats = (len(selected) + inserts) * row_beats
     assert list_entries <= list_capacity(kv)
     write_bytes = 16 + 4 * list_capacity(kv) + 4 * inserts
-    if tables_in_dram:
-        read_beats += -(-n * row_bytes // w)
-        write_bytes += inserts * -(-row_bytes // w) * w
     write_beats = -(-write_bytes // w)
     if tables_in_dram:
-        cycles = 4 + mem.latency + max(comp, read_beats * iv) + write_beats * iv
-    else:
-        cycles = 4 + kvr_run_cycles(kv, mem, per_command)
+        tab = TableLayout(kv, w).beats
+        read_beats += tab
+        write_beats += tab if inserts else 0
+    cycles = 4 + kvr_run_cycles(kv, mem, per_command, tables_in_dram, inserts)
     return {
         "cycles": cycles,
         "compute_cycles": comp,
@@ -644,12 +694,29 @@ class KvrExecutor:
     runs its queries, then its inserts, on its slot, and writes the list block
     (:func:`models.retrieval.list_block`) at ``list_base``. ``run`` returns the engine cycles of the command's
     queries and inserts; ``engine_cycles`` holds the last command's per engine command (queries first), what
-    :func:`kvr_run_cycles` (the top level's KVR) takes."""
+    :func:`kvr_run_cycles` (the top level's KVR) takes. ``tables_in_dram`` (``system.kv_tables: dram``): no
+    state is kept here — the command's table is the :class:`hw.kv_numerics.TableLayout` bytes at its
+    ``tab_base``, decoded at every command and written back after one with inserts (as the RTL top does)."""
 
-    def __init__(self, kv: KvConfig, bus_bytes: int):
+    def __init__(self, kv: KvConfig, bus_bytes: int, tables_in_dram: bool = False):
         self.kv, self.w = kv, bus_bytes
         self.tables: dict[int, TableState] = {}
         self.engine_cycles: list[int] = []
+        self.layout = TableLayout(kv, bus_bytes) if tables_in_dram else None
+
+    def _table(self, cmd, mem: np.ndarray) -> TableState:
+        """The command's table: ``onchip`` the stream's slot (kept here), ``dram`` the table's bytes at
+        ``tab_base`` (:class:`hw.kv_numerics.TableLayout`), decoded into a working state."""
+        if self.layout is None:
+            return self.tables.setdefault(cmd.table, TableState(self.kv))
+        start = cmd.tab_base * self.w
+        raw = mem[start : start + self.layout.nbytes]
+        if raw.size != self.layout.nbytes:
+            raise ValueError(f"KVR: the table at tab_base {cmd.tab_base:#x} runs past the memory image")
+        t = TableState(self.kv)
+        t.sigs[:], t.cnts[:], t.sums[:], n, ntok = self.layout.unpack(raw)
+        t.counts[:] = n, ntok
+        return t
 
     def run(self, cmd, image: np.ndarray) -> int:
         from models.retrieval import LIST_HEADER_WORDS, list_block, list_capacity, union_order
@@ -662,7 +729,7 @@ class KvrExecutor:
             for i in range(cmd.inserts + cmd.queries)
         ]
         keys, queries = rows[: cmd.inserts], rows[cmd.inserts :]
-        table = self.tables.setdefault(cmd.table, TableState(kv))
+        table = self._table(cmd, mem)
         before = table.cnts.copy()  # each cluster's count before the command's inserts
         run = run_commands(kv, [("query", q) for q in queries] + [("insert", k) for k in keys], table=table)
         selected = union_order(run.results[: len(queries)])
@@ -684,6 +751,13 @@ class KvrExecutor:
         )
         start = cmd.list_base * w
         mem[start : start + 4 * words.size] = words.astype("<u4").view(np.uint8)
+        if (
+            self.layout is not None and cmd.inserts
+        ):  # dram: the table is written back (the RTL top's whole table)
+            start = cmd.tab_base * w
+            mem[start : start + self.layout.nbytes] = self.layout.pack(
+                table.sigs, table.cnts, table.sums, table.n, int(table.counts[1])
+            )
         assert words.size >= LIST_HEADER_WORDS + list_capacity(kv)
         ends = [-1, *run.command_cycles]
         self.engine_cycles = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]

@@ -448,7 +448,9 @@ class Runtime:
     def __init__(self, first: Program):
         self.image = first.image.copy()
         # the KV engine's per-stream state (KVR commands; sim.kv_model.KvrExecutor) lives across steps
-        self.kvr = KvrExecutor(first.acfg.kv, first.acfg.memory.bus_bytes)
+        self.kvr = KvrExecutor(
+            first.acfg.kv, first.acfg.memory.bus_bytes, first.acfg.system.kv_tables == "dram"
+        )
 
     def run(self, prog: Program, tokens) -> tuple[torch.Tensor, ExecStats]:
         need = prog.image.shape[0]
@@ -516,7 +518,7 @@ def execute(
     t = acfg.tlmm
     cmds = prog.commands()
     if kvr is None:
-        kvr = KvrExecutor(acfg.kv, acfg.memory.bus_bytes)
+        kvr = KvrExecutor(acfg.kv, acfg.memory.bus_bytes, acfg.system.kv_tables == "dram")
     wbuf = np.zeros(0, np.uint8)  # the weight buffer's content (packed weight beats of the last fill)
     done = [0]  # commands run, polled by a progress bar (sim/progress.py): no cost per command
     step("execute", lambda: f"{done[0]}/{len(cmds)} commands")

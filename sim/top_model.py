@@ -24,10 +24,11 @@ is idle from the cycle after its command's done. Run lengths, from the dispatch 
   cycle after the list's last beat; the decoder sees ``busy`` low one cycle after its last write. The count is
   data: :func:`run_cycles` takes it (``list_count``), :func:`program_schedule` reads it from the Program's
   image or takes it from the caller (a list a KVR writes during the step).
-- **KVR** (``system.kv_tables: onchip``): :func:`sim.kv_model.kvr_run_cycles` of the KV engine's cycles of each
+- **KVR**: :func:`sim.kv_model.kvr_run_cycles` of the KV engine's cycles of each
   of its engine commands (queries, then inserts; data: the table slot's state and the rows decide them, so the
   caller passes them — ``sim.kv_model.KvrExecutor.engine_cycles``, which ``sim.runtime`` records per KVR): the
-  row reads, the engine, the list block's words and its last write, one engine command at a time (hw/kv_sequencer.py).
+  row reads, the engine, the list block's words and its last write, one engine command at a time, and with
+  ``system.kv_tables: dram`` the table's load before and write-back after (hw/kv_sequencer.py).
 - **SYNC**: 0 (its dispatch cycle is its done cycle).
 
 A command's cycles run from its first word's accept to its done cycle, inclusive; a step's from its first
@@ -286,13 +287,12 @@ def run_cycles(
     if isinstance(cmd, KvrCommand):
         from sim.kv_model import kvr_run_cycles
 
-        if acfg.system.kv_tables != "onchip":
-            raise ValueError("top model: a KVR runs on the top level with system.kv_tables onchip only")
         if kvr_engine is None or len(kvr_engine) != cmd.inserts + cmd.queries:
             raise ValueError(
                 "top model: a KVR's cycles need its engine cycles, one per query and insert (kvr_engine)"
             )
-        return kvr_run_cycles(acfg.kv, acfg.memory, kvr_engine)
+        dram = acfg.system.kv_tables == "dram"
+        return kvr_run_cycles(acfg.kv, acfg.memory, kvr_engine, dram, cmd.inserts)
     if isinstance(cmd, HostCommand):
         return int(host_ops[cmd.op].attrs["cycles"])
     if isinstance(cmd, GemmListCommand):

@@ -91,6 +91,7 @@ def _run_rtl(acfg, cmds, image):
             for name in ("inserts", "queries", "win_tiles", "table", "win_tile", "vec_base", "list_base"):
                 ctx.set(getattr(dut.fields, name), getattr(cmd, name))
             ctx.set(dut.fields.page_tile, cmd.page_tile)
+            ctx.set(dut.fields.tab_base, cmd.tab_base)  # dram tables (tests/test_kvr_dram.py)
             c = t
             await cycle(start=True)
             while ctx.get(dut.active):

@@ -5,7 +5,8 @@ two queries, GEMM_LISTs over the lists they write) — through the Verilator top
 PyTorch int mode with a RetrievalCache (restricted attention) and the executor, greedy tokens equal, every
 command's cycles equal to sim/top_model.py (the KVR's from the executor's per-slot engine runs), and the per-kind
 table has a ``kv`` row. Fast checks: the config compiles with KVRs on every step, the compiler refuses fewer
-slots than streams, the top model needs a KVR's engine cycles, and the cosim refuses ``kv_tables: dram``."""
+slots than streams, the top model needs a KVR's engine cycles, and the cosim refuses a ``kv_tables: dram``
+table its DMA cannot move."""
 
 import dataclasses
 
@@ -49,14 +50,16 @@ def test_top_model_needs_the_kvr_engine_cycles():
     )
 
 
-def test_cosim_refuses_tables_in_dram(tmp_path):
-    """Tables in DRAM need a table DMA the top does not have: one line, exit 2, before anything is built."""
+def test_cosim_refuses_a_table_the_dma_cannot_move(tmp_path):
+    """Tables in DRAM whose key-sum beat (kv.lanes × int32 with 256-key clusters = 128 bytes) is wider than a bus
+    beat: one line, exit 2, before anything is built (the dram top itself: tests/test_kvr_top_dram.py)."""
     from conftest import assert_one_line_error, run_cli
 
-    text = CONFIG.read_text().replace("kv_tables: onchip", "kv_tables: dram")
+    text = CONFIG.read_text().replace("kv_tables: onchip", "kv_tables: dram").replace("lanes: 8", "lanes: 32")
+    text = text.replace("max_cluster_size: 64", "max_cluster_size: 256").replace("max_clusters: 8 ", "max_clusters: 32 ")
     (tmp_path / "dram.yaml").write_text(text)
     r = run_cli("cosim", "top", "--config", tmp_path / "dram.yaml", "--tokens", 1, expect=2)
-    assert_one_line_error(r, "system.kv_tables=dram", "table DMA is not built")
+    assert_one_line_error(r, "system.kv_tables=dram", "multiple of a key-sum beat")
 
 
 @pytest.mark.torch
@@ -101,10 +104,11 @@ def test_command_fields_carry_the_kvr_fields():
             "vec_base",
             "list_base",
             "page_tile",
+            "tab_base",
         ):
             got[name] = ctx.get(getattr(dut.kvr, name))
 
     sim = Simulator(dut)
     sim.add_testbench(testbench)
     sim.run()
-    assert got == {name: getattr(cmd, name) for name in got} and len(got) == 8
+    assert got == {name: getattr(cmd, name) for name in got} and len(got) == 9

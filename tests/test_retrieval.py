@@ -5,7 +5,6 @@ estimate that charges retrieval (tritium/retrieval.py)."""
 from __future__ import annotations
 
 import dataclasses
-import math
 
 import numpy as np
 import pytest
@@ -14,7 +13,8 @@ from conftest import assert_one_line_error, run_cli, tiny_resv_config
 from compiler.tiling import retrieval_geometry
 from hw import isa
 from hw.config import load_config
-from sim.kv_model import insert_cycles, kvr_cost, query_cycles, run_commands
+from hw.kv_numerics import TableLayout
+from sim.kv_model import insert_cycles, kvr_cost, query_cycles, run_commands, table_dma_cycles
 
 
 # ---------------------------------------------------------------- encodings
@@ -108,10 +108,15 @@ def test_kvr_cost_counts_bytes_and_cycles(repo):
     d = kvr_cost(kv, mem, 32, [9], 1, row, 11, tables_in_dram=True)
     o = kvr_cost(kv, mem, 32, [9], 1, row, 11, tables_in_dram=False)
     assert d["compute_cycles"] == o["compute_cycles"] == query_cycles(kv, 32, 9) + insert_cycles(kv, 32)
-    assert d["read_bytes"] - o["read_bytes"] == math.ceil(32 * row / 64) * 64  # the whole table
-    assert d["write_bytes"] - o["write_bytes"] == math.ceil(row / 64) * 64  # the inserted row
+    tab = TableLayout(kv, mem.bus_bytes).nbytes  # 201 beats: header, 8 of entries, 192 of key sums
+    assert tab == (1 + 32 * 16 // 64 + 32 * kv.dim * 2 // 64) * 64
+    assert d["read_bytes"] - o["read_bytes"] == tab  # the whole table loaded
+    assert d["write_bytes"] - o["write_bytes"] == tab  # and written back (the KVR inserts)
     assert o["read_bytes"] == 2 * 3 * 64  # the key and the query: 192 bytes = 3 beats each
-    assert d["cycles"] >= mem.latency + d["compute_cycles"]
+    assert d["cycles"] == o["cycles"] + sum(table_dma_cycles(kv, mem))
+    assert kvr_cost(kv, mem, 32, [9], 0, row, 11)["cycles"] == (
+        kvr_cost(kv, mem, 32, [9], 0, row, 11, tables_in_dram=False)["cycles"] + table_dma_cycles(kv, mem)[0]
+    )  # no inserts: no write-back
     assert d["events"]["score_macs"] == 32 * kv.dim and d["events"]["inserts"] == 1
 
 

@@ -422,7 +422,9 @@ def _retrieval_report(acfg, geo, layers, plan, context, parts, pre, dec) -> dict
     dense_keys = (-(-context // C) * C, -(-context // TK) * TK)
     dense_kv = streams * geo.dim * sum(dense_keys)
     read_kv = streams * geo.dim * 2 * plan.tiles * geo.page if plan.active else dense_kv
-    table_bytes = streams * acfg.kv.max_clusters * geo.table_row_bytes
+    from hw.kv_numerics import TableLayout
+
+    table_bytes = streams * TableLayout(acfg.kv, acfg.memory.bus_bytes).nbytes  # the DRAM layout's size
     return {
         "modeled": True,
         "plan": plan.to_dict(),
