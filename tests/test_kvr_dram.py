@@ -9,19 +9,15 @@ import dataclasses
 
 import numpy as np
 import pytest
+from test_kvr_sequencer import _cfg as _seq_cfg
 from test_kvr_sequencer import _program, _run_rtl
 
-from hw.config import config_from_dict, load_config
 from hw.kv_numerics import TableLayout, list_capacity
 from sim.kv_model import KvrExecutor, kvr_cost, kvr_run_cycles, table_dma_cycles
 
 
 def _cfg(bus: int, dim: int, **memory):
-    d = load_config("configs/default.yaml").to_dict()
-    d["kv"].update(dim=dim, lanes=8, max_clusters=8, max_cluster_size=64, slots=1)
-    d["memory"].update(bus_bytes=bus, **memory)
-    d["system"].update(attention="resv", kv_tables="dram")
-    return config_from_dict(d, f"kvr-dram-{bus}-{dim}")
+    return _seq_cfg(bus, dim, "dram", **memory)
 
 
 def _with_tables(acfg, cmds, image):

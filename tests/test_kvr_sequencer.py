@@ -17,12 +17,15 @@ from sim.kv_model import KvrExecutor, insert_cycles, kvr_cost, kvr_run_cycles, q
 from sim.memory import BusMemory
 
 
-def _cfg(bus: int, dim: int, **memory):
+def _cfg(bus: int, dim: int, tables: str = "onchip", **memory):
+    """default.yaml with retrieval: ``tables`` onchip (2 slots) or dram (one working table)."""
     d = load_config("configs/default.yaml").to_dict()
-    d["kv"].update(dim=dim, lanes=8, max_clusters=8, max_cluster_size=64, slots=2)
+    d["kv"].update(
+        dim=dim, lanes=8, max_clusters=8, max_cluster_size=64, slots=2 if tables == "onchip" else 1
+    )
     d["memory"].update(bus_bytes=bus, **memory)
-    d["system"].update(attention="resv", kv_tables="onchip")
-    return config_from_dict(d, f"kvr-seq-{bus}-{dim}")
+    d["system"].update(attention="resv", kv_tables=tables)
+    return config_from_dict(d, f"kvr-{tables}-{bus}-{dim}")
 
 
 def _program(acfg, rng):

@@ -56,7 +56,9 @@ def test_cosim_refuses_a_table_the_dma_cannot_move(tmp_path):
     from conftest import assert_one_line_error, run_cli
 
     text = CONFIG.read_text().replace("kv_tables: onchip", "kv_tables: dram").replace("lanes: 8", "lanes: 32")
-    text = text.replace("max_cluster_size: 64", "max_cluster_size: 256").replace("max_clusters: 8 ", "max_clusters: 32 ")
+    text = text.replace("max_cluster_size: 64", "max_cluster_size: 256").replace(
+        "max_clusters: 8 ", "max_clusters: 32 "
+    )
     (tmp_path / "dram.yaml").write_text(text)
     r = run_cli("cosim", "top", "--config", tmp_path / "dram.yaml", "--tokens", 1, expect=2)
     assert_one_line_error(r, "system.kv_tables=dram", "multiple of a key-sum beat")
@@ -65,11 +67,16 @@ def test_cosim_refuses_a_table_the_dma_cannot_move(tmp_path):
 @pytest.mark.torch
 @pytest.mark.verilator
 def test_tiny_model_retrieval_through_the_rtl_top():
-    rep = top_one_layer(load_config(CONFIG), PROMPT, 5)
+    check_retrieval_run(top_one_layer(load_config(CONFIG), PROMPT, 5), steps=5, retrieval_steps=3)
+
+
+def check_retrieval_run(rep, steps: int, retrieval_steps: int) -> None:
+    """One layer's two streams: a KVR per stream and step, all cycle-exact; a Q·Kᵀ and a P·V GEMM_LIST per
+    stream and retrieval step (the logits and every command's cycles are checked by ``top_one_layer``)."""
     out = rep.to_json()
     kv = out["per_kind"]["kv"]
-    assert kv["commands"] == 2 * 5 and kv["rtl_cycles"] == kv["model_cycles"] > 0
-    assert out["per_kind"]["gemm_list"]["commands"] == 2 * 2 * 3  # Q·Kᵀ and P·V per stream, 3 retrieval steps
+    assert kv["commands"] == 2 * steps and kv["rtl_cycles"] == kv["model_cycles"] > 0
+    assert out["per_kind"]["gemm_list"]["commands"] == 2 * 2 * retrieval_steps
 
 
 def test_command_fields_carry_the_kvr_fields():
