@@ -143,6 +143,8 @@ UNUSED_FIELDS = (
     "kv.buckets",
     "kv.alpha",
     "kv.seed",
+    # the KV engine's table slots (system.kv_tables onchip): hardware only, the Programs' KVRs name streams
+    "kv.slots",
     # KV retrieval's policy (docs/design.md, "KV retrieval in the loop"): read only with system.attention
     # resv, which the fast evaluator refuses (FastEvaluator.estimate) until it costs retrieval.
     "system.attention",
