@@ -1,7 +1,8 @@
 """The top level's KVR sequencer (ISA opcode 5): the KV retrieval engine (:class:`hw.kv.KvRetrieval`) on the
 memory port, with ``kv.slots`` table slots (``system.kv_tables: onchip``) or one working table loaded from and
-written back to DRAM (``dram``: :class:`hw.kv_numerics.TableLayout` at ``tab_base``; LREQ/LOAD before the engine
-commands, WB/WEND after the list block of a KVR with inserts — ``_table_dma``).
+written back to DRAM (``dram``: :class:`hw.kv_numerics.TableLayout` at ``tab_base``; LOAD before the engine
+commands, up to ``memory.outstanding`` read requests in flight; WB/WEND after the list block of a KVR with
+inserts — ``_table_dma``).
 
 At ``start`` it latches the command's fields (slot = ``table``) and then runs, one engine command at a time:
 the queries (rows ``inserts .. inserts + queries − 1`` at ``vec_base``), then the inserts (rows
@@ -52,10 +53,10 @@ __all__ = ["KvrSequencer", "kvr_fields_layout", "Phase"]
 
 
 class Phase(enum.Enum, shape=unsigned(4)):
-    """The sequencer's states, in the order a KVR passes them (module docstring; LREQ/LOAD/WB/WEND: the table
+    """The sequencer's states, in the order a KVR passes them (module docstring; LOAD/WB/WEND: the table
     DMA of ``system.kv_tables: dram``)."""
 
-    IDLE, REQ, RECV, CMD, FEED, WAIT, HDR, FLUSH, LREQ, LOAD, WB, WEND = range(12)
+    IDLE, REQ, RECV, CMD, FEED, WAIT, HDR, FLUSH, LOAD, WB, WEND = range(11)
 
 
 def kvr_fields_layout() -> data.StructLayout:
@@ -97,6 +98,8 @@ class KvrSequencer(wiring.Component):
             why = TableLayout(kv, mem.bus_bytes).rtl_fits()
             if why:
                 raise ValueError(f"{acfg.name}: system.kv_tables=dram: {why}")
+        #: The table load's FIFO, in beats: memory.outstanding bursts of memory.max_burst beats.
+        self.table_fifo_beats = mem.outstanding * mem.max_burst
         super().__init__(
             {
                 "start": In(1),
@@ -213,7 +216,7 @@ class KvrSequencer(wiring.Component):
                 ph.eq(Mux(fields.queries != 0, Phase.REQ, Phase.HDR)),
             ]
             if dram:
-                m.d.sync += ph.eq(Phase.LREQ)
+                m.d.sync += ph.eq(Phase.LOAD)
         m.d.comb += [
             self.rreq.payload.addr.eq(f.vec_base + row * RB),
             self.rreq.payload.len_minus_one.eq(RB - 1),
@@ -293,7 +296,7 @@ class KvrSequencer(wiring.Component):
         return m
 
     def _table_dma(self, m, f, ph, eng, wfree, wb_move, wb_data, accept, waddr) -> None:
-        """``system.kv_tables: dram``: the table's load (LREQ, LOAD) before the engine commands and its
+        """``system.kv_tables: dram``: the table's load (LOAD) before the engine commands and its
         write-back (WB, WEND) after the list block (module docstring; hw.kv_numerics.TableLayout)."""
         acfg = self.acfg
         kv, mem = acfg.kv, acfg.memory
@@ -305,9 +308,9 @@ class KvrSequencer(wiring.Component):
         K = W // (kv.lanes * SB)  # engine key-sum beats per bus beat
         kb = max(1, (NB - 1).bit_length())
         tab = eng.tab
-        m.submodules.tfifo = fifo = SyncFIFO(width=8 * W, depth=mem.max_burst)
+        m.submodules.tfifo = fifo = SyncFIFO(width=8 * W, depth=self.table_fifo_beats)
 
-        lreq, lend, lb = Signal(range(T + 1)), Signal(range(T + 1)), Signal(range(T + 1))
+        lreq, lb = Signal(range(T + 1)), Signal(range(T + 1))
         ls = Signal(range(max(E, K, 1) + 1))
         sc, sb = Signal(range(CM + 1)), Signal(range(max(2, NB)))
         subs = Signal.like(ls)
@@ -329,19 +332,22 @@ class KvrSequencer(wiring.Component):
             m.d.sync += [lreq.eq(0), lb.eq(0), ls.eq(0), sc.eq(0), sb.eq(0)]
 
         # ---------------------------------------------------------------- load
+        # Requests of max_burst beats (the last one shorter) go out while the FIFO has room for every beat
+        # requested and not yet taken (credit: lreq − lb + blen ≤ its depth), as many in flight as the memory
+        # accepts (memory.outstanding); beats are taken into the engine's table meanwhile.
         left = Signal(range(T + 1))
         m.d.comb += left.eq(T - lreq)
         blen = Mux(left > mem.max_burst, mem.max_burst, left)
         beat = fifo.r_data
-        with m.If(ph == Phase.LREQ):
-            m.d.comb += [
-                self.rreq.valid.eq(1),
-                self.rreq.payload.addr.eq(f.tab_base + lreq),
-                self.rreq.payload.len_minus_one.eq(blen - 1),
-            ]
-            with m.If(self.rreq.ready):
-                m.d.sync += [lreq.eq(lreq + blen), lend.eq(lreq + blen), ph.eq(Phase.LOAD)]
         with m.If(ph == Phase.LOAD):
+            with m.If((lreq != T) & (lreq - lb + blen <= self.table_fifo_beats)):
+                m.d.comb += [
+                    self.rreq.valid.eq(1),
+                    self.rreq.payload.addr.eq(f.tab_base + lreq),
+                    self.rreq.payload.len_minus_one.eq(blen - 1),
+                ]
+                with m.If(self.rreq.ready):
+                    m.d.sync += lreq.eq(lreq + blen)
             m.d.comb += [bi.eq(lb), fifo.w_en.eq(self.rdata.valid), fifo.w_data.eq(self.rdata.payload)]
             with m.If(fifo.r_rdy):
                 with m.If(lb == 0):  # the header: n, ntok
@@ -365,11 +371,8 @@ class KvrSequencer(wiring.Component):
                 with m.If(ls == subs - 1):
                     m.d.comb += fifo.r_en.eq(1)
                     m.d.sync += [ls.eq(0), lb.eq(lb + 1)]
-                    with m.If(lb + 1 == lend):
-                        with m.If(lend == T):
-                            m.d.sync += ph.eq(Mux(f.queries != 0, Phase.REQ, Phase.HDR))
-                        with m.Else():
-                            m.d.sync += ph.eq(Phase.LREQ)
+                    with m.If(lb + 1 == T):
+                        m.d.sync += ph.eq(Mux(f.queries != 0, Phase.REQ, Phase.HDR))
                 with m.Else():
                     m.d.sync += ls.eq(ls + 1)
 

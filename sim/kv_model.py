@@ -591,26 +591,40 @@ def _table_beat_subs(kv: KvConfig, mem) -> list[int]:
     return [1] + [mem.bus_bytes // TABLE_ENTRY_BYTES] * tl.sig_beats + [sums_per_beat] * tl.sum_beats
 
 
-def table_dma_cycles(kv: KvConfig, mem) -> tuple[int, int]:
-    """(load, write-back) cycles of a KVR's table with ``system.kv_tables: dram`` on the RTL top
-    (hw/kv_sequencer.py; docs/design.md, "The RTL top"). Load, before the engine commands: per burst of
-    ``max_burst`` table beats one read request (accepted at once), its beats into a FIFO (beat j arrives
-    ``latency + j·beat_interval`` cycles after the request and is processed from the cycle after), each beat
-    taking :func:`_table_beat_subs` cycles to write into the engine's table; the next request the cycle after
-    the burst's last beat is processed. Write-back, after the list block's last write is accepted (only for a
-    KVR with inserts): per beat its subs + 1 cycles to read and assemble it, then it is written (accepted
-    ``beat_interval`` cycles after the previous write at the earliest; the assembly of the next beat waits for
-    the write register)."""
-    subs = _table_beat_subs(kv, mem)
-    lat, iv = mem.latency, mem.beat_interval
-    t = 0  # the cycle of the first request
-    for b0 in range(0, len(subs), mem.max_burst):
-        end = t  # last processing cycle so far
-        for j, s in enumerate(subs[b0 : b0 + mem.max_burst]):
-            start = max(t + lat + j * iv + 1, end + 1)
-            end = start + s - 1
-        t = end + 1
-    load = t
+def _table_load_cycles(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int) -> int:
+    """The table load of :func:`table_dma_cycles`, cycle by cycle (cycle 0 = the first LOAD cycle): the
+    cycle after the one that takes the table's last beat."""
+    T, depth = len(subs), outstanding * burst
+    reqs: list[list[int]] = []  # in flight, oldest first: [accept cycle, beats, beats delivered]
+    arrive: list[int] = []  # the cycle each beat was delivered in
+    lreq = lb = ls = 0
+    last = -(1 << 40)
+    t = 0
+    while True:
+        blen = min(burst, T - lreq)
+        request = lreq < T and len(reqs) < outstanding and lreq - lb + blen <= depth
+        if reqs and t >= reqs[0][0] + lat and t >= last + iv:  # the memory delivers a beat
+            arrive.append(t)
+            last = t
+            reqs[0][2] += 1
+            if reqs[0][2] == reqs[0][1]:
+                reqs.pop(0)
+        if request:
+            reqs.append([t, blen, 0])
+            lreq += blen
+        if lb < len(arrive) and arrive[lb] < t:  # beat lb is in the FIFO: one sub-beat per cycle
+            if ls == subs[lb] - 1:
+                ls, lb = 0, lb + 1
+                if lb == T:
+                    return t + 1
+            else:
+                ls += 1
+        t += 1
+
+
+@lru_cache(maxsize=64)
+def _table_dma_cached(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int):
+    load = _table_load_cycles(subs, lat, iv, outstanding, burst)
     # write-back: cycle 0 = the cycle after the list's last write accept (cycle -1)
     acc, start = -1, 0
     for s in subs:
@@ -618,6 +632,23 @@ def table_dma_cycles(kv: KvConfig, mem) -> tuple[int, int]:
         acc = max(move + 1, acc + iv)
         start = move + 1
     return load, acc + 1
+
+
+def table_dma_cycles(kv: KvConfig, mem) -> tuple[int, int]:
+    """(load, write-back) cycles of a KVR's table with ``system.kv_tables: dram`` on the RTL top
+    (hw/kv_sequencer.py; docs/design.md, "The RTL top"). Load, before the engine commands, from the cycle
+    after the dispatch: each cycle the sequencer requests the next burst (``max_burst`` table beats, the last
+    one shorter) while its FIFO (``outstanding × max_burst`` beats) has room for every beat requested and not
+    yet taken; the memory accepts it while fewer than ``outstanding`` requests are in flight and delivers the
+    beats by its rules (sim/mem_kernel.py: in request order, ``latency`` after the accept at the earliest, one
+    every ``beat_interval``); a beat is taken from the cycle after its delivery, each beat taking
+    :func:`_table_beat_subs` cycles to write into the engine's table; the load ends the cycle after its last
+    beat is taken. Write-back, after the list block's last write is accepted (only for a KVR with inserts):
+    per beat its subs + 1 cycles to read and assemble it, then it is written (accepted ``beat_interval``
+    cycles after the previous write at the earliest; the assembly of the next beat waits for the write
+    register)."""
+    subs = tuple(_table_beat_subs(kv, mem))
+    return _table_dma_cached(subs, mem.latency, mem.beat_interval, mem.outstanding, mem.max_burst)
 
 
 def kvr_cost(
