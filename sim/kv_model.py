@@ -49,6 +49,7 @@ __all__ = [
     "TableState",
     "kvr_run_cycles",
     "table_dma_cycles",
+    "expected_touched",
 ]
 
 (
@@ -546,7 +547,7 @@ def query_cycles(kv: KvConfig, n: int, k: int) -> int:
 
 
 def kvr_run_cycles(
-    kv: KvConfig, mem, engine_cycles: list[int], tables_in_dram: bool = False, inserts: int = 0
+    kv: KvConfig, mem, engine_cycles: list[int], tables_in_dram: bool = False, inserts: int = 0, touched=None
 ) -> int:
     """Cycles of a KVR command on the top level (``system.kv_tables`` onchip or dram), from its dispatch cycle to its
     done cycle (hw/top.py's KVR sequencer; docs/design.md, "The RTL top"). ``engine_cycles``: the KV engine's
@@ -565,7 +566,8 @@ def kvr_run_cycles(
     waiting for the previous write; every config has 1 or 2).
 
     ``tables_in_dram`` (``system.kv_tables: dram``): + the table's load before the engine commands and, for a
-    KVR with ``inserts`` > 0, its write-back after the list block (:func:`table_dma_cycles`)."""
+    KVR with ``inserts`` > 0, its write-back after the list block (:func:`table_dma_cycles`) of the clusters
+    its inserts ``touched`` (:attr:`KvrExecutor.touched`; required then)."""
     from hw.kv_numerics import LIST_HEADER_BYTES, list_capacity
 
     row_beats = -(-kv.dim // mem.bus_bytes)
@@ -573,7 +575,11 @@ def kvr_run_cycles(
     words = LIST_HEADER_BYTES // 4 + list_capacity(kv)
     cycles = 1 + sum(per_row + e for e in engine_cycles) + words + 2
     if tables_in_dram:
-        load, write_back = table_dma_cycles(kv, mem)
+        if inserts and touched is None:
+            raise ValueError(
+                "kvr_run_cycles: a dram KVR with inserts needs the clusters they touched (touched)"
+            )
+        load, write_back = table_dma_cycles(kv, mem, touched if inserts else ())
         cycles += load + (write_back if inserts else 0)
     return cycles
 
@@ -623,18 +629,11 @@ def _table_load_cycles(subs: tuple[int, ...], lat: int, iv: int, outstanding: in
 
 
 @lru_cache(maxsize=64)
-def _table_dma_cached(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int):
-    load = _table_load_cycles(subs, lat, iv, outstanding, burst)
-    # write-back: cycle 0 = the cycle after the list's last write accept (cycle -1)
-    acc, start = -1, 0
-    for s in subs:
-        move = max(start + s, acc)  # the beat moves into the write register (the previous one accepted)
-        acc = max(move + 1, acc + iv)
-        start = move + 1
-    return load, acc + 1
+def _table_load_cached(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int) -> int:
+    return _table_load_cycles(subs, lat, iv, outstanding, burst)
 
 
-def table_dma_cycles(kv: KvConfig, mem) -> tuple[int, int]:
+def table_dma_cycles(kv: KvConfig, mem, touched=None) -> tuple[int, int]:
     """(load, write-back) cycles of a KVR's table with ``system.kv_tables: dram`` on the RTL top
     (hw/kv_sequencer.py; docs/design.md, "The RTL top"). Load, before the engine commands, from the cycle
     after the dispatch: each cycle the sequencer requests the next burst (``max_burst`` table beats, the last
@@ -644,11 +643,32 @@ def table_dma_cycles(kv: KvConfig, mem) -> tuple[int, int]:
     every ``beat_interval``); a beat is taken from the cycle after its delivery, each beat taking
     :func:`_table_beat_subs` cycles to write into the engine's table; the load ends the cycle after its last
     beat is taken. Write-back, after the list block's last write is accepted (only for a KVR with inserts):
-    per beat its subs + 1 cycles to read and assemble it, then it is written (accepted ``beat_interval``
-    cycles after the previous write at the earliest; the assembly of the next beat waits for the write
-    register)."""
-    subs = tuple(_table_beat_subs(kv, mem))
-    return _table_dma_cached(subs, mem.latency, mem.beat_interval, mem.outstanding, mem.max_burst)
+    the beats of :meth:`hw.kv_numerics.TableLayout.dirty_beats` of ``touched`` (the clusters the inserts
+    touched; None: every cluster, the whole table), in that order: per beat its subs + 1 cycles to read and
+    assemble it, then it is written (accepted ``beat_interval`` cycles after the previous write at the
+    earliest; the assembly of the next beat waits for the write register)."""
+    subs = _table_beat_subs(kv, mem)
+    load = _table_load_cached(tuple(subs), mem.latency, mem.beat_interval, mem.outstanding, mem.max_burst)
+    tl = TableLayout(kv, mem.bus_bytes)
+    beats = tl.dirty_beats(range(kv.max_clusters) if touched is None else touched)
+    iv = mem.beat_interval
+    # write-back: cycle 0 = the cycle after the list's last write accept (cycle -1)
+    acc, start = -1, 0
+    for b in beats:
+        move = max(start + subs[b], acc)  # the beat moves into the write register (the previous one accepted)
+        acc = max(move + 1, acc + iv)
+        start = move + 1
+    return load, acc + 1
+
+
+def expected_touched(kv: KvConfig, mem, inserts: int) -> list[int]:
+    """The clusters :func:`kvr_cost` assumes a KVR's ``inserts`` touch: min(inserts, max_clusters) of them,
+    each in its own entry beat while there are entry beats (the most write-back beats for that many)."""
+    from hw.kv_numerics import TABLE_ENTRY_BYTES
+
+    e = mem.bus_bytes // TABLE_ENTRY_BYTES
+    order = [c for r in range(e) for c in range(r, kv.max_clusters, e)]
+    return sorted(order[: min(inserts, kv.max_clusters)])
 
 
 def kvr_cost(
@@ -670,7 +690,9 @@ def kvr_cost(
     table's load and, with inserts, its write-back (:func:`table_dma_cycles`; tests/test_kvr_dram.py). Reads:
     the key and query rows (``ceil(dim/bus)`` beats each) and, ``dram``, the whole table
     (:class:`hw.kv_numerics.TableLayout`); writes: the list block (16-byte header, the list capacity's entries
-    — ``list_entries`` of them used — and one word per insert) and, ``dram`` with inserts, the whole table.
+    — ``list_entries`` of them used — and one word per insert) and, ``dram`` with inserts, the table beats of
+    the clusters the inserts touch (:func:`expected_touched`: one per insert, each in its own entry beat —
+    one insert: the header, one entry beat and one cluster's key-sum beats).
     ``row_bytes`` is not used (the table's size is its layout's). Events as :data:`EVENT_NAMES` for
     :func:`kv_energy_j`."""
     from hw.kv_numerics import list_capacity
@@ -703,11 +725,12 @@ def kvr_cost(
     assert list_entries <= list_capacity(kv)
     write_bytes = 16 + 4 * list_capacity(kv) + 4 * inserts
     write_beats = -(-write_bytes // w)
+    touched = expected_touched(kv, mem, inserts)
     if tables_in_dram:
-        tab = TableLayout(kv, w).beats
-        read_beats += tab
-        write_beats += tab if inserts else 0
-    cycles = 4 + kvr_run_cycles(kv, mem, per_command, tables_in_dram, inserts)
+        tl = TableLayout(kv, w)
+        read_beats += tl.beats
+        write_beats += len(tl.dirty_beats(touched)) if inserts else 0
+    cycles = 4 + kvr_run_cycles(kv, mem, per_command, tables_in_dram, inserts, touched)
     return {
         "cycles": cycles,
         "compute_cycles": comp,
@@ -733,6 +756,8 @@ class KvrExecutor:
         self.kv, self.w = kv, bus_bytes
         self.tables: dict[int, TableState] = {}
         self.engine_cycles: list[int] = []
+        #: the clusters the last command's inserts touched (ASSIGN ids), ascending
+        self.touched: list[int] = []
         self.layout = TableLayout(kv, bus_bytes) if tables_in_dram else None
 
     def _table(self, cmd, mem: np.ndarray) -> TableState:
@@ -782,13 +807,12 @@ class KvrExecutor:
         )
         start = cmd.list_base * w
         mem[start : start + 4 * words.size] = words.astype("<u4").view(np.uint8)
-        if (
-            self.layout is not None and cmd.inserts
-        ):  # dram: the table is written back (the RTL top's whole table)
-            start = cmd.tab_base * w
-            mem[start : start + self.layout.nbytes] = self.layout.pack(
-                table.sigs, table.cnts, table.sums, table.n, int(table.counts[1])
-            )
+        self.touched = sorted({int(cid) for cid, _new, full in run.results[len(queries) :] if not full})
+        if self.layout is not None and cmd.inserts:  # dram: the beats the RTL top writes back
+            raw = self.layout.pack(table.sigs, table.cnts, table.sums, table.n, int(table.counts[1]))
+            for b in self.layout.dirty_beats(self.touched):
+                start = (cmd.tab_base + b) * w
+                mem[start : start + w] = raw[b * w : (b + 1) * w]
         assert words.size >= LIST_HEADER_WORDS + list_capacity(kv)
         ends = [-1, *run.command_cycles]
         self.engine_cycles = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]
