@@ -2,7 +2,7 @@
 memory port, with ``kv.slots`` table slots (``system.kv_tables: onchip``) or one working table loaded from and
 written back to DRAM (``dram``: :class:`hw.kv_numerics.TableLayout` at ``tab_base``; LOAD before the engine
 commands, up to ``memory.outstanding`` read requests in flight; WB/WEND after the list block of a KVR with
-inserts — ``_table_dma``).
+inserts: the header and the touched clusters' entry and key-sum beats, TableLayout.dirty_beats — ``_table_dma``).
 
 At ``start`` it latches the command's fields (slot = ``table``) and then runs, one engine command at a time:
 the queries (rows ``inserts .. inserts + queries − 1`` at ``vec_base``), then the inserts (rows
