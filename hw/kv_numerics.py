@@ -90,12 +90,17 @@ class TableLayout:
     - beat 0, the header: word 0 = n (clusters in use), word 1 = ntok (keys in the table), the rest 0;
     - ``sig_beats`` beats of ``max_clusters`` entries of :data:`TABLE_ENTRY_BYTES` (cluster c at byte
       ``16·c`` of the section): signature, count;
-    - ``sum_beats`` beats of the key sums, ``max_clusters × dim`` signed ``sum_bytes``-byte values (int16 while
-      ``kv.sum_bits`` ≤ 16, else int32), cluster-major (cluster c's element i at ``(c·dim + i)·sum_bytes``), so
-      the engine's key-sum beat b of cluster c (``lanes`` values) is the flat engine beat ``c·beats + b``.
+    - ``sum_beats`` beats of the key sums: per cluster ``cluster_beats`` = ceil(dim · ``sum_bytes`` /
+      ``bus_bytes``) beats (cluster c's from beat ``c · cluster_beats`` of the section), its ``dim`` signed
+      ``sum_bytes``-byte values (int16 while ``kv.sum_bits`` ≤ 16, else int32) from the first, zeros after, so
+      a cluster's sums are whole beats the write-back can write alone, and the engine's key-sum beat b of
+      cluster c (``lanes`` values) is sub-beat ``b mod K`` of the section's beat ``c · cluster_beats + b div K``
+      (K = bus_bytes / (lanes · sum_bytes) when :meth:`rtl_fits`).
 
     An all-zero table is the empty table (n = 0): the image starts zeroed there, which is how a generation
-    starts. The whole table is what the RTL top loads before a KVR and writes back after one with inserts."""
+    starts. The whole table is what the RTL top loads before a KVR; after one with inserts it writes back the
+    header, the entry beats of the clusters the inserts touched and those clusters' key-sum beats
+    (:meth:`dirty_beats`)."""
 
     def __init__(self, kv: KvConfig, bus_bytes: int):
         self.kv, self.bus_bytes = kv, bus_bytes
@@ -103,7 +108,8 @@ class TableLayout:
         cm, w = kv.max_clusters, bus_bytes
         self.header_beats = 1
         self.sig_beats = -(-cm * TABLE_ENTRY_BYTES // w)
-        self.sum_beats = -(-cm * kv.dim * self.sum_bytes // w)
+        self.cluster_beats = -(-kv.dim * self.sum_bytes // w)
+        self.sum_beats = cm * self.cluster_beats
         self.beats = self.header_beats + self.sig_beats + self.sum_beats
         self.sig_offset = w * self.header_beats
         self.sum_offset = w * (self.header_beats + self.sig_beats)
@@ -111,6 +117,15 @@ class TableLayout:
     @property
     def nbytes(self) -> int:
         return self.beats * self.bus_bytes
+
+    def dirty_beats(self, touched) -> list[int]:
+        """The beats (ascending, each once) the RTL top writes back after a KVR whose inserts touched the
+        clusters ``touched``: the header, the entry beats holding a touched cluster, each touched cluster's
+        key-sum beats."""
+        e = self.bus_bytes // TABLE_ENTRY_BYTES
+        sig = sorted({1 + c // e for c in touched})
+        cb, s0 = self.cluster_beats, self.header_beats + self.sig_beats
+        return [0, *sig, *(s0 + c * cb + i for c in sorted(set(touched)) for i in range(cb))]
 
     def rtl_fits(self) -> str | None:
         """Why the RTL top's table DMA cannot move this layout (None: it can): a bus beat must hold whole
@@ -133,8 +148,9 @@ class TableLayout:
         ent[:, 8:10] = np.asarray(cnts, np.int64).astype("<u2").view(np.uint8).reshape(-1, 2)
         raw[self.sig_offset : self.sig_offset + ent.size] = ent.reshape(-1)
         st = "<i2" if self.sum_bytes == 2 else "<i4"
-        s = np.asarray(sums, np.int64).astype(st).view(np.uint8).reshape(-1)
-        raw[self.sum_offset : self.sum_offset + s.size] = s
+        s = np.asarray(sums, np.int64).astype(st).view(np.uint8).reshape(kv.max_clusters, -1)
+        sec = raw[self.sum_offset :].reshape(kv.max_clusters, -1)
+        sec[:, : s.shape[1]] = s
         return raw
 
     def unpack(self, raw: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, int, int]:
@@ -151,6 +167,6 @@ class TableLayout:
         sigs = ent[:, :8].copy().view("<i8").reshape(-1).astype(np.int64)
         cnts = ent[:, 8:10].copy().view("<u2").reshape(-1).astype(np.int64)
         st = "<i2" if self.sum_bytes == 2 else "<i4"
-        m = kv.max_clusters * kv.dim * self.sum_bytes
-        sums = raw[self.sum_offset : self.sum_offset + m].copy().view(st).astype(np.int64)
+        sec = raw[self.sum_offset : self.nbytes].reshape(kv.max_clusters, -1)[:, : kv.dim * self.sum_bytes]
+        sums = sec.copy().reshape(-1).view(st).astype(np.int64)
         return sigs, cnts, sums.reshape(kv.max_clusters, kv.dim), n, ntok

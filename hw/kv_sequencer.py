@@ -1,7 +1,8 @@
 """The top level's KVR sequencer (ISA opcode 5): the KV retrieval engine (:class:`hw.kv.KvRetrieval`) on the
 memory port, with ``kv.slots`` table slots (``system.kv_tables: onchip``) or one working table loaded from and
-written back to DRAM (``dram``: :class:`hw.kv_numerics.TableLayout` at ``tab_base``; LREQ/LOAD before the engine
-commands, WB/WEND after the list block of a KVR with inserts — ``_table_dma``).
+written back to DRAM (``dram``: :class:`hw.kv_numerics.TableLayout` at ``tab_base``; LOAD before the engine
+commands, up to ``memory.outstanding`` read requests in flight; WB/WEND after the list block of a KVR with
+inserts: the header and the touched clusters' entry and key-sum beats, TableLayout.dirty_beats — ``_table_dma``).
 
 At ``start`` it latches the command's fields (slot = ``table``) and then runs, one engine command at a time:
 the queries (rows ``inserts .. inserts + queries − 1`` at ``vec_base``), then the inserts (rows
@@ -52,10 +53,10 @@ __all__ = ["KvrSequencer", "kvr_fields_layout", "Phase"]
 
 
 class Phase(enum.Enum, shape=unsigned(4)):
-    """The sequencer's states, in the order a KVR passes them (module docstring; LREQ/LOAD/WB/WEND: the table
+    """The sequencer's states, in the order a KVR passes them (module docstring; LOAD/WB/WEND: the table
     DMA of ``system.kv_tables: dram``)."""
 
-    IDLE, REQ, RECV, CMD, FEED, WAIT, HDR, FLUSH, LREQ, LOAD, WB, WEND = range(12)
+    IDLE, REQ, RECV, CMD, FEED, WAIT, HDR, FLUSH, LOAD, WB, WEND = range(11)
 
 
 def kvr_fields_layout() -> data.StructLayout:
@@ -97,6 +98,8 @@ class KvrSequencer(wiring.Component):
             why = TableLayout(kv, mem.bus_bytes).rtl_fits()
             if why:
                 raise ValueError(f"{acfg.name}: system.kv_tables=dram: {why}")
+        #: The table load's FIFO, in beats: memory.outstanding bursts of memory.max_burst beats.
+        self.table_fifo_beats = mem.outstanding * mem.max_burst
         super().__init__(
             {
                 "start": In(1),
@@ -162,6 +165,7 @@ class KvrSequencer(wiring.Component):
         m.d.comb += push_ok.eq(pkn_eff < W4)
         push, word = Signal(), Signal(32)
         wb_move, wb_data = Signal(), Signal(8 * W)  # the table write-back's beat (dram)
+        dirty = Signal(CM)  # dram: the clusters this KVR's inserts touched (ASSIGN ids)
         with m.If(move):
             m.d.sync += [wreg.eq(pk), wv.eq(1)]
         with m.Elif(wb_move):
@@ -205,6 +209,7 @@ class KvrSequencer(wiring.Component):
                 f.eq(fields),
                 j.eq(0),
                 seen.eq(0),
+                dirty.eq(0),
                 n_sel.eq(0),
                 hidx.eq(0),
                 pkn.eq(0),
@@ -213,7 +218,7 @@ class KvrSequencer(wiring.Component):
                 ph.eq(Mux(fields.queries != 0, Phase.REQ, Phase.HDR)),
             ]
             if dram:
-                m.d.sync += ph.eq(Phase.LREQ)
+                m.d.sync += ph.eq(Phase.LOAD)
         m.d.comb += [
             self.rreq.payload.addr.eq(f.vec_base + row * RB),
             self.rreq.payload.len_minus_one.eq(RB - 1),
@@ -272,6 +277,8 @@ class KvrSequencer(wiring.Component):
                     ]
                     with m.If(push):
                         m.d.sync += j.eq(j + 1)
+                        with m.If(out.kind != KIND_FULL):
+                            m.d.sync += dirty.bit_select(out.id, 1).eq(1)
                         with m.If(j + 1 == jobs):
                             m.d.sync += ph.eq(Phase.FLUSH)
                         with m.Else():
@@ -289,11 +296,11 @@ class KvrSequencer(wiring.Component):
                         with m.If(f.inserts != 0):
                             m.d.sync += ph.eq(Phase.WB)
         if dram:
-            self._table_dma(m, f, ph, eng, wfree, wb_move, wb_data, accept, waddr)
+            self._table_dma(m, f, ph, eng, wfree, wb_move, wb_data, accept, waddr, dirty)
         return m
 
-    def _table_dma(self, m, f, ph, eng, wfree, wb_move, wb_data, accept, waddr) -> None:
-        """``system.kv_tables: dram``: the table's load (LREQ, LOAD) before the engine commands and its
+    def _table_dma(self, m, f, ph, eng, wfree, wb_move, wb_data, accept, waddr, dirty) -> None:
+        """``system.kv_tables: dram``: the table's load (LOAD) before the engine commands and its
         write-back (WB, WEND) after the list block (module docstring; hw.kv_numerics.TableLayout)."""
         acfg = self.acfg
         kv, mem = acfg.kv, acfg.memory
@@ -305,11 +312,13 @@ class KvrSequencer(wiring.Component):
         K = W // (kv.lanes * SB)  # engine key-sum beats per bus beat
         kb = max(1, (NB - 1).bit_length())
         tab = eng.tab
-        m.submodules.tfifo = fifo = SyncFIFO(width=8 * W, depth=mem.max_burst)
+        m.submodules.tfifo = fifo = SyncFIFO(width=8 * W, depth=self.table_fifo_beats)
 
-        lreq, lend, lb = Signal(range(T + 1)), Signal(range(T + 1)), Signal(range(T + 1))
+        lreq, lb = Signal(range(T + 1)), Signal(range(T + 1))
         ls = Signal(range(max(E, K, 1) + 1))
-        sc, sb = Signal(range(CM + 1)), Signal(range(max(2, NB)))
+        CB = tl.cluster_beats
+        CK = CB * K  # engine key-sum beat slots per cluster (those from NB on are padding)
+        sc, sb = Signal(range(CM + 1)), Signal(range(max(2, CK)))
         subs = Signal.like(ls)
         bi = Signal.like(lb)  # the beat in hand: lb while loading, wb while writing back
         m.d.comb += subs.eq(Mux(bi == 0, 1, Mux(bi <= SIGB, E, K)))
@@ -319,7 +328,7 @@ class KvrSequencer(wiring.Component):
         m.d.comb += cid.eq((bi - 1) * E + ls)
 
         def step_sums():
-            with m.If(sb == NB - 1):
+            with m.If(sb == CK - 1):
                 m.d.sync += [sb.eq(0), sc.eq(sc + 1)]
             with m.Else():
                 m.d.sync += sb.eq(sb + 1)
@@ -329,19 +338,22 @@ class KvrSequencer(wiring.Component):
             m.d.sync += [lreq.eq(0), lb.eq(0), ls.eq(0), sc.eq(0), sb.eq(0)]
 
         # ---------------------------------------------------------------- load
+        # Requests of max_burst beats (the last one shorter) go out while the FIFO has room for every beat
+        # requested and not yet taken (credit: lreq − lb + blen ≤ its depth), as many in flight as the memory
+        # accepts (memory.outstanding); beats are taken into the engine's table meanwhile.
         left = Signal(range(T + 1))
         m.d.comb += left.eq(T - lreq)
         blen = Mux(left > mem.max_burst, mem.max_burst, left)
         beat = fifo.r_data
-        with m.If(ph == Phase.LREQ):
-            m.d.comb += [
-                self.rreq.valid.eq(1),
-                self.rreq.payload.addr.eq(f.tab_base + lreq),
-                self.rreq.payload.len_minus_one.eq(blen - 1),
-            ]
-            with m.If(self.rreq.ready):
-                m.d.sync += [lreq.eq(lreq + blen), lend.eq(lreq + blen), ph.eq(Phase.LOAD)]
         with m.If(ph == Phase.LOAD):
+            with m.If((lreq != T) & (lreq - lb + blen <= self.table_fifo_beats)):
+                m.d.comb += [
+                    self.rreq.valid.eq(1),
+                    self.rreq.payload.addr.eq(f.tab_base + lreq),
+                    self.rreq.payload.len_minus_one.eq(blen - 1),
+                ]
+                with m.If(self.rreq.ready):
+                    m.d.sync += lreq.eq(lreq + blen)
             m.d.comb += [bi.eq(lb), fifo.w_en.eq(self.rdata.valid), fifo.w_data.eq(self.rdata.payload)]
             with m.If(fifo.r_rdy):
                 with m.If(lb == 0):  # the header: n, ntok
@@ -356,7 +368,7 @@ class KvrSequencer(wiring.Component):
                     ]
                 with m.Else():
                     sub = beat.word_select(ls, 8 * kv.lanes * SB)
-                    m.d.comb += tab.sums_wen.eq(sc < CM)
+                    m.d.comb += tab.sums_wen.eq((sc < CM) & (sb < NB))
                     m.d.comb += [
                         tab.sums_wdata[i].eq(sub.word_select(i, 8 * SB)[: kv.sum_bits].as_signed())
                         for i in range(kv.lanes)
@@ -365,11 +377,8 @@ class KvrSequencer(wiring.Component):
                 with m.If(ls == subs - 1):
                     m.d.comb += fifo.r_en.eq(1)
                     m.d.sync += [ls.eq(0), lb.eq(lb + 1)]
-                    with m.If(lb + 1 == lend):
-                        with m.If(lend == T):
-                            m.d.sync += ph.eq(Mux(f.queries != 0, Phase.REQ, Phase.HDR))
-                        with m.Else():
-                            m.d.sync += ph.eq(Phase.LREQ)
+                    with m.If(lb + 1 == T):
+                        m.d.sync += ph.eq(Mux(f.queries != 0, Phase.REQ, Phase.HDR))
                 with m.Else():
                     m.d.sync += ls.eq(ls + 1)
 
@@ -377,8 +386,31 @@ class KvrSequencer(wiring.Component):
         wb, held = Signal(range(T + 1)), Signal()
         tb, tb_next = Signal(8 * W), Signal(8 * W)
         pe, pv = Signal(8 * TABLE_ENTRY_BYTES), Signal()  # an entry read last cycle; a key-sum read is valid
-        with m.If(accept & (ph == Phase.FLUSH)):  # entering WB: the table's first beat
-            m.d.sync += [wb.eq(0), ls.eq(0), held.eq(0), sc.eq(0), sb.eq(0), waddr.eq(f.tab_base)]
+        # The beats written (TableLayout.dirty_beats): the header, the entry beats of the touched clusters
+        # (pend_sig), each touched cluster's key-sum beats (pend_cl; wc the cluster, wk its beat).
+        pend_sig, pend_cl = Signal(SIGB), Signal(CM)
+        wc, wk = Signal(range(max(2, CM))), Signal(range(max(2, CB)))
+        sig_dirty = Cat(*(dirty[b * E : min(CM, b * E + E)].any() for b in range(SIGB)))
+        with m.If(accept & (ph == Phase.FLUSH)):  # entering WB: the header beat
+            m.d.sync += [wb.eq(0), ls.eq(0), held.eq(0), pend_sig.eq(sig_dirty), pend_cl.eq(dirty)]
+        in_sums = (wb != 0) & ~is_sig
+        ps_next, pc_next = Signal(SIGB), Signal(CM)
+        m.d.comb += [ps_next.eq(pend_sig), pc_next.eq(pend_cl)]
+        with m.If(is_sig):
+            m.d.comb += ps_next.bit_select((wb - 1)[: max(1, (SIGB - 1).bit_length())], 1).eq(0)
+        with m.If(in_sums & (wk == CB - 1)):
+            m.d.comb += pc_next.bit_select(wc, 1).eq(0)
+
+        def lowest(v, n):
+            idx = Signal(range(max(2, n)))
+            for i in reversed(range(n)):
+                with m.If(v[i]):
+                    m.d.comb += idx.eq(i)
+            return idx
+
+        nsig, ncl = lowest(ps_next, SIGB), lowest(pc_next, CM)
+        last_beat = Signal()
+        m.d.comb += last_beat.eq(~(in_sums & (wk != CB - 1)) & ~ps_next.any() & ~pc_next.any())
         m.d.comb += tb_next.eq(tb)
         ext_lanes = [Signal(signed(8 * SB), name=f"wb_sum{i}") for i in range(kv.lanes)]
         m.d.comb += [x.eq(tab.sums_rdata[i]) for i, x in enumerate(ext_lanes)]  # sign-extended
@@ -392,7 +424,7 @@ class KvrSequencer(wiring.Component):
                         Mux(cid < CM, Cat(tab.sig, Const(0, 64 - kv.hyperplanes), tab.count), 0)
                     )
                 with m.Elif(wb != 0):
-                    m.d.sync += pv.eq(sc < CM)
+                    m.d.sync += pv.eq((sc < CM) & (sb < NB))
                     step_sums()
             with m.If((ls != 0) & ~held):  # collect sub-beat ls − 1
                 with m.If(wb == 0):
@@ -407,8 +439,21 @@ class KvrSequencer(wiring.Component):
             with m.If(ls == subs):
                 with m.If(wfree):
                     m.d.comb += [wb_move.eq(1), wb_data.eq(tb_next)]
-                    m.d.sync += [wb.eq(wb + 1), ls.eq(0), held.eq(0), tb.eq(0)]
-                    with m.If(wb == T - 1):
+                    m.d.sync += [
+                        waddr.eq(f.tab_base + wb),
+                        ls.eq(0),
+                        held.eq(0),
+                        tb.eq(0),
+                        pend_sig.eq(ps_next),
+                        pend_cl.eq(pc_next),
+                    ]
+                    with m.If(in_sums & (wk != CB - 1)):  # the cluster's next key-sum beat
+                        m.d.sync += [wb.eq(wb + 1), wk.eq(wk + 1)]
+                    with m.Elif(~in_sums & ps_next.any()):  # the next touched entry beat
+                        m.d.sync += wb.eq(1 + nsig)
+                    with m.Elif(pc_next.any()):  # the next touched cluster's first key-sum beat
+                        m.d.sync += [wb.eq(1 + SIGB + ncl * CB), wc.eq(ncl), wk.eq(0), sc.eq(ncl), sb.eq(0)]
+                    with m.If(last_beat):
                         m.d.sync += ph.eq(Phase.WEND)
                 with m.Else():
                     m.d.sync += held.eq(1)

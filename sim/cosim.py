@@ -993,8 +993,8 @@ def run_top_cosim(
         model_tokens.append(toks[-1])
         # the top model's data-dependent inputs come from the executor's run of the step (list counts of the
         # GEMM_LISTs, the KV engine's cycles of each KVR on its table slot)
-        model_cycles.append(program_cycles(p, st.list_counts, st.kvr_engine))
-        model_steps.append(step_cycles(p, st.list_counts, st.kvr_engine))
+        model_cycles.append(program_cycles(p, st.list_counts, st.kvr_engine, st.kvr_touched))
+        model_steps.append(step_cycles(p, st.list_counts, st.kvr_engine, st.kvr_touched))
 
     prompt = list(prompt)
 

@@ -49,6 +49,7 @@ __all__ = [
     "TableState",
     "kvr_run_cycles",
     "table_dma_cycles",
+    "expected_touched",
 ]
 
 (
@@ -546,7 +547,7 @@ def query_cycles(kv: KvConfig, n: int, k: int) -> int:
 
 
 def kvr_run_cycles(
-    kv: KvConfig, mem, engine_cycles: list[int], tables_in_dram: bool = False, inserts: int = 0
+    kv: KvConfig, mem, engine_cycles: list[int], tables_in_dram: bool = False, inserts: int = 0, touched=None
 ) -> int:
     """Cycles of a KVR command on the top level (``system.kv_tables`` onchip or dram), from its dispatch cycle to its
     done cycle (hw/top.py's KVR sequencer; docs/design.md, "The RTL top"). ``engine_cycles``: the KV engine's
@@ -565,7 +566,8 @@ def kvr_run_cycles(
     waiting for the previous write; every config has 1 or 2).
 
     ``tables_in_dram`` (``system.kv_tables: dram``): + the table's load before the engine commands and, for a
-    KVR with ``inserts`` > 0, its write-back after the list block (:func:`table_dma_cycles`)."""
+    KVR with ``inserts`` > 0, its write-back after the list block (:func:`table_dma_cycles`) of the clusters
+    its inserts ``touched`` (:attr:`KvrExecutor.touched`; required then)."""
     from hw.kv_numerics import LIST_HEADER_BYTES, list_capacity
 
     row_beats = -(-kv.dim // mem.bus_bytes)
@@ -573,7 +575,11 @@ def kvr_run_cycles(
     words = LIST_HEADER_BYTES // 4 + list_capacity(kv)
     cycles = 1 + sum(per_row + e for e in engine_cycles) + words + 2
     if tables_in_dram:
-        load, write_back = table_dma_cycles(kv, mem)
+        if inserts and touched is None:
+            raise ValueError(
+                "kvr_run_cycles: a dram KVR with inserts needs the clusters they touched (touched)"
+            )
+        load, write_back = table_dma_cycles(kv, mem, touched if inserts else ())
         cycles += load + (write_back if inserts else 0)
     return cycles
 
@@ -591,33 +597,78 @@ def _table_beat_subs(kv: KvConfig, mem) -> list[int]:
     return [1] + [mem.bus_bytes // TABLE_ENTRY_BYTES] * tl.sig_beats + [sums_per_beat] * tl.sum_beats
 
 
-def table_dma_cycles(kv: KvConfig, mem) -> tuple[int, int]:
+def _table_load_cycles(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int) -> int:
+    """The table load of :func:`table_dma_cycles`, cycle by cycle (cycle 0 = the first LOAD cycle): the
+    cycle after the one that takes the table's last beat."""
+    T, depth = len(subs), outstanding * burst
+    reqs: list[list[int]] = []  # in flight, oldest first: [accept cycle, beats, beats delivered]
+    arrive: list[int] = []  # the cycle each beat was delivered in
+    lreq = lb = ls = 0
+    last = -(1 << 40)
+    t = 0
+    while True:
+        blen = min(burst, T - lreq)
+        request = lreq < T and len(reqs) < outstanding and lreq - lb + blen <= depth
+        if reqs and t >= reqs[0][0] + lat and t >= last + iv:  # the memory delivers a beat
+            arrive.append(t)
+            last = t
+            reqs[0][2] += 1
+            if reqs[0][2] == reqs[0][1]:
+                reqs.pop(0)
+        if request:
+            reqs.append([t, blen, 0])
+            lreq += blen
+        if lb < len(arrive) and arrive[lb] < t:  # beat lb is in the FIFO: one sub-beat per cycle
+            if ls == subs[lb] - 1:
+                ls, lb = 0, lb + 1
+                if lb == T:
+                    return t + 1
+            else:
+                ls += 1
+        t += 1
+
+
+@lru_cache(maxsize=64)
+def _table_load_cached(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int) -> int:
+    return _table_load_cycles(subs, lat, iv, outstanding, burst)
+
+
+def table_dma_cycles(kv: KvConfig, mem, touched=None) -> tuple[int, int]:
     """(load, write-back) cycles of a KVR's table with ``system.kv_tables: dram`` on the RTL top
-    (hw/kv_sequencer.py; docs/design.md, "The RTL top"). Load, before the engine commands: per burst of
-    ``max_burst`` table beats one read request (accepted at once), its beats into a FIFO (beat j arrives
-    ``latency + j·beat_interval`` cycles after the request and is processed from the cycle after), each beat
-    taking :func:`_table_beat_subs` cycles to write into the engine's table; the next request the cycle after
-    the burst's last beat is processed. Write-back, after the list block's last write is accepted (only for a
-    KVR with inserts): per beat its subs + 1 cycles to read and assemble it, then it is written (accepted
-    ``beat_interval`` cycles after the previous write at the earliest; the assembly of the next beat waits for
-    the write register)."""
+    (hw/kv_sequencer.py; docs/design.md, "The RTL top"). Load, before the engine commands, from the cycle
+    after the dispatch: each cycle the sequencer requests the next burst (``max_burst`` table beats, the last
+    one shorter) while its FIFO (``outstanding × max_burst`` beats) has room for every beat requested and not
+    yet taken; the memory accepts it while fewer than ``outstanding`` requests are in flight and delivers the
+    beats by its rules (sim/mem_kernel.py: in request order, ``latency`` after the accept at the earliest, one
+    every ``beat_interval``); a beat is taken from the cycle after its delivery, each beat taking
+    :func:`_table_beat_subs` cycles to write into the engine's table; the load ends the cycle after its last
+    beat is taken. Write-back, after the list block's last write is accepted (only for a KVR with inserts):
+    the beats of :meth:`hw.kv_numerics.TableLayout.dirty_beats` of ``touched`` (the clusters the inserts
+    touched; None: every cluster, the whole table), in that order: per beat its subs + 1 cycles to read and
+    assemble it, then it is written (accepted ``beat_interval`` cycles after the previous write at the
+    earliest; the assembly of the next beat waits for the write register)."""
     subs = _table_beat_subs(kv, mem)
-    lat, iv = mem.latency, mem.beat_interval
-    t = 0  # the cycle of the first request
-    for b0 in range(0, len(subs), mem.max_burst):
-        end = t  # last processing cycle so far
-        for j, s in enumerate(subs[b0 : b0 + mem.max_burst]):
-            start = max(t + lat + j * iv + 1, end + 1)
-            end = start + s - 1
-        t = end + 1
-    load = t
+    load = _table_load_cached(tuple(subs), mem.latency, mem.beat_interval, mem.outstanding, mem.max_burst)
+    tl = TableLayout(kv, mem.bus_bytes)
+    beats = tl.dirty_beats(range(kv.max_clusters) if touched is None else touched)
+    iv = mem.beat_interval
     # write-back: cycle 0 = the cycle after the list's last write accept (cycle -1)
     acc, start = -1, 0
-    for s in subs:
-        move = max(start + s, acc)  # the beat moves into the write register (the previous one accepted)
+    for b in beats:
+        move = max(start + subs[b], acc)  # the beat moves into the write register (the previous one accepted)
         acc = max(move + 1, acc + iv)
         start = move + 1
     return load, acc + 1
+
+
+def expected_touched(kv: KvConfig, mem, inserts: int) -> list[int]:
+    """The clusters :func:`kvr_cost` assumes a KVR's ``inserts`` touch: min(inserts, max_clusters) of them,
+    each in its own entry beat while there are entry beats (the most write-back beats for that many)."""
+    from hw.kv_numerics import TABLE_ENTRY_BYTES
+
+    e = mem.bus_bytes // TABLE_ENTRY_BYTES
+    order = [c for r in range(e) for c in range(r, kv.max_clusters, e)]
+    return sorted(order[: min(inserts, kv.max_clusters)])
 
 
 def kvr_cost(
@@ -639,7 +690,9 @@ def kvr_cost(
     table's load and, with inserts, its write-back (:func:`table_dma_cycles`; tests/test_kvr_dram.py). Reads:
     the key and query rows (``ceil(dim/bus)`` beats each) and, ``dram``, the whole table
     (:class:`hw.kv_numerics.TableLayout`); writes: the list block (16-byte header, the list capacity's entries
-    — ``list_entries`` of them used — and one word per insert) and, ``dram`` with inserts, the whole table.
+    — ``list_entries`` of them used — and one word per insert) and, ``dram`` with inserts, the table beats of
+    the clusters the inserts touch (:func:`expected_touched`: one per insert, each in its own entry beat —
+    one insert: the header, one entry beat and one cluster's key-sum beats).
     ``row_bytes`` is not used (the table's size is its layout's). Events as :data:`EVENT_NAMES` for
     :func:`kv_energy_j`."""
     from hw.kv_numerics import list_capacity
@@ -672,11 +725,12 @@ def kvr_cost(
     assert list_entries <= list_capacity(kv)
     write_bytes = 16 + 4 * list_capacity(kv) + 4 * inserts
     write_beats = -(-write_bytes // w)
+    touched = expected_touched(kv, mem, inserts)
     if tables_in_dram:
-        tab = TableLayout(kv, w).beats
-        read_beats += tab
-        write_beats += tab if inserts else 0
-    cycles = 4 + kvr_run_cycles(kv, mem, per_command, tables_in_dram, inserts)
+        tl = TableLayout(kv, w)
+        read_beats += tl.beats
+        write_beats += len(tl.dirty_beats(touched)) if inserts else 0
+    cycles = 4 + kvr_run_cycles(kv, mem, per_command, tables_in_dram, inserts, touched)
     return {
         "cycles": cycles,
         "compute_cycles": comp,
@@ -702,6 +756,8 @@ class KvrExecutor:
         self.kv, self.w = kv, bus_bytes
         self.tables: dict[int, TableState] = {}
         self.engine_cycles: list[int] = []
+        #: the clusters the last command's inserts touched (ASSIGN ids), ascending
+        self.touched: list[int] = []
         self.layout = TableLayout(kv, bus_bytes) if tables_in_dram else None
 
     def _table(self, cmd, mem: np.ndarray) -> TableState:
@@ -751,13 +807,12 @@ class KvrExecutor:
         )
         start = cmd.list_base * w
         mem[start : start + 4 * words.size] = words.astype("<u4").view(np.uint8)
-        if (
-            self.layout is not None and cmd.inserts
-        ):  # dram: the table is written back (the RTL top's whole table)
-            start = cmd.tab_base * w
-            mem[start : start + self.layout.nbytes] = self.layout.pack(
-                table.sigs, table.cnts, table.sums, table.n, int(table.counts[1])
-            )
+        self.touched = sorted({int(cid) for cid, _new, full in run.results[len(queries) :] if not full})
+        if self.layout is not None and cmd.inserts:  # dram: the beats the RTL top writes back
+            raw = self.layout.pack(table.sigs, table.cnts, table.sums, table.n, int(table.counts[1]))
+            for b in self.layout.dirty_beats(self.touched):
+                start = (cmd.tab_base + b) * w
+                mem[start : start + w] = raw[b * w : (b + 1) * w]
         assert words.size >= LIST_HEADER_WORDS + list_capacity(kv)
         ends = [-1, *run.command_cycles]
         self.engine_cycles = [b - a for a, b in zip(ends[:-1], ends[1:], strict=True)]

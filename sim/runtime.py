@@ -43,9 +43,11 @@ class ExecStats:
     commands: dict[str, int] = field(default_factory=lambda: {"tlmm": 0, "gemm": 0, "host": 0})
     per_command: list[tuple[str, int]] = field(default_factory=list)
     # the data the top level's cycle model needs (sim.top_model.program_cycles), in Program order: each
-    # GEMM_LIST's list count and each KVR's engine cycles per engine command (queries, then inserts)
+    # GEMM_LIST's list count, each KVR's engine cycles per engine command (queries, then inserts) and the
+    # clusters its inserts touched (the dram table's write-back)
     list_counts: list[int] = field(default_factory=list)
     kvr_engine: list[list[int]] = field(default_factory=list)
+    kvr_touched: list[list[int]] = field(default_factory=list)
 
 
 class _Host:
@@ -565,6 +567,7 @@ def execute(
         elif isinstance(cmd, KvrCommand):
             cycles = kvr.run(cmd, img)
             stats.kvr_engine.append(list(kvr.engine_cycles))
+            stats.kvr_touched.append(list(kvr.touched))
             _count(stats, "kv", cycles)
         elif isinstance(cmd, GemmListCommand):
             try:

@@ -28,7 +28,8 @@ is idle from the cycle after its command's done. Run lengths, from the dispatch 
   of its engine commands (queries, then inserts; data: the table slot's state and the rows decide them, so the
   caller passes them — ``sim.kv_model.KvrExecutor.engine_cycles``, which ``sim.runtime`` records per KVR): the
   row reads, the engine, the list block's words and its last write, one engine command at a time, and with
-  ``system.kv_tables: dram`` the table's load before and write-back after (hw/kv_sequencer.py).
+  ``system.kv_tables: dram`` the table's load before and write-back after (hw/kv_sequencer.py; the clusters
+  its inserts touched: ``KvrExecutor.touched``, recorded as ``kvr_touched``).
 - **SYNC**: 0 (its dispatch cycle is its done cycle).
 
 A command's cycles run from its first word's accept to its done cycle, inclusive; a step's from its first
@@ -280,10 +281,12 @@ def run_cycles(
     host_ops=None,
     list_count: int | None = None,
     kvr_engine: list[int] | None = None,
+    kvr_touched: list[int] | None = None,
 ) -> int:
     """Cycles from a command's dispatch cycle to its done cycle (module doc); a HOST command's latency comes
     from ``host_ops`` (the Program's host-op table), a GEMM_LIST's list count from ``list_count``, a KVR's
-    engine cycles per engine command from ``kvr_engine``."""
+    engine cycles per engine command from ``kvr_engine`` and (``dram`` tables) the clusters its inserts
+    touched from ``kvr_touched``."""
     if isinstance(cmd, KvrCommand):
         from sim.kv_model import kvr_run_cycles
 
@@ -292,7 +295,7 @@ def run_cycles(
                 "top model: a KVR's cycles need its engine cycles, one per query and insert (kvr_engine)"
             )
         dram = acfg.system.kv_tables == "dram"
-        return kvr_run_cycles(acfg.kv, acfg.memory, kvr_engine, dram, cmd.inserts)
+        return kvr_run_cycles(acfg.kv, acfg.memory, kvr_engine, dram, cmd.inserts, kvr_touched)
     if isinstance(cmd, HostCommand):
         return int(host_ops[cmd.op].attrs["cycles"])
     if isinstance(cmd, GemmListCommand):
@@ -375,12 +378,16 @@ def schedule(commands: list, runs: list, overlap: bool, fetch: bool = True) -> S
 
 
 def program_schedule(
-    prog, list_counts: list[int] | None = None, kvr_engine: list[list[int]] | None = None
+    prog,
+    list_counts: list[int] | None = None,
+    kvr_engine: list[list[int]] | None = None,
+    kvr_touched: list[list[int]] | None = None,
 ) -> Schedule:
     """The cycle schedule of a Program (hw.program.Program) on the top level of its config. ``list_counts``:
     the count of each GEMM_LIST's list, in Program order (None: read from the Program's image, for lists
     that are constants of the image); ``kvr_engine``: each KVR's engine cycles per engine command, in Program
-    order (``sim.runtime.ExecStats.kvr_engine`` of the step's execution)."""
+    order (``sim.runtime.ExecStats.kvr_engine`` of the step's execution), and ``kvr_touched`` the clusters
+    each one's inserts touched (``ExecStats.kvr_touched``; needed for ``dram`` tables)."""
     from sim.gemm_model import read_tile_list
 
     acfg = prog.acfg
@@ -393,7 +400,9 @@ def program_schedule(
     kvrs = [c for c in cmds if isinstance(c, KvrCommand)]
     if kvrs and (kvr_engine is None or len(kvr_engine) != len(kvrs)):
         raise ValueError(f"top model: {len(kvrs)} KVR commands need their engine cycles (kvr_engine)")
-    it, ik = iter(list_counts), iter(kvr_engine or [])
+    if kvr_touched is not None and len(kvr_touched) != len(kvrs):
+        raise ValueError(f"top model: {len(kvrs)} KVR commands, {len(kvr_touched)} touched-cluster lists")
+    it, ik, iw = iter(list_counts), iter(kvr_engine or []), iter(kvr_touched or [None] * len(kvrs))
     runs = [
         run_cycles(
             acfg,
@@ -401,17 +410,20 @@ def program_schedule(
             prog.host_ops,
             next(it) if isinstance(c, GemmListCommand) else None,
             next(ik) if isinstance(c, KvrCommand) else None,
+            next(iw) if isinstance(c, KvrCommand) else None,
         )
         for c in cmds
     ]
     return schedule(cmds, runs, acfg.system.overlap)
 
 
-def program_cycles(prog, list_counts: list[int] | None = None, kvr_engine=None) -> list[int]:
+def program_cycles(
+    prog, list_counts: list[int] | None = None, kvr_engine=None, kvr_touched=None
+) -> list[int]:
     """Per-command cycles of a Program on the top level (first word accepted → done, inclusive)."""
-    return program_schedule(prog, list_counts, kvr_engine).per_command
+    return program_schedule(prog, list_counts, kvr_engine, kvr_touched).per_command
 
 
-def step_cycles(prog, list_counts: list[int] | None = None, kvr_engine=None) -> int:
+def step_cycles(prog, list_counts: list[int] | None = None, kvr_engine=None, kvr_touched=None) -> int:
     """Whole-step cycles of a Program on the top level: first word accepted → the cycle after the last done."""
-    return int(program_schedule(prog, list_counts, kvr_engine).length)
+    return int(program_schedule(prog, list_counts, kvr_engine, kvr_touched).length)

@@ -13,7 +13,7 @@ from test_kvr_sequencer import _cfg as _seq_cfg
 from test_kvr_sequencer import _program, _run_rtl
 
 from hw.kv_numerics import TableLayout, list_capacity
-from sim.kv_model import KvrExecutor, kvr_cost, kvr_run_cycles, table_dma_cycles
+from sim.kv_model import KvrExecutor, expected_touched, kvr_cost, kvr_run_cycles, table_dma_cycles
 
 
 def _cfg(bus: int, dim: int, **memory):
@@ -53,7 +53,10 @@ def test_dram_tables_match_the_executor_in_the_model_cycles(bus, dim, memory):
         nw = 4 + list_capacity(kv) + cmd.inserts
         lo, hi = cmd.list_base * W, cmd.list_base * W + 4 * nw
         assert np.array_equal(got[lo:hi], want[lo:hi]), cmd
-        assert run == kvr_run_cycles(kv, acfg.memory, ex.engine_cycles, True, cmd.inserts), (i, cmd)
+        assert run == kvr_run_cycles(kv, acfg.memory, ex.engine_cycles, True, cmd.inserts, ex.touched), (
+            i,
+            cmd,
+        )
     for table in (0, 1):
         base = cmds[table].tab_base * W
         t = want[base : base + tl.nbytes]
@@ -72,7 +75,12 @@ def test_layout_round_trip_and_empty_table():
     acfg = _cfg(32, 40)
     kv = acfg.kv
     tl = TableLayout(kv, 32)
-    assert (tl.beats, tl.sig_beats, tl.sum_beats) == (1 + 4 + 20, 4, 20)
+    assert (tl.beats, tl.sig_beats, tl.sum_beats, tl.cluster_beats) == (
+        1 + 4 + 24,
+        4,
+        24,
+        3,
+    )  # 80 B in 3 beats
     assert tl.unpack(np.zeros(tl.nbytes, np.uint8))[3:] == (0, 0)  # zeroed = empty
     rng = np.random.default_rng(0)
     sigs = rng.integers(0, 1 << kv.hyperplanes, kv.max_clusters)
@@ -88,15 +96,27 @@ def test_layout_round_trip_and_empty_table():
 
 
 def test_kvr_cost_dram_is_the_top_definition():
-    """kvr_cost with tables in DRAM = its onchip cycles + the table's load and (with inserts) write-back, and
-    reads/writes the whole table."""
+    """kvr_cost with tables in DRAM = its onchip cycles + the table's load and (with inserts) the write-back of
+    the clusters it expects the inserts to touch (one per insert, each in its own entry beat); it reads the
+    whole table and writes those beats."""
     acfg = _cfg(32, 32)
     kv, mem = acfg.kv, acfg.memory
     tab = TableLayout(kv, 32)
-    load, wb = table_dma_cycles(kv, mem)
-    for inserts in (0, 1, 3):
+    for inserts, touched in ((0, []), (1, [0]), (3, [0, 2, 4])):  # 2 entries per beat
+        assert expected_touched(kv, mem, inserts) == touched
+        load, wb = table_dma_cycles(kv, mem, touched)
         d = kvr_cost(kv, mem, 5, [2, 3], inserts, 0, 7, tables_in_dram=True)
         o = kvr_cost(kv, mem, 5, [2, 3], inserts, 0, 7, tables_in_dram=False)
         assert d["cycles"] == o["cycles"] + load + (wb if inserts else 0)
         assert d["read_bytes"] == o["read_bytes"] + tab.nbytes
-        assert d["write_bytes"] == o["write_bytes"] + (tab.nbytes if inserts else 0)
+        written = (1 + len(touched) + len(touched) * tab.cluster_beats) if inserts else 0
+        assert d["write_bytes"] == o["write_bytes"] + 32 * written
+    assert table_dma_cycles(kv, mem, [0, 1])[1] < table_dma_cycles(kv, mem, [0, 2])[1]  # one entry beat
+
+
+def test_dirty_beats_are_ascending_and_each_once():
+    tl = TableLayout(_cfg(32, 40).kv, 32)  # 2 entries per entry beat, 3 key-sum beats per cluster
+    assert tl.dirty_beats([]) == [0]
+    assert tl.dirty_beats([3, 0, 1]) == [0, 1, 2, 5, 6, 7, 8, 9, 10, 14, 15, 16]
+    with pytest.raises(ValueError, match="touched"):
+        kvr_run_cycles(tl.kv, _cfg(32, 40).memory, [10], True, 1)
