@@ -94,10 +94,16 @@ def test_every_config_field_is_classified():
     loose = dse.unclassified_fields()
     assert not loose, (
         f"config fields the DSE's fast evaluator does not classify: {sorted(loose)} — add each to "
-        "tritium.dse PROGRAM_FIELDS (and mirror it in FastEvaluator), COST_FIELDS, UNUSED_FIELDS or "
+        "tritium.dse PROGRAM_FIELDS (and mirror it in FastEvaluator), COST_FIELDS, RETRIEVAL_FIELDS, UNUSED_FIELDS or "
         "COMPILED_FIELDS (docs/dse.md)"
     )
-    lists = (dse.PROGRAM_FIELDS, dse.COST_FIELDS, dse.UNUSED_FIELDS, dse.COMPILED_FIELDS)
+    lists = (
+        dse.PROGRAM_FIELDS,
+        dse.COST_FIELDS,
+        dse.RETRIEVAL_FIELDS,
+        dse.UNUSED_FIELDS,
+        dse.COMPILED_FIELDS,
+    )
     assert sum(len(x) for x in lists) == len(set().union(*lists)), "a field in two lists"
     assert set().union(*lists) <= set(dse.config_fields()), "a listed field that the config does not have"
 

@@ -88,6 +88,7 @@ class Workload:
     lm_head: str = "host_fp32"  # the placement the host ops were compiled with (system.lm_head)
     lm_head_shape: tuple | None = None  # (d_model, vocab) of the LM head
     exact: bool = False  # cost every point by compiling it (the start-up self-check failed: _self_check)
+    capture: object = None  # the AcceleratorConfig it was compiled with (decode steps at other positions)
 
 
 #: Config fields whose effect on the step Programs the fast evaluator reproduces: it derives the commands,
@@ -131,28 +132,34 @@ COST_FIELDS = (
     "device.power_boundary",
     "device.sources",
 )
-#: Config fields neither the lowering nor the estimate reads today (the KV retrieval engine's RTL parameters).
-UNUSED_FIELDS = (
-    "name",
-    "kv.dim",
-    "kv.hyperplanes",
-    "kv.hamming",
-    "kv.max_clusters",
-    "kv.max_cluster_size",
-    "kv.lanes",
-    "kv.buckets",
-    "kv.alpha",
-    "kv.seed",
-    # the KV engine's table slots (system.kv_tables onchip): hardware only, the Programs' KVRs name streams
-    "kv.slots",
-    # KV retrieval's policy (docs/design.md, "KV retrieval in the loop"): read only with system.attention
-    # resv, which the fast evaluator refuses (FastEvaluator.estimate) until it costs retrieval.
+#: KV retrieval's fields (docs/design.md, "KV retrieval in the loop"): read only by a point with
+#: ``system.attention: resv``, which the fast evaluator costs as ``tritium estimate`` does (the dense decode
+#: step at the plan's effective context plus ``tritium.retrieval.retrieval_step_cost``'s extras); a dense
+#: point's figures do not depend on them.
+RETRIEVAL_FIELDS = (
     "system.attention",
     "system.kv_sinks",
     "system.kv_window",
     "system.kv_min_context",
     "system.kv_tables",
     "system.kv_selected_share",
+    "kv.dim",
+    "kv.hyperplanes",
+    "kv.max_clusters",
+    "kv.max_cluster_size",
+    "kv.lanes",
+)
+#: Config fields neither the lowering nor the estimate reads today.
+UNUSED_FIELDS = (
+    "name",
+    # the KVR's numerics (join distance, threshold unit, the hash planes' seed): its modeled cycles and bytes
+    # do not depend on them (the pages a step selects are system.kv_selected_share's assumption)
+    "kv.hamming",
+    "kv.buckets",
+    "kv.alpha",
+    "kv.seed",
+    # the KV engine's table slots (system.kv_tables onchip): hardware only, the Programs' KVRs name streams
+    "kv.slots",
 )
 #: Config fields the fast evaluator knows it does not mirror (e.g. a choice that makes the step time
 #: other than the sum of its commands' times): a point that sets one to anything but its schema default is
@@ -161,7 +168,7 @@ COMPILED_FIELDS: tuple[str, ...] = (
     # the step time is the Programs' overlapped schedule (sim/top_model.py), which a sum of shapes cannot give
     "system.overlap",
 )
-KNOWN_FIELDS = frozenset(PROGRAM_FIELDS + COST_FIELDS + UNUSED_FIELDS)
+KNOWN_FIELDS = frozenset(PROGRAM_FIELDS + COST_FIELDS + RETRIEVAL_FIELDS + UNUSED_FIELDS)
 
 
 def config_fields() -> dict[str, object]:
@@ -215,6 +222,28 @@ _WORKLOADS: dict = {}
 _STEPS: dict = {}  # (model, system section, tokens, pos) → _Step
 
 
+def _step(cm, model: str, system, T: int, pos: int) -> _Step:
+    """The host ops of the step of ``T`` tokens at position ``pos`` (memoized: a context sweep shares its
+    prefill step; retrieval's decode steps at their effective contexts are shared across points)."""
+    from hw.isa import HostCommand
+
+    skey = (model, system, T, pos)
+    if skey in _STEPS:
+        return _STEPS[skey]
+    prog = cm.program(T, pos, logits="last")
+    names = set()
+    for op in prog.host_ops:
+        names.update(op.inputs[:1])
+        names.update(op.outputs[:1])
+        if "weight" in op.attrs:
+            names.add(op.attrs["weight"])
+    tensors = {n: prog.tensors[n] for n in names if n in prog.tensors}
+    _STEPS[skey] = _Step(
+        T, pos, _HostProgram([HostCommand(i) for i in range(len(prog.host_ops))], prog.host_ops, tensors)
+    )
+    return _STEPS[skey]
+
+
 def build_workload(
     model: str, prompt: int, context: int, acfg: AcceleratorConfig, lm_head: str | None = None
 ) -> Workload:
@@ -226,7 +255,6 @@ def build_workload(
     key = (model, prompt, context, system)
     if key in _WORKLOADS:
         return _WORKLOADS[key]
-    from hw.isa import HostCommand
     from tritium.estimate import _compiled
 
     cm = _compiled(model, acfg, lm_head)
@@ -240,23 +268,10 @@ def build_workload(
         for op in g.ops
         if op.kind == "attention"
     )
-    steps = {}
-    for label, (T, pos) in (("prefill", (prompt, 0)), ("decode", (1, context - 1))):
-        skey = (model, system, T, pos)  # a context sweep shares its prefill step
-        if skey in _STEPS:
-            steps[label] = _STEPS[skey]
-            continue
-        prog = cm.program(T, pos, logits="last")
-        names = set()
-        for op in prog.host_ops:
-            names.update(op.inputs[:1])
-            names.update(op.outputs[:1])
-            if "weight" in op.attrs:
-                names.add(op.attrs["weight"])
-        tensors = {n: prog.tensors[n] for n in names if n in prog.tensors}
-        steps[label] = _STEPS[skey] = _Step(
-            T, pos, _HostProgram([HostCommand(i) for i in range(len(prog.host_ops))], prog.host_ops, tensors)
-        )
+    steps = {
+        label: _step(cm, model, system, T, pos)
+        for label, (T, pos) in (("prefill", (prompt, 0)), ("decode", (1, context - 1)))
+    }
     wl = Workload(
         model,
         prompt,
@@ -267,6 +282,7 @@ def build_workload(
         steps,
         lm_head,
         (cm.lowering.mc["d_model"], cm.lowering.mc["vocab"]),
+        capture=acfg,
     )
     _WORKLOADS[key] = wl
     return wl
@@ -276,7 +292,8 @@ class FastEvaluator:
     """``estimate()``'s figures for one workload and many configs, from per-command-shape costs.
 
     Generic over config fields: every field is classified (:data:`PROGRAM_FIELDS`, :data:`COST_FIELDS`,
-    :data:`UNUSED_FIELDS`); a config that sets a field added since (:func:`unmirrored_fields`) to anything
+    :data:`RETRIEVAL_FIELDS`, :data:`UNUSED_FIELDS`); a ``system.attention: resv`` point is costed with KV
+    retrieval, as ``tritium estimate`` does (:meth:`_retrieval`); a config that sets a field added since (:func:`unmirrored_fields`) to anything
     but its default is costed exactly, by compiling it (:meth:`exact`), and so is every point when the
     workload's start-up self-check failed (``Workload.exact``). ``caches``: per-command cost caches shared
     by the evaluators of several workloads (a command's cost does not depend on the workload)."""
@@ -304,14 +321,15 @@ class FastEvaluator:
 
         if len(E._COMPILED) > 16:  # an exact sweep compiles per point: keep the memory bounded
             E.clear_cache()
-        cm = E._compiled(self.w.model, acfg)
-        energy = self._energy_of(acfg.device.family)
-        pre = E.cost_program(cm.program(self.w.prompt, 0, logits="last"), acfg, energy)
-        dec = E.cost_program(cm.program(1, self.w.context - 1, logits="last"), acfg, energy)
         self.exact_points += 1
-        return E.summarize(
-            self.w.model, acfg, self.w.prompt, self.w.context, pre, dec, energy, acfg.system.lm_head
-        )
+        w = self.w
+        if acfg.system.attention == "resv":  # the estimate's own retrieval path
+            return E.estimate(w.model, acfg, w.prompt, w.context, lm_head=acfg.system.lm_head)
+        cm = E._compiled(w.model, acfg)
+        energy = self._energy_of(acfg.device.family)
+        pre = E.cost_program(cm.program(w.prompt, 0, logits="last"), acfg, energy)
+        dec = E.cost_program(cm.program(1, w.context - 1, logits="last"), acfg, energy)
+        return E.summarize(w.model, acfg, w.prompt, w.context, pre, dec, energy, acfg.system.lm_head)
 
     def workload(self, acfg: AcceleratorConfig) -> Workload:
         """The workload of ``acfg``'s LM-head placement (``system.lm_head``; compiled once per placement)."""
@@ -412,17 +430,53 @@ class FastEvaluator:
         """The same dict as :func:`tritium.estimate.estimate` (figures equal up to float rounding)."""
         from tritium.estimate import summarize
 
-        if acfg.system.attention != "dense":
-            raise ValueError(
-                f"system.attention={acfg.system.attention}: the DSE's fast evaluator models dense attention only "
-                "(tritium estimate --attention resv costs retrieval)"
-            )
         if self.needs_exact(acfg):
             return self.exact(acfg)
         w = self.workload(acfg)
         pre = self.step_cost(acfg, w.steps["prefill"])
+        if acfg.system.attention == "resv":
+            return self._retrieval(acfg, w, pre)
         dec = self.step_cost(acfg, w.steps["decode"])
         return summarize(w.model, acfg, w.prompt, w.context, pre, dec, lm_head=acfg.system.lm_head)
+
+    def retrieval_geometry(self, acfg: AcceleratorConfig):
+        """(geometry, layers) of the workload's model with ``acfg``'s retrieval fields (ValueError naming
+        the field when the model and the KV engine do not fit together)."""
+        from tritium.retrieval import model_geometry
+
+        return model_geometry(acfg, self.w.model)
+
+    def _retrieval(self, acfg: AcceleratorConfig, w: Workload, pre) -> dict:
+        """A ``system.attention: resv`` point, as ``tritium.estimate.estimate`` costs it: the dense decode
+        step at the plan's effective context (``plan.l_eff``) from the shape costs, plus what retrieval adds
+        to the prefill and the decode step (:func:`tritium.retrieval.retrieval_step_cost`)."""
+        from tritium.estimate import _retrieval_report, _share_assumption, summarize
+        from tritium.retrieval import plan_decode, retrieval_step_cost
+
+        rgeo, layers = self.retrieval_geometry(acfg)
+        plan = plan_decode(acfg, rgeo, w.context, w.max_seq)
+        if plan.l_eff == w.context:
+            dstep = w.steps["decode"]
+        else:
+            from tritium.estimate import _compiled
+
+            cap = w.capture
+            system = dataclasses.replace(cap.system, lm_head=w.lm_head)
+            key = (w.model, system, 1, plan.l_eff - 1)
+            dstep = _STEPS.get(key) or _step(
+                _compiled(w.model, cap, w.lm_head), w.model, system, 1, plan.l_eff - 1
+            )
+        dec = self.step_cost(acfg, dstep)
+        energy = self._energy_of(acfg.device.family)
+        parts = []
+        for cost, tokens, p in ((pre, w.prompt, None), (dec, 1, plan)):
+            extra, part = retrieval_step_cost(acfg, rgeo, layers, energy, tokens, p)
+            cost.add(extra)
+            parts.append(part)
+        r = summarize(w.model, acfg, w.prompt, w.context, pre, dec, energy, acfg.system.lm_head, "resv")
+        r["retrieval"] = _retrieval_report(acfg, rgeo, layers, plan, w.context, parts, pre, dec)
+        r["assumptions"].append(_share_assumption(acfg))
+        return r
 
 
 # ====================================================================================================
@@ -462,6 +516,11 @@ def screen(spec: Spec, params: dict, evaluators=None) -> tuple[str, str, dict, d
         if ev.w.model in seen:
             continue
         seen.add(ev.w.model)
+        if acfg.system.attention == "resv":  # the model and the KV engine must fit together
+            try:
+                ev.retrieval_geometry(acfg)
+            except ValueError as e:
+                return "invalid", str(e), m, d
         beats = ev.memory_beats(acfg)
         m["memory_mib"] = max(m.get("memory_mib", 0.0), beats * acfg.memory.bus_bytes / 2**20)
         if beats > 1 << acfg.memory.addr_bits:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass
+from functools import lru_cache
 
 from compiler.tiling import RetrievalGeometry, retrieval_geometry
 from hw.config import AcceleratorConfig
@@ -51,14 +52,22 @@ class RetrievalPlan:
 
 def model_geometry(acfg: AcceleratorConfig, model_spec: str) -> tuple[RetrievalGeometry, int]:
     """(geometry, layers) of a decoder LM named by ``model_spec`` on ``acfg`` (ValueError otherwise)."""
+    n_heads, n_kv_heads, head_dim, max_seq, n_layers = _lm_shape(model_spec)
+    geo = retrieval_geometry(acfg, n_heads, n_kv_heads, head_dim, max_seq)
+    return geo, n_layers
+
+
+@lru_cache(maxsize=32)
+def _lm_shape(model_spec: str) -> tuple[int, int, int, int, int]:
+    """(n_heads, n_kv_heads, head_dim, max_seq, n_layers) of a decoder LM (loaded once per process on meta
+    tensors: the design-space exploration asks per point)."""
     from compiler import load_model
 
     model = load_model(model_spec, device="meta")
     cfg = getattr(model, "config", None)
     if cfg is None or not hasattr(cfg, "n_kv_heads"):
         raise ValueError(f"{model_spec}: attention 'resv' needs a decoder LM (models.lm.TernaryLM)")
-    geo = retrieval_geometry(acfg, cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.max_seq)
-    return geo, cfg.n_layers
+    return cfg.n_heads, cfg.n_kv_heads, cfg.head_dim, cfg.max_seq, cfg.n_layers
 
 
 def plan_decode(acfg: AcceleratorConfig, geo: RetrievalGeometry, context: int, max_seq: int) -> RetrievalPlan:
