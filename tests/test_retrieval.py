@@ -394,9 +394,16 @@ def test_program_holding_retrieval_commands_is_checked(tiny_estimates, opcode):
         bad.validate()
 
 
-def test_dse_refuses_resv():
-    """The DSE's fast evaluator models dense attention: a resv config is refused, not costed as dense."""
-    from tritium.dse import FastEvaluator
+def test_dse_costs_resv_with_retrieval():
+    """The DSE's fast evaluator costs a resv config with retrieval, not as dense (equality with estimate():
+    tests/test_dse_retrieval.py)."""
+    import dataclasses
 
-    with pytest.raises(ValueError, match="system.attention=resv: the DSE's fast evaluator models dense"):
-        FastEvaluator.estimate(object.__new__(FastEvaluator), tiny_resv_config())
+    from tritium.dse import FastEvaluator, build_workload
+
+    acfg = tiny_resv_config()
+    ev = FastEvaluator(build_workload("tiny", 16, 200, acfg))
+    resv = ev.estimate(acfg)
+    dense = ev.estimate(dataclasses.replace(acfg, system=dataclasses.replace(acfg.system, attention="dense")))
+    assert resv["retrieval"]["plan"]["active"] and "retrieval" not in dense
+    assert resv["decode_tokens_per_s"] != dense["decode_tokens_per_s"]
