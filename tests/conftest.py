@@ -284,3 +284,13 @@ def tiny_resv_config(**system):
     base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
     base["system"].update(system)
     return config_from_dict(base, "tiny-resv")
+
+
+def config_variant(acfg, **sections):
+    """``acfg`` with fields of its sections replaced, e.g. ``config_variant(a, kv={"max_clusters": 64})``."""
+    from hw.config import config_from_dict
+
+    d = acfg.to_dict()
+    for sec, fields in sections.items():
+        d[sec].update(fields)
+    return config_from_dict(d, source="test")

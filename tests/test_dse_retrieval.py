@@ -12,20 +12,15 @@ import math
 
 import pytest
 import yaml
-from conftest import DSE_SPEC, REPO, assert_same_estimate, tiny_resv_config
+from conftest import DSE_SPEC, REPO, assert_same_estimate, config_variant, tiny_resv_config
 
-from hw.config import config_from_dict, load_config
+from hw.config import load_config
 from tritium.dse import FastEvaluator, build_workload, load_spec, run_dse, screen
 from tritium.estimate import estimate
 
 pytestmark = pytest.mark.torch
 
-
-def _variant(acfg, **sections):
-    d = acfg.to_dict()
-    for sec, fields in sections.items():
-        d[sec].update(fields)
-    return config_from_dict(d, source="test")
+_variant = config_variant
 
 
 @pytest.mark.parametrize("context", [40, 200])  # below kv_min_context (inserts only), then retrieving

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import DSE_SPEC, REPO, assert_same_estimate
+from conftest import DSE_SPEC, REPO, assert_same_estimate, config_variant
 
 from hw.config import config_from_dict, load_config
 from tritium import dse
@@ -23,12 +23,7 @@ from tritium.estimate import _compiled, estimate
 
 pytestmark = pytest.mark.torch
 
-
-def _variant(acfg, **sections):
-    d = acfg.to_dict()
-    for sec, fields in sections.items():
-        d[sec].update(fields)
-    return config_from_dict(d, source="test")
+_variant = config_variant
 
 
 # ------------------------------------------------------------------------- system choices, exactly
