@@ -260,19 +260,27 @@ def list_capacity_of(cmd: GemmListCommand) -> int:
     return int(cmd.n_tiles if cmd.mode == 1 else cmd.k_tiles)
 
 
+def gemm_list_fetch_cycles(acfg: AcceleratorConfig, capacity: int) -> int:
+    """What a GEMM_LIST takes beyond the opcode-2 GEMM with its list's count (that GEMM's run is G + 1): the
+    one read of the list's ``capacity`` entries, ``2 + latency + (b − 1)·beat_interval`` with b its beats
+    (module doc). The estimate charges it too (tritium/retrieval.py)."""
+    from sim.gemm_model import list_fetch_beats
+
+    mem = acfg.memory
+    return 2 + mem.latency + (list_fetch_beats(capacity, mem.bus_bytes) - 1) * mem.beat_interval
+
+
 def gemm_list_run_cycles(acfg: AcceleratorConfig, cmd: GemmListCommand, count: int) -> int:
     """Dispatch → done of a GEMM_LIST whose list holds ``count`` entries (module doc)."""
     from hw.kv_numerics import list_capacity
-    from sim.gemm_model import gemm_fast, list_fetch_beats
+    from sim.gemm_model import gemm_fast
 
     cap = list_capacity_of(cmd)
     if cap > list_capacity(acfg.kv):
         raise ValueError(
             f"GEMM_LIST: capacity {cap} exceeds the top's tile-list buffer ({list_capacity(acfg.kv)} entries)"
         )
-    mem = acfg.memory
-    b = list_fetch_beats(cap, mem.bus_bytes)
-    return 3 + mem.latency + (b - 1) * mem.beat_interval + gemm_fast(acfg, cmd.with_count(count)).cycles
+    return gemm_list_fetch_cycles(acfg, cap) + 1 + gemm_fast(acfg, cmd.with_count(count)).cycles
 
 
 def run_cycles(

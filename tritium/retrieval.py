@@ -18,9 +18,9 @@ from functools import lru_cache
 
 from compiler.tiling import RetrievalGeometry, retrieval_geometry
 from hw.config import AcceleratorConfig
-from sim.gemm_model import list_fetch_beats, list_fetch_cycles
+from sim.gemm_model import list_fetch_beats
 from sim.kv_model import kv_energy_j, kvr_cost
-from sim.mem_kernel import mem_timing
+from sim.top_model import gemm_list_fetch_cycles
 
 __all__ = ["RetrievalPlan", "model_geometry", "plan_decode", "retrieval_step_cost", "SHARE_RANGE"]
 
@@ -180,8 +180,10 @@ def retrieval_step_cost(
         first = False
     # the tile-list GEMMs' list fetch (Q·Kᵀ and P·V per stream)
     if plan is not None and plan.active:
-        list_beats = list_fetch_beats(plan.tiles, mem.bus_bytes)  # sim.gemm_model: the executor's definition
-        cyc = list_fetch_cycles(mem_timing(mem), plan.tiles, mem.bus_bytes)
+        # the top reads the list's capacity (the command's field), not its count: sim.top_model's definition
+        cap = geo.list_entries
+        list_beats = list_fetch_beats(cap, mem.bus_bytes)
+        cyc = gemm_list_fetch_cycles(acfg, cap)
         nbytes = 2 * streams * list_beats * mem.bus_bytes
         c.engine_cycles["gemm"] += 2 * streams * cyc
         c.time_by["gemm"] += 2 * streams * cyc / f
