@@ -34,6 +34,7 @@ from hw.kv_numerics import (
     hyperplane_matrix,
     reciprocal,
 )
+from sim.mem_kernel import MemTiming, mem_deliver, mem_new, mem_read_valid, mem_request, mem_request_ready
 
 __all__ = [
     "KvRun",
@@ -597,28 +598,26 @@ def _table_beat_subs(kv: KvConfig, mem) -> list[int]:
     return [1] + [mem.bus_bytes // TABLE_ENTRY_BYTES] * tl.sig_beats + [sums_per_beat] * tl.sum_beats
 
 
-def _table_load_cycles(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int) -> int:
-    """The table load of :func:`table_dma_cycles`, cycle by cycle (cycle 0 = the first LOAD cycle): the
-    cycle after the one that takes the table's last beat."""
-    T, depth = len(subs), outstanding * burst
-    reqs: list[list[int]] = []  # in flight, oldest first: [accept cycle, beats, beats delivered]
-    arrive: list[int] = []  # the cycle each beat was delivered in
-    lreq = lb = ls = 0
-    last = -(1 << 40)
+@njit(cache=True)
+def _table_load_kernel(subs: np.ndarray, tm: MemTiming) -> int:
+    """The table load of :func:`table_dma_cycles`, cycle by cycle on the memory of sim/mem_kernel.py (cycle
+    0 = the first LOAD cycle): the cycle after the one that takes the table's last beat."""
+    T, depth = subs.size, tm.outstanding * tm.max_burst
+    ms, ring = mem_new(tm)
+    arrive = np.empty(T, np.int64)  # the cycle each beat was delivered in
+    delivered = lreq = lb = ls = 0
     t = 0
     while True:
-        blen = min(burst, T - lreq)
-        request = lreq < T and len(reqs) < outstanding and lreq - lb + blen <= depth
-        if reqs and t >= reqs[0][0] + lat and t >= last + iv:  # the memory delivers a beat
-            arrive.append(t)
-            last = t
-            reqs[0][2] += 1
-            if reqs[0][2] == reqs[0][1]:
-                reqs.pop(0)
+        blen = min(tm.max_burst, T - lreq)
+        request = lreq < T and mem_request_ready(ms) and lreq - lb + blen <= depth
+        if mem_read_valid(ms, ring, t):
+            ms, _ = mem_deliver(ms, ring, t)
+            arrive[delivered] = t
+            delivered += 1
         if request:
-            reqs.append([t, blen, 0])
+            ms = mem_request(ms, ring, t, lreq, blen)
             lreq += blen
-        if lb < len(arrive) and arrive[lb] < t:  # beat lb is in the FIFO: one sub-beat per cycle
+        if lb < delivered and arrive[lb] < t:  # beat lb is in the FIFO: one sub-beat per cycle
             if ls == subs[lb] - 1:
                 ls, lb = 0, lb + 1
                 if lb == T:
@@ -629,8 +628,8 @@ def _table_load_cycles(subs: tuple[int, ...], lat: int, iv: int, outstanding: in
 
 
 @lru_cache(maxsize=64)
-def _table_load_cached(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int) -> int:
-    return _table_load_cycles(subs, lat, iv, outstanding, burst)
+def _table_load_cycles(subs: tuple[int, ...], lat: int, iv: int, outstanding: int, burst: int) -> int:
+    return int(_table_load_kernel(np.array(subs, np.int64), MemTiming(lat, outstanding, iv, burst)))
 
 
 def table_dma_cycles(kv: KvConfig, mem, touched=None) -> tuple[int, int]:
@@ -648,7 +647,7 @@ def table_dma_cycles(kv: KvConfig, mem, touched=None) -> tuple[int, int]:
     assemble it, then it is written (accepted ``beat_interval`` cycles after the previous write at the
     earliest; the assembly of the next beat waits for the write register)."""
     subs = _table_beat_subs(kv, mem)
-    load = _table_load_cached(tuple(subs), mem.latency, mem.beat_interval, mem.outstanding, mem.max_burst)
+    load = _table_load_cycles(tuple(subs), mem.latency, mem.beat_interval, mem.outstanding, mem.max_burst)
     tl = TableLayout(kv, mem.bus_bytes)
     beats = tl.dirty_beats(range(kv.max_clusters) if touched is None else touched)
     iv = mem.beat_interval

@@ -1,6 +1,6 @@
 """The external memory's timing rules (ARCHITECTURE.md contract 4), written once as numba functions over a
-small int64 state array. The numba engine models (sim.gemm_model, sim.top_model) step it inside their
-kernels, and the testbenches' :class:`sim.memory.BusMemory` calls the same compiled functions from Python,
+small int64 state array. The numba engine models (sim.gemm_model, sim.top_model, the KV table load of
+sim.kv_model) step it inside their kernels, and the testbenches' :class:`sim.memory.BusMemory` calls the same compiled functions from Python,
 so the benches that drive the RTL and the models cannot disagree on the rules.
 
 Rules, in accelerator cycles (cycle 0 = the command accept; every command starts with an idle memory):
