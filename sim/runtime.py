@@ -8,7 +8,9 @@ persist across the steps of a :class:`Runtime`) and GEMM_LIST commands (opcode 6
 over the tiles their list names (:func:`sim.gemm_model.run_gemm_list_on_image`); HOST commands run
 the host operation they index, built from :mod:`models.hostops` and ``quantize_act`` — the same
 functions the model's ``mode="int"`` forward calls, so logits agree bit for bit when the compiler placed,
-tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model).
+tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model). A host op
+``dequant+<kind>`` (compiler.passes.fuse_dequant) dequantizes its int32 inputs in memory with the ``dequant``
+op's definition, then runs ``<kind>`` (:meth:`_Host.run`).
 
 Every activation stream a TLMM command reads is checked against ``tlmm.act_bits`` before it reaches the
 engine model: a value the engine cannot hold raises :class:`hw.program.ProgramError` naming the command,
