@@ -75,8 +75,14 @@ def host_cost(tensors: dict, op) -> tuple[float, float]:
     if kind.startswith(DEQUANT_PREFIX):
         f, b = _cost(tensors, op, kind.removeprefix(DEQUANT_PREFIX))
         n = sum(math.prod(tensors[e["input"]].shape) for e in op.attrs["dequant"])
-        return f + HOST_COST["dequant"][0] * n, b
-    return _cost(tensors, op, kind)
+        f, b = f + HOST_COST["dequant"][0] * n, b
+    else:
+        f, b = _cost(tensors, op, kind)
+    rows = op.attrs.get("row_chunk")
+    if rows:  # a row chunk of a row-wise op (compiler.chunks): its share of the rows, every cost per row
+        share = (rows[1] - rows[0]) / tensors[op.inputs[0]].shape[0]
+        f, b = f * share, b * share
+    return f, b
 
 
 def _cost(tensors: dict, op, kind: str) -> tuple[float, float]:
@@ -119,10 +125,11 @@ def _cost(tensors: dict, op, kind: str) -> tuple[float, float]:
 
 def host_seconds(acfg: AcceleratorConfig, tensors: dict, op) -> tuple[float, float]:
     """(seconds, bytes) of a host op on the config's host: ``max(flops / host_gflops, bytes / min(host_gbs,
-    dram_gbs))``."""
+    dram_gbs)) + host_op_us`` (the fixed cost of an op)."""
     dev = acfg.device
     flops, nbytes = host_cost(tensors, op)
-    return max(flops / (dev.host_gflops * 1e9), nbytes / (min(dev.host_gbs, dev.dram_gbs) * 1e9)), nbytes
+    s = max(flops / (dev.host_gflops * 1e9), nbytes / (min(dev.host_gbs, dev.dram_gbs) * 1e9))
+    return s + dev.host_op_us * 1e-6, nbytes
 
 
 def host_cycles(acfg: AcceleratorConfig, tensors: dict, op) -> int:

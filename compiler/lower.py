@@ -36,6 +36,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from compiler.chunks import host_chunk_rows, pipeline_order, split_host_ops
 from compiler.hostcost import host_cycles
 from compiler.ir import CompileError, Graph
 from compiler.schedule import insert_syncs, mask_names, with_syncs
@@ -801,6 +802,14 @@ class Lowering:
                     else:
                         new_out.append(v)
                 h.outputs = new_out
+        # an overlapped prefill: row-wise host ops in row chunks, pipelined with the TLMM (compiler.chunks)
+        if self.acfg.system.overlap:
+            rows = host_chunk_rows(self.acfg, T)
+            if rows < T:
+                plan.items = split_host_ops(plan.items, plan.tensors, T, rows)
+                plan.items = pipeline_order(
+                    self.acfg, plan.items, plan.tensors, lambda it: self._io(it, plan), host_cycles
+                )
         # host constants are host-side tensors (not in the device image)
         host_consts = self.host_constants()
         tensors: dict[str, TensorInfo] = {}
@@ -876,8 +885,11 @@ class Lowering:
             if kind == "host":
                 host_ops.append(body)
                 commands.append(HostCommand(len(host_ops) - 1))
+                rows = body.attrs.get("row_chunk")
                 lines.append(
-                    f"HOST  {body.name:<34} {body.kind:<16} ({', '.join(body.inputs[:4])}"
+                    f"HOST  {body.name:<34} {body.kind:<16} "
+                    + (f"rows {rows[0]}:{rows[1]} " if rows else "")
+                    + f"({', '.join(body.inputs[:4])}"
                     f"{', …' if len(body.inputs) > 4 else ''}) → {', '.join(body.outputs[:3])}"
                     f"{', …' if len(body.outputs) > 3 else ''}   # {body.where}"
                 )

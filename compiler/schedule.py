@@ -35,16 +35,31 @@ def mask_names(mask: int) -> str:
     return "|".join(n for b, n in ((SYNC_TLMM, "TLMM"), (SYNC_GEMM, "GEMM"), (SYNC_HOST, "HOST")) if mask & b)
 
 
-def _tensor_ranges(tensors: dict, names: list[str], W: int) -> Ranges:
+def _tensor_ranges(tensors: dict, names: list[str], W: int, rows: list | None = None) -> Ranges:
+    """Byte ranges of tensors ``names``; for a row chunk (``rows`` = [r0, r1], compiler.chunks) only those
+    rows: of a rows-layout tensor its rows' bytes, of a TLMM result the parts of its token chunks in them."""
     out = []
     for n in names:
         t = tensors[n]
         if t.attrs.get("space") == "host":  # host-side constants: not in the accelerator's memory
             continue
         if t.nbytes == 0 and "parts" in t.attrs:
-            out += _tensor_ranges(tensors, list(t.attrs["parts"]), W)
+            parts = list(t.attrs["parts"])
+            if rows:
+                parts = [
+                    p
+                    for p in parts
+                    if tensors[p].attrs["m0"] < rows[1]
+                    and tensors[p].attrs["m0"] + tensors[p].attrs["m"] > rows[0]
+                ]
+            out += _tensor_ranges(tensors, parts, W)
         elif t.nbytes > 0 and t.addr >= 0:
-            out.append((t.addr * W, t.addr * W + t.nbytes))
+            a = t.addr * W
+            if rows and t.layout == "rows":
+                row = t.nbytes // t.shape[0]
+                out.append((a + rows[0] * row, a + rows[1] * row))
+            else:
+                out.append((a, a + t.nbytes))
     return out
 
 
@@ -77,7 +92,11 @@ def command_ranges(acfg: AcceleratorConfig, cmd, host_ops: list, tensors: dict) 
         )
     if isinstance(cmd, HostCommand):
         h = host_ops[cmd.op]
-        return _tensor_ranges(tensors, list(h.inputs), W), _tensor_ranges(tensors, list(h.outputs), W)
+        rows = h.attrs.get("row_chunk")
+        return (
+            _tensor_ranges(tensors, list(h.inputs), W, rows),
+            _tensor_ranges(tensors, list(h.outputs), W, rows),
+        )
     raise TypeError(f"no ranges: {cmd!r}")
 
 

@@ -381,7 +381,9 @@ class DeviceConfig:
     the sustained float32 throughput and memory bandwidth of the host CPU that runs the host ops (norms,
     softmax, RoPE, activations, LM head); ``dram_gbs`` is the bandwidth of the DRAM that the host and the
     accelerator share (each agent is further capped by its own port: ``host_gbs``, and ``memory.bus_bytes /
-    memory.beat_interval`` × clock); ``static_w`` is the static power while it runs, at ``power_boundary``.
+    memory.beat_interval`` × clock); ``static_w`` is the static power while it runs, at ``power_boundary``;
+    ``host_op_us`` is a fixed cost of every host op (the host's dispatch of it), so that splitting host work
+    into more ops is not free.
     """
 
     __pydantic_config__: ClassVar[ConfigDict] = _SECTION
@@ -402,6 +404,15 @@ class DeviceConfig:
         ),
     ] = 3.2
     static_w: Annotated[float, _num(0.0, 1000.0, "static power while running, W, at `power_boundary`")] = 0.5
+    host_op_us: Annotated[
+        float,
+        _num(
+            0.0,
+            1e4,
+            "fixed host time per host op, µs (dispatch, synchronization, cache warm-up), added to its "
+            "flops/bytes time; 0 charges none",
+        ),
+    ] = 0.0
     power_boundary: Annotated[
         PowerBoundary,
         _doc(

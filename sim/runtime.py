@@ -61,14 +61,27 @@ class _Host:
         self.geo = self.acfg.gemm_geometry
         self.t = self.acfg.tlmm
         self.dequantized: dict[str, torch.Tensor] = {}  # the running op's dequantized inputs (run)
+        self.window: tuple[int, int, set] | None = None  # a row chunk's rows and per-token tensors (run)
 
     # ---- tensor access ----
     def f32(self, name: str) -> torch.Tensor:
         if name in self.dequantized:  # an int32 TLMM result the running op reads dequantized
             return self.dequantized[name]
-        return torch.from_numpy(np.array(self.p.read(self.img, name), dtype=np.float32))
+        x = torch.from_numpy(np.array(self.p.read(self.img, name), dtype=np.float32))
+        return self._rows(name, x)
+
+    def _rows(self, name: str, x):
+        """A row chunk's rows of per-token tensor ``name`` (the whole value outside a row chunk)."""
+        w = self.window
+        return x[w[0] : w[1]] if w is not None and name in w[2] else x
 
     def put(self, name: str, value: torch.Tensor) -> None:
+        w = self.window
+        if w is not None and name in w[2]:  # a row chunk writes its rows only
+            full = np.array(self.p.read(self.img, name))
+            full[w[0] : w[1]] = value.detach().numpy().reshape(full[w[0] : w[1]].shape)
+            self.p.write(self.img, name, full)
+            return
         self.p.write(self.img, name, value.detach().numpy())
 
     def raw(self, name: str) -> np.ndarray:
@@ -84,10 +97,13 @@ class _Host:
     def write_quant(self, outs: list[str], xq: torch.Tensor, sx: torch.Tensor) -> None:
         """The int8 activations into every TLMM activation-stream slice, the scales into their rows tensor."""
         x = xq.reshape(-1, xq.shape[-1]).numpy()
+        r0 = self.window[0] if self.window is not None else 0  # x holds rows r0.. (a row chunk's)
         for name in outs:
             ti = self.p.tensors[name]
             if ti.layout == "tlmm_act":
-                m0, m, (k0, k1) = ti.attrs["m0"], ti.attrs["m"], ti.attrs["k"]
+                m0, m, (k0, k1) = ti.attrs["m0"] - r0, ti.attrs["m"], ti.attrs["k"]
+                if m0 < 0 or m0 + m > x.shape[0]:
+                    raise ValueError(f"host op: activation stream {name} is outside the op's rows")
                 kc, gt = ti.shape[0], ti.shape[2]
                 xp = np.zeros((m, kc * gt), np.int8)
                 xp[:, : k1 - k0] = x[m0 : m0 + m, k0:k1]
@@ -128,15 +144,25 @@ class _Host:
         int32 TLMM results its ``attrs["dequant"]`` names, in memory (:meth:`dequant_value`, the ``dequant``
         op's definition), then runs ``<kind>`` reading those values in their place: the same float32 values
         as the dequant op followed by ``<kind>``, without the float tensor in between."""
-        if op.kind.startswith(DEQUANT_PREFIX):
-            self.dequantized = {
-                e["input"]: self.dequant_value(e["input"], e["sx"], e) for e in op.attrs["dequant"]
+        rows = op.attrs.get("row_chunk")
+        if rows:  # a row chunk (compiler.chunks): the op on rows r0..r1-1 of its per-token tensors
+            t = self.p.tensors
+            names = {
+                v
+                for v in (*op.inputs, *op.outputs)
+                if t[v].layout == "rows" and t[v].attrs.get("space") != "host"
             }
-            op = replace(op, kind=op.kind.removeprefix(DEQUANT_PREFIX))
+            self.window = (rows[0], rows[1], names)
         try:
+            if op.kind.startswith(DEQUANT_PREFIX):
+                self.dequantized = {
+                    e["input"]: self.dequant_value(e["input"], e["sx"], e) for e in op.attrs["dequant"]
+                }
+                op = replace(op, kind=op.kind.removeprefix(DEQUANT_PREFIX))
             getattr(self, "op_" + op.kind.replace("+", "_"))(op)
         finally:
             self.dequantized = {}
+            self.window = None
 
     def op_embed(self, op):
         tok = torch.from_numpy(np.array(self.p.read(self.img, "tokens"), dtype=np.int64))
@@ -212,7 +238,8 @@ class _Host:
         # per-channel ternary scales (BitLinear(per_channel=True)): s_x·s_w is the (T, N) outer product
         sw = self.f32(a["scale_rows"]) if "scale_rows" in a else a["scale"]
         b = a.get("bias")
-        return hostops.dequant(self.tlmm_int(name), self.f32(sx_name), sw, self.f32(b) if b else None)
+        y = self._rows(name, self.tlmm_int(name))
+        return hostops.dequant(y, self.f32(sx_name), sw, self.f32(b) if b else None)
 
     def op_dequant(self, op):
         self.put(op.outputs[0], self.dequant_value(op.inputs[0], op.inputs[1], op.attrs))

@@ -129,6 +129,7 @@ COST_FIELDS = (
     "device.host_gbs",
     "device.dram_gbs",
     "device.static_w",
+    "device.host_op_us",
     "device.power_boundary",
     "device.sources",
 )

@@ -18,10 +18,10 @@ the prefill of the prompt (TTFT) and one decode step at the given context. Costs
 - **GEMM** command: ``sim.gemm_model.gemm_fast`` — exact cycles including its own memory traffic under the
   memory model (tested equal to the stepped model, which is co-simulated against the RTL), bounded below by
   its bytes through the shared DRAM: ``max(cycles, ceil(bytes / shared DRAM))``.
-- **HOST** op: ``max(flops / host_gflops, bytes / min(host_gbs, dram_gbs))`` with the per-element costs of
-  :data:`HOST_COST` (counted from models/hostops.py's implementations). Every byte a host op reads or writes
-  is a DRAM byte (the LM head's float32 weights, the embedding row, the tensors the accelerator wrote): the
-  PL's results reach the host through DRAM, and caches are not modeled (exact for the LM head, whose weights
+- **HOST** op: ``max(flops / host_gflops, bytes / min(host_gbs, dram_gbs)) + host_op_us`` (a fixed cost per
+  op, ``device.host_op_us``) with the per-element costs of :data:`HOST_COST` (counted from models/hostops.py's
+  implementations). Every byte a host op reads or writes is a DRAM byte (the LM head's float32 weights, the
+  embedding row, the tensors the accelerator wrote): the PL's results reach the host through DRAM, and caches are not modeled (exact for the LM head, whose weights
   are far larger than the A53s' L2; an upper bound for small tensors).
 - **Shared DRAM**: host and accelerator share ``device.dram_gbs``; each agent is capped by its own port too.
   Commands run one after another (no overlap), so a command never competes with another one for the DRAM,
@@ -264,7 +264,7 @@ def cost_program(
         elif isinstance(cmd, HostCommand):
             op = prog.host_ops[cmd.op]
             flops, nbytes = _host_cost(prog, op)
-            s = max(flops / (dev.host_gflops * 1e9), nbytes / host_bps)
+            s = max(flops / (dev.host_gflops * 1e9), nbytes / host_bps) + dev.host_op_us * 1e-6
             hbytes = int(nbytes)
             c.host_seconds += s
             c.time_by["host"] += s
@@ -672,8 +672,16 @@ def assumptions(acfg: AcceleratorConfig, energy: dict | None = None) -> list[dic
         ("host_gbs", "GB/s"),
         ("dram_gbs", "GB/s"),
         ("static_w", "W"),
+        ("host_op_us", "µs"),
     ):
-        out.append(entry(f"device.{name}", getattr(dev, name), unit, dev.source_of(name), cfg))
+        src = dev.source_of(name)
+        if src is None and name == "host_op_us" and dev.host_op_us == 0:  # the schema default: none charged
+            src = (
+                "assumption: no fixed cost per host op charged (device.host_op_us unset, optimistic)",
+                None,
+                None,
+            )
+        out.append(entry(f"device.{name}", getattr(dev, name), unit, src, cfg))
     efile = f"configs/energy/{Path(energy.get('file', acfg.device.family + '.yaml')).name}"
     srcs = energy.get("sources", {})
 

@@ -1,0 +1,235 @@
+"""Row-chunked host ops and their emission order for an overlapped prefill (``system.overlap``; docs/design.md,
+"Top level overlap").
+
+A prefill's row-wise host ops — output row i depends on input row i only: ``rmsnorm(+quant)``, ``quant``,
+``add``, ``swiglu``/``relu2(+quant)``, ``dequant`` and their ``dequant+<kind>`` forms — each read all T rows
+of a tensor that the TLMM writes in token chunks, so unsplit each waits for a projection's last TLMM command
+and the next projection waits for it. :func:`split_host_ops` cuts each into row chunks (``attrs["row_chunk"] =
+[r0, r1]``, a multiple of ``tlmm.tokens`` rows each, :func:`host_chunk_rows`); the executor runs a chunk on
+its rows with the same numerics, compiler.hostcost costs its rows' share, compiler.schedule reads and writes
+its rows only. :func:`pipeline_order` then re-emits the plan's items in an order the in-order top level
+overlaps: a list schedule over the items' data dependencies (read-after-write, write-after-read and
+write-after-write on tensors and rows), engine commands in their original order (the weight buffer's
+fill/reuse), each step emitting whichever of the next engine command and the first ready host op would be
+dispatched first under the top level's rules (sim/top_model.py), with modeled durations. Attention, embed
+and LM-head host ops are left whole. Decode steps (one token) and overlap-off Programs are not touched.
+"""
+
+from __future__ import annotations
+
+import heapq
+import math
+
+from hw.config import AcceleratorConfig
+from hw.program import DEQUANT_PREFIX, HostOp, tlmm_wgt_beat_bytes
+
+__all__ = [
+    "ROW_WISE",
+    "MAX_HOST_CHUNKS",
+    "MIN_CHUNK_ROWS",
+    "row_wise",
+    "host_chunk_rows",
+    "split_host_ops",
+    "dependencies",
+    "pipeline_order",
+]
+
+#: Host-op kinds whose output row i depends on input row i only (with a ``dequant+`` prefix too).
+ROW_WISE = frozenset(
+    {"rmsnorm", "rmsnorm+quant", "quant", "add", "swiglu", "swiglu+quant", "relu2", "relu2+quant", "dequant"}
+)
+#: At most this many row chunks per host op: each chunk pays ``device.host_op_us`` and a SYNC or two, and
+#: the part that cannot overlap (the last chunk's host time) shrinks as 1 / chunks (BitNet-0.7B on kv260,
+#: prompt 128, modeled TTFT: 4 chunks 414 ms, 8 405 ms, 16 402 ms, 32 402 ms).
+MAX_HOST_CHUNKS = 16
+#: At least this many rows per chunk: a few rows of host work are dominated by the op's fixed costs (its
+#: dispatch, a SYNC, cache misses on the first rows), so short prompts keep whole host ops.
+MIN_CHUNK_ROWS = 8
+
+
+def row_wise(kind: str) -> bool:
+    return kind.removeprefix(DEQUANT_PREFIX) in ROW_WISE
+
+
+def host_chunk_rows(acfg: AcceleratorConfig, tokens: int) -> int:
+    """Rows per host chunk of a ``tokens``-row step: the fewest whole TLMM token chunks (``tlmm.tokens`` rows)
+    that hold :data:`MIN_CHUNK_ROWS` rows and keep a host op at :data:`MAX_HOST_CHUNKS` chunks or fewer (a
+    step of at most that many rows keeps whole host ops)."""
+    per = acfg.tlmm.tokens
+    groups = math.ceil(tokens / per)
+    return per * max(math.ceil(groups / MAX_HOST_CHUNKS), math.ceil(MIN_CHUNK_ROWS / per))
+
+
+def _chunkable(h: HostOp, tensors: dict, T: int) -> bool:
+    """Every device tensor ``h`` reads or writes holds one row per token (rows layout, T rows; a TLMM result
+    of T rows; or a TLMM activation stream of one token chunk)."""
+    if not row_wise(h.kind):
+        return False
+    for v in list(h.inputs) + list(h.outputs):
+        t = tensors.get(v)
+        if t is None or t.attrs.get("space") == "host":
+            return False
+        if t.layout == "tlmm_act":
+            continue
+        if t.layout != "rows" or not t.shape or t.shape[0] != T:
+            return False
+        if "parts" not in t.attrs and t.nbytes != math.prod(t.shape) * _ITEMSIZE.get(t.dtype, 0):
+            return False  # row i at bytes i·row .. (i+1)·row (compiler.schedule's row ranges)
+    return True
+
+
+_ITEMSIZE = {"float32": 4, "int32": 4, "float16": 2, "int8": 1}
+
+
+def _in_window(t, r0: int, r1: int) -> bool:
+    return t.attrs["m0"] < r1 and t.attrs["m0"] + t.attrs["m"] > r0
+
+
+def split_host_ops(items: list, tensors: dict, T: int, rows: int) -> list:
+    """``items`` (a StepPlan's) with each row-wise host op of a T-row step cut into chunks of ``rows`` rows
+    (``rows`` a multiple of ``tlmm.tokens``, so every activation-stream tensor lies in one chunk): a chunk
+    keeps the op's name, kind, inputs and attrs plus ``attrs["row_chunk"]``, and writes only its rows' activation
+    streams."""
+    if rows >= T:
+        return list(items)
+    out = []
+    for kind, body in items:
+        if kind != "host" or not _chunkable(body, tensors, T):
+            out.append((kind, body))
+            continue
+        for r0 in range(0, T, rows):
+            r1 = min(T, r0 + rows)
+            outs = [
+                v for v in body.outputs if tensors[v].layout != "tlmm_act" or _in_window(tensors[v], r0, r1)
+            ]
+            attrs = {**body.attrs, "row_chunk": [r0, r1]}
+            out.append(("host", HostOp(body.name, body.kind, list(body.inputs), outs, attrs, body.where)))
+    return out
+
+
+# ---- dependencies -------------------------------------------------------------------------------------
+
+_ALL = (0, 1 << 62)
+
+
+def _accesses(item, tensors: dict, io) -> list[tuple[str, int, int, bool]]:
+    """(tensor, first row, end row, is write) of everything an item touches; whole tensors span all rows."""
+    kind, body = item
+    out = []
+    rows = body.attrs.get("row_chunk") if kind == "host" else None
+    if rows is None:
+        ins, outs = io(item)
+        out += [(v, *_ALL, False) for v in ins]
+        out += [(v, *_ALL, True) for v in outs]
+        return out
+    r0, r1 = rows
+    for v, w in [(v, False) for v in body.inputs] + [(v, True) for v in body.outputs]:
+        t = tensors[v]
+        if "parts" in t.attrs:  # a TLMM result: the token-chunk parts that hold these rows
+            out += [(p, *_ALL, w) for p in t.attrs["parts"] if _in_window(tensors[p], r0, r1)]
+        elif t.layout == "rows":
+            out.append((v, r0, r1, w))
+        else:
+            out.append((v, *_ALL, w))
+    return out
+
+
+def dependencies(items: list, tensors: dict, io) -> list[set[int]]:
+    """For each item, the earlier items it must follow: a read after an overlapping write, a write after an
+    overlapping read or write (rows of the same tensor overlap when their row intervals do)."""
+    writes: dict[str, list] = {}
+    reads: dict[str, list] = {}
+    preds: list[set[int]] = []
+    for j, item in enumerate(items):
+        p: set[int] = set()
+        acc = _accesses(item, tensors, io)
+        for v, a, b, w in acc:
+            for a2, b2, i in writes.get(v, ()):
+                if a < b2 and a2 < b:
+                    p.add(i)
+            if w:
+                for a2, b2, i in reads.get(v, ()):
+                    if a < b2 and a2 < b:
+                        p.add(i)
+        for v, a, b, w in acc:
+            (writes if w else reads).setdefault(v, []).append((a, b, j))
+        p.discard(j)
+        preds.append(p)
+    return preds
+
+
+# ---- the list schedule --------------------------------------------------------------------------------
+
+
+def _duration(acfg: AcceleratorConfig, item, tensors: dict, host_cycles) -> float:
+    """An item's modeled cycles for ordering only (the Program's timing comes from the cycle models): a TLMM
+    command's lookups or its weight stream, a GEMM's tile steps, a host op's compiler.hostcost latency."""
+    kind, body = item
+    if kind == "host":
+        try:
+            return float(host_cycles(acfg, tensors, body))
+        except (KeyError, IndexError, TypeError):
+            return 1.0
+    if kind == "tlmm":
+        t = acfg.tlmm
+        kc, nb, m = body["k_chunks"], body["n_blocks"], body["tokens"]
+        stream = 0 if body["wbuf"] == 2 else kc * nb * tlmm_wgt_beat_bytes(t) / acfg.memory.bus_bytes
+        return float(max(kc * nb * m, stream))
+    if kind in ("gemm", "gemm_list"):
+        geo = acfg.gemm_geometry
+        mt = math.ceil(body["m"] / geo.rows)
+        nt = math.ceil(body["n"] / geo.cols)
+        kt = math.ceil(body["k"] / geo.k_tile)
+        return float(mt * nt * kt * geo.k_tile)
+    return 1.0
+
+
+def pipeline_order(acfg: AcceleratorConfig, items: list, tensors: dict, io, host_cycles) -> list:
+    """``items`` re-ordered for the overlapping top level (module doc): every dependency of
+    :func:`dependencies` kept, engine items in their original order."""
+    n = len(items)
+    preds = dependencies(items, tensors, io)
+    engine = [i for i, (k, _) in enumerate(items) if k != "host"]
+    for a, b in zip(engine, engine[1:], strict=False):
+        preds[b].add(a)
+    succs: list[list[int]] = [[] for _ in range(n)]
+    for j, p in enumerate(preds):
+        for i in p:
+            succs[i].append(j)
+    left = [len(p) for p in preds]
+    dur = [_duration(acfg, it, tensors, host_cycles) for it in items]
+    finish = [0.0] * n
+    ready_host: list[int] = [j for j in range(n) if left[j] == 0 and items[j][0] == "host"]
+    heapq.heapify(ready_host)
+    eng_pos = 0
+    issue = 0.0
+    free = {"engine": 0.0, "host": 0.0}
+    order: list[int] = []
+
+    def dispatch(j: int, res: str) -> float:
+        return max([issue, free[res]] + [finish[i] for i in preds[j]])
+
+    while len(order) < n:
+        cands = []
+        if eng_pos < len(engine) and left[engine[eng_pos]] == 0:
+            j = engine[eng_pos]
+            cands.append((dispatch(j, "engine"), j, "engine"))
+        if ready_host:
+            j = ready_host[0]
+            cands.append((dispatch(j, "host"), j, "host"))
+        if not cands:
+            raise RuntimeError("pipeline_order: a dependency cycle (a bug)")
+        d, j, res = min(cands)
+        if res == "engine":
+            eng_pos += 1
+        else:
+            heapq.heappop(ready_host)
+        issue = d
+        finish[j] = d + dur[j]
+        free[res] = finish[j]
+        order.append(j)
+        for s in succs[j]:
+            left[s] -= 1
+            if left[s] == 0 and items[s][0] == "host":
+                heapq.heappush(ready_host, s)
+    return [items[j] for j in order]
