@@ -16,7 +16,9 @@ Passes here, in order (each has its own test):
                           ``rope=False``, int8 q/k/v, KV-cache append) → per group of KV heads (compiler.tiling.attention_group)
                           a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
                           fold V's scales, int8 P) → per group a GEMM ``P·V`` (B strided over the V cache's
-                          panels) → host ``attn_out`` (keeps the diagonal blocks).
+                          panels) → host ``attn_out`` (keeps the diagonal blocks); a causal prefill runs each
+                          GEMM as commands per band of query rows over only the keys they attend
+                          (:func:`compiler.tiling.attention_bands`).
 7b. W8A8 products          (``Lowering._lower_int8_gemm``) every ``int8linear`` op (models/w8a8.py: host
                           ``int8_quant`` → GEMM commands → host ``int8_dequant``) and, the same way,
                           (``Lowering._lower_lm_head_int8``) with ``lm_head="acc_int8"`` the ``lm_head`` op →
@@ -563,9 +565,10 @@ class Lowering:
         )
 
     def _lower_attention(self, plan: StepPlan, op, T: int, pos: int) -> None:
-        """Per group of ``compiler.tiling.attention_group`` KV heads: one ``Q·Kᵀ`` (block-diagonal A) and
-        one ``P·V`` over all the group's columns (B strided by the V cache's panel); the host keeps the
-        diagonal blocks."""
+        """Per group of ``compiler.tiling.attention_group`` KV heads: a ``Q·Kᵀ`` (block-diagonal A) and a
+        ``P·V`` over all the group's columns (B strided by the V cache's panel), each one command per band of
+        query rows (:func:`compiler.tiling.attention_bands`: a causal prefill's bands over only the keys
+        they attend; one band otherwise); the host keeps the diagonal blocks."""
         a = op.attrs
         L, h, hkv, hd = a["layer"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
         ctx = pos + T
