@@ -40,7 +40,7 @@ ROW_WISE = frozenset(
 )
 #: At most this many row chunks per host op: each chunk pays ``device.host_op_us`` and a SYNC or two, and
 #: the part that cannot overlap (the last chunk's host time) shrinks as 1 / chunks (BitNet-0.7B on kv260,
-#: prompt 128, modeled TTFT: 4 chunks 414 ms, 8 405 ms, 16 402 ms, 32 402 ms).
+#: prompt 128, host_op_us 2, modeled TTFT: 4 chunks 395 ms, 8 386 ms, 16 383 ms, 32 383 ms).
 MAX_HOST_CHUNKS = 16
 #: At least this many rows per chunk: a few rows of host work are dominated by the op's fixed costs (its
 #: dispatch, a SYNC, cache misses on the first rows), so short prompts keep whole host ops.
