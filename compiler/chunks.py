@@ -97,11 +97,16 @@ def split_host_ops(items: list, tensors: dict, T: int, rows: int) -> list:
         if kind != "host" or not _chunkable(body, tensors, T):
             out.append((kind, body))
             continue
+        # each output's row window once (an activation stream's token chunk; None: every row)
+        wins = []
+        for v in body.outputs:
+            t = tensors[v]
+            wins.append(
+                (v, (t.attrs["m0"], t.attrs["m0"] + t.attrs["m"]) if t.layout == "tlmm_act" else None)
+            )
         for r0 in range(0, T, rows):
             r1 = min(T, r0 + rows)
-            outs = [
-                v for v in body.outputs if tensors[v].layout != "tlmm_act" or _in_window(tensors[v], r0, r1)
-            ]
+            outs = [v for v, w in wins if w is None or (w[0] < r1 and w[1] > r0)]
             attrs = {**body.attrs, "row_chunk": [r0, r1]}
             out.append(("host", HostOp(body.name, body.kind, list(body.inputs), outs, attrs, body.where)))
     return out
@@ -112,8 +117,9 @@ def split_host_ops(items: list, tensors: dict, T: int, rows: int) -> list:
 _ALL = (0, 1 << 62)
 
 
-def _accesses(item, tensors: dict, io) -> list[tuple[str, int, int, bool]]:
-    """(tensor, first row, end row, is write) of everything an item touches; whole tensors span all rows."""
+def _accesses(item, tensors: dict, io, parts: dict | None = None) -> list[tuple[str, int, int, bool]]:
+    """(tensor, first row, end row, is write) of everything an item touches; whole tensors span all rows.
+    ``parts``: a cache of each TLMM result's (part, first row, end row)."""
     kind, body = item
     out = []
     rows = body.attrs.get("row_chunk") if kind == "host" else None
@@ -126,7 +132,15 @@ def _accesses(item, tensors: dict, io) -> list[tuple[str, int, int, bool]]:
     for v, w in [(v, False) for v in body.inputs] + [(v, True) for v in body.outputs]:
         t = tensors[v]
         if "parts" in t.attrs:  # a TLMM result: the token-chunk parts that hold these rows
-            out += [(p, *_ALL, w) for p in t.attrs["parts"] if _in_window(tensors[p], r0, r1)]
+            win = None if parts is None else parts.get(v)
+            if win is None:
+                win = [
+                    (p, tensors[p].attrs["m0"], tensors[p].attrs["m0"] + tensors[p].attrs["m"])
+                    for p in t.attrs["parts"]
+                ]
+                if parts is not None:
+                    parts[v] = win
+            out += [(p, *_ALL, w) for p, a, b in win if a < r1 and b > r0]
         elif t.layout == "rows":
             out.append((v, r0, r1, w))
         else:
@@ -140,9 +154,10 @@ def dependencies(items: list, tensors: dict, io) -> list[set[int]]:
     writes: dict[str, list] = {}
     reads: dict[str, list] = {}
     preds: list[set[int]] = []
+    parts: dict = {}
     for j, item in enumerate(items):
         p: set[int] = set()
-        acc = _accesses(item, tensors, io)
+        acc = _accesses(item, tensors, io, parts)
         for v, a, b, w in acc:
             for a2, b2, i in writes.get(v, ()):
                 if a < b2 and a2 < b:
@@ -199,6 +214,7 @@ def pipeline_order(acfg: AcceleratorConfig, items: list, tensors: dict, io, host
     left = [len(p) for p in preds]
     dur = [_duration(acfg, it, tensors, host_cycles) for it in items]
     finish = [0.0] * n
+    ready_at = [0.0] * n  # the latest finish among an item's predecessors, once they are all emitted
     ready_host: list[int] = [j for j in range(n) if left[j] == 0 and items[j][0] == "host"]
     heapq.heapify(ready_host)
     eng_pos = 0
@@ -207,7 +223,7 @@ def pipeline_order(acfg: AcceleratorConfig, items: list, tensors: dict, io, host
     order: list[int] = []
 
     def dispatch(j: int, res: str) -> float:
-        return max([issue, free[res]] + [finish[i] for i in preds[j]])
+        return max(issue, free[res], ready_at[j])
 
     while len(order) < n:
         cands = []
@@ -228,8 +244,11 @@ def pipeline_order(acfg: AcceleratorConfig, items: list, tensors: dict, io, host
         finish[j] = d + dur[j]
         free[res] = finish[j]
         order.append(j)
+        f = finish[j]
         for s in succs[j]:
             left[s] -= 1
+            if f > ready_at[s]:
+                ready_at[s] = f
             if left[s] == 0 and items[s][0] == "host":
                 heapq.heappush(ready_host, s)
     return [items[j] for j in order]
