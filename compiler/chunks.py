@@ -27,7 +27,9 @@ __all__ = [
     "ROW_WISE",
     "MAX_HOST_CHUNKS",
     "MIN_CHUNK_ROWS",
+    "ROW_ATTENTION",
     "row_wise",
+    "token_tensors",
     "host_chunk_rows",
     "split_host_ops",
     "dependencies",
@@ -38,6 +40,12 @@ __all__ = [
 ROW_WISE = frozenset(
     {"rmsnorm", "rmsnorm+quant", "quant", "add", "swiglu", "swiglu+quant", "relu2", "relu2+quant", "dequant"}
 )
+#: Attention host ops whose work is per token (row) as well: ``attn_prep`` (RoPE at each token's position, int8
+#: quantization per token and head, the token's K/V cache columns and scales) and ``attn_out`` (each token's
+#: P·V rows times its P scales). Their other tensors (the Q·Kᵀ A panels, the per-head scales ``sq``, the KV
+#: cache) are not laid out by token row: a chunk reads and writes them whole (compiler.schedule: conservative
+#: SYNC ranges) and the executor updates only its tokens' entries in them.
+ROW_ATTENTION = frozenset({"attn_prep", "attn_out"})
 #: At most this many row chunks per host op: each chunk pays ``device.host_op_us`` and a SYNC or two, and
 #: the part that cannot overlap (the last chunk's host time) shrinks as 1 / chunks (BitNet-0.7B on kv260,
 #: prompt 128, host_op_us 2, modeled TTFT: 4 chunks 395 ms, 8 386 ms, 16 383 ms, 32 383 ms).
@@ -49,6 +57,26 @@ MIN_CHUNK_ROWS = 8
 
 def row_wise(kind: str) -> bool:
     return kind.removeprefix(DEQUANT_PREFIX) in ROW_WISE
+
+
+def _attention(kind: str) -> bool:
+    return kind.removeprefix(DEQUANT_PREFIX) in ROW_ATTENTION
+
+
+def token_tensors(h: HostOp, tensors: dict) -> set[str]:
+    """The tensors of row chunk ``h`` indexed by token row (row i = token i): a chunk reads / writes rows r0..r1
+    of these, every other tensor whole. A row-wise op: its rows-layout and TLMM-result tensors; ``attn_prep``:
+    its inputs (q, k, v or their TLMM results, the activation scales); ``attn_out``: its output."""
+    if _attention(h.kind):
+        names = h.inputs if h.kind.endswith("attn_prep") else h.outputs[:1]
+    else:
+        names = [*h.inputs, *h.outputs]
+    out = set()
+    for v in names:
+        t = tensors.get(v)  # (a step plan's table has no host constants)
+        if t is not None and t.attrs.get("space") != "host" and (t.layout == "rows" or "parts" in t.attrs):
+            out.add(v)
+    return out
 
 
 def host_chunk_rows(acfg: AcceleratorConfig, tokens: int) -> int:
@@ -63,9 +91,19 @@ def host_chunk_rows(acfg: AcceleratorConfig, tokens: int) -> int:
 def _chunkable(h: HostOp, tensors: dict, T: int) -> bool:
     """Every device tensor ``h`` reads or writes holds one row per token (rows layout, T rows; a TLMM result
     of T rows; or a TLMM activation stream of one token chunk)."""
+    if _attention(h.kind):  # attention: its per-token tensors hold T rows; no KV retrieval (its pages, lists)
+        return (
+            "resv" not in h.attrs
+            and h.attrs.get("tokens") == T
+            and _rows_ok(token_tensors(h, tensors), tensors, T)
+        )
     if not row_wise(h.kind):
         return False
-    for v in list(h.inputs) + list(h.outputs):
+    return _rows_ok(list(h.inputs) + list(h.outputs), tensors, T)
+
+
+def _rows_ok(names, tensors: dict, T: int) -> bool:
+    for v in names:
         t = tensors.get(v)
         if t is None or t.attrs.get("space") == "host":
             return False
@@ -100,10 +138,9 @@ def split_host_ops(items: list, tensors: dict, T: int, rows: int) -> list:
         # each output's row window once (an activation stream's token chunk; None: every row)
         wins = []
         for v in body.outputs:
-            t = tensors[v]
-            wins.append(
-                (v, (t.attrs["m0"], t.attrs["m0"] + t.attrs["m"]) if t.layout == "tlmm_act" else None)
-            )
+            t = tensors.get(v)  # (persistent tensors, e.g. the KV cache, are not in a step plan's table)
+            act = t is not None and t.layout == "tlmm_act"
+            wins.append((v, (t.attrs["m0"], t.attrs["m0"] + t.attrs["m"]) if act else None))
         for r0 in range(0, T, rows):
             r1 = min(T, r0 + rows)
             outs = [v for v, w in wins if w is None or (w[0] < r1 and w[1] > r0)]
@@ -129,7 +166,11 @@ def _accesses(item, tensors: dict, io, parts: dict | None = None) -> list[tuple[
         out += [(v, *_ALL, True) for v in outs]
         return out
     r0, r1 = rows
+    tok = token_tensors(body, tensors) if _attention(body.kind) else None
     for v, w in [(v, False) for v in body.inputs] + [(v, True) for v in body.outputs]:
+        if tok is not None and v not in tok:  # an attention chunk's other tensors: whole
+            out.append((v, *_ALL, w))
+            continue
         t = tensors[v]
         if "parts" in t.attrs:  # a TLMM result: the token-chunk parts that hold these rows
             win = None if parts is None else parts.get(v)

@@ -79,8 +79,9 @@ def host_cost(tensors: dict, op) -> tuple[float, float]:
     else:
         f, b = _cost(tensors, op, kind)
     rows = op.attrs.get("row_chunk")
-    if rows:  # a row chunk of a row-wise op (compiler.chunks): its share of the rows, every cost per row
-        share = (rows[1] - rows[0]) / tensors[op.inputs[0]].shape[0]
+    if rows:  # a row chunk (compiler.chunks): its share of the rows (tokens), every cost per row
+        total = op.attrs["tokens"] if kind.removeprefix(DEQUANT_PREFIX) in ("attn_prep", "attn_out") else None
+        share = (rows[1] - rows[0]) / (total or tensors[op.inputs[0]].shape[0])
         f, b = f * share, b * share
     return f, b
 

@@ -11,9 +11,10 @@ those two (RAW, WAR, WAW) and puts ``SYNC`` (the conflicting classes) in front o
 
 from __future__ import annotations
 
+from compiler.chunks import ROW_ATTENTION, token_tensors
 from hw.config import AcceleratorConfig
 from hw.isa import SYNC_GEMM, SYNC_HOST, SYNC_TLMM, GemmCommand, HostCommand, SyncCommand, TlmmCommand
-from hw.program import tlmm_wgt_beat_bytes
+from hw.program import DEQUANT_PREFIX, tlmm_wgt_beat_bytes
 
 __all__ = ["command_ranges", "insert_syncs", "with_syncs", "sync_class", "mask_names"]
 
@@ -35,29 +36,32 @@ def mask_names(mask: int) -> str:
     return "|".join(n for b, n in ((SYNC_TLMM, "TLMM"), (SYNC_GEMM, "GEMM"), (SYNC_HOST, "HOST")) if mask & b)
 
 
-def _tensor_ranges(tensors: dict, names: list[str], W: int, rows: list | None = None) -> Ranges:
+def _tensor_ranges(
+    tensors: dict, names: list[str], W: int, rows: list | None = None, tok: set | None = None
+) -> Ranges:
     """Byte ranges of tensors ``names``; for a row chunk (``rows`` = [r0, r1], compiler.chunks) only those
-    rows: of a rows-layout tensor its rows' bytes, of a TLMM result the parts of its token chunks in them."""
+    rows of its per-token tensors (``tok``; None: all of them): of a rows-layout tensor its rows' bytes, of a
+    TLMM result the parts of its token chunks in them."""
     out = []
     for n in names:
         t = tensors[n]
         if t.attrs.get("space") == "host":  # host-side constants: not in the accelerator's memory
             continue
+        r = rows if tok is None or n in tok else None
         if t.nbytes == 0 and "parts" in t.attrs:
             parts = list(t.attrs["parts"])
-            if rows:
+            if r:
                 parts = [
                     p
                     for p in parts
-                    if tensors[p].attrs["m0"] < rows[1]
-                    and tensors[p].attrs["m0"] + tensors[p].attrs["m"] > rows[0]
+                    if tensors[p].attrs["m0"] < r[1] and tensors[p].attrs["m0"] + tensors[p].attrs["m"] > r[0]
                 ]
             out += _tensor_ranges(tensors, parts, W)
         elif t.nbytes > 0 and t.addr >= 0:
             a = t.addr * W
-            if rows and t.layout == "rows":
+            if r and t.layout == "rows":
                 row = t.nbytes // t.shape[0]
-                out.append((a + rows[0] * row, a + rows[1] * row))
+                out.append((a + r[0] * row, a + r[1] * row))
             else:
                 out.append((a, a + t.nbytes))
     return out
@@ -93,9 +97,15 @@ def command_ranges(acfg: AcceleratorConfig, cmd, host_ops: list, tensors: dict) 
     if isinstance(cmd, HostCommand):
         h = host_ops[cmd.op]
         rows = h.attrs.get("row_chunk")
+        # attention chunks (compiler.chunks.ROW_ATTENTION): rows of their per-token tensors only, the rest whole
+        tok = (
+            token_tensors(h, tensors)
+            if rows and h.kind.removeprefix(DEQUANT_PREFIX) in ROW_ATTENTION
+            else None
+        )
         return (
-            _tensor_ranges(tensors, list(h.inputs), W, rows),
-            _tensor_ranges(tensors, list(h.outputs), W, rows),
+            _tensor_ranges(tensors, list(h.inputs), W, rows, tok),
+            _tensor_ranges(tensors, list(h.outputs), W, rows, tok),
         )
     raise TypeError(f"no ranges: {cmd!r}")
 

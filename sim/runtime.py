@@ -24,6 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
+from compiler.chunks import ROW_ATTENTION, token_tensors
 from hw.gemm_layout import gemm_shape, pack_a, unpack_c
 from hw.isa import WBUF_FILL, WBUF_REUSE, GemmCommand, GemmListCommand, HostCommand, KvrCommand, TlmmCommand
 from hw.program import DEQUANT_PREFIX, Program, ProgramError, tlmm_wgt_beat_bytes, unpack_tlmm_weights
@@ -147,11 +148,14 @@ class _Host:
         rows = op.attrs.get("row_chunk")
         if rows:  # a row chunk (compiler.chunks): the op on rows r0..r1-1 of its per-token tensors
             t = self.p.tensors
-            names = {
-                v
-                for v in (*op.inputs, *op.outputs)
-                if t[v].layout == "rows" and t[v].attrs.get("space") != "host"
-            }
+            if op.kind.removeprefix(DEQUANT_PREFIX) in ROW_ATTENTION:  # its tokens' entries (op_attn_*)
+                names = token_tensors(op, t)
+            else:
+                names = {
+                    v
+                    for v in (*op.inputs, *op.outputs)
+                    if t[v].layout == "rows" and t[v].attrs.get("space") != "host"
+                }
             self.window = (rows[0], rows[1], names)
         try:
             if op.kind.startswith(DEQUANT_PREFIX):
@@ -292,10 +296,37 @@ class _Host:
     def _band_name(stem: str, gi: int, b: int, n_bands: int) -> str:
         return f"{stem}{gi}" if n_bands == 1 else f"{stem}{gi}.{b}"
 
+    def _token_span(self, a: dict) -> tuple[int, int, int]:
+        """(first token, tokens, all tokens) of the running op: a row chunk's tokens r0..r1-1
+        (compiler.chunks.ROW_ATTENTION), else the step's."""
+        T = a["tokens"]
+        if self.window is None:
+            return 0, T, T
+        return self.window[0], self.window[1] - self.window[0], T
+
+    def _a_rows(self, name: str, r0: int, rows: np.ndarray) -> np.ndarray:
+        """The packed A panel ``name`` (M×K int8) with rows r0.. replaced by ``rows``: a chunk's rows of the
+        Q·Kᵀ A (hw.gemm_layout.pack_a's order unpacked, updated, packed; the first chunk starts from zeros,
+        so the padding is zero as the whole op writes it)."""
+        ti = self.p.tensors[name]
+        M, K = ti.shape
+        if r0 == 0:
+            full = np.zeros((M, K), np.int8)
+        else:
+            s = gemm_shape(self.geo, M, K, 1)
+            R, TK = self.geo.rows, self.geo.k_tile
+            raw = self.raw(name)[: s.m_tiles * s.k_tiles * R * TK].reshape(-1).view(np.int8)
+            full = raw.reshape(s.m_tiles, s.k_tiles, TK, R).transpose(0, 3, 1, 2).reshape(s.m_tiles * R, -1)
+            full = np.ascontiguousarray(full[:M, :K])
+        full[r0 : r0 + rows.shape[0]] = rows
+        return pack_a(full, self.geo)
+
     def op_attn_prep(self, op):
         a = op.attrs
-        h, hkv, hd, pos, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["pos"], a["tokens"]
+        h, hkv, hd, pos = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["pos"]
         L, rep, g = a["layer"], h // hkv, a.get("group", 1)
+        t0, T, T_all = self._token_span(a)  # a row chunk: its tokens t0..t0+T-1 only (rows are independent)
+        pos += t0
         m = rep * T
         positions = torch.arange(pos, pos + T)
         q = self.f32(op.inputs[0]).view(1, T, h, hd).transpose(1, 2)
@@ -314,8 +345,19 @@ class _Host:
                 rows[:, j, :, j * hd : (j + 1) * hd] = (
                     qq[0, kv * rep : (kv + 1) * rep].transpose(0, 1).numpy()
                 )
-            self.put_raw(f"att{L}.qa{gi}", pack_a(rows.reshape(g * m, g * hd), self.geo))
-        self.put(f"att{L}.sq", sq[0, :, :, 0])
+            if T == T_all:
+                self.put_raw(f"att{L}.qa{gi}", pack_a(rows.reshape(g * m, g * hd), self.geo))
+            else:  # token-major rows: this chunk's are rows t0·g·rep.. of the group's A
+                self.put_raw(
+                    f"att{L}.qa{gi}",
+                    self._a_rows(f"att{L}.qa{gi}", t0 * g * rep, rows.reshape(g * m, g * hd)),
+                )
+        if T == T_all:
+            self.put(f"att{L}.sq", sq[0, :, :, 0])
+        else:  # (heads, tokens): this chunk's columns
+            full = self.f32(f"att{L}.sq").reshape(h, T_all).clone()
+            full[:, t0 : t0 + T] = sq[0, :, :, 0]
+            self.put(f"att{L}.sq", full)
         W, TK, C = self.img.shape[1], self.geo.k_tile, self.geo.cols
         BB = self.geo.b_beats
         cap = self.p.tensors[f"kv{L}.k0"].shape[1]
@@ -495,15 +537,17 @@ class _Host:
 
     def op_attn_out(self, op):
         a = op.attrs
-        h, hkv, hd, T, L = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"], a["layer"]
+        h, hkv, hd, L = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["layer"]
         rep, g = h // hkv, a.get("group", 1)
-        m = rep * T
+        t0, T, T_all = self._token_span(a)  # a row chunk: its tokens' output rows only
+        m = rep * T_all
         heads = []
         for gi in range(hkv // g):
-            o = self.gemm_out(f"att{L}.o{gi}", g * m, g * hd).reshape(T, g, rep, g * hd)  # token-major
+            o = self.gemm_out(f"att{L}.o{gi}", g * m, g * hd).reshape(T_all, g, rep, g * hd)  # token-major
+            o = o[t0 : t0 + T]
             heads += [o[:, j, :, j * hd : (j + 1) * hd].transpose(0, 1) for j in range(g)]
         o_int = torch.cat(heads).unsqueeze(0)
-        sp = self.f32(f"att{L}.sp").reshape(1, h, T, 1)
+        sp = self.f32(f"att{L}.sp").reshape(1, h, T_all, 1)[:, :, t0 : t0 + T]
         out = o_int.to(torch.float32) * sp
         self.put(op.outputs[0], out.transpose(1, 2).reshape(T, h * hd))
         r = a.get("resv")

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from conftest import REPO
 
-from compiler.chunks import MIN_CHUNK_ROWS, dependencies, host_chunk_rows, row_wise
+from compiler.chunks import MIN_CHUNK_ROWS, ROW_ATTENTION, dependencies, host_chunk_rows, row_wise
 from compiler.schedule import command_ranges
 from hw.config import load_config
 from hw.isa import HostCommand, SyncCommand
@@ -74,8 +74,12 @@ def test_chunked_prefill_and_decode_bit_identical_and_shorter(repo, compiled, mo
     assert rows < T and rows % acfg.tlmm.tokens == 0
     chunks = [h for h in pc.host_ops if "row_chunk" in h.attrs]
     assert chunks and not any("row_chunk" in h.attrs for h in pw.host_ops)
-    assert all(row_wise(h.kind) for h in chunks)
-    assert not any("row_chunk" in h.attrs for h in pc.host_ops if not row_wise(h.kind))
+
+    def chunked_kind(k):  # row-wise ops and attention's per-token ops (tests/test_attn_chunks.py)
+        return row_wise(k) or k.removeprefix("dequant+") in ROW_ATTENTION
+
+    assert all(chunked_kind(h.kind) for h in chunks)
+    assert not any("row_chunk" in h.attrs for h in pc.host_ops if not chunked_kind(h.kind))
     # every chunked op (name, kind) is covered by consecutive chunks of `rows` rows
     by_op: dict = {}
     for h in chunks:
