@@ -256,7 +256,19 @@ def pipeline_order(acfg: AcceleratorConfig, items: list, tensors: dict, io, host
     dur = [_duration(acfg, it, tensors, host_cycles) for it in items]
     finish = [0.0] * n
     ready_at = [0.0] * n  # the latest finish among an item's predecessors, once they are all emitted
-    ready_host: list[int] = [j for j in range(n) if left[j] == 0 and items[j][0] == "host"]
+    # a ready host op's priority: the first engine command that waits for it (directly or through other host
+    # ops), then its index — so a chunk feeding the next engine command goes before chunks of a later op
+    # (attn_out's chunk 0, then o_proj's quant chunk 0, before attn_out's chunk 1)
+    need = [n] * n
+    for j in range(n - 1, -1, -1):
+        nj = j if items[j][0] != "host" else n
+        for s in succs[j]:
+            if need[s] < nj:
+                nj = need[s]
+        need[j] = nj
+    ready_host: list[tuple[int, int]] = [
+        (need[j], j) for j in range(n) if left[j] == 0 and items[j][0] == "host"
+    ]
     heapq.heapify(ready_host)
     eng_pos = 0
     issue = 0.0
@@ -272,7 +284,7 @@ def pipeline_order(acfg: AcceleratorConfig, items: list, tensors: dict, io, host
             j = engine[eng_pos]
             cands.append((dispatch(j, "engine"), j, "engine"))
         if ready_host:
-            j = ready_host[0]
+            j = ready_host[0][1]
             cands.append((dispatch(j, "host"), j, "host"))
         if not cands:
             raise RuntimeError("pipeline_order: a dependency cycle (a bug)")
@@ -291,5 +303,5 @@ def pipeline_order(acfg: AcceleratorConfig, items: list, tensors: dict, io, host
             if f > ready_at[s]:
                 ready_at[s] = f
             if left[s] == 0 and items[s][0] == "host":
-                heapq.heappush(ready_host, s)
+                heapq.heappush(ready_host, (need[s], s))
     return [items[j] for j in order]
