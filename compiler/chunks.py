@@ -11,8 +11,11 @@ its rows only. :func:`pipeline_order` then re-emits the plan's items in an order
 overlaps: a list schedule over the items' data dependencies (read-after-write, write-after-read and
 write-after-write on tensors and rows), engine commands in their original order (the weight buffer's
 fill/reuse), each step emitting whichever of the next engine command and the first ready host op would be
-dispatched first under the top level's rules (sim/top_model.py), with modeled durations. Attention, embed
-and LM-head host ops are left whole. Decode steps (one token) and overlap-off Programs are not touched.
+dispatched first under the top level's rules (sim/top_model.py), with modeled durations; among ready host
+ops, the one the earliest engine command waits for. Attention's per-token host ops (:data:`ROW_ATTENTION`:
+``attn_prep``, ``attn_out``) are chunked too, by rows of their per-token tensors (:func:`token_tensors`),
+every other tensor of theirs read and written whole; the softmax, embed and LM-head host ops are left whole.
+Decode steps (one token) and overlap-off Programs are not touched.
 """
 
 from __future__ import annotations
