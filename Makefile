@@ -55,7 +55,7 @@ top: $(BIN)/.installed
 
 # Two workers, one test file each (module fixtures such as Verilator builds stay in one process).
 test: $(BIN)/.installed
-	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile
+	$(BIN)/python -m pytest -q -m "not slow" -n 2 --dist loadfile --durations=25
 
 test-all: $(BIN)/.installed
 	$(BIN)/python -m pytest -q

@@ -4,8 +4,9 @@ Pipeline (each stage has its own test in tests/test_compiler.py):
 
     capture (torch.export, tritium custom ops)  → compiler.capture
     IR of named ops                             → compiler.ir.from_export
-    graph passes                                → compiler.passes (split_bitlinear, dedupe_quant,
-                                                  fuse_quant, check_weights, mark_engines)
+    graph passes                                → compiler.passes (split_bitlinear, fold_bias,
+                                                  dedupe_quant, fuse_quant, check_weights,
+                                                  fuse_dequant, mark_engines)
     per-step lowering                           → compiler.lower (tile TLMM, lower attention, allocate,
                                                   pack weights, emit)
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 
 from hw.config import AcceleratorConfig
+from hw.program import DEQUANT_PREFIX
 
 __all__ = ["HOST_COST", "HOST_COST_SOURCE", "host_cost", "host_seconds", "host_cycles"]
 
@@ -66,8 +67,19 @@ HOST_COST_SOURCE = (
 
 def host_cost(tensors: dict, op) -> tuple[float, float]:
     """(flops, bytes) of a host op (hw.program.HostOp) from its tensors' sizes (``tensors``: name →
-    hw.program.TensorInfo, a Program's tensor table)."""
+    hw.program.TensorInfo, a Program's tensor table). A ``dequant+<kind>`` op (compiler.passes.fuse_dequant)
+    costs its kind's flops and bytes — it reads each dequantized input as int32, 4 bytes like the float32 it
+    replaces — plus the dequantization's 2 flops per dequantized element; the dequant op's own pass over
+    memory (12 bytes per element) is gone."""
     kind = op.kind
+    if kind.startswith(DEQUANT_PREFIX):
+        f, b = _cost(tensors, op, kind.removeprefix(DEQUANT_PREFIX))
+        n = sum(math.prod(tensors[e["input"]].shape) for e in op.attrs["dequant"])
+        return f + HOST_COST["dequant"][0] * n, b
+    return _cost(tensors, op, kind)
+
+
+def _cost(tensors: dict, op, kind: str) -> tuple[float, float]:
     t = tensors
     a = op.attrs
     if kind == "lm_head":  # host_fp32 / host_fp16: the weights' own element size (4 or 2 bytes)

@@ -57,7 +57,7 @@ from hw.config import AcceleratorConfig
 from hw.gemm_layout import gemm_shape
 from hw.isa import GemmCommand, GemmListCommand, HostCommand, KvrCommand, SyncCommand, TlmmCommand
 from hw.kv_numerics import TableLayout
-from hw.program import LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
+from hw.program import DEQUANT_FUSABLE, DEQUANT_PREFIX, LM_HEAD_OPTIONS, HostOp, Program, TensorInfo
 
 __all__ = ["Allocator", "StepPlan", "Lowering"]
 
@@ -265,6 +265,8 @@ class Lowering:
                 names += [w for w in (op.attrs["weight"], op.attrs.get("bias")) if w is not None]
             if op.kind in ("dequant", "int8linear") and op.attrs.get("bias"):  # a linear's bias
                 names.append(op.attrs["bias"])
+            for e in op.attrs.get("dequant", ()):  # dequantizations fused into op (passes.fuse_dequant)
+                names += [e[k] for k in ("scale_rows", "bias") if k in e]
         if any(op.kind == "attention" and op.attrs.get("rope", True) for op in self.g.ops):
             names += ["rope_cos", "rope_sin"]
         return list(dict.fromkeys(names))
@@ -287,9 +289,10 @@ class Lowering:
                     out[self.lm_weight_name] = wq.numpy()
                     out[self.lm_scale_name] = sw.numpy()
             for op in self.g.ops:
-                if op.kind == "dequant" and "scale_rows" in op.attrs and not self.meta:
-                    w = self.state[op.attrs["weight"]]
-                    out[op.attrs["scale_rows"]] = ternary_weight_rows(w)[1].numpy()
+                # per-channel ternary scales of a dequant, or of one fused into op (passes.fuse_dequant)
+                for d in [op.attrs] if op.kind == "dequant" else op.attrs.get("dequant", []):
+                    if "scale_rows" in d and not self.meta:
+                        out[d["scale_rows"]] = ternary_weight_rows(self.state[d["weight"]])[1].numpy()
                 if op.kind == "int8linear" and not self.meta:
                     if "scales" in op.attrs:  # given codes and scales (models.w8a8.FixedInt8Linear)
                         wq = self.state[op.attrs["weight"]].detach().to("cpu", torch.int8)
@@ -413,8 +416,36 @@ class Lowering:
                 attrs["weight"] = self.lm_weight_name
             if kind == "embed":
                 attrs["vocab"] = int(self.state[op.attrs["weight"]].shape[0])
+            attrs.pop("dequant", None)  # the graph's form; _fuse_dequant writes the Program's
             plan.items.append(("host", HostOp(op.name, kind, list(op.inputs), outs, attrs, op.where)))
+        self._fuse_dequant(plan)
         return self._finish(plan, T, pos, quant_of)
+
+    def _fuse_dequant(self, plan: StepPlan) -> None:
+        """The host op that reads a dequantization fused into a graph op (passes.fuse_dequant: the op's
+        input is the int32 TLMM result) becomes ``dequant+<kind>`` (hw.program.DEQUANT_PREFIX): its
+        ``attrs["dequant"]`` says how to dequantize each such input and its inputs gain the per-token scales
+        (read ranges, buffer lifetimes). Exactly one host op must read each fused result."""
+        fused = {e["input"]: e for op in self.g.ops for e in op.attrs.get("dequant", ())}
+        readers: dict[str, list] = {v: [] for v in fused}
+        for kind, h in plan.items:
+            if kind != "host":
+                continue
+            mine = [fused[v] for v in dict.fromkeys(h.inputs) if v in fused]
+            if not mine:
+                continue
+            if h.kind not in DEQUANT_FUSABLE:
+                raise CompileError(f"{h.where}: host op {h.kind} cannot read a dequantized TLMM result")
+            h.kind = DEQUANT_PREFIX + h.kind
+            h.inputs = list(h.inputs) + [x for x in dict.fromkeys(e["sx"] for e in mine) if x not in h.inputs]
+            h.attrs = {**h.attrs, "dequant": [{k: v for k, v in e.items() if k != "weight"} for e in mine]}
+            for e in mine:
+                readers[e["input"]].append(h.name)
+        for v, names in readers.items():
+            if len(names) != 1:
+                raise CompileError(
+                    f"<model>: the fused dequantization of {v} is read by {len(names)} host ops"
+                )
 
     def _act_tensors(self, plan: StepPlan, xq: str, T: int, k: int, kss) -> list[list[str]]:
         """Per token chunk and K slice, the activation-stream tensor of quantized value ``xq``."""

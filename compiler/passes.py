@@ -11,6 +11,13 @@ and has its own test (tests/test_compiler.py).
                             quantization fused into norms.
 4. :func:`check_weights`    every ``tlmm`` weight ternarizes (finite, positive absmean scale; values in
                             {−1, 0, +1}); records the scale the dequant needs.
+4b. :func:`fuse_dequant`    a ``dequant`` whose float output exactly one op reads, an op whose lowering hands
+                            that input to a host op (any kind but ``tlmm``; ``attention``'s q/k/v go to
+                            ``attn_prep``), not the graph output, is folded into that op: its input becomes
+                            the int32 TLMM result and ``attrs["dequant"]`` says how to dequantize it
+                            (o_proj → ``add``, gate/up → ``swiglu+quant``, q/k/v → ``attention``); the
+                            lowering emits the host op as ``dequant+<kind>`` (hw.program.DEQUANT_PREFIX),
+                            which dequantizes in memory: no float32 tensor written and read back.
 5. :func:`mark_engines`     ``tlmm`` → TLMM engine, ``attention`` and ``int8linear`` → GEMM engine + host
                             (lowered per step by :mod:`compiler.lower`), everything else → host.
 """
@@ -29,6 +36,7 @@ __all__ = [
     "dedupe_quant",
     "fuse_quant",
     "check_weights",
+    "fuse_dequant",
     "mark_engines",
     "PIPELINE",
     "run_pipeline",
@@ -125,6 +133,36 @@ def fuse_quant(g: Graph) -> Graph:
     return g
 
 
+#: graph kinds whose inputs an engine reads (the rest hand theirs to a host op: compiler.lower)
+ENGINE_READS = ("tlmm",)
+#: what a fused dequantization keeps of the dequant op (hw.program.DEQUANT_PREFIX; ``weight``: the
+#: per-channel scales' source, for the lowering's host constants)
+DEQUANT_KEYS = ("scale", "scale_rows", "bias", "weight")
+
+
+def fuse_dequant(g: Graph) -> Graph:
+    """Fold each ``dequant`` into the single op that reads its float output (module doc, 4b). Runs after
+    :func:`check_weights` (the dequant's scale is known). The consumer's ``attrs["dequant"]`` gets one entry
+    per fused dequant, ``{"input": int32 value, "sx": scales value, "scale" | "scale_rows", "bias"?,
+    "weight"}``, and its input list the int32 value in place of the float one."""
+    g = copy.deepcopy(g)
+    out = []
+    for op in g.ops:
+        if op.kind == "dequant":
+            y = op.outputs[0]
+            users = g.consumers(y)
+            if y != g.output and len(users) == 1 and users[0].kind not in ENGINE_READS + ("dequant",):
+                user = users[0]
+                yi, sx = op.inputs
+                user.inputs = [yi if v == y else v for v in user.inputs]
+                entry = {"input": yi, "sx": sx} | {k: op.attrs[k] for k in DEQUANT_KEYS if op.attrs.get(k)}
+                user.attrs["dequant"] = [*user.attrs.get("dequant", []), entry]
+                continue
+        out.append(op)
+    g.ops = out
+    return g
+
+
 def check_weights(g: Graph, state: dict) -> Graph:
     """``state``: parameter name → tensor. On meta tensors only shapes are checked."""
     from models.bitlinear import ternary_weight, ternary_weight_rows
@@ -197,13 +235,27 @@ def mark_engines(g: Graph) -> Graph:
     return g
 
 
-PIPELINE = ("split_bitlinear", "fold_bias", "dedupe_quant", "fuse_quant", "check_weights", "mark_engines")
+PIPELINE = (
+    "split_bitlinear",
+    "fold_bias",
+    "dedupe_quant",
+    "fuse_quant",
+    "check_weights",
+    "fuse_dequant",
+    "mark_engines",
+)
+#: passes that are optimizations (the Program computes the same values without them)
+OPTIONAL = ("fuse_dequant",)
 
 
-def run_pipeline(g: Graph, state: dict) -> Graph:
-    g = split_bitlinear(g)
-    g = fold_bias(g)
-    g = dedupe_quant(g)
-    g = fuse_quant(g)
-    g = check_weights(g, state)
-    return mark_engines(g)
+def run_pipeline(g: Graph, state: dict, skip: tuple[str, ...] = ()) -> Graph:
+    """The passes of :data:`PIPELINE` in order; ``skip`` leaves out optional ones (:data:`OPTIONAL`; e.g.
+    tests compare a Program with and without ``fuse_dequant``)."""
+    bad = [p for p in skip if p not in OPTIONAL]
+    if bad:
+        raise ValueError(f"skip={bad}: only optional passes can be left out ({', '.join(OPTIONAL)})")
+    for name in PIPELINE:
+        if name in skip:
+            continue
+        g = check_weights(g, state) if name == "check_weights" else globals()[name](g)
+    return g

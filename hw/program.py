@@ -80,6 +80,8 @@ from hw.kv_numerics import list_capacity
 __all__ = [
     "PROGRAM_VERSION",
     "HOST_OP_KINDS",
+    "DEQUANT_PREFIX",
+    "DEQUANT_FUSABLE",
     "LM_HEAD_OPTIONS",
     "PROGRAM_FILES",
     "TensorInfo",
@@ -92,10 +94,13 @@ __all__ = [
     "unpack_tlmm_weights",
 ]
 
-PROGRAM_VERSION = 4
+PROGRAM_VERSION = 5
 """2: content hash, file manifest, folder saved as a unit; 3: ISA 4 (GEMM b_stride), grouped KV cache;
 4: ISA 5 (SYNC; KVR and GEMM_LIST, run by the executor, not yet by the RTL top; TLMM wbuf: weight-buffer
-fill/reuse, checked by Program.validate), every host op's modeled latency in ``attrs["cycles"]``."""
+fill/reuse, checked by Program.validate), every host op's modeled latency in ``attrs["cycles"]``;
+5: host ops with the dequantization fused in, ``dequant+<kind>`` (``attrs["dequant"]``: which int32 TLMM
+results the op reads dequantized; :data:`DEQUANT_PREFIX`) — a version-4 reader would read those int32
+inputs as float32."""
 LAYOUTS = ("rows", "tlmm_act", "tlmm_wgt", "tlmm_res", "gemm_a", "gemm_b", "gemm_c")
 DTYPES = ("float32", "float16", "int32", "int8", "uint8")
 HOST_DTYPES = {"float32": "<f4", "float16": "<f2"}  # host constants: tensor dtype → .npy dtype
@@ -136,6 +141,20 @@ HOST_OP_KINDS = (
     "int8_quant",
     "int8_dequant",
 )
+DEQUANT_PREFIX = "dequant+"
+"""A host op ``dequant+<kind>`` (compiler.passes.fuse_dequant) is ``<kind>`` reading some of its inputs — int32
+TLMM results (``parts`` tensors) — dequantized: ``attrs["dequant"]`` lists one entry per such input,
+``{"input": tensor, "sx": per-token scales tensor, "scale": s_w | "scale_rows": host tensor, "bias"?: host
+tensor}`` (the ``dequant`` op's input and attributes); the executor dequantizes them in memory
+(models.hostops.dequant) and runs ``<kind>`` on the float32 values. ``input`` and ``sx`` are among the op's
+inputs (the dequantized input in the position of the float value it replaces, ``sx`` after the kind's own)."""
+DEQUANT_FUSABLE = tuple(
+    k
+    for k in HOST_OP_KINDS
+    if k not in ("embed", "dequant", "lm_head_dequant", "attn_softmax", "attn_out", "int8_dequant")
+)
+"""Host-op kinds that read float32 activations, so a dequantization can be fused into them."""
+HOST_OP_KINDS = HOST_OP_KINDS + tuple(DEQUANT_PREFIX + k for k in DEQUANT_FUSABLE)
 PROGRAM_FILES = ("program.json", "program.npz", "listing.txt")
 _HASH_TAG = b"tritium-program-content/2"
 _MAX_JSON_BYTES = 1 << 30
@@ -463,6 +482,7 @@ class Program:
             for n in h.inputs + h.outputs:
                 if n not in names:
                     raise ProgramError(f"{source}: host op {h.name}: unknown tensor {n!r}")
+            _check_dequant(h, self.tensors, source, materialized)
             cyc = h.attrs.get("cycles")
             if not _is_int(cyc) or cyc < 1:
                 raise ProgramError(
@@ -695,6 +715,48 @@ def _str_list(v: object) -> bool:
 
 def _shape(v: object) -> bool:
     return isinstance(v, list) and all(_is_int(x) and x >= 0 for x in v)
+
+
+def _check_dequant(h: HostOp, tensors: dict, source: str, materialized: bool = True) -> None:
+    """A ``dequant+<kind>`` host op's ``attrs["dequant"]`` (:data:`DEQUANT_PREFIX`); any other op has none.
+    A Program compiled on meta tensors has no weights, hence no weight scales: its entries may lack both
+    ``scale`` and ``scale_rows``."""
+    entries = h.attrs.get("dequant")
+    at = f"{source}: host op {h.name}"
+    if not h.kind.startswith(DEQUANT_PREFIX):
+        if entries is not None:
+            raise ProgramError(f"{at}: attrs.dequant on a {h.kind} op (only dequant+<kind> ops have it)")
+        return
+    if not isinstance(entries, list) or not entries:
+        raise ProgramError(f"{at}: attrs.dequant must be a non-empty list, got {_show(entries)}")
+    seen = set()
+    for e in entries:
+        ok = (
+            isinstance(e, dict)
+            and set(e) >= {"input", "sx"}
+            and set(e) <= {"input", "sx", "scale", "scale_rows", "bias"}
+        )
+        n_scales = ("scale" in e) + ("scale_rows" in e) if isinstance(e, dict) else 0
+        ok = ok and (n_scales == 1 or (n_scales == 0 and not materialized))
+        if not ok:
+            raise ProgramError(
+                f"{at}: attrs.dequant entry {_show(e)}: expected input, sx, scale or scale_rows, optional bias"
+            )
+        x, sx = e["input"], e["sx"]
+        if x in seen or x not in h.inputs or tensors[x].dtype != "int32":
+            raise ProgramError(f"{at}: attrs.dequant input {_show(x)} is not one of its int32 inputs (once)")
+        seen.add(x)
+        if sx not in h.inputs or tensors[sx].dtype != "float32":
+            raise ProgramError(f"{at}: attrs.dequant sx {_show(sx)} is not one of its float32 inputs")
+        if "scale" in e and not (
+            isinstance(e["scale"], float) and math.isfinite(e["scale"]) and e["scale"] > 0
+        ):
+            raise ProgramError(
+                f"{at}: attrs.dequant scale must be a positive number, got {_show(e['scale'])}"
+            )
+        for k in ("scale_rows", "bias"):
+            if k in e and (e[k] not in tensors or tensors[e[k]].attrs.get("space") != "host"):
+                raise ProgramError(f"{at}: attrs.dequant {k} {_show(e[k])} is not a host tensor")
 
 
 def _check_meta(meta: object, source: str) -> None:

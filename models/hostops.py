@@ -1,7 +1,7 @@
 """Host-side operations of the integer reference path, as plain functions on float32 torch tensors.
 
-These are the operations that run on the host (CPU) rather than on an engine: RMSNorm, RoPE, softmax,
-SiLU/SwiGLU, ReLU², residual add and the float LM head. The model's ``mode="int"`` forward calls them, and the
+These are the operations that run on the host (CPU) rather than on an engine: a TLMM result's dequantization,
+RMSNorm, RoPE, softmax, SiLU/SwiGLU, ReLU², residual add and the float LM head. The model's ``mode="int"`` forward calls them, and the
 compiler's Program executor calls the same functions, so the two agree bit for bit.
 
 Every function here is built only from correctly rounded IEEE operations (+, −, ×, ÷, √, round-half-even,
@@ -26,6 +26,7 @@ import torch.nn.functional as F
 __all__ = [
     "fold_sum",
     "exp",
+    "dequant",
     "rmsnorm",
     "rope_tables",
     "rope",
@@ -82,6 +83,20 @@ def exp(x: torch.Tensor) -> torch.Tensor:
         p = p * r + 1.0 / math.factorial(i)
     two_k = ((k.to(torch.int64) + 1023) << 52).view(torch.float64)
     return p * two_k
+
+
+def dequant(
+    y_int: torch.Tensor, s_x: torch.Tensor, s_w: torch.Tensor | float, bias: torch.Tensor | None = None
+) -> torch.Tensor:
+    """A ternary linear's int32 result back to float32: ``float32(y_int) · (s_x · s_w)`` (the scales'
+    product first, then one float32 product per element), then ``+ float32(bias)`` when given (one add).
+
+    ``y_int`` int32 (T, N), ``s_x`` float32 (T, 1) (per token), ``s_w`` a float holding a float32 value or a
+    float32 (N,) tensor (per output row: ``s_x · s_w`` is the (T, N) outer product). The same expression as
+    ``BitLinear(mode="int")`` (models.bitlinear); the Program's ``dequant`` host op and every host op with
+    the dequantization fused in (``dequant+<kind>``, compiler.passes.fuse_dequant) call it."""
+    y = y_int.to(torch.float32) * (s_x.to(torch.float32) * s_w)
+    return y if bias is None else y + bias.to(torch.float32)
 
 
 def rmsnorm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:

@@ -8,7 +8,9 @@ persist across the steps of a :class:`Runtime`) and GEMM_LIST commands (opcode 6
 over the tiles their list names (:func:`sim.gemm_model.run_gemm_list_on_image`); HOST commands run
 the host operation they index, built from :mod:`models.hostops` and ``quantize_act`` — the same
 functions the model's ``mode="int"`` forward calls, so logits agree bit for bit when the compiler placed,
-tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model).
+tiled and packed everything correctly (tests/test_compiler.py checks it on the trained model). A host op
+``dequant+<kind>`` (compiler.passes.fuse_dequant) dequantizes its int32 inputs in memory with the ``dequant``
+op's definition, then runs ``<kind>`` (:meth:`_Host.run`).
 
 Every activation stream a TLMM command reads is checked against ``tlmm.act_bits`` before it reaches the
 engine model: a value the engine cannot hold raises :class:`hw.program.ProgramError` naming the command,
@@ -17,14 +19,14 @@ instead of the silent truncation the RTL's DMA would do.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
 
 from hw.gemm_layout import gemm_shape, pack_a, unpack_c
 from hw.isa import WBUF_FILL, WBUF_REUSE, GemmCommand, GemmListCommand, HostCommand, KvrCommand, TlmmCommand
-from hw.program import Program, ProgramError, tlmm_wgt_beat_bytes, unpack_tlmm_weights
+from hw.program import DEQUANT_PREFIX, Program, ProgramError, tlmm_wgt_beat_bytes, unpack_tlmm_weights
 from hw.ternary import TlmmShape
 from models import hostops
 from models.bitlinear import add_bias, quantize_act
@@ -58,9 +60,12 @@ class _Host:
         self.acfg = prog.acfg
         self.geo = self.acfg.gemm_geometry
         self.t = self.acfg.tlmm
+        self.dequantized: dict[str, torch.Tensor] = {}  # the running op's dequantized inputs (run)
 
     # ---- tensor access ----
     def f32(self, name: str) -> torch.Tensor:
+        if name in self.dequantized:  # an int32 TLMM result the running op reads dequantized
+            return self.dequantized[name]
         return torch.from_numpy(np.array(self.p.read(self.img, name), dtype=np.float32))
 
     def put(self, name: str, value: torch.Tensor) -> None:
@@ -119,7 +124,19 @@ class _Host:
 
     # ---- ops ----
     def run(self, op) -> None:
-        getattr(self, "op_" + op.kind.replace("+", "_"))(op)
+        """Run host op ``op``. A ``dequant+<kind>`` op (compiler.passes.fuse_dequant) first dequantizes the
+        int32 TLMM results its ``attrs["dequant"]`` names, in memory (:meth:`dequant_value`, the ``dequant``
+        op's definition), then runs ``<kind>`` reading those values in their place: the same float32 values
+        as the dequant op followed by ``<kind>``, without the float tensor in between."""
+        if op.kind.startswith(DEQUANT_PREFIX):
+            self.dequantized = {
+                e["input"]: self.dequant_value(e["input"], e["sx"], e) for e in op.attrs["dequant"]
+            }
+            op = replace(op, kind=op.kind.removeprefix(DEQUANT_PREFIX))
+        try:
+            getattr(self, "op_" + op.kind.replace("+", "_"))(op)
+        finally:
+            self.dequantized = {}
 
     def op_embed(self, op):
         tok = torch.from_numpy(np.array(self.p.read(self.img, "tokens"), dtype=np.int64))
@@ -188,12 +205,17 @@ class _Host:
     def op_add(self, op):
         self.put(op.outputs[0], hostops.add(self.f32(op.inputs[0]), self.f32(op.inputs[1])))
 
-    def op_dequant(self, op):
-        yi = self.tlmm_int(op.inputs[0])
-        sx = self.f32(op.inputs[1])
+    def dequant_value(self, name: str, sx_name: str, a: dict) -> torch.Tensor:
+        """The TLMM result ``name`` (its K-slice parts summed) dequantized with the per-token scales
+        ``sx_name`` and ``a``'s ``scale`` (or per-channel ``scale_rows``) and optional ``bias``
+        (models.hostops.dequant)."""
         # per-channel ternary scales (BitLinear(per_channel=True)): s_x·s_w is the (T, N) outer product
-        sw = self.f32(op.attrs["scale_rows"]) if "scale_rows" in op.attrs else op.attrs["scale"]
-        self.put(op.outputs[0], self._bias(op, yi.to(torch.float32) * (sx * sw)))
+        sw = self.f32(a["scale_rows"]) if "scale_rows" in a else a["scale"]
+        b = a.get("bias")
+        return hostops.dequant(self.tlmm_int(name), self.f32(sx_name), sw, self.f32(b) if b else None)
+
+    def op_dequant(self, op):
+        self.put(op.outputs[0], self.dequant_value(op.inputs[0], op.inputs[1], op.attrs))
 
     def _bias(self, op, y: torch.Tensor) -> torch.Tensor:
         """A linear's bias after its dequantization (models.bitlinear.add_bias: one float32 add)."""

@@ -97,7 +97,7 @@ def test_biases_and_gelu_are_bit_exact_and_folded_into_the_dequant(repo):
         op.attrs["bias"]
         for op in cm.graph.ops
         if op.attrs.get("bias") and not op.kind.startswith("layernorm")
-    }
+    } | {e["bias"] for op in cm.graph.ops for e in op.attrs.get("dequant", ()) if "bias" in e}  # fused
     assert biased == {"up.bias", "down.bias", "out.bias"}
     ref = int_reference(m, x)
     y, _ = execute(cm.program(), x)

@@ -5,7 +5,7 @@ level running overlapped Programs with every command's cycles, the whole step's 
 import dataclasses
 
 import pytest
-from conftest import top_one_layer
+from conftest import config_variant, top_one_layer
 
 from compiler.schedule import command_ranges, insert_syncs, with_syncs
 from hw.config import load_config
@@ -103,8 +103,24 @@ def test_schedule_rules():
     assert schedule([tl, h, g], [1.0, 0.5, 2.0], overlap=False, fetch=False).length == 3.5
 
 
+def _unfused(monkeypatch):
+    """Compile without compiler.passes.fuse_dequant: the dequants then run beside the next TLMM. With it, every
+    host op of the tiny model on these configs waits for the engine command before it (nothing to overlap;
+    tests/test_fuse_dequant.py runs the fused Programs)."""
+    from compiler import passes
+
+    run = passes.run_pipeline
+    monkeypatch.setattr(passes, "run_pipeline", lambda g, state: run(g, state, skip=("fuse_dequant",)))
+
+
+def _two_groups(acfg):
+    """A GEMM geometry on which the tiny model's attention has two KV-head groups: with overlap, the softmax of
+    group 0 runs beside the Q·Kᵀ of group 1."""
+    return config_variant(acfg, gemm={"rows": 2, "cols": 16, "k_tile": 32, "buffers": 4})
+
+
 @pytest.mark.torch
-def test_overlapped_programs_compute_the_same_and_take_fewer_cycles(repo):
+def test_overlapped_programs_compute_the_same_and_take_fewer_cycles(repo, monkeypatch):
     """The tiny model's prefill and a decode step: overlap only adds SYNCs (the same commands otherwise),
     the executor's logits are bit-identical and the modeled step is shorter."""
     import numpy as np
@@ -114,6 +130,7 @@ def test_overlapped_programs_compute_the_same_and_take_fewer_cycles(repo):
     from sim.runtime import execute
     from sim.top_model import program_schedule
 
+    _unfused(monkeypatch)
     model = truncated_model(load_model(str(repo / "models" / "checkpoints" / "tiny.pt")), 1)
     base = load_config(repo / "configs" / "default.yaml")
     serial, over = compile_model(model, base), compile_model(model, _overlap(base))
@@ -137,7 +154,7 @@ def test_overlapped_programs_compute_the_same_and_take_fewer_cycles(repo):
 def test_estimate_uses_the_schedule(repo):
     from tritium.estimate import estimate
 
-    base = load_config(repo / "configs" / "default.yaml")
+    base = _two_groups(load_config(repo / "configs" / "default.yaml"))
     off = estimate(str(repo / "models" / "checkpoints" / "tiny.pt"), base, 8, 16, breakdown=True)
     on = estimate(str(repo / "models" / "checkpoints" / "tiny.pt"), _overlap(base), 8, 16, breakdown=True)
     assert on["decode_s_per_token"] < off["decode_s_per_token"]
@@ -150,12 +167,13 @@ def test_estimate_uses_the_schedule(repo):
 
 @pytest.mark.torch
 @pytest.mark.verilator
-def test_top_overlapped_cycle_exact(repo):
+def test_top_overlapped_cycle_exact(repo, monkeypatch):
     """One decoder layer of the tiny model, prompt + 1 decode step, overlap on: logits bit-exact, every
     command's cycles and the whole step's cycles equal to sim/top_model.py, and commands really overlap.
     On configs/small-g2-half.yaml (G=2 half tables, T=3, Q=5, 3 tokens: 6-byte activation beats, 20-byte
     result beats that straddle the 32-byte bus beats, another weight width), so the same build also runs the
     gearbox and the result packer on other boundaries than default.yaml's (one Verilator build for both)."""
+    _unfused(monkeypatch)  # dequants beside TLMMs: host and engine really run at once
     rep = top_one_layer(_overlap(load_config(repo / "configs" / "small-g2-half.yaml")), b"import os", 2)
     assert rep.overlap and rep.rtl_step_cycles == rep.model_step_cycles
     kinds = {k for step in rep.commands for k in step}
@@ -216,7 +234,7 @@ def test_dse_evaluator_equals_estimate_with_overlap():
     from tritium.dse import FastEvaluator, build_workload
     from tritium.estimate import estimate
 
-    acfg = _overlap(load_config())
+    acfg = _overlap(_two_groups(load_config()))
     got = FastEvaluator(build_workload("tiny", 8, 16, acfg)).estimate(acfg)
     want = estimate("tiny", acfg, 8, 16)
     for k in ("decode_s_per_token", "ttft_s", "j_per_token"):

@@ -287,6 +287,7 @@ def _step(cm, model: str, system, T: int, pos: int) -> _Step:
     names = set()
     for op in prog.host_ops:
         names.update(op.inputs[:1])
+        names.update(e["input"] for e in op.attrs.get("dequant", ()))  # fused dequantizations' sizes
         names.update(op.outputs[:1])
         if "weight" in op.attrs:
             names.add(op.attrs["weight"])
