@@ -60,6 +60,16 @@ def test_overlapped_points_equal_estimate(kv260):
     assert ev.scheduled_points == len(variants)
 
 
+def test_bitnet07b_fast_path_on_the_overlapped_base(kv260):
+    """BitNet-0.7B on the kv260 base: its overlap-off points stay on the fast path (no Programs) and equal
+    estimate() — the coverage tests/test_dse.py had before kv260 shipped with overlap on."""
+    ev = FastEvaluator(build_workload("bitnet-0.7b", 64, 128, kv260))
+    for v in ({}, {"tlmm": {"tables": 12, "tokens": 3, "max_k": 1000, "max_n": 700}, "gemm": {"rows": 4}}):
+        acfg = config_variant(kv260, system={"overlap": False}, **v)
+        assert_same_estimate(E.estimate("bitnet-0.7b", acfg, 64, 128), ev.estimate(acfg), v)
+    assert ev.scheduled_points == 0 and ev.exact_points == 0
+
+
 def test_timing_only_point_reuses_the_programs(kv260):
     """A second point that differs only in timing / energy fields takes both step Programs from the cache: no
     lowering, no capture (counters), and its figures are estimate()'s (which the timing did change)."""
