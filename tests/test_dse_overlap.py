@@ -113,6 +113,62 @@ def test_compile_key_separates_program_fields_from_cost_fields(kv260):
     )
 
 
+#: points whose dense Programs must equal the base's: together they change every field compile_key leaves out
+#: of COST_FIELDS (device.sources only documents) and the retrieval and unused fields a dense Program could read
+KEY_FREE = [
+    {"clock_mhz": 150.0},
+    {"gemm": {"buffers": 2}},
+    {"memory": {"latency": 90, "max_burst": 8, "outstanding": 2}},
+    {"memory": {"beat_interval": 2, "read_fifo_beats": 32}},
+    {"device": {"host_gflops": 2.0, "host_gbs": 1.0, "dram_gbs": 5.0, "static_w": 1.0}},
+    {"device": {"name": "other", "family": "ecp5", "power_boundary": "board"}},
+    {
+        "system": {
+            "attention": "resv",
+            "kv_sinks": 2,
+            "kv_window": 8,
+            "kv_min_context": 64,
+            "kv_tables": "onchip",
+        }
+    },
+    {"system": {"kv_selected_share": 0.5}, "kv": {"max_clusters": 64, "lanes": 16, "hamming": 3, "seed": 5}},
+]
+
+
+def _dense_programs(acfg) -> list:
+    """The dense step Programs' words, host ops (without their modeled latency) and tensors, as compared."""
+    cm = E._compiled("tiny", acfg)
+    out = []
+    for T, pos in ((P, 0), (1, C - 1)):
+        p = cm.program(T, pos, logits="last")
+        ops = [
+            (h.name, h.kind, h.inputs, h.outputs, {k: v for k, v in h.attrs.items() if k != "cycles"})
+            for h in p.host_ops
+        ]
+        tensors = sorted((n, t.addr, t.nbytes, t.dtype, t.shape, t.layout) for n, t in p.tensors.items())
+        out.append((p.words.tobytes(), ops, tensors))
+    return out
+
+
+def test_fields_outside_the_compile_key_leave_the_programs_unchanged(kv260):
+    """What makes the compile-key cache exact: changing only fields compile_key leaves out gives the same
+    dense Programs (commands, host ops but for their modeled latency, tensors and addresses)."""
+    changed = set()
+    for v in KEY_FREE:
+        for sec, fields in v.items():
+            changed |= {f"{sec}.{f}" for f in fields} if isinstance(fields, dict) else {sec}
+    assert set(dse.COST_FIELDS) - {"device.sources"} <= changed
+    ref = _dense_programs(kv260)
+    for v in KEY_FREE:
+        acfg = (
+            dataclasses.replace(kv260, clock_mhz=v["clock_mhz"])
+            if "clock_mhz" in v
+            else config_variant(kv260, **v)
+        )
+        assert compile_key(acfg) == compile_key(kv260), v
+        assert _dense_programs(acfg) == ref, v
+
+
 def test_relowered_model_equals_a_fresh_compile(kv260):
     """estimate() captures a model once and lowers it per config (CompiledModel.relower): the Programs equal
     compile_model's for that config, word for word."""
