@@ -237,6 +237,17 @@ def test_sweep_on_the_overlapped_base(tmp_path):
     assert r["ttft_s"] == pytest.approx(ref["ttft_s"], rel=1e-9)
 
 
+def test_config_the_compiler_refuses_is_invalid(tmp_path):
+    """tlmm.act_bits 4 validates as a config but the compiler refuses it (estimate() could not cost it): the
+    screen rejects the point as invalid with the compiler's one line, overlapped or not."""
+    p = _spec(tmp_path, parameters={"tlmm.act_bits": [4, 8]}, budget=2)
+    res = run_dse(load_spec(p), tmp_path / "o", workers=0, progress=False, log=lambda s: None)
+    by = {r["tlmm.act_bits"]: r for r in res["rows"]}
+    assert by[8]["status"] == "ok", by[8]["reason"]
+    assert by[4]["status"] == "invalid" and "tlmm.act_bits" in by[4]["reason"]
+    assert by[4]["reason"].count("\n") == 0
+
+
 def test_bad_workload_is_one_line(tmp_path):
     """A context beyond the model's max_seq on the overlapped base: exit 2, one line naming it."""
     p = _spec(tmp_path, workload={"model": "tiny", "prompt": P, "context": 100_000})

@@ -587,6 +587,12 @@ def screen(spec: Spec, params: dict, evaluators=None) -> tuple[str, str, dict, d
         acfg = config_from_dict(d, source=f"{spec.path} point")
     except ConfigError as e:
         return "invalid", str(e).split(": ", 1)[-1], {}, None
+    from compiler import CompileError, check_config
+
+    try:  # a config the compiler refuses (e.g. tlmm.act_bits): estimate() could not cost it either
+        check_config(acfg)
+    except CompileError as e:
+        return "invalid", str(e), {}, None
     m: dict = {"clock_mhz": acfg.clock_mhz}
     evs = _evaluators(evaluators)
     seen: set = set()
@@ -702,8 +708,12 @@ def _worker_init(spec: Spec, workloads: list, log_path: str, parent: int) -> Non
 
 def _worker_eval(job: tuple) -> tuple:
     uid, cfg_dict, res, meta = job
+    from compiler import CompileError
+
     try:
         status, reason, m = evaluate_point(_W["ev"], _W["spec"], cfg_dict, res)
+    except CompileError as e:  # the compiler refuses the point (an overlapped point is compiled): bad input
+        status, reason, m = "invalid", str(e).splitlines()[0], dict(res)
     except Exception as e:  # a bug must not kill the sweep; it is recorded
         status, reason, m = "error", f"{type(e).__name__}: {e}".splitlines()[0], dict(res)
     if _W["parent"] and os.getppid() != _W["parent"]:
