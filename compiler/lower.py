@@ -16,7 +16,9 @@ Passes here, in order (each has its own test):
                           ``rope=False``, int8 q/k/v, KV-cache append) → per group of KV heads (compiler.tiling.attention_group)
                           a GEMM ``Q·Kᵀ`` (block-diagonal A) → host ``attn_softmax`` (scale, mask, softmax,
                           fold V's scales, int8 P) → per group a GEMM ``P·V`` (B strided over the V cache's
-                          panels) → host ``attn_out`` (keeps the diagonal blocks).
+                          panels) → host ``attn_out`` (keeps the diagonal blocks); a causal prefill runs each
+                          GEMM as commands per band of query rows over only the keys they attend
+                          (:func:`compiler.tiling.attention_bands`).
 7b. W8A8 products          (``Lowering._lower_int8_gemm``) every ``int8linear`` op (models/w8a8.py: host
                           ``int8_quant`` → GEMM commands → host ``int8_dequant``) and, the same way,
                           (``Lowering._lower_lm_head_int8``) with ``lm_head="acc_int8"`` the ``lm_head`` op →
@@ -41,8 +43,10 @@ from compiler.ir import CompileError, Graph
 from compiler.schedule import insert_syncs, mask_names, with_syncs
 from compiler.tiling import (
     Allocator,
+    AttentionBand,
     attention_gemms,
     beats,
+    gemm_cost,
     kv_cache_tensors,
     lm_head_gemms,
     lm_head_weight_beats,
@@ -592,9 +596,10 @@ class Lowering:
         )
 
     def _lower_attention(self, plan: StepPlan, op, T: int, pos: int) -> None:
-        """Per group of ``compiler.tiling.attention_group`` KV heads: one ``Q·Kᵀ`` (block-diagonal A) and
-        one ``P·V`` over all the group's columns (B strided by the V cache's panel); the host keeps the
-        diagonal blocks."""
+        """Per group of ``compiler.tiling.attention_group`` KV heads: a ``Q·Kᵀ`` (block-diagonal A) and a
+        ``P·V`` over all the group's columns (B strided by the V cache's panel), each one command per band of
+        query rows (:func:`compiler.tiling.attention_bands`: a causal prefill's bands over only the keys
+        they attend; one band otherwise); the host keeps the diagonal blocks."""
         a = op.attrs
         L, h, hkv, hd = a["layer"], a["n_heads"], a["n_kv_heads"], a["head_dim"]
         ctx = pos + T
@@ -602,24 +607,64 @@ class Lowering:
         q, k, v = op.inputs
         out = op.outputs[0]
         plan.tensor(out, T * h * hd * 4, "float32", [T, h * hd])
-        ag = attention_gemms(geo, h, hkv, hd, T, ctx)
+        ag = attention_gemms(geo, h, hkv, hd, T, ctx, a.get("causal", True), gemm_cost(self.acfg))
         qk, pv = ag.qk, ag.pv
+        qkb, pvb = ag.qk_bands, ag.pv_bands  # a causal prefill: bands of query rows, only their keys
         resv = self._retrieval_step(op, T, pos) if self.retrieval else None
         if resv is not None and resv["active"]:  # the GEMMs read the list's tiles: capacity · P columns
             ncols = resv["entries"] * resv["page"]
             qk, pv = (qk[0], qk[1], ncols), (pv[0], ncols, pv[2])
-        M = qk[0]
+            qkb = pvb = (AttentionBand(0, qk[0], ncols),)
+        M, gd = qk[0], qk[1]
+
+        def band_names(stem: str, gi: int, bands) -> list[str]:  # one band: the group's tensor itself
+            return [f"{stem}{gi}"] if len(bands) == 1 else [f"{stem}{gi}.{b}" for b in range(len(bands))]
+
         qa, scores, pa, outs = [], [], [], []
         for gi in range(ag.n_groups):
             sq = gemm_shape(geo, *qk)
-            qa.append(plan.tensor(f"att{L}.qa{gi}", sq.a_beats(geo) * self.W, "int8", [M, qk[1]], "gemm_a"))
-            scores.append(
-                plan.tensor(
-                    f"att{L}.scores{gi}", sq.c_beats(geo, False) * self.W, "int32", [M, ctx], "gemm_c"
+            qa.append(plan.tensor(f"att{L}.qa{gi}", sq.a_beats(geo) * self.W, "int8", [M, gd], "gemm_a"))
+            if len(qkb) == 1:
+                scores.append(
+                    [
+                        plan.tensor(
+                            f"att{L}.scores{gi}", sq.c_beats(geo, False) * self.W, "int32", [M, ctx], "gemm_c"
+                        )
+                    ]
                 )
-            )
+            else:
+                scores.append(
+                    [
+                        plan.tensor(
+                            name,
+                            gemm_shape(geo, b.r1 - b.r0, gd, b.keys).c_beats(geo, False) * self.W,
+                            "int32",
+                            [b.r1 - b.r0, b.keys],
+                            "gemm_c",
+                            rows=[b.r0, b.r1],
+                        )
+                        for name, b in zip(band_names(f"att{L}.scores", gi, qkb), qkb, strict=True)
+                    ]
+                )
             sp = gemm_shape(geo, *pv)
-            pa.append(plan.tensor(f"att{L}.pa{gi}", sp.a_beats(geo) * self.W, "int8", [M, ctx], "gemm_a"))
+            if len(pvb) == 1:
+                pa.append(
+                    [plan.tensor(f"att{L}.pa{gi}", sp.a_beats(geo) * self.W, "int8", [M, ctx], "gemm_a")]
+                )
+            else:
+                pa.append(
+                    [
+                        plan.tensor(
+                            name,
+                            gemm_shape(geo, b.r1 - b.r0, b.keys, gd).a_beats(geo) * self.W,
+                            "int8",
+                            [b.r1 - b.r0, b.keys],
+                            "gemm_a",
+                            rows=[b.r0, b.r1],
+                        )
+                        for name, b in zip(band_names(f"att{L}.pa", gi, pvb), pvb, strict=True)
+                    ]
+                )
             outs.append(
                 plan.tensor(
                     f"att{L}.o{gi}", sp.c_beats(geo, False) * self.W, "int32", [M, pv[2]], "gemm_c", group=gi
@@ -692,10 +737,11 @@ class Lowering:
         split = self.acfg.system.overlap and ag.n_groups > 1 and not active
 
         def gemm_item(name: str, gi: int, mnk, a: str, b: str, c: str, mode: int, **more) -> tuple:
-            """Group ``gi``'s GEMM ``name`` (``qk``: Q·Kᵀ, list mode 1; ``pv``: P·V, list mode 2); with retrieval
-            active a GEMM-list over the group's key list."""
+            """Group ``gi``'s GEMM ``name`` (``qk``: Q·Kᵀ, list mode 1; ``pv``: P·V, list mode 2; ``.j``: band j);
+            with retrieval active a GEMM-list over the group's key list."""
+            base, _, band = name.partition(".")
             body = {
-                "op": f"{op.name}.{name}{gi}",
+                "op": f"{op.name}.{base}{gi}" + (f".{band}" if band else ""),
                 "m": mnk[0],
                 "k": mnk[1],
                 "n": mnk[2],
@@ -708,8 +754,31 @@ class Lowering:
                 return "gemm_list", body | {"list": lists[gi], "mode": mode}
             return "gemm", body
 
+        # a band of query rows starts at a whole row tile: its A tiles (Q·Kᵀ) and its output tiles (P·V) are
+        # a contiguous run of the group's (tiles in (row tile, ·) order)
+        kt_gd, nt_gd = _ceil(gd, geo.k_tile), _ceil(gd, geo.cols)
+        band_attrs = {}
+        if len(qkb) > 1 or len(pvb) > 1:  # the softmax reads / writes the bands' tensors
+            band_attrs = {"qk_bands": [list(b) for b in qkb], "pv_bands": [list(b) for b in pvb]}
+
+        def sub(b, j: int) -> str:  # band j's suffix of the op name (none for one band)
+            return "" if len(b) == 1 else f".{j}"
+
         for gi in groups:
-            plan.items.append(gemm_item("qk", gi, qk, qa[gi], kc[gi], scores[gi], mode=1))
+            for j, b in enumerate(qkb):
+                mi = b.r0 // geo.rows
+                plan.items.append(
+                    gemm_item(
+                        "qk" + sub(qkb, j),
+                        gi,
+                        (b.r1 - b.r0, gd, b.keys),
+                        qa[gi],
+                        kc[gi],
+                        scores[gi][j],
+                        mode=1,
+                        a_offset=mi * kt_gd * geo.a_beats,
+                    )
+                )
             if split:
                 plan.items.append(
                     (
@@ -717,9 +786,9 @@ class Lowering:
                         HostOp(
                             f"{op.name}.softmax{gi}",
                             "attn_softmax",
-                            [scores[gi], f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
-                            [pa[gi], f"att{L}.sp"],
-                            {**common, "group_lo": gi, "group_hi": gi + 1},
+                            scores[gi] + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"],
+                            pa[gi] + [f"att{L}.sp"],
+                            {**common, "group_lo": gi, "group_hi": gi + 1, **band_attrs},
                             op.where,
                         ),
                     )
@@ -731,19 +800,33 @@ class Lowering:
                     HostOp(
                         f"{op.name}.softmax",
                         "attn_softmax",
-                        scores + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"] + (lists + extra if active else []),
-                        pa + [f"att{L}.sp"],
-                        dict(common),
+                        [s for sg in scores for s in sg]
+                        + [f"att{L}.sq", f"kv{L}.sk", f"kv{L}.sv"]
+                        + (lists + extra if active else []),
+                        [p for pg in pa for p in pg] + [f"att{L}.sp"],
+                        {**common, **band_attrs},
                         op.where,
                     ),
                 )
             )
-        # one P·V per group: the V cache's column panels are max_seq keys long, so B strides by a panel
+        # P·V per group and band: the V cache's column panels are max_seq keys long, so B strides by a panel
         panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
         for gi in groups:
-            plan.items.append(
-                gemm_item("pv", gi, pv, pa[gi], vc[gi], f"att{L}.o{gi}", mode=2, b_stride=panel)
-            )
+            for j, b in enumerate(pvb):
+                mi = b.r0 // geo.rows
+                plan.items.append(
+                    gemm_item(
+                        "pv" + sub(pvb, j),
+                        gi,
+                        (b.r1 - b.r0, b.keys, gd),
+                        pa[gi][j],
+                        vc[gi],
+                        f"att{L}.o{gi}",
+                        mode=2,
+                        b_stride=panel,
+                        c_offset=mi * nt_gd * geo.out_beats(False),
+                    )
+                )
         # with retrieval, attn_out also copies the step's inserted keys into their clusters' pages
         page_outs = (kc + vc + [f"kv{L}.sk", f"kv{L}.sv"] + extra) if lists else []
         plan.items.append(
@@ -921,9 +1004,9 @@ class Lowering:
                     s.m_tiles,
                     s.n_tiles,
                     s.k_tiles,
-                    tensors[body["a"]].addr,
+                    tensors[body["a"]].addr + body.get("a_offset", 0),
                     tensors[body["b"]].addr + body["b_offset"],
-                    tensors[body["c"]].addr,
+                    tensors[body["c"]].addr + body.get("c_offset", 0),
                 )
                 if kind == "gemm_list":
                     cmd = GemmListCommand(

@@ -5,7 +5,8 @@
   (multiples of G·T) × ≤ ``tlmm.max_n`` (multiples of Q) and token chunks of ≤ ``tlmm.tokens`` → commands.
 * :func:`attention_group`, :func:`attention_gemms`: how many KV heads share one GEMM command (a *group*:
   block-diagonal queries, stacked K and V, chosen so a decode query neither pads head_dim nor wastes the
-  block) and the group's ``Q·Kᵀ`` and ``P·V`` shapes (one command each).
+  block), the group's ``Q·Kᵀ`` and ``P·V`` shapes and the commands they are cut into
+  (:func:`attention_bands`: a causal prefill's bands of query rows over only the keys they attend).
 * :func:`lm_head_gemms`, :func:`lm_head_weight_beats`: the ``acc_int8`` LM head (rows × d_model × vocab) →
   GEMM commands over slices of whole column tiles of one int8 B-panel weight tensor.
 * :class:`Allocator` (first fit over beat addresses) and :func:`slot_beats`, the beats it reserves for a
@@ -15,11 +16,12 @@
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable, Iterator
 from typing import NamedTuple
 
 from compiler.ir import CompileError
-from hw.config import GemmGeometry, TlmmConfig
+from hw.config import AcceleratorConfig, GemmGeometry, TlmmConfig
 from hw.program import tlmm_wgt_beat_bytes
 
 __all__ = [
@@ -34,7 +36,11 @@ __all__ = [
     "tlmm_fits_fields",
     "kv_cache_tensors",
     "attention_group",
+    "AttentionBand",
+    "attention_bands",
     "attention_gemms",
+    "GemmCost",
+    "gemm_cost",
     "lm_head_weight_beats",
     "lm_head_gemms",
     "persistent_beats",
@@ -226,23 +232,149 @@ def kv_cache_tensors(
     return out
 
 
+class AttentionBand(NamedTuple):
+    """One GEMM command of a group's causal prefill (:func:`attention_bands`): query rows ``r0..r1`` of the
+    group (token-major: row ``t·rows_per_token + i``; ``r0`` a whole row tile) against keys ``0..keys``."""
+
+    r0: int
+    r1: int
+    keys: int
+
+
 class AttentionGemms(NamedTuple):
     """One step's attention GEMMs per group (:func:`attention_gemms`)."""
 
     group: int  # KV heads per group
     n_groups: int
-    qk: tuple[int, int, int]  # Q·Kᵀ (M, K, N) of one group
-    pv: tuple[int, int, int]  # P·V (M, K, N) of one group: one command, B strided by the V cache's panel
+    qk: tuple[int, int, int]  # Q·Kᵀ (M, K, N) of one group, every key (the unbanded shape)
+    pv: tuple[int, int, int]  # P·V (M, K, N) of one group, every key: B strided by the V cache's panel
+    qk_bands: tuple[AttentionBand, ...] = ()  # the group's Q·Kᵀ commands (one band: the whole qk)
+    pv_bands: tuple[AttentionBand, ...] = ()  # the group's P·V commands
+
+    def shapes(self) -> list[tuple[int, int, int]]:
+        """(M, K, N) of one group's GEMM commands: its Q·Kᵀ bands, then its P·V bands."""
+        gd = self.qk[1]
+        return [(b.r1 - b.r0, gd, b.keys) for b in self.qk_bands] + [
+            (b.r1 - b.r0, b.keys, gd) for b in self.pv_bands
+        ]
+
+
+class GemmCost(NamedTuple):
+    """A GEMM command's cycles as the banding rule counts them: ``startup + steps × step``
+    (:func:`gemm_cost`)."""
+
+    step: int  # cycles per step (one R×C×k_tile tile product) once the loads run ahead
+    startup: int  # cycles a command adds beyond its steps (the first load, the last drain)
+
+
+def gemm_cost(acfg: AcceleratorConfig) -> GemmCost:
+    """The GEMM engine's cost per step and per command on ``acfg`` (closed form of the cycle definition in
+    docs/design.md, "Temporal GEMM engine"; the banding rule's only cost input). A step loads n = a_beats +
+    b_beats beats in r bursts of ≤ ``max_burst`` and issues ``k_tile`` k's; its period is the longest of the
+    issue (k_tile), the port (n · beat_interval), the requests (r · latency + n · beat_interval over
+    ``outstanding``) and the operand slots (a slot is refilled ``buffers`` steps later: latency + n + k_tile
+    over ``buffers``). A command adds a first load (⌈r / outstanding⌉ · latency + n beats) and the last
+    tile's issue, pipeline and drain, less one period. Against ``sim.gemm_model.gemm_fast``: exact on kv260
+    (130 + 66 per step) and the default config, within a tenth of a step per step on every shipped config
+    (tests/test_causal_tiles.py)."""
+    geo, mem, bi = acfg.gemm_geometry, acfg.memory, acfg.memory.beat_interval
+    n = geo.a_beats + geo.b_beats
+    r = ceil_div(geo.a_beats, mem.max_burst) + ceil_div(geo.b_beats, mem.max_burst)
+    step = max(
+        geo.k_tile,
+        n * bi,
+        ceil_div(r * mem.latency + n * bi, mem.outstanding),
+        ceil_div(mem.latency + n * bi + geo.k_tile, acfg.gemm.buffers),
+    )
+    first = ceil_div(r, mem.outstanding) * mem.latency + n * bi
+    return GemmCost(step, max(0, first + geo.k_tile + geo.out_beats(False) + 8 - step))
+
+
+@functools.lru_cache(maxsize=1024)  # every layer of a step asks the same (the DP is quadratic in runs)
+def attention_bands(
+    rows_per_token: int,
+    tokens: int,
+    pos: int,
+    key_tile: int,
+    row_tile: int,
+    other_tiles: int,
+    cost: GemmCost,
+    causal: bool = True,
+) -> tuple[AttentionBand, ...]:
+    """A group's query rows (token-major, ``rows_per_token`` rows per token, ``tokens`` tokens at position
+    ``pos``) cut into bands of whole row tiles (``row_tile`` rows), each one GEMM command over only the keys
+    its last row attends (``pos`` + its token + 1 with a causal mask; every key without): the Q·Kᵀ tiles
+    above the diagonal and the P·V K tiles beyond it are never computed.
+
+    Key tiles (``key_tile`` keys: ``gemm.cols`` for Q·Kᵀ's N, ``gemm.k_tile`` for P·V's K) are the
+    granularity: row tiles needing the same number of key tiles form one run, and adjacent runs are merged
+    where one command's start-up costs more than the tiles the merge adds (each row tile × key tile is
+    ``other_tiles`` steps: Q·Kᵀ's K tiles or P·V's N tiles). The cut is the cheapest under ``startup +
+    steps × step`` per command (:func:`gemm_cost`), found exactly by dynamic programming over the runs.
+    Decode (one token) and non-causal attention: one band, every key."""
+    m = rows_per_token * tokens
+    ctx = pos + tokens
+    mt = ceil_div(m, row_tile)
+    if not causal or tokens == 1:
+        return (AttentionBand(0, m, ctx),)
+    runs: list[list[int]] = []  # [first row tile, end row tile, key tiles, keys]
+    for mi in range(mt):
+        keys = pos + (min(m, (mi + 1) * row_tile) - 1) // rows_per_token + 1
+        kt = ceil_div(keys, key_tile)
+        if runs and runs[-1][2] == kt:
+            runs[-1][1], runs[-1][3] = mi + 1, keys
+        else:
+            runs.append([mi, mi + 1, kt, keys])
+    n = len(runs)
+
+    def cycles(i: int, j: int) -> int:  # runs i..j-1 as one command (their last run's key tiles)
+        return cost.startup + (runs[j - 1][1] - runs[i][0]) * runs[j - 1][2] * other_tiles * cost.step
+
+    best, cut = [0] + [0] * n, [0] * (n + 1)
+    for j in range(1, n + 1):
+        best[j], cut[j] = min((best[i] + cycles(i, j), i) for i in range(j))
+    bands = []
+    j = n
+    while j:
+        i = cut[j]
+        bands.append(AttentionBand(runs[i][0] * row_tile, min(m, runs[j - 1][1] * row_tile), runs[j - 1][3]))
+        j = i
+    return tuple(reversed(bands))
 
 
 def attention_gemms(
-    geo: GemmGeometry, n_heads: int, n_kv_heads: int, head_dim: int, tokens: int, ctx: int
+    geo: GemmGeometry,
+    n_heads: int,
+    n_kv_heads: int,
+    head_dim: int,
+    tokens: int,
+    ctx: int,
+    causal: bool = True,
+    cost: GemmCost | None = None,
 ) -> AttentionGemms:
     """The group size, the group count, a group's ``Q·Kᵀ`` GEMM (M, K, N) and its ``P·V`` GEMM over the
-    group's g·head_dim columns (one command: the B stride steps over the V cache's max_seq-long panels)."""
+    group's g·head_dim columns (B strided over the V cache's max_seq-long panels), and the commands they
+    are cut into: with a causal mask and several tokens, bands of query rows over only the keys they attend
+    (:func:`attention_bands` under ``cost``, the config's :func:`gemm_cost`; None: no start-up cost, a
+    command per run of row tiles). A group's rows are token-major: row ``t·g·rep + j·rep + r`` is token t of query
+    head r of the group's KV head j."""
     g = attention_group(geo, n_heads, n_kv_heads, head_dim)
-    m = g * (n_heads // n_kv_heads) * tokens
-    return AttentionGemms(g, n_kv_heads // g, (m, g * head_dim, ctx), (m, ctx, g * head_dim))
+    rpt = g * (n_heads // n_kv_heads)
+    m, gd = rpt * tokens, g * head_dim
+    cost = cost or GemmCost(max(geo.k_tile, geo.a_beats + geo.b_beats), 0)
+    pos = ctx - tokens
+
+    def bands(key_tile: int, other: int) -> tuple[AttentionBand, ...]:
+        return attention_bands(rpt, tokens, pos, key_tile, geo.rows, other, cost, causal)
+
+    return AttentionGemms(
+        g,
+        n_kv_heads // g,
+        (m, gd, ctx),
+        (m, ctx, gd),
+        bands(geo.cols, ceil_div(gd, geo.k_tile)),
+        bands(geo.k_tile, ceil_div(gd, geo.cols)),
+    )
 
 
 # ---- the LM head on the GEMM engine (lm_head = acc_int8) ---------------------------------------------

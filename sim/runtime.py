@@ -253,7 +253,18 @@ class _Host:
     # KV heads are grouped g at a time (compiler.tiling.attention_group): a group's Q·Kᵀ has a block-diagonal
     # A (rows of KV head j hold their q in contraction columns j·hd..) against the g heads' keys stacked along
     # the contraction, its P·V multiplies every row by the g heads' values side by side; the host keeps the
-    # diagonal blocks. Row order inside a group: (KV head j, its rep query heads, T tokens).
+    # diagonal blocks. Row order inside a group: token-major, (T tokens, KV head j, its rep query heads), so a
+    # band of row tiles is a band of tokens (compiler.tiling.attention_bands: a causal prefill's Q·Kᵀ and P·V
+    # commands per band of query rows over only the keys those rows attend).
+    def _bands(self, a: dict, key: str, m: int, n: int) -> list[tuple[int, int, int]]:
+        """A softmax's Q·Kᵀ (``qk_bands``) or P·V (``pv_bands``) commands per group: (first row, end row,
+        keys); one band over every row and key by default (decode, non-causal attention, retrieval)."""
+        return [tuple(b) for b in a.get(key, [[0, m, n]])]
+
+    @staticmethod
+    def _band_name(stem: str, gi: int, b: int, n_bands: int) -> str:
+        return f"{stem}{gi}" if n_bands == 1 else f"{stem}{gi}.{b}"
+
     def op_attn_prep(self, op):
         a = op.attrs
         h, hkv, hd, pos, T = a["n_heads"], a["n_kv_heads"], a["head_dim"], a["pos"], a["tokens"]
@@ -270,13 +281,13 @@ class _Host:
         kq, sk = quantize_act(k)
         vq, sv = quantize_act(v)
         for gi in range(hkv // g):
-            rows = np.zeros((g * m, g * hd), np.int8)
+            rows = np.zeros((T, g, rep, g * hd), np.int8)  # token-major rows
             for j in range(g):
                 kv = gi * g + j
-                rows[j * m : (j + 1) * m, j * hd : (j + 1) * hd] = qq[0, kv * rep : (kv + 1) * rep].reshape(
-                    m, hd
+                rows[:, j, :, j * hd : (j + 1) * hd] = (
+                    qq[0, kv * rep : (kv + 1) * rep].transpose(0, 1).numpy()
                 )
-            self.put_raw(f"att{L}.qa{gi}", pack_a(rows, self.geo))
+            self.put_raw(f"att{L}.qa{gi}", pack_a(rows.reshape(g * m, g * hd), self.geo))
         self.put(f"att{L}.sq", sq[0, :, :, 0])
         W, TK, C = self.img.shape[1], self.geo.k_tile, self.geo.cols
         BB = self.geo.b_beats
@@ -418,12 +429,17 @@ class _Host:
         # the groups lo..hi-1 (all by default; one per op with system.overlap): rows are independent
         lo, hi = a.get("group_lo", 0), a.get("group_hi", hkv // g)
         r0, r1 = lo * g * rep, hi * g * rep  # their query heads
-        S = torch.cat(
-            [
-                self.gemm_out(f"att{L}.scores{gi}", g * rep * T, ctx).reshape(g * rep, T, ctx)
-                for gi in range(lo, hi)
-            ]
-        ).unsqueeze(0)
+        M = g * rep * T
+        qkb, pvb = self._bands(a, "qk_bands", M, ctx), self._bands(a, "pv_bands", M, ctx)
+        groups = []
+        for gi in range(lo, hi):  # the Q·Kᵀ bands' scores; the keys beyond a band's (masked) are never read
+            Sg = torch.zeros((M, ctx), dtype=torch.int32)
+            for b, (b0, b1, keys) in enumerate(qkb):
+                Sg[b0:b1, :keys] = self.gemm_out(
+                    self._band_name(f"att{L}.scores", gi, b, len(qkb)), b1 - b0, keys
+                )
+            groups.append(Sg.reshape(T, g * rep, ctx).transpose(0, 1))
+        S = torch.cat(groups).unsqueeze(0)
         sq = self.f32(f"att{L}.sq").reshape(1, h, T, 1)[:, r0:r1]
         skr = self.f32(f"kv{L}.sk")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)[:, r0:r1]
         svr = self.f32(f"kv{L}.sv")[:, :ctx].reshape(1, hkv, ctx, 1).repeat_interleave(rep, dim=1)[:, r0:r1]
@@ -437,10 +453,12 @@ class _Host:
         pq, sp = quantize_act(p)
         for gi in range(lo, hi):
             j = gi - lo
-            self.put_raw(
-                f"att{L}.pa{gi}",
-                pack_a(pq[0, j * g * rep : (j + 1) * g * rep].reshape(g * rep * T, ctx).numpy(), self.geo),
-            )
+            pg = pq[0, j * g * rep : (j + 1) * g * rep].transpose(0, 1).reshape(M, ctx).numpy()
+            for b, (b0, b1, keys) in enumerate(pvb):  # each P·V band's A: its rows, its keys (the rest is 0)
+                pa = self._band_name(f"att{L}.pa", gi, b, len(pvb))
+                if pg[b0:b1, keys:].any():  # a band's rows attend a key its P·V does not read
+                    raise ProgramError(f"{op.name}: P·V band rows {b0}..{b1} attend keys beyond its {keys}")
+                self.put_raw(pa, pack_a(np.ascontiguousarray(pg[b0:b1, :keys]), self.geo))
         if (r0, r1) == (0, h):
             self.put(f"att{L}.sp", sp[0, :, :, 0])
         else:  # this op's heads of the P scales
@@ -455,8 +473,8 @@ class _Host:
         m = rep * T
         heads = []
         for gi in range(hkv // g):
-            o = self.gemm_out(f"att{L}.o{gi}", g * m, g * hd)
-            heads += [o[j * m : (j + 1) * m, j * hd : (j + 1) * hd].reshape(rep, T, hd) for j in range(g)]
+            o = self.gemm_out(f"att{L}.o{gi}", g * m, g * hd).reshape(T, g, rep, g * hd)  # token-major
+            heads += [o[:, j, :, j * hd : (j + 1) * hd].transpose(0, 1) for j in range(g)]
         o_int = torch.cat(heads).unsqueeze(0)
         sp = self.f32(f"att{L}.sp").reshape(1, h, T, 1)
         out = o_int.to(torch.float32) * sp

@@ -416,7 +416,7 @@ class FastEvaluator:
     def commands(self, acfg: AcceleratorConfig, step: _Step) -> Counter:
         """Multiset of the step's TLMM and GEMM commands (addresses zero: costs do not depend on them), by
         the lowering's own tiling rules (:mod:`compiler.tiling`)."""
-        from compiler.tiling import attention_gemms, lm_head_gemms, tlmm_slices, tlmm_tiles
+        from compiler.tiling import attention_gemms, gemm_cost, lm_head_gemms, tlmm_slices, tlmm_tiles
         from hw.gemm_layout import gemm_shape
         from hw.isa import GemmCommand, TlmmCommand
 
@@ -428,10 +428,11 @@ class FastEvaluator:
                 out[TlmmCommand(tl.m, tl.kc, tl.nb, wbuf=tl.wbuf)] += cnt
         ctx = pos + T
         for h, hkv, hd, cnt in self.w.attention:
-            ag = attention_gemms(geo, h, hkv, hd, T, ctx)
-            sq, sp = gemm_shape(geo, *ag.qk), gemm_shape(geo, *ag.pv)
-            out[GemmCommand(sq.m_tiles, sq.n_tiles, sq.k_tiles)] += ag.n_groups * cnt
-            out[GemmCommand(sp.m_tiles, sp.n_tiles, sp.k_tiles)] += ag.n_groups * cnt
+            # a decoder LM's attention is causal: a prefill's bands of query rows (compiler.tiling)
+            ag = attention_gemms(geo, h, hkv, hd, T, ctx, True, gemm_cost(acfg))
+            for mnk in ag.shapes():
+                s = gemm_shape(geo, *mnk)
+                out[GemmCommand(s.m_tiles, s.n_tiles, s.k_tiles)] += ag.n_groups * cnt
         if acfg.system.lm_head == "acc_int8":  # one row: every step is costed with logits="last"
             k, vocab = self.w.lm_head_shape
             for n0, n1, _ in lm_head_gemms(geo, k, vocab):
