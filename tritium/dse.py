@@ -223,12 +223,13 @@ class _HostProgram:
 
 
 def compile_key(acfg: AcceleratorConfig, lm_head: str | None = None) -> str:
-    """What a dense step Program depends on: the config without the fields that only the costing reads
-    (:data:`COST_FIELDS`), the retrieval fields (the estimate compiles dense Programs and costs retrieval in
-    closed form) and the unused ones, with the LM head placed by ``lm_head`` (None: ``system.lm_head``).
-    A Program's host ops carry their modeled latency (``attrs["cycles"]``, from the clock and the device),
-    which ``cost_program`` does not read: it costs a host op from its tensors and the config it is given.
-    ``tests/test_dse_overlap.py`` checks that the cached Programs give ``estimate()``'s figures."""
+    """What a dense step Program depends on besides its attention commands (:func:`attention_key`): the
+    config without the fields that only the costing reads (:data:`COST_FIELDS`), the retrieval fields (the
+    estimate compiles dense Programs and costs retrieval in closed form) and the unused ones, with the LM head
+    placed by ``lm_head`` (None: ``system.lm_head``). A Program's host ops carry their modeled latency
+    (``attrs["cycles"]``, from the clock and the device), which ``cost_program`` does not read: it costs a
+    host op from its tensors and the config it is given. ``tests/test_dse_overlap.py`` checks that the
+    cached Programs give ``estimate()``'s figures."""
     import json
 
     d = acfg.to_dict()
@@ -243,17 +244,35 @@ def compile_key(acfg: AcceleratorConfig, lm_head: str | None = None) -> str:
     return json.dumps(d, sort_keys=True, default=str)
 
 
+def attention_key(acfg: AcceleratorConfig, attention, tokens: int, pos: int) -> tuple:
+    """The step's attention commands as the lowering cuts them (``compiler.tiling.attention_gemms`` of each
+    attention shape ``(n_heads, n_kv_heads, head_dim, ...)``, causal, under ``gemm_cost(acfg)``): the causal
+    band cut is the lowering's one input from the timing fields (memory timing and ``gemm.buffers`` through
+    the GEMM's cost), so two configs with the same :func:`compile_key` and the same cut lower the same
+    Program."""
+    from compiler.tiling import attention_gemms, gemm_cost
+
+    cost = gemm_cost(acfg)
+    return tuple(
+        attention_gemms(acfg.gemm_geometry, a[0], a[1], a[2], tokens, pos + tokens, True, cost)
+        for a in attention
+    )
+
+
 #: Step Programs (as :class:`_HostProgram`: their decoded commands, host ops and tensors) per (model, compile
-#: key, tokens, position), least recently used first; ``PROGRAM_STATS`` counts hits and misses (tests read it).
+#: key, tokens, position, attention key), least recently used first; ``PROGRAM_STATS`` counts hits and misses (tests read it).
 _PROGRAMS: dict = {}
 _PROGRAMS_MAX = 48
 PROGRAM_STATS: Counter = Counter()
 
 
-def step_program(model: str, acfg: AcceleratorConfig, lm_head: str, tokens: int, pos: int) -> _HostProgram:
+def step_program(
+    model: str, acfg: AcceleratorConfig, lm_head: str, tokens: int, pos: int, attention=()
+) -> _HostProgram:
     """The dense Program of the step of ``tokens`` tokens at ``pos`` (logits of the last one), as
-    :func:`tritium.estimate.estimate` compiles it, cached per :func:`compile_key`."""
-    key = (model, compile_key(acfg, lm_head), tokens, pos)
+    :func:`tritium.estimate.estimate` compiles it, cached per :func:`compile_key` and :func:`attention_key`
+    (``attention``: the model's attention shapes, ``Workload.attention``)."""
+    key = (model, compile_key(acfg, lm_head), tokens, pos, attention_key(acfg, attention, tokens, pos))
     hp = _PROGRAMS.pop(key, None)
     if hp is None:
         from tritium import estimate as E
@@ -397,7 +416,8 @@ class FastEvaluator:
         energy = self._energy_of(acfg.device.family)
 
         def cost(tokens: int, pos: int):
-            return cost_program(step_program(w.model, acfg, lm, tokens, pos), acfg, energy)
+            prog = step_program(w.model, acfg, lm, tokens, pos, w.attention)
+            return cost_program(prog, acfg, energy)
 
         pre = cost(w.prompt, 0)
         if acfg.system.attention == "resv":
