@@ -281,7 +281,8 @@ def tiny_resv_config(**system):
 
     base = load_config("configs/kv260.yaml").to_dict()
     base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
-    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
+    # overlap off: the compiler's SYNC analysis has no KV engine class (compiler/lower.py refuses resv with it)
+    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265, overlap=False)
     base["system"].update(system)
     return config_from_dict(base, "tiny-resv")
 
