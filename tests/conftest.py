@@ -295,3 +295,19 @@ def config_variant(acfg, **sections):
     for sec, fields in sections.items():
         d[sec].update(fields)
     return config_from_dict(d, source="test")
+
+
+def random_lm(cfg, seed: int = 0):
+    """A randomly initialized ``models.lm.TernaryLM`` of layout ``cfg`` in eval mode, its norms' weights drawn
+    away from 1 (uniform 0.5..1.5) so that they matter."""
+    import torch
+
+    from models.lm import TernaryLM
+
+    torch.manual_seed(seed)
+    m = TernaryLM(cfg)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return m.eval()
