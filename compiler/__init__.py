@@ -56,6 +56,21 @@ class CompiledModel:
             tokens = rows
         return self.lowering.program(tokens, pos, logits)
 
+    def relower(self, acfg, lm_head: str | None = None, retrieval: bool | None = None) -> CompiledModel:
+        """The same captured, pass-processed graph lowered for another config (what :func:`compile_model`
+        returns for ``acfg``, without capturing the model again: the capture and the passes do not read the
+        config; the lowering only reads the graph). A language model only."""
+        from compiler.lower import Lowering
+
+        low = self.lowering
+        if low.general:
+            raise TypeError("relower(): a general module is compiled with compile_model")
+        check_config(acfg)
+        lm_head = acfg.system.lm_head if lm_head is None else lm_head
+        t0 = time.perf_counter()
+        new = Lowering(self.graph, acfg, low.state, low.mc, lm_head, retrieval)
+        return CompiledModel(self.graph, new, {**self.timings, "lower_s": time.perf_counter() - t0})
+
 
 def load_model(spec: str, device: str = "cpu"):
     """The model a MODEL argument names: a preset name (built on the meta device: shapes only), a Hugging

@@ -765,21 +765,25 @@ class Lowering:
         def sub(b, j: int) -> str:  # band j's suffix of the op name (none for one band)
             return "" if len(b) == 1 else f".{j}"
 
+        # P·V's B: the V cache's column panels are max_seq keys long, so B strides by a panel
+        panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
+
+        def band_items(gi: int, qk: bool) -> None:
+            """Group ``gi``'s Q·Kᵀ (``qk``) or P·V as one command per band of query rows."""
+            bands = qkb if qk else pvb
+            for j, b in enumerate(bands):
+                mi, m = b.r0 // geo.rows, b.r1 - b.r0
+                if qk:
+                    mnk, abc = (m, gd, b.keys), (qa[gi], kc[gi], scores[gi][j])
+                    more = {"a_offset": mi * kt_gd * geo.a_beats}
+                else:
+                    mnk, abc = (m, b.keys, gd), (pa[gi][j], vc[gi], f"att{L}.o{gi}")
+                    more = {"b_stride": panel, "c_offset": mi * nt_gd * geo.out_beats(False)}
+                name = ("qk" if qk else "pv") + sub(bands, j)
+                plan.items.append(gemm_item(name, gi, mnk, *abc, mode=1 if qk else 2, **more))
+
         for gi in groups:
-            for j, b in enumerate(qkb):
-                mi = b.r0 // geo.rows
-                plan.items.append(
-                    gemm_item(
-                        "qk" + sub(qkb, j),
-                        gi,
-                        (b.r1 - b.r0, gd, b.keys),
-                        qa[gi],
-                        kc[gi],
-                        scores[gi][j],
-                        mode=1,
-                        a_offset=mi * kt_gd * geo.a_beats,
-                    )
-                )
+            band_items(gi, True)
             if split:
                 plan.items.append(
                     (
@@ -810,24 +814,8 @@ class Lowering:
                     ),
                 )
             )
-        # P·V per group and band: the V cache's column panels are max_seq keys long, so B strides by a panel
-        panel = self.persistent[f"kv{L}.v0"].attrs["panel_beats"]
-        for gi in groups:
-            for j, b in enumerate(pvb):
-                mi = b.r0 // geo.rows
-                plan.items.append(
-                    gemm_item(
-                        "pv" + sub(pvb, j),
-                        gi,
-                        (b.r1 - b.r0, b.keys, gd),
-                        pa[gi][j],
-                        vc[gi],
-                        f"att{L}.o{gi}",
-                        mode=2,
-                        b_stride=panel,
-                        c_offset=mi * nt_gd * geo.out_beats(False),
-                    )
-                )
+        for gi in groups:  # P·V per group and band
+            band_items(gi, False)
         # with retrieval, attn_out also copies the step's inserted keys into their clusters' pages
         page_outs = (kc + vc + [f"kv{L}.sk", f"kv{L}.sv"] + extra) if lists else []
         plan.items.append(

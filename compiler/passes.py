@@ -30,7 +30,7 @@ import numpy as np
 
 from compiler.ir import CompileError, Graph, Op
 
-__all__ = [
+PIPELINE = (
     "split_bitlinear",
     "fold_bias",
     "dedupe_quant",
@@ -38,9 +38,8 @@ __all__ = [
     "check_weights",
     "fuse_dequant",
     "mark_engines",
-    "PIPELINE",
-    "run_pipeline",
-]
+)
+__all__ = [*PIPELINE, "FUSABLE", "OPTIONAL", "PIPELINE", "run_pipeline"]
 
 FUSABLE = ("rmsnorm", "relu2", "swiglu", "layernorm", "relu", "silu", "gelu", "gelu_tanh", "square", "mul")
 
@@ -116,21 +115,21 @@ def dedupe_quant(g: Graph) -> Graph:
 
 
 def fuse_quant(g: Graph) -> Graph:
-    g = copy.deepcopy(g)
-    out = []
-    for op in g.ops:
-        if op.kind == "quant":
-            x = op.inputs[0]
-            prod = g.producer(x)
-            others = [c for c in g.consumers(x) if c is not op]
-            if prod is not None and prod.kind in FUSABLE and not others and x != g.output:
-                prod.kind = f"{prod.kind}+quant"
-                prod.outputs = list(op.outputs)
-                prod.attrs["k"] = op.attrs["k"]
-                continue
-        out.append(op)
-    g.ops = out
-    return g
+    """Fold each ``quant`` into the host op that produces its input when nobody else reads that float
+    value (module doc, 3): ``rmsnorm`` → ``rmsnorm+quant``."""
+    return _replace_ops(g, "quant", _fuse_quant_op)
+
+
+def _fuse_quant_op(g: Graph, op: Op) -> list[Op]:
+    x = op.inputs[0]
+    prod = g.producer(x)
+    others = [c for c in g.consumers(x) if c is not op]
+    if prod is None or prod.kind not in FUSABLE or others or x == g.output:
+        return [op]
+    prod.kind = f"{prod.kind}+quant"
+    prod.outputs = list(op.outputs)
+    prod.attrs["k"] = op.attrs["k"]
+    return []
 
 
 #: graph kinds whose inputs an engine reads (the rest hand theirs to a host op: compiler.lower)
@@ -145,22 +144,20 @@ def fuse_dequant(g: Graph) -> Graph:
     :func:`check_weights` (the dequant's scale is known). The consumer's ``attrs["dequant"]`` gets one entry
     per fused dequant, ``{"input": int32 value, "sx": scales value, "scale" | "scale_rows", "bias"?,
     "weight"}``, and its input list the int32 value in place of the float one."""
-    g = copy.deepcopy(g)
-    out = []
-    for op in g.ops:
-        if op.kind == "dequant":
-            y = op.outputs[0]
-            users = g.consumers(y)
-            if y != g.output and len(users) == 1 and users[0].kind not in ENGINE_READS + ("dequant",):
-                user = users[0]
-                yi, sx = op.inputs
-                user.inputs = [yi if v == y else v for v in user.inputs]
-                entry = {"input": yi, "sx": sx} | {k: op.attrs[k] for k in DEQUANT_KEYS if op.attrs.get(k)}
-                user.attrs["dequant"] = [*user.attrs.get("dequant", []), entry]
-                continue
-        out.append(op)
-    g.ops = out
-    return g
+    return _replace_ops(g, "dequant", _fuse_dequant_op)
+
+
+def _fuse_dequant_op(g: Graph, op: Op) -> list[Op]:
+    y = op.outputs[0]
+    users = g.consumers(y)
+    if y == g.output or len(users) != 1 or users[0].kind in ENGINE_READS + ("dequant",):
+        return [op]
+    user = users[0]
+    yi, sx = op.inputs
+    user.inputs = [yi if v == y else v for v in user.inputs]
+    entry = {"input": yi, "sx": sx} | {k: op.attrs[k] for k in DEQUANT_KEYS if op.attrs.get(k)}
+    user.attrs["dequant"] = [*user.attrs.get("dequant", []), entry]
+    return []
 
 
 def check_weights(g: Graph, state: dict) -> Graph:
@@ -235,15 +232,6 @@ def mark_engines(g: Graph) -> Graph:
     return g
 
 
-PIPELINE = (
-    "split_bitlinear",
-    "fold_bias",
-    "dedupe_quant",
-    "fuse_quant",
-    "check_weights",
-    "fuse_dequant",
-    "mark_engines",
-)
 #: passes that are optimizations (the Program computes the same values without them)
 OPTIONAL = ("fuse_dequant",)
 

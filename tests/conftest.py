@@ -281,7 +281,8 @@ def tiny_resv_config(**system):
 
     base = load_config("configs/kv260.yaml").to_dict()
     base["kv"].update(dim=32, lanes=8, max_clusters=8, max_cluster_size=64)
-    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265)
+    # overlap off: the compiler's SYNC analysis has no KV engine class (compiler/lower.py refuses resv with it)
+    base["system"].update(attention="resv", kv_min_context=64, kv_selected_share=0.265, overlap=False)
     base["system"].update(system)
     return config_from_dict(base, "tiny-resv")
 
@@ -294,3 +295,19 @@ def config_variant(acfg, **sections):
     for sec, fields in sections.items():
         d[sec].update(fields)
     return config_from_dict(d, source="test")
+
+
+def random_lm(cfg, seed: int = 0):
+    """A randomly initialized ``models.lm.TernaryLM`` of layout ``cfg`` in eval mode, its norms' weights drawn
+    away from 1 (uniform 0.5..1.5) so that they matter."""
+    import torch
+
+    from models.lm import TernaryLM
+
+    torch.manual_seed(seed)
+    m = TernaryLM(cfg)
+    with torch.no_grad():
+        for name, p in m.named_parameters():
+            if name.endswith("norm.weight"):
+                p.uniform_(0.5, 1.5)
+    return m.eval()

@@ -116,22 +116,17 @@ def test_prefill_attention_work_halves_for_a_long_prompt_and_decode_is_unchanged
 # ---------------------------------------------------------------------------------- bit-exact results
 torch = pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 
+from conftest import random_lm  # noqa: E402
+
 from compiler import compile_model  # noqa: E402
-from models.lm import TernaryLM  # noqa: E402
 from models.presets import bitnet_2b_layout  # noqa: E402
 from sim.runtime import Runtime, execute  # noqa: E402
 
 SMALL = bitnet_2b_layout(vocab=64, d_model=48, n_layers=2, n_heads=4, n_kv_heads=2, ffn=80, max_seq=96)
 
 
-def _small_model(seed=0):
-    torch.manual_seed(seed)
-    m = TernaryLM(SMALL)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return m.eval()
+def _small_model(seed: int = 0):
+    return random_lm(SMALL, seed)
 
 
 def _gemm_ops(prog, what: str) -> list[str]:

@@ -6,7 +6,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import assert_one_line_error, cli_json, run_cli
+from conftest import assert_one_line_error, cli_json, random_lm, run_cli
 
 pytest.importorskip("torch", reason="[torch] PyTorch is not installed (the ml extra)")
 import torch
@@ -21,7 +21,7 @@ from hw.config import config_from_dict, load_config
 from hw.program import Program, ProgramError, unpack_tlmm_weights
 from hw.ternary import unpack_weight_groups
 from models.bitlinear import ternary_weight
-from models.lm import FeedForward, TernaryLM, generate
+from models.lm import FeedForward, generate
 from models.presets import bitnet_2b_layout
 from sim.runtime import Runtime, execute
 
@@ -32,13 +32,7 @@ SWIGLU = dataclasses.replace(SMALL, activation="swiglu", subln=False, n_kv_heads
 
 
 def small_model(cfg=SMALL, seed=0):
-    torch.manual_seed(seed)
-    m = TernaryLM(cfg)
-    with torch.no_grad():  # norms away from 1 so that their weights matter
-        for name, p in m.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return m.eval()
+    return random_lm(cfg, seed)
 
 
 def graph_of(model):

@@ -117,14 +117,15 @@ def test_compiled_field_is_exact_off_its_default(monkeypatch):
     assert ev.exact_points == 1
 
 
-def test_overlap_points_are_compiled_and_exact():
-    """system.overlap (a COMPILED_FIELDS field): the step time is the overlapped schedule, equal to estimate()."""
+def test_overlap_points_are_scheduled_and_exact():
+    """system.overlap (SCHEDULED_FIELDS): the step time is the overlapped schedule of the step Programs,
+    equal to estimate() (more in tests/test_dse_overlap.py)."""
     base = load_config(REPO / "configs" / "default.yaml")
     ev = FastEvaluator(build_workload("tiny", 16, 40, base))
     acfg = _variant(base, system={"overlap": True})
     fig = ev.estimate(acfg)
     assert_same_estimate(estimate("tiny", acfg, 16, 40), fig, "overlap")
-    assert ev.exact_points == 1 and fig["overlap"] is True
+    assert ev.scheduled_points == 1 and ev.exact_points == 0 and fig["overlap"] is True
 
 
 def test_unmirrored_field_falls_back_to_compiling(monkeypatch):

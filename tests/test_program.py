@@ -12,14 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from conftest import assert_one_line_error, cli_json, run_cli
+from conftest import assert_one_line_error, cli_json, random_lm, run_cli
 
 import hw.program as hp
 from compiler import CompileError, compile_model
 from hw.config import load_config
 from hw.isa import GemmCommand, HostCommand, TlmmCommand, decode_program, encode_program
 from hw.program import DEQUANT_PREFIX, HOST_OP_KINDS, Program, ProgramError
-from models.lm import TernaryLM
 from models.presets import bitnet_2b_layout
 from sim.runtime import _Host, check_act_range, execute
 
@@ -30,14 +29,8 @@ TINY = bitnet_2b_layout(
 TOKENS = np.array([3, 1, 4])
 
 
-def tiny_model(seed: int = 0) -> TernaryLM:
-    torch.manual_seed(seed)
-    m = TernaryLM(TINY)
-    with torch.no_grad():
-        for name, p in m.named_parameters():
-            if name.endswith("norm.weight"):
-                p.uniform_(0.5, 1.5)
-    return m.eval()
+def tiny_model(seed: int = 0):
+    return random_lm(TINY, seed)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,11 @@ evaluator derives the multiset of command shapes the compiler's lowering emits f
 shape and the config fields it depends on) and multiplies by its count; host ops (config-independent) are
 costed once per device. ``tests/test_dse.py`` checks the result equals :func:`tritium.estimate.estimate`.
 With ``system.overlap`` the step time is the Programs' overlapped schedule, which a sum of shapes cannot give:
-such a point is costed by compiling it (``COMPILED_FIELDS``; exact, slower).
+such a point is costed from its step Programs with ``cost_program`` itself (:meth:`FastEvaluator.scheduled`;
+exact). The Programs depend only on the config fields outside ``COST_FIELDS``/``RETRIEVAL_FIELDS``/
+``UNUSED_FIELDS`` (:func:`compile_key`), so they are cached per compile key: a point that differs from an
+earlier one only in timing, energy or retrieval fields re-costs and re-schedules the cached commands, and
+a new compile key lowers the model's graph again (captured once per model, ``compiler.CompiledModel.relower``).
 
 Fail fast: a point whose config does not validate, whose weights and KV cache do not fit the address space,
 whose modeled resources (:mod:`tritium.resources`, a fit to our RTL's synthesis runs: both engines plus the
@@ -165,11 +169,11 @@ UNUSED_FIELDS = (
 #: Config fields the fast evaluator knows it does not mirror (e.g. a choice that makes the step time
 #: other than the sum of its commands' times): a point that sets one to anything but its schema default is
 #: costed exactly, by compiling it. The default must keep the Programs the fast path mirrors.
-COMPILED_FIELDS: tuple[str, ...] = (
-    # the step time is the Programs' overlapped schedule (sim/top_model.py), which a sum of shapes cannot give
-    "system.overlap",
-)
-KNOWN_FIELDS = frozenset(PROGRAM_FIELDS + COST_FIELDS + RETRIEVAL_FIELDS + UNUSED_FIELDS)
+COMPILED_FIELDS: tuple[str, ...] = ()
+#: Config fields that make the step time the Programs' overlapped schedule (sim/top_model.py), which a sum of
+#: shapes cannot give: a point that sets one is costed from its (cached) step Programs (:meth:`FastEvaluator.scheduled`).
+SCHEDULED_FIELDS: tuple[str, ...] = ("system.overlap",)
+KNOWN_FIELDS = frozenset(PROGRAM_FIELDS + COST_FIELDS + RETRIEVAL_FIELDS + UNUSED_FIELDS + SCHEDULED_FIELDS)
 
 
 def config_fields() -> dict[str, object]:
@@ -219,6 +223,74 @@ class _HostProgram:
         return self._commands
 
 
+def compile_key(acfg: AcceleratorConfig, lm_head: str | None = None) -> str:
+    """What a dense step Program depends on besides its attention commands (:func:`attention_key`): the
+    config without the fields that only the costing reads (:data:`COST_FIELDS`), the retrieval fields (the
+    estimate compiles dense Programs and costs retrieval in closed form) and the unused ones, with the LM head
+    placed by ``lm_head`` (None: ``system.lm_head``). A Program's host ops carry their modeled latency
+    (``attrs["cycles"]``, from the clock and the device), which ``cost_program`` does not read: it costs a
+    host op from its tensors and the config it is given. ``tests/test_dse_overlap.py`` checks that the
+    cached Programs give ``estimate()``'s figures."""
+    import json
+
+    d = acfg.to_dict()
+    d.pop("name", None)
+    for name in COST_FIELDS + RETRIEVAL_FIELDS + UNUSED_FIELDS:
+        node = d
+        *path, last = name.split(".")
+        for part in path:
+            node = node[part]
+        node.pop(last, None)
+    d["system"]["lm_head"] = acfg.system.lm_head if lm_head is None else lm_head
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def attention_key(acfg: AcceleratorConfig, attention, tokens: int, pos: int) -> tuple:
+    """The step's attention commands as the lowering cuts them (``compiler.tiling.attention_gemms`` of each
+    attention shape ``(n_heads, n_kv_heads, head_dim, ...)``, causal, under ``gemm_cost(acfg)``): the causal
+    band cut is the lowering's one input from the timing fields (memory timing and ``gemm.buffers`` through
+    the GEMM's cost), so two configs with the same :func:`compile_key` and the same cut lower the same
+    Program."""
+    from compiler.tiling import attention_gemms, gemm_cost
+
+    cost = gemm_cost(acfg)
+    return tuple(
+        attention_gemms(acfg.gemm_geometry, a[0], a[1], a[2], tokens, pos + tokens, True, cost)
+        for a in attention
+    )
+
+
+#: Step Programs (as :class:`_HostProgram`: their decoded commands, host ops and tensors) per (model, compile
+#: key, tokens, position, attention key), least recently used first; ``PROGRAM_STATS`` counts hits and misses (tests read it).
+_PROGRAMS: dict = {}
+_PROGRAMS_MAX = 48
+PROGRAM_STATS: Counter = Counter()
+
+
+def step_program(
+    model: str, acfg: AcceleratorConfig, lm_head: str, tokens: int, pos: int, attention=()
+) -> _HostProgram:
+    """The dense Program of the step of ``tokens`` tokens at ``pos`` (logits of the last one), as
+    :func:`tritium.estimate.estimate` compiles it, cached per :func:`compile_key` and :func:`attention_key`
+    (``attention``: the model's attention shapes, ``Workload.attention``)."""
+    key = (model, compile_key(acfg, lm_head), tokens, pos, attention_key(acfg, attention, tokens, pos))
+    hp = _PROGRAMS.pop(key, None)
+    if hp is None:
+        from tritium import estimate as E
+
+        PROGRAM_STATS["miss"] += 1
+        if len(E._COMPILED) > 16:  # a point per compile key: keep the lowered models bounded
+            E._COMPILED.clear()
+        prog = E._compiled(model, acfg, lm_head).program(tokens, pos, logits="last")
+        hp = _HostProgram(prog.commands(), prog.host_ops, prog.tensors)
+        while len(_PROGRAMS) >= _PROGRAMS_MAX:
+            _PROGRAMS.pop(next(iter(_PROGRAMS)))
+    else:
+        PROGRAM_STATS["hit"] += 1
+    _PROGRAMS[key] = hp  # most recently used last
+    return hp
+
+
 _WORKLOADS: dict = {}
 _STEPS: dict = {}  # (model, system section, tokens, pos) → _Step
 
@@ -253,6 +325,10 @@ def build_workload(
     the LM head placed by ``lm_head`` (None: ``acfg.system.lm_head``): the host ops differ per placement, and
     ``acc_int8`` adds the LM head's GEMM commands (:meth:`FastEvaluator.commands`)."""
     lm_head = acfg.system.lm_head if lm_head is None else lm_head
+    # the fast path costs points without overlap (an overlapped point is costed from its own Programs,
+    # FastEvaluator.scheduled): its host ops are those of the Programs without overlap (with overlap the
+    # lowering splits the softmax per attention group)
+    acfg = dataclasses.replace(acfg, system=dataclasses.replace(acfg.system, overlap=False))
     system = dataclasses.replace(acfg.system, lm_head=lm_head)  # every system choice may change the host ops
     key = (model, prompt, context, system)
     if key in _WORKLOADS:
@@ -308,7 +384,8 @@ class FastEvaluator:
         self._energy: dict = caches.setdefault("energy", {})
         self._host_cache: dict = {}
         self._unmirrored = unmirrored_fields()
-        self.exact_points = 0  # points costed by compiling them
+        self.exact_points = 0  # points with unmirrored fields: costed from their compiled Programs
+        self.scheduled_points = 0  # overlapped points (SCHEDULED_FIELDS): costed from their compiled Programs
 
     def needs_exact(self, acfg: AcceleratorConfig) -> list[str]:
         """The fields that make ``acfg`` an exact (compiled) point: unmirrored fields off their default, or
@@ -318,20 +395,36 @@ class FastEvaluator:
         return [k for k, d in self._unmirrored.items() if _field_value(acfg, k) != d]
 
     def exact(self, acfg: AcceleratorConfig) -> dict:
-        """``estimate()``'s figures by compiling ``acfg`` (no progress bar, no on-disk cache)."""
-        from tritium import estimate as E
-
-        if len(E._COMPILED) > 16:  # an exact sweep compiles per point: keep the memory bounded
-            E.clear_cache()
+        """``estimate()``'s figures from ``acfg``'s compiled step Programs (:meth:`programs_estimate`)."""
         self.exact_points += 1
+        return self.programs_estimate(acfg)
+
+    def scheduled(self, acfg: AcceleratorConfig) -> dict:
+        """An overlapped point (:data:`SCHEDULED_FIELDS`): ``estimate()``'s figures from its step Programs,
+        whose overlapped schedule ``cost_program`` runs (:meth:`programs_estimate`)."""
+        self.scheduled_points += 1
+        return self.programs_estimate(acfg)
+
+    def programs_estimate(self, acfg: AcceleratorConfig) -> dict:
+        """``estimate()``'s figures, costed as it costs them: ``cost_program`` on the dense step Programs (the
+        decode step at the retrieval plan's effective context with ``system.attention: resv``, plus
+        retrieval's closed-form extras), the Programs taken from the compile-key cache (:func:`step_program`;
+        no progress bar, no on-disk cache)."""
+        from tritium.estimate import cost_program, summarize
+
         w = self.w
-        if acfg.system.attention == "resv":  # the estimate's own retrieval path
-            return E.estimate(w.model, acfg, w.prompt, w.context, lm_head=acfg.system.lm_head)
-        cm = E._compiled(w.model, acfg)
+        lm = acfg.system.lm_head
         energy = self._energy_of(acfg.device.family)
-        pre = E.cost_program(cm.program(w.prompt, 0, logits="last"), acfg, energy)
-        dec = E.cost_program(cm.program(1, w.context - 1, logits="last"), acfg, energy)
-        return E.summarize(w.model, acfg, w.prompt, w.context, pre, dec, energy, acfg.system.lm_head)
+
+        def cost(tokens: int, pos: int):
+            prog = step_program(w.model, acfg, lm, tokens, pos, w.attention)
+            return cost_program(prog, acfg, energy)
+
+        pre = cost(w.prompt, 0)
+        if acfg.system.attention == "resv":
+            return self._retrieval(acfg, w, pre, lambda l_eff: cost(1, l_eff - 1))
+        dec = cost(1, w.context - 1)
+        return summarize(w.model, acfg, w.prompt, w.context, pre, dec, energy, lm)
 
     def workload(self, acfg: AcceleratorConfig) -> Workload:
         """The workload of ``acfg``'s LM-head placement (``system.lm_head``; compiled once per placement)."""
@@ -435,10 +528,14 @@ class FastEvaluator:
 
         if self.needs_exact(acfg):
             return self.exact(acfg)
+        if any(_field_value(acfg, k) for k in SCHEDULED_FIELDS):
+            return self.scheduled(acfg)
         w = self.workload(acfg)
         pre = self.step_cost(acfg, w.steps["prefill"])
         if acfg.system.attention == "resv":
-            return self._retrieval(acfg, w, pre)
+            return self._retrieval(
+                acfg, w, pre, lambda l_eff: self.step_cost(acfg, self._decode_step(w, l_eff))
+            )
         dec = self.step_cost(acfg, w.steps["decode"])
         return summarize(w.model, acfg, w.prompt, w.context, pre, dec, lm_head=acfg.system.lm_head)
 
@@ -449,27 +546,27 @@ class FastEvaluator:
 
         return model_geometry(acfg, self.w.model)
 
-    def _retrieval(self, acfg: AcceleratorConfig, w: Workload, pre) -> dict:
+    def _decode_step(self, w: Workload, l_eff: int) -> _Step:
+        """The workload's decode step attending to ``l_eff`` tokens (its host ops; memoized)."""
+        if l_eff == w.context:
+            return w.steps["decode"]
+        from tritium.estimate import _compiled
+
+        cap = w.capture
+        system = dataclasses.replace(cap.system, lm_head=w.lm_head)
+        key = (w.model, system, 1, l_eff - 1)
+        return _STEPS.get(key) or _step(_compiled(w.model, cap, w.lm_head), w.model, system, 1, l_eff - 1)
+
+    def _retrieval(self, acfg: AcceleratorConfig, w: Workload, pre, decode_cost) -> dict:
         """A ``system.attention: resv`` point, as ``tritium.estimate.estimate`` costs it: the dense decode
-        step at the plan's effective context (``plan.l_eff``) from the shape costs, plus what retrieval adds
-        to the prefill and the decode step (:func:`tritium.retrieval.retrieval_step_cost`)."""
+        step at the plan's effective context (``plan.l_eff``; ``decode_cost(l_eff)`` costs it), plus what
+        retrieval adds to the prefill and the decode step (:func:`tritium.retrieval.retrieval_step_cost`)."""
         from tritium.estimate import _retrieval_report, _share_assumption, summarize
         from tritium.retrieval import plan_decode, retrieval_step_cost
 
         rgeo, layers = self.retrieval_geometry(acfg)
         plan = plan_decode(acfg, rgeo, w.context, w.max_seq)
-        if plan.l_eff == w.context:
-            dstep = w.steps["decode"]
-        else:
-            from tritium.estimate import _compiled
-
-            cap = w.capture
-            system = dataclasses.replace(cap.system, lm_head=w.lm_head)
-            key = (w.model, system, 1, plan.l_eff - 1)
-            dstep = _STEPS.get(key) or _step(
-                _compiled(w.model, cap, w.lm_head), w.model, system, 1, plan.l_eff - 1
-            )
-        dec = self.step_cost(acfg, dstep)
+        dec = decode_cost(plan.l_eff)
         energy = self._energy_of(acfg.device.family)
         parts = []
         for cost, tokens, p in ((pre, w.prompt, None), (dec, 1, plan)):
@@ -512,6 +609,12 @@ def screen(spec: Spec, params: dict, evaluators=None) -> tuple[str, str, dict, d
         acfg = config_from_dict(d, source=f"{spec.path} point")
     except ConfigError as e:
         return "invalid", str(e).split(": ", 1)[-1], {}, None
+    from compiler import CompileError, check_config
+
+    try:  # a config the compiler refuses (e.g. tlmm.act_bits): estimate() could not cost it either
+        check_config(acfg)
+    except CompileError as e:
+        return "invalid", str(e), {}, None
     m: dict = {"clock_mhz": acfg.clock_mhz}
     evs = _evaluators(evaluators)
     seen: set = set()
@@ -627,8 +730,12 @@ def _worker_init(spec: Spec, workloads: list, log_path: str, parent: int) -> Non
 
 def _worker_eval(job: tuple) -> tuple:
     uid, cfg_dict, res, meta = job
+    from compiler import CompileError
+
     try:
         status, reason, m = evaluate_point(_W["ev"], _W["spec"], cfg_dict, res)
+    except CompileError as e:  # the compiler refuses the point (an overlapped point is compiled): bad input
+        status, reason, m = "invalid", str(e).splitlines()[0], dict(res)
     except Exception as e:  # a bug must not kill the sweep; it is recorded
         status, reason, m = "error", f"{type(e).__name__}: {e}".splitlines()[0], dict(res)
     if _W["parent"] and os.getppid() != _W["parent"]:

@@ -191,6 +191,7 @@ def cost_program(
     wb = tlmm_wgt_beat_bytes(t)
     c = StepCost()
     gemm_timing: dict = {}  # a GEMM's timing depends on its tile counts only (not on its addresses)
+    tlmm_shapes: dict = {}  # (tokens, k_chunks, n_blocks, wbuf) → a TLMM command's figures
     cmds = prog.commands()
     durations = []  # seconds of each command (SYNC: 0), for the overlapped schedule
     for cmd in cmds:
@@ -200,35 +201,45 @@ def cost_program(
             continue
         c.commands += 1
         if isinstance(cmd, TlmmCommand):
-            m, kc, nb = cmd.tokens, cmd.k_chunks, cmd.n_blocks
-            shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
-            comp = tlmm_cycles(t, shape)
-            wbytes = kc * nb * wb  # the weight run: from DRAM, or from the weight buffer (wbuf 2)
-            nbytes = (0 if cmd.wbuf == WBUF_REUSE else wbytes) + kc * m * t.chunk_k + nb * m * t.columns * 4
-            if memory_bound:
-                cyc = max(tlmm_command_cycles(acfg, cmd), math.ceil(nbytes / dram))
-            else:
-                cyc = comp
-            ev = tlmm_events_closed_form(t, shape)
+            # every figure of a TLMM command depends on its shape and wbuf only (not its addresses): worked
+            # out once per shape in this call, added per command in Program order (the same sums)
+            tkey = (cmd.tokens, cmd.k_chunks, cmd.n_blocks, cmd.wbuf)
+            tv = tlmm_shapes.get(tkey)
+            if tv is None:
+                m, kc, nb = tkey[:3]
+                shape = TlmmShape(m, kc * t.chunk_k, nb * t.columns, kc, nb)
+                comp = tlmm_cycles(t, shape)
+                wbytes = kc * nb * wb  # the weight run: from DRAM, or from the weight buffer (wbuf 2)
+                nbytes = (
+                    (0 if cmd.wbuf == WBUF_REUSE else wbytes) + kc * m * t.chunk_k + nb * m * t.columns * 4
+                )
+                if memory_bound:
+                    cyc = max(tlmm_command_cycles(acfg, cmd), math.ceil(nbytes / dram))
+                else:
+                    cyc = comp
+                ev = tlmm_events_closed_form(t, shape)
+                # memory-bound (as a GEMM's record): the command waits on memory (its cycles beyond the
+                # engine's compute closed form) longer than it computes
+                mem_bound = cyc - comp > comp
+                e_eng = 1e-12 * (
+                    ev["lookups"] * pj["lookup"]
+                    + ev["table_entry_writes"] * pj["table_entry"]
+                    + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns * pj["sram_byte"]
+                    + (wbytes * pj["sram_byte"] if cmd.wbuf else 0.0)  # weight buffer written (1) or read (2)
+                )
+                e_dram = 1e-12 * nbytes * pj["dram_byte"]
+                roof = ("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f)
+                tv = tlmm_shapes[tkey] = (cyc, comp, kc * nb * m, mem_bound, nbytes, e_eng, e_dram, roof)
+            cyc, comp, issue, mem_bound, nbytes, e_eng, e_dram, roof = tv
             c.engine_cycles["tlmm"] += cyc
             c.compute_cycles["tlmm"] += comp
-            c.busy_issue["tlmm"] += kc * nb * m
-            # memory-bound (as a GEMM's record): the command waits on memory (its cycles beyond the engine's
-            # compute closed form) longer than it computes
-            mem_bound = cyc - comp > comp
+            c.busy_issue["tlmm"] += issue
             c.time_by["tlmm memory" if mem_bound else "tlmm compute"] += cyc / f
             c.dram_bytes += nbytes
             c.dram_bytes_by["accelerator"] += nbytes
-            e_eng = 1e-12 * (
-                ev["lookups"] * pj["lookup"]
-                + ev["table_entry_writes"] * pj["table_entry"]
-                + (ev["acc_mem_reads"] + ev["acc_mem_writes"]) * 4 * t.columns * pj["sram_byte"]
-                + (wbytes * pj["sram_byte"] if cmd.wbuf else 0.0)  # weight buffer written (1) or read (2)
-            )
-            e_dram = 1e-12 * nbytes * pj["dram_byte"]
             c.energy_j["tlmm"] += e_eng
             c.energy_j["dram"] += e_dram
-            c.roofline.append(("tlmm", 2.0 * m * kc * t.chunk_k * nb * t.columns, nbytes, cyc / f))
+            c.roofline.append(roof)
             c.seconds += cyc / f
             if records is not None:
                 bound = "DRAM" if mem_bound else "compute"
@@ -300,11 +311,14 @@ def _record(engine: str, cycles: int, seconds: float, nbytes: int, energy_j: flo
 
 
 _COMPILED: dict = {}  # (model, config fingerprint) → CompiledModel, per process
+_CAPTURED: dict = {}  # model → a CompiledModel whose graph other configs are lowered from (relower)
+STATS: dict = {"captures": 0, "lowerings": 0}  # this process's model captures and lowerings (tests read it)
 
 
 def clear_cache() -> None:
     """Forget compiled models (the next estimate captures and runs the passes again)."""
     _COMPILED.clear()
+    _CAPTURED.clear()
 
 
 def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str | None = None):
@@ -316,10 +330,20 @@ def _compiled(model_spec: str, acfg: AcceleratorConfig, lm_head: str | None = No
     cfg = {**acfg.to_dict(), "system": dataclasses.asdict(dataclasses.replace(acfg.system, lm_head=lm_head))}
     key = (model_spec, json.dumps(cfg, sort_keys=True, default=str))
     if key not in _COMPILED:  # shapes suffice
-        # dense Programs: retrieval is costed on top of them in closed form (tritium/retrieval.py)
-        _COMPILED[key] = compile_model(
-            load_model(model_spec, device="meta"), acfg, lm_head=lm_head, retrieval=False
-        )
+        # dense Programs: retrieval is costed on top of them in closed form (tritium/retrieval.py).
+        # The capture and the graph passes do not read the config: captured once per model, then lowered
+        # per config (compiler.CompiledModel.relower; the same Lowering compile_model runs)
+        base = _CAPTURED.get(model_spec)
+        if base is None:
+            cm = compile_model(load_model(model_spec, device="meta"), acfg, lm_head=lm_head, retrieval=False)
+            STATS["captures"] += 1
+            if len(_CAPTURED) >= 4:
+                _CAPTURED.clear()
+            _CAPTURED[model_spec] = cm
+        else:
+            cm = base.relower(acfg, lm_head, retrieval=False)
+        STATS["lowerings"] += 1
+        _COMPILED[key] = cm
     return _COMPILED[key]
 
 
