@@ -137,6 +137,10 @@ COST_FIELDS = (
     "device.power_boundary",
     "device.sources",
 )
+#: The cost fields an overlapped lowering also reads: compiler/chunks.py orders a prefill's host-op chunks by
+#: their modeled latency (compiler.hostcost.host_cycles: the clock and the host), so with ``system.overlap``
+#: they stay in :func:`compile_key`.
+ORDER_FIELDS = ("clock_mhz", "device.host_gflops", "device.host_gbs", "device.dram_gbs", "device.host_op_us")
 #: KV retrieval's fields (docs/design.md, "KV retrieval in the loop"): read only by a point with
 #: ``system.attention: resv``, which the fast evaluator costs as ``tritium estimate`` does (the dense decode
 #: step at the plan's effective context plus ``tritium.retrieval.retrieval_step_cost``'s extras); a dense
@@ -227,7 +231,8 @@ def compile_key(acfg: AcceleratorConfig, lm_head: str | None = None) -> str:
     """What a dense step Program depends on besides its attention commands (:func:`attention_key`): the
     config without the fields that only the costing reads (:data:`COST_FIELDS`), the retrieval fields (the
     estimate compiles dense Programs and costs retrieval in closed form) and the unused ones, with the LM head
-    placed by ``lm_head`` (None: ``system.lm_head``). A Program's host ops carry their modeled latency
+    placed by ``lm_head`` (None: ``system.lm_head``); with overlap the :data:`ORDER_FIELDS` stay in it (the
+    lowering orders host-op chunks by their latency). A Program's host ops carry their modeled latency
     (``attrs["cycles"]``, from the clock and the device), which ``cost_program`` does not read: it costs a
     host op from its tensors and the config it is given. ``tests/test_dse_overlap.py`` checks that the
     cached Programs give ``estimate()``'s figures."""
@@ -235,7 +240,10 @@ def compile_key(acfg: AcceleratorConfig, lm_head: str | None = None) -> str:
 
     d = acfg.to_dict()
     d.pop("name", None)
+    keep = ORDER_FIELDS if acfg.system.overlap else ()  # the chunk order reads them (ORDER_FIELDS)
     for name in COST_FIELDS + RETRIEVAL_FIELDS + UNUSED_FIELDS:
+        if name in keep:
+            continue
         node = d
         *path, last = name.split(".")
         for part in path:
