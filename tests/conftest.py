@@ -311,3 +311,32 @@ def random_lm(cfg, seed: int = 0):
             if name.endswith("norm.weight"):
                 p.uniform_(0.5, 1.5)
     return m.eval()
+
+
+def overlapped_pairs(p, acfg):
+    """Brute-force race check of a Program's overlapped schedule: every pair of commands (SYNCs left out)
+    that the top level's schedule runs at the same time must not conflict (RAW, WAR or WAW on their byte
+    ranges, computed here independently of compiler.schedule's SYNC insertion). Returns (the non-SYNC command
+    indices, the schedule, the overlapping pairs)."""
+    from compiler.schedule import command_ranges
+    from hw.isa import SyncCommand
+    from sim.top_model import program_schedule
+
+    s = program_schedule(p)
+    cmds = p.commands()
+    idx = [i for i, c in enumerate(cmds) if not isinstance(c, SyncCommand)]
+    rng = {i: command_ranges(acfg, cmds[i], p.host_ops, p.tensors) for i in idx}
+
+    def hit(xs, ys):
+        return any(a0 < b1 and b0 < a1 for a0, a1 in xs for b0, b1 in ys)
+
+    pairs = []
+    for a, i in enumerate(idx):
+        ri, wi = rng[i]
+        for j in idx[a + 1 :]:
+            if s.dispatch[j] > s.done[i]:
+                continue  # i finished before j started
+            rj, wj = rng[j]
+            assert not (hit(wi, rj) or hit(ri, wj) or hit(wi, wj)), (i, j, cmds[i], cmds[j])
+            pairs.append((i, j))
+    return idx, s, pairs

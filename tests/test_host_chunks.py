@@ -7,12 +7,11 @@ import dataclasses
 
 import numpy as np
 import pytest
-from conftest import REPO
+from conftest import REPO, overlapped_pairs
 
 from compiler.chunks import MIN_CHUNK_ROWS, ROW_ATTENTION, dependencies, host_chunk_rows, row_wise
-from compiler.schedule import command_ranges
 from hw.config import load_config
-from hw.isa import HostCommand, SyncCommand
+from hw.isa import HostCommand
 
 pytestmark = pytest.mark.torch
 
@@ -155,28 +154,12 @@ def test_no_race_under_the_overlapped_schedule(compiled):
     chunks) is ordered by the top level's schedule (the later dispatches after the earlier is done); and
     executing the commands in the order they finish gives the same logits as Program order."""
     from sim.runtime import execute
-    from sim.top_model import program_schedule
 
     _, acfg, cm = compiled
     p = cm.program(len(PROMPT), 0)
-    s = program_schedule(p)
     cmds = p.commands()
-    idx = [i for i, c in enumerate(cmds) if not isinstance(c, SyncCommand)]
-    rng = {i: command_ranges(acfg, cmds[i], p.host_ops, p.tensors) for i in idx}
-
-    def hit(xs, ys):
-        return any(a0 < b1 and b0 < a1 for a0, a1 in xs for b0, b1 in ys)
-
-    overlapped = 0
-    for a, i in enumerate(idx):
-        ri, wi = rng[i]
-        for j in idx[a + 1 :]:
-            if s.dispatch[j] > s.done[i]:
-                continue  # i finished before j started
-            overlapped += 1
-            rj, wj = rng[j]
-            assert not (hit(wi, rj) or hit(ri, wj) or hit(wi, wj)), (i, j, cmds[i], cmds[j])
-    assert overlapped > 0
+    idx, s, pairs = overlapped_pairs(p, acfg)
+    assert len(pairs) > 0
     # run in finish order: a host chunk that overlaps an engine command may run entirely before it
     order = sorted(idx, key=lambda i: (s.done[i], i))
     assert order != idx
