@@ -117,6 +117,7 @@ class Lowering:
         self.alloc = Allocator(0, self.limit)
         self._plan_persistent()
         self._image = None
+        self.largest_last = self._largest_last_ops() if acfg.system.overlap else frozenset()
 
     # ------------------------------------------------------------------ helpers
     def beats(self, nbytes: int) -> int:
@@ -174,6 +175,31 @@ class Lowering:
         if not tlmm_fits_fields(self.acfg.tlmm, slices):
             raise CompileError(f"{op.where}: K={k}, N={n} cannot be tiled into 16-bit TLMM command fields")
         return slices
+
+    def _largest_last_ops(self) -> frozenset[int]:
+        """Indices (in ``self.g.ops``) of the TLMM ops whose weight slices run smallest first, largest last
+        (:func:`compiler.tiling.tlmm_tiles`), for an overlapped prefill: an op whose input an earlier TLMM op
+        of the step already read (its first slice waits for no host op) and whose result is the last TLMM
+        result some host op reads. A token chunk's result rows are complete only after the op's last slice;
+        with the longest slice last, that host op's row chunks (compiler/chunks.py) run beside it rather than
+        after it. BitNet's FFN: the up projection (the gate read the same activations first), whose
+        ``dequant+swiglu+quant`` chunks otherwise followed its 41-block remainder slice on kv260 and left
+        the engine waiting ~0.4 ms a layer (docs/design.md, "Weight slice order")."""
+        produced = {v: i for i, op in enumerate(self.g.ops) if op.kind == "tlmm" for v in op.outputs}
+        read: set[str] = set()
+        out = set()
+        for i, op in enumerate(self.g.ops):
+            if op.kind != "tlmm":
+                continue
+            fresh = op.inputs[0] not in read
+            read.add(op.inputs[0])
+            if fresh:
+                continue
+            for c in self.g.consumers(op.outputs[0]):
+                if c.kind != "tlmm" and all(produced.get(v, -1) <= i for v in c.inputs):
+                    out.add(i)
+                    break
+        return frozenset(out)
 
     # ------------------------------------------------------------------ persistent region
     def _plan_persistent(self) -> None:
@@ -389,10 +415,10 @@ class Lowering:
             plan.tensor("tokens", T * 4, "int32", [T])
         f = self.g.features
         quant_of: dict[str, dict] = {}
-        for op in self.g.ops:
+        for i, op in enumerate(self.g.ops):
             kind = op.kind
             if kind == "tlmm":
-                self._lower_tlmm(plan, op, T, quant_of)
+                self._lower_tlmm(plan, op, T, quant_of, i in self.largest_last)
                 continue
             if kind == "attention":
                 self._lower_attention(plan, op, T, pos)
@@ -477,7 +503,7 @@ class Lowering:
             names.append(row)
         return names
 
-    def _lower_tlmm(self, plan: StepPlan, op, T: int, quant_of: dict) -> None:
+    def _lower_tlmm(self, plan: StepPlan, op, T: int, quant_of: dict, largest_last: bool = False) -> None:
         t = self.acfg.tlmm
         kss, nss = self.tlmm_slices(op)
         xq = op.inputs[0]
@@ -490,7 +516,7 @@ class Lowering:
                     quant_of[xq]["slices"].append(a)
         yi = op.outputs[0]
         parts = []
-        for tl in tlmm_tiles(t, T, (kss, nss)):
+        for tl in tlmm_tiles(t, T, (kss, nss), largest_last):
             res = plan.tensor(
                 f"{yi}#{tl.c}.{tl.si}.{tl.ni}",
                 tl.nb * tl.m * t.columns * 4,

@@ -144,12 +144,14 @@ class Tile(NamedTuple):
     wbuf: int = 0
 
 
-def tlmm_tiles(t: TlmmConfig, tokens: int, slices: Slices) -> Iterator[Tile]:
+def tlmm_tiles(t: TlmmConfig, tokens: int, slices: Slices, largest_last: bool = False) -> Iterator[Tile]:
     """The op's commands in emission order. Without a weight buffer, or with one token chunk: token chunks,
     then K slices, then N slices, weights from DRAM. With a weight buffer and several token chunks: K
     slices, then N slices, then token chunks — the first chunk streams the slice's weights from DRAM and
     fills the buffer (``wbuf`` 1), the others read them from the buffer (``wbuf`` 2), so a prompt reads
-    each weight once (:func:`tlmm_slices` makes every slice fit the buffer)."""
+    each weight once (:func:`tlmm_slices` makes every slice fit the buffer). ``largest_last``: with a weight
+    buffer, K and N slices in order of size, the largest last (ties in slice order; the lowering chooses
+    it, ``Lowering._largest_last_ops``) — the same commands, their results bit for bit the same."""
     kss, nss = slices
     chunks = [(c, m0, min(t.tokens, tokens - m0)) for c, m0 in enumerate(range(0, tokens, t.tokens))]
     reuse = t.weight_buffer_beats > 0 and len(chunks) > 1
@@ -166,8 +168,13 @@ def tlmm_tiles(t: TlmmConfig, tokens: int, slices: Slices) -> Iterator[Tile]:
                 for ni in range(len(nss)):
                     yield tile(c, m0, m, si, ni, 0)
         return
-    for si in range(len(kss)):
-        for ni in range(len(nss)):
+
+    def order(ss):
+        idx = range(len(ss))
+        return sorted(idx, key=lambda i: ss[i][1] - ss[i][0]) if largest_last else idx
+
+    for si in order(kss):
+        for ni in order(nss):
             for c, m0, m in chunks:
                 yield tile(c, m0, m, si, ni, 1 if c == 0 else 2)
 

@@ -33,10 +33,14 @@ def small():
 @pytest.mark.torch
 @pytest.mark.verilator
 def test_top_cosim_with_weight_buffer(small):
-    """One decoder layer of the tiny model through the RTL top level with a 256-beat weight buffer: a 5-token
-    prefill (3 token groups: fill, reuse, reuse per weight slice) and a decode step; logits bit-exact against
-    PyTorch int mode and the executor, every command's cycles equal to sim/top_model.py."""
-    rep = top_one_layer(small, PROMPT, 2)
+    """One decoder layer of the tiny model through the RTL top level with a 256-beat weight buffer and overlap
+    on: a 12-token prefill (6 token groups: fill, then 5 reuses per weight slice; host ops in row chunks of 8 +
+    4 rows; the up projection's N slices 16, 168, 168 columns in that order, tests/test_slice_order.py) and a
+    decode step; logits bit-exact against PyTorch int mode and the executor, every command's cycles and each
+    step's cycles equal to sim/top_model.py."""
+    acfg = dataclasses.replace(small, system=dataclasses.replace(small.system, overlap=True))
+    rep = top_one_layer(acfg, b"import os, x", 2)
+    assert rep.overlap and rep.rtl_step_cycles == rep.model_step_cycles
     assert len(rep.commands[0]) > len(rep.commands[1])
 
 
