@@ -111,6 +111,11 @@ def _cost(tensors: dict, op, kind: str) -> tuple[float, float]:
         n = {"attn_prep": T * (h + 2 * hkv) * hd, "attn_softmax": heads * T * ctx, "attn_out": h * T * hd}[
             kind
         ]
+        if kind == "attn_softmax" and "qk_bands" in a:
+            # a causal prefill's Q·Kᵀ in bands of query rows (compiler.tiling.attention_bands): the host reads
+            # each band's scores and writes its P, over the keys the band's rows attend — not the square
+            groups = heads // (a.get("group", 1) * (h // hkv))  # a group's rows: its heads × T tokens
+            n = groups * sum((b1 - b0) * keys for b0, b1, keys in a["qk_bands"])
     else:
         first = t.get(op.inputs[0]) if op.inputs else None
         if first is not None and first.attrs.get("parts"):
