@@ -52,6 +52,7 @@ from compiler.tiling import (
     lm_head_gemms,
     lm_head_weight_beats,
     retrieval_geometry,
+    softmax_band_attrs,
     tlmm_fits_fields,
     tlmm_slices,
     tlmm_tiles,
@@ -784,9 +785,7 @@ class Lowering:
         # a band of query rows starts at a whole row tile: its A tiles (Q·Kᵀ) and its output tiles (P·V) are
         # a contiguous run of the group's (tiles in (row tile, ·) order)
         kt_gd, nt_gd = _ceil(gd, geo.k_tile), _ceil(gd, geo.cols)
-        band_attrs = {}
-        if len(qkb) > 1 or len(pvb) > 1:  # the softmax reads / writes the bands' tensors
-            band_attrs = {"qk_bands": [list(b) for b in qkb], "pv_bands": [list(b) for b in pvb]}
+        band_attrs = softmax_band_attrs(qkb, pvb)  # the softmax reads / writes the bands' tensors
 
         def sub(b, j: int) -> str:  # band j's suffix of the op name (none for one band)
             return "" if len(b) == 1 else f".{j}"

@@ -30,6 +30,7 @@ __all__ = [
     "ceil_div",
     "beats",
     "slot_beats",
+    "softmax_band_attrs",
     "tlmm_slices",
     "tlmm_tiles",
     "tlmm_weight_bytes",
@@ -264,6 +265,15 @@ class AttentionGemms(NamedTuple):
         return [(b.r1 - b.r0, gd, b.keys) for b in self.qk_bands] + [
             (b.r1 - b.r0, b.keys, gd) for b in self.pv_bands
         ]
+
+
+def softmax_band_attrs(qk_bands, pv_bands) -> dict:
+    """The attention softmax host op's band attributes for a group's Q·Kᵀ and P·V bands (none when each is
+    one band): the executor reads and writes the bands' tensors, compiler.hostcost costs the bands' scores.
+    The lowering and the DSE's fast evaluator (a point's own geometry) both take them from here."""
+    if len(qk_bands) > 1 or len(pv_bands) > 1:
+        return {"qk_bands": [list(b) for b in qk_bands], "pv_bands": [list(b) for b in pv_bands]}
+    return {}
 
 
 class GemmCost(NamedTuple):

@@ -227,6 +227,33 @@ class _HostProgram:
         return self._commands
 
 
+def _banded_softmax(step: _Step) -> bool:
+    """Whether a step's attention softmax may be cut into causal bands (a prefill of several tokens)."""
+    return step.tokens > 1 and any(op.kind == "attn_softmax" for op in step.host_prog.host_ops)
+
+
+def _with_point_bands(hp: _HostProgram, acfg: AcceleratorConfig) -> _HostProgram:
+    """``hp`` with each causal softmax's group and band attributes those of ``acfg``'s geometry (what the
+    lowering would emit for the point: compiler.tiling.attention_gemms, softmax_band_attrs)."""
+    from compiler.tiling import attention_gemms, gemm_cost, softmax_band_attrs
+    from hw.program import HostOp
+
+    geo, cost = acfg.gemm_geometry, gemm_cost(acfg)
+    ops = []
+    for op in hp.host_ops:
+        a = op.attrs
+        if op.kind == "attn_softmax" and "resv" not in a:
+            ag = attention_gemms(
+                geo, a["n_heads"], a["n_kv_heads"], a["head_dim"], a["tokens"], a["pos"] + a["tokens"],
+                a.get("causal", True), cost,
+            )  # fmt: skip
+            attrs = {k: v for k, v in a.items() if k not in ("qk_bands", "pv_bands")}
+            attrs.update(group=ag.group, **softmax_band_attrs(ag.qk_bands, ag.pv_bands))
+            op = HostOp(op.name, op.kind, op.inputs, op.outputs, attrs, op.where)
+        ops.append(op)
+    return _HostProgram(hp.commands(), ops, hp.tensors)
+
+
 def compile_key(acfg: AcceleratorConfig, lm_head: str | None = None) -> str:
     """What a dense step Program depends on besides its attention commands (:func:`attention_key`): the
     config without the fields that only the costing reads (:data:`COST_FIELDS`), the retrieval fields (the
@@ -497,9 +524,13 @@ class FastEvaluator:
         energy = self._energy_of(acfg.device.family)
         total = StepCost()
         parts = []
-        hkey = (id(step), acfg.device, acfg.clock_mhz)
+        banded = _banded_softmax(step)
+        # a prefill's softmax is costed over the point's own causal bands (they follow its GEMM geometry and
+        # memory timing: compiler.tiling.gemm_cost)
+        hkey = (id(step), acfg.device, acfg.clock_mhz) + ((acfg.gemm, acfg.memory) if banded else ())
         if hkey not in self._host_cache:
-            self._host_cache[hkey] = cost_program(step.host_prog, acfg, energy)
+            hp = _with_point_bands(step.host_prog, acfg) if banded else step.host_prog
+            self._host_cache[hkey] = cost_program(hp, acfg, energy)
         parts.append((self._host_cache[hkey], 1))
         tkey = (acfg.tlmm, acfg.memory, acfg.clock_mhz, acfg.device)
         gkey = (acfg.gemm, acfg.memory, acfg.clock_mhz, acfg.device)
