@@ -428,12 +428,11 @@ class DeployTop(wiring.Component):
 
 def write_sim_verilog(acfg: AcceleratorConfig, out: Path, *, divisor: int, clock_mhz: float) -> str:
     """Write ``board_sim``'s Verilog to ``out`` (atomically) and return it."""
-    from amaranth.back import verilog
-
     from hw.files import write_text
+    from hw.netlist import to_verilog
 
     top = BoardSim(acfg, divisor=divisor, clock_mhz=clock_mhz)
-    text = verilog.convert(top, name="board_sim", emit_src=False)
+    text = to_verilog(top, name="board_sim", emit_src=False)
     write_text(out, text)
     return text
 

@@ -50,6 +50,7 @@ from hw.boards import BOARDS, Board
 from hw.boards import board as _board
 from hw.config import AcceleratorConfig
 from hw.lookup import lookup
+from hw.netlist import gc_paused, to_rtlil
 
 __all__ = [
     "BOARDS",
@@ -893,7 +894,8 @@ def build_bitstream(
     )
     # synth_ecp5 infers MULT18X18D by default; synth_ice40 uses SB_MAC16 only with -dsp.
     overrides = {"synth_opts": "-dsp"} if b.family == "ice40" and eng.dsp else {}
-    plan = platform.prepare(top, name="top", **overrides)
+    with gc_paused():  # the platform converts to RTLIL here (hw/netlist.py)
+        plan = platform.prepare(top, name="top", **overrides)
     plan.extract(str(work))
     t_elab = time.monotonic() - t0
 
@@ -1084,8 +1086,6 @@ def xilinx_resources(
     device, or after synthesis when the mapped design is; :class:`FlowError` when Yosys fails. ``step``: as
     for :func:`build_bitstream` (:data:`XILINX_STAGES`).
     """
-    from amaranth.back import rtlil
-
     b = _board(board)
     if b.family != "xcup":
         raise ValueError(f"board {board!r} is not an UltraScale+ board; use build_bitstream")
@@ -1098,7 +1098,7 @@ def xilinx_resources(
     step("elaborate")
     log(f"[fpga] {board}: elaborating {what} of config {acfg.name!r} ({acfg.source})")
     top = BoardTop(acfg, eng, leds=None, button=None)
-    (work / "top.il").write_text(rtlil.convert(top, name="top", ports=top.ports))
+    (work / "top.il").write_text(to_rtlil(top, name="top", ports=top.ports))
     t_elab = time.monotonic() - t0
 
     (work / "synth.ys").write_text(f"read_rtlil top.il\n{XILINX_SYNTH}\ntee -q -o stat.json stat -json\n")

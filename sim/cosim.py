@@ -242,13 +242,13 @@ def build_verilator(
     of the Verilog and of every Verilator option (:func:`build_key`), so configs that differ only in
     non-hardware fields (clock, memory timing) share a build, an unchanged design is never rebuilt, and a
     traced build is kept apart from an untraced one. Returns (build dir, seconds spent)."""
-    from amaranth.back import verilog
+    from hw.netlist import to_verilog
 
     ensure_verilator_on_path()
     opts = opts or VerilatorOptions()
     t0 = time.perf_counter()
     step("elaborate", top)
-    text = verilog.convert(elaboratable, name=top)
+    text = to_verilog(elaboratable, name=top)
     bdir = build_folder(build_root, top, text, opts)
     bdir.mkdir(parents=True, exist_ok=True)
     with _locked(bdir, quiet):

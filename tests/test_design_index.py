@@ -1,7 +1,7 @@
 """The design index (sim/cosim.py): an engine and config whose Verilator build exists are not elaborated
 again; any change to what the Verilog depends on (the config, the RTL source, the build options) or a build
 folder that no longer holds the recorded build elaborates as before. Also: the simulator rewrites only the
-benches' asserts. The builds here are stand-ins (no Verilator): ``build_verilator`` is replaced by a
+benches' asserts, and conversions run with the garbage collector paused (hw/netlist.py). The builds here are stand-ins (no Verilator): ``build_verilator`` is replaced by a
 function that counts the elaborations and writes a finished-looking build folder; every co-simulation of
 the suite runs through the real one."""
 
@@ -99,3 +99,24 @@ def test_simulator_rewrites_the_bench_asserts_only():
         assert any(fnmatch.fnmatch(name, p) for p in pats), name
     for other in ("runtime.py", "__init__.py", "functional.py", "tlmm_model.py"):
         assert not any(fnmatch.fnmatch(other, p) for p in pats), other
+
+
+def test_gc_paused_restores_the_collector():
+    import gc
+
+    from hw.netlist import gc_paused
+
+    assert gc.isenabled()
+    with gc_paused():
+        assert not gc.isenabled()
+    assert gc.isenabled()
+    with pytest.raises(RuntimeError), gc_paused():
+        raise RuntimeError("conversion failed")
+    assert gc.isenabled()
+    gc.disable()  # a caller that had it off keeps it off
+    try:
+        with gc_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()

@@ -100,13 +100,14 @@ def test_board_top_elaborates(tmp_path, name):
     """Each board top, generated from the engine's signature, converts to RTLIL with the engine(s) inside,
     every input payload fed from the pool and every output stream captured or folded into the parity."""
     from amaranth import Value
-    from amaranth.back import rtlil
     from amaranth.lib import stream, wiring
+
+    from hw.netlist import to_rtlil
 
     acfg = _small_config(tmp_path)
     eng = fpga.fpga_engine(name)
     top = fpga.BoardTop(acfg, eng, leds=None, button=None)
-    text = rtlil.convert(top, name="top", ports=top.ports)
+    text = to_rtlil(top, name="top", ports=top.ports)
     for port in ("seed_in", "parity_out", "busy_out"):
         assert f"\\{port}" in text
     parts = top.parts
