@@ -440,7 +440,8 @@ def build_engine(
 # is a function of -- the engine, the whole config, the source of every RTL module (hw/) and of the engine
 # registry, the Amaranth version, the build options -- to the build folder it produced; a hit whose folder
 # still holds that finished build skips the elaboration. Any change to one of them misses, elaborates and
-# builds (or finds) the folder as before.
+# builds (or finds) the folder as before. Only the registry's own engines with their RTL under hw/ are
+# indexed (:func:`_indexed_rtl`); anything else is elaborated every time.
 
 
 @functools.cache
@@ -454,10 +455,31 @@ def _rtl_sources_digest() -> str:
     return h.hexdigest()
 
 
-def design_index_path(build_root: Path, top: str, acfg: AcceleratorConfig, opts: VerilatorOptions) -> Path:
-    """The design-index entry of engine ``top`` built for ``acfg`` with ``opts``."""
+def _indexed_rtl(e: Engine) -> str | None:
+    """The ``"module:Class"`` of ``e``'s RTL when the design index may stand for its elaboration: the
+    registry's own factory (``Engine.rtl`` and ``FpgaEngine.component`` not overridden) of a component
+    under hw/, whose source the index's key covers. None otherwise (a user's engine elsewhere, a test's
+    stand-in): such a design is always elaborated."""
+    from hw.fpga import FpgaEngine
+
+    if type(e).rtl is not Engine.rtl or e.hardware is None:
+        return None
+    try:
+        fe = e.fpga()
+    except ValueError:
+        return None
+    if type(fe).component is not FpgaEngine.component or not (fe.rtl or "").startswith("hw."):
+        return None
+    return f"{fe.rtl} ({fe.section})"
+
+
+def design_index_path(
+    build_root: Path, top: str, acfg: AcceleratorConfig, opts: VerilatorOptions, rtl: str = ""
+) -> Path:
+    """The design-index entry of engine ``top`` (RTL component ``rtl``) built for ``acfg`` with ``opts``."""
     spec = {
         "top": top,
+        "rtl": rtl,
         "config": acfg.to_dict(),
         "rtl_sources": _rtl_sources_digest(),
         "amaranth": _dist_version("amaranth"),
@@ -483,7 +505,12 @@ def _indexed_build(index: Path, build_root: Path, top: str) -> Path | None:
 def _build_design(
     e: Engine, acfg: AcceleratorConfig, build_root: Path, quiet: bool, opts: VerilatorOptions, t0: float
 ) -> tuple[Path, float]:
-    index = design_index_path(build_root, e.name, acfg, opts)
+    rtl = _indexed_rtl(e)
+    if rtl is None:
+        return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, opts)[
+            0
+        ], time.perf_counter() - t0
+    index = design_index_path(build_root, e.name, acfg, opts, rtl)
     bdir = _indexed_build(index, build_root, e.name)
     if bdir is not None:
         step("elaborate", f"{e.name}, cached")

@@ -15,7 +15,7 @@ import pytest
 
 import sim.cosim as cosim
 from hw.config import load_config
-from sim.engines import ENGINES
+from sim.engines import ENGINES, engine
 from tests.conftest import REPO, config_variant
 
 
@@ -78,10 +78,37 @@ def test_a_folder_that_lost_its_build_is_not_trusted(tmp_path, fake_builds):
     (b2 / "build.json").write_text("{}")  # rebuilt since with other options: the stamp differs
     cosim.build_engine("kv", acfg, tmp_path, quiet=True)
     assert len(fake_builds) == 3
-    idx = cosim.design_index_path(tmp_path, "kv", acfg, cosim.VerilatorOptions())
+    rtl = cosim._indexed_rtl(engine("kv"))
+    idx = cosim.design_index_path(tmp_path, "kv", acfg, cosim.VerilatorOptions(), rtl)
+    assert idx.is_file()
     idx.write_text("not json")  # a damaged entry is a miss, not an error
     cosim.build_engine("kv", acfg, tmp_path, quiet=True)
     assert len(fake_builds) == 4
+
+
+def test_an_engine_with_its_own_rtl_is_always_elaborated(tmp_path, fake_builds):
+    """A descriptor whose ``rtl`` is overridden (a user's engine, tests/test_engines.py's silent TLMM) under
+    a registered name is neither served from the index nor recorded in it."""
+    import dataclasses
+
+    from sim import engines
+
+    class Other(engines.Engine):
+        def rtl(self, acfg):
+            return object()
+
+    tlmm = engines.engine("tlmm")
+    other = Other(**{f.name: getattr(tlmm, f.name) for f in dataclasses.fields(tlmm)})
+    acfg = load_config(REPO / "configs" / "default.yaml")
+    b1, _ = cosim.build_engine(other, acfg, tmp_path, quiet=True)
+    cosim.build_engine(other, acfg, tmp_path, quiet=True)
+    assert len(fake_builds) == 2
+    b3, _ = cosim.build_engine("tlmm", acfg, tmp_path, quiet=True)
+    b4, _ = cosim.build_engine("tlmm", acfg, tmp_path, quiet=True)
+    assert len(fake_builds) == 3 and b3 == b4 and b3 != b1
+    assert cosim._indexed_rtl(other) is None and cosim._indexed_rtl(tlmm).startswith("hw.tlmm:")
+    for name in ("gemm", "kv", "top"):
+        assert cosim._indexed_rtl(engines.engine(name)).startswith("hw.")
 
 
 def test_rtl_digest_covers_every_hw_module():
