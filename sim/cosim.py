@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from hw.config import AcceleratorConfig
-from hw.files import atomic_path
+from hw.files import atomic_path, write_text
 from hw.ternary import tlmm_streams
 from sim.engines import Engine, engine
 from sim.golden import ternary_matmul
@@ -426,12 +426,12 @@ def build_engine(
         )
         waves = "vcd"
     try:
-        return _build_design(e, acfg, build_root, quiet, VerilatorOptions(waves), t0)
+        return _build_design(e, acfg, build_root, quiet, VerilatorOptions(waves)), time.perf_counter() - t0
     except ToolError as err:
         if waves != "fst":
             raise
         _log(f"[cosim] the FST build failed ({err}); building with VCD tracing instead", quiet)
-        return _build_design(e, acfg, build_root, quiet, VerilatorOptions("vcd"), t0)
+        return _build_design(e, acfg, build_root, quiet, VerilatorOptions("vcd")), time.perf_counter() - t0
 
 
 # ---- the design index: an engine and config whose build exists need no elaboration ---------------------
@@ -449,9 +449,8 @@ def _rtl_sources_digest() -> str:
     """sha256 over the source of every module under hw/ and of sim/engines.py (the RTL factories), in path
     order (once per process)."""
     h = hashlib.sha256()
-    hw_dir = Path(__file__).resolve().parent.parent / "hw"
-    for f in sorted(hw_dir.rglob("*.py")) + [Path(__file__).resolve().parent / "engines.py"]:
-        h.update(str(f.relative_to(f.parent.parent)).encode() + b"\0" + f.read_bytes() + b"\0")
+    for f in sorted((REPO / "hw").rglob("*.py")) + [REPO / "sim" / "engines.py"]:
+        h.update(f.relative_to(REPO).as_posix().encode() + b"\0" + f.read_bytes() + b"\0")
     return h.hexdigest()
 
 
@@ -503,28 +502,25 @@ def _indexed_build(index: Path, build_root: Path, top: str) -> Path | None:
 
 
 def _build_design(
-    e: Engine, acfg: AcceleratorConfig, build_root: Path, quiet: bool, opts: VerilatorOptions, t0: float
-) -> tuple[Path, float]:
+    e: Engine, acfg: AcceleratorConfig, build_root: Path, quiet: bool, opts: VerilatorOptions
+) -> Path:
+    """The build folder of ``e`` for ``acfg``: from the design index when it names a finished build, else
+    elaborated and built (or found) by :func:`build_verilator` and recorded in the index."""
     rtl = _indexed_rtl(e)
-    if rtl is None:
-        return build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, opts)[
-            0
-        ], time.perf_counter() - t0
-    index = design_index_path(build_root, e.name, acfg, opts, rtl)
-    bdir = _indexed_build(index, build_root, e.name)
+    index = None if rtl is None else design_index_path(build_root, e.name, acfg, opts, rtl)
+    bdir = None if index is None else _indexed_build(index, build_root, e.name)
     if bdir is not None:
         step("elaborate", f"{e.name}, cached")
         _log(f"[cosim] reusing Verilator build {bdir} (design unchanged, not elaborated)", quiet)
         step("Verilator build", "cached")
-        return bdir, time.perf_counter() - t0
+        return bdir
     bdir, _ = build_verilator(e.name, e.rtl(acfg), acfg.name, build_root, quiet, opts)
-    entry = {"folder": bdir.name, "stamp": (bdir / "build.json").read_text()}
-    try:
-        with atomic_path(index) as tmp:
-            tmp.write_text(json.dumps(entry))
-    except OSError:  # a read-only or full build folder: the next run elaborates again
-        pass
-    return bdir, time.perf_counter() - t0
+    if index is not None:
+        try:
+            write_text(index, json.dumps({"folder": bdir.name, "stamp": (bdir / "build.json").read_text()}))
+        except OSError:  # a read-only or full build folder: the next run elaborates again
+            pass
+    return bdir
 
 
 @functools.cache
