@@ -39,7 +39,7 @@ from sim.golden import ternary_matmul
 from sim.progress import note, step
 from sim.tlmm_cases import TlmmCase
 from sim.tlmm_model import run_tlmm_streams
-from sim.verilator import Terminated, ToolError, ensure_verilator_on_path
+from sim.verilator import Terminated, ToolError, ensure_verilator_on_path, raise_pending_signal
 
 REPO = Path(__file__).resolve().parent.parent
 # Verilator builds go under the checkout's build/ (or, for an installed package, the current folder's).
@@ -309,6 +309,7 @@ def _build_locked(
                 log_file=log,
             )
     except Exception as e:  # the runner raises CalledProcessError with the log elsewhere
+        raise_pending_signal()  # make killed by a Ctrl-C whose exception Python dropped
         raise ToolError(f"Verilator build failed ({e}); see {log}") from None
     _keep_runtime(runtime, bdir)
     stamp.write_text(want)
@@ -625,8 +626,9 @@ def _simulate(e: Engine, bdir: Path, tmp: Path, arrays: dict, meta: dict) -> tup
     except SystemExit:
         # The runner exits when the simulator did (a crash) or, under pytest, when the bench's cocotb test
         # failed; the result file tells a mismatch (the bench ran) from a simulator that never ran.
-        pass
+        raise_pending_signal()  # the simulator killed by a Ctrl-C whose exception Python dropped
     except Exception as ex:  # the simulator could not be started at all
+        raise_pending_signal()
         raise ToolError(
             f"the {e.name} simulation could not run ({ex}); simulator log tail:\n{_log_tail(log)}"
         ) from None

@@ -71,6 +71,7 @@ def kill_descendants(sig: int = signal.SIGTERM) -> None:
 
 
 _INSTALLED = False
+_PENDING: int | None = None  # the signal the handler last received (see raise_pending_signal)
 
 
 def terminate_children_on_signal() -> None:
@@ -83,12 +84,26 @@ def terminate_children_on_signal() -> None:
         return
 
     def handler(signum, frame):
+        global _PENDING
+        _PENDING = signum
         kill_descendants(signal.SIGTERM)
-        if signum == signal.SIGINT:
-            raise KeyboardInterrupt
-        raise Terminated(128 + signum)
+        raise _exception_for(signum)
 
     for sig in (signal.SIGTERM, signal.SIGHUP, signal.SIGINT):
         if signal.getsignal(sig) in (signal.SIG_DFL, signal.default_int_handler):
             signal.signal(sig, handler)
     _INSTALLED = True
+
+
+def _exception_for(signum: int) -> BaseException:
+    return KeyboardInterrupt() if signum == signal.SIGINT else Terminated(128 + signum)
+
+
+def raise_pending_signal() -> None:
+    """Raise the handler's exception again if a signal arrived: Python drops an exception raised in a
+    finalizer or a garbage-collector callback ("Exception ignored in ..."), and a signal delivered there
+    is lost while the handler has already killed this process's children. Call it where a dead child is
+    noticed, so that Ctrl-C still ends the run with KeyboardInterrupt (exit 130) rather than a crash
+    report."""
+    if _PENDING is not None:
+        raise _exception_for(_PENDING)

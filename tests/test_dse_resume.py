@@ -180,3 +180,62 @@ def test_ctrl_c_two_workers_stops_fast_and_resumes_exact(tmp_path):
     _finish(p, out)
     _check_equal(ref, out)
     _check_evaluated_once(out)
+
+
+SWALLOWED_CTRL_C = """
+import gc, os, signal, sys, weakref
+from sim.verilator import raise_pending_signal, terminate_children_on_signal
+raise_pending_signal()  # no signal yet: nothing happens
+terminate_children_on_signal()
+class Box: pass
+box = Box()
+ref = weakref.ref(box, lambda r: os.kill(os.getpid(), signal.SIGINT))
+del box  # the handler's KeyboardInterrupt is raised in the callback, and Python drops it
+gc.collect()
+print("still running", flush=True)
+try:
+    raise_pending_signal()
+except KeyboardInterrupt:
+    print("KeyboardInterrupt", flush=True)
+"""
+
+
+def test_a_dropped_ctrl_c_is_raised_again():
+    """The race behind a flaky Ctrl-C: SIGINT delivered while a garbage-collector callback runs (sqlalchemy
+    registers some) raises KeyboardInterrupt there, Python prints 'Exception ignored' and goes on, yet the
+    handler has already killed the children. raise_pending_signal() raises it again."""
+    r = subprocess.run([CLI[0], "-c", SWALLOWED_CTRL_C], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert "Exception ignored" in r.stderr and "KeyboardInterrupt" in r.stderr, r.stderr
+    assert r.stdout.split() == ["still", "running", "KeyboardInterrupt"], (r.stdout, r.stderr)
+
+
+def test_dead_worker_after_a_dropped_ctrl_c_is_an_interrupt(monkeypatch):
+    """A worker found dead is a crash (RuntimeError) unless a signal arrived: then the sweep ends as the
+    interrupt (exit 130, 'the same command resumes'), as an undropped Ctrl-C would."""
+    import multiprocessing as mp
+
+    import sim.verilator as verilator
+    from tritium.dse import _Evaluators
+
+    def take_a_job_and_die(conn):
+        conn.recv()
+        os._exit(0)
+
+    def evaluators_with_a_dying_worker(before_the_job: bool):
+        ev = _Evaluators.__new__(_Evaluators)
+        here, there = mp.Pipe()
+        if before_the_job:
+            there.close()  # the job cannot even be sent
+        else:
+            mp.get_context("fork").Process(target=take_a_job_and_die, args=(there,), daemon=True).start()
+            there.close()
+        ev.workers, ev.procs = 1, [(None, here)]
+        return ev
+
+    for before in (True, False):
+        monkeypatch.setattr(verilator, "_PENDING", None)
+        with pytest.raises(RuntimeError, match="worker process died"):
+            list(evaluators_with_a_dying_worker(before).run([("uid", {}, {}, {})]))
+        monkeypatch.setattr(verilator, "_PENDING", signal.SIGINT)
+        with pytest.raises(KeyboardInterrupt):
+            list(evaluators_with_a_dying_worker(before).run([("uid", {}, {}, {})]))

@@ -80,7 +80,7 @@ def build_board_sim(verilog: str, build_root: Path = DEFAULT_BUILD, quiet: bool 
     """Build (or reuse) the Verilator model of ``board_sim`` with the harness; returns the executable."""
     from sim.cosim import _PCH_MAKEFLAG, _dist_version, _locked
     from sim.progress import note, step
-    from sim.verilator import ToolError, ensure_verilator_on_path
+    from sim.verilator import ToolError, ensure_verilator_on_path, raise_pending_signal
 
     ensure_verilator_on_path()
     harness = _harness_source()
@@ -133,6 +133,7 @@ def build_board_sim(verilog: str, build_root: Path = DEFAULT_BUILD, quiet: bool 
         with open(log, "w") as f:
             r = subprocess.run(cmd, cwd=bdir, stdout=f, stderr=subprocess.STDOUT, env=env)
         if r.returncode != 0 or not exe.exists():
+            raise_pending_signal()
             raise ToolError(f"the board simulation's Verilator build failed; see {log}")
         stamp.write_text(want)
         return exe

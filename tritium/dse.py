@@ -48,6 +48,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from hw.config import AcceleratorConfig, ConfigError, config_from_dict
+from sim.verilator import raise_pending_signal
 from tritium.dse_spec import METRICS, PERF_METRICS, RESOURCE_METRICS, Constraint, Spec, SpecError, load_spec
 from tritium.dse_store import GridOrder, Point, Store, append_log, mask_url, open_study, read_log, storage_url
 
@@ -801,6 +802,17 @@ def _worker_main(conn, spec: Spec, workloads: list, log_path: str, parent: int) 
         conn.send(_worker_eval(job))
 
 
+def _talk(op, *args):
+    """One send or receive on a worker's pipe; a dead worker is a clear error, or the interrupt that
+    killed it: a Ctrl-C whose KeyboardInterrupt Python dropped (raised in a garbage-collector callback)
+    has still killed the workers, and the sweep must end as interrupted (exit 130), not as a crash."""
+    try:
+        return op(*args)
+    except (EOFError, OSError):
+        raise_pending_signal()
+        raise RuntimeError("a DSE worker process died (out of memory?); rerun to resume") from None
+
+
 class _Evaluators:
     """Evaluates screened points in this process (``workers=0``) or in forked worker processes (started on
     the first job), one job per idle worker over a pipe each. ``close(abort=True)`` kills the workers at once
@@ -846,18 +858,13 @@ class _Evaluators:
         busy = set()
         for _, conn in self.procs:
             if todo:
-                conn.send(todo.pop())
+                _talk(conn.send, todo.pop())
                 busy.add(conn)
         while busy:
             for conn in wait(list(busy)):
-                try:
-                    res = conn.recv()
-                except (EOFError, OSError):
-                    raise RuntimeError(
-                        "a DSE worker process died (out of memory?); rerun to resume"
-                    ) from None
+                res = _talk(conn.recv)
                 if todo:
-                    conn.send(todo.pop())
+                    _talk(conn.send, todo.pop())
                 else:
                     busy.discard(conn)
                 yield res
