@@ -78,9 +78,13 @@ def terminate_children_on_signal() -> None:
     """Make SIGTERM, SIGHUP and SIGINT end this process cleanly: first kill its descendants (a Verilator
     build's make and cc1plus, the simulator), then raise SystemExit (KeyboardInterrupt for SIGINT) so that
     ``with``/``finally`` blocks remove temporary folders and release build-folder locks. Installed once, from
-    the main thread, and only over the default handlers."""
-    global _INSTALLED
-    if _INSTALLED or threading.current_thread() is not threading.main_thread():
+    the main thread, and only over the default handlers. Each call starts a new run: a signal the previous
+    run in this process received is forgotten (see :func:`raise_pending_signal`)."""
+    global _INSTALLED, _PENDING
+    if threading.current_thread() is not threading.main_thread():
+        return
+    _PENDING = None
+    if _INSTALLED:
         return
 
     def handler(signum, frame):

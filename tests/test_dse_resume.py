@@ -209,6 +209,22 @@ def test_a_dropped_ctrl_c_is_raised_again():
     assert r.stdout.split() == ["still", "running", "KeyboardInterrupt"], (r.stdout, r.stderr)
 
 
+def test_a_new_run_forgets_the_previous_runs_signal(monkeypatch):
+    """tritium.cli.main may run twice in one process (a script, the tests): the second run's dead child is
+    a crash report again, not the first run's Ctrl-C."""
+    import sim.verilator as verilator
+
+    monkeypatch.setattr(verilator, "_INSTALLED", True)  # the handlers stay as pytest has them
+    monkeypatch.setattr(verilator, "_PENDING", signal.SIGINT)
+    with pytest.raises(KeyboardInterrupt):
+        verilator.raise_pending_signal()
+    verilator.terminate_children_on_signal()  # what main() calls at the start of each run
+    try:
+        verilator.raise_pending_signal()
+    except KeyboardInterrupt:
+        pytest.fail("the previous run's Ctrl-C was raised again in a new run")
+
+
 def test_dead_worker_after_a_dropped_ctrl_c_is_an_interrupt(monkeypatch):
     """A worker found dead is a crash (RuntimeError) unless a signal arrived: then the sweep ends as the
     interrupt (exit 130, 'the same command resumes'), as an undropped Ctrl-C would."""
